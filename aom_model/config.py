@@ -1,0 +1,171 @@
+"""Frozen configuration of the AOM model, with named sizes and a strict dict round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+LAYOUTS = ("joint", "factorized")
+
+
+@dataclass(frozen=True)
+class AOMConfig:
+    """Every hyper-parameter of the model and of its pretraining objective.
+
+    Sizes: ``AOMConfig.named("tiny" | "small" | "base")``; ``base`` is ViT-B class (768 / 12 / 12).
+    """
+
+    # --- encoder -------------------------------------------------------------------------------
+    embed_dim: int = 64  # D: width of position tokens (and of band tokens in the joint layout)
+    depth: int = 2  # spatial blocks (factorized) / joint blocks (joint)
+    num_heads: int = 2
+    mlp_ratio: float = 4.0
+    layout: str = "factorized"  # "joint" | "factorized"
+    # factorized layout: narrow band-token stream, spectral attention every `spectral_every` blocks
+    spectral_dim: int = 32  # d_s: width of band tokens in the factorized layout
+    spectral_heads: int = 2
+    spectral_mlp_ratio: float = 2.0
+    spectral_every: int = 1  # spectral layer before blocks 0, k, 2k, ...
+    pool_heads: int = 2  # heads of the learned-query attention pooling band -> position
+    # --- tokenizer -----------------------------------------------------------------------------
+    kernel_sizes: tuple[int, ...] = (8, 16, 32)  # kernel bank, FlexiViT-PI-resized to the needed patch
+    token_ground_m: float = 160.0  # target ground footprint of one token (m); 16 px at 10 m
+    patch_size_min: int = 1
+    patch_size_max: int = 32
+    min_valid_pixel_frac: float = 0.5  # a token is valid if at least this fraction of its pixels is
+    band_fourier_features: int = 16  # frequencies per quantity (wavelength, FWHM)
+    band_min_freq_per_um: float = 0.1
+    band_max_freq_per_um: float = 200.0
+    num_band_ids: int = 0  # >0: learned embedding table for registry band ids (id -1 = unknown)
+    pos_min_period_m: float = 10.0  # GSD-aware sin-cos: periods span [min, max] metres
+    pos_max_period_m: float = 1.0e6
+    # --- decoder -------------------------------------------------------------------------------
+    decoder_dim: int = 32
+    decoder_depth: int = 1
+    decoder_heads: int = 2
+    # --- pretraining objective -----------------------------------------------------------------
+    mask_ratio: float = 0.75  # fraction of present band-position tokens masked
+    band_mask_prob: float = 0.25  # probability that a whole band is masked (within the ratio)
+    temperature: float = 0.1  # InfoNCE temperature
+    recon_weight: float = 1.0
+    align_weight: float = 0.5
+    align_dim: int = 64
+    norm_pix_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        if self.layout not in LAYOUTS:
+            errors.append(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        for name in (
+            "embed_dim",
+            "depth",
+            "num_heads",
+            "spectral_dim",
+            "spectral_heads",
+            "spectral_every",
+            "pool_heads",
+            "decoder_dim",
+            "decoder_depth",
+            "decoder_heads",
+            "align_dim",
+            "band_fourier_features",
+            "patch_size_min",
+        ):
+            if int(getattr(self, name)) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for dim, heads in (
+            ("embed_dim", "num_heads"),
+            ("spectral_dim", "spectral_heads"),
+            ("spectral_dim", "pool_heads"),
+            ("decoder_dim", "decoder_heads"),
+        ):
+            if getattr(self, heads) >= 1 and getattr(self, dim) % getattr(self, heads) != 0:
+                errors.append(f"{dim}={getattr(self, dim)} is not divisible by {heads}={getattr(self, heads)}")
+        if self.embed_dim % 4 != 0 or self.decoder_dim % 4 != 0:
+            errors.append("embed_dim and decoder_dim must be multiples of 4 (2-D sin-cos embedding)")
+        if not self.kernel_sizes or any(int(k) < 1 for k in self.kernel_sizes):
+            errors.append(f"kernel_sizes must be a non-empty tuple of positive ints, got {self.kernel_sizes}")
+        if self.patch_size_max < self.patch_size_min:
+            errors.append("patch_size_max must be >= patch_size_min")
+        if not (math.isfinite(self.token_ground_m) and self.token_ground_m > 0):
+            errors.append(f"token_ground_m must be > 0, got {self.token_ground_m}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            errors.append(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.band_mask_prob <= 1.0:
+            errors.append(f"band_mask_prob must be in [0, 1], got {self.band_mask_prob}")
+        if not 0.0 < self.min_valid_pixel_frac <= 1.0:
+            errors.append(f"min_valid_pixel_frac must be in (0, 1], got {self.min_valid_pixel_frac}")
+        if self.temperature <= 0:
+            errors.append(f"temperature must be > 0, got {self.temperature}")
+        if self.recon_weight < 0 or self.align_weight < 0:
+            errors.append("loss weights must be >= 0")
+        if not 0 < self.pos_min_period_m < self.pos_max_period_m:
+            errors.append("need 0 < pos_min_period_m < pos_max_period_m")
+        if not 0 < self.band_min_freq_per_um < self.band_max_freq_per_um:
+            errors.append("need 0 < band_min_freq_per_um < band_max_freq_per_um")
+        if self.num_band_ids < 0:
+            errors.append("num_band_ids must be >= 0")
+        if errors:
+            raise ValueError("invalid AOMConfig: " + "; ".join(errors))
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def named(cls, name: str, **overrides: Any) -> AOMConfig:
+        """A named size (``tiny`` for tests on CPU, ``small``, ``base`` = ViT-B class)."""
+        if name not in _NAMED:
+            raise ValueError(f"unknown config name {name!r}; choose one of {sorted(_NAMED)}")
+        return cls.from_dict({**_NAMED[name], **overrides})
+
+    def replace(self, **changes: Any) -> AOMConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["kernel_sizes"] = list(self.kernel_sizes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AOMConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown AOMConfig keys: {unknown}")
+        kwargs = dict(data)
+        if "kernel_sizes" in kwargs:
+            kwargs["kernel_sizes"] = tuple(int(k) for k in kwargs["kernel_sizes"])
+        return cls(**kwargs)
+
+
+_NAMED: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "small": {
+        "embed_dim": 384,
+        "depth": 12,
+        "num_heads": 6,
+        "spectral_dim": 96,
+        "spectral_heads": 2,
+        "spectral_every": 4,
+        "pool_heads": 2,
+        "decoder_dim": 192,
+        "decoder_depth": 2,
+        "decoder_heads": 4,
+        "align_dim": 256,
+        "band_fourier_features": 32,
+    },
+    "base": {
+        "embed_dim": 768,
+        "depth": 12,
+        "num_heads": 12,
+        "spectral_dim": 192,
+        "spectral_heads": 3,
+        "spectral_every": 4,
+        "pool_heads": 3,
+        "decoder_dim": 384,
+        "decoder_depth": 2,
+        "decoder_heads": 6,
+        "align_dim": 256,
+        "band_fourier_features": 32,
+    },
+}

@@ -1,0 +1,39 @@
+"""`aom samples`: build the embedded sample catalog (real products when present + synthetic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+DEFAULT_SAMPLES_DIR = Path(".aom") / "samples"
+
+
+def samples(
+    out: Path = typer.Option(
+        DEFAULT_SAMPLES_DIR, "--out", help="Folder for catalog.json, items.ndjson, items.parquet and COGs."
+    ),
+    seed: int = typer.Option(0, help="Seed of the synthetic generator (same seed, same bytes)."),
+    real_dir: Path | None = typer.Option(
+        None, "--real-dir", help="Real-product folder (default: $AOM_REAL_DATA or ../shared/data/real)."
+    ),
+    no_real: bool = typer.Option(False, "--no-real", help="Synthetic items only."),
+) -> None:
+    """Build the sample STAC catalog: a static catalog plus ndjson and stac-geoparquet for local search."""
+    from pipelines.samples import build_sample_catalog
+
+    result = build_sample_catalog(
+        out, real_dir=real_dir if real_dir else "auto", seed=seed, include_real=not no_real
+    )
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(
+        f"{len(result.item_ids)} items in {len(result.collections)} collections: {', '.join(result.collections)}"
+    )
+    typer.echo(f"static catalog: {result.catalog_json}")
+    typer.echo(f"ndjson:         {result.items_ndjson}")
+    typer.echo(f"geoparquet:     {result.items_parquet}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("samples")(samples)
