@@ -51,7 +51,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     """True when ``url`` answers with a 2xx status."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - localhost only
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return 200 <= resp.status < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -80,7 +80,9 @@ def wait_until(
 
 
 def _pdeathsig_preexec(sig: int) -> Callable[[], None] | None:
-    if not sys.platform.startswith("linux"):
+    # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only use it from the main
+    # thread (a service started from a worker thread would otherwise die with that thread).
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:

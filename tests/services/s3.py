@@ -33,7 +33,7 @@ from .ports import LOCALHOST, ManagedProcess, ServiceUnavailable, free_port, htt
 
 REGION = "us-west-2"  # NB: us-east-1 breaks s3fs.mkdir (no LocationConstraint handling)
 ACCESS_KEY = "aomtest-key"
-SECRET_KEY = "aomtest-secret"  # noqa: S105 - moto accepts anything
+SECRET_KEY = "aomtest-secret"
 
 
 def _moto_argv(port: int) -> list[str]:
@@ -193,7 +193,10 @@ class S3Service:
         }
 
     def gdal_env(self) -> dict[str, str]:
-        """Options for ``rasterio.Env(**s3.gdal_env())`` (GDAL's /vsis3/ on this endpoint)."""
+        """GDAL config for /vsis3/ on this endpoint, as environment variables of a *subprocess*.
+
+        In-process rasterio refuses credentials as ``Env`` options: use :meth:`rasterio_env`.
+        """
         return {
             "AWS_ACCESS_KEY_ID": self.key,
             "AWS_SECRET_ACCESS_KEY": self.secret,
@@ -202,6 +205,19 @@ class S3Service:
             "AWS_HTTPS": "NO",
             "AWS_VIRTUAL_HOSTING": "FALSE",
         }
+
+    def rasterio_env(self, **options: Any):  # -> rasterio.Env
+        """``with s3.rasterio_env(): rasterio.open("s3://bucket/x.tif")`` reads through this endpoint."""
+        import rasterio
+        from rasterio.session import AWSSession
+
+        session = AWSSession(
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            region_name=self.region,
+            endpoint_url=f"{LOCALHOST}:{self.port}",
+        )
+        return rasterio.Env(session=session, AWS_HTTPS="NO", AWS_VIRTUAL_HOSTING="FALSE", **options)
 
 
 @dataclass

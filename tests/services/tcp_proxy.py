@@ -28,9 +28,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 writer.write_eof()
 
 
-async def _handle(
-    client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, target_port: int
-) -> None:
+async def _handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, target_port: int) -> None:
     try:
         up_r, up_w = await asyncio.open_connection(HOST, target_port)
     except OSError:
