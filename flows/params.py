@@ -1,0 +1,77 @@
+"""Typed, validated flow parameters (pydantic): a bad deployment run fails before any work.
+
+Secrets never travel as parameters: object-storage credentials come from the standard chains of
+the worker (environment from a Kubernetes Secret, instance role, profile) or from a Prefect
+``Secret`` block named by ``credentials_block`` holding ``{"key": ..., "secret": ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class StorageParams(BaseModel):
+    """Where and how to reach object storage; no secret values here, only references."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (omit for AWS S3)")
+    region_name: str | None = None
+    credentials_block: str | None = Field(
+        None, description="Name of a Prefect Secret block holding {'key': ..., 'secret': ...}"
+    )
+    anon: bool = False
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for ``s3://`` URLs (empty for local paths)."""
+        opts: dict[str, Any] = {}
+        if self.endpoint_url:
+            opts["endpoint_url"] = self.endpoint_url
+        if self.region_name:
+            opts["region_name"] = self.region_name
+        if self.anon:
+            opts["anon"] = True
+        if self.credentials_block:
+            from prefect.blocks.system import Secret
+
+            value = Secret.load(self.credentials_block).get()
+            if not isinstance(value, dict) or not {"key", "secret"} <= set(value):
+                raise ValueError(
+                    f"Secret block {self.credentials_block!r} must hold a JSON object with 'key' and 'secret'"
+                )
+            opts["key"], opts["secret"] = value["key"], value["secret"]
+            if value.get("token"):
+                opts["token"] = value["token"]
+        return opts
+
+
+class AreaParams(BaseModel):
+    """An area and period: a WGS84 bbox (west > east crosses the antimeridian) or a GeoJSON geometry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bbox: tuple[float, float, float, float] | None = None
+    geometry: dict[str, Any] | None = None
+    datetime: str | None = Field(None, description="RFC 3339 interval, e.g. 2023-01-01/2023-12-31")
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox_in_range(
+        cls, v: tuple[float, float, float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        if v is None:
+            return v
+        w, s, e, n = v
+        if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s < n <= 90):
+            raise ValueError(
+                f"bbox must be (west, south, east, north) in degrees with south < north, got {v}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_area(self) -> AreaParams:
+        if (self.bbox is None) == (self.geometry is None):
+            raise ValueError("give exactly one of bbox or geometry")
+        return self
