@@ -1,0 +1,191 @@
+"""`aom search`: find STAC items in a STAC API or a local catalog and save them with a content hash.
+
+Exit codes: 0 items found and saved; 1 nothing matched (the reasons are printed, ``--out`` is left
+untouched); 2 the search could not run (bad arguments, catalog unreachable after retries ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+EXIT_EMPTY = 1
+EXIT_ERROR = 2
+
+
+def _parse_bbox(text: str) -> tuple[float, float, float, float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if len(parts) != 4:
+        raise typer.BadParameter(f"--bbox needs W,S,E,N (4 numbers), got {text!r}")
+    try:
+        w, s, e, n = (float(p) for p in parts)
+    except ValueError:
+        raise typer.BadParameter(f"--bbox needs numbers, got {text!r}") from None
+    return w, s, e, n
+
+
+def _json_arg(text: str | None, name: str) -> dict[str, Any] | None:
+    """A JSON object given inline or as ``@file.json``."""
+    if text is None:
+        return None
+    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{name} must be a JSON object")
+    return value
+
+
+def _aoi_geometry(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"--aoi {path}: {exc}") from None
+    if doc.get("type") == "FeatureCollection":
+        geoms = [f["geometry"] for f in doc.get("features") or [] if f.get("geometry")]
+        if not geoms:
+            raise typer.BadParameter(f"--aoi {path}: the FeatureCollection has no geometry")
+        if len(geoms) == 1:
+            return dict(geoms[0])
+        return {"type": "GeometryCollection", "geometries": geoms}
+    if doc.get("type") == "Feature":
+        return dict(doc["geometry"])
+    return dict(doc)
+
+
+def search(
+    collections: str = typer.Option(
+        "", "--collections", "-c", help="Comma-separated collection ids (or sensor names) of the catalog."
+    ),
+    bbox: str | None = typer.Option(
+        None, "--bbox", help="W,S,E,N in WGS84 degrees; W > E means the box crosses the antimeridian."
+    ),
+    aoi: Path | None = typer.Option(
+        None, "--aoi", help="GeoJSON file (geometry, Feature or FeatureCollection)."
+    ),
+    datetime: str | None = typer.Option(
+        None, "--datetime", help="RFC 3339 instant or interval, e.g. 2023-01-01/2023-12-31 ('..' = open)."
+    ),
+    max_cloud: float | None = typer.Option(None, "--max-cloud", help="Maximum eo:cloud_cover, percent."),
+    catalog: str = typer.Option("sample", "--catalog", help="Registry catalog: sample, earth-search, ..."),
+    catalog_url: str | None = typer.Option(
+        None,
+        "--catalog-url",
+        help="Override the catalog URL: a STAC API root, or catalog.json / *.parquet / *.ndjson (local or s3://).",
+    ),
+    updated_since: str | None = typer.Option(
+        None,
+        "--updated-since",
+        help="Only items whose `updated` (else `created`) is after this RFC 3339 time.",
+    ),
+    max_items: int | None = typer.Option(None, "--max-items", min=1, help="Stop after this many items."),
+    query: str | None = typer.Option(
+        None,
+        "--query",
+        help='Dict-form query as JSON (or @file), e.g. \'{"platform": {"eq": "sentinel-2a"}}\'.',
+    ),
+    cql2_filter: str | None = typer.Option(None, "--filter", help="CQL2-JSON filter as JSON (or @file)."),
+    out: str = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Where to save the items: *.ndjson or *.parquet (stac-geoparquet); any fsspec URL.",
+    ),
+    storage_options: str | None = typer.Option(
+        None,
+        "--storage-options",
+        help="fsspec options as JSON (e.g. an S3 endpoint), for the catalog and --out.",
+    ),
+    max_attempts: int = typer.Option(
+        5,
+        "--max-attempts",
+        min=1,
+        help="Attempts per HTTP request (429/5xx/timeouts are retried with backoff).",
+    ),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Show a progress bar while scanning."
+    ),
+) -> None:
+    """Search a STAC API or the local catalog; save the matching items with a content hash."""
+    from tqdm import tqdm
+
+    from pipelines.retry import RetryPolicy
+    from pipelines.search import SearchError, SearchRequest, load_result, new_items, save_result
+    from pipelines.search import search as run_search
+    from pipelines.storage import exists, redact_url
+
+    if bbox is not None and aoi is not None:
+        raise typer.BadParameter("give --bbox or --aoi, not both")
+    options = _json_arg(storage_options, "--storage-options")
+    try:
+        request = SearchRequest(
+            collections=tuple(c.strip() for c in collections.split(",") if c.strip()),
+            bbox=_parse_bbox(bbox) if bbox else None,
+            intersects=_aoi_geometry(aoi) if aoi else None,
+            datetime=datetime,
+            max_cloud_cover=max_cloud,
+            updated_since=updated_since,
+            query=_json_arg(query, "--query"),
+            filter=_json_arg(cql2_filter, "--filter"),
+            max_items=max_items,
+            catalog=catalog,
+        )
+        bar = tqdm(desc="scanning", unit=" items", disable=None if progress else True, leave=False)
+        try:
+            result = run_search(
+                request,
+                catalog_url=catalog_url,
+                storage_options=options,
+                retry=RetryPolicy(max_attempts=max_attempts),
+                progress=bar.update,
+            )
+        finally:
+            bar.close()
+    except SearchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+
+    typer.echo(f"catalog: {catalog} ({result.source})")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    if not result.items:
+        typer.echo(f"nothing found; {redact_url(out)} left unchanged", err=True)
+        raise typer.Exit(EXIT_EMPTY)
+
+    typer.echo(f"found {len(result.items)} items")
+    for coll, n in result.count_by_collection.items():
+        typer.echo(f"  {coll:28s} {n:6d}")
+    typer.echo(
+        "  by CRS: "
+        + ", ".join(
+            f"EPSG:{k}={v}" if k != "unknown" else f"unknown={v}" for k, v in result.count_by_epsg.items()
+        )
+    )
+    previous = None
+    try:
+        if exists(out, options):
+            previous = load_result(out, options)
+    except (SearchError, OSError, ValueError) as exc:
+        typer.echo(f"note: previous result at {redact_url(out)} not readable ({exc}); not comparing")
+    if previous is not None:
+        fresh = new_items(result, previous)
+        same = "same items as" if previous.content_hash == result.content_hash else "differs from"
+        typer.echo(
+            f"new or updated since the previous run: {len(fresh)} ({same} {previous.content_hash[:19]}...)"
+        )
+    try:
+        digest = save_result(result, out, options)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: cannot save to {redact_url(out)}: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    typer.echo(f"hash: {digest}")
+    typer.echo(f"saved: {redact_url(out)} (+ .meta.json)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)

@@ -1,0 +1,145 @@
+"""Bounded retries with exponential backoff and jitter, for any flaky remote call.
+
+Usage::
+
+    policy = RetryPolicy(max_attempts=5, initial_delay_s=0.5)
+    value = call_with_retry(fetch, policy=policy, is_retryable=lambda e: isinstance(e, TimeoutError),
+                            describe="GET https://example.org/search")
+
+The jitter comes from ``policy.rng`` (a :class:`random.Random`; default: a fresh unseeded one) and
+the waiting from ``policy.sleep`` (default :func:`time.sleep`), so tests can make both
+deterministic and instant. A server's ``Retry-After`` (when the caller can extract it) is honoured
+up to ``max_delay_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: HTTP statuses worth retrying: timeouts, too early, rate limits and server-side failures.
+RETRY_STATUSES: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class RetryError(RuntimeError):
+    """All attempts failed; ``last`` is the final exception, ``attempts`` how many were made."""
+
+    def __init__(self, message: str, *, attempts: int, last: BaseException | None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.last = last
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry.
+
+    ``max_attempts`` counts the first try (1 = no retries). The n-th wait is
+    ``min(max_delay_s, initial_delay_s * multiplier**(n-1))`` reduced by up to ``jitter`` (a
+    fraction in [0, 1]; 1 = "full jitter") at random. ``max_elapsed_s`` bounds the total time
+    spent waiting. ``timeout_s`` is the per-request timeout callers should use for one attempt.
+    """
+
+    max_attempts: int = 5
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    max_elapsed_s: float | None = 300.0
+    timeout_s: float = 60.0
+    retry_statuses: frozenset[int] = RETRY_STATUSES
+    rng: random.Random | None = field(default=None, compare=False, repr=False)
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.initial_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError("delays must be >= 0")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError(f"jitter must be in [0, 1], got {self.jitter}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+    def delay(
+        self, retry_number: int, rng: random.Random | None = None, retry_after: float | None = None
+    ) -> float:
+        """Seconds to wait before retry ``retry_number`` (1 = the first retry)."""
+        base = min(self.max_delay_s, self.initial_delay_s * self.multiplier ** max(0, retry_number - 1))
+        r = (rng or self.rng or random.Random()).random()
+        wait = base * (1.0 - self.jitter * r)
+        if retry_after is not None and retry_after > 0:
+            wait = max(wait, min(float(retry_after), self.max_delay_s))
+        return max(0.0, wait)
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """The waits between attempts (``max_attempts - 1`` of them), for callers with their own loop."""
+        rng = rng or self.rng or random.Random()
+        for n in range(1, self.max_attempts):
+            yield self.delay(n, rng)
+
+    def is_retryable_status(self, status: int | None) -> bool:
+        return status is not None and status in self.retry_statuses
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    is_retryable: Callable[[BaseException], bool],
+    retry_after: Callable[[BaseException], float | None] | None = None,
+    describe: str = "call",
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+) -> T:
+    """Call ``fn`` until it succeeds, an error is not retryable, or the policy is exhausted.
+
+    A non-retryable exception propagates unchanged. When retries run out a :class:`RetryError`
+    names ``describe`` (the caller must keep credentials out of it), the attempt count and the last
+    error. ``on_retry(retry_number, error, wait_s)`` is called before each wait.
+    """
+    rng = policy.rng or random.Random()
+    waited = 0.0
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            if attempt >= policy.max_attempts:
+                raise RetryError(
+                    f"{describe} failed after {attempt} attempt(s): {_short(exc)}", attempts=attempt, last=exc
+                ) from exc
+            hint = retry_after(exc) if retry_after is not None else None
+            wait = policy.delay(attempt, rng, hint)
+            if policy.max_elapsed_s is not None and waited + wait > policy.max_elapsed_s:
+                raise RetryError(
+                    f"{describe} failed after {attempt} attempt(s) "
+                    f"(retry time budget of {policy.max_elapsed_s:g}s spent): {_short(exc)}",
+                    attempts=attempt,
+                    last=exc,
+                ) from exc
+            log.info("%s: attempt %d failed (%s); retrying in %.2fs", describe, attempt, _short(exc), wait)
+            if on_retry is not None:
+                on_retry(attempt, exc, wait)
+            policy.sleep(wait)
+            waited += wait
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().replace("\n", " ")
+    name = type(exc).__name__
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{name}: {text}" if text else name
