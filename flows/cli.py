@@ -14,6 +14,9 @@ import os
 import typer
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The ephemeral API (used when PREFECT_API_URL is unset) starts in ~15 s on an idle 2-core machine;
+# Prefect's default 20 s limit is too tight on a busy one.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 app = typer.Typer(
     name="aom",
@@ -26,9 +29,14 @@ app = typer.Typer(
 # Verb modules, in the order `aom --help` lists them. A module missing here is a bug, not optional.
 COMMAND_MODULES = (
     "flows.commands.demo",
+    "flows.commands.sensors",
     "flows.commands.samples",
     "flows.commands.search",
     "flows.commands.cubes",
+    "flows.commands.pretrain",
+    "flows.commands.embed",
+    "flows.commands.query",
+    "flows.commands.eval",
 )
 
 
@@ -40,6 +48,8 @@ def _root(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("httpx", "httpcore", "botocore", "aiobotocore", "urllib3", "rasterio", "distributed.shuffle"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 for _module in COMMAND_MODULES:

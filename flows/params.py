@@ -24,6 +24,11 @@ class StorageParams(BaseModel):
     )
     anon: bool = False
 
+    @field_validator("endpoint_url", "region_name", "credentials_block", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for ``s3://`` URLs (empty for local paths)."""
         opts: dict[str, Any] = {}
@@ -36,7 +41,8 @@ class StorageParams(BaseModel):
         if self.credentials_block:
             from prefect.blocks.system import Secret
 
-            value = Secret.load(self.credentials_block).get()
+            block: Any = Secret.load(self.credentials_block)  # sync in flows and tasks
+            value: Any = block.get()
             if not isinstance(value, dict) or not {"key", "secret"} <= set(value):
                 raise ValueError(
                     f"Secret block {self.credentials_block!r} must hold a JSON object with 'key' and 'secret'"
@@ -55,6 +61,17 @@ class AreaParams(BaseModel):
     bbox: tuple[float, float, float, float] | None = None
     geometry: dict[str, Any] | None = None
     datetime: str | None = Field(None, description="RFC 3339 interval, e.g. 2023-01-01/2023-12-31")
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _bbox_from_text(cls, v: Any) -> Any:
+        """Accept "W,S,E,N" (deployment parameters templated from the environment are strings)."""
+        if isinstance(v, str):
+            parts = [p for p in v.replace(" ", "").split(",") if p]
+            if len(parts) != 4:
+                raise ValueError(f"bbox must be 'W,S,E,N', got {v!r}")
+            return tuple(float(p) for p in parts)
+        return v
 
     @field_validator("bbox")
     @classmethod

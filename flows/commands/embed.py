@@ -1,0 +1,259 @@
+"""`aom embed` (tiles of an AOI -> the embeddings store) and `aom embed-raster` (one GeoTIFF/COG).
+
+Exit codes of ``aom embed``: 0 every tile done (or nodata / already complete); 1 some tiles failed
+(rerun the same command to finish them); 2 the request does not fit (nothing was written).
+``aom embed-raster``: 0 written, 2 bad request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def _json_arg(text: str | None, name: str) -> dict[str, Any]:
+    """A JSON object given inline or as ``@file.json`` (storage options: never echoed)."""
+    if not text:
+        return {}
+    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{name} is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{name} must be a JSON object")
+    return value
+
+
+def parse_aoi(text: str) -> Any:
+    """``W,S,E,N`` -> bbox tuple; otherwise a GeoJSON file (geometry, Feature or FeatureCollection)."""
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    if len(parts) == 4:
+        try:
+            return tuple(float(p) for p in parts)
+        except ValueError:
+            pass
+    path = Path(text)
+    if not path.is_file():
+        raise typer.BadParameter(f"--aoi {text!r} is neither W,S,E,N nor a GeoJSON file")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"--aoi {path}: {exc}") from None
+    if not isinstance(doc, dict) or "type" not in doc:
+        raise typer.BadParameter(f"--aoi {path}: not GeoJSON")
+    return doc
+
+
+def _csv(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
+def _quiet_dask() -> None:
+    for name in (
+        "distributed",
+        "distributed.scheduler",
+        "distributed.nanny",
+        "distributed.worker",
+        "distributed.core",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def embed(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint URL (local path, s3://, ...)."),
+    out: str = typer.Option(..., "--out", help="Embeddings store root URL (Zarr v3)."),
+    datetime: str = typer.Option(
+        ..., "--datetime", help="RFC 3339 range, one composite per range; comma-separate several time slices."
+    ),
+    aoi: str | None = typer.Option(None, "--aoi", help="W,S,E,N in WGS84 degrees, or a GeoJSON file."),
+    tiles: str | None = typer.Option(
+        None, "--tiles", help="Comma-separated tile ids (with --aoi: intersected)."
+    ),
+    cubes: str | None = typer.Option(None, "--cubes", help="Cube store URL (from `aom cubes`)."),
+    catalog: str | None = typer.Option(
+        None,
+        "--catalog",
+        help="Catalog URL: catalog.json / *.ndjson / *.parquet (local or s3://) or a STAC API root.",
+    ),
+    catalog_name: str = typer.Option("sample", "--catalog-name", help="Registry entry of --catalog."),
+    collections: str | None = typer.Option(
+        None,
+        "--collections",
+        help="Collections to use (default: all in the cubes; sentinel-2-l2a from a catalog).",
+    ),
+    bands: str | None = typer.Option(None, "--bands", help="Only these band names (default: all)."),
+    version: str | None = typer.Option(
+        None, "--version", help="Version name (default: <model>-<checkpoint hash>)."
+    ),
+    tile_size_m: float = typer.Option(7680.0, "--tile-size-m", help="Tile grid size (must match the cubes)."),
+    core_tokens: int | None = typer.Option(
+        None, "--core-tokens", help="Tokens a side kept per chip (default 24)."
+    ),
+    margin_tokens: int | None = typer.Option(
+        None,
+        "--margin-tokens",
+        help="Context tokens each side of a chip, dropped after the encoder (default 3).",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
+    tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Dask task."),
+    dask_address: str | None = typer.Option(
+        None,
+        "--dask-address",
+        help="Existing Dask scheduler (dask-kubernetes, dask-cuda ...); default: a LocalCluster.",
+    ),
+    workers: int = typer.Option(
+        2, "--workers", help="LocalCluster worker processes (0 = no Dask, in-process)."
+    ),
+    threads_per_worker: int = typer.Option(
+        1, "--threads-per-worker", help="Threads per worker (and torch threads)."
+    ),
+    gpu_resource: str = typer.Option(
+        "auto",
+        "--gpu-resource",
+        help="Dask resource that embed tasks require: auto (GPU when workers offer it), none, or a resource name.",
+    ),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast; GPUs)."),
+    storage_options: str | None = typer.Option(
+        None, "--storage-options", help="fsspec options for --out as JSON or @file.json (never printed)."
+    ),
+    input_storage_options: str | None = typer.Option(
+        None,
+        "--input-storage-options",
+        help="fsspec options for inputs and checkpoint (default: --storage-options).",
+    ),
+    no_stac: bool = typer.Option(False, "--no-stac", help="Do not (re)write the STAC collection and items."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the run summary here."),
+) -> None:
+    """Embed every tile of the grid over an AOI into the continent-scale embeddings store."""
+    from pipelines.embed import EmbedConfigError, EmbedRequest, run_embedding
+
+    _quiet_dask()
+    try:
+        request = EmbedRequest(
+            checkpoint=checkpoint,
+            out=out,
+            datetime=datetime,
+            aoi=parse_aoi(aoi) if aoi else None,
+            tiles=_csv(tiles),
+            cubes=cubes,
+            catalog=catalog,
+            catalog_name=catalog_name,
+            collections=_csv(collections),
+            bands=_csv(bands),
+            version=version,
+            tile_size_m=tile_size_m,
+            core_tokens=core_tokens,
+            margin_tokens=margin_tokens,
+            batch_size=batch_size,
+            tiles_per_task=tiles_per_task,
+            dask_address=dask_address,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            gpu_resource=gpu_resource,
+            device=device,
+            precision=precision,
+            storage_options=_json_arg(storage_options, "--storage-options"),
+            input_storage_options=_json_arg(input_storage_options, "--input-storage-options") or None,
+            write_stac=not no_stac,
+            progress=not no_progress,
+        )
+        summary = run_embedding(request)
+    except EmbedConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    typer.echo(summary.format())
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
+    if not summary.complete:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def embed_raster_cmd(
+    input_tif: str = typer.Argument(
+        ..., metavar="INPUT.tif", help="GeoTIFF / COG (local path or URL GDAL reads)."
+    ),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint URL."),
+    out: str = typer.Option(..., "--out", help="Output: *.tif (GeoTIFF) or *.zarr (Zarr v3), local or URL."),
+    sensor: str | None = typer.Option(None, "--sensor", help="Registry sensor name (see `aom sensors`)."),
+    bands: str | None = typer.Option(
+        None, "--bands", help="Band names, one per raster band, e.g. B02,B03,B04,B08."
+    ),
+    wavelengths: str | None = typer.Option(
+        None, "--wavelengths", help="Unknown sensor: centre wavelengths (nm)."
+    ),
+    fwhm: str | None = typer.Option(
+        None, "--fwhm", help="Unknown sensor: FWHM (nm); default 5% of the wavelength."
+    ),
+    gsd: float | None = typer.Option(
+        None, "--gsd", help="Pixel size (m); default from the raster (projected CRS)."
+    ),
+    scale: float | None = typer.Option(
+        None, "--scale", help="Reflectance = DN * scale + offset (default: file tags or 1)."
+    ),
+    offset: float | None = typer.Option(None, "--offset", help="See --scale (default: file tags or 0)."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="float32 (NaN nodata) or int8 (int8-sqrt, -128 nodata)."
+    ),
+    core_tokens: int = typer.Option(24, "--core-tokens", help="Tokens a side kept per chip."),
+    margin_tokens: int = typer.Option(3, "--margin-tokens", help="Context tokens each side of a chip."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("fp32", "--precision"),
+    storage_options: str | None = typer.Option(
+        None, "--storage-options", help="fsspec options (JSON or @file)."
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Embed one GeoTIFF/COG into a georeferenced embedding raster on the model's token grid."""
+    from pipelines.embed_chips import EmbedConfigError
+    from pipelines.embed_raster import embed_raster
+
+    try:
+        wl = [float(v) for v in _csv(wavelengths)]
+        fw = [float(v) for v in _csv(fwhm)]
+    except ValueError:
+        raise typer.BadParameter("--wavelengths / --fwhm take comma-separated numbers (nm)") from None
+    try:
+        res = embed_raster(
+            input_tif,
+            out,
+            checkpoint,
+            sensor=sensor,
+            bands=_csv(bands),
+            wavelengths=wl,
+            fwhm=fw,
+            gsd=gsd,
+            scale=scale,
+            offset=offset,
+            dtype=dtype,
+            core_tokens=core_tokens,
+            margin_tokens=margin_tokens,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            storage_options=_json_arg(storage_options, "--storage-options"),
+            progress=not no_progress,
+        )
+    except EmbedConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    typer.echo(
+        f"{res.format} {res.dtype} {res.height}x{res.width} tokens x {res.dim} dims ({res.token_px} px = "
+        f"{res.token_m:g} m per token, {res.crs}) -> {res.to_dict()['out']}: {res.valid_tokens} valid tokens, "
+        f"{res.chips_run}/{res.chips} chips in {res.elapsed_s:.1f} s"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed")(embed)
+    app.command("embed-raster")(embed_raster_cmd)

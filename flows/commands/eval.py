@@ -1,0 +1,169 @@
+"""`aom eval`: robustness of AOM embeddings to missing bands, other sensors and coarser GSDs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+EXIT_DATA = 2
+
+
+def _floats(text: str, name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} needs comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} needs comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _class_names(text: str | None) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for part in _names(text or ""):
+        value, sep, name = part.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--class-names needs VALUE=NAME pairs, got {part!r}")
+        try:
+            out[int(value)] = name
+        except ValueError:
+            raise typer.BadParameter(f"--class-names: {value!r} is not an integer label value") from None
+    return out
+
+
+def eval_command(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.md, summary.json and the plots."),
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Checkpoint path or URL, or random:<tiny|small|base> (default: the shipped "
+        "checkpoints/aom-tiny-real.safetensors).",
+    ),
+    dataset: str = typer.Option(
+        "t29unu:north",
+        "--dataset",
+        help="t29unu[:north|south] (real S2 L2A, SCL weak labels), bigearthnet[:PATH], synthetic[:K], "
+        "or a GeoTIFF path (with --labels and --sensor).",
+    ),
+    labels: str | None = typer.Option(
+        None, "--labels", help="GeoTIFF datasets: a label raster (same CRS/extent) or points (.csv/.geojson)."
+    ),
+    sensor: str | None = typer.Option(None, "--sensor", help="GeoTIFF datasets: registry sensor of the bands."),
+    bands: str = typer.Option("", "--bands", help="GeoTIFF datasets: band names in raster order (comma-separated)."),
+    scale: float | None = typer.Option(
+        None, "--scale", help="GeoTIFF: reflectance = DN * scale + offset (default 1e-4 for integer rasters)."
+    ),
+    offset: float = typer.Option(0.0, "--offset", help="GeoTIFF: reflectance offset."),
+    ignore: str = typer.Option("", "--ignore", help="Label values to ignore (comma-separated; nodata always is)."),
+    class_names: str | None = typer.Option(
+        None, "--class-names", help="VALUE=NAME,... : only these label values are classes (same name merges)."
+    ),
+    label_column: str = typer.Option("label", "--label-column", help="Points: the label column / property."),
+    window: str | None = typer.Option(None, "--window", help="t29unu: ROW,COL,HEIGHT,WIDTH crop (60 m pixels)."),
+    real_data: str | None = typer.Option(None, "--real-data", help="Real-data folder (default ../shared/data/real)."),
+    settings: str = typer.Option(
+        "band-missing,cross-sensor,cross-resolution", "--settings", help="Which settings to run."
+    ),
+    fractions: str = typer.Option("0.75,0.5,0.25", "--fractions", help="Band fractions kept (band-missing)."),
+    draws: int = typer.Option(5, "--draws", min=1, help="Seeded band subsets per fraction."),
+    sensors: str = typer.Option(
+        "landsat-oli;hls-s30:B02,B03,B04,B8A,B11,B12;modis-mcd43a4",
+        "--sensors",
+        help="Cross-sensor targets, ';'-separated: a registry sensor, optionally :BAND,BAND,...",
+    ),
+    factors: str = typer.Option("2,4", "--factors", help="Coarsening factors (cross-resolution)."),
+    probes: str = typer.Option("linear,knn", "--probes", help="linear and/or knn."),
+    knn_k: int = typer.Option(10, "--knn-k", min=1),
+    patch_px: int = typer.Option(16, "--patch-px", min=2, help="Patch side in pixels of the finest band."),
+    max_per_class: int = typer.Option(300, "--max-per-class", help="Cap of patches per class (seeded; 0 = all)."),
+    min_purity: float = typer.Option(0.6, "--min-purity", help="Majority-class share a patch needs."),
+    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Share of spatial blocks held out for test."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (default: leave as is)."),
+    random_baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline"),
+    raw_baseline: bool = typer.Option(True, "--raw-baseline/--no-raw-baseline"),
+    registry: list[str] = typer.Option([], "--registry", help="Extra sensor registry YAML files."),
+) -> None:
+    """Linear-probe and kNN robustness: band-missing, cross-sensor and cross-resolution, against a
+    random-init encoder of the same config and raw-band statistics. Writes OUT/report.md (tables),
+    OUT/summary.json and OUT/*.png."""
+    from pipelines.evaluation import DatasetSpec, EvalConfig, EvalDataError, load_dataset, run_evaluation, write_report
+    from pipelines.evaluation.features import SHIPPED_CHECKPOINT
+
+    ckpt = checkpoint
+    if ckpt is None:
+        if not SHIPPED_CHECKPOINT.is_file():
+            raise typer.BadParameter(
+                f"no --checkpoint given and the shipped checkpoint {SHIPPED_CHECKPOINT} is missing; pass a "
+                "checkpoint or random:tiny"
+            )
+        ckpt = str(SHIPPED_CHECKPOINT)
+    win = _ints(window, "--window") if window else None
+    if win is not None and len(win) != 4:
+        raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")
+    try:
+        cfg = EvalConfig(
+            checkpoint=ckpt,
+            settings=_names(settings),
+            fractions=_floats(fractions, "--fractions"),
+            draws=draws,
+            sensors=tuple(s.strip() for s in sensors.split(";") if s.strip()),
+            factors=_ints(factors, "--factors"),
+            probes=_names(probes),
+            knn_k=knn_k,
+            max_per_class=max_per_class,
+            test_fraction=test_fraction,
+            seed=seed,
+            batch_size=batch_size,
+            random_baseline=random_baseline,
+            raw_baseline=raw_baseline,
+            registry=tuple(registry),
+            threads=threads,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    spec = DatasetSpec(
+        name=dataset,
+        labels=labels,
+        sensor=sensor,
+        bands=_names(bands),
+        scale=scale,
+        offset=offset,
+        ignore=_ints(ignore, "--ignore"),
+        class_names=_class_names(class_names),
+        label_column=label_column,
+        real_data=real_data,
+        window=(win[0], win[1], win[2], win[3]) if win else None,
+        registry=tuple(registry),
+    )
+    try:
+        patches = load_dataset(spec, patch_px=patch_px, min_purity=min_purity, block_patches=4, seed=seed)
+        typer.echo(f"{patches.name}: {len(patches)} labelled patches; {patches.class_counts()}")
+        result = run_evaluation(patches, cfg, progress=lambda m: typer.echo(m, err=True))
+    except EvalDataError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_DATA) from None
+    paths = write_report(result, out)
+    goals = result.goals
+    typer.echo(f"{result.metric}, {result.dataset['split']}; {result.wall_s:.0f} s")
+    for mode, b in (goals.get("beats_random_init") or {}).items():
+        typer.echo(f"beats random-init ({mode}): {'yes' if b['met'] else 'no: ' + '; '.join(b['not_met_in'])}")
+    for mode, per in (goals.get("half_bands_retention") or {}).items():
+        for probe, r in per.items():
+            typer.echo(f"50% bands, {probe} {mode}: {100 * r['retention']:.1f}% of all-band {result.metric}")
+    typer.echo(json.dumps({k: str(v) for k, v in paths.items()}))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

@@ -1,0 +1,116 @@
+"""`aom pretrain`: pretrain (or resume / fine-tune) AOM on cube stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import typer
+
+
+def pretrain(
+    cubes: list[str] = typer.Option(
+        [], "--cubes", help="Cube store URL (local path or s3://...); repeat, or list more after it."
+    ),
+    more_cubes: list[str] = typer.Argument(None, help="More cube store URLs (so `--cubes A B C` works)."),
+    config: str = typer.Option("tiny", "--config", help="Model size: tiny | small | base."),
+    out: str = typer.Option(
+        ..., "--out", help="Output URL: checkpoints, metrics.jsonl, loss_curve.png, model."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from OUT/checkpoints/latest.json if present."
+    ),
+    init: str | None = typer.Option(
+        None, "--init", help="Start from these weights (fine-tuning on new cubes): a model.safetensors URL."
+    ),
+    max_steps: int = typer.Option(
+        1000, "--max-steps", help="Optimiser steps (the cosine schedule spans them)."
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", help="Micro-batch per device."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step and device."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak AdamW learning rate."),
+    warmup_steps: int = typer.Option(100, "--warmup-steps"),
+    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    clip_grad_norm: float = typer.Option(1.0, "--clip-grad-norm", help="<= 0 disables clipping."),
+    chip_m: float = typer.Option(480.0, "--chip-m", help="Chip side in metres (a multiple of every GSD)."),
+    min_valid_frac: float = typer.Option(0.5, "--min-valid-frac", help="Skip chips with fewer valid pixels."),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help="Chip locations held out of training."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Loader worker processes per device."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
+    log_every: int = typer.Option(10, "--log-every"),
+    seed: int = typer.Option(0, "--seed"),
+    no_amp: bool = typer.Option(False, "--no-amp", help="Disable bf16 autocast on CUDA."),
+    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    nproc_per_node: int = typer.Option(
+        1, "--nproc-per-node", help=">1: launch torchrun with this many processes."
+    ),
+    nnodes: str = typer.Option("1", "--nnodes", help="Nodes (or MIN:MAX); >1 needs --rdzv-endpoint."),
+    rdzv_endpoint: str | None = typer.Option(None, "--rdzv-endpoint", help="host:port of the rendezvous."),
+    rdzv_id: str = typer.Option("aom-pretrain", "--rdzv-id", help="Same id on every node of one job."),
+    storage_options: str | None = typer.Option(
+        None, "--storage-options", help="fsspec options as JSON (e.g. an endpoint_url); never logged."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the torchrun command instead of running."),
+) -> None:
+    """Pretrain AOM on cube stores: masked band reconstruction + multi-scale alignment.
+
+    Checkpoints, metrics (JSON lines), a loss-curve PNG and the final model.safetensors go to OUT.
+    With --nproc-per-node/--nnodes the same run is launched under torchrun (NCCL on GPU, gloo on CPU).
+    """
+    from aom_model.data import ChipConfig
+    from aom_model.train import PretrainConfig, pretrain_torchrun_command, run_pretraining
+
+    urls = list(cubes) + list(more_cubes or [])
+    if not urls:
+        raise typer.BadParameter("give at least one cube store with --cubes")
+    try:
+        cfg = PretrainConfig(
+            cubes=tuple(urls),
+            out=out,
+            model=config,
+            resume=resume,
+            init=init,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            lr=lr,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            clip_grad_norm=clip_grad_norm,
+            num_workers=num_workers,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+            seed=seed,
+            amp=not no_amp,
+            activation_checkpointing=activation_checkpointing,
+            device=device,
+            storage_options=json.loads(storage_options) if storage_options else {},
+            chips=ChipConfig(chip_m=chip_m, min_valid_frac=min_valid_frac, val_fraction=val_fraction),
+        )
+        cfg.model_config()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    if nproc_per_node > 1 or nnodes not in ("1", "1:1") or dry_run:
+        cmd = pretrain_torchrun_command(
+            cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id
+        )
+        if dry_run:
+            typer.echo(" ".join(cmd))
+            return
+        env = dict(os.environ)
+        if storage_options:  # not on the command line (it may carry credentials)
+            env["AOM_STORAGE_OPTIONS"] = storage_options
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    result = run_pretraining(cfg)
+    typer.echo(f"{result.steps} steps, final loss {result.final_loss}, {result.samples_per_s:.1f} samples/s")
+    typer.echo(f"model:   {result.checkpoint}")
+    typer.echo(f"metrics: {result.metrics_url}")
+    typer.echo(f"curve:   {result.loss_curve_url}")
+    if any(result.counters.get(k) for k in ("chips_skipped", "nonfinite_steps")):
+        typer.echo(f"counters: {result.counters}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pretrain")(pretrain)

@@ -1,0 +1,279 @@
+"""`aom query`: explore embedding stores (similar / map / export / classify / versions).
+
+Examples::
+
+    aom query versions --embeddings s3://bucket/emb
+    aom query similar  --embeddings s3://bucket/emb --lon 5.99 --lat 45.0 --k 20 --out hits.parquet
+    aom query map      --embeddings /data/emb --bbox 5.95,44.98,6.05,45.02 --out pca.png
+    aom query map      --embeddings /data/emb --bbox 5.95,44.98,6.05,45.02 --lon 5.99 --lat 45 --out sim.png
+    aom query export   --embeddings /data/emb --bbox 5.95,44.98,6.05,45.02 --out area.tif
+    aom query classify --embeddings /data/emb --labels labels.geojson --out classes.tif
+
+Object-store credentials come from the usual chains; ``--storage-options '{"endpoint_url": ...}'``
+passes extra fsspec options (never printed).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+query_app = typer.Typer(
+    name="query",
+    help="Query embedding stores: similarity search, maps, exports, few-shot classification.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EMB_OPT = typer.Option(..., "--embeddings", "-e", help="Embeddings store URL (local path or s3://...).")
+VERSION_OPT = typer.Option(
+    None, "--version", help="Dataset version (model/checkpoint); needed when several exist."
+)
+TIME_OPT = typer.Option(
+    None, "--time", help="ISO date/datetime or index; default: the latest time with data."
+)
+OPTS_OPT = typer.Option(
+    None, "--storage-options", help="fsspec storage options as JSON (e.g. an endpoint_url)."
+)
+CRS_OPT = typer.Option("EPSG:4326", "--crs", help="CRS of --bbox (EPSG code, WKT or PROJ string).")
+TARGET_OPT = typer.Option(
+    None, "--target-crs", help="Output CRS when zones are merged (default: zone of the bbox centre)."
+)
+
+
+def _opts(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"--storage-options is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter("--storage-options must be a JSON object")
+    return value
+
+
+def _out_opts(out: str | None, embeddings: str, storage_options: str | None) -> dict[str, Any] | None:
+    """Outputs on the same object store as the embeddings reuse its options; others get none."""
+    if out and "://" in out and out.split("://", 1)[0] == embeddings.split("://", 1)[0]:
+        return _opts(storage_options)
+    return None
+
+
+def _time(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=2)
+
+
+def _open(url: str, version: str | None, storage_options: str | None) -> Any:
+    from pipelines.query import open_embeddings
+
+    return open_embeddings(url, version, _opts(storage_options))
+
+
+@query_app.command("versions")
+def versions(embeddings: str = EMB_OPT, storage_options: str | None = OPTS_OPT) -> None:
+    """List the versions (model, checkpoint, times, zones, extent) of a store."""
+    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.query import available_versions, open_embeddings
+
+    try:
+        opts = _opts(storage_options)
+        for v in available_versions(embeddings, opts):
+            typer.echo(open_embeddings(embeddings, v.name, opts).describe())
+    except EmbeddingsStoreError as exc:
+        raise _fail(exc) from None
+
+
+@query_app.command("similar")
+def similar_cmd(
+    embeddings: str = EMB_OPT,
+    lon: list[float] = typer.Option(..., "--lon", help="Example longitude (repeat for several examples)."),
+    lat: list[float] = typer.Option(..., "--lat", help="Example latitude (repeat, same order as --lon)."),
+    k: int = typer.Option(10, "--k", min=1, help="Number of results."),
+    aoi: str | None = typer.Option(
+        None, "--aoi", help="Search only inside minx,miny,maxx,maxy (in --aoi-crs)."
+    ),
+    aoi_crs: str = typer.Option("EPSG:4326", "--aoi-crs", help="CRS of --aoi."),
+    exclude_radius_m: float = typer.Option(
+        0.0, "--exclude-radius-m", help="Skip results this close to the examples."
+    ),
+    out: str | None = typer.Option(
+        None, "--out", help="Write results: .json/.geojson or .parquet (GeoParquet)."
+    ),
+    version: str | None = VERSION_OPT,
+    time: str | None = TIME_OPT,
+    storage_options: str | None = OPTS_OPT,
+) -> None:
+    """Top-k most similar locations to example point(s), over an AOI or the whole dataset."""
+    from pipelines import storage
+    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.query import similar
+    from pipelines.query.similarity import describe_result
+
+    try:
+        emb = _open(embeddings, version, storage_options)
+        res = similar(
+            emb,
+            lon=lon,
+            lat=lat,
+            k=k,
+            aoi=aoi,
+            aoi_crs=aoi_crs,
+            time=_time(time),
+            exclude_radius_m=exclude_radius_m,
+        )
+        typer.echo(describe_result(res, embeddings))
+        if out:
+            if out.lower().endswith((".parquet", ".geoparquet")):
+                res.to_geoparquet(out, _out_opts(out, embeddings, storage_options))
+            else:
+                storage.write_json_atomic(out, res.to_geojson(), _out_opts(out, embeddings, storage_options))
+            typer.echo(f"results: {out}")
+    except EmbeddingsStoreError as exc:
+        raise _fail(exc) from None
+
+
+@query_app.command("map")
+def map_cmd(
+    embeddings: str = EMB_OPT,
+    bbox: str = typer.Option(..., "--bbox", help="minx,miny,maxx,maxy in --crs."),
+    out: str = typer.Option(..., "--out", help="PNG path or URL."),
+    crs: str = CRS_OPT,
+    lon: list[float] | None = typer.Option(
+        None, "--lon", help="With --lat: a similarity heatmap to this point."
+    ),
+    lat: list[float] | None = typer.Option(None, "--lat", help="Latitude of the example point(s)."),
+    target_crs: str | None = TARGET_OPT,
+    version: str | None = VERSION_OPT,
+    time: str | None = TIME_OPT,
+    storage_options: str | None = OPTS_OPT,
+) -> None:
+    """PCA -> RGB map of an area, or a similarity heatmap when --lon/--lat are given."""
+    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.query import pca_map, similarity_heatmap
+
+    try:
+        emb = _open(embeddings, version, storage_options)
+        if lon or lat:
+            similarity_heatmap(
+                emb,
+                bbox,
+                out,
+                crs,
+                lon=lon,
+                lat=lat,
+                time=_time(time),
+                target_crs=target_crs,
+                storage_options=_out_opts(out, embeddings, storage_options),
+            )
+        else:
+            pca_map(
+                emb,
+                bbox,
+                out,
+                crs,
+                time=_time(time),
+                target_crs=target_crs,
+                storage_options=_out_opts(out, embeddings, storage_options),
+            )
+        typer.echo(f"map: {out}")
+    except EmbeddingsStoreError as exc:
+        raise _fail(exc) from None
+
+
+@query_app.command("export")
+def export_cmd(
+    embeddings: str = EMB_OPT,
+    bbox: str = typer.Option(..., "--bbox", help="minx,miny,maxx,maxy in --crs."),
+    out: str = typer.Option(..., "--out", help=".tif (Cloud-Optimised GeoTIFF) or .parquet (GeoParquet)."),
+    crs: str = CRS_OPT,
+    dtype: str = typer.Option("float32", "--dtype", help="GeoTIFF: float32 (dequantised) or int8 (codes)."),
+    geometry: str = typer.Option("point", "--geometry", help="GeoParquet: point (token centre) or polygon."),
+    target_crs: str | None = TARGET_OPT,
+    version: str | None = VERSION_OPT,
+    time: str | None = TIME_OPT,
+    storage_options: str | None = OPTS_OPT,
+) -> None:
+    """Export the embeddings of an area to a COG or to GeoParquet vectors."""
+    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.query import export
+
+    if dtype not in ("float32", "int8"):
+        raise typer.BadParameter("--dtype must be float32 or int8")
+    if geometry not in ("point", "polygon"):
+        raise typer.BadParameter("--geometry must be point or polygon")
+    try:
+        emb = _open(embeddings, version, storage_options)
+        export(
+            emb,
+            bbox,
+            out,
+            crs,
+            time=_time(time),
+            target_crs=target_crs,
+            dtype=dtype,  # type: ignore[arg-type]
+            geometry=geometry,  # type: ignore[arg-type]
+            storage_options=_out_opts(out, embeddings, storage_options),
+        )
+        typer.echo(f"export: {out}")
+    except EmbeddingsStoreError as exc:
+        raise _fail(exc) from None
+
+
+@query_app.command("classify")
+def classify_cmd(
+    embeddings: str = EMB_OPT,
+    labels: str = typer.Option(
+        ..., "--labels", help="Labelled points (.geojson/.parquet) or a label raster (.tif)."
+    ),
+    out: str | None = typer.Option(None, "--out", help="Class map GeoTIFF (COG)."),
+    label_field: str | None = typer.Option(
+        None, "--label-field", help="Property holding the class (auto-detected)."
+    ),
+    bbox: str | None = typer.Option(None, "--bbox", help="Area to map (default: the labels' extent)."),
+    crs: str = CRS_OPT,
+    method: str = typer.Option("linear", "--method", help="linear (logistic-regression probe) or knn."),
+    cv: int = typer.Option(5, "--cv", min=2, help="Folds of the stratified cross-validation."),
+    target_crs: str | None = TARGET_OPT,
+    version: str | None = VERSION_OPT,
+    time: str | None = TIME_OPT,
+    storage_options: str | None = OPTS_OPT,
+) -> None:
+    """Few-shot mapping: fit a probe on labelled points, report CV accuracy, write a class map."""
+    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.query import classify
+
+    if method not in ("linear", "knn"):
+        raise typer.BadParameter("--method must be linear or knn")
+    try:
+        emb = _open(embeddings, version, storage_options)
+        res = classify(
+            emb,
+            labels,
+            bbox=bbox,
+            crs=crs,
+            out=out,
+            method=method,  # type: ignore[arg-type]
+            time=_time(time),
+            label_field=label_field,
+            cv=cv,
+            target_crs=target_crs,
+            storage_options=_out_opts(out or labels, embeddings, storage_options),
+        )
+        typer.echo(res.summary())
+    except EmbeddingsStoreError as exc:
+        raise _fail(exc) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(query_app, name="query")

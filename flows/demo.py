@@ -1,0 +1,76 @@
+"""Prefect flow `demo`: the whole chain on the embedded default.
+
+samples -> search -> cubes -> short `tiny` pretraining -> embeddings (2-worker Dask LocalCluster)
+-> similarity query + PCA map. Runs against an ephemeral Prefect API when PREFECT_API_URL is unset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from pipelines import demo as steps
+
+
+@task
+def samples_task(paths: steps.DemoPaths) -> dict[str, Any]:
+    return steps.build_samples(paths)
+
+
+@task(retries=2, retry_delay_seconds=2, tags=["catalog-api"])
+def search_task(paths: steps.DemoPaths, catalog_url: str) -> dict[str, Any]:
+    return steps.search_samples(paths, catalog_url)
+
+
+@task(retries=1)
+def cubes_task(paths: steps.DemoPaths) -> dict[str, Any]:
+    return steps.build_cubes(paths)
+
+
+@task
+def pretrain_task(paths: steps.DemoPaths, pretrain_steps: int) -> dict[str, Any]:
+    return steps.pretrain(paths, pretrain_steps)
+
+
+@task(retries=1)
+def embed_task(paths: steps.DemoPaths, checkpoint: str, workers: int) -> dict[str, Any]:
+    return steps.embed(paths, checkpoint, workers)
+
+
+@task
+def query_task(paths: steps.DemoPaths) -> dict[str, Any]:
+    return steps.query(paths)
+
+
+@flow(name="demo", log_prints=True)
+def demo(out_dir: str = "aom-demo", pretrain_steps: int = 60, workers: int = 2) -> dict[str, Any]:
+    logger = get_run_logger()
+    paths = steps.DemoPaths(Path(out_dir).absolute())
+    sample = samples_task(paths)
+    for note in sample["notes"]:
+        logger.info("samples: %s", note)
+    found = search_task(paths, sample["items_parquet"])
+    logger.info("search: %d items %s", found["count"], found["by_collection"])
+    cubes = cubes_task(paths)
+    logger.info("cubes: %s", cubes["summary"])
+    trained = pretrain_task(paths, pretrain_steps)
+    logger.info("pretrain: final loss %s", trained["final_loss"])
+    embedded = embed_task(paths, trained["checkpoint"], workers)
+    logger.info("embed:\n%s", embedded["summary"])
+    answers = query_task(paths)
+    for hit in answers["top"]:
+        logger.info("similar: %s", hit)
+    outputs = {
+        "samples": str(paths.samples),
+        "items": found["items_url"],
+        "cubes": cubes["cubes"],
+        "checkpoint": trained["checkpoint"],
+        "loss_curve": trained["loss_curve"],
+        "embeddings": embedded["embeddings"],
+        "pca_map": answers["pca_png"],
+        "similarity": answers["similarity_png"],
+    }
+    print(steps.format_outputs(outputs))
+    return {"outputs": outputs, "top": answers["top"], "final_loss": trained["final_loss"]}

@@ -1,0 +1,79 @@
+"""Prefect flow `pretrain`: AOM pretraining in-process, or as a torchrun job on a GPU work pool.
+
+In-process (``nproc_per_node=0``) calls the library directly. With ``nproc_per_node >= 1`` the flow
+launches ``torchrun`` (one node, or several with a rendezvous endpoint) on the worker's machine:
+on the ``gpu`` work pool that is a Kubernetes job with ``nvidia.com/gpu`` (see infra/).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.params import StorageParams
+
+
+class PretrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cubes: tuple[str, ...] = Field(..., min_length=1, description="cube store URLs")
+    out: str = Field(..., description="run folder URL: checkpoints, metrics, final model")
+    config: str = Field("tiny", pattern="^(tiny|small|base)$")
+    max_steps: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    init: str | None = Field(None, description="initial weights (fine-tuning from a checkpoint)")
+    resume: bool = True
+    nproc_per_node: int = Field(0, ge=0, description="0: in-process; >=1: torchrun processes per node")
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous for multi-node")
+    storage: StorageParams = StorageParams()
+
+
+@task
+def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
+    from aom_model.train import PretrainConfig, run_pretraining
+
+    return run_pretraining(
+        PretrainConfig(
+            cubes=params.cubes,
+            out=params.out,
+            model=params.config,
+            max_steps=params.max_steps,
+            batch_size=params.batch_size,
+            init=params.init,
+            resume=params.resume,
+            storage_options=params.storage.storage_options(),
+            progress=False,
+        )
+    ).to_dict()
+
+
+@task
+def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
+    from aom_model.distributed import torchrun_command
+
+    args = ["--cubes", *params.cubes, "--out", params.out, "--config", params.config]
+    args += ["--max-steps", str(params.max_steps), "--batch-size", str(params.batch_size), "--no-progress"]
+    if params.init:
+        args += ["--init", params.init]
+    if params.resume:
+        args.append("--resume")
+    cmd = torchrun_command(
+        args, nproc_per_node=params.nproc_per_node, nnodes=params.nnodes, rdzv_endpoint=params.rdzv_endpoint
+    )
+    # Storage credentials reach the ranks through the worker's environment (standard chain), never argv.
+    subprocess.run(cmd, check=True)
+    return {"out": params.out, "command": cmd}
+
+
+@flow(name="pretrain", log_prints=True, validate_parameters=True)
+def pretrain(params: PretrainParams) -> dict[str, Any]:
+    get_run_logger().info(
+        "pretrain %s on %d cube store(s) -> %s", params.config, len(params.cubes), params.out
+    )
+    if params.nproc_per_node == 0:
+        return pretrain_in_process(params)
+    return pretrain_torchrun(params)

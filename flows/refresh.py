@@ -1,0 +1,115 @@
+"""Prefect flow `refresh`: poll a catalog since the last watermark, ingest exactly the tiles touched
+by new items, then emit an event naming them (deployment triggers re-embed those tiles, and start a
+fine-tuning run when enough new data has accumulated).
+
+The watermark lives in object storage and is committed only after the ingest succeeded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.events import emit_event
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.common import catalog_slot, publish_summary
+from flows.ingest import IngestParams, ingest
+from pipelines.refresh import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
+from pipelines.storage import join, read_json, write_json_atomic
+from pipelines.tiling import TileGrid
+
+TILES_UPDATED_EVENT = "aom.refresh.tiles-updated"
+RETRAIN_EVENT = "aom.refresh.retrain-requested"
+
+
+class RefreshParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ingest: IngestParams
+    state_url: str | None = Field(None, description="where the watermark lives (default: <cubes>/_state)")
+    retrain_min_new_items: int = Field(
+        0, ge=0, description="request fine-tuning after this many new items (0: never)"
+    )
+
+    @property
+    def watermark_url(self) -> str:
+        return join(self.state_url or join(self.ingest.out, "_state"), "watermark.json")
+
+    @property
+    def counter_url(self) -> str:
+        return join(self.state_url or join(self.ingest.out, "_state"), "items-since-training.json")
+
+
+@task(retries=3, retry_delay_seconds=[2, 10, 30], tags=["catalog-api"])
+def plan_task(params: RefreshParams) -> RefreshPlan:
+    with catalog_slot():
+        return plan_refresh(
+            params.ingest.request(),
+            params.watermark_url,
+            grid=TileGrid(tile_size_m=params.ingest.tile_size_m),
+            catalog_url=params.ingest.catalog_url,
+            watermark_storage_options=params.ingest.storage.storage_options(),
+        )
+
+
+@task(retries=3, retry_delay_seconds=[2, 10])
+def commit_task(params: RefreshParams, plan: RefreshPlan) -> None:
+    commit_watermark(params.watermark_url, plan, params.ingest.storage.storage_options())
+
+
+@task(retries=3, retry_delay_seconds=[2, 10])
+def bump_counter_task(params: RefreshParams, n: int, reset: bool) -> int:
+    opts = params.ingest.storage.storage_options()
+    try:
+        count = int(read_json(params.counter_url, opts)["items"])
+    except FileNotFoundError:
+        count = 0
+    count = 0 if reset else count + n
+    write_json_atomic(params.counter_url, {"items": count}, opts)
+    return count
+
+
+@flow(name="refresh", log_prints=True, validate_parameters=True)
+def refresh(params: RefreshParams) -> dict[str, Any]:
+    logger = get_run_logger()
+    plan = plan_task(params)
+    if plan.is_empty:
+        logger.info("refresh: %s", "; ".join(plan.notes))
+        publish_summary("refresh-summary", "refresh: no new items", [], ["tile_id"], notes=list(plan.notes))
+        return {"new_items": 0, "tile_ids": [], "notes": list(plan.notes)}
+    logger.info(
+        "refresh: %d new item(s) touch %d tile(s): %s",
+        len(plan.new_items),
+        len(plan.tile_ids),
+        summarise_tiles(plan.tile_ids),
+    )
+    result = ingest(params.ingest.model_copy(update={"tile_ids": plan.tile_ids}))
+    commit_task(params, plan)  # only after the ingest succeeded
+    resource = {"prefect.resource.id": f"aom.cubes.{params.ingest.out}", "prefect.resource.name": "aom-cubes"}
+    payload = {
+        "tile_ids": list(plan.tile_ids),
+        "cubes": params.ingest.out,
+        "items": [i["id"] for i in plan.new_items],
+    }
+    emit_event(event=TILES_UPDATED_EVENT, resource=resource, payload=payload)
+    since = bump_counter_task(params, len(plan.new_items), reset=False)
+    retrain = should_retrain(0, min_new_items=params.retrain_min_new_items, items_since_training=since)
+    if retrain:
+        emit_event(
+            event=RETRAIN_EVENT, resource=resource, payload={"cubes": params.ingest.out, "new_items": since}
+        )
+        bump_counter_task(params, 0, reset=True)
+    publish_summary(
+        "refresh-summary",
+        f"refresh: {len(plan.new_items)} new item(s), {len(plan.tile_ids)} tile(s)",
+        [{"tile_id": t} for t in plan.tile_ids],
+        ["tile_id"],
+        notes=[*plan.notes, f"retrain requested: {retrain}"],
+    )
+    return {
+        "new_items": len(plan.new_items),
+        "tile_ids": list(plan.tile_ids),
+        "ingest": result,
+        "retrain": retrain,
+    }
