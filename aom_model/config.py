@@ -82,7 +82,9 @@ class AOMConfig:
             ("decoder_dim", "decoder_heads"),
         ):
             if getattr(self, heads) >= 1 and getattr(self, dim) % getattr(self, heads) != 0:
-                errors.append(f"{dim}={getattr(self, dim)} is not divisible by {heads}={getattr(self, heads)}")
+                errors.append(
+                    f"{dim}={getattr(self, dim)} is not divisible by {heads}={getattr(self, heads)}"
+                )
         if self.embed_dim % 4 != 0 or self.decoder_dim % 4 != 0:
             errors.append("embed_dim and decoder_dim must be multiples of 4 (2-D sin-cos embedding)")
         if not self.kernel_sizes or any(int(k) < 1 for k in self.kernel_sizes):

@@ -48,7 +48,15 @@ def _root(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "httpcore", "botocore", "aiobotocore", "urllib3", "rasterio", "distributed.shuffle"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "botocore",
+        "aiobotocore",
+        "urllib3",
+        "rasterio",
+        "distributed.shuffle",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -7,9 +7,9 @@ the worker (environment from a Kubernetes Secret, instance role, profile) or fro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 
 class StorageParams(BaseModel):
@@ -58,7 +58,20 @@ class AreaParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bbox: tuple[float, float, float, float] | None = None
+    # Schema also admits "W,S,E,N" text: deployment parameters templated from the environment are strings.
+    bbox: Annotated[
+        tuple[float, float, float, float] | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+                    {"type": "string", "description": "W,S,E,N in degrees"},
+                    {"type": "null"},
+                ],
+                "title": "Bbox",
+            }
+        ),
+    ] = None
     geometry: dict[str, Any] | None = None
     datetime: str | None = Field(None, description="RFC 3339 interval, e.g. 2023-01-01/2023-12-31")
 

@@ -112,8 +112,11 @@ def embed(
     workers: int = typer.Option(
         2, "--workers", help="LocalCluster worker processes (0 = no Dask, in-process)."
     ),
+    torch_threads: int = typer.Option(1, "--torch-threads", help="Threads of each encoder call."),
     threads_per_worker: int = typer.Option(
-        1, "--threads-per-worker", help="Threads per worker (and torch threads)."
+        2,
+        "--threads-per-worker",
+        help="Threads per LocalCluster worker: one runs the encoder, the others read the next tiles.",
     ),
     gpu_resource: str = typer.Option(
         "auto",
@@ -159,6 +162,7 @@ def embed(
             dask_address=dask_address,
             workers=workers,
             threads_per_worker=threads_per_worker,
+            torch_threads=torch_threads,
             gpu_resource=gpu_resource,
             device=device,
             precision=precision,

@@ -58,19 +58,29 @@ def eval_command(
     labels: str | None = typer.Option(
         None, "--labels", help="GeoTIFF datasets: a label raster (same CRS/extent) or points (.csv/.geojson)."
     ),
-    sensor: str | None = typer.Option(None, "--sensor", help="GeoTIFF datasets: registry sensor of the bands."),
-    bands: str = typer.Option("", "--bands", help="GeoTIFF datasets: band names in raster order (comma-separated)."),
+    sensor: str | None = typer.Option(
+        None, "--sensor", help="GeoTIFF datasets: registry sensor of the bands."
+    ),
+    bands: str = typer.Option(
+        "", "--bands", help="GeoTIFF datasets: band names in raster order (comma-separated)."
+    ),
     scale: float | None = typer.Option(
         None, "--scale", help="GeoTIFF: reflectance = DN * scale + offset (default 1e-4 for integer rasters)."
     ),
     offset: float = typer.Option(0.0, "--offset", help="GeoTIFF: reflectance offset."),
-    ignore: str = typer.Option("", "--ignore", help="Label values to ignore (comma-separated; nodata always is)."),
+    ignore: str = typer.Option(
+        "", "--ignore", help="Label values to ignore (comma-separated; nodata always is)."
+    ),
     class_names: str | None = typer.Option(
         None, "--class-names", help="VALUE=NAME,... : only these label values are classes (same name merges)."
     ),
     label_column: str = typer.Option("label", "--label-column", help="Points: the label column / property."),
-    window: str | None = typer.Option(None, "--window", help="t29unu: ROW,COL,HEIGHT,WIDTH crop (60 m pixels)."),
-    real_data: str | None = typer.Option(None, "--real-data", help="Real-data folder (default ../shared/data/real)."),
+    window: str | None = typer.Option(
+        None, "--window", help="t29unu: ROW,COL,HEIGHT,WIDTH crop (60 m pixels)."
+    ),
+    real_data: str | None = typer.Option(
+        None, "--real-data", help="Real-data folder (default ../shared/data/real)."
+    ),
     settings: str = typer.Option(
         "band-missing,cross-sensor,cross-resolution", "--settings", help="Which settings to run."
     ),
@@ -85,9 +95,14 @@ def eval_command(
     probes: str = typer.Option("linear,knn", "--probes", help="linear and/or knn."),
     knn_k: int = typer.Option(10, "--knn-k", min=1),
     patch_px: int = typer.Option(16, "--patch-px", min=2, help="Patch side in pixels of the finest band."),
-    max_per_class: int = typer.Option(300, "--max-per-class", help="Cap of patches per class (seeded; 0 = all)."),
+    max_per_class: int = typer.Option(
+        300, "--max-per-class", help="Cap of patches per class (seeded; 0 = all)."
+    ),
+    min_per_class: int = typer.Option(10, "--min-per-class", help="Leave out classes with fewer patches."),
     min_purity: float = typer.Option(0.6, "--min-purity", help="Majority-class share a patch needs."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Share of spatial blocks held out for test."),
+    test_fraction: float = typer.Option(
+        0.3, "--test-fraction", help="Share of spatial blocks held out for test."
+    ),
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: leave as is)."),
@@ -98,7 +113,14 @@ def eval_command(
     """Linear-probe and kNN robustness: band-missing, cross-sensor and cross-resolution, against a
     random-init encoder of the same config and raw-band statistics. Writes OUT/report.md (tables),
     OUT/summary.json and OUT/*.png."""
-    from pipelines.evaluation import DatasetSpec, EvalConfig, EvalDataError, load_dataset, run_evaluation, write_report
+    from pipelines.evaluation import (
+        DatasetSpec,
+        EvalConfig,
+        EvalDataError,
+        load_dataset,
+        run_evaluation,
+        write_report,
+    )
     from pipelines.evaluation.features import SHIPPED_CHECKPOINT
 
     ckpt = checkpoint
@@ -123,6 +145,7 @@ def eval_command(
             probes=_names(probes),
             knn_k=knn_k,
             max_per_class=max_per_class,
+            min_per_class=min_per_class,
             test_fraction=test_fraction,
             seed=seed,
             batch_size=batch_size,
@@ -158,7 +181,9 @@ def eval_command(
     goals = result.goals
     typer.echo(f"{result.metric}, {result.dataset['split']}; {result.wall_s:.0f} s")
     for mode, b in (goals.get("beats_random_init") or {}).items():
-        typer.echo(f"beats random-init ({mode}): {'yes' if b['met'] else 'no: ' + '; '.join(b['not_met_in'])}")
+        typer.echo(
+            f"beats random-init ({mode}): {'yes' if b['met'] else 'no: ' + '; '.join(b['not_met_in'])}"
+        )
     for mode, per in (goals.get("half_bands_retention") or {}).items():
         for probe, r in per.items():
             typer.echo(f"50% bands, {probe} {mode}: {100 * r['retention']:.1f}% of all-band {result.metric}")

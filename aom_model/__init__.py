@@ -1,0 +1,37 @@
+"""Any-Optical-Model (AOM): a spectrum-independent, GSD-adaptive remote-sensing encoder (PyTorch only)."""
+
+from aom_model.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from aom_model.config import AOMConfig
+from aom_model.export import EncoderWrapper, batch_to_args, export_encoder
+from aom_model.inputs import BandBatch, BandGroup
+from aom_model.masking import channel_mask
+from aom_model.model import AOM, EncoderOutput
+from aom_model.patch_embed import GridPlan, GroupPlan, plan_grid
+from aom_model.synthetic import MODIS, SENTINEL2, sensor_batch, smooth_field
+from aom_model.tokenizer import Tokens, plan_for
+from aom_model.vit_baseline import PlainViT
+
+__all__ = [
+    "AOM",
+    "MODIS",
+    "SENTINEL2",
+    "AOMConfig",
+    "BandBatch",
+    "BandGroup",
+    "EncoderOutput",
+    "EncoderWrapper",
+    "GridPlan",
+    "GroupPlan",
+    "PlainViT",
+    "Tokens",
+    "batch_to_args",
+    "channel_mask",
+    "checkpoint_bytes",
+    "export_encoder",
+    "load_checkpoint",
+    "plan_for",
+    "plan_grid",
+    "save_checkpoint",
+    "sensor_batch",
+    "smooth_field",
+]

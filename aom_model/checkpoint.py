@@ -1,0 +1,120 @@
+"""safetensors checkpoints carrying the config, normalisation statistics and metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import IO, Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from aom_model.config import AOMConfig
+from aom_model.model import AOM
+
+FORMAT = "aom-checkpoint"
+FORMAT_VERSION = 1
+
+PathOrFile = str | os.PathLike[str] | IO[bytes]
+
+
+def checkpoint_bytes(
+    model: AOM,
+    config: AOMConfig | None = None,
+    norm_stats: dict[str, Any] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> bytes:
+    """Serialise to safetensors bytes (tensors + JSON metadata: format, version, config, stats)."""
+    config = config or model.config
+    if config != model.config:
+        raise ValueError("config does not match the model's config")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    try:
+        meta = {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "config": json.dumps(config.to_dict(), sort_keys=True),
+            "norm_stats": json.dumps(norm_stats),
+            "extra": json.dumps(extra_meta or {}),
+        }
+    except TypeError as e:
+        raise ValueError(f"norm_stats / extra_meta must be JSON-serialisable: {e}") from e
+    return st_save(tensors, metadata=meta)
+
+
+def save_checkpoint(
+    dest: PathOrFile | None,
+    model: AOM,
+    config: AOMConfig | None = None,
+    norm_stats: dict[str, Any] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> bytes:
+    """Write a checkpoint to a local path or a binary file object (or nowhere: ``dest=None``);
+    returns the bytes either way."""
+    data = checkpoint_bytes(model, config, norm_stats, extra_meta)
+    if dest is None:
+        return data
+    if isinstance(dest, str | os.PathLike):
+        with open(dest, "wb") as f:
+            f.write(data)
+    else:
+        dest.write(data)
+    return data
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors checkpoint: too short")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ValueError("not a safetensors checkpoint: bad header length")
+    header = json.loads(data[8 : 8 + n])
+    meta: dict[str, str] = header.get("__metadata__", {}) or {}
+    return meta
+
+
+def load_checkpoint(
+    src: PathOrFile | bytes,
+    map_location: str | torch.device = "cpu",
+) -> tuple[AOM, AOMConfig, dict[str, Any] | None, dict[str, Any]]:
+    """-> (model in eval mode, config, norm_stats, meta). Keys and shapes must match exactly."""
+    if isinstance(src, bytes | bytearray | memoryview):
+        data = bytes(src)
+    elif isinstance(src, str | os.PathLike):
+        with open(src, "rb") as f:
+            data = f.read()
+    else:
+        data = src.read()
+    meta = read_metadata(data)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"not an AOM checkpoint (format={meta.get('format')!r})")
+    version = int(meta.get("format_version", "-1"))
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"unsupported checkpoint format_version {version} (this code reads {FORMAT_VERSION})"
+        )
+    config = AOMConfig.from_dict(json.loads(meta["config"]))
+    norm_stats = json.loads(meta.get("norm_stats", "null"))
+    extra = json.loads(meta.get("extra", "{}"))
+    tensors = st_load(data)
+    model = AOM(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint keys do not match the model: missing={missing}, unexpected={unexpected}"
+        )
+    bad_shapes = {
+        k: (tuple(tensors[k].shape), tuple(v.shape))
+        for k, v in expected.items()
+        if tensors[k].shape != v.shape
+    }
+    if bad_shapes:
+        raise ValueError(f"checkpoint shapes do not match the model (checkpoint, model): {bad_shapes}")
+    model.load_state_dict(tensors, strict=True)
+    model.to(map_location).eval()
+    return model, config, norm_stats, {"format_version": version, "extra": extra}

@@ -1,0 +1,71 @@
+"""Light decoder: reconstructs masked band patches in each group's own pixel space."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from aom_model.band_embedding import BandEmbedding
+from aom_model.blocks import Block, drop_if_all
+from aom_model.config import AOMConfig
+from aom_model.patch_embed import resize_matrix
+
+
+class Decoder(nn.Module):
+    """Per band-position query = proj(band token) + proj(position token) + [mask token]
+    + decoder band embedding + decoder positional embedding; ``decoder_depth`` blocks of spectral
+    attention (over the C bands at each position; spatial context comes from the encoder's position
+    tokens); a linear head per kernel-bank size predicts a k x k patch, bilinearly resized to the
+    group's patch size."""
+
+    def __init__(self, cfg: AOMConfig, band_dim: int) -> None:
+        super().__init__()
+        dd = cfg.decoder_dim
+        self.in_band = nn.Linear(band_dim, dd)
+        self.in_pos = nn.Linear(cfg.embed_dim, dd)
+        self.mask_token = nn.Parameter(torch.zeros(dd))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.band_embedding = BandEmbedding(
+            dd,
+            cfg.band_fourier_features,
+            cfg.band_min_freq_per_um,
+            cfg.band_max_freq_per_um,
+            cfg.num_band_ids,
+        )
+        self.blocks = nn.ModuleList(Block(dd, cfg.decoder_heads, 2.0) for _ in range(cfg.decoder_depth))
+        self.norm = nn.LayerNorm(dd, eps=1e-6)
+        self.heads = nn.ModuleDict({str(k): nn.Linear(dd, k * k) for k in cfg.kernel_sizes})
+
+    def forward(
+        self,
+        band_tokens: Tensor,  # [B, N, C, d_band]
+        pos_tokens: Tensor,  # [B, N, D]
+        dec_pos: Tensor,  # [B, N, d_dec]
+        masked: Tensor,  # [B, N, C] bool
+        present: Tensor,  # [B, N, C] bool
+        wavelength_nm: Tensor,  # [B, C]
+        fwhm_nm: Tensor,  # [B, C]
+        band_valid: Tensor,  # [B, C]
+        band_id: Tensor | None,  # [B, C]
+    ) -> Tensor:  # [B, N, C, d_dec]
+        b, n, c, _ = band_tokens.shape
+        x = self.in_band(band_tokens) + self.in_pos(pos_tokens)[:, :, None, :]  # [B, N, C, d_dec]
+        x = x + masked[..., None].to(x.dtype) * self.mask_token
+        x = (
+            x
+            + self.band_embedding(wavelength_nm, fwhm_nm, band_valid, band_id)[:, None]
+            + dec_pos[:, :, None]
+        )
+        h = x.reshape(b * n, c, -1)  # [B*N, C, d_dec]
+        keys = drop_if_all(present.reshape(b * n, c))
+        for blk in self.blocks:
+            h = blk(h, keys)
+        return self.norm(h).reshape(b, n, c, -1)
+
+    def predict(self, hidden: Tensor, kernel_size: int, patch_hw: tuple[int, int]) -> Tensor:
+        """[B, N, C_g, d_dec] -> [B, N, C_g, ph*pw] normalised pixels of each token's patch."""
+        out = self.heads[str(kernel_size)](hidden)  # [B, N, C_g, k*k]
+        if patch_hw != (kernel_size, kernel_size):
+            r = resize_matrix((kernel_size, kernel_size), patch_hw).to(out.device, out.dtype)  # [P, k*k]
+            out = out @ r.T
+        return out

@@ -1,0 +1,34 @@
+"""Pretraining losses: per-patch-normalised masked MSE and symmetric InfoNCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def normalized_patch_mse(
+    pred: Tensor,  # [..., P] prediction in per-patch-normalised pixel space
+    target: Tensor,  # [..., P] raw pixels
+    pixel_valid: Tensor,  # [..., P] bool
+    token_weight: Tensor,  # [...] bool: tokens that count (masked and present)
+    eps: float = 1e-6,
+) -> tuple[Tensor, Tensor]:  # (sum of per-token losses, number of tokens)
+    """Target normalised by its patch's mean / std over valid pixels; MSE over valid pixels."""
+    m = pixel_valid.to(target.dtype)
+    cnt = m.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    mean = (target * m).sum(dim=-1, keepdim=True) / cnt
+    var = (((target - mean) ** 2) * m).sum(dim=-1, keepdim=True) / cnt
+    norm_target = (target - mean) / torch.sqrt(var + eps)
+    per_token = (((pred - norm_target) ** 2) * m).sum(dim=-1) / cnt.squeeze(-1)  # [...]
+    w = token_weight.to(per_token.dtype)
+    return (per_token * w).sum(), w.sum()
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE between rows of ``a`` [B, d] and ``b`` [B, d] (positives on the diagonal)."""
+    za = F.normalize(a.float(), dim=-1)
+    zb = F.normalize(b.float(), dim=-1)
+    logits = za @ zb.T / temperature  # [B, B]
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

@@ -1,0 +1,173 @@
+"""The AOM model: tokenize -> encode -> decode -> loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from aom_model.blocks import is_tracing, masked_mean
+from aom_model.config import AOMConfig
+from aom_model.decoder import Decoder
+from aom_model.encoder import build_encoder
+from aom_model.inputs import BandBatch
+from aom_model.losses import info_nce, normalized_patch_mse
+from aom_model.masking import channel_mask
+from aom_model.patch_embed import GridPlan
+from aom_model.pos_embed import ground_sincos
+from aom_model.tokenizer import Tokenizer, Tokens
+
+
+@dataclass
+class EncoderOutput:
+    tokens: Tensor  # [B, N, D] per-position embeddings on the token grid (row-major Hp x Wp)
+    pooled: Tensor  # [B, D] mean of valid position tokens
+    token_valid: Tensor  # [B, N] bool: positions with at least one visible band token
+    grid_hw: tuple[int, int]
+    band_tokens: Tensor | None = None  # [B, N, C, d_band] (d_band = D joint, spectral_dim factorized)
+    band_token_valid: Tensor | None = None  # [B, N, C] bool (visible band tokens)
+
+
+class AOM(nn.Module):
+    """Any-Optical-Model: spectrum-independent tokens, GSD-adaptive patches, joint/factorized encoder."""
+
+    def __init__(self, config: AOMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = build_encoder(config)
+        self.token_dim = self.encoder.band_dim  # D (joint) or d_s (factorized)
+        self.tokenizer = Tokenizer(config, self.token_dim)
+        self.mask_token = nn.Parameter(torch.zeros(self.token_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.decoder = Decoder(config, self.token_dim)
+        d = config.embed_dim
+        self.align_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.align_dim))
+        for part in (self.encoder, self.decoder.blocks, self.decoder.heads, self.align_head):
+            part.apply(_init_linear)
+
+    # -- stage 1 --------------------------------------------------------------------------------
+    def tokenize(self, batch: BandBatch, plan: GridPlan | None = None) -> Tokens:
+        """BandBatch -> Tokens (patches [B, N, C, d_tok], band_embed [B, C, d_tok], pos [B, N, D])."""
+        return self.tokenizer(batch, plan)
+
+    # -- stage 2 --------------------------------------------------------------------------------
+    def encode(
+        self, tokens: Tokens, masked: Tensor | None = None, keep_band_tokens: bool = True
+    ) -> EncoderOutput:
+        """Tokens (+ optional mask [B, N, C], True = hidden) -> EncoderOutput.
+
+        Masked tokens lose their content (replaced by a learned mask token): they are queries that
+        gather context but never keys, so nothing leaks into the reconstruction.
+        """
+        present = tokens.present  # [B, N, C]
+        visible = present if masked is None else present & ~masked
+        x = tokens.patches  # [B, N, C, d_tok]
+        if masked is not None:
+            x = torch.where(masked[..., None], self.mask_token.to(x.dtype), x)
+        x = x + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
+        pos_tokens, band_tokens, pos_valid = self.encoder(x, tokens.pos_embed, visible, present)
+        pooled = masked_mean(pos_tokens, pos_valid, dim=1)  # [B, D]
+        return EncoderOutput(
+            tokens=pos_tokens,
+            pooled=pooled,
+            token_valid=pos_valid,
+            grid_hw=tokens.grid_hw,
+            band_tokens=band_tokens if keep_band_tokens else None,
+            band_token_valid=visible if keep_band_tokens else None,
+        )
+
+    # -- stage 3 --------------------------------------------------------------------------------
+    def decode(self, enc: EncoderOutput, tokens: Tokens, masked: Tensor) -> list[Tensor]:
+        """-> per group [B, N, C_g, ph*pw] predicted (patch-normalised) pixels of every band token."""
+        if enc.band_tokens is None:
+            raise ValueError("decode needs band tokens: call encode(..., keep_band_tokens=True)")
+        cfg = self.config
+        dec_pos = ground_sincos(
+            tokens.grid_hw, tokens.token_m, cfg.decoder_dim, cfg.pos_min_period_m, cfg.pos_max_period_m
+        )  # [B, N, d_dec]
+        hidden = self.decoder(
+            enc.band_tokens,
+            enc.tokens,
+            dec_pos,
+            masked,
+            tokens.present,
+            tokens.wavelength_nm,
+            tokens.fwhm_nm,
+            tokens.band_valid,
+            tokens.band_id,
+        )  # [B, N, C, d_dec]
+        preds = []
+        for (s, e), gp in zip(tokens.group_slices, tokens.plan.groups):
+            preds.append(self.decoder.predict(hidden[:, :, s:e], gp.kernel_size, gp.patch_hw))
+        return preds
+
+    # -- stage 4 --------------------------------------------------------------------------------
+    def loss(
+        self,
+        preds: list[Tensor],
+        tokens: Tokens,
+        masked: Tensor,
+        pooled_native: Tensor | None = None,
+        pooled_coarse: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Masked reconstruction (per-patch-normalised MSE on masked present tokens) + InfoNCE."""
+        cfg = self.config
+        total = preds[0].new_zeros(())
+        count = preds[0].new_zeros(())
+        weight = masked & tokens.present  # [B, N, C]
+        for (s, e), pred, target, pv in zip(
+            tokens.group_slices, preds, tokens.pixel_patches, tokens.pixel_patch_valid
+        ):
+            l_sum, n = normalized_patch_mse(pred, target, pv, weight[:, :, s:e], cfg.norm_pix_eps)
+            total = total + l_sum
+            count = count + n
+        recon = total / count.clamp(min=1.0)
+        out = {"recon": recon}
+        loss = cfg.recon_weight * recon
+        if pooled_native is not None and pooled_coarse is not None:
+            align = info_nce(self.align_head(pooled_native), self.align_head(pooled_coarse), cfg.temperature)
+            out["align"] = align
+            loss = loss + cfg.align_weight * align
+        out["loss"] = loss
+        return out
+
+    # -- entry points -----------------------------------------------------------------------------
+    def forward_features(
+        self, batch: BandBatch, plan: GridPlan | None = None, return_band_tokens: bool = False
+    ) -> EncoderOutput:
+        """Inference: BandBatch -> EncoderOutput(tokens [B, N, D], pooled [B, D], token_valid [B, N])."""
+        if not is_tracing():
+            batch.validate()
+        return self.encode(self.tokenize(batch, plan), keep_band_tokens=return_band_tokens)
+
+    def forward(self, batch: BandBatch) -> EncoderOutput:
+        return self.forward_features(batch)
+
+    def pretrain_step(
+        self,
+        view_native: BandBatch,
+        view_coarse: BandBatch | None,
+        generator: torch.Generator,
+    ) -> dict[str, Tensor]:
+        """One pretraining forward: masked reconstruction of the native view, plus InfoNCE between
+        the pooled embedding of the (masked) native view and of the coarse view when given.
+        Returns {"loss", "recon"[, "align"]} (``loss`` is differentiable)."""
+        view_native.validate()
+        tokens = self.tokenize(view_native)
+        masked = channel_mask(tokens.present, self.config.mask_ratio, self.config.band_mask_prob, generator)
+        enc = self.encode(tokens, masked)
+        preds = self.decode(enc, tokens, masked)
+        pooled_coarse = None
+        if view_coarse is not None:
+            if view_coarse.batch_size != view_native.batch_size:
+                raise ValueError("view_native and view_coarse must have the same batch size")
+            pooled_coarse = self.forward_features(view_coarse).pooled
+        return self.loss(preds, tokens, masked, enc.pooled, pooled_coarse)
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,151 @@
+"""Spectrum-independent tokenizer: every band -> its own tokens on one common ground grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from aom_model.band_embedding import BandEmbedding
+from aom_model.blocks import is_tracing
+from aom_model.config import AOMConfig
+from aom_model.inputs import BandBatch
+from aom_model.patch_embed import GridPlan, KernelBank, patchify, plan_grid
+from aom_model.pos_embed import ground_sincos
+
+
+@dataclass
+class Tokens:
+    """Output of ``AOM.tokenize``. Layout is position-major: [B, N, C, .] with C = all bands."""
+
+    patches: Tensor  # [B, N, C, d_tok] projected band patches (no embeddings); absent tokens = 0
+    band_embed: Tensor  # [B, C, d_tok]
+    pos_embed: Tensor  # [B, N, D] GSD-aware sin-cos of token centres (m)
+    present: Tensor  # [B, N, C] bool: band valid and >= min_valid_pixel_frac valid pixels
+    wavelength_nm: Tensor  # [B, C]
+    fwhm_nm: Tensor  # [B, C]
+    band_valid: Tensor  # [B, C] bool
+    band_id: Tensor | None  # [B, C] long
+    token_m: Tensor  # [B, 2] ground size of one token (y, x) in metres
+    plan: GridPlan
+    group_slices: tuple[tuple[int, int], ...]  # channel range of each group in C
+    pixel_patches: tuple[Tensor, ...]  # per group [B, N, C_g, ph*pw] (finite; reconstruction target)
+    pixel_patch_valid: tuple[Tensor, ...]  # per group [B, N, C_g, ph*pw] bool
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return self.plan.grid_hw
+
+
+def plan_for(batch: BandBatch, config: AOMConfig) -> GridPlan:
+    """Grid plan of a batch (a Python-level decision from shapes and the median GSD per group)."""
+    gsds = [float(g.gsd_per_sample().median()) for g in batch.groups]
+    return plan_grid(
+        [g.hw for g in batch.groups],
+        gsds,
+        config.token_ground_m,
+        config.kernel_sizes,
+        config.patch_size_min,
+        config.patch_size_max,
+    )
+
+
+class Tokenizer(nn.Module):
+    def __init__(self, config: AOMConfig, token_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.token_dim = token_dim
+        self.kernels = KernelBank(config.kernel_sizes, token_dim)
+        self.band_embedding = BandEmbedding(
+            token_dim,
+            config.band_fourier_features,
+            config.band_min_freq_per_um,
+            config.band_max_freq_per_um,
+            config.num_band_ids,
+        )
+
+    def forward(self, batch: BandBatch, plan: GridPlan | None = None) -> Tokens:
+        cfg = self.config
+        if plan is None:
+            plan = plan_for(batch, cfg)
+        patches, present, px_list, pv_list, slices = [], [], [], [], []
+        wl, fw, bv, bid = [], [], [], []
+        start = 0
+        has_ids = any(g.band_id is not None for g in batch.groups)
+        for g, gp in zip(batch.groups, plan.groups):
+            x = g.pixels  # [B, C_g, H_g, W_g]
+            band_valid = g.valid_bands()  # [B, C_g]
+            valid_px = torch.isfinite(x)
+            if g.pixel_valid is not None:
+                valid_px = valid_px & g.pixel_valid
+            valid_px = valid_px & band_valid[:, :, None, None]
+            all_valid = not is_tracing() and gp.resample_hw is None and bool(valid_px.all())
+            if all_valid:  # fast path: nothing to impute
+                p = patchify(x, plan.grid_hw, gp.patch_hw)  # [B, N, C_g, P]
+                m = torch.ones((), dtype=torch.bool, device=x.device).expand(p.shape)
+                frac = torch.ones(p.shape[:3], device=x.device)
+            else:
+                x = torch.where(valid_px, x, torch.zeros_like(x))
+                if gp.resample_hw is not None:  # only when the grid does not divide this group
+                    w = F.interpolate(valid_px.float(), size=gp.resample_hw, mode="bilinear", antialias=True)
+                    x = F.interpolate(x, size=gp.resample_hw, mode="bilinear", antialias=True)
+                    x = x / w.clamp(min=1e-6)
+                    valid_px = w > 0.5
+                    x = torch.where(valid_px, x, torch.zeros_like(x))
+                p = patchify(x, plan.grid_hw, gp.patch_hw)  # [B, N, C_g, P]
+                m = patchify(valid_px, plan.grid_hw, gp.patch_hw)  # [B, N, C_g, P] bool
+                frac = m.float().mean(dim=-1)  # [B, N, C_g]
+                # partially valid patch: invalid pixels take the patch's valid mean (inside a valid token)
+                cnt = m.sum(dim=-1, keepdim=True).clamp(min=1)
+                mean = p.sum(dim=-1, keepdim=True) / cnt
+                p = torch.where(m, p, mean.expand_as(p))
+            tok_present = (frac >= cfg.min_valid_pixel_frac) & band_valid[:, None, :]  # [B, N, C_g]
+            emb = self.kernels(p, gp.kernel_size, gp.patch_hw)  # [B, N, C_g, d_tok]
+            if not all_valid:
+                emb = emb * tok_present[..., None].to(emb.dtype)  # absent tokens carry no data
+            patches.append(emb)
+            present.append(tok_present)
+            px_list.append(p)
+            pv_list.append(m)
+            slices.append((start, start + g.num_bands))
+            start += g.num_bands
+            wl.append(g.wavelength_nm.float())
+            fw.append(g.fwhm_nm.float())
+            bv.append(band_valid)
+            if has_ids:
+                ids = (
+                    g.band_id if g.band_id is not None else torch.full_like(band_valid, -1, dtype=torch.long)
+                )
+                bid.append(ids)
+        wavelength = torch.cat(wl, dim=1)  # [B, C]
+        fwhm = torch.cat(fw, dim=1)
+        band_valid_all = torch.cat(bv, dim=1)
+        band_id = torch.cat(bid, dim=1) if has_ids else None
+        ref = batch.groups[plan.ref_group]
+        ph, pw = plan.groups[plan.ref_group].patch_hw
+        gsd_ref = ref.gsd_per_sample()  # [B]
+        if plan.groups[plan.ref_group].resample_hw is not None:
+            rh, rw = plan.groups[plan.ref_group].resample_hw  # type: ignore[misc]
+            ref_h, ref_w = ref.hw
+            token_m = torch.stack([gsd_ref * ref_h / rh * ph, gsd_ref * ref_w / rw * pw], dim=1)
+        else:
+            token_m = torch.stack([gsd_ref * ph, gsd_ref * pw], dim=1)  # [B, 2]
+        return Tokens(
+            patches=torch.cat(patches, dim=2),
+            band_embed=self.band_embedding(wavelength, fwhm, band_valid_all, band_id),
+            pos_embed=ground_sincos(
+                plan.grid_hw, token_m, cfg.embed_dim, cfg.pos_min_period_m, cfg.pos_max_period_m
+            ),
+            present=torch.cat(present, dim=2),
+            wavelength_nm=wavelength,
+            fwhm_nm=fwhm,
+            band_valid=band_valid_all,
+            band_id=band_id,
+            token_m=token_m,
+            plan=plan,
+            group_slices=tuple(slices),
+            pixel_patches=tuple(px_list),
+            pixel_patch_valid=tuple(pv_list),
+        )

@@ -1,0 +1,278 @@
+"""Exports: a selection to a Cloud-Optimised GeoTIFF, or to GeoParquet vectors with geometries.
+
+Example::
+
+    from pipelines.query import open_embeddings, export
+
+    emb = open_embeddings("/data/emb")
+    export(emb, (5.95, 44.98, 6.05, 45.02), "area.tif")         # one band per embedding dimension
+    export(emb, (5.95, 44.98, 6.05, 45.02), "area.parquet")     # one row per token, WKB point + vector
+
+GeoTIFF bands are ``emb_000 .. emb_{dim-1}`` (float32, NaN nodata; or the int8 codes with -128
+nodata and the dequantisation formula in the tags). GeoParquet follows GeoParquet 1.1: a WKB
+``geometry`` column (token centre points, or token squares with ``geometry="polygon"``), the CRS
+as PROJJSON in the ``geo`` metadata, plus ``x``, ``y`` and a fixed-size-list ``embedding`` column.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+from pyproj import CRS
+
+from pipelines import storage
+from pipelines.embeddings_store import quantize
+from pipelines.query.open import Embeddings, QueryError, TimeLike
+from pipelines.query.select import parse_crs, select
+
+
+def _transform(xs: np.ndarray, ys: np.ndarray, resolution: float) -> Any:
+    from affine import Affine
+
+    rx = float(xs[1] - xs[0]) if xs.size > 1 else resolution
+    ry = float(ys[0] - ys[1]) if ys.size > 1 else resolution
+    return Affine(rx, 0.0, float(xs[0]) - rx / 2, 0.0, -ry, float(ys[0]) + ry / 2)
+
+
+def write_raster(
+    out: str,
+    data: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    crs: CRS,
+    *,
+    nodata: float | int | None,
+    descriptions: Sequence[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    resolution: float = 1.0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Write ``data`` (``[bands, h, w]`` or ``[h, w]``) as a Cloud-Optimised GeoTIFF (deflate, 256 px
+    blocks, overviews) to a local path or any fsspec URL."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.io import MemoryFile
+
+    arr = data[None] if data.ndim == 2 else data
+    bands, h, w = arr.shape
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": bands,
+        "dtype": arr.dtype.name,
+        "crs": crs.to_wkt(),
+        "transform": _transform(xs, ys, resolution),
+        "nodata": nodata,
+    }
+    url = storage.normalise_url(out)
+    local = storage.is_local(url)
+    target_dir = os.path.dirname(url.removeprefix("file://")) if local else None
+    if target_dir:
+        os.makedirs(target_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=target_dir or None)
+    os.close(fd)
+    try:
+        with MemoryFile() as mem:
+            with mem.open(**profile) as dst:
+                dst.write(arr)
+                for i, d in enumerate(descriptions or [], start=1):
+                    dst.set_band_description(i, d)
+                if tags:
+                    dst.update_tags(**{k: str(v) for k, v in tags.items()})
+                if colormap and bands == 1:
+                    dst.write_colormap(1, dict(colormap))
+            with mem.open() as src:
+                rasterio.shutil.copy(
+                    src, tmp, driver="COG", compress="DEFLATE", blocksize=256, overview_resampling="nearest"
+                )
+        if local:
+            os.replace(tmp, url.removeprefix("file://"))
+        else:
+            storage.write_bytes_atomic(url, Path(tmp).read_bytes(), storage_options)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out
+
+
+def to_geotiff(
+    sel: xr.DataArray,
+    out: str,
+    *,
+    dtype: Literal["float32", "int8"] = "float32",
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """A selection ``(y, x, dim)`` (or any ``(y, x)`` / ``(y, x, band)`` map) to a COG."""
+    vals = np.asarray(sel.values)
+    if vals.ndim == 3:
+        data = np.moveaxis(vals, -1, 0)
+        names = [f"emb_{i:03d}" for i in range(data.shape[0])] if sel.dims[-1] == "dim" else None
+    else:
+        data, names = vals, None
+    tags = {
+        k: str(v)
+        for k, v in sel.attrs.items()
+        if k in ("version", "model", "checkpoint_sha256", "time", "crs", "zones")
+    }
+    if dtype == "int8":
+        if vals.ndim != 3:
+            raise QueryError("dtype='int8' applies to embedding selections (y, x, dim) only")
+        data = np.moveaxis(quantize(vals), -1, 0)
+        tags["dequantise"] = "v = sign(q) * (q / 127) ** 2 (unit vectors); q == -128 -> nodata"
+        nodata: float | int = -128
+    else:
+        data = data.astype(np.float32)
+        nodata = float("nan")
+    return write_raster(
+        out,
+        data,
+        sel["x"].values,
+        sel["y"].values,
+        parse_crs(sel.attrs["crs"]),
+        nodata=nodata,
+        descriptions=names,
+        tags=tags,
+        resolution=float(sel.attrs.get("resolution", 1.0)),
+        storage_options=storage_options,
+    )
+
+
+def _geo_metadata(crs: CRS, geometry_type: str, bbox: Sequence[float]) -> dict[str, Any]:
+    return {
+        "version": "1.1.0",
+        "primary_column": "geometry",
+        "columns": {
+            "geometry": {
+                "encoding": "WKB",
+                "geometry_types": [geometry_type],
+                "crs": crs.to_json_dict(),
+                "bbox": [float(v) for v in bbox],
+            }
+        },
+    }
+
+
+def _geoparquet_crs(crs: CRS) -> CRS:
+    """Geographic WGS 84 is written as OGC:CRS84 (GeoParquet coordinates are always lon, lat)."""
+    return CRS.from_user_input("OGC:CRS84") if crs.is_geographic and crs.to_epsg() == 4326 else crs
+
+
+def write_points_geoparquet(
+    url: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    crs: CRS,
+    columns: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    embedding: np.ndarray | None = None,
+    polygon_half_size: float | None = None,
+) -> str:
+    """GeoParquet 1.1 file of points (or squares of ``2 * polygon_half_size``) at ``x, y`` in ``crs``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if polygon_half_size:
+        d = polygon_half_size
+        geoms = shapely.box(x - d, y - d, x + d, y + d)
+        gtype = "Polygon"
+        bbox = [x.min() - d, y.min() - d, x.max() + d, y.max() + d] if x.size else [0, 0, 0, 0]
+    else:
+        geoms = shapely.points(x, y)
+        gtype = "Point"
+        bbox = [x.min(), y.min(), x.max(), y.max()] if x.size else [0, 0, 0, 0]
+    arrays: dict[str, Any] = {"geometry": pa.array(shapely.to_wkb(geoms).tolist(), type=pa.binary())}
+    for k, v in columns.items():
+        arrays[k] = pa.array(v)
+    if embedding is not None:
+        emb = np.ascontiguousarray(embedding)
+        arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    table = pa.table(arrays)
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = storage.json_dumps(_geo_metadata(_geoparquet_crs(crs), gtype, bbox)).encode()
+    table = table.replace_schema_metadata(meta)
+    fs, path = storage.filesystem(url, storage_options)
+    parent = os.path.dirname(path) if storage.is_local(storage.normalise_url(url)) else path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    return url
+
+
+def to_geoparquet(
+    sel: xr.DataArray,
+    out: str,
+    *,
+    geometry: Literal["point", "polygon"] = "point",
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Every valid token of a selection ``(y, x, dim)`` as a row: geometry (selection CRS), x, y,
+    time, embedding (float32 list)."""
+    vals = np.asarray(sel.values, dtype=np.float32)
+    if vals.ndim != 3:
+        raise QueryError("to_geoparquet expects an embeddings selection (y, x, dim)")
+    d = vals.shape[-1]
+    xx, yy = np.meshgrid(sel["x"].values, sel["y"].values)
+    flat = vals.reshape(-1, d)
+    valid = np.isfinite(flat).all(axis=1)
+    res = float(sel.attrs.get("resolution", 1.0))
+    n = int(valid.sum())
+    return write_points_geoparquet(
+        out,
+        xx.ravel()[valid],
+        yy.ravel()[valid],
+        parse_crs(sel.attrs["crs"]),
+        {
+            "x": xx.ravel()[valid],
+            "y": yy.ravel()[valid],
+            "time": [str(sel.attrs.get("time", ""))] * n,
+            "version": [str(sel.attrs.get("version", ""))] * n,
+        },
+        storage_options,
+        embedding=flat[valid],
+        polygon_half_size=res / 2 if geometry == "polygon" else None,
+    )
+
+
+def export(
+    emb: Embeddings,
+    bbox: str | Sequence[float],
+    out: str,
+    crs: Any = "EPSG:4326",
+    *,
+    time: TimeLike = None,
+    target_crs: Any = None,
+    fmt: Literal["geotiff", "geoparquet"] | None = None,
+    dtype: Literal["float32", "int8"] = "float32",
+    geometry: Literal["point", "polygon"] = "point",
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Select ``bbox`` and write it as COG (``.tif``/``.tiff``) or GeoParquet (``.parquet``/``.geoparquet``)."""
+    if fmt is None:
+        ext = out.lower().rsplit(".", 1)[-1]
+        if ext in ("tif", "tiff"):
+            fmt = "geotiff"
+        elif ext in ("parquet", "geoparquet", "pq"):
+            fmt = "geoparquet"
+        else:
+            raise QueryError(
+                f"cannot tell the format of {out!r}: use .tif/.tiff (COG) or .parquet (GeoParquet)"
+            )
+    sel = select(emb, bbox, crs, time=time, target_crs=target_crs)
+    if fmt == "geotiff":
+        return to_geotiff(sel, out, dtype=dtype, storage_options=storage_options)
+    if fmt == "geoparquet":
+        return to_geoparquet(sel, out, geometry=geometry, storage_options=storage_options)
+    raise QueryError(f"unknown export format {fmt!r}; choose geotiff or geoparquet")

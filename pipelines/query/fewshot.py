@@ -1,0 +1,376 @@
+"""Few-shot mapping: labelled points or a label raster -> linear probe / kNN -> class map GeoTIFF.
+
+Example::
+
+    from pipelines.query import open_embeddings, classify
+
+    emb = open_embeddings("/data/emb")
+    res = classify(emb, "labels.geojson", out="classes.tif")      # label field auto-detected
+    print(res.summary())                                           # CV accuracy, per-class counts
+    res.class_map                                                  # xr.DataArray (y, x) uint8, 255 = nodata
+
+Labels: GeoJSON (points, or polygons -> a representative point; RFC 7946 lon/lat unless a legacy
+``crs`` member says otherwise), GeoParquet (WKB geometry, CRS from the ``geo`` metadata) or a
+label raster (GeoTIFF; nodata pixels are unlabelled; ``CLASS_<value>=name`` tags name classes).
+Each label takes the embedding of the token under it. Accuracy is stratified k-fold
+cross-validation on those samples (k = min(``cv``, smallest class count)).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+from pyproj import CRS
+
+from pipelines import storage
+from pipelines.embeddings_store import unit
+from pipelines.query.export import write_raster
+from pipelines.query.open import Embeddings, QueryError, TimeLike
+from pipelines.query.select import geo_dataarray, parse_crs, select, vectors_at
+
+LABEL_FIELDS = ("class", "label", "landcover", "land_cover", "category", "name")
+NODATA_CLASS = 255
+_PALETTE = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+]  # fmt: skip
+
+
+@dataclass
+class Labels:
+    """Labelled points in one CRS."""
+
+    x: np.ndarray
+    y: np.ndarray
+    crs: CRS
+    labels: np.ndarray
+    source: str = ""
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({str(v) for v in self.labels})
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+
+def _pick_field(keys: Sequence[str], label_field: str | None, source: str) -> str:
+    if label_field:
+        if label_field not in keys:
+            raise QueryError(f"label field {label_field!r} not in {source}; fields: {sorted(keys)}")
+        return label_field
+    for f in LABEL_FIELDS:
+        if f in keys:
+            return f
+    raise QueryError(f"no label field in {source}: pass label_field, one of {sorted(keys)}")
+
+
+def _points_of(geoms: Sequence[Any]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(index of the feature for each point, x, y): multipoints explode, areas -> representative point."""
+    import shapely
+
+    idx, xs, ys = [], [], []
+    for i, g in enumerate(geoms):
+        if g is None or g.is_empty:
+            continue
+        parts = list(g.geoms) if isinstance(g, shapely.MultiPoint) else [g]
+        for p in parts:
+            pt = p if isinstance(p, shapely.Point) else p.representative_point()
+            idx.append(i)
+            xs.append(pt.x)
+            ys.append(pt.y)
+    return idx, np.asarray(xs, float), np.asarray(ys, float)
+
+
+def read_labels(
+    url: str,
+    label_field: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    max_raster_samples: int = 20_000,
+    seed: int = 0,
+) -> Labels:
+    """Read labelled points from GeoJSON, GeoParquet or a label raster (by file extension)."""
+    ext = url.lower().rsplit(".", 1)[-1]
+    if not storage.exists(url, storage_options):
+        raise QueryError(f"labels file {storage.redact_url(url)} does not exist")
+    if ext in ("geojson", "json"):
+        return _read_geojson(url, label_field, storage_options)
+    if ext in ("parquet", "geoparquet", "pq"):
+        return _read_geoparquet(url, label_field, storage_options)
+    if ext in ("tif", "tiff"):
+        return _read_raster(url, storage_options, max_raster_samples, seed)
+    raise QueryError(f"unknown labels format {url!r}: use .geojson/.json, .parquet or .tif")
+
+
+def _read_geojson(url: str, label_field: str | None, storage_options: Mapping[str, Any] | None) -> Labels:
+    from shapely.geometry import shape
+
+    doc = storage.read_json(url, storage_options)
+    feats = doc.get("features", [doc] if doc.get("type") == "Feature" else [])
+    if not feats:
+        raise QueryError(f"{url} has no GeoJSON features")
+    keys = sorted(set().union(*[set((f.get("properties") or {}).keys()) for f in feats]))
+    fld = _pick_field(keys, label_field, url)
+    crs_name = ((doc.get("crs") or {}).get("properties") or {}).get("name")
+    crs = parse_crs(crs_name) if crs_name else CRS.from_user_input("OGC:CRS84")
+    geoms = [shape(f["geometry"]) if f.get("geometry") else None for f in feats]
+    idx, xs, ys = _points_of(geoms)
+    vals = [(feats[i].get("properties") or {}).get(fld) for i in idx]
+    keep = np.array([v is not None for v in vals], dtype=bool)
+    labels = np.array([str(v) for v in vals], dtype=object)
+    return Labels(xs[keep], ys[keep], crs, labels[keep], url)
+
+
+def _read_geoparquet(url: str, label_field: str | None, storage_options: Mapping[str, Any] | None) -> Labels:
+    import pyarrow.parquet as pq
+    import shapely
+
+    fs, path = storage.filesystem(url, storage_options)
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    meta = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
+    col = meta.get("primary_column", "geometry")
+    if col not in table.column_names:
+        raise QueryError(f"{url} has no geometry column {col!r} (is it GeoParquet?)")
+    crs_json = (meta.get("columns", {}).get(col) or {}).get("crs", "OGC:CRS84")
+    crs = parse_crs(json.dumps(crs_json) if isinstance(crs_json, dict) else crs_json or "OGC:CRS84")
+    fld = _pick_field([c for c in table.column_names if c != col], label_field, url)
+    geoms = shapely.from_wkb(table.column(col).to_pylist())
+    idx, xs, ys = _points_of(list(geoms))
+    vals = table.column(fld).to_pylist()
+    sel = [vals[i] for i in idx]
+    keep = np.array([v is not None for v in sel], dtype=bool)
+    return Labels(xs[keep], ys[keep], crs, np.array([str(v) for v in sel], dtype=object)[keep], url)
+
+
+def _read_raster(url: str, storage_options: Mapping[str, Any] | None, max_samples: int, seed: int) -> Labels:
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    fs, path = storage.filesystem(url, storage_options)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    with MemoryFile(data) as mem, mem.open() as src:
+        band = src.read(1)
+        nodata = src.nodata
+        transform = src.transform
+        crs = parse_crs(src.crs.to_wkt()) if src.crs else None
+        tags = src.tags()
+    if crs is None:
+        raise QueryError(f"label raster {url} has no CRS")
+    valid = np.ones(band.shape, dtype=bool)
+    if nodata is not None:
+        valid &= ~(np.isnan(band) if np.isnan(nodata) else band == nodata)
+    rows, cols = np.nonzero(valid)
+    values = band[rows, cols]
+    rng = np.random.default_rng(seed)
+    if rows.size > max_samples:  # stratified: at most max_samples / n_classes per class
+        uniq = np.unique(values)
+        per = max(1, max_samples // len(uniq))
+        pick = np.concatenate([rng.permutation(np.flatnonzero(values == u))[:per] for u in uniq])
+        rows, cols, values = rows[pick], cols[pick], values[pick]
+    xs, ys = rasterio.transform.xy(transform, rows, cols, offset="center")
+    names = {k.upper(): v for k, v in tags.items()}
+
+    def name(v: Any) -> str:
+        key = str(int(v)) if float(v).is_integer() else str(v)
+        return names.get(f"CLASS_{key}", key)
+
+    labels = np.array([name(v) for v in values], dtype=object)
+    return Labels(np.asarray(xs, float), np.asarray(ys, float), crs, labels, url)
+
+
+@dataclass
+class FewShotResult:
+    """Fitted classifier, cross-validated accuracy and (optionally) the predicted class map."""
+
+    classes: list[str]
+    method: str
+    n_samples: int
+    counts: dict[str, int]
+    cv_accuracy: float | None
+    cv_std: float | None
+    n_folds: int
+    confusion: list[list[int]] | None
+    estimator: Any = field(repr=False, default=None)
+    class_map: xr.DataArray | None = field(repr=False, default=None)
+    out: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        acc = (
+            f"{self.cv_accuracy:.3f} +- {self.cv_std:.3f} ({self.n_folds}-fold stratified CV)"
+            if self.cv_accuracy is not None
+            else "n/a"
+        )
+        lines = [
+            f"{self.method} on {self.n_samples} labels, {len(self.classes)} classes: "
+            + ", ".join(f"{c} ({self.counts[c]})" for c in self.classes),
+            f"cross-validated accuracy: {acc}",
+        ]
+        if self.out:
+            lines.append(f"class map: {self.out}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _estimator(method: str, n_min: int, k_neighbors: int, seed: int) -> Any:
+    if method == "linear":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+    if method == "knn":
+        from sklearn.neighbors import KNeighborsClassifier
+
+        return KNeighborsClassifier(
+            n_neighbors=max(1, min(k_neighbors, n_min)), metric="cosine", weights="distance"
+        )
+    raise QueryError(f"unknown method {method!r}; choose 'linear' (logistic-regression probe) or 'knn'")
+
+
+def fit_fewshot(
+    X: np.ndarray,
+    y: Sequence[str] | np.ndarray,
+    *,
+    method: Literal["linear", "knn"] = "linear",
+    cv: int = 5,
+    k_neighbors: int = 5,
+    seed: int = 0,
+) -> FewShotResult:
+    """Fit a probe on vectors ``X [n, dim]`` with labels ``y`` and cross-validate it."""
+    from sklearn.metrics import confusion_matrix
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    y_arr = np.asarray([str(v) for v in y], dtype=object)
+    classes, counts = np.unique(y_arr, return_counts=True)
+    count_map = {str(c): int(n) for c, n in zip(classes, counts)}
+    if classes.size < 2:
+        only = f"{classes[0]!r} ({counts[0]} labels)" if classes.size else "none"
+        raise QueryError(f"labels have a single class {only}; need at least 2 classes to fit a classifier")
+    Xn = unit(X)
+    n_min = int(counts.min())
+    est = _estimator(method, n_min, k_neighbors, seed)
+    notes: list[str] = []
+    n_folds = min(int(cv), n_min)
+    acc = std = None
+    conf = None
+    if n_folds >= 2:
+        skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        pred = cross_val_predict(_estimator(method, n_min, k_neighbors, seed), Xn, y_arr, cv=skf)
+        fold_acc = [float(np.mean(pred[test] == y_arr[test])) for _, test in skf.split(Xn, y_arr)]
+        acc, std = float(np.mean(pred == y_arr)), float(np.std(fold_acc))
+        conf = confusion_matrix(y_arr, pred, labels=classes).tolist()
+    else:
+        notes.append(f"no cross-validation: the smallest class has {n_min} label(s); every class needs >= 2")
+    est.fit(Xn, y_arr)
+    return FewShotResult(
+        classes=[str(c) for c in classes],
+        method=method,
+        n_samples=int(y_arr.size),
+        counts=count_map,
+        cv_accuracy=acc,
+        cv_std=std,
+        n_folds=n_folds if n_folds >= 2 else 0,
+        confusion=conf,
+        estimator=est,
+        notes=notes,
+    )
+
+
+def predict_map(result: FewShotResult, sel: xr.DataArray) -> xr.DataArray:
+    """Class index map ``(y, x)`` uint8 (255 = nodata) of a selection ``(y, x, dim)``."""
+    vals = np.asarray(sel.values, dtype=np.float32)
+    h, w, d = vals.shape
+    flat = vals.reshape(-1, d)
+    valid = np.isfinite(flat).all(axis=1)
+    out = np.full(h * w, NODATA_CLASS, dtype=np.uint8)
+    if valid.any():
+        pred = result.estimator.predict(unit(flat[valid]))
+        index = {c: i for i, c in enumerate(result.classes)}
+        out[valid] = np.array([index[str(p)] for p in pred], dtype=np.uint8)
+    attrs = {k: v for k, v in sel.attrs.items() if k != "grid_mapping"} | {
+        "classes": list(result.classes),
+        "nodata": NODATA_CLASS,
+    }
+    return geo_dataarray(
+        out.reshape(h, w), sel["x"].values, sel["y"].values, parse_crs(sel.attrs["crs"]), attrs, ("y", "x")
+    )
+
+
+def _labels_bbox(labels: Labels, pad: float) -> tuple[float, float, float, float]:
+    return (
+        float(labels.x.min() - pad),
+        float(labels.y.min() - pad),
+        float(labels.x.max() + pad),
+        float(labels.y.max() + pad),
+    )
+
+
+def classify(
+    emb: Embeddings,
+    labels: Labels | str,
+    *,
+    bbox: str | Sequence[float] | None = None,
+    crs: Any = "EPSG:4326",
+    out: str | None = None,
+    method: Literal["linear", "knn"] = "linear",
+    time: TimeLike = None,
+    label_field: str | None = None,
+    cv: int = 5,
+    target_crs: Any = None,
+    seed: int = 0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> FewShotResult:
+    """Fit a few-shot classifier on labelled points and predict a class map over ``bbox``
+    (default: the labels' extent plus a little margin, in the labels' CRS). ``out`` (``.tif``)
+    receives the map as a COG with class names in ``CLASS_<i>`` tags and a colour table."""
+    lab = read_labels(labels, label_field, storage_options, seed=seed) if isinstance(labels, str) else labels
+    if len(lab) == 0:
+        raise QueryError(f"no labelled points in {lab.source or 'the labels'}")
+    ti = emb.time_index(time)
+    X, _ = vectors_at(emb, lab.x, lab.y, lab.crs, time=ti)
+    ok = np.isfinite(X[:, 0])
+    notes = []
+    if not ok.any():
+        w, s, e, n = emb.extent_wgs84(ti)
+        raise QueryError(
+            f"none of the {len(lab)} labels falls on data; data covers lon {w:.5f}..{e:.5f}, lat {s:.5f}..{n:.5f}"
+        )
+    if (~ok).any():
+        notes.append(f"{int((~ok).sum())} of {len(lab)} labels fall outside the data and were ignored")
+    res = fit_fewshot(X[ok], lab.labels[ok], method=method, cv=cv, seed=seed)
+    res.notes = notes + res.notes
+    if bbox is None:
+        pad = 2 * emb.token_ground_m if lab.crs.is_projected else 2 * emb.token_ground_m / 111_320.0
+        bbox, crs = _labels_bbox(lab, pad), lab.crs
+    sel = select(emb, bbox, crs, time=ti, target_crs=target_crs)
+    res.class_map = predict_map(res, sel)
+    if out:
+        tags = {f"CLASS_{i}": c for i, c in enumerate(res.classes)} | {
+            "method": method,
+            "cv_accuracy": "n/a" if res.cv_accuracy is None else f"{res.cv_accuracy:.4f}",
+            "version": emb.name,
+            "time": emb.times[ti],
+        }
+        cmap = {i: (*_PALETTE[i % len(_PALETTE)], 255) for i in range(len(res.classes))}
+        cmap[NODATA_CLASS] = (0, 0, 0, 0)
+        res.out = write_raster(
+            out,
+            res.class_map.values,
+            res.class_map["x"].values,
+            res.class_map["y"].values,
+            parse_crs(res.class_map.attrs["crs"]),
+            nodata=NODATA_CLASS,
+            descriptions=["class"],
+            tags=tags,
+            colormap=cmap,
+            resolution=float(sel.attrs.get("resolution", 1.0)),
+            storage_options=storage_options,
+        )
+    return res

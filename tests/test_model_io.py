@@ -1,0 +1,118 @@
+"""Checkpoints (safetensors + metadata, strict keys) and torch.export round-trips."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as st_save
+
+from aom_model import (
+    AOM,
+    AOMConfig,
+    BandBatch,
+    BandGroup,
+    batch_to_args,
+    checkpoint_bytes,
+    export_encoder,
+    load_checkpoint,
+    plan_for,
+    save_checkpoint,
+)
+from aom_model.checkpoint import read_metadata
+
+torch.set_num_threads(1)
+NORM = {"mean": {"490": 0.1, "665": 0.2}, "std": {"490": 0.05, "665": 0.07}}
+
+
+def _batch(seed: int = 0) -> BandBatch:
+    g = torch.Generator().manual_seed(seed)
+    fine = BandGroup(
+        torch.randn(2, 3, 32, 32, generator=g),
+        torch.tensor([[490.0, 560.0, 665.0]] * 2),
+        torch.tensor([[65.0, 35.0, 30.0]] * 2),
+        torch.tensor([10.0, 10.0]),
+    )
+    coarse = BandGroup(
+        torch.randn(2, 2, 16, 16, generator=g),
+        torch.tensor([[1610.0, 2190.0]] * 2),
+        torch.tensor([[90.0, 180.0]] * 2),
+        torch.tensor([20.0, 20.0]),
+        band_valid=torch.tensor([[True, True], [True, False]]),
+    )
+    return BandBatch((fine, coarse))
+
+
+def _model(layout: str = "factorized") -> AOM:
+    torch.manual_seed(0)
+    return AOM(AOMConfig.named("tiny", layout=layout, token_ground_m=80.0, num_band_ids=8)).eval()
+
+
+def test_checkpoint_roundtrip_path_bytes_fileobj(tmp_path: Path) -> None:
+    model = _model()
+    b = _batch()
+    with torch.no_grad():
+        ref = model.forward_features(b)
+    path = tmp_path / "aom.safetensors"
+    data = save_checkpoint(path, model, model.config, NORM, {"step": 12})
+    buf = io.BytesIO()
+    save_checkpoint(buf, model, norm_stats=NORM)
+    for src in (path, str(path), data, io.BytesIO(buf.getvalue())):
+        loaded, cfg, stats, _meta = load_checkpoint(src)
+        assert cfg == model.config and stats == NORM
+        with torch.no_grad():
+            out = loaded.forward_features(b)
+        torch.testing.assert_close(out.tokens, ref.tokens, atol=0, rtol=0)
+        torch.testing.assert_close(out.pooled, ref.pooled, atol=0, rtol=0)
+    assert load_checkpoint(data)[3] == {"format_version": 1, "extra": {"step": 12}}
+    assert json.loads(read_metadata(data)["config"])["layout"] == "factorized"
+
+
+def test_checkpoint_strict_keys() -> None:
+    model = _model()
+    data = checkpoint_bytes(model)
+    meta = read_metadata(data)
+    tensors = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    dropped = next(iter(tensors))
+    tensors.pop(dropped)
+    tensors["bogus.weight"] = torch.zeros(1)
+    with pytest.raises(
+        ValueError, match=r"missing=\[.*" + dropped.replace(".", r"\.") + r".*unexpected=\['bogus\.weight'\]"
+    ):
+        load_checkpoint(st_save(tensors, metadata=meta))
+    other = dict(model.state_dict())
+    key = "align_head.2.weight"
+    other = {k: v.contiguous().clone() for k, v in other.items()}
+    other[key] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        load_checkpoint(st_save(other, metadata=meta))
+    with pytest.raises(ValueError, match="not an AOM checkpoint"):
+        load_checkpoint(st_save({"x": torch.zeros(1)}))
+    with pytest.raises(ValueError, match="JSON"):
+        checkpoint_bytes(model, norm_stats={"bad": object()})
+
+
+@pytest.mark.parametrize("layout", ["factorized", "joint"])
+def test_export_roundtrip(layout: str) -> None:
+    model = _model(layout)
+    example = _batch(0)
+    ep = export_encoder(model, example)
+    plan = plan_for(example, model.config)
+    other = BandBatch(
+        tuple(
+            BandGroup(
+                g.pixels * 2 + 1, g.wavelength_nm + 7.0, g.fwhm_nm, g.gsd_m * 1.5, band_valid=g.band_valid
+            )
+            for g in _batch(1).groups
+        )
+    )
+    for b in (example, other):
+        with torch.no_grad():
+            eager = model.forward_features(b, plan=plan)
+        tokens, pooled, valid = ep.module()(*batch_to_args(b))
+        torch.testing.assert_close(tokens, eager.tokens, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pooled, eager.pooled, atol=1e-5, rtol=1e-5)
+        assert torch.equal(valid, eager.token_valid)

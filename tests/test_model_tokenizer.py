@@ -1,0 +1,95 @@
+"""Grid planning, FlexiViT PI-resize, GSD-aware positional embedding, token validity."""
+
+from __future__ import annotations
+
+import torch
+
+from aom_model import AOM, AOMConfig, BandBatch, plan_for, plan_grid
+from aom_model.patch_embed import KernelBank, pi_resize_matrix, resize_matrix
+from aom_model.pos_embed import ground_sincos
+
+torch.set_num_threads(1)
+KS = (8, 16, 32)
+
+
+def test_plan_sentinel2_three_gsds_share_grid() -> None:
+    # 480 m extent: 10 m -> 48 px, 20 m -> 24 px, 60 m -> 8 px; token target 160 m
+    plan = plan_grid([(48, 48), (24, 24), (8, 8)], [10.0, 20.0, 60.0], 160.0, KS)
+    assert plan.grid_hw == (4, 4)
+    assert [g.patch_hw for g in plan.groups] == [(12, 12), (6, 6), (2, 2)]
+    assert all(g.resample_hw is None for g in plan.groups)
+    assert plan.ref_group == 0
+
+
+def test_plan_patch_from_gsd_sub_metre_to_coarse() -> None:
+    vhr = plan_grid([(256, 256)], [0.5], 160.0, KS, 1, 32)  # clamp: 32 px patches (16 m tokens)
+    assert vhr.groups[0].patch_hw == (32, 32) and vhr.groups[0].kernel_size == 32
+    s2 = plan_grid([(224, 224)], [10.0], 160.0, KS)
+    assert s2.grid_hw == (14, 14) and s2.groups[0].kernel_size == 16
+    modis = plan_grid([(64, 64)], [250.0], 160.0, KS)  # 1 px per token
+    assert modis.groups[0].patch_hw == (1, 1) and modis.grid_hw == (64, 64)
+
+
+def test_plan_non_square_and_non_divisible() -> None:
+    plan = plan_grid([(32, 48)], [10.0], 160.0, KS)
+    assert plan.grid_hw == (2, 3) and plan.groups[0].patch_hw == (16, 16)
+    odd = plan_grid([(97, 97), (7, 7)], [10.0, 138.6], 160.0, KS)
+    hp = odd.grid_hw[0]
+    for (h, _), g in zip([(97, 97), (7, 7)], odd.groups):
+        size = g.resample_hw or (h, h)
+        assert size[0] == hp * g.patch_hw[0]
+
+
+def test_pi_resize_preserves_inner_products_when_upsampling() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8 * 8, 5, generator=g)
+    x = torch.randn(3, 8 * 8, generator=g)
+    for dst in ((16, 16), (12, 20)):
+        up = resize_matrix((8, 8), dst).float()  # [P', 64]
+        w2 = pi_resize_matrix((8, 8), dst) @ w  # [P', 5]
+        torch.testing.assert_close((up @ x.T).T @ w2, x @ w, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_bank_consistent_across_patch_sizes() -> None:
+    """Bank entries start as PI-resizes of one kernel: a 16 px patch and its bilinear upsampling
+    to 32 px (bank entry 32) or 24 px (entry 16 PI-resized) give the same token."""
+    bank = KernelBank(KS, 4)
+    x16 = torch.randn(3, 16 * 16, generator=torch.Generator().manual_seed(1))
+    ref = bank(x16[None, None], 16, (16, 16))
+    with torch.no_grad():
+        for kernel, p in ((32, 32), (16, 24)):
+            xp = x16 @ resize_matrix((16, 16), (p, p)).float().T  # [3, p*p]
+            torch.testing.assert_close(bank(xp[None, None], kernel, (p, p)), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_ground_sincos_same_distance_same_code() -> None:
+    a = ground_sincos((4, 4), torch.tensor([[160.0, 160.0]]), 64).reshape(4, 4, 64)
+    b = ground_sincos((8, 8), torch.tensor([[96.0, 96.0]]), 64).reshape(8, 8, 64)
+    # centre of token 1 at 160 m tokens = 240 m = centre of token 2 at 96 m tokens
+    torch.testing.assert_close(a[1, 1], b[2, 2])
+    # same pixel grid at a different GSD -> different code
+    c = ground_sincos((4, 4), torch.tensor([[320.0, 320.0]]), 64).reshape(4, 4, 64)
+    assert not torch.allclose(a[1, 1], c[1, 1])
+
+
+def test_pixel_validity_to_token_validity() -> None:
+    cfg = AOMConfig.named("tiny", token_ground_m=80.0)  # 8 px tokens at 10 m
+    model = AOM(cfg)
+    x = torch.randn(1, 2, 16, 16)
+    pv = torch.ones_like(x, dtype=torch.bool)
+    pv[0, 0, :8, :8] = False  # token (0, 0) of band 0 fully invalid
+    pv[0, 1, :8, 8:12] = False  # token (0, 1) of band 1 half invalid -> still valid at 0.5
+    x[0, 0, :8, :8] = float("nan")  # invalid pixels may hold NaN
+    b = BandBatch.from_tensor(x, [490.0, 665.0], [65.0, 30.0], 10.0, pixel_valid=pv)
+    tok = model.tokenize(b.validate())
+    assert tok.present.shape == (1, 4, 2)
+    assert not bool(tok.present[0, 0, 0]) and bool(tok.present[0, 1, 1])
+    assert int(tok.present.sum()) == 7
+    assert torch.isfinite(tok.patches).all()
+    out = model.forward_features(b)
+    assert torch.isfinite(out.tokens).all() and bool(out.token_valid.all())
+
+
+def test_plan_for_uses_batch_shapes() -> None:
+    b = BandBatch.from_tensor(torch.randn(1, 1, 64, 32), [490.0], [65.0], 10.0)
+    assert plan_for(b, AOMConfig.named("tiny")).grid_hw == (4, 2)
