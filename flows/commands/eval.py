@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -86,6 +87,7 @@ def eval_command(
     ),
     fractions: str = typer.Option("0.75,0.5,0.25", "--fractions", help="Band fractions kept (band-missing)."),
     draws: int = typer.Option(5, "--draws", min=1, help="Seeded band subsets per fraction."),
+    splits: int = typer.Option(3, "--splits", min=1, help="Seeded blocked train/test splits (averaged)."),
     sensors: str = typer.Option(
         "landsat-oli;hls-s30:B02,B03,B04,B8A,B11,B12;modis-mcd43a4",
         "--sensors",
@@ -130,7 +132,8 @@ def eval_command(
                 f"no --checkpoint given and the shipped checkpoint {SHIPPED_CHECKPOINT} is missing; pass a "
                 "checkpoint or random:tiny"
             )
-        ckpt = str(SHIPPED_CHECKPOINT)
+        rel = os.path.relpath(SHIPPED_CHECKPOINT)
+        ckpt = rel if not rel.startswith("..") else str(SHIPPED_CHECKPOINT)
     win = _ints(window, "--window") if window else None
     if win is not None and len(win) != 4:
         raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")
@@ -140,6 +143,7 @@ def eval_command(
             settings=_names(settings),
             fractions=_floats(fractions, "--fractions"),
             draws=draws,
+            splits=splits,
             sensors=tuple(s.strip() for s in sensors.split(";") if s.strip()),
             factors=_ints(factors, "--factors"),
             probes=_names(probes),

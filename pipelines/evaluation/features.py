@@ -1,0 +1,220 @@
+"""Patch features for the probes: the AOM encoder's pooled embedding and raw-band statistics.
+
+``Encoder`` wraps a model loaded from a checkpoint (any local path or fsspec URL) or a random-init
+model of a named config (``random:tiny``). Inputs are normalised like in pretraining: per band key
+``<sensor>/<band>`` mean/std from the checkpoint; a band the checkpoint has no statistics for borrows
+those of the nearest known wavelength; without statistics (random-init, no checkpoint) the patch set's
+own per-band statistics are used. Bands sharing a GSD form one ``BandGroup``; nothing is resampled.
+
+``raw_features`` is the baseline: per patch and band the mean and standard deviation of valid
+reflectance, laid out on a *reference* band set so that a probe fitted on one band set can be applied
+to another: a band is matched by key, else by nearest centre wavelength within a tolerance, else its
+features are NaN (the probe imputes the training mean).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.evaluation.datasets import Band, PatchSet
+
+log = logging.getLogger(__name__)
+
+RANDOM_PREFIX = "random:"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# the checkpoint shipped in the repository (see checkpoints/README.md for its training record)
+SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "aom-tiny-real.safetensors"
+
+
+@dataclass
+class Encoder:
+    """A frozen AOM encoder and the statistics its inputs are normalised with."""
+
+    name: str
+    source: str  # checkpoint URL or "random:<config>"
+    model: Any  # aom_model.AOM (imported lazily)
+    norm_stats: dict[str, Any] | None
+    meta: dict[str, Any] = field(default_factory=dict)
+    norm_sources: dict[str, str] = field(
+        default_factory=dict
+    )  # band key -> "exact" | "nearest:<key>" | "data"
+
+    @property
+    def config_name(self) -> str:
+        return str(self.meta.get("config_name", "custom"))
+
+
+def _config_name(cfg: Any) -> str:
+    from aom_model import AOMConfig
+
+    for name in ("tiny", "small", "base"):
+        if AOMConfig.named(name) == cfg:
+            return name
+    return "custom"
+
+
+def _read_bytes(url: str) -> bytes:
+    from pipelines.storage import filesystem, normalise_url
+
+    fs, path = filesystem(normalise_url(url))
+    with fs.open(path, "rb") as fh:
+        data: bytes = fh.read()
+    return data
+
+
+def load_encoder(spec: str, seed: int = 0, threads: int | None = None) -> Encoder:
+    """``spec``: a checkpoint path / URL, or ``random:<tiny|small|base>`` (seeded random init)."""
+    import torch
+
+    from aom_model import AOM, AOMConfig, load_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    if spec.startswith(RANDOM_PREFIX):
+        cfg_name = spec[len(RANDOM_PREFIX) :] or "tiny"
+        cfg = AOMConfig.named(cfg_name)
+        torch.manual_seed(seed)
+        model = AOM(cfg).eval()
+        return Encoder(
+            f"random-init ({cfg_name})", spec, model, None, {"config_name": cfg_name, "seed": seed}
+        )
+    model, cfg, norm_stats, meta = load_checkpoint(_read_bytes(spec))
+    model.eval()
+    extra = dict(meta.get("extra") or {})
+    stem = spec.rstrip("/").rsplit("/", 1)[-1].removesuffix(".safetensors")
+    if stem == "model":  # <out>/model.safetensors or <out>/checkpoints/step-N/model.safetensors
+        stem = "/".join(spec.rstrip("/").rsplit("/", 3)[-3:-1])
+    name = str(extra.get("name") or stem)
+    return Encoder(
+        f"AOM {name}",
+        spec,
+        model,
+        norm_stats,
+        {"config_name": _config_name(cfg), "step": extra.get("step"), "extra_keys": sorted(extra)},
+    )
+
+
+def random_like(enc: Encoder, seed: int = 0) -> Encoder:
+    """A random-init model of ``enc``'s config, normalising inputs with ``enc``'s statistics (so the
+    two differ only in their weights)."""
+    import torch
+
+    from aom_model import AOM
+
+    torch.manual_seed(seed)
+    model = AOM(enc.model.config).eval()
+    return Encoder(
+        f"random-init ({enc.config_name})",
+        f"{RANDOM_PREFIX}{enc.config_name}",
+        model,
+        enc.norm_stats,
+        {"config_name": enc.config_name, "seed": seed, "normalisation_from": enc.source},
+    )
+
+
+def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
+    out = {}
+    for b, p in zip(ps.bands, ps.pixels):
+        v = p[np.isfinite(p)]
+        mean = float(v.mean()) if v.size else 0.0
+        std = float(v.std()) if v.size else 1.0
+        out[b.key] = (mean, std if std > 1e-6 else 1.0)
+    return out
+
+
+def resolve_norm(
+    norm_stats: Mapping[str, Any] | None, bands: Sequence[Band], fallback: Mapping[str, tuple[float, float]]
+) -> tuple[list[tuple[float, float]], dict[str, str]]:
+    """Per band (mean, std): exact key, else nearest wavelength among keys with one, else ``fallback``."""
+    table = dict((norm_stats or {}).get("bands") or {})
+    with_wl = {k: float(v["wavelength_nm"]) for k, v in table.items() if v.get("wavelength_nm") is not None}
+    out, how = [], {}
+    for b in bands:
+        if b.key in table:
+            key, src = b.key, "exact"
+        elif with_wl:
+            key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.wavelength_nm), k))
+            src = f"nearest:{key}"
+        else:
+            out.append(fallback[b.key])
+            how[b.key] = "data"
+            continue
+        mean, std = float(table[key]["mean"]), float(table[key]["std"])
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            out.append(fallback[b.key])
+            how[b.key] = "data"
+            continue
+        out.append((mean, std))
+        how[b.key] = src
+    return out, how
+
+
+def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:
+    """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
+    import torch
+
+    from aom_model import BandBatch
+
+    stats, how = resolve_norm(enc.norm_stats, ps.bands, band_stats(ps))
+    enc.norm_sources.update(how)
+    normed = [
+        ((p - m) / s).astype(np.float32) for p, (m, s) in zip(ps.pixels, stats)
+    ]  # NaN stays NaN: invalid pixel
+    wl = [b.wavelength_nm for b in ps.bands]
+    fw = [b.fwhm_nm for b in ps.bands]
+    gsd = [b.gsd_m for b in ps.bands]
+    outs = []
+    model = enc.model
+    with torch.inference_mode():
+        for s in range(0, len(ps), batch_size):
+            px = [torch.from_numpy(a[s : s + batch_size]) for a in normed]
+            batch = BandBatch.from_bands(px, wl, fw, gsd)
+            pooled = model.forward_features(batch).pooled
+            outs.append(pooled.float().cpu().numpy())
+    x = np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        x[bad] = np.nan  # a patch without a valid token: the probe imputes it
+    return x
+
+
+def _match(band: Band, candidates: Sequence[Band], tol_nm: float | None) -> int | None:
+    for i, c in enumerate(candidates):
+        if c.key == band.key:
+            return i
+    if not candidates:
+        return None
+    i = min(range(len(candidates)), key=lambda j: abs(candidates[j].wavelength_nm - band.wavelength_nm))
+    c = candidates[i]
+    tol = tol_nm if tol_nm is not None else max(30.0, 0.5 * (c.fwhm_nm + band.fwhm_nm))
+    return i if abs(c.wavelength_nm - band.wavelength_nm) <= tol else None
+
+
+def raw_features(
+    ps: PatchSet, reference: Sequence[Band] | None = None, tol_nm: float | None = None
+) -> np.ndarray:
+    """-> [N, 2 * len(reference)]: per reference band the patch mean and std of valid reflectance of
+    the matching band (key, else nearest wavelength within ``tol_nm``), NaN where none matches."""
+    ref = list(reference) if reference is not None else list(ps.bands)
+    n = len(ps)
+    out = np.full((n, 2 * len(ref)), np.nan, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for r, band in enumerate(ref):
+                j = _match(band, ps.bands, tol_nm)
+                if j is None:
+                    continue
+                flat = ps.pixels[j].reshape(n, -1)
+                out[:, 2 * r] = np.nanmean(flat, axis=1)
+                out[:, 2 * r + 1] = np.nanstd(flat, axis=1)
+    return out

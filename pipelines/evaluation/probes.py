@@ -1,0 +1,133 @@
+"""Frozen-feature probes (logistic regression, kNN), metrics and the blocked train/test split."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+PROBES = ("linear", "knn")
+
+
+def make_probe(kind: str, multilabel: bool, n_train: int, knn_k: int = 10, seed: int = 0) -> Any:
+    """Imputer (training mean, for features a band set lacks) -> standardiser -> probe."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pre = [SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler()]
+    if kind == "linear":
+        lr = LogisticRegression(C=1.0, max_iter=3000, random_state=seed)
+        return make_pipeline(*pre, OneVsRestClassifier(lr) if multilabel else lr)
+    if kind == "knn":
+        k = max(1, min(knn_k, n_train))
+        return make_pipeline(*pre, KNeighborsClassifier(n_neighbors=k, metric="cosine", weights="distance"))
+    raise ValueError(f"unknown probe {kind!r}; choose from {PROBES}")
+
+
+def fit_predict(
+    kind: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    multilabel: bool = False,
+    knn_k: int = 10,
+    seed: int = 0,
+) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    probe = make_probe(kind, multilabel, len(x_train), knn_k, seed)
+    # one BLAS thread: these problems are tiny and oversubscribed threads make them 10x slower
+    with threadpool_limits(limits=1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence / constant-label warnings on tiny folds
+        probe.fit(x_train, y_train)
+        pred: np.ndarray = probe.predict(x_test)
+    return pred
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, multilabel: bool = False) -> dict[str, float]:
+    """Single-label: accuracy and macro-F1. Multi-label: micro-F1 (reported as the score) and the
+    exact-match ratio."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if multilabel:
+        return {
+            "score": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "exact_match": float(accuracy_score(y_true, y_pred)),
+        }
+    return {
+        "score": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+def metric_name(multilabel: bool) -> str:
+    return "micro-F1" if multilabel else "accuracy"
+
+
+def split_folds(
+    groups: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    test_fraction: float = 0.3,
+    multilabel: bool = False,
+    min_groups: int = 8,
+    tries: int = 200,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """Blocked split: whole groups (spatial blocks / source images) go to train or test.
+
+    With at least ``min_groups`` groups: one seeded split holding out ``test_fraction`` of the groups,
+    the first of ``tries`` seeded draws in which every class appears in both train and test (else the
+    draw covering most classes). With fewer groups: leave-one-group-out folds. -> (folds, description).
+    """
+    uniq = np.unique(groups)
+    if len(uniq) < 2:
+        raise ValueError("the patches form a single spatial block: no train/test split possible")
+    y = labels if multilabel else np.eye(int(labels.max()) + 1, dtype=bool)[labels]
+    present = y.any(axis=0)
+    if len(uniq) < min_groups:
+        folds = [(np.flatnonzero(groups != g), np.flatnonzero(groups == g)) for g in uniq]
+        return folds, f"leave-one-group-out over {len(uniq)} groups"
+    n_test = min(len(uniq) - 1, max(1, round(test_fraction * len(uniq))))
+    best: tuple[int, np.ndarray, np.ndarray] | None = None
+    for t in range(tries):
+        rng = np.random.default_rng([seed, 11, t])
+        test_groups = rng.permutation(uniq)[:n_test]
+        is_test = np.isin(groups, test_groups)
+        cover = int((y[~is_test].any(axis=0) & y[is_test].any(axis=0) & present).sum())
+        if best is None or cover > best[0]:
+            best = (cover, np.flatnonzero(~is_test), np.flatnonzero(is_test))
+        if cover == int(present.sum()):
+            break
+    assert best is not None
+    desc = f"blocked hold-out: {n_test} of {len(uniq)} spatial blocks for test"
+    if best[0] < int(present.sum()):
+        desc += f" ({int(present.sum()) - best[0]} class(es) not in both train and test)"
+    return [(best[1], best[2])], desc
+
+
+def band_subsets(n_bands: int, fraction: float, draws: int, seed: int = 0) -> list[list[int]]:
+    """Seeded random band subsets keeping ``round(fraction * n_bands)`` (>= 1) bands: ``draws``
+    distinct subsets where possible (fewer when fewer exist); a fraction of 1 gives the full set once.
+    The same (n_bands, fraction, draws, seed) always gives the same subsets."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, min(n_bands, round(fraction * n_bands)))
+    if k == n_bands:
+        return [list(range(n_bands))]
+    from math import comb
+
+    want = min(draws, comb(n_bands, k))
+    rng = np.random.default_rng([seed, round(fraction * 10_000), n_bands])
+    out: list[list[int]] = []
+    seen: set[tuple[int, ...]] = set()
+    while len(out) < want:
+        s = tuple(sorted(int(i) for i in rng.choice(n_bands, size=k, replace=False)))
+        if s not in seen:
+            seen.add(s)
+            out.append(list(s))
+    return out

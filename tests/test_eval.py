@@ -1,0 +1,378 @@
+"""`aom eval`: the robustness protocol end to end on synthetic scenes, seeded band draws, loaders and
+clear errors for unusable datasets."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.evaluation import (
+    Band,
+    DatasetSpec,
+    EvalConfig,
+    EvalDataError,
+    LabelledScene,
+    band_subsets,
+    load_bigearthnet,
+    load_dataset,
+    raw_features,
+    run_evaluation,
+    scene_patches,
+    split_folds,
+    synthetic_scene,
+    write_report,
+)
+from pipelines.evaluation.features import resolve_norm
+
+torch.set_num_threads(2)
+
+FAST = {
+    "fractions": (0.5,),
+    "draws": 2,
+    "splits": 1,
+    "sensors": ("landsat-oli",),
+    "factors": (2,),
+    "max_per_class": 15,
+    "batch_size": 256,
+}
+
+
+@pytest.fixture(scope="module")
+def synthetic_patches():
+    return scene_patches(synthetic_scene(size_px=120, n_classes=3, seed=1), patch_px=12, block_patches=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from aom_model import AOM, AOMConfig, save_checkpoint
+
+    torch.manual_seed(123)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    stats = {
+        "kind": "per-band-key",
+        "bands": {"sentinel-2-msi/B04": {"mean": 0.1, "std": 0.1, "wavelength_nm": 664.6}},
+    }
+    save_checkpoint(path, AOM(AOMConfig.named("tiny")), norm_stats=stats, extra_meta={"name": "test-tiny"})
+    return path
+
+
+def test_protocol_end_to_end_on_synthetic_scene(
+    synthetic_patches, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    cfg = EvalConfig(checkpoint=str(tiny_checkpoint), **FAST)  # type: ignore[arg-type]
+    result = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
+    kinds = [e["kind"] for e in result.extractors]
+    assert kinds == ["checkpoint", "random-init", "raw"]
+    settings = {(s["setting"], s["condition"]) for s in result.summary}
+    assert settings == {
+        ("band-missing", "100%"),
+        ("band-missing", "50%"),
+        ("cross-sensor", "landsat-oli"),
+        ("cross-resolution", "2x"),
+    }
+    for s in result.summary:
+        assert 0.0 <= s["mean"] <= 1.0
+        assert s["draws"] == (2 if s["condition"] == "50%" else 1)
+    # three distinct spectra: raw band statistics separate them almost perfectly
+    raw = result.lookup("band-missing", "100%", "raw-bands (mean, std)", "linear", "refit")
+    assert raw is not None and raw["mean"] > 0.9
+    assert set(result.goals) >= {"beats_random_init", "half_bands_retention"}
+    assert set(result.goals["beats_random_init"]) == {"transfer", "refit"}
+    # the checkpoint's statistics cover B04 only: other bands borrow the nearest wavelength's
+    norm = result.extractors[0]["normalisation"]
+    assert norm["sentinel-2-msi/B04"] == "exact"
+    assert norm["sentinel-2-msi/B8A"] == "nearest:sentinel-2-msi/B04"
+
+    paths = write_report(result, tmp_path / "out")
+    report = paths["report"].read_text()
+    for needle in (
+        "## band-missing",
+        "## cross-sensor",
+        "## cross-resolution",
+        "random-init (tiny)",
+        "raw-bands",
+    ):
+        assert needle in report
+    assert paths["band_missing_plot"].stat().st_size > 1000
+    assert paths["cross_settings_plot"].stat().st_size > 1000
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["metric"] == "accuracy" and summary["dataset"]["classes"] == list(
+        synthetic_patches.class_names
+    )
+    assert len(summary["rows"]) == len(result.rows)
+
+
+def test_random_only_run_has_no_goals(synthetic_patches) -> None:
+    cfg = EvalConfig(
+        checkpoint="random:tiny", settings=("cross-resolution",), probes=("knn",), **{**FAST, "draws": 1}
+    )
+    result = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
+    assert [e["kind"] for e in result.extractors] == ["random-init", "raw"]
+    assert result.goals["checkpoint"] is None
+
+
+def test_band_subset_draws_are_seeded_and_reproducible() -> None:
+    a = band_subsets(11, 0.5, 5, seed=3)
+    assert a == band_subsets(11, 0.5, 5, seed=3)
+    assert a != band_subsets(11, 0.5, 5, seed=4)
+    assert len(a) == 5 and len({tuple(s) for s in a}) == 5
+    assert all(len(s) == 6 and s == sorted(s) and len(set(s)) == 6 for s in a)  # round(5.5) = 6
+    assert [len(s) for s in band_subsets(11, 0.25, 3)] == [3, 3, 3]
+    assert band_subsets(4, 0.25, 10) == [[0], [3], [2], [1]] or len(band_subsets(4, 0.25, 10)) == 4
+    assert band_subsets(7, 1.0, 5) == [list(range(7))]
+    with pytest.raises(ValueError):
+        band_subsets(7, 0.0, 5)
+
+
+def test_protocol_rows_are_reproducible(synthetic_patches) -> None:
+    cfg = EvalConfig(
+        checkpoint="random:tiny", settings=("band-missing",), probes=("knn",), **{**FAST, "splits": 2}
+    )
+    r1 = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
+    r2 = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
+    assert [(r["condition"], r["draw"], r["split"], r["score"]) for r in r1.rows] == [
+        (r["condition"], r["draw"], r["split"], r["score"]) for r in r2.rows
+    ]
+    assert {r["split"] for r in r1.rows} == {0, 1}
+    assert [c["bands"] for c in r1.conditions] == [c["bands"] for c in r2.conditions]
+
+
+def test_one_class_dataset_gives_clear_error() -> None:
+    ps = scene_patches(synthetic_scene(size_px=96, n_classes=1, seed=0), patch_px=12)
+    with pytest.raises(EvalDataError, match="at least two classes"):
+        run_evaluation(ps, EvalConfig(checkpoint="random:tiny", **FAST), progress=lambda _m: None)  # type: ignore[arg-type]
+
+
+def test_mismatched_label_grid_gives_clear_error() -> None:
+    scene = synthetic_scene(size_px=96, n_classes=2)
+    with pytest.raises(EvalDataError, match="label grid mismatch"):
+        LabelledScene(scene.name, scene.bands, scene.arrays, scene.labels[:, :50], scene.class_names)
+
+
+def _write_tif(path: Path, data: np.ndarray, transform, crs: str = "EPSG:32631", nodata=None) -> None:
+    import rasterio
+
+    data = data if data.ndim == 3 else data[None]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=data.shape[1],
+        width=data.shape[2],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    ) as ds:
+        ds.write(data)
+
+
+def _synthetic_geotiff(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    from rasterio.transform import from_origin
+
+    scene = synthetic_scene(size_px=144, n_classes=3, seed=2, nodata_frac=0.0)
+    keep = [i for i, b in enumerate(scene.bands) if b.gsd_m == 20.0]
+    dn = np.stack([np.nan_to_num(scene.arrays[i]) * 10000 for i in keep]).astype(np.uint16)
+    tr = from_origin(500000.0, 5000000.0, 20.0, 20.0)
+    img, lab = tmp_path / "img.tif", tmp_path / "labels.tif"
+    _write_tif(img, dn, tr)
+    _write_tif(lab, (scene.labels + 1).astype(np.uint8), tr, nodata=0)
+    return img, lab, [scene.bands[i].name for i in keep]
+
+
+def test_geotiff_label_raster_mismatch_and_cli(tmp_path: Path) -> None:
+    import typer
+    from rasterio.transform import from_origin
+    from typer.testing import CliRunner
+
+    from flows.commands import eval as eval_cmd
+
+    img, lab, names = _synthetic_geotiff(tmp_path)
+    spec = DatasetSpec(name=str(img), labels=str(lab), sensor="sentinel-2-msi", bands=tuple(names))
+    ps = load_dataset(spec, patch_px=12)
+    assert ps.class_names == ("1", "2", "3") and len(ps) > 50
+    assert abs(np.nanmean(ps.pixels[0]) - 0.1) < 0.1  # DN * 1e-4
+
+    shifted = tmp_path / "shifted.tif"
+    _write_tif(shifted, np.ones((144, 100), dtype=np.uint8), from_origin(500000.0, 5000000.0, 20.0, 20.0))
+    with pytest.raises(EvalDataError, match="label grid mismatch"):
+        load_dataset(
+            DatasetSpec(name=str(img), labels=str(shifted), sensor="sentinel-2-msi", bands=tuple(names))
+        )
+
+    app = typer.Typer()
+    eval_cmd.register(app)
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    runner = CliRunner()
+    base = [
+        "eval",
+        "--dataset",
+        str(img),
+        "--sensor",
+        "sentinel-2-msi",
+        "--bands",
+        ",".join(names),
+        "--patch-px",
+        "12",
+    ]
+    out = tmp_path / "cli"
+    res = runner.invoke(
+        app,
+        [
+            *base,
+            "--labels",
+            str(lab),
+            "--checkpoint",
+            "random:tiny",
+            "--out",
+            str(out),
+            "--draws",
+            "1",
+            "--splits",
+            "1",
+            "--fractions",
+            "0.5",
+            "--sensors",
+            "landsat-oli",
+            "--factors",
+            "2",
+            "--probes",
+            "knn",
+            "--max-per-class",
+            "30",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "report.md").is_file() and (out / "summary.json").is_file()
+    res = runner.invoke(
+        app, [*base, "--labels", str(shifted), "--checkpoint", "random:tiny", "--out", str(out)]
+    )
+    assert res.exit_code == 2 and "label grid mismatch" in res.output
+
+
+def test_labelled_points(tmp_path: Path) -> None:
+    img, _lab, names = _synthetic_geotiff(tmp_path)
+    pts = tmp_path / "points.csv"
+    cells = [(r, c) for r in range(10, 140, 12) for c in range(10, 140, 12)]
+    rows = ["x,y,label"] + [
+        f"{500000 + 20 * c + 10},{5000000 - 20 * r - 10},{'ab'[i % 2]}" for i, (r, c) in enumerate(cells)
+    ]
+    rows.append("0,0,far")  # outside the image: dropped
+    pts.write_text("\n".join(rows) + "\n")
+    ps = load_dataset(
+        DatasetSpec(name=str(img), labels=str(pts), sensor="sentinel-2-msi", bands=tuple(names)), patch_px=8
+    )
+    assert ps.class_names == ("a", "b") and ps.meta["points_outside"] == 1
+    assert ps.pixels[0].shape[1:] == (8, 8)
+
+
+def test_raw_features_align_by_key_then_wavelength(synthetic_patches) -> None:
+    ref = synthetic_patches.bands
+    sub = synthetic_patches.subset([0, 2])
+    f = raw_features(sub, ref)
+    assert f.shape == (len(sub), 2 * len(ref))
+    assert np.isfinite(f[:, :2]).all() and np.isnan(f[:, 2:4]).all() and np.isfinite(f[:, 4:6]).all()
+    target = [Band("B4", 654.6, 37.0, 30.0, "landsat-oli")]
+    as_l8, notes = synthetic_patches.as_sensor(target)
+    assert as_l8.bands[0].key == "landsat-oli/B4" and "sentinel-2-msi/B04" in notes[0]
+    g = raw_features(as_l8, ref)
+    assert np.allclose(g[:, 4:6], f[:, 4:6], equal_nan=True)  # B4 maps back onto S2 B04
+
+
+def test_norm_resolution_falls_back_to_data() -> None:
+    bands = [Band("B1", 500.0, 20.0, 10.0, "x")]
+    stats, how = resolve_norm(None, bands, {"x/B1": (0.2, 0.05)})
+    assert stats == [(0.2, 0.05)] and how == {"x/B1": "data"}
+
+
+def test_split_keeps_groups_apart() -> None:
+    groups = np.repeat(np.arange(20), 5)
+    labels = np.tile(np.arange(2), 50)
+    folds, desc = split_folds(groups, labels, seed=0, test_fraction=0.3)
+    ((tr, te),) = folds
+    assert not set(groups[tr]) & set(groups[te]) and "6 of 20" in desc
+    folds, desc = split_folds(groups[:15], labels[:15], seed=0)
+    assert len(folds) == 3 and desc.startswith("leave-one-group-out")
+
+
+def _fake_bigearthnet(tmp_path: Path) -> Path:
+    """A tarball laid out like BigEarthNet-S2-Example.tar.bz2 (4 patches, random pixels)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    sizes = {"B01": 20, "B09": 20, "B02": 120, "B03": 120, "B04": 120, "B08": 120}
+    sizes.update({b: 60 for b in ("B05", "B06", "B07", "B8A", "B11", "B12")})
+    labels = [
+        ["Water bodies"],
+        ["Coniferous forest", "Mixed forest"],
+        ["Water bodies", "Mixed forest"],
+        ["Pastures"],
+    ]
+    with tarfile.open(fileobj=buf, mode="w:bz2") as tf:
+        for i, labs in enumerate(labels):
+            name = f"S2A_MSIL2A_2017_{i}_{i}"
+            for b, s in sizes.items():
+                with rasterio.MemoryFile() as mf:
+                    with mf.open(
+                        driver="GTiff",
+                        height=s,
+                        width=s,
+                        count=1,
+                        dtype="uint16",
+                        crs="EPSG:32633",
+                        transform=from_origin(0, 0, 1200 / s, 1200 / s),
+                    ) as ds:
+                        ds.write(rng.integers(100, 3000, (1, s, s)).astype(np.uint16))
+                    data = mf.read()
+                info = tarfile.TarInfo(f"BigEarthNet-S2-Example/{name}/{name}_{b}.tif")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            meta = json.dumps({"labels": labs}).encode()
+            info = tarfile.TarInfo(f"BigEarthNet-S2-Example/{name}/{name}_labels_metadata.json")
+            info.size = len(meta)
+            tf.addfile(info, io.BytesIO(meta))
+    path = tmp_path / "BigEarthNet-S2-Example.tar.bz2"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+def test_bigearthnet_loader_multilabel(tmp_path: Path) -> None:
+    ps = load_bigearthnet(str(_fake_bigearthnet(tmp_path)))
+    assert ps.multilabel and len(ps) == 4 and ps.labels.shape == (4, 4)
+    assert {b.name: b.gsd_m for b in ps.bands}["B01"] == 60.0
+    assert {b.name: p.shape[1] for b, p in zip(ps.bands, ps.pixels)}["B02"] == 120
+    cfg = EvalConfig(
+        checkpoint="random:tiny", settings=("cross-resolution",), probes=("knn",), factors=(2,), draws=1
+    )
+    result = run_evaluation(ps, cfg, progress=lambda _m: None)
+    assert result.metric == "micro-F1" and "leave-one-group-out" in result.dataset["split"]
+    with pytest.raises(EvalDataError, match="not found"):
+        load_bigearthnet(str(tmp_path / "missing.whl"))
+
+
+def test_t29unu_loader(real_data: Path) -> None:
+    scene = __import__("pipelines.evaluation.loaders", fromlist=["load_t29unu"]).load_t29unu(
+        real_data, (300, 300, 192, 192)
+    )
+    assert [b.name for b in scene.bands][:3] == ["B01", "B02", "B03"] and all(
+        b.gsd_m == 60.0 for b in scene.bands
+    )
+    red = scene.arrays[3]
+    valid = red[np.isfinite(red)]
+    assert valid.size and -0.1 < float(np.median(valid)) < 1.0  # (DN - 1000) / 10000
+    assert "vegetation" in scene.class_names and "cloud" in scene.class_names
+    ps = scene_patches(scene, patch_px=16)
+    assert len(ps) > 10 and ps.pixels[0].shape[1:] == (16, 16)
