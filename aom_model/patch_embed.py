@@ -23,29 +23,39 @@ def resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Tensor:
     """Bilinear (antialiased when shrinking) resize as a matrix: [dst_h*dst_w, src_h*src_w], float64."""
     key = (*src_hw, *dst_hw, "resize")
     if key not in _RESIZE_CACHE:
-        n = src_hw[0] * src_hw[1]
-        basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, *src_hw)
-        shrink = dst_hw[0] < src_hw[0] or dst_hw[1] < src_hw[1]
-        out = F.interpolate(basis, size=dst_hw, mode="bilinear", align_corners=False, antialias=shrink)
-        _RESIZE_CACHE[key] = out.reshape(n, -1).T.contiguous()  # column j = resize(e_j)
+        with torch.inference_mode(False):  # cached for training too: never an inference tensor
+            _RESIZE_CACHE[key] = _resize_matrix(src_hw, dst_hw)
     return _RESIZE_CACHE[key]
+
+
+def _resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Tensor:
+    n = src_hw[0] * src_hw[1]
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, *src_hw)
+    shrink = dst_hw[0] < src_hw[0] or dst_hw[1] < src_hw[1]
+    out = F.interpolate(basis, size=dst_hw, mode="bilinear", align_corners=False, antialias=shrink)
+    return out.reshape(n, -1).T.contiguous()  # column j = resize(e_j)
 
 
 def pi_resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Tensor:
     """FlexiViT pseudo-inverse resize: [dst_h*dst_w, src_h*src_w] float32 so that w' = M @ w."""
     key = (*src_hw, *dst_hw, "pinv")
     if key not in _RESIZE_CACHE:
-        b = resize_matrix(src_hw, dst_hw)  # [P', P]
-        # closed-form pinv(B^T) on the small Gram matrix (much faster than an SVD of B^T)
-        try:
-            if b.shape[0] >= b.shape[1]:  # upsampling: B^T full row rank -> B (B^T B)^-1
-                m = torch.linalg.solve(b.T @ b, b.T).T
-            else:  # shrinking: B^T full column rank -> (B B^T)^-1 B
-                m = torch.linalg.solve(b @ b.T, b)
-        except RuntimeError:  # singular Gram matrix: fall back to the SVD route
-            m = torch.linalg.pinv(b.T)
-        _RESIZE_CACHE[key] = m.float().contiguous()  # [P', P]
+        with torch.inference_mode(False):  # cached for training too: never an inference tensor
+            _RESIZE_CACHE[key] = _pi_resize_matrix(src_hw, dst_hw)
     return _RESIZE_CACHE[key]
+
+
+def _pi_resize_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> Tensor:
+    b = resize_matrix(src_hw, dst_hw)  # [P', P]
+    # closed-form pinv(B^T) on the small Gram matrix (much faster than an SVD of B^T)
+    try:
+        if b.shape[0] >= b.shape[1]:  # upsampling: B^T full row rank -> B (B^T B)^-1
+            m = torch.linalg.solve(b.T @ b, b.T).T
+        else:  # shrinking: B^T full column rank -> (B B^T)^-1 B
+            m = torch.linalg.solve(b @ b.T, b)
+    except RuntimeError:  # singular Gram matrix: fall back to the SVD route
+        m = torch.linalg.pinv(b.T)
+    return m.float().contiguous()  # [P', P]
 
 
 def _on(t: Tensor, like: Tensor) -> Tensor:

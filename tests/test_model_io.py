@@ -116,3 +116,20 @@ def test_export_roundtrip(layout: str) -> None:
         torch.testing.assert_close(tokens, eager.tokens, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(pooled, eager.pooled, atol=1e-5, rtol=1e-5)
         assert torch.equal(valid, eager.token_valid)
+
+
+def test_resize_cache_filled_in_inference_mode_still_trains() -> None:
+    """A resize matrix first computed under torch.inference_mode (evaluation, embedding) must not
+    poison later training in the same process."""
+    import torch
+
+    from aom_model.patch_embed import _RESIZE_CACHE, pi_resize_matrix
+
+    key_src, key_dst = (8, 8), (7, 5)
+    _RESIZE_CACHE.pop((*key_src, *key_dst, "pinv"), None)
+    _RESIZE_CACHE.pop((*key_src, *key_dst, "resize"), None)
+    with torch.inference_mode():
+        pi_resize_matrix(key_src, key_dst)
+    w = torch.randn(64, 4, requires_grad=True)
+    (pi_resize_matrix(key_src, key_dst) @ w).sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
