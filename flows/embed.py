@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows.common import publish_summary
-from flows.params import AreaParams, StorageParams
+from flows.params import AreaParams, StorageParams, empty_is_none
 from flows.pretrain import PretrainParams, pretrain
 
 
@@ -33,10 +33,7 @@ class EmbedParams(BaseModel):
     workers: int = Field(2, ge=0)
     storage: StorageParams = StorageParams()
 
-    @field_validator("cubes", "catalog_url", "version", "dask_address", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+    _empty_is_none = empty_is_none("cubes", "catalog_url", "version", "dask_address")
 
 
 @task(retries=1, retry_delay_seconds=30)

@@ -9,7 +9,7 @@ from prefect.cache_policies import INPUTS
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.common import batches, catalog_slot, publish_summary
-from flows.params import AreaParams, StorageParams
+from flows.params import AreaParams, StorageParams, empty_is_none
 from pipelines.cubes import CubeSpec
 from pipelines.ingest import SavedSearch, build_tiles, search_and_save, tiles_for_saved
 from pipelines.search import SearchRequest
@@ -42,10 +42,7 @@ class IngestParams(BaseModel):
             return tuple(c.strip() for part in v for c in str(part).split(",") if c.strip())
         return v
 
-    @field_validator("catalog_url", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+    _empty_is_none = empty_is_none("catalog_url")
 
     def request(self, updated_since: str | None = None) -> SearchRequest:
         return SearchRequest(

@@ -12,6 +12,19 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 
+def _none_if_empty(v: Any) -> Any:
+    return None if v == "" else v
+
+
+def empty_is_none(*fields: str) -> Any:
+    """A before-validator of ``fields`` turning "" into None, for a model's class body.
+
+    Deployment parameters templated from unset environment variables arrive as empty strings.
+    Usage: ``_empty_is_none = empty_is_none("catalog_url", "version")``.
+    """
+    return field_validator(*fields, mode="before")(_none_if_empty)
+
+
 class StorageParams(BaseModel):
     """Where and how to reach object storage; no secret values here, only references."""
 
@@ -24,10 +37,7 @@ class StorageParams(BaseModel):
     )
     anon: bool = False
 
-    @field_validator("endpoint_url", "region_name", "credentials_block", mode="before")
-    @classmethod
-    def _empty_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+    _empty_is_none = empty_is_none("endpoint_url", "region_name", "credentials_block")
 
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for ``s3://`` URLs (empty for local paths)."""

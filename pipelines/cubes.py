@@ -18,6 +18,7 @@ next run) only when storage fails or an asset is unreachable (``CubeSpec.skip_un
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import time
@@ -445,7 +446,7 @@ def write_cubes(
 
     try:
         if dask_client is not None:
-            _run_distributed(dask_client, todo, index, spec, store, read_options, finish)
+            _run_distributed(dask_client, todo, index, _tile_job(spec, store, read_options), finish)
         elif workers <= 1:
             for tile in todo:
                 finish(
@@ -459,7 +460,7 @@ def write_cubes(
                     )
                 )
         else:
-            _run_threads(workers, todo, index, spec, store, read_options, finish)
+            _run_threads(workers, todo, index, _tile_job(spec, store, read_options), finish)
     finally:
         if bar is not None:
             bar.close()
@@ -476,14 +477,27 @@ def _progress_bar(total: int, enabled: bool, initial: int = 0) -> Any:
     return tqdm(total=total, initial=initial, desc="cubes", unit="tile", dynamic_ncols=True)
 
 
+_TileJob = Callable[[Tile, Sequence[Mapping[str, Any]]], TileOutcome]
+
+
+def _tile_job(spec: CubeSpec, store: CubeStore, read_options: Mapping[str, Any] | None) -> _TileJob:
+    """``process_tile(tile, items)`` bound to one run's spec and store, for the thread and Dask runners.
+
+    A ``functools.partial`` of a module-level function, so it pickles for Dask workers; each task
+    reads synchronously (the runner already runs tiles in parallel).
+    """
+    return functools.partial(
+        process_tile,
+        spec=spec,
+        out_url=store.url,
+        storage_options=store.storage_options,
+        read_options=read_options,
+        scheduler="synchronous",
+    )
+
+
 def _run_threads(
-    workers: int,
-    todo: list[Tile],
-    index: _ItemIndex,
-    spec: CubeSpec,
-    store: CubeStore,
-    read_options: Mapping[str, Any] | None,
-    finish: Callable[[TileOutcome], None],
+    workers: int, todo: list[Tile], index: _ItemIndex, job: _TileJob, finish: Callable[[TileOutcome], None]
 ) -> None:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cube-tile") as pool:
         pending: set[Future[TileOutcome]] = set()
@@ -491,44 +505,22 @@ def _run_threads(
         while queue or pending:
             while queue and len(pending) < workers * 2:
                 tile = queue.pop(0)
-                pending.add(
-                    pool.submit(
-                        process_tile,
-                        tile,
-                        index.for_tile(tile),
-                        spec,
-                        store.url,
-                        store.storage_options,
-                        read_options=read_options,
-                        scheduler="synchronous",
-                    )
-                )
+                pending.add(pool.submit(job, tile, index.for_tile(tile)))
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 finish(fut.result())
 
 
 def _run_distributed(
-    client: Any,
-    todo: list[Tile],
-    index: _ItemIndex,
-    spec: CubeSpec,
-    store: CubeStore,
-    read_options: Mapping[str, Any] | None,
-    finish: Callable[[TileOutcome], None],
+    client: Any, todo: list[Tile], index: _ItemIndex, job: _TileJob, finish: Callable[[TileOutcome], None]
 ) -> None:
     from distributed import as_completed
 
     futures = [
         client.submit(
-            process_tile,
+            job,
             tile,
             index.for_tile(tile),
-            spec,
-            store.url,
-            store.storage_options,
-            read_options=read_options,
-            scheduler="synchronous",
             key=f"aom-cube-{tile.tile_id}-{os.getpid()}-{time.time_ns()}",
             pure=False,
         )

@@ -7,7 +7,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -247,31 +247,41 @@ def collection_dict(cid: str) -> dict:
     }
 
 
+def collection_ids(items: list[dict]) -> list[str]:
+    return sorted({i["collection"] for i in items})
+
+
 def collections_of(items: list[dict]) -> list[dict]:
-    return [collection_dict(c) for c in sorted({i["collection"] for i in items})]
+    return [collection_dict(c) for c in collection_ids(items)]
 
 
 # ------------------------------------------------------------------------------------------ writers
 
 
-def write_ndjson(items: list[dict], path: Path) -> Path:
+def _write(path: Path, write: Callable[[Path], object]) -> Path:
+    """The one way every writer below writes a file: its folders first, then ``write(path)``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    write(path)
     return path
+
+
+def _write_json(path: Path, doc: dict) -> Path:
+    return _write(path, lambda p: p.write_text(json.dumps(doc)))
+
+
+def write_ndjson(items: list[dict], path: Path) -> Path:
+    return _write(path, lambda p: p.write_text("".join(json.dumps(i) + "\n" for i in items)))
 
 
 def write_parquet(items: list[dict], path: Path) -> Path:
     from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    to_parquet(parse_stac_items_to_arrow(items), path)
-    return path
+    return _write(path, lambda p: to_parquet(parse_stac_items_to_arrow(items), p))
 
 
 def write_static_catalog(items: list[dict], root: Path) -> Path:
     """A self-contained static catalog: catalog.json -> <collection>/collection.json -> items, all
     links relative (what pystac's SELF_CONTAINED layout writes)."""
-    root.mkdir(parents=True, exist_ok=True)
     catalog: dict[str, Any] = {
         "type": "Catalog",
         "stac_version": "1.0.0",
@@ -280,7 +290,7 @@ def write_static_catalog(items: list[dict], root: Path) -> Path:
         "links": [],
     }
     catalog["links"].append({"rel": "root", "href": "./catalog.json", "type": "application/json"})
-    for cid in sorted({i["collection"] for i in items}):
+    for cid in collection_ids(items):
         coll = collection_dict(cid)
         coll["links"] = [
             {"rel": "root", "href": "../catalog.json"},
@@ -295,16 +305,12 @@ def write_static_catalog(items: list[dict], root: Path) -> Path:
                 {"rel": "parent", "href": "../collection.json"},
                 {"rel": "collection", "href": "../collection.json"},
             ]
-            p = root / cid / item["id"] / f"{item['id']}.json"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(out))
-        (root / cid).mkdir(exist_ok=True)
-        (root / cid / "collection.json").write_text(json.dumps(coll))
+            _write_json(root / cid / item["id"] / f"{item['id']}.json", out)
+        _write_json(root / cid / "collection.json", coll)
         catalog["links"].append(
             {"rel": "child", "href": f"./{cid}/collection.json", "type": "application/json"}
         )
-    (root / "catalog.json").write_text(json.dumps(catalog))
-    return root / "catalog.json"
+    return _write_json(root / "catalog.json", catalog)
 
 
 def write_all_formats(items: list[dict], folder: Path) -> dict[str, Path]:
@@ -418,8 +424,7 @@ class FakeStacApi:
         if path == "" and method == "GET":
             self._send(h, 200, self._landing())
         elif path == "/collections" and method == "GET":
-            cols = [collection_dict(c) for c in sorted({i["collection"] for i in self.items})]
-            self._send(h, 200, {"collections": cols, "links": []})
+            self._send(h, 200, {"collections": collections_of(self.items), "links": []})
         elif path == "/search" and method == "POST":
             body = json.loads(raw or b"{}")
             self.bodies.append(body)

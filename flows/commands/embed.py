@@ -14,27 +14,20 @@ from typing import Any
 
 import typer
 
+from flows.commands._options import bbox_parts, csv_list, json_arg, read_aoi_file
+
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
 def _json_arg(text: str | None, name: str) -> dict[str, Any]:
-    """A JSON object given inline or as ``@file.json`` (storage options: never echoed)."""
-    if not text:
-        return {}
-    raw = Path(text[1:]).read_text() if text.startswith("@") else text
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"{name} is not valid JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise typer.BadParameter(f"{name} must be a JSON object")
-    return value
+    """A JSON object given inline or as ``@file.json`` (storage options: never echoed); {} when empty."""
+    return json_arg(text, name, position=False) if text else {}
 
 
 def parse_aoi(text: str) -> Any:
     """``W,S,E,N`` -> bbox tuple; otherwise a GeoJSON file (geometry, Feature or FeatureCollection)."""
-    parts = [p for p in text.replace(" ", "").split(",") if p]
+    parts = bbox_parts(text)
     if len(parts) == 4:
         try:
             return tuple(float(p) for p in parts)
@@ -43,17 +36,10 @@ def parse_aoi(text: str) -> Any:
     path = Path(text)
     if not path.is_file():
         raise typer.BadParameter(f"--aoi {text!r} is neither W,S,E,N nor a GeoJSON file")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(f"--aoi {path}: {exc}") from None
+    doc = read_aoi_file(path)
     if not isinstance(doc, dict) or "type" not in doc:
         raise typer.BadParameter(f"--aoi {path}: not GeoJSON")
     return doc
-
-
-def _csv(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
 
 
 def _quiet_dask() -> None:
@@ -147,12 +133,12 @@ def embed(
             out=out,
             datetime=datetime,
             aoi=parse_aoi(aoi) if aoi else None,
-            tiles=_csv(tiles),
+            tiles=csv_list(tiles),
             cubes=cubes,
             catalog=catalog,
             catalog_name=catalog_name,
-            collections=_csv(collections),
-            bands=_csv(bands),
+            collections=csv_list(collections),
+            bands=csv_list(bands),
             version=version,
             tile_size_m=tile_size_m,
             core_tokens=core_tokens,
@@ -223,8 +209,8 @@ def embed_raster_cmd(
     from pipelines.embed_raster import embed_raster
 
     try:
-        wl = [float(v) for v in _csv(wavelengths)]
-        fw = [float(v) for v in _csv(fwhm)]
+        wl = [float(v) for v in csv_list(wavelengths)]
+        fw = [float(v) for v in csv_list(fwhm)]
     except ValueError:
         raise typer.BadParameter("--wavelengths / --fwhm take comma-separated numbers (nm)") from None
     try:
@@ -233,7 +219,7 @@ def embed_raster_cmd(
             out,
             checkpoint,
             sensor=sensor,
-            bands=_csv(bands),
+            bands=csv_list(bands),
             wavelengths=wl,
             fwhm=fw,
             gsd=gsd,

@@ -15,10 +15,11 @@ passes extra fsspec options (never printed).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
+
+from flows.commands._options import json_object
 
 query_app = typer.Typer(
     name="query",
@@ -45,15 +46,8 @@ TARGET_OPT = typer.Option(
 
 
 def _opts(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--storage-options is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise typer.BadParameter("--storage-options must be a JSON object")
-    return value
+    """--storage-options (inline JSON only); {} when not given."""
+    return json_object(text, "--storage-options", not_json="is not JSON") if text else {}
 
 
 def _out_opts(out: str | None, embeddings: str, storage_options: str | None) -> dict[str, Any] | None:

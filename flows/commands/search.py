@@ -6,46 +6,24 @@ untouched); 2 the search could not run (bad arguments, catalog unreachable after
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from flows.commands._options import csv_list, json_arg, parse_bbox, read_aoi_file
+
 EXIT_EMPTY = 1
 EXIT_ERROR = 2
 
 
-def _parse_bbox(text: str) -> tuple[float, float, float, float]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if len(parts) != 4:
-        raise typer.BadParameter(f"--bbox needs W,S,E,N (4 numbers), got {text!r}")
-    try:
-        w, s, e, n = (float(p) for p in parts)
-    except ValueError:
-        raise typer.BadParameter(f"--bbox needs numbers, got {text!r}") from None
-    return w, s, e, n
-
-
 def _json_arg(text: str | None, name: str) -> dict[str, Any] | None:
-    """A JSON object given inline or as ``@file.json``."""
-    if text is None:
-        return None
-    raw = Path(text[1:]).read_text() if text.startswith("@") else text
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"{name} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise typer.BadParameter(f"{name} must be a JSON object")
-    return value
+    """A JSON object given inline or as ``@file.json``; None when the option is not given."""
+    return None if text is None else json_arg(text, name)
 
 
 def _aoi_geometry(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise typer.BadParameter(f"--aoi {path}: {exc}") from None
+    doc = read_aoi_file(path)
     if doc.get("type") == "FeatureCollection":
         geoms = [f["geometry"] for f in doc.get("features") or [] if f.get("geometry")]
         if not geoms:
@@ -124,8 +102,8 @@ def search(
     options = _json_arg(storage_options, "--storage-options")
     try:
         request = SearchRequest(
-            collections=tuple(c.strip() for c in collections.split(",") if c.strip()),
-            bbox=_parse_bbox(bbox) if bbox else None,
+            collections=csv_list(collections),
+            bbox=parse_bbox(bbox) if bbox else None,
             intersects=_aoi_geometry(aoi) if aoi else None,
             datetime=datetime,
             max_cloud_cover=max_cloud,
