@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,11 +43,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, key_valid: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, key_valid: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         b, n, d = x.shape  # [B, L, D]
         h = self.num_heads
         qkv = self.qkv(x).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # [3, B, h, L, dh]
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=key_padding_mask(key_valid))
+        mask: Tensor | None = key_padding_mask(key_valid)  # [B, 1, 1, L] bool or None
+        if bias is not None:  # [B, h, L, L] additive logits
+            bias = bias.to(qkv.dtype)
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))  # [B, L, D]
 
 
@@ -69,9 +75,37 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, key_valid: Tensor | None = None) -> Tensor:  # [B, L, D]
-        x = x + self.attn(self.norm1(x), key_valid)
+    def forward(
+        self, x: Tensor, key_valid: Tensor | None = None, bias: Tensor | None = None
+    ) -> Tensor:  # [B, L, D]
+        x = x + self.attn(self.norm1(x), key_valid, bias)
         return x + self.mlp(self.norm2(x))
+
+
+class SpectralDistanceBias(nn.Module):
+    """Additive attention logits ``-slope_h * |wavelength_q - wavelength_k|`` (in micrometres) between
+    band tokens: ALiBi over the spectrum. Reflectance correlates most with nearby wavelengths, so
+    each head starts with a different reach (slopes spread geometrically from ``max_slope`` to
+    ``min_slope`` per um) and learns it. Bands stay a set: only wavelength distances enter."""
+
+    def __init__(self, num_heads: int, min_slope: float = 1.0, max_slope: float = 20.0) -> None:
+        super().__init__()
+        self.log_slope = nn.Parameter(
+            torch.linspace(math.log(max_slope), math.log(min_slope), num_heads)
+            if num_heads > 1
+            else torch.tensor([math.log(max_slope)])
+        )
+
+    def forward(self, wavelength_nm: Tensor) -> Tensor:  # [B, C] -> [B, h, C, C]
+        wl = torch.nan_to_num(wavelength_nm.float(), nan=0.0) / 1000.0  # um
+        dist = (wl[:, :, None] - wl[:, None, :]).abs()  # [B, C, C]
+        return -self.log_slope.exp()[None, :, None, None] * dist[:, None]
+
+
+def per_position(bias: Tensor, n: int) -> Tensor:
+    """[B, h, C, C] -> [B*N, h, C, C]: the same per-sample bias for each of its N positions."""
+    b, h, c, _ = bias.shape
+    return bias[:, None].expand(b, n, h, c, c).reshape(b * n, h, c, c)
 
 
 class AttentionPool(nn.Module):

@@ -15,7 +15,7 @@ from aom_model.config import AOMConfig
 from aom_model.model import AOM
 
 FORMAT = "aom-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: patch-statistics head and spectral distance bias (v1 weights lack them)
 
 PathOrFile = str | os.PathLike[str] | IO[bytes]
 

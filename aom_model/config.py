@@ -24,11 +24,13 @@ class AOMConfig:
     mlp_ratio: float = 4.0
     layout: str = "factorized"  # "joint" | "factorized"
     # factorized layout: narrow band-token stream, spectral attention every `spectral_every` blocks
-    spectral_dim: int = 32  # d_s: width of band tokens in the factorized layout
+    spectral_dim: int = 64  # d_s: width of band tokens in the factorized layout
     spectral_heads: int = 2
     spectral_mlp_ratio: float = 2.0
     spectral_every: int = 1  # spectral layer before blocks 0, k, 2k, ...
     pool_heads: int = 2  # heads of the learned-query attention pooling band -> position
+    # spectral attention (factorized encoder, decoder) adds -slope * |delta wavelength| to its logits
+    spectral_distance_bias: bool = True
     # --- tokenizer -----------------------------------------------------------------------------
     kernel_sizes: tuple[int, ...] = (8, 16, 32)  # kernel bank, FlexiViT-PI-resized to the needed patch
     token_ground_m: float = 160.0  # target ground footprint of one token (m); 16 px at 10 m
@@ -42,7 +44,7 @@ class AOMConfig:
     pos_min_period_m: float = 10.0  # GSD-aware sin-cos: periods span [min, max] metres
     pos_max_period_m: float = 1.0e6
     # --- decoder -------------------------------------------------------------------------------
-    decoder_dim: int = 32
+    decoder_dim: int = 64
     decoder_depth: int = 1
     decoder_heads: int = 2
     # --- pretraining objective -----------------------------------------------------------------
@@ -50,6 +52,9 @@ class AOMConfig:
     band_mask_prob: float = 0.25  # probability that a whole band is masked (within the ratio)
     temperature: float = 0.1  # InfoNCE temperature
     recon_weight: float = 1.0
+    # per-patch-normalised targets drop each token's level and contrast, which carry most of the
+    # spectral signal; a second head predicts the masked token's (mean, std) in band-normalised units
+    stats_weight: float = 1.0
     align_weight: float = 0.5
     align_dim: int = 64
     norm_pix_eps: float = 1e-6
@@ -101,7 +106,7 @@ class AOMConfig:
             errors.append(f"min_valid_pixel_frac must be in (0, 1], got {self.min_valid_pixel_frac}")
         if self.temperature <= 0:
             errors.append(f"temperature must be > 0, got {self.temperature}")
-        if self.recon_weight < 0 or self.align_weight < 0:
+        if self.recon_weight < 0 or self.align_weight < 0 or self.stats_weight < 0:
             errors.append("loss weights must be >= 0")
         if not 0 < self.pos_min_period_m < self.pos_max_period_m:
             errors.append("need 0 < pos_min_period_m < pos_max_period_m")

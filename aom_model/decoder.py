@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from aom_model.band_embedding import BandEmbedding
-from aom_model.blocks import Block, drop_if_all
+from aom_model.blocks import Block, Mlp, SpectralDistanceBias, drop_if_all, per_position
 from aom_model.config import AOMConfig
 from aom_model.patch_embed import resize_matrix
 
@@ -16,7 +16,9 @@ class Decoder(nn.Module):
     + decoder band embedding + decoder positional embedding; ``decoder_depth`` blocks of spectral
     attention (over the C bands at each position; spatial context comes from the encoder's position
     tokens); a linear head per kernel-bank size predicts a k x k patch, bilinearly resized to the
-    group's patch size."""
+    group's patch size. A separate small head predicts each band token's (mean, std) from the
+    encoder's position token and the band's embedding only, so the position tokens (the embedding
+    users get) must carry each location's spectrum, while the pixel pathway keeps its capacity."""
 
     def __init__(self, cfg: AOMConfig, band_dim: int) -> None:
         super().__init__()
@@ -33,8 +35,15 @@ class Decoder(nn.Module):
             cfg.num_band_ids,
         )
         self.blocks = nn.ModuleList(Block(dd, cfg.decoder_heads, 2.0) for _ in range(cfg.decoder_depth))
+        self.spectral_bias = (
+            nn.ModuleList(SpectralDistanceBias(cfg.decoder_heads) for _ in range(cfg.decoder_depth))
+            if cfg.spectral_distance_bias
+            else None
+        )
         self.norm = nn.LayerNorm(dd, eps=1e-6)
         self.heads = nn.ModuleDict({str(k): nn.Linear(dd, k * k) for k in cfg.kernel_sizes})
+        self.stats_pos = nn.Sequential(nn.LayerNorm(cfg.embed_dim, eps=1e-6), nn.Linear(cfg.embed_dim, dd))
+        self.stats_head = Mlp(dd, 2 * dd, 2)
 
     def forward(
         self,
@@ -58,8 +67,11 @@ class Decoder(nn.Module):
         )
         h = x.reshape(b * n, c, -1)  # [B*N, C, d_dec]
         keys = drop_if_all(present.reshape(b * n, c))
-        for blk in self.blocks:
-            h = blk(h, keys)
+        for i, blk in enumerate(self.blocks):
+            bias = (
+                None if self.spectral_bias is None else per_position(self.spectral_bias[i](wavelength_nm), n)
+            )
+            h = blk(h, keys, bias)  # [B*N, C, d_dec]
         return self.norm(h).reshape(b, n, c, -1)
 
     def predict(self, hidden: Tensor, kernel_size: int, patch_hw: tuple[int, int]) -> Tensor:
@@ -69,3 +81,14 @@ class Decoder(nn.Module):
             r = resize_matrix((kernel_size, kernel_size), patch_hw).to(out.device, out.dtype)  # [P, k*k]
             out = out @ r.T
         return out
+
+    def predict_stats(
+        self,
+        pos_tokens: Tensor,  # [B, N, D]
+        wavelength_nm: Tensor,  # [B, C]
+        fwhm_nm: Tensor,  # [B, C]
+        band_valid: Tensor,  # [B, C]
+        band_id: Tensor | None,  # [B, C]
+    ) -> Tensor:  # [B, N, C, 2] (mean, std) of each band token's band-normalised pixels
+        band = self.band_embedding(wavelength_nm, fwhm_nm, band_valid, band_id)  # [B, C, d_dec]
+        return self.stats_head(self.stats_pos(pos_tokens)[:, :, None, :] + band[:, None])

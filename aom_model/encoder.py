@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from aom_model.blocks import AttentionPool, Block, drop_if_all, masked_mean
+from aom_model.blocks import (
+    AttentionPool,
+    Block,
+    SpectralDistanceBias,
+    drop_if_all,
+    masked_mean,
+    per_position,
+)
 from aom_model.config import AOMConfig
 
 
@@ -31,6 +38,7 @@ class JointEncoder(nn.Module):
         pos: Tensor,  # [B, N, D]
         visible: Tensor,  # [B, N, C] bool: keys (unmasked, present tokens)
         present: Tensor,  # [B, N, C] bool
+        wavelength_nm: Tensor | None = None,  # [B, C] (unused: one sequence mixes space and spectrum)
     ) -> tuple[Tensor, Tensor, Tensor]:
         b, n, c, d = x.shape
         h = (x + pos[:, :, None, :]).reshape(b, n * c, d)  # [B, N*C, D]
@@ -70,6 +78,11 @@ class FactorizedEncoder(nn.Module):
             Block(ds, cfg.spectral_heads, cfg.spectral_mlp_ratio) for _ in range(n_spec)
         )
         self.pool = nn.ModuleList(AttentionPool(ds, cfg.pool_heads, d) for _ in range(n_spec))
+        self.spectral_bias = (
+            nn.ModuleList(SpectralDistanceBias(cfg.spectral_heads) for _ in range(n_spec))
+            if cfg.spectral_distance_bias
+            else None
+        )
         self.blocks = nn.ModuleList(Block(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, eps=1e-6)
         self.band_norm = nn.LayerNorm(ds, eps=1e-6)
@@ -80,6 +93,7 @@ class FactorizedEncoder(nn.Module):
         pos: Tensor,  # [B, N, D]
         visible: Tensor,  # [B, N, C] bool
         present: Tensor,  # [B, N, C] bool (unused: masked bands stay queries, never keys)
+        wavelength_nm: Tensor | None = None,  # [B, C]: needed for the spectral distance bias
     ) -> tuple[Tensor, Tensor, Tensor]:
         b, n, c, ds = x.shape
         pos_valid = visible.any(dim=-1)  # [B, N]
@@ -91,7 +105,12 @@ class FactorizedEncoder(nn.Module):
         for i, blk in enumerate(self.blocks):
             if j < len(self.spectral_at) and self.spectral_at[j] == i:
                 band = band + self.down[j](p)[:, :, None, :]  # [B, N, C, d_s]
-                band = self.spectral[j](band.reshape(b * n, c, ds), vis)  # [B*N, C, d_s]
+                bias = None
+                if self.spectral_bias is not None:
+                    if wavelength_nm is None:
+                        raise ValueError("the spectral distance bias needs wavelength_nm")
+                    bias = per_position(self.spectral_bias[j](wavelength_nm), n)  # [B*N, h, C, C]
+                band = self.spectral[j](band.reshape(b * n, c, ds), vis, bias)  # [B*N, C, d_s]
                 p = p + self.pool[j](band, vis).reshape(b, n, -1)  # [B, N, D]
                 band = band.reshape(b, n, c, ds)
                 j += 1

@@ -1,4 +1,4 @@
-"""Pretraining losses: per-patch-normalised masked MSE and symmetric InfoNCE."""
+"""Pretraining losses: per-patch-normalised masked MSE, patch-statistics MSE and symmetric InfoNCE."""
 
 from __future__ import annotations
 
@@ -21,6 +21,29 @@ def normalized_patch_mse(
     var = (((target - mean) ** 2) * m).sum(dim=-1, keepdim=True) / cnt
     norm_target = (target - mean) / torch.sqrt(var + eps)
     per_token = (((pred - norm_target) ** 2) * m).sum(dim=-1) / cnt.squeeze(-1)  # [...]
+    w = token_weight.to(per_token.dtype)
+    return (per_token * w).sum(), w.sum()
+
+
+def patch_stats(
+    target: Tensor,  # [..., P] pixels (band-normalised)
+    pixel_valid: Tensor,  # [..., P] bool
+) -> Tensor:  # [..., 2] (mean, std) over valid pixels
+    m = pixel_valid.to(target.dtype)
+    cnt = m.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    mean = (target * m).sum(dim=-1, keepdim=True) / cnt
+    var = (((target - mean) ** 2) * m).sum(dim=-1, keepdim=True) / cnt
+    return torch.cat([mean, torch.sqrt(var)], dim=-1)
+
+
+def patch_stats_mse(
+    pred: Tensor,  # [..., 2] predicted (mean, std)
+    target: Tensor,  # [..., P] pixels (band-normalised)
+    pixel_valid: Tensor,  # [..., P] bool
+    token_weight: Tensor,  # [...] bool
+) -> tuple[Tensor, Tensor]:  # (sum of per-token losses, number of tokens)
+    """MSE between the predicted and the actual (mean, std) of each token's valid pixels."""
+    per_token = ((pred - patch_stats(target, pixel_valid)) ** 2).mean(dim=-1)  # [...]
     w = token_weight.to(per_token.dtype)
     return (per_token * w).sum(), w.sum()
 

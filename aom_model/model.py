@@ -12,7 +12,7 @@ from aom_model.config import AOMConfig
 from aom_model.decoder import Decoder
 from aom_model.encoder import build_encoder
 from aom_model.inputs import BandBatch
-from aom_model.losses import info_nce, normalized_patch_mse
+from aom_model.losses import info_nce, normalized_patch_mse, patch_stats_mse
 from aom_model.masking import channel_mask
 from aom_model.patch_embed import GridPlan
 from aom_model.pos_embed import ground_sincos
@@ -29,6 +29,12 @@ class EncoderOutput:
     band_token_valid: Tensor | None = None  # [B, N, C] bool (visible band tokens)
 
 
+@dataclass
+class Reconstruction:
+    pixels: list[Tensor]  # per group [B, N, C_g, ph*pw] patch-normalised pixels of every band token
+    stats: Tensor  # [B, N, C, 2] (mean, std) of every band token's band-normalised pixels
+
+
 class AOM(nn.Module):
     """Any-Optical-Model: spectrum-independent tokens, GSD-adaptive patches, joint/factorized encoder."""
 
@@ -43,7 +49,14 @@ class AOM(nn.Module):
         self.decoder = Decoder(config, self.token_dim)
         d = config.embed_dim
         self.align_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.align_dim))
-        for part in (self.encoder, self.decoder.blocks, self.decoder.heads, self.align_head):
+        for part in (
+            self.encoder,
+            self.decoder.blocks,
+            self.decoder.heads,
+            self.decoder.stats_pos,
+            self.decoder.stats_head,
+            self.align_head,
+        ):
             part.apply(_init_linear)
 
     # -- stage 1 --------------------------------------------------------------------------------
@@ -66,7 +79,9 @@ class AOM(nn.Module):
         if masked is not None:
             x = torch.where(masked[..., None], self.mask_token.to(x.dtype), x)
         x = x + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
-        pos_tokens, band_tokens, pos_valid = self.encoder(x, tokens.pos_embed, visible, present)
+        pos_tokens, band_tokens, pos_valid = self.encoder(
+            x, tokens.pos_embed, visible, present, tokens.wavelength_nm
+        )
         pooled = masked_mean(pos_tokens, pos_valid, dim=1)  # [B, D]
         return EncoderOutput(
             tokens=pos_tokens,
@@ -78,8 +93,9 @@ class AOM(nn.Module):
         )
 
     # -- stage 3 --------------------------------------------------------------------------------
-    def decode(self, enc: EncoderOutput, tokens: Tokens, masked: Tensor) -> list[Tensor]:
-        """-> per group [B, N, C_g, ph*pw] predicted (patch-normalised) pixels of every band token."""
+    def decode(self, enc: EncoderOutput, tokens: Tokens, masked: Tensor) -> Reconstruction:
+        """-> per group [B, N, C_g, ph*pw] predicted (patch-normalised) pixels of every band token,
+        and [B, N, C, 2] predicted (mean, std) of every band token."""
         if enc.band_tokens is None:
             raise ValueError("decode needs band tokens: call encode(..., keep_band_tokens=True)")
         cfg = self.config
@@ -100,31 +116,39 @@ class AOM(nn.Module):
         preds = []
         for (s, e), gp in zip(tokens.group_slices, tokens.plan.groups):
             preds.append(self.decoder.predict(hidden[:, :, s:e], gp.kernel_size, gp.patch_hw))
-        return preds
+        stats = self.decoder.predict_stats(
+            enc.tokens, tokens.wavelength_nm, tokens.fwhm_nm, tokens.band_valid, tokens.band_id
+        )  # [B, N, C, 2]
+        return Reconstruction(pixels=preds, stats=stats)
 
     # -- stage 4 --------------------------------------------------------------------------------
     def loss(
         self,
-        preds: list[Tensor],
+        rec: Reconstruction,
         tokens: Tokens,
         masked: Tensor,
         pooled_native: Tensor | None = None,
         pooled_coarse: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Masked reconstruction (per-patch-normalised MSE on masked present tokens) + InfoNCE."""
+        """Masked reconstruction (per-patch-normalised MSE on masked present tokens) + the masked
+        tokens' (mean, std) MSE + InfoNCE."""
         cfg = self.config
-        total = preds[0].new_zeros(())
-        count = preds[0].new_zeros(())
+        total = rec.stats.new_zeros(())
+        stats_total = rec.stats.new_zeros(())
+        count = rec.stats.new_zeros(())
         weight = masked & tokens.present  # [B, N, C]
         for (s, e), pred, target, pv in zip(
-            tokens.group_slices, preds, tokens.pixel_patches, tokens.pixel_patch_valid
+            tokens.group_slices, rec.pixels, tokens.pixel_patches, tokens.pixel_patch_valid
         ):
             l_sum, n = normalized_patch_mse(pred, target, pv, weight[:, :, s:e], cfg.norm_pix_eps)
+            s_sum, _ = patch_stats_mse(rec.stats[:, :, s:e], target, pv, weight[:, :, s:e])
             total = total + l_sum
+            stats_total = stats_total + s_sum
             count = count + n
         recon = total / count.clamp(min=1.0)
-        out = {"recon": recon}
-        loss = cfg.recon_weight * recon
+        stats = stats_total / count.clamp(min=1.0)
+        out = {"recon": recon, "stats": stats}
+        loss = cfg.recon_weight * recon + cfg.stats_weight * stats
         if pooled_native is not None and pooled_coarse is not None:
             align = info_nce(self.align_head(pooled_native), self.align_head(pooled_coarse), cfg.temperature)
             out["align"] = align
@@ -152,18 +176,18 @@ class AOM(nn.Module):
     ) -> dict[str, Tensor]:
         """One pretraining forward: masked reconstruction of the native view, plus InfoNCE between
         the pooled embedding of the (masked) native view and of the coarse view when given.
-        Returns {"loss", "recon"[, "align"]} (``loss`` is differentiable)."""
+        Returns {"loss", "recon", "stats"[, "align"]} (``loss`` is differentiable)."""
         view_native.validate()
         tokens = self.tokenize(view_native)
         masked = channel_mask(tokens.present, self.config.mask_ratio, self.config.band_mask_prob, generator)
         enc = self.encode(tokens, masked)
-        preds = self.decode(enc, tokens, masked)
+        rec = self.decode(enc, tokens, masked)
         pooled_coarse = None
         if view_coarse is not None:
             if view_coarse.batch_size != view_native.batch_size:
                 raise ValueError("view_native and view_coarse must have the same batch size")
             pooled_coarse = self.forward_features(view_coarse).pooled
-        return self.loss(preds, tokens, masked, enc.pooled, pooled_coarse)
+        return self.loss(rec, tokens, masked, enc.pooled, pooled_coarse)
 
 
 def _init_linear(m: nn.Module) -> None:

@@ -403,7 +403,8 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.schedule.apply(self.optimizer, self.step)
-        acc = torch.zeros(8, dtype=torch.float64)  # bad, n_ok, samples, skipped, loss, recon, align, n_align
+        # bad, n_ok, samples, skipped, loss, recon, align, n_align, stats
+        acc = torch.zeros(9, dtype=torch.float64)
         for tb in micro:
             acc[3] += tb.skipped_chips
             if tb.native is None:
@@ -424,6 +425,7 @@ class Trainer:
             acc[2] += tb.size
             acc[4] += vals["loss"]
             acc[5] += vals["recon"]
+            acc[8] += vals.get("stats", 0.0)
             if "align" in vals:
                 acc[6] += vals["align"]
                 acc[7] += 1
@@ -463,6 +465,7 @@ class Trainer:
         self.counters["samples"] += samples
         rec["loss"] = float(acc[4] / n_ok)
         rec["recon"] = float(acc[5] / n_ok)
+        rec["stats"] = float(acc[8] / n_ok)
         if acc[7] > 0:
             rec["align"] = float(acc[6] / acc[7])
         return rec
@@ -505,7 +508,7 @@ class Trainer:
                         self.pos += cfg.grad_accum
                         self.step += 1
                         window_samples += rec["samples"]
-                        for key in ("loss", "recon", "align"):
+                        for key in ("loss", "recon", "stats", "align"):
                             if key in rec:
                                 win_sum[key] = win_sum.get(key, 0.0) + rec[key]
                                 win_n[key] = win_n.get(key, 0) + 1
@@ -638,7 +641,7 @@ def evaluate_masked_band(
             if not bool(masked.any()):
                 continue
             enc = model.encode(tokens, masked)
-            preds = model.decode(enc, tokens, masked)
+            preds = model.decode(enc, tokens, masked).pixels
             slices = tokens.group_slices
             group_of = [gi for gi, (a, e) in enumerate(slices) for _ in range(a, e)]
             for gi, ((a, e), pred, target, pv) in enumerate(

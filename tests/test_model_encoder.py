@@ -110,3 +110,22 @@ def test_mixed_sensors_in_one_batch() -> None:
         out = model.forward_features(BandBatch((g,)))
     assert torch.isfinite(out.pooled).all()
     assert not torch.allclose(out.pooled[0], out.pooled[1])
+
+
+def test_spectral_distance_bias_follows_wavelength_not_order() -> None:
+    """ALiBi over the spectrum: 0 on the diagonal, more negative with wavelength distance, one reach
+    per head, and the same pairwise bias whatever the band order."""
+    from aom_model.blocks import SpectralDistanceBias, per_position
+
+    bias_mod = SpectralDistanceBias(num_heads=2)
+    wl = torch.tensor([[490.0, 560.0, 665.0, 1610.0]])
+    bias = bias_mod(wl)  # [1, 2, 4, 4]
+    assert bias.shape == (1, 2, 4, 4)
+    torch.testing.assert_close(torch.diagonal(bias, dim1=-2, dim2=-1), torch.zeros(1, 2, 4))
+    assert bool((bias[0, :, 0, 1] > bias[0, :, 0, 2]).all() and (bias[0, :, 0, 2] > bias[0, :, 0, 3]).all())
+    assert float(bias[0, 0, 0, 3]) < float(bias[0, 1, 0, 3])  # head 0 looks nearer than head 1
+    perm = torch.tensor([3, 0, 2, 1])
+    torch.testing.assert_close(bias_mod(wl[:, perm]), bias[:, :, perm][:, :, :, perm])
+    assert per_position(bias, 3).shape == (3, 2, 4, 4)
+    model = AOM(AOMConfig.named("tiny", spectral_distance_bias=False))
+    assert model.encoder.spectral_bias is None and model.decoder.spectral_bias is None

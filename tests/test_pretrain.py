@@ -28,10 +28,12 @@ from aom_model.train import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# proof of learning (slow test): steps of batch 16 on 3 synthetic tiles, the model's own objective
-PROOF_STEPS = 100
-PROOF_OVERRIDES: dict[str, object] = {}
-PROOF_MAX_VS_MEAN = 0.9
+# proof of learning (slow test): steps of batch 16 on 3 synthetic tiles, tiny's objective with a
+# lighter alignment term (the test scores reconstruction; docs/pretraining.md has both weights)
+PROOF_STEPS = 500
+PROOF_OVERRIDES: dict[str, object] = {"align_weight": 0.1}
+PROOF_MAX_VS_MEAN = 0.5  # held-out MSE at most half the band-mean baseline's
+PROOF_MAX_VS_COPY = 0.95  # and at least 5 % below copying the nearest-wavelength visible band
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ def test_run_writes_outputs_and_checkpoints(store: str, tmp_path: Path) -> None:
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
     for r in recs:
-        assert {"loss", "recon", "align", "lr", "samples_per_s", "grad_norm"} <= set(r)
+        assert {"loss", "recon", "stats", "align", "lr", "samples_per_s", "grad_norm"} <= set(r)
         assert r["samples"] == 4  # batch 2 x accumulation 2
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest == {"dir": "step-00000006", "step": 6}
@@ -298,6 +300,10 @@ def test_cli_help_and_dry_run(store: str, tmp_path: Path) -> None:
             str(tmp_path / "o"),
             "--nproc-per-node",
             "4",
+            "--model-set",
+            "align_weight=0.1",
+            "--model-set",
+            "layout=joint",
             "--dry-run",
         ],
     )
@@ -305,14 +311,19 @@ def test_cli_help_and_dry_run(store: str, tmp_path: Path) -> None:
     assert (
         "torch.distributed.run" in r.output and "--nproc-per-node=4" in r.output and "s3://b/c2" in r.output
     )
+    assert '"align_weight": 0.1' in r.output and '"layout": "joint"' in r.output
+    r = runner.invoke(
+        app, ["pretrain", "--cubes", store, "--out", str(tmp_path / "o"), "--model-set", "nosuchfield=1"]
+    )
+    assert r.exit_code != 0 and "nosuchfield" in r.output
     r = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "o")])
     assert r.exit_code != 0
 
 
 @pytest.mark.slow
 def test_proof_of_learning_masked_band_reconstruction(tmp_path: Path) -> None:
-    """tiny, ~1 min on CPU: held-out masked-band reconstruction beats the band-mean baseline and the
-    untrained model clearly (see docs/pretraining.md for the longer run and the copy baseline).
+    """tiny, ~3 min on CPU: held-out masked-band reconstruction beats both naive baselines (the band's
+    mean; the nearest-wavelength visible band copied) and the untrained model (docs/pretraining.md).
     ``AOM_PRETRAIN_CUBES`` (space-separated URLs) trains on real cube stores instead."""
     from aom_model.data import ChipIndex, NormStats
     from aom_model.model import AOM
@@ -353,4 +364,5 @@ def test_proof_of_learning_masked_band_reconstruction(tmp_path: Path) -> None:
     print(json.dumps({"trained": ev, "untrained": untrained["model"]}))
     assert ev["band_mean"] == pytest.approx(1.0, abs=0.01)
     assert ev["model"] < PROOF_MAX_VS_MEAN * ev["band_mean"]
-    assert ev["model"] < untrained["model"] - 0.1
+    assert ev["model"] < PROOF_MAX_VS_COPY * ev["nearest_band_copy"]
+    assert ev["model"] < untrained["model"] - 0.3

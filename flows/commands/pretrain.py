@@ -15,6 +15,12 @@ def pretrain(
     ),
     more_cubes: list[str] = typer.Argument(None, help="More cube store URLs (so `--cubes A B C` works)."),
     config: str = typer.Option("tiny", "--config", help="Model size: tiny | small | base."),
+    model_set: list[str] = typer.Option(
+        [],
+        "--model-set",
+        help="Override one AOMConfig field of the size, KEY=VALUE (JSON value), e.g. align_weight=0.1; "
+        "repeatable. Ignored with --init/--resume (the checkpoint's config is used).",
+    ),
     out: str = typer.Option(
         ..., "--out", help="Output URL: checkpoints, metrics.jsonl, loss_curve.png, model."
     ),
@@ -70,6 +76,7 @@ def pretrain(
             cubes=tuple(urls),
             out=out,
             model=config,
+            model_overrides=_model_overrides(model_set),
             resume=resume,
             init=init,
             max_steps=max_steps,
@@ -110,6 +117,20 @@ def pretrain(
     typer.echo(f"curve:   {result.loss_curve_url}")
     if any(result.counters.get(k) for k in ("chips_skipped", "nonfinite_steps")):
         typer.echo(f"counters: {result.counters}")
+
+
+def _model_overrides(pairs: list[str]) -> dict[str, object]:
+    """``["align_weight=0.1", "layout=joint"]`` -> ``{"align_weight": 0.1, "layout": "joint"}``."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--model-set needs KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw  # a bare string such as layout=joint
+    return out
 
 
 def register(app: typer.Typer) -> None:
