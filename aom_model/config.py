@@ -55,12 +55,18 @@ class AOMConfig:
     # per-patch-normalised targets drop each token's level and contrast, which carry most of the
     # spectral signal; a second head predicts the masked token's (mean, std) in band-normalised units
     stats_weight: float = 1.0
+    # "linear": the statistics are bilinear in (position token, band embedding), so every band's
+    # level is a linear read-out of the position token (what linear probes use); "mlp": an MLP on
+    # their sum
+    stats_readout: str = "linear"
     align_weight: float = 0.5
     align_dim: int = 64
     norm_pix_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         errors: list[str] = []
+        if self.stats_readout not in ("linear", "mlp"):
+            errors.append(f"stats_readout must be 'linear' or 'mlp', got {self.stats_readout!r}")
         if self.layout not in LAYOUTS:
             errors.append(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         for name in (

@@ -42,8 +42,10 @@ class Decoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dd, eps=1e-6)
         self.heads = nn.ModuleDict({str(k): nn.Linear(dd, k * k) for k in cfg.kernel_sizes})
+        self.stats_readout = cfg.stats_readout
         self.stats_pos = nn.Sequential(nn.LayerNorm(cfg.embed_dim, eps=1e-6), nn.Linear(cfg.embed_dim, dd))
-        self.stats_head = Mlp(dd, 2 * dd, 2)
+        # linear: per band, 2 read-out vectors + 2 biases from its embedding; mlp: (mean, std) directly
+        self.stats_head = Mlp(dd, 2 * dd, 2 * dd + 2 if cfg.stats_readout == "linear" else 2)
 
     def forward(
         self,
@@ -91,4 +93,11 @@ class Decoder(nn.Module):
         band_id: Tensor | None,  # [B, C]
     ) -> Tensor:  # [B, N, C, 2] (mean, std) of each band token's band-normalised pixels
         band = self.band_embedding(wavelength_nm, fwhm_nm, band_valid, band_id)  # [B, C, d_dec]
-        return self.stats_head(self.stats_pos(pos_tokens)[:, :, None, :] + band[:, None])
+        q = self.stats_pos(pos_tokens)  # [B, N, d_dec]
+        if self.stats_readout == "mlp":
+            return self.stats_head(q[:, :, None, :] + band[:, None])
+        b, c, dd = band.shape
+        read = self.stats_head(band)  # [B, C, 2*d_dec + 2]
+        w = read[..., : 2 * dd].reshape(b, c, 2, dd)  # [B, C, 2, d_dec]
+        bias = read[..., 2 * dd :]  # [B, C, 2]
+        return torch.einsum("bnd,bcjd->bncj", q, w) / dd**0.5 + bias[:, None]  # [B, N, C, 2]

@@ -30,8 +30,8 @@ def cubes_task(paths: steps.DemoPaths) -> dict[str, Any]:
 
 
 @task
-def pretrain_task(paths: steps.DemoPaths, pretrain_steps: int) -> dict[str, Any]:
-    return steps.pretrain(paths, pretrain_steps)
+def pretrain_task(paths: steps.DemoPaths, pretrain_steps: int, init: str | None) -> dict[str, Any]:
+    return steps.pretrain(paths, pretrain_steps, init)
 
 
 @task(retries=1)
@@ -45,7 +45,9 @@ def query_task(paths: steps.DemoPaths) -> dict[str, Any]:
 
 
 @flow(name="demo", log_prints=True)
-def demo(out_dir: str = "aom-demo", pretrain_steps: int = 60, workers: int = 2) -> dict[str, Any]:
+def demo(
+    out_dir: str = "aom-demo", pretrain_steps: int = 60, workers: int = 2, init: str | None = None
+) -> dict[str, Any]:
     logger = get_run_logger()
     paths = steps.DemoPaths(Path(out_dir).absolute())
     sample = samples_task(paths)
@@ -55,8 +57,8 @@ def demo(out_dir: str = "aom-demo", pretrain_steps: int = 60, workers: int = 2) 
     logger.info("search: %d items %s", found["count"], found["by_collection"])
     cubes = cubes_task(paths)
     logger.info("cubes: %s", cubes["summary"])
-    trained = pretrain_task(paths, pretrain_steps)
-    logger.info("pretrain: final loss %s", trained["final_loss"])
+    trained = pretrain_task(paths, pretrain_steps, init)
+    logger.info("pretrain: from %s, final loss %s", init or "random init", trained["final_loss"])
     embedded = embed_task(paths, trained["checkpoint"], workers)
     logger.info("embed:\n%s", embedded["summary"])
     answers = query_task(paths)

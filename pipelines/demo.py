@@ -86,13 +86,17 @@ def build_cubes(paths: DemoPaths) -> dict[str, Any]:
     }
 
 
-def pretrain(paths: DemoPaths, steps: int) -> dict[str, Any]:
+def pretrain(paths: DemoPaths, steps: int, init: str | None = None) -> dict[str, Any]:
+    """A short `tiny` pretraining on the demo cubes; ``init`` (e.g. the shipped checkpoint) makes it
+    a fine-tuning of those weights, so the demo's embeddings come from a model that has seen real
+    spectra rather than from a few dozen steps on the sample cubes."""
     from aom_model.train import PretrainConfig, run_pretraining
 
     cfg = PretrainConfig(
         cubes=(paths.cubes,),
         out=paths.model,
         model="tiny",
+        init=init,
         max_steps=steps,
         batch_size=8,
         warmup_steps=max(1, steps // 10),
@@ -105,6 +109,7 @@ def pretrain(paths: DemoPaths, steps: int) -> dict[str, Any]:
     result = run_pretraining(cfg)
     return {
         "checkpoint": result.checkpoint,
+        "init": init,
         "final_loss": result.final_loss,
         "loss_curve": result.loss_curve_url,
     }

@@ -137,3 +137,22 @@ def test_tiny_overfits_one_batch(layout: str) -> None:
             first = float(losses["loss"].detach())
         last = float(losses["loss"].detach())
     assert last < first / 10, (first, last)
+
+
+@pytest.mark.parametrize("readout", ["linear", "mlp"])
+def test_stats_head_reads_the_position_token_only(readout: str) -> None:
+    """The (mean, std) head sees the position token and the band's embedding, never the band token:
+    changing a band token's content (not its position token) leaves the statistics unchanged."""
+    torch.manual_seed(0)
+    model = AOM(AOMConfig.named("tiny", token_ground_m=80.0, stats_readout=readout)).eval()
+    b = _smooth_batch()
+    tok = model.tokenize(b)
+    masked = channel_mask(tok.present, 0.5, 0.0, torch.Generator().manual_seed(2))
+    enc = model.encode(tok, masked)
+    rec = model.decode(enc, tok, masked)
+    assert rec.stats.shape == (*tok.present.shape, 2)
+    assert enc.band_tokens is not None
+    enc.band_tokens = enc.band_tokens + torch.randn_like(enc.band_tokens)
+    torch.testing.assert_close(model.decode(enc, tok, masked).stats, rec.stats)
+    with pytest.raises(ValueError, match="stats_readout"):
+        AOMConfig.named("tiny", stats_readout="cubic")

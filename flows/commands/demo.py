@@ -11,11 +11,19 @@ def demo(
     out: Path = typer.Option(Path("aom-demo"), "--out", help="Folder for every output of the demo."),
     pretrain_steps: int = typer.Option(60, min=1, help="Optimiser steps of the short `tiny` pretraining."),
     workers: int = typer.Option(2, min=1, help="Dask LocalCluster worker processes for embedding."),
+    init: str = typer.Option(
+        "shipped",
+        "--init",
+        help="Weights the short pretraining starts from: 'shipped' (checkpoints/aom-tiny-real.safetensors, "
+        "if present), 'none' (random init) or a model.safetensors path/URL.",
+    ),
 ) -> None:
     """Sample catalog -> search -> cubes -> short pretraining -> embeddings -> similarity + PCA map."""
     from flows.demo import demo as demo_flow
+    from pipelines.checkpoints import shipped_checkpoint
 
-    result = demo_flow(out_dir=str(out), pretrain_steps=pretrain_steps, workers=workers)
+    start: str | None = {"shipped": shipped_checkpoint(), "none": None}.get(init.lower(), init)
+    result = demo_flow(out_dir=str(out), pretrain_steps=pretrain_steps, workers=workers, init=start)
     if not result["top"]:
         raise typer.Exit(1)
 

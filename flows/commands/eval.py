@@ -115,6 +115,7 @@ def eval_command(
     """Linear-probe and kNN robustness: band-missing, cross-sensor and cross-resolution, against a
     random-init encoder of the same config and raw-band statistics. Writes OUT/report.md (tables),
     OUT/summary.json and OUT/*.png."""
+    from pipelines.checkpoints import SHIPPED_CHECKPOINT
     from pipelines.evaluation import (
         DatasetSpec,
         EvalConfig,
@@ -123,7 +124,6 @@ def eval_command(
         run_evaluation,
         write_report,
     )
-    from pipelines.evaluation.features import SHIPPED_CHECKPOINT
 
     ckpt = checkpoint
     if ckpt is None:

@@ -18,7 +18,6 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +27,6 @@ from pipelines.evaluation.datasets import Band, PatchSet
 log = logging.getLogger(__name__)
 
 RANDOM_PREFIX = "random:"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# the checkpoint shipped in the repository (see checkpoints/README.md for its training record)
-SHIPPED_CHECKPOINT = REPO_ROOT / "checkpoints" / "aom-tiny-real.safetensors"
 
 
 @dataclass
