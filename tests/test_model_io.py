@@ -22,7 +22,7 @@ from aom_model import (
     plan_for,
     save_checkpoint,
 )
-from aom_model.checkpoint import read_metadata
+from aom_model.checkpoint import FORMAT_VERSION, read_metadata
 
 torch.set_num_threads(1)
 NORM = {"mean": {"490": 0.1, "665": 0.2}, "std": {"490": 0.05, "665": 0.07}}
@@ -67,7 +67,7 @@ def test_checkpoint_roundtrip_path_bytes_fileobj(tmp_path: Path) -> None:
             out = loaded.forward_features(b)
         torch.testing.assert_close(out.tokens, ref.tokens, atol=0, rtol=0)
         torch.testing.assert_close(out.pooled, ref.pooled, atol=0, rtol=0)
-    assert load_checkpoint(data)[3] == {"format_version": 1, "extra": {"step": 12}}
+    assert load_checkpoint(data)[3] == {"format_version": FORMAT_VERSION, "extra": {"step": 12}}
     assert json.loads(read_metadata(data)["config"])["layout"] == "factorized"
 
 
@@ -91,6 +91,9 @@ def test_checkpoint_strict_keys() -> None:
         load_checkpoint(st_save(other, metadata=meta))
     with pytest.raises(ValueError, match="not an AOM checkpoint"):
         load_checkpoint(st_save({"x": torch.zeros(1)}))
+    v1 = {**meta, "format_version": "1"}  # written before the statistics head and spectral bias
+    with pytest.raises(ValueError, match=f"format_version 1 \\(this code reads {FORMAT_VERSION}\\)"):
+        load_checkpoint(st_save(dict(model.state_dict()), metadata=v1))
     with pytest.raises(ValueError, match="JSON"):
         checkpoint_bytes(model, norm_stats={"bad": object()})
 
