@@ -40,7 +40,7 @@ from .cube_assembly import (
 from .cube_spec import INT16_FILL, INT16_SCALE, LAYOUT_VERSION, CubeSpec, SkippedAsset, gsd_label
 from .cube_store import CubeStore, CubeStoreError, group_path
 from .storage import redact_url
-from .tiling import Tile, TileGrid, _normalise_aoi, item_geometry
+from .tiling import ItemIndex, Tile, TileGrid
 
 __all__ = [
     "INT16_FILL",
@@ -356,33 +356,11 @@ def _write_tile(
 # Runs
 
 
-class _ItemIndex:
-    """Items by footprint, for picking the ones that touch a tile."""
-
-    def __init__(self, items: Sequence[Mapping[str, Any]]) -> None:
-        import shapely
-
-        self.items = list(items)
-        geoms = []
-        owners = []
-        for i, item in enumerate(self.items):
-            g = item_geometry(item)
-            if g is None:
-                continue
-            for part in _normalise_aoi(g):
-                geoms.append(part)
-                owners.append(i)
-        self._owners = owners
-        self._tree = shapely.STRtree(geoms) if geoms else None
+class _ItemIndex(ItemIndex):
+    """Items by footprint; ``for_tile`` re-checks the index's hits with ``items_touching``."""
 
     def for_tile(self, tile: Tile) -> list[Mapping[str, Any]]:
-        from shapely.geometry import shape
-
-        if self._tree is None:
-            return []
-        hits = self._tree.query(shape(tile.footprint_wgs84()), predicate="intersects")
-        idx = sorted({self._owners[int(h)] for h in hits})
-        return items_touching(tile, [self.items[i] for i in idx])
+        return items_touching(tile, self.touching(tile))
 
 
 def write_cubes(

@@ -66,7 +66,7 @@ from pipelines.embed_sources import (
     parse_periods,
     search_interval,
 )
-from pipelines.tiling import Tile, TileGrid
+from pipelines.tiling import ItemIndex, Tile, TileGrid
 
 log = logging.getLogger(__name__)
 
@@ -567,33 +567,6 @@ def _search_items(
     return [dict(i) for i in result.items]
 
 
-class _ItemIndex:
-    def __init__(self, items: Sequence[Mapping[str, Any]]) -> None:
-        import shapely
-
-        from pipelines.tiling import _normalise_aoi, item_geometry
-
-        self.items = list(items)
-        geoms, owners = [], []
-        for i, item in enumerate(self.items):
-            g = item_geometry(item)
-            if g is None:
-                continue
-            for part in _normalise_aoi(g):
-                geoms.append(part)
-                owners.append(i)
-        self.owners = owners
-        self.tree = shapely.STRtree(geoms) if geoms else None
-
-    def touching(self, tile: Tile) -> tuple[Mapping[str, Any], ...]:
-        from shapely.geometry import shape
-
-        if self.tree is None:
-            return ()
-        hits = self.tree.query(shape(tile.footprint_wgs84()), predicate="intersects")
-        return tuple(self.items[i] for i in sorted({self.owners[int(h)] for h in hits}))
-
-
 def plan_run(request: EmbedRequest) -> RunPlan:
     """Resolve and check everything; raises :class:`EmbedConfigError` before anything is written."""
     from pipelines.embed_sources import padded_tile_obj
@@ -615,7 +588,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
 
     skipped: list[TileResult] = []
     source: CubeSource | CatalogSource
-    items_index: _ItemIndex | None = None
+    items_index: ItemIndex | None = None
     if request.cubes is not None:
         source = CubeSource(
             request.cubes,
@@ -693,7 +666,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     if isinstance(source, CatalogSource):
         items = _search_items(request, todo_tiles, periods, source.collections, layout.margin_m)
         notes.append(f"catalog search: {len(items)} item(s)")
-        items_index = _ItemIndex(items)
+        items_index = ItemIndex(items)
 
     ctx = RunContext(
         checkpoint=request.checkpoint,
@@ -718,7 +691,9 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             group = tuple(todo_tiles[k : k + request.tiles_per_task])
             items_per: tuple[tuple[Mapping[str, Any], ...], ...] = ()
             if items_index is not None:
-                items_per = tuple(items_index.touching(padded_tile_obj(t, layout.margin_m)) for t in group)
+                items_per = tuple(
+                    tuple(items_index.touching(padded_tile_obj(t, layout.margin_m))) for t in group
+                )
             units.append(Unit(group, ti, items_per))
     return RunPlan(
         request, ckpt, grid, tiles, periods, layout, normaliser, bands, version, ctx, units, skipped, notes

@@ -416,3 +416,29 @@ def item_geometry(item: Mapping[str, Any]) -> BaseGeometry | None:
             return box(w, s, e, n)
         return shapely.MultiPolygon([box(w, s, 180.0, n), box(-180.0, s, e, n)])
     return None
+
+
+class ItemIndex:
+    """STAC items by footprint (an STRtree over their antimeridian-split geometries), for picking
+    the ones whose footprint intersects a tile."""
+
+    def __init__(self, items: Sequence[Mapping[str, Any]]) -> None:
+        self.items = list(items)
+        geoms: list[BaseGeometry] = []
+        owners: list[int] = []
+        for i, item in enumerate(self.items):
+            g = item_geometry(item)
+            if g is None:
+                continue
+            for part in _normalise_aoi(g):
+                geoms.append(part)
+                owners.append(i)
+        self._owners = owners
+        self._tree = shapely.STRtree(geoms) if geoms else None
+
+    def touching(self, tile: Tile) -> list[Mapping[str, Any]]:
+        """Items whose footprint intersects the tile's WGS84 footprint, in input order."""
+        if self._tree is None:
+            return []
+        hits = self._tree.query(shape(tile.footprint_wgs84()), predicate="intersects")
+        return [self.items[i] for i in sorted({self._owners[int(h)] for h in hits})]
