@@ -1,4 +1,8 @@
-"""Any-Optical-Model (AOM): a spectrum-independent, GSD-adaptive remote-sensing encoder (PyTorch only)."""
+"""Any-Optical-Model (AOM): a spectrum-independent, GSD-adaptive remote-sensing encoder (PyTorch only).
+
+The model is at top level; pretraining is :mod:`aom_model.train`; synthetic inputs for tests and benchmarks are
+:mod:`aom_model.testing` (not part of this API).
+"""
 
 from aom_model.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
 from aom_model.config import AOMConfig
@@ -7,14 +11,11 @@ from aom_model.inputs import BandBatch, BandGroup
 from aom_model.masking import channel_mask
 from aom_model.model import AOM, EncoderOutput
 from aom_model.patch_embed import GridPlan, GroupPlan, plan_grid
-from aom_model.synthetic import MODIS, SENTINEL2, sensor_batch, smooth_field
 from aom_model.tokenizer import Tokens, plan_for
 from aom_model.vit_baseline import PlainViT
 
 __all__ = [
     "AOM",
-    "MODIS",
-    "SENTINEL2",
     "AOMConfig",
     "BandBatch",
     "BandGroup",
@@ -32,6 +33,4 @@ __all__ = [
     "plan_for",
     "plan_grid",
     "save_checkpoint",
-    "sensor_batch",
-    "smooth_field",
 ]

@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python benchmarks/bench_cubes.py --no-full-size  # skip the 10980 x 10980 tile
 
 Workloads (synthetic Sentinel-2 L2A, all 12 bands + SCL, deflate-compressed tiled GeoTIFFs written
-block row by block row with :mod:`pipelines.cube_synthetic`, so generation stays small in memory):
+block row by block row with :mod:`pipelines.testing.cube_items`, so generation stays small in memory):
 
 * ``small``: a 15.36 km scene = 2 x 2 standard 7680 m tiles, ``--dates`` acquisitions; the cube
   run is ``write_cubes`` over the 4 tiles (10/20/60 m groups, masking, int16 encoding, sharded Zarr);
@@ -49,7 +49,7 @@ EPSG = 32631
 
 
 def _gen(kind: str, workdir: Path, dates: int) -> list[dict[str, Any]]:
-    from pipelines.cube_synthetic import make_item
+    from pipelines.testing import make_item
 
     if kind == "small":
         x0, y0 = SMALL_ORIGIN
@@ -122,7 +122,7 @@ def phase_raw(items_path: Path, out: Path, kind: str, threads: int) -> dict[str,
     from rasterio.windows import from_bounds
     from zarr.codecs import BloscCodec
 
-    from pipelines.cube_spec import CubeSpec
+    from pipelines.cubes import CubeSpec
     from pipelines.registry import load_registry
     from pipelines.tiling import TileGrid
 

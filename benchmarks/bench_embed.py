@@ -66,8 +66,8 @@ def block_tiles(n_side: int = 2) -> list[str]:
 
 def make_block_cubes(work: Path, acquisitions: int, n_side: int = 2) -> tuple[Path, Path]:
     """Synthetic S2 items covering the tile block (+ margin) and their cube store (cached)."""
-    from pipelines.cube_synthetic import make_item
     from pipelines.cubes import CubeSpec, write_cubes
+    from pipelines.testing import make_item
     from pipelines.tiling import TileGrid
 
     cubes = work / f"cubes-{n_side}x{n_side}-t{acquisitions}"
@@ -120,8 +120,9 @@ def make_checkpoint(path: Path, size: str) -> Path:
 
 
 def model_only_task(padded: Any, ctx: Any) -> tuple[int, float]:
-    from pipelines.embed import _resolve_device, _set_threads, load_checkpoint_url
-    from pipelines.embed_chips import embed_region
+    from pipelines.embed import embed_region, load_checkpoint_url
+    from pipelines.embed.checkpoint import _resolve_device
+    from pipelines.embed.tasks import _set_threads
 
     device = _resolve_device(ctx.device)
     ckpt = load_checkpoint_url(ctx.checkpoint, ctx.input_options, ctx.checkpoint_sha256, device)
@@ -136,8 +137,7 @@ def model_only_task(padded: Any, ctx: Any) -> tuple[int, float]:
 def bench_throughput(args: argparse.Namespace, work: Path, ckpt: Path, cubes: Path) -> dict[str, Any]:
     from distributed import Client, LocalCluster, wait
 
-    from pipelines.embed import EmbedRequest, plan_run, run_embedding
-    from pipelines.embed_sources import CubeSource
+    from pipelines.embed import CubeSource, EmbedRequest, plan_run, run_embedding
 
     tiles = block_tiles(2)
     period = "2023-06-01/2023-06-30"
@@ -224,7 +224,7 @@ def bench_throughput(args: argparse.Namespace, work: Path, ckpt: Path, cubes: Pa
 def bench_loader(cubes: Path, full_item: Path | None) -> dict[str, Any]:
     import torch
 
-    from pipelines.embed_sources import CatalogSource, CubeSource, parse_periods
+    from pipelines.embed import CatalogSource, CubeSource, parse_periods
     from pipelines.tiling import TileGrid
 
     torch.set_num_threads(1)
@@ -272,7 +272,7 @@ def bench_loader(cubes: Path, full_item: Path | None) -> dict[str, Any]:
 
 
 def make_full_item(work: Path) -> Path:
-    from pipelines.cube_synthetic import make_item
+    from pipelines.testing import make_item
 
     path = work / "full" / "item.json"
     if path.exists():
@@ -361,7 +361,7 @@ def bench_flops(size: str, gpu_tflops: float) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from aom_model import AOM, AOMConfig
-    from pipelines.embed_chips import BandInfo, GroupPixels, chip_plan, make_batch
+    from pipelines.embed import BandInfo, GroupPixels, chip_plan, make_batch
     from pipelines.registry import load_registry
 
     _register_cpu_sdpa_flops()

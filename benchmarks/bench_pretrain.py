@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aom_model.config import AOMConfig
-from aom_model.data import ChipBatchDataset, ChipConfig, ChipIndex, compute_norm_stats
 from aom_model.model import AOM
-from aom_model.testing import write_synthetic_cubes
+from aom_model.train import ChipBatchDataset, ChipConfig, ChipIndex, compute_norm_stats
+from pipelines.testing import write_synthetic_cubes
 
 
 def main() -> None:

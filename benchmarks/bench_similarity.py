@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 def numpy_topk(codes: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Plain brute force over the whole array at once: decode (``q * |q|``, the same arithmetic as the
     Dask kernel; the 1/127**2 scale cancels in a cosine), one matmul, argpartition."""
-    from pipelines.embeddings_store import NODATA_Q
+    from pipelines.embeddings import NODATA_Q
 
     v = codes.astype(np.float32)
     v *= np.abs(v)
@@ -83,9 +83,9 @@ def bench_memory(args: argparse.Namespace, codes: np.ndarray, q: np.ndarray) -> 
 
 
 def bench_store(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from pipelines.embeddings_store import create_version, ensure_zone, write_tile
-    from pipelines.embeddings_synthetic import synthetic_version
+    from pipelines.embeddings import create_version, ensure_zone, write_tile
     from pipelines.query import open_embeddings, similar
+    from pipelines.testing import synthetic_version
     from pipelines.tiling import Tile
 
     version = synthetic_version(name="aom-bench-000000000000", dim=args.dim, token_ground_m=80.0)
@@ -132,7 +132,7 @@ def bench_ivf(
     """IVF: k-means on a sample, assign all vectors, probe the nprobe nearest lists per query."""
     from sklearn.cluster import MiniBatchKMeans
 
-    from pipelines.embeddings_store import DECODE_LUT, unit
+    from pipelines.embeddings import DECODE_LUT, unit
 
     n = codes.shape[0]
     t0 = time.perf_counter()
@@ -183,7 +183,7 @@ def main() -> None:
     p.add_argument("--no-ivf", action="store_true")
     args = p.parse_args()
 
-    from pipelines.embeddings_synthetic import synthetic_codes
+    from pipelines.testing import synthetic_codes
 
     t0 = time.perf_counter()
     codes, _, cent = synthetic_codes(args.n, args.dim, n_classes=8, seed=0)

@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.common import batches, catalog_slot, publish_summary
 from flows.params import AreaParams, StorageParams, empty_is_none
-from pipelines.cubes import CubeSpec
-from pipelines.ingest import SavedSearch, build_tiles, search_and_save, tiles_for_saved
+from pipelines.cubes import CubeSpec, SavedSearch, build_tiles, search_and_save, tiles_for_saved
 from pipelines.search import SearchRequest
 from pipelines.tiling import TileGrid
 

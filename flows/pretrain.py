@@ -53,7 +53,7 @@ def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
 
 @task
 def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
-    from aom_model.distributed import torchrun_command
+    from aom_model.train import torchrun_command
 
     args = ["--cubes", *params.cubes, "--out", params.out, "--config", params.config]
     args += ["--max-steps", str(params.max_steps), "--batch-size", str(params.batch_size), "--no-progress"]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.common import catalog_slot, publish_summary
 from flows.ingest import IngestParams, ingest
-from pipelines.refresh import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
+from pipelines.search import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
 from pipelines.storage import join, read_json, write_json_atomic
 from pipelines.tiling import TileGrid
 

@@ -70,8 +70,7 @@ def search_samples(paths: DemoPaths, catalog_url: str) -> dict[str, Any]:
 
 
 def build_cubes(paths: DemoPaths) -> dict[str, Any]:
-    from pipelines.cubes import CubeSpec
-    from pipelines.ingest import build_tiles, tiles_for_saved
+    from pipelines.cubes import CubeSpec, build_tiles, tiles_for_saved
     from pipelines.tiling import TileGrid
 
     spec = CubeSpec(grid=TileGrid(tile_size_m=DEMO_TILE_SIZE_M), collections=DEMO_COLLECTIONS)

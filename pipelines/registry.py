@@ -19,17 +19,19 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
+from pipelines.errors import AOMError, InputError
+
 BUILTIN_REGISTRY = Path(__file__).with_name("data") / "sensors.yaml"
 REGISTRY_ENV = "AOM_REGISTRY"
 
 _DTYPES = {"uint8", "uint16", "int16", "uint32", "int32", "float32"}
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """An invalid registry file; the message names the file, entry and field at fault."""
 
 
-class UnknownEntryError(KeyError):
+class UnknownEntryError(AOMError, KeyError):
     """An unknown sensor, catalog or collection; the message lists the known ones."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from pipelines.errors import RunFailedError
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class RetryError(RuntimeError):
+class RetryError(RunFailedError):
     """All attempts failed; ``last`` is the final exception, ``attempts`` how many were made."""
 
     def __init__(self, message: str, *, attempts: int, last: BaseException | None) -> None:

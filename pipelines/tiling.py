@@ -35,6 +35,8 @@ from pyproj import Transformer
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
+from pipelines.errors import InputError
+
 MIN_LAT = -80.0
 MAX_LAT = 84.0
 SOUTH_FALSE_NORTHING = 10_000_000.0
@@ -42,7 +44,7 @@ _DENSIFY_DEG = 0.05  # lon/lat edges are curves in UTM: densify before projectin
 _FOOTPRINT_POINTS_PER_EDGE = 16
 
 
-class TileError(ValueError):
+class TileError(InputError):
     """An invalid tile id, grid parameter or area of interest."""
 
 

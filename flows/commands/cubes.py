@@ -143,7 +143,7 @@ def cubes(
 
     try:
         if items_url is not None:
-            from pipelines.search_local import iter_items
+            from pipelines.search import iter_items
 
             read_opts = options if _same_scheme(items_url, out) else None
             items = list(iter_items(items_url, read_opts))

@@ -205,8 +205,7 @@ def embed_raster_cmd(
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Embed one GeoTIFF/COG into a georeferenced embedding raster on the model's token grid."""
-    from pipelines.embed_chips import EmbedConfigError
-    from pipelines.embed_raster import embed_raster
+    from pipelines.embed import EmbedConfigError, embed_raster
 
     try:
         wl = [float(v) for v in csv_list(wavelengths)]

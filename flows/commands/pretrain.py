@@ -65,8 +65,7 @@ def pretrain(
     Checkpoints, metrics (JSON lines), a loss-curve PNG and the final model.safetensors go to OUT.
     With --nproc-per-node/--nnodes the same run is launched under torchrun (NCCL on GPU, gloo on CPU).
     """
-    from aom_model.data import ChipConfig
-    from aom_model.train import PretrainConfig, pretrain_torchrun_command, run_pretraining
+    from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command, run_pretraining
 
     urls = list(cubes) + list(more_cubes or [])
     if not urls:

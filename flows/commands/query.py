@@ -77,7 +77,7 @@ def _open(url: str, version: str | None, storage_options: str | None) -> Any:
 @query_app.command("versions")
 def versions(embeddings: str = EMB_OPT, storage_options: str | None = OPTS_OPT) -> None:
     """List the versions (model, checkpoint, times, zones, extent) of a store."""
-    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import available_versions, open_embeddings
 
     try:
@@ -110,7 +110,7 @@ def similar_cmd(
 ) -> None:
     """Top-k most similar locations to example point(s), over an AOI or the whole dataset."""
     from pipelines import storage
-    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import similar
     from pipelines.query.similarity import describe_result
 
@@ -153,7 +153,7 @@ def map_cmd(
     storage_options: str | None = OPTS_OPT,
 ) -> None:
     """PCA -> RGB map of an area, or a similarity heatmap when --lon/--lat are given."""
-    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import pca_map, similarity_heatmap
 
     try:
@@ -199,7 +199,7 @@ def export_cmd(
     storage_options: str | None = OPTS_OPT,
 ) -> None:
     """Export the embeddings of an area to a COG or to GeoParquet vectors."""
-    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import export
 
     if dtype not in ("float32", "int8"):
@@ -244,7 +244,7 @@ def classify_cmd(
     storage_options: str | None = OPTS_OPT,
 ) -> None:
     """Few-shot mapping: fit a probe on labelled points, report CV accuracy, write a class map."""
-    from pipelines.embeddings_store import EmbeddingsStoreError
+    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import classify
 
     if method not in ("linear", "knn"):

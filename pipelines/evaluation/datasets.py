@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.errors import InputError
 
-class EvalDataError(ValueError):
+
+class EvalDataError(InputError):
     """A dataset that cannot be evaluated (one class, mismatched label grid, no usable patch, ...)."""
 
 

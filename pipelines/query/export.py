@@ -27,7 +27,7 @@ import xarray as xr
 from pyproj import CRS
 
 from pipelines import storage
-from pipelines.embeddings_store import quantize
+from pipelines.embeddings import quantize
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import parse_crs, select
 

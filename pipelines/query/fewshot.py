@@ -28,7 +28,7 @@ import xarray as xr
 from pyproj import CRS
 
 from pipelines import storage
-from pipelines.embeddings_store import unit
+from pipelines.embeddings import unit
 from pipelines.query.export import write_raster
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import geo_dataarray, parse_crs, select, vectors_at

@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from pipelines import storage
-from pipelines.embeddings_store import (
+from pipelines.embeddings import (
     EmbeddingsStoreError,
     EmbeddingsVersion,
     ZoneGrid,

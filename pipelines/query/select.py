@@ -26,7 +26,7 @@ import xarray as xr
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
-from pipelines.embeddings_store import ZoneGrid
+from pipelines.embeddings import ZoneGrid
 from pipelines.query.open import Embeddings, QueryError, TileRef, TimeLike
 
 BBox = tuple[float, float, float, float]

@@ -30,7 +30,7 @@ import numpy as np
 from pyproj import CRS, Transformer
 
 from pipelines import storage
-from pipelines.embeddings_store import NODATA_Q
+from pipelines.embeddings import NODATA_Q
 from pipelines.query.open import Embeddings, QueryError, TileRef, TimeLike, as_points
 from pipelines.query.select import crs_label, parse_bbox, parse_crs, transform_bbox, vectors_at
 

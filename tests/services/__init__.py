@@ -4,10 +4,10 @@ Plain context-manager classes usable from tests, benchmarks and scripts; the pyt
 :mod:`tests.services.fixtures`. See docs/testing.md.
 """
 
-from .pgstac import PgstacService
-from .ports import ServiceUnavailable, free_port, stop_all
-from .prefect_server import PrefectServer, prefect_harness
-from .s3 import S3Bucket, S3Service
+from tests.services.pgstac import PgstacService
+from tests.services.ports import ServiceUnavailable, free_port, stop_all
+from tests.services.prefect_server import PrefectServer, prefect_harness
+from tests.services.s3 import S3Bucket, S3Service
 
 __all__ = [
     "PgstacService",

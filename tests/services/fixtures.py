@@ -29,11 +29,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from .pgstac import PgstacService
-from .ports import ServiceUnavailable
-from .prefect_server import PrefectServer
-from .prefect_server import prefect_harness as _prefect_harness
-from .s3 import S3Bucket, S3Service
+from tests.services.pgstac import PgstacService
+from tests.services.ports import ServiceUnavailable
+from tests.services.prefect_server import PrefectServer
+from tests.services.prefect_server import prefect_harness as _prefect_harness
+from tests.services.s3 import S3Bucket, S3Service
 
 
 def _unavailable(exc: ServiceUnavailable) -> None:

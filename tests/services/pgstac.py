@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .ports import LOCALHOST, ManagedProcess, ServiceUnavailable, free_port, http_ok, wait_until
+from tests.services.ports import LOCALHOST, ManagedProcess, ServiceUnavailable, free_port, http_ok, wait_until
 
 PG_MAJOR = os.environ.get("AOM_TEST_PG_MAJOR", "15")
 SERVICE_USER = os.environ.get("AOM_TEST_SERVICE_USER", "aomtest")

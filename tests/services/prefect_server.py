@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .ports import LOCALHOST, ManagedProcess, free_port, http_ok, wait_until
+from tests.services.ports import LOCALHOST, ManagedProcess, free_port, http_ok, wait_until
 
 
 def _prefect_free_env() -> dict[str, str]:

@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .ports import LOCALHOST, ManagedProcess, ServiceUnavailable, free_port, http_ok, port_open, wait_until
+from tests.services.ports import (
+    LOCALHOST,
+    ManagedProcess,
+    ServiceUnavailable,
+    free_port,
+    http_ok,
+    port_open,
+    wait_until,
+)
 
 REGION = "us-west-2"  # NB: us-east-1 breaks s3fs.mkdir (no LocationConstraint handling)
 ACCESS_KEY = "aomtest-key"

@@ -1,0 +1,10 @@
+"""Synthetic model inputs for tests, benchmarks and smoke runs (not part of the model's API)."""
+
+from aom_model.testing.batches import MODIS, SENTINEL2, sensor_batch, smooth_field
+
+__all__ = [
+    "MODIS",
+    "SENTINEL2",
+    "sensor_batch",
+    "smooth_field",
+]

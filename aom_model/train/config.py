@@ -1,0 +1,113 @@
+"""What a pretraining run is asked to do (:class:`PretrainConfig`) and what it reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aom_model.config import AOMConfig
+from aom_model.train.chips import ChipConfig
+from pipelines.errors import RunFailedError
+from pipelines.storage import (
+    normalise_url,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RunFailedError):
+    """Too many steps with a non-finite loss or gradient norm."""
+
+
+@dataclass
+class PretrainConfig:
+    cubes: tuple[str, ...]
+    out: str
+    model: str = "tiny"  # AOMConfig.named(...)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 16  # per-device micro-batch
+    grad_accum: int = 1  # global batch = batch_size * grad_accum * world size
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad_norm: float = 1.0  # <= 0: no clipping (norm still measured)
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    activation_checkpointing: bool = False
+    num_workers: int = 2
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    resume: bool = False  # continue from out/checkpoints/latest.json when present
+    init: str | None = None  # initial weights (fine-tuning): a model.safetensors URL
+    max_nonfinite_steps: int = 20
+    chips: ChipConfig = field(default_factory=ChipConfig)
+    device: str = "auto"
+    threads: int | None = None  # torch intra-op threads (None: leave as is)
+    progress: bool = True
+    stop_after: int | None = None  # stop after this step (as if killed); the schedule still spans max_steps
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cubes, str):
+            self.cubes = (self.cubes,)
+        self.cubes = tuple(normalise_url(u) for u in self.cubes)
+        self.out = normalise_url(self.out)
+        if isinstance(self.chips, Mapping):
+            self.chips = ChipConfig.from_dict(self.chips)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if not self.cubes:
+            raise ValueError("at least one cube store URL is needed")
+        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+
+    def model_config(self) -> AOMConfig:
+        return AOMConfig.named(self.model, **self.model_overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["cubes"] = list(self.cubes)
+        d["betas"] = list(self.betas)
+        d["chips"] = self.chips.to_dict()
+        d.pop("storage_options")  # may carry credentials: never written out
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PretrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown PretrainConfig keys: {unknown}")
+        kw = dict(d)
+        if "cubes" in kw:
+            kw["cubes"] = tuple(kw["cubes"])
+        if "betas" in kw:
+            kw["betas"] = tuple(kw["betas"])
+        return cls(**kw)
+
+
+@dataclass
+class PretrainResult:
+    out: str
+    checkpoint: str  # final model.safetensors (or the last checkpoint's when stopped early)
+    steps: int
+    epochs_started: int
+    final_loss: float | None
+    metrics_url: str
+    loss_curve_url: str
+    counters: dict[str, int]
+    index_counts: dict[str, int]
+    norm_stats: dict[str, Any]
+    wall_s: float
+    samples_per_s: float
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,139 @@
+"""Entry point of pretraining: ``python -m aom_model.train`` (what ``torchrun`` launches) and its argument parser.
+
+The engine (:mod:`aom_model.train.engine`) knows nothing about argv; this module turns arguments into a
+:class:`~aom_model.train.config.PretrainConfig`, as MAE's ``main_pretrain.py`` does for ``engine_pretrain.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aom_model.train.config import PretrainConfig
+from aom_model.train.distributed import (
+    torchrun_command,
+)
+from aom_model.train.engine import _read_bytes, run_pretraining
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line (torchrun-able)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m aom_model.train",
+        description="AOM pretraining on cube stores (run under torchrun for several GPUs / nodes).",
+    )
+    p.add_argument("--cubes", nargs="+", help="cube store URLs (local paths or s3://...)")
+    p.add_argument("--out", help="output URL: checkpoints, metrics, final model")
+    p.add_argument("--config", default=None, help="model size: tiny | small | base")
+    p.add_argument(
+        "--config-json", default=None, help="a PretrainConfig as JSON (a path or inline); flags override"
+    )
+    p.add_argument(
+        "--resume", action="store_true", default=None, help="continue from out/checkpoints/latest.json"
+    )
+    p.add_argument("--init", default=None, help="initial weights (fine-tuning): a model.safetensors URL")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per-device micro-batch")
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--clip-grad-norm", type=float)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--chip-m", type=float)
+    p.add_argument("--min-valid-frac", type=float)
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--no-amp", action="store_true", default=None)
+    p.add_argument("--activation-checkpointing", action="store_true", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--stop-after", type=int)
+    p.add_argument("--no-progress", action="store_true", default=None)
+    p.add_argument(
+        "--storage-options",
+        default=None,
+        help="fsspec options as JSON (never logged); or $AOM_STORAGE_OPTIONS",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    base: dict[str, Any] = {}
+    if args.config_json:
+        text = args.config_json
+        base = json.loads(text) if text.lstrip().startswith("{") else json.loads(_read_bytes(text, None))
+    chips = dict(base.get("chips") or {})
+    flags = {
+        "cubes": args.cubes,
+        "out": args.out,
+        "model": args.config,
+        "resume": args.resume,
+        "init": args.init,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "clip_grad_norm": args.clip_grad_norm,
+        "num_workers": args.num_workers,
+        "checkpoint_every": args.checkpoint_every,
+        "log_every": args.log_every,
+        "seed": args.seed,
+        "device": args.device,
+        "threads": args.threads,
+        "stop_after": args.stop_after,
+        "activation_checkpointing": args.activation_checkpointing,
+    }
+    base.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_amp:
+        base["amp"] = False
+    if args.no_progress:
+        base["progress"] = False
+    for flag, key in (
+        ("chip_m", "chip_m"),
+        ("min_valid_frac", "min_valid_frac"),
+        ("val_fraction", "val_fraction"),
+    ):
+        if getattr(args, flag) is not None:
+            chips[key] = getattr(args, flag)
+    base["chips"] = chips
+    so_text = args.storage_options or os.environ.get("AOM_STORAGE_OPTIONS")
+    if so_text:
+        base["storage_options"] = json.loads(so_text)
+    if not base.get("cubes") or not base.get("out"):
+        raise SystemExit("--cubes and --out are required (directly or in --config-json)")
+    return PretrainConfig.from_dict(base)
+
+
+def pretrain_torchrun_command(cfg: PretrainConfig, nproc_per_node: int, **rendezvous: Any) -> list[str]:
+    """torchrun command line running ``cfg`` (``rendezvous``: nnodes, node_rank, rdzv_endpoint, rdzv_id).
+    Storage options are not put on the command line (they may carry credentials): pass them via the
+    environment (AWS_* etc.)."""
+    return torchrun_command(["--config-json", json.dumps(cfg.to_dict())], nproc_per_node, **rendezvous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = config_from_args(build_parser().parse_args(argv))
+    result = run_pretraining(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in result.to_dict().items() if k != "norm_stats"}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Ingest as library steps: search -> saved item list -> tiles -> cubes.
+
+Each step takes and returns URLs and small JSON-able values, never arrays, so orchestration
+(Prefect tasks, Dask) can retry or resume any step on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipelines.cubes.run import write_cubes
+from pipelines.cubes.spec import CubeSpec
+from pipelines.search import SearchRequest, load_result, save_result, search
+from pipelines.storage import join
+from pipelines.tiling import TileGrid
+
+
+@dataclass(frozen=True)
+class SavedSearch:
+    items_url: str
+    content_hash: str
+    count: int
+    count_by_collection: dict[str, int]
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def search_and_save(
+    request: SearchRequest,
+    out_url: str,
+    *,
+    catalog_url: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog_storage_options: Mapping[str, Any] | None = None,
+) -> SavedSearch:
+    """Search and save the items under ``<out_url>/_search/<hash>.ndjson`` (content-addressed)."""
+    result = search(
+        request, catalog_url=catalog_url, storage_options=dict(catalog_storage_options or {}) or None
+    )
+    digest = result.content_hash.split(":")[-1][:16]
+    items_url = join(out_url, "_search", f"{digest}.ndjson")
+    save_result(result, items_url, dict(storage_options or {}) or None)
+    return SavedSearch(items_url, result.content_hash, len(result), result.count_by_collection, result.notes)
+
+
+def tiles_for_saved(
+    items_url: str,
+    grid: TileGrid,
+    storage_options: Mapping[str, Any] | None = None,
+    only: Sequence[str] | None = None,
+) -> list[str]:
+    """Tile ids touched by the saved items (restricted to ``only`` when given)."""
+    items = load_result(items_url, dict(storage_options or {}) or None).items
+    ids = [t.tile_id for t in grid.tiles_for_items(items)]
+    if only is not None:
+        wanted = set(only)
+        ids = [t for t in ids if t in wanted]
+    return ids
+
+
+def build_tiles(
+    items_url: str,
+    tile_ids: Sequence[str],
+    spec: CubeSpec,
+    out_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the cubes of ``tile_ids`` exactly once; returns the run summary as a dict."""
+    items = load_result(items_url, dict(storage_options or {}) or None).items
+    summary = write_cubes(items, list(tile_ids), spec, out_url, storage_options, progress=False)
+    return summary.to_dict()

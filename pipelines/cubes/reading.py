@@ -1,0 +1,274 @@
+"""Reading STAC assets for cube assembly: item selection, GDAL environment, header checks, read-error classes.
+
+Everything here touches the source files (or their metadata) but builds no array: which items touch a tile and on
+which solar day, how GDAL is configured for object storage, whether an asset's header opens, and how a read failure
+is classified (transient: retried; permanent: the asset is skipped and recorded).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.registry import CollectionSpec
+from pipelines.tiling import Tile, _normalise_aoi, item_geometry
+
+log = logging.getLogger(__name__)
+
+MASK_DTYPE = "uint16"
+
+
+GDAL_DEFAULTS: dict[str, Any] = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_TIMEOUT": "30",
+    "CPL_VSIL_CURL_USE_HEAD": "NO",
+    "GDAL_CACHEMAX": 256,  # MB; blocks are read once, a big block cache only costs memory
+}
+
+_TRANSIENT = re.compile(
+    r"HTTP response code: ?(5\d\d|429|408|0)\b|(could ?not|couldn'?t|failed to) connect|connection (refused|reset|timed out)|"
+    r"timed? ?out|could not resolve|temporar|network is unreachable|ssl|broken pipe",
+    re.IGNORECASE,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Items
+
+
+def item_datetime(item: Mapping[str, Any]) -> dt.datetime | None:
+    """The item's nominal time (``datetime``, else ``start_datetime``) as an aware UTC datetime."""
+    props = item.get("properties") or {}
+    text = props.get("datetime") or props.get("start_datetime")
+    if not text:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def solar_day(when: dt.datetime, lon: float) -> dt.date:
+    """odc-stac's solar day: UTC time shifted by whole hours of longitude / 15 (at the tile centre)."""
+    return (when + dt.timedelta(seconds=int(lon / 15) * 3600)).date()
+
+
+def items_touching(tile: Tile, items: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Items whose footprint (geometry, else bbox) intersects the tile."""
+    from shapely.geometry import shape
+
+    tile_shape = shape(tile.footprint_wgs84())
+    out = []
+    for item in items:
+        geom = item_geometry(item)
+        if geom is None:
+            continue
+        if any(part.intersects(tile_shape) for part in _normalise_aoi(geom)):
+            out.append(item)
+    return out
+
+
+def _absolute_href(href: str, item: Mapping[str, Any]) -> str:
+    if "://" in href or href.startswith("/"):
+        return href
+    for link in item.get("links") or []:
+        if link.get("rel") == "self" and link.get("href"):
+            base = str(link["href"])
+            if "://" in base:
+                return base.rsplit("/", 1)[0] + "/" + href
+            return os.path.normpath(os.path.join(os.path.dirname(base), href))
+    return os.path.abspath(href)
+
+
+def _has_crs(fields: Mapping[str, Any]) -> bool:
+    return any(fields.get(k) is not None for k in ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson"))
+
+
+def _proj_missing(item: Mapping[str, Any], asset_key: str) -> list[str]:
+    """Projection fields the asset (or its item) lacks; empty when odc-stac can place it."""
+    asset = (item.get("assets") or {}).get(asset_key) or {}
+    props = item.get("properties") or {}
+    missing = []
+    if not (_has_crs(asset) or _has_crs(props)):
+        missing.append("proj:code/proj:epsg")
+    for key in ("proj:shape", "proj:transform"):
+        if asset.get(key) is None and props.get(key) is None:
+            missing.append(key)
+    return missing
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening assets (preflight, diagnosis)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    import rasterio.errors
+    from rasterio._err import CPLE_BaseError
+
+    return (rasterio.errors.RasterioError, CPLE_BaseError, OSError)
+
+
+_READ_ERRORS = _read_errors()
+
+
+def classify_error(exc: BaseException | str) -> tuple[str, bool]:
+    """(short reason, transient?) for a read/open failure; chained GDAL causes are included."""
+    texts: list[str] = []
+    chain: BaseException | str | None = exc
+    while chain is not None and len(texts) < 4:
+        text = re.sub(r"\s+", " ", str(chain)).strip()
+        if text and text not in texts:
+            texts.append(text)
+        chain = (chain.__cause__ or chain.__context__) if isinstance(chain, BaseException) else None
+    if not texts:
+        texts = [type(exc).__name__]
+    full = " <- ".join(texts)
+    generic = "See previous exception"
+    reason = " <- ".join(t for t in texts if generic not in t) or texts[0]
+    return reason[:300], bool(_TRANSIENT.search(full))
+
+
+@dataclass(frozen=True)
+class _Header:
+    crs: str
+    transform: tuple[float, ...]
+    shape: tuple[int, int]
+
+
+class _OpenCache:
+    """Per-process memo of asset opens (href -> header or permanent failure).
+
+    Hrefs that failed transiently are remembered too: GDAL's /vsicurl/ caches the failed lookup and
+    answers "does not exist" for the rest of the process, which must not be mistaken for a 404.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ok: dict[str, _Header] = {}
+        self._bad: dict[str, str] = {}
+        self._transient: set[str] = set()
+
+    def get(self, href: str) -> _Header | str | None:
+        with self._lock:
+            return self._ok.get(href) or self._bad.get(href)
+
+    def was_transient(self, href: str) -> bool:
+        with self._lock:
+            return href in self._transient
+
+    def put_transient(self, href: str) -> None:
+        with self._lock:
+            self._transient.add(href)
+
+    def put(self, href: str, value: _Header | str) -> None:
+        with self._lock:
+            if len(self._ok) + len(self._bad) > 50_000:
+                self._ok.clear()
+                self._bad.clear()
+            if isinstance(value, _Header):
+                self._ok[href] = value
+            else:
+                self._bad[href] = value
+
+
+_OPEN_CACHE = _OpenCache()
+
+
+def gdal_env(read_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """GDAL config options for reads: defaults + ``read_options`` (minus ``aws_session``)."""
+    return {**GDAL_DEFAULTS, **{k: v for k, v in dict(read_options or {}).items() if k != "aws_session"}}
+
+
+def rio_env(read_options: Mapping[str, Any] | None = None) -> Any:
+    """``rasterio.Env`` for reading assets; ``read_options["aws_session"]`` (AWSSession kwargs) for S3."""
+    import rasterio
+
+    aws = dict((read_options or {}).get("aws_session") or {})
+    if aws:
+        from rasterio.session import AWSSession
+
+        return rasterio.Env(session=AWSSession(**aws), **gdal_env(read_options))
+    return rasterio.Env(**gdal_env(read_options))
+
+
+def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _Header | tuple[str, bool]:
+    """Open an asset: its header, or (reason, transient) when it cannot be opened."""
+    import rasterio
+
+    cached = _OPEN_CACHE.get(href)
+    if isinstance(cached, _Header):
+        return cached
+    if isinstance(cached, str):
+        return cached, False
+    try:
+        with rio_env(read_options), rasterio.open(href) as src:
+            if src.crs is None:
+                result: _Header | tuple[str, bool] = ("file has no CRS", False)
+            elif src.count < 1:
+                result = ("file has no bands", False)
+            else:
+                epsg = src.crs.to_epsg()
+                crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
+                result = _Header(crs, tuple(src.transform)[:6], (src.height, src.width))
+    except _READ_ERRORS as exc:
+        reason, transient = classify_error(exc)
+        transient = transient or _OPEN_CACHE.was_transient(href)
+        result = (f"cannot open: {reason}", transient)
+    if isinstance(result, _Header):
+        _OPEN_CACHE.put(href, result)
+    elif result[1]:
+        _OPEN_CACHE.put_transient(href)
+    else:
+        _OPEN_CACHE.put(href, result[0])
+    return result
+
+
+def read_window_check(
+    href: str, tile: Tile, read_options: Mapping[str, Any] | None = None
+) -> tuple[str, bool] | None:
+    """Read the part of an asset that covers the tile at full resolution; (reason, transient) on failure."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import Window, from_bounds
+
+    try:
+        with rio_env(read_options), rasterio.open(href) as src:
+            left, bottom, right, top = transform_bounds(tile.crs, src.crs, *tile.bounds, densify_pts=21)
+            win = from_bounds(left, bottom, right, top, transform=src.transform)
+            c0, r0 = max(0, math.floor(win.col_off)), max(0, math.floor(win.row_off))
+            c1 = min(src.width, math.ceil(win.col_off + win.width))
+            r1 = min(src.height, math.ceil(win.row_off + win.height))
+            if c1 <= c0 or r1 <= r0:
+                return None  # the asset does not overlap the tile
+            src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+    except _READ_ERRORS as exc:
+        reason, transient = classify_error(exc)
+        return f"read failed: {reason}", transient
+    return None
+
+
+def cid_label(cs: CollectionSpec, label: str) -> str:
+    return f"{cs.collection}/{label}"
+
+
+def _mask_description(cs: CollectionSpec) -> str:
+    m = cs.mask
+    where = ", ".join(m.mask_assets())
+    parts = []
+    if m.invalid_values:
+        parts.append(f"values {list(m.invalid_values)}")
+    if m.invalid_bits:
+        parts.append(f"bits {list(m.invalid_bits)}")
+    nodata = f"; DN == {cs.nodata:g}" if cs.nodata is not None else ""
+    return f"invalid where {where} has {' or '.join(parts)}{nodata}"

@@ -1,0 +1,511 @@
+"""Cubes: STAC items -> per-tile Zarr v3 reflectance cubes, exactly once per tile.
+
+Public API::
+
+    spec = CubeSpec(grid=TileGrid(), collections=("sentinel-2-l2a",), catalog="sample")
+    cube = assemble_tile(tile, items, spec)          # lazy, in memory; cube[(collection, "10m")]
+    summary = write_cubes(items, tiles, spec, "s3://bucket/cubes", storage_options)
+    store = CubeStore.open("s3://bucket/cubes", storage_options)
+    store.complete_tiles(); store.record(tile_id); store.open_tile(tile_id)
+
+Exactly once: a tile is written by one task into its own prefix, then its completion record
+``_tiles/<tile_id>.json`` is written atomically. A rerun skips tiles with a record and deletes and
+redoes the rest, so an interrupted run (killed process, storage outage) resumes to output identical
+to an uninterrupted one. Per-item problems are skipped and recorded; a tile fails (no record, retried
+next run) only when storage fails or an asset is unreachable (``CubeSpec.skip_unreachable``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.cubes.assembly import TileCube, assemble_tile, decode, diagnose_read_failure
+from pipelines.cubes.reading import classify_error, gdal_env, item_datetime, items_touching
+from pipelines.cubes.spec import (
+    INT16_FILL,
+    INT16_SCALE,
+    LAYOUT_VERSION,
+    CubeSpec,
+    SkippedAsset,
+    gsd_label,
+)
+from pipelines.cubes.store import CubeStore, CubeStoreError, group_path
+from pipelines.storage import redact_url
+from pipelines.tiling import ItemIndex, Tile, TileGrid
+
+__all__ = [
+    "INT16_FILL",
+    "INT16_SCALE",
+    "CubeSpec",
+    "CubeStore",
+    "CubeStoreError",
+    "RunSummary",
+    "SkippedAsset",
+    "Tile",
+    "TileCube",
+    "TileGrid",
+    "TileOutcome",
+    "assemble_tile",
+    "decode",
+    "gsd_label",
+    "item_datetime",
+    "process_tile",
+    "write_cubes",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_READ_RETRIES = 3  # load attempts after diagnosing unreadable assets
+
+
+@dataclass
+class TileOutcome:
+    """What happened to one tile in a run.
+
+    ``status``: ``done`` (written, has data), ``empty`` (record written, no usable pixels),
+    ``skipped`` (already complete from an earlier run), ``failed`` (no record: retried next run).
+    """
+
+    tile_id: str
+    status: str
+    reason: str = ""
+    groups: list[str] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    output_mb: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tile_id": self.tile_id,
+            "status": self.status,
+            "reason": self.reason,
+            "groups": list(self.groups),
+            "skipped": list(self.skipped),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "output_mb": round(self.output_mb, 3),
+        }
+
+
+@dataclass
+class RunSummary:
+    """Tiles done, skipped (with reasons) and failed; items/assets left out, per tile."""
+
+    out_url: str
+    outcomes: list[TileOutcome] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def tiles_done(self) -> list[str]:
+        return [o.tile_id for o in self.outcomes if o.status == "done"]
+
+    @property
+    def tiles_skipped(self) -> dict[str, str]:
+        """Tiles not written by this run: already complete, or empty (with why)."""
+        return {o.tile_id: o.reason for o in self.outcomes if o.status in ("skipped", "empty")}
+
+    @property
+    def tiles_empty(self) -> dict[str, str]:
+        return {o.tile_id: o.reason for o in self.outcomes if o.status == "empty"}
+
+    @property
+    def tiles_failed(self) -> dict[str, str]:
+        return {o.tile_id: o.reason for o in self.outcomes if o.status == "failed"}
+
+    @property
+    def items_skipped(self) -> list[dict[str, Any]]:
+        return [{"tile_id": o.tile_id, **s} for o in self.outcomes for s in o.skipped]
+
+    @property
+    def useful(self) -> bool:
+        """Something usable is in the store: a tile written now or complete from before."""
+        return any(o.status in ("done", "skipped") for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.useful else 1
+
+    @property
+    def output_mb(self) -> float:
+        return sum(o.output_mb for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": redact_url(self.out_url),
+            "tiles": len(self.outcomes),
+            "done": len(self.tiles_done),
+            "skipped": len([o for o in self.outcomes if o.status == "skipped"]),
+            "empty": len(self.tiles_empty),
+            "failed": len(self.tiles_failed),
+            "useful": self.useful,
+            "output_mb": round(self.output_mb, 3),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "outcomes": [o.to_dict() for o in self.outcomes],
+        }
+
+    def format(self, max_lines: int = 20) -> str:
+        """Human-readable run summary: counts, then why tiles/items were skipped or failed."""
+        counts = {
+            s: sum(1 for o in self.outcomes if o.status == s) for s in ("done", "skipped", "empty", "failed")
+        }
+        lines = [
+            f"cubes -> {redact_url(self.out_url)}: {len(self.outcomes)} tile(s): "
+            f"{counts['done']} done, {counts['skipped']} already complete, {counts['empty']} empty, "
+            f"{counts['failed']} failed ({self.output_mb:.1f} MB of pixels in {self.elapsed_s:.1f} s)"
+        ]
+
+        def block(title: str, rows: list[str]) -> None:
+            if not rows:
+                return
+            lines.append(title)
+            lines.extend(f"  {r}" for r in rows[:max_lines])
+            if len(rows) > max_lines:
+                lines.append(f"  ... and {len(rows) - max_lines} more")
+
+        block("failed (retried on the next run):", [f"{t}: {r}" for t, r in self.tiles_failed.items()])
+        block("empty:", [f"{t}: {r}" for t, r in self.tiles_empty.items()])
+        reasons: dict[str, list[str]] = {}
+        for s in self.items_skipped:
+            reasons.setdefault(str(s["reason"]), []).append(f"{s['item']}:{s['asset']}")
+        block(
+            "items/assets left out:",
+            [
+                f"{len(v)}x {r} ({', '.join(sorted(set(v))[:3])}{' ...' if len(set(v)) > 3 else ''})"
+                for r, v in reasons.items()
+            ],
+        )
+        if not self.useful:
+            lines.append("nothing useful was produced")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# One tile
+
+
+def _configure_reads(read_options: Mapping[str, Any] | None) -> None:
+    """GDAL settings for odc-stac's reads in this process (credentials stay in memory)."""
+    import odc.stac
+
+    aws = dict((read_options or {}).get("aws_session") or {})
+    odc.stac.configure_rio(cloud_defaults=True, aws=aws or None, **gdal_env(read_options))
+
+
+def _is_read_error(exc: BaseException) -> bool:
+    import rasterio.errors
+
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, rasterio.errors.RasterioError):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return False
+
+
+def process_tile(
+    tile: Tile,
+    items: Sequence[Mapping[str, Any]],
+    spec: CubeSpec,
+    out_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    read_options: Mapping[str, Any] | None = None,
+    scheduler: str | None = "threads",
+) -> TileOutcome:
+    """Write one tile exactly once (skip when complete). Never raises for bad inputs or storage faults."""
+    t0 = time.perf_counter()
+    store = CubeStore(out_url, storage_options)
+    try:
+        if store.has_record(tile.tile_id):
+            return TileOutcome(tile.tile_id, "skipped", "already complete (record exists)")
+        _configure_reads(read_options)
+        store.clear_tile(tile.tile_id)
+        outcome = _write_tile(store, tile, items, spec, read_options, scheduler)
+    except Exception as exc:  # storage down, or a bug: the tile stays absent and is redone next run
+        reason, _ = classify_error(exc)
+        log.warning("tile %s failed: %s: %s", tile.tile_id, type(exc).__name__, reason)
+        outcome = TileOutcome(tile.tile_id, "failed", f"{type(exc).__name__}: {reason}")
+    outcome.elapsed_s = time.perf_counter() - t0
+    return outcome
+
+
+def _write_tile(
+    store: CubeStore,
+    tile: Tile,
+    items: Sequence[Mapping[str, Any]],
+    spec: CubeSpec,
+    read_options: Mapping[str, Any] | None,
+    scheduler: str | None,
+) -> TileOutcome:
+    excluded: set[tuple[str, str]] = set()
+    diagnosed: list[SkippedAsset] = []
+    fractions: dict[tuple[str, str], list[float]] = {}
+    cube: TileCube | None = None
+    for attempt in range(MAX_READ_RETRIES + 1):
+        cube = assemble_tile(tile, items, spec, exclude=excluded, read_options=read_options)
+        transient = [s for s in [*cube.skipped, *diagnosed] if s.transient]
+        if transient and not spec.skip_unreachable:
+            s = transient[0]
+            store.clear_tile(tile.tile_id)
+            return TileOutcome(
+                tile.tile_id,
+                "failed",
+                f"{len(transient)} asset(s) unreachable, e.g. {s.item}:{s.asset}: {s.reason}",
+                skipped=[x.to_dict() for x in transient],
+            )
+        fractions = {}
+        try:
+            for key, ds in cube.encoded.items():
+                fractions[key] = store.write_group(tile.tile_id, ds, spec=spec, scheduler=scheduler)
+            break
+        except Exception as exc:
+            if not _is_read_error(exc) or attempt == MAX_READ_RETRIES:
+                raise
+            found = [
+                f
+                for f in diagnose_read_failure(cube, read_options=read_options)
+                if (f.item, f.asset) not in excluded
+            ]
+            if not found:
+                raise
+            log.info(
+                "tile %s: leaving out unreadable assets %s", tile.tile_id, [(f.item, f.asset) for f in found]
+            )
+            diagnosed.extend(found)
+            excluded.update((f.item, f.asset) for f in found)
+            store.clear_tile(tile.tile_id)
+    assert cube is not None
+
+    groups: list[dict[str, Any]] = []
+    dropped: list[dict[str, str]] = []
+    output_mb = 0.0
+    for key, ds in cube.encoded.items():
+        frac = fractions[key]
+        if not any(f > 0 for f in frac):
+            store.delete_group(tile.tile_id, *key)
+            dropped.append(
+                {"collection": key[0], "gsd_label": key[1], "reason": "all pixels cloud, shadow or nodata"}
+            )
+            continue
+        nbytes = float(ds["reflectance"].size * ds["reflectance"].dtype.itemsize) / 1e6
+        output_mb += nbytes
+        groups.append(
+            {
+                "collection": key[0],
+                "gsd_label": key[1],
+                "gsd_m": float(ds.attrs["gsd_m"]),
+                "path": group_path(tile.tile_id, *key),
+                "bands": [str(b) for b in ds["band"].values],
+                "shape": [int(n) for n in ds["reflectance"].shape],
+                "times": [str(t)[:26] for t in ds["time"].values.astype("datetime64[us]")],
+                "source_items": [str(s) for s in ds["source_items"].values],
+                "valid_fraction": [round(f, 6) for f in frac],
+            }
+        )
+    skipped = [s.to_dict() for s in [*cube.skipped, *diagnosed]]
+    used = sorted({i for g in groups for s in g["source_items"] for i in str(s).split(",") if i})
+    if groups:
+        status, reason = "complete", ""
+    elif dropped:
+        status, reason = "empty", "all pixels cloud, shadow or nodata"
+    elif skipped:
+        status, reason = (
+            "empty",
+            f"every item touching the tile was left out ({len(skipped)} asset problem(s))",
+        )
+    else:
+        status, reason = "empty", "no items touch this tile"
+    record = {
+        "status": status,
+        "tile_id": tile.tile_id,
+        "epsg": tile.epsg,
+        "bounds": list(tile.bounds),
+        "tile_size_m": spec.grid.tile_size_m,
+        "collections": list(spec.collections),
+        "groups": groups,
+        "dropped_groups": dropped,
+        "items": used,
+        "skipped": skipped,
+        "reason": reason,
+        "encoding": spec.encoding,
+        "spec_fingerprint": spec.fingerprint,
+        "layout_version": LAYOUT_VERSION,
+        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    store.write_record(tile.tile_id, record)
+    labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]
+    return TileOutcome(
+        tile.tile_id,
+        "done" if groups else "empty",
+        reason,
+        groups=labels,
+        skipped=skipped,
+        output_mb=output_mb,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+class _ItemIndex(ItemIndex):
+    """Items by footprint; ``for_tile`` re-checks the index's hits with ``items_touching``."""
+
+    def for_tile(self, tile: Tile) -> list[Mapping[str, Any]]:
+        return items_touching(tile, self.touching(tile))
+
+
+def write_cubes(
+    items: Iterable[Mapping[str, Any]],
+    tiles: Iterable[Tile | str],
+    spec: CubeSpec,
+    out_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    progress: bool = True,
+    dask_client: Any = None,
+    workers: int = 1,
+    read_options: Mapping[str, Any] | None = None,
+    on_tile: Callable[[TileOutcome], None] | None = None,
+) -> RunSummary:
+    """Build the cubes of ``tiles`` from ``items`` into ``out_url``, exactly once per tile.
+
+    ``tiles``: :class:`Tile` objects or tile ids of ``spec.grid``. Tiles are independent tasks:
+    ``dask_client`` (a ``distributed.Client``) runs them on a cluster, else ``workers`` threads run
+    them here (``workers=1``: one tile at a time, each using all cores through dask threads).
+    ``read_options``: GDAL options for reading assets (not recorded). ``on_tile`` is called with
+    each outcome as it arrives. Returns the :class:`RunSummary`; raises only for an unusable
+    output location or spec (CubeStoreError, ValueError).
+    """
+    t0 = time.perf_counter()
+    item_list = list(items)
+    tile_list = [spec.grid.tile(t) if isinstance(t, str) else t for t in tiles]
+    tile_list = list({t.tile_id: t for t in tile_list}.values())
+    store = CubeStore(out_url, storage_options)
+    store.ensure_root(spec)
+    summary = RunSummary(out_url=store.url)
+    already = set(store.recorded_tiles())
+    index = _ItemIndex(item_list)
+    todo: list[Tile] = []
+    outcomes: dict[str, TileOutcome] = {}
+    for tile in tile_list:
+        if tile.tile_id in already:
+            outcomes[tile.tile_id] = TileOutcome(tile.tile_id, "skipped", "already complete (record exists)")
+        else:
+            todo.append(tile)
+    log.info(
+        "cubes: %d tile(s), %d already complete, %d to build -> %s",
+        len(tile_list),
+        len(already & set(outcomes)),
+        len(todo),
+        redact_url(store.url),
+    )
+
+    bar = _progress_bar(len(tile_list), progress, initial=len(tile_list) - len(todo))
+
+    def finish(outcome: TileOutcome) -> None:
+        outcomes[outcome.tile_id] = outcome
+        if bar is not None:
+            bar.update(1)
+            counts = {
+                s: sum(1 for o in outcomes.values() if o.status == s) for s in ("done", "empty", "failed")
+            }
+            bar.set_postfix(counts, refresh=False)
+        if on_tile is not None:
+            on_tile(outcome)
+
+    try:
+        if dask_client is not None:
+            _run_distributed(dask_client, todo, index, _tile_job(spec, store, read_options), finish)
+        elif workers <= 1:
+            for tile in todo:
+                finish(
+                    process_tile(
+                        tile,
+                        index.for_tile(tile),
+                        spec,
+                        store.url,
+                        storage_options,
+                        read_options=read_options,
+                    )
+                )
+        else:
+            _run_threads(workers, todo, index, _tile_job(spec, store, read_options), finish)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary.outcomes = [outcomes[t.tile_id] for t in tile_list if t.tile_id in outcomes]
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+def _progress_bar(total: int, enabled: bool, initial: int = 0) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="cubes", unit="tile", dynamic_ncols=True)
+
+
+_TileJob = Callable[[Tile, Sequence[Mapping[str, Any]]], TileOutcome]
+
+
+def _tile_job(spec: CubeSpec, store: CubeStore, read_options: Mapping[str, Any] | None) -> _TileJob:
+    """``process_tile(tile, items)`` bound to one run's spec and store, for the thread and Dask runners.
+
+    A ``functools.partial`` of a module-level function, so it pickles for Dask workers; each task
+    reads synchronously (the runner already runs tiles in parallel).
+    """
+    return functools.partial(
+        process_tile,
+        spec=spec,
+        out_url=store.url,
+        storage_options=store.storage_options,
+        read_options=read_options,
+        scheduler="synchronous",
+    )
+
+
+def _run_threads(
+    workers: int, todo: list[Tile], index: _ItemIndex, job: _TileJob, finish: Callable[[TileOutcome], None]
+) -> None:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cube-tile") as pool:
+        pending: set[Future[TileOutcome]] = set()
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < workers * 2:
+                tile = queue.pop(0)
+                pending.add(pool.submit(job, tile, index.for_tile(tile)))
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                finish(fut.result())
+
+
+def _run_distributed(
+    client: Any, todo: list[Tile], index: _ItemIndex, job: _TileJob, finish: Callable[[TileOutcome], None]
+) -> None:
+    from distributed import as_completed
+
+    futures = [
+        client.submit(
+            job,
+            tile,
+            index.for_tile(tile),
+            key=f"aom-cube-{tile.tile_id}-{os.getpid()}-{time.time_ns()}",
+            pure=False,
+        )
+        for tile in todo
+    ]
+    for fut in as_completed(futures):
+        try:
+            finish(fut.result())
+        except Exception as exc:  # the worker died: the tile stays absent
+            tile_id = str(fut.key).split("-")[2] if str(fut.key).startswith("aom-cube-") else "?"
+            finish(TileOutcome(tile_id, "failed", f"worker error: {type(exc).__name__}: {exc}"))

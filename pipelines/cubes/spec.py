@@ -1,0 +1,158 @@
+"""What a cube run builds: :class:`CubeSpec`, the reflectance encodings and per-asset skip records.
+
+Shared by :mod:`pipelines.cubes.assembly` (pixels), :mod:`pipelines.cubes.store` (Zarr layout) and
+:mod:`pipelines.cubes` (runs). See ``docs/cubes.md`` for the layout these settings produce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipelines.registry import CollectionSpec, Registry, load_registry
+from pipelines.tiling import TileGrid
+
+LAYOUT_VERSION = 1
+Encoding = Literal["int16", "float16"]
+
+#: int16 encoding: stored = round(reflectance / INT16_SCALE), clipped to +-INT16_MAX; INT16_FILL = NaN.
+INT16_SCALE = 1e-4
+INT16_FILL = -32768
+INT16_MAX = 32767
+
+_RESAMPLING = {"nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med", "q1", "q3"}
+
+
+@dataclass(frozen=True)
+class CubeSpec:
+    """Settings of a cube run (never credentials: it is recorded in the store).
+
+    ``grid``: the tile grid; ``collections``: registry collection ids of ``catalog`` to load;
+    ``encoding``: ``int16`` (reflectance * 1e4, ``_FillValue`` -32768, decodes to float32 with NaN)
+    or ``float16`` (NaN = missing); ``chunk_px``: inner Zarr chunk edge in pixels (chip size);
+    ``shard_px``: largest shard edge in pixels (a multiple of ``chunk_px``; a 7680 m tile at 10 m is
+    one 768 px shard); ``resampling``: for the reflectance bands (quality masks always use nearest);
+    ``missing_proj``: items whose assets lack projection metadata are ``"skip"``-ped and recorded,
+    or ``"read_header"`` takes the grid from the file header; ``preflight``: open every asset before
+    loading so 404s and corrupt headers are skipped per item rather than failing the load;
+    ``skip_unreachable``: treat unreachable assets (network errors, HTTP 5xx) like missing ones
+    instead of failing the tile for a later retry; ``zstd_level``: compression level;
+    ``registry_files``: extra registry YAML files (paths) merged over the built-in one.
+    """
+
+    grid: TileGrid
+    collections: tuple[str, ...]
+    catalog: str = "sample"
+    encoding: Encoding = "int16"
+    chunk_px: int = 256
+    shard_px: int = 2048
+    resampling: str = "nearest"
+    missing_proj: Literal["skip", "read_header"] = "skip"
+    preflight: bool = True
+    skip_unreachable: bool = False
+    zstd_level: int = 3
+    registry_files: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if isinstance(self.collections, str):
+            object.__setattr__(self, "collections", tuple(c for c in self.collections.split(",") if c))
+        object.__setattr__(self, "collections", tuple(dict.fromkeys(self.collections)))
+        object.__setattr__(self, "registry_files", tuple(str(p) for p in self.registry_files))
+        if not self.collections:
+            raise ValueError("CubeSpec.collections is empty: name at least one collection id")
+        if self.encoding not in ("int16", "float16"):
+            raise ValueError(f"encoding must be 'int16' or 'float16', got {self.encoding!r}")
+        if self.chunk_px < 16 or self.chunk_px % 16:
+            raise ValueError(f"chunk_px must be a multiple of 16 (>= 16), got {self.chunk_px}")
+        if self.shard_px < self.chunk_px or self.shard_px % self.chunk_px:
+            raise ValueError(f"shard_px ({self.shard_px}) must be a multiple of chunk_px ({self.chunk_px})")
+        if self.resampling not in _RESAMPLING:
+            raise ValueError(f"resampling must be one of {sorted(_RESAMPLING)}, got {self.resampling!r}")
+        if self.missing_proj not in ("skip", "read_header"):
+            raise ValueError(f"missing_proj must be 'skip' or 'read_header', got {self.missing_proj!r}")
+        if not 0 <= self.zstd_level <= 22:
+            raise ValueError(f"zstd_level must be in 0..22, got {self.zstd_level}")
+        for cid in self.collections:
+            self.collection_spec(cid)  # unknown collection: fail now, with the known ones listed
+
+    # ------------------------------------------------------------------ registry
+    def registry(self) -> Registry:
+        return load_registry(self.registry_files)
+
+    def collection_spec(self, collection: str) -> CollectionSpec:
+        return self.registry().collection(collection, self.catalog)
+
+    def band_groups(self, collection: str) -> dict[str, tuple[float, tuple[str, ...]]]:
+        """``gsd_label -> (gsd_m, band names)`` for a collection, finest GSD first."""
+        cs = self.collection_spec(collection)
+        groups: dict[float, list[str]] = {}
+        for band in cs.sensor.bands:
+            if band.name in cs.assets:
+                groups.setdefault(float(band.gsd_m), []).append(band.name)
+        return {gsd_label(g): (g, tuple(groups[g])) for g in sorted(groups)}
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": {"kind": "utm", "tile_size_m": self.grid.tile_size_m},
+            "collections": list(self.collections),
+            "catalog": self.catalog,
+            "encoding": self.encoding,
+            "chunk_px": self.chunk_px,
+            "shard_px": self.shard_px,
+            "resampling": self.resampling,
+            "missing_proj": self.missing_proj,
+            "layout_version": LAYOUT_VERSION,
+        }
+
+    def layout_dict(self) -> dict[str, Any]:
+        """The settings that decide what the store holds (a rerun must match them), including a
+        digest of the registry entries (assets, scale/offset, mask rule) of the collections."""
+        d = self.to_dict()
+        d.pop("missing_proj")
+        entries = [repr(self.collection_spec(c)) for c in self.collections]
+        d["registry_digest"] = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+        return d
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(self.layout_dict(), sort_keys=True)
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def gsd_label(gsd: float) -> str:
+    """``10.0 -> "10m"``, ``463.3 -> "463.3m"`` (the group name of a GSD)."""
+    return f"{gsd:g}m"
+
+
+@dataclass(frozen=True)
+class SkippedAsset:
+    """An (item, asset) left out of a tile, and why. ``transient``: may succeed on a retry."""
+
+    item: str
+    asset: str
+    reason: str
+    transient: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"item": self.item, "asset": self.asset, "reason": self.reason}
+        if self.transient:
+            d["transient"] = True
+        return d
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of attrs/metadata with NaN/inf replaced by None and numpy scalars made plain."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

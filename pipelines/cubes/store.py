@@ -1,0 +1,373 @@
+"""The Zarr v3 cube store: layout, per-tile writes, completion records, and the reader.
+
+Layout (see ``docs/cubes.md``)::
+
+    <out>/zarr.json                                   root group; attrs["aom_cubes"] = layout + spec
+    <out>/<tile_id>/<collection>/<gsd_label>/         one xarray Dataset per (tile, collection, GSD)
+        reflectance   (time, band, y, x) int16, scale_factor 1e-4, _FillValue -32768
+                      chunks (1, 1, chunk_px, chunk_px), sharded (1, n_bands, shard, shard)
+        time, band, center_wavelength_nm, fwhm_nm, common_name, band_gsd_m,
+        source_items, solar_day, valid_fraction, x, y, spatial_ref (CF grid mapping)
+    <out>/_tiles/<tile_id>.json                       completion record, written last (atomically)
+
+A tile is visible to readers only once its record exists; a tile without a record is deleted and
+rewritten by the next run. Every object under ``<out>/<tile_id>/`` is written by the one task
+that owns the tile, so no two writers ever share a shard (or any other object).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
+from pipelines.errors import AOMError
+from pipelines.storage import (
+    filesystem,
+    is_local,
+    join,
+    normalise_url,
+    redact_url,
+    s3_options,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "_tiles"
+ROOT_ATTR = "aom_cubes"
+
+
+class CubeStoreError(AOMError, RuntimeError):
+    """The store is missing, incompatible with the spec, or a tile is not complete."""
+
+
+def group_path(tile_id: str, collection: str, gsd_label: str) -> str:
+    return f"{tile_id}/{collection}/{gsd_label}"
+
+
+class CubeStore:
+    """A cube store at any fsspec URL (local path by default, ``s3://`` through s3fs).
+
+    ``storage_options`` (credentials, endpoint) are used for I/O only: never logged, never written.
+    """
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = normalise_url(url)
+        self.storage_options = dict(storage_options or {})
+        self._zstore: Any = None
+
+    @classmethod
+    def open(cls, url: str, storage_options: Mapping[str, Any] | None = None) -> CubeStore:
+        """An existing store (CubeStoreError when there is none at ``url``)."""
+        store = cls(url, storage_options)
+        if not store._exists(store._path("zarr.json")):
+            raise CubeStoreError(f"no cube store at {redact_url(store.url)} (no zarr.json)")
+        return store
+
+    def __repr__(self) -> str:
+        return f"CubeStore({redact_url(self.url)!r})"
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def fs(self) -> Any:
+        return filesystem(self.url, self.storage_options)[0]
+
+    @property
+    def root(self) -> str:
+        return filesystem(self.url, self.storage_options)[1]
+
+    def _path(self, *parts: str) -> str:
+        root = self.root
+        return posixpath.join(root, *parts) if not is_local(self.url) else join(root, *parts)
+
+    def _exists(self, path: str) -> bool:
+        fs = self.fs
+        fs.invalidate_cache(path)
+        return bool(fs.exists(path))
+
+    def zarr_store(self, subpath: str = "") -> Any:
+        """A Zarr store rooted at the cube root (or at ``subpath`` below it)."""
+
+        if subpath:
+            return self._make_store(join(self.url, subpath))
+        if self._zstore is None:
+            self._zstore = self._make_store(self.url)
+        return self._zstore
+
+    def _make_store(self, url: str) -> Any:
+        import zarr
+
+        if is_local(url):
+            return zarr.storage.LocalStore(filesystem(url)[1])
+        opts = s3_options(self.storage_options) if url.startswith("s3://") else dict(self.storage_options)
+        return zarr.storage.FsspecStore.from_url(url, storage_options=opts)
+
+    # ------------------------------------------------------------------ root
+    def root_attrs(self) -> dict[str, Any]:
+        import zarr
+
+        group = zarr.open_group(self.zarr_store(), mode="r", zarr_format=3)
+        meta = group.attrs.get(ROOT_ATTR)
+        return dict(meta) if isinstance(meta, Mapping) else {}
+
+    def ensure_root(self, spec: CubeSpec) -> None:
+        """Create the root group (first run) or check that it was built with the same layout."""
+        import zarr
+
+        meta = {"layout_version": LAYOUT_VERSION, "spec": spec.layout_dict(), "fingerprint": spec.fingerprint}
+        if self._exists(self._path("zarr.json")):
+            have = self.root_attrs()
+            if not have:
+                raise CubeStoreError(f"{redact_url(self.url)} is a Zarr store but not an AOM cube store")
+            if have.get("fingerprint") != spec.fingerprint:
+                raise CubeStoreError(
+                    f"cube store {redact_url(self.url)} was built with a different spec "
+                    f"({json.dumps(have.get('spec'), sort_keys=True)}); this run asks for "
+                    f"{json.dumps(spec.layout_dict(), sort_keys=True)}: write to a new --out"
+                )
+            return
+        zarr.open_group(self.zarr_store(), mode="a", zarr_format=3, attributes={ROOT_ATTR: json_safe(meta)})
+
+    # ------------------------------------------------------------------ records
+    def _record_path(self, tile_id: str) -> str:
+        return self._path(RECORDS_DIR, f"{tile_id}.json")
+
+    def has_record(self, tile_id: str) -> bool:
+        return self._exists(self._record_path(tile_id))
+
+    def record(self, tile_id: str) -> dict[str, Any]:
+        """The completion record of a tile (CubeStoreError when the tile is not complete)."""
+        path = self._record_path(tile_id)
+        fs = self.fs
+        try:
+            with fs.open(path, "rb") as fh:
+                return dict(json.loads(fh.read()))
+        except FileNotFoundError:
+            raise CubeStoreError(
+                f"tile {tile_id} is not complete in {redact_url(self.url)} (no record)"
+            ) from None
+
+    def recorded_tiles(self) -> list[str]:
+        """Ids of tiles with a completion record, any status (one listing, no record reads)."""
+        fs = self.fs
+        folder = self._path(RECORDS_DIR)
+        fs.invalidate_cache(folder)
+        try:
+            names = fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            posixpath.basename(str(n))[: -len(".json")]
+            for n in names
+            if str(n).endswith(".json") and ".tmp-" not in str(n)
+        )
+
+    def complete_tiles(self, include_empty: bool = False) -> list[str]:
+        """Ids of tiles whose record says ``complete`` (they hold data); ``include_empty`` adds the
+        tiles recorded ``empty`` (built, nothing usable: all cloud, no items, ...)."""
+        ids = self.recorded_tiles()
+        if include_empty:
+            return ids
+        return [t for t in ids if self.record(t).get("status") == "complete"]
+
+    def empty_tiles(self) -> list[str]:
+        return [t for t in self.recorded_tiles() if self.record(t).get("status") == "empty"]
+
+    def write_record(self, tile_id: str, record: Mapping[str, Any]) -> None:
+        write_json_atomic(
+            join(self.url, RECORDS_DIR, f"{tile_id}.json"), json_safe(dict(record)), self.storage_options
+        )
+
+    # ------------------------------------------------------------------ tile data
+    def clear_tile(self, tile_id: str) -> None:
+        """Delete whatever a previous, interrupted write left of a tile (its record must not exist)."""
+        path = self._path(tile_id)
+        if self._exists(path):
+            self.fs.rm(path, recursive=True)
+            self.fs.invalidate_cache(path)
+
+    def delete_group(self, tile_id: str, collection: str, gsd_label: str) -> None:
+        path = self._path(group_path(tile_id, collection, gsd_label))
+        if self._exists(path):
+            self.fs.rm(path, recursive=True)
+            self.fs.invalidate_cache(path)
+
+    def write_group(
+        self, tile_id: str, ds: xr.Dataset, *, spec: CubeSpec, scheduler: str | None = "threads"
+    ) -> list[float]:
+        """Write one (collection, GSD) dataset of a tile; returns its per-time valid fractions.
+
+        Metadata and coordinates go out in one concurrent batch (one event-loop round trip, which
+        matters on object storage); reflectance is computed and stored shard by shard (each dask
+        chunk is exactly one shard, so no two tasks touch the same object).
+        """
+        import dask
+        import dask.array as da
+        import zarr
+        from zarr.core.sync import sync
+
+        path = group_path(tile_id, str(ds.attrs["collection"]), str(ds.attrs["gsd_label"]))
+        specs = zarr_variables(ds, spec)
+        arrays = sync(_create_nodes(self.zarr_store(), path, json_safe(dict(ds.attrs)), specs))
+        refl: Any = zarr.Array(arrays["reflectance"])
+        data = ds["reflectance"].data
+        store_task = da.store(data, refl, lock=False, compute=False)
+        _, fractions = dask.compute(store_task, ds["valid_fraction"].data, scheduler=scheduler)
+        values = np.asarray(fractions, dtype=np.float32).ravel()
+        zarr.Array(arrays["valid_fraction"])[:] = values
+        return [float(v) for v in values]
+
+    # ------------------------------------------------------------------ reading
+    def groups(self, tile_id: str) -> list[tuple[str, str]]:
+        rec = self.record(tile_id)
+        return [(str(g["collection"]), str(g["gsd_label"])) for g in rec.get("groups", [])]
+
+    def open_group(
+        self, tile_id: str, collection: str, gsd_label: str, *, decode: bool = True, chunks: Any = None
+    ) -> xr.Dataset:
+        """One group of a complete tile. ``decode``: float32 reflectance with NaN (else the stored ints)."""
+        if (collection, gsd_label) not in self.groups(tile_id):
+            raise CubeStoreError(f"tile {tile_id} has no group {collection}/{gsd_label}")
+        # the group's zarr.json carries consolidated metadata: one GET opens it (xarray looks for
+        # consolidated metadata at the store root, so the store is rooted at the group)
+        ds = xr.open_zarr(
+            self.zarr_store(group_path(tile_id, collection, gsd_label)),
+            consolidated=True,
+            zarr_format=3,
+            mask_and_scale=decode,
+            chunks={} if chunks is None else chunks,
+        )
+        if decode:
+            ds["reflectance"] = ds["reflectance"].astype(np.float32)
+        return ds
+
+    def open_tile(self, tile_id: str, *, decode: bool = True) -> dict[tuple[str, str], xr.Dataset]:
+        """All groups of a complete tile, keyed ``(collection, gsd_label)``; ``{}`` for an empty tile."""
+        return {key: self.open_group(tile_id, *key, decode=decode) for key in self.groups(tile_id)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Zarr encoding of a cube dataset (what xarray's to_zarr would write, in one batch)
+
+
+def zarr_variables(ds: xr.Dataset, spec: CubeSpec) -> list[dict[str, Any]]:
+    """One entry per variable: name, dims, dtype, shape, chunks, shards, fill_value, attributes, data.
+
+    ``data`` is a numpy array to write now, or None for variables computed later (reflectance,
+    valid_fraction). The encoding follows xarray's CF conventions so ``xr.open_zarr`` decodes it:
+    times as int64 microseconds since 1970 with ``units``/``calendar``; strings as Zarr ``string``;
+    non-dimension coordinates listed in the data variable's ``coordinates`` attribute.
+    """
+    from xarray.coding.times import encode_cf_datetime
+    from zarr.codecs import BloscCodec
+
+    out: list[dict[str, Any]] = []
+    non_dim = sorted(str(n) for n in ds.coords if n not in ds.dims)
+    for name, var in ds.variables.items():
+        name = str(name)
+        attrs = dict(var.attrs)
+        entry: dict[str, Any] = {"name": name, "dims": [str(d) for d in var.dims], "shape": tuple(var.shape)}
+        if name == "reflectance":
+            chunks = tuple(ds.encoding.get("aom_chunks") or (1, 1, spec.chunk_px, spec.chunk_px))
+            shards = tuple(ds.encoding.get("aom_shards") or chunks)
+            attrs["coordinates"] = " ".join(non_dim)
+            entry.update(
+                dtype=var.dtype,
+                chunks=chunks,
+                shards=shards,
+                fill_value=INT16_FILL if spec.encoding == "int16" else np.nan,
+                compressors=[BloscCodec(cname="zstd", clevel=spec.zstd_level, shuffle="shuffle")],
+                data=None,
+            )
+        elif name == "valid_fraction":
+            entry.update(
+                dtype=np.dtype("float32"), chunks=(max(1, var.shape[0]),), fill_value=np.nan, data=None
+            )
+        elif np.issubdtype(var.dtype, np.datetime64):
+            values, units, calendar = encode_cf_datetime(
+                var.values,
+                units="microseconds since 1970-01-01T00:00:00",
+                calendar="proleptic_gregorian",
+                dtype=np.dtype("int64"),
+            )
+            attrs.update(units=units, calendar=calendar)
+            entry.update(dtype=np.dtype("int64"), fill_value=0, data=np.asarray(values, dtype=np.int64))
+        elif var.dtype == object or var.dtype.kind in ("U", "T"):
+            entry.update(dtype=str, fill_value="", data=np.asarray(var.values, dtype=object))
+        else:
+            values = np.asarray(var.values)
+            entry.update(
+                dtype=values.dtype, fill_value=np.nan if values.dtype.kind == "f" else 0, data=values
+            )
+        entry.setdefault("chunks", tuple(max(1, n) for n in var.shape))
+        entry.setdefault("shards", None)
+        entry.setdefault("compressors", "auto")
+        entry["attributes"] = json_safe(attrs)
+        out.append(entry)
+    return out
+
+
+async def _create_nodes(
+    store: Any, path: str, group_attrs: dict[str, Any], specs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Create the group and its arrays (with their eager data) and return name -> AsyncArray on ``store``.
+
+    Everything is built in a MemoryStore first (zarr's existence checks cost nothing there) and then
+    copied to ``store`` with one concurrent PUT per object, so a group costs ~30 small PUTs and no
+    HEAD/LIST round trips on object storage. The root ``zarr.json`` is never written here: the
+    caller owns a freshly cleared tile prefix, and parent group documents are rewritten identically.
+    """
+    import asyncio
+
+    import zarr.api.asynchronous as za
+    from zarr.core.array import AsyncArray
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore, StorePath
+
+    mem = MemoryStore()
+    group = await za.open_group(store=mem, path=path, mode="w", zarr_format=3, attributes=group_attrs)
+
+    async def one(s: dict[str, Any]) -> tuple[str, Any]:
+        arr = await group.create_array(
+            name=s["name"],
+            shape=s["shape"],
+            dtype=s["dtype"],
+            chunks=s["chunks"],
+            shards=s["shards"],
+            fill_value=s["fill_value"],
+            compressors=s["compressors"],
+            attributes=s["attributes"],
+            dimension_names=s["dims"] or None,
+            overwrite=True,
+        )
+        if s["data"] is not None:
+            await arr.setitem(..., s["data"])
+        return s["name"], arr
+
+    created = dict(await asyncio.gather(*(one(s) for s in specs)))
+    with warnings.catch_warnings():
+        # consolidated metadata is a zarr-python extension for v3 (readers without it simply
+        # ignore the extra field): one GET opens a group instead of one per array
+        warnings.simplefilter("ignore")
+        await za.consolidate_metadata(mem, path=path, zarr_format=3)
+    proto = default_buffer_prototype()
+    keys = [k async for k in mem.list() if k != "zarr.json"]
+
+    async def copy(key: str) -> None:
+        buf = await mem.get(key, prototype=proto)
+        assert buf is not None
+        await store.set(key, buf)
+
+    await asyncio.gather(*(copy(k) for k in keys))
+    return {
+        name: AsyncArray(metadata=arr.metadata, store_path=StorePath(store, f"{path}/{name}"))
+        for name, arr in created.items()
+    }

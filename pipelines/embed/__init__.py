@@ -1,0 +1,54 @@
+"""Embedding runs: cubes or STAC items -> AOM encoder -> the embeddings store.
+
+* ``request``: :class:`EmbedRequest` and the per-tile results;
+* ``plan``: tiles, periods and units of work; ``tasks``: the work of one unit;
+* ``fanout``: Dask fan-out; ``run``: :func:`run_embedding`;
+* ``chips``: padded regions -> chips -> token grids; ``sources``: cubes or catalogs as padded tiles;
+* ``checkpoint``: checkpoints loaded once per process; ``raster``: embed one GeoTIFF/COG.
+"""
+
+from pipelines.embed.checkpoint import load_checkpoint_url
+from pipelines.embed.chips import (
+    BandInfo,
+    EmbedConfigError,
+    GroupPixels,
+    alignment_tokens,
+    chip_plan,
+    choose_layout,
+    embed_region,
+    make_batch,
+    nanmedian_time,
+)
+from pipelines.embed.fanout import Fanout, gpu_resources
+from pipelines.embed.plan import plan_run
+from pipelines.embed.raster import embed_raster
+from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
+from pipelines.embed.run import run_embedding
+from pipelines.embed.sources import CatalogSource, CubeSource, parse_periods
+from pipelines.embed.tasks import load_unit, process_unit
+
+__all__ = [
+    "BandInfo",
+    "CatalogSource",
+    "CubeSource",
+    "EmbedConfigError",
+    "EmbedRequest",
+    "EmbedSummary",
+    "Fanout",
+    "GroupPixels",
+    "TileResult",
+    "alignment_tokens",
+    "chip_plan",
+    "choose_layout",
+    "embed_raster",
+    "embed_region",
+    "gpu_resources",
+    "load_checkpoint_url",
+    "load_unit",
+    "make_batch",
+    "nanmedian_time",
+    "parse_periods",
+    "plan_run",
+    "process_unit",
+    "run_embedding",
+]

@@ -1,0 +1,469 @@
+"""Chips, batching and chip borders for embedding: pixels of a padded region -> a token grid.
+
+The encoder runs on overlapping chips and only the centre of each chip is kept (see
+``docs/embedding.md``, "Chip borders"):
+
+* the output token grid of a tile is cut into square *cores* of ``core_tokens`` tokens;
+* each chip is its core plus ``margin_tokens`` tokens on every side, read from the neighbouring
+  area (the next tile's pixels, or NaN where there is nothing), so a chip is
+  ``core + 2 * margin`` tokens square;
+* the encoder sees the whole chip; only the ``core x core`` centre tokens are written. Every
+  written token therefore has at least ``margin_tokens * token_ground_m`` metres of real context on
+  each side, and chips never disagree at seams because each token is written by exactly one chip.
+
+Cores and margins are whole multiples of the *alignment* (the fewest tokens whose ground size is a
+multiple of every GSD used: 3 tokens = 480 m for 160 m tokens and 10/20/30/60 m pixels), so every
+chip window starts on a pixel of every band group and nothing is resampled before the model.
+
+Token positions are always the model's token grid, forced (``chip_plan``) to exactly
+``chip_tokens x chip_tokens`` tokens of ``token_ground_m`` metres; the model's own planner could
+otherwise pick a different grid for sizes that do not divide evenly.
+
+Nothing here knows about STAC or storage: it is plain numpy + torch, shared by tile embedding
+(:mod:`pipelines.embed`) and raster embedding (:mod:`pipelines.embed.raster`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipelines.errors import InputError
+
+EPS = 1e-6
+
+
+class EmbedConfigError(InputError):
+    """The checkpoint, the request and the inputs do not fit together (raised before any work)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class BandInfo:
+    """Physical identity of one input band."""
+
+    name: str
+    sensor: str
+    center_wavelength_nm: float
+    fwhm_nm: float
+    gsd_m: float
+    collection: str = ""
+
+    @property
+    def key(self) -> str:
+        """The normalisation-statistics key, ``<sensor>/<band>`` (as in training)."""
+        return f"{self.sensor}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sensor": self.sensor,
+            "collection": self.collection,
+            "gsd_m": float(self.gsd_m),
+            "center_wavelength_nm": float(self.center_wavelength_nm),
+            "fwhm_nm": float(self.fwhm_nm),
+        }
+
+
+@dataclass
+class GroupPixels:
+    """Bands of one pixel grid over a padded region: ``pixels [C, H, W]`` float32, NaN = no data.
+
+    Row 0 is the northern edge of the padded region, column 0 its western edge.
+    """
+
+    collection: str
+    gsd_m: float
+    bands: tuple[BandInfo, ...]
+    pixels: np.ndarray
+
+    @property
+    def label(self) -> str:
+        return f"{self.collection}/{self.gsd_m:g}m"
+
+
+# ------------------------------------------------------------------------------------------
+# Chip layout
+
+
+def alignment_tokens(token_m: float, gsds: Sequence[float], limit: int = 64) -> int:
+    """Fewest tokens whose ground size is a whole number of pixels of every GSD."""
+    for k in range(1, limit + 1):
+        if all(abs(k * token_m / g - round(k * token_m / g)) < 1e-6 for g in gsds):
+            return k
+    raise EmbedConfigError(
+        f"no chip size up to {limit} tokens of {token_m:g} m is a whole number of pixels of every GSD "
+        f"{sorted(set(gsds))}: choose bands whose GSDs divide a small multiple of the token size"
+    )
+
+
+@dataclass(frozen=True)
+class ChipLayout:
+    """How a region of ``tile_tokens`` tokens a side is cut into overlapping chips."""
+
+    tile_tokens: int
+    core_tokens: int
+    margin_tokens: int
+    token_m: float
+
+    def __post_init__(self) -> None:
+        if self.core_tokens < 1 or self.margin_tokens < 0:
+            raise EmbedConfigError(
+                f"core_tokens must be >= 1 and margin_tokens >= 0, got {self.core_tokens} / {self.margin_tokens}"
+            )
+        if self.tile_tokens % self.core_tokens:
+            raise EmbedConfigError(
+                f"core_tokens {self.core_tokens} must divide the {self.tile_tokens} tokens of a tile side"
+            )
+
+    @property
+    def chip_tokens(self) -> int:
+        return self.core_tokens + 2 * self.margin_tokens
+
+    @property
+    def chips_per_side(self) -> int:
+        return self.tile_tokens // self.core_tokens
+
+    @property
+    def margin_m(self) -> float:
+        return self.margin_tokens * self.token_m
+
+    @property
+    def chip_m(self) -> float:
+        return self.chip_tokens * self.token_m
+
+    @property
+    def overhead(self) -> float:
+        """Tokens computed per token kept."""
+        return (self.chip_tokens / self.core_tokens) ** 2
+
+    def pixels(self, tokens: int, gsd_m: float) -> int:
+        """Pixels of ``gsd_m`` spanned by ``tokens`` tokens (a whole number by construction)."""
+        v = tokens * self.token_m / gsd_m
+        if abs(v - round(v)) > 1e-6:
+            raise EmbedConfigError(f"{tokens} tokens of {self.token_m:g} m are not whole {gsd_m:g} m pixels")
+        return round(v)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "core_tokens": self.core_tokens,
+            "margin_tokens": self.margin_tokens,
+            "chip_tokens": self.chip_tokens,
+            "token_ground_m": self.token_m,
+            "chip_m": self.chip_m,
+            "margin_m": self.margin_m,
+        }
+
+
+def choose_layout(
+    tile_tokens: int,
+    token_m: float,
+    gsds: Sequence[float],
+    core_tokens: int | None = None,
+    margin_tokens: int | None = None,
+    max_core_tokens: int = 32,
+) -> ChipLayout:
+    """The chip layout for a tile of ``tile_tokens`` tokens and input GSDs ``gsds``.
+
+    Defaults: the largest aligned core that divides the tile and is at most ``max_core_tokens``
+    (24 tokens for 48-token tiles: 2 x 2 chips per tile), and the smallest aligned margin of at
+    least 2 tokens (3 tokens = 480 m at 160 m tokens). Explicit values must be aligned.
+    """
+    align = alignment_tokens(token_m, gsds)
+    if tile_tokens % align:
+        raise EmbedConfigError(
+            f"a tile of {tile_tokens} tokens of {token_m:g} m is not a whole number of {align}-token "
+            f"pixel-aligned blocks for GSDs {sorted(set(gsds))}"
+        )
+    if core_tokens is None:
+        cands = [c for c in range(align, tile_tokens + 1, align) if tile_tokens % c == 0]
+        small = [c for c in cands if c <= max_core_tokens]
+        core_tokens = max(small) if small else min(cands)
+    elif core_tokens % align or tile_tokens % core_tokens:
+        raise EmbedConfigError(
+            f"core_tokens={core_tokens} must divide the tile's {tile_tokens} tokens and be a multiple of "
+            f"{align} (the fewest {token_m:g} m tokens that are whole pixels at GSDs {sorted(set(gsds))})"
+        )
+    if margin_tokens is None:
+        margin_tokens = align * math.ceil(2 / align)
+    elif margin_tokens % align:
+        raise EmbedConfigError(
+            f"margin_tokens={margin_tokens} must be a multiple of {align} (pixel alignment for GSDs "
+            f"{sorted(set(gsds))} at {token_m:g} m tokens)"
+        )
+    return ChipLayout(tile_tokens, core_tokens, margin_tokens, token_m)
+
+
+def check_gsds(config: Any, gsds: Sequence[float], token_m: float | None = None) -> list[str]:
+    """Problems that make these GSDs unusable with this model config (empty list = fine)."""
+    token_m = float(token_m if token_m is not None else config.token_ground_m)
+    problems = []
+    if not gsds:
+        return ["no input bands"]
+    finest = min(gsds)
+    patch = token_m / finest
+    if patch < config.patch_size_min - EPS or patch > config.patch_size_max + EPS:
+        problems.append(
+            f"the finest input GSD {finest:g} m needs {patch:.2f} px per {token_m:g} m token, outside the "
+            f"model's patch range [{config.patch_size_min}, {config.patch_size_max}] px"
+        )
+    for g in sorted(set(gsds)):
+        if g > token_m + EPS:
+            problems.append(
+                f"{g:g} m pixels are coarser than the model's {token_m:g} m tokens: leave that sensor out "
+                "or use a checkpoint with coarser tokens"
+            )
+    return problems
+
+
+def chip_plan(config: Any, gsds: Sequence[float], chip_tokens: int, token_m: float) -> Any:
+    """The model's ``GridPlan`` for one chip: exactly ``chip_tokens`` tokens a side for every group.
+
+    Mirrors ``aom_model.patch_embed.plan_grid`` (patch = pixels / tokens, resampled only where a
+    group's pixels are not a multiple of the token count) with the grid fixed instead of searched.
+    """
+    from aom_model.patch_embed import GridPlan, GroupPlan, nearest_kernel
+
+    plans = []
+    for g in gsds:
+        px = chip_tokens * token_m / g
+        if abs(px - round(px)) > 1e-6:
+            raise EmbedConfigError(f"a {chip_tokens}-token chip is not whole {g:g} m pixels")
+        h = round(px)
+        p = max(1, round(h / chip_tokens))
+        resample = None if p * chip_tokens == h else (p * chip_tokens, p * chip_tokens)
+        plans.append(GroupPlan(nearest_kernel(config.kernel_sizes, (p, p)), (p, p), resample))
+    ref = min(range(len(gsds)), key=lambda i: gsds[i])
+    return GridPlan((chip_tokens, chip_tokens), tuple(plans), ref)
+
+
+# ------------------------------------------------------------------------------------------
+# Normalisation
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-band ``(x - mean) / std`` from the checkpoint's statistics (keys ``<sensor>/<band>``).
+
+    A band without its own statistics takes those of the statistics key with the nearest centre
+    wavelength (recorded as ``nearest:<key>``); without statistics in the checkpoint nothing is
+    normalised (``identity``).
+    """
+
+    means: Mapping[str, float]
+    stds: Mapping[str, float]
+    sources: Mapping[str, str]  # band key -> "exact" | "nearest:<key>" | "identity"
+
+    def apply(self, group: GroupPixels) -> np.ndarray:
+        mean = np.array([self.means[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
+        std = np.array([self.stds[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
+        return ((group.pixels - mean) / std).astype(np.float32, copy=False)
+
+    def describe(self) -> dict[str, str]:
+        return dict(sorted(self.sources.items()))
+
+
+def resolve_normaliser(norm_stats: Mapping[str, Any] | None, bands: Sequence[BandInfo]) -> Normaliser:
+    """Statistics for every band, or EmbedConfigError naming the bands that have none."""
+    means: dict[str, float] = {}
+    stds: dict[str, float] = {}
+    sources: dict[str, str] = {}
+    table = dict((norm_stats or {}).get("bands") or {})
+    if not table:
+        for b in bands:
+            means[b.key], stds[b.key], sources[b.key] = 0.0, 1.0, "identity"
+        return Normaliser(means, stds, sources)
+    with_wl = {k: float(v["wavelength_nm"]) for k, v in table.items() if v.get("wavelength_nm") is not None}
+    missing = []
+    for b in bands:
+        if b.key in table:
+            key, how = b.key, "exact"
+        elif with_wl:
+            key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.center_wavelength_nm), k))
+            how = f"nearest:{key}"
+        else:
+            missing.append(b.key)
+            continue
+        mean, std = float(table[key]["mean"]), float(table[key]["std"])
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            missing.append(f"{b.key} (invalid statistics mean={mean}, std={std})")
+            continue
+        means[b.key], stds[b.key], sources[b.key] = mean, std, how
+    if missing:
+        raise EmbedConfigError(
+            f"the checkpoint has no normalisation statistics for bands {missing} and none with wavelengths "
+            f"to borrow from; it knows {sorted(table)}"
+        )
+    return Normaliser(means, stds, sources)
+
+
+# ------------------------------------------------------------------------------------------
+# Running the encoder over a region
+
+
+@dataclass
+class RegionResult:
+    embeddings: np.ndarray  # [R, C, D] float32, NaN = nodata
+    chips_total: int = 0
+    chips_run: int = 0
+    model_s: float = 0.0
+    batches: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _chip_arrays(
+    groups: Sequence[np.ndarray], layout: ChipLayout, gsds: Sequence[float], i: int, j: int
+) -> list[np.ndarray]:
+    out = []
+    for a, g in zip(groups, gsds):
+        size = layout.pixels(layout.chip_tokens, g)
+        r0 = layout.pixels(i * layout.core_tokens, g)
+        c0 = layout.pixels(j * layout.core_tokens, g)
+        out.append(a[:, r0 : r0 + size, c0 : c0 + size])
+    return out
+
+
+def _core_has_data(chip: Sequence[np.ndarray], layout: ChipLayout, gsds: Sequence[float]) -> bool:
+    for a, g in zip(chip, gsds):
+        m = layout.pixels(layout.margin_tokens, g)
+        n = layout.pixels(layout.core_tokens, g)
+        if np.isfinite(a[:, m : m + n, m : m + n]).any():
+            return True
+    return False
+
+
+def make_batch(
+    chips: Sequence[Sequence[np.ndarray]], groups: Sequence[GroupPixels], device: Any = "cpu"
+) -> Any:
+    """A ``BandBatch`` of chips (each a list of per-group ``[C, h, w]`` arrays, normalised)."""
+    import torch
+
+    from aom_model import BandBatch, BandGroup
+
+    out = []
+    b = len(chips)
+    for gi, g in enumerate(groups):
+        px = torch.from_numpy(np.ascontiguousarray(np.stack([c[gi] for c in chips]))).to(device)
+        c = px.shape[1]
+        wl = torch.tensor([x.center_wavelength_nm for x in g.bands], dtype=torch.float32, device=device)
+        fw = torch.tensor([x.fwhm_nm for x in g.bands], dtype=torch.float32, device=device)
+        out.append(
+            BandGroup(
+                pixels=px,
+                wavelength_nm=wl[None].expand(b, c),
+                fwhm_nm=fw[None].expand(b, c),
+                gsd_m=torch.full((b,), float(g.gsd_m), device=device),
+            )
+        )
+    return BandBatch(tuple(out))
+
+
+def run_encoder(model: Any, batch: Any, plan: Any, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """``model.forward_features`` -> (tokens [B, H, W, D] float32, valid [B, H, W] bool)."""
+    import torch
+
+    dev = batch.groups[0].pixels.device
+    with torch.inference_mode():
+        if precision == "bf16":
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                out = model.forward_features(batch, plan)
+        else:
+            out = model.forward_features(batch, plan)
+    h, w = out.grid_hw
+    tokens = out.tokens.float().reshape(out.tokens.shape[0], h, w, -1).cpu().numpy()
+    valid = out.token_valid.reshape(out.token_valid.shape[0], h, w).cpu().numpy()
+    return tokens, valid
+
+
+def embed_region(
+    model: Any,
+    groups: Sequence[GroupPixels],
+    layout: ChipLayout,
+    normaliser: Normaliser,
+    core_hw: tuple[int, int] | None = None,
+    batch_size: int = 8,
+    device: Any = "cpu",
+    precision: str = "fp32",
+) -> RegionResult:
+    """Embed a padded region: groups cover ``core_hw + 2 * margin`` tokens; returns ``[R, C, D]``.
+
+    ``core_hw`` (tokens, multiples of ``core_tokens``) defaults to the tile: ``tile_tokens`` square.
+    Chips whose core holds no valid pixel are not run (their tokens are nodata, as the encoder
+    would mark them anyway). Tokens the encoder marks invalid become NaN.
+    """
+    import time
+
+    rows, cols = core_hw or (layout.tile_tokens, layout.tile_tokens)
+    if rows % layout.core_tokens or cols % layout.core_tokens:
+        raise EmbedConfigError(f"region {rows}x{cols} tokens is not whole {layout.core_tokens}-token cores")
+    dim = int(model.config.embed_dim)
+    emb = np.full((rows, cols, dim), np.nan, dtype=np.float32)
+    res = RegionResult(emb)
+    if not groups:
+        return res
+    gsds = [float(g.gsd_m) for g in groups]
+    for g in groups:
+        want = (
+            layout.pixels(rows + 2 * layout.margin_tokens, g.gsd_m),
+            layout.pixels(cols + 2 * layout.margin_tokens, g.gsd_m),
+        )
+        if tuple(g.pixels.shape[1:]) != want:
+            raise EmbedConfigError(f"group {g.label} has {g.pixels.shape[1:]} pixels, expected {want}")
+    normed = [normaliser.apply(g) for g in groups]
+    plan = chip_plan(model.config, gsds, layout.chip_tokens, layout.token_m)
+    todo: list[tuple[int, int]] = []
+    for i in range(rows // layout.core_tokens):
+        for j in range(cols // layout.core_tokens):
+            res.chips_total += 1
+            if _core_has_data(_chip_arrays(normed, layout, gsds, i, j), layout, gsds):
+                todo.append((i, j))
+    m, c = layout.margin_tokens, layout.core_tokens
+    for k in range(0, len(todo), max(1, batch_size)):
+        part = todo[k : k + max(1, batch_size)]
+        chips = [_chip_arrays(normed, layout, gsds, i, j) for i, j in part]
+        batch = make_batch(chips, groups, device)
+        t0 = time.perf_counter()
+        tokens, valid = run_encoder(model, batch, plan, precision)
+        res.model_s += time.perf_counter() - t0
+        res.batches += 1
+        res.chips_run += len(part)
+        for (i, j), tok, val in zip(part, tokens, valid):
+            core = tok[m : m + c, m : m + c].copy()
+            ok = val[m : m + c, m : m + c] & np.isfinite(core).all(axis=-1)
+            core[~ok] = np.nan
+            emb[i * c : (i + 1) * c, j * c : (j + 1) * c] = core
+    return res
+
+
+# ------------------------------------------------------------------------------------------
+# Compositing
+
+
+def nanmedian_time(stack: np.ndarray) -> np.ndarray:
+    """Median over axis 0 ignoring NaN (all-NaN -> NaN); the mean of the two middle values when
+    the count is even, as ``np.nanmedian`` (which is far slower here: it warns per all-NaN pixel)."""
+    stack = np.asarray(stack, dtype=np.float32)
+    t = stack.shape[0]
+    if t == 1:
+        return stack[0]
+    if t == 2:  # the median of two is their mean, of one valid value that value
+        a, b = stack[0], stack[1]
+        return np.where(np.isnan(a), b, np.where(np.isnan(b), a, (a.astype(np.float64) + b) * 0.5)).astype(
+            np.float32
+        )
+    s = np.sort(stack, axis=0)  # NaN sorts last
+    n = np.isfinite(stack).sum(axis=0)
+    lo = np.clip((n - 1) // 2, 0, t - 1)[None]
+    hi = np.clip(n // 2, 0, t - 1)[None]
+    a = np.take_along_axis(s, lo, axis=0)[0]
+    b = np.take_along_axis(s, hi, axis=0)[0]
+    med = ((a.astype(np.float64) + b) * 0.5).astype(np.float32)
+    med[n == 0] = np.nan
+    return med

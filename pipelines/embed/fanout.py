@@ -1,0 +1,226 @@
+"""Dask fan-out of embedding units: LocalCluster by default, any scheduler by address.
+
+Each unit (a tile, or ``tiles_per_task`` tiles, at one period) becomes two coarse tasks:
+
+* ``load_unit`` (unannotated: any worker, typically CPU workers): read, decode, composite;
+* ``embed_loaded`` (annotated ``resources={"GPU": 1}`` when the cluster offers a GPU resource, see
+  :func:`gpu_resources`): encoder + quantise + write the shard + write the record.
+
+The same annotation can be written ``with dask.annotate(resources={"GPU": 1}): ...``; for
+futures-based submission it is the ``resources=`` argument of ``Client.submit``, which is what is
+used here. GPU workers must advertise the resource, e.g. ``dask-cuda-worker --resources GPU=1`` or
+``LocalCUDACluster(resources={"GPU": 1})``; without it the tasks run anywhere.
+
+The default LocalCluster (``workers`` x ``threads_per_worker``, default 2 x 2) gives every worker
+one encoder slot (resource ``encoder`` on CPU, ``GPU`` where CUDA is present) and annotates embed tasks
+with it, so each worker runs one encoder call at a time (``torch_threads`` threads) while its other
+thread(s) load the next tiles: reading and decoding overlap the encoder.
+
+At most ``max_in_flight`` units are submitted at a time (default: 2 per worker thread + 1), so
+loaded tiles never pile up in worker memory. A unit whose worker dies is retried by the scheduler
+(``distributed.scheduler.allowed-failures``); if it keeps failing it is reported as failed, and the
+next run redoes it (exactly once: see :mod:`pipelines.embed`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from pipelines.embed.chips import EmbedConfigError
+from pipelines.storage import redact_url
+
+if TYPE_CHECKING:
+    from pipelines.embed.plan import RunContext, Unit
+    from pipelines.embed.request import EmbedRequest, TileResult
+
+log = logging.getLogger(__name__)
+
+GPU = "GPU"
+ENCODER = "encoder"  # the CPU LocalCluster's one-encoder-at-a-time slot per worker
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # pragma: no cover - torch is a dependency
+        return False
+
+
+def gpu_resources(worker_resources: list[dict[str, float]], mode: str) -> dict[str, float] | None:
+    """The resource annotation of embed tasks for ``--gpu-resource MODE``.
+
+    ``auto``: ``{"GPU": 1}`` when some worker offers ``GPU``, else none; ``none``: never; any other
+    name: ``{name: 1}``, and at least one worker must offer it (else the tasks would wait forever).
+    """
+    mode = (mode or "none").strip()
+    if mode.lower() in ("none", "off", "false", ""):
+        return None
+    if mode.lower() == "auto":
+        return {"GPU": 1.0} if any(r.get("GPU", 0) >= 1 for r in worker_resources) else None
+    if not any(r.get(mode, 0) >= 1 for r in worker_resources):
+        offered = sorted({k for r in worker_resources for k in r})
+        raise EmbedConfigError(
+            f"--gpu-resource {mode}: no worker of the cluster offers resource {mode!r} "
+            f"(offered: {offered or 'none'}); start GPU workers with --resources {mode}=1, or use auto/none"
+        )
+    return {mode: 1.0}
+
+
+class Fanout:
+    """Where units run: an in-process loop (``workers=0``), a LocalCluster, or an existing scheduler."""
+
+    def __init__(self, request: EmbedRequest) -> None:
+        self.request = request
+        self.client: Any = None
+        self.cluster: Any = None
+        self.resources: dict[str, float] | None = None
+        self.threads = 1
+        self.notes: list[str] = []
+
+    def __enter__(self) -> Fanout:
+        req = self.request
+        if req.dask_address is None and req.workers == 0:
+            self.notes.append("ran in-process (workers=0, no Dask)")
+            return self
+        from distributed import Client, LocalCluster
+
+        local_slot: dict[str, float] | None = None
+        if req.dask_address:
+            self.client = Client(req.dask_address)
+            where = f"Dask scheduler {redact_url(req.dask_address)}"
+        else:
+            # one encoder slot per worker: its other threads read and decode the next tiles meanwhile
+            local_slot = {GPU: 1.0} if _cuda() else {ENCODER: 1.0}
+            self.cluster = LocalCluster(
+                n_workers=req.workers,
+                threads_per_worker=req.threads_per_worker,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING,
+                resources=local_slot,
+            )
+            self.client = Client(self.cluster)
+            where = f"LocalCluster {req.workers} worker(s) x {req.threads_per_worker} thread(s)"
+        try:
+            self.client.wait_for_workers(1, timeout=120)
+            info = self.client.scheduler_info(n_workers=-1)
+            workers = list((info.get("workers") or {}).values())
+            self.threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+            self.resources = gpu_resources(
+                [dict(w.get("resources") or {}) for w in workers], req.gpu_resource
+            )
+        except BaseException:
+            self.close()
+            raise
+        self.notes.append(
+            f"ran on {where}; embed tasks annotated with resources={self.resources}"
+            if self.resources
+            else f"ran on {where}; no GPU resource annotation"
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.client is not None:
+                self.client.close()
+        with contextlib.suppress(Exception):
+            if self.cluster is not None:
+                self.cluster.close()
+        self.client = self.cluster = None
+
+    def run(
+        self,
+        units: list[Unit],
+        ctx: RunContext,
+        collect: Callable[[list[TileResult]], None],
+        total: int,
+    ) -> None:
+        """Run every unit; ``collect`` gets each unit's results as they arrive."""
+        from pipelines.embed.tasks import process_unit
+
+        with _progress(total, total - sum(len(u.tiles) for u in units), self.request.progress) as bar:
+
+            def finish(results: list[TileResult]) -> None:
+                collect(results)
+                if bar is not None:
+                    bar.update(len(results))
+                    bar.set_postfix(
+                        {s: sum(1 for r in results if r.status == s) for s in ("done", "nodata", "failed")},
+                        refresh=False,
+                    )
+
+            if self.client is None:
+                for unit in units:
+                    finish(process_unit(unit, ctx))
+                return
+            self._run_dask(units, ctx, finish)
+
+    def _run_dask(
+        self, units: list[Unit], ctx: RunContext, finish: Callable[[list[TileResult]], None]
+    ) -> None:
+        import dask
+        from distributed import as_completed
+
+        from pipelines.embed.request import TileResult
+        from pipelines.embed.tasks import embed_loaded, load_unit
+
+        client = self.client
+        run_id = uuid.uuid4().hex[:8]
+        limit = self.request.max_in_flight or (2 * self.threads + 1)
+        queue = list(units)
+        pending: dict[Any, tuple[Unit, Any]] = {}
+        ac = as_completed()
+
+        def submit(unit: Unit) -> None:
+            lf = client.submit(load_unit, unit, ctx, key=f"aom-embed-load-{unit.name}-{run_id}", pure=False)
+            annotate = dask.annotate(resources=self.resources) if self.resources else contextlib.nullcontext()
+            with annotate:
+                ef = client.submit(
+                    embed_loaded,
+                    lf,
+                    ctx,
+                    key=f"aom-embed-run-{unit.name}-{run_id}",
+                    pure=False,
+                    resources=self.resources,
+                )
+            pending[ef] = (unit, lf)
+            ac.add(ef)
+
+        while queue and len(pending) < limit:
+            submit(queue.pop(0))
+        for fut in ac:
+            unit, lf = pending.pop(fut)
+            try:
+                results = fut.result()
+            except Exception as exc:  # worker lost too often, or a bug outside the per-tile guards
+                reason = redact_url(f"task failed: {type(exc).__name__}: {str(exc)[:300]}")
+                log.warning("unit %s failed: %s", unit.name, reason)
+                results = [TileResult(t.tile_id, unit.time_index, "failed", reason) for t in unit.tiles]
+            finish(results)
+            fut.release()
+            lf.release()
+            if queue:
+                submit(queue.pop(0))
+
+
+@contextlib.contextmanager
+def _progress(total: int, initial: int, enabled: bool) -> Iterator[Any]:
+    if not enabled or total <= 0:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="embed", unit="tile", dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

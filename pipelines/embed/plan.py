@@ -1,0 +1,304 @@
+"""Planning an embedding run: tiles, periods and units of work, the store version, what is already done.
+
+Planning reads completion records but no pixels; a unit is a small batch of (tile, period) pairs that a worker loads
+and embeds on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines import embeddings as es
+from pipelines import storage
+from pipelines.embed.checkpoint import LoadedCheckpoint, load_checkpoint_url
+from pipelines.embed.chips import (
+    BandInfo,
+    ChipLayout,
+    EmbedConfigError,
+    Normaliser,
+    check_gsds,
+    choose_layout,
+    resolve_normaliser,
+)
+from pipelines.embed.request import EmbedRequest, TileResult
+from pipelines.embed.sources import (
+    CatalogSource,
+    CubeSource,
+    Period,
+    parse_periods,
+    search_interval,
+)
+from pipelines.tiling import ItemIndex, Tile, TileGrid
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------
+# Planning (all checks, no writes)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: some tiles at one time slice."""
+
+    tiles: tuple[Tile, ...]
+    time_index: int
+    items: tuple[tuple[Mapping[str, Any], ...], ...] = ()  # catalog mode: items touching each padded tile
+
+    @property
+    def name(self) -> str:
+        first = self.tiles[0].tile_id
+        return (
+            f"{first}+{len(self.tiles) - 1}@t{self.time_index}"
+            if len(self.tiles) > 1
+            else f"{first}@t{self.time_index}"
+        )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every task needs (small, picklable; storage options travel but are never logged)."""
+
+    checkpoint: str
+    checkpoint_sha256: str
+    input_options: Mapping[str, Any]
+    out: str
+    out_options: Mapping[str, Any]
+    version: str
+    layout: ChipLayout
+    periods: tuple[Period, ...]
+    source: CubeSource | CatalogSource
+    normaliser: Normaliser
+    batch_size: int
+    device: str
+    precision: str
+    threads: int
+    composite: str
+
+
+@dataclass
+class RunPlan:
+    request: EmbedRequest
+    checkpoint: LoadedCheckpoint
+    grid: TileGrid
+    tiles: list[Tile]
+    periods: list[Period]
+    layout: ChipLayout
+    normaliser: Normaliser
+    bands: list[BandInfo]
+    version: es.EmbeddingsVersion
+    context: RunContext
+    units: list[Unit]
+    skipped: list[TileResult]
+    notes: list[str]
+
+
+def _tiles_for(request: EmbedRequest, grid: TileGrid) -> list[Tile]:
+    from pipelines.tiling import TileError
+
+    try:
+        tiles: list[Tile] | None = None
+        if request.aoi is not None:
+            if isinstance(request.aoi, Mapping):
+                tiles = grid.tiles_for_geometry(request.aoi)
+            else:
+                tiles = grid.tiles_for_bbox(tuple(request.aoi))
+        if request.tiles:
+            explicit = [grid.tile(t) for t in request.tiles]
+            if tiles is None:
+                tiles = explicit
+            else:
+                keep = {t.tile_id for t in tiles}
+                tiles = [t for t in explicit if t.tile_id in keep]
+    except TileError as exc:
+        raise EmbedConfigError(str(exc)) from None
+    if not tiles:
+        raise EmbedConfigError("the AOI / tile list selects no tile of the grid")
+    return sorted({t.tile_id: t for t in tiles}.values(), key=lambda t: t.tile_id)
+
+
+def _search_items(
+    request: EmbedRequest,
+    tiles: Sequence[Tile],
+    periods: Sequence[Period],
+    collections: tuple[str, ...],
+    margin_m: float,
+) -> list[dict[str, Any]]:
+    """Items touching the padded tiles (not just the AOI: a tile is embedded whole, margins included)."""
+    import shapely
+    from shapely.geometry import mapping, shape
+    from shapely.ops import unary_union
+
+    from pipelines.embed.sources import padded_tile_obj
+    from pipelines.search import SearchError, SearchRequest, search
+
+    geom = unary_union([shape(padded_tile_obj(t, margin_m).footprint_wgs84()) for t in tiles])
+    if shapely.get_num_coordinates(geom) > 5000:  # keep the request small (large AOIs: many tiles)
+        geom = geom.convex_hull
+    try:
+        result = search(
+            SearchRequest(
+                collections=collections,
+                intersects=dict(mapping(geom)),
+                datetime=search_interval(periods),
+                catalog=request.catalog_name,
+            ),
+            catalog_url=request.catalog,
+            storage_options=request.options_for(request.catalog) or None,
+        )
+    except SearchError as exc:
+        raise EmbedConfigError(f"catalog search failed: {exc}") from None
+    return [dict(i) for i in result.items]
+
+
+def plan_run(request: EmbedRequest) -> RunPlan:
+    """Resolve and check everything; raises :class:`EmbedConfigError` before anything is written."""
+    from pipelines.embed.sources import padded_tile_obj
+
+    notes: list[str] = []
+    periods = parse_periods(request.datetime)
+    grid = TileGrid(request.tile_size_m)
+    ckpt = load_checkpoint_url(request.checkpoint, request.options_for(request.checkpoint))
+    cfg = ckpt.config
+    token_m = float(cfg.token_ground_m)
+    per_tile = grid.tile_size_m / token_m
+    if abs(per_tile - round(per_tile)) > 1e-9:
+        raise EmbedConfigError(
+            f"checkpoint {ckpt.name} has {token_m:g} m tokens, which do not divide the {grid.tile_size_m:g} m "
+            f"tiles ({per_tile:.3f} tokens a side): use a checkpoint whose token_ground_m divides the tile "
+            "size, or another tile_size_m"
+        )
+    tiles = _tiles_for(request, grid)
+
+    skipped: list[TileResult] = []
+    source: CubeSource | CatalogSource
+    items_index: ItemIndex | None = None
+    if request.cubes is not None:
+        source = CubeSource(
+            request.cubes,
+            request.options_for(request.cubes),
+            request.collections,
+            request.bands,
+            grid,
+            request.strip_mb,
+        )
+        try:
+            records = source.records([t.tile_id for t in tiles])
+        except Exception as exc:
+            raise EmbedConfigError(
+                f"cannot read cube store {storage.redact_url(request.cubes)}: {exc}"
+            ) from None
+        bands = source.band_infos({k: v for k, v in records.items() if v.get("status") == "complete"})
+        missing = [t for t in tiles if t.tile_id not in records]
+        for t in missing:
+            for ti in range(len(periods)):
+                skipped.append(TileResult(t.tile_id, ti, "skipped", "no cube for this tile (not built)"))
+        if missing:
+            notes.append(f"{len(missing)} tile(s) of the AOI have no cube: skipped")
+        todo_tiles = [t for t in tiles if t.tile_id in records]
+    else:
+        collections = request.collections or ("sentinel-2-l2a",)
+        source = CatalogSource(
+            request.catalog or "",
+            request.catalog_name,
+            collections,
+            request.bands,
+            grid,
+            dict(request.read_options),
+            request.strip_mb,
+        )
+        try:
+            bands = source.band_infos()
+        except (KeyError, ValueError) as exc:
+            raise EmbedConfigError(str(exc)) from None
+        todo_tiles = tiles
+    if request.bands:
+        unknown = sorted(set(request.bands) - {b.name for b in bands})
+        if unknown:
+            raise EmbedConfigError(
+                f"bands {unknown} are not among the inputs' bands {sorted({b.name for b in bands})}"
+            )
+    if not bands and todo_tiles:
+        raise EmbedConfigError("no input band: the cubes/collections hold none of the requested bands")
+    gsds = sorted({b.gsd_m for b in bands}) or [10.0]
+    problems = check_gsds(cfg, gsds)
+    if problems:
+        raise EmbedConfigError(f"checkpoint {ckpt.name} does not fit the inputs: " + "; ".join(problems))
+    layout = choose_layout(round(per_tile), token_m, gsds, request.core_tokens, request.margin_tokens)
+    normaliser = resolve_normaliser(ckpt.norm_stats, bands)
+
+    version_name = request.version or es.version_name(ckpt.name, ckpt.sha256)
+    version = es.EmbeddingsVersion(
+        name=version_name,
+        model=ckpt.name,
+        model_version=ckpt.model_version,
+        checkpoint_sha256=ckpt.sha256,
+        dim=int(cfg.embed_dim),
+        token_ground_m=token_m,
+        tile_size_m=grid.tile_size_m,
+        times=tuple(p.label for p in periods),
+        config={
+            "aom_config": cfg.to_dict(),
+            "chip": layout.to_dict(),
+            "composite": request.composite,
+            "periods": [p.text for p in periods],
+            "pooled": "L2-normalised mean of the tile's valid unit token vectors",
+        },
+    )
+    _check_existing_version(request, version)
+
+    if isinstance(source, CatalogSource):
+        items = _search_items(request, todo_tiles, periods, source.collections, layout.margin_m)
+        notes.append(f"catalog search: {len(items)} item(s)")
+        items_index = ItemIndex(items)
+
+    ctx = RunContext(
+        checkpoint=request.checkpoint,
+        checkpoint_sha256=ckpt.sha256,
+        input_options=request.options_for(request.checkpoint),
+        out=storage.normalise_url(request.out),
+        out_options={} if storage.is_local(request.out) else dict(request.storage_options),
+        version=version_name,
+        layout=layout,
+        periods=tuple(periods),
+        source=source,
+        normaliser=normaliser,
+        batch_size=request.batch_size,
+        device=request.device,  # resolved on the worker ("auto": its GPU when it has one)
+        precision=request.precision,
+        threads=request.torch_threads,
+        composite=request.composite,
+    )
+    units: list[Unit] = []
+    for ti in range(len(periods)):
+        for k in range(0, len(todo_tiles), request.tiles_per_task):
+            group = tuple(todo_tiles[k : k + request.tiles_per_task])
+            items_per: tuple[tuple[Mapping[str, Any], ...], ...] = ()
+            if items_index is not None:
+                items_per = tuple(
+                    tuple(items_index.touching(padded_tile_obj(t, layout.margin_m))) for t in group
+                )
+            units.append(Unit(group, ti, items_per))
+    return RunPlan(
+        request, ckpt, grid, tiles, periods, layout, normaliser, bands, version, ctx, units, skipped, notes
+    )
+
+
+def _check_existing_version(request: EmbedRequest, version: es.EmbeddingsVersion) -> None:
+    try:
+        have = es.read_version(request.out, version.name, request.storage_options)
+    except es.EmbeddingsStoreError:
+        return  # no store or no such version yet: it will be created
+    except FileNotFoundError:
+        return
+    want = version.definition()
+    got = have.definition()
+    diff = sorted(k for k in want if want[k] != got.get(k))
+    if diff:
+        raise EmbedConfigError(
+            f"version {version.name!r} already exists in {storage.redact_url(request.out)} with a different "
+            f"definition (differs in: {', '.join(diff)}); pass a new version name (--version) for this request"
+        )

@@ -1,0 +1,437 @@
+"""Embed any GeoTIFF / COG on the fly into a georeferenced embedding raster (GeoTIFF or Zarr).
+
+::
+
+    from pipelines.embed_raster import embed_raster
+
+    res = embed_raster("scene.tif", "scene_emb.tif", "aom-tiny.safetensors",
+                       sensor="sentinel-2-msi", bands=["B02", "B03", "B04", "B08"])
+
+Bands: ``sensor`` + ``bands`` take centre wavelength and FWHM from the sensor registry; for an
+unknown sensor give ``wavelengths`` (nm), optionally ``fwhm`` (default 5 % of the centre wavelength)
+and, when the raster is not in metres, ``gsd`` (m). Raster band *i* is ``bands[i]``.
+
+Token grid: a token is ``k = round(token_ground_m / pixel size)`` pixels square (16 px for 10 m
+pixels and 160 m tokens), anchored at the raster's top-left corner; the output has
+``ceil(height / k) x ceil(width / k)`` tokens and the transform ``input transform * scale(k)``, in the
+input CRS. The encoder runs on overlapping chips (``core_tokens`` + ``margin_tokens`` each side,
+outside the raster = nodata) exactly as for tiles (:mod:`pipelines.embed.chips`); the raster is read
+one chip row at a time, so memory is bounded by one strip of ``chip`` rows whatever the raster size.
+
+Outputs: ``*.tif``/``*.tiff`` -> tiled GeoTIFF with ``dim`` bands, ``float32`` (NaN = nodata) or
+``int8`` (the store's ``int8-sqrt`` code of the unit vector, -128 = nodata; inverse
+``v = sign(q) * (q / 127) ** 2``); anything else (``*.zarr``) -> a Zarr v3 group with
+``embeddings (y, x, dim)`` + ``x``/``y`` coordinates + ``spatial_ref`` (CF grid mapping + GeoTransform).
+Remote ``out`` URLs are written locally and uploaded (GeoTIFF) or written through fsspec (Zarr).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pipelines import storage
+from pipelines.embed.chips import (
+    BandInfo,
+    ChipLayout,
+    EmbedConfigError,
+    GroupPixels,
+    embed_region,
+    resolve_normaliser,
+)
+
+DTYPES = ("float32", "int8")
+
+
+@dataclass
+class RasterEmbedResult:
+    out: str
+    format: str
+    dtype: str
+    height: int  # tokens
+    width: int
+    dim: int
+    crs: str
+    transform: tuple[float, ...]  # GDAL-style affine a, b, c, d, e, f of the token grid
+    token_px: int
+    token_m: float
+    valid_tokens: int
+    chips: int
+    chips_run: int
+    elapsed_s: float
+    model_s: float
+    bands: list[dict[str, Any]]
+    checkpoint_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = storage.redact_url(self.out)
+        return d
+
+
+def _band_infos(
+    n_raster: int,
+    sensor: str | None,
+    bands: Sequence[str],
+    wavelengths: Sequence[float],
+    fwhm: Sequence[float],
+    gsd: float,
+    registry_files: Sequence[str] = (),
+) -> list[BandInfo]:
+    if wavelengths:
+        if sensor and bands:
+            raise EmbedConfigError("give either --sensor/--bands (registry) or --wavelengths, not both")
+        wl = [float(w) for w in wavelengths]
+        fw = [float(f) for f in fwhm] if fwhm else [0.05 * w for w in wl]
+        names = list(bands) or [f"b{i + 1}" for i in range(len(wl))]
+        if not (len(wl) == len(fw) == len(names)):
+            raise EmbedConfigError(
+                f"--wavelengths ({len(wl)}), --fwhm ({len(fw)}) and --bands ({len(names)}) differ in length"
+            )
+        if any(not (math.isfinite(w) and w > 0) for w in wl + fw):
+            raise EmbedConfigError("wavelengths and FWHMs must be positive numbers (nm)")
+        infos = [BandInfo(n, sensor or "custom", w, f, gsd, "raster") for n, w, f in zip(names, wl, fw)]
+    else:
+        if not sensor or not bands:
+            raise EmbedConfigError(
+                "band metadata needed: --sensor NAME --bands B02,B03,... (registry), or --wavelengths (nm) "
+                "[--fwhm] [--gsd] for an unknown sensor"
+            )
+        from pipelines.registry import UnknownEntryError, load_registry
+
+        try:
+            sens = load_registry(registry_files).sensor(sensor)
+            specs = [sens.band(b) for b in bands]
+        except UnknownEntryError as exc:
+            raise EmbedConfigError(str(exc)) from None
+        infos = [BandInfo(b.name, sens.name, b.center_wavelength_nm, b.fwhm_nm, gsd, "raster") for b in specs]
+    if len(infos) != n_raster:
+        raise EmbedConfigError(
+            f"the raster has {n_raster} band(s) but {len(infos)} were described; give one name/wavelength per raster band"
+        )
+    return infos
+
+
+def embed_raster(
+    input_url: str,
+    out: str,
+    checkpoint: str,
+    *,
+    sensor: str | None = None,
+    bands: Sequence[str] = (),
+    wavelengths: Sequence[float] = (),
+    fwhm: Sequence[float] = (),
+    gsd: float | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
+    dtype: str = "float32",
+    core_tokens: int = 24,
+    margin_tokens: int = 3,
+    batch_size: int = 8,
+    device: str = "auto",
+    precision: str = "fp32",
+    storage_options: Mapping[str, Any] | None = None,
+    input_storage_options: Mapping[str, Any] | None = None,
+    registry_files: Sequence[str] = (),
+    progress: bool = True,
+) -> RasterEmbedResult:
+    """Embed one raster (see the module docstring); returns what was written."""
+    import rasterio
+    from affine import Affine
+
+    from pipelines.embed.checkpoint import _resolve_device, load_checkpoint_url
+
+    t0 = time.perf_counter()
+    if dtype not in DTYPES:
+        raise EmbedConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    dev = _resolve_device(device)
+    ckpt = load_checkpoint_url(checkpoint, input_storage_options or storage_options, device=dev)
+    cfg = ckpt.config
+    with rasterio.open(input_url) as src:
+        crs = src.crs
+        transform = src.transform
+        height, width, count = src.height, src.width, src.count
+        if abs(transform.b) > 1e-12 or abs(transform.d) > 1e-12:
+            raise EmbedConfigError(
+                f"{input_url}: rotated rasters are not supported (transform {tuple(transform)[:6]})"
+            )
+        px = abs(transform.a)
+        if gsd is None:
+            if crs is None or not crs.is_projected:
+                raise EmbedConfigError(f"{input_url} is not in a projected CRS (metres): give --gsd (m)")
+            unit = (crs.linear_units or "").lower()
+            if unit not in ("metre", "meter", "m", "metres", "meters"):
+                raise EmbedConfigError(f"{input_url}: CRS units are {unit!r}, not metres: give --gsd (m)")
+            gsd = px
+        if abs(abs(transform.e) - px) > 1e-6 * px:
+            raise EmbedConfigError(f"{input_url}: pixels are not square ({px} x {abs(transform.e)})")
+        file_scales = tuple(src.scales or ())
+        file_offsets = tuple(src.offsets or ())
+    infos = _band_infos(count, sensor, bands, wavelengths, fwhm, float(gsd), registry_files)
+    k = max(1, round(cfg.token_ground_m / gsd))
+    if not (cfg.patch_size_min <= k <= cfg.patch_size_max):
+        raise EmbedConfigError(
+            f"{gsd:g} m pixels need {cfg.token_ground_m / gsd:.2f} px per {cfg.token_ground_m:g} m token, outside "
+            f"the checkpoint's patch range [{cfg.patch_size_min}, {cfg.patch_size_max}]"
+        )
+    token_m = k * float(gsd)
+    layout = ChipLayout(core_tokens, core_tokens, margin_tokens, token_m)
+    normaliser = resolve_normaliser(ckpt.norm_stats, infos)
+    sc = np.array(
+        [
+            scale if scale is not None else (file_scales[i] if i < len(file_scales) else 1.0)
+            for i in range(count)
+        ],
+        np.float32,
+    )
+    of = np.array(
+        [
+            offset if offset is not None else (file_offsets[i] if i < len(file_offsets) else 0.0)
+            for i in range(count)
+        ],
+        np.float32,
+    )
+
+    h_tok, w_tok = math.ceil(height / k), math.ceil(width / k)
+    cols = math.ceil(w_tok / core_tokens) * core_tokens
+    out_transform = transform * Affine.scale(k)
+    dim = int(cfg.embed_dim)
+    fmt = "gtiff" if out.lower().endswith((".tif", ".tiff")) else "zarr"
+    writer = (
+        _GTiffWriter(out, h_tok, w_tok, dim, dtype, crs, out_transform, storage_options)
+        if fmt == "gtiff"
+        else _ZarrWriter(out, h_tok, w_tok, dim, dtype, crs, out_transform, core_tokens, storage_options)
+    )
+    res = RasterEmbedResult(
+        out=storage.normalise_url(out),
+        format=fmt,
+        dtype=dtype,
+        height=h_tok,
+        width=w_tok,
+        dim=dim,
+        crs=crs.to_string() if crs is not None else "",
+        transform=tuple(out_transform)[:6],
+        token_px=k,
+        token_m=token_m,
+        valid_tokens=0,
+        chips=0,
+        chips_run=0,
+        elapsed_s=0.0,
+        model_s=0.0,
+        bands=[b.to_dict() | {"normalisation": normaliser.sources[b.key]} for b in infos],
+        checkpoint_sha256=ckpt.sha256,
+    )
+    from rasterio.windows import Window
+
+    n_strips = math.ceil(h_tok / core_tokens)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_strips, desc="embed-raster", unit="strip", dynamic_ncols=True)
+    m = margin_tokens
+    try:
+        with rasterio.open(input_url) as src:
+            for s in range(n_strips):
+                row0 = s * core_tokens
+                win = Window((-m) * k, (row0 - m) * k, (cols + 2 * m) * k, (core_tokens + 2 * m) * k)
+                arr = src.read(window=win, boundless=True, masked=True, out_dtype="float32")
+                pix = np.ma.filled(arr.astype(np.float32), np.nan)
+                pix = pix * sc[:, None, None] + of[:, None, None]
+                group = GroupPixels("raster", float(gsd), tuple(infos), pix.astype(np.float32))
+                region = embed_region(
+                    ckpt.model,
+                    [group],
+                    layout,
+                    normaliser,
+                    core_hw=(core_tokens, cols),
+                    batch_size=batch_size,
+                    device=dev,
+                    precision=precision,
+                )
+                rows = min(core_tokens, h_tok - row0)
+                emb = region.embeddings[:rows, :w_tok]
+                res.chips += region.chips_total
+                res.chips_run += region.chips_run
+                res.model_s += region.model_s
+                res.valid_tokens += int(np.isfinite(emb).all(axis=-1).sum())
+                writer.write(row0, emb)
+                if bar is not None:
+                    bar.update(1)
+        res.elapsed_s = time.perf_counter() - t0
+        writer.close(res)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return res
+
+
+def _encode(emb: np.ndarray, dtype: str) -> np.ndarray:
+    from pipelines.embeddings import quantize
+
+    if dtype == "int8":
+        return quantize(emb)
+    return emb.astype(np.float32)
+
+
+def _tags(res: RasterEmbedResult) -> dict[str, str]:
+    inverse = (
+        "int8-sqrt: unit vector component v = sign(q) * (q / 127) ** 2; q = -128 is nodata"
+        if res.dtype == "int8"
+        else "float32 token vectors; NaN is nodata"
+    )
+    return {
+        "AOM_EMBEDDINGS": "1",
+        "AOM_ENCODING": inverse,
+        "AOM_TOKEN_PX": str(res.token_px),
+        "AOM_TOKEN_M": f"{res.token_m:g}",
+        "AOM_CHECKPOINT_SHA256": res.checkpoint_sha256,
+        "AOM_BANDS": storage.json_dumps(res.bands).replace("\n", ""),
+    }
+
+
+class _GTiffWriter:
+    def __init__(
+        self,
+        out: str,
+        h: int,
+        w: int,
+        dim: int,
+        dtype: str,
+        crs: Any,
+        transform: Any,
+        options: Mapping[str, Any] | None,
+    ) -> None:
+        import rasterio
+
+        self.out = storage.normalise_url(out)
+        self.options = options
+        self.dtype = dtype
+        self.remote = not storage.is_local(self.out)
+        if self.remote:
+            fd, self.path = tempfile.mkstemp(suffix=".tif")
+            os.close(fd)
+        else:
+            self.path = self.out[len("file://") :] if self.out.startswith("file://") else self.out
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self.final = self.path
+            self.path = f"{self.path}.partial-{os.getpid()}.tif"
+        block = 256 if min(h, w) >= 256 else 16 * max(1, min(h, w) // 16) if min(h, w) >= 16 else None
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "height": h,
+            "width": w,
+            "count": dim,
+            "dtype": dtype,
+            "crs": crs,
+            "transform": transform,
+            "nodata": float("nan") if dtype == "float32" else -128,
+            "compress": "deflate",
+            "interleave": "pixel",
+            "BIGTIFF": "IF_SAFER",
+        }
+        if block:
+            profile.update({"tiled": True, "blockxsize": block, "blockysize": block})
+        self.dst = rasterio.open(self.path, "w", **profile)
+
+    def write(self, row0: int, emb: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        data = _encode(emb, self.dtype)
+        rows, cols = data.shape[:2]
+        self.dst.write(np.moveaxis(data, -1, 0), window=Window(0, row0, cols, rows))
+
+    def close(self, res: RasterEmbedResult) -> None:
+        self.dst.update_tags(**_tags(res))
+        for i in range(res.dim):
+            self.dst.set_band_description(i + 1, f"emb_{i:04d}")
+        self.dst.close()
+        if self.remote:
+            fs, path = storage.filesystem(self.out, self.options)
+            fs.put_file(self.path, path)
+            os.unlink(self.path)
+        else:
+            os.replace(self.path, self.final)
+
+    def abort(self) -> None:
+        try:
+            self.dst.close()
+        finally:
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+
+
+class _ZarrWriter:
+    def __init__(
+        self,
+        out: str,
+        h: int,
+        w: int,
+        dim: int,
+        dtype: str,
+        crs: Any,
+        transform: Any,
+        chunk: int,
+        options: Mapping[str, Any] | None,
+    ) -> None:
+        import zarr
+
+        from pipelines.embeddings import zarr_store
+
+        self.dtype = dtype
+        store = zarr_store(out, options)
+        self.group = zarr.open_group(store=store, mode="w", zarr_format=3)
+        wkt = crs.to_wkt() if crs is not None else ""
+        gt = (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
+        self.arr = self.group.create_array(
+            "embeddings",
+            shape=(h, w, dim),
+            chunks=(min(chunk, h), min(chunk, w), dim),
+            dtype=dtype,
+            fill_value=float("nan") if dtype == "float32" else -128,
+            dimension_names=("y", "x", "dim"),
+            attributes={"grid_mapping": "spatial_ref"},
+        )
+        xs = transform.c + (np.arange(w) + 0.5) * transform.a
+        ys = transform.f + (np.arange(h) + 0.5) * transform.e
+        for name, vals in (("x", xs), ("y", ys)):
+            a = self.group.create_array(
+                name,
+                shape=vals.shape,
+                dtype="float64",
+                dimension_names=(name,),
+                attributes={"units": "m", "standard_name": f"projection_{name}_coordinate"},
+            )
+            a[:] = vals
+        sr = self.group.create_array(
+            "spatial_ref",
+            shape=(),
+            dtype="int64",
+            fill_value=0,
+            attributes={
+                "crs_wkt": wkt,
+                "spatial_ref": wkt,
+                "GeoTransform": " ".join(repr(float(v)) for v in gt),
+            },
+        )
+        sr[...] = 0
+
+    def write(self, row0: int, emb: np.ndarray) -> None:
+        data = _encode(emb, self.dtype)
+        self.arr[row0 : row0 + data.shape[0], : data.shape[1], :] = data
+
+    def close(self, res: RasterEmbedResult) -> None:
+        self.group.attrs.update({k.lower(): v for k, v in _tags(res).items()} | {"aom_result": res.to_dict()})
+
+    def abort(self) -> None:
+        return None

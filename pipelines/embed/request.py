@@ -1,0 +1,328 @@
+"""Embedding runs: cubes or STAC items -> AOM encoder -> the continent-scale embeddings store.
+
+Public API (the Prefect flow passes URIs and plain values only)::
+
+    from pipelines.embed import EmbedRequest, run_embedding
+
+    summary = run_embedding(EmbedRequest(
+        checkpoint="s3://models/aom-base.safetensors",
+        aoi=(5.9, 44.9, 6.1, 45.1),                 # bbox (W, S, E, N) or a GeoJSON geometry dict
+        datetime="2023-06-01/2023-08-31",           # one composite per range (comma = several)
+        cubes="s3://bucket/cubes",                  # or catalog="s3://bucket/catalog/items.parquet"
+        out="s3://bucket/embeddings",
+    ))
+    summary.to_dict()   # tiles done / nodata / skipped (with reasons) / failed, km², throughput
+
+What a run does (``docs/embedding.md`` has the details):
+
+1. **Checks first.** The checkpoint is read and hashed, the tiles of the grid over the AOI are
+   listed, the input bands are resolved, and the request is checked against the checkpoint's
+   config (token size vs tile size, patch range vs GSDs, normalisation statistics, an existing
+   version's definition). Anything that does not fit raises :class:`EmbedConfigError` before
+   anything is written.
+2. **Version and zones.** ``embeddings_store.create_version`` (id = model + checkpoint hash) and
+   ``ensure_zone`` per UTM zone.
+3. **Fan-out.** One unit of work = a tile (or ``tiles_per_task`` tiles) x a period. Each unit is two
+   Dask tasks: *load* (CPU: read, decode and composite the padded tile) and *embed* (annotated with
+   the GPU resource when the cluster has one: overlapping chips through the encoder, keep the chip
+   centres, quantise and write the tile's shard, then its completion record).
+4. **Exactly once.** A tile is done when its record exists (written after the data, see
+   :mod:`pipelines.embeddings`); units whose tiles are all done are skipped, a killed worker's
+   unit is recomputed (same inputs, same bytes into the same shard), so reruns leave no duplicates
+   and no holes.
+5. **STAC.** ``write_stac`` (collection + one item per tile, ``emb`` extension).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipelines import embeddings as es
+from pipelines import storage
+from pipelines.embed.chips import (
+    EmbedConfigError,
+)
+
+log = logging.getLogger(__name__)
+
+COMPOSITES = ("median",)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+# ------------------------------------------------------------------------------------------
+# Request and results
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """Everything a run needs, as URIs and plain values (picklable, JSON-able via :meth:`to_dict`).
+
+    Inputs: exactly one of ``cubes`` (cube store URL) or ``catalog`` (local catalog file
+    ``catalog.json``/``*.ndjson``/``*.parquet`` or a STAC API URL; ``catalog_name`` is its registry
+    entry). ``aoi``: ``(W, S, E, N)`` or a GeoJSON geometry/Feature; ``tiles``: explicit tile ids
+    (intersected with the AOI when both are given). ``datetime``: one RFC 3339 range per time slice,
+    comma-separated. ``collections``/``bands``: restrict the inputs (default: every collection of
+    the cubes; ``sentinel-2-l2a`` from a catalog; all bands).
+
+    Execution: ``dask_address`` (an existing scheduler), else a LocalCluster of ``workers`` processes
+    x ``threads_per_worker`` threads (``workers=0``: run in this process, no Dask); the encoder uses
+    ``torch_threads`` threads (a fixed count keeps results bit-identical between runs). ``gpu_resource``:
+    ``"auto"`` annotates embed tasks with ``{"GPU": 1}`` when some worker offers a ``GPU`` resource,
+    a name requires that resource, ``"none"`` never annotates.
+
+    ``storage_options`` are for ``out``; ``input_storage_options`` for cubes, catalog and
+    checkpoint (default: the same); ``read_options`` are GDAL options for COG reads. They are never
+    logged nor recorded.
+    """
+
+    checkpoint: str
+    out: str
+    datetime: str
+    aoi: Any = None
+    tiles: tuple[str, ...] = ()
+    cubes: str | None = None
+    catalog: str | None = None
+    catalog_name: str = "sample"
+    collections: tuple[str, ...] = ()
+    bands: tuple[str, ...] = ()
+    version: str | None = None
+    tile_size_m: float = 7680.0
+    core_tokens: int | None = None
+    margin_tokens: int | None = None
+    composite: str = "median"
+    batch_size: int = 8
+    tiles_per_task: int = 1
+    dask_address: str | None = None
+    workers: int = 2
+    threads_per_worker: int = 2
+    torch_threads: int = 1
+    gpu_resource: str = "auto"
+    device: str = "auto"
+    precision: str = "fp32"
+    max_in_flight: int | None = None
+    strip_mb: float = 64.0
+    write_stac: bool = True
+    progress: bool = True
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    input_storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
+    read_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("tiles", "collections", "bands"):
+            v = getattr(self, name)
+            if isinstance(v, str):
+                v = [p for p in v.split(",") if p]
+            object.__setattr__(self, name, tuple(str(x) for x in (v or ())))
+        if self.aoi is not None and not isinstance(self.aoi, Mapping):
+            object.__setattr__(self, "aoi", tuple(float(v) for v in self.aoi))
+        if (self.cubes is None) == (self.catalog is None):
+            raise EmbedConfigError("give exactly one input: cubes=<cube store URL> or catalog=<catalog URL>")
+        if self.aoi is None and not self.tiles:
+            raise EmbedConfigError("give an area: aoi=(W, S, E, N) / a GeoJSON geometry, or tiles=[ids]")
+        if self.composite not in COMPOSITES:
+            raise EmbedConfigError(f"composite must be one of {COMPOSITES}, got {self.composite!r}")
+        if self.precision not in PRECISIONS:
+            raise EmbedConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if (
+            self.batch_size < 1
+            or self.tiles_per_task < 1
+            or self.workers < 0
+            or self.threads_per_worker < 1
+            or self.torch_threads < 1
+        ):
+            raise EmbedConfigError(
+                "batch_size, tiles_per_task, threads_per_worker, torch_threads must be >= 1 and workers >= 0"
+            )
+
+    @property
+    def input_options(self) -> dict[str, Any]:
+        return dict(
+            self.storage_options if self.input_storage_options is None else self.input_storage_options
+        )
+
+    def options_for(self, url: str | None) -> dict[str, Any]:
+        """Input options for ``url``: none for local paths (the local filesystem takes no credentials)."""
+        return {} if url is None or storage.is_local(url) else self.input_options
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EmbedRequest:
+        """From plain JSON values (e.g. flow parameters); unknown keys are refused."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EmbedConfigError(f"unknown EmbedRequest fields {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able, credentials removed (for logs, Prefect parameters and the run summary)."""
+        d = asdict(self)
+        d["storage_options"] = storage.redact_options(self.storage_options)
+        d["input_storage_options"] = (
+            None if self.input_storage_options is None else storage.redact_options(self.input_storage_options)
+        )
+        d["read_options"] = storage.redact_options(self.read_options)
+        for k in ("checkpoint", "out", "cubes", "catalog"):
+            if d.get(k):
+                d[k] = storage.redact_url(str(d[k]))
+        d["tiles"], d["collections"], d["bands"] = list(self.tiles), list(self.collections), list(self.bands)
+        if isinstance(self.aoi, tuple):
+            d["aoi"] = list(self.aoi)
+        return d
+
+
+@dataclass
+class TileResult:
+    """What happened to one (tile, time slice).
+
+    ``status``: ``done`` (written, has valid tokens), ``nodata`` (written and recorded as nodata),
+    ``skipped`` (not written by this run: already complete, or no cube), ``failed`` (not recorded;
+    the next run redoes it).
+    """
+
+    tile_id: str
+    time_index: int
+    status: str
+    reason: str = ""
+    valid_tokens: int = 0
+    total_tokens: int = 0
+    chips: int = 0
+    chips_run: int = 0
+    read_s: float = 0.0
+    model_s: float = 0.0
+    write_s: float = 0.0
+    max_abs_quant_error: float | None = None
+    worker: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EmbedSummary:
+    """Run summary: counts, reasons, area, throughput (``format()`` for people, ``to_dict()`` for machines)."""
+
+    out: str
+    version: str
+    tiles: int
+    periods: list[str]
+    results: list[TileResult] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    token_ground_m: float = 160.0
+    tile_size_m: float = 7680.0
+    stac_collection: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def _count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def done(self) -> int:
+        return self._count("done")
+
+    @property
+    def nodata(self) -> int:
+        return self._count("nodata")
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {f"{r.tile_id}@t{r.time_index}": r.reason for r in self.results if r.status == "failed"}
+
+    def _by_reason(self, status: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in self.results:
+            if r.status == status:
+                out.setdefault(r.reason or status, []).append(f"{r.tile_id}@t{r.time_index}")
+        return out
+
+    @property
+    def skipped(self) -> dict[str, list[str]]:
+        """Not written by this run, by reason (already complete, no cube ...)."""
+        return self._by_reason("skipped")
+
+    @property
+    def nodata_reasons(self) -> dict[str, list[str]]:
+        """Written as nodata and recorded, by reason (all cloud, no acquisition ...)."""
+        return self._by_reason("nodata")
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+    @property
+    def chips(self) -> int:
+        return sum(r.chips_run for r in self.results)
+
+    @property
+    def km2_covered(self) -> float:
+        return sum(r.valid_tokens for r in self.results) * self.token_ground_m**2 / 1e6
+
+    @property
+    def km2_tiles(self) -> float:
+        n = sum(1 for r in self.results if r.status in ("done", "nodata"))
+        return n * self.tile_size_m**2 / 1e6
+
+    def to_dict(self) -> dict[str, Any]:
+        el = max(self.elapsed_s, 1e-9)
+        model_s = sum(r.model_s for r in self.results)
+        qerr = [r.max_abs_quant_error for r in self.results if r.max_abs_quant_error is not None]
+        return {
+            "out": storage.redact_url(self.out),
+            "version": self.version,
+            "periods": self.periods,
+            "tiles": self.tiles,
+            "units": len(self.results),
+            "done": self.done,
+            "nodata": self.nodata,
+            "skipped": {k: len(v) for k, v in self.skipped.items()},
+            "skipped_tiles": self.skipped,
+            "nodata_tiles": self.nodata_reasons,
+            "failed": self.failed,
+            "complete": self.complete,
+            "chips": self.chips,
+            "km2_covered": round(self.km2_covered, 3),
+            "km2_tiles_written": round(self.km2_tiles, 3),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "chips_per_s": round(self.chips / el, 4),
+            "km2_per_hour": round(self.km2_tiles * 3600.0 / el, 2),
+            "model_s": round(model_s, 3),
+            "read_s": round(sum(r.read_s for r in self.results), 3),
+            "write_s": round(sum(r.write_s for r in self.results), 3),
+            "max_abs_quant_error": max(qerr) if qerr else None,
+            "quant_error_bound": es.QUANT_MAX_ABS_ERROR,
+            "stac_collection": storage.redact_url(self.stac_collection) if self.stac_collection else None,
+            "notes": self.notes,
+        }
+
+    def format(self, max_lines: int = 15) -> str:
+        d = self.to_dict()
+        lines = [
+            f"embeddings {d['version']} -> {d['out']}: {self.tiles} tile(s) x {len(self.periods)} period(s): "
+            f"{d['done']} done, {d['nodata']} nodata, {len(self.failed)} failed, "
+            f"{sum(1 for r in self.results if r.status == 'skipped')} skipped",
+            f"  {d['km2_covered']:.1f} km² covered by valid tokens, {d['km2_tiles_written']:.1f} km² of tiles written; "
+            f"{d['chips']} chips in {d['elapsed_s']:.1f} s = {d['chips_per_s']:.2f} chips/s, "
+            f"{d['km2_per_hour']:.0f} km²/h",
+        ]
+        if d["max_abs_quant_error"] is not None:
+            lines.append(
+                f"  int8 quantisation: max |error| {d['max_abs_quant_error']:.5f} (bound {es.QUANT_MAX_ABS_ERROR:.5f})"
+            )
+        for kind, table in (("skipped", self.skipped), ("nodata", self.nodata_reasons)):
+            for reason, ids in table.items():
+                more = f" ... (+{len(ids) - 3})" if len(ids) > 3 else ""
+                lines.append(f"  {kind}: {len(ids)} x {reason}: {', '.join(ids[:3])}{more}")
+        for i, (tid, reason) in enumerate(self.failed.items()):
+            if i >= max_lines:
+                lines.append(f"  ... and {len(self.failed) - max_lines} more failures")
+                break
+            lines.append(f"  FAILED {tid}: {reason}")
+        if self.failed:
+            lines.append("  rerun the same command to finish the failed tiles (completed tiles are skipped)")
+        if self.stac_collection:
+            lines.append(f"  STAC: {storage.redact_url(self.stac_collection)}")
+        return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""``run_embedding``: plan, fan the units out (threads or Dask), collect results, write STAC."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from pipelines import embeddings as es
+from pipelines import storage
+from pipelines.embed.plan import RunContext, Unit, plan_run
+from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
+from pipelines.embed.tasks import _reason
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------
+# The run
+
+
+def run_embedding(
+    request: EmbedRequest,
+    on_result: Callable[[TileResult], None] | None = None,
+) -> EmbedSummary:
+    """Plan (checks first), create the version and zones, fan out, write STAC; return the summary.
+
+    ``on_result`` is called in this process with each tile's result as it arrives. Raises
+    :class:`EmbedConfigError` (nothing written) when the request does not fit; per-tile faults
+    are reported in the summary (``failed``), never raised: rerun the same request to finish.
+    """
+    from pipelines.embed.fanout import Fanout
+
+    t0 = time.perf_counter()
+    plan = plan_run(request)
+    ctx = plan.context
+    log.info(
+        "embed: %d tile(s) x %d period(s), %d unit(s), model %s (%s), chips %d+2x%d tokens -> %s version %s",
+        len(plan.tiles),
+        len(plan.periods),
+        len(plan.units),
+        plan.checkpoint.name,
+        plan.checkpoint.sha256[:12],
+        plan.layout.core_tokens,
+        plan.layout.margin_tokens,
+        storage.redact_url(ctx.out),
+        plan.version.name,
+    )
+    summary = EmbedSummary(
+        out=ctx.out,
+        version=plan.version.name,
+        tiles=len(plan.tiles),
+        periods=[p.text for p in plan.periods],
+        token_ground_m=plan.layout.token_m,
+        tile_size_m=plan.grid.tile_size_m,
+        notes=list(plan.notes),
+    )
+
+    def collect(results: list[TileResult]) -> None:
+        for r in results:
+            summary.results.append(r)
+            if on_result is not None:
+                on_result(r)
+
+    with Fanout(request) as fanout:  # connects and checks the GPU resource before any write
+        es.create_version(ctx.out, plan.version, ctx.out_options)
+        for epsg in sorted({t.epsg for t in plan.tiles}):
+            es.ensure_zone(ctx.out, plan.version.name, epsg, ctx.out_options)
+        collect(plan.skipped)
+        done = _complete_set(ctx, len(plan.periods))
+        todo: list[Unit] = []
+        for unit in plan.units:
+            if all(t.tile_id in done.get(unit.time_index, set()) for t in unit.tiles):
+                collect(
+                    [
+                        TileResult(t.tile_id, unit.time_index, "skipped", "already complete (record exists)")
+                        for t in unit.tiles
+                    ]
+                )
+            else:
+                todo.append(unit)
+        fanout.run(todo, ctx, collect, total=sum(len(u.tiles) for u in plan.units))
+        summary.notes.extend(fanout.notes)
+    if request.write_stac:
+        try:
+            summary.stac_collection = es.write_stac(ctx.out, plan.version.name, ctx.out_options)
+        except Exception as exc:  # the data is safe; STAC can be rewritten by a rerun
+            summary.notes.append(f"STAC not written: {_reason(exc)}")
+    summary.elapsed_s = time.perf_counter() - t0
+    log.info("%s", summary.format())
+    return summary
+
+
+def _complete_set(ctx: RunContext, n_periods: int) -> dict[int, set[str]]:
+    try:
+        listing = es.list_complete_tiles(ctx.out, ctx.version, storage_options=ctx.out_options)
+    except Exception:
+        return {}
+    return {ti: set(listing.get(ti, [])) for ti in range(n_periods)}

@@ -1,0 +1,175 @@
+"""The work of one unit: load padded tiles, embed them, write them exactly once.
+
+The same functions run in threads, in Dask workers and in tests; a unit's failure is a ``TileResult`` with status
+``failed``, never an exception that stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines import embeddings as es
+from pipelines import storage
+from pipelines.embed.checkpoint import _resolve_device, load_checkpoint_url
+from pipelines.embed.chips import (
+    embed_region,
+)
+from pipelines.embed.plan import RunContext, Unit
+from pipelines.embed.request import TileResult
+from pipelines.embed.sources import (
+    CatalogSource,
+    PaddedTile,
+)
+from pipelines.tiling import Tile
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------
+# Tasks (run on workers; also in-process with workers=0)
+
+
+@dataclass
+class LoadFailure:
+    tile_id: str
+    time_index: int
+    reason: str
+    read_s: float = 0.0
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return storage.redact_url(f"{type(exc).__name__}: {text}"[:400])
+
+
+def _done_already(ctx: RunContext, tile: Tile, time_index: int) -> bool:
+    return es.tile_is_complete(ctx.out, ctx.version, tile.tile_id, time_index, ctx.out_options)
+
+
+def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | TileResult]:
+    """CPU task: read and composite the padded tiles of a unit (skipping tiles already complete)."""
+    out: list[PaddedTile | LoadFailure | TileResult] = []
+    period = ctx.periods[unit.time_index]
+    for k, tile in enumerate(unit.tiles):
+        t0 = time.perf_counter()
+        try:
+            if _done_already(ctx, tile, unit.time_index):
+                out.append(
+                    TileResult(tile.tile_id, unit.time_index, "skipped", "already complete (record exists)")
+                )
+                continue
+            if isinstance(ctx.source, CatalogSource):
+                items = unit.items[k] if unit.items else ()
+                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.margin_m, items)
+            else:
+                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.margin_m)
+            out.append(padded)
+        except Exception as exc:
+            log.warning("load %s@t%d failed: %s", tile.tile_id, unit.time_index, _reason(exc))
+            out.append(
+                LoadFailure(
+                    tile.tile_id, unit.time_index, f"read failed: {_reason(exc)}", time.perf_counter() - t0
+                )
+            )
+    return out
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
+    """Encoder + write for one loaded tile (the data, then its completion record)."""
+    tile = padded.tile
+    res = TileResult(tile.tile_id, padded.time_index, "done", read_s=padded.read_s)
+    n = ctx.layout.tile_tokens
+    res.total_tokens = n * n
+    res.chips = ctx.layout.chips_per_side**2
+    if padded.status == "missing":
+        res.status, res.reason = "skipped", padded.reason
+        return res
+    device = _resolve_device(ctx.device)
+    ckpt = load_checkpoint_url(ctx.checkpoint, ctx.input_options, ctx.checkpoint_sha256, device)
+    dim = int(ckpt.config.embed_dim)
+    if padded.status == "ok":
+        _set_threads(ctx.threads)
+        region = embed_region(
+            ckpt.model,
+            padded.groups,
+            ctx.layout,
+            ctx.normaliser,
+            batch_size=ctx.batch_size,
+            device=device,
+            precision=ctx.precision,
+        )
+        emb = region.embeddings
+        res.chips_run, res.model_s = region.chips_run, region.model_s
+    else:
+        emb = np.full((n, n, dim), np.nan, dtype=np.float32)
+    bands = [
+        {**b.to_dict(), "normalisation": ctx.normaliser.sources.get(b.key, "identity")}
+        for g in padded.groups
+        for b in g.bands
+    ]
+    provenance = {
+        "input_items": list(padded.input_items),
+        "bands": bands,
+        "gsds_m": sorted({float(g.gsd_m) for g in padded.groups}),
+        "collections": sorted({g.collection for g in padded.groups}),
+        "source": ctx.source.describe(),
+        "period": ctx.periods[padded.time_index].text,
+        "composite": ctx.composite,
+        "observations": dict(padded.observations),
+        "chip": ctx.layout.to_dict(),
+        "chips_run": res.chips_run,
+        "precision": ctx.precision,
+        "notes": list(padded.notes[:20]),
+    }
+    if padded.status != "ok":
+        provenance["nodata_reason"] = padded.reason
+    t0 = time.perf_counter()
+    record = es.write_tile(
+        ctx.out, ctx.version, tile, padded.time_index, emb, None, provenance, ctx.out_options
+    )
+    res.write_s = time.perf_counter() - t0
+    res.valid_tokens = int(record.get("valid_tokens", 0))
+    res.max_abs_quant_error = (record.get("quantisation") or {}).get("max_abs_error")
+    if record.get("status") == "nodata":
+        res.status = "nodata"
+        res.reason = padded.reason or "no valid token (all inputs masked)"
+    return res
+
+
+def embed_loaded(loaded: list[PaddedTile | LoadFailure | TileResult], ctx: RunContext) -> list[TileResult]:
+    """GPU task: embed and write every loaded tile of a unit; never raises for one tile's fault."""
+    out = []
+    for item in loaded:
+        if isinstance(item, TileResult):
+            out.append(item)
+            continue
+        if isinstance(item, LoadFailure):
+            out.append(TileResult(item.tile_id, item.time_index, "failed", item.reason, read_s=item.read_s))
+            continue
+        try:
+            res = embed_padded(item, ctx)
+        except Exception as exc:
+            log.warning("embed %s@t%d failed: %s", item.tile.tile_id, item.time_index, _reason(exc))
+            res = TileResult(
+                item.tile.tile_id, item.time_index, "failed", f"embed/write failed: {_reason(exc)}"
+            )
+        res.worker = f"{os.uname().nodename}:{os.getpid()}"
+        out.append(res)
+    return out
+
+
+def process_unit(unit: Unit, ctx: RunContext) -> list[TileResult]:
+    """Load + embed in one call (in-process runs, and clusters without a GPU split)."""
+    return embed_loaded(load_unit(unit, ctx), ctx)

@@ -1,0 +1,76 @@
+"""The AOM embeddings store: a Zarr v3 hierarchy of per-UTM-zone token grids.
+
+* ``format``: constants, :class:`EmbeddingsVersion`, errors; ``quantize``: int8/float16 codes;
+* ``grid``: the per-zone token lattice (:class:`ZoneGrid`); ``store``: versions and zone arrays;
+* ``records``: per-tile writes and completion records; ``stac``: STAC items of a version.
+"""
+
+from pipelines.embeddings.format import (
+    EMB_EXTENSION,
+    FORMAT_VERSION,
+    EmbeddingsStoreError,
+    EmbeddingsVersion,
+    parse_time,
+    version_name,
+)
+from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
+from pipelines.embeddings.quantize import (
+    DECODE_LUT,
+    NODATA_Q,
+    QUANT_MAX_ABS_ERROR,
+    dequantize,
+    encode,
+    quantisation_error,
+    quantize,
+    unit,
+)
+from pipelines.embeddings.records import (
+    list_complete_tiles,
+    read_tile_record,
+    record_url,
+    tile_is_complete,
+    write_tile,
+)
+from pipelines.embeddings.stac import write_stac
+from pipelines.embeddings.store import (
+    create_version,
+    ensure_zone,
+    list_versions,
+    open_root,
+    read_version,
+    version_zones,
+    zarr_store,
+)
+
+__all__ = [
+    "DECODE_LUT",
+    "EMB_EXTENSION",
+    "FORMAT_VERSION",
+    "NODATA_Q",
+    "QUANT_MAX_ABS_ERROR",
+    "EmbeddingsStoreError",
+    "EmbeddingsVersion",
+    "ZoneGrid",
+    "check_epsg",
+    "create_version",
+    "crs_wkt",
+    "dequantize",
+    "encode",
+    "ensure_zone",
+    "list_complete_tiles",
+    "list_versions",
+    "open_root",
+    "parse_time",
+    "quantisation_error",
+    "quantize",
+    "read_tile_record",
+    "read_version",
+    "record_url",
+    "tile_is_complete",
+    "unit",
+    "version_name",
+    "version_zones",
+    "write_stac",
+    "write_tile",
+    "zarr_store",
+]

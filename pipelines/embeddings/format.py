@@ -1,0 +1,152 @@
+"""The embeddings store format: constants, the version descriptor and the store's own errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pipelines import storage
+from pipelines.errors import InputError
+
+FORMAT_VERSION = 1
+
+
+FORMAT_ATTR = "aom_embeddings_format"
+
+
+TILES_DIR = "_tiles"
+
+
+STAC_DIR = "stac"
+
+# Zone-wide grid extent before snapping outwards to whole tiles (metres, UTM north and south alike:
+# southern zones carry the 10 000 km false northing, so their northings also lie in 0..10 000 km).
+ZONE_X_RANGE = (100_000.0, 900_000.0)
+
+
+ZONE_Y_RANGE = (0.0, 10_000_000.0)
+
+Quantisation = Literal["int8-sqrt", "float16"]
+
+
+_QUANTISATIONS = ("int8-sqrt", "float16")
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v1.0.0/schema.json"
+
+
+PROJ_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+
+
+class EmbeddingsStoreError(InputError):
+    """Invalid use of the store: the message names the valid range or choices."""
+
+
+# ------------------------------------------------------------------------------------------
+# Version definition
+
+
+@dataclass(frozen=True)
+class EmbeddingsVersion:
+    """One dataset version = one model checkpoint and its token grid.
+
+    ``name`` is the group name under the root, e.g. ``aom-tiny-3f2a9c1b0d4e`` (see :func:`version_name`).
+    ``times`` are ISO 8601 dates/datetimes (naive = UTC), one per time slice of the product.
+    """
+
+    name: str
+    model: str
+    model_version: str
+    checkpoint_sha256: str
+    dim: int
+    token_ground_m: float
+    tile_size_m: float
+    times: tuple[str, ...]
+    quantisation: Quantisation = "int8-sqrt"
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name) or self.name in (TILES_DIR, STAC_DIR):
+            raise EmbeddingsStoreError(
+                f"invalid version name {self.name!r}: use 1-128 characters from [A-Za-z0-9._-], "
+                f"not starting with '.', '_' or '-' (reserved: {TILES_DIR!r}, {STAC_DIR!r})"
+            )
+        if self.quantisation not in _QUANTISATIONS:
+            raise EmbeddingsStoreError(
+                f"unknown quantisation {self.quantisation!r}; choose one of {', '.join(_QUANTISATIONS)}"
+            )
+        if int(self.dim) != self.dim or self.dim < 1:
+            raise EmbeddingsStoreError(f"dim must be a positive integer, got {self.dim!r}")
+        if not (self.token_ground_m > 0 and self.tile_size_m > 0):
+            raise EmbeddingsStoreError("token_ground_m and tile_size_m must be positive")
+        per_tile = self.tile_size_m / self.token_ground_m
+        if abs(per_tile - round(per_tile)) > 1e-9:
+            raise EmbeddingsStoreError(
+                f"tile_size_m ({self.tile_size_m}) must be a whole multiple of token_ground_m "
+                f"({self.token_ground_m}); got {per_tile:.4f} tokens per tile side"
+            )
+        times = tuple(str(t) for t in self.times)
+        if not times:
+            raise EmbeddingsStoreError("times must list at least one ISO date/datetime")
+        for t in times:
+            parse_time(t)
+        if len(set(times)) != len(times):
+            raise EmbeddingsStoreError(f"times must be unique, got {list(times)}")
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "dim", int(self.dim))
+        object.__setattr__(self, "token_ground_m", float(self.token_ground_m))
+        object.__setattr__(self, "tile_size_m", float(self.tile_size_m))
+        try:  # config goes into Zarr attrs: strict JSON only (NaN/Infinity are not JSON)
+            object.__setattr__(self, "config", json.loads(storage.json_dumps(dict(self.config))))
+        except (TypeError, ValueError) as exc:
+            raise EmbeddingsStoreError(f"config must be strict JSON (no NaN/Infinity): {exc}") from None
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return round(self.tile_size_m / self.token_ground_m)
+
+    @property
+    def dtype(self) -> str:
+        return "int8" if self.quantisation == "int8-sqrt" else "float16"
+
+    def definition(self) -> dict[str, Any]:
+        """The attrs stored on the version group (without the ``created`` timestamp)."""
+        d = asdict(self)
+        d["times"] = list(self.times)
+        d["config"] = dict(self.config)
+        return d
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> EmbeddingsVersion:
+        keys = ("name", "model", "model_version", "checkpoint_sha256", "dim", "token_ground_m", "tile_size_m")
+        missing = [k for k in (*keys, "times") if k not in attrs]
+        if missing:
+            raise EmbeddingsStoreError(f"version attrs lack {missing}: not an AOM embeddings version group")
+        return cls(
+            **{k: attrs[k] for k in keys},
+            times=tuple(attrs["times"]),
+            quantisation=attrs.get("quantisation", "int8-sqrt"),
+            config=attrs.get("config", {}),
+        )
+
+
+def version_name(model: str, checkpoint_sha256: str, n: int = 12) -> str:
+    """Conventional version name: ``<model>-<first n hex digits of the checkpoint hash>``."""
+    digest = checkpoint_sha256.split(":", 1)[-1].lower()
+    return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', model)}-{digest[:n]}"
+
+
+def parse_time(text: str) -> datetime:
+    """ISO date/datetime -> aware UTC datetime (naive input is UTC)."""
+    try:
+        t = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        raise EmbeddingsStoreError(f"time {text!r} is not an ISO 8601 date/datetime") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)

@@ -1,0 +1,204 @@
+"""Per-tile writes and completion records: a tile is done only when its record exists.
+
+``write_tile`` writes the tile's region of the zone arrays (aligned to whole shards, so the write is atomic per
+shard) and then its completion record; readers trust only recorded tiles.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.tiling import Tile
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines import storage
+from pipelines.embeddings.format import FORMAT_VERSION, TILES_DIR, EmbeddingsStoreError
+from pipelines.embeddings.grid import ZoneGrid, check_epsg
+from pipelines.embeddings.quantize import QUANT_MAX_ABS_ERROR, encode, quantisation_error, unit
+from pipelines.embeddings.store import _open_group, ensure_zone, read_version
+
+# ------------------------------------------------------------------------------------------
+# Tile writes and completion records
+
+
+def record_url(root_url: str, version_name: str, tile_id: str, time_index: int) -> str:
+    return storage.join(
+        storage.normalise_url(root_url), TILES_DIR, version_name, f"t{int(time_index)}", f"{tile_id}.json"
+    )
+
+
+def tile_is_complete(
+    root_url: str,
+    version_name: str,
+    tile_id: str,
+    time_index: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> bool:
+    """True once the tile's completion record exists (status ``complete`` or ``nodata``)."""
+    url = record_url(root_url, version_name, tile_id, time_index)
+    try:  # one GET, no existence check (s3fs may answer that from a stale listing cache)
+        rec = storage.read_json(url, storage_options)
+    except (OSError, ValueError):
+        return False
+    return rec.get("status") in ("complete", "nodata") and rec.get("time_index") == int(time_index)
+
+
+def list_complete_tiles(
+    root_url: str,
+    version_name: str,
+    time_index: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[int, list[str]]:
+    """``{time_index: [tile_id, ...]}`` from the record names alone (one listing, no reads).
+
+    Includes ``nodata`` tiles (their shards are absent and read as nodata).
+    """
+    base = storage.join(storage.normalise_url(root_url), TILES_DIR, version_name)
+    fs, path = storage.filesystem(base, storage_options)
+    out: dict[int, list[str]] = {}
+    try:
+        if time_index is not None:
+            subdirs = [int(time_index)]
+        else:
+            names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False, refresh=True)]
+            subdirs = sorted(int(n[1:]) for n in names if re.fullmatch(r"t\d+", n))
+        for ti in subdirs:
+            try:
+                entries = fs.ls(f"{path}/t{ti}", detail=False, refresh=True)  # no stale s3fs listing
+            except FileNotFoundError:
+                continue
+            ids = sorted(
+                e.rstrip("/").rsplit("/", 1)[-1][: -len(".json")] for e in entries if e.endswith(".json")
+            )
+            if ids:
+                out[ti] = ids
+    except FileNotFoundError:
+        return {}
+    return out
+
+
+def read_tile_record(
+    root_url: str,
+    version_name: str,
+    tile_id: str,
+    time_index: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    return dict(storage.read_json(record_url(root_url, version_name, tile_id, time_index), storage_options))
+
+
+def _tile_bounds(tile: Tile) -> tuple[float, float, float, float]:
+    b = tuple(float(v) for v in tile.bounds)
+    if len(b) != 4:
+        raise EmbeddingsStoreError(f"tile bounds must be (minx, miny, maxx, maxy), got {tile.bounds!r}")
+    return b[0], b[1], b[2], b[3]
+
+
+def write_tile(
+    root_url: str,
+    version_name: str,
+    tile: Tile,
+    time_index: int,
+    embeddings: np.ndarray,
+    pooled: np.ndarray | None,
+    provenance: dict[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write one tile at one time: its shard of ``embeddings``, its ``pooled`` chunk, then the record.
+
+    ``embeddings`` is ``[h, w, dim]`` float32 on the tile's token grid, **north-up** (row 0 = the
+    tile's northern edge, column 0 = western edge), ``h == w == tile_size_m / token_ground_m``;
+    a token with any NaN component is nodata. ``pooled`` (``[dim]``) defaults to the normalised
+    mean of the tile's valid unit vectors. ``provenance`` must hold ``input_items`` (list of STAC
+    item ids) and ``bands`` (list of ``{"name", "gsd_m", ...}``); the model identity comes from
+    the version. Re-writing a tile is allowed (same shard, same record name: last write wins).
+    Returns the completion record.
+    """
+    import zarr
+
+    version = read_version(root_url, version_name, storage_options)
+    epsg = check_epsg(tile.epsg)
+    grid = ZoneGrid(epsg, version.token_ground_m, version.tile_size_m)
+    bounds = _tile_bounds(tile)
+    row0, row1, col0, col1 = grid.tile_window(bounds)
+    trow, tcol = grid.tile_index(bounds)
+    nt = len(version.times)
+    if not (0 <= int(time_index) < nt):
+        raise EmbeddingsStoreError(
+            f"time_index {time_index} out of range: version {version_name!r} has {nt} time(s) "
+            f"(valid 0..{nt - 1}: {list(version.times)})"
+        )
+    n = grid.tokens_per_tile
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.shape != (n, n, version.dim):
+        raise EmbeddingsStoreError(
+            f"embeddings for tile {tile.tile_id} have shape {emb.shape}; expected ({n}, {n}, {version.dim}) "
+            f"(tile_size_m / token_ground_m tokens per side, dim)"
+        )
+    missing = [k for k in ("input_items", "bands") if k not in provenance]
+    if missing:
+        raise EmbeddingsStoreError(
+            f"provenance for tile {tile.tile_id} lacks {missing}: give the input STAC item ids and the "
+            f"bands used (name + gsd_m)"
+        )
+    prov = json.loads(storage.json_dumps(provenance))  # strict JSON now, not at the end
+    valid = np.isfinite(emb).all(axis=-1)
+    n_valid = int(valid.sum())
+    q = encode(emb, version.quantisation)
+    if pooled is None:
+        pooled_vec = (
+            unit(unit(emb[valid]).mean(axis=0)) if n_valid else np.full(version.dim, np.nan, np.float32)
+        )
+    else:
+        pooled_vec = np.asarray(pooled, dtype=np.float32).reshape(-1)
+        if pooled_vec.shape != (version.dim,):
+            raise EmbeddingsStoreError(f"pooled has shape {np.shape(pooled)}; expected ({version.dim},)")
+
+    try:
+        group = _open_group(root_url, f"{version_name}/{epsg}", storage_options, "r+")
+        emb_arr = group["embeddings"]
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        ensure_zone(root_url, version_name, epsg, storage_options)
+        group = _open_group(root_url, f"{version_name}/{epsg}", storage_options, "r+")
+        emb_arr = group["embeddings"]
+    assert isinstance(emb_arr, zarr.Array)
+    ti = int(time_index)
+    emb_arr[ti : ti + 1, row0:row1, col0:col1, :] = q[None]
+    pooled_arr = group["pooled"]
+    assert isinstance(pooled_arr, zarr.Array)
+    pooled_arr[int(time_index), trow, tcol, :] = pooled_vec.astype(np.float16)
+
+    stats = quantisation_error(emb[valid], version.quantisation) if n_valid else quantisation_error(emb[:0])
+    record = {
+        "format": FORMAT_VERSION,
+        "version": version_name,
+        "tile_id": tile.tile_id,
+        "epsg": epsg,
+        "bounds": list(bounds),
+        "time_index": int(time_index),
+        "time": version.times[int(time_index)],
+        "status": "complete" if n_valid else "nodata",
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "window": {"row": [row0, row1], "col": [col0, col1], "tile_row": trow, "tile_col": tcol},
+        "valid_tokens": n_valid,
+        "total_tokens": n * n,
+        "provenance": {
+            "model": version.model,
+            "model_version": version.model_version,
+            "checkpoint_sha256": version.checkpoint_sha256,
+            **prov,
+        },
+        "quantisation": {"method": version.quantisation, "bound_max_abs_error": QUANT_MAX_ABS_ERROR, **stats},
+    }
+    storage.write_json_atomic(
+        record_url(root_url, version_name, tile.tile_id, int(time_index)), record, storage_options
+    )
+    return record

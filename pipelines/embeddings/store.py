@@ -1,0 +1,351 @@
+"""The AOM embeddings store: a Zarr v3 hierarchy of per-UTM-zone token grids (format 1).
+
+Layout (see ``docs/embeddings.md`` for the full description)::
+
+    <root>/                              Zarr v3 group, attrs {"aom_embeddings_format": 1}
+      <version>/                         one model/checkpoint; attrs = the EmbeddingsVersion definition
+        <epsg>/                          one UTM zone, fixed zone-wide grid at token_ground_m
+          embeddings (time, y, x, dim)   int8 (int8-sqrt) or float16; chunk = shard = one tile
+          pooled     (time, tile_y, tile_x, dim) float16; one chunk per tile
+          x, y, tile_x, tile_y, time, spatial_ref   coordinates + CF grid mapping
+      _tiles/<version>/t<time_index>/<tile_id>.json   completion records (written after the data)
+      stac/collection.json, stac/items/<version>/<tile_id>.json
+
+Every (tile, time) is exactly one shard of ``embeddings`` and one chunk of ``pooled``, so any number
+of writers can work on distinct tiles concurrently without ever touching the same object. A tile
+counts as done only once its completion record exists; readers list those records, never the data.
+
+Quantisation ``int8-sqrt``: each token vector is L2-normalised, then every component ``u`` of the
+unit vector is stored as ``q = round(127 * sign(u) * sqrt(|u|))`` in ``[-127, 127]``; ``-128`` marks
+nodata. The inverse is ``v = sign(q) * (q / 127) ** 2``. The per-component error against the unit
+vector is at most ``(sqrt(|u|) + sqrt(|v|)) / 254 <= QUANT_MAX_ABS_ERROR = 1/127`` (0.00787).
+The vector norm is not kept: the store holds directions (cosine similarity, probes and PCA all work
+on directions; AlphaEarth-style embeddings are unit vectors by construction).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines import storage
+from pipelines.embeddings.format import (
+    FORMAT_ATTR,
+    FORMAT_VERSION,
+    EmbeddingsStoreError,
+    EmbeddingsVersion,
+    parse_time,
+)
+from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
+from pipelines.embeddings.quantize import NODATA_Q
+
+if TYPE_CHECKING:  # the tiling module is only needed for its Tile shape (duck-typed at runtime)
+    import zarr
+
+
+# ------------------------------------------------------------------------------------------
+# Zarr plumbing
+
+
+def zarr_store(
+    root_url: str, storage_options: Mapping[str, Any] | None = None, read_only: bool = False
+) -> Any:
+    """A zarr v3 store on ``root_url`` (local path or any fsspec URL)."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    url = storage.normalise_url(root_url)
+    if storage.is_local(url):
+        path = url[len("file://") :] if url.startswith("file://") else url
+        return LocalStore(path, read_only=read_only)
+    opts = dict(storage_options or {})
+    if url.startswith("s3://"):
+        opts = storage.s3_options(opts)
+    return FsspecStore.from_url(url, storage_options=opts, read_only=read_only)
+
+
+def _open_group(root_url: str, path: str, storage_options: Mapping[str, Any] | None, mode: str) -> zarr.Group:
+    import zarr
+
+    store = zarr_store(root_url, storage_options, read_only=(mode == "r"))
+    return zarr.open_group(store=store, path=path, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+
+
+def _quiet_members(group: zarr.Group) -> list[str]:
+    """Child group names (the ``_tiles``/``stac`` folders are not Zarr nodes: their warnings are noise)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sorted(group.group_keys())
+
+
+def list_versions(root_url: str, storage_options: Mapping[str, Any] | None = None) -> list[EmbeddingsVersion]:
+    """Every version under the root, sorted by name. Raises if the root is not an embeddings store."""
+    root = open_root(root_url, storage_options)
+    out = []
+    for name in _quiet_members(root):
+        attrs = dict(root[name].attrs)
+        if "checkpoint_sha256" in attrs:
+            out.append(EmbeddingsVersion.from_attrs(attrs))
+    return out
+
+
+def open_root(root_url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
+    import zarr
+
+    try:
+        root = _open_group(root_url, "", storage_options, "r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise EmbeddingsStoreError(
+            f"no embeddings store at {storage.redact_url(root_url)} (no Zarr group there)"
+        ) from None
+    if root.attrs.get(FORMAT_ATTR) != FORMAT_VERSION:
+        raise EmbeddingsStoreError(
+            f"{storage.redact_url(root_url)} is a Zarr group but not an AOM embeddings store "
+            f"(attrs lack {FORMAT_ATTR}={FORMAT_VERSION})"
+        )
+    return root
+
+
+def read_version(
+    root_url: str, version_name: str, storage_options: Mapping[str, Any] | None = None
+) -> EmbeddingsVersion:
+    """The definition of one version; an unknown name raises listing the known ones."""
+    root = open_root(root_url, storage_options)
+    names = _quiet_members(root)
+    if version_name not in names:
+        known = [v.name for v in list_versions(root_url, storage_options)]
+        raise EmbeddingsStoreError(
+            f"unknown embeddings version {version_name!r} in {storage.redact_url(root_url)}; "
+            f"available: {', '.join(known) if known else '(none)'}"
+        )
+    return EmbeddingsVersion.from_attrs(dict(root[version_name].attrs))
+
+
+def version_zones(
+    root_url: str, version_name: str, storage_options: Mapping[str, Any] | None = None
+) -> list[int]:
+    """EPSG codes of the zone groups of a version."""
+    grp = _open_group(root_url, version_name, storage_options, "r")
+    return sorted(int(k) for k in _quiet_members(grp) if k.isdigit())
+
+
+def create_version(
+    root_url: str, version: EmbeddingsVersion, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Create the root (if needed) and the version group. Idempotent for the same definition.
+
+    A different definition under an existing name is refused: pick a new name (a new checkpoint
+    must be a new version, so nobody mixes vectors from two models).
+    """
+    import zarr
+
+    store = zarr_store(root_url, storage_options)
+    try:
+        root = zarr.open_group(store=store, mode="r+", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        root = zarr.open_group(store=store, mode="a", zarr_format=3, attributes={FORMAT_ATTR: FORMAT_VERSION})
+    if root.attrs.get(FORMAT_ATTR) != FORMAT_VERSION:
+        if any(True for _ in _quiet_members(root)) or dict(root.attrs):
+            raise EmbeddingsStoreError(
+                f"{storage.redact_url(root_url)} already holds a Zarr group that is not an AOM embeddings store"
+            )
+        root.attrs.update({FORMAT_ATTR: FORMAT_VERSION})
+    wanted = version.definition()
+    if version.name in _quiet_members(root):
+        have = dict(root[version.name].attrs)
+        have_def = {k: have.get(k) for k in wanted}
+        if have_def != wanted:
+            diff = sorted(k for k in wanted if have_def.get(k) != wanted[k])
+            raise EmbeddingsStoreError(
+                f"version {version.name!r} already exists in {storage.redact_url(root_url)} with a different "
+                f"definition (differs in: {', '.join(diff)}); use a new version name for a new model/config"
+            )
+        return
+    attrs = {
+        **wanted,
+        "format": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "geoemb:model": version.model,
+        "geoemb:model_version": version.model_version,
+        "geoemb:checkpoint_sha256": version.checkpoint_sha256,
+        "geoemb:dimensions": version.dim,
+        "geoemb:quantization": version.quantisation,
+    }
+    zarr.open_group(store=store, path=version.name, mode="a", zarr_format=3, attributes=attrs)
+
+
+def _time_values(times: Sequence[str]) -> np.ndarray:
+    return np.array([int(parse_time(t).timestamp()) for t in times], dtype=np.int64)
+
+
+def _zone_attrs(grid: ZoneGrid) -> dict[str, Any]:
+    ny, nx = grid.shape
+    x0, dx, _, y1, _, dy = grid.geotransform
+    return {
+        "epsg": grid.epsg,
+        "crs": f"EPSG:{grid.epsg}",
+        "token_ground_m": grid.token_ground_m,
+        "tile_size_m": grid.tile_size_m,
+        # GeoZarr conventions (proj:/spatial:) so convention-aware readers find the grid.
+        "proj:code": f"EPSG:{grid.epsg}",
+        "spatial:dimensions": ["y", "x"],
+        "spatial:shape": [ny, nx],
+        "spatial:transform": [dx, 0.0, x0, 0.0, dy, y1],
+        "spatial:bbox": [grid.x0, grid.y0, grid.x1, grid.y1],
+        "spatial:registration": "pixel",
+    }
+
+
+def _require_array(group: zarr.Group, name: str, **kwargs: Any) -> tuple[zarr.Array, bool]:
+    """Create an array unless it exists (then check it matches). Returns (array, created)."""
+    import zarr
+
+    try:
+        return group.create_array(name, overwrite=False, **kwargs), True
+    except zarr.errors.ContainsArrayError:
+        arr = group[name]
+        assert isinstance(arr, zarr.Array)
+        if tuple(arr.shape) != tuple(kwargs["shape"]) or np.dtype(arr.dtype) != np.dtype(kwargs["dtype"]):
+            raise EmbeddingsStoreError(
+                f"existing array {arr.path} has shape {arr.shape} / {arr.dtype}, expected "
+                f"{kwargs['shape']} / {kwargs['dtype']}: the store was written by a different definition"
+            ) from None
+        return arr, False
+
+
+def ensure_zone(
+    root_url: str, version_name: str, epsg: int, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Create the zone group template of a version (idempotent, safe to race).
+
+    Everything written here is a pure function of the version definition and the EPSG code, and
+    existing arrays are never re-created, so concurrent callers write identical bytes and never
+    delete a tile another worker already wrote.
+    """
+    import zarr
+
+    epsg = check_epsg(epsg)
+    version = read_version(root_url, version_name, storage_options)
+    grid = ZoneGrid(epsg, version.token_ground_m, version.tile_size_m)
+    store = zarr_store(root_url, storage_options)
+    path = f"{version_name}/{epsg}"
+    try:
+        group = zarr.open_group(store=store, path=path, mode="a", zarr_format=3, attributes=_zone_attrs(grid))
+    except zarr.errors.ContainsGroupError:  # another worker created it between check and write
+        group = zarr.open_group(store=store, path=path, mode="r+", zarr_format=3)
+    ny, nx = grid.shape
+    tny, tnx = grid.tile_shape
+    n = grid.tokens_per_tile
+    nt = len(version.times)
+    wkt = crs_wkt(epsg)
+    geotransform = " ".join(repr(float(v)) for v in grid.geotransform)
+    import pyproj
+
+    cf = {k: v for k, v in pyproj.CRS.from_epsg(epsg).to_cf().items() if k != "crs_wkt"}
+    _require_array(
+        group,
+        "spatial_ref",
+        shape=(),
+        dtype="int64",
+        fill_value=0,
+        attributes={**cf, "crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": geotransform},
+    )
+    x, created = _require_array(
+        group,
+        "x",
+        shape=(nx,),
+        chunks=(nx,),
+        dtype="float64",
+        fill_value=0.0,
+        dimension_names=("x",),
+        attributes={"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"},
+    )
+    if created:
+        x[:] = grid.x_coords()
+    y, created = _require_array(
+        group,
+        "y",
+        shape=(ny,),
+        chunks=(ny,),
+        dtype="float64",
+        fill_value=0.0,
+        dimension_names=("y",),
+        attributes={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"},
+    )
+    if created:
+        y[:] = grid.y_coords()
+    tx, created = _require_array(
+        group,
+        "tile_x",
+        shape=(tnx,),
+        chunks=(tnx,),
+        dtype="float64",
+        fill_value=0.0,
+        dimension_names=("tile_x",),
+        attributes={"long_name": "tile centre easting", "units": "m"},
+    )
+    if created:
+        tx[:] = grid.x0 + (np.arange(tnx) + 0.5) * grid.tile_size_m
+    ty, created = _require_array(
+        group,
+        "tile_y",
+        shape=(tny,),
+        chunks=(tny,),
+        dtype="float64",
+        fill_value=0.0,
+        dimension_names=("tile_y",),
+        attributes={"long_name": "tile centre northing", "units": "m"},
+    )
+    if created:
+        ty[:] = grid.y1 - (np.arange(tny) + 0.5) * grid.tile_size_m
+    t, created = _require_array(
+        group,
+        "time",
+        shape=(nt,),
+        chunks=(nt,),
+        dtype="int64",
+        fill_value=0,
+        dimension_names=("time",),
+        attributes={
+            "standard_name": "time",
+            "units": "seconds since 1970-01-01T00:00:00",
+            "calendar": "proleptic_gregorian",
+        },
+    )
+    if created:
+        t[:] = _time_values(version.times)
+    int8 = version.quantisation == "int8-sqrt"
+    emb_attrs: dict[str, Any] = {
+        "grid_mapping": "spatial_ref",
+        "coordinates": "spatial_ref",
+        "long_name": f"{version.model} token embeddings",
+        "quantisation": version.quantisation,
+        "nodata": NODATA_Q if int8 else "NaN",
+        "dequantise": "v = sign(q) * (q / 127) ** 2; q == -128 -> nodata"
+        if int8
+        else "float16 values; NaN -> nodata",
+    }
+    _require_array(
+        group,
+        "embeddings",
+        shape=(nt, ny, nx, version.dim),
+        chunks=(1, n, n, version.dim),
+        shards=(1, n, n, version.dim),
+        dtype=version.dtype,
+        fill_value=NODATA_Q if int8 else float("nan"),
+        dimension_names=("time", "y", "x", "dim"),
+        attributes=emb_attrs,
+    )
+    _require_array(
+        group,
+        "pooled",
+        shape=(nt, tny, tnx, version.dim),
+        chunks=(1, 1, 1, version.dim),
+        dtype="float16",
+        fill_value=float("nan"),
+        dimension_names=("time", "tile_y", "tile_x", "dim"),
+        attributes={"long_name": "one pooled vector per tile (float16, NaN = no tile)"},
+    )

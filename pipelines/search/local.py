@@ -1,0 +1,299 @@
+"""Read every item of a local catalog: a static STAC catalog, stac-geoparquet, or ndjson.
+
+pystac-client cannot search a static catalog, so the local backend reads items and filters them
+in process (see :mod:`pipelines.search.filters`). Any fsspec URL works (local path, ``file://``,
+``s3://`` ...). Relative hrefs (assets and links) are made absolute against the file they were
+read from, so saved results stay usable wherever they are written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipelines.retry import RetryPolicy, call_with_retry
+from pipelines.search.filters import SearchError
+from pipelines.storage import filesystem, normalise_url, redact_url
+
+PARQUET_SUFFIXES = (".parquet", ".geoparquet", ".pq")
+NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".geojsonl", ".ndgeojson")
+
+Progress = Callable[[int], None]
+
+
+def source_kind(url: str) -> str:
+    """``parquet``, ``ndjson`` or ``json`` (static catalog / collection / FeatureCollection)."""
+    path = urlsplit(url).path.lower() if "://" in url else url.lower()
+    if path.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if path.endswith(NDJSON_SUFFIXES):
+        return "ndjson"
+    if path.endswith(".json") or path.endswith(".geojson"):
+        return "json"
+    raise SearchError(
+        f"cannot tell the format of local catalog {redact_url(url)}: expected catalog.json, "
+        f"*.parquet (stac-geoparquet) or *.ndjson"
+    )
+
+
+def is_local_source(url: str) -> bool:
+    try:
+        source_kind(url)
+    except SearchError:
+        return False
+    return True
+
+
+def iter_items(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    collections: Iterable[str] | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+    progress: Progress | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every item of the source (items of other collections may be skipped early, not guaranteed)."""
+    url = normalise_url(url)
+    kind = source_kind(url)
+    wanted = frozenset(collections) if collections else None
+    if kind == "parquet":
+        yield from _parquet_items(url, storage_options, wanted, retry, progress)
+    elif kind == "ndjson":
+        yield from _ndjson_items(url, storage_options, retry, progress)
+    else:
+        yield from _json_items(url, storage_options, wanted, retry, progress)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def _read_bytes(url: str, storage_options: Mapping[str, Any] | None, retry: RetryPolicy) -> bytes:
+    fs, path = filesystem(url, storage_options)
+
+    def read() -> bytes:
+        return bytes(fs.cat_file(path))
+
+    try:
+        return call_with_retry(
+            read, policy=retry, is_retryable=_transient, describe=f"read {redact_url(url)}"
+        )
+    except FileNotFoundError:
+        raise SearchError(f"local catalog not found: {redact_url(url)}") from None
+    except Exception as exc:
+        if isinstance(exc, SearchError):
+            raise
+        raise SearchError(f"cannot read {redact_url(url)}: {exc}") from exc
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError | ConnectionError) and not isinstance(exc, FileNotFoundError)
+
+
+def _parquet_items(
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    wanted: frozenset[str] | None,
+    retry: RetryPolicy,
+    progress: Progress | None,
+) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+    from stac_geoparquet.arrow import stac_table_to_items
+
+    data = _read_bytes(url, storage_options, retry)
+    try:
+        pf = pq.ParquetFile(io.BytesIO(data))
+    except Exception as exc:
+        raise SearchError(f"{redact_url(url)} is not a Parquet file: {exc}") from exc
+    base = _parent(url)
+    for batch_index in range(pf.num_row_groups):
+        table = pf.read_row_group(batch_index)
+        if wanted is not None and "collection" in table.column_names:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.is_in(table["collection"], value_set=_string_array(wanted)))
+        n = table.num_rows
+        if n:
+            for item in stac_table_to_items(table):
+                yield _absolutise(item, base)
+        if progress is not None:
+            progress(n)
+
+
+def _string_array(values: Iterable[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(sorted(values), type=pa.string())
+
+
+def _ndjson_items(
+    url: str, storage_options: Mapping[str, Any] | None, retry: RetryPolicy, progress: Progress | None
+) -> Iterator[dict[str, Any]]:
+    data = _read_bytes(url, storage_options, retry)
+    base = _parent(url)
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SearchError(f"{redact_url(url)} line {lineno} is not JSON: {exc}") from None
+        if progress is not None:
+            progress(1)
+        yield _absolutise(item, base)
+
+
+def _json_items(
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    wanted: frozenset[str] | None,
+    retry: RetryPolicy,
+    progress: Progress | None,
+) -> Iterator[dict[str, Any]]:
+    """Walk a static catalog breadth-first (children and items), or read a FeatureCollection/Feature."""
+    root = _load_json(url, storage_options, retry)
+    kind = root.get("type")
+    if kind == "FeatureCollection":
+        for item in root.get("features") or []:
+            if progress is not None:
+                progress(1)
+            yield _absolutise(item, _parent(url))
+        return
+    if kind == "Feature":
+        if progress is not None:
+            progress(1)
+        yield _absolutise(root, _parent(url))
+        return
+    if kind not in ("Catalog", "Collection"):
+        raise SearchError(f"{redact_url(url)} is not a STAC catalog, collection or FeatureCollection")
+    fs, _ = filesystem(url, storage_options)
+    seen: set[str] = {url}
+    queue: deque[tuple[str, dict[str, Any]]] = deque([(url, root)])
+    while queue:
+        node_url, node = queue.popleft()
+        if wanted is not None and node.get("type") == "Collection" and node.get("id") not in wanted:
+            continue  # a collection we do not want: skip its items (and sub-catalogs)
+        base = _parent(node_url)
+        item_urls: list[str] = []
+        for link in node.get("links") or []:
+            rel, href = link.get("rel"), link.get("href")
+            if not href or rel not in ("child", "item"):
+                continue
+            target = _resolve(base, str(href))
+            if target in seen:
+                continue
+            seen.add(target)
+            if rel == "child":
+                queue.append((target, _load_json(target, storage_options, retry)))
+            else:
+                item_urls.append(target)
+        for item_url, item in _load_many(fs, item_urls, storage_options, retry):
+            if progress is not None:
+                progress(1)
+            yield _absolutise(item, _parent(item_url))
+
+
+def _load_json(url: str, storage_options: Mapping[str, Any] | None, retry: RetryPolicy) -> dict[str, Any]:
+    data = _read_bytes(url, storage_options, retry)
+    try:
+        obj = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise SearchError(f"{redact_url(url)} is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise SearchError(f"{redact_url(url)} is not a JSON object")
+    return obj
+
+
+def _load_many(
+    fs: Any, urls: list[str], storage_options: Mapping[str, Any] | None, retry: RetryPolicy, chunk: int = 256
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Item JSON files in chunks: one concurrent ``cat`` per chunk on object stores."""
+    if not urls:
+        return
+    same_fs = all(_same_protocol(urls[0], u) for u in urls)
+    if not same_fs or "://" not in urls[0] or urls[0].startswith("file://"):
+        for u in urls:
+            yield u, _load_json(u, storage_options, retry)
+        return
+    for i in range(0, len(urls), chunk):
+        part = urls[i : i + chunk]
+        paths = {filesystem(u, storage_options)[1]: u for u in part}
+
+        def cat(paths: dict[str, str] = paths) -> dict[str, bytes]:
+            return dict(fs.cat(list(paths)))
+
+        blobs = call_with_retry(cat, policy=retry, is_retryable=_transient, describe="read catalog items")
+        for path, u in paths.items():
+            try:
+                obj = json.loads(blobs[path])
+            except (KeyError, json.JSONDecodeError) as exc:
+                raise SearchError(f"cannot read item {redact_url(u)}: {exc}") from None
+            yield u, obj
+
+
+def _same_protocol(a: str, b: str) -> bool:
+    return (
+        a.split("://", 1)[0] == b.split("://", 1)[0]
+        if "://" in a and "://" in b
+        else ("://" in a) == ("://" in b)
+    )
+
+
+def _parent(url: str) -> str:
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{posixpath.dirname(rest)}"
+    return posixpath.dirname(url)
+
+
+def _resolve(base: str, href: str) -> str:
+    """``href`` relative to the folder ``base`` (absolute hrefs and URLs unchanged)."""
+    if "://" in href or href.startswith("/"):
+        return href
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, href))}"
+    return posixpath.normpath(posixpath.join(base, href))
+
+
+def _resolve_href(base: str, href: str) -> str:
+    """Like :func:`_resolve`, but a local file becomes a ``file://`` URI (what the sample ndjson and
+    stac-geoparquet carry), so the same asset reads the same from every local format."""
+    out = _resolve(base, href)
+    return Path(out).as_uri() if "://" not in out else out
+
+
+def _absolutise(item: dict[str, Any], base: str) -> dict[str, Any]:
+    """Relative asset and link hrefs made absolute (the input is not modified)."""
+    needs = any(
+        isinstance(a, Mapping) and _is_relative(a.get("href")) for a in (item.get("assets") or {}).values()
+    ) or any(isinstance(link, Mapping) and _is_relative(link.get("href")) for link in item.get("links") or [])
+    if not needs:
+        return item
+    out = dict(item)
+    out["assets"] = {
+        k: (
+            {**a, "href": _resolve_href(base, a["href"])}
+            if isinstance(a, Mapping) and _is_relative(a.get("href"))
+            else a
+        )
+        for k, a in (item.get("assets") or {}).items()
+    }
+    out["links"] = [
+        (
+            {**link, "href": _resolve_href(base, link["href"])}
+            if isinstance(link, Mapping) and _is_relative(link.get("href"))
+            else link
+        )
+        for link in item.get("links") or []
+    ]
+    return out
+
+
+def _is_relative(href: Any) -> bool:
+    return isinstance(href, str) and bool(href) and "://" not in href and not href.startswith("/")

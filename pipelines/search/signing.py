@@ -1,0 +1,127 @@
+"""Asset href signing: results are stored unsigned; an in-memory copy is signed right before pixels are read.
+
+Signed URLs (SAS tokens, pre-signed S3 queries) expire and are secrets: :func:`strip_signatures` removes them
+before anything is saved, and :func:`sign_for_reading` signs a copy for the reader only.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pipelines.search.filters import (
+    SearchError,
+)
+
+log = logging.getLogger(__name__)
+
+Signer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+# ------------------------------------------------------------------------------------------
+# Signing (Planetary Computer SAS tokens and the like): in memory only, never saved
+
+_SIGNING_PARAMS = frozenset(
+    {
+        "sig",
+        "se",
+        "st",
+        "sp",
+        "sv",
+        "sr",
+        "spr",
+        "srt",
+        "ss",
+        "skoid",
+        "sktid",
+        "skt",
+        "ske",
+        "sks",
+        "skv",
+        "saoid",
+        "suoid",
+        "scid",
+        "signature",
+        "expires",
+        "key-pair-id",
+        "policy",
+        "token",
+        "x-goog-signature",
+    }
+)
+
+
+def unsign_href(href: str) -> str:
+    """``href`` without signature/token query parameters (SAS, S3/GCS presigned, CloudFront)."""
+    if "?" not in href:
+        return href
+    parts = urlsplit(href)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [
+        (k, v)
+        for k, v in query
+        if k.lower() not in _SIGNING_PARAMS and not k.lower().startswith(("x-amz-", "x-goog-"))
+    ]
+    if len(kept) == len(query):
+        return href
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def is_signed(item: Mapping[str, Any]) -> bool:
+    return any(
+        isinstance(a, Mapping) and isinstance(a.get("href"), str) and unsign_href(a["href"]) != a["href"]
+        for a in (item.get("assets") or {}).values()
+    )
+
+
+def strip_signatures(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The item with unsigned asset hrefs (the same dict when nothing was signed)."""
+    if not is_signed(item):
+        return dict(item) if not isinstance(item, dict) else item
+    out = dict(item)
+    out["assets"] = {
+        k: (
+            {**a, "href": unsign_href(a["href"])}
+            if isinstance(a, Mapping) and isinstance(a.get("href"), str)
+            else a
+        )
+        for k, a in (item.get("assets") or {}).items()
+    }
+    return out
+
+
+def sign_for_reading(items: Iterable[Mapping[str, Any]], signer: Signer) -> tuple[dict[str, Any], ...]:
+    """Signed deep copies for reading pixels now; the input items (and anything saved) stay unsigned."""
+    return tuple(signer(copy.deepcopy(dict(i))) for i in items)
+
+
+def planetary_computer_signer() -> Signer:
+    """A :data:`Signer` for Planetary Computer asset hrefs (SAS tokens), from the optional
+    ``planetary-computer`` package. Use it with :func:`sign_for_reading` only."""
+    try:
+        import planetary_computer
+    except ImportError as exc:
+        raise SearchError(
+            "signing Planetary Computer asset hrefs needs the planetary-computer package "
+            "(pip install planetary-computer)"
+        ) from exc
+
+    def sign(item: dict[str, Any]) -> dict[str, Any]:
+        signed = planetary_computer.sign(item)
+        return dict(signed) if isinstance(signed, Mapping) else dict(signed.to_dict())
+
+    return sign
+
+
+def _check_signer(signer: Signer, item: Mapping[str, Any]) -> None:
+    try:
+        signed = signer(copy.deepcopy(dict(item)))
+    except Exception as exc:
+        raise SearchError(
+            f"the signer failed on item {item.get('id')!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(signed, Mapping):
+        raise SearchError(f"the signer must return the signed item dict, got {type(signed).__name__}")

@@ -1,0 +1,289 @@
+"""Seeded synthetic cube stores in the exact layout of the cube builder (for tests and benchmarks).
+
+Layout (Zarr v3; see ``aom_model.train.cube_reader``): ``<root>/_tiles/<tile_id>.json`` completion
+records and one group ``<tile_id>/<collection>/<gsd_label>`` per (collection, GSD) holding an
+xarray Dataset with ``reflectance`` (time, band, y, x) stored int16, scale 1e-4, fill -32768.
+
+The scene is a linear mixture of land-cover end-members (water, vegetation, soil, urban, dry grass)
+with distinct, correlated spectra; smooth abundance and brightness fields are generated on a 10 m
+grid and area-averaged to every sensor's GSD, so Sentinel-2 10/20/60 m and Landsat 30 m views of a
+tile show the same ground. Each acquisition has its own illumination, a vegetation phenology gain,
+sensor noise, and cloud blobs (NaN in every band); some tiles have a no-data swath edge and some
+acquisitions are almost fully cloudy (so chip sampling must skip them). Same seed -> same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Band tables (name, common name, centre nm, FWHM nm, GSD m) mirror pipelines/data/sensors.yaml;
+# aom_model does not import pipelines.registry.
+S2_BANDS: tuple[tuple[str, str, float, float, float], ...] = (
+    ("B01", "coastal", 442.7, 21.0, 60),
+    ("B02", "blue", 492.4, 66.0, 10),
+    ("B03", "green", 559.8, 36.0, 10),
+    ("B04", "red", 664.6, 31.0, 10),
+    ("B05", "rededge", 704.1, 15.0, 20),
+    ("B06", "rededge", 740.5, 15.0, 20),
+    ("B07", "rededge", 782.8, 20.0, 20),
+    ("B08", "nir", 832.8, 106.0, 10),
+    ("B8A", "nir08", 864.7, 21.0, 20),
+    ("B09", "nir09", 945.1, 20.0, 60),
+    ("B11", "swir16", 1613.7, 91.0, 20),
+    ("B12", "swir22", 2202.4, 175.0, 20),
+)
+LANDSAT_BANDS: tuple[tuple[str, str, float, float, float], ...] = (
+    ("B1", "coastal", 443.0, 16.0, 30),
+    ("B2", "blue", 482.0, 60.0, 30),
+    ("B3", "green", 561.4, 57.0, 30),
+    ("B4", "red", 654.6, 37.0, 30),
+    ("B5", "nir08", 864.6, 28.0, 30),
+    ("B6", "swir16", 1608.9, 85.0, 30),
+    ("B7", "swir22", 2200.7, 187.0, 30),
+)
+
+
+@dataclass(frozen=True)
+class SyntheticCollection:
+    collection: str
+    sensor: str
+    bands: tuple[tuple[str, str, float, float, float], ...]
+
+
+SENTINEL2 = SyntheticCollection("sentinel-2-l2a", "sentinel-2-msi", S2_BANDS)
+LANDSAT = SyntheticCollection("landsat-c2-l2", "landsat-oli", LANDSAT_BANDS)
+
+# End-member spectra at anchor wavelengths (nm) -> reflectance.
+_ANCHORS = np.array([400, 500, 560, 660, 700, 740, 780, 860, 950, 1370, 1610, 2200, 2500], dtype=np.float64)
+ENDMEMBERS: dict[str, np.ndarray] = {
+    "water": np.array([0.06, 0.05, 0.04, 0.02, 0.015, 0.01, 0.008, 0.005, 0.003, 0.001, 0.002, 0.001, 0.001]),
+    "vegetation": np.array([0.03, 0.04, 0.08, 0.03, 0.08, 0.30, 0.40, 0.42, 0.38, 0.02, 0.20, 0.09, 0.06]),
+    "soil": np.array([0.08, 0.10, 0.14, 0.20, 0.22, 0.24, 0.26, 0.28, 0.29, 0.05, 0.35, 0.30, 0.25]),
+    "urban": np.array([0.10, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.18, 0.04, 0.20, 0.18, 0.16]),
+    "dry_grass": np.array([0.05, 0.07, 0.11, 0.15, 0.18, 0.22, 0.25, 0.27, 0.27, 0.03, 0.30, 0.22, 0.18]),
+}
+CLASSES = tuple(ENDMEMBERS)
+
+
+def spectrum(cls: str, wavelength_nm: Sequence[float] | np.ndarray) -> np.ndarray:
+    return np.interp(np.asarray(wavelength_nm, dtype=np.float64), _ANCHORS, ENDMEMBERS[cls])
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian random field (FFT filtering of white noise)."""
+    noise = rng.standard_normal(shape)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.fftfreq(shape[1])[None, :]
+    kernel = np.exp(-2.0 * (np.pi * sigma_px) ** 2 * (fx**2 + fy**2))
+    out = np.real(np.fft.ifft2(np.fft.fft2(noise) * kernel))
+    return (out - out.mean()) / (out.std() + 1e-12)
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """[..., H, W] -> [..., H/f, W/f] mean of f x f blocks (NaN-aware: NaN if over half is NaN)."""
+    if f == 1:
+        return a
+    h, w = a.shape[-2:]
+    blocks = a.reshape(*a.shape[:-2], h // f, f, w // f, f)
+    valid = np.isfinite(blocks)
+    cnt = valid.sum(axis=(-3, -1))
+    s = np.where(valid, blocks, 0.0).sum(axis=(-3, -1))
+    out = s / np.maximum(cnt, 1)
+    return np.where(cnt * 2 > f * f, out, np.nan)
+
+
+@dataclass(frozen=True)
+class SyntheticTile:
+    tile_id: str
+    x0: float  # left edge (m)
+    y0: float  # top edge (m)
+    abundance: np.ndarray  # [K, H, W] at 10 m
+    brightness: np.ndarray  # [H, W]
+    vigour: np.ndarray  # [H, W] vegetation vigour (NIR up, red down), zero-mean
+    moisture: np.ndarray  # [H, W] soil moisture (darkens the SWIR most), zero-mean
+
+
+def make_tile(rng: np.random.Generator, tile_id: str, tile_px: int, x0: float, y0: float) -> SyntheticTile:
+    k = len(CLASSES)
+    logits = np.stack([_smooth_field(rng, (tile_px, tile_px), rng.uniform(4.0, 12.0)) for _ in range(k)])
+    logits += rng.normal(0.0, 0.5, size=(k, 1, 1))  # per-tile class prevalence
+    a = np.exp(3.0 * logits)
+    a /= a.sum(axis=0, keepdims=True)
+    bright = 1.0 + 0.08 * _smooth_field(rng, (tile_px, tile_px), 3.0)
+    vigour = _smooth_field(rng, (tile_px, tile_px), 2.0)
+    moisture = _smooth_field(rng, (tile_px, tile_px), 2.5)
+    return SyntheticTile(tile_id, x0, y0, a, bright, vigour, moisture)
+
+
+def render(
+    tile: SyntheticTile,
+    wavelength_nm: np.ndarray,
+    rng: np.random.Generator,
+    illumination: float,
+    phenology: float,
+    noise: float,
+) -> np.ndarray:
+    """[C, H, W] reflectance at 10 m for the given band centres."""
+    specs = np.stack([spectrum(c, wavelength_nm) for c in CLASSES])  # [K, C]
+    veg = CLASSES.index("vegetation")
+    nir = np.clip((wavelength_nm - 700.0) / 80.0, 0.0, 1.0) * (wavelength_nm < 1300)
+    specs[veg] = specs[veg] * (1.0 + (phenology - 1.0) * nir)
+    # within-class variability with band-specific texture (bands are not copies of each other):
+    # vegetation vigour raises the NIR plateau and deepens the red absorption; soil moisture darkens
+    # soil most in the SWIR
+    red = np.exp(-(((wavelength_nm - 665.0) / 60.0) ** 2))
+    swir = np.clip((wavelength_nm - 900.0) / 1300.0, 0.0, 1.0)
+    soil = CLASSES.index("soil")
+    veg_mod = 1.0 + 0.25 * tile.vigour[None] * (nir - 0.8 * red)[:, None, None]  # [C, H, W]
+    soil_mod = 1.0 - 0.2 * (tile.moisture[None] + 1.0) * (0.3 + swir)[:, None, None]
+    refl = np.einsum("kc,khw->chw", specs, tile.abundance)
+    refl += specs[veg][:, None, None] * tile.abundance[veg][None] * (veg_mod - 1.0)
+    refl += specs[soil][:, None, None] * tile.abundance[soil][None] * (soil_mod - 1.0)
+    refl = refl * tile.brightness[None] * illumination
+    refl += rng.normal(0.0, noise, size=refl.shape)
+    return np.clip(refl, 0.0, 1.5)
+
+
+def cloud_mask(rng: np.random.Generator, shape: tuple[int, int], cover: float) -> np.ndarray:
+    if cover <= 0:
+        return np.zeros(shape, dtype=bool)
+    if cover >= 1:
+        return np.ones(shape, dtype=bool)
+    f = _smooth_field(rng, shape, 6.0)
+    return f > np.quantile(f, 1.0 - cover)
+
+
+def write_dataset(
+    root: str | os.PathLike[str],
+    tile_id: str,
+    coll: SyntheticCollection,
+    gsd_m: float,
+    bands: Sequence[tuple[str, str, float, float, float]],
+    data: np.ndarray,  # [T, C, H, W] float reflectance, NaN = nodata
+    times: np.ndarray,
+    x0: float,
+    y0: float,
+    chunk: int = 64,
+) -> None:
+    import xarray as xr
+
+    _t, c, h, w = data.shape
+    ds = xr.Dataset(
+        {"reflectance": (("time", "band", "y", "x"), data.astype(np.float32))},
+        coords={
+            "time": times,
+            "band": np.array([b[0] for b in bands], dtype=object),
+            "center_wavelength_nm": ("band", np.array([b[2] for b in bands], dtype=np.float64)),
+            "fwhm_nm": ("band", np.array([b[3] for b in bands], dtype=np.float64)),
+            "common_name": ("band", np.array([b[1] for b in bands], dtype=object)),
+            "x": x0 + (np.arange(w) + 0.5) * gsd_m,
+            "y": y0 - (np.arange(h) + 0.5) * gsd_m,
+            "spatial_ref": ((), np.int32(0), {"crs_wkt": "EPSG:32631", "spatial_ref": "EPSG:32631"}),
+        },
+        attrs={"sensor": coll.sensor, "collection": coll.collection, "gsd_m": float(gsd_m)},
+    )
+    ds["reflectance"].attrs["grid_mapping"] = "spatial_ref"
+    enc = {
+        "reflectance": {
+            "dtype": "int16",
+            "scale_factor": 1e-4,
+            "_FillValue": -32768,
+            "chunks": (1, c, min(chunk, h), min(chunk, w)),
+        }
+    }
+    ds.to_zarr(
+        os.fspath(root),
+        group=f"{tile_id}/{coll.collection}/{gsd_label(gsd_m)}",
+        zarr_format=3,
+        consolidated=False,
+        mode="w",
+        encoding=enc,
+    )
+
+
+def gsd_label(gsd_m: float) -> str:
+    return f"{gsd_m:g}m"
+
+
+def write_tile_record(root: str | os.PathLike[str], tile_id: str, status: str = "complete") -> None:
+    d = Path(root) / "_tiles"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{tile_id}.json").write_text(json.dumps({"tile_id": tile_id, "status": status}))
+
+
+def write_synthetic_cubes(
+    root: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    n_tiles: int = 2,
+    tile_m: float = 960.0,
+    n_times: int = 3,
+    collections: Sequence[SyntheticCollection] = (SENTINEL2, LANDSAT),
+    cloud_cover: tuple[float, float] = (0.0, 0.3),
+    cloudy_time: bool = True,
+    noise: float = 0.004,
+    tile_prefix: str = "T",
+    empty_tiles: int = 0,
+    incomplete_tiles: int = 0,
+) -> list[str]:
+    """Write a synthetic cube store at ``root``; returns the ids of the complete tiles.
+
+    ``tile_m`` must be a multiple of 60 m. Acquisition 0 of every tile is 97% cloudy when
+    ``cloudy_time`` (chips there are mostly invalid). Odd tiles have a no-data band along one edge.
+    ``empty_tiles`` adds tiles with an ``empty`` record; ``incomplete_tiles`` adds tiles with data but
+    no record (an interrupted build): neither may be read.
+    """
+    if tile_m % 60:
+        raise ValueError("tile_m must be a multiple of 60 m")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    px = round(tile_m / 10.0)
+    out = []
+    for i in range(n_tiles + incomplete_tiles):
+        rng = np.random.default_rng([seed, i])
+        tile_id = f"{tile_prefix}{i:03d}"
+        x0, y0 = 500_000.0 + i * tile_m * 2, 4_000_000.0
+        tile = make_tile(rng, tile_id, px, x0, y0)
+        edge = np.zeros((px, px), dtype=bool)
+        if i % 2 == 1:
+            edge[:, : px // 6] = True  # swath edge: no data
+        for ci, coll in enumerate(collections):
+            times = np.array(
+                [np.datetime64("2024-01-05") + np.timedelta64(16 * t + 3 * ci, "D") for t in range(n_times)],
+                dtype="datetime64[ns]",
+            )
+            wl = np.array([b[2] for b in coll.bands])
+            fine = []
+            for t in range(n_times):
+                trng = np.random.default_rng([seed, i, ci, t])
+                cover = 0.97 if (cloudy_time and t == 0) else float(trng.uniform(*cloud_cover))
+                refl = render(
+                    tile,
+                    wl,
+                    trng,
+                    illumination=float(trng.uniform(0.9, 1.1)),
+                    phenology=float(trng.uniform(0.8, 1.2)),
+                    noise=noise,
+                )
+                bad = cloud_mask(trng, (px, px), cover) | edge
+                refl[:, bad] = np.nan
+                fine.append(refl)
+            cube = np.stack(fine)  # [T, C, H, W] at 10 m
+            for gsd in sorted({b[4] for b in coll.bands}):
+                idx = [j for j, b in enumerate(coll.bands) if b[4] == gsd]
+                data = _block_mean(cube[:, idx], int(gsd // 10))
+                write_dataset(
+                    root, tile_id, coll, float(gsd), [coll.bands[j] for j in idx], data, times, x0, y0
+                )
+        if i < n_tiles:
+            write_tile_record(root, tile_id)
+            out.append(tile_id)
+    for j in range(empty_tiles):
+        write_tile_record(root, f"{tile_prefix}E{j:02d}", status="empty")
+    return out

@@ -1,0 +1,132 @@
+"""Encoder behaviour: band-order invariance, band counts, mixed GSDs, unseen sensors, padding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from aom_model import AOM, AOMConfig, BandBatch, BandGroup
+from aom_model.testing import MODIS, SENTINEL2, sensor_batch
+
+torch.set_num_threads(1)
+LAYOUTS = ("factorized", "joint")
+
+
+def _model(layout: str, **kw: object) -> AOM:
+    torch.manual_seed(0)
+    return AOM(AOMConfig.named("tiny", layout=layout, **kw)).eval()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_band_order_invariance(layout: str) -> None:
+    model = _model(layout, num_band_ids=32)
+    b = sensor_batch(SENTINEL2, 2, 480.0, torch.Generator().manual_seed(0))
+    b = BandBatch(
+        tuple(
+            dataclasses.replace(g, band_id=torch.arange(g.num_bands)[None].expand(2, -1) + 3 * i)
+            for i, g in enumerate(b.groups)
+        )
+    )
+    g = torch.Generator().manual_seed(1)
+    permuted = []
+    for grp in reversed(b.groups):  # permute group order too
+        p = torch.randperm(grp.num_bands, generator=g)
+        permuted.append(
+            BandGroup(
+                grp.pixels[:, p],
+                grp.wavelength_nm[:, p],
+                grp.fwhm_nm[:, p],
+                grp.gsd_m,
+                band_id=grp.band_id[:, p],
+            )  # type: ignore[index]
+        )
+    with torch.no_grad():
+        a = model.forward_features(b)
+        c = model.forward_features(BandBatch(tuple(permuted)))
+    torch.testing.assert_close(a.tokens, c.tokens, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.pooled, c.pooled, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_to_thirteen_bands_non_square(layout: str) -> None:
+    model = _model(layout)
+    wl = [b[1] for b in SENTINEL2]
+    fw = [b[2] for b in SENTINEL2]
+    with torch.no_grad():
+        for c in range(1, 14):
+            b = BandBatch.from_tensor(torch.randn(2, c, 32, 48), wl[:c], fw[:c], 10.0)
+            out = model.forward_features(b, return_band_tokens=True)
+            assert out.tokens.shape == (2, 6, 64) and out.grid_hw == (2, 3)
+            assert out.pooled.shape == (2, 64)
+            assert out.band_tokens is not None and out.band_tokens.shape[:3] == (2, 6, c)
+            assert torch.isfinite(out.tokens).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mixed_gsd_sentinel2_and_unseen_modis(layout: str) -> None:
+    model = _model(layout)
+    gen = torch.Generator().manual_seed(0)
+    s2 = sensor_batch(SENTINEL2, 2, 960.0, gen, aspect=1.5)  # 10/20/60 m groups, non-square
+    modis = sensor_batch(MODIS, 2, 4000.0, gen)  # 250/500 m: never seen, just wavelengths
+    with torch.no_grad():
+        o1 = model.forward_features(s2)
+        o2 = model.forward_features(modis)
+    assert [g.hw for g in s2.groups] == [(96, 144), (48, 72), (16, 24)]
+    assert o1.grid_hw[1] / o1.grid_hw[0] == 1.5
+    assert torch.isfinite(o1.pooled).all() and torch.isfinite(o2.pooled).all()
+    assert o2.grid_hw == (8, 8)  # 500 m token grid: 250 m bands 2 px, 500 m bands 1 px
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_absent_band_equals_missing_band(layout: str) -> None:
+    """Padding a sample's band set with an absent band (band_valid False) changes nothing, whatever
+    the padded pixels hold: absent bands are absent tokens, not zero-filled data."""
+    model = _model(layout)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 32, generator=gen)
+    wl, fw = [490.0, 560.0, 665.0, 842.0], [65.0, 35.0, 30.0, 115.0]
+    valid = torch.tensor([[True, True, True, True], [True, False, True, True]])
+    x[1, 1] = float("nan")  # garbage in the padded slot
+    padded = BandBatch.from_tensor(x, wl, fw, 10.0, band_valid=valid)
+    keep = [0, 2, 3]
+    alone = BandBatch.from_tensor(x[1:2, keep], [wl[i] for i in keep], [fw[i] for i in keep], 10.0)
+    with torch.no_grad():
+        a = model.forward_features(padded)
+        b = model.forward_features(alone)
+    torch.testing.assert_close(a.tokens[1:2], b.tokens, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.pooled[1:2], b.pooled, atol=1e-5, rtol=1e-4)
+
+
+def test_mixed_sensors_in_one_batch() -> None:
+    """Sample 0: 3 bands at 10 m; sample 1: 2 other bands at 30 m (same pixel grid via padding)."""
+    model = _model("factorized", token_ground_m=80.0)
+    px = torch.randn(2, 5, 16, 16)
+    wl = torch.tensor([[490.0, 560.0, 665.0, 0.0, 0.0], [0.0, 0.0, 0.0, 865.0, 1610.0]])
+    fw = torch.tensor([[65.0, 35.0, 30.0, 1.0, 1.0], [1.0, 1.0, 1.0, 30.0, 85.0]])
+    valid = wl > 0
+    g = BandGroup(px, wl, fw, torch.tensor([10.0, 30.0]), band_valid=valid)
+    with torch.no_grad():
+        out = model.forward_features(BandBatch((g,)))
+    assert torch.isfinite(out.pooled).all()
+    assert not torch.allclose(out.pooled[0], out.pooled[1])
+
+
+def test_spectral_distance_bias_follows_wavelength_not_order() -> None:
+    """ALiBi over the spectrum: 0 on the diagonal, more negative with wavelength distance, one reach
+    per head, and the same pairwise bias whatever the band order."""
+    from aom_model.blocks import SpectralDistanceBias, per_position
+
+    bias_mod = SpectralDistanceBias(num_heads=2)
+    wl = torch.tensor([[490.0, 560.0, 665.0, 1610.0]])
+    bias = bias_mod(wl)  # [1, 2, 4, 4]
+    assert bias.shape == (1, 2, 4, 4)
+    torch.testing.assert_close(torch.diagonal(bias, dim1=-2, dim2=-1), torch.zeros(1, 2, 4))
+    assert bool((bias[0, :, 0, 1] > bias[0, :, 0, 2]).all() and (bias[0, :, 0, 2] > bias[0, :, 0, 3]).all())
+    assert float(bias[0, 0, 0, 3]) < float(bias[0, 1, 0, 3])  # head 0 looks nearer than head 1
+    perm = torch.tensor([3, 0, 2, 1])
+    torch.testing.assert_close(bias_mod(wl[:, perm]), bias[:, :, perm][:, :, :, perm])
+    assert per_position(bias, 3).shape == (3, 2, 4, 4)
+    model = AOM(AOMConfig.named("tiny", spectral_distance_bias=False))
+    assert model.encoder.spectral_bias is None and model.decoder.spectral_bias is None

@@ -1,0 +1,236 @@
+"""`aom search`: summary, saved output, exit codes (non-zero only when nothing was found or on error)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flows.commands.search import EXIT_EMPTY, EXIT_ERROR, register
+from pipelines.search import load_result
+from tests.pipelines.search.support import LS, S2, all_items, fake_api, write_all_formats
+
+AOI = "5.5,44.8,6.5,45.2"
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:  # a group, so the verb is `search` as under `aom`
+        pass
+
+    register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_all_formats(all_items(), tmp_path_factory.mktemp("cli-catalog"))
+
+
+def invoke(app: typer.Typer, *args: str) -> object:
+    return CliRunner().invoke(app, ["search", "--no-progress", *args])
+
+
+def test_search_saves_and_summarises(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "found.ndjson"
+    r = invoke(
+        app,
+        "--collections",
+        f"{S2},{LS}",
+        "--bbox",
+        AOI,
+        "--datetime",
+        "2023-01-01/2023-12-31",
+        "--max-cloud",
+        "30",
+        "--catalog-url",
+        str(sources["parquet"]),
+        "--out",
+        str(out),
+    )
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    saved = load_result(str(out))
+    text = r.stdout  # type: ignore[attr-defined]
+    assert f"found {len(saved.items)} items" in text
+    assert f"{S2}" in text and f"{LS}" in text
+    assert f"hash: {saved.content_hash}" in text
+    assert str(out) in text
+    assert "EPSG:32631" in text and "EPSG:32632" in text
+    assert saved.request is not None and saved.request.max_cloud_cover == 30
+
+    # the rerun compares with what is there: nothing new, same hash
+    again = invoke(
+        app,
+        "--collections",
+        f"{S2},{LS}",
+        "--bbox",
+        AOI,
+        "--datetime",
+        "2023-01-01/2023-12-31",
+        "--max-cloud",
+        "30",
+        "--catalog-url",
+        str(sources["parquet"]),
+        "--out",
+        str(out),
+    )
+    assert again.exit_code == 0  # type: ignore[attr-defined]
+    assert "new or updated since the previous run: 0 (same items as" in again.stdout  # type: ignore[attr-defined]
+
+
+def test_query_filter_and_parquet_output(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "found.parquet"
+    flt = tmp_path / "f.json"
+    flt.write_text(json.dumps({"op": "like", "args": [{"property": "id"}, "S2B%"]}))
+    r = invoke(
+        app,
+        "-c",
+        S2,
+        "--bbox",
+        AOI,
+        "--query",
+        '{"eo:cloud_cover": {"lte": 10}}',
+        "--filter",
+        f"@{flt}",
+        "--catalog-url",
+        str(sources["static"]),
+        "--out",
+        str(out),
+    )
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert load_result(str(out)).ids == ("S2B_32TLR_20230105", "S2B_32TLR_20230710", "S2B_32TLR_20240110")
+
+
+def test_aoi_file_and_antimeridian_bbox(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+    aoi = tmp_path / "aoi.geojson"
+    aoi.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "Point", "coordinates": [5.5, 45.0]},
+                    }
+                ],
+            }
+        )
+    )
+    r = invoke(
+        app,
+        "-c",
+        LS,
+        "--aoi",
+        str(aoi),
+        "--catalog-url",
+        str(sources["ndjson"]),
+        "--out",
+        str(tmp_path / "a.ndjson"),
+    )
+    assert r.exit_code == 0 and "found 2 items" in r.stdout  # type: ignore[attr-defined]
+    r = invoke(
+        app,
+        "-c",
+        S2,
+        "--bbox",
+        "179,-18,-179,-16",
+        "--catalog-url",
+        str(sources["ndjson"]),
+        "--out",
+        str(tmp_path / "b.ndjson"),
+    )
+    assert r.exit_code == 0 and "found 3 items" in r.stdout  # type: ignore[attr-defined]
+    assert "antimeridian" in r.stdout  # type: ignore[attr-defined]
+
+
+def test_nothing_found_exits_non_zero_and_leaves_out_alone(
+    app: typer.Typer, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "none.ndjson"
+    r = invoke(
+        app,
+        "-c",
+        S2,
+        "--bbox",
+        AOI,
+        "--datetime",
+        "2019-01-01/2019-12-31",
+        "--catalog-url",
+        str(sources["parquet"]),
+        "--out",
+        str(out),
+    )
+    assert r.exit_code == EXIT_EMPTY  # type: ignore[attr-defined]
+    assert "no items matched" in r.stdout  # type: ignore[attr-defined]
+    assert "nothing found" in r.stderr  # type: ignore[attr-defined]
+    assert not out.exists()
+
+
+def test_default_catalog_is_the_embedded_sample(
+    app: typer.Typer, sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    r = invoke(app, "-c", S2, "--out", "r.ndjson")
+    assert r.exit_code == EXIT_ERROR  # type: ignore[attr-defined]
+    assert "aom samples" in r.stderr  # type: ignore[attr-defined]
+    target = tmp_path / ".aom" / "samples" / "items.parquet"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(sources["parquet"].read_bytes())
+    r = invoke(app, "-c", LS, "--bbox", AOI, "--out", "r.ndjson")
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert "catalog: sample" in r.stdout and "found 2 items" in r.stdout  # type: ignore[attr-defined]
+    assert (tmp_path / "r.ndjson").exists() and (tmp_path / "r.ndjson.meta.json").exists()
+
+
+def test_bad_arguments(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+    r = invoke(
+        app,
+        "-c",
+        S2,
+        "--bbox",
+        "1,2,3",
+        "--catalog-url",
+        str(sources["parquet"]),
+        "--out",
+        str(tmp_path / "x.ndjson"),
+    )
+    assert r.exit_code == 2 and "W,S,E,N" in r.output  # type: ignore[attr-defined]
+    r = invoke(
+        app,
+        "-c",
+        S2,
+        "--datetime",
+        "2023-12-31/2023-01-01",
+        "--catalog-url",
+        str(sources["parquet"]),
+        "--out",
+        str(tmp_path / "x.ndjson"),
+    )
+    assert r.exit_code == EXIT_ERROR and "ends before it starts" in r.stderr  # type: ignore[attr-defined]
+
+
+def test_api_failure_is_reported_without_credentials(app: typer.Typer, tmp_path: Path) -> None:
+    with fake_api(all_items(), fail_always=503, retry_after="0") as api:
+        host = api.url.split("://", 1)[1]
+        r = invoke(
+            app,
+            "-c",
+            S2,
+            "--catalog-url",
+            f"http://bob:hunter2@{host}/",
+            "--out",
+            str(tmp_path / "x.ndjson"),
+            "--max-attempts",
+            "2",
+        )
+        assert len(api.requests) == 2
+    assert r.exit_code == EXIT_ERROR  # type: ignore[attr-defined]
+    assert host in r.stderr and "hunter2" not in r.output  # type: ignore[attr-defined]
+    assert "HTTP 503" in r.stderr and "after 2 attempt" in r.stderr  # type: ignore[attr-defined]

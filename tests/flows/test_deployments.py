@@ -1,0 +1,271 @@
+"""prefect.yaml against a real Prefect server: deploy, run ingest and embed on a process worker
+against the pgstac API and the moto S3 server, and the refresh path whose event triggers the
+re-embedding of exactly the tiles it touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BBOX = "5.97,44.985,6.03,45.015"
+DATETIME = "2023-06-01/2023-06-30"
+COLLECTION = "sentinel-2-l2a"
+NEW_DATE = "20230621"  # items of this date are held back and published later (refresh)
+
+
+def _prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, (
+        f"prefect {' '.join(args)} failed:\n{proc.stdout[:3000]}\n...\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def _client(api_url: str) -> Any:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        from prefect.client.orchestration import get_client
+
+        client: SyncPrefectClient = get_client(sync_client=True)
+    return client
+
+
+def _runs_of(api_url: str, deployment: str) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with _client(api_url) as client:
+        return list(
+            client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+            )
+        )
+
+
+def _run_worker_until(
+    env: dict[str, str], api_url: str, deployment: str, count: int, timeout: float = 420
+) -> list[Any]:
+    """Run a process worker until ``count`` runs of ``deployment`` reached a final state."""
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            "local",
+            "--type",
+            "process",
+            "--limit",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = _runs_of(api_url, deployment)
+            final = [r for r in runs if r.state is not None and r.state.is_final()]
+            if len(final) >= count:
+                return runs
+            time.sleep(2)
+        states = [(r.name, r.state.name if r.state else None) for r in _runs_of(api_url, deployment)]
+        raise AssertionError(f"{deployment}: {count} final run(s) not reached in {timeout} s: {states}")
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    prefect_server_process: Any, pgstac_api: Any, s3: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    from aom_model import AOM, AOMConfig, save_checkpoint
+    from pipelines.samples import SyntheticSpec, build_sample_catalog
+    from pipelines.search import Watermark
+    from pipelines.storage import write_json_atomic
+
+    work = tmp_path_factory.mktemp("deploy")
+    cat = build_sample_catalog(
+        work / "samples", include_real=False, synthetic=SyntheticSpec(collections=(COLLECTION,))
+    )
+    items = [json.loads(line) for line in cat.items_ndjson.read_text().splitlines()]
+    first = [i for i in items if NEW_DATE not in i["id"]]
+    later = [i for i in items if NEW_DATE in i["id"]]
+    assert first and later
+    collection = json.loads((cat.root / COLLECTION / "collection.json").read_text())
+    pgstac_api.reset()
+    pgstac_api.load_collections([collection])
+    pgstac_api.load_items(first)
+
+    bucket = s3.create_bucket()
+    data_url = f"s3://{bucket}/aom"
+    opts = s3.storage_options
+    # The state a previous refresh would have left: everything published so far is ingested.
+    newest = max(i["properties"].get("updated") or i["properties"]["created"] for i in first)
+    write_json_atomic(f"{data_url}/cubes/_state/watermark.json", Watermark(newest).to_json(), opts)
+
+    torch_ckpt = work / "aom-tiny-random.safetensors"
+    cfg = AOMConfig.named("tiny")
+    save_checkpoint(str(torch_ckpt), AOM(cfg), cfg, None, {"name": "aom-tiny-random"})
+
+    api_url = prefect_server_process.api_url
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        Secret(value={"key": s3.key, "secret": s3.secret}).save("aom-test-s3", overwrite=True)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env.update(prefect_server_process.client_env())
+    env.update(
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        AOM_DATA_URL=data_url,
+        AOM_CATALOG="sample",
+        AOM_CATALOG_URL=pgstac_api.url,
+        AOM_S3_ENDPOINT=s3.endpoint_url,
+        AOM_CREDENTIALS_BLOCK="aom-test-s3",
+        AOM_BBOX=BBOX,
+        AOM_DATETIME=DATETIME,
+        AOM_COLLECTIONS=COLLECTION,
+        AOM_CHECKPOINT=str(torch_ckpt),
+    )
+    _prefect(["work-pool", "create", "local", "--type", "process"], env)
+    _prefect(
+        [
+            "work-pool",
+            "create",
+            "gpu",
+            "--type",
+            "kubernetes",
+            "--base-job-template",
+            "infra/prefect/gpu-work-pool.json",
+        ],
+        env,
+    )
+    out = _prefect(["deploy", "--all"], env, timeout=600)
+    yield {
+        "env": env,
+        "api_url": api_url,
+        "data_url": data_url,
+        "opts": opts,
+        "later": later,
+        "pgstac": pgstac_api,
+        "deploy_out": out.stdout,
+    }
+    s3.delete_bucket(bucket)
+
+
+def test_every_deployment_is_created(deployed: dict[str, Any]) -> None:
+    import yaml
+
+    names = [d["name"] for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]]
+    with _client(deployed["api_url"]) as client:
+        found = {d.name: d for d in client.read_deployments()}
+    assert set(names) <= set(found), f"missing deployments: {sorted(set(names) - set(found))}"
+    assert {found[n].work_pool_name for n in names} == {"local", "gpu"}
+    embed_local = found["embed-local"]
+    params = embed_local.parameters["params"]
+    assert params["out"] == f"{deployed['data_url']}/embeddings"
+    # secrets are references, never inline
+    assert params["storage"]["credentials_block"] == "aom-test-s3"
+    assert "secret" not in json.dumps(embed_local.parameters).replace("credentials_block", "")
+
+
+def test_ingest_embed_then_refresh_triggers_reembedding(deployed: dict[str, Any]) -> None:
+    from pipelines.cubes import CubeStore
+    from pipelines.query import open_embeddings
+    from pipelines.tiling import TileGrid
+
+    env, api_url, data_url, opts = (
+        deployed["env"],
+        deployed["api_url"],
+        deployed["data_url"],
+        deployed["opts"],
+    )
+
+    # 1. ingest deployment on a process worker: cubes land in S3, every tile complete
+    _prefect(["deployment", "run", "ingest/ingest-local"], env)
+    runs = _run_worker_until(env, api_url, "ingest-local", 1)
+    assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+    store = CubeStore.open(f"{data_url}/cubes", opts)
+    first_tiles = set(store.complete_tiles())
+    assert first_tiles
+
+    # 2. embed deployment: embeddings of those tiles
+    _prefect(["deployment", "run", "embed/embed-local"], env)
+    runs = _run_worker_until(env, api_url, "embed-local", 1)
+    assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+    emb = open_embeddings(f"{data_url}/embeddings", storage_options=opts)
+    assert any(emb.tiles(0).values())
+
+    # 3. new items are published; refresh finds exactly those and its event re-embeds their tiles
+    later = deployed["later"]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for item in later:
+        item["properties"]["updated"] = now
+    deployed["pgstac"].load_items(later)
+    _prefect(["deployment", "run", "refresh/refresh-local"], env)
+    runs = _run_worker_until(env, api_url, "refresh-local", 1)
+    assert runs[0].state.is_completed(), runs[0].state
+    expected_tiles = sorted({t.tile_id for t in TileGrid().tiles_for_items(later)})
+    assert set(CubeStore.open(f"{data_url}/cubes", opts).complete_tiles()) >= set(expected_tiles)
+    from pipelines.search import read_watermark
+
+    wm = read_watermark(f"{data_url}/cubes/_state/watermark.json", opts)
+    assert wm is not None and set(wm.ids_at_updated) == {i["id"] for i in later}
+
+    # the trigger created a second embed-local run for exactly the refreshed tiles
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(_runs_of(api_url, "embed-local")) < 2:
+        time.sleep(2)
+    runs = _run_worker_until(env, api_url, "embed-local", 2)
+    triggered = max(runs, key=lambda r: r.created)
+    assert sorted(triggered.parameters["params"]["tile_ids"]) == expected_tiles
+    assert triggered.state.is_completed(), triggered.state
+
+
+def test_parameters_validate_and_bad_input_fails_fast(deployed: dict[str, Any]) -> None:
+    """Every entrypoint imports; its deployed parameters validate; a bad bbox fails with a message."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.flows import load_flow_from_entrypoint
+
+    with _client(deployed["api_url"]) as client:
+        deployments = client.read_deployments()
+    for d in deployments:
+        flow = load_flow_from_entrypoint(str(REPO_ROOT / d.entrypoint))
+        flow.validate_parameters(d.parameters)
+    ingest = load_flow_from_entrypoint(str(REPO_ROOT / "flows/ingest.py:ingest"))
+    bad = json.loads(json.dumps(next(d for d in deployments if d.name == "ingest-local").parameters))
+    bad["params"]["area"]["bbox"] = "6,46,7,45"
+    with pytest.raises(ParameterTypeError, match="south < north"):
+        ingest.validate_parameters(bad)

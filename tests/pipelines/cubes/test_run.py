@@ -1,0 +1,342 @@
+"""Cube runs end to end: the `aom cubes` CLI, object storage (moto S3, endpoint down mid-write),
+a process killed mid-run, and a dask.distributed client. Outputs are compared array by array with
+a clean, uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cubes import CubeStore, write_cubes
+from tests.conftest import REPO_ROOT
+from tests.pipelines.cubes.support import (
+    GRID,
+    TILE_IDS,
+    X0,
+    Y0,
+    assert_stores_equal,
+    s2_item,
+    spec,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("run-items")
+    return [
+        s2_item(root, "R1", cloud_boxes=[(0.2, 0.2, 0.5, 0.4)]),
+        s2_item(
+            root,
+            "R2",
+            datetime="2023-06-11T10:30:00Z",
+            properties={"s2:processing_baseline": "05.00"},
+            seed=3,
+        ),
+    ]
+
+
+@pytest.fixture(scope="module")
+def clean(items: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> CubeStore:
+    out = tmp_path_factory.mktemp("clean") / "cubes"
+    summary = write_cubes(items, TILE_IDS, spec(), str(out), progress=False)
+    assert len(summary.tiles_done) == len(TILE_IDS)
+    return CubeStore.open(str(out))
+
+
+def _ndjson(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_builds_reruns_and_summarises(
+    items: list[dict[str, Any]], clean: CubeStore, tmp_path: Path
+) -> None:
+    from flows.cli import app
+
+    nd = _ndjson(tmp_path / "items.ndjson", items)
+    out = tmp_path / "cubes"
+    args = ["cubes", "--items", str(nd), "--out", str(out), "--tile-size", "1920", "--no-progress"]
+    two = ",".join(TILE_IDS[:2])
+    result = runner.invoke(app, [*args, "--tiles", two, "--summary-json", str(tmp_path / "summary.json")])
+    assert result.exit_code == 0, result.output
+    assert "2 item(s) of sentinel-2-l2a; 2 tile(s) of 1920 m" in result.output
+    assert "2 tile(s): 2 done" in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["done"] == 2 and summary["useful"] is True
+    assert_stores_equal(CubeStore.open(str(out)), clean, TILE_IDS[:2])
+    again = runner.invoke(app, [*args, "--tiles", two])
+    assert again.exit_code == 0 and "0 done, 2 already complete" in again.output
+    # without --tiles: every tile the items touch (the 2 x 2 scene); --bbox narrows that down
+    plan = runner.invoke(app, [*args, "--bbox", "0,0,1,1"])
+    assert "0 tile(s)" in plan.output and plan.exit_code == 1
+
+
+def test_cli_exits_nonzero_when_nothing_useful(items: list[dict[str, Any]], tmp_path: Path) -> None:
+    from flows.cli import app
+
+    broken = json.loads(json.dumps(items[0]))
+    for asset in broken["assets"].values():
+        asset["href"] = str(tmp_path / "missing" / Path(asset["href"]).name)
+    nd = _ndjson(tmp_path / "items.ndjson", [broken])
+    result = runner.invoke(
+        app,
+        [
+            "cubes",
+            "--items",
+            str(nd),
+            "--out",
+            str(tmp_path / "c"),
+            "--tile-size",
+            "1920",
+            "--tiles",
+            TILE_IDS[0],
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "nothing useful was produced" in result.output
+    assert "cannot open" in result.output
+    bad = runner.invoke(
+        app, ["cubes", "--items", str(nd), "--out", str(tmp_path / "c"), "--tile-size", "7000"]
+    )
+    assert bad.exit_code == 2
+
+
+def test_storage_option_parsing() -> None:
+    from flows.commands.cubes import parse_storage_options
+
+    opts = parse_storage_options(
+        ["key=abc", "client_kwargs.endpoint_url=http://127.0.0.1:9000", "anon=false", "retries=2"],
+        '{"secret": "s"}',
+    )
+    assert opts == {
+        "secret": "s",
+        "key": "abc",
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"},
+        "anon": False,
+        "retries": 2,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# object storage
+
+
+def _fast_fail(options: dict[str, Any]) -> dict[str, Any]:
+    """s3fs/botocore options that give up quickly when the endpoint is down."""
+    return {
+        **options,
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 5},
+    }
+
+
+@pytest.mark.integration
+def test_cubes_on_s3_read_back_equal(items: list[dict[str, Any]], clean: CubeStore, s3_bucket: Any) -> None:
+    url = s3_bucket.url("cubes")
+    aws_env_before = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    summary = write_cubes(items, TILE_IDS[:2], spec(), url, s3_bucket.storage_options, progress=False)
+    assert summary.tiles_done == TILE_IDS[:2]
+    store = CubeStore.open(url, s3_bucket.storage_options)
+    assert store.complete_tiles() == TILE_IDS[:2]
+    assert_stores_equal(store, clean, TILE_IDS[:2])
+    # credentials never reach the store, the environment, or the summary
+    fs = s3_bucket.fs
+    secret = s3_bucket.service.secret
+    for path in fs.find(f"{s3_bucket.name}/cubes"):
+        if path.endswith(".json"):
+            assert secret not in fs.cat_file(path).decode()
+    assert {k: v for k, v in os.environ.items() if k.startswith("AWS_")} == aws_env_before  # nothing exported
+    assert secret not in json.dumps(summary.to_dict())
+
+
+@pytest.mark.integration
+def test_s3_endpoint_down_mid_write_then_resume(
+    items: list[dict[str, Any]], clean: CubeStore, s3: Any, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = s3_bucket.url("cubes")
+    options = _fast_fail(s3_bucket.storage_options)
+    original = CubeStore.write_group
+    calls: list[str] = []
+
+    def write_group_then_cut(self: CubeStore, tile_id: str, ds: Any, **kw: Any) -> list[float]:
+        out = original(self, tile_id, ds, **kw)
+        calls.append(tile_id)
+        if tile_id == TILE_IDS[1] and calls.count(tile_id) == 1:
+            s3.stop()  # the endpoint goes down with tile 2 half written (one group of three)
+        return out
+
+    monkeypatch.setattr(CubeStore, "write_group", write_group_then_cut)
+    first = write_cubes(items, TILE_IDS[:3], spec(), url, options, progress=False)
+    assert first.tiles_done == [TILE_IDS[0]]
+    assert set(first.tiles_failed) == set(TILE_IDS[1:3])  # tile 2 cut mid-write, tile 3 never started
+    assert first.exit_code == 0  # something useful (tile 1) was produced
+    s3.start()
+    monkeypatch.setattr(CubeStore, "write_group", original)
+    store = CubeStore.open(url, options)
+    assert store.complete_tiles() == [TILE_IDS[0]]  # the half-written tile is invisible
+    second = write_cubes(items, TILE_IDS[:3], spec(), url, options, progress=False)
+    assert second.tiles_skipped == {TILE_IDS[0]: "already complete (record exists)"}
+    assert sorted(second.tiles_done) == sorted(TILE_IDS[1:3])
+    assert store.complete_tiles() == TILE_IDS[:3]
+    assert_stores_equal(store, clean, TILE_IDS[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# killed mid-run
+
+
+@pytest.mark.slow
+def test_process_killed_mid_run_then_rerun_is_identical(tmp_path: Path) -> None:
+    root = tmp_path / "items"
+    big = (X0, Y0, X0 + 5760.0, Y0 + 5760.0)  # 3 x 3 tiles of 1920 m
+    its = [
+        s2_item(root, "K1", bounds=big, cloud_boxes=[(0.1, 0.1, 0.3, 0.5)]),
+        s2_item(root, "K2", bounds=big, datetime="2023-06-06T10:30:00Z", seed=5),
+    ]
+    nd = _ndjson(tmp_path / "items.ndjson", its)
+    out = tmp_path / "cubes"
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "cubes",
+        "--items",
+        str(nd),
+        "--out",
+        str(out),
+        "--tile-size",
+        "1920",
+        "--no-progress",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = out / "_tiles"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if records.is_dir() and any(p.suffix == ".json" for p in records.iterdir()):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    n_tiles = len(GRID.tiles_for_items(its))
+    done_at_kill = len([p for p in records.iterdir() if p.suffix == ".json"])
+    assert 1 <= done_at_kill < n_tiles
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{done_at_kill} already complete" in rerun.stdout
+    clean_out = tmp_path / "clean"
+    clean = write_cubes(its, GRID.tiles_for_items(its), spec(), str(clean_out), progress=False)
+    assert len(clean.tiles_done) + len(clean.tiles_empty) == n_tiles
+    assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(clean_out)))
+
+
+# ---------------------------------------------------------------------------------------------
+# dask.distributed
+
+
+@pytest.mark.slow
+def test_tiles_on_a_dask_cluster(items: list[dict[str, Any]], clean: CubeStore, tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        summary = write_cubes(
+            items, TILE_IDS, spec(), str(tmp_path / "cubes"), progress=False, dask_client=client
+        )
+    assert sorted(summary.tiles_done) == sorted(TILE_IDS)
+    assert_stores_equal(CubeStore.open(str(tmp_path / "cubes")), clean)
+
+
+@pytest.mark.slow
+def test_parallel_tiles_in_threads(items: list[dict[str, Any]], clean: CubeStore, tmp_path: Path) -> None:
+    seen: list[str] = []
+    summary = write_cubes(
+        items,
+        TILE_IDS,
+        spec(),
+        str(tmp_path / "cubes"),
+        progress=False,
+        workers=2,
+        on_tile=lambda o: seen.append(o.tile_id),
+    )
+    assert sorted(summary.tiles_done) == sorted(TILE_IDS) == sorted(seen)
+    assert [o.tile_id for o in summary.outcomes] == TILE_IDS  # summary in the order asked
+    assert_stores_equal(CubeStore.open(str(tmp_path / "cubes")), clean)
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedded sample catalog (synthetic S2/Landsat/HLS in two zones + the real products)
+
+
+@pytest.mark.slow
+def test_cubes_from_the_sample_catalog(tmp_path: Path) -> None:
+    from collections import defaultdict
+
+    from pipelines.cubes import CubeSpec
+    from pipelines.cubes.run import _ItemIndex
+    from pipelines.samples import SyntheticSpec, build_sample_catalog
+    from pipelines.tiling import TileGrid
+
+    cat = build_sample_catalog(tmp_path / "sample", synthetic=SyntheticSpec(n_dates=1))
+    by_collection: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for line in cat.items_ndjson.read_text().splitlines():
+        item = json.loads(line)
+        by_collection[item["collection"]].append(item)
+    grid = TileGrid()
+    for cid, its in sorted(by_collection.items()):
+        first = next((i for i in its if i["id"].startswith("SYN_")), its[0])  # synthetic, else the real one
+        tile = grid.tile_at(
+            *_valid_lonlat(first, CubeSpec(grid=grid, collections=(cid,)).collection_spec(cid))
+        )
+        assert _ItemIndex(its).for_tile(tile)
+        summary = write_cubes(
+            its, [tile], CubeSpec(grid=grid, collections=(cid,)), str(tmp_path / cid), progress=False
+        )
+        assert summary.tiles_done == [tile.tile_id], (cid, summary.format())
+        for ds in CubeStore.open(str(tmp_path / cid)).open_tile(tile.tile_id).values():
+            refl = ds["reflectance"].values
+            finite = refl[np.isfinite(refl)]
+            assert finite.size and finite.min() >= -0.2 and finite.max() <= 1.6, cid
+
+
+def _valid_lonlat(item: dict[str, Any], cs: Any) -> tuple[float, float]:
+    """Lon/lat of a pixel that is valid in the item's first band and quality asset (a median one)."""
+    import rasterio
+    from pyproj import Transformer
+
+    band = cs.band_names[0]
+    qa_key = cs.mask.per_band_assets.get(band) or cs.mask.asset
+    with (
+        rasterio.open(item["assets"][cs.assets[band]]["href"]) as src,
+        rasterio.open(item["assets"][qa_key]["href"]) as qsrc,
+    ):
+        dn = src.read(1)
+        qa = qsrc.read(1, out_shape=dn.shape)
+        ok = ~cs.mask.invalid(qa) & (dn != cs.nodata)
+        rows, cols = np.nonzero(ok)
+        k = len(rows) // 2
+        x, y = src.xy(int(rows[k]), int(cols[k]))
+        lon, lat = Transformer.from_crs(src.crs, 4326, always_xy=True).transform(x, y)
+    return float(lon), float(lat)

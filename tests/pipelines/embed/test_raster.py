@@ -1,0 +1,225 @@
+"""`aom embed-raster`: any GeoTIFF -> a georeferenced embedding raster on the token grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipelines import embeddings as es
+from pipelines.embed import EmbedConfigError, chip_plan, embed_raster
+
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+def _checkpoint(path: Path, **overrides: Any) -> Path:
+    import torch
+
+    from aom_model import AOM, AOMConfig, save_checkpoint
+
+    torch.manual_seed(3)
+    save_checkpoint(path, AOM(AOMConfig.named("tiny", **overrides)).eval())
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _checkpoint(tmp_path_factory.mktemp("raster-ckpt") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def geotiff(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 bands of uint16 DN (scale 1e-4 in the file's tags), 10 m, 400 x 520 px, a nodata corner."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    path = tmp_path_factory.mktemp("raster") / "scene.tif"
+    h, w = 400, 520
+    yy, xx = np.mgrid[0:h, 0:w]
+    data = np.stack(
+        [
+            (800 + 300 * b + 400 * np.sin(xx / 37.0 + b) * np.cos(yy / 53.0)).astype(np.uint16)
+            for b in range(4)
+        ]
+    )
+    data[:, :90, :120] = 0  # nodata
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=h,
+        width=w,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32632",
+        transform=from_origin(300000.0, 5000000.0, 10.0, 10.0),
+        nodata=0,
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+    ) as dst:
+        dst.write(data)
+        dst.scales = (1e-4,) * 4
+    return path
+
+
+def test_geotiff_float32_is_georeferenced_and_equals_direct_encoder(
+    tmp_path: Path, geotiff: Path, ckpt: Path
+) -> None:
+    import rasterio
+    import torch
+
+    from aom_model import BandBatch
+    from pipelines.embed import load_checkpoint_url
+    from pipelines.registry import load_registry
+
+    out = tmp_path / "emb.tif"
+    res = embed_raster(
+        str(geotiff),
+        str(out),
+        str(ckpt),
+        sensor="sentinel-2-msi",
+        bands=BANDS,
+        core_tokens=12,
+        margin_tokens=2,
+        progress=False,
+    )
+    assert (res.height, res.width, res.dim, res.token_px) == (25, 33, 64, 16)
+    with rasterio.open(out) as src:
+        assert src.count == 64 and (src.height, src.width) == (25, 33) and src.crs.to_epsg() == 32632
+        assert tuple(src.transform)[:6] == (160.0, 0.0, 300000.0, 0.0, -160.0, 5000000.0)
+        emb = np.moveaxis(src.read(), 0, -1)
+        assert "AOM_ENCODING" in src.tags()
+    assert np.isnan(emb[:5, :7]).all()  # the nodata corner (90 x 120 px = 5.6 x 7.5 tokens)
+    assert np.isfinite(emb[10:, 10:]).all() and res.valid_tokens == int(np.isfinite(emb).all(-1).sum())
+
+    # direct encoder call on the same padded pixels: chip (0, 1) = token rows -2..14, cols 10..26
+    ckpt_l = load_checkpoint_url(str(ckpt))
+    with rasterio.open(geotiff) as src:
+        px = src.read(
+            window=((-2 * 16, 14 * 16), (10 * 16, 26 * 16)), boundless=True, masked=True, out_dtype="float32"
+        )
+    x = np.ma.filled(px, np.nan).astype(np.float32) * np.float32(1e-4)
+    s2 = load_registry().sensor("sentinel-2-msi")
+    bb = BandBatch.from_tensor(
+        torch.from_numpy(x)[None],
+        [s2.band(b).center_wavelength_nm for b in BANDS],
+        [s2.band(b).fwhm_nm for b in BANDS],
+        10.0,
+    )
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        enc = ckpt_l.model.forward_features(bb, chip_plan(ckpt_l.config, [10.0], 16, 160.0))
+    tok = enc.tokens[0].reshape(16, 16, -1).numpy()[2:14, 2:14]
+    np.testing.assert_allclose(emb[0:12, 12:24], tok, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_geotiff_and_zarr_outputs(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:
+    import rasterio
+    import xarray as xr
+
+    f32 = tmp_path / "f.tif"
+    embed_raster(str(geotiff), str(f32), str(ckpt), sensor="sentinel-2-msi", bands=BANDS, progress=False)
+    i8 = tmp_path / "q.tif"
+    embed_raster(
+        str(geotiff), str(i8), str(ckpt), sensor="sentinel-2-msi", bands=BANDS, dtype="int8", progress=False
+    )
+    with rasterio.open(f32) as a, rasterio.open(i8) as b:
+        ref = np.moveaxis(a.read(), 0, -1)
+        q = np.moveaxis(b.read(), 0, -1)
+        assert b.dtypes[0] == "int8" and b.nodata == -128
+    back = es.dequantize(q)
+    ok = np.isfinite(ref).all(-1)
+    assert np.array_equal(ok, np.isfinite(back).all(-1))
+    assert np.abs(back[ok] - es.unit(ref[ok])).max() <= es.QUANT_MAX_ABS_ERROR + 1e-6
+
+    zout = tmp_path / "emb.zarr"
+    res = embed_raster(
+        str(geotiff),
+        str(zout),
+        str(ckpt),
+        wavelengths=[492.4, 559.8, 664.6, 832.8],
+        fwhm=[66, 36, 31, 106],
+        progress=False,
+    )
+    ds = xr.open_zarr(zout, consolidated=False)
+    assert ds["embeddings"].dims == ("y", "x", "dim") and ds["embeddings"].shape == (
+        res.height,
+        res.width,
+        64,
+    )
+    assert float(ds["x"][0]) == 300080.0 and float(ds["y"][0]) == 4999920.0
+    assert "GeoTransform" in ds["spatial_ref"].attrs and "UTM zone 32N" in ds["spatial_ref"].attrs["crs_wkt"]
+    # same bands by wavelength as by registry name: the same vectors
+    np.testing.assert_allclose(ds["embeddings"].values, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_raster_requests_fail_clearly(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:
+    with pytest.raises(EmbedConfigError, match="4 band"):
+        embed_raster(
+            str(geotiff),
+            str(tmp_path / "a.tif"),
+            str(ckpt),
+            sensor="sentinel-2-msi",
+            bands=BANDS[:3],
+            progress=False,
+        )
+    with pytest.raises(EmbedConfigError, match="no band 'B99'"):
+        embed_raster(
+            str(geotiff),
+            str(tmp_path / "a.tif"),
+            str(ckpt),
+            sensor="sentinel-2-msi",
+            bands=("B02", "B03", "B04", "B99"),
+            progress=False,
+        )
+    with pytest.raises(EmbedConfigError, match="band metadata needed"):
+        embed_raster(str(geotiff), str(tmp_path / "a.tif"), str(ckpt), progress=False)
+    small = _checkpoint(tmp_path / "p8.safetensors", patch_size_max=8)
+    with pytest.raises(EmbedConfigError, match="patch range"):
+        embed_raster(
+            str(geotiff),
+            str(tmp_path / "a.tif"),
+            str(small),
+            sensor="sentinel-2-msi",
+            bands=BANDS,
+            progress=False,
+        )
+    assert not (tmp_path / "a.tif").exists()
+
+
+def test_cli_embed_raster(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from flows.commands.embed import register
+
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "cli.tif"
+    res = CliRunner().invoke(
+        app,
+        [
+            "embed-raster",
+            str(geotiff),
+            "--sensor",
+            "sentinel-2-msi",
+            "--bands",
+            ",".join(BANDS),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--dtype",
+            "int8",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "25x33 tokens x 64 dims" in res.output
+    res = CliRunner().invoke(
+        app, ["embed-raster", str(geotiff), "--checkpoint", str(ckpt), "--out", str(out)]
+    )
+    assert res.exit_code == 2 and "band metadata needed" in res.output

@@ -1,0 +1,633 @@
+"""Embedding runs (pipelines.embed): chips and borders, equality with direct encoder calls,
+quantisation, STAC, nodata tiles, fit checks, Dask fan-out, killed workers and S3 outages.
+
+Fixtures build the sample catalog (synthetic items near 6 E 45 N, two UTM zones) and a cube store
+of its two 7680 m tiles once per session; the model is ``tiny`` with random weights, saved as a
+checkpoint with normalisation statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipelines import embeddings as es
+from pipelines.embed import (
+    CubeSource,
+    EmbedConfigError,
+    EmbedRequest,
+    TileResult,
+    alignment_tokens,
+    chip_plan,
+    choose_layout,
+    load_checkpoint_url,
+    nanmedian_time,
+    parse_periods,
+    run_embedding,
+)
+from pipelines.tiling import TileGrid
+
+PERIOD = "2023-06-01/2023-06-30"
+TILES = ("32631_95_649", "32632_34_649")
+AOI = (5.99, 44.99, 6.01, 45.01)
+
+
+# ------------------------------------------------------------------------------------------
+# Session fixtures
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from pipelines.samples import build_sample_catalog
+
+    return build_sample_catalog(tmp_path_factory.mktemp("emb-samples"), include_real=False)
+
+
+@pytest.fixture(scope="session")
+def sample_items(sample_catalog: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(sample_catalog.items_ndjson).read_text().splitlines() if line]
+
+
+def _norm_stats() -> dict[str, Any]:
+    from pipelines.registry import load_registry
+
+    reg = load_registry()
+    bands = {}
+    for sensor in ("sentinel-2-msi", "landsat-oli"):
+        for i, b in enumerate(reg.sensor(sensor).bands):
+            bands[f"{sensor}/{b.name}"] = {
+                "mean": 0.1 + 0.01 * i,
+                "std": 0.08 + 0.005 * i,
+                "count": 1000,
+                "wavelength_nm": b.center_wavelength_nm,
+            }
+    return {"kind": "per-band-key", "bands": bands}
+
+
+def make_checkpoint(
+    path: Path, seed: int = 0, norm_stats: dict[str, Any] | None = None, **overrides: Any
+) -> Path:
+    import torch
+
+    from aom_model import AOM, AOMConfig, save_checkpoint
+
+    torch.manual_seed(seed)
+    model = AOM(AOMConfig.named("tiny", **overrides)).eval()
+    save_checkpoint(path, model, norm_stats=norm_stats)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("emb-ckpt") / "tiny.safetensors", norm_stats=_norm_stats())
+
+
+@pytest.fixture(scope="session")
+def cubes(tmp_path_factory: pytest.TempPathFactory, sample_items: list[dict[str, Any]]) -> Path:
+    from pipelines.cubes import CubeSpec, write_cubes
+
+    grid = TileGrid()
+    out = tmp_path_factory.mktemp("emb-cubes") / "cubes"
+    spec = CubeSpec(grid=grid, collections=("sentinel-2-l2a", "landsat-c2-l2"), catalog="sample")
+    summary = write_cubes(sample_items, [grid.tile(t) for t in TILES], spec, str(out), progress=False)
+    assert sorted(summary.tiles_done) == sorted(TILES), summary.format()
+    return out
+
+
+def request(checkpoint: Path, out: Any, cubes: Path, **kw: Any) -> EmbedRequest:
+    args: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "out": str(out),
+        "datetime": PERIOD,
+        "tiles": TILES,
+        "cubes": str(cubes),
+        "workers": 0,
+        "progress": False,
+    }
+    args.update(kw)
+    return EmbedRequest(**args)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, cubes: Path) -> tuple[Path, Any]:
+    """An uninterrupted in-process run over the two tiles (the reference for every other run)."""
+    out = tmp_path_factory.mktemp("emb-ref") / "emb"
+    summary = run_embedding(request(checkpoint, out, cubes))
+    assert summary.complete and summary.done == 2, summary.format()
+    return out, summary
+
+
+def tile_codes(root: str, version: str, tile_id: str, time_index: int = 0, options: Any = None) -> np.ndarray:
+    """The stored int8 codes of one tile (via the record's window)."""
+    import zarr
+
+    rec = es.read_tile_record(root, version, tile_id, time_index, options)
+    g = zarr.open_group(
+        store=es.zarr_store(root, options, read_only=True), path=f"{version}/{rec['epsg']}", mode="r"
+    )
+    (r0, r1), (c0, c1) = rec["window"]["row"], rec["window"]["col"]
+    arr = g["embeddings"]
+    assert isinstance(arr, zarr.Array)
+    return np.asarray(arr[time_index, r0:r1, c0:c1, :])
+
+
+def all_codes(root: str, version: str, options: Any = None) -> dict[str, np.ndarray]:
+    return {t: tile_codes(root, version, t, 0, options) for t in TILES}
+
+
+# ------------------------------------------------------------------------------------------
+# Pure functions
+
+
+def test_nanmedian_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    for t in (1, 2, 3, 6):
+        x = rng.random((t, 2, 17, 9)).astype(np.float32)
+        x[rng.random(x.shape) < 0.45] = np.nan
+        x[:, :, 0, 0] = np.nan  # an all-NaN pixel
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = np.nanmedian(x, axis=0)
+        np.testing.assert_allclose(nanmedian_time(x), want, rtol=1e-6, equal_nan=True)
+
+
+def test_layout_alignment_and_plan() -> None:
+    from aom_model import AOMConfig
+
+    assert alignment_tokens(160.0, [10.0, 20.0, 60.0, 30.0]) == 3
+    assert alignment_tokens(160.0, [10.0, 20.0]) == 1
+    layout = choose_layout(48, 160.0, [10.0, 20.0, 60.0, 30.0])
+    assert (layout.core_tokens, layout.margin_tokens, layout.chip_tokens) == (24, 3, 30)
+    assert layout.margin_m == 480.0 and layout.chips_per_side == 2
+    assert layout.pixels(layout.chip_tokens, 60.0) == 80 and layout.pixels(3, 30.0) == 16
+    with pytest.raises(EmbedConfigError, match="multiple of 3"):
+        choose_layout(48, 160.0, [10.0, 60.0], margin_tokens=2)
+    with pytest.raises(EmbedConfigError, match="divide"):
+        choose_layout(48, 160.0, [10.0], core_tokens=20)
+    plan = chip_plan(AOMConfig.named("tiny"), [10.0, 20.0, 30.0, 60.0], 30, 160.0)
+    assert plan.grid_hw == (30, 30) and plan.ref_group == 0
+    assert [g.patch_hw for g in plan.groups] == [(16, 16), (8, 8), (5, 5), (3, 3)]
+    assert [g.resample_hw for g in plan.groups] == [None, None, (150, 150), (90, 90)]
+
+
+def test_periods() -> None:
+    (p,) = parse_periods("2023-06-01/2023-06-30")
+    assert p.label == "2023-06-01"
+    assert p.contains(np.datetime64("2023-06-30T23:00:00")) and not p.contains(np.datetime64("2023-07-01"))
+    assert [q.label for q in parse_periods("2023-01-01/2023-06-30,2023-07-01/2023-12-31")] == [
+        "2023-01-01",
+        "2023-07-01",
+    ]
+    assert parse_periods("../2023-06-30")[0].label == "2023-06-30"
+    for bad in ("", "../..", "2023-07-01/2023-06-01", "june"):
+        with pytest.raises(EmbedConfigError):
+            parse_periods(bad)
+
+
+def test_quantisation_roundtrip_within_documented_bound() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5000, 64)).astype(np.float32) * rng.uniform(0.1, 20, (5000, 1)).astype(
+        np.float32
+    )
+    x[::7, 0] = 40.0  # spiky vectors
+    back = es.dequantize(es.quantize(x))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    err = np.abs(back - unit)
+    assert err.max() <= es.QUANT_MAX_ABS_ERROR + 1e-7
+    stats = es.quantisation_error(x)
+    assert stats["max_abs_error"] is not None and stats["max_abs_error"] <= es.QUANT_MAX_ABS_ERROR + 1e-7
+    assert stats["min_cosine"] is not None and stats["min_cosine"] > 0.999
+    nod = es.quantize(np.full((2, 64), np.nan, np.float32))
+    assert (nod == es.NODATA_Q).all() and np.isnan(es.dequantize(nod)).all()
+
+
+def test_request_json_round_trip_redacts_credentials() -> None:
+    r = EmbedRequest(
+        checkpoint="s3://m/c.safetensors",
+        out="s3://b/e",
+        datetime=PERIOD,
+        aoi=AOI,
+        cubes="s3://b/c",
+        storage_options={"key": "AKIAXXXX", "secret": "SUPERSECRET", "endpoint_url": "http://x"},
+    )
+    d = r.to_dict()
+    assert "SUPERSECRET" not in json.dumps(d) and "AKIAXXXX" not in json.dumps(d)
+    back = EmbedRequest.from_dict({**d, "storage_options": {}})
+    assert back.aoi == AOI and back.cubes == "s3://b/c" and back.tiles == ()
+    with pytest.raises(EmbedConfigError, match="unknown EmbedRequest fields"):
+        EmbedRequest.from_dict({**d, "bogus": 1})
+
+
+def test_gpu_resource_annotation_rules() -> None:
+    from pipelines.embed import gpu_resources
+
+    assert gpu_resources([{"GPU": 1}, {}], "auto") == {"GPU": 1.0}
+    assert gpu_resources([{}, {}], "auto") is None
+    assert gpu_resources([{"GPU": 1}], "none") is None
+    assert gpu_resources([{"gpu-a100": 2}], "gpu-a100") == {"gpu-a100": 1.0}
+    with pytest.raises(EmbedConfigError, match="no worker of the cluster offers"):
+        gpu_resources([{}, {"CPU": 4}], "GPU")
+
+
+# ------------------------------------------------------------------------------------------
+# Checks before any work
+
+
+def test_checkpoint_that_does_not_fit_fails_before_any_work(tmp_path: Path, cubes: Path) -> None:
+    out = tmp_path / "never"
+    bad_token = make_checkpoint(tmp_path / "t100.safetensors", token_ground_m=100.0)
+    with pytest.raises(EmbedConfigError, match=r"100 m tokens.*7680 m"):
+        run_embedding(request(bad_token, out, cubes))
+    small_patch = make_checkpoint(tmp_path / "p8.safetensors", patch_size_max=8)
+    with pytest.raises(EmbedConfigError, match=r"patch range \[1, 8\]"):
+        run_embedding(request(small_patch, out, cubes))
+    no_wl = {"kind": "per-band-key", "bands": {"other/B1": {"mean": 0.1, "std": 0.1}}}
+    no_stats = make_checkpoint(tmp_path / "ns.safetensors", norm_stats=no_wl)
+    with pytest.raises(EmbedConfigError, match="no normalisation statistics"):
+        run_embedding(request(no_stats, out, cubes))
+    with pytest.raises(EmbedConfigError, match="not found"):
+        run_embedding(request(tmp_path / "missing.safetensors", out, cubes))
+    with pytest.raises(EmbedConfigError, match="exactly one input"):
+        EmbedRequest(checkpoint="x", out="y", datetime=PERIOD, aoi=AOI)
+    assert not out.exists()
+
+
+def test_existing_version_with_other_definition_is_refused(
+    tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
+) -> None:
+    out, summary = reference
+    before = sorted(p.name for p in (out / "_tiles" / summary.version / "t0").iterdir())
+    with pytest.raises(EmbedConfigError, match="different definition"):
+        run_embedding(request(checkpoint, out, cubes, margin_tokens=6))
+    assert sorted(p.name for p in (out / "_tiles" / summary.version / "t0").iterdir()) == before
+
+
+# ------------------------------------------------------------------------------------------
+# The reference run: content, provenance, STAC, equality with the encoder
+
+
+def test_reference_run_records_provenance_and_quantisation(
+    reference: tuple[Path, Any], checkpoint: Path, cubes: Path
+) -> None:
+    out, summary = reference
+    d = summary.to_dict()
+    assert d["done"] == 2 and d["failed"] == {} and d["chips"] >= 2 and d["km2_covered"] > 0
+    assert d["max_abs_quant_error"] <= es.QUANT_MAX_ABS_ERROR
+    ckpt = load_checkpoint_url(str(checkpoint))
+    version = es.read_version(str(out), summary.version)
+    assert version.checkpoint_sha256 == ckpt.sha256 and version.model == "aom-tiny" and version.dim == 64
+    assert version.token_ground_m == 160.0 and version.times == ("2023-06-01",)
+    for tid in TILES:
+        rec = es.read_tile_record(str(out), summary.version, tid, 0)
+        assert rec["status"] == "complete" and rec["valid_tokens"] > 0
+        prov = rec["provenance"]
+        assert prov["checkpoint_sha256"] == ckpt.sha256 and prov["model"] == "aom-tiny"
+        assert prov["input_items"] and all(i.startswith(("SYN_S2_", "SYN_LC0")) for i in prov["input_items"])
+        assert {b["gsd_m"] for b in prov["bands"]} == {10.0, 20.0, 30.0, 60.0}
+        assert prov["gsds_m"] == [10.0, 20.0, 30.0, 60.0]
+        assert prov["chip"]["margin_tokens"] == 3 and prov["chip"]["core_tokens"] == 24
+        q = rec["quantisation"]
+        assert q["max_abs_error"] <= q["bound_max_abs_error"] == es.QUANT_MAX_ABS_ERROR
+    # a rerun is a no-op: everything already complete
+    again = run_embedding(request(checkpoint, out, cubes))
+    assert again.done == 0 and {r.reason for r in again.results} == {"already complete (record exists)"}
+
+
+def test_stac_output_parses_with_pystac(reference: tuple[Path, Any]) -> None:
+    import pystac
+
+    _out, summary = reference
+    assert summary.stac_collection is not None
+    coll = pystac.Collection.from_file(summary.stac_collection)
+    assert coll.id == summary.version and es.EMB_EXTENSION in coll.stac_extensions
+    items = list(coll.get_items())
+    assert sorted(i.id for i in items) == sorted(TILES)
+    for item in items:
+        assert es.EMB_EXTENSION in item.stac_extensions
+        assert item.properties["emb:dimensions"] == [64]
+        assert item.properties["emb:quantization_method"] == "int8-sqrt"
+        assert item.properties["proj:code"] in ("EPSG:32631", "EPSG:32632")
+        assert str(item.assets["embeddings"].media_type).startswith("application/vnd.zarr")
+
+
+def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(
+    reference: tuple[Path, Any], checkpoint: Path, cubes: Path
+) -> None:
+    """Chip borders: each chip is its 24-token core + 3 tokens of the neighbouring area each side; the
+    stored core tokens must equal the encoder called directly on those padded pixels."""
+    import torch
+
+    from aom_model import BandBatch, BandGroup
+    from pipelines.cubes import CubeStore
+
+    out, summary = reference
+    ckpt = load_checkpoint_url(str(checkpoint))
+    stats = _norm_stats()["bands"]
+    grid = TileGrid()
+    tile = grid.tile(TILES[0])
+    period = parse_periods(PERIOD)[0]
+    padded = CubeSource(str(cubes)).read(tile, period, 0, 480.0)
+    assert padded.status == "ok" and [g.gsd_m for g in padded.groups] == [10.0, 20.0, 30.0, 60.0]
+
+    # the padded pixels' centre is the cube's own median over the period (independent read)
+    store = CubeStore.open(str(cubes))
+    ds = store.open_tile(tile.tile_id)[("sentinel-2-l2a", "10m")]
+    refl = ds["reflectance"].values  # (time, band, y, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        med = np.nanmedian(refl, axis=0)
+    np.testing.assert_allclose(padded.groups[0].pixels[:, 48:-48, 48:-48], med, rtol=1e-6, equal_nan=True)
+    assert np.isnan(padded.groups[0].pixels[:, :48, :]).all()  # no neighbour cube: the margin is nodata
+
+    stored = es.dequantize(tile_codes(str(out), summary.version, tile.tile_id))
+    torch.set_num_threads(1)
+    core, margin, chip = 24, 3, 30
+    plan = chip_plan(ckpt.config, [10.0, 20.0, 30.0, 60.0], chip, 160.0)
+    compared = 0
+    for i in range(2):
+        for j in range(2):
+            groups = []
+            for g in padded.groups:
+                tp = 160.0 / g.gsd_m  # pixels per token (5.33 at 30 m: chips are whole pixels, not tokens)
+                r0, c0, n = round(i * core * tp), round(j * core * tp), round(chip * tp)
+                px = g.pixels[:, r0 : r0 + n, c0 : c0 + n]
+                mean = np.array([stats[b.key]["mean"] for b in g.bands], np.float32)[:, None, None]
+                std = np.array([stats[b.key]["std"] for b in g.bands], np.float32)[:, None, None]
+                x = torch.from_numpy(((px - mean) / std).astype(np.float32))[None]
+                c = x.shape[1]
+                groups.append(
+                    BandGroup(
+                        x,
+                        torch.tensor([[b.center_wavelength_nm for b in g.bands]], dtype=torch.float32),
+                        torch.tensor([[b.fwhm_nm for b in g.bands]], dtype=torch.float32),
+                        torch.full((1,), g.gsd_m),
+                    )
+                )
+                assert x.shape[-1] == {10.0: 480, 20.0: 240, 30.0: 160, 60.0: 80}[g.gsd_m] and c == len(
+                    g.bands
+                )
+            with torch.inference_mode():
+                enc = ckpt.model.forward_features(BandBatch(tuple(groups)), plan)
+            tok = (
+                enc.tokens[0].reshape(chip, chip, -1).numpy()[margin : margin + core, margin : margin + core]
+            )
+            val = (
+                enc.token_valid[0].reshape(chip, chip).numpy()[margin : margin + core, margin : margin + core]
+            )
+            want = es.unit(np.where(val[..., None], tok, np.nan))
+            got = stored[i * core : (i + 1) * core, j * core : (j + 1) * core]
+            assert np.array_equal(np.isnan(got).all(-1), ~val)
+            np.testing.assert_allclose(got[val], want[val], atol=es.QUANT_MAX_ABS_ERROR + 1e-6)
+            compared += int(val.sum())
+    assert compared > 100
+
+
+def test_nodata_tiles_are_written_and_recorded(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
+    """An all-cloud tile (cube record 'empty') and a period without acquisitions: nodata, recorded."""
+    from pipelines.cubes import CubeStore
+
+    work = tmp_path / "cubes"
+    shutil.copytree(cubes, work)
+    cloudy = "32631_95_651"
+    CubeStore(str(work)).write_record(
+        cloudy, {"status": "empty", "tile_id": cloudy, "groups": [], "reason": "all pixels cloud"}
+    )
+    out = tmp_path / "emb"
+    s = run_embedding(
+        request(
+            checkpoint,
+            out,
+            work,
+            tiles=(TILES[0], cloudy),
+            datetime="2023-06-01/2023-06-30,2023-07-01/2023-07-31",
+        )
+    )
+    by = {(r.tile_id, r.time_index): r for r in s.results}
+    assert by[(TILES[0], 0)].status == "done"
+    assert by[(cloudy, 0)].status == by[(cloudy, 1)].status == by[(TILES[0], 1)].status == "nodata"
+    assert "cloud" in by[(cloudy, 0)].reason and "no valid pixel" in by[(TILES[0], 1)].reason
+    for tid, ti in ((cloudy, 0), (cloudy, 1), (TILES[0], 1)):
+        assert es.tile_is_complete(str(out), s.version, tid, ti)
+        rec = es.read_tile_record(str(out), s.version, tid, ti)
+        assert rec["status"] == "nodata" and rec["valid_tokens"] == 0 and rec["provenance"]["nodata_reason"]
+        assert (tile_codes(str(out), s.version, tid, ti) == es.NODATA_Q).all()
+    assert s.complete and s.nodata == 3
+
+
+def test_cli_embed(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from flows.commands.embed import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)
+    out = tmp_path / "cli"
+    base = [
+        "embed",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--datetime",
+        "2023-07-01/2023-07-31",
+    ]
+    res = CliRunner().invoke(
+        app,
+        [
+            *base,
+            "--cubes",
+            str(cubes),
+            "--aoi",
+            ",".join(map(str, AOI)),
+            "--workers",
+            "0",
+            "--no-progress",
+            "--summary-json",
+            str(tmp_path / "s.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "2 nodata" in res.output and json.loads((tmp_path / "s.json").read_text())["nodata"] == 2
+    res = CliRunner().invoke(
+        app, [*base, "--cubes", str(cubes), "--tiles", TILES[0], "--workers", "0", "--margin-tokens", "2"]
+    )
+    assert res.exit_code == 2 and "multiple of 3" in res.output
+
+
+# ------------------------------------------------------------------------------------------
+# Dask, S3 and faults
+
+
+def _kill_plugin(marker: str) -> Any:
+    """A worker plugin: the first worker about to write a tile's completion record (its shard is already
+    written) dies on the spot (``os._exit``); once per marker file, so the restarted worker goes on."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class KillOnceAfterShard(WorkerPlugin):
+        name = "aom-test-kill-once"
+
+        def __init__(self, marker: str) -> None:
+            self.marker = marker
+
+        def setup(self, worker: Any) -> None:
+            import pipelines.storage as st
+
+            marker, original = self.marker, st.write_json_atomic
+
+            def patched(url: str, obj: Any, storage_options: Any = None) -> None:
+                if "/_tiles/" in url and not os.path.exists(marker):
+                    Path(marker).write_text(url)
+                    os._exit(1)
+                original(url, obj, storage_options)
+
+            st.write_json_atomic = patched  # type: ignore[assignment]
+
+    return KillOnceAfterShard(marker)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", resources={"GPU": 1}
+    ) as c:
+        yield c
+
+
+@pytest.mark.slow
+def test_e2e_catalog_on_local_cluster_with_gpu_annotation(
+    tmp_path: Path, checkpoint: Path, sample_catalog: Any, cluster: Any
+) -> None:
+    import pystac
+
+    out = tmp_path / "emb"
+    seen: list[TileResult] = []
+    s = run_embedding(
+        EmbedRequest(
+            checkpoint=str(checkpoint),
+            out=str(out),
+            datetime=PERIOD,
+            aoi=AOI,
+            tiles=(TILES[1],),  # one tile: assembling from COGs is the slow path (the S3 test runs two)
+            catalog=str(sample_catalog.items_ndjson),
+            collections=("sentinel-2-l2a",),
+            dask_address=cluster.scheduler_address,
+            progress=False,
+        ),
+        on_result=seen.append,
+    )
+    assert s.complete and s.done == 1 and len(seen) == 1, s.format()
+    assert any("resources={'GPU': 1.0}" in n for n in s.notes)
+    for tid in TILES[1:]:
+        prov = es.read_tile_record(str(out), s.version, tid, 0)["provenance"]
+        assert prov["source"].startswith("catalog:") and prov["collections"] == ["sentinel-2-l2a"]
+        assert all(i.startswith("SYN_S2_") for i in prov["input_items"])
+    coll = pystac.Collection.from_file(str(out / "stac" / "collection.json"))
+    assert [i.id for i in coll.get_items()] == [TILES[1]]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_e2e_s3_on_local_cluster_equals_reference(
+    s3_bucket: Any, checkpoint: Path, cubes: Path, cluster: Any, reference: tuple[Path, Any]
+) -> None:
+    ref_out, ref = reference
+    fs = s3_bucket.fs
+    fs.put(str(cubes), s3_bucket.url("cubes").removeprefix("s3://"), recursive=True)
+    fs.put_file(str(checkpoint), s3_bucket.url("models", "tiny.safetensors").removeprefix("s3://"))
+    out = s3_bucket.url("emb")
+    s = run_embedding(
+        EmbedRequest(
+            checkpoint=s3_bucket.url("models", "tiny.safetensors"),
+            out=out,
+            datetime=PERIOD,
+            aoi=AOI,
+            cubes=s3_bucket.url("cubes"),
+            dask_address=cluster.scheduler_address,
+            storage_options=s3_bucket.storage_options,
+            progress=False,
+        )
+    )
+    assert s.complete and s.done == 2, s.format()
+    assert s.version == ref.version
+    got = all_codes(out, s.version, s3_bucket.storage_options)
+    want = all_codes(str(ref_out), ref.version)
+    for tid in TILES:
+        assert np.array_equal(got[tid], want[tid])
+    text = json.dumps(s.to_dict()) + s.format()
+    assert s3_bucket.storage_options["secret"] not in text
+    assert fs.exists(s3_bucket.url("emb", "stac", "collection.json").removeprefix("s3://"))
+
+
+@pytest.mark.slow
+def test_killed_worker_then_rerun_equals_uninterrupted(
+    tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any], cluster: Any
+) -> None:
+    from distributed import Client
+
+    ref_out, ref = reference
+    marker = tmp_path / "killed.txt"
+    out = tmp_path / "emb"
+    address = cluster.scheduler_address
+    with Client(address) as client:
+        plugin = _kill_plugin(str(marker))
+        client.register_plugin(plugin)
+        try:
+            s = run_embedding(request(checkpoint, out, cubes, dask_address=address))
+            assert marker.exists(), "the fault was not injected"
+            # the worker died after the shard and before the record: the scheduler re-ran the unit on a
+            # restarted worker (or reported it failed); either way a rerun leaves the store complete
+            s2 = run_embedding(request(checkpoint, out, cubes, dask_address=address))
+        finally:
+            client.unregister_worker_plugin(plugin.name)
+    assert "/_tiles/" in marker.read_text()
+    assert s2.complete, s2.format()
+    statuses = {(r.tile_id, r.status) for r in s.results} | {(r.tile_id, r.status) for r in s2.results}
+    assert {t for t, st in statuses if st in ("done", "skipped")} == set(TILES)
+    assert sorted(es.list_complete_tiles(str(out), ref.version)[0]) == sorted(TILES)
+    got, want = all_codes(str(out), ref.version), all_codes(str(ref_out), ref.version)
+    for tid in TILES:
+        assert np.array_equal(got[tid], want[tid])
+
+
+@pytest.mark.integration
+def test_s3_down_then_back_rerun_completes(
+    s3: Any, s3_bucket: Any, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
+) -> None:
+    ref_out, ref = reference
+    opts = {
+        **s3_bucket.storage_options,
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2},
+    }
+    out = s3_bucket.url("emb-outage")
+    stopped: list[str] = []
+
+    def stop_after_first(r: TileResult) -> None:
+        if not stopped:
+            stopped.append(r.tile_id)
+            s3.stop()
+
+    try:
+        first = run_embedding(
+            request(checkpoint, out, cubes, storage_options=opts, input_storage_options={}),
+            on_result=stop_after_first,
+        )
+    finally:
+        s3.start()
+    assert stopped and not first.complete
+    assert set(first.failed) == {f"{t}@t0" for t in TILES if t != stopped[0]}
+    second = run_embedding(request(checkpoint, out, cubes, storage_options=opts, input_storage_options={}))
+    assert second.complete and second.done == 1, second.format()
+    got, want = all_codes(out, ref.version, opts), all_codes(str(ref_out), ref.version)
+    for tid in TILES:
+        assert np.array_equal(got[tid], want[tid])

@@ -1,0 +1,442 @@
+"""Querying embedding stores: open, select, similarity, maps, exports, few-shot, bad input.
+
+One synthetic store (``pipelines.testing.embeddings``) is built per module: 2 x 2 tiles of
+EPSG:32631 and 32632 either side of 6 degrees E near 45 degrees N, class-dependent vectors, so
+every answer has a ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyproj import CRS, Transformer
+
+from pipelines.embeddings import NODATA_Q, create_version, list_complete_tiles
+from pipelines.query import (
+    QueryError,
+    classify,
+    export,
+    open_embeddings,
+    pca_map,
+    select,
+    select_zones,
+    similar,
+    similarity_heatmap,
+    topk_cosine,
+    vectors_at,
+)
+from pipelines.testing import SyntheticStore, build_synthetic_store, synthetic_version
+
+VERSION = "aom-synthetic-0123456789ab"
+BOX_2ZONES = (5.95, 44.975, 6.05, 45.025)
+QUERY = (5.99, 45.0)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStore:
+    root = str(tmp_path_factory.mktemp("emb") / "store")
+    version = synthetic_version(name=VERSION, dim=32, times=("2024-06-01", "2024-07-01"))
+    store = build_synthetic_store(root, version=version, times_to_write=[0], hole_tokens=3)
+    # a second (empty) version: opening without a version must then ask which one
+    create_version(root, synthetic_version(name="aom-other-ffffffffffff", dim=16))
+    return store
+
+
+@pytest.fixture(scope="module")
+def emb(synth: SyntheticStore):
+    return open_embeddings(synth.root_url, VERSION)
+
+
+def _oracle(emb, query: np.ndarray, k: int, keep=None) -> tuple[np.ndarray, set]:
+    """Brute force in float64 straight from the Zarr codes, with the documented inverse."""
+    import zarr
+
+    from pipelines.embeddings import zarr_store
+
+    store = zarr_store(emb.url, read_only=True)
+    q = query / np.linalg.norm(query)
+    scores, keys = [], []
+    n = emb.version.tokens_per_tile
+    for epsg, refs in emb.tiles(0).items():
+        arr = zarr.open_array(store=store, path=f"{VERSION}/{epsg}/embeddings", mode="r")
+        for r in refs:
+            codes = np.asarray(arr[0, r.row0 : r.row0 + n, r.col0 : r.col0 + n, :]).astype(np.float64)
+            v = np.sign(codes) * (codes / 127.0) ** 2
+            valid = codes[..., 0] != NODATA_Q
+            if keep is not None:
+                valid &= keep(epsg, r)
+            rows, cols = np.nonzero(valid)
+            vv = v[rows, cols]
+            s = vv @ q / np.linalg.norm(vv, axis=1)
+            scores.append(s)
+            keys += [(epsg, r.row0 + a, r.col0 + b) for a, b in zip(rows, cols)]
+    s = np.concatenate(scores)
+    order = np.argsort(-s, kind="stable")[:k]
+    return s[order], {keys[i] for i in order}
+
+
+# ------------------------------------------------------------------ open
+
+
+def test_open_lists_versions_and_rejects_unknown(synth: SyntheticStore) -> None:
+    with pytest.raises(QueryError, match="2 versions; pick one") as exc:
+        open_embeddings(synth.root_url)
+    assert "aom-other-ffffffffffff" in str(exc.value) and "model aom-synthetic" in str(exc.value)
+    with pytest.raises(QueryError, match=r"unknown embeddings version 'nope'.*aom-synthetic-0123456789ab"):
+        open_embeddings(synth.root_url, "nope")
+    with pytest.raises(QueryError, match="no embeddings store"):
+        open_embeddings(str(Path(synth.root_url).parent / "missing"))
+
+
+def test_dataset_is_lazy_dequantised_with_crs_time_provenance(emb, synth: SyntheticStore) -> None:
+    import dask.array as da
+
+    assert emb.zones == (32631, 32632)
+    ds = emb.dataset(32631)
+    assert isinstance(ds.embeddings.data, da.Array) and ds.embeddings.dtype == np.float32
+    assert CRS.from_wkt(ds.spatial_ref.attrs["crs_wkt"]).to_epsg() == 32631
+    assert ds.time.values[0] == np.datetime64("2024-06-01")
+    assert emb.provenance["checkpoint_sha256"] == synth.version.checkpoint_sha256
+    ref = emb.tiles(0)[32631][0]
+    rec = emb.tile_record(ref.tile_id, 0)
+    assert rec["provenance"]["model"] == "aom-synthetic" and rec["status"] == "complete"
+    n = emb.version.tokens_per_tile
+    tile = ds.embeddings.isel(time=0, y=slice(ref.row0, ref.row0 + n), x=slice(ref.col0, ref.col0 + n)).values
+    assert np.isnan(tile[:3, :3]).all() and np.isfinite(tile[3:, 3:]).all()
+    np.testing.assert_allclose(np.linalg.norm(tile[5, 5]), 1.0, atol=0.02)
+    with pytest.raises(QueryError, match="has 2 zones"):
+        emb.dataset()
+    assert "EPSG:32631, EPSG:32632" in emb.describe()
+
+
+# ------------------------------------------------------------------ selection
+
+
+def test_select_single_zone_is_native_and_lazy(emb) -> None:
+    import dask.array as da
+
+    box = (730000.0, 4984960.0, 734000.0, 4988960.0)
+    sel = select(emb, box, "EPSG:32631")
+    assert isinstance(sel.data, da.Array)
+    assert sel.attrs["crs"] == "EPSG:32631" and sel.dims == ("y", "x", "dim")
+    assert sel.shape == (50, 50, 32)
+    assert sel.x.values[0] == 730040.0 and sel.y.values[0] == 4988920.0
+    vec, _ = vectors_at(emb, [float(sel.x[7])], [float(sel.y[3])], "EPSG:32631")
+    np.testing.assert_array_equal(vec[0], sel.values[3, 7])
+
+
+def test_bbox_spanning_two_zones_returns_both(emb, synth: SyntheticStore) -> None:
+    zones = select_zones(emb, BOX_2ZONES)
+    assert set(zones) == {32631, 32632}
+    sel = select(emb, BOX_2ZONES)
+    assert sel.attrs["crs"] == "EPSG:32632" and sel.attrs["zones"] == [32631, 32632]
+    vals = sel.values
+    ok = np.isfinite(vals[..., 0])
+    xx, yy = np.meshgrid(sel.x.values, sel.y.values)
+    lon, lat = Transformer.from_crs(32632, 4326, always_xy=True).transform(xx, yy)
+    assert ok[lon < 6.0].mean() > 0.97 and ok[lon > 6.0].mean() > 0.97  # both sides of the zone edge
+    # every pixel carries the right class (nearest centroid) on both sides
+    pred = np.argmax(vals[ok] @ synth.scene.centroids.T, axis=1)
+    truth = synth.scene.class_at(lon[ok], lat[ok])
+    for side in (lon[ok] < 6.0, lon[ok] > 6.0):
+        assert (pred[side] == truth[side]).mean() > 0.97
+    geo = select(emb, BOX_2ZONES, target_crs="EPSG:4326")
+    assert geo.attrs["crs"] == "EPSG:4326" and np.isfinite(geo.values[..., 0]).mean() > 0.9
+
+
+def test_select_bad_input_has_clear_messages(emb) -> None:
+    with pytest.raises(QueryError, match=r"does not intersect the data; data extent lon 5\.9"):
+        select(emb, (10.0, 40.0, 10.1, 40.1))
+    with pytest.raises(QueryError, match="cannot parse CRS 'EPSG:99999999'"):
+        select(emb, BOX_2ZONES, "EPSG:99999999")
+    with pytest.raises(
+        QueryError, match=r"'2023-01-01' is not in .*valid times: \['2024-06-01', '2024-07-01'\]"
+    ):
+        select(emb, BOX_2ZONES, time="2023-01-01")
+    with pytest.raises(QueryError, match=r"no data at time '2024-07-01'.*times with data: \['2024-06-01'\]"):
+        select(emb, BOX_2ZONES, time="2024-07-01")
+    with pytest.raises(QueryError, match=r"time index 5 out of range; valid 0\.\.1"):
+        select(emb, BOX_2ZONES, time=5)
+    with pytest.raises(QueryError, match="empty or inverted"):
+        select(emb, (6.0, 45.0, 5.9, 45.1))
+    assert select(emb, BOX_2ZONES, time="2024-06-01T00:00:00Z").attrs["time"] == "2024-06-01"
+
+
+# ------------------------------------------------------------------ similarity
+
+
+def test_similarity_equals_brute_force_oracle(emb, synth: SyntheticStore) -> None:
+    k = 40
+    res = similar(emb, lon=QUERY[0], lat=QUERY[1], k=k, tiles_per_task=1)
+    want_scores, want_keys = _oracle(emb, res.query, k)
+    np.testing.assert_allclose(res.scores, want_scores, atol=1e-5)
+    got_keys = set(zip(res.epsg.tolist(), res.row.tolist(), res.col.tolist()))
+    margin = want_scores[-1] + 1e-5  # tokens tied at the cut-off may swap
+    firm = {key for key, s in zip(sorted(got_keys), res.scores) if s > margin}
+    assert firm <= want_keys and len(got_keys & want_keys) >= k - 2
+    assert res.scores[0] > 0.99  # the example location itself
+    assert np.all(np.diff(res.scores) <= 0)
+    assert (synth.scene.class_at(res.lon, res.lat) == synth.scene.class_at(*QUERY)).all()
+    assert set(res.epsg.tolist()) == {32631, 32632}  # whole dataset: both zones searched
+    total = sum(
+        int(emb.tile_record(r.tile_id, 0)["valid_tokens"]) for refs in emb.tiles(0).values() for r in refs
+    )
+    assert res.searched_vectors == total
+
+
+def test_similarity_aoi_vectors_and_exclusion_match_oracle(emb) -> None:
+    aoi = (262000.0, 4980000.0, 270000.0, 4990000.0)  # EPSG:32632
+    q = np.random.default_rng(3).standard_normal(emb.dim)
+    res = similar(emb, vectors=q, k=15, aoi=aoi, aoi_crs="EPSG:32632")
+    g = {z: emb.grid(z) for z in emb.zones}
+
+    def keep(epsg, ref):
+        n = emb.version.tokens_per_tile
+        gr = g[epsg]
+        xs = gr.x0 + (ref.col0 + np.arange(n) + 0.5) * gr.token_ground_m
+        ys = gr.y1 - (ref.row0 + np.arange(n) + 0.5) * gr.token_ground_m
+        xx, yy = np.meshgrid(xs, ys)
+        ax, ay = Transformer.from_crs(epsg, 32632, always_xy=True).transform(xx, yy)
+        return (ax >= aoi[0]) & (ax <= aoi[2]) & (ay >= aoi[1]) & (ay <= aoi[3])
+
+    want_scores, want_keys = _oracle(emb, q, 15, keep)
+    np.testing.assert_allclose(res.scores, want_scores, atol=1e-5)
+    assert set(zip(res.epsg.tolist(), res.row.tolist(), res.col.tolist())) == want_keys
+    near = similar(emb, lon=QUERY[0], lat=QUERY[1], k=5, exclude_radius_m=1000.0)
+    px, py = Transformer.from_crs(4326, 32631, always_xy=True).transform(*QUERY)
+    qx, qy = Transformer.from_crs(4326, 32631, always_xy=True).transform(near.lon, near.lat)
+    assert np.all(np.hypot(qx - px, qy - py) > 900)
+    with pytest.raises(QueryError, match="no embedding at example location"):
+        similar(emb, lon=12.0, lat=45.0)
+    with pytest.raises(QueryError, match="does not intersect the data"):
+        similar(emb, lon=QUERY[0], lat=QUERY[1], aoi=(0.0, 0.0, 1.0, 1.0))
+
+
+def test_topk_cosine_dask_matches_numpy() -> None:
+    import dask.array as da
+
+    from pipelines.testing import synthetic_codes
+
+    codes, _, _ = synthetic_codes(30_000, dim=24, seed=1)
+    codes[::7] = NODATA_Q
+    q = np.random.default_rng(0).standard_normal((3, 24))
+    s_d, i_d = topk_cosine(da.from_array(codes, chunks=(4096, 24)), q, 20)
+    v = np.sign(codes.astype(np.float64)) * (codes / 127.0) ** 2
+    valid = codes[:, 0] != NODATA_Q
+    for j in range(3):
+        s = (v @ q[j]) / np.linalg.norm(v, axis=1) / np.linalg.norm(q[j])
+        s[~valid] = -np.inf
+        top = np.argsort(-s, kind="stable")[:20]
+        np.testing.assert_allclose(s_d[j], s[top], atol=1e-5)
+        assert set(i_d[j].tolist()) == set(top.tolist())
+
+
+# ------------------------------------------------------------------ maps and exports
+
+
+def test_maps_write_pngs(emb, tmp_path: Path) -> None:
+    from pipelines.query import pca_rgb
+
+    rgb = pca_rgb(select(emb, BOX_2ZONES))
+    ok = np.isfinite(rgb.values)
+    assert rgb.dims == ("y", "x", "band") and rgb.values[ok].min() >= 0 and rgb.values[ok].max() <= 1
+    for out in (
+        pca_map(emb, BOX_2ZONES, str(tmp_path / "pca.png")),
+        similarity_heatmap(emb, BOX_2ZONES, str(tmp_path / "sim.png"), lon=QUERY[0], lat=QUERY[1]),
+    ):
+        data = Path(out).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_exports_open_with_right_crs(emb, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+    import rasterio
+    import shapely
+
+    sel = select(emb, (730000.0, 4984960.0, 734000.0, 4988960.0), "EPSG:32631")
+    tif = export(emb, (730000.0, 4984960.0, 734000.0, 4988960.0), str(tmp_path / "a.tif"), "EPSG:32631")
+    with rasterio.open(tif) as src:
+        assert src.crs.to_epsg() == 32631 and src.count == emb.dim
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.transform.a == 80.0 and src.transform.c == 730000.0 and src.transform.f == 4988960.0
+        np.testing.assert_array_equal(src.read(5), sel.values[..., 4])
+        assert src.descriptions[0] == "emb_000" and src.tags()["version"] == VERSION
+    pqf = export(emb, BOX_2ZONES, str(tmp_path / "a.parquet"), target_crs="EPSG:4326")
+    table = pq.read_table(pqf)
+    geo = json.loads(table.schema.metadata[b"geo"])
+    col = geo["columns"]["geometry"]
+    assert geo["primary_column"] == "geometry" and col["encoding"] == "WKB"
+    assert CRS.from_json_dict(col["crs"]).equals(CRS.from_user_input("OGC:CRS84"))
+    pts = shapely.from_wkb(table.column("geometry").to_pylist())
+    np.testing.assert_allclose(shapely.get_x(pts), table.column("x").to_numpy())
+    assert 5.94 < shapely.get_x(pts).min() < 6.0 < shapely.get_x(pts).max() < 6.06
+    emb_col = table.column("embedding")
+    assert emb_col.type.list_size == emb.dim and len(table) > 1000
+    utm = export(emb, BOX_2ZONES, str(tmp_path / "b.parquet"), geometry="polygon")
+    col = json.loads(pq.read_schema(utm).metadata[b"geo"])["columns"]["geometry"]
+    assert CRS.from_json_dict(col["crs"]).to_epsg() == 32632 and col["geometry_types"] == ["Polygon"]
+
+
+# ------------------------------------------------------------------ few-shot
+
+
+def _labels(
+    synth: SyntheticStore, per_class: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lon = rng.uniform(5.94, 6.06, 4000)
+    lat = rng.uniform(44.975, 45.025, 4000)
+    cls = synth.scene.class_at(lon, lat)
+    pick = np.concatenate([np.flatnonzero(cls == c)[:per_class] for c in range(synth.scene.n_classes)])
+    return lon[pick], lat[pick], cls[pick]
+
+
+def test_fewshot_recovers_synthetic_classes(emb, synth: SyntheticStore, tmp_path: Path) -> None:
+    import rasterio
+
+    lon, lat, cls = _labels(synth, per_class=8)
+    names = synth.scene.class_names
+    gj = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [a, b]},
+                "properties": {"class": names[c]},
+            }
+            for a, b, c in zip(lon, lat, cls)
+        ],
+    }
+    path = tmp_path / "labels.geojson"
+    path.write_text(json.dumps(gj))
+    res = classify(emb, str(path), bbox=BOX_2ZONES, out=str(tmp_path / "classes.tif"))
+    assert res.cv_accuracy is not None and res.cv_accuracy >= 0.95 and res.n_folds == 5
+    assert res.classes == sorted(names)
+    cm = res.class_map
+    assert cm is not None
+    xx, yy = np.meshgrid(cm.x.values, cm.y.values)
+    mlon, mlat = Transformer.from_crs(cm.attrs["crs"], 4326, always_xy=True).transform(xx, yy)
+    ok = cm.values != 255
+    truth = np.array([res.classes.index(names[c]) for c in synth.scene.class_at(mlon[ok], mlat[ok])])
+    assert (cm.values[ok] == truth).mean() > 0.95
+    with rasterio.open(res.out) as src:
+        assert src.crs.to_epsg() == 32632 and src.nodata == 255 and src.tags()["CLASS_0"] == res.classes[0]
+    # the class map itself is a label raster; kNN on it agrees with the map
+    from pipelines.query import read_labels
+
+    raster_labels = read_labels(str(tmp_path / "classes.tif"), max_raster_samples=1200)
+    assert raster_labels.crs.to_epsg() == 32632 and set(raster_labels.classes) == set(res.classes)
+    again = classify(emb, raster_labels, method="knn", bbox=BOX_2ZONES)
+    assert again.cv_accuracy is not None and again.cv_accuracy > 0.95 and again.classes == res.classes
+
+
+def test_fewshot_geoparquet_labels_and_single_class_error(emb, synth: SyntheticStore, tmp_path: Path) -> None:
+    from pipelines.query import write_points_geoparquet
+
+    lon, lat, cls = _labels(synth, per_class=6, seed=1)
+    x, y = Transformer.from_crs(4326, 32631, always_xy=True).transform(lon, lat)
+    path = str(tmp_path / "labels.parquet")
+    write_points_geoparquet(
+        path, np.asarray(x), np.asarray(y), CRS.from_epsg(32631), {"landcover": cls.tolist()}
+    )
+    res = classify(emb, path)
+    assert res.cv_accuracy is not None and res.cv_accuracy >= 0.95
+    one = str(tmp_path / "one.geojson")
+    Path(one).write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Point", "coordinates": [a, b]},
+                        "properties": {"label": "forest"},
+                    }
+                    for a, b in zip(lon[:5], lat[:5])
+                ],
+            }
+        )
+    )
+    with pytest.raises(QueryError, match="single class 'forest' \\(5 labels\\); need at least 2 classes"):
+        classify(emb, one)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_verbs(synth: SyntheticStore, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from flows.commands.query import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.callback()
+    def _root() -> None:  # a callback keeps "query" a sub-command group
+        pass
+
+    runner = CliRunner()
+    base = ["query"]
+    common = ["--embeddings", synth.root_url, "--version", VERSION]
+    r = runner.invoke(
+        app,
+        [
+            *base,
+            "similar",
+            *common,
+            "--lon",
+            "5.99",
+            "--lat",
+            "45.0",
+            "--k",
+            "3",
+            "--out",
+            str(tmp_path / "hits.parquet"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "rank" in r.output and (tmp_path / "hits.parquet").exists()
+    bbox = ",".join(map(str, BOX_2ZONES))
+    r = runner.invoke(app, [*base, "map", *common, "--bbox", bbox, "--out", str(tmp_path / "m.png")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*base, "export", *common, "--bbox", bbox, "--out", str(tmp_path / "e.tif")])
+    assert r.exit_code == 0 and (tmp_path / "e.tif").exists(), r.output
+    lon, lat, cls = _labels(synth, per_class=5)
+    gj = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [a, b]},
+                "properties": {"class": int(c)},
+            }
+            for a, b, c in zip(lon, lat, cls)
+        ],
+    }
+    (tmp_path / "l.geojson").write_text(json.dumps(gj))
+    r = runner.invoke(
+        app,
+        [
+            *base,
+            "classify",
+            *common,
+            "--labels",
+            str(tmp_path / "l.geojson"),
+            "--out",
+            str(tmp_path / "c.tif"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "cross-validated accuracy" in r.output
+    r = runner.invoke(app, [*base, "versions", "--embeddings", synth.root_url])
+    assert r.exit_code == 0 and "aom-other-ffffffffffff" in r.output
+    r = runner.invoke(app, [*base, "similar", "--embeddings", synth.root_url, "--lon", "5.99", "--lat", "45"])
+    assert r.exit_code == 2 and "pick one with version" in r.output
+    r = runner.invoke(app, [*base, "map", *common, "--bbox", "20,20,21,21", "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "data extent" in r.output
+    assert list_complete_tiles(synth.root_url, VERSION)  # the CLI never writes into the store

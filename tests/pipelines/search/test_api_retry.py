@@ -1,0 +1,198 @@
+"""Retries: the policy itself, and the STAC API backend against a tiny local HTTP server that answers
+429 then 200, 500 forever, or too slowly. Never the internet."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pipelines.retry import RetryError, RetryPolicy, call_with_retry
+from pipelines.search import SearchError, SearchRequest, search
+from tests.pipelines.search.support import LS, S2, fake_api, utm_items
+
+AOI = (5.5, 44.8, 6.5, 45.2)
+FAST = RetryPolicy(max_attempts=4, initial_delay_s=0.01, max_delay_s=0.05, timeout_s=5.0)
+
+
+# ------------------------------------------------------------------------------------------ the policy
+
+
+def test_delays_grow_exponentially_capped_and_jittered_reproducibly() -> None:
+    p = RetryPolicy(max_attempts=6, initial_delay_s=1.0, multiplier=2.0, max_delay_s=5.0, jitter=0.0)
+    assert list(p.delays()) == [1.0, 2.0, 4.0, 5.0, 5.0]
+    j = RetryPolicy(max_attempts=6, initial_delay_s=1.0, max_delay_s=5.0, jitter=0.5)
+    a = list(j.delays(random.Random(7)))
+    b = list(j.delays(random.Random(7)))
+    assert a == b  # same RNG seed, same jitter
+    assert all(0.5 * base <= d <= base for d, base in zip(a, [1.0, 2.0, 4.0, 5.0, 5.0]))
+    assert a != list(j.delays(random.Random(8)))
+    # Retry-After wins when longer (capped at max_delay_s)
+    assert p.delay(1, retry_after=3.0) == 3.0
+    assert p.delay(1, retry_after=60.0) == 5.0
+
+
+def test_call_with_retry_succeeds_after_transient_failures() -> None:
+    sleeps: list[float] = []
+    policy = RetryPolicy(max_attempts=5, initial_delay_s=0.1, jitter=0.0, sleep=sleeps.append)
+    calls: list[Exception | str] = [TimeoutError("slow"), ConnectionError("reset"), "ok"]
+
+    def fn() -> str:
+        value = calls.pop(0)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    assert call_with_retry(fn, policy=policy, is_retryable=lambda e: True, describe="x") == "ok"
+    assert sleeps == [0.1, 0.2]
+
+
+def test_call_with_retry_is_bounded_and_does_not_retry_permanent_errors() -> None:
+    sleeps: list[float] = []
+    policy = RetryPolicy(max_attempts=3, initial_delay_s=0.1, jitter=0.0, sleep=sleeps.append)
+    n = 0
+
+    def always() -> None:
+        nonlocal n
+        n += 1
+        raise TimeoutError("still slow")
+
+    with pytest.raises(RetryError, match="GET thing failed after 3 attempt") as info:
+        call_with_retry(
+            always, policy=policy, is_retryable=lambda e: isinstance(e, TimeoutError), describe="GET thing"
+        )
+    assert n == 3 and info.value.attempts == 3 and isinstance(info.value.last, TimeoutError)
+
+    def permanent() -> None:
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        call_with_retry(permanent, policy=policy, is_retryable=lambda e: isinstance(e, TimeoutError))
+
+
+def test_retry_time_budget() -> None:
+    policy = RetryPolicy(
+        max_attempts=10, initial_delay_s=1.0, jitter=0.0, max_elapsed_s=2.5, sleep=lambda s: None
+    )
+
+    def fail() -> None:
+        raise TimeoutError("x")
+
+    with pytest.raises(RetryError, match="time budget"):
+        call_with_retry(fail, policy=policy, is_retryable=lambda e: True)
+
+
+def test_policy_validation() -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError):
+        RetryPolicy(jitter=1.5)
+
+
+# ------------------------------------------------------------------------------------------ the API backend
+
+
+def test_api_search_pages_and_filters_in_process_what_the_server_ignores() -> None:
+    with fake_api(utm_items(), page_size=2) as api:
+        result = search(
+            SearchRequest((S2, LS), bbox=AOI, datetime="2023", max_cloud_cover=20),
+            catalog_url=api.url,
+            retry=FAST,
+        )
+        pages = list(api.bodies)
+    # the fake server ignores everything but collections; the client re-applies the predicates
+    assert set(result.ids) == {
+        "S2A_31TGL_20230105",
+        "S2A_31TGL_20230620",
+        "S2B_32TLR_20230105",
+        "S2B_32TLR_20230710",
+        "LC09_196029_20230210",
+    }
+    assert len(pages) > 2  # paged through next links
+    first = pages[0]
+    assert first["query"] == {"eo:cloud_cover": {"lte": 20.0}}  # dict form: a number, not "20"
+    assert first["bbox"] == list(AOI)
+    assert first["datetime"].startswith("2023-01-01T00:00:00Z/2023-12-31T23:59:59")
+
+
+def test_api_without_query_or_filter_support_gets_neither() -> None:
+    with fake_api(utm_items(), conforms=("core", "item-search")) as api:
+        result = search(
+            SearchRequest(
+                (S2,),
+                bbox=AOI,
+                max_cloud_cover=10,
+                filter={"op": "like", "args": [{"property": "id"}, "S2B%"]},
+            ),
+            catalog_url=api.url,
+            retry=FAST,
+        )
+        body = api.bodies[0]
+    assert "query" not in body and "filter" not in body
+    assert set(result.ids) == {"S2B_32TLR_20230105", "S2B_32TLR_20230710", "S2B_32TLR_20240110"}
+    assert any("query extension" in n for n in result.notes)
+    assert any("CQL2" in n for n in result.notes)
+
+
+def test_api_antimeridian_bbox_is_searched_as_two_boxes() -> None:
+    from tests.pipelines.search.support import antimeridian_items
+
+    with fake_api(antimeridian_items()) as api:
+        result = search(
+            SearchRequest((S2,), bbox=(179.0, -18.0, -179.0, -16.0)), catalog_url=api.url, retry=FAST
+        )
+        bboxes = [b["bbox"] for b in api.bodies if "token" not in b]
+    assert bboxes == [[179.0, -18.0, 180.0, -16.0], [-180.0, -18.0, -179.0, -16.0]]
+    assert set(result.ids) == {"S2A_60KWF_20230301", "S2A_01KAA_20230301", "S2A_60KZF_20230301"}
+
+
+def test_429_then_200_succeeds_after_retry() -> None:
+    with fake_api(utm_items(), fail_first=[429, 429, 0, 429], retry_after="0") as api:
+        result = search(SearchRequest((LS,), bbox=AOI), catalog_url=api.url, retry=FAST)
+        statuses = len(api.requests)
+    assert set(result.ids) == {"LC09_196029_20230210", "LC08_196029_20230922"}
+    assert statuses >= 5  # 2 x 429 on the landing page, 1 x 429 on the search
+
+
+def test_500_forever_fails_after_bounded_retries_naming_the_url_without_credentials() -> None:
+    with fake_api(utm_items(), fail_always=500) as api:
+        host = api.url.split("://", 1)[1]
+        url = f"http://alice:s3cr3t@{host}/?token=abc123"
+        with pytest.raises(SearchError) as info:
+            search(SearchRequest((S2,), bbox=AOI), catalog_url=url, retry=FAST)
+        n_requests = len(api.requests)
+    message = str(info.value)
+    assert n_requests == FAST.max_attempts  # bounded
+    assert "after 4 attempt(s)" in message and "HTTP 500" in message
+    assert host in message
+    assert "s3cr3t" not in message and "abc123" not in message
+
+
+def test_client_error_is_not_retried() -> None:
+    with fake_api(utm_items(), fail_always=400) as api:
+        with pytest.raises(SearchError, match="rejected: HTTP 400"):
+            search(SearchRequest((S2,), bbox=AOI), catalog_url=api.url, retry=FAST)
+        assert len(api.requests) == 1
+
+
+def test_timeout_is_retried() -> None:
+    policy = RetryPolicy(max_attempts=3, initial_delay_s=0.01, timeout_s=0.3)
+    with fake_api(utm_items(), delay_first=1.0) as api:
+        result = search(SearchRequest((LS,), bbox=AOI), catalog_url=api.url, retry=policy)
+    assert len(result.items) == 2
+
+
+def test_unreachable_api_is_a_clear_error() -> None:
+    from tests.services.ports import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/stac"
+    with pytest.raises(SearchError, match=r"127\.0\.0\.1.*after 2 attempt"):
+        search(SearchRequest((S2,)), catalog_url=url, retry=RetryPolicy(max_attempts=2, initial_delay_s=0.01))
+
+
+def test_empty_api_search_explains_missing_collections() -> None:
+    with fake_api(utm_items()) as api:
+        result = search(SearchRequest(("sentinel-1-grd",), bbox=AOI), catalog_url=api.url, retry=FAST)
+    assert result.items == ()
+    assert any("sentinel-1-grd" in n and "not served" in n for n in result.notes)
+    assert any(n.startswith("no items matched") for n in result.notes)
