@@ -13,7 +13,7 @@ and, when the raster is not in metres, ``gsd`` (m). Raster band *i* is ``bands[i
 
 Token grid: a token is ``k = round(token_ground_m / pixel size)`` pixels square (16 px for 10 m
 pixels and 160 m tokens), anchored at the raster's top-left corner; the output has
-``ceil(height / k) x ceil(width / k)`` tokens and the transform ``input transform * scale(k)``, in the
+``ceil(height / k) x ceil(width / k)`` tokens and the transform ``input transform @ scale(k)``, in the
 input CRS. The encoder runs on overlapping chips (``core_tokens`` + ``margin_tokens`` each side,
 outside the raster = nodata) exactly as for tiles (:mod:`pipelines.embed.chips`); the raster is read
 one chip row at a time, so memory is bounded by one strip of ``chip`` rows whatever the raster size.
@@ -201,7 +201,7 @@ def embed_raster(
 
     h_tok, w_tok = math.ceil(height / k), math.ceil(width / k)
     cols = math.ceil(w_tok / core_tokens) * core_tokens
-    out_transform = transform * Affine.scale(k)
+    out_transform = transform @ Affine.scale(k)
     dim = int(cfg.embed_dim)
     fmt = "gtiff" if out.lower().endswith((".tif", ".tiff")) else "zarr"
     writer = (

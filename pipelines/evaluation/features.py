@@ -201,16 +201,13 @@ def raw_features(
     ref = list(reference) if reference is not None else list(ps.bands)
     n = len(ps)
     out = np.full((n, 2 * len(ref)), np.nan, dtype=np.float32)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            for r, band in enumerate(ref):
-                j = _match(band, ps.bands, tol_nm)
-                if j is None:
-                    continue
-                flat = ps.pixels[j].reshape(n, -1)
-                out[:, 2 * r] = np.nanmean(flat, axis=1)
-                out[:, 2 * r + 1] = np.nanstd(flat, axis=1)
+    for r, band in enumerate(ref):
+        j = _match(band, ps.bands, tol_nm)
+        if j is None:
+            continue
+        flat = ps.pixels[j].reshape(n, -1)
+        # a patch with no valid pixel of this band keeps NaN (numpy would warn on the empty slice)
+        has = np.isfinite(flat).any(axis=1)
+        out[has, 2 * r] = np.nanmean(flat[has], axis=1)
+        out[has, 2 * r + 1] = np.nanstd(flat[has], axis=1)
     return out

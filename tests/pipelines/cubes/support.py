@@ -68,7 +68,7 @@ def oracle(
         with rasterio.open(href) as src:
             tr = Transformer.from_crs(tile.crs, src.crs, always_xy=True)
             sx, sy = tr.transform(x, y)
-            fc, fr = ~src.transform * (np.asarray(sx), np.asarray(sy))
+            fc, fr = ~src.transform @ (np.asarray(sx), np.asarray(sy))
             fc, fr = np.asarray(fc), np.asarray(fr)
             c, r = np.floor(fc).astype(int), np.floor(fr).astype(int)
             amb = (np.abs(fc - np.rint(fc)) < 0.01) | (np.abs(fr - np.rint(fr)) < 0.01)
