@@ -2,6 +2,11 @@
 
 Real services (PostgreSQL + pgstac + stac-fastapi, moto S3, Prefect) are session fixtures in
 ``tests/services/fixtures.py``; they start only when a test asks for them and stop by PID.
+
+Test data that several test packages read is built once per run by the session fixtures here (and
+in the ``conftest.py`` of the package that uses it: ``tests/pipelines/conftest.py``,
+``tests/pipelines/cubes/conftest.py``, ``tests/aom_model/train/conftest.py``). Those fixtures are
+read-only for their users; a test that changes such data copies it into its own ``tmp_path`` first.
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ def real_data() -> Path:
             "these tests read the real Sentinel-2/Landsat/MODIS products from there"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def search_catalog(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The controlled search items (``tests/pipelines/search/support.py``) written once in the three
+    local formats: ``{"static": catalog.json, "ndjson": items.ndjson, "parquet": items.parquet}``."""
+    from tests.pipelines.search.support import all_items, write_all_formats
+
+    return write_all_formats(all_items(), tmp_path_factory.mktemp("search-catalog"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from flows.commands.search import EXIT_EMPTY, EXIT_ERROR, register
 from pipelines.search import load_result
-from tests.pipelines.search.support import LS, S2, all_items, fake_api, write_all_formats
+from tests.pipelines.search.support import LS, S2, all_items, fake_api
 
 AOI = "5.5,44.8,6.5,45.2"
 
@@ -28,16 +28,13 @@ def app() -> typer.Typer:
     return app
 
 
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_all_formats(all_items(), tmp_path_factory.mktemp("cli-catalog"))
-
-
 def invoke(app: typer.Typer, *args: str) -> object:
     return CliRunner().invoke(app, ["search", "--no-progress", *args])
 
 
-def test_search_saves_and_summarises(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+def test_search_saves_and_summarises(
+    app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "found.ndjson"
     r = invoke(
         app,
@@ -50,7 +47,7 @@ def test_search_saves_and_summarises(app: typer.Typer, sources: dict[str, Path],
         "--max-cloud",
         "30",
         "--catalog-url",
-        str(sources["parquet"]),
+        str(search_catalog["parquet"]),
         "--out",
         str(out),
     )
@@ -76,7 +73,7 @@ def test_search_saves_and_summarises(app: typer.Typer, sources: dict[str, Path],
         "--max-cloud",
         "30",
         "--catalog-url",
-        str(sources["parquet"]),
+        str(search_catalog["parquet"]),
         "--out",
         str(out),
     )
@@ -84,7 +81,9 @@ def test_search_saves_and_summarises(app: typer.Typer, sources: dict[str, Path],
     assert "new or updated since the previous run: 0 (same items as" in again.stdout  # type: ignore[attr-defined]
 
 
-def test_query_filter_and_parquet_output(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+def test_query_filter_and_parquet_output(
+    app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "found.parquet"
     flt = tmp_path / "f.json"
     flt.write_text(json.dumps({"op": "like", "args": [{"property": "id"}, "S2B%"]}))
@@ -99,7 +98,7 @@ def test_query_filter_and_parquet_output(app: typer.Typer, sources: dict[str, Pa
         "--filter",
         f"@{flt}",
         "--catalog-url",
-        str(sources["static"]),
+        str(search_catalog["static"]),
         "--out",
         str(out),
     )
@@ -107,7 +106,9 @@ def test_query_filter_and_parquet_output(app: typer.Typer, sources: dict[str, Pa
     assert load_result(str(out)).ids == ("S2B_32TLR_20230105", "S2B_32TLR_20230710", "S2B_32TLR_20240110")
 
 
-def test_aoi_file_and_antimeridian_bbox(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+def test_aoi_file_and_antimeridian_bbox(
+    app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path
+) -> None:
     aoi = tmp_path / "aoi.geojson"
     aoi.write_text(
         json.dumps(
@@ -130,7 +131,7 @@ def test_aoi_file_and_antimeridian_bbox(app: typer.Typer, sources: dict[str, Pat
         "--aoi",
         str(aoi),
         "--catalog-url",
-        str(sources["ndjson"]),
+        str(search_catalog["ndjson"]),
         "--out",
         str(tmp_path / "a.ndjson"),
     )
@@ -142,7 +143,7 @@ def test_aoi_file_and_antimeridian_bbox(app: typer.Typer, sources: dict[str, Pat
         "--bbox",
         "179,-18,-179,-16",
         "--catalog-url",
-        str(sources["ndjson"]),
+        str(search_catalog["ndjson"]),
         "--out",
         str(tmp_path / "b.ndjson"),
     )
@@ -151,7 +152,7 @@ def test_aoi_file_and_antimeridian_bbox(app: typer.Typer, sources: dict[str, Pat
 
 
 def test_nothing_found_exits_non_zero_and_leaves_out_alone(
-    app: typer.Typer, sources: dict[str, Path], tmp_path: Path
+    app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "none.ndjson"
     r = invoke(
@@ -163,7 +164,7 @@ def test_nothing_found_exits_non_zero_and_leaves_out_alone(
         "--datetime",
         "2019-01-01/2019-12-31",
         "--catalog-url",
-        str(sources["parquet"]),
+        str(search_catalog["parquet"]),
         "--out",
         str(out),
     )
@@ -174,7 +175,7 @@ def test_nothing_found_exits_non_zero_and_leaves_out_alone(
 
 
 def test_default_catalog_is_the_embedded_sample(
-    app: typer.Typer, sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     r = invoke(app, "-c", S2, "--out", "r.ndjson")
@@ -182,14 +183,14 @@ def test_default_catalog_is_the_embedded_sample(
     assert "aom samples" in r.stderr  # type: ignore[attr-defined]
     target = tmp_path / ".aom" / "samples" / "items.parquet"
     target.parent.mkdir(parents=True)
-    target.write_bytes(sources["parquet"].read_bytes())
+    target.write_bytes(search_catalog["parquet"].read_bytes())
     r = invoke(app, "-c", LS, "--bbox", AOI, "--out", "r.ndjson")
     assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
     assert "catalog: sample" in r.stdout and "found 2 items" in r.stdout  # type: ignore[attr-defined]
     assert (tmp_path / "r.ndjson").exists() and (tmp_path / "r.ndjson.meta.json").exists()
 
 
-def test_bad_arguments(app: typer.Typer, sources: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_arguments(app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path) -> None:
     r = invoke(
         app,
         "-c",
@@ -197,7 +198,7 @@ def test_bad_arguments(app: typer.Typer, sources: dict[str, Path], tmp_path: Pat
         "--bbox",
         "1,2,3",
         "--catalog-url",
-        str(sources["parquet"]),
+        str(search_catalog["parquet"]),
         "--out",
         str(tmp_path / "x.ndjson"),
     )
@@ -209,7 +210,7 @@ def test_bad_arguments(app: typer.Typer, sources: dict[str, Path], tmp_path: Pat
         "--datetime",
         "2023-12-31/2023-01-01",
         "--catalog-url",
-        str(sources["parquet"]),
+        str(search_catalog["parquet"]),
         "--out",
         str(tmp_path / "x.ndjson"),
     )

@@ -1,9 +1,9 @@
 """Embedding runs (pipelines.embed): chips and borders, equality with direct encoder calls,
 quantisation, STAC, nodata tiles, fit checks, Dask fan-out, killed workers and S3 outages.
 
-Fixtures build the sample catalog (synthetic items near 6 E 45 N, two UTM zones) and a cube store
-of its two 7680 m tiles once per session; the model is ``tiny`` with random weights, saved as a
-checkpoint with normalisation statistics.
+The shared sample catalog (``tests/pipelines/conftest.py``: synthetic items near 6 E 45 N, two UTM
+zones) feeds a cube store of its two 7680 m tiles, built once per session; the model is ``tiny``
+with random weights, saved as a checkpoint with normalisation statistics.
 """
 
 from __future__ import annotations
@@ -41,18 +41,6 @@ AOI = (5.99, 44.99, 6.01, 45.01)
 
 # ------------------------------------------------------------------------------------------
 # Session fixtures
-
-
-@pytest.fixture(scope="session")
-def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from pipelines.samples import build_sample_catalog
-
-    return build_sample_catalog(tmp_path_factory.mktemp("emb-samples"), include_real=False)
-
-
-@pytest.fixture(scope="session")
-def sample_items(sample_catalog: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(sample_catalog.items_ndjson).read_text().splitlines() if line]
 
 
 def _norm_stats() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pipelines.search import (
     save_result,
     search,
 )
-from tests.pipelines.search.support import HLS, LS, S2, all_items, collections_of, write_all_formats
+from tests.pipelines.search.support import HLS, LS, S2, all_items, collections_of
 
 pytestmark = pytest.mark.integration
 
@@ -86,20 +86,18 @@ def _same(a: SearchResult, b: SearchResult) -> None:
 
 
 @pytest.fixture(scope="class")
-def setup(pgstac_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Path]]]:
+def setup(pgstac_api: Any, search_catalog: dict[str, Path]) -> Iterator[tuple[str, dict[str, Path]]]:
     """The controlled items in pgstac and in the three local formats (per class: pgstac is shared)."""
     items = all_items()
     _load(pgstac_api, collections_of(items), items)
-    yield pgstac_api.url, write_all_formats(items, tmp_path_factory.mktemp("controlled"))
+    yield pgstac_api.url, search_catalog
     pgstac_api.reset()
 
 
 @pytest.fixture(scope="class")
-def sample(pgstac_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    """The embedded sample catalog (pipelines.samples) built in a temp dir and loaded into pgstac."""
-    from pipelines.samples import build_sample_catalog
-
-    sc = build_sample_catalog(tmp_path_factory.mktemp("sample"))
+def sample(pgstac_api: Any, sample_catalog: Any) -> Iterator[tuple[str, Any]]:
+    """The embedded sample catalog (pipelines.samples, the shared session build) loaded into pgstac."""
+    sc = sample_catalog
     items = [json.loads(line) for line in sc.items_ndjson.read_text().splitlines() if line.strip()]
     collections = [json.loads((sc.root / c / "collection.json").read_text()) for c in sc.collections]
     _load(pgstac_api, collections, items)

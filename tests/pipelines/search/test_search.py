@@ -27,7 +27,7 @@ from pipelines.search import (
     strip_signatures,
     unsign_href,
 )
-from tests.pipelines.search.support import HLS, LS, S2, all_items, make_item, write_all_formats, write_ndjson
+from tests.pipelines.search.support import HLS, LS, S2, all_items, make_item, write_ndjson
 
 FORMATS = ("static", "ndjson", "parquet")
 AOI = (5.5, 44.8, 6.5, 45.2)  # straddles 6°E: UTM 31N and 32N
@@ -35,14 +35,9 @@ YEAR = "2023-01-01/2023-12-31"
 FILTER_PLATFORM = {"op": "=", "args": [{"property": "platform"}, "sentinel-2a"]}
 
 
-@pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_all_formats(all_items(), tmp_path_factory.mktemp("catalog"))
-
-
-def run(sources: dict[str, Path], fmt: str, **kwargs: object) -> SearchResult:
+def run(search_catalog: dict[str, Path], fmt: str, **kwargs: object) -> SearchResult:
     kwargs.setdefault("collections", ())
-    return search(SearchRequest(**kwargs), catalog_url=str(sources[fmt]))  # type: ignore[arg-type]
+    return search(SearchRequest(**kwargs), catalog_url=str(search_catalog[fmt]))  # type: ignore[arg-type]
 
 
 # Requests and the ids they must find (worked out by hand from tests/test_search_support.py).
@@ -109,22 +104,22 @@ CASES: dict[str, tuple[dict[str, Any], set[str]]] = {
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_local_formats_find_the_expected_items(sources: dict[str, Path], fmt: str, case: str) -> None:
+def test_local_formats_find_the_expected_items(search_catalog: dict[str, Path], fmt: str, case: str) -> None:
     kwargs, expected = CASES[case]
-    result = run(sources, fmt, **kwargs)
+    result = run(search_catalog, fmt, **kwargs)
     assert set(result.ids) == expected
     assert len(result.ids) == len(set(result.ids))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_the_three_local_formats_hash_identically(sources: dict[str, Path], case: str) -> None:
+def test_the_three_local_formats_hash_identically(search_catalog: dict[str, Path], case: str) -> None:
     kwargs, _ = CASES[case]
-    hashes = {fmt: run(sources, fmt, **kwargs).content_hash for fmt in FORMATS}
+    hashes = {fmt: run(search_catalog, fmt, **kwargs).content_hash for fmt in FORMATS}
     assert len(set(hashes.values())) == 1, hashes
 
 
-def test_results_are_in_canonical_order_and_unsigned(sources: dict[str, Path]) -> None:
-    result = run(sources, "parquet", collections=(S2, LS, HLS))
+def test_results_are_in_canonical_order_and_unsigned(search_catalog: dict[str, Path]) -> None:
+    result = run(search_catalog, "parquet", collections=(S2, LS, HLS))
     keys = [(i["collection"], i["properties"]["datetime"], i["id"]) for i in result.items]
     assert [k[0] for k in keys] == sorted(k[0] for k in keys)
     for coll in {k[0] for k in keys}:
@@ -143,13 +138,13 @@ def test_static_catalog_relative_hrefs_become_absolute(tmp_path: Path) -> None:
     assert all("://" in link["href"] or link["href"].startswith("/") for link in found["links"])
 
 
-def test_aoi_across_utm_zone_boundary_returns_both_zones(sources: dict[str, Path]) -> None:
-    result = run(sources, "parquet", collections=(S2,), bbox=(5.8, 44.9, 6.2, 45.1), datetime=YEAR)
+def test_aoi_across_utm_zone_boundary_returns_both_zones(search_catalog: dict[str, Path]) -> None:
+    result = run(search_catalog, "parquet", collections=(S2,), bbox=(5.8, 44.9, 6.2, 45.1), datetime=YEAR)
     epsgs = {item_epsg(i) for i in result.items}
     assert epsgs == {32631, 32632}
     assert result.count_by_epsg == {"32631": 3, "32632": 3}
     # a box west of 6°E only sees zone 31 (and landsat, which straddles)
-    west = run(sources, "parquet", collections=(S2,), bbox=(5.1, 44.9, 5.8, 45.1), datetime=YEAR)
+    west = run(search_catalog, "parquet", collections=(S2,), bbox=(5.1, 44.9, 5.8, 45.1), datetime=YEAR)
     assert {item_epsg(i) for i in west.items} == {32631}
 
 
@@ -165,21 +160,21 @@ def test_item_epsg_reads_proj_code_and_proj_epsg() -> None:
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_bbox_across_the_antimeridian_is_split_and_both_sides_searched(
-    sources: dict[str, Path], fmt: str
+    search_catalog: dict[str, Path], fmt: str
 ) -> None:
-    result = run(sources, fmt, collections=(S2,), bbox=(179.0, -18.0, -179.0, -16.0))
+    result = run(search_catalog, fmt, collections=(S2,), bbox=(179.0, -18.0, -179.0, -16.0))
     assert set(result.ids) == {"S2A_60KWF_20230301", "S2A_01KAA_20230301", "S2A_60KZF_20230301"}
     assert any("antimeridian" in n for n in result.notes)
     # only the west side (east of 179°E) — not the item on the far side of 180°
-    east_only = run(sources, fmt, collections=(S2,), bbox=(179.0, -18.0, 179.7, -16.0))
+    east_only = run(search_catalog, fmt, collections=(S2,), bbox=(179.0, -18.0, 179.7, -16.0))
     assert set(east_only.ids) == {"S2A_60KWF_20230301", "S2A_60KZF_20230301"}
     # a "normal" box the wrong way round would cover most of the globe: not what we do
     assert "S2A_36KWF_20230301" not in result.ids
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_updated_since_uses_updated_else_created(sources: dict[str, Path], fmt: str) -> None:
-    result = run(sources, fmt, collections=(S2, LS, HLS), updated_since="2023-06-01T00:00:00Z")
+def test_updated_since_uses_updated_else_created(search_catalog: dict[str, Path], fmt: str) -> None:
+    result = run(search_catalog, fmt, collections=(S2, LS, HLS), updated_since="2023-06-01T00:00:00Z")
     # updated after: 20230710 (Aug 1), LC08 0922 (Sep 25), 20240110; created-only after: 31TGL_20230620 (Jun 21)
     assert set(result.ids) == {
         "S2B_32TLR_20230710",
@@ -188,33 +183,35 @@ def test_updated_since_uses_updated_else_created(sources: dict[str, Path], fmt: 
         "S2A_31TGL_20230620",
     }
     # strictly after: an item updated exactly at the watermark is not new
-    exact = run(sources, fmt, collections=(S2,), updated_since="2023-08-01T12:00:00Z")
+    exact = run(search_catalog, fmt, collections=(S2,), updated_since="2023-08-01T12:00:00Z")
     assert set(exact.ids) == {"S2B_32TLR_20240110"}
 
 
-def test_max_items_keeps_the_newest_and_says_so(sources: dict[str, Path]) -> None:
-    result = run(sources, "ndjson", collections=(S2,), bbox=AOI, max_items=2)
+def test_max_items_keeps_the_newest_and_says_so(search_catalog: dict[str, Path]) -> None:
+    result = run(search_catalog, "ndjson", collections=(S2,), bbox=AOI, max_items=2)
     assert set(result.ids) == {"S2B_32TLR_20240110", "S2B_32TLR_20231201"}
     assert any("max_items=2" in n for n in result.notes)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_empty_search_returns_empty_result_with_a_note(sources: dict[str, Path], fmt: str) -> None:
-    result = run(sources, fmt, collections=(S2,), bbox=AOI, datetime="2019-01-01/2019-12-31")
+def test_empty_search_returns_empty_result_with_a_note(search_catalog: dict[str, Path], fmt: str) -> None:
+    result = run(search_catalog, fmt, collections=(S2,), bbox=AOI, datetime="2019-01-01/2019-12-31")
     assert result.items == ()
     assert result.content_hash == items_hash([])
     assert any(n.startswith("no items matched") and "2019-01-01/2019-12-31" in n for n in result.notes)
-    missing = run(sources, fmt, collections=("no-such-collection",))
+    missing = run(search_catalog, fmt, collections=("no-such-collection",))
     assert missing.items == ()
     assert any("no-such-collection" in n and "not in the local catalog" in n for n in missing.notes)
 
 
-def test_sensor_names_resolve_to_catalog_collections(sources: dict[str, Path]) -> None:
+def test_sensor_names_resolve_to_catalog_collections(search_catalog: dict[str, Path]) -> None:
     by_sensor = search(
-        SearchRequest((), sensors=("landsat-oli",), bbox=AOI), catalog_url=str(sources["parquet"])
+        SearchRequest((), sensors=("landsat-oli",), bbox=AOI), catalog_url=str(search_catalog["parquet"])
     )
     assert set(by_sensor.ids) == {"LC09_196029_20230210", "LC08_196029_20230922"}
-    as_collection = search(SearchRequest(("landsat-oli",), bbox=AOI), catalog_url=str(sources["parquet"]))
+    as_collection = search(
+        SearchRequest(("landsat-oli",), bbox=AOI), catalog_url=str(search_catalog["parquet"])
+    )
     assert as_collection.ids == by_sensor.ids
 
 
@@ -231,9 +228,9 @@ def test_sensor_names_resolve_to_catalog_collections(sources: dict[str, Path]) -
         ({"bbox": (5, 44, 6, 45), "intersects": {"type": "Point", "coordinates": [5, 44]}}, "not both"),
     ],
 )
-def test_bad_requests_raise_clear_errors(sources: dict[str, Path], kwargs: dict, message: str) -> None:
+def test_bad_requests_raise_clear_errors(search_catalog: dict[str, Path], kwargs: dict, message: str) -> None:
     with pytest.raises(SearchError, match=message):
-        search(SearchRequest((S2,), **kwargs), catalog_url=str(sources["ndjson"]))
+        search(SearchRequest((S2,), **kwargs), catalog_url=str(search_catalog["ndjson"]))
 
 
 def test_missing_default_sample_catalog_says_how_to_build_it(
@@ -245,11 +242,11 @@ def test_missing_default_sample_catalog_says_how_to_build_it(
 
 
 def test_default_catalog_is_the_embedded_sample(
-    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    search_catalog: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / ".aom" / "samples" / "items.parquet"
     target.parent.mkdir(parents=True)
-    target.write_bytes(sources["parquet"].read_bytes())
+    target.write_bytes(search_catalog["parquet"].read_bytes())
     monkeypatch.chdir(tmp_path)
     result = search(SearchRequest((LS,), bbox=AOI))
     assert set(result.ids) == {"LC09_196029_20230210", "LC08_196029_20230922"}
@@ -268,10 +265,10 @@ def test_unknown_source_format_is_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".ndjson", ".parquet"])
 def test_saved_results_round_trip_with_a_verified_hash(
-    sources: dict[str, Path], tmp_path: Path, suffix: str
+    search_catalog: dict[str, Path], tmp_path: Path, suffix: str
 ) -> None:
     request = SearchRequest((S2, LS), bbox=AOI, datetime=YEAR, max_cloud_cover=40)
-    result = search(request, catalog_url=str(sources["static"]))
+    result = search(request, catalog_url=str(search_catalog["static"]))
     url = str(tmp_path / f"result{suffix}")
     digest = save_result(result, url)
     assert digest == result.content_hash
@@ -288,11 +285,11 @@ def test_saved_results_round_trip_with_a_verified_hash(
 
 
 def test_content_hash_is_stable_across_reruns_and_changes_with_items(
-    sources: dict[str, Path], tmp_path: Path
+    search_catalog: dict[str, Path], tmp_path: Path
 ) -> None:
     kwargs = {"collections": (S2, LS), "bbox": AOI, "datetime": YEAR}
-    first = run(sources, "ndjson", **kwargs)
-    second = run(sources, "ndjson", **kwargs)
+    first = run(search_catalog, "ndjson", **kwargs)
+    second = run(search_catalog, "ndjson", **kwargs)
     assert first.content_hash == second.content_hash
     assert save_result(first, str(tmp_path / "a.ndjson")) == save_result(second, str(tmp_path / "b.ndjson"))
     assert (tmp_path / "a.ndjson").read_bytes() == (tmp_path / "b.ndjson").read_bytes()
@@ -326,8 +323,8 @@ def test_hash_ignores_representation_noise() -> None:
     assert items_hash([item]) != items_hash([noisy])
 
 
-def test_load_result_detects_edited_items(sources: dict[str, Path], tmp_path: Path) -> None:
-    result = run(sources, "ndjson", collections=(S2,), bbox=AOI)
+def test_load_result_detects_edited_items(search_catalog: dict[str, Path], tmp_path: Path) -> None:
+    result = run(search_catalog, "ndjson", collections=(S2,), bbox=AOI)
     url = tmp_path / "r.ndjson"
     save_result(result, str(url))
     lines = url.read_text().splitlines()
@@ -371,8 +368,12 @@ def _pc_signer(item: dict) -> dict:
     return item
 
 
-def test_signing_happens_on_copies_and_is_never_saved(sources: dict[str, Path], tmp_path: Path) -> None:
-    result = search(SearchRequest((S2,), bbox=AOI), catalog_url=str(sources["ndjson"]), signer=_pc_signer)
+def test_signing_happens_on_copies_and_is_never_saved(
+    search_catalog: dict[str, Path], tmp_path: Path
+) -> None:
+    result = search(
+        SearchRequest((S2,), bbox=AOI), catalog_url=str(search_catalog["ndjson"]), signer=_pc_signer
+    )
     signed = sign_for_reading(result.items, _pc_signer)
     assert all("sig=" in a["href"] for i in signed for a in i["assets"].values())
     assert not any("sig=" in a["href"] for i in result.items for a in i["assets"].values())
@@ -410,17 +411,18 @@ def test_planetary_computer_signer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "sig=" in signed["assets"]["red"]["href"] and "sig=" not in item["assets"]["red"]["href"]
 
 
-def test_a_broken_signer_fails_the_search_early(sources: dict[str, Path]) -> None:
+def test_a_broken_signer_fails_the_search_early(search_catalog: dict[str, Path]) -> None:
     def broken(item: dict) -> dict:
         raise ConnectionError("token service unreachable")
 
     with pytest.raises(SearchError, match="signer failed"):
-        search(SearchRequest((S2,), bbox=AOI), catalog_url=str(sources["ndjson"]), signer=broken)
+        search(SearchRequest((S2,), bbox=AOI), catalog_url=str(search_catalog["ndjson"]), signer=broken)
 
 
-def test_signing_catalog_without_signer_leaves_a_note(sources: dict[str, Path]) -> None:
+def test_signing_catalog_without_signer_leaves_a_note(search_catalog: dict[str, Path]) -> None:
     result = search(
-        SearchRequest((S2,), bbox=AOI, catalog="planetary-computer"), catalog_url=str(sources["parquet"])
+        SearchRequest((S2,), bbox=AOI, catalog="planetary-computer"),
+        catalog_url=str(search_catalog["parquet"]),
     )
     assert any("sign_for_reading" in n for n in result.notes)
 
@@ -430,17 +432,17 @@ def test_signing_catalog_without_signer_leaves_a_note(sources: dict[str, Path]) 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["parquet", "ndjson", "static"])
-def test_local_backend_on_object_storage(sources: dict[str, Path], s3_bucket, fmt: str) -> None:  # type: ignore[no-untyped-def]
+def test_local_backend_on_object_storage(search_catalog: dict[str, Path], s3_bucket, fmt: str) -> None:  # type: ignore[no-untyped-def]
     fs = s3_bucket.fs
     if fmt == "static":
-        fs.put(str(sources["static"].parent), s3_bucket.url("static"), recursive=True)
+        fs.put(str(search_catalog["static"].parent), s3_bucket.url("static"), recursive=True)
         url = s3_bucket.url("static", "catalog.json")
     else:
-        url = s3_bucket.url(sources[fmt].name)
-        fs.put(str(sources[fmt]), url)
+        url = s3_bucket.url(search_catalog[fmt].name)
+        fs.put(str(search_catalog[fmt]), url)
     request = SearchRequest((S2, LS), bbox=AOI, datetime=YEAR, max_cloud_cover=20)
     remote = search(request, catalog_url=url, storage_options=s3_bucket.storage_options)
-    local = search(request, catalog_url=str(sources[fmt]))
+    local = search(request, catalog_url=str(search_catalog[fmt]))
     assert remote.ids == local.ids and remote.content_hash == local.content_hash
     out = s3_bucket.url("results", "r.parquet")
     save_result(remote, out, s3_bucket.storage_options)
