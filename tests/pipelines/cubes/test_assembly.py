@@ -33,19 +33,6 @@ S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
 S2_60M = ("B01", "B09")
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A: baseline 02.14 with a cloud box and a no-data strip; B: baseline 05.00 (DN + 1000), clear,
-    10 days later; A2: same solar day as A, 10 min later, no no-data strip (fills A's gap)."""
-    root = tmp_path_factory.mktemp("scene")
-    a = s2_item(root, "A", cloud_boxes=[(0.1, 0.55, 0.4, 0.9)], nodata_box=(0.0, 0.0, 0.15, 1.0))
-    b = s2_item(
-        root, "B", datetime="2023-06-11T10:30:00Z", properties={"s2:processing_baseline": "05.00"}, seed=1
-    )
-    a2 = s2_item(root, "A2", datetime="2023-06-01T10:40:00Z", seed=2)
-    return {"root": root, "A": a, "B": b, "A2": a2}
-
-
 def _tile(i: int = 0):
     return GRID.tile(TILE_IDS[i])
 
@@ -149,14 +136,6 @@ def test_proj_code_and_proj_epsg_items_agree(tmp_path: Path) -> None:
 # store: layout, read back, exactly once
 
 
-@pytest.fixture(scope="module")
-def built(scene: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("store") / "cubes"
-    items = [scene["A"], scene["B"]]
-    summary = write_cubes(items, TILE_IDS, spec(), str(out), progress=False)
-    return {"out": out, "items": items, "summary": summary}
-
-
 def test_write_and_read_back(built: dict[str, Any]) -> None:
     summary = built["summary"]
     assert sorted(summary.tiles_done) == sorted(TILE_IDS)
@@ -203,12 +182,15 @@ def test_layout_chunks_shards_and_strict_json(built: dict[str, Any]) -> None:
     assert (out / "_tiles" / f"{TILE_IDS[0]}.json").exists()
 
 
-def test_rerun_skips_complete_tiles_and_refuses_another_layout(built: dict[str, Any]) -> None:
-    again = write_cubes(built["items"], TILE_IDS, spec(), str(built["out"]), progress=False)
+def test_rerun_skips_complete_tiles_and_refuses_another_layout(built: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(built["out"], out)  # the shared store stays as built
+    again = write_cubes(built["items"], TILE_IDS, spec(), str(out), progress=False)
     assert again.tiles_done == [] and set(again.tiles_skipped) == set(TILE_IDS)
     assert again.exit_code == 0
     with pytest.raises(CubeStoreError, match="different spec"):
-        write_cubes(built["items"], TILE_IDS, spec(encoding="float16"), str(built["out"]), progress=False)
+        write_cubes(built["items"], TILE_IDS, spec(encoding="float16"), str(out), progress=False)
+    assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(built["out"])))
 
 
 def test_incomplete_tile_is_deleted_and_redone(built: dict[str, Any], tmp_path: Path) -> None:

@@ -32,27 +32,16 @@ from tests.pipelines.cubes.support import (
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def items(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("run-items")
-    return [
-        s2_item(root, "R1", cloud_boxes=[(0.2, 0.2, 0.5, 0.4)]),
-        s2_item(
-            root,
-            "R2",
-            datetime="2023-06-11T10:30:00Z",
-            properties={"s2:processing_baseline": "05.00"},
-            seed=3,
-        ),
-    ]
+@pytest.fixture
+def items(built: dict[str, Any]) -> list[dict[str, Any]]:
+    """The shared scene's items A and B (``conftest.py``)."""
+    return built["items"]
 
 
-@pytest.fixture(scope="module")
-def clean(items: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> CubeStore:
-    out = tmp_path_factory.mktemp("clean") / "cubes"
-    summary = write_cubes(items, TILE_IDS, spec(), str(out), progress=False)
-    assert len(summary.tiles_done) == len(TILE_IDS)
-    return CubeStore.open(str(out))
+@pytest.fixture
+def clean(built: dict[str, Any]) -> CubeStore:
+    """The shared clean, uninterrupted run of ``items`` over the 2 x 2 tiles."""
+    return CubeStore.open(str(built["out"]))
 
 
 def _ndjson(path: Path, items: list[dict[str, Any]]) -> Path:
