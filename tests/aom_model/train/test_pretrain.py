@@ -37,13 +37,6 @@ PROOF_MAX_VS_MEAN = 0.5  # held-out MSE at most half the band-mean baseline's
 PROOF_MAX_VS_COPY = 0.95  # and at least 5 % below copying the nearest-wavelength visible band
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("pt") / "cubes"
-    write_synthetic_cubes(root, seed=5, n_tiles=2, tile_m=960, n_times=3)
-    return str(root)
-
-
 def _cfg(store: str, out: Path, **kw: object) -> PretrainConfig:
     base: dict[str, object] = {
         "cubes": (store,),
@@ -115,9 +108,9 @@ def test_schedule_warmup_cosine() -> None:
     assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
-def test_run_writes_outputs_and_checkpoints(store: str, tmp_path: Path) -> None:
+def test_run_writes_outputs_and_checkpoints(synthetic_cubes: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = run_pretraining(_cfg(store, out, max_steps=6, grad_accum=2))
+    res = run_pretraining(_cfg(synthetic_cubes, out, max_steps=6, grad_accum=2))
     assert res.steps == 6 and not res.stopped_early and res.final_loss is not None
     assert res.counters["nonfinite_steps"] == 0 and res.samples_per_s > 0
     for name in ("metrics.jsonl", "loss_curve.png", "model.safetensors", "norm_stats.json", "result.json"):
@@ -138,14 +131,17 @@ def test_run_writes_outputs_and_checkpoints(store: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_uninterrupted(store: str, tmp_path: Path) -> None:
+def test_resume_after_sigkill_matches_uninterrupted(synthetic_cubes: str, tmp_path: Path) -> None:
     """`python -m aom_model.train` SIGKILLed after its step-3 checkpoint, then `--resume`d to step 9:
     every logged loss equals the uninterrupted run's (in practice bit-identical), and so do the weights."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_pretraining(_cfg(store, straight, max_steps=9, checkpoint_every=3))
+    run_pretraining(_cfg(synthetic_cubes, straight, max_steps=9, checkpoint_every=3))
     args = ["--max-steps", "9", "--checkpoint-every", "3"]
     proc = subprocess.Popen(
-        _train_cmd(store, killed, *args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_cmd(synthetic_cubes, killed, *args),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     latest = killed / "checkpoints" / "latest.json"
     deadline = time.time() + 300
@@ -160,7 +156,7 @@ def test_resume_after_sigkill_matches_uninterrupted(store: str, tmp_path: Path) 
     killed_at = json.loads(latest.read_text())["step"]
     assert 3 <= killed_at < 9, "the run must be killed mid-way"
     assert not (killed / "model.safetensors").exists()
-    res = run_pretraining(_cfg(store, killed, max_steps=9, checkpoint_every=3, resume=True))
+    res = run_pretraining(_cfg(synthetic_cubes, killed, max_steps=9, checkpoint_every=3, resume=True))
     assert res.steps == 9
     a, b = _losses(straight), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 10))
@@ -172,11 +168,11 @@ def test_resume_after_sigkill_matches_uninterrupted(store: str, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process(store: str, tmp_path: Path) -> None:
+def test_two_gloo_processes_match_one_process(synthetic_cubes: str, tmp_path: Path) -> None:
     """torchrun, 2 CPU ranks x micro-batch 2  ==  1 process x micro-batch 2 x accumulation 2."""
     one, two = tmp_path / "one", tmp_path / "two"
-    res = run_pretraining(_cfg(store, one, max_steps=4, grad_accum=2, checkpoint_every=100))
-    cfg2 = _cfg(store, two, max_steps=4, grad_accum=1, checkpoint_every=100)
+    res = run_pretraining(_cfg(synthetic_cubes, one, max_steps=4, grad_accum=2, checkpoint_every=100))
+    cfg2 = _cfg(synthetic_cubes, two, max_steps=4, grad_accum=1, checkpoint_every=100)
     cmd = pretrain_torchrun_command(cfg2, nproc_per_node=2)
     assert "--standalone" in cmd and "--nproc-per-node=2" in cmd
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=500, cwd=REPO)
@@ -193,7 +189,7 @@ def test_two_gloo_processes_match_one_process(store: str, tmp_path: Path) -> Non
 
 
 def test_nonfinite_loss_is_skipped_counted_and_bounded(
-    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synthetic_cubes: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from aom_model.model import AOM
 
@@ -208,7 +204,7 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(
         return out
 
     monkeypatch.setattr(AOM, "pretrain_step", flaky)
-    res = run_pretraining(_cfg(store, tmp_path / "flaky", max_steps=5, checkpoint_every=100))
+    res = run_pretraining(_cfg(synthetic_cubes, tmp_path / "flaky", max_steps=5, checkpoint_every=100))
     assert res.counters["nonfinite_steps"] == 2 and res.steps == 5
     recs = [json.loads(line) for line in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("skipped") for r in recs].count("nonfinite") == 2
@@ -217,11 +213,11 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(
 
     monkeypatch.setattr(AOM, "pretrain_step", lambda self, n, c, g: {"loss": torch.tensor(float("nan"))})
     with pytest.raises(NonFiniteLossError, match="non-finite"):
-        run_pretraining(_cfg(store, tmp_path / "nan", max_steps=10, max_nonfinite_steps=2))
+        run_pretraining(_cfg(synthetic_cubes, tmp_path / "nan", max_steps=10, max_nonfinite_steps=2))
 
 
-def test_finetune_with_init_on_new_cubes(store: str, tmp_path: Path) -> None:
-    base = run_pretraining(_cfg(store, tmp_path / "base", max_steps=2, checkpoint_every=100))
+def test_finetune_with_init_on_new_cubes(synthetic_cubes: str, tmp_path: Path) -> None:
+    base = run_pretraining(_cfg(synthetic_cubes, tmp_path / "base", max_steps=2, checkpoint_every=100))
     new = tmp_path / "new_cubes"
     write_synthetic_cubes(new, seed=9, n_tiles=1, n_times=3, collections=(LANDSAT,), tile_prefix="N")
     res = run_pretraining(
@@ -231,12 +227,12 @@ def test_finetune_with_init_on_new_cubes(store: str, tmp_path: Path) -> None:
     assert res.norm_stats["bands"]["landsat-oli/B4"] == base.norm_stats["bands"]["landsat-oli/B4"]
 
 
-def test_activation_checkpointing_same_gradients(store: str) -> None:
+def test_activation_checkpointing_same_gradients(synthetic_cubes: str) -> None:
     from aom_model.config import AOMConfig
     from aom_model.model import AOM
     from aom_model.train import ChipBatchDataset, ChipIndex, compute_norm_stats
 
-    index = ChipIndex.build([store], chip=ChipConfig(chip_m=480.0))
+    index = ChipIndex.build([synthetic_cubes], chip=ChipConfig(chip_m=480.0))
     tb = ChipBatchDataset(index, compute_norm_stats(index), batch_size=2, seed=0)[0]
     assert tb.native is not None
     grads = []
@@ -272,7 +268,7 @@ def test_config_round_trip_and_torchrun_command(tmp_path: Path) -> None:
         PretrainConfig(cubes=("a",), out=str(tmp_path), model="huge").model_config()
 
 
-def test_cli_help_and_dry_run(store: str, tmp_path: Path) -> None:
+def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
@@ -295,7 +291,7 @@ def test_cli_help_and_dry_run(store: str, tmp_path: Path) -> None:
         [
             "pretrain",
             "--cubes",
-            store,
+            synthetic_cubes,
             "s3://b/c2",
             "--out",
             str(tmp_path / "o"),
@@ -314,7 +310,16 @@ def test_cli_help_and_dry_run(store: str, tmp_path: Path) -> None:
     )
     assert '"align_weight": 0.1' in r.output and '"layout": "joint"' in r.output
     r = runner.invoke(
-        app, ["pretrain", "--cubes", store, "--out", str(tmp_path / "o"), "--model-set", "nosuchfield=1"]
+        app,
+        [
+            "pretrain",
+            "--cubes",
+            synthetic_cubes,
+            "--out",
+            str(tmp_path / "o"),
+            "--model-set",
+            "nosuchfield=1",
+        ],
     )
     assert r.exit_code != 0 and "nosuchfield" in r.output
     r = runner.invoke(app, ["pretrain", "--out", str(tmp_path / "o")])

@@ -33,15 +33,8 @@ CHIPS = ChipConfig(chip_m=480.0, val_fraction=0.25)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("cubes") / "store"
-    write_synthetic_cubes(root, seed=3, n_tiles=2, tile_m=960, n_times=3, empty_tiles=1, incomplete_tiles=1)
-    return str(root)
-
-
-@pytest.fixture(scope="module")
-def index(store: str) -> ChipIndex:
-    return ChipIndex.build([store], chip=CHIPS)
+def index(synthetic_cubes: str) -> ChipIndex:
+    return ChipIndex.build([synthetic_cubes], chip=CHIPS)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +52,8 @@ def _batch_arrays(tb):  # type: ignore[no-untyped-def]
     return out
 
 
-def test_reader_follows_completion_records(store: str) -> None:
-    cs = CubeStore.open(store)
+def test_reader_follows_completion_records(synthetic_cubes: str) -> None:
+    cs = CubeStore.open(synthetic_cubes)
     assert cs.complete_tiles() == ["T000", "T001"]  # T002 has data but no record; TE00 is empty
     assert cs.empty_tiles() == ["TE00"]
     assert set(cs.list_groups("T000")) == {
@@ -76,7 +69,7 @@ def test_reader_follows_completion_records(store: str) -> None:
     with pytest.raises(CubeDataError, match="no 'complete' record"):
         cs.open_tile("T002")
     with pytest.raises(CubeDataError, match="does not exist"):
-        CubeStore.open(str(Path(store) / "nope"))
+        CubeStore.open(str(Path(synthetic_cubes) / "nope"))
 
 
 def test_index_skips_invalid_chips_and_splits(index: ChipIndex) -> None:
@@ -203,14 +196,14 @@ def test_no_valid_chips(tmp_path: Path) -> None:
         ChipIndex.build([str(cloudy)], chip=CHIPS)
 
 
-def test_mismatched_band_metadata(tmp_path: Path, store: str) -> None:
+def test_mismatched_band_metadata(tmp_path: Path, synthetic_cubes: str) -> None:
     from dataclasses import replace
 
     bad_bands = tuple((b[0], b[1], b[2] + 30.0 if b[0] == "B4" else b[2], b[3], b[4]) for b in LANDSAT.bands)
     other = tmp_path / "other"
     write_synthetic_cubes(other, n_tiles=1, n_times=2, collections=(replace(LANDSAT, bands=bad_bands),))
     with pytest.raises(CubeDataError, match="mismatched band metadata for landsat-oli/B4"):
-        ChipIndex.build([store, str(other)], chip=CHIPS)
+        ChipIndex.build([synthetic_cubes, str(other)], chip=CHIPS)
 
 
 def test_corrupt_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
@@ -230,10 +223,10 @@ def test_corrupt_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
     assert tb.native is None and tb.skipped_chips == 2  # every chip unreadable: counted, no data invented
 
 
-def test_multiple_stores(tmp_path: Path, store: str) -> None:
+def test_multiple_stores(tmp_path: Path, synthetic_cubes: str) -> None:
     other = tmp_path / "s2only"
     write_synthetic_cubes(other, seed=11, n_tiles=1, n_times=2, collections=(SENTINEL2,), tile_prefix="U")
-    index = ChipIndex.build([store, str(other)], chip=CHIPS)
+    index = ChipIndex.build([synthetic_cubes, str(other)], chip=CHIPS)
     assert index.counts.stores == 2 and {s.store for s in index.sources} == {0, 1}
     assert {index.sources[c.source].tile_id[0] for c in index.chips} == {"T", "U"}
 
@@ -248,9 +241,9 @@ def test_aom_model_imports_no_stac_or_prefect() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_store_url_with_file_scheme(store: str, tmp_path: Path) -> None:
+def test_store_url_with_file_scheme(synthetic_cubes: str, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
-    shutil.copytree(store, copy)
+    shutil.copytree(synthetic_cubes, copy)
     index = ChipIndex.build([f"file://{copy}"], chip=CHIPS)
     assert index.counts.chips_valid > 0
     ds = ChipBatchDataset(index, compute_norm_stats(index), batch_size=2, seed=0)
