@@ -58,6 +58,7 @@ from pipelines.cubes.spec import (
     CubeSpec,
     SkippedAsset,
     json_safe,
+    reflectance_attrs,
 )
 from pipelines.registry import CollectionSpec, MaskRule, ReflectanceConversion
 from pipelines.tiling import Tile
@@ -426,15 +427,8 @@ def _load_group(
     coords = xr_coords(gbox, crs_coord_name="spatial_ref")
     spatial_ref = coords["spatial_ref"]
     spatial_ref.attrs = json_safe(dict(spatial_ref.attrs))
-    ref_attrs: dict[str, Any] = {
-        "long_name": "surface reflectance",
-        "units": "1",
-        "grid_mapping": "spatial_ref",
-    }
-    if spec.encoding == "int16":
-        ref_attrs.update({"scale_factor": INT16_SCALE, "_FillValue": INT16_FILL})
     out = xr.Dataset(
-        {"reflectance": (("time", "band", "y", "x"), data, ref_attrs)},
+        {"reflectance": (("time", "band", "y", "x"), data, reflectance_attrs(spec.encoding))},
         coords={
             "time": ("time", np.asarray(times, dtype="datetime64[ns]")),
             "band": ("band", np.asarray(bands, dtype=object)),
