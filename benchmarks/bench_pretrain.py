@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aom_model.config import AOMConfig
 from aom_model.model import AOM
 from aom_model.train import ChipBatchDataset, ChipConfig, ChipIndex, compute_norm_stats
+from pipelines.pretrain import OPENER
 from pipelines.testing import write_synthetic_cubes
 
 
@@ -55,7 +56,7 @@ def main() -> None:
         cubes = [str(root)]
     chips = ChipConfig(chip_m=args.chip_m)
     t = time.perf_counter()
-    index = ChipIndex.build(cubes, chip=chips)
+    index = ChipIndex.build(cubes, chip=chips, opener=OPENER)
     index_s = time.perf_counter() - t
     norm = compute_norm_stats(index, seed=0)
     ds = ChipBatchDataset(index, norm, args.batch_size, seed=0)

@@ -1,8 +1,9 @@
 """Prefect flow `pretrain`: AOM pretraining in-process, or as a torchrun job on a GPU work pool.
 
-In-process (``nproc_per_node=0``) calls the library directly. With ``nproc_per_node >= 1`` the flow
-launches ``torchrun`` (one node, or several with a rendezvous endpoint) on the worker's machine:
-on the ``gpu`` work pool that is a Kubernetes job with ``nvidia.com/gpu`` (see infra/).
+In-process (``nproc_per_node=0``) calls :func:`pipelines.pretrain.pretrain` (training composed with
+the cube store reader), the same function as ``aom pretrain``. With ``nproc_per_node >= 1`` the flow
+launches ``torchrun`` (one node, or several with a rendezvous endpoint) running ``-m pipelines.pretrain``
+on the worker's machine: on the ``gpu`` work pool that is a Kubernetes job with ``nvidia.com/gpu`` (see infra/).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ class PretrainParams(BaseModel):
 
 @task
 def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
-    from aom_model.train import PretrainConfig, run_pretraining
+    from aom_model.train import PretrainConfig
+    from pipelines.pretrain import pretrain
 
-    return run_pretraining(
+    return pretrain(
         PretrainConfig(
             cubes=params.cubes,
             out=params.out,

@@ -89,7 +89,8 @@ def pretrain(paths: DemoPaths, steps: int, init: str | None = None) -> dict[str,
     """A short `tiny` pretraining on the demo cubes; ``init`` (e.g. the shipped checkpoint) makes it
     a fine-tuning of those weights, so the demo's embeddings come from a model that has seen real
     spectra rather than from a few dozen steps on the sample cubes."""
-    from aom_model.train import PretrainConfig, run_pretraining
+    from aom_model.train import PretrainConfig
+    from pipelines.pretrain import pretrain as train_on_cubes
 
     cfg = PretrainConfig(
         cubes=(paths.cubes,),
@@ -105,7 +106,7 @@ def pretrain(paths: DemoPaths, steps: int, init: str | None = None) -> dict[str,
         resume=True,
         progress=False,
     )
-    result = run_pretraining(cfg)
+    result = train_on_cubes(cfg)
     return {
         "checkpoint": result.checkpoint,
         "init": init,

@@ -4,6 +4,12 @@ The built-in registry is ``pipelines/data/sensors.yaml``. Extra files (``--regis
 ``AOM_REGISTRY`` environment variable, ``os.pathsep``-separated) are merged on top: a sensor,
 catalog or (catalog, collection) pair defined again replaces the built-in one. Everything is
 validated once here, so the rest of the pipeline can trust these objects.
+
+This module is also the one implementation of turning raw DNs into reflectance and of quality
+masking: :meth:`CollectionSpec.conversion` decides an item's :class:`ReflectanceConversion` (scale,
+offset and the per-item DN offset rules, such as the Sentinel-2 baseline >= 04.00 BOA offset), and
+:meth:`MaskRule.invalid` says which quality values are unusable. Cube assembly
+(:mod:`pipelines.cubes.assembly`) calls both per block, so a fix here changes cube output.
 """
 
 from __future__ import annotations
@@ -149,6 +155,48 @@ class MaskRule:
 
 
 @dataclass(frozen=True)
+class ReflectanceConversion:
+    """How one item's raw DNs become surface reflectance: ``reflectance = DN * scale + offset``.
+
+    Built per item by :meth:`CollectionSpec.conversion` (never assumed from the collection alone);
+    a DN equal to ``nodata`` (NaN for float assets) is missing, whatever the formula gives.
+    """
+
+    scale: float
+    """Reflectance per DN."""
+    offset: float
+    """Reflectance at DN 0, the item's DN offset (e.g. the Sentinel-2 BOA offset) included."""
+    nodata: float | None
+    """The DN that marks a pixel without data (NaN for float assets), or None when every DN is data."""
+
+    def missing(self, dn: np.ndarray) -> np.ndarray:
+        """Boolean array (shape of ``dn``), True where the DN is the nodata value."""
+        if self.nodata is None:
+            return np.zeros(np.shape(dn), dtype=bool)
+        if math.isnan(self.nodata):
+            return np.isnan(dn)
+        return np.asarray(dn == self.nodata)
+
+    def reflectance(self, dn: np.ndarray) -> np.ndarray:
+        """float32 reflectance (shape of ``dn``), NaN where the DN is nodata."""
+        out = dn.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+        out[self.missing(dn)] = np.nan
+        return out
+
+    def quantised(self, dn: np.ndarray, quantum: float) -> np.ndarray:
+        """``round(reflectance / quantum)`` (half to even) as whole numbers, nodata not masked.
+
+        Exact integer arithmetic (an int32 array) when DNs and reflectance share the quantum
+        (``scale == quantum`` and ``offset`` a whole number of quanta, as for Sentinel-2); else
+        computed in float64 (a float64 array of whole numbers).
+        """
+        k = self.offset / quantum
+        if abs(self.scale / quantum - 1.0) < 1e-12 and abs(k - round(k)) < 1e-6:
+            return dn.astype(np.int32) + round(k)
+        return np.rint((dn.astype(np.float64) * self.scale + self.offset) / quantum)
+
+
+@dataclass(frozen=True)
 class CollectionSpec:
     """How one catalog publishes one sensor: asset keys, encoding and quality rule."""
 
@@ -193,13 +241,26 @@ class CollectionSpec:
         """(scale, offset) so that reflectance = DN * scale + offset for this item."""
         return self.scale, self.offset + self.scale * self.dn_offset(properties)
 
+    def conversion(self, properties: Mapping[str, Any]) -> ReflectanceConversion:
+        """The DN -> reflectance conversion of one item, decided from its own properties."""
+        scale, offset = self.scale_offset(properties)
+        return ReflectanceConversion(scale=scale, offset=offset, nodata=self.nodata)
+
     def to_reflectance(self, dn: np.ndarray, properties: Mapping[str, Any]) -> np.ndarray:
         """Raw DNs -> float32 reflectance with NaN at nodata."""
-        scale, offset = self.scale_offset(properties)
-        out = dn.astype(np.float32) * np.float32(scale) + np.float32(offset)
-        if self.nodata is not None:
-            out[dn == self.nodata] = np.nan
-        return out
+        return self.conversion(properties).reflectance(dn)
+
+    def mask_description(self) -> str:
+        """One line saying which pixels are missing (recorded as the cubes' ``mask_rule`` attribute)."""
+        m = self.mask
+        where = ", ".join(m.mask_assets())
+        parts = []
+        if m.invalid_values:
+            parts.append(f"values {list(m.invalid_values)}")
+        if m.invalid_bits:
+            parts.append(f"bits {list(m.invalid_bits)}")
+        nodata = f"; DN == {self.nodata:g}" if self.nodata is not None else ""
+        return f"invalid where {where} has {' or '.join(parts)}{nodata}"
 
 
 @dataclass(frozen=True)

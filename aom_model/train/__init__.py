@@ -1,15 +1,19 @@
 """Pretraining AOM on cube stores.
 
 * ``config``: :class:`PretrainConfig` and results; ``engine``: the :class:`Trainer` and :func:`run_pretraining`;
-* ``main``: the entry point (``python -m aom_model.train``, what torchrun launches);
+* ``main``: the argument parser and ``main(argv, opener)``, run by ``python -m pipelines.pretrain``
+  (what torchrun launches), which composes training with ``pipelines.cubes.CubeStore``;
 * ``chips``: the chip index; ``loader``: batches and the data loader; ``norm``: normalisation statistics;
-* ``cube_reader``: reads cube stores; ``distributed``: process groups; ``schedule``: learning rate;
+* ``cube_reader``: what training needs from a cube store (the ``CubeReader`` protocol; stores come
+  from the caller's ``opener``); ``distributed``: process groups; ``schedule``: learning rate;
 * ``metrics``: metrics log and loss curve; ``evaluate``: held-out masked-band error.
+
+``aom_model`` imports from the pipelines only ``pipelines.storage`` and ``pipelines.errors``.
 """
 
 from aom_model.train.chips import ChipConfig, ChipIndex, NoValidChipsError
-from aom_model.train.config import NonFiniteLossError, PretrainConfig
-from aom_model.train.cube_reader import CubeDataError, CubeStore
+from aom_model.train.config import NonFiniteLossError, PretrainConfig, PretrainResult
+from aom_model.train.cube_reader import CubeDataError, CubeReader, GroupInfo, StoreOpener
 from aom_model.train.distributed import torchrun_command
 from aom_model.train.engine import enable_activation_checkpointing, run_pretraining
 from aom_model.train.evaluate import evaluate_masked_band
@@ -23,12 +27,15 @@ __all__ = [
     "ChipConfig",
     "ChipIndex",
     "CubeDataError",
-    "CubeStore",
+    "CubeReader",
+    "GroupInfo",
     "NoValidChipsError",
     "NonFiniteLossError",
     "NormStats",
     "PretrainConfig",
+    "PretrainResult",
     "RankSampler",
+    "StoreOpener",
     "WarmupCosine",
     "compute_norm_stats",
     "enable_activation_checkpointing",

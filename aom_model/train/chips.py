@@ -2,6 +2,8 @@
 
 The index is built once from completion records and cloud/valid fractions; chips are split into train and
 validation by location (never by time), so a validation chip's ground is never seen in training.
+Stores are read through the :class:`~aom_model.train.cube_reader.CubeReader` protocol: the index keeps
+the caller's ``opener`` and every process (data-loader workers included) reopens stores with it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from aom_model.train.cube_reader import CubeDataError, CubeStore, GroupMeta, group_meta, read_window
+from aom_model.train.cube_reader import CubeDataError, CubeReader, GroupInfo, StoreOpener
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class Source:
     tile_id: str
     collection: str
     sensor: str
-    groups: tuple[GroupMeta, ...]
+    groups: tuple[GroupInfo, ...]
     time_index: tuple[tuple[int, ...], ...]  # per common acquisition: the time index in each group
     times: tuple[int, ...]  # common acquisition times (ns)
     n_rows: int
@@ -127,6 +129,7 @@ class ChipIndex:
     chips: list[Chip]
     counts: IndexCounts
     band_meta: dict[str, tuple[float, float]]  # band key -> (wavelength_nm, fwhm_nm)
+    opener: StoreOpener  # (url, storage_options) -> CubeReader; pickled to data-loader workers
 
     @classmethod
     def build(
@@ -134,7 +137,11 @@ class ChipIndex:
         urls: Sequence[str],
         storage_options: Mapping[str, Any] | None = None,
         chip: ChipConfig | None = None,
+        *,
+        opener: StoreOpener,
     ) -> ChipIndex:
+        """Index the chips of the stores at ``urls``, each opened with ``opener(url, storage_options)``
+        (``pipelines.cubes.CubeStore.open``; see :mod:`pipelines.pretrain`)."""
         chip = chip or ChipConfig()
         if not urls:
             raise CubeDataError("no cube store given")
@@ -144,13 +151,13 @@ class ChipIndex:
         band_meta: dict[str, tuple[float, float]] = {}
         band_where: dict[str, str] = {}
         for si, url in enumerate(urls):
-            store = CubeStore.open(url, storage_options)
-            complete = store.complete_tiles()
+            store = opener(url, storage_options)
+            records = store.tile_records()
+            complete = sorted(t for t, r in records.items() if r["status"] == "complete")
             counts.tiles_complete += len(complete)
-            counts.tiles_empty += len(store.empty_tiles())
-            zstore = store.zarr_store()
+            counts.tiles_empty += sum(1 for r in records.values() if r["status"] == "empty")
             for tile_id in complete:
-                tile_sources = _tile_sources(store, si, tile_id, zstore, chip, counts)
+                tile_sources = _tile_sources(store, si, tile_id, chip, counts)
                 for src in tile_sources:
                     for g in src.groups:
                         for key, wl, fw in zip(g.band_keys, g.wavelength_nm, g.fwhm_nm):
@@ -170,7 +177,7 @@ class ChipIndex:
                 base = len(sources)
                 for k, src in enumerate(tile_sources):
                     try:
-                        fracs[base + k] = _valid_fractions(store, zstore, src, chip.chip_m)
+                        fracs[base + k] = _valid_fractions(store, src, chip.chip_m)
                     except Exception as e:  # corrupt chunk / unreadable: skip and count
                         log.warning("%r %s/%s: unreadable (%s); skipped", store, tile_id, src.collection, e)
                         counts.groups_unreadable += len(src.groups)
@@ -206,7 +213,7 @@ class ChipIndex:
                 f"no valid chips in {len(urls)} cube store(s): {counts.to_dict()} "
                 f"(chip_m={chip.chip_m}, min_valid_frac={chip.min_valid_frac})"
             )
-        return cls(tuple(urls), dict(storage_options or {}), chip, sources, chips, counts, band_meta)
+        return cls(tuple(urls), dict(storage_options or {}), chip, sources, chips, counts, band_meta, opener)
 
     # ------------------------------------------------------------------------------------------
     def layout_key(self, c: Chip) -> tuple[Any, ...]:
@@ -229,17 +236,17 @@ class ChipIndex:
 
 
 def _tile_sources(
-    store: CubeStore, si: int, tile_id: str, zstore: Any, chip: ChipConfig, counts: IndexCounts
+    store: CubeReader, si: int, tile_id: str, chip: ChipConfig, counts: IndexCounts
 ) -> list[Source]:
-    metas: dict[str, list[GroupMeta]] = {}
-    for coll, gsd_label in store.list_groups(tile_id):
+    metas: dict[str, list[GroupInfo]] = {}
+    for coll, gsd_label in store.groups(tile_id):
         try:
-            ds = store.open_group(tile_id, coll, gsd_label, zstore)
+            ds = store.open_group(tile_id, coll, gsd_label, lazy=True)
         except Exception as e:
             log.warning("%r %s/%s/%s: unreadable group (%s); skipped", store, tile_id, coll, gsd_label, e)
             counts.groups_unreadable += 1
             continue
-        meta = group_meta(tile_id, coll, gsd_label, ds, where=f"{store!r}: ")
+        meta = store.group_meta(tile_id, coll, gsd_label, ds)
         ratio = chip.chip_m / meta.gsd_m
         if abs(ratio - round(ratio)) > 1e-6:
             log.info(
@@ -277,14 +284,14 @@ def _tile_sources(
     return out
 
 
-def _valid_fractions(store: CubeStore, zstore: Any, src: Source, chip_m: float) -> np.ndarray:
+def _valid_fractions(store: CubeReader, src: Source, chip_m: float) -> np.ndarray:
     """[T, rows, cols] fraction of pixels valid in every band of the coarsest group."""
     g = src.groups[-1]
-    ds = store.open_group(src.tile_id, src.collection, g.gsd_label, zstore)
+    ds = store.open_group(src.tile_id, src.collection, g.gsd_label, lazy=True)
     n = round(chip_m / g.gsd_m)
     out = np.zeros((len(src.times), src.n_rows, src.n_cols))
     for k, tidx in enumerate(src.time_index):
-        arr = read_window(ds, tidx[-1], 0, 0, src.n_rows * n, src.n_cols * n)  # [C, H, W]
+        arr = store.read_window(ds, tidx[-1], 0, 0, src.n_rows * n, src.n_cols * n)  # [C, H, W]
         valid = np.isfinite(arr).all(axis=0)
         out[k] = valid.reshape(src.n_rows, n, src.n_cols, n).mean(axis=(1, 3))
     return out
@@ -330,16 +337,18 @@ class ChipReader:
         return state
 
     # -- reading -------------------------------------------------------------------------------
-    def _dataset(self, src: Source, g: GroupMeta) -> Any:
+    def _store(self, i: int) -> CubeReader:
+        skey = ("store", i)
+        if skey not in self._cache:
+            self._cache[skey] = self.index.opener(self.index.urls[i], self.index.storage_options)
+        store: CubeReader = self._cache[skey]
+        return store
+
+    def _dataset(self, src: Source, g: GroupInfo) -> Any:
         key = (src.store, src.tile_id, src.collection, g.gsd_label)
         ds = self._cache.get(key)
         if ds is None:
-            skey = ("store", src.store)
-            if skey not in self._cache:
-                store = CubeStore(self.index.urls[src.store], self.index.storage_options)
-                self._cache[skey] = (store, store.zarr_store())
-            store, zstore = self._cache[skey]
-            ds = store.open_group(src.tile_id, src.collection, g.gsd_label, zstore)
+            ds = self._store(src.store).open_group(src.tile_id, src.collection, g.gsd_label, lazy=True)
             self._cache[key] = ds
         return ds
 
@@ -348,9 +357,10 @@ class ChipReader:
         src = self.index.sources[source]
         chip_m = self.index.chip.chip_m
         out = []
+        store = self._store(src.store)
         for gi, g in enumerate(src.groups):
             n = round(chip_m / g.gsd_m)
-            arr = read_window(self._dataset(src, g), src.time_index[t][gi], row * n, col * n, n, n)
+            arr = store.read_window(self._dataset(src, g), src.time_index[t][gi], row * n, col * n, n, n)
             if arr.shape[0] != len(g.bands):
                 raise CubeDataError(f"{src.tile_id}/{src.collection}/{g.gsd_label}: band count changed")
             out.append(arr)

@@ -11,6 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+ENTRY_POINT = "pipelines.pretrain"
+"""The module ``torchrun`` launches: it parses pretraining's arguments (:mod:`aom_model.train.main`)
+and runs them with the cube store reader (``aom_model`` itself does not import the cube code)."""
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -139,7 +143,7 @@ def torchrun_command(
     max_restarts: int = 0,
     python: str | None = None,
 ) -> list[str]:
-    """The ``torchrun`` command line for ``python -m aom_model.train <train_args>``.
+    """The ``torchrun`` command line for ``python -m pipelines.pretrain <train_args>`` (:data:`ENTRY_POINT`).
 
     Single node: ``--standalone``. Multi-node: every node runs the same command with the same
     ``rdzv_endpoint`` (``host:port`` of any one node) and ``rdzv_id``; ``nnodes`` may be elastic
@@ -164,4 +168,4 @@ def torchrun_command(
             cmd.append(f"--node-rank={node_rank}")
     if max_restarts:
         cmd.append(f"--max-restarts={max_restarts}")
-    return [*cmd, "-m", "aom_model.train", *train_args]
+    return [*cmd, "-m", ENTRY_POINT, *train_args]

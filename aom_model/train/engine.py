@@ -1,4 +1,8 @@
-"""Pretraining engine: ``run_pretraining(PretrainConfig) -> PretrainResult`` and ``python -m aom_model.train``.
+"""Pretraining engine: ``run_pretraining(PretrainConfig, opener) -> PretrainResult``.
+
+``opener`` opens a cube store as a :class:`~aom_model.train.cube_reader.CubeReader`; the runnable
+composition is :mod:`pipelines.pretrain` (``python -m pipelines.pretrain``, what ``torchrun`` launches),
+which passes ``pipelines.cubes.CubeStore.open``.
 
 Runs alone or under ``torchrun`` (NCCL on GPU, gloo on CPU; see ``aom_model.train.distributed``):
 bf16 autocast on CUDA, AdamW with warmup + cosine, gradient clipping and accumulation, optional
@@ -35,6 +39,7 @@ from aom_model.checkpoint import load_checkpoint, save_checkpoint
 from aom_model.model import AOM
 from aom_model.train.chips import ChipIndex
 from aom_model.train.config import NonFiniteLossError, PretrainConfig, PretrainResult
+from aom_model.train.cube_reader import StoreOpener
 from aom_model.train.distributed import (
     DistEnv,
     all_reduce_,
@@ -149,9 +154,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 class Trainer:
-    def __init__(self, cfg: PretrainConfig, env: DistEnv) -> None:
+    def __init__(self, cfg: PretrainConfig, env: DistEnv, opener: StoreOpener) -> None:
         self.cfg = cfg
         self.env = env
+        self.opener = opener
         self.ckpt_root = join(cfg.out, "checkpoints")
         self.step = 0
         self.epoch = 0
@@ -172,7 +178,7 @@ class Trainer:
             raise FileExistsError(
                 f"{cfg.out} already holds checkpoints of a run: pass --resume to continue it, or use a new --out"
             )
-        self.index = ChipIndex.build(cfg.cubes, so, cfg.chips)
+        self.index = ChipIndex.build(cfg.cubes, so, cfg.chips, opener=self.opener)
         init_stats: NormStats | None = None
         model_cfg = cfg.model_config()
         init_model: AOM | None = None
@@ -471,13 +477,14 @@ class Trainer:
         return result
 
 
-def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
-    """Train (or resume / fine-tune) per ``cfg``; under torchrun every rank calls this."""
+def run_pretraining(cfg: PretrainConfig, opener: StoreOpener) -> PretrainResult:
+    """Train (or resume / fine-tune) per ``cfg`` on the cube stores ``opener`` opens (``cfg.cubes``
+    with ``cfg.storage_options``); under torchrun every rank calls this."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = init_distributed(cfg.device)
     try:
-        trainer = Trainer(cfg, env)
+        trainer = Trainer(cfg, env, opener)
         trainer.setup()
         return trainer.fit()
     finally:

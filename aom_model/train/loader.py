@@ -2,15 +2,17 @@
 
 Pipeline
 --------
-1. ``ChipIndex.build(urls)`` reads metadata of every complete tile of every store (local or any
-   fsspec URL), validates band metadata (a band name must mean one wavelength/FWHM everywhere),
-   lays a non-overlapping chip grid (``chip_m`` square, a multiple of every GSD) over each
-   (tile, collection) and, per acquisition, measures the valid-pixel fraction of every chip from the
-   coarsest group (one cheap read). Chips below ``min_valid_frac`` (cloud, swath edge) are skipped
+1. ``ChipIndex.build(urls, opener=...)`` reads metadata of every complete tile of every store
+   (local or any fsspec URL, each read through the caller's
+   :class:`~aom_model.train.cube_reader.CubeReader`), validates band metadata (a band name must
+   mean one wavelength/FWHM everywhere), lays a non-overlapping chip grid (``chip_m`` square, a
+   multiple of every GSD) over each (tile, collection) and, per acquisition, measures the
+   valid-pixel fraction of every chip from the coarsest group (one cheap read). Chips below ``min_valid_frac`` (cloud, swath edge) are skipped
    and counted. Each chip gets a *partner* when another collection of the same tile is coarser
    (e.g. Landsat 30 m for Sentinel-2 10 m): the nearest-in-time valid acquisition of the same area.
-   Unreadable groups (corrupt chunk, bad record) are skipped and counted; bad metadata raises
-   ``CubeDataError``; no valid chip at all raises ``NoValidChipsError`` with the counts.
+   Unreadable groups (corrupt chunk) are skipped and counted; bad metadata or an unreadable
+   completion record raises ``CubeDataError``; no valid chip at all raises ``NoValidChipsError``
+   with the counts.
 2. ``compute_norm_stats`` -> ``NormStats``: per band key ``<sensor>/<band>`` mean/std of valid
    reflectance from a seeded sample of chips; saved in the checkpoint, applied in the dataset.
 3. ``epoch_plan``: per epoch, chips of one *layout* (collection, its groups and bands, partner

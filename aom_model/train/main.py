@@ -1,7 +1,10 @@
-"""Entry point of pretraining: ``python -m aom_model.train`` (what ``torchrun`` launches) and its argument parser.
+"""Pretraining's command line: the argument parser and :func:`main`, run by ``python -m pipelines.pretrain``.
 
 The engine (:mod:`aom_model.train.engine`) knows nothing about argv; this module turns arguments into a
 :class:`~aom_model.train.config.PretrainConfig`, as MAE's ``main_pretrain.py`` does for ``engine_pretrain.py``.
+It does not know how to open cube stores: :func:`main` takes the ``opener`` from its caller, and
+``pipelines.pretrain`` (what ``torchrun`` launches, see :data:`~aom_model.train.distributed.ENTRY_POINT`)
+passes ``pipelines.cubes.CubeStore.open``.
 """
 
 from __future__ import annotations
@@ -10,14 +13,12 @@ import argparse
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 from aom_model.train.config import PretrainConfig
-from aom_model.train.distributed import (
-    torchrun_command,
-)
+from aom_model.train.cube_reader import StoreOpener
+from aom_model.train.distributed import ENTRY_POINT, torchrun_command
 from aom_model.train.engine import _read_bytes, run_pretraining
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m aom_model.train",
+        prog=f"python -m {ENTRY_POINT}",
         description="AOM pretraining on cube stores (run under torchrun for several GPUs / nodes).",
     )
     p.add_argument("--cubes", nargs="+", help="cube store URLs (local paths or s3://...)")
@@ -126,14 +127,12 @@ def pretrain_torchrun_command(cfg: PretrainConfig, nproc_per_node: int, **rendez
     return torchrun_command(["--config-json", json.dumps(cfg.to_dict())], nproc_per_node, **rendezvous)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None, opener: StoreOpener) -> int:
+    """Parse ``argv`` (``sys.argv[1:]`` when None), train on the stores ``opener`` opens, and print
+    the result as one JSON line on rank 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config_from_args(build_parser().parse_args(argv))
-    result = run_pretraining(cfg)
+    result = run_pretraining(cfg, opener)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in result.to_dict().items() if k != "norm_stats"}, default=str))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -65,7 +65,8 @@ def pretrain(
     Checkpoints, metrics (JSON lines), a loss-curve PNG and the final model.safetensors go to OUT.
     With --nproc-per-node/--nnodes the same run is launched under torchrun (NCCL on GPU, gloo on CPU).
     """
-    from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command, run_pretraining
+    from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command
+    from pipelines.pretrain import pretrain as train_on_cubes
 
     urls = list(cubes) + list(more_cubes or [])
     if not urls:
@@ -109,7 +110,7 @@ def pretrain(
         if storage_options:  # not on the command line (it may carry credentials)
             env["AOM_STORAGE_OPTIONS"] = storage_options
         raise typer.Exit(subprocess.call(cmd, env=env))
-    result = run_pretraining(cfg)
+    result = train_on_cubes(cfg)
     typer.echo(f"{result.steps} steps, final loss {result.final_loss}, {result.samples_per_s:.1f} samples/s")
     typer.echo(f"model:   {result.checkpoint}")
     typer.echo(f"metrics: {result.metrics_url}")

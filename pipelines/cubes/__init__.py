@@ -1,7 +1,9 @@
 """Cubes: STAC items -> per-tile Zarr v3 reflectance cubes, exactly once per tile.
 
 * ``spec``: what a run builds (:class:`CubeSpec`) and the reflectance encodings;
-* ``store``: the cube store (:class:`CubeStore`): layout, per-tile writes, completion records, reads;
+* ``store``: the cube store (:class:`CubeStore`), the one reader and writer of the layout: per-tile
+  writes, completion records (:func:`tile_record`, :func:`group_entry`), reads;
+* ``groups``: one group's validated metadata (:class:`GroupMeta`) and window reads;
 * ``reading``: item selection, GDAL environment and read-error classes;
 * ``assembly``: one tile's items -> per-(collection, GSD) datasets;
 * ``run``: :func:`write_cubes` over many tiles (threads or Dask);
@@ -9,26 +11,34 @@
 """
 
 from pipelines.cubes.assembly import assemble_tile
+from pipelines.cubes.groups import GroupMeta
 from pipelines.cubes.ingest import SavedSearch, build_tiles, search_and_save, tiles_for_saved
 from pipelines.cubes.reading import classify_error, item_datetime
 from pipelines.cubes.run import RunSummary, TileOutcome, process_tile, write_cubes
-from pipelines.cubes.spec import CubeSpec
-from pipelines.cubes.store import CubeStore, CubeStoreError, group_path
+from pipelines.cubes.spec import LAYOUT_VERSION, CubeSpec, encode_reflectance, gsd_label, reflectance_attrs
+from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, group_path, tile_record
 
 __all__ = [
+    "LAYOUT_VERSION",
     "CubeSpec",
     "CubeStore",
     "CubeStoreError",
+    "GroupMeta",
     "RunSummary",
     "SavedSearch",
     "TileOutcome",
     "assemble_tile",
     "build_tiles",
     "classify_error",
+    "encode_reflectance",
+    "group_entry",
     "group_path",
+    "gsd_label",
     "item_datetime",
     "process_tile",
+    "reflectance_attrs",
     "search_and_save",
+    "tile_record",
     "tiles_for_saved",
     "write_cubes",
 ]

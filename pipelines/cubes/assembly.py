@@ -5,9 +5,11 @@ Landsat, HLS: 30 m; MODIS: 463.3 m) there is one ``odc.stac.load`` onto the tile
 GSD (:meth:`pipelines.tiling.Tile.geobox`), grouped by solar day, lazily (dask, one chunk per
 output shard). Then, block by block:
 
-* the collection's scale/offset is applied once, per item (the Sentinel-2 baseline >= 04.00
-  -1000 DN rule is decided from each item's own metadata; odc-stac applies none of it);
-* pixels are masked where the registry's quality rule flags cloud/shadow/fill, or the DN is nodata;
+* the item's :class:`~pipelines.registry.ReflectanceConversion` is applied once (decided per item
+  by :meth:`~pipelines.registry.CollectionSpec.conversion`: the collection's scale/offset and the
+  Sentinel-2 baseline >= 04.00 -1000 DN rule from the item's own metadata; odc-stac applies none of it);
+* pixels are masked where the registry's :meth:`~pipelines.registry.MaskRule.invalid` flags
+  cloud/shadow/fill, or the DN is nodata (the conversion's ``missing``);
 * reflectance is encoded compactly: int16 = round(reflectance * 1e4) with -32768 for missing
   (``scale_factor=1e-4``, ``_FillValue=-32768`` so xarray decodes it to NaN), or float16 with NaN.
 
@@ -40,7 +42,6 @@ from pipelines.cubes.reading import (
     MASK_DTYPE,
     _absolute_href,
     _Header,
-    _mask_description,
     _proj_missing,
     cid_label,
     item_datetime,
@@ -57,8 +58,9 @@ from pipelines.cubes.spec import (
     CubeSpec,
     SkippedAsset,
     json_safe,
+    reflectance_attrs,
 )
-from pipelines.registry import CollectionSpec
+from pipelines.registry import CollectionSpec, MaskRule, ReflectanceConversion
 from pipelines.tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -72,39 +74,23 @@ def encode_block(
     dn: np.ndarray,
     qa: np.ndarray,
     *,
-    nodata: float | None,
-    scale: float,
-    offset: float,
-    invalid_values: tuple[int, ...],
-    invalid_bits: tuple[int, ...],
+    conversion: ReflectanceConversion,
+    mask: MaskRule,
     encoding: str,
 ) -> np.ndarray:
-    """Raw DNs (t, band, y, x) + quality (t, 1|band, y, x) -> encoded reflectance (same shape)."""
-    bad = np.zeros(qa.shape, dtype=bool)
-    if invalid_values:
-        bad |= np.isin(qa, np.asarray(invalid_values, dtype=np.int64))
-    if invalid_bits:
-        bits = 0
-        for b in invalid_bits:
-            bits |= 1 << b
-        bad = bad | ((qa.astype(np.int64) & bits) != 0)
-    bad = np.broadcast_to(bad, dn.shape)
-    if nodata is not None:
-        bad = (
-            bad | (dn == nodata)
-            if not (isinstance(nodata, float) and math.isnan(nodata))
-            else bad | np.isnan(dn)
-        )
+    """Raw DNs (t, band, y, x) + quality (t, 1|band, y, x) -> encoded reflectance (same shape).
+
+    The conversion and the mask are the registry's (one implementation each); this function only
+    combines them and encodes: int16 quanta of :data:`INT16_SCALE` clipped to +-INT16_MAX with
+    INT16_FILL where missing, or float16 with NaN.
+    """
+    bad = np.broadcast_to(mask.invalid(qa), dn.shape) | conversion.missing(dn)
     if encoding == "int16":
-        k = offset / INT16_SCALE
-        if abs(scale / INT16_SCALE - 1.0) < 1e-12 and abs(k - round(k)) < 1e-6:
-            q = dn.astype(np.int32) + round(k)  # exact: DN and reflectance share the 1e-4 quantum
-        else:
-            q = np.rint((dn.astype(np.float64) * scale + offset) / INT16_SCALE)
+        q = conversion.quantised(dn, INT16_SCALE)
         out = np.clip(q, -INT16_MAX, INT16_MAX).astype(np.int16)
         out[bad] = INT16_FILL
         return out
-    refl = (dn.astype(np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float16)
+    refl = conversion.reflectance(dn).astype(np.float16)
     refl[bad] = np.nan
     return refl
 
@@ -163,8 +149,7 @@ class _Prepared:
     item_id: str
     item: dict[str, Any]  # patched copy: only the needed assets, absolute hrefs, registry dtype/nodata
     when: dt.datetime
-    scale: float
-    offset: float
+    conversion: ReflectanceConversion  # this item's DN -> reflectance (registry, per item)
     bad_assets: set[str]
 
 
@@ -322,8 +307,7 @@ def _prepare_items(
             if not any("/projection/" in e for e in exts):
                 exts.append("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
             patched["stac_extensions"] = exts
-        scale, offset = cs.scale_offset(item.get("properties") or {})
-        out.append(_Prepared(item_id, patched, when, scale, offset, bad))
+        out.append(_Prepared(item_id, patched, when, cs.conversion(item.get("properties") or {}), bad))
     return out
 
 
@@ -372,7 +356,7 @@ def _load_group(
     load_assets = list(dict.fromkeys(band_assets + qa_assets))
 
     # Partitions, one odc-stac load each (normally exactly one): items are split by their
-    # (scale, offset) and by their rank within the solar day, so each item is masked with its own
+    # conversion (scale, offset) and by their rank within the solar day, so each item is masked with its own
     # quality asset *before* items of the same day are fused (first valid pixel, in time order);
     # odc-stac's own fusing would keep an earlier item's cloudy pixels over a later clear one.
     by_day: dict[dt.date, list[_Prepared]] = {}
@@ -381,12 +365,11 @@ def _load_group(
     partitions: dict[tuple[int, float, float], list[_Prepared]] = {}
     for plist in by_day.values():
         for rank, p in enumerate(plist):
-            partitions.setdefault((rank, p.scale, p.offset), []).append(p)
+            partitions.setdefault((rank, p.conversion.scale, p.conversion.offset), []).append(p)
 
     day_parts: dict[dt.date, list[Any]] = {}
     day_items: dict[dt.date, list[_Prepared]] = {}
-    rule = cs.mask
-    for (_, scale, offset), part in sorted(partitions.items(), key=lambda kv: kv[0]):
+    for _key, part in sorted(partitions.items(), key=lambda kv: kv[0]):
         days: dict[dt.date, list[_Prepared]] = {}
         for p in part:
             days.setdefault(solar_day(p.when, mid_lon), []).append(p)
@@ -406,17 +389,13 @@ def _load_group(
             )
         dn = da.stack([ds[a].data for a in band_assets], axis=1).rechunk({1: len(band_assets)})
         qa = da.stack([ds[a].data for a in qa_assets], axis=1).rechunk({1: len(qa_assets)})
-        nodata = cs.nodata
         enc = da.map_blocks(
             encode_block,
             dn,
             qa,
             dtype=np.int16 if spec.encoding == "int16" else np.float16,
-            nodata=nodata,
-            scale=scale,
-            offset=offset,
-            invalid_values=tuple(int(v) for v in rule.invalid_values),
-            invalid_bits=tuple(int(b) for b in rule.invalid_bits),
+            conversion=part[0].conversion,  # the partition shares (scale, offset); nodata is the collection's
+            mask=cs.mask,
             encoding=spec.encoding,
         )
         for t, day in enumerate(sorted(days)):
@@ -448,15 +427,8 @@ def _load_group(
     coords = xr_coords(gbox, crs_coord_name="spatial_ref")
     spatial_ref = coords["spatial_ref"]
     spatial_ref.attrs = json_safe(dict(spatial_ref.attrs))
-    ref_attrs: dict[str, Any] = {
-        "long_name": "surface reflectance",
-        "units": "1",
-        "grid_mapping": "spatial_ref",
-    }
-    if spec.encoding == "int16":
-        ref_attrs.update({"scale_factor": INT16_SCALE, "_FillValue": INT16_FILL})
     out = xr.Dataset(
-        {"reflectance": (("time", "band", "y", "x"), data, ref_attrs)},
+        {"reflectance": (("time", "band", "y", "x"), data, reflectance_attrs(spec.encoding))},
         coords={
             "time": ("time", np.asarray(times, dtype="datetime64[ns]")),
             "band": ("band", np.asarray(bands, dtype=object)),
@@ -489,7 +461,7 @@ def _load_group(
                     if spec.encoding == "int16"
                     else "float16 reflectance, NaN = missing (cloud, shadow, nodata)"
                 ),
-                "mask_rule": _mask_description(cs),
+                "mask_rule": cs.mask_description(),
                 "resampling": spec.resampling,
                 "time_meaning": "earliest acquisition of the solar day (items fused first-valid in time order)",
                 "layout_version": LAYOUT_VERSION,

@@ -260,15 +260,3 @@ def read_window_check(
 
 def cid_label(cs: CollectionSpec, label: str) -> str:
     return f"{cs.collection}/{label}"
-
-
-def _mask_description(cs: CollectionSpec) -> str:
-    m = cs.mask
-    where = ", ".join(m.mask_assets())
-    parts = []
-    if m.invalid_values:
-        parts.append(f"values {list(m.invalid_values)}")
-    if m.invalid_bits:
-        parts.append(f"bits {list(m.invalid_bits)}")
-    nodata = f"; DN == {cs.nodata:g}" if cs.nodata is not None else ""
-    return f"invalid where {where} has {' or '.join(parts)}{nodata}"

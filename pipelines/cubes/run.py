@@ -17,7 +17,6 @@ next run) only when storage fails or an asset is unreachable (``CubeSpec.skip_un
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import logging
 import os
@@ -32,12 +31,11 @@ from pipelines.cubes.reading import classify_error, gdal_env, item_datetime, ite
 from pipelines.cubes.spec import (
     INT16_FILL,
     INT16_SCALE,
-    LAYOUT_VERSION,
     CubeSpec,
     SkippedAsset,
     gsd_label,
 )
-from pipelines.cubes.store import CubeStore, CubeStoreError, group_path
+from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
 from pipelines.storage import redact_url
 from pipelines.tiling import ItemIndex, Tile, TileGrid
 
@@ -296,19 +294,7 @@ def _write_tile(
             continue
         nbytes = float(ds["reflectance"].size * ds["reflectance"].dtype.itemsize) / 1e6
         output_mb += nbytes
-        groups.append(
-            {
-                "collection": key[0],
-                "gsd_label": key[1],
-                "gsd_m": float(ds.attrs["gsd_m"]),
-                "path": group_path(tile.tile_id, *key),
-                "bands": [str(b) for b in ds["band"].values],
-                "shape": [int(n) for n in ds["reflectance"].shape],
-                "times": [str(t)[:26] for t in ds["time"].values.astype("datetime64[us]")],
-                "source_items": [str(s) for s in ds["source_items"].values],
-                "valid_fraction": [round(f, 6) for f in frac],
-            }
-        )
+        groups.append(group_entry(tile.tile_id, ds, frac))
     skipped = [s.to_dict() for s in [*cube.skipped, *diagnosed]]
     used = sorted({i for g in groups for s in g["source_items"] for i in str(s).split(",") if i})
     if groups:
@@ -322,23 +308,18 @@ def _write_tile(
         )
     else:
         status, reason = "empty", "no items touch this tile"
-    record = {
-        "status": status,
-        "tile_id": tile.tile_id,
-        "epsg": tile.epsg,
-        "bounds": list(tile.bounds),
-        "tile_size_m": spec.grid.tile_size_m,
-        "collections": list(spec.collections),
-        "groups": groups,
-        "dropped_groups": dropped,
-        "items": used,
-        "skipped": skipped,
-        "reason": reason,
-        "encoding": spec.encoding,
-        "spec_fingerprint": spec.fingerprint,
-        "layout_version": LAYOUT_VERSION,
-        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    record = tile_record(
+        tile_id=tile.tile_id,
+        epsg=tile.epsg,
+        bounds=tile.bounds,
+        spec=spec,
+        status=status,
+        reason=reason,
+        groups=groups,
+        dropped_groups=dropped,
+        items=used,
+        skipped=skipped,
+    )
     store.write_record(tile.tile_id, record)
     labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]
     return TileOutcome(

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from pipelines.registry import CollectionSpec, Registry, load_registry
 from pipelines.tiling import TileGrid
 
@@ -122,6 +124,32 @@ class CubeSpec:
     def fingerprint(self) -> str:
         text = json.dumps(self.layout_dict(), sort_keys=True)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reflectance_attrs(encoding: Encoding) -> dict[str, Any]:
+    """The CF attributes of a group's ``reflectance`` variable (xarray decodes int16 with them)."""
+    attrs: dict[str, Any] = {"long_name": "surface reflectance", "units": "1", "grid_mapping": "spatial_ref"}
+    if encoding == "int16":
+        attrs.update({"scale_factor": INT16_SCALE, "_FillValue": INT16_FILL})
+    return attrs
+
+
+def encode_reflectance(refl: np.ndarray, encoding: Encoding = "int16") -> np.ndarray:
+    """Reflectance (float, NaN = missing) -> the stored values of ``encoding`` (see ``docs/cubes.md``).
+
+    int16: ``round(reflectance / INT16_SCALE)`` (half to even, in the input's float precision),
+    clipped to +-INT16_MAX, INT16_FILL where missing; float16: the values as float16. Cube assembly
+    encodes straight from DNs instead (:func:`pipelines.cubes.assembly.encode_block`, exact for
+    Sentinel-2); this is for reflectance that already exists as floats (synthetic stores).
+    """
+    refl = np.asarray(refl)
+    if encoding == "float16":
+        return refl.astype(np.float16)
+    missing = np.isnan(refl)
+    q = np.rint(np.where(missing, 0, refl) / INT16_SCALE)
+    out = np.clip(q, -INT16_MAX, INT16_MAX).astype(np.int16)
+    out[missing] = INT16_FILL
+    return out
 
 
 def gsd_label(gsd: float) -> str:

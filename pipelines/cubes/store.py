@@ -1,4 +1,4 @@
-"""The Zarr v3 cube store: layout, per-tile writes, completion records, and the reader.
+"""The Zarr v3 cube store: layout, per-tile writes, completion records, and the one reader.
 
 Layout (see ``docs/cubes.md``)::
 
@@ -12,23 +12,32 @@ Layout (see ``docs/cubes.md``)::
 
 A tile is visible to readers only once its record exists; a tile without a record is deleted and
 rewritten by the next run. Every object under ``<out>/<tile_id>/`` is written by the one task
-that owns the tile, so no two writers ever share a shard (or any other object).
+that owns the tile, so no two writers ever share a shard (or any other object). A record, once
+written, is never rewritten; its ``status`` is ``complete`` (the tile holds data) or ``empty``.
+
+:class:`CubeStore` is the only reader and writer of this format: cube runs write through it, the
+synthetic stores of :mod:`pipelines.testing` too, and embedding (:mod:`pipelines.embed`) and
+training (through the ``aom_model.train.cube_reader.CubeReader`` protocol, see
+:mod:`pipelines.pretrain`) read through it. Group metadata checks and window reads are in
+:mod:`pipelines.cubes.groups`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import posixpath
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from pipelines.cubes.groups import GroupMeta, group_meta, read_window
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
-from pipelines.errors import AOMError
+from pipelines.errors import CubeDataError
 from pipelines.storage import (
     filesystem,
     is_local,
@@ -45,12 +54,66 @@ RECORDS_DIR = "_tiles"
 ROOT_ATTR = "aom_cubes"
 
 
-class CubeStoreError(AOMError, RuntimeError):
-    """The store is missing, incompatible with the spec, or a tile is not complete."""
+class CubeStoreError(CubeDataError, RuntimeError):
+    """The store is missing, incompatible with the spec, or a tile is not complete (a
+    :class:`~pipelines.errors.CubeDataError`, so readers that catch that see it too)."""
 
 
 def group_path(tile_id: str, collection: str, gsd_label: str) -> str:
     return f"{tile_id}/{collection}/{gsd_label}"
+
+
+def group_entry(tile_id: str, ds: xr.Dataset, valid_fraction: Sequence[float]) -> dict[str, Any]:
+    """A completion record's entry for one group written with :meth:`CubeStore.write_group`."""
+    collection, label = str(ds.attrs["collection"]), str(ds.attrs["gsd_label"])
+    return {
+        "collection": collection,
+        "gsd_label": label,
+        "gsd_m": float(ds.attrs["gsd_m"]),
+        "path": group_path(tile_id, collection, label),
+        "bands": [str(b) for b in ds["band"].values],
+        "shape": [int(n) for n in ds["reflectance"].shape],
+        "times": [str(t)[:26] for t in ds["time"].values.astype("datetime64[us]")],
+        "source_items": [str(s) for s in ds["source_items"].values],
+        "valid_fraction": [round(f, 6) for f in valid_fraction],
+    }
+
+
+def tile_record(
+    *,
+    tile_id: str,
+    epsg: int,
+    bounds: Sequence[float],
+    spec: CubeSpec,
+    status: str,
+    reason: str,
+    groups: Sequence[Mapping[str, Any]],
+    dropped_groups: Sequence[Mapping[str, Any]] = (),
+    items: Sequence[str] = (),
+    skipped: Sequence[Mapping[str, Any]] = (),
+    written_at: str | None = None,
+) -> dict[str, Any]:
+    """A tile's completion record (``status`` ``complete`` with ``groups``, or ``empty``), written last
+    with :meth:`CubeStore.write_record`. ``written_at`` defaults to now (UTC, ISO 8601)."""
+    if status not in ("complete", "empty"):
+        raise ValueError(f"a completion record's status is 'complete' or 'empty', got {status!r}")
+    return {
+        "status": status,
+        "tile_id": tile_id,
+        "epsg": epsg,
+        "bounds": list(bounds),
+        "tile_size_m": spec.grid.tile_size_m,
+        "collections": list(spec.collections),
+        "groups": list(groups),
+        "dropped_groups": list(dropped_groups),
+        "items": list(items),
+        "skipped": list(skipped),
+        "reason": reason,
+        "encoding": spec.encoding,
+        "spec_fingerprint": spec.fingerprint,
+        "layout_version": LAYOUT_VERSION,
+        "written_at": written_at or dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 class CubeStore:
@@ -69,7 +132,10 @@ class CubeStore:
         """An existing store (CubeStoreError when there is none at ``url``)."""
         store = cls(url, storage_options)
         if not store._exists(store._path("zarr.json")):
-            raise CubeStoreError(f"no cube store at {redact_url(store.url)} (no zarr.json)")
+            raise CubeStoreError(
+                f"cube store {redact_url(store.url)} does not exist (no zarr.json there): "
+                "check the URL, or build the store with `aom cubes`"
+            )
         return store
 
     def __repr__(self) -> str:
@@ -170,16 +236,35 @@ class CubeStore:
             if str(n).endswith(".json") and ".tmp-" not in str(n)
         )
 
+    def tile_records(self) -> dict[str, dict[str, Any]]:
+        """tile_id -> completion record, for every recorded tile; CubeStoreError names a record that
+        cannot be read or has no valid status (``complete`` or ``empty``)."""
+        fs = self.fs
+        out: dict[str, dict[str, Any]] = {}
+        for tile_id in self.recorded_tiles():
+            try:
+                with fs.open(self._record_path(tile_id), "rb") as fh:
+                    rec = json.loads(fh.read())
+            except (OSError, ValueError) as e:
+                raise CubeStoreError(f"{self}: unreadable completion record {tile_id}.json: {e}") from e
+            if not isinstance(rec, dict) or rec.get("status") not in ("complete", "empty"):
+                raise CubeStoreError(
+                    f"{self}: completion record {tile_id}.json has no valid status "
+                    f"(expected 'complete' or 'empty'): {rec!r}"
+                )
+            out[tile_id] = rec
+        return out
+
     def complete_tiles(self, include_empty: bool = False) -> list[str]:
         """Ids of tiles whose record says ``complete`` (they hold data); ``include_empty`` adds the
         tiles recorded ``empty`` (built, nothing usable: all cloud, no items, ...)."""
-        ids = self.recorded_tiles()
         if include_empty:
-            return ids
-        return [t for t in ids if self.record(t).get("status") == "complete"]
+            return self.recorded_tiles()
+        return [t for t, r in self.tile_records().items() if r["status"] == "complete"]
 
     def empty_tiles(self) -> list[str]:
-        return [t for t in self.recorded_tiles() if self.record(t).get("status") == "empty"]
+        """Ids of tiles recorded ``empty``."""
+        return [t for t, r in self.tile_records().items() if r["status"] == "empty"]
 
     def write_record(self, tile_id: str, record: Mapping[str, Any]) -> None:
         write_json_atomic(
@@ -227,13 +312,26 @@ class CubeStore:
 
     # ------------------------------------------------------------------ reading
     def groups(self, tile_id: str) -> list[tuple[str, str]]:
+        """(collection, gsd_label) of every group a recorded tile holds (none for an empty tile)."""
         rec = self.record(tile_id)
         return [(str(g["collection"]), str(g["gsd_label"])) for g in rec.get("groups", [])]
 
     def open_group(
-        self, tile_id: str, collection: str, gsd_label: str, *, decode: bool = True, chunks: Any = None
+        self,
+        tile_id: str,
+        collection: str,
+        gsd_label: str,
+        *,
+        decode: bool = True,
+        chunks: Any = None,
+        lazy: bool = False,
     ) -> xr.Dataset:
-        """One group of a complete tile. ``decode``: float32 reflectance with NaN (else the stored ints)."""
+        """One group of a complete tile. ``decode``: float32 reflectance with NaN (else the stored ints).
+
+        ``lazy``: no dask; the Dataset is lazily indexed, so a slice reads only the chunks under it
+        (chip and window readers: :func:`~pipelines.cubes.groups.read_window`). Reflectance is then
+        decoded by xarray on read (a float with NaN) and cast to float32 by the reader.
+        """
         if (collection, gsd_label) not in self.groups(tile_id):
             raise CubeStoreError(f"tile {tile_id} has no group {collection}/{gsd_label}")
         # the group's zarr.json carries consolidated metadata: one GET opens it (xarray looks for
@@ -243,15 +341,30 @@ class CubeStore:
             consolidated=True,
             zarr_format=3,
             mask_and_scale=decode,
-            chunks={} if chunks is None else chunks,
+            chunks=None if lazy else ({} if chunks is None else chunks),
         )
-        if decode:
+        if decode and not lazy:  # astype would read the whole array of a lazily indexed Dataset
             ds["reflectance"] = ds["reflectance"].astype(np.float32)
         return ds
 
     def open_tile(self, tile_id: str, *, decode: bool = True) -> dict[tuple[str, str], xr.Dataset]:
         """All groups of a complete tile, keyed ``(collection, gsd_label)``; ``{}`` for an empty tile."""
+        if not self.has_record(tile_id):
+            raise CubeStoreError(
+                f"{self}: tile {tile_id!r} has no 'complete' record; it cannot be read "
+                "(never built, or its build was interrupted: run the cube build again)"
+            )
         return {key: self.open_group(tile_id, *key, decode=decode) for key in self.groups(tile_id)}
+
+    def group_meta(self, tile_id: str, collection: str, gsd_label: str, ds: Any) -> GroupMeta:
+        """The validated metadata of a group opened with :meth:`open_group` (CubeDataError naming
+        what is wrong)."""
+        return group_meta(tile_id, collection, gsd_label, ds, where=f"{self!r}: ")
+
+    @staticmethod
+    def read_window(ds: Any, t: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """[C, h, w] float32 reflectance of acquisition ``t`` of a group (NaN = missing)."""
+        return read_window(ds, t, y0, x0, h, w)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,13 +20,16 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.embed.chips import BandInfo, EmbedConfigError, GroupPixels, nanmedian_time
 from pipelines.storage import redact_url
 from pipelines.tiling import Tile, TileGrid
+
+if TYPE_CHECKING:
+    from pipelines.cubes import CubeStore
 
 log = logging.getLogger(__name__)
 
@@ -218,38 +221,25 @@ class CubeSource:
     def describe(self) -> str:
         return f"cubes:{redact_url(self.url)}"
 
-    def store(self) -> Any:
+    def store(self) -> CubeStore:
         from pipelines.cubes import CubeStore
 
         return CubeStore.open(self.url, self.storage_options)
 
     def records(self, tile_ids: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Completion records of the store's complete tiles (optionally only ``tile_ids``)."""
+        """Completion records of the store's recorded tiles, any status: 'empty' tiles become nodata
+        tiles (optionally only ``tile_ids``)."""
         store = self.store()
-        if hasattr(store, "recorded_tiles"):
-            ids = store.recorded_tiles()  # any status: 'empty' tiles become nodata tiles
-        else:
-            ids = store.complete_tiles(include_empty=True)
+        ids = store.recorded_tiles()
         if tile_ids is not None:
             wanted = set(tile_ids)
             ids = [t for t in ids if t in wanted]
         return {t: store.record(t) for t in ids}
 
     @staticmethod
-    def open_group(store: Any, tile_id: str, collection: str, label: str) -> Any:
+    def open_group(store: CubeStore, tile_id: str, collection: str, label: str) -> Any:
         """A group as a lazily indexed Dataset *without* dask (a slice reads only its chunks, at once)."""
-        import xarray as xr
-
-        from pipelines.cubes import group_path
-
-        return xr.open_zarr(
-            store.zarr_store(),
-            group=group_path(tile_id, collection, label),
-            consolidated=False,
-            zarr_format=3,
-            mask_and_scale=True,
-            chunks=None,
-        )
+        return store.open_group(tile_id, collection, label, lazy=True)
 
     def _groups_of(self, record: Mapping[str, Any]) -> list[tuple[str, str]]:
         out = []
@@ -325,8 +315,8 @@ class CubeSource:
             arr = np.full((len(infos), h, w), np.nan, dtype=np.float32)
             names = [b.name for b in infos]
             nobs = 0
-            for ntile, rec in neighbours:
-                if (coll, label) not in self._groups_of(rec):
+            for ntile, nrec in neighbours:
+                if (coll, label) not in self._groups_of(nrec):
                     continue
                 ds = (
                     ds_c

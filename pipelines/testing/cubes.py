@@ -1,8 +1,10 @@
-"""Seeded synthetic cube stores in the exact layout of the cube builder (for tests and benchmarks).
+"""Seeded synthetic cube stores, written through the cube store (for tests and benchmarks).
 
-Layout (Zarr v3; see ``aom_model.train.cube_reader``): ``<root>/_tiles/<tile_id>.json`` completion
-records and one group ``<tile_id>/<collection>/<gsd_label>`` per (collection, GSD) holding an
-xarray Dataset with ``reflectance`` (time, band, y, x) stored int16, scale 1e-4, fill -32768.
+The store is written with :class:`pipelines.cubes.CubeStore` exactly as a cube run writes it (root
+attributes from a :class:`~pipelines.cubes.CubeSpec`, one group ``<tile_id>/<collection>/<gsd_label>``
+per (collection, GSD) with ``reflectance`` (time, band, y, x) stored int16, scale 1e-4, fill
+-32768, and ``_tiles/<tile_id>.json`` completion records written last), so every reader of cube
+stores reads it as it reads real ones. Only the pixels are synthetic.
 
 The scene is a linear mixture of land-cover end-members (water, vegetation, soil, urban, dry grass)
 with distinct, correlated spectra; smooth abundance and brightness fields are generated on a 10 m
@@ -14,13 +16,27 @@ acquisitions are almost fully cloudy (so chip sampling must skip them). Same see
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import xarray as xr
+
+from pipelines.cubes import (
+    LAYOUT_VERSION,
+    CubeSpec,
+    CubeStore,
+    encode_reflectance,
+    group_entry,
+    reflectance_attrs,
+    tile_record,
+)
+from pipelines.cubes import gsd_label as cube_gsd_label
+from pipelines.tiling import TileGrid
+
+EPSG = 32631  # the CRS of every synthetic tile
 
 # Band tables (name, common name, centre nm, FWHM nm, GSD m) mirror pipelines/data/sensors.yaml;
 # aom_model does not import pipelines.registry.
@@ -159,8 +175,11 @@ def cloud_mask(rng: np.random.Generator, shape: tuple[int, int], cover: float) -
     return f > np.quantile(f, 1.0 - cover)
 
 
-def write_dataset(
-    root: str | os.PathLike[str],
+CHUNK_PX = 64  # inner Zarr chunk edge of the synthetic stores (a 480 m chip at 10 m is 48 px)
+WRITTEN_AT = "2024-01-01T00:00:00+00:00"  # records carry a fixed time: same seed -> same bytes
+
+
+def group_dataset(
     tile_id: str,
     coll: SyntheticCollection,
     gsd_m: float,
@@ -169,52 +188,68 @@ def write_dataset(
     times: np.ndarray,
     x0: float,
     y0: float,
-    chunk: int = 64,
-) -> None:
-    import xarray as xr
+    spec: CubeSpec,
+) -> xr.Dataset:
+    """One group in the layout :meth:`CubeStore.write_group` writes (int16 reflectance, lazily chunked
+    one dask chunk per shard, as cube assembly hands it over)."""
+    import dask.array as da
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+    from odc.geo.xr import xr_coords
 
     _t, c, h, w = data.shape
+    label = gsd_label(gsd_m)
+    gbox = GeoBox((h, w), Affine(gsd_m, 0.0, x0, 0.0, -gsd_m, y0), f"EPSG:{EPSG}")
+    coords = xr_coords(gbox, crs_coord_name="spatial_ref")
+    refl = data.astype(np.float32)
+    encoded = encode_reflectance(refl, spec.encoding)
+    cy, cx = min(spec.chunk_px, h), min(spec.chunk_px, w)
+    sy, sx = math.ceil(h / cy) * cy, math.ceil(w / cx) * cx  # one shard per band stack and time
+    valid = np.isfinite(refl)
+    days = [str(np.datetime_as_string(d, unit="D")) for d in times]
     ds = xr.Dataset(
-        {"reflectance": (("time", "band", "y", "x"), data.astype(np.float32))},
+        {
+            "reflectance": (
+                ("time", "band", "y", "x"),
+                da.from_array(encoded, chunks=(1, c, sy, sx)),
+                reflectance_attrs(spec.encoding),
+            )
+        },
         coords={
-            "time": times,
-            "band": np.array([b[0] for b in bands], dtype=object),
+            "time": ("time", np.asarray(times, dtype="datetime64[ns]")),
+            "band": ("band", np.array([b[0] for b in bands], dtype=object)),
             "center_wavelength_nm": ("band", np.array([b[2] for b in bands], dtype=np.float64)),
             "fwhm_nm": ("band", np.array([b[3] for b in bands], dtype=np.float64)),
             "common_name": ("band", np.array([b[1] for b in bands], dtype=object)),
-            "x": x0 + (np.arange(w) + 0.5) * gsd_m,
-            "y": y0 - (np.arange(h) + 0.5) * gsd_m,
-            "spatial_ref": ((), np.int32(0), {"crs_wkt": "EPSG:32631", "spatial_ref": "EPSG:32631"}),
+            "band_gsd_m": ("band", np.array([b[4] for b in bands], dtype=np.float32)),
+            "source_items": ("time", np.array([f"synthetic-{tile_id}-{d}" for d in days], dtype=object)),
+            "solar_day": ("time", np.array(days, dtype=object)),
+            "valid_fraction": ("time", valid.mean(axis=(1, 2, 3)).astype(np.float32)),
+            "y": coords["y"],
+            "x": coords["x"],
+            "spatial_ref": coords["spatial_ref"],
         },
-        attrs={"sensor": coll.sensor, "collection": coll.collection, "gsd_m": float(gsd_m)},
+        attrs={
+            "sensor": coll.sensor,
+            "collection": coll.collection,
+            "catalog": spec.catalog,
+            "gsd_m": float(gsd_m),
+            "gsd_label": label,
+            "tile_id": tile_id,
+            "tile_bounds": [x0, y0 - h * gsd_m, x0 + w * gsd_m, y0],
+            "encoding": spec.encoding,
+            "synthetic": "pipelines.testing.write_synthetic_cubes",
+            "layout_version": LAYOUT_VERSION,
+            "Conventions": "CF-1.8",
+        },
     )
-    ds["reflectance"].attrs["grid_mapping"] = "spatial_ref"
-    enc = {
-        "reflectance": {
-            "dtype": "int16",
-            "scale_factor": 1e-4,
-            "_FillValue": -32768,
-            "chunks": (1, c, min(chunk, h), min(chunk, w)),
-        }
-    }
-    ds.to_zarr(
-        os.fspath(root),
-        group=f"{tile_id}/{coll.collection}/{gsd_label(gsd_m)}",
-        zarr_format=3,
-        consolidated=False,
-        mode="w",
-        encoding=enc,
-    )
+    ds.encoding["aom_chunks"] = (1, 1, cy, cx)
+    ds.encoding["aom_shards"] = (1, c, sy, sx)
+    return ds
 
 
 def gsd_label(gsd_m: float) -> str:
-    return f"{gsd_m:g}m"
-
-
-def write_tile_record(root: str | os.PathLike[str], tile_id: str, status: str = "complete") -> None:
-    d = Path(root) / "_tiles"
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"{tile_id}.json").write_text(json.dumps({"tile_id": tile_id, "status": status}))
+    return cube_gsd_label(gsd_m)
 
 
 def write_synthetic_cubes(
@@ -241,8 +276,15 @@ def write_synthetic_cubes(
     """
     if tile_m % 60:
         raise ValueError("tile_m must be a multiple of 60 m")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    spec = CubeSpec(
+        grid=TileGrid(tile_m),
+        collections=tuple(c.collection for c in collections) or (SENTINEL2.collection,),
+        catalog="sample",
+        chunk_px=CHUNK_PX,
+        shard_px=CHUNK_PX * math.ceil(tile_m / 10.0 / CHUNK_PX),
+    )
+    store = CubeStore(os.fspath(root))
+    store.ensure_root(spec)
     px = round(tile_m / 10.0)
     out = []
     for i in range(n_tiles + incomplete_tiles):
@@ -253,6 +295,7 @@ def write_synthetic_cubes(
         edge = np.zeros((px, px), dtype=bool)
         if i % 2 == 1:
             edge[:, : px // 6] = True  # swath edge: no data
+        entries = []
         for ci, coll in enumerate(collections):
             times = np.array(
                 [np.datetime64("2024-01-05") + np.timedelta64(16 * t + 3 * ci, "D") for t in range(n_times)],
@@ -278,12 +321,37 @@ def write_synthetic_cubes(
             for gsd in sorted({b[4] for b in coll.bands}):
                 idx = [j for j, b in enumerate(coll.bands) if b[4] == gsd]
                 data = _block_mean(cube[:, idx], int(gsd // 10))
-                write_dataset(
-                    root, tile_id, coll, float(gsd), [coll.bands[j] for j in idx], data, times, x0, y0
+                ds = group_dataset(
+                    tile_id, coll, float(gsd), [coll.bands[j] for j in idx], data, times, x0, y0, spec
                 )
+                fractions = store.write_group(tile_id, ds, spec=spec, scheduler="synchronous")
+                entries.append(group_entry(tile_id, ds, fractions))
         if i < n_tiles:
-            write_tile_record(root, tile_id)
+            items = sorted({s for g in entries for s in g["source_items"]})
+            record = tile_record(
+                tile_id=tile_id,
+                epsg=EPSG,
+                bounds=(x0, y0 - tile_m, x0 + tile_m, y0),
+                spec=spec,
+                status="complete",
+                reason="",
+                groups=entries,
+                items=items,
+                written_at=WRITTEN_AT,
+            )
+            store.write_record(tile_id, record)
             out.append(tile_id)
     for j in range(empty_tiles):
-        write_tile_record(root, f"{tile_prefix}E{j:02d}", status="empty")
+        tile_id = f"{tile_prefix}E{j:02d}"
+        record = tile_record(
+            tile_id=tile_id,
+            epsg=EPSG,
+            bounds=(0.0, 0.0, tile_m, tile_m),
+            spec=spec,
+            status="empty",
+            reason="no items touch this tile",
+            groups=[],
+            written_at=WRITTEN_AT,
+        )
+        store.write_record(tile_id, record)
     return out

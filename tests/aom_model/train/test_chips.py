@@ -1,4 +1,5 @@
-"""Training data: cube reading, chip index, sampling, masks, normalisation, faults."""
+"""Training data: cube reading (through ``pipelines.cubes.CubeStore``), chip index, sampling, masks,
+normalisation, faults."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from aom_model.train import (
     ChipConfig,
     ChipIndex,
     CubeDataError,
-    CubeStore,
     NormStats,
     NoValidChipsError,
     RankSampler,
@@ -25,6 +25,8 @@ from aom_model.train import (
     epoch_plan,
     make_loader,
 )
+from pipelines.cubes import CubeStore
+from pipelines.pretrain import OPENER
 from pipelines.testing import LANDSAT, SENTINEL2, write_synthetic_cubes
 from tests.conftest import REPO_ROOT
 
@@ -34,7 +36,7 @@ CHIPS = ChipConfig(chip_m=480.0, val_fraction=0.25)
 
 @pytest.fixture(scope="module")
 def index(synthetic_cubes: str) -> ChipIndex:
-    return ChipIndex.build([synthetic_cubes], chip=CHIPS)
+    return ChipIndex.build([synthetic_cubes], chip=CHIPS, opener=OPENER)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_reader_follows_completion_records(synthetic_cubes: str) -> None:
     cs = CubeStore.open(synthetic_cubes)
     assert cs.complete_tiles() == ["T000", "T001"]  # T002 has data but no record; TE00 is empty
     assert cs.empty_tiles() == ["TE00"]
-    assert set(cs.list_groups("T000")) == {
+    assert set(cs.groups("T000")) == {
         ("sentinel-2-l2a", "10m"),
         ("sentinel-2-l2a", "20m"),
         ("sentinel-2-l2a", "60m"),
@@ -70,6 +72,8 @@ def test_reader_follows_completion_records(synthetic_cubes: str) -> None:
         cs.open_tile("T002")
     with pytest.raises(CubeDataError, match="does not exist"):
         CubeStore.open(str(Path(synthetic_cubes) / "nope"))
+    with pytest.raises(CubeDataError, match="does not exist"):
+        ChipIndex.build([str(Path(synthetic_cubes) / "nope")], chip=CHIPS, opener=OPENER)
 
 
 def test_index_skips_invalid_chips_and_splits(index: ChipIndex) -> None:
@@ -189,11 +193,11 @@ def test_no_valid_chips(tmp_path: Path) -> None:
     root = tmp_path / "empty"
     write_synthetic_cubes(root, n_tiles=0, empty_tiles=2)
     with pytest.raises(NoValidChipsError, match="no valid chips"):
-        ChipIndex.build([str(root)], chip=CHIPS)
+        ChipIndex.build([str(root)], chip=CHIPS, opener=OPENER)
     cloudy = tmp_path / "cloudy"
     write_synthetic_cubes(cloudy, n_tiles=1, n_times=1, collections=(LANDSAT,))  # the only time is 97 % cloud
     with pytest.raises(NoValidChipsError, match="chips_skipped_invalid"):
-        ChipIndex.build([str(cloudy)], chip=CHIPS)
+        ChipIndex.build([str(cloudy)], chip=CHIPS, opener=OPENER)
 
 
 def test_mismatched_band_metadata(tmp_path: Path, synthetic_cubes: str) -> None:
@@ -203,13 +207,13 @@ def test_mismatched_band_metadata(tmp_path: Path, synthetic_cubes: str) -> None:
     other = tmp_path / "other"
     write_synthetic_cubes(other, n_tiles=1, n_times=2, collections=(replace(LANDSAT, bands=bad_bands),))
     with pytest.raises(CubeDataError, match="mismatched band metadata for landsat-oli/B4"):
-        ChipIndex.build([synthetic_cubes, str(other)], chip=CHIPS)
+        ChipIndex.build([synthetic_cubes, str(other)], chip=CHIPS, opener=OPENER)
 
 
 def test_corrupt_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
     root = tmp_path / "corrupt"
     write_synthetic_cubes(root, n_tiles=1, n_times=2, collections=(SENTINEL2,), cloud_cover=(0.0, 0.0))
-    index = ChipIndex.build([str(root)], chip=ChipConfig(chip_m=480.0, coarse_view=False))
+    index = ChipIndex.build([str(root)], chip=ChipConfig(chip_m=480.0, coarse_view=False), opener=OPENER)
     norm = compute_norm_stats(index)
     chunks = sorted(
         p for p in (root / "T000" / "sentinel-2-l2a" / "10m" / "reflectance").rglob("*") if p.is_file()
@@ -226,14 +230,14 @@ def test_corrupt_chunk_is_skipped_and_counted(tmp_path: Path) -> None:
 def test_multiple_stores(tmp_path: Path, synthetic_cubes: str) -> None:
     other = tmp_path / "s2only"
     write_synthetic_cubes(other, seed=11, n_tiles=1, n_times=2, collections=(SENTINEL2,), tile_prefix="U")
-    index = ChipIndex.build([synthetic_cubes, str(other)], chip=CHIPS)
+    index = ChipIndex.build([synthetic_cubes, str(other)], chip=CHIPS, opener=OPENER)
     assert index.counts.stores == 2 and {s.store for s in index.sources} == {0, 1}
     assert {index.sources[c.source].tile_id[0] for c in index.chips} == {"T", "U"}
 
 
 def test_aom_model_imports_no_stac_or_prefect() -> None:
     code = (
-        "import sys, aom_model.train, aom_model.train, aom_model.train.cube_reader\n"
+        "import sys, aom_model.train, aom_model.train.cube_reader, pipelines.pretrain\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('pystac', 'pystac_client', 'odc', 'prefect')]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )
@@ -244,7 +248,26 @@ def test_aom_model_imports_no_stac_or_prefect() -> None:
 def test_store_url_with_file_scheme(synthetic_cubes: str, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(synthetic_cubes, copy)
-    index = ChipIndex.build([f"file://{copy}"], chip=CHIPS)
+    index = ChipIndex.build([f"file://{copy}"], chip=CHIPS, opener=OPENER)
     assert index.counts.chips_valid > 0
     ds = ChipBatchDataset(index, compute_norm_stats(index), batch_size=2, seed=0)
     assert ds[0].native is not None
+
+
+def test_index_reads_production_and_synthetic_stores_alike(tmp_path: Path, synthetic_cubes: str) -> None:
+    """A cube run's synthetic_cubes and a synthetic one go through the same reader into one index."""
+    from pipelines.cubes import write_cubes
+    from tests.pipelines.cubes.support import TILE_IDS, s2_item, spec
+
+    item = s2_item(tmp_path / "items", "A", cloud_boxes=[(0.1, 0.55, 0.4, 0.9)])
+    real = tmp_path / "production"
+    assert write_cubes([item], TILE_IDS[:1], spec(), str(real), progress=False).tiles_done == TILE_IDS[:1]
+    index = ChipIndex.build([str(real), synthetic_cubes], chip=CHIPS, opener=OPENER)
+    assert {index.sources[c.source].store for c in index.chips} == {0, 1}
+    prod = [s for s in index.sources if s.store == 0]
+    assert [s.tile_id for s in prod] == TILE_IDS[:1]
+    assert [g.gsd_label for g in prod[0].groups] == ["10m", "20m", "60m"]
+    # 1920 m tile: 4 x 4 chips of 480 m, one acquisition; the cloud box leaves some invalid
+    assert prod[0].n_rows == prod[0].n_cols == 4 and len(prod[0].times) == 1
+    ds = ChipBatchDataset(index, compute_norm_stats(index), batch_size=2, seed=0, with_coarse=False)
+    assert all(ds[i].native is not None for i in range(len(ds)))

@@ -22,9 +22,9 @@ from aom_model.train import (
     WarmupCosine,
     enable_activation_checkpointing,
     pretrain_torchrun_command,
-    run_pretraining,
     torchrun_command,
 )
+from pipelines.pretrain import OPENER, pretrain
 from pipelines.testing import LANDSAT, write_synthetic_cubes
 from tests.conftest import REPO_ROOT
 
@@ -65,7 +65,7 @@ def _train_cmd(store: str, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "aom_model.train",
+        "pipelines.pretrain",
         "--cubes",
         store,
         "--out",
@@ -110,7 +110,7 @@ def test_schedule_warmup_cosine() -> None:
 
 def test_run_writes_outputs_and_checkpoints(synthetic_cubes: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    res = run_pretraining(_cfg(synthetic_cubes, out, max_steps=6, grad_accum=2))
+    res = pretrain(_cfg(synthetic_cubes, out, max_steps=6, grad_accum=2))
     assert res.steps == 6 and not res.stopped_early and res.final_loss is not None
     assert res.counters["nonfinite_steps"] == 0 and res.samples_per_s > 0
     for name in ("metrics.jsonl", "loss_curve.png", "model.safetensors", "norm_stats.json", "result.json"):
@@ -132,10 +132,10 @@ def test_run_writes_outputs_and_checkpoints(synthetic_cubes: str, tmp_path: Path
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(synthetic_cubes: str, tmp_path: Path) -> None:
-    """`python -m aom_model.train` SIGKILLed after its step-3 checkpoint, then `--resume`d to step 9:
+    """`python -m pipelines.pretrain` SIGKILLed after its step-3 checkpoint, then `--resume`d to step 9:
     every logged loss equals the uninterrupted run's (in practice bit-identical), and so do the weights."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_pretraining(_cfg(synthetic_cubes, straight, max_steps=9, checkpoint_every=3))
+    pretrain(_cfg(synthetic_cubes, straight, max_steps=9, checkpoint_every=3))
     args = ["--max-steps", "9", "--checkpoint-every", "3"]
     proc = subprocess.Popen(
         _train_cmd(synthetic_cubes, killed, *args),
@@ -156,7 +156,7 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_cubes: str, tmp_pa
     killed_at = json.loads(latest.read_text())["step"]
     assert 3 <= killed_at < 9, "the run must be killed mid-way"
     assert not (killed / "model.safetensors").exists()
-    res = run_pretraining(_cfg(synthetic_cubes, killed, max_steps=9, checkpoint_every=3, resume=True))
+    res = pretrain(_cfg(synthetic_cubes, killed, max_steps=9, checkpoint_every=3, resume=True))
     assert res.steps == 9
     a, b = _losses(straight), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 10))
@@ -171,7 +171,7 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_cubes: str, tmp_pa
 def test_two_gloo_processes_match_one_process(synthetic_cubes: str, tmp_path: Path) -> None:
     """torchrun, 2 CPU ranks x micro-batch 2  ==  1 process x micro-batch 2 x accumulation 2."""
     one, two = tmp_path / "one", tmp_path / "two"
-    res = run_pretraining(_cfg(synthetic_cubes, one, max_steps=4, grad_accum=2, checkpoint_every=100))
+    res = pretrain(_cfg(synthetic_cubes, one, max_steps=4, grad_accum=2, checkpoint_every=100))
     cfg2 = _cfg(synthetic_cubes, two, max_steps=4, grad_accum=1, checkpoint_every=100)
     cmd = pretrain_torchrun_command(cfg2, nproc_per_node=2)
     assert "--standalone" in cmd and "--nproc-per-node=2" in cmd
@@ -204,7 +204,7 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(
         return out
 
     monkeypatch.setattr(AOM, "pretrain_step", flaky)
-    res = run_pretraining(_cfg(synthetic_cubes, tmp_path / "flaky", max_steps=5, checkpoint_every=100))
+    res = pretrain(_cfg(synthetic_cubes, tmp_path / "flaky", max_steps=5, checkpoint_every=100))
     assert res.counters["nonfinite_steps"] == 2 and res.steps == 5
     recs = [json.loads(line) for line in (tmp_path / "flaky" / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("skipped") for r in recs].count("nonfinite") == 2
@@ -213,16 +213,14 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(
 
     monkeypatch.setattr(AOM, "pretrain_step", lambda self, n, c, g: {"loss": torch.tensor(float("nan"))})
     with pytest.raises(NonFiniteLossError, match="non-finite"):
-        run_pretraining(_cfg(synthetic_cubes, tmp_path / "nan", max_steps=10, max_nonfinite_steps=2))
+        pretrain(_cfg(synthetic_cubes, tmp_path / "nan", max_steps=10, max_nonfinite_steps=2))
 
 
 def test_finetune_with_init_on_new_cubes(synthetic_cubes: str, tmp_path: Path) -> None:
-    base = run_pretraining(_cfg(synthetic_cubes, tmp_path / "base", max_steps=2, checkpoint_every=100))
+    base = pretrain(_cfg(synthetic_cubes, tmp_path / "base", max_steps=2, checkpoint_every=100))
     new = tmp_path / "new_cubes"
     write_synthetic_cubes(new, seed=9, n_tiles=1, n_times=3, collections=(LANDSAT,), tile_prefix="N")
-    res = run_pretraining(
-        _cfg(str(new), tmp_path / "ft", max_steps=2, init=base.checkpoint, checkpoint_every=100)
-    )
+    res = pretrain(_cfg(str(new), tmp_path / "ft", max_steps=2, init=base.checkpoint, checkpoint_every=100))
     assert res.steps == 2
     assert res.norm_stats["bands"]["landsat-oli/B4"] == base.norm_stats["bands"]["landsat-oli/B4"]
 
@@ -232,7 +230,7 @@ def test_activation_checkpointing_same_gradients(synthetic_cubes: str) -> None:
     from aom_model.model import AOM
     from aom_model.train import ChipBatchDataset, ChipIndex, compute_norm_stats
 
-    index = ChipIndex.build([synthetic_cubes], chip=ChipConfig(chip_m=480.0))
+    index = ChipIndex.build([synthetic_cubes], chip=ChipConfig(chip_m=480.0), opener=OPENER)
     tb = ChipBatchDataset(index, compute_norm_stats(index), batch_size=2, seed=0)[0]
     assert tb.native is not None
     grads = []
@@ -261,7 +259,7 @@ def test_config_round_trip_and_torchrun_command(tmp_path: Path) -> None:
     cmd = torchrun_command(["--x"], nproc_per_node=8, nnodes=2, rdzv_endpoint="node0:29500", rdzv_id="job1")
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert {"--nproc-per-node=8", "--nnodes=2", "--rdzv-endpoint=node0:29500", "--rdzv-id=job1"} <= set(cmd)
-    assert cmd[-3:] == ["-m", "aom_model.train", "--x"] and "--standalone" not in cmd
+    assert cmd[-3:] == ["-m", "pipelines.pretrain", "--x"] and "--standalone" not in cmd
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         torchrun_command([], nproc_per_node=1, nnodes=2)
     with pytest.raises(ValueError, match="unknown"):
@@ -308,6 +306,7 @@ def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path) -> None:
     assert (
         "torch.distributed.run" in r.output and "--nproc-per-node=4" in r.output and "s3://b/c2" in r.output
     )
+    assert "-m pipelines.pretrain --config-json" in r.output  # the composition with the cube store
     assert '"align_weight": 0.1' in r.output and '"layout": "joint"' in r.output
     r = runner.invoke(
         app,
@@ -357,9 +356,9 @@ def test_proof_of_learning_masked_band_reconstruction(tmp_path: Path) -> None:
         chips=chips,
         model_overrides=PROOF_OVERRIDES,
     )
-    res = run_pretraining(cfg)
+    res = pretrain(cfg)
     model, _, stats, _ = load_checkpoint(res.checkpoint)
-    index = ChipIndex.build(cubes, chip=chips)
+    index = ChipIndex.build(cubes, chip=chips, opener=OPENER)
     norm = NormStats.from_dict(stats)
     ev = evaluate_masked_band(model, index, norm, split="val", batch_size=16)
     torch.manual_seed(0)
