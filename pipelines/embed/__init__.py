@@ -9,10 +9,10 @@
 
 from pipelines.embed.checkpoint import load_checkpoint_url
 from pipelines.embed.chips import (
-    BandInfo,
     EmbedConfigError,
     GroupPixels,
     alignment_tokens,
+    band_record,
     chip_plan,
     choose_layout,
     embed_region,
@@ -28,7 +28,6 @@ from pipelines.embed.sources import CatalogSource, CubeSource, parse_periods
 from pipelines.embed.tasks import load_unit, process_unit
 
 __all__ = [
-    "BandInfo",
     "CatalogSource",
     "CubeSource",
     "EmbedConfigError",
@@ -38,6 +37,7 @@ __all__ = [
     "GroupPixels",
     "TileResult",
     "alignment_tokens",
+    "band_record",
     "chip_plan",
     "choose_layout",
     "embed_raster",

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import InputError
+from pipelines.registry import BandSpec
 
 EPS = 1e-6
 
@@ -45,31 +46,20 @@ class EmbedConfigError(InputError):
 # Inputs
 
 
-@dataclass(frozen=True)
-class BandInfo:
-    """Physical identity of one input band."""
+def band_record(band: BandSpec, collection: str) -> dict[str, Any]:
+    """One input band as written into embeddings provenance and raster metadata (``bands`` lists).
 
-    name: str
-    sensor: str
-    center_wavelength_nm: float
-    fwhm_nm: float
-    gsd_m: float
-    collection: str = ""
-
-    @property
-    def key(self) -> str:
-        """The normalisation-statistics key, ``<sensor>/<band>`` (as in training)."""
-        return f"{self.sensor}/{self.name}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "sensor": self.sensor,
-            "collection": self.collection,
-            "gsd_m": float(self.gsd_m),
-            "center_wavelength_nm": float(self.center_wavelength_nm),
-            "fwhm_nm": float(self.fwhm_nm),
-        }
+    The collection the band was read from travels beside its identity (``GroupPixels.collection``)
+    and is recorded here; key order and value types are part of the stored format.
+    """
+    return {
+        "name": band.name,
+        "sensor": band.sensor,
+        "collection": collection,
+        "gsd_m": float(band.gsd_m),
+        "center_wavelength_nm": float(band.center_wavelength_nm),
+        "fwhm_nm": float(band.fwhm_nm),
+    }
 
 
 @dataclass
@@ -81,7 +71,7 @@ class GroupPixels:
 
     collection: str
     gsd_m: float
-    bands: tuple[BandInfo, ...]
+    bands: tuple[BandSpec, ...]
     pixels: np.ndarray
 
     @property
@@ -270,7 +260,7 @@ class Normaliser:
         return dict(sorted(self.sources.items()))
 
 
-def resolve_normaliser(norm_stats: Mapping[str, Any] | None, bands: Sequence[BandInfo]) -> Normaliser:
+def resolve_normaliser(norm_stats: Mapping[str, Any] | None, bands: Sequence[BandSpec]) -> Normaliser:
     """Statistics for every band, or EmbedConfigError naming the bands that have none."""
     means: dict[str, float] = {}
     stds: dict[str, float] = {}

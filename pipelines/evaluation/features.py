@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.evaluation.datasets import Band, PatchSet
+from pipelines.evaluation.datasets import PatchSet
+from pipelines.registry import BandSpec
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,9 @@ def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
 
 
 def resolve_norm(
-    norm_stats: Mapping[str, Any] | None, bands: Sequence[Band], fallback: Mapping[str, tuple[float, float]]
+    norm_stats: Mapping[str, Any] | None,
+    bands: Sequence[BandSpec],
+    fallback: Mapping[str, tuple[float, float]],
 ) -> tuple[list[tuple[float, float]], dict[str, str]]:
     """Per band (mean, std): exact key, else nearest wavelength among keys with one, else ``fallback``."""
     table = dict((norm_stats or {}).get("bands") or {})
@@ -136,7 +139,7 @@ def resolve_norm(
         if b.key in table:
             key, src = b.key, "exact"
         elif with_wl:
-            key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.wavelength_nm), k))
+            key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.center_wavelength_nm), k))
             src = f"nearest:{key}"
         else:
             out.append(fallback[b.key])
@@ -163,7 +166,7 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
     normed = [
         ((p - m) / s).astype(np.float32) for p, (m, s) in zip(ps.pixels, stats)
     ]  # NaN stays NaN: invalid pixel
-    wl = [b.wavelength_nm for b in ps.bands]
+    wl = [b.center_wavelength_nm for b in ps.bands]
     fw = [b.fwhm_nm for b in ps.bands]
     gsd = [b.gsd_m for b in ps.bands]
     outs = []
@@ -181,20 +184,23 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
     return x
 
 
-def _match(band: Band, candidates: Sequence[Band], tol_nm: float | None) -> int | None:
+def _match(band: BandSpec, candidates: Sequence[BandSpec], tol_nm: float | None) -> int | None:
     for i, c in enumerate(candidates):
         if c.key == band.key:
             return i
     if not candidates:
         return None
-    i = min(range(len(candidates)), key=lambda j: abs(candidates[j].wavelength_nm - band.wavelength_nm))
+    i = min(
+        range(len(candidates)),
+        key=lambda j: abs(candidates[j].center_wavelength_nm - band.center_wavelength_nm),
+    )
     c = candidates[i]
     tol = tol_nm if tol_nm is not None else max(30.0, 0.5 * (c.fwhm_nm + band.fwhm_nm))
-    return i if abs(c.wavelength_nm - band.wavelength_nm) <= tol else None
+    return i if abs(c.center_wavelength_nm - band.center_wavelength_nm) <= tol else None
 
 
 def raw_features(
-    ps: PatchSet, reference: Sequence[Band] | None = None, tol_nm: float | None = None
+    ps: PatchSet, reference: Sequence[BandSpec] | None = None, tol_nm: float | None = None
 ) -> np.ndarray:
     """-> [N, 2 * len(reference)]: per reference band the patch mean and std of valid reflectance of
     the matching band (key, else nearest wavelength within ``tol_nm``), NaN where none matches."""
