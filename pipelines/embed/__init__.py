@@ -11,6 +11,7 @@ from pipelines.embed.checkpoint import load_checkpoint_url
 from pipelines.embed.chips import (
     EmbedConfigError,
     GroupPixels,
+    Normaliser,
     alignment_tokens,
     band_record,
     chip_plan,
@@ -18,6 +19,7 @@ from pipelines.embed.chips import (
     embed_region,
     make_batch,
     nanmedian_time,
+    resolve_normaliser,
 )
 from pipelines.embed.fanout import Fanout, gpu_resources
 from pipelines.embed.plan import plan_run
@@ -35,6 +37,7 @@ __all__ = [
     "EmbedSummary",
     "Fanout",
     "GroupPixels",
+    "Normaliser",
     "TileResult",
     "alignment_tokens",
     "band_record",
@@ -50,5 +53,6 @@ __all__ = [
     "parse_periods",
     "plan_run",
     "process_unit",
+    "resolve_normaliser",
     "run_embedding",
 ]

@@ -242,14 +242,13 @@ def chip_plan(config: Any, gsds: Sequence[float], chip_tokens: int, token_m: flo
 class Normaliser:
     """Per-band ``(x - mean) / std`` from the checkpoint's statistics (keys ``<sensor>/<band>``).
 
-    A band without its own statistics takes those of the statistics key with the nearest centre
-    wavelength (recorded as ``nearest:<key>``); without statistics in the checkpoint nothing is
-    normalised (``identity``).
+    Built by :func:`resolve_normaliser`, the one place that decides which statistics a band gets
+    (embedding and evaluation alike); ``sources`` records the decision per band key.
     """
 
     means: Mapping[str, float]
     stds: Mapping[str, float]
-    sources: Mapping[str, str]  # band key -> "exact" | "nearest:<key>" | "identity"
+    sources: Mapping[str, str]  # band key -> "exact" | "nearest:<key>" | "identity" | "data"
 
     def apply(self, group: GroupPixels) -> np.ndarray:
         mean = np.array([self.means[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
@@ -260,32 +259,47 @@ class Normaliser:
         return dict(sorted(self.sources.items()))
 
 
-def resolve_normaliser(norm_stats: Mapping[str, Any] | None, bands: Sequence[BandSpec]) -> Normaliser:
-    """Statistics for every band, or EmbedConfigError naming the bands that have none."""
+def resolve_normaliser(
+    norm_stats: Mapping[str, Any] | None,
+    bands: Sequence[BandSpec],
+    fallback: Mapping[str, tuple[float, float]] | None = None,
+) -> Normaliser:
+    """Statistics for every band: its own (``exact``), else those of the statistics key with the
+    nearest centre wavelength (``nearest:<key>``; ties: the smaller key).
+
+    A band left without usable statistics (the checkpoint has none, none with a wavelength, or
+    invalid ones) takes ``fallback[band.key]`` (mean, std) when a fallback is given (``data``).
+    Without a fallback, a checkpoint without any statistics normalises nothing (``identity``) and
+    any other gap is an EmbedConfigError naming the bands.
+    """
     means: dict[str, float] = {}
     stds: dict[str, float] = {}
     sources: dict[str, str] = {}
     table = dict((norm_stats or {}).get("bands") or {})
-    if not table:
+    if not table and fallback is None:
         for b in bands:
             means[b.key], stds[b.key], sources[b.key] = 0.0, 1.0, "identity"
         return Normaliser(means, stds, sources)
     with_wl = {k: float(v["wavelength_nm"]) for k, v in table.items() if v.get("wavelength_nm") is not None}
     missing = []
     for b in bands:
-        if b.key in table:
-            key, how = b.key, "exact"
-        elif with_wl:
+        key = b.key if b.key in table else None
+        if key is None and with_wl:
             key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.center_wavelength_nm), k))
-            how = f"nearest:{key}"
-        else:
-            missing.append(b.key)
-            continue
-        mean, std = float(table[key]["mean"]), float(table[key]["std"])
-        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            missing.append(f"{b.key} (invalid statistics mean={mean}, std={std})")
-            continue
-        means[b.key], stds[b.key], sources[b.key] = mean, std, how
+        found: tuple[float, float, str] | None = None
+        problem = b.key
+        if key is not None:
+            mean, std = float(table[key]["mean"]), float(table[key]["std"])
+            if math.isfinite(mean) and math.isfinite(std) and std > 0:
+                found = (mean, std, "exact" if key == b.key else f"nearest:{key}")
+            else:
+                problem = f"{b.key} (invalid statistics mean={mean}, std={std})"
+        if found is None:
+            if fallback is None:
+                missing.append(problem)
+                continue
+            found = (*fallback[b.key], "data")
+        means[b.key], stds[b.key], sources[b.key] = found
     if missing:
         raise EmbedConfigError(
             f"the checkpoint has no normalisation statistics for bands {missing} and none with wavelengths "

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.embed import resolve_normaliser
 from pipelines.evaluation import (
     DatasetSpec,
     EvalConfig,
@@ -27,7 +28,6 @@ from pipelines.evaluation import (
     synthetic_scene,
     write_report,
 )
-from pipelines.evaluation.features import resolve_norm
 from pipelines.registry import BandSpec, load_registry
 
 torch.set_num_threads(2)
@@ -292,8 +292,8 @@ def test_raw_features_align_by_key_then_wavelength(synthetic_patches) -> None:
 
 def test_norm_resolution_falls_back_to_data() -> None:
     bands = [BandSpec(name="B1", sensor="x", center_wavelength_nm=500.0, fwhm_nm=20.0, gsd_m=10.0)]
-    stats, how = resolve_norm(None, bands, {"x/B1": (0.2, 0.05)})
-    assert stats == [(0.2, 0.05)] and how == {"x/B1": "data"}
+    norm = resolve_normaliser(None, bands, fallback={"x/B1": (0.2, 0.05)})
+    assert (norm.means, norm.stds, norm.sources) == ({"x/B1": 0.2}, {"x/B1": 0.05}, {"x/B1": "data"})
 
 
 def test_split_keeps_groups_apart() -> None:
