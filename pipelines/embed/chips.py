@@ -15,9 +15,10 @@ Cores and margins are whole multiples of the *alignment* (the fewest tokens whos
 multiple of every GSD used: 3 tokens = 480 m for 160 m tokens and 10/20/30/60 m pixels), so every
 chip window starts on a pixel of every band group and nothing is resampled before the model.
 
-Token positions are always the model's token grid, forced (``chip_plan``) to exactly
-``chip_tokens x chip_tokens`` tokens of ``token_ground_m`` metres; the model's own planner could
-otherwise pick a different grid for sizes that do not divide evenly.
+Token positions are always the model's token grid, forced (``chip_plan``: the model's planner
+``aom_model.plan_grid`` with ``grid_hw`` fixed) to exactly ``chip_tokens x chip_tokens`` tokens of
+``token_ground_m`` metres; searching, the planner could pick a different grid for sizes that do not
+divide evenly.
 
 Nothing here knows about STAC or storage: it is plain numpy + torch, shared by tile embedding
 (:mod:`pipelines.embed`) and raster embedding (:mod:`pipelines.embed.raster`).
@@ -216,22 +217,26 @@ def check_gsds(config: Any, gsds: Sequence[float], token_m: float | None = None)
 def chip_plan(config: Any, gsds: Sequence[float], chip_tokens: int, token_m: float) -> Any:
     """The model's ``GridPlan`` for one chip: exactly ``chip_tokens`` tokens a side for every group.
 
-    Mirrors ``aom_model.patch_embed.plan_grid`` (patch = pixels / tokens, resampled only where a
-    group's pixels are not a multiple of the token count) with the grid fixed instead of searched.
+    The model's own planner (``aom_model.plan_grid``) with the grid fixed instead of searched; a chip
+    is ``chip_tokens * token_m`` metres a side, which must be whole pixels of every GSD.
     """
-    from aom_model.patch_embed import GridPlan, GroupPlan, nearest_kernel
+    from aom_model import plan_grid
 
-    plans = []
+    sides = []
     for g in gsds:
         px = chip_tokens * token_m / g
         if abs(px - round(px)) > 1e-6:
             raise EmbedConfigError(f"a {chip_tokens}-token chip is not whole {g:g} m pixels")
-        h = round(px)
-        p = max(1, round(h / chip_tokens))
-        resample = None if p * chip_tokens == h else (p * chip_tokens, p * chip_tokens)
-        plans.append(GroupPlan(nearest_kernel(config.kernel_sizes, (p, p)), (p, p), resample))
-    ref = min(range(len(gsds)), key=lambda i: gsds[i])
-    return GridPlan((chip_tokens, chip_tokens), tuple(plans), ref)
+        sides.append((round(px), round(px)))
+    return plan_grid(
+        sides,
+        gsds,
+        token_m,
+        config.kernel_sizes,
+        config.patch_size_min,
+        config.patch_size_max,
+        grid_hw=(chip_tokens, chip_tokens),
+    )
 
 
 # ------------------------------------------------------------------------------------------
