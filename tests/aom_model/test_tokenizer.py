@@ -39,6 +39,11 @@ def test_plan_patch_from_gsd_sub_metre_to_coarse() -> None:
     assert s2.grid_hw == (14, 14) and s2.groups[0].kernel_size == 16
     modis = plan_grid([(64, 64)], [250.0], 160.0, KS)  # 1 px per token
     assert modis.groups[0].patch_hw == (1, 1) and modis.grid_hw == (64, 64)
+    # 250 m and 500 m groups over 4 km, both coarser than the token target: no common divisor near
+    # the 250 m group's 16 px, so the grid is the coarser group's 8 px (250 m bands 2 px per token)
+    mixed = plan_grid([(16, 16), (8, 8)], [250.0, 500.0], 160.0, KS)
+    assert mixed.grid_hw == (8, 8) and [g.patch_hw for g in mixed.groups] == [(2, 2), (1, 1)]
+    assert all(g.resample_hw is None for g in mixed.groups)
 
 
 def test_plan_non_square_and_non_divisible() -> None:
