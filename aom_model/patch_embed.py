@@ -126,23 +126,30 @@ def plan_grid(
     kernel_sizes: Sequence[int],
     patch_size_min: int = 1,
     patch_size_max: int = 32,
+    grid_hw: tuple[int, int] | None = None,
 ) -> GridPlan:
     """Choose the token grid: the finest group gets patch ~ token_ground_m / GSD (clamped to
     [patch_size_min, patch_size_max]); every group's patch is its size / grid, so all groups share
-    the grid. Groups whose size is not divisible by the grid are resampled (the only resampling)."""
+    the grid. Groups whose size is not divisible by the grid are resampled (the only resampling).
+
+    ``grid_hw`` fixes the grid instead of searching it (embedding chips need exactly their token
+    count, whatever divides evenly); the groups' patches follow from it the same way."""
     if not shapes:
         raise ValueError("empty band set: no group to plan")
     ref = min(range(len(shapes)), key=lambda i: (gsds[i], -shapes[i][0] * shapes[i][1]))
-    gsd_ref = gsds[ref]
-    patch = min(max(token_ground_m / gsd_ref, float(patch_size_min)), float(patch_size_max))
-    ground = patch * gsd_ref  # achieved ground footprint of one token (m)
-    hp, wp = _plan_axes(
-        [s[0] for s in shapes],
-        [s[1] for s in shapes],
-        ref,
-        shapes[ref][0] * gsd_ref / ground,
-        shapes[ref][1] * gsd_ref / ground,
-    )
+    if grid_hw is not None:
+        hp, wp = grid_hw
+    else:
+        gsd_ref = gsds[ref]
+        patch = min(max(token_ground_m / gsd_ref, float(patch_size_min)), float(patch_size_max))
+        ground = patch * gsd_ref  # achieved ground footprint of one token (m)
+        hp, wp = _plan_axes(
+            [s[0] for s in shapes],
+            [s[1] for s in shapes],
+            ref,
+            shapes[ref][0] * gsd_ref / ground,
+            shapes[ref][1] * gsd_ref / ground,
+        )
     plans = []
     for h, w in shapes:
         ph, pw = max(1, round(h / hp)), max(1, round(w / wp))

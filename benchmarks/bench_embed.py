@@ -361,7 +361,7 @@ def bench_flops(size: str, gpu_tflops: float) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from aom_model import AOM, AOMConfig
-    from pipelines.embed import BandInfo, GroupPixels, chip_plan, make_batch
+    from pipelines.embed import GroupPixels, chip_plan, make_batch
     from pipelines.registry import load_registry
 
     _register_cpu_sdpa_flops()
@@ -372,11 +372,7 @@ def bench_flops(size: str, gpu_tflops: float) -> dict[str, Any]:
     chip = core + 2 * margin
     groups = []
     for gsd in (10.0, 20.0, 60.0):
-        bands = tuple(
-            BandInfo(b.name, s2.name, b.center_wavelength_nm, b.fwhm_nm, gsd)
-            for b in s2.bands
-            if b.gsd_m == gsd
-        )
+        bands = tuple(b for b in s2.bands if b.gsd_m == gsd)
         n = round(chip * cfg.token_ground_m / gsd)
         groups.append(
             GroupPixels(

@@ -34,10 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aom_model import AOM, AOMConfig, BandBatch, PlainViT
+from pipelines.registry import load_registry
 
-# Sentinel-2 MSI (no cirrus band): centre wavelength / FWHM in nm
-S2_WL = [443.0, 490.0, 560.0, 665.0, 705.0, 740.0, 783.0, 842.0, 865.0, 945.0, 1610.0, 2190.0]
-S2_FWHM = [20.0, 65.0, 35.0, 30.0, 15.0, 15.0, 20.0, 115.0, 20.0, 20.0, 90.0, 180.0]
+# Sentinel-2 MSI from the sensor registry: 12 bands (no cirrus band), the first N used
+S2_BANDS = load_registry(use_env=False).sensor("sentinel-2-msi").bands
 MODELS = ("vit", "factorized", "joint")
 
 
@@ -64,7 +64,9 @@ def build(
         vit = PlainViT.from_config(cfg, bands, patch).eval()
         return lambda: vit(x)
     model = AOM(cfg.replace(layout=name)).eval()
-    bb = BandBatch.from_tensor(x, S2_WL[:bands], S2_FWHM[:bands], gsd)
+    wl = [b.center_wavelength_nm for b in S2_BANDS[:bands]]
+    fw = [b.fwhm_nm for b in S2_BANDS[:bands]]
+    bb = BandBatch.from_tensor(x, wl, fw, gsd)
     return lambda: model.forward_features(bb)
 
 

@@ -44,15 +44,34 @@ class UnknownEntryError(AOMError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BandSpec:
-    """Physical identity of one band of one sensor."""
+    """Physical identity of one band: the one band type of the project.
+
+    The registry builds these from ``sensors.yaml``; embedding (cube, catalog and raster bands) and
+    evaluation (patch bands, simulated target sensors) use the same type, changing only what their
+    input really differs in (``gsd_m`` of a coarsened patch, a raster band given by wavelength).
+    Where a band comes from (its collection) is not part of its identity: it travels beside it.
+    """
 
     name: str
-    common_name: str
+    """The sensor's band name (``B02``, ``B8A``, ``B5``); ``b1``... for a raster given by wavelength."""
+    sensor: str
+    """Registry sensor name (``sentinel-2-msi``), ``custom`` for a raster given by wavelength;
+    empty only for ad-hoc bands of no sensor."""
+    common_name: str = ""
+    """STAC ``eo:common_name`` (``blue``, ``nir08``); empty where unknown."""
     center_wavelength_nm: float
+    """Centre wavelength of the spectral response (nm)."""
     fwhm_nm: float
+    """Full width at half maximum of the spectral response (nm)."""
     gsd_m: float
+    """Ground sampling distance of the pixels this band is read at (m)."""
+
+    @property
+    def key(self) -> str:
+        """The normalisation-statistics key, ``<sensor>/<name>`` (``<name>`` without a sensor)."""
+        return f"{self.sensor}/{self.name}" if self.sensor else self.name
 
 
 @dataclass(frozen=True)
@@ -369,6 +388,7 @@ def _parse_sensor(ctx: _Ctx, name: str, data: Any) -> Sensor:
         bands.append(
             BandSpec(
                 name=str(band_name),
+                sensor=name,
                 common_name=_string(bctx, band, "common_name"),
                 center_wavelength_nm=_number(bctx, band, "center_wavelength_nm", positive=True),
                 fwhm_nm=_number(bctx, band, "fwhm_nm", positive=True),

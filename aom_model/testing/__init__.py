@@ -1,10 +1,9 @@
 """Synthetic model inputs for tests, benchmarks and smoke runs (not part of the model's API)."""
 
-from aom_model.testing.batches import MODIS, SENTINEL2, sensor_batch, smooth_field
+from aom_model.testing.batches import BandIdentity, sensor_batch, smooth_field
 
 __all__ = [
-    "MODIS",
-    "SENTINEL2",
+    "BandIdentity",
     "sensor_batch",
     "smooth_field",
 ]

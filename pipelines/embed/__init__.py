@@ -9,15 +9,17 @@
 
 from pipelines.embed.checkpoint import load_checkpoint_url
 from pipelines.embed.chips import (
-    BandInfo,
     EmbedConfigError,
     GroupPixels,
+    Normaliser,
     alignment_tokens,
+    band_record,
     chip_plan,
     choose_layout,
     embed_region,
     make_batch,
     nanmedian_time,
+    resolve_normaliser,
 )
 from pipelines.embed.fanout import Fanout, gpu_resources
 from pipelines.embed.plan import plan_run
@@ -28,7 +30,6 @@ from pipelines.embed.sources import CatalogSource, CubeSource, parse_periods
 from pipelines.embed.tasks import load_unit, process_unit
 
 __all__ = [
-    "BandInfo",
     "CatalogSource",
     "CubeSource",
     "EmbedConfigError",
@@ -36,8 +37,10 @@ __all__ = [
     "EmbedSummary",
     "Fanout",
     "GroupPixels",
+    "Normaliser",
     "TileResult",
     "alignment_tokens",
+    "band_record",
     "chip_plan",
     "choose_layout",
     "embed_raster",
@@ -50,5 +53,6 @@ __all__ = [
     "parse_periods",
     "plan_run",
     "process_unit",
+    "resolve_normaliser",
     "run_embedding",
 ]

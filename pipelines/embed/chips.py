@@ -15,9 +15,10 @@ Cores and margins are whole multiples of the *alignment* (the fewest tokens whos
 multiple of every GSD used: 3 tokens = 480 m for 160 m tokens and 10/20/30/60 m pixels), so every
 chip window starts on a pixel of every band group and nothing is resampled before the model.
 
-Token positions are always the model's token grid, forced (``chip_plan``) to exactly
-``chip_tokens x chip_tokens`` tokens of ``token_ground_m`` metres; the model's own planner could
-otherwise pick a different grid for sizes that do not divide evenly.
+Token positions are always the model's token grid, forced (``chip_plan``: the model's planner
+``aom_model.plan_grid`` with ``grid_hw`` fixed) to exactly ``chip_tokens x chip_tokens`` tokens of
+``token_ground_m`` metres; searching, the planner could pick a different grid for sizes that do not
+divide evenly.
 
 Nothing here knows about STAC or storage: it is plain numpy + torch, shared by tile embedding
 (:mod:`pipelines.embed`) and raster embedding (:mod:`pipelines.embed.raster`).
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import InputError
+from pipelines.registry import BandSpec
 
 EPS = 1e-6
 
@@ -45,31 +47,20 @@ class EmbedConfigError(InputError):
 # Inputs
 
 
-@dataclass(frozen=True)
-class BandInfo:
-    """Physical identity of one input band."""
+def band_record(band: BandSpec, collection: str) -> dict[str, Any]:
+    """One input band as written into embeddings provenance and raster metadata (``bands`` lists).
 
-    name: str
-    sensor: str
-    center_wavelength_nm: float
-    fwhm_nm: float
-    gsd_m: float
-    collection: str = ""
-
-    @property
-    def key(self) -> str:
-        """The normalisation-statistics key, ``<sensor>/<band>`` (as in training)."""
-        return f"{self.sensor}/{self.name}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "sensor": self.sensor,
-            "collection": self.collection,
-            "gsd_m": float(self.gsd_m),
-            "center_wavelength_nm": float(self.center_wavelength_nm),
-            "fwhm_nm": float(self.fwhm_nm),
-        }
+    The collection the band was read from travels beside its identity (``GroupPixels.collection``)
+    and is recorded here; key order and value types are part of the stored format.
+    """
+    return {
+        "name": band.name,
+        "sensor": band.sensor,
+        "collection": collection,
+        "gsd_m": float(band.gsd_m),
+        "center_wavelength_nm": float(band.center_wavelength_nm),
+        "fwhm_nm": float(band.fwhm_nm),
+    }
 
 
 @dataclass
@@ -81,7 +72,7 @@ class GroupPixels:
 
     collection: str
     gsd_m: float
-    bands: tuple[BandInfo, ...]
+    bands: tuple[BandSpec, ...]
     pixels: np.ndarray
 
     @property
@@ -226,22 +217,26 @@ def check_gsds(config: Any, gsds: Sequence[float], token_m: float | None = None)
 def chip_plan(config: Any, gsds: Sequence[float], chip_tokens: int, token_m: float) -> Any:
     """The model's ``GridPlan`` for one chip: exactly ``chip_tokens`` tokens a side for every group.
 
-    Mirrors ``aom_model.patch_embed.plan_grid`` (patch = pixels / tokens, resampled only where a
-    group's pixels are not a multiple of the token count) with the grid fixed instead of searched.
+    The model's own planner (``aom_model.plan_grid``) with the grid fixed instead of searched; a chip
+    is ``chip_tokens * token_m`` metres a side, which must be whole pixels of every GSD.
     """
-    from aom_model.patch_embed import GridPlan, GroupPlan, nearest_kernel
+    from aom_model import plan_grid
 
-    plans = []
+    sides = []
     for g in gsds:
         px = chip_tokens * token_m / g
         if abs(px - round(px)) > 1e-6:
             raise EmbedConfigError(f"a {chip_tokens}-token chip is not whole {g:g} m pixels")
-        h = round(px)
-        p = max(1, round(h / chip_tokens))
-        resample = None if p * chip_tokens == h else (p * chip_tokens, p * chip_tokens)
-        plans.append(GroupPlan(nearest_kernel(config.kernel_sizes, (p, p)), (p, p), resample))
-    ref = min(range(len(gsds)), key=lambda i: gsds[i])
-    return GridPlan((chip_tokens, chip_tokens), tuple(plans), ref)
+        sides.append((round(px), round(px)))
+    return plan_grid(
+        sides,
+        gsds,
+        token_m,
+        config.kernel_sizes,
+        config.patch_size_min,
+        config.patch_size_max,
+        grid_hw=(chip_tokens, chip_tokens),
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,14 +247,13 @@ def chip_plan(config: Any, gsds: Sequence[float], chip_tokens: int, token_m: flo
 class Normaliser:
     """Per-band ``(x - mean) / std`` from the checkpoint's statistics (keys ``<sensor>/<band>``).
 
-    A band without its own statistics takes those of the statistics key with the nearest centre
-    wavelength (recorded as ``nearest:<key>``); without statistics in the checkpoint nothing is
-    normalised (``identity``).
+    Built by :func:`resolve_normaliser`, the one place that decides which statistics a band gets
+    (embedding and evaluation alike); ``sources`` records the decision per band key.
     """
 
     means: Mapping[str, float]
     stds: Mapping[str, float]
-    sources: Mapping[str, str]  # band key -> "exact" | "nearest:<key>" | "identity"
+    sources: Mapping[str, str]  # band key -> "exact" | "nearest:<key>" | "identity" | "data"
 
     def apply(self, group: GroupPixels) -> np.ndarray:
         mean = np.array([self.means[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
@@ -270,32 +264,47 @@ class Normaliser:
         return dict(sorted(self.sources.items()))
 
 
-def resolve_normaliser(norm_stats: Mapping[str, Any] | None, bands: Sequence[BandInfo]) -> Normaliser:
-    """Statistics for every band, or EmbedConfigError naming the bands that have none."""
+def resolve_normaliser(
+    norm_stats: Mapping[str, Any] | None,
+    bands: Sequence[BandSpec],
+    fallback: Mapping[str, tuple[float, float]] | None = None,
+) -> Normaliser:
+    """Statistics for every band: its own (``exact``), else those of the statistics key with the
+    nearest centre wavelength (``nearest:<key>``; ties: the smaller key).
+
+    A band left without usable statistics (the checkpoint has none, none with a wavelength, or
+    invalid ones) takes ``fallback[band.key]`` (mean, std) when a fallback is given (``data``).
+    Without a fallback, a checkpoint without any statistics normalises nothing (``identity``) and
+    any other gap is an EmbedConfigError naming the bands.
+    """
     means: dict[str, float] = {}
     stds: dict[str, float] = {}
     sources: dict[str, str] = {}
     table = dict((norm_stats or {}).get("bands") or {})
-    if not table:
+    if not table and fallback is None:
         for b in bands:
             means[b.key], stds[b.key], sources[b.key] = 0.0, 1.0, "identity"
         return Normaliser(means, stds, sources)
     with_wl = {k: float(v["wavelength_nm"]) for k, v in table.items() if v.get("wavelength_nm") is not None}
     missing = []
     for b in bands:
-        if b.key in table:
-            key, how = b.key, "exact"
-        elif with_wl:
+        key = b.key if b.key in table else None
+        if key is None and with_wl:
             key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.center_wavelength_nm), k))
-            how = f"nearest:{key}"
-        else:
-            missing.append(b.key)
-            continue
-        mean, std = float(table[key]["mean"]), float(table[key]["std"])
-        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            missing.append(f"{b.key} (invalid statistics mean={mean}, std={std})")
-            continue
-        means[b.key], stds[b.key], sources[b.key] = mean, std, how
+        found: tuple[float, float, str] | None = None
+        problem = b.key
+        if key is not None:
+            mean, std = float(table[key]["mean"]), float(table[key]["std"])
+            if math.isfinite(mean) and math.isfinite(std) and std > 0:
+                found = (mean, std, "exact" if key == b.key else f"nearest:{key}")
+            else:
+                problem = f"{b.key} (invalid statistics mean={mean}, std={std})"
+        if found is None:
+            if fallback is None:
+                missing.append(problem)
+                continue
+            found = (*fallback[b.key], "data")
+        means[b.key], stds[b.key], sources[b.key] = found
     if missing:
         raise EmbedConfigError(
             f"the checkpoint has no normalisation statistics for bands {missing} and none with wavelengths "

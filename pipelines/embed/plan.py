@@ -15,7 +15,6 @@ from pipelines import embeddings as es
 from pipelines import storage
 from pipelines.embed.checkpoint import LoadedCheckpoint, load_checkpoint_url
 from pipelines.embed.chips import (
-    BandInfo,
     ChipLayout,
     EmbedConfigError,
     Normaliser,
@@ -31,6 +30,7 @@ from pipelines.embed.sources import (
     parse_periods,
     search_interval,
 )
+from pipelines.registry import BandSpec
 from pipelines.tiling import ItemIndex, Tile, TileGrid
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class RunPlan:
     periods: list[Period]
     layout: ChipLayout
     normaliser: Normaliser
-    bands: list[BandInfo]
+    bands: list[BandSpec]
     version: es.EmbeddingsVersion
     context: RunContext
     units: list[Unit]

@@ -32,22 +32,24 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from pipelines import storage
 from pipelines.embed.chips import (
-    BandInfo,
     ChipLayout,
     EmbedConfigError,
     GroupPixels,
+    band_record,
     embed_region,
     resolve_normaliser,
 )
+from pipelines.registry import BandSpec
 
 DTYPES = ("float32", "int8")
+RASTER_COLLECTION = "raster"  # the collection recorded for a raster's bands
 
 
 @dataclass
@@ -84,7 +86,7 @@ def _band_infos(
     fwhm: Sequence[float],
     gsd: float,
     registry_files: Sequence[str] = (),
-) -> list[BandInfo]:
+) -> list[BandSpec]:
     if wavelengths:
         if sensor and bands:
             raise EmbedConfigError("give either --sensor/--bands (registry) or --wavelengths, not both")
@@ -97,7 +99,10 @@ def _band_infos(
             )
         if any(not (math.isfinite(w) and w > 0) for w in wl + fw):
             raise EmbedConfigError("wavelengths and FWHMs must be positive numbers (nm)")
-        infos = [BandInfo(n, sensor or "custom", w, f, gsd, "raster") for n, w, f in zip(names, wl, fw)]
+        infos = [
+            BandSpec(name=n, sensor=sensor or "custom", center_wavelength_nm=w, fwhm_nm=f, gsd_m=gsd)
+            for n, w, f in zip(names, wl, fw)
+        ]
     else:
         if not sensor or not bands:
             raise EmbedConfigError(
@@ -111,7 +116,7 @@ def _band_infos(
             specs = [sens.band(b) for b in bands]
         except UnknownEntryError as exc:
             raise EmbedConfigError(str(exc)) from None
-        infos = [BandInfo(b.name, sens.name, b.center_wavelength_nm, b.fwhm_nm, gsd, "raster") for b in specs]
+        infos = [replace(b, gsd_m=gsd) for b in specs]
     if len(infos) != n_raster:
         raise EmbedConfigError(
             f"the raster has {n_raster} band(s) but {len(infos)} were described; give one name/wavelength per raster band"
@@ -225,7 +230,9 @@ def embed_raster(
         chips_run=0,
         elapsed_s=0.0,
         model_s=0.0,
-        bands=[b.to_dict() | {"normalisation": normaliser.sources[b.key]} for b in infos],
+        bands=[
+            band_record(b, RASTER_COLLECTION) | {"normalisation": normaliser.sources[b.key]} for b in infos
+        ],
         checkpoint_sha256=ckpt.sha256,
     )
     from rasterio.windows import Window
@@ -245,7 +252,7 @@ def embed_raster(
                 arr = src.read(window=win, boundless=True, masked=True, out_dtype="float32")
                 pix = np.ma.filled(arr.astype(np.float32), np.nan)
                 pix = pix * sc[:, None, None] + of[:, None, None]
-                group = GroupPixels("raster", float(gsd), tuple(infos), pix.astype(np.float32))
+                group = GroupPixels(RASTER_COLLECTION, float(gsd), tuple(infos), pix.astype(np.float32))
                 region = embed_region(
                     ckpt.model,
                     [group],

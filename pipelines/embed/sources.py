@@ -19,12 +19,13 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.embed.chips import BandInfo, EmbedConfigError, GroupPixels, nanmedian_time
+from pipelines.embed.chips import EmbedConfigError, GroupPixels, nanmedian_time
+from pipelines.registry import BandSpec
 from pipelines.storage import redact_url
 from pipelines.tiling import Tile, TileGrid
 
@@ -138,22 +139,23 @@ def padded_tile_obj(tile: Tile, margin_m: float) -> Tile:
     return Tile(tile.tile_id, tile.epsg, padded_bounds(tile, margin_m))
 
 
-def _band_infos(ds: Any, collection: str, keep: Sequence[str]) -> tuple[list[int], tuple[BandInfo, ...]]:
+def _band_infos(ds: Any, collection: str, keep: Sequence[str]) -> tuple[list[int], tuple[BandSpec, ...]]:
     sensor = str(ds.attrs.get("sensor", collection))
     gsd = float(ds.attrs["gsd_m"])
+    common = ds["common_name"].values if "common_name" in ds.coords else None
     idx, infos = [], []
     for i, name in enumerate(str(b) for b in ds["band"].values):
         if keep and name not in keep:
             continue
         idx.append(i)
         infos.append(
-            BandInfo(
+            BandSpec(
                 name=name,
                 sensor=sensor,
+                common_name=str(common[i]) if common is not None else "",
                 center_wavelength_nm=float(ds["center_wavelength_nm"].values[i]),
                 fwhm_nm=float(ds["fwhm_nm"].values[i]),
                 gsd_m=gsd,
-                collection=collection,
             )
         )
     return idx, tuple(infos)
@@ -250,14 +252,14 @@ class CubeSource:
             out.append((coll, str(g["gsd_label"])))
         return out
 
-    def band_infos(self, records: Mapping[str, Mapping[str, Any]]) -> list[BandInfo]:
+    def band_infos(self, records: Mapping[str, Mapping[str, Any]]) -> list[BandSpec]:
         """Bands that the request would use (one group dataset opened per (collection, GSD))."""
         store = self.store()
         seen: dict[tuple[str, str], str] = {}
         for tid, rec in records.items():
             for key in self._groups_of(rec):
                 seen.setdefault(key, tid)
-        infos: list[BandInfo] = []
+        infos: list[BandSpec] = []
         for (coll, label), tid in sorted(seen.items()):
             ds = self.open_group(store, tid, coll, label)
             _, bands = _band_infos(ds, coll, self.bands)
@@ -389,7 +391,7 @@ class CatalogSource:
             shard_px=self.block_px,
         )
 
-    def band_infos(self) -> list[BandInfo]:
+    def band_infos(self) -> list[BandSpec]:
         spec = self.spec()
         infos = []
         for coll in self.collections:
@@ -398,10 +400,7 @@ class CatalogSource:
                 for name in names:
                     if self.bands and name not in self.bands:
                         continue
-                    b = cs.sensor.band(name)
-                    infos.append(
-                        BandInfo(name, cs.sensor.name, b.center_wavelength_nm, b.fwhm_nm, float(gsd), coll)
-                    )
+                    infos.append(replace(cs.sensor.band(name), gsd_m=float(gsd)))
         return infos
 
     def read(

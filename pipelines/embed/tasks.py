@@ -16,9 +16,7 @@ import numpy as np
 from pipelines import embeddings as es
 from pipelines import storage
 from pipelines.embed.checkpoint import _resolve_device, load_checkpoint_url
-from pipelines.embed.chips import (
-    embed_region,
-)
+from pipelines.embed.chips import band_record, embed_region
 from pipelines.embed.plan import RunContext, Unit
 from pipelines.embed.request import TileResult
 from pipelines.embed.sources import (
@@ -115,7 +113,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     else:
         emb = np.full((n, n, dim), np.nan, dtype=np.float32)
     bands = [
-        {**b.to_dict(), "normalisation": ctx.normaliser.sources.get(b.key, "identity")}
+        {**band_record(b, g.collection), "normalisation": ctx.normaliser.sources.get(b.key, "identity")}
         for g in padded.groups
         for b in g.bands
     ]

@@ -13,7 +13,6 @@ and the measured numbers.
 """
 
 from pipelines.evaluation.datasets import (
-    Band,
     EvalDataError,
     LabelledScene,
     PatchSet,
@@ -35,7 +34,6 @@ from pipelines.evaluation.protocol import EvalConfig, EvalResult, run_evaluation
 from pipelines.evaluation.report import render_markdown, write_report
 
 __all__ = [
-    "Band",
     "DatasetSpec",
     "Encoder",
     "EvalConfig",

@@ -23,28 +23,22 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import InputError
+from pipelines.registry import BandSpec, load_registry
 
 
 class EvalDataError(InputError):
     """A dataset that cannot be evaluated (one class, mismatched label grid, no usable patch, ...)."""
 
 
-@dataclass(frozen=True)
-class Band:
-    """Physical identity of one band; ``key`` (``<sensor>/<name>``) selects normalisation statistics."""
-
-    name: str
-    wavelength_nm: float
-    fwhm_nm: float
-    gsd_m: float
-    sensor: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.sensor}/{self.name}" if self.sensor else self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def band_dict(band: BandSpec) -> dict[str, Any]:
+    """One band as the evaluation summary (``summary.json``) records it; the key order is the format."""
+    return {
+        "name": band.name,
+        "wavelength_nm": band.center_wavelength_nm,
+        "fwhm_nm": band.fwhm_nm,
+        "gsd_m": band.gsd_m,
+        "sensor": band.sensor,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,7 +50,7 @@ class PatchSet:
     """Labelled patches of one band layout (every patch has every band)."""
 
     name: str
-    bands: tuple[Band, ...]
+    bands: tuple[BandSpec, ...]
     pixels: list[np.ndarray]  # per band [N, h_b, w_b] float32 reflectance, NaN = invalid
     labels: np.ndarray  # [N] int64 class index, or [N, K] bool (multi-label)
     class_names: tuple[str, ...]
@@ -127,22 +121,25 @@ class PatchSet:
         return dataclasses.replace(self, bands=tuple(bands), pixels=pixels, meta=dict(self.meta))
 
     def as_sensor(
-        self, target: Sequence[Band], max_offset_nm: float | None = None
+        self, target: Sequence[BandSpec], max_offset_nm: float | None = None
     ) -> tuple[PatchSet, list[str]]:
         """Simulate another sensor's band set: every target band takes the pixels of the source band
         nearest in centre wavelength (within ``max_offset_nm``, default max(30, mean FWHM) nm) and the
         target's name, wavelength, FWHM and sensor; the GSD stays the source's. Target bands with no
         source band near enough are dropped. -> (patch set, notes)."""
-        chosen: list[tuple[int, Band]] = []
+        chosen: list[tuple[int, BandSpec]] = []
         notes = []
         for t in target:
-            j = min(range(len(self.bands)), key=lambda i: abs(self.bands[i].wavelength_nm - t.wavelength_nm))
+            j = min(
+                range(len(self.bands)),
+                key=lambda i: abs(self.bands[i].center_wavelength_nm - t.center_wavelength_nm),
+            )
             s = self.bands[j]
             tol = max_offset_nm if max_offset_nm is not None else max(30.0, 0.5 * (s.fwhm_nm + t.fwhm_nm))
-            off = abs(s.wavelength_nm - t.wavelength_nm)
+            off = abs(s.center_wavelength_nm - t.center_wavelength_nm)
             if off > tol:
                 notes.append(
-                    f"{t.key} ({t.wavelength_nm:.0f} nm): no source band within {tol:.0f} nm, dropped"
+                    f"{t.key} ({t.center_wavelength_nm:.0f} nm): no source band within {tol:.0f} nm, dropped"
                 )
                 continue
             chosen.append((j, dataclasses.replace(t, gsd_m=s.gsd_m)))
@@ -234,7 +231,7 @@ class LabelledScene:
     """
 
     name: str
-    bands: tuple[Band, ...]
+    bands: tuple[BandSpec, ...]
     arrays: list[np.ndarray]  # per band [H_b, W_b] float32 reflectance, NaN = no data
     labels: np.ndarray  # [H_l, W_l] int64, -1 = ignore
     class_names: tuple[str, ...]
@@ -453,19 +450,21 @@ def drop_empty_classes(ps: PatchSet) -> PatchSet:
 # ---------------------------------------------------------------------------------------------
 # a synthetic labelled scene (tests, quick demos)
 
-SYNTH_S2 = (  # (name, centre nm, FWHM nm, GSD m) of a Sentinel-2-like 20 m / 60 m band set
-    ("B02", 492.4, 66.0, 20.0),
-    ("B03", 559.8, 36.0, 20.0),
-    ("B04", 664.6, 31.0, 20.0),
-    ("B05", 704.1, 15.0, 20.0),
-    ("B8A", 864.7, 21.0, 20.0),
-    ("B11", 1613.7, 91.0, 20.0),
-    ("B12", 2202.4, 175.0, 20.0),
-    ("B01", 442.7, 21.0, 60.0),
-    ("B09", 945.1, 20.0, 60.0),
-)
+# The synthetic scene's bands: Sentinel-2 MSI bands of the registry, the 10/20 m ones read at 20 m,
+# the 60 m ones at 60 m (in this order: the order fixes the random draws).
+SYNTH_S2_BANDS = ("B02", "B03", "B04", "B05", "B8A", "B11", "B12", "B01", "B09")
 
-_CLASS_SPECTRA = {  # rough reflectance at (450, 550, 650, 850, 1600, 2200) nm
+
+def synthetic_bands() -> tuple[BandSpec, ...]:
+    """The synthetic scene's band set (``SYNTH_S2_BANDS``), identities from the sensor registry."""
+    s2 = load_registry().sensor("sentinel-2-msi")
+    return tuple(dataclasses.replace(s2.band(n), gsd_m=max(20.0, s2.band(n).gsd_m)) for n in SYNTH_S2_BANDS)
+
+
+# Ground-truth reflectance spectra of the synthetic classes, sampled at _CLASS_SPECTRA_NM; every band
+# takes the value interpolated at its centre wavelength (a spectral library, not a band table).
+_CLASS_SPECTRA_NM = (450.0, 550.0, 650.0, 850.0, 1600.0, 2200.0)
+_CLASS_SPECTRA = {  # rough reflectance at _CLASS_SPECTRA_NM
     "water": (0.06, 0.05, 0.03, 0.02, 0.01, 0.005),
     "vegetation": (0.03, 0.08, 0.04, 0.40, 0.22, 0.10),
     "bare soil": (0.10, 0.15, 0.20, 0.26, 0.34, 0.30),
@@ -496,19 +495,22 @@ def synthetic_scene(
     cls = np.repeat(np.repeat(cells, cell_px, axis=0), cell_px, axis=1)[:size_px, :size_px]
     yy, xx = np.mgrid[0:size_px, 0:size_px] / size_px
     bright = 1.0 + 0.15 * np.sin(2 * np.pi * (xx + 0.3 * rng.random())) * np.cos(2 * np.pi * yy)
-    anchors = np.array([450.0, 550.0, 650.0, 850.0, 1600.0, 2200.0])
+    anchors = np.asarray(_CLASS_SPECTRA_NM)
     arrays, bands = [], []
     invalid = (xx > 1 - nodata_frac**0.5) & (yy > 1 - nodata_frac**0.5)
-    for name, wl, fw, gsd in SYNTH_S2:
-        spectra = np.array([np.interp(wl, anchors, _CLASS_SPECTRA[c]) for c in names], dtype=np.float32)
+    for band in synthetic_bands():
+        spectra = np.array(
+            [np.interp(band.center_wavelength_nm, anchors, _CLASS_SPECTRA[c]) for c in names],
+            dtype=np.float32,
+        )
         a = spectra[cls] * bright + noise * rng.standard_normal((size_px, size_px))
         a = a.astype(np.float32)
         a[invalid] = np.nan
-        f = round(gsd / 20.0)
+        f = round(band.gsd_m / 20.0)
         if f > 1:
             a = area_resample(a[None], (size_px // f, size_px // f))[0]
         arrays.append(a)
-        bands.append(Band(name, wl, fw, gsd, "sentinel-2-msi"))
+        bands.append(band)
     labels = cls.astype(np.int64)
     return LabelledScene(
         name=f"synthetic-{n_classes}class",

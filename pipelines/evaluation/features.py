@@ -1,10 +1,11 @@
 """Patch features for the probes: the AOM encoder's pooled embedding and raw-band statistics.
 
 ``Encoder`` wraps a model loaded from a checkpoint (any local path or fsspec URL) or a random-init
-model of a named config (``random:tiny``). Inputs are normalised like in pretraining: per band key
-``<sensor>/<band>`` mean/std from the checkpoint; a band the checkpoint has no statistics for borrows
-those of the nearest known wavelength; without statistics (random-init, no checkpoint) the patch set's
-own per-band statistics are used. Bands sharing a GSD form one ``BandGroup``; nothing is resampled.
+model of a named config (``random:tiny``). Inputs are normalised as embedding normalises them (one
+resolver, ``pipelines.embed.resolve_normaliser``): per band key ``<sensor>/<band>`` mean/std from the
+checkpoint; a band the checkpoint has no statistics for borrows those of the nearest known wavelength;
+without statistics (random-init, no checkpoint) the patch set's own per-band statistics are used.
+Bands sharing a GSD form one ``BandGroup``; nothing is resampled.
 
 ``raw_features`` is the baseline: per patch and band the mean and standard deviation of valid
 reflectance, laid out on a *reference* band set so that a probe fitted on one band set can be applied
@@ -15,14 +16,15 @@ features are NaN (the probe imputes the training mean).
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipelines.evaluation.datasets import Band, PatchSet
+from pipelines.embed import resolve_normaliser
+from pipelines.evaluation.datasets import PatchSet
+from pipelines.registry import BandSpec
 
 log = logging.getLogger(__name__)
 
@@ -125,45 +127,18 @@ def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
     return out
 
 
-def resolve_norm(
-    norm_stats: Mapping[str, Any] | None, bands: Sequence[Band], fallback: Mapping[str, tuple[float, float]]
-) -> tuple[list[tuple[float, float]], dict[str, str]]:
-    """Per band (mean, std): exact key, else nearest wavelength among keys with one, else ``fallback``."""
-    table = dict((norm_stats or {}).get("bands") or {})
-    with_wl = {k: float(v["wavelength_nm"]) for k, v in table.items() if v.get("wavelength_nm") is not None}
-    out, how = [], {}
-    for b in bands:
-        if b.key in table:
-            key, src = b.key, "exact"
-        elif with_wl:
-            key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.wavelength_nm), k))
-            src = f"nearest:{key}"
-        else:
-            out.append(fallback[b.key])
-            how[b.key] = "data"
-            continue
-        mean, std = float(table[key]["mean"]), float(table[key]["std"])
-        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-            out.append(fallback[b.key])
-            how[b.key] = "data"
-            continue
-        out.append((mean, std))
-        how[b.key] = src
-    return out, how
-
-
 def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:
     """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
     import torch
 
     from aom_model import BandBatch
 
-    stats, how = resolve_norm(enc.norm_stats, ps.bands, band_stats(ps))
-    enc.norm_sources.update(how)
-    normed = [
-        ((p - m) / s).astype(np.float32) for p, (m, s) in zip(ps.pixels, stats)
-    ]  # NaN stays NaN: invalid pixel
-    wl = [b.wavelength_nm for b in ps.bands]
+    norm = resolve_normaliser(enc.norm_stats, ps.bands, fallback=band_stats(ps))
+    enc.norm_sources.update(norm.sources)
+    normed = [  # NaN stays NaN: invalid pixel
+        ((p - norm.means[b.key]) / norm.stds[b.key]).astype(np.float32) for b, p in zip(ps.bands, ps.pixels)
+    ]
+    wl = [b.center_wavelength_nm for b in ps.bands]
     fw = [b.fwhm_nm for b in ps.bands]
     gsd = [b.gsd_m for b in ps.bands]
     outs = []
@@ -181,20 +156,23 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
     return x
 
 
-def _match(band: Band, candidates: Sequence[Band], tol_nm: float | None) -> int | None:
+def _match(band: BandSpec, candidates: Sequence[BandSpec], tol_nm: float | None) -> int | None:
     for i, c in enumerate(candidates):
         if c.key == band.key:
             return i
     if not candidates:
         return None
-    i = min(range(len(candidates)), key=lambda j: abs(candidates[j].wavelength_nm - band.wavelength_nm))
+    i = min(
+        range(len(candidates)),
+        key=lambda j: abs(candidates[j].center_wavelength_nm - band.center_wavelength_nm),
+    )
     c = candidates[i]
     tol = tol_nm if tol_nm is not None else max(30.0, 0.5 * (c.fwhm_nm + band.fwhm_nm))
-    return i if abs(c.wavelength_nm - band.wavelength_nm) <= tol else None
+    return i if abs(c.center_wavelength_nm - band.center_wavelength_nm) <= tol else None
 
 
 def raw_features(
-    ps: PatchSet, reference: Sequence[Band] | None = None, tol_nm: float | None = None
+    ps: PatchSet, reference: Sequence[BandSpec] | None = None, tol_nm: float | None = None
 ) -> np.ndarray:
     """-> [N, 2 * len(reference)]: per reference band the patch mean and std of valid reflectance of
     the matching band (key, else nearest wavelength within ``tol_nm``), NaN where none matches."""

@@ -22,14 +22,13 @@ import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.evaluation.datasets import (
-    Band,
     EvalDataError,
     LabelledScene,
     PatchSet,
@@ -37,6 +36,7 @@ from pipelines.evaluation.datasets import (
     scene_patches,
     synthetic_scene,
 )
+from pipelines.registry import BandSpec
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,8 @@ def _registry(paths: Sequence[str] = ()) -> Any:
 
 def registry_bands(
     sensor: str, names: Sequence[str] | None = None, registry: Sequence[str] = ()
-) -> list[Band]:
-    """Bands of a registry sensor (all, or ``names`` in that order) as ``Band``."""
+) -> list[BandSpec]:
+    """Bands of a registry sensor (all, or ``names`` by band or common name, in that order)."""
     reg = _registry(registry)
     s = reg.sensor(sensor)
     by_name = {b.name: b for b in s.bands}
@@ -117,11 +117,11 @@ def registry_bands(
         b = by_name.get(n) or by_common.get(n)
         if b is None:
             raise EvalDataError(f"sensor {sensor!r} has no band {n!r}; it has {sorted(by_name)}")
-        out.append(Band(b.name, float(b.center_wavelength_nm), float(b.fwhm_nm), float(b.gsd_m), s.name))
+        out.append(b)
     return out
 
 
-def parse_sensor_target(spec: str, registry: Sequence[str] = ()) -> tuple[str, list[Band]]:
+def parse_sensor_target(spec: str, registry: Sequence[str] = ()) -> tuple[str, list[BandSpec]]:
     """``"landsat-oli"`` or ``"hls-s30:B02,B03,B04"`` -> (label, bands)."""
     sensor, _, names = spec.partition(":")
     bands = registry_bands(sensor, [n for n in names.split(",") if n] or None, registry)
@@ -205,7 +205,7 @@ def load_t29unu(
     with rasterio.open(scl_files[0]) as src:
         scl = src.read(1, window=win)
     labels, names = make_label_raster(scl, SCL_CLASSES, SCL_IGNORED)
-    bands = [Band(b.name, b.wavelength_nm, b.fwhm_nm, 60.0, b.sensor) for b in bands]
+    bands = [replace(b, gsd_m=60.0) for b in bands]
     return LabelledScene(
         name="t29unu",
         bands=tuple(bands),
@@ -323,8 +323,7 @@ def load_bigearthnet(path: str | None = None) -> PatchSet:
     arrays = []
     for b in S2_BEN_BANDS:
         stack = np.stack(pixels[b])
-        mb = meta_bands[b]
-        bands.append(Band(b, mb.wavelength_nm, mb.fwhm_nm, 1200.0 / stack.shape[1], mb.sensor))
+        bands.append(replace(meta_bands[b], gsd_m=1200.0 / stack.shape[1]))
         arrays.append(stack)
     return PatchSet(
         name="bigearthnet",
@@ -354,7 +353,7 @@ def _bounds_close(a: Sequence[float], b: Sequence[float], tol: float) -> bool:
 
 @dataclass
 class _Image:
-    bands: list[Band]
+    bands: list[BandSpec]
     arrays: list[np.ndarray]
     transform: Any
     crs: Any
@@ -398,7 +397,7 @@ def _read_image(spec: DatasetSpec) -> _Image:
     refl = data * scale + spec.offset
     refl[invalid] = np.nan
     return _Image(
-        bands=[Band(b.name, b.wavelength_nm, b.fwhm_nm, gsd, b.sensor) for b in bands],
+        bands=[replace(b, gsd_m=gsd) for b in bands],
         arrays=[a.astype(np.float32) for a in refl],
         transform=transform,
         crs=crs,

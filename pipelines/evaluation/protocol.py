@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from pipelines.evaluation.datasets import (
-    Band,
     EvalDataError,
     PatchSet,
     balance,
+    band_dict,
     drop_empty_classes,
 )
 from pipelines.evaluation.features import (
@@ -49,6 +49,7 @@ from pipelines.evaluation.probes import (
     score,
     split_folds,
 )
+from pipelines.registry import BandSpec
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Condition:
 class Extractor:
     name: str
     kind: str  # "checkpoint" | "random-init" | "raw"
-    fn: Callable[[PatchSet, Sequence[Band]], np.ndarray]
+    fn: Callable[[PatchSet, Sequence[BandSpec]], np.ndarray]
     aligned: bool  # features live in one space for any band set (no re-layout per reference)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -172,7 +173,7 @@ def build_extractors(cfg: EvalConfig) -> list[Extractor]:
 
 
 def _encoder_extractor(enc: Encoder, kind: str, cfg: EvalConfig) -> Extractor:
-    def fn(ps: PatchSet, _ref: Sequence[Band]) -> np.ndarray:
+    def fn(ps: PatchSet, _ref: Sequence[BandSpec]) -> np.ndarray:
         return encoder_features(enc, ps, cfg.batch_size)
 
     return Extractor(
@@ -282,7 +283,7 @@ def run_evaluation(
         "classes": list(ps.class_names),
         "class_counts": ps.class_counts(),
         "multilabel": ps.multilabel,
-        "bands": [b.to_dict() for b in ps.bands],
+        "bands": [band_dict(b) for b in ps.bands],
         "patch_m": ps.extent_m,
         "split": split_desc,
         "folds": len(folds),

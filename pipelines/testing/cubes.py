@@ -12,6 +12,9 @@ grid and area-averaged to every sensor's GSD, so Sentinel-2 10/20/60 m and Lands
 tile show the same ground. Each acquisition has its own illumination, a vegetation phenology gain,
 sensor noise, and cloud blobs (NaN in every band); some tiles have a no-data swath edge and some
 acquisitions are almost fully cloudy (so chip sampling must skip them). Same seed -> same bytes.
+
+Band identities come from the built-in sensor registry (``pipelines/data/sensors.yaml``, never a
+table here): ``SENTINEL2`` and ``LANDSAT`` write every band of ``sentinel-2-msi`` / ``landsat-oli``.
 """
 
 from __future__ import annotations
@@ -38,42 +41,28 @@ from pipelines.tiling import TileGrid
 
 EPSG = 32631  # the CRS of every synthetic tile
 
-# Band tables (name, common name, centre nm, FWHM nm, GSD m) mirror pipelines/data/sensors.yaml;
-# aom_model does not import pipelines.registry.
-S2_BANDS: tuple[tuple[str, str, float, float, float], ...] = (
-    ("B01", "coastal", 442.7, 21.0, 60),
-    ("B02", "blue", 492.4, 66.0, 10),
-    ("B03", "green", 559.8, 36.0, 10),
-    ("B04", "red", 664.6, 31.0, 10),
-    ("B05", "rededge", 704.1, 15.0, 20),
-    ("B06", "rededge", 740.5, 15.0, 20),
-    ("B07", "rededge", 782.8, 20.0, 20),
-    ("B08", "nir", 832.8, 106.0, 10),
-    ("B8A", "nir08", 864.7, 21.0, 20),
-    ("B09", "nir09", 945.1, 20.0, 60),
-    ("B11", "swir16", 1613.7, 91.0, 20),
-    ("B12", "swir22", 2202.4, 175.0, 20),
-)
-LANDSAT_BANDS: tuple[tuple[str, str, float, float, float], ...] = (
-    ("B1", "coastal", 443.0, 16.0, 30),
-    ("B2", "blue", 482.0, 60.0, 30),
-    ("B3", "green", 561.4, 57.0, 30),
-    ("B4", "red", 654.6, 37.0, 30),
-    ("B5", "nir08", 864.6, 28.0, 30),
-    ("B6", "swir16", 1608.9, 85.0, 30),
-    ("B7", "swir22", 2200.7, 187.0, 30),
-)
+from pipelines.registry import BandSpec, load_registry
 
 
 @dataclass(frozen=True)
 class SyntheticCollection:
+    """One synthetic collection: its id, its sensor and the bands written (registry identities)."""
+
     collection: str
+    """Collection id written into the cube (``sentinel-2-l2a``)."""
     sensor: str
-    bands: tuple[tuple[str, str, float, float, float], ...]
+    """Registry sensor name (``sentinel-2-msi``)."""
+    bands: tuple[BandSpec, ...]
+    """Bands written, each at its own ``gsd_m`` (one cube group per GSD)."""
 
 
-SENTINEL2 = SyntheticCollection("sentinel-2-l2a", "sentinel-2-msi", S2_BANDS)
-LANDSAT = SyntheticCollection("landsat-c2-l2", "landsat-oli", LANDSAT_BANDS)
+def registry_collection(collection: str, sensor: str) -> SyntheticCollection:
+    """A synthetic collection with every band of a sensor of the built-in registry."""
+    return SyntheticCollection(collection, sensor, load_registry(use_env=False).sensor(sensor).bands)
+
+
+SENTINEL2 = registry_collection("sentinel-2-l2a", "sentinel-2-msi")
+LANDSAT = registry_collection("landsat-c2-l2", "landsat-oli")
 
 # End-member spectra at anchor wavelengths (nm) -> reflectance.
 _ANCHORS = np.array([400, 500, 560, 660, 700, 740, 780, 860, 950, 1370, 1610, 2200, 2500], dtype=np.float64)
@@ -183,7 +172,7 @@ def group_dataset(
     tile_id: str,
     coll: SyntheticCollection,
     gsd_m: float,
-    bands: Sequence[tuple[str, str, float, float, float]],
+    bands: Sequence[BandSpec],
     data: np.ndarray,  # [T, C, H, W] float reflectance, NaN = nodata
     times: np.ndarray,
     x0: float,
@@ -217,11 +206,14 @@ def group_dataset(
         },
         coords={
             "time": ("time", np.asarray(times, dtype="datetime64[ns]")),
-            "band": ("band", np.array([b[0] for b in bands], dtype=object)),
-            "center_wavelength_nm": ("band", np.array([b[2] for b in bands], dtype=np.float64)),
-            "fwhm_nm": ("band", np.array([b[3] for b in bands], dtype=np.float64)),
-            "common_name": ("band", np.array([b[1] for b in bands], dtype=object)),
-            "band_gsd_m": ("band", np.array([b[4] for b in bands], dtype=np.float32)),
+            "band": ("band", np.array([b.name for b in bands], dtype=object)),
+            "center_wavelength_nm": (
+                "band",
+                np.array([b.center_wavelength_nm for b in bands], dtype=np.float64),
+            ),
+            "fwhm_nm": ("band", np.array([b.fwhm_nm for b in bands], dtype=np.float64)),
+            "common_name": ("band", np.array([b.common_name for b in bands], dtype=object)),
+            "band_gsd_m": ("band", np.array([b.gsd_m for b in bands], dtype=np.float32)),
             "source_items": ("time", np.array([f"synthetic-{tile_id}-{d}" for d in days], dtype=object)),
             "solar_day": ("time", np.array(days, dtype=object)),
             "valid_fraction": ("time", valid.mean(axis=(1, 2, 3)).astype(np.float32)),
@@ -301,7 +293,7 @@ def write_synthetic_cubes(
                 [np.datetime64("2024-01-05") + np.timedelta64(16 * t + 3 * ci, "D") for t in range(n_times)],
                 dtype="datetime64[ns]",
             )
-            wl = np.array([b[2] for b in coll.bands])
+            wl = np.array([b.center_wavelength_nm for b in coll.bands])
             fine = []
             for t in range(n_times):
                 trng = np.random.default_rng([seed, i, ci, t])
@@ -318,8 +310,8 @@ def write_synthetic_cubes(
                 refl[:, bad] = np.nan
                 fine.append(refl)
             cube = np.stack(fine)  # [T, C, H, W] at 10 m
-            for gsd in sorted({b[4] for b in coll.bands}):
-                idx = [j for j, b in enumerate(coll.bands) if b[4] == gsd]
+            for gsd in sorted({b.gsd_m for b in coll.bands}):
+                idx = [j for j, b in enumerate(coll.bands) if b.gsd_m == gsd]
                 data = _block_mean(cube[:, idx], int(gsd // 10))
                 ds = group_dataset(
                     tile_id, coll, float(gsd), [coll.bands[j] for j in idx], data, times, x0, y0, spec

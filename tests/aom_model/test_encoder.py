@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from aom_model import AOM, AOMConfig, BandBatch, BandGroup
-from aom_model.testing import MODIS, SENTINEL2, sensor_batch
+from aom_model.testing import sensor_batch
+from pipelines.registry import load_registry
 
 torch.set_num_threads(1)
 LAYOUTS = ("factorized", "joint")
+REGISTRY = load_registry()
+SENTINEL2 = REGISTRY.sensor("sentinel-2-msi").bands  # 12 bands at 10/20/60 m
+SENTINEL2_13 = REGISTRY.sensor("hls-s30").bands  # the same 12 wavelengths and the B10 cirrus band
+MODIS = REGISTRY.sensor("modis-mcd43a4").bands  # 7 bands at 463.3 m: a sensor the model never saw
 
 
 def _model(layout: str, **kw: object) -> AOM:
@@ -52,8 +57,8 @@ def test_band_order_invariance(layout: str) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_one_to_thirteen_bands_non_square(layout: str) -> None:
     model = _model(layout)
-    wl = [b[1] for b in SENTINEL2]
-    fw = [b[2] for b in SENTINEL2]
+    wl = [b.center_wavelength_nm for b in SENTINEL2_13]
+    fw = [b.fwhm_nm for b in SENTINEL2_13]
     with torch.no_grad():
         for c in range(1, 14):
             b = BandBatch.from_tensor(torch.randn(2, c, 32, 48), wl[:c], fw[:c], 10.0)
@@ -69,14 +74,14 @@ def test_mixed_gsd_sentinel2_and_unseen_modis(layout: str) -> None:
     model = _model(layout)
     gen = torch.Generator().manual_seed(0)
     s2 = sensor_batch(SENTINEL2, 2, 960.0, gen, aspect=1.5)  # 10/20/60 m groups, non-square
-    modis = sensor_batch(MODIS, 2, 4000.0, gen)  # 250/500 m: never seen, just wavelengths
+    modis = sensor_batch(MODIS, 2, 8 * MODIS[0].gsd_m, gen)  # never seen, just wavelengths; 8 x 8 px
     with torch.no_grad():
         o1 = model.forward_features(s2)
         o2 = model.forward_features(modis)
     assert [g.hw for g in s2.groups] == [(96, 144), (48, 72), (16, 24)]
     assert o1.grid_hw[1] / o1.grid_hw[0] == 1.5
     assert torch.isfinite(o1.pooled).all() and torch.isfinite(o2.pooled).all()
-    assert o2.grid_hw == (8, 8)  # 500 m token grid: 250 m bands 2 px, 500 m bands 1 px
+    assert len(modis.groups) == 1 and o2.grid_hw == (8, 8)  # pixels coarser than 160 m: 1 px per token
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

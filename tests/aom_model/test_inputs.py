@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from aom_model import AOM, AOMConfig, BandBatch, BandGroup
-from aom_model.testing import SENTINEL2, sensor_batch
+from aom_model.testing import sensor_batch
+from pipelines.registry import load_registry
 
 torch.set_num_threads(1)
+SENTINEL2 = load_registry().sensor("sentinel-2-msi").bands  # 10/20/60 m
 
 WL = [490.0, 560.0, 665.0]
 FW = [65.0, 35.0, 30.0]

@@ -21,6 +21,17 @@ def test_plan_sentinel2_three_gsds_share_grid() -> None:
     assert plan.ref_group == 0
 
 
+def test_plan_with_a_fixed_grid() -> None:
+    # a 30-token chip of 160 m at 10/20/30/60 m: the search would pick another grid for 160 / 80 px
+    shapes, gsds = [(480, 480), (240, 240), (160, 160), (80, 80)], [10.0, 20.0, 30.0, 60.0]
+    assert plan_grid(shapes, gsds, 160.0, KS).grid_hw != (30, 30)
+    plan = plan_grid(shapes, gsds, 160.0, KS, grid_hw=(30, 30))
+    assert plan.grid_hw == (30, 30) and plan.ref_group == 0
+    assert [g.patch_hw for g in plan.groups] == [(16, 16), (8, 8), (5, 5), (3, 3)]
+    assert [g.resample_hw for g in plan.groups] == [None, None, (150, 150), (90, 90)]
+    assert [g.kernel_size for g in plan.groups] == [16, 8, 8, 8]
+
+
 def test_plan_patch_from_gsd_sub_metre_to_coarse() -> None:
     vhr = plan_grid([(256, 256)], [0.5], 160.0, KS, 1, 32)  # clamp: 32 px patches (16 m tokens)
     assert vhr.groups[0].patch_hw == (32, 32) and vhr.groups[0].kernel_size == 32
@@ -28,6 +39,11 @@ def test_plan_patch_from_gsd_sub_metre_to_coarse() -> None:
     assert s2.grid_hw == (14, 14) and s2.groups[0].kernel_size == 16
     modis = plan_grid([(64, 64)], [250.0], 160.0, KS)  # 1 px per token
     assert modis.groups[0].patch_hw == (1, 1) and modis.grid_hw == (64, 64)
+    # 250 m and 500 m groups over 4 km, both coarser than the token target: no common divisor near
+    # the 250 m group's 16 px, so the grid is the coarser group's 8 px (250 m bands 2 px per token)
+    mixed = plan_grid([(16, 16), (8, 8)], [250.0, 500.0], 160.0, KS)
+    assert mixed.grid_hw == (8, 8) and [g.patch_hw for g in mixed.groups] == [(2, 2), (1, 1)]
+    assert all(g.resample_hw is None for g in mixed.groups)
 
 
 def test_plan_non_square_and_non_divisible() -> None:

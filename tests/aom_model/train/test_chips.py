@@ -203,7 +203,10 @@ def test_no_valid_chips(tmp_path: Path) -> None:
 def test_mismatched_band_metadata(tmp_path: Path, synthetic_cubes: str) -> None:
     from dataclasses import replace
 
-    bad_bands = tuple((b[0], b[1], b[2] + 30.0 if b[0] == "B4" else b[2], b[3], b[4]) for b in LANDSAT.bands)
+    bad_bands = tuple(
+        replace(b, center_wavelength_nm=b.center_wavelength_nm + 30.0) if b.name == "B4" else b
+        for b in LANDSAT.bands
+    )
     other = tmp_path / "other"
     write_synthetic_cubes(other, n_tiles=1, n_times=2, collections=(replace(LANDSAT, bands=bad_bands),))
     with pytest.raises(CubeDataError, match="mismatched band metadata for landsat-oli/B4"):

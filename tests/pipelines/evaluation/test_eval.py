@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.embed import resolve_normaliser
 from pipelines.evaluation import (
-    Band,
     DatasetSpec,
     EvalConfig,
     EvalDataError,
@@ -28,7 +28,7 @@ from pipelines.evaluation import (
     synthetic_scene,
     write_report,
 )
-from pipelines.evaluation.features import resolve_norm
+from pipelines.registry import BandSpec, load_registry
 
 torch.set_num_threads(2)
 
@@ -283,7 +283,7 @@ def test_raw_features_align_by_key_then_wavelength(synthetic_patches) -> None:
     f = raw_features(sub, ref)
     assert f.shape == (len(sub), 2 * len(ref))
     assert np.isfinite(f[:, :2]).all() and np.isnan(f[:, 2:4]).all() and np.isfinite(f[:, 4:6]).all()
-    target = [Band("B4", 654.6, 37.0, 30.0, "landsat-oli")]
+    target = [load_registry().sensor("landsat-oli").band("B4")]
     as_l8, notes = synthetic_patches.as_sensor(target)
     assert as_l8.bands[0].key == "landsat-oli/B4" and "sentinel-2-msi/B04" in notes[0]
     g = raw_features(as_l8, ref)
@@ -291,9 +291,9 @@ def test_raw_features_align_by_key_then_wavelength(synthetic_patches) -> None:
 
 
 def test_norm_resolution_falls_back_to_data() -> None:
-    bands = [Band("B1", 500.0, 20.0, 10.0, "x")]
-    stats, how = resolve_norm(None, bands, {"x/B1": (0.2, 0.05)})
-    assert stats == [(0.2, 0.05)] and how == {"x/B1": "data"}
+    bands = [BandSpec(name="B1", sensor="x", center_wavelength_nm=500.0, fwhm_nm=20.0, gsd_m=10.0)]
+    norm = resolve_normaliser(None, bands, fallback={"x/B1": (0.2, 0.05)})
+    assert (norm.means, norm.stds, norm.sources) == ({"x/B1": 0.2}, {"x/B1": 0.05}, {"x/B1": "data"})
 
 
 def test_split_keeps_groups_apart() -> None:
