@@ -29,6 +29,7 @@ import xarray as xr
 
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
 from pipelines.errors import AOMError
+from pipelines.runs import TileStatus
 from pipelines.storage import (
     filesystem,
     is_local,
@@ -176,10 +177,10 @@ class CubeStore:
         ids = self.recorded_tiles()
         if include_empty:
             return ids
-        return [t for t in ids if self.record(t).get("status") == "complete"]
+        return [t for t in ids if self.record(t).get("status") == TileStatus.COMPLETE]
 
     def empty_tiles(self) -> list[str]:
-        return [t for t in self.recorded_tiles() if self.record(t).get("status") == "empty"]
+        return [t for t in self.recorded_tiles() if self.record(t).get("status") == TileStatus.EMPTY]
 
     def write_record(self, tile_id: str, record: Mapping[str, Any]) -> None:
         write_json_atomic(
