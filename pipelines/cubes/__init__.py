@@ -4,18 +4,23 @@
 * ``store``: the cube store (:class:`CubeStore`): layout, per-tile writes, completion records, reads;
 * ``reading``: item selection, GDAL environment and read-error classes;
 * ``assembly``: one tile's items -> per-(collection, GSD) datasets;
+* ``plan``: :class:`CubeRequest` -> collections, items and tiles (:func:`plan_cubes`), the one
+  planner of the ``aom cubes`` verb, the ``ingest`` flow and the demo;
 * ``run``: :func:`write_cubes` over many tiles (threads or Dask);
-* ``ingest``: search -> saved items -> tiles -> cubes as resumable steps.
+* ``ingest``: search -> saved items -> plan -> cubes as resumable steps.
 """
 
 from pipelines.cubes.assembly import assemble_tile
-from pipelines.cubes.ingest import SavedSearch, build_tiles, search_and_save, tiles_for_saved
+from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_and_save
+from pipelines.cubes.plan import CubePlan, CubeRequest, plan_cubes, read_items
 from pipelines.cubes.reading import classify_error, item_datetime
 from pipelines.cubes.run import RunSummary, TileOutcome, process_tile, write_cubes
 from pipelines.cubes.spec import CubeSpec
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_path
 
 __all__ = [
+    "CubePlan",
+    "CubeRequest",
     "CubeSpec",
     "CubeStore",
     "CubeStoreError",
@@ -27,8 +32,10 @@ __all__ = [
     "classify_error",
     "group_path",
     "item_datetime",
+    "plan_cubes",
+    "plan_saved",
     "process_tile",
+    "read_items",
     "search_and_save",
-    "tiles_for_saved",
     "write_cubes",
 ]
