@@ -306,7 +306,7 @@ from pipelines.embed import EmbedRequest, run_embedding
 base = hwm()
 t0 = time.perf_counter()
 s = run_embedding(EmbedRequest(checkpoint={ckpt!r}, out={out!r}, datetime="2023-06-01/2023-06-30",
-    tiles={tiles!r}, catalog={item!r}, collections=("sentinel-2-l2a",), workers=0, progress=False,
+    tiles={tiles!r}, catalog_url={item!r}, collections=("sentinel-2-l2a",), workers=0, progress=False,
     batch_size={batch}))
 d = s.to_dict()
 print(json.dumps({{"peak_rss_mb": hwm(),
