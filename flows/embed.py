@@ -2,7 +2,8 @@
 `retrain` (fine-tune from the current checkpoint on new cubes, then embed a new dataset version).
 
 The flows pass URIs, never arrays: the heavy lifting is `pipelines.embed.run_embedding`, which
-fans tiles out over a Dask cluster (a LocalCluster, or `dask_address`).
+fans tiles out over a Dask cluster (`dask_address`, else `$DASK_SCHEDULER_ADDRESS`, else a
+LocalCluster of `workers` processes).
 """
 
 from __future__ import annotations

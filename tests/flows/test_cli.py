@@ -260,3 +260,14 @@ def test_cubes_cli_and_ingest_flow_build_equal_requests(
     ).cube_request()
     assert seen == [flow]
     assert flow.aoi == (5.9, 44.9, 6.1, 45.1) and flow.collections == ("sentinel-2-l2a", "landsat-c2-l2")
+
+
+def test_flow_storage_options_take_the_cli_forms() -> None:
+    from flows.params import StorageParams
+
+    params = StorageParams(endpoint_url="http://127.0.0.1:9000", options=["anon=false", '{"retries": 2}'])
+    assert params.storage_options() == {"anon": False, "retries": 2, "endpoint_url": "http://127.0.0.1:9000"}
+    assert StorageParams(options="").storage_options() == {}  # templated from an unset variable
+    with pytest.raises(InputError, match=r"^storage.options is neither") as info:
+        StorageParams(options=[SECRET]).storage_options()
+    assert SECRET not in str(info.value)
