@@ -39,7 +39,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SMALL_ORIGIN = (91 * 7680.0, 649 * 7680.0)  # EPSG:32631, near 6.4E 45N
+from pipelines.tiling import DEFAULT_TILE_SIZE_M  # noqa: E402  (after the path insert)
+
+SMALL_ORIGIN = (91 * DEFAULT_TILE_SIZE_M, 649 * DEFAULT_TILE_SIZE_M)  # EPSG:32631, near 6.4E 45N
 FULL_TILE = (6, 45)  # TileGrid(109800) tile in EPSG:32631
 EPSG = 32631
 
@@ -79,8 +81,8 @@ def _gen(kind: str, workdir: Path, dates: int) -> list[dict[str, Any]]:
 
 def _tiles(kind: str) -> tuple[float, list[str]]:
     if kind == "small":
-        ix, iy = int(SMALL_ORIGIN[0] // 7680), int(SMALL_ORIGIN[1] // 7680)
-        return 7680.0, [f"{EPSG}_{ix + i}_{iy + j}" for i in range(2) for j in range(2)]
+        ix, iy = int(SMALL_ORIGIN[0] // DEFAULT_TILE_SIZE_M), int(SMALL_ORIGIN[1] // DEFAULT_TILE_SIZE_M)
+        return DEFAULT_TILE_SIZE_M, [f"{EPSG}_{ix + i}_{iy + j}" for i in range(2) for j in range(2)]
     return 109800.0, [f"{EPSG}_{FULL_TILE[0]}_{FULL_TILE[1]}"]
 
 

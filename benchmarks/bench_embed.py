@@ -44,9 +44,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipelines.tiling import DEFAULT_TILE_SIZE_M  # noqa: E402  (after the path insert)
+
 EPSG = 32631
 BLOCK = (90, 650)  # lower-left tile (ix, iy) of the 2 x 2 block
-TILE_M = 7680.0
+TILE_M = DEFAULT_TILE_SIZE_M
 MARGIN_M = 480.0
 EUROPE_KM2 = 10.5e6
 
@@ -306,7 +308,7 @@ from pipelines.embed import EmbedRequest, run_embedding
 base = hwm()
 t0 = time.perf_counter()
 s = run_embedding(EmbedRequest(checkpoint={ckpt!r}, out={out!r}, datetime="2023-06-01/2023-06-30",
-    tiles={tiles!r}, catalog={item!r}, collections=("sentinel-2-l2a",), workers=0, progress=False,
+    tiles={tiles!r}, catalog_url={item!r}, collections=("sentinel-2-l2a",), workers=0, progress=False,
     batch_size={batch}))
 d = s.to_dict()
 print(json.dumps({{"peak_rss_mb": hwm(),

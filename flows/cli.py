@@ -3,6 +3,11 @@
 Each verb lives in ``flows/commands/<name>.py`` and registers itself on the app; this module only
 collects them, so ``aom --help`` lists every verb and importing it stays cheap (heavy imports
 such as torch, odc-stac or Prefect happen inside the commands).
+
+Errors: an :class:`~pipelines.errors.AOMError` escaping any verb is printed as ``error: <one line>``
+on stderr and the process exits with the error's ``exit_code`` (2 bad input, 1 a run that failed);
+the traceback is shown only with the global ``--debug`` flag (``aom --debug cubes ...``). Other
+exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -10,16 +15,42 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import traceback
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+from pipelines.errors import AOMError
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The ephemeral API (used when PREFECT_API_URL is unset) starts in ~15 s on an idle 2-core machine;
 # Prefect's default 20 s limit is too tight on a busy one.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
+
+def error_line(exc: AOMError) -> str:
+    """``error: <message>`` on one line (a ``KeyError`` subclass's message without its quotes)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return "error: " + (" ".join(str(text).split()) or type(exc).__name__)
+
+
+class AOMGroup(TyperGroup):
+    """The root group: maps an :class:`AOMError` escaping a verb to one line and its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AOMError as exc:
+            if ctx.params.get("debug"):
+                typer.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+            typer.echo(error_line(exc), err=True)
+            ctx.exit(exc.exit_code)
+
+
 app = typer.Typer(
     name="aom",
+    cls=AOMGroup,
     help="Any-Optical-Model: STAC catalogs -> Zarr cubes -> AOM pretraining -> embedding datasets.",
     no_args_is_help=True,
     add_completion=False,
@@ -43,6 +74,9 @@ COMMAND_MODULES = (
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the traceback of an error (default: one line, `error: ...`)."
+    ),
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

@@ -2,7 +2,8 @@
 `retrain` (fine-tune from the current checkpoint on new cubes, then embed a new dataset version).
 
 The flows pass URIs, never arrays: the heavy lifting is `pipelines.embed.run_embedding`, which
-fans tiles out over a Dask cluster (a LocalCluster, or `dask_address`).
+fans tiles out over a Dask cluster (`dask_address`, else `$DASK_SCHEDULER_ADDRESS`, else a
+LocalCluster of `workers` processes).
 """
 
 from __future__ import annotations
@@ -15,48 +16,47 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.common import publish_summary
 from flows.params import AreaParams, StorageParams, empty_is_none
 from flows.pretrain import PretrainParams, pretrain
+from pipelines.embed import EmbedRequest, run_embedding
+from pipelines.errors import RunFailedError
+from pipelines.runs import TileStatus
 
 
 class EmbedParams(BaseModel):
+    """Flow parameters: each field but ``area`` and ``storage`` is the :class:`EmbedRequest` field of
+    the same name (and default), passed through :meth:`EmbedRequest.from_dict` as `aom embed` does."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     checkpoint: str = Field(..., description="model.safetensors URL")
     out: str = Field(..., description="embeddings dataset URL")
     cubes: str | None = Field(None, description="cube store URL (or give catalog_url)")
     catalog_url: str | None = Field(None, description="catalog to assemble from directly (or give cubes)")
+    catalog: str = Field(EmbedRequest.catalog, description="registry catalog name of catalog_url")
     area: AreaParams | None = None
-    tile_ids: tuple[str, ...] | None = Field(None, description="only these tiles (e.g. from a refresh event)")
+    tiles: tuple[str, ...] | None = Field(None, description="only these tile ids (e.g. from a refresh event)")
     datetime: str = Field(..., description="RFC 3339 range(s), comma-separated, one per time slice")
-    tile_size_m: float = Field(7680.0, gt=0)
+    tile_size_m: float = Field(EmbedRequest.tile_size_m, gt=0)
     version: str | None = None
-    dask_address: str | None = None
-    workers: int = Field(2, ge=0)
+    dask_address: str | None = Field(
+        None, description="Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else local workers)"
+    )
+    workers: int = Field(EmbedRequest.workers, ge=0, description="local parallel workers (0: in-process)")
     storage: StorageParams = StorageParams()
 
     _empty_is_none = empty_is_none("cubes", "catalog_url", "version", "dask_address")
 
+    def request(self) -> EmbedRequest:
+        """The request `aom embed` builds from the same values."""
+        values = self.model_dump(exclude={"area", "storage"})
+        values["aoi"] = (self.area.bbox or self.area.geometry) if self.area else None
+        values["storage_options"] = self.storage.storage_options()
+        values["progress"] = False
+        return EmbedRequest.from_dict(values)
+
 
 @task(retries=1, retry_delay_seconds=30)
 def embed_task(params: EmbedParams) -> dict[str, Any]:
-    from pipelines.embed import EmbedRequest, run_embedding
-
-    summary = run_embedding(
-        EmbedRequest(
-            checkpoint=params.checkpoint,
-            out=params.out,
-            datetime=params.datetime,
-            aoi=(params.area.bbox or params.area.geometry) if params.area else None,
-            tiles=params.tile_ids or (),
-            cubes=params.cubes,
-            catalog=params.catalog_url,
-            tile_size_m=params.tile_size_m,
-            version=params.version,
-            dask_address=params.dask_address,
-            workers=params.workers,
-            progress=False,
-            storage_options=params.storage.storage_options(),
-        )
-    )
+    summary = run_embedding(params.request())
     return {**summary.to_dict(), "results": [r.to_dict() for r in summary.results]}
 
 
@@ -71,9 +71,9 @@ def embed(params: EmbedParams) -> dict[str, Any]:
         ["tile_id", "time_index", "status", "reason"],
         notes=summary.get("notes", []),
     )
-    failed = [r for r in rows if r.get("status") == "failed"]
+    failed = [r for r in rows if r.get("status") == TileStatus.FAILED]
     if failed:  # Prefect retries the run; complete tiles have records and are skipped
-        raise RuntimeError(
+        raise RunFailedError(
             f"{len(failed)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0].get('reason')}"
         )
     return summary
@@ -86,6 +86,6 @@ def retrain(pretrain_params: PretrainParams, embed_params: EmbedParams) -> dict[
     checkpoint = trained.get("checkpoint") or f"{pretrain_params.out.rstrip('/')}/model.safetensors"
     get_run_logger().info("retrain: new checkpoint %s; embedding a new version", checkpoint)
     embedded = embed(
-        embed_params.model_copy(update={"checkpoint": checkpoint, "version": None, "tile_ids": None})
+        embed_params.model_copy(update={"checkpoint": checkpoint, "version": None, "tiles": None})
     )
     return {"pretrain": trained, "embed": embedded}

@@ -1,4 +1,8 @@
-"""Prefect flow `ingest`: search a catalog -> saved items -> per-tile cubes (exactly once)."""
+"""Prefect flow `ingest`: search a catalog -> saved items -> per-tile cubes (exactly once).
+
+Wiring only: the cube request is built by :meth:`pipelines.cubes.CubeRequest.from_dict` and planned
+by :func:`pipelines.cubes.plan_cubes`, as `aom cubes` does.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.common import batches, catalog_slot, publish_summary
 from flows.params import AreaParams, StorageParams, empty_is_none
-from pipelines.cubes import CubeSpec, SavedSearch, build_tiles, search_and_save, tiles_for_saved
+from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
+from pipelines.errors import RunFailedError
+from pipelines.registry import DEFAULT_CATALOG
+from pipelines.runs import TileStatus
 from pipelines.search import SearchRequest
-from pipelines.tiling import TileGrid
+from pipelines.tiling import DEFAULT_TILE_SIZE_M
 
 
 class IngestParams(BaseModel):
@@ -21,13 +28,13 @@ class IngestParams(BaseModel):
     collections: tuple[str, ...] = Field(..., min_length=1, description="registry collection ids")
     area: AreaParams
     out: str = Field(..., description="cube store URL (local path or s3://...)")
-    catalog: str = "sample"
+    catalog: str = Field(DEFAULT_CATALOG, description="registry catalog name (`aom sensors` lists them)")
     catalog_url: str | None = Field(
         None, description="STAC API root or local catalog file; default: registry"
     )
     max_cloud_cover: float | None = Field(None, ge=0, le=100)
-    tile_size_m: float = Field(7680.0, gt=0)
-    tile_ids: tuple[str, ...] | None = Field(None, description="only these tiles (e.g. from a refresh event)")
+    tile_size_m: float = Field(DEFAULT_TILE_SIZE_M, gt=0)
+    tiles: tuple[str, ...] | None = Field(None, description="only these tile ids (e.g. from a refresh event)")
     tiles_per_task: int = Field(4, ge=1)
     storage: StorageParams = StorageParams()
 
@@ -54,10 +61,20 @@ class IngestParams(BaseModel):
             catalog=self.catalog,
         )
 
-    def cube_spec(self) -> CubeSpec:
-        return CubeSpec(
-            grid=TileGrid(tile_size_m=self.tile_size_m), collections=self.collections, catalog=self.catalog
+    def cube_request(self) -> CubeRequest:
+        """The same request `aom cubes` builds from the same values."""
+        return CubeRequest.from_dict(
+            {
+                "catalog": self.catalog,
+                "collections": self.collections,
+                "aoi": self.area.bbox or self.area.geometry,
+                "tiles": self.tiles,
+                "tile_size_m": self.tile_size_m,
+            }
         )
+
+    def cube_spec(self) -> CubeSpec:
+        return self.cube_request().spec(self.collections)
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], tags=["catalog-api"])
@@ -73,9 +90,7 @@ def search_task(params: IngestParams) -> SavedSearch:
 
 @task(retries=2, retry_delay_seconds=[5, 30])
 def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
-    return tiles_for_saved(
-        items_url, params.cube_spec().grid, params.storage.storage_options(), params.tile_ids
-    )
+    return plan_saved(items_url, params.cube_request(), params.storage.storage_options()).tile_ids
 
 
 # Tiles are the unit of retry and resume; results persist so a rerun of the same flow with the
@@ -98,7 +113,7 @@ def ingest(params: IngestParams) -> dict[str, Any]:
         cube_batch_task.submit(saved.items_url, b, params) for b in batches(tile_ids, params.tiles_per_task)
     ]
     outcomes = [o for f in futures for o in f.result()["outcomes"]]
-    failed = [o for o in outcomes if o["status"] == "failed"]
+    failed = [o for o in outcomes if o["status"] == TileStatus.FAILED]
     publish_summary(
         "ingest-summary",
         f"ingest: {len(tile_ids)} tile(s) from {saved.count} item(s)",
@@ -109,7 +124,7 @@ def ingest(params: IngestParams) -> dict[str, Any]:
     if failed:
         # Fail the run so Prefect retries it; the retry redoes only these tiles (complete ones
         # have records and are skipped).
-        raise RuntimeError(
+        raise RunFailedError(
             f"{len(failed)} of {len(outcomes)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0]['reason']}"
         )
     return {
@@ -117,6 +132,6 @@ def ingest(params: IngestParams) -> dict[str, Any]:
         "items_url": saved.items_url,
         "tiles": len(tile_ids),
         "tile_ids": list(tile_ids),
-        "done": sum(o["status"] in ("done", "skipped", "empty") for o in outcomes),
+        "done": sum(o["status"] != TileStatus.FAILED for o in outcomes),
         "failed": len(failed),
     }

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from pipelines.errors import InputError
+
 
 def _none_if_empty(v: Any) -> Any:
     return None if v == "" else v
@@ -36,12 +38,20 @@ class StorageParams(BaseModel):
         None, description="Name of a Prefect Secret block holding {'key': ..., 'secret': ...}"
     )
     anon: bool = False
+    options: dict[str, Any] | list[str] | str | None = Field(
+        None,
+        description="more fsspec options, in any form `--storage-options` takes (JSON, @file.json, "
+        "key=value); never secrets: those come from credentials_block",
+    )
 
-    _empty_is_none = empty_is_none("endpoint_url", "region_name", "credentials_block")
+    _empty_is_none = empty_is_none("endpoint_url", "region_name", "credentials_block", "options")
 
     def storage_options(self) -> dict[str, Any]:
-        """fsspec options for ``s3://`` URLs (empty for local paths)."""
-        opts: dict[str, Any] = {}
+        """fsspec options for ``s3://`` URLs (empty for local paths): ``options`` read by the parser
+        of ``--storage-options`` (:func:`pipelines.storage.parse_storage_options`), then the fields."""
+        from pipelines.storage import parse_storage_options
+
+        opts = parse_storage_options(self.options, "storage.options")
         if self.endpoint_url:
             opts["endpoint_url"] = self.endpoint_url
         if self.region_name:
@@ -54,7 +64,7 @@ class StorageParams(BaseModel):
             block: Any = Secret.load(self.credentials_block)  # sync in flows and tasks
             value: Any = block.get()
             if not isinstance(value, dict) or not {"key", "secret"} <= set(value):
-                raise ValueError(
+                raise InputError(
                     f"Secret block {self.credentials_block!r} must hold a JSON object with 'key' and 'secret'"
                 )
             opts["key"], opts["secret"] = value["key"], value["secret"]

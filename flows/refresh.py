@@ -17,7 +17,6 @@ from flows.common import catalog_slot, publish_summary
 from flows.ingest import IngestParams, ingest
 from pipelines.search import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
 from pipelines.storage import join, read_json, write_json_atomic
-from pipelines.tiling import TileGrid
 
 TILES_UPDATED_EVENT = "aom.refresh.tiles-updated"
 RETRAIN_EVENT = "aom.refresh.retrain-requested"
@@ -47,7 +46,7 @@ def plan_task(params: RefreshParams) -> RefreshPlan:
         return plan_refresh(
             params.ingest.request(),
             params.watermark_url,
-            grid=TileGrid(tile_size_m=params.ingest.tile_size_m),
+            grid=params.ingest.cube_request().grid,
             catalog_url=params.ingest.catalog_url,
             watermark_storage_options=params.ingest.storage.storage_options(),
         )
@@ -84,7 +83,7 @@ def refresh(params: RefreshParams) -> dict[str, Any]:
         len(plan.tile_ids),
         summarise_tiles(plan.tile_ids),
     )
-    result = ingest(params.ingest.model_copy(update={"tile_ids": plan.tile_ids}))
+    result = ingest(params.ingest.model_copy(update={"tiles": plan.tile_ids}))
     commit_task(params, plan)  # only after the ingest succeeded
     resource = {"prefect.resource.id": f"aom.cubes.{params.ingest.out}", "prefect.resource.name": "aom-cubes"}
     payload = {

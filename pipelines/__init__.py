@@ -12,8 +12,10 @@ Role subpackages, one home per concept (``docs/architecture.md`` draws the layer
 * :mod:`pipelines.testing`: seeded generators for tests and benchmarks only.
 
 Leaves that everything may import: :mod:`~pipelines.registry` (sensors as data),
-:mod:`~pipelines.storage` (any fsspec URL), :mod:`~pipelines.retry`, :mod:`~pipelines.tiling` (the
-UTM tile grid) and :mod:`~pipelines.errors` (the exception hierarchy).
+:mod:`~pipelines.storage` (any fsspec URL; the one ``--storage-options`` parser),
+:mod:`~pipelines.retry`, :mod:`~pipelines.tiling` (the UTM tile grid and its default size),
+:mod:`~pipelines.runs` (the tile status vocabulary, reaching Dask) and :mod:`~pipelines.errors`
+(the exception hierarchy).
 
 The names below are loaded on first use, so ``import pipelines.storage`` stays light (no torch,
 no odc-stac): ``from pipelines import SearchRequest, write_cubes`` works as usual.
@@ -35,13 +37,18 @@ _EXPORTS: dict[str, str] = {
     "Tile": "pipelines.tiling",
     "TileGrid": "pipelines.tiling",
     "RetryPolicy": "pipelines.retry",
+    "DEFAULT_TILE_SIZE_M": "pipelines.tiling",
+    "TileStatus": "pipelines.runs",
+    "parse_storage_options": "pipelines.storage",
     # search
     "SearchRequest": "pipelines.search",
     "SearchResult": "pipelines.search",
     "save_result": "pipelines.search",
     "load_result": "pipelines.search",
     # cubes
+    "CubeRequest": "pipelines.cubes",
     "CubeSpec": "pipelines.cubes",
+    "plan_cubes": "pipelines.cubes",
     "CubeStore": "pipelines.cubes",
     "write_cubes": "pipelines.cubes",
     # embed

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.runs import TileStatus
+
 # West/south/east/north of the synthetic scenes (two UTM zones) and their dates.
 DEMO_BBOX: tuple[float, float, float, float] = (5.97, 44.985, 6.03, 45.015)
 DEMO_DATETIME = "2023-06-01/2023-06-30"
@@ -70,18 +72,15 @@ def search_samples(paths: DemoPaths, catalog_url: str) -> dict[str, Any]:
 
 
 def build_cubes(paths: DemoPaths) -> dict[str, Any]:
-    from pipelines.cubes import CubeSpec, build_tiles, tiles_for_saved
-    from pipelines.tiling import TileGrid
+    from pipelines.cubes import CubeRequest, build_tiles, plan_saved
 
-    spec = CubeSpec(grid=TileGrid(tile_size_m=DEMO_TILE_SIZE_M), collections=DEMO_COLLECTIONS)
-    tile_ids = [t.tile_id for t in spec.grid.tiles_for_bbox(DEMO_BBOX)]
-    touched = set(tiles_for_saved(paths.items, spec.grid))
-    tile_ids = [t for t in tile_ids if t in touched]
-    summary = build_tiles(paths.items, tile_ids, spec, paths.cubes)
+    request = CubeRequest(collections=DEMO_COLLECTIONS, aoi=DEMO_BBOX, tile_size_m=DEMO_TILE_SIZE_M)
+    plan = plan_saved(paths.items, request)
+    summary = build_tiles(paths.items, plan.tile_ids, plan.spec, paths.cubes)
     return {
         "cubes": paths.cubes,
-        "tile_ids": tile_ids,
-        "summary": {k: summary[k] for k in ("done", "skipped", "empty", "failed")},
+        "tile_ids": plan.tile_ids,
+        "summary": {s.value: summary[s.value] for s in TileStatus.outcomes()},
     }
 
 

@@ -29,6 +29,8 @@ from pipelines.errors import AOMError, InputError
 
 BUILTIN_REGISTRY = Path(__file__).with_name("data") / "sensors.yaml"
 REGISTRY_ENV = "AOM_REGISTRY"
+DEFAULT_CATALOG = "sample"
+"""The catalog a request names when none is given: the embedded sample catalog (``aom samples``)."""
 
 _DTYPES = {"uint8", "uint16", "int16", "uint32", "int32", "float32"}
 

@@ -3,6 +3,8 @@
 Credentials come from the standard chains (environment, profiles, instance roles) or from explicit
 ``storage_options``; they are never logged and never written into metadata: use
 :func:`redact_options` / :func:`redact_url` before printing anything that might carry them.
+Options typed by a person (``--storage-options`` of every ``aom`` verb, flow parameters) are read
+by :func:`parse_storage_options` alone: inline JSON, ``@file.json`` or repeated ``key=value``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from pipelines.errors import InputError
 
 _SECRET_KEYS = re.compile(r"(secret|token|password|passwd|key|credential|signature|sig)", re.IGNORECASE)
 _SECRET_QUERY = re.compile(
@@ -175,3 +179,102 @@ def _json_default(obj: Any) -> Any:
 
 def content_hash(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage options as given on a command line or in a flow parameter
+
+StorageOptionsInput = str | Mapping[str, Any] | list[str] | tuple[str, ...] | None
+"""What :func:`parse_storage_options` accepts: a mapping, one text, or several texts (repeated option)."""
+
+
+def parse_storage_options(values: StorageOptionsInput, option: str = "--storage-options") -> dict[str, Any]:
+    """fsspec storage options from what a person typed: the one parser of every verb and flow.
+
+    ``values`` is a mapping (copied as is), or one text or a sequence of texts (a repeated option),
+    each of them one of:
+
+    * inline JSON of an object: ``'{"endpoint_url": "http://localhost:9000", "anon": false}'``;
+    * ``@file.json``: the same JSON object read from a file;
+    * ``key=value``: dotted keys nest (``client_kwargs.region_name=eu-west-1``); values ``true`` /
+      ``false`` / ``null`` / numbers are converted, anything else stays text.
+
+    Later texts override earlier ones key by key (nested objects merge). Errors are
+    :class:`~pipelines.errors.InputError` naming ``option`` and the fix on one line; they never
+    repeat a value, since storage options may hold secrets.
+    """
+    if values is None:
+        return {}
+    if isinstance(values, Mapping):
+        return dict(values)
+    texts = [values] if isinstance(values, str) else list(values)
+    options: dict[str, Any] = {}
+    for position, text in enumerate(texts, start=1):
+        where = option if len(texts) == 1 else f"{option} (entry {position})"
+        _merge(options, _parse_one(str(text).strip(), where))
+    return options
+
+
+def _parse_one(text: str, where: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"{where}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        return _json_object(raw, f"{where} file {path}")
+    if text.startswith(("{", "[", '"')):
+        return _json_object(text, where)
+    key, sep, value = text.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not sep or not parts:
+        raise InputError(
+            f"{where} is neither a JSON object, @file.json nor key=value (dotted keys nest), "
+            "e.g. endpoint_url=http://localhost:9000 or '{\"anon\": true}'"
+        )
+    nested: dict[str, Any] = {parts[-1]: _scalar(value.strip())}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _json_object(raw: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:  # position only: the text may hold a secret
+        raise InputError(
+            f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "give a JSON object such as '{\"anon\": true}', @file.json or key=value"
+        ) from None
+    if not isinstance(value, dict):
+        raise InputError(f"{where} must be a JSON object ({{...}}), got a JSON {type(value).__name__}")
+    return value
+
+
+def _scalar(text: str) -> Any:
+    if text.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value

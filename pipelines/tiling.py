@@ -6,8 +6,8 @@ Tiles are the unit of work, retry and resume for cube assembly, so their ids mus
   EPSG:327zz south); its origin (lower-left corner) is ``(ix * size, iy * size)`` in that
   zone's coordinates (false easting/northing included);
 * its id is ``f"{epsg}_{ix}_{iy}"``, e.g. ``32631_87_651``; :meth:`TileGrid.tile` parses it back;
-* the default size 7680 m is divisible by every native GSD of Sentinel-2 (10/20/60 m) and
-  Landsat/HLS (30 m), so each GSD group of a tile is a whole number of pixels (768/384/128/256)
+* the default size (:data:`DEFAULT_TILE_SIZE_M`, 7680 m) is divisible by every native GSD of
+  Sentinel-2 (10/20/60 m) and Landsat/HLS (30 m), so each GSD group of a tile is a whole number of pixels (768/384/128/256)
   on a pixel grid aligned to the tile origin.
 
 Which zone owns which ground: a tile of zone Z's grid belongs to the grid when it intersects
@@ -36,6 +36,9 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from pipelines.errors import InputError
+
+DEFAULT_TILE_SIZE_M = 7680.0
+"""The tile edge every layer defaults to (cubes, embed, flows, ``--tile-size-m``): 768 px at 10 m."""
 
 MIN_LAT = -80.0
 MAX_LAT = 84.0
@@ -265,9 +268,9 @@ def geometry_from_geojson(obj: Mapping[str, Any]) -> BaseGeometry:
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Square UTM tiles of ``tile_size_m`` metres (default 7680 m = 768 px at 10 m)."""
+    """Square UTM tiles of ``tile_size_m`` metres (default :data:`DEFAULT_TILE_SIZE_M`)."""
 
-    tile_size_m: float = 7680.0
+    tile_size_m: float = DEFAULT_TILE_SIZE_M
 
     def __post_init__(self) -> None:
         size = float(self.tile_size_m)

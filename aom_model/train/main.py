@@ -20,6 +20,7 @@ from aom_model.train.config import PretrainConfig
 from aom_model.train.cube_reader import StoreOpener
 from aom_model.train.distributed import ENTRY_POINT, torchrun_command
 from aom_model.train.engine import _read_bytes, run_pretraining
+from pipelines.storage import parse_storage_options
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--storage-options",
         default=None,
-        help="fsspec options as JSON (never logged); or $AOM_STORAGE_OPTIONS",
+        help="fsspec options: JSON, @file.json or key=value (never logged); or $AOM_STORAGE_OPTIONS",
     )
     return p
 
@@ -114,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     base["chips"] = chips
     so_text = args.storage_options or os.environ.get("AOM_STORAGE_OPTIONS")
     if so_text:
-        base["storage_options"] = json.loads(so_text)
+        base["storage_options"] = parse_storage_options(so_text)
     if not base.get("cubes") or not base.get("out"):
         raise SystemExit("--cubes and --out are required (directly or in --config-json)")
     return PretrainConfig.from_dict(base)

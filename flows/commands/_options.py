@@ -1,17 +1,56 @@
-"""Option parsing shared by the `aom` commands: comma-separated lists, W,S,E,N boxes, JSON objects,
-GeoJSON files.
+"""Options shared by the `aom` commands, spelled and explained once: ``--storage-options``,
+``--dask-address``, ``--workers``; and parsing of comma-separated lists, W,S,E,N boxes, JSON objects
+and GeoJSON files.
 
-Errors are ``typer.BadParameter`` naming the option; JSON values (storage options may hold
-secrets) are never echoed back.
+Storage options are parsed by :func:`pipelines.storage.parse_storage_options` (inline JSON,
+``@file.json``, repeated ``key=value``), the same function the flows use; their values are never
+echoed back. Other parsing errors are ``typer.BadParameter`` naming the option.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from pipelines.storage import StorageOptionsInput
+
+STORAGE_OPTIONS_HELP = (
+    "fsspec options{what}: inline JSON, @file.json or key=value (dotted keys nest); repeatable; "
+    "never printed."
+)
+WORKERS_HELP = (
+    "Local parallel workers: tiles worked on at once on this machine{what}. Not used with a Dask "
+    "scheduler (--dask-address or $DASK_SCHEDULER_ADDRESS)."
+)
+DASK_ADDRESS_HELP = (
+    "Dask scheduler to run the tiles on (dask-kubernetes, dask-cuda ...); default: "
+    "$DASK_SCHEDULER_ADDRESS, else --workers local workers. The dashboard link is logged."
+)
+
+
+def storage_options_option(what: str = "") -> Any:
+    """A repeatable ``--storage-options`` option (``what``: e.g. " for --out")."""
+    return typer.Option([], "--storage-options", help=STORAGE_OPTIONS_HELP.format(what=what))
+
+
+def dask_address_option() -> Any:
+    return typer.Option(None, "--dask-address", help=DASK_ADDRESS_HELP)
+
+
+def workers_option(default: int, what: str = "", min_workers: int = 1) -> Any:
+    """``--workers``: one meaning in every verb (``what`` says how the verb runs them)."""
+    return typer.Option(default, "--workers", "-w", min=min_workers, help=WORKERS_HELP.format(what=what))
+
+
+def storage_options(values: StorageOptionsInput, option: str = "--storage-options") -> dict[str, Any]:
+    """``--storage-options`` values -> fsspec options (errors: one line, no value echoed)."""
+    from pipelines.storage import parse_storage_options
+
+    return parse_storage_options(values, option)
 
 
 def csv_list(text: str | None) -> tuple[str, ...]:

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import typer
 
+from flows.commands._options import workers_option
+
 
 def demo(
     out: Path = typer.Option(Path("aom-demo"), "--out", help="Folder for every output of the demo."),
     pretrain_steps: int = typer.Option(60, min=1, help="Optimiser steps of the short `tiny` pretraining."),
-    workers: int = typer.Option(2, min=1, help="Dask LocalCluster worker processes for embedding."),
+    workers: int = workers_option(2, " while embedding (Dask LocalCluster worker processes)"),
     init: str = typer.Option(
         "shipped",
         "--init",

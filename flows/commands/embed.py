@@ -1,8 +1,8 @@
 """`aom embed` (tiles of an AOI -> the embeddings store) and `aom embed-raster` (one GeoTIFF/COG).
 
-Exit codes of ``aom embed``: 0 every tile done (or nodata / already complete); 1 some tiles failed
-(rerun the same command to finish them); 2 the request does not fit (nothing was written).
-``aom embed-raster``: 0 written, 2 bad request.
+Exit codes of ``aom embed``: 0 every tile done (or empty / already complete); 1 some tiles failed
+(rerun the same command to finish them); 2 the request does not fit (nothing was written; one
+``error: ...`` line, see :mod:`flows.cli`). ``aom embed-raster``: 0 written, 2 bad request.
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ from typing import Any
 
 import typer
 
-from flows.commands._options import bbox_parts, csv_list, json_arg, read_aoi_file
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-
-
-def _json_arg(text: str | None, name: str) -> dict[str, Any]:
-    """A JSON object given inline or as ``@file.json`` (storage options: never echoed); {} when empty."""
-    return json_arg(text, name, position=False) if text else {}
+from flows.commands._options import (
+    bbox_parts,
+    csv_list,
+    dask_address_option,
+    read_aoi_file,
+    storage_options_option,
+    workers_option,
+)
+from pipelines.errors import EXIT_FAILED
+from pipelines.registry import DEFAULT_CATALOG
+from pipelines.tiling import DEFAULT_TILE_SIZE_M
 
 
 def parse_aoi(text: str) -> Any:
@@ -54,6 +56,7 @@ def _quiet_dask() -> None:
 
 
 def embed(
+    ctx: typer.Context,
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint URL (local path, s3://, ...)."),
     out: str = typer.Option(..., "--out", help="Embeddings store root URL (Zarr v3)."),
     datetime: str = typer.Option(
@@ -64,12 +67,15 @@ def embed(
         None, "--tiles", help="Comma-separated tile ids (with --aoi: intersected)."
     ),
     cubes: str | None = typer.Option(None, "--cubes", help="Cube store URL (from `aom cubes`)."),
-    catalog: str | None = typer.Option(
+    catalog_url: str | None = typer.Option(
         None,
-        "--catalog",
-        help="Catalog URL: catalog.json / *.ndjson / *.parquet (local or s3://) or a STAC API root.",
+        "--catalog-url",
+        help="Assemble from this catalog instead of --cubes: catalog.json / *.ndjson / *.parquet (local or "
+        "s3://) or a STAC API root.",
     ),
-    catalog_name: str = typer.Option("sample", "--catalog-name", help="Registry entry of --catalog."),
+    catalog: str = typer.Option(
+        DEFAULT_CATALOG, "--catalog", help="Registry catalog of --catalog-url's collections (`aom sensors`)."
+    ),
     collections: str | None = typer.Option(
         None,
         "--collections",
@@ -79,7 +85,9 @@ def embed(
     version: str | None = typer.Option(
         None, "--version", help="Version name (default: <model>-<checkpoint hash>)."
     ),
-    tile_size_m: float = typer.Option(7680.0, "--tile-size-m", help="Tile grid size (must match the cubes)."),
+    tile_size_m: float = typer.Option(
+        DEFAULT_TILE_SIZE_M, "--tile-size-m", help="Tile grid size (must match the cubes)."
+    ),
     core_tokens: int | None = typer.Option(
         None, "--core-tokens", help="Tokens a side kept per chip (default 24)."
     ),
@@ -90,13 +98,9 @@ def embed(
     ),
     batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
     tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Dask task."),
-    dask_address: str | None = typer.Option(
-        None,
-        "--dask-address",
-        help="Existing Dask scheduler (dask-kubernetes, dask-cuda ...); default: a LocalCluster.",
-    ),
-    workers: int = typer.Option(
-        2, "--workers", help="LocalCluster worker processes (0 = no Dask, in-process)."
+    dask_address: str | None = dask_address_option(),
+    workers: int = workers_option(
+        2, " (Dask LocalCluster worker processes; 0 = in this process, no Dask)", min_workers=0
     ),
     torch_threads: int = typer.Option(1, "--torch-threads", help="Threads of each encoder call."),
     threads_per_worker: int = typer.Option(
@@ -111,56 +115,29 @@ def embed(
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast; GPUs)."),
-    storage_options: str | None = typer.Option(
-        None, "--storage-options", help="fsspec options for --out as JSON or @file.json (never printed)."
-    ),
-    input_storage_options: str | None = typer.Option(
-        None,
+    storage_options: list[str] = storage_options_option(" for --out"),
+    input_storage_options: list[str] = typer.Option(
+        [],
         "--input-storage-options",
-        help="fsspec options for inputs and checkpoint (default: --storage-options).",
+        help="fsspec options for inputs and checkpoint, as --storage-options (default: --storage-options).",
     ),
-    no_stac: bool = typer.Option(False, "--no-stac", help="Do not (re)write the STAC collection and items."),
-    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    write_stac: bool = typer.Option(
+        True, "--stac/--no-stac", help="(Re)write the STAC collection and items."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the run summary here."),
 ) -> None:
-    """Embed every tile of the grid over an AOI into the continent-scale embeddings store."""
-    from pipelines.embed import EmbedConfigError, EmbedRequest, run_embedding
+    """Embed every tile of the grid over an AOI into the continent-scale embeddings store.
+
+    The options are EmbedRequest fields of the same names, built by ``EmbedRequest.from_dict`` as
+    the ``embed`` flow builds its request.
+    """
+    from pipelines.embed import EmbedRequest, run_embedding
 
     _quiet_dask()
-    try:
-        request = EmbedRequest(
-            checkpoint=checkpoint,
-            out=out,
-            datetime=datetime,
-            aoi=parse_aoi(aoi) if aoi else None,
-            tiles=csv_list(tiles),
-            cubes=cubes,
-            catalog=catalog,
-            catalog_name=catalog_name,
-            collections=csv_list(collections),
-            bands=csv_list(bands),
-            version=version,
-            tile_size_m=tile_size_m,
-            core_tokens=core_tokens,
-            margin_tokens=margin_tokens,
-            batch_size=batch_size,
-            tiles_per_task=tiles_per_task,
-            dask_address=dask_address,
-            workers=workers,
-            threads_per_worker=threads_per_worker,
-            torch_threads=torch_threads,
-            gpu_resource=gpu_resource,
-            device=device,
-            precision=precision,
-            storage_options=_json_arg(storage_options, "--storage-options"),
-            input_storage_options=_json_arg(input_storage_options, "--input-storage-options") or None,
-            write_stac=not no_stac,
-            progress=not no_progress,
-        )
-        summary = run_embedding(request)
-    except EmbedConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+    values = {k: v for k, v in ctx.params.items() if k != "summary_json"}
+    values["aoi"] = parse_aoi(aoi) if aoi else None
+    summary = run_embedding(EmbedRequest.from_dict(values))
     typer.echo(summary.format())
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
@@ -199,43 +176,38 @@ def embed_raster_cmd(
     batch_size: int = typer.Option(8, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("fp32", "--precision"),
-    storage_options: str | None = typer.Option(
-        None, "--storage-options", help="fsspec options (JSON or @file)."
-    ),
-    no_progress: bool = typer.Option(False, "--no-progress"),
+    storage_options: list[str] = storage_options_option(" for the input, checkpoint and --out"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Embed one GeoTIFF/COG into a georeferenced embedding raster on the model's token grid."""
-    from pipelines.embed import EmbedConfigError, embed_raster
+    from pipelines.embed import embed_raster
+    from pipelines.storage import parse_storage_options
 
     try:
         wl = [float(v) for v in csv_list(wavelengths)]
         fw = [float(v) for v in csv_list(fwhm)]
     except ValueError:
         raise typer.BadParameter("--wavelengths / --fwhm take comma-separated numbers (nm)") from None
-    try:
-        res = embed_raster(
-            input_tif,
-            out,
-            checkpoint,
-            sensor=sensor,
-            bands=csv_list(bands),
-            wavelengths=wl,
-            fwhm=fw,
-            gsd=gsd,
-            scale=scale,
-            offset=offset,
-            dtype=dtype,
-            core_tokens=core_tokens,
-            margin_tokens=margin_tokens,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            storage_options=_json_arg(storage_options, "--storage-options"),
-            progress=not no_progress,
-        )
-    except EmbedConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+    res = embed_raster(
+        input_tif,
+        out,
+        checkpoint,
+        sensor=sensor,
+        bands=csv_list(bands),
+        wavelengths=wl,
+        fwhm=fw,
+        gsd=gsd,
+        scale=scale,
+        offset=offset,
+        dtype=dtype,
+        core_tokens=core_tokens,
+        margin_tokens=margin_tokens,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        storage_options=parse_storage_options(storage_options),
+        progress=progress,
+    )
     typer.echo(
         f"{res.format} {res.dtype} {res.height}x{res.width} tokens x {res.dim} dims ({res.token_px} px = "
         f"{res.token_m:g} m per token, {res.crs}) -> {res.to_dict()['out']}: {res.valid_tokens} valid tokens, "

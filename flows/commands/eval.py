@@ -1,4 +1,8 @@
-"""`aom eval`: robustness of AOM embeddings to missing bands, other sensors and coarser GSDs."""
+"""`aom eval`: robustness of AOM embeddings to missing bands, other sensors and coarser GSDs.
+
+Unusable data (a label grid that does not match, too few labelled patches ...) exits 2 with one
+``error: ...`` line (see :mod:`flows.cli`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import os
 from pathlib import Path
 
 import typer
-
-EXIT_DATA = 2
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -119,7 +121,6 @@ def eval_command(
     from pipelines.evaluation import (
         DatasetSpec,
         EvalConfig,
-        EvalDataError,
         load_dataset,
         run_evaluation,
         write_report,
@@ -174,13 +175,9 @@ def eval_command(
         window=(win[0], win[1], win[2], win[3]) if win else None,
         registry=tuple(registry),
     )
-    try:
-        patches = load_dataset(spec, patch_px=patch_px, min_purity=min_purity, block_patches=4, seed=seed)
-        typer.echo(f"{patches.name}: {len(patches)} labelled patches; {patches.class_counts()}")
-        result = run_evaluation(patches, cfg, progress=lambda m: typer.echo(m, err=True))
-    except EvalDataError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_DATA) from None
+    patches = load_dataset(spec, patch_px=patch_px, min_purity=min_purity, block_patches=4, seed=seed)
+    typer.echo(f"{patches.name}: {len(patches)} labelled patches; {patches.class_counts()}")
+    result = run_evaluation(patches, cfg, progress=lambda m: typer.echo(m, err=True))
     paths = write_report(result, out)
     goals = result.goals
     typer.echo(f"{result.metric}, {result.dataset['split']}; {result.wall_s:.0f} s")

@@ -8,6 +8,8 @@ import subprocess
 
 import typer
 
+from flows.commands._options import storage_options_option
+
 
 def pretrain(
     cubes: list[str] = typer.Option(
@@ -55,9 +57,7 @@ def pretrain(
     nnodes: str = typer.Option("1", "--nnodes", help="Nodes (or MIN:MAX); >1 needs --rdzv-endpoint."),
     rdzv_endpoint: str | None = typer.Option(None, "--rdzv-endpoint", help="host:port of the rendezvous."),
     rdzv_id: str = typer.Option("aom-pretrain", "--rdzv-id", help="Same id on every node of one job."),
-    storage_options: str | None = typer.Option(
-        None, "--storage-options", help="fsspec options as JSON (e.g. an endpoint_url); never logged."
-    ),
+    storage_options: list[str] = storage_options_option(" (e.g. an endpoint_url) for cubes and --out"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the torchrun command instead of running."),
 ) -> None:
     """Pretrain AOM on cube stores: masked band reconstruction + multi-scale alignment.
@@ -67,7 +67,9 @@ def pretrain(
     """
     from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command
     from pipelines.pretrain import pretrain as train_on_cubes
+    from pipelines.storage import parse_storage_options
 
+    options = parse_storage_options(storage_options)
     urls = list(cubes) + list(more_cubes or [])
     if not urls:
         raise typer.BadParameter("give at least one cube store with --cubes")
@@ -93,7 +95,7 @@ def pretrain(
             amp=not no_amp,
             activation_checkpointing=activation_checkpointing,
             device=device,
-            storage_options=json.loads(storage_options) if storage_options else {},
+            storage_options=options,
             chips=ChipConfig(chip_m=chip_m, min_valid_frac=min_valid_frac, val_fraction=val_fraction),
         )
         cfg.model_config()
@@ -107,8 +109,8 @@ def pretrain(
             typer.echo(" ".join(cmd))
             return
         env = dict(os.environ)
-        if storage_options:  # not on the command line (it may carry credentials)
-            env["AOM_STORAGE_OPTIONS"] = storage_options
+        if options:  # not on the command line (it may carry credentials)
+            env["AOM_STORAGE_OPTIONS"] = json.dumps(options)
         raise typer.Exit(subprocess.call(cmd, env=env))
     result = train_on_cubes(cfg)
     typer.echo(f"{result.steps} steps, final loss {result.final_loss}, {result.samples_per_s:.1f} samples/s")

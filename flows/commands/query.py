@@ -10,7 +10,8 @@ Examples::
     aom query classify --embeddings /data/emb --labels labels.geojson --out classes.tif
 
 Object-store credentials come from the usual chains; ``--storage-options '{"endpoint_url": ...}'``
-passes extra fsspec options (never printed).
+(or ``@file.json``, or repeated ``key=value``) passes extra fsspec options (never printed). A store
+that cannot answer exits 2 with one ``error: ...`` line (see :mod:`flows.cli`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import typer
 
-from flows.commands._options import json_object
+from flows.commands._options import storage_options_option
 
 query_app = typer.Typer(
     name="query",
@@ -36,21 +37,21 @@ VERSION_OPT = typer.Option(
 TIME_OPT = typer.Option(
     None, "--time", help="ISO date/datetime or index; default: the latest time with data."
 )
-OPTS_OPT = typer.Option(
-    None, "--storage-options", help="fsspec storage options as JSON (e.g. an endpoint_url)."
-)
+OPTS_OPT = storage_options_option(" for the store (and outputs on the same storage)")
 CRS_OPT = typer.Option("EPSG:4326", "--crs", help="CRS of --bbox (EPSG code, WKT or PROJ string).")
 TARGET_OPT = typer.Option(
     None, "--target-crs", help="Output CRS when zones are merged (default: zone of the bbox centre)."
 )
 
 
-def _opts(text: str | None) -> dict[str, Any]:
-    """--storage-options (inline JSON only); {} when not given."""
-    return json_object(text, "--storage-options", not_json="is not JSON") if text else {}
+def _opts(values: list[str]) -> dict[str, Any]:
+    """--storage-options -> fsspec options; {} when not given."""
+    from pipelines.storage import parse_storage_options
+
+    return parse_storage_options(values)
 
 
-def _out_opts(out: str | None, embeddings: str, storage_options: str | None) -> dict[str, Any] | None:
+def _out_opts(out: str | None, embeddings: str, storage_options: list[str]) -> dict[str, Any] | None:
     """Outputs on the same object store as the embeddings reuse its options; others get none."""
     if out and "://" in out and out.split("://", 1)[0] == embeddings.split("://", 1)[0]:
         return _opts(storage_options)
@@ -63,29 +64,20 @@ def _time(text: str | None) -> int | str | None:
     return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(code=2)
-
-
-def _open(url: str, version: str | None, storage_options: str | None) -> Any:
+def _open(url: str, version: str | None, storage_options: list[str]) -> Any:
     from pipelines.query import open_embeddings
 
     return open_embeddings(url, version, _opts(storage_options))
 
 
 @query_app.command("versions")
-def versions(embeddings: str = EMB_OPT, storage_options: str | None = OPTS_OPT) -> None:
+def versions(embeddings: str = EMB_OPT, storage_options: list[str] = OPTS_OPT) -> None:
     """List the versions (model, checkpoint, times, zones, extent) of a store."""
-    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import available_versions, open_embeddings
 
-    try:
-        opts = _opts(storage_options)
-        for v in available_versions(embeddings, opts):
-            typer.echo(open_embeddings(embeddings, v.name, opts).describe())
-    except EmbeddingsStoreError as exc:
-        raise _fail(exc) from None
+    opts = _opts(storage_options)
+    for v in available_versions(embeddings, opts):
+        typer.echo(open_embeddings(embeddings, v.name, opts).describe())
 
 
 @query_app.command("similar")
@@ -106,35 +98,31 @@ def similar_cmd(
     ),
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
-    storage_options: str | None = OPTS_OPT,
+    storage_options: list[str] = OPTS_OPT,
 ) -> None:
     """Top-k most similar locations to example point(s), over an AOI or the whole dataset."""
     from pipelines import storage
-    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import similar
     from pipelines.query.similarity import describe_result
 
-    try:
-        emb = _open(embeddings, version, storage_options)
-        res = similar(
-            emb,
-            lon=lon,
-            lat=lat,
-            k=k,
-            aoi=aoi,
-            aoi_crs=aoi_crs,
-            time=_time(time),
-            exclude_radius_m=exclude_radius_m,
-        )
-        typer.echo(describe_result(res, embeddings))
-        if out:
-            if out.lower().endswith((".parquet", ".geoparquet")):
-                res.to_geoparquet(out, _out_opts(out, embeddings, storage_options))
-            else:
-                storage.write_json_atomic(out, res.to_geojson(), _out_opts(out, embeddings, storage_options))
-            typer.echo(f"results: {out}")
-    except EmbeddingsStoreError as exc:
-        raise _fail(exc) from None
+    emb = _open(embeddings, version, storage_options)
+    res = similar(
+        emb,
+        lon=lon,
+        lat=lat,
+        k=k,
+        aoi=aoi,
+        aoi_crs=aoi_crs,
+        time=_time(time),
+        exclude_radius_m=exclude_radius_m,
+    )
+    typer.echo(describe_result(res, embeddings))
+    if out:
+        if out.lower().endswith((".parquet", ".geoparquet")):
+            res.to_geoparquet(out, _out_opts(out, embeddings, storage_options))
+        else:
+            storage.write_json_atomic(out, res.to_geojson(), _out_opts(out, embeddings, storage_options))
+        typer.echo(f"results: {out}")
 
 
 @query_app.command("map")
@@ -150,39 +138,35 @@ def map_cmd(
     target_crs: str | None = TARGET_OPT,
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
-    storage_options: str | None = OPTS_OPT,
+    storage_options: list[str] = OPTS_OPT,
 ) -> None:
     """PCA -> RGB map of an area, or a similarity heatmap when --lon/--lat are given."""
-    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import pca_map, similarity_heatmap
 
-    try:
-        emb = _open(embeddings, version, storage_options)
-        if lon or lat:
-            similarity_heatmap(
-                emb,
-                bbox,
-                out,
-                crs,
-                lon=lon,
-                lat=lat,
-                time=_time(time),
-                target_crs=target_crs,
-                storage_options=_out_opts(out, embeddings, storage_options),
-            )
-        else:
-            pca_map(
-                emb,
-                bbox,
-                out,
-                crs,
-                time=_time(time),
-                target_crs=target_crs,
-                storage_options=_out_opts(out, embeddings, storage_options),
-            )
-        typer.echo(f"map: {out}")
-    except EmbeddingsStoreError as exc:
-        raise _fail(exc) from None
+    emb = _open(embeddings, version, storage_options)
+    if lon or lat:
+        similarity_heatmap(
+            emb,
+            bbox,
+            out,
+            crs,
+            lon=lon,
+            lat=lat,
+            time=_time(time),
+            target_crs=target_crs,
+            storage_options=_out_opts(out, embeddings, storage_options),
+        )
+    else:
+        pca_map(
+            emb,
+            bbox,
+            out,
+            crs,
+            time=_time(time),
+            target_crs=target_crs,
+            storage_options=_out_opts(out, embeddings, storage_options),
+        )
+    typer.echo(f"map: {out}")
 
 
 @query_app.command("export")
@@ -196,32 +180,28 @@ def export_cmd(
     target_crs: str | None = TARGET_OPT,
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
-    storage_options: str | None = OPTS_OPT,
+    storage_options: list[str] = OPTS_OPT,
 ) -> None:
     """Export the embeddings of an area to a COG or to GeoParquet vectors."""
-    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import export
 
     if dtype not in ("float32", "int8"):
         raise typer.BadParameter("--dtype must be float32 or int8")
     if geometry not in ("point", "polygon"):
         raise typer.BadParameter("--geometry must be point or polygon")
-    try:
-        emb = _open(embeddings, version, storage_options)
-        export(
-            emb,
-            bbox,
-            out,
-            crs,
-            time=_time(time),
-            target_crs=target_crs,
-            dtype=dtype,  # type: ignore[arg-type]
-            geometry=geometry,  # type: ignore[arg-type]
-            storage_options=_out_opts(out, embeddings, storage_options),
-        )
-        typer.echo(f"export: {out}")
-    except EmbeddingsStoreError as exc:
-        raise _fail(exc) from None
+    emb = _open(embeddings, version, storage_options)
+    export(
+        emb,
+        bbox,
+        out,
+        crs,
+        time=_time(time),
+        target_crs=target_crs,
+        dtype=dtype,  # type: ignore[arg-type]
+        geometry=geometry,  # type: ignore[arg-type]
+        storage_options=_out_opts(out, embeddings, storage_options),
+    )
+    typer.echo(f"export: {out}")
 
 
 @query_app.command("classify")
@@ -241,32 +221,28 @@ def classify_cmd(
     target_crs: str | None = TARGET_OPT,
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
-    storage_options: str | None = OPTS_OPT,
+    storage_options: list[str] = OPTS_OPT,
 ) -> None:
     """Few-shot mapping: fit a probe on labelled points, report CV accuracy, write a class map."""
-    from pipelines.embeddings import EmbeddingsStoreError
     from pipelines.query import classify
 
     if method not in ("linear", "knn"):
         raise typer.BadParameter("--method must be linear or knn")
-    try:
-        emb = _open(embeddings, version, storage_options)
-        res = classify(
-            emb,
-            labels,
-            bbox=bbox,
-            crs=crs,
-            out=out,
-            method=method,  # type: ignore[arg-type]
-            time=_time(time),
-            label_field=label_field,
-            cv=cv,
-            target_crs=target_crs,
-            storage_options=_out_opts(out or labels, embeddings, storage_options),
-        )
-        typer.echo(res.summary())
-    except EmbeddingsStoreError as exc:
-        raise _fail(exc) from None
+    emb = _open(embeddings, version, storage_options)
+    res = classify(
+        emb,
+        labels,
+        bbox=bbox,
+        crs=crs,
+        out=out,
+        method=method,  # type: ignore[arg-type]
+        time=_time(time),
+        label_field=label_field,
+        cv=cv,
+        target_crs=target_crs,
+        storage_options=_out_opts(out or labels, embeddings, storage_options),
+    )
+    typer.echo(res.summary())
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,8 @@
 """`aom search`: find STAC items in a STAC API or a local catalog and save them with a content hash.
 
 Exit codes: 0 items found and saved; 1 nothing matched (the reasons are printed, ``--out`` is left
-untouched); 2 the search could not run (bad arguments, catalog unreachable after retries ...).
+untouched); 2 the search could not run (bad arguments, catalog unreachable after retries ...: one
+``error: ...`` line, see :mod:`flows.cli`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ from typing import Any
 
 import typer
 
-from flows.commands._options import csv_list, json_arg, parse_bbox, read_aoi_file
+from flows.commands._options import (
+    csv_list,
+    json_arg,
+    parse_bbox,
+    read_aoi_file,
+    storage_options_option,
+)
+from pipelines.errors import InputError
+from pipelines.registry import DEFAULT_CATALOG
 
 EXIT_EMPTY = 1
-EXIT_ERROR = 2
+"""Exit status when nothing matched (not an error: the reasons are printed)."""
 
 
 def _json_arg(text: str | None, name: str) -> dict[str, Any] | None:
@@ -49,8 +58,12 @@ def search(
     datetime: str | None = typer.Option(
         None, "--datetime", help="RFC 3339 instant or interval, e.g. 2023-01-01/2023-12-31 ('..' = open)."
     ),
-    max_cloud: float | None = typer.Option(None, "--max-cloud", help="Maximum eo:cloud_cover, percent."),
-    catalog: str = typer.Option("sample", "--catalog", help="Registry catalog: sample, earth-search, ..."),
+    max_cloud_cover: float | None = typer.Option(
+        None, "--max-cloud-cover", help="Maximum eo:cloud_cover, percent."
+    ),
+    catalog: str = typer.Option(
+        DEFAULT_CATALOG, "--catalog", help="Registry catalog: sample, earth-search, ... (`aom sensors`)."
+    ),
     catalog_url: str | None = typer.Option(
         None,
         "--catalog-url",
@@ -74,11 +87,7 @@ def search(
         "-o",
         help="Where to save the items: *.ndjson or *.parquet (stac-geoparquet); any fsspec URL.",
     ),
-    storage_options: str | None = typer.Option(
-        None,
-        "--storage-options",
-        help="fsspec options as JSON (e.g. an S3 endpoint), for the catalog and --out.",
-    ),
+    storage_options: list[str] = storage_options_option(" (e.g. an S3 endpoint) for the catalog and --out"),
     max_attempts: int = typer.Option(
         5,
         "--max-attempts",
@@ -95,38 +104,34 @@ def search(
     from pipelines.retry import RetryPolicy
     from pipelines.search import SearchError, SearchRequest, load_result, new_items, save_result
     from pipelines.search import search as run_search
-    from pipelines.storage import exists, redact_url
+    from pipelines.storage import exists, parse_storage_options, redact_url
 
     if bbox is not None and aoi is not None:
         raise typer.BadParameter("give --bbox or --aoi, not both")
-    options = _json_arg(storage_options, "--storage-options")
+    options = parse_storage_options(storage_options) or None
+    request = SearchRequest(
+        collections=csv_list(collections),
+        bbox=parse_bbox(bbox) if bbox else None,
+        intersects=_aoi_geometry(aoi) if aoi else None,
+        datetime=datetime,
+        max_cloud_cover=max_cloud_cover,
+        updated_since=updated_since,
+        query=_json_arg(query, "--query"),
+        filter=_json_arg(cql2_filter, "--filter"),
+        max_items=max_items,
+        catalog=catalog,
+    )
+    bar = tqdm(desc="scanning", unit=" items", disable=None if progress else True, leave=False)
     try:
-        request = SearchRequest(
-            collections=csv_list(collections),
-            bbox=parse_bbox(bbox) if bbox else None,
-            intersects=_aoi_geometry(aoi) if aoi else None,
-            datetime=datetime,
-            max_cloud_cover=max_cloud,
-            updated_since=updated_since,
-            query=_json_arg(query, "--query"),
-            filter=_json_arg(cql2_filter, "--filter"),
-            max_items=max_items,
-            catalog=catalog,
+        result = run_search(
+            request,
+            catalog_url=catalog_url,
+            storage_options=options,
+            retry=RetryPolicy(max_attempts=max_attempts),
+            progress=bar.update,
         )
-        bar = tqdm(desc="scanning", unit=" items", disable=None if progress else True, leave=False)
-        try:
-            result = run_search(
-                request,
-                catalog_url=catalog_url,
-                storage_options=options,
-                retry=RetryPolicy(max_attempts=max_attempts),
-                progress=bar.update,
-            )
-        finally:
-            bar.close()
-    except SearchError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
+    finally:
+        bar.close()
 
     typer.echo(f"catalog: {catalog} ({result.source})")
     for note in result.notes:
@@ -159,8 +164,7 @@ def search(
     try:
         digest = save_result(result, out, options)
     except (OSError, ValueError) as exc:
-        typer.echo(f"error: cannot save to {redact_url(out)}: {exc}", err=True)
-        raise typer.Exit(EXIT_ERROR) from None
+        raise InputError(f"cannot save to {redact_url(out)}: {exc}") from exc
     typer.echo(f"hash: {digest}")
     typer.echo(f"saved: {redact_url(out)} (+ .meta.json)")
 

@@ -6,13 +6,16 @@
 * ``groups``: one group's validated metadata (:class:`GroupMeta`) and window reads;
 * ``reading``: item selection, GDAL environment and read-error classes;
 * ``assembly``: one tile's items -> per-(collection, GSD) datasets;
+* ``plan``: :class:`CubeRequest` -> collections, items and tiles (:func:`plan_cubes`), the one
+  planner of the ``aom cubes`` verb, the ``ingest`` flow and the demo;
 * ``run``: :func:`write_cubes` over many tiles (threads or Dask);
-* ``ingest``: search -> saved items -> tiles -> cubes as resumable steps.
+* ``ingest``: search -> saved items -> plan -> cubes as resumable steps.
 """
 
 from pipelines.cubes.assembly import assemble_tile
 from pipelines.cubes.groups import GroupMeta
-from pipelines.cubes.ingest import SavedSearch, build_tiles, search_and_save, tiles_for_saved
+from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_and_save
+from pipelines.cubes.plan import CubePlan, CubeRequest, plan_cubes, read_items
 from pipelines.cubes.reading import classify_error, item_datetime
 from pipelines.cubes.run import RunSummary, TileOutcome, process_tile, write_cubes
 from pipelines.cubes.spec import LAYOUT_VERSION, CubeSpec, encode_reflectance, gsd_label, reflectance_attrs
@@ -20,6 +23,8 @@ from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, group_
 
 __all__ = [
     "LAYOUT_VERSION",
+    "CubePlan",
+    "CubeRequest",
     "CubeSpec",
     "CubeStore",
     "CubeStoreError",
@@ -35,10 +40,12 @@ __all__ = [
     "group_path",
     "gsd_label",
     "item_datetime",
+    "plan_cubes",
+    "plan_saved",
     "process_tile",
+    "read_items",
     "reflectance_attrs",
     "search_and_save",
     "tile_record",
-    "tiles_for_saved",
     "write_cubes",
 ]

@@ -1,4 +1,4 @@
-"""Ingest as library steps: search -> saved item list -> tiles -> cubes.
+"""Ingest as library steps: search -> saved item list -> plan (tiles) -> cubes.
 
 Each step takes and returns URLs and small JSON-able values, never arrays, so orchestration
 (Prefect tasks, Dask) can retry or resume any step on its own.
@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipelines.cubes.plan import CubePlan, CubeRequest, plan_cubes
 from pipelines.cubes.run import write_cubes
 from pipelines.cubes.spec import CubeSpec
 from pipelines.search import SearchRequest, load_result, save_result, search
 from pipelines.storage import join
-from pipelines.tiling import TileGrid
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,11 @@ def search_and_save(
     return SavedSearch(items_url, result.content_hash, len(result), result.count_by_collection, result.notes)
 
 
-def tiles_for_saved(
-    items_url: str,
-    grid: TileGrid,
-    storage_options: Mapping[str, Any] | None = None,
-    only: Sequence[str] | None = None,
-) -> list[str]:
-    """Tile ids touched by the saved items (restricted to ``only`` when given)."""
-    items = load_result(items_url, dict(storage_options or {}) or None).items
-    ids = [t.tile_id for t in grid.tiles_for_items(items)]
-    if only is not None:
-        wanted = set(only)
-        ids = [t for t in ids if t in wanted]
-    return ids
+def plan_saved(
+    items_url: str, request: CubeRequest, storage_options: Mapping[str, Any] | None = None
+) -> CubePlan:
+    """:func:`~pipelines.cubes.plan.plan_cubes` over the items saved at ``items_url``."""
+    return plan_cubes(request, load_result(items_url, dict(storage_options or {}) or None).items)
 
 
 def build_tiles(

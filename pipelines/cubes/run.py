@@ -26,6 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipelines import runs
 from pipelines.cubes.assembly import TileCube, assemble_tile, decode, diagnose_read_failure
 from pipelines.cubes.reading import classify_error, gdal_env, item_datetime, items_touching
 from pipelines.cubes.spec import (
@@ -36,6 +37,7 @@ from pipelines.cubes.spec import (
     gsd_label,
 )
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
+from pipelines.runs import TileStatus
 from pipelines.storage import redact_url
 from pipelines.tiling import ItemIndex, Tile, TileGrid
 
@@ -68,12 +70,13 @@ MAX_READ_RETRIES = 3  # load attempts after diagnosing unreadable assets
 class TileOutcome:
     """What happened to one tile in a run.
 
-    ``status``: ``done`` (written, has data), ``empty`` (record written, no usable pixels),
-    ``skipped`` (already complete from an earlier run), ``failed`` (no record: retried next run).
+    ``status``: a :class:`~pipelines.runs.TileStatus` outcome: ``done`` (written, has data),
+    ``empty`` (record written, no usable pixels), ``skipped`` (already complete from an earlier run),
+    ``failed`` (no record: retried next run).
     """
 
     tile_id: str
-    status: str
+    status: TileStatus
     reason: str = ""
     groups: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -83,7 +86,7 @@ class TileOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {
             "tile_id": self.tile_id,
-            "status": self.status,
+            "status": str(self.status),
             "reason": self.reason,
             "groups": list(self.groups),
             "skipped": list(self.skipped),
@@ -102,20 +105,22 @@ class RunSummary:
 
     @property
     def tiles_done(self) -> list[str]:
-        return [o.tile_id for o in self.outcomes if o.status == "done"]
+        return [o.tile_id for o in self.outcomes if o.status == TileStatus.DONE]
 
     @property
     def tiles_skipped(self) -> dict[str, str]:
         """Tiles not written by this run: already complete, or empty (with why)."""
-        return {o.tile_id: o.reason for o in self.outcomes if o.status in ("skipped", "empty")}
+        return {
+            o.tile_id: o.reason for o in self.outcomes if o.status in (TileStatus.SKIPPED, TileStatus.EMPTY)
+        }
 
     @property
     def tiles_empty(self) -> dict[str, str]:
-        return {o.tile_id: o.reason for o in self.outcomes if o.status == "empty"}
+        return {o.tile_id: o.reason for o in self.outcomes if o.status == TileStatus.EMPTY}
 
     @property
     def tiles_failed(self) -> dict[str, str]:
-        return {o.tile_id: o.reason for o in self.outcomes if o.status == "failed"}
+        return {o.tile_id: o.reason for o in self.outcomes if o.status == TileStatus.FAILED}
 
     @property
     def items_skipped(self) -> list[dict[str, Any]]:
@@ -124,7 +129,7 @@ class RunSummary:
     @property
     def useful(self) -> bool:
         """Something usable is in the store: a tile written now or complete from before."""
-        return any(o.status in ("done", "skipped") for o in self.outcomes)
+        return any(o.status in (TileStatus.DONE, TileStatus.SKIPPED) for o in self.outcomes)
 
     @property
     def exit_code(self) -> int:
@@ -139,7 +144,7 @@ class RunSummary:
             "out": redact_url(self.out_url),
             "tiles": len(self.outcomes),
             "done": len(self.tiles_done),
-            "skipped": len([o for o in self.outcomes if o.status == "skipped"]),
+            "skipped": len([o for o in self.outcomes if o.status == TileStatus.SKIPPED]),
             "empty": len(self.tiles_empty),
             "failed": len(self.tiles_failed),
             "useful": self.useful,
@@ -150,9 +155,7 @@ class RunSummary:
 
     def format(self, max_lines: int = 20) -> str:
         """Human-readable run summary: counts, then why tiles/items were skipped or failed."""
-        counts = {
-            s: sum(1 for o in self.outcomes if o.status == s) for s in ("done", "skipped", "empty", "failed")
-        }
+        counts = {s.value: sum(1 for o in self.outcomes if o.status == s) for s in TileStatus.outcomes()}
         lines = [
             f"cubes -> {redact_url(self.out_url)}: {len(self.outcomes)} tile(s): "
             f"{counts['done']} done, {counts['skipped']} already complete, {counts['empty']} empty, "
@@ -222,14 +225,14 @@ def process_tile(
     store = CubeStore(out_url, storage_options)
     try:
         if store.has_record(tile.tile_id):
-            return TileOutcome(tile.tile_id, "skipped", "already complete (record exists)")
+            return TileOutcome(tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)")
         _configure_reads(read_options)
         store.clear_tile(tile.tile_id)
         outcome = _write_tile(store, tile, items, spec, read_options, scheduler)
     except Exception as exc:  # storage down, or a bug: the tile stays absent and is redone next run
         reason, _ = classify_error(exc)
         log.warning("tile %s failed: %s: %s", tile.tile_id, type(exc).__name__, reason)
-        outcome = TileOutcome(tile.tile_id, "failed", f"{type(exc).__name__}: {reason}")
+        outcome = TileOutcome(tile.tile_id, TileStatus.FAILED, f"{type(exc).__name__}: {reason}")
     outcome.elapsed_s = time.perf_counter() - t0
     return outcome
 
@@ -254,7 +257,7 @@ def _write_tile(
             store.clear_tile(tile.tile_id)
             return TileOutcome(
                 tile.tile_id,
-                "failed",
+                TileStatus.FAILED,
                 f"{len(transient)} asset(s) unreachable, e.g. {s.item}:{s.asset}: {s.reason}",
                 skipped=[x.to_dict() for x in transient],
             )
@@ -298,16 +301,16 @@ def _write_tile(
     skipped = [s.to_dict() for s in [*cube.skipped, *diagnosed]]
     used = sorted({i for g in groups for s in g["source_items"] for i in str(s).split(",") if i})
     if groups:
-        status, reason = "complete", ""
+        status, reason = TileStatus.COMPLETE, ""
     elif dropped:
-        status, reason = "empty", "all pixels cloud, shadow or nodata"
+        status, reason = TileStatus.EMPTY, "all pixels cloud, shadow or nodata"
     elif skipped:
         status, reason = (
-            "empty",
+            TileStatus.EMPTY,
             f"every item touching the tile was left out ({len(skipped)} asset problem(s))",
         )
     else:
-        status, reason = "empty", "no items touch this tile"
+        status, reason = TileStatus.EMPTY, "no items touch this tile"
     record = tile_record(
         tile_id=tile.tile_id,
         epsg=tile.epsg,
@@ -324,7 +327,7 @@ def _write_tile(
     labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]
     return TileOutcome(
         tile.tile_id,
-        "done" if groups else "empty",
+        TileStatus.DONE if groups else TileStatus.EMPTY,
         reason,
         groups=labels,
         skipped=skipped,
@@ -352,6 +355,7 @@ def write_cubes(
     *,
     progress: bool = True,
     dask_client: Any = None,
+    dask_address: str | None = None,
     workers: int = 1,
     read_options: Mapping[str, Any] | None = None,
     on_tile: Callable[[TileOutcome], None] | None = None,
@@ -359,8 +363,10 @@ def write_cubes(
     """Build the cubes of ``tiles`` from ``items`` into ``out_url``, exactly once per tile.
 
     ``tiles``: :class:`Tile` objects or tile ids of ``spec.grid``. Tiles are independent tasks:
-    ``dask_client`` (a ``distributed.Client``) runs them on a cluster, else ``workers`` threads run
-    them here (``workers=1``: one tile at a time, each using all cores through dask threads).
+    ``dask_client`` (a ``distributed.Client``) runs them on a cluster, as does the scheduler at
+    ``dask_address`` (else ``$DASK_SCHEDULER_ADDRESS``, see :func:`pipelines.runs.dask_address`);
+    without either, ``workers`` local workers (threads) run them here (``workers=1``: one tile at a
+    time, each using all cores through dask threads).
     ``read_options``: GDAL options for reading assets (not recorded). ``on_tile`` is called with
     each outcome as it arrives. Returns the :class:`RunSummary`; raises only for an unusable
     output location or spec (CubeStoreError, ValueError).
@@ -378,7 +384,9 @@ def write_cubes(
     outcomes: dict[str, TileOutcome] = {}
     for tile in tile_list:
         if tile.tile_id in already:
-            outcomes[tile.tile_id] = TileOutcome(tile.tile_id, "skipped", "already complete (record exists)")
+            outcomes[tile.tile_id] = TileOutcome(
+                tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)"
+            )
         else:
             todo.append(tile)
     log.info(
@@ -396,15 +404,21 @@ def write_cubes(
         if bar is not None:
             bar.update(1)
             counts = {
-                s: sum(1 for o in outcomes.values() if o.status == s) for s in ("done", "empty", "failed")
+                s.value: sum(1 for o in outcomes.values() if o.status == s)
+                for s in (TileStatus.DONE, TileStatus.EMPTY, TileStatus.FAILED)
             }
             bar.set_postfix(counts, refresh=False)
         if on_tile is not None:
             on_tile(outcome)
 
+    address = None if dask_client is not None or not todo else runs.dask_address(dask_address)
     try:
         if dask_client is not None:
+            runs.log_dashboard(dask_client, "cubes")
             _run_distributed(dask_client, todo, index, _tile_job(spec, store, read_options), finish)
+        elif address is not None:
+            with runs.dask_client(address) as client:
+                _run_distributed(client, todo, index, _tile_job(spec, store, read_options), finish)
         elif workers <= 1:
             for tile in todo:
                 finish(
@@ -489,4 +503,4 @@ def _run_distributed(
             finish(fut.result())
         except Exception as exc:  # the worker died: the tile stays absent
             tile_id = str(fut.key).split("-")[2] if str(fut.key).startswith("aom-cube-") else "?"
-            finish(TileOutcome(tile_id, "failed", f"worker error: {type(exc).__name__}: {exc}"))
+            finish(TileOutcome(tile_id, TileStatus.FAILED, f"worker error: {type(exc).__name__}: {exc}"))

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipelines.registry import CollectionSpec, Registry, load_registry
+from pipelines.errors import InputError
+from pipelines.registry import DEFAULT_CATALOG, CollectionSpec, Registry, load_registry
 from pipelines.tiling import TileGrid
 
 LAYOUT_VERSION = 1
@@ -48,7 +49,7 @@ class CubeSpec:
 
     grid: TileGrid
     collections: tuple[str, ...]
-    catalog: str = "sample"
+    catalog: str = DEFAULT_CATALOG
     encoding: Encoding = "int16"
     chunk_px: int = 256
     shard_px: int = 2048
@@ -65,19 +66,19 @@ class CubeSpec:
         object.__setattr__(self, "collections", tuple(dict.fromkeys(self.collections)))
         object.__setattr__(self, "registry_files", tuple(str(p) for p in self.registry_files))
         if not self.collections:
-            raise ValueError("CubeSpec.collections is empty: name at least one collection id")
+            raise InputError("CubeSpec.collections is empty: name at least one collection id")
         if self.encoding not in ("int16", "float16"):
-            raise ValueError(f"encoding must be 'int16' or 'float16', got {self.encoding!r}")
+            raise InputError(f"encoding must be 'int16' or 'float16', got {self.encoding!r}")
         if self.chunk_px < 16 or self.chunk_px % 16:
-            raise ValueError(f"chunk_px must be a multiple of 16 (>= 16), got {self.chunk_px}")
+            raise InputError(f"chunk_px must be a multiple of 16 (>= 16), got {self.chunk_px}")
         if self.shard_px < self.chunk_px or self.shard_px % self.chunk_px:
-            raise ValueError(f"shard_px ({self.shard_px}) must be a multiple of chunk_px ({self.chunk_px})")
+            raise InputError(f"shard_px ({self.shard_px}) must be a multiple of chunk_px ({self.chunk_px})")
         if self.resampling not in _RESAMPLING:
-            raise ValueError(f"resampling must be one of {sorted(_RESAMPLING)}, got {self.resampling!r}")
+            raise InputError(f"resampling must be one of {sorted(_RESAMPLING)}, got {self.resampling!r}")
         if self.missing_proj not in ("skip", "read_header"):
-            raise ValueError(f"missing_proj must be 'skip' or 'read_header', got {self.missing_proj!r}")
+            raise InputError(f"missing_proj must be 'skip' or 'read_header', got {self.missing_proj!r}")
         if not 0 <= self.zstd_level <= 22:
-            raise ValueError(f"zstd_level must be in 0..22, got {self.zstd_level}")
+            raise InputError(f"zstd_level must be in 0..22, got {self.zstd_level}")
         for cid in self.collections:
             self.collection_spec(cid)  # unknown collection: fail now, with the known ones listed
 

@@ -38,6 +38,7 @@ import xarray as xr
 from pipelines.cubes.groups import GroupMeta, group_meta, read_window
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
 from pipelines.errors import CubeDataError
+from pipelines.runs import TileStatus
 from pipelines.storage import (
     filesystem,
     is_local,
@@ -260,11 +261,11 @@ class CubeStore:
         tiles recorded ``empty`` (built, nothing usable: all cloud, no items, ...)."""
         if include_empty:
             return self.recorded_tiles()
-        return [t for t, r in self.tile_records().items() if r["status"] == "complete"]
+        return [t for t, r in self.tile_records().items() if r["status"] == TileStatus.COMPLETE]
 
     def empty_tiles(self) -> list[str]:
         """Ids of tiles recorded ``empty``."""
-        return [t for t, r in self.tile_records().items() if r["status"] == "empty"]
+        return [t for t, r in self.tile_records().items() if r["status"] == TileStatus.EMPTY]
 
     def write_record(self, tile_id: str, record: Mapping[str, Any]) -> None:
         write_json_atomic(

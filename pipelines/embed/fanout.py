@@ -30,7 +30,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from pipelines import runs
 from pipelines.embed.chips import EmbedConfigError
+from pipelines.runs import TileStatus
 from pipelines.storage import redact_url
 
 if TYPE_CHECKING:
@@ -73,7 +75,8 @@ def gpu_resources(worker_resources: list[dict[str, float]], mode: str) -> dict[s
 
 
 class Fanout:
-    """Where units run: an in-process loop (``workers=0``), a LocalCluster, or an existing scheduler."""
+    """Where units run: an existing scheduler (``dask_address``, else ``$DASK_SCHEDULER_ADDRESS``), else
+    an in-process loop (``workers=0``) or a LocalCluster of ``workers`` processes."""
 
     def __init__(self, request: EmbedRequest) -> None:
         self.request = request
@@ -85,15 +88,16 @@ class Fanout:
 
     def __enter__(self) -> Fanout:
         req = self.request
-        if req.dask_address is None and req.workers == 0:
+        address = runs.dask_address(req.dask_address)
+        if address is None and req.workers == 0:
             self.notes.append("ran in-process (workers=0, no Dask)")
             return self
         from distributed import Client, LocalCluster
 
         local_slot: dict[str, float] | None = None
-        if req.dask_address:
-            self.client = Client(req.dask_address)
-            where = f"Dask scheduler {redact_url(req.dask_address)}"
+        if address:
+            self.client = Client(address)
+            where = f"Dask scheduler {redact_url(address)}"
         else:
             # one encoder slot per worker: its other threads read and decode the next tiles meanwhile
             local_slot = {GPU: 1.0} if _cuda() else {ENCODER: 1.0}
@@ -107,6 +111,7 @@ class Fanout:
             )
             self.client = Client(self.cluster)
             where = f"LocalCluster {req.workers} worker(s) x {req.threads_per_worker} thread(s)"
+        runs.log_dashboard(self.client, f"embed on {where}")
         try:
             self.client.wait_for_workers(1, timeout=120)
             info = self.client.scheduler_info(n_workers=-1)
@@ -154,7 +159,10 @@ class Fanout:
                 if bar is not None:
                     bar.update(len(results))
                     bar.set_postfix(
-                        {s: sum(1 for r in results if r.status == s) for s in ("done", "nodata", "failed")},
+                        {
+                            s.value: sum(1 for r in results if r.status == s)
+                            for s in (TileStatus.DONE, TileStatus.EMPTY, TileStatus.FAILED)
+                        },
                         refresh=False,
                     )
 
@@ -204,7 +212,9 @@ class Fanout:
             except Exception as exc:  # worker lost too often, or a bug outside the per-tile guards
                 reason = redact_url(f"task failed: {type(exc).__name__}: {str(exc)[:300]}")
                 log.warning("unit %s failed: %s", unit.name, reason)
-                results = [TileResult(t.tile_id, unit.time_index, "failed", reason) for t in unit.tiles]
+                results = [
+                    TileResult(t.tile_id, unit.time_index, TileStatus.FAILED, reason) for t in unit.tiles
+                ]
             finish(results)
             fut.release()
             lf.release()

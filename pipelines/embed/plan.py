@@ -31,6 +31,7 @@ from pipelines.embed.sources import (
     search_interval,
 )
 from pipelines.registry import BandSpec
+from pipelines.runs import TileStatus
 from pipelines.tiling import ItemIndex, Tile, TileGrid
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,10 @@ def _search_items(
                 collections=collections,
                 intersects=dict(mapping(geom)),
                 datetime=search_interval(periods),
-                catalog=request.catalog_name,
+                catalog=request.catalog,
             ),
-            catalog_url=request.catalog,
-            storage_options=request.options_for(request.catalog) or None,
+            catalog_url=request.catalog_url,
+            storage_options=request.options_for(request.catalog_url) or None,
         )
     except SearchError as exc:
         raise EmbedConfigError(f"catalog search failed: {exc}") from None
@@ -191,19 +192,23 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             raise EmbedConfigError(
                 f"cannot read cube store {storage.redact_url(request.cubes)}: {exc}"
             ) from None
-        bands = source.band_infos({k: v for k, v in records.items() if v.get("status") == "complete"})
+        bands = source.band_infos(
+            {k: v for k, v in records.items() if v.get("status") == TileStatus.COMPLETE}
+        )
         missing = [t for t in tiles if t.tile_id not in records]
         for t in missing:
             for ti in range(len(periods)):
-                skipped.append(TileResult(t.tile_id, ti, "skipped", "no cube for this tile (not built)"))
+                skipped.append(
+                    TileResult(t.tile_id, ti, TileStatus.SKIPPED, "no cube for this tile (not built)")
+                )
         if missing:
             notes.append(f"{len(missing)} tile(s) of the AOI have no cube: skipped")
         todo_tiles = [t for t in tiles if t.tile_id in records]
     else:
-        collections = request.collections or ("sentinel-2-l2a",)
+        collections = request.collections or CatalogSource.collections
         source = CatalogSource(
-            request.catalog or "",
-            request.catalog_name,
+            request.catalog_url or "",
+            request.catalog,
             collections,
             request.bands,
             grid,

@@ -8,10 +8,14 @@ Public API (the Prefect flow passes URIs and plain values only)::
         checkpoint="s3://models/aom-base.safetensors",
         aoi=(5.9, 44.9, 6.1, 45.1),                 # bbox (W, S, E, N) or a GeoJSON geometry dict
         datetime="2023-06-01/2023-08-31",           # one composite per range (comma = several)
-        cubes="s3://bucket/cubes",                  # or catalog="s3://bucket/catalog/items.parquet"
+        cubes="s3://bucket/cubes",                  # or catalog_url="s3://bucket/catalog/items.parquet"
         out="s3://bucket/embeddings",
     ))
-    summary.to_dict()   # tiles done / nodata / skipped (with reasons) / failed, km², throughput
+    summary.to_dict()   # tiles done / empty / skipped (with reasons) / failed, km², throughput
+
+``aom embed`` and the ``embed`` flow build the request the same way, with
+:meth:`EmbedRequest.from_dict` (plain values: comma-separated text or lists, ``"W,S,E,N"`` text,
+storage options as :func:`pipelines.storage.parse_storage_options` reads them).
 
 What a run does (``docs/embedding.md`` has the details):
 
@@ -45,6 +49,9 @@ from pipelines import storage
 from pipelines.embed.chips import (
     EmbedConfigError,
 )
+from pipelines.registry import DEFAULT_CATALOG
+from pipelines.runs import TileStatus
+from pipelines.tiling import DEFAULT_TILE_SIZE_M
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +69,24 @@ PRECISIONS = ("fp32", "bf16")
 class EmbedRequest:
     """Everything a run needs, as URIs and plain values (picklable, JSON-able via :meth:`to_dict`).
 
-    Inputs: exactly one of ``cubes`` (cube store URL) or ``catalog`` (local catalog file
-    ``catalog.json``/``*.ndjson``/``*.parquet`` or a STAC API URL; ``catalog_name`` is its registry
-    entry). ``aoi``: ``(W, S, E, N)`` or a GeoJSON geometry/Feature; ``tiles``: explicit tile ids
-    (intersected with the AOI when both are given). ``datetime``: one RFC 3339 range per time slice,
+    Inputs: exactly one of ``cubes`` (cube store URL) or ``catalog_url`` (local catalog file
+    ``catalog.json``/``*.ndjson``/``*.parquet`` or a STAC API URL; ``catalog`` is its registry
+    catalog name). ``aoi``: ``(W, S, E, N)`` (or ``"W,S,E,N"``) or a GeoJSON geometry/Feature;
+    ``tiles``: explicit tile ids (intersected with the AOI when both are given). ``datetime``: one RFC 3339 range per time slice,
     comma-separated. ``collections``/``bands``: restrict the inputs (default: every collection of
     the cubes; ``sentinel-2-l2a`` from a catalog; all bands).
 
-    Execution: ``dask_address`` (an existing scheduler), else a LocalCluster of ``workers`` processes
-    x ``threads_per_worker`` threads (``workers=0``: run in this process, no Dask); the encoder uses
-    ``torch_threads`` threads (a fixed count keeps results bit-identical between runs). ``gpu_resource``:
-    ``"auto"`` annotates embed tasks with ``{"GPU": 1}`` when some worker offers a ``GPU`` resource,
+    Execution: ``dask_address`` (an existing scheduler; when None, ``$DASK_SCHEDULER_ADDRESS`` if
+    set, see :func:`pipelines.runs.dask_address`), else ``workers`` local workers: a LocalCluster of
+    ``workers`` processes x ``threads_per_worker`` threads (``workers=0``: run in this process, no
+    Dask); the encoder uses ``torch_threads`` threads (a fixed count keeps results bit-identical
+    between runs). ``gpu_resource``: ``"auto"`` annotates embed tasks with ``{"GPU": 1}`` when some worker offers a ``GPU`` resource,
     a name requires that resource, ``"none"`` never annotates.
 
     ``storage_options`` are for ``out``; ``input_storage_options`` for cubes, catalog and
-    checkpoint (default: the same); ``read_options`` are GDAL options for COG reads. They are never
-    logged nor recorded.
+    checkpoint (default: the same); both also take the text forms of
+    :func:`~pipelines.storage.parse_storage_options`. ``read_options`` are GDAL options for COG
+    reads. They are never logged nor recorded.
     """
 
     checkpoint: str
@@ -86,12 +95,12 @@ class EmbedRequest:
     aoi: Any = None
     tiles: tuple[str, ...] = ()
     cubes: str | None = None
-    catalog: str | None = None
-    catalog_name: str = "sample"
+    catalog_url: str | None = None
+    catalog: str = DEFAULT_CATALOG
     collections: tuple[str, ...] = ()
     bands: tuple[str, ...] = ()
     version: str | None = None
-    tile_size_m: float = 7680.0
+    tile_size_m: float = DEFAULT_TILE_SIZE_M
     core_tokens: int | None = None
     margin_tokens: int | None = None
     composite: str = "median"
@@ -116,12 +125,25 @@ class EmbedRequest:
         for name in ("tiles", "collections", "bands"):
             v = getattr(self, name)
             if isinstance(v, str):
-                v = [p for p in v.split(",") if p]
-            object.__setattr__(self, name, tuple(str(x) for x in (v or ())))
+                v = v.split(",")
+            object.__setattr__(self, name, tuple(str(x).strip() for x in (v or ()) if str(x).strip()))
         if self.aoi is not None and not isinstance(self.aoi, Mapping):
-            object.__setattr__(self, "aoi", tuple(float(v) for v in self.aoi))
-        if (self.cubes is None) == (self.catalog is None):
-            raise EmbedConfigError("give exactly one input: cubes=<cube store URL> or catalog=<catalog URL>")
+            object.__setattr__(self, "aoi", _bbox(self.aoi))
+        object.__setattr__(
+            self, "storage_options", storage.parse_storage_options(self.storage_options, "--storage-options")
+        )
+        if self.input_storage_options is not None:
+            object.__setattr__(
+                self,
+                "input_storage_options",
+                storage.parse_storage_options(self.input_storage_options, "--input-storage-options"),
+            )
+        object.__setattr__(self, "tile_size_m", float(self.tile_size_m))
+        if (self.cubes is None) == (self.catalog_url is None):
+            raise EmbedConfigError(
+                "give exactly one input: cubes=<cube store URL> (--cubes) or catalog_url=<catalog URL> "
+                "(--catalog-url)"
+            )
         if self.aoi is None and not self.tiles:
             raise EmbedConfigError("give an area: aoi=(W, S, E, N) / a GeoJSON geometry, or tiles=[ids]")
         if self.composite not in COMPOSITES:
@@ -151,12 +173,13 @@ class EmbedRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EmbedRequest:
-        """From plain JSON values (e.g. flow parameters); unknown keys are refused."""
+        """The one builder of the command line and the flows: from plain values, where None, ``""``
+        and an empty list mean "the default"; unknown keys are refused with the known ones listed."""
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
             raise EmbedConfigError(f"unknown EmbedRequest fields {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return cls(**{k: v for k, v in data.items() if not _unset(v)})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, credentials removed (for logs, Prefect parameters and the run summary)."""
@@ -166,7 +189,7 @@ class EmbedRequest:
             None if self.input_storage_options is None else storage.redact_options(self.input_storage_options)
         )
         d["read_options"] = storage.redact_options(self.read_options)
-        for k in ("checkpoint", "out", "cubes", "catalog"):
+        for k in ("checkpoint", "out", "cubes", "catalog_url"):
             if d.get(k):
                 d[k] = storage.redact_url(str(d[k]))
         d["tiles"], d["collections"], d["bands"] = list(self.tiles), list(self.collections), list(self.bands)
@@ -175,18 +198,34 @@ class EmbedRequest:
         return d
 
 
+def _unset(value: Any) -> bool:
+    """None, ``""`` and empty lists stand for "not given" in plain values (CLI options, parameters)."""
+    return value is None or (isinstance(value, str | list | tuple) and len(value) == 0)
+
+
+def _bbox(value: Any) -> tuple[float, ...]:
+    """``"W,S,E,N"`` text or four numbers -> a float tuple (the AOI check names a wrong count)."""
+    parts = [p for p in value.replace(" ", "").split(",") if p] if isinstance(value, str) else list(value)
+    try:
+        return tuple(float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise EmbedConfigError(
+            f"aoi must be W,S,E,N (4 numbers) or a GeoJSON geometry, got {value!r}"
+        ) from None
+
+
 @dataclass
 class TileResult:
     """What happened to one (tile, time slice).
 
-    ``status``: ``done`` (written, has valid tokens), ``nodata`` (written and recorded as nodata),
-    ``skipped`` (not written by this run: already complete, or no cube), ``failed`` (not recorded;
-    the next run redoes it).
+    ``status``: a :class:`~pipelines.runs.TileStatus` outcome: ``done`` (written, has valid
+    tokens), ``empty`` (written as nodata and recorded), ``skipped`` (not written by this run:
+    already complete, or no cube), ``failed`` (not recorded; the next run redoes it).
     """
 
     tile_id: str
     time_index: int
-    status: str
+    status: TileStatus
     reason: str = ""
     valid_tokens: int = 0
     total_tokens: int = 0
@@ -213,26 +252,29 @@ class EmbedSummary:
     results: list[TileResult] = field(default_factory=list)
     elapsed_s: float = 0.0
     token_ground_m: float = 160.0
-    tile_size_m: float = 7680.0
+    tile_size_m: float = DEFAULT_TILE_SIZE_M
     stac_collection: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def _count(self, status: str) -> int:
+    def _count(self, status: TileStatus) -> int:
         return sum(1 for r in self.results if r.status == status)
 
     @property
     def done(self) -> int:
-        return self._count("done")
+        return self._count(TileStatus.DONE)
 
     @property
-    def nodata(self) -> int:
-        return self._count("nodata")
+    def empty(self) -> int:
+        """Tiles written and recorded without a valid token."""
+        return self._count(TileStatus.EMPTY)
 
     @property
     def failed(self) -> dict[str, str]:
-        return {f"{r.tile_id}@t{r.time_index}": r.reason for r in self.results if r.status == "failed"}
+        return {
+            f"{r.tile_id}@t{r.time_index}": r.reason for r in self.results if r.status == TileStatus.FAILED
+        }
 
-    def _by_reason(self, status: str) -> dict[str, list[str]]:
+    def _by_reason(self, status: TileStatus) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for r in self.results:
             if r.status == status:
@@ -242,12 +284,12 @@ class EmbedSummary:
     @property
     def skipped(self) -> dict[str, list[str]]:
         """Not written by this run, by reason (already complete, no cube ...)."""
-        return self._by_reason("skipped")
+        return self._by_reason(TileStatus.SKIPPED)
 
     @property
-    def nodata_reasons(self) -> dict[str, list[str]]:
-        """Written as nodata and recorded, by reason (all cloud, no acquisition ...)."""
-        return self._by_reason("nodata")
+    def empty_reasons(self) -> dict[str, list[str]]:
+        """Written as nodata and recorded (status ``empty``), by reason (all cloud, no acquisition ...)."""
+        return self._by_reason(TileStatus.EMPTY)
 
     @property
     def complete(self) -> bool:
@@ -263,7 +305,7 @@ class EmbedSummary:
 
     @property
     def km2_tiles(self) -> float:
-        n = sum(1 for r in self.results if r.status in ("done", "nodata"))
+        n = sum(1 for r in self.results if r.status in (TileStatus.DONE, TileStatus.EMPTY))
         return n * self.tile_size_m**2 / 1e6
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,10 +319,10 @@ class EmbedSummary:
             "tiles": self.tiles,
             "units": len(self.results),
             "done": self.done,
-            "nodata": self.nodata,
+            "empty": self.empty,
             "skipped": {k: len(v) for k, v in self.skipped.items()},
             "skipped_tiles": self.skipped,
-            "nodata_tiles": self.nodata_reasons,
+            "empty_tiles": self.empty_reasons,
             "failed": self.failed,
             "complete": self.complete,
             "chips": self.chips,
@@ -302,8 +344,8 @@ class EmbedSummary:
         d = self.to_dict()
         lines = [
             f"embeddings {d['version']} -> {d['out']}: {self.tiles} tile(s) x {len(self.periods)} period(s): "
-            f"{d['done']} done, {d['nodata']} nodata, {len(self.failed)} failed, "
-            f"{sum(1 for r in self.results if r.status == 'skipped')} skipped",
+            f"{d['done']} done, {d['empty']} empty, {len(self.failed)} failed, "
+            f"{self._count(TileStatus.SKIPPED)} skipped",
             f"  {d['km2_covered']:.1f} km² covered by valid tokens, {d['km2_tiles_written']:.1f} km² of tiles written; "
             f"{d['chips']} chips in {d['elapsed_s']:.1f} s = {d['chips_per_s']:.2f} chips/s, "
             f"{d['km2_per_hour']:.0f} km²/h",
@@ -312,7 +354,7 @@ class EmbedSummary:
             lines.append(
                 f"  int8 quantisation: max |error| {d['max_abs_quant_error']:.5f} (bound {es.QUANT_MAX_ABS_ERROR:.5f})"
             )
-        for kind, table in (("skipped", self.skipped), ("nodata", self.nodata_reasons)):
+        for kind, table in (("skipped", self.skipped), ("empty", self.empty_reasons)):
             for reason, ids in table.items():
                 more = f" ... (+{len(ids) - 3})" if len(ids) > 3 else ""
                 lines.append(f"  {kind}: {len(ids)} x {reason}: {', '.join(ids[:3])}{more}")

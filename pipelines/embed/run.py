@@ -11,6 +11,7 @@ from pipelines import storage
 from pipelines.embed.plan import RunContext, Unit, plan_run
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
 from pipelines.embed.tasks import _reason
+from pipelines.runs import TileStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ def run_embedding(
             if all(t.tile_id in done.get(unit.time_index, set()) for t in unit.tiles):
                 collect(
                     [
-                        TileResult(t.tile_id, unit.time_index, "skipped", "already complete (record exists)")
+                        TileResult(
+                            t.tile_id, unit.time_index, TileStatus.SKIPPED, "already complete (record exists)"
+                        )
                         for t in unit.tiles
                     ]
                 )

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.embed.chips import EmbedConfigError, GroupPixels, nanmedian_time
-from pipelines.registry import BandSpec
+from pipelines.registry import DEFAULT_CATALOG, BandSpec
+from pipelines.runs import TileStatus
 from pipelines.storage import redact_url
 from pipelines.tiling import Tile, TileGrid
 
@@ -120,7 +121,9 @@ class PaddedTile:
     input_items: tuple[str, ...] = ()
     observations: dict[str, int] = field(default_factory=dict)  # group label -> acquisitions used
     notes: list[str] = field(default_factory=list)
-    status: str = "ok"  # "ok" | "nodata"
+    status: TileStatus = TileStatus.DONE
+    """The outcome the inputs lead to: ``done`` (pixels to embed), ``empty`` (no valid input: written
+    as a nodata tile) or ``skipped`` (no cube: not written)."""
     reason: str = ""
     read_s: float = 0.0
 
@@ -275,11 +278,11 @@ class CubeSource:
         try:
             center = store.record(tile.tile_id)
         except Exception:
-            out.status, out.reason = "missing", "no complete cube for this tile"
+            out.status, out.reason = TileStatus.SKIPPED, "no complete cube for this tile"
             return out
-        if center.get("status") != "complete":
+        if center.get("status") != TileStatus.COMPLETE:
             out.status, out.reason = (
-                "nodata",
+                TileStatus.EMPTY,
                 f"cube is {center.get('status')}: {center.get('reason') or 'no data'}",
             )
             return out
@@ -298,7 +301,7 @@ class CubeSource:
                 except Exception:
                     absent.append(nid)
                     continue
-                if rec.get("status") == "complete":
+                if rec.get("status") == TileStatus.COMPLETE:
                     neighbours.append((self.grid.tile(nid), rec))
         if absent:
             out.notes.append(
@@ -354,7 +357,7 @@ class CubeSource:
         out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
         out.input_items = tuple(sorted(items))
         if not any(np.isfinite(g.pixels).any() for g in out.groups):
-            out.status = "nodata"
+            out.status = TileStatus.EMPTY
             out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
         out.read_s = time.perf_counter() - t0
         return out
@@ -369,7 +372,7 @@ class CatalogSource:
     """Padded tiles assembled straight from STAC items (``pipelines.cubes.assemble_tile``)."""
 
     catalog_url: str
-    catalog: str = "sample"
+    catalog: str = DEFAULT_CATALOG
     collections: tuple[str, ...] = ("sentinel-2-l2a",)
     bands: tuple[str, ...] = ()
     grid: TileGrid = field(default_factory=TileGrid)
@@ -414,7 +417,7 @@ class CatalogSource:
         out = PaddedTile(tile, time_index, margin_m)
         in_period = [i for i in items if _item_in_period(i, period)]
         if not in_period:
-            out.status, out.reason = "nodata", "no input items for this tile in the period"
+            out.status, out.reason = TileStatus.EMPTY, "no input items for this tile in the period"
             return out
         ptile = padded_tile_obj(tile, margin_m)
         cube = assemble_tile(ptile, in_period, self.spec(), read_options=dict(self.read_options) or None)
@@ -439,7 +442,7 @@ class CatalogSource:
         out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
         out.input_items = tuple(sorted(items_used))
         if not any(np.isfinite(g.pixels).any() for g in out.groups):
-            out.status = "nodata"
+            out.status = TileStatus.EMPTY
             out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
         out.read_s = time.perf_counter() - t0
         return out

@@ -23,6 +23,7 @@ from pipelines.embed.sources import (
     CatalogSource,
     PaddedTile,
 )
+from pipelines.runs import TileStatus
 from pipelines.tiling import Tile
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
         try:
             if _done_already(ctx, tile, unit.time_index):
                 out.append(
-                    TileResult(tile.tile_id, unit.time_index, "skipped", "already complete (record exists)")
+                    TileResult(
+                        tile.tile_id, unit.time_index, TileStatus.SKIPPED, "already complete (record exists)"
+                    )
                 )
                 continue
             if isinstance(ctx.source, CatalogSource):
@@ -87,17 +90,17 @@ def _set_threads(n: int) -> None:
 def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     """Encoder + write for one loaded tile (the data, then its completion record)."""
     tile = padded.tile
-    res = TileResult(tile.tile_id, padded.time_index, "done", read_s=padded.read_s)
+    res = TileResult(tile.tile_id, padded.time_index, TileStatus.DONE, read_s=padded.read_s)
     n = ctx.layout.tile_tokens
     res.total_tokens = n * n
     res.chips = ctx.layout.chips_per_side**2
-    if padded.status == "missing":
-        res.status, res.reason = "skipped", padded.reason
+    if padded.status == TileStatus.SKIPPED:
+        res.status, res.reason = TileStatus.SKIPPED, padded.reason
         return res
     device = _resolve_device(ctx.device)
     ckpt = load_checkpoint_url(ctx.checkpoint, ctx.input_options, ctx.checkpoint_sha256, device)
     dim = int(ckpt.config.embed_dim)
-    if padded.status == "ok":
+    if padded.status == TileStatus.DONE:
         _set_threads(ctx.threads)
         region = embed_region(
             ckpt.model,
@@ -131,7 +134,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
         "precision": ctx.precision,
         "notes": list(padded.notes[:20]),
     }
-    if padded.status != "ok":
+    if padded.status != TileStatus.DONE:
         provenance["nodata_reason"] = padded.reason
     t0 = time.perf_counter()
     record = es.write_tile(
@@ -140,8 +143,8 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     res.write_s = time.perf_counter() - t0
     res.valid_tokens = int(record.get("valid_tokens", 0))
     res.max_abs_quant_error = (record.get("quantisation") or {}).get("max_abs_error")
-    if record.get("status") == "nodata":
-        res.status = "nodata"
+    if record.get("status") == TileStatus.NODATA:
+        res.status = TileStatus.EMPTY
         res.reason = padded.reason or "no valid token (all inputs masked)"
     return res
 
@@ -154,14 +157,16 @@ def embed_loaded(loaded: list[PaddedTile | LoadFailure | TileResult], ctx: RunCo
             out.append(item)
             continue
         if isinstance(item, LoadFailure):
-            out.append(TileResult(item.tile_id, item.time_index, "failed", item.reason, read_s=item.read_s))
+            out.append(
+                TileResult(item.tile_id, item.time_index, TileStatus.FAILED, item.reason, read_s=item.read_s)
+            )
             continue
         try:
             res = embed_padded(item, ctx)
         except Exception as exc:
             log.warning("embed %s@t%d failed: %s", item.tile.tile_id, item.time_index, _reason(exc))
             res = TileResult(
-                item.tile.tile_id, item.time_index, "failed", f"embed/write failed: {_reason(exc)}"
+                item.tile.tile_id, item.time_index, TileStatus.FAILED, f"embed/write failed: {_reason(exc)}"
             )
         res.worker = f"{os.uname().nodename}:{os.getpid()}"
         out.append(res)

@@ -24,6 +24,7 @@ from pipelines.embeddings.format import FORMAT_VERSION, TILES_DIR, EmbeddingsSto
 from pipelines.embeddings.grid import ZoneGrid, check_epsg
 from pipelines.embeddings.quantize import QUANT_MAX_ABS_ERROR, encode, quantisation_error, unit
 from pipelines.embeddings.store import _open_group, ensure_zone, read_version
+from pipelines.runs import TileStatus
 
 # ------------------------------------------------------------------------------------------
 # Tile writes and completion records
@@ -48,7 +49,9 @@ def tile_is_complete(
         rec = storage.read_json(url, storage_options)
     except (OSError, ValueError):
         return False
-    return rec.get("status") in ("complete", "nodata") and rec.get("time_index") == int(time_index)
+    return rec.get("status") in (TileStatus.COMPLETE, TileStatus.NODATA) and rec.get("time_index") == int(
+        time_index
+    )
 
 
 def list_complete_tiles(
@@ -185,7 +188,7 @@ def write_tile(
         "bounds": list(bounds),
         "time_index": int(time_index),
         "time": version.times[int(time_index)],
-        "status": "complete" if n_valid else "nodata",
+        "status": str(TileStatus.COMPLETE if n_valid else TileStatus.NODATA),
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
         "window": {"row": [row0, row1], "col": [col0, col1], "tile_row": trow, "tile_col": tcol},
         "valid_tokens": n_valid,

@@ -9,6 +9,7 @@ from pipelines import storage
 from pipelines.embeddings.format import EMB_EXTENSION, PROJ_EXTENSION, STAC_DIR, parse_time
 from pipelines.embeddings.records import list_complete_tiles, read_tile_record
 from pipelines.embeddings.store import read_version
+from pipelines.runs import TileStatus
 
 # ------------------------------------------------------------------------------------------
 # STAC
@@ -43,7 +44,7 @@ def write_stac(root_url: str, version_name: str, storage_options: Mapping[str, A
     for ti, ids in sorted(done.items()):
         for tid in ids:
             rec = read_tile_record(root, version_name, tid, ti, storage_options)
-            if rec.get("status") == "complete":
+            if rec.get("status") == TileStatus.COMPLETE:
                 per_tile.setdefault(tid, []).append(rec)
     n = version.tokens_per_tile
     emb_fields = {

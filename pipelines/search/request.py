@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.registry import Registry, load_registry
+from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
 from pipelines.retry import RetryPolicy
 from pipelines.search.filters import (
     SearchError,
@@ -76,7 +76,7 @@ class SearchRequest:
     query: dict | None = None  # extra dict-form query {"prop": {"op": value}}
     filter: dict | None = None  # CQL2-JSON
     max_items: int | None = None
-    catalog: str = "sample"  # registry catalog name
+    catalog: str = DEFAULT_CATALOG  # registry catalog name
     sensors: tuple[str, ...] = ()  # sensor names, resolved to this catalog's collections
 
     def __post_init__(self) -> None:

@@ -37,11 +37,10 @@ from pipelines.cubes import (
     tile_record,
 )
 from pipelines.cubes import gsd_label as cube_gsd_label
+from pipelines.registry import BandSpec, load_registry
 from pipelines.tiling import TileGrid
 
 EPSG = 32631  # the CRS of every synthetic tile
-
-from pipelines.registry import BandSpec, load_registry
 
 
 @dataclass(frozen=True)

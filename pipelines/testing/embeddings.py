@@ -32,7 +32,7 @@ from pipelines.embeddings import (
     write_stac,
     write_tile,
 )
-from pipelines.tiling import Tile, TileGrid
+from pipelines.tiling import DEFAULT_TILE_SIZE_M, Tile, TileGrid
 
 DEFAULT_BBOX = (5.93, 44.965, 6.07, 45.035)  # straddles 6 degrees E: UTM zones 31 and 32 near 45 degrees N
 CLASS_NAMES = ("water", "forest", "cropland", "urban", "grassland", "bare", "wetland", "snow")
@@ -123,7 +123,7 @@ def synthetic_version(
     name: str = "aom-synthetic-0123456789ab",
     dim: int = 32,
     token_ground_m: float = 80.0,
-    tile_size_m: float = 7680.0,
+    tile_size_m: float = DEFAULT_TILE_SIZE_M,
     times: Sequence[str] = ("2024-06-01",),
     quantisation: str = "int8-sqrt",
     config: Mapping[str, Any] | None = None,

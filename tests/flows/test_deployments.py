@@ -250,7 +250,7 @@ def test_ingest_embed_then_refresh_triggers_reembedding(deployed: dict[str, Any]
         time.sleep(2)
     runs = _run_worker_until(env, api_url, "embed-local", 2)
     triggered = max(runs, key=lambda r: r.created)
-    assert sorted(triggered.parameters["params"]["tile_ids"]) == expected_tiles
+    assert sorted(triggered.parameters["params"]["tiles"]) == expected_tiles
     assert triggered.state.is_completed(), triggered.state
 
 

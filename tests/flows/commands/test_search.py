@@ -9,7 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flows.commands.search import EXIT_EMPTY, EXIT_ERROR, register
+from flows.commands.search import EXIT_EMPTY
+from pipelines.errors import EXIT_USAGE as EXIT_ERROR
 from pipelines.search import load_result
 from tests.pipelines.search.support import LS, S2, all_items, fake_api
 
@@ -18,13 +19,8 @@ AOI = "5.5,44.8,6.5,45.2"
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    app = typer.Typer()
+    from flows.cli import app
 
-    @app.callback()
-    def _root() -> None:  # a group, so the verb is `search` as under `aom`
-        pass
-
-    register(app)
     return app
 
 
@@ -44,7 +40,7 @@ def test_search_saves_and_summarises(
         AOI,
         "--datetime",
         "2023-01-01/2023-12-31",
-        "--max-cloud",
+        "--max-cloud-cover",
         "30",
         "--catalog-url",
         str(search_catalog["parquet"]),
@@ -70,7 +66,7 @@ def test_search_saves_and_summarises(
         AOI,
         "--datetime",
         "2023-01-01/2023-12-31",
-        "--max-cloud",
+        "--max-cloud-cover",
         "30",
         "--catalog-url",
         str(search_catalog["parquet"]),

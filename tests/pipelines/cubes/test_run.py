@@ -60,7 +60,7 @@ def test_cli_builds_reruns_and_summarises(
 
     nd = _ndjson(tmp_path / "items.ndjson", items)
     out = tmp_path / "cubes"
-    args = ["cubes", "--items", str(nd), "--out", str(out), "--tile-size", "1920", "--no-progress"]
+    args = ["cubes", "--items", str(nd), "--out", str(out), "--tile-size-m", "1920", "--no-progress"]
     two = ",".join(TILE_IDS[:2])
     result = runner.invoke(app, [*args, "--tiles", two, "--summary-json", str(tmp_path / "summary.json")])
     assert result.exit_code == 0, result.output
@@ -91,7 +91,7 @@ def test_cli_exits_nonzero_when_nothing_useful(items: list[dict[str, Any]], tmp_
             str(nd),
             "--out",
             str(tmp_path / "c"),
-            "--tile-size",
+            "--tile-size-m",
             "1920",
             "--tiles",
             TILE_IDS[0],
@@ -102,25 +102,9 @@ def test_cli_exits_nonzero_when_nothing_useful(items: list[dict[str, Any]], tmp_
     assert "nothing useful was produced" in result.output
     assert "cannot open" in result.output
     bad = runner.invoke(
-        app, ["cubes", "--items", str(nd), "--out", str(tmp_path / "c"), "--tile-size", "7000"]
+        app, ["cubes", "--items", str(nd), "--out", str(tmp_path / "c"), "--tile-size-m", "7000"]
     )
     assert bad.exit_code == 2
-
-
-def test_storage_option_parsing() -> None:
-    from flows.commands.cubes import parse_storage_options
-
-    opts = parse_storage_options(
-        ["key=abc", "client_kwargs.endpoint_url=http://127.0.0.1:9000", "anon=false", "retries=2"],
-        '{"secret": "s"}',
-    )
-    assert opts == {
-        "secret": "s",
-        "key": "abc",
-        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"},
-        "anon": False,
-        "retries": 2,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +193,7 @@ def test_process_killed_mid_run_then_rerun_is_identical(tmp_path: Path) -> None:
         str(nd),
         "--out",
         str(out),
-        "--tile-size",
+        "--tile-size-m",
         "1920",
         "--no-progress",
     ]

@@ -191,13 +191,10 @@ def test_bad_raster_requests_fail_clearly(tmp_path: Path, geotiff: Path, ckpt: P
 
 
 def test_cli_embed_raster(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from flows.commands.embed import register
+    from flows.cli import app
 
-    app = typer.Typer()
-    register(app)
     out = tmp_path / "cli.tif"
     res = CliRunner().invoke(
         app,

@@ -32,6 +32,7 @@ from pipelines.embed import (
     parse_periods,
     run_embedding,
 )
+from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
 
 PERIOD = "2023-06-01/2023-06-30"
@@ -321,7 +322,7 @@ def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(
     tile = grid.tile(TILES[0])
     period = parse_periods(PERIOD)[0]
     padded = CubeSource(str(cubes)).read(tile, period, 0, 480.0)
-    assert padded.status == "ok" and [g.gsd_m for g in padded.groups] == [10.0, 20.0, 30.0, 60.0]
+    assert padded.status == TileStatus.DONE and [g.gsd_m for g in padded.groups] == [10.0, 20.0, 30.0, 60.0]
 
     # the padded pixels' centre is the cube's own median over the period (independent read)
     store = CubeStore.open(str(cubes))
@@ -398,25 +399,21 @@ def test_nodata_tiles_are_written_and_recorded(tmp_path: Path, checkpoint: Path,
     )
     by = {(r.tile_id, r.time_index): r for r in s.results}
     assert by[(TILES[0], 0)].status == "done"
-    assert by[(cloudy, 0)].status == by[(cloudy, 1)].status == by[(TILES[0], 1)].status == "nodata"
+    assert by[(cloudy, 0)].status == by[(cloudy, 1)].status == by[(TILES[0], 1)].status == TileStatus.EMPTY
     assert "cloud" in by[(cloudy, 0)].reason and "no valid pixel" in by[(TILES[0], 1)].reason
     for tid, ti in ((cloudy, 0), (cloudy, 1), (TILES[0], 1)):
         assert es.tile_is_complete(str(out), s.version, tid, ti)
         rec = es.read_tile_record(str(out), s.version, tid, ti)
         assert rec["status"] == "nodata" and rec["valid_tokens"] == 0 and rec["provenance"]["nodata_reason"]
         assert (tile_codes(str(out), s.version, tid, ti) == es.NODATA_Q).all()
-    assert s.complete and s.nodata == 3
+    assert s.complete and s.empty == 3
 
 
 def test_cli_embed(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from flows.commands.embed import register
+    from flows.cli import app
 
-    app = typer.Typer()
-    register(app)
-    app.command("noop")(lambda: None)
     out = tmp_path / "cli"
     base = [
         "embed",
@@ -443,7 +440,7 @@ def test_cli_embed(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "2 nodata" in res.output and json.loads((tmp_path / "s.json").read_text())["nodata"] == 2
+    assert "2 empty" in res.output and json.loads((tmp_path / "s.json").read_text())["empty"] == 2
     res = CliRunner().invoke(
         app, [*base, "--cubes", str(cubes), "--tiles", TILES[0], "--workers", "0", "--margin-tokens", "2"]
     )
@@ -506,7 +503,7 @@ def test_e2e_catalog_on_local_cluster_with_gpu_annotation(
             datetime=PERIOD,
             aoi=AOI,
             tiles=(TILES[1],),  # one tile: assembling from COGs is the slow path (the S3 test runs two)
-            catalog=str(sample_catalog.items_ndjson),
+            catalog_url=str(sample_catalog.items_ndjson),
             collections=("sentinel-2-l2a",),
             dask_address=cluster.scheduler_address,
             progress=False,

@@ -188,11 +188,10 @@ def _synthetic_geotiff(tmp_path: Path) -> tuple[Path, Path, list[str]]:
 
 
 def test_geotiff_label_raster_mismatch_and_cli(tmp_path: Path) -> None:
-    import typer
     from rasterio.transform import from_origin
     from typer.testing import CliRunner
 
-    from flows.commands import eval as eval_cmd
+    from flows import cli
 
     img, lab, names = _synthetic_geotiff(tmp_path)
     spec = DatasetSpec(name=str(img), labels=str(lab), sensor="sentinel-2-msi", bands=tuple(names))
@@ -207,13 +206,7 @@ def test_geotiff_label_raster_mismatch_and_cli(tmp_path: Path) -> None:
             DatasetSpec(name=str(img), labels=str(shifted), sensor="sentinel-2-msi", bands=tuple(names))
         )
 
-    app = typer.Typer()
-    eval_cmd.register(app)
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
+    app = cli.app
     runner = CliRunner()
     base = [
         "eval",

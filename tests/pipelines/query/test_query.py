@@ -368,17 +368,9 @@ def test_fewshot_geoparquet_labels_and_single_class_error(emb, synth: SyntheticS
 
 
 def test_cli_verbs(synth: SyntheticStore, tmp_path: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from flows.commands.query import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def _root() -> None:  # a callback keeps "query" a sub-command group
-        pass
+    from flows.cli import app
 
     runner = CliRunner()
     base = ["query"]

@@ -1,0 +1,183 @@
+"""Planning a cube run: which collections, items and tiles. One plan for `aom cubes` and the `ingest` flow.
+
+Both build a :class:`CubeRequest` with :meth:`CubeRequest.from_dict` (plain values: comma-separated
+text or lists, ``"W,S,E,N"`` text or a 4-sequence, None for "the default") and call
+:func:`plan_cubes` on the items they found; neither holds planning rules of its own.
+
+Rules, in order:
+
+1. **Collections**: ``request.collections``, else the registry collections of ``request.catalog``
+   that the items belong to; none is an :class:`~pipelines.errors.InputError` naming the fix.
+2. **Items**: those of the chosen collections; an item without ``collection`` is kept when exactly
+   one collection is wanted (static catalogs often leave it out).
+3. **Tiles**: ``request.tiles`` (ids of the grid) when given, else every tile the kept items touch;
+   either way restricted to the tiles of ``request.aoi`` (a bbox or a GeoJSON geometry) when given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from pipelines.cubes.spec import CubeSpec, Encoding
+from pipelines.errors import InputError
+from pipelines.registry import load_registry
+from pipelines.storage import parse_storage_options
+from pipelines.tiling import DEFAULT_TILE_SIZE_M, Tile, TileGrid
+
+
+@dataclass(frozen=True)
+class CubeRequest:
+    """What a cube run builds (never where to, nor credentials): the verb's and the flow's request."""
+
+    catalog: str = CubeSpec.catalog
+    """Registry catalog the collections belong to (``aom sensors`` lists them)."""
+    collections: tuple[str, ...] = ()
+    """Registry collection ids; empty: those of ``catalog`` found in the items."""
+    aoi: tuple[float, float, float, float] | Mapping[str, Any] | None = None
+    """Only tiles of this area: ``(W, S, E, N)`` in degrees (W > E crosses the antimeridian) or a
+    GeoJSON geometry; None: no restriction."""
+    tiles: tuple[str, ...] = ()
+    """Only these tile ids of the grid; empty: every tile the items touch."""
+    tile_size_m: float = DEFAULT_TILE_SIZE_M
+    """Tile edge in metres (a multiple of 60)."""
+    encoding: Encoding = CubeSpec.encoding
+    """``int16`` (reflectance x 1e4) or ``float16``."""
+    chunk_px: int = CubeSpec.chunk_px
+    """Zarr chunk edge in pixels (the training chip size)."""
+    skip_unreachable: bool = CubeSpec.skip_unreachable
+    """Leave out unreachable assets instead of failing their tiles."""
+    missing_proj: Literal["skip", "read_header"] = CubeSpec.missing_proj
+    """Items without projection metadata: ``skip`` or ``read_header``."""
+
+    def __post_init__(self) -> None:
+        for name in ("collections", "tiles"):
+            object.__setattr__(self, name, _names(getattr(self, name)))
+        object.__setattr__(self, "aoi", _aoi(self.aoi))
+        object.__setattr__(self, "tile_size_m", float(self.tile_size_m))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> CubeRequest:
+        """From plain values (CLI options, flow parameters); None means the default; unknown keys
+        are refused with the known ones listed."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown cube request fields {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid(self.tile_size_m)
+
+    def spec(self, collections: Sequence[str]) -> CubeSpec:
+        """The :class:`CubeSpec` of this request for ``collections``."""
+        return CubeSpec(
+            grid=self.grid,
+            collections=tuple(collections),
+            catalog=self.catalog,
+            encoding=self.encoding,
+            chunk_px=self.chunk_px,
+            skip_unreachable=self.skip_unreachable,
+            missing_proj=self.missing_proj,
+        )
+
+
+@dataclass(frozen=True)
+class CubePlan:
+    """The outcome of planning: the spec, the items it keeps and the tiles to build."""
+
+    spec: CubeSpec
+    """Settings of the run (collections resolved)."""
+    items: tuple[Mapping[str, Any], ...]
+    """Items of the spec's collections."""
+    tiles: tuple[Tile, ...]
+    """Tiles to build, in grid order."""
+
+    @property
+    def tile_ids(self) -> list[str]:
+        return [t.tile_id for t in self.tiles]
+
+    def describe(self) -> str:
+        """``"3 item(s) of sentinel-2-l2a; 2 tile(s) of 7680 m"``."""
+        return (
+            f"{len(self.items)} item(s) of {', '.join(self.spec.collections)}; {len(self.tiles)} tile(s) "
+            f"of {self.spec.grid.tile_size_m:g} m"
+        )
+
+
+def plan_cubes(request: CubeRequest, items: Iterable[Mapping[str, Any]]) -> CubePlan:
+    """Collections, items and tiles of a cube run (the rules are in the module docstring)."""
+    item_list = list(items)
+    wanted = request.collections
+    if not wanted:
+        known = {c.collection for c in load_registry().collections_in(request.catalog)}
+        wanted = tuple(sorted({str(i.get("collection")) for i in item_list} & known))
+        if not wanted:
+            raise InputError(
+                f"no item belongs to a {request.catalog!r} collection of the registry; "
+                "name them with --collections (`aom sensors` lists the registry)"
+            )
+    spec = request.spec(wanted)
+    kept = tuple(
+        i
+        for i in item_list
+        if i.get("collection") in spec.collections or (i.get("collection") is None and len(wanted) == 1)
+    )
+    grid = spec.grid
+    tiles = [grid.tile(t) for t in request.tiles] if request.tiles else grid.tiles_for_items(kept)
+    if request.aoi is not None:
+        inside = {t.tile_id for t in _aoi_tiles(grid, request.aoi)}
+        tiles = [t for t in tiles if t.tile_id in inside]
+    return CubePlan(spec, kept, tuple(dict.fromkeys(tiles)))
+
+
+def read_items(
+    items_url: str, out: str, storage_options: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The items of a saved search or local catalog (ndjson / parquet / catalog.json, any URL).
+
+    ``storage_options`` are those of the cube store ``out``; they are used for ``items_url`` only
+    when both live on the same kind of storage (scheme), so a local item file never gets S3
+    credentials. An unreadable source is an :class:`~pipelines.errors.InputError`.
+    """
+    from pipelines.search import iter_items
+
+    options = parse_storage_options(storage_options) if _scheme(items_url) == _scheme(out) else None
+    try:
+        return list(iter_items(items_url, options))
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read items from {items_url}: {type(exc).__name__}: {exc}") from None
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def _aoi_tiles(grid: TileGrid, aoi: tuple[float, float, float, float] | Mapping[str, Any]) -> list[Tile]:
+    if isinstance(aoi, Mapping):
+        return grid.tiles_for_geometry(aoi)
+    return grid.tiles_for_bbox(aoi)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """``"a, b,,c"`` or ``["a", "b"]`` -> ``("a", "b", "c")``, order kept, duplicates dropped."""
+    parts = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(dict.fromkeys(str(p).strip() for p in parts if str(p).strip()))
+
+
+def _aoi(value: Any) -> tuple[float, float, float, float] | Mapping[str, Any] | None:
+    """None, a GeoJSON geometry (kept), ``"W,S,E,N"`` text or four numbers (a bbox tuple)."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    parts = [p for p in value.replace(" ", "").split(",") if p] if isinstance(value, str) else list(value)
+    try:
+        w, s, e, n = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"an area must be W,S,E,N (4 numbers) or a GeoJSON geometry, got {value!r}"
+        ) from None
+    return w, s, e, n

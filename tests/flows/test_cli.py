@@ -1,0 +1,273 @@
+"""The `aom` command line as a whole: errors map to one line and an exit code, one vocabulary across
+verbs, and the verbs build the same request objects as the flows from the same values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipelines.errors import EXIT_FAILED, EXIT_USAGE, InputError, RunFailedError
+
+SECRET = "hunter2-SECRET"
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args))
+
+
+def _command(*path: str) -> Any:
+    command: Any = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def test_an_aom_error_is_one_line_and_its_exit_code() -> None:
+    r = invoke("sensors", "no-such-sensor")
+    assert r.exit_code == EXIT_USAGE
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no-such-sensor" in lines[0]
+    assert "Traceback" not in r.output and not lines[0].startswith("error: '")  # a KeyError, unquoted
+
+
+def test_debug_shows_the_traceback() -> None:
+    r = invoke("--debug", "sensors", "no-such-sensor")
+    assert r.exit_code == EXIT_USAGE
+    assert "Traceback (most recent call last)" in r.stderr and "UnknownEntryError" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InputError("registry file broken.yaml: line 3\n  has no bands"), EXIT_USAGE),
+        (RunFailedError("registry service gave up after 3 attempts"), EXIT_FAILED),
+    ],
+)
+def test_the_exit_code_is_the_error_s(error: Exception, code: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*_: Any, **__: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr("pipelines.registry.load_registry", fail)
+    r = invoke("sensors")
+    assert r.exit_code == code
+    assert r.stderr.strip().splitlines() == ["error: " + " ".join(str(error).split())]
+
+
+# ---------------------------------------------------------------------------------------------
+# one vocabulary
+
+
+def test_the_shared_options_are_spelled_and_explained_once() -> None:
+    verbs = {
+        "search": ("search",),
+        "cubes": ("cubes",),
+        "pretrain": ("pretrain",),
+        "embed": ("embed",),
+        "embed-raster": ("embed-raster",),
+        "query versions": ("query", "versions"),
+    }
+    helps = {}
+    for name, path in verbs.items():
+        opts = {o: p for p in _command(*path).params for o in getattr(p, "opts", [])}
+        assert "--storage-options" in opts and opts["--storage-options"].multiple, name
+        helps[name] = opts["--storage-options"].help.split(": ", 1)[1]
+        assert not {"--storage-option", "--dask-scheduler", "--tile-size", "--catalog-name"} & set(opts), name
+    assert len(set(helps.values())) == 1, helps  # same forms, same words everywhere
+    for name in ("cubes", "embed"):
+        opts = {o: p for p in _command(name).params for o in getattr(p, "opts", [])}
+        assert {"--dask-address", "--workers", "--tile-size-m", "--catalog", "--catalog-url"} <= set(opts)
+        assert opts["--workers"].help.startswith("Local parallel workers: tiles worked on at once")
+        assert "DASK_SCHEDULER_ADDRESS" in opts["--dask-address"].help
+    demo = {o: p for p in _command("demo").params for o in getattr(p, "opts", [])}
+    assert demo["--workers"].help.startswith("Local parallel workers: tiles worked on at once")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("search", "-c", "sentinel-2-l2a", "--out", "x.ndjson"),
+        ("cubes", "--items", "i.ndjson", "--out", "c"),
+        (
+            "embed",
+            "--checkpoint",
+            "c",
+            "--out",
+            "o",
+            "--datetime",
+            "2023",
+            "--cubes",
+            "c",
+            "--aoi",
+            "0,0,1,1",
+        ),
+        ("embed-raster", "x.tif", "--checkpoint", "c", "--out", "o.tif"),
+        ("pretrain", "--cubes", "c", "--out", "o"),
+        ("query", "versions", "--embeddings", "e"),
+    ],
+)
+def test_every_verb_reads_storage_options_with_the_one_parser(args: tuple[str, ...], tmp_path: Path) -> None:
+    r = invoke(*args, "--storage-options", "anon=true", "--storage-options", SECRET)
+    assert r.exit_code == EXIT_USAGE, r.output
+    assert r.stderr.strip().splitlines() == [
+        "error: --storage-options (entry 2) is neither a JSON object, @file.json nor key=value (dotted keys "
+        "nest), e.g. endpoint_url=http://localhost:9000 or '{\"anon\": true}'"
+    ]
+    assert SECRET not in r.output
+
+
+def _library_defaults(cls: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+@pytest.mark.parametrize("verb", ["cubes", "embed"])
+def test_cli_defaults_are_the_library_s(verb: str) -> None:
+    from pipelines.cubes import CubeRequest
+    from pipelines.embed import EmbedRequest
+
+    defaults = _library_defaults({"cubes": CubeRequest, "embed": EmbedRequest}[verb])
+    shared = 0
+    for param in _command(verb).params:
+        if param.name in defaults and param.default not in (None, "", [], ()):  # empty: "not given"
+            assert param.default == defaults[param.name], (verb, param.name)
+            shared += 1
+    assert shared >= 5
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI and the flows build the same requests
+
+
+def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.embed import EmbedParams
+    from flows.params import AreaParams, StorageParams
+    from pipelines.embed import EmbedRequest
+
+    seen: list[EmbedRequest] = []
+
+    class Summary:
+        complete = True
+
+        def format(self) -> str:
+            return "ok"
+
+        def to_dict(self) -> dict[str, Any]:
+            return {}
+
+    def fake_run(request: EmbedRequest) -> Summary:
+        seen.append(request)
+        return Summary()
+
+    monkeypatch.setattr("pipelines.embed.run_embedding", fake_run)
+    r = invoke(
+        "embed",
+        "--checkpoint",
+        "s3://m/model.safetensors",
+        "--out",
+        "s3://b/emb",
+        "--datetime",
+        "2023-06-01/2023-06-30,2023-07-01/2023-07-31",
+        "--aoi",
+        "5.9,44.9,6.1,45.1",
+        "--tiles",
+        "32631_95_649, 32632_34_649",
+        "--catalog-url",
+        "https://stac.example/v1",
+        "--catalog",
+        "earth-search",
+        "--tile-size-m",
+        "3840",
+        "--version",
+        "v1",
+        "--dask-address",
+        "tcp://scheduler:8786",
+        "--workers",
+        "3",
+        "--storage-options",
+        "endpoint_url=http://127.0.0.1:9000",
+        "--no-progress",
+    )
+    assert r.exit_code == 0, r.output
+    flow = EmbedParams(
+        checkpoint="s3://m/model.safetensors",
+        out="s3://b/emb",
+        datetime="2023-06-01/2023-06-30,2023-07-01/2023-07-31",
+        area=AreaParams(bbox="5.9,44.9,6.1,45.1"),  # type: ignore[arg-type]
+        tiles=("32631_95_649", "32632_34_649"),
+        catalog_url="https://stac.example/v1",
+        catalog="earth-search",
+        tile_size_m=3840,
+        version="v1",
+        dask_address="tcp://scheduler:8786",
+        workers=3,
+        storage=StorageParams(endpoint_url="http://127.0.0.1:9000"),
+    ).request()
+    assert seen == [flow]
+    assert (
+        flow.storage_options == {"endpoint_url": "http://127.0.0.1:9000"} and flow.catalog == "earth-search"
+    )
+
+
+def test_cubes_cli_and_ingest_flow_build_equal_requests(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from flows.ingest import IngestParams
+    from flows.params import AreaParams
+    from pipelines.cubes import CubeRequest
+
+    seen: list[CubeRequest] = []
+
+    def fake_plan(request: CubeRequest, items: Any) -> Any:
+        seen.append(request)
+        raise InputError("planned")
+
+    monkeypatch.setattr("pipelines.cubes.plan_cubes", fake_plan)
+    items = tmp_path / "items.ndjson"
+    items.write_text("")
+    r = invoke(
+        "cubes",
+        "--items",
+        str(items),
+        "--out",
+        str(tmp_path / "cubes"),
+        "--collections",
+        "sentinel-2-l2a,landsat-c2-l2",
+        "--bbox",
+        "5.9,44.9,6.1,45.1",
+        "--tiles",
+        "32631_95_649",
+        "--tile-size-m",
+        "3840",
+    )
+    assert r.exit_code == EXIT_USAGE and "error: planned" in r.stderr
+    flow = IngestParams(
+        collections="sentinel-2-l2a,landsat-c2-l2",  # type: ignore[arg-type]
+        area=AreaParams(bbox=(5.9, 44.9, 6.1, 45.1), datetime="2023-06"),
+        out=str(tmp_path / "cubes"),
+        tiles=("32631_95_649",),
+        tile_size_m=3840,
+    ).cube_request()
+    assert seen == [flow]
+    assert flow.aoi == (5.9, 44.9, 6.1, 45.1) and flow.collections == ("sentinel-2-l2a", "landsat-c2-l2")
+
+
+def test_flow_storage_options_take_the_cli_forms() -> None:
+    from flows.params import StorageParams
+
+    params = StorageParams(endpoint_url="http://127.0.0.1:9000", options=["anon=false", '{"retries": 2}'])
+    assert params.storage_options() == {"anon": False, "retries": 2, "endpoint_url": "http://127.0.0.1:9000"}
+    assert StorageParams(options="").storage_options() == {}  # templated from an unset variable
+    with pytest.raises(InputError, match=r"^storage.options is neither") as info:
+        StorageParams(options=[SECRET]).storage_options()
+    assert SECRET not in str(info.value)
