@@ -826,5 +826,5 @@ def test_readme_covers_the_path_to_a_running_deployment() -> None:
         "CUDA torch",
     ]:
         assert needle in text, f"infra/README.md does not cover: {needle}"
-    for ref in sorted(set(re.findall(r"infra/[\w./-]*\w", text))):
+    for ref in sorted(set(re.findall(r"(?<![\w/])infra/[\w./-]*\w", text))):
         assert (REPO / ref).exists(), f"infra/README.md names {ref}, which does not exist"
