@@ -96,7 +96,7 @@ def tile_record(
 ) -> dict[str, Any]:
     """A tile's completion record (``status`` ``complete`` with ``groups``, or ``empty``), written last
     with :meth:`CubeStore.write_record`. ``written_at`` defaults to now (UTC, ISO 8601)."""
-    if status not in ("complete", "empty"):
+    if status not in (TileStatus.COMPLETE, TileStatus.EMPTY):
         raise ValueError(f"a completion record's status is 'complete' or 'empty', got {status!r}")
     return {
         "status": status,
@@ -248,7 +248,7 @@ class CubeStore:
                     rec = json.loads(fh.read())
             except (OSError, ValueError) as e:
                 raise CubeStoreError(f"{self}: unreadable completion record {tile_id}.json: {e}") from e
-            if not isinstance(rec, dict) or rec.get("status") not in ("complete", "empty"):
+            if not isinstance(rec, dict) or rec.get("status") not in (TileStatus.COMPLETE, TileStatus.EMPTY):
                 raise CubeStoreError(
                     f"{self}: completion record {tile_id}.json has no valid status "
                     f"(expected 'complete' or 'empty'): {rec!r}"
