@@ -46,10 +46,13 @@ def query_task(paths: steps.DemoPaths) -> dict[str, Any]:
 
 @flow(name="demo", log_prints=True)
 def demo(
-    out_dir: str = "aom-demo", pretrain_steps: int = 60, workers: int = 2, init: str | None = None
+    out: str = steps.DEMO_OUT,
+    pretrain_steps: int = steps.DEMO_PRETRAIN_STEPS,
+    workers: int = steps.DEMO_WORKERS,
+    init: str | None = None,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    paths = steps.DemoPaths(Path(out_dir).absolute())
+    paths = steps.DemoPaths(Path(out).absolute())
     sample = samples_task(paths)
     for note in sample["notes"]:
         logger.info("samples: %s", note)

@@ -18,6 +18,10 @@ DEMO_BBOX: tuple[float, float, float, float] = (5.97, 44.985, 6.03, 45.015)
 DEMO_DATETIME = "2023-06-01/2023-06-30"
 DEMO_COLLECTIONS: tuple[str, ...] = ("sentinel-2-l2a", "landsat-c2-l2", "hls2-s30", "hls2-l30")
 DEMO_TILE_SIZE_M = 3840.0
+# Defaults of the `aom demo` verb and the `demo` flow (defined here once).
+DEMO_OUT = "aom-demo"
+DEMO_PRETRAIN_STEPS = 60
+DEMO_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ def pretrain(paths: DemoPaths, steps: int, init: str | None = None) -> dict[str,
     }
 
 
-def embed(paths: DemoPaths, checkpoint: str, workers: int = 2) -> dict[str, Any]:
+def embed(paths: DemoPaths, checkpoint: str, workers: int = DEMO_WORKERS) -> dict[str, Any]:
     from pipelines.embed import EmbedRequest, run_embedding
 
     request = EmbedRequest(

@@ -7,12 +7,15 @@ from pathlib import Path
 import typer
 
 from flows.commands._options import workers_option
+from pipelines.demo import DEMO_OUT, DEMO_PRETRAIN_STEPS, DEMO_WORKERS
 
 
 def demo(
-    out: Path = typer.Option(Path("aom-demo"), "--out", help="Folder for every output of the demo."),
-    pretrain_steps: int = typer.Option(60, min=1, help="Optimiser steps of the short `tiny` pretraining."),
-    workers: int = workers_option(2, " while embedding (Dask LocalCluster worker processes)"),
+    out: Path = typer.Option(Path(DEMO_OUT), "--out", help="Folder for every output of the demo."),
+    pretrain_steps: int = typer.Option(
+        DEMO_PRETRAIN_STEPS, min=1, help="Optimiser steps of the short `tiny` pretraining."
+    ),
+    workers: int = workers_option(DEMO_WORKERS, " while embedding (Dask LocalCluster worker processes)"),
     init: str = typer.Option(
         "shipped",
         "--init",
@@ -25,7 +28,7 @@ def demo(
     from pipelines.checkpoints import shipped_checkpoint
 
     start: str | None = {"shipped": shipped_checkpoint(), "none": None}.get(init.lower(), init)
-    result = demo_flow(out_dir=str(out), pretrain_steps=pretrain_steps, workers=workers, init=start)
+    result = demo_flow(out=str(out), pretrain_steps=pretrain_steps, workers=workers, init=start)
     if not result["top"]:
         raise typer.Exit(1)
 

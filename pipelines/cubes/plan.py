@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pipelines.cubes.spec import CubeSpec, Encoding
 from pipelines.errors import InputError
 from pipelines.registry import load_registry
-from pipelines.storage import parse_storage_options
+from pipelines.storage import parse_storage_options, redact_url
 from pipelines.tiling import DEFAULT_TILE_SIZE_M, Tile, TileGrid
 
 
@@ -150,7 +150,9 @@ def read_items(
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"cannot read items from {items_url}: {type(exc).__name__}: {exc}") from None
+        raise InputError(
+            f"cannot read items from {redact_url(items_url)}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _scheme(url: str) -> str:
