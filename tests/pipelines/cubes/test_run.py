@@ -238,7 +238,7 @@ def test_tiles_on_a_dask_cluster(items: list[dict[str, Any]], clean: CubeStore, 
         summary = write_cubes(
             items, TILE_IDS, spec(), str(tmp_path / "cubes"), progress=False, dask_client=client
         )
-    assert sorted(summary.tiles_done) == sorted(TILE_IDS)
+    assert sorted(summary.tiles_done) == sorted(TILE_IDS), summary.tiles_failed
     assert_stores_equal(CubeStore.open(str(tmp_path / "cubes")), clean)
 
 
