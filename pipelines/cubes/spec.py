@@ -6,6 +6,7 @@ Shared by :mod:`pipelines.cubes.assembly` (pixels), :mod:`pipelines.cubes.store`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -117,14 +118,24 @@ class CubeSpec:
         digest of the registry entries (assets, scale/offset, mask rule) of the collections."""
         d = self.to_dict()
         d.pop("missing_proj")
-        entries = [repr(self.collection_spec(c)) for c in self.collections]
-        d["registry_digest"] = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+        entries = [_registry_content(self.collection_spec(c)) for c in self.collections]
+        text = json.dumps(entries, sort_keys=True, default=str)
+        d["registry_digest"] = hashlib.sha256(text.encode()).hexdigest()[:16]
         return d
 
     @property
     def fingerprint(self) -> str:
         text = json.dumps(self.layout_dict(), sort_keys=True)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _registry_content(cs: CollectionSpec) -> dict[str, Any]:
+    """What a collection's registry entry says about the pixels (assets, bands, scale/offset, DN offset
+    rules, quality mask), as plain data: the digest must follow the content, never the Python class
+    names or prose descriptions, so refactoring the registry code keeps existing stores valid."""
+    content = dataclasses.asdict(cs)
+    content["sensor"].pop("description", None)
+    return content
 
 
 def reflectance_attrs(encoding: Encoding) -> dict[str, Any]:

@@ -88,3 +88,22 @@ def test_reader_errors_are_cube_data_errors(stores: dict[str, str], tmp_path: Pa
     (bad / "_tiles" / "T000.json").write_text("{not json")
     with pytest.raises(CubeDataError, match=r"unreadable completion record T000\.json"):
         CubeStore.open(str(bad)).tile_records()
+
+
+def test_spec_fingerprint_follows_registry_content_not_prose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry digest in a store's fingerprint changes with what the registry says about pixels
+    (a scale) and not with prose (a sensor description) or the code's class names."""
+    import dataclasses
+
+    from pipelines.cubes import CubeSpec
+    from pipelines.tiling import TileGrid
+
+    spec = CubeSpec(grid=TileGrid(7680.0), collections=("sentinel-2-l2a",), catalog="earth-search")
+    base, cs = spec.fingerprint, spec.collection_spec("sentinel-2-l2a")
+    reworded = dataclasses.replace(cs, sensor=dataclasses.replace(cs.sensor, description="other words"))
+    monkeypatch.setattr(CubeSpec, "collection_spec", lambda self, c: reworded)
+    assert spec.fingerprint == base
+    monkeypatch.setattr(
+        CubeSpec, "collection_spec", lambda self, c: dataclasses.replace(cs, scale=cs.scale * 2)
+    )
+    assert spec.fingerprint != base
