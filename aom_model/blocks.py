@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aom_model.pos_embed import apply_rope
+
 
 def is_tracing() -> bool:
     """True under torch.compile / torch.export / jit tracing (no data-dependent Python branches)."""
@@ -43,15 +45,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, key_valid: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        key_valid: Tensor | None = None,
+        bias: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         b, n, d = x.shape  # [B, L, D]
         h = self.num_heads
         qkv = self.qkv(x).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # [3, B, h, L, dh]
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if rope is not None:  # 2-D rotary positions: logits depend on ground offsets only
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         mask: Tensor | None = key_padding_mask(key_valid)  # [B, 1, 1, L] bool or None
         if bias is not None:  # [B, h, L, L] additive logits
             bias = bias.to(qkv.dtype)
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))  # [B, L, D]
 
 
@@ -76,9 +87,13 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(
-        self, x: Tensor, key_valid: Tensor | None = None, bias: Tensor | None = None
+        self,
+        x: Tensor,
+        key_valid: Tensor | None = None,
+        bias: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:  # [B, L, D]
-        x = x + self.attn(self.norm1(x), key_valid, bias)
+        x = x + self.attn(self.norm1(x), key_valid, bias, rope)
         return x + self.mlp(self.norm2(x))
 
 

@@ -41,15 +41,22 @@ class AOMConfig:
     band_min_freq_per_um: float = 0.1
     band_max_freq_per_um: float = 200.0
     num_band_ids: int = 0  # >0: learned embedding table for registry band ids (id -1 = unknown)
-    pos_min_period_m: float = 10.0  # GSD-aware sin-cos: periods span [min, max] metres
-    pos_max_period_m: float = 1.0e6
+    # 2-D rotary positions (RoPE) of token centres in ground metres: head_dim / 4 frequencies per
+    # axis with periods log-spaced in [min, max] metres; only ground offsets enter attention
+    pos_min_period_m: float = 20.0
+    pos_max_period_m: float = 1.0e5
     # --- decoder -------------------------------------------------------------------------------
     decoder_dim: int = 64
     decoder_depth: int = 1
     decoder_heads: int = 2
+    # blocks of spatial attention (2-D RoPE) over all positions before the decoder's spectral blocks:
+    # positions the encoder never saw (no visible band) get their context here, as in MAE's decoder
+    decoder_spatial_depth: int = 1
     # --- pretraining objective -----------------------------------------------------------------
     mask_ratio: float = 0.75  # fraction of present band-position tokens masked
-    band_mask_prob: float = 0.25  # probability that a whole band is masked (within the ratio)
+    # share of the masked tokens that come from whole-band masks (the rest: whole positions, which
+    # the encoder then skips); 0.7 keeps positions without any visible band below half at ratio 0.75
+    band_mask_share: float = 0.7
     temperature: float = 0.1  # InfoNCE temperature
     recon_weight: float = 1.0
     # per-patch-normalised targets drop each token's level and contrast, which carry most of the
@@ -96,8 +103,10 @@ class AOMConfig:
                 errors.append(
                     f"{dim}={getattr(self, dim)} is not divisible by {heads}={getattr(self, heads)}"
                 )
-        if self.embed_dim % 4 != 0 or self.decoder_dim % 4 != 0:
-            errors.append("embed_dim and decoder_dim must be multiples of 4 (2-D sin-cos embedding)")
+        for dim, heads in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
+            h = max(1, int(getattr(self, heads)))
+            if getattr(self, dim) % h == 0 and (getattr(self, dim) // h) % 4 != 0:
+                errors.append(f"{dim} / {heads} must be a multiple of 4 (2-D rotary positions)")
         if not self.kernel_sizes or any(int(k) < 1 for k in self.kernel_sizes):
             errors.append(f"kernel_sizes must be a non-empty tuple of positive ints, got {self.kernel_sizes}")
         if self.patch_size_max < self.patch_size_min:
@@ -106,8 +115,10 @@ class AOMConfig:
             errors.append(f"token_ground_m must be > 0, got {self.token_ground_m}")
         if not 0.0 <= self.mask_ratio < 1.0:
             errors.append(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if not 0.0 <= self.band_mask_prob <= 1.0:
-            errors.append(f"band_mask_prob must be in [0, 1], got {self.band_mask_prob}")
+        if not 0.0 <= self.band_mask_share <= 1.0:
+            errors.append(f"band_mask_share must be in [0, 1], got {self.band_mask_share}")
+        if self.decoder_spatial_depth < 0:
+            errors.append(f"decoder_spatial_depth must be >= 0, got {self.decoder_spatial_depth}")
         if not 0.0 < self.min_valid_pixel_frac <= 1.0:
             errors.append(f"min_valid_pixel_frac must be in (0, 1], got {self.min_valid_pixel_frac}")
         if self.temperature <= 0:

@@ -15,7 +15,7 @@ from aom_model.inputs import BandBatch
 from aom_model.losses import info_nce, normalized_patch_mse, patch_stats_mse
 from aom_model.masking import channel_mask
 from aom_model.patch_embed import GridPlan
-from aom_model.pos_embed import ground_sincos
+from aom_model.pos_embed import token_centres_m
 from aom_model.tokenizer import Tokenizer, Tokens
 
 
@@ -44,17 +44,17 @@ class AOM(nn.Module):
         self.encoder = build_encoder(config)
         self.token_dim = self.encoder.band_dim  # D (joint) or d_s (factorized)
         self.tokenizer = Tokenizer(config, self.token_dim)
-        self.mask_token = nn.Parameter(torch.zeros(self.token_dim))
-        nn.init.normal_(self.mask_token, std=0.02)
         self.decoder = Decoder(config, self.token_dim)
         d = config.embed_dim
         self.align_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, config.align_dim))
         for part in (
             self.encoder,
             self.decoder.blocks,
+            self.decoder.spatial,
             self.decoder.heads,
             self.decoder.stats_pos,
             self.decoder.stats_head,
+            self.decoder.stats_fill,
             self.align_head,
         ):
             part.apply(_init_linear)
@@ -70,18 +70,26 @@ class AOM(nn.Module):
     ) -> EncoderOutput:
         """Tokens (+ optional mask [B, N, C], True = hidden) -> EncoderOutput.
 
-        Masked tokens lose their content (replaced by a learned mask token): they are queries that
-        gather context but never keys, so nothing leaks into the reconstruction.
+        Without a mask every present token is encoded (inference). With one, the encoder sees only
+        visible band tokens and only positions with a visible band (MAE-style gather; see
+        ``pack_visible``); outputs are scattered back to the full grid with zeros where nothing
+        was encoded (``token_valid`` / ``band_token_valid`` say where).
         """
         present = tokens.present  # [B, N, C]
         visible = present if masked is None else present & ~masked
-        x = tokens.patches  # [B, N, C, d_tok]
-        if masked is not None:
-            x = torch.where(masked[..., None], self.mask_token.to(x.dtype), x)
-        x = x + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
-        pos_tokens, band_tokens, pos_valid = self.encoder(
-            x, tokens.pos_embed, visible, present, tokens.wavelength_nm
-        )
+        x = tokens.patches + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
+        coords = token_centres_m(tokens.grid_hw, tokens.token_m)  # [B, N, 2] metres
+        if masked is None:
+            pos_tokens, band_tokens, pos_valid = self.encoder(x, coords, visible, tokens.wavelength_nm)
+        else:
+            pk = pack_visible(visible)
+            b, n, c, _ = x.shape
+            xp = pk.gather(x)  # [B, Nv, Cv, d_tok]
+            cp = torch.gather(coords, 1, pk.pos_index[..., None].expand(-1, -1, 2))  # [B, Nv, 2]
+            wl = pk.gather(tokens.wavelength_nm[:, None, :, None].expand(b, n, c, 1))[..., 0]  # [B, Nv, Cv]
+            pos_p, band_p, _ = self.encoder(xp, cp, pk.band_keep, wl)
+            pos_tokens, band_tokens = pk.scatter(pos_p, band_p, n, c)
+            pos_valid = visible.any(dim=-1)  # [B, N]
         pooled = masked_mean(pos_tokens, pos_valid, dim=1)  # [B, D]
         return EncoderOutput(
             tokens=pos_tokens,
@@ -98,14 +106,12 @@ class AOM(nn.Module):
         and [B, N, C, 2] predicted (mean, std) of every band token."""
         if enc.band_tokens is None:
             raise ValueError("decode needs band tokens: call encode(..., keep_band_tokens=True)")
-        cfg = self.config
-        dec_pos = ground_sincos(
-            tokens.grid_hw, tokens.token_m, cfg.decoder_dim, cfg.pos_min_period_m, cfg.pos_max_period_m
-        )  # [B, N, d_dec]
-        hidden = self.decoder(
+        coords = token_centres_m(tokens.grid_hw, tokens.token_m)  # [B, N, 2] metres
+        hidden, pos_ctx = self.decoder(
             enc.band_tokens,
             enc.tokens,
-            dec_pos,
+            enc.token_valid,
+            coords,
             masked,
             tokens.present,
             tokens.wavelength_nm,
@@ -117,7 +123,13 @@ class AOM(nn.Module):
         for (s, e), gp in zip(tokens.group_slices, tokens.plan.groups):
             preds.append(self.decoder.predict(hidden[:, :, s:e], gp.kernel_size, gp.patch_hw))
         stats = self.decoder.predict_stats(
-            enc.tokens, tokens.wavelength_nm, tokens.fwhm_nm, tokens.band_valid, tokens.band_id
+            enc.tokens,
+            enc.token_valid,
+            pos_ctx,
+            tokens.wavelength_nm,
+            tokens.fwhm_nm,
+            tokens.band_valid,
+            tokens.band_id,
         )  # [B, N, C, 2]
         return Reconstruction(pixels=preds, stats=stats)
 
@@ -179,7 +191,7 @@ class AOM(nn.Module):
         Returns {"loss", "recon", "stats"[, "align"]} (``loss`` is differentiable)."""
         view_native.validate()
         tokens = self.tokenize(view_native)
-        masked = channel_mask(tokens.present, self.config.mask_ratio, self.config.band_mask_prob, generator)
+        masked = channel_mask(tokens.present, self.config.mask_ratio, self.config.band_mask_share, generator)
         enc = self.encode(tokens, masked)
         rec = self.decode(enc, tokens, masked)
         pooled_coarse = None
@@ -188,6 +200,53 @@ class AOM(nn.Module):
                 raise ValueError("view_native and view_coarse must have the same batch size")
             pooled_coarse = self.forward_features(view_coarse).pooled
         return self.loss(rec, tokens, masked, enc.pooled, pooled_coarse)
+
+
+@dataclass
+class PackedVisible:
+    """Index of the visible part of a [B, N, C] token set: positions with a visible band first
+    (in grid order), then per position its visible bands first (in band order)."""
+
+    pos_index: Tensor  # [B, Nv] long: grid position of each packed position
+    pos_keep: Tensor  # [B, Nv] bool: packed position has a visible band (else padding)
+    band_index: Tensor  # [B, Nv, Cv] long: band of each packed band token
+    band_keep: Tensor  # [B, Nv, Cv] bool: packed band token is visible (else padding)
+
+    def gather(self, x: Tensor) -> Tensor:  # [B, N, C, d] -> [B, Nv, Cv, d]
+        _, _, c, d = x.shape
+        xp = torch.gather(x, 1, self.pos_index[:, :, None, None].expand(-1, -1, c, d))  # [B, Nv, C, d]
+        return torch.gather(xp, 2, self.band_index[..., None].expand(-1, -1, -1, d))
+
+    def scatter(self, pos: Tensor, band: Tensor, n: int, c: int) -> tuple[Tensor, Tensor]:
+        """[B, Nv, D], [B, Nv, Cv, d] -> [B, N, D], [B, N, C, d] with zeros where nothing was encoded."""
+        b, nv, _, d = band.shape
+        band = band * self.band_keep[..., None].to(band.dtype)
+        full_c = band.new_zeros(b, nv, c, d).scatter(
+            2, self.band_index[..., None].expand(-1, -1, -1, d), band
+        )
+        full_c = full_c * self.pos_keep[:, :, None, None].to(band.dtype)
+        band_out = band.new_zeros(b, n, c, d).scatter(
+            1, self.pos_index[:, :, None, None].expand(-1, -1, c, d), full_c
+        )  # [B, N, C, d]
+        pos = pos * self.pos_keep[..., None].to(pos.dtype)
+        pos_out = pos.new_zeros(b, n, pos.shape[-1]).scatter(
+            1, self.pos_index[..., None].expand(-1, -1, pos.shape[-1]), pos
+        )  # [B, N, D]
+        return pos_out, band_out
+
+
+def pack_visible(visible: Tensor) -> PackedVisible:
+    """Indices that keep only positions with a visible band and only visible band tokens
+    (padded to the batch's largest counts; one host sync, so eager only)."""
+    pos_valid = visible.any(dim=-1)  # [B, N]
+    nv = max(1, int(pos_valid.sum(dim=1).max()))
+    pos_index = torch.argsort((~pos_valid).to(torch.int8), dim=1, stable=True)[:, :nv]  # [B, Nv]
+    pos_keep = torch.gather(pos_valid, 1, pos_index)
+    vis = torch.gather(visible, 1, pos_index[..., None].expand(-1, -1, visible.shape[-1]))  # [B, Nv, C]
+    cv = max(1, int(vis.sum(dim=-1).max()))
+    band_index = torch.argsort((~vis).to(torch.int8), dim=2, stable=True)[..., :cv]  # [B, Nv, Cv]
+    band_keep = torch.gather(vis, 2, band_index)
+    return PackedVisible(pos_index, pos_keep, band_index, band_keep)
 
 
 def _init_linear(m: nn.Module) -> None:

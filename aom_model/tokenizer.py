@@ -13,7 +13,6 @@ from aom_model.blocks import is_tracing
 from aom_model.config import AOMConfig
 from aom_model.inputs import BandBatch
 from aom_model.patch_embed import GridPlan, KernelBank, patchify, plan_grid
-from aom_model.pos_embed import ground_sincos
 
 
 @dataclass
@@ -22,7 +21,6 @@ class Tokens:
 
     patches: Tensor  # [B, N, C, d_tok] projected band patches (no embeddings); absent tokens = 0
     band_embed: Tensor  # [B, C, d_tok]
-    pos_embed: Tensor  # [B, N, D] GSD-aware sin-cos of token centres (m)
     present: Tensor  # [B, N, C] bool: band valid and >= min_valid_pixel_frac valid pixels
     wavelength_nm: Tensor  # [B, C]
     fwhm_nm: Tensor  # [B, C]
@@ -135,9 +133,6 @@ class Tokenizer(nn.Module):
         return Tokens(
             patches=torch.cat(patches, dim=2),
             band_embed=self.band_embedding(wavelength, fwhm, band_valid_all, band_id),
-            pos_embed=ground_sincos(
-                plan.grid_hw, token_m, cfg.embed_dim, cfg.pos_min_period_m, cfg.pos_max_period_m
-            ),
             present=torch.cat(present, dim=2),
             wavelength_nm=wavelength,
             fwhm_nm=fwhm,

@@ -7,6 +7,8 @@ import torch
 
 from aom_model import AOM, AOMConfig, BandBatch, channel_mask
 from aom_model.losses import info_nce, normalized_patch_mse, patch_stats, patch_stats_mse
+from aom_model.masking import mask_stats
+from aom_model.model import pack_visible
 from aom_model.testing import smooth_field
 
 torch.set_num_threads(1)
@@ -29,10 +31,10 @@ def test_mask_deterministic_under_generator() -> None:
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.75, 0.95])
-@pytest.mark.parametrize("band_prob", [0.0, 0.5, 1.0])
-def test_mask_respects_ratio(ratio: float, band_prob: float) -> None:
+@pytest.mark.parametrize("band_share", [0.0, 0.5, 1.0])
+def test_mask_respects_ratio(ratio: float, band_share: float) -> None:
     present = _present()
-    masked = channel_mask(present, ratio, band_prob, torch.Generator().manual_seed(0))
+    masked = channel_mask(present, ratio, band_share, torch.Generator().manual_seed(0))
     assert not bool((masked & ~present).any())  # only present tokens are masked
     n_present = present.sum(dim=(1, 2))
     expected = torch.minimum(torch.round(n_present * ratio), n_present - 1)
@@ -44,7 +46,31 @@ def test_mask_whole_bands() -> None:
     present = torch.ones(4, 16, 8, dtype=torch.bool)
     masked = channel_mask(present, 0.75, 1.0, torch.Generator().manual_seed(0))
     whole = masked.all(dim=1)  # [B, C] bands masked at every position
-    assert bool((whole.sum(dim=1) >= 5).all())  # 6 of 8 bands fit in the 96-token budget
+    assert bool((whole.sum(dim=1) == 6).all())  # 6 of 8 bands make the 96-token budget
+
+
+@pytest.mark.parametrize(("c", "share"), [(4, 0.7), (11, 0.7), (12, 0.5), (12, 0.7), (12, 0.9), (6, 0.0)])
+def test_mask_shares_follow_the_config(c: int, share: float) -> None:
+    """The whole-band share of masked tokens is the configured one, up to one band of granularity;
+    the rest are whole positions, and at the default share fewer than half of the positions are
+    left without a visible band (it is (1 - s) r / (1 - s r) in expectation)."""
+    n, b = 64, 32
+    present = torch.ones(b, n, c, dtype=torch.bool)
+    masked = channel_mask(present, 0.75, share, torch.Generator().manual_seed(1))
+    st = mask_stats(present, masked)
+    target = round(0.75 * n * c)
+    assert st.mask_ratio == pytest.approx(target / (n * c))
+    assert abs(st.band_share - share) <= 0.5 * n / target + 1e-6  # half a band of granularity
+    expected_empty = (1 - st.band_share) * 0.75 / (1 - st.band_share * 0.75)
+    assert st.empty_position_share == pytest.approx(expected_empty, abs=1.5 / n)
+    if share == AOMConfig().band_mask_share:
+        assert st.band_share >= 0.5 and st.empty_position_share <= 0.5  # never a majority
+
+
+def test_default_mask_share_is_at_least_half() -> None:
+    assert AOMConfig().band_mask_share >= 0.5
+    with pytest.raises(ValueError, match="band_mask_share"):
+        AOMConfig(band_mask_share=1.5)
 
 
 def test_mask_single_token_sample_keeps_it() -> None:
@@ -157,3 +183,37 @@ def test_stats_head_reads_the_position_token_only(readout: str) -> None:
     torch.testing.assert_close(model.decode(enc, tok, masked).stats, rec.stats)
     with pytest.raises(ValueError, match="stats_readout"):
         AOMConfig.named("tiny", stats_readout="cubic")
+
+
+@pytest.mark.parametrize("layout", ["factorized", "joint"])
+def test_masked_path_equals_full_path_when_nothing_is_masked(layout: str) -> None:
+    """The MAE-style gather path (pretraining) with an all-False mask is the inference path."""
+    torch.manual_seed(0)
+    model = AOM(AOMConfig.named("tiny", layout=layout, token_ground_m=80.0)).eval()
+    b = _smooth_batch()
+    tok = model.tokenize(b)
+    with torch.no_grad():
+        full = model.encode(tok)
+        packed = model.encode(tok, torch.zeros_like(tok.present))
+    torch.testing.assert_close(packed.tokens, full.tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed.pooled, full.pooled, atol=1e-5, rtol=1e-5)
+    assert packed.band_tokens is not None and full.band_tokens is not None
+    torch.testing.assert_close(packed.band_tokens, full.band_tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_keeps_only_visible_tokens() -> None:
+    """The encoder gets only positions with a visible band and only visible band tokens."""
+    present = torch.ones(2, 16, 5, dtype=torch.bool)
+    masked = channel_mask(present, 0.75, 0.7, torch.Generator().manual_seed(0))
+    visible = present & ~masked
+    pk = pack_visible(visible)
+    assert pk.pos_keep.shape[1] == int(visible.any(-1).sum(-1).max())
+    assert pk.band_keep.shape[2] == int(visible.sum(-1).max())
+    assert int(pk.band_keep.sum()) == int(visible.sum())  # every visible token exactly once
+    got = torch.zeros_like(visible)
+    for s in range(2):
+        for i in range(pk.pos_index.shape[1]):
+            for j in range(pk.band_index.shape[2]):
+                if pk.band_keep[s, i, j]:
+                    got[s, pk.pos_index[s, i], pk.band_index[s, i, j]] = True
+    assert torch.equal(got, visible)

@@ -6,7 +6,6 @@ import torch
 
 from aom_model import AOM, AOMConfig, BandBatch, plan_for, plan_grid
 from aom_model.patch_embed import KernelBank, pi_resize_matrix, resize_matrix
-from aom_model.pos_embed import ground_sincos
 
 torch.set_num_threads(1)
 KS = (8, 16, 32)
@@ -76,16 +75,6 @@ def test_kernel_bank_consistent_across_patch_sizes() -> None:
         for kernel, p in ((32, 32), (16, 24)):
             xp = x16 @ resize_matrix((16, 16), (p, p)).float().T  # [3, p*p]
             torch.testing.assert_close(bank(xp[None, None], kernel, (p, p)), ref, atol=1e-4, rtol=1e-4)
-
-
-def test_ground_sincos_same_distance_same_code() -> None:
-    a = ground_sincos((4, 4), torch.tensor([[160.0, 160.0]]), 64).reshape(4, 4, 64)
-    b = ground_sincos((8, 8), torch.tensor([[96.0, 96.0]]), 64).reshape(8, 8, 64)
-    # centre of token 1 at 160 m tokens = 240 m = centre of token 2 at 96 m tokens
-    torch.testing.assert_close(a[1, 1], b[2, 2])
-    # same pixel grid at a different GSD -> different code
-    c = ground_sincos((4, 4), torch.tensor([[320.0, 320.0]]), 64).reshape(4, 4, 64)
-    assert not torch.allclose(a[1, 1], c[1, 1])
 
 
 def test_pixel_validity_to_token_validity() -> None:
