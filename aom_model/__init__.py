@@ -4,7 +4,7 @@ The model is at top level; pretraining is :mod:`aom_model.train`; synthetic inpu
 :mod:`aom_model.testing` (not part of this API).
 """
 
-from aom_model.checkpoint import checkpoint_bytes, load_checkpoint, save_checkpoint
+from aom_model.checkpoint import CheckpointFormatError, checkpoint_bytes, load_checkpoint, save_checkpoint
 from aom_model.config import AOMConfig
 from aom_model.export import EncoderWrapper, batch_to_args, export_encoder
 from aom_model.inputs import BandBatch, BandGroup
@@ -19,6 +19,7 @@ __all__ = [
     "AOMConfig",
     "BandBatch",
     "BandGroup",
+    "CheckpointFormatError",
     "EncoderOutput",
     "EncoderWrapper",
     "GridPlan",

@@ -13,9 +13,22 @@ from safetensors.torch import save as st_save
 
 from aom_model.config import AOMConfig
 from aom_model.model import AOM
+from pipelines.errors import InputError
 
 FORMAT = "aom-checkpoint"
-FORMAT_VERSION = 2  # 2: patch-statistics head and spectral distance bias (v1 weights lack them)
+FORMAT_VERSION = 3
+"""3: rotary ground positions (no absolute position embedding), a decoder spatial block and whole-band
++ whole-position masking; 2: patch-statistics head and spectral distance bias; 1: neither."""
+
+_WHY_OLD = {
+    1: "written before the statistics head and the spectral distance bias",
+    2: "written before rotary ground positions replaced the chip-corner position embedding",
+}
+
+
+class CheckpointFormatError(InputError):
+    """A file that is not an AOM checkpoint of the format this code reads (exit 2, one line)."""
+
 
 PathOrFile = str | os.PathLike[str] | IO[bytes]
 
@@ -67,10 +80,10 @@ def save_checkpoint(
 def read_metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors blob."""
     if len(data) < 8:
-        raise ValueError("not a safetensors checkpoint: too short")
+        raise CheckpointFormatError("not a safetensors checkpoint: too short")
     (n,) = struct.unpack("<Q", data[:8])
     if n > len(data) - 8:
-        raise ValueError("not a safetensors checkpoint: bad header length")
+        raise CheckpointFormatError("not a safetensors checkpoint: bad header length")
     header = json.loads(data[8 : 8 + n])
     meta: dict[str, str] = header.get("__metadata__", {}) or {}
     return meta
@@ -90,11 +103,16 @@ def load_checkpoint(
         data = src.read()
     meta = read_metadata(data)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"not an AOM checkpoint (format={meta.get('format')!r})")
-    version = int(meta.get("format_version", "-1"))
+        raise CheckpointFormatError(f"not an AOM checkpoint (format={meta.get('format')!r})")
+    try:
+        version = int(meta.get("format_version", "-1"))
+    except ValueError:
+        version = -1
     if version != FORMAT_VERSION:
-        raise ValueError(
-            f"unsupported checkpoint format_version {version} (this code reads {FORMAT_VERSION})"
+        why = _WHY_OLD.get(version, "unknown version")
+        raise CheckpointFormatError(
+            f"unsupported checkpoint format_version {version} (this code reads {FORMAT_VERSION}): {why};"
+            " use a checkpoint written by this version (aom pretrain) or the shipped one"
         )
     config = AOMConfig.from_dict(json.loads(meta["config"]))
     norm_stats = json.loads(meta.get("norm_stats", "null"))
@@ -105,7 +123,7 @@ def load_checkpoint(
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointFormatError(
             f"checkpoint keys do not match the model: missing={missing}, unexpected={unexpected}"
         )
     bad_shapes = {
@@ -114,7 +132,9 @@ def load_checkpoint(
         if tensors[k].shape != v.shape
     }
     if bad_shapes:
-        raise ValueError(f"checkpoint shapes do not match the model (checkpoint, model): {bad_shapes}")
+        raise CheckpointFormatError(
+            f"checkpoint shapes do not match the model (checkpoint, model): {bad_shapes}"
+        )
     model.load_state_dict(tensors, strict=True)
     model.to(map_location).eval()
     return model, config, norm_stats, {"format_version": version, "extra": extra}

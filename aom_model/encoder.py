@@ -123,7 +123,7 @@ class FactorizedEncoder(nn.Module):
         rope = ground_rope(
             coords, cfg.embed_dim // cfg.num_heads, cfg.pos_min_period_m, cfg.pos_max_period_m
         )  # 2 x [B, 1, N, dh]
-        p = self.empty.expand(b, n, -1)  # [B, N, D]
+        p = self.empty.expand(b, n, -1).clone()  # [B, N, D] (a copy: blocks add to it)
         band = x
         j = 0
         for i, blk in enumerate(self.blocks):

@@ -22,7 +22,8 @@ from aom_model import (
     plan_for,
     save_checkpoint,
 )
-from aom_model.checkpoint import FORMAT_VERSION, read_metadata
+from aom_model.checkpoint import FORMAT_VERSION, CheckpointFormatError, read_metadata
+from pipelines.errors import AOMError
 
 torch.set_num_threads(1)
 NORM = {"mean": {"490": 0.1, "665": 0.2}, "std": {"490": 0.05, "665": 0.07}}
@@ -94,6 +95,11 @@ def test_checkpoint_strict_keys() -> None:
     v1 = {**meta, "format_version": "1"}  # written before the statistics head and spectral bias
     with pytest.raises(ValueError, match=f"format_version 1 \\(this code reads {FORMAT_VERSION}\\)"):
         load_checkpoint(st_save(dict(model.state_dict()), metadata=v1))
+    v2 = {**meta, "format_version": "2"}  # written before rotary ground positions
+    with pytest.raises(CheckpointFormatError, match=r"format_version 2 .*rotary") as exc:
+        load_checkpoint(st_save(dict(model.state_dict()), metadata=v2))
+    assert isinstance(exc.value, AOMError) and exc.value.exit_code == 2
+    assert "\n" not in str(exc.value)
     with pytest.raises(ValueError, match="JSON"):
         checkpoint_bytes(model, norm_stats={"bad": object()})
 
