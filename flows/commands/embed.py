@@ -178,6 +178,11 @@ def embed_raster_cmd(
     precision: str = typer.Option("fp32", "--precision"),
     storage_options: list[str] = storage_options_option(" for the input, checkpoint and --out"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an existing aom output of another kind at --out (files aom did not write are never touched).",
+    ),
 ) -> None:
     """Embed one GeoTIFF/COG into a georeferenced embedding raster on the model's token grid."""
     from pipelines.embed import embed_raster
@@ -207,6 +212,7 @@ def embed_raster_cmd(
         precision=precision,
         storage_options=parse_storage_options(storage_options),
         progress=progress,
+        overwrite=overwrite,
     )
     typer.echo(
         f"{res.format} {res.dtype} {res.height}x{res.width} tokens x {res.dim} dims ({res.token_px} px = "

@@ -11,19 +11,28 @@ DEFAULT_SAMPLES_DIR = Path(".aom") / "samples"
 
 def samples(
     out: Path = typer.Option(
-        DEFAULT_SAMPLES_DIR, "--out", help="Folder for catalog.json, items.ndjson, items.parquet and COGs."
+        DEFAULT_SAMPLES_DIR,
+        "--out",
+        help="Folder for catalog.json, items.ndjson, items.parquet and COGs: new, empty, or an earlier aom samples build.",
     ),
     seed: int = typer.Option(0, help="Seed of the synthetic generator (same seed, same bytes)."),
     real_dir: Path | None = typer.Option(
         None, "--real-dir", help="Real-product folder (default: $AOM_REAL_DATA or ../shared/data/real)."
     ),
     no_real: bool = typer.Option(False, "--no-real", help="Synthetic items only."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="First remove everything an earlier aom samples build wrote in --out."
+    ),
 ) -> None:
     """Build the sample STAC catalog: a static catalog plus ndjson and stac-geoparquet for local search."""
     from pipelines.samples import build_sample_catalog
 
     result = build_sample_catalog(
-        out, real_dir=real_dir if real_dir else "auto", seed=seed, include_real=not no_real
+        out,
+        real_dir=real_dir if real_dir else "auto",
+        seed=seed,
+        include_real=not no_real,
+        overwrite=overwrite,
     )
     for note in result.notes:
         typer.echo(f"note: {note}")

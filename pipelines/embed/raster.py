@@ -20,9 +20,17 @@ one chip row at a time, so memory is bounded by one strip of ``chip`` rows whate
 
 Outputs: ``*.tif``/``*.tiff`` -> tiled GeoTIFF with ``dim`` bands, ``float32`` (NaN = nodata) or
 ``int8`` (the store's ``int8-sqrt`` code of the unit vector, -128 = nodata; inverse
-``v = sign(q) * (q / 127) ** 2``); anything else (``*.zarr``) -> a Zarr v3 group with
-``embeddings (y, x, dim)`` + ``x``/``y`` coordinates + ``spatial_ref`` (CF grid mapping + GeoTransform).
-Remote ``out`` URLs are written locally and uploaded (GeoTIFF) or written through fsspec (Zarr).
+``v = sign(q) * (q / 127) ** 2``); ``*.zarr`` -> a Zarr v3 group with
+``embeddings (y, x, dim)`` + ``x``/``y`` coordinates + ``spatial_ref`` (CF grid mapping + GeoTransform);
+any other name is refused. Remote ``out`` URLs are written locally and uploaded (GeoTIFF) or written
+through fsspec (Zarr).
+
+Safety (``docs/safety.md``): an existing ``out`` is replaced only when it is an embedding raster of
+the same format written by aom (``--overwrite`` replaces another aom output; files aom did not write
+are never touched); ``out`` equal to the input or checkpoint is refused. A GeoTIFF is written as
+``<out>.partial-<pid>.tif`` and moved into place when complete (partials of killed runs are removed
+by the next run). A Zarr output holds a writer lease (``_leases/writer.json``) while written and its
+root attribute ``aom_complete`` turns true last; :func:`check_raster_complete` refuses one without it.
 """
 
 from __future__ import annotations
@@ -46,9 +54,24 @@ from pipelines.embed.chips import (
     embed_region,
     resolve_normaliser,
 )
+from pipelines.outputs import (
+    Lease,
+    OutputError,
+    OutputKind,
+    check_output_format,
+    claim_output,
+    clean_partials,
+    partial_path,
+    remove_owned,
+)
 from pipelines.registry import BandSpec
 
 DTYPES = ("float32", "int8")
+OUTPUT_FORMATS = {".tif": "gtiff", ".tiff": "gtiff", ".zarr": "zarr"}
+"""Output name endings -> format; any other ``--out`` is refused."""
+INCOMPLETE_NOTE = (
+    "incomplete: the writing run was interrupted; rerun the same aom embed-raster command to finish it"
+)
 RASTER_COLLECTION = "raster"  # the collection recorded for a raster's bands
 
 
@@ -146,8 +169,12 @@ def embed_raster(
     input_storage_options: Mapping[str, Any] | None = None,
     registry_files: Sequence[str] = (),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> RasterEmbedResult:
-    """Embed one raster (see the module docstring); returns what was written."""
+    """Embed one raster (see the module docstring); returns what was written.
+
+    ``overwrite``: replace an existing aom output of another kind at ``out`` (never a file aom did
+    not write)."""
     import rasterio
     from affine import Affine
 
@@ -156,6 +183,11 @@ def embed_raster(
     t0 = time.perf_counter()
     if dtype not in DTYPES:
         raise EmbedConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    fmt = check_output_format(out, OUTPUT_FORMATS)
+    kind = OutputKind.RASTER_GTIFF if fmt == "gtiff" else OutputKind.RASTER_ZARR
+    claim_output(
+        out, kind, storage_options=storage_options, inputs=[input_url, checkpoint], overwrite=overwrite
+    )
     dev = _resolve_device(device)
     ckpt = load_checkpoint_url(checkpoint, input_storage_options or storage_options, device=dev)
     cfg = ckpt.config
@@ -208,7 +240,6 @@ def embed_raster(
     cols = math.ceil(w_tok / core_tokens) * core_tokens
     out_transform = transform @ Affine.scale(k)
     dim = int(cfg.embed_dim)
-    fmt = "gtiff" if out.lower().endswith((".tif", ".tiff")) else "zarr"
     writer = (
         _GTiffWriter(out, h_tok, w_tok, dim, dtype, crs, out_transform, storage_options)
         if fmt == "gtiff"
@@ -332,7 +363,8 @@ class _GTiffWriter:
             self.path = self.out[len("file://") :] if self.out.startswith("file://") else self.out
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self.final = self.path
-            self.path = f"{self.path}.partial-{os.getpid()}.tif"
+            clean_partials(self.final)
+            self.path = partial_path(self.final)
         block = 256 if min(h, w) >= 256 else 16 * max(1, min(h, w) // 16) if min(h, w) >= 16 else None
         profile: dict[str, Any] = {
             "driver": "GTiff",
@@ -396,8 +428,21 @@ class _ZarrWriter:
         from pipelines.embeddings import zarr_store
 
         self.dtype = dtype
-        store = zarr_store(out, options)
-        self.group = zarr.open_group(store=store, mode="w", zarr_format=3)
+        self.lease = Lease(storage.join(storage.normalise_url(out), "_leases", "writer.json"), options)
+        self.lease.acquire()
+        try:
+            # only this project's nodes of an earlier (same-kind) result go; other entries stay
+            remove_owned(out, OutputKind.RASTER_ZARR, options)
+            store = zarr_store(out, options)
+            self.group = zarr.open_group(
+                store=store,
+                mode="a",
+                zarr_format=3,
+                attributes={"aom_embeddings": "1", "aom_complete": False, "aom_status": INCOMPLETE_NOTE},
+            )
+        except BaseException:
+            self.lease.release()
+            raise
         wkt = crs.to_wkt() if crs is not None else ""
         gt = (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
         self.arr = self.group.create_array(
@@ -438,7 +483,30 @@ class _ZarrWriter:
         self.arr[row0 : row0 + data.shape[0], : data.shape[1], :] = data
 
     def close(self, res: RasterEmbedResult) -> None:
-        self.group.attrs.update({k.lower(): v for k, v in _tags(res).items()} | {"aom_result": res.to_dict()})
+        try:
+            self.lease.check()
+            attrs = {k.lower(): v for k, v in _tags(res).items()} | {"aom_result": res.to_dict()}
+            self.group.attrs.update(attrs | {"aom_complete": True, "aom_status": "complete"})  # last write
+        finally:
+            self.lease.release()
 
     def abort(self) -> None:
-        return None
+        self.lease.release()
+
+
+def check_raster_complete(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The root attributes of an ``embed-raster`` Zarr output; OutputError unless it is complete."""
+    import zarr
+
+    from pipelines.embeddings import zarr_store
+
+    shown = storage.redact_url(storage.normalise_url(url))
+    try:
+        attrs = dict(zarr.open_group(store=zarr_store(url, storage_options, read_only=True), mode="r").attrs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise OutputError(f"{shown} is not an aom embed-raster Zarr output (no Zarr group there)") from None
+    if "aom_embeddings" not in attrs:
+        raise OutputError(f"{shown} is a Zarr group but not an aom embed-raster output")
+    if attrs.get("aom_complete") is not True:
+        raise OutputError(f"{shown} is {INCOMPLETE_NOTE}")
+    return attrs

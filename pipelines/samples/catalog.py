@@ -31,6 +31,7 @@ from urllib.request import url2pathname
 
 import pystac
 
+from pipelines.outputs import OutputKind, claim_output, read_marker, write_marker
 from pipelines.samples.real import build_real_items
 from pipelines.samples.synthetic import generate_items
 from pipelines.samples.synthetic_spec import SyntheticSpec
@@ -107,16 +108,28 @@ def _ndjson_dict(item: pystac.Item) -> dict[str, Any]:
     return d
 
 
-def _clean_previous(root: Path, keep_item_ids: set[str]) -> None:
-    """Remove what an earlier build left that this one will not rewrite (stale collections, COGs)."""
-    for child in root.iterdir() if root.is_dir() else ():
-        if child.is_dir() and (child / "collection.json").is_file():
-            shutil.rmtree(child)
-    synthetic_dir = root / SYNTHETIC_SUBDIR
-    if synthetic_dir.is_dir():
-        for child in synthetic_dir.iterdir():
-            if child.is_dir() and child.name not in keep_item_ids:
-                shutil.rmtree(child)
+def _owned_entries(collections: set[str], synthetic_ids: set[str]) -> set[str]:
+    """Paths (relative to the root) a build writes: what the marker lists and a rebuild may remove."""
+    return (
+        {"catalog.json", "items.ndjson", "items.parquet"}
+        | collections
+        | {(SYNTHETIC_SUBDIR / i).as_posix() for i in synthetic_ids}
+    )
+
+
+def _clean_previous(root: Path, previous: set[str], keep: set[str]) -> None:
+    """Remove what an earlier build wrote (listed in its marker) that this one does not rewrite;
+    nothing the marker does not list is touched."""
+    for rel in sorted(previous - keep):
+        if any(k.startswith(rel + "/") for k in keep):  # a folder this build writes into
+            continue
+        path = (root / rel).resolve()
+        if root not in path.parents:  # a hand-edited marker never reaches outside the folder
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _write_parquet(dicts: list[dict[str, Any]], path: Path) -> None:
@@ -139,15 +152,28 @@ def build_sample_catalog(
     seed: int = 0,
     synthetic: SyntheticSpec | None = None,
     include_real: bool = True,
+    overwrite: bool = False,
 ) -> SampleCatalog:
     """Build the sample catalog under ``out_dir`` (see the module docstring) and describe it.
 
     ``real_dir``: the real-data folder; ``'auto'`` uses :func:`default_real_data_dir`; ``None`` or a
     missing folder builds the synthetic items only and says so in ``notes``. ``synthetic`` is the
     generator spec (default ``SyntheticSpec(seed=seed)``; when given, its own seed is used).
+
+    ``out_dir`` must be absent, empty or a sample catalog aom built (its ``.aom-output.json`` marker
+    lists what it wrote); anything else is refused (:class:`~pipelines.outputs.OutputError`). A
+    rebuild removes only entries the marker lists; ``overwrite`` first removes them all.
     """
     root = Path(out_dir).expanduser().resolve()
+    claim_output(str(root), OutputKind.SAMPLES, overwrite=overwrite)
+    previous = set(read_marker(str(root)).get("owned", []))
     root.mkdir(parents=True, exist_ok=True)
+    # claimed before anything is written, so a killed first build is still recognised as ours
+    write_marker(
+        str(root),
+        OutputKind.SAMPLES,
+        owned=sorted(previous | _owned_entries(set(), set()) | {SYNTHETIC_SUBDIR.as_posix()}),
+    )
     notes: list[str] = []
     spec = synthetic if synthetic is not None else SyntheticSpec(seed=seed)
 
@@ -165,7 +191,11 @@ def build_sample_catalog(
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate item ids in the sample catalog")
 
-    _clean_previous(root, {it.id for it in synthetic_items})
+    owned = _owned_entries({it.collection_id or "unknown" for it in items}, {it.id for it in synthetic_items})
+    # the marker lists what this build is about to write before it writes it (a killed build is
+    # still recognised as ours), and only what it wrote once it is done
+    write_marker(str(root), OutputKind.SAMPLES, owned=sorted(previous | owned))
+    _clean_previous(root, previous, owned)
 
     # Static catalog: one collection per collection id.
     catalog = pystac.Catalog(
@@ -216,6 +246,7 @@ def build_sample_catalog(
     items_parquet = root / "items.parquet"
     _write_parquet(ndjson_dicts, items_parquet)
 
+    write_marker(str(root), OutputKind.SAMPLES, owned=sorted(owned))
     logger.info("sample catalog: %d items in %d collections at %s", len(items), len(by_collection), root)
     return SampleCatalog(
         root=root,

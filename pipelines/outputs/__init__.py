@@ -1,0 +1,51 @@
+"""What a command may do to its output: ownership, atomic results, one writer per store.
+
+The safety contract of every ``aom`` verb (``docs/safety.md``), in one place:
+
+- :mod:`pipelines.outputs.ownership`: an existing output is reused only when this project made it
+  (and it is of the same kind); ``--overwrite`` removes only what the project wrote; bucket and
+  prefix roots, filesystem roots and outputs equal to or containing an input are refused.
+- :mod:`pipelines.outputs.atomic`: single files appear under their final name only once complete
+  (leftovers of killed runs are cleaned by the next run); stores carry a completion marker.
+- :mod:`pipelines.outputs.lease`: a lease (owner, heartbeat, expiry) taken by exclusive create on
+  local disk and on object storage, before anything is written under it.
+"""
+
+from pipelines.outputs.atomic import (
+    clean_partials,
+    partial_path,
+)
+from pipelines.outputs.lease import Lease, LeaseHeldError, LeaseInfo, LeaseLostError
+from pipelines.outputs.ownership import (
+    MARKER_NAME,
+    OutputError,
+    OutputKind,
+    check_not_input,
+    check_output_format,
+    check_writable_target,
+    claim_output,
+    output_kind,
+    read_marker,
+    remove_owned,
+    write_marker,
+)
+
+__all__ = [
+    "MARKER_NAME",
+    "Lease",
+    "LeaseHeldError",
+    "LeaseInfo",
+    "LeaseLostError",
+    "OutputError",
+    "OutputKind",
+    "check_not_input",
+    "check_output_format",
+    "check_writable_target",
+    "claim_output",
+    "clean_partials",
+    "output_kind",
+    "partial_path",
+    "read_marker",
+    "remove_owned",
+    "write_marker",
+]

@@ -1,0 +1,302 @@
+"""One writer per store (or per tile): a lease with an owner, a heartbeat and an expiry.
+
+A lease is one small JSON object created with an *exclusive create*: ``O_CREAT | O_EXCL`` on local
+disk, a PUT with ``If-None-Match: *`` on S3 (AWS S3 and moto honour it; s3fs ``mode="create"``).
+The holder renews it (heartbeat) every ``ttl_s / 3`` seconds from a background thread; a lease whose
+heartbeat is older than its ``ttl_s`` (or whose process on this host is gone) belongs to a dead run
+and may be taken over: on S3 by a PUT
+conditional on the stale object's ETag (``If-Match``), on local disk by renaming the stale file
+away (only one renamer wins) and creating a new one. A holder that finds its lease taken (its
+renewal fails) marks it lost; writers check :meth:`Lease.check` before their completion record, so
+a run that lost its lease never records work another run may have rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipelines import storage
+from pipelines.errors import EXIT_FAILED, AOMError
+
+DEFAULT_TTL_S = 120.0
+
+
+class LeaseHeldError(AOMError, RuntimeError):
+    """Another live run holds the lease (exit 1: wait for it, or rerun later)."""
+
+    exit_code = EXIT_FAILED
+
+
+class LeaseLostError(AOMError, RuntimeError):
+    """This run's lease expired and was taken by another run; its work is not recorded."""
+
+    exit_code = EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """The content of a lease object."""
+
+    owner: str
+    """A unique id of the holding run (random per :class:`Lease`)."""
+    host: str
+    """Host name of the holder."""
+    pid: int
+    """Process id of the holder on ``host``."""
+    acquired: float
+    """When the lease was taken (Unix seconds)."""
+    heartbeat: float
+    """The last renewal (Unix seconds)."""
+    ttl_s: float
+    """Seconds after ``heartbeat`` when the lease counts as abandoned."""
+
+    @property
+    def expires(self) -> float:
+        return self.heartbeat + self.ttl_s
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) > self.expires
+
+    def abandoned(self, now: float | None = None) -> bool:
+        """Expired, or held by a process of this host that no longer runs (a killed run)."""
+        if self.expired(now):
+            return True
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def describe(self) -> str:
+        left = self.expires - time.time()
+        return f"run {self.owner[:8]} (pid {self.pid} on {self.host}, heartbeat expires in {left:.0f} s)"
+
+
+def _parse(data: bytes) -> LeaseInfo | None:
+    try:
+        d = json.loads(data)
+        return LeaseInfo(**{k: d[k] for k in LeaseInfo.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Lease:
+    """A lease at ``url`` (for example ``<store>/_leases/<tile>.json``).
+
+    Use as a context manager (:meth:`acquire` on entry, heartbeat thread, :meth:`release` on exit)
+    or call the methods. ``storage_options`` are used for I/O only.
+    """
+
+    def __init__(
+        self, url: str, storage_options: Mapping[str, Any] | None = None, *, ttl_s: float = DEFAULT_TTL_S
+    ) -> None:
+        self.url = storage.normalise_url(url)
+        self.storage_options = dict(storage_options or {})
+        self.ttl_s = float(ttl_s)
+        self.owner = uuid.uuid4().hex
+        self._fs, self._path = storage.filesystem(self.url, self.storage_options)
+        self._local = storage.is_local(self.url)
+        self._etag: str | None = None
+        self._held = False
+        self._lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ content
+    def _info(self, acquired: float | None = None) -> LeaseInfo:
+        now = time.time()
+        return LeaseInfo(self.owner, socket.gethostname(), os.getpid(), acquired or now, now, self.ttl_s)
+
+    def _bytes(self, info: LeaseInfo) -> bytes:
+        return json.dumps(asdict(info), sort_keys=True).encode()
+
+    def read(self) -> LeaseInfo | None:
+        """The lease as stored now (None when there is none)."""
+        try:
+            if self._local:
+                with open(self._path, "rb") as fh:
+                    return _parse(fh.read())
+            self._fs.invalidate_cache(self._path)
+            return _parse(self._fs.cat_file(self._path))
+        except FileNotFoundError:
+            return None
+
+    # ------------------------------------------------------------------ primitives
+    def _create(self, data: bytes) -> bool:
+        parent = os.path.dirname(self._path)
+        if self._local:
+            for _ in range(5):  # the folder may vanish between makedirs and open (see release)
+                os.makedirs(parent, exist_ok=True)
+                try:
+                    fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    break
+                except FileExistsError:
+                    return False
+                except FileNotFoundError:
+                    continue
+            else:
+                raise FileNotFoundError(parent)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        try:
+            out = self._fs.pipe_file(self._path, data, mode="create")
+        except FileExistsError:
+            return False
+        self._etag = _etag(out) or self._remote_etag()
+        return True
+
+    def _remote_etag(self) -> str | None:
+        self._fs.invalidate_cache(self._path)
+        try:
+            return str(self._fs.info(self._path).get("ETag") or "") or None
+        except FileNotFoundError:
+            return None
+
+    def _take_over(self, stale: LeaseInfo, data: bytes) -> bool:
+        """Replace an expired lease, only if it is still the one judged expired."""
+        if self._local:
+            aside = f"{self._path}.stale-{uuid.uuid4().hex}"
+            try:
+                os.rename(self._path, aside)
+            except FileNotFoundError:
+                return False
+            with open(aside, "rb") as fh:
+                moved = _parse(fh.read())
+            os.unlink(aside)
+            if moved != stale:  # renewed meanwhile (should not happen for an expired lease)
+                return False
+            return self._create(data)
+        etag = self._remote_etag()
+        if etag is None or self.read() != stale:
+            return False
+        try:
+            out = self._fs.pipe_file(self._path, data, IfMatch=etag)
+        except OSError:
+            return False
+        self._etag = _etag(out) or self._remote_etag()
+        return True
+
+    # ------------------------------------------------------------------ API
+    def try_acquire(self) -> LeaseInfo | None:
+        """Take the lease if free or expired: None on success, else the live holder's lease."""
+        for _ in range(3):
+            if self._create(self._bytes(self._info())):
+                self._held, self._lost = True, False
+                return None
+            holder = self.read()
+            if holder is None:
+                continue  # released between the two calls: try again
+            if holder.owner == self.owner:
+                self._held = True
+                return None
+            if not holder.abandoned():
+                return holder
+            if self._take_over(holder, self._bytes(self._info())):
+                self._held, self._lost = True, False
+                return None
+        return self.read()
+
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0) -> None:
+        """Take the lease, waiting up to ``wait_s`` for a live holder; LeaseHeldError after that."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            holder = self.try_acquire()
+            if holder is None:
+                self._start_heartbeat()
+                return
+            if time.monotonic() >= deadline:
+                raise LeaseHeldError(
+                    f"{storage.redact_url(self.url)} is being written by another {holder.describe()}; "
+                    "wait for it to finish, or rerun after its lease expires"
+                )
+            time.sleep(poll_s)
+
+    def renew(self) -> bool:
+        """Move the heartbeat forward; False (and the lease marked lost) when another run holds it."""
+        current = self.read()
+        if current is None or current.owner != self.owner:
+            self._lost = True
+            return False
+        data = self._bytes(self._info(current.acquired))
+        if self._local:
+            storage.write_bytes_atomic(self._path, data)
+            return True
+        try:
+            out = self._fs.pipe_file(self._path, data, IfMatch=self._etag or self._remote_etag())
+        except OSError:
+            self._lost = True
+            return False
+        self._etag = _etag(out) or self._remote_etag()
+        return True
+
+    def check(self) -> None:
+        """Raise LeaseLostError unless this run still holds the lease."""
+        holder = self.read()
+        if self._lost or holder is None or holder.owner != self.owner:
+            self._lost = True
+            raise LeaseLostError(
+                f"{storage.redact_url(self.url)}: this run's lease was taken by another run "
+                "(heartbeat missed); its work is not recorded: rerun to finish"
+            )
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease if this run still holds it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if not self._held:
+            return
+        self._held = False
+        holder = self.read()
+        if holder is not None and holder.owner == self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.rm_file(self._path)
+        if self._local:  # leave no empty lease folder behind (Zarr readers warn about it)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(self._path))
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        interval = max(0.05, self.ttl_s / 3)
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    if not self.renew():
+                        return
+                except OSError:  # storage briefly unreachable: try again next beat
+                    continue
+
+        self._thread = threading.Thread(target=beat, name="aom-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Lease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _etag(response: Any) -> str | None:
+    if isinstance(response, Mapping):
+        tag = response.get("ETag")
+        return str(tag) if tag else None
+    return None
