@@ -15,7 +15,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,9 @@ def redact_url(url: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", url)
 
 
+_OBJECT_STORES = ("s3://", "gs://", "gcs://", "az://", "abfs://")
+
+
 # ------------------------------------------------------------------------------------------
 # Small atomic-ish primitives. Object stores have atomic single-object PUTs, local files get
 # write-to-temp-then-rename; either way a reader never sees a half-written small object.
@@ -132,7 +135,7 @@ def redact_url(url: str) -> str:
 def write_bytes_atomic(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
     fs, path = filesystem(url, storage_options)
     parent = posixpath.dirname(path) if not is_local(url) else os.path.dirname(path)
-    if parent:
+    if parent and not url.startswith(_OBJECT_STORES):  # object stores have no folders: no request
         fs.makedirs(parent, exist_ok=True)
     if is_local(url):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -151,8 +154,135 @@ def write_json_atomic(url: str, obj: Any, storage_options: Mapping[str, Any] | N
 
 def read_json(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     fs, path = filesystem(url, storage_options)
-    with fs.open(path, "rb") as fh:
-        return json.loads(fh.read())
+    return json.loads(fs.cat_file(path, **_one_get(fs)))  # one GET on an object store (no HEAD first)
+
+
+def _one_get(fs: Any) -> dict[str, Any]:
+    """``cat_file`` options for a single GET (s3fs otherwise asks for the size first, to split big reads)."""
+    import inspect
+
+    cat = getattr(fs, "_cat_file", None)
+    if cat is not None and "max_concurrency" in inspect.signature(cat).parameters:
+        return {"max_concurrency": 1}
+    return {}
+
+
+# ------------------------------------------------------------------------------------------
+# Batched listings and reads: bookkeeping (completion records, STAC items) costs requests in
+# proportion to the tiles a run touches, not to the size of the store.
+
+#: Above this many name prefixes, one listing of the whole folder is cheaper than one per prefix.
+MAX_PREFIX_LISTINGS = 256
+
+#: Concurrent requests of :func:`list_files`, :func:`read_many` and :func:`write_json_many`.
+IO_CONCURRENCY = 32
+
+
+def list_files(
+    folder_url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    prefixes: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """``{name: modification time (POSIX seconds)}`` of the files directly in a folder.
+
+    ``prefixes``: only names starting with one of them; on an object store that is one listing
+    request per prefix (server-side prefix filter, concurrently) instead of listing the whole folder,
+    unless there are more than :data:`MAX_PREFIX_LISTINGS` prefixes. Temporary files (``.tmp-``) are
+    left out; a missing folder is empty; any other failure raises (never an empty answer).
+    """
+    fs, path = filesystem(folder_url, storage_options)
+    wanted = tuple(dict.fromkeys(prefixes)) if prefixes is not None else None
+    if wanted is not None and not wanted:
+        return {}
+    if is_local(folder_url) or wanted is None or len(wanted) > MAX_PREFIX_LISTINGS:
+        fs.invalidate_cache(path)
+        try:
+            entries = fs.ls(path, detail=True, refresh=True)
+        except FileNotFoundError:
+            entries = []
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(prefix: str) -> list[dict[str, Any]]:
+            try:  # maxdepth=1 + prefix: one delimiter listing filtered by the server, not from a cache
+                found = fs.find(path, maxdepth=1, prefix=prefix, detail=True, refresh=True)
+            except FileNotFoundError:
+                return []
+            return list(found.values())
+
+        with ThreadPoolExecutor(min(IO_CONCURRENCY, len(wanted))) as pool:
+            entries = [e for part in pool.map(one, wanted) for e in part]
+    out: dict[str, float] = {}
+    for e in entries:
+        if e.get("type") == "directory":
+            continue
+        name = posixpath.basename(str(e["name"]).rstrip("/"))
+        if ".tmp-" in name or (wanted is not None and not name.startswith(wanted)):
+            continue
+        out[name] = _mtime(e)
+    return out
+
+
+def _mtime(entry: Mapping[str, Any]) -> float:
+    value = entry.get("LastModified", entry.get("mtime", entry.get("last_modified", 0.0)))
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    try:
+        return float(value or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def read_many(
+    urls: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> dict[str, bytes | None]:
+    """``{url: bytes}`` of many objects of one filesystem read concurrently (one GET each on an
+    object store); a missing object maps to ``None``, any other failure raises."""
+    out: dict[str, bytes | None] = {}
+    if not urls:
+        return out
+    fs, _ = filesystem(urls[0], storage_options)
+    paths = {filesystem(u, storage_options)[1]: u for u in urls}
+    if is_local(urls[0]):
+        for path, url in paths.items():
+            try:
+                with open(path, "rb") as fh:
+                    out[url] = fh.read()
+            except FileNotFoundError:
+                out[url] = None
+        return out
+    from fsspec.asyn import AsyncFileSystem, _run_coros_in_chunks, sync
+
+    got: list[Any]
+    if isinstance(fs, AsyncFileSystem):  # one GET each, no existence check first
+        coros = [fs._cat_file(p, **_one_get(fs)) for p in paths]
+        got = sync(fs.loop, _run_coros_in_chunks, coros, batch_size=IO_CONCURRENCY, return_exceptions=True)
+    else:
+        got = []
+        for p in paths:
+            try:
+                got.append(fs.cat_file(p))
+            except Exception as exc:
+                got.append(exc)
+    for url, value in zip(paths.values(), got, strict=True):
+        if isinstance(value, FileNotFoundError):
+            out[url] = None
+        elif isinstance(value, BaseException):
+            raise value
+        else:
+            out[url] = bytes(value)
+    return out
+
+
+def write_json_many(objects: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
+    """:func:`write_json_atomic` for many ``{url: object}`` concurrently (each one atomic)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not objects:
+        return
+    with ThreadPoolExecutor(min(IO_CONCURRENCY, len(objects))) as pool:
+        for f in [pool.submit(write_json_atomic, u, o, storage_options) for u, o in objects.items()]:
+            f.result()
 
 
 def exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:

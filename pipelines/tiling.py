@@ -180,6 +180,12 @@ class Tile:
         return self.tile_id
 
 
+def column_prefixes(tile_ids: Iterable[str]) -> list[str]:
+    """The distinct ``"<epsg>_<ix>_"`` prefixes of tile ids: a store listing per prefix finds the
+    records named after those tiles without listing every tile of the store."""
+    return sorted({f"{t.rsplit('_', 1)[0]}_" for t in tile_ids})
+
+
 def _parse_tile_id(tile_id: str) -> tuple[int, int, int]:
     parts = str(tile_id).split("_")
     if len(parts) != 3:

@@ -29,7 +29,7 @@ import json
 import logging
 import posixpath
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,14 @@ from pipelines.storage import (
     filesystem,
     is_local,
     join,
+    list_files,
     normalise_url,
+    read_many,
     redact_url,
     s3_options,
     write_json_atomic,
 )
+from pipelines.tiling import TileGrid, column_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -222,20 +225,56 @@ class CubeStore:
                 f"tile {tile_id} is not complete in {redact_url(self.url)} (no record)"
             ) from None
 
-    def recorded_tiles(self) -> list[str]:
-        """Ids of tiles with a completion record, any status (one listing, no record reads)."""
-        fs = self.fs
-        folder = self._path(RECORDS_DIR)
-        fs.invalidate_cache(folder)
-        try:
-            names = fs.ls(folder, detail=False)
-        except FileNotFoundError:
-            return []
-        return sorted(
-            posixpath.basename(str(n))[: -len(".json")]
-            for n in names
-            if str(n).endswith(".json") and ".tmp-" not in str(n)
+    def recorded_tiles(self, among: Iterable[str] | None = None) -> list[str]:
+        """Ids of tiles with a completion record, any status (listings, no record reads).
+
+        ``among``: only those tiles, found with one listing request per ``<epsg>_<ix>_`` column of
+        them instead of a listing of every record of the store.
+        """
+        wanted = set(among) if among is not None else None
+        names = list_files(
+            join(self.url, RECORDS_DIR),
+            self.storage_options,
+            column_prefixes(wanted) if wanted is not None else None,
         )
+        ids = sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
+        return ids if wanted is None else [t for t in ids if t in wanted]
+
+    def records(self, tile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Completion records of many tiles, read concurrently (one GET each); tiles without a record
+        are left out, an unreadable record raises CubeStoreError."""
+        urls = {join(self.url, RECORDS_DIR, f"{t}.json"): t for t in tile_ids}
+        out: dict[str, dict[str, Any]] = {}
+        for url, data in read_many(list(urls), self.storage_options).items():
+            if data is None:
+                continue
+            try:
+                out[urls[url]] = dict(json.loads(data))
+            except (TypeError, ValueError) as e:
+                raise CubeStoreError(f"{self}: unreadable completion record {urls[url]}.json: {e}") from e
+        return out
+
+    def group_keys(self) -> set[tuple[str, str]] | None:
+        """Every ``(collection, gsd_label)`` group the store's spec can hold (from the root attrs and
+        the registry); ``None`` when the spec cannot be rebuilt here to the same fingerprint (e.g. the
+        store was built with extra registry files)."""
+        meta = self.root_attrs()
+        d = meta.get("spec") or {}
+        try:
+            spec = CubeSpec(
+                grid=TileGrid(float(d["grid"]["tile_size_m"])),
+                collections=tuple(d["collections"]),
+                catalog=d["catalog"],
+                encoding=d["encoding"],
+                chunk_px=int(d["chunk_px"]),
+                shard_px=int(d["shard_px"]),
+                resampling=d["resampling"],
+            )
+            if spec.fingerprint != meta.get("fingerprint"):
+                return None
+            return {(c, label) for c in spec.collections for label in spec.band_groups(c)}
+        except Exception:  # a spec this code cannot rebuild: the caller reads every record instead
+            return None
 
     def tile_records(self) -> dict[str, dict[str, Any]]:
         """tile_id -> completion record, for every recorded tile; CubeStoreError names a record that

@@ -187,7 +187,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             request.strip_mb,
         )
         try:
-            records = source.records([t.tile_id for t in tiles])
+            recorded, records = _cube_records(source, [t.tile_id for t in tiles])
         except Exception as exc:
             raise EmbedConfigError(
                 f"cannot read cube store {storage.redact_url(request.cubes)}: {exc}"
@@ -195,7 +195,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         bands = source.band_infos(
             {k: v for k, v in records.items() if v.get("status") == TileStatus.COMPLETE}
         )
-        missing = [t for t in tiles if t.tile_id not in records]
+        missing = [t for t in tiles if t.tile_id not in recorded]
         for t in missing:
             for ti in range(len(periods)):
                 skipped.append(
@@ -203,7 +203,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
                 )
         if missing:
             notes.append(f"{len(missing)} tile(s) of the AOI have no cube: skipped")
-        todo_tiles = [t for t in tiles if t.tile_id in records]
+        todo_tiles = [t for t in tiles if t.tile_id in recorded]
     else:
         collections = request.collections or CatalogSource.collections
         source = CatalogSource(
@@ -290,6 +290,37 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     return RunPlan(
         request, ckpt, grid, tiles, periods, layout, normaliser, bands, version, ctx, units, skipped, notes
     )
+
+
+#: Cube records read per batch while planning (doubling up to the maximum) until the groups of the
+#: records read cover every group the cube spec can hold.
+RECORD_BATCH = 64
+RECORD_BATCH_MAX = 4096
+
+
+def _cube_records(source: CubeSource, tile_ids: Sequence[str]) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """(tiles of the plan with a cube record, the records planning needs to know the input bands).
+
+    Which tiles are recorded comes from listings of their ``<epsg>_<ix>_`` columns. Records are read
+    concurrently, in growing batches, only until their groups cover every ``(collection, GSD)`` group
+    the store's spec can hold (usually the first batch); when the spec cannot say (or some group never
+    occurs), every record of the plan is read, still in concurrent batches. The bands found are the
+    same as from reading every record: a group is either among those seen or held by no tile.
+    """
+    store = source.store()
+    recorded = store.recorded_tiles(among=tile_ids)
+    universe = store.group_keys()
+    if universe is not None and source.collections:
+        universe = {k for k in universe if k[0] in source.collections}
+    records: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, str]] = set()
+    k, batch = 0, RECORD_BATCH
+    while k < len(recorded) and (universe is None or not universe <= seen):
+        got = store.records(recorded[k : k + batch])
+        records.update(got)
+        seen.update(key for rec in got.values() for key in source._groups_of(rec))
+        k, batch = k + batch, min(RECORD_BATCH_MAX, batch * 2)
+    return set(recorded), records
 
 
 def _check_existing_version(request: EmbedRequest, version: es.EmbeddingsVersion) -> None:

@@ -12,6 +12,7 @@ from pipelines.embed.plan import RunContext, Unit, plan_run
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
 from pipelines.embed.tasks import _reason
 from pipelines.runs import TileStatus
+from pipelines.tiling import Tile
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,12 @@ def run_embedding(
         notes=list(plan.notes),
     )
 
+    written: set[str] = set()  # tiles whose record this run wrote: their STAC items are rewritten
+
     def collect(results: list[TileResult]) -> None:
         for r in results:
+            if r.status in (TileStatus.DONE, TileStatus.EMPTY):
+                written.add(r.tile_id)
             summary.results.append(r)
             if on_result is not None:
                 on_result(r)
@@ -68,7 +73,7 @@ def run_embedding(
         for epsg in sorted({t.epsg for t in plan.tiles}):
             es.ensure_zone(ctx.out, plan.version.name, epsg, ctx.out_options)
         collect(plan.skipped)
-        done = _complete_set(ctx, len(plan.periods))
+        done = _complete_set(ctx, len(plan.periods), [t.tile_id for t in plan.tiles])
         todo: list[Unit] = []
         for unit in plan.units:
             if all(t.tile_id in done.get(unit.time_index, set()) for t in unit.tiles):
@@ -86,7 +91,7 @@ def run_embedding(
         summary.notes.extend(fanout.notes)
     if request.write_stac:
         try:
-            summary.stac_collection = es.write_stac(ctx.out, plan.version.name, ctx.out_options)
+            summary.stac_collection = _write_stac(ctx, plan.tiles, written)
         except Exception as exc:  # the data is safe; STAC can be rewritten by a rerun
             summary.notes.append(f"STAC not written: {_reason(exc)}")
     summary.elapsed_s = time.perf_counter() - t0
@@ -94,9 +99,19 @@ def run_embedding(
     return summary
 
 
-def _complete_set(ctx: RunContext, n_periods: int) -> dict[int, set[str]]:
+def _complete_set(ctx: RunContext, n_periods: int, tile_ids: list[str]) -> dict[int, set[str]]:
+    """Recorded tiles of the plan, from listings of their ``<epsg>_<ix>_`` columns only."""
     try:
-        listing = es.list_complete_tiles(ctx.out, ctx.version, storage_options=ctx.out_options)
-    except Exception:
+        listing = es.list_complete_tiles(
+            ctx.out, ctx.version, storage_options=ctx.out_options, tile_ids=tile_ids
+        )
+    except Exception:  # the workers check each tile's record before loading it
         return {}
     return {ti: set(listing.get(ti, [])) for ti in range(n_periods)}
+
+
+def _write_stac(ctx: RunContext, tiles: list[Tile], written: set[str]) -> str:
+    """Items of the tiles this run wrote, plus those of the plan's recorded tiles whose item is missing
+    or older than a record (an interrupted or STAC-less earlier run); the collection updated in place."""
+    stale, fresh = es.stale_items(ctx.out, ctx.version, [t.tile_id for t in tiles], ctx.out_options)
+    return es.write_stac(ctx.out, ctx.version, ctx.out_options, tiles=written | stale, linked=fresh)

@@ -27,11 +27,13 @@ from pipelines.embeddings.quantize import (
 from pipelines.embeddings.records import (
     list_complete_tiles,
     read_tile_record,
+    read_tile_records,
+    record_times,
     record_url,
     tile_is_complete,
     write_tile,
 )
-from pipelines.embeddings.stac import write_stac
+from pipelines.embeddings.stac import stale_items, write_stac
 from pipelines.embeddings.store import (
     create_version,
     ensure_zone,
@@ -64,8 +66,11 @@ __all__ = [
     "quantisation_error",
     "quantize",
     "read_tile_record",
+    "read_tile_records",
     "read_version",
+    "record_times",
     "record_url",
+    "stale_items",
     "tile_is_complete",
     "unit",
     "version_name",

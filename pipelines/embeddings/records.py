@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -59,33 +59,67 @@ def list_complete_tiles(
     version_name: str,
     time_index: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    tile_ids: Iterable[str] | None = None,
 ) -> dict[int, list[str]]:
-    """``{time_index: [tile_id, ...]}`` from the record names alone (one listing, no reads).
+    """``{time_index: [tile_id, ...]}`` from the record names alone (listings, no reads).
 
-    Includes ``nodata`` tiles (their shards are absent and read as nodata).
+    Includes ``nodata`` tiles (their shards are absent and read as nodata). ``tile_ids``: only those
+    tiles, found with one listing per ``<epsg>_<ix>_`` column of them rather than a listing of the
+    whole version (see :func:`record_times`).
     """
+    times = record_times(root_url, version_name, time_index, storage_options, tile_ids)
+    return {ti: sorted(found) for ti, found in times.items() if found}
+
+
+def record_times(
+    root_url: str,
+    version_name: str,
+    time_index: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    tile_ids: Iterable[str] | None = None,
+) -> dict[int, dict[str, float]]:
+    """``{time_index: {tile_id: record modification time}}`` of the recorded tiles (listings only).
+
+    Without ``tile_ids`` every record of the version is listed (a paged listing per time slice); with
+    them, one listing request per ``<epsg>_<ix>_`` prefix of those tiles and time slice, so a run
+    pays for the tiles it touches, not for the size of the store.
+    """
+    from pipelines.tiling import column_prefixes
+
     base = storage.join(storage.normalise_url(root_url), TILES_DIR, version_name)
-    fs, path = storage.filesystem(base, storage_options)
-    out: dict[int, list[str]] = {}
-    try:
-        if time_index is not None:
-            subdirs = [int(time_index)]
-        else:
-            names = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False, refresh=True)]
-            subdirs = sorted(int(n[1:]) for n in names if re.fullmatch(r"t\d+", n))
-        for ti in subdirs:
-            try:
-                entries = fs.ls(f"{path}/t{ti}", detail=False, refresh=True)  # no stale s3fs listing
-            except FileNotFoundError:
-                continue
-            ids = sorted(
-                e.rstrip("/").rsplit("/", 1)[-1][: -len(".json")] for e in entries if e.endswith(".json")
-            )
-            if ids:
-                out[ti] = ids
-    except FileNotFoundError:
-        return {}
+    wanted = set(tile_ids) if tile_ids is not None else None
+    prefixes = column_prefixes(wanted) if wanted is not None else None
+    if time_index is not None:
+        subdirs = [int(time_index)]
+    else:  # the time slices that have records: one listing of the version's folder
+        fs, path = storage.filesystem(base, storage_options)
+        try:
+            dirs = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(path, detail=False, refresh=True)]
+        except FileNotFoundError:
+            return {}
+        subdirs = sorted(int(n[1:]) for n in dirs if re.fullmatch(r"t\d+", n))
+    out: dict[int, dict[str, float]] = {}
+    for ti in subdirs:
+        names = storage.list_files(storage.join(base, f"t{ti}"), storage_options, prefixes)
+        found = {n[: -len(".json")]: m for n, m in names.items() if n.endswith(".json")}
+        if wanted is not None:
+            found = {t: m for t, m in found.items() if t in wanted}
+        if found:
+            out[ti] = found
     return out
+
+
+def read_tile_records(
+    root_url: str,
+    version_name: str,
+    keys: Iterable[tuple[str, int]],
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """The completion records of many ``(tile_id, time_index)`` read concurrently (one GET each);
+    keys without a record are left out, any other failure raises."""
+    urls = {record_url(root_url, version_name, t, ti): (t, int(ti)) for t, ti in keys}
+    got = storage.read_many(list(urls), storage_options)
+    return {urls[u]: dict(json.loads(b)) for u, b in got.items() if b is not None}
 
 
 def read_tile_record(
