@@ -17,7 +17,10 @@ Bad inputs never crash a tile: items without a needed band asset, without projec
 with an asset that 404s or has a corrupt header are left out of the groups that need that asset
 and recorded as :class:`~pipelines.cubes.spec.SkippedAsset`; read failures that only show up while
 loading (a truncated COG) are diagnosed by :func:`diagnose_read_failure` and retried without them
-by the writer (:mod:`pipelines.cubes`).
+by the writer (:mod:`pipelines.cubes`). Access is never a bad input: hrefs are signed and
+credentials added per the registry's access rule of the catalog (:func:`~pipelines.cubes.reading.cube_access`),
+and a refused read (HTTP 401/403/409, missing credentials) raises
+:class:`~pipelines.registry.AccessDeniedError`, so the tile fails unrecorded and is retried next run.
 
 odc-stac traps handled here: it needs every requested band in every item (items are checked and
 patched to carry only the needed assets, with the registry's dtype/nodata); it wants ``nodata``
@@ -40,10 +43,16 @@ import xarray as xr
 
 from pipelines.cubes.reading import (
     MASK_DTYPE,
+    CubeAccess,
     _absolute_href,
     _Header,
     _proj_missing,
+    access_denied,
     cid_label,
+    configure_reads,
+    cube_access,
+    forget_failed_reads,
+    is_access_denied,
     item_datetime,
     items_touching,
     open_header,
@@ -128,6 +137,8 @@ class TileCube(Mapping[tuple[str, str], xr.Dataset]):
     skipped: list[SkippedAsset] = field(default_factory=list)
     sources: dict[tuple[str, str], list[tuple[str, str, str]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    read_options: Mapping[str, Any] | None = field(default=None, repr=False)
+    """The read options the groups were built with (credentials included: memory only, never recorded)."""
 
     def __getitem__(self, key: tuple[str, str]) -> xr.Dataset:
         return decode(self.encoded[key])
@@ -178,9 +189,14 @@ def assemble_tile(
         if cid in by_collection:
             by_collection[str(cid)].append(item)
     excluded = {(str(i), str(a)) for i, a in exclude}
-    for cid, citems in by_collection.items():
-        if citems:
-            _assemble_collection(cube, cid, citems, excluded, read_options)
+    wanted = [cid for cid, citems in by_collection.items() if citems]
+    if not wanted:
+        return cube
+    access = cube_access(spec.catalog, wanted, read_options, spec.registry())
+    cube.read_options = access.read_options
+    configure_reads(access.read_options)
+    for cid in wanted:
+        _assemble_collection(cube, cid, by_collection[cid], excluded, access)
     return cube
 
 
@@ -189,7 +205,7 @@ def _assemble_collection(
     cid: str,
     items: list[Mapping[str, Any]],
     excluded: set[tuple[str, str]],
-    read_options: Mapping[str, Any] | None,
+    access: CubeAccess,
 ) -> None:
     spec = cube.spec
     cs = spec.collection_spec(cid)
@@ -198,7 +214,7 @@ def _assemble_collection(
     needed = list(
         dict.fromkeys([cs.assets[b] for _, bands in groups.values() for b in bands] + list(mask_assets))
     )
-    prepared = _prepare_items(cube, cs, items, needed, mask_assets, excluded, read_options)
+    prepared = _prepare_items(cube, cs, items, needed, mask_assets, excluded, access)
     if not prepared:
         return
     for label, (gsd, bands) in groups.items():
@@ -218,9 +234,10 @@ def _prepare_items(
     needed: list[str],
     mask_assets: tuple[str, ...],
     excluded: set[tuple[str, str]],
-    read_options: Mapping[str, Any] | None,
+    access: CubeAccess,
 ) -> list[_Prepared]:
     spec = cube.spec
+    read_options = access.read_options
     out: list[_Prepared] = []
     seen: set[str] = set()
     mask_dtype = {a: MASK_DTYPE for a in mask_assets}
@@ -257,7 +274,9 @@ def _prepare_items(
             fields = ", ".join(_proj_missing(item, no_proj[0]))
             skip(item_id, ",".join(no_proj), f"no projection metadata ({fields})")
             continue
-        hrefs = {k: _absolute_href(str(src_assets[k]["href"]), item) for k in present}
+        hrefs = {
+            k: access.sign(cs.collection, _absolute_href(str(src_assets[k]["href"]), item)) for k in present
+        }
         headers: dict[str, _Header] = {}
         if spec.preflight or no_proj:
             check = present if spec.preflight else no_proj
@@ -266,6 +285,10 @@ def _prepare_items(
                     headers[key] = res
                 else:
                     reason, transient = res
+                    if is_access_denied(reason):
+                        raise access_denied(
+                            spec.registry(), spec.catalog, cs.collection, item_id, key, reason
+                        )
                     if transient and not spec.skip_unreachable:
                         reason = f"{reason} (unreachable: the tile is retried on the next run)"
                     skip(item_id, key, reason, transient)
@@ -491,6 +514,7 @@ def diagnose_read_failure(
 ) -> list[SkippedAsset]:
     """After a load failed: read each source asset of the group(s) over the tile; the ones that fail."""
     keys = [key] if key is not None else list(cube.sources)
+    read_options = cube.read_options if cube.read_options is not None else read_options
     seen: set[tuple[str, str]] = set()
     found: list[SkippedAsset] = []
     for k in keys:
@@ -501,5 +525,8 @@ def diagnose_read_failure(
             res = read_window_check(href, cube.tile, read_options)
             if res is not None:
                 reason, transient = res
+                if is_access_denied(reason):
+                    forget_failed_reads([href])
+                    raise access_denied(cube.spec.registry(), cube.spec.catalog, k[0], item_id, asset, reason)
                 found.append(SkippedAsset(item_id, asset, reason, transient))
     return found

@@ -1,8 +1,16 @@
-"""Reading STAC assets for cube assembly: item selection, GDAL environment, header checks, read-error classes.
+"""Reading STAC assets for cube assembly: item selection, access, GDAL environment, header checks, read-error classes.
 
 Everything here touches the source files (or their metadata) but builds no array: which items touch a tile and on
-which solar day, how GDAL is configured for object storage, whether an asset's header opens, and how a read failure
-is classified (transient: retried; permanent: the asset is skipped and recorded).
+which solar day, how the catalog's files are accessed (:func:`cube_access`: signed hrefs and credentials from the
+registry's access rules, :mod:`pipelines.registry.access`), how GDAL is configured for object storage, whether an
+asset's header opens, and how a read failure is classified:
+
+* **access denied** (HTTP 401/403/409, S3 ``AccessDenied``, missing AWS credentials): :class:`AccessDeniedError`
+  with a one-line hint naming the credential; the tile fails, nothing is recorded, the next run retries it;
+* **transient** (HTTP 429/5xx/408, timeouts, connection errors): retried, then the tile fails unrecorded;
+* **permanent** (HTTP 404, a corrupt file): the asset is skipped and recorded with the reason.
+
+Reasons are redacted (:func:`pipelines.storage.redact_url`): a signed href never reaches a record or a log.
 """
 
 from __future__ import annotations
@@ -17,7 +25,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.registry import CollectionSpec
+from pipelines.registry import (
+    AccessDeniedError,
+    CollectionSpec,
+    ReadAccess,
+    Registry,
+    credential_hint,
+    resolve_access,
+)
+from pipelines.storage import redact_url
 from pipelines.tiling import Tile, _normalise_aoi, item_geometry
 
 log = logging.getLogger(__name__)
@@ -39,6 +55,107 @@ _TRANSIENT = re.compile(
     r"timed? ?out|could not resolve|temporar|network is unreachable|ssl|broken pipe",
     re.IGNORECASE,
 )
+
+_DENIED = re.compile(
+    r"HTTP response code: ?(401|403|409)\b|access ?denied|InvalidAccessKeyId|SignatureDoesNotMatch|"
+    r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST|PublicAccessNotPermitted|AuthenticationFailed|"
+    r"AuthorizationPermissionMismatch|NoAuthenticationInformation|ExpiredToken|\bunauthori[sz]ed\b|\bforbidden\b",
+    re.IGNORECASE,
+)
+_STATUS = re.compile(r"HTTP response code: ?(\d{3})")
+
+
+def is_access_denied(reason: str) -> bool:
+    """Whether a classified read failure means the credentials are missing or refused."""
+    return bool(_DENIED.search(reason))
+
+
+def access_denied(
+    registry: Registry, catalog: str, collection: str, item_id: str, asset: str, reason: str
+) -> AccessDeniedError:
+    """The one-line error of a refused read: what was refused and the credential to pass."""
+    status = _STATUS.search(reason)
+    what = f"HTTP {status.group(1)}" if status else "access denied"
+    where = f"{catalog}/{collection}"
+    try:
+        hint = credential_hint(registry.access_for(catalog, collection), where)
+    except Exception:  # an unknown catalog cannot get this far; never mask the access error
+        hint = f"{where} refused the read"
+    return AccessDeniedError(f"reading {item_id}:{asset} was refused ({what}): {hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Access (one path for cube runs and embedding)
+
+
+@dataclass(frozen=True)
+class CubeAccess:
+    """The resolved access of a cube run's collections: signing per collection, merged read options."""
+
+    by_collection: Mapping[str, ReadAccess]
+    """Collection id -> its resolved access (signing, credentials)."""
+    read_options: Mapping[str, Any]
+    """The caller's read options with every collection's GDAL options and AWS session added."""
+
+    def sign(self, collection: str, href: str) -> str:
+        access = self.by_collection.get(collection)
+        return access.sign(href) if access is not None else href
+
+
+def cube_access(
+    catalog: str, collections: Iterable[str], read_options: Mapping[str, Any] | None, registry: Registry
+) -> CubeAccess:
+    """Resolve the access of ``collections`` of ``catalog`` (credentials looked up now; an
+    :class:`AccessDeniedError` with the hint when they are missing) and merge their read options."""
+    by: dict[str, ReadAccess] = {}
+    options: dict[str, Any] = dict(read_options or {})
+    for cid in collections:
+        access = resolve_access(registry, catalog, cid)
+        by[cid] = access
+        options = access.read_options(options)
+    return CubeAccess(by, options)
+
+
+def forget_failed_reads(hrefs: Iterable[str]) -> None:
+    """Drop GDAL's cached answers for ``hrefs`` (its /vsicurl/ cache keeps a refused or failed
+    file as "does not exist" for the whole process), so a retry in the same process asks again."""
+    for href in hrefs:
+        _OPEN_CACHE.forget(href)
+        prefix = _gdal_path(href)
+        lib = _gdal_lib()
+        if lib is not None and prefix:
+            lib.VSICurlPartialClearCache(prefix.encode())
+
+
+def _gdal_path(href: str) -> str:
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    if href.startswith("s3://"):
+        return "/vsis3/" + href[len("s3://") :]
+    return ""
+
+
+_GDAL_LIB: list[Any] = []
+
+
+def _gdal_lib() -> Any:
+    if not _GDAL_LIB:
+        lib = None
+        try:
+            import ctypes
+            import glob
+
+            import rasterio
+
+            found = sorted(glob.glob(os.path.join(rasterio.__path__[0] + ".libs", "libgdal*")))
+            if found:
+                lib = ctypes.CDLL(found[0])
+                lib.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+        except (OSError, AttributeError, ImportError):
+            lib = None
+        _GDAL_LIB.append(lib)
+    return _GDAL_LIB[0]
+
 
 # ---------------------------------------------------------------------------------------------
 # Items
@@ -133,10 +250,11 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
         chain = (chain.__cause__ or chain.__context__) if isinstance(chain, BaseException) else None
     if not texts:
         texts = [type(exc).__name__]
-    full = " <- ".join(texts)
+    full = redact_url(" <- ".join(texts))
     generic = "See previous exception"
-    reason = " <- ".join(t for t in texts if generic not in t) or texts[0]
-    return reason[:300], bool(_TRANSIENT.search(full))
+    reason = redact_url(" <- ".join(t for t in texts if generic not in t) or texts[0])
+    transient = bool(_TRANSIENT.search(full)) and not _DENIED.search(full)
+    return reason[:300], transient
 
 
 @dataclass(frozen=True)
@@ -171,6 +289,12 @@ class _OpenCache:
         with self._lock:
             self._transient.add(href)
 
+    def forget(self, href: str) -> None:
+        with self._lock:
+            self._ok.pop(href, None)
+            self._bad.pop(href, None)
+            self._transient.discard(href)
+
     def put(self, href: str, value: _Header | str) -> None:
         with self._lock:
             if len(self._ok) + len(self._bad) > 50_000:
@@ -202,6 +326,14 @@ def rio_env(read_options: Mapping[str, Any] | None = None) -> Any:
     return rasterio.Env(**gdal_env(read_options))
 
 
+def configure_reads(read_options: Mapping[str, Any] | None) -> None:
+    """GDAL settings for odc-stac's reads in this process (credentials stay in memory)."""
+    import odc.stac
+
+    aws = dict((read_options or {}).get("aws_session") or {})
+    odc.stac.configure_rio(cloud_defaults=True, aws=aws or None, **gdal_env(read_options))
+
+
 def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _Header | tuple[str, bool]:
     """Open an asset: its header, or (reason, transient) when it cannot be opened."""
     import rasterio
@@ -227,6 +359,8 @@ def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _He
         result = (f"cannot open: {reason}", transient)
     if isinstance(result, _Header):
         _OPEN_CACHE.put(href, result)
+    elif is_access_denied(result[0]):
+        forget_failed_reads([href])  # never remembered: the next try (new credentials) asks again
     elif result[1]:
         _OPEN_CACHE.put_transient(href)
     else:

@@ -28,7 +28,7 @@ from typing import Any
 
 from pipelines import runs
 from pipelines.cubes.assembly import TileCube, assemble_tile, decode, diagnose_read_failure
-from pipelines.cubes.reading import classify_error, gdal_env, item_datetime, items_touching
+from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
 from pipelines.cubes.spec import (
     INT16_FILL,
     INT16_SCALE,
@@ -192,11 +192,8 @@ class RunSummary:
 
 
 def _configure_reads(read_options: Mapping[str, Any] | None) -> None:
-    """GDAL settings for odc-stac's reads in this process (credentials stay in memory)."""
-    import odc.stac
-
-    aws = dict((read_options or {}).get("aws_session") or {})
-    odc.stac.configure_rio(cloud_defaults=True, aws=aws or None, **gdal_env(read_options))
+    """GDAL settings for odc-stac's reads in this process (assembly adds each catalog's access)."""
+    configure_reads(read_options)
 
 
 def _is_read_error(exc: BaseException) -> bool:

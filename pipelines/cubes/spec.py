@@ -135,6 +135,8 @@ def _registry_content(cs: CollectionSpec) -> dict[str, Any]:
     names or prose descriptions, so refactoring the registry code keeps existing stores valid."""
     content = dataclasses.asdict(cs)
     content["sensor"].pop("description", None)
+    for how_read in ("aliases", "access"):  # how files are found and read, not what the pixels are
+        content.pop(how_read, None)
     return content
 
 

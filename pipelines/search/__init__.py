@@ -23,6 +23,7 @@ from pipelines.search.refresh import (
 from pipelines.search.request import SearchRequest, SearchResult, make_result, search
 from pipelines.search.saved import load_result, new_items, save_result
 from pipelines.search.signing import (
+    catalog_signer,
     planetary_computer_signer,
     sign_for_reading,
     strip_signatures,
@@ -38,6 +39,7 @@ __all__ = [
     "Watermark",
     "and_filters",
     "canonical_item",
+    "catalog_signer",
     "commit_watermark",
     "compile_filter",
     "item_epsg",

@@ -210,7 +210,8 @@ def search(
     if catalog.signing and signer is None and items:
         notes.append(
             f"asset hrefs of catalog {catalog.name!r} need {catalog.signing} signing before reading: "
-            "use sign_for_reading(result.items, signer)"
+            "cube runs and embedding sign them in memory; elsewhere use "
+            f"sign_for_reading(result.items, catalog_signer({catalog.name!r}))"
         )
     result = make_result(items, notes, request, safe_url)
     if signer is not None and result.items:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pipelines.registry import Registry, load_registry, resolve_access
 from pipelines.search.filters import (
     SearchError,
 )
@@ -98,22 +99,27 @@ def sign_for_reading(items: Iterable[Mapping[str, Any]], signer: Signer) -> tupl
     return tuple(signer(copy.deepcopy(dict(i))) for i in items)
 
 
-def planetary_computer_signer() -> Signer:
-    """A :data:`Signer` for Planetary Computer asset hrefs (SAS tokens), from the optional
-    ``planetary-computer`` package. Use it with :func:`sign_for_reading` only."""
-    try:
-        import planetary_computer
-    except ImportError as exc:
-        raise SearchError(
-            "signing Planetary Computer asset hrefs needs the planetary-computer package "
-            "(pip install planetary-computer)"
-        ) from exc
+def catalog_signer(catalog: str, registry: Registry | None = None) -> Signer:
+    """A :data:`Signer` for the asset hrefs of ``catalog``, by the registry's access rule of each
+    item's collection (Planetary Computer: a SAS token per collection, cached until it expires; other
+    catalogs: hrefs unchanged). The same code path cube runs and embedding use
+    (:func:`pipelines.registry.resolve_access`). Use it with :func:`sign_for_reading` only."""
+    reg = registry or load_registry()
+    reg.catalog(catalog)
 
     def sign(item: dict[str, Any]) -> dict[str, Any]:
-        signed = planetary_computer.sign(item)
-        return dict(signed) if isinstance(signed, Mapping) else dict(signed.to_dict())
+        access = resolve_access(reg, catalog, str(item.get("collection") or "") or None)
+        for asset in (item.get("assets") or {}).values():
+            if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+                asset["href"] = access.sign(asset["href"])
+        return item
 
     return sign
+
+
+def planetary_computer_signer() -> Signer:
+    """:func:`catalog_signer` of ``planetary-computer`` (no extra package needed)."""
+    return catalog_signer("planetary-computer")
 
 
 def _check_signer(signer: Signer, item: Mapping[str, Any]) -> None:

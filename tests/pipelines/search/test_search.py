@@ -394,21 +394,26 @@ def test_unsign_href_keeps_ordinary_query_parameters() -> None:
     assert strip_signatures(plain) is plain
 
 
-def test_planetary_computer_signer(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+def test_catalog_signer_uses_the_registry_access_rule(tmp_path: Path) -> None:
+    from pipelines.registry import SAS_TOKENS, load_registry
+    from pipelines.search import catalog_signer
+    from tests.pipelines.access_servers import SAS_SIG, registry_yaml, serve
 
-    from pipelines.search import planetary_computer_signer
-
-    monkeypatch.setitem(sys.modules, "planetary_computer", None)  # not installed
-    with pytest.raises(SearchError, match="pip install planetary-computer"):
-        planetary_computer_signer()
-    fake = types.ModuleType("planetary_computer")
-    fake.sign = lambda item: _pc_signer(copy.deepcopy(item))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "planetary_computer", fake)
-    item = make_item("a", S2, (0, 0, 1, 1), "2023-01-01T00:00:00Z")
-    (signed,) = sign_for_reading([item], planetary_computer_signer())
-    assert "sig=" in signed["assets"]["red"]["href"] and "sig=" not in item["assets"]["red"]["href"]
+    SAS_TOKENS.clear()
+    with serve(tmp_path, "sas") as server:
+        reg = tmp_path / "reg.yaml"
+        reg.write_text(registry_yaml(server, "test-pc", "sas-token"))
+        item = make_item("a", S2, (0, 0, 1, 1), "2023-01-01T00:00:00Z")
+        item["collection"] = "landsat-c2-l2"
+        item["assets"]["red"]["href"] = f"{server.url}/a/red.tif"
+        item["assets"]["other"] = {"href": "https://elsewhere.example/a.tif"}
+        (signed,) = sign_for_reading([item], catalog_signer("test-pc", load_registry([reg])))
+        assert signed["assets"]["red"]["href"].endswith(f"sig={SAS_SIG}")
+        assert signed["assets"]["other"]["href"] == "https://elsewhere.example/a.tif"  # not a sign host
+        assert "sig=" not in item["assets"]["red"]["href"]
+        assert strip_signatures(signed)["assets"]["red"]["href"] == f"{server.url}/a/red.tif"
+        assert server.token_requests == 1
+    SAS_TOKENS.clear()
 
 
 def test_a_broken_signer_fails_the_search_early(search_catalog: dict[str, Path]) -> None:

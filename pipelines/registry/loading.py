@@ -1,0 +1,302 @@
+"""Loading the registry: ``sensors.yaml`` (and extra files) into the typed objects of :mod:`.model`.
+
+The built-in registry is ``pipelines/data/sensors.yaml``. Extra files (``--registry`` or the
+``AOM_REGISTRY`` environment variable, ``os.pathsep``-separated) are merged on top: a sensor,
+catalog or (catalog, collection) pair defined again replaces the built-in one. Everything is
+validated once here, so the rest of the pipeline can trust these objects.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.registry.model import (
+    _DTYPES,
+    ACCESS_KINDS,
+    AccessSpec,
+    BandSpec,
+    Catalog,
+    CollectionSpec,
+    Condition,
+    DnOffsetRule,
+    MaskRule,
+    Registry,
+    RegistryError,
+    Sensor,
+)
+
+BUILTIN_REGISTRY = Path(__file__).parent.parent / "data" / "sensors.yaml"
+REGISTRY_ENV = "AOM_REGISTRY"
+
+
+class _Ctx:
+    def __init__(self, source: str, where: str) -> None:
+        self.source = source
+        self.where = where
+
+    def sub(self, more: str) -> _Ctx:
+        return _Ctx(self.source, f"{self.where} {more}".strip())
+
+    def fail(self, message: str) -> RegistryError:
+        return RegistryError(f"{self.source}: {self.where}: {message}")
+
+
+def _mapping(ctx: _Ctx, value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ctx.fail(f"{what} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _number(
+    ctx: _Ctx, data: Mapping[str, Any], key: str, *, positive: bool = False, optional: bool = False
+) -> Any:
+    if key not in data or data[key] is None:
+        if optional:
+            return None
+        raise ctx.fail(f"field {key!r} is missing")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
+        raise ctx.fail(f"field {key!r} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ctx.fail(f"field {key!r} must be > 0, got {value!r}")
+    return float(value)
+
+
+def _string(ctx: _Ctx, data: Mapping[str, Any], key: str, *, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise ctx.fail(f"field {key!r} is missing")
+    if not isinstance(value, str) or not value:
+        raise ctx.fail(f"field {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _parse_sensor(ctx: _Ctx, name: str, data: Any) -> Sensor:
+    data = _mapping(ctx, data, "a sensor")
+    bands_raw = _mapping(ctx, data.get("bands"), "field 'bands'")
+    if not bands_raw:
+        raise ctx.fail("field 'bands' is empty")
+    bands = []
+    for band_name, band in bands_raw.items():
+        bctx = ctx.sub(f"band {band_name!r}:")
+        band = _mapping(bctx, band, "a band")
+        bands.append(
+            BandSpec(
+                name=str(band_name),
+                sensor=name,
+                common_name=_string(bctx, band, "common_name"),
+                center_wavelength_nm=_number(bctx, band, "center_wavelength_nm", positive=True),
+                fwhm_nm=_number(bctx, band, "fwhm_nm", positive=True),
+                gsd_m=_number(bctx, band, "gsd_m", positive=True),
+            )
+        )
+    platforms = data.get("platforms") or []
+    return Sensor(
+        name=name,
+        description=str(data.get("description", "")),
+        platforms=tuple(str(p) for p in platforms),
+        bands=tuple(bands),
+    )
+
+
+def _parse_catalog(ctx: _Ctx, name: str, data: Any) -> Catalog:
+    data = _mapping(ctx, data, "a catalog")
+    kind = _string(ctx, data, "kind")
+    if kind not in ("stac-api", "local"):
+        raise ctx.fail(f"field 'kind' must be 'stac-api' or 'local', got {kind!r}")
+    url = _string(ctx, data, "url", optional=kind == "local")
+    return Catalog(
+        name=name,
+        kind=kind,
+        url=url,
+        access=_parse_access(ctx, data.get("access")) if data.get("access") is not None else AccessSpec(),
+        description=str(data.get("description", "")),
+    )
+
+
+def _strings(ctx: _Ctx, data: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = data.get(key) or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ctx.fail(f"field {key!r} must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _parse_access(ctx: _Ctx, data: Any) -> AccessSpec:
+    if isinstance(data, str):
+        data = {"kind": data}
+    data = _mapping(ctx, data, "field 'access'")
+    kind = _string(ctx, data, "kind")
+    if kind not in ACCESS_KINDS:
+        raise ctx.fail(f"field 'access.kind' must be one of {list(ACCESS_KINDS)}, got {kind!r}")
+    known = {"kind", "token_url", "sign_hosts", "key_env", "region", "login_host"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ctx.fail(f"field 'access' has unknown keys {unknown}; known: {sorted(known)}")
+    spec = AccessSpec(
+        kind=kind,
+        token_url=_string(ctx, data, "token_url", optional=True),
+        sign_hosts=_strings(ctx, data, "sign_hosts"),
+        key_env=_string(ctx, data, "key_env", optional=True),
+        region=_string(ctx, data, "region", optional=True),
+        login_host=_string(ctx, data, "login_host", optional=True),
+    )
+    if kind == "sas-token" and (not spec.token_url or not spec.sign_hosts):
+        raise ctx.fail("access kind 'sas-token' needs 'token_url' and 'sign_hosts'")
+    if kind == "earthdata" and (not spec.login_host or not spec.key_env):
+        raise ctx.fail("access kind 'earthdata' needs 'login_host' and 'key_env'")
+    return spec
+
+
+def _parse_condition(ctx: _Ctx, data: Any) -> Condition:
+    data = _mapping(ctx, data, "a condition")
+    prop = _string(ctx, data, "property")
+    if "version_gte" in data:
+        return Condition(property=prop, version_gte=str(data["version_gte"]))
+    if "equals" in data:
+        return Condition(property=prop, equals=data["equals"])
+    raise ctx.fail("a condition needs 'equals' or 'version_gte'")
+
+
+def _parse_mask(ctx: _Ctx, data: Any, assets: Mapping[str, str]) -> MaskRule:
+    data = _mapping(ctx, data, "field 'mask'")
+    kind = _string(ctx, data, "kind")
+    if kind not in ("classes", "bits"):
+        raise ctx.fail(f"field 'mask.kind' must be 'classes' or 'bits', got {kind!r}")
+    per_band = {str(k): str(v) for k, v in (data.get("per_band_assets") or {}).items()}
+    unknown = sorted(set(per_band) - set(assets))
+    if unknown:
+        raise ctx.fail(f"mask.per_band_assets names bands not in 'assets': {unknown}")
+    asset = data.get("asset")
+    if asset is None and not per_band:
+        raise ctx.fail("field 'mask' needs 'asset' or 'per_band_assets'")
+    values = tuple(int(v) for v in data.get("invalid_values", []) or [])
+    bits = tuple(int(v) for v in data.get("invalid_bits", []) or [])
+    if kind == "classes" and not values:
+        raise ctx.fail("a 'classes' mask needs 'invalid_values'")
+    if kind == "bits" and not bits:
+        raise ctx.fail("a 'bits' mask needs 'invalid_bits'")
+    fill = data.get("fill_value")
+    return MaskRule(
+        kind=kind,
+        asset=str(asset) if asset is not None else None,
+        invalid_values=values,
+        invalid_bits=bits,
+        fill_value=int(fill) if fill is not None else None,
+        per_band_assets=per_band,
+    )
+
+
+def _parse_collection(
+    ctx: _Ctx, data: Any, sensors: Mapping[str, Sensor], catalogs: Mapping[str, Catalog]
+) -> CollectionSpec:
+    data = _mapping(ctx, data, "a collection")
+    catalog = _string(ctx, data, "catalog")
+    collection = _string(ctx, data, "collection")
+    ctx = _Ctx(ctx.source, f"collection {catalog}/{collection}:")
+    if catalog not in catalogs:
+        raise ctx.fail(f"unknown catalog {catalog!r}; known: {', '.join(sorted(catalogs))}")
+    sensor_name = _string(ctx, data, "sensor")
+    if sensor_name not in sensors:
+        raise ctx.fail(f"unknown sensor {sensor_name!r}; known: {', '.join(sorted(sensors))}")
+    sensor = sensors[sensor_name]
+    assets = {str(k): str(v) for k, v in _mapping(ctx, data.get("assets"), "field 'assets'").items()}
+    unknown = sorted(set(assets) - set(sensor.band_names))
+    if unknown:
+        raise ctx.fail(f"field 'assets' names bands {unknown} that sensor {sensor_name!r} does not have")
+    if not assets:
+        raise ctx.fail("field 'assets' is empty")
+    dtype = _string(ctx, data, "dtype")
+    if dtype not in _DTYPES:
+        raise ctx.fail(f"field 'dtype' must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    rules = []
+    for i, rule in enumerate(data.get("dn_offset_rules") or []):
+        rctx = ctx.sub(f"dn_offset_rules[{i}]:")
+        rule = _mapping(rctx, rule, "a rule")
+        rules.append(
+            DnOffsetRule(
+                offset_dn=_number(rctx, rule, "offset_dn"),
+                when=_parse_condition(rctx, rule.get("when")),
+                unless=_parse_condition(rctx, rule["unless"]) if rule.get("unless") else None,
+            )
+        )
+    if "mask" not in data:
+        raise ctx.fail("field 'mask' is missing (every collection needs a quality-mask rule)")
+    return CollectionSpec(
+        catalog=catalog,
+        collection=collection,
+        sensor=sensor,
+        assets=assets,
+        dtype=dtype,
+        nodata=_number(ctx, data, "nodata", optional=True),
+        scale=_number(ctx, data, "scale", positive=True),
+        offset=_number(ctx, data, "offset"),
+        mask=_parse_mask(ctx, data["mask"], assets),
+        dn_offset_rules=tuple(rules),
+        aliases=_strings(ctx, data, "aliases"),
+        access=_parse_access(ctx, data["access"]) if data.get("access") is not None else None,
+    )
+
+
+def parse_registry(documents: Iterable[tuple[str, Any]]) -> Registry:
+    """Build a registry from ``(source_name, parsed_yaml)`` documents, later ones overriding."""
+    sensors: dict[str, Sensor] = {}
+    catalogs: dict[str, Catalog] = {}
+    raw_collections: list[tuple[str, int, Any]] = []
+    sources = []
+    for source, doc in documents:
+        sources.append(source)
+        root = _Ctx(source, "top level")
+        doc = _mapping(root, doc, "the document")
+        for name, sdata in (doc.get("sensors") or {}).items():
+            sensors[str(name)] = _parse_sensor(_Ctx(source, f"sensor {name!r}:"), str(name), sdata)
+        for name, cdata in (doc.get("catalogs") or {}).items():
+            catalogs[str(name)] = _parse_catalog(_Ctx(source, f"catalog {name!r}:"), str(name), cdata)
+        entries = doc.get("collections") or []
+        if not isinstance(entries, list):
+            raise root.fail("field 'collections' must be a list")
+        raw_collections.extend((source, i, entry) for i, entry in enumerate(entries))
+    by_key: dict[tuple[str, str], CollectionSpec] = {}
+    for source, i, entry in raw_collections:
+        spec = _parse_collection(_Ctx(source, f"collections[{i}]:"), entry, sensors, catalogs)
+        by_key[spec.key] = spec  # a later file's entry replaces an earlier one
+    return Registry(
+        sensors=dict(sensors),
+        catalogs=dict(catalogs),
+        collections=tuple(by_key.values()),
+        sources=tuple(sources),
+    )
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read registry file: {exc}") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load_registry(extra: Iterable[str | os.PathLike[str]] = (), *, use_env: bool = True) -> Registry:
+    """The built-in registry plus ``extra`` files (and ``$AOM_REGISTRY`` when ``use_env``)."""
+    paths = [BUILTIN_REGISTRY, *(Path(p) for p in extra)]
+    if use_env and os.environ.get(REGISTRY_ENV):
+        paths.extend(Path(p) for p in os.environ[REGISTRY_ENV].split(os.pathsep) if p)
+    return _load_cached(tuple(str(p) for p in paths))
+
+
+@lru_cache(maxsize=8)
+def _load_cached(paths: tuple[str, ...]) -> Registry:
+    return parse_registry((p, _read_yaml(Path(p))) for p in paths)

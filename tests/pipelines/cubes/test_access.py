@@ -1,0 +1,168 @@
+"""Reading pixels under each provider's access rule, through local servers (no internet).
+
+A synthetic Landsat item's COGs are served by :mod:`tests.pipelines.access_servers` under the rules of
+Planetary Computer (SAS token), USGS (requester pays) and NASA Earthdata (bearer token); the registry
+file of each test points a catalog's access rule at that server. A refused read must fail the tile
+without a record (retried by the next run), with a one-line hint naming the credential; signed hrefs and
+tokens must never reach the store or the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.cubes import CubeSpec, CubeStore, write_cubes
+from pipelines.registry import SAS_TOKENS, load_registry
+from pipelines.testing import make_item
+from tests.pipelines.access_servers import BEARER, SAS_SIG, ProviderServer, registry_yaml, serve
+from tests.pipelines.cubes.support import GRID, SCENE, TILE_IDS
+
+LANDSAT = "landsat-c2-l2"
+TILE = TILE_IDS[0]
+
+
+def _setup(tmp_path: Path, server: ProviderServer, catalog: str, kind: str) -> tuple[CubeSpec, list[Any]]:
+    reg = tmp_path / f"{catalog}.yaml"
+    reg.write_text(registry_yaml(server, catalog, kind))
+    cs = load_registry([reg]).collection(LANDSAT, catalog)
+    folder = server.root / ("usgs-landsat" if server.rule == "requester-pays" else "blobs")
+    folder.mkdir(parents=True, exist_ok=True)
+    item = make_item(folder, item_id="L", collection=LANDSAT, bounds=SCENE, spec=cs)
+    for asset in item["assets"].values():
+        asset["href"] = server.href(Path(asset["href"]))
+    item["collection"] = LANDSAT
+    spec = CubeSpec(grid=GRID, collections=(LANDSAT,), catalog=catalog, registry_files=(str(reg),))
+    return spec, [item]
+
+
+def _store_text(out: Path) -> str:
+    return "\n".join(
+        p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix == ".json"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens() -> Any:
+    SAS_TOKENS.clear()
+    yield
+    SAS_TOKENS.clear()
+
+
+def test_planetary_computer_hrefs_are_signed_in_memory_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(
+        logging.INFO
+    )  # rasterio's DEBUG lines name datasets by href: redacted by the CLI's log filter
+    with serve(tmp_path / "root", "sas") as server:
+        spec, items = _setup(tmp_path, server, "test-pc", "sas-token")
+        out = tmp_path / "cubes"
+        summary = write_cubes(items, [TILE], spec, str(out), progress=False)
+        assert summary.tiles_done == [TILE], summary.tiles_failed
+        files = server.file_requests()
+        assert files and all(f"sig={SAS_SIG}" in path for _, path, _ in files)
+        assert server.token_requests == 1  # one token for every asset of the collection, cached
+    assert SAS_SIG not in _store_text(out)
+    assert "sig=" not in items[0]["assets"]["red"]["href"]  # the caller's items stay unsigned
+    assert SAS_SIG not in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("pipelines") and SAS_SIG in r.getMessage()]
+
+
+def test_unsigned_reads_fail_the_tile_unrecorded_with_a_hint(tmp_path: Path) -> None:
+    # the catalog is declared public but the server wants a SAS token: Azure answers 409
+    with serve(tmp_path / "root", "sas") as server:
+        spec, items = _setup(tmp_path, server, "test-public", "anonymous")
+        out = tmp_path / "cubes"
+        summary = write_cubes(items, [TILE], spec, str(out), progress=False)
+        reason = summary.tiles_failed[TILE]
+        assert "AccessDeniedError" in reason and "HTTP 409" in reason and "public" in reason
+        assert not summary.tiles_empty
+        assert not CubeStore(str(out)).has_record(TILE)
+
+
+def test_a_403_tile_is_retried_after_the_server_answers_200(tmp_path: Path) -> None:
+    with serve(tmp_path / "root", "sas", deny=True) as server:
+        spec, items = _setup(tmp_path, server, "test-pc", "sas-token")
+        out = tmp_path / "cubes"
+        first = write_cubes(items, [TILE], spec, str(out), progress=False)
+        assert "HTTP 403" in first.tiles_failed[TILE] and "SAS token" in first.tiles_failed[TILE]
+        assert not CubeStore(str(out)).has_record(TILE)
+        server.deny = False  # credentials fixed / permission granted: the same process runs again
+        second = write_cubes(items, [TILE], spec, str(out), progress=False)
+        assert second.tiles_done == [TILE], second.tiles_failed
+        assert CubeStore(str(out)).record(TILE)["status"] == "complete"
+
+
+def test_throttled_reads_are_retried(tmp_path: Path) -> None:
+    with serve(tmp_path / "root", "sas") as server:
+        spec, items = _setup(tmp_path, server, "test-pc", "sas-token")
+        server.force = [429, 429]  # the token request and the first file read are throttled
+        summary = write_cubes(items, [TILE], spec, str(tmp_path / "cubes"), progress=False)
+        assert summary.tiles_done == [TILE], summary.tiles_failed
+
+
+def _aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, with_key: bool) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(
+        "[default]\naws_access_key_id = AKIDTEST\naws_secret_access_key = secret-test\n" if with_key else ""
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask an instance-metadata address
+
+
+def test_requester_pays_sends_the_header_and_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _aws_env(monkeypatch, tmp_path, with_key=True)
+    with serve(tmp_path / "s3", "requester-pays") as server:
+        spec, items = _setup(tmp_path, server, "test-usgs", "requester-pays")
+        assert items[0]["assets"]["red"]["href"].startswith("s3://usgs-landsat/")
+        endpoint = {
+            "AWS_S3_ENDPOINT": f"127.0.0.1:{server.port}",
+            "AWS_HTTPS": "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE",
+        }
+        summary = write_cubes(
+            items, [TILE], spec, str(tmp_path / "cubes"), progress=False, read_options=endpoint
+        )
+        assert summary.tiles_done == [TILE], summary.tiles_failed
+        files = server.file_requests()
+        assert files and all(h.get("x-amz-request-payer") == "requester" for _, _, h in files)
+    assert "AWS_REQUEST_PAYER" not in os.environ and "AWS_ACCESS_KEY_ID" not in os.environ
+
+
+def test_requester_pays_without_credentials_says_how_to_pass_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _aws_env(monkeypatch, tmp_path, with_key=False)
+    with serve(tmp_path / "s3", "requester-pays") as server:
+        spec, items = _setup(tmp_path, server, "test-usgs", "requester-pays")
+        out = tmp_path / "cubes"
+        summary = write_cubes(items, [TILE], spec, str(out), progress=False)
+        reason = summary.tiles_failed[TILE]
+        assert "no AWS credentials found" in reason and "requester-pays" in reason and "AWS_PROFILE" in reason
+        assert not server.file_requests() and not CubeStore(str(out)).has_record(TILE)
+
+
+def test_earthdata_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.delenv("AOM_TEST_EARTHDATA_TOKEN", raising=False)
+    with serve(tmp_path / "root", "bearer") as server:
+        spec, items = _setup(tmp_path, server, "test-nasa", "earthdata")
+        out = tmp_path / "cubes"
+        missing = write_cubes(items, [TILE], spec, str(out), progress=False)
+        reason = missing.tiles_failed[TILE]
+        assert "AOM_TEST_EARTHDATA_TOKEN=<token>" in reason and ".netrc" in reason
+        assert not CubeStore(str(out)).has_record(TILE)
+        monkeypatch.setenv("AOM_TEST_EARTHDATA_TOKEN", BEARER)
+        summary = write_cubes(items, [TILE], spec, str(out), progress=False)
+        assert summary.tiles_done == [TILE], summary.tiles_failed
+    assert BEARER not in _store_text(out)
