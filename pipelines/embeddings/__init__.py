@@ -11,6 +11,7 @@ from pipelines.embeddings.format import (
     EmbeddingsStoreError,
     EmbeddingsVersion,
     parse_time,
+    period_bounds,
     version_name,
 )
 from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
@@ -31,7 +32,7 @@ from pipelines.embeddings.records import (
     tile_is_complete,
     write_tile,
 )
-from pipelines.embeddings.stac import write_stac
+from pipelines.embeddings.stac import StacOptions, collection_dict, tile_item, write_stac
 from pipelines.embeddings.store import (
     create_version,
     ensure_zone,
@@ -50,8 +51,10 @@ __all__ = [
     "QUANT_MAX_ABS_ERROR",
     "EmbeddingsStoreError",
     "EmbeddingsVersion",
+    "StacOptions",
     "ZoneGrid",
     "check_epsg",
+    "collection_dict",
     "create_version",
     "crs_wkt",
     "dequantize",
@@ -61,12 +64,14 @@ __all__ = [
     "list_versions",
     "open_root",
     "parse_time",
+    "period_bounds",
     "quantisation_error",
     "quantize",
     "read_tile_record",
     "read_version",
     "record_url",
     "tile_is_complete",
+    "tile_item",
     "unit",
     "version_name",
     "version_zones",

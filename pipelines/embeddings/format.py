@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pipelines import storage
@@ -39,7 +39,12 @@ _QUANTISATIONS = ("int8-sqrt", "float16")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v1.0.0/schema.json"
+# The published STAC embeddings extension (geo-embeddings/embeddings-stac-specification); its
+# schema builds on STAC core 1.0.0, so the items and collections we write say stac_version 1.0.0.
+EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+
+
+STAC_VERSION = "1.0.0"
 
 
 PROJ_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
@@ -141,6 +146,27 @@ def version_name(model: str, checkpoint_sha256: str, n: int = 12) -> str:
     """Conventional version name: ``<model>-<first n hex digits of the checkpoint hash>``."""
     digest = checkpoint_sha256.split(":", 1)[-1].lower()
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', model)}-{digest[:n]}"
+
+
+def period_bounds(version: EmbeddingsVersion, time_index: int) -> tuple[datetime, datetime]:
+    """(start, end) of a time slice: the composite period recorded in ``config["periods"]`` (an RFC 3339
+    range ``a/b``; a date-only end means the end of that day, ``..`` an open end) or, without one, the
+    instant of the time label."""
+    label = parse_time(version.times[int(time_index)])
+    periods = version.config.get("periods") if isinstance(version.config, Mapping) else None
+    if not isinstance(periods, list) or len(periods) != len(version.times):
+        return label, label
+    text = str(periods[int(time_index)])
+    a, _, b = text.partition("/")
+    b = b or a
+    start = label if a in ("", "..") else parse_time(a)
+    if b in ("", ".."):
+        end = max(start, label)
+    else:
+        end = parse_time(b)
+        if "T" not in b:  # a date-only end is inclusive: the last second of that day
+            end = end + timedelta(days=1) - timedelta(seconds=1)
+    return start, end
 
 
 def parse_time(text: str) -> datetime:

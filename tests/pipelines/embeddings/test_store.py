@@ -237,8 +237,8 @@ def test_stac_parses_with_pystac(tmp_path: Path) -> None:
     url = write_stac(str(root), v.name)
     coll = pystac.Collection.from_file(url)
     assert coll.id == v.name
-    assert "https://stac-extensions.github.io/embeddings/v1.0.0/schema.json" in coll.stac_extensions
-    assert coll.extra_fields["emb:dimensions"] == [v.dim]
+    assert "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json" in coll.stac_extensions
+    assert coll.extra_fields["emb:dimensions"] == v.dim
     items = list(coll.get_items())
     assert sorted(i.id for i in items) == sorted(t.tile_id for t in tiles)
     for item in items:
@@ -247,7 +247,7 @@ def test_stac_parses_with_pystac(tmp_path: Path) -> None:
         assert "embeddings" in (asset.roles or [])
         assert asset.media_type == "application/vnd.zarr; version=3"
         assert Path(asset.get_absolute_href() or "").joinpath("embeddings", "zarr.json").exists()
-        assert again.properties["emb:quantization_method"] == "int8-sqrt"
+        assert again.properties["emb:quantization"]["method"] == "int8-sqrt"
         assert again.properties["proj:code"] == f"EPSG:{item.id.split('_')[0]}"
         assert again.datetime is not None and again.datetime.date().isoformat() == "2024-06-01"
         w, s, e, n_ = again.bbox or []
