@@ -12,7 +12,13 @@ from typing import Any, Literal
 from pipelines import storage
 from pipelines.errors import InputError
 
-FORMAT_VERSION = 1
+# 2: band-first ``embeddings (time, dim, y, x)`` and ``pooled (time, dim, tile_y, tile_x)``, Zarr
+# conventions registered in ``zarr_conventions``. 1: ``(time, y, x, dim)``; still read (and written to,
+# for versions created as format 1, so a rerun finishes an old version in its own layout).
+FORMAT_VERSION = 2
+
+
+READABLE_FORMATS = (1, 2)
 
 
 FORMAT_ATTR = "aom_embeddings_format"
@@ -48,6 +54,50 @@ STAC_VERSION = "1.0.0"
 
 
 PROJ_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+
+
+# Zarr conventions (zarr-conventions spec: one entry per convention a node uses, in its
+# ``zarr_conventions`` attribute); each entry's fields are the constants the convention's schema fixes.
+GEOEMB_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/geo-embeddings/embeddings-zarr-convention/blob/v1/README.md",
+    "uuid": "61c12cc5-0e28-4056-999a-480cf3fb7e4c",
+    "name": "geoemb:",
+    "description": "Geoembeddings convention for geospatial embedding arrays with model provenance",
+}
+
+
+PROJ_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-experimental/geo-proj/blob/v1/README.md",
+    "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+    "name": "proj:",
+    "description": "Coordinate reference system information for geospatial data",
+}
+
+
+SPATIAL_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v0.1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v0.1/README.md",
+    "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+    "name": "spatial",
+    "description": "Spatial coordinate information",
+}
+
+
+# what ``emb:model`` / ``geoemb:model`` point at: the AOM model description (the checkpoint hash is kept
+# beside it: ``checkpoint_sha256``)
+MODEL_HREF = "https://arxiv.org/abs/2512.17224"
+
+
+def embeddings_dims(fmt: int) -> tuple[str, ...]:
+    """Dimension order of the ``embeddings`` array in a store format."""
+    return ("time", "dim", "y", "x") if fmt >= 2 else ("time", "y", "x", "dim")
+
+
+def pooled_dims(fmt: int) -> tuple[str, ...]:
+    """Dimension order of the ``pooled`` (tile vectors) array in a store format."""
+    return ("time", "dim", "tile_y", "tile_x") if fmt >= 2 else ("time", "tile_y", "tile_x", "dim")
 
 
 class EmbeddingsStoreError(InputError):

@@ -135,10 +135,11 @@ def test_ensure_zone_concurrent_writers_write_identical_bytes(tmp_path: Path) ->
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     meta = json.loads((tmp_path / "a" / v.name / "32631" / "embeddings" / "zarr.json").read_text())
-    assert meta["shape"][-1] == v.dim and meta["fill_value"] == NODATA_Q
+    assert meta["shape"][1] == v.dim and meta["fill_value"] == NODATA_Q
+    assert meta["dimension_names"] == ["time", "dim", "y", "x"]  # format 2: band-first
     n = v.tokens_per_tile
     assert meta["codecs"][0]["name"] == "sharding_indexed"
-    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, n, n, v.dim]
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, v.dim, n, n]
     with pytest.raises(EmbeddingsStoreError, match="not a WGS 84 / UTM zone"):
         ensure_zone(roots[0], v.name, 4326)
 
@@ -178,13 +179,15 @@ def test_write_tile_round_trip_record_and_xarray_view(tmp_path: Path) -> None:
     # the tile's north-west token centre sits half a token inside its top-left corner
     assert float(ds.x[c0]) == TILE.bounds[0] + v.token_ground_m / 2
     assert float(ds.y[r0]) == TILE.bounds[3] - v.token_ground_m / 2
-    codes = ds.embeddings.isel(time=0, y=slice(r0, r1), x=slice(c0, c1)).values
+    codes = ds.embeddings.isel(time=0, y=slice(r0, r1), x=slice(c0, c1)).transpose("y", "x", "dim").values
     np.testing.assert_array_equal(codes, quantize(emb))
     assert (codes[:4, :4] == NODATA_Q).all()
     tr, tc = rec["window"]["tile_row"], rec["window"]["tile_col"]
-    pooled = ds.pooled.isel(
-        time=0, tile_y=slice(tr, tr + 2), tile_x=slice(tc, tc + 1)
-    ).values  # 1 chunk per tile
+    pooled = (
+        ds.pooled.isel(time=0, tile_y=slice(tr, tr + 2), tile_x=slice(tc, tc + 1))
+        .transpose("tile_y", "tile_x", "dim")
+        .values
+    )  # 1 chunk per tile
     assert np.isfinite(pooled[0, 0]).all() and np.isnan(pooled[1, 0]).all()
 
 
