@@ -11,7 +11,10 @@ Parts (all data synthetic: 8 class centroids + noise, int8-sqrt codes, seeded):
   chunks of ``--chunk``), against a plain numpy brute force over the same codes in the same run
   (decode everything with the same table, one matrix product, argpartition). Results must match.
 * ``store``: ``pipelines.query.similar`` over a real zone store of ``--store-n`` vectors written
-  with ``write_tile`` (Zarr v3 shards, zstd): includes listing, reading and decompression.
+  with ``write_tile`` (Zarr v3 shards, zstd): includes listing, reading and decompression. Run for
+  the band-first format 2 ``(time, dim, y, x)`` and the old format 1 ``(time, y, x, dim)`` on the same
+  vectors in the same run: ``layout.search_cpu_ratio_f2_over_f1`` is what band-first costs the search
+  (the reader transposes each window to ``[tokens, dim]``).
 * ``ivf``: an inverted-file index (k-means coarse quantiser, ``--nlist`` lists, ``--nprobe``
   probed) built on the same codes, scored for recall@k against the exact answer, with its build
   time and the number of queries after which it would pay off. It is evaluated here, not shipped.
@@ -82,15 +85,15 @@ def bench_memory(args: argparse.Namespace, codes: np.ndarray, q: np.ndarray) -> 
     }
 
 
-def bench_store(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def bench_store(args: argparse.Namespace, workdir: Path, fmt: int = 2) -> dict[str, Any]:
     from pipelines.embeddings import create_version, ensure_zone, write_tile
     from pipelines.query import open_embeddings, similar
     from pipelines.testing import synthetic_version
     from pipelines.tiling import Tile
 
     version = synthetic_version(name="aom-bench-000000000000", dim=args.dim, token_ground_m=80.0)
-    root = str(workdir / "store")
-    create_version(root, version)
+    root = str(workdir / f"store-f{fmt}")
+    create_version(root, version, fmt=fmt)
     ensure_zone(root, version.name, 32631)
     nt = version.tokens_per_tile
     n_tiles = max(1, math.ceil(args.store_n / (nt * nt)))
@@ -112,10 +115,15 @@ def bench_store(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     emb = open_embeddings(root)
     q = rng.standard_normal(args.dim).astype(np.float32)
     t0 = time.perf_counter()
-    res = similar(emb, vectors=q, k=args.k, scheduler="threads")
-    t_search = time.perf_counter() - t0
-    size = sum(f.stat().st_size for f in (workdir / "store").rglob("*") if f.is_file())
+    similar(emb, vectors=q, k=args.k, scheduler="synchronous")  # warm-up: imports, listings
+    c0, t0 = time.process_time(), time.perf_counter()
+    res = similar(emb, vectors=q, k=args.k, scheduler="synchronous")
+    t_search, c_search = time.perf_counter() - t0, time.process_time() - c0
+    size = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
     return {
+        "format": fmt,
+        "search_cpu_s": round(c_search, 3),
+        "top_scores": [round(float(x), 6) for x in res.scores],
         "n": res.searched_vectors,
         "tiles": n_tiles,
         "write_s": round(t_write, 2),
@@ -204,8 +212,17 @@ def main() -> None:
     if args.store_n > 0:
         work = Path(tempfile.mkdtemp(prefix="aom-bench-sim-"))
         try:
-            out["store"] = bench_store(args, work)
+            out["store"] = bench_store(args, work, fmt=2)
             print(f"store: {out['store']}", flush=True)
+            old = bench_store(args, work, fmt=1)
+            print(f"store (format 1): {old}", flush=True)
+            out["store_format1"] = old
+            out["layout"] = {
+                "search_cpu_ratio_f2_over_f1": round(out["store"]["search_cpu_s"] / old["search_cpu_s"], 3),
+                "search_wall_ratio_f2_over_f1": round(out["store"]["search_s"] / old["search_s"], 3),
+                "same_results": out["store"]["top_scores"] == old["top_scores"],
+            }
+            print(f"layout: {out['layout']}", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if not args.no_ivf:

@@ -69,7 +69,9 @@ def run_embedding(
                 on_result(r)
 
     with Fanout(request) as fanout:  # connects and checks the GPU resource before any write
-        es.create_version(ctx.out, plan.version, ctx.out_options)
+        # geoemb:source_data: the (redacted) catalog or cube store URL the inputs come from
+        source_url = ctx.source.describe().partition(":")[2]
+        es.create_version(ctx.out, plan.version, ctx.out_options, source_data=[source_url])
         for epsg in sorted({t.epsg for t in plan.tiles}):
             es.ensure_zone(ctx.out, plan.version.name, epsg, ctx.out_options)
         collect(plan.skipped)

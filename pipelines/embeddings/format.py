@@ -6,13 +6,19 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pipelines import storage
 from pipelines.errors import InputError
 
-FORMAT_VERSION = 1
+# 2: band-first ``embeddings (time, dim, y, x)`` and ``pooled (time, dim, tile_y, tile_x)``, Zarr
+# conventions registered in ``zarr_conventions``. 1: ``(time, y, x, dim)``; still read (and written to,
+# for versions created as format 1, so a rerun finishes an old version in its own layout).
+FORMAT_VERSION = 2
+
+
+READABLE_FORMATS = (1, 2)
 
 
 FORMAT_ATTR = "aom_embeddings_format"
@@ -39,10 +45,59 @@ _QUANTISATIONS = ("int8-sqrt", "float16")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v1.0.0/schema.json"
+# The published STAC embeddings extension (geo-embeddings/embeddings-stac-specification); its
+# schema builds on STAC core 1.0.0, so the items and collections we write say stac_version 1.0.0.
+EMB_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+
+
+STAC_VERSION = "1.0.0"
 
 
 PROJ_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+
+
+# Zarr conventions (zarr-conventions spec: one entry per convention a node uses, in its
+# ``zarr_conventions`` attribute); each entry's fields are the constants the convention's schema fixes.
+GEOEMB_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/geo-embeddings/embeddings-zarr-convention/blob/v1/README.md",
+    "uuid": "61c12cc5-0e28-4056-999a-480cf3fb7e4c",
+    "name": "geoemb:",
+    "description": "Geoembeddings convention for geospatial embedding arrays with model provenance",
+}
+
+
+PROJ_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-experimental/geo-proj/blob/v1/README.md",
+    "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+    "name": "proj:",
+    "description": "Coordinate reference system information for geospatial data",
+}
+
+
+SPATIAL_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v0.1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v0.1/README.md",
+    "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+    "name": "spatial",
+    "description": "Spatial coordinate information",
+}
+
+
+# what ``emb:model`` / ``geoemb:model`` point at: the AOM model description (the checkpoint hash is kept
+# beside it: ``checkpoint_sha256``)
+MODEL_HREF = "https://arxiv.org/abs/2512.17224"
+
+
+def embeddings_dims(fmt: int) -> tuple[str, ...]:
+    """Dimension order of the ``embeddings`` array in a store format."""
+    return ("time", "dim", "y", "x") if fmt >= 2 else ("time", "y", "x", "dim")
+
+
+def pooled_dims(fmt: int) -> tuple[str, ...]:
+    """Dimension order of the ``pooled`` (tile vectors) array in a store format."""
+    return ("time", "dim", "tile_y", "tile_x") if fmt >= 2 else ("time", "tile_y", "tile_x", "dim")
 
 
 class EmbeddingsStoreError(InputError):
@@ -141,6 +196,27 @@ def version_name(model: str, checkpoint_sha256: str, n: int = 12) -> str:
     """Conventional version name: ``<model>-<first n hex digits of the checkpoint hash>``."""
     digest = checkpoint_sha256.split(":", 1)[-1].lower()
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '-', model)}-{digest[:n]}"
+
+
+def period_bounds(version: EmbeddingsVersion, time_index: int) -> tuple[datetime, datetime]:
+    """(start, end) of a time slice: the composite period recorded in ``config["periods"]`` (an RFC 3339
+    range ``a/b``; a date-only end means the end of that day, ``..`` an open end) or, without one, the
+    instant of the time label."""
+    label = parse_time(version.times[int(time_index)])
+    periods = version.config.get("periods") if isinstance(version.config, Mapping) else None
+    if not isinstance(periods, list) or len(periods) != len(version.times):
+        return label, label
+    text = str(periods[int(time_index)])
+    a, _, b = text.partition("/")
+    b = b or a
+    start = label if a in ("", "..") else parse_time(a)
+    if b in ("", ".."):
+        end = max(start, label)
+    else:
+        end = parse_time(b)
+        if "T" not in b:  # a date-only end is inclusive: the last second of that day
+            end = end + timedelta(days=1) - timedelta(seconds=1)
+    return start, end
 
 
 def parse_time(text: str) -> datetime:

@@ -23,7 +23,7 @@ from pipelines import storage
 from pipelines.embeddings.format import FORMAT_VERSION, TILES_DIR, EmbeddingsStoreError
 from pipelines.embeddings.grid import ZoneGrid, check_epsg
 from pipelines.embeddings.quantize import QUANT_MAX_ABS_ERROR, encode, quantisation_error, unit
-from pipelines.embeddings.store import _open_group, ensure_zone, read_version
+from pipelines.embeddings.store import _open_group, band_first, ensure_zone, read_version
 from pipelines.runs import TileStatus
 
 # ------------------------------------------------------------------------------------------
@@ -208,10 +208,14 @@ def write_tile(
         emb_arr = group["embeddings"]
     assert isinstance(emb_arr, zarr.Array)
     ti = int(time_index)
-    emb_arr[ti : ti + 1, row0:row1, col0:col1, :] = q[None]
     pooled_arr = group["pooled"]
     assert isinstance(pooled_arr, zarr.Array)
-    pooled_arr[int(time_index), trow, tcol, :] = pooled_vec.astype(np.float16)
+    if band_first(emb_arr):  # format 2: (time, dim, y, x)
+        emb_arr[ti : ti + 1, :, row0:row1, col0:col1] = q.transpose(2, 0, 1)[None]
+        pooled_arr[ti, :, trow, tcol] = pooled_vec.astype(np.float16)
+    else:  # format 1: (time, y, x, dim)
+        emb_arr[ti : ti + 1, row0:row1, col0:col1, :] = q[None]
+        pooled_arr[ti, trow, tcol, :] = pooled_vec.astype(np.float16)
 
     stats = quantisation_error(emb[valid], version.quantisation) if n_valid else quantisation_error(emb[:0])
     record = {

@@ -1,12 +1,13 @@
-"""The AOM embeddings store: a Zarr v3 hierarchy of per-UTM-zone token grids (format 1).
+"""The AOM embeddings store: a Zarr v3 hierarchy of per-UTM-zone token grids (format 2).
 
 Layout (see ``docs/embeddings.md`` for the full description)::
 
-    <root>/                              Zarr v3 group, attrs {"aom_embeddings_format": 1}
+    <root>/                              Zarr v3 group, attrs {"aom_embeddings_format": 2}
       <version>/                         one model/checkpoint; attrs = the EmbeddingsVersion definition
-        <epsg>/                          one UTM zone, fixed zone-wide grid at token_ground_m
-          embeddings (time, y, x, dim)   int8 (int8-sqrt) or float16; chunk = shard = one tile
-          pooled     (time, tile_y, tile_x, dim) float16; one chunk per tile
+                                         + geoemb: convention attributes (registered in zarr_conventions)
+        <epsg>/                          one UTM zone, fixed zone-wide grid at token_ground_m (proj:/spatial:)
+          embeddings (time, dim, y, x)   int8 (int8-sqrt) or float16; chunk = shard = one tile
+          pooled     (time, dim, tile_y, tile_x) float16; one chunk per tile
           x, y, tile_x, tile_y, time, spatial_ref   coordinates + CF grid mapping
       _tiles/<version>/t<time_index>/<tile_id>.json   completion records (written after the data)
       stac/collection.json, stac/items/<version>/<tile_id>.json
@@ -36,9 +37,16 @@ from pipelines import storage
 from pipelines.embeddings.format import (
     FORMAT_ATTR,
     FORMAT_VERSION,
+    GEOEMB_CONVENTION,
+    MODEL_HREF,
+    PROJ_CONVENTION,
+    READABLE_FORMATS,
+    SPATIAL_CONVENTION,
     EmbeddingsStoreError,
     EmbeddingsVersion,
+    embeddings_dims,
     parse_time,
+    pooled_dims,
 )
 from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
 from pipelines.embeddings.quantize import NODATA_Q
@@ -101,12 +109,29 @@ def open_root(root_url: str, storage_options: Mapping[str, Any] | None = None) -
         raise EmbeddingsStoreError(
             f"no embeddings store at {storage.redact_url(root_url)} (no Zarr group there)"
         ) from None
-    if root.attrs.get(FORMAT_ATTR) != FORMAT_VERSION:
+    if root.attrs.get(FORMAT_ATTR) not in READABLE_FORMATS:
         raise EmbeddingsStoreError(
-            f"{storage.redact_url(root_url)} is a Zarr group but not an AOM embeddings store "
-            f"(attrs lack {FORMAT_ATTR}={FORMAT_VERSION})"
+            f"{storage.redact_url(root_url)} is a Zarr group but not an AOM embeddings store this code reads "
+            f"(attrs {FORMAT_ATTR}={root.attrs.get(FORMAT_ATTR)!r}; readable formats: {list(READABLE_FORMATS)})"
         )
     return root
+
+
+def version_format(root_url: str, version_name: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """The layout format of a version's arrays (its group attr ``format``; 1 when absent)."""
+    grp = _open_group(root_url, version_name, storage_options, "r")
+    fmt = grp.attrs.get("format", 1)
+    return int(fmt) if isinstance(fmt, int | float | str) else 1
+
+
+def array_dims(arr: Any) -> tuple[str, ...]:
+    """The ``dimension_names`` of a Zarr v3 array (empty when it has none)."""
+    return tuple(str(d) for d in (getattr(arr.metadata, "dimension_names", None) or ()))
+
+
+def band_first(arr: Any) -> bool:
+    """True for a format-2 ``embeddings`` array ``(time, dim, y, x)``."""
+    return array_dims(arr) == embeddings_dims(2)
 
 
 def read_version(
@@ -132,27 +157,71 @@ def version_zones(
     return sorted(int(k) for k in _quiet_members(grp) if k.isdigit())
 
 
+def geoemb_attrs(version: EmbeddingsVersion, source_data: Sequence[str] = ()) -> dict[str, Any]:
+    """The geoemb: Zarr convention attributes of a version group (every required field, the
+    quantisation as the convention's object, the convention registered in ``zarr_conventions``).
+
+    ``source_data``: URIs of the inputs (catalog or cube store); without any, the version's completion
+    records (relative URI), which list every tile's input STAC items.
+    """
+    n = version.tokens_per_tile
+    attrs: dict[str, Any] = {
+        "zarr_conventions": [dict(GEOEMB_CONVENTION)],
+        "geoemb:type": "chip",
+        "geoemb:dimensions": version.dim,
+        "geoemb:model": MODEL_HREF,
+        "geoemb:source_data": [str(s) for s in source_data if s] or [f"../_tiles/{version.name}/"],
+        "geoemb:data_type": version.dtype,
+        "geoemb:gsd": version.token_ground_m,
+        "geoemb:chip_layout": {
+            "layout_type": "regular_grid",
+            "chip_size": [1, 1],  # one vector per grid cell of token_ground_m (geoemb:gsd)
+            "stride": [1, 1],
+            "grid_id": f"aom-utm-{version.tile_size_m:g}m-tiles-{n}x{n}-tokens",
+        },
+        "geoemb:spatial_layout": "utm_zones",
+        "geoemb:model_name": version.model,
+        "geoemb:model_version": version.model_version,
+        "geoemb:checkpoint_sha256": version.checkpoint_sha256,
+    }
+    if version.quantisation == "int8-sqrt":
+        attrs["geoemb:quantization"] = {
+            "method": "int8-sqrt",  # v = sign(q) * (q / 127) ** 2, q == -128 -> nodata (docs/embeddings.md)
+            "original_dtype": "float32",
+            "quantized_dtype": "int8",
+        }
+    return attrs
+
+
 def create_version(
-    root_url: str, version: EmbeddingsVersion, storage_options: Mapping[str, Any] | None = None
+    root_url: str,
+    version: EmbeddingsVersion,
+    storage_options: Mapping[str, Any] | None = None,
+    source_data: Sequence[str] = (),
+    fmt: int = FORMAT_VERSION,
 ) -> None:
     """Create the root (if needed) and the version group. Idempotent for the same definition.
 
     A different definition under an existing name is refused: pick a new name (a new checkpoint
-    must be a new version, so nobody mixes vectors from two models).
+    must be a new version, so nobody mixes vectors from two models). New versions are written in
+    format 2 (band-first); an existing format-1 version keeps its layout. ``fmt=1`` writes the old
+    layout (for readers that only know format 1, and to test that this code still reads it).
     """
     import zarr
 
+    if fmt not in READABLE_FORMATS:
+        raise EmbeddingsStoreError(f"unknown store format {fmt!r}; choose one of {list(READABLE_FORMATS)}")
     store = zarr_store(root_url, storage_options)
     try:
         root = zarr.open_group(store=store, mode="r+", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        root = zarr.open_group(store=store, mode="a", zarr_format=3, attributes={FORMAT_ATTR: FORMAT_VERSION})
-    if root.attrs.get(FORMAT_ATTR) != FORMAT_VERSION:
+        root = zarr.open_group(store=store, mode="a", zarr_format=3, attributes={FORMAT_ATTR: fmt})
+    if root.attrs.get(FORMAT_ATTR) not in READABLE_FORMATS:
         if any(True for _ in _quiet_members(root)) or dict(root.attrs):
             raise EmbeddingsStoreError(
                 f"{storage.redact_url(root_url)} already holds a Zarr group that is not an AOM embeddings store"
             )
-        root.attrs.update({FORMAT_ATTR: FORMAT_VERSION})
+        root.attrs.update({FORMAT_ATTR: fmt})
     wanted = version.definition()
     if version.name in _quiet_members(root):
         have = dict(root[version.name].attrs)
@@ -166,13 +235,9 @@ def create_version(
         return
     attrs = {
         **wanted,
-        "format": FORMAT_VERSION,
+        "format": fmt,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "geoemb:model": version.model,
-        "geoemb:model_version": version.model_version,
-        "geoemb:checkpoint_sha256": version.checkpoint_sha256,
-        "geoemb:dimensions": version.dim,
-        "geoemb:quantization": version.quantisation,
+        **geoemb_attrs(version, source_data),
     }
     zarr.open_group(store=store, path=version.name, mode="a", zarr_format=3, attributes=attrs)
 
@@ -185,6 +250,7 @@ def _zone_attrs(grid: ZoneGrid) -> dict[str, Any]:
     ny, nx = grid.shape
     x0, dx, _, y1, _, dy = grid.geotransform
     return {
+        "zarr_conventions": [dict(PROJ_CONVENTION), dict(SPATIAL_CONVENTION)],
         "epsg": grid.epsg,
         "crs": f"EPSG:{grid.epsg}",
         "token_ground_m": grid.token_ground_m,
@@ -229,6 +295,7 @@ def ensure_zone(
 
     epsg = check_epsg(epsg)
     version = read_version(root_url, version_name, storage_options)
+    fmt = version_format(root_url, version_name, storage_options)
     grid = ZoneGrid(epsg, version.token_ground_m, version.tile_size_m)
     store = zarr_store(root_url, storage_options)
     path = f"{version_name}/{epsg}"
@@ -328,24 +395,31 @@ def ensure_zone(
         if int8
         else "float16 values; NaN -> nodata",
     }
+    d = version.dim
+    if fmt >= 2:  # band-first: GDAL/rioxarray take (y, x) as the raster plane, dim as bands
+        emb_shape, emb_chunk = (nt, d, ny, nx), (1, d, n, n)
+        pooled_shape, pooled_chunk = (nt, d, tny, tnx), (1, d, 1, 1)
+    else:
+        emb_shape, emb_chunk = (nt, ny, nx, d), (1, n, n, d)
+        pooled_shape, pooled_chunk = (nt, tny, tnx, d), (1, 1, 1, d)
     _require_array(
         group,
         "embeddings",
-        shape=(nt, ny, nx, version.dim),
-        chunks=(1, n, n, version.dim),
-        shards=(1, n, n, version.dim),
+        shape=emb_shape,
+        chunks=emb_chunk,
+        shards=emb_chunk,
         dtype=version.dtype,
         fill_value=NODATA_Q if int8 else float("nan"),
-        dimension_names=("time", "y", "x", "dim"),
+        dimension_names=embeddings_dims(fmt),
         attributes=emb_attrs,
     )
     _require_array(
         group,
         "pooled",
-        shape=(nt, tny, tnx, version.dim),
-        chunks=(1, 1, 1, version.dim),
+        shape=pooled_shape,
+        chunks=pooled_chunk,
         dtype="float16",
         fill_value=float("nan"),
-        dimension_names=("time", "tile_y", "tile_x", "dim"),
+        dimension_names=pooled_dims(fmt),
         attributes={"long_name": "one pooled vector per tile (float16, NaN = no tile)"},
     )

@@ -6,7 +6,7 @@ Example::
 
     emb = open_embeddings("s3://bucket/embeddings", storage_options={"anon": False})
     print(emb.describe())                       # version, model, checkpoint, zones, times, extent
-    ds = emb.dataset(32631)                     # xr.Dataset, embeddings float32 (time, y, x, dim)
+    ds = emb.dataset(32631)                     # xr.Dataset, embeddings float32 (time, y, x, dim) whatever the layout on disk
     ds.embeddings.sel(x=slice(7.3e5, 7.4e5), y=slice(4.992e6, 4.98e6)).isel(time=0).load()
 """
 
@@ -27,6 +27,7 @@ from pipelines.embeddings import (
     EmbeddingsStoreError,
     EmbeddingsVersion,
     ZoneGrid,
+    band_first,
     dequantize,
     list_complete_tiles,
     list_versions,
@@ -256,11 +257,20 @@ class Embeddings:
             self._arrays[epsg] = zarr.open_array(store=store, path=f"{self.name}/{epsg}/embeddings", mode="r")
         return self._arrays[epsg]
 
+    def band_first(self, epsg: int) -> bool:
+        """True for the format-2 layout ``(time, dim, y, x)``; False for format 1 ``(time, y, x, dim)``."""
+        return band_first(self.zarr_array(epsg))
+
     def read_window(
         self, epsg: int, time_index: int, rows: slice, cols: slice, decode: bool = True
     ) -> np.ndarray:
-        """Eager read of a token window ``[rows, cols, dim]`` (float32 with NaN nodata when ``decode``)."""
-        raw = np.asarray(self.zarr_array(epsg)[int(time_index), rows, cols, :])
+        """Eager read of a token window ``[rows, cols, dim]`` (float32 with NaN nodata when ``decode``),
+        whichever the store's layout (format 2 is band-first on disk, format 1 dim-last)."""
+        arr = self.zarr_array(epsg)
+        if self.band_first(epsg):
+            raw = np.ascontiguousarray(np.asarray(arr[int(time_index), :, rows, cols]).transpose(1, 2, 0))
+        else:
+            raw = np.asarray(arr[int(time_index), rows, cols, :])
         return dequantize(raw) if decode else raw
 
     def read_tile(self, ref: TileRef, time_index: int) -> np.ndarray:
@@ -304,13 +314,14 @@ class Embeddings:
             ds = xr.open_zarr(
                 store, group=f"{self.name}/{epsg}", consolidated=False, mask_and_scale=False, chunks=chunks
             )
-            raw = ds["embeddings"]
+            # one view whatever the layout on disk: (time, y, x, dim) like every query function
+            raw = ds["embeddings"].transpose("time", "y", "x", "dim")
             data = raw.data.map_blocks(dequantize, dtype=np.float32)
             attrs = {
                 k: v for k, v in raw.attrs.items() if k not in ("nodata", "dequantise", "coordinates")
             } | {"dequantised": "yes", "nodata": "NaN", "units": "1"}
             ds["embeddings"] = (raw.dims, data, attrs)
-            ds["pooled"] = ds["pooled"].astype(np.float32)
+            ds["pooled"] = ds["pooled"].transpose("time", "tile_y", "tile_x", "dim").astype(np.float32)
             ds.attrs.update(
                 {
                     "version": self.name,

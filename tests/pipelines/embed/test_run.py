@@ -299,10 +299,24 @@ def test_stac_output_parses_with_pystac(reference: tuple[Path, Any]) -> None:
     assert sorted(i.id for i in items) == sorted(TILES)
     for item in items:
         assert es.EMB_EXTENSION in item.stac_extensions
-        assert item.properties["emb:dimensions"] == [64]
-        assert item.properties["emb:quantization_method"] == "int8-sqrt"
+        assert coll.extra_fields["emb:dimensions"] == 64
+        assert item.properties["emb:quantization"]["method"] == "int8-sqrt"
         assert item.properties["proj:code"] in ("EPSG:32631", "EPSG:32632")
         assert str(item.assets["embeddings"].media_type).startswith("application/vnd.zarr")
+    # the run's STAC validates against the published embeddings extension and STAC core 1.0.0
+    from pipelines.testing.schemas import EMB_SCHEMA, STAC_COLLECTION_1_0, STAC_ITEM_1_0, SchemaSet
+
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("published schemas not found at ../shared/schemas (or $AOM_SCHEMAS_DIR)")
+    cd = json.loads(Path(summary.stac_collection).read_text())  # as written (pystac would re-version it)
+    assert schemas.errors(cd, EMB_SCHEMA) == [] and schemas.errors(cd, STAC_COLLECTION_1_0) == []
+    assert {"emb:model", "emb:source-data", "license"} <= {link["rel"] for link in cd["links"]}
+    src = [link for link in cd["links"] if link["rel"] == "emb:source-data"]
+    assert all(link["href"].startswith("file://") or "/" in link["href"] for link in src)
+    for path in sorted(Path(summary.stac_collection).parent.glob("items/*/*.json")):
+        d = json.loads(path.read_text())
+        assert schemas.errors(d, EMB_SCHEMA) == [] and schemas.errors(d, STAC_ITEM_1_0) == []
 
 
 def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(

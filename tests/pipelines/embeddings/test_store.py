@@ -135,10 +135,11 @@ def test_ensure_zone_concurrent_writers_write_identical_bytes(tmp_path: Path) ->
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     meta = json.loads((tmp_path / "a" / v.name / "32631" / "embeddings" / "zarr.json").read_text())
-    assert meta["shape"][-1] == v.dim and meta["fill_value"] == NODATA_Q
+    assert meta["shape"][1] == v.dim and meta["fill_value"] == NODATA_Q
+    assert meta["dimension_names"] == ["time", "dim", "y", "x"]  # format 2: band-first
     n = v.tokens_per_tile
     assert meta["codecs"][0]["name"] == "sharding_indexed"
-    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, n, n, v.dim]
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, v.dim, n, n]
     with pytest.raises(EmbeddingsStoreError, match="not a WGS 84 / UTM zone"):
         ensure_zone(roots[0], v.name, 4326)
 
@@ -178,13 +179,15 @@ def test_write_tile_round_trip_record_and_xarray_view(tmp_path: Path) -> None:
     # the tile's north-west token centre sits half a token inside its top-left corner
     assert float(ds.x[c0]) == TILE.bounds[0] + v.token_ground_m / 2
     assert float(ds.y[r0]) == TILE.bounds[3] - v.token_ground_m / 2
-    codes = ds.embeddings.isel(time=0, y=slice(r0, r1), x=slice(c0, c1)).values
+    codes = ds.embeddings.isel(time=0, y=slice(r0, r1), x=slice(c0, c1)).transpose("y", "x", "dim").values
     np.testing.assert_array_equal(codes, quantize(emb))
     assert (codes[:4, :4] == NODATA_Q).all()
     tr, tc = rec["window"]["tile_row"], rec["window"]["tile_col"]
-    pooled = ds.pooled.isel(
-        time=0, tile_y=slice(tr, tr + 2), tile_x=slice(tc, tc + 1)
-    ).values  # 1 chunk per tile
+    pooled = (
+        ds.pooled.isel(time=0, tile_y=slice(tr, tr + 2), tile_x=slice(tc, tc + 1))
+        .transpose("tile_y", "tile_x", "dim")
+        .values
+    )  # 1 chunk per tile
     assert np.isfinite(pooled[0, 0]).all() and np.isnan(pooled[1, 0]).all()
 
 
@@ -237,8 +240,8 @@ def test_stac_parses_with_pystac(tmp_path: Path) -> None:
     url = write_stac(str(root), v.name)
     coll = pystac.Collection.from_file(url)
     assert coll.id == v.name
-    assert "https://stac-extensions.github.io/embeddings/v1.0.0/schema.json" in coll.stac_extensions
-    assert coll.extra_fields["emb:dimensions"] == [v.dim]
+    assert "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json" in coll.stac_extensions
+    assert coll.extra_fields["emb:dimensions"] == v.dim
     items = list(coll.get_items())
     assert sorted(i.id for i in items) == sorted(t.tile_id for t in tiles)
     for item in items:
@@ -247,7 +250,7 @@ def test_stac_parses_with_pystac(tmp_path: Path) -> None:
         assert "embeddings" in (asset.roles or [])
         assert asset.media_type == "application/vnd.zarr; version=3"
         assert Path(asset.get_absolute_href() or "").joinpath("embeddings", "zarr.json").exists()
-        assert again.properties["emb:quantization_method"] == "int8-sqrt"
+        assert again.properties["emb:quantization"]["method"] == "int8-sqrt"
         assert again.properties["proj:code"] == f"EPSG:{item.id.split('_')[0]}"
         assert again.datetime is not None and again.datetime.date().isoformat() == "2024-06-01"
         w, s, e, n_ = again.bbox or []

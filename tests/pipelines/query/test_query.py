@@ -63,7 +63,9 @@ def _oracle(emb, query: np.ndarray, k: int, keep=None) -> tuple[np.ndarray, set]
     for epsg, refs in emb.tiles(0).items():
         arr = zarr.open_array(store=store, path=f"{VERSION}/{epsg}/embeddings", mode="r")
         for r in refs:
-            codes = np.asarray(arr[0, r.row0 : r.row0 + n, r.col0 : r.col0 + n, :]).astype(np.float64)
+            # format 2 on disk: (time, dim, y, x)
+            codes = np.asarray(arr[0, :, r.row0 : r.row0 + n, r.col0 : r.col0 + n]).transpose(1, 2, 0)
+            codes = codes.astype(np.float64)
             v = np.sign(codes) * (codes / 127.0) ** 2
             valid = codes[..., 0] != NODATA_Q
             if keep is not None:

@@ -60,7 +60,7 @@ def test_local_and_s3_stores_agree(s3_bucket, tmp_path: Path) -> None:
     coll = pystac.Collection.from_dict(
         storage.read_json(storage.join(remote, "stac", "collection.json"), opts), migrate=False
     )
-    assert coll.id == b.version.name and coll.extra_fields["emb:dimensions"] == [b.version.dim]
+    assert coll.id == b.version.name and coll.extra_fields["emb:dimensions"] == b.version.dim
     item = storage.read_json(
         storage.join(remote, "stac", "items", b.version.name, f"{b.tiles[0].tile_id}.json"), opts
     )

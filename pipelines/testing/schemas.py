@@ -1,0 +1,96 @@
+"""Offline validation against the published STAC and Zarr-convention JSON schemas (tests only).
+
+The schemas are read where they are kept (``../shared/schemas/`` beside the repository, or
+``$AOM_SCHEMAS_DIR``), each registered under its canonical URL (``$id``, or the URL ``SOURCES.md``
+names for the ones without), so every ``$ref`` resolves locally and nothing is fetched.
+
+    reg = SchemaSet.find()                     # None when the schemas are not there
+    reg.errors(item_dict, EMB_SCHEMA)          # [] when the item validates
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EMB_SCHEMA = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+PROJ_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+STAC_ITEM_1_0 = "https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json"
+STAC_COLLECTION_1_0 = "https://schemas.stacspec.org/v1.0.0/collection-spec/json-schema/collection.json"
+GEOEMB_SCHEMA = (
+    "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json"
+)
+ZARR_PROJ_SCHEMA = "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json"
+ZARR_SPATIAL_SCHEMA = "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v0.1/schema.json"
+ZARR_CONVENTIONS_SCHEMA = (
+    "https://zarr-conventions.github.io/zarr-conventions-spec/zarr-conventions-schema.json"
+)
+
+# files whose own ``$id`` is missing: the canonical URL SOURCES.md names
+_NO_ID = {"zarr-conventions/geoemb.schema.json": GEOEMB_SCHEMA}
+
+
+def default_dir() -> Path:
+    env = os.environ.get("AOM_SCHEMAS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "schemas"
+
+
+@dataclass(frozen=True)
+class SchemaSet:
+    """Every schema file under one folder, keyed by canonical URL."""
+
+    root: Path
+    """the folder read (``../shared/schemas``)"""
+    schemas: dict[str, dict[str, Any]]
+    """canonical URL (no trailing ``#``) -> schema document"""
+
+    @classmethod
+    def find(cls, root: Path | None = None) -> SchemaSet | None:
+        root = root or default_dir()
+        if not (root / "stac-embeddings").is_dir():
+            return None
+        schemas: dict[str, dict[str, Any]] = {}
+        for path in sorted(root.rglob("*.json")):
+            doc = json.loads(path.read_text())
+            rel = path.relative_to(root).as_posix()
+            url = str(doc.get("$id") or _NO_ID.get(rel) or "").rstrip("#")
+            if url:
+                schemas[url] = doc
+        return cls(root, schemas)
+
+    def _registry(self) -> Any:
+        from referencing import Registry, Resource
+        from referencing.jsonschema import DRAFT7
+
+        resources = [
+            (url, Resource.from_contents(doc, default_specification=DRAFT7))
+            for url, doc in self.schemas.items()
+        ]
+        # the same documents under their ``#``-suffixed ids too, as some files write them
+        resources += [(url + "#", r) for url, r in resources]
+        return Registry().with_resources(resources)
+
+    def errors(self, instance: Any, schema_url: str) -> list[str]:
+        """Validation messages (path: message) of ``instance`` against the schema at ``schema_url``."""
+        from jsonschema.validators import validator_for
+
+        schema = self.schemas[schema_url.rstrip("#")]
+        cls = validator_for(schema)
+        validator = cls(schema, registry=self._registry())
+        out = []
+        for err in validator.iter_errors(instance):
+            # oneOf/anyOf failures: name the deepest reasons, which say which field is wrong
+            leaves = [e for e in err.context or []] or [err]
+            for e in leaves:
+                path = "/".join(str(p) for p in e.absolute_path)
+                out.append(f"{path}: {e.message[:300]}")
+        return out
+
+    def zarr_node_errors(self, node_json: dict[str, Any], schema_url: str) -> list[str]:
+        """A Zarr v3 ``zarr.json`` document against a Zarr-convention schema."""
+        return self.errors(node_json, schema_url)

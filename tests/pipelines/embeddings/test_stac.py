@@ -1,0 +1,107 @@
+"""STAC of an embeddings version against the published schemas (embeddings extension v0.0.1, STAC core
+1.0.0, projection v2.0.0), read offline from ../shared/schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.embeddings import period_bounds
+from pipelines.testing import build_synthetic_store, synthetic_version
+from pipelines.testing.schemas import (
+    EMB_SCHEMA,
+    PROJ_SCHEMA,
+    STAC_COLLECTION_1_0,
+    STAC_ITEM_1_0,
+    SchemaSet,
+)
+
+BBOX = (5.985, 44.995, 6.015, 45.005)
+
+
+@pytest.fixture(scope="module")
+def schemas() -> SchemaSet:
+    found = SchemaSet.find()
+    if found is None:
+        pytest.skip("published schemas not found at ../shared/schemas (or $AOM_SCHEMAS_DIR)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def composite_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("stac") / "emb"
+    v = synthetic_version(
+        times=("2022-10-01", "2023-06-01"),
+        config={"periods": ["2022-10-01/2022-10-10", "2023-06-01/2023-08-31T12:00:00Z"]},
+    )
+    build_synthetic_store(str(root), bbox=BBOX, version=v, times_to_write=[0])
+    return root, v.name
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_items_and_collection_validate_offline(schemas: SchemaSet, composite_store: tuple[Path, str]) -> None:
+    root, name = composite_store
+    coll = _read(root / "stac" / "collection.json")
+    assert schemas.errors(coll, EMB_SCHEMA) == []
+    assert schemas.errors(coll, STAC_COLLECTION_1_0) == []
+    assert schemas.errors(coll, PROJ_SCHEMA) == []
+    items = sorted((root / "stac" / "items" / name).glob("*.json"))
+    assert len(items) >= 2
+    for path in items:
+        item = _read(path)
+        for url in (EMB_SCHEMA, STAC_ITEM_1_0, PROJ_SCHEMA):
+            assert schemas.errors(item, url) == [], (path.name, url)
+
+
+def test_validator_rejects_what_the_issue_reported(
+    schemas: SchemaSet, composite_store: tuple[Path, str]
+) -> None:
+    """The check is real: the old flat fields and emb:* on assets fail."""
+    root, name = composite_store
+    item = _read(next((root / "stac" / "items" / name).glob("*.json")))
+    item["properties"]["emb:chip_size"] = [48, 48]
+    item["assets"]["embeddings"]["emb:dimensions"] = [32]
+    errors = schemas.errors(item, EMB_SCHEMA)
+    assert any("emb:chip_size" in e for e in errors) and any("assets/embeddings" in e for e in errors)
+    coll = _read(root / "stac" / "collection.json")
+    coll["links"] = [link for link in coll["links"] if link["rel"] != "emb:model"]
+    coll["emb:type"] = "patch"
+    assert len(schemas.errors(coll, EMB_SCHEMA)) >= 2
+
+
+def test_composite_periods_licence_links_and_summaries(composite_store: tuple[Path, str]) -> None:
+    root, name = composite_store
+    item = _read(next((root / "stac" / "items" / name).glob("*.json")))
+    props = item["properties"]
+    assert props["datetime"] == "2022-10-01T00:00:00Z"
+    assert props["start_datetime"] == "2022-10-01T00:00:00Z"
+    assert props["end_datetime"] == "2022-10-10T23:59:59Z"  # a date-only end covers its whole day
+    assert props["emb:quantization"] == {
+        "method": "int8-sqrt",
+        "original_dtype": "float32",
+        "quantized_dtype": "int8",
+    }
+    assert not any(k.startswith("emb:") for k in item["assets"]["embeddings"])
+    coll = _read(root / "stac" / "collection.json")
+    assert coll["stac_version"] == "1.0.0" and coll["emb:type"] == "chip" and coll["emb:dimensions"] == 32
+    assert coll["data_type"] == "int8"
+    assert coll["emb:chip_layout"]["chip_size"] == [1, 1]  # 80 m tokens over 80 m synthetic "bands"
+    rels = {link["rel"]: link for link in coll["links"]}
+    assert coll["license"] == "CC-BY-4.0" and rels["license"]["href"].startswith("https://")
+    assert {"emb:model", "emb:source-data"} <= set(rels)
+    assert coll["summaries"]["proj:code"] == ["EPSG:32631", "EPSG:32632"]
+    assert coll["summaries"]["gsd"] == [80.0]
+    assert coll["extent"]["temporal"]["interval"] == [["2022-10-01T00:00:00Z", "2023-08-31T12:00:00Z"]]
+
+
+def test_period_bounds_without_periods_is_the_instant() -> None:
+    v = synthetic_version(times=("2024-06-01",))
+    start, end = period_bounds(v, 0)
+    assert start == end and start.isoformat() == "2024-06-01T00:00:00+00:00"
+    open_end = synthetic_version(times=("2024-06-01",), config={"periods": ["2024-06-01/.."]})
+    assert period_bounds(open_end, 0) == (start, start)
