@@ -124,6 +124,8 @@ def tile_codes(root: str, version: str, tile_id: str, time_index: int = 0, optio
     (r0, r1), (c0, c1) = rec["window"]["row"], rec["window"]["col"]
     arr = g["embeddings"]
     assert isinstance(arr, zarr.Array)
+    if es.band_first(arr):  # format 2: (time, dim, y, x)
+        return np.moveaxis(np.asarray(arr[time_index, :, r0:r1, c0:c1]), 0, -1)
     return np.asarray(arr[time_index, r0:r1, c0:c1, :])
 
 
