@@ -242,7 +242,7 @@ def read_many(
     if not urls:
         return out
     fs, _ = filesystem(urls[0], storage_options)
-    paths = {filesystem(u, storage_options)[1]: u for u in urls}
+    paths = {fs._strip_protocol(normalise_url(u)): u for u in urls}
     if is_local(urls[0]):
         for path, url in paths.items():
             try:

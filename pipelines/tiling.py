@@ -183,7 +183,12 @@ class Tile:
 def column_prefixes(tile_ids: Iterable[str]) -> list[str]:
     """The distinct ``"<epsg>_<ix>_"`` prefixes of tile ids: a store listing per prefix finds the
     records named after those tiles without listing every tile of the store."""
-    return sorted({f"{t.rsplit('_', 1)[0]}_" for t in tile_ids})
+    return sorted({_column_prefix(t) for t in tile_ids})
+
+
+def _column_prefix(tile_id: str) -> str:
+    parts = str(tile_id).split("_")
+    return f"{parts[0]}_{parts[1]}_" if len(parts) == 3 else str(tile_id)  # other ids: the id itself
 
 
 def _parse_tile_id(tile_id: str) -> tuple[int, int, int]:

@@ -66,6 +66,8 @@ class S3Service:
     backend_port: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     workdir: Path | None = None
+    latency_ms: float = 0.0
+    """Delay the endpoint adds before forwarding each chunk a client sends (about one per request)."""
     _moto: ManagedProcess | None = field(default=None, repr=False)
     _proxy: ManagedProcess | None = field(default=None, repr=False)
 
@@ -115,6 +117,7 @@ class S3Service:
                         str(Path(__file__).with_name("tcp_proxy.py")),
                         str(self.port),
                         str(self.backend_port),
+                        str(self.latency_ms / 1000.0),
                     ],
                     log_path=self.workdir / "proxy.log",
                     env=_clean_env(),
@@ -250,6 +253,36 @@ class S3Bucket:
     @property
     def fs(self):  # -> s3fs.S3FileSystem
         return self.service.filesystem()
+
+
+class RequestCounter:
+    """Counts the HTTP requests an s3fs filesystem sends (``with RequestCounter(fs) as c: ...``;
+    ``c.total``, ``c.by_method``). Counted in the client: every request, retries included."""
+
+    def __init__(self, fs: Any) -> None:
+        from fsspec.asyn import sync
+
+        self.fs = fs
+        sync(fs.loop, fs.set_session)  # the client whose events we hook
+        self.by_method: dict[str, int] = {}
+        self._active = False
+        fs.s3.meta.events.register("before-send.s3", self._hook)
+
+    def _hook(self, request: Any, **_: Any) -> None:
+        if self._active:
+            self.by_method[request.method] = self.by_method.get(request.method, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_method.values())
+
+    def __enter__(self) -> RequestCounter:
+        self.by_method = {}
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active = False
 
 
 def _clean_env() -> dict[str, str]:

@@ -1,0 +1,155 @@
+"""Bookkeeping proportional to the work: a run that touches 3 tiles of a bigger store lists, reads and
+writes completion records and STAC items for those tiles only (object requests counted on moto S3),
+and a rerun repairs the items and links an interrupted run left out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pystac
+import pytest
+
+from pipelines import storage
+from pipelines.embeddings import (
+    create_version,
+    list_complete_tiles,
+    read_tile_records,
+    record_url,
+    stale_items,
+    write_stac,
+)
+from pipelines.testing import embedding_record, spread_tiles, synthetic_version
+from pipelines.tiling import Tile
+from tests.services.s3 import RequestCounter
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+VERSION = synthetic_version(dim=8, times=("2024-06-01", "2024-07-01"))
+
+
+def _records(root: str, tiles: list[Tile], opts: dict[str, Any], time_index: int = 0) -> None:
+    storage.write_json_many(
+        {
+            record_url(root, VERSION.name, t.tile_id, time_index): embedding_record(VERSION, t, time_index)
+            for t in tiles
+        },
+        opts,
+    )
+
+
+def _store(s3_bucket: Any, n_old: int) -> tuple[str, list[Tile], list[Tile]]:
+    """A version with ``n_old`` recorded tiles and their STAC, plus 3 tiles not yet recorded."""
+    root = s3_bucket.url(f"emb{n_old}")
+    opts = s3_bucket.storage_options
+    tiles = spread_tiles(n_old + 3)
+    old, new = tiles[:n_old], tiles[n_old:]
+    create_version(root, VERSION, opts)
+    _records(root, old, opts)
+    write_stac(root, VERSION.name, opts)
+    return root, old, new
+
+
+def _refresh(root: str, new: list[Tile], opts: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """What a run over the 3 new tiles does for bookkeeping: plan listing, records, STAC."""
+    ids = [t.tile_id for t in new]
+    assert list_complete_tiles(root, VERSION.name, storage_options=opts, tile_ids=ids) == {}
+    _records(root, new, opts)  # the workers' record writes (3 PUTs)
+    stale, fresh = stale_items(root, VERSION.name, ids, opts)
+    write_stac(root, VERSION.name, opts, tiles=set(ids) | stale, linked=fresh)
+    return stale, fresh
+
+
+def test_refresh_of_3_tiles_costs_the_same_requests_whatever_the_store_size(s3_bucket: Any) -> None:
+    opts = s3_bucket.storage_options
+    fs, _ = storage.filesystem(s3_bucket.url("x"), opts)
+    counter = RequestCounter(fs)
+    counts = {}
+    for n_old in (6, 30):
+        root, old, new = _store(s3_bucket, n_old)
+        with counter:
+            stale, fresh = _refresh(root, new, opts)
+        counts[n_old] = dict(counter.by_method)
+        assert stale == {t.tile_id for t in new} and fresh == set()
+
+        got = storage.read_json(storage.join(root, "stac", "collection.json"), opts)
+        assert got["id"] == VERSION.name
+        assert pystac.Collection.from_dict(got).id == VERSION.name
+        links = sorted(x["href"] for x in got["links"] if x["rel"] == "item")
+        want = sorted(f"./items/{VERSION.name}/{t.tile_id}.json" for t in old + new)
+        assert links == want  # the old links kept, the 3 new added
+        items = storage.list_files(storage.join(root, "stac", "items", VERSION.name), opts)
+        assert sorted(items) == sorted(f"{t.tile_id}.json" for t in old + new)
+        w, s, e, n = got["extent"]["spatial"]["bbox"][0]
+        for t in new:  # the extent grew to cover the new items
+            iw, is_, ie, in_ = storage.read_json(
+                storage.join(root, "stac", "items", VERSION.name, f"{t.tile_id}.json"), opts
+            )["bbox"]
+            assert w <= iw and s <= is_ and ie <= e and in_ <= n
+
+    # O(3), not O(store): the same requests for a store of 6 and of 30 tiles. PUTs: 3 records, 3 items,
+    # the collection. GETs: listings, one per <epsg>_<ix>_ column of the 3 tiles and recorded time
+    # slice (records before and after, items) plus one of the version folder each time; the records of
+    # the 3 tiles x 2 time slices; the version and the collection.
+    assert counts[6] == counts[30], counts
+    assert counts[30]["PUT"] == 3 + 3 + 1
+    assert counts[30]["GET"] <= (1 + 3) + (1 + 3 + 3) + (3 * 2 + 2), counts
+
+
+def test_rerun_repairs_items_and_links_an_interrupted_run_left_out(s3_bucket: Any) -> None:
+    opts = s3_bucket.storage_options
+    root, old, new = _store(s3_bucket, 8)
+    ids = [t.tile_id for t in new]
+    # an interrupted run: records written, the STAC of 2 new tiles never written...
+    _records(root, new, opts)
+    write_stac(root, VERSION.name, opts, tiles={ids[0]})
+    # ... and the link of the third tile lost (the collection write never happened)
+    coll_url = storage.join(root, "stac", "collection.json")
+    coll = storage.read_json(coll_url, opts)
+    coll["links"] = [x for x in coll["links"] if ids[0] not in str(x["href"])]
+    storage.write_json_atomic(coll_url, coll, opts)
+
+    stale, fresh = stale_items(root, VERSION.name, ids, opts)
+    assert stale == set(ids[1:]) and fresh == {ids[0]}
+    write_stac(root, VERSION.name, opts, tiles=stale, linked=fresh)
+    coll = storage.read_json(coll_url, opts)
+    links = {str(x["href"]) for x in coll["links"] if x["rel"] == "item"}
+    assert links == {f"./items/{VERSION.name}/{t.tile_id}.json" for t in old + new}
+    assert stale_items(root, VERSION.name, ids, opts) == (set(), set(ids))
+
+    # a second time slice recorded later makes the item stale again; its rewrite covers both times
+    _records(root, new[:1], opts, time_index=1)
+    stale, _ = stale_items(root, VERSION.name, ids, opts)
+    assert stale == {ids[0]}
+    write_stac(root, VERSION.name, opts, tiles=stale)
+    item = storage.read_json(storage.join(root, "stac", "items", VERSION.name, f"{ids[0]}.json"), opts)
+    assert item["properties"]["aom:time_indices"] == [0, 1]
+
+
+def test_incremental_collection_equals_the_full_rebuild(s3_bucket: Any) -> None:
+    opts = s3_bucket.storage_options
+    root, _, new = _store(s3_bucket, 5)
+    _refresh(root, new, opts)
+    coll_url = storage.join(root, "stac", "collection.json")
+    incremental = storage.read_json(coll_url, opts)
+    write_stac(root, VERSION.name, opts)  # every record read again, everything rewritten
+    full = storage.read_json(coll_url, opts)
+    assert incremental == full
+
+
+def test_batched_reads_and_listings(s3_bucket: Any) -> None:
+    opts = s3_bucket.storage_options
+    root = s3_bucket.url("rec")
+    tiles = spread_tiles(12)
+    create_version(root, VERSION, opts)
+    _records(root, tiles, opts)
+    keys = [(t.tile_id, 0) for t in tiles] + [(tiles[0].tile_id, 1)]  # the last has no record
+    got = read_tile_records(root, VERSION.name, keys, opts)
+    assert sorted(got) == sorted(keys[:-1])
+    assert all(got[(t.tile_id, 0)]["tile_id"] == t.tile_id for t in tiles)
+    assert list_complete_tiles(root, VERSION.name, storage_options=opts) == {
+        0: sorted(t.tile_id for t in tiles)
+    }
+    some = [tiles[1].tile_id, tiles[7].tile_id, "32631_1_1"]
+    assert list_complete_tiles(root, VERSION.name, storage_options=opts, tile_ids=some) == {
+        0: sorted(some[:2])
+    }
