@@ -37,8 +37,11 @@ def cubes(
     items_url: str | None = typer.Option(
         None, "--items", help="Items to build from: ndjson/parquet/catalog.json (e.g. saved by `aom search`)."
     ),
-    catalog: str = typer.Option(
-        DEFAULT_CATALOG, "--catalog", help="Registry catalog the collections belong to (`aom sensors`)."
+    catalog: str | None = typer.Option(
+        None,
+        "--catalog",
+        help="Registry catalog the collections belong to (`aom sensors`); default: the one --items "
+        f"come from (their links), else {DEFAULT_CATALOG}.",
     ),
     catalog_url: str | None = typer.Option(
         None, "--catalog-url", help="Search this STAC API / local catalog instead of reading --items."
@@ -108,7 +111,12 @@ def cubes(
         from pipelines.search import SearchRequest, search
 
         found = search(
-            SearchRequest(collections=request.collections, bbox=box, datetime=datetime, catalog=catalog),
+            SearchRequest(
+                collections=request.collections,
+                bbox=box,
+                datetime=datetime,
+                catalog=catalog or DEFAULT_CATALOG,
+            ),
             catalog_url=catalog_url,
         )
         for note in found.notes:

@@ -182,17 +182,20 @@ def assemble_tile(
     cube = TileCube(tile=tile, spec=spec)
     touching = items_touching(tile, items)
     by_collection: dict[str, list[Mapping[str, Any]]] = {c: [] for c in spec.collections}
+    registry = spec.registry()
     for item in touching:
         cid = item.get("collection")
         if cid is None and len(spec.collections) == 1:
             cid = spec.collections[0]
+        elif cid is not None:  # a catalog's other spelling (HLSS30.v2.0) is the same collection
+            cid = registry.canonical_collection(spec.catalog, str(cid))
         if cid in by_collection:
             by_collection[str(cid)].append(item)
     excluded = {(str(i), str(a)) for i, a in exclude}
     wanted = [cid for cid, citems in by_collection.items() if citems]
     if not wanted:
         return cube
-    access = cube_access(spec.catalog, wanted, read_options, spec.registry())
+    access = cube_access(spec.catalog, wanted, read_options, registry)
     cube.read_options = access.read_options
     configure_reads(access.read_options)
     for cid in wanted:

@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -359,6 +360,35 @@ class Registry:
         self.catalog(catalog)
         return tuple(c for c in self.collections if c.catalog == catalog)
 
+    def canonical_collection(self, catalog: str, collection: str) -> str:
+        """The catalog's own id for ``collection`` (an alias resolved; unknown ids unchanged)."""
+        for c in self.collections:
+            if c.catalog == catalog and (c.collection == collection or collection in c.aliases):
+                return c.collection
+        return collection
+
+    def catalog_of(self, item: Mapping[str, Any]) -> str | None:
+        """The registry catalog an item comes from, by evidence: its ``root``/``self``/``parent``/
+        ``collection`` links under a catalog's URL, else asset hrefs on a catalog's signing hosts."""
+        links = [
+            str(link.get("href"))
+            for link in item.get("links") or []
+            if isinstance(link, Mapping) and link.get("rel") in ("root", "self", "parent", "collection")
+        ]
+        for cat in self.catalogs.values():
+            base = (cat.url or "").rstrip("/")
+            if base and any(h.rstrip("/").startswith(base) for h in links):
+                return cat.name
+        hrefs = [
+            str(a.get("href"))
+            for a in (item.get("assets") or {}).values()
+            if isinstance(a, Mapping) and a.get("href")
+        ]
+        for cat in self.catalogs.values():
+            if cat.access.sign_hosts and any(host_matches(h, cat.access.sign_hosts) for h in hrefs):
+                return cat.name
+        return None
+
     def access_for(self, catalog: str, collection: str | None = None) -> AccessSpec:
         """How files of ``collection`` in ``catalog`` are read (the collection's rule, else the catalog's)."""
         if collection is not None:
@@ -368,6 +398,16 @@ class Registry:
                         return c.access
                     break
         return self.catalog(catalog).access
+
+
+def host_matches(href: str, hosts: tuple[str, ...]) -> bool:
+    """Whether the href's host is one of ``hosts`` (a ``.suffix`` entry matches sub-domains)."""
+    host = (urlsplit(href).hostname or "").lower()
+    for h in hosts:
+        h = h.lower()
+        if host == h or (h.startswith(".") and host.endswith(h)):
+            return True
+    return False
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
