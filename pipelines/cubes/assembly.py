@@ -333,8 +333,23 @@ def _prepare_items(
             if not any("/projection/" in e for e in exts):
                 exts.append("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
             patched["stac_extensions"] = exts
+        _warn_contradiction(cube, cs, item)
         out.append(_Prepared(item_id, patched, when, cs.conversion(item.get("properties") or {}), bad))
     return out
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_contradiction(cube: TileCube, cs: CollectionSpec, item: Mapping[str, Any]) -> None:
+    """Note an item whose metadata contradicts itself about its offset (logged once per collection)."""
+    said = cs.contradiction(item)
+    if said is None:
+        return
+    cube.notes.append(said)
+    if cs.key not in _WARNED:
+        _WARNED.add(cs.key)
+        log.warning("%s (further items of this collection are not reported)", said)
 
 
 def _open_many(hrefs: list[str], read_options: Mapping[str, Any] | None) -> list[_Header | tuple[str, bool]]:

@@ -171,7 +171,9 @@ class MaskRule:
     """Which quality-asset pixels are invalid (cloud, shadow, fill ...).
 
     ``kind='classes'``: a pixel is invalid when its value is in ``invalid_values``.
-    ``kind='bits'``: invalid when any of ``invalid_bits`` is set, or its value is in ``invalid_values``.
+    ``kind='bits'``: invalid when any of ``invalid_bits`` is set, when a multi-bit field holds one of
+    its invalid values (``invalid_fields``: HLS Fmask bits 6-7 = 11, high aerosol), or when its value
+    is in ``invalid_values``.
     ``per_band_assets`` (band -> asset) replaces ``asset`` where each band has its own QA layer.
     """
 
@@ -181,6 +183,8 @@ class MaskRule:
     invalid_bits: tuple[int, ...] = ()
     fill_value: int | None = None
     per_band_assets: Mapping[str, str] = field(default_factory=dict)
+    invalid_fields: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
+    """``(first bit, width, invalid values)`` of multi-bit fields: ``(6, 2, (3,))`` is bits 6-7 = 11."""
 
     def invalid(self, qa: np.ndarray) -> np.ndarray:
         """Boolean array, True where the QA value marks the pixel unusable."""
@@ -194,6 +198,10 @@ class MaskRule:
                 bitmask |= 1 << bit
             bits_bad = (qa_int.astype(np.int64) & bitmask) != 0
             bad = bits_bad if bad is None else (bad | bits_bad)
+        for first, width, values in self.invalid_fields:
+            field_value = (qa_int.astype(np.int64) >> first) & ((1 << width) - 1)
+            field_bad = np.isin(field_value, np.asarray(values, dtype=np.int64))
+            bad = field_bad if bad is None else (bad | field_bad)
         if bad is None:
             return np.zeros(qa_int.shape, dtype=bool)
         return np.asarray(bad, dtype=bool)
@@ -300,6 +308,36 @@ class CollectionSpec:
         scale, offset = self.scale_offset(properties)
         return ReflectanceConversion(scale=scale, offset=offset, nodata=self.nodata)
 
+    def contradiction(self, item: Mapping[str, Any]) -> str | None:
+        """Why an item contradicts itself about its reflectance offset, or None.
+
+        The collection's rules decide the offset (:meth:`scale_offset`, e.g. Earth Search's
+        ``earthsearch:boa_offset_applied``); an item whose band assets' ``raster:bands`` state another
+        scale/offset gets this one-line description, so the run can warn (the rule still decides).
+        """
+        scale, offset = self.scale_offset(item.get("properties") or {})
+        assets = item.get("assets") or {}
+        for band in self.band_names:
+            stated = ((assets.get(self.assets[band]) or {}).get("raster:bands") or [{}])[0]
+            if not isinstance(stated, Mapping) or "offset" not in stated:
+                continue
+            s_scale = float(stated.get("scale", scale))
+            s_offset = float(stated["offset"])
+            if abs(s_offset - offset) > 1e-9 or abs(s_scale - scale) > 1e-12:
+                flags = {
+                    r.unless.property: (item.get("properties") or {}).get(r.unless.property)
+                    for r in self.dn_offset_rules
+                    if r.unless is not None and r.unless.property in (item.get("properties") or {})
+                }
+                said = ", ".join(f"{k}: {v}" for k, v in flags.items()) or "its properties"
+                return (
+                    f"item {item.get('id')!r} of {self.catalog}/{self.collection} contradicts itself: {said} "
+                    f"gives offset {offset:g}, its raster:bands say offset {s_offset:g} (scale {s_scale:g}); "
+                    "the collection rule is followed"
+                )
+            return None
+        return None
+
     def to_reflectance(self, dn: np.ndarray, properties: Mapping[str, Any]) -> np.ndarray:
         """Raw DNs -> float32 reflectance with NaN at nodata."""
         return self.conversion(properties).reflectance(dn)
@@ -313,6 +351,9 @@ class CollectionSpec:
             parts.append(f"values {list(m.invalid_values)}")
         if m.invalid_bits:
             parts.append(f"bits {list(m.invalid_bits)}")
+        for first, width, values in m.invalid_fields:
+            bits = f"{first}-{first + width - 1}"
+            parts.append(f"bits {bits} in {[format(v, f'0{width}b') for v in values]}")
         nodata = f"; DN == {self.nodata:g}" if self.nodata is not None else ""
         return f"invalid where {where} has {' or '.join(parts)}{nodata}"
 
