@@ -210,9 +210,36 @@ def _assemble_collection(
     excluded: set[tuple[str, str]],
     access: CubeAccess,
 ) -> None:
-    spec = cube.spec
-    cs = spec.collection_spec(cid)
-    groups = spec.band_groups(cid)
+    variants = cube.spec.variant_groups(cid)
+    by_variant: dict[int, list[Mapping[str, Any]]] = {}
+    for item in items:  # each item to the band set of its instrument (Landsat TM / ETM+ / OLI)
+        chosen = next((i for i, (vcs, _) in enumerate(variants) if vcs.serves(item)), None)
+        if chosen is None:
+            platform = (item.get("properties") or {}).get("platform")
+            known = sorted({p for vcs, _ in variants for p in vcs.platforms})
+            cube.skipped.append(
+                SkippedAsset(
+                    str(item.get("id") or "?"),
+                    "*",
+                    f"platform {platform!r} has no band set for {cid} in the registry (known: {', '.join(known)})",
+                )
+            )
+            continue
+        by_variant.setdefault(chosen, []).append(item)
+    for i, (cs, groups) in enumerate(variants):
+        if by_variant.get(i):
+            _assemble_variant(cube, cid, cs, groups, by_variant[i], excluded, access)
+
+
+def _assemble_variant(
+    cube: TileCube,
+    cid: str,
+    cs: CollectionSpec,
+    groups: Mapping[str, tuple[float, tuple[str, ...]]],
+    items: list[Mapping[str, Any]],
+    excluded: set[tuple[str, str]],
+    access: CubeAccess,
+) -> None:
     mask_assets = cs.mask.mask_assets()
     needed = list(
         dict.fromkeys([cs.assets[b] for _, bands in groups.values() for b in bands] + list(mask_assets))

@@ -254,6 +254,7 @@ def _parse_collection(
         mask=_parse_mask(ctx, data["mask"], assets),
         dn_offset_rules=tuple(rules),
         aliases=_strings(ctx, data, "aliases"),
+        platforms=tuple(p.lower() for p in _strings(ctx, data, "platforms")),
         access=_parse_access(ctx, data["access"]) if data.get("access") is not None else None,
     )
 
@@ -276,10 +277,10 @@ def parse_registry(documents: Iterable[tuple[str, Any]]) -> Registry:
         if not isinstance(entries, list):
             raise root.fail("field 'collections' must be a list")
         raw_collections.extend((source, i, entry) for i, entry in enumerate(entries))
-    by_key: dict[tuple[str, str], CollectionSpec] = {}
+    by_key: dict[tuple[str, str, str], CollectionSpec] = {}
     for source, i, entry in raw_collections:
         spec = _parse_collection(_Ctx(source, f"collections[{i}]:"), entry, sensors, catalogs)
-        by_key[spec.key] = spec  # a later file's entry replaces an earlier one
+        by_key[(*spec.key, spec.sensor.name)] = spec  # a later file's entry replaces an earlier one
     return Registry(
         sensors=dict(sensors),
         catalogs=dict(catalogs),

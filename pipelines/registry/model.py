@@ -272,6 +272,15 @@ class CollectionSpec:
     """Other spellings of the collection id the catalog answers to (``HLSS30.v2.0`` for ``HLSS30_2.0``)."""
     access: AccessSpec | None = None
     """How this collection's files are read when it differs from its catalog's (None: the catalog's)."""
+    platforms: tuple[str, ...] = ()
+    """Items of these ``platform`` values only (lower case); empty: any. A collection whose platforms
+    carry different instruments (``landsat-c2-l2``: TM, ETM+, OLI) has one entry per band set, the
+    first being the default (:meth:`Registry.variants`)."""
+
+    def serves(self, item: Mapping[str, Any]) -> bool:
+        """Whether this entry's band set is the one of ``item`` (by its ``platform`` property)."""
+        platform = str((item.get("properties") or {}).get("platform") or "").lower()
+        return not self.platforms or not platform or platform in self.platforms
 
     @property
     def key(self) -> tuple[str, str]:
@@ -400,6 +409,12 @@ class Registry:
     def collections_in(self, catalog: str) -> tuple[CollectionSpec, ...]:
         self.catalog(catalog)
         return tuple(c for c in self.collections if c.catalog == catalog)
+
+    def variants(self, collection: str, catalog: str | None = None) -> tuple[CollectionSpec, ...]:
+        """Every band set of a collection (one per instrument, chosen per item by :meth:`CollectionSpec.serves`),
+        the default (:meth:`collection`) first."""
+        first = self.collection(collection, catalog)
+        return tuple(c for c in self.collections if c.key == first.key)
 
     def canonical_collection(self, catalog: str, collection: str) -> str:
         """The catalog's own id for ``collection`` (an alias resolved; unknown ids unchanged)."""
