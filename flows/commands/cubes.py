@@ -83,7 +83,7 @@ def cubes(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build Zarr cubes (one per tile, collection and native GSD) from STAC items."""
-    from pipelines.cubes import CubeRequest, plan_cubes, read_items, write_cubes
+    from pipelines.cubes import CubeRequest, complete_projection, plan_cubes, read_items, write_cubes
     from pipelines.storage import redact_url, write_json_atomic
 
     options = storage_options(storage_options_text)
@@ -122,7 +122,9 @@ def cubes(
         for note in found.notes:
             typer.echo(f"note: {note}")
         items = list(found.items)
-    plan = plan_cubes(request, items)
+    plan, notes = complete_projection(plan_cubes(request, items), items_url, out, options)
+    for note in notes:
+        typer.echo(f"note: {note}")
     typer.echo(f"{plan.describe()} -> {redact_url(out)}")
     summary = write_cubes(
         plan.items,

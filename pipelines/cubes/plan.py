@@ -145,6 +145,35 @@ def plan_cubes(request: CubeRequest, items: Iterable[Mapping[str, Any]]) -> Cube
     return CubePlan(spec, kept, tuple(dict.fromkeys(tiles)))
 
 
+def complete_projection(
+    plan: CubePlan,
+    items_url: str | None = None,
+    out: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    read_options: Mapping[str, Any] | None = None,
+) -> tuple[CubePlan, list[str]]:
+    """With ``missing_proj="read_header"``: the plan's items without projection metadata get it
+    from their file headers, read once with the catalog's credentials and cached beside the items
+    (``<items_url>.proj.json``; storage options as for :func:`read_items`), so a rerun reads none
+    again. Other plans come back unchanged. Returns (plan, notes)."""
+    if plan.spec.missing_proj != "read_header" or not plan.items:
+        return plan, []
+    from pipelines.cubes.reading import fill_projection, header_cache_url
+
+    options = None
+    if items_url is not None and out is not None and _scheme(items_url) == _scheme(out):
+        options = parse_storage_options(storage_options)
+    items, notes = fill_projection(
+        plan.items,
+        plan.spec.catalog,
+        plan.spec.registry(),
+        read_options=read_options,
+        cache_url=header_cache_url(items_url) if items_url else None,
+        storage_options=options,
+    )
+    return CubePlan(plan.spec, tuple(items), plan.tiles), notes
+
+
 def _infer_catalog(registry: Registry, items: Sequence[Mapping[str, Any]]) -> str:
     """The one catalog the items come from by evidence, else the default; several is an InputError."""
     found = sorted({c for c in (registry.catalog_of(i) for i in items) if c is not None})
