@@ -37,8 +37,11 @@ def cubes(
     items_url: str | None = typer.Option(
         None, "--items", help="Items to build from: ndjson/parquet/catalog.json (e.g. saved by `aom search`)."
     ),
-    catalog: str = typer.Option(
-        DEFAULT_CATALOG, "--catalog", help="Registry catalog the collections belong to (`aom sensors`)."
+    catalog: str | None = typer.Option(
+        None,
+        "--catalog",
+        help="Registry catalog the collections belong to (`aom sensors`); default: the one --items "
+        f"come from (their links), else {DEFAULT_CATALOG}.",
     ),
     catalog_url: str | None = typer.Option(
         None, "--catalog-url", help="Search this STAC API / local catalog instead of reading --items."
@@ -80,7 +83,7 @@ def cubes(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build Zarr cubes (one per tile, collection and native GSD) from STAC items."""
-    from pipelines.cubes import CubeRequest, plan_cubes, read_items, write_cubes
+    from pipelines.cubes import CubeRequest, complete_projection, plan_cubes, read_items, write_cubes
     from pipelines.storage import redact_url, write_json_atomic
 
     options = storage_options(storage_options_text)
@@ -108,13 +111,20 @@ def cubes(
         from pipelines.search import SearchRequest, search
 
         found = search(
-            SearchRequest(collections=request.collections, bbox=box, datetime=datetime, catalog=catalog),
+            SearchRequest(
+                collections=request.collections,
+                bbox=box,
+                datetime=datetime,
+                catalog=catalog or DEFAULT_CATALOG,
+            ),
             catalog_url=catalog_url,
         )
         for note in found.notes:
             typer.echo(f"note: {note}")
         items = list(found.items)
-    plan = plan_cubes(request, items)
+    plan, notes = complete_projection(plan_cubes(request, items), items_url, out, options)
+    for note in notes:
+        typer.echo(f"note: {note}")
     typer.echo(f"{plan.describe()} -> {redact_url(out)}")
     summary = write_cubes(
         plan.items,

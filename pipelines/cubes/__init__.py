@@ -15,7 +15,7 @@
 from pipelines.cubes.assembly import assemble_tile
 from pipelines.cubes.groups import GroupMeta
 from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_and_save
-from pipelines.cubes.plan import CubePlan, CubeRequest, plan_cubes, read_items
+from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes, read_items
 from pipelines.cubes.reading import classify_error, item_datetime
 from pipelines.cubes.run import RunSummary, TileOutcome, process_tile, write_cubes
 from pipelines.cubes.spec import LAYOUT_VERSION, CubeSpec, encode_reflectance, gsd_label, reflectance_attrs
@@ -35,6 +35,7 @@ __all__ = [
     "assemble_tile",
     "build_tiles",
     "classify_error",
+    "complete_projection",
     "encode_reflectance",
     "group_entry",
     "group_path",

@@ -182,17 +182,20 @@ def assemble_tile(
     cube = TileCube(tile=tile, spec=spec)
     touching = items_touching(tile, items)
     by_collection: dict[str, list[Mapping[str, Any]]] = {c: [] for c in spec.collections}
+    registry = spec.registry()
     for item in touching:
         cid = item.get("collection")
         if cid is None and len(spec.collections) == 1:
             cid = spec.collections[0]
+        elif cid is not None:  # a catalog's other spelling (HLSS30.v2.0) is the same collection
+            cid = registry.canonical_collection(spec.catalog, str(cid))
         if cid in by_collection:
             by_collection[str(cid)].append(item)
     excluded = {(str(i), str(a)) for i, a in exclude}
     wanted = [cid for cid, citems in by_collection.items() if citems]
     if not wanted:
         return cube
-    access = cube_access(spec.catalog, wanted, read_options, spec.registry())
+    access = cube_access(spec.catalog, wanted, read_options, registry)
     cube.read_options = access.read_options
     configure_reads(access.read_options)
     for cid in wanted:
@@ -207,9 +210,36 @@ def _assemble_collection(
     excluded: set[tuple[str, str]],
     access: CubeAccess,
 ) -> None:
-    spec = cube.spec
-    cs = spec.collection_spec(cid)
-    groups = spec.band_groups(cid)
+    variants = cube.spec.variant_groups(cid)
+    by_variant: dict[int, list[Mapping[str, Any]]] = {}
+    for item in items:  # each item to the band set of its instrument (Landsat TM / ETM+ / OLI)
+        chosen = next((i for i, (vcs, _) in enumerate(variants) if vcs.serves(item)), None)
+        if chosen is None:
+            platform = (item.get("properties") or {}).get("platform")
+            known = sorted({p for vcs, _ in variants for p in vcs.platforms})
+            cube.skipped.append(
+                SkippedAsset(
+                    str(item.get("id") or "?"),
+                    "*",
+                    f"platform {platform!r} has no band set for {cid} in the registry (known: {', '.join(known)})",
+                )
+            )
+            continue
+        by_variant.setdefault(chosen, []).append(item)
+    for i, (cs, groups) in enumerate(variants):
+        if by_variant.get(i):
+            _assemble_variant(cube, cid, cs, groups, by_variant[i], excluded, access)
+
+
+def _assemble_variant(
+    cube: TileCube,
+    cid: str,
+    cs: CollectionSpec,
+    groups: Mapping[str, tuple[float, tuple[str, ...]]],
+    items: list[Mapping[str, Any]],
+    excluded: set[tuple[str, str]],
+    access: CubeAccess,
+) -> None:
     mask_assets = cs.mask.mask_assets()
     needed = list(
         dict.fromkeys([cs.assets[b] for _, bands in groups.values() for b in bands] + list(mask_assets))
@@ -330,8 +360,23 @@ def _prepare_items(
             if not any("/projection/" in e for e in exts):
                 exts.append("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
             patched["stac_extensions"] = exts
+        _warn_contradiction(cube, cs, item)
         out.append(_Prepared(item_id, patched, when, cs.conversion(item.get("properties") or {}), bad))
     return out
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_contradiction(cube: TileCube, cs: CollectionSpec, item: Mapping[str, Any]) -> None:
+    """Note an item whose metadata contradicts itself about its offset (logged once per collection)."""
+    said = cs.contradiction(item)
+    if said is None:
+        return
+    cube.notes.append(said)
+    if cs.key not in _WARNED:
+        _WARNED.add(cs.key)
+        log.warning("%s (further items of this collection are not reported)", said)
 
 
 def _open_many(hrefs: list[str], read_options: Mapping[str, Any] | None) -> list[_Header | tuple[str, bool]]:

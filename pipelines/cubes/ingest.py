@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipelines.cubes.plan import CubePlan, CubeRequest, plan_cubes
+from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes
+from pipelines.cubes.reading import fill_projection, header_cache_url
 from pipelines.cubes.run import write_cubes
 from pipelines.cubes.spec import CubeSpec
 from pipelines.search import SearchRequest, load_result, save_result, search
@@ -50,8 +51,10 @@ def search_and_save(
 def plan_saved(
     items_url: str, request: CubeRequest, storage_options: Mapping[str, Any] | None = None
 ) -> CubePlan:
-    """:func:`~pipelines.cubes.plan.plan_cubes` over the items saved at ``items_url``."""
-    return plan_cubes(request, load_result(items_url, dict(storage_options or {}) or None).items)
+    """:func:`~pipelines.cubes.plan.plan_cubes` over the items saved at ``items_url`` (headers of
+    items without projection metadata read once and cached beside them, with ``read_header``)."""
+    plan = plan_cubes(request, load_result(items_url, dict(storage_options or {}) or None).items)
+    return complete_projection(plan, items_url, items_url, storage_options)[0]
 
 
 def build_tiles(
@@ -62,6 +65,14 @@ def build_tiles(
     storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the cubes of ``tile_ids`` exactly once; returns the run summary as a dict."""
-    items = load_result(items_url, dict(storage_options or {}) or None).items
+    items: Sequence[Mapping[str, Any]] = load_result(items_url, dict(storage_options or {}) or None).items
+    if spec.missing_proj == "read_header":  # the headers plan_saved cached beside the items
+        items, _ = fill_projection(
+            items,
+            spec.catalog,
+            spec.registry(),
+            cache_url=header_cache_url(items_url),
+            storage_options=dict(storage_options or {}) or None,
+        )
     summary = write_cubes(items, list(tile_ids), spec, out_url, storage_options, progress=False)
     return summary.to_dict()

@@ -6,8 +6,12 @@ text or lists, ``"W,S,E,N"`` text or a 4-sequence, None for "the default") and c
 
 Rules, in order:
 
-1. **Collections**: ``request.collections``, else the registry collections of ``request.catalog``
+0. **Catalog**: ``request.catalog``, else the one the items come from by evidence
+   (:meth:`~pipelines.registry.Registry.catalog_of`: their root/self links, or asset hrefs on a
+   catalog's signing hosts), else ``sample``; items of several catalogs need ``catalog`` named.
+1. **Collections**: ``request.collections``, else the registry collections of the catalog
    that the items belong to; none is an :class:`~pipelines.errors.InputError` naming the fix.
+   Catalog spellings are resolved to the registry's id (``HLSS30.v2.0`` -> ``HLSS30_2.0``).
 2. **Items**: those of the chosen collections; an item without ``collection`` is kept when exactly
    one collection is wanted (static catalogs often leave it out).
 3. **Tiles**: ``request.tiles`` (ids of the grid) when given, else every tile the kept items touch;
@@ -22,7 +26,7 @@ from typing import Any, Literal
 
 from pipelines.cubes.spec import CubeSpec, Encoding
 from pipelines.errors import InputError
-from pipelines.registry import load_registry
+from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
 from pipelines.storage import parse_storage_options, redact_url
 from pipelines.tiling import DEFAULT_TILE_SIZE_M, Tile, TileGrid
 
@@ -31,8 +35,9 @@ from pipelines.tiling import DEFAULT_TILE_SIZE_M, Tile, TileGrid
 class CubeRequest:
     """What a cube run builds (never where to, nor credentials): the verb's and the flow's request."""
 
-    catalog: str = CubeSpec.catalog
-    """Registry catalog the collections belong to (``aom sensors`` lists them)."""
+    catalog: str | None = None
+    """Registry catalog the collections belong to (``aom sensors`` lists them); None: inferred from
+    the items (their links / asset hosts), else ``sample``."""
     collections: tuple[str, ...] = ()
     """Registry collection ids; empty: those of ``catalog`` found in the items."""
     aoi: tuple[float, float, float, float] | Mapping[str, Any] | None = None
@@ -71,12 +76,12 @@ class CubeRequest:
     def grid(self) -> TileGrid:
         return TileGrid(self.tile_size_m)
 
-    def spec(self, collections: Sequence[str]) -> CubeSpec:
-        """The :class:`CubeSpec` of this request for ``collections``."""
+    def spec(self, collections: Sequence[str], catalog: str | None = None) -> CubeSpec:
+        """The :class:`CubeSpec` of this request for ``collections`` (of ``catalog``, default the request's)."""
         return CubeSpec(
             grid=self.grid,
             collections=tuple(collections),
-            catalog=self.catalog,
+            catalog=catalog or self.catalog or DEFAULT_CATALOG,
             encoding=self.encoding,
             chunk_px=self.chunk_px,
             skip_unreachable=self.skip_unreachable,
@@ -110,20 +115,27 @@ class CubePlan:
 def plan_cubes(request: CubeRequest, items: Iterable[Mapping[str, Any]]) -> CubePlan:
     """Collections, items and tiles of a cube run (the rules are in the module docstring)."""
     item_list = list(items)
-    wanted = request.collections
+    registry = load_registry()
+    catalog = request.catalog or _infer_catalog(registry, item_list)
+    known = {c.collection for c in registry.collections_in(catalog)}
+
+    def canonical(cid: Any) -> str | None:
+        return None if cid is None else registry.canonical_collection(catalog, str(cid))
+
+    wanted = tuple(dict.fromkeys(str(canonical(c)) for c in request.collections))
     if not wanted:
-        known = {c.collection for c in load_registry().collections_in(request.catalog)}
-        wanted = tuple(sorted({str(i.get("collection")) for i in item_list} & known))
+        wanted = tuple(sorted({str(canonical(i.get("collection"))) for i in item_list} & known))
         if not wanted:
             raise InputError(
-                f"no item belongs to a {request.catalog!r} collection of the registry; "
+                f"no item belongs to a {catalog!r} collection of the registry; "
                 "name them with --collections (`aom sensors` lists the registry)"
             )
-    spec = request.spec(wanted)
+    spec = request.spec(wanted, catalog)
     kept = tuple(
         i
         for i in item_list
-        if i.get("collection") in spec.collections or (i.get("collection") is None and len(wanted) == 1)
+        if canonical(i.get("collection")) in spec.collections
+        or (i.get("collection") is None and len(wanted) == 1)
     )
     grid = spec.grid
     tiles = [grid.tile(t) for t in request.tiles] if request.tiles else grid.tiles_for_items(kept)
@@ -131,6 +143,45 @@ def plan_cubes(request: CubeRequest, items: Iterable[Mapping[str, Any]]) -> Cube
         inside = {t.tile_id for t in _aoi_tiles(grid, request.aoi)}
         tiles = [t for t in tiles if t.tile_id in inside]
     return CubePlan(spec, kept, tuple(dict.fromkeys(tiles)))
+
+
+def complete_projection(
+    plan: CubePlan,
+    items_url: str | None = None,
+    out: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    read_options: Mapping[str, Any] | None = None,
+) -> tuple[CubePlan, list[str]]:
+    """With ``missing_proj="read_header"``: the plan's items without projection metadata get it
+    from their file headers, read once with the catalog's credentials and cached beside the items
+    (``<items_url>.proj.json``; storage options as for :func:`read_items`), so a rerun reads none
+    again. Other plans come back unchanged. Returns (plan, notes)."""
+    if plan.spec.missing_proj != "read_header" or not plan.items:
+        return plan, []
+    from pipelines.cubes.reading import fill_projection, header_cache_url
+
+    options = None
+    if items_url is not None and out is not None and _scheme(items_url) == _scheme(out):
+        options = parse_storage_options(storage_options)
+    items, notes = fill_projection(
+        plan.items,
+        plan.spec.catalog,
+        plan.spec.registry(),
+        read_options=read_options,
+        cache_url=header_cache_url(items_url) if items_url else None,
+        storage_options=options,
+    )
+    return CubePlan(plan.spec, tuple(items), plan.tiles), notes
+
+
+def _infer_catalog(registry: Registry, items: Sequence[Mapping[str, Any]]) -> str:
+    """The one catalog the items come from by evidence, else the default; several is an InputError."""
+    found = sorted({c for c in (registry.catalog_of(i) for i in items) if c is not None})
+    if len(found) > 1:
+        raise InputError(
+            f"the items come from several catalogs ({', '.join(found)}): name one with --catalog"
+        )
+    return found[0] if found else DEFAULT_CATALOG
 
 
 def read_items(

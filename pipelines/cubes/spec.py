@@ -91,13 +91,22 @@ class CubeSpec:
         return self.registry().collection(collection, self.catalog)
 
     def band_groups(self, collection: str) -> dict[str, tuple[float, tuple[str, ...]]]:
-        """``gsd_label -> (gsd_m, band names)`` for a collection, finest GSD first."""
-        cs = self.collection_spec(collection)
-        groups: dict[float, list[str]] = {}
-        for band in cs.sensor.bands:
-            if band.name in cs.assets:
-                groups.setdefault(float(band.gsd_m), []).append(band.name)
-        return {gsd_label(g): (g, tuple(groups[g])) for g in sorted(groups)}
+        """``gsd_label -> (gsd_m, band names)`` for a collection (its default band set), finest GSD first."""
+        return _groups_of(self.collection_spec(collection))
+
+    def variant_groups(
+        self, collection: str
+    ) -> list[tuple[CollectionSpec, dict[str, tuple[float, tuple[str, ...]]]]]:
+        """Each band set of a collection (:meth:`~pipelines.registry.Registry.variants`: Landsat TM,
+        ETM+ and OLI items of ``landsat-c2-l2``) with its groups; the default set's groups are
+        labelled ``30m``, another set's ``30m-<sensor>`` (``30m-landsat-tm``)."""
+        out = []
+        for i, cs in enumerate(self.registry().variants(collection, self.catalog)):
+            groups = _groups_of(cs)
+            if i:
+                groups = {f"{label}-{cs.sensor.name}": g for label, g in groups.items()}
+            out.append((cs, groups))
+        return out
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +127,11 @@ class CubeSpec:
         digest of the registry entries (assets, scale/offset, mask rule) of the collections."""
         d = self.to_dict()
         d.pop("missing_proj")
-        entries = [_registry_content(self.collection_spec(c)) for c in self.collections]
+        entries = [
+            _registry_content(cs)
+            for c in self.collections
+            for cs in self.registry().variants(c, self.catalog)
+        ]
         text = json.dumps(entries, sort_keys=True, default=str)
         d["registry_digest"] = hashlib.sha256(text.encode()).hexdigest()[:16]
         return d
@@ -135,9 +148,17 @@ def _registry_content(cs: CollectionSpec) -> dict[str, Any]:
     names or prose descriptions, so refactoring the registry code keeps existing stores valid."""
     content = dataclasses.asdict(cs)
     content["sensor"].pop("description", None)
-    for how_read in ("aliases", "access"):  # how files are found and read, not what the pixels are
+    for how_read in ("aliases", "access", "platforms"):  # how files are found, not what the pixels are
         content.pop(how_read, None)
     return content
+
+
+def _groups_of(cs: CollectionSpec) -> dict[str, tuple[float, tuple[str, ...]]]:
+    groups: dict[float, list[str]] = {}
+    for band in cs.sensor.bands:
+        if band.name in cs.assets:
+            groups.setdefault(float(band.gsd_m), []).append(band.name)
+    return {gsd_label(g): (g, tuple(groups[g])) for g in sorted(groups)}
 
 
 def reflectance_attrs(encoding: Encoding) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from pipelines.errors import RunFailedError
-from pipelines.registry.model import AccessSpec, Registry
+from pipelines.registry.model import AccessSpec, Registry, host_matches
 from pipelines.retry import RETRY_STATUSES, RetryPolicy, call_with_retry
 
 TOKEN_MARGIN_S = 300.0
@@ -76,16 +76,6 @@ def credential_hint(spec: AccessSpec, where: str) -> str:
             f"'Generate Token') or add 'machine {spec.login_host} login <user> password <password>' to ~/.netrc"
         )
     return f"{where} is expected to be public; the server refused the read (check the hrefs and the GDAL options)"
-
-
-def host_matches(href: str, hosts: tuple[str, ...]) -> bool:
-    """Whether the href's host is one of ``hosts`` (a ``.suffix`` entry matches sub-domains)."""
-    host = (urlsplit(href).hostname or "").lower()
-    for h in hosts:
-        h = h.lower()
-        if host == h or (h.startswith(".") and host.endswith(h)):
-            return True
-    return False
 
 
 # ---------------------------------------------------------------------------------------------

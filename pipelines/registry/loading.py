@@ -184,8 +184,17 @@ def _parse_mask(ctx: _Ctx, data: Any, assets: Mapping[str, str]) -> MaskRule:
     bits = tuple(int(v) for v in data.get("invalid_bits", []) or [])
     if kind == "classes" and not values:
         raise ctx.fail("a 'classes' mask needs 'invalid_values'")
-    if kind == "bits" and not bits:
-        raise ctx.fail("a 'bits' mask needs 'invalid_bits'")
+    fields = []
+    for i, raw in enumerate(data.get("invalid_fields") or []):
+        fctx = ctx.sub(f"mask.invalid_fields[{i}]:")
+        raw = _mapping(fctx, raw, "a bit field")
+        first, width = int(_number(fctx, raw, "first_bit")), int(_number(fctx, raw, "width", positive=True))
+        vals = tuple(int(v) for v in raw.get("values") or [])
+        if not vals or any(not 0 <= v < (1 << width) for v in vals):
+            raise fctx.fail(f"'values' must be non-empty, each in 0..{(1 << width) - 1}")
+        fields.append((first, width, vals))
+    if kind == "bits" and not bits and not fields:
+        raise ctx.fail("a 'bits' mask needs 'invalid_bits' or 'invalid_fields'")
     fill = data.get("fill_value")
     return MaskRule(
         kind=kind,
@@ -194,6 +203,7 @@ def _parse_mask(ctx: _Ctx, data: Any, assets: Mapping[str, str]) -> MaskRule:
         invalid_bits=bits,
         fill_value=int(fill) if fill is not None else None,
         per_band_assets=per_band,
+        invalid_fields=tuple(fields),
     )
 
 
@@ -244,6 +254,7 @@ def _parse_collection(
         mask=_parse_mask(ctx, data["mask"], assets),
         dn_offset_rules=tuple(rules),
         aliases=_strings(ctx, data, "aliases"),
+        platforms=tuple(p.lower() for p in _strings(ctx, data, "platforms")),
         access=_parse_access(ctx, data["access"]) if data.get("access") is not None else None,
     )
 
@@ -266,10 +277,10 @@ def parse_registry(documents: Iterable[tuple[str, Any]]) -> Registry:
         if not isinstance(entries, list):
             raise root.fail("field 'collections' must be a list")
         raw_collections.extend((source, i, entry) for i, entry in enumerate(entries))
-    by_key: dict[tuple[str, str], CollectionSpec] = {}
+    by_key: dict[tuple[str, str, str], CollectionSpec] = {}
     for source, i, entry in raw_collections:
         spec = _parse_collection(_Ctx(source, f"collections[{i}]:"), entry, sensors, catalogs)
-        by_key[spec.key] = spec  # a later file's entry replaces an earlier one
+        by_key[(*spec.key, spec.sensor.name)] = spec  # a later file's entry replaces an earlier one
     return Registry(
         sensors=dict(sensors),
         catalogs=dict(catalogs),

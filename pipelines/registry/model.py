@@ -18,6 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -170,7 +171,9 @@ class MaskRule:
     """Which quality-asset pixels are invalid (cloud, shadow, fill ...).
 
     ``kind='classes'``: a pixel is invalid when its value is in ``invalid_values``.
-    ``kind='bits'``: invalid when any of ``invalid_bits`` is set, or its value is in ``invalid_values``.
+    ``kind='bits'``: invalid when any of ``invalid_bits`` is set, when a multi-bit field holds one of
+    its invalid values (``invalid_fields``: HLS Fmask bits 6-7 = 11, high aerosol), or when its value
+    is in ``invalid_values``.
     ``per_band_assets`` (band -> asset) replaces ``asset`` where each band has its own QA layer.
     """
 
@@ -180,6 +183,8 @@ class MaskRule:
     invalid_bits: tuple[int, ...] = ()
     fill_value: int | None = None
     per_band_assets: Mapping[str, str] = field(default_factory=dict)
+    invalid_fields: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
+    """``(first bit, width, invalid values)`` of multi-bit fields: ``(6, 2, (3,))`` is bits 6-7 = 11."""
 
     def invalid(self, qa: np.ndarray) -> np.ndarray:
         """Boolean array, True where the QA value marks the pixel unusable."""
@@ -193,6 +198,10 @@ class MaskRule:
                 bitmask |= 1 << bit
             bits_bad = (qa_int.astype(np.int64) & bitmask) != 0
             bad = bits_bad if bad is None else (bad | bits_bad)
+        for first, width, values in self.invalid_fields:
+            field_value = (qa_int.astype(np.int64) >> first) & ((1 << width) - 1)
+            field_bad = np.isin(field_value, np.asarray(values, dtype=np.int64))
+            bad = field_bad if bad is None else (bad | field_bad)
         if bad is None:
             return np.zeros(qa_int.shape, dtype=bool)
         return np.asarray(bad, dtype=bool)
@@ -263,6 +272,15 @@ class CollectionSpec:
     """Other spellings of the collection id the catalog answers to (``HLSS30.v2.0`` for ``HLSS30_2.0``)."""
     access: AccessSpec | None = None
     """How this collection's files are read when it differs from its catalog's (None: the catalog's)."""
+    platforms: tuple[str, ...] = ()
+    """Items of these ``platform`` values only (lower case); empty: any. A collection whose platforms
+    carry different instruments (``landsat-c2-l2``: TM, ETM+, OLI) has one entry per band set, the
+    first being the default (:meth:`Registry.variants`)."""
+
+    def serves(self, item: Mapping[str, Any]) -> bool:
+        """Whether this entry's band set is the one of ``item`` (by its ``platform`` property)."""
+        platform = str((item.get("properties") or {}).get("platform") or "").lower()
+        return not self.platforms or not platform or platform in self.platforms
 
     @property
     def key(self) -> tuple[str, str]:
@@ -299,6 +317,36 @@ class CollectionSpec:
         scale, offset = self.scale_offset(properties)
         return ReflectanceConversion(scale=scale, offset=offset, nodata=self.nodata)
 
+    def contradiction(self, item: Mapping[str, Any]) -> str | None:
+        """Why an item contradicts itself about its reflectance offset, or None.
+
+        The collection's rules decide the offset (:meth:`scale_offset`, e.g. Earth Search's
+        ``earthsearch:boa_offset_applied``); an item whose band assets' ``raster:bands`` state another
+        scale/offset gets this one-line description, so the run can warn (the rule still decides).
+        """
+        scale, offset = self.scale_offset(item.get("properties") or {})
+        assets = item.get("assets") or {}
+        for band in self.band_names:
+            stated = ((assets.get(self.assets[band]) or {}).get("raster:bands") or [{}])[0]
+            if not isinstance(stated, Mapping) or "offset" not in stated:
+                continue
+            s_scale = float(stated.get("scale", scale))
+            s_offset = float(stated["offset"])
+            if abs(s_offset - offset) > 1e-9 or abs(s_scale - scale) > 1e-12:
+                flags = {
+                    r.unless.property: (item.get("properties") or {}).get(r.unless.property)
+                    for r in self.dn_offset_rules
+                    if r.unless is not None and r.unless.property in (item.get("properties") or {})
+                }
+                said = ", ".join(f"{k}: {v}" for k, v in flags.items()) or "its properties"
+                return (
+                    f"item {item.get('id')!r} of {self.catalog}/{self.collection} contradicts itself: {said} "
+                    f"gives offset {offset:g}, its raster:bands say offset {s_offset:g} (scale {s_scale:g}); "
+                    "the collection rule is followed"
+                )
+            return None
+        return None
+
     def to_reflectance(self, dn: np.ndarray, properties: Mapping[str, Any]) -> np.ndarray:
         """Raw DNs -> float32 reflectance with NaN at nodata."""
         return self.conversion(properties).reflectance(dn)
@@ -312,6 +360,9 @@ class CollectionSpec:
             parts.append(f"values {list(m.invalid_values)}")
         if m.invalid_bits:
             parts.append(f"bits {list(m.invalid_bits)}")
+        for first, width, values in m.invalid_fields:
+            bits = f"{first}-{first + width - 1}"
+            parts.append(f"bits {bits} in {[format(v, f'0{width}b') for v in values]}")
         nodata = f"; DN == {self.nodata:g}" if self.nodata is not None else ""
         return f"invalid where {where} has {' or '.join(parts)}{nodata}"
 
@@ -359,6 +410,41 @@ class Registry:
         self.catalog(catalog)
         return tuple(c for c in self.collections if c.catalog == catalog)
 
+    def variants(self, collection: str, catalog: str | None = None) -> tuple[CollectionSpec, ...]:
+        """Every band set of a collection (one per instrument, chosen per item by :meth:`CollectionSpec.serves`),
+        the default (:meth:`collection`) first."""
+        first = self.collection(collection, catalog)
+        return tuple(c for c in self.collections if c.key == first.key)
+
+    def canonical_collection(self, catalog: str, collection: str) -> str:
+        """The catalog's own id for ``collection`` (an alias resolved; unknown ids unchanged)."""
+        for c in self.collections:
+            if c.catalog == catalog and (c.collection == collection or collection in c.aliases):
+                return c.collection
+        return collection
+
+    def catalog_of(self, item: Mapping[str, Any]) -> str | None:
+        """The registry catalog an item comes from, by evidence: its ``root``/``self``/``parent``/
+        ``collection`` links under a catalog's URL, else asset hrefs on a catalog's signing hosts."""
+        links = [
+            str(link.get("href"))
+            for link in item.get("links") or []
+            if isinstance(link, Mapping) and link.get("rel") in ("root", "self", "parent", "collection")
+        ]
+        for cat in self.catalogs.values():
+            base = (cat.url or "").rstrip("/")
+            if base and any(h.rstrip("/").startswith(base) for h in links):
+                return cat.name
+        hrefs = [
+            str(a.get("href"))
+            for a in (item.get("assets") or {}).values()
+            if isinstance(a, Mapping) and a.get("href")
+        ]
+        for cat in self.catalogs.values():
+            if cat.access.sign_hosts and any(host_matches(h, cat.access.sign_hosts) for h in hrefs):
+                return cat.name
+        return None
+
     def access_for(self, catalog: str, collection: str | None = None) -> AccessSpec:
         """How files of ``collection`` in ``catalog`` are read (the collection's rule, else the catalog's)."""
         if collection is not None:
@@ -368,6 +454,16 @@ class Registry:
                         return c.access
                     break
         return self.catalog(catalog).access
+
+
+def host_matches(href: str, hosts: tuple[str, ...]) -> bool:
+    """Whether the href's host is one of ``hosts`` (a ``.suffix`` entry matches sub-domains)."""
+    host = (urlsplit(href).hostname or "").lower()
+    for h in hosts:
+        h = h.lower()
+        if host == h or (h.startswith(".") and host.endswith(h)):
+            return True
+    return False
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

@@ -252,8 +252,12 @@ def _resolve_collections(request: SearchRequest, registry: Registry) -> tuple[tu
     out: list[str] = []
     in_catalog = [c for c in registry.collections if c.catalog == request.catalog]
     known_ids = {c.collection for c in in_catalog}
+    aliases = {a: c.collection for c in in_catalog for a in c.aliases}
     for name in request.collections:
-        if name in known_ids or name not in registry.sensors:
+        if name in aliases:  # another spelling of the catalog's id (HLSS30.v2.0 -> HLSS30_2.0)
+            notes.append(f"collection {name!r} is spelled {aliases[name]!r} by catalog {request.catalog!r}")
+            out.append(aliases[name])
+        elif name in known_ids or name not in registry.sensors:
             out.append(name)
             if name not in known_ids:
                 notes.append(

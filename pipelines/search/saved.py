@@ -113,6 +113,12 @@ def _parquet_bytes(items: Iterable[Mapping[str, Any]]) -> bytes:
             pa.table({"id": pa.array([], pa.string()), "collection": pa.array([], pa.string())}), buf
         )
         return buf.getvalue()
+    no_geometry = [str(r.get("id")) for r in rows if not r.get("geometry")]
+    if no_geometry:  # stac-geoparquet needs one per item (partial items from `fields` have none)
+        raise SearchError(
+            f"{len(no_geometry)} item(s) have no geometry (e.g. {no_geometry[0]!r}: partial items?); "
+            "stac-geoparquet needs one per item: save them as .ndjson instead"
+        )
     import tempfile
 
     from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet

@@ -192,3 +192,105 @@ def registry_yaml(server: ProviderServer, catalog: str, kind: str, collection: s
         ],
     }
     return json.dumps(doc)  # JSON is YAML
+
+
+# ---------------------------------------------------------------------------------------------
+# Recorded STAC API responses, replayed
+
+
+@dataclass
+class StacReplay:
+    """A STAC API answering with recorded pages (``../shared/data/stac-items/responses``).
+
+    The page a request gets is chosen by its paging token only (``next`` in a POST body, ``token``
+    or ``cursor`` in the query): no token -> the first page; the token of page i's ``next`` link ->
+    page i + 1; a token past the recorded pages -> an empty last page. Every recorded URL of
+    ``real_base`` is rewritten to this server. ``force`` queues statuses to answer first.
+    """
+
+    real_base: str
+    landing: dict[str, Any]
+    pages: list[dict[str, Any]]
+    collections: list[dict[str, Any]] = field(default_factory=list)
+    force: list[int] = field(default_factory=list)
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _text(self, obj: Any) -> bytes:
+        return json.dumps(obj).replace(self.real_base.rstrip("/"), self.url).encode()
+
+    def _page_for(self, token: str | None) -> dict[str, Any]:
+        if token is None:
+            return self.pages[0]
+        for i, page in enumerate(self.pages):
+            if token in json.dumps(next_link(page) or {}):
+                if i + 1 < len(self.pages):
+                    return self.pages[i + 1]
+                break
+        return {"type": "FeatureCollection", "features": [], "links": []}
+
+    def answer(self, handler: BaseHTTPRequestHandler, body: Any) -> None:
+        parts = urlsplit(handler.path)
+        self.requests.append((handler.command, handler.path, body))
+        if self.force:
+            status = self.force.pop(0)
+            return _send(
+                handler, status, b'{"code": "forced"}', {"Retry-After": "0"} if status == 429 else {}
+            )
+        path = parts.path[len("/api") :].rstrip("/")
+        query = parse_qs(parts.query)
+        if path == "":
+            return _send(handler, 200, self._text(self.landing), {"Content-Type": "application/json"})
+        if path == "/conformance":
+            return _send(handler, 200, self._text({"conformsTo": self.landing.get("conformsTo", [])}))
+        if path == "/collections":
+            return _send(handler, 200, self._text({"collections": self.collections, "links": []}))
+        if path.startswith("/collections/") and not path.endswith("/items"):
+            cid = path.split("/")[2]
+            found = [c for c in self.collections if c.get("id") == cid]
+            return _send(
+                handler, 200 if found else 404, self._text(found[0] if found else {"code": "NotFound"})
+            )
+        if path == "/search" or path.endswith("/items"):
+            token = (body or {}).get("next") if isinstance(body, dict) else None
+            token = token or (query.get("token") or query.get("cursor") or [None])[0]
+            page = self._page_for(token)
+            return _send(handler, 200, self._text(page), {"Content-Type": "application/geo+json"})
+        return _send(handler, 404, b'{"code": "NotFound"}')
+
+
+def next_link(page: dict[str, Any]) -> dict[str, Any] | None:
+    return next((link for link in page.get("links") or [] if link.get("rel") == "next"), None)
+
+
+@contextmanager
+def serve_stac(replay: StacReplay) -> Iterator[StacReplay]:
+    """Run ``replay`` on a free loopback port for the ``with`` block."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            replay.answer(self, None)
+
+        def do_POST(self) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(n) if n else b""
+            replay.answer(self, json.loads(raw) if raw else None)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    replay.port = int(httpd.server_address[1])
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield replay
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

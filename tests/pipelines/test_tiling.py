@@ -147,3 +147,40 @@ def test_continent_scale_cover() -> None:
     assert 200_000 < len(tiles) < 400_000
     assert {t.epsg for t in tiles} == {32700 + z for z in range(49, 57)}
     assert len({t.tile_id for t in tiles}) == len(tiles)
+
+
+def test_native_pixel_grids_of_real_items_against_the_tile_lattice() -> None:
+    """The offsets docs/cubes.md states ("Resampling"), measured on the recorded real items."""
+    import json
+    from collections import defaultdict
+
+    from tests.conftest import REPO_ROOT
+
+    root = REPO_ROOT.parent / "shared" / "data" / "stac-items"
+    if not (root / "index.json").exists():
+        pytest.skip(f"recorded STAC items not found at {root} (../shared/data/stac-items)")
+    offsets: dict[tuple[str, float], set[tuple[float, float]]] = defaultdict(set)
+    for entry in json.loads((root / "index.json").read_text())["items"]:
+        sensor = (
+            "landsat"
+            if "landsat" in entry["collection"]
+            else "s2"
+            if "sentinel-2-l2a" in entry["collection"] or "c1-l2a" in entry["collection"]
+            else None
+        )
+        if sensor is None:
+            continue
+        item = json.loads((root / entry["file"]).read_text())
+        for asset in (item.get("assets") or {}).values():
+            t = asset.get("proj:transform") or item["properties"].get("proj:transform")
+            if t and abs(t[0]) in (10, 20, 30, 60):
+                g = abs(float(t[0]))
+                offsets[(sensor, g)].add((float(t[2]) % g, float(t[5]) % g))
+    assert offsets[("landsat", 30.0)] == {(15.0, 15.0)}
+    assert offsets[("s2", 10.0)] == offsets[("s2", 20.0)] == {(0.0, 0.0)}
+    assert offsets[("s2", 60.0)] == {(0.0, 0.0), (0.0, 40.0)}  # MGRS origins at ...040 m northing
+    lattice = TileGrid(7680.0).tile_at(5.9, 45.2).geobox(60.0).transform
+    assert (lattice.c % 60.0, lattice.f % 60.0) == (
+        0.0,
+        0.0,
+    )  # the tile lattice passes through multiples of the GSD

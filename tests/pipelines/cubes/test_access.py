@@ -9,6 +9,7 @@ tokens must never reach the store or the logs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -166,3 +167,44 @@ def test_earthdata_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         summary = write_cubes(items, [TILE], spec, str(out), progress=False)
         assert summary.tiles_done == [TILE], summary.tiles_failed
     assert BEARER not in _store_text(out)
+
+
+def test_headers_of_items_without_projection_are_read_once_with_credentials_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.cubes import CubeRequest, complete_projection, plan_cubes
+
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("AOM_TEST_EARTHDATA_TOKEN", BEARER)
+    with serve(tmp_path / "root", "bearer") as server:
+        reg = tmp_path / "nasa.yaml"
+        reg.write_text(registry_yaml(server, "test-nasa", "earthdata"))
+        monkeypatch.setenv("AOM_REGISTRY", str(reg))
+        cs = load_registry().collection(LANDSAT, "test-nasa")
+        folder = server.root / "lpdaac"
+        folder.mkdir(parents=True)
+        item = make_item(folder, item_id="H", collection=LANDSAT, bounds=SCENE, spec=cs, proj_style="none")
+        for asset in item["assets"].values():
+            asset["href"] = server.href(Path(asset["href"]))
+        items_url = tmp_path / "items.ndjson"
+        items_url.write_text(json.dumps(item) + "\n")
+        request = CubeRequest(catalog="test-nasa", missing_proj="read_header", tile_size_m=GRID.tile_size_m)
+        plan, notes = complete_projection(
+            plan_cubes(request, [item]), str(items_url), str(tmp_path / "cubes")
+        )
+        assert "read 8 asset header(s)" in " ".join(notes)
+        assert all(h.get("authorization") == f"Bearer {BEARER}" for _, _, h in server.file_requests())
+        (patched,) = plan.items
+        assert (
+            patched["assets"]["red"]["proj:code"] == "EPSG:32631" and "proj:code" not in item["assets"]["red"]
+        )
+        cache = tmp_path / "items.ndjson.proj.json"
+        assert cache.exists() and BEARER not in cache.read_text()
+        before = len(server.file_requests())
+        again, notes = complete_projection(
+            plan_cubes(request, [item]), str(items_url), str(tmp_path / "cubes")
+        )
+        assert notes == [] and len(server.file_requests()) == before  # from the cache, no header read
+        assert again.items == plan.items
+        summary = write_cubes(again.items, [TILE], again.spec, str(tmp_path / "cubes"), progress=False)
+        assert summary.tiles_done == [TILE], summary.tiles_failed
