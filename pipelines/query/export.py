@@ -55,11 +55,15 @@ def write_raster(
     descriptions: Sequence[str] | None = None,
     tags: Mapping[str, str] | None = None,
     colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    category_names: Sequence[str] | None = None,
     resolution: float = 1.0,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``data`` (``[bands, h, w]`` or ``[h, w]``) as a Cloud-Optimised GeoTIFF (deflate, 256 px
-    blocks, overviews) to a local path or any fsspec URL."""
+    blocks, overviews) to a local path or any fsspec URL. ``category_names`` (value ``i`` is
+    ``category_names[i]``) of a one-band class map go into GDAL's ``<out>.aux.xml`` beside it
+    (:func:`class_aux_xml`: category names + a thematic raster attribute table with the colours),
+    which GDAL, QGIS and ArcGIS read with the file; the colour table is inside the COG."""
     import rasterio
     import rasterio.shutil
     from rasterio.io import MemoryFile
@@ -97,6 +101,9 @@ def write_raster(
                 rasterio.shutil.copy(
                     src, tmp, driver="COG", compress="DEFLATE", blocksize=256, overview_resampling="nearest"
                 )
+        if category_names is not None and bands == 1:  # sidecar first: the COG appears complete
+            aux = class_aux_xml(category_names, colormap or {}, nodata)
+            storage.write_bytes_atomic(f"{url}.aux.xml", aux.encode(), storage_options)
         if local:
             os.replace(tmp, url.removeprefix("file://"))
         else:
@@ -105,6 +112,43 @@ def write_raster(
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
+
+
+def class_aux_xml(
+    names: Sequence[str],
+    colormap: Mapping[int, tuple[int, int, int, int]],
+    nodata: float | int | None,
+) -> str:
+    """GDAL PAM document for band 1 of a class map: ``CategoryNames`` (entry ``i`` names value ``i``) and
+    a thematic raster attribute table (Value, Class, Red, Green, Blue, Alpha)."""
+    from xml.sax.saxutils import escape
+
+    cats = "".join(f"<Category>{escape(str(n))}</Category>" for n in names)
+    fields = [
+        ("Value", 0, 5),
+        ("Class", 2, 2),
+        ("Red", 0, 6),
+        ("Green", 0, 7),
+        ("Blue", 0, 8),
+        ("Alpha", 0, 9),
+    ]
+    defs = "".join(
+        f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+        for i, (n, t, u) in enumerate(fields)
+    )
+    rows = []
+    for v, name in enumerate(names):
+        r, g, b, a = colormap.get(v, (0, 0, 0, 255))
+        cells = "".join(f"<F>{escape(str(c))}</F>" for c in (v, name, r, g, b, a))
+        rows.append(f'<Row index="{v}">{cells}</Row>')
+    nd = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""
+    return (
+        '<PAMDataset><PAMRasterBand band="1">'
+        f"{nd}<CategoryNames>{cats}</CategoryNames>"
+        f'<GDALRasterAttributeTable tableType="thematic">{defs}{"".join(rows)}</GDALRasterAttributeTable>'
+        '<Metadata><MDI key="CLASS_NAMES">' + escape(",".join(names)) + "</MDI></Metadata>"
+        "</PAMRasterBand></PAMDataset>\n"
+    )
 
 
 def to_geotiff(

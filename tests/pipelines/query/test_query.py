@@ -342,6 +342,21 @@ def test_fewshot_recovers_synthetic_classes(emb, synth: SyntheticStore, tmp_path
     assert (cm.values[ok] == truth).mean() > 0.95
     with rasterio.open(res.out) as src:
         assert src.crs.to_epsg() == 32632 and src.nodata == 255 and src.tags()["CLASS_0"] == res.classes[0]
+        assert src.colormap(1)[0][:3] != (0, 0, 0)  # colour table inside the COG
+        # GDAL reads the sidecar with the file: its band metadata comes through rasterio
+        assert src.tags(1)["CLASS_NAMES"] == ",".join(res.classes)
+    from xml.etree import ElementTree
+
+    from pipelines.testing.cog import cog_problems
+
+    assert cog_problems(res.out) == []
+    band = ElementTree.parse(f"{res.out}.aux.xml").getroot().find("PAMRasterBand")
+    assert band is not None
+    assert [c.text for c in band.iter("Category")] == res.classes
+    rat = band.find("GDALRasterAttributeTable")
+    assert rat is not None and rat.get("tableType") == "thematic"
+    rows = [[f.text for f in row.iter("F")] for row in rat.iter("Row")]
+    assert [r[1] for r in rows] == res.classes and [r[0] for r in rows] == [str(i) for i in range(len(rows))]
     # the class map itself is a label raster; kNN on it agrees with the map
     from pipelines.query import read_labels
 
