@@ -67,6 +67,7 @@ COMMAND_MODULES = (
     "flows.commands.pretrain",
     "flows.commands.embed",
     "flows.commands.query",
+    "flows.commands.publish",
     "flows.commands.eval",
 )
 

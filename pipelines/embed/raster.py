@@ -18,12 +18,14 @@ input CRS. The encoder runs on overlapping chips (``core_tokens`` + ``margin_tok
 outside the raster = nodata) exactly as for tiles (:mod:`pipelines.embed.chips`); the raster is read
 one chip row at a time, so memory is bounded by one strip of ``chip`` rows whatever the raster size.
 
-Outputs: ``*.tif``/``*.tiff`` -> tiled GeoTIFF with ``dim`` bands, ``float32`` (NaN = nodata) or
-``int8`` (the store's ``int8-sqrt`` code of the unit vector, -128 = nodata; inverse
-``v = sign(q) * (q / 127) ** 2``); ``*.zarr`` -> a Zarr v3 group with
-``embeddings (y, x, dim)`` + ``x``/``y`` coordinates + ``spatial_ref`` (CF grid mapping + GeoTransform);
-any other name is refused. Remote ``out`` URLs are written locally and uploaded (GeoTIFF) or written
-through fsspec (Zarr).
+Outputs: ``*.tif``/``*.tiff`` -> Cloud-Optimised GeoTIFF (written tiled strip by strip, then
+rewritten by GDAL's COG driver: main IFD first, overviews) with ``dim`` bands, ``float32`` (NaN =
+nodata) or ``int8`` (the store's ``int8-sqrt`` code of the unit vector, -128 = nodata; inverse
+``v = sign(q) * (q / 127) ** 2``); ``*.zarr`` -> a Zarr v3 group with band-first
+``embeddings (dim, y, x)`` + ``x``/``y`` coordinates + ``spatial_ref`` (CF grid mapping +
+GeoTransform, declared a coordinate so ``xr.open_zarr`` + rioxarray/odc-geo get the CRS by default)
+and the proj:/spatial Zarr conventions; any other name is refused.
+Remote ``out`` URLs are written locally and uploaded (GeoTIFF) or written through fsspec (Zarr).
 
 Safety (``docs/safety.md``): an existing ``out`` is replaced only when it is an embedding raster of
 the same format written by aom (``--overwrite`` replaces another aom output; files aom did not write
@@ -391,10 +393,19 @@ class _GTiffWriter:
         self.dst.write(np.moveaxis(data, -1, 0), window=Window(0, row0, cols, rows))
 
     def close(self, res: RasterEmbedResult) -> None:
+        from pipelines.embeddings import gtiff_to_cog
+
         self.dst.update_tags(**_tags(res))
         for i in range(res.dim):
             self.dst.set_band_description(i + 1, f"emb_{i:04d}")
         self.dst.close()
+        cog = f"{self.path}.cog.tif"  # the strip-written file becomes a COG (main IFD first, overviews)
+        try:
+            gtiff_to_cog(self.path, cog)
+            os.replace(cog, self.path)
+        finally:
+            if os.path.exists(cog):
+                os.unlink(cog)
         if self.remote:
             fs, path = storage.filesystem(self.out, self.options)
             fs.put_file(self.path, path)
@@ -408,6 +419,27 @@ class _GTiffWriter:
         finally:
             if os.path.exists(self.path):
                 os.unlink(self.path)
+
+
+def _zarr_convention_attrs(crs: Any, h: int, w: int, transform: Any) -> dict[str, Any]:
+    """proj:/spatial Zarr convention attributes of the output group (registered in zarr_conventions)."""
+    import pyproj
+
+    from pipelines.embeddings import PROJ_CONVENTION, SPATIAL_CONVENTION
+
+    t = transform
+    out: dict[str, Any] = {
+        "zarr_conventions": [dict(PROJ_CONVENTION), dict(SPATIAL_CONVENTION)],
+        "spatial:dimensions": ["y", "x"],
+        "spatial:shape": [h, w],
+        "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+        "spatial:registration": "pixel",
+    }
+    if crs is not None:
+        p = pyproj.CRS.from_user_input(crs.to_wkt())
+        epsg = p.to_epsg()
+        out.update({"proj:code": f"EPSG:{epsg}"} if epsg else {"proj:wkt2": p.to_wkt()})
+    return out
 
 
 class _ZarrWriter:
@@ -445,14 +477,14 @@ class _ZarrWriter:
             raise
         wkt = crs.to_wkt() if crs is not None else ""
         gt = (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
-        self.arr = self.group.create_array(
+        self.arr = self.group.create_array(  # band-first, as GDAL/rioxarray read a multi-band raster
             "embeddings",
-            shape=(h, w, dim),
-            chunks=(min(chunk, h), min(chunk, w), dim),
+            shape=(dim, h, w),
+            chunks=(dim, min(chunk, h), min(chunk, w)),
             dtype=dtype,
             fill_value=float("nan") if dtype == "float32" else -128,
-            dimension_names=("y", "x", "dim"),
-            attributes={"grid_mapping": "spatial_ref"},
+            dimension_names=("dim", "y", "x"),
+            attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"},
         )
         xs = transform.c + (np.arange(w) + 0.5) * transform.a
         ys = transform.f + (np.arange(h) + 0.5) * transform.e
@@ -477,15 +509,17 @@ class _ZarrWriter:
             },
         )
         sr[...] = 0
+        self.conventions = _zarr_convention_attrs(crs, h, w, transform)
 
     def write(self, row0: int, emb: np.ndarray) -> None:
         data = _encode(emb, self.dtype)
-        self.arr[row0 : row0 + data.shape[0], : data.shape[1], :] = data
+        self.arr[:, row0 : row0 + data.shape[0], : data.shape[1]] = np.moveaxis(data, -1, 0)
 
     def close(self, res: RasterEmbedResult) -> None:
         try:
             self.lease.check()
             attrs = {k.lower(): v for k, v in _tags(res).items()} | {"aom_result": res.to_dict()}
+            attrs |= self.conventions
             self.group.attrs.update(attrs | {"aom_complete": True, "aom_status": "complete"})  # last write
         finally:
             self.lease.release()

@@ -2,13 +2,18 @@
 
 * ``format``: constants, :class:`EmbeddingsVersion`, errors; ``quantize``: int8/float16 codes;
 * ``grid``: the per-zone token lattice (:class:`ZoneGrid`); ``store``: versions and zone arrays;
-* ``records``: per-tile writes and completion records; ``stac``: STAC items of a version.
+* ``records``: per-tile writes and completion records; ``stac``: STAC items of a version;
+* ``cog``: how a COG is written; ``publish``: per-tile COGs + STAC items every loader opens.
 """
 
+from pipelines.embeddings.cog import COG_MEDIA_TYPE, gtiff_to_cog, write_cog
 from pipelines.embeddings.format import (
     EMB_EXTENSION,
     FORMAT_VERSION,
+    GEOEMB_CONVENTION,
+    PROJ_CONVENTION,
     READABLE_FORMATS,
+    SPATIAL_CONVENTION,
     EmbeddingsStoreError,
     EmbeddingsVersion,
     embeddings_dims,
@@ -17,6 +22,7 @@ from pipelines.embeddings.format import (
     version_name,
 )
 from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
+from pipelines.embeddings.publish import ENCODINGS, PublishSummary, publish_cogs
 from pipelines.embeddings.quantize import (
     DECODE_LUT,
     NODATA_Q,
@@ -52,14 +58,20 @@ from pipelines.embeddings.store import (
 )
 
 __all__ = [
+    "COG_MEDIA_TYPE",
     "DECODE_LUT",
     "EMB_EXTENSION",
+    "ENCODINGS",
     "FORMAT_VERSION",
+    "GEOEMB_CONVENTION",
     "NODATA_Q",
+    "PROJ_CONVENTION",
     "QUANT_MAX_ABS_ERROR",
     "READABLE_FORMATS",
+    "SPATIAL_CONVENTION",
     "EmbeddingsStoreError",
     "EmbeddingsVersion",
+    "PublishSummary",
     "StacOptions",
     "ZoneGrid",
     "array_dims",
@@ -73,11 +85,13 @@ __all__ = [
     "encode",
     "ensure_zone",
     "geoemb_attrs",
+    "gtiff_to_cog",
     "list_complete_tiles",
     "list_versions",
     "open_root",
     "parse_time",
     "period_bounds",
+    "publish_cogs",
     "quantisation_error",
     "quantize",
     "read_tile_record",
@@ -92,6 +106,7 @@ __all__ = [
     "version_format",
     "version_name",
     "version_zones",
+    "write_cog",
     "write_stac",
     "write_tile",
     "zarr_store",

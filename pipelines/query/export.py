@@ -9,9 +9,13 @@ Example::
     export(emb, (5.95, 44.98, 6.05, 45.02), "area.parquet")     # one row per token, WKB point + vector
 
 GeoTIFF bands are ``emb_000 .. emb_{dim-1}`` (float32, NaN nodata; or the int8 codes with -128
-nodata and the dequantisation formula in the tags). GeoParquet follows GeoParquet 1.1: a WKB
-``geometry`` column (token centre points, or token squares with ``geometry="polygon"``), the CRS
-as PROJJSON in the ``geo`` metadata, plus ``x``, ``y`` and a fixed-size-list ``embedding`` column.
+nodata and the dequantisation formula in the tags), resampled onto one grid in the target CRS.
+GeoParquet is **not resampled**: one row per stored token (a ground location is counted once: in
+its own UTM zone where that zone has the token, else in the zone that has it), GeoParquet 1.1 with a
+WKB ``geometry`` column (the token centre, or with ``geometry="polygon"`` the token's square
+footprint, transformed to the target CRS: OGC:CRS84 by default), the CRS as PROJJSON in the ``geo``
+metadata, plus ``epsg``, ``x``/``y`` (zone CRS), ``row``/``col`` (zone grid), ``tile_id``,
+``area_m2`` and a fixed-size-list ``embedding`` column.
 """
 
 from __future__ import annotations
@@ -51,11 +55,15 @@ def write_raster(
     descriptions: Sequence[str] | None = None,
     tags: Mapping[str, str] | None = None,
     colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
+    category_names: Sequence[str] | None = None,
     resolution: float = 1.0,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Write ``data`` (``[bands, h, w]`` or ``[h, w]``) as a Cloud-Optimised GeoTIFF (deflate, 256 px
-    blocks, overviews) to a local path or any fsspec URL."""
+    blocks, overviews) to a local path or any fsspec URL. ``category_names`` (value ``i`` is
+    ``category_names[i]``) of a one-band class map go into GDAL's ``<out>.aux.xml`` beside it
+    (:func:`class_aux_xml`: category names + a thematic raster attribute table with the colours),
+    which GDAL, QGIS and ArcGIS read with the file; the colour table is inside the COG."""
     import rasterio
     import rasterio.shutil
     from rasterio.io import MemoryFile
@@ -93,6 +101,9 @@ def write_raster(
                 rasterio.shutil.copy(
                     src, tmp, driver="COG", compress="DEFLATE", blocksize=256, overview_resampling="nearest"
                 )
+        if category_names is not None and bands == 1:  # sidecar first: the COG appears complete
+            aux = class_aux_xml(category_names, colormap or {}, nodata)
+            storage.write_bytes_atomic(f"{url}.aux.xml", aux.encode(), storage_options)
         if local:
             os.replace(tmp, url.removeprefix("file://"))
         else:
@@ -101,6 +112,43 @@ def write_raster(
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
+
+
+def class_aux_xml(
+    names: Sequence[str],
+    colormap: Mapping[int, tuple[int, int, int, int]],
+    nodata: float | int | None,
+) -> str:
+    """GDAL PAM document for band 1 of a class map: ``CategoryNames`` (entry ``i`` names value ``i``) and
+    a thematic raster attribute table (Value, Class, Red, Green, Blue, Alpha)."""
+    from xml.sax.saxutils import escape
+
+    cats = "".join(f"<Category>{escape(str(n))}</Category>" for n in names)
+    fields = [
+        ("Value", 0, 5),
+        ("Class", 2, 2),
+        ("Red", 0, 6),
+        ("Green", 0, 7),
+        ("Blue", 0, 8),
+        ("Alpha", 0, 9),
+    ]
+    defs = "".join(
+        f'<FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+        for i, (n, t, u) in enumerate(fields)
+    )
+    rows = []
+    for v, name in enumerate(names):
+        r, g, b, a = colormap.get(v, (0, 0, 0, 255))
+        cells = "".join(f"<F>{escape(str(c))}</F>" for c in (v, name, r, g, b, a))
+        rows.append(f'<Row index="{v}">{cells}</Row>')
+    nd = f"<NoDataValue>{nodata}</NoDataValue>" if nodata is not None else ""
+    return (
+        '<PAMDataset><PAMRasterBand band="1">'
+        f"{nd}<CategoryNames>{cats}</CategoryNames>"
+        f'<GDALRasterAttributeTable tableType="thematic">{defs}{"".join(rows)}</GDALRasterAttributeTable>'
+        '<Metadata><MDI key="CLASS_NAMES">' + escape(",".join(names)) + "</MDI></Metadata>"
+        "</PAMRasterBand></PAMDataset>\n"
+    )
 
 
 def to_geotiff(
@@ -246,6 +294,133 @@ def to_geoparquet(
     )
 
 
+def tokens_geoparquet(
+    emb: Embeddings,
+    bbox: str | Sequence[float],
+    out: str,
+    crs: Any = "EPSG:4326",
+    *,
+    time: TimeLike = None,
+    target_crs: Any = None,
+    geometry: Literal["point", "polygon"] = "polygon",
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
+    """Every stored valid token whose centre lies in ``bbox`` as one GeoParquet row (module docstring)."""
+    import shapely
+    from pyproj import Transformer
+
+    from pipelines.query.select import natural_epsg, parse_bbox, zone_windows
+
+    crs_obj = parse_crs(crs)
+    box = parse_bbox(bbox)
+    ti = emb.time_index(time)
+    target = parse_crs(target_crs) if target_crs is not None else CRS.from_epsg(4326)
+    wins = zone_windows(emb, box, crs_obj, ti)
+    if not wins:
+        raise QueryError(f"bbox {box} ({crs_obj.to_string()}) holds no complete tile at time {emb.times[ti]}")
+    nt = emb.version.tokens_per_tile
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("epsg", "x", "y", "row", "col", "geom", "emb")}
+    tile_ids: list[str] = []
+    for epsg, (r0, r1, c0, c1) in wins.items():
+        g = emb.grid(epsg)
+        r = g.token_ground_m
+        window = emb.read_window(epsg, ti, slice(r0, r1), slice(c0, c1))  # [h, w, dim]
+        rows, cols = np.mgrid[r0:r1, c0:c1]
+        xs = g.x0 + (cols + 0.5) * r
+        ys = g.y1 - (rows + 0.5) * r
+        keep = np.isfinite(window[..., 0])
+        complete = np.zeros_like(keep)
+        for ref in emb.tiles(ti).get(epsg, []):  # only recorded tiles count
+            a, b = ref.row0 - r0, ref.col0 - c0
+            complete[max(a, 0) : max(a + nt, 0), max(b, 0) : max(b + nt, 0)] = True
+        keep &= complete
+        bx, by = Transformer.from_crs(epsg, crs_obj, always_xy=True).transform(xs, ys)
+        keep &= (bx >= box[0]) & (bx <= box[2]) & (by >= box[1]) & (by <= box[3])
+        lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(xs, ys)
+        own = natural_epsg(np.asarray(lon), np.asarray(lat))
+        keep &= (own == epsg) | ~np.isin(own, list(wins))  # one row per ground location
+        to_target = Transformer.from_crs(epsg, target, always_xy=True)
+        x, y = xs[keep], ys[keep]
+        if geometry == "polygon":
+            h = r / 2
+            cx = np.stack([x - h, x + h, x + h, x - h, x - h], axis=1)
+            cy = np.stack([y - h, y - h, y + h, y + h, y - h], axis=1)
+            tx, ty = to_target.transform(cx, cy)
+            geoms = shapely.polygons(np.stack([np.asarray(tx), np.asarray(ty)], axis=-1))
+        else:
+            tx, ty = to_target.transform(x, y)
+            geoms = shapely.points(np.asarray(tx), np.asarray(ty))
+        parts["epsg"].append(np.full(x.size, epsg, np.int32))
+        parts["x"].append(x)
+        parts["y"].append(y)
+        parts["row"].append(rows[keep])
+        parts["col"].append(cols[keep])
+        parts["geom"].append(geoms)
+        parts["emb"].append(window[keep])
+        tiles = emb.version.tile_size_m
+        ix = np.floor((x - r / 2) / tiles + 1e-9).astype(np.int64)
+        iy = np.floor((y - r / 2) / tiles + 1e-9).astype(np.int64)
+        tile_ids += [f"{epsg}_{a}_{b}" for a, b in zip(ix.tolist(), iy.tolist())]
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    n = int(cat["x"].size)
+    return write_geometries_geoparquet(
+        out,
+        cat["geom"],
+        "Polygon" if geometry == "polygon" else "Point",
+        target,
+        {
+            "epsg": cat["epsg"],
+            "x": cat["x"],
+            "y": cat["y"],
+            "row": cat["row"].astype(np.int64),
+            "col": cat["col"].astype(np.int64),
+            "tile_id": tile_ids,
+            "area_m2": np.full(n, emb.token_ground_m**2),
+            "time": [emb.times[ti]] * n,
+            "version": [emb.name] * n,
+        },
+        storage_options,
+        embedding=cat["emb"].reshape(n, emb.dim),
+    )
+
+
+def write_geometries_geoparquet(
+    url: str,
+    geoms: np.ndarray,
+    geometry_type: str,
+    crs: CRS,
+    columns: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    embedding: np.ndarray | None = None,
+) -> str:
+    """GeoParquet 1.1 file of shapely ``geoms`` (one geometry type) in ``crs`` plus ``columns``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+
+    bounds = shapely.total_bounds(geoms) if len(geoms) else np.zeros(4)
+    arrays: dict[str, Any] = {"geometry": pa.array(shapely.to_wkb(geoms).tolist(), type=pa.binary())}
+    for k, v in columns.items():
+        arrays[k] = pa.array(v)
+    if embedding is not None:
+        emb = np.ascontiguousarray(embedding)
+        arrays["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+    table = pa.table(arrays)
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = storage.json_dumps(
+        _geo_metadata(_geoparquet_crs(crs), geometry_type, [float(b) for b in bounds])
+    ).encode()
+    table = table.replace_schema_metadata(meta)
+    fs, path = storage.filesystem(url, storage_options)
+    parent = os.path.dirname(path) if storage.is_local(storage.normalise_url(url)) else path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+    return url
+
+
 def export(
     emb: Embeddings,
     bbox: str | Sequence[float],
@@ -259,7 +434,8 @@ def export(
     geometry: Literal["point", "polygon"] = "point",
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """Select ``bbox`` and write it as COG (``.tif``/``.tiff``) or GeoParquet (``.parquet``/``.geoparquet``)."""
+    """Write ``bbox`` as a COG (``.tif``/``.tiff``: selected and resampled onto one grid) or as GeoParquet
+    (``.parquet``/``.geoparquet``: one row per stored token, :func:`tokens_geoparquet`)."""
     if fmt is None:
         ext = out.lower().rsplit(".", 1)[-1]
         if ext in ("tif", "tiff"):
@@ -270,9 +446,18 @@ def export(
             raise QueryError(
                 f"cannot tell the format of {out!r}: use .tif/.tiff (COG) or .parquet (GeoParquet)"
             )
-    sel = select(emb, bbox, crs, time=time, target_crs=target_crs)
-    if fmt == "geotiff":
-        return to_geotiff(sel, out, dtype=dtype, storage_options=storage_options)
     if fmt == "geoparquet":
-        return to_geoparquet(sel, out, geometry=geometry, storage_options=storage_options)
-    raise QueryError(f"unknown export format {fmt!r}; choose geotiff or geoparquet")
+        return tokens_geoparquet(
+            emb,
+            bbox,
+            out,
+            crs,
+            time=time,
+            target_crs=target_crs,
+            geometry=geometry,
+            storage_options=storage_options,
+        )
+    if fmt != "geotiff":
+        raise QueryError(f"unknown export format {fmt!r}; choose geotiff or geoparquet")
+    sel = select(emb, bbox, crs, time=time, target_crs=target_crs)
+    return to_geotiff(sel, out, dtype=dtype, storage_options=storage_options)

@@ -329,7 +329,8 @@ def classify(
 ) -> FewShotResult:
     """Fit a few-shot classifier on labelled points and predict a class map over ``bbox``
     (default: the labels' extent plus a little margin, in the labels' CRS). ``out`` (``.tif``)
-    receives the map as a COG with class names in ``CLASS_<i>`` tags and a colour table."""
+    receives the map as a COG with a colour table and class names in ``CLASS_<i>`` tags, plus GDAL's
+    ``<out>.aux.xml`` with the category names and a raster attribute table (QGIS/GDAL read both)."""
     lab = read_labels(labels, label_field, storage_options, seed=seed) if isinstance(labels, str) else labels
     if len(lab) == 0:
         raise QueryError(f"no labelled points in {lab.source or 'the labels'}")
@@ -370,6 +371,7 @@ def classify(
             descriptions=["class"],
             tags=tags,
             colormap=cmap,
+            category_names=list(res.classes),
             resolution=float(sel.attrs.get("resolution", 1.0)),
             storage_options=storage_options,
         )

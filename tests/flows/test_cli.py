@@ -75,6 +75,7 @@ def test_the_shared_options_are_spelled_and_explained_once() -> None:
         "embed": ("embed",),
         "embed-raster": ("embed-raster",),
         "query versions": ("query", "versions"),
+        "publish": ("publish",),
     }
     helps = {}
     for name, path in verbs.items():

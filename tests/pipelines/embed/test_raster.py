@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,11 @@ def test_int8_geotiff_and_zarr_outputs(tmp_path: Path, geotiff: Path, ckpt: Path
     embed_raster(
         str(geotiff), str(i8), str(ckpt), sensor="sentinel-2-msi", bands=BANDS, dtype="int8", progress=False
     )
+    from pipelines.testing.cog import cog_problems, main_ifd_offset
+
+    for path in (f32, i8):  # real COGs: main IFD at the start, tiled, overviews (rio-cogeo + layout)
+        assert cog_problems(path) == [], path
+        assert main_ifd_offset(path) < 1024
     with rasterio.open(f32) as a, rasterio.open(i8) as b:
         ref = np.moveaxis(a.read(), 0, -1)
         q = np.moveaxis(b.read(), 0, -1)
@@ -144,16 +150,31 @@ def test_int8_geotiff_and_zarr_outputs(tmp_path: Path, geotiff: Path, ckpt: Path
         fwhm=[66, 36, 31, 106],
         progress=False,
     )
-    ds = xr.open_zarr(zout, consolidated=False)
-    assert ds["embeddings"].dims == ("y", "x", "dim") and ds["embeddings"].shape == (
+    import odc.geo.xr  # noqa: F401  (registers .odc)
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    ds = xr.open_zarr(zout, consolidated=False)  # default arguments: the CRS must still come through
+    assert ds["embeddings"].dims == ("dim", "y", "x") and ds["embeddings"].shape == (
+        64,
         res.height,
         res.width,
-        64,
     )
+    assert "spatial_ref" in ds.coords and "spatial_ref" not in ds.data_vars
+    assert ds.rio.crs.to_epsg() == 32632 and ds["embeddings"].rio.count == 64
+    assert ds["embeddings"].odc.geobox.crs.epsg == 32632
+    assert ds["embeddings"].odc.geobox.resolution.x == 160.0
     assert float(ds["x"][0]) == 300080.0 and float(ds["y"][0]) == 4999920.0
     assert "GeoTransform" in ds["spatial_ref"].attrs and "UTM zone 32N" in ds["spatial_ref"].attrs["crs_wkt"]
     # same bands by wavelength as by registry name: the same vectors
-    np.testing.assert_allclose(ds["embeddings"].values, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ds["embeddings"].transpose("y", "x", "dim").values, ref, rtol=1e-4, atol=1e-4)
+    from pipelines.testing.schemas import ZARR_PROJ_SCHEMA, ZARR_SPATIAL_SCHEMA, SchemaSet
+
+    schemas = SchemaSet.find()
+    if schemas is not None:
+        node = json.loads((zout / "zarr.json").read_text())
+        assert (
+            schemas.errors(node, ZARR_PROJ_SCHEMA) == [] and schemas.errors(node, ZARR_SPATIAL_SCHEMA) == []
+        )
 
 
 def test_bad_raster_requests_fail_clearly(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:

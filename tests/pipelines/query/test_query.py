@@ -273,13 +273,29 @@ def test_exports_open_with_right_crs(emb, tmp_path: Path) -> None:
     assert geo["primary_column"] == "geometry" and col["encoding"] == "WKB"
     assert CRS.from_json_dict(col["crs"]).equals(CRS.from_user_input("OGC:CRS84"))
     pts = shapely.from_wkb(table.column("geometry").to_pylist())
-    np.testing.assert_allclose(shapely.get_x(pts), table.column("x").to_numpy())
     assert 5.94 < shapely.get_x(pts).min() < 6.0 < shapely.get_x(pts).max() < 6.06
     emb_col = table.column("embedding")
     assert emb_col.type.list_size == emb.dim and len(table) > 1000
-    utm = export(emb, BOX_2ZONES, str(tmp_path / "b.parquet"), geometry="polygon")
+    # one row per stored token: never the same token twice, and its vector is the stored one
+    keys = set(zip(*(table.column(c).to_pylist() for c in ("epsg", "row", "col"))))
+    assert len(keys) == len(table) and set(table.column("epsg").to_pylist()) == {32631, 32632}
+    vecs = np.asarray(emb_col.combine_chunks().values.to_numpy()).reshape(len(table), emb.dim)
+    for i in (0, len(table) // 2, len(table) - 1):
+        e, r, c = (table.column(k)[i].as_py() for k in ("epsg", "row", "col"))
+        np.testing.assert_array_equal(vecs[i], emb.read_window(e, 0, slice(r, r + 1), slice(c, c + 1))[0, 0])
+    poly = export(emb, BOX_2ZONES, str(tmp_path / "b.parquet"), geometry="polygon")
+    tab = pq.read_table(poly)
+    col = json.loads(tab.schema.metadata[b"geo"])["columns"]["geometry"]
+    assert CRS.from_json_dict(col["crs"]).equals(CRS.from_user_input("OGC:CRS84"))
+    assert col["geometry_types"] == ["Polygon"] and len(tab) == len(table)
+    squares = shapely.from_wkb(tab.column("geometry").to_pylist())
+    # footprints do not overlap (no double counting of area across the zone seam)
+    overlap = float(shapely.area(squares).sum()) / float(shapely.union_all(squares).area)
+    assert overlap < 1.01, overlap
+    assert set(tab.column("area_m2").to_pylist()) == {emb.token_ground_m**2}
+    utm = export(emb, BOX_2ZONES, str(tmp_path / "c.parquet"), target_crs="EPSG:32632", geometry="polygon")
     col = json.loads(pq.read_schema(utm).metadata[b"geo"])["columns"]["geometry"]
-    assert CRS.from_json_dict(col["crs"]).to_epsg() == 32632 and col["geometry_types"] == ["Polygon"]
+    assert CRS.from_json_dict(col["crs"]).to_epsg() == 32632
 
 
 # ------------------------------------------------------------------ few-shot
@@ -326,6 +342,21 @@ def test_fewshot_recovers_synthetic_classes(emb, synth: SyntheticStore, tmp_path
     assert (cm.values[ok] == truth).mean() > 0.95
     with rasterio.open(res.out) as src:
         assert src.crs.to_epsg() == 32632 and src.nodata == 255 and src.tags()["CLASS_0"] == res.classes[0]
+        assert src.colormap(1)[0][:3] != (0, 0, 0)  # colour table inside the COG
+        # GDAL reads the sidecar with the file: its band metadata comes through rasterio
+        assert src.tags(1)["CLASS_NAMES"] == ",".join(res.classes)
+    from xml.etree import ElementTree
+
+    from pipelines.testing.cog import cog_problems
+
+    assert cog_problems(res.out) == []
+    band = ElementTree.parse(f"{res.out}.aux.xml").getroot().find("PAMRasterBand")
+    assert band is not None
+    assert [c.text for c in band.iter("Category")] == res.classes
+    rat = band.find("GDALRasterAttributeTable")
+    assert rat is not None and rat.get("tableType") == "thematic"
+    rows = [[f.text for f in row.iter("F")] for row in rat.iter("Row")]
+    assert [r[1] for r in rows] == res.classes and [r[0] for r in rows] == [str(i) for i in range(len(rows))]
     # the class map itself is a label raster; kNN on it agrees with the map
     from pipelines.query import read_labels
 

@@ -1,0 +1,218 @@
+"""Publish a version as per-tile COGs with STAC items that every raster loader opens.
+
+``aom publish`` (and ``publish_cogs``) reads the recorded tiles of a version and writes, per tile and
+time slice, one COG with ``dim`` bands on the tile's token grid (its own CRS and transform), plus a
+STAC item whose ``embeddings`` asset is that COG. odc-stac, stackstac, TorchGeo's ``RasterDataset``,
+GDAL and QGIS open them directly; the Zarr store stays the source of truth::
+
+    <root>/published/<version>/collection.json
+    <root>/published/<version>/t<time_index>/<tile_id>.tif
+    <root>/published/<version>/items/<tile_id>_t<time_index>.json
+
+Encodings: ``int8-sqrt`` (default) copies the store's codes bit for bit (decode with the rule in the
+tags: ``v = sign(q) * (q / 127) ** 2``, -128 = nodata); ``int8-linear`` stores ``round(127 * v)`` so
+that the band scale ``1/127`` (in the COG and the item's ``raster:bands``) gives the unit-vector
+components to any loader that applies scale/offset (at most ``1/254`` further error per component).
+
+Exactly once: a (tile, time) is published when its item exists; the COG is written (atomically) before
+the item, so a rerun publishes only what is missing, and tiles written since are added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from pipelines import storage
+from pipelines.embeddings.cog import COG_MEDIA_TYPE, write_cog
+from pipelines.embeddings.format import EmbeddingsStoreError, EmbeddingsVersion
+from pipelines.embeddings.grid import crs_wkt
+from pipelines.embeddings.quantize import DECODE_LUT, NODATA_Q
+from pipelines.embeddings.stac import (
+    StacOptions,
+    collection_dict,
+    complete_records,
+    tile_item,
+)
+from pipelines.embeddings.store import _open_group, band_first, read_version
+
+PUBLISH_DIR = "published"
+
+
+RASTER_EXTENSION = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
+
+
+Encoding = Literal["int8-sqrt", "int8-linear"]
+
+
+ENCODINGS = ("int8-sqrt", "int8-linear")
+
+
+@dataclass
+class PublishSummary:
+    """What one publish call did."""
+
+    collection: str
+    """URL of the published collection.json"""
+    written: list[str] = field(default_factory=list)
+    """``<tile_id>@t<time_index>`` published by this call"""
+    already: int = 0
+    """(tile, time) pairs published by an earlier call (their item exists)"""
+    bytes_written: int = 0
+    """total size of the COGs this call wrote"""
+
+
+def publish_dir(root_url: str, version_name: str) -> str:
+    return storage.join(storage.normalise_url(root_url), PUBLISH_DIR, version_name)
+
+
+def tile_codes(
+    root_url: str,
+    version: EmbeddingsVersion,
+    record: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None,
+) -> np.ndarray:
+    """The stored codes of one recorded tile and time, band-first ``[dim, n, n]``, either layout."""
+    group = _open_group(root_url, f"{version.name}/{int(record['epsg'])}", storage_options, "r")
+    arr: Any = group["embeddings"]
+    ti = int(record["time_index"])
+    (r0, r1), (c0, c1) = record["window"]["row"], record["window"]["col"]
+    if band_first(arr):
+        return np.asarray(arr[ti, :, r0:r1, c0:c1])
+    return np.ascontiguousarray(np.asarray(arr[ti, r0:r1, c0:c1, :]).transpose(2, 0, 1))
+
+
+def encode_bands(
+    codes: np.ndarray, version: EmbeddingsVersion, encoding: Encoding
+) -> tuple[np.ndarray, float | None, float, str]:
+    """(bands, nodata, scale, decoding rule) of a tile's COG from its stored codes ``[dim, n, n]``."""
+    if version.quantisation == "float16":  # no int8 codes to copy: publish float32 vectors
+        return codes.astype(np.float32), float("nan"), 1.0, "float32 token vectors; NaN is nodata"
+    if encoding == "int8-sqrt":
+        return codes, float(NODATA_Q), 1.0, "int8-sqrt: v = sign(q) * (q / 127) ** 2; q = -128 is nodata"
+    v = DECODE_LUT[codes.view(np.uint8)]
+    lin = np.where(np.isnan(v), NODATA_Q, np.clip(np.rint(127.0 * np.nan_to_num(v)), -127, 127))
+    return lin.astype(np.int8), float(NODATA_Q), 1.0 / 127.0, "int8-linear: v = q / 127; q = -128 is nodata"
+
+
+def _raster_bands(dim: int, dtype: str, nodata: float | None, scale: float) -> list[dict[str, Any]]:
+    band: dict[str, Any] = {"data_type": dtype}
+    if scale != 1.0:  # a linear encoding: loaders that apply scale/offset get the vector components
+        band.update({"scale": scale, "offset": 0.0})
+    if nodata is not None and np.isfinite(nodata):
+        band["nodata"] = int(nodata)
+    elif nodata is not None:
+        band["nodata"] = "nan"
+    return [dict(band) for _ in range(dim)]
+
+
+def publish_cogs(
+    root_url: str,
+    version_name: str,
+    storage_options: Mapping[str, Any] | None = None,
+    encoding: Encoding = "int8-sqrt",
+    options: StacOptions = StacOptions(),
+) -> PublishSummary:
+    """Publish every recorded tile and time of a version not published yet (see module docstring)."""
+    from rasterio.transform import from_origin
+
+    if encoding not in ENCODINGS:
+        raise EmbeddingsStoreError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+    version = read_version(root_url, version_name, storage_options)
+    base = publish_dir(root_url, version_name)
+    summary = PublishSummary(collection=storage.join(base, "collection.json"))
+    per_tile = complete_records(root_url, version_name, storage_options)
+    fs, items_path = storage.filesystem(storage.join(base, "items"), storage_options)
+    try:
+        have = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(items_path, detail=False, refresh=True)}
+    except FileNotFoundError:
+        have = set()
+    r = version.token_ground_m
+    item_links: list[dict[str, Any]] = []
+    lons: list[float] = []
+    lats: list[float] = []
+    records: list[dict[str, Any]] = []
+    for tid, recs in sorted(per_tile.items()):
+        for rec in recs:
+            ti = int(rec["time_index"])
+            item_id = f"{tid}_t{ti}"
+            records.append(rec)
+            item_links.append(
+                {"rel": "item", "href": f"./items/{item_id}.json", "type": "application/geo+json"}
+            )
+            cog_href = f"../t{ti}/{tid}.tif"
+            if f"{item_id}.json" in have:
+                summary.already += 1
+                item = storage.read_json(storage.join(base, "items", f"{item_id}.json"), storage_options)
+            else:
+                codes = tile_codes(root_url, version, rec, storage_options)
+                bands, nodata, scale, rule = encode_bands(codes, version, encoding)
+                minx, _, _, maxy = (float(b) for b in rec["bounds"])
+                tags = {
+                    "AOM_EMBEDDINGS": "1",
+                    "AOM_ENCODING": rule,
+                    "AOM_VERSION": version.name,
+                    "AOM_MODEL": f"{version.model} {version.model_version}",
+                    "AOM_CHECKPOINT_SHA256": version.checkpoint_sha256,
+                    "AOM_TILE": tid,
+                    "AOM_TIME": version.times[ti],
+                }
+                summary.bytes_written += write_cog(
+                    storage.join(base, f"t{ti}", f"{tid}.tif"),
+                    bands,
+                    crs_wkt(int(rec["epsg"])),
+                    from_origin(minx, maxy, r, r),
+                    nodata,
+                    tags,
+                    [f"emb_{i:04d}" for i in range(version.dim)],
+                    [scale] * version.dim if scale != 1.0 else None,
+                    [0.0] * version.dim if scale != 1.0 else None,
+                    storage_options,
+                )
+                asset = {
+                    "href": cog_href,
+                    "type": COG_MEDIA_TYPE,
+                    "roles": ["data", "embeddings"],
+                    "title": f"{version.dim}-band token embeddings ({rule.split(':')[0]})",
+                    "raster:bands": _raster_bands(version.dim, str(bands.dtype), nodata, scale),
+                    "aom:encoding": rule,
+                }
+                item = tile_item(
+                    version,
+                    item_id,
+                    [rec],
+                    {"embeddings": asset},
+                    [
+                        {"rel": "collection", "href": "../collection.json", "type": "application/json"},
+                        {"rel": "parent", "href": "../collection.json", "type": "application/json"},
+                        {"rel": "root", "href": "../collection.json", "type": "application/json"},
+                    ],
+                    [RASTER_EXTENSION],
+                )
+                storage.write_json_atomic(
+                    storage.join(base, "items", f"{item_id}.json"), item, storage_options
+                )
+                summary.written.append(f"{tid}@t{ti}")
+            lons += [item["bbox"][0], item["bbox"][2]]
+            lats += [item["bbox"][1], item["bbox"][3]]
+    if not records:
+        raise EmbeddingsStoreError(f"version {version_name!r} has no complete tile to publish yet")
+    coll = collection_dict(
+        version,
+        records,
+        [min(lons), min(lats), max(lons), max(lats)],
+        [{"rel": "root", "href": "./collection.json", "type": "application/json"}, *item_links],
+        {"embeddings": {"type": COG_MEDIA_TYPE, "roles": ["data", "embeddings"]}},
+        options,
+        records_href=f"../../_tiles/{version_name}/",
+        extensions=[RASTER_EXTENSION],
+        description=(
+            f"AOM token embeddings {version.name} as one {version.dim}-band COG per tile and time slice "
+            f"({version.token_ground_m:g} m pixels, UTM)."
+        ),
+    )
+    storage.write_json_atomic(summary.collection, coll, storage_options)
+    return summary

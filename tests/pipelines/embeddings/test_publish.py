@@ -1,0 +1,136 @@
+"""`aom publish`: per-tile COGs that GDAL and odc-stac open, holding the vectors pipelines.query reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipelines.embeddings import DECODE_LUT
+from pipelines.query import open_embeddings
+from pipelines.testing import build_synthetic_store, synthetic_version
+from pipelines.testing.cog import cog_problems, main_ifd_offset
+from pipelines.testing.schemas import EMB_SCHEMA, PROJ_SCHEMA, STAC_COLLECTION_1_0, STAC_ITEM_1_0, SchemaSet
+
+BBOX = (5.985, 44.995, 6.015, 45.005)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("pub") / "emb"
+    v = synthetic_version(dim=16, times=("2024-06-01", "2024-07-01"))
+    build_synthetic_store(str(root), bbox=BBOX, version=v, hole_tokens=5, stac=False)
+    res = CliRunner().invoke(app, ["publish", "--embeddings", str(root)])
+    assert res.exit_code == 0, res.output
+    assert "published 4 tile-time(s)" in res.output  # 2 tiles x 2 times
+    return root, v.name
+
+
+def _items(root: Path, name: str) -> list[Path]:
+    return sorted((root / "published" / name / "items").glob("*.json"))
+
+
+def test_publish_is_exactly_once(published: tuple[Path, str]) -> None:
+    root, name = published
+    before = {p: p.stat().st_mtime_ns for p in (root / "published").rglob("*.tif")}
+    res = CliRunner().invoke(app, ["publish", "--embeddings", str(root), "--version", name])
+    assert res.exit_code == 0, res.output
+    assert "published 0 tile-time(s)" in res.output and "4 already published" in res.output
+    assert {p: p.stat().st_mtime_ns for p in (root / "published").rglob("*.tif")} == before
+    bad = CliRunner().invoke(app, ["publish", "--embeddings", str(root), "--encoding", "png"])
+    assert bad.exit_code == 2 and "int8-sqrt, int8-linear" in bad.output
+
+
+def test_cogs_open_with_gdal_dim_bands_and_georeferencing(published: tuple[Path, str]) -> None:
+    import rasterio
+
+    root, name = published
+    tifs = sorted((root / "published" / name).rglob("*.tif"))
+    assert len(tifs) == 4
+    emb = open_embeddings(str(root), name)
+    for path in tifs:
+        assert cog_problems(path) == [], path
+        assert main_ifd_offset(path) < 1024
+        tile_id, ti = path.stem, int(path.parent.name[1:])
+        epsg, ix, iy = (int(p) for p in tile_id.split("_"))
+        s = emb.version.tile_size_m
+        with rasterio.open(path) as ds:
+            assert ds.count == 16 and ds.dtypes[0] == "int8" and ds.nodata == -128
+            assert ds.crs.to_epsg() == epsg
+            assert tuple(ds.transform)[:6] == (80.0, 0.0, ix * s, 0.0, -80.0, (iy + 1) * s)
+            assert ds.descriptions[0] == "emb_0000" and "sign(q)" in ds.tags()["AOM_ENCODING"]
+            assert ds.overviews(1)  # 96 px tile, 16 px blocks: overviews exist
+            codes = ds.read()  # [dim, y, x]
+        ref = next(r for r in emb.tiles(ti)[epsg] if r.tile_id == tile_id)
+        n = emb.version.tokens_per_tile
+        want = emb.read_window(epsg, ti, slice(ref.row0, ref.row0 + n), slice(ref.col0, ref.col0 + n))
+        got = DECODE_LUT[codes.view(np.uint8)].transpose(1, 2, 0)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_odc_stac_load_returns_the_query_vectors(published: tuple[Path, str]) -> None:
+    import odc.stac
+    import pystac
+
+    root, name = published
+    emb = open_embeddings(str(root), name)
+    items = [pystac.Item.from_file(str(p)) for p in _items(root, name)]
+    zone = [i for i in items if i.properties["proj:code"] == "EPSG:32631"]
+    assert len(zone) == 2  # one tile, two times
+    ds = odc.stac.load(zone, chunks=None)
+    bands = [f"embeddings.{i + 1}" for i in range(16)]
+    assert sorted(ds.data_vars, key=lambda b: int(b.split(".")[1])) == bands
+    stacked = np.stack([ds[b].values for b in bands], axis=-1)  # [time, y, x, dim]
+    assert [str(t)[:10] for t in ds.time.values] == ["2024-06-01", "2024-07-01"]
+    ref = emb.tiles(0)[32631][0]
+    n = emb.version.tokens_per_tile
+    for ti in (0, 1):
+        want = emb.read_window(32631, ti, slice(ref.row0, ref.row0 + n), slice(ref.col0, ref.col0 + n))
+        np.testing.assert_array_equal(DECODE_LUT[stacked[ti].view(np.uint8)], want)
+        assert np.isnan(want[:5, :5]).all() and np.isfinite(want[6:, 6:]).all()
+    g = emb.grid(32631)
+    np.testing.assert_allclose(ds.x.values, g.x_coords()[ref.col0 : ref.col0 + n])
+    np.testing.assert_allclose(ds.y.values, g.y_coords()[ref.row0 : ref.row0 + n])
+
+
+def test_published_stac_validates(published: tuple[Path, str]) -> None:
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("published schemas not found at ../shared/schemas (or $AOM_SCHEMAS_DIR)")
+    root, name = published
+    coll = json.loads((root / "published" / name / "collection.json").read_text())
+    for url in (EMB_SCHEMA, STAC_COLLECTION_1_0, PROJ_SCHEMA):
+        assert schemas.errors(coll, url) == [], url
+    for path in _items(root, name):
+        item = json.loads(path.read_text())
+        for url in (EMB_SCHEMA, STAC_ITEM_1_0, PROJ_SCHEMA):
+            assert schemas.errors(item, url) == [], (path.name, url)
+        assert item["assets"]["embeddings"]["raster:bands"][0] == {"data_type": "int8", "nodata": -128}
+
+
+def test_linear_encoding_carries_scale_for_loaders(tmp_path: Path) -> None:
+    import rasterio
+
+    from pipelines.embeddings import publish_cogs
+
+    v = synthetic_version(dim=8)
+    build_synthetic_store(str(tmp_path / "e"), bbox=BBOX, version=v, stac=False)
+    publish_cogs(str(tmp_path / "e"), v.name, encoding="int8-linear")
+    emb = open_embeddings(str(tmp_path / "e"), v.name)
+    n = v.tokens_per_tile
+    for path in sorted((tmp_path / "e" / "published").rglob("*.tif")):
+        assert cog_problems(path) == []
+        with rasterio.open(path) as ds:
+            assert ds.scales == (1 / 127,) * 8 and ds.offsets == (0.0,) * 8
+            codes = ds.read()
+        epsg = int(path.stem.split("_")[0])
+        ref = next(r for r in emb.tiles(0)[epsg] if r.tile_id == path.stem)
+        want = emb.read_window(epsg, 0, slice(ref.row0, ref.row0 + n), slice(ref.col0, ref.col0 + n))
+        got = codes.transpose(1, 2, 0).astype(np.float32) / 127
+        assert np.abs(got - want).max() <= 0.5 / 127 + 1e-6  # one more rounding, half a step
+        item = json.loads(next((tmp_path / "e" / "published" / v.name / "items").glob("*.json")).read_text())
+        assert item["assets"]["embeddings"]["raster:bands"][0]["scale"] == pytest.approx(1 / 127)
