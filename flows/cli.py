@@ -23,6 +23,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
 from pipelines.errors import EXIT_USAGE, AOMError
+from pipelines.storage import install_log_redaction
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The ephemeral API (used when PREFECT_API_URL is unset) starts in ~15 s on an idle 2-core machine;
@@ -108,6 +109,8 @@ def _root(
         "distributed.shuffle",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Credentials never reach a log line, whoever logs it (ours or a third-party DEBUG logger).
+    install_log_redaction()
 
 
 for _module in COMMAND_MODULES:
