@@ -19,9 +19,11 @@ import traceback
 from typing import Any
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 
-from pipelines.errors import AOMError
+from pipelines.errors import EXIT_USAGE, AOMError
+from pipelines.storage import install_log_redaction
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The ephemeral API (used when PREFECT_API_URL is unset) starts in ~15 s on an idle 2-core machine;
@@ -35,6 +37,13 @@ def error_line(exc: AOMError) -> str:
     return "error: " + (" ".join(str(text).split()) or type(exc).__name__)
 
 
+def usage_line(exc: UsageError) -> str:
+    """``error: <message> (see 'aom <verb> --help')`` on one line for a click usage error."""
+    text = " ".join(exc.format_message().split()) or type(exc).__name__
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return f"error: {text}{where}"
+
+
 class AOMGroup(TyperGroup):
     """The root group: maps an :class:`AOMError` escaping a verb to one line and its exit code."""
 
@@ -46,6 +55,14 @@ class AOMGroup(TyperGroup):
                 typer.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
             typer.echo(error_line(exc), err=True)
             ctx.exit(exc.exit_code)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as exc:
+            # A bad option value or an unknown option of a verb: one line, as an InputError.
+            if ctx.params.get("debug"):
+                typer.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+            typer.echo(usage_line(exc), err=True)
+            ctx.exit(EXIT_USAGE)
 
 
 app = typer.Typer(
@@ -93,6 +110,8 @@ def _root(
         "distributed.shuffle",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Credentials never reach a log line, whoever logs it (ours or a third-party DEBUG logger).
+    install_log_redaction()
 
 
 for _module in COMMAND_MODULES:

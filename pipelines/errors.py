@@ -19,7 +19,24 @@ included, see ``docs/architecture.md``) may import it.
 
 from __future__ import annotations
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "AOMError", "CubeDataError", "InputError", "RunFailedError"]
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    "DEVICES",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "AOMError",
+    "CubeDataError",
+    "InputError",
+    "RunFailedError",
+    "check_bbox",
+    "check_choice",
+    "check_device",
+    "check_number",
+]
 
 EXIT_USAGE = 2
 """Exit status for bad input: wrong option values, missing files, unusable stores."""
@@ -48,3 +65,78 @@ class RunFailedError(AOMError, RuntimeError):
     """A run that started and could not finish (the message says what to do next)."""
 
     exit_code = EXIT_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundary checks shared by the request objects (EmbedRequest, CubeRequest, PretrainConfig ...) and
+# the command line: each raises InputError with one line naming the field and the valid values.
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+"""The device names every verb and request accepts (``auto``: CUDA when available, else CPU)."""
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    maximum: float | None = None,
+) -> None:
+    """``value`` is a finite number within the bounds (``minimum``/``maximum`` inclusive,
+    ``above``/``below`` exclusive); None passes (an option left at its default)."""
+    if value is None:
+        return
+    bounds = []
+    if minimum is not None:
+        bounds.append(f">= {minimum:g}")
+    if above is not None:
+        bounds.append(f"> {above:g}")
+    if below is not None:
+        bounds.append(f"< {below:g}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum:g}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number {' and '.join(bounds)}, got {value!r}") from None
+    ok = math.isfinite(x)
+    ok = ok and (minimum is None or x >= minimum) and (above is None or x > above)
+    ok = ok and (below is None or x < below) and (maximum is None or x <= maximum)
+    if not ok:
+        raise InputError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    """``value`` is one of ``choices`` (the message lists them)."""
+    valid = tuple(choices)
+    if value not in valid:
+        raise InputError(f"{name} must be one of {', '.join(map(str, valid))}; got {value!r}")
+
+
+def check_device(name: str, value: str) -> None:
+    """A torch device the project runs on: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value.strip().lower()):
+        raise InputError(f"{name} must be {DEVICES}; got {value!r}")
+
+
+def check_bbox(name: str, bbox: Iterable[Any]) -> tuple[float, float, float, float]:
+    """``(W, S, E, N)`` in WGS84 degrees: four finite numbers, longitudes within [-180, 180],
+    latitudes within [-90, 90], south <= north (W > E crosses the antimeridian)."""
+    try:
+        values = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be W,S,E,N (4 numbers in degrees), got {bbox!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise InputError(f"{name} must be W,S,E,N (4 finite numbers in degrees), got {bbox!r}")
+    w, s, e, n = values
+    if not (-180 <= w <= 180 and -180 <= e <= 180):
+        raise InputError(f"{name} longitudes must be within [-180, 180], got west={w:g}, east={e:g}")
+    if not (-90 <= s <= 90 and -90 <= n <= 90):
+        raise InputError(f"{name} latitudes must be within [-90, 90], got south={s:g}, north={n:g}")
+    if s > n:
+        raise InputError(f"{name} south ({s:g}) is north of north ({n:g})")
+    return w, s, e, n

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
@@ -66,6 +67,55 @@ def normalise_url(url: str | os.PathLike[str]) -> str:
 
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
+
+
+URL_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "memory")
+"""The URL schemes the project reads and writes (besides plain local paths)."""
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_S3_CREDENTIAL_KEYS = ("key", "secret", "token", "anon", "profile", "session")
+
+
+def url_scheme(url: str) -> str | None:
+    """``"s3"`` for ``s3://b/k``; None for a plain local path."""
+    m = _SCHEME.match(str(url))
+    return m.group(1).lower() if m else None
+
+
+def check_url(url: str | None, what: str) -> None:
+    """Refuse a URL whose scheme the project does not read or write (one line listing the valid
+    ones); ``what`` names the option. None and plain local paths pass."""
+    if url is None:
+        return
+    scheme = url_scheme(str(url))
+    if scheme is not None and scheme not in URL_SCHEMES:
+        raise InputError(
+            f"{what}: unknown URL scheme {scheme}:// in {redact_url(str(url))}; use a local path or one of "
+            + ", ".join(f"{s}://" for s in URL_SCHEMES)
+        )
+
+
+def check_credentials(url: str | None, storage_options: Mapping[str, Any] | None, what: str) -> None:
+    """An ``s3://`` URL needs credentials: explicit ones in the storage options (``key``/``secret``,
+    ``profile``, ``anon``) or the standard AWS chain (environment, shared files, instance roles).
+    When neither has any, one line says how to pass them."""
+    if url is None or url_scheme(str(url)) != "s3":
+        return
+    opts = dict(storage_options or {})
+    if any(k in opts for k in _S3_CREDENTIAL_KEYS):
+        return
+    try:
+        import botocore.session
+
+        found = botocore.session.get_session().get_credentials() is not None
+    except Exception:  # a broken profile file is reported by the read itself
+        return
+    if not found:
+        raise InputError(
+            f"{what}: no credentials for {redact_url(str(url))}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass --storage-options key=... --storage-options secret=... "
+            "(anon=true for a public bucket)"
+        )
 
 
 def join(url: str, *parts: str) -> str:
@@ -125,6 +175,86 @@ def redact_url(url: str) -> str:
 
 
 _OBJECT_STORES = ("s3://", "gs://", "gcs://", "az://", "abfs://")
+
+
+# ------------------------------------------------------------------------------------------
+# Redaction of log lines: every handler of the command line (and of the flows) carries
+# RedactingFilter, so no logger (ours or a third party's, at any level) prints a credential.
+
+_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
+_SECRET_HEADER = re.compile(
+    r"(?i)((?:proxy-)?authorization|x-amz-security-token|x-api-key|api-key|cookie|set-cookie"
+    r"|ocp-apim-subscription-key)(['\"]?\s*[:=,]\s*(?-i:b)?['\"]?)[^'\"\r\n]+"
+)
+_SECRET_PARAM = re.compile(
+    r"(?i)(\b(?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|access_token"
+    r"|password|secret|aws_secret_access_key|aws_session_token)=)[^&\s'\"]+"
+)
+_SECRET_VALUES: set[str] = set()
+
+
+def register_secret(value: Any) -> None:
+    """Also replace this literal value (and its base64 forms in ``user:value`` pairs are caught by
+    the header rule) in every log line; used for storage-option secrets."""
+    text = str(value) if value is not None else ""
+    if len(text) >= 6:  # short values (true, 1, us-west-2 ...) would redact ordinary words
+        _SECRET_VALUES.add(text)
+
+
+def redact_text(text: str) -> str:
+    """A line safe to log: URL user:password, auth headers, signature/token parameters and
+    registered secret values replaced by ``***``."""
+    text = _URL_USERINFO.sub(r"\1***@", text)
+    text = _SECRET_HEADER.sub(r"\1\2***", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    for secret in _SECRET_VALUES:
+        text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that rewrites each record's message (and traceback text) with
+    :func:`redact_text`; it never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: let the handler report it as usual
+            return True
+        clean = redact_text(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
+def install_log_redaction(*loggers: logging.Logger) -> None:
+    """Redact every log line of this process: one :class:`RedactingFilter` on every handler of
+    the root logger, of ``loggers`` and of every logger that has handlers now (idempotent), and a
+    log-record factory that redacts records made later, for handlers added afterwards (Prefect's)."""
+    existing = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)]
+    for logger in (logging.getLogger(), *loggers, *existing):
+        for handler in getattr(logger, "handlers", ()):
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "aom_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(factory))
+
+
+def _redacting_factory(inner: Any) -> Any:
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = inner(*args, **kwargs)
+        RedactingFilter().filter(record)
+        return record
+
+    make.aom_redacting = True  # type: ignore[attr-defined]
+    return make
 
 
 # ------------------------------------------------------------------------------------------
@@ -336,13 +466,24 @@ def parse_storage_options(values: StorageOptionsInput, option: str = "--storage-
     if values is None:
         return {}
     if isinstance(values, Mapping):
+        _register_secrets(values)
         return dict(values)
     texts = [values] if isinstance(values, str) else list(values)
     options: dict[str, Any] = {}
     for position, text in enumerate(texts, start=1):
         where = option if len(texts) == 1 else f"{option} (entry {position})"
         _merge(options, _parse_one(str(text).strip(), where))
+    _register_secrets(options)
     return options
+
+
+def _register_secrets(options: Mapping[str, Any]) -> None:
+    """Secret-looking values of typed storage options are redacted from every log line."""
+    for k, v in options.items():
+        if isinstance(v, Mapping):
+            _register_secrets(v)
+        elif _SECRET_KEYS.search(str(k)) and k not in ("endpoint_url",):
+            register_secret(v)
 
 
 def _parse_one(text: str, where: str) -> dict[str, Any]:

@@ -10,10 +10,8 @@ from typing import Any
 
 from aom_model.config import AOMConfig
 from aom_model.train.chips import ChipConfig
-from pipelines.errors import RunFailedError
-from pipelines.storage import (
-    normalise_url,
-)
+from pipelines.errors import InputError, RunFailedError, check_device, check_number
+from pipelines.storage import check_url, normalise_url
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +61,28 @@ class PretrainConfig:
             self.chips = ChipConfig.from_dict(self.chips)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         if not self.cubes:
-            raise ValueError("at least one cube store URL is needed")
-        for name in ("max_steps", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
+            raise InputError("at least one cube store URL is needed (--cubes)")
+        for name in (
+            "max_steps",
+            "batch_size",
+            "grad_accum",
+            "checkpoint_every",
+            "log_every",
+            "keep_checkpoints",
+        ):
+            check_number(f"{name} (--{name.replace('_', '-')})", getattr(self, name), minimum=1)
+        check_number("lr (--lr)", self.lr, above=0)
+        check_number("min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1)
+        check_number("warmup_steps (--warmup-steps)", self.warmup_steps, minimum=0)
+        check_number("weight_decay (--weight-decay)", self.weight_decay, minimum=0)
+        check_number("num_workers (--num-workers)", self.num_workers, minimum=0)
+        check_number("max_nonfinite_steps", self.max_nonfinite_steps, minimum=0)
+        check_number("threads", self.threads, minimum=1)
+        for beta in self.betas:
+            check_number("betas", beta, minimum=0, below=1)
+        check_device("device (--device)", self.device)
+        for url in (*self.cubes, self.out, self.init):
+            check_url(url, "a cube store, --out or --init")
 
     def model_config(self) -> AOMConfig:
         return AOMConfig.named(self.model, **self.model_overrides)

@@ -52,6 +52,7 @@ from aom_model.train.distributed import (
 from aom_model.train.loader import ChipBatchDataset, TrainBatch, make_loader
 from aom_model.train.metrics import MetricsLog, write_loss_curve
 from aom_model.train.norm import NormStats, compute_norm_stats
+from aom_model.train.resume import check_start
 from aom_model.train.schedule import WarmupCosine
 from pipelines.storage import (
     exists,
@@ -172,12 +173,9 @@ class Trainer:
         so = cfg.storage_options
         latest = join(self.ckpt_root, "latest.json")
         resume_dir = None
+        check_start(cfg)
         if cfg.resume and exists(latest, so):
             resume_dir = join(self.ckpt_root, read_json(latest, so)["dir"])
-        elif not cfg.resume and exists(latest, so):
-            raise FileExistsError(
-                f"{cfg.out} already holds checkpoints of a run: pass --resume to continue it, or use a new --out"
-            )
         self.index = ChipIndex.build(cfg.cubes, so, cfg.chips, opener=self.opener)
         init_stats: NormStats | None = None
         model_cfg = cfg.model_config()

@@ -94,8 +94,44 @@ def json_object(
 
 def json_arg(text: str, name: str, *, position: bool = True) -> dict[str, Any]:
     """A JSON object given inline or as ``@file.json`` (see ``json_object``)."""
-    raw = Path(text[1:]).read_text() if text.startswith("@") else text
+    if text.startswith("@"):
+        try:
+            raw = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise typer.BadParameter(f"{name} {text}: cannot read the file ({exc.strerror or exc})") from None
+    else:
+        raw = text
     return json_object(raw, name, position=position)
+
+
+def check_folder_url(url: str | None, option: str) -> None:
+    """A folder-like output or input (a store, a run folder): a known URL scheme, and a local path
+    that is not an existing file."""
+    from pipelines.errors import InputError
+    from pipelines.storage import check_url, is_local
+
+    if url is None:
+        return
+    check_url(url, option)
+    if is_local(url) and Path(url.removeprefix("file://")).expanduser().is_file():
+        raise InputError(f"{option} {url} is a file; give a folder or a store URL")
+
+
+def check_file_url(url: str | None, option: str) -> None:
+    """A single-file input (a checkpoint, a labels file): a known URL scheme, and a local path that
+    exists and is not a folder."""
+    from pipelines.errors import InputError
+    from pipelines.storage import check_url, is_local
+
+    if url is None:
+        return
+    check_url(url, option)
+    if is_local(url):
+        path = Path(url.removeprefix("file://")).expanduser()
+        if path.is_dir():
+            raise InputError(f"{option} {url} is a folder; give a file")
+        if not path.exists():
+            raise InputError(f"{option} {url}: no such file")
 
 
 def read_aoi_file(path: Path) -> Any:
@@ -104,3 +140,43 @@ def read_aoi_file(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise typer.BadParameter(f"--aoi {path}: {exc}") from None
+
+
+def check_file_out(url: str | None, option: str) -> None:
+    """A single-file output (a PNG, a GeoTIFF, a JSON): a known URL scheme, and a local path that
+    is not an existing folder."""
+    from pipelines.errors import InputError
+    from pipelines.storage import check_url, is_local
+
+    if url is None:
+        return
+    check_url(url, option)
+    if is_local(url) and Path(url.removeprefix("file://")).expanduser().is_dir():
+        raise InputError(f"{option} {url} is a folder; give a file name")
+
+
+GEOGRAPHIC_CRS = ("EPSG:4326", "OGC:CRS84", "WGS84", "CRS84")
+"""CRS names whose boxes are W,S,E,N in degrees (checked against the globe's ranges)."""
+
+
+def check_lonlat(lon: list[float] | None, lat: list[float] | None) -> None:
+    """Example points: as many --lon as --lat, longitudes within [-180, 180], latitudes [-90, 90]."""
+    from pipelines.errors import InputError, check_number
+
+    lon, lat = list(lon or []), list(lat or [])
+    if len(lon) != len(lat):
+        raise InputError(f"give as many --lon as --lat (got {len(lon)} and {len(lat)})")
+    for x in lon:
+        check_number("--lon", x, minimum=-180, maximum=180)
+    for y in lat:
+        check_number("--lat", y, minimum=-90, maximum=90)
+
+
+def check_area(bbox: str | None, crs: str, option: str = "--bbox") -> None:
+    """A ``minx,miny,maxx,maxy`` box: four numbers; in degrees when ``crs`` is geographic."""
+    from pipelines.errors import check_bbox
+
+    if bbox is None:
+        return
+    if crs.strip().upper() in GEOGRAPHIC_CRS:
+        check_bbox(option, bbox_parts(bbox.replace(" ", ",")) if isinstance(bbox, str) else bbox)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import typer
 
 from flows.commands._options import (
+    check_folder_url,
     csv_list,
     dask_address_option,
     parse_bbox,
@@ -84,9 +85,15 @@ def cubes(
 ) -> None:
     """Build Zarr cubes (one per tile, collection and native GSD) from STAC items."""
     from pipelines.cubes import CubeRequest, complete_projection, plan_cubes, read_items, write_cubes
-    from pipelines.storage import redact_url, write_json_atomic
+    from pipelines.search.filters import parse_interval
+    from pipelines.storage import check_credentials, check_url, redact_url, write_json_atomic
 
     options = storage_options(storage_options_text)
+    check_folder_url(out, "--out")
+    for option, url in (("--items", items_url), ("--catalog-url", catalog_url), ("--out", out)):
+        check_url(url, option)
+        check_credentials(url, options if option != "--catalog-url" else None, option)
+    parse_interval(datetime)
     box = parse_bbox(bbox) if bbox else None
     request = CubeRequest.from_dict(
         {

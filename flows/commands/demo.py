@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.commands._options import workers_option
+from flows.commands._options import check_file_url, check_folder_url, workers_option
 from pipelines.demo import DEMO_OUT, DEMO_PRETRAIN_STEPS, DEMO_WORKERS
 
 
@@ -24,10 +24,14 @@ def demo(
     ),
 ) -> None:
     """Sample catalog -> search -> cubes -> short pretraining -> embeddings -> similarity + PCA map."""
-    from flows.demo import demo as demo_flow
     from pipelines.checkpoints import shipped_checkpoint
 
+    check_folder_url(str(out), "--out")
     start: str | None = {"shipped": shipped_checkpoint(), "none": None}.get(init.lower(), init)
+    if init.lower() not in ("shipped", "none"):
+        check_file_url(init, "--init")  # before the first step, not after the pretraining's set-up
+    from flows.demo import demo as demo_flow  # Prefect: imported once the arguments are known good
+
     result = demo_flow(out=str(out), pretrain_steps=pretrain_steps, workers=workers, init=start)
     if not result["top"]:
         raise typer.Exit(1)

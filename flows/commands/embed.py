@@ -16,6 +16,9 @@ import typer
 
 from flows.commands._options import (
     bbox_parts,
+    check_file_out,
+    check_file_url,
+    check_folder_url,
     csv_list,
     dask_address_option,
     read_aoi_file,
@@ -133,11 +136,19 @@ def embed(
     the ``embed`` flow builds its request.
     """
     from pipelines.embed import EmbedRequest, run_embedding
+    from pipelines.storage import check_credentials
 
     _quiet_dask()
     values = {k: v for k, v in ctx.params.items() if k != "summary_json"}
     values["aoi"] = parse_aoi(aoi) if aoi else None
-    summary = run_embedding(EmbedRequest.from_dict(values))
+    request = EmbedRequest.from_dict(values)
+    check_folder_url(out, "--out")
+    check_file_url(checkpoint, "--checkpoint")
+    check_folder_url(cubes, "--cubes")
+    check_credentials(request.out, request.storage_options, "--out")
+    for option, url in (("--checkpoint", checkpoint), ("--cubes", cubes), ("--catalog-url", catalog_url)):
+        check_credentials(url, request.options_for(url), option)
+    summary = run_embedding(request)
     typer.echo(summary.format())
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
@@ -188,6 +199,10 @@ def embed_raster_cmd(
     from pipelines.embed import embed_raster
     from pipelines.storage import parse_storage_options
 
+    options = parse_storage_options(storage_options)
+    check_file_url(checkpoint, "--checkpoint")
+    check_file_out(out, "--out")
+
     try:
         wl = [float(v) for v in csv_list(wavelengths)]
         fw = [float(v) for v in csv_list(fwhm)]
@@ -210,7 +225,7 @@ def embed_raster_cmd(
         batch_size=batch_size,
         device=device,
         precision=precision,
-        storage_options=parse_storage_options(storage_options),
+        storage_options=options,
         progress=progress,
         overwrite=overwrite,
     )

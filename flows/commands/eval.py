@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from flows.commands._options import check_file_url, check_folder_url
+
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
@@ -135,6 +137,9 @@ def eval_command(
             )
         rel = os.path.relpath(SHIPPED_CHECKPOINT)
         ckpt = rel if not rel.startswith("..") else str(SHIPPED_CHECKPOINT)
+    check_folder_url(str(out), "--out")
+    if not ckpt.startswith("random:"):
+        check_file_url(ckpt, "--checkpoint")
     win = _ints(window, "--window") if window else None
     if win is not None and len(win) != 4:
         raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")

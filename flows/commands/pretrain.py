@@ -8,7 +8,7 @@ import subprocess
 
 import typer
 
-from flows.commands._options import storage_options_option
+from flows.commands._options import check_folder_url, storage_options_option
 
 
 def pretrain(
@@ -101,6 +101,13 @@ def pretrain(
         cfg.model_config()
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    from aom_model.train.resume import check_start
+    from pipelines.storage import check_credentials
+
+    check_folder_url(out, "--out")
+    for url in (*cfg.cubes, cfg.out, cfg.init):
+        check_credentials(url, options, "--cubes/--out/--init")
+    check_start(cfg)
     if nproc_per_node > 1 or nnodes not in ("1", "1:1") or dry_run:
         cmd = pretrain_torchrun_command(
             cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id

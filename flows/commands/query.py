@@ -20,7 +20,13 @@ from typing import Any
 
 import typer
 
-from flows.commands._options import storage_options_option
+from flows.commands._options import (
+    check_area,
+    check_file_out,
+    check_file_url,
+    check_lonlat,
+    storage_options_option,
+)
 
 query_app = typer.Typer(
     name="query",
@@ -66,16 +72,23 @@ def _time(text: str | None) -> int | str | None:
 
 def _open(url: str, version: str | None, storage_options: list[str]) -> Any:
     from pipelines.query import open_embeddings
+    from pipelines.storage import check_credentials, check_url
 
-    return open_embeddings(url, version, _opts(storage_options))
+    opts = _opts(storage_options)
+    check_url(url, "--embeddings")
+    check_credentials(url, opts, "--embeddings")
+    return open_embeddings(url, version, opts)
 
 
 @query_app.command("versions")
 def versions(embeddings: str = EMB_OPT, storage_options: list[str] = OPTS_OPT) -> None:
     """List the versions (model, checkpoint, times, zones, extent) of a store."""
     from pipelines.query import available_versions, open_embeddings
+    from pipelines.storage import check_credentials, check_url
 
     opts = _opts(storage_options)
+    check_url(embeddings, "--embeddings")
+    check_credentials(embeddings, opts, "--embeddings")
     for v in available_versions(embeddings, opts):
         typer.echo(open_embeddings(embeddings, v.name, opts).describe())
 
@@ -105,6 +118,9 @@ def similar_cmd(
     from pipelines.query import similar
     from pipelines.query.similarity import describe_result
 
+    check_lonlat(lon, lat)
+    check_area(aoi, aoi_crs, "--aoi")
+    check_file_out(out, "--out")
     emb = _open(embeddings, version, storage_options)
     res = similar(
         emb,
@@ -143,6 +159,9 @@ def map_cmd(
     """PCA -> RGB map of an area, or a similarity heatmap when --lon/--lat are given."""
     from pipelines.query import pca_map, similarity_heatmap
 
+    check_lonlat(lon, lat)
+    check_area(bbox, crs)
+    check_file_out(out, "--out")
     emb = _open(embeddings, version, storage_options)
     if lon or lat:
         similarity_heatmap(
@@ -189,6 +208,8 @@ def export_cmd(
         raise typer.BadParameter("--dtype must be float32 or int8")
     if geometry not in ("point", "polygon"):
         raise typer.BadParameter("--geometry must be point or polygon")
+    check_area(bbox, crs)
+    check_file_out(out, "--out")
     emb = _open(embeddings, version, storage_options)
     export(
         emb,
@@ -228,6 +249,9 @@ def classify_cmd(
 
     if method not in ("linear", "knn"):
         raise typer.BadParameter("--method must be linear or knn")
+    check_area(bbox, crs)
+    check_file_out(out, "--out")
+    check_file_url(labels, "--labels")
     emb = _open(embeddings, version, storage_options)
     res = classify(
         emb,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from flows.commands._options import check_folder_url
+
 DEFAULT_SAMPLES_DIR = Path(".aom") / "samples"
 
 
@@ -26,6 +28,10 @@ def samples(
 ) -> None:
     """Build the sample STAC catalog: a static catalog plus ndjson and stac-geoparquet for local search."""
     from pipelines.samples import build_sample_catalog
+
+    check_folder_url(str(out), "--out")
+    if real_dir is not None and not real_dir.is_dir():
+        raise typer.BadParameter(f"--real-dir {real_dir} is not a folder")
 
     result = build_sample_catalog(
         out,

@@ -104,11 +104,14 @@ def search(
     from pipelines.retry import RetryPolicy
     from pipelines.search import SearchError, SearchRequest, load_result, new_items, save_result
     from pipelines.search import search as run_search
-    from pipelines.storage import exists, parse_storage_options, redact_url
+    from pipelines.storage import check_credentials, check_url, exists, parse_storage_options, redact_url
 
     if bbox is not None and aoi is not None:
         raise typer.BadParameter("give --bbox or --aoi, not both")
     options = parse_storage_options(storage_options) or None
+    for option, url in (("--catalog-url", catalog_url), ("--out", out)):
+        check_url(url, option)
+        check_credentials(url, options, option)
     request = SearchRequest(
         collections=csv_list(collections),
         bbox=parse_bbox(bbox) if bbox else None,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from pipelines.cubes.spec import CubeSpec, Encoding
-from pipelines.errors import InputError
+from pipelines.errors import InputError, check_bbox, check_choice, check_number
 from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
 from pipelines.storage import parse_storage_options, redact_url
 from pipelines.tiling import DEFAULT_TILE_SIZE_M, Tile, TileGrid
@@ -60,7 +60,12 @@ class CubeRequest:
         for name in ("collections", "tiles"):
             object.__setattr__(self, name, _names(getattr(self, name)))
         object.__setattr__(self, "aoi", _aoi(self.aoi))
+        check_number("tile_size_m (--tile-size-m)", self.tile_size_m, above=0)
         object.__setattr__(self, "tile_size_m", float(self.tile_size_m))
+        _ = self.grid  # a size the grid cannot tile is refused here, before any work
+        check_choice("encoding (--encoding)", self.encoding, ("int16", "float16"))
+        check_number("chunk_px (--chunk-px)", self.chunk_px, minimum=1)
+        check_choice("missing_proj (--missing-proj)", self.missing_proj, ("skip", "read_header"))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> CubeRequest:
@@ -233,4 +238,4 @@ def _aoi(value: Any) -> tuple[float, float, float, float] | Mapping[str, Any] | 
         raise InputError(
             f"an area must be W,S,E,N (4 numbers) or a GeoJSON geometry, got {value!r}"
         ) from None
-    return w, s, e, n
+    return check_bbox("the area (--bbox / aoi)", (w, s, e, n))

@@ -73,6 +73,10 @@ def load_checkpoint_url(
             data = fh.read()
     except FileNotFoundError:
         raise EmbedConfigError(f"checkpoint {storage.redact_url(url)} not found") from None
+    except IsADirectoryError:
+        raise EmbedConfigError(
+            f"checkpoint {storage.redact_url(url)} is a folder; give its model.safetensors file"
+        ) from None
     sha = hashlib.sha256(data).hexdigest()
     if hit is not None and hit.sha256 == sha:
         return hit

@@ -155,6 +155,30 @@ def _search_items(
     return [dict(i) for i in result.items]
 
 
+def _check_cube_store(source: CubeSource, grid: TileGrid, collections: Sequence[str]) -> None:
+    """The cube store's grid is the request's, and it holds the requested collections (one line
+    naming the store's values otherwise), so a mismatch is refused rather than skipping every tile."""
+    try:
+        spec = dict(source.store().root_attrs().get("spec") or {})
+    except EmbedConfigError:
+        raise
+    except Exception as exc:
+        raise EmbedConfigError(f"cannot read cube store {storage.redact_url(source.url)}: {exc}") from None
+    size = (spec.get("grid") or {}).get("tile_size_m")
+    if size is not None and abs(float(size) - grid.tile_size_m) > 1e-6:
+        raise EmbedConfigError(
+            f"--tile-size-m {grid.tile_size_m:g} does not match the cube store {storage.redact_url(source.url)}, "
+            f"built with {float(size):g} m tiles: give --tile-size-m {float(size):g}"
+        )
+    have = [str(c) for c in spec.get("collections") or []]
+    unknown = sorted(set(collections) - set(have)) if have else []
+    if unknown:
+        raise EmbedConfigError(
+            f"collections {unknown} are not in the cube store {storage.redact_url(source.url)}; "
+            f"it holds {', '.join(have)}"
+        )
+
+
 def plan_run(request: EmbedRequest) -> RunPlan:
     """Resolve and check everything; raises :class:`EmbedConfigError` before anything is written."""
     from pipelines.embed.sources import padded_tile_obj
@@ -186,6 +210,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             grid,
             request.strip_mb,
         )
+        _check_cube_store(source, grid, request.collections)
         try:
             recorded, records = _cube_records(source, [t.tile_id for t in tiles])
         except Exception as exc:

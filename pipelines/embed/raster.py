@@ -56,6 +56,8 @@ from pipelines.embed.chips import (
     embed_region,
     resolve_normaliser,
 )
+from pipelines.embed.request import PRECISIONS
+from pipelines.errors import check_choice, check_device, check_number
 from pipelines.outputs import (
     Lease,
     OutputError,
@@ -149,6 +151,28 @@ def _band_infos(
     return infos
 
 
+def _check_raster(input_url: str) -> None:
+    """The input exists and GDAL opens it as a raster (one line otherwise, before any work)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    if storage.is_local(input_url):
+        path = input_url.removeprefix("file://")
+        if not os.path.exists(path):
+            raise EmbedConfigError(f"INPUT.tif {input_url}: no such file")
+        if os.path.isdir(path):
+            raise EmbedConfigError(f"INPUT.tif {input_url} is a folder; give a GeoTIFF / COG file")
+    try:
+        with rasterio.open(input_url) as src:
+            if src.count < 1:
+                raise EmbedConfigError(f"INPUT.tif {storage.redact_url(input_url)} has no bands")
+    except RasterioIOError as exc:
+        raise EmbedConfigError(
+            f"INPUT.tif {storage.redact_url(input_url)} is not a raster GDAL can open (a GeoTIFF / COG): "
+            + " ".join(storage.redact_url(str(exc)).split())
+        ) from None
+
+
 def embed_raster(
     input_url: str,
     out: str,
@@ -183,15 +207,27 @@ def embed_raster(
     from pipelines.embed.checkpoint import _resolve_device, load_checkpoint_url
 
     t0 = time.perf_counter()
-    if dtype not in DTYPES:
-        raise EmbedConfigError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    check_choice("dtype (--dtype)", dtype, DTYPES)
+    check_choice("precision (--precision)", precision, PRECISIONS)
+    check_device("device (--device)", device)
+    check_number("gsd (--gsd)", gsd, above=0)
+    check_number("core_tokens (--core-tokens)", core_tokens, minimum=1)
+    check_number("margin_tokens (--margin-tokens)", margin_tokens, minimum=0)
+    check_number("batch_size (--batch-size)", batch_size, minimum=1)
+    for what, url in (("INPUT.tif", input_url), ("--checkpoint", checkpoint), ("--out", out)):
+        storage.check_url(url, what)
+    src_options = input_storage_options or storage_options
+    storage.check_credentials(input_url, src_options, "INPUT.tif")
+    storage.check_credentials(checkpoint, src_options, "--checkpoint")
+    storage.check_credentials(out, storage_options, "--out")
+    _check_raster(input_url)
     fmt = check_output_format(out, OUTPUT_FORMATS)
     kind = OutputKind.RASTER_GTIFF if fmt == "gtiff" else OutputKind.RASTER_ZARR
     claim_output(
         out, kind, storage_options=storage_options, inputs=[input_url, checkpoint], overwrite=overwrite
     )
     dev = _resolve_device(device)
-    ckpt = load_checkpoint_url(checkpoint, input_storage_options or storage_options, device=dev)
+    ckpt = load_checkpoint_url(checkpoint, src_options, device=dev)
     cfg = ckpt.config
     with rasterio.open(input_url) as src:
         crs = src.crs

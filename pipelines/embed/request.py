@@ -49,6 +49,7 @@ from pipelines import storage
 from pipelines.embed.chips import (
     EmbedConfigError,
 )
+from pipelines.errors import check_bbox, check_device, check_number
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.runs import TileStatus
 from pipelines.tiling import DEFAULT_TILE_SIZE_M
@@ -128,7 +129,7 @@ class EmbedRequest:
                 v = v.split(",")
             object.__setattr__(self, name, tuple(str(x).strip() for x in (v or ()) if str(x).strip()))
         if self.aoi is not None and not isinstance(self.aoi, Mapping):
-            object.__setattr__(self, "aoi", _bbox(self.aoi))
+            object.__setattr__(self, "aoi", check_bbox("aoi (--aoi)", _bbox(self.aoi)))
         object.__setattr__(
             self, "storage_options", storage.parse_storage_options(self.storage_options, "--storage-options")
         )
@@ -146,6 +147,19 @@ class EmbedRequest:
             )
         if self.aoi is None and not self.tiles:
             raise EmbedConfigError("give an area: aoi=(W, S, E, N) / a GeoJSON geometry, or tiles=[ids]")
+        check_number("tile_size_m (--tile-size-m)", self.tile_size_m, above=0)
+        check_number("core_tokens (--core-tokens)", self.core_tokens, minimum=1)
+        check_number("margin_tokens (--margin-tokens)", self.margin_tokens, minimum=0)
+        check_number("strip_mb", self.strip_mb, above=0)
+        check_number("max_in_flight", self.max_in_flight, minimum=1)
+        check_device("device (--device)", self.device)
+        for name, url in (
+            ("checkpoint", self.checkpoint),
+            ("out", self.out),
+            ("cubes", self.cubes),
+            ("catalog_url", self.catalog_url),
+        ):
+            storage.check_url(url, f"{name} (--{name.replace('_', '-')})")
         if self.composite not in COMPOSITES:
             raise EmbedConfigError(f"composite must be one of {COMPOSITES}, got {self.composite!r}")
         if self.precision not in PRECISIONS:

@@ -90,6 +90,15 @@ class EvalConfig:
             raise ValueError("coarsening factors must be integers >= 2")
         if self.draws < 1 or self.splits < 1:
             raise ValueError("draws and splits must be >= 1")
+        bad = [p for p in self.probes if p not in ("linear", "knn")]
+        if bad or not self.probes:
+            raise ValueError(f"unknown probes {bad}; choose from ('linear', 'knn')")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.knn_k < 1 or self.batch_size < 1 or self.max_per_class < 0 or self.min_per_class < 1:
+            raise ValueError("knn_k, batch_size and min_per_class must be >= 1, max_per_class >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -99,13 +99,19 @@ def read_labels(
     ext = url.lower().rsplit(".", 1)[-1]
     if not storage.exists(url, storage_options):
         raise QueryError(f"labels file {storage.redact_url(url)} does not exist")
-    if ext in ("geojson", "json"):
-        return _read_geojson(url, label_field, storage_options)
-    if ext in ("parquet", "geoparquet", "pq"):
-        return _read_geoparquet(url, label_field, storage_options)
-    if ext in ("tif", "tiff"):
+    if ext not in ("geojson", "json", "parquet", "geoparquet", "pq", "tif", "tiff"):
+        raise QueryError(f"unknown labels format {url!r}: use .geojson/.json, .parquet or .tif")
+    try:
+        if ext in ("geojson", "json"):
+            return _read_geojson(url, label_field, storage_options)
+        if ext in ("parquet", "geoparquet", "pq"):
+            return _read_geoparquet(url, label_field, storage_options)
         return _read_raster(url, storage_options, max_raster_samples, seed)
-    raise QueryError(f"unknown labels format {url!r}: use .geojson/.json, .parquet or .tif")
+    except QueryError:
+        raise
+    except Exception as exc:  # a broken file: one line naming it, not the reader's traceback
+        reason = " ".join(storage.redact_url(str(exc)).split()) or type(exc).__name__
+        raise QueryError(f"labels file {storage.redact_url(url)} cannot be read as {ext}: {reason}") from exc
 
 
 def _read_geojson(url: str, label_field: str | None, storage_options: Mapping[str, Any] | None) -> Labels:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import check_number
 from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
 from pipelines.retry import RetryPolicy
 from pipelines.search.filters import (
@@ -87,7 +88,15 @@ class SearchRequest:
             object.__setattr__(self, "sensors", tuple(s for s in self.sensors.split(",") if s))
         object.__setattr__(self, "sensors", tuple(self.sensors or ()))
         if self.bbox is not None:
-            object.__setattr__(self, "bbox", tuple(float(v) for v in self.bbox))
+            object.__setattr__(self, "bbox", validate_bbox(self.bbox))
+        parse_interval(self.datetime)  # a malformed datetime is refused before any request
+        parse_time(self.updated_since)
+        check_number("max_cloud_cover (--max-cloud-cover)", self.max_cloud_cover, minimum=0, maximum=100)
+        check_number("max_items (--max-items)", self.max_items, minimum=1)
+        if self.filter is not None:
+            from pipelines.search.cql2 import compile_filter
+
+            compile_filter(self.filter)  # malformed CQL2 is refused before the catalog is read
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

@@ -171,6 +171,8 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         return Summary()
 
     monkeypatch.setattr("pipelines.embed.run_embedding", fake_run)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")  # s3:// needs credentials (checked up front)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
     r = invoke(
         "embed",
         "--checkpoint",

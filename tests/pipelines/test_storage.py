@@ -77,3 +77,35 @@ def test_a_file_with_bad_json_names_the_file_not_its_content(tmp_path: Path) -> 
     with pytest.raises(InputError, match=r"file .*creds\.json is not valid JSON") as info:
         parse_storage_options(f"@{bad}", "--input-storage-options")
     assert SECRET not in str(info.value) and str(info.value).startswith("--input-storage-options")
+
+
+@pytest.mark.parametrize(
+    ("line", "gone", "kept"),
+    [
+        ("GET http://user:pw-123456@host:9/x", "pw-123456", "http://***@host:9/x"),
+        ("{'Authorization': 'Basic dXNlcjpwdw==', 'Accept': '*/*'}", "dXNlcjpwdw==", "'Accept': '*/*'"),
+        ("[(b'Authorization', b'Bearer eyJhbGciOi'), (b'Host', b'h')]", "eyJhbGciOi", "(b'Host', b'h')"),
+        ("Authorization: AWS4-HMAC-SHA256 Credential=AKIAX/1, Signature=f00d", "AKIAX", "Authorization: ***"),
+        (
+            "https://a.blob.core.windows.net/c/b.tif?sv=2021&sig=abc%2F&se=2030",
+            "abc%2F",
+            "sv=2021&sig=***&se=2030",
+        ),
+        ("https://b.s3.amazonaws.com/k?X-Amz-Signature=beef&X-Amz-Date=1", "beef", "X-Amz-Date=1"),
+        ("x-amz-security-token: FQoGZXIvYXdzE", "FQoGZXIvYXdzE", "x-amz-security-token: ***"),
+        ("https://h/x?token=abc.def&page=2", "abc.def", "page=2"),
+    ],
+)
+def test_log_lines_are_redacted(line: str, gone: str, kept: str) -> None:
+    from pipelines.storage import redact_text
+
+    clean = redact_text(line)
+    assert gone not in clean and kept in clean, clean
+
+
+def test_typed_storage_option_secrets_are_redacted_from_logs() -> None:
+    from pipelines.storage import redact_text
+
+    parse_storage_options(["key=AKIA-canary", f"secret={SECRET}", "endpoint_url=http://127.0.0.1:9000"])
+    clean = redact_text(f"botocore: using secret {SECRET} for http://127.0.0.1:9000")
+    assert SECRET not in clean and "http://127.0.0.1:9000" in clean

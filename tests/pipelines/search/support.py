@@ -359,6 +359,7 @@ class FakeStacApi:
         self.conforms = conforms
         self.page_size = page_size
         self.requests: list[tuple[str, str]] = []
+        self.auth: list[str] = []  # Authorization headers received (to prove a client sent them)
         self.bodies: list[dict] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -412,6 +413,8 @@ class FakeStacApi:
         with self._lock:
             n = len(self.requests)
             self.requests.append((method, h.path))
+            if h.headers.get("Authorization"):
+                self.auth.append(str(h.headers["Authorization"]))
             planned = self.fail_first[n] if n < len(self.fail_first) else None
         if n == 0 and self.delay_first:
             time.sleep(self.delay_first)

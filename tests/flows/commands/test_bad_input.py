@@ -1,0 +1,276 @@
+"""Bad input on every verb: exit 2, exactly one ``error: ...`` line on stderr naming the valid
+values or the fix, no traceback, and no work done first (README, "Validation at the boundary").
+
+Each case names a substring its line must hold, so a case passes only for its own reason (not
+because some other input of the same command happened to be refused first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipelines.errors import EXIT_USAGE
+
+REPO = Path(__file__).resolve().parents[3]
+CKPT = str(REPO / "checkpoints" / "aom-tiny-real.safetensors")
+DATES = "2023-01-01/2023-12-31"
+
+
+@pytest.fixture(scope="module")
+def junk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of wrong things: a file, a folder, a text file named .tif, a broken GeoJSON, an
+    existing pretraining run, and a small cube store of 960 m tiles."""
+    from pipelines.testing.cubes import SENTINEL2, write_synthetic_cubes
+
+    d = tmp_path_factory.mktemp("junk")
+    (d / "afile.txt").write_text("not a folder\n")
+    (d / "adir").mkdir()
+    (d / "notatif.tif").write_text("not a GeoTIFF\n")
+    (d / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [\n')
+    (d / "run").mkdir()
+    (d / "run" / "pretrain_config.json").write_text(json.dumps({"model": "tiny"}))
+    write_synthetic_cubes(d / "cubes960", n_tiles=1, n_times=1, tile_m=960.0, collections=(SENTINEL2,))
+    return d
+
+
+def _embed(d: Path, *extra: str, aoi: str = "5.99,44.99,6.01,45.01") -> list[str]:
+    return [
+        "embed",
+        "--checkpoint",
+        CKPT,
+        "--out",
+        str(d / "emb"),
+        "--datetime",
+        DATES,
+        "--cubes",
+        str(d / "cubes960"),
+        "--aoi",
+        aoi,
+        "--workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _raster(d: Path, *extra: str, src: str = "notatif.tif") -> list[str]:
+    return ["embed-raster", str(d / src), "--checkpoint", CKPT, "--out", str(d / "r.tif"), *extra]
+
+
+def _pretrain(d: Path, *extra: str) -> list[str]:
+    return ["pretrain", "--cubes", str(d / "cubes960"), "--out", str(d / "pt"), *extra]
+
+
+def _search(d: Path, *extra: str) -> list[str]:
+    return ["search", "-c", "sentinel-2-l2a", "--out", str(d / "found.ndjson"), "--no-progress", *extra]
+
+
+def _cubes(d: Path, *extra: str) -> list[str]:
+    return ["cubes", "--items", str(d / "items.ndjson"), "--out", str(d / "cubes"), "--no-progress", *extra]
+
+
+def _query(verb: str, d: Path, *extra: str) -> list[str]:
+    return ["query", verb, "--embeddings", str(d / "emb"), *extra]
+
+
+# (id, args builder, substring of the one error line)
+CASES: list[tuple[str, Any, str]] = [
+    # search
+    ("search-lat-95", lambda d: _search(d, "--bbox", "0,95,1,96"), "latitudes must be within [-90, 90]"),
+    ("search-datetime", lambda d: _search(d, "--datetime", "notadate"), "RFC 3339"),
+    ("search-bad-bbox", lambda d: _search(d, "--bbox", "1,2,3"), "W,S,E,N"),
+    ("search-scheme", lambda d: _search(d, "--catalog-url", "ftp://x/c.json"), "unknown URL scheme ftp://"),
+    ("search-out-scheme", lambda d: ["search", "-c", "x", "--out", "gopher://x/o.ndjson"], "s3://"),
+    ("search-query-file", lambda d: _search(d, "--query", f"@{d}/missing.json"), "cannot read the file"),
+    ("search-cql2", lambda d: _search(d, "--filter", '{"op": "bogus", "args": []}'), "CQL2"),
+    ("search-cloud", lambda d: _search(d, "--max-cloud-cover", "150"), "<= 100"),
+    ("search-max-items", lambda d: _search(d, "--max-items", "0"), "--max-items"),
+    ("unknown-option", lambda d: _search(d, "--bogus"), "No such option: --bogus"),
+    # cubes
+    ("cubes-lat-95", lambda d: _cubes(d, "--bbox", "0,95,1,96"), "latitudes must be within [-90, 90]"),
+    ("cubes-tile-0", lambda d: _cubes(d, "--tile-size-m", "0"), "tile_size_m (--tile-size-m) must be > 0"),
+    ("cubes-tile-100", lambda d: _cubes(d, "--tile-size-m", "100"), "divisible by 60"),
+    ("cubes-encoding", lambda d: _cubes(d, "--encoding", "int8"), "int16, float16"),
+    ("cubes-chunk", lambda d: _cubes(d, "--chunk-px", "0"), "chunk_px (--chunk-px) must be >= 1"),
+    ("cubes-missing-proj", lambda d: _cubes(d, "--missing-proj", "x"), "skip, read_header"),
+    ("cubes-datetime", lambda d: _cubes(d, "--datetime", "2023-13-45"), "RFC 3339"),
+    (
+        "cubes-out-file",
+        lambda d: ["cubes", "--items", "i.ndjson", "--out", str(d / "afile.txt")],
+        "is a file",
+    ),
+    (
+        "cubes-items-scheme",
+        lambda d: ["cubes", "--items", "ftp://h/i.ndjson", "--out", str(d / "c")],
+        "ftp://",
+    ),
+    ("cubes-workers", lambda d: _cubes(d, "--workers", "0"), "--workers"),
+    # embed
+    ("embed-lat-95", lambda d: _embed(d, aoi="0,95,1,96"), "latitudes must be within [-90, 90]"),
+    ("embed-core-0", lambda d: _embed(d, "--core-tokens", "0"), "core_tokens (--core-tokens) must be >= 1"),
+    ("embed-margin", lambda d: _embed(d, "--margin-tokens", "-1"), "margin_tokens (--margin-tokens)"),
+    ("embed-batch-0", lambda d: _embed(d, "--batch-size", "0"), "batch_size"),
+    ("embed-device", lambda d: _embed(d, "--device", "tpu"), "auto, cpu, cuda, cuda:N or mps"),
+    ("embed-precision", lambda d: _embed(d, "--precision", "fp8"), "fp32"),
+    ("embed-datetime", lambda d: [*_embed(d)[:6], "notadate", *_embed(d)[7:]], "RFC 3339"),
+    ("embed-ckpt-dir", lambda d: [*_embed(d)[:2], str(d / "adir"), *_embed(d)[3:]], "is a folder"),
+    ("embed-out-file", lambda d: [*_embed(d)[:4], str(d / "afile.txt"), *_embed(d)[5:]], "is a file"),
+    ("embed-cubes-scheme", lambda d: [*_embed(d)[:8], "ftp://h/c", *_embed(d)[9:]], "unknown URL scheme"),
+    ("embed-tile-size", lambda d: _embed(d, "--tile-size-m", "0"), "must be > 0"),
+    ("embed-tile-mismatch", lambda d: _embed(d), "built with 960 m tiles: give --tile-size-m 960"),
+    (
+        "embed-collection",
+        lambda d: _embed(d, "--tile-size-m", "960", "--collections", "nosuch"),
+        "it holds sentinel-2-l2a",
+    ),
+    (
+        "embed-bands",
+        lambda d: _embed(d, "--tile-size-m", "960", "--bands", "B99"),
+        "not among the inputs' bands",
+    ),
+    # embed-raster
+    ("raster-missing", lambda d: _raster(d, src="missing.tif"), "no such file"),
+    ("raster-not-tiff", lambda d: _raster(d), "not a raster GDAL can open"),
+    ("raster-folder", lambda d: _raster(d, src="adir"), "is a folder"),
+    ("raster-gsd-0", lambda d: _raster(d, "--gsd", "0"), "gsd (--gsd) must be > 0"),
+    ("raster-core-0", lambda d: _raster(d, "--core-tokens", "0"), "core_tokens"),
+    ("raster-batch-0", lambda d: _raster(d, "--batch-size", "0"), "batch_size"),
+    ("raster-precision", lambda d: _raster(d, "--precision", "fp8"), "fp32, bf16"),
+    ("raster-device", lambda d: _raster(d, "--device", "tpu"), "cuda:N"),
+    ("raster-dtype", lambda d: _raster(d, "--dtype", "int16"), "float32, int8"),
+    ("raster-ckpt-dir", lambda d: [*_raster(d)[:3], str(d / "adir"), *_raster(d)[4:]], "is a folder"),
+    (
+        "raster-scheme",
+        lambda d: ["embed-raster", "ftp://h/a.tif", "--checkpoint", CKPT, "--out", "o.tif"],
+        "ftp://",
+    ),
+    ("raster-out-dir", lambda d: [*_raster(d)[:5], str(d / "adir")], "is a folder"),
+    # pretrain
+    ("pretrain-lr", lambda d: _pretrain(d, "--lr", "-1"), "lr (--lr) must be > 0"),
+    ("pretrain-batch", lambda d: _pretrain(d, "--batch-size", "0"), "batch_size (--batch-size) must be >= 1"),
+    ("pretrain-warmup", lambda d: _pretrain(d, "--warmup-steps", "-3"), "warmup_steps"),
+    ("pretrain-workers", lambda d: _pretrain(d, "--num-workers", "-1"), "num_workers"),
+    ("pretrain-device", lambda d: _pretrain(d, "--device", "tpu"), "cuda:N"),
+    ("pretrain-config", lambda d: _pretrain(d, "--config", "huge"), "base"),
+    ("pretrain-scheme", lambda d: ["pretrain", "--cubes", "ftp://h/c", "--out", str(d / "pt")], "ftp://"),
+    ("pretrain-out-file", lambda d: ["pretrain", "--cubes", "c", "--out", str(d / "afile.txt")], "is a file"),
+    ("pretrain-init", lambda d: _pretrain(d, "--init", str(d / "missing.safetensors")), "no such file"),
+    ("pretrain-init-dir", lambda d: _pretrain(d, "--init", str(d / "adir")), "is a folder"),
+    (
+        "pretrain-existing-out",
+        lambda d: ["pretrain", "--cubes", str(d / "cubes960"), "--out", str(d / "run")],
+        "pass --resume",
+    ),
+    # query
+    ("map-lat-95", lambda d: _query("map", d, "--bbox", "0,95,1,96", "--out", "m.png"), "latitudes"),
+    (
+        "map-scheme",
+        lambda d: ["query", "map", "-e", "ftp://h/e", "--bbox", "0,0,1,1", "--out", "m.png"],
+        "ftp://",
+    ),
+    ("map-out-dir", lambda d: _query("map", d, "--bbox", "0,0,1,1", "--out", str(d / "adir")), "is a folder"),
+    ("similar-lat-95", lambda d: _query("similar", d, "--lon", "0", "--lat", "95"), "--lat must be"),
+    (
+        "similar-pairs",
+        lambda d: _query("similar", d, "--lon", "0", "--lon", "1", "--lat", "4"),
+        "as many --lon",
+    ),
+    ("classify-missing", lambda d: _query("classify", d, "--labels", str(d / "no.geojson")), "no such file"),
+    (
+        "export-dtype",
+        lambda d: _query("export", d, "--bbox", "0,0,1,1", "--out", "x.tif", "--dtype", "i"),
+        "int8",
+    ),
+    # demo, samples, eval, sensors
+    (
+        "demo-init",
+        lambda d: ["demo", "--init", str(d / "missing.safetensors"), "--out", str(d / "demo")],
+        "no such",
+    ),
+    ("demo-out-file", lambda d: ["demo", "--out", str(d / "afile.txt")], "is a file"),
+    ("samples-out-file", lambda d: ["samples", "--out", str(d / "afile.txt")], "is a file"),
+    (
+        "eval-ckpt-dir",
+        lambda d: ["eval", "--out", str(d / "ev"), "--checkpoint", str(d / "adir")],
+        "is a folder",
+    ),
+    ("eval-probes", lambda d: ["eval", "--out", str(d / "ev"), "--probes", "svm"], "linear"),
+    ("eval-test-fraction", lambda d: ["eval", "--out", str(d / "ev"), "--test-fraction", "1.5"], "(0, 1)"),
+    ("sensors-unknown", lambda d: ["sensors", "no-such-sensor"], "no-such-sensor"),
+]
+
+
+@pytest.mark.parametrize(("case", "build", "expect"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case: str, build: Any, expect: str, junk: Path) -> None:
+    args = build(junk)
+    r = CliRunner().invoke(app, args)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == EXIT_USAGE, (case, r.exit_code, r.output, r.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: "), (case, r.stderr)
+    assert expect in lines[0], (case, lines[0])
+    assert "Traceback" not in r.output
+    assert not (junk / "pt" / "pretrain_config.json").exists()  # nothing was trained
+    assert not (junk / "emb").exists() and not (junk / "r.tif").exists()  # nothing was written
+
+
+def test_a_refused_existing_run_is_left_as_it_was(junk: Path) -> None:
+    before = (junk / "run" / "pretrain_config.json").read_text()
+    r = CliRunner().invoke(app, ["pretrain", "--cubes", str(junk / "cubes960"), "--out", str(junk / "run")])
+    assert r.exit_code == EXIT_USAGE
+    assert (junk / "run" / "pretrain_config.json").read_text() == before
+    assert sorted(p.name for p in (junk / "run").iterdir()) == ["pretrain_config.json"]
+
+
+def test_debug_shows_the_traceback_of_bad_input(junk: Path) -> None:
+    r = CliRunner().invoke(app, ["--debug", *_embed(junk, "--core-tokens", "0")])
+    assert r.exit_code == EXIT_USAGE
+    assert "Traceback (most recent call last)" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: core_tokens")
+
+
+def test_s3_without_credentials_says_how_to_pass_them(junk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(junk / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(junk / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    r = CliRunner().invoke(app, _search(junk, "--catalog-url", "s3://bucket/items.parquet"))
+    assert r.exit_code == EXIT_USAGE, r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert "no credentials for s3://bucket/items.parquet" in line
+    assert "AWS_ACCESS_KEY_ID" in line and "--storage-options key=" in line
+    # explicit options are enough (the read itself is then what may fail)
+    ok = CliRunner().invoke(
+        app, _search(junk, "--catalog-url", "s3://bucket/items.parquet", "--storage-options", "anon=true")
+    )
+    assert "no credentials" not in ok.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["embed-raster", "missing.tif", "--checkpoint", CKPT, "--out", "o.tif"],
+        ["pretrain", "--cubes", "c", "--out", "o", "--lr", "-1"],
+        ["query", "map", "-e", "e", "--bbox", "0,95,1,96", "--out", "m.png"],
+    ],
+    ids=["raster", "pretrain", "query"],
+)
+def test_bad_input_in_a_real_process(args: list[str], tmp_path: Path) -> None:
+    """The installed entry point behaves as the in-process runs (stderr, exit status, no traceback)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == EXIT_USAGE, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
