@@ -192,6 +192,15 @@ def choose_layout(
     return ChipLayout(tile_tokens, core_tokens, margin_tokens, token_m)
 
 
+def checked_token_m(config: Any, token_m: float | None, checkpoint: str = "the checkpoint") -> float:
+    """The token size (m) a request asks for (None: the checkpoint's ``token_ground_m``), checked
+    against the checkpoint's supported range (``AOMConfig.check_token_m``); EmbedConfigError names it."""
+    try:
+        return float(config.check_token_m(token_m))
+    except ValueError as exc:
+        raise EmbedConfigError(f"{checkpoint}: {exc}") from None
+
+
 def check_gsds(config: Any, gsds: Sequence[float], token_m: float | None = None) -> list[str]:
     """Problems that make these GSDs unusable with this model config (empty list = fine)."""
     token_m = float(token_m if token_m is not None else config.token_ground_m)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.embed import resolve_normaliser
+from pipelines.errors import InputError
 from pipelines.evaluation.datasets import PatchSet
 from pipelines.registry import BandSpec
 
@@ -43,6 +44,7 @@ class Encoder:
     norm_sources: dict[str, str] = field(
         default_factory=dict
     )  # band key -> "exact" | "nearest:<key>" | "data"
+    token_m: float | None = None  # ground size of one token (m); None: the config's token_ground_m
 
     @property
     def config_name(self) -> str:
@@ -131,7 +133,7 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
     """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
     import torch
 
-    from aom_model import BandBatch
+    from aom_model import BandBatch, plan_for
 
     norm = resolve_normaliser(enc.norm_stats, ps.bands, fallback=band_stats(ps))
     enc.norm_sources.update(norm.sources)
@@ -143,11 +145,29 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
     gsd = [b.gsd_m for b in ps.bands]
     outs = []
     model = enc.model
+    token_m = float(enc.token_m if enc.token_m is not None else model.config.token_ground_m)
+    extent = min(min(a.shape[-2:]) * g for a, g in zip(ps.pixels, gsd)) if ps.pixels else 0.0
+    if ps.pixels and extent < token_m * (1 - 1e-6):
+        raise InputError(
+            f"patches of {extent:g} m are smaller than one {token_m:g} m token: raise --patch-px or lower --token-m"
+        )
+    if ps.pixels:  # the plan rounds the grid: a patch that is not whole tokens gets slightly other tokens
+        realised = extent / max(1, round(extent / token_m))
+        enc.meta["token_m_realised"] = realised
+        if abs(realised - token_m) > 0.01 * token_m:
+            log.warning(
+                "patches of %g m are not whole %g m tokens: encoded with %g m tokens (choose --patch-px or "
+                "--token-m so that they are)",
+                extent,
+                token_m,
+                realised,
+            )
     with torch.inference_mode():
         for s in range(0, len(ps), batch_size):
             px = [torch.from_numpy(a[s : s + batch_size]) for a in normed]
             batch = BandBatch.from_bands(px, wl, fw, gsd)
-            pooled = model.forward_features(batch).pooled
+            # the one token plan (as pretraining and embedding): token_m metres per token
+            pooled = model.forward_features(batch, plan_for(batch, model.config, token_m)).pooled
             outs.append(pooled.float().cpu().numpy())
     x = np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
     bad = ~np.isfinite(x).all(axis=1)

@@ -247,6 +247,18 @@ def test_checkpoint_that_does_not_fit_fails_before_any_work(tmp_path: Path, cube
     assert not out.exists()
 
 
+def test_token_size_is_a_request_parameter(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
+    """token_m=320: 24 tokens a 7680 m tile side, its own version; outside 40-320 m: refused first."""
+    out = tmp_path / "emb320"
+    summary = run_embedding(request(checkpoint, out, cubes, token_m=320.0))
+    assert summary.complete and summary.token_ground_m == 320.0 and summary.version.endswith("-320m")
+    assert tile_codes(str(out), summary.version, TILES[0]).shape[:2] == (24, 24)
+    with pytest.raises(EmbedConfigError, match=r"supported range: 40 to 320 m"):
+        run_embedding(request(checkpoint, tmp_path / "never", cubes, token_m=30.0))
+    assert EmbedRequest.from_dict({**request(checkpoint, out, cubes).to_dict(), "token_m": 80}).token_m == 80
+    assert not (tmp_path / "never").exists()
+
+
 def test_existing_version_with_other_definition_is_refused(
     tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
 ) -> None:
