@@ -234,6 +234,12 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         raise EmbedConfigError(f"checkpoint {ckpt.name} does not fit the inputs: " + "; ".join(problems))
     layout = choose_layout(round(per_tile), token_m, gsds, request.core_tokens, request.margin_tokens)
     normaliser = resolve_normaliser(ckpt.norm_stats, bands)
+    own = sorted(k for k, v in normaliser.sources.items() if v == "input")
+    if own:
+        notes.append(
+            f"the checkpoint has no statistics for bands {own}: each tile normalises them with its own "
+            "(mean, std), never another band's"
+        )
 
     version_name = request.version or es.version_name(ckpt.name, ckpt.sha256)
     if request.version is None and token_m != float(cfg.token_ground_m):

@@ -3,8 +3,9 @@
 ``Encoder`` wraps a model loaded from a checkpoint (any local path or fsspec URL) or a random-init
 model of a named config (``random:tiny``). Inputs are normalised as embedding normalises them (one
 resolver, ``pipelines.embed.resolve_normaliser``): per band key ``<sensor>/<band>`` mean/std from the
-checkpoint; a band the checkpoint has no statistics for borrows those of the nearest known wavelength;
-without statistics (random-init, no checkpoint) the patch set's own per-band statistics are used.
+checkpoint (its own key, else the same spectral band under another key); a band the checkpoint has
+no statistics for, and every band without a checkpoint (random-init), gets the patch set's own
+statistics of that band (never another band's).
 Bands sharing a GSD form one ``BandGroup``; nothing is resampled.
 
 ``raw_features`` is the baseline: per patch and band the mean and standard deviation of valid
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.embed import resolve_normaliser
+from pipelines.embed import input_stats, resolve_normaliser
 from pipelines.errors import InputError
 from pipelines.evaluation.datasets import PatchSet
 from pipelines.registry import BandSpec
@@ -43,7 +44,7 @@ class Encoder:
     meta: dict[str, Any] = field(default_factory=dict)
     norm_sources: dict[str, str] = field(
         default_factory=dict
-    )  # band key -> "exact" | "nearest:<key>" | "data"
+    )  # band key -> "exact" | "same-band:<key>" | "input" | "identity"
     token_m: float | None = None  # ground size of one token (m); None: the config's token_ground_m
 
     @property
@@ -120,13 +121,8 @@ def random_like(enc: Encoder, seed: int = 0) -> Encoder:
 
 
 def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
-    out = {}
-    for b, p in zip(ps.bands, ps.pixels):
-        v = p[np.isfinite(p)]
-        mean = float(v.mean()) if v.size else 0.0
-        std = float(v.std()) if v.size else 1.0
-        out[b.key] = (mean, std if std > 1e-6 else 1.0)
-    return out
+    """(mean, std) of every band's valid pixels over the whole patch set (the input's own statistics)."""
+    return {b.key: input_stats(p) for b, p in zip(ps.bands, ps.pixels)}
 
 
 def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:

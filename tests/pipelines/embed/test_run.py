@@ -30,6 +30,7 @@ from pipelines.embed import (
     load_checkpoint_url,
     nanmedian_time,
     parse_periods,
+    plan_run,
     run_embedding,
 )
 from pipelines.runs import TileStatus
@@ -236,10 +237,13 @@ def test_checkpoint_that_does_not_fit_fails_before_any_work(tmp_path: Path, cube
     small_patch = make_checkpoint(tmp_path / "p8.safetensors", patch_size_max=8)
     with pytest.raises(EmbedConfigError, match=r"patch range \[1, 8\]"):
         run_embedding(request(small_patch, out, cubes))
+    # bands the checkpoint has no statistics for are normalised with each tile's own, never
+    # another band's (before: the nearest wavelength's; without wavelengths: an error)
     no_wl = {"kind": "per-band-key", "bands": {"other/B1": {"mean": 0.1, "std": 0.1}}}
     no_stats = make_checkpoint(tmp_path / "ns.safetensors", norm_stats=no_wl)
-    with pytest.raises(EmbedConfigError, match="no normalisation statistics"):
-        run_embedding(request(no_stats, out, cubes))
+    plan = plan_run(request(no_stats, out, cubes))
+    assert set(plan.normaliser.sources.values()) == {"input"} and not plan.normaliser.means
+    assert any("no statistics for bands" in n for n in plan.notes)
     with pytest.raises(EmbedConfigError, match="not found"):
         run_embedding(request(tmp_path / "missing.safetensors", out, cubes))
     with pytest.raises(EmbedConfigError, match="exactly one input"):
