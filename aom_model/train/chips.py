@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from aom_model.train.cube_reader import CubeDataError, CubeReader, GroupInfo, StoreOpener
+from aom_model.train.cube_reader import CubeDataError, CubeReader, GroupInfo, RawReader, StoreOpener
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class ChipConfig:
     val_fraction: float = 0.0  # chip locations held out (stable hash of tile/collection-free location)
     stats_max_chips: int = 128  # chips read for the normalisation statistics
     stats_pixels_per_band: int = 4096  # valid pixels sampled per band per chip
+    window_blocks: int = 4  # shuffle buffer: (tile, time) blocks of a stream mixed into micro-batches
+    streams: int = 8  # data streams of the epoch plan; the world size must divide min(streams, blocks)
 
     def __post_init__(self) -> None:
         if not (self.chip_m > 0 and math.isfinite(self.chip_m)):
@@ -51,6 +53,8 @@ class ChipConfig:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.coarse_factor < 1:
             raise ValueError("coarse_factor must be >= 1")
+        if self.window_blocks < 1 or self.streams < 1:
+            raise ValueError("window_blocks and streams must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -325,7 +329,8 @@ def _partner_time(psrc: Source, pfrac: np.ndarray, t_ns: int, r: int, c: int, ch
 
 
 class ChipReader:
-    """Reads chips of a ``ChipIndex``; open Zarr handles are cached per process, never pickled."""
+    """Reads chips and blocks of a ``ChipIndex`` through :meth:`CubeReader.open_raw`; open stores and
+    groups are cached per process, never pickled (data-loader workers reopen them)."""
 
     def __init__(self, index: ChipIndex) -> None:
         self.index = index
@@ -344,24 +349,35 @@ class ChipReader:
         store: CubeReader = self._cache[skey]
         return store
 
-    def _dataset(self, src: Source, g: GroupInfo) -> Any:
+    def raw(self, source: int, gi: int) -> RawReader:
+        """The (cached) raw reader of group ``gi`` of a source."""
+        src = self.index.sources[source]
+        g = src.groups[gi]
         key = (src.store, src.tile_id, src.collection, g.gsd_label)
-        ds = self._cache.get(key)
-        if ds is None:
-            ds = self._store(src.store).open_group(src.tile_id, src.collection, g.gsd_label, lazy=True)
-            self._cache[key] = ds
-        return ds
+        rg = self._cache.get(key)
+        if rg is None:
+            rg = self._store(src.store).open_raw(src.tile_id, src.collection, g.gsd_label)
+            if rg.shape[1] != len(g.bands):
+                raise CubeDataError(f"{src.tile_id}/{src.collection}/{g.gsd_label}: band count changed")
+            self._cache[key] = rg
+        return rg  # type: ignore[no-any-return]
+
+    def read_block(self, source: int, t: int, gi: int, bands: Sequence[int]) -> np.ndarray:
+        """[len(bands), rows * n, cols * n] stored values of group ``gi`` over the source's chip grid at
+        acquisition ``t`` (each shard under it read once, only these bands decoded)."""
+        src = self.index.sources[source]
+        n = round(self.index.chip.chip_m / src.groups[gi].gsd_m)
+        rg = self.raw(source, gi)
+        return rg.read(src.time_index[t][gi], bands, 0, 0, src.n_rows * n, src.n_cols * n)
 
     def read_chip(self, source: int, t: int, row: int, col: int) -> list[np.ndarray]:
-        """Raw reflectance [C_g, H_g, W_g] per group of a chip (NaN = invalid)."""
+        """Raw reflectance [C_g, H_g, W_g] float32 per group of a chip (NaN = invalid)."""
         src = self.index.sources[source]
         chip_m = self.index.chip.chip_m
         out = []
-        store = self._store(src.store)
         for gi, g in enumerate(src.groups):
             n = round(chip_m / g.gsd_m)
-            arr = store.read_window(self._dataset(src, g), src.time_index[t][gi], row * n, col * n, n, n)
-            if arr.shape[0] != len(g.bands):
-                raise CubeDataError(f"{src.tile_id}/{src.collection}/{g.gsd_label}: band count changed")
-            out.append(arr)
+            rg = self.raw(source, gi)
+            raw = rg.read(src.time_index[t][gi], range(len(g.bands)), row * n, col * n, n, n)
+            out.append(rg.to_float(raw))
         return out

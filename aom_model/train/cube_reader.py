@@ -15,19 +15,21 @@ Contract of a reader:
 * a group (``<tile>/<collection>/<gsd_label>``) opened with ``lazy=True`` is indexed without dask,
   so a window read touches only the chunks under it; windows are float32 reflectance with NaN
   where missing (cloud, shadow, nodata);
+* ``open_raw`` reads a group shard by shard in its stored dtype, decoding only the bands asked
+  for (the chip loader's path: each (tile, time) shard decoded once, normalised on the device);
 * metadata that cannot be used raises :class:`~pipelines.errors.CubeDataError` naming the group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from pipelines.errors import CubeDataError
 
-__all__ = ["CubeDataError", "CubeReader", "GroupInfo", "StoreOpener"]
+__all__ = ["CubeDataError", "CubeReader", "GroupInfo", "RawReader", "StoreOpener"]
 
 
 class GroupInfo(Protocol):
@@ -83,6 +85,42 @@ class GroupInfo(Protocol):
         ...
 
 
+class RawReader(Protocol):
+    """A group's reflectance in its stored dtype, read shard by shard (``pipelines.cubes.shards.RawGroup``).
+
+    ``read`` decodes each shard it touches once and only the inner chunks of the bands asked for;
+    values are the stored ones (int16 with ``fill`` = missing, or float16 with NaN = missing);
+    reflectance = stored * ``scale`` + ``offset``. ``to_float`` is exactly what ``read_window`` returns.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(time, band, y, x)."""
+        ...
+
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+
+    @property
+    def scale(self) -> float: ...
+
+    @property
+    def offset(self) -> float: ...
+
+    @property
+    def fill(self) -> float | None:
+        """The integer fill value (missing), or None for float storage (NaN = missing)."""
+        ...
+
+    def read(self, t: int, bands: Sequence[int], y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """[len(bands), h, w] stored values of acquisition ``t``."""
+        ...
+
+    def to_float(self, raw: np.ndarray) -> np.ndarray:
+        """float32 reflectance, NaN = missing."""
+        ...
+
+
 class CubeReader(Protocol):
     """Read access to one cube store, as training uses it (``pipelines.cubes.CubeStore``)."""
 
@@ -104,6 +142,10 @@ class CubeReader(Protocol):
 
     def read_window(self, ds: Any, t: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """[C, h, w] float32 reflectance of acquisition ``t`` of an opened group (NaN = missing)."""
+        ...
+
+    def open_raw(self, tile_id: str, collection: str, gsd_label: str) -> RawReader:
+        """A group's reflectance for shard-level reads in the stored dtype (what the chip loader uses)."""
         ...
 
 

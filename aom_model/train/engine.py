@@ -315,12 +315,12 @@ class Trainer:
         acc = torch.zeros(9, dtype=torch.float64)
         for tb in micro:
             acc[3] += tb.skipped_chips
-            if tb.native is None:
+            if tb.raw_native is None:
                 self.counters["empty_micro_batches"] += 1
                 continue
             gen = torch.Generator().manual_seed(_seed_for(cfg.seed, self.epoch, tb.index))
-            native = tb.native.to(env.device)
-            coarse = tb.coarse.to(env.device) if tb.coarse is not None else None
+            native, coarse = tb.to(env.device)  # stored pixels, normalised on the device
+            assert native is not None
             with self._autocast():
                 out = self.model.pretrain_step(native, coarse, gen, token_m)
             loss = out["loss"]

@@ -1,4 +1,4 @@
-"""Training data: chips sampled from cube stores across sensors and GSDs.
+"""Training data: chips sampled from cube stores across sensors and GSDs, loaded at the decode floor.
 
 Pipeline
 --------
@@ -14,18 +14,20 @@ Pipeline
    completion record raises ``CubeDataError``; no valid chip at all raises ``NoValidChipsError``
    with the counts.
 2. ``compute_norm_stats`` -> ``NormStats``: per band key ``<sensor>/<band>`` mean/std of valid
-   reflectance from a seeded sample of chips; saved in the checkpoint, applied in the dataset.
-3. ``epoch_plan``: per epoch, chips of one *layout* (collection, its groups and bands, partner
-   layout) are permuted and cut into micro-batches, and all micro-batches are shuffled, seeded by
-   (seed, epoch). A chip appears at most once per epoch. Micro-batch ``i`` of an epoch is a pure
-   function of (seed, epoch, i): rank ``r`` of ``W`` takes ``i = p * W + r``, so the global batch is
-   the same for any world size / accumulation split, and resuming at position ``p`` is exact.
-4. ``ChipBatchDataset[i]`` reads and collates micro-batch ``i`` into ``BandBatch`` views:
-   hierarchical channel sampling (stage 1 per micro-batch: which GSD groups are kept, at least one;
-   stage 2 per sample: a random non-empty band subset of every kept group, or all bands), masks
-   (NaN pixel -> ``pixel_valid`` False; dropped band -> ``band_valid`` False; nothing zero-filled),
-   and the coarse view for the alignment loss (the partner chip, else the chip area-averaged
-   ``coarse_factor`` x). A chip that fails to read is dropped from its batch and counted.
+   reflectance from a seeded sample of chips; saved in the checkpoint, applied on the device.
+3. :func:`~aom_model.train.plan.build_plan`: per epoch, (tile, time) *blocks* are permuted and
+   dealt to ranks; each rank mixes the chips of ``window_blocks`` consecutive blocks (a *window*)
+   into layout-homogeneous micro-batches; channel sampling (stage 1: which GSD groups, per window
+   and layout; stage 2: which bands, per block) is part of the plan. A chip appears at most once
+   per epoch; micro-batch ``i`` is a pure function of (seed, epoch, i), the same for every world
+   size dividing the number of data streams.
+4. :func:`make_loader` delivers a rank's micro-batches in order; a data-loader item is a window:
+   each block of it is decoded once (only the (group, band) pairs some sample uses, each shard
+   read once) and all its chips are sliced from memory. Pixels stay in the stored dtype (int16 or
+   float16) until :meth:`TrainBatch.to` moves them to the device and normalises them there:
+   NaN pixel -> ``pixel_valid`` False; dropped band -> ``band_valid`` False (nothing zero-filled);
+   the coarse view for the alignment loss is the partner chip, else the chip area-averaged
+   ``coarse_factor`` x. A block that fails to read drops its chips from their batches, counted.
 """
 
 from __future__ import annotations
@@ -40,116 +42,141 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aom_model.inputs import BandBatch, BandGroup
-from aom_model.train.chips import ChipIndex, ChipReader, NoValidChipsError, Source
+from aom_model.train.chips import ChipIndex, ChipReader, NoValidChipsError
 from aom_model.train.cube_reader import CubeDataError
 from aom_model.train.norm import NormStats
+from aom_model.train.plan import BatchSpec, EpochPlan, build_plan, epoch_plan, reads
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# Epoch plan
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    chips: tuple[int, ...]  # indices into ChipIndex.chips
-
-
-def epoch_plan(
-    index: ChipIndex,
-    chip_ids: Sequence[int],
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    drop_remainder: bool = True,
-) -> list[BatchSpec]:
-    """Micro-batches of one epoch: layout-homogeneous, each chip at most once, seeded by (seed, epoch).
-    ``drop_remainder=False`` (evaluation) keeps each layout's last, smaller batch."""
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    rng = np.random.default_rng([seed, epoch, 0x5EED])
-    by_layout: dict[Any, list[int]] = {}
-    for i in chip_ids:
-        by_layout.setdefault(index.layout_key(index.chips[i]), []).append(i)
-    batches: list[BatchSpec] = []
-    for key in sorted(by_layout, key=repr):
-        ids = np.array(by_layout[key])
-        ids = ids[rng.permutation(len(ids))]
-        stop = len(ids) if not drop_remainder else len(ids) - batch_size + 1
-        for s in range(0, max(stop, 0), batch_size):
-            batches.append(BatchSpec(tuple(int(v) for v in ids[s : s + batch_size])))
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]
-
-
-# ---------------------------------------------------------------------------------------------
-# Samples and collation
+# Views and batches
 
 
 @dataclass
-class SampleView:
-    """One sample of one view: per kept group (pixels [C, H, W] normalised, NaN = invalid, band mask)."""
+class RawView:
+    """One view of a micro-batch in stored pixels, per kept group; :meth:`to_bands` normalises it
+    where it is used (on the device)."""
 
     pixels: list[np.ndarray]
+    """Per group [B, C, H, W] in the stored dtype (int16 / float16), or float32 reflectance when the
+    batch mixes stores of different encodings."""
     band_valid: list[np.ndarray]
+    """Per group [B, C] bool: the band was kept (stage 2); dropped bands hold no decoded data."""
+    scale: list[float]
+    """Per group: reflectance = stored * scale + offset."""
+    offset: list[float]
+    """Per group offset."""
+    fill: list[float | None]
+    """Per group: the integer fill value (missing), None for float storage (NaN = missing)."""
+    mean: list[np.ndarray]
+    """Per group [C] float32 normalisation mean."""
+    std: list[np.ndarray]
+    """Per group [C] float32 normalisation std."""
     gsd_m: list[float]
+    """Per group: the view's GSD (native GSD x ``factor``)."""
     wavelength_nm: list[np.ndarray]
+    """Per group [C] float32."""
     fwhm_nm: list[np.ndarray]
+    """Per group [C] float32."""
+    factor: int = 1
+    """Area-average f x f blocks after normalising (the coarse view of a chip without partner)."""
 
-
-@dataclass
-class TrainBatch:
-    """One micro-batch: native view, optional coarse view, bookkeeping."""
-
-    index: int  # global micro-batch index in its epoch
-    native: BandBatch | None  # None when every chip of the batch failed to read
-    coarse: BandBatch | None
-    chip_ids: tuple[int, ...]
-    skipped_chips: int = 0
-
-    @property
-    def size(self) -> int:
-        return 0 if self.native is None else self.native.batch_size
-
-
-def collate_views(views: Sequence[SampleView]) -> BandBatch:
-    groups = []
-    for gi in range(len(views[0].pixels)):
-        px = torch.from_numpy(np.stack([v.pixels[gi] for v in views]))  # [B, C, H, W]
-        finite = torch.isfinite(px)
-        bv = torch.from_numpy(np.stack([v.band_valid[gi] for v in views]))
-        groups.append(
-            BandGroup(
-                pixels=px,
-                wavelength_nm=torch.from_numpy(np.stack([v.wavelength_nm[gi] for v in views])).float(),
-                fwhm_nm=torch.from_numpy(np.stack([v.fwhm_nm[gi] for v in views])).float(),
-                gsd_m=torch.tensor([v.gsd_m[gi] for v in views], dtype=torch.float32),
-                band_valid=bv,
-                pixel_valid=None if bool(finite.all()) else finite,
+    def to_bands(self, device: torch.device | str = "cpu") -> BandBatch:
+        groups = []
+        for gi, px in enumerate(self.pixels):
+            raw = torch.from_numpy(px).to(device, non_blocking=True)  # [B, C, H, W] stored dtype
+            b = raw.shape[0]
+            x = raw.float()
+            fill = self.fill[gi]
+            valid = torch.isfinite(x) if fill is None else raw != int(fill)
+            bv = torch.from_numpy(self.band_valid[gi]).to(device)  # [B, C]
+            mean = torch.from_numpy(self.mean[gi]).to(device)[None, :, None, None]
+            std = torch.from_numpy(self.std[gi]).to(device)[None, :, None, None]
+            x = (x * self.scale[gi] + self.offset[gi] - mean) / std
+            x = x.masked_fill(~(valid & bv[:, :, None, None]), float("nan"))
+            if self.factor > 1:
+                x = _coarsen(x, self.factor)
+            finite = torch.isfinite(x)
+            wl = torch.from_numpy(self.wavelength_nm[gi]).to(device)[None].expand(b, -1)
+            fw = torch.from_numpy(self.fwhm_nm[gi]).to(device)[None].expand(b, -1)
+            groups.append(
+                BandGroup(
+                    pixels=x,
+                    wavelength_nm=wl.contiguous(),
+                    fwhm_nm=fw.contiguous(),
+                    gsd_m=torch.full((b,), self.gsd_m[gi], dtype=torch.float32, device=device),
+                    band_valid=bv,
+                    pixel_valid=None if bool(finite.all()) else finite,
+                )
             )
-        )
-    return BandBatch(tuple(groups))
+        return BandBatch(tuple(groups))
+
+
+def _coarsen(x: torch.Tensor, f: int) -> torch.Tensor:
+    """[B, C, H, W] area mean over valid pixels of f x f blocks; NaN where a block has none."""
+    b, c, h, w = x.shape
+    blocks = x.reshape(b, c, h // f, f, w // f, f)
+    valid = torch.isfinite(blocks)
+    cnt = valid.sum(dim=(3, 5))
+    s = torch.where(valid, blocks, torch.zeros_like(blocks)).sum(dim=(3, 5))
+    return torch.where(cnt > 0, s / cnt.clamp(min=1), torch.full_like(s, float("nan")))
 
 
 def coarsen(a: np.ndarray, f: int) -> np.ndarray:
     """[C, H, W] area mean over valid pixels of f x f blocks; NaN where a block has none."""
     if f == 1:
         return a
-    c, h, w = a.shape
-    b = a.reshape(c, h // f, f, w // f, f)
-    valid = np.isfinite(b)
-    cnt = valid.sum(axis=(2, 4))
-    s = np.where(valid, b, 0.0).sum(axis=(2, 4))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan).astype(np.float32)
+    return _coarsen(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None], f)[0].numpy()
+
+
+@dataclass
+class TrainBatch:
+    """One micro-batch: native view, optional coarse view (stored pixels), bookkeeping."""
+
+    index: int
+    """Global micro-batch index in its epoch."""
+    raw_native: RawView | None
+    """None when every chip of the batch failed to read."""
+    raw_coarse: RawView | None
+    """The coarse view, when the batch has one."""
+    chip_ids: tuple[int, ...]
+    """Chips delivered (failed ones left out)."""
+    skipped_chips: int = 0
+    """Chips of the plan that failed to read."""
+
+    @property
+    def size(self) -> int:
+        return 0 if self.raw_native is None else int(self.raw_native.pixels[0].shape[0])
+
+    def to(self, device: torch.device | str) -> tuple[BandBatch | None, BandBatch | None]:
+        """(native, coarse) moved to ``device`` as stored integers and normalised there."""
+        native = None if self.raw_native is None else self.raw_native.to_bands(device)
+        coarse = None if self.raw_coarse is None else self.raw_coarse.to_bands(device)
+        return native, coarse
+
+    @property
+    def native(self) -> BandBatch | None:
+        """The native view normalised on the CPU."""
+        return None if self.raw_native is None else self.raw_native.to_bands("cpu")
+
+    @property
+    def coarse(self) -> BandBatch | None:
+        """The coarse view normalised on the CPU."""
+        return None if self.raw_coarse is None else self.raw_coarse.to_bands("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
 
 
 class ChipBatchDataset(Dataset[TrainBatch]):
-    """Map-style dataset over the micro-batches of one epoch (item ``i`` = micro-batch ``i``).
+    """Map-style dataset over the micro-batches of one epoch (item ``i`` = global micro-batch ``i``).
 
     ``augment=False`` keeps every group and band (evaluation); ``with_coarse=False`` skips the
-    second view. Open Zarr handles are cached per process and never pickled to workers.
+    second view. Open stores are cached per process and never pickled to workers. :func:`make_loader` reads whole windows (each block decoded once);
+    ``ds[i]`` decodes what micro-batch ``i`` alone needs.
     """
 
     def __init__(
@@ -176,129 +203,156 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         self.chip_ids = index.split_ids(split)
         if not self.chip_ids:
             raise NoValidChipsError(f"no valid chips in split {split!r}: {index.counts.to_dict()}")
-        self.epoch = -1
-        self.plan: list[BatchSpec] = []
-        self.set_epoch(epoch)
         missing = [k for k in index.band_keys() if k not in norm.mean]
         if missing:
             raise CubeDataError(f"no normalisation statistics for bands {missing}")
+        self.epoch = -1
+        self.plan = EpochPlan((), 0)
+        self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = epoch
-            self.plan = epoch_plan(
-                self.index, self.chip_ids, self.batch_size, self.seed, epoch, self.drop_remainder
+            self.plan = build_plan(
+                self.index,
+                self.chip_ids,
+                self.batch_size,
+                self.seed,
+                epoch,
+                streams=None if self.drop_remainder else 1,
+                augment=self.augment,
+                with_coarse=self.with_coarse,
+                drop_remainder=self.drop_remainder,
             )
-            if not self.plan:
+            if not len(self.plan):
                 raise NoValidChipsError(
-                    f"split {self.split!r} has {len(self.chip_ids)} valid chips but no layout has a full "
-                    f"micro-batch of {self.batch_size}; lower batch_size or add cubes"
+                    f"split {self.split!r} has {len(self.chip_ids)} valid chips but some data stream "
+                    f"(of {self.index.chip.streams}, windows of {self.index.chip.window_blocks} (tile, time) "
+                    f"blocks) has no full micro-batch of {self.batch_size} of one layout; lower batch_size "
+                    "or streams, or add cubes"
                 )
 
     def __len__(self) -> int:
         return len(self.plan)
 
-    def _normalise(self, src: Source, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for g, a in zip(src.groups, arrays):
-            mean, std = self.norm.arrays(g.band_keys)
-            out.append(((a - mean[:, None, None]) / std[:, None, None]).astype(np.float32))
+    def __getitem__(self, i: int) -> TrainBatch:
+        s, w, j = self.plan.locate(i)
+        return self.window_items(s, w, [j])[0]
+
+    def window_items(self, stream: int, w: int, positions: Sequence[int] | None = None) -> list[TrainBatch]:
+        """Micro-batches ``positions`` (default all) of window ``w`` of ``stream``: every (block, group)
+        they use is decoded once, with exactly the bands some of their samples keep."""
+        win = self.plan.streams[stream][w]
+        js = list(range(len(win.batches))) if positions is None else list(positions)
+        specs = [win.batches[j] for j in js]
+        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]] = {}
+        failed: set[tuple[int, int]] = set()
+        for rd in reads(self.index, specs):
+            if (rd.source, rd.t) in failed:
+                continue
+            try:
+                arr = self.reader.read_block(rd.source, rd.t, rd.group, rd.bands)
+            except Exception as e:  # corrupt chunk, network error: drop the block's chips, count them
+                src = self.index.sources[rd.source]
+                log.warning("%s/%s t=%d unreadable: %s", src.tile_id, src.collection, rd.t, e)
+                failed.add((rd.source, rd.t))
+                continue
+            data[(rd.source, rd.t, rd.group)] = (rd.bands, arr)
+        return [
+            self._assemble((win.first + j) * len(self.plan.streams) + stream, spec, data, failed)
+            for j, spec in zip(js, specs)
+        ]
+
+    def _chip(
+        self,
+        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]],
+        source: int,
+        t: int,
+        gi: int,
+        row: int,
+        col: int,
+        mask: Sequence[bool],
+    ) -> np.ndarray:
+        """[C, n, n] stored values of one chip's group; bands not in ``mask`` hold the fill value."""
+        g = self.index.sources[source].groups[gi]
+        n = round(self.index.chip.chip_m / g.gsd_m)
+        rg = self.reader.raw(source, gi)
+        out = np.full((len(mask), n, n), np.nan if rg.fill is None else rg.fill, dtype=rg.dtype)
+        bands, arr = data[(source, t, gi)]
+        for b in np.flatnonzero(mask):
+            out[b] = arr[bands.index(int(b)), row * n : (row + 1) * n, col * n : (col + 1) * n]
         return out
 
     def _view(
         self,
-        src: Source,
-        arrays: list[np.ndarray],
-        keep_groups: Sequence[int],
-        rng: np.random.Generator,
-        factor: int = 1,
-    ) -> SampleView:
-        px, bv, gsd, wl, fw = [], [], [], [], []
-        for gi in keep_groups:
+        source: int,
+        chips: list[tuple[int, int, int, int]],
+        keep: Sequence[int],
+        masks: list[tuple[tuple[bool, ...], ...]],
+        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]],
+        factor: int,
+    ) -> RawView:
+        """One view of a micro-batch; ``chips``: (source, t, row, col) per sample, all of one layout."""
+        src = self.index.sources[source]
+        view = RawView([], [], [], [], [], [], [], [], [], [], factor)
+        for k, gi in enumerate(keep):
             g = src.groups[gi]
-            a = arrays[gi]
-            c = a.shape[0]
-            mask = np.ones(c, dtype=bool)
-            if self.augment and rng.random() >= self.index.chip.all_bands_prob:
-                k = int(rng.integers(1, c + 1))
-                mask = np.zeros(c, dtype=bool)
-                mask[rng.choice(c, size=k, replace=False)] = True
-            a = coarsen(a, factor) if factor > 1 else a
-            if not mask.all():
-                a = a.copy()
-                a[~mask] = np.nan  # dropped bands carry no data (band_valid False; no token)
-            px.append(a)
-            bv.append(mask)
-            gsd.append(g.gsd_m * factor)
-            wl.append(np.array(g.wavelength_nm, dtype=np.float32))
-            fw.append(np.array(g.fwhm_nm, dtype=np.float32))
-        return SampleView(px, bv, gsd, wl, fw)
+            arrays = [self._chip(data, s, t, gi, r, c, m[k]) for (s, t, r, c), m in zip(chips, masks)]
+            params = {self._encoding(s, gi) for (s, _, _, _) in chips}
+            if len(params) == 1:
+                _, scale, offset, fill = params.pop()
+                px = np.stack(arrays)  # [B, C, H, W]
+            else:  # stores of different encodings in one batch: decode on the CPU
+                px = np.stack([self.reader.raw(s, gi).to_float(a) for (s, _, _, _), a in zip(chips, arrays)])
+                scale, offset, fill = 1.0, 0.0, None
+            mean, std = self.norm.arrays(g.band_keys)
+            view.pixels.append(px)
+            view.band_valid.append(np.array([m[k] for m in masks], dtype=bool))
+            view.scale.append(scale)
+            view.offset.append(offset)
+            view.fill.append(fill)
+            view.mean.append(mean)
+            view.std.append(std)
+            view.gsd_m.append(float(g.gsd_m) * factor)
+            view.wavelength_nm.append(np.array(g.wavelength_nm, dtype=np.float32))
+            view.fwhm_nm.append(np.array(g.fwhm_nm, dtype=np.float32))
+        return view
 
-    def _keep_groups(self, src: Source, rng: np.random.Generator) -> list[int]:
-        n = len(src.groups)
-        if not self.augment or n == 1:
-            return list(range(n))
-        keep = [gi for gi in range(n) if rng.random() < self.index.chip.group_keep_prob]
-        return keep or [int(rng.integers(n))]
+    def _encoding(self, source: int, gi: int) -> tuple[Any, float, float, float | None]:
+        rg = self.reader.raw(source, gi)
+        return (rg.dtype, rg.scale, rg.offset, rg.fill)
 
-    def __getitem__(self, i: int) -> TrainBatch:
-        spec = self.plan[i]
-        rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-        chip0 = self.index.chips[spec.chips[0]]
-        src0 = self.index.sources[chip0.source]
-        keep_native = self._keep_groups(src0, rng)
-        partner_src = None if chip0.partner is None else self.index.sources[chip0.partner[0]]
-        keep_coarse: list[int] | None = None
-        factor = 1
-        if self.with_coarse:
-            if partner_src is not None:
-                keep_coarse = self._keep_groups(partner_src, rng)
-            else:
-                f = self.index.chip.coarse_factor
-                sizes = [round(self.index.chip.chip_m / g.gsd_m) for g in src0.groups]
-                if f > 1 and all(s % f == 0 for s in sizes):
-                    keep_coarse, factor = self._keep_groups(src0, rng), f
-        natives, coarses, ids = [], [], []
+    def _assemble(
+        self,
+        i: int,
+        spec: BatchSpec,
+        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]],
+        failed: set[tuple[int, int]],
+    ) -> TrainBatch:
+        natives: list[tuple[int, int, int, int]] = []
+        coarses: list[tuple[int, int, int, int]] = []
+        nmasks, cmasks, ids = [], [], []
         skipped = 0
-        for cid in spec.chips:
+        own = spec.coarse_factor > 1
+        for k, cid in enumerate(spec.chips):
             c = self.index.chips[cid]
-            src = self.index.sources[c.source]
-            srng = np.random.default_rng([self.seed, self.epoch, i, 2, cid])
-            try:
-                arrays = self._normalise(src, self.reader.read_chip(c.source, c.t, c.row, c.col))
-                native = self._view(src, arrays, keep_native, srng)
-                coarse = None
-                if keep_coarse is not None:
-                    if c.partner is not None and partner_src is not None:
-                        psrc = self.index.sources[c.partner[0]]
-                        parr = self._normalise(
-                            psrc, self.reader.read_chip(c.partner[0], c.partner[1], c.row, c.col)
-                        )
-                        coarse = self._view(psrc, parr, keep_coarse, srng)
-                    else:
-                        coarse = self._view(src, arrays, keep_coarse, srng, factor)
-            except Exception as e:  # corrupt chunk, network error: drop this chip, count it
-                log.warning(
-                    "chip %d (%s/%s t=%d r=%d c=%d) unreadable: %s",
-                    cid,
-                    src.tile_id,
-                    src.collection,
-                    c.t,
-                    c.row,
-                    c.col,
-                    e,
-                )
+            cs, ct = (c.source, c.t) if own or c.partner is None else c.partner
+            if (c.source, c.t) in failed or (spec.keep_coarse is not None and (cs, ct) in failed):
                 skipped += 1
                 continue
-            natives.append(native)
-            if coarse is not None:
-                coarses.append(coarse)
+            natives.append((c.source, c.t, c.row, c.col))
+            nmasks.append(spec.native_masks[k])
+            if spec.keep_coarse is not None:
+                coarses.append((cs, ct, c.row, c.col))
+                cmasks.append(spec.coarse_masks[k])
             ids.append(cid)
         if not natives:
             return TrainBatch(i, None, None, tuple(ids), skipped)
-        nb = collate_views(natives)
-        cb = collate_views(coarses) if keep_coarse is not None and len(coarses) == len(natives) else None
-        return TrainBatch(i, nb, cb, tuple(ids), skipped)
+        native = self._view(natives[0][0], natives, spec.keep_native, nmasks, data, 1)
+        coarse = None
+        if spec.keep_coarse is not None:
+            coarse = self._view(coarses[0][0], coarses, spec.keep_coarse, cmasks, data, spec.coarse_factor)
+        return TrainBatch(i, native, coarse, tuple(ids), skipped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +374,64 @@ class RankSampler(Sampler[int]):
             yield p * self.world + self.rank
 
 
+class _Windows(Dataset[tuple[tuple[int, int], dict[int, TrainBatch]]]):
+    """Item ``k``: ((stream, window), position -> micro-batch) of the ``k``-th window a rank needs
+    from local position ``start`` on, in the order the rank first needs them."""
+
+    def __init__(self, dataset: ChipBatchDataset, rank: int, world: int, start: int) -> None:
+        self.dataset = dataset
+        plan = dataset.plan
+        n_streams = len(plan.streams)
+        items = []
+        for s in range(rank, n_streams, world):
+            for w, win in enumerate(plan.streams[s]):
+                # local position of stream position q: (q * S + s - rank) / world
+                local = [((win.first + j) * n_streams + s - rank) // world for j in range(len(win.batches))]
+                keep = [j for j, p in enumerate(local) if p >= start]
+                if keep:
+                    items.append((local[keep[0]], (s, w), keep))
+        self.items = [(key, keep) for _, key, keep in sorted(items)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> tuple[tuple[int, int], dict[int, TrainBatch]]:
+        (s, w), positions = self.items[k]
+        return (s, w), dict(zip(positions, self.dataset.window_items(s, w, positions)))
+
+
+class ChipLoader:
+    """This rank's micro-batches in order from local position ``start``; data-loader workers read
+    whole windows in parallel and only change speed, never content or order."""
+
+    def __init__(
+        self,
+        loader: DataLoader[tuple[tuple[int, int], dict[int, TrainBatch]]],
+        plan: EpochPlan,
+        rank: int,
+        world: int,
+        start: int,
+    ) -> None:
+        self.loader, self.plan = loader, plan
+        self.rank, self.world, self.start = rank, world, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.plan) // self.world - self.start)
+
+    def __iter__(self) -> Iterator[TrainBatch]:
+        it = iter(self.loader)
+        held: dict[tuple[int, int], dict[int, TrainBatch]] = {}  # windows being delivered
+        for p in range(self.start, len(self.plan) // self.world):
+            s, w, j = self.plan.locate(p * self.world + self.rank)
+            while (s, w) not in held:
+                key, batches = next(it)
+                held[key] = batches
+            tb = held[(s, w)].pop(j)
+            if not held[(s, w)]:
+                del held[(s, w)]
+            yield tb
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -335,10 +447,12 @@ def make_loader(
     start: int = 0,
     num_workers: int = 0,
     prefetch_factor: int = 2,
-) -> DataLoader[TrainBatch]:
-    """Loader over this rank's micro-batches of the dataset's current epoch, from local position ``start``.
-    Workers only change speed, never content or order."""
-    sampler = RankSampler(len(dataset), rank, world, start)
+) -> ChipLoader:
+    """Loader over this rank's micro-batches of the dataset's current epoch, from local position ``start``
+    (global micro-batch ``p * world + rank`` at local position ``p``)."""
+    dataset.plan.check_world(world)
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside 0..{world - 1}")
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs = {
@@ -346,6 +460,21 @@ def make_loader(
             "worker_init_fn": _worker_init,
             "persistent_workers": False,
         }
-    return DataLoader(
-        dataset, batch_size=None, sampler=sampler, num_workers=num_workers, collate_fn=_identity, **kwargs
+    windows = _Windows(dataset, rank, world, start)
+    loader = DataLoader(
+        windows, batch_size=None, shuffle=False, num_workers=num_workers, collate_fn=_identity, **kwargs
     )
+    return ChipLoader(loader, dataset.plan, rank, world, start)
+
+
+__all__ = [
+    "BatchSpec",
+    "ChipBatchDataset",
+    "ChipLoader",
+    "RankSampler",
+    "RawView",
+    "TrainBatch",
+    "coarsen",
+    "epoch_plan",
+    "make_loader",
+]

@@ -25,6 +25,7 @@ training (through the ``aom_model.train.cube_reader.CubeReader`` protocol, see
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import posixpath
@@ -36,6 +37,7 @@ import numpy as np
 import xarray as xr
 
 from pipelines.cubes.groups import GroupMeta, group_meta, read_window
+from pipelines.cubes.shards import RawGroup, open_raw_group
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
 from pipelines.errors import CubeDataError
 from pipelines.runs import TileStatus
@@ -405,6 +407,22 @@ class CubeStore:
     def read_window(ds: Any, t: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """[C, h, w] float32 reflectance of acquisition ``t`` of a group (NaN = missing)."""
         return read_window(ds, t, y0, x0, h, w)
+
+    def open_raw(self, tile_id: str, collection: str, gsd_label: str) -> RawGroup:
+        """A group's reflectance read shard by shard in its stored dtype, only the bands asked for
+        (:class:`~pipelines.cubes.shards.RawGroup`; one GET for its metadata, one per shard read).
+        The tile must be recorded (callers list groups from its record)."""
+        gpath = group_path(tile_id, collection, gsd_label)
+        zarr_array = functools.partial(_zarr_reflectance, self.url, self.storage_options, gpath)
+        return open_raw_group(self.fs, self._path(gpath), zarr_array)
+
+
+def _zarr_reflectance(url: str, storage_options: Mapping[str, Any], gpath: str) -> Any:
+    """The reflectance zarr array of a group (the generic path, for layouts other than ``aom cubes``')."""
+    import zarr
+
+    store = CubeStore(url, storage_options).zarr_store(gpath)
+    return zarr.open_array(store, path="reflectance", mode="r", zarr_format=3)
 
 
 # ---------------------------------------------------------------------------------------------
