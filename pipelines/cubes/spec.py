@@ -127,11 +127,10 @@ class CubeSpec:
         digest of the registry entries (assets, scale/offset, mask rule) of the collections."""
         d = self.to_dict()
         d.pop("missing_proj")
-        entries = [
-            _registry_content(cs)
-            for c in self.collections
-            for cs in self.registry().variants(c, self.catalog)
-        ]
+        entries = []
+        for c in self.collections:  # the default band set, then any other (Landsat TM, ETM+)
+            entries.append(_registry_content(self.collection_spec(c)))
+            entries.extend(_registry_content(v) for v in self.registry().variants(c, self.catalog)[1:])
         text = json.dumps(entries, sort_keys=True, default=str)
         d["registry_digest"] = hashlib.sha256(text.encode()).hexdigest()[:16]
         return d

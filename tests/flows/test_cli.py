@@ -252,6 +252,8 @@ def test_cubes_cli_and_ingest_flow_build_equal_requests(
         "32631_95_649",
         "--tile-size-m",
         "3840",
+        "--catalog",  # without it the CLI infers the catalog from the --items; the flow names its own
+        "sample",
     )
     assert r.exit_code == EXIT_USAGE and "error: planned" in r.stderr
     flow = IngestParams(
