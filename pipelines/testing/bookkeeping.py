@@ -46,7 +46,7 @@ def spread_tiles(n: int, grid: TileGrid | None = None, zones: tuple[int, ...] = 
 
 def cube_record(tile: Tile, spec: CubeSpec, times: int = 20) -> dict[str, Any]:
     """A ``complete`` cube completion record holding every group the spec can hold."""
-    groups = []
+    groups: list[dict[str, Any]] = []
     for coll in spec.collections:
         for label, (gsd, bands) in spec.band_groups(coll).items():
             px = round(spec.grid.tile_size_m / gsd)
