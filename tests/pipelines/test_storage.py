@@ -109,3 +109,21 @@ def test_typed_storage_option_secrets_are_redacted_from_logs() -> None:
     parse_storage_options(["key=AKIA-canary", f"secret={SECRET}", "endpoint_url=http://127.0.0.1:9000"])
     clean = redact_text(f"botocore: using secret {SECRET} for http://127.0.0.1:9000")
     assert SECRET not in clean and "http://127.0.0.1:9000" in clean
+
+
+def test_list_files_read_many_and_write_json_many_locally(tmp_path: Path) -> None:
+    from pipelines.storage import list_files, read_many, write_json_many
+    from pipelines.tiling import column_prefixes
+
+    folder = tmp_path / "_tiles"
+    ids = ["32631_95_649", "32631_95_650", "32631_96_649", "32632_34_649"]
+    write_json_many({str(folder / f"{t}.json"): {"tile_id": t} for t in ids})
+    (folder / "32631_95_651.json.tmp-abc").write_text("{")  # an interrupted write: never listed
+    assert sorted(list_files(str(folder))) == sorted(f"{t}.json" for t in ids)
+    assert column_prefixes([*ids[:2], "T7"]) == ["32631_95_", "T7"]
+    some = list_files(str(folder), prefixes=column_prefixes(ids[:2]))
+    assert sorted(some) == [f"{t}.json" for t in ids[:2]] and all(m > 0 for m in some.values())
+    assert list_files(str(tmp_path / "nothing")) == {} and list_files(str(folder), prefixes=[]) == {}
+    urls = [str(folder / f"{t}.json") for t in [*ids[:2], "32631_1_1"]]
+    got = read_many(urls)
+    assert json.loads(got[urls[0]] or b"")["tile_id"] == ids[0] and got[urls[2]] is None
