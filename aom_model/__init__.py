@@ -11,7 +11,7 @@ from aom_model.inputs import BandBatch, BandGroup
 from aom_model.masking import channel_mask
 from aom_model.model import AOM, EncoderOutput
 from aom_model.patch_embed import GridPlan, GroupPlan, plan_grid
-from aom_model.tokenizer import Tokens, plan_for
+from aom_model.tokenizer import MixedGSDBatchError, Tokens, plan_for
 from aom_model.vit_baseline import PlainViT
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "EncoderWrapper",
     "GridPlan",
     "GroupPlan",
+    "MixedGSDBatchError",
     "PlainViT",
     "Tokens",
     "batch_to_args",

@@ -33,7 +33,12 @@ class AOMConfig:
     spectral_distance_bias: bool = True
     # --- tokenizer -----------------------------------------------------------------------------
     kernel_sizes: tuple[int, ...] = (8, 16, 32)  # kernel bank, FlexiViT-PI-resized to the needed patch
-    token_ground_m: float = 160.0  # target ground footprint of one token (m); 16 px at 10 m
+    token_ground_m: float = 160.0  # default ground footprint of one token (m); 16 px at 10 m
+    # token sizes (m) this model serves (``--token-m``): pretraining draws one per step, log-uniform
+    # over [token_m_min, token_m_max] (``aom_model.train.engine.token_m_for_step``); None = only
+    # token_ground_m (checkpoints trained before token sizes were sampled)
+    token_m_min: float | None = None
+    token_m_max: float | None = None
     patch_size_min: int = 1
     patch_size_max: int = 32
     min_valid_pixel_frac: float = 0.5  # a token is valid if at least this fraction of its pixels is
@@ -113,6 +118,15 @@ class AOMConfig:
             errors.append("patch_size_max must be >= patch_size_min")
         if not (math.isfinite(self.token_ground_m) and self.token_ground_m > 0):
             errors.append(f"token_ground_m must be > 0, got {self.token_ground_m}")
+        if (self.token_m_min is None) != (self.token_m_max is None):
+            errors.append("token_m_min and token_m_max are given together or not at all")
+        elif self.token_m_min is not None and self.token_m_max is not None:
+            lo, hi = float(self.token_m_min), float(self.token_m_max)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= self.token_ground_m <= hi):
+                errors.append(
+                    f"need 0 < token_m_min <= token_ground_m <= token_m_max, got {lo}, "
+                    f"{self.token_ground_m}, {hi}"
+                )
         if not 0.0 <= self.mask_ratio < 1.0:
             errors.append(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.band_mask_share <= 1.0:
@@ -133,6 +147,27 @@ class AOMConfig:
             errors.append("num_band_ids must be >= 0")
         if errors:
             raise ValueError("invalid AOMConfig: " + "; ".join(errors))
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def token_m_range(self) -> tuple[float, float]:
+        """Token sizes (m) this model serves, inclusive (one size for a fixed-size checkpoint)."""
+        if self.token_m_min is None or self.token_m_max is None:
+            return (float(self.token_ground_m), float(self.token_ground_m))
+        return (float(self.token_m_min), float(self.token_m_max))
+
+    def check_token_m(self, token_m: float | None) -> float:
+        """``token_m`` (None: ``token_ground_m``) if this model serves it, else ValueError naming the range."""
+        if token_m is None:
+            return float(self.token_ground_m)
+        value = float(token_m)
+        lo, hi = self.token_m_range
+        if not (math.isfinite(value) and lo * (1 - 1e-9) <= value <= hi * (1 + 1e-9)):
+            served = f"{lo:g} m only" if lo == hi else f"{lo:g} to {hi:g} m"
+            raise ValueError(
+                f"token size {token_m:g} m is outside the checkpoint's supported range: {served}"
+            )
+        return value
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -162,9 +197,12 @@ class AOMConfig:
         return cls(**kwargs)
 
 
+# named sizes serve 40-320 m tokens (4-32 px at 10 m): pretraining samples that range
+_TOKEN_RANGE: dict[str, Any] = {"token_m_min": 40.0, "token_m_max": 320.0}
 _NAMED: dict[str, dict[str, Any]] = {
-    "tiny": {},
+    "tiny": {**_TOKEN_RANGE},
     "small": {
+        **_TOKEN_RANGE,
         "embed_dim": 384,
         "depth": 12,
         "num_heads": 6,
@@ -179,6 +217,7 @@ _NAMED: dict[str, dict[str, Any]] = {
         "band_fourier_features": 32,
     },
     "base": {
+        **_TOKEN_RANGE,
         "embed_dim": 768,
         "depth": 12,
         "num_heads": 12,

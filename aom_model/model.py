@@ -16,7 +16,7 @@ from aom_model.losses import info_nce, normalized_patch_mse, patch_stats_mse
 from aom_model.masking import channel_mask
 from aom_model.patch_embed import GridPlan
 from aom_model.pos_embed import token_centres_m
-from aom_model.tokenizer import Tokenizer, Tokens
+from aom_model.tokenizer import Tokenizer, Tokens, plan_for
 
 
 @dataclass
@@ -185,12 +185,14 @@ class AOM(nn.Module):
         view_native: BandBatch,
         view_coarse: BandBatch | None,
         generator: torch.Generator,
+        token_m: float | None = None,
     ) -> dict[str, Tensor]:
         """One pretraining forward: masked reconstruction of the native view, plus InfoNCE between
         the pooled embedding of the (masked) native view and of the coarse view when given.
+        Both views are planned with ``token_m`` metres per token (None: ``config.token_ground_m``).
         Returns {"loss", "recon", "stats"[, "align"]} (``loss`` is differentiable)."""
         view_native.validate()
-        tokens = self.tokenize(view_native)
+        tokens = self.tokenize(view_native, plan_for(view_native, self.config, token_m))
         masked = channel_mask(tokens.present, self.config.mask_ratio, self.config.band_mask_share, generator)
         enc = self.encode(tokens, masked)
         rec = self.decode(enc, tokens, masked)
@@ -198,7 +200,9 @@ class AOM(nn.Module):
         if view_coarse is not None:
             if view_coarse.batch_size != view_native.batch_size:
                 raise ValueError("view_native and view_coarse must have the same batch size")
-            pooled_coarse = self.forward_features(view_coarse).pooled
+            pooled_coarse = self.forward_features(
+                view_coarse, plan_for(view_coarse, self.config, token_m)
+            ).pooled
         return self.loss(rec, tokens, masked, enc.pooled, pooled_coarse)
 
 

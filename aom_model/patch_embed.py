@@ -89,51 +89,26 @@ class GridPlan:
         return self.grid_hw[0] * self.grid_hw[1]
 
 
-def _common_divisors(sizes: Sequence[int]) -> list[int]:
-    return [n for n in range(1, min(sizes) + 1) if all(s % n == 0 for s in sizes)]
-
-
-def _plan_axes(
-    heights: Sequence[int], widths: Sequence[int], ref: int, target_h: float, target_w: float
-) -> tuple[int, int]:
-    """Token grid (Hp, Wp): exact common divisors of every group's size near the targets, with
-    near-square patches; otherwise the rounded targets (the groups then get resampled)."""
-    th = min(max(target_h, 1.0), float(min(heights)))
-    tw = min(max(target_w, 1.0), float(min(widths)))
-    tol = math.log(1.5)
-    best: tuple[float, int, int] | None = None
-    for hp in _common_divisors(heights):
-        eh = abs(math.log(hp / th))
-        if eh > tol:
-            continue
-        for wp in _common_divisors(widths):
-            ew = abs(math.log(wp / tw))
-            aspect = abs(math.log((heights[ref] / hp) / (widths[ref] / wp)))
-            if ew > tol or aspect > tol:
-                continue
-            score = eh + ew + 2.0 * aspect
-            if best is None or score < best[0]:
-                best = (score, hp, wp)
-    if best is not None:
-        return best[1], best[2]
-    return max(1, min(min(heights), round(th))), max(1, min(min(widths), round(tw)))
-
-
 def plan_grid(
     shapes: Sequence[tuple[int, int]],  # per group (H_g, W_g)
-    gsds: Sequence[float],  # per group representative GSD (m)
+    gsds: Sequence[float],  # per group GSD (m), one value shared by every sample of the batch
     token_ground_m: float,
     kernel_sizes: Sequence[int],
     patch_size_min: int = 1,
     patch_size_max: int = 32,
     grid_hw: tuple[int, int] | None = None,
 ) -> GridPlan:
-    """Choose the token grid: the finest group gets patch ~ token_ground_m / GSD (clamped to
-    [patch_size_min, patch_size_max]); every group's patch is its size / grid, so all groups share
-    the grid. Groups whose size is not divisible by the grid are resampled (the only resampling).
+    """The one token plan (pretraining, evaluation, tile and raster embedding all call it).
 
-    ``grid_hw`` fixes the grid instead of searching it (embedding chips need exactly their token
-    count, whatever divides evenly); the groups' patches follow from it the same way."""
+    A token is ``token_ground_m`` metres of ground: the finest group gets ``token_ground_m / GSD``
+    pixels per token (clamped to [patch_size_min, patch_size_max]; a clamp changes the token's
+    ground size, which ``Tokens.token_m`` records) and the grid is the extent in tokens, rounded
+    (at least 1). Every group's patch is its size / grid, so all groups share the grid; a group
+    whose size is not a whole number of patches is resampled to the nearest that is (the only
+    resampling). No other grid is searched: the same request gives the same token size whatever
+    the extent or the band set.
+
+    ``grid_hw`` fixes the grid instead (embedding chips are exactly their token count)."""
     if not shapes:
         raise ValueError("empty band set: no group to plan")
     ref = min(range(len(shapes)), key=lambda i: (gsds[i], -shapes[i][0] * shapes[i][1]))
@@ -143,13 +118,8 @@ def plan_grid(
         gsd_ref = gsds[ref]
         patch = min(max(token_ground_m / gsd_ref, float(patch_size_min)), float(patch_size_max))
         ground = patch * gsd_ref  # achieved ground footprint of one token (m)
-        hp, wp = _plan_axes(
-            [s[0] for s in shapes],
-            [s[1] for s in shapes],
-            ref,
-            shapes[ref][0] * gsd_ref / ground,
-            shapes[ref][1] * gsd_ref / ground,
-        )
+        hp = max(1, round(shapes[ref][0] * gsd_ref / ground))
+        wp = max(1, round(shapes[ref][1] * gsd_ref / ground))
     plans = []
     for h, w in shapes:
         ph, pw = max(1, round(h / hp)), max(1, round(w / wp))

@@ -11,8 +11,9 @@ from torch import Tensor, nn
 from aom_model.band_embedding import BandEmbedding
 from aom_model.blocks import is_tracing
 from aom_model.config import AOMConfig
-from aom_model.inputs import BandBatch
+from aom_model.inputs import BandBatch, BandGroup
 from aom_model.patch_embed import GridPlan, KernelBank, patchify, plan_grid
+from pipelines.errors import InputError
 
 
 @dataclass
@@ -37,13 +38,35 @@ class Tokens:
         return self.plan.grid_hw
 
 
-def plan_for(batch: BandBatch, config: AOMConfig) -> GridPlan:
-    """Grid plan of a batch (a Python-level decision from shapes and the median GSD per group)."""
-    gsds = [float(g.gsd_per_sample().median()) for g in batch.groups]
+class MixedGSDBatchError(InputError):
+    """A batch whose samples have different GSDs in one band group: one token grid cannot serve
+    them all, and a plan from some batch statistic would make a sample depend on its batchmates."""
+
+
+def group_gsd(group: BandGroup, index: int = 0) -> float:
+    """The one GSD (m) every sample of a band group shares (samples without a valid band in the
+    group are ignored); MixedGSDBatchError when the samples differ."""
+    gsd = group.gsd_per_sample()  # [B]
+    has = group.valid_bands().any(dim=1)  # [B]
+    vals = gsd[has] if bool(has.any()) else gsd
+    lo, hi = float(vals.min()), float(vals.max())
+    if hi - lo > 1e-3 * lo:
+        raise MixedGSDBatchError(
+            f"band group {index} mixes GSDs {sorted({round(float(v), 3) for v in vals})} m in one batch: "
+            "batch samples of one GSD per group together (each sample's token plan follows its own GSD)"
+        )
+    return float(vals[0])
+
+
+def plan_for(batch: BandBatch, config: AOMConfig, token_m: float | None = None) -> GridPlan:
+    """The token plan of a batch: ``plan_grid`` with each group's own GSD (shared by all samples,
+    else MixedGSDBatchError) and ``token_m`` metres per token (None: ``config.token_ground_m``).
+    A Python-level decision from shapes and GSDs; no sample's plan depends on its batchmates."""
+    gsds = [group_gsd(g, i) for i, g in enumerate(batch.groups)]
     return plan_grid(
         [g.hw for g in batch.groups],
         gsds,
-        config.token_ground_m,
+        config.token_ground_m if token_m is None else float(token_m),
         config.kernel_sizes,
         config.patch_size_min,
         config.patch_size_max,

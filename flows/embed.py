@@ -36,6 +36,9 @@ class EmbedParams(BaseModel):
     tiles: tuple[str, ...] | None = Field(None, description="only these tile ids (e.g. from a refresh event)")
     datetime: str = Field(..., description="RFC 3339 range(s), comma-separated, one per time slice")
     tile_size_m: float = Field(EmbedRequest.tile_size_m, gt=0)
+    token_m: float | None = Field(
+        None, gt=0, description="ground size of one token (m); default: the checkpoint's token_ground_m"
+    )
     version: str | None = None
     dask_address: str | None = Field(
         None, description="Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else local workers)"

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from aom_model.checkpoint import load_checkpoint, save_checkpoint
+from aom_model.config import AOMConfig
 from aom_model.model import AOM
 from aom_model.train.chips import ChipIndex
 from aom_model.train.config import NonFiniteLossError, PretrainConfig, PretrainResult
@@ -73,6 +74,17 @@ log = logging.getLogger(__name__)
 
 def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def token_m_for_step(seed: int, step: int, config: AOMConfig) -> float:
+    """The token size (m) of one optimiser step: log-uniform over ``config.token_m_range``, a pure
+    function of (seed, step), the same on every rank and for every micro-batch of the step, so a
+    resumed run draws the same sizes. A fixed-size config gives ``token_ground_m``."""
+    lo, hi = config.token_m_range
+    if hi <= lo:
+        return lo
+    u = float(np.random.default_rng([int(seed), int(step), 0x70CE]).random())
+    return float(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))))
 
 
 def _read_bytes(url: str, storage_options: Mapping[str, Any] | None) -> bytes:
@@ -300,6 +312,7 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.schedule.apply(self.optimizer, self.step)
+        token_m = token_m_for_step(cfg.seed, self.step, self.model_cfg)
         # bad, n_ok, samples, skipped, loss, recon, align, n_align, stats
         acc = torch.zeros(9, dtype=torch.float64)
         for tb in micro:
@@ -311,7 +324,7 @@ class Trainer:
             native = tb.native.to(env.device)
             coarse = tb.coarse.to(env.device) if tb.coarse is not None else None
             with self._autocast():
-                out = self.model.pretrain_step(native, coarse, gen)
+                out = self.model.pretrain_step(native, coarse, gen, token_m)
             loss = out["loss"]
             vals = {k: float(v.detach().float()) for k, v in out.items()}
             if not all(math.isfinite(v) for v in vals.values()):
@@ -329,7 +342,7 @@ class Trainer:
         all_reduce_(acc, env)
         bad, n_ok, samples, skipped = (int(acc[i]) for i in range(4))
         self.counters["chips_skipped"] += skipped
-        rec: dict[str, Any] = {"lr": lr, "samples": samples}
+        rec: dict[str, Any] = {"lr": lr, "samples": samples, "token_m": token_m}
         params = [p for p in self.model.parameters() if p.requires_grad]
         if bad == 0 and n_ok > 0:
             # unused parameters (e.g. a kernel-bank size no group needed) get a zero gradient, on one

@@ -88,6 +88,12 @@ def embed(
     tile_size_m: float = typer.Option(
         DEFAULT_TILE_SIZE_M, "--tile-size-m", help="Tile grid size (must match the cubes)."
     ),
+    token_m: float | None = typer.Option(
+        None,
+        "--token-m",
+        help="Ground size of one token (m), e.g. 40, 80, 160, 320, inside the checkpoint's supported range "
+        "(default: its token_ground_m).",
+    ),
     core_tokens: int | None = typer.Option(
         None, "--core-tokens", help="Tokens a side kept per chip (default 24)."
     ),
@@ -171,6 +177,12 @@ def embed_raster_cmd(
     dtype: str = typer.Option(
         "float32", "--dtype", help="float32 (NaN nodata) or int8 (int8-sqrt, -128 nodata)."
     ),
+    token_m: float | None = typer.Option(
+        None,
+        "--token-m",
+        help="Ground size of one token (m), e.g. 40, 80, 160, 320, inside the checkpoint's supported range "
+        "(default: its token_ground_m).",
+    ),
     core_tokens: int = typer.Option(24, "--core-tokens", help="Tokens a side kept per chip."),
     margin_tokens: int = typer.Option(3, "--margin-tokens", help="Context tokens each side of a chip."),
     batch_size: int = typer.Option(8, "--batch-size"),
@@ -200,6 +212,7 @@ def embed_raster_cmd(
         scale=scale,
         offset=offset,
         dtype=dtype,
+        token_m=token_m,
         core_tokens=core_tokens,
         margin_tokens=margin_tokens,
         batch_size=batch_size,

@@ -99,6 +99,12 @@ def eval_command(
     probes: str = typer.Option("linear,knn", "--probes", help="linear and/or knn."),
     knn_k: int = typer.Option(10, "--knn-k", min=1),
     patch_px: int = typer.Option(16, "--patch-px", min=2, help="Patch side in pixels of the finest band."),
+    token_m: float | None = typer.Option(
+        None,
+        "--token-m",
+        help="Ground size of one token (m) inside the checkpoint's supported range (default: its "
+        "token_ground_m); the token plan aom embed uses.",
+    ),
     max_per_class: int = typer.Option(
         300, "--max-per-class", help="Cap of patches per class (seeded; 0 = all)."
     ),
@@ -158,6 +164,7 @@ def eval_command(
             raw_baseline=raw_baseline,
             registry=tuple(registry),
             threads=threads,
+            token_m=token_m,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -192,6 +192,15 @@ def choose_layout(
     return ChipLayout(tile_tokens, core_tokens, margin_tokens, token_m)
 
 
+def checked_token_m(config: Any, token_m: float | None, checkpoint: str = "the checkpoint") -> float:
+    """The token size (m) a request asks for (None: the checkpoint's ``token_ground_m``), checked
+    against the checkpoint's supported range (``AOMConfig.check_token_m``); EmbedConfigError names it."""
+    try:
+        return float(config.check_token_m(token_m))
+    except ValueError as exc:
+        raise EmbedConfigError(f"{checkpoint}: {exc}") from None
+
+
 def check_gsds(config: Any, gsds: Sequence[float], token_m: float | None = None) -> list[str]:
     """Problems that make these GSDs unusable with this model config (empty list = fine)."""
     token_m = float(token_m if token_m is not None else config.token_ground_m)
@@ -243,21 +252,48 @@ def chip_plan(config: Any, gsds: Sequence[float], chip_tokens: int, token_m: flo
 # Normalisation
 
 
+SAME_BAND_FWHM_FRACTION = 0.5  # a statistics key is the same spectral band within this x FWHM
+
+
+def input_stats(pixels: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of one band's valid (finite) pixels, as training computes its statistics;
+    (0, 1) without a valid pixel, std 1 for a constant band."""
+    v = pixels[np.isfinite(pixels)].astype(np.float64)
+    if v.size == 0:
+        return 0.0, 1.0
+    std = float(v.std())
+    return float(v.mean()), std if std > 1e-6 else 1.0
+
+
 @dataclass(frozen=True)
 class Normaliser:
-    """Per-band ``(x - mean) / std`` from the checkpoint's statistics (keys ``<sensor>/<band>``).
+    """Per-band ``(x - mean) / std``: the band's own statistics from the checkpoint (keys
+    ``<sensor>/<band>``), else those of the input itself; never another band's.
 
     Built by :func:`resolve_normaliser`, the one place that decides which statistics a band gets
-    (embedding and evaluation alike); ``sources`` records the decision per band key.
+    (embedding and evaluation alike); ``sources`` records the decision per band key. A band whose
+    source is ``input`` and that has no statistics yet gets those of the pixels it normalises
+    (:meth:`with_input`; tile embedding: the padded tile).
     """
 
     means: Mapping[str, float]
     stds: Mapping[str, float]
-    sources: Mapping[str, str]  # band key -> "exact" | "nearest:<key>" | "identity" | "data"
+    sources: Mapping[str, str]  # band key -> "exact" | "same-band:<key>" | "input" | "identity"
+
+    def with_input(self, groups: Sequence[GroupPixels]) -> Normaliser:
+        """The bands still without statistics get (mean, std) of their valid pixels in ``groups``."""
+        todo = {b.key: g.pixels[i] for g in groups for i, b in enumerate(g.bands) if b.key not in self.means}
+        if not todo:
+            return self
+        means, stds = dict(self.means), dict(self.stds)
+        for key, px in todo.items():
+            means[key], stds[key] = input_stats(px)
+        return Normaliser(means, stds, self.sources)
 
     def apply(self, group: GroupPixels) -> np.ndarray:
-        mean = np.array([self.means[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
-        std = np.array([self.stds[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
+        norm = self.with_input([group])
+        mean = np.array([norm.means[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
+        std = np.array([norm.stds[b.key] for b in group.bands], dtype=np.float32)[:, None, None]
         return ((group.pixels - mean) / std).astype(np.float32, copy=False)
 
     def describe(self) -> dict[str, str]:
@@ -269,13 +305,18 @@ def resolve_normaliser(
     bands: Sequence[BandSpec],
     fallback: Mapping[str, tuple[float, float]] | None = None,
 ) -> Normaliser:
-    """Statistics for every band: its own (``exact``), else those of the statistics key with the
-    nearest centre wavelength (``nearest:<key>``; ties: the smaller key).
+    """Statistics for every band, never another band's (``docs/model.md``, "Normalisation"):
 
-    A band left without usable statistics (the checkpoint has none, none with a wavelength, or
-    invalid ones) takes ``fallback[band.key]`` (mean, std) when a fallback is given (``data``).
-    Without a fallback, a checkpoint without any statistics normalises nothing (``identity``) and
-    any other gap is an EmbedConfigError naming the bands.
+    * ``exact``: the checkpoint's statistics of the band's own key;
+    * ``same-band:<key>``: else those of the same spectral band under another key (another product
+      or resolution of the sensor, a near-identical instrument): a key whose centre wavelength is
+      within ``SAME_BAND_FWHM_FRACTION`` x the band's FWHM (the nearest; ties: the smaller key);
+    * ``input``: else the statistics of the input itself (mean, std of its valid pixels), from
+      ``fallback[band.key]`` when the caller computed them over the whole input (a raster, a patch
+      set), otherwise from the pixels normalised (:meth:`Normaliser.with_input`);
+    * ``identity``: a checkpoint without any statistics (random init) and no fallback.
+
+    Each band's statistics depend on that band alone: adding a band never changes another's.
     """
     means: dict[str, float] = {}
     stds: dict[str, float] = {}
@@ -285,31 +326,32 @@ def resolve_normaliser(
         for b in bands:
             means[b.key], stds[b.key], sources[b.key] = 0.0, 1.0, "identity"
         return Normaliser(means, stds, sources)
-    with_wl = {k: float(v["wavelength_nm"]) for k, v in table.items() if v.get("wavelength_nm") is not None}
-    missing = []
+
+    def usable(key: str) -> bool:
+        mean, std = float(table[key].get("mean", math.nan)), float(table[key].get("std", math.nan))
+        return math.isfinite(mean) and math.isfinite(std) and std > 0
+
+    with_wl = {
+        k: float(v["wavelength_nm"])
+        for k, v in table.items()
+        if v.get("wavelength_nm") is not None and usable(k)
+    }
     for b in bands:
-        key = b.key if b.key in table else None
+        key: str | None = b.key if b.key in table and usable(b.key) else None
+        source = "exact"
         if key is None and with_wl:
-            key = min(with_wl, key=lambda k: (abs(with_wl[k] - b.center_wavelength_nm), k))
-        found: tuple[float, float, str] | None = None
-        problem = b.key
+            reach = SAME_BAND_FWHM_FRACTION * float(b.fwhm_nm)
+            near = min(with_wl, key=lambda k: (abs(with_wl[k] - b.center_wavelength_nm), k))
+            if abs(with_wl[near] - b.center_wavelength_nm) <= reach:
+                key, source = near, f"same-band:{near}"
         if key is not None:
-            mean, std = float(table[key]["mean"]), float(table[key]["std"])
-            if math.isfinite(mean) and math.isfinite(std) and std > 0:
-                found = (mean, std, "exact" if key == b.key else f"nearest:{key}")
-            else:
-                problem = f"{b.key} (invalid statistics mean={mean}, std={std})"
-        if found is None:
-            if fallback is None:
-                missing.append(problem)
-                continue
-            found = (*fallback[b.key], "data")
-        means[b.key], stds[b.key], sources[b.key] = found
-    if missing:
-        raise EmbedConfigError(
-            f"the checkpoint has no normalisation statistics for bands {missing} and none with wavelengths "
-            f"to borrow from; it knows {sorted(table)}"
-        )
+            means[b.key], stds[b.key] = float(table[key]["mean"]), float(table[key]["std"])
+        elif fallback is not None and b.key in fallback:
+            means[b.key], stds[b.key] = fallback[b.key]
+            source = "input"
+        else:
+            source = "input"  # filled from the pixels it normalises
+        sources[b.key] = source
     return Normaliser(means, stds, sources)
 
 
@@ -425,6 +467,7 @@ def embed_region(
         )
         if tuple(g.pixels.shape[1:]) != want:
             raise EmbedConfigError(f"group {g.label} has {g.pixels.shape[1:]} pixels, expected {want}")
+    normaliser = normaliser.with_input(groups)  # bands without statistics: this region's own
     normed = [normaliser.apply(g) for g in groups]
     plan = chip_plan(model.config, gsds, layout.chip_tokens, layout.token_m)
     todo: list[tuple[int, int]] = []

@@ -19,6 +19,7 @@ from pipelines.embed.chips import (
     EmbedConfigError,
     Normaliser,
     check_gsds,
+    checked_token_m,
     choose_layout,
     resolve_normaliser,
 )
@@ -164,13 +165,12 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     grid = TileGrid(request.tile_size_m)
     ckpt = load_checkpoint_url(request.checkpoint, request.options_for(request.checkpoint))
     cfg = ckpt.config
-    token_m = float(cfg.token_ground_m)
+    token_m = checked_token_m(cfg, request.token_m, ckpt.name)
     per_tile = grid.tile_size_m / token_m
     if abs(per_tile - round(per_tile)) > 1e-9:
         raise EmbedConfigError(
-            f"checkpoint {ckpt.name} has {token_m:g} m tokens, which do not divide the {grid.tile_size_m:g} m "
-            f"tiles ({per_tile:.3f} tokens a side): use a checkpoint whose token_ground_m divides the tile "
-            "size, or another tile_size_m"
+            f"{token_m:g} m tokens do not divide the {grid.tile_size_m:g} m tiles ({per_tile:.3f} tokens a "
+            "side): choose a token_m that divides the tile size, or another tile_size_m"
         )
     tiles = _tiles_for(request, grid)
 
@@ -229,13 +229,21 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     if not bands and todo_tiles:
         raise EmbedConfigError("no input band: the cubes/collections hold none of the requested bands")
     gsds = sorted({b.gsd_m for b in bands}) or [10.0]
-    problems = check_gsds(cfg, gsds)
+    problems = check_gsds(cfg, gsds, token_m)
     if problems:
         raise EmbedConfigError(f"checkpoint {ckpt.name} does not fit the inputs: " + "; ".join(problems))
     layout = choose_layout(round(per_tile), token_m, gsds, request.core_tokens, request.margin_tokens)
     normaliser = resolve_normaliser(ckpt.norm_stats, bands)
+    own = sorted(k for k, v in normaliser.sources.items() if v == "input")
+    if own:
+        notes.append(
+            f"the checkpoint has no statistics for bands {own}: each tile normalises them with its own "
+            "(mean, std), never another band's"
+        )
 
     version_name = request.version or es.version_name(ckpt.name, ckpt.sha256)
+    if request.version is None and token_m != float(cfg.token_ground_m):
+        version_name = f"{version_name}-{token_m:g}m"  # one version per token size
     version = es.EmbeddingsVersion(
         name=version_name,
         model=ckpt.name,

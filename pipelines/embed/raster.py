@@ -11,7 +11,8 @@ Bands: ``sensor`` + ``bands`` take centre wavelength and FWHM from the sensor re
 unknown sensor give ``wavelengths`` (nm), optionally ``fwhm`` (default 5 % of the centre wavelength)
 and, when the raster is not in metres, ``gsd`` (m). Raster band *i* is ``bands[i]``.
 
-Token grid: a token is ``k = round(token_ground_m / pixel size)`` pixels square (16 px for 10 m
+Token grid: a token is ``k = round(token_m / pixel size)`` pixels square (``token_m``: the request's
+token size inside the checkpoint's supported range, default its ``token_ground_m``; 16 px for 10 m
 pixels and 160 m tokens), anchored at the raster's top-left corner; the output has
 ``ceil(height / k) x ceil(width / k)`` tokens and the transform ``input transform @ scale(k)``, in the
 input CRS. The encoder runs on overlapping chips (``core_tokens`` + ``margin_tokens`` each side,
@@ -43,6 +44,7 @@ from pipelines.embed.chips import (
     EmbedConfigError,
     GroupPixels,
     band_record,
+    checked_token_m,
     embed_region,
     resolve_normaliser,
 )
@@ -137,6 +139,7 @@ def embed_raster(
     scale: float | None = None,
     offset: float | None = None,
     dtype: str = "float32",
+    token_m: float | None = None,
     core_tokens: int = 24,
     margin_tokens: int = 3,
     batch_size: int = 8,
@@ -180,10 +183,11 @@ def embed_raster(
         file_scales = tuple(src.scales or ())
         file_offsets = tuple(src.offsets or ())
     infos = _band_infos(count, sensor, bands, wavelengths, fwhm, float(gsd), registry_files)
-    k = max(1, round(cfg.token_ground_m / gsd))
+    want_m = checked_token_m(cfg, token_m, storage.redact_url(checkpoint))
+    k = max(1, round(want_m / gsd))
     if not (cfg.patch_size_min <= k <= cfg.patch_size_max):
         raise EmbedConfigError(
-            f"{gsd:g} m pixels need {cfg.token_ground_m / gsd:.2f} px per {cfg.token_ground_m:g} m token, outside "
+            f"{gsd:g} m pixels need {want_m / gsd:.2f} px per {want_m:g} m token, outside "
             f"the checkpoint's patch range [{cfg.patch_size_min}, {cfg.patch_size_max}]"
         )
     token_m = k * float(gsd)

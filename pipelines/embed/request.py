@@ -83,6 +83,9 @@ class EmbedRequest:
     between runs). ``gpu_resource``: ``"auto"`` annotates embed tasks with ``{"GPU": 1}`` when some worker offers a ``GPU`` resource,
     a name requires that resource, ``"none"`` never annotates.
 
+    ``token_m``: ground size of one token (m), inside the checkpoint's supported range
+    (``AOMConfig.token_m_range``; default its ``token_ground_m``); it must divide ``tile_size_m``.
+
     ``storage_options`` are for ``out``; ``input_storage_options`` for cubes, catalog and
     checkpoint (default: the same); both also take the text forms of
     :func:`~pipelines.storage.parse_storage_options`. ``read_options`` are GDAL options for COG
@@ -101,6 +104,7 @@ class EmbedRequest:
     bands: tuple[str, ...] = ()
     version: str | None = None
     tile_size_m: float = DEFAULT_TILE_SIZE_M
+    token_m: float | None = None
     core_tokens: int | None = None
     margin_tokens: int | None = None
     composite: str = "median"

@@ -3,8 +3,9 @@
 ``Encoder`` wraps a model loaded from a checkpoint (any local path or fsspec URL) or a random-init
 model of a named config (``random:tiny``). Inputs are normalised as embedding normalises them (one
 resolver, ``pipelines.embed.resolve_normaliser``): per band key ``<sensor>/<band>`` mean/std from the
-checkpoint; a band the checkpoint has no statistics for borrows those of the nearest known wavelength;
-without statistics (random-init, no checkpoint) the patch set's own per-band statistics are used.
+checkpoint (its own key, else the same spectral band under another key); a band the checkpoint has
+no statistics for, and every band without a checkpoint (random-init), gets the patch set's own
+statistics of that band (never another band's).
 Bands sharing a GSD form one ``BandGroup``; nothing is resampled.
 
 ``raw_features`` is the baseline: per patch and band the mean and standard deviation of valid
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.embed import resolve_normaliser
+from pipelines.embed import input_stats, resolve_normaliser
+from pipelines.errors import InputError
 from pipelines.evaluation.datasets import PatchSet
 from pipelines.registry import BandSpec
 
@@ -42,7 +44,8 @@ class Encoder:
     meta: dict[str, Any] = field(default_factory=dict)
     norm_sources: dict[str, str] = field(
         default_factory=dict
-    )  # band key -> "exact" | "nearest:<key>" | "data"
+    )  # band key -> "exact" | "same-band:<key>" | "input" | "identity"
+    token_m: float | None = None  # ground size of one token (m); None: the config's token_ground_m
 
     @property
     def config_name(self) -> str:
@@ -118,20 +121,15 @@ def random_like(enc: Encoder, seed: int = 0) -> Encoder:
 
 
 def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
-    out = {}
-    for b, p in zip(ps.bands, ps.pixels):
-        v = p[np.isfinite(p)]
-        mean = float(v.mean()) if v.size else 0.0
-        std = float(v.std()) if v.size else 1.0
-        out[b.key] = (mean, std if std > 1e-6 else 1.0)
-    return out
+    """(mean, std) of every band's valid pixels over the whole patch set (the input's own statistics)."""
+    return {b.key: input_stats(p) for b, p in zip(ps.bands, ps.pixels)}
 
 
 def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:
     """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
     import torch
 
-    from aom_model import BandBatch
+    from aom_model import BandBatch, plan_for
 
     norm = resolve_normaliser(enc.norm_stats, ps.bands, fallback=band_stats(ps))
     enc.norm_sources.update(norm.sources)
@@ -143,11 +141,29 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
     gsd = [b.gsd_m for b in ps.bands]
     outs = []
     model = enc.model
+    token_m = float(enc.token_m if enc.token_m is not None else model.config.token_ground_m)
+    extent = min(min(a.shape[-2:]) * g for a, g in zip(ps.pixels, gsd)) if ps.pixels else 0.0
+    if ps.pixels and extent < token_m * (1 - 1e-6):
+        raise InputError(
+            f"patches of {extent:g} m are smaller than one {token_m:g} m token: raise --patch-px or lower --token-m"
+        )
+    if ps.pixels:  # the plan rounds the grid: a patch that is not whole tokens gets slightly other tokens
+        realised = extent / max(1, round(extent / token_m))
+        enc.meta["token_m_realised"] = realised
+        if abs(realised - token_m) > 0.01 * token_m:
+            log.warning(
+                "patches of %g m are not whole %g m tokens: encoded with %g m tokens (choose --patch-px or "
+                "--token-m so that they are)",
+                extent,
+                token_m,
+                realised,
+            )
     with torch.inference_mode():
         for s in range(0, len(ps), batch_size):
             px = [torch.from_numpy(a[s : s + batch_size]) for a in normed]
             batch = BandBatch.from_bands(px, wl, fw, gsd)
-            pooled = model.forward_features(batch).pooled
+            # the one token plan (as pretraining and embedding): token_m metres per token
+            pooled = model.forward_features(batch, plan_for(batch, model.config, token_m)).pooled
             outs.append(pooled.float().cpu().numpy())
     x = np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
     bad = ~np.isfinite(x).all(axis=1)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.errors import InputError
 from pipelines.evaluation.datasets import (
     EvalDataError,
     PatchSet,
@@ -79,6 +80,7 @@ class EvalConfig:
     raw_baseline: bool = True
     registry: tuple[str, ...] = ()
     threads: int | None = None
+    token_m: float | None = None  # ground size of one token (m); None: the checkpoint's token_ground_m
 
     def __post_init__(self) -> None:
         bad = [s for s in self.settings if s not in SETTINGS]
@@ -160,13 +162,19 @@ class EvalResult:
 
 def build_extractors(cfg: EvalConfig) -> list[Extractor]:
     enc = load_encoder(cfg.checkpoint, seed=cfg.seed, threads=cfg.threads)
+    try:
+        enc.token_m = enc.model.config.check_token_m(cfg.token_m)
+    except ValueError as exc:
+        raise InputError(f"{cfg.checkpoint}: {exc}") from None
     exts = [
         _encoder_extractor(
             enc, "checkpoint" if not cfg.checkpoint.startswith("random:") else "random-init", cfg
         )
     ]
     if cfg.random_baseline and not cfg.checkpoint.startswith("random:"):
-        exts.append(_encoder_extractor(random_like(enc, seed=cfg.seed), "random-init", cfg))
+        rnd = random_like(enc, seed=cfg.seed)
+        rnd.token_m = enc.token_m
+        exts.append(_encoder_extractor(rnd, "random-init", cfg))
     if cfg.raw_baseline:
         exts.append(Extractor(RAW, "raw", lambda ps, ref: raw_features(ps, ref), aligned=False))
     return exts
@@ -176,13 +184,9 @@ def _encoder_extractor(enc: Encoder, kind: str, cfg: EvalConfig) -> Extractor:
     def fn(ps: PatchSet, _ref: Sequence[BandSpec]) -> np.ndarray:
         return encoder_features(enc, ps, cfg.batch_size)
 
-    return Extractor(
-        enc.name,
-        kind,
-        fn,
-        aligned=True,
-        info={"source": enc.source, **enc.meta, "normalisation": enc.norm_sources},
-    )
+    # info is enc.meta itself: encoding adds to it (the realised token size)
+    enc.meta.update(source=enc.source, token_m=enc.token_m, normalisation=enc.norm_sources)
+    return Extractor(enc.name, kind, fn, aligned=True, info=enc.meta)
 
 
 def build_conditions(ps: PatchSet, cfg: EvalConfig) -> tuple[Condition, list[Condition]]:

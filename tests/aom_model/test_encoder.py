@@ -105,17 +105,87 @@ def test_absent_band_equals_missing_band(layout: str) -> None:
 
 
 def test_mixed_sensors_in_one_batch() -> None:
-    """Sample 0: 3 bands at 10 m; sample 1: 2 other bands at 30 m (same pixel grid via padding)."""
+    """Sample 0: 3 bands; sample 1: 2 other bands; one GSD (same pixel grid via padding)."""
     model = _model("factorized", token_ground_m=80.0)
     px = torch.randn(2, 5, 16, 16)
     wl = torch.tensor([[490.0, 560.0, 665.0, 0.0, 0.0], [0.0, 0.0, 0.0, 865.0, 1610.0]])
     fw = torch.tensor([[65.0, 35.0, 30.0, 1.0, 1.0], [1.0, 1.0, 1.0, 30.0, 85.0]])
     valid = wl > 0
-    g = BandGroup(px, wl, fw, torch.tensor([10.0, 30.0]), band_valid=valid)
+    g = BandGroup(px, wl, fw, torch.tensor([10.0, 10.0]), band_valid=valid)
     with torch.no_grad():
         out = model.forward_features(BandBatch((g,)))
     assert torch.isfinite(out.pooled).all()
     assert not torch.allclose(out.pooled[0], out.pooled[1])
+
+
+def test_a_batch_mixing_gsds_is_refused() -> None:
+    """The issue's case: two 60 m chips batched with two 20 m-labelled samples of the same pixel
+    grid. One grid cannot follow both GSDs, so the batch is refused, naming the GSDs and the fix."""
+    from aom_model import MixedGSDBatchError, plan_for
+    from pipelines.errors import InputError
+
+    model = _model("factorized")
+    g = BandGroup(
+        torch.randn(4, 2, 16, 16),
+        torch.tensor([[665.0, 865.0]]).expand(4, 2),
+        torch.tensor([[30.0, 30.0]]).expand(4, 2),
+        torch.tensor([60.0, 60.0, 20.0, 20.0]),
+    )
+    for call in (lambda: plan_for(BandBatch((g,)), model.config), lambda: model(BandBatch((g,)))):
+        with pytest.raises(MixedGSDBatchError, match=r"mixes GSDs \[20.0, 60.0\] m") as err:
+            call()
+        assert isinstance(err.value, InputError) and "one GSD per group" in str(err.value)
+    # a sample without a valid band in the group does not count (its GSD is never used)
+    g1 = dataclasses.replace(g, band_valid=torch.tensor([[True] * 2] * 2 + [[False] * 2] * 2))
+    other = BandGroup(
+        torch.randn(4, 1, 16, 16),
+        torch.full((4, 1), 490.0),
+        torch.full((4, 1), 60.0),
+        torch.full((4,), 60.0),
+    )
+    assert plan_for(BandBatch((g1, other)), model.config).grid_hw == (6, 6)  # 960 m / 160 m
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("token_m", [80.0, 240.0])
+def test_a_samples_embedding_does_not_depend_on_its_batchmates(layout: str, token_m: float) -> None:
+    """The same Sentinel-2 chip (10/20/60 m groups) embedded alone and beside three other chips (other
+    content, other band sets by padding, missing pixels) gives the same tokens."""
+    model = _model(layout)
+    gen = torch.Generator().manual_seed(5)
+    mates = sensor_batch(SENTINEL2, 4, 960.0, gen)
+    groups = []
+    for gi, g in enumerate(mates.groups):
+        valid = torch.ones(4, g.num_bands, dtype=torch.bool)
+        valid[1, : g.num_bands // 2] = False  # sample 1 lacks some bands
+        if gi == 0:
+            valid[2, :] = False  # sample 2 has no 10 m band at all
+        pv = torch.ones_like(g.pixels, dtype=torch.bool)
+        pv[3, :, : g.hw[0] // 2] = False  # sample 3: top half missing
+        groups.append(dataclasses.replace(g, band_valid=valid, pixel_valid=pv))
+    batch = BandBatch(tuple(groups))
+    alone = BandBatch(
+        tuple(
+            dataclasses.replace(
+                g,
+                pixels=g.pixels[:1],
+                wavelength_nm=g.wavelength_nm[:1],
+                fwhm_nm=g.fwhm_nm[:1],
+                gsd_m=g.gsd_m[:1],
+                band_valid=None,
+                pixel_valid=None,
+            )
+            for g in mates.groups
+        )
+    )
+    from aom_model import plan_for
+
+    with torch.no_grad():
+        together = model.forward_features(batch, plan_for(batch, model.config, token_m))
+        single = model.forward_features(alone, plan_for(alone, model.config, token_m))
+    assert together.grid_hw == single.grid_hw == (round(960 / token_m),) * 2
+    torch.testing.assert_close(together.tokens[:1], single.tokens, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(together.pooled[:1], single.pooled, atol=2e-5, rtol=1e-4)
 
 
 def test_spectral_distance_bias_follows_wavelength_not_order() -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from aom_model.checkpoint import load_checkpoint
+from aom_model.config import AOMConfig
 from aom_model.train import (
     ChipConfig,
     NonFiniteLossError,
@@ -24,6 +25,7 @@ from aom_model.train import (
     pretrain_torchrun_command,
     torchrun_command,
 )
+from aom_model.train.engine import token_m_for_step
 from pipelines.pretrain import OPENER, pretrain
 from pipelines.testing import LANDSAT, write_synthetic_cubes
 from tests.conftest import REPO_ROOT
@@ -119,14 +121,16 @@ def test_run_writes_outputs_and_checkpoints(synthetic_cubes: str, tmp_path: Path
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
     for r in recs:
-        assert {"loss", "recon", "stats", "align", "lr", "samples_per_s", "grad_norm"} <= set(r)
+        assert {"loss", "recon", "stats", "align", "lr", "samples_per_s", "grad_norm", "token_m"} <= set(r)
         assert r["samples"] == 4  # batch 2 x accumulation 2
+        assert r["token_m"] == token_m_for_step(0, r["step"] - 1, AOMConfig.named("tiny"))
     latest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert latest == {"dir": "step-00000006", "step": 6}
     ck = out / "checkpoints" / "step-00000006"
     assert {p.name for p in ck.iterdir()} == {"model.safetensors", "trainer.pt", "rng-rank0.pt"}
     _model, cfg, norm_stats, meta = load_checkpoint(str(out / "model.safetensors"))
     assert cfg.embed_dim == 64 and meta["extra"]["step"] == 6
+    assert cfg.token_m_range == (40.0, 320.0)  # the token sizes it was trained over, for --token-m
     assert norm_stats == res.norm_stats and "sentinel-2-msi/B04" in norm_stats["bands"]
 
 
@@ -196,8 +200,8 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(
     orig = AOM.pretrain_step
     calls = {"n": 0}
 
-    def flaky(self, native, coarse, gen):  # type: ignore[no-untyped-def]
-        out = orig(self, native, coarse, gen)
+    def flaky(self, native, coarse, gen, token_m=None):  # type: ignore[no-untyped-def]
+        out = orig(self, native, coarse, gen, token_m)
         calls["n"] += 1
         if calls["n"] in (2, 4):
             out["loss"] = out["loss"] * float("nan")
@@ -211,7 +215,9 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(
     for name, p in load_checkpoint(str(tmp_path / "flaky" / "model.safetensors"))[0].named_parameters():
         assert torch.isfinite(p).all(), name
 
-    monkeypatch.setattr(AOM, "pretrain_step", lambda self, n, c, g: {"loss": torch.tensor(float("nan"))})
+    monkeypatch.setattr(
+        AOM, "pretrain_step", lambda self, n, c, g, t=None: {"loss": torch.tensor(float("nan"))}
+    )
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         pretrain(_cfg(synthetic_cubes, tmp_path / "nan", max_steps=10, max_nonfinite_steps=2))
 

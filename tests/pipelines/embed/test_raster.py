@@ -220,3 +220,64 @@ def test_cli_embed_raster(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:
         app, ["embed-raster", str(geotiff), "--checkpoint", str(ckpt), "--out", str(out)]
     )
     assert res.exit_code == 2 and "band metadata needed" in res.output
+
+
+@pytest.mark.parametrize("token_m", [40.0, 80.0, 160.0, 320.0])
+def test_every_token_size_in_range_runs_and_its_grid_is_right(
+    tmp_path: Path, geotiff: Path, ckpt: Path, token_m: float
+) -> None:
+    """One checkpoint (tiny: 40-320 m) serves every --token-m in its range: k = token_m / 10 m px per
+    token, ceil(400 / k) x ceil(520 / k) tokens, the transform scaled by k, recorded in the tags."""
+    import math
+
+    import rasterio
+
+    out = tmp_path / f"emb{token_m:g}.tif"
+    res = embed_raster(
+        str(geotiff),
+        str(out),
+        str(ckpt),
+        sensor="sentinel-2-msi",
+        bands=BANDS,
+        token_m=token_m,
+        progress=False,
+    )
+    k = round(token_m / 10.0)
+    assert (res.token_px, res.token_m) == (k, token_m)
+    assert (res.height, res.width) == (math.ceil(400 / k), math.ceil(520 / k))
+    with rasterio.open(out) as src:
+        assert (src.height, src.width) == (res.height, res.width)
+        assert tuple(src.transform)[:6] == (token_m, 0.0, 300000.0, 0.0, -token_m, 5000000.0)
+        assert src.tags()["AOM_TOKEN_M"] == f"{token_m:g}"
+        emb = np.moveaxis(src.read(), 0, -1)
+    assert np.isfinite(emb[-2, -2]).all() and res.valid_tokens > 0  # a whole token inside the raster
+
+
+def test_token_size_outside_the_checkpoints_range_is_refused(
+    tmp_path: Path, geotiff: Path, ckpt: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    with pytest.raises(
+        EmbedConfigError, match=r"token size 20 m is outside the checkpoint's supported range: 40 to 320 m"
+    ):
+        embed_raster(
+            str(geotiff),
+            str(tmp_path / "a.tif"),
+            str(ckpt),
+            sensor="sentinel-2-msi",
+            bands=BANDS,
+            token_m=20.0,
+        )
+    args = ["embed-raster", str(geotiff), "--sensor", "sentinel-2-msi", "--bands", ",".join(BANDS)]
+    res = CliRunner().invoke(
+        app, [*args, "--checkpoint", str(ckpt), "--out", str(tmp_path / "b.tif"), "--token-m", "640"]
+    )
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines == [
+        f"error: {ckpt}: token size 640 m is outside the checkpoint's supported range: 40 to 320 m"
+    ]
+    assert not (tmp_path / "a.tif").exists() and not (tmp_path / "b.tif").exists()

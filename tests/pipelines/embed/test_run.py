@@ -30,6 +30,7 @@ from pipelines.embed import (
     load_checkpoint_url,
     nanmedian_time,
     parse_periods,
+    plan_run,
     run_embedding,
 )
 from pipelines.runs import TileStatus
@@ -236,15 +237,30 @@ def test_checkpoint_that_does_not_fit_fails_before_any_work(tmp_path: Path, cube
     small_patch = make_checkpoint(tmp_path / "p8.safetensors", patch_size_max=8)
     with pytest.raises(EmbedConfigError, match=r"patch range \[1, 8\]"):
         run_embedding(request(small_patch, out, cubes))
+    # bands the checkpoint has no statistics for are normalised with each tile's own, never
+    # another band's (before: the nearest wavelength's; without wavelengths: an error)
     no_wl = {"kind": "per-band-key", "bands": {"other/B1": {"mean": 0.1, "std": 0.1}}}
     no_stats = make_checkpoint(tmp_path / "ns.safetensors", norm_stats=no_wl)
-    with pytest.raises(EmbedConfigError, match="no normalisation statistics"):
-        run_embedding(request(no_stats, out, cubes))
+    plan = plan_run(request(no_stats, out, cubes))
+    assert set(plan.normaliser.sources.values()) == {"input"} and not plan.normaliser.means
+    assert any("no statistics for bands" in n for n in plan.notes)
     with pytest.raises(EmbedConfigError, match="not found"):
         run_embedding(request(tmp_path / "missing.safetensors", out, cubes))
     with pytest.raises(EmbedConfigError, match="exactly one input"):
         EmbedRequest(checkpoint="x", out="y", datetime=PERIOD, aoi=AOI)
     assert not out.exists()
+
+
+def test_token_size_is_a_request_parameter(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
+    """token_m=320: 24 tokens a 7680 m tile side, its own version; outside 40-320 m: refused first."""
+    out = tmp_path / "emb320"
+    summary = run_embedding(request(checkpoint, out, cubes, token_m=320.0))
+    assert summary.complete and summary.token_ground_m == 320.0 and summary.version.endswith("-320m")
+    assert tile_codes(str(out), summary.version, TILES[0]).shape[:2] == (24, 24)
+    with pytest.raises(EmbedConfigError, match=r"supported range: 40 to 320 m"):
+        run_embedding(request(checkpoint, tmp_path / "never", cubes, token_m=30.0))
+    assert EmbedRequest.from_dict({**request(checkpoint, out, cubes).to_dict(), "token_m": 80}).token_m == 80
+    assert not (tmp_path / "never").exists()
 
 
 def test_existing_version_with_other_definition_is_refused(

@@ -84,10 +84,12 @@ def test_protocol_end_to_end_on_synthetic_scene(
     assert raw is not None and raw["mean"] > 0.9
     assert set(result.goals) >= {"beats_random_init", "half_bands_retention"}
     assert set(result.goals["beats_random_init"]) == {"transfer", "refit"}
-    # the checkpoint's statistics cover B04 only: other bands borrow the nearest wavelength's
+    # the checkpoint's statistics cover B04 only: other bands get the patch set's own, never B04's
     norm = result.extractors[0]["normalisation"]
     assert norm["sentinel-2-msi/B04"] == "exact"
-    assert norm["sentinel-2-msi/B8A"] == "nearest:sentinel-2-msi/B04"
+    assert result.extractors[0]["token_m"] == 160.0  # the one token plan, at the checkpoint's default
+    assert result.extractors[0]["token_m_realised"] == 120.0  # 240 m patches: 2 tokens a side
+    assert norm["sentinel-2-msi/B8A"] == "input"
 
     paths = write_report(result, tmp_path / "out")
     report = paths["report"].read_text()
@@ -106,6 +108,19 @@ def test_protocol_end_to_end_on_synthetic_scene(
         synthetic_patches.class_names
     )
     assert len(summary["rows"]) == len(result.rows)
+
+
+def test_token_size_is_checked_against_the_checkpoint(synthetic_patches, tiny_checkpoint: Path) -> None:
+    from pipelines.errors import InputError
+
+    with pytest.raises(
+        InputError, match=r"token size 640 m is outside the checkpoint's supported range: 40 to 320 m"
+    ):
+        run_evaluation(synthetic_patches, EvalConfig(checkpoint=str(tiny_checkpoint), **FAST, token_m=640.0))  # type: ignore[arg-type]
+    ext = max(a.shape[-1] * b.gsd_m for a, b in zip(synthetic_patches.pixels, synthetic_patches.bands))
+    with pytest.raises(InputError, match="smaller than one 320 m token"):
+        run_evaluation(synthetic_patches, EvalConfig(checkpoint=str(tiny_checkpoint), **FAST, token_m=320.0))  # type: ignore[arg-type]
+    assert ext < 320.0
 
 
 def test_random_only_run_has_no_goals(synthetic_patches) -> None:
@@ -286,7 +301,7 @@ def test_raw_features_align_by_key_then_wavelength(synthetic_patches) -> None:
 def test_norm_resolution_falls_back_to_data() -> None:
     bands = [BandSpec(name="B1", sensor="x", center_wavelength_nm=500.0, fwhm_nm=20.0, gsd_m=10.0)]
     norm = resolve_normaliser(None, bands, fallback={"x/B1": (0.2, 0.05)})
-    assert (norm.means, norm.stds, norm.sources) == ({"x/B1": 0.2}, {"x/B1": 0.05}, {"x/B1": "data"})
+    assert (norm.means, norm.stds, norm.sources) == ({"x/B1": 0.2}, {"x/B1": 0.05}, {"x/B1": "input"})
 
 
 def test_split_keeps_groups_apart() -> None:
