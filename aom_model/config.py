@@ -208,7 +208,7 @@ _NAMED: dict[str, dict[str, Any]] = {
         "num_heads": 6,
         "spectral_dim": 96,
         "spectral_heads": 2,
-        "spectral_every": 4,
+        "spectral_every": 12,  # one spectral layer (before block 0): >= 0.9x a ViT's CPU throughput
         "pool_heads": 2,
         "decoder_dim": 192,
         "decoder_depth": 2,
@@ -223,7 +223,7 @@ _NAMED: dict[str, dict[str, Any]] = {
         "num_heads": 12,
         "spectral_dim": 192,
         "spectral_heads": 3,
-        "spectral_every": 4,
+        "spectral_every": 12,  # one spectral layer (before block 0), as in small
         "pool_heads": 3,
         "decoder_dim": 384,
         "decoder_depth": 2,

@@ -12,6 +12,16 @@ forward, measured round-robin in one process with the same thread count; each co
 best round (robust to other processes sharing the cores). Peak memory is the peak-RSS increase
 of one forward, measured in a fresh subprocess per config. FLOPs per sample come from
 ``torch.utils.flop_counter`` (with a formula for the CPU flash-attention op, which it lacks).
+
+Two further keys, always measured (``--only-keys`` measures just these):
+
+* ``factorized_vs_vit_12_cpu``: throughput of the factorized encoder over the plain ViT at 12 bands
+  by **CPU time** (``time.process_time``), one thread, interleaved rounds (ViT, factorized, ViT, ...),
+  total CPU seconds of each over all rounds; robust to other processes on the machine, unlike wall
+  clock.
+* ``masked_flops_vs_unmasked``: FLOPs of a pretraining encoder forward (tokenizer + encoder) at
+  mask ratio 0.75 with the config's channel-wise mask, over an unmasked forward, 12 bands
+  (``torch.utils.flop_counter``); ``masked_pretrain_flops_vs_unmasked`` adds the decoder to both.
 """
 
 from __future__ import annotations
@@ -33,7 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aom_model import AOM, AOMConfig, BandBatch, PlainViT
+from aom_model import AOM, AOMConfig, BandBatch, PlainViT, channel_mask
+from aom_model.masking import mask_stats
 from pipelines.registry import load_registry
 
 # Sentinel-2 MSI from the sensor registry: 12 bands (no cirrus band), the first N used
@@ -126,6 +137,71 @@ def memory_worker(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_mb": max(0.0, (peak - base) / 2**20), "batch": batch}))
 
 
+def masked_flops(cfg: AOMConfig, img: int, gsd: float, bands: int = 12) -> dict[str, float]:
+    """FLOPs of a masked pretraining forward over an unmasked one (encoder; encoder + decoder)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = AOM(cfg).eval()
+    x = torch.randn(1, bands, img, img, generator=torch.Generator().manual_seed(0))
+    wl = [b.center_wavelength_nm for b in S2_BANDS[:bands]]
+    fw = [b.fwhm_nm for b in S2_BANDS[:bands]]
+    bb = BandBatch.from_tensor(x, wl, fw, gsd)
+    tok = model.tokenize(bb)
+    masked = channel_mask(tok.present, cfg.mask_ratio, cfg.band_mask_share, torch.Generator().manual_seed(0))
+    none = torch.zeros_like(masked)
+
+    def count(fn: Callable[[], Any]) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            fn()
+        return float(fc.get_total_flops())
+
+    enc_full = count(lambda: model.encode(model.tokenize(bb)))
+    enc_masked = count(lambda: model.encode(model.tokenize(bb), masked))
+    pre_full = count(lambda: model.decode(model.encode(model.tokenize(bb), none), tok, none))
+    pre_masked = count(lambda: model.decode(model.encode(model.tokenize(bb), masked), tok, masked))
+    st = mask_stats(tok.present, masked)
+    return {
+        "masked_flops_vs_unmasked": round(enc_masked / enc_full, 3),
+        "masked_pretrain_flops_vs_unmasked": round(pre_masked / pre_full, 3),
+        "mask_ratio": round(st.mask_ratio, 3),
+        "mask_band_share": round(st.band_share, 3),
+        "mask_empty_position_share": round(st.empty_position_share, 3),
+        "encoder_gflops_unmasked": round(enc_full / 1e9, 3),
+        "encoder_gflops_masked": round(enc_masked / 1e9, 3),
+    }
+
+
+def cpu_time_ratio(
+    cfg: AOMConfig, batch: int, img: int, gsd: float, patch: int, rounds: int, bands: int = 12
+) -> dict[str, Any]:
+    """Factorized over plain-ViT throughput by CPU time, one thread, interleaved rounds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            fns = {m: build(m, cfg, bands, batch, img, gsd, patch) for m in ("vit", "factorized")}
+            for fn in fns.values():
+                fn()  # warm-up
+            cpu: dict[str, list[float]] = {m: [] for m in fns}
+            for _ in range(rounds):
+                for m, fn in fns.items():
+                    t0 = time.process_time()
+                    fn()
+                    cpu[m].append(time.process_time() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    total = {m: sum(v) for m, v in cpu.items()}
+    return {
+        "factorized_vs_vit_12_cpu": round(total["vit"] / total["factorized"], 3),
+        "cpu_s_per_sample_12": {m: round(t / (rounds * batch), 3) for m, t in total.items()},
+        "cpu_paired_median_12": round(
+            statistics.median(v / f for v, f in zip(cpu["vit"], cpu["factorized"])), 3
+        ),
+        "cpu_rounds": rounds,
+        "cpu_batch": batch,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="small", choices=["tiny", "small", "base"])
@@ -139,6 +215,12 @@ def main() -> None:
     p.add_argument("--gsd", type=float, default=10.0)
     p.add_argument("--patch", type=int, default=16, help="ViT patch size (AOM gets token_ground_m/gsd)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-config memory subprocesses")
+    p.add_argument("--cpu-rounds", type=int, default=5, help="interleaved rounds of the CPU-time ratio")
+    p.add_argument(
+        "--only-keys",
+        action="store_true",
+        help="measure only factorized_vs_vit_12_cpu and masked_flops_vs_unmasked (skip the wall-clock table)",
+    )
     p.add_argument("--worker-model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-bands", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -149,6 +231,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     _register_cpu_sdpa_flops()
     cfg = AOMConfig.named(args.size, token_ground_m=args.patch * args.gsd)
+    keys = masked_flops(cfg, args.img, args.gsd)
+    print(
+        f"masked pretraining forward (ratio {keys['mask_ratio']}, whole-band share {keys['mask_band_share']}, "
+        f"positions without a visible band {keys['mask_empty_position_share']}): encoder FLOPs "
+        f"{keys['masked_flops_vs_unmasked']}x unmasked, with the decoder {keys['masked_pretrain_flops_vs_unmasked']}x"
+    )
+    keys |= cpu_time_ratio(cfg, args.batch, args.img, args.gsd, args.patch, args.cpu_rounds)
+    print(
+        f"CPU time, 1 thread, {args.cpu_rounds} interleaved rounds, 12 bands: factorized / ViT throughput "
+        f"{keys['factorized_vs_vit_12_cpu']} (CPU s per sample {keys['cpu_s_per_sample_12']})"
+    )
+    head = {"benchmark": "bench_encoder", "device": "cpu", "torch": torch.__version__, "size": args.size}
+    if args.only_keys:
+        print(json.dumps(head | keys | {"goal_factorized_vs_vit_12_cpu": 0.9, "goal_masked_flops": 0.45}))
+        return
     bands = [int(b) for b in args.bands.split(",")]
     models = [m for m in args.models.split(",") if m]
     print(
@@ -268,7 +365,9 @@ def main() -> None:
         else None,
         "factorized_vs_vit_12": fv.get("12"),
         "goal_factorized_vs_vit_12": 0.67,
-    }
+        "goal_factorized_vs_vit_12_cpu": 0.9,
+        "goal_masked_flops": 0.45,
+    } | keys
     print(json.dumps(result))
 
 
