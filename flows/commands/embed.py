@@ -182,7 +182,10 @@ def embed_raster_cmd(
         None, "--gsd", help="Pixel size (m); default from the raster (projected CRS)."
     ),
     scale: float | None = typer.Option(
-        None, "--scale", help="Reflectance = DN * scale + offset (default: file tags or 1)."
+        None,
+        "--scale",
+        help="Reflectance = DN * scale + offset (default: the file's scale/offset tags; an integer raster "
+        "without tags: 1e-4, with a warning; a float raster: 1). Recorded in the AOM_SCALING tag.",
     ),
     offset: float | None = typer.Option(None, "--offset", help="See --scale (default: file tags or 0)."),
     dtype: str = typer.Option(

@@ -70,9 +70,12 @@ def eval_command(
         "", "--bands", help="GeoTIFF datasets: band names in raster order (comma-separated)."
     ),
     scale: float | None = typer.Option(
-        None, "--scale", help="GeoTIFF: reflectance = DN * scale + offset (default 1e-4 for integer rasters)."
+        None,
+        "--scale",
+        help="GeoTIFF: reflectance = DN * scale + offset (default, as aom embed-raster: the file's scale/offset "
+        "tags; an integer raster without tags: 1e-4, with a warning; a float raster: 1).",
     ),
-    offset: float = typer.Option(0.0, "--offset", help="GeoTIFF: reflectance offset."),
+    offset: float | None = typer.Option(None, "--offset", help="GeoTIFF: reflectance offset (see --scale)."),
     ignore: str = typer.Option(
         "", "--ignore", help="Label values to ignore (comma-separated; nodata always is)."
     ),
@@ -121,6 +124,13 @@ def eval_command(
     random_baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline"),
     raw_baseline: bool = typer.Option(True, "--raw-baseline/--no-raw-baseline"),
     registry: list[str] = typer.Option([], "--registry", help="Extra sensor registry YAML files."),
+    product_shifts: str = typer.Option(
+        "1,2,3",
+        "--product-shifts",
+        help="Product metrics on the aom embed-raster output of the scene (chip-position variance share, "
+        "shift consistency at these shifts in tokens, seam contrast); '' skips them. Scenes only "
+        "(t29unu, synthetic, GeoTIFF with a label raster).",
+    ),
 ) -> None:
     """Linear-probe and kNN robustness: band-missing, cross-sensor and cross-resolution, against a
     random-init encoder of the same config and raw-band statistics. Writes OUT/report.md (tables),
@@ -190,6 +200,24 @@ def eval_command(
     patches = load_dataset(spec, patch_px=patch_px, min_purity=min_purity, block_patches=4, seed=seed)
     typer.echo(f"{patches.name}: {len(patches)} labelled patches; {patches.class_counts()}")
     result = run_evaluation(patches, cfg, progress=lambda m: typer.echo(m, err=True))
+    shifts = _ints(product_shifts, "--product-shifts")
+    if shifts:
+        from pipelines.evaluation.product import load_scene, run_product_metrics
+
+        scene = load_scene(spec)
+        if scene is None:
+            typer.echo("product metrics: skipped (the dataset is separate patches, not a scene)", err=True)
+        else:
+            result.product = run_product_metrics(
+                scene,
+                ckpt,
+                token_m=token_m,
+                shifts=shifts,
+                random_baseline=random_baseline,
+                seed=seed,
+                registry_files=tuple(registry),
+                progress=lambda m: typer.echo(m, err=True),
+            )
     paths = write_report(result, out)
     goals = result.goals
     typer.echo(f"{result.metric}, {result.dataset['split']}; {result.wall_s:.0f} s")
@@ -200,6 +228,13 @@ def eval_command(
     for mode, per in (goals.get("half_bands_retention") or {}).items():
         for probe, r in per.items():
             typer.echo(f"50% bands, {probe} {mode}: {100 * r['retention']:.1f}% of all-band {result.metric}")
+    for p in result.product:
+        sc = ", ".join(f"{k}: {v:.3f}" for k, v in p["shift_consistency"].items())
+        typer.echo(
+            f"product ({p['kind']}, {p['token_m']:g} m tokens): chip-position share {p['chip_position_share']:.3f}; "
+            f"shift consistency {sc} (unrelated {p['unrelated_cosine']:.3f}); seam contrast "
+            f"{p['seams']['contrast']:.4f}"
+        )
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}))
 
 

@@ -19,6 +19,10 @@ input CRS. The encoder runs on overlapping chips (``core_tokens`` + ``margin_tok
 outside the raster = nodata) exactly as for tiles (:mod:`pipelines.embed.chips`); the raster is read
 one chip row at a time, so memory is bounded by one strip of ``chip`` rows whatever the raster size.
 
+DN -> reflectance: :func:`pipelines.embed.scaling.raster_scaling`, the rule ``aom eval`` uses too
+(``scale``/``offset`` given, else the file's scale/offset tags, else 1e-4 for an integer raster, with
+a warning, else 1); the decision is written to the ``AOM_SCALING`` tag / attribute.
+
 Outputs: ``*.tif``/``*.tiff`` -> Cloud-Optimised GeoTIFF (written tiled strip by strip, then
 rewritten by GDAL's COG driver: main IFD first, overviews) with ``dim`` bands, ``float32`` (NaN =
 nodata) or ``int8`` (the store's ``int8-sqrt`` code of the unit vector, -128 = nodata; inverse
@@ -43,7 +47,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -56,9 +60,11 @@ from pipelines.embed.chips import (
     band_record,
     checked_token_m,
     embed_region,
+    input_stats,
     resolve_normaliser,
 )
 from pipelines.embed.request import PRECISIONS
+from pipelines.embed.scaling import raster_scaling
 from pipelines.errors import check_choice, check_device, check_number
 from pipelines.outputs import (
     Lease,
@@ -100,6 +106,7 @@ class RasterEmbedResult:
     model_s: float
     bands: list[dict[str, Any]]
     checkpoint_sha256: str
+    scaling: dict[str, Any] = field(default_factory=dict)  # RasterScaling.to_dict(): DN -> reflectance
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -252,6 +259,7 @@ def embed_raster(
             raise EmbedConfigError(f"{input_url}: pixels are not square ({px} x {abs(transform.e)})")
         file_scales = tuple(src.scales or ())
         file_offsets = tuple(src.offsets or ())
+        dtype_in = src.dtypes[0]
     infos = _band_infos(count, sensor, bands, wavelengths, fwhm, float(gsd), registry_files)
     want_m = checked_token_m(cfg, token_m, storage.redact_url(checkpoint))
     k = max(1, round(want_m / gsd))
@@ -263,20 +271,16 @@ def embed_raster(
     token_m = k * float(gsd)
     layout = ChipLayout(core_tokens, core_tokens, margin_tokens, token_m)
     normaliser = resolve_normaliser(ckpt.norm_stats, infos)
-    sc = np.array(
-        [
-            scale if scale is not None else (file_scales[i] if i < len(file_scales) else 1.0)
-            for i in range(count)
-        ],
-        np.float32,
+    scaling = raster_scaling(
+        count, dtype_in, file_scales, file_offsets, scale, offset, name=storage.redact_url(input_url)
     )
-    of = np.array(
-        [
-            offset if offset is not None else (file_offsets[i] if i < len(file_offsets) else 0.0)
-            for i in range(count)
-        ],
-        np.float32,
-    )
+    sc = np.asarray(scaling.scale, np.float32)
+    of = np.asarray(scaling.offset, np.float32)
+
+    if "input" in normaliser.sources.values():  # bands without statistics: the whole raster's own
+        normaliser = resolve_normaliser(
+            ckpt.norm_stats, infos, fallback=_raster_stats(input_url, infos, sc, of)
+        )
 
     h_tok, w_tok = math.ceil(height / k), math.ceil(width / k)
     cols = math.ceil(w_tok / core_tokens) * core_tokens
@@ -307,6 +311,7 @@ def embed_raster(
             band_record(b, RASTER_COLLECTION) | {"normalisation": normaliser.sources[b.key]} for b in infos
         ],
         checkpoint_sha256=ckpt.sha256,
+        scaling=scaling.to_dict(),
     )
     from rasterio.windows import Window
 
@@ -356,6 +361,25 @@ def embed_raster(
     return res
 
 
+def _raster_stats(
+    input_url: str, infos: Sequence[BandSpec], sc: np.ndarray, of: np.ndarray, max_px: int = 1024
+) -> dict[str, tuple[float, float]]:
+    """(mean, std) of every band's valid reflectance over the whole raster, read decimated to at
+    most ``max_px`` a side (overviews when the file has them): the input's own statistics, one
+    value per band for the whole output (never per strip, which would make seams)."""
+    import rasterio
+
+    with rasterio.open(input_url) as src:
+        f = max(1, math.ceil(max(src.height, src.width) / max_px))
+        arr = src.read(
+            out_shape=(src.count, math.ceil(src.height / f), math.ceil(src.width / f)),
+            masked=True,
+            out_dtype="float32",
+        )
+    pix = np.ma.filled(arr.astype(np.float32), np.nan) * sc[:, None, None] + of[:, None, None]
+    return {b.key: input_stats(pix[i]) for i, b in enumerate(infos)}
+
+
 def _encode(emb: np.ndarray, dtype: str) -> np.ndarray:
     from pipelines.embeddings import quantize
 
@@ -377,6 +401,7 @@ def _tags(res: RasterEmbedResult) -> dict[str, str]:
         "AOM_TOKEN_M": f"{res.token_m:g}",
         "AOM_CHECKPOINT_SHA256": res.checkpoint_sha256,
         "AOM_BANDS": storage.json_dumps(res.bands).replace("\n", ""),
+        "AOM_SCALING": storage.json_dumps(res.scaling).replace("\n", ""),
     }
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.embed.scaling import raster_scaling
 from pipelines.evaluation.datasets import (
     EvalDataError,
     LabelledScene,
@@ -86,8 +87,10 @@ class DatasetSpec:
     labels: str | None = None  # label raster or points file (GeoTIFF datasets)
     sensor: str | None = None  # registry sensor of a GeoTIFF's bands
     bands: tuple[str, ...] = ()  # band names (registry), one per raster band, in order
-    scale: float | None = None  # reflectance = DN * scale + offset (default: 1e-4 for integer rasters)
-    offset: float = 0.0
+    # reflectance = DN * scale + offset; None: pipelines.embed.scaling.raster_scaling decides (as
+    # embed-raster: the file's tags, else 1e-4 for integer rasters with a warning, else 1)
+    scale: float | None = None
+    offset: float | None = None
     ignore: tuple[int, ...] = ()  # label values to ignore (besides the raster's nodata)
     class_names: dict[int, str] = field(default_factory=dict)
     label_column: str = "label"
@@ -377,7 +380,15 @@ def _read_image(spec: DatasetSpec) -> _Image:
     with rasterio.open(path) as ds:
         data = ds.read().astype(np.float32)
         nodata = ds.nodata
-        is_int = np.issubdtype(np.dtype(ds.dtypes[0]), np.integer)
+        scaling = raster_scaling(
+            ds.count,
+            ds.dtypes[0],
+            tuple(ds.scales or ()),
+            tuple(ds.offsets or ()),
+            spec.scale,
+            spec.offset,
+            str(path),
+        )
         transform, crs, bounds = ds.transform, ds.crs, tuple(ds.bounds)
     if not math.isclose(abs(transform.a), abs(transform.e), rel_tol=1e-6):
         raise EvalDataError(f"{path}: non-square pixels ({transform.a} x {transform.e}) are not supported")
@@ -390,11 +401,10 @@ def _read_image(spec: DatasetSpec) -> _Image:
         raise EvalDataError(
             f"{path} has {data.shape[0]} bands and sensor {spec.sensor!r} has {len(bands)}: name them with --bands"
         )
-    scale = spec.scale if spec.scale is not None else (1e-4 if is_int else 1.0)
     invalid = ~np.isfinite(data)
     if nodata is not None:
         invalid |= data == nodata
-    refl = data * scale + spec.offset
+    refl = scaling.apply(data)
     refl[invalid] = np.nan
     return _Image(
         bands=[replace(b, gsd_m=gsd) for b in bands],
@@ -402,7 +412,12 @@ def _read_image(spec: DatasetSpec) -> _Image:
         transform=transform,
         crs=crs,
         bounds=(float(bounds[0]), float(bounds[1]), float(bounds[2]), float(bounds[3])),
-        meta={"source": str(path), "crs": str(crs), "reflectance": f"DN * {scale:g} + {spec.offset:g}"},
+        meta={
+            "source": str(path),
+            "crs": str(crs),
+            "reflectance": scaling.describe(),
+            "scaling": scaling.to_dict(),
+        },
     )
 
 
@@ -410,7 +425,7 @@ def load_geotiff_scene(spec: DatasetSpec) -> LabelledScene:
     """A multi-band GeoTIFF (one GSD) + a label raster on the same CRS and extent.
 
     Band metadata come from the registry (``--sensor`` + ``--bands``; default every band of the sensor
-    when the counts match). Integer rasters are scaled by 1e-4 unless ``scale`` is given; the nodata
+    when the counts match). DN -> reflectance by ``raster_scaling`` (as embed-raster); the nodata
     value (and non-finite values) become NaN. The label raster's nodata and ``ignore`` values are
     ignored; ``class_names`` (value -> name) selects and names classes (default: every other value)."""
     import rasterio

@@ -150,6 +150,7 @@ class EvalResult:
     summary: list[dict[str, Any]]  # mean / std over draws
     goals: dict[str, Any]
     wall_s: float
+    product: list[dict[str, Any]] = field(default_factory=list)  # pipelines.evaluation.product
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

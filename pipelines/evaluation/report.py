@@ -228,7 +228,38 @@ def render_markdown(result: EvalResult, plots: Sequence[str] = ()) -> str:
             f"- {c['setting']} {c['condition']} draw {c['draw']}: {', '.join(c['bands'])} at {c['gsd_m']} m{note}"
         )
     lines.append("")
+    lines += _product_lines(result.product)
     return "\n".join(lines)
+
+
+def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
+    """The product metrics section (``pipelines.evaluation.product``), empty without them."""
+    if not product:
+        return []
+    shifts = sorted({int(k) for p in product for k in p["shift_consistency"]})
+    head = ["features", "token (m)", "chip-position share", *(f"shift {s}" for s in shifts)]
+    head += ["unrelated", "seam: inside", "across", "contrast"]
+    lines = [
+        "## Product metrics (`aom embed-raster` output)",
+        "",
+        "Chip-position share: variance explained by a token's place in its chip core (goal <= 0.15); shift s: "
+        "mean cosine of the same ground token after cropping the raster by s tokens (goal >= 0.97), beside "
+        "unrelated tokens; seam contrast: adjacent-token cosine inside a chip minus across a chip seam "
+        "(goal < 0.01).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for p in product:
+        sc = p["shift_consistency"]
+        cells = [p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
+        cells += [f"{sc.get(str(s), float('nan')):.3f}" for s in shifts]
+        seams = p["seams"]
+        cells += [f"{p['unrelated_cosine']:.3f}", f"{seams['inside']:.3f}", f"{seams['across']:.3f}"]
+        cells += [f"{seams['contrast']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:

@@ -191,6 +191,8 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         "earth-search",
         "--tile-size-m",
         "3840",
+        "--token-m",
+        "80",
         "--version",
         "v1",
         "--dask-address",
@@ -211,12 +213,13 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         catalog_url="https://stac.example/v1",
         catalog="earth-search",
         tile_size_m=3840,
+        token_m=80,
         version="v1",
         dask_address="tcp://scheduler:8786",
         workers=3,
         storage=StorageParams(endpoint_url="http://127.0.0.1:9000"),
     ).request()
-    assert seen == [flow]
+    assert seen == [flow] and flow.token_m == 80
     assert (
         flow.storage_options == {"endpoint_url": "http://127.0.0.1:9000"} and flow.catalog == "earth-search"
     )

@@ -1,0 +1,322 @@
+"""Metrics that see the product: what ``aom embed-raster`` writes, not one patch encoded alone.
+
+A scene (its bands at the finest GSD) is written as a float32 reflectance GeoTIFF and embedded with
+:func:`pipelines.embed.embed_raster` exactly as a user would (overlapping chips, cores written), then:
+
+* **chip-position share** (:func:`chip_position_share`): the share of the embedding variance
+  explained by a token's place (row, column) inside its chip core, pooled over the D dimensions
+  (between-place sum of squares / total sum of squares). 0 = tokens do not know where they sit in
+  the chip; a model that encodes the chip position in every token is near 1.
+* **shift consistency** (:func:`shift_consistency`): the raster cropped by ``s`` tokens (s = 1..k)
+  at its top-left corner (``s`` rows and ``s`` columns) is embedded again; the mean cosine of the
+  same ground token in both outputs, beside the mean cosine of unrelated tokens (seeded random pairs
+  of the unshifted output) for scale. 1 = a ground location's embedding does not depend on where the
+  raster (and so every chip) starts.
+* **seam contrast** (:func:`seam_contrast`): mean cosine of adjacent tokens inside a chip core minus
+  across a core seam (every ``core_tokens``). 0 = no visible chip seams. The same function applies to
+  an ``aom embed`` tile mosaic with the tile period (tile seams).
+
+Only valid (finite) tokens count. The functions are pure numpy on ``[H, W, D]`` arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.evaluation.datasets import LabelledScene
+from pipelines.registry import BandSpec
+
+GOALS = {"chip_position_share_max": 0.15, "shift_consistency_min": 0.97, "seam_contrast_max": 0.01}
+"""Issue 14's goals for the product metrics."""
+
+
+def _unit(emb: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(emb, axis=-1, keepdims=True)
+    return emb / np.where(n > 0, n, 1.0)
+
+
+def chip_position_share(emb: np.ndarray, core_tokens: int) -> float:
+    """Share of the variance of ``emb [H, W, D]`` (valid tokens) explained by (row % core, col % core)."""
+    h, w, d = emb.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    place = ((rows % core_tokens) * core_tokens + cols % core_tokens).reshape(-1)
+    x = emb.reshape(-1, d).astype(np.float64)
+    ok = np.isfinite(x).all(axis=1)
+    x, place = x[ok], place[ok]
+    if len(x) < 2:
+        return math.nan
+    mu = x.mean(axis=0)
+    total = float(((x - mu) ** 2).sum())
+    if total <= 0:
+        return 0.0
+    between = 0.0
+    for p in np.unique(place):
+        sel = x[place == p]
+        between += len(sel) * float(((sel.mean(axis=0) - mu) ** 2).sum())
+    return between / total
+
+
+def shift_consistency(ref: np.ndarray, shifted: np.ndarray, shift: int) -> float:
+    """Mean cosine of the same ground token: ``shifted[i, j]`` is ``ref[i + shift, j + shift]``."""
+    h = min(ref.shape[0] - shift, shifted.shape[0])
+    w = min(ref.shape[1] - shift, shifted.shape[1])
+    a = _unit(ref[shift : shift + h, shift : shift + w].astype(np.float64))
+    b = _unit(shifted[:h, :w].astype(np.float64))
+    cos = (a * b).sum(axis=-1)
+    return float(np.nanmean(cos)) if np.isfinite(cos).any() else math.nan
+
+
+def unrelated_cosine(emb: np.ndarray, pairs: int = 20000, seed: int = 0) -> float:
+    """Mean cosine of seeded random pairs of distinct valid tokens (the scale for consistency)."""
+    x = _unit(emb.reshape(-1, emb.shape[-1]).astype(np.float64))
+    x = x[np.isfinite(x).all(axis=1)]
+    if len(x) < 2:
+        return math.nan
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(x), pairs)
+    j = (i + rng.integers(1, len(x), pairs)) % len(x)
+    return float((x[i] * x[j]).sum(axis=1).mean())
+
+
+def seam_contrast(emb: np.ndarray, period: int) -> dict[str, float]:
+    """Adjacent-token cosine inside a period (chip core / tile) vs across its seams, both axes."""
+    u = _unit(emb.astype(np.float64))
+    inside: list[np.ndarray] = []
+    across: list[np.ndarray] = []
+    for axis in (0, 1):
+        a = u[:-1] if axis == 0 else u[:, :-1]
+        b = u[1:] if axis == 0 else u[:, 1:]
+        cos = (a * b).sum(axis=-1)  # between index i and i + 1 along the axis
+        idx = np.arange(cos.shape[axis])
+        seam = (idx + 1) % period == 0
+        sel = seam[:, None] if axis == 0 else seam[None, :]
+        sel = np.broadcast_to(sel, cos.shape)
+        inside.append(cos[~sel & np.isfinite(cos)])
+        across.append(cos[sel & np.isfinite(cos)])
+    cin, cacross = np.concatenate(inside), np.concatenate(across)
+    if not cin.size or not cacross.size:
+        return {"inside": math.nan, "across": math.nan, "contrast": math.nan}
+    mi, ma = float(cin.mean()), float(cacross.mean())
+    return {"inside": mi, "across": ma, "contrast": mi - ma}
+
+
+@dataclass
+class ProductMetrics:
+    """The product metrics of one checkpoint on one scene (``to_dict`` for the summary)."""
+
+    checkpoint: str
+    """Checkpoint (path / URL) or ``random:<config>``."""
+    token_m: float
+    """Realised token size of the output (m)."""
+    core_tokens: int
+    """Chip core (tokens a side); seams every ``core_tokens``."""
+    grid_hw: tuple[int, int]
+    """Output token grid (rows, columns)."""
+    valid_tokens: int
+    """Tokens with an embedding."""
+    chip_position_share: float
+    """Variance share explained by the token's place in its chip core."""
+    shift_consistency: dict[int, float] = field(default_factory=dict)
+    """Shift (tokens) -> mean cosine of the same ground token."""
+    unrelated_cosine: float = math.nan
+    """Mean cosine of unrelated tokens (for scale)."""
+    seams: dict[str, float] = field(default_factory=dict)
+    """Adjacent-token cosine inside / across chip seams and their difference (``contrast``)."""
+
+    def goals(self) -> dict[str, bool]:
+        sc = [v for v in self.shift_consistency.values() if math.isfinite(v)]
+        return {
+            "chip_position_share": self.chip_position_share <= GOALS["chip_position_share_max"],
+            "shift_consistency": bool(sc) and min(sc) >= GOALS["shift_consistency_min"],
+            "seam_contrast": abs(self.seams.get("contrast", math.nan)) < GOALS["seam_contrast_max"],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shift_consistency"] = {str(k): v for k, v in self.shift_consistency.items()}
+        d["goals"] = self.goals()
+        return d
+
+
+def scene_raster(scene: LabelledScene, path: Path) -> tuple[Path, list[BandSpec], list[str]]:
+    """The scene's bands at its finest GSD as a float32 reflectance GeoTIFF (NaN nodata, a UTM CRS:
+    the metrics need only the pixel grid); returns (path, bands written, notes)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    finest = min(b.gsd_m for b in scene.bands)
+    keep = [i for i, b in enumerate(scene.bands) if abs(b.gsd_m - finest) <= 1e-6 * finest]
+    shapes = {scene.arrays[i].shape for i in keep}
+    if len(shapes) != 1:
+        raise ValueError(f"bands at {finest:g} m have different shapes {sorted(shapes)}")
+    (h, w), notes = shapes.pop(), []
+    if len(keep) < len(scene.bands):
+        notes.append(f"only the {len(keep)} bands at {finest:g} m are embedded (embed-raster takes one GSD)")
+    data = np.stack([scene.arrays[i].astype(np.float32) for i in keep])
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=h,
+        width=w,
+        count=len(keep),
+        dtype="float32",
+        crs="EPSG:32629",
+        transform=from_origin(500000.0, 6000000.0, finest, finest),
+        nodata=float("nan"),
+    ) as dst:
+        dst.write(data)
+    return path, [scene.bands[i] for i in keep], notes
+
+
+def _crop(src_path: Path, dst_path: Path, px: int) -> Path:
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(src_path) as src:
+        win = Window(px, px, src.width - px, src.height - px)
+        profile = src.profile | {
+            "height": src.height - px,
+            "width": src.width - px,
+            "transform": src.window_transform(win),
+        }
+        data = src.read(window=win)
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+    return dst_path
+
+
+def _read_emb(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return np.moveaxis(src.read(), 0, -1).astype(np.float32)  # [H, W, D]
+
+
+def product_metrics(
+    scene: LabelledScene,
+    checkpoint: str,
+    token_m: float | None = None,
+    shifts: Sequence[int] = (1, 2, 3),
+    core_tokens: int = 24,
+    margin_tokens: int = 3,
+    batch_size: int = 8,
+    workdir: str | None = None,
+    registry_files: Sequence[str] = (),
+    embed_kw: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ProductMetrics:
+    """Embed ``scene`` with ``aom embed-raster`` (and cropped by each shift) and measure it."""
+    from pipelines.embed import embed_raster
+
+    say = progress or (lambda _m: None)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp)
+        raster, bands, _notes = scene_raster(scene, root / "scene.tif")
+        sensors = {b.sensor for b in bands}
+        kw: dict[str, Any] = {
+            "token_m": token_m,
+            "core_tokens": core_tokens,
+            "margin_tokens": margin_tokens,
+            "batch_size": batch_size,
+            "progress": False,
+            "registry_files": registry_files,
+            **(embed_kw or {}),
+        }
+        if len(sensors) == 1 and "" not in sensors:
+            kw.update(sensor=sensors.pop(), bands=[b.name for b in bands])
+        else:
+            kw.update(wavelengths=[b.center_wavelength_nm for b in bands], fwhm=[b.fwhm_nm for b in bands])
+        say(f"product metrics: embedding the scene ({checkpoint})")
+        res = embed_raster(str(raster), str(root / "emb.tif"), checkpoint, **kw)
+        ref = _read_emb(root / "emb.tif")
+        out = ProductMetrics(
+            checkpoint=checkpoint,
+            token_m=res.token_m,
+            core_tokens=core_tokens,
+            grid_hw=(res.height, res.width),
+            valid_tokens=res.valid_tokens,
+            chip_position_share=chip_position_share(ref, core_tokens),
+            unrelated_cosine=unrelated_cosine(ref),
+            seams=seam_contrast(ref, core_tokens),
+        )
+        for s in shifts:
+            say(f"product metrics: shifted by {s} token(s)")
+            crop = _crop(raster, root / f"shift{s}.tif", s * res.token_px)
+            embed_raster(str(crop), str(root / f"emb{s}.tif"), checkpoint, **kw)
+            out.shift_consistency[int(s)] = shift_consistency(ref, _read_emb(root / f"emb{s}.tif"), s)
+    return out
+
+
+def load_scene(spec: Any) -> LabelledScene | None:
+    """The scene behind a dataset spec (t29unu halves / windows, synthetic, a GeoTIFF with a label
+    raster); None for datasets of separate patches (BigEarthNet, labelled points)."""
+    import re
+
+    from pipelines.evaluation.datasets import synthetic_scene
+    from pipelines.evaluation.loaders import T29UNU_HALVES, load_geotiff_scene, load_t29unu
+
+    low = spec.name.lower()
+    if low in ("t29unu", "t29unu:north", "t29unu:south"):
+        return load_t29unu(spec.real_data, spec.window or T29UNU_HALVES.get(low.partition(":")[2]))
+    if low.startswith("bigearthnet"):
+        return None
+    m = re.fullmatch(r"synthetic(?::(\d+))?", low)
+    if m:
+        return synthetic_scene(n_classes=int(m.group(1) or 4))
+    if spec.labels and Path(spec.labels).suffix.lower() in (".csv", ".json", ".geojson"):
+        return None
+    return load_geotiff_scene(spec)
+
+
+def _checkpoint_file(spec: str, path: Path, seed: int, like: str | None = None) -> str:
+    """A checkpoint file for ``spec``: itself, or ``random:<config>`` / a random init of ``like``'s
+    config and statistics (so the two differ only in their weights) saved to ``path``."""
+    import torch
+
+    from aom_model import AOM, AOMConfig, load_checkpoint, save_checkpoint
+    from pipelines.evaluation.features import RANDOM_PREFIX, _read_bytes
+
+    if not spec.startswith(RANDOM_PREFIX):
+        return spec
+    stats = None
+    if like is not None and not like.startswith(RANDOM_PREFIX):
+        _m, cfg, stats, _meta = load_checkpoint(_read_bytes(like))
+    else:
+        cfg = AOMConfig.named(spec[len(RANDOM_PREFIX) :] or "tiny")
+    torch.manual_seed(seed)
+    save_checkpoint(path, AOM(cfg).eval(), norm_stats=stats)
+    return str(path)
+
+
+def run_product_metrics(
+    scene: LabelledScene,
+    checkpoint: str,
+    token_m: float | None = None,
+    shifts: Sequence[int] = (1, 2, 3),
+    random_baseline: bool = True,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """Product metrics of ``checkpoint`` (and of a random init of its config, for scale)."""
+    from pipelines.evaluation.features import RANDOM_PREFIX
+
+    runs = [("checkpoint" if not checkpoint.startswith(RANDOM_PREFIX) else "random-init", checkpoint)]
+    if random_baseline and not checkpoint.startswith(RANDOM_PREFIX):
+        runs.append(("random-init", RANDOM_PREFIX))
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, spec in runs:
+            path = _checkpoint_file(spec, Path(tmp) / f"{kind}.safetensors", seed, like=checkpoint)
+            m = product_metrics(scene, path, token_m, shifts, progress=progress, **kw)
+            m.checkpoint = spec if spec != RANDOM_PREFIX else f"random-init like {checkpoint}"
+            out.append({"kind": kind, **m.to_dict()})
+    return out

@@ -1,0 +1,80 @@
+"""Product metrics: chip-position variance share, shift consistency and seam contrast of what
+`aom embed-raster` writes, on arrays with known answers and end to end on a small synthetic scene."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.evaluation.datasets import synthetic_scene
+from pipelines.evaluation.product import (
+    chip_position_share,
+    run_product_metrics,
+    seam_contrast,
+    shift_consistency,
+    unrelated_cosine,
+)
+from pipelines.evaluation.report import _product_lines
+
+
+def _ground(h: int, w: int, d: int = 8, seed: int = 0) -> np.ndarray:
+    """Embeddings that depend on the ground only: a smooth random field [h, w, d]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    f = rng.normal(size=(d, 4))
+    return np.stack(
+        [np.sin(yy / 5.0 * f[k, 0] + f[k, 1]) + np.cos(xx / 7.0 * f[k, 2] + f[k, 3]) for k in range(d)], -1
+    )
+
+
+def test_chip_position_share_is_one_for_chip_codes_and_small_for_ground() -> None:
+    core, h, w = 4, 24, 32
+    rows, cols = np.mgrid[0:h, 0:w]
+    codes = np.random.default_rng(1).normal(size=(core * core, 8))
+    chip_only = codes[(rows % core) * core + cols % core]  # [h, w, 8]: where in the chip, nothing else
+    assert abs(chip_position_share(chip_only, core) - 1.0) < 1e-9
+    ground = np.random.default_rng(2).normal(size=(h, w, 8))
+    assert chip_position_share(ground, core) < 0.15  # chance level ~ (16 - 1) / (768 - 1) = 0.02
+    mixed = ground + 3 * chip_only
+    assert 0.8 < chip_position_share(mixed, core) < 1.0
+    ground[0, 0] = np.nan  # invalid tokens are left out
+    assert np.isfinite(chip_position_share(ground, core))
+
+
+def test_shift_consistency_and_unrelated_tokens() -> None:
+    ref = _ground(30, 30)
+    for s in (1, 2, 3):
+        assert abs(shift_consistency(ref, ref[s:, s:], s) - 1.0) < 1e-12
+    noise = np.random.default_rng(3).normal(size=(27, 27, 8))
+    assert shift_consistency(ref, ref[3:, 3:] + 10 * noise, 3) < 0.5
+    assert abs(unrelated_cosine(np.random.default_rng(4).normal(size=(30, 30, 64)))) < 0.05
+
+
+def test_seam_contrast_sees_chip_seams_only() -> None:
+    core = 5
+    smooth = _ground(20, 20) + 3.0  # offset: adjacent tokens near-parallel
+    assert abs(seam_contrast(smooth, core)["contrast"]) < 0.01
+    rows, cols = np.mgrid[0:20, 0:20]
+    per_chip = np.random.default_rng(5).normal(size=(16, 8))[
+        (rows // core) * 4 + cols // core
+    ]  # one vector per chip
+    s = seam_contrast(per_chip, core)
+    assert s["inside"] > 0.999 and s["across"] < 0.9 and s["contrast"] > 0.1
+
+
+def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
+    """A 20 m synthetic scene (96 x 96 px) through embed-raster at 160 m tokens (8 px): a 12 x 12 grid
+    in 4-token chip cores; the metrics are finite and in range, random-init beside the checkpoint."""
+    scene = synthetic_scene(size_px=96, n_classes=3, seed=1)
+    rows = run_product_metrics(
+        scene, "random:tiny", token_m=160.0, shifts=(1, 2), core_tokens=4, margin_tokens=1
+    )
+    assert [r["kind"] for r in rows] == ["random-init"]
+    m = rows[0]
+    assert m["token_m"] == 160.0 and tuple(m["grid_hw"]) == (12, 12) and m["valid_tokens"] > 100
+    assert 0.0 <= m["chip_position_share"] <= 1.0
+    assert set(m["shift_consistency"]) == {"1", "2"}
+    assert all(-1.0 <= v <= 1.0 for v in m["shift_consistency"].values())
+    assert -1.0 <= m["unrelated_cosine"] <= 1.0 and np.isfinite(m["seams"]["contrast"])
+    assert set(m["goals"]) == {"chip_position_share", "shift_consistency", "seam_contrast"}
+    text = "\n".join(_product_lines(rows))
+    assert "## Product metrics" in text and "| random-init | 160 |" in text
