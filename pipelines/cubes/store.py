@@ -353,13 +353,27 @@ class CubeStore:
             raise CubeStoreError(f"tile {tile_id} has no group {collection}/{gsd_label}")
         # the group's zarr.json carries consolidated metadata: one GET opens it (xarray looks for
         # consolidated metadata at the store root, so the store is rooted at the group)
-        ds = xr.open_zarr(
-            self.zarr_store(group_path(tile_id, collection, gsd_label)),
-            consolidated=True,
-            zarr_format=3,
-            mask_and_scale=decode,
-            chunks=None if lazy else ({} if chunks is None else chunks),
-        )
+        import zarr
+
+        try:
+            ds = xr.open_zarr(
+                self.zarr_store(group_path(tile_id, collection, gsd_label)),
+                consolidated=True,
+                zarr_format=3,
+                mask_and_scale=decode,
+                chunks=None if lazy else ({} if chunks is None else chunks),
+            )
+        except (
+            FileNotFoundError,
+            KeyError,
+            zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError,
+        ):
+            raise CubeStoreError(
+                f"{self}: tile {tile_id} is recorded complete but its group {collection}/{gsd_label} is "
+                f"missing (the store was damaged): delete {RECORDS_DIR}/{tile_id}.json and rerun the cube "
+                "build to rebuild the tile"
+            ) from None
         if decode and not lazy:  # astype would read the whole array of a lazily indexed Dataset
             ds["reflectance"] = ds["reflectance"].astype(np.float32)
         return ds
