@@ -11,6 +11,7 @@ from pipelines import storage
 from pipelines.embed.plan import RunContext, Unit, plan_run
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
 from pipelines.embed.tasks import _reason
+from pipelines.outputs import OutputKind, claim_output
 from pipelines.runs import TileStatus
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ def run_embedding(
             if on_result is not None:
                 on_result(r)
 
+    # an existing --out is used only when it is an aom embeddings store (docs/safety.md)
+    claim_output(
+        ctx.out,
+        OutputKind.EMBEDDINGS,
+        storage_options=ctx.out_options,
+        inputs=[request.cubes, request.checkpoint],
+    )
     with Fanout(request) as fanout:  # connects and checks the GPU resource before any write
         es.create_version(ctx.out, plan.version, ctx.out_options)
         for epsg in sorted({t.epsg for t in plan.tiles}):

@@ -277,3 +277,17 @@ def read_marker(url: str, storage_options: Mapping[str, Any] | None = None) -> d
     except (OSError, ValueError):
         return {}
     return dict(doc) if isinstance(doc, dict) else {}
+
+
+def check_file_output(
+    url: str, inputs: Iterable[str | None] = (), storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a single-file output that is a bucket/filesystem root, an existing folder or prefix,
+    or equal to (or a folder holding) an input; the file itself is then replaced atomically."""
+    check_writable_target(url)
+    check_not_input(url, inputs)
+    state = output_kind(url, storage_options)
+    if state.exists and not state.is_file:
+        raise OutputError(
+            f"--out {storage.redact_url(storage.normalise_url(url))} is a folder; give a file name inside it"
+        )

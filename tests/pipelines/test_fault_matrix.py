@@ -375,3 +375,22 @@ def test_f6_f7_queries_read_recorded_tiles_only_and_skip_a_corrupt_one(
         res = similar(emb, vectors=vec[None, :], k=5, scheduler="synchronous")
         assert len(res) == 5
     assert any(corrupt in r.message for r in caplog.records)
+
+
+def test_f1_query_exports_never_write_over_a_folder_a_bucket_root_or_the_store(tmp_path: Path) -> None:
+    from pipelines.outputs import OutputError
+    from pipelines.query import export, open_embeddings
+    from pipelines.testing import build_synthetic_store
+
+    build_synthetic_store(str(tmp_path / "emb"), times_to_write=[0], stac=False)
+    emb = open_embeddings(str(tmp_path / "emb"))
+    (tmp_path / "folder.tif").mkdir()
+    (tmp_path / "folder.tif" / "keep.txt").write_text("keep")
+    for out, match in (
+        (str(tmp_path / "folder.tif"), "is a folder"),
+        ("s3://bucket", "bucket root"),
+        (str(tmp_path / "emb"), "is the input"),
+    ):
+        with pytest.raises(OutputError, match=match):
+            export(emb, emb.extent_wgs84(), out, fmt="geotiff")
+    assert (tmp_path / "folder.tif" / "keep.txt").read_text() == "keep"
