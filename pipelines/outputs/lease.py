@@ -213,6 +213,7 @@ class Lease:
                 continue  # released between the two calls: try again
             if holder.owner == self.owner:
                 self._held = True
+                _LIVE_OWNERS.add(self.owner)
                 return None
             if not holder.abandoned():
                 return holder

@@ -394,3 +394,32 @@ def test_f1_query_exports_never_write_over_a_folder_a_bucket_root_or_the_store(t
         with pytest.raises(OutputError, match=match):
             export(emb, emb.extent_wgs84(), out, fmt="geotiff")
     assert (tmp_path / "folder.tif" / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_f1_cubes_never_builds_a_store_in_a_users_folder_or_prefix(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import json
+
+    from tests.pipelines.cubes.support import X0, Y0, s2_item
+
+    item = s2_item(tmp_path / "items", "U1", bounds=(X0, Y0, X0 + 1920.0, Y0 + 1920.0))
+    nd = tmp_path / "items.ndjson"
+    nd.write_text(json.dumps(item) + "\n")
+    args = ["cubes", "--items", str(nd), "--tile-size-m", "1920", "--no-progress"]
+    if where == "local":
+        out = tmp_path / "mine"
+        out.mkdir()
+        (out / "thesis.txt").write_text("keep")
+        res = _cli(*args, "--out", str(out))
+        assert sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
+    else:
+        bucket = request.getfixturevalue("s3_bucket")
+        bucket.fs.pipe_file(f"{bucket.name}/mine/thesis.txt", b"keep")
+        opts = json.dumps(bucket.storage_options)
+        res = _cli(*args, "--out", bucket.url("mine"), "--storage-options", opts)
+        bucket.fs.invalidate_cache()
+        assert bucket.fs.find(f"{bucket.name}/mine") == [f"{bucket.name}/mine/thesis.txt"]
+    assert res.exit_code == 2, res.output
+    assert "not written by aom" in _one_error_line(res)
