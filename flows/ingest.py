@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import INPUTS
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows.common import batches, catalog_slot, publish_summary
@@ -93,9 +93,10 @@ def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
     return plan_saved(items_url, params.cube_request(), params.storage.storage_options()).tile_ids
 
 
-# Tiles are the unit of retry and resume; results persist so a rerun of the same flow with the
-# same saved items skips batches that already finished (the store also skips complete tiles).
-@task(retries=2, retry_delay_seconds=[5, 30], cache_policy=INPUTS, persist_result=True)
+# Tiles are the unit of retry and resume. A writer is never cached: a cached result would report
+# tiles the store may no longer hold (deleted tiles, a deleted store). Resume comes from the store
+# itself, which skips tiles with a completion record, so a rerun after a deletion refills the holes.
+@task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -> dict[str, Any]:
     return build_tiles(items_url, tile_ids, params.cube_spec(), params.out, params.storage.storage_options())
 

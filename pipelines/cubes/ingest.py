@@ -38,7 +38,12 @@ def search_and_save(
     storage_options: Mapping[str, Any] | None = None,
     catalog_storage_options: Mapping[str, Any] | None = None,
 ) -> SavedSearch:
-    """Search and save the items under ``<out_url>/_search/<hash>.ndjson`` (content-addressed)."""
+    """Search and save the items under ``<out_url>/_search/<hash>.ndjson`` (content-addressed).
+
+    ``out_url`` must be new, empty or a cube store aom wrote (checked before anything is written)."""
+    from pipelines.outputs import OutputKind, claim_output
+
+    claim_output(out_url, OutputKind.CUBES, storage_options=storage_options)
     result = search(
         request, catalog_url=catalog_url, storage_options=dict(catalog_storage_options or {}) or None
     )

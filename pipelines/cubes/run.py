@@ -9,8 +9,11 @@ Public API::
     store.complete_tiles(); store.record(tile_id); store.open_tile(tile_id)
 
 Exactly once: a tile is written by one task into its own prefix, then its completion record
-``_tiles/<tile_id>.json`` is written atomically. A rerun skips tiles with a record and deletes and
-redoes the rest, so an interrupted run (killed process, storage outage) resumes to output identical
+``_tiles/<tile_id>.json`` is written atomically. The task first takes the tile's lease
+(``_leases/<tile_id>.json``, :meth:`CubeStore.tile_lease`): two runs into the same store cooperate
+tile by tile, a run waiting while another live run builds a tile and then skipping it once its
+record appears, never clearing a tile another live run is writing. A rerun skips tiles with a
+record and deletes and redoes the rest, so an interrupted run (killed process, storage outage) resumes to output identical
 to an uninterrupted one. Per-item problems are skipped and recorded; a tile fails (no record, retried
 next run) only when storage fails or an asset is unreachable (``CubeSpec.skip_unreachable``).
 """
@@ -37,6 +40,7 @@ from pipelines.cubes.spec import (
     gsd_label,
 )
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
+from pipelines.outputs import Lease
 from pipelines.runs import TileStatus
 from pipelines.storage import redact_url
 from pipelines.tiling import ItemIndex, Tile, TileGrid
@@ -220,16 +224,24 @@ def process_tile(
     """Write one tile exactly once (skip when complete). Never raises for bad inputs or storage faults."""
     t0 = time.perf_counter()
     store = CubeStore(out_url, storage_options)
+    lease = None
     try:
         if store.has_record(tile.tile_id):
             return TileOutcome(tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)")
+        lease = store.tile_lease(tile.tile_id)
+        # another live run building this tile: wait for it (its record ends the wait)
+        if not lease.acquire_unless(lambda: store.has_record(tile.tile_id)) or store.has_record(tile.tile_id):
+            return TileOutcome(tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)")
         _configure_reads(read_options)
         store.clear_tile(tile.tile_id)
-        outcome = _write_tile(store, tile, items, spec, read_options, scheduler)
+        outcome = _write_tile(store, tile, items, spec, read_options, scheduler, lease)
     except Exception as exc:  # storage down, or a bug: the tile stays absent and is redone next run
         reason, _ = classify_error(exc)
         log.warning("tile %s failed: %s: %s", tile.tile_id, type(exc).__name__, reason)
         outcome = TileOutcome(tile.tile_id, TileStatus.FAILED, f"{type(exc).__name__}: {reason}")
+    finally:
+        if lease is not None:
+            lease.release()
     outcome.elapsed_s = time.perf_counter() - t0
     return outcome
 
@@ -241,6 +253,7 @@ def _write_tile(
     spec: CubeSpec,
     read_options: Mapping[str, Any] | None,
     scheduler: str | None,
+    lease: Lease | None = None,
 ) -> TileOutcome:
     excluded: set[tuple[str, str]] = set()
     diagnosed: list[SkippedAsset] = []
@@ -320,6 +333,8 @@ def _write_tile(
         items=used,
         skipped=skipped,
     )
+    if lease is not None:
+        lease.check()  # a run whose lease was taken over never records (the new holder rewrites)
     store.write_record(tile.tile_id, record)
     labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]
     return TileOutcome(

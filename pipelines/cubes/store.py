@@ -9,9 +9,11 @@ Layout (see ``docs/cubes.md``)::
         time, band, center_wavelength_nm, fwhm_nm, common_name, band_gsd_m,
         source_items, solar_day, valid_fraction, x, y, spatial_ref (CF grid mapping)
     <out>/_tiles/<tile_id>.json                       completion record, written last (atomically)
+    <out>/_leases/<tile_id>.json                      writer lease while a run builds the tile
 
 A tile is visible to readers only once its record exists; a tile without a record is deleted and
-rewritten by the next run. Every object under ``<out>/<tile_id>/`` is written by the one task
+rewritten by the next run that takes its lease (``docs/safety.md``): a run never clears a tile
+whose lease another live run holds. Every object under ``<out>/<tile_id>/`` is written by the one task
 that owns the tile, so no two writers ever share a shard (or any other object). A record, once
 written, is never rewritten; its ``status`` is ``complete`` (the tile holds data) or ``empty``.
 
@@ -40,6 +42,7 @@ from pipelines.cubes.groups import GroupMeta, group_meta, read_window
 from pipelines.cubes.shards import RawGroup, open_raw_group
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
 from pipelines.errors import CubeDataError
+from pipelines.outputs import Lease
 from pipelines.runs import TileStatus
 from pipelines.storage import (
     filesystem,
@@ -57,6 +60,9 @@ from pipelines.tiling import TileGrid, column_prefixes
 log = logging.getLogger(__name__)
 
 RECORDS_DIR = "_tiles"
+LEASES_DIR = "_leases"
+LEASE_TTL_S = 120.0
+"""Seconds without a heartbeat after which a tile's writer counts as dead (renewed every third)."""
 ROOT_ATTR = "aom_cubes"
 
 
@@ -194,7 +200,11 @@ class CubeStore:
         """Create the root group (first run) or check that it was built with the same layout."""
         import zarr
 
+        from pipelines.outputs import OutputKind, claim_output
+
         meta = {"layout_version": LAYOUT_VERSION, "spec": spec.layout_dict(), "fingerprint": spec.fingerprint}
+        if not self._exists(self._path("zarr.json")):  # a new store: never inside a user's folder
+            claim_output(self.url, OutputKind.CUBES, storage_options=self.storage_options)
         if self._exists(self._path("zarr.json")):
             have = self.root_attrs()
             if not have:
@@ -313,9 +323,15 @@ class CubeStore:
             join(self.url, RECORDS_DIR, f"{tile_id}.json"), json_safe(dict(record)), self.storage_options
         )
 
+    def tile_lease(self, tile_id: str, ttl_s: float = LEASE_TTL_S) -> Lease:
+        """The writer lease of one tile (``<store>/_leases/<tile_id>.json``): whoever holds it is
+        the only run that may clear, write or record that tile."""
+        return Lease(join(self.url, LEASES_DIR, f"{tile_id}.json"), self.storage_options, ttl_s=ttl_s)
+
     # ------------------------------------------------------------------ tile data
     def clear_tile(self, tile_id: str) -> None:
-        """Delete whatever a previous, interrupted write left of a tile (its record must not exist)."""
+        """Delete whatever a previous, interrupted write left of a tile (its record must not exist;
+        the caller holds the tile's lease, so no live run is writing it)."""
         path = self._path(tile_id)
         if self._exists(path):
             self.fs.rm(path, recursive=True)
@@ -378,13 +394,27 @@ class CubeStore:
             raise CubeStoreError(f"tile {tile_id} has no group {collection}/{gsd_label}")
         # the group's zarr.json carries consolidated metadata: one GET opens it (xarray looks for
         # consolidated metadata at the store root, so the store is rooted at the group)
-        ds = xr.open_zarr(
-            self.zarr_store(group_path(tile_id, collection, gsd_label)),
-            consolidated=True,
-            zarr_format=3,
-            mask_and_scale=decode,
-            chunks=None if lazy else ({} if chunks is None else chunks),
-        )
+        import zarr
+
+        try:
+            ds = xr.open_zarr(
+                self.zarr_store(group_path(tile_id, collection, gsd_label)),
+                consolidated=True,
+                zarr_format=3,
+                mask_and_scale=decode,
+                chunks=None if lazy else ({} if chunks is None else chunks),
+            )
+        except (
+            FileNotFoundError,
+            KeyError,
+            zarr.errors.GroupNotFoundError,
+            zarr.errors.NodeTypeValidationError,
+        ):
+            raise CubeStoreError(
+                f"{self}: tile {tile_id} is recorded complete but its group {collection}/{gsd_label} is "
+                f"missing (the store was damaged): delete {RECORDS_DIR}/{tile_id}.json and rerun the cube "
+                "build to rebuild the tile"
+            ) from None
         if decode and not lazy:  # astype would read the whole array of a lazily indexed Dataset
             ds["reflectance"] = ds["reflectance"].astype(np.float32)
         return ds

@@ -11,6 +11,7 @@ from pipelines import storage
 from pipelines.embed.plan import RunContext, Unit, plan_run
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
 from pipelines.embed.tasks import _reason
+from pipelines.outputs import OutputKind, claim_output
 from pipelines.runs import TileStatus
 from pipelines.tiling import Tile
 
@@ -68,6 +69,13 @@ def run_embedding(
             if on_result is not None:
                 on_result(r)
 
+    # an existing --out is used only when it is an aom embeddings store (docs/safety.md)
+    claim_output(
+        ctx.out,
+        OutputKind.EMBEDDINGS,
+        storage_options=ctx.out_options,
+        inputs=[request.cubes, request.checkpoint],
+    )
     with Fanout(request) as fanout:  # connects and checks the GPU resource before any write
         # geoemb:source_data: the (redacted) catalog or cube store URL the inputs come from
         source_url = ctx.source.describe().partition(":")[2]

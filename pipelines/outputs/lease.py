@@ -15,19 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipelines import storage
 from pipelines.errors import EXIT_FAILED, AOMError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_TTL_S = 120.0
+_LIVE_OWNERS: set[str] = set()
+"""Owners of the leases this process holds now (a lease of this process not in it was abandoned,
+e.g. its release failed while storage was down)."""
 
 
 class LeaseHeldError(AOMError, RuntimeError):
@@ -70,8 +76,10 @@ class LeaseInfo:
         """Expired, or held by a process of this host that no longer runs (a killed run)."""
         if self.expired(now):
             return True
-        if self.host != socket.gethostname() or self.pid == os.getpid():
+        if self.host != socket.gethostname():
             return False
+        if self.pid == os.getpid():
+            return self.owner not in _LIVE_OWNERS
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -198,17 +206,20 @@ class Lease:
         for _ in range(3):
             if self._create(self._bytes(self._info())):
                 self._held, self._lost = True, False
+                _LIVE_OWNERS.add(self.owner)
                 return None
             holder = self.read()
             if holder is None:
                 continue  # released between the two calls: try again
             if holder.owner == self.owner:
                 self._held = True
+                _LIVE_OWNERS.add(self.owner)
                 return None
             if not holder.abandoned():
                 return holder
             if self._take_over(holder, self._bytes(self._info())):
                 self._held, self._lost = True, False
+                _LIVE_OWNERS.add(self.owner)
                 return None
         return self.read()
 
@@ -225,6 +236,17 @@ class Lease:
                     f"{storage.redact_url(self.url)} is being written by another {holder.describe()}; "
                     "wait for it to finish, or rerun after its lease expires"
                 )
+            time.sleep(poll_s)
+
+    def acquire_unless(self, done: Callable[[], bool], poll_s: float = 2.0) -> bool:
+        """Take the lease, waiting while another live run holds it; False (lease not taken) as soon
+        as ``done()`` says the work is finished (e.g. the other run wrote the completion record)."""
+        while True:
+            if self.try_acquire() is None:
+                self._start_heartbeat()
+                return True
+            if done():
+                return False
             time.sleep(poll_s)
 
     def renew(self) -> bool:
@@ -261,13 +283,16 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        _LIVE_OWNERS.discard(self.owner)
         if not self._held:
             return
         self._held = False
-        holder = self.read()
-        if holder is not None and holder.owner == self.owner:
-            with contextlib.suppress(FileNotFoundError):
+        try:
+            holder = self.read()
+            if holder is not None and holder.owner == self.owner:
                 self._fs.rm_file(self._path)
+        except Exception as exc:  # storage down (any client's error): the lease stays and counts as abandoned (see abandoned)
+            log.warning("could not release lease %s: %s", storage.redact_url(self.url), type(exc).__name__)
         if self._local:  # leave no empty lease folder behind (Zarr readers warn about it)
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(self._path))
@@ -281,7 +306,7 @@ class Lease:
                 try:
                     if not self.renew():
                         return
-                except OSError:  # storage briefly unreachable: try again next beat
+                except Exception:  # storage briefly unreachable (any client's error): next beat
                     continue
 
         self._thread = threading.Thread(target=beat, name="aom-lease-heartbeat", daemon=True)

@@ -25,7 +25,8 @@ MARKER_NAME = ".aom-output.json"
 """The ownership marker of outputs that are plain folders (``aom samples``, pretraining runs)."""
 
 _ZARR_META = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata")
-_OWNED_EXTRAS = ("_tiles", MARKER_NAME)
+_OWNED_EXTRAS = ("_tiles", "_search", MARKER_NAME)
+_PRELUDE = {"_search"}  # what a cube run writes before its store root (saved search results)
 _LEASES = "_leases"  # removed by their holders only, never by remove_owned
 
 
@@ -134,6 +135,8 @@ def output_kind(url: str, storage_options: Mapping[str, Any] | None = None) -> O
     if fs.isfile(path):
         return OutputState(True, _file_kind(url, storage_options), True)
     names = {posixpath.basename(str(n).rstrip("/")) for n in fs.ls(path, detail=False)} - {_LEASES}
+    if names and names <= _PRELUDE:  # only what aom writes before a store's root: a new store
+        return OutputState(False, None, False)
     if not names:
         return OutputState(False, None, False)
     if MARKER_NAME in names:
@@ -274,3 +277,17 @@ def read_marker(url: str, storage_options: Mapping[str, Any] | None = None) -> d
     except (OSError, ValueError):
         return {}
     return dict(doc) if isinstance(doc, dict) else {}
+
+
+def check_file_output(
+    url: str, inputs: Iterable[str | None] = (), storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Refuse a single-file output that is a bucket/filesystem root, an existing folder or prefix,
+    or equal to (or a folder holding) an input; the file itself is then replaced atomically."""
+    check_writable_target(url)
+    check_not_input(url, inputs)
+    state = output_kind(url, storage_options)
+    if state.exists and not state.is_file:
+        raise OutputError(
+            f"--out {storage.redact_url(storage.normalise_url(url))} is a folder; give a file name inside it"
+        )

@@ -32,6 +32,7 @@ from pyproj import CRS
 
 from pipelines import storage
 from pipelines.embeddings import quantize
+from pipelines.outputs import check_file_output
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import parse_crs, select
 
@@ -446,6 +447,7 @@ def export(
             raise QueryError(
                 f"cannot tell the format of {out!r}: use .tif/.tiff (COG) or .parquet (GeoParquet)"
             )
+    check_file_output(out, [emb.url], storage_options)  # never a folder, a bucket root or the store
     if fmt == "geoparquet":
         return tokens_geoparquet(
             emb,

@@ -24,6 +24,7 @@ import xarray as xr
 from pyproj import Transformer
 
 from pipelines import storage
+from pipelines.outputs import check_file_output
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import geo_dataarray, parse_crs, select
 from pipelines.query.similarity import query_vector
@@ -204,6 +205,7 @@ def render_png(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
+    check_file_output(out, storage_options=storage_options)  # never a folder or a bucket root
     storage.write_bytes_atomic(out, buf.getvalue(), storage_options)
     return out
 

@@ -12,7 +12,9 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ import xarray as xr
 
 from pipelines import storage
 from pipelines.embeddings import (
+    NODATA_Q,
     EmbeddingsStoreError,
     EmbeddingsVersion,
     ZoneGrid,
@@ -37,6 +40,12 @@ from pipelines.embeddings import (
     version_zones,
     zarr_store,
 )
+
+log = logging.getLogger(__name__)
+
+CORRUPT_DATA_ERRORS: tuple[type[Exception], ...] = (ValueError, RuntimeError, EOFError, zlib.error)
+"""What decoding a corrupt or truncated shard raises (checksum, codec, short read); storage access
+errors (OSError and the clients' own) are not among them: they fail the query, never read as empty."""
 
 TimeLike = int | str | date | datetime | np.datetime64 | None
 
@@ -85,6 +94,9 @@ class Embeddings:
         default_factory=OrderedDict, repr=False
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Recorded tiles whose data could not be decoded (corrupt or truncated shard): tile id ->
+    reason. Readers skip them (nodata) and name them here and in a warning."""
 
     def __getstate__(self) -> dict[str, Any]:  # picklable for dask.distributed: caches stay behind
         state = dict(self.__dict__)
@@ -273,6 +285,45 @@ class Embeddings:
             raw = np.asarray(arr[int(time_index), rows, cols, :])
         return dequantize(raw) if decode else raw
 
+    def read_recorded(
+        self, epsg: int, time_index: int, rows: slice, cols: slice, decode: bool = True
+    ) -> np.ndarray:
+        """:meth:`read_window` as every query reads: tokens outside a tile with a completion record
+        are nodata (a killed writer's shards never count), and a recorded tile whose data cannot be
+        decoded (a corrupt or truncated shard) is skipped as nodata and named in
+        :attr:`unreadable` and a warning, instead of failing the whole query."""
+        ti, n = int(time_index), self.version.tokens_per_tile
+        r0, r1, c0, c1 = int(rows.start), int(rows.stop), int(cols.start), int(cols.stop)
+        refs = [
+            r
+            for r in self.tiles(ti).get(int(epsg), [])
+            if r.row0 < r1 and r.row0 + n > r0 and r.col0 < c1 and r.col0 + n > c0
+        ]
+        arr = self.zarr_array(epsg)
+        nodata: Any = NODATA_Q if arr.dtype == np.int8 else np.nan
+        out = np.full((r1 - r0, c1 - c0, arr.shape[-1]), nodata, dtype=arr.dtype)
+        regions: list[tuple[TileRef, np.ndarray, int, int]] = []  # tile, data, data's row0/col0
+        try:
+            raw = np.asarray(arr[ti, r0:r1, c0:c1, :])
+            regions = [(r, raw, r0, c0) for r in refs]
+        except CORRUPT_DATA_ERRORS:  # find the tile(s) at fault: read tile by tile
+            for r in refs:
+                try:
+                    data = np.asarray(arr[ti, r.row0 : r.row0 + n, r.col0 : r.col0 + n, :])
+                except CORRUPT_DATA_ERRORS as exc:
+                    reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                    self.unreadable[r.tile_id] = reason
+                    log.warning(
+                        "skipping tile %s of %s: its data cannot be read (%s)", r.tile_id, self.name, reason
+                    )
+                    continue
+                regions.append((r, data, r.row0, r.col0))
+        for r, data, d_r0, d_c0 in regions:  # the tile's part of the window
+            a0, a1 = max(r.row0, r0), min(r.row0 + n, r1)
+            b0, b1 = max(r.col0, c0), min(r.col0 + n, c1)
+            out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = data[a0 - d_r0 : a1 - d_r0, b0 - d_c0 : b1 - d_c0]
+        return dequantize(out) if decode else out
+
     def read_tile(self, ref: TileRef, time_index: int) -> np.ndarray:
         """Decoded ``[n, n, dim]`` array of one tile (small LRU cache)."""
         key = (ref.epsg, int(time_index), ref.row0, ref.col0)
@@ -281,7 +332,7 @@ class Embeddings:
                 self._tile_cache.move_to_end(key)
                 return self._tile_cache[key]
         n = self.version.tokens_per_tile
-        arr = self.read_window(
+        arr = self.read_recorded(
             ref.epsg, time_index, slice(ref.row0, ref.row0 + n), slice(ref.col0, ref.col0 + n)
         )
         with self._lock:

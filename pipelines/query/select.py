@@ -318,7 +318,7 @@ def _merge(
         inside = (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
         if not inside.any():
             continue
-        window = emb.read_window(epsg, ti, slice(r0, r1), slice(c0, c1))
+        window = emb.read_recorded(epsg, ti, slice(r0, r1), slice(c0, c1))
         vals = np.full((ny, nx, emb.dim), np.nan, dtype=np.float32)
         vals[inside] = window[row[inside] - r0, col[inside] - c0]
         avail = inside & np.isfinite(vals[..., 0])

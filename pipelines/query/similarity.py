@@ -275,7 +275,7 @@ def _search_group(
     r1 = max(r.row0 for r in refs) + nt
     c0 = min(r.col0 for r in refs)
     c1 = max(r.col0 for r in refs) + nt
-    raw = emb.read_window(epsg, ti, slice(r0, r1), slice(c0, c1), decode=False)
+    raw = emb.read_recorded(epsg, ti, slice(r0, r1), slice(c0, c1), decode=False)
     h, w = raw.shape[:2]
     keep = np.zeros((h, w), dtype=bool)
     for r in refs:  # only complete tiles count (a crashed writer may have left a shard behind)

@@ -7,6 +7,7 @@ Every test states the finding it reproduces; each asserts that what the user own
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -261,3 +262,164 @@ def test_f6_interrupted_zarr_is_refused_by_readers_and_finished_by_a_rerun(
     )
     assert check_raster_complete(str(out))["aom_complete"] is True
     assert not (out / "_leases").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Finding 3: two `aom cubes` runs into the same --out: the second deleted the tile the first was
+# writing, which ended with a completion record but without its groups
+
+
+@pytest.mark.slow
+def test_f3_two_cube_runs_into_one_store_end_with_every_recorded_tile_complete(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from pipelines.cubes import CubeStore, write_cubes
+    from tests.conftest import REPO_ROOT
+    from tests.pipelines.cubes.support import GRID, X0, Y0, assert_stores_equal, s2_item, spec
+
+    big = (X0, Y0, X0 + 3840.0, Y0 + 3840.0)  # 2 x 2 tiles of 1920 m
+    its = [
+        s2_item(tmp_path / "items", "W1", bounds=big, cloud_boxes=[(0.1, 0.1, 0.3, 0.5)]),
+        s2_item(tmp_path / "items", "W2", bounds=big, datetime="2023-06-06T10:30:00Z", seed=5),
+    ]
+    nd = tmp_path / "items.ndjson"
+    nd.write_text("".join(json.dumps(i) + "\n" for i in its))
+    out = tmp_path / "cubes"
+    cmd = [sys.executable, "-m", "flows.cli", "cubes", "--items", str(nd), "--out", str(out)]
+    cmd += ["--tile-size-m", "1920", "--no-progress"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    first = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None and not (out / "_leases").is_dir():
+        time.sleep(0.01)
+    assert first.poll() is None, "the first run ended before the second started"
+    second = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    first_out, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, first_out
+    assert second.returncode == 0, second.stdout + second.stderr
+    store = CubeStore.open(str(out))
+    records = store.tile_records()
+    n_tiles = len(GRID.tiles_for_items(its))
+    assert len(records) == n_tiles
+    for tile_id, rec in records.items():  # every recorded group is there and opens
+        for g in rec.get("groups", []):
+            store.open_group(tile_id, g["collection"], g["gsd_label"])
+    clean_out = tmp_path / "clean"
+    write_cubes(its, GRID.tiles_for_items(its), spec(), str(clean_out), progress=False)
+    assert_stores_equal(store, CubeStore.open(str(clean_out)))
+    assert not any((out / "_leases").glob("*.json"))
+
+
+# ------------------------------------------------------------------------------------------
+# Findings 6 and 7 (queries): export/map read tiles without a completion record; one truncated
+# shard crashed every query with a checksum traceback naming no tile
+
+
+def _store_with_faults(root: Path) -> tuple[Any, str, str]:
+    """A synthetic embeddings store; one tile loses its record (a killed writer), one tile's shard is
+    truncated. Returns (store, unrecorded tile id, corrupt tile id)."""
+    from pipelines.embeddings import record_url
+    from pipelines.testing import build_synthetic_store
+
+    store = build_synthetic_store(str(root), times_to_write=[0], stac=False)
+    zone = store.tiles[0].epsg
+    same_zone = [t for t in store.tiles if t.epsg == zone]
+    unrecorded, corrupt = same_zone[0].tile_id, same_zone[1].tile_id
+    os.unlink(record_url(str(root), store.version.name, unrecorded, 0))
+    from pipelines.query import open_embeddings
+
+    emb = open_embeddings(str(root))
+    ref = next(r for r in emb.tiles(0)[zone] if r.tile_id == corrupt)
+    n = emb.version.tokens_per_tile
+    shard = (
+        root
+        / store.version.name
+        / str(zone)
+        / "embeddings"
+        / "c"
+        / "0"
+        / str(ref.row0 // n)
+        / str(ref.col0 // n)
+        / "0"
+    )
+    assert shard.is_file(), sorted(
+        str(p) for p in (root / store.version.name / str(zone) / "embeddings").rglob("*")
+    )[:5]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    return store, unrecorded, corrupt
+
+
+def test_f6_f7_queries_read_recorded_tiles_only_and_skip_a_corrupt_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines.query import open_embeddings, select, similar
+
+    store, unrecorded, corrupt = _store_with_faults(tmp_path / "emb")
+    emb = open_embeddings(str(tmp_path / "emb"))
+    zone = store.tiles[0].epsg
+    n = emb.version.tokens_per_tile
+    g = emb.grid(zone)
+    tile = next(t for t in store.tiles if t.tile_id == unrecorded)
+    r0, _, c0, _ = g.tile_window(tile.bounds)
+    window = emb.read_recorded(zone, 0, slice(r0, r0 + n), slice(c0, c0 + n))
+    assert np.isnan(window).all()  # its shard holds data, but it has no completion record
+    assert np.isfinite(emb.read_window(zone, 0, slice(r0, r0 + n), slice(c0, c0 + n))).any()
+    with caplog.at_level("WARNING"):
+        sel = select(emb, emb.extent_wgs84())
+        assert np.isfinite(sel.values).any()
+        assert corrupt in emb.unreadable
+        vec = np.ones(emb.dim, dtype=np.float32)
+        res = similar(emb, vectors=vec[None, :], k=5, scheduler="synchronous")
+        assert len(res) == 5
+    assert any(corrupt in r.message for r in caplog.records)
+
+
+def test_f1_query_exports_never_write_over_a_folder_a_bucket_root_or_the_store(tmp_path: Path) -> None:
+    from pipelines.outputs import OutputError
+    from pipelines.query import export, open_embeddings
+    from pipelines.testing import build_synthetic_store
+
+    build_synthetic_store(str(tmp_path / "emb"), times_to_write=[0], stac=False)
+    emb = open_embeddings(str(tmp_path / "emb"))
+    (tmp_path / "folder.tif").mkdir()
+    (tmp_path / "folder.tif" / "keep.txt").write_text("keep")
+    for out, match in (
+        (str(tmp_path / "folder.tif"), "is a folder"),
+        ("s3://bucket", "bucket root"),
+        (str(tmp_path / "emb"), "is the input"),
+    ):
+        with pytest.raises(OutputError, match=match):
+            export(emb, emb.extent_wgs84(), out, fmt="geotiff")
+    assert (tmp_path / "folder.tif" / "keep.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_f1_cubes_never_builds_a_store_in_a_users_folder_or_prefix(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import json
+
+    from tests.pipelines.cubes.support import X0, Y0, s2_item
+
+    item = s2_item(tmp_path / "items", "U1", bounds=(X0, Y0, X0 + 1920.0, Y0 + 1920.0))
+    nd = tmp_path / "items.ndjson"
+    nd.write_text(json.dumps(item) + "\n")
+    args = ["cubes", "--items", str(nd), "--tile-size-m", "1920", "--no-progress"]
+    if where == "local":
+        out = tmp_path / "mine"
+        out.mkdir()
+        (out / "thesis.txt").write_text("keep")
+        res = _cli(*args, "--out", str(out))
+        assert sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
+    else:
+        bucket = request.getfixturevalue("s3_bucket")
+        bucket.fs.pipe_file(f"{bucket.name}/mine/thesis.txt", b"keep")
+        opts = json.dumps(bucket.storage_options)
+        res = _cli(*args, "--out", bucket.url("mine"), "--storage-options", opts)
+        bucket.fs.invalidate_cache()
+        assert bucket.fs.find(f"{bucket.name}/mine") == [f"{bucket.name}/mine/thesis.txt"]
+    assert res.exit_code == 2, res.output
+    assert "not written by aom" in _one_error_line(res)

@@ -107,3 +107,22 @@ def test_spec_fingerprint_follows_registry_content_not_prose(monkeypatch: pytest
         CubeSpec, "collection_spec", lambda self, c: dataclasses.replace(cs, scale=cs.scale * 2)
     )
     assert spec.fingerprint != base
+
+
+def test_a_recorded_tile_without_its_group_names_the_tile_and_the_fix(
+    built: dict[str, Any], tmp_path: Path
+) -> None:
+    """Finding 3 (readers): a store damaged so that a record outlives its group data (what two
+    unleased writers once produced) gives one line naming the tile, not a Zarr traceback."""
+    import shutil
+
+    out = tmp_path / "cubes"
+    shutil.copytree(built["out"], out)
+    store = CubeStore.open(str(out))
+    tile_id = store.complete_tiles()[0]
+    collection, label = store.groups(tile_id)[0]
+    shutil.rmtree(out / tile_id / collection / label)
+    with pytest.raises(
+        CubeStoreError, match=rf"tile {tile_id} is recorded complete but its group .* is missing"
+    ):
+        store.open_group(tile_id, collection, label)
