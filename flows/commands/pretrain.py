@@ -29,6 +29,12 @@ def pretrain(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from OUT/checkpoints/latest.json if present."
     ),
+    resume_with_changes: bool = typer.Option(
+        False,
+        "--resume-with-changes",
+        help="With --resume: continue with changed hyper-parameters (--lr, --batch-size ...); without it "
+        "such a resume is refused. Both values are recorded in OUT/pretrain_config.json.",
+    ),
     init: str | None = typer.Option(
         None, "--init", help="Start from these weights (fine-tuning on new cubes): a model.safetensors URL."
     ),
@@ -80,6 +86,7 @@ def pretrain(
             model=config,
             model_overrides=_model_overrides(model_set),
             resume=resume,
+            resume_with_changes=resume_with_changes,
             init=init,
             max_steps=max_steps,
             batch_size=batch_size,
