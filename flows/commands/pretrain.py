@@ -112,9 +112,10 @@ def pretrain(
     from pipelines.storage import check_credentials
 
     check_folder_url(out, "--out")
-    for url in (*cfg.cubes, cfg.out, cfg.init):
-        check_credentials(url, options, "--cubes/--out/--init")
-    check_start(cfg)
+    if not dry_run:  # a printed command may run elsewhere, with other credentials and stores
+        for url in (*cfg.cubes, cfg.out, cfg.init):
+            check_credentials(url, options, "--cubes/--out/--init")
+        check_start(cfg)
     if nproc_per_node > 1 or nnodes not in ("1", "1:1") or dry_run:
         cmd = pretrain_torchrun_command(
             cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id
