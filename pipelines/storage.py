@@ -268,14 +268,67 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: Mapping[str, Any]
     if parent and not url.startswith(_OBJECT_STORES):  # object stores have no folders: no request
         fs.makedirs(parent, exist_ok=True)
     if is_local(url):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if os.path.isdir(path):
+            raise InputError(f"{path} is a folder; give a file name")
+        clean_stale_temps(path)
+        tmp = temp_name(path)
+        try:
+            with open(tmp, "wb") as fh:  # created with the user's umask, as any file they write
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+_TEMP_TAG = ".aom-tmp-"
+
+
+def temp_name(path: str, suffix: str = "") -> str:
+    """A sibling temporary name for ``path`` (local), tagged with this process id so that a later
+    run can tell a dead writer's leftover (:func:`clean_stale_temps`) from a live writer's file."""
+    return f"{path}{_TEMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def clean_stale_temps(path: str) -> list[str]:
+    """Remove the temporary siblings of ``path`` (local) left by writers that are no longer
+    running (a killed run); a live process's files are kept. Returns what was removed."""
+    folder, base = os.path.split(path)
+    prefix = base + _TEMP_TAG
+    removed: list[str] = []
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        full = os.path.join(folder, name)
+        try:
+            os.remove(full)
+            removed.append(full)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def write_json_atomic(url: str, obj: Any, storage_options: Mapping[str, Any] | None = None) -> None:

@@ -44,6 +44,7 @@ class PretrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     resume: bool = False  # continue from out/checkpoints/latest.json when present
+    resume_with_changes: bool = False  # --resume with other hyper-parameters: use them, record both
     init: str | None = None  # initial weights (fine-tuning): a model.safetensors URL
     max_nonfinite_steps: int = 20
     chips: ChipConfig = field(default_factory=ChipConfig)

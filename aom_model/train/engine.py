@@ -53,8 +53,9 @@ from aom_model.train.distributed import (
 from aom_model.train.loader import ChipBatchDataset, TrainBatch, make_loader
 from aom_model.train.metrics import MetricsLog, write_loss_curve
 from aom_model.train.norm import NormStats, compute_norm_stats
-from aom_model.train.resume import check_start
+from aom_model.train.resume import check_resume_changes, check_start, find_resume_point
 from aom_model.train.schedule import WarmupCosine
+from pipelines.errors import InputError
 from pipelines.storage import (
     exists,
     filesystem,
@@ -62,6 +63,7 @@ from pipelines.storage import (
     join,
     normalise_url,
     read_json,
+    redact_url,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -93,6 +95,12 @@ def _read_bytes(url: str, storage_options: Mapping[str, Any] | None) -> bytes:
     with fs.open(path, "rb") as fh:
         data: bytes = fh.read()
     return data
+
+
+def _trained_with(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``PretrainConfig.to_dict()`` a checkpoint was saved with (its ``extra.pretrain``)."""
+    extra = meta.get("extra") or {}
+    return dict(extra.get("pretrain") or {}) if isinstance(extra, Mapping) else {}
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -183,24 +191,23 @@ class Trainer:
     def setup(self) -> None:
         cfg, env = self.cfg, self.env
         so = cfg.storage_options
-        latest = join(self.ckpt_root, "latest.json")
-        resume_dir = None
         check_start(cfg)
-        if cfg.resume and exists(latest, so):
-            resume_dir = join(self.ckpt_root, read_json(latest, so)["dir"])
+        point = find_resume_point(self.ckpt_root, so) if cfg.resume else None
+        resume_dir = point.dir if point is not None else None
+        self.resume_changes: dict[str, list[Any]] = {}
+        if point is not None:  # checked before the chip index is built: nothing done on refusal
+            self.resume_changes = check_resume_changes(_trained_with(point.model[3]), cfg, cfg.out)
+            if point.model[1] != cfg.model_config():
+                raise InputError(
+                    f"--resume: the checkpoint in {redact_url(point.dir)} was trained with another model "
+                    "config; use a new --out or the same --config"
+                )
         self.index = ChipIndex.build(cfg.cubes, so, cfg.chips, opener=self.opener)
         init_stats: NormStats | None = None
         model_cfg = cfg.model_config()
         init_model: AOM | None = None
-        if resume_dir is not None:
-            init_model, model_cfg, stats, _ = load_checkpoint(
-                _read_bytes(join(resume_dir, "model.safetensors"), so)
-            )
-            if model_cfg != cfg.model_config():
-                raise ValueError(
-                    f"--resume: the checkpoint in {resume_dir} was trained with another model config; "
-                    "use a new --out or the same --config"
-                )
+        if point is not None and resume_dir is not None:
+            init_model, model_cfg, stats, _ = point.model
             init_stats = NormStats.from_dict(stats)
         elif cfg.init:
             init_model, model_cfg, stats, _ = load_checkpoint(_read_bytes(normalise_url(cfg.init), so))
@@ -225,23 +232,33 @@ class Trainer:
         )
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.dataset = ChipBatchDataset(self.index, self.norm, cfg.batch_size, cfg.seed, split="train")
-        if resume_dir is not None:
-            self._load_trainer_state(resume_dir)
+        if point is not None and resume_dir is not None:
+            self._load_trainer_state(resume_dir, point.trainer_state)
             self.started_from = resume_dir
             self.metrics.load(upto_step=self.step)
         elif env.is_main:
             self.metrics.records = []
         if env.is_main:
-            write_json_atomic(join(cfg.out, "pretrain_config.json"), cfg.to_dict(), so)
+            record = cfg.to_dict()
+            if resume_dir is not None:
+                record["resumes"] = self._resume_history(resume_dir)
+            write_json_atomic(join(cfg.out, "pretrain_config.json"), record, so)
             write_json_atomic(join(cfg.out, "norm_stats.json"), self.norm.to_dict(), so)
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def _load_trainer_state(self, ckpt_dir: str) -> None:
+    def _load_trainer_state(self, ckpt_dir: str, st: Mapping[str, Any]) -> None:
         so = self.cfg.storage_options
-        st = torch.load(io.BytesIO(_read_bytes(join(ckpt_dir, "trainer.pt"), so)), weights_only=True)
         self.optimizer.load_state_dict(st["optimizer"])
         self.schedule.load_state_dict(st["scheduler"])
         self.schedule.total_steps = self.cfg.max_steps
+        if self.resume_changes:  # --resume-with-changes: the new values rule from this step on
+            cfg = self.cfg
+            self.schedule.base_lr, self.schedule.warmup_steps = cfg.lr, cfg.warmup_steps
+            self.schedule.min_lr_ratio = cfg.min_lr_ratio
+            for group in self.optimizer.param_groups:
+                group["betas"] = cfg.betas
+                if group.get("weight_decay"):
+                    group["weight_decay"] = cfg.weight_decay
         self.step, self.epoch = int(st["step"]), int(st["epoch"])
         global_done = int(st["global_micro_batches_done"])
         if global_done % self.env.world:
@@ -259,6 +276,20 @@ class Trainer:
                 self.epoch,
                 self.pos,
             )
+
+    def _resume_history(self, resume_dir: str) -> list[dict[str, Any]]:
+        """Earlier resumes recorded in ``pretrain_config.json`` plus this one (step, checkpoint and
+        the hyper-parameters it changed as ``[old, new]``)."""
+        so = self.cfg.storage_options
+        history: list[dict[str, Any]] = []
+        url = join(self.cfg.out, "pretrain_config.json")
+        try:
+            history = list(read_json(url, so).get("resumes") or []) if exists(url, so) else []
+        except Exception:  # an unreadable record: keep this resume at least
+            history = []
+        name = posixpath.basename(resume_dir.rstrip("/"))
+        history.append({"step": self.step, "from": name, "changed": self.resume_changes})
+        return history
 
     def save_checkpoint(self) -> str:
         cfg, env, so = self.cfg, self.env, self.cfg.storage_options

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", default=None, help="continue from out/checkpoints/latest.json"
     )
+    p.add_argument(
+        "--resume-with-changes",
+        action="store_true",
+        default=None,
+        help="with --resume: continue with changed hyper-parameters (both recorded in pretrain_config.json)",
+    )
     p.add_argument("--init", default=None, help="initial weights (fine-tuning): a model.safetensors URL")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int, help="per-device micro-batch")
@@ -83,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         "out": args.out,
         "model": args.config,
         "resume": args.resume,
+        "resume_with_changes": args.resume_with_changes,
         "init": args.init,
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,

@@ -3,16 +3,28 @@
 * Checked before any work (:func:`check_start`): a fresh run refuses an ``--out`` that already
   holds a run (``pretrain_config.json`` or ``checkpoints/latest.json``) unless ``--resume``;
   ``--init`` must be a file.
+* ``--resume`` continues from the newest *readable* kept checkpoint (:func:`find_resume_point`):
+  a corrupt ``latest.json`` or checkpoint is skipped with a warning naming it.
+* ``--resume`` refuses changed hyper-parameters (:func:`check_resume_changes`, the fields of
+  :data:`HYPER_PARAMETERS`), naming them, unless ``--resume-with-changes``: then the new values
+  are used from the resumed step on and ``pretrain_config.json`` records both under ``resumes``.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import posixpath
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aom_model.train.config import PretrainConfig
 from pipelines.errors import InputError
-from pipelines.storage import exists, filesystem, join, normalise_url, redact_url
+from pipelines.storage import exists, filesystem, join, normalise_url, read_json, redact_url
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "pretrain_config.json"
 """The run's configuration, written into ``--out`` when training starts."""
@@ -33,3 +45,156 @@ def check_start(cfg: PretrainConfig) -> None:
             raise InputError(f"--init {redact_url(cfg.init)}: no such file (give a model.safetensors)")
         if fs.isdir(path):
             raise InputError(f"--init {redact_url(cfg.init)} is a folder; give its model.safetensors file")
+
+
+HYPER_PARAMETERS = (
+    "model",
+    "model_overrides",
+    "seed",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "min_lr_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "betas",
+    "clip_grad_norm",
+    "chips",
+    "cubes",
+)
+"""What a resumed run must share with the run it continues (``max_steps`` may grow, and the
+execution settings, workers, logging and checkpoint cadence, may change freely)."""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint a run can continue from, read and checked whole."""
+
+    dir: str
+    """The checkpoint folder (``OUT/checkpoints/step-0000000s``)."""
+    model: Any
+    """``load_checkpoint``'s result for its ``model.safetensors``: (model, config, norm stats, meta)."""
+    trainer_state: dict[str, Any]
+    """Its ``trainer.pt``: optimiser, schedule, step, epoch, data position, counters."""
+    skipped: tuple[str, ...] = ()
+    """Newer checkpoints that could not be read, ``"<dir>: <reason>"`` (warned about)."""
+
+
+def find_resume_point(ckpt_root: str, storage_options: Mapping[str, Any]) -> ResumePoint | None:
+    """The newest readable kept checkpoint: the one ``latest.json`` names, else (``latest.json`` or
+    that checkpoint corrupt or missing) the previous kept ones, newest first, each skipped one
+    warned about by name. None when the run has no checkpoint at all (a fresh start)."""
+    so = storage_options
+    latest_url = join(ckpt_root, "latest.json")
+    named: str | None = None
+    problems: list[str] = []
+    if exists(latest_url, so):
+        try:
+            named = str(read_json(latest_url, so)["dir"])
+            if not named.startswith("step-"):
+                raise ValueError(f"unexpected dir {named!r}")
+        except Exception as exc:
+            problems.append(f"{redact_url(latest_url)}: {_reason(exc)}")
+            log.warning(
+                "--resume: %s is unreadable (%s); looking for the previous kept checkpoint",
+                redact_url(latest_url),
+                _reason(exc),
+            )
+            named = None
+    kept = _kept_dirs(ckpt_root, so)
+    if named is not None:
+        order = [named, *[d for d in kept if d < named]]
+    else:
+        order = kept
+    if not order and not problems:
+        return None
+    for name in order:
+        d = join(ckpt_root, name)
+        try:
+            point = _read_point(d, so)
+        except Exception as exc:
+            problems.append(f"{redact_url(d)}: {_reason(exc)}")
+            log.warning(
+                "--resume: checkpoint %s is unreadable (%s); falling back to the previous kept one",
+                redact_url(d),
+                _reason(exc),
+            )
+            continue
+        if problems:
+            log.warning("--resume: continuing from %s (skipped: %s)", redact_url(d), "; ".join(problems))
+        return ResumePoint(point.dir, point.model, point.trainer_state, tuple(problems))
+    raise InputError(
+        f"--resume: no readable checkpoint in {redact_url(ckpt_root)} ({'; '.join(problems) or 'none kept'}); "
+        "start a new --out"
+    )
+
+
+def _kept_dirs(ckpt_root: str, so: Mapping[str, Any]) -> list[str]:
+    """Names of the ``step-*`` folders, newest first."""
+    fs, root = filesystem(ckpt_root, so)
+    try:
+        entries = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return []
+    names = [posixpath.basename(str(p).rstrip("/")) for p in entries]
+    return sorted((n for n in names if n.startswith("step-")), reverse=True)
+
+
+def _read_point(d: str, so: Mapping[str, Any]) -> ResumePoint:
+    import torch
+
+    from aom_model.checkpoint import load_checkpoint
+
+    model = load_checkpoint(_read_bytes(join(d, "model.safetensors"), so))
+    state = torch.load(io.BytesIO(_read_bytes(join(d, "trainer.pt"), so)), weights_only=True)
+    missing = [
+        k for k in ("optimizer", "scheduler", "step", "epoch", "global_micro_batches_done") if k not in state
+    ]
+    if missing:
+        raise ValueError(f"trainer.pt lacks {missing}")
+    return ResumePoint(d, model, dict(state))
+
+
+def _read_bytes(url: str, so: Mapping[str, Any]) -> bytes:
+    fs, path = filesystem(url, so)
+    with fs.open(path, "rb") as fh:
+        data: bytes = fh.read()
+    return data
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(redact_url(str(exc)).split())[:200] or type(exc).__name__
+
+
+def changed_hyper_parameters(before: Mapping[str, Any], cfg: PretrainConfig) -> dict[str, list[Any]]:
+    """``{field: [old, new]}`` for the hyper-parameters where ``cfg`` differs from ``before`` (the
+    configuration the checkpoint was trained with, as ``PretrainConfig.to_dict`` wrote it)."""
+    now = cfg.to_dict()
+    out: dict[str, list[Any]] = {}
+    for key in HYPER_PARAMETERS:
+        if key in before and key in now and _canon(before[key]) != _canon(now[key]):
+            out[key] = [before[key], now[key]]
+    return out
+
+
+def check_resume_changes(before: Mapping[str, Any], cfg: PretrainConfig, where: str) -> dict[str, list[Any]]:
+    """Refuse a resume whose hyper-parameters differ from the checkpoint's, naming the fields,
+    unless ``cfg.resume_with_changes``; returns the changes (recorded in ``pretrain_config.json``)."""
+    changed = changed_hyper_parameters(before, cfg)
+    if changed and not cfg.resume_with_changes:
+        fields = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in changed.items())
+        raise InputError(
+            f"--resume: {redact_url(where)} was trained with other hyper-parameters ({fields}): give the "
+            "run's values, or --resume-with-changes to continue with the new ones (both are recorded in "
+            "pretrain_config.json)"
+        )
+    return changed
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -29,6 +29,12 @@ def pretrain(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from OUT/checkpoints/latest.json if present."
     ),
+    resume_with_changes: bool = typer.Option(
+        False,
+        "--resume-with-changes",
+        help="With --resume: continue with changed hyper-parameters (--lr, --batch-size ...); without it "
+        "such a resume is refused. Both values are recorded in OUT/pretrain_config.json.",
+    ),
     init: str | None = typer.Option(
         None, "--init", help="Start from these weights (fine-tuning on new cubes): a model.safetensors URL."
     ),
@@ -80,6 +86,7 @@ def pretrain(
             model=config,
             model_overrides=_model_overrides(model_set),
             resume=resume,
+            resume_with_changes=resume_with_changes,
             init=init,
             max_steps=max_steps,
             batch_size=batch_size,
@@ -105,9 +112,10 @@ def pretrain(
     from pipelines.storage import check_credentials
 
     check_folder_url(out, "--out")
-    for url in (*cfg.cubes, cfg.out, cfg.init):
-        check_credentials(url, options, "--cubes/--out/--init")
-    check_start(cfg)
+    if not dry_run:  # a printed command may run elsewhere, with other credentials and stores
+        for url in (*cfg.cubes, cfg.out, cfg.init):
+            check_credentials(url, options, "--cubes/--out/--init")
+        check_start(cfg)
     if nproc_per_node > 1 or nnodes not in ("1", "1:1") or dry_run:
         cmd = pretrain_torchrun_command(
             cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id

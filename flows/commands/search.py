@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from flows.commands._options import (
+    check_file_out,
     csv_list,
     json_arg,
     parse_bbox,
@@ -109,6 +110,7 @@ def search(
     if bbox is not None and aoi is not None:
         raise typer.BadParameter("give --bbox or --aoi, not both")
     options = parse_storage_options(storage_options) or None
+    check_file_out(out, "--out")  # a folder is refused before searching, not when saving
     for option, url in (("--catalog-url", catalog_url), ("--out", out)):
         check_url(url, option)
         check_credentials(url, options, option)

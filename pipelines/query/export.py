@@ -83,11 +83,13 @@ def write_raster(
     }
     url = storage.normalise_url(out)
     local = storage.is_local(url)
-    target_dir = os.path.dirname(url.removeprefix("file://")) if local else None
-    if target_dir:
-        os.makedirs(target_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".tif", dir=target_dir or None)
-    os.close(fd)
+    final = url.removeprefix("file://")
+    if local:
+        os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+        storage.clean_stale_temps(final)  # what a killed run left
+        tmp = storage.temp_name(final, ".tif")  # GDAL creates it with the user's umask (not 0600)
+    else:
+        tmp = os.path.join(tempfile.mkdtemp(prefix="aom-export-"), "export.tif")
     try:
         with MemoryFile() as mem:
             with mem.open(**profile) as dst:
@@ -106,12 +108,14 @@ def write_raster(
             aux = class_aux_xml(category_names, colormap or {}, nodata)
             storage.write_bytes_atomic(f"{url}.aux.xml", aux.encode(), storage_options)
         if local:
-            os.replace(tmp, url.removeprefix("file://"))
+            os.replace(tmp, final)
         else:
             storage.write_bytes_atomic(url, Path(tmp).read_bytes(), storage_options)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if not local:
+            os.rmdir(os.path.dirname(tmp))
     return out
 
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import check_number
+from pipelines.errors import InputError, check_number
 from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
 from pipelines.retry import RetryPolicy
 from pipelines.search.filters import (
@@ -91,8 +91,11 @@ class SearchRequest:
             object.__setattr__(self, "bbox", validate_bbox(self.bbox))
         parse_interval(self.datetime)  # a malformed datetime is refused before any request
         parse_time(self.updated_since)
-        check_number("max_cloud_cover (--max-cloud-cover)", self.max_cloud_cover, minimum=0, maximum=100)
-        check_number("max_items (--max-items)", self.max_items, minimum=1)
+        try:
+            check_number("max_cloud_cover (--max-cloud-cover)", self.max_cloud_cover, minimum=0, maximum=100)
+            check_number("max_items (--max-items)", self.max_items, minimum=1)
+        except InputError as exc:  # the search area's one error class
+            raise SearchError(str(exc)) from None
         if self.filter is not None:
             from pipelines.search.cql2 import compile_filter
 

@@ -39,6 +39,14 @@ def junk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "run").mkdir()
     (d / "run" / "pretrain_config.json").write_text(json.dumps({"model": "tiny"}))
     write_synthetic_cubes(d / "cubes960", n_tiles=1, n_times=1, tile_m=960.0, collections=(SENTINEL2,))
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = {"driver": "GTiff", "width": 32, "height": 32, "count": 4, "dtype": "uint16"}
+    transform = from_origin(500_000, 5_000_000, 10, 10)
+    with rasterio.open(d / "ok.tif", "w", crs="EPSG:32631", transform=transform, **profile) as dst:
+        dst.write(np.full((4, 32, 32), 1000, np.uint16))
     return d
 
 
