@@ -173,3 +173,19 @@ def test_world_must_divide_streams(index: ChipIndex, norm: NormStats) -> None:
     ds = ChipBatchDataset(one, norm, batch_size=2, seed=0)
     with pytest.raises(ValueError, match="must divide"):
         make_loader(ds, 0, 2)
+
+
+@pytest.mark.gpu
+def test_device_normalisation_on_cuda_equals_cpu(index: ChipIndex, norm: NormStats) -> None:
+    ds = ChipBatchDataset(index, norm, batch_size=2, seed=0)
+    for i in range(min(3, len(ds))):
+        tb = ds[i]
+        for cpu, gpu in zip(tb.to("cpu"), tb.to("cuda")):
+            if cpu is None:
+                assert gpu is None
+                continue
+            assert gpu is not None
+            for a, b in zip(cpu.groups, gpu.groups):
+                assert b.pixels.device.type == "cuda"
+                torch.testing.assert_close(b.pixels.cpu(), a.pixels, equal_nan=True, rtol=1e-5, atol=1e-5)
+                assert torch.equal(b.band_valid.cpu(), a.band_valid)  # type: ignore[union-attr]
