@@ -200,6 +200,7 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         self.augment = augment
         self.with_coarse = index.chip.coarse_view if with_coarse is None else with_coarse
         self.reader = ChipReader(index)
+        self._meta: dict[tuple[Any, ...], Any] = {}
         self.chip_ids = index.split_ids(split)
         if not self.chip_ids:
             raise NoValidChipsError(f"no valid chips in split {split!r}: {index.counts.to_dict()}")
@@ -245,7 +246,7 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         win = self.plan.streams[stream][w]
         js = list(range(len(win.batches))) if positions is None else list(positions)
         specs = [win.batches[j] for j in js]
-        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]] = {}
+        data: dict[tuple[int, int, int], np.ndarray] = {}
         failed: set[tuple[int, int]] = set()
         for rd in reads(self.index, specs):
             if (rd.source, rd.t) in failed:
@@ -257,31 +258,20 @@ class ChipBatchDataset(Dataset[TrainBatch]):
                 log.warning("%s/%s t=%d unreadable: %s", src.tile_id, src.collection, rd.t, e)
                 failed.add((rd.source, rd.t))
                 continue
-            data[(rd.source, rd.t, rd.group)] = (rd.bands, arr)
+            rg = self.reader.raw(rd.source, rd.group)
+            if len(rd.bands) == rg.shape[1]:
+                full = arr
+            else:  # [C, H, W]: undecoded bands hold the fill value
+                full = np.empty((rg.shape[1], *arr.shape[1:]), rg.dtype)
+                full[list(rd.bands)] = arr
+                full[[b for b in range(rg.shape[1]) if b not in rd.bands]] = (
+                    np.nan if rg.fill is None else rg.fill
+                )
+            data[(rd.source, rd.t, rd.group)] = full
         return [
             self._assemble((win.first + j) * len(self.plan.streams) + stream, spec, data, failed)
             for j, spec in zip(js, specs)
         ]
-
-    def _chip(
-        self,
-        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]],
-        source: int,
-        t: int,
-        gi: int,
-        row: int,
-        col: int,
-        mask: Sequence[bool],
-    ) -> np.ndarray:
-        """[C, n, n] stored values of one chip's group; bands not in ``mask`` hold the fill value."""
-        g = self.index.sources[source].groups[gi]
-        n = round(self.index.chip.chip_m / g.gsd_m)
-        rg = self.reader.raw(source, gi)
-        out = np.full((len(mask), n, n), np.nan if rg.fill is None else rg.fill, dtype=rg.dtype)
-        bands, arr = data[(source, t, gi)]
-        for b in np.flatnonzero(mask):
-            out[b] = arr[bands.index(int(b)), row * n : (row + 1) * n, col * n : (col + 1) * n]
-        return out
 
     def _view(
         self,
@@ -289,33 +279,50 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         chips: list[tuple[int, int, int, int]],
         keep: Sequence[int],
         masks: list[tuple[tuple[bool, ...], ...]],
-        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]],
+        data: dict[tuple[int, int, int], np.ndarray],
         factor: int,
     ) -> RawView:
-        """One view of a micro-batch; ``chips``: (source, t, row, col) per sample, all of one layout."""
+        """One view of a micro-batch; ``chips``: (source, t, row, col) per sample, all of one layout;
+        ``data``: (source, t, group) -> [C, H, W] stored values of the block (undecoded bands = fill)."""
         src = self.index.sources[source]
         view = RawView([], [], [], [], [], [], [], [], [], [], factor)
         for k, gi in enumerate(keep):
             g = src.groups[gi]
-            arrays = [self._chip(data, s, t, gi, r, c, m[k]) for (s, t, r, c), m in zip(chips, masks)]
+            key = ("meta", source, gi)
+            if key not in self._meta:
+                mean, std = self.norm.arrays(g.band_keys)
+                wl, fw = np.array(g.wavelength_nm, np.float32), np.array(g.fwhm_nm, np.float32)
+                self._meta[key] = (round(self.index.chip.chip_m / g.gsd_m), mean, std, wl, fw)
+            n, mean, std, wl, fw = self._meta[key]
+            bv = np.array([m[k] for m in masks], dtype=bool)  # [B, C]
             params = {self._encoding(s, gi) for (s, _, _, _) in chips}
             if len(params) == 1:
-                _, scale, offset, fill = params.pop()
-                px = np.stack(arrays)  # [B, C, H, W]
+                dtype, scale, offset, fill = params.pop()
+                px = np.empty((len(chips), len(g.bands), n, n), dtype=dtype)  # [B, C, H, W]
+                for j, (s, t, r, c) in enumerate(chips):
+                    px[j] = data[(s, t, gi)][:, r * n : (r + 1) * n, c * n : (c + 1) * n]
+                px[~bv] = np.nan if fill is None else fill  # dropped bands carry no data
             else:  # stores of different encodings in one batch: decode on the CPU
-                px = np.stack([self.reader.raw(s, gi).to_float(a) for (s, _, _, _), a in zip(chips, arrays)])
+                px = np.stack(
+                    [
+                        self.reader.raw(s, gi).to_float(
+                            data[(s, t, gi)][:, r * n : (r + 1) * n, c * n : (c + 1) * n]
+                        )
+                        for (s, t, r, c) in chips
+                    ]
+                )
+                px[~bv] = np.nan
                 scale, offset, fill = 1.0, 0.0, None
-            mean, std = self.norm.arrays(g.band_keys)
             view.pixels.append(px)
-            view.band_valid.append(np.array([m[k] for m in masks], dtype=bool))
+            view.band_valid.append(bv)
             view.scale.append(scale)
             view.offset.append(offset)
             view.fill.append(fill)
             view.mean.append(mean)
             view.std.append(std)
             view.gsd_m.append(float(g.gsd_m) * factor)
-            view.wavelength_nm.append(np.array(g.wavelength_nm, dtype=np.float32))
-            view.fwhm_nm.append(np.array(g.fwhm_nm, dtype=np.float32))
+            view.wavelength_nm.append(wl)
+            view.fwhm_nm.append(fw)
         return view
 
     def _encoding(self, source: int, gi: int) -> tuple[Any, float, float, float | None]:
@@ -326,7 +333,7 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         self,
         i: int,
         spec: BatchSpec,
-        data: dict[tuple[int, int, int], tuple[tuple[int, ...], np.ndarray]],
+        data: dict[tuple[int, int, int], np.ndarray],
         failed: set[tuple[int, int]],
     ) -> TrainBatch:
         natives: list[tuple[int, int, int, int]] = []

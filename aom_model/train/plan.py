@@ -5,10 +5,11 @@ time. The loader decodes a block once and slices all the chips it needs from mem
 is built around blocks (``docs/pretraining.md``, "Epoch plan"):
 
 1. the blocks holding chips of the split are permuted, seeded by (seed, epoch), and dealt to
-   ``ChipConfig.streams`` data *streams* (at most one per block), each block to the stream with
-   the fewest chips so far;
+   ``S`` data *streams* (:func:`n_streams_for`: a power of two <= ``ChipConfig.streams``, the
+   blocks, and the chips for 4 micro-batches per stream), each block to the stream with the fewest
+   chips so far;
 2. each stream cuts its blocks, in that order, into *windows* of ``ChipConfig.window_blocks``
-   blocks (the shuffle buffer); within a window the chips of each layout are permuted and cut into
+   blocks (the shuffle buffer; more when they hold fewer than 4 micro-batches' worth of chips); within a window the chips of each layout are permuted and cut into
    micro-batches, and the window's micro-batches are permuted (seeded by seed, epoch, streams,
    stream, window);
 3. channel sampling is fixed in the plan: stage 1 (which GSD groups are kept) per (window, layout),
@@ -126,18 +127,23 @@ class EpochPlan:
 
 def reads(index: ChipIndex, batches: Sequence[BatchSpec]) -> list[Read]:
     """The (block, group, bands) the batches use: exactly what the loader decodes for them."""
-    need: dict[tuple[int, int, int], set[int]] = {}
+    need: dict[tuple[int, int, int], set[Mask]] = {}
     for b in batches:
         for k, cid in enumerate(b.chips):
             c = index.chips[cid]
             for gi, m in zip(b.keep_native, b.native_masks[k]):
-                need.setdefault((c.source, c.t, gi), set()).update(np.flatnonzero(m).tolist())
+                need.setdefault((c.source, c.t, gi), set()).add(m)
             if b.keep_coarse is None:
                 continue
             src, t = (c.source, c.t) if b.coarse_factor > 1 or c.partner is None else c.partner
             for gi, m in zip(b.keep_coarse, b.coarse_masks[k]):
-                need.setdefault((src, t, gi), set()).update(np.flatnonzero(m).tolist())
-    return [Read(s, t, g, tuple(sorted(v))) for (s, t, g), v in sorted(need.items()) if v]
+                need.setdefault((src, t, gi), set()).add(m)
+    out = []
+    for (s, t, g), masks in sorted(need.items()):
+        bands = tuple(i for i, used in enumerate(np.any(np.array(sorted(masks)), axis=0)) if used)
+        if bands:
+            out.append(Read(s, t, g, bands))
+    return out
 
 
 def _band_mask(rng: np.random.Generator, n: int, augment: bool, all_prob: float) -> Mask:
@@ -180,7 +186,9 @@ def build_plan(
         by_block.setdefault((c.source, c.t), []).append(i)
     keys = sorted(by_block)
     order = np.random.default_rng([seed, epoch, 0x5EED]).permutation(len(keys))
-    n_streams = max(1, min(cfg.streams if streams is None else streams, len(keys)))
+    n_streams = n_streams_for(
+        cfg.streams if streams is None else streams, len(keys), len(chip_ids), batch_size
+    )
     # deal blocks in permuted order to the stream with the fewest chips so far (balanced streams)
     dealt: list[list[tuple[int, int]]] = [[] for _ in range(n_streams)]
     load = [0] * n_streams
@@ -192,10 +200,12 @@ def build_plan(
     for s, mine in enumerate(dealt):
         windows: list[Window] = []
         pos = 0
-        for w, b0 in enumerate(range(0, len(mine), cfg.window_blocks)):
+        for w, blocks in enumerate(
+            _windows(mine, by_block, cfg.window_blocks, WINDOW_MIN_BATCHES * batch_size)
+        ):
             rng = np.random.default_rng([seed, epoch, n_streams, s, w, 0x3B1D])
             batches = _window_batches(
-                index, mine[b0 : b0 + cfg.window_blocks], by_block, batch_size, seed, epoch, rng,
+                index, blocks, by_block, batch_size, seed, epoch, rng,
                 augment=augment, with_coarse=with_coarse, drop_remainder=drop_remainder,
             )  # fmt: skip
             windows.append(Window(tuple(batches), pos))
@@ -207,6 +217,38 @@ def build_plan(
         kept = [Window(w.batches[: per_stream - w.first], w.first) for w in ws if w.first < per_stream]
         cut.append(tuple(kept))
     return EpochPlan(tuple(cut), per_stream)
+
+
+WINDOW_MIN_BATCHES = 4
+"""A window also holds at least this many micro-batches' worth of chips (small blocks, small stores)."""
+
+
+def n_streams_for(streams: int, n_blocks: int, n_chips: int, batch_size: int) -> int:
+    """Streams of a plan: the largest power of two <= ``streams``, the number of blocks and the chips
+    for ``WINDOW_MIN_BATCHES`` micro-batches per stream (independent of the world size)."""
+    cap = max(1, min(streams, n_blocks, n_chips // (WINDOW_MIN_BATCHES * batch_size)))
+    return 1 << (cap.bit_length() - 1)
+
+
+def _windows(
+    blocks: Sequence[tuple[int, int]],
+    by_block: dict[tuple[int, int], list[int]],
+    n_blocks: int,
+    min_chips: int,
+) -> list[list[tuple[int, int]]]:
+    """Consecutive blocks cut into windows of >= ``n_blocks`` blocks and >= ``min_chips`` chips."""
+    out: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    chips = 0
+    for b in blocks:
+        cur.append(b)
+        chips += len(by_block[b])
+        if len(cur) >= n_blocks and chips >= min_chips:
+            out.append(cur)
+            cur, chips = [], 0
+    if cur:
+        out.append(cur)
+    return out
 
 
 def _window_batches(

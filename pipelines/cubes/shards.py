@@ -42,6 +42,10 @@ class ReadCounts:
     """Inner chunks decompressed."""
     bands: list[tuple[int, int]] = field(default_factory=list)
     """(time, band) of every band read, in order."""
+    pixels: int = 0
+    """Pixels returned (bands x height x width of every read)."""
+    chunks: list[tuple[str, int, int]] = field(default_factory=list)
+    """(shard path, offset, nbytes) of every inner chunk decompressed (the decode floor's input)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ class RawGroup:
         if any(not 0 <= b < nb for b in bands):
             raise CubeDataError(f"{self.path}: band index out of range 0..{nb - 1}: {bands}")
         self.counts.bands.extend((t, b) for b in bands)
+        self.counts.pixels += len(bands) * h * w
         if self.layout is None:
             if self._zarr_array is None:
                 raise CubeDataError(f"{self.path}: not the sharded layout and no zarr fallback")
@@ -192,6 +197,7 @@ class RawGroup:
                                     continue
                                 if off + n > len(data) - (n_chunks * 16 + 4) * lay.index_at_end:
                                     raise CubeDataError(f"{self.path}/reflectance/{key}: corrupt shard index")
+                                self.counts.chunks.append((f"{self.path}/reflectance/{key}", off, n))
                                 chunk = self._decode(data[off : off + n], cy, cx)
                                 ya, yb = max(gy, y0), min(gy + cy, y0 + h)
                                 xa, xb = max(gx, x0), min(gx + cx, x0 + w)

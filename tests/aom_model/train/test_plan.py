@@ -19,7 +19,7 @@ from aom_model.train import (
     compute_norm_stats,
     make_loader,
 )
-from aom_model.train.plan import reads
+from aom_model.train.plan import n_streams_for, reads
 from pipelines.pretrain import OPENER
 
 CHIPS = ChipConfig(chip_m=480.0, val_fraction=0.0, streams=4, window_blocks=2)
@@ -55,7 +55,9 @@ def _same(a: list, b: list) -> None:  # type: ignore[type-arg]
 def test_plan_invariants(index: ChipIndex) -> None:
     ids = index.split_ids("train")
     plan = build_plan(index, ids, 2, seed=0, epoch=0)
-    assert len(plan.streams) == 4 and len(plan) == 4 * plan.per_stream > 0
+    n = len(plan.streams)
+    assert n == n_streams_for(4, len({(index.chips[i].source, index.chips[i].t) for i in ids}), len(ids), 2)
+    assert n >= 2 and n & (n - 1) == 0 and len(plan) == n * plan.per_stream > 0
     flat = plan.flat()
     chips = [c for b in flat for c in b.chips]
     assert len(chips) == len(set(chips))  # no chip twice per epoch
@@ -67,7 +69,7 @@ def test_plan_invariants(index: ChipIndex) -> None:
     assert build_plan(index, ids, 2, seed=0, epoch=0).flat() == flat
     assert build_plan(index, ids, 2, seed=0, epoch=1).flat() != flat
     # rank shards: rank r of W takes i = p * W + r = streams r, r + W, ...; their blocks are disjoint
-    for world in (2, 4):
+    for world in (w for w in (2, 4) if n % w == 0):
         plan.check_world(world)
         blocks = []
         for r in range(world):
@@ -167,7 +169,23 @@ def test_device_normalisation_matches_cpu_reflectance(index: ChipIndex, norm: No
 
 
 def test_world_must_divide_streams(index: ChipIndex, norm: NormStats) -> None:
-    one = ChipIndex.build(list(index.urls), chip=replace(CHIPS, streams=3), opener=OPENER)
+    one = ChipIndex.build(list(index.urls), chip=replace(CHIPS, streams=1), opener=OPENER)
     ds = ChipBatchDataset(one, norm, batch_size=2, seed=0)
     with pytest.raises(ValueError, match="must divide"):
         make_loader(ds, 0, 2)
+
+
+@pytest.mark.gpu
+def test_device_normalisation_on_cuda_equals_cpu(index: ChipIndex, norm: NormStats) -> None:
+    ds = ChipBatchDataset(index, norm, batch_size=2, seed=0)
+    for i in range(min(3, len(ds))):
+        tb = ds[i]
+        for cpu, gpu in zip(tb.to("cpu"), tb.to("cuda")):
+            if cpu is None:
+                assert gpu is None
+                continue
+            assert gpu is not None
+            for a, b in zip(cpu.groups, gpu.groups):
+                assert b.pixels.device.type == "cuda"
+                torch.testing.assert_close(b.pixels.cpu(), a.pixels, equal_nan=True, rtol=1e-5, atol=1e-5)
+                assert torch.equal(b.band_valid.cpu(), a.band_valid)  # type: ignore[union-attr]

@@ -1,0 +1,71 @@
+"""Embedding reads: the shard path equals the xarray reference path, each shard fetched once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipelines.embed import CubeSource, parse_periods
+from pipelines.runs import TileStatus
+from pipelines.tiling import TileGrid
+
+TILE = "32631_95_649"
+PERIOD = "2023-06-01/2023-06-30"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, sample_items: list[dict[str, Any]]) -> Path:
+    """A cube run's store of one tile plus a copy of it recorded as its northern neighbour (the margin)."""
+    from pipelines.cubes import CubeSpec, write_cubes
+
+    grid = TileGrid()
+    out = tmp_path_factory.mktemp("emb-src") / "cubes"
+    spec = CubeSpec(grid=grid, collections=("sentinel-2-l2a", "landsat-c2-l2"), catalog="sample")
+    assert write_cubes(sample_items, [grid.tile(TILE)], spec, str(out), progress=False).tiles_done == [TILE]
+    epsg, ix, iy = TILE.split("_")
+    east = f"{epsg}_{ix}_{int(iy) + 1}"  # the northern neighbour
+    shutil.copytree(out / TILE, out / east)
+    rec = json.loads((out / "_tiles" / f"{TILE}.json").read_text())
+    rec["tile_id"] = east
+    (out / "_tiles" / f"{east}.json").write_text(json.dumps(rec))
+    return out
+
+
+@pytest.mark.parametrize("strip_mb", [64.0, 0.05])
+def test_shard_reads_equal_the_xarray_path(store: Path, strip_mb: float) -> None:
+    tile = TileGrid().tile(TILE)
+    period = parse_periods(PERIOD)[0]
+    new = CubeSource(str(store), strip_mb=strip_mb).read(tile, period, 0, 480.0)
+    ref = CubeSource(str(store), strip_mb=strip_mb, decode="xarray").read(tile, period, 0, 480.0)
+    assert new.status == ref.status == TileStatus.DONE
+    assert [(g.collection, g.gsd_m) for g in new.groups] == [(g.collection, g.gsd_m) for g in ref.groups]
+    for a, b in zip(new.groups, ref.groups):
+        assert a.pixels.dtype == b.pixels.dtype == np.float32
+        np.testing.assert_array_equal(a.pixels, b.pixels)  # bit for bit, NaN where NaN
+        assert np.isfinite(a.pixels).any() and np.isnan(a.pixels).any()  # margin: north filled, others NaN
+    assert new.observations == ref.observations and new.input_items == ref.input_items
+    assert new.notes == ref.notes
+
+
+def test_each_shard_fetched_once_per_group(store: Path) -> None:
+    from pipelines.cubes import CubeStore
+    from pipelines.embed.sources import composite_raw_into
+
+    cs = CubeStore.open(str(store))
+    coll, label = cs.groups(TILE)[0]
+    rg = cs.open_raw(TILE, coll, label)
+    nt, nb, h, w = rg.shape
+    out = np.full((nb, h, w), np.nan, dtype=np.float32)
+    composite_raw_into(out, rg, list(range(nb)), list(range(nt)), (0, h, 0, w), (0, 0), strip_mb=0.01)
+    shards = sorted(p for p in (store / TILE / coll / label / "reflectance").rglob("*") if p.is_file())
+    assert rg.counts.shards == len([p for p in shards if p.name != "zarr.json"])  # once each, many passes
+    many = rg.counts.chunks_decoded
+    assert 0 < many <= nt * nb * (-(-h // rg.layout.chunk[2])) * (-(-w // rg.layout.chunk[3]))  # type: ignore[union-attr]
+    one = cs.open_raw(TILE, coll, label)
+    composite_raw_into(out, one, list(range(nb)), list(range(nt)), (0, h, 0, w), (0, 0), strip_mb=1e6)
+    assert one.counts.chunks_decoded == many  # every chunk decoded once, however small the passes
