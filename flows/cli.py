@@ -68,6 +68,7 @@ COMMAND_MODULES = (
     "flows.commands.embed",
     "flows.commands.query",
     "flows.commands.publish",
+    "flows.commands.export",
     "flows.commands.eval",
 )
 
