@@ -162,7 +162,7 @@ def test_export_has_a_dynamic_batch_and_saves(tmp_path: Path) -> None:
         torch.testing.assert_close(tokens, eager.tokens, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(pooled, eager.pooled, atol=1e-5, rtol=1e-5)
     fixed = export_encoder(model, example, dynamic_batch=False)
-    with pytest.raises(Exception, match="(?i)shape|size|guard|expected"):
+    with pytest.raises(Exception, match=r"(?i)shape|size|guard|expected"):
         fixed.module()(*batch_to_args(_rebatch(example, 3, seed=3)))
 
 
