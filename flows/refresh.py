@@ -40,7 +40,8 @@ class RefreshParams(BaseModel):
         return join(self.state_url or join(self.ingest.out, "_state"), "items-since-training.json")
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], tags=["catalog-api"])
+# No Prefect retries here: every catalog request is already retried by pipelines.retry (one layer).
+@task(tags=["catalog-api"])
 def plan_task(params: RefreshParams) -> RefreshPlan:
     with catalog_slot():
         return plan_refresh(
