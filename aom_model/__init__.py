@@ -6,7 +6,7 @@ The model is at top level; pretraining is :mod:`aom_model.train`; synthetic inpu
 
 from aom_model.checkpoint import CheckpointFormatError, checkpoint_bytes, load_checkpoint, save_checkpoint
 from aom_model.config import AOMConfig
-from aom_model.export import EncoderWrapper, batch_to_args, export_encoder
+from aom_model.export import EncoderWrapper, batch_to_args, export_encoder, save_exported
 from aom_model.inputs import BandBatch, BandGroup
 from aom_model.masking import channel_mask
 from aom_model.model import AOM, EncoderOutput
@@ -35,4 +35,5 @@ __all__ = [
     "plan_for",
     "plan_grid",
     "save_checkpoint",
+    "save_exported",
 ]

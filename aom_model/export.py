@@ -1,9 +1,16 @@
-"""``torch.export`` of the encoder for a fixed band layout (plain tensors in, tensors out)."""
+"""``torch.export`` of the encoder for a fixed band layout (plain tensors in, tensors out).
+
+The batch dimension is dynamic (``torch.export.Dim``): a program exported with a batch of 2 runs
+batches of 1 to ``max_batch``; band layout, image sizes and the grid plan are fixed by the example.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import Tensor, nn
-from torch.export import ExportedProgram, export
+from torch.export import Dim, ExportedProgram, export
 
 from aom_model.inputs import BandBatch, BandGroup
 from aom_model.model import AOM
@@ -53,14 +60,32 @@ class EncoderWrapper(nn.Module):
         return out.tokens, out.pooled, out.token_valid
 
 
-def export_encoder(model: AOM, example_batch: BandBatch) -> ExportedProgram:
-    """Export the encoder for the example's band layout and grid (shapes fixed; values free).
+def export_encoder(
+    model: AOM, example_batch: BandBatch, dynamic_batch: bool = True, max_batch: int = 4096
+) -> ExportedProgram:
+    """Export the encoder for the example's band layout and grid (values free; the batch size free
+    within ``1..max_batch`` when ``dynamic_batch``, every other shape fixed by the example).
 
-    Call it as ``ep.module()(*batch_to_args(batch))`` for batches of the same layout and shapes.
+    Call it as ``ep.module()(*batch_to_args(batch))`` for batches of the same layout and image sizes.
+    The example should have a batch of at least 2 (a batch of 1 would be specialised by the tracer).
     """
     example_batch.validate()
     plan = plan_for(example_batch, model.config)
     wrapper = EncoderWrapper(model, plan, _layout(example_batch)).eval()
     args = batch_to_args(example_batch)
     wrapper(*args)  # warm the resize-matrix cache so it enters the graph as constants
-    return export(wrapper, args)
+    if not dynamic_batch:
+        return export(wrapper, args)
+    batch = Dim("batch", min=1, max=max_batch)
+    # forward(*args): one positional "args" tuple, each tensor batch-first
+    return export(wrapper, args, dynamic_shapes=(tuple({0: batch} for _ in args),))
+
+
+def save_exported(program: ExportedProgram, path: str | Path) -> Path:
+    """Write an exported program (``torch.export.save``: a ``.pt2`` archive)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    torch.export.save(program, str(tmp))
+    tmp.replace(out)  # appears complete or not at all
+    return out

@@ -85,8 +85,25 @@ COMMAND_MODULES = (
     "flows.commands.embed",
     "flows.commands.query",
     "flows.commands.publish",
+    "flows.commands.export",
     "flows.commands.eval",
 )
+
+
+def package_version() -> str:
+    """The installed distribution's version (``pyproject.toml``), or ``unknown`` outside an install."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("any-optical-model")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"aom {package_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -94,6 +111,9 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
     debug: bool = typer.Option(
         False, "--debug", help="Show the traceback of an error (default: one line, `error: ...`)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
     ),
 ) -> None:
     logging.basicConfig(

@@ -19,7 +19,8 @@ def samples_task(paths: steps.DemoPaths) -> dict[str, Any]:
     return steps.build_samples(paths)
 
 
-@task(retries=2, retry_delay_seconds=2, tags=["catalog-api"])
+# No Prefect retries: pipelines.retry retries every catalog request (one layer).
+@task(tags=["catalog-api"])
 def search_task(paths: steps.DemoPaths, catalog_url: str) -> dict[str, Any]:
     return steps.search_samples(paths, catalog_url)
 

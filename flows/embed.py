@@ -57,7 +57,8 @@ class EmbedParams(BaseModel):
         return EmbedRequest.from_dict(values)
 
 
-@task(retries=1, retry_delay_seconds=30)
+# No task retries: catalog requests are retried by pipelines.retry, failed tiles by the one flow retry.
+@task
 def embed_task(params: EmbedParams) -> dict[str, Any]:
     summary = run_embedding(params.request())
     return {**summary.to_dict(), "results": [r.to_dict() for r in summary.results]}

@@ -77,7 +77,8 @@ class IngestParams(BaseModel):
         return self.cube_request().spec(self.collections)
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], tags=["catalog-api"])
+# No Prefect retries here: every catalog request is already retried by pipelines.retry (one layer).
+@task(tags=["catalog-api"])
 def search_task(params: IngestParams) -> SavedSearch:
     with catalog_slot():
         return search_and_save(

@@ -2,7 +2,8 @@
 
 Secrets never travel as parameters: object-storage credentials come from the standard chains of
 the worker (environment from a Kubernetes Secret, instance role, profile) or from a Prefect
-``Secret`` block named by ``credentials_block`` holding ``{"key": ..., "secret": ...}``.
+``Secret`` block named by ``credentials_block`` holding ``{"key": ..., "secret": ...}``, or a
+prefect-aws ``AwsCredentials`` block named ``aws-credentials/<name>`` (``pip install .[aws]``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class StorageParams(BaseModel):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (omit for AWS S3)")
     region_name: str | None = None
     credentials_block: str | None = Field(
-        None, description="Name of a Prefect Secret block holding {'key': ..., 'secret': ...}"
+        None,
+        description="Credentials block: '<name>' or 'secret/<name>' (a Secret holding {'key': ..., "
+        "'secret': ...}) or 'aws-credentials/<name>' (a prefect-aws AwsCredentials block)",
     )
     anon: bool = False
     options: dict[str, Any] | list[str] | str | None = Field(
@@ -59,18 +62,50 @@ class StorageParams(BaseModel):
         if self.anon:
             opts["anon"] = True
         if self.credentials_block:
-            from prefect.blocks.system import Secret
-
-            block: Any = Secret.load(self.credentials_block)  # sync in flows and tasks
-            value: Any = block.get()
-            if not isinstance(value, dict) or not {"key", "secret"} <= set(value):
-                raise InputError(
-                    f"Secret block {self.credentials_block!r} must hold a JSON object with 'key' and 'secret'"
-                )
-            opts["key"], opts["secret"] = value["key"], value["secret"]
-            if value.get("token"):
-                opts["token"] = value["token"]
+            opts.update({k: v for k, v in block_credentials(self.credentials_block).items() if k not in opts})
         return opts
+
+
+AWS_CREDENTIALS_PREFIX = "aws-credentials/"
+
+
+def block_credentials(name: str) -> dict[str, Any]:
+    """fsspec/s3fs credentials from a Prefect block: ``aws-credentials/<name>`` (prefect-aws
+    ``AwsCredentials``: key, secret, session token, region, endpoint) or ``[secret/]<name>`` (a
+    ``Secret`` holding ``{"key", "secret"[, "token"]}``). Explicit fields of the caller win."""
+    if name.startswith(AWS_CREDENTIALS_PREFIX):
+        try:
+            from prefect_aws import AwsCredentials
+        except ImportError:
+            raise InputError(
+                f"credentials block {name!r} is a prefect-aws block: install prefect-aws "
+                "(pip install 'any-optical-model[aws]') or use a Secret block"
+            ) from None
+        creds: Any = AwsCredentials.load(name[len(AWS_CREDENTIALS_PREFIX) :])
+        secret = creds.aws_secret_access_key
+        out: dict[str, Any] = {
+            "key": creds.aws_access_key_id,
+            "secret": secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret,
+        }
+        if getattr(creds, "aws_session_token", None):
+            out["token"] = creds.aws_session_token
+        if getattr(creds, "region_name", None):
+            out["region_name"] = creds.region_name
+        endpoint = getattr(getattr(creds, "aws_client_parameters", None), "endpoint_url", None)
+        if endpoint:
+            out["endpoint_url"] = endpoint
+        return {k: v for k, v in out.items() if v}
+    from prefect.blocks.system import Secret
+
+    secret_name = name.removeprefix("secret/")
+    block: Any = Secret.load(secret_name)  # sync in flows and tasks
+    value: Any = block.get()
+    if not isinstance(value, dict) or not {"key", "secret"} <= set(value):
+        raise InputError(f"Secret block {secret_name!r} must hold a JSON object with 'key' and 'secret'")
+    found = {"key": value["key"], "secret": value["secret"]}
+    if value.get("token"):
+        found["token"] = value["token"]
+    return found
 
 
 class AreaParams(BaseModel):

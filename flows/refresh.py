@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.common import catalog_slot, publish_summary
 from flows.ingest import IngestParams, ingest
 from pipelines.search import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
-from pipelines.storage import join, read_json, write_json_atomic
+from pipelines.storage import join, read_json, redact_url, write_json_atomic
 
 TILES_UPDATED_EVENT = "aom.refresh.tiles-updated"
 RETRAIN_EVENT = "aom.refresh.retrain-requested"
@@ -40,7 +40,8 @@ class RefreshParams(BaseModel):
         return join(self.state_url or join(self.ingest.out, "_state"), "items-since-training.json")
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], tags=["catalog-api"])
+# No Prefect retries here: every catalog request is already retried by pipelines.retry (one layer).
+@task(tags=["catalog-api"])
 def plan_task(params: RefreshParams) -> RefreshPlan:
     with catalog_slot():
         return plan_refresh(
@@ -69,6 +70,13 @@ def bump_counter_task(params: RefreshParams, n: int, reset: bool) -> int:
     return count
 
 
+def cubes_resource(out: str) -> dict[str, str]:
+    """The event resource of a cube store: named by its (redacted) URL, so a deployment's trigger
+    matches the refreshes of its own store only (``prefect.yaml``: ``aom.cubes.<cubes URL>``)."""
+    url = redact_url(out)
+    return {"prefect.resource.id": f"aom.cubes.{url}", "prefect.resource.name": url}
+
+
 @flow(name="refresh", log_prints=True, validate_parameters=True)
 def refresh(params: RefreshParams) -> dict[str, Any]:
     logger = get_run_logger()
@@ -85,7 +93,7 @@ def refresh(params: RefreshParams) -> dict[str, Any]:
     )
     result = ingest(params.ingest.model_copy(update={"tiles": plan.tile_ids}))
     commit_task(params, plan)  # only after the ingest succeeded
-    resource = {"prefect.resource.id": f"aom.cubes.{params.ingest.out}", "prefect.resource.name": "aom-cubes"}
+    resource = cubes_resource(params.ingest.out)
     payload = {
         "tile_ids": list(plan.tile_ids),
         "cubes": params.ingest.out,

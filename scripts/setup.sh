@@ -48,7 +48,7 @@ if [[ $has_gpu == 0 ]] && ! .venv/bin/python -c 'import torch,sys; sys.exit(0 if
 fi
 
 echo "setup: installing the project and dev tools into .venv"
-"${pip[@]}" -e ".[dev]"
+"${pip[@]}" -e ".[all,dev]"
 rm -f .venv/.aom-setup-*
 touch "$stamp"
 echo "setup: done (.venv)"

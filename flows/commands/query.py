@@ -8,6 +8,8 @@ Examples::
     aom query map      --embeddings /data/emb --bbox 5.95,44.98,6.05,45.02 --lon 5.99 --lat 45 --out sim.png
     aom query export   --embeddings /data/emb --bbox 5.95,44.98,6.05,45.02 --out area.tif
     aom query classify --embeddings /data/emb --labels labels.geojson --out classes.tif
+    aom query similar  --embeddings /data/emb --lon 5.99 --lat 45.0 --level tile --k 20
+    aom query tiles    --embeddings /data/emb --out tiles.parquet
 
 Object-store credentials come from the usual chains; ``--storage-options '{"endpoint_url": ...}'``
 (or ``@file.json``, or repeated ``key=value``) passes extra fsspec options (never printed). A store
@@ -109,29 +111,39 @@ def similar_cmd(
     out: str | None = typer.Option(
         None, "--out", help="Write results: .json/.geojson or .parquet (GeoParquet)."
     ),
+    level: str = typer.Option(
+        "token", "--level", help="token: every token vector; tile: one pooled vector per tile."
+    ),
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
     storage_options: list[str] = OPTS_OPT,
 ) -> None:
-    """Top-k most similar locations to example point(s), over an AOI or the whole dataset."""
+    """Top-k most similar locations (tokens or tiles) to example point(s), over an AOI or everything."""
     from pipelines import storage
-    from pipelines.query import similar
+    from pipelines.errors import InputError, check_choice
+    from pipelines.query import similar, similar_tiles
     from pipelines.query.similarity import describe_result
 
     check_lonlat(lon, lat)
     check_area(aoi, aoi_crs, "--aoi")
     check_file_out(out, "--out")
+    check_choice("level (--level)", level, ("token", "tile"))
     emb = _open(embeddings, version, storage_options)
-    res = similar(
-        emb,
-        lon=lon,
-        lat=lat,
-        k=k,
-        aoi=aoi,
-        aoi_crs=aoi_crs,
-        time=_time(time),
-        exclude_radius_m=exclude_radius_m,
-    )
+    if level == "tile":
+        if aoi is not None or exclude_radius_m > 0:
+            raise InputError("--aoi and --exclude-radius-m apply to --level token only")
+        res = similar_tiles(emb, lon=lon, lat=lat, k=k, time=_time(time))
+    else:
+        res = similar(
+            emb,
+            lon=lon,
+            lat=lat,
+            k=k,
+            aoi=aoi,
+            aoi_crs=aoi_crs,
+            time=_time(time),
+            exclude_radius_m=exclude_radius_m,
+        )
     typer.echo(describe_result(res, embeddings))
     if out:
         if out.lower().endswith((".parquet", ".geoparquet")):
@@ -223,6 +235,22 @@ def export_cmd(
         storage_options=_out_opts(out, embeddings, storage_options),
     )
     typer.echo(f"export: {out}")
+
+
+@query_app.command("tiles")
+def tiles_cmd(
+    embeddings: str = EMB_OPT,
+    out: str = typer.Option(..., "--out", help="GeoParquet file: one row per tile (footprint + vector)."),
+    version: str | None = VERSION_OPT,
+    time: str | None = TIME_OPT,
+    storage_options: list[str] = OPTS_OPT,
+) -> None:
+    """Export every tile's pooled vector with its footprint (EPSG:4326) to GeoParquet."""
+    from pipelines.query import tiles_geoparquet
+
+    emb = _open(embeddings, version, storage_options)
+    tiles_geoparquet(emb, out, time=_time(time), storage_options=_out_opts(out, embeddings, storage_options))
+    typer.echo(f"tiles: {out}")
 
 
 @query_app.command("classify")

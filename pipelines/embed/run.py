@@ -99,6 +99,10 @@ def run_embedding(
                 todo.append(unit)
         fanout.run(todo, ctx, collect, total=sum(len(u.tiles) for u in plan.units))
         summary.notes.extend(fanout.notes)
+    try:  # the tile vectors of the run's tiles into the few-object grid (incremental, one writer)
+        es.consolidate_tile_vectors(ctx.out, plan.version.name, ctx.out_options)
+    except Exception as exc:  # the per-tile vectors are safe; a rerun consolidates
+        summary.notes.append(f"tile vectors not consolidated: {_reason(exc)}")
     if request.write_stac:
         try:
             summary.stac_collection = _write_stac(ctx, plan.tiles, written)

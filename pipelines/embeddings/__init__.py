@@ -3,6 +3,7 @@
 * ``format``: constants, :class:`EmbeddingsVersion`, errors; ``quantize``: int8/float16 codes;
 * ``grid``: the per-zone token lattice (:class:`ZoneGrid`); ``store``: versions and zone arrays;
 * ``records``: per-tile writes and completion records; ``stac``: STAC items of a version;
+* ``tilevectors``: the consolidated per-zone tile-vector grid (few objects);
 * ``cog``: how a COG is written; ``publish``: per-tile COGs + STAC items every loader opens.
 """
 
@@ -56,6 +57,7 @@ from pipelines.embeddings.store import (
     version_zones,
     zarr_store,
 )
+from pipelines.embeddings.tilevectors import TILES_GROUP, consolidate_tile_vectors, ensure_tile_group
 
 __all__ = [
     "COG_MEDIA_TYPE",
@@ -69,6 +71,7 @@ __all__ = [
     "QUANT_MAX_ABS_ERROR",
     "READABLE_FORMATS",
     "SPATIAL_CONVENTION",
+    "TILES_GROUP",
     "EmbeddingsStoreError",
     "EmbeddingsVersion",
     "PublishSummary",
@@ -78,11 +81,13 @@ __all__ = [
     "band_first",
     "check_epsg",
     "collection_dict",
+    "consolidate_tile_vectors",
     "create_version",
     "crs_wkt",
     "dequantize",
     "embeddings_dims",
     "encode",
+    "ensure_tile_group",
     "ensure_zone",
     "geoemb_attrs",
     "gtiff_to_cog",

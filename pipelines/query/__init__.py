@@ -11,12 +11,20 @@ Example (see ``docs/query.md`` for more)::
     print(classify(emb, "labels.geojson", out="classes.tif").summary())
 """
 
-from pipelines.query.export import export, to_geoparquet, to_geotiff, write_points_geoparquet
+from pipelines.query.export import (
+    export,
+    to_geoparquet,
+    to_geotiff,
+    tokens_geoparquet,
+    write_geometries_geoparquet,
+    write_points_geoparquet,
+)
 from pipelines.query.fewshot import FewShotResult, Labels, classify, fit_fewshot, predict_map, read_labels
 from pipelines.query.maps import cosine_map, pca_map, pca_rgb, render_png, similarity_heatmap, similarity_map
 from pipelines.query.open import Embeddings, QueryError, TileRef, available_versions, open_embeddings
 from pipelines.query.select import parse_bbox, parse_crs, select, select_zones, vectors_at
 from pipelines.query.similarity import SimilarityResult, query_vector, similar, topk_cosine
+from pipelines.query.tiles import TileVectors, similar_tiles, tile_vectors, tiles_geoparquet
 
 __all__ = [
     "Embeddings",
@@ -25,6 +33,7 @@ __all__ = [
     "QueryError",
     "SimilarityResult",
     "TileRef",
+    "TileVectors",
     "available_versions",
     "classify",
     "cosine_map",
@@ -42,11 +51,16 @@ __all__ = [
     "select",
     "select_zones",
     "similar",
+    "similar_tiles",
     "similarity_heatmap",
     "similarity_map",
+    "tile_vectors",
+    "tiles_geoparquet",
     "to_geoparquet",
     "to_geotiff",
+    "tokens_geoparquet",
     "topk_cosine",
     "vectors_at",
+    "write_geometries_geoparquet",
     "write_points_geoparquet",
 ]

@@ -27,6 +27,7 @@ import numpy as np
 from pipelines.embeddings import (
     EmbeddingsVersion,
     ZoneGrid,
+    consolidate_tile_vectors,
     create_version,
     ensure_zone,
     write_stac,
@@ -152,9 +153,11 @@ def build_synthetic_store(
     hole_tokens: int = 0,
     nodata_tiles: Sequence[str] = (),
     stac: bool = True,
+    consolidate: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> SyntheticStore:
-    """Write every tile of ``bbox`` (lon/lat) for the given time indices (default: all) and the STAC."""
+    """Write every tile of ``bbox`` (lon/lat) for the given time indices (default: all), then, like the
+    end of a run, consolidate the tile vectors and write the STAC."""
     version = version or synthetic_version()
     scene = scene or SyntheticScene(dim=version.dim)
     if scene.dim != version.dim:
@@ -185,6 +188,8 @@ def build_synthetic_store(
                 },
                 storage_options,
             )
+    if consolidate:
+        consolidate_tile_vectors(root_url, version.name, storage_options)
     if stac:
         write_stac(root_url, version.name, storage_options)
     return SyntheticStore(root_url, version, tiles, scene, dict(storage_options or {}))

@@ -127,6 +127,51 @@ def test_export_roundtrip(layout: str) -> None:
         assert torch.equal(valid, eager.token_valid)
 
 
+def _rebatch(batch: BandBatch, n: int, seed: int) -> BandBatch:
+    """The same layout and image sizes with ``n`` samples (new random pixels)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return t[:1].expand(n, *t.shape[1:]).clone()
+
+    return BandBatch(
+        tuple(
+            BandGroup(
+                torch.randn(n, *grp.pixels.shape[1:], generator=g),
+                rows(grp.wavelength_nm),  # type: ignore[arg-type]
+                rows(grp.fwhm_nm),  # type: ignore[arg-type]
+                rows(grp.gsd_m),  # type: ignore[arg-type]
+                band_valid=rows(grp.band_valid),
+                pixel_valid=rows(grp.pixel_valid),
+            )
+            for grp in batch.groups
+        )
+    )
+
+
+def test_export_has_a_dynamic_batch_and_saves(tmp_path: Path) -> None:
+    from aom_model.export import save_exported
+
+    model = _model("factorized")
+    example = _batch(0)  # batch of 2
+    path = save_exported(export_encoder(model, example), tmp_path / "enc.pt2")
+    ep = torch.export.load(str(path))
+    plan = plan_for(example, model.config)
+    for n in (3, 1, 5):
+        b = _rebatch(example, n, seed=n)
+        with torch.no_grad():
+            eager = model.forward_features(b, plan=plan)
+        tokens, pooled, _valid = ep.module()(*batch_to_args(b))
+        assert tokens.shape[0] == n
+        torch.testing.assert_close(tokens, eager.tokens, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(pooled, eager.pooled, atol=1e-5, rtol=1e-5)
+    fixed = export_encoder(model, example, dynamic_batch=False)
+    with pytest.raises(Exception, match=r"(?i)shape|size|guard|expected"):
+        fixed.module()(*batch_to_args(_rebatch(example, 3, seed=3)))
+
+
 def test_resize_cache_filled_in_inference_mode_still_trains() -> None:
     """A resize matrix first computed under torch.inference_mode (evaluation, embedding) must not
     poison later training in the same process."""

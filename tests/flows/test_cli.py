@@ -31,6 +31,13 @@ def _command(*path: str) -> Any:
 # errors
 
 
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"aom {version('any-optical-model')}"
+
+
 def test_an_aom_error_is_one_line_and_its_exit_code() -> None:
     r = invoke("sensors", "no-such-sensor")
     assert r.exit_code == EXIT_USAGE

@@ -230,8 +230,16 @@ def _argv(container: dict[str, Any]) -> list[str]:
 
 
 def _dependency_names() -> set[str]:
+    """Distributions the images install: the core dependencies and the extras of ``[all]`` (the
+    Dockerfiles install ``.[all]``)."""
+    project = _pyproject()["project"]
+    extras = project.get("optional-dependencies", {})
+    specs = list(project["dependencies"])
+    for spec in extras.get("all", []):
+        for extra in spec.split("[", 1)[1].rstrip("]").split(","):
+            specs += extras[extra.strip()]
     names = set()
-    for spec in _pyproject()["project"]["dependencies"]:
+    for spec in specs:
         names.add(re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0].lower())
     return names
 

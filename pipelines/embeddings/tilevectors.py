@@ -1,0 +1,181 @@
+"""Tile vectors in few objects: one consolidated grid per zone, on the tile lattice, with its own
+grid mapping.
+
+Workers write each tile's pooled vector into ``<version>/<epsg>/pooled`` (one chunk per tile, so
+concurrent writers never share an object). Reading a whole zone that way costs one request per tile
+(~1.4 * 10^5 per UTM zone at 7680 m). :func:`consolidate_tile_vectors` (one writer: the end of a run,
+or by hand) copies the recorded tiles into::
+
+    <version>/<epsg>/tiles/            group: proj:/spatial conventions at tile_size_m
+      vectors (time, dim, y, x)        float16, NaN = no tile; chunks of 256 x 128 tiles (a zone: 6 objects)
+      x (x), y (y)                     tile centres (m); time (time)
+      spatial_ref ()                   CF grid mapping, GeoTransform at tile_size_m (not the token grid)
+
+It is incremental: tiles already consolidated are not read again, so a rerun costs what was added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pipelines.embeddings.format import PROJ_CONVENTION, SPATIAL_CONVENTION
+from pipelines.embeddings.grid import ZoneGrid, crs_wkt
+from pipelines.embeddings.records import list_complete_tiles
+from pipelines.embeddings.store import (
+    _open_group,
+    _require_array,
+    _time_values,
+    array_dims,
+    read_version,
+    version_zones,
+    zarr_store,
+)
+
+TILES_GROUP = "tiles"
+
+
+TILE_CHUNK = (256, 128)  # (tile rows, tile cols) per chunk: a UTM zone (1303 x 105 tiles) is 6 chunks
+
+
+def tile_grid_attrs(grid: ZoneGrid) -> dict[str, Any]:
+    """Group attributes of the tile grid (proj:/spatial conventions at ``tile_size_m``)."""
+    tny, tnx = grid.tile_shape
+    s = grid.tile_size_m
+    return {
+        "zarr_conventions": [dict(PROJ_CONVENTION), dict(SPATIAL_CONVENTION)],
+        "proj:code": f"EPSG:{grid.epsg}",
+        "spatial:dimensions": ["y", "x"],
+        "spatial:shape": [tny, tnx],
+        "spatial:transform": [s, 0.0, grid.x0, 0.0, -s, grid.y1],
+        "spatial:bbox": [grid.x0, grid.y0, grid.x1, grid.y1],
+        "spatial:registration": "pixel",
+        "long_name": "one pooled vector per tile: L2-normalised mean of the tile's valid unit token vectors",
+    }
+
+
+def ensure_tile_group(
+    root_url: str, version_name: str, epsg: int, storage_options: Mapping[str, Any] | None
+) -> Any:
+    """Create (idempotently) and return the ``tiles`` group of a zone."""
+    import pyproj
+    import zarr
+
+    version = read_version(root_url, version_name, storage_options)
+    grid = ZoneGrid(int(epsg), version.token_ground_m, version.tile_size_m)
+    store = zarr_store(root_url, storage_options)
+    path = f"{version_name}/{int(epsg)}/{TILES_GROUP}"
+    try:
+        group = zarr.open_group(store=store, path=path, mode="r+", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        group = zarr.open_group(
+            store=store, path=path, mode="a", zarr_format=3, attributes=tile_grid_attrs(grid)
+        )
+    tny, tnx = grid.tile_shape
+    nt = len(version.times)
+    s = grid.tile_size_m
+    wkt = crs_wkt(int(epsg))
+    cf = {k: v for k, v in pyproj.CRS.from_epsg(int(epsg)).to_cf().items() if k != "crs_wkt"}
+    gt = " ".join(repr(float(v)) for v in (grid.x0, s, 0.0, grid.y1, 0.0, -s))
+    _require_array(
+        group,
+        "spatial_ref",
+        shape=(),
+        dtype="int64",
+        fill_value=0,
+        attributes={**cf, "crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": gt},
+    )
+    for name, n, values in (
+        ("x", tnx, grid.x0 + (np.arange(tnx) + 0.5) * s),
+        ("y", tny, grid.y1 - (np.arange(tny) + 0.5) * s),
+    ):
+        arr, created = _require_array(
+            group,
+            name,
+            shape=(n,),
+            chunks=(n,),
+            dtype="float64",
+            fill_value=0.0,
+            dimension_names=(name,),
+            attributes={
+                "standard_name": f"projection_{name}_coordinate",
+                "units": "m",
+                "long_name": "tile centre",
+            },
+        )
+        if created:
+            arr[:] = values
+    t, created = _require_array(
+        group,
+        "time",
+        shape=(nt,),
+        chunks=(nt,),
+        dtype="int64",
+        fill_value=0,
+        dimension_names=("time",),
+        attributes={
+            "standard_name": "time",
+            "units": "seconds since 1970-01-01T00:00:00",
+            "calendar": "proleptic_gregorian",
+        },
+    )
+    if created:
+        t[:] = _time_values(version.times)
+    _require_array(
+        group,
+        "vectors",
+        shape=(nt, version.dim, tny, tnx),
+        chunks=(1, version.dim, *TILE_CHUNK),
+        dtype="float16",
+        fill_value=float("nan"),
+        dimension_names=("time", "dim", "y", "x"),
+        attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "nodata": "NaN"},
+    )
+    return group
+
+
+def consolidate_tile_vectors(
+    root_url: str, version_name: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """Copy every recorded tile's pooled vector not consolidated yet into the zone's ``tiles`` grid.
+
+    One writer at a time (the end of a run). Returns ``{"added": n, "already": m}``.
+    """
+    version = read_version(root_url, version_name, storage_options)
+    done = list_complete_tiles(root_url, version_name, storage_options=storage_options)
+    added = already = 0
+    n = version.tokens_per_tile
+    for epsg in version_zones(root_url, version_name, storage_options):
+        grid = ZoneGrid(epsg, version.token_ground_m, version.tile_size_m)
+        zone = _open_group(root_url, f"{version_name}/{epsg}", storage_options, "r")
+        pooled: Any = zone["pooled"]
+        band_first = array_dims(pooled)[1] == "dim"
+        group = ensure_tile_group(root_url, version_name, epsg, storage_options)
+        vectors: Any = group["vectors"]
+        for ti, ids in sorted(done.items()):
+            cells = []
+            for tid in ids:
+                e, ix, iy = (int(p) for p in tid.split("_"))
+                if e != epsg:
+                    continue
+                s = version.tile_size_m
+                row0, _, col0, _ = grid.tile_window((ix * s, iy * s, (ix + 1) * s, (iy + 1) * s))
+                cells.append((row0 // n, col0 // n))
+            if not cells:
+                continue
+            rows = np.array([c[0] for c in cells])
+            cols = np.array([c[1] for c in cells])
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            have = np.asarray(vectors[ti, :, r0:r1, c0:c1])  # [dim, h, w]
+            todo = np.isnan(have[0, rows - r0, cols - c0])
+            already += int((~todo).sum())
+            if not todo.any():
+                continue
+            for r, c in zip(rows[todo].tolist(), cols[todo].tolist()):
+                vec = pooled[ti, :, r, c] if band_first else pooled[ti, r, c, :]
+                have[:, r - r0, c - c0] = np.asarray(vec)
+            vectors[ti, :, r0:r1, c0:c1] = have
+            added += int(np.isfinite(have[0, rows[todo] - r0, cols[todo] - c0]).sum())
+    return {"added": added, "already": already}
