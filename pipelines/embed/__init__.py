@@ -24,7 +24,8 @@ from pipelines.embed.chips import (
 )
 from pipelines.embed.fanout import Fanout, gpu_resources
 from pipelines.embed.plan import plan_run
-from pipelines.embed.raster import check_raster_complete, embed_raster
+from pipelines.embed.raster import embed_raster
+from pipelines.embed.raster_out import RasterEmbedResult, check_raster_complete
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
 from pipelines.embed.run import run_embedding
 from pipelines.embed.sources import CatalogSource, CubeSource, parse_periods
@@ -42,6 +43,7 @@ __all__ = [
     "TileResult",
     "alignment_tokens",
     "band_record",
+    "RasterEmbedResult",
     "check_raster_complete",
     "chip_plan",
     "choose_layout",

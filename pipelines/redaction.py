@@ -1,0 +1,86 @@
+"""Redaction of log lines: every handler of the command line (and of the flows) carries
+:class:`RedactingFilter`, so no logger (ours or a third party's, at any level) prints a credential.
+URL user:password, auth headers, signature/token parameters and registered secret values (typed
+storage-option secrets) become ``***``. Re-exported by :mod:`pipelines.storage`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
+_SECRET_HEADER = re.compile(
+    r"(?i)((?:proxy-)?authorization|x-amz-security-token|x-api-key|api-key|cookie|set-cookie"
+    r"|ocp-apim-subscription-key)(['\"]?\s*[:=,]\s*(?-i:b)?['\"]?)[^'\"\r\n]+"
+)
+_SECRET_PARAM = re.compile(
+    r"(?i)(\b(?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|access_token"
+    r"|password|secret|aws_secret_access_key|aws_session_token)=)[^&\s'\"]+"
+)
+_SECRET_VALUES: set[str] = set()
+
+
+def register_secret(value: Any) -> None:
+    """Also replace this literal value (and its base64 forms in ``user:value`` pairs are caught by
+    the header rule) in every log line; used for storage-option secrets."""
+    text = str(value) if value is not None else ""
+    if len(text) >= 6:  # short values (true, 1, us-west-2 ...) would redact ordinary words
+        _SECRET_VALUES.add(text)
+
+
+def redact_text(text: str) -> str:
+    """A line safe to log: URL user:password, auth headers, signature/token parameters and
+    registered secret values replaced by ``***``."""
+    text = _URL_USERINFO.sub(r"\1***@", text)
+    text = _SECRET_HEADER.sub(r"\1\2***", text)
+    text = _SECRET_PARAM.sub(r"\1***", text)
+    for secret in _SECRET_VALUES:
+        text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that rewrites each record's message (and traceback text) with
+    :func:`redact_text`; it never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: let the handler report it as usual
+            return True
+        clean = redact_text(message)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
+def install_log_redaction(*loggers: logging.Logger) -> None:
+    """Redact every log line of this process: one :class:`RedactingFilter` on every handler of
+    the root logger, of ``loggers`` and of every logger that has handlers now (idempotent), and a
+    log-record factory that redacts records made later, for handlers added afterwards (Prefect's)."""
+    existing = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)]
+    for logger in (logging.getLogger(), *loggers, *existing):
+        for handler in getattr(logger, "handlers", ()):
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "aom_redacting", False):
+        logging.setLogRecordFactory(_redacting_factory(factory))
+
+
+def _redacting_factory(inner: Any) -> Any:
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record: logging.LogRecord = inner(*args, **kwargs)
+        RedactingFilter().filter(record)
+        return record
+
+    make.aom_redacting = True  # type: ignore[attr-defined]
+    return make
