@@ -216,7 +216,8 @@ def embed_raster_cmd(
 
     options = parse_storage_options(storage_options)
     check_file_url(checkpoint, "--checkpoint")
-    check_file_out(out, "--out")
+    if not out.rstrip("/").lower().endswith(".zarr"):  # a Zarr output is a folder: embed_raster claims it
+        check_file_out(out, "--out")
 
     try:
         wl = [float(v) for v in csv_list(wavelengths)]

@@ -301,15 +301,17 @@ class Embeddings:
         ]
         arr = self.zarr_array(epsg)
         nodata: Any = NODATA_Q if arr.dtype == np.int8 else np.nan
-        out = np.full((r1 - r0, c1 - c0, arr.shape[-1]), nodata, dtype=arr.dtype)
+        dim = arr.shape[1] if self.band_first(epsg) else arr.shape[-1]
+        out = np.full((r1 - r0, c1 - c0, dim), nodata, dtype=arr.dtype)
         regions: list[tuple[TileRef, np.ndarray, int, int]] = []  # tile, data, data's row0/col0
         try:
-            raw = np.asarray(arr[ti, r0:r1, c0:c1, :])
+            raw = self.read_window(epsg, ti, slice(r0, r1), slice(c0, c1), decode=False)
             regions = [(r, raw, r0, c0) for r in refs]
         except CORRUPT_DATA_ERRORS:  # find the tile(s) at fault: read tile by tile
             for r in refs:
                 try:
-                    data = np.asarray(arr[ti, r.row0 : r.row0 + n, r.col0 : r.col0 + n, :])
+                    rows_t, cols_t = slice(r.row0, r.row0 + n), slice(r.col0, r.col0 + n)
+                    data = self.read_window(epsg, ti, rows_t, cols_t, decode=False)
                 except CORRUPT_DATA_ERRORS as exc:
                     reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                     self.unreadable[r.tile_id] = reason

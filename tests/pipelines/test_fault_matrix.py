@@ -340,10 +340,10 @@ def _store_with_faults(root: Path) -> tuple[Any, str, str]:
         / str(zone)
         / "embeddings"
         / "c"
-        / "0"
+        / "0"  # time
+        / "0"  # dim (format 2 is band-first: one shard spans every dim)
         / str(ref.row0 // n)
         / str(ref.col0 // n)
-        / "0"
     )
     assert shard.is_file(), sorted(
         str(p) for p in (root / store.version.name / str(zone) / "embeddings").rglob("*")
