@@ -17,8 +17,13 @@ What is measured (all on this machine, same run):
    encoder on the same warm workers, the pixels already in worker memory: wall time of the
    encoder tasks only. ``end_to_end_vs_model`` = end-to-end chips/s / model-only chips/s.
 3. **loader**: the cube reader + median composite of those tiles in one process, one thread:
-   MB of decoded reflectance (2 bytes per pixel, band and acquisition read) per CPU-second.
-   Also the COG path (odc-stac assembly from the items) when ``--full-size`` data exists.
+   MB of decoded reflectance (2 bytes per pixel, band and acquisition read) per CPU-second, for
+   the shard path (``CubeSource``, each shard fetched and each chunk decoded once) and the former
+   xarray path (``decode="xarray"``), and the decode floor (:mod:`decode_floor`: reading exactly
+   the shards the shard path touched, decompressing exactly its chunks with blosc, converting the
+   pixels it returned): ``embed_read_vs_floor`` = floor CPU-s / shard path CPU-s (which also
+   composites). ``--only-read`` runs just this. Also the COG path (odc-stac assembly from the
+   items) when ``--full-size`` data exists.
 4. **peak RSS per worker** (``--full-size``): a fresh process = one worker embeds ``--rss-tiles``
    whole 7680 m tiles straight from a 10980 x 10980 px synthetic Sentinel-2 granule (13 COGs,
    all 12 bands) through the streaming catalog path (padded tile assembled in 512 px blocks,
@@ -225,7 +230,9 @@ def bench_throughput(args: argparse.Namespace, work: Path, ckpt: Path, cubes: Pa
 
 def bench_loader(cubes: Path, full_item: Path | None) -> dict[str, Any]:
     import torch
+    from decode_floor import collect_chunks, floor_cpu_s
 
+    from pipelines.cubes import CubeStore
     from pipelines.embed import CatalogSource, CubeSource, parse_periods
     from pipelines.tiling import TileGrid
 
@@ -233,22 +240,47 @@ def bench_loader(cubes: Path, full_item: Path | None) -> dict[str, Any]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     grid = TileGrid(TILE_M)
     period = parse_periods("2023-06-01/2023-06-30")[0]
-    src = CubeSource(str(cubes))
-    mb = 0.0
-    c0, w0 = time.process_time(), time.perf_counter()
-    for t in block_tiles(2):
-        p = src.read(grid.tile(t), period, 0, MARGIN_M)
-        mb += sum(g.pixels.size * 2 * max(1, p.observations.get(g.label, 1)) for g in p.groups) / 1e6
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    out: dict[str, Any] = {
-        "cubes": {
-            "mb_decoded": round(mb, 1),
-            "cpu_s": round(cpu, 2),
-            "wall_s": round(wall, 2),
-            "mb_per_cpu_s": round(mb / cpu, 2),
-        }
+    opened: list[Any] = []
+    open_raw = CubeStore.open_raw
+
+    def recording(self: CubeStore, *a: Any) -> Any:  # count what the shard path reads
+        rg = open_raw(self, *a)
+        opened.append(rg)
+        return rg
+
+    CubeStore.open_raw = recording  # type: ignore[method-assign]
+    out: dict[str, Any] = {"cubes": {}}
+    try:
+        for decode in ("xarray", "shards"):
+            src = CubeSource(str(cubes), decode=decode)
+            mb = 0.0
+            c0, w0 = time.process_time(), time.perf_counter()
+            for t in block_tiles(2):
+                p = src.read(grid.tile(t), period, 0, MARGIN_M)
+                mb += sum(g.pixels.size * 2 * max(1, p.observations.get(g.label, 1)) for g in p.groups) / 1e6
+            cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            out["cubes"][decode] = {
+                "mb_decoded": round(mb, 1),
+                "cpu_s": round(cpu, 3),
+                "wall_s": round(wall, 2),
+                "mb_per_cpu_s": round(mb / cpu, 2),
+            }
+            log(f"loader (cubes, {decode}): {mb:.0f} MB in {cpu:.2f} CPU-s = {mb / cpu:.1f} MB/s per core")
+    finally:
+        CubeStore.open_raw = open_raw  # type: ignore[method-assign]
+    chunks = collect_chunks(opened)
+    used = sum(g.counts.pixels for g in opened)
+    floor = floor_cpu_s(chunks, used, repeats=3)
+    read_cpu = out["cubes"]["shards"]["cpu_s"]
+    out["floor"] = {
+        "shards": len({p for p, _, _ in chunks}),
+        "chunks": len(chunks),
+        "pixels_used": used,
+        "cpu_s": round(floor, 3),
     }
-    log(f"loader (cubes, Zarr): {mb:.0f} MB decoded in {cpu:.1f} CPU-s = {mb / cpu:.1f} MB/s per core")
+    out["embed_read_vs_floor"] = round(floor / read_cpu, 3)
+    out["shards_vs_xarray"] = round(out["cubes"]["xarray"]["cpu_s"] / read_cpu, 2)
+    log(f"decode floor: {floor:.3f} CPU-s -> embed_read_vs_floor {out['embed_read_vs_floor']}")
     if full_item is not None and full_item.exists():
         item = json.loads(full_item.read_text())
         cat = CatalogSource(str(full_item), "sample", ("sentinel-2-l2a",))
@@ -423,7 +455,7 @@ def projection(flops: dict[str, Any], loader: dict[str, Any], acquisitions: int)
     images on the fly. Loader rate: the COG path (odc-stac decode + mask + median) when measured.
     """
     per_km2 = flops["flops_per_km2"]
-    rate = loader.get("cogs", loader["cubes"])["mb_per_cpu_s"]
+    rate = loader.get("cogs", loader["cubes"]["shards"])["mb_per_cpu_s"]
     px_km2 = 4 * 1e4 + 6 * 2500 + 2 * 1e6 / 3600
     pad = ((TILE_M + 2 * MARGIN_M) / TILE_M) ** 2
     mb_per_km2 = px_km2 * 2 * pad / 1e6
@@ -462,12 +494,33 @@ def main() -> None:
     ap.add_argument(
         "--composite-acquisitions", type=int, default=12, help="acquisitions per composite in the projection"
     )
+    ap.add_argument(
+        "--only-read",
+        action="store_true",
+        help="only the cube read benchmark (embed_read_vs_floor): no cluster, no COGs, no FLOPs",
+    )
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     log(f"machine: {os.cpu_count()} CPU cores; work dir {work}")
     cubes, _ = make_block_cubes(work, args.acquisitions)
+    if args.only_read:
+        loader = bench_loader(cubes, None)
+        print(
+            json.dumps(
+                {
+                    "benchmark": "bench_embed",
+                    "only": "read",
+                    "cubes": f"aom cubes layout (write_cubes): 2x2 tiles of 7680 m, Sentinel-2 12 bands, "
+                    f"{args.acquisitions} acquisitions; 4 padded tiles ({MARGIN_M:g} m margin) read",
+                    "embed_read_vs_floor": loader["embed_read_vs_floor"],
+                    "loader": loader,
+                },
+                sort_keys=True,
+            )
+        )
+        return
     ckpt = make_checkpoint(work / f"{args.model}.safetensors", args.model)
     result: dict[str, Any] = {
         "benchmark": "bench_embed",
@@ -480,6 +533,7 @@ def main() -> None:
     log(f"end_to_end_vs_model = {result['end_to_end_vs_model']:.3f} (goal >= 0.8)")
     full = make_full_item(work) if args.full_size else None
     result["loader"] = bench_loader(cubes, full)
+    result["embed_read_vs_floor"] = result["loader"]["embed_read_vs_floor"]
     if full is not None:
         rss_ckpt = make_checkpoint(work / f"{args.rss_model}.safetensors", args.rss_model)
         result["peak_rss_worker"] = {

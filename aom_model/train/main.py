@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--chip-m", type=float)
+    p.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="data streams of the epoch plan (the world size must divide them)",
+    )
+    p.add_argument("--window-blocks", type=int, default=None, help="(tile, time) blocks mixed per window")
     p.add_argument("--min-valid-frac", type=float)
     p.add_argument("--val-fraction", type=float)
     p.add_argument("--no-amp", action="store_true", default=None)
@@ -116,6 +123,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         ("chip_m", "chip_m"),
         ("min_valid_frac", "min_valid_frac"),
         ("val_fraction", "val_fraction"),
+        ("streams", "streams"),
+        ("window_blocks", "window_blocks"),
     ):
         if getattr(args, flag) is not None:
             chips[key] = getattr(args, flag)

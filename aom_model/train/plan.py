@@ -121,7 +121,9 @@ class EpochPlan:
         if world < 1 or len(self.streams) % world:
             raise ValueError(
                 f"the epoch plan has {len(self.streams)} data stream(s); the world size ({world}) must "
-                "divide it (set ChipConfig.streams / --streams to a multiple of the number of ranks)"
+                "divide it (the streams are the largest power of two <= ChipConfig.streams / --streams, the "
+                "(tile, time) blocks and the chips for 4 micro-batches each: use a power-of-two number of ranks "
+                "<= streams, or more data)"
             )
 
 

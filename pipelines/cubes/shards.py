@@ -15,6 +15,7 @@ value (zarr writes no empty shard), exactly as zarr reads it; any other access e
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -250,7 +251,13 @@ def decode_reflectance(raw: np.ndarray, scale: float, offset: float, fill: float
     if raw.dtype.kind == "f":
         out = raw.astype(np.float64) * scale + offset if (scale, offset) != (1.0, 0.0) else raw
         return np.asarray(out, dtype=np.float32)
-    # xarray decodes int16 with a float scale_factor in float64 (the attribute's type) and masks fill
+    if raw.dtype == np.int16:  # a 65 536-entry table: one gather instead of float64 arithmetic
+        return _int16_table(scale, offset, fill)[raw.view(np.uint16)]
+    return _decode_ints(raw, scale, offset, fill)
+
+
+def _decode_ints(raw: np.ndarray, scale: float, offset: float, fill: float | None) -> np.ndarray:
+    # xarray decodes integers with a float scale_factor in float64 (the attribute's type), masks fill
     f = raw.astype(np.float64)
     if scale != 1.0:
         f *= scale
@@ -260,6 +267,15 @@ def decode_reflectance(raw: np.ndarray, scale: float, offset: float, fill: float
     if fill is not None:
         out[raw == fill] = np.nan
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _int16_table(scale: float, offset: float, fill: float | None) -> np.ndarray:
+    """float32 reflectance of every int16 value, indexed by the value's uint16 bit pattern."""
+    values = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+    table = np.empty(65536, dtype=np.float32)
+    table[values.view(np.uint16)] = _decode_ints(values, scale, offset, fill)
+    return table
 
 
 def open_raw_group(fs: Any, path: str, zarr_array: Any) -> RawGroup:

@@ -358,11 +358,12 @@ class CubeSource:
             for ntile, nrec in neighbours:
                 if (coll, label) not in self._groups_of(nrec):
                     continue
-                ds = (
-                    ds_c
-                    if ntile.tile_id == tile.tile_id
-                    else self.open_group(store, ntile.tile_id, coll, label)
-                )
+                if ntile.tile_id == tile.tile_id:
+                    ds: Any = ds_c
+                elif self.decode == "xarray":
+                    ds = self.open_group(store, ntile.tile_id, coll, label)
+                else:  # a neighbour: bands, times and items from its completion record (no open)
+                    ds = _RecordGroup.of(nrec, coll, label)
                 nb_names = [str(b) for b in ds["band"].values]
                 if not all(n in nb_names for n in names):
                     out.notes.append(f"margin: {ntile.tile_id} {coll}/{label} lacks some bands")
@@ -400,6 +401,38 @@ class CubeSource:
             out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
         out.read_s = time.perf_counter() - t0
         return out
+
+
+class _RecordGroup:
+    """The coordinates of a group that :func:`_time_indices`, :func:`_items_of` and the band lookup
+    read, taken from the tile's completion record (``group_entry``) instead of opening the group."""
+
+    def __init__(self, coords: dict[str, np.ndarray]) -> None:
+        self.coords = coords
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any], collection: str, label: str) -> _RecordGroup:
+        for g in record.get("groups") or []:
+            if str(g["collection"]) == collection and str(g["gsd_label"]) == label:
+                return cls(
+                    {
+                        "band": np.array([str(b) for b in g["bands"]], dtype=object),
+                        "time": np.array([np.datetime64(str(t), "ns") for t in g["times"]]),
+                        "source_items": np.array([str(i) for i in g.get("source_items", [])], dtype=object),
+                    }
+                )
+        raise KeyError(f"{collection}/{label}")
+
+    def __getitem__(self, name: str) -> Any:
+        return _Values(self.coords[name])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.coords
+
+
+@dataclass(frozen=True)
+class _Values:
+    values: np.ndarray
 
 
 # ------------------------------------------------------------------------------------------
