@@ -26,7 +26,9 @@ MARKER_NAME = ".aom-output.json"
 
 _ZARR_META = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata")
 _OWNED_EXTRAS = ("_tiles", "_search", MARKER_NAME)
-_PRELUDE = {"_search"}  # what a cube run writes before its store root (saved search results)
+# what aom writes beside a cube store before its root exists: saved search results (``_search``)
+# and the refresh flow's watermark (``_state``, default ``<cubes>/_state``)
+_PRELUDE = {"_search", "_state"}
 _LEASES = "_leases"  # removed by their holders only, never by remove_owned
 
 
