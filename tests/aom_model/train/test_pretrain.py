@@ -34,7 +34,16 @@ REPO = REPO_ROOT
 # proof of learning (slow test): steps of batch 16 on 3 synthetic tiles, tiny's objective with a
 # lighter alignment term (the test scores reconstruction; docs/pretraining.md has both weights)
 PROOF_STEPS = 500
-PROOF_OVERRIDES: dict[str, object] = {"align_weight": 0.1}
+# 480 m chips: a fixed 120 m token plan (4 x 4 tokens; the named range 40-320 m would give 1-12
+# tokens per side on chips this small) and whole-band masks only (the metric hides whole bands).
+# docs/pretraining.md, "Proof of learning", has the figures of the other settings.
+PROOF_OVERRIDES: dict[str, object] = {
+    "align_weight": 0.1,
+    "token_ground_m": 120.0,
+    "token_m_min": 120.0,
+    "token_m_max": 120.0,
+    "band_mask_share": 1.0,
+}
 PROOF_MAX_VS_MEAN = 0.5  # held-out MSE at most half the band-mean baseline's
 PROOF_MAX_VS_COPY = 0.95  # and at least 5 % below copying the nearest-wavelength visible band
 
