@@ -4,6 +4,7 @@ and a rerun repairs the items and links an interrupted run left out."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pystac
@@ -117,6 +118,8 @@ def test_rerun_repairs_items_and_links_an_interrupted_run_left_out(s3_bucket: An
     assert stale_items(root, VERSION.name, ids, opts) == (set(), set(ids))
 
     # a second time slice recorded later makes the item stale again; its rewrite covers both times
+    # ("later" by S3's clock: LastModified has a resolution of one second, docs/embedding.md)
+    time.sleep(1.1)
     _records(root, new[:1], opts, time_index=1)
     stale, _ = stale_items(root, VERSION.name, ids, opts)
     assert stale == {ids[0]}
