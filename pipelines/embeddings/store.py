@@ -265,6 +265,26 @@ def _zone_attrs(grid: ZoneGrid) -> dict[str, Any]:
     }
 
 
+def require_time_coord(group: zarr.Group, times: Sequence[str]) -> None:
+    """The CF ``time`` coordinate (seconds since 1970) of a zone or tile-vector group, written once."""
+    t, created = _require_array(
+        group,
+        "time",
+        shape=(len(times),),
+        chunks=(len(times),),
+        dtype="int64",
+        fill_value=0,
+        dimension_names=("time",),
+        attributes={
+            "standard_name": "time",
+            "units": "seconds since 1970-01-01T00:00:00",
+            "calendar": "proleptic_gregorian",
+        },
+    )
+    if created:
+        t[:] = _time_values(times)
+
+
 def _require_array(group: zarr.Group, name: str, **kwargs: Any) -> tuple[zarr.Array, bool]:
     """Create an array unless it exists (then check it matches). Returns (array, created)."""
     import zarr
@@ -368,22 +388,7 @@ def ensure_zone(
     )
     if created:
         ty[:] = grid.y1 - (np.arange(tny) + 0.5) * grid.tile_size_m
-    t, created = _require_array(
-        group,
-        "time",
-        shape=(nt,),
-        chunks=(nt,),
-        dtype="int64",
-        fill_value=0,
-        dimension_names=("time",),
-        attributes={
-            "standard_name": "time",
-            "units": "seconds since 1970-01-01T00:00:00",
-            "calendar": "proleptic_gregorian",
-        },
-    )
-    if created:
-        t[:] = _time_values(version.times)
+    require_time_coord(group, version.times)
     int8 = version.quantisation == "int8-sqrt"
     emb_attrs: dict[str, Any] = {
         "grid_mapping": "spatial_ref",

@@ -27,9 +27,9 @@ from pipelines.embeddings.records import list_complete_tiles
 from pipelines.embeddings.store import (
     _open_group,
     _require_array,
-    _time_values,
     array_dims,
     read_version,
+    require_time_coord,
     version_zones,
     zarr_store,
 )
@@ -107,22 +107,7 @@ def ensure_tile_group(
         )
         if created:
             arr[:] = values
-    t, created = _require_array(
-        group,
-        "time",
-        shape=(nt,),
-        chunks=(nt,),
-        dtype="int64",
-        fill_value=0,
-        dimension_names=("time",),
-        attributes={
-            "standard_name": "time",
-            "units": "seconds since 1970-01-01T00:00:00",
-            "calendar": "proleptic_gregorian",
-        },
-    )
-    if created:
-        t[:] = _time_values(version.times)
+    require_time_coord(group, version.times)
     _require_array(
         group,
         "vectors",
