@@ -39,6 +39,7 @@ import numpy as np
 import xarray as xr
 
 from pipelines.cubes.groups import GroupMeta, group_meta, read_window
+from pipelines.cubes.lattice import lattice_shift
 from pipelines.cubes.shards import RawGroup, open_raw_group
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
 from pipelines.errors import CubeDataError
@@ -88,6 +89,7 @@ def group_entry(tile_id: str, ds: xr.Dataset, valid_fraction: Sequence[float]) -
         "times": [str(t)[:26] for t in ds["time"].values.astype("datetime64[us]")],
         "source_items": [str(s) for s in ds["source_items"].values],
         "valid_fraction": [round(f, 6) for f in valid_fraction],
+        "lattice_shift_m": list(lattice_shift(ds.attrs)),
     }
 
 
@@ -209,6 +211,13 @@ class CubeStore:
             have = self.root_attrs()
             if not have:
                 raise CubeStoreError(f"{redact_url(self.url)} is a Zarr store but not an AOM cube store")
+            if have.get("layout_version") != LAYOUT_VERSION:
+                raise CubeStoreError(
+                    f"cube store {redact_url(self.url)} has cube layout {have.get('layout_version')} "
+                    f"(every GSD group's pixel lattice through the tile origin); this version writes layout "
+                    f"{LAYOUT_VERSION} (lattices on the sensors' native pixel grids): write to a new --out "
+                    "(the old store stays readable)"
+                )
             if have.get("fingerprint") != spec.fingerprint:
                 raise CubeStoreError(
                     f"cube store {redact_url(self.url)} was built with a different spec "
