@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 from pyproj import Transformer
 
-from pipelines.cubes import CubeStore, CubeStoreError, assemble_tile, write_cubes
+from pipelines.cubes import (
+    CubeStore,
+    CubeStoreError,
+    assemble_tile,
+    lattice_shift,
+    native_lattice,
+    write_cubes,
+)
 from pipelines.cubes.assembly import encode_block
-from pipelines.cubes.lattice import lattice_shift, native_lattice
 from pipelines.registry import load_registry
 from pipelines.testing import make_item
 from pipelines.tiling import TileGrid, zone_of_epsg
