@@ -18,9 +18,10 @@ assets, read in the tile's CRS:
 The offset most items agree on wins (ties: the tile origin, then the smallest offset); items on
 another grid are resampled onto it, as before, and the group's ``lattice`` attribute says so.
 Without evidence the lattice passes through the tile origin (the layout-1 rule). Measured on the
-recorded real items (``tests/pipelines/test_tiling.py``): Landsat Collection 2 edges at 15 m
-(shift -15, -15 m in a north-zone tile), Sentinel-2 60 m bands of MGRS tiles with origin northing
-... 040 m (shift 0, -20 m), Sentinel-2 10/20 m and HLS on the tile lattice (shift 0, 0).
+recorded real items (``tests/pipelines/cubes/test_lattice.py``): Landsat Collection 2 edges at 15 m
+(shift -15, -15 m on a tile of the scene's CRS; -15, -5 m for a southern scene in a north-zone CRS),
+Sentinel-2 60 m bands of MGRS tiles with origin northing 40 (mod 60) m (0, -20 m), HLS south of the
+equator in a north-zone CRS (0, 10 m), Sentinel-2 10/20 m on the tile lattice (0, 0).
 """
 
 from __future__ import annotations
