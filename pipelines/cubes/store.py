@@ -212,9 +212,10 @@ class CubeStore:
             if not have:
                 raise CubeStoreError(f"{redact_url(self.url)} is a Zarr store but not an AOM cube store")
             if have.get("layout_version") != LAYOUT_VERSION:
+                old = have.get("layout_version")
+                what = " (every GSD group's pixel lattice through the tile origin)" if old == 1 else ""
                 raise CubeStoreError(
-                    f"cube store {redact_url(self.url)} has cube layout {have.get('layout_version')} "
-                    f"(every GSD group's pixel lattice through the tile origin); this version writes layout "
+                    f"cube store {redact_url(self.url)} has cube layout {old}{what}; this version writes layout "
                     f"{LAYOUT_VERSION} (lattices on the sensors' native pixel grids): write to a new --out "
                     "(the old store stays readable)"
                 )

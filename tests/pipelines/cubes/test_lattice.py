@@ -198,15 +198,30 @@ def test_sentinel2_60m_bands_of_an_mgrs_tile_with_origin_northing_040(tmp_path: 
 
 
 def test_a_store_of_the_tile_origin_layout_is_refused_for_writes_in_one_line(tmp_path: Path) -> None:
+    """A layout-1 store (lattices through the tile origin, no lattice_shift_m) is still read, with
+    shift (0, 0), but no run writes into it: one line says why and what to do."""
     import zarr
 
     out = tmp_path / "cubes"
     s = spec(LANDSAT)
-    CubeStore(str(out)).ensure_root(s)
-    group = zarr.open_group(str(out), mode="r+", zarr_format=3)
-    meta = dict(group.attrs["aom_cubes"])
-    group.attrs["aom_cubes"] = {**meta, "layout_version": 1}
+    item = _landsat(tmp_path / "src", 32631, X0, Y0 + 1920.0, 64)  # on the tile lattice
+    assert write_cubes([item], [TILE_IDS[0]], s, str(out), progress=False).tiles_done == [TILE_IDS[0]]
+    group = zarr.open_group(str(out), mode="r+", zarr_format=3)  # as layout 1 wrote it
+    group.attrs["aom_cubes"] = {**dict(group.attrs["aom_cubes"]), "layout_version": 1}
+    g30 = zarr.open_group(str(out / TILE_IDS[0] / LANDSAT / "30m"), mode="r+", zarr_format=3)
+    for key in ("lattice_shift_m", "lattice"):
+        del g30.attrs[key]
     with pytest.raises(CubeStoreError) as err:
-        write_cubes([], [TILE_IDS[0]], s, str(out), progress=False)
+        write_cubes([item], TILE_IDS[:2], s, str(out), progress=False)
     msg = str(err.value)
-    assert "\n" not in msg and "cube layout 1" in msg and "write to a new --out" in msg
+    assert (
+        "\n" not in msg and "cube layout 1 (every GSD group's pixel lattice through the tile origin)" in msg
+    )
+    assert "write to a new --out" in msg
+    store = CubeStore.open(str(out))
+    assert store.recorded_tiles() == [TILE_IDS[0]]  # nothing was written
+    ds = store.open_group(TILE_IDS[0], LANDSAT, "30m", lazy=True)
+    assert lattice_shift(ds.attrs) == (0.0, 0.0)
+    meta = store.group_meta(TILE_IDS[0], LANDSAT, "30m", ds)
+    assert (meta.x0, meta.y0) == (X0, Y0 + 1920.0)
+    assert np.isfinite(store.read_window(ds, 0, 0, 0, 8, 8)).all()
