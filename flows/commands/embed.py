@@ -109,8 +109,8 @@ def embed(
         None,
         "--blend-tokens",
         help="Seam blending: each chip also writes this many tokens beyond its core and a token is the "
-        "sin^2-weighted mean of the chips that wrote it (0 = cores only, seams visible; default 3, at "
-        "most the margin). See docs/embedding.md, 'Seam blending'.",
+        "sin^2-weighted mean of the chips that wrote it (0 = cores only, seams visible; default "
+        "min(3, margin, core / 2)). See docs/embedding.md, 'Seam blending'.",
     ),
     batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
     tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Dask task."),
@@ -210,7 +210,7 @@ def embed_raster_cmd(
         None,
         "--blend-tokens",
         help="Seam blending: tokens each chip writes beyond its core, blended (sin^2 weights) with the "
-        "neighbouring chip (0 = cores only; default 3, at most the margin). See docs/embedding.md, "
+        "neighbouring chip (0 = cores only; default min(3, margin, core / 2)). See docs/embedding.md, "
         "'Seam blending'.",
     ),
     batch_size: int = typer.Option(8, "--batch-size"),
