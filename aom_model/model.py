@@ -61,7 +61,8 @@ class AOM(nn.Module):
 
     # -- stage 1 --------------------------------------------------------------------------------
     def tokenize(self, batch: BandBatch, plan: GridPlan | None = None) -> Tokens:
-        """BandBatch -> Tokens (patches [B, N, C, d_tok], band_embed [B, C, d_tok], pos [B, N, D])."""
+        """BandBatch -> Tokens (pixel patches, validity, band_embed [B, C, d_tok], plan); the
+        patches are projected in ``encode`` (only the visible ones when a mask is given)."""
         return self.tokenizer(batch, plan)
 
     # -- stage 2 --------------------------------------------------------------------------------
@@ -77,7 +78,8 @@ class AOM(nn.Module):
         """
         present = tokens.present  # [B, N, C]
         visible = present if masked is None else present & ~masked
-        x = tokens.patches + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
+        x = self.tokenizer.project(tokens, None if masked is None else visible)  # [B, N, C, d_tok]
+        x = x + tokens.band_embed[:, None, :, :]
         coords = token_centres_m(tokens.grid_hw, tokens.token_m)  # [B, N, 2] metres
         if masked is None:
             pos_tokens, band_tokens, pos_valid = self.encoder(x, coords, visible, tokens.wavelength_nm)

@@ -139,11 +139,37 @@ def test_no_leak_masked_tokens_do_not_change_visible_encoding() -> None:
     tok = model.tokenize(b)
     masked = channel_mask(tok.present, 0.75, 0.25, torch.Generator().manual_seed(3))
     e1 = model.encode(tok, masked)
-    tok.patches = torch.where(masked[..., None], torch.randn_like(tok.patches) * 100, tok.patches)
+    noisy = []
+    for (s, e), px in zip(tok.group_slices, tok.pixel_patches):
+        noise = torch.randn_like(px) * 100
+        noisy.append(torch.where(masked[:, :, s:e, None], noise, px))
+    tok.pixel_patches = tuple(noisy)
     e2 = model.encode(tok, masked)
     torch.testing.assert_close(e1.tokens, e2.tokens)
     assert e1.band_tokens is not None and e2.band_tokens is not None
     torch.testing.assert_close(e1.band_tokens, e2.band_tokens)
+
+
+def test_masked_tokens_are_not_projected() -> None:
+    """The pretraining path projects only visible band patches: the tokenizer's FLOPs follow
+    the visible tokens (MAE-style), and its output is the inference projection where visible."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = AOM(AOMConfig.named("tiny", token_ground_m=80.0)).eval()
+    tok = model.tokenize(_smooth_batch())
+    masked = channel_mask(tok.present, 0.75, 0.7, torch.Generator().manual_seed(0))
+    visible = tok.present & ~masked
+
+    def flops(vis: torch.Tensor | None) -> tuple[int, torch.Tensor]:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            out = model.tokenizer.project(tok, vis)
+        return fc.get_total_flops(), out
+
+    f_all, full = flops(None)
+    f_vis, part = flops(visible)
+    share = float(visible.sum()) / float(tok.present.sum())
+    assert f_vis == pytest.approx(share * f_all, rel=1e-6)
+    torch.testing.assert_close(part, full * visible[..., None].float(), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["factorized", pytest.param("joint", marks=pytest.mark.slow)])
