@@ -59,9 +59,15 @@ class AOMConfig:
     decoder_spatial_depth: int = 1
     # --- pretraining objective -----------------------------------------------------------------
     mask_ratio: float = 0.75  # fraction of present band-position tokens masked
-    # share of the masked tokens that come from whole-band masks (the rest: whole positions, which
-    # the encoder then skips); 0.7 keeps positions without any visible band below half at ratio 0.75
-    band_mask_share: float = 0.7
+    # minimum share of the masked tokens that come from whole-band masks (the rest: whole positions,
+    # which the encoder then skips); 0.5: at least every other masked token is a whole band's, and
+    # at ratio 0.75 over half of the positions are hidden (the MAE-style saving, docs/model.md)
+    band_mask_share: float = 0.5
+    # pretraining encoder: at the positions it sees (those with a visible band), also compute the
+    # masked band tokens as queries (their band embedding; never keys) in the spectral layers, so
+    # the decoder starts from an encoder estimate of each hidden band (docs/pretraining.md, "Proof
+    # of learning"); False: visible band tokens only (pure MAE). Spatial blocks see positions only.
+    encode_masked_bands: bool = True
     temperature: float = 0.1  # InfoNCE temperature
     recon_weight: float = 1.0
     # per-patch-normalised targets drop each token's level and contrast, which carry most of the

@@ -61,7 +61,8 @@ class AOM(nn.Module):
 
     # -- stage 1 --------------------------------------------------------------------------------
     def tokenize(self, batch: BandBatch, plan: GridPlan | None = None) -> Tokens:
-        """BandBatch -> Tokens (patches [B, N, C, d_tok], band_embed [B, C, d_tok], pos [B, N, D])."""
+        """BandBatch -> Tokens (pixel patches, validity, band_embed [B, C, d_tok], plan); the
+        patches are projected in ``encode`` (only the visible ones when a mask is given)."""
         return self.tokenizer(batch, plan)
 
     # -- stage 2 --------------------------------------------------------------------------------
@@ -71,23 +72,29 @@ class AOM(nn.Module):
         """Tokens (+ optional mask [B, N, C], True = hidden) -> EncoderOutput.
 
         Without a mask every present token is encoded (inference). With one, the encoder sees only
-        visible band tokens and only positions with a visible band (MAE-style gather; see
-        ``pack_visible``); outputs are scattered back to the full grid with zeros where nothing
-        was encoded (``token_valid`` / ``band_token_valid`` say where).
+        positions with a visible band (MAE-style gather; see ``pack_visible``), visible band tokens
+        as keys and, with ``config.encode_masked_bands``, the masked band tokens of those
+        positions as queries (their band embedding only: nothing of their pixels); outputs are
+        scattered back to the full grid with zeros where nothing was encoded (``token_valid`` /
+        ``band_token_valid`` say where visible tokens are).
         """
         present = tokens.present  # [B, N, C]
         visible = present if masked is None else present & ~masked
-        x = tokens.patches + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
+        x = self.tokenizer.project(tokens, None if masked is None else visible)  # [B, N, C, d_tok]
+        x = x + tokens.band_embed[:, None, :, :]  # masked tokens: their band embedding only
         coords = token_centres_m(tokens.grid_hw, tokens.token_m)  # [B, N, 2] metres
         if masked is None:
             pos_tokens, band_tokens, pos_valid = self.encoder(x, coords, visible, tokens.wavelength_nm)
         else:
-            pk = pack_visible(visible)
+            # positions with a visible band; their visible bands, and their masked ones as
+            # queries (never keys) when encode_masked_bands is set
+            pk = pack_visible(visible, present if self.config.encode_masked_bands else None)
             b, n, c, _ = x.shape
             xp = pk.gather(x)  # [B, Nv, Cv, d_tok]
+            keys = pk.gather(visible[..., None].to(x.dtype))[..., 0] > 0  # [B, Nv, Cv] visible only
             cp = torch.gather(coords, 1, pk.pos_index[..., None].expand(-1, -1, 2))  # [B, Nv, 2]
             wl = pk.gather(tokens.wavelength_nm[:, None, :, None].expand(b, n, c, 1))[..., 0]  # [B, Nv, Cv]
-            pos_p, band_p, _ = self.encoder(xp, cp, pk.band_keep, wl)
+            pos_p, band_p, _ = self.encoder(xp, cp, keys & pk.band_keep, wl)
             pos_tokens, band_tokens = pk.scatter(pos_p, band_p, n, c)
             pos_valid = visible.any(dim=-1)  # [B, N]
         pooled = masked_mean(pos_tokens, pos_valid, dim=1)  # [B, D]
@@ -208,13 +215,14 @@ class AOM(nn.Module):
 
 @dataclass
 class PackedVisible:
-    """Index of the visible part of a [B, N, C] token set: positions with a visible band first
-    (in grid order), then per position its visible bands first (in band order)."""
+    """Index of part of a [B, N, C] token set: positions with a visible band first (in grid order),
+    then per position its kept bands first (in band order): the visible ones, or every present one
+    when masked bands are encoded as queries."""
 
     pos_index: Tensor  # [B, Nv] long: grid position of each packed position
     pos_keep: Tensor  # [B, Nv] bool: packed position has a visible band (else padding)
     band_index: Tensor  # [B, Nv, Cv] long: band of each packed band token
-    band_keep: Tensor  # [B, Nv, Cv] bool: packed band token is visible (else padding)
+    band_keep: Tensor  # [B, Nv, Cv] bool: packed band token is kept (else padding)
 
     def gather(self, x: Tensor) -> Tensor:  # [B, N, C, d] -> [B, Nv, Cv, d]
         _, _, c, d = x.shape
@@ -239,17 +247,20 @@ class PackedVisible:
         return pos_out, band_out
 
 
-def pack_visible(visible: Tensor) -> PackedVisible:
-    """Indices that keep only positions with a visible band and only visible band tokens
-    (padded to the batch's largest counts; one host sync, so eager only)."""
+def pack_visible(visible: Tensor, bands: Tensor | None = None) -> PackedVisible:
+    """Indices that keep only positions with a visible band and, at those, only the band tokens
+    of ``bands`` ([B, N, C] bool, a superset of ``visible``; None: the visible ones), padded to the
+    batch's largest counts; one host sync each, so eager only."""
     pos_valid = visible.any(dim=-1)  # [B, N]
     nv = max(1, int(pos_valid.sum(dim=1).max()))
     pos_index = torch.argsort((~pos_valid).to(torch.int8), dim=1, stable=True)[:, :nv]  # [B, Nv]
     pos_keep = torch.gather(pos_valid, 1, pos_index)
-    vis = torch.gather(visible, 1, pos_index[..., None].expand(-1, -1, visible.shape[-1]))  # [B, Nv, C]
-    cv = max(1, int(vis.sum(dim=-1).max()))
-    band_index = torch.argsort((~vis).to(torch.int8), dim=2, stable=True)[..., :cv]  # [B, Nv, Cv]
-    band_keep = torch.gather(vis, 2, band_index)
+    sel = visible if bands is None else bands
+    kept = torch.gather(sel, 1, pos_index[..., None].expand(-1, -1, sel.shape[-1]))  # [B, Nv, C]
+    kept = kept & pos_keep[..., None]
+    cv = max(1, int(kept.sum(dim=-1).max()))
+    band_index = torch.argsort((~kept).to(torch.int8), dim=2, stable=True)[..., :cv]  # [B, Nv, Cv]
+    band_keep = torch.gather(kept, 2, band_index)
     return PackedVisible(pos_index, pos_keep, band_index, band_keep)
 
 

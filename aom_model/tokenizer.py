@@ -18,9 +18,11 @@ from pipelines.errors import InputError
 
 @dataclass
 class Tokens:
-    """Output of ``AOM.tokenize``. Layout is position-major: [B, N, C, .] with C = all bands."""
+    """Output of ``AOM.tokenize``. Layout is position-major: [B, N, C, .] with C = all bands.
 
-    patches: Tensor  # [B, N, C, d_tok] projected band patches (no embeddings); absent tokens = 0
+    Band patches are not projected here: ``Tokenizer.project`` projects the ones the encoder will
+    see (every present token at inference, only visible ones in pretraining)."""
+
     band_embed: Tensor  # [B, C, d_tok]
     present: Tensor  # [B, N, C] bool: band valid and >= min_valid_pixel_frac valid pixels
     wavelength_nm: Tensor  # [B, C]
@@ -91,7 +93,7 @@ class Tokenizer(nn.Module):
         cfg = self.config
         if plan is None:
             plan = plan_for(batch, cfg)
-        patches, present, px_list, pv_list, slices = [], [], [], [], []
+        present, px_list, pv_list, slices = [], [], [], []
         wl, fw, bv, bid = [], [], [], []
         start = 0
         has_ids = any(g.band_id is not None for g in batch.groups)
@@ -123,10 +125,6 @@ class Tokenizer(nn.Module):
                 mean = p.sum(dim=-1, keepdim=True) / cnt
                 p = torch.where(m, p, mean.expand_as(p))
             tok_present = (frac >= cfg.min_valid_pixel_frac) & band_valid[:, None, :]  # [B, N, C_g]
-            emb = self.kernels(p, gp.kernel_size, gp.patch_hw)  # [B, N, C_g, d_tok]
-            if not all_valid:
-                emb = emb * tok_present[..., None].to(emb.dtype)  # absent tokens carry no data
-            patches.append(emb)
             present.append(tok_present)
             px_list.append(p)
             pv_list.append(m)
@@ -154,7 +152,6 @@ class Tokenizer(nn.Module):
         else:
             token_m = torch.stack([gsd_ref * ph, gsd_ref * pw], dim=1)  # [B, 2]
         return Tokens(
-            patches=torch.cat(patches, dim=2),
             band_embed=self.band_embedding(wavelength, fwhm, band_valid_all, band_id),
             present=torch.cat(present, dim=2),
             wavelength_nm=wavelength,
@@ -167,3 +164,23 @@ class Tokenizer(nn.Module):
             pixel_patches=tuple(px_list),
             pixel_patch_valid=tuple(pv_list),
         )
+
+    def project(self, tokens: Tokens, visible: Tensor | None = None) -> Tensor:
+        """Projected band patches [B, N, C, d_tok] of the tokens the encoder sees, 0 elsewhere.
+
+        ``visible=None`` (inference): every present token (absent ones carry no data).
+        ``visible`` [B, N, C] bool (pretraining, ``present & ~masked``): only those patches are
+        projected (selected per group; one host sync each, eager only), so masked pixels cost no
+        FLOPs and cannot leak."""
+        out = []
+        for (s, e), gp, p in zip(tokens.group_slices, tokens.plan.groups, tokens.pixel_patches):
+            if visible is None:
+                emb = self.kernels(p, gp.kernel_size, gp.patch_hw)  # [B, N, C_g, d_tok]
+                out.append(emb * tokens.present[:, :, s:e, None].to(emb.dtype))
+                continue
+            k = visible[:, :, s:e]  # [B, N, C_g]
+            sel = self.kernels(p[k], gp.kernel_size, gp.patch_hw)  # [M, d_tok] visible tokens only
+            emb = sel.new_zeros(*k.shape, sel.shape[-1])  # [B, N, C_g, d_tok]
+            emb[k] = sel
+            out.append(emb)
+        return torch.cat(out, dim=2)  # [B, N, C, d_tok]

@@ -134,7 +134,8 @@ def test_pixel_validity_to_token_validity() -> None:
     assert tok.present.shape == (1, 4, 2)
     assert not bool(tok.present[0, 0, 0]) and bool(tok.present[0, 1, 1])
     assert int(tok.present.sum()) == 7
-    assert torch.isfinite(tok.patches).all()
+    proj = model.tokenizer.project(tok)  # [1, 4, 2, d_tok]
+    assert torch.isfinite(proj).all() and not bool(proj[0, 0, 0].any())  # absent token: no data
     out = model.forward_features(b)
     assert torch.isfinite(out.tokens).all() and bool(out.token_valid.all())
 
