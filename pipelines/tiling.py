@@ -188,10 +188,23 @@ class Tile:
         return self.tile_id
 
 
-def column_prefixes(tile_ids: Iterable[str]) -> list[str]:
+def column_prefixes(tile_ids: Iterable[str], limit: int | None = None) -> list[str]:
     """The distinct ``"<epsg>_<ix>_"`` prefixes of tile ids: a store listing per prefix finds the
-    records named after those tiles without listing every tile of the store."""
-    return sorted({_column_prefix(t) for t in tile_ids})
+    records named after those tiles without listing every tile of the store.
+
+    ``limit``: when the tiles span more columns than that, their ``"<epsg>_"`` zone prefixes
+    instead (a continent: ~560 columns, ~10 zones), so that the listings, each paged, still run
+    concurrently rather than as one paged listing of the whole folder."""
+    ids = list(tile_ids)
+    columns = sorted({_column_prefix(t) for t in ids})
+    if limit is None or len(columns) <= limit:
+        return columns
+    return sorted({_zone_prefix(t) for t in ids})
+
+
+def _zone_prefix(tile_id: str) -> str:
+    parts = str(tile_id).split("_")
+    return f"{parts[0]}_" if len(parts) == 3 else str(tile_id)
 
 
 def _column_prefix(tile_id: str) -> str:

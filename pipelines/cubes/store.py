@@ -46,6 +46,7 @@ from pipelines.errors import CubeDataError
 from pipelines.outputs import Lease
 from pipelines.runs import TileStatus
 from pipelines.storage import (
+    MAX_PREFIX_LISTINGS,
     filesystem,
     is_local,
     join,
@@ -257,7 +258,7 @@ class CubeStore:
         names = list_files(
             join(self.url, RECORDS_DIR),
             self.storage_options,
-            column_prefixes(wanted) if wanted is not None else None,
+            column_prefixes(wanted, limit=MAX_PREFIX_LISTINGS) if wanted is not None else None,
         )
         ids = sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
         return ids if wanted is None else [t for t in ids if t in wanted]

@@ -459,7 +459,9 @@ def stale_items(
         for tid, mtime in found.items():
             newest[tid] = max(mtime, newest.get(tid, mtime))
     items_dir = storage.join(root, STAC_DIR, "items", version_name)
-    items = storage.list_files(items_dir, storage_options, column_prefixes(newest))
+    items = storage.list_files(
+        items_dir, storage_options, column_prefixes(newest, limit=storage.MAX_PREFIX_LISTINGS)
+    )
     have = {n[: -len(".json")]: m for n, m in items.items() if n.endswith(".json")}
     stale = {t for t, m in newest.items() if t not in have or have[t] < m}
     return stale, set(newest) - stale

@@ -156,3 +156,25 @@ def test_batched_reads_and_listings(s3_bucket: Any) -> None:
     assert list_complete_tiles(root, VERSION.name, storage_options=opts, tile_ids=some) == {
         0: sorted(some[:2])
     }
+
+
+def test_listings_by_zone_above_the_column_limit(s3_bucket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiles in more columns than MAX_PREFIX_LISTINGS are found with one (paged) listing per
+    ``<epsg>_`` zone, concurrently: the same answer as the listings per column, one request per zone."""
+    opts = s3_bucket.storage_options
+    root = s3_bucket.url("zones")
+    tiles = spread_tiles(60)  # two zones: 32629 (a row of ~56 columns) and 32630
+    assert {t.epsg for t in tiles} == {32629, 32630}
+    create_version(root, VERSION, opts)
+    _records(root, tiles[:-1], opts)
+    some = [t.tile_id for t in tiles[::7]] + [tiles[-1].tile_id]  # 9 columns; the last has no record
+    want = {0: sorted(t.tile_id for t in tiles[:-1:7])}
+    per_column = list_complete_tiles(root, VERSION.name, storage_options=opts, tile_ids=some)
+    assert per_column == want
+    fs, _ = storage.filesystem(root, opts)
+    counter = RequestCounter(fs)
+    monkeypatch.setattr(storage, "MAX_PREFIX_LISTINGS", 2)
+    with counter:
+        by_zone = list_complete_tiles(root, VERSION.name, storage_options=opts, tile_ids=some)
+    assert by_zone == want
+    assert counter.by_method == {"GET": 1 + 2}, counter.by_method  # the version folder, 2 zones
