@@ -10,20 +10,24 @@ Setup (no pixels): a cube store and an embeddings version holding completion rec
 production layout (``pipelines.testing.bookkeeping``: one cube record per tile with every group of a
 Sentinel-2 + Landsat spec and ``--times`` acquisitions; one embeddings record per tile at t0, all but 3
 tiles; a STAC collection linking their items), for ``--tiles`` tiles of 7680 m spread over UTM zones
-29N-38N. The objects go straight into an in-process moto S3 backend (uploading 360k objects through
-HTTP would take hours here); every measured request goes through HTTP and a TCP forwarder that delays
-each request by ``--latency-ms`` (``tests/services/tcp_proxy.py``). moto lists a prefix by scanning
-and sorting every key of the bucket on every request, which S3 does not: the benchmark gives its
-in-process moto a sorted key index so that a listing costs what it returns.
+29N-38N. The S3 server is moto in a process of its own (``bookkeeping_server.py``), which writes the
+records straight into its backend (uploading 360k objects through HTTP would take hours here; the
+fill is not timed) and is given an O(page) indexed listing and a direct XML rendering of
+``ListObjectsV2`` (moto's own cost O(n) per page and ~150 us of CPU per key listed, which S3 does not
+charge its clients). Every measured request goes through HTTP and a TCP forwarder that delays each
+request by ``--latency-ms`` (``tests/services/tcp_proxy.py``; it delays every 64 KiB a client sends,
+so a large PUT pays it more than once).
 
-Measured (object requests counted in the client, seconds by wall clock; the server shares this
-process, so CPU time is not reported):
+Measured: object requests counted in the client (by HTTP method), wall-clock seconds, the CPU seconds
+of this process (the planning process: ``time.process_time``, all its threads) and, apart, of the
+server process (from ``/proc``):
 
 1. **plan, new**: what ``plan_run`` does with the stores for all tiles: which tiles have a cube
-   (listings per ``<epsg>_<ix>_`` column), cube records until their groups cover the spec, and which
-   tiles are already embedded (listings per column) -- complete, at full size.
+   (listings per ``<epsg>_<ix>_`` column, or above 256 columns per ``<epsg>_`` zone, concurrently),
+   cube records until their groups cover the spec, and which tiles are already embedded (the same
+   listings) -- complete, at full size.
 2. **plan, old**: the replaced path: one listing of every cube record, then one record read per tile,
-   sequentially (``CubeStore.record``: HEAD + GET), and one listing of every embeddings record. The
+   sequentially (``CubeStore.record``, one GET each), and one listing of every embeddings record. The
    listings are measured whole; the per-tile reads on a sample of ``--old-sample`` tiles and
    extrapolated to all tiles (labelled ``*_extrapolated``).
 3. **refresh, new**: a run over 3 tiles that were not embedded yet: planning for them, the workers'
@@ -211,7 +215,11 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=20.0, help="delay added to every request")
     ap.add_argument("--old-sample", type=int, default=200, help="tiles measured on the old per-tile path")
     ap.add_argument("--times", type=int, default=20, help="acquisitions listed per cube record")
-    ap.add_argument("--profile", action="store_true", help="print a profile of the new plan first")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="print a profile of the new plan first (this thread only: s3fs parses on its IO thread)",
+    )
     args = ap.parse_args()
 
     from pipelines import embeddings as es

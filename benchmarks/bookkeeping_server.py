@@ -124,8 +124,8 @@ def install_indexed_listing() -> None:
         keys = [k for k in out if not isinstance(k, str)]
         return keys, [f for f in out if isinstance(f, str)], truncated, last
 
-    S3Backend.list_objects_v2 = list_objects_v2  # type: ignore[method-assign]
-    S3Backend.list_objects = list_objects  # type: ignore[method-assign]
+    S3Backend.list_objects_v2 = list_objects_v2  # type: ignore[method-assign,assignment]
+    S3Backend.list_objects = list_objects  # type: ignore[method-assign,assignment]
 
 
 def install_direct_listing_xml() -> None:
