@@ -420,24 +420,36 @@ def embed_region(
 # Compositing
 
 
-def nanmedian_time(stack: np.ndarray) -> np.ndarray:
+def nanmedian_time(stack: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Median over axis 0 ignoring NaN (all-NaN -> NaN); the mean of the two middle values when
-    the count is even, as ``np.nanmedian`` (which is far slower here: it warns per all-NaN pixel)."""
+    the count is even, as ``np.nanmedian`` (which is far slower here: it warns per all-NaN pixel).
+    Written into ``out`` (float32, the shape of one slice) when given.
+
+    Two values: ``(fmin + fmax) / 2`` in float32 (``fmin``/``fmax`` ignore NaN, so one valid value is
+    its own median). The float32 sum of two float32 is their exact sum rounded once and halving is
+    exact, so this is bit for bit the float64 mean rounded to float32 (for sums below 3.4e38)."""
     stack = np.asarray(stack, dtype=np.float32)
     t = stack.shape[0]
     if t == 1:
-        return stack[0]
-    if t == 2:  # the median of two is their mean, of one valid value that value
-        a, b = stack[0], stack[1]
-        return np.where(np.isnan(a), b, np.where(np.isnan(b), a, (a.astype(np.float64) + b) * 0.5)).astype(
-            np.float32
-        )
+        if out is None:
+            return stack[0]
+        out[...] = stack[0]
+        return out
+    if t == 2:
+        lo = np.fmin(stack[0], stack[1])
+        res = np.fmax(stack[0], stack[1], out=out)
+        res += lo
+        res *= np.float32(0.5)
+        return res
     s = np.sort(stack, axis=0)  # NaN sorts last
     n = np.isfinite(stack).sum(axis=0)
-    lo = np.clip((n - 1) // 2, 0, t - 1)[None]
-    hi = np.clip(n // 2, 0, t - 1)[None]
-    a = np.take_along_axis(s, lo, axis=0)[0]
-    b = np.take_along_axis(s, hi, axis=0)[0]
+    lo_i = np.clip((n - 1) // 2, 0, t - 1)[None]
+    hi_i = np.clip(n // 2, 0, t - 1)[None]
+    a = np.take_along_axis(s, lo_i, axis=0)[0]
+    b = np.take_along_axis(s, hi_i, axis=0)[0]
     med = ((a.astype(np.float64) + b) * 0.5).astype(np.float32)
     med[n == 0] = np.nan
-    return med
+    if out is None:
+        return med
+    out[...] = med
+    return out
