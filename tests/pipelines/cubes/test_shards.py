@@ -203,7 +203,7 @@ def test_median_in_the_stored_domain_equals_the_float_median(
 
     rng = np.random.default_rng(t)
     info = np.iinfo(dtype)
-    raw = rng.integers(max(info.min + 1, -3000), 12000, size=(t, 3, 17, 29)).astype(dtype)
+    raw: np.ndarray = rng.integers(max(info.min + 1, -3000), 12000, size=(t, 3, 17, 29)).astype(dtype)
     raw[:, 0, 0, :5] = raw[0, 0, 0, :5]  # ties
     raw[:, :, :2, :3] = info.max  # extremes
     if fill is not None:
