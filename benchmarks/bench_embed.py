@@ -89,6 +89,8 @@ def make_block_cubes(work: Path, acquisitions: int, n_side: int = 2) -> tuple[Pa
         (ix0 + n_side) * TILE_M + MARGIN_M,
         (iy0 + n_side) * TILE_M + MARGIN_M,
     )
+    if not 1 <= acquisitions <= 30:
+        raise ValueError("acquisitions: 1..30 (one a day in June at most)")
     items = []
     for t in range(acquisitions):
         items.append(
@@ -97,7 +99,8 @@ def make_block_cubes(work: Path, acquisitions: int, n_side: int = 2) -> tuple[Pa
                 item_id=f"BENCH_S2_{t}",
                 epsg=EPSG,
                 bounds=bounds,
-                datetime=f"2023-06-{1 + 5 * t:02d}T10:30:00Z",
+                # every acquisition inside June (the read period): 5 days apart up to 6, else daily
+                datetime=f"2023-06-{1 + (5 if acquisitions <= 6 else 1) * t:02d}T10:30:00Z",
                 cloud_boxes=[(0.1 + 0.2 * t, 0.1, 0.3 + 0.2 * t, 0.4)],
                 seed=t,
             )

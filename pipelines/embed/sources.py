@@ -251,8 +251,12 @@ def composite_raw_into(
             rows = max(1, min(h, int(strip_b // max(1, len(tsel) * len(bands) * w * 4))))
             for a in range(0, h, rows):
                 b = min(h, a + rows)
-                block = rg.to_float(raw[:, :, a:b])  # [T, nb, rows, w] float32, NaN = missing
-                nanmedian_time(block, out=out[p : p + len(bands), dr + a : dr + b, dc : dc + w])
+                dst_block = out[p : p + len(bands), dr + a : dr + b, dc : dc + w]
+                med = rg.median(raw[:, :, a:b]) if len(tsel) > 2 else None  # sorted as integers
+                if med is not None:
+                    dst_block[...] = med
+                else:
+                    nanmedian_time(rg.to_float(raw[:, :, a:b]), out=dst_block)  # [T, nb, rows, w] float32
 
 
 # ------------------------------------------------------------------------------------------

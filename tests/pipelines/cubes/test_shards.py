@@ -180,3 +180,51 @@ def test_coordinates_read_directly_equal_xarray(store: str) -> None:
                 assert [str(v) for v in got] == [str(v) for v in want]
                 if want.dtype.kind == "f":
                     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scale", "offset", "fill"),
+    [
+        (np.int16, 1e-4, 0.0, -32768.0),
+        (np.int16, 1e-4, -0.1, -32768.0),
+        (np.int16, 2.75e-5, -0.2, 0.0),
+        (np.uint16, 2.75e-5, -0.2, 0.0),
+        (np.int16, 1e-4, 0.0, None),
+    ],
+)
+@pytest.mark.parametrize("t", [3, 4, 7, 20])
+def test_median_in_the_stored_domain_equals_the_float_median(
+    dtype: type, scale: float, offset: float, fill: float | None, t: int
+) -> None:
+    """Sorting stored integers and decoding only the two middle values gives the float median of the
+    decoded values bit for bit (odd and even counts, all missing, ties)."""
+    from pipelines.cubes.shards import decode_reflectance, median_stored
+    from pipelines.embed.chips import nanmedian_time
+
+    rng = np.random.default_rng(t)
+    info = np.iinfo(dtype)
+    raw: np.ndarray = rng.integers(max(info.min + 1, -3000), 12000, size=(t, 3, 17, 29)).astype(dtype)
+    raw[:, 0, 0, :5] = raw[0, 0, 0, :5]  # ties
+    raw[:, :, :2, :3] = info.max  # extremes
+    if fill is not None:
+        raw[rng.random(raw.shape) < 0.35] = fill
+        raw[:, 1, 3, :7] = fill  # all missing
+    got = median_stored(raw, scale, offset, fill)
+    want = nanmedian_time(decode_reflectance(raw, scale, offset, fill))
+    assert got is not None and got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+    assert median_stored(raw, -scale, offset, fill) is None  # decoding not monotonic: decode first
+    assert median_stored(np.zeros(raw.shape, np.float16), scale, offset, fill) is None
+
+
+def test_sorting_network_sorts_any_count() -> None:
+    from pipelines.cubes.shards import _sorting_network
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 34):
+        x = rng.integers(0, 4, size=(n, 4000))  # many ties
+        rows = list(x.copy())
+        for i, j in _sorting_network(n):
+            assert 0 <= i < j < n
+            rows[i], rows[j] = np.minimum(rows[i], rows[j]), np.maximum(rows[i], rows[j])
+        np.testing.assert_array_equal(np.stack(rows), np.sort(x, axis=0))

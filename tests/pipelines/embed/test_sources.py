@@ -99,3 +99,30 @@ def test_median_of_two_equals_the_float64_mean() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
         np.testing.assert_array_equal(got, np.nanmedian(stack, axis=0).astype(np.float32))
+
+
+@pytest.mark.parametrize("n_times", [3, 4])
+def test_shard_composite_of_many_acquisitions_equals_the_xarray_path(tmp_path: Path, n_times: int) -> None:
+    """With three or more acquisitions the shard path takes the median of the stored integers (only
+    the two middle values decoded); it equals the xarray path's float median bit for bit."""
+    from pipelines.cubes import CubeStore
+    from pipelines.embed.sources import composite_into, composite_raw_into
+    from pipelines.testing import write_synthetic_cubes
+
+    root = tmp_path / "store"
+    write_synthetic_cubes(root, seed=3, n_tiles=1, tile_m=960, n_times=n_times, cloud_cover=(0.2, 0.6))
+    cs = CubeStore.open(str(root))
+    tile = cs.complete_tiles()[0]
+    for coll, label in cs.groups(tile):
+        ds = cs.open_group(tile, coll, label, lazy=True)
+        rg = cs.open_raw(tile, coll, label)
+        nt, nb, h, w = rg.shape
+        assert nt == n_times
+        for src, strip_mb in (((0, h, 0, w), 64.0), ((2, h - 1, 3, w - 2), 0.01)):
+            shape = (nb, src[1] - src[0] + 1, src[3] - src[2] + 2)
+            got = np.full(shape, np.nan, dtype=np.float32)
+            want = np.full(shape, np.nan, dtype=np.float32)
+            composite_raw_into(got, rg, list(range(nb)), list(range(nt)), src, (1, 2), strip_mb)
+            composite_into(want, ds, list(range(nb)), list(range(nt)), src, (1, 2), strip_mb)
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            assert np.isfinite(got).any()
