@@ -257,10 +257,10 @@ class S3Bucket:
 
 class RequestCounter:
     """Counts the HTTP requests an s3fs filesystem sends (``with RequestCounter(fs) as c: ...``;
-    ``c.total``, ``c.by_method``), the bytes of request bodies sent (``c.bytes_sent``) and of object
-    bodies received (``c.bytes_received``: ``Content-Length`` of each GET answered, listings not
-    counted), and ``c.requests``: ``(method, bucket/key)`` of each. Counted in the client: every
-    request, retries included."""
+    ``c.total``, ``c.by_method``), the bytes sent (``c.bytes_sent``: each request's Content-Length)
+    and the bytes of objects received (``c.bytes_received``: Content-Length of each GET answered,
+    listings not counted), and ``c.requests``: ``(method, bucket/key)`` of each. Counted in the
+    client: every request, retries included."""
 
     def __init__(self, fs: Any) -> None:
         from fsspec.asyn import sync
@@ -280,8 +280,7 @@ class RequestCounter:
             from urllib.parse import unquote, urlsplit
 
             self.by_method[request.method] = self.by_method.get(request.method, 0) + 1
-            body = request.body
-            self.bytes_sent += len(body) if isinstance(body, bytes | bytearray) else 0
+            self.bytes_sent += int(request.headers.get("Content-Length") or 0)
             self.requests.append((request.method, unquote(urlsplit(request.url).path).lstrip("/")))
 
     def _got(self, parsed: Any = None, **_: Any) -> None:
