@@ -192,6 +192,10 @@ def test_rerun_writes_no_stac_and_duplicates_no_link(s3_bucket: Any) -> None:
         write_stac(root, VERSION.name, opts, tiles=set(), linked=ids | {t.tile_id for t in old})
     assert _stac_puts(counter) == []  # every link already there: no child, no collection rewritten
     assert _linked(root, opts) == before
+    with RequestCounter(fs) as counter:  # an item rewritten: its child and the collection unchanged
+        write_stac(root, VERSION.name, opts, tiles={new[0].tile_id})
+    assert _stac_puts(counter) == [f"items/{VERSION.name}/{new[0].tile_id}.json"]
+    assert _linked(root, opts) == before
 
 
 def test_flat_collection_is_migrated_to_children_by_the_next_write(s3_bucket: Any) -> None:
