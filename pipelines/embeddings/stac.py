@@ -1,4 +1,5 @@
-"""STAC items and a collection for an embeddings version, written from the completion records.
+"""STAC items and a collection for an embeddings version, written from the completion records; the
+collection links one child catalog per block of 32 x 32 tiles of a zone, each child its items.
 
 What an item and the collection *say* (:func:`tile_item`, :func:`collection_dict`: pure functions of
 the version and the completion records) is kept apart from *when and where* they are written
