@@ -8,9 +8,10 @@ Prints human-readable lines, then ONE JSON object on the last line::
 
 Setup (no pixels): a cube store and an embeddings version holding completion records only, in the
 production layout (``pipelines.testing.bookkeeping``: one cube record per tile with every group of a
-Sentinel-2 + Landsat spec and ``--times`` acquisitions; one embeddings record per tile at t0, all but 3
-tiles; a STAC collection linking their items), for ``--tiles`` tiles of 7680 m spread over UTM zones
-29N-38N. The S3 server is moto in a process of its own (``bookkeeping_server.py``), which writes the
+Sentinel-2 + Landsat spec and ``--times`` acquisitions; one embeddings record per tile at t0, all but 6
+tiles; a STAC collection of the older flat layout linking their items), for ``--tiles`` tiles of
+7680 m spread over UTM zones 29N-38N. The S3 server is moto in a process of its own
+(``bookkeeping_server.py``), which writes the
 records straight into its backend (uploading 360k objects through HTTP would take hours here; the
 fill is not timed) and is given an O(page) indexed listing and a direct XML rendering of
 ``ListObjectsV2`` (moto's own cost O(n) per page and ~150 us of CPU per key listed, which S3 does not
@@ -31,7 +32,11 @@ server process (from ``/proc``):
    listings are measured whole; the per-tile reads on a sample of ``--old-sample`` tiles and
    extrapolated to all tiles (labelled ``*_extrapolated``).
 3. **refresh, new**: a run over 3 tiles that were not embedded yet: planning for them, the workers'
-   record checks and record writes, STAC items of the 3 tiles and the collection updated in place.
+   record checks and record writes, STAC items of the 3 tiles, the child catalogs of their blocks and
+   the collection updated in place; bytes of the objects read and written besides requests. The
+   store starts with a collection of the older flat layout (linking every item): what each refresh
+   paid for it before (read whole + rewritten whole) is measured first, then a refresh that migrates
+   it to child catalogs (once, O(store)), then the measured refresh over 3 other new tiles.
 4. **refresh, old**: the replaced path for the same run: the whole-store listings of planning, then
    ``write_stac`` re-reading every record of the version (HEAD + GET each) and rewriting every item
    (HEAD + PUT each) and the collection -- listings measured whole, per-tile work on a sample and
@@ -52,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 REFRESH = 3
+MISSING = 2 * REFRESH  # tiles not embedded yet: the migrating refresh's 3, then the measured refresh's 3
 
 
 def log(msg: str) -> None:
@@ -76,7 +82,7 @@ class Server:
                 str(self.backend_port),
                 str(tiles),
                 str(times),
-                str(REFRESH),
+                str(MISSING),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -151,7 +157,7 @@ def build(server: Server, n: int) -> dict[str, Any]:
     CubeStore("s3://cubes/c", opts).ensure_root(spec)
     create_version("s3://emb/e", version, opts)
     server.fill()
-    old, new = tiles[:-REFRESH], tiles[-REFRESH:]
+    old, new, new2 = tiles[:-MISSING], tiles[-MISSING:-REFRESH], tiles[-REFRESH:]
     with tempfile.TemporaryDirectory() as tmp:
         create_version(tmp, version)
         storage.write_json_atomic(
@@ -159,7 +165,7 @@ def build(server: Server, n: int) -> dict[str, Any]:
             embedding_record(version, old[0], 0),
         )
         coll = storage.read_json(write_stac(tmp, version.name))
-    coll["links"] = [coll["links"][0]] + [
+    coll["links"] = [x for x in coll["links"] if x["rel"] != "child"] + [  # the flat layout of old
         {"rel": "item", "href": f"./items/{version.name}/{t.tile_id}.json", "type": "application/geo+json"}
         for t in old
     ]
@@ -169,7 +175,7 @@ def build(server: Server, n: int) -> dict[str, Any]:
         f"stores: {server.objects} records written into the server in {server.fill_s:.0f} s; root, version "
         f"and collection ({len(old)} item links) through HTTP; {time.perf_counter() - t0:.0f} s in all"
     )
-    return {"tiles": tiles, "old": old, "new": new, "version": version, "spec": spec}
+    return {"tiles": tiles, "old": old, "new": new, "new2": new2, "version": version, "spec": spec}
 
 
 # ------------------------------------------------------------------------------------------
@@ -190,6 +196,12 @@ class Cost:
     """Object-storage requests sent by the client (retries included)."""
     by_method: dict[str, int]
     """The same requests by HTTP method."""
+    bytes_read: int
+    """Bytes of the objects read (GET bodies; listings not counted)."""
+    bytes_written: int
+    """Bytes of the request bodies sent (PUT bodies)."""
+    stac_puts: list[str]
+    """Keys under ``stac/`` written, in order."""
 
 
 class Measure:
@@ -204,7 +216,17 @@ class Measure:
             s0, c0, t0 = self.server.cpu_s(), time.process_time(), time.perf_counter()
             out = fn()
             t1, c1, s1 = time.perf_counter(), time.process_time(), self.server.cpu_s()
-        return out, Cost(t1 - t0, c1 - c0, s1 - s0, self.c.total, dict(self.c.by_method))
+        puts = [k.split("/stac/", 1)[1] for m, k in self.c.requests if m == "PUT" and "/stac/" in k]
+        return out, Cost(
+            t1 - t0,
+            c1 - c0,
+            s1 - s0,
+            self.c.total,
+            dict(self.c.by_method),
+            self.c.bytes_received,
+            self.c.bytes_sent,
+            puts,
+        )
 
 
 def main() -> None:
@@ -235,7 +257,6 @@ def main() -> None:
         opts = server.options
         cubes, out, v = "s3://cubes/c", "s3://emb/e", d["version"].name
         ids = [t.tile_id for t in d["tiles"]]
-        new_ids = [t.tile_id for t in d["new"]]
         fs, _ = storage.filesystem(out, opts)
         measure = Measure(fs, server)
 
@@ -253,7 +274,7 @@ def main() -> None:
             prof.runcall(plan_new)
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         (n_rec, n_done), plan = measure(plan_new)
-        assert n_rec == len(ids) and n_done == len(ids) - REFRESH, (n_rec, n_done)
+        assert n_rec == len(ids) and n_done == len(ids) - MISSING, (n_rec, n_done)
         log(
             f"plan, new: {plan.wall_s:.1f} s wall, {plan.cpu_s:.1f} CPU-s planning process, "
             f"{plan.server_cpu_s:.1f} CPU-s server, {plan.requests} requests for {len(ids)} tiles"
@@ -263,7 +284,7 @@ def main() -> None:
         store = CubeStore(cubes, opts)
         listed, lst = measure(lambda: store.recorded_tiles())
         emb_listed, elst = measure(lambda: fs.ls(f"emb/e/_tiles/{v}/t0", detail=False, refresh=True))
-        assert len(listed) == len(ids) and len(emb_listed) == len(ids) - REFRESH
+        assert len(listed) == len(ids) and len(emb_listed) == len(ids) - MISSING
         sample = [t.tile_id for t in d["old"]][:: max(1, len(ids) // args.old_sample)][: args.old_sample]
         _, smp = measure(lambda: [store.record(t) for t in sample])
         per_tile_s, per_tile_req = smp.wall_s / len(sample), smp.requests / len(sample)
@@ -275,26 +296,55 @@ def main() -> None:
             f"(sample of {len(sample)}) = {plan_old_s:.0f} s extrapolated"
         )
 
-        # 3. refresh, new: 3 tiles not embedded yet
-        def refresh_new() -> str:
-            _cube_records(CubeSource(cubes, opts), new_ids)
-            es.list_complete_tiles(out, v, storage_options=opts, tile_ids=new_ids)
-            for t in d["new"]:  # the workers: record check, then (after the pixels) the record
+        # 3. refresh, new: 3 tiles not embedded yet, twice: first against the flat collection the store
+        # holds (the older layout: the collection linking every item; this run migrates it to child
+        # catalogs), then against the migrated store. Before: what the older code paid per refresh for
+        # the flat collection alone (read whole, rewritten whole).
+        coll_url = f"{out}/stac/collection.json"
+
+        def flat_collection_rw() -> None:
+            storage.write_json_atomic(coll_url, storage.read_json(coll_url, opts), opts)
+
+        _, flat = measure(flat_collection_rw)
+        log(
+            f"flat collection ({len(d['old'])} item links), read + rewritten as each refresh did before: "
+            f"{flat.wall_s:.1f} s, {flat.bytes_read / 1e6:.1f} MB read, {flat.bytes_written / 1e6:.1f} MB written"
+        )
+
+        def refresh_new(tiles: list[Any]) -> str:
+            tids = [t.tile_id for t in tiles]
+            _cube_records(CubeSource(cubes, opts), tids)
+            es.list_complete_tiles(out, v, storage_options=opts, tile_ids=tids)
+            for t in tiles:  # the workers: record check, then (after the pixels) the record
                 assert not es.tile_is_complete(out, v, t.tile_id, 0, opts)
             storage.write_json_many(
-                {es.record_url(out, v, t.tile_id, 0): embedding_record(d["version"], t, 0) for t in d["new"]},
+                {es.record_url(out, v, t.tile_id, 0): embedding_record(d["version"], t, 0) for t in tiles},
                 opts,
             )
-            stale, fresh = es.stale_items(out, v, new_ids, opts)
-            return es.write_stac(out, v, opts, tiles=set(new_ids) | stale, linked=fresh)
+            stale, fresh = es.stale_items(out, v, tids, opts)
+            return es.write_stac(out, v, opts, tiles=set(tids) | stale, linked=fresh)
 
-        _, ref = measure(refresh_new)
-        coll = storage.read_json(f"{out}/stac/collection.json", opts)
-        n_links = sum(1 for x in coll["links"] if x["rel"] == "item")
+        _, mig = measure(lambda: refresh_new(d["new"]))
+        log(
+            f"refresh of {REFRESH} tiles migrating the flat collection to child catalogs (once): "
+            f"{mig.wall_s:.1f} s, {mig.requests} requests, {mig.bytes_read / 1e6:.1f} MB read, "
+            f"{mig.bytes_written / 1e6:.1f} MB written"
+        )
+        _, ref = measure(lambda: refresh_new(d["new2"]))
+        coll = storage.read_json(coll_url, opts)
+        child_urls = [f"{out}/stac/{x['href'][2:]}" for x in coll["links"] if x["rel"] == "child"]
+        children = storage.read_many(child_urls, opts)
+        sizes = {u: len(b or b"") for u, b in children.items()}
+        n_links = sum(
+            1 for b in children.values() for x in json.loads(b or b"{}")["links"] if x["rel"] == "item"
+        )
         assert n_links == len(ids), n_links
+        assert not any(x["rel"] == "item" for x in coll["links"])
         log(
             f"refresh of {REFRESH} tiles, new: {ref.wall_s:.1f} s wall, {ref.cpu_s:.1f} CPU-s, "
-            f"{ref.requests} requests"
+            f"{ref.requests} requests, {ref.bytes_read / 1e3:.0f} kB read, {ref.bytes_written / 1e3:.0f} kB "
+            f"written (objects); {len(child_urls)} children of <= {max(sizes.values()) / 1e3:.0f} kB, "
+            f"collection {len(storage.json_dumps(coll)) / 1e3:.0f} kB"
         )
 
         # 4. refresh, old: whole listings + per-tile record read and item write, sampled
@@ -338,6 +388,20 @@ def main() -> None:
             "refresh_new_requests_per_tile": round(ref.requests / REFRESH, 1),
             "refresh_new_requests_by_method": ref.by_method,
             "refresh_new_server_cpu_s": round(ref.server_cpu_s, 2),
+            "refresh_new_bytes_read": ref.bytes_read,
+            "refresh_new_bytes_written": ref.bytes_written,
+            "refresh_new_stac_puts": ref.stac_puts,
+            "flat_collection_bytes": flat.bytes_written,
+            "flat_collection_rw_s": round(flat.wall_s, 2),
+            "flat_collection_rw_vs_refresh_new_bytes": round(
+                (flat.bytes_read + flat.bytes_written) / (ref.bytes_read + ref.bytes_written), 1
+            ),
+            "migrating_refresh_s": round(mig.wall_s, 2),
+            "migrating_refresh_requests": mig.requests,
+            "migrating_refresh_bytes_written": mig.bytes_written,
+            "children": len(child_urls),
+            "child_max_bytes": max(sizes.values()),
+            "collection_bytes": len(storage.json_dumps(coll)),
             "refresh_old_requests_extrapolated": round(refresh_old_req),
             "refresh_old_s_extrapolated": round(refresh_old_s, 1),
             "refresh_old_vs_new_requests": round(refresh_old_req / ref.requests, 1),

@@ -319,7 +319,7 @@ def test_stac_output_parses_with_pystac(reference: tuple[Path, Any]) -> None:
     assert (Path(out) / summary.version / "32631" / "tiles" / "vectors" / "zarr.json").exists()
     coll = pystac.Collection.from_file(summary.stac_collection)
     assert coll.id == summary.version and es.EMB_EXTENSION in coll.stac_extensions
-    items = list(coll.get_items())
+    items = list(coll.get_items(recursive=True))
     assert sorted(i.id for i in items) == sorted(TILES)
     for item in items:
         assert es.EMB_EXTENSION in item.stac_extensions
@@ -563,7 +563,7 @@ def test_e2e_catalog_on_local_cluster_with_gpu_annotation(
         assert prov["source"].startswith("catalog:") and prov["collections"] == ["sentinel-2-l2a"]
         assert all(i.startswith("SYN_S2_") for i in prov["input_items"])
     coll = pystac.Collection.from_file(str(out / "stac" / "collection.json"))
-    assert [i.id for i in coll.get_items()] == [TILES[1]]
+    assert [i.id for i in coll.get_items(recursive=True)] == [TILES[1]]
 
 
 @pytest.mark.slow
