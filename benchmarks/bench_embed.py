@@ -597,7 +597,7 @@ def main() -> None:
     try:
         layout = bench_layout(args.blend_tokens)
     except ValueError as e:  # EmbedConfigError: a blend width the layout refuses
-        ap.error(str(e))
+        ap.exit(2, f"bench_embed.py: --blend-tokens {args.blend_tokens}: {e}\n")
     flops = args.flops if args.flops is not None else not args.only_read
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
