@@ -8,7 +8,8 @@ Tiles are the unit of work, retry and resume for cube assembly, so their ids mus
 * its id is ``f"{epsg}_{ix}_{iy}"``, e.g. ``32631_87_651``; :meth:`TileGrid.tile` parses it back;
 * the default size (:data:`DEFAULT_TILE_SIZE_M`, 7680 m) is divisible by every native GSD of
   Sentinel-2 (10/20/60 m) and Landsat/HLS (30 m), so each GSD group of a tile is a whole number of pixels (768/384/128/256)
-  on a pixel grid aligned to the tile origin.
+  on a pixel grid aligned to the tile origin (cube groups may move it by less than a pixel onto the
+  sensor's native grid: :meth:`Tile.geobox`, ``shift_m``).
 
 Which zone owns which ground: a tile of zone Z's grid belongs to the grid when it intersects
 zone Z's longitude strip (6 degrees wide) in its hemisphere (north: latitude >= 0, south:
@@ -136,22 +137,29 @@ class Tile:
         _, ix, iy = _parse_tile_id(self.tile_id)
         return ix, iy
 
-    def geobox(self, resolution_m: float):  # -> odc.geo.geobox.GeoBox
+    def geobox(
+        self, resolution_m: float, shift_m: tuple[float, float] = (0.0, 0.0)
+    ):  # -> odc.geo.geobox.GeoBox
         """North-up pixel grid over the tile: ``ceil(size / resolution)`` pixels a side.
 
-        The pixel lattice passes through the tile origin (lower-left corner), so for resolutions
-        that divide the tile size the grid covers the tile exactly; otherwise it overhangs the
-        top/right edges by less than one pixel.
+        By default the pixel lattice passes through the tile origin (lower-left corner), so for
+        resolutions that divide the tile size the grid covers the tile exactly; otherwise it
+        overhangs the top/right edges by less than one pixel. ``shift_m`` ``(dx, dy)`` moves the
+        whole lattice by less than a pixel (same shape), onto a sensor's native pixel grid
+        (:func:`pipelines.cubes.lattice.native_lattice`: Landsat's edges at 15 m mod 30 m).
         """
         from affine import Affine
         from odc.geo.geobox import GeoBox
 
         if not resolution_m > 0:
             raise TileError(f"resolution must be > 0, got {resolution_m}")
+        dx, dy = (float(v) for v in shift_m)
+        if not (abs(dx) < resolution_m and abs(dy) < resolution_m):
+            raise TileError(f"lattice shift {shift_m} must be less than one {resolution_m:g} m pixel")
         left, bottom, right, top = self.bounds
         nx = max(1, math.ceil((right - left) / resolution_m - 1e-9))
         ny = max(1, math.ceil((top - bottom) / resolution_m - 1e-9))
-        transform = Affine(resolution_m, 0.0, left, 0.0, -resolution_m, bottom + ny * resolution_m)
+        transform = Affine(resolution_m, 0.0, left + dx, 0.0, -resolution_m, bottom + dy + ny * resolution_m)
         return GeoBox((ny, nx), transform, self.crs)
 
     def polygon_lonlat(self) -> BaseGeometry:
@@ -180,10 +188,23 @@ class Tile:
         return self.tile_id
 
 
-def column_prefixes(tile_ids: Iterable[str]) -> list[str]:
+def column_prefixes(tile_ids: Iterable[str], limit: int | None = None) -> list[str]:
     """The distinct ``"<epsg>_<ix>_"`` prefixes of tile ids: a store listing per prefix finds the
-    records named after those tiles without listing every tile of the store."""
-    return sorted({_column_prefix(t) for t in tile_ids})
+    records named after those tiles without listing every tile of the store.
+
+    ``limit``: when the tiles span more columns than that, their ``"<epsg>_"`` zone prefixes
+    instead (a continent: ~560 columns, ~10 zones), so that the listings, each paged, still run
+    concurrently rather than as one paged listing of the whole folder."""
+    ids = list(tile_ids)
+    columns = sorted({_column_prefix(t) for t in ids})
+    if limit is None or len(columns) <= limit:
+        return columns
+    return sorted({_zone_prefix(t) for t in ids})
+
+
+def _zone_prefix(tile_id: str) -> str:
+    parts = str(tile_id).split("_")
+    return f"{parts[0]}_" if len(parts) == 3 else str(tile_id)
 
 
 def _column_prefix(tile_id: str) -> str:

@@ -131,6 +131,16 @@ def coarsen(a: np.ndarray, f: int) -> np.ndarray:
     return _coarsen(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None], f)[0].numpy()
 
 
+@dataclass(frozen=True)
+class Block:
+    """The decoded pixels of one (source, time, group) block over its chip grid."""
+
+    pixels: np.ndarray
+    """[len(bands), rows * n, cols * n] stored values of the decoded bands."""
+    bands: tuple[int, ...]
+    """The group's band indices decoded (those some sample of the window keeps), ascending."""
+
+
 @dataclass
 class TrainBatch:
     """One micro-batch: native view, optional coarse view (stored pixels), bookkeeping."""
@@ -246,7 +256,7 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         win = self.plan.streams[stream][w]
         js = list(range(len(win.batches))) if positions is None else list(positions)
         specs = [win.batches[j] for j in js]
-        data: dict[tuple[int, int, int], np.ndarray] = {}
+        data: dict[tuple[int, int, int], Block] = {}
         failed: set[tuple[int, int]] = set()
         for rd in reads(self.index, specs):
             if (rd.source, rd.t) in failed:
@@ -258,16 +268,7 @@ class ChipBatchDataset(Dataset[TrainBatch]):
                 log.warning("%s/%s t=%d unreadable: %s", src.tile_id, src.collection, rd.t, e)
                 failed.add((rd.source, rd.t))
                 continue
-            rg = self.reader.raw(rd.source, rd.group)
-            if len(rd.bands) == rg.shape[1]:
-                full = arr
-            else:  # [C, H, W]: undecoded bands hold the fill value
-                full = np.empty((rg.shape[1], *arr.shape[1:]), rg.dtype)
-                full[list(rd.bands)] = arr
-                full[[b for b in range(rg.shape[1]) if b not in rd.bands]] = (
-                    np.nan if rg.fill is None else rg.fill
-                )
-            data[(rd.source, rd.t, rd.group)] = full
+            data[(rd.source, rd.t, rd.group)] = Block(arr, tuple(rd.bands))
         return [
             self._assemble((win.first + j) * len(self.plan.streams) + stream, spec, data, failed)
             for j, spec in zip(js, specs)
@@ -279,13 +280,17 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         chips: list[tuple[int, int, int, int]],
         keep: Sequence[int],
         masks: list[tuple[tuple[bool, ...], ...]],
-        data: dict[tuple[int, int, int], np.ndarray],
+        data: dict[tuple[int, int, int], Block],
         factor: int,
     ) -> RawView:
         """One view of a micro-batch; ``chips``: (source, t, row, col) per sample, all of one layout;
-        ``data``: (source, t, group) -> [C, H, W] stored values of the block (undecoded bands = fill)."""
+        ``data``: (source, t, group) -> the block's decoded bands. The chips of one block are cut in
+        one indexing operation; a band no sample keeps is never decoded and holds the fill value."""
         src = self.index.sources[source]
         view = RawView([], [], [], [], [], [], [], [], [], [], factor)
+        by_block: dict[tuple[int, int], list[int]] = {}
+        for j, (s, t, _, _) in enumerate(chips):
+            by_block.setdefault((s, t), []).append(j)
         for k, gi in enumerate(keep):
             g = src.groups[gi]
             key = ("meta", source, gi)
@@ -295,24 +300,27 @@ class ChipBatchDataset(Dataset[TrainBatch]):
                 self._meta[key] = (round(self.index.chip.chip_m / g.gsd_m), mean, std, wl, fw)
             n, mean, std, wl, fw = self._meta[key]
             bv = np.array([m[k] for m in masks], dtype=bool)  # [B, C]
-            params = {self._encoding(s, gi) for (s, _, _, _) in chips}
-            if len(params) == 1:
+            params = {self._encoding(s, gi) for s in {s for s, _ in by_block}}
+            mixed = len(params) > 1  # stores of different encodings in one batch: decode on the CPU
+            if mixed:
+                dtype, scale, offset, fill = np.dtype(np.float32), 1.0, 0.0, None
+            else:
                 dtype, scale, offset, fill = params.pop()
-                px = np.empty((len(chips), len(g.bands), n, n), dtype=dtype)  # [B, C, H, W]
-                for j, (s, t, r, c) in enumerate(chips):
-                    px[j] = data[(s, t, gi)][:, r * n : (r + 1) * n, c * n : (c + 1) * n]
-                px[~bv] = np.nan if fill is None else fill  # dropped bands carry no data
-            else:  # stores of different encodings in one batch: decode on the CPU
-                px = np.stack(
-                    [
-                        self.reader.raw(s, gi).to_float(
-                            data[(s, t, gi)][:, r * n : (r + 1) * n, c * n : (c + 1) * n]
-                        )
-                        for (s, t, r, c) in chips
-                    ]
-                )
-                px[~bv] = np.nan
-                scale, offset, fill = 1.0, 0.0, None
+            px = np.empty((len(chips), len(g.bands), n, n), dtype=dtype)  # [B, C, H, W]
+            for (s, t), js in by_block.items():
+                blk = data[(s, t, gi)]
+                nb, hh, ww = blk.pixels.shape
+                grid = blk.pixels.reshape(nb, hh // n, n, ww // n, n).transpose(1, 3, 0, 2, 4)  # view
+                rows = np.array([chips[j][2] for j in js])
+                cols = np.array([chips[j][3] for j in js])
+                cut = grid[rows, cols]  # [k, C', n, n]
+                if mixed:
+                    cut = self.reader.raw(s, gi).to_float(cut)
+                if len(blk.bands) == len(g.bands):
+                    px[js] = cut
+                else:
+                    px[np.ix_(js, blk.bands)] = cut
+            px[~bv] = np.nan if fill is None else fill  # dropped (and undecoded) bands carry no data
             view.pixels.append(px)
             view.band_valid.append(bv)
             view.scale.append(scale)
@@ -333,7 +341,7 @@ class ChipBatchDataset(Dataset[TrainBatch]):
         self,
         i: int,
         spec: BatchSpec,
-        data: dict[tuple[int, int, int], np.ndarray],
+        data: dict[tuple[int, int, int], Block],
         failed: set[tuple[int, int]],
     ) -> TrainBatch:
         natives: list[tuple[int, int, int, int]] = []

@@ -129,20 +129,28 @@ class EpochPlan:
 
 def reads(index: ChipIndex, batches: Sequence[BatchSpec]) -> list[Read]:
     """The (block, group, bands) the batches use: exactly what the loader decodes for them."""
-    need: dict[tuple[int, int, int], set[Mask]] = {}
+    need: dict[tuple[int, int, int], Mask] = {}  # the union of the masks that use each (block, group)
+
+    def use(key: tuple[int, int, int], m: Mask) -> None:
+        cur = need.get(key)
+        if cur is None:
+            need[key] = m
+        elif cur != m:  # masks are drawn per block, so they mostly repeat
+            need[key] = tuple(a or b for a, b in zip(cur, m))
+
     for b in batches:
         for k, cid in enumerate(b.chips):
             c = index.chips[cid]
             for gi, m in zip(b.keep_native, b.native_masks[k]):
-                need.setdefault((c.source, c.t, gi), set()).add(m)
+                use((c.source, c.t, gi), m)
             if b.keep_coarse is None:
                 continue
             src, t = (c.source, c.t) if b.coarse_factor > 1 or c.partner is None else c.partner
             for gi, m in zip(b.keep_coarse, b.coarse_masks[k]):
-                need.setdefault((src, t, gi), set()).add(m)
+                use((src, t, gi), m)
     out = []
-    for (s, t, g), masks in sorted(need.items()):
-        bands = tuple(i for i, used in enumerate(np.any(np.array(sorted(masks)), axis=0)) if used)
+    for (s, t, g), union in sorted(need.items()):
+        bands = tuple(i for i, used in enumerate(union) if used)
         if bands:
             out.append(Read(s, t, g, bands))
     return out

@@ -105,6 +105,13 @@ def embed(
         "--margin-tokens",
         help="Context tokens each side of a chip, dropped after the encoder (default 3).",
     ),
+    blend_tokens: int | None = typer.Option(
+        None,
+        "--blend-tokens",
+        help="Seam blending: each chip also writes this many tokens beyond its core and a token is the "
+        "sin^2-weighted mean of the chips that wrote it (0 = cores only, seams visible; default "
+        "min(3, margin, core / 2)). See docs/embedding.md, 'Seam blending'.",
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
     tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Dask task."),
     dask_address: str | None = dask_address_option(),
@@ -199,6 +206,13 @@ def embed_raster_cmd(
     ),
     core_tokens: int = typer.Option(24, "--core-tokens", help="Tokens a side kept per chip."),
     margin_tokens: int = typer.Option(3, "--margin-tokens", help="Context tokens each side of a chip."),
+    blend_tokens: int | None = typer.Option(
+        None,
+        "--blend-tokens",
+        help="Seam blending: tokens each chip writes beyond its core, blended (sin^2 weights) with the "
+        "neighbouring chip (0 = cores only; default min(3, margin, core / 2)). See docs/embedding.md, "
+        "'Seam blending'.",
+    ),
     batch_size: int = typer.Option(8, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("fp32", "--precision"),
@@ -239,6 +253,7 @@ def embed_raster_cmd(
         token_m=token_m,
         core_tokens=core_tokens,
         margin_tokens=margin_tokens,
+        blend_tokens=blend_tokens,
         batch_size=batch_size,
         device=device,
         precision=precision,

@@ -6,6 +6,7 @@
 * ``groups``: one group's validated metadata (:class:`GroupMeta`) and window reads;
 * ``reading``: item selection, GDAL environment and read-error classes;
 * ``assembly``: one tile's items -> per-(collection, GSD) datasets;
+* ``lattice``: where each group's pixel lattice lies (the items' native pixel grid, by evidence);
 * ``plan``: :class:`CubeRequest` -> collections, items and tiles (:func:`plan_cubes`), the one
   planner of the ``aom cubes`` verb, the ``ingest`` flow and the demo;
 * ``run``: :func:`write_cubes` over many tiles (threads or Dask);
@@ -15,6 +16,7 @@
 from pipelines.cubes.assembly import assemble_tile
 from pipelines.cubes.groups import GroupMeta
 from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_and_save
+from pipelines.cubes.lattice import GroupLattice, lattice_shift, native_lattice
 from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes, read_items
 from pipelines.cubes.reading import classify_error, item_datetime
 from pipelines.cubes.run import RunSummary, TileOutcome, process_tile, write_cubes
@@ -28,6 +30,7 @@ __all__ = [
     "CubeSpec",
     "CubeStore",
     "CubeStoreError",
+    "GroupLattice",
     "GroupMeta",
     "RunSummary",
     "SavedSearch",
@@ -41,6 +44,8 @@ __all__ = [
     "group_path",
     "gsd_label",
     "item_datetime",
+    "lattice_shift",
+    "native_lattice",
     "plan_cubes",
     "plan_saved",
     "process_tile",

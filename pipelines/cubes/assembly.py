@@ -2,8 +2,9 @@
 
 For every requested collection and every native GSD group of its sensor (Sentinel-2: 10/20/60 m;
 Landsat, HLS: 30 m; MODIS: 463.3 m) there is one ``odc.stac.load`` onto the tile's GeoBox at that
-GSD (:meth:`pipelines.tiling.Tile.geobox`), grouped by solar day, lazily (dask, one chunk per
-output shard). Then, block by block:
+GSD (:meth:`pipelines.tiling.Tile.geobox`), its lattice moved by less than a pixel onto the items'
+native pixel grid (:func:`pipelines.cubes.lattice.native_lattice`, so native pixels are pasted, not
+shifted), grouped by solar day, lazily (dask, one chunk per output shard). Then, block by block:
 
 * the item's :class:`~pipelines.registry.ReflectanceConversion` is applied once (decided per item
   by :meth:`~pipelines.registry.CollectionSpec.conversion`: the collection's scale/offset and the
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipelines.cubes.lattice import native_lattice
 from pipelines.cubes.reading import (
     MASK_DTYPE,
     CubeAccess,
@@ -413,10 +415,11 @@ def _load_group(
     from odc.geo.xr import xr_coords
 
     spec, tile = cube.spec, cube.tile
-    gbox = tile.geobox(gsd)
+    band_assets = [cs.assets[b] for b in bands]
+    lattice = native_lattice(tile, gsd, [p.item for p in items], band_assets)  # the items' own pixel grid
+    gbox = tile.geobox(gsd, lattice.shift_m)
     ((mid_lon, _),) = gbox.extent.centroid.to_crs("epsg:4326").points
     (cy, cx), (sy, sx) = _chunking(gbox.shape, spec)
-    band_assets = [cs.assets[b] for b in bands]
     if cs.mask.per_band_assets:
         qa_assets = [cs.mask.per_band_assets.get(b) or cs.mask.asset or "" for b in bands]
     else:
@@ -531,6 +534,7 @@ def _load_group(
                 ),
                 "mask_rule": cs.mask_description(),
                 "resampling": spec.resampling,
+                **lattice.attrs(),
                 "time_meaning": "earliest acquisition of the solar day (items fused first-valid in time order)",
                 "layout_version": LAYOUT_VERSION,
                 "Conventions": "CF-1.8",

@@ -114,6 +114,10 @@ class RawGroup:
         if refl is None:
             raise CubeDataError(f"{path}: no reflectance array in the group metadata")
         attrs = refl.get("attributes", {})
+        self.arrays: dict[str, Any] = arrays
+        """The group's consolidated array metadata (name -> zarr.json of the array)."""
+        self.attrs: dict[str, Any] = dict(meta.get("attributes") or {})
+        """The group's attributes (sensor, gsd_m, ...), as xarray's ``Dataset.attrs``."""
         self.fs, self.path = fs, path.rstrip("/")
         self.layout = shard_layout(refl)
         self.shape: tuple[int, ...] = tuple(int(n) for n in refl["shape"])
@@ -141,8 +145,11 @@ class RawGroup:
             self._held = None
 
     # -- reading --------------------------------------------------------------------------------
-    def read(self, t: int, bands: Sequence[int], y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        """[len(bands), h, w] stored values of acquisition ``t`` (fill value / NaN = missing)."""
+    def read(
+        self, t: int, bands: Sequence[int], y0: int, x0: int, h: int, w: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """[len(bands), h, w] stored values of acquisition ``t`` (fill value / NaN = missing); into
+        ``out`` (that shape, the stored dtype) when given."""
         _, nb, ny, nx = self.shape
         if not (0 <= t < self.shape[0]) or y0 < 0 or x0 < 0 or y0 + h > ny or x0 + w > nx:
             raise CubeDataError(f"{self.path}: window t={t} {h}x{w} at ({y0}, {x0}) is outside {self.shape}")
@@ -155,16 +162,26 @@ class RawGroup:
             if self._zarr_array is None:
                 raise CubeDataError(f"{self.path}: not the sharded layout and no zarr fallback")
             arr = self._zarr_array()
-            out = np.asarray(arr.oindex[t, bands, y0 : y0 + h, x0 : x0 + w])
+            got = np.asarray(arr.oindex[t, bands, y0 : y0 + h, x0 : x0 + w])
             self.counts.chunks_decoded += len(bands)  # not exact for the fallback
+            if out is None:
+                return got
+            out[...] = got
             return out
-        return self._read_sharded(t, bands, y0, x0, h, w)
+        if out is None:
+            out = np.empty((len(bands), h, w), dtype=self.dtype)
+        elif out.shape != (len(bands), h, w) or out.dtype != self.dtype:
+            raise ValueError(f"out is {out.shape} {out.dtype}, expected {(len(bands), h, w)} {self.dtype}")
+        return self._read_sharded(t, bands, y0, x0, h, w, out)
 
-    def _read_sharded(self, t: int, bands: list[int], y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    def _read_sharded(
+        self, t: int, bands: list[int], y0: int, x0: int, h: int, w: int, out: np.ndarray
+    ) -> np.ndarray:
+        """Every pixel of ``out`` is written once: from its chunk, or the fill value where the chunk or
+        its whole shard is absent (zarr writes neither when they hold only the fill value)."""
         lay = self.layout
         assert lay is not None
         fill = self.stored_fill if self.dtype.kind != "f" else np.nan
-        out = np.full((len(bands), h, w), fill, dtype=self.dtype)
         if not bands or h == 0 or w == 0:
             return out
         _, sb, sy, sx = lay.shard
@@ -179,7 +196,10 @@ class RawGroup:
                 for xs in range(x0 // sx, (x0 + w - 1) // sx + 1):
                     key = lay.separator.join(["c", str(t), str(bs), str(ys), str(xs)])
                     data = self._get(f"{self.path}/reflectance/{key}")
-                    if data is None:
+                    if data is None:  # the shard's part of the window is fill
+                        ya, yb = max(ys * sy, y0), min((ys + 1) * sy, y0 + h)
+                        xa, xb = max(xs * sx, x0), min((xs + 1) * sx, x0 + w)
+                        out[ks, ya - y0 : yb - y0, xa - x0 : xb - x0] = fill
                         continue
                     index = self._index(data, n_chunks)
                     for k in ks:
@@ -194,14 +214,15 @@ class RawGroup:
                                     continue
                                 j = (b_in * per[2] + iy) * per[3] + ix
                                 off, n = int(index[j, 0]), int(index[j, 1])
+                                ya, yb = max(gy, y0), min(gy + cy, y0 + h)
+                                xa, xb = max(gx, x0), min(gx + cx, x0 + w)
                                 if off == _EMPTY and n == _EMPTY:
+                                    out[k, ya - y0 : yb - y0, xa - x0 : xb - x0] = fill
                                     continue
                                 if off + n > len(data) - (n_chunks * 16 + 4) * lay.index_at_end:
                                     raise CubeDataError(f"{self.path}/reflectance/{key}: corrupt shard index")
                                 self.counts.chunks.append((f"{self.path}/reflectance/{key}", off, n))
                                 chunk = self._decode(data[off : off + n], cy, cx)
-                                ya, yb = max(gy, y0), min(gy + cy, y0 + h)
-                                xa, xb = max(gx, x0), min(gx + cx, x0 + w)
                                 out[k, ya - y0 : yb - y0, xa - x0 : xb - x0] = chunk[
                                     ya - gy : yb - gy, xa - gx : xb - gx
                                 ]
@@ -240,10 +261,58 @@ class RawGroup:
             raise CubeDataError(f"{self.path}: a chunk decoded to {a.size} values, expected {cy * cx}")
         return a.reshape(cy, cx)
 
+    # -- small coordinate arrays ----------------------------------------------------------------
+    def coord(self, name: str) -> np.ndarray | None:
+        """A 1-D coordinate array of the group (``center_wavelength_nm``, ``common_name``, ...) read
+        directly: one GET of its single chunk, decoded with its codecs (little-endian numbers or
+        ``vlen-utf8`` strings, optionally ``zstd``), as xarray returns it (strings as an object
+        array). ``None`` when the array has another layout (the caller opens the group instead);
+        ``KeyError`` when the group has no such array."""
+        meta = self.arrays[name]
+        try:
+            shape = [int(n) for n in meta["shape"]]
+            chunk = [int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+            codecs = [(c["name"], c.get("configuration") or {}) for c in meta["codecs"]]
+            sep = meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/")
+            kind = meta["data_type"]
+            enc = meta["chunk_key_encoding"]["name"]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if len(shape) != 1 or chunk != shape or enc != "default" or not codecs:
+            return None
+        first, rest = codecs[0], [c[0] for c in codecs[1:]]
+        if rest not in ([], ["zstd"]):
+            return None
+        if kind == "string":
+            if first[0] != "vlen-utf8":
+                return None
+        elif first[0] != "bytes" or first[1].get("endian", "little") != "little":
+            return None
+        try:
+            buf = bytes(self.fs.cat_file(f"{self.path}/{name}/c{sep}0"))
+        except FileNotFoundError:
+            return None  # only the fill value: let zarr say what that reads as
+        from numcodecs import VLenUTF8, Zstd
+
+        if rest:
+            buf = Zstd().decode(buf)
+        if kind == "string":
+            values = VLenUTF8().decode(buf)
+            arr = np.asarray(values, dtype=object)
+        else:
+            arr = np.frombuffer(buf, dtype=np.dtype(kind).newbyteorder("<")).astype(np.dtype(kind))
+        if arr.shape != tuple(shape):
+            raise CubeDataError(f"{self.path}/{name}: decoded {arr.shape}, expected {tuple(shape)}")
+        return arr
+
     # -- conversion -----------------------------------------------------------------------------
     def to_float(self, raw: np.ndarray) -> np.ndarray:
         """float32 reflectance with NaN = missing, equal to what ``read_window`` returns for the window."""
         return decode_reflectance(raw, self.scale, self.offset, self.fill)
+
+    def median(self, raw: np.ndarray) -> np.ndarray | None:
+        """:func:`median_stored` of stored values ``[T, ...]`` (``None``: decode, then take the median)."""
+        return median_stored(raw, self.scale, self.offset, self.fill)
 
 
 def decode_reflectance(raw: np.ndarray, scale: float, offset: float, fill: float | None) -> np.ndarray:
@@ -251,9 +320,84 @@ def decode_reflectance(raw: np.ndarray, scale: float, offset: float, fill: float
     if raw.dtype.kind == "f":
         out = raw.astype(np.float64) * scale + offset if (scale, offset) != (1.0, 0.0) else raw
         return np.asarray(out, dtype=np.float32)
-    if raw.dtype == np.int16:  # a 65 536-entry table: one gather instead of float64 arithmetic
+    if offset == 0.0 and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 4:
+        # one ufunc pass: numpy multiplies in float64 (the integers are exact there) and rounds each
+        # product to float32 on output, which is what astype(float64) * scale -> astype(float32) does
+        out = np.multiply(raw, np.float64(scale), out=np.empty(raw.shape, np.float32), casting="unsafe")
+        if fill is not None:
+            np.copyto(out, np.float32(np.nan), where=raw == fill)
+        return out
+    if raw.dtype == np.int16:  # with an offset, a 65 536-entry table: one gather instead of two passes
         return _int16_table(scale, offset, fill)[raw.view(np.uint16)]
     return _decode_ints(raw, scale, offset, fill)
+
+
+def median_stored(raw: np.ndarray, scale: float, offset: float, fill: float | None) -> np.ndarray | None:
+    """float32 median over axis 0 of integer stored values, ignoring the fill value (all missing ->
+    NaN; even counts -> the float64 mean of the two middle values, rounded to float32), computed in
+    the stored domain: the values are sorted as integers across acquisitions by a sorting network
+    (vectorised over pixels: numpy's sort along a short axis costs ~70 ns per pixel) and only the
+    two middle ones decoded. Decoding is monotonic for ``scale > 0``, so this equals decoding all
+    of them and taking the float median (``pipelines.embed.chips.nanmedian_time``), bit for bit.
+    ``None`` where that does not hold (float storage, ``scale <= 0``): the caller decodes first."""
+    if raw.dtype.kind not in "iu" or raw.dtype.itemsize > 4 or not scale > 0:
+        return None
+    t, shape = raw.shape[0], raw.shape[1:]
+    if raw.dtype == np.int16 and fill == -32768:  # order-preserving uint16 keys, the fill sorting last
+        key = raw.view(np.uint16) ^ np.uint16(0x8000)
+        key -= np.uint16(1)
+        top: int = 0xFFFF
+    else:
+        top = 2**40
+        key = (
+            raw.astype(np.int64)
+            if fill is None
+            else np.where(raw != fill, raw.astype(np.int64), np.int64(top))
+        )
+    keys = list(key.reshape(t, -1))  # [T] x [P]
+    tmp = np.empty_like(keys[0])
+    for i, j in _sorting_network(t):  # compare-exchange: keys[i] <= keys[j] after each
+        np.minimum(keys[i], keys[j], out=tmp)
+        np.maximum(keys[i], keys[j], out=keys[j])
+        keys[i], tmp = tmp, keys[i]
+    ordered = np.stack(keys)  # [T, P] ascending, missing last
+    n = (ordered != top).sum(axis=0, dtype=np.int32)  # valid values per pixel
+    flat, pos = ordered.reshape(-1), np.arange(ordered.shape[1])
+    lo = np.take(flat, np.clip((n - 1) // 2, 0, t - 1) * ordered.shape[1] + pos)
+    hi = np.take(flat, np.clip(n // 2, 0, t - 1) * ordered.shape[1] + pos)
+    if top == 0xFFFF:
+        lo = ((lo + np.uint16(1)) ^ np.uint16(0x8000)).view(np.int16)
+        hi = ((hi + np.uint16(1)) ^ np.uint16(0x8000)).view(np.int16)
+    # where no value is valid the keys decode to garbage, replaced by NaN below
+    a = decode_reflectance(lo.astype(raw.dtype, copy=False), scale, offset, None)
+    b = decode_reflectance(hi.astype(raw.dtype, copy=False), scale, offset, None)
+    with np.errstate(over="ignore", invalid="ignore"):
+        med = a + b  # a <= b, both finite: the float32 sum halved is the float64 mean rounded
+    med *= np.float32(0.5)
+    med[n == 0] = np.nan
+    return med.reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort on ``n`` inputs (the network
+    for the next power of two, without the comparators that touch the padding, which would hold
+    +inf and never move)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < n:
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple(pairs)
 
 
 def _decode_ints(raw: np.ndarray, scale: float, offset: float, fill: float | None) -> np.ndarray:

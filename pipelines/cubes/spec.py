@@ -20,7 +20,9 @@ from pipelines.errors import InputError
 from pipelines.registry import DEFAULT_CATALOG, CollectionSpec, Registry, load_registry
 from pipelines.tiling import TileGrid
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+"""Layout 2: each GSD group's pixel lattice lies on its items' native pixel grid (``lattice_shift_m``,
+:mod:`pipelines.cubes.lattice`); layout 1 put every lattice through the tile origin."""
 Encoding = Literal["int16", "float16"]
 
 #: int16 encoding: stored = round(reflectance / INT16_SCALE), clipped to +-INT16_MAX; INT16_FILL = NaN.

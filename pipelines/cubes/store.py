@@ -39,12 +39,14 @@ import numpy as np
 import xarray as xr
 
 from pipelines.cubes.groups import GroupMeta, group_meta, read_window
+from pipelines.cubes.lattice import lattice_shift
 from pipelines.cubes.shards import RawGroup, open_raw_group
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
 from pipelines.errors import CubeDataError
 from pipelines.outputs import Lease
 from pipelines.runs import TileStatus
 from pipelines.storage import (
+    MAX_PREFIX_LISTINGS,
     filesystem,
     is_local,
     join,
@@ -88,6 +90,7 @@ def group_entry(tile_id: str, ds: xr.Dataset, valid_fraction: Sequence[float]) -
         "times": [str(t)[:26] for t in ds["time"].values.astype("datetime64[us]")],
         "source_items": [str(s) for s in ds["source_items"].values],
         "valid_fraction": [round(f, 6) for f in valid_fraction],
+        "lattice_shift_m": list(lattice_shift(ds.attrs)),
     }
 
 
@@ -209,6 +212,14 @@ class CubeStore:
             have = self.root_attrs()
             if not have:
                 raise CubeStoreError(f"{redact_url(self.url)} is a Zarr store but not an AOM cube store")
+            if have.get("layout_version") != LAYOUT_VERSION:
+                old = have.get("layout_version")
+                what = " (every GSD group's pixel lattice through the tile origin)" if old == 1 else ""
+                raise CubeStoreError(
+                    f"cube store {redact_url(self.url)} has cube layout {old}{what}; this version writes layout "
+                    f"{LAYOUT_VERSION} (lattices on the sensors' native pixel grids): write to a new --out "
+                    "(the old store stays readable)"
+                )
             if have.get("fingerprint") != spec.fingerprint:
                 raise CubeStoreError(
                     f"cube store {redact_url(self.url)} was built with a different spec "
@@ -247,7 +258,7 @@ class CubeStore:
         names = list_files(
             join(self.url, RECORDS_DIR),
             self.storage_options,
-            column_prefixes(wanted) if wanted is not None else None,
+            column_prefixes(wanted, limit=MAX_PREFIX_LISTINGS) if wanted is not None else None,
         )
         ids = sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
         return ids if wanted is None else [t for t in ids if t in wanted]

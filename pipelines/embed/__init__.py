@@ -3,6 +3,7 @@
 * ``request``: :class:`EmbedRequest` and the per-tile results;
 * ``plan``: tiles, periods and units of work; ``tasks``: the work of one unit;
 * ``fanout``: Dask fan-out; ``run``: :func:`run_embedding`;
+* ``layout``: how a tile is cut into chips and how their tokens are blended over the seams;
 * ``chips``: padded regions -> chips -> token grids; ``sources``: cubes or catalogs as padded tiles;
 * ``checkpoint``: checkpoints loaded once per process; ``raster``: embed one GeoTIFF/COG.
 """

@@ -7,9 +7,19 @@ The encoder runs on overlapping chips and only the centre of each chip is kept (
 * each chip is its core plus ``margin_tokens`` tokens on every side, read from the neighbouring
   area (the next tile's pixels, or NaN where there is nothing), so a chip is
   ``core + 2 * margin`` tokens square;
-* the encoder sees the whole chip; only the ``core x core`` centre tokens are written. Every
-  written token therefore has at least ``margin_tokens * token_ground_m`` metres of real context on
-  each side, and chips never disagree at seams because each token is written by exactly one chip.
+* the encoder sees the whole chip; by default (``blend_tokens`` = 0) only the ``core x core`` centre
+  tokens are written, so each token is written by exactly one chip and has at least
+  ``margin_tokens * token_ground_m`` metres of real context on each side;
+* with ``blend_tokens`` = b > 0 (seam blending, the standard sliding-window technique) each chip
+  writes its core plus b tokens on every side, and a token's embedding is the weighted mean of the
+  chips that wrote it: per axis a weight of 1 inside the core that falls off as a raised cosine
+  (``sin^2``) over the 2b tokens that straddle each seam, separable (row weight x column weight); the
+  weights of neighbouring chips sum to 1 everywhere (a partition of unity), so nothing is blurred
+  beyond the 2b-token band around a seam. The chip grid then starts ``offset_tokens`` (about half a
+  core) before the tile, so a tile edge lies inside a chip core, never on a seam: the chips across a
+  tile edge are run by both tiles on the same padded pixels and give the same value, at the cost of
+  one more chip row and column per tile (``ChipLayout.overhead``) and a wider padded read
+  (``pad_tokens`` = margin + offset).
 
 Cores and margins are whole multiples of the *alignment* (the fewest tokens whose ground size is a
 multiple of every GSD used: 3 tokens = 480 m for 160 m tokens and 10/20/30/60 m pixels), so every
@@ -33,14 +43,18 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.errors import InputError
+from pipelines.embed.layout import (  # noqa: F401  (re-exported: the layout's home is layout.py)
+    BLEND_WINDOW,
+    DEFAULT_BLEND_TOKENS,
+    ChipLayout,
+    EmbedConfigError,
+    alignment_tokens,
+    blend_offset,
+    choose_layout,
+)
 from pipelines.registry import BandSpec
 
 EPS = 1e-6
-
-
-class EmbedConfigError(InputError):
-    """The checkpoint, the request and the inputs do not fit together (raised before any work)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -78,118 +92,6 @@ class GroupPixels:
     @property
     def label(self) -> str:
         return f"{self.collection}/{self.gsd_m:g}m"
-
-
-# ------------------------------------------------------------------------------------------
-# Chip layout
-
-
-def alignment_tokens(token_m: float, gsds: Sequence[float], limit: int = 64) -> int:
-    """Fewest tokens whose ground size is a whole number of pixels of every GSD."""
-    for k in range(1, limit + 1):
-        if all(abs(k * token_m / g - round(k * token_m / g)) < 1e-6 for g in gsds):
-            return k
-    raise EmbedConfigError(
-        f"no chip size up to {limit} tokens of {token_m:g} m is a whole number of pixels of every GSD "
-        f"{sorted(set(gsds))}: choose bands whose GSDs divide a small multiple of the token size"
-    )
-
-
-@dataclass(frozen=True)
-class ChipLayout:
-    """How a region of ``tile_tokens`` tokens a side is cut into overlapping chips."""
-
-    tile_tokens: int
-    core_tokens: int
-    margin_tokens: int
-    token_m: float
-
-    def __post_init__(self) -> None:
-        if self.core_tokens < 1 or self.margin_tokens < 0:
-            raise EmbedConfigError(
-                f"core_tokens must be >= 1 and margin_tokens >= 0, got {self.core_tokens} / {self.margin_tokens}"
-            )
-        if self.tile_tokens % self.core_tokens:
-            raise EmbedConfigError(
-                f"core_tokens {self.core_tokens} must divide the {self.tile_tokens} tokens of a tile side"
-            )
-
-    @property
-    def chip_tokens(self) -> int:
-        return self.core_tokens + 2 * self.margin_tokens
-
-    @property
-    def chips_per_side(self) -> int:
-        return self.tile_tokens // self.core_tokens
-
-    @property
-    def margin_m(self) -> float:
-        return self.margin_tokens * self.token_m
-
-    @property
-    def chip_m(self) -> float:
-        return self.chip_tokens * self.token_m
-
-    @property
-    def overhead(self) -> float:
-        """Tokens computed per token kept."""
-        return (self.chip_tokens / self.core_tokens) ** 2
-
-    def pixels(self, tokens: int, gsd_m: float) -> int:
-        """Pixels of ``gsd_m`` spanned by ``tokens`` tokens (a whole number by construction)."""
-        v = tokens * self.token_m / gsd_m
-        if abs(v - round(v)) > 1e-6:
-            raise EmbedConfigError(f"{tokens} tokens of {self.token_m:g} m are not whole {gsd_m:g} m pixels")
-        return round(v)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "core_tokens": self.core_tokens,
-            "margin_tokens": self.margin_tokens,
-            "chip_tokens": self.chip_tokens,
-            "token_ground_m": self.token_m,
-            "chip_m": self.chip_m,
-            "margin_m": self.margin_m,
-        }
-
-
-def choose_layout(
-    tile_tokens: int,
-    token_m: float,
-    gsds: Sequence[float],
-    core_tokens: int | None = None,
-    margin_tokens: int | None = None,
-    max_core_tokens: int = 32,
-) -> ChipLayout:
-    """The chip layout for a tile of ``tile_tokens`` tokens and input GSDs ``gsds``.
-
-    Defaults: the largest aligned core that divides the tile and is at most ``max_core_tokens``
-    (24 tokens for 48-token tiles: 2 x 2 chips per tile), and the smallest aligned margin of at
-    least 2 tokens (3 tokens = 480 m at 160 m tokens). Explicit values must be aligned.
-    """
-    align = alignment_tokens(token_m, gsds)
-    if tile_tokens % align:
-        raise EmbedConfigError(
-            f"a tile of {tile_tokens} tokens of {token_m:g} m is not a whole number of {align}-token "
-            f"pixel-aligned blocks for GSDs {sorted(set(gsds))}"
-        )
-    if core_tokens is None:
-        cands = [c for c in range(align, tile_tokens + 1, align) if tile_tokens % c == 0]
-        small = [c for c in cands if c <= max_core_tokens]
-        core_tokens = max(small) if small else min(cands)
-    elif core_tokens % align or tile_tokens % core_tokens:
-        raise EmbedConfigError(
-            f"core_tokens={core_tokens} must divide the tile's {tile_tokens} tokens and be a multiple of "
-            f"{align} (the fewest {token_m:g} m tokens that are whole pixels at GSDs {sorted(set(gsds))})"
-        )
-    if margin_tokens is None:
-        margin_tokens = align * math.ceil(2 / align)
-    elif margin_tokens % align:
-        raise EmbedConfigError(
-            f"margin_tokens={margin_tokens} must be a multiple of {align} (pixel alignment for GSDs "
-            f"{sorted(set(gsds))} at {token_m:g} m tokens)"
-        )
-    return ChipLayout(tile_tokens, core_tokens, margin_tokens, token_m)
 
 
 def checked_token_m(config: Any, token_m: float | None, checkpoint: str = "the checkpoint") -> float:
@@ -372,22 +274,33 @@ class RegionResult:
 def _chip_arrays(
     groups: Sequence[np.ndarray], layout: ChipLayout, gsds: Sequence[float], i: int, j: int
 ) -> list[np.ndarray]:
+    """Pixels of chip (i, j) from the padded region (its core starts at token ``i * core - offset``)."""
     out = []
+    skip = layout.pad_tokens - layout.offset_tokens - layout.margin_tokens  # padding before chip (0, 0)
     for a, g in zip(groups, gsds):
         size = layout.pixels(layout.chip_tokens, g)
-        r0 = layout.pixels(i * layout.core_tokens, g)
-        c0 = layout.pixels(j * layout.core_tokens, g)
+        r0 = layout.pixels(skip + i * layout.core_tokens, g)
+        c0 = layout.pixels(skip + j * layout.core_tokens, g)
         out.append(a[:, r0 : r0 + size, c0 : c0 + size])
     return out
 
 
-def _core_has_data(chip: Sequence[np.ndarray], layout: ChipLayout, gsds: Sequence[float]) -> bool:
+def _written_has_data(chip: Sequence[np.ndarray], layout: ChipLayout, gsds: Sequence[float]) -> bool:
+    """Whether the tokens a chip writes (its core, plus ``blend_tokens`` each side) hold a valid pixel."""
     for a, g in zip(chip, gsds):
-        m = layout.pixels(layout.margin_tokens, g)
-        n = layout.pixels(layout.core_tokens, g)
+        m = layout.pixels(layout.margin_tokens, g) - layout.pixels(layout.blend_tokens, g)
+        n = layout.pixels(layout.core_tokens + 2 * layout.blend_tokens, g)
         if np.isfinite(a[:, m : m + n, m : m + n]).any():
             return True
     return False
+
+
+def _span(layout: ChipLayout, i: int, size: int) -> tuple[int, int, int]:
+    """Region tokens ``[lo, hi)`` chip ``i`` writes along an axis of ``size`` tokens, and the index in
+    the chip's written span (``[core + 2b]``, see ``ChipLayout.weights``) of token ``lo``."""
+    start = i * layout.core_tokens - layout.offset_tokens - layout.blend_tokens
+    lo, hi = max(start, 0), min(start + layout.core_tokens + 2 * layout.blend_tokens, size)
+    return lo, hi, lo - start
 
 
 def make_batch(
@@ -443,11 +356,12 @@ def embed_region(
     device: Any = "cpu",
     precision: str = "fp32",
 ) -> RegionResult:
-    """Embed a padded region: groups cover ``core_hw + 2 * margin`` tokens; returns ``[R, C, D]``.
+    """Embed a padded region: groups cover ``core_hw + 2 * pad_tokens`` tokens; returns ``[R, C, D]``.
 
     ``core_hw`` (tokens, multiples of ``core_tokens``) defaults to the tile: ``tile_tokens`` square.
-    Chips whose core holds no valid pixel are not run (their tokens are nodata, as the encoder
-    would mark them anyway). Tokens the encoder marks invalid become NaN.
+    Chips whose written tokens hold no valid pixel are not run (their tokens are nodata, as the encoder
+    would mark them anyway). A token is the weighted mean (``ChipLayout.weights``, row x column) of
+    the chips that wrote it validly, NaN where none did; without blending that is its one chip's token.
     """
     import time
 
@@ -455,42 +369,50 @@ def embed_region(
     if rows % layout.core_tokens or cols % layout.core_tokens:
         raise EmbedConfigError(f"region {rows}x{cols} tokens is not whole {layout.core_tokens}-token cores")
     dim = int(model.config.embed_dim)
-    emb = np.full((rows, cols, dim), np.nan, dtype=np.float32)
-    res = RegionResult(emb)
+    res = RegionResult(np.full((rows, cols, dim), np.nan, dtype=np.float32))
     if not groups:
         return res
     gsds = [float(g.gsd_m) for g in groups]
+    pad = layout.pad_tokens
     for g in groups:
-        want = (
-            layout.pixels(rows + 2 * layout.margin_tokens, g.gsd_m),
-            layout.pixels(cols + 2 * layout.margin_tokens, g.gsd_m),
-        )
+        want = (layout.pixels(rows + 2 * pad, g.gsd_m), layout.pixels(cols + 2 * pad, g.gsd_m))
         if tuple(g.pixels.shape[1:]) != want:
             raise EmbedConfigError(f"group {g.label} has {g.pixels.shape[1:]} pixels, expected {want}")
     normaliser = normaliser.with_input(groups)  # bands without statistics: this region's own
     normed = [normaliser.apply(g) for g in groups]
     plan = chip_plan(model.config, gsds, layout.chip_tokens, layout.token_m)
     todo: list[tuple[int, int]] = []
-    for i in range(rows // layout.core_tokens):
-        for j in range(cols // layout.core_tokens):
+    for i in range(layout.chips_along(rows)):
+        for j in range(layout.chips_along(cols)):
             res.chips_total += 1
-            if _core_has_data(_chip_arrays(normed, layout, gsds, i, j), layout, gsds):
+            if _written_has_data(_chip_arrays(normed, layout, gsds, i, j), layout, gsds):
                 todo.append((i, j))
-    m, c = layout.margin_tokens, layout.core_tokens
+    acc = np.zeros((rows, cols, dim), dtype=np.float64)  # sum of weight x token
+    wsum = np.zeros((rows, cols), dtype=np.float64)  # sum of the weights of valid tokens
+    w1 = layout.weights()  # [core + 2b]
+    first = layout.margin_tokens - layout.blend_tokens  # chip token of the written span's first
     for k in range(0, len(todo), max(1, batch_size)):
         part = todo[k : k + max(1, batch_size)]
         chips = [_chip_arrays(normed, layout, gsds, i, j) for i, j in part]
         batch = make_batch(chips, groups, device)
         t0 = time.perf_counter()
-        tokens, valid = run_encoder(model, batch, plan, precision)
+        tokens, valid = run_encoder(model, batch, plan, precision)  # [B, chip, chip, D], [B, chip, chip]
         res.model_s += time.perf_counter() - t0
         res.batches += 1
         res.chips_run += len(part)
         for (i, j), tok, val in zip(part, tokens, valid):
-            core = tok[m : m + c, m : m + c].copy()
-            ok = val[m : m + c, m : m + c] & np.isfinite(core).all(axis=-1)
-            core[~ok] = np.nan
-            emb[i * c : (i + 1) * c, j * c : (j + 1) * c] = core
+            r0, r1, wr = _span(layout, i, rows)
+            c0, c1, wc = _span(layout, j, cols)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            sub = tok[first + wr : first + wr + r1 - r0, first + wc : first + wc + c1 - c0]  # [h, w, D]
+            ok = val[first + wr : first + wr + r1 - r0, first + wc : first + wc + c1 - c0]
+            ok = ok & np.isfinite(sub).all(axis=-1)
+            w = np.outer(w1[wr : wr + r1 - r0], w1[wc : wc + c1 - c0]) * ok  # [h, w]
+            acc[r0:r1, c0:c1] += w[..., None] * np.where(ok[..., None], sub, 0.0)
+            wsum[r0:r1, c0:c1] += w
+    have = wsum > 0
+    res.embeddings[have] = (acc[have] / wsum[have][:, None]).astype(np.float32)
     return res
 
 
@@ -498,24 +420,36 @@ def embed_region(
 # Compositing
 
 
-def nanmedian_time(stack: np.ndarray) -> np.ndarray:
+def nanmedian_time(stack: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Median over axis 0 ignoring NaN (all-NaN -> NaN); the mean of the two middle values when
-    the count is even, as ``np.nanmedian`` (which is far slower here: it warns per all-NaN pixel)."""
+    the count is even, as ``np.nanmedian`` (which is far slower here: it warns per all-NaN pixel).
+    Written into ``out`` (float32, the shape of one slice) when given.
+
+    Two values: ``(fmin + fmax) / 2`` in float32 (``fmin``/``fmax`` ignore NaN, so one valid value is
+    its own median). The float32 sum of two float32 is their exact sum rounded once and halving is
+    exact, so this is bit for bit the float64 mean rounded to float32 (for sums below 3.4e38)."""
     stack = np.asarray(stack, dtype=np.float32)
     t = stack.shape[0]
     if t == 1:
-        return stack[0]
-    if t == 2:  # the median of two is their mean, of one valid value that value
-        a, b = stack[0], stack[1]
-        return np.where(np.isnan(a), b, np.where(np.isnan(b), a, (a.astype(np.float64) + b) * 0.5)).astype(
-            np.float32
-        )
+        if out is None:
+            return stack[0]
+        out[...] = stack[0]
+        return out
+    if t == 2:
+        lo = np.fmin(stack[0], stack[1])
+        res = np.fmax(stack[0], stack[1], out=out)
+        res += lo
+        res *= np.float32(0.5)
+        return res
     s = np.sort(stack, axis=0)  # NaN sorts last
     n = np.isfinite(stack).sum(axis=0)
-    lo = np.clip((n - 1) // 2, 0, t - 1)[None]
-    hi = np.clip(n // 2, 0, t - 1)[None]
-    a = np.take_along_axis(s, lo, axis=0)[0]
-    b = np.take_along_axis(s, hi, axis=0)[0]
+    lo_i = np.clip((n - 1) // 2, 0, t - 1)[None]
+    hi_i = np.clip(n // 2, 0, t - 1)[None]
+    a = np.take_along_axis(s, lo_i, axis=0)[0]
+    b = np.take_along_axis(s, hi_i, axis=0)[0]
     med = ((a.astype(np.float64) + b) * 0.5).astype(np.float32)
     med[n == 0] = np.nan
-    return med
+    if out is None:
+        return med
+    out[...] = med
+    return out

@@ -257,7 +257,14 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     problems = check_gsds(cfg, gsds, token_m)
     if problems:
         raise EmbedConfigError(f"checkpoint {ckpt.name} does not fit the inputs: " + "; ".join(problems))
-    layout = choose_layout(round(per_tile), token_m, gsds, request.core_tokens, request.margin_tokens)
+    layout = choose_layout(
+        round(per_tile),
+        token_m,
+        gsds,
+        request.core_tokens,
+        request.margin_tokens,
+        blend_tokens=request.blend_tokens,
+    )
     normaliser = resolve_normaliser(ckpt.norm_stats, bands)
     own = sorted(k for k, v in normaliser.sources.items() if v == "input")
     if own:
@@ -289,7 +296,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     _check_existing_version(request, version)
 
     if isinstance(source, CatalogSource):
-        items = _search_items(request, todo_tiles, periods, source.collections, layout.margin_m)
+        items = _search_items(request, todo_tiles, periods, source.collections, layout.pad_m)
         notes.append(f"catalog search: {len(items)} item(s)")
         items_index = ItemIndex(items)
 
@@ -317,7 +324,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             items_per: tuple[tuple[Mapping[str, Any], ...], ...] = ()
             if items_index is not None:
                 items_per = tuple(
-                    tuple(items_index.touching(padded_tile_obj(t, layout.margin_m))) for t in group
+                    tuple(items_index.touching(padded_tile_obj(t, layout.pad_m))) for t in group
                 )
             units.append(Unit(group, ti, items_per))
     return RunPlan(

@@ -16,8 +16,10 @@ token size inside the checkpoint's supported range, default its ``token_ground_m
 pixels and 160 m tokens), anchored at the raster's top-left corner; the output has
 ``ceil(height / k) x ceil(width / k)`` tokens and the transform ``input transform @ scale(k)``, in the
 input CRS. The encoder runs on overlapping chips (``core_tokens`` + ``margin_tokens`` each side,
-outside the raster = nodata) exactly as for tiles (:mod:`pipelines.embed.chips`); the raster is read
-one chip row at a time, so memory is bounded by one strip of ``chip`` rows whatever the raster size.
+outside the raster = nodata) exactly as for tiles (:mod:`pipelines.embed.chips`), seams blended over
+``blend_tokens`` (default 3; 0 = cores only); the raster is read one strip at a time (one core row,
+``RASTER_STRIP_CORES`` with blending, plus the padding), so memory is bounded by one strip whatever the
+raster size. The layout is recorded in the ``AOM_CHIP`` tag (``ChipLayout.to_dict``).
 
 DN -> reflectance: :func:`pipelines.embed.scaling.raster_scaling`, the rule ``aom eval`` uses too
 (``scale``/``offset`` given, else the file's scale/offset tags, else 1e-4 for an integer raster, with
@@ -53,10 +55,12 @@ import numpy as np
 
 from pipelines import storage
 from pipelines.embed.chips import (
+    DEFAULT_BLEND_TOKENS,
     ChipLayout,
     EmbedConfigError,
     GroupPixels,
     band_record,
+    blend_offset,
     checked_token_m,
     embed_region,
     input_stats,
@@ -81,6 +85,9 @@ DTYPES = ("float32", "int8")
 OUTPUT_FORMATS = {".tif": "gtiff", ".tiff": "gtiff", ".zarr": "zarr"}
 """Output name endings -> format; any other ``--out`` is refused."""
 RASTER_COLLECTION = "raster"  # the collection recorded for a raster's bands
+RASTER_STRIP_CORES = 4
+"""Chip rows per strip with seam blending: each strip runs one more chip row than it keeps (the rows
+across its edges are run by both strips), so 4 cores a strip cost 5/4 of the chip rows."""
 
 
 def _band_infos(
@@ -167,6 +174,7 @@ def embed_raster(
     token_m: float | None = None,
     core_tokens: int = 24,
     margin_tokens: int = 3,
+    blend_tokens: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
     precision: str = "fp32",
@@ -192,6 +200,7 @@ def embed_raster(
     check_number("gsd (--gsd)", gsd, above=0)
     check_number("core_tokens (--core-tokens)", core_tokens, minimum=1)
     check_number("margin_tokens (--margin-tokens)", margin_tokens, minimum=0)
+    check_number("blend_tokens (--blend-tokens)", blend_tokens, minimum=0)
     check_number("batch_size (--batch-size)", batch_size, minimum=1)
     for what, url in (("INPUT.tif", input_url), ("--checkpoint", checkpoint), ("--out", out)):
         storage.check_url(url, what)
@@ -238,7 +247,12 @@ def embed_raster(
             f"the checkpoint's patch range [{cfg.patch_size_min}, {cfg.patch_size_max}]"
         )
     token_m = k * float(gsd)
-    layout = ChipLayout(core_tokens, core_tokens, margin_tokens, token_m)
+    if blend_tokens is None:
+        blend_tokens = min(DEFAULT_BLEND_TOKENS, margin_tokens, core_tokens // 2)
+    strip = core_tokens * (RASTER_STRIP_CORES if blend_tokens else 1)  # token rows per strip
+    layout = ChipLayout(
+        strip, core_tokens, margin_tokens, token_m, blend_tokens, blend_offset(core_tokens, blend_tokens)
+    )
     normaliser = resolve_normaliser(ckpt.norm_stats, infos)
     scaling = raster_scaling(
         count, dtype_in, file_scales, file_offsets, scale, offset, name=storage.redact_url(input_url)
@@ -274,6 +288,7 @@ def embed_raster(
         valid_tokens=0,
         chips=0,
         chips_run=0,
+        chip=layout.to_dict(),
         elapsed_s=0.0,
         model_s=0.0,
         bands=[
@@ -284,18 +299,20 @@ def embed_raster(
     )
     from rasterio.windows import Window
 
-    n_strips = math.ceil(h_tok / core_tokens)
+    n_strips = math.ceil(h_tok / strip)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_strips, desc="embed-raster", unit="strip", dynamic_ncols=True)
-    m = margin_tokens
+    m = layout.pad_tokens
     try:
         with rasterio.open(input_url) as src:
             for s in range(n_strips):
-                row0 = s * core_tokens
-                win = Window((-m) * k, (row0 - m) * k, (cols + 2 * m) * k, (core_tokens + 2 * m) * k)
+                row0 = s * strip
+                rows = min(strip, h_tok - row0)
+                height = math.ceil(rows / core_tokens) * core_tokens  # the last strip: whole cores it needs
+                win = Window((-m) * k, (row0 - m) * k, (cols + 2 * m) * k, (height + 2 * m) * k)
                 arr = src.read(window=win, boundless=True, masked=True, out_dtype="float32")
                 pix = np.ma.filled(arr.astype(np.float32), np.nan)
                 pix = pix * sc[:, None, None] + of[:, None, None]
@@ -305,12 +322,11 @@ def embed_raster(
                     [group],
                     layout,
                     normaliser,
-                    core_hw=(core_tokens, cols),
+                    core_hw=(height, cols),
                     batch_size=batch_size,
                     device=dev,
                     precision=precision,
                 )
-                rows = min(core_tokens, h_tok - row0)
                 emb = region.embeddings[:rows, :w_tok]
                 res.chips += region.chips_total
                 res.chips_run += region.chips_run

@@ -45,6 +45,7 @@ class RasterEmbedResult:
     valid_tokens: int
     chips: int
     chips_run: int
+    chip: dict[str, Any]  # ChipLayout.to_dict() of the strips: core, margin, seam blending, overhead
     elapsed_s: float
     model_s: float
     bands: list[dict[str, Any]]
@@ -79,6 +80,7 @@ def _tags(res: RasterEmbedResult) -> dict[str, str]:
         "AOM_CHECKPOINT_SHA256": res.checkpoint_sha256,
         "AOM_BANDS": storage.json_dumps(res.bands).replace("\n", ""),
         "AOM_SCALING": storage.json_dumps(res.scaling).replace("\n", ""),
+        "AOM_CHIP": storage.json_dumps(res.chip).replace("\n", ""),
     }
 
 

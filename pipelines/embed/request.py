@@ -108,6 +108,7 @@ class EmbedRequest:
     token_m: float | None = None
     core_tokens: int | None = None
     margin_tokens: int | None = None
+    blend_tokens: int | None = None  # seam blending width (tokens; None: the default, 0: cores only)
     composite: str = "median"
     batch_size: int = 8
     tiles_per_task: int = 1
@@ -154,6 +155,7 @@ class EmbedRequest:
         check_number("tile_size_m (--tile-size-m)", self.tile_size_m, above=0)
         check_number("core_tokens (--core-tokens)", self.core_tokens, minimum=1)
         check_number("margin_tokens (--margin-tokens)", self.margin_tokens, minimum=0)
+        check_number("blend_tokens (--blend-tokens)", self.blend_tokens, minimum=0)
         check_number("strip_mb", self.strip_mb, above=0)
         check_number("max_in_flight", self.max_in_flight, minimum=1)
         check_device("device (--device)", self.device)

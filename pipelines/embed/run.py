@@ -38,7 +38,8 @@ def run_embedding(
     plan = plan_run(request)
     ctx = plan.context
     log.info(
-        "embed: %d tile(s) x %d period(s), %d unit(s), model %s (%s), chips %d+2x%d tokens -> %s version %s",
+        "embed: %d tile(s) x %d period(s), %d unit(s), model %s (%s), chips %d+2x%d tokens, seams blended "
+        "over %d -> %s version %s",
         len(plan.tiles),
         len(plan.periods),
         len(plan.units),
@@ -46,6 +47,7 @@ def run_embedding(
         plan.checkpoint.sha256[:12],
         plan.layout.core_tokens,
         plan.layout.margin_tokens,
+        plan.layout.blend_tokens,
         storage.redact_url(ctx.out),
         plan.version.name,
     )

@@ -208,6 +208,16 @@ def composite_into(
             out[:, dr + (a - r0) : dr + (b - r0), dc : dc + (c1 - c0)] = nanmedian_time(block)
 
 
+_BLOCK_BYTES = 1 << 20
+"""Float32 bytes (all times and bands) converted and composited at a time by :func:`composite_raw_into`."""
+
+
+def _any_finite(a: np.ndarray, block: int = 1 << 16) -> bool:
+    """``np.isfinite(a).any()``, stopping at the first block with a finite value (usually the first)."""
+    flat = a.reshape(-1)
+    return any(bool(np.isfinite(flat[i : i + block]).any()) for i in range(0, flat.size, block))
+
+
 def composite_raw_into(
     out: np.ndarray,
     rg: Any,
@@ -220,7 +230,9 @@ def composite_raw_into(
     """:func:`composite_into` at the decode floor: ``rg`` is a group's
     :class:`~pipelines.cubes.shards.RawGroup`; each shard under the window is fetched once and each of
     its chunks of the selected bands decoded once (stored dtype, in passes of bands whose stored
-    pixels over all ``tsel`` fit ``strip_mb``), then converted and composited in strips of rows.
+    pixels over all ``tsel`` fit ``strip_mb``), then converted and composited in blocks of rows of at
+    most ``_BLOCK_BYTES`` of float32 (cache-sized: converting the whole pass at once costs twice
+    as much in memory traffic).
     Output equal to :func:`composite_into` (the same float32 values enter the same median)."""
     r0, r1, c0, c1 = src
     dr, dc = dst
@@ -232,12 +244,19 @@ def composite_raw_into(
     with rg.holding():
         for p in range(0, len(band_idx), nb):
             bands = [int(b) for b in band_idx[p : p + nb]]
-            raw = np.stack([rg.read(t, bands, r0, c0, h, w) for t in tsel])  # [T, nb, h, w] stored dtype
-            rows = max(1, min(h, int(strip_mb * 1e6 // max(1, len(tsel) * len(bands) * w * 4))))
+            raw = np.empty((len(tsel), len(bands), h, w), dtype=rg.dtype)  # [T, nb, h, w] stored dtype
+            for i, t in enumerate(tsel):
+                rg.read(t, bands, r0, c0, h, w, out=raw[i])
+            strip_b = min(strip_mb * 1e6, _BLOCK_BYTES)  # float32 blocks that stay in cache
+            rows = max(1, min(h, int(strip_b // max(1, len(tsel) * len(bands) * w * 4))))
             for a in range(0, h, rows):
                 b = min(h, a + rows)
-                block = rg.to_float(raw[:, :, a:b])  # [T, nb, rows, w] float32, NaN = missing
-                out[p : p + len(bands), dr + a : dr + b, dc : dc + w] = nanmedian_time(block)
+                dst_block = out[p : p + len(bands), dr + a : dr + b, dc : dc + w]
+                med = rg.median(raw[:, :, a:b]) if len(tsel) > 2 else None  # sorted as integers
+                if med is not None:
+                    dst_block[...] = med
+                else:
+                    nanmedian_time(rg.to_float(raw[:, :, a:b]), out=dst_block)  # [T, nb, rows, w] float32
 
 
 # ------------------------------------------------------------------------------------------
@@ -345,7 +364,14 @@ class CubeSource:
         keys = self._groups_of(center)
         items: set[str] = set()
         for coll, label in keys:
-            ds_c = self.open_group(store, tile.tile_id, coll, label)
+            rg_c: Any = None
+            if self.decode == "xarray":
+                ds_c: Any = self.open_group(store, tile.tile_id, coll, label)
+            else:  # band metadata from the record and the group's zarr.json + coordinate chunks
+                rg_c = store.open_raw(tile.tile_id, coll, label)
+                ds_c = _RecordGroup.with_bands(center, coll, label, rg_c)
+                if ds_c is None:  # coordinates in a layout read only through zarr
+                    ds_c = self.open_group(store, tile.tile_id, coll, label)
             gsd = float(ds_c.attrs["gsd_m"])
             bidx, infos = _band_infos(ds_c, coll, self.bands)
             if not infos:
@@ -386,7 +412,7 @@ class CubeSource:
                 if self.decode == "xarray":
                     composite_into(arr, ds, nidx, tsel, src, dst, self.strip_mb)
                 else:
-                    rg = store.open_raw(ntile.tile_id, coll, label)
+                    rg = rg_c if ntile.tile_id == tile.tile_id else store.open_raw(ntile.tile_id, coll, label)
                     composite_raw_into(arr, rg, nidx, tsel, src, dst, self.strip_mb)
                 if ntile.tile_id == tile.tile_id:
                     nobs = len(tsel)
@@ -396,7 +422,7 @@ class CubeSource:
             out.observations[f"{coll}/{label}"] = nobs
         out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
         out.input_items = tuple(sorted(items))
-        if not any(np.isfinite(g.pixels).any() for g in out.groups):
+        if not any(_any_finite(g.pixels) for g in out.groups):
             out.status = TileStatus.EMPTY
             out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
         out.read_s = time.perf_counter() - t0
@@ -405,10 +431,35 @@ class CubeSource:
 
 class _RecordGroup:
     """The coordinates of a group that :func:`_time_indices`, :func:`_items_of` and the band lookup
-    read, taken from the tile's completion record (``group_entry``) instead of opening the group."""
+    read, taken from the tile's completion record (``group_entry``) instead of opening the group;
+    with :meth:`with_bands` also what :func:`_band_infos` reads (the group's attributes and band
+    coordinates, read directly by the group's :class:`~pipelines.cubes.shards.RawGroup`)."""
 
-    def __init__(self, coords: dict[str, np.ndarray]) -> None:
+    def __init__(self, coords: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
         self.coords = coords
+        self.attrs = attrs or {}
+
+    @classmethod
+    def with_bands(
+        cls, record: Mapping[str, Any], collection: str, label: str, rg: Any
+    ) -> _RecordGroup | None:
+        """The group as :func:`_band_infos` sees it through xarray, without opening it: ``None`` when
+        a coordinate is stored in a layout :meth:`RawGroup.coord` does not read, or when the record
+        and the group disagree on the bands (then the caller opens the group)."""
+        g = cls.of(record, collection, label)
+        g.attrs = dict(rg.attrs)
+        listed = str(rg.arrays.get("reflectance", {}).get("attributes", {}).get("coordinates", "")).split()
+        names = ["center_wavelength_nm", "fwhm_nm"] + (["common_name"] if "common_name" in listed else [])
+        for name in names:
+            if name not in rg.arrays:
+                return None
+            values = rg.coord(name)
+            if values is None or len(values) != len(g.coords["band"]):
+                return None
+            g.coords[name] = values
+        if len(g.coords["band"]) != rg.shape[1]:
+            return None
+        return g
 
     @classmethod
     def of(cls, record: Mapping[str, Any], collection: str, label: str) -> _RecordGroup:
@@ -513,7 +564,7 @@ class CatalogSource:
             items_used |= _items_of(ds, tsel)
         out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
         out.input_items = tuple(sorted(items_used))
-        if not any(np.isfinite(g.pixels).any() for g in out.groups):
+        if not any(_any_finite(g.pixels) for g in out.groups):
             out.status = TileStatus.EMPTY
             out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
         out.read_s = time.perf_counter() - t0

@@ -66,9 +66,9 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
                 continue
             if isinstance(ctx.source, CatalogSource):
                 items = unit.items[k] if unit.items else ()
-                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.margin_m, items)
+                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m, items)
             else:
-                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.margin_m)
+                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m)
             out.append(padded)
         except Exception as exc:
             log.warning("load %s@t%d failed: %s", tile.tile_id, unit.time_index, _reason(exc))

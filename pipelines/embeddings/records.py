@@ -88,7 +88,7 @@ def record_times(
 
     base = storage.join(storage.normalise_url(root_url), TILES_DIR, version_name)
     wanted = set(tile_ids) if tile_ids is not None else None
-    prefixes = column_prefixes(wanted) if wanted is not None else None
+    prefixes = column_prefixes(wanted, limit=storage.MAX_PREFIX_LISTINGS) if wanted is not None else None
     if time_index is not None:
         subdirs = [int(time_index)]
     else:  # the time slices that have records: one listing of the version's folder

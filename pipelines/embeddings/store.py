@@ -10,7 +10,7 @@ Layout (see ``docs/embeddings.md`` for the full description)::
           pooled     (time, dim, tile_y, tile_x) float16; one chunk per tile
           x, y, tile_x, tile_y, time, spatial_ref   coordinates + CF grid mapping
       _tiles/<version>/t<time_index>/<tile_id>.json   completion records (written after the data)
-      stac/collection.json, stac/items/<version>/<tile_id>.json
+      stac/collection.json, stac/catalogs/<version>/<block>.json, stac/items/<version>/<tile_id>.json
 
 Every (tile, time) is exactly one shard of ``embeddings`` and one chunk of ``pooled``, so any number
 of writers can work on distinct tiles concurrently without ever touching the same object. A tile

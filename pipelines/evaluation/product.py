@@ -42,10 +42,12 @@ def _unit(emb: np.ndarray) -> np.ndarray:
     return emb / np.where(n > 0, n, 1.0)
 
 
-def chip_position_share(emb: np.ndarray, core_tokens: int) -> float:
-    """Share of the variance of ``emb [H, W, D]`` (valid tokens) explained by (row % core, col % core)."""
+def chip_position_share(emb: np.ndarray, core_tokens: int, offset: int = 0) -> float:
+    """Share of the variance of ``emb [H, W, D]`` (valid tokens) explained by the place in the chip
+    core, ((row + offset) % core, (col + offset) % core); ``offset``: tokens the chip grid starts
+    before the raster (``ChipLayout.offset_tokens``)."""
     h, w, d = emb.shape
-    rows, cols = np.mgrid[0:h, 0:w]
+    rows, cols = np.mgrid[0:h, 0:w] + offset
     place = ((rows % core_tokens) * core_tokens + cols % core_tokens).reshape(-1)
     x = emb.reshape(-1, d).astype(np.float64)
     ok = np.isfinite(x).all(axis=1)
@@ -85,8 +87,9 @@ def unrelated_cosine(emb: np.ndarray, pairs: int = 20000, seed: int = 0) -> floa
     return float((x[i] * x[j]).sum(axis=1).mean())
 
 
-def seam_contrast(emb: np.ndarray, period: int) -> dict[str, float]:
-    """Adjacent-token cosine inside a period (chip core / tile) vs across its seams, both axes."""
+def seam_contrast(emb: np.ndarray, period: int, offset: int = 0) -> dict[str, float]:
+    """Adjacent-token cosine inside a period (chip core / tile) vs across its seams, both axes; the
+    seams lie before the tokens ``t`` with ``(t + offset) % period == 0``."""
     u = _unit(emb.astype(np.float64))
     inside: list[np.ndarray] = []
     across: list[np.ndarray] = []
@@ -95,7 +98,7 @@ def seam_contrast(emb: np.ndarray, period: int) -> dict[str, float]:
         b = u[1:] if axis == 0 else u[:, 1:]
         cos = (a * b).sum(axis=-1)  # between index i and i + 1 along the axis
         idx = np.arange(cos.shape[axis])
-        seam = (idx + 1) % period == 0
+        seam = (idx + 1 + offset) % period == 0
         sel = seam[:, None] if axis == 0 else seam[None, :]
         sel = np.broadcast_to(sel, cos.shape)
         inside.append(cos[~sel & np.isfinite(cos)])
@@ -129,6 +132,12 @@ class ProductMetrics:
     """Mean cosine of unrelated tokens (for scale)."""
     seams: dict[str, float] = field(default_factory=dict)
     """Adjacent-token cosine inside / across chip seams and their difference (``contrast``)."""
+    chips: int = 0
+    """Chips the layout places over the unshifted raster."""
+    chips_run: int = 0
+    """Of those, the chips run (the others write no valid pixel): the cost, compare layouts by it."""
+    chip: dict[str, Any] = field(default_factory=dict)
+    """The chip layout the output was written with (``ChipLayout.to_dict``: margin, blending, offset, overhead)."""
 
     def goals(self) -> dict[str, bool]:
         sc = [v for v in self.shift_consistency.values() if math.isfinite(v)]
@@ -207,6 +216,7 @@ def product_metrics(
     shifts: Sequence[int] = (1, 2, 3),
     core_tokens: int = 24,
     margin_tokens: int = 3,
+    blend_tokens: int | None = None,
     batch_size: int = 8,
     workdir: str | None = None,
     registry_files: Sequence[str] = (),
@@ -225,6 +235,7 @@ def product_metrics(
             "token_m": token_m,
             "core_tokens": core_tokens,
             "margin_tokens": margin_tokens,
+            "blend_tokens": blend_tokens,
             "batch_size": batch_size,
             "progress": False,
             "registry_files": registry_files,
@@ -237,15 +248,19 @@ def product_metrics(
         say(f"product metrics: embedding the scene ({checkpoint})")
         res = embed_raster(str(raster), str(root / "emb.tif"), checkpoint, **kw)
         ref = _read_emb(root / "emb.tif")
+        off = int(res.chip["offset_tokens"])
         out = ProductMetrics(
             checkpoint=checkpoint,
             token_m=res.token_m,
             core_tokens=core_tokens,
+            chip=dict(res.chip),
+            chips=res.chips,
+            chips_run=res.chips_run,
             grid_hw=(res.height, res.width),
             valid_tokens=res.valid_tokens,
-            chip_position_share=chip_position_share(ref, core_tokens),
+            chip_position_share=chip_position_share(ref, core_tokens, off),
             unrelated_cosine=unrelated_cosine(ref),
-            seams=seam_contrast(ref, core_tokens),
+            seams=seam_contrast(ref, core_tokens, off),
         )
         for s in shifts:
             say(f"product metrics: shifted by {s} token(s)")

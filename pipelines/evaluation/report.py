@@ -232,6 +232,18 @@ def render_markdown(result: EvalResult, plots: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
+def _chip_text(chip: dict[str, Any]) -> str:
+    """The chip layout of a product run in words (``ChipLayout.to_dict``)."""
+    if not chip:
+        return "layout not recorded"
+    blend = (
+        f"seams blended over {chip['blend_tokens']} tokens each side ({chip['blend_window']})"
+        if chip.get("blend_tokens")
+        else "cores only (no seam blending)"
+    )
+    return f"{chip['core_tokens']}-token cores + {chip['margin_tokens']}-token margins, {blend}"
+
+
 def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     """The product metrics section (``pipelines.evaluation.product``), empty without them."""
     if not product:
@@ -245,7 +257,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
         "Chip-position share: variance explained by a token's place in its chip core (goal <= 0.15); shift s: "
         "mean cosine of the same ground token after cropping the raster by s tokens (goal >= 0.97), beside "
         "unrelated tokens; seam contrast: adjacent-token cosine inside a chip minus across a chip seam "
-        "(goal < 0.01).",
+        "(goal < 0.01). Chips: " + _chip_text(product[0].get("chip") or {}) + ".",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

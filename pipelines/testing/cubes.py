@@ -230,6 +230,8 @@ def group_dataset(
             "tile_bounds": [x0, y0 - h * gsd_m, x0 + w * gsd_m, y0],
             "encoding": spec.encoding,
             "synthetic": "pipelines.testing.write_synthetic_cubes",
+            "lattice_shift_m": [0.0, 0.0],
+            "lattice": "tile origin: synthetic pixels drawn on the tile's own lattice",
             "layout_version": LAYOUT_VERSION,
             "Conventions": "CF-1.8",
         },

@@ -20,6 +20,7 @@ EMB_SCHEMA = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
 PROJ_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 STAC_ITEM_1_0 = "https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json"
 STAC_COLLECTION_1_0 = "https://schemas.stacspec.org/v1.0.0/collection-spec/json-schema/collection.json"
+STAC_CATALOG_1_0 = "https://schemas.stacspec.org/v1.0.0/catalog-spec/json-schema/catalog.json"
 GEOEMB_SCHEMA = (
     "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json"
 )

@@ -129,6 +129,36 @@ def test_list_files_read_many_and_write_json_many_locally(tmp_path: Path) -> Non
     assert json.loads(got[urls[0]] or b"")["tile_id"] == ids[0] and got[urls[2]] is None
 
 
+def test_column_prefixes_fall_back_to_zones_above_the_limit() -> None:
+    from pipelines.tiling import column_prefixes
+
+    ids = ["32631_95_649", "32631_95_650", "32631_96_649", "32632_34_649", "T7"]
+    assert column_prefixes(ids, limit=4) == ["32631_95_", "32631_96_", "32632_34_", "T7"]
+    assert column_prefixes(ids, limit=3) == ["32631_", "32632_", "T7"]  # every id still matched
+    assert all(any(t.startswith(p) for p in column_prefixes(ids, limit=1)) for t in ids)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-01T10:00:00.000Z",
+        "2026-01-01T10:00:00Z",
+        "2026-01-01T10:00:00.123456Z",
+        "2026-01-01T10:00:00",  # no zone: botocore's answer, whatever it is
+        "Wed, 12 Oct 2009 17:50:00 GMT",
+        "1700000000",
+    ],
+)
+def test_listing_timestamps_parse_like_botocore(text: str) -> None:
+    """The fast parser of S3 listing times gives botocore's datetime, zone included."""
+    from botocore.utils import parse_timestamp
+
+    from pipelines.storage import _iso_timestamp
+
+    fast, slow = _iso_timestamp(text), parse_timestamp(text)
+    assert fast == slow and fast.utcoffset() == slow.utcoffset()
+
+
 def test_atomic_writes_follow_the_umask_and_leave_no_temp(tmp_path: Path) -> None:
     import os
 

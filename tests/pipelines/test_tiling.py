@@ -68,6 +68,18 @@ def test_geobox_for_a_gsd_that_does_not_divide_the_tile() -> None:
     assert math.isclose(gbox.transform.f - 17 * 463.3, tile.bounds[1])
 
 
+def test_geobox_shifted_onto_a_native_grid_keeps_its_shape() -> None:
+    tile = GRID.tile_at(6.0, 45.0)
+    left, bottom, right, top = tile.bounds
+    gbox = tile.geobox(30.0, (-15.0, -15.0))  # Landsat Collection 2: pixel edges at 15 m (mod 30)
+    assert gbox.shape == tile.geobox(30.0).shape == (256, 256)
+    bb = gbox.boundingbox
+    assert (bb.left, bb.bottom, bb.right, bb.top) == (left - 15, bottom - 15, right - 15, top - 15)
+    assert gbox.transform.c % 30 == 15 and gbox.transform.f % 30 == 15
+    with pytest.raises(TileError, match="less than one 30 m pixel"):
+        tile.geobox(30.0, (30.0, 0.0))
+
+
 def test_cover_across_a_utm_zone_boundary_has_no_gaps() -> None:
     bbox = (5.8, 44.9, 6.2, 45.1)
     tiles = GRID.tiles_for_bbox(bbox)
@@ -150,7 +162,8 @@ def test_continent_scale_cover() -> None:
 
 
 def test_native_pixel_grids_of_real_items_against_the_tile_lattice() -> None:
-    """The offsets docs/cubes.md states ("Resampling"), measured on the recorded real items."""
+    """The native offsets docs/cubes.md states ("Resampling"), measured on the recorded real items in
+    their own CRSs; the group lattices planned from them: tests/pipelines/cubes/test_lattice.py."""
     import json
     from collections import defaultdict
 

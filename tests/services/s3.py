@@ -257,7 +257,10 @@ class S3Bucket:
 
 class RequestCounter:
     """Counts the HTTP requests an s3fs filesystem sends (``with RequestCounter(fs) as c: ...``;
-    ``c.total``, ``c.by_method``). Counted in the client: every request, retries included."""
+    ``c.total``, ``c.by_method``), the bytes sent (``c.bytes_sent``: each request's Content-Length)
+    and the bytes of objects received (``c.bytes_received``: Content-Length of each GET answered,
+    listings not counted), and ``c.requests``: ``(method, bucket/key)`` of each. Counted in the
+    client: every request, retries included."""
 
     def __init__(self, fs: Any) -> None:
         from fsspec.asyn import sync
@@ -265,12 +268,24 @@ class RequestCounter:
         self.fs = fs
         sync(fs.loop, fs.set_session)  # the client whose events we hook
         self.by_method: dict[str, int] = {}
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.requests: list[tuple[str, str]] = []
         self._active = False
         fs.s3.meta.events.register("before-send.s3", self._hook)
+        fs.s3.meta.events.register("after-call.s3.GetObject", self._got)
 
     def _hook(self, request: Any, **_: Any) -> None:
         if self._active:
+            from urllib.parse import unquote, urlsplit
+
             self.by_method[request.method] = self.by_method.get(request.method, 0) + 1
+            self.bytes_sent += int(request.headers.get("Content-Length") or 0)
+            self.requests.append((request.method, unquote(urlsplit(request.url).path).lstrip("/")))
+
+    def _got(self, parsed: Any = None, **_: Any) -> None:
+        if self._active and isinstance(parsed, dict):
+            self.bytes_received += int(parsed.get("ContentLength") or 0)
 
     @property
     def total(self) -> int:
@@ -278,6 +293,8 @@ class RequestCounter:
 
     def __enter__(self) -> RequestCounter:
         self.by_method = {}
+        self.bytes_sent = self.bytes_received = 0
+        self.requests = []
         self._active = True
         return self
 

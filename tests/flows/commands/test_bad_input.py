@@ -126,6 +126,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("embed-lat-95", lambda d: _embed(d, aoi="0,95,1,96"), "latitudes must be within [-90, 90]"),
     ("embed-core-0", lambda d: _embed(d, "--core-tokens", "0"), "core_tokens (--core-tokens) must be >= 1"),
     ("embed-margin", lambda d: _embed(d, "--margin-tokens", "-1"), "margin_tokens (--margin-tokens)"),
+    (
+        "embed-blend",
+        lambda d: _embed(d, "--blend-tokens", "-1"),
+        "blend_tokens (--blend-tokens) must be >= 0",
+    ),
     ("embed-batch-0", lambda d: _embed(d, "--batch-size", "0"), "batch_size"),
     ("embed-device", lambda d: _embed(d, "--device", "tpu"), "auto, cpu, cuda, cuda:N or mps"),
     ("embed-precision", lambda d: _embed(d, "--precision", "fp8"), "fp32"),
@@ -151,6 +156,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("raster-folder", lambda d: _raster(d, src="adir"), "is a folder"),
     ("raster-gsd-0", lambda d: _raster(d, "--gsd", "0"), "gsd (--gsd) must be > 0"),
     ("raster-core-0", lambda d: _raster(d, "--core-tokens", "0"), "core_tokens"),
+    (
+        "raster-blend",
+        lambda d: _raster(d, "--blend-tokens", "-2"),
+        "blend_tokens (--blend-tokens) must be >= 0",
+    ),
     ("raster-batch-0", lambda d: _raster(d, "--batch-size", "0"), "batch_size"),
     ("raster-precision", lambda d: _raster(d, "--precision", "fp8"), "fp32, bf16"),
     ("raster-device", lambda d: _raster(d, "--device", "tpu"), "cuda:N"),

@@ -48,9 +48,10 @@ def oracle(
     rows: np.ndarray,
     cols: np.ndarray,
     cs: CollectionSpec | None = None,
+    shift_m: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Expected reflectance at output pixels (rows, cols) of a tile's GSD grid, from plain rasterio
-    reads and the registry formulas (nearest neighbour, no odc-stac).
+    """Expected reflectance at output pixels (rows, cols) of a tile's GSD grid (moved by the group's
+    ``lattice_shift_m``), from plain rasterio reads and the registry formulas (nearest neighbour, no odc-stac).
 
     Returns (values with NaN where masked/nodata/outside, ambiguous) where ``ambiguous`` marks pixels
     whose centre falls within 0.01 source pixel of a source pixel edge (nearest is a coin toss there).
@@ -58,7 +59,7 @@ def oracle(
     import rasterio
 
     cs = cs or registry_spec(collection)
-    gbox = tile.geobox(gsd)
+    gbox = tile.geobox(gsd, shift_m)
     t = gbox.transform
     x = t.c + (cols + 0.5) * t.a
     y = t.f + (rows + 0.5) * t.e

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipelines.cubes import CubeStore, CubeStoreError, assemble_tile, write_cubes
+from pipelines.cubes import LAYOUT_VERSION, CubeStore, CubeStoreError, assemble_tile, write_cubes
 from pipelines.testing import make_item, reflectance_model
 from pipelines.tiling import TileGrid
 from tests.pipelines.cubes.support import (
@@ -178,7 +178,7 @@ def test_layout_chunks_shards_and_strict_json(built: dict[str, Any]) -> None:
     assert codec["configuration"]["chunk_shape"] == [1, 1, 192, 192]
     assert arr["dimension_names"] == ["time", "band", "y", "x"]
     root = strict_json(out / "zarr.json")
-    assert root["attributes"]["aom_cubes"]["layout_version"] == 1
+    assert root["attributes"]["aom_cubes"]["layout_version"] == LAYOUT_VERSION == 2
     assert (out / "_tiles" / f"{TILE_IDS[0]}.json").exists()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.cubes import CubeSpec, assemble_tile
+from pipelines.cubes import CubeSpec, assemble_tile, lattice_shift
 from pipelines.tiling import TileGrid
 from tests.pipelines.cubes.support import LANDSAT, S2, assert_matches_oracle, oracle
 
@@ -92,7 +92,7 @@ def _check_against_oracle(
         a.ravel() for a in np.meshgrid(np.arange(0, ny, every), np.arange(0, nx, every), indexing="ij")
     )
     for b, band in enumerate(str(v) for v in ds["band"].values):
-        exp, amb = oracle(item, collection, band, tile, gsd, rows, cols)
+        exp, amb = oracle(item, collection, band, tile, gsd, rows, cols, shift_m=lattice_shift(ds.attrs))
         got = ds["reflectance"].isel(time=0, band=b).values[rows, cols]
         assert_matches_oracle(got, exp, amb)
 
@@ -148,7 +148,9 @@ def test_real_landsat8_001062(real_data: Path, tmp_path: Path) -> None:
     cs = spec2.collection_spec(LANDSAT)
     assert cs.mask.invalid_bits == (0,)
     for b, band in enumerate(str(v) for v in ds2["band"].values):
-        exp, amb = oracle(item, LANDSAT, band, tile, 30.0, rows, cols, cs=cs)
+        exp, amb = oracle(
+            item, LANDSAT, band, tile, 30.0, rows, cols, cs=cs, shift_m=lattice_shift(ds2.attrs)
+        )
         assert_matches_oracle(refl[0, b][rows, cols], exp, amb)
 
 

@@ -85,14 +85,17 @@ def test_geotiff_float32_is_georeferenced_and_equals_direct_encoder(
         bands=BANDS,
         core_tokens=12,
         margin_tokens=2,
+        blend_tokens=0,  # cores only: each token is one chip's (blending: tests/pipelines/embed/test_layout.py)
         progress=False,
     )
     assert (res.height, res.width, res.dim, res.token_px) == (25, 33, 64, 16)
+    assert res.chip["blend_tokens"] == 0 and res.chip["pad_tokens"] == 2 and res.chips == 9
     with rasterio.open(out) as src:
         assert src.count == 64 and (src.height, src.width) == (25, 33) and src.crs.to_epsg() == 32632
         assert tuple(src.transform)[:6] == (160.0, 0.0, 300000.0, 0.0, -160.0, 5000000.0)
         emb = np.moveaxis(src.read(), 0, -1)
         assert "AOM_ENCODING" in src.tags()
+        assert json.loads(src.tags()["AOM_CHIP"]) == res.chip  # the layout is recorded with the output
     assert np.isnan(emb[:5, :7]).all()  # the nodata corner (90 x 120 px = 5.6 x 7.5 tokens)
     assert np.isfinite(emb[10:, 10:]).all() and res.valid_tokens == int(np.isfinite(emb).all(-1).sum())
 

@@ -156,7 +156,8 @@ def test_layout_alignment_and_plan() -> None:
     assert alignment_tokens(160.0, [10.0, 20.0]) == 1
     layout = choose_layout(48, 160.0, [10.0, 20.0, 60.0, 30.0])
     assert (layout.core_tokens, layout.margin_tokens, layout.chip_tokens) == (24, 3, 30)
-    assert layout.margin_m == 480.0 and layout.chips_per_side == 2
+    assert layout.margin_m == 480.0 and layout.chips_per_side == 3 and layout.pad_m == 2400.0  # blended
+    assert choose_layout(48, 160.0, [10.0, 60.0], blend_tokens=0).chips_per_side == 2
     assert layout.pixels(layout.chip_tokens, 60.0) == 80 and layout.pixels(3, 30.0) == 16
     with pytest.raises(EmbedConfigError, match="multiple of 3"):
         choose_layout(48, 160.0, [10.0, 60.0], margin_tokens=2)
@@ -299,6 +300,8 @@ def test_reference_run_records_provenance_and_quantisation(
         assert {b["gsd_m"] for b in prov["bands"]} == {10.0, 20.0, 30.0, 60.0}
         assert prov["gsds_m"] == [10.0, 20.0, 30.0, 60.0]
         assert prov["chip"]["margin_tokens"] == 3 and prov["chip"]["core_tokens"] == 24
+        assert prov["chip"]["blend_tokens"] == 3 and prov["chip"]["offset_tokens"] == 12
+        assert prov["chip"]["pad_tokens"] == 15 and prov["chip"]["chips_per_tile"] == 9
         q = rec["quantisation"]
         assert q["max_abs_error"] <= q["bound_max_abs_error"] == es.QUANT_MAX_ABS_ERROR
     # a rerun is a no-op: everything already complete
@@ -316,7 +319,7 @@ def test_stac_output_parses_with_pystac(reference: tuple[Path, Any]) -> None:
     assert (Path(out) / summary.version / "32631" / "tiles" / "vectors" / "zarr.json").exists()
     coll = pystac.Collection.from_file(summary.stac_collection)
     assert coll.id == summary.version and es.EMB_EXTENSION in coll.stac_extensions
-    items = list(coll.get_items())
+    items = list(coll.get_items(recursive=True))
     assert sorted(i.id for i in items) == sorted(TILES)
     for item in items:
         assert es.EMB_EXTENSION in item.stac_extensions
@@ -343,8 +346,10 @@ def test_stac_output_parses_with_pystac(reference: tuple[Path, Any]) -> None:
 def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(
     reference: tuple[Path, Any], checkpoint: Path, cubes: Path
 ) -> None:
-    """Chip borders: each chip is its 24-token core + 3 tokens of the neighbouring area each side; the
-    stored core tokens must equal the encoder called directly on those padded pixels."""
+    """Chip borders and seam blending (the defaults): 3 x 3 chips of a 24-token core + 3 tokens of
+    context each side on a grid starting 12 tokens before the tile, read from a tile padded by 15
+    tokens (2400 m); a stored token must equal the sin^2-weighted mean (3 tokens each side of a seam)
+    of the encoder called directly on those padded pixels, for every chip that covers it."""
     import torch
 
     from aom_model import BandBatch, BandGroup
@@ -356,7 +361,7 @@ def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(
     grid = TileGrid()
     tile = grid.tile(TILES[0])
     period = parse_periods(PERIOD)[0]
-    padded = CubeSource(str(cubes)).read(tile, period, 0, 480.0)
+    padded = CubeSource(str(cubes)).read(tile, period, 0, 2400.0)
     assert padded.status == TileStatus.DONE and [g.gsd_m for g in padded.groups] == [10.0, 20.0, 30.0, 60.0]
 
     # the padded pixels' centre is the cube's own median over the period (independent read)
@@ -366,16 +371,18 @@ def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # nodata pixels of the oracle
         med = np.nanmedian(refl, axis=0)
-    np.testing.assert_allclose(padded.groups[0].pixels[:, 48:-48, 48:-48], med, rtol=1e-6, equal_nan=True)
-    assert np.isnan(padded.groups[0].pixels[:, :48, :]).all()  # no neighbour cube: the margin is nodata
+    np.testing.assert_allclose(padded.groups[0].pixels[:, 240:-240, 240:-240], med, rtol=1e-6, equal_nan=True)
+    assert np.isnan(padded.groups[0].pixels[:, :240, :]).all()  # no neighbour cube: the margin is nodata
 
     stored = es.dequantize(tile_codes(str(out), summary.version, tile.tile_id))
     torch.set_num_threads(1)
-    core, margin, chip = 24, 3, 30
+    core, chip, offset, blend = 24, 30, 12, 3
     plan = chip_plan(ckpt.config, [10.0, 20.0, 30.0, 60.0], chip, 160.0)
-    compared = 0
-    for i in range(2):
-        for j in range(2):
+    ramp = np.sin(np.pi / 2 * (np.arange(2 * blend) + 0.5) / (2 * blend)) ** 2
+    w1 = np.concatenate([ramp, np.ones(chip - 4 * blend), ramp[::-1]])  # [30]: the chip writes all 30 tokens
+    acc, wsum = np.zeros((48, 48, 64)), np.zeros((48, 48))
+    for i in range(3):
+        for j in range(3):
             groups = []
             for g in padded.groups:
                 tp = 160.0 / g.gsd_m  # pixels per token (5.33 at 30 m: chips are whole pixels, not tokens)
@@ -398,18 +405,22 @@ def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(
                 )
             with torch.inference_mode():
                 enc = ckpt.model.forward_features(BandBatch(tuple(groups)), plan)
-            tok = (
-                enc.tokens[0].reshape(chip, chip, -1).numpy()[margin : margin + core, margin : margin + core]
-            )
-            val = (
-                enc.token_valid[0].reshape(chip, chip).numpy()[margin : margin + core, margin : margin + core]
-            )
-            want = es.unit(np.where(val[..., None], tok, np.nan))
-            got = stored[i * core : (i + 1) * core, j * core : (j + 1) * core]
-            assert np.array_equal(np.isnan(got).all(-1), ~val)
-            np.testing.assert_allclose(got[val], want[val], atol=es.QUANT_MAX_ABS_ERROR + 1e-6)
-            compared += int(val.sum())
-    assert compared > 100
+            tok = enc.tokens[0].reshape(chip, chip, -1).numpy().astype(np.float64)
+            val = enc.token_valid[0].reshape(chip, chip).numpy()
+            w = np.outer(w1, w1) * val  # [30, 30]
+            r0, c0 = i * core - offset - blend, j * core - offset - blend  # tile token of chip token 0
+            rs, cs = slice(max(r0, 0), min(r0 + chip, 48)), slice(max(c0, 0), min(c0 + chip, 48))
+            crs, ccs = slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0)
+            acc[rs, cs] += w[crs, ccs, None] * np.where(val[..., None], tok, 0.0)[crs, ccs]
+            wsum[rs, cs] += w[crs, ccs]
+    ok = wsum > 0
+    want = es.unit(
+        np.where(ok[..., None], acc / np.where(ok, wsum, 1.0)[..., None], np.nan).astype(np.float32)
+    )
+    got = stored  # [48, 48, 64]
+    assert np.array_equal(np.isnan(got).all(-1), ~ok)
+    np.testing.assert_allclose(got[ok], want[ok], atol=es.QUANT_MAX_ABS_ERROR + 1e-6)
+    assert ok.sum() > 100
 
 
 def test_nodata_tiles_are_written_and_recorded(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
@@ -552,7 +563,7 @@ def test_e2e_catalog_on_local_cluster_with_gpu_annotation(
         assert prov["source"].startswith("catalog:") and prov["collections"] == ["sentinel-2-l2a"]
         assert all(i.startswith("SYN_S2_") for i in prov["input_items"])
     coll = pystac.Collection.from_file(str(out / "stac" / "collection.json"))
-    assert [i.id for i in coll.get_items()] == [TILES[1]]
+    assert [i.id for i in coll.get_items(recursive=True)] == [TILES[1]]
 
 
 @pytest.mark.slow

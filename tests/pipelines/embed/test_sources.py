@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ def test_shard_reads_equal_the_xarray_path(store: Path, strip_mb: float) -> None
     ref = CubeSource(str(store), strip_mb=strip_mb, decode="xarray").read(tile, period, 0, 480.0)
     assert new.status == ref.status == TileStatus.DONE
     assert [(g.collection, g.gsd_m) for g in new.groups] == [(g.collection, g.gsd_m) for g in ref.groups]
+    assert [g.bands for g in new.groups] == [g.bands for g in ref.groups]  # metadata without xarray
     for a, b in zip(new.groups, ref.groups):
         assert a.pixels.dtype == b.pixels.dtype == np.float32
         np.testing.assert_array_equal(a.pixels, b.pixels)  # bit for bit, NaN where NaN
@@ -69,3 +71,58 @@ def test_each_shard_fetched_once_per_group(store: Path) -> None:
     one = cs.open_raw(TILE, coll, label)
     composite_raw_into(out, one, list(range(nb)), list(range(nt)), (0, h, 0, w), (0, 0), strip_mb=1e6)
     assert one.counts.chunks_decoded == many  # every chunk decoded once, however small the passes
+
+
+def test_median_of_two_equals_the_float64_mean() -> None:
+    """The float32 ``(fmin + fmax) / 2`` of two acquisitions is bit for bit the float64 mean rounded to
+    float32 (what the median was computed as before), NaN handled as ``np.nanmedian``."""
+    from pipelines.embed.chips import nanmedian_time
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    a = (rng.integers(-2000, 20000, n) * 1e-4).astype(np.float32)  # decoded int16 reflectance
+    b = (rng.integers(-2000, 20000, n) * 1e-4 - 0.1).astype(np.float32)
+    wide = rng.standard_normal((2, n)).astype(np.float32) * np.float32(10.0) ** rng.integers(-30, 30, (2, n))
+    stack = np.concatenate([np.stack([a, b]), wide.astype(np.float32)], axis=1)  # [2, 2n]
+    stack[0, ::7] = np.nan
+    stack[1, ::5] = np.nan
+    want = np.where(
+        np.isnan(stack[0]),
+        stack[1],
+        np.where(np.isnan(stack[1]), stack[0], (stack[0].astype(np.float64) + stack[1]) * 0.5),
+    ).astype(np.float32)
+    got = nanmedian_time(stack)
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+    out = np.full(stack.shape[1:], 7.0, dtype=np.float32)
+    assert nanmedian_time(stack, out=out) is out
+    np.testing.assert_array_equal(out.view(np.int32), want.view(np.int32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+        np.testing.assert_array_equal(got, np.nanmedian(stack, axis=0).astype(np.float32))
+
+
+@pytest.mark.parametrize("n_times", [3, 4])
+def test_shard_composite_of_many_acquisitions_equals_the_xarray_path(tmp_path: Path, n_times: int) -> None:
+    """With three or more acquisitions the shard path takes the median of the stored integers (only
+    the two middle values decoded); it equals the xarray path's float median bit for bit."""
+    from pipelines.cubes import CubeStore
+    from pipelines.embed.sources import composite_into, composite_raw_into
+    from pipelines.testing import write_synthetic_cubes
+
+    root = tmp_path / "store"
+    write_synthetic_cubes(root, seed=3, n_tiles=1, tile_m=960, n_times=n_times, cloud_cover=(0.2, 0.6))
+    cs = CubeStore.open(str(root))
+    tile = cs.complete_tiles()[0]
+    for coll, label in cs.groups(tile):
+        ds = cs.open_group(tile, coll, label, lazy=True)
+        rg = cs.open_raw(tile, coll, label)
+        nt, nb, h, w = rg.shape
+        assert nt == n_times
+        for src, strip_mb in (((0, h, 0, w), 64.0), ((2, h - 1, 3, w - 2), 0.01)):
+            shape = (nb, src[1] - src[0] + 1, src[3] - src[2] + 2)
+            got = np.full(shape, np.nan, dtype=np.float32)
+            want = np.full(shape, np.nan, dtype=np.float32)
+            composite_raw_into(got, rg, list(range(nb)), list(range(nt)), src, (1, 2), strip_mb)
+            composite_into(want, ds, list(range(nb)), list(range(nt)), src, (1, 2), strip_mb)
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            assert np.isfinite(got).any()

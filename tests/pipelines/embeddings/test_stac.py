@@ -13,6 +13,7 @@ from pipelines.testing import build_synthetic_store, synthetic_version
 from pipelines.testing.schemas import (
     EMB_SCHEMA,
     PROJ_SCHEMA,
+    STAC_CATALOG_1_0,
     STAC_COLLECTION_1_0,
     STAC_ITEM_1_0,
     SchemaSet,
@@ -50,6 +51,14 @@ def test_items_and_collection_validate_offline(schemas: SchemaSet, composite_sto
     assert schemas.errors(coll, EMB_SCHEMA) == []
     assert schemas.errors(coll, STAC_COLLECTION_1_0) == []
     assert schemas.errors(coll, PROJ_SCHEMA) == []
+    children = sorted((root / "stac" / "catalogs" / name).glob("*.json"))
+    assert len(children) == 2  # one block in each of the two zones the bbox touches
+    assert sorted(x["href"] for x in coll["links"] if x["rel"] == "child") == [
+        f"./catalogs/{name}/{c.name}" for c in children
+    ]
+    assert not any(x["rel"] == "item" for x in coll["links"])  # items are linked by the children
+    for path in children:
+        assert schemas.errors(_read(path), STAC_CATALOG_1_0) == [], path.name
     items = sorted((root / "stac" / "items" / name).glob("*.json"))
     assert len(items) >= 2
     for path in items:
@@ -105,3 +114,19 @@ def test_period_bounds_without_periods_is_the_instant() -> None:
     assert start == end and start.isoformat() == "2024-06-01T00:00:00+00:00"
     open_end = synthetic_version(times=("2024-06-01",), config={"periods": ["2024-06-01/.."]})
     assert period_bounds(open_end, 0) == (start, start)
+
+
+def test_pystac_walks_collection_children_items(composite_store: tuple[Path, str]) -> None:
+    """pystac reads the layout: the collection's children, each child's items, each item's parent."""
+    import pystac
+
+    root, name = composite_store
+    coll = pystac.Collection.from_file(str(root / "stac" / "collection.json"))
+    items = list(coll.get_items(recursive=True))
+    on_disk = sorted(p.stem for p in (root / "stac" / "items" / name).glob("*.json"))
+    assert sorted(i.id for i in items) == on_disk
+    for child in coll.get_children():
+        for item in child.get_items():
+            assert item.get_parent() is not None and item.get_parent().id == child.id
+    walked = [it.id for _, _, its in coll.walk() for it in its]
+    assert sorted(walked) == on_disk

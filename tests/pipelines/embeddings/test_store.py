@@ -242,7 +242,7 @@ def test_stac_parses_with_pystac(tmp_path: Path) -> None:
     assert coll.id == v.name
     assert "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json" in coll.stac_extensions
     assert coll.extra_fields["emb:dimensions"] == v.dim
-    items = list(coll.get_items())
+    items = list(coll.get_items(recursive=True))
     assert sorted(i.id for i in items) == sorted(t.tile_id for t in tiles)
     for item in items:
         again = pystac.Item.from_file(str(root / "stac" / "items" / v.name / f"{item.id}.json"))

@@ -78,3 +78,21 @@ def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     assert set(m["goals"]) == {"chip_position_share", "shift_consistency", "seam_contrast"}
     text = "\n".join(_product_lines(rows))
     assert "## Product metrics" in text and "| random-init | 160 |" in text
+    assert "Chips: 4-token cores + 1-token margins, seams blended over 1 tokens each side" in text
+
+
+def test_seam_blending_lowers_the_seam_contrast_end_to_end() -> None:
+    """The same synthetic scene (192 x 192 px of 20 m, a 24 x 24 token grid) through embed-raster with
+    random weights, 6-token cores and 2-token margins: blending 2 tokens each side of a seam gives a
+    lower seam contrast than cores only (measured 0.009 vs 0.014), at no cost in shift consistency,
+    and each output records its layout (the blended one runs more chips: 24 vs 16)."""
+    scene = synthetic_scene(size_px=192, n_classes=4, seed=1)
+    kw = {"token_m": 160.0, "shifts": (1,), "core_tokens": 6, "margin_tokens": 2}
+    (core_only,) = run_product_metrics(scene, "random:tiny", blend_tokens=0, **kw)
+    (blended,) = run_product_metrics(scene, "random:tiny", blend_tokens=2, **kw)
+    assert core_only["chip"]["blend_tokens"] == 0 and core_only["chip"]["offset_tokens"] == 0
+    assert blended["chip"]["blend_tokens"] == 2 and blended["chip"]["offset_tokens"] == 3
+    assert blended["chips_run"] > core_only["chips_run"]
+    assert core_only["seams"]["contrast"] > 0.01
+    assert abs(blended["seams"]["contrast"]) < core_only["seams"]["contrast"]
+    assert blended["shift_consistency"]["1"] >= core_only["shift_consistency"]["1"] - 1e-3
