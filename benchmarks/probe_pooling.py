@@ -135,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     per.setdefault((m, v, c, "refit"), []).append(probe(splits, y, x_sub, x_sub, c, ml))
     for r in rows:
         for mode in ("transfer", "refit"):
-            v = per.get((r["model"], r["features"], r["C"], mode))
-            if v:
-                r[f"half_{mode}"] = float(np.mean(v))
-                r[f"half_{mode}_retention"] = float(np.mean(v)) / r["all_bands"]
+            got = per.get((r["model"], r["features"], r["C"], mode))
+            if got:
+                r[f"half_{mode}"] = float(np.mean(got))
+                r[f"half_{mode}_retention"] = float(np.mean(got)) / r["all_bands"]
     for r in rows:
         if "half_transfer" in r:
             print(
