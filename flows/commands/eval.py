@@ -229,6 +229,8 @@ def eval_command(
     paths = write_report(result, out)
     goals = result.goals
     typer.echo(f"{result.metric}, {result.dataset['split']}; {result.wall_s:.0f} s")
+    if goals.get("features"):
+        typer.echo(f"goals: the checkpoint's {goals['features']} features")
     for mode, b in (goals.get("beats_random_init") or {}).items():
         typer.echo(
             f"beats random-init ({mode}): {'yes' if b['met'] else 'no: ' + '; '.join(b['not_met_in'])}"
