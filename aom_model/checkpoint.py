@@ -114,7 +114,10 @@ def load_checkpoint(
             f"unsupported checkpoint format_version {version} (this code reads {FORMAT_VERSION}): {why};"
             " use a checkpoint written by this version (aom pretrain) or the shipped one"
         )
-    config = AOMConfig.from_dict(json.loads(meta["config"]))
+    stored = json.loads(meta["config"])
+    # checkpoints written before the field existed were pretrained with visible band tokens only
+    stored.setdefault("encode_masked_bands", False)
+    config = AOMConfig.from_dict(stored)
     norm_stats = json.loads(meta.get("norm_stats", "null"))
     extra = json.loads(meta.get("extra", "{}"))
     tensors = st_load(data)

@@ -18,7 +18,7 @@ Pipeline
 3. :func:`~aom_model.train.plan.build_plan`: per epoch, (tile, time) *blocks* are permuted and
    dealt to ranks; each rank mixes the chips of ``window_blocks`` consecutive blocks (a *window*)
    into layout-homogeneous micro-batches; channel sampling (stage 1: which GSD groups, per window
-   and layout; stage 2: which bands, per block) is part of the plan. A chip appears at most once
+   and layout; stage 2: which bands, per chip) is part of the plan. A chip appears at most once
    per epoch; micro-batch ``i`` is a pure function of (seed, epoch, i), the same for every world
    size dividing the number of data streams.
 4. :func:`make_loader` delivers a rank's micro-batches in order; a data-loader item is a window:

@@ -13,8 +13,9 @@ is built around blocks (``docs/pretraining.md``, "Epoch plan"):
    micro-batches, and the window's micro-batches are permuted (seeded by seed, epoch, streams,
    stream, window);
 3. channel sampling is fixed in the plan: stage 1 (which GSD groups are kept) per (window, layout),
-   stage 2 (the band subset of each kept group) per block and epoch, so the loader decodes exactly
-   the (group, band) pairs that some sample of the window uses and never a dropped band;
+   stage 2 (the band subset of each kept group) per chip and epoch, so the loader decodes for each
+   block exactly the union of the (group, band) pairs its chips in the window keep, and never a band
+   that none of them keeps;
 4. every stream keeps the same number of micro-batches (the smallest count of any stream).
 
 Global micro-batch ``i`` is micro-batch ``i // S`` of stream ``i % S`` (``S`` streams) and is a pure
@@ -135,7 +136,7 @@ def reads(index: ChipIndex, batches: Sequence[BatchSpec]) -> list[Read]:
         cur = need.get(key)
         if cur is None:
             need[key] = m
-        elif cur != m:  # masks are drawn per block, so they mostly repeat
+        elif cur != m:
             need[key] = tuple(a or b for a, b in zip(cur, m))
 
     for b in batches:
@@ -279,17 +280,14 @@ def _window_batches(
     for blk in blocks:
         for i in by_block[blk]:
             by_layout.setdefault(index.layout_key(index.chips[i]), []).append(i)
-    masks: dict[tuple[Any, ...], tuple[Mask, ...]] = {}
 
-    def block_masks(tag: int, source: int, t: int) -> tuple[Mask, ...]:
-        key = (tag, source, t)
-        if key not in masks:  # stage 2: per block and epoch (tag: native / own coarse / partner use)
-            brng = np.random.default_rng([seed, epoch, tag, source, t])
-            src = index.sources[source]
-            masks[key] = tuple(
-                _band_mask(brng, len(g.bands), augment, cfg.all_bands_prob) for g in src.groups
-            )
-        return masks[key]
+    def chip_masks(tag: int, cid: int, source: int) -> tuple[Mask, ...]:
+        # stage 2: per chip and epoch (tag: native / own coarse / partner view); ``source`` is the
+        # view's source (the partner's for tag 3). The loader decodes the union over a window's chips.
+        crng = np.random.default_rng([seed, epoch, tag, cid])
+        return tuple(
+            _band_mask(crng, len(g.bands), augment, cfg.all_bands_prob) for g in index.sources[source].groups
+        )
 
     out: list[BatchSpec] = []
     for key in sorted(by_layout, key=repr):
@@ -316,13 +314,13 @@ def _window_batches(
             nm, cm = [], []
             for cid in chips:
                 c = index.chips[cid]
-                m = block_masks(1, c.source, c.t)
+                m = chip_masks(1, cid, c.source)
                 nm.append(tuple(m[g] for g in keep_native))
                 if keep_coarse is not None:
                     if factor > 1 or c.partner is None:
-                        pm = block_masks(2, c.source, c.t)
+                        pm = chip_masks(2, cid, c.source)
                     else:
-                        pm = block_masks(3, *c.partner)
+                        pm = chip_masks(3, cid, c.partner[0])
                     cm.append(tuple(pm[g] for g in keep_coarse))
             out.append(BatchSpec(chips, keep_native, tuple(nm), keep_coarse, factor, tuple(cm)))
     return [out[j] for j in rng.permutation(len(out))]

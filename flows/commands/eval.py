@@ -123,6 +123,13 @@ def eval_command(
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: leave as is)."),
     random_baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline"),
     raw_baseline: bool = typer.Option(True, "--raw-baseline/--no-raw-baseline"),
+    features: str = typer.Option(
+        "pooled",
+        "--features",
+        help="Encoder features, comma-separated: pooled (mean of position tokens, what aom embed writes) "
+        "and/or band-tokens (per band the mean of its band tokens: a diagnostic); each its own rows, "
+        "goals use the first.",
+    ),
     registry: list[str] = typer.Option([], "--registry", help="Extra sensor registry YAML files."),
     product_shifts: str = typer.Option(
         "1,2,3",
@@ -180,6 +187,7 @@ def eval_command(
             registry=tuple(registry),
             threads=threads,
             token_m=token_m,
+            features=_names(features),
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
@@ -221,6 +229,8 @@ def eval_command(
     paths = write_report(result, out)
     goals = result.goals
     typer.echo(f"{result.metric}, {result.dataset['split']}; {result.wall_s:.0f} s")
+    if goals.get("features"):
+        typer.echo(f"goals: the checkpoint's {goals['features']} features")
     for mode, b in (goals.get("beats_random_init") or {}).items():
         typer.echo(
             f"beats random-init ({mode}): {'yes' if b['met'] else 'no: ' + '; '.join(b['not_met_in'])}"

@@ -125,8 +125,18 @@ def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
     return {b.key: input_stats(p) for b, p in zip(ps.bands, ps.pixels)}
 
 
-def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:
-    """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
+def encoder_outputs(
+    enc: Encoder, ps: PatchSet, batch_size: int = 64, band_tokens: bool = False
+) -> dict[str, np.ndarray]:
+    """Encode every patch (one token plan, inputs normalised as embedding does) ->
+
+    * ``pooled`` [N, D]: mean of valid position tokens (what ``aom embed`` writes);
+    * ``pos_std`` [N, D]: standard deviation of the valid position tokens;
+    * ``band_tokens`` [N, C, D] (only with ``band_tokens``): per band of ``ps.bands`` (in that order)
+      the mean of its valid band tokens over the positions; NaN where a patch has none.
+
+    A patch without a valid token gets NaN everywhere (the probe imputes it).
+    """
     import torch
 
     from aom_model import BandBatch, plan_for
@@ -139,7 +149,6 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
     wl = [b.center_wavelength_nm for b in ps.bands]
     fw = [b.fwhm_nm for b in ps.bands]
     gsd = [b.gsd_m for b in ps.bands]
-    outs = []
     model = enc.model
     token_m = float(enc.token_m if enc.token_m is not None else model.config.token_ground_m)
     extent = min(min(a.shape[-2:]) * g for a, g in zip(ps.pixels, gsd)) if ps.pixels else 0.0
@@ -158,18 +167,75 @@ def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.nda
                 token_m,
                 realised,
             )
+    # BandBatch.from_bands groups bands by (GSD, H, W) in order of first appearance: channel c of
+    # the band tokens is band order[c] of ps.bands (checked against the tokens' wavelengths below)
+    first: dict[tuple[float, int, int], int] = {}
+    for i, (a, g) in enumerate(zip(ps.pixels, gsd)):
+        first.setdefault((float(g), int(a.shape[-2]), int(a.shape[-1])), i)
+    order = sorted(
+        range(len(ps.bands)),
+        key=lambda i: first[(float(gsd[i]), int(ps.pixels[i].shape[-2]), int(ps.pixels[i].shape[-1]))],
+    )
+    outs: dict[str, list[np.ndarray]] = {"pooled": [], "pos_std": [], "band_tokens": []}
     with torch.inference_mode():
         for s in range(0, len(ps), batch_size):
             px = [torch.from_numpy(a[s : s + batch_size]) for a in normed]
             batch = BandBatch.from_bands(px, wl, fw, gsd)
+            batch.validate()  # as forward_features, which this splits to see the band order
             # the one token plan (as pretraining and embedding): token_m metres per token
-            pooled = model.forward_features(batch, plan_for(batch, model.config, token_m)).pooled
-            outs.append(pooled.float().cpu().numpy())
-    x = np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        x[bad] = np.nan  # a patch without a valid token: the probe imputes it
-    return x
+            tokens = model.tokenize(batch, plan_for(batch, model.config, token_m))
+            out = model.encode(tokens, keep_band_tokens=band_tokens)
+            valid = out.token_valid.float()[..., None]  # [B, N, 1]
+            n_valid = valid.sum(1)  # [B, 1]
+            var = (((out.tokens - out.pooled[:, None]) ** 2) * valid).sum(1) / n_valid.clamp(min=1)
+            outs["pooled"].append(out.pooled.float().cpu().numpy())
+            outs["pos_std"].append(var.sqrt().float().cpu().numpy())
+            if band_tokens:
+                if not torch.equal(tokens.wavelength_nm[0].cpu(), torch.tensor([wl[i] for i in order])):
+                    raise RuntimeError("band token channels are not in the expected band order")
+                bt, bv = out.band_tokens, out.band_token_valid  # [B, N, C, D], [B, N, C]
+                assert bt is not None and bv is not None
+                w = bv.float()[..., None]  # [B, N, C, 1]
+                cnt = w.sum(1)  # [B, C, 1]
+                m = (bt * w).sum(1) / cnt.clamp(min=1)  # [B, C, D]
+                m = torch.where(cnt > 0, m, torch.full_like(m, float("nan")))
+                inv = torch.empty(len(order), dtype=torch.long)
+                inv[torch.tensor(order)] = torch.arange(len(order))
+                outs["band_tokens"].append(m[:, inv].float().cpu().numpy())  # [B, C, D] in ps.bands order
+    d = int(model.config.embed_dim)
+    res = {
+        "pooled": np.concatenate(outs["pooled"]) if outs["pooled"] else np.zeros((0, d), np.float32),
+        "pos_std": np.concatenate(outs["pos_std"]) if outs["pos_std"] else np.zeros((0, d), np.float32),
+    }
+    if band_tokens:
+        res["band_tokens"] = (
+            np.concatenate(outs["band_tokens"])
+            if outs["band_tokens"]
+            else np.zeros((0, len(ps.bands), d), np.float32)
+        )
+    bad = ~np.isfinite(res["pooled"]).all(axis=1)
+    if bad.any():  # a patch without a valid token: the probe imputes it
+        for v in res.values():
+            v[bad] = np.nan
+    return res
+
+
+def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:
+    """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
+    return encoder_outputs(enc, ps, batch_size)["pooled"]
+
+
+def band_token_features(
+    enc: Encoder,
+    ps: PatchSet,
+    reference: Sequence[BandSpec] | None = None,
+    tol_nm: float | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """-> [N, D * len(reference)]: per reference band the mean of the matching band's band tokens
+    (matched as ``raw_features`` matches bands), NaN where none matches."""
+    bt = encoder_outputs(enc, ps, batch_size, band_tokens=True)["band_tokens"]  # [N, C, D]
+    return layout_on_reference(ps.bands, [bt[:, j] for j in range(bt.shape[1])], reference, tol_nm)
 
 
 def _match(band: BandSpec, candidates: Sequence[BandSpec], tol_nm: float | None) -> int | None:
@@ -187,21 +253,44 @@ def _match(band: BandSpec, candidates: Sequence[BandSpec], tol_nm: float | None)
     return i if abs(c.center_wavelength_nm - band.center_wavelength_nm) <= tol else None
 
 
+def layout_on_reference(
+    bands: Sequence[BandSpec],
+    per_band: Sequence[np.ndarray],
+    reference: Sequence[BandSpec] | None = None,
+    tol_nm: float | None = None,
+) -> np.ndarray:
+    """Per-band features ``per_band[j]`` [N, K] of ``bands[j]`` -> [N, K * len(reference)]: block r
+    holds the features of the band matching reference band r (key, else nearest centre wavelength
+    within ``tol_nm``), NaN where none matches. ``reference`` None: ``bands`` itself."""
+    ref = list(reference) if reference is not None else list(bands)
+    if len(per_band) != len(bands):
+        raise ValueError(f"{len(per_band)} per-band features for {len(bands)} bands")
+    n = per_band[0].shape[0] if per_band else 0
+    k = per_band[0].shape[1] if per_band else 0
+    out = np.full((n, k * len(ref)), np.nan, dtype=np.float32)
+    for r, band in enumerate(ref):
+        j = _match(band, bands, tol_nm)
+        if j is not None:
+            out[:, k * r : k * (r + 1)] = per_band[j]
+    return out
+
+
 def raw_features(
     ps: PatchSet, reference: Sequence[BandSpec] | None = None, tol_nm: float | None = None
 ) -> np.ndarray:
     """-> [N, 2 * len(reference)]: per reference band the patch mean and std of valid reflectance of
     the matching band (key, else nearest wavelength within ``tol_nm``), NaN where none matches."""
-    ref = list(reference) if reference is not None else list(ps.bands)
     n = len(ps)
-    out = np.full((n, 2 * len(ref)), np.nan, dtype=np.float32)
-    for r, band in enumerate(ref):
-        j = _match(band, ps.bands, tol_nm)
-        if j is None:
-            continue
-        flat = ps.pixels[j].reshape(n, -1)
+    per_band = []
+    for p in ps.pixels:
+        flat = p.reshape(n, -1)
+        f = np.full((n, 2), np.nan, dtype=np.float32)
         # a patch with no valid pixel of this band keeps NaN (numpy would warn on the empty slice)
         has = np.isfinite(flat).any(axis=1)
-        out[has, 2 * r] = np.nanmean(flat[has], axis=1)
-        out[has, 2 * r + 1] = np.nanstd(flat[has], axis=1)
-    return out
+        f[has, 0] = np.nanmean(flat[has], axis=1)
+        f[has, 1] = np.nanstd(flat[has], axis=1)
+        per_band.append(f)
+    if not per_band:
+        ref = list(reference) if reference is not None else []
+        return np.full((n, 2 * len(ref)), np.nan, dtype=np.float32)
+    return layout_on_reference(ps.bands, per_band, reference, tol_nm)

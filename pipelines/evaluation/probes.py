@@ -10,8 +10,11 @@ import numpy as np
 PROBES = ("linear", "knn")
 
 
-def make_probe(kind: str, multilabel: bool, n_train: int, knn_k: int = 10, seed: int = 0) -> Any:
-    """Imputer (training mean, for features a band set lacks) -> standardiser -> probe."""
+def make_probe(
+    kind: str, multilabel: bool, n_train: int, knn_k: int = 10, seed: int = 0, c: float = 1.0
+) -> Any:
+    """Imputer (training mean, for features a band set lacks) -> standardiser -> probe. ``c``: the
+    logistic regression's inverse regularisation strength (the protocol uses 1)."""
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
@@ -21,7 +24,7 @@ def make_probe(kind: str, multilabel: bool, n_train: int, knn_k: int = 10, seed:
 
     pre = [SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler()]
     if kind == "linear":
-        lr = LogisticRegression(C=1.0, max_iter=3000, random_state=seed)
+        lr = LogisticRegression(C=c, max_iter=3000, random_state=seed)
         return make_pipeline(*pre, OneVsRestClassifier(lr) if multilabel else lr)
     if kind == "knn":
         k = max(1, min(knn_k, n_train))
@@ -37,10 +40,11 @@ def fit_predict(
     multilabel: bool = False,
     knn_k: int = 10,
     seed: int = 0,
+    c: float = 1.0,
 ) -> np.ndarray:
     from threadpoolctl import threadpool_limits
 
-    probe = make_probe(kind, multilabel, len(x_train), knn_k, seed)
+    probe = make_probe(kind, multilabel, len(x_train), knn_k, seed, c)
     # one BLAS thread: these problems are tiny and oversubscribed threads make them 10x slower
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence / constant-label warnings on tiny folds

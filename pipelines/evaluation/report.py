@@ -138,11 +138,24 @@ def plot_settings(result: EvalResult, path: Path) -> bool:
     return True
 
 
+_FEATURE_TEXT = {
+    "pooled": "pooled embedding (mean of position tokens, what `aom embed` writes)",
+    "band-tokens": "band-token features (per band the mean of its band tokens; diagnostic, not the product)",
+}
+
+
 def _goal_lines(result: EvalResult) -> list[str]:
-    g = result.goals
-    out = []
+    out = _goal_lines_for(result, result.goals)
+    for g in (result.goals.get("other_features") or {}).values():
+        out += ["", *_goal_lines_for(result, g)]
+    return out
+
+
+def _goal_lines_for(result: EvalResult, g: dict[str, Any]) -> list[str]:
     if not g.get("checkpoint"):
         return ["No checkpoint in this run (random-init only): goals not evaluated."]
+    feats = str(g.get("features", "pooled"))
+    out = [f"Features: the checkpoint's {_FEATURE_TEXT.get(feats, feats)}, `{g['checkpoint']}`.", ""]
     if "beats_random_init" in g:
         for mode in MODES:
             b = g["beats_random_init"][mode]

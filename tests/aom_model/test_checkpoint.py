@@ -187,3 +187,18 @@ def test_resize_cache_filled_in_inference_mode_still_trains() -> None:
     w = torch.randn(64, 4, requires_grad=True)
     (pi_resize_matrix(key_src, key_dst) @ w).sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def test_checkpoint_without_encode_masked_bands_was_pure_mae() -> None:
+    """A config written before ``encode_masked_bands`` existed loads as False (those checkpoints were
+    pretrained with visible band tokens only); one written now keeps its value."""
+    model = _model()
+    assert model.config.encode_masked_bands
+    data = checkpoint_bytes(model)
+    assert load_checkpoint(data)[1].encode_masked_bands
+    meta = read_metadata(data)
+    cfg = json.loads(meta["config"])
+    cfg.pop("encode_masked_bands")
+    tensors = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    _, config, _, _ = load_checkpoint(st_save(tensors, metadata={**meta, "config": json.dumps(cfg)}))
+    assert config.encode_masked_bands is False

@@ -222,6 +222,7 @@ CASES: list[tuple[str, Any, str]] = [
         "is a folder",
     ),
     ("eval-probes", lambda d: ["eval", "--out", str(d / "ev"), "--probes", "svm"], "linear"),
+    ("eval-features", lambda d: ["eval", "--out", str(d / "ev"), "--features", "mean"], "band-tokens"),
     ("eval-test-fraction", lambda d: ["eval", "--out", str(d / "ev"), "--test-fraction", "1.5"], "(0, 1)"),
     ("sensors-unknown", lambda d: ["sensors", "no-such-sensor"], "no-such-sensor"),
 ]

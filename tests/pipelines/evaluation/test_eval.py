@@ -3,6 +3,7 @@ clear errors for unusable datasets."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -28,6 +29,7 @@ from pipelines.evaluation import (
     synthetic_scene,
     write_report,
 )
+from pipelines.evaluation.protocol import RAW
 from pipelines.registry import BandSpec, load_registry
 
 torch.set_num_threads(2)
@@ -121,6 +123,48 @@ def test_token_size_is_checked_against_the_checkpoint(synthetic_patches, tiny_ch
     with pytest.raises(InputError, match="smaller than one 320 m token"):
         run_evaluation(synthetic_patches, EvalConfig(checkpoint=str(tiny_checkpoint), **FAST, token_m=320.0))  # type: ignore[arg-type]
     assert ext < 320.0
+
+
+def test_band_token_features_are_extra_rows_and_goals_name_their_features(
+    synthetic_patches, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    fast = {**FAST, "draws": 1, "probes": ("linear",)}
+    cfg = EvalConfig(
+        checkpoint=str(tiny_checkpoint),
+        settings=("band-missing",),
+        features=("pooled", "band-tokens"),
+        **fast,  # type: ignore[arg-type]
+    )
+    result = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
+    names = [e["name"] for e in result.extractors]
+    assert names == [
+        "AOM test-tiny",
+        "AOM test-tiny band tokens",
+        "random-init (tiny)",
+        "random-init (tiny) band tokens",
+        RAW,
+    ]
+    g = result.goals
+    assert (g["features"], g["checkpoint"], g["random_init"]) == (
+        "pooled",
+        "AOM test-tiny",
+        "random-init (tiny)",
+    )
+    bt = g["other_features"]["band-tokens"]
+    assert (bt["checkpoint"], bt["random_init"]) == (
+        "AOM test-tiny band tokens",
+        "random-init (tiny) band tokens",
+    )
+    assert set(bt["half_bands_retention"]["transfer"]) == {"linear"}
+    # the pooled rows are the same as in a pooled-only run
+    only = run_evaluation(
+        synthetic_patches, dataclasses.replace(cfg, features=("pooled",)), progress=lambda _m: None
+    )
+    pooled = [r for r in result.rows if r["features"] in ("AOM test-tiny", "random-init (tiny)", RAW)]
+    assert pooled == only.rows and "other_features" not in only.goals
+    assert "band-token features" in write_report(result, tmp_path / "r")["report"].read_text()
+    with pytest.raises(ValueError, match="band-tokens"):
+        EvalConfig(checkpoint="random:tiny", features=("mean",))
 
 
 def test_random_only_run_has_no_goals(synthetic_patches) -> None:

@@ -1,0 +1,168 @@
+"""Diagnosis: where the all-band gap between the AOM embedding and raw-band statistics comes from.
+
+Usage::
+
+    .venv/bin/python benchmarks/probe_pooling.py                          # t29unu:north, shipped checkpoint
+    .venv/bin/python benchmarks/probe_pooling.py --dataset synthetic --c 1 --half-draws 1
+
+For one labelled dataset (``load_dataset``, as ``aom eval``: same patches, class balancing and blocked
+splits via ``prepare_patches`` / ``make_splits``), linear probes (``make_probe``; C = 1 is the
+protocol's, further ``--c`` values are a sweep) on these features of the checkpoint and of its
+random-init twin (``random_like``: same config and normalisation, other weights), in the same run:
+
+* ``pooled`` [D]: mean of valid position tokens, what ``aom embed`` writes;
+* ``pooled+std`` [2D]: that mean and the standard deviation of the position tokens;
+* ``band-tokens`` [C_ref * D]: per band the mean of its band tokens over positions, laid out on the
+  all-band reference set as ``raw_features`` lays out raw statistics (``layout_on_reference``);
+* ``raw`` [2 C_ref]: the protocol's raw-band baseline (per band mean and std of reflectance).
+
+Half-bands (the protocol's ``band_subsets`` at 50 %, ``--half-draws`` subsets): ``transfer`` fits on
+all-band training features and tests on the subset's features, ``refit`` fits and tests on the subset.
+Scores are accuracy (micro-F1 multi-label), mean over the splits (and draws). The last stdout line is
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.errors import InputError
+from pipelines.evaluation import DatasetSpec, load_dataset
+from pipelines.evaluation.datasets import PatchSet
+from pipelines.evaluation.features import (
+    Encoder,
+    encoder_outputs,
+    layout_on_reference,
+    load_encoder,
+    random_like,
+    raw_features,
+)
+from pipelines.evaluation.probes import band_subsets, fit_predict, score
+from pipelines.evaluation.protocol import EvalConfig, make_splits, prepare_patches
+
+Splits = list[tuple[list[tuple[np.ndarray, np.ndarray]], str]]
+
+
+def encoder_variants(enc: Encoder, ps: PatchSet, ref: Sequence[Any], batch: int) -> dict[str, np.ndarray]:
+    o = encoder_outputs(enc, ps, batch, band_tokens=True)
+    bt = o["band_tokens"]  # [N, C, D]
+    return {
+        "pooled": o["pooled"],  # [N, D]
+        "pooled+std": np.concatenate([o["pooled"], o["pos_std"]], axis=1),  # [N, 2D]
+        "band-tokens": layout_on_reference(ps.bands, [bt[:, j] for j in range(bt.shape[1])], ref),
+    }
+
+
+def probe(splits: Splits, y: np.ndarray, x_tr: np.ndarray, x_te: np.ndarray, c: float, ml: bool) -> float:
+    """Mean score over the splits of a linear probe fitted on x_tr[train] and tested on x_te[test]."""
+    out = []
+    for folds, _ in splits:
+        preds, trues = [], []
+        for tr, te in folds:
+            preds.append(fit_predict("linear", x_tr[tr], y[tr], x_te[te], ml, c=c))
+            trues.append(y[te])
+        out.append(score(np.concatenate(trues), np.concatenate(preds), ml)["score"])
+    return float(np.mean(out))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--dataset", default="t29unu:north", help="as `aom eval --dataset`: t29unu[:north|south], ..."
+    )
+    ap.add_argument("--checkpoint", default="checkpoints/aom-tiny-real.safetensors")
+    ap.add_argument("--patch-px", type=int, default=16)
+    ap.add_argument("--c", default="1,10", help="logistic-regression C values (1 = the protocol's)")
+    ap.add_argument("--half-draws", type=int, default=5, help="half-band subsets (0: skip half bands)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=64)
+    a = ap.parse_args(argv)
+    try:
+        cs = [float(v) for v in a.c.split(",") if v.strip()]
+    except ValueError:
+        print(f"--c: comma-separated numbers, got {a.c!r}", file=sys.stderr)
+        return 2
+    if not cs or any(c <= 0 for c in cs):
+        print("--c: one or more positive numbers", file=sys.stderr)
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+
+    cfg = EvalConfig(checkpoint=a.checkpoint, threads=a.threads, batch_size=a.batch_size)
+    try:
+        ps = prepare_patches(load_dataset(DatasetSpec(a.dataset), patch_px=a.patch_px, seed=cfg.seed), cfg)
+    except (InputError, ValueError) as exc:  # EvalDataError is an InputError: bad input, no traceback
+        print(f"{a.dataset}: {exc}", file=sys.stderr)
+        return 2
+    splits = make_splits(ps, cfg)
+    y, ml, ref = ps.labels, ps.multilabel, ps.bands
+    enc = load_encoder(cfg.checkpoint, seed=cfg.seed, threads=a.threads)
+    rnd = random_like(enc, seed=cfg.seed)
+    extract: dict[str, Callable[[PatchSet], dict[str, np.ndarray]]] = {
+        "checkpoint": lambda p: encoder_variants(enc, p, ref, a.batch_size),
+        "random-init": lambda p: encoder_variants(rnd, p, ref, a.batch_size),
+        "raw": lambda p: {"mean,std": raw_features(p, ref)},
+    }
+    print(f"{ps.name}: {len(ps)} patches, {len(ps.class_names)} classes, {len(ref)} bands; {splits[0][1]}")
+    full = {(m, v): x for m, fn in extract.items() for v, x in fn(ps).items()}
+    rows: list[dict[str, Any]] = []
+    for (m, v), x in full.items():
+        for c in cs:
+            s = probe(splits, y, x, x, c, ml)
+            rows.append({"model": m, "features": v, "dims": int(x.shape[1]), "C": c, "all_bands": s})
+            print(f"  {m:12s} {v:12s} dims {x.shape[1]:4d} C {c:g}: all bands {s:.3f}", flush=True)
+    subsets = band_subsets(len(ref), 0.5, a.half_draws, cfg.seed) if a.half_draws > 0 else []
+    per: dict[tuple[str, str, float, str], list[float]] = {}
+    for idx in subsets:
+        sub = ps.subset(idx)
+        for m, fn in extract.items():
+            for v, x_sub in fn(sub).items():
+                for c in cs:
+                    per.setdefault((m, v, c, "transfer"), []).append(
+                        probe(splits, y, full[m, v], x_sub, c, ml)
+                    )
+                    per.setdefault((m, v, c, "refit"), []).append(probe(splits, y, x_sub, x_sub, c, ml))
+    for r in rows:
+        for mode in ("transfer", "refit"):
+            got = per.get((r["model"], r["features"], r["C"], mode))
+            if got:
+                r[f"half_{mode}"] = float(np.mean(got))
+                r[f"half_{mode}_retention"] = float(np.mean(got)) / r["all_bands"]
+    for r in rows:
+        if "half_transfer" in r:
+            print(
+                f"  {r['model']:12s} {r['features']:12s} C {r['C']:g}: half bands transfer "
+                f"{r['half_transfer']:.3f} ({r['half_transfer_retention']:.2f} of all), refit {r['half_refit']:.3f}"
+            )
+    result = {
+        "benchmark": "probe_pooling",
+        "dataset": ps.name,
+        "checkpoint": a.checkpoint,
+        "patches": len(ps),
+        "classes": len(ps.class_names),
+        "bands": [b.key for b in ref],
+        "split": splits[0][1],
+        "splits": len(splits),
+        "metric": "micro-F1" if ml else "accuracy",
+        "half_band_subsets": [[ref[i].key for i in s] for s in subsets],
+        "rows": rows,
+        "cpu_s": round(time.process_time() - cpu0, 1),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
