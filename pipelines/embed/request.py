@@ -34,7 +34,8 @@ What a run does (``docs/embedding.md`` has the details):
    :mod:`pipelines.embeddings`); units whose tiles are all done are skipped, a killed worker's
    unit is recomputed (same inputs, same bytes into the same shard), so reruns leave no duplicates
    and no holes.
-5. **STAC.** ``write_stac`` (collection + one item per tile, ``emb`` extension).
+5. **STAC.** ``write_stac`` (collection -> one child catalog per 32 x 32-tile block of a zone ->
+   one item per tile, ``emb`` extension; a run rewrites only the children whose items it changed).
 """
 
 from __future__ import annotations
