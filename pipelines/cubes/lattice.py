@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.search import item_epsg
 from pipelines.tiling import SOUTH_FALSE_NORTHING, Tile, TileError, zone_of_epsg
 
 _MM = 3  # offsets are compared in millimetres (float noise in proj:transform is far below that)
@@ -59,22 +60,6 @@ def lattice_shift(attrs: Mapping[str, Any]) -> tuple[float, float]:
     return (float(v[0]), float(v[1])) if v is not None and len(v) == 2 else (0.0, 0.0)
 
 
-def _epsg(asset: Mapping[str, Any], props: Mapping[str, Any]) -> int | None:
-    for src in (asset, props):
-        code = src.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            try:
-                return int(code.split(":", 1)[1])
-            except ValueError:
-                return None
-        if src.get("proj:epsg") is not None:
-            try:
-                return int(src["proj:epsg"])
-            except (TypeError, ValueError):
-                return None
-    return None
-
-
 def asset_offset(
     tile: Tile, gsd: float, item: Mapping[str, Any], asset_key: str
 ) -> tuple[float, float] | str:
@@ -83,7 +68,7 @@ def asset_offset(
     asset = (item.get("assets") or {}).get(asset_key) or {}
     props = item.get("properties") or {}
     t = asset.get("proj:transform") or props.get("proj:transform")
-    epsg = _epsg(asset, props)
+    epsg = item_epsg(item, asset_key)  # the asset's own proj:code / proj:epsg, else the item's
     if t is None or len(t) < 6 or epsg is None:
         return "no proj:transform / EPSG code"
     a, b, c, d, e, f = (float(v) for v in t[:6])
