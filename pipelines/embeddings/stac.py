@@ -364,21 +364,14 @@ def child_catalog(version_name: str, key: str, tile_ids: Iterable[str]) -> dict[
     }
 
 
-def _linked_tiles(doc: Mapping[str, Any]) -> set[str]:
-    """Tile ids of a collection's or child's ``rel: item`` links (``.../<tile_id>.json``)."""
+def _linked(doc: Mapping[str, Any], rel: str) -> set[str]:
+    """Names of a collection's or child's ``rel`` links, the file name without ``.json``: tile ids
+    for ``item`` links (``.../<tile_id>.json``), block keys for ``child`` links
+    (``./catalogs/<version>/<key>.json``)."""
     return {
         str(x["href"]).rsplit("/", 1)[-1].removesuffix(".json")
         for x in doc.get("links", [])
-        if x.get("rel") == "item"
-    }
-
-
-def _linked_children(doc: Mapping[str, Any]) -> set[str]:
-    """Block keys of a collection's ``rel: child`` links (``./catalogs/<version>/<key>.json``)."""
-    return {
-        str(x["href"]).rsplit("/", 1)[-1].removesuffix(".json")
-        for x in doc.get("links", [])
-        if x.get("rel") == "child"
+        if x.get("rel") == rel
     }
 
 
@@ -465,10 +458,10 @@ def write_stac(
             all_lon += [item_bbox[0], item_bbox[2]]
             all_lat += [item_bbox[1], item_bbox[3]]
             blocks.setdefault(child_key(tid), set()).add(tid)
-        flat = _linked_tiles(previous)  # a collection of the flat layout: migrated to children here
+        flat = _linked(previous, "item")  # a collection of the flat layout: migrated to children here
         for tid in flat:
             blocks.setdefault(child_key(tid), set()).add(tid)
-        had = _linked_children(previous)
+        had = _linked(previous, "child")
         if flat or had:
             w, s_, e, n_ = previous["extent"]["spatial"]["bbox"][0][:4]
             all_lon += [float(w), float(e)]
@@ -527,7 +520,7 @@ def _changed_children(
                 f"{url} is linked by the collection but missing: rewrite the STAC of {version_name} "
                 "whole (write_stac without tiles)"
             )
-        old = _linked_tiles(json.loads(raw)) if raw is not None else set()
+        old = _linked(json.loads(raw), "item") if raw is not None else set()
         if raw is None or not blocks[k] <= old:
             out[url] = child_catalog(version_name, k, old | blocks[k])
     return out
