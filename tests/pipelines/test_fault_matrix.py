@@ -237,8 +237,7 @@ def test_f6_interrupted_zarr_is_refused_by_readers_and_finished_by_a_rerun(
             raise KeyboardInterrupt  # as a kill between strips
         real(self, row0, emb)
 
-    monkeypatch.setattr(raster_mod._ZarrWriter, "write", dies_after_first_strip)
-    with pytest.raises(KeyboardInterrupt):
+    def run() -> None:  # the same command twice: interrupted, then rerun
         embed_raster(
             str(scene),
             str(out),
@@ -249,19 +248,14 @@ def test_f6_interrupted_zarr_is_refused_by_readers_and_finished_by_a_rerun(
             blend_tokens=0,  # one core row per strip: this small scene is written in several strips
             progress=False,
         )
+
+    monkeypatch.setattr(raster_mod._ZarrWriter, "write", dies_after_first_strip)
+    with pytest.raises(KeyboardInterrupt):
+        run()
     with pytest.raises(OutputError, match="rerun the same aom embed-raster command"):
         check_raster_complete(str(out))
     monkeypatch.setattr(raster_mod._ZarrWriter, "write", real)
-    embed_raster(
-        str(scene),
-        str(out),
-        str(ckpt),
-        sensor="sentinel-2-msi",
-        bands=["B02", "B03", "B04", "B08"],
-        core_tokens=2,
-        blend_tokens=0,
-        progress=False,
-    )
+    run()
     assert check_raster_complete(str(out))["aom_complete"] is True
     assert not (out / "_leases").exists()
 
