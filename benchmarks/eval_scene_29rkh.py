@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/eval_scene_29rkh.py --out /work/exp/29rkh     # scene.tif + scl.tif
-    aom eval --dataset /work/exp/29rkh/scene.tif --labels /work/exp/29rkh/scl.tif \\
+    .venv/bin/python benchmarks/eval_scene_29rkh.py --out .aom/29rkh     # scene.tif + scl.tif
+    aom eval --dataset .aom/29rkh/scene.tif --labels .aom/29rkh/scl.tif \\
         --registry checkpoints/registry-real-r60m.yaml --sensor sentinel-2-msi-r60m ...   (docs/evaluation.md)
 
 Input: the real Sentinel-2A L2A COGs of 29RKH (2020-02-19) in ``../shared/data/real`` (the test
