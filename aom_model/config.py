@@ -9,6 +9,24 @@ from typing import Any
 
 LAYOUTS = ("joint", "factorized")
 
+SPECTRAL_QUERIES: tuple[tuple[float, float], ...] = (
+    (442.7, 21.0),
+    (492.4, 66.0),
+    (559.8, 36.0),
+    (664.6, 31.0),
+    (704.1, 15.0),
+    (740.5, 15.0),
+    (782.8, 20.0),
+    (832.8, 106.0),
+    (864.7, 21.0),
+    (945.1, 20.0),
+    (1613.7, 91.0),
+    (2202.4, 175.0),
+)
+"""(centre wavelength, FWHM) in nm of the default spectral queries (``AOM.encode_with_queries``):
+Sentinel-2 MSI's 12 surface bands (B01-B09, B8A, B11, B12; not the B10 cirrus band), the most
+widely available set of optical bands, used as a fixed spectral frame whatever the input bands."""
+
 
 @dataclass(frozen=True)
 class AOMConfig:

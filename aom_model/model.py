@@ -107,6 +107,39 @@ class AOM(nn.Module):
             band_token_valid=visible if keep_band_tokens else None,
         )
 
+    def encode_with_queries(
+        self, tokens: Tokens, query_wavelength_nm: Tensor, query_fwhm_nm: Tensor
+    ) -> tuple[EncoderOutput, Tensor]:
+        """Inference encode plus S *spectral queries*: band tokens the encoder infers at given
+        (wavelength, FWHM) from the present bands, at every position, whichever bands are there.
+
+        A query enters the encoder as its band embedding only, exactly as a masked band does in
+        pretraining (``encode_masked_bands``): a query of the spectral layers, never a key, so the
+        position tokens and the present bands' tokens are the same as ``encode`` gives (tested).
+        ``query_wavelength_nm`` / ``query_fwhm_nm`` [S] -> (EncoderOutput, queries [B, N, S, d_band]).
+        """
+        present = tokens.present  # [B, N, C]
+        b, n, c = present.shape
+        s = int(query_wavelength_nm.shape[0])
+        x = self.tokenizer.project(tokens, None) + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
+        qwl = query_wavelength_nm.to(tokens.wavelength_nm)[None].expand(b, s)  # [B, S]
+        qfw = query_fwhm_nm.to(tokens.fwhm_nm)[None].expand(b, s)
+        q = self.tokenizer.band_embedding(qwl, qfw)  # [B, S, d_tok]
+        x = torch.cat([x, q[:, None].expand(b, n, s, q.shape[-1]).to(x.dtype)], dim=2)  # [B, N, C+S, d_tok]
+        keys = torch.cat([present, present.new_zeros(b, n, s)], dim=2)  # [B, N, C+S]: queries never keys
+        wl = torch.cat([tokens.wavelength_nm, qwl], dim=1)  # [B, C+S]
+        coords = token_centres_m(tokens.grid_hw, tokens.token_m)  # [B, N, 2] metres
+        pos_tokens, band_tokens, pos_valid = self.encoder(x, coords, keys, wl)
+        out = EncoderOutput(
+            tokens=pos_tokens,
+            pooled=masked_mean(pos_tokens, pos_valid, dim=1),
+            token_valid=pos_valid,
+            grid_hw=tokens.grid_hw,
+            band_tokens=band_tokens[:, :, :c],
+            band_token_valid=present,
+        )
+        return out, band_tokens[:, :, c:]  # [B, N, S, d_band]
+
     # -- stage 3 --------------------------------------------------------------------------------
     def decode(self, enc: EncoderOutput, tokens: Tokens, masked: Tensor) -> Reconstruction:
         """-> per group [B, N, C_g, ph*pw] predicted (patch-normalised) pixels of every band token,

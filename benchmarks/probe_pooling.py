@@ -12,6 +12,9 @@ random-init twin (``random_like``: same config and normalisation, other weights)
 
 * ``pooled`` [D]: mean of valid position tokens, what ``aom embed`` writes;
 * ``pooled+std`` [2D]: that mean and the standard deviation of the position tokens;
+* ``spectral`` [S * D]: per spectral query (``SPECTRAL_QUERIES``: Sentinel-2 MSI's 12 surface bands)
+  the mean over positions of the band token the encoder infers there from the bands present
+  (``AOM.encode_with_queries``), so its layout does not depend on the input's bands;
 * ``band-tokens`` [C_ref * D]: per band the mean of its band tokens over positions, laid out on the
   all-band reference set as ``raw_features`` lays out raw statistics (``layout_on_reference``);
 * ``raw`` [2 C_ref]: the protocol's raw-band baseline (per band mean and std of reflectance).
@@ -37,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aom_model import SPECTRAL_QUERIES
 from pipelines.errors import InputError
 from pipelines.evaluation import DatasetSpec, load_dataset
 from pipelines.evaluation.datasets import PatchSet
@@ -55,9 +59,11 @@ Splits = list[tuple[list[tuple[np.ndarray, np.ndarray]], str]]
 
 
 def encoder_variants(enc: Encoder, ps: PatchSet, ref: Sequence[Any], batch: int) -> dict[str, np.ndarray]:
-    o = encoder_outputs(enc, ps, batch, band_tokens=True)
+    o = encoder_outputs(enc, ps, batch, band_tokens=True, queries=SPECTRAL_QUERIES)
     bt = o["band_tokens"]  # [N, C, D]
+    qt = o["queries"]  # [N, S, D]
     return {
+        "spectral": qt.reshape(len(qt), -1),  # [N, S * D]: spectral queries, S2 MSI frame
         "pooled": o["pooled"],  # [N, D]
         "pooled+std": np.concatenate([o["pooled"], o["pos_std"]], axis=1),  # [N, 2D]
         "band-tokens": layout_on_reference(ps.bands, [bt[:, j] for j in range(bt.shape[1])], ref),

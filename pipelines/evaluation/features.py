@@ -126,7 +126,11 @@ def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
 
 
 def encoder_outputs(
-    enc: Encoder, ps: PatchSet, batch_size: int = 64, band_tokens: bool = False
+    enc: Encoder,
+    ps: PatchSet,
+    batch_size: int = 64,
+    band_tokens: bool = False,
+    queries: Sequence[tuple[float, float]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Encode every patch (one token plan, inputs normalised as embedding does) ->
 
@@ -176,7 +180,9 @@ def encoder_outputs(
         range(len(ps.bands)),
         key=lambda i: first[(float(gsd[i]), int(ps.pixels[i].shape[-2]), int(ps.pixels[i].shape[-1]))],
     )
-    outs: dict[str, list[np.ndarray]] = {"pooled": [], "pos_std": [], "band_tokens": []}
+    outs: dict[str, list[np.ndarray]] = {"pooled": [], "pos_std": [], "band_tokens": [], "queries": []}
+    q_wl = torch.tensor([q[0] for q in queries or ()], dtype=torch.float32)
+    q_fw = torch.tensor([q[1] for q in queries or ()], dtype=torch.float32)
     with torch.inference_mode():
         for s in range(0, len(ps), batch_size):
             px = [torch.from_numpy(a[s : s + batch_size]) for a in normed]
@@ -184,7 +190,12 @@ def encoder_outputs(
             batch.validate()  # as forward_features, which this splits to see the band order
             # the one token plan (as pretraining and embedding): token_m metres per token
             tokens = model.tokenize(batch, plan_for(batch, model.config, token_m))
-            out = model.encode(tokens, keep_band_tokens=band_tokens)
+            if queries:
+                out, qt = model.encode_with_queries(tokens, q_wl, q_fw)  # qt [B, N, S, D]
+                qv = out.token_valid.float()[..., None, None]  # [B, N, 1, 1]
+                outs["queries"].append(((qt * qv).sum(1) / qv.sum(1).clamp(min=1)).float().cpu().numpy())
+            else:
+                out = model.encode(tokens, keep_band_tokens=band_tokens)
             valid = out.token_valid.float()[..., None]  # [B, N, 1]
             n_valid = valid.sum(1)  # [B, 1]
             var = (((out.tokens - out.pooled[:, None]) ** 2) * valid).sum(1) / n_valid.clamp(min=1)
@@ -213,6 +224,8 @@ def encoder_outputs(
             if outs["band_tokens"]
             else np.zeros((0, len(ps.bands), d), np.float32)
         )
+    if queries:
+        res["queries"] = np.concatenate(outs["queries"])  # [N, S, D]
     bad = ~np.isfinite(res["pooled"]).all(axis=1)
     if bad.any():  # a patch without a valid token: the probe imputes it
         for v in res.values():

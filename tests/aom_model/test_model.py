@@ -252,3 +252,32 @@ def test_packing_keeps_only_visible_tokens() -> None:
     pq = pack_visible(visible, present)
     assert pq.pos_index.shape == pk.pos_index.shape and pq.band_keep.shape[2] == 5
     assert int(pq.band_keep.sum()) == 5 * int(visible.any(-1).sum())
+
+
+@pytest.mark.parametrize("layout", ["factorized", "joint"])
+def test_spectral_queries_are_masked_bands_and_change_nothing_else(layout: str) -> None:
+    """A spectral query is what pretraining trains a masked band to be: querying band 4's
+    (wavelength, FWHM) from bands 1-3 gives the band token of band 4 hidden everywhere (masked-band
+    path); and queries change neither the position tokens nor the present bands' tokens."""
+    torch.manual_seed(0)
+    model = AOM(AOMConfig.named("tiny", layout=layout, token_ground_m=80.0)).eval()
+    b = _smooth_batch()
+    x = torch.cat([g.pixels for g in b.groups], dim=1)  # [2, 4, 32, 32]
+    wl, fw = [490.0, 560.0, 665.0, 842.0], [65.0, 35.0, 30.0, 115.0]
+    three = BandBatch.from_tensor(x[:, :3], wl[:3], fw[:3], 10.0)
+    with torch.no_grad():
+        tok3 = model.tokenize(three)
+        plain = model.encode(tok3)
+        out, q = model.encode_with_queries(tok3, torch.tensor([wl[3], 1000.0]), torch.tensor([fw[3], 50.0]))
+        tok4 = model.tokenize(b)
+        hide4 = torch.zeros_like(tok4.present)
+        hide4[:, :, 3] = True
+        masked = model.encode(tok4, hide4)
+    assert q.shape == (2, 16, 2, model.token_dim)  # [B, N, S, d_band]
+    torch.testing.assert_close(out.tokens, plain.tokens)
+    assert out.band_tokens is not None and plain.band_tokens is not None
+    torch.testing.assert_close(out.band_tokens, plain.band_tokens)
+    assert masked.band_tokens is not None
+    torch.testing.assert_close(q[:, :, 0], masked.band_tokens[:, :, 3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(masked.tokens, out.tokens, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(q[:, :, 0], q[:, :, 1])
