@@ -127,7 +127,9 @@ def eval_command(
         "pooled",
         "--features",
         help="Encoder features, comma-separated: pooled (mean of position tokens, what aom embed writes) "
-        "and/or band-tokens (per band the mean of its band tokens: a diagnostic); each its own rows, "
+        "spectral (per spectral query, Sentinel-2 MSI's 12 surface bands, the band token the encoder infers "
+        "there from the bands present) and/or band-tokens (per band the mean of its band tokens: a diagnostic); "
+        "each its own rows, "
         "goals use the first.",
     ),
     registry: list[str] = typer.Option([], "--registry", help="Extra sensor registry YAML files."),

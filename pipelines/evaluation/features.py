@@ -137,7 +137,10 @@ def encoder_outputs(
     * ``pooled`` [N, D]: mean of valid position tokens (what ``aom embed`` writes);
     * ``pos_std`` [N, D]: standard deviation of the valid position tokens;
     * ``band_tokens`` [N, C, D] (only with ``band_tokens``): per band of ``ps.bands`` (in that order)
-      the mean of its valid band tokens over the positions; NaN where a patch has none.
+      the mean of its valid band tokens over the positions; NaN where a patch has none;
+    * ``queries`` [N, S, D] (only with ``queries``, (wavelength, FWHM) nm each): per spectral query the
+      mean over valid positions of the band token the encoder infers there (``AOM.encode_with_queries``;
+      the position tokens, and so ``pooled``, are the same as without queries).
 
     A patch without a valid token gets NaN everywhere (the probe imputes it).
     """
@@ -225,7 +228,11 @@ def encoder_outputs(
             else np.zeros((0, len(ps.bands), d), np.float32)
         )
     if queries:
-        res["queries"] = np.concatenate(outs["queries"])  # [N, S, D]
+        res["queries"] = (
+            np.concatenate(outs["queries"])
+            if outs["queries"]
+            else np.zeros((0, len(queries), model.token_dim), np.float32)
+        )  # [N, S, D]
     bad = ~np.isfinite(res["pooled"]).all(axis=1)
     if bad.any():  # a patch without a valid token: the probe imputes it
         for v in res.values():
@@ -236,6 +243,21 @@ def encoder_outputs(
 def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:
     """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
     return encoder_outputs(enc, ps, batch_size)["pooled"]
+
+
+def spectral_features(
+    enc: Encoder,
+    ps: PatchSet,
+    queries: Sequence[tuple[float, float]] | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """-> [N, S * D]: per spectral query ((wavelength, FWHM) nm; default ``SPECTRAL_QUERIES``) the mean
+    over valid positions of the band token the encoder infers there from the bands present
+    (``AOM.encode_with_queries``): one layout whatever bands a patch has."""
+    from aom_model import SPECTRAL_QUERIES
+
+    q = encoder_outputs(enc, ps, batch_size, queries=queries or SPECTRAL_QUERIES)["queries"]  # [N, S, D]
+    return q.reshape(len(q), -1)
 
 
 def band_token_features(

@@ -43,6 +43,7 @@ from pipelines.evaluation.features import (
     load_encoder,
     random_like,
     raw_features,
+    spectral_features,
 )
 from pipelines.evaluation.probes import (
     band_subsets,
@@ -59,9 +60,11 @@ SETTINGS = ("band-missing", "cross-sensor", "cross-resolution")
 MODES = ("transfer", "refit")
 DEFAULT_SENSORS = ("landsat-oli", "hls-s30:B02,B03,B04,B8A,B11,B12", "modis-mcd43a4")
 RAW = "raw-bands (mean, std)"
-# encoder feature kinds: "pooled" = mean of position tokens (what `aom embed` writes); "band-tokens" =
-# per band the mean of its band tokens, laid out on the all-band reference set (diagnostic, D x bands)
-FEATURES = ("pooled", "band-tokens")
+# encoder feature kinds: "pooled" = mean of position tokens (what `aom embed` writes); "spectral" = per
+# spectral query (aom_model.SPECTRAL_QUERIES) the mean of the band token the encoder infers there (one
+# layout for any band set, S x D); "band-tokens" = per band the mean of its band tokens, laid out on the
+# all-band reference set (diagnostic, D x bands)
+FEATURES = ("pooled", "spectral", "band-tokens")
 
 
 @dataclass
@@ -208,6 +211,14 @@ def _encoder_extractor(enc: Encoder, kind: str, cfg: EvalConfig, feats: str = "p
 
         # laid out per reference band like the raw baseline: not aligned
         return Extractor(f"{enc.name} band tokens", kind, fn_bt, aligned=False, info=enc.meta, features=feats)
+
+    if feats == "spectral":
+
+        def fn_sq(ps: PatchSet, _ref: Sequence[BandSpec]) -> np.ndarray:
+            return spectral_features(enc, ps, batch_size=cfg.batch_size)
+
+        # one layout (the query frame) for any input band set: aligned
+        return Extractor(f"{enc.name} spectral", kind, fn_sq, aligned=True, info=enc.meta, features=feats)
 
     def fn(ps: PatchSet, _ref: Sequence[BandSpec]) -> np.ndarray:
         return encoder_features(enc, ps, cfg.batch_size)

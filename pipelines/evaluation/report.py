@@ -140,6 +140,7 @@ def plot_settings(result: EvalResult, path: Path) -> bool:
 
 _FEATURE_TEXT = {
     "pooled": "pooled embedding (mean of position tokens, what `aom embed` writes)",
+    "spectral": "spectral embedding (per spectral query, the band token the encoder infers there)",
     "band-tokens": "band-token features (per band the mean of its band tokens; diagnostic, not the product)",
 }
 

@@ -132,7 +132,7 @@ def test_band_token_features_are_extra_rows_and_goals_name_their_features(
     cfg = EvalConfig(
         checkpoint=str(tiny_checkpoint),
         settings=("band-missing",),
-        features=("pooled", "band-tokens"),
+        features=("pooled", "band-tokens", "spectral"),
         **fast,  # type: ignore[arg-type]
     )
     result = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
@@ -140,8 +140,10 @@ def test_band_token_features_are_extra_rows_and_goals_name_their_features(
     assert names == [
         "AOM test-tiny",
         "AOM test-tiny band tokens",
+        "AOM test-tiny spectral",
         "random-init (tiny)",
         "random-init (tiny) band tokens",
+        "random-init (tiny) spectral",
         RAW,
     ]
     g = result.goals
@@ -156,13 +158,16 @@ def test_band_token_features_are_extra_rows_and_goals_name_their_features(
         "random-init (tiny) band tokens",
     )
     assert set(bt["half_bands_retention"]["transfer"]) == {"linear"}
+    sq = g["other_features"]["spectral"]
+    assert (sq["checkpoint"], sq["random_init"]) == ("AOM test-tiny spectral", "random-init (tiny) spectral")
     # the pooled rows are the same as in a pooled-only run
     only = run_evaluation(
         synthetic_patches, dataclasses.replace(cfg, features=("pooled",)), progress=lambda _m: None
     )
     pooled = [r for r in result.rows if r["features"] in ("AOM test-tiny", "random-init (tiny)", RAW)]
     assert pooled == only.rows and "other_features" not in only.goals
-    assert "band-token features" in write_report(result, tmp_path / "r")["report"].read_text()
+    report = write_report(result, tmp_path / "r")["report"].read_text()
+    assert "band-token features" in report and "spectral embedding" in report
     with pytest.raises(ValueError, match="band-tokens"):
         EvalConfig(checkpoint="random:tiny", features=("mean",))
 

@@ -12,6 +12,7 @@ from pipelines.evaluation.features import (
     encoder_features,
     encoder_outputs,
     layout_on_reference,
+    spectral_features,
 )
 
 torch.set_num_threads(1)
@@ -87,3 +88,24 @@ def test_encoder_outputs_pooled_is_the_product_embedding(patches, encoder) -> No
     with torch.inference_mode():
         ref = m.forward_features(batch, plan_for(batch, m.config, m.config.token_ground_m)).pooled
     np.testing.assert_allclose(o["pooled"], ref.numpy(), atol=1e-5)
+
+
+def test_spectral_features_one_layout_for_any_band_set(patches, encoder) -> None:
+    """Spectral features: S queries x D for every band set and band order; the pooled embedding is
+    unchanged by the queries; fewer bands give other (finite) values in the same layout."""
+    from aom_model import SPECTRAL_QUERIES
+
+    d = encoder.model.config.embed_dim
+    full = spectral_features(encoder, patches, batch_size=5)  # [N, S * D]
+    assert full.shape == (len(patches), len(SPECTRAL_QUERIES) * d) and np.isfinite(full).all()
+    n = len(patches.bands)
+    np.testing.assert_allclose(
+        spectral_features(encoder, patches.subset(list(range(n))[::-1]), batch_size=5), full, atol=1e-4
+    )
+    sub = spectral_features(encoder, patches.subset([0, n - 1]), batch_size=5)
+    assert sub.shape == full.shape and np.isfinite(sub).all() and not np.allclose(sub, full, atol=1e-3)
+    two = spectral_features(encoder, patches, queries=[(560.0, 35.0), (842.0, 115.0)], batch_size=5)
+    assert two.shape == (len(patches), 2 * d)
+    o = encoder_outputs(encoder, patches, batch_size=5, queries=[(560.0, 35.0)])
+    # the same up to float rounding (queries take the masked attention path)
+    np.testing.assert_allclose(o["pooled"], encoder_features(encoder, patches, batch_size=5), atol=1e-5)
