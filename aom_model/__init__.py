@@ -5,7 +5,7 @@ The model is at top level; pretraining is :mod:`aom_model.train`; synthetic inpu
 """
 
 from aom_model.checkpoint import CheckpointFormatError, checkpoint_bytes, load_checkpoint, save_checkpoint
-from aom_model.config import SPECTRAL_QUERIES, AOMConfig
+from aom_model.config import EMBEDDINGS, SPECTRAL_QUERIES, AOMConfig
 from aom_model.export import EncoderWrapper, batch_to_args, export_encoder, save_exported
 from aom_model.inputs import BandBatch, BandGroup
 from aom_model.masking import channel_mask
@@ -16,6 +16,7 @@ from aom_model.vit_baseline import PlainViT
 
 __all__ = [
     "AOM",
+    "EMBEDDINGS",
     "SPECTRAL_QUERIES",
     "AOMConfig",
     "BandBatch",

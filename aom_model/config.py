@@ -27,6 +27,11 @@ SPECTRAL_QUERIES: tuple[tuple[float, float], ...] = (
 Sentinel-2 MSI's 12 surface bands (B01-B09, B8A, B11, B12; not the B10 cirrus band), the most
 widely available set of optical bands, used as a fixed spectral frame whatever the input bands."""
 
+EMBEDDINGS = ("position", "spectral")
+"""What a product token vector is (``AOM.embed_tokens``): ``position``, the encoder's position token
+(``embed_dim`` values); ``spectral``, the band tokens the encoder infers at ``SPECTRAL_QUERIES``,
+concatenated (``len(SPECTRAL_QUERIES) * band width`` values, the same layout for any input bands)."""
+
 
 @dataclass(frozen=True)
 class AOMConfig:

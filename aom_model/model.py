@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from aom_model.blocks import is_tracing, masked_mean
-from aom_model.config import AOMConfig
+from aom_model.config import EMBEDDINGS, SPECTRAL_QUERIES, AOMConfig
 from aom_model.decoder import Decoder
 from aom_model.encoder import build_encoder
 from aom_model.inputs import BandBatch
@@ -217,6 +217,30 @@ class AOM(nn.Module):
             batch.validate()
         return self.encode(self.tokenize(batch, plan), keep_band_tokens=return_band_tokens)
 
+    def embedding_dim(self, embedding: str = "position") -> int:
+        """Values per product token vector for ``embedding`` (one of ``EMBEDDINGS``)."""
+        check_embedding(embedding)
+        return int(
+            self.config.embed_dim if embedding == "position" else len(SPECTRAL_QUERIES) * self.token_dim
+        )
+
+    def embed_tokens(
+        self, batch: BandBatch, plan: GridPlan | None = None, embedding: str = "position"
+    ) -> tuple[Tensor, Tensor]:
+        """Inference: the product's token vectors [B, N, E] (E = ``embedding_dim(embedding)``) and
+        their validity [B, N]. ``position``: the position tokens (``forward_features``); ``spectral``:
+        per position the band tokens inferred at ``SPECTRAL_QUERIES``, concatenated query-major."""
+        if embedding == "position":
+            out = self.forward_features(batch, plan)
+            return out.tokens, out.token_valid
+        check_embedding(embedding)
+        if not is_tracing():
+            batch.validate()
+        tokens = self.tokenize(batch, plan)
+        q = torch.tensor(SPECTRAL_QUERIES, dtype=torch.float32, device=tokens.wavelength_nm.device)  # [S, 2]
+        out, queries = self.encode_with_queries(tokens, q[:, 0], q[:, 1])  # queries [B, N, S, d_band]
+        return queries.flatten(2), out.token_valid  # [B, N, S * d_band], [B, N]
+
     def forward(self, batch: BandBatch) -> EncoderOutput:
         return self.forward_features(batch)
 
@@ -295,6 +319,11 @@ def pack_visible(visible: Tensor, bands: Tensor | None = None) -> PackedVisible:
     band_index = torch.argsort((~kept).to(torch.int8), dim=2, stable=True)[..., :cv]  # [B, Nv, Cv]
     band_keep = torch.gather(kept, 2, band_index)
     return PackedVisible(pos_index, pos_keep, band_index, band_keep)
+
+
+def check_embedding(embedding: str) -> None:
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}")
 
 
 def _init_linear(m: nn.Module) -> None:

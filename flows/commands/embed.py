@@ -112,6 +112,13 @@ def embed(
         "sin^2-weighted mean of the chips that wrote it (0 = cores only, seams visible; default "
         "min(3, margin, core / 2)). See docs/embedding.md, 'Seam blending'.",
     ),
+    embedding: str = typer.Option(
+        "position",
+        "--embedding",
+        help="What a token vector is: position (the encoder's position token, embed_dim values) or spectral "
+        "(the band tokens the encoder infers at Sentinel-2 MSI's 12 surface bands, 12 x band width values, "
+        "the same layout whatever bands the input has). See docs/embedding.md, 'Spectral embedding'.",
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
     tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Dask task."),
     dask_address: str | None = dask_address_option(),
@@ -213,6 +220,13 @@ def embed_raster_cmd(
         "neighbouring chip (0 = cores only; default min(3, margin, core / 2)). See docs/embedding.md, "
         "'Seam blending'.",
     ),
+    embedding: str = typer.Option(
+        "position",
+        "--embedding",
+        help="What a token vector is: position (the encoder's position token, embed_dim values) or spectral "
+        "(the band tokens the encoder infers at Sentinel-2 MSI's 12 surface bands, 12 x band width values, "
+        "the same layout whatever bands the input has). See docs/embedding.md, 'Spectral embedding'.",
+    ),
     batch_size: int = typer.Option(8, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("fp32", "--precision"),
@@ -254,6 +268,7 @@ def embed_raster_cmd(
         core_tokens=core_tokens,
         margin_tokens=margin_tokens,
         blend_tokens=blend_tokens,
+        embedding=embedding,
         batch_size=batch_size,
         device=device,
         precision=precision,

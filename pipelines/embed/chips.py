@@ -329,20 +329,49 @@ def make_batch(
     return BandBatch(tuple(out))
 
 
-def run_encoder(model: Any, batch: Any, plan: Any, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-    """``model.forward_features`` -> (tokens [B, H, W, D] float32, valid [B, H, W] bool)."""
+def check_embedding_kind(embedding: str) -> None:
+    """``embedding`` is one of ``aom_model.EMBEDDINGS`` (EmbedConfigError naming them otherwise)."""
+    from aom_model.config import EMBEDDINGS
+
+    if embedding not in EMBEDDINGS:
+        raise EmbedConfigError(
+            f"embedding (--embedding) must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}"
+        )
+
+
+def embedding_record(model: Any, embedding: str) -> dict[str, Any]:
+    """What a token vector of ``embedding`` is, for the output's metadata (strict JSON)."""
+    from aom_model.config import SPECTRAL_QUERIES
+
+    rec: dict[str, Any] = {"kind": embedding, "dim": model.embedding_dim(embedding)}
+    if embedding == "position":
+        rec["description"] = "the encoder's position token"
+    else:
+        width = int(model.token_dim)
+        rec["description"] = (
+            f"per spectral query the band token the encoder infers there from the bands present; value "
+            f"q * {width} + j is component j of query q"
+        )
+        rec["queries"] = [{"wavelength_nm": w, "fwhm_nm": f} for w, f in SPECTRAL_QUERIES]
+    return rec
+
+
+def run_encoder(
+    model: Any, batch: Any, plan: Any, precision: str = "fp32", embedding: str = "position"
+) -> tuple[np.ndarray, np.ndarray]:
+    """``model.embed_tokens`` -> (tokens [B, H, W, E] float32, valid [B, H, W] bool)."""
     import torch
 
     dev = batch.groups[0].pixels.device
     with torch.inference_mode():
         if precision == "bf16":
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
-                out = model.forward_features(batch, plan)
+                vec, ok = model.embed_tokens(batch, plan, embedding)  # [B, N, E], [B, N]
         else:
-            out = model.forward_features(batch, plan)
-    h, w = out.grid_hw
-    tokens = out.tokens.float().reshape(out.tokens.shape[0], h, w, -1).cpu().numpy()
-    valid = out.token_valid.reshape(out.token_valid.shape[0], h, w).cpu().numpy()
+            vec, ok = model.embed_tokens(batch, plan, embedding)
+    h, w = plan.grid_hw
+    tokens = vec.float().reshape(vec.shape[0], h, w, -1).cpu().numpy()
+    valid = ok.reshape(ok.shape[0], h, w).cpu().numpy()
     return tokens, valid
 
 
@@ -355,10 +384,12 @@ def embed_region(
     batch_size: int = 8,
     device: Any = "cpu",
     precision: str = "fp32",
+    embedding: str = "position",
 ) -> RegionResult:
     """Embed a padded region: groups cover ``core_hw + 2 * pad_tokens`` tokens; returns ``[R, C, D]``.
 
     ``core_hw`` (tokens, multiples of ``core_tokens``) defaults to the tile: ``tile_tokens`` square.
+    ``embedding`` (``aom_model.EMBEDDINGS``) says what a token vector is; ``E = model.embedding_dim``.
     Chips whose written tokens hold no valid pixel are not run (their tokens are nodata, as the encoder
     would mark them anyway). A token is the weighted mean (``ChipLayout.weights``, row x column) of
     the chips that wrote it validly, NaN where none did; without blending that is its one chip's token.
@@ -368,7 +399,7 @@ def embed_region(
     rows, cols = core_hw or (layout.tile_tokens, layout.tile_tokens)
     if rows % layout.core_tokens or cols % layout.core_tokens:
         raise EmbedConfigError(f"region {rows}x{cols} tokens is not whole {layout.core_tokens}-token cores")
-    dim = int(model.config.embed_dim)
+    dim = model.embedding_dim(embedding)
     res = RegionResult(np.full((rows, cols, dim), np.nan, dtype=np.float32))
     if not groups:
         return res
@@ -396,7 +427,9 @@ def embed_region(
         chips = [_chip_arrays(normed, layout, gsds, i, j) for i, j in part]
         batch = make_batch(chips, groups, device)
         t0 = time.perf_counter()
-        tokens, valid = run_encoder(model, batch, plan, precision)  # [B, chip, chip, D], [B, chip, chip]
+        tokens, valid = run_encoder(
+            model, batch, plan, precision, embedding
+        )  # [B, chip, chip, E], [B, chip, chip]
         res.model_s += time.perf_counter() - t0
         res.batches += 1
         res.chips_run += len(part)

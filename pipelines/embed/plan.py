@@ -21,6 +21,7 @@ from pipelines.embed.chips import (
     check_gsds,
     checked_token_m,
     choose_layout,
+    embedding_record,
     resolve_normaliser,
 )
 from pipelines.embed.request import EmbedRequest, TileResult
@@ -77,6 +78,7 @@ class RunContext:
     batch_size: int
     device: str
     precision: str
+    embedding: str  # aom_model.EMBEDDINGS: what a token vector is
     threads: int
     composite: str
 
@@ -276,12 +278,14 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     version_name = request.version or es.version_name(ckpt.name, ckpt.sha256)
     if request.version is None and token_m != float(cfg.token_ground_m):
         version_name = f"{version_name}-{token_m:g}m"  # one version per token size
+    if request.version is None and request.embedding != "position":
+        version_name = f"{version_name}-{request.embedding}"  # and per embedding kind
     version = es.EmbeddingsVersion(
         name=version_name,
         model=ckpt.name,
         model_version=ckpt.model_version,
         checkpoint_sha256=ckpt.sha256,
-        dim=int(cfg.embed_dim),
+        dim=ckpt.model.embedding_dim(request.embedding),
         token_ground_m=token_m,
         tile_size_m=grid.tile_size_m,
         times=tuple(p.label for p in periods),
@@ -291,6 +295,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             "composite": request.composite,
             "periods": [p.text for p in periods],
             "pooled": "L2-normalised mean of the tile's valid unit token vectors",
+            "embedding": embedding_record(ckpt.model, request.embedding),
         },
     )
     _check_existing_version(request, version)
@@ -314,6 +319,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         batch_size=request.batch_size,
         device=request.device,  # resolved on the worker ("auto": its GPU when it has one)
         precision=request.precision,
+        embedding=request.embedding,
         threads=request.torch_threads,
         composite=request.composite,
     )

@@ -61,8 +61,10 @@ from pipelines.embed.chips import (
     GroupPixels,
     band_record,
     blend_offset,
+    check_embedding_kind,
     checked_token_m,
     embed_region,
+    embedding_record,
     input_stats,
     resolve_normaliser,
 )
@@ -178,6 +180,7 @@ def embed_raster(
     batch_size: int = 8,
     device: str = "auto",
     precision: str = "fp32",
+    embedding: str = "position",
     storage_options: Mapping[str, Any] | None = None,
     input_storage_options: Mapping[str, Any] | None = None,
     registry_files: Sequence[str] = (),
@@ -196,6 +199,7 @@ def embed_raster(
     t0 = time.perf_counter()
     check_choice("dtype (--dtype)", dtype, DTYPES)
     check_choice("precision (--precision)", precision, PRECISIONS)
+    check_embedding_kind(embedding)
     check_device("device (--device)", device)
     check_number("gsd (--gsd)", gsd, above=0)
     check_number("core_tokens (--core-tokens)", core_tokens, minimum=1)
@@ -268,7 +272,7 @@ def embed_raster(
     h_tok, w_tok = math.ceil(height / k), math.ceil(width / k)
     cols = math.ceil(w_tok / core_tokens) * core_tokens
     out_transform = transform @ Affine.scale(k)
-    dim = int(cfg.embed_dim)
+    dim = ckpt.model.embedding_dim(embedding)
     writer = (
         _GTiffWriter(out, h_tok, w_tok, dim, dtype, crs, out_transform, storage_options)
         if fmt == "gtiff"
@@ -296,6 +300,7 @@ def embed_raster(
         ],
         checkpoint_sha256=ckpt.sha256,
         scaling=scaling.to_dict(),
+        embedding=embedding_record(ckpt.model, embedding),
     )
     from rasterio.windows import Window
 
@@ -326,6 +331,7 @@ def embed_raster(
                     batch_size=batch_size,
                     device=dev,
                     precision=precision,
+                    embedding=embedding,
                 )
                 emb = region.embeddings[:rows, :w_tok]
                 res.chips += region.chips_total

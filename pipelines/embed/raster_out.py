@@ -51,6 +51,7 @@ class RasterEmbedResult:
     bands: list[dict[str, Any]]
     checkpoint_sha256: str
     scaling: dict[str, Any] = field(default_factory=dict)  # RasterScaling.to_dict(): DN -> reflectance
+    embedding: dict[str, Any] = field(default_factory=dict)  # embedding_record(): what a vector is
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,6 +82,7 @@ def _tags(res: RasterEmbedResult) -> dict[str, str]:
         "AOM_BANDS": storage.json_dumps(res.bands).replace("\n", ""),
         "AOM_SCALING": storage.json_dumps(res.scaling).replace("\n", ""),
         "AOM_CHIP": storage.json_dumps(res.chip).replace("\n", ""),
+        "AOM_EMBEDDING": storage.json_dumps(res.embedding).replace("\n", ""),
     }
 
 

@@ -49,6 +49,7 @@ from pipelines import embeddings as es
 from pipelines import storage
 from pipelines.embed.chips import (
     EmbedConfigError,
+    check_embedding_kind,
 )
 from pipelines.errors import check_bbox, check_device, check_number
 from pipelines.registry import DEFAULT_CATALOG
@@ -85,6 +86,11 @@ class EmbedRequest:
     between runs). ``gpu_resource``: ``"auto"`` annotates embed tasks with ``{"GPU": 1}`` when some worker offers a ``GPU`` resource,
     a name requires that resource, ``"none"`` never annotates.
 
+    ``embedding``: what a token vector is (``aom_model.EMBEDDINGS``): ``position`` (the encoder's
+    position token, the default) or ``spectral`` (the band tokens the encoder infers at Sentinel-2 MSI's
+    12 surface bands, concatenated; the same layout whatever bands the input has). A non-default kind
+    gets its own default version name (``-spectral``).
+
     ``token_m``: ground size of one token (m), inside the checkpoint's supported range
     (``AOMConfig.token_m_range``; default its ``token_ground_m``); it must divide ``tile_size_m``.
 
@@ -120,6 +126,7 @@ class EmbedRequest:
     gpu_resource: str = "auto"
     device: str = "auto"
     precision: str = "fp32"
+    embedding: str = "position"
     max_in_flight: int | None = None
     strip_mb: float = 64.0
     write_stac: bool = True
@@ -169,6 +176,7 @@ class EmbedRequest:
             storage.check_url(url, f"{name} (--{name.replace('_', '-')})")
         if self.composite not in COMPOSITES:
             raise EmbedConfigError(f"composite must be one of {COMPOSITES}, got {self.composite!r}")
+        check_embedding_kind(self.embedding)
         if self.precision not in PRECISIONS:
             raise EmbedConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if (

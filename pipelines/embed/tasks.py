@@ -99,7 +99,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
         return res
     device = _resolve_device(ctx.device)
     ckpt = load_checkpoint_url(ctx.checkpoint, ctx.input_options, ctx.checkpoint_sha256, device)
-    dim = int(ckpt.config.embed_dim)
+    dim = ckpt.model.embedding_dim(ctx.embedding)
     if padded.status == TileStatus.DONE:
         _set_threads(ctx.threads)
         region = embed_region(
@@ -110,6 +110,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
             batch_size=ctx.batch_size,
             device=device,
             precision=ctx.precision,
+            embedding=ctx.embedding,
         )
         emb = region.embeddings
         res.chips_run, res.model_s = region.chips_run, region.model_s

@@ -145,3 +145,31 @@ def test_tiles_agree_at_their_edges(model) -> None:  # type: ignore[no-untyped-d
                 tile, whole[12 * ti : 12 * ti + 12, 12 * tj : 12 * tj + 12], rtol=1e-5, atol=1e-5
             )
     assert np.isfinite(whole).all()
+
+
+def test_spectral_embedding_is_the_query_tokens_of_each_chip(model) -> None:  # type: ignore[no-untyped-def]
+    """``embedding="spectral"``: every token is its chip's spectral-query band tokens, concatenated
+    query-major (12 x band width values), with the same chips and validity as the position path."""
+    import torch
+
+    from aom_model import SPECTRAL_QUERIES
+
+    lay = _layout(12, 6, 3, 0)
+    groups = _region(_area(18), lay, 0, 0, 12, 12)
+    norm = _norm()
+    got = embed_region(model, groups, lay, norm, batch_size=2, embedding="spectral").embeddings
+    assert (
+        got.shape
+        == (12, 12, len(SPECTRAL_QUERIES) * model.token_dim)
+        == (12, 12, model.embedding_dim("spectral"))
+    )
+    normed = [norm.with_input(groups).apply(g) for g in groups]
+    batch = make_batch([_chip_arrays(normed, lay, [GSD], 1, 0)], groups)
+    plan = chip_plan(model.config, [GSD], lay.chip_tokens, TOKEN_M)
+    q = torch.tensor(SPECTRAL_QUERIES)
+    with torch.inference_mode():
+        _out, qt = model.encode_with_queries(model.tokenize(batch, plan), q[:, 0], q[:, 1])  # [1, N, S, d]
+    want = qt[0].reshape(12, 12, -1).numpy()[3:9, 3:9]
+    np.testing.assert_allclose(got[6:12, 0:6], want, atol=1e-5, rtol=1e-5)
+    pos = embed_region(model, groups, lay, norm, batch_size=2).embeddings
+    assert np.array_equal(np.isfinite(got).all(-1), np.isfinite(pos).all(-1))

@@ -246,6 +246,71 @@ def test_cli_embed_raster(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:
     assert res.exit_code == 2 and "band metadata needed" in res.output
 
 
+def test_spectral_embedding_raster_has_one_layout_for_any_bands(
+    tmp_path: Path, geotiff: Path, ckpt: Path
+) -> None:
+    """``--embedding spectral``: 12 x band width values per token whatever bands the raster has,
+    recorded in the AOM_EMBEDDING tag; an unknown kind is refused naming the valid ones."""
+    import rasterio
+    from typer.testing import CliRunner
+
+    from aom_model import SPECTRAL_QUERIES
+    from flows.cli import app
+
+    kw: dict[str, Any] = {
+        "sensor": "sentinel-2-msi",
+        "core_tokens": 12,
+        "margin_tokens": 2,
+        "progress": False,
+    }
+    res = embed_raster(
+        str(geotiff), str(tmp_path / "s.tif"), str(ckpt), bands=BANDS, embedding="spectral", **kw
+    )
+    assert res.dim == len(SPECTRAL_QUERIES) * 64 and res.embedding["kind"] == "spectral"
+    with rasterio.open(tmp_path / "s.tif") as src:
+        assert src.count == res.dim
+        tag = json.loads(src.tags()["AOM_EMBEDDING"])
+        assert tag["dim"] == res.dim and len(tag["queries"]) == len(SPECTRAL_QUERIES)
+        full = np.moveaxis(src.read(), 0, -1)
+    # a raster of 2 of the 4 bands: the same layout, other values
+    import rasterio as rio
+
+    two = tmp_path / "two.tif"
+    with rio.open(geotiff) as src:
+        prof = src.profile | {"count": 2}
+        data, scales = src.read([1, 4]), src.scales
+    with rio.open(two, "w", **prof) as dst:
+        dst.write(data)
+        dst.scales = (scales[0], scales[3])
+    res2 = embed_raster(
+        str(two), str(tmp_path / "s2.tif"), str(ckpt), bands=("B02", "B08"), embedding="spectral", **kw
+    )
+    assert res2.dim == res.dim
+    with rasterio.open(tmp_path / "s2.tif") as src:
+        part = np.moveaxis(src.read(), 0, -1)
+    ok = np.isfinite(full).all(-1) & np.isfinite(part).all(-1)
+    assert ok.sum() > 100 and not np.allclose(full[ok], part[ok], atol=1e-3)
+    bad = CliRunner().invoke(
+        app,
+        [
+            "embed-raster",
+            str(geotiff),
+            "--sensor",
+            "sentinel-2-msi",
+            "--bands",
+            ",".join(BANDS),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "x.tif"),
+            "--embedding",
+            "pooled",
+        ],
+    )
+    assert bad.exit_code == 2 and "position, spectral" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x.tif").exists()
+
+
 @pytest.mark.parametrize("token_m", [40.0, 80.0, 160.0, 320.0])
 def test_every_token_size_in_range_runs_and_its_grid_is_right(
     tmp_path: Path, geotiff: Path, ckpt: Path, token_m: float

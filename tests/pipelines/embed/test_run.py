@@ -266,6 +266,23 @@ def test_token_size_is_a_request_parameter(tmp_path: Path, checkpoint: Path, cub
     assert not (tmp_path / "never").exists()
 
 
+def test_spectral_embedding_is_its_own_version(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
+    """embedding="spectral" at 320 m: 12 x band width values per token, its own version, recorded in the
+    version's config; an unknown kind is refused before any work."""
+    from aom_model import SPECTRAL_QUERIES
+
+    out = tmp_path / "emb-spectral"
+    summary = run_embedding(request(checkpoint, out, cubes, token_m=320.0, embedding="spectral"))
+    assert summary.complete and summary.version.endswith("-320m-spectral"), summary.format()
+    codes = tile_codes(str(out), summary.version, TILES[0])
+    assert codes.shape[:2] == (24, 24) and codes.shape[2] == len(SPECTRAL_QUERIES) * 64
+    v = es.read_version(str(out), summary.version)
+    assert v.dim == codes.shape[2] and v.config["embedding"]["kind"] == "spectral"
+    with pytest.raises(EmbedConfigError, match="position, spectral"):
+        request(checkpoint, tmp_path / "never", cubes, embedding="bands")
+    assert not (tmp_path / "never").exists()
+
+
 def test_existing_version_with_other_definition_is_refused(
     tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
 ) -> None:
