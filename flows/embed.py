@@ -39,6 +39,9 @@ class EmbedParams(BaseModel):
     token_m: float | None = Field(
         None, gt=0, description="ground size of one token (m); default: the checkpoint's token_ground_m"
     )
+    embedding: str = Field(
+        EmbedRequest.embedding, description="what a token vector is: position (default) or spectral"
+    )
     version: str | None = None
     dask_address: str | None = Field(
         None, description="Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else local workers)"
