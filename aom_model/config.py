@@ -101,6 +101,12 @@ class AOMConfig:
     # their sum
     stats_readout: str = "linear"
     align_weight: float = 0.5
+    # spectral consistency (self-distillation across band subsets): the spectral-query tokens
+    # (SPECTRAL_QUERIES) of a random subset of each sample's bands (a share drawn in
+    # spectral_consistency_keep) are pulled towards those of all its bands (no gradient through
+    # the latter), 1 - cosine per (position, query); 0 = off (no extra forward)
+    spectral_consistency_weight: float = 0.0
+    spectral_consistency_keep: tuple[float, float] = (0.25, 0.75)
     align_dim: int = 64
     norm_pix_eps: float = 1e-6
 
@@ -166,7 +172,17 @@ class AOMConfig:
             errors.append(f"min_valid_pixel_frac must be in (0, 1], got {self.min_valid_pixel_frac}")
         if self.temperature <= 0:
             errors.append(f"temperature must be > 0, got {self.temperature}")
-        if self.recon_weight < 0 or self.align_weight < 0 or self.stats_weight < 0:
+        lo, hi = self.spectral_consistency_keep
+        if not 0.0 < lo <= hi < 1.0:
+            errors.append(
+                f"spectral_consistency_keep must be 0 < lo <= hi < 1, got {self.spectral_consistency_keep}"
+            )
+        if (
+            self.recon_weight < 0
+            or self.align_weight < 0
+            or self.stats_weight < 0
+            or self.spectral_consistency_weight < 0
+        ):
             errors.append("loss weights must be >= 0")
         if not 0 < self.pos_min_period_m < self.pos_max_period_m:
             errors.append("need 0 < pos_min_period_m < pos_max_period_m")
@@ -207,11 +223,12 @@ class AOMConfig:
         return cls.from_dict({**_NAMED[name], **overrides})
 
     def replace(self, **changes: Any) -> AOMConfig:
-        return dataclasses.replace(self, **changes)
+        return AOMConfig.from_dict({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["kernel_sizes"] = list(self.kernel_sizes)
+        out["spectral_consistency_keep"] = list(self.spectral_consistency_keep)
         return out
 
     @classmethod
@@ -223,6 +240,8 @@ class AOMConfig:
         kwargs = dict(data)
         if "kernel_sizes" in kwargs:
             kwargs["kernel_sizes"] = tuple(int(k) for k in kwargs["kernel_sizes"])
+        if "spectral_consistency_keep" in kwargs:
+            kwargs["spectral_consistency_keep"] = tuple(float(k) for k in kwargs["spectral_consistency_keep"])
         return cls(**kwargs)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aom_model.blocks import is_tracing, masked_mean
@@ -108,7 +109,11 @@ class AOM(nn.Module):
         )
 
     def encode_with_queries(
-        self, tokens: Tokens, query_wavelength_nm: Tensor, query_fwhm_nm: Tensor
+        self,
+        tokens: Tokens,
+        query_wavelength_nm: Tensor,
+        query_fwhm_nm: Tensor,
+        keys: Tensor | None = None,
     ) -> tuple[EncoderOutput, Tensor]:
         """Inference encode plus S *spectral queries*: band tokens the encoder infers at given
         (wavelength, FWHM) from the present bands, at every position, whichever bands are there.
@@ -117,11 +122,13 @@ class AOM(nn.Module):
         pretraining (``encode_masked_bands``): a query of the spectral layers, never a key, so the
         position tokens and the present bands' tokens are the same as ``encode`` gives (tested).
         ``query_wavelength_nm`` / ``query_fwhm_nm`` [S] -> (EncoderOutput, queries [B, N, S, d_band]).
+        ``keys`` [B, N, C] (a subset of ``tokens.present``; default all of it): the band tokens the
+        encoder sees, as if the others were not there (they become queries too, which changes nothing).
         """
-        present = tokens.present  # [B, N, C]
+        present = tokens.present if keys is None else keys  # [B, N, C]
         b, n, c = present.shape
         s = int(query_wavelength_nm.shape[0])
-        x = self.tokenizer.project(tokens, None) + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
+        x = self.tokenizer.project(tokens, keys) + tokens.band_embed[:, None, :, :]  # [B, N, C, d_tok]
         qwl = query_wavelength_nm.to(tokens.wavelength_nm)[None].expand(b, s)  # [B, S]
         qfw = query_fwhm_nm.to(tokens.fwhm_nm)[None].expand(b, s)
         q = self.tokenizer.band_embedding(qwl, qfw)  # [B, S, d_tok]
@@ -267,7 +274,35 @@ class AOM(nn.Module):
             pooled_coarse = self.forward_features(
                 view_coarse, plan_for(view_coarse, self.config, token_m)
             ).pooled
-        return self.loss(rec, tokens, masked, enc.pooled, pooled_coarse)
+        out = self.loss(rec, tokens, masked, enc.pooled, pooled_coarse)
+        if self.config.spectral_consistency_weight > 0:
+            out["spectral"] = self.spectral_consistency(tokens, generator)
+            out["loss"] = out["loss"] + self.config.spectral_consistency_weight * out["spectral"]
+        return out
+
+    def spectral_consistency(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
+        """1 - cosine between the spectral-query tokens of a random subset of each sample's bands
+        and those of all its bands (teacher: the same weights, no gradient), mean over the
+        positions the subset has a band at and the queries. The subset keeps a share drawn
+        uniformly in ``config.spectral_consistency_keep`` of the sample's bands (at least one)."""
+        present = tokens.present  # [B, N, C]
+        b, _, c = present.shape
+        dev = present.device
+        lo, hi = self.config.spectral_consistency_keep
+        has = present.any(dim=1)  # [B, C] bands the sample has somewhere
+        r = torch.rand((b, c), generator=generator, device=generator.device).to(dev)
+        r = torch.where(has, r, torch.full_like(r, 2.0))  # absent bands rank last
+        share = lo + (hi - lo) * torch.rand((b,), generator=generator, device=generator.device).to(dev)
+        k = (share * has.sum(dim=1)).round().clamp(min=1)  # [B]
+        keep = (r.argsort(dim=1).argsort(dim=1) < k[:, None]) & has  # [B, C]
+        keys = present & keep[:, None, :]  # [B, N, C]
+        q = torch.tensor(SPECTRAL_QUERIES, dtype=torch.float32, device=dev)  # [S, 2]
+        with torch.no_grad():
+            _, teacher = self.encode_with_queries(tokens, q[:, 0], q[:, 1])  # [B, N, S, d]
+        _, student = self.encode_with_queries(tokens, q[:, 0], q[:, 1], keys)  # [B, N, S, d]
+        w = keys.any(dim=-1).to(student.dtype)[..., None]  # [B, N, 1]
+        dist = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # [B, N, S]
+        return (dist * w).sum() / (w.sum() * dist.shape[-1]).clamp(min=1.0)
 
 
 @dataclass

@@ -215,6 +215,8 @@ class Trainer:
                 log.warning(
                     "--init: using the checkpoint's model config (it differs from --config %s)", cfg.model
                 )
+            if cfg.model_overrides:  # e.g. loss weights for a fine-tuning stage
+                model_cfg = model_cfg.replace(**cfg.model_overrides)
             init_stats = NormStats.from_dict(stats) if stats else None
         # every rank computes the same statistics from the same seeded chips (no communication)
         self.norm = compute_norm_stats(self.index, cfg.seed, "train", known=init_stats)
@@ -342,8 +344,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.schedule.apply(self.optimizer, self.step)
         token_m = token_m_for_step(cfg.seed, self.step, self.model_cfg)
-        # bad, n_ok, samples, skipped, loss, recon, align, n_align, stats
-        acc = torch.zeros(9, dtype=torch.float64)
+        # bad, n_ok, samples, skipped, loss, recon, align, n_align, stats, spectral
+        acc = torch.zeros(10, dtype=torch.float64)
         for tb in micro:
             acc[3] += tb.skipped_chips
             if tb.raw_native is None:
@@ -365,6 +367,7 @@ class Trainer:
             acc[4] += vals["loss"]
             acc[5] += vals["recon"]
             acc[8] += vals.get("stats", 0.0)
+            acc[9] += vals.get("spectral", 0.0)
             if "align" in vals:
                 acc[6] += vals["align"]
                 acc[7] += 1
@@ -407,6 +410,8 @@ class Trainer:
         rec["stats"] = float(acc[8] / n_ok)
         if acc[7] > 0:
             rec["align"] = float(acc[6] / acc[7])
+        if self.model_cfg.spectral_consistency_weight > 0:
+            rec["spectral"] = float(acc[9] / n_ok)
         return rec
 
     # -- the loop --------------------------------------------------------------------------------
@@ -447,7 +452,7 @@ class Trainer:
                         self.pos += cfg.grad_accum
                         self.step += 1
                         window_samples += rec["samples"]
-                        for key in ("loss", "recon", "stats", "align"):
+                        for key in ("loss", "recon", "stats", "align", "spectral"):
                             if key in rec:
                                 win_sum[key] = win_sum.get(key, 0.0) + rec[key]
                                 win_n[key] = win_n.get(key, 0) + 1

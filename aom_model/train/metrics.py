@@ -55,7 +55,7 @@ def loss_curve_png(records: list[dict[str, Any]], title: str = "AOM pretraining"
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     steps = [r["step"] for r in records]
-    for key in ("loss", "recon", "stats", "align"):
+    for key in ("loss", "recon", "stats", "align", "spectral"):
         ys = [r.get(key) for r in records]
         pts = [(s, y) for s, y in zip(steps, ys) if y is not None]
         if pts:

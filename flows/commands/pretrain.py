@@ -21,7 +21,8 @@ def pretrain(
         [],
         "--model-set",
         help="Override one AOMConfig field of the size, KEY=VALUE (JSON value), e.g. align_weight=0.1; "
-        "repeatable. Ignored with --init/--resume (the checkpoint's config is used).",
+        "repeatable. With --init: applied to the checkpoint's config (e.g. a loss weight for a fine-tuning "
+        "stage; a field that changes parameter shapes fails to load). Ignored with --resume.",
     ),
     out: str = typer.Option(
         ..., "--out", help="Output URL: checkpoints, metrics.jsonl, loss_curve.png, model."

@@ -281,3 +281,28 @@ def test_spectral_queries_are_masked_bands_and_change_nothing_else(layout: str) 
     torch.testing.assert_close(q[:, :, 0], masked.band_tokens[:, :, 3], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(masked.tokens, out.tokens, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(q[:, :, 0], q[:, :, 1])
+
+
+def test_spectral_consistency_term_is_optional_bounded_and_trains_the_subset_view() -> None:
+    """spectral_consistency_weight > 0 adds the "spectral" term (1 - cosine, in [0, 2]) with
+    gradients into the encoder; 0 (default) adds nothing. The teacher view has no gradient: a
+    model whose student view equals the teacher's scores 0."""
+    torch.manual_seed(0)
+    cfg = AOMConfig.named("tiny", token_ground_m=80.0)
+    assert cfg.spectral_consistency_weight == 0.0
+    b = _smooth_batch()
+    model = AOM(cfg.replace(spectral_consistency_weight=0.5))
+    assert model.config.spectral_consistency_keep == (0.25, 0.75)
+    out = model.pretrain_step(b, None, torch.Generator().manual_seed(0))
+    assert "spectral" in out and 0.0 < float(out["spectral"].detach()) <= 2.0
+    base = AOM(cfg)
+    base.load_state_dict(model.state_dict())
+    plain = base.pretrain_step(b, None, torch.Generator().manual_seed(0))
+    assert "spectral" not in plain
+    torch.testing.assert_close(out["loss"], plain["loss"] + 0.5 * out["spectral"])
+    model.zero_grad()
+    model.spectral_consistency(model.tokenize(b), torch.Generator().manual_seed(1)).backward()
+    grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert grads and any(bool(x.abs().sum() > 0) for x in grads)
+    with pytest.raises(ValueError, match="spectral_consistency_keep"):
+        AOMConfig.named("tiny", spectral_consistency_keep=(0.5, 1.0))
