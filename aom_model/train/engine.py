@@ -213,7 +213,9 @@ class Trainer:
             init_model, model_cfg, stats, _ = load_checkpoint(_read_bytes(normalise_url(cfg.init), so))
             if model_cfg != cfg.model_config() and env.is_main:
                 log.warning(
-                    "--init: using the checkpoint's model config (it differs from --config %s)", cfg.model
+                    "--init: using the checkpoint's model config (it differs from --config %s)%s",
+                    cfg.model,
+                    ", with the --model-set overrides" if cfg.model_overrides else "",
                 )
             if cfg.model_overrides:  # e.g. loss weights for a fine-tuning stage
                 model_cfg = model_cfg.replace(**cfg.model_overrides)
