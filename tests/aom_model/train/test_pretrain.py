@@ -241,6 +241,20 @@ def test_finetune_with_init_on_new_cubes(synthetic_cubes: str, tmp_path: Path) -
     res = pretrain(_cfg(str(new), tmp_path / "ft", max_steps=2, init=base.checkpoint, checkpoint_every=100))
     assert res.steps == 2
     assert res.norm_stats["bands"]["landsat-oli/B4"] == base.norm_stats["bands"]["landsat-oli/B4"]
+    # --model-set on top of the --init checkpoint's config: a loss weight for a fine-tuning stage
+    sc = pretrain(
+        _cfg(
+            str(new),
+            tmp_path / "ft-sc",
+            max_steps=2,
+            init=base.checkpoint,
+            checkpoint_every=100,
+            model_overrides={"spectral_consistency_weight": 0.5},
+        )
+    )
+    assert load_checkpoint(sc.checkpoint)[1].spectral_consistency_weight == 0.5
+    recs = [json.loads(line) for line in (tmp_path / "ft-sc" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["spectral"] <= 2.0 for r in recs if "loss" in r)
 
 
 def test_activation_checkpointing_same_gradients(synthetic_cubes: str) -> None:
