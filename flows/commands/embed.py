@@ -30,6 +30,17 @@ from pipelines.registry import DEFAULT_CATALOG
 from pipelines.tiling import DEFAULT_TILE_SIZE_M
 
 
+def _embedding_option() -> Any:
+    """``--embedding`` of ``aom embed`` and ``aom embed-raster`` (``aom_model.EMBEDDINGS``)."""
+    return typer.Option(
+        "position",
+        "--embedding",
+        help="What a token vector is: position (the encoder's position token, embed_dim values) or spectral "
+        "(the band tokens the encoder infers at Sentinel-2 MSI's 12 surface bands, 12 x band width values, "
+        "the same layout whatever bands the input has). See docs/embedding.md, 'What a token vector is'.",
+    )
+
+
 def parse_aoi(text: str) -> Any:
     """``W,S,E,N`` -> bbox tuple; otherwise a GeoJSON file (geometry, Feature or FeatureCollection)."""
     parts = bbox_parts(text)
@@ -112,13 +123,7 @@ def embed(
         "sin^2-weighted mean of the chips that wrote it (0 = cores only, seams visible; default "
         "min(3, margin, core / 2)). See docs/embedding.md, 'Seam blending'.",
     ),
-    embedding: str = typer.Option(
-        "position",
-        "--embedding",
-        help="What a token vector is: position (the encoder's position token, embed_dim values) or spectral "
-        "(the band tokens the encoder infers at Sentinel-2 MSI's 12 surface bands, 12 x band width values, "
-        "the same layout whatever bands the input has). See docs/embedding.md, 'Spectral embedding'.",
-    ),
+    embedding: str = _embedding_option(),
     batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
     tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Dask task."),
     dask_address: str | None = dask_address_option(),
@@ -220,13 +225,7 @@ def embed_raster_cmd(
         "neighbouring chip (0 = cores only; default min(3, margin, core / 2)). See docs/embedding.md, "
         "'Seam blending'.",
     ),
-    embedding: str = typer.Option(
-        "position",
-        "--embedding",
-        help="What a token vector is: position (the encoder's position token, embed_dim values) or spectral "
-        "(the band tokens the encoder infers at Sentinel-2 MSI's 12 surface bands, 12 x band width values, "
-        "the same layout whatever bands the input has). See docs/embedding.md, 'Spectral embedding'.",
-    ),
+    embedding: str = _embedding_option(),
     batch_size: int = typer.Option(8, "--batch-size"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("fp32", "--precision"),
