@@ -133,10 +133,10 @@ class AOM(nn.Module):
         qfw = query_fwhm_nm.to(tokens.fwhm_nm)[None].expand(b, s)
         q = self.tokenizer.band_embedding(qwl, qfw)  # [B, S, d_tok]
         x = torch.cat([x, q[:, None].expand(b, n, s, q.shape[-1]).to(x.dtype)], dim=2)  # [B, N, C+S, d_tok]
-        keys = torch.cat([present, present.new_zeros(b, n, s)], dim=2)  # [B, N, C+S]: queries never keys
+        kv = torch.cat([present, present.new_zeros(b, n, s)], dim=2)  # [B, N, C+S]: queries never keys
         wl = torch.cat([tokens.wavelength_nm, qwl], dim=1)  # [B, C+S]
         coords = token_centres_m(tokens.grid_hw, tokens.token_m)  # [B, N, 2] metres
-        pos_tokens, band_tokens, pos_valid = self.encoder(x, coords, keys, wl)
+        pos_tokens, band_tokens, pos_valid = self.encoder(x, coords, kv, wl)
         out = EncoderOutput(
             tokens=pos_tokens,
             pooled=masked_mean(pos_tokens, pos_valid, dim=1),

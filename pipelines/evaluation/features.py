@@ -147,6 +147,7 @@ def encoder_outputs(
     import torch
 
     from aom_model import BandBatch, plan_for
+    from aom_model.blocks import masked_mean
 
     norm = resolve_normaliser(enc.norm_stats, ps.bands, fallback=band_stats(ps))
     enc.norm_sources.update(norm.sources)
@@ -195,8 +196,8 @@ def encoder_outputs(
             tokens = model.tokenize(batch, plan_for(batch, model.config, token_m))
             if queries:
                 out, qt = model.encode_with_queries(tokens, q_wl, q_fw)  # qt [B, N, S, D]
-                qv = out.token_valid.float()[..., None, None]  # [B, N, 1, 1]
-                outs["queries"].append(((qt * qv).sum(1) / qv.sum(1).clamp(min=1)).float().cpu().numpy())
+                qv = out.token_valid[..., None].expand(qt.shape[:3])  # [B, N, S]
+                outs["queries"].append(masked_mean(qt, qv, dim=1).float().cpu().numpy())  # [B, S, D]
             else:
                 out = model.encode(tokens, keep_band_tokens=band_tokens)
             valid = out.token_valid.float()[..., None]  # [B, N, 1]
