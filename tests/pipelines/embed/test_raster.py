@@ -214,30 +214,23 @@ def test_bad_raster_requests_fail_clearly(tmp_path: Path, geotiff: Path, ckpt: P
     assert not (tmp_path / "a.tif").exists()
 
 
+def _cli_embed_raster(geotiff: Path, ckpt: Path, out: Path, *extra: str) -> Any:
+    """``aom embed-raster`` on the fixture raster with its registry bands (+ ``extra`` options)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    args = ["embed-raster", str(geotiff), "--sensor", "sentinel-2-msi", "--bands", ",".join(BANDS)]
+    return CliRunner().invoke(app, [*args, "--checkpoint", str(ckpt), "--out", str(out), *extra])
+
+
 def test_cli_embed_raster(tmp_path: Path, geotiff: Path, ckpt: Path) -> None:
     from typer.testing import CliRunner
 
     from flows.cli import app
 
     out = tmp_path / "cli.tif"
-    res = CliRunner().invoke(
-        app,
-        [
-            "embed-raster",
-            str(geotiff),
-            "--sensor",
-            "sentinel-2-msi",
-            "--bands",
-            ",".join(BANDS),
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(out),
-            "--dtype",
-            "int8",
-            "--no-progress",
-        ],
-    )
+    res = _cli_embed_raster(geotiff, ckpt, out, "--dtype", "int8", "--no-progress")
     assert res.exit_code == 0, res.output
     assert out.exists() and "25x33 tokens x 64 dims" in res.output
     res = CliRunner().invoke(
@@ -252,10 +245,8 @@ def test_spectral_embedding_raster_has_one_layout_for_any_bands(
     """``--embedding spectral``: 12 x band width values per token whatever bands the raster has,
     recorded in the AOM_EMBEDDING tag; an unknown kind is refused naming the valid ones."""
     import rasterio
-    from typer.testing import CliRunner
 
     from aom_model import SPECTRAL_QUERIES
-    from flows.cli import app
 
     kw: dict[str, Any] = {
         "sensor": "sentinel-2-msi",
@@ -273,13 +264,11 @@ def test_spectral_embedding_raster_has_one_layout_for_any_bands(
         assert tag["dim"] == res.dim and len(tag["queries"]) == len(SPECTRAL_QUERIES)
         full = np.moveaxis(src.read(), 0, -1)
     # a raster of 2 of the 4 bands: the same layout, other values
-    import rasterio as rio
-
     two = tmp_path / "two.tif"
-    with rio.open(geotiff) as src:
+    with rasterio.open(geotiff) as src:
         prof = src.profile | {"count": 2}
         data, scales = src.read([1, 4]), src.scales
-    with rio.open(two, "w", **prof) as dst:
+    with rasterio.open(two, "w", **prof) as dst:
         dst.write(data)
         dst.scales = (scales[0], scales[3])
     res2 = embed_raster(
@@ -290,23 +279,7 @@ def test_spectral_embedding_raster_has_one_layout_for_any_bands(
         part = np.moveaxis(src.read(), 0, -1)
     ok = np.isfinite(full).all(-1) & np.isfinite(part).all(-1)
     assert ok.sum() > 100 and not np.allclose(full[ok], part[ok], atol=1e-3)
-    bad = CliRunner().invoke(
-        app,
-        [
-            "embed-raster",
-            str(geotiff),
-            "--sensor",
-            "sentinel-2-msi",
-            "--bands",
-            ",".join(BANDS),
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(tmp_path / "x.tif"),
-            "--embedding",
-            "pooled",
-        ],
-    )
+    bad = _cli_embed_raster(geotiff, ckpt, tmp_path / "x.tif", "--embedding", "pooled")
     assert bad.exit_code == 2 and "position, spectral" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x.tif").exists()
 
