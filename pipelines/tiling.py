@@ -25,10 +25,10 @@ a GeoJSON geometry whose rings jump by more than 180 degrees of longitude).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import shapely
@@ -37,6 +37,8 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from pipelines.errors import InputError
+
+_T = TypeVar("_T")
 
 DEFAULT_TILE_SIZE_M = 7680.0
 """The tile edge every layer defaults to (cubes, embed, flows, ``--tile-size-m``): 768 px at 10 m."""
@@ -200,6 +202,29 @@ def column_prefixes(tile_ids: Iterable[str], limit: int | None = None) -> list[s
     if limit is None or len(columns) <= limit:
         return columns
     return sorted({_zone_prefix(t) for t in ids})
+
+
+def square_groups(items: Iterable[_T], cell: Callable[[_T], tuple[int, ...]], side: int) -> list[list[_T]]:
+    """``items`` grouped by the ``side`` x ``side`` square of grid cells they fall in, squares in
+    sorted order, items in their given order within a square.
+
+    ``cell(item)``: a tuple whose last two entries are the item's grid row and column (integers, any
+    origin); entries before them (e.g. the EPSG code) separate grids. Squares are aligned to
+    multiples of ``side``, so two callers with the same ``side`` draw the same squares: neighbouring
+    tiles that share margins (embedding reads) or one read of a rectangle (similarity search) land
+    in one group."""
+    side = max(1, int(side))
+    groups: dict[tuple[int, ...], list[_T]] = {}
+    for it in items:
+        c = cell(it)
+        groups.setdefault((*c[:-2], c[-2] // side, c[-1] // side), []).append(it)
+    return [groups[k] for k in sorted(groups)]
+
+
+def tile_cell(tile: Tile) -> tuple[int, int, int]:
+    """(EPSG, row from the north, column) of a tile: the grid cell :func:`square_groups` takes."""
+    ix, iy = tile.index
+    return (tile.epsg, -iy, ix)
 
 
 def _zone_prefix(tile_id: str) -> str:

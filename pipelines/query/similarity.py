@@ -22,6 +22,7 @@ index only pays off for many repeated queries).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from pipelines import storage
 from pipelines.embeddings import NODATA_Q
 from pipelines.query.open import Embeddings, QueryError, TileRef, TimeLike, as_points
 from pipelines.query.select import crs_label, parse_bbox, parse_crs, transform_bbox, vectors_at
+from pipelines.tiling import square_groups
 
 # ------------------------------------------------------------------------------------------
 # Kernel
@@ -250,15 +252,6 @@ def query_vector(
     return unit_queries(np.concatenate(parts).mean(axis=0))[0]
 
 
-def _task_groups(refs: Sequence[TileRef], nt: int, tiles_per_task: int) -> list[list[TileRef]]:
-    """Tiles grouped into compact rectangles of about ``tiles_per_task`` tiles (one read each)."""
-    side = max(1, int(np.sqrt(tiles_per_task)))
-    groups: dict[tuple[int, int], list[TileRef]] = {}
-    for r in refs:
-        groups.setdefault(((r.row0 // nt) // side, (r.col0 // nt) // side), []).append(r)
-    return [groups[k] for k in sorted(groups)]
-
-
 def _search_group(
     emb: Embeddings,
     epsg: int,
@@ -349,6 +342,11 @@ def similar(
             raise QueryError("exclude_radius_m needs example locations (lon/lat)")
         lo, la = as_points(lon, lat)
         exclude = (lo, la, float(exclude_radius_m))
+    nt = emb.version.tokens_per_tile
+
+    def cell(r: TileRef) -> tuple[int, int]:
+        return (r.row0 // nt, r.col0 // nt)
+
     tasks = []
     for epsg, refs in sorted(emb.tiles(ti).items()):
         if aoi_box is not None:
@@ -360,7 +358,7 @@ def similar(
                 for r in refs
                 if r.bounds[0] < zb[2] and r.bounds[2] > zb[0] and r.bounds[1] < zb[3] and r.bounds[3] > zb[1]
             ]
-        for group in _task_groups(refs, emb.version.tokens_per_tile, tiles_per_task):
+        for group in square_groups(refs, cell, math.isqrt(tiles_per_task)):  # one read per rectangle
             # a partial is opaque to Dask: dataclass arguments would otherwise be traversed (slow, and
             # the Embeddings' lazy datasets would be computed)
             task = functools.partial(_search_group, emb, epsg, ti, group, q, k, aoi_spec, exclude)
