@@ -306,30 +306,44 @@ class RawGroup:
         return arr
 
     # -- conversion -----------------------------------------------------------------------------
-    def to_float(self, raw: np.ndarray) -> np.ndarray:
-        """float32 reflectance with NaN = missing, equal to what ``read_window`` returns for the window."""
-        return decode_reflectance(raw, self.scale, self.offset, self.fill)
+    def to_float(self, raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 reflectance with NaN = missing, equal to what ``read_window`` returns for the window
+        (written into ``out``, float32 of ``raw``'s shape, when given)."""
+        return decode_reflectance(raw, self.scale, self.offset, self.fill, out)
 
     def median(self, raw: np.ndarray) -> np.ndarray | None:
         """:func:`median_stored` of stored values ``[T, ...]`` (``None``: decode, then take the median)."""
         return median_stored(raw, self.scale, self.offset, self.fill)
 
 
-def decode_reflectance(raw: np.ndarray, scale: float, offset: float, fill: float | None) -> np.ndarray:
-    """Stored values -> float32 reflectance with NaN = missing (xarray's CF decoding, then float32)."""
-    if raw.dtype.kind == "f":
-        out = raw.astype(np.float64) * scale + offset if (scale, offset) != (1.0, 0.0) else raw
-        return np.asarray(out, dtype=np.float32)
-    if offset == 0.0 and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 4:
+def decode_reflectance(
+    raw: np.ndarray, scale: float, offset: float, fill: float | None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Stored values -> float32 reflectance with NaN = missing (xarray's CF decoding, then float32);
+    written into ``out`` (float32, ``raw``'s shape, may be a view) when given."""
+    if raw.dtype.kind in "iu" and offset == 0.0 and raw.dtype.itemsize <= 4:
         # one ufunc pass: numpy multiplies in float64 (the integers are exact there) and rounds each
         # product to float32 on output, which is what astype(float64) * scale -> astype(float32) does
-        out = np.multiply(raw, np.float64(scale), out=np.empty(raw.shape, np.float32), casting="unsafe")
+        res = np.multiply(
+            raw,
+            np.float64(scale),
+            out=np.empty(raw.shape, np.float32) if out is None else out,
+            casting="unsafe",
+        )
         if fill is not None:
-            np.copyto(out, np.float32(np.nan), where=raw == fill)
-        return out
-    if raw.dtype == np.int16:  # with an offset, a 65 536-entry table: one gather instead of two passes
-        return _int16_table(scale, offset, fill)[raw.view(np.uint16)]
-    return _decode_ints(raw, scale, offset, fill)
+            np.copyto(res, np.float32(np.nan), where=raw == fill)
+        return res
+    if raw.dtype.kind == "f":
+        conv = raw.astype(np.float64) * scale + offset if (scale, offset) != (1.0, 0.0) else raw
+        res = np.asarray(conv, dtype=np.float32)
+    elif raw.dtype == np.int16:  # with an offset, a 65 536-entry table: one gather instead of two passes
+        res = _int16_table(scale, offset, fill)[raw.view(np.uint16)]
+    else:
+        res = _decode_ints(raw, scale, offset, fill)
+    if out is None:
+        return res
+    out[...] = res
+    return out
 
 
 def median_stored(raw: np.ndarray, scale: float, offset: float, fill: float | None) -> np.ndarray | None:
