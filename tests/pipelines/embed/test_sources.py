@@ -126,3 +126,132 @@ def test_shard_composite_of_many_acquisitions_equals_the_xarray_path(tmp_path: P
             composite_into(want, ds, list(range(nb)), list(range(nt)), src, (1, 2), strip_mb)
             np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
             assert np.isfinite(got).any()
+
+
+# ------------------------------------------------------------------------------------------
+# Block reads: tiles that share margins read together, each equal to reading it alone
+
+BLOCK_T = 1920.0  # small tiles: a 3 x 3 block of them is quick to write
+BLOCK_LL = (364, 2601)  # lower-left tile (ix, iy): its 2 x 2 block is one aligned square
+
+
+@pytest.fixture(scope="module")
+def block_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3 x 3 block of tiles of 1920 m (two acquisitions, clouds) with its north-east corner tile
+    missing, so some tiles have an absent neighbour in their margin."""
+    from pipelines.cubes import CubeSpec, write_cubes
+    from pipelines.testing import make_item
+
+    work = tmp_path_factory.mktemp("emb-block")
+    ix0, iy0 = BLOCK_LL
+    bounds = (ix0 * BLOCK_T - 480, iy0 * BLOCK_T - 480, (ix0 + 3) * BLOCK_T + 480, (iy0 + 3) * BLOCK_T + 480)
+    items = [
+        make_item(
+            work / "items",
+            item_id=f"BLK_{t}",
+            epsg=32631,
+            bounds=bounds,
+            datetime=f"2023-06-{1 + 5 * t:02d}T10:30:00Z",
+            cloud_boxes=[(0.1 + 0.3 * t, 0.2, 0.5 + 0.3 * t, 0.6)],
+            seed=t,
+        )
+        for t in range(2)
+    ]
+    grid = TileGrid(BLOCK_T)
+    tiles = [grid.tile(f"32631_{ix0 + i}_{iy0 + j}") for j in range(3) for i in range(3) if (i, j) != (2, 2)]
+    spec = CubeSpec(grid=grid, collections=("sentinel-2-l2a",), catalog="sample")
+    summary = write_cubes(items, tiles, spec, str(work / "cubes"), progress=False)
+    assert len(summary.tiles_done) == 8, summary.format()
+    return work / "cubes"
+
+
+def _same_padded(a: Any, b: Any) -> None:
+    assert (a.tile.tile_id, a.status, a.reason) == (b.tile.tile_id, b.status, b.reason)
+    assert [(g.collection, g.gsd_m, g.bands) for g in a.groups] == [
+        (g.collection, g.gsd_m, g.bands) for g in b.groups
+    ]
+    for ga, gb in zip(a.groups, b.groups):
+        assert ga.pixels.shape == gb.pixels.shape and ga.pixels.dtype == gb.pixels.dtype == np.float32
+        np.testing.assert_array_equal(ga.pixels, gb.pixels)  # bit for bit, NaN where NaN
+    assert (a.observations, a.input_items, a.notes) == (b.observations, b.input_items, b.notes)
+
+
+@pytest.mark.parametrize("decode", ["shards", "xarray"])
+def test_block_read_equals_reading_each_tile_alone(block_store: Path, decode: str) -> None:
+    grid = TileGrid(BLOCK_T)
+    period = parse_periods(PERIOD)[0]
+    ix0, iy0 = BLOCK_LL
+    ids = [f"32631_{ix0 + i}_{iy0 + j}" for j in (2, 1) for i in (1, 2)]  # the north-east 2 x 2 ...
+    ids += [f"32631_{ix0 + 5}_{iy0}", f"32631_{ix0}_{iy0}"]  # ... a tile without cube, a far one
+    tiles = [grid.tile(t) for t in ids]
+    src = CubeSource(str(block_store), grid=grid, decode=decode)
+    block = src.read_block(tiles, period, 0, 480.0)
+    alone = [src.read(t, period, 0, 480.0) for t in tiles]
+    assert [p.tile.tile_id for p in block] == ids  # the order asked for
+    assert [p.status for p in block] == [
+        TileStatus.DONE,
+        TileStatus.SKIPPED,  # the missing corner
+        TileStatus.DONE,
+        TileStatus.DONE,
+        TileStatus.SKIPPED,
+        TileStatus.DONE,
+    ]
+    for a, b in zip(block, alone):
+        _same_padded(a, b)
+    assert any("no cube for" in n for n in block[0].notes)  # the missing corner is in its margin
+    assert all(np.isfinite(g.pixels).any() and np.isnan(g.pixels).any() for g in block[2].groups)
+
+
+def test_block_read_decodes_shared_margins_once(block_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.cubes import CubeStore
+
+    opened: list[Any] = []
+    open_raw = CubeStore.open_raw
+
+    def counting(self: CubeStore, *a: Any) -> Any:
+        rg = open_raw(self, *a)
+        opened.append(rg)
+        return rg
+
+    monkeypatch.setattr(CubeStore, "open_raw", counting)
+    grid = TileGrid(BLOCK_T)
+    period = parse_periods(PERIOD)[0]
+    ix0, iy0 = BLOCK_LL
+    tiles = [grid.tile(f"32631_{ix0 + i}_{iy0 + j}") for j in (1, 0) for i in (0, 1)]  # a full ring each
+    src = CubeSource(str(block_store), grid=grid)
+
+    def decoded(read: Any) -> tuple[int, int]:
+        opened.clear()
+        read()
+        return sum(g.counts.chunks_decoded for g in opened), sum(g.counts.pixels for g in opened)
+
+    chunks_alone, px_alone = decoded(lambda: [src.read(t, period, 0, 480.0) for t in tiles])
+    chunks_block, px_block = decoded(lambda: src.read_block(tiles, period, 0, 480.0))
+    # in units of the 480 m margin (a tile is 4), clipped to the ground that has cubes (x, y >= 0,
+    # not the missing corner tile's unit at 8..9): alone the tiles read 5 x 5, 6 x 5, 5 x 6 and
+    # 6 x 6 - 1 units, the block 9 x 9 - 1
+    assert px_block / px_alone == pytest.approx(80 / (25 + 30 + 30 + 35), rel=1e-9)
+    assert chunks_block < chunks_alone
+
+
+def test_square_groups_are_aligned_squares() -> None:
+    from pipelines.tiling import square_groups, tile_cell
+
+    grid = TileGrid(BLOCK_T)
+    tiles = [grid.tile(f"32631_{ix}_{iy}") for iy in range(2601, 2604) for ix in range(364, 369)]  # 5 x 3
+    groups = square_groups(tiles, tile_cell, 2)
+    assert sorted(t.tile_id for g in groups for t in g) == sorted(t.tile_id for t in tiles)
+    for g in groups:
+        assert (
+            len({(t.index[0] // 2, -t.index[1] // 2) for t in g}) == 1 and 1 <= len(g) <= 4
+        )  # rows from the north
+    assert [len(g) for g in groups] == [
+        2,
+        2,
+        1,
+        4,
+        4,
+        2,
+    ]  # rows from the north: iy 2603 alone, then 2601-2602
+    other_zone = [grid.tile("32632_364_2601"), *tiles[:1]]
+    assert len(square_groups(other_zone, tile_cell, 4)) == 2  # zones never share a square
