@@ -125,7 +125,13 @@ def embed(
     ),
     embedding: str = _embedding_option(),
     batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
-    tiles_per_task: int = typer.Option(1, "--tiles-per-task", help="Tiles per Dask task."),
+    tiles_per_task: int = typer.Option(
+        0,
+        "--tiles-per-task",
+        min=0,
+        help="Tiles per Dask task; 0 (default): auto, from a cube store squares of neighbouring tiles "
+        "(3 x 3 from 288 tiles, 2 x 2 from 64, else 1) that read their shared margins once; from a catalog 1.",
+    ),
     dask_address: str | None = dask_address_option(),
     workers: int = workers_option(
         2, " (Dask LocalCluster worker processes; 0 = in this process, no Dask)", min_workers=0

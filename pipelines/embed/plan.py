@@ -7,6 +7,7 @@ and embeds on its own.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from pipelines.embed.sources import (
 )
 from pipelines.registry import BandSpec
 from pipelines.runs import TileStatus
-from pipelines.tiling import ItemIndex, Tile, TileGrid
+from pipelines.tiling import ItemIndex, Tile, TileGrid, square_groups, tile_cell
 
 log = logging.getLogger(__name__)
 
@@ -323,10 +324,13 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         threads=request.torch_threads,
         composite=request.composite,
     )
+    per_task = tiles_per_task(request.tiles_per_task, source, len(todo_tiles))
+    # neighbouring tiles together (squares of side isqrt(per_task)): a unit's tiles share margins
+    ordered = [t for square in square_groups(todo_tiles, tile_cell, math.isqrt(per_task)) for t in square]
     units: list[Unit] = []
     for ti in range(len(periods)):
-        for k in range(0, len(todo_tiles), request.tiles_per_task):
-            group = tuple(todo_tiles[k : k + request.tiles_per_task])
+        for k in range(0, len(ordered), per_task):
+            group = tuple(ordered[k : k + per_task])
             items_per: tuple[tuple[Mapping[str, Any], ...], ...] = ()
             if items_index is not None:
                 items_per = tuple(
@@ -336,6 +340,21 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     return RunPlan(
         request, ckpt, grid, tiles, periods, layout, normaliser, bands, version, ctx, units, skipped, notes
     )
+
+
+#: ``tiles_per_task`` 0 (auto) from a cube store: (at least this many tiles to embed, tiles per task).
+AUTO_TILES_PER_TASK = ((288, 9), (64, 4))
+
+
+def tiles_per_task(asked: int, source: Any, n_tiles: int) -> int:
+    """Tiles per unit: ``asked`` when > 0; auto (0): from a cube store 3 x 3 squares of neighbouring
+    tiles from 288 tiles to embed, 2 x 2 from 64 (at least 32 and 16 units: every worker stays
+    busy), else 1; from a catalog 1 (catalog reads are per tile, nothing is shared)."""
+    if asked > 0:
+        return asked
+    if isinstance(source, CatalogSource):
+        return 1
+    return next((n for least, n in AUTO_TILES_PER_TASK if n_tiles >= least), 1)
 
 
 #: Cube records read per batch while planning (doubling up to the maximum) until the groups of the

@@ -26,7 +26,8 @@ What a run does (``docs/embedding.md`` has the details):
    anything is written.
 2. **Version and zones.** ``embeddings_store.create_version`` (id = model + checkpoint hash) and
    ``ensure_zone`` per UTM zone.
-3. **Fan-out.** One unit of work = a tile (or ``tiles_per_task`` tiles) x a period. Each unit is two
+3. **Fan-out.** One unit of work = a tile, or a square of ``tiles_per_task`` neighbouring tiles
+   (auto from a cube store: :func:`pipelines.embed.plan.tiles_per_task`), x a period. Each unit is two
    Dask tasks: *load* (CPU: read, decode and composite the padded tile) and *embed* (annotated with
    the GPU resource when the cluster has one: overlapping chips through the encoder, keep the chip
    centres, quantise and write the tile's shard, then its completion record).
@@ -118,7 +119,7 @@ class EmbedRequest:
     blend_tokens: int | None = None  # seam blending width (tokens; None: the default, 0: cores only)
     composite: str = "median"
     batch_size: int = 8
-    tiles_per_task: int = 1
+    tiles_per_task: int = 0  # 0: auto (pipelines.embed.plan.tiles_per_task)
     dask_address: str | None = None
     workers: int = 2
     threads_per_worker: int = 2
@@ -181,13 +182,13 @@ class EmbedRequest:
             raise EmbedConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if (
             self.batch_size < 1
-            or self.tiles_per_task < 1
+            or self.tiles_per_task < 0
             or self.workers < 0
             or self.threads_per_worker < 1
             or self.torch_threads < 1
         ):
             raise EmbedConfigError(
-                "batch_size, tiles_per_task, threads_per_worker, torch_threads must be >= 1 and workers >= 0"
+                "batch_size, threads_per_worker, torch_threads must be >= 1, tiles_per_task and workers >= 0"
             )
 
     @property

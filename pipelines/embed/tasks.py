@@ -19,10 +19,7 @@ from pipelines.embed.checkpoint import _resolve_device, load_checkpoint_url
 from pipelines.embed.chips import band_record, embed_region
 from pipelines.embed.plan import RunContext, Unit
 from pipelines.embed.request import TileResult
-from pipelines.embed.sources import (
-    CatalogSource,
-    PaddedTile,
-)
+from pipelines.embed.sources import CatalogSource, CubeSource, PaddedTile
 from pipelines.runs import TileStatus
 from pipelines.tiling import Tile
 
@@ -51,33 +48,51 @@ def _done_already(ctx: RunContext, tile: Tile, time_index: int) -> bool:
 
 
 def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | TileResult]:
-    """CPU task: read and composite the padded tiles of a unit (skipping tiles already complete)."""
-    out: list[PaddedTile | LoadFailure | TileResult] = []
+    """CPU task: read and composite the padded tiles of a unit (skipping tiles already complete).
+
+    From a cube store the unit's tiles are read together (:meth:`CubeSource.read_block`: margins that
+    neighbouring tiles share are decoded once); if that fails, each tile is read on its own so that
+    one tile's failure stays that tile's."""
     period = ctx.periods[unit.time_index]
-    for k, tile in enumerate(unit.tiles):
+    done: dict[str, TileResult] = {}
+    failed: dict[str, LoadFailure] = {}
+    pending: list[Tile] = []
+    for tile in unit.tiles:
         t0 = time.perf_counter()
         try:
             if _done_already(ctx, tile, unit.time_index):
-                out.append(
-                    TileResult(
-                        tile.tile_id, unit.time_index, TileStatus.SKIPPED, "already complete (record exists)"
-                    )
+                done[tile.tile_id] = TileResult(
+                    tile.tile_id, unit.time_index, TileStatus.SKIPPED, "already complete (record exists)"
                 )
-                continue
+            else:
+                pending.append(tile)
+        except Exception as exc:
+            failed[tile.tile_id] = _load_failure(tile, unit.time_index, exc, t0)
+    read: dict[str, PaddedTile] = {}
+    if isinstance(ctx.source, CubeSource) and len(pending) > 1:
+        try:
+            blocks = ctx.source.read_block(pending, period, unit.time_index, ctx.layout.pad_m)
+            read = {p.tile.tile_id: p for p in blocks}
+        except Exception as exc:
+            log.warning("block read of %d tiles failed (%s): reading each alone", len(pending), _reason(exc))
+    for k, tile in enumerate(unit.tiles):
+        if tile.tile_id in done or tile.tile_id in failed or tile.tile_id in read:
+            continue
+        t0 = time.perf_counter()
+        try:
             if isinstance(ctx.source, CatalogSource):
                 items = unit.items[k] if unit.items else ()
-                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m, items)
+                read[tile.tile_id] = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m, items)
             else:
-                padded = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m)
-            out.append(padded)
+                read[tile.tile_id] = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m)
         except Exception as exc:
-            log.warning("load %s@t%d failed: %s", tile.tile_id, unit.time_index, _reason(exc))
-            out.append(
-                LoadFailure(
-                    tile.tile_id, unit.time_index, f"read failed: {_reason(exc)}", time.perf_counter() - t0
-                )
-            )
-    return out
+            failed[tile.tile_id] = _load_failure(tile, unit.time_index, exc, t0)
+    return [done.get(t.tile_id) or failed.get(t.tile_id) or read[t.tile_id] for t in unit.tiles]
+
+
+def _load_failure(tile: Tile, time_index: int, exc: BaseException, t0: float) -> LoadFailure:
+    log.warning("load %s@t%d failed: %s", tile.tile_id, time_index, _reason(exc))
+    return LoadFailure(tile.tile_id, time_index, f"read failed: {_reason(exc)}", time.perf_counter() - t0)
 
 
 def _set_threads(n: int) -> None:

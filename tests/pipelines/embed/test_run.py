@@ -472,6 +472,49 @@ def test_nodata_tiles_are_written_and_recorded(tmp_path: Path, checkpoint: Path,
     assert s.complete and s.empty == 3
 
 
+@pytest.mark.parametrize("block_fails", [False, True])
+def test_units_of_several_tiles_read_together_equal_the_reference(
+    tmp_path: Path,
+    checkpoint: Path,
+    cubes: Path,
+    reference: tuple[Path, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    block_fails: bool,
+) -> None:
+    """A unit of both tiles is read with one ``read_block`` call (or, when that fails, tile by tile):
+    the stored codes equal the one-tile-a-task reference bit for bit."""
+    calls: list[int] = []
+    read_block = CubeSource.read_block
+
+    def counting(self: CubeSource, tiles: Any, *a: Any) -> Any:
+        calls.append(len(tiles))
+        if block_fails and len(tiles) > 1:  # the unit's block read fails, single tiles do not
+            raise OSError("injected block read failure")
+        return read_block(self, tiles, *a)
+
+    monkeypatch.setattr(CubeSource, "read_block", counting)
+    out = tmp_path / "emb"
+    s = run_embedding(request(checkpoint, out, cubes, tiles_per_task=2))
+    assert s.complete and s.done == 2, s.format()
+    assert calls[0] == 2  # the unit's two tiles in one call (then one call per tile on failure)
+    assert calls[1:] == ([1, 1] if block_fails else [])
+    ref_out, ref = reference
+    assert s.version == ref.version
+    got, want = all_codes(str(out), s.version), all_codes(str(ref_out), ref.version)
+    for t in TILES:
+        np.testing.assert_array_equal(got[t], want[t])
+
+
+def test_auto_tiles_per_task() -> None:
+    from pipelines.embed import CatalogSource
+    from pipelines.embed.plan import tiles_per_task
+
+    cube = CubeSource("file:///nowhere")
+    assert [tiles_per_task(0, cube, n) for n in (1, 63, 64, 287, 288, 181_016)] == [1, 1, 4, 4, 9, 9]
+    assert tiles_per_task(0, CatalogSource("file:///x.json", "sample", ("sentinel-2-l2a",)), 10_000) == 1
+    assert tiles_per_task(5, cube, 1) == 5  # asked for: as asked
+
+
 def test_cli_embed(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
     from typer.testing import CliRunner
 
