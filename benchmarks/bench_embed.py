@@ -348,6 +348,102 @@ def bench_loader(cubes: Path, full_item: Path | None, layout: Any, xarray: bool 
     return out
 
 
+ROUNDS = 5
+
+
+def bench_block_read(work: Path, layout: Any, acquisitions: int, side: int) -> dict[str, Any]:
+    """CPU per km² kept of reading a side x side square of tiles inside a region: each tile alone
+    (``CubeSource.read``, its own padded window, as one tile per task reads) vs the square at once
+    (``CubeSource.read_block``, as a unit of side² tiles reads), best of ``ROUNDS`` interleaved
+    passes each, one thread,
+    from a (side + 2)² store so that every tile of the square has its full ring of neighbours; and
+    the decode floor of the block read (its shards, its chunks, its pixels)."""
+    import torch
+    from decode_floor import collect_chunks, floor_cpu_s
+
+    from pipelines.cubes import CubeStore
+    from pipelines.embed import CubeSource, parse_periods
+    from pipelines.tiling import TileGrid
+
+    torch.set_num_threads(1)
+    cubes, _ = make_block_cubes(work, acquisitions, n_side=side + 2)
+    grid = TileGrid(TILE_M)
+    period = parse_periods("2023-06-01/2023-06-30")[0]
+    ix0, iy0 = BLOCK
+    tiles = [grid.tile(f"{EPSG}_{ix0 + 1 + i}_{iy0 + 1 + j}") for j in range(side) for i in range(side)]
+    km2 = len(tiles) * (TILE_M / 1000.0) ** 2
+    opened: list[Any] = []
+    open_raw = CubeStore.open_raw
+
+    def recording(self: CubeStore, *a: Any) -> Any:
+        rg = open_raw(self, *a)
+        opened.append(rg)
+        return rg
+
+    def alone(src: CubeSource) -> list[Any]:
+        return [src.read(t, period, 0, layout.pad_m) for t in tiles]
+
+    def block(src: CubeSource) -> list[Any]:
+        return src.read_block(tiles, period, 0, layout.pad_m)
+
+    out: dict[str, Any] = {
+        "store": f"{side + 2}x{side + 2} tiles of {TILE_M:g} m, {acquisitions} acquisition(s)",
+        "tiles_kept": len(tiles),
+        "km2_kept": round(km2, 2),
+        "pad_m": layout.pad_m,
+    }
+    CubeStore.open_raw = recording  # type: ignore[method-assign,assignment]
+    passes: dict[str, list[float]] = {"alone": [], "block": []}
+    counts: dict[str, tuple[int, int]] = {}
+    try:
+        for _ in range(ROUNDS):  # interleaved rounds (the machine's speed drifts), a fresh source each
+            for name, read in (("alone", alone), ("block", block)):
+                opened.clear()
+                src = CubeSource(str(cubes))
+                c0 = time.process_time()
+                got = read(src)
+                passes[name].append(time.process_time() - c0)
+                assert all(p.status == "done" for p in got), [p.reason for p in got]
+                counts[name] = (
+                    sum(g.counts.pixels for g in opened),
+                    sum(g.counts.chunks_decoded for g in opened),
+                )
+                del got
+    finally:
+        CubeStore.open_raw = open_raw  # type: ignore[method-assign]
+    for name, cpu in passes.items():
+        out[name] = {
+            "cpu_s": round(min(cpu), 3),
+            "cpu_s_passes": [round(c, 3) for c in cpu],
+            "cpu_s_per_km2": min(cpu) / km2,
+            "mb_read": round(counts[name][0] * 2 / 1e6, 1),
+            "chunks_decoded": counts[name][1],
+        }
+        log(
+            f"block read ({name}, {len(tiles)} tiles, {acquisitions} acq.): best {min(cpu):.3f} CPU-s = "
+            f"{min(cpu) / km2 * 1e3:.3f} CPU-ms per km² kept, {out[name]['mb_read']} MB read"
+        )
+    chunks = collect_chunks(opened)  # the last block pass
+    floor = floor_cpu_s(chunks, sum(g.counts.pixels for g in opened), repeats=3)
+    out["floor_cpu_s"] = round(floor, 3)
+    out["block_vs_alone"] = round(out["alone"]["cpu_s"] / out["block"]["cpu_s"], 3)
+    out["block_read_vs_floor"] = round(floor / out["block"]["cpu_s"], 3)
+    log(
+        f"block read: block_vs_alone {out['block_vs_alone']}, block_read_vs_floor {out['block_read_vs_floor']}"
+    )
+    return out
+
+
+def block_cores_per_h100(block: dict[str, Any], flops: dict[str, Any]) -> dict[str, float]:
+    """CPU cores that keep one H100 fed, from the measured CPU per km² kept and ``base``'s FLOPs per km²."""
+    km2_s = flops["gpu_tflops_assumed"] * 1e12 / flops["flops_per_km2"]
+    return {
+        "km2_per_s_per_h100": round(km2_s, 1),
+        "cores_per_h100_alone": round(km2_s * block["alone"]["cpu_s_per_km2"], 2),
+        "cores_per_h100_block": round(km2_s * block["block"]["cpu_s_per_km2"], 2),
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # Peak RSS of one worker on a full-size granule
 
@@ -539,6 +635,14 @@ def projection(
 def add_flops(result: dict[str, Any], args: argparse.Namespace, layout: Any) -> None:
     """FLOPs of ``--flops-model`` per km² kept with ``layout`` and the Europe projection."""
     result["flops"] = bench_flops(args.flops_model, args.gpu_tflops, layout)
+    if "block_read" in result:
+        result["block_read"].update(block_cores_per_h100(result["block_read"], result["flops"]))
+        result["cores_per_h100_embed"] = result["block_read"]["cores_per_h100_block"]
+        log(
+            f"cores per H100 ({args.flops_model}, {args.block_acquisitions} acquisition(s) stored): "
+            f"{result['block_read']['cores_per_h100_alone']} reading each tile alone, "
+            f"{result['cores_per_h100_embed']} reading {args.block_side} x {args.block_side} blocks"
+        )
     k = args.composite_acquisitions
     result["europe_projection"] = {
         "km2": EUROPE_KM2,
@@ -552,6 +656,12 @@ def add_flops(result: dict[str, Any], args: argparse.Namespace, layout: Any) -> 
             f"encoder; decoding needs {row['cpu_cores_io_composite']:.0f} CPU cores (a ready composite) or "
             f"{row[f'cpu_cores_io_from_{k}']:.0f} (median of {k} acquisitions)"
         )
+
+
+def add_block_read(result: dict[str, Any], args: argparse.Namespace, work: Path, layout: Any) -> None:
+    if args.block_side > 0:
+        result["block_read"] = bench_block_read(work, layout, args.block_acquisitions, args.block_side)
+        result["block_vs_alone"] = result["block_read"]["block_vs_alone"]
 
 
 def main() -> None:
@@ -588,6 +698,18 @@ def main() -> None:
         help="only the cube read benchmark (embed_read_vs_floor): no cluster, no COGs, FLOPs only with --flops",
     )
     ap.add_argument(
+        "--block-side",
+        type=int,
+        default=3,
+        help="read a side x side square of tiles inside a region alone vs as one block (0: skip)",
+    )
+    ap.add_argument(
+        "--block-acquisitions",
+        type=int,
+        default=1,
+        help="acquisitions in the block-read store (1: a ready composite)",
+    )
+    ap.add_argument(
         "--xarray",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -614,6 +736,7 @@ def main() -> None:
             "loader": bench_loader(cubes, None, layout, args.xarray),
         }
         result["embed_read_vs_floor"] = result["loader"]["embed_read_vs_floor"]
+        add_block_read(result, args, work, layout)
         if flops:
             add_flops(result, args, layout)
         print(json.dumps(result, sort_keys=True))
@@ -638,6 +761,7 @@ def main() -> None:
             "model": args.rss_model,
             **bench_rss(work, rss_ckpt, full, args.rss_tiles, args.batch_size, args.blend_tokens),
         }
+    add_block_read(result, args, work, layout)
     if flops:
         add_flops(result, args, layout)
     result["peak_rss_bench_process_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
