@@ -60,6 +60,11 @@ def group_gsd(group: BandGroup, index: int = 0) -> float:
     return float(vals[0])
 
 
+def finest_gsd(batch: BandBatch) -> float:
+    """The finest GSD (m) among a batch's band groups (:func:`group_gsd` of each)."""
+    return min(group_gsd(g, i) for i, g in enumerate(batch.groups))
+
+
 def plan_for(batch: BandBatch, config: AOMConfig, token_m: float | None = None) -> GridPlan:
     """The token plan of a batch: ``plan_grid`` with each group's own GSD (shared by all samples,
     else MixedGSDBatchError) and ``token_m`` metres per token (None: ``config.token_ground_m``).

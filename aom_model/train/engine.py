@@ -38,6 +38,7 @@ import torch
 from aom_model.checkpoint import load_checkpoint, save_checkpoint
 from aom_model.config import AOMConfig
 from aom_model.model import AOM
+from aom_model.tokenizer import finest_gsd
 from aom_model.train.chips import ChipIndex
 from aom_model.train.config import NonFiniteLossError, PretrainConfig, PretrainResult
 from aom_model.train.cube_reader import StoreOpener
@@ -79,13 +80,27 @@ def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def token_m_for_step(seed: int, step: int, config: AOMConfig) -> float:
+MIN_TOKEN_PX = 2.0
+"""A drawn token covers at least this many pixels of the batch's finest band group: a one-pixel
+token's per-patch-normalised target is 0, so it teaches no reconstruction."""
+
+
+def token_m_for_step(seed: int, step: int, config: AOMConfig, finest_gsd_m: float | None = None) -> float:
     """The token size (m) of one optimiser step: log-uniform over ``config.token_m_range``, a pure
     function of (seed, step), the same on every rank and for every micro-batch of the step, so a
-    resumed run draws the same sizes. A fixed-size config gives ``token_ground_m``."""
+    resumed run draws the same sizes. A fixed-size config gives ``token_ground_m``.
+
+    ``finest_gsd_m`` (the finest GSD of a micro-batch's band groups): the lower end is raised to
+    :data:`MIN_TOKEN_PX` pixels of it (at most the upper end), with the same uniform draw, so 60 m
+    data draws from 120 m up instead of wasting the draws below (~40 % of 40-320 m); 10 m data is
+    unchanged. Still a pure function of (seed, step, the batch's GSDs)."""
     lo, hi = config.token_m_range
     if hi <= lo:
         return lo
+    if finest_gsd_m is not None:
+        lo = min(hi, max(lo, MIN_TOKEN_PX * float(finest_gsd_m)))
+        if hi <= lo:
+            return hi
     u = float(np.random.default_rng([int(seed), int(step), 0x70CE]).random())
     return float(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))))
 
@@ -346,6 +361,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.schedule.apply(self.optimizer, self.step)
         token_m = token_m_for_step(cfg.seed, self.step, self.model_cfg)
+        used_tm: list[float] = []  # per micro-batch: the draw, raised to 2 px of its finest GSD
         # bad, n_ok, samples, skipped, loss, recon, align, n_align, stats, spectral
         acc = torch.zeros(10, dtype=torch.float64)
         for tb in micro:
@@ -357,7 +373,8 @@ class Trainer:
             native, coarse = tb.to(env.device)  # stored pixels, normalised on the device
             assert native is not None
             with self._autocast():
-                out = self.model.pretrain_step(native, coarse, gen, token_m)
+                used_tm.append(token_m_for_step(cfg.seed, self.step, self.model_cfg, finest_gsd(native)))
+                out = self.model.pretrain_step(native, coarse, gen, used_tm[-1])
             loss = out["loss"]
             vals = {k: float(v.detach().float()) for k, v in out.items()}
             if not all(math.isfinite(v) for v in vals.values()):
@@ -376,6 +393,8 @@ class Trainer:
         all_reduce_(acc, env)
         bad, n_ok, samples, skipped = (int(acc[i]) for i in range(4))
         self.counters["chips_skipped"] += skipped
+        if used_tm:
+            token_m = sum(used_tm) / len(used_tm)
         rec: dict[str, Any] = {"lr": lr, "samples": samples, "token_m": token_m}
         params = [p for p in self.model.parameters() if p.requires_grad]
         if bad == 0 and n_ok > 0:
