@@ -597,12 +597,13 @@ def bench_flops(size: str, gpu_tflops: float, layout: Any) -> dict[str, Any]:
 
 
 def projection(
-    flops: dict[str, Any], loader: dict[str, Any], acquisitions: int, layout: Any
+    flops: dict[str, Any], loader: dict[str, Any], acquisitions: int, layout: Any, side: int = 1
 ) -> list[dict[str, Any]]:
     """Hours for Europe on N GPUs, and the CPU cores that decoding the inputs needs to keep up.
 
     Input per km² kept: 12 S2 bands (4 x 10 m, 6 x 20 m, 2 x 60 m), 2 bytes a pixel, times the padded
-    tile's area (``layout.pad_m`` each side); ``composite`` = one ready composite (1 image), ``from_n`` = compositing ``acquisitions``
+    area of a ``side`` x ``side`` square of tiles read as one block (``layout.pad_m`` each side; ``side`` 1 =
+    tile by tile); ``composite`` = one ready composite (1 image), ``from_n`` = compositing ``acquisitions``
     images on the fly. Loader rate: the COG path (odc-stac decode + mask + median) when measured, else
     the cube shard path per MB read from the store (``mb_read_per_cpu_s``).
     """
@@ -611,7 +612,7 @@ def projection(
         loader["cogs"]["mb_per_cpu_s"] if "cogs" in loader else loader["cubes"]["shards"]["mb_read_per_cpu_s"]
     )
     px_km2 = 4 * 1e4 + 6 * 2500 + 2 * 1e6 / 3600
-    pad = ((TILE_M + 2 * layout.pad_m) / TILE_M) ** 2
+    pad = ((side * TILE_M + 2 * layout.pad_m) / (side * TILE_M)) ** 2
     mb_per_km2 = px_km2 * 2 * pad / 1e6
     rows = []
     for n in (1, 8, 64, 256):
@@ -648,7 +649,8 @@ def add_flops(result: dict[str, Any], args: argparse.Namespace, layout: Any) -> 
         "km2": EUROPE_KM2,
         "composite_acquisitions": k,
         "read_rate": "cogs" if "cogs" in result["loader"] else "cubes (shard path)",
-        "rows": projection(result["flops"], result["loader"], k, layout),
+        "block_side": max(1, args.block_side),
+        "rows": projection(result["flops"], result["loader"], k, layout, max(1, args.block_side)),
     }
     for row in result["europe_projection"]["rows"]:
         log(
