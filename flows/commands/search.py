@@ -1,8 +1,8 @@
 """`aom search`: find STAC items in a STAC API or a local catalog and save them with a content hash.
 
 Exit codes: 0 items found and saved; 1 nothing matched (the reasons are printed, ``--out`` is left
-untouched); 2 the search could not run (bad arguments, catalog unreachable after retries ...: one
-``error: ...`` line, see :mod:`flows.cli`).
+untouched); 2 the search could not run (bad arguments, catalog unreachable after retries, a
+collection the catalog does not have ...: one ``error: ...`` line, see :mod:`flows.cli`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,14 @@
 """
 
 from pipelines.search.cql2 import FilterError, and_filters, compile_filter, query_to_cql2
-from pipelines.search.filters import SearchError, canonical_item, item_epsg, items_hash, parse_interval
+from pipelines.search.filters import (
+    SearchError,
+    UnknownCollectionError,
+    canonical_item,
+    item_epsg,
+    items_hash,
+    parse_interval,
+)
 from pipelines.search.local import iter_items
 from pipelines.search.refresh import (
     RefreshPlan,
@@ -36,6 +43,7 @@ __all__ = [
     "SearchError",
     "SearchRequest",
     "SearchResult",
+    "UnknownCollectionError",
     "Watermark",
     "and_filters",
     "canonical_item",

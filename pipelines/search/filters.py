@@ -44,7 +44,12 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+
 
 
 class SearchError(AOMError, RuntimeError):
-    """A search could not run (bad request, unreachable catalog, server error after retries)."""
+    """A search could not run (bad request, unreachable catalog, server error after retries).
+    Exit status 2, which ``aom search`` keeps apart from 1, "nothing matched"."""
+
+
+class UnknownCollectionError(SearchError):
+    """Nothing was found because the catalog has no collection of that name; names the ones it has."""
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
 from pipelines.retry import RetryPolicy
 from pipelines.search.filters import (
     SearchError,
+    UnknownCollectionError,
     all_of,
     aoi_geometry,
     attribute_predicates,
@@ -333,7 +334,12 @@ def _search_local(
     missing = [c for c in collections if c not in seen_collections]
     if missing:
         have = ", ".join(sorted(seen_collections)) or "none"
-        notes.append(f"collection(s) {', '.join(missing)} not in the local catalog (it has: {have})")
+        text = (
+            f"collection(s) {', '.join(missing)} not in the local catalog {redact_url(url)} (it has: {have})"
+        )
+        if not found:  # nothing found because of the name: bad input, not an empty result
+            raise UnknownCollectionError(text)
+        notes.append(text)
     return list(found.values()), notes
 
 
@@ -386,8 +392,11 @@ def _search_api(
     notes = list(out.notes)
     if not out.items and out.known_collections is not None:
         missing = [c for c in collections if c not in out.known_collections]
-        if missing:
-            notes.append(f"collection(s) {', '.join(missing)} not served by {redact_url(url)}")
+        if missing:  # nothing found because of the name: bad input, not an empty result
+            served = ", ".join(out.known_collections) or "none"
+            raise UnknownCollectionError(
+                f"collection(s) {', '.join(missing)} not served by {redact_url(url)} (it serves: {served})"
+            )
     return out.items, notes
 
 

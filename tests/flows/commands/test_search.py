@@ -170,6 +170,20 @@ def test_nothing_found_exits_non_zero_and_leaves_out_alone(
     assert not out.exists()
 
 
+def test_unknown_collection_is_bad_input_not_an_empty_result(
+    app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "typo.ndjson"
+    r = invoke(
+        app, "-c", "sentinel-2-l2x", "--catalog-url", str(search_catalog["parquet"]), "--out", str(out)
+    )
+    assert r.exit_code == EXIT_ERROR  # type: ignore[attr-defined]  # 2, not 1 ("nothing matched")
+    err = r.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert len(err) == 1 and err[0].startswith("error: collection(s) sentinel-2-l2x not in the local catalog")
+    assert S2 in err[0] and LS in err[0]  # the valid choices
+    assert not out.exists()
+
+
 def test_default_catalog_is_the_embedded_sample(
     app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

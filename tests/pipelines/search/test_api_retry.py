@@ -7,8 +7,14 @@ import random
 
 import pytest
 
+from pipelines.errors import EXIT_USAGE
 from pipelines.retry import RetryError, RetryPolicy, call_with_retry
-from pipelines.search import SearchError, SearchRequest, search
+from pipelines.search import (
+    SearchError,
+    SearchRequest,
+    UnknownCollectionError,
+    search,
+)
 from tests.pipelines.search.support import LS, S2, fake_api, utm_items
 
 AOI = (5.5, 44.8, 6.5, 45.2)
@@ -170,8 +176,9 @@ def test_500_forever_fails_after_bounded_retries_naming_the_url_without_credenti
 
 def test_client_error_is_not_retried() -> None:
     with fake_api(utm_items(), fail_always=400) as api:
-        with pytest.raises(SearchError, match="rejected: HTTP 400"):
+        with pytest.raises(SearchError, match="rejected: HTTP 400") as info:
             search(SearchRequest((S2,), bbox=AOI), catalog_url=api.url, retry=FAST)
+        assert info.value.exit_code == EXIT_USAGE  # a request the API refuses: bad input
         assert len(api.requests) == 1
 
 
@@ -190,9 +197,8 @@ def test_unreachable_api_is_a_clear_error() -> None:
         search(SearchRequest((S2,)), catalog_url=url, retry=RetryPolicy(max_attempts=2, initial_delay_s=0.01))
 
 
-def test_empty_api_search_explains_missing_collections() -> None:
-    with fake_api(utm_items()) as api:
-        result = search(SearchRequest(("sentinel-1-grd",), bbox=AOI), catalog_url=api.url, retry=FAST)
-    assert result.items == ()
-    assert any("sentinel-1-grd" in n and "not served" in n for n in result.notes)
-    assert any(n.startswith("no items matched") for n in result.notes)
+def test_api_search_of_a_collection_the_api_lacks_is_bad_input_naming_what_it_serves() -> None:
+    missing = pytest.raises(UnknownCollectionError, match=r"sentinel-1-grd not served by .*it serves: ")
+    with fake_api(utm_items()) as api, missing as e:
+        search(SearchRequest(("sentinel-1-grd",), bbox=AOI), catalog_url=api.url, retry=FAST)
+    assert e.value.exit_code == EXIT_USAGE and S2 in str(e.value)

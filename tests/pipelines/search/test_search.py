@@ -14,6 +14,7 @@ from pipelines.search import (
     SearchError,
     SearchRequest,
     SearchResult,
+    UnknownCollectionError,
     canonical_item,
     item_epsg,
     items_hash,
@@ -199,9 +200,16 @@ def test_empty_search_returns_empty_result_with_a_note(search_catalog: dict[str,
     assert result.items == ()
     assert result.content_hash == items_hash([])
     assert any(n.startswith("no items matched") and "2019-01-01/2019-12-31" in n for n in result.notes)
-    missing = run(search_catalog, fmt, collections=("no-such-collection",))
-    assert missing.items == ()
-    assert any("no-such-collection" in n and "not in the local catalog" in n for n in missing.notes)
+    # nothing found because no collection has that name: bad input (exit 2) naming the ones there are
+    with pytest.raises(
+        UnknownCollectionError, match=r"no-such-collection not in the local catalog .*it has: "
+    ) as e:
+        run(search_catalog, fmt, collections=("no-such-collection",))
+    assert e.value.exit_code == 2 and S2 in str(e.value)
+    both = run(search_catalog, fmt, collections=(S2, "no-such-collection"), bbox=AOI)  # found some: a note
+    assert both.items and any(
+        "no-such-collection" in n and "not in the local catalog" in n for n in both.notes
+    )
 
 
 def test_sensor_names_resolve_to_catalog_collections(search_catalog: dict[str, Path]) -> None:
