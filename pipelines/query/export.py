@@ -20,6 +20,7 @@ metadata, plus ``epsg``, ``x``/``y`` (zone CRS), ``row``/``col`` (zone grid), ``
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -218,6 +219,16 @@ def _geoparquet_crs(crs: CRS) -> CRS:
     return CRS.from_user_input("OGC:CRS84") if crs.is_geographic and crs.to_epsg() == 4326 else crs
 
 
+def _write_table_atomic(table: Any, url: str, storage_options: Mapping[str, Any] | None) -> None:
+    """A Parquet file (zstd) that appears whole or not at all: serialised in memory, then one atomic
+    write (a temporary file renamed locally, one PUT on object storage)."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    storage.write_bytes_atomic(url, buf.getvalue(), storage_options)
+
+
 def write_points_geoparquet(
     url: str,
     x: np.ndarray,
@@ -231,7 +242,6 @@ def write_points_geoparquet(
 ) -> str:
     """GeoParquet 1.1 file of points (or squares of ``2 * polygon_half_size``) at ``x, y`` in ``crs``."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import shapely
 
     x = np.asarray(x, dtype=np.float64)
@@ -255,12 +265,7 @@ def write_points_geoparquet(
     meta = dict(table.schema.metadata or {})
     meta[b"geo"] = storage.json_dumps(_geo_metadata(_geoparquet_crs(crs), gtype, bbox)).encode()
     table = table.replace_schema_metadata(meta)
-    fs, path = storage.filesystem(url, storage_options)
-    parent = os.path.dirname(path) if storage.is_local(storage.normalise_url(url)) else path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
+    _write_table_atomic(table, url, storage_options)
     return url
 
 
@@ -401,7 +406,6 @@ def write_geometries_geoparquet(
 ) -> str:
     """GeoParquet 1.1 file of shapely ``geoms`` (one geometry type) in ``crs`` plus ``columns``."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     import shapely
 
     bounds = shapely.total_bounds(geoms) if len(geoms) else np.zeros(4)
@@ -417,12 +421,7 @@ def write_geometries_geoparquet(
         _geo_metadata(_geoparquet_crs(crs), geometry_type, [float(b) for b in bounds])
     ).encode()
     table = table.replace_schema_metadata(meta)
-    fs, path = storage.filesystem(url, storage_options)
-    parent = os.path.dirname(path) if storage.is_local(storage.normalise_url(url)) else path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
+    _write_table_atomic(table, url, storage_options)
     return url
 
 

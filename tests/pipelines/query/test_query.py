@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -465,3 +466,27 @@ def test_cli_verbs(synth: SyntheticStore, tmp_path: Path) -> None:
     r = runner.invoke(app, [*base, "map", *common, "--bbox", "20,20,21,21", "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 2 and "data extent" in r.output
     assert list_complete_tiles(synth.root_url, VERSION)  # the CLI never writes into the store
+
+
+def test_geoparquet_appears_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GeoParquet write that fails half-way leaves the previous file as it was and no partial file."""
+    import pyarrow.parquet as pq
+
+    from pipelines.query import write_points_geoparquet
+
+    path = tmp_path / "points.parquet"
+    xy = (np.array([500_000.0, 500_100.0]), np.array([5_000_000.0, 5_000_100.0]))
+    write_points_geoparquet(str(path), *xy, CRS.from_epsg(32631), {"v": [1, 2]})
+    before = path.read_bytes()
+    real = pq.write_table
+
+    def half_then_fail(table: Any, where: Any, **kw: Any) -> None:
+        real(table, where, **kw)  # the whole table is serialised somewhere ...
+        raise OSError("disk full")  # ... then the writer dies
+
+    monkeypatch.setattr(pq, "write_table", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_points_geoparquet(str(path), *xy, CRS.from_epsg(32631), {"v": [3, 4]})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["points.parquet"]  # no temporary left
+    assert pq.read_table(path).column("v").to_pylist() == [1, 2]
