@@ -1,7 +1,8 @@
 """Where a pretraining run starts: a fresh ``--out``, a resumed run, or ``--init`` weights.
 
 * Checked before any work (:func:`check_start`): a fresh run refuses an ``--out`` that already
-  holds a run (``pretrain_config.json`` or ``checkpoints/latest.json``) unless ``--resume``;
+  holds a run (``pretrain_config.json`` or ``checkpoints/latest.json``) unless ``--resume``, and
+  one holding any file a run writes (:data:`RUN_OUTPUTS`: it would overwrite the user's files);
   ``--init`` must be a file.
 * ``--resume`` continues from the newest *readable* kept checkpoint (:func:`find_resume_point`):
   a corrupt ``latest.json`` or checkpoint is skipped with a warning naming it.
@@ -29,16 +30,35 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "pretrain_config.json"
 """The run's configuration, written into ``--out`` when training starts."""
 
+RUN_OUTPUTS = (
+    "model.safetensors",
+    "norm_stats.json",
+    "metrics.jsonl",
+    "loss_curve.png",
+    "result.json",
+    "checkpoints",
+)
+"""What a run writes into ``--out`` besides :data:`CONFIG_FILE`: a fresh run refuses an ``--out``
+that already has any of them (it would overwrite files it did not create)."""
+
 
 def check_start(cfg: PretrainConfig) -> None:
     """Refuse a start that would mix runs or read what is not there, with one line saying the fix."""
     so: Mapping[str, Any] = cfg.storage_options
     out = redact_url(cfg.out)
     latest = join(cfg.out, "checkpoints", "latest.json")
-    if not cfg.resume and (exists(join(cfg.out, CONFIG_FILE), so) or exists(latest, so)):
+    run_here = exists(join(cfg.out, CONFIG_FILE), so) or exists(latest, so)
+    if run_here and not cfg.resume:
         raise InputError(
             f"{out} already holds a pretraining run: pass --resume to continue it, or use a new --out"
         )
+    if not run_here:  # a fresh start (also with --resume): nothing of a run may be there yet
+        taken = [name for name in RUN_OUTPUTS if exists(join(cfg.out, name), so)]
+        if taken:  # not a run, but a run would overwrite them: never touch files it did not create
+            raise InputError(
+                f"{out} already holds {', '.join(taken)}, which a pretraining run writes: "
+                "use a new or empty --out"
+            )
     if cfg.init:
         fs, path = filesystem(normalise_url(cfg.init), so)
         if not fs.exists(path):

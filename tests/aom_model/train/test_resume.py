@@ -139,3 +139,29 @@ def test_no_readable_checkpoint_is_one_line(synthetic_cubes: str, stopped: Path,
         (d / "trainer.pt").write_bytes(b"garbage")
     with pytest.raises(InputError, match="no readable checkpoint"):
         pretrain(_cfg(synthetic_cubes, out, resume=True))
+
+
+def test_fresh_run_refuses_an_out_with_files_a_run_would_overwrite(
+    synthetic_cubes: str, stopped: Path, tmp_path: Path
+) -> None:
+    """A run writes only what it created: an ``--out`` holding another run, or the user's own
+    model.safetensors / metrics.jsonl (no run config), is refused before any work, untouched."""
+    with pytest.raises(InputError, match="already holds a pretraining run: pass --resume"):
+        pretrain(_cfg(synthetic_cubes, _copy(stopped, tmp_path)))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.safetensors").write_bytes(b"my weights")
+    (mine / "metrics.jsonl").write_text("my metrics\n")
+    (mine / "notes.txt").write_text("keep")
+    for resume in (False, True):  # --resume with no run there is a fresh start: the same refusal
+        with pytest.raises(
+            InputError, match=r"already holds model\.safetensors, metrics\.jsonl.*new or empty"
+        ):
+            pretrain(_cfg(synthetic_cubes, mine, resume=resume))
+    assert sorted(p.name for p in mine.iterdir()) == ["metrics.jsonl", "model.safetensors", "notes.txt"]
+    assert (mine / "model.safetensors").read_bytes() == b"my weights"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")  # files a run does not write: fine, left as they are
+    assert pretrain(_cfg(synthetic_cubes, other, max_steps=1)).steps == 1
+    assert (other / "notes.txt").read_text() == "keep"
