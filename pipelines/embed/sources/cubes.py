@@ -1,31 +1,27 @@
-"""Where embedding inputs come from: cube stores or STAC items, read as padded, composited tiles.
-
-A *padded tile* is a tile plus ``margin_m`` metres on every side (the chip-border context, see
-:mod:`pipelines.embed.chips`), with one float32 array ``[C, H, W]`` per (collection, GSD) group: the
-per-pixel **median of the valid observations in the period** (cloud, shadow and nodata are NaN in
-the inputs, so they never enter the median). Reading is streamed in strips of rows (all times, all
-bands of the group, ``strip_mb`` at most), so memory stays bounded by the padded tile plus one strip
-whatever the number of acquisitions.
-
-* :class:`CubeSource`: a cube store (``pipelines.cubes``). The margin comes from the neighbouring
-  tiles' cubes when they are complete, else it is NaN (recorded per tile).
-* :class:`CatalogSource`: STAC items, assembled on the fly with ``pipelines.cubes.assemble_tile``
-  over the padded bounds, lazily in 256 px blocks, so only the blocks of the current strip are read.
-"""
+"""Padded tiles from a cube store (``pipelines.cubes``): margins from the neighbouring tiles' cubes,
+neighbouring tiles read together (:meth:`CubeSource.read_block`)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.embed.chips import EmbedConfigError, GroupPixels, nanmedian_time
-from pipelines.registry import DEFAULT_CATALOG, BandSpec
+from pipelines.embed.chips import GroupPixels
+from pipelines.embed.sources.padded import (
+    PaddedTile,
+    any_finite,
+    band_infos_of,
+    composite_into,
+    composite_raw_into,
+    items_of,
+    time_indices,
+)
+from pipelines.embed.sources.periods import Period
+from pipelines.registry import BandSpec
 from pipelines.runs import TileStatus
 from pipelines.storage import redact_url
 from pipelines.tiling import Tile, TileGrid, square_groups, tile_cell
@@ -33,237 +29,9 @@ from pipelines.tiling import Tile, TileGrid, square_groups, tile_cell
 if TYPE_CHECKING:
     from pipelines.cubes import CubeStore
 
-log = logging.getLogger(__name__)
-
-_MIN = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
-_MAX = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
-
-
-# ------------------------------------------------------------------------------------------
-# Periods
-
-
-@dataclass(frozen=True)
-class Period:
-    """One time slice of the product: a closed or half-open datetime range (UTC)."""
-
-    text: str
-    start: dt.datetime
-    end: dt.datetime
-
-    @property
-    def label(self) -> str:
-        """The slice's time in the store: the start date (the end date for ``../end``)."""
-        return (self.start if self.start != _MIN else self.end).date().isoformat()
-
-    def contains(self, t: np.datetime64) -> bool:
-        value = dt.datetime.fromisoformat(str(np.datetime_as_string(t, unit="us"))).replace(tzinfo=dt.UTC)
-        return self.start <= value <= self.end
-
-
-def _parse_instant(text: str, end: bool) -> dt.datetime:
-    text = text.strip()
-    if text in ("", ".."):
-        return _MAX if end else _MIN
-    try:
-        if len(text) == 10:  # a date: the whole day
-            d = dt.date.fromisoformat(text)
-            t = dt.datetime.combine(d, dt.time.max if end else dt.time.min)
-        else:
-            t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise EmbedConfigError(f"datetime {text!r} is not an RFC 3339 date or date-time") from None
-    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
-
-
-def parse_periods(text: str) -> list[Period]:
-    """``"2023-01-01/2023-12-31"`` -> one period; comma-separated ranges -> several time slices."""
-    out = []
-    for part in [p.strip() for p in str(text or "").split(",") if p.strip()]:
-        if "/" in part:
-            a, b = part.split("/", 1)
-        else:
-            a, b = part, part
-        start, end = _parse_instant(a, False), _parse_instant(b, True)
-        if start == _MIN and end == _MAX:
-            raise EmbedConfigError(f"datetime {part!r} is open at both ends: give at least a start or an end")
-        if start > end:
-            raise EmbedConfigError(f"datetime {part!r}: start is after end")
-        out.append(Period(part, start, end))
-    if not out:
-        raise EmbedConfigError("datetime is required, e.g. 2023-06-01/2023-08-31 (one composite per range)")
-    labels = [p.label for p in out]
-    if len(set(labels)) != len(labels):
-        raise EmbedConfigError(f"periods {[p.text for p in out]} share a start date; give distinct ranges")
-    return out
-
-
-def search_interval(periods: Sequence[Period]) -> str:
-    start = min(p.start for p in periods)
-    end = max(p.end for p in periods)
-    a = ".." if start == _MIN else start.isoformat().replace("+00:00", "Z")
-    b = ".." if end == _MAX else end.isoformat().replace("+00:00", "Z")
-    return f"{a}/{b}"
-
-
-# ------------------------------------------------------------------------------------------
-# Padded tiles
-
-
-@dataclass
-class PaddedTile:
-    """Composited pixels of a tile plus its margin, for one period."""
-
-    tile: Tile
-    time_index: int
-    margin_m: float
-    groups: list[GroupPixels] = field(default_factory=list)
-    input_items: tuple[str, ...] = ()
-    observations: dict[str, int] = field(default_factory=dict)  # group label -> acquisitions used
-    notes: list[str] = field(default_factory=list)
-    status: TileStatus = TileStatus.DONE
-    """The outcome the inputs lead to: ``done`` (pixels to embed), ``empty`` (no valid input: written
-    as a nodata tile) or ``skipped`` (no cube: not written)."""
-    reason: str = ""
-    read_s: float = 0.0
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return padded_bounds(self.tile, self.margin_m)
-
-
-def padded_bounds(tile: Tile, margin_m: float) -> tuple[float, float, float, float]:
-    left, bottom, right, top = tile.bounds
-    return (left - margin_m, bottom - margin_m, right + margin_m, top + margin_m)
-
-
-def padded_tile_obj(tile: Tile, margin_m: float) -> Tile:
-    """A Tile object with the padded bounds (same id), for loaders that take a Tile."""
-    return Tile(tile.tile_id, tile.epsg, padded_bounds(tile, margin_m))
-
-
-def _band_infos(ds: Any, collection: str, keep: Sequence[str]) -> tuple[list[int], tuple[BandSpec, ...]]:
-    sensor = str(ds.attrs.get("sensor", collection))
-    gsd = float(ds.attrs["gsd_m"])
-    common = ds["common_name"].values if "common_name" in ds.coords else None
-    idx, infos = [], []
-    for i, name in enumerate(str(b) for b in ds["band"].values):
-        if keep and name not in keep:
-            continue
-        idx.append(i)
-        infos.append(
-            BandSpec(
-                name=name,
-                sensor=sensor,
-                common_name=str(common[i]) if common is not None else "",
-                center_wavelength_nm=float(ds["center_wavelength_nm"].values[i]),
-                fwhm_nm=float(ds["fwhm_nm"].values[i]),
-                gsd_m=gsd,
-            )
-        )
-    return idx, tuple(infos)
-
-
-def _time_indices(ds: Any, period: Period) -> list[int]:
-    return [
-        i for i, t in enumerate(np.asarray(ds["time"].values).astype("datetime64[ns]")) if period.contains(t)
-    ]
-
-
-def _items_of(ds: Any, tsel: Sequence[int]) -> set[str]:
-    if "source_items" not in ds.coords and "source_items" not in ds:
-        return set()
-    vals = np.asarray(ds["source_items"].values)
-    return {i for t in tsel for i in str(vals[t]).split(",") if i}
-
-
-def composite_into(
-    out: np.ndarray,
-    ds: Any,
-    band_idx: Sequence[int],
-    tsel: Sequence[int],
-    src: tuple[int, int, int, int],
-    dst: tuple[int, int],
-    strip_mb: float = 64.0,
-) -> None:
-    """Median over ``tsel`` of ``ds.reflectance[t, band_idx, r0:r1, c0:c1]`` into ``out`` at ``dst``.
-
-    Reads strips of rows sized so one strip (all selected times and bands) is at most ``strip_mb``.
-    """
-    import dask
-
-    r0, r1, c0, c1 = src
-    dr, dc = dst
-    if r1 <= r0 or c1 <= c0 or not tsel:
-        return
-    per_row = max(1, len(tsel) * len(band_idx) * (c1 - c0) * 4)
-    rows = max(1, min(r1 - r0, int(strip_mb * 1e6 // per_row)))
-    refl = ds["reflectance"]
-    tsel_l, bidx = list(tsel), list(band_idx)
-    with dask.config.set(scheduler="synchronous"):
-        for a in range(r0, r1, rows):
-            b = min(r1, a + rows)
-            block = refl.isel(time=tsel_l, band=bidx, y=slice(a, b), x=slice(c0, c1)).values
-            block = np.asarray(block, dtype=np.float32)
-            out[:, dr + (a - r0) : dr + (b - r0), dc : dc + (c1 - c0)] = nanmedian_time(block)
-
-
 BLOCK_SIDE_MAX = 4
 """Largest square of tiles :meth:`CubeSource.read_block` composites at once (bounds its memory: 4 x 4
 tiles of 7680 m with a 2.4 km margin are 3552 px a side at 10 m)."""
-
-_BLOCK_BYTES = 1 << 20
-"""Float32 bytes (all times and bands) converted and composited at a time by :func:`composite_raw_into`."""
-
-
-def _any_finite(a: np.ndarray, block: int = 1 << 16) -> bool:
-    """``np.isfinite(a).any()`` for ``a [C, H, W]`` (a view is never copied whole), stopping at the first
-    block of rows with a finite value (usually the first)."""
-    rows = max(1, block // max(1, a.shape[0] * a.shape[2]))
-    return any(bool(np.isfinite(a[:, r : r + rows]).any()) for r in range(0, a.shape[1], rows))
-
-
-def composite_raw_into(
-    out: np.ndarray,
-    rg: Any,
-    band_idx: Sequence[int],
-    tsel: Sequence[int],
-    src: tuple[int, int, int, int],
-    dst: tuple[int, int],
-    strip_mb: float = 64.0,
-) -> None:
-    """:func:`composite_into` at the decode floor: ``rg`` is a group's
-    :class:`~pipelines.cubes.shards.RawGroup`; each shard under the window is fetched once and each of
-    its chunks of the selected bands decoded once (stored dtype, in passes of bands whose stored
-    pixels over all ``tsel`` fit ``strip_mb``), then converted and composited in blocks of rows of at
-    most ``_BLOCK_BYTES`` of float32 (cache-sized: converting the whole pass at once costs twice
-    as much in memory traffic).
-    Output equal to :func:`composite_into` (the same float32 values enter the same median)."""
-    r0, r1, c0, c1 = src
-    dr, dc = dst
-    if r1 <= r0 or c1 <= c0 or not tsel:
-        return
-    h, w = r1 - r0, c1 - c0
-    per_band = max(1, len(tsel) * h * w * rg.dtype.itemsize)
-    nb = max(1, min(len(band_idx), int(strip_mb * 1e6 // per_band)))
-    with rg.holding():
-        for p in range(0, len(band_idx), nb):
-            bands = [int(b) for b in band_idx[p : p + nb]]
-            raw = np.empty((len(tsel), len(bands), h, w), dtype=rg.dtype)  # [T, nb, h, w] stored dtype
-            for i, t in enumerate(tsel):
-                rg.read(t, bands, r0, c0, h, w, out=raw[i])
-            strip_b = min(strip_mb * 1e6, _BLOCK_BYTES)  # float32 blocks that stay in cache
-            rows = max(1, min(h, int(strip_b // max(1, len(tsel) * len(bands) * w * 4))))
-            for a in range(0, h, rows):
-                b = min(h, a + rows)
-                dst_block = out[p : p + len(bands), dr + a : dr + b, dc : dc + w]
-                med = rg.median(raw[:, :, a:b]) if len(tsel) > 2 else None  # sorted as integers
-                if med is not None:
-                    dst_block[...] = med
-                elif len(tsel) == 1:  # one acquisition (a stored composite): decoded in place
-                    rg.to_float(raw[0, :, a:b], out=dst_block)
-                else:
-                    nanmedian_time(rg.to_float(raw[:, :, a:b]), out=dst_block)  # [T, nb, rows, w] float32
 
 
 # ------------------------------------------------------------------------------------------
@@ -326,7 +94,7 @@ class CubeSource:
         infos: list[BandSpec] = []
         for (coll, label), tid in sorted(seen.items()):
             ds = self.open_group(store, tid, coll, label)
-            _, bands = _band_infos(ds, coll, self.bands)
+            _, bands = band_infos_of(ds, coll, self.bands)
             infos.extend(bands)
         return infos
 
@@ -444,7 +212,7 @@ class CubeSource:
                 if ds_c is None:  # coordinates in a layout read only through zarr
                     ds_c = self.open_group(store, ref_id, coll, label)
             gsd = float(ds_c.attrs["gsd_m"])
-            _, infos = _band_infos(ds_c, coll, self.bands)
+            _, infos = band_infos_of(ds_c, coll, self.bands)
             if not infos:
                 continue
             # every pixel is written once: by a contributor's composite, else NaN (filled below)
@@ -468,7 +236,7 @@ class CubeSource:
                     lacking.add(nid)
                     continue
                 nidx = [nb_names.index(n) for n in names]
-                tsel = _time_indices(ds, period)
+                tsel = time_indices(ds, period)
                 if not tsel:
                     continue
                 nl, nb, nr, nt = ntile.bounds
@@ -487,7 +255,7 @@ class CubeSource:
                 else:
                     rg = rg_c if nid == ref_id else store.open_raw(nid, coll, label)
                     composite_raw_into(arr, rg, nidx, tsel, src, dst, self.strip_mb)
-                used[nid] = (_items_of(ds, tsel), len(tsel))
+                used[nid] = (items_of(ds, tsel), len(tsel))
             _fill_uncovered(arr, box, gsd, self.grid.tile_size_m, used)
             for out in live:
                 tid = out.tile.tile_id
@@ -509,7 +277,7 @@ class CubeSource:
         for out in live:
             out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
             out.input_items = tuple(sorted(items[out.tile.tile_id]))
-            if not any(_any_finite(g.pixels) for g in out.groups):
+            if not any(any_finite(g.pixels) for g in out.groups):
                 out.status = TileStatus.EMPTY
                 out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
             out.read_s = per_tile_s
@@ -564,9 +332,9 @@ def _record_bands(record: Mapping[str, Any], key: tuple[str, str]) -> tuple[str,
 
 
 class _RecordGroup:
-    """The coordinates of a group that :func:`_time_indices`, :func:`_items_of` and the band lookup
+    """The coordinates of a group that :func:`time_indices`, :func:`items_of` and the band lookup
     read, taken from the tile's completion record (``group_entry``) instead of opening the group;
-    with :meth:`with_bands` also what :func:`_band_infos` reads (the group's attributes and band
+    with :meth:`with_bands` also what :func:`band_infos_of` reads (the group's attributes and band
     coordinates, read directly by the group's :class:`~pipelines.cubes.shards.RawGroup`)."""
 
     def __init__(self, coords: dict[str, np.ndarray], attrs: dict[str, Any] | None = None) -> None:
@@ -577,7 +345,7 @@ class _RecordGroup:
     def with_bands(
         cls, record: Mapping[str, Any], collection: str, label: str, rg: Any
     ) -> _RecordGroup | None:
-        """The group as :func:`_band_infos` sees it through xarray, without opening it: ``None`` when
+        """The group as :func:`band_infos_of` sees it through xarray, without opening it: ``None`` when
         a coordinate is stored in a layout :meth:`RawGroup.coord` does not read, or when the record
         and the group disagree on the bands (then the caller opens the group)."""
         g = cls.of(record, collection, label)
@@ -618,95 +386,3 @@ class _RecordGroup:
 @dataclass(frozen=True)
 class _Values:
     values: np.ndarray
-
-
-# ------------------------------------------------------------------------------------------
-# STAC items
-
-
-@dataclass(frozen=True)
-class CatalogSource:
-    """Padded tiles assembled straight from STAC items (``pipelines.cubes.assemble_tile``)."""
-
-    catalog_url: str
-    catalog: str = DEFAULT_CATALOG
-    collections: tuple[str, ...] = ("sentinel-2-l2a",)
-    bands: tuple[str, ...] = ()
-    grid: TileGrid = field(default_factory=TileGrid)
-    read_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    strip_mb: float = 64.0
-    block_px: int = 512
-
-    def describe(self) -> str:
-        return f"catalog:{redact_url(self.catalog_url)}"
-
-    def spec(self) -> Any:
-        from pipelines.cubes import CubeSpec
-
-        return CubeSpec(
-            grid=self.grid,
-            collections=self.collections,
-            catalog=self.catalog,
-            chunk_px=self.block_px,
-            shard_px=self.block_px,
-        )
-
-    def band_infos(self) -> list[BandSpec]:
-        spec = self.spec()
-        infos = []
-        for coll in self.collections:
-            cs = spec.collection_spec(coll)
-            for _label, (gsd, names) in spec.band_groups(coll).items():
-                for name in names:
-                    if self.bands and name not in self.bands:
-                        continue
-                    infos.append(replace(cs.sensor.band(name), gsd_m=float(gsd)))
-        return infos
-
-    def read(
-        self, tile: Tile, period: Period, time_index: int, margin_m: float, items: Sequence[Mapping[str, Any]]
-    ) -> PaddedTile:
-        import time
-
-        from pipelines.cubes import assemble_tile
-
-        t0 = time.perf_counter()
-        out = PaddedTile(tile, time_index, margin_m)
-        in_period = [i for i in items if _item_in_period(i, period)]
-        if not in_period:
-            out.status, out.reason = TileStatus.EMPTY, "no input items for this tile in the period"
-            return out
-        ptile = padded_tile_obj(tile, margin_m)
-        cube = assemble_tile(ptile, in_period, self.spec(), read_options=dict(self.read_options) or None)
-        transient = [s for s in cube.skipped if s.transient]
-        if transient:
-            s = transient[0]
-            raise OSError(f"{len(transient)} asset(s) unreachable, e.g. {s.item}:{s.asset}: {s.reason}")
-        out.notes.extend(f"skipped {s.item}:{s.asset}: {s.reason}" for s in cube.skipped[:20])
-        items_used: set[str] = set()
-        for coll, label in cube:
-            ds = cube[(coll, label)]
-            bidx, infos = _band_infos(ds, coll, self.bands)
-            if not infos:
-                continue
-            tsel = _time_indices(ds, period)
-            _, _, h, w = ds["reflectance"].shape
-            arr = np.full((len(infos), h, w), np.nan, dtype=np.float32)
-            composite_into(arr, ds, bidx, tsel, (0, h, 0, w), (0, 0), self.strip_mb)
-            out.groups.append(GroupPixels(coll, float(ds.attrs["gsd_m"]), infos, arr))
-            out.observations[f"{coll}/{label}"] = len(tsel)
-            items_used |= _items_of(ds, tsel)
-        out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
-        out.input_items = tuple(sorted(items_used))
-        if not any(_any_finite(g.pixels) for g in out.groups):
-            out.status = TileStatus.EMPTY
-            out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
-        out.read_s = time.perf_counter() - t0
-        return out
-
-
-def _item_in_period(item: Mapping[str, Any], period: Period) -> bool:
-    from pipelines.cubes import item_datetime
-
-    when = item_datetime(item)
-    return when is not None and period.start <= when <= period.end
