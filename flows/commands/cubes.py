@@ -67,6 +67,12 @@ def cubes(
     ),
     encoding: str = typer.Option("int16", "--encoding", help="int16 (reflectance x 1e4) or float16."),
     chunk_px: int = typer.Option(256, "--chunk-px", help="Zarr chunk edge in pixels (training chip size)."),
+    composite: str = typer.Option(
+        "none",
+        "--composite",
+        help="none: every acquisition; median: one stored median per tile and group (what aom embed "
+        "composites, done once: an embedding run then decodes one image, not all).",
+    ),
     workers: int = workers_option(1, " (threads)"),
     dask_address: str | None = dask_address_option(),
     storage_options_text: list[str] = storage_options_option(" for --out (and --items on the same storage)"),
@@ -106,6 +112,7 @@ def cubes(
             "chunk_px": chunk_px,
             "skip_unreachable": skip_unreachable,
             "missing_proj": missing_proj,
+            "composite": composite,
         }
     )
     if items_url is not None and catalog_url is not None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from pipelines.cubes.spec import CubeSpec, Encoding
+from pipelines.cubes.spec import COMPOSITES, CubeSpec, Encoding
 from pipelines.errors import InputError, check_bbox, check_choice, check_number
 from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
 from pipelines.storage import parse_storage_options, redact_url
@@ -55,6 +55,8 @@ class CubeRequest:
     """Leave out unreachable assets instead of failing their tiles."""
     missing_proj: Literal["skip", "read_header"] = CubeSpec.missing_proj
     """Items without projection metadata: ``skip`` or ``read_header``."""
+    composite: str = CubeSpec.composite
+    """``none`` (every acquisition) or ``median`` (one stored median per tile and group)."""
 
     def __post_init__(self) -> None:
         for name in ("collections", "tiles"):
@@ -66,6 +68,7 @@ class CubeRequest:
         check_choice("encoding (--encoding)", self.encoding, ("int16", "float16"))
         check_number("chunk_px (--chunk-px)", self.chunk_px, minimum=1)
         check_choice("missing_proj (--missing-proj)", self.missing_proj, ("skip", "read_header"))
+        check_choice("composite (--composite)", self.composite, COMPOSITES)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> CubeRequest:
@@ -91,6 +94,7 @@ class CubeRequest:
             chunk_px=self.chunk_px,
             skip_unreachable=self.skip_unreachable,
             missing_proj=self.missing_proj,
+            composite=self.composite,
         )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from pipelines import runs
 from pipelines.cubes.assembly import TileCube, assemble_tile, decode, diagnose_read_failure
+from pipelines.cubes.composite import composite_group
 from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
 from pipelines.cubes.spec import (
     INT16_FILL,
@@ -261,6 +262,8 @@ def _write_tile(
     cube: TileCube | None = None
     for attempt in range(MAX_READ_RETRIES + 1):
         cube = assemble_tile(tile, items, spec, exclude=excluded, read_options=read_options)
+        if spec.composite != "none":  # one median per group instead of every acquisition
+            cube.encoded = {k: composite_group(ds, spec) for k, ds in cube.encoded.items()}
         transient = [s for s in [*cube.skipped, *diagnosed] if s.transient]
         if transient and not spec.skip_unreachable:
             s = transient[0]

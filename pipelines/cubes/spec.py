@@ -30,6 +30,10 @@ INT16_SCALE = 1e-4
 INT16_FILL = -32768
 INT16_MAX = 32767
 
+COMPOSITES = ("none", "median")
+"""``CubeSpec.composite`` values: ``none`` (every acquisition, the default) or ``median``
+(:mod:`pipelines.cubes.composite`)."""
+
 _RESAMPLING = {"nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med", "q1", "q3"}
 
 
@@ -47,7 +51,9 @@ class CubeSpec:
     loading so 404s and corrupt headers are skipped per item rather than failing the load;
     ``skip_unreachable``: treat unreachable assets (network errors, HTTP 5xx) like missing ones
     instead of failing the tile for a later retry; ``zstd_level``: compression level;
-    ``registry_files``: extra registry YAML files (paths) merged over the built-in one.
+    ``registry_files``: extra registry YAML files (paths) merged over the built-in one;
+    ``composite``: ``none`` (every acquisition) or ``median`` (one median per tile and group,
+    :mod:`pipelines.cubes.composite`).
     """
 
     grid: TileGrid
@@ -62,6 +68,7 @@ class CubeSpec:
     skip_unreachable: bool = False
     zstd_level: int = 3
     registry_files: tuple[str, ...] = field(default=())
+    composite: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.collections, str):
@@ -80,6 +87,8 @@ class CubeSpec:
             raise InputError(f"resampling must be one of {sorted(_RESAMPLING)}, got {self.resampling!r}")
         if self.missing_proj not in ("skip", "read_header"):
             raise InputError(f"missing_proj must be 'skip' or 'read_header', got {self.missing_proj!r}")
+        if self.composite not in COMPOSITES:
+            raise InputError(f"composite must be one of {', '.join(COMPOSITES)}, got {self.composite!r}")
         if not 0 <= self.zstd_level <= 22:
             raise InputError(f"zstd_level must be in 0..22, got {self.zstd_level}")
         for cid in self.collections:
@@ -122,6 +131,8 @@ class CubeSpec:
             "resampling": self.resampling,
             "missing_proj": self.missing_proj,
             "layout_version": LAYOUT_VERSION,
+            # only when set, so stores of acquisitions keep their fingerprint
+            **({"composite": self.composite} if self.composite != "none" else {}),
         }
 
     def layout_dict(self) -> dict[str, Any]:

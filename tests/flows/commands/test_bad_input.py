@@ -110,6 +110,7 @@ CASES: list[tuple[str, Any, str]] = [
     ("cubes-encoding", lambda d: _cubes(d, "--encoding", "int8"), "int16, float16"),
     ("cubes-chunk", lambda d: _cubes(d, "--chunk-px", "0"), "chunk_px (--chunk-px) must be >= 1"),
     ("cubes-missing-proj", lambda d: _cubes(d, "--missing-proj", "x"), "skip, read_header"),
+    ("cubes-composite", lambda d: _cubes(d, "--composite", "mean"), "none, median"),
     ("cubes-datetime", lambda d: _cubes(d, "--datetime", "2023-13-45"), "RFC 3339"),
     (
         "cubes-out-file",
