@@ -89,13 +89,17 @@ def block_tiles(n_side: int = 2) -> list[str]:
     return [f"{EPSG}_{ix0 + i}_{iy0 + j}" for j in range(n_side) for i in range(n_side)]
 
 
-def make_block_cubes(work: Path, acquisitions: int, n_side: int = 2) -> tuple[Path, Path]:
-    """Synthetic S2 items covering the tile block (+ margin) and their cube store (cached)."""
+def make_block_cubes(
+    work: Path, acquisitions: int, n_side: int = 2, composite: str = "none"
+) -> tuple[Path, Path]:
+    """Synthetic S2 items covering the tile block (+ margin) and their cube store (cached);
+    ``composite`` as ``aom cubes --composite`` (``median``: one stored median per tile and group)."""
     from pipelines.cubes import CubeSpec, write_cubes
     from pipelines.testing import make_item
     from pipelines.tiling import TileGrid
 
-    cubes = work / f"cubes-{n_side}x{n_side}-t{acquisitions}"
+    suffix = "" if composite == "none" else f"-{composite}"
+    cubes = work / f"cubes-{n_side}x{n_side}-t{acquisitions}{suffix}"
     items_path = work / f"items-{n_side}x{n_side}-t{acquisitions}.ndjson"
     if (cubes / "_tiles").is_dir() and items_path.exists():
         return cubes, items_path
@@ -124,7 +128,7 @@ def make_block_cubes(work: Path, acquisitions: int, n_side: int = 2) -> tuple[Pa
         )
     items_path.write_text("".join(json.dumps(i) + "\n" for i in items))
     grid = TileGrid(TILE_M)
-    spec = CubeSpec(grid=grid, collections=("sentinel-2-l2a",), catalog="sample")
+    spec = CubeSpec(grid=grid, collections=("sentinel-2-l2a",), catalog="sample", composite=composite)
     shutil.rmtree(cubes, ignore_errors=True)
     s = write_cubes(items, [grid.tile(t) for t in block_tiles(n_side)], spec, str(cubes), progress=False)
     if s.tiles_failed:
@@ -351,7 +355,9 @@ def bench_loader(cubes: Path, full_item: Path | None, layout: Any, xarray: bool 
 ROUNDS = 5
 
 
-def bench_block_read(work: Path, layout: Any, acquisitions: int, side: int) -> dict[str, Any]:
+def bench_block_read(
+    work: Path, layout: Any, acquisitions: int, side: int, composite: str = "none"
+) -> dict[str, Any]:
     """CPU per km² kept of reading a side x side square of tiles inside a region: each tile alone
     (``CubeSource.read``, its own padded window, as one tile per task reads) vs the square at once
     (``CubeSource.read_block``, as a unit of side² tiles reads), best of ``ROUNDS`` interleaved
@@ -366,7 +372,7 @@ def bench_block_read(work: Path, layout: Any, acquisitions: int, side: int) -> d
     from pipelines.tiling import TileGrid
 
     torch.set_num_threads(1)
-    cubes, _ = make_block_cubes(work, acquisitions, n_side=side + 2)
+    cubes, _ = make_block_cubes(work, acquisitions, n_side=side + 2, composite=composite)
     grid = TileGrid(TILE_M)
     period = parse_periods("2023-06-01/2023-06-30")[0]
     ix0, iy0 = BLOCK
@@ -387,7 +393,8 @@ def bench_block_read(work: Path, layout: Any, acquisitions: int, side: int) -> d
         return src.read_block(tiles, period, 0, layout.pad_m)
 
     out: dict[str, Any] = {
-        "store": f"{side + 2}x{side + 2} tiles of {TILE_M:g} m, {acquisitions} acquisition(s)",
+        "store": f"{side + 2}x{side + 2} tiles of {TILE_M:g} m, {acquisitions} acquisition(s), "
+        f"composite {composite} (aom cubes --composite)",
         "tiles_kept": len(tiles),
         "km2_kept": round(km2, 2),
         "pad_m": layout.pad_m,
@@ -640,7 +647,8 @@ def add_flops(result: dict[str, Any], args: argparse.Namespace, layout: Any) -> 
         result["block_read"].update(block_cores_per_h100(result["block_read"], result["flops"]))
         result["cores_per_h100_embed"] = result["block_read"]["cores_per_h100_block"]
         log(
-            f"cores per H100 ({args.flops_model}, {args.block_acquisitions} acquisition(s) stored): "
+            f"cores per H100 ({args.flops_model}, {args.block_acquisitions} acquisition(s), composite "
+            f"{args.block_composite}): "
             f"{result['block_read']['cores_per_h100_alone']} reading each tile alone, "
             f"{result['cores_per_h100_embed']} reading {args.block_side} x {args.block_side} blocks"
         )
@@ -662,7 +670,9 @@ def add_flops(result: dict[str, Any], args: argparse.Namespace, layout: Any) -> 
 
 def add_block_read(result: dict[str, Any], args: argparse.Namespace, work: Path, layout: Any) -> None:
     if args.block_side > 0:
-        result["block_read"] = bench_block_read(work, layout, args.block_acquisitions, args.block_side)
+        result["block_read"] = bench_block_read(
+            work, layout, args.block_acquisitions, args.block_side, args.block_composite
+        )
         result["block_vs_alone"] = result["block_read"]["block_vs_alone"]
 
 
@@ -708,8 +718,14 @@ def main() -> None:
     ap.add_argument(
         "--block-acquisitions",
         type=int,
-        default=1,
-        help="acquisitions in the block-read store (1: a ready composite)",
+        default=2,
+        help="acquisitions the block-read store is built from",
+    )
+    ap.add_argument(
+        "--block-composite",
+        default="median",
+        choices=("none", "median"),
+        help="the block-read store as `aom cubes --composite` writes it (median: one stored median)",
     )
     ap.add_argument(
         "--xarray",
