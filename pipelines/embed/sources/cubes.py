@@ -286,8 +286,11 @@ class CubeSource:
 
 def _rectangles(tiles: Sequence[Tile]) -> list[list[Tile]]:
     """``tiles`` split into compact rectangles of the grid (see :meth:`CubeSource.read_block`)."""
+    zones: dict[int, list[Tile]] = {}
+    for t in tiles:
+        zones.setdefault(t.epsg, []).append(t)
     out: list[list[Tile]] = []
-    for zone in square_groups(tiles, lambda t: (t.epsg, 0, 0), 1):  # one group per EPSG code
+    for zone in zones.values():
         ix = [t.index[0] for t in zone]
         iy = [t.index[1] for t in zone]
         w, h = max(ix) - min(ix) + 1, max(iy) - min(iy) + 1
