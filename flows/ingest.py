@@ -36,6 +36,10 @@ class IngestParams(BaseModel):
     tile_size_m: float = Field(DEFAULT_TILE_SIZE_M, gt=0)
     tiles: tuple[str, ...] | None = Field(None, description="only these tile ids (e.g. from a refresh event)")
     tiles_per_task: int = Field(4, ge=1)
+    composite: str = Field(
+        CubeRequest.composite,
+        description="none: every acquisition; median: one stored median per tile and group (aom cubes --composite)",
+    )
     storage: StorageParams = StorageParams()
 
     @field_validator("collections", mode="before")
@@ -70,6 +74,7 @@ class IngestParams(BaseModel):
                 "aoi": self.area.bbox or self.area.geometry,
                 "tiles": self.tiles,
                 "tile_size_m": self.tile_size_m,
+                "composite": self.composite,
             }
         )
 

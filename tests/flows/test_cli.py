@@ -267,6 +267,8 @@ def test_cubes_cli_and_ingest_flow_build_equal_requests(
         "3840",
         "--catalog",  # without it the CLI infers the catalog from the --items; the flow names its own
         "sample",
+        "--composite",
+        "median",
     )
     assert r.exit_code == EXIT_USAGE and "error: planned" in r.stderr
     flow = IngestParams(
@@ -275,8 +277,9 @@ def test_cubes_cli_and_ingest_flow_build_equal_requests(
         out=str(tmp_path / "cubes"),
         tiles=("32631_95_649",),
         tile_size_m=3840,
+        composite="median",
     ).cube_request()
-    assert seen == [flow]
+    assert seen == [flow] and flow.spec(flow.collections).composite == "median"
     assert flow.aoi == (5.9, 44.9, 6.1, 45.1) and flow.collections == ("sentinel-2-l2a", "landsat-c2-l2")
 
 
