@@ -21,26 +21,23 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pipelines.cubes.spec import INT16_FILL, INT16_MAX, INT16_SCALE, CubeSpec, json_safe
+from pipelines.cubes.spec import INT16_FILL, INT16_SCALE, CubeSpec, Encoding, encode_reflectance, json_safe
 
 
-def median_block(block: np.ndarray, encoding: str) -> np.ndarray:
+def median_block(block: np.ndarray, encoding: Encoding) -> np.ndarray:
     """``[T, C, H, W]`` stored values -> ``[1, C, H, W]`` stored median over the valid ones (all
-    missing -> missing), in the same encoding."""
-    from pipelines.cubes.shards import decode_reflectance, median_stored
-    from pipelines.embed.chips import nanmedian_time
-
+    missing -> missing), in the same encoding (:func:`~pipelines.cubes.spec.encode_reflectance`)."""
+    med: np.ndarray | None
     if encoding == "float16":
+        from pipelines.embed.chips import nanmedian_time  # the embed reader's median of floats
+
         med = nanmedian_time(block.astype(np.float32))
-        return med.astype(np.float16)[None]
-    fill = float(INT16_FILL)
-    med32 = median_stored(block, INT16_SCALE, 0.0, fill)  # sorted as integers, two middle values decoded
-    if med32 is None:  # pragma: no cover - int16 storage always takes the stored-domain path
-        med32 = nanmedian_time(decode_reflectance(block, INT16_SCALE, 0.0, fill))
-    q = np.round(med32.astype(np.float64) / INT16_SCALE)
-    out = np.clip(np.nan_to_num(q, nan=0.0), -INT16_MAX, INT16_MAX).astype(np.int16)
-    out[np.isnan(med32)] = INT16_FILL
-    return out[None]
+    else:  # int16: sorted as integers, only the two middle values decoded
+        from pipelines.cubes.shards import median_stored
+
+        med = median_stored(block, INT16_SCALE, 0.0, float(INT16_FILL))
+        assert med is not None  # integer storage with a positive scale always has a stored-domain median
+    return encode_reflectance(med, encoding)[None]
 
 
 def composite_group(ds: xr.Dataset, spec: CubeSpec) -> xr.Dataset:
