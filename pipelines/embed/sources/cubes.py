@@ -240,23 +240,19 @@ class CubeSource:
                 if not tsel:
                     continue
                 nl, nb, nr, nt = ntile.bounds
-                il, ib, ir, it = max(left, nl), max(bottom, nb), min(right, nr), min(top, nt)
-                if ir <= il or it <= ib:
+                inter = (max(left, nl), max(bottom, nb), min(right, nr), min(top, nt))
+                if inter[2] <= inter[0] or inter[3] <= inter[1]:
                     continue
-                src = (
-                    round((nt - it) / gsd),
-                    round((nt - ib) / gsd),
-                    round((il - nl) / gsd),
-                    round((ir - nl) / gsd),
-                )
-                dst = (round((top - it) / gsd), round((il - left) / gsd))
+                src = _pixel_window(inter, nl, nt, gsd)  # in the contributor's pixels
+                r0, _, c0, _ = _pixel_window(inter, left, top, gsd)
+                dst = (r0, c0)  # in the box's pixels
                 if self.decode == "xarray":
                     composite_into(arr, ds, nidx, tsel, src, dst, self.strip_mb)
                 else:
                     rg = rg_c if nid == ref_id else store.open_raw(nid, coll, label)
                     composite_raw_into(arr, rg, nidx, tsel, src, dst, self.strip_mb)
                 used[nid] = (items_of(ds, tsel), len(tsel))
-            _fill_uncovered(arr, box, gsd, self.grid.tile_size_m, used)
+            _fill_uncovered(arr, box, gsd, self.grid.tile_size_m, {grid_tiles[n].index for n in used})
             for out in live:
                 tid = out.tile.tile_id
                 if (coll, label) not in self._groups_of(record(tid) or {}):
@@ -302,28 +298,43 @@ def _rectangles(tiles: Sequence[Tile]) -> list[list[Tile]]:
     return out
 
 
+def _pixel_window(
+    bounds: tuple[float, float, float, float], origin_left: float, origin_top: float, gsd: float
+) -> tuple[int, int, int, int]:
+    """``(row0, row1, col0, col1)`` of ``bounds`` in a north-up pixel grid of ``gsd`` whose top-left
+    corner is ``(origin_left, origin_top)``."""
+    left, bottom, right, top = bounds
+    return (
+        round((origin_top - top) / gsd),
+        round((origin_top - bottom) / gsd),
+        round((left - origin_left) / gsd),
+        round((right - origin_left) / gsd),
+    )
+
+
 def _fill_uncovered(
     arr: np.ndarray,
     box: tuple[float, float, float, float],
     gsd: float,
     tile_m: float,
-    written: Mapping[str, Any],
+    written: set[tuple[int, int]],
 ) -> None:
-    """NaN over the parts of ``arr`` (pixels of ``box``) that no tile of ``written`` (tile ids whose
-    composite was written there) covers: grid cells without a cube, incomplete or without the bands."""
+    """NaN over the parts of ``arr`` (pixels of ``box``) that no grid cell of ``written`` (``(ix, iy)``
+    of the tiles whose composite was written there) covers: cells without a cube, incomplete or
+    without the bands."""
     left, bottom, right, top = box
-    done = {tuple(int(v) for v in t.split("_")[1:]) for t in written}
     for ix in range(math.floor(left / tile_m), math.ceil(right / tile_m)):
         for iy in range(math.floor(bottom / tile_m), math.ceil(top / tile_m)):
-            if (ix, iy) in done:
+            if (ix, iy) in written:
                 continue
-            il, ib = max(left, ix * tile_m), max(bottom, iy * tile_m)
-            ir, it = min(right, (ix + 1) * tile_m), min(top, (iy + 1) * tile_m)
-            arr[
-                :,
-                round((top - it) / gsd) : round((top - ib) / gsd),
-                round((il - left) / gsd) : round((ir - left) / gsd),
-            ] = np.nan
+            cell = (
+                max(left, ix * tile_m),
+                max(bottom, iy * tile_m),
+                min(right, (ix + 1) * tile_m),
+                min(top, (iy + 1) * tile_m),
+            )
+            r0, r1, c0, c1 = _pixel_window(cell, left, top, gsd)
+            arr[:, r0:r1, c0:c1] = np.nan
 
 
 def _record_bands(record: Mapping[str, Any], key: tuple[str, str]) -> tuple[str, ...] | None:
