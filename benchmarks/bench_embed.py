@@ -43,6 +43,7 @@ the S2 GSDs, seam blending by default (3 x 3 chips a tile, tiles read padded by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -51,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,11 +260,31 @@ def bench_throughput(
 # Loader rate (one process, one thread, CPU time)
 
 
+@contextlib.contextmanager
+def recording_raw_groups() -> Iterator[list[Any]]:
+    """Every ``RawGroup`` that ``CubeStore.open_raw`` returns while inside: what the shard path read
+    and decoded (``counts``), the decode floor's input."""
+    from pipelines.cubes import CubeStore
+
+    opened: list[Any] = []
+    open_raw = CubeStore.open_raw
+
+    def recording(self: CubeStore, *a: Any) -> Any:
+        rg = open_raw(self, *a)
+        opened.append(rg)
+        return rg
+
+    CubeStore.open_raw = recording  # type: ignore[method-assign,assignment]
+    try:
+        yield opened
+    finally:
+        CubeStore.open_raw = open_raw  # type: ignore[method-assign]
+
+
 def bench_loader(cubes: Path, full_item: Path | None, layout: Any, xarray: bool = True) -> dict[str, Any]:
     import torch
     from decode_floor import collect_chunks, floor_cpu_s
 
-    from pipelines.cubes import CubeStore
     from pipelines.embed import CatalogSource, CubeSource, parse_periods
     from pipelines.tiling import TileGrid
 
@@ -270,18 +292,9 @@ def bench_loader(cubes: Path, full_item: Path | None, layout: Any, xarray: bool 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     grid = TileGrid(TILE_M)
     period = parse_periods("2023-06-01/2023-06-30")[0]
-    opened: list[Any] = []
-    open_raw = CubeStore.open_raw
-
-    def recording(self: CubeStore, *a: Any) -> Any:  # count what the shard path reads
-        rg = open_raw(self, *a)
-        opened.append(rg)
-        return rg
-
-    CubeStore.open_raw = recording  # type: ignore[method-assign,assignment]
     pad_m = layout.pad_m  # what ``aom embed`` reads around each tile with this layout
     out: dict[str, Any] = {"cubes": {}, "pad_m": pad_m}
-    try:
+    with recording_raw_groups() as opened:  # count what the shard path reads
         # the shard path: best of ``repeats`` passes over the 4 tiles (a fresh source each; every
         # record, group and shard read again), as the floor is best of 3; the xarray path once
         for decode, repeats in ((("xarray", 1),) if xarray else ()) + (("shards", 3),):
@@ -308,8 +321,6 @@ def bench_loader(cubes: Path, full_item: Path | None, layout: Any, xarray: bool 
             if repeats > 1:
                 out["cubes"][decode]["cpu_s_passes"] = [round(c, 3) for c, _ in passes]
             log(f"loader (cubes, {decode}): {mb:.0f} MB in {cpu:.2f} CPU-s = {mb / cpu:.1f} MB/s per core")
-    finally:
-        CubeStore.open_raw = open_raw  # type: ignore[method-assign]
     chunks = collect_chunks(opened)
     used = sum(g.counts.pixels for g in opened)
     floor = floor_cpu_s(chunks, used, repeats=3)
@@ -367,7 +378,6 @@ def bench_block_read(
     import torch
     from decode_floor import collect_chunks, floor_cpu_s
 
-    from pipelines.cubes import CubeStore
     from pipelines.embed import CubeSource, parse_periods
     from pipelines.tiling import TileGrid
 
@@ -378,13 +388,6 @@ def bench_block_read(
     ix0, iy0 = BLOCK
     tiles = [grid.tile(f"{EPSG}_{ix0 + 1 + i}_{iy0 + 1 + j}") for j in range(side) for i in range(side)]
     km2 = len(tiles) * (TILE_M / 1000.0) ** 2
-    opened: list[Any] = []
-    open_raw = CubeStore.open_raw
-
-    def recording(self: CubeStore, *a: Any) -> Any:
-        rg = open_raw(self, *a)
-        opened.append(rg)
-        return rg
 
     def alone(src: CubeSource) -> list[Any]:
         return [src.read(t, period, 0, layout.pad_m) for t in tiles]
@@ -399,10 +402,9 @@ def bench_block_read(
         "km2_kept": round(km2, 2),
         "pad_m": layout.pad_m,
     }
-    CubeStore.open_raw = recording  # type: ignore[method-assign,assignment]
     passes: dict[str, list[float]] = {"alone": [], "block": []}
     counts: dict[str, tuple[int, int]] = {}
-    try:
+    with recording_raw_groups() as opened:
         for _ in range(ROUNDS):  # interleaved rounds (the machine's speed drifts), a fresh source each
             for name, read in (("alone", alone), ("block", block)):
                 opened.clear()
@@ -416,8 +418,6 @@ def bench_block_read(
                     sum(g.counts.chunks_decoded for g in opened),
                 )
                 del got
-    finally:
-        CubeStore.open_raw = open_raw  # type: ignore[method-assign]
     for name, cpu in passes.items():
         out[name] = {
             "cpu_s": round(min(cpu), 3),
