@@ -33,6 +33,10 @@ EMBEDDINGS = ("position", "spectral")
 concatenated (``len(SPECTRAL_QUERIES) * band width`` values, the same layout for any input bands)."""
 
 
+SPECTRAL_CONSISTENCY_LOSSES = ("cosine", "standardized")
+"""Distances of the spectral-consistency term (``AOMConfig.spectral_consistency_loss``)."""
+
+
 @dataclass(frozen=True)
 class AOMConfig:
     """Every hyper-parameter of the model and of its pretraining objective.
@@ -100,6 +104,10 @@ class AOMConfig:
     # level is a linear read-out of the position token (what linear probes use); "mlp": an MLP on
     # their sum
     stats_readout: str = "linear"
+    # tokens the statistics loss covers: "masked" (the masked present tokens, as the pixel loss) or
+    # "present" (every present token, visible ones included: the position token must then carry the
+    # levels of the bands it sees, not only infer the hidden ones)
+    stats_tokens: str = "masked"
     align_weight: float = 0.5
     # spectral consistency (self-distillation across band subsets): the spectral-query tokens
     # (SPECTRAL_QUERIES) of a random subset of each sample's bands (a share drawn in
@@ -107,6 +115,10 @@ class AOMConfig:
     # the latter), 1 - cosine per (position, query); 0 = off (no extra forward)
     spectral_consistency_weight: float = 0.0
     spectral_consistency_keep: tuple[float, float] = (0.25, 0.75)
+    # the distance of that term: "cosine" (1 - cosine per (position, query)) or "standardized" (mean
+    # squared difference per dimension in units of the teacher's standard deviation over the batch's
+    # positions, the scale a linear probe on standardised features sees)
+    spectral_consistency_loss: str = "cosine"
     align_dim: int = 64
     norm_pix_eps: float = 1e-6
 
@@ -172,6 +184,13 @@ class AOMConfig:
             errors.append(f"min_valid_pixel_frac must be in (0, 1], got {self.min_valid_pixel_frac}")
         if self.temperature <= 0:
             errors.append(f"temperature must be > 0, got {self.temperature}")
+        if self.stats_tokens not in ("masked", "present"):
+            errors.append(f"stats_tokens must be one of masked, present, got {self.stats_tokens!r}")
+        if self.spectral_consistency_loss not in SPECTRAL_CONSISTENCY_LOSSES:
+            errors.append(
+                f"spectral_consistency_loss must be one of {', '.join(SPECTRAL_CONSISTENCY_LOSSES)}, "
+                f"got {self.spectral_consistency_loss!r}"
+            )
         lo, hi = self.spectral_consistency_keep
         if not 0.0 < lo <= hi < 1.0:
             errors.append(

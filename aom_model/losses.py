@@ -1,4 +1,5 @@
-"""Pretraining losses: per-patch-normalised masked MSE, patch-statistics MSE and symmetric InfoNCE."""
+"""Pretraining losses: per-patch-normalised masked MSE, patch-statistics MSE, symmetric InfoNCE and
+the spectral-consistency distances."""
 
 from __future__ import annotations
 
@@ -55,3 +56,29 @@ def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     logits = za @ zb.T / temperature  # [B, B]
     labels = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def consistency_distance(
+    student: Tensor,  # [B, N, S, d] spectral-query tokens of the band subset
+    teacher: Tensor,  # [B, N, S, d] the same of all bands (no gradient expected)
+    weight: Tensor,  # [B, N] positions that count
+    kind: str = "cosine",
+) -> Tensor:  # [B, N, S]
+    """Per (position, query) distance of the spectral-consistency term.
+
+    ``cosine``: 1 - cosine similarity. ``standardized``: mean over the d dimensions of the squared
+    difference in units of the teacher's standard deviation over the weighted positions of the
+    batch (per query and dimension, floored at 1e-3): the scale a linear probe on standardised
+    features sees, and invariant to a per-dimension affine change of the token space. A token is
+    mostly a component every position shares (it is layer-normalised), so a small cosine distance
+    can still be a large error along the directions that tell positions apart."""
+    s, t = student.float(), teacher.float()
+    if kind == "cosine":
+        return 1.0 - F.cosine_similarity(s, t, dim=-1)
+    if kind != "standardized":
+        raise ValueError(f"consistency distance must be 'cosine' or 'standardized', got {kind!r}")
+    w = weight.to(t.dtype)[..., None, None]  # [B, N, 1, 1]
+    n = w.sum().clamp(min=1.0)
+    mu = (t * w).sum(dim=(0, 1)) / n  # [S, d]
+    sd = ((((t - mu) ** 2) * w).sum(dim=(0, 1)) / n).sqrt().clamp(min=1e-3)  # [S, d]
+    return (((s - t) / sd) ** 2).mean(dim=-1)

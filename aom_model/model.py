@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aom_model.blocks import is_tracing, masked_mean
@@ -13,7 +12,7 @@ from aom_model.config import EMBEDDINGS, SPECTRAL_QUERIES, AOMConfig
 from aom_model.decoder import Decoder
 from aom_model.encoder import build_encoder
 from aom_model.inputs import BandBatch
-from aom_model.losses import info_nce, normalized_patch_mse, patch_stats_mse
+from aom_model.losses import consistency_distance, info_nce, normalized_patch_mse, patch_stats_mse
 from aom_model.masking import channel_mask
 from aom_model.patch_embed import GridPlan
 from aom_model.pos_embed import token_centres_m
@@ -195,17 +194,20 @@ class AOM(nn.Module):
         total = rec.stats.new_zeros(())
         stats_total = rec.stats.new_zeros(())
         count = rec.stats.new_zeros(())
+        stats_count = rec.stats.new_zeros(())
         weight = masked & tokens.present  # [B, N, C]
+        stats_weight = tokens.present if cfg.stats_tokens == "present" else weight  # [B, N, C]
         for (s, e), pred, target, pv in zip(
             tokens.group_slices, rec.pixels, tokens.pixel_patches, tokens.pixel_patch_valid
         ):
             l_sum, n = normalized_patch_mse(pred, target, pv, weight[:, :, s:e], cfg.norm_pix_eps)
-            s_sum, _ = patch_stats_mse(rec.stats[:, :, s:e], target, pv, weight[:, :, s:e])
+            s_sum, s_n = patch_stats_mse(rec.stats[:, :, s:e], target, pv, stats_weight[:, :, s:e])
             total = total + l_sum
             stats_total = stats_total + s_sum
             count = count + n
+            stats_count = stats_count + s_n
         recon = total / count.clamp(min=1.0)
-        stats = stats_total / count.clamp(min=1.0)
+        stats = stats_total / stats_count.clamp(min=1.0)
         out = {"recon": recon, "stats": stats}
         loss = cfg.recon_weight * recon + cfg.stats_weight * stats
         if pooled_native is not None and pooled_coarse is not None:
@@ -281,8 +283,9 @@ class AOM(nn.Module):
         return out
 
     def spectral_consistency(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
-        """1 - cosine between the spectral-query tokens of a random subset of each sample's bands
-        and those of all its bands (teacher: the same weights, no gradient), mean over the
+        """Distance (``config.spectral_consistency_loss``, ``losses.consistency_distance``: 1 - cosine
+        or standardized squared difference) between the spectral-query tokens of a random subset of
+        each sample's bands and those of all its bands (teacher: the same weights, no gradient), mean over the
         positions the subset has a band at and the queries. The subset keeps a share drawn
         uniformly in ``config.spectral_consistency_keep`` of the sample's bands (at least one)."""
         present = tokens.present  # [B, N, C]
@@ -301,7 +304,9 @@ class AOM(nn.Module):
             _, teacher = self.encode_with_queries(tokens, q[:, 0], q[:, 1])  # [B, N, S, d]
         _, student = self.encode_with_queries(tokens, q[:, 0], q[:, 1], keys)  # [B, N, S, d]
         w = keys.any(dim=-1).to(student.dtype)[..., None]  # [B, N, 1]
-        dist = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)  # [B, N, S]
+        dist = consistency_distance(
+            student, teacher, w[..., 0], self.config.spectral_consistency_loss
+        )  # [B, N, S]
         return (dist * w).sum() / (w.sum() * dist.shape[-1]).clamp(min=1.0)
 
 

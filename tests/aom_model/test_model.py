@@ -306,3 +306,51 @@ def test_spectral_consistency_term_is_optional_bounded_and_trains_the_subset_vie
     assert grads and any(bool(x.abs().sum() > 0) for x in grads)
     with pytest.raises(ValueError, match="spectral_consistency_keep"):
         AOMConfig.named("tiny", spectral_consistency_keep=(0.5, 1.0))
+
+
+def test_spectral_consistency_standardized_distance_trains_and_differs_from_cosine() -> None:
+    """``spectral_consistency_loss="standardized"`` gives a finite non-negative term with gradients
+    into the encoder, from the same band subset (same generator) as the cosine distance."""
+    torch.manual_seed(0)
+    cfg = AOMConfig.named("tiny", token_ground_m=80.0, spectral_consistency_weight=1.0)
+    b = _smooth_batch()
+    std = AOM(cfg.replace(spectral_consistency_loss="standardized"))
+    cos = AOM(cfg)
+    cos.load_state_dict(std.state_dict())
+    tokens = std.tokenize(b)
+    d_std = std.spectral_consistency(tokens, torch.Generator().manual_seed(1))
+    d_cos = cos.spectral_consistency(tokens, torch.Generator().manual_seed(1))
+    assert torch.isfinite(d_std) and float(d_std.detach()) > 0.0
+    assert not torch.allclose(d_std, d_cos)
+    std.zero_grad()
+    d_std.backward()
+    assert any(bool(p.grad.abs().sum() > 0) for p in std.encoder.parameters() if p.grad is not None)
+
+
+def test_stats_tokens_present_scores_every_present_token_and_masked_is_the_default() -> None:
+    """``stats_tokens="present"``: the statistics loss is the mean over every present token (visible
+    ones too), checked against ``patch_stats_mse`` on ``rec.stats``; the pixel loss is unchanged."""
+    torch.manual_seed(0)
+    cfg = AOMConfig.named("tiny", token_ground_m=80.0)
+    assert cfg.stats_tokens == "masked"
+    b = _smooth_batch()
+    model = AOM(cfg)
+    present_cfg = AOM(cfg.replace(stats_tokens="present"))
+    present_cfg.load_state_dict(model.state_dict())
+    tokens = model.tokenize(b)
+    masked = channel_mask(
+        tokens.present, cfg.mask_ratio, cfg.band_mask_share, torch.Generator().manual_seed(0)
+    )
+    enc = model.encode(tokens, masked)
+    rec = model.decode(enc, tokens, masked)
+    a = model.loss(rec, tokens, masked)
+    p = present_cfg.loss(rec, tokens, masked)
+    torch.testing.assert_close(a["recon"], p["recon"])
+    s_sum, s_n = torch.zeros(()), torch.zeros(())
+    for (s, e), target, pv in zip(tokens.group_slices, tokens.pixel_patches, tokens.pixel_patch_valid):
+        got = patch_stats_mse(rec.stats[:, :, s:e], target, pv, tokens.present[:, :, s:e])
+        s_sum, s_n = s_sum + got[0], s_n + got[1]
+    torch.testing.assert_close(p["stats"], s_sum / s_n)
+    assert not torch.allclose(a["stats"], p["stats"])
+    with pytest.raises(ValueError, match="masked, present"):
+        AOMConfig.named("tiny", stats_tokens="visible")
