@@ -17,7 +17,12 @@ random-init twin (``random_like``: same config and normalisation, other weights)
   (``AOM.encode_with_queries``), so its layout does not depend on the input's bands;
 * ``band-tokens`` [C_ref * D]: per band the mean of its band tokens over positions, laid out on the
   all-band reference set as ``raw_features`` lays out raw statistics (``layout_on_reference``);
-* ``raw`` [2 C_ref]: the protocol's raw-band baseline (per band mean and std of reflectance).
+* ``raw`` [2 C_ref]: the protocol's raw-band baseline (per band mean and std of reflectance);
+  ``raw mean`` [C_ref]: its means only (the first moments, what a mean of token vectors can carry);
+  ``raw imputed`` (half bands, transfer only): the missing bands' raw statistics predicted from the
+  present ones by a ridge regression fitted on the training fold's all-band raw statistics (no
+  labels), then the all-band probe: how much a band-agnostic feature *could* keep when it infers
+  the missing bands as well as a linear regression on this scene does.
 
 Half-bands (the protocol's ``band_subsets`` at 50 %, ``--half-draws`` subsets): ``transfer`` fits on
 all-band training features and tests on the subset's features, ``refit`` fits and tests on the subset.
@@ -82,6 +87,29 @@ def probe(splits: Splits, y: np.ndarray, x_tr: np.ndarray, x_te: np.ndarray, c: 
     return float(np.mean(out))
 
 
+def probe_imputed(
+    splits: Splits, y: np.ndarray, x: np.ndarray, keep: np.ndarray, c: float, ml: bool
+) -> float:
+    """``probe`` of the all-band raw statistics ``x`` [N, 2C] applied to test patches whose columns
+    outside ``keep`` are predicted from those in it by a ridge regression fitted on the fold's
+    training patches (features only, all bands known there, as the transfer probe's own training)."""
+    from sklearn.linear_model import Ridge
+
+    miss = np.setdiff1d(np.arange(x.shape[1]), keep)
+    out = []
+    for folds, _ in splits:
+        preds, trues = [], []
+        for tr, te in folds:
+            ok = np.isfinite(x[tr]).all(axis=1)
+            reg = Ridge(alpha=1.0).fit(x[tr][ok][:, keep], x[tr][ok][:, miss])
+            x_te = x[te].copy()
+            x_te[:, miss] = reg.predict(np.nan_to_num(x_te[:, keep]))
+            preds.append(fit_predict("linear", x[tr], y[tr], x_te, ml, c=c))
+            trues.append(y[te])
+        out.append(score(np.concatenate(trues), np.concatenate(preds), ml)["score"])
+    return float(np.mean(out))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -118,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extract: dict[str, Callable[[PatchSet], dict[str, np.ndarray]]] = {
         "checkpoint": lambda p: encoder_variants(enc, p, ref, a.batch_size),
         "random-init": lambda p: encoder_variants(rnd, p, ref, a.batch_size),
-        "raw": lambda p: {"mean,std": raw_features(p, ref)},
+        "raw": lambda p: {"mean,std": raw_features(p, ref), "mean": raw_features(p, ref)[:, 0::2]},
     }
     print(f"{ps.name}: {len(ps)} patches, {len(ps.class_names)} classes, {len(ref)} bands; {splits[0][1]}")
     full = {(m, v): x for m, fn in extract.items() for v, x in fn(ps).items()}
@@ -139,8 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         probe(splits, y, full[m, v], x_sub, c, ml)
                     )
                     per.setdefault((m, v, c, "refit"), []).append(probe(splits, y, x_sub, x_sub, c, ml))
+        keep = np.array([2 * i + k for i in idx for k in (0, 1)])  # raw_features: (mean, std) per band
+        for c in cs:
+            per.setdefault(("raw", "mean,std", c, "imputed"), []).append(
+                probe_imputed(splits, y, full["raw", "mean,std"], keep, c, ml)
+            )
     for r in rows:
-        for mode in ("transfer", "refit"):
+        for mode in ("transfer", "refit", "imputed"):
             got = per.get((r["model"], r["features"], r["C"], mode))
             if got:
                 r[f"half_{mode}"] = float(np.mean(got))
@@ -150,6 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"  {r['model']:12s} {r['features']:12s} C {r['C']:g}: half bands transfer "
                 f"{r['half_transfer']:.3f} ({r['half_transfer_retention']:.2f} of all), refit {r['half_refit']:.3f}"
+                + (
+                    f", imputed {r['half_imputed']:.3f} ({r['half_imputed_retention']:.2f} of all)"
+                    if "half_imputed" in r
+                    else ""
+                )
             )
     result = {
         "benchmark": "probe_pooling",
