@@ -22,7 +22,10 @@ random-init twin (``random_like``: same config and normalisation, other weights)
   ``raw imputed`` (half bands, transfer only): the missing bands' raw statistics predicted from the
   present ones by a ridge regression fitted on the training fold's all-band raw statistics (no
   labels), then the all-band probe: how much a band-agnostic feature *could* keep when it infers
-  the missing bands as well as a linear regression on this scene does.
+  the missing bands as well as a linear regression on this scene does;
+* ``spectral pca<k>`` [k] (with ``--pca-from DATASET``): the spectral feature projected on its first
+  k principal axes, fitted on another dataset's all-band spectral features (no labels; e.g. the
+  area the checkpoint trained on): which share of the spectral feature's variance the probes use.
 
 Half-bands (the protocol's ``band_subsets`` at 50 %, ``--half-draws`` subsets): ``transfer`` fits on
 all-band training features and tests on the subset's features, ``refit`` fits and tests on the subset.
@@ -87,6 +90,14 @@ def probe(splits: Splits, y: np.ndarray, x_tr: np.ndarray, x_te: np.ndarray, c: 
     return float(np.mean(out))
 
 
+def pca_basis(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [F], first k principal axes [F, k]) of the finite rows of ``x`` [N, F]."""
+    x = x[np.isfinite(x).all(axis=1)]
+    mu = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
+    return mu, vt[:k].T
+
+
 def probe_imputed(
     splits: Splits, y: np.ndarray, x: np.ndarray, keep: np.ndarray, c: float, ml: bool
 ) -> float:
@@ -121,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--half-draws", type=int, default=5, help="half-band subsets (0: skip half bands)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument(
+        "--pca-from", default="", help="dataset whose spectral features fit the PCA rows (default: none)"
+    )
+    ap.add_argument("--pca-k", default="8,16,32,64", help="principal axes kept, one row each")
     a = ap.parse_args(argv)
     try:
         cs = [float(v) for v in a.c.split(",") if v.strip()]
@@ -129,6 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not cs or any(c <= 0 for c in cs):
         print("--c: one or more positive numbers", file=sys.stderr)
+        return 2
+    try:
+        pca_k = [int(v) for v in a.pca_k.split(",") if v.strip()]
+    except ValueError:
+        pca_k = []
+    if a.pca_from and (not pca_k or any(k <= 0 for k in pca_k)):
+        print(f"--pca-k: comma-separated positive integers, got {a.pca_k!r}", file=sys.stderr)
         return 2
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -143,9 +165,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     y, ml, ref = ps.labels, ps.multilabel, ps.bands
     enc = load_encoder(cfg.checkpoint, seed=cfg.seed, threads=a.threads)
     rnd = random_like(enc, seed=cfg.seed)
+    bases: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # model -> (mean [F], axes [F, K])
+    if a.pca_from:
+        try:
+            other = prepare_patches(
+                load_dataset(DatasetSpec(a.pca_from), patch_px=a.patch_px, seed=cfg.seed), cfg
+            )
+        except (InputError, ValueError) as exc:
+            print(f"--pca-from {a.pca_from}: {exc}", file=sys.stderr)
+            return 2
+        for m, e in (("checkpoint", enc), ("random-init", rnd)):
+            bases[m] = pca_basis(encoder_variants(e, other, ref, a.batch_size)["spectral"], max(pca_k))
+
+    def variants(m: str, e: Encoder, p: PatchSet) -> dict[str, np.ndarray]:
+        out = encoder_variants(e, p, ref, a.batch_size)
+        if m in bases:
+            mu, axes = bases[m]
+            for k in pca_k:
+                out[f"spectral pca{k}"] = (out["spectral"] - mu) @ axes[:, :k]
+        return out
+
     extract: dict[str, Callable[[PatchSet], dict[str, np.ndarray]]] = {
-        "checkpoint": lambda p: encoder_variants(enc, p, ref, a.batch_size),
-        "random-init": lambda p: encoder_variants(rnd, p, ref, a.batch_size),
+        "checkpoint": lambda p: variants("checkpoint", enc, p),
+        "random-init": lambda p: variants("random-init", rnd, p),
         "raw": lambda p: {"mean,std": raw_features(p, ref), "mean": raw_features(p, ref)[:, 0::2]},
     }
     print(f"{ps.name}: {len(ps)} patches, {len(ps.class_names)} classes, {len(ref)} bands; {splits[0][1]}")
@@ -155,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in cs:
             s = probe(splits, y, x, x, c, ml)
             rows.append({"model": m, "features": v, "dims": int(x.shape[1]), "C": c, "all_bands": s})
-            print(f"  {m:12s} {v:12s} dims {x.shape[1]:4d} C {c:g}: all bands {s:.3f}", flush=True)
+            print(f"  {m:12s} {v:15s} dims {x.shape[1]:4d} C {c:g}: all bands {s:.3f}", flush=True)
     subsets = band_subsets(len(ref), 0.5, a.half_draws, cfg.seed) if a.half_draws > 0 else []
     per: dict[tuple[str, str, float, str], list[float]] = {}
     for idx in subsets:
@@ -181,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         if "half_transfer" in r:
             print(
-                f"  {r['model']:12s} {r['features']:12s} C {r['C']:g}: half bands transfer "
+                f"  {r['model']:12s} {r['features']:15s} C {r['C']:g}: half bands transfer "
                 f"{r['half_transfer']:.3f} ({r['half_transfer_retention']:.2f} of all), refit {r['half_refit']:.3f}"
                 + (
                     f", imputed {r['half_imputed']:.3f} ({r['half_imputed_retention']:.2f} of all)"
@@ -200,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "splits": len(splits),
         "metric": "micro-F1" if ml else "accuracy",
         "half_band_subsets": [[ref[i].key for i in s] for s in subsets],
+        "pca_from": a.pca_from or None,
         "rows": rows,
         "cpu_s": round(time.process_time() - cpu0, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
