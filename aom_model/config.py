@@ -33,7 +33,7 @@ EMBEDDINGS = ("position", "spectral")
 concatenated (``len(SPECTRAL_QUERIES) * band width`` values, the same layout for any input bands)."""
 
 
-SPECTRAL_CONSISTENCY_LOSSES = ("cosine", "standardized")
+SPECTRAL_CONSISTENCY_LOSSES = ("cosine", "standardized", "whitened")
 """Distances of the spectral-consistency term (``AOMConfig.spectral_consistency_loss``)."""
 
 
@@ -115,9 +115,10 @@ class AOMConfig:
     # the latter), 1 - cosine per (position, query); 0 = off (no extra forward)
     spectral_consistency_weight: float = 0.0
     spectral_consistency_keep: tuple[float, float] = (0.25, 0.75)
-    # the distance of that term: "cosine" (1 - cosine per (position, query)) or "standardized" (mean
+    # the distance of that term: "cosine" (1 - cosine per (position, query)), "standardized" (mean
     # squared difference per dimension in units of the teacher's standard deviation over the batch's
-    # positions, the scale a linear probe on standardised features sees)
+    # positions, the scale a linear probe on standardised features sees) or "whitened" (the same along
+    # the teacher's principal axes per query, so directions of little variance count as much)
     spectral_consistency_loss: str = "cosine"
     align_dim: int = 64
     norm_pix_eps: float = 1e-6

@@ -66,7 +66,9 @@ def consistency_distance(
 ) -> Tensor:  # [B, N, S]
     """Per (position, query) distance of the spectral-consistency term.
 
-    ``cosine``: 1 - cosine similarity. ``standardized``: mean over the d dimensions of the squared
+    ``whitened``: as ``standardized`` along the teacher's principal axes (per query, over the weighted
+    positions; variances floored at 1 % of their mean), so low-variance directions count as much as
+    the dominant ones. ``cosine``: 1 - cosine similarity. ``standardized``: mean over the d dimensions of the squared
     difference in units of the teacher's standard deviation over the weighted positions of the
     batch (per query and dimension, floored at 1e-3): the scale a linear probe on standardised
     features sees, and invariant to a per-dimension affine change of the token space. A token is
@@ -75,10 +77,18 @@ def consistency_distance(
     s, t = student.float(), teacher.float()
     if kind == "cosine":
         return 1.0 - F.cosine_similarity(s, t, dim=-1)
-    if kind != "standardized":
-        raise ValueError(f"consistency distance must be 'cosine' or 'standardized', got {kind!r}")
+    if kind not in ("standardized", "whitened"):
+        raise ValueError(f"consistency distance must be one of cosine, standardized, whitened, got {kind!r}")
     w = weight.to(t.dtype)[..., None, None]  # [B, N, 1, 1]
     n = w.sum().clamp(min=1.0)
     mu = (t * w).sum(dim=(0, 1)) / n  # [S, d]
+    if kind == "whitened":
+        xc = (t - mu) * w  # [B, N, S, d]
+        cov = torch.einsum("bnsi,bnsj->sij", xc, xc) / n  # [S, d, d]
+        lam, vec = torch.linalg.eigh(cov)  # [S, d], [S, d, d]
+        lam = torch.maximum(lam, 1e-2 * lam.mean(dim=-1, keepdim=True)).clamp(min=1e-8)
+        white = vec / lam.sqrt()[:, None, :]  # [S, d, d]: columns = principal axes / their std
+        diff = torch.einsum("bnsi,sij->bnsj", s - t, white)  # [B, N, S, d]
+        return (diff**2).mean(dim=-1)
     sd = ((((t - mu) ** 2) * w).sum(dim=(0, 1)) / n).sqrt().clamp(min=1e-3)  # [S, d]
     return (((s - t) / sd) ** 2).mean(dim=-1)

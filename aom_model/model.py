@@ -188,8 +188,8 @@ class AOM(nn.Module):
         pooled_native: Tensor | None = None,
         pooled_coarse: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Masked reconstruction (per-patch-normalised MSE on masked present tokens) + the masked
-        tokens' (mean, std) MSE + InfoNCE."""
+        """Masked reconstruction (per-patch-normalised MSE on masked present tokens) + the (mean, std)
+        MSE of the masked tokens (``stats_tokens="present"``: of every present token) + InfoNCE."""
         cfg = self.config
         total = rec.stats.new_zeros(())
         stats_total = rec.stats.new_zeros(())
@@ -283,10 +283,10 @@ class AOM(nn.Module):
         return out
 
     def spectral_consistency(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
-        """Distance (``config.spectral_consistency_loss``, ``losses.consistency_distance``: 1 - cosine
-        or standardized squared difference) between the spectral-query tokens of a random subset of
-        each sample's bands and those of all its bands (teacher: the same weights, no gradient), mean over the
-        positions the subset has a band at and the queries. The subset keeps a share drawn
+        """Distance (``config.spectral_consistency_loss``, ``losses.consistency_distance``: 1 - cosine,
+        standardized or whitened squared difference) between the spectral-query tokens of a random
+        subset of each sample's bands and those of all its bands (teacher: the same weights, no
+        gradient), mean over the positions the subset has a band at and the queries. The subset keeps a share drawn
         uniformly in ``config.spectral_consistency_keep`` of the sample's bands (at least one)."""
         present = tokens.present  # [B, N, C]
         b, _, c = present.shape

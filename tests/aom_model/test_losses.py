@@ -39,9 +39,26 @@ def test_standardized_distance_ignores_per_dimension_affine_changes_and_cosine_d
     assert not torch.allclose(consistency_distance(s * scale + shift, t * scale + shift, w, "cosine"), cos)
 
 
+def test_whitened_distance_matches_a_numpy_oracle_and_ignores_rotations() -> None:
+    s, t, w = _pair(3)
+    got = consistency_distance(s, t, w, "whitened").numpy()  # [B, N, S]
+    tn, sn, wn = t.numpy().astype(np.float64), s.numpy().astype(np.float64), w.numpy()
+    want = np.empty(got.shape)
+    for q in range(tn.shape[2]):
+        sel = tn[wn][:, q]  # [M, d]
+        lam, vec = np.linalg.eigh(np.cov(sel, rowvar=False, bias=True))
+        lam = np.maximum(np.maximum(lam, 1e-2 * lam.mean()), 1e-8)
+        diff = (sn[:, :, q] - tn[:, :, q]) @ (vec / np.sqrt(lam))
+        want[:, :, q] = (diff**2).mean(axis=-1)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+    rot, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(4)))
+    turned = consistency_distance(s @ rot, t @ rot, w, "whitened")
+    torch.testing.assert_close(turned, torch.from_numpy(got), rtol=1e-3, atol=1e-5)
+
+
 def test_distances_are_zero_for_equal_tokens_and_cosine_is_one_minus_cosine() -> None:
     s, t, w = _pair(2)
-    for kind in ("cosine", "standardized"):
+    for kind in ("cosine", "standardized", "whitened"):
         assert float(consistency_distance(t, t, w, kind).abs().max()) < 1e-5
     torch.testing.assert_close(
         consistency_distance(s, t, w, "cosine"), 1.0 - torch.nn.functional.cosine_similarity(s, t, dim=-1)
@@ -52,5 +69,5 @@ def test_unknown_distance_is_refused_by_the_function_and_the_config() -> None:
     s, t, w = _pair()
     with pytest.raises(ValueError, match="cosine"):
         consistency_distance(s, t, w, "l1")
-    with pytest.raises(ValueError, match="cosine, standardized"):
+    with pytest.raises(ValueError, match="cosine, standardized, whitened"):
         AOMConfig.named("tiny", spectral_consistency_loss="l1")
