@@ -17,12 +17,13 @@ random-init twin (``random_like``: same config and normalisation, other weights)
   (``AOM.encode_with_queries``), so its layout does not depend on the input's bands;
 * ``band-tokens`` [C_ref * D]: per band the mean of its band tokens over positions, laid out on the
   all-band reference set as ``raw_features`` lays out raw statistics (``layout_on_reference``);
-* ``raw`` [2 C_ref]: the protocol's raw-band baseline (per band mean and std of reflectance);
-  ``raw mean`` [C_ref]: its means only (the first moments, what a mean of token vectors can carry);
-  ``raw imputed`` (half bands, transfer only): the missing bands' raw statistics predicted from the
-  present ones by a ridge regression fitted on the training fold's all-band raw statistics (no
-  labels), then the all-band probe: how much a band-agnostic feature *could* keep when it infers
-  the missing bands as well as a linear regression on this scene does;
+* ``raw`` ``mean,std`` [2 C_ref]: the protocol's raw-band baseline (per band mean and std of
+  reflectance); ``raw`` ``mean`` [C_ref]: its means only (the first moments, what a mean of token
+  vectors can carry); ``half_imputed`` of the ``mean,std`` row (half bands, transfer only): the
+  missing bands' raw statistics predicted from the present ones by a ridge regression fitted on
+  the training fold's all-band raw statistics (no labels), then the all-band probe: how much a
+  band-agnostic feature *could* keep when it infers the missing bands as well as a linear
+  regression on this scene does;
 * ``spectral pca<k>`` [k] (with ``--pca-from DATASET``): the spectral feature projected on its first
   k principal axes, fitted on another dataset's all-band spectral features (no labels; e.g. the
   area the checkpoint trained on): which share of the spectral feature's variance the probes use.
