@@ -79,16 +79,23 @@ def encoder_variants(enc: Encoder, ps: PatchSet, ref: Sequence[Any], batch: int)
     }
 
 
-def probe(splits: Splits, y: np.ndarray, x_tr: np.ndarray, x_te: np.ndarray, c: float, ml: bool) -> float:
-    """Mean score over the splits of a linear probe fitted on x_tr[train] and tested on x_te[test]."""
+def mean_score(
+    splits: Splits, y: np.ndarray, ml: bool, predict: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> float:
+    """Mean score over the splits of ``predict(train_idx, test_idx)`` -> predictions for test_idx."""
     out = []
     for folds, _ in splits:
         preds, trues = [], []
         for tr, te in folds:
-            preds.append(fit_predict("linear", x_tr[tr], y[tr], x_te[te], ml, c=c))
+            preds.append(predict(tr, te))
             trues.append(y[te])
         out.append(score(np.concatenate(trues), np.concatenate(preds), ml)["score"])
     return float(np.mean(out))
+
+
+def probe(splits: Splits, y: np.ndarray, x_tr: np.ndarray, x_te: np.ndarray, c: float, ml: bool) -> float:
+    """Mean score over the splits of a linear probe fitted on x_tr[train] and tested on x_te[test]."""
+    return mean_score(splits, y, ml, lambda tr, te: fit_predict("linear", x_tr[tr], y[tr], x_te[te], ml, c=c))
 
 
 def pca_basis(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +104,11 @@ def pca_basis(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     mu = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
     return mu, vt[:k].T
+
+
+def raw_variants(x: np.ndarray) -> dict[str, np.ndarray]:
+    """``raw_features`` [N, 2C] ((mean, std) per band) and its means only [N, C]."""
+    return {"mean,std": x, "mean": x[:, 0::2]}
 
 
 def probe_imputed(
@@ -108,18 +120,15 @@ def probe_imputed(
     from sklearn.linear_model import Ridge
 
     miss = np.setdiff1d(np.arange(x.shape[1]), keep)
-    out = []
-    for folds, _ in splits:
-        preds, trues = [], []
-        for tr, te in folds:
-            ok = np.isfinite(x[tr]).all(axis=1)
-            reg = Ridge(alpha=1.0).fit(x[tr][ok][:, keep], x[tr][ok][:, miss])
-            x_te = x[te].copy()
-            x_te[:, miss] = reg.predict(np.nan_to_num(x_te[:, keep]))
-            preds.append(fit_predict("linear", x[tr], y[tr], x_te, ml, c=c))
-            trues.append(y[te])
-        out.append(score(np.concatenate(trues), np.concatenate(preds), ml)["score"])
-    return float(np.mean(out))
+
+    def predict(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        ok = np.isfinite(x[tr]).all(axis=1)
+        reg = Ridge(alpha=1.0).fit(x[tr][ok][:, keep], x[tr][ok][:, miss])
+        x_te = x[te].copy()
+        x_te[:, miss] = reg.predict(np.nan_to_num(x_te[:, keep]))
+        return fit_predict("linear", x[tr], y[tr], x_te, ml, c=c)
+
+    return mean_score(splits, y, ml, predict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -189,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extract: dict[str, Callable[[PatchSet], dict[str, np.ndarray]]] = {
         "checkpoint": lambda p: variants("checkpoint", enc, p),
         "random-init": lambda p: variants("random-init", rnd, p),
-        "raw": lambda p: {"mean,std": raw_features(p, ref), "mean": raw_features(p, ref)[:, 0::2]},
+        "raw": lambda p: raw_variants(raw_features(p, ref)),
     }
     print(f"{ps.name}: {len(ps)} patches, {len(ps.class_names)} classes, {len(ref)} bands; {splits[0][1]}")
     full = {(m, v): x for m, fn in extract.items() for v, x in fn(ps).items()}
