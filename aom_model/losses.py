@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aom_model.config import SPECTRAL_CONSISTENCY_LOSSES
+
 
 def normalized_patch_mse(
     pred: Tensor,  # [..., P] prediction in per-patch-normalised pixel space
@@ -64,21 +66,24 @@ def consistency_distance(
     weight: Tensor,  # [B, N] positions that count
     kind: str = "cosine",
 ) -> Tensor:  # [B, N, S]
-    """Per (position, query) distance of the spectral-consistency term.
+    """Per (position, query) distance of the spectral-consistency term (``SPECTRAL_CONSISTENCY_LOSSES``).
 
-    ``whitened``: as ``standardized`` along the teacher's principal axes (per query, over the weighted
-    positions; variances floored at 1 % of their mean), so low-variance directions count as much as
-    the dominant ones. ``cosine``: 1 - cosine similarity. ``standardized``: mean over the d dimensions of the squared
+    ``cosine``: 1 - cosine similarity. ``standardized``: mean over the d dimensions of the squared
     difference in units of the teacher's standard deviation over the weighted positions of the
     batch (per query and dimension, floored at 1e-3): the scale a linear probe on standardised
     features sees, and invariant to a per-dimension affine change of the token space. A token is
     mostly a component every position shares (it is layer-normalised), so a small cosine distance
-    can still be a large error along the directions that tell positions apart."""
+    can still be a large error along the directions that tell positions apart. ``whitened``: as
+    ``standardized`` along the teacher's principal axes (per query, over the weighted positions;
+    variances floored at 1 % of their mean), so low-variance directions count as much as the
+    dominant ones."""
     s, t = student.float(), teacher.float()
     if kind == "cosine":
         return 1.0 - F.cosine_similarity(s, t, dim=-1)
-    if kind not in ("standardized", "whitened"):
-        raise ValueError(f"consistency distance must be one of cosine, standardized, whitened, got {kind!r}")
+    if kind not in SPECTRAL_CONSISTENCY_LOSSES:
+        raise ValueError(
+            f"consistency distance must be one of {', '.join(SPECTRAL_CONSISTENCY_LOSSES)}, got {kind!r}"
+        )
     w = weight.to(t.dtype)[..., None, None]  # [B, N, 1, 1]
     n = w.sum().clamp(min=1.0)
     mu = (t * w).sum(dim=(0, 1)) / n  # [S, d]

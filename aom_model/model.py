@@ -286,8 +286,9 @@ class AOM(nn.Module):
         """Distance (``config.spectral_consistency_loss``, ``losses.consistency_distance``: 1 - cosine,
         standardized or whitened squared difference) between the spectral-query tokens of a random
         subset of each sample's bands and those of all its bands (teacher: the same weights, no
-        gradient), mean over the positions the subset has a band at and the queries. The subset keeps a share drawn
-        uniformly in ``config.spectral_consistency_keep`` of the sample's bands (at least one)."""
+        gradient), mean over the positions the subset has a band at and the queries. The subset
+        keeps a share drawn uniformly in ``config.spectral_consistency_keep`` of the sample's bands
+        (at least one)."""
         present = tokens.present  # [B, N, C]
         b, _, c = present.shape
         dev = present.device
@@ -303,10 +304,11 @@ class AOM(nn.Module):
         with torch.no_grad():
             _, teacher = self.encode_with_queries(tokens, q[:, 0], q[:, 1])  # [B, N, S, d]
         _, student = self.encode_with_queries(tokens, q[:, 0], q[:, 1], keys)  # [B, N, S, d]
-        w = keys.any(dim=-1).to(student.dtype)[..., None]  # [B, N, 1]
+        seen = keys.any(dim=-1)  # [B, N] positions the subset has a band at
         dist = consistency_distance(
-            student, teacher, w[..., 0], self.config.spectral_consistency_loss
+            student, teacher, seen, self.config.spectral_consistency_loss
         )  # [B, N, S]
+        w = seen.to(student.dtype)[..., None]  # [B, N, 1]
         return (dist * w).sum() / (w.sum() * dist.shape[-1]).clamp(min=1.0)
 
 
