@@ -137,8 +137,9 @@ def eval_command(
         "1,2,3",
         "--product-shifts",
         help="Product metrics on the aom embed-raster output of the scene (chip-position variance share, "
-        "shift consistency at these shifts in tokens, seam contrast); '' skips them. Scenes only "
-        "(t29unu, synthetic, GeoTIFF with a label raster).",
+        "shift consistency at these shifts in tokens, seam contrast), for the embedding of each of --features "
+        "(pooled: position, spectral: spectral); '' skips them. Scenes only (t29unu, synthetic, GeoTIFF with "
+        "a label raster).",
     ),
 ) -> None:
     """Linear-probe and kNN robustness: band-missing, cross-sensor and cross-resolution, against a
@@ -212,11 +213,16 @@ def eval_command(
     result = run_evaluation(patches, cfg, progress=lambda m: typer.echo(m, err=True))
     shifts = _ints(product_shifts, "--product-shifts")
     if shifts:
-        from pipelines.evaluation.product import load_scene, run_product_metrics
+        from pipelines.evaluation.product import load_scene, product_embeddings, run_product_metrics
 
         scene = load_scene(spec)
+        embeddings = product_embeddings(cfg.features)
         if scene is None:
             typer.echo("product metrics: skipped (the dataset is separate patches, not a scene)", err=True)
+        elif not embeddings:
+            typer.echo(
+                "product metrics: skipped (no --features of the product: pooled or spectral)", err=True
+            )
         else:
             result.product = run_product_metrics(
                 scene,
@@ -227,6 +233,7 @@ def eval_command(
                 seed=seed,
                 registry_files=tuple(registry),
                 progress=lambda m: typer.echo(m, err=True),
+                embeddings=embeddings,
             )
     paths = write_report(result, out)
     goals = result.goals
@@ -243,7 +250,7 @@ def eval_command(
     for p in result.product:
         sc = ", ".join(f"{k}: {v:.3f}" for k, v in p["shift_consistency"].items())
         typer.echo(
-            f"product ({p['kind']}, {p['token_m']:g} m tokens): chip-position share {p['chip_position_share']:.3f}; "
+            f"product ({p['embedding']}, {p['kind']}, {p['token_m']:g} m tokens): chip-position share {p['chip_position_share']:.3f}; "
             f"shift consistency {sc} (unrelated {p['unrelated_cosine']:.3f}); seam contrast "
             f"{p['seams']['contrast']:.4f}"
         )

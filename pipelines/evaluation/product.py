@@ -16,7 +16,9 @@ A scene (its bands at the finest GSD) is written as a float32 reflectance GeoTIF
   across a core seam (every ``core_tokens``). 0 = no visible chip seams. The same function applies to
   an ``aom embed`` tile mosaic with the tile period (tile seams).
 
-Only valid (finite) tokens count. The functions are pure numpy on ``[H, W, D]`` arrays.
+Each runs on one ``--embedding`` of the output (``position``, the default product, or ``spectral``;
+:data:`PRODUCT_EMBEDDING` maps ``aom eval``'s feature kinds to them). Only valid (finite) tokens
+count. The functions are pure numpy on ``[H, W, D]`` arrays.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ from pipelines.registry import BandSpec
 
 GOALS = {"chip_position_share_max": 0.15, "shift_consistency_min": 0.97, "seam_contrast_max": 0.01}
 """Issue 14's goals for the product metrics."""
+
+PRODUCT_EMBEDDING = {"pooled": "position", "spectral": "spectral"}
+"""``aom eval`` feature kind -> the ``aom embed-raster --embedding`` whose output it describes (the
+``band-tokens`` diagnostic is not a product)."""
+
+
+def product_embeddings(features: Sequence[str]) -> tuple[str, ...]:
+    """The product embeddings behind ``features`` (in their order, each once)."""
+    out: list[str] = []
+    for f in features:
+        e = PRODUCT_EMBEDDING.get(f)
+        if e is not None and e not in out:
+            out.append(e)
+    return tuple(out)
 
 
 def _unit(emb: np.ndarray) -> np.ndarray:
@@ -116,6 +132,10 @@ class ProductMetrics:
 
     checkpoint: str
     """Checkpoint (path / URL) or ``random:<config>``."""
+    embedding: str
+    """The ``embed-raster --embedding`` measured (``position`` or ``spectral``)."""
+    dim: int
+    """Values per token of that output."""
     token_m: float
     """Realised token size of the output (m)."""
     core_tokens: int
@@ -214,6 +234,7 @@ def product_metrics(
     checkpoint: str,
     token_m: float | None = None,
     shifts: Sequence[int] = (1, 2, 3),
+    embedding: str = "position",
     core_tokens: int = 24,
     margin_tokens: int = 3,
     blend_tokens: int | None = None,
@@ -223,7 +244,8 @@ def product_metrics(
     embed_kw: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ProductMetrics:
-    """Embed ``scene`` with ``aom embed-raster`` (and cropped by each shift) and measure it."""
+    """Embed ``scene`` with ``aom embed-raster --embedding EMBEDDING`` (and cropped by each shift) and
+    measure it."""
     from pipelines.embed import embed_raster
 
     say = progress or (lambda _m: None)
@@ -239,18 +261,21 @@ def product_metrics(
             "batch_size": batch_size,
             "progress": False,
             "registry_files": registry_files,
+            "embedding": embedding,
             **(embed_kw or {}),
         }
         if len(sensors) == 1 and "" not in sensors:
             kw.update(sensor=sensors.pop(), bands=[b.name for b in bands])
         else:
             kw.update(wavelengths=[b.center_wavelength_nm for b in bands], fwhm=[b.fwhm_nm for b in bands])
-        say(f"product metrics: embedding the scene ({checkpoint})")
+        say(f"product metrics: {embedding} embedding of the scene ({checkpoint})")
         res = embed_raster(str(raster), str(root / "emb.tif"), checkpoint, **kw)
         ref = _read_emb(root / "emb.tif")
         off = int(res.chip["offset_tokens"])
         out = ProductMetrics(
             checkpoint=checkpoint,
+            embedding=embedding,
+            dim=res.dim,
             token_m=res.token_m,
             core_tokens=core_tokens,
             chip=dict(res.chip),
@@ -263,7 +288,7 @@ def product_metrics(
             seams=seam_contrast(ref, core_tokens, off),
         )
         for s in shifts:
-            say(f"product metrics: shifted by {s} token(s)")
+            say(f"product metrics: {embedding}, shifted by {s} token(s)")
             crop = _crop(raster, root / f"shift{s}.tif", s * res.token_px)
             embed_raster(str(crop), str(root / f"emb{s}.tif"), checkpoint, **kw)
             out.shift_consistency[int(s)] = shift_consistency(ref, _read_emb(root / f"emb{s}.tif"), s)
@@ -319,9 +344,11 @@ def run_product_metrics(
     random_baseline: bool = True,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    embeddings: Sequence[str] = ("position",),
     **kw: Any,
 ) -> list[dict[str, Any]]:
-    """Product metrics of ``checkpoint`` (and of a random init of its config, for scale)."""
+    """Product metrics of ``checkpoint`` (and of a random init of its config, for scale), one row per
+    embedding in ``embeddings`` and model, embeddings outermost."""
     from pipelines.evaluation.features import RANDOM_PREFIX
 
     runs = [("checkpoint" if not checkpoint.startswith(RANDOM_PREFIX) else "random-init", checkpoint)]
@@ -329,9 +356,13 @@ def run_product_metrics(
         runs.append(("random-init", RANDOM_PREFIX))
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, spec in runs:
-            path = _checkpoint_file(spec, Path(tmp) / f"{kind}.safetensors", seed, like=checkpoint)
-            m = product_metrics(scene, path, token_m, shifts, progress=progress, **kw)
-            m.checkpoint = spec if spec != RANDOM_PREFIX else f"random-init like {checkpoint}"
-            out.append({"kind": kind, **m.to_dict()})
+        paths = {
+            kind: _checkpoint_file(spec, Path(tmp) / f"{kind}.safetensors", seed, like=checkpoint)
+            for kind, spec in runs
+        }
+        for embedding in embeddings:
+            for kind, spec in runs:
+                m = product_metrics(scene, paths[kind], token_m, shifts, embedding, progress=progress, **kw)
+                m.checkpoint = spec if spec != RANDOM_PREFIX else f"random-init like {checkpoint}"
+                out.append({"kind": kind, **m.to_dict()})
     return out

@@ -263,7 +263,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     if not product:
         return []
     shifts = sorted({int(k) for p in product for k in p["shift_consistency"]})
-    head = ["features", "token (m)", "chip-position share", *(f"shift {s}" for s in shifts)]
+    head = ["embedding", "model", "token (m)", "chip-position share", *(f"shift {s}" for s in shifts)]
     head += ["unrelated", "seam: inside", "across", "contrast"]
     lines = [
         "## Product metrics (`aom embed-raster` output)",
@@ -278,7 +278,12 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for p in product:
         sc = p["shift_consistency"]
-        cells = [p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
+        cells = [
+            p.get("embedding", "position"),
+            p["kind"],
+            f"{p['token_m']:g}",
+            f"{p['chip_position_share']:.3f}",
+        ]
         cells += [f"{sc.get(str(s), float('nan')):.3f}" for s in shifts]
         seams = p["seams"]
         cells += [f"{p['unrelated_cosine']:.3f}", f"{seams['inside']:.3f}", f"{seams['across']:.3f}"]

@@ -308,10 +308,20 @@ def test_geotiff_label_raster_mismatch_and_cli(tmp_path: Path) -> None:
             "knn",
             "--max-per-class",
             "30",
+            "--features",
+            "pooled,spectral",
+            "--product-shifts",
+            "1",
         ],
     )
     assert res.exit_code == 0, res.output
     assert (out / "report.md").is_file() and (out / "summary.json").is_file()
+    product = json.loads((out / "summary.json").read_text())["product"]
+    assert [(p["embedding"], p["kind"]) for p in product] == [
+        ("position", "random-init"),
+        ("spectral", "random-init"),
+    ]
+    assert "product (spectral, random-init" in res.output
     res = runner.invoke(
         app, [*base, "--labels", str(shifted), "--checkpoint", "random:tiny", "--out", str(out)]
     )

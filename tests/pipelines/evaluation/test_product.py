@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from aom_model.config import SPECTRAL_QUERIES
 from pipelines.evaluation.datasets import synthetic_scene
 from pipelines.evaluation.product import (
     chip_position_share,
+    product_embeddings,
     run_product_metrics,
     seam_contrast,
     shift_consistency,
@@ -77,8 +79,40 @@ def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     assert -1.0 <= m["unrelated_cosine"] <= 1.0 and np.isfinite(m["seams"]["contrast"])
     assert set(m["goals"]) == {"chip_position_share", "shift_consistency", "seam_contrast"}
     text = "\n".join(_product_lines(rows))
-    assert "## Product metrics" in text and "| random-init | 160 |" in text
+    assert "## Product metrics" in text and "| position | random-init | 160 |" in text
     assert "Chips: 4-token cores + 1-token margins, seams blended over 1 tokens each side" in text
+
+
+def test_product_embeddings_follow_the_eval_features() -> None:
+    assert product_embeddings(("pooled", "spectral")) == ("position", "spectral")
+    assert product_embeddings(("spectral", "band-tokens", "pooled", "spectral")) == ("spectral", "position")
+    assert product_embeddings(("band-tokens",)) == ()
+
+
+def test_product_metrics_of_the_spectral_embedding() -> None:
+    """Both product embeddings of one checkpoint on the synthetic scene: one row each, measured on
+    the output embed-raster writes for that embedding (64 position values, 64 per spectral query)."""
+    scene = synthetic_scene(size_px=96, n_classes=3, seed=1)
+    rows = run_product_metrics(
+        scene,
+        "random:tiny",
+        token_m=160.0,
+        shifts=(1,),
+        core_tokens=4,
+        margin_tokens=1,
+        embeddings=("position", "spectral"),
+    )
+    assert [(r["embedding"], r["kind"]) for r in rows] == [
+        ("position", "random-init"),
+        ("spectral", "random-init"),
+    ]
+    position, spectral = rows
+    assert position["dim"] == 64 and spectral["dim"] == 64 * len(SPECTRAL_QUERIES)
+    assert position["grid_hw"] == spectral["grid_hw"] and position["valid_tokens"] == spectral["valid_tokens"]
+    assert spectral["chip_position_share"] != position["chip_position_share"]
+    assert 0.0 <= spectral["chip_position_share"] <= 1.0 and -1.0 <= spectral["shift_consistency"]["1"] <= 1.0
+    text = "\n".join(_product_lines(rows))
+    assert "| position | random-init | 160 |" in text and "| spectral | random-init | 160 |" in text
 
 
 def test_seam_blending_lowers_the_seam_contrast_end_to_end() -> None:
