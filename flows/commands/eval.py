@@ -254,6 +254,12 @@ def eval_command(
             f"shift consistency {sc} (unrelated {p['unrelated_cosine']:.3f}); seam contrast "
             f"{p['seams']['contrast']:.4f}"
         )
+        c = p["centred"]
+        sc = ", ".join(f"{k}: {v:.3f}" for k, v in c["shift_consistency"].items())
+        typer.echo(
+            f"  centred on the mean token: shift consistency {sc} (unrelated {c['unrelated_cosine']:.3f}); "
+            f"seam contrast {c['seams']['contrast']:.4f}"
+        )
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}))
 
 

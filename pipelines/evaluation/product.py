@@ -16,6 +16,10 @@ A scene (its bands at the finest GSD) is written as a float32 reflectance GeoTIF
   across a core seam (every ``core_tokens``). 0 = no visible chip seams. The same function applies to
   an ``aom embed`` tile mosaic with the tile period (tile seams).
 
+The three cosines are also reported on tokens centred on the output's mean token (:func:`centre`):
+an embedding whose tokens share one large component (the spectral embedding: unrelated tokens at
+cosine 0.99) has raw cosines near 1 whatever it encodes.
+
 Each runs on one ``--embedding`` of the output (``position``, the default product, or ``spectral``;
 :data:`PRODUCT_EMBEDDING` maps ``aom eval``'s feature kinds to them). Only valid (finite) tokens
 count. The functions are pure numpy on ``[H, W, D]`` arrays.
@@ -56,6 +60,23 @@ def product_embeddings(features: Sequence[str]) -> tuple[str, ...]:
 def _unit(emb: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(emb, axis=-1, keepdims=True)
     return emb / np.where(n > 0, n, 1.0)
+
+
+def centre(emb: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+    """``emb [..., D]`` minus ``mean`` (default: the mean of its valid tokens): the cosines of
+    :func:`shift_consistency`, :func:`unrelated_cosine` and :func:`seam_contrast` on centred tokens
+    measure the part that differs between tokens, which raw cosines cannot see when every token
+    shares one large component (unrelated tokens then have a cosine near 1)."""
+    if mean is None:
+        mean = token_mean(emb)
+    return (emb.astype(np.float64) - mean).astype(np.float32)
+
+
+def token_mean(emb: np.ndarray) -> np.ndarray:
+    """Mean over the valid (finite) tokens of ``emb [..., D]`` -> ``[D]``."""
+    x = emb.reshape(-1, emb.shape[-1]).astype(np.float64)
+    x = x[np.isfinite(x).all(axis=1)]
+    return x.mean(axis=0) if len(x) else np.zeros(emb.shape[-1])
 
 
 def chip_position_share(emb: np.ndarray, core_tokens: int, offset: int = 0) -> float:
@@ -158,6 +179,9 @@ class ProductMetrics:
     """Of those, the chips run (the others write no valid pixel): the cost, compare layouts by it."""
     chip: dict[str, Any] = field(default_factory=dict)
     """The chip layout the output was written with (``ChipLayout.to_dict``: margin, blending, offset, overhead)."""
+    centred: dict[str, Any] = field(default_factory=dict)
+    """``shift_consistency``, ``unrelated_cosine`` and ``seams`` again on tokens centred on the mean
+    token of the unshifted output (:func:`centre`); the goals use the raw cosines above."""
 
     def goals(self) -> dict[str, bool]:
         sc = [v for v in self.shift_consistency.values() if math.isfinite(v)]
@@ -272,6 +296,8 @@ def product_metrics(
         res = embed_raster(str(raster), str(root / "emb.tif"), checkpoint, **kw)
         ref = _read_emb(root / "emb.tif")
         off = int(res.chip["offset_tokens"])
+        mean = token_mean(ref)
+        ref_c = centre(ref, mean)
         out = ProductMetrics(
             checkpoint=checkpoint,
             embedding=embedding,
@@ -286,12 +312,19 @@ def product_metrics(
             chip_position_share=chip_position_share(ref, core_tokens, off),
             unrelated_cosine=unrelated_cosine(ref),
             seams=seam_contrast(ref, core_tokens, off),
+            centred={
+                "shift_consistency": {},
+                "unrelated_cosine": unrelated_cosine(ref_c),
+                "seams": seam_contrast(ref_c, core_tokens, off),
+            },
         )
         for s in shifts:
             say(f"product metrics: {embedding}, shifted by {s} token(s)")
             crop = _crop(raster, root / f"shift{s}.tif", s * res.token_px)
             embed_raster(str(crop), str(root / f"emb{s}.tif"), checkpoint, **kw)
-            out.shift_consistency[int(s)] = shift_consistency(ref, _read_emb(root / f"emb{s}.tif"), s)
+            shifted = _read_emb(root / f"emb{s}.tif")
+            out.shift_consistency[int(s)] = shift_consistency(ref, shifted, s)
+            out.centred["shift_consistency"][str(s)] = shift_consistency(ref_c, centre(shifted, mean), s)
     return out
 
 

@@ -279,7 +279,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     for p in product:
         sc = p["shift_consistency"]
         cells = [
-            p.get("embedding", "position"),
+            p["embedding"],
             p["kind"],
             f"{p['token_m']:g}",
             f"{p['chip_position_share']:.3f}",
@@ -289,6 +289,27 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
         cells += [f"{p['unrelated_cosine']:.3f}", f"{seams['inside']:.3f}", f"{seams['across']:.3f}"]
         cells += [f"{seams['contrast']:.4f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    centred = [p for p in product if p.get("centred")]
+    if centred:
+        lines += [
+            "",
+            "The same cosines on tokens centred on the output's mean token (raw cosines are near 1 for every "
+            "pair when all tokens share one large component):",
+            "",
+            "| " + " | ".join(h for h in head if h not in ("token (m)", "chip-position share")) + " |",
+            "|" + "---|" * (len(head) - 2),
+        ]
+        for p in centred:
+            c = p["centred"]
+            cells = [p["embedding"], p["kind"]]
+            cells += [f"{c['shift_consistency'].get(str(s), float('nan')):.3f}" for s in shifts]
+            cells += [
+                f"{c['unrelated_cosine']:.3f}",
+                f"{c['seams']['inside']:.3f}",
+                f"{c['seams']['across']:.3f}",
+            ]
+            cells += [f"{c['seams']['contrast']:.4f}"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
 

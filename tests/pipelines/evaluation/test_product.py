@@ -8,6 +8,7 @@ import numpy as np
 from aom_model.config import SPECTRAL_QUERIES
 from pipelines.evaluation.datasets import synthetic_scene
 from pipelines.evaluation.product import (
+    centre,
     chip_position_share,
     product_embeddings,
     run_product_metrics,
@@ -49,6 +50,24 @@ def test_shift_consistency_and_unrelated_tokens() -> None:
     noise = np.random.default_rng(3).normal(size=(27, 27, 8))
     assert shift_consistency(ref, ref[3:, 3:] + 10 * noise, 3) < 0.5
     assert abs(unrelated_cosine(np.random.default_rng(4).normal(size=(30, 30, 64)))) < 0.05
+
+
+def test_centred_cosines_see_past_a_shared_component() -> None:
+    """Tokens that share one large vector: raw cosines are near 1 for any pair (a noisy crop looks
+    consistent, unrelated tokens look alike); centred on the mean token the same crop is 1 exactly,
+    the noisy one is not, and unrelated tokens are near 0."""
+    field = _ground(30, 30, d=16) + np.random.default_rng(6).normal(size=(30, 30, 16))
+    shared = field + 200.0 * np.random.default_rng(7).normal(size=16)
+    noisy = shared[3:, 3:] + np.random.default_rng(8).normal(size=(27, 27, 16))
+    assert unrelated_cosine(shared) > 0.99 and shift_consistency(shared, noisy, 3) > 0.99
+    mean = np.nanmean(shared.reshape(-1, 16), axis=0)
+    c = centre(shared)
+    assert np.allclose(c, shared - mean, atol=1e-3) and abs(unrelated_cosine(c)) < 0.05
+    assert abs(shift_consistency(c, centre(shared[3:, 3:], mean), 3) - 1.0) < 1e-6
+    assert shift_consistency(c, centre(noisy, mean), 3) < 0.9
+    shared[0, 0] = np.nan  # invalid tokens stay invalid and do not enter the mean
+    c = centre(shared)
+    assert np.isnan(c[0, 0]).all() and np.isfinite(c[1:]).all()
 
 
 def test_seam_contrast_sees_chip_seams_only() -> None:
@@ -113,6 +132,12 @@ def test_product_metrics_of_the_spectral_embedding() -> None:
     assert 0.0 <= spectral["chip_position_share"] <= 1.0 and -1.0 <= spectral["shift_consistency"]["1"] <= 1.0
     text = "\n".join(_product_lines(rows))
     assert "| position | random-init | 160 |" in text and "| spectral | random-init | 160 |" in text
+    for r in rows:  # the centred cosines of the same outputs
+        c = r["centred"]
+        assert set(c["shift_consistency"]) == {"1"} and -1.0 <= c["shift_consistency"]["1"] <= 1.0
+        assert abs(c["unrelated_cosine"]) < 0.1
+        assert set(c["seams"]) == {"inside", "across", "contrast"}
+    assert "The same cosines on tokens centred" in text and "| spectral | random-init | " in text
 
 
 def test_seam_blending_lowers_the_seam_contrast_end_to_end() -> None:
