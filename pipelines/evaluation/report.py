@@ -258,6 +258,15 @@ def _chip_text(chip: dict[str, Any]) -> str:
     return f"{chip['core_tokens']}-token cores + {chip['margin_tokens']}-token margins, {blend}"
 
 
+def _cosine_cells(m: dict[str, Any], shifts: Sequence[int]) -> list[str]:
+    """Table cells of a product run's cosines (raw, or its ``centred`` block): shift consistency per
+    shift, unrelated tokens, seam inside / across / contrast."""
+    seams = m["seams"]
+    cells = [f"{m['shift_consistency'].get(str(s), float('nan')):.3f}" for s in shifts]
+    cells += [f"{m['unrelated_cosine']:.3f}", f"{seams['inside']:.3f}", f"{seams['across']:.3f}"]
+    return [*cells, f"{seams['contrast']:.4f}"]
+
+
 def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     """The product metrics section (``pipelines.evaluation.product``), empty without them."""
     if not product:
@@ -277,18 +286,8 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
         "|" + "---|" * len(head),
     ]
     for p in product:
-        sc = p["shift_consistency"]
-        cells = [
-            p["embedding"],
-            p["kind"],
-            f"{p['token_m']:g}",
-            f"{p['chip_position_share']:.3f}",
-        ]
-        cells += [f"{sc.get(str(s), float('nan')):.3f}" for s in shifts]
-        seams = p["seams"]
-        cells += [f"{p['unrelated_cosine']:.3f}", f"{seams['inside']:.3f}", f"{seams['across']:.3f}"]
-        cells += [f"{seams['contrast']:.4f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [p["embedding"], p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
+        lines.append("| " + " | ".join(cells + _cosine_cells(p, shifts)) + " |")
     centred = [p for p in product if p.get("centred")]
     if centred:
         lines += [
@@ -300,15 +299,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
             "|" + "---|" * (len(head) - 2),
         ]
         for p in centred:
-            c = p["centred"]
-            cells = [p["embedding"], p["kind"]]
-            cells += [f"{c['shift_consistency'].get(str(s), float('nan')):.3f}" for s in shifts]
-            cells += [
-                f"{c['unrelated_cosine']:.3f}",
-                f"{c['seams']['inside']:.3f}",
-                f"{c['seams']['across']:.3f}",
-            ]
-            cells += [f"{c['seams']['contrast']:.4f}"]
+            cells = [p["embedding"], p["kind"], *_cosine_cells(p["centred"], shifts)]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
