@@ -52,6 +52,7 @@ from pipelines.embed.layout import (  # noqa: F401  (re-exported: the layout's h
     blend_offset,
     choose_layout,
 )
+from pipelines.embeddings.format import Quantisation
 from pipelines.registry import BandSpec
 
 EPS = 1e-6
@@ -337,6 +338,14 @@ def check_embedding_kind(embedding: str) -> None:
         raise EmbedConfigError(
             f"embedding (--embedding) must be one of {', '.join(EMBEDDINGS)}; got {embedding!r}"
         )
+
+
+STORE_QUANTISATION: dict[str, Quantisation] = {"position": "int8-sqrt", "spectral": "float16"}
+"""How ``aom embed`` stores each embedding kind (``EmbeddingsVersion.quantisation``). The spectral
+embedding's tokens share one large component (two unrelated tokens have cosine 0.99), so int8-sqrt
+codes of its unit vectors keep that part and lose much of what differs between tokens: on T29UNU
+north a token and its int8 round trip have cosine 0.90 once both are centred on the mean token
+(position embedding: 0.9997); float16 keeps 1.000, at twice the bytes (docs/embedding.md)."""
 
 
 def embedding_record(model: Any, embedding: str) -> dict[str, Any]:

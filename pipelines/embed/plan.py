@@ -16,6 +16,7 @@ from pipelines import embeddings as es
 from pipelines import storage
 from pipelines.embed.checkpoint import LoadedCheckpoint, load_checkpoint_url
 from pipelines.embed.chips import (
+    STORE_QUANTISATION,
     ChipLayout,
     EmbedConfigError,
     Normaliser,
@@ -290,6 +291,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         token_ground_m=token_m,
         tile_size_m=grid.tile_size_m,
         times=tuple(p.label for p in periods),
+        quantisation=STORE_QUANTISATION[request.embedding],
         config={
             "aom_config": cfg.to_dict(),
             "chip": layout.to_dict(),

@@ -285,6 +285,8 @@ class EmbedSummary:
     tile_size_m: float = DEFAULT_TILE_SIZE_M
     stac_collection: str | None = None
     notes: list[str] = field(default_factory=list)
+    quantisation: str = "int8-sqrt"
+    """How the version stores values (``EmbeddingsVersion.quantisation``)."""
 
     def _count(self, status: TileStatus) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -364,8 +366,9 @@ class EmbedSummary:
             "model_s": round(model_s, 3),
             "read_s": round(sum(r.read_s for r in self.results), 3),
             "write_s": round(sum(r.write_s for r in self.results), 3),
+            "quantisation": self.quantisation,
             "max_abs_quant_error": max(qerr) if qerr else None,
-            "quant_error_bound": es.QUANT_MAX_ABS_ERROR,
+            "quant_error_bound": es.QUANT_MAX_ABS_ERROR if self.quantisation == "int8-sqrt" else None,
             "stac_collection": storage.redact_url(self.stac_collection) if self.stac_collection else None,
             "notes": self.notes,
         }
@@ -381,8 +384,9 @@ class EmbedSummary:
             f"{d['km2_per_hour']:.0f} km²/h",
         ]
         if d["max_abs_quant_error"] is not None:
+            bound = f" (bound {d['quant_error_bound']:.5f})" if d["quant_error_bound"] is not None else ""
             lines.append(
-                f"  int8 quantisation: max |error| {d['max_abs_quant_error']:.5f} (bound {es.QUANT_MAX_ABS_ERROR:.5f})"
+                f"  {d['quantisation']} values: max |error| {d['max_abs_quant_error']:.5f} against the unit vectors{bound}"
             )
         for kind, table in (("skipped", self.skipped), ("empty", self.empty_reasons)):
             for reason, ids in table.items():

@@ -59,6 +59,7 @@ def run_embedding(
         token_ground_m=plan.layout.token_m,
         tile_size_m=plan.grid.tile_size_m,
         notes=list(plan.notes),
+        quantisation=plan.version.quantisation,
     )
 
     written: set[str] = set()  # tiles whose record this run wrote: their STAC items are rewritten

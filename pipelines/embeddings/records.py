@@ -237,7 +237,12 @@ def write_tile(
             "checkpoint_sha256": version.checkpoint_sha256,
             **prov,
         },
-        "quantisation": {"method": version.quantisation, "bound_max_abs_error": QUANT_MAX_ABS_ERROR, **stats},
+        "quantisation": {
+            "method": version.quantisation,
+            # int8-sqrt: per component against the unit vector; float16 keeps the raw values (no fixed bound)
+            "bound_max_abs_error": QUANT_MAX_ABS_ERROR if version.quantisation == "int8-sqrt" else None,
+            **stats,
+        },
     }
     storage.write_json_atomic(
         record_url(root_url, version_name, tile.tile_id, int(time_index)), record, storage_options
