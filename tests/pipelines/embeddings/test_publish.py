@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipelines.embeddings import DECODE_LUT
+from pipelines.embeddings import DECODE_LUT, EmbeddingsVersion
 from pipelines.query import open_embeddings
 from pipelines.testing import build_synthetic_store, synthetic_version
 from pipelines.testing.cog import cog_problems, main_ifd_offset
@@ -134,3 +134,47 @@ def test_linear_encoding_carries_scale_for_loaders(tmp_path: Path) -> None:
         assert np.abs(got - want).max() <= 0.5 / 127 + 1e-6  # one more rounding, half a step
         item = json.loads(next((tmp_path / "e" / "published" / v.name / "items").glob("*.json")).read_text())
         assert item["assets"]["embeddings"]["raster:bands"][0]["scale"] == pytest.approx(1 / 127)
+
+
+def _published_float16(root: Path) -> EmbeddingsVersion:
+    """A float16 version (what ``aom embed`` writes for the spectral embedding), published."""
+    from pipelines.embeddings import publish_cogs
+
+    v = synthetic_version(name="aom-synthetic-f16-0123456789ab", dim=8, quantisation="float16")
+    build_synthetic_store(str(root), bbox=BBOX, version=v, stac=False)
+    assert publish_cogs(str(root), v.name).written
+    return v
+
+
+def test_float16_version_publishes_float32_vectors(tmp_path: Path) -> None:
+    """float32 COGs with NaN nodata holding the stored values, and STAC bands that say so."""
+    import rasterio
+
+    v = _published_float16(tmp_path / "e")
+    emb = open_embeddings(str(tmp_path / "e"), v.name)
+    n = v.tokens_per_tile
+    paths = sorted((tmp_path / "e" / "published").rglob("*.tif"))
+    assert paths
+    for path in paths:
+        assert cog_problems(path) == []
+        with rasterio.open(path) as ds:
+            assert ds.count == 8 and ds.dtypes[0] == "float32" and np.isnan(ds.nodata)
+            values = ds.read()
+        epsg = int(path.stem.split("_")[0])
+        ref = next(r for r in emb.tiles(0)[epsg] if r.tile_id == path.stem)
+        want = emb.read_window(epsg, 0, slice(ref.row0, ref.row0 + n), slice(ref.col0, ref.col0 + n))
+        np.testing.assert_array_equal(values.transpose(1, 2, 0), want)
+    for path in (tmp_path / "e" / "published" / v.name / "items").glob("*.json"):
+        item = json.loads(path.read_text())
+        assert item["assets"]["embeddings"]["raster:bands"][0] == {"data_type": "float32", "nodata": "nan"}
+
+
+def test_float16_items_validate(tmp_path: Path) -> None:
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("published schemas not found at ../shared/schemas (or $AOM_SCHEMAS_DIR)")
+    v = _published_float16(tmp_path / "e")
+    for path in (tmp_path / "e" / "published" / v.name / "items").glob("*.json"):
+        item = json.loads(path.read_text())
+        for url in (EMB_SCHEMA, STAC_ITEM_1_0, PROJ_SCHEMA):
+            assert schemas.errors(item, url) == [], (path.name, url)
