@@ -37,7 +37,8 @@ def _embedding_option() -> Any:
         "--embedding",
         help="What a token vector is: position (the encoder's position token, embed_dim values) or spectral "
         "(the band tokens the encoder infers at Sentinel-2 MSI's 12 surface bands, 12 x band width values, "
-        "the same layout whatever bands the input has). See docs/embedding.md, 'What a token vector is'.",
+        "the same layout whatever bands the input has; stored as float16, position as int8). See "
+        "docs/embedding.md, 'What a token vector is'.",
     )
 
 
