@@ -368,7 +368,7 @@ class EmbedSummary:
             "write_s": round(sum(r.write_s for r in self.results), 3),
             "quantisation": self.quantisation,
             "max_abs_quant_error": max(qerr) if qerr else None,
-            "quant_error_bound": es.QUANT_MAX_ABS_ERROR if self.quantisation == "int8-sqrt" else None,
+            "quant_error_bound": es.error_bound(self.quantisation),
             "stac_collection": storage.redact_url(self.stac_collection) if self.stac_collection else None,
             "notes": self.notes,
         }
@@ -384,9 +384,11 @@ class EmbedSummary:
             f"{d['km2_per_hour']:.0f} km²/h",
         ]
         if d["max_abs_quant_error"] is not None:
-            bound = f" (bound {d['quant_error_bound']:.5f})" if d["quant_error_bound"] is not None else ""
+            bound = d["quant_error_bound"]
+            against = "the unit vectors" if d["quantisation"] == "int8-sqrt" else "the raw values"
             lines.append(
-                f"  {d['quantisation']} values: max |error| {d['max_abs_quant_error']:.5f} against the unit vectors{bound}"
+                f"  {d['quantisation']} values: max |error| {d['max_abs_quant_error']:.5f} against {against}"
+                + (f" (bound {bound:.5f})" if bound is not None else "")
             )
         for kind, table in (("skipped", self.skipped), ("empty", self.empty_reasons)):
             for reason, ids in table.items():

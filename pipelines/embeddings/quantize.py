@@ -18,6 +18,12 @@ NODATA_Q = -128
 QUANT_MAX_ABS_ERROR = 1.0 / QMAX  # 0.007874: per-component bound against the unit vector
 
 
+def error_bound(quantisation: str) -> float | None:
+    """Per-component bound on a stored value's error: ``QUANT_MAX_ABS_ERROR`` against the unit vector
+    for ``int8-sqrt``; None for ``float16``, which keeps the raw values (relative float16 rounding)."""
+    return QUANT_MAX_ABS_ERROR if quantisation == "int8-sqrt" else None
+
+
 # ------------------------------------------------------------------------------------------
 # Quantisation
 

@@ -22,7 +22,7 @@ import numpy as np
 from pipelines import storage
 from pipelines.embeddings.format import FORMAT_VERSION, TILES_DIR, EmbeddingsStoreError
 from pipelines.embeddings.grid import ZoneGrid, check_epsg
-from pipelines.embeddings.quantize import QUANT_MAX_ABS_ERROR, encode, quantisation_error, unit
+from pipelines.embeddings.quantize import encode, error_bound, quantisation_error, unit
 from pipelines.embeddings.store import _open_group, band_first, ensure_zone, read_version
 from pipelines.runs import TileStatus
 
@@ -239,8 +239,7 @@ def write_tile(
         },
         "quantisation": {
             "method": version.quantisation,
-            # int8-sqrt: per component against the unit vector; float16 keeps the raw values (no fixed bound)
-            "bound_max_abs_error": QUANT_MAX_ABS_ERROR if version.quantisation == "int8-sqrt" else None,
+            "bound_max_abs_error": error_bound(version.quantisation),
             **stats,
         },
     }
