@@ -288,19 +288,17 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     for p in product:
         cells = [p["embedding"], p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
         lines.append("| " + " | ".join(cells + _cosine_cells(p, shifts)) + " |")
-    centred = [p for p in product if p.get("centred")]
-    if centred:
-        lines += [
-            "",
-            "The same cosines on tokens centred on the output's mean token (raw cosines are near 1 for every "
-            "pair when all tokens share one large component):",
-            "",
-            "| " + " | ".join(h for h in head if h not in ("token (m)", "chip-position share")) + " |",
-            "|" + "---|" * (len(head) - 2),
-        ]
-        for p in centred:
-            cells = [p["embedding"], p["kind"], *_cosine_cells(p["centred"], shifts)]
-            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The same cosines on tokens centred on the output's mean token (raw cosines are near 1 for every "
+        "pair when all tokens share one large component):",
+        "",
+        "| " + " | ".join(h for h in head if h not in ("token (m)", "chip-position share")) + " |",
+        "|" + "---|" * (len(head) - 2),
+    ]
+    for p in product:
+        cells = [p["embedding"], p["kind"], *_cosine_cells(p["centred"], shifts)]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return lines
 
