@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -248,19 +249,21 @@ def eval_command(
         for probe, r in per.items():
             typer.echo(f"50% bands, {probe} {mode}: {100 * r['retention']:.1f}% of all-band {result.metric}")
     for p in result.product:
-        sc = ", ".join(f"{k}: {v:.3f}" for k, v in p["shift_consistency"].items())
         typer.echo(
-            f"product ({p['embedding']}, {p['kind']}, {p['token_m']:g} m tokens): chip-position share {p['chip_position_share']:.3f}; "
-            f"shift consistency {sc} (unrelated {p['unrelated_cosine']:.3f}); seam contrast "
-            f"{p['seams']['contrast']:.4f}"
+            f"product ({p['embedding']}, {p['kind']}, {p['token_m']:g} m tokens): chip-position share "
+            f"{p['chip_position_share']:.3f}; {_cosines_text(p)}"
         )
-        c = p["centred"]
-        sc = ", ".join(f"{k}: {v:.3f}" for k, v in c["shift_consistency"].items())
-        typer.echo(
-            f"  centred on the mean token: shift consistency {sc} (unrelated {c['unrelated_cosine']:.3f}); "
-            f"seam contrast {c['seams']['contrast']:.4f}"
-        )
+        typer.echo(f"  centred on the mean token: {_cosines_text(p['centred'])}")
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}))
+
+
+def _cosines_text(m: dict[str, Any]) -> str:
+    """A product row's cosines (raw, or its ``centred`` block) for the terminal."""
+    sc = ", ".join(f"{k}: {v:.3f}" for k, v in m["shift_consistency"].items())
+    return (
+        f"shift consistency {sc} (unrelated {m['unrelated_cosine']:.3f}); seam contrast "
+        f"{m['seams']['contrast']:.4f}"
+    )
 
 
 def register(app: typer.Typer) -> None:
