@@ -219,6 +219,11 @@ def temp_name(path: str, suffix: str = "") -> str:
     return f"{path}{_TEMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
 
 
+def is_temp_name(name: str) -> bool:
+    """A writer's temporary file (:func:`temp_name`, or a ``.tmp-`` sibling), never an output."""
+    return _TEMP_TAG in name or ".tmp-" in name
+
+
 def clean_stale_temps(path: str) -> list[str]:
     """Remove the temporary siblings of ``path`` (local) left by writers that are no longer
     running (a killed run); a live process's files are kept. Returns what was removed."""
@@ -295,7 +300,7 @@ def list_files(
 
     ``prefixes``: only names starting with one of them; on an object store that is one listing
     request per prefix (server-side prefix filter, concurrently) instead of listing the whole folder,
-    unless there are more than :data:`MAX_PREFIX_LISTINGS` prefixes. Temporary files (``.tmp-``) are
+    unless there are more than :data:`MAX_PREFIX_LISTINGS` prefixes. Temporary files (:func:`is_temp_name`) are
     left out; a missing folder is empty; any other failure raises (never an empty answer).
     """
     fs, path = filesystem(folder_url, storage_options)
@@ -326,7 +331,7 @@ def list_files(
         if e.get("type") == "directory":
             continue
         name = posixpath.basename(str(e["name"]).rstrip("/"))
-        if ".tmp-" in name or (wanted is not None and not name.startswith(wanted)):
+        if is_temp_name(name) or (wanted is not None and not name.startswith(wanted)):
             continue
         out[name] = _mtime(e)
     return out
@@ -359,6 +364,12 @@ def _iso_timestamp(value: Any) -> Any:
     from botocore.utils import parse_timestamp
 
     return parse_timestamp(value)
+
+
+def modified_time(fs: fsspec.AbstractFileSystem, path: str) -> float:
+    """Last modification of one file (POSIX seconds); FileNotFoundError when it is gone."""
+    fs.invalidate_cache(path)
+    return _mtime(fs.info(path))
 
 
 def _mtime(entry: Mapping[str, Any]) -> float:

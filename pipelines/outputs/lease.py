@@ -1,19 +1,22 @@
 """One writer per store (or per tile): a lease with an owner, a heartbeat and an expiry.
 
-A lease is one small JSON object created with an *exclusive create*: ``O_CREAT | O_EXCL`` on local
-disk, a PUT with ``If-None-Match: *`` on S3 (AWS S3 and moto honour it; s3fs ``mode="create"``).
+A lease is one small JSON object created whole with an *exclusive create*: on local disk a
+temporary file with the content, hard-linked to the lease name (``link`` fails when the name
+exists), on S3 a PUT with ``If-None-Match: *`` (AWS S3 and moto honour it; s3fs ``mode="create"``).
 The holder renews it (heartbeat) every ``ttl_s / 3`` seconds from a background thread; a lease whose
 heartbeat is older than its ``ttl_s`` (or whose process on this host is gone) belongs to a dead run
-and may be taken over: on S3 by a PUT
-conditional on the stale object's ETag (``If-Match``), on local disk by renaming the stale file
-away (only one renamer wins) and creating a new one. A holder that finds its lease taken (its
-renewal fails) marks it lost; writers check :meth:`Lease.check` before their completion record, so
-a run that lost its lease never records work another run may have rewritten.
+and may be taken over: on S3 by a PUT conditional on the stale object's ETag (``If-Match``), on
+local disk by renaming the stale file away (only one renamer wins) and creating a new one. A lease
+object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
+A holder that finds its lease taken (its renewal fails) marks it lost; writers check
+:meth:`Lease.check` before their completion record, so a run that lost its lease never records
+work another run may have rewritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -31,6 +34,10 @@ from pipelines.errors import EXIT_FAILED, AOMError
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 120.0
+_ACQUIRE_TRIES = 5
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
+_UNREADABLE = "unreadable"
+"""The owner of a lease object whose content cannot be parsed (see :meth:`Lease.read`)."""
 _LIVE_OWNERS: set[str] = set()
 """Owners of the leases this process holds now (a lease of this process not in it was abandoned,
 e.g. its release failed while storage was down)."""
@@ -90,6 +97,8 @@ class LeaseInfo:
 
     def describe(self) -> str:
         left = self.expires - time.time()
+        if self.owner == _UNREADABLE:
+            return f"run (unreadable lease object, counts as abandoned in {left:.0f} s)"
         return f"run {self.owner[:8]} (pid {self.pid} on {self.host}, heartbeat expires in {left:.0f} s)"
 
 
@@ -132,41 +141,83 @@ class Lease:
         return json.dumps(asdict(info), sort_keys=True).encode()
 
     def read(self) -> LeaseInfo | None:
-        """The lease as stored now (None when there is none)."""
+        """The lease as stored now (None when there is none).
+
+        A lease object that cannot be parsed (written by something else, or by an older version
+        killed mid-create) counts as held by an unknown run whose heartbeat is the object's last
+        modification: it is taken over ``ttl_s`` after that, never treated as free.
+        """
         try:
             if self._local:
                 with open(self._path, "rb") as fh:
-                    return _parse(fh.read())
-            self._fs.invalidate_cache(self._path)
-            return _parse(self._fs.cat_file(self._path))
+                    data = fh.read()
+            else:
+                self._fs.invalidate_cache(self._path)
+                data = self._fs.cat_file(self._path)
+            return _parse(data) or self._unreadable(self._path)
         except FileNotFoundError:
             return None
 
+    def _unreadable(self, path: str) -> LeaseInfo:
+        modified = storage.modified_time(self._fs, path)
+        return LeaseInfo(_UNREADABLE, "", 0, modified, modified, self.ttl_s)
+
     # ------------------------------------------------------------------ primitives
     def _create(self, data: bytes) -> bool:
-        parent = os.path.dirname(self._path)
+        """Create the lease object with ``data``, only if none exists; a reader never sees it
+        without its content (a run killed while creating one leaves at most a temporary sibling)."""
         if self._local:
-            for _ in range(5):  # the folder may vanish between makedirs and open (see release)
-                os.makedirs(parent, exist_ok=True)
-                try:
-                    fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                    break
-                except FileExistsError:
-                    return False
-                except FileNotFoundError:
-                    continue
-            else:
-                raise FileNotFoundError(parent)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            return True
+            return self._create_local(data)
         try:
             out = self._fs.pipe_file(self._path, data, mode="create")
         except FileExistsError:
             return False
         self._etag = _etag(out) or self._remote_etag()
+        return True
+
+    def _create_local(self, data: bytes) -> bool:
+        # Content first, in a temporary sibling tagged with this pid, then a hard link to the lease
+        # name: link() fails when the name exists, so it is an exclusive create of a whole file.
+        # (O_EXCL on the lease name itself left an empty lease when the run was killed between
+        # the create and the write; the next run then believed it held the lease, built the tile
+        # and refused to record it, on every rerun.)
+        parent = os.path.dirname(self._path)
+        for _ in range(5):  # the folder may vanish between makedirs and the link (see release)
+            os.makedirs(parent, exist_ok=True)
+            storage.clean_stale_temps(self._path)
+            tmp = storage.temp_name(self._path)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                try:
+                    os.link(tmp, self._path)
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        raise
+                    return self._create_exclusive(data)
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+        raise FileNotFoundError(parent)
+
+    def _create_exclusive(self, data: bytes) -> bool:
+        """``O_CREAT | O_EXCL`` then write, for file systems without hard links: a run killed
+        between the two leaves an unreadable lease (see :meth:`read`)."""
+        try:
+            fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         return True
 
     def _remote_etag(self) -> str | None:
@@ -185,7 +236,7 @@ class Lease:
             except FileNotFoundError:
                 return False
             with open(aside, "rb") as fh:
-                moved = _parse(fh.read())
+                moved = _parse(fh.read()) or self._unreadable(aside)
             os.unlink(aside)
             if moved != stale:  # renewed meanwhile (should not happen for an expired lease)
                 return False
@@ -202,26 +253,35 @@ class Lease:
 
     # ------------------------------------------------------------------ API
     def try_acquire(self) -> LeaseInfo | None:
-        """Take the lease if free or expired: None on success, else the live holder's lease."""
-        for _ in range(3):
+        """Take the lease if free or abandoned: None on success (this run holds it), else the
+        live holder's lease."""
+        holder: LeaseInfo | None = None
+        for _ in range(_ACQUIRE_TRIES):
             if self._create(self._bytes(self._info())):
-                self._held, self._lost = True, False
-                _LIVE_OWNERS.add(self.owner)
+                self._took()
                 return None
-            holder = self.read()
-            if holder is None:
+            seen = self.read()
+            if seen is None:
                 continue  # released between the two calls: try again
+            holder = seen
             if holder.owner == self.owner:
-                self._held = True
-                _LIVE_OWNERS.add(self.owner)
+                self._took()
                 return None
             if not holder.abandoned():
                 return holder
             if self._take_over(holder, self._bytes(self._info())):
-                self._held, self._lost = True, False
-                _LIVE_OWNERS.add(self.owner)
+                self._took()
                 return None
-        return self.read()
+        if holder is None:  # freed and taken again by others on every try
+            raise LeaseHeldError(
+                f"{storage.redact_url(self.url)}: the lease changed hands {_ACQUIRE_TRIES} times "
+                "while this run tried to take it; rerun later"
+            )
+        return holder
+
+    def _took(self) -> None:
+        self._held, self._lost = True, False
+        _LIVE_OWNERS.add(self.owner)
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0) -> None:
         """Take the lease, waiting up to ``wait_s`` for a live holder; LeaseHeldError after that."""

@@ -112,13 +112,14 @@ def test_typed_storage_option_secrets_are_redacted_from_logs() -> None:
 
 
 def test_list_files_read_many_and_write_json_many_locally(tmp_path: Path) -> None:
-    from pipelines.storage import list_files, read_many, write_json_many
+    from pipelines.storage import list_files, read_many, temp_name, write_json_many
     from pipelines.tiling import column_prefixes
 
     folder = tmp_path / "_tiles"
     ids = ["32631_95_649", "32631_95_650", "32631_96_649", "32632_34_649"]
     write_json_many({str(folder / f"{t}.json"): {"tile_id": t} for t in ids})
-    (folder / "32631_95_651.json.tmp-abc").write_text("{")  # an interrupted write: never listed
+    (folder / "32631_95_651.json.tmp-abc").write_text("{")  # interrupted writes: never listed
+    (folder / temp_name("32631_95_652.json")).write_text("{")
     assert sorted(list_files(str(folder))) == sorted(f"{t}.json" for t in ids)
     assert column_prefixes([*ids[:2], "T7"]) == ["32631_95_", "T7"]
     some = list_files(str(folder), prefixes=column_prefixes(ids[:2]))

@@ -124,8 +124,10 @@ def all_metadata(root: Path) -> list[Path]:
 def assert_stores_equal(a: CubeStore, b: CubeStore, tiles: list[str] | None = None) -> None:
     """Same complete tiles (all, or ``tiles`` in both), same groups, identical arrays and coordinates."""
     if tiles is None:
-        assert a.recorded_tiles() == b.recorded_tiles()
-        tiles = a.recorded_tiles()
+        got, want = a.recorded_tiles(), b.recorded_tiles()
+        only_a, only_b = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+        assert got == want, f"recorded tiles differ: only in {a}: {only_a}, only in {b}: {only_b}"
+        tiles = got
     else:
         assert set(tiles) <= set(a.recorded_tiles()) and set(tiles) <= set(b.recorded_tiles())
     for tile_id in tiles:

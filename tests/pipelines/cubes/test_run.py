@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cubes import CubeStore, write_cubes
+from pipelines.cubes.store import LEASE_TTL_S, LEASES_DIR
 from tests.conftest import REPO_ROOT
 from tests.pipelines.cubes.support import (
     GRID,
@@ -172,6 +173,23 @@ def test_s3_endpoint_down_mid_write_then_resume(
 
 # ---------------------------------------------------------------------------------------------
 # killed mid-run
+
+
+def test_a_tile_left_with_an_unreadable_lease_is_built_once_it_expires(
+    items: list[dict[str, Any]], clean: CubeStore, tmp_path: Path
+) -> None:
+    """A run killed while creating a tile's lease (older versions left it empty): the next run
+    builds and records the tile once the lease has expired, instead of failing it on every rerun."""
+    out = tmp_path / "cubes"
+    lease = out / LEASES_DIR / f"{TILE_IDS[0]}.json"
+    lease.parent.mkdir(parents=True)
+    lease.write_bytes(b"")
+    written = time.time() - LEASE_TTL_S - 1
+    os.utime(lease, (written, written))
+    summary = write_cubes(items, TILE_IDS[:1], spec(), str(out), progress=False)
+    assert summary.tiles_done == TILE_IDS[:1], summary.to_dict()
+    assert not lease.parent.exists()
+    assert_stores_equal(CubeStore.open(str(out)), clean, TILE_IDS[:1])
 
 
 @pytest.mark.slow

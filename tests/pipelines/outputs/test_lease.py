@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -69,3 +70,55 @@ def test_a_lease_of_a_killed_process_is_taken_over_at_once(tmp_path: Path) -> No
     lease = Lease(str(url), ttl_s=3600)
     lease.acquire()  # the holder's process is gone: abandoned, not waited for
     lease.release()
+
+
+def test_a_run_killed_while_creating_a_lease_leaves_none(tmp_path: Path) -> None:
+    """Killed with the lease's content written but not yet in place: no lease (empty or not)
+    appears, so the next run takes it at once and the dead run's temporary file goes."""
+    url = tmp_path / "_leases" / "t.json"
+    code = (
+        "import os, signal\n"
+        "from pipelines.outputs import Lease\n"
+        "os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"Lease({str(url)!r}, ttl_s=3600).try_acquire()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert not url.exists()
+    assert [p.name.startswith("t.json.aom-tmp-") for p in url.parent.iterdir()] == [True]
+    lease = Lease(str(url), ttl_s=3600)
+    assert lease.try_acquire() is None
+    lease.check()
+    assert [p.name for p in url.parent.iterdir()] == ["t.json"]
+    lease.release()
+    assert not url.parent.exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_unreadable_lease_is_held_until_it_expires(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An empty lease object (what a run killed mid-create left before leases were written whole)
+    is neither free nor held for ever: it counts as a live holder until ``ttl_s`` after it was
+    written. (It once counted as free without being taken: the tile was built, then refused its
+    completion record as 'lease taken', on every rerun.)"""
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        url, options = bucket.url("s", "_leases", "t.json"), bucket.storage_options
+        bucket.fs.pipe_file(f"{bucket.name}/s/_leases/t.json", b"")
+        ttl = 1.5  # S3 modification times have whole seconds
+    else:
+        url, options = str(tmp_path / "t.json"), None
+        (tmp_path / "t.json").write_bytes(b"")
+        ttl = 0.5
+    lease = Lease(url, options, ttl_s=ttl)
+    holder = lease.try_acquire()
+    assert holder is not None and holder.owner == "unreadable"
+    with pytest.raises(LeaseHeldError, match="unreadable lease object"):
+        lease.acquire(wait_s=0.1, poll_s=0.05)
+    time.sleep(ttl + 1.1)
+    lease.acquire()
+    lease.check()  # held for real: its work may be recorded
+    assert lease.read() is not None and lease.read().owner == lease.owner  # type: ignore[union-attr]
+    lease.release()
+    assert lease.read() is None
