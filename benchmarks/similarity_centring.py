@@ -1,0 +1,201 @@
+"""Diagnosis: should similarity search centre the stored vectors before the cosine?
+
+Usage::
+
+    .venv/bin/python benchmarks/similarity_centring.py            # T29UNU north window, shipped checkpoint
+
+Why: the spectral embedding's tokens share one large component (two unrelated tokens have raw
+cosine ~0.99, ``aom eval``'s product metrics), so every similarity score is close to 1. Whether
+the *ranking* that ``aom similar`` / ``pipelines.query.similar`` returns suffers from it is what
+this measures, against the baseline of the same search on centred vectors in the same run.
+
+What: each ``--embedding`` of a T29UNU window (``--window``: row, col, height, width in 60 m
+pixels) through ``embed_raster`` (what ``aom embed-raster`` writes). Each token gets the scene's
+SCL class when at least ``--purity`` of its pixels have it. Per class, up to ``--queries`` labelled
+tokens are the queries. Each query's ``--k`` most similar labelled tokens come from a cosine over the
+whole window, minus tokens within ``--exclude-tokens`` rows/columns of the query (its own
+neighbourhood would make any embedding look good). The score is the share of those with the
+query's class (precision@k), averaged per class, then over the classes (macro). Three searches:
+
+* ``raw``: cosine of the stored vectors (what the query path does);
+* ``centred (own mean)``: cosine after subtracting the window's mean token;
+* ``centred (other mean)``: after subtracting the mean token of another window
+  (``--centre-window``), as a per-dataset mean stored once would do.
+
+Baseline rows (``raw bands``): the same search on each token's per-band mean reflectance
+(``raw``), and on those means standardised per band over the window (``standardised``).
+
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.errors import InputError
+from pipelines.evaluation.datasets import LabelledScene
+from pipelines.evaluation.loaders import load_t29unu
+from pipelines.evaluation.product import centre, scene_raster, token_mean
+
+
+def embed_window(
+    scene: LabelledScene, checkpoint: str, embedding: str, root: Path, name: str
+) -> tuple[np.ndarray, int]:
+    """``[H, W, D]`` float32 tokens of ``scene`` as ``aom embed-raster`` writes them, and the token size in pixels."""
+    import rasterio
+
+    from pipelines.embed import embed_raster
+
+    raster, bands, _notes = scene_raster(scene, root / f"{name}.tif")
+    out = root / f"{name}-{embedding}.tif"
+    res = embed_raster(
+        str(raster),
+        str(out),
+        checkpoint,
+        sensor=bands[0].sensor,
+        bands=[b.name for b in bands],
+        embedding=embedding,
+        progress=False,
+    )
+    with rasterio.open(out) as src:
+        return np.moveaxis(src.read(), 0, -1).astype(np.float32), int(res.token_px)
+
+
+def token_labels(labels: np.ndarray, px: int, shape: tuple[int, int], purity: float) -> np.ndarray:
+    """``[H, W]`` class of each token (-1: no class covers ``purity`` of its pixels)."""
+    h, w = shape
+    blocks = labels[: h * px, : w * px].reshape(h, px, w, px).transpose(0, 2, 1, 3).reshape(h, w, px * px)
+    out = np.full((h, w), -1, dtype=np.int64)
+    for k in np.unique(blocks[blocks >= 0]):
+        out[(blocks == k).mean(axis=-1) >= purity] = k
+    return out
+
+
+def band_means(scene: LabelledScene, px: int, shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W, C]`` mean reflectance of each band over each token (bands at the finest GSD)."""
+    h, w = shape
+    finest = min(b.gsd_m for b in scene.bands)
+    arrays = [a for a, b in zip(scene.arrays, scene.bands) if abs(b.gsd_m - finest) <= 1e-6 * finest]
+    stack = np.stack([a[: h * px, : w * px] for a in arrays], axis=-1)  # [H*px, W*px, C]
+    return stack.reshape(h, px, w, px, -1).mean(axis=(1, 3))
+
+
+def precision_at_k(
+    emb: np.ndarray, lab: np.ndarray, k: int, exclude: int, queries: int, seed: int = 0
+) -> dict[int, float]:
+    """Per class: share of the ``k`` nearest labelled tokens (cosine, outside the query's
+    neighbourhood) that have the query's class. Classes with fewer than 2 ``k`` tokens are left out."""
+    rr, cc = np.nonzero(lab >= 0)
+    ok = np.isfinite(emb[rr, cc]).all(axis=-1)
+    rr, cc = rr[ok], cc[ok]
+    x = emb[rr, cc]  # [N, D]
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = lab[rr, cc]
+    rng = np.random.default_rng(seed)
+    out: dict[int, float] = {}
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        if members.size < 2 * k:
+            continue
+        q = rng.choice(members, min(queries, members.size), replace=False)
+        scores = x[q] @ x.T  # [Q, N]
+        near = (np.abs(rr[q, None] - rr[None]) <= exclude) & (np.abs(cc[q, None] - cc[None]) <= exclude)
+        scores[near] = -np.inf
+        top = np.argpartition(-scores, k, axis=1)[:, :k]  # [Q, k]
+        out[int(cls)] = float((y[top] == cls).mean())
+    return out
+
+
+def _window(text: str, name: str) -> tuple[int, int, int, int]:
+    try:
+        r, c, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{name}: row,col,height,width in 60 m pixels, got {text!r}") from None
+    return r, c, h, w
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default="checkpoints/aom-tiny-real.safetensors")
+    ap.add_argument("--embedding", default="spectral,position", help="comma-separated: spectral, position")
+    ap.add_argument("--window", default="0,0,300,600", help="row,col,height,width of T29UNU (60 m pixels)")
+    ap.add_argument("--centre-window", default="300,0,300,600", help="the window of the 'other' mean")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--exclude-tokens", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=80, help="queries per class")
+    ap.add_argument("--purity", type=float, default=0.78, help="share of a token's pixels its class needs")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    embeddings = [e.strip() for e in a.embedding.split(",") if e.strip()]
+    bad = sorted(set(embeddings) - {"spectral", "position"})
+    if bad or not embeddings:
+        print(f"--embedding: spectral and/or position, got {a.embedding!r}", file=sys.stderr)
+        return 2
+    try:
+        window, other_window = _window(a.window, "--window"), _window(a.centre_window, "--centre-window")
+        scene, other = load_t29unu(None, window), load_t29unu(None, other_window)
+    except InputError as exc:  # EvalDataError included: the shared data is absent
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(a.threads)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    rows: list[dict[str, Any]] = []
+
+    def search(kind: str, name: str, vectors: np.ndarray, lab: np.ndarray) -> None:
+        per = precision_at_k(vectors, lab, a.k, a.exclude_tokens, a.queries)
+        row = {
+            "embedding": kind,
+            "search": name,
+            "precision_macro": round(float(np.mean(list(per.values()))), 4),
+            "per_class": {scene.class_names[c]: round(v, 4) for c, v in per.items()},
+        }
+        rows.append(row)
+        print(f"{kind:9s} {name:20s} precision@{a.k} {row['precision_macro']:.3f} {row['per_class']}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for embedding in embeddings:
+            emb, px = embed_window(scene, a.checkpoint, embedding, root, "window")
+            other_emb, _ = embed_window(other, a.checkpoint, embedding, root, "other")
+            lab = token_labels(scene.labels, px, emb.shape[:2], a.purity)
+            if embedding == embeddings[0]:
+                counts = {scene.class_names[c]: int((lab == c).sum()) for c in np.unique(lab[lab >= 0])}
+                print(f"{emb.shape[0]} x {emb.shape[1]} tokens of {px} px, labelled {counts}")
+                means = band_means(scene, px, emb.shape[:2])
+                flat = means.reshape(-1, means.shape[-1])
+                search("raw bands", "raw", means, lab)
+                search("raw bands", "standardised", (means - np.nanmean(flat, 0)) / np.nanstd(flat, 0), lab)
+            search(embedding, "raw", emb, lab)
+            search(embedding, "centred (own mean)", centre(emb, token_mean(emb)), lab)
+            search(embedding, "centred (other mean)", centre(emb, token_mean(other_emb)), lab)
+    result = {
+        "benchmark": "similarity_centring",
+        "checkpoint": a.checkpoint,
+        "window": window,
+        "centre_window": other_window,
+        "k": a.k,
+        "exclude_tokens": a.exclude_tokens,
+        "queries_per_class": a.queries,
+        "rows": rows,
+        "cpu_s": round(time.process_time() - cpu0, 1),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
