@@ -1,5 +1,5 @@
 """Embedding runs (pipelines.embed): chips and borders, equality with direct encoder calls,
-quantisation, STAC, nodata tiles, fit checks, Dask fan-out, killed workers and S3 outages.
+quantisation, STAC, nodata tiles, fit checks, Dask fan-out, killed workers, a killed run and S3 outages.
 
 The shared sample catalog (``tests/pipelines/conftest.py``: synthetic items near 6 E 45 N, two UTM
 zones) feeds a cube store of its two 7680 m tiles, built once per session; the model is ``tiny``
@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from pipelines.embed import (
 )
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
+from tests.conftest import REPO_ROOT
 
 PERIOD = "2023-06-01/2023-06-30"
 TILES = ("32631_95_649", "32632_34_649")
@@ -719,6 +724,59 @@ def test_killed_worker_then_rerun_equals_uninterrupted(
     got, want = all_codes(str(out), ref.version), all_codes(str(ref_out), ref.version)
     for tid in TILES:
         assert np.array_equal(got[tid], want[tid])
+
+
+@pytest.mark.slow
+def test_process_killed_mid_run_then_rerun_equals_uninterrupted(
+    tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
+) -> None:
+    """``aom embed`` SIGKILLed right after its first tile record: the rerun skips that tile,
+    finishes the other, and the store equals the uninterrupted run's with nothing left over
+    (no lease, no temporary file)."""
+    ref_out, ref = reference
+    out = tmp_path / "emb"
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "embed",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--datetime",
+        PERIOD,
+        "--cubes",
+        str(cubes),
+        "--tiles",
+        ",".join(TILES),
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if list(out.glob("_tiles/**/*.json")):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(es.list_complete_tiles(str(out), ref.version)[0]) == 1
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "1 done, 0 empty, 0 failed, 1 skipped" in rerun.stdout, rerun.stdout
+    assert sorted(es.list_complete_tiles(str(out), ref.version)[0]) == sorted(TILES)
+    got, want = all_codes(str(out), ref.version), all_codes(str(ref_out), ref.version)
+    for tid in TILES:
+        assert np.array_equal(got[tid], want[tid])
+    leftovers = [p for p in out.rglob("*") if "_leases" in p.parts or "tmp-" in p.name]
+    assert not leftovers, leftovers
 
 
 @pytest.mark.integration
