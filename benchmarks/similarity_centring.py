@@ -22,8 +22,10 @@ query's class (precision@k), averaged per class, then over the classes (macro). 
 * ``centred (other mean)``: after subtracting the mean token of another window
   (``--centre-window``), as a per-dataset mean stored once would do.
 
-Baseline rows (``raw bands``): the same search on each token's per-band mean reflectance
-(``raw``), and on those means standardised per band over the window (``standardised``).
+Baseline rows: ``raw bands``, the same search on each token's per-band mean reflectance (``raw``)
+and on those means standardised per band over the window (``standardised``); ``random-init``, the
+same searches on the embeddings of the checkpoint's random-init twin (same config and
+normalisation statistics, other weights; ``--no-random-baseline`` leaves them out).
 
 The last stdout line is one JSON object.
 """
@@ -46,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.errors import InputError
 from pipelines.evaluation.datasets import LabelledScene
 from pipelines.evaluation.loaders import load_t29unu
-from pipelines.evaluation.product import centre, scene_raster, token_mean
+from pipelines.evaluation.product import centre, checkpoint_file, scene_raster, token_mean
 
 
 def embed_window(
@@ -136,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=80, help="queries per class")
     ap.add_argument("--purity", type=float, default=0.78, help="share of a token's pixels its class needs")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-random-baseline", action="store_true", help="skip the random-init rows")
     a = ap.parse_args(argv)
     embeddings = [e.strip() for e in a.embedding.split(",") if e.strip()]
     bad = sorted(set(embeddings) - {"spectral", "position"})
@@ -154,33 +157,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0, cpu0 = time.perf_counter(), time.process_time()
     rows: list[dict[str, Any]] = []
 
-    def search(kind: str, name: str, vectors: np.ndarray, lab: np.ndarray) -> None:
+    def search(
+        kind: str, name: str, vectors: np.ndarray, lab: np.ndarray, weights: str = "checkpoint"
+    ) -> None:
         per = precision_at_k(vectors, lab, a.k, a.exclude_tokens, a.queries)
         row = {
+            "weights": weights,
             "embedding": kind,
             "search": name,
             "precision_macro": round(float(np.mean(list(per.values()))), 4),
             "per_class": {scene.class_names[c]: round(v, 4) for c, v in per.items()},
         }
         rows.append(row)
-        print(f"{kind:9s} {name:20s} precision@{a.k} {row['precision_macro']:.3f} {row['per_class']}")
+        print(
+            f"{weights:11s} {kind:9s} {name:20s} precision@{a.k} {row['precision_macro']:.3f} {row['per_class']}"
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        models = {"checkpoint": a.checkpoint}
+        if not a.no_random_baseline:
+            models["random-init"] = checkpoint_file(
+                "random:", root / "random.safetensors", 0, like=a.checkpoint
+            )
         for embedding in embeddings:
-            emb, px = embed_window(scene, a.checkpoint, embedding, root, "window")
-            other_emb, _ = embed_window(other, a.checkpoint, embedding, root, "other")
-            lab = token_labels(scene.labels, px, emb.shape[:2], a.purity)
-            if embedding == embeddings[0]:
-                counts = {scene.class_names[c]: int((lab == c).sum()) for c in np.unique(lab[lab >= 0])}
-                print(f"{emb.shape[0]} x {emb.shape[1]} tokens of {px} px, labelled {counts}")
-                means = band_means(scene, px, emb.shape[:2])
-                flat = means.reshape(-1, means.shape[-1])
-                search("raw bands", "raw", means, lab)
-                search("raw bands", "standardised", (means - np.nanmean(flat, 0)) / np.nanstd(flat, 0), lab)
-            search(embedding, "raw", emb, lab)
-            search(embedding, "centred (own mean)", centre(emb, token_mean(emb)), lab)
-            search(embedding, "centred (other mean)", centre(emb, token_mean(other_emb)), lab)
+            for weights, ckpt in models.items():
+                emb, px = embed_window(scene, ckpt, embedding, root, "window")
+                other_emb, _ = embed_window(other, ckpt, embedding, root, "other")
+                lab = token_labels(scene.labels, px, emb.shape[:2], a.purity)
+                if embedding == embeddings[0] and weights == "checkpoint":
+                    counts = {scene.class_names[c]: int((lab == c).sum()) for c in np.unique(lab[lab >= 0])}
+                    print(f"{emb.shape[0]} x {emb.shape[1]} tokens of {px} px, labelled {counts}")
+                    means = band_means(scene, px, emb.shape[:2])
+                    flat = means.reshape(-1, means.shape[-1])
+                    z = (means - np.nanmean(flat, 0)) / np.nanstd(flat, 0)
+                    search("raw bands", "raw", means, lab, "-")
+                    search("raw bands", "standardised", z, lab, "-")
+                search(embedding, "raw", emb, lab, weights)
+                search(embedding, "centred (own mean)", centre(emb, token_mean(emb)), lab, weights)
+                search(embedding, "centred (other mean)", centre(emb, token_mean(other_emb)), lab, weights)
     result = {
         "benchmark": "similarity_centring",
         "checkpoint": a.checkpoint,

@@ -349,7 +349,7 @@ def load_scene(spec: Any) -> LabelledScene | None:
     return load_geotiff_scene(spec)
 
 
-def _checkpoint_file(spec: str, path: Path, seed: int, like: str | None = None) -> str:
+def checkpoint_file(spec: str, path: Path, seed: int, like: str | None = None) -> str:
     """A checkpoint file for ``spec``: itself, or ``random:<config>`` / a random init of ``like``'s
     config and statistics (so the two differ only in their weights) saved to ``path``."""
     import torch
@@ -390,7 +390,7 @@ def run_product_metrics(
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = {
-            kind: _checkpoint_file(spec, Path(tmp) / f"{kind}.safetensors", seed, like=checkpoint)
+            kind: checkpoint_file(spec, Path(tmp) / f"{kind}.safetensors", seed, like=checkpoint)
             for kind, spec in runs
         }
         for embedding in embeddings:
