@@ -15,7 +15,8 @@ SCL class when at least ``--purity`` of its pixels have it. Per class, up to ``-
 tokens are the queries. Each query's ``--k`` most similar labelled tokens come from a cosine over the
 whole window, minus tokens within ``--exclude-tokens`` rows/columns of the query (its own
 neighbourhood would make any embedding look good). The score is the share of those with the
-query's class (precision@k), averaged per class, then over the classes (macro). Three searches:
+query's class (precision@k), averaged per class, then over the classes (macro): the retrieval
+precision of ``aom eval``'s product metrics (``pipelines.evaluation.product``, same defaults). Three searches:
 
 * ``raw``: cosine of the stored vectors (what the query path does);
 * ``centred (own mean)``: cosine after subtracting the window's mean token;
@@ -37,6 +38,7 @@ import json
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,13 +50,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.errors import InputError
 from pipelines.evaluation.datasets import LabelledScene
 from pipelines.evaluation.loaders import load_t29unu
-from pipelines.evaluation.product import centre, checkpoint_file, scene_raster, token_mean
+from pipelines.evaluation.product import (
+    RETRIEVAL,
+    centre,
+    checkpoint_file,
+    retrieval_precision,
+    scene_raster,
+    token_labels,
+    token_mean,
+)
 
 
 def embed_window(
     scene: LabelledScene, checkpoint: str, embedding: str, root: Path, name: str
 ) -> tuple[np.ndarray, int]:
-    """``[H, W, D]`` float32 tokens of ``scene`` as ``aom embed-raster`` writes them, and the token size in pixels."""
+    """``[H, W, D]`` float32 tokens of ``scene`` as ``aom embed-raster`` writes them, and the token
+    size in pixels (of the bands at the finest GSD, what the raster holds)."""
     import rasterio
 
     from pipelines.embed import embed_raster
@@ -74,49 +85,25 @@ def embed_window(
         return np.moveaxis(src.read(), 0, -1).astype(np.float32), int(res.token_px)
 
 
-def token_labels(labels: np.ndarray, px: int, shape: tuple[int, int], purity: float) -> np.ndarray:
-    """``[H, W]`` class of each token (-1: no class covers ``purity`` of its pixels)."""
-    h, w = shape
-    blocks = labels[: h * px, : w * px].reshape(h, px, w, px).transpose(0, 2, 1, 3).reshape(h, w, px * px)
-    out = np.full((h, w), -1, dtype=np.int64)
-    for k in np.unique(blocks[blocks >= 0]):
-        out[(blocks == k).mean(axis=-1) >= purity] = k
-    return out
+def raster_hw(scene: LabelledScene) -> tuple[int, int]:
+    """Shape of the scene's bands at the finest GSD (the raster ``scene_raster`` writes)."""
+    finest = min(b.gsd_m for b in scene.bands)
+    shape = next(a.shape for a, b in zip(scene.arrays, scene.bands) if abs(b.gsd_m - finest) <= 1e-6 * finest)
+    return int(shape[0]), int(shape[1])
 
 
 def band_means(scene: LabelledScene, px: int, shape: tuple[int, int]) -> np.ndarray:
-    """``[H, W, C]`` mean reflectance of each band over each token (bands at the finest GSD)."""
+    """``[H, W, C]`` mean reflectance of each band over each token's pixels (bands at the finest
+    GSD; NaN where a token has no valid pixel)."""
     h, w = shape
     finest = min(b.gsd_m for b in scene.bands)
     arrays = [a for a, b in zip(scene.arrays, scene.bands) if abs(b.gsd_m - finest) <= 1e-6 * finest]
-    stack = np.stack([a[: h * px, : w * px] for a in arrays], axis=-1)  # [H*px, W*px, C]
-    return stack.reshape(h, px, w, px, -1).mean(axis=(1, 3))
-
-
-def precision_at_k(
-    emb: np.ndarray, lab: np.ndarray, k: int, exclude: int, queries: int, seed: int = 0
-) -> dict[int, float]:
-    """Per class: share of the ``k`` nearest labelled tokens (cosine, outside the query's
-    neighbourhood) that have the query's class. Classes with fewer than 2 ``k`` tokens are left out."""
-    rr, cc = np.nonzero(lab >= 0)
-    ok = np.isfinite(emb[rr, cc]).all(axis=-1)
-    rr, cc = rr[ok], cc[ok]
-    x = emb[rr, cc]  # [N, D]
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-    y = lab[rr, cc]
-    rng = np.random.default_rng(seed)
-    out: dict[int, float] = {}
-    for cls in np.unique(y):
-        members = np.flatnonzero(y == cls)
-        if members.size < 2 * k:
-            continue
-        q = rng.choice(members, min(queries, members.size), replace=False)
-        scores = x[q] @ x.T  # [Q, N]
-        near = (np.abs(rr[q, None] - rr[None]) <= exclude) & (np.abs(cc[q, None] - cc[None]) <= exclude)
-        scores[near] = -np.inf
-        top = np.argpartition(-scores, k, axis=1)[:, :k]  # [Q, k]
-        out[int(cls)] = float((y[top] == cls).mean())
-    return out
+    ah, aw = arrays[0].shape
+    stack = np.full((h * px, w * px, len(arrays)), np.nan, dtype=np.float32)  # [H*px, W*px, C]
+    stack[:ah, :aw] = np.stack(arrays, axis=-1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tokens stay NaN
+        return np.asarray(np.nanmean(stack.reshape(h, px, w, px, -1), axis=(1, 3)))
 
 
 def _window(text: str, name: str) -> tuple[int, int, int, int]:
@@ -133,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--embedding", default="spectral,position", help="comma-separated: spectral, position")
     ap.add_argument("--window", default="0,0,300,600", help="row,col,height,width of T29UNU (60 m pixels)")
     ap.add_argument("--centre-window", default="300,0,300,600", help="the window of the 'other' mean")
-    ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--exclude-tokens", type=int, default=8)
-    ap.add_argument("--queries", type=int, default=80, help="queries per class")
-    ap.add_argument("--purity", type=float, default=0.78, help="share of a token's pixels its class needs")
+    ap.add_argument("--k", type=int, default=RETRIEVAL["k"])
+    ap.add_argument("--exclude-tokens", type=int, default=RETRIEVAL["exclude_tokens"])
+    ap.add_argument("--queries", type=int, default=RETRIEVAL["queries"], help="queries per class")
+    ap.add_argument(
+        "--purity", type=float, default=RETRIEVAL["purity"], help="share of a token's pixels its class needs"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-random-baseline", action="store_true", help="skip the random-init rows")
     a = ap.parse_args(argv)
@@ -160,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def search(
         kind: str, name: str, vectors: np.ndarray, lab: np.ndarray, weights: str = "checkpoint"
     ) -> None:
-        per = precision_at_k(vectors, lab, a.k, a.exclude_tokens, a.queries)
+        per = retrieval_precision(vectors, lab, a.k, a.exclude_tokens, a.queries)
         row = {
             "weights": weights,
             "embedding": kind,
@@ -184,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for weights, ckpt in models.items():
                 emb, px = embed_window(scene, ckpt, embedding, root, "window")
                 other_emb, _ = embed_window(other, ckpt, embedding, root, "other")
-                lab = token_labels(scene.labels, px, emb.shape[:2], a.purity)
+                lab = token_labels(scene.labels, raster_hw(scene), px, emb.shape[:2], a.purity)
                 if embedding == embeddings[0] and weights == "checkpoint":
                     counts = {scene.class_names[c]: int((lab == c).sum()) for c in np.unique(lab[lab >= 0])}
                     print(f"{emb.shape[0]} x {emb.shape[1]} tokens of {px} px, labelled {counts}")

@@ -138,7 +138,8 @@ def eval_command(
         "1,2,3",
         "--product-shifts",
         help="Product metrics on the aom embed-raster output of the scene (chip-position variance share, "
-        "shift consistency at these shifts in tokens, seam contrast), for the embedding of each of --features "
+        "shift consistency at these shifts in tokens, seam contrast, retrieval precision@20 with the label "
+        "classes), for the embedding of each of --features "
         "(pooled: position, spectral: spectral); '' skips them. Scenes only (t29unu, synthetic, GeoTIFF with "
         "a label raster).",
     ),
@@ -254,6 +255,9 @@ def eval_command(
             f"{p['chip_position_share']:.3f}; {_cosines_text(p)}"
         )
         typer.echo(f"  centred on the mean token: {_cosines_text(p['centred'])}")
+        precision = (p.get("retrieval") or {}).get("precision")
+        if precision is not None:
+            typer.echo(f"  retrieval precision@{p['retrieval']['k']}: {precision:.3f}")
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}))
 
 

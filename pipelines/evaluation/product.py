@@ -16,6 +16,13 @@ A scene (its bands at the finest GSD) is written as a float32 reflectance GeoTIF
   across a core seam (every ``core_tokens``). 0 = no visible chip seams. The same function applies to
   an ``aom embed`` tile mosaic with the tile period (tile seams).
 
+* **retrieval precision** (:func:`retrieval_precision`): what a similarity search over the output
+  returns. Tokens take the scene's label class when it covers ``purity`` of their pixels
+  (:func:`token_labels`); per class, up to ``queries`` labelled tokens each get their ``k`` most
+  similar labelled tokens (raw cosine, as ``aom similar``), leaving out those within
+  ``exclude_tokens`` rows/columns of the query; the share with the query's class, averaged per
+  class, then over the classes (macro precision@k). The random-init twin gives its scale.
+
 The three cosines are also reported on tokens centred on the output's mean token (:func:`centre`):
 an embedding whose tokens share one large component (the spectral embedding: unrelated tokens at
 cosine 0.99) has raw cosines near 1 whatever it encodes.
@@ -41,6 +48,9 @@ from pipelines.registry import BandSpec
 
 GOALS = {"chip_position_share_max": 0.15, "shift_consistency_min": 0.97, "seam_contrast_max": 0.01}
 """Issue 14's goals for the product metrics."""
+
+RETRIEVAL = {"k": 20, "exclude_tokens": 8, "queries": 80, "purity": 0.78}
+"""Defaults of the retrieval precision (``product_metrics(retrieval=...)`` overrides them)."""
 
 PRODUCT_EMBEDDING = {"pooled": "position", "spectral": "spectral"}
 """``aom eval`` feature kind -> the ``aom embed-raster --embedding`` whose output it describes (the
@@ -147,6 +157,59 @@ def seam_contrast(emb: np.ndarray, period: int, offset: int = 0) -> dict[str, fl
     return {"inside": mi, "across": ma, "contrast": mi - ma}
 
 
+def token_labels(
+    labels: np.ndarray, raster_hw: tuple[int, int], px: int, grid_hw: tuple[int, int], purity: float
+) -> np.ndarray:
+    """``[H, W]`` class of each output token (-1: no class covers ``purity`` of its pixels).
+
+    ``labels`` covers the raster's extent at any resolution (nearest label per raster pixel);
+    token ``(i, j)`` covers raster pixels ``[i px, (i + 1) px)`` x ``[j px, (j + 1) px)``, as
+    ``embed_raster`` lays its grid (the last row/column may be partial: only its pixels count).
+    """
+    h, w = raster_hw
+    gh, gw = grid_hw
+    rows = np.arange(h) * labels.shape[0] // h
+    cols = np.arange(w) * labels.shape[1] // w
+    per_px = np.full((gh * px, gw * px), -1, dtype=np.int64)
+    per_px[:h, :w] = labels[rows][:, cols]
+    blocks = per_px.reshape(gh, px, gw, px).transpose(0, 2, 1, 3).reshape(gh, gw, px * px)
+    inside = np.zeros((gh * px, gw * px), dtype=bool)
+    inside[:h, :w] = True
+    n_px = inside.reshape(gh, px, gw, px).sum(axis=(1, 3))
+    out = np.full((gh, gw), -1, dtype=np.int64)
+    for k in np.unique(blocks[blocks >= 0]):
+        out[(blocks == k).sum(axis=-1) >= purity * np.maximum(n_px, 1)] = k
+    return out
+
+
+def retrieval_precision(
+    emb: np.ndarray, lab: np.ndarray, k: int, exclude_tokens: int, queries: int, seed: int = 0
+) -> dict[int, float]:
+    """Per class: the share of each query's ``k`` most similar labelled tokens (raw cosine, tokens
+    within ``exclude_tokens`` rows/columns of the query left out) that have its class. Queries:
+    up to ``queries`` seeded tokens per class; classes with fewer than ``2 k`` tokens are left out."""
+    rr, cc = np.nonzero(lab >= 0)
+    ok = np.isfinite(emb[rr, cc]).all(axis=-1)
+    rr, cc = rr[ok], cc[ok]
+    x = _unit(emb[rr, cc].astype(np.float32))  # [N, D]
+    y = lab[rr, cc]
+    rng = np.random.default_rng(seed)
+    out: dict[int, float] = {}
+    for cls in np.unique(y):
+        members = np.flatnonzero(y == cls)
+        if members.size < 2 * k:
+            continue
+        q = rng.choice(members, min(queries, members.size), replace=False)
+        scores = x[q] @ x.T  # [Q, N]
+        near = (np.abs(rr[q, None] - rr[None]) <= exclude_tokens) & (
+            np.abs(cc[q, None] - cc[None]) <= exclude_tokens
+        )
+        scores[near] = -np.inf
+        top = np.argpartition(-scores, k, axis=1)[:, :k]  # [Q, k]
+        out[int(cls)] = float((y[top] == cls).mean())
+    return out
+
+
 @dataclass
 class ProductMetrics:
     """The product metrics of one checkpoint on one scene (``to_dict`` for the summary)."""
@@ -182,6 +245,10 @@ class ProductMetrics:
     centred: dict[str, Any] = field(default_factory=dict)
     """``shift_consistency``, ``unrelated_cosine`` and ``seams`` again on tokens centred on the mean
     token of the unshifted output (:func:`centre`); the goals use the raw cosines above."""
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    """Retrieval precision on the unshifted output (:func:`retrieval_precision`): its settings,
+    ``precision`` (macro over ``per_class``; None when no class has ``2 k`` labelled tokens),
+    ``per_class`` (class name -> precision) and ``labelled_tokens``."""
 
     def goals(self) -> dict[str, bool]:
         sc = [v for v in self.shift_consistency.values() if math.isfinite(v)]
@@ -267,9 +334,10 @@ def product_metrics(
     registry_files: Sequence[str] = (),
     embed_kw: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    retrieval: Mapping[str, Any] | None = None,
 ) -> ProductMetrics:
     """Embed ``scene`` with ``aom embed-raster --embedding EMBEDDING`` (and cropped by each shift) and
-    measure it."""
+    measure it. ``retrieval``: settings of the retrieval precision other than :data:`RETRIEVAL`."""
     from pipelines.embed import embed_raster
 
     say = progress or (lambda _m: None)
@@ -317,6 +385,7 @@ def product_metrics(
                 "unrelated_cosine": unrelated_cosine(ref_c),
                 "seams": seam_contrast(ref_c, core_tokens, off),
             },
+            retrieval=_retrieval(scene, ref, raster, res.token_px, {**RETRIEVAL, **(retrieval or {})}),
         )
         for s in shifts:
             say(f"product metrics: {embedding}, shifted by {s} token(s)")
@@ -326,6 +395,25 @@ def product_metrics(
             out.shift_consistency[int(s)] = shift_consistency(ref, shifted, s)
             out.centred["shift_consistency"][str(s)] = shift_consistency(ref_c, centre(shifted, mean), s)
     return out
+
+
+def _retrieval(
+    scene: LabelledScene, emb: np.ndarray, raster: Path, px: int, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    import rasterio
+
+    with rasterio.open(raster) as src:
+        raster_hw = (src.height, src.width)
+    lab = token_labels(scene.labels, raster_hw, px, emb.shape[:2], float(settings["purity"]))
+    per = retrieval_precision(
+        emb, lab, int(settings["k"]), int(settings["exclude_tokens"]), int(settings["queries"])
+    )
+    return {
+        **settings,
+        "precision": float(np.mean(list(per.values()))) if per else None,
+        "per_class": {scene.class_names[c]: v for c, v in per.items()},
+        "labelled_tokens": int((lab >= 0).sum()),
+    }
 
 
 def load_scene(spec: Any) -> LabelledScene | None:

@@ -267,34 +267,53 @@ def _cosine_cells(m: dict[str, Any], shifts: Sequence[int]) -> list[str]:
     return [*cells, f"{seams['contrast']:.4f}"]
 
 
+def _retrieval_text(r: dict[str, Any]) -> str:
+    """How the retrieval precision was measured, for the report's legend."""
+    if not r:
+        return "not measured"
+    return (
+        f"k = {r['k']}, up to {r['queries']} queries per label class, tokens within "
+        f"{r['exclude_tokens']} of the query left out, a token labelled when its class covers "
+        f"{100 * r['purity']:.0f} % of its pixels; {r['labelled_tokens']} labelled tokens"
+    )
+
+
 def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     """The product metrics section (``pipelines.evaluation.product``), empty without them."""
     if not product:
         return []
     shifts = sorted({int(k) for p in product for k in p["shift_consistency"]})
     head = ["embedding", "model", "token (m)", "chip-position share", *(f"shift {s}" for s in shifts)]
-    head += ["unrelated", "seam: inside", "across", "contrast"]
+    head += ["unrelated", "seam: inside", "across", "contrast", "retrieval"]
     lines = [
         "## Product metrics (`aom embed-raster` output)",
         "",
         "Chip-position share: variance explained by a token's place in its chip core (goal <= 0.15); shift s: "
         "mean cosine of the same ground token after cropping the raster by s tokens (goal >= 0.97), beside "
         "unrelated tokens; seam contrast: adjacent-token cosine inside a chip minus across a chip seam "
-        "(goal < 0.01). Chips: " + _chip_text(product[0].get("chip") or {}) + ".",
+        "(goal < 0.01); retrieval: macro precision@k of a similarity search over the output (raw cosine; "
+        + _retrieval_text(product[0].get("retrieval") or {})
+        + "). Chips: "
+        + _chip_text(product[0].get("chip") or {})
+        + ".",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for p in product:
         cells = [p["embedding"], p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
-        lines.append("| " + " | ".join(cells + _cosine_cells(p, shifts)) + " |")
+        precision = (p.get("retrieval") or {}).get("precision")
+        tail = ["-" if precision is None else f"{precision:.3f}"]
+        lines.append("| " + " | ".join(cells + _cosine_cells(p, shifts) + tail) + " |")
     lines += [
         "",
         "The same cosines on tokens centred on the output's mean token (raw cosines are near 1 for every "
         "pair when all tokens share one large component):",
         "",
-        "| " + " | ".join(h for h in head if h not in ("token (m)", "chip-position share")) + " |",
-        "|" + "---|" * (len(head) - 2),
+        "| "
+        + " | ".join(h for h in head if h not in ("token (m)", "chip-position share", "retrieval"))
+        + " |",
+        "|" + "---|" * (len(head) - 3),
     ]
     for p in product:
         cells = [p["embedding"], p["kind"], *_cosine_cells(p["centred"], shifts)]

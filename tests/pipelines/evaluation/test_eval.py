@@ -322,6 +322,10 @@ def test_geotiff_label_raster_mismatch_and_cli(tmp_path: Path) -> None:
         ("spectral", "random-init"),
     ]
     assert "product (spectral, random-init" in res.output
+    for p in product:  # a similarity search over each output, scored with the label raster
+        r = p["retrieval"]
+        assert r["k"] == 20 and r["labelled_tokens"] > 0
+        assert r["precision"] is None or 0.0 <= r["precision"] <= 1.0
     res = runner.invoke(
         app, [*base, "--labels", str(shifted), "--checkpoint", "random:tiny", "--out", str(out)]
     )

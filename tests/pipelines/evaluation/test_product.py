@@ -1,5 +1,6 @@
-"""Product metrics: chip-position variance share, shift consistency and seam contrast of what
-`aom embed-raster` writes, on arrays with known answers and end to end on a small synthetic scene."""
+"""Product metrics: chip-position variance share, shift consistency, seam contrast and retrieval
+precision of what `aom embed-raster` writes, on arrays with known answers and end to end on a small
+synthetic scene."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pipelines.evaluation.product import (
     centre,
     chip_position_share,
     product_embeddings,
+    retrieval_precision,
     run_product_metrics,
     seam_contrast,
     shift_consistency,
+    token_labels,
     unrelated_cosine,
 )
 from pipelines.evaluation.report import _product_lines
@@ -82,12 +85,77 @@ def test_seam_contrast_sees_chip_seams_only() -> None:
     assert s["inside"] > 0.999 and s["across"] < 0.9 and s["contrast"] > 0.1
 
 
+def test_token_labels_need_the_purity_share_of_a_tokens_pixels() -> None:
+    labels = np.full((6, 6), 1)
+    labels[:3, :3] = 0  # token (0, 0): all class 0
+    labels[0, 3] = 2  # token (0, 1): 8 of 9 pixels class 1
+    labels[3:5, 3:] = -1  # token (1, 1): 3 of 9 pixels class 1, the rest unlabelled
+    out = token_labels(labels, (6, 6), 3, (2, 2), purity=0.8)
+    np.testing.assert_array_equal(out, [[0, 1], [1, -1]])
+
+
+def test_token_labels_of_a_coarser_label_raster_and_partial_tokens() -> None:
+    """Labels at half the raster's resolution (nearest label per pixel); a 7 x 7 px raster in 3 px
+    tokens has a partial last row and column, judged on their own pixels."""
+    labels = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]])  # 4 x 4 over 7 x 7 px
+    out = token_labels(labels, (7, 7), 3, (3, 3), purity=0.99)
+    # pixel rows 0-3 / cols 0-3 take label row/col 0-1; token (0, 1) mixes classes 0 and 1
+    np.testing.assert_array_equal(out, [[0, -1, 1], [-1, -1, -1], [2, 2, 2]])
+
+
+def test_retrieval_precision_is_one_for_separated_classes_and_chance_for_noise() -> None:
+    rng = np.random.default_rng(0)
+    lab = np.zeros((40, 40), dtype=np.int64)
+    lab[:, 20:] = 1
+    centres = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    emb = centres[lab] + 0.05 * rng.normal(size=(40, 40, 4))
+    emb[0, 0] = np.nan  # a nodata token is never a query nor an answer
+    assert retrieval_precision(emb, lab, k=10, exclude_tokens=3, queries=30) == {0: 1.0, 1: 1.0}
+    noise = retrieval_precision(rng.normal(size=(40, 40, 4)), lab, k=10, exclude_tokens=3, queries=30)
+    assert all(0.3 < v < 0.7 for v in noise.values())
+    few = lab.copy()
+    few[few == 1] = -1
+    few[0, 39] = 1  # one token of class 1: too few to query
+    assert set(retrieval_precision(emb, few, k=10, exclude_tokens=3, queries=30)) == {0}
+
+
+def test_retrieval_leaves_out_the_querys_neighbourhood() -> None:
+    """Two compact classes whose vectors nearly agree: a query's own blob answers it when only the
+    query itself is left out (precision 1), the other class when its neighbourhood is (precision 0)."""
+    lab = np.full((30, 30), -1, dtype=np.int64)
+    lab[:3, :3] = 0
+    lab[20:23, 20:23] = 1
+    emb = np.zeros((30, 30, 2))
+    emb[lab == 0] = [1.0, 0.0]
+    emb[lab == 1] = [1.0, 0.1]
+    assert retrieval_precision(emb, lab, k=2, exclude_tokens=0, queries=9) == {0: 1.0, 1: 1.0}
+    assert retrieval_precision(emb, lab, k=2, exclude_tokens=2, queries=9) == {0: 0.0, 1: 0.0}
+
+
+def test_a_shared_component_leaves_the_raw_ranking_to_the_rest() -> None:
+    """One constant vector added to every token compresses raw cosines towards 1, but the nearest
+    neighbours still follow the class directions (``benchmarks/similarity_centring.py`` measures
+    the same on T29UNU)."""
+    rng = np.random.default_rng(1)
+    lab = np.repeat(np.arange(2), 800).reshape(40, 40)
+    centres = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    emb = centres[lab] + 0.2 * rng.normal(size=(40, 40, 3))
+    shared = emb + np.array([0.0, 0.0, 20.0])
+    assert retrieval_precision(shared, lab, 10, 3, 30) == retrieval_precision(emb, lab, 10, 3, 30)
+
+
 def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     """A 20 m synthetic scene (96 x 96 px) through embed-raster at 160 m tokens (8 px): a 12 x 12 grid
     in 4-token chip cores; the metrics are finite and in range, random-init beside the checkpoint."""
     scene = synthetic_scene(size_px=96, n_classes=3, seed=1)
     rows = run_product_metrics(
-        scene, "random:tiny", token_m=160.0, shifts=(1, 2), core_tokens=4, margin_tokens=1
+        scene,
+        "random:tiny",
+        token_m=160.0,
+        shifts=(1, 2),
+        core_tokens=4,
+        margin_tokens=1,
+        retrieval={"k": 3, "exclude_tokens": 1, "purity": 0.6},
     )
     assert [r["kind"] for r in rows] == ["random-init"]
     m = rows[0]
@@ -97,8 +165,13 @@ def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     assert all(-1.0 <= v <= 1.0 for v in m["shift_consistency"].values())
     assert -1.0 <= m["unrelated_cosine"] <= 1.0 and np.isfinite(m["seams"]["contrast"])
     assert set(m["goals"]) == {"chip_position_share", "shift_consistency", "seam_contrast"}
+    r = m["retrieval"]
+    assert r["k"] == 3 and r["queries"] == 80 and r["labelled_tokens"] > 20
+    assert set(r["per_class"]) <= set(scene.class_names) and len(r["per_class"]) >= 2
+    assert 0.0 <= r["precision"] <= 1.0 and r["precision"] == np.mean(list(r["per_class"].values()))
     text = "\n".join(_product_lines(rows))
     assert "## Product metrics" in text and "| position | random-init | 160 |" in text
+    assert f"| {r['precision']:.3f} |" in text and "k = 3, up to 80 queries per label class" in text
     assert "Chips: 4-token cores + 1-token margins, seams blended over 1 tokens each side" in text
 
 
