@@ -12,6 +12,11 @@ read-only for their users; a test that changes such data copies it into its own 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,35 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 pytest_plugins = ["tests.services.fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_env() -> dict[str, str]:
+    """This environment without ``AWS_*`` variables, for ``aom`` subprocesses."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+
+def aom_command(*args: str) -> list[str]:
+    """The ``aom`` command line as a subprocess of this interpreter."""
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+def kill_when(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float = 300) -> None:
+    """Start ``cmd`` in the repository and SIGKILL it as soon as ``ready()`` (polled every 10 ms);
+    fails when the command finished first."""
+    proc = subprocess.Popen(
+        list(cmd), cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
 
 
 def real_data_dir() -> Path | None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typer.testing import CliRunner
 
 from pipelines.cubes import CubeStore, write_cubes
 from pipelines.cubes.store import LEASE_TTL_S, LEASES_DIR
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_when
 from tests.pipelines.cubes.support import (
     GRID,
     TILE_IDS,
@@ -202,37 +200,15 @@ def test_process_killed_mid_run_then_rerun_is_identical(tmp_path: Path) -> None:
     ]
     nd = _ndjson(tmp_path / "items.ndjson", its)
     out = tmp_path / "cubes"
-    cmd = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "cubes",
-        "--items",
-        str(nd),
-        "--out",
-        str(out),
-        "--tile-size-m",
-        "1920",
-        "--no-progress",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = aom_command(
+        "cubes", "--items", str(nd), "--out", str(out), "--tile-size-m", "1920", "--no-progress"
+    )
     records = out / "_tiles"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if records.is_dir() and any(p.suffix == ".json" for p in records.iterdir()):
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(cmd, lambda: records.is_dir() and any(p.suffix == ".json" for p in records.iterdir()))
     n_tiles = len(GRID.tiles_for_items(its))
     done_at_kill = len([p for p in records.iterdir() if p.suffix == ".json"])
     assert 1 <= done_at_kill < n_tiles
-    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{done_at_kill} already complete" in rerun.stdout
     clean_out = tmp_path / "clean"

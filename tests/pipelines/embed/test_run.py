@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from pipelines.embed import (
 )
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_when
 
 PERIOD = "2023-06-01/2023-06-30"
 TILES = ("32631_95_649", "32632_34_649")
@@ -735,40 +732,13 @@ def test_process_killed_mid_run_then_rerun_equals_uninterrupted(
     (no lease, no temporary file)."""
     ref_out, ref = reference
     out = tmp_path / "emb"
-    cmd = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "embed",
-        "--checkpoint",
-        str(checkpoint),
-        "--out",
-        str(out),
-        "--datetime",
-        PERIOD,
-        "--cubes",
-        str(cubes),
-        "--tiles",
-        ",".join(TILES),
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if list(out.glob("_tiles/**/*.json")):
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    cmd = aom_command(
+        *("embed", "--checkpoint", str(checkpoint), "--out", str(out), "--datetime", PERIOD),
+        *("--cubes", str(cubes), "--tiles", ",".join(TILES), "--workers", "0", "--no-progress"),
+    )
+    kill_when(cmd, lambda: bool(list(out.glob("_tiles/**/*.json"))))
     assert len(es.list_complete_tiles(str(out), ref.version)[0]) == 1
-    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "1 done, 0 empty, 0 failed, 1 skipped" in rerun.stdout, rerun.stdout
     assert sorted(es.list_complete_tiles(str(out), ref.version)[0]) == sorted(TILES)
