@@ -21,7 +21,10 @@ precision of ``aom eval``'s product metrics (``pipelines.evaluation.product``, s
 * ``raw``: cosine of the stored vectors (what the query path does);
 * ``centred (own mean)``: cosine after subtracting the window's mean token;
 * ``centred (other mean)``: after subtracting the mean token of another window
-  (``--centre-window``), as a per-dataset mean stored once would do.
+  (``--centre-window``), as a per-dataset mean stored once would do;
+* ``whitened (own)``: cosine after :class:`pipelines.query.Whitening` (32 principal axes, unit
+  variance) fitted on a sample of the window's tokens, what ``aom query similar --metric whitened``
+  does; ``whitened (other)``: fitted on the other window's tokens.
 
 Baseline rows: ``raw bands``, the same search on each token's per-band mean reflectance (``raw``)
 and on those means standardised per band over the window (``standardised``); ``random-init``, the
@@ -59,6 +62,7 @@ from pipelines.evaluation.product import (
     token_labels,
     token_mean,
 )
+from pipelines.query.similarity import WHITEN_SAMPLE, fit_whitening
 
 
 def embed_window(
@@ -104,6 +108,13 @@ def band_means(scene: LabelledScene, px: int, shape: tuple[int, int]) -> np.ndar
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tokens stay NaN
         return np.asarray(np.nanmean(stack.reshape(h, px, w, px, -1), axis=(1, 3)))
+
+
+def _sample(emb: np.ndarray, n: int = WHITEN_SAMPLE) -> np.ndarray:
+    """Up to ``n`` valid tokens of ``emb`` (seeded), what ``aom query similar --metric whitened`` fits on."""
+    flat = emb.reshape(-1, emb.shape[-1])
+    flat = flat[np.isfinite(flat).all(axis=1)]
+    return flat[np.random.default_rng(0).permutation(len(flat))[:n]]
 
 
 def _window(text: str, name: str) -> tuple[int, int, int, int]:
@@ -185,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 search(embedding, "raw", emb, lab, weights)
                 search(embedding, "centred (own mean)", centre(emb, token_mean(emb)), lab, weights)
                 search(embedding, "centred (other mean)", centre(emb, token_mean(other_emb)), lab, weights)
+                for name, fit_on in (("whitened (own)", emb), ("whitened (other)", other_emb)):
+                    w = fit_whitening(_sample(fit_on))
+                    flat_w = w.apply(emb.reshape(-1, emb.shape[-1]))
+                    search(embedding, name, flat_w.reshape(*emb.shape[:2], w.k), lab, weights)
     result = {
         "benchmark": "similarity_centring",
         "checkpoint": a.checkpoint,

@@ -255,9 +255,11 @@ def eval_command(
             f"{p['chip_position_share']:.3f}; {_cosines_text(p)}"
         )
         typer.echo(f"  centred on the mean token: {_cosines_text(p['centred'])}")
-        precision = (p.get("retrieval") or {}).get("precision")
-        if precision is not None:
-            typer.echo(f"  retrieval precision@{p['retrieval']['k']}: {precision:.3f}")
+        r = p.get("retrieval") or {}
+        if r.get("precision") is not None:
+            whitened = (r.get("whitened") or {}).get("precision")
+            tail = "" if whitened is None else f", whitened cosine {whitened:.3f}"
+            typer.echo(f"  retrieval precision@{r['k']}: cosine {r['precision']:.3f}{tail}")
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}))
 
 

@@ -114,6 +114,12 @@ def similar_cmd(
     level: str = typer.Option(
         "token", "--level", help="token: every token vector; tile: one pooled vector per tile."
     ),
+    metric: str = typer.Option(
+        "cosine",
+        "--metric",
+        help="cosine: of the stored vectors; whitened: cosine after centring and whitening 32 principal axes "
+        "fitted on a sample of this version (better retrieval on T29UNU, docs/query.md). --level token only.",
+    ),
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
     storage_options: list[str] = OPTS_OPT,
@@ -122,16 +128,17 @@ def similar_cmd(
     from pipelines import storage
     from pipelines.errors import InputError, check_choice
     from pipelines.query import similar, similar_tiles
-    from pipelines.query.similarity import describe_result
+    from pipelines.query.similarity import METRICS, describe_result
 
     check_lonlat(lon, lat)
     check_area(aoi, aoi_crs, "--aoi")
     check_file_out(out, "--out")
     check_choice("level (--level)", level, ("token", "tile"))
+    check_choice("metric (--metric)", metric, METRICS)
     emb = _open(embeddings, version, storage_options)
     if level == "tile":
-        if aoi is not None or exclude_radius_m > 0:
-            raise InputError("--aoi and --exclude-radius-m apply to --level token only")
+        if aoi is not None or exclude_radius_m > 0 or metric != "cosine":
+            raise InputError("--aoi, --exclude-radius-m and --metric apply to --level token only")
         res = similar_tiles(emb, lon=lon, lat=lat, k=k, time=_time(time))
     else:
         res = similar(
@@ -143,6 +150,7 @@ def similar_cmd(
             aoi_crs=aoi_crs,
             time=_time(time),
             exclude_radius_m=exclude_radius_m,
+            metric=metric,
         )
     typer.echo(describe_result(res, embeddings))
     if out:

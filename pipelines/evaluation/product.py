@@ -21,7 +21,9 @@ A scene (its bands at the finest GSD) is written as a float32 reflectance GeoTIF
   (:func:`token_labels`); per class, up to ``queries`` labelled tokens each get their ``k`` most
   similar labelled tokens (raw cosine, as ``aom similar``), leaving out those within
   ``exclude_tokens`` rows/columns of the query; the share with the query's class, averaged per
-  class, then over the classes (macro precision@k). The random-init twin gives its scale.
+  class, then over the classes (macro precision@k). The random-init twin gives its scale. Also
+  with ``aom similar --metric whitened`` (``whitened``: the same search after
+  :class:`pipelines.query.Whitening` fitted on a sample of the output's tokens).
 
 The three cosines are also reported on tokens centred on the output's mean token (:func:`centre`):
 an embedding whose tokens share one large component (the spectral embedding: unrelated tokens at
@@ -248,7 +250,8 @@ class ProductMetrics:
     retrieval: dict[str, Any] = field(default_factory=dict)
     """Retrieval precision on the unshifted output (:func:`retrieval_precision`): its settings,
     ``precision`` (macro over ``per_class``; None when no class has ``2 k`` labelled tokens),
-    ``per_class`` (class name -> precision) and ``labelled_tokens``."""
+    ``per_class`` (class name -> precision), ``whitened`` (the same for the whitened metric, with
+    its ``axes``) and ``labelled_tokens``."""
 
     def goals(self) -> dict[str, bool]:
         sc = [v for v in self.shift_consistency.values() if math.isfinite(v)]
@@ -402,16 +405,28 @@ def _retrieval(
 ) -> dict[str, Any]:
     import rasterio
 
+    from pipelines.query.similarity import WHITEN_SAMPLE, fit_whitening
+
     with rasterio.open(raster) as src:
         raster_hw = (src.height, src.width)
     lab = token_labels(scene.labels, raster_hw, px, emb.shape[:2], float(settings["purity"]))
-    per = retrieval_precision(
-        emb, lab, int(settings["k"]), int(settings["exclude_tokens"]), int(settings["queries"])
-    )
+    k, exclude, queries = int(settings["k"]), int(settings["exclude_tokens"]), int(settings["queries"])
+    per = retrieval_precision(emb, lab, k, exclude, queries)
+    flat = emb.reshape(-1, emb.shape[-1])
+    flat = flat[np.isfinite(flat).all(axis=1)]
+    sample = flat[np.random.default_rng(0).permutation(len(flat))[:WHITEN_SAMPLE]]
+    whitening = fit_whitening(sample)
+    whitened = whitening.apply(emb.reshape(-1, emb.shape[-1])).reshape(*emb.shape[:2], whitening.k)
+    per_w = retrieval_precision(whitened, lab, k, exclude, queries)
     return {
         **settings,
         "precision": float(np.mean(list(per.values()))) if per else None,
         "per_class": {scene.class_names[c]: v for c, v in per.items()},
+        "whitened": {
+            "axes": whitening.k,
+            "precision": float(np.mean(list(per_w.values()))) if per_w else None,
+            "per_class": {scene.class_names[c]: v for c, v in per_w.items()},
+        },
         "labelled_tokens": int((lab >= 0).sum()),
     }
 

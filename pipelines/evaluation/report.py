@@ -267,6 +267,10 @@ def _cosine_cells(m: dict[str, Any], shifts: Sequence[int]) -> list[str]:
     return [*cells, f"{seams['contrast']:.4f}"]
 
 
+def _precision_cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _retrieval_text(r: dict[str, Any]) -> str:
     """How the retrieval precision was measured, for the report's legend."""
     if not r:
@@ -284,14 +288,15 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
         return []
     shifts = sorted({int(k) for p in product for k in p["shift_consistency"]})
     head = ["embedding", "model", "token (m)", "chip-position share", *(f"shift {s}" for s in shifts)]
-    head += ["unrelated", "seam: inside", "across", "contrast", "retrieval"]
+    head += ["unrelated", "seam: inside", "across", "contrast", "retrieval: cosine", "whitened"]
     lines = [
         "## Product metrics (`aom embed-raster` output)",
         "",
         "Chip-position share: variance explained by a token's place in its chip core (goal <= 0.15); shift s: "
         "mean cosine of the same ground token after cropping the raster by s tokens (goal >= 0.97), beside "
         "unrelated tokens; seam contrast: adjacent-token cosine inside a chip minus across a chip seam "
-        "(goal < 0.01); retrieval: macro precision@k of a similarity search over the output (raw cosine; "
+        "(goal < 0.01); retrieval: macro precision@k of a similarity search over the output, by raw cosine "
+        "and by whitened cosine (`aom query similar --metric whitened`; "
         + _retrieval_text(product[0].get("retrieval") or {})
         + "). Chips: "
         + _chip_text(product[0].get("chip") or {})
@@ -302,8 +307,11 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for p in product:
         cells = [p["embedding"], p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
-        precision = (p.get("retrieval") or {}).get("precision")
-        tail = ["-" if precision is None else f"{precision:.3f}"]
+        r = p.get("retrieval") or {}
+        tail = [
+            _precision_cell(r.get("precision")),
+            _precision_cell((r.get("whitened") or {}).get("precision")),
+        ]
         lines.append("| " + " | ".join(cells + _cosine_cells(p, shifts) + tail) + " |")
     lines += [
         "",

@@ -23,7 +23,14 @@ from pipelines.query.fewshot import FewShotResult, Labels, classify, fit_fewshot
 from pipelines.query.maps import cosine_map, pca_map, pca_rgb, render_png, similarity_heatmap, similarity_map
 from pipelines.query.open import Embeddings, QueryError, TileRef, available_versions, open_embeddings
 from pipelines.query.select import parse_bbox, parse_crs, select, select_zones, vectors_at
-from pipelines.query.similarity import SimilarityResult, query_vector, similar, topk_cosine
+from pipelines.query.similarity import (
+    SimilarityResult,
+    Whitening,
+    fit_whitening,
+    query_vector,
+    similar,
+    topk_cosine,
+)
 from pipelines.query.tiles import TileVectors, similar_tiles, tile_vectors, tiles_geoparquet
 
 __all__ = [
@@ -34,11 +41,13 @@ __all__ = [
     "SimilarityResult",
     "TileRef",
     "TileVectors",
+    "Whitening",
     "available_versions",
     "classify",
     "cosine_map",
     "export",
     "fit_fewshot",
+    "fit_whitening",
     "open_embeddings",
     "parse_bbox",
     "parse_crs",

@@ -171,7 +171,10 @@ def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     assert 0.0 <= r["precision"] <= 1.0 and r["precision"] == np.mean(list(r["per_class"].values()))
     text = "\n".join(_product_lines(rows))
     assert "## Product metrics" in text and "| position | random-init | 160 |" in text
-    assert f"| {r['precision']:.3f} |" in text and "k = 3, up to 80 queries per label class" in text
+    w = r["whitened"]
+    assert w["axes"] == 32 and 0.0 <= w["precision"] <= 1.0 and set(w["per_class"]) == set(r["per_class"])
+    assert f"| {r['precision']:.3f} | {w['precision']:.3f} |" in text
+    assert "k = 3, up to 80 queries per label class" in text
     assert "Chips: 4-token cores + 1-token margins, seams blended over 1 tokens each side" in text
 
 

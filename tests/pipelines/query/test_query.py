@@ -20,6 +20,7 @@ from pipelines.query import (
     QueryError,
     classify,
     export,
+    fit_whitening,
     open_embeddings,
     pca_map,
     select,
@@ -29,6 +30,7 @@ from pipelines.query import (
     topk_cosine,
     vectors_at,
 )
+from pipelines.query.similarity import describe_result
 from pipelines.testing import SyntheticStore, build_synthetic_store, synthetic_version
 
 VERSION = "aom-synthetic-0123456789ab"
@@ -216,6 +218,56 @@ def test_similarity_aoi_vectors_and_exclusion_match_oracle(emb) -> None:
         similar(emb, lon=12.0, lat=45.0)
     with pytest.raises(QueryError, match="does not intersect the data"):
         similar(emb, lon=QUERY[0], lat=QUERY[1], aoi=(0.0, 0.0, 1.0, 1.0))
+
+
+def test_whitening_gives_unit_variance_uncorrelated_axes() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 6)) @ rng.normal(size=(6, 10)) + 7.0  # rank 6 in 10 dims, offset
+    x[::50] = np.nan  # rows with NaN are left out
+    w = fit_whitening(x, k=8)
+    assert w.k == 6  # no more axes than the sample's rank
+    z = w.apply(x[np.isfinite(x).all(axis=1)])
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(np.cov(z.T, bias=True), np.eye(6), atol=1e-3)
+    assert fit_whitening(x, k=3).k == 3
+    with pytest.raises(QueryError, match="at least 2 valid vectors"):
+        fit_whitening(np.full((5, 3), np.nan))
+
+
+def test_whitened_similarity_equals_brute_force_oracle(emb, synth: SyntheticStore) -> None:
+    """``metric="whitened"``: the transform fitted on a sample of the store, applied to every stored
+    vector (exact decode), cosine with the whitened query: the same top-k as numpy over all codes."""
+    import zarr
+
+    from pipelines.embeddings import dequantize, zarr_store
+    from pipelines.query.similarity import sample_vectors
+
+    k = 25
+    res = similar(emb, lon=QUERY[0], lat=QUERY[1], k=k, metric="whitened", tiles_per_task=1)
+    w = fit_whitening(sample_vectors(emb, 0))
+    assert res.metric == "whitened" and res.query.shape == (w.k,) and w.k == min(32, emb.dim)
+    store = zarr_store(emb.url, read_only=True)
+    n = emb.version.tokens_per_tile
+    scores, keys = [], []
+    for epsg, refs in emb.tiles(0).items():
+        arr = zarr.open_array(store=store, path=f"{VERSION}/{epsg}/embeddings", mode="r")
+        for r in refs:
+            codes = np.asarray(arr[0, :, r.row0 : r.row0 + n, r.col0 : r.col0 + n]).transpose(1, 2, 0)
+            valid = codes[..., 0] != NODATA_Q
+            rows, cols = np.nonzero(valid)
+            z = w.apply(dequantize(codes[rows, cols])).astype(np.float64)
+            scores.append(z @ res.query / np.linalg.norm(z, axis=1))
+            keys += [(epsg, r.row0 + a, r.col0 + b) for a, b in zip(rows, cols)]
+    s = np.concatenate(scores)
+    order = np.argsort(-s, kind="stable")[:k]
+    np.testing.assert_allclose(res.scores, s[order], atol=1e-4)
+    got = set(zip(res.epsg.tolist(), res.row.tolist(), res.col.tolist()))
+    assert len(got & {keys[i] for i in order}) >= k - 2  # ties at the cut-off may swap
+    assert res.scores[0] > 0.99  # the example location itself
+    assert (synth.scene.class_at(res.lon, res.lat) == synth.scene.class_at(*QUERY)).all()
+    assert "(whitened cosine)" in describe_result(res)
+    with pytest.raises(QueryError, match="unknown metric 'l2'; choose from cosine, whitened"):
+        similar(emb, lon=QUERY[0], lat=QUERY[1], metric="l2")
 
 
 def test_topk_cosine_dask_matches_numpy() -> None:
@@ -427,6 +479,11 @@ def test_cli_verbs(synth: SyntheticStore, tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert "rank" in r.output and (tmp_path / "hits.parquet").exists()
+    point = ["--lon", "5.99", "--lat", "45.0", "--k", "3"]
+    r = runner.invoke(app, [*base, "similar", *common, *point, "--metric", "whitened"])
+    assert r.exit_code == 0 and "(whitened cosine)" in r.output, r.output
+    r = runner.invoke(app, [*base, "similar", *common, *point, "--metric", "l2"])
+    assert r.exit_code == 2 and "metric (--metric) must be one of cosine, whitened" in r.output
     bbox = ",".join(map(str, BOX_2ZONES))
     r = runner.invoke(app, [*base, "map", *common, "--bbox", bbox, "--out", str(tmp_path / "m.png")])
     assert r.exit_code == 0, r.output
