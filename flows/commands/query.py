@@ -50,6 +50,12 @@ CRS_OPT = typer.Option("EPSG:4326", "--crs", help="CRS of --bbox (EPSG code, WKT
 TARGET_OPT = typer.Option(
     None, "--target-crs", help="Output CRS when zones are merged (default: zone of the bbox centre)."
 )
+METRIC_OPT = typer.Option(
+    "cosine",
+    "--metric",
+    help="cosine: of the stored vectors; whitened: cosine after centring and whitening 32 principal axes "
+    "fitted on a sample of this version (better retrieval on T29UNU, docs/query.md). Token vectors only.",
+)
 
 
 def _opts(values: list[str]) -> dict[str, Any]:
@@ -114,12 +120,7 @@ def similar_cmd(
     level: str = typer.Option(
         "token", "--level", help="token: every token vector; tile: one pooled vector per tile."
     ),
-    metric: str = typer.Option(
-        "cosine",
-        "--metric",
-        help="cosine: of the stored vectors; whitened: cosine after centring and whitening 32 principal axes "
-        "fitted on a sample of this version (better retrieval on T29UNU, docs/query.md). --level token only.",
-    ),
+    metric: str = METRIC_OPT,
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
     storage_options: list[str] = OPTS_OPT,
@@ -171,17 +172,23 @@ def map_cmd(
         None, "--lon", help="With --lat: a similarity heatmap to this point."
     ),
     lat: list[float] | None = typer.Option(None, "--lat", help="Latitude of the example point(s)."),
+    metric: str = METRIC_OPT,
     target_crs: str | None = TARGET_OPT,
     version: str | None = VERSION_OPT,
     time: str | None = TIME_OPT,
     storage_options: list[str] = OPTS_OPT,
 ) -> None:
     """PCA -> RGB map of an area, or a similarity heatmap when --lon/--lat are given."""
+    from pipelines.errors import InputError, check_choice
     from pipelines.query import pca_map, similarity_heatmap
+    from pipelines.query.similarity import METRICS
 
     check_lonlat(lon, lat)
     check_area(bbox, crs)
     check_file_out(out, "--out")
+    check_choice("metric (--metric)", metric, METRICS)
+    if metric != "cosine" and not (lon or lat):
+        raise InputError("--metric applies to a similarity heatmap (--lon/--lat) only")
     emb = _open(embeddings, version, storage_options)
     if lon or lat:
         similarity_heatmap(
@@ -194,6 +201,7 @@ def map_cmd(
             time=_time(time),
             target_crs=target_crs,
             storage_options=_out_opts(out, embeddings, storage_options),
+            metric=metric,
         )
     else:
         pca_map(

@@ -27,7 +27,7 @@ from pipelines import storage
 from pipelines.outputs import check_file_output
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import geo_dataarray, parse_crs, select
-from pipelines.query.similarity import query_vector
+from pipelines.query.similarity import METRICS, Whitening, fit_whitening, query_vector, sample_vectors
 
 
 def pca_rgb(
@@ -68,16 +68,20 @@ def pca_rgb(
     )
 
 
-def cosine_map(sel: xr.DataArray, query: np.ndarray) -> xr.DataArray:
-    """Cosine similarity of every token of ``sel (y, x, dim)`` to a query vector: ``(y, x)`` float32."""
+def cosine_map(sel: xr.DataArray, query: np.ndarray, whitening: Whitening | None = None) -> xr.DataArray:
+    """Cosine similarity of every token of ``sel (y, x, dim)`` to a query vector: ``(y, x)`` float32.
+    With ``whitening`` the tokens are whitened first and ``query`` lives in the whitened space."""
     vals = np.asarray(sel.values, dtype=np.float32)
+    if whitening is not None:  # NaN tokens stay NaN
+        vals = whitening.apply(vals.reshape(-1, vals.shape[-1])).reshape(*vals.shape[:-1], whitening.k)
     q = np.asarray(query, dtype=np.float32)
     q = q / np.linalg.norm(q)
     norms = np.linalg.norm(vals, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         sim = (vals @ q) / norms
     sim = np.where(norms > 0, sim, np.nan).astype(np.float32)
-    attrs = {k: v for k, v in sel.attrs.items() if k != "grid_mapping"} | {"long_name": "cosine similarity"}
+    name = "cosine similarity" if whitening is None else "whitened cosine similarity"
+    attrs = {k: v for k, v in sel.attrs.items() if k != "grid_mapping"} | {"long_name": name}
     return geo_dataarray(
         sim, sel["x"].values, sel["y"].values, parse_crs(sel.attrs["crs"]), attrs, ("y", "x")
     )
@@ -93,12 +97,17 @@ def similarity_map(
     vectors: np.ndarray | None = None,
     time: TimeLike = None,
     target_crs: Any = None,
+    metric: str = "cosine",
 ) -> xr.DataArray:
-    """Cosine similarity over ``bbox`` to the example locations / vectors (see :func:`query_vector`)."""
+    """Cosine similarity over ``bbox`` to the example locations / vectors (see :func:`query_vector`);
+    ``metric="whitened"`` as in :func:`pipelines.query.similar` (fitted on a sample of the version)."""
+    if metric not in METRICS:
+        raise QueryError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     ti = emb.time_index(time)
-    q = query_vector(emb, lon=lon, lat=lat, vectors=vectors, time=ti)
+    whitening = fit_whitening(sample_vectors(emb, ti)) if metric == "whitened" else None
+    q = query_vector(emb, lon=lon, lat=lat, vectors=vectors, time=ti, whitening=whitening)
     sel = select(emb, bbox, crs, time=ti, target_crs=target_crs)
-    return cosine_map(sel, q)
+    return cosine_map(sel, q, whitening)
 
 
 def _nice_length(span: float) -> float:
@@ -245,20 +254,25 @@ def similarity_heatmap(
     time: TimeLike = None,
     target_crs: Any = None,
     storage_options: Mapping[str, Any] | None = None,
+    metric: str = "cosine",
 ) -> str:
-    """Cosine-similarity heatmap PNG of ``bbox`` to example locations (marked) or vectors."""
-    sim = similarity_map(emb, bbox, crs, lon=lon, lat=lat, vectors=vectors, time=time, target_crs=target_crs)
+    """Cosine-similarity heatmap PNG of ``bbox`` to example locations (marked) or vectors
+    (``metric`` as in :func:`similarity_map`)."""
+    sim = similarity_map(
+        emb, bbox, crs, lon=lon, lat=lat, vectors=vectors, time=time, target_crs=target_crs, metric=metric
+    )
+    label = str(sim.attrs["long_name"])
     pts = None
     if lon is not None and lat is not None:
         pts = (np.atleast_1d(np.asarray(lon, float)).tolist(), np.atleast_1d(np.asarray(lat, float)).tolist())
     return render_png(
         sim,
         out,
-        title=_title("cosine similarity", sim),
+        title=_title(label, sim),
         cmap="magma",
         vmin=-1.0 if float(np.nanmin(sim.values)) < 0 else 0.0,
         vmax=1.0,
-        colorbar_label="cosine similarity",
+        colorbar_label=label,
         points=pts,
         storage_options=storage_options,
     )

@@ -23,6 +23,7 @@ from pipelines.query import (
     fit_whitening,
     open_embeddings,
     pca_map,
+    query_vector,
     select,
     select_zones,
     similar,
@@ -301,9 +302,31 @@ def test_maps_write_pngs(emb, tmp_path: Path) -> None:
     for out in (
         pca_map(emb, BOX_2ZONES, str(tmp_path / "pca.png")),
         similarity_heatmap(emb, BOX_2ZONES, str(tmp_path / "sim.png"), lon=QUERY[0], lat=QUERY[1]),
+        similarity_heatmap(
+            emb, BOX_2ZONES, str(tmp_path / "simw.png"), lon=QUERY[0], lat=QUERY[1], metric="whitened"
+        ),
     ):
         data = Path(out).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_whitened_similarity_map_equals_numpy(emb) -> None:
+    """The whitened heatmap: every token of the selection whitened with the version's fitted
+    transform, cosine with the whitened query."""
+    from pipelines.query import similarity_map
+    from pipelines.query.similarity import sample_vectors
+
+    got = similarity_map(emb, BOX_2ZONES, lon=QUERY[0], lat=QUERY[1], metric="whitened")
+    w = fit_whitening(sample_vectors(emb, emb.time_index(None)))
+    q = query_vector(emb, lon=QUERY[0], lat=QUERY[1], whitening=w)
+    vals = np.asarray(select(emb, BOX_2ZONES).values, dtype=np.float64)
+    z = w.apply(vals.reshape(-1, vals.shape[-1])).reshape(*vals.shape[:2], w.k).astype(np.float64)
+    want = z @ q / np.linalg.norm(z, axis=-1)
+    np.testing.assert_allclose(got.values, want, atol=1e-4, equal_nan=True)
+    assert np.nanmax(got.values) > 0.99  # the example location itself
+    assert got.attrs["long_name"] == "whitened cosine similarity"
+    with pytest.raises(QueryError, match="unknown metric"):
+        similarity_map(emb, BOX_2ZONES, lon=QUERY[0], lat=QUERY[1], metric="euclidean")
 
 
 def test_exports_open_with_right_crs(emb, tmp_path: Path) -> None:
@@ -484,6 +507,14 @@ def test_cli_verbs(synth: SyntheticStore, tmp_path: Path) -> None:
     assert r.exit_code == 0 and "(whitened cosine)" in r.output, r.output
     r = runner.invoke(app, [*base, "similar", *common, *point, "--metric", "l2"])
     assert r.exit_code == 2 and "metric (--metric) must be one of cosine, whitened" in r.output
+    bbox = ",".join(map(str, BOX_2ZONES))
+    heat = [*base, "map", *common, "--bbox", bbox, "--lon", "5.99", "--lat", "45.0", "--metric", "whitened"]
+    r = runner.invoke(app, [*heat, "--out", str(tmp_path / "w.png")])
+    assert r.exit_code == 0 and (tmp_path / "w.png").exists(), r.output
+    r = runner.invoke(
+        app, [*base, "map", *common, "--bbox", bbox, "--metric", "whitened", "--out", str(tmp_path / "p.png")]
+    )
+    assert r.exit_code == 2 and "--metric applies to a similarity heatmap" in r.output
     bbox = ",".join(map(str, BOX_2ZONES))
     r = runner.invoke(app, [*base, "map", *common, "--bbox", bbox, "--out", str(tmp_path / "m.png")])
     assert r.exit_code == 0, r.output
