@@ -48,6 +48,10 @@ def test_local_and_s3_stores_agree(s3_bucket, tmp_path: Path) -> None:
     rr = similar(er, lon=5.99, lat=45.0, k=12)
     np.testing.assert_array_equal(rl.scores, rr.scores)
     assert rl.to_records() == rr.to_records()
+    wl = similar(el, lon=5.99, lat=45.0, k=12, metric="whitened")  # the same sample and transform on S3
+    wr = similar(er, lon=5.99, lat=45.0, k=12, metric="whitened")
+    np.testing.assert_array_equal(wl.scores, wr.scores)
+    assert wl.to_records() == wr.to_records()
 
     out = s3_bucket.url("exports", "area.parquet")
     export(er, BOX, out, storage_options=opts)
