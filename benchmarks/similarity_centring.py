@@ -1,4 +1,4 @@
-"""Diagnosis: should similarity search centre the stored vectors before the cosine?
+"""Diagnosis: which cosine ranks tokens best for similarity search: raw, centred or whitened?
 
 Usage::
 
@@ -6,8 +6,9 @@ Usage::
 
 Why: the spectral embedding's tokens share one large component (two unrelated tokens have raw
 cosine ~0.99, ``aom eval``'s product metrics), so every similarity score is close to 1. Whether
-the *ranking* that ``aom similar`` / ``pipelines.query.similar`` returns suffers from it is what
-this measures, against the baseline of the same search on centred vectors in the same run.
+the *ranking* that ``aom query similar`` / ``pipelines.query.similar`` returns suffers from it is
+what this measures: the raw cosine (the default ``--metric cosine``) against centred vectors and
+the ``--metric whitened`` cosine, on the same tokens in the same run.
 
 What: each ``--embedding`` of a T29UNU window (``--window``: row, col, height, width in 60 m
 pixels) through ``embed_raster`` (what ``aom embed-raster`` writes). Each token gets the scene's

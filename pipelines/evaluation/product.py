@@ -19,10 +19,10 @@ A scene (its bands at the finest GSD) is written as a float32 reflectance GeoTIF
 * **retrieval precision** (:func:`retrieval_precision`): what a similarity search over the output
   returns. Tokens take the scene's label class when it covers ``purity`` of their pixels
   (:func:`token_labels`); per class, up to ``queries`` labelled tokens each get their ``k`` most
-  similar labelled tokens (raw cosine, as ``aom similar``), leaving out those within
+  similar labelled tokens (raw cosine, as ``aom query similar``), leaving out those within
   ``exclude_tokens`` rows/columns of the query; the share with the query's class, averaged per
   class, then over the classes (macro precision@k). The random-init twin gives its scale. Also
-  with ``aom similar --metric whitened`` (``whitened``: the same search after
+  with ``aom query similar --metric whitened`` (``whitened``: the same search after
   :class:`pipelines.query.Whitening` fitted on a sample of the output's tokens).
 
 The three cosines are also reported on tokens centred on the output's mean token (:func:`centre`):
