@@ -134,7 +134,7 @@ def test_retrieval_leaves_out_the_querys_neighbourhood() -> None:
 
 def test_a_shared_component_leaves_the_raw_ranking_to_the_rest() -> None:
     """One constant vector added to every token compresses raw cosines towards 1, but the nearest
-    neighbours still follow the class directions (``benchmarks/similarity_centring.py`` measures
+    neighbours still follow the class directions (``benchmarks/similarity_metrics.py`` measures
     the same on T29UNU)."""
     rng = np.random.default_rng(1)
     lab = np.repeat(np.arange(2), 800).reshape(40, 40)

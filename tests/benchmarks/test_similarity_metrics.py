@@ -1,4 +1,4 @@
-"""``benchmarks/similarity_centring.py``: its raw-band baseline and its input checks (the retrieval
+"""``benchmarks/similarity_metrics.py``: its raw-band baseline and its input checks (the retrieval
 precision itself is ``pipelines.evaluation.product``'s, tested in tests/pipelines/evaluation)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pipelines.evaluation.datasets import synthetic_scene
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from similarity_centring import band_means, main, raster_hw
+from similarity_metrics import band_means, main, raster_hw
 
 
 def test_band_means_average_each_tokens_pixels_partial_tokens_included() -> None:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/similarity_centring.py            # T29UNU north window, shipped checkpoint
+    .venv/bin/python benchmarks/similarity_metrics.py            # T29UNU north window, shipped checkpoint
 
 Why: the spectral embedding's tokens share one large component (two unrelated tokens have raw
 cosine ~0.99, ``aom eval``'s product metrics), so every similarity score is close to 1. Whether
@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flat_w = w.apply(emb.reshape(-1, emb.shape[-1]))
                     search(embedding, name, flat_w.reshape(*emb.shape[:2], w.k), lab, weights)
     result = {
-        "benchmark": "similarity_centring",
+        "benchmark": "similarity_metrics",
         "checkpoint": a.checkpoint,
         "window": window,
         "centre_window": other_window,
