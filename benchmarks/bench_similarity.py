@@ -14,7 +14,9 @@ Parts (all data synthetic: 8 class centroids + noise, int8-sqrt codes, seeded):
   with ``write_tile`` (Zarr v3 shards, zstd): includes listing, reading and decompression. Run for
   the band-first format 2 ``(time, dim, y, x)`` and the old format 1 ``(time, y, x, dim)`` on the same
   vectors in the same run: ``layout.search_cpu_ratio_f2_over_f1`` is what band-first costs the search
-  (the reader transposes each window to ``[tokens, dim]``).
+  (the reader transposes each window to ``[tokens, dim]``). The same search with
+  ``metric="whitened"`` (sampling 16 tiles, fitting, exact decode and projection per block):
+  ``metric.search_cpu_ratio_whitened_over_cosine``.
 * ``ivf``: an inverted-file index (k-means coarse quantiser, ``--nlist`` lists, ``--nprobe``
   probed) built on the same codes, scored for recall@k against the exact answer, with its build
   time and the number of queries after which it would pay off. It is evaluated here, not shipped.
@@ -107,10 +109,10 @@ def bench_store(args: argparse.Namespace, workdir: Path, fmt: int = 2) -> dict[s
         s = version.tile_size_m
         tile = Tile(f"32631_{ix}_{iy}", 32631, (ix * s, iy * s, (ix + 1) * s, (iy + 1) * s))
         cls = rng.integers(0, 8, (nt, nt))
-        emb = c[cls] + rng.standard_normal((nt, nt, args.dim)).astype(np.float32) * (
+        vecs = c[cls] + rng.standard_normal((nt, nt, args.dim)).astype(np.float32) * (
             0.35 / math.sqrt(args.dim)
         )
-        write_tile(root, version.name, tile, 0, emb, None, {"input_items": [], "bands": []})
+        write_tile(root, version.name, tile, 0, vecs, None, {"input_items": [], "bands": []})
     t_write = time.perf_counter() - t0
     emb = open_embeddings(root)
     q = rng.standard_normal(args.dim).astype(np.float32)
@@ -119,10 +121,15 @@ def bench_store(args: argparse.Namespace, workdir: Path, fmt: int = 2) -> dict[s
     c0, t0 = time.process_time(), time.perf_counter()
     res = similar(emb, vectors=q, k=args.k, scheduler="synchronous")
     t_search, c_search = time.perf_counter() - t0, time.process_time() - c0
+    c0 = time.process_time()  # the same search, whitened: sampling + fit + exact decode + projection
+    whitened = similar(emb, vectors=q, k=args.k, scheduler="synchronous", metric="whitened")
+    c_whitened = time.process_time() - c0
     size = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
     return {
         "format": fmt,
         "search_cpu_s": round(c_search, 3),
+        "whitened_search_cpu_s": round(c_whitened, 3),
+        "whitened_n": whitened.searched_vectors,
         "top_scores": [round(float(x), 6) for x in res.scores],
         "n": res.searched_vectors,
         "tiles": n_tiles,
@@ -223,6 +230,12 @@ def main() -> None:
                 "same_results": out["store"]["top_scores"] == old["top_scores"],
             }
             print(f"layout: {out['layout']}", flush=True)
+            out["metric"] = {
+                "search_cpu_ratio_whitened_over_cosine": round(
+                    out["store"]["whitened_search_cpu_s"] / out["store"]["search_cpu_s"], 3
+                ),
+            }
+            print(f"metric: {out['metric']}", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if not args.no_ivf:
