@@ -36,13 +36,17 @@ def features_order(result: EvalResult) -> list[str]:
     return sorted(seen, key=lambda f: (rank.get(seen[f], 9), f))
 
 
+def _md_head(head: Sequence[str]) -> list[str]:
+    """A Markdown table's header and separator rows (one separator cell per header cell)."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
 def table(result: EvalResult, setting: str, mode: str) -> str:
     cols = columns(result, setting)
     if not cols:
         return ""
     probes = sorted({s["probe"] for s in result.summary}, key=lambda p: (p != "linear", p))
-    head = ["features", "probe", _REF_LABEL[setting], *cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _md_head(["features", "probe", _REF_LABEL[setting], *cols])
     for feat in features_order(result):
         for probe in probes:
             ref = result.lookup("band-missing", REFERENCE, feat, probe, mode)
@@ -287,8 +291,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     if not product:
         return []
     shifts = sorted({int(k) for p in product for k in p["shift_consistency"]})
-    head = ["embedding", "model", "token (m)", "chip-position share", *(f"shift {s}" for s in shifts)]
-    head += ["unrelated", "seam: inside", "across", "contrast", "retrieval: cosine", "whitened"]
+    cosines = [*(f"shift {s}" for s in shifts), "unrelated", "seam: inside", "across", "contrast"]
     lines = [
         "## Product metrics (`aom embed-raster` output)",
         "",
@@ -302,8 +305,17 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
         + _chip_text(product[0].get("chip") or {})
         + ".",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        *_md_head(
+            [
+                "embedding",
+                "model",
+                "token (m)",
+                "chip-position share",
+                *cosines,
+                "retrieval: cosine",
+                "whitened",
+            ]
+        ),
     ]
     for p in product:
         cells = [p["embedding"], p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
@@ -318,10 +330,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
         "The same cosines on tokens centred on the output's mean token (raw cosines are near 1 for every "
         "pair when all tokens share one large component):",
         "",
-        "| "
-        + " | ".join(h for h in head if h not in ("token (m)", "chip-position share", "retrieval"))
-        + " |",
-        "|" + "---|" * (len(head) - 3),
+        *_md_head(["embedding", "model", *cosines]),
     ]
     for p in product:
         cells = [p["embedding"], p["kind"], *_cosine_cells(p["centred"], shifts)]

@@ -144,6 +144,23 @@ def test_a_shared_component_leaves_the_raw_ranking_to_the_rest() -> None:
     assert retrieval_precision(shared, lab, 10, 3, 30) == retrieval_precision(emb, lab, 10, 3, 30)
 
 
+def _assert_tables_are_rectangular(text: str, tables: int) -> None:
+    """Every Markdown table in ``text``: its separator and each row have as many cells as its header."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            if not blocks or not blocks[-1]:
+                blocks.append([])
+            blocks[-1].append(line)
+        elif blocks and blocks[-1]:
+            blocks.append([])
+    found = [b for b in blocks if b]
+    assert len(found) == tables
+    for b in found:
+        widths = [line.count("|") - 1 for line in b]
+        assert len(set(widths)) == 1, b[:3]
+
+
 def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     """A 20 m synthetic scene (96 x 96 px) through embed-raster at 160 m tokens (8 px): a 12 x 12 grid
     in 4-token chip cores; the metrics are finite and in range, random-init beside the checkpoint."""
@@ -175,6 +192,7 @@ def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     assert w["axes"] == 32 and 0.0 <= w["precision"] <= 1.0 and set(w["per_class"]) == set(r["per_class"])
     assert f"| {r['precision']:.3f} | {w['precision']:.3f} |" in text
     assert "k = 3, up to 80 queries per label class" in text
+    _assert_tables_are_rectangular(text, tables=2)
     assert "Chips: 4-token cores + 1-token margins, seams blended over 1 tokens each side" in text
 
 
