@@ -63,7 +63,7 @@ from pipelines.evaluation.product import (
     token_labels,
     token_mean,
 )
-from pipelines.query.similarity import WHITEN_SAMPLE, fit_whitening
+from pipelines.query.similarity import fit_whitening
 
 
 def embed_window(
@@ -109,13 +109,6 @@ def band_means(scene: LabelledScene, px: int, shape: tuple[int, int]) -> np.ndar
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tokens stay NaN
         return np.asarray(np.nanmean(stack.reshape(h, px, w, px, -1), axis=(1, 3)))
-
-
-def _sample(emb: np.ndarray, n: int = WHITEN_SAMPLE) -> np.ndarray:
-    """Up to ``n`` valid tokens of ``emb`` (seeded), what ``aom query similar --metric whitened`` fits on."""
-    flat = emb.reshape(-1, emb.shape[-1])
-    flat = flat[np.isfinite(flat).all(axis=1)]
-    return flat[np.random.default_rng(0).permutation(len(flat))[:n]]
 
 
 def _window(text: str, name: str) -> tuple[int, int, int, int]:
@@ -198,9 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 search(embedding, "centred (own mean)", centre(emb, token_mean(emb)), lab, weights)
                 search(embedding, "centred (other mean)", centre(emb, token_mean(other_emb)), lab, weights)
                 for name, fit_on in (("whitened (own)", emb), ("whitened (other)", other_emb)):
-                    w = fit_whitening(_sample(fit_on))
-                    flat_w = w.apply(emb.reshape(-1, emb.shape[-1]))
-                    search(embedding, name, flat_w.reshape(*emb.shape[:2], w.k), lab, weights)
+                    search(embedding, name, fit_whitening(fit_on).apply(emb), lab, weights)
     result = {
         "benchmark": "similarity_metrics",
         "checkpoint": a.checkpoint,

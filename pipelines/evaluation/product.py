@@ -405,19 +405,15 @@ def _retrieval(
 ) -> dict[str, Any]:
     import rasterio
 
-    from pipelines.query.similarity import WHITEN_SAMPLE, fit_whitening
+    from pipelines.query.similarity import fit_whitening
 
     with rasterio.open(raster) as src:
         raster_hw = (src.height, src.width)
     lab = token_labels(scene.labels, raster_hw, px, emb.shape[:2], float(settings["purity"]))
     k, exclude, queries = int(settings["k"]), int(settings["exclude_tokens"]), int(settings["queries"])
     per = retrieval_precision(emb, lab, k, exclude, queries)
-    flat = emb.reshape(-1, emb.shape[-1])
-    flat = flat[np.isfinite(flat).all(axis=1)]
-    sample = flat[np.random.default_rng(0).permutation(len(flat))[:WHITEN_SAMPLE]]
-    whitening = fit_whitening(sample)
-    whitened = whitening.apply(emb.reshape(-1, emb.shape[-1])).reshape(*emb.shape[:2], whitening.k)
-    per_w = retrieval_precision(whitened, lab, k, exclude, queries)
+    whitening = fit_whitening(emb)  # on a sample of the output's own tokens, as the query path fits
+    per_w = retrieval_precision(whitening.apply(emb), lab, k, exclude, queries)
     return {
         **settings,
         "precision": float(np.mean(list(per.values()))) if per else None,

@@ -27,7 +27,7 @@ from pipelines import storage
 from pipelines.outputs import check_file_output
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import geo_dataarray, parse_crs, select
-from pipelines.query.similarity import METRICS, Whitening, fit_whitening, query_vector, sample_vectors
+from pipelines.query.similarity import Whitening, metric_whitening, query_vector
 
 
 def pca_rgb(
@@ -73,7 +73,7 @@ def cosine_map(sel: xr.DataArray, query: np.ndarray, whitening: Whitening | None
     With ``whitening`` the tokens are whitened first and ``query`` lives in the whitened space."""
     vals = np.asarray(sel.values, dtype=np.float32)
     if whitening is not None:  # NaN tokens stay NaN
-        vals = whitening.apply(vals.reshape(-1, vals.shape[-1])).reshape(*vals.shape[:-1], whitening.k)
+        vals = whitening.apply(vals)
     q = np.asarray(query, dtype=np.float32)
     q = q / np.linalg.norm(q)
     norms = np.linalg.norm(vals, axis=-1)
@@ -101,10 +101,8 @@ def similarity_map(
 ) -> xr.DataArray:
     """Cosine similarity over ``bbox`` to the example locations / vectors (see :func:`query_vector`);
     ``metric="whitened"`` as in :func:`pipelines.query.similar` (fitted on a sample of the version)."""
-    if metric not in METRICS:
-        raise QueryError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     ti = emb.time_index(time)
-    whitening = fit_whitening(sample_vectors(emb, ti)) if metric == "whitened" else None
+    whitening = metric_whitening(emb, ti, metric)
     q = query_vector(emb, lon=lon, lat=lat, vectors=vectors, time=ti, whitening=whitening)
     sel = select(emb, bbox, crs, time=ti, target_crs=target_crs)
     return cosine_map(sel, q, whitening)

@@ -196,16 +196,22 @@ class Whitening:
         return int(self.axes.shape[0])
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
-        """``[n, dim]`` -> ``[n, k]`` float32."""
+        """``[..., dim]`` -> ``[..., k]`` float32 (NaN vectors stay NaN)."""
         v = np.asarray(vectors, dtype=np.float32)
         return np.asarray(((v - self.mean) @ self.axes.T) / self.scale, dtype=np.float32)
 
 
-def fit_whitening(vectors: np.ndarray, k: int = WHITEN_AXES) -> Whitening:
-    """The :class:`Whitening` of ``vectors [n, dim]`` (rows with NaN are left out), ``k`` axes at
-    most (no more than ``dim`` and than the sample's rank)."""
+def fit_whitening(
+    vectors: np.ndarray, k: int = WHITEN_AXES, sample: int | None = WHITEN_SAMPLE, seed: int = 0
+) -> Whitening:
+    """The :class:`Whitening` of ``vectors [..., dim]`` (vectors with NaN are left out; more than
+    ``sample`` valid ones: a seeded random ``sample`` of them), ``k`` axes at most (no more than
+    ``dim`` and than the sample's rank)."""
     x = np.asarray(vectors, dtype=np.float64)
+    x = x.reshape(-1, x.shape[-1])
     x = x[np.isfinite(x).all(axis=1)]
+    if sample is not None and x.shape[0] > sample:
+        x = x[np.random.default_rng(seed).permutation(x.shape[0])[:sample]]
     if x.shape[0] < 2:
         raise QueryError("whitening needs at least 2 valid vectors to fit")
     mean = x.mean(axis=0)
@@ -215,6 +221,18 @@ def fit_whitening(vectors: np.ndarray, k: int = WHITEN_AXES) -> Whitening:
     return Whitening(
         mean=mean.astype(np.float32), axes=vt[:keep].astype(np.float32), scale=sd[:keep].astype(np.float32)
     )
+
+
+def metric_whitening(
+    emb: Embeddings, time_index: int, metric: str, whitening: Whitening | None = None
+) -> Whitening | None:
+    """The whitening a search with ``metric`` uses: None for ``cosine``; for ``whitened``, the
+    given one or one fitted on :func:`sample_vectors` of ``emb`` at ``time_index``."""
+    if metric not in METRICS:
+        raise QueryError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if metric == "cosine":
+        return None
+    return whitening if whitening is not None else fit_whitening(sample_vectors(emb, time_index))
 
 
 def sample_vectors(
@@ -430,13 +448,8 @@ def similar(
 
     if k < 1:
         raise QueryError(f"k must be >= 1, got {k}")
-    if metric not in METRICS:
-        raise QueryError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     ti = emb.time_index(time)
-    if metric == "whitened" and whitening is None:
-        whitening = fit_whitening(sample_vectors(emb, ti))
-    elif metric == "cosine":
-        whitening = None
+    whitening = metric_whitening(emb, ti, metric, whitening)
     q = query_vector(emb, lon=lon, lat=lat, vectors=vectors, time=ti, whitening=whitening)
     aoi_spec: tuple[tuple[float, float, float, float], str] | None = None
     aoi_box = None
