@@ -411,18 +411,19 @@ def _retrieval(
         raster_hw = (src.height, src.width)
     lab = token_labels(scene.labels, raster_hw, px, emb.shape[:2], float(settings["purity"]))
     k, exclude, queries = int(settings["k"]), int(settings["exclude_tokens"]), int(settings["queries"])
-    per = retrieval_precision(emb, lab, k, exclude, queries)
     whitening = fit_whitening(emb)  # on a sample of the output's own tokens, as the query path fits
-    per_w = retrieval_precision(whitening.apply(emb), lab, k, exclude, queries)
+
+    def scored(vectors: np.ndarray) -> dict[str, Any]:
+        per = retrieval_precision(vectors, lab, k, exclude, queries)
+        return {
+            "precision": float(np.mean(list(per.values()))) if per else None,
+            "per_class": {scene.class_names[c]: v for c, v in per.items()},
+        }
+
     return {
         **settings,
-        "precision": float(np.mean(list(per.values()))) if per else None,
-        "per_class": {scene.class_names[c]: v for c, v in per.items()},
-        "whitened": {
-            "axes": whitening.k,
-            "precision": float(np.mean(list(per_w.values()))) if per_w else None,
-            "per_class": {scene.class_names[c]: v for c, v in per_w.items()},
-        },
+        **scored(emb),
+        "whitened": {"axes": whitening.k, **scored(whitening.apply(emb))},
         "labelled_tokens": int((lab >= 0).sum()),
     }
 
