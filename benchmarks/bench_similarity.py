@@ -16,7 +16,9 @@ Parts (all data synthetic: 8 class centroids + noise, int8-sqrt codes, seeded):
   vectors in the same run: ``layout.search_cpu_ratio_f2_over_f1`` is what band-first costs the search
   (the reader transposes each window to ``[tokens, dim]``). The same search with
   ``metric="whitened"`` (sampling 16 tiles, fitting, exact decode and projection per block):
-  ``metric.search_cpu_ratio_whitened_over_cosine``.
+  ``metric.search_cpu_ratio_whitened_over_cosine``. The same vectors in a ``float16`` version
+  (``aom embed --quantisation float16``): ``quantisation.*_ratio_float16_over_int8`` (search CPU for
+  both metrics, bytes on disk).
 * ``ivf``: an inverted-file index (k-means coarse quantiser, ``--nlist`` lists, ``--nprobe``
   probed) built on the same codes, scored for recall@k against the exact answer, with its build
   time and the number of queries after which it would pay off. It is evaluated here, not shipped.
@@ -87,14 +89,18 @@ def bench_memory(args: argparse.Namespace, codes: np.ndarray, q: np.ndarray) -> 
     }
 
 
-def bench_store(args: argparse.Namespace, workdir: Path, fmt: int = 2) -> dict[str, Any]:
+def bench_store(
+    args: argparse.Namespace, workdir: Path, fmt: int = 2, quantisation: str = "int8-sqrt"
+) -> dict[str, Any]:
     from pipelines.embeddings import create_version, ensure_zone, write_tile
     from pipelines.query import open_embeddings, similar
     from pipelines.testing import synthetic_version
     from pipelines.tiling import Tile
 
-    version = synthetic_version(name="aom-bench-000000000000", dim=args.dim, token_ground_m=80.0)
-    root = str(workdir / f"store-f{fmt}")
+    version = synthetic_version(
+        name="aom-bench-000000000000", dim=args.dim, token_ground_m=80.0, quantisation=quantisation
+    )
+    root = str(workdir / f"store-f{fmt}-{quantisation}")
     create_version(root, version, fmt=fmt)
     ensure_zone(root, version.name, 32631)
     nt = version.tokens_per_tile
@@ -127,6 +133,7 @@ def bench_store(args: argparse.Namespace, workdir: Path, fmt: int = 2) -> dict[s
     size = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
     return {
         "format": fmt,
+        "quantisation": quantisation,
         "search_cpu_s": round(c_search, 3),
         "whitened_search_cpu_s": round(c_whitened, 3),
         "whitened_n": whitened.searched_vectors,
@@ -236,6 +243,21 @@ def main() -> None:
                 ),
             }
             print(f"metric: {out['metric']}", flush=True)
+            f16 = bench_store(args, work, fmt=2, quantisation="float16")
+            print(f"store (float16): {f16}", flush=True)
+            out["store_float16"] = f16
+            out["quantisation"] = {
+                "search_cpu_ratio_float16_over_int8": round(
+                    f16["search_cpu_s"] / out["store"]["search_cpu_s"], 3
+                ),
+                "whitened_search_cpu_ratio_float16_over_int8": round(
+                    f16["whitened_search_cpu_s"] / out["store"]["whitened_search_cpu_s"], 3
+                ),
+                "bytes_ratio_float16_over_int8": round(
+                    f16["store_bytes_per_vector"] / out["store"]["store_bytes_per_vector"], 3
+                ),
+            }
+            print(f"quantisation: {out['quantisation']}", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     if not args.no_ivf:

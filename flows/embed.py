@@ -42,6 +42,9 @@ class EmbedParams(BaseModel):
     embedding: str = Field(
         EmbedRequest.embedding, description="what a token vector is: position (default) or spectral"
     )
+    quantisation: str | None = Field(
+        None, description="int8-sqrt or float16 (default: int8-sqrt for position, float16 for spectral)"
+    )
     version: str | None = None
     dask_address: str | None = Field(
         None, description="Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else local workers)"
@@ -49,7 +52,7 @@ class EmbedParams(BaseModel):
     workers: int = Field(EmbedRequest.workers, ge=0, description="local parallel workers (0: in-process)")
     storage: StorageParams = StorageParams()
 
-    _empty_is_none = empty_is_none("cubes", "catalog_url", "version", "dask_address")
+    _empty_is_none = empty_is_none("cubes", "catalog_url", "quantisation", "version", "dask_address")
 
     def request(self) -> EmbedRequest:
         """The request `aom embed` builds from the same values."""

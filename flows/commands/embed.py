@@ -125,6 +125,14 @@ def embed(
         "min(3, margin, core / 2)). See docs/embedding.md, 'Seam blending'.",
     ),
     embedding: str = _embedding_option(),
+    quantisation: str | None = typer.Option(
+        None,
+        "--quantisation",
+        help="How the version stores values: int8-sqrt (codes of the unit vectors, 1 byte a value) or "
+        "float16 (the raw values, 2 bytes; keeps what --metric whitened searches need). Default: int8-sqrt "
+        "for position, float16 for spectral; another one gets its own default version (-float16). See "
+        "docs/embedding.md, 'Values'.",
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
     tiles_per_task: int = typer.Option(
         0,

@@ -10,7 +10,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pipelines import embeddings as es
 from pipelines import storage
@@ -282,6 +282,10 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         version_name = f"{version_name}-{token_m:g}m"  # one version per token size
     if request.version is None and request.embedding != "position":
         version_name = f"{version_name}-{request.embedding}"  # and per embedding kind
+    # the request was checked against es.QUANTISATIONS
+    quantisation = cast(es.Quantisation, request.quantisation or STORE_QUANTISATION[request.embedding])
+    if request.version is None and quantisation != STORE_QUANTISATION[request.embedding]:
+        version_name = f"{version_name}-{quantisation}"  # and per storage encoding
     version = es.EmbeddingsVersion(
         name=version_name,
         model=ckpt.name,
@@ -291,7 +295,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         token_ground_m=token_m,
         tile_size_m=grid.tile_size_m,
         times=tuple(p.label for p in periods),
-        quantisation=STORE_QUANTISATION[request.embedding],
+        quantisation=quantisation,
         config={
             "aom_config": cfg.to_dict(),
             "chip": layout.to_dict(),

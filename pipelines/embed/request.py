@@ -92,6 +92,11 @@ class EmbedRequest:
     12 surface bands, concatenated; the same layout whatever bands the input has). A non-default kind
     gets its own default version name (``-spectral``).
 
+    ``quantisation``: how the version stores values (``pipelines.embeddings.QUANTISATIONS``); None:
+    the kind's default (``pipelines.embed.chips.STORE_QUANTISATION``: ``int8-sqrt`` for position,
+    ``float16`` for spectral). Another one gets its own default version name (``-float16``);
+    ``float16`` keeps what the whitened search metric needs (docs/embedding.md, "Values").
+
     ``token_m``: ground size of one token (m), inside the checkpoint's supported range
     (``AOMConfig.token_m_range``; default its ``token_ground_m``); it must divide ``tile_size_m``.
 
@@ -128,6 +133,7 @@ class EmbedRequest:
     device: str = "auto"
     precision: str = "fp32"
     embedding: str = "position"
+    quantisation: str | None = None
     max_in_flight: int | None = None
     strip_mb: float = 64.0
     write_stac: bool = True
@@ -178,6 +184,11 @@ class EmbedRequest:
         if self.composite not in COMPOSITES:
             raise EmbedConfigError(f"composite must be one of {COMPOSITES}, got {self.composite!r}")
         check_embedding_kind(self.embedding)
+        if self.quantisation is not None and self.quantisation not in es.QUANTISATIONS:
+            raise EmbedConfigError(
+                f"quantisation (--quantisation) must be one of {', '.join(es.QUANTISATIONS)}; "
+                f"got {self.quantisation!r}"
+            )
         if self.precision not in PRECISIONS:
             raise EmbedConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if (

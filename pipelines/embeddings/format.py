@@ -39,7 +39,8 @@ ZONE_Y_RANGE = (0.0, 10_000_000.0)
 Quantisation = Literal["int8-sqrt", "float16"]
 
 
-_QUANTISATIONS = ("int8-sqrt", "float16")
+QUANTISATIONS: tuple[Quantisation, ...] = ("int8-sqrt", "float16")
+"""How a version may store its values (:mod:`pipelines.embeddings.quantize`)."""
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -133,9 +134,9 @@ class EmbeddingsVersion:
                 f"invalid version name {self.name!r}: use 1-128 characters from [A-Za-z0-9._-], "
                 f"not starting with '.', '_' or '-' (reserved: {TILES_DIR!r}, {STAC_DIR!r})"
             )
-        if self.quantisation not in _QUANTISATIONS:
+        if self.quantisation not in QUANTISATIONS:
             raise EmbeddingsStoreError(
-                f"unknown quantisation {self.quantisation!r}; choose one of {', '.join(_QUANTISATIONS)}"
+                f"unknown quantisation {self.quantisation!r}; choose one of {', '.join(QUANTISATIONS)}"
             )
         if int(self.dim) != self.dim or self.dim < 1:
             raise EmbeddingsStoreError(f"dim must be a positive integer, got {self.dim!r}")

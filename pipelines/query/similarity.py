@@ -174,6 +174,13 @@ WHITEN_AXES = 32
 WHITEN_SAMPLE = 20_000
 """Vectors :func:`sample_vectors` draws to fit the whitening."""
 
+INT8_WHITENED_NOTE = (
+    "this version stores int8-sqrt codes, whose rounding is as large as the variation along the "
+    "whitening's smaller axes: the whitened metric keeps only part of its gain here (a float16 version, "
+    "aom embed --quantisation float16, keeps all of it; docs/query.md)"
+)
+"""The note a whitened search of an ``int8-sqrt`` version carries (measured in docs/query.md)."""
+
 
 @dataclass(frozen=True)
 class Whitening:
@@ -521,6 +528,8 @@ def similar(
         )
         tile_ids.append(tid)
     notes = [] if best.size == k else [f"only {best.size} candidate tokens in the searched area"]
+    if whitening is not None and emb.version.quantisation == "int8-sqrt":
+        notes.append(INT8_WHITENED_NOTE)
     return SimilarityResult(
         scores=scores.astype(np.float32),
         epsg=epsgs,

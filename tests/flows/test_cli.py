@@ -202,6 +202,8 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         "80",
         "--embedding",
         "spectral",
+        "--quantisation",
+        "int8-sqrt",
         "--version",
         "v1",
         "--dask-address",
@@ -224,12 +226,14 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         tile_size_m=3840,
         token_m=80,
         embedding="spectral",
+        quantisation="int8-sqrt",
         version="v1",
         dask_address="tcp://scheduler:8786",
         workers=3,
         storage=StorageParams(endpoint_url="http://127.0.0.1:9000"),
     ).request()
     assert seen == [flow] and flow.token_m == 80 and flow.embedding == "spectral"
+    assert flow.quantisation == "int8-sqrt"
     assert (
         flow.storage_options == {"endpoint_url": "http://127.0.0.1:9000"} and flow.catalog == "earth-search"
     )

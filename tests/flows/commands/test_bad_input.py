@@ -136,6 +136,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("embed-device", lambda d: _embed(d, "--device", "tpu"), "auto, cpu, cuda, cuda:N or mps"),
     ("embed-precision", lambda d: _embed(d, "--precision", "fp8"), "fp32"),
     ("embed-embedding", lambda d: _embed(d, "--embedding", "pooled"), "must be one of position, spectral"),
+    (
+        "embed-quantisation",
+        lambda d: _embed(d, "--quantisation", "int4"),
+        "must be one of int8-sqrt, float16",
+    ),
     ("embed-datetime", lambda d: [*_embed(d)[:6], "notadate", *_embed(d)[7:]], "RFC 3339"),
     ("embed-ckpt-dir", lambda d: [*_embed(d)[:2], str(d / "adir"), *_embed(d)[3:]], "is a folder"),
     ("embed-out-file", lambda d: [*_embed(d)[:4], str(d / "afile.txt"), *_embed(d)[5:]], "is a file"),

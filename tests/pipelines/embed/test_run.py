@@ -316,6 +316,35 @@ def test_store_quantisation_keeps_what_differs_between_spectral_tokens() -> None
     assert centred_cosine(own, "int8-sqrt") > 0.999
 
 
+def test_float16_position_store_is_its_own_version_and_equals_the_int8_one(
+    tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
+) -> None:
+    """quantisation="float16" on the position embedding: its own version (``-float16``) next to the
+    int8 one, float16 raw values whose unit vectors the int8 version's codes match within the int8
+    bound; asking for it under the int8 version's name is refused before anything is written."""
+    out, ref = reference
+    copy = tmp_path / "emb"
+    shutil.copytree(out, copy)
+    summary = run_embedding(request(checkpoint, copy, cubes, quantisation="float16"))
+    assert summary.complete and summary.version == f"{ref.version}-float16", summary.format()
+    assert es.read_version(str(copy), summary.version).quantisation == "float16"
+    assert es.read_version(str(copy), ref.version).quantisation == "int8-sqrt"  # untouched
+    for tid in TILES:
+        f16 = tile_codes(str(copy), summary.version, tid)
+        i8 = tile_codes(str(copy), ref.version, tid)
+        assert f16.dtype == np.float16 and i8.dtype == np.int8 and f16.shape == i8.shape
+        valid = np.isfinite(f16).all(axis=-1)
+        assert valid.any() and np.array_equal(valid, (i8 != es.NODATA_Q).all(axis=-1))
+        err = np.abs(es.unit(f16[valid].astype(np.float32)) - es.dequantize(i8[valid]))
+        assert float(err.max()) <= es.QUANT_MAX_ABS_ERROR + 2**-10  # + float16 rounding
+    before = sorted(p.name for p in (copy / "_tiles" / ref.version / "t0").iterdir())
+    with pytest.raises(EmbedConfigError, match="differs in: quantisation"):
+        run_embedding(request(checkpoint, copy, cubes, quantisation="float16", version=ref.version))
+    assert sorted(p.name for p in (copy / "_tiles" / ref.version / "t0").iterdir()) == before
+    with pytest.raises(EmbedConfigError, match="int8-sqrt, float16"):
+        request(checkpoint, copy, cubes, quantisation="int4")
+
+
 def test_existing_version_with_other_definition_is_refused(
     tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
 ) -> None:

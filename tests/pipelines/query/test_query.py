@@ -31,7 +31,7 @@ from pipelines.query import (
     topk_cosine,
     vectors_at,
 )
-from pipelines.query.similarity import describe_result
+from pipelines.query.similarity import INT8_WHITENED_NOTE, describe_result
 from pipelines.testing import SyntheticStore, build_synthetic_store, synthetic_version
 
 VERSION = "aom-synthetic-0123456789ab"
@@ -267,8 +267,48 @@ def test_whitened_similarity_equals_brute_force_oracle(emb, synth: SyntheticStor
     assert res.scores[0] > 0.99  # the example location itself
     assert (synth.scene.class_at(res.lon, res.lat) == synth.scene.class_at(*QUERY)).all()
     assert "(whitened cosine)" in describe_result(res)
+    # int8-sqrt codes round away part of what the whitening weighs: the result says so
+    assert INT8_WHITENED_NOTE in res.notes and f"note: {INT8_WHITENED_NOTE}" in describe_result(res)
+    assert INT8_WHITENED_NOTE not in similar(emb, lon=QUERY[0], lat=QUERY[1], k=k, tiles_per_task=1).notes
     with pytest.raises(QueryError, match="unknown metric 'l2'; choose from cosine, whitened"):
         similar(emb, lon=QUERY[0], lat=QUERY[1], metric="l2")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "whitened"])
+def test_float16_version_search_equals_numpy_over_its_values(tmp_path: Path, metric: str) -> None:
+    """A float16 version (``aom embed --quantisation float16``, and every spectral version): both
+    metrics rank exactly as numpy over the stored float16 values, without the int8 note."""
+    import zarr
+
+    from pipelines.embeddings import zarr_store
+    from pipelines.query.similarity import sample_vectors
+
+    version = synthetic_version(name="aom-synthetic-f16-0123456789", dim=32, quantisation="float16")
+    synth = build_synthetic_store(str(tmp_path / "store"), version=version, hole_tokens=3)
+    emb = open_embeddings(synth.root_url)
+    k = 25
+    res = similar(emb, lon=QUERY[0], lat=QUERY[1], k=k, metric=metric, tiles_per_task=1)
+    w = fit_whitening(sample_vectors(emb, 0)) if metric == "whitened" else None
+    n = emb.version.tokens_per_tile
+    scores, keys = [], []
+    for epsg, refs in emb.tiles(0).items():
+        arr = zarr.open_array(
+            store=zarr_store(emb.url, read_only=True), path=f"{version.name}/{epsg}/embeddings", mode="r"
+        )
+        assert arr.dtype == np.float16
+        for r in refs:
+            v = np.asarray(arr[0, :, r.row0 : r.row0 + n, r.col0 : r.col0 + n]).transpose(1, 2, 0)
+            rows, cols = np.nonzero(np.isfinite(v).all(axis=-1))
+            z = v[rows, cols].astype(np.float64)
+            z = w.apply(z).astype(np.float64) if w is not None else z
+            scores.append(z @ res.query / np.linalg.norm(z, axis=1))
+            keys += [(epsg, r.row0 + a, r.col0 + b) for a, b in zip(rows, cols)]
+    s = np.concatenate(scores)
+    order = np.argsort(-s, kind="stable")[:k]
+    np.testing.assert_allclose(res.scores, s[order], atol=1e-4)
+    got = set(zip(res.epsg.tolist(), res.row.tolist(), res.col.tolist()))
+    assert len(got & {keys[i] for i in order}) >= k - 2  # ties at the cut-off may swap
+    assert res.scores[0] > 0.99 and INT8_WHITENED_NOTE not in res.notes
 
 
 def test_topk_cosine_dask_matches_numpy() -> None:
