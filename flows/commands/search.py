@@ -1,8 +1,10 @@
 """`aom search`: find STAC items in a STAC API or a local catalog and save them with a content hash.
 
-Exit codes: 0 items found and saved; 1 nothing matched (the reasons are printed, ``--out`` is left
-untouched); 2 the search could not run (bad arguments, catalog unreachable after retries, a
-collection the catalog does not have ...: one ``error: ...`` line, see :mod:`flows.cli`).
+Exit codes: 0 items found and saved; 1 the search started and failed (the catalog still
+unreachable or failing after the retries, a file that cannot be read: rerun later); 2 bad input
+(bad arguments, a URL that is not a catalog, a collection the catalog does not have ...); 1 and 2
+print one ``error: ...`` line (see :mod:`flows.cli`); 3 nothing matched (the reasons are printed,
+``--out`` is left untouched).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from flows.commands._options import (
 from pipelines.errors import InputError
 from pipelines.registry import DEFAULT_CATALOG
 
-EXIT_EMPTY = 1
-"""Exit status when nothing matched (not an error: the reasons are printed)."""
+EXIT_EMPTY = 3
+"""Exit status when nothing matched (not an error: the reasons are printed). Not 1, which every verb
+uses for a run that failed (here: the catalog unreachable after retries), so that a scheduler can
+tell "retry later" from "nothing to do"."""
 
 
 def _json_arg(text: str | None, name: str) -> dict[str, Any] | None:
@@ -99,7 +103,11 @@ def search(
         True, "--progress/--no-progress", help="Show a progress bar while scanning."
     ),
 ) -> None:
-    """Search a STAC API or the local catalog; save the matching items with a content hash."""
+    """Search a STAC API or the local catalog; save the matching items with a content hash.
+
+    Exit codes: 0 saved; 1 failed (the catalog still unreachable or failing after the retries: rerun
+    later); 2 bad input; 3 nothing matched (--out left unchanged).
+    """
     from tqdm import tqdm
 
     from pipelines.retry import RetryPolicy

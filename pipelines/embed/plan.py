@@ -139,7 +139,7 @@ def _search_items(
     from shapely.ops import unary_union
 
     from pipelines.embed.sources import padded_tile_obj
-    from pipelines.search import SearchError, SearchRequest, search
+    from pipelines.search import CatalogUnavailableError, SearchError, SearchRequest, search
 
     geom = unary_union([shape(padded_tile_obj(t, margin_m).footprint_wgs84()) for t in tiles])
     if shapely.get_num_coordinates(geom) > 5000:  # keep the request small (large AOIs: many tiles)
@@ -155,6 +155,8 @@ def _search_items(
             catalog_url=request.catalog_url,
             storage_options=request.options_for(request.catalog_url) or None,
         )
+    except CatalogUnavailableError as exc:  # a failed run (exit 1, rerun later), not bad input
+        raise CatalogUnavailableError(f"catalog search failed: {exc}") from None
     except SearchError as exc:
         raise EmbedConfigError(f"catalog search failed: {exc}") from None
     return [dict(i) for i in result.items]

@@ -10,6 +10,7 @@
 
 from pipelines.search.cql2 import FilterError, and_filters, compile_filter, query_to_cql2
 from pipelines.search.filters import (
+    CatalogUnavailableError,
     SearchError,
     UnknownCollectionError,
     canonical_item,
@@ -38,6 +39,7 @@ from pipelines.search.signing import (
 )
 
 __all__ = [
+    "CatalogUnavailableError",
     "FilterError",
     "RefreshPlan",
     "SearchError",

@@ -27,7 +27,7 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 
 from pipelines.retry import RetryError, RetryPolicy, call_with_retry
-from pipelines.search.filters import SearchError
+from pipelines.search.filters import CatalogUnavailableError, SearchError
 from pipelines.storage import redact_url
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class RetryingStacApiIO(StacApiIO):
                 describe=describe,
             )
         except RetryError as exc:
-            raise SearchError(str(exc)) from exc
+            raise CatalogUnavailableError(str(exc)) from exc
         except _HTTPFailure as exc:
             raise SearchError(f"{describe} was rejected: {exc}") from exc
 
@@ -230,7 +230,7 @@ def _items(client: Any, kwargs: dict[str, Any], url: str) -> Iterator[dict[str, 
     except NotImplementedError as exc:  # pystac-client DoesNotConformTo
         raise SearchError(f"{redact_url(url)}: {exc}") from exc
     except APIError as exc:
-        raise SearchError(f"STAC API {redact_url(url)} failed: {exc}") from exc
+        raise CatalogUnavailableError(f"STAC API {redact_url(url)} failed: {exc}") from exc
 
 
 def _collection_ids(client: Any) -> tuple[str, ...] | None:

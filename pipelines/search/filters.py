@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from pipelines.errors import AOMError
+from pipelines.errors import EXIT_FAILED, AOMError
 from pipelines.search.cql2 import FilterError, Predicate, compile_filter, query_to_cql2
 
 __all__ = [
@@ -44,8 +44,16 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+
 
 
 class SearchError(AOMError, RuntimeError):
-    """A search could not run (bad request, unreachable catalog, server error after retries).
-    Exit status 2, which ``aom search`` keeps apart from 1, "nothing matched"."""
+    """A search could not run: a bad request, a catalog that is not one, a request the API refuses
+    (exit status 2, bad input). :class:`CatalogUnavailableError` is the one that is not bad input."""
+
+
+class CatalogUnavailableError(SearchError):
+    """The catalog could not be reached or read: the network or the server still failing after the
+    retries, or a file that cannot be read. The search started and failed (exit status 1, as every
+    run that failed): rerun it later; it is never reported as an empty result."""
+
+    exit_code = EXIT_FAILED
 
 
 class UnknownCollectionError(SearchError):

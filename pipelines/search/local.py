@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipelines.retry import RetryPolicy, call_with_retry
-from pipelines.search.filters import SearchError
+from pipelines.search.filters import CatalogUnavailableError, SearchError
 from pipelines.storage import filesystem, normalise_url, redact_url
 
 PARQUET_SUFFIXES = (".parquet", ".geoparquet", ".pq")
@@ -88,7 +88,7 @@ def _read_bytes(url: str, storage_options: Mapping[str, Any] | None, retry: Retr
     except Exception as exc:
         if isinstance(exc, SearchError):
             raise
-        raise SearchError(f"cannot read {redact_url(url)}: {exc}") from exc
+        raise CatalogUnavailableError(f"cannot read {redact_url(url)}: {exc}") from exc
 
 
 def _transient(exc: BaseException) -> bool:

@@ -10,6 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from flows.commands.search import EXIT_EMPTY
+from pipelines.errors import EXIT_FAILED
 from pipelines.errors import EXIT_USAGE as EXIT_ERROR
 from pipelines.search import load_result
 from tests.pipelines.search.support import LS, S2, all_items, fake_api
@@ -164,7 +165,7 @@ def test_nothing_found_exits_non_zero_and_leaves_out_alone(
         "--out",
         str(out),
     )
-    assert r.exit_code == EXIT_EMPTY  # type: ignore[attr-defined]
+    assert r.exit_code == EXIT_EMPTY == 3  # type: ignore[attr-defined]  # not 1: a failed run
     assert "no items matched" in r.stdout  # type: ignore[attr-defined]
     assert "nothing found" in r.stderr  # type: ignore[attr-defined]
     assert not out.exists()
@@ -242,6 +243,6 @@ def test_api_failure_is_reported_without_credentials(app: typer.Typer, tmp_path:
             "2",
         )
         assert len(api.requests) == 2
-    assert r.exit_code == EXIT_ERROR  # type: ignore[attr-defined]
+    assert r.exit_code == EXIT_FAILED  # type: ignore[attr-defined]  # a failed run (rerun later), not bad input
     assert host in r.stderr and "hunter2" not in r.output  # type: ignore[attr-defined]
     assert "HTTP 503" in r.stderr and "after 2 attempt" in r.stderr  # type: ignore[attr-defined]

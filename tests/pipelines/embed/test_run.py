@@ -345,6 +345,32 @@ def test_float16_position_store_is_its_own_version_and_equals_the_int8_one(
         request(checkpoint, copy, cubes, quantisation="int4")
 
 
+def test_a_catalog_still_failing_after_retries_fails_the_run_as_a_run_not_as_bad_input(
+    tmp_path: Path, checkpoint: Path
+) -> None:
+    """HTTP 503 on every request: exit status 1 (rerun later), like every run that failed, not 2 (bad
+    input); nothing is written."""
+    from pipelines.errors import EXIT_FAILED
+    from pipelines.search import CatalogUnavailableError
+    from tests.pipelines.search.support import fake_api, utm_items
+
+    out = tmp_path / "emb"
+    with fake_api(utm_items(), fail_always=503, retry_after="0") as api:
+        req = EmbedRequest(
+            checkpoint=str(checkpoint),
+            out=str(out),
+            datetime=PERIOD,
+            tiles=TILES,
+            catalog_url=api.url,
+            catalog="earth-search",
+            workers=0,
+            progress=False,
+        )
+        with pytest.raises(CatalogUnavailableError, match=r"catalog search failed.*HTTP 503") as info:
+            run_embedding(req)
+    assert info.value.exit_code == EXIT_FAILED and not out.exists()
+
+
 def test_existing_version_with_other_definition_is_refused(
     tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
 ) -> None:

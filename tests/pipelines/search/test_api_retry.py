@@ -7,9 +7,10 @@ import random
 
 import pytest
 
-from pipelines.errors import EXIT_USAGE
+from pipelines.errors import EXIT_FAILED, EXIT_USAGE
 from pipelines.retry import RetryError, RetryPolicy, call_with_retry
 from pipelines.search import (
+    CatalogUnavailableError,
     SearchError,
     SearchRequest,
     UnknownCollectionError,
@@ -168,6 +169,7 @@ def test_500_forever_fails_after_bounded_retries_naming_the_url_without_credenti
             search(SearchRequest((S2,), bbox=AOI), catalog_url=url, retry=FAST)
         n_requests = len(api.requests)
     message = str(info.value)
+    assert isinstance(info.value, CatalogUnavailableError) and info.value.exit_code == EXIT_FAILED
     assert n_requests == FAST.max_attempts  # bounded
     assert "after 4 attempt(s)" in message and "HTTP 500" in message
     assert host in message
@@ -193,8 +195,9 @@ def test_unreachable_api_is_a_clear_error() -> None:
     from tests.services.ports import free_port
 
     url = f"http://127.0.0.1:{free_port()}/stac"
-    with pytest.raises(SearchError, match=r"127\.0\.0\.1.*after 2 attempt"):
+    with pytest.raises(CatalogUnavailableError, match=r"127\.0\.0\.1.*after 2 attempt") as info:
         search(SearchRequest((S2,)), catalog_url=url, retry=RetryPolicy(max_attempts=2, initial_delay_s=0.01))
+    assert info.value.exit_code == EXIT_FAILED  # a run that failed (retried next run), not bad input
 
 
 def test_api_search_of_a_collection_the_api_lacks_is_bad_input_naming_what_it_serves() -> None:
