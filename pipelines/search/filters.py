@@ -25,6 +25,7 @@ from pipelines.errors import EXIT_FAILED, AOMError
 from pipelines.search.cql2 import FilterError, Predicate, compile_filter, query_to_cql2
 
 __all__ = [
+    "CatalogUnavailableError",
     "FilterError",
     "SearchError",
     "canonical_item",
