@@ -259,6 +259,11 @@ def eval_command(
         if r.get("precision") is not None:
             whitened = (r.get("whitened") or {}).get("precision")
             tail = "" if whitened is None else f", whitened cosine {whitened:.3f}"
+            stored = r.get("stored") or {}
+            if stored.get("precision") is not None:
+                sw = (stored.get("whitened") or {}).get("precision")
+                tail += f"; as stored ({stored['quantisation']}): cosine {stored['precision']:.3f}"
+                tail += "" if sw is None else f", whitened {sw:.3f}"
             typer.echo(f"  retrieval precision@{r['k']}: cosine {r['precision']:.3f}{tail}")
     typer.echo(json.dumps({k: str(v) for k, v in paths.items()}))
 

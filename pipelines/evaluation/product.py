@@ -23,7 +23,9 @@ A scene (its bands at the finest GSD) is written as a float32 reflectance GeoTIF
   ``exclude_tokens`` rows/columns of the query; the share with the query's class, averaged per
   class, then over the classes (macro precision@k). The random-init twin gives its scale. Also
   with ``aom query similar --metric whitened`` (``whitened``: the same search after
-  :class:`pipelines.query.Whitening` fitted on a sample of the output's tokens).
+  :class:`pipelines.query.Whitening` fitted on a sample of the output's tokens), and both again on
+  the values ``aom embed`` stores for that embedding by default (``stored``: the round trip through
+  ``pipelines.embed.chips.STORE_QUANTISATION``, int8-sqrt codes for position, float16 for spectral).
 
 The three cosines are also reported on tokens centred on the output's mean token (:func:`centre`):
 an embedding whose tokens share one large component (the spectral embedding: unrelated tokens at
@@ -251,7 +253,8 @@ class ProductMetrics:
     """Retrieval precision on the unshifted output (:func:`retrieval_precision`): its settings,
     ``precision`` (macro over ``per_class``; None when no class has ``2 k`` labelled tokens),
     ``per_class`` (class name -> precision), ``whitened`` (the same for the whitened metric, with
-    its ``axes``) and ``labelled_tokens``."""
+    its ``axes``), ``stored`` (both again on the store's default encoding of the embedding, named
+    in its ``quantisation``) and ``labelled_tokens``."""
 
     def goals(self) -> dict[str, bool]:
         sc = [v for v in self.shift_consistency.values() if math.isfinite(v)]
@@ -388,7 +391,9 @@ def product_metrics(
                 "unrelated_cosine": unrelated_cosine(ref_c),
                 "seams": seam_contrast(ref_c, core_tokens, off),
             },
-            retrieval=_retrieval(scene, ref, raster, res.token_px, {**RETRIEVAL, **(retrieval or {})}),
+            retrieval=_retrieval(
+                scene, ref, raster, res.token_px, {**RETRIEVAL, **(retrieval or {})}, embedding
+            ),
         )
         for s in shifts:
             say(f"product metrics: {embedding}, shifted by {s} token(s)")
@@ -401,17 +406,23 @@ def product_metrics(
 
 
 def _retrieval(
-    scene: LabelledScene, emb: np.ndarray, raster: Path, px: int, settings: Mapping[str, Any]
+    scene: LabelledScene,
+    emb: np.ndarray,
+    raster: Path,
+    px: int,
+    settings: Mapping[str, Any],
+    embedding: str,
 ) -> dict[str, Any]:
     import rasterio
 
+    from pipelines.embed.chips import STORE_QUANTISATION
+    from pipelines.embeddings import dequantize, encode
     from pipelines.query.similarity import fit_whitening
 
     with rasterio.open(raster) as src:
         raster_hw = (src.height, src.width)
     lab = token_labels(scene.labels, raster_hw, px, emb.shape[:2], float(settings["purity"]))
     k, exclude, queries = int(settings["k"]), int(settings["exclude_tokens"]), int(settings["queries"])
-    whitening = fit_whitening(emb)  # on a sample of the output's own tokens, as the query path fits
 
     def scored(vectors: np.ndarray) -> dict[str, Any]:
         per = retrieval_precision(vectors, lab, k, exclude, queries)
@@ -420,10 +431,15 @@ def _retrieval(
             "per_class": {scene.class_names[c]: v for c, v in per.items()},
         }
 
+    def both(vectors: np.ndarray) -> dict[str, Any]:
+        whitening = fit_whitening(vectors)  # on a sample of the same tokens, as the query path fits
+        return {**scored(vectors), "whitened": {"axes": whitening.k, **scored(whitening.apply(vectors))}}
+
+    quantisation = STORE_QUANTISATION[embedding]
     return {
         **settings,
-        **scored(emb),
-        "whitened": {"axes": whitening.k, **scored(whitening.apply(emb))},
+        **both(emb),
+        "stored": {"quantisation": quantisation, **both(dequantize(encode(emb, quantisation)))},
         "labelled_tokens": int((lab >= 0).sum()),
     }
 

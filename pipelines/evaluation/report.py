@@ -286,6 +286,14 @@ def _retrieval_text(r: dict[str, Any]) -> str:
     )
 
 
+def _stored_text(product: Sequence[dict[str, Any]]) -> str:
+    """Which encoding each embedding's "as stored" columns went through, for the legend."""
+    seen = {
+        p["embedding"]: ((p.get("retrieval") or {}).get("stored") or {}).get("quantisation") for p in product
+    }
+    return ", ".join(f"{e}: {q}" for e, q in seen.items() if q) or "not measured"
+
+
 def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     """The product metrics section (``pipelines.evaluation.product``), empty without them."""
     if not product:
@@ -301,6 +309,8 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
         "(goal < 0.01); retrieval: macro precision@k of a similarity search over the output, by raw cosine "
         "and by whitened cosine (`aom query similar --metric whitened`; "
         + _retrieval_text(product[0].get("retrieval") or {})
+        + "); as stored: the same two searches on the values `aom embed` stores by default ("
+        + _stored_text(product)
         + "). Chips: "
         + _chip_text(product[0].get("chip") or {})
         + ".",
@@ -314,15 +324,20 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
                 *cosines,
                 "retrieval: cosine",
                 "whitened",
+                "as stored: cosine",
+                "whitened",
             ]
         ),
     ]
     for p in product:
         cells = [p["embedding"], p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
         r = p.get("retrieval") or {}
+        stored = r.get("stored") or {}
         tail = [
             _precision_cell(r.get("precision")),
             _precision_cell((r.get("whitened") or {}).get("precision")),
+            _precision_cell(stored.get("precision")),
+            _precision_cell((stored.get("whitened") or {}).get("precision")),
         ]
         lines.append("| " + " | ".join(cells + _cosine_cells(p, shifts) + tail) + " |")
     lines += [

@@ -326,6 +326,7 @@ def test_geotiff_label_raster_mismatch_and_cli(tmp_path: Path) -> None:
         r = p["retrieval"]
         assert r["k"] == 20 and r["labelled_tokens"] > 0
         assert r["precision"] is None or 0.0 <= r["precision"] <= 1.0
+        assert r["stored"]["quantisation"] == {"position": "int8-sqrt", "spectral": "float16"}[p["embedding"]]
     res = runner.invoke(
         app, [*base, "--labels", str(shifted), "--checkpoint", "random:tiny", "--out", str(out)]
     )

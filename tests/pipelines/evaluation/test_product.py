@@ -190,7 +190,15 @@ def test_product_metrics_end_to_end_on_a_small_synthetic_scene() -> None:
     assert "## Product metrics" in text and "| position | random-init | 160 |" in text
     w = r["whitened"]
     assert w["axes"] == 32 and 0.0 <= w["precision"] <= 1.0 and set(w["per_class"]) == set(r["per_class"])
-    assert f"| {r['precision']:.3f} | {w['precision']:.3f} |" in text
+    st = r["stored"]  # the store's default encoding of the position embedding: int8-sqrt codes
+    assert st["quantisation"] == "int8-sqrt" and set(st["per_class"]) == set(r["per_class"])
+    assert abs(st["precision"] - r["precision"]) <= 0.1 and 0.0 <= st["whitened"]["precision"] <= 1.0
+    cells = (r["precision"], w["precision"], st["precision"], st["whitened"]["precision"])
+    assert "| " + " | ".join(f"{v:.3f}" for v in cells) + " |" in text
+    assert (
+        "as stored: the same two searches on the values `aom embed` stores by default (position: int8-sqrt)"
+        in text
+    )
     assert "k = 3, up to 80 queries per label class" in text
     _assert_tables_are_rectangular(text, tables=2)
     assert "Chips: 4-token cores + 1-token margins, seams blended over 1 tokens each side" in text
@@ -214,6 +222,7 @@ def test_product_metrics_of_the_spectral_embedding() -> None:
         core_tokens=4,
         margin_tokens=1,
         embeddings=("position", "spectral"),
+        retrieval={"k": 3, "exclude_tokens": 1, "purity": 0.6},
     )
     assert [(r["embedding"], r["kind"]) for r in rows] == [
         ("position", "random-init"),
@@ -232,6 +241,12 @@ def test_product_metrics_of_the_spectral_embedding() -> None:
         assert abs(c["unrelated_cosine"]) < 0.1
         assert set(c["seams"]) == {"inside", "across", "contrast"}
     assert "The same cosines on tokens centred" in text and "| spectral | random-init | " in text
+    # "as stored": the spectral embedding's store keeps float16 raw values, which rank as float32 do
+    stored = spectral["retrieval"]["stored"]
+    assert stored["quantisation"] == "float16"
+    assert stored["precision"] is not None
+    assert abs(stored["precision"] - spectral["retrieval"]["precision"]) <= 0.02
+    assert "(position: int8-sqrt, spectral: float16)" in text
 
 
 def test_seam_blending_lowers_the_seam_contrast_end_to_end() -> None:
