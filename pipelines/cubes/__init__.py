@@ -10,10 +10,12 @@
 * ``plan``: :class:`CubeRequest` -> collections, items and tiles (:func:`plan_cubes`), the one
   planner of the ``aom cubes`` verb, the ``ingest`` flow and the demo;
 * ``run``: :func:`write_cubes` over many tiles (threads or Dask);
+* ``freshness``: complete tiles a run must rebuild because it has items their record has not seen;
 * ``ingest``: search -> saved items -> plan -> cubes as resumable steps.
 """
 
 from pipelines.cubes.assembly import assemble_tile
+from pipelines.cubes.freshness import Freshness, freshness, read_records
 from pipelines.cubes.groups import GroupMeta
 from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.cubes.lattice import GroupLattice, lattice_shift, native_lattice
@@ -30,6 +32,7 @@ __all__ = [
     "CubeSpec",
     "CubeStore",
     "CubeStoreError",
+    "Freshness",
     "GroupLattice",
     "GroupMeta",
     "RunSummary",
@@ -40,6 +43,7 @@ __all__ = [
     "classify_error",
     "complete_projection",
     "encode_reflectance",
+    "freshness",
     "group_entry",
     "group_path",
     "gsd_label",
@@ -50,6 +54,7 @@ __all__ = [
     "plan_saved",
     "process_tile",
     "read_items",
+    "read_records",
     "reflectance_attrs",
     "search_and_save",
     "tile_record",

@@ -32,6 +32,7 @@ from typing import Any
 from pipelines import runs
 from pipelines.cubes.assembly import TileCube, assemble_tile, decode, diagnose_read_failure
 from pipelines.cubes.composite import composite_group
+from pipelines.cubes.freshness import freshness, read_records
 from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
 from pipelines.cubes.spec import (
     INT16_FILL,
@@ -222,20 +223,42 @@ def process_tile(
     read_options: Mapping[str, Any] | None = None,
     scheduler: str | None = "threads",
 ) -> TileOutcome:
-    """Write one tile exactly once (skip when complete). Never raises for bad inputs or storage faults."""
+    """Write one tile exactly once (skip when complete), or rebuild a complete tile when ``items``
+    has items its record has not seen (:mod:`pipelines.cubes.freshness`). Never raises for bad
+    inputs or storage faults."""
     t0 = time.perf_counter()
     store = CubeStore(out_url, storage_options)
     lease = None
+    new: tuple[str, ...] = ()
     try:
-        if store.has_record(tile.tile_id):
-            return TileOutcome(tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)")
-        lease = store.tile_lease(tile.tile_id)
-        # another live run building this tile: wait for it (its record ends the wait)
-        if not lease.acquire_unless(lambda: store.has_record(tile.tile_id)) or store.has_record(tile.tile_id):
-            return TileOutcome(tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)")
+        recorded = read_records(store, [tile.tile_id])
+        if recorded:
+            state = freshness(recorded[tile.tile_id], items)
+            if not state.rebuild:
+                return TileOutcome(tile.tile_id, TileStatus.SKIPPED, state.reason())
+            lease = store.tile_lease(tile.tile_id)
+            lease.acquire_unless(lambda: False)  # wait for any live writer of the tile, then look again
+            recorded = read_records(store, [tile.tile_id])
+            if recorded:
+                state = freshness(recorded[tile.tile_id], items)
+                if not state.rebuild:  # another run rebuilt it meanwhile
+                    return TileOutcome(tile.tile_id, TileStatus.SKIPPED, state.reason())
+                new = state.new
+                store.remove_record(tile.tile_id)  # absent, never half old, half new
+        else:
+            lease = store.tile_lease(tile.tile_id)
+            # another live run building this tile: wait for it (its record ends the wait)
+            if not lease.acquire_unless(lambda: store.has_record(tile.tile_id)) or store.has_record(
+                tile.tile_id
+            ):
+                return TileOutcome(tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)")
         _configure_reads(read_options)
         store.clear_tile(tile.tile_id)
         outcome = _write_tile(store, tile, items, spec, read_options, scheduler, lease)
+        if new and outcome.status != TileStatus.FAILED:
+            outcome.reason = f"rebuilt with {len(new)} new item(s)" + (
+                f"; {outcome.reason}" if outcome.reason else ""
+            )
     except Exception as exc:  # storage down, or a bug: the tile stays absent and is redone next run
         reason, _ = classify_error(exc)
         log.warning("tile %s failed: %s: %s", tile.tile_id, type(exc).__name__, reason)
@@ -335,6 +358,7 @@ def _write_tile(
         dropped_groups=dropped,
         items=used,
         skipped=skipped,
+        considered_items=[str(i.get("id")) for i in items],
     )
     if lease is not None:
         lease.check()  # a run whose lease was taken over never records (the new holder rewrites)
@@ -397,12 +421,12 @@ def write_cubes(
     index = _ItemIndex(item_list)
     todo: list[Tile] = []
     outcomes: dict[str, TileOutcome] = {}
+    records = read_records(store, [t.tile_id for t in tile_list if t.tile_id in already])
     for tile in tile_list:
-        if tile.tile_id in already:
-            outcomes[tile.tile_id] = TileOutcome(
-                tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)"
-            )
-        else:
+        state = freshness(records[tile.tile_id], index.for_tile(tile)) if tile.tile_id in records else None
+        if state is not None and not state.rebuild:
+            outcomes[tile.tile_id] = TileOutcome(tile.tile_id, TileStatus.SKIPPED, state.reason())
+        else:  # never built, or given items its record has not seen (freshness.py)
             todo.append(tile)
     log.info(
         "cubes: %d tile(s), %d already complete, %d to build -> %s",

@@ -113,6 +113,7 @@ def tile_record(
     items: Sequence[str] = (),
     skipped: Sequence[Mapping[str, Any]] = (),
     written_at: str | None = None,
+    considered_items: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A tile's completion record (``status`` ``complete`` with ``groups``, or ``empty``), written last
     with :meth:`CubeStore.write_record`. ``written_at`` defaults to now (UTC, ISO 8601)."""
@@ -128,6 +129,7 @@ def tile_record(
         "groups": list(groups),
         "dropped_groups": list(dropped_groups),
         "items": list(items),
+        "considered_items": sorted(considered_items),  # every item the build was given (freshness.py)
         "skipped": list(skipped),
         "reason": reason,
         "encoding": spec.encoding,
@@ -339,6 +341,11 @@ class CubeStore:
         write_json_atomic(
             join(self.url, RECORDS_DIR, f"{tile_id}.json"), json_safe(dict(record)), self.storage_options
         )
+
+    def remove_record(self, tile_id: str) -> None:
+        """Make a tile incomplete before rebuilding it (the caller holds its lease)."""
+        self.fs.rm(self._record_path(tile_id))
+        self.fs.invalidate_cache(self._record_path(tile_id))
 
     def tile_lease(self, tile_id: str, ttl_s: float = LEASE_TTL_S) -> Lease:
         """The writer lease of one tile (``<store>/_leases/<tile_id>.json``): whoever holds it is

@@ -1,0 +1,73 @@
+"""Complete tiles given items their record has not seen are rebuilt (``pipelines.cubes.freshness``):
+new acquisitions reach the store, with nothing lost and nothing rebuilt for no reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipelines.cubes import CubeStore, write_cubes
+from pipelines.cubes.freshness import freshness
+from pipelines.runs import TileStatus
+from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, spec
+
+
+def test_new_items_rebuild_complete_tiles_equal_to_a_clean_run(
+    scene: dict[str, Any], built: dict[str, Any], tmp_path: Path
+) -> None:
+    """A store built from A alone, then a run given A and B (B published since): every tile is
+    rebuilt and equals the clean run of A and B; the next run with the same items rebuilds nothing."""
+    out = tmp_path / "cubes"
+    first = write_cubes([scene["A"]], TILE_IDS, spec(), str(out), progress=False)
+    assert [o.status for o in first.outcomes] == [TileStatus.DONE] * len(TILE_IDS)
+    store = CubeStore.open(str(out))
+    assert {t: r["items"] for t, r in store.tile_records().items()} == {t: ["A"] for t in TILE_IDS}
+    assert all(r["considered_items"] == ["A"] for r in store.tile_records().values())
+
+    second = write_cubes([scene["A"], scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {o.status for o in second.outcomes} == {TileStatus.DONE}, second.format()
+    assert {o.reason for o in second.outcomes} == {"rebuilt with 1 new item(s)"}
+    assert_stores_equal(store, CubeStore.open(str(built["out"])))
+    assert not list(out.glob("_leases/*"))  # every lease released
+
+    third = write_cubes([scene["A"], scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {(o.status, o.reason) for o in third.outcomes} == {
+        (TileStatus.SKIPPED, "already complete (record exists)")
+    }
+
+
+def test_a_run_without_all_of_a_tiles_items_does_not_rebuild_it(
+    scene: dict[str, Any], built: dict[str, Any], tmp_path: Path
+) -> None:
+    """Given only a new item (A2) and not the tile's own A and B, a rebuild would drop A and B: the
+    tile is skipped, unchanged, and the summary says why."""
+    out = tmp_path / "cubes"
+    shutil.copytree(built["out"], out)
+    run = write_cubes([scene["A2"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {o.status for o in run.outcomes} == {TileStatus.SKIPPED}
+    reasons = {o.reason for o in run.outcomes}
+    assert len(reasons) == 1 and reasons.pop().startswith(
+        "not rebuilt: 1 new item(s), but the tile holds 2 item(s) this run was not given (e.g. A)"
+    )
+    assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(built["out"])))
+
+
+def test_records_written_before_considered_items_count_items_published_before_them_as_seen() -> None:
+    old = {
+        "items": ["A"],
+        "skipped": [{"item": "S", "asset": "B04"}],
+        "written_at": "2023-07-01T00:00:00+00:00",
+    }
+
+    def item(iid: str, updated: str | None) -> dict[str, Any]:
+        return {"id": iid, "properties": {"updated": updated} if updated else {}}
+
+    before = [item("A", None), item("S", None), item("C", "2023-06-30T12:00:00Z")]
+    assert freshness(old, before).new == () and not freshness(old, before).rebuild
+    after = [*before, item("D", "2023-07-02T08:00:00Z"), item("E", None)]  # E: no time, so not seen
+    state = freshness(old, after)
+    assert state.new == ("D", "E") and state.missing == () and state.rebuild
+    new = {"items": ["A"], "considered_items": ["A", "C"], "written_at": "2023-07-01T00:00:00+00:00"}
+    assert freshness(new, [item("A", None), item("C", None)]).new == ()
+    assert freshness(new, [item("C", None), item("F", None)]).missing == ("A",)
