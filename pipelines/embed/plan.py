@@ -52,6 +52,7 @@ class Unit:
     tiles: tuple[Tile, ...]
     time_index: int
     items: tuple[tuple[Mapping[str, Any], ...], ...] = ()  # catalog mode: items touching each padded tile
+    redo: frozenset[str] = frozenset()  # recorded tiles to embed again (pipelines.embed.freshness)
 
     @property
     def name(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -87,9 +88,13 @@ def run_embedding(
             es.ensure_zone(ctx.out, plan.version.name, epsg, ctx.out_options)
         collect(plan.skipped)
         done = _complete_set(ctx, len(plan.periods), [t.tile_id for t in plan.tiles])
+        stale = _stale(ctx, done, summary.notes)
         todo: list[Unit] = []
         for unit in plan.units:
-            if all(t.tile_id in done.get(unit.time_index, set()) for t in unit.tiles):
+            redo = frozenset(t.tile_id for t in unit.tiles if t.tile_id in stale.get(unit.time_index, set()))
+            if redo:
+                todo.append(dataclasses.replace(unit, redo=redo))
+            elif all(t.tile_id in done.get(unit.time_index, set()) for t in unit.tiles):
                 collect(
                     [
                         TileResult(
@@ -103,7 +108,7 @@ def run_embedding(
         fanout.run(todo, ctx, collect, total=sum(len(u.tiles) for u in plan.units))
         summary.notes.extend(fanout.notes)
     try:  # the tile vectors of the run's tiles into the few-object grid (incremental, one writer)
-        es.consolidate_tile_vectors(ctx.out, plan.version.name, ctx.out_options)
+        es.consolidate_tile_vectors(ctx.out, plan.version.name, ctx.out_options, rewritten=stale)
     except Exception as exc:  # the per-tile vectors are safe; a rerun consolidates
         summary.notes.append(f"tile vectors not consolidated: {_reason(exc)}")
     if request.write_stac:
@@ -125,6 +130,28 @@ def _complete_set(ctx: RunContext, n_periods: int, tile_ids: list[str]) -> dict[
     except Exception:  # the workers check each tile's record before loading it
         return {}
     return {ti: set(listing.get(ti, [])) for ti in range(n_periods)}
+
+
+def _stale(ctx: RunContext, done: dict[int, set[str]], notes: list[str]) -> dict[int, set[str]]:
+    """Recorded tiles whose cube gained items since they were embedded (``pipelines.embed.freshness``)."""
+    from pipelines.cubes import read_records
+    from pipelines.embed.freshness import stale_tiles
+    from pipelines.embed.sources import CubeSource
+
+    if not isinstance(ctx.source, CubeSource) or not any(done.values()):
+        return {}
+    try:
+        cubes = read_records(ctx.source.store(), sorted(set().union(*done.values())))
+        stale = stale_tiles(
+            ctx.out, ctx.version, ctx.out_options, cubes, done, ctx.periods, ctx.source.collections
+        )
+    except Exception as exc:  # the recorded tiles stay as they are; the next run checks again
+        notes.append(f"cube changes not checked: {_reason(exc)}")
+        return {}
+    n = sum(len(v) for v in stale.values())
+    if n:
+        notes.append(f"{n} recorded tile(s) embedded again: their cube gained items since")
+    return stale
 
 
 def _write_stac(ctx: RunContext, tiles: list[Tile], written: set[str]) -> str:

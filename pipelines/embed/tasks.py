@@ -60,7 +60,7 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
     for tile in unit.tiles:
         t0 = time.perf_counter()
         try:
-            if _done_already(ctx, tile, unit.time_index):
+            if tile.tile_id not in unit.redo and _done_already(ctx, tile, unit.time_index):
                 done[tile.tile_id] = TileResult(
                     tile.tile_id, unit.time_index, TileStatus.SKIPPED, "already complete (record exists)"
                 )
@@ -138,6 +138,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     ]
     provenance = {
         "input_items": list(padded.input_items),
+        **({"cube_written_at": padded.cube_written_at} if padded.cube_written_at else {}),
         "bands": bands,
         "gsds_m": sorted({float(g.gsd_m) for g in padded.groups}),
         "collections": sorted({g.collection for g in padded.groups}),

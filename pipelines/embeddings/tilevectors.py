@@ -16,7 +16,7 @@ It is incremental: tiles already consolidated are not read again, so a rerun cos
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -122,9 +122,13 @@ def ensure_tile_group(
 
 
 def consolidate_tile_vectors(
-    root_url: str, version_name: str, storage_options: Mapping[str, Any] | None = None
+    root_url: str,
+    version_name: str,
+    storage_options: Mapping[str, Any] | None = None,
+    rewritten: Mapping[int, Iterable[str]] | None = None,
 ) -> dict[str, int]:
-    """Copy every recorded tile's pooled vector not consolidated yet into the zone's ``tiles`` grid.
+    """Copy every recorded tile's pooled vector not consolidated yet into the zone's ``tiles`` grid,
+    and again those of ``rewritten`` tiles (time index -> tile ids written over by this run).
 
     One writer at a time (the end of a run). Returns ``{"added": n, "already": m}``.
     """
@@ -140,7 +144,8 @@ def consolidate_tile_vectors(
         group = ensure_tile_group(root_url, version_name, epsg, storage_options)
         vectors: Any = group["vectors"]
         for ti, ids in sorted(done.items()):
-            cells = []
+            again = set((rewritten or {}).get(ti, ()))
+            cells, redo = [], []
             for tid in ids:
                 e, ix, iy = (int(p) for p in tid.split("_"))
                 if e != epsg:
@@ -148,13 +153,14 @@ def consolidate_tile_vectors(
                 s = version.tile_size_m
                 row0, _, col0, _ = grid.tile_window((ix * s, iy * s, (ix + 1) * s, (iy + 1) * s))
                 cells.append((row0 // n, col0 // n))
+                redo.append(tid in again)
             if not cells:
                 continue
             rows = np.array([c[0] for c in cells])
             cols = np.array([c[1] for c in cells])
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
             have = np.asarray(vectors[ti, :, r0:r1, c0:c1])  # [dim, h, w]
-            todo = np.isnan(have[0, rows - r0, cols - c0])
+            todo = np.isnan(have[0, rows - r0, cols - c0]) | np.array(redo)
             already += int((~todo).sum())
             if not todo.any():
                 continue

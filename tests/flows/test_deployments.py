@@ -238,7 +238,13 @@ def test_ingest_embed_then_refresh_triggers_reembedding(deployed: dict[str, Any]
     runs = _run_worker_until(env, api_url, "refresh-local", 1)
     assert runs[0].state.is_completed(), runs[0].state
     expected_tiles = sorted({t.tile_id for t in TileGrid().tiles_for_items(later)})
-    assert set(CubeStore.open(f"{data_url}/cubes", opts).complete_tiles()) >= set(expected_tiles)
+    store = CubeStore.open(f"{data_url}/cubes", opts)
+    assert set(store.complete_tiles()) >= set(expected_tiles)
+    # the refreshed tiles were built before: they are rebuilt with the new items, not skipped
+    later_ids = {i["id"] for i in later}
+    assert expected_tiles and set(expected_tiles) <= first_tiles
+    for tid in expected_tiles:
+        assert later_ids & set(store.record(tid)["considered_items"]), tid
     from pipelines.search import read_watermark
 
     wm = read_watermark(f"{data_url}/cubes/_state/watermark.json", opts)
@@ -252,6 +258,13 @@ def test_ingest_embed_then_refresh_triggers_reembedding(deployed: dict[str, Any]
     triggered = max(runs, key=lambda r: r.created)
     assert sorted(triggered.parameters["params"]["tiles"]) == expected_tiles
     assert triggered.state.is_completed(), triggered.state
+    # ... and it embedded them again from the rebuilt cubes (pipelines.embed.freshness)
+    from pipelines.embeddings import read_tile_record
+
+    for tid in expected_tiles:
+        prov = read_tile_record(f"{data_url}/embeddings", emb.name, tid, 0, opts)["provenance"]
+        assert prov["cube_written_at"] == store.record(tid)["written_at"], tid
+        assert later_ids & set(store.record(tid)["items"]) <= set(prov["input_items"]), tid
 
 
 def test_parameters_validate_and_bad_input_fails_fast(deployed: dict[str, Any]) -> None:

@@ -145,6 +145,7 @@ class CubeSource:
         live: list[PaddedTile] = []
         for out in outs:
             center = record(out.tile.tile_id)
+            out.cube_written_at = None if center is None else center.get("written_at")
             if center is None:
                 out.status, out.reason = TileStatus.SKIPPED, "no complete cube for this tile"
             elif center.get("status") != TileStatus.COMPLETE:

@@ -27,6 +27,8 @@ class PaddedTile:
     margin_m: float
     groups: list[GroupPixels] = field(default_factory=list)
     input_items: tuple[str, ...] = ()
+    cube_written_at: str | None = None
+    """``written_at`` of the tile's cube record the pixels came from (``pipelines.embed.freshness``)."""
     observations: dict[str, int] = field(default_factory=dict)  # group label -> acquisitions used
     notes: list[str] = field(default_factory=list)
     status: TileStatus = TileStatus.DONE

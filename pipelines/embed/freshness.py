@@ -1,0 +1,72 @@
+"""Embedded tiles whose cube gained acquisitions since they were embedded: the next run re-embeds them.
+
+A tile's embedding at a period is done once its completion record exists, and later runs skip it.
+When its cube tile is rebuilt with new items (:mod:`pipelines.cubes.freshness`, e.g. after a
+``refresh``), that record describes a composite the store no longer holds. So for every recorded
+tile of a run from a cube store, the embedding record's ``provenance`` is compared with the tile's
+current cube record:
+
+* ``cube_written_at`` (the cube record the embedding was made from, recorded since this module
+  exists) equal to the cube record's ``written_at``: fresh;
+* otherwise stale when the cube record has items in the period (of the run's collections) that the
+  embedding's ``input_items`` lack. The tile is embedded again and its shard and record replaced
+  (the record last, as for any write: readers see the old or the new tile, never a mix).
+
+Only the tile's own cube is compared: a tile whose neighbour alone was rebuilt keeps the margin
+context it had (the rebuilt neighbour itself is re-embedded). Catalog sources have no cube records:
+their tiles are not re-checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipelines import embeddings as es
+from pipelines.embed.sources import Period
+
+
+def cube_items(record: Mapping[str, Any], period: Period, collections: Sequence[str] = ()) -> set[str]:
+    """Ids of the items a cube tile's record holds in ``period`` (only ``collections`` when given)."""
+    out: set[str] = set()
+    for g in record.get("groups") or ():
+        if collections and str(g.get("collection")) not in collections:
+            continue
+        for t, items in zip(g.get("times") or (), g.get("source_items") or ()):
+            if period.contains(np.datetime64(str(t), "ns")):
+                out |= {i for i in str(items).split(",") if i}
+    return out
+
+
+def is_stale(
+    embedding_record: Mapping[str, Any],
+    cube_record: Mapping[str, Any],
+    period: Period,
+    collections: Sequence[str] = (),
+) -> bool:
+    """Whether an embedded tile must be embedded again (module docstring)."""
+    prov = embedding_record.get("provenance") or {}
+    if "cube_written_at" in prov and prov["cube_written_at"] == cube_record.get("written_at"):
+        return False
+    return bool(cube_items(cube_record, period, collections) - set(prov.get("input_items") or ()))
+
+
+def stale_tiles(
+    out: str,
+    version: str,
+    out_options: Mapping[str, Any],
+    cube_records: Mapping[str, Mapping[str, Any]],
+    done: Mapping[int, set[str]],
+    periods: Sequence[Period],
+    collections: Sequence[str] = (),
+) -> dict[int, set[str]]:
+    """Of the recorded ``done`` tiles (time index -> tile ids), those to embed again."""
+    keys = [(t, ti) for ti, ids in done.items() for t in ids if t in cube_records]
+    records = es.read_tile_records(out, version, keys, out_options)
+    stale: dict[int, set[str]] = {}
+    for (tile_id, ti), rec in records.items():
+        if is_stale(rec, cube_records[tile_id], periods[ti], collections):
+            stale.setdefault(ti, set()).add(tile_id)
+    return stale

@@ -1,0 +1,106 @@
+"""Embedded tiles whose cube gained acquisitions are embedded again by the next run
+(``pipelines.embed.freshness``), equal to embedding the new cubes from scratch; nothing else moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import embeddings as es
+from pipelines.cubes import CubeSpec, CubeStore, write_cubes
+from pipelines.embed import run_embedding
+from pipelines.embed.freshness import cube_items, is_stale
+from pipelines.embed.sources import parse_periods
+from pipelines.runs import TileStatus
+from pipelines.tiling import TileGrid
+from tests.pipelines.embed.test_run import PERIOD, TILES, _norm_stats, make_checkpoint, request, tile_codes
+
+COLLECTIONS = ("sentinel-2-l2a", "landsat-c2-l2")
+
+
+def _in_period(item: dict[str, Any]) -> bool:
+    return "2023-06-01" <= str(item["properties"].get("datetime", ""))[:10] <= "2023-06-30"
+
+
+def test_tiles_whose_cube_gained_items_are_embedded_again(
+    tmp_path: Path, sample_items: list[dict[str, Any]]
+) -> None:
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    grid = TileGrid()
+    spec = CubeSpec(grid=grid, collections=COLLECTIONS, catalog="sample")
+    tiles = [grid.tile(t) for t in TILES]
+    held = sorted((i for i in sample_items if _in_period(i)), key=lambda i: str(i["properties"]["datetime"]))[
+        -1
+    ]
+    cubes, out, clean = tmp_path / "cubes", tmp_path / "emb", tmp_path / "clean"
+    write_cubes([i for i in sample_items if i is not held], tiles, spec, str(cubes), progress=False)
+    first = run_embedding(request(checkpoint, out, cubes))
+    assert first.done == len(TILES), first.format()
+    before = {t: tile_codes(str(out), first.version, t) for t in TILES}
+
+    # the held item is published: the cube run rebuilds the tiles it touches (pipelines.cubes.freshness)
+    rebuilt = write_cubes(sample_items, tiles, spec, str(cubes), progress=False)
+    changed = sorted(o.tile_id for o in rebuilt.outcomes if o.reason.startswith("rebuilt"))
+    assert changed, rebuilt.format()
+    second = run_embedding(request(checkpoint, out, cubes))
+    by_tile = {r.tile_id: r for r in second.results}
+    assert sorted(t for t, r in by_tile.items() if r.status == TileStatus.DONE) == changed
+    assert all(by_tile[t].status == TileStatus.SKIPPED for t in TILES if t not in changed)
+    assert any("embedded again" in n for n in second.notes), second.notes
+
+    # what the store now holds equals embedding the new cubes from scratch; untouched tiles kept
+    reference = run_embedding(request(checkpoint, clean, cubes))
+    store = CubeStore.open(str(cubes))
+    for t in TILES:
+        got = tile_codes(str(out), second.version, t)
+        assert np.array_equal(got, tile_codes(str(clean), reference.version, t)), t
+        if t not in changed:
+            assert np.array_equal(got, before[t])
+        prov = es.read_tile_record(str(out), second.version, t, 0)["provenance"]
+        assert prov["cube_written_at"] == store.record(t)["written_at"]
+    for t in changed:
+        prov = es.read_tile_record(str(out), second.version, t, 0)["provenance"]
+        assert held["id"] in prov["input_items"]
+    emb_vectors = _tile_vectors(out, second.version)
+    assert np.array_equal(emb_vectors, _tile_vectors(clean, reference.version), equal_nan=True)
+
+    third = run_embedding(request(checkpoint, out, cubes))  # nothing changed since: nothing redone
+    assert {r.status for r in third.results} == {TileStatus.SKIPPED}
+
+
+def _tile_vectors(root: Path, version: str) -> np.ndarray:
+    import zarr
+
+    from pipelines.embeddings import zarr_store
+
+    parts = []
+    for epsg in sorted({int(t.split("_")[0]) for t in TILES}):
+        arr = zarr.open_array(
+            store=zarr_store(str(root), read_only=True), path=f"{version}/{epsg}/tiles/vectors"
+        )
+        parts.append(np.asarray(arr[:]).ravel())
+    return np.concatenate(parts)
+
+
+def test_staleness_rules() -> None:
+    (period,) = parse_periods(PERIOD)
+    cube = {
+        "written_at": "2023-07-02T00:00:00+00:00",
+        "groups": [
+            {
+                "collection": "sentinel-2-l2a",
+                "times": ["2023-06-05T10:30:00", "2023-07-05T10:30:00"],
+                "source_items": ["S1,S1b", "S9"],
+            },
+            {"collection": "landsat-c2-l2", "times": ["2023-06-07T10:00:00"], "source_items": ["L1"]},
+        ],
+    }
+    assert cube_items(cube, period) == {"S1", "S1b", "L1"}
+    assert cube_items(cube, period, ("sentinel-2-l2a",)) == {"S1", "S1b"}
+    old = {"provenance": {"input_items": ["S1", "L1"]}}  # recorded before cube_written_at
+    assert is_stale(old, cube, period) and not is_stale(old, cube, period, ("landsat-c2-l2",))
+    same = {"provenance": {"input_items": ["S1"], "cube_written_at": cube["written_at"]}}
+    assert not is_stale(same, cube, period)  # made from this very cube record
+    assert not is_stale({"provenance": {"input_items": ["S1", "S1b", "L1", "X"]}}, cube, period)
