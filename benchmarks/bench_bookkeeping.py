@@ -248,7 +248,9 @@ def main() -> None:
     from pipelines import storage
     from pipelines.cubes import CubeStore
     from pipelines.embed import CubeSource
+    from pipelines.embed.freshness import stale_tiles
     from pipelines.embed.plan import _cube_records
+    from pipelines.embed.sources import parse_periods
     from pipelines.testing import embedding_record
 
     server = Server(args.latency_ms, args.tiles, args.times)
@@ -256,14 +258,22 @@ def main() -> None:
         d = build(server, args.tiles)
         opts = server.options
         cubes, out, v = "s3://cubes/c", "s3://emb/e", d["version"].name
+        periods = parse_periods(",".join(f"{t}/{t}" for t in d["version"].times))
         ids = [t.tile_id for t in d["tiles"]]
         fs, _ = storage.filesystem(out, opts)
         measure = Measure(fs, server)
 
-        # 1. plan, new
+        # 1. plan, new (with run_embedding's freshness step: the recorded tiles whose cube record is
+        # at least as new as their embedding record are read; none here, as after any ordinary run)
+        stale_candidates: list[int] = []
+
         def plan_new() -> tuple[int, int]:
             recorded, _ = _cube_records(CubeSource(cubes, opts), ids)
-            done = es.list_complete_tiles(out, v, storage_options=opts, tile_ids=ids)
+            done = es.record_times(out, v, None, opts, ids)
+            newer = sorted(t for t, m in done.get(0, {}).items() if recorded.get(t, -1.0) >= m)
+            if newer:
+                stale_tiles(out, v, opts, CubeStore(cubes, opts).records(newer), {0: set(newer)}, periods)
+            stale_candidates.append(len(newer))
             return len(recorded), len(done.get(0, []))
 
         if args.profile:
@@ -378,6 +388,7 @@ def main() -> None:
             "plan_new_requests": plan.requests,
             "plan_new_requests_per_tile": round(plan.requests / len(ids), 5),
             "plan_new_requests_by_method": plan.by_method,
+            "plan_new_freshness_reads": stale_candidates[-1],
             "plan_old_s_extrapolated": round(plan_old_s, 1),
             "plan_old_requests_extrapolated": round(plan_old_req),
             "plan_old_vs_new_s": round(plan_old_s / plan.wall_s, 1),

@@ -15,7 +15,7 @@
 """
 
 from pipelines.cubes.assembly import assemble_tile
-from pipelines.cubes.freshness import Freshness, freshness, read_records
+from pipelines.cubes.freshness import Freshness, freshness
 from pipelines.cubes.groups import GroupMeta
 from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.cubes.lattice import GroupLattice, lattice_shift, native_lattice
@@ -54,7 +54,6 @@ __all__ = [
     "plan_saved",
     "process_tile",
     "read_items",
-    "read_records",
     "reflectance_attrs",
     "search_and_save",
     "tile_record",

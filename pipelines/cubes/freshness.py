@@ -22,12 +22,9 @@ without giving a pixel does not trigger a rebuild.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from pipelines.cubes.store import CubeStore, CubeStoreError
 
 
 @dataclass(frozen=True)
@@ -80,20 +77,3 @@ def freshness(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> 
                 seen.add(str(item.get("id")))
     given = {str(i.get("id")) for i in items}
     return Freshness(new=tuple(sorted(given - seen)), missing=tuple(sorted(held - given)))
-
-
-def read_records(store: CubeStore, tile_ids: Iterable[str], threads: int = 16) -> dict[str, dict[str, Any]]:
-    """Completion records of ``tile_ids`` that have one, read concurrently (one GET each on object
-    storage). A record that cannot be read raises CubeStoreError, as everywhere."""
-    ids = list(tile_ids)
-
-    def one(tile_id: str) -> tuple[str, dict[str, Any] | None]:
-        try:
-            return tile_id, store.record(tile_id)
-        except CubeStoreError:
-            if store.has_record(tile_id):
-                raise
-            return tile_id, None  # removed since it was listed (a rebuild started)
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(ids)))) as pool:
-        return {t: r for t, r in pool.map(one, ids) if r is not None}

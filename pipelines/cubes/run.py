@@ -32,7 +32,7 @@ from typing import Any
 from pipelines import runs
 from pipelines.cubes.assembly import TileCube, assemble_tile, decode, diagnose_read_failure
 from pipelines.cubes.composite import composite_group
-from pipelines.cubes.freshness import freshness, read_records
+from pipelines.cubes.freshness import freshness
 from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
 from pipelines.cubes.spec import (
     INT16_FILL,
@@ -231,14 +231,14 @@ def process_tile(
     lease = None
     new: tuple[str, ...] = ()
     try:
-        recorded = read_records(store, [tile.tile_id])
+        recorded = store.records([tile.tile_id])
         if recorded:
             state = freshness(recorded[tile.tile_id], items)
             if not state.rebuild:
                 return TileOutcome(tile.tile_id, TileStatus.SKIPPED, state.reason())
             lease = store.tile_lease(tile.tile_id)
             lease.acquire_unless(lambda: False)  # wait for any live writer of the tile, then look again
-            recorded = read_records(store, [tile.tile_id])
+            recorded = store.records([tile.tile_id])
             if recorded:
                 state = freshness(recorded[tile.tile_id], items)
                 if not state.rebuild:  # another run rebuilt it meanwhile
@@ -421,7 +421,7 @@ def write_cubes(
     index = _ItemIndex(item_list)
     todo: list[Tile] = []
     outcomes: dict[str, TileOutcome] = {}
-    records = read_records(store, [t.tile_id for t in tile_list if t.tile_id in already])
+    records = store.records([t.tile_id for t in tile_list if t.tile_id in already])
     for tile in tile_list:
         state = freshness(records[tile.tile_id], index.for_tile(tile)) if tile.tile_id in records else None
         if state is not None and not state.rebuild:

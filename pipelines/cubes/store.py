@@ -262,14 +262,18 @@ class CubeStore:
         ``among``: only those tiles, found with one listing request per ``<epsg>_<ix>_`` column of
         them instead of a listing of every record of the store.
         """
+        return sorted(self.record_times(among))
+
+    def record_times(self, among: Iterable[str] | None = None) -> dict[str, float]:
+        """Tile id -> modification time of its record (POSIX s), from the same listings."""
         wanted = set(among) if among is not None else None
         names = list_files(
             join(self.url, RECORDS_DIR),
             self.storage_options,
             column_prefixes(wanted, limit=MAX_PREFIX_LISTINGS) if wanted is not None else None,
         )
-        ids = sorted(n[: -len(".json")] for n in names if n.endswith(".json"))
-        return ids if wanted is None else [t for t in ids if t in wanted]
+        ids = {n[: -len(".json")]: m for n, m in names.items() if n.endswith(".json")}
+        return ids if wanted is None else {t: m for t, m in ids.items() if t in wanted}
 
     def records(self, tile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Completion records of many tiles, read concurrently (one GET each); tiles without a record
@@ -345,7 +349,6 @@ class CubeStore:
     def remove_record(self, tile_id: str) -> None:
         """Make a tile incomplete before rebuilding it (the caller holds its lease)."""
         self.fs.rm(self._record_path(tile_id))
-        self.fs.invalidate_cache(self._record_path(tile_id))
 
     def tile_lease(self, tile_id: str, ttl_s: float = LEASE_TTL_S) -> Lease:
         """The writer lease of one tile (``<store>/_leases/<tile_id>.json``): whoever holds it is

@@ -2,9 +2,10 @@
 
 A tile's embedding at a period is done once its completion record exists, and later runs skip it.
 When its cube tile is rebuilt with new items (:mod:`pipelines.cubes.freshness`, e.g. after a
-``refresh``), that record describes a composite the store no longer holds. So for every recorded
-tile of a run from a cube store, the embedding record's ``provenance`` is compared with the tile's
-current cube record:
+``refresh``), that record describes a composite the store no longer holds. So for the recorded
+tiles of a run from a cube store whose cube record is newer than their embedding record (the
+modification times the planning listings already carry: a rerun where nothing changed reads no
+record), the embedding record's ``provenance`` is compared with the tile's current cube record:
 
 * ``cube_written_at`` (the cube record the embedding was made from, recorded since this module
   exists) equal to the cube record's ``written_at``: fresh;

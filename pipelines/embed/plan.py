@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pipelines import embeddings as es
@@ -101,6 +101,8 @@ class RunPlan:
     units: list[Unit]
     skipped: list[TileResult]
     notes: list[str]
+    cube_times: dict[str, float] = field(default_factory=dict)
+    """Tile id -> modification time of its cube record (cube stores; ``pipelines.embed.freshness``)."""
 
 
 def _tiles_for(request: EmbedRequest, grid: TileGrid) -> list[Tile]:
@@ -208,6 +210,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     skipped: list[TileResult] = []
     source: CubeSource | CatalogSource
     items_index: ItemIndex | None = None
+    cube_times: dict[str, float] = {}
     if request.cubes is not None:
         source = CubeSource(
             request.cubes,
@@ -219,7 +222,8 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         )
         _check_cube_store(source, grid, request.collections)
         try:
-            recorded, records = _cube_records(source, [t.tile_id for t in tiles])
+            cube_times, records = _cube_records(source, [t.tile_id for t in tiles])
+            recorded = set(cube_times)
         except Exception as exc:
             raise EmbedConfigError(
                 f"cannot read cube store {storage.redact_url(request.cubes)}: {exc}"
@@ -347,7 +351,20 @@ def plan_run(request: EmbedRequest) -> RunPlan:
                 )
             units.append(Unit(group, ti, items_per))
     return RunPlan(
-        request, ckpt, grid, tiles, periods, layout, normaliser, bands, version, ctx, units, skipped, notes
+        request,
+        ckpt,
+        grid,
+        tiles,
+        periods,
+        layout,
+        normaliser,
+        bands,
+        version,
+        ctx,
+        units,
+        skipped,
+        notes,
+        cube_times,
     )
 
 
@@ -372,8 +389,11 @@ RECORD_BATCH = 64
 RECORD_BATCH_MAX = 4096
 
 
-def _cube_records(source: CubeSource, tile_ids: Sequence[str]) -> tuple[set[str], dict[str, dict[str, Any]]]:
-    """(tiles of the plan with a cube record, the records planning needs to know the input bands).
+def _cube_records(
+    source: CubeSource, tile_ids: Sequence[str]
+) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """(tiles of the plan with a cube record -> its modification time, the records planning needs to
+    know the input bands).
 
     Which tiles are recorded comes from listings of their ``<epsg>_<ix>_`` columns. Records are read
     concurrently, in growing batches, only until their groups cover every ``(collection, GSD)`` group
@@ -382,7 +402,8 @@ def _cube_records(source: CubeSource, tile_ids: Sequence[str]) -> tuple[set[str]
     same as from reading every record: a group is either among those seen or held by no tile.
     """
     store = source.store()
-    recorded = store.recorded_tiles(among=tile_ids)
+    times = store.record_times(among=tile_ids)
+    recorded = sorted(times)
     universe = store.group_keys()
     if universe is not None and source.collections:
         universe = {k for k in universe if k[0] in source.collections}
@@ -394,7 +415,7 @@ def _cube_records(source: CubeSource, tile_ids: Sequence[str]) -> tuple[set[str]
         records.update(got)
         seen.update(key for rec in got.values() for key in source._groups_of(rec))
         k, batch = k + batch, min(RECORD_BATCH_MAX, batch * 2)
-    return set(recorded), records
+    return times, records
 
 
 def _check_existing_version(request: EmbedRequest, version: es.EmbeddingsVersion) -> None:

@@ -87,8 +87,9 @@ def run_embedding(
         for epsg in sorted({t.epsg for t in plan.tiles}):
             es.ensure_zone(ctx.out, plan.version.name, epsg, ctx.out_options)
         collect(plan.skipped)
-        done = _complete_set(ctx, len(plan.periods), [t.tile_id for t in plan.tiles])
-        stale = _stale(ctx, done, summary.notes)
+        times = _record_times(ctx, [t.tile_id for t in plan.tiles])
+        done = {ti: set(found) for ti, found in times.items()}
+        stale = _stale(ctx, plan.cube_times, times, summary.notes)
         todo: list[Unit] = []
         for unit in plan.units:
             redo = frozenset(t.tile_id for t in unit.tiles if t.tile_id in stale.get(unit.time_index, set()))
@@ -121,29 +122,30 @@ def run_embedding(
     return summary
 
 
-def _complete_set(ctx: RunContext, n_periods: int, tile_ids: list[str]) -> dict[int, set[str]]:
-    """Recorded tiles of the plan, from listings of their ``<epsg>_<ix>_`` columns only."""
+def _record_times(ctx: RunContext, tile_ids: list[str]) -> dict[int, dict[str, float]]:
+    """Recorded tiles of the plan and their records' modification times, per time index, from
+    listings of their ``<epsg>_<ix>_`` columns only."""
     try:
-        listing = es.list_complete_tiles(
-            ctx.out, ctx.version, storage_options=ctx.out_options, tile_ids=tile_ids
-        )
+        return es.record_times(ctx.out, ctx.version, None, ctx.out_options, tile_ids)
     except Exception:  # the workers check each tile's record before loading it
         return {}
-    return {ti: set(listing.get(ti, [])) for ti in range(n_periods)}
 
 
-def _stale(ctx: RunContext, done: dict[int, set[str]], notes: list[str]) -> dict[int, set[str]]:
-    """Recorded tiles whose cube gained items since they were embedded (``pipelines.embed.freshness``)."""
-    from pipelines.cubes import read_records
+def _stale(
+    ctx: RunContext, cube_times: dict[str, float], times: dict[int, dict[str, float]], notes: list[str]
+) -> dict[int, set[str]]:
+    """Recorded tiles whose cube gained items since they were embedded (``pipelines.embed.freshness``):
+    only tiles whose cube record is newer than their embedding record (listing times) are read."""
     from pipelines.embed.freshness import stale_tiles
     from pipelines.embed.sources import CubeSource
 
-    if not isinstance(ctx.source, CubeSource) or not any(done.values()):
+    newer = {ti: {t for t, m in found.items() if cube_times.get(t, -1.0) >= m} for ti, found in times.items()}
+    if not isinstance(ctx.source, CubeSource) or not any(newer.values()):
         return {}
     try:
-        cubes = read_records(ctx.source.store(), sorted(set().union(*done.values())))
+        cubes = ctx.source.store().records(sorted(set().union(*newer.values())))
         stale = stale_tiles(
-            ctx.out, ctx.version, ctx.out_options, cubes, done, ctx.periods, ctx.source.collections
+            ctx.out, ctx.version, ctx.out_options, cubes, newer, ctx.periods, ctx.source.collections
         )
     except Exception as exc:  # the recorded tiles stay as they are; the next run checks again
         notes.append(f"cube changes not checked: {_reason(exc)}")
