@@ -235,6 +235,15 @@ def test_whitening_gives_unit_variance_uncorrelated_axes() -> None:
         fit_whitening(np.full((5, 3), np.nan))
 
 
+def _assert_top_k(res: Any, scores: list[np.ndarray], keys: list[tuple[Any, ...]], k: int) -> None:
+    """``res`` holds the ``k`` best of the brute-force ``scores`` of ``keys`` (ties at the cut-off may swap)."""
+    s = np.concatenate(scores)
+    order = np.argsort(-s, kind="stable")[:k]
+    np.testing.assert_allclose(res.scores, s[order], atol=1e-4)
+    got = set(zip(res.epsg.tolist(), res.row.tolist(), res.col.tolist()))
+    assert len(got & {keys[i] for i in order}) >= k - 2
+
+
 def test_whitened_similarity_equals_brute_force_oracle(emb, synth: SyntheticStore) -> None:
     """``metric="whitened"``: the transform fitted on a sample of the store, applied to every stored
     vector (exact decode), cosine with the whitened query: the same top-k as numpy over all codes."""
@@ -259,11 +268,7 @@ def test_whitened_similarity_equals_brute_force_oracle(emb, synth: SyntheticStor
             z = w.apply(dequantize(codes[rows, cols])).astype(np.float64)
             scores.append(z @ res.query / np.linalg.norm(z, axis=1))
             keys += [(epsg, r.row0 + a, r.col0 + b) for a, b in zip(rows, cols)]
-    s = np.concatenate(scores)
-    order = np.argsort(-s, kind="stable")[:k]
-    np.testing.assert_allclose(res.scores, s[order], atol=1e-4)
-    got = set(zip(res.epsg.tolist(), res.row.tolist(), res.col.tolist()))
-    assert len(got & {keys[i] for i in order}) >= k - 2  # ties at the cut-off may swap
+    _assert_top_k(res, scores, keys, k)
     assert res.scores[0] > 0.99  # the example location itself
     assert (synth.scene.class_at(res.lon, res.lat) == synth.scene.class_at(*QUERY)).all()
     assert "(whitened cosine)" in describe_result(res)
@@ -303,11 +308,7 @@ def test_float16_version_search_equals_numpy_over_its_values(tmp_path: Path, met
             z = w.apply(z).astype(np.float64) if w is not None else z
             scores.append(z @ res.query / np.linalg.norm(z, axis=1))
             keys += [(epsg, r.row0 + a, r.col0 + b) for a, b in zip(rows, cols)]
-    s = np.concatenate(scores)
-    order = np.argsort(-s, kind="stable")[:k]
-    np.testing.assert_allclose(res.scores, s[order], atol=1e-4)
-    got = set(zip(res.epsg.tolist(), res.row.tolist(), res.col.tolist()))
-    assert len(got & {keys[i] for i in order}) >= k - 2  # ties at the cut-off may swap
+    _assert_top_k(res, scores, keys, k)
     assert res.scores[0] > 0.99 and INT8_WHITENED_NOTE not in res.notes
 
 
