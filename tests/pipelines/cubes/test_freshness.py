@@ -71,3 +71,44 @@ def test_records_written_before_considered_items_count_items_published_before_th
     new = {"items": ["A"], "considered_items": ["A", "C"], "written_at": "2023-07-01T00:00:00+00:00"}
     assert freshness(new, [item("A", None), item("C", None)]).new == ()
     assert freshness(new, [item("C", None), item("F", None)]).missing == ("A",)
+
+
+def test_a_rebuild_killed_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
+    """3 x 3 tiles built from K1; `aom cubes` given K1 and K2 is SIGKILLed as soon as its first rebuilt
+    record appears (other tiles then hold their old record, none, or part of their new data); the
+    rerun finishes the rebuild and equals a clean run of K1 and K2, array by array."""
+    import contextlib
+    import json
+    import subprocess
+
+    from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_when
+    from tests.pipelines.cubes.support import GRID, X0, Y0, s2_item
+
+    root = tmp_path / "items"
+    big = (X0, Y0, X0 + 5760.0, Y0 + 5760.0)  # 3 x 3 tiles of 1920 m
+    k1 = s2_item(root, "K1", bounds=big, cloud_boxes=[(0.1, 0.1, 0.3, 0.5)])
+    k2 = s2_item(root, "K2", bounds=big, datetime="2023-06-06T10:30:00Z", seed=5)
+    tiles = GRID.tiles_for_items([k1, k2])
+    out = tmp_path / "cubes"
+    write_cubes([k1], tiles, spec(), str(out), progress=False)
+    nd = tmp_path / "items.ndjson"
+    nd.write_text("".join(json.dumps(i) + "\n" for i in (k1, k2)))
+    cmd = aom_command(
+        "cubes", "--items", str(nd), "--out", str(out), "--tile-size-m", "1920", "--no-progress"
+    )
+
+    def rebuilt() -> int:
+        n = 0
+        for p in (out / "_tiles").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):  # a record being replaced
+                n += "K2" in json.loads(p.read_text()).get("considered_items", [])
+        return n
+
+    kill_when(cmd, lambda: rebuilt() >= 1)
+    assert 1 <= rebuilt() < len(tiles)
+    rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert rebuilt() == len(tiles)
+    clean = tmp_path / "clean"
+    write_cubes([k1, k2], tiles, spec(), str(clean), progress=False)
+    assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(clean)))
