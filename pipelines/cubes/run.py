@@ -177,6 +177,14 @@ class RunSummary:
                 lines.append(f"  ... and {len(rows) - max_lines} more")
 
         block("failed (retried on the next run):", [f"{t}: {r}" for t, r in self.tiles_failed.items()])
+        block(
+            "complete tiles rebuilt or not (items their record had not seen):",
+            [
+                f"{o.tile_id}: {o.reason}"
+                for o in self.outcomes
+                if o.reason.startswith(("rebuilt", "not rebuilt"))
+            ],
+        )
         block("empty:", [f"{t}: {r}" for t, r in self.tiles_empty.items()])
         reasons: dict[str, list[str]] = {}
         for s in self.items_skipped:

@@ -28,6 +28,9 @@ def test_new_items_rebuild_complete_tiles_equal_to_a_clean_run(
     second = write_cubes([scene["A"], scene["B"]], TILE_IDS, spec(), str(out), progress=False)
     assert {o.status for o in second.outcomes} == {TileStatus.DONE}, second.format()
     assert {o.reason for o in second.outcomes} == {"rebuilt with 1 new item(s)"}
+    assert f"complete tiles rebuilt or not (items their record had not seen):\n  {TILE_IDS[0]}: rebuilt" in (
+        second.format()
+    )
     assert_stores_equal(store, CubeStore.open(str(built["out"])))
     assert not list(out.glob("_leases/*"))  # every lease released
 
@@ -50,6 +53,7 @@ def test_a_run_without_all_of_a_tiles_items_does_not_rebuild_it(
     assert len(reasons) == 1 and reasons.pop().startswith(
         "not rebuilt: 1 new item(s), but the tile holds 2 item(s) this run was not given (e.g. A)"
     )
+    assert f"  {TILE_IDS[0]}: not rebuilt: 1 new item(s)" in run.format()
     assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(built["out"])))
 
 
