@@ -135,7 +135,7 @@ def _stale(
     ctx: RunContext, cube_times: dict[str, float], times: dict[int, dict[str, float]], notes: list[str]
 ) -> dict[int, set[str]]:
     """Recorded tiles whose cube gained items since they were embedded (``pipelines.embed.freshness``):
-    only tiles whose cube record is newer than their embedding record (listing times) are read."""
+    only tiles whose cube record is at least as new as their embedding record (listing times) are read."""
     from pipelines.embed.freshness import stale_tiles
     from pipelines.embed.sources import CubeSource
 
