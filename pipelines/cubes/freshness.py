@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.search import SearchError, item_updated, parse_time
+
 
 @dataclass(frozen=True)
 class Freshness:
@@ -53,12 +55,12 @@ class Freshness:
         return ""
 
 
-def _time(value: Any) -> dt.datetime | None:
+def _time(value: str | None) -> dt.datetime | None:
+    """An RFC 3339 time as search reads it; None when absent or unreadable (then not "seen")."""
     try:
-        t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
+        return parse_time(value)
+    except SearchError:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 def freshness(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> Freshness:
@@ -71,8 +73,7 @@ def freshness(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> 
         seen = held | {str(s.get("item")) for s in record.get("skipped") or () if s.get("item")}
         written = _time(record.get("written_at"))
         for item in items:
-            props = item.get("properties") or {}
-            stamp = _time(props.get("updated") or props.get("created"))
+            stamp = _time(item_updated(item))
             if written is not None and stamp is not None and stamp <= written:
                 seen.add(str(item.get("id")))
     given = {str(i.get("id")) for i in items}

@@ -15,8 +15,10 @@ from pipelines.search.filters import (
     UnknownCollectionError,
     canonical_item,
     item_epsg,
+    item_updated,
     items_hash,
     parse_interval,
+    parse_time,
 )
 from pipelines.search.local import iter_items
 from pipelines.search.refresh import (
@@ -53,12 +55,14 @@ __all__ = [
     "commit_watermark",
     "compile_filter",
     "item_epsg",
+    "item_updated",
     "items_hash",
     "iter_items",
     "load_result",
     "make_result",
     "new_items",
     "parse_interval",
+    "parse_time",
     "plan_refresh",
     "planetary_computer_signer",
     "query_to_cql2",

@@ -31,6 +31,7 @@ __all__ = [
     "canonical_item",
     "canonical_json",
     "format_time",
+    "item_updated",
     "items_hash",
     "parse_interval",
     "parse_time",
