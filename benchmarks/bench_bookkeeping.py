@@ -272,7 +272,8 @@ def main() -> None:
             done = es.record_times(out, v, None, opts, ids)
             newer = sorted(t for t, m in done.get(0, {}).items() if recorded.get(t, -1.0) >= m)
             if newer:
-                stale_tiles(out, v, opts, CubeStore(cubes, opts).records(newer), {0: set(newer)}, periods)
+                source = CubeSource(cubes, opts)
+                stale_tiles(out, v, opts, source, source.store().records(newer), {0: set(newer)}, periods)
             stale_candidates.append(len(newer))
             return len(recorded), len(done.get(0, []))
 

@@ -23,51 +23,34 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from pipelines import embeddings as es
-from pipelines.embed.sources import Period
+from pipelines.embed.sources import CubeSource, Period
 
 
-def cube_items(record: Mapping[str, Any], period: Period, collections: Sequence[str] = ()) -> set[str]:
-    """Ids of the items a cube tile's record holds in ``period`` (only ``collections`` when given)."""
-    out: set[str] = set()
-    for g in record.get("groups") or ():
-        if collections and str(g.get("collection")) not in collections:
-            continue
-        for t, items in zip(g.get("times") or (), g.get("source_items") or ()):
-            if period.contains(np.datetime64(str(t), "ns")):
-                out |= {i for i in str(items).split(",") if i}
-    return out
-
-
-def is_stale(
-    embedding_record: Mapping[str, Any],
-    cube_record: Mapping[str, Any],
-    period: Period,
-    collections: Sequence[str] = (),
-) -> bool:
-    """Whether an embedded tile must be embedded again (module docstring)."""
+def is_stale(embedding_record: Mapping[str, Any], cube_record: Mapping[str, Any], items: set[str]) -> bool:
+    """Whether an embedded tile must be embedded again (module docstring); ``items``: the ids
+    ``cube_record`` holds in the embedding's period (:meth:`CubeSource.period_items`)."""
     prov = embedding_record.get("provenance") or {}
     if "cube_written_at" in prov and prov["cube_written_at"] == cube_record.get("written_at"):
         return False
-    return bool(cube_items(cube_record, period, collections) - set(prov.get("input_items") or ()))
+    return bool(items - set(prov.get("input_items") or ()))
 
 
 def stale_tiles(
     out: str,
     version: str,
     out_options: Mapping[str, Any],
+    source: CubeSource,
     cube_records: Mapping[str, Mapping[str, Any]],
     done: Mapping[int, set[str]],
     periods: Sequence[Period],
-    collections: Sequence[str] = (),
 ) -> dict[int, set[str]]:
     """Of the recorded ``done`` tiles (time index -> tile ids), those to embed again."""
     keys = [(t, ti) for ti, ids in done.items() for t in ids if t in cube_records]
     records = es.read_tile_records(out, version, keys, out_options)
     stale: dict[int, set[str]] = {}
     for (tile_id, ti), rec in records.items():
-        if is_stale(rec, cube_records[tile_id], periods[ti], collections):
+        cube = cube_records[tile_id]
+        if is_stale(rec, cube, source.period_items(cube, periods[ti])):
             stale.setdefault(ti, set()).add(tile_id)
     return stale

@@ -144,9 +144,7 @@ def _stale(
         return {}
     try:
         cubes = ctx.source.store().records(sorted(set().union(*newer.values())))
-        stale = stale_tiles(
-            ctx.out, ctx.version, ctx.out_options, cubes, newer, ctx.periods, ctx.source.collections
-        )
+        stale = stale_tiles(ctx.out, ctx.version, ctx.out_options, ctx.source, cubes, newer, ctx.periods)
     except Exception as exc:  # the recorded tiles stay as they are; the next run checks again
         notes.append(f"cube changes not checked: {_reason(exc)}")
         return {}

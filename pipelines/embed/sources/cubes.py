@@ -84,6 +84,15 @@ class CubeSource:
             out.append((coll, str(g["gsd_label"])))
         return out
 
+    def period_items(self, record: Mapping[str, Any], period: Period) -> set[str]:
+        """Ids of the items a tile's cube record holds in ``period`` (groups of this source's
+        collections): what a padded tile read from that record lists in its ``input_items``."""
+        out: set[str] = set()
+        for coll, label in self._groups_of(record):
+            group = _RecordGroup.of(record, coll, label)
+            out |= items_of(group, time_indices(group, period))
+        return out
+
     def band_infos(self, records: Mapping[str, Mapping[str, Any]]) -> list[BandSpec]:
         """Bands that the request would use (one group dataset opened per (collection, GSD))."""
         store = self.store()

@@ -10,8 +10,8 @@ import numpy as np
 
 from pipelines import embeddings as es
 from pipelines.cubes import CubeSpec, CubeStore, write_cubes
-from pipelines.embed import run_embedding
-from pipelines.embed.freshness import cube_items, is_stale
+from pipelines.embed import CubeSource, run_embedding
+from pipelines.embed.freshness import is_stale
 from pipelines.embed.sources import parse_periods
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
@@ -91,16 +91,28 @@ def test_staleness_rules() -> None:
         "groups": [
             {
                 "collection": "sentinel-2-l2a",
+                "gsd_label": "10m",
+                "bands": ["B04"],
                 "times": ["2023-06-05T10:30:00", "2023-07-05T10:30:00"],
                 "source_items": ["S1,S1b", "S9"],
             },
-            {"collection": "landsat-c2-l2", "times": ["2023-06-07T10:00:00"], "source_items": ["L1"]},
+            {
+                "collection": "landsat-c2-l2",
+                "gsd_label": "30m",
+                "bands": ["red"],
+                "times": ["2023-06-07T10:00:00"],
+                "source_items": ["L1"],
+            },
         ],
     }
-    assert cube_items(cube, period) == {"S1", "S1b", "L1"}
-    assert cube_items(cube, period, ("sentinel-2-l2a",)) == {"S1", "S1b"}
+    s2, ls = ("sentinel-2-l2a",), ("landsat-c2-l2",)
+    every, s2_items, ls_items = (
+        CubeSource("unused", collections=c).period_items(cube, period) for c in ((), s2, ls)
+    )
+    assert every == {"S1", "S1b", "L1"}
+    assert s2_items == {"S1", "S1b"}
     old = {"provenance": {"input_items": ["S1", "L1"]}}  # recorded before cube_written_at
-    assert is_stale(old, cube, period) and not is_stale(old, cube, period, ("landsat-c2-l2",))
+    assert is_stale(old, cube, every) and not is_stale(old, cube, ls_items)
     same = {"provenance": {"input_items": ["S1"], "cube_written_at": cube["written_at"]}}
-    assert not is_stale(same, cube, period)  # made from this very cube record
-    assert not is_stale({"provenance": {"input_items": ["S1", "S1b", "L1", "X"]}}, cube, period)
+    assert not is_stale(same, cube, every)  # made from this very cube record
+    assert not is_stale({"provenance": {"input_items": ["S1", "S1b", "L1", "X"]}}, cube, every)
