@@ -1,8 +1,9 @@
 """`aom embed` (tiles of an AOI -> the embeddings store) and `aom embed-raster` (one GeoTIFF/COG).
 
 Exit codes of ``aom embed``: 0 every tile done (or empty / already complete); 1 some tiles failed, or
-the ``--catalog-url`` search still failed after its retries (rerun the same command to finish them); 2 the request does not fit (nothing was written; one
-``error: ...`` line, see :mod:`flows.cli`). ``aom embed-raster``: 0 written, 2 bad request.
+the ``--catalog-url`` search still failed after its retries (rerun the same command to finish them);
+2 the request does not fit (nothing was written; one ``error: ...`` line, see :mod:`flows.cli`).
+``aom embed-raster``: 0 written, 2 bad request.
 """
 
 from __future__ import annotations
