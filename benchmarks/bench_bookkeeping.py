@@ -248,7 +248,8 @@ def main() -> None:
     from pipelines import storage
     from pipelines.cubes import CubeStore
     from pipelines.embed import CubeSource
-    from pipelines.embed.freshness import stale_tiles
+    from pipelines.embed.freshness import find_stale
+    from pipelines.embed.layout import choose_layout
     from pipelines.embed.plan import _cube_records
     from pipelines.embed.sources import parse_periods
     from pipelines.testing import embedding_record
@@ -266,16 +267,15 @@ def main() -> None:
         # 1. plan, new (with run_embedding's freshness step: the recorded tiles whose cube record is
         # at least as new as their embedding record are read; none here, as after any ordinary run)
         stale_candidates: list[int] = []
+        pad_m = choose_layout(48, 160.0, [10.0, 20.0, 30.0, 60.0]).pad_m  # the default for 7680 m tiles
 
         def plan_new() -> tuple[int, int]:
-            recorded, _ = _cube_records(CubeSource(cubes, opts), ids)
+            source = CubeSource(cubes, opts)
+            cube_times, _ = _cube_records(source, ids)
             done = es.record_times(out, v, None, opts, ids)
-            newer = sorted(t for t, m in done.get(0, {}).items() if recorded.get(t, -1.0) >= m)
-            if newer:
-                source = CubeSource(cubes, opts)
-                stale_tiles(out, v, opts, source, source.store().records(newer), {0: set(newer)}, periods)
-            stale_candidates.append(len(newer))
-            return len(recorded), len(done.get(0, []))
+            _, read = find_stale(source, out, v, opts, ids, cube_times, done, periods, pad_m)
+            stale_candidates.append(read)
+            return len(set(ids) & set(cube_times)), len(done.get(0, []))
 
         if args.profile:
             import cProfile

@@ -136,7 +136,7 @@ class Tile:
     @property
     def index(self) -> tuple[int, int]:
         """(ix, iy) grid indices, parsed from the id."""
-        _, ix, iy = _parse_tile_id(self.tile_id)
+        _, ix, iy = parse_tile_id(self.tile_id)
         return ix, iy
 
     def geobox(
@@ -237,7 +237,9 @@ def _column_prefix(tile_id: str) -> str:
     return f"{parts[0]}_{parts[1]}_" if len(parts) == 3 else str(tile_id)  # other ids: the id itself
 
 
-def _parse_tile_id(tile_id: str) -> tuple[int, int, int]:
+def parse_tile_id(tile_id: str) -> tuple[int, int, int]:
+    """``(epsg, ix, iy)`` of a canonical tile id ``<epsg>_<ix>_<iy>`` (no projection: see
+    :meth:`TileGrid.tile` for a checked tile); TileError when malformed."""
     parts = str(tile_id).split("_")
     if len(parts) != 3:
         raise TileError(f"tile id {tile_id!r} is not of the form '<epsg>_<ix>_<iy>'")
@@ -346,7 +348,7 @@ class TileGrid:
 
     def tile(self, tile_id: str) -> Tile:
         """The tile with this id; TileError when the id is malformed or outside its zone."""
-        epsg, ix, iy = _parse_tile_id(tile_id)
+        epsg, ix, iy = parse_tile_id(tile_id)
         zone, south = zone_of_epsg(epsg)
         tile = self._make(epsg, ix, iy)
         if not self._in_domain(tile, zone, south):

@@ -260,12 +260,14 @@ class CubeStore:
         """Ids of tiles with a completion record, any status (listings, no record reads).
 
         ``among``: only those tiles, found with one listing request per ``<epsg>_<ix>_`` column of
-        them instead of a listing of every record of the store.
-        """
+        them instead of a listing of every record of the store."""
         return sorted(self.record_times(among))
 
-    def record_times(self, among: Iterable[str] | None = None) -> dict[str, float]:
-        """Tile id -> modification time of its record (POSIX s), from the same listings."""
+    def record_times(
+        self, among: Iterable[str] | None = None, whole_columns: bool = False
+    ) -> dict[str, float]:
+        """Tile id -> modification time of its record (POSIX s), from the same listings (with
+        ``whole_columns``: of every record they found, e.g. ``among``'s neighbours in its columns)."""
         wanted = set(among) if among is not None else None
         names = list_files(
             join(self.url, RECORDS_DIR),
@@ -273,7 +275,7 @@ class CubeStore:
             column_prefixes(wanted, limit=MAX_PREFIX_LISTINGS) if wanted is not None else None,
         )
         ids = {n[: -len(".json")]: m for n, m in names.items() if n.endswith(".json")}
-        return ids if wanted is None else {t: m for t, m in ids.items() if t in wanted}
+        return ids if wanted is None or whole_columns else {t: m for t, m in ids.items() if t in wanted}
 
     def records(self, tile_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Completion records of many tiles, read concurrently (one GET each); tiles without a record
@@ -377,8 +379,7 @@ class CubeStore:
 
         Metadata and coordinates go out in one concurrent batch (one event-loop round trip, which
         matters on object storage); reflectance is computed and stored shard by shard (each dask
-        chunk is exactly one shard, so no two tasks touch the same object).
-        """
+        chunk is exactly one shard, so no two tasks touch the same object)."""
         import dask
         import dask.array as da
         import zarr
@@ -415,8 +416,7 @@ class CubeStore:
 
         ``lazy``: no dask; the Dataset is lazily indexed, so a slice reads only the chunks under it
         (chip and window readers: :func:`~pipelines.cubes.groups.read_window`). Reflectance is then
-        decoded by xarray on read (a float with NaN) and cast to float32 by the reader.
-        """
+        decoded by xarray on read (a float with NaN) and cast to float32 by the reader."""
         if (collection, gsd_label) not in self.groups(tile_id):
             raise CubeStoreError(f"tile {tile_id} has no group {collection}/{gsd_label}")
         # the group's zarr.json carries consolidated metadata: one GET opens it (xarray looks for

@@ -1,39 +1,86 @@
-"""Embedded tiles whose cube gained acquisitions since they were embedded: the next run re-embeds them.
+"""Embedded tiles whose cubes gained acquisitions since they were embedded: the next run re-embeds them.
 
 A tile's embedding at a period is done once its completion record exists, and later runs skip it.
-When its cube tile is rebuilt with new items (:mod:`pipelines.cubes.freshness`, e.g. after a
-``refresh``), that record describes a composite the store no longer holds. So for the recorded
-tiles of a run from a cube store whose cube record is newer than their embedding record (the
-modification times the planning listings already carry: a rerun where nothing changed reads no
-record), the embedding record's ``provenance`` is compared with the tile's current cube record:
+When a cube tile is rebuilt with new items (:mod:`pipelines.cubes.freshness`, e.g. after a
+``refresh``), the records of the tiles embedded from it describe a composite the store no longer
+holds: the tile's own, and those of its neighbours whose margins were read from it (chips overlap
+tile edges, so a tile's embeddings depend on the cubes around it). So for the recorded tiles of a
+run from a cube store whose own cube record, or a margin neighbour's, is at least as new as their
+embedding record (the modification times of listings: a rerun where nothing changed reads no
+record), the embedding record's ``provenance`` is compared with the current cube records:
 
-* ``cube_written_at`` (the cube record the embedding was made from, recorded since this module
-  exists) equal to the cube record's ``written_at``: fresh;
-* otherwise stale when the cube record has items in the period (of the run's collections) that the
-  embedding's ``input_items`` lack. The tile is embedded again and its shard and record replaced
-  (the record last, as for any write: readers see the old or the new tile, never a mix).
+* ``cube_written_at`` and ``margin_cubes`` (the cube records the embedding was made from, recorded
+  since this module exists) equal to the current records' ``written_at`` (the complete neighbours
+  within the margin): fresh;
+* otherwise stale when these records hold items in the period (of the run's collections; for a
+  neighbour, of the tile's own groups) that the embedding's ``input_items`` lack (a rebuilt cube),
+  or when a neighbour with such items was built since (the margin was NaN there; records made
+  before ``margin_cubes`` cannot tell). The tile is embedded again and its shard and record
+  replaced (the record last, as for any write: readers see the old or the new tile, never a mix).
 
-Only the tile's own cube is compared: a tile whose neighbour alone was rebuilt keeps the margin
-context it had (the rebuilt neighbour itself is re-embedded). Catalog sources have no cube records:
-their tiles are not re-checked.
+Catalog sources have no cube records: their tiles are not re-checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines import embeddings as es
 from pipelines.embed.sources import CubeSource, Period
+from pipelines.runs import TileStatus
+from pipelines.storage import MAX_PREFIX_LISTINGS
+from pipelines.tiling import column_prefixes
 
 
-def is_stale(embedding_record: Mapping[str, Any], cube_record: Mapping[str, Any], items: set[str]) -> bool:
-    """Whether an embedded tile must be embedded again (module docstring); ``items``: the ids
-    ``cube_record`` holds in the embedding's period (:meth:`CubeSource.period_items`)."""
+@dataclass(frozen=True)
+class CubeState:
+    """The cube records a tile's embedding at a period would be read from now."""
+
+    written_at: str | None
+    """``written_at`` of the tile's own cube record."""
+    items: frozenset[str]
+    """Ids of the items its record holds in the period (groups of the source's collections)."""
+    margin: Mapping[str, tuple[str, frozenset[str]]]
+    """Complete cube records of its margin neighbours: tile id -> (``written_at``, ids of the items
+    they hold in the period in the tile's own groups: those a read composites into the margin)."""
+
+
+def cube_state(
+    source: CubeSource,
+    tile_id: str,
+    margin_m: float,
+    cube_records: Mapping[str, Mapping[str, Any]],
+    period: Period,
+) -> CubeState:
+    """A tile's :class:`CubeState` from ``cube_records`` (its own and its neighbours' within
+    ``margin_m``: the layout's ``pad_m``), as :meth:`CubeSource.read_block` would read them."""
+    own = cube_records[tile_id]
+    groups = source._groups_of(own)
+    margin = {
+        n: (str(rec.get("written_at") or ""), frozenset(source.period_items(rec, period, groups)))
+        for n in source.neighbours(tile_id, margin_m)
+        if (rec := cube_records.get(n)) is not None and rec.get("status") == TileStatus.COMPLETE
+    }
+    return CubeState(own.get("written_at"), frozenset(source.period_items(own, period)), margin)
+
+
+def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:
+    """Whether an embedded tile must be embedded again (module docstring)."""
     prov = embedding_record.get("provenance") or {}
-    if "cube_written_at" in prov and prov["cube_written_at"] == cube_record.get("written_at"):
+    made_from: Mapping[str, str] | None = prov.get("margin_cubes")
+    if (
+        "cube_written_at" in prov
+        and prov["cube_written_at"] == state.written_at
+        and (made_from or {}) == {n: w for n, (w, _) in state.margin.items()}
+    ):
         return False
-    return bool(items - set(prov.get("input_items") or ()))
+    seen = set(prov.get("input_items") or ())
+    if state.items - seen or any(ids - seen for _, ids in state.margin.values()):
+        return True  # a cube (its own or a neighbour's) rebuilt with new items
+    # a neighbour built since: its items may be known (the same scenes), but the margin was NaN there
+    return made_from is not None and any(ids for n, (_, ids) in state.margin.items() if n not in made_from)
 
 
 def stale_tiles(
@@ -44,13 +91,50 @@ def stale_tiles(
     cube_records: Mapping[str, Mapping[str, Any]],
     done: Mapping[int, set[str]],
     periods: Sequence[Period],
+    margin_m: float,
 ) -> dict[int, set[str]]:
-    """Of the recorded ``done`` tiles (time index -> tile ids), those to embed again."""
+    """Of the recorded ``done`` tiles (time index -> tile ids), those to embed again; ``cube_records``:
+    those of the tiles and of their neighbours within ``margin_m`` (the layout's ``pad_m``)."""
     keys = [(t, ti) for ti, ids in done.items() for t in ids if t in cube_records]
     records = es.read_tile_records(out, version, keys, out_options)
     stale: dict[int, set[str]] = {}
     for (tile_id, ti), rec in records.items():
-        cube = cube_records[tile_id]
-        if is_stale(rec, cube, source.period_items(cube, periods[ti])):
+        if is_stale(rec, cube_state(source, tile_id, margin_m, cube_records, periods[ti])):
             stale.setdefault(ti, set()).add(tile_id)
     return stale
+
+
+def find_stale(
+    source: CubeSource,
+    out: str,
+    version: str,
+    out_options: Mapping[str, Any],
+    plan_tiles: Collection[str],
+    cube_times: Mapping[str, float],
+    times: Mapping[int, Mapping[str, float]],
+    periods: Sequence[Period],
+    margin_m: float,
+) -> tuple[dict[int, set[str]], int]:
+    """``(stale tiles per time index, tiles whose records were read)`` among the recorded tiles
+    ``times`` (time index -> tile id -> embedding record modification time) of a plan over
+    ``plan_tiles``. Only the tiles whose own or a margin neighbour's cube record is at least as new
+    as their embedding record are read; ``cube_times``: every cube record time the plan's listings of
+    ``plan_tiles``' columns found (``CubeStore.record_times(..., whole_columns=True)``); neighbours
+    in other columns (the columns along the plan's edges) are listed here."""
+    if not any(times.values()):
+        return {}, 0
+    recorded: set[str] = set().union(*(found.keys() for found in times.values()))
+    rings = {t: source.neighbours(t, margin_m) for t in recorded}
+    listed = tuple(column_prefixes(plan_tiles, limit=MAX_PREFIX_LISTINGS))  # as CubeStore.record_times
+    outside = {n for ring in rings.values() for n in ring if not n.startswith(listed)}
+    cube_times = {**cube_times, **(source.store().record_times(among=outside) if outside else {})}
+    newer = {
+        ti: {t for t, m in found.items() if max(cube_times.get(n, -1.0) for n in [t, *rings[t]]) >= m}
+        for ti, found in times.items()
+    }
+    candidates: set[str] = set().union(*newer.values())
+    if not candidates:
+        return {}, 0
+    wanted = candidates | {n for t in candidates for n in rings[t] if n in cube_times}
+    cubes = source.store().records(sorted(wanted))
+    return stale_tiles(out, version, out_options, source, cubes, newer, periods, margin_m), len(candidates)

@@ -102,7 +102,8 @@ class RunPlan:
     skipped: list[TileResult]
     notes: list[str]
     cube_times: dict[str, float] = field(default_factory=dict)
-    """Tile id -> modification time of its cube record (cube stores; ``pipelines.embed.freshness``)."""
+    """Tile id -> modification time of its cube record, of every record in the plan tiles' columns
+    (listings; cube stores: ``pipelines.embed.freshness`` looks up margin neighbours there)."""
 
 
 def _tiles_for(request: EmbedRequest, grid: TileGrid) -> list[Tile]:
@@ -223,7 +224,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         _check_cube_store(source, grid, request.collections)
         try:
             cube_times, records = _cube_records(source, [t.tile_id for t in tiles])
-            recorded = set(cube_times)
+            recorded = {t.tile_id for t in tiles} & set(cube_times)
         except Exception as exc:
             raise EmbedConfigError(
                 f"cannot read cube store {storage.redact_url(request.cubes)}: {exc}"
@@ -392,18 +393,19 @@ RECORD_BATCH_MAX = 4096
 def _cube_records(
     source: CubeSource, tile_ids: Sequence[str]
 ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-    """(tiles of the plan with a cube record -> its modification time, the records planning needs to
-    know the input bands).
+    """(tiles with a cube record in the plan's columns -> its modification time, the records planning
+    needs to know the input bands).
 
-    Which tiles are recorded comes from listings of their ``<epsg>_<ix>_`` columns. Records are read
+    Which tiles are recorded comes from listings of their ``<epsg>_<ix>_`` columns (every record
+    found is kept: the plan's neighbours in those columns, for ``pipelines.embed.freshness``). Records are read
     concurrently, in growing batches, only until their groups cover every ``(collection, GSD)`` group
     the store's spec can hold (usually the first batch); when the spec cannot say (or some group never
     occurs), every record of the plan is read, still in concurrent batches. The bands found are the
     same as from reading every record: a group is either among those seen or held by no tile.
     """
     store = source.store()
-    times = store.record_times(among=tile_ids)
-    recorded = sorted(times)
+    times = store.record_times(among=tile_ids, whole_columns=True)
+    recorded = sorted(set(tile_ids) & set(times))
     universe = store.group_keys()
     if universe is not None and source.collections:
         universe = {k for k in universe if k[0] in source.collections}

@@ -89,7 +89,7 @@ def run_embedding(
         collect(plan.skipped)
         times = _record_times(ctx, [t.tile_id for t in plan.tiles])
         done = {ti: set(found) for ti, found in times.items()}
-        stale = _stale(ctx, plan.cube_times, times, summary.notes)
+        stale = _stale(ctx, plan.tiles, plan.cube_times, times, summary.notes)
         todo: list[Unit] = []
         for unit in plan.units:
             redo = frozenset(t.tile_id for t in unit.tiles if t.tile_id in stale.get(unit.time_index, set()))
@@ -132,25 +132,38 @@ def _record_times(ctx: RunContext, tile_ids: list[str]) -> dict[int, dict[str, f
 
 
 def _stale(
-    ctx: RunContext, cube_times: dict[str, float], times: dict[int, dict[str, float]], notes: list[str]
+    ctx: RunContext,
+    tiles: list[Tile],
+    cube_times: dict[str, float],
+    times: dict[int, dict[str, float]],
+    notes: list[str],
 ) -> dict[int, set[str]]:
-    """Recorded tiles whose cube gained items since they were embedded (``pipelines.embed.freshness``):
-    only tiles whose cube record is at least as new as their embedding record (listing times) are read."""
-    from pipelines.embed.freshness import stale_tiles
+    """Recorded tiles whose cubes gained items since they were embedded (``pipelines.embed.freshness``)."""
+    from pipelines.embed.freshness import find_stale
     from pipelines.embed.sources import CubeSource
 
-    newer = {ti: {t for t, m in found.items() if cube_times.get(t, -1.0) >= m} for ti, found in times.items()}
-    if not isinstance(ctx.source, CubeSource) or not any(newer.values()):
+    if not isinstance(ctx.source, CubeSource):
         return {}
     try:
-        cubes = ctx.source.store().records(sorted(set().union(*newer.values())))
-        stale = stale_tiles(ctx.out, ctx.version, ctx.out_options, ctx.source, cubes, newer, ctx.periods)
+        stale, _ = find_stale(
+            ctx.source,
+            ctx.out,
+            ctx.version,
+            ctx.out_options,
+            [t.tile_id for t in tiles],
+            cube_times,
+            times,
+            ctx.periods,
+            ctx.layout.pad_m,
+        )
     except Exception as exc:  # the recorded tiles stay as they are; the next run checks again
         notes.append(f"cube changes not checked: {_reason(exc)}")
         return {}
     n = sum(len(v) for v in stale.values())
     if n:
-        notes.append(f"{n} recorded tile(s) embedded again: their cube gained items since")
+        notes.append(
+            f"{n} recorded tile(s) embedded again: their cube or a margin neighbour's gained items since"
+        )
     return stale
 
 

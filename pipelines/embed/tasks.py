@@ -139,6 +139,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     provenance = {
         "input_items": list(padded.input_items),
         **({"cube_written_at": padded.cube_written_at} if padded.cube_written_at else {}),
+        **({"margin_cubes": dict(padded.margin_cubes)} if padded.cube_written_at else {}),
         "bands": bands,
         "gsds_m": sorted({float(g.gsd_m) for g in padded.groups}),
         "collections": sorted({g.collection for g in padded.groups}),

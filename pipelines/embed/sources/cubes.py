@@ -24,7 +24,7 @@ from pipelines.embed.sources.periods import Period
 from pipelines.registry import BandSpec
 from pipelines.runs import TileStatus
 from pipelines.storage import redact_url
-from pipelines.tiling import Tile, TileGrid, square_groups, tile_cell
+from pipelines.tiling import Tile, TileGrid, parse_tile_id, square_groups, tile_cell
 
 if TYPE_CHECKING:
     from pipelines.cubes import CubeStore
@@ -84,11 +84,28 @@ class CubeSource:
             out.append((coll, str(g["gsd_label"])))
         return out
 
-    def period_items(self, record: Mapping[str, Any], period: Period) -> set[str]:
+    def neighbours(self, tile_id: str, margin_m: float) -> list[str]:
+        """Ids of the grid tiles that a margin of ``margin_m`` around a tile reaches (the tile itself
+        excluded), in the order a read visits them: the cubes a padded tile's margin comes from."""
+        step = math.ceil(margin_m / self.grid.tile_size_m) if margin_m > 0 else 0
+        epsg, ix, iy = parse_tile_id(tile_id)
+        return [
+            f"{epsg}_{ix + dx}_{iy + dy}"
+            for dx in range(-step, step + 1)
+            for dy in range(-step, step + 1)
+            if dx or dy
+        ]
+
+    def period_items(
+        self, record: Mapping[str, Any], period: Period, groups: Sequence[tuple[str, str]] | None = None
+    ) -> set[str]:
         """Ids of the items a tile's cube record holds in ``period`` (groups of this source's
-        collections): what a padded tile read from that record lists in its ``input_items``."""
+        collections, or only those of ``groups``): what a padded tile read from that record lists in
+        its ``input_items`` (a margin neighbour's record with the groups of the tile itself)."""
         out: set[str] = set()
         for coll, label in self._groups_of(record):
+            if groups is not None and (coll, label) not in groups:
+                continue
             group = _RecordGroup.of(record, coll, label)
             out |= items_of(group, time_indices(group, period))
         return out
@@ -177,24 +194,19 @@ class CubeSource:
             return [p for t in tiles for p in self._read_square([t], period, time_index, margin_m)]
 
         # every tile's ring of neighbours (itself first), in the order a tile alone reads them
-        step = math.ceil(margin_m / self.grid.tile_size_m) if margin_m > 0 else 0
         rings: dict[str, list[str]] = {}
         grid_tiles: dict[str, Tile] = {}
         for out in live:
-            ix, iy = out.tile.index
             ring, absent = [out.tile.tile_id], []
             grid_tiles[out.tile.tile_id] = out.tile
-            for dx in range(-step, step + 1):
-                for dy in range(-step, step + 1):
-                    if dx == 0 and dy == 0:
-                        continue
-                    nid = f"{out.tile.epsg}_{ix + dx}_{iy + dy}"
-                    rec = record(nid)
-                    if rec is None:
-                        absent.append(nid)
-                    elif rec.get("status") == TileStatus.COMPLETE:
-                        ring.append(nid)
-                        grid_tiles.setdefault(nid, self.grid.tile(nid))
+            for nid in self.neighbours(out.tile.tile_id, margin_m):
+                rec = record(nid)
+                if rec is None:
+                    absent.append(nid)
+                elif rec.get("status") == TileStatus.COMPLETE:
+                    ring.append(nid)
+                    grid_tiles.setdefault(nid, self.grid.tile(nid))
+                    out.margin_cubes[nid] = str(rec.get("written_at") or "")
             if absent:
                 out.notes.append(
                     f"margin: no cube for {len(absent)} neighbour tile(s) ({', '.join(absent)}): NaN there"

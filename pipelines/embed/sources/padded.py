@@ -29,6 +29,8 @@ class PaddedTile:
     input_items: tuple[str, ...] = ()
     cube_written_at: str | None = None
     """``written_at`` of the tile's cube record the pixels came from (``pipelines.embed.freshness``)."""
+    margin_cubes: dict[str, str] = field(default_factory=dict)
+    """Neighbour tile id -> ``written_at`` of each complete cube record the margin was read from."""
     observations: dict[str, int] = field(default_factory=dict)  # group label -> acquisitions used
     notes: list[str] = field(default_factory=list)
     status: TileStatus = TileStatus.DONE

@@ -11,7 +11,7 @@ import numpy as np
 from pipelines import embeddings as es
 from pipelines.cubes import CubeSpec, CubeStore, write_cubes
 from pipelines.embed import CubeSource, run_embedding
-from pipelines.embed.freshness import is_stale
+from pipelines.embed.freshness import CubeState, cube_state, is_stale
 from pipelines.embed.sources import parse_periods
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
@@ -70,6 +70,62 @@ def test_tiles_whose_cube_gained_items_are_embedded_again(
     assert {r.status for r in third.results} == {TileStatus.SKIPPED}
 
 
+SMALL = TileGrid(3840.0)  # tiles small enough for two neighbours inside the synthetic scenes
+NEIGHBOURS = ("32631_191_1298", "32631_191_1299")  # A, and B north of it
+
+
+def test_tiles_whose_margin_neighbour_changed_are_embedded_again(
+    tmp_path: Path, sample_items: list[dict[str, Any]]
+) -> None:
+    """Chips overlap tile edges, so a tile's embeddings depend on its neighbours' cubes: after only B
+    is rebuilt (or first built), A is embedded again, equal to a clean run; a third run redoes nothing."""
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    spec = CubeSpec(grid=SMALL, collections=COLLECTIONS, catalog="sample")
+    a, b = (SMALL.tile(t) for t in NEIGHBOURS)
+    zone = [
+        i for i in sample_items if _in_period(i) and "_32631_" in i["id"] and i["collection"] in COLLECTIONS
+    ]
+    held = max(zone, key=lambda i: str(i["properties"]["datetime"]))
+    older = [i for i in sample_items if i is not held]
+
+    def embed(out: Path, tiles: tuple[str, ...] = NEIGHBOURS) -> Any:
+        return run_embedding(request(checkpoint, out, cubes, tiles=tiles, tile_size_m=SMALL.tile_size_m))
+
+    # 1. B is rebuilt with a new item; A's cube is not (a run over B alone): A's margin changed
+    cubes, out, clean = tmp_path / "cubes", tmp_path / "emb", tmp_path / "clean"
+    write_cubes(older, [a, b], spec, str(cubes), progress=False)
+    first = embed(out)
+    assert first.done == 2, first.format()
+    before = tile_codes(str(out), first.version, a.tile_id)
+    rebuilt = write_cubes(sample_items, [b], spec, str(cubes), progress=False)
+    assert [o.tile_id for o in rebuilt.outcomes if o.reason.startswith("rebuilt")] == [b.tile_id]
+    second = embed(out)
+    assert sorted(r.tile_id for r in second.results if r.status == TileStatus.DONE) == sorted(NEIGHBOURS)
+    reference = embed(clean)
+    store = CubeStore.open(str(cubes))
+    after = tile_codes(str(out), second.version, a.tile_id)
+    assert np.array_equal(after, tile_codes(str(clean), reference.version, a.tile_id))
+    assert not np.array_equal(after, before)  # the margin does reach A's written tokens
+    prov = es.read_tile_record(str(out), second.version, a.tile_id, 0)["provenance"]
+    assert prov["margin_cubes"][b.tile_id] == store.record(b.tile_id)["written_at"]
+    assert held["id"] in prov["input_items"]
+    assert {r.status for r in embed(out).results} == {TileStatus.SKIPPED}
+
+    # 2. B is built after A was embedded alone (A's margin was NaN there): a run over A alone, B outside it
+    cubes, out, clean = tmp_path / "cubes2", tmp_path / "emb2", tmp_path / "clean2"
+    write_cubes(sample_items, [a], spec, str(cubes), progress=False)
+    first = embed(out, (a.tile_id,))
+    assert first.done == 1, first.format()
+    write_cubes(sample_items, [b], spec, str(cubes), progress=False)
+    second = embed(out, (a.tile_id,))
+    assert [r.status for r in second.results] == [TileStatus.DONE], second.format()
+    reference = embed(clean, (a.tile_id,))
+    assert np.array_equal(
+        tile_codes(str(out), second.version, a.tile_id), tile_codes(str(clean), reference.version, a.tile_id)
+    )
+    assert {r.status for r in embed(out, (a.tile_id,)).results} == {TileStatus.SKIPPED}
+
+
 def _tile_vectors(root: Path, version: str) -> np.ndarray:
     import zarr
 
@@ -86,8 +142,9 @@ def _tile_vectors(root: Path, version: str) -> np.ndarray:
 
 def test_staleness_rules() -> None:
     (period,) = parse_periods(PERIOD)
-    cube = {
+    cube: dict[str, Any] = {
         "written_at": "2023-07-02T00:00:00+00:00",
+        "status": TileStatus.COMPLETE,
         "groups": [
             {
                 "collection": "sentinel-2-l2a",
@@ -110,9 +167,35 @@ def test_staleness_rules() -> None:
         CubeSource("unused", collections=c).period_items(cube, period) for c in ((), s2, ls)
     )
     assert every == {"S1", "S1b", "L1"}
-    assert s2_items == {"S1", "S1b"}
+    assert s2_items == {"S1", "S1b"} and ls_items == {"L1"}
+    tile = "32631_95_649"
+    alone = cube_state(CubeSource("unused"), tile, 960.0, {tile: cube}, period)
+    assert alone.items == every and not alone.margin
+    only_ls = cube_state(CubeSource("unused", collections=ls), tile, 960.0, {tile: cube}, period)
     old = {"provenance": {"input_items": ["S1", "L1"]}}  # recorded before cube_written_at
-    assert is_stale(old, cube, every) and not is_stale(old, cube, ls_items)
+    assert is_stale(old, alone) and not is_stale(old, only_ls)
     same = {"provenance": {"input_items": ["S1"], "cube_written_at": cube["written_at"]}}
-    assert not is_stale(same, cube, every)  # made from this very cube record
-    assert not is_stale({"provenance": {"input_items": ["S1", "S1b", "L1", "X"]}}, cube, every)
+    assert not is_stale(same, alone)  # made from this very cube record
+    assert not is_stale({"provenance": {"input_items": ["S1", "S1b", "L1", "X"]}}, alone)
+
+    # margin neighbours: compared by written_at, then by the items of the tile's own groups
+    north: dict[str, Any] = {**cube, "written_at": "2023-07-03T00:00:00+00:00"}
+    north["groups"] = [
+        *cube["groups"],
+        {**cube["groups"][0], "gsd_label": "20m", "source_items": ["S7", "S9"]},
+    ]
+    far = {"32631_95_652": north, "32631_95_650": {**north, "status": TileStatus.EMPTY}}
+    assert not cube_state(CubeSource("unused"), tile, 960.0, {tile: cube, **far}, period).margin
+    state = cube_state(CubeSource("unused"), tile, 960.0, {tile: cube, "32631_95_650": north}, period)
+    assert state.margin == {"32631_95_650": (north["written_at"], frozenset(every))}  # not S7 (20 m)
+    made = {"input_items": sorted(every), "cube_written_at": cube["written_at"]}
+    current = {"provenance": {**made, "margin_cubes": {"32631_95_650": north["written_at"]}}}
+    assert not is_stale(current, state)
+    earlier = {"provenance": {**made, "margin_cubes": {"32631_95_650": "2023-07-01T00:00:00+00:00"}}}
+    assert not is_stale(earlier, state)  # rebuilt, but with no item new to this tile
+    gained = CubeState(
+        state.written_at, state.items, {"32631_95_650": (north["written_at"], frozenset({"S8"}))}
+    )
+    assert is_stale(earlier, gained)
+    assert is_stale({"provenance": {**made, "margin_cubes": {}}}, state)  # built since: the margin was NaN
+    assert not is_stale({"provenance": made}, state)  # recorded before margin_cubes: cannot tell
