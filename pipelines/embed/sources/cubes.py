@@ -291,6 +291,7 @@ class CubeSource:
                 pixels = arr[:, r0 : r0 + h, c0 : c0 + w]  # a view: the tiles of a block share its array
                 out.groups.append(GroupPixels(coll, gsd, infos, pixels))
                 out.observations[f"{coll}/{label}"] = used[tid][1] if tid in used else 0
+        _check_unchanged(store, {n: record(n) for n in contributors})
         per_tile_s = (time.perf_counter() - t0) / len(live)
         for out in live:
             out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
@@ -300,6 +301,27 @@ class CubeSource:
                 out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
             out.read_s = per_tile_s
         return outs
+
+
+def _check_unchanged(store: CubeStore, before: Mapping[str, Mapping[str, Any] | None]) -> None:
+    """Raise CubeStoreError when a cube tile read from changed meanwhile: a rebuild
+    (:mod:`pipelines.cubes.freshness`) removes a tile's record before it rewrites the tile's shards
+    and writes a new one last, so records unchanged after the pixels were read prove that no shard
+    read was rewritten (else the tile could hold a mix of old and new shards). The tile is read again
+    by the next run."""
+    from pipelines.cubes import CubeStoreError
+
+    after = store.records(sorted(before))
+    changed = sorted(
+        t
+        for t, rec in before.items()
+        if rec is not None and (after.get(t) or {}).get("written_at") != rec.get("written_at")
+    )
+    if changed:
+        raise CubeStoreError(
+            f"cube tile(s) {', '.join(changed)} of {redact_url(store.url)} changed while read (a cube run "
+            "rebuilt them): read again by the next run"
+        )
 
 
 def _rectangles(tiles: Sequence[Tile]) -> list[list[Tile]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from pipelines import embeddings as es
 from pipelines.cubes import CubeSpec, CubeStore, write_cubes
@@ -124,6 +125,51 @@ def test_tiles_whose_margin_neighbour_changed_are_embedded_again(
         tile_codes(str(out), second.version, a.tile_id), tile_codes(str(clean), reference.version, a.tile_id)
     )
     assert {r.status for r in embed(out, (a.tile_id,)).results} == {TileStatus.SKIPPED}
+
+
+def test_a_cube_rebuilt_while_read_fails_the_tile_and_the_next_run_embeds_the_new_cube(
+    tmp_path: Path, sample_items: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cube run rebuilds the tile between the reader's record check and its last shard read (a real
+    rebuild, started from inside the read): the read is refused, not a mix of old and new shards."""
+    from pipelines.embed.sources import cubes as cube_source
+
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    grid = TileGrid()
+    spec = CubeSpec(grid=grid, collections=COLLECTIONS, catalog="sample")
+    tile = grid.tile(TILES[0])
+    zone = [
+        i for i in sample_items if _in_period(i) and "_32631_" in i["id"] and i["collection"] in COLLECTIONS
+    ]
+    held = max(zone, key=lambda i: str(i["properties"]["datetime"]))
+    cubes, out, clean = tmp_path / "cubes", tmp_path / "emb", tmp_path / "clean"
+    write_cubes([i for i in sample_items if i is not held], [tile], spec, str(cubes), progress=False)
+    read_once = cube_source.composite_raw_into
+    rebuilds: list[Any] = []
+
+    def rebuilt_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not rebuilds:
+            rebuilds.append(write_cubes(sample_items, [tile], spec, str(cubes), progress=False))
+        return read_once(*args, **kwargs)
+
+    monkeypatch.setattr(cube_source, "composite_raw_into", rebuilt_meanwhile)
+    first = run_embedding(request(checkpoint, out, cubes, tiles=(tile.tile_id,)))
+    assert [o.reason[:7] for o in rebuilds[0].outcomes] == ["rebuilt"]
+    assert [r.status for r in first.results] == [TileStatus.FAILED], first.format()
+    assert "changed while read" in first.results[0].reason
+    monkeypatch.undo()
+
+    second = run_embedding(request(checkpoint, out, cubes, tiles=(tile.tile_id,)))
+    assert [r.status for r in second.results] == [TileStatus.DONE], second.format()
+    reference = run_embedding(request(checkpoint, clean, cubes, tiles=(tile.tile_id,)))
+    assert np.array_equal(
+        tile_codes(str(out), second.version, tile.tile_id),
+        tile_codes(str(clean), reference.version, tile.tile_id),
+    )
+    assert (
+        held["id"]
+        in es.read_tile_record(str(out), second.version, tile.tile_id, 0)["provenance"]["input_items"]
+    )
 
 
 def _tile_vectors(root: Path, version: str) -> np.ndarray:
