@@ -138,3 +138,30 @@ def find_stale(
     wanted = candidates | {n for t in candidates for n in rings[t] if n in cube_times}
     cubes = source.store().records(sorted(wanted))
     return stale_tiles(out, version, out_options, source, cubes, newer, periods, margin_m), len(candidates)
+
+
+def is_stale_catalog(embedding_record: Mapping[str, Any], items: set[str]) -> bool:
+    """Whether a tile embedded from STAC items must be embedded again: the run's search gives it
+    ``items`` (ids dated in the period, :meth:`CatalogSource.period_ids`) that it was not given
+    then (``considered_items``; records made before that field: not in ``input_items``)."""
+    prov = embedding_record.get("provenance") or {}
+    seen = prov.get("considered_items")
+    return bool(items - set(prov.get("input_items") or () if seen is None else seen))
+
+
+def find_stale_catalog(
+    out: str,
+    version: str,
+    out_options: Mapping[str, Any],
+    found: Mapping[int, Mapping[str, set[str]]],
+) -> dict[int, set[str]]:
+    """Of the recorded tiles ``found`` (time index -> tile id -> the ids of the items the run's search
+    gives it in that period), those to embed again: their records are read (one GET each,
+    concurrently; a catalog gives no cheaper signal of what changed)."""
+    keys = [(t, ti) for ti, tiles in found.items() for t in tiles]
+    records = es.read_tile_records(out, version, keys, out_options) if keys else {}
+    stale: dict[int, set[str]] = {}
+    for (tile_id, ti), rec in records.items():
+        if is_stale_catalog(rec, found[ti][tile_id]):
+            stale.setdefault(ti, set()).add(tile_id)
+    return stale

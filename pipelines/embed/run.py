@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from pipelines import embeddings as es
 from pipelines import storage
-from pipelines.embed.plan import RunContext, Unit, plan_run
+from pipelines.embed.plan import RunContext, RunPlan, Unit, plan_run
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
 from pipelines.embed.tasks import _reason
 from pipelines.outputs import OutputKind, claim_output
@@ -89,7 +89,7 @@ def run_embedding(
         collect(plan.skipped)
         times = _record_times(ctx, [t.tile_id for t in plan.tiles])
         done = {ti: set(found) for ti, found in times.items()}
-        stale = _stale(ctx, plan.tiles, plan.cube_times, times, summary.notes)
+        stale = _stale(plan, times, summary.notes)
         todo: list[Unit] = []
         for unit in plan.units:
             redo = frozenset(t.tile_id for t in unit.tiles if t.tile_id in stale.get(unit.time_index, set()))
@@ -131,39 +131,45 @@ def _record_times(ctx: RunContext, tile_ids: list[str]) -> dict[int, dict[str, f
         return {}
 
 
-def _stale(
-    ctx: RunContext,
-    tiles: list[Tile],
-    cube_times: dict[str, float],
-    times: dict[int, dict[str, float]],
-    notes: list[str],
-) -> dict[int, set[str]]:
-    """Recorded tiles whose cubes gained items since they were embedded (``pipelines.embed.freshness``)."""
-    from pipelines.embed.freshness import find_stale
-    from pipelines.embed.sources import CubeSource
+def _stale(plan: RunPlan, times: dict[int, dict[str, float]], notes: list[str]) -> dict[int, set[str]]:
+    """Recorded tiles whose inputs gained items since they were embedded (``pipelines.embed.freshness``):
+    from a cube store, their cube or a margin neighbour's was rebuilt or built since; from a catalog,
+    the run's search gives them items of the period they were not given."""
+    from pipelines.embed.freshness import find_stale, find_stale_catalog
+    from pipelines.embed.sources import CatalogSource
 
-    if not isinstance(ctx.source, CubeSource):
-        return {}
+    ctx = plan.context
     try:
-        stale, _ = find_stale(
-            ctx.source,
-            ctx.out,
-            ctx.version,
-            ctx.out_options,
-            [t.tile_id for t in tiles],
-            cube_times,
-            times,
-            ctx.periods,
-            ctx.layout.pad_m,
-        )
+        if isinstance(ctx.source, CatalogSource):
+            source: CatalogSource = ctx.source
+            found: dict[int, dict[str, set[str]]] = {}
+            for unit in plan.units:
+                recorded = times.get(unit.time_index, {})
+                for tile, items in zip(unit.tiles, unit.items, strict=True):
+                    if tile.tile_id in recorded:
+                        ids = source.period_ids(items, ctx.periods[unit.time_index])
+                        found.setdefault(unit.time_index, {})[tile.tile_id] = ids
+            stale = find_stale_catalog(ctx.out, ctx.version, ctx.out_options, found)
+            why = "the catalog gives them items of the period they were not given"
+        else:
+            stale, _ = find_stale(
+                ctx.source,
+                ctx.out,
+                ctx.version,
+                ctx.out_options,
+                [t.tile_id for t in plan.tiles],
+                plan.cube_times,
+                times,
+                ctx.periods,
+                ctx.layout.pad_m,
+            )
+            why = "their cube or a margin neighbour's gained items since"
     except Exception as exc:  # the recorded tiles stay as they are; the next run checks again
-        notes.append(f"cube changes not checked: {_reason(exc)}")
+        notes.append(f"input changes not checked: {_reason(exc)}")
         return {}
     n = sum(len(v) for v in stale.values())
     if n:
-        notes.append(
-            f"{n} recorded tile(s) embedded again: their cube or a margin neighbour's gained items since"
-        )
+        notes.append(f"{n} recorded tile(s) embedded again: {why}")
     return stale
 
 

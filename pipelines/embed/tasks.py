@@ -140,6 +140,9 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
         "input_items": list(padded.input_items),
         **({"cube_written_at": padded.cube_written_at} if padded.cube_written_at else {}),
         **({"margin_cubes": dict(padded.margin_cubes)} if padded.cube_written_at else {}),
+        **(
+            {"considered_items": list(padded.considered_items)} if padded.considered_items is not None else {}
+        ),
         "bands": bands,
         "gsds_m": sorted({float(g.gsd_m) for g in padded.groups}),
         "collections": sorted({g.collection for g in padded.groups}),

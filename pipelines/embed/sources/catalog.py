@@ -67,6 +67,12 @@ class CatalogSource:
                     infos.append(replace(cs.sensor.band(name), gsd_m=float(gsd)))
         return infos
 
+    @staticmethod
+    def period_ids(items: Sequence[Mapping[str, Any]], period: Period) -> set[str]:
+        """Ids of the items dated in ``period``: those a padded tile given ``items`` considers
+        (``considered_items``, ``pipelines.embed.freshness``)."""
+        return {str(i.get("id")) for i in items if _item_in_period(i, period)}
+
     def read(
         self, tile: Tile, period: Period, time_index: int, margin_m: float, items: Sequence[Mapping[str, Any]]
     ) -> PaddedTile:
@@ -77,6 +83,7 @@ class CatalogSource:
         t0 = time.perf_counter()
         out = PaddedTile(tile, time_index, margin_m)
         in_period = [i for i in items if _item_in_period(i, period)]
+        out.considered_items = tuple(sorted(self.period_ids(in_period, period)))
         if not in_period:
             out.status, out.reason = TileStatus.EMPTY, "no input items for this tile in the period"
             return out

@@ -31,6 +31,9 @@ class PaddedTile:
     """``written_at`` of the tile's cube record the pixels came from (``pipelines.embed.freshness``)."""
     margin_cubes: dict[str, str] = field(default_factory=dict)
     """Neighbour tile id -> ``written_at`` of each complete cube record the margin was read from."""
+    considered_items: tuple[str, ...] | None = None
+    """Catalog sources: ids of the items of the period the tile was given (found by the run's search),
+    whether or not they entered the composite (``pipelines.embed.freshness``)."""
     observations: dict[str, int] = field(default_factory=dict)  # group label -> acquisitions used
     notes: list[str] = field(default_factory=list)
     status: TileStatus = TileStatus.DONE

@@ -12,7 +12,7 @@ import pytest
 from pipelines import embeddings as es
 from pipelines.cubes import CubeSpec, CubeStore, write_cubes
 from pipelines.embed import CubeSource, run_embedding
-from pipelines.embed.freshness import CubeState, cube_state, is_stale
+from pipelines.embed.freshness import CubeState, cube_state, is_stale, is_stale_catalog
 from pipelines.embed.sources import parse_periods
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
@@ -170,6 +170,64 @@ def test_a_cube_rebuilt_while_read_fails_the_tile_and_the_next_run_embeds_the_ne
         held["id"]
         in es.read_tile_record(str(out), second.version, tile.tile_id, 0)["provenance"]["input_items"]
     )
+
+
+def test_tiles_embedded_from_a_catalog_are_embedded_again_when_it_gains_items(
+    tmp_path: Path, sample_items: list[dict[str, Any]]
+) -> None:
+    """``--catalog-url``: an item published after a tile was embedded (its search now finds it) makes
+    the next run embed the tile again, equal to a clean run; a third run redoes nothing."""
+    import json
+
+    from pipelines.embed import EmbedRequest
+
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    tile = TILES[1]
+    s2 = [i for i in sample_items if i["collection"] == "sentinel-2-l2a" and _in_period(i)]  # both zones
+    held = max((i for i in s2 if "_32632_" in i["id"]), key=lambda i: str(i["properties"]["datetime"]))
+    catalog = tmp_path / "items.ndjson"
+
+    def publish(items: list[dict[str, Any]]) -> None:
+        catalog.write_text("".join(json.dumps(i) + "\n" for i in items))
+
+    def embed(out: Path) -> Any:
+        return run_embedding(
+            EmbedRequest(
+                checkpoint=str(checkpoint),
+                out=str(out),
+                datetime=PERIOD,
+                tiles=(tile,),
+                catalog_url=str(catalog),
+                collections=("sentinel-2-l2a",),
+                workers=0,
+                progress=False,
+            )
+        )
+
+    publish([i for i in sample_items if i is not held])
+    first = embed(tmp_path / "emb")
+    assert first.done == 1, first.format()
+    prov = es.read_tile_record(str(tmp_path / "emb"), first.version, tile, 0)["provenance"]
+    assert sorted(prov["considered_items"]) == sorted(i["id"] for i in s2 if i is not held)
+    publish(sample_items)
+    second = embed(tmp_path / "emb")
+    assert [r.status for r in second.results] == [TileStatus.DONE], second.format()
+    assert any("embedded again" in n for n in second.notes), second.notes
+    reference = embed(tmp_path / "clean")
+    assert np.array_equal(
+        tile_codes(str(tmp_path / "emb"), second.version, tile),
+        tile_codes(str(tmp_path / "clean"), reference.version, tile),
+    )
+    prov = es.read_tile_record(str(tmp_path / "emb"), second.version, tile, 0)["provenance"]
+    assert held["id"] in prov["input_items"] and held["id"] in prov["considered_items"]
+    assert {r.status for r in embed(tmp_path / "emb").results} == {TileStatus.SKIPPED}
+
+    # the rule: items given now that the record was not given; records before considered_items
+    assert not is_stale_catalog(
+        {"provenance": {"considered_items": ["A", "B"], "input_items": ["A"]}}, {"A", "B"}
+    )
+    assert is_stale_catalog({"provenance": {"considered_items": ["A"]}}, {"A", "C"})
+    assert is_stale_catalog({"provenance": {"input_items": ["A"]}}, {"A", "B"})
 
 
 def _tile_vectors(root: Path, version: str) -> np.ndarray:
