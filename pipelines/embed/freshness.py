@@ -18,7 +18,11 @@ record), the embedding record's ``provenance`` is compared with the current cube
   before ``margin_cubes`` cannot tell). The tile is embedded again and its shard and record
   replaced (the record last, as for any write: readers see the old or the new tile, never a mix).
 
-Catalog sources have no cube records: their tiles are not re-checked.
+From STAC items (``--catalog-url``) the run's search is the only signal: each record lists
+``considered_items`` (the items of the period its tile was given, whether or not they entered the
+composite), and a recorded tile whose search now gives it other items is embedded again
+(:func:`find_stale_catalog`; the records of every recorded tile are read, one GET each,
+concurrently; records made before that field compare with ``input_items``).
 """
 
 from __future__ import annotations
