@@ -1,4 +1,4 @@
-"""Embedded tiles whose cubes gained acquisitions since they were embedded: the next run re-embeds them.
+"""Embedded tiles whose inputs gained acquisitions since they were embedded: the next run re-embeds them.
 
 A tile's embedding at a period is done once its completion record exists, and later runs skip it.
 When a cube tile is rebuilt with new items (:mod:`pipelines.cubes.freshness`, e.g. after a
