@@ -12,6 +12,10 @@ or by hand) copies the recorded tiles into::
       spatial_ref ()                   CF grid mapping, GeoTransform at tile_size_m (not the token grid)
 
 It is incremental: tiles already consolidated are not read again, so a rerun costs what was added.
+A tile written over since (re-embedded: ``pipelines.embed.freshness``) is copied again, even when the
+run that wrote it stopped before consolidating: the group's ``consolidated_through`` attribute holds,
+per time index, the newest record modification time (the storage's clock, from the listings) the last
+consolidation copied through, and every tile whose record is at least as new is copied again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from pipelines.embeddings.format import PROJ_CONVENTION, SPATIAL_CONVENTION
 from pipelines.embeddings.grid import ZoneGrid, crs_wkt
-from pipelines.embeddings.records import list_complete_tiles
+from pipelines.embeddings.records import record_times
 from pipelines.embeddings.store import (
     _open_group,
     _require_array,
@@ -128,12 +132,15 @@ def consolidate_tile_vectors(
     rewritten: Mapping[int, Iterable[str]] | None = None,
 ) -> dict[str, int]:
     """Copy every recorded tile's pooled vector not consolidated yet into the zone's ``tiles`` grid,
-    and again those of ``rewritten`` tiles (time index -> tile ids written over by this run).
+    and again those whose record is at least as new as the last consolidation (module docstring) and
+    those of ``rewritten`` (time index -> tile ids written over by this run; for grids consolidated
+    before ``consolidated_through`` existed).
 
     One writer at a time (the end of a run). Returns ``{"added": n, "already": m}``.
     """
     version = read_version(root_url, version_name, storage_options)
-    done = list_complete_tiles(root_url, version_name, storage_options=storage_options)
+    times = record_times(root_url, version_name, None, storage_options)
+    done = {ti: sorted(found) for ti, found in times.items() if found}
     added = already = 0
     n = version.tokens_per_tile
     for epsg in version_zones(root_url, version_name, storage_options):
@@ -143,9 +150,11 @@ def consolidate_tile_vectors(
         band_first = array_dims(pooled)[1] == "dim"
         group = ensure_tile_group(root_url, version_name, epsg, storage_options)
         vectors: Any = group["vectors"]
+        through = {str(k): float(v) for k, v in dict(group.attrs.get("consolidated_through") or {}).items()}
         for ti, ids in sorted(done.items()):
             again = set((rewritten or {}).get(ti, ()))
-            cells, redo = [], []
+            since = through.get(str(ti))
+            cells, redo, newest = [], [], []
             for tid in ids:
                 e, ix, iy = (int(p) for p in tid.split("_"))
                 if e != epsg:
@@ -153,9 +162,11 @@ def consolidate_tile_vectors(
                 s = version.tile_size_m
                 row0, _, col0, _ = grid.tile_window((ix * s, iy * s, (ix + 1) * s, (iy + 1) * s))
                 cells.append((row0 // n, col0 // n))
-                redo.append(tid in again)
+                redo.append(tid in again or (since is not None and times[ti][tid] >= since))
+                newest.append(times[ti][tid])
             if not cells:
                 continue
+            through[str(ti)] = max(newest)
             rows = np.array([c[0] for c in cells])
             cols = np.array([c[1] for c in cells])
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
@@ -169,4 +180,5 @@ def consolidate_tile_vectors(
                 have[:, r - r0, c - c0] = np.asarray(vec)
             vectors[ti, :, r0:r1, c0:c1] = have
             added += int(np.isfinite(have[0, rows[todo] - r0, cols[todo] - c0]).sum())
+        group.attrs["consolidated_through"] = through  # after the vectors: a crash copies more next time
     return {"added": added, "already": already}

@@ -230,6 +230,40 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_it_gains_items(
     assert is_stale_catalog({"provenance": {"input_items": ["A"]}}, {"A", "B"})
 
 
+def test_a_re_embedding_run_stopped_before_consolidating_leaves_no_old_tile_vector(
+    tmp_path: Path, sample_items: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run that re-embeds a tile fails to consolidate the tile vectors (storage down at its end);
+    the next run finds nothing stale, yet its consolidation copies the re-embedded tile's vector."""
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    grid = TileGrid()
+    spec = CubeSpec(grid=grid, collections=COLLECTIONS, catalog="sample")
+    tiles = [grid.tile(t) for t in TILES]
+    ours = [i for i in sample_items if _in_period(i) and i["collection"] in COLLECTIONS]
+    held = max(ours, key=lambda i: str(i["properties"]["datetime"]))
+    cubes, out, clean = tmp_path / "cubes", tmp_path / "emb", tmp_path / "clean"
+    write_cubes([i for i in sample_items if i is not held], tiles, spec, str(cubes), progress=False)
+    first = run_embedding(request(checkpoint, out, cubes))
+    before = _tile_vectors(out, first.version)
+    write_cubes(sample_items, tiles, spec, str(cubes), progress=False)
+
+    def storage_down(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("storage unreachable")
+
+    monkeypatch.setattr(es, "consolidate_tile_vectors", storage_down)
+    second = run_embedding(request(checkpoint, out, cubes))
+    assert second.done >= 1 and any("tile vectors not consolidated" in n for n in second.notes), second.notes
+    monkeypatch.undo()
+    assert np.array_equal(_tile_vectors(out, second.version), before, equal_nan=True)  # the old vectors
+
+    third = run_embedding(request(checkpoint, out, cubes))
+    assert {r.status for r in third.results} == {TileStatus.SKIPPED}  # nothing stale any more
+    reference = run_embedding(request(checkpoint, clean, cubes))
+    after = _tile_vectors(out, third.version)
+    assert np.array_equal(after, _tile_vectors(clean, reference.version), equal_nan=True)
+    assert not np.array_equal(after, before, equal_nan=True)
+
+
 def _tile_vectors(root: Path, version: str) -> np.ndarray:
     import zarr
 
