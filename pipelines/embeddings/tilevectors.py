@@ -15,7 +15,9 @@ It is incremental: tiles already consolidated are not read again, so a rerun cos
 A tile written over since (re-embedded: ``pipelines.embed.freshness``) is copied again, even when the
 run that wrote it stopped before consolidating: the group's ``consolidated_through`` attribute holds,
 per time index, the newest record modification time (the storage's clock, from the listings) the last
-consolidation copied through, and every tile whose record is at least as new is copied again.
+consolidation saw, and every tile whose record is newer is copied again. (Strictly newer: a later
+run's records come seconds after that one, since one run writes a store at a time and it plans and
+loads its model before it writes; so even a store whose clock counts whole seconds loses none.)
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def consolidate_tile_vectors(
     rewritten: Mapping[int, Iterable[str]] | None = None,
 ) -> dict[str, int]:
     """Copy every recorded tile's pooled vector not consolidated yet into the zone's ``tiles`` grid,
-    and again those whose record is at least as new as the last consolidation (module docstring) and
+    and again those whose record is newer than the last consolidation saw (module docstring) and
     those of ``rewritten`` (time index -> tile ids written over by this run; for grids consolidated
     before ``consolidated_through`` existed).
 
@@ -162,7 +164,7 @@ def consolidate_tile_vectors(
                 s = version.tile_size_m
                 row0, _, col0, _ = grid.tile_window((ix * s, iy * s, (ix + 1) * s, (iy + 1) * s))
                 cells.append((row0 // n, col0 // n))
-                redo.append(tid in again or (since is not None and times[ti][tid] >= since))
+                redo.append(tid in again or (since is not None and times[ti][tid] > since))
                 newest.append(times[ti][tid])
             if not cells:
                 continue
