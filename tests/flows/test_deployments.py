@@ -66,7 +66,13 @@ def _runs_of(api_url: str, deployment: str) -> list[Any]:
 def _run_worker_until(
     env: dict[str, str], api_url: str, deployment: str, count: int, timeout: float = 420
 ) -> list[Any]:
-    """Run a process worker until ``count`` runs of ``deployment`` reached a final state."""
+    """Run a process worker until ``count`` runs of ``deployment`` reached a final state, and then
+    until none of its runs is waiting or running (within ``timeout``), so that the worker is idle
+    when it is stopped: a flow run whose worker is stopped in the middle of it is left orphaned.
+
+    The worker serves that deployment's work queue alone (``ingest-local`` -> ``ingest``), so a run
+    another flow triggers meanwhile (a refresh's re-embedding) is never taken by a worker stopped
+    for another deployment."""
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -76,6 +82,8 @@ def _run_worker_until(
             "start",
             "--pool",
             "local",
+            "--work-queue",
+            deployment.split("-")[0],
             "--type",
             "process",
             "--limit",
@@ -88,12 +96,17 @@ def _run_worker_until(
     )
     try:
         deadline = time.monotonic() + timeout
+        reached: list[Any] | None = None
         while time.monotonic() < deadline:
             runs = _runs_of(api_url, deployment)
             final = [r for r in runs if r.state is not None and r.state.is_final()]
             if len(final) >= count:
-                return runs
+                reached = reached or runs
+                if len(final) == len(runs):
+                    return runs
             time.sleep(2)
+        if reached is not None:  # the runs asked for are final; others (a duplicate trigger) still run
+            return reached
         states = [(r.name, r.state.name if r.state else None) for r in _runs_of(api_url, deployment)]
         raise AssertionError(f"{deployment}: {count} final run(s) not reached in {timeout} s: {states}")
     finally:
@@ -193,6 +206,7 @@ def test_every_deployment_is_created(deployed: dict[str, Any]) -> None:
         found = {d.name: d for d in client.read_deployments()}
     assert set(names) <= set(found), f"missing deployments: {sorted(set(names) - set(found))}"
     assert {found[n].work_pool_name for n in names} == {"local", "gpu"}
+    assert all(found[n].work_queue_name == n.split("-")[0] for n in names)  # one queue per flow
     embed_local = found["embed-local"]
     params = embed_local.parameters["params"]
     assert params["out"] == f"{deployed['data_url']}/embeddings"
