@@ -66,13 +66,11 @@ def _runs_of(api_url: str, deployment: str) -> list[Any]:
 def _run_worker_until(
     env: dict[str, str], api_url: str, deployment: str, count: int, timeout: float = 420
 ) -> list[Any]:
-    """Run a process worker until ``count`` runs of ``deployment`` reached a final state, and then
-    until none of its runs is waiting or running (within ``timeout``), so that the worker is idle
-    when it is stopped: a flow run whose worker is stopped in the middle of it is left orphaned.
+    """Run a process worker until ``count`` runs of ``deployment`` reached a final state.
 
     The worker serves that deployment's work queue alone (``ingest-local`` -> ``ingest``), so a run
-    another flow triggers meanwhile (a refresh's re-embedding) is never taken by a worker stopped
-    for another deployment."""
+    another flow triggers meanwhile (a refresh's re-embedding) is never taken by a worker this
+    function stops once its own runs are final (a flow run stopped in the middle is orphaned)."""
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -96,17 +94,12 @@ def _run_worker_until(
     )
     try:
         deadline = time.monotonic() + timeout
-        reached: list[Any] | None = None
         while time.monotonic() < deadline:
             runs = _runs_of(api_url, deployment)
             final = [r for r in runs if r.state is not None and r.state.is_final()]
             if len(final) >= count:
-                reached = reached or runs
-                if len(final) == len(runs):
-                    return runs
+                return runs
             time.sleep(2)
-        if reached is not None:  # the runs asked for are final; others (a duplicate trigger) still run
-            return reached
         states = [(r.name, r.state.name if r.state else None) for r in _runs_of(api_url, deployment)]
         raise AssertionError(f"{deployment}: {count} final run(s) not reached in {timeout} s: {states}")
     finally:
