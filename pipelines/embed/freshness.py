@@ -131,7 +131,9 @@ def find_stale(
     rings = {t: source.neighbours(t, margin_m) for t in recorded}
     listed = tuple(column_prefixes(plan_tiles, limit=MAX_PREFIX_LISTINGS))  # as CubeStore.record_times
     outside = {n for ring in rings.values() for n in ring if not n.startswith(listed)}
-    cube_times = {**cube_times, **(source.store().record_times(among=outside) if outside else {})}
+    store = source.store() if outside else None  # opened once (a HEAD), only when there is I/O to do
+    if store is not None:
+        cube_times = {**cube_times, **store.record_times(among=outside)}
     newer = {
         ti: {t for t, m in found.items() if max(cube_times.get(n, -1.0) for n in [t, *rings[t]]) >= m}
         for ti, found in times.items()
@@ -140,7 +142,7 @@ def find_stale(
     if not candidates:
         return {}, 0
     wanted = candidates | {n for t in candidates for n in rings[t] if n in cube_times}
-    cubes = source.store().records(sorted(wanted))
+    cubes = (store or source.store()).records(sorted(wanted))
     return stale_tiles(out, version, out_options, source, cubes, newer, periods, margin_m), len(candidates)
 
 
