@@ -1,6 +1,7 @@
 """prefect.yaml against a real Prefect server: deploy, run ingest and embed on a process worker
 against the pgstac API and the moto S3 server, and the refresh path whose event triggers the
-re-embedding of exactly the tiles it touched.
+re-embedding of exactly the tiles it touched; infra/prefect/automations.yaml marks a run whose
+process is gone Crashed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +26,10 @@ BBOX = "5.97,44.985,6.03,45.015"
 DATETIME = "2023-06-01/2023-06-30"
 COLLECTION = "sentinel-2-l2a"
 NEW_DATE = "20230621"  # items of this date are held back and published later (refresh)
+# flow runs here heartbeat every 30 s (Prefect's minimum); the shipped automation's window (600 s
+# for the default 180 s) is cut to what a test can wait for, still 2.5 heartbeats
+HEARTBEAT_S = 30
+UNRESPONSIVE_WINDOW_S = 75
 
 
 def _prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -111,6 +117,73 @@ def _run_worker_until(
             worker.wait()
 
 
+class _HandSetRuns:
+    """Flow runs set Running by hand, none with a process behind it: ``silent``, a run of the
+    ``pretrain-gpu`` deployment (no worker serves the gpu pool) that never heartbeats, as a run
+    whose worker was stopped; ``live``, another such run, for which a thread emits a heartbeat every
+    10 s; ``foreign``, a run of a flow that is not ours, without heartbeats."""
+
+    def __init__(self, api_url: str) -> None:
+        from prefect import flow
+        from prefect.states import Running
+
+        @flow(name="not-an-aom-flow")
+        def foreign() -> None: ...
+
+        self.api_url = api_url
+        with _client(api_url) as client:
+            dep = next(d for d in client.read_deployments() if d.name == "pretrain-gpu")
+            self.flow_id = dep.flow_id
+            self.ids = {
+                "silent": client.create_flow_run_from_deployment(dep.id, name="silent").id,
+                "live": client.create_flow_run_from_deployment(dep.id, name="live").id,
+                "foreign": client.create_flow_run(foreign, name="foreign").id,
+            }
+            for run_id in self.ids.values():
+                client.set_flow_run_state(run_id, Running(), force=True)
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeats, daemon=True)
+        self._thread.start()
+
+    def _heartbeats(self) -> None:
+        import asyncio
+
+        from prefect.events import Event, RelatedResource, Resource
+        from prefect.events.clients import PrefectEventsClient
+
+        async def beat() -> None:
+            async with PrefectEventsClient(self.api_url) as events:
+                await events.emit(
+                    Event(
+                        event="prefect.flow-run.heartbeat",
+                        resource=Resource({"prefect.resource.id": f"prefect.flow-run.{self.ids['live']}"}),
+                        related=[
+                            RelatedResource(
+                                {
+                                    "prefect.resource.id": f"prefect.flow.{self.flow_id}",
+                                    "prefect.resource.role": "flow",
+                                    "prefect.resource.name": "pretrain",
+                                }
+                            )
+                        ],
+                    )
+                )
+
+        while not self._stop.is_set():
+            asyncio.run(beat())
+            self._stop.wait(10)
+
+    def states(self) -> dict[str, str | None]:
+        with _client(self.api_url) as client:
+            runs = {k: client.read_flow_run(v) for k, v in self.ids.items()}
+        return {k: r.state.name if r.state else None for k, r in runs.items()}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def deployed(
     prefect_server_process: Any, pgstac_api: Any, s3: Any, tmp_path_factory: pytest.TempPathFactory
@@ -164,6 +237,7 @@ def deployed(
         AOM_DATETIME=DATETIME,
         AOM_COLLECTIONS=COLLECTION,
         AOM_CHECKPOINT=str(torch_ckpt),
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_S),
     )
     _prefect(["work-pool", "create", "local", "--type", "process"], env)
     _prefect(
@@ -179,6 +253,14 @@ def deployed(
         env,
     )
     out = _prefect(["deploy", "--all"], env, timeout=600)
+    import yaml
+
+    automations = yaml.safe_load((REPO_ROOT / "infra/prefect/automations.yaml").read_text())
+    for automation in automations["automations"]:
+        automation["trigger"]["within"] = UNRESPONSIVE_WINDOW_S
+    _prefect(["automation", "create", "--from-json", json.dumps(automations)], env)
+    # started now, checked by the module's last test: the window passes during the others
+    hand_set = _HandSetRuns(api_url)
     yield {
         "env": env,
         "api_url": api_url,
@@ -187,7 +269,9 @@ def deployed(
         "later": later,
         "pgstac": pgstac_api,
         "deploy_out": out.stdout,
+        "hand_set": hand_set,
     }
+    hand_set.stop()
     s3.delete_bucket(bucket)
 
 
@@ -289,3 +373,25 @@ def test_parameters_validate_and_bad_input_fails_fast(deployed: dict[str, Any]) 
     bad["params"]["area"]["bbox"] = "6,46,7,45"
     with pytest.raises(ParameterTypeError, match="south < north"):
         ingest.validate_parameters(bad)
+
+
+def test_a_run_whose_process_is_gone_is_marked_crashed(deployed: dict[str, Any]) -> None:
+    """infra/prefect/automations.yaml, as created with the prefect CLI (its window shortened): a run
+    of an aom flow that stops heartbeating is marked Crashed, a heartbeating one and another flow's
+    run are left Running, and the real runs of this module (heartbeats every 30 s) were never
+    touched. Without it, a run whose worker was stopped stays Running for good."""
+    hand_set: _HandSetRuns = deployed["hand_set"]
+    deadline = hand_set.started + UNRESPONSIVE_WINDOW_S + 90
+    states = hand_set.states()
+    while time.monotonic() < deadline and states["silent"] != "Crashed":
+        time.sleep(2)
+        states = hand_set.states()
+    assert states == {"silent": "Crashed", "live": "Running", "foreign": "Running"}, states
+    with _client(deployed["api_url"]) as client:
+        crashed = client.read_flow_run(hand_set.ids["silent"]).state
+        real = client.read_flow_runs()
+    assert crashed is not None and "No heartbeat" in (crashed.message or "")
+    ran = [r for r in real if r.id not in hand_set.ids.values()]
+    assert ran and all(r.state is not None and r.state.name != "Crashed" for r in ran), [
+        (r.name, r.state) for r in ran
+    ]

@@ -57,6 +57,7 @@ REQUIRED_FILES = [
     "infra/k8s/prefect-worker.yaml",
     "infra/k8s/dask-cluster.yaml",
     "infra/prefect/gpu-work-pool.json",
+    "infra/prefect/automations.yaml",
 ]
 
 # ------------------------------------------------------------------------------------------
@@ -828,6 +829,7 @@ def test_readme_covers_the_path_to_a_running_deployment() -> None:
         "prefect work-pool create gpu --type kubernetes --base-job-template",
         "prefect work-pool create local --type process",
         "prefect deploy --all",
+        "prefect automation create --from-file infra/prefect/automations.yaml",
         "prefect deployment run",
         "kubectl -n aom logs",
         ".dockerignore",
@@ -836,3 +838,26 @@ def test_readme_covers_the_path_to_a_running_deployment() -> None:
         assert needle in text, f"infra/README.md does not cover: {needle}"
     for ref in sorted(set(re.findall(r"(?<![\w/])infra/[\w./-]*\w", text))):
         assert (REPO / ref).exists(), f"infra/README.md names {ref}, which does not exist"
+
+
+def test_unresponsive_run_automation_covers_every_flow_and_outlasts_heartbeats() -> None:
+    """infra/prefect/automations.yaml validates as Prefect automations; the unresponsive-run one
+    watches the flows of every deployment in prefect.yaml, and its window is at least 3 heartbeats
+    at Prefect's default frequency (tests/flows/test_deployments.py runs it against a server)."""
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.settings.models.flows import FlowsSettings
+
+    doc = yaml.safe_load((POOLS / "automations.yaml").read_text(encoding="utf-8"))
+    (automation,) = [AutomationCore.model_validate(a) for a in doc["automations"]]
+    trigger = automation.trigger
+    assert isinstance(trigger, EventTrigger) and trigger.posture == Posture.Proactive
+    heartbeat_s = FlowsSettings.model_fields["heartbeat_frequency"].default
+    assert trigger.within.total_seconds() >= 3 * heartbeat_s
+    assert "prefect.flow-run.heartbeat" in trigger.after & trigger.expect
+    assert {"prefect.flow-run.Running", "prefect.flow-run.Retrying"} <= trigger.after
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
+    flows = {load_flow_from_entrypoint(str(REPO / d["entrypoint"])).name for d in deployments}
+    (related,) = trigger.match_related if isinstance(trigger.match_related, list) else [trigger.match_related]
+    assert set(related["prefect.resource.name"]) == flows
+    assert [a.type for a in automation.actions] == ["change-flow-run-state"]
