@@ -21,21 +21,30 @@ record), the embedding record's ``provenance`` is compared with the current cube
 From STAC items (``--catalog-url``) the run's search is the only signal: each record lists
 ``considered_items`` (the items of the period its tile was given, whether or not they entered the
 composite), and a recorded tile whose search now gives it other items is embedded again
-(:func:`find_stale_catalog`; the records of every recorded tile are read, one GET each,
-concurrently; records made before that field compare with ``input_items``).
+(:func:`find_stale_catalog`; records made before that field compare with ``input_items``). The
+records are read (one GET each, concurrently) only where the store's considered-items index
+(``_tiles/<version>/_considered.json``: per tile and time index, the record's modification time and
+a digest of its ``considered_items``) has no entry with the record's listed time, or one whose
+digest differs from that of the items the search gives now; a rerun over a catalog that did not
+change reads one object instead of one per tile. The check writes the index back when it learnt
+entries (the last concurrent writer wins: an entry counts only while its record keeps that time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import hashlib
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pipelines import embeddings as es
 from pipelines.embed.sources import CubeSource, Period
 from pipelines.runs import TileStatus
-from pipelines.storage import MAX_PREFIX_LISTINGS
+from pipelines.storage import MAX_PREFIX_LISTINGS, redact_url
 from pipelines.tiling import column_prefixes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,19 +164,49 @@ def is_stale_catalog(embedding_record: Mapping[str, Any], items: set[str]) -> bo
     return bool(items - set(prov.get("input_items") or () if seen is None else seen))
 
 
+def considered_digest(ids: Iterable[str]) -> str:
+    """Digest of a set of item ids (the considered-items index compares these, not the ids)."""
+    return hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()[:20]
+
+
 def find_stale_catalog(
     out: str,
     version: str,
     out_options: Mapping[str, Any],
     found: Mapping[int, Mapping[str, set[str]]],
-) -> dict[int, set[str]]:
+    times: Mapping[int, Mapping[str, float]] | None = None,
+) -> tuple[dict[int, set[str]], int]:
     """Of the recorded tiles ``found`` (time index -> tile id -> the ids of the items the run's search
-    gives it in that period), those to embed again: their records are read (one GET each,
-    concurrently; a catalog gives no cheaper signal of what changed)."""
-    keys = [(t, ti) for ti, tiles in found.items() for t in tiles]
-    records = es.read_tile_records(out, version, keys, out_options) if keys else {}
+    gives it in that period), those to embed again, and how many records were read. ``times`` (the
+    records' listed modification times, :func:`pipelines.embeddings.record_times`) enables the
+    considered-items index: a tile whose entry has its record's time and the digest of ``found``'s
+    ids is fresh without a read; without ``times`` every record is read."""
+    index = es.read_considered_index(out, version, out_options) if times is not None else {}
+    learnt = dict(index)
+    to_read: list[tuple[str, int]] = []
+    for ti, tiles in found.items():
+        listed = (times or {}).get(ti, {})
+        for tile_id, ids in tiles.items():
+            entry = index.get(f"{ti}/{tile_id}")
+            if entry is None or tile_id not in listed or entry != (listed[tile_id], considered_digest(ids)):
+                to_read.append((tile_id, ti))
+    records = es.read_tile_records(out, version, to_read, out_options) if to_read else {}
     stale: dict[int, set[str]] = {}
     for (tile_id, ti), rec in records.items():
+        key = f"{ti}/{tile_id}"
         if is_stale_catalog(rec, found[ti][tile_id]):
             stale.setdefault(ti, set()).add(tile_id)
-    return stale
+            learnt.pop(key, None)  # embedded again: its record changes
+            continue
+        seen = (rec.get("provenance") or {}).get("considered_items")
+        mtime = (times or {}).get(ti, {}).get(tile_id)
+        if seen is not None and mtime is not None:
+            learnt[key] = (mtime, considered_digest(seen))
+    if times is not None and learnt != index:
+        try:  # a cache: the check's answer stands without it, and the next check reads again
+            es.write_considered_index(out, version, learnt, out_options)
+        except Exception as exc:
+            log.warning(
+                "considered-items index not written: %s", redact_url(f"{type(exc).__name__}: {exc}")[:400]
+            )
+    return stale, len(records)

@@ -149,7 +149,7 @@ def _stale(plan: RunPlan, times: dict[int, dict[str, float]], notes: list[str]) 
                     if tile.tile_id in recorded:
                         ids = source.period_ids(items, ctx.periods[unit.time_index])
                         found.setdefault(unit.time_index, {})[tile.tile_id] = ids
-            stale = find_stale_catalog(ctx.out, ctx.version, ctx.out_options, found)
+            stale, _ = find_stale_catalog(ctx.out, ctx.version, ctx.out_options, found, times)
             why = "the catalog gives them items of the period they were not given"
         else:
             stale, _ = find_stale(

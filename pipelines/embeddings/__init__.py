@@ -38,12 +38,15 @@ from pipelines.embeddings.quantize import (
     unit,
 )
 from pipelines.embeddings.records import (
+    considered_index_url,
     list_complete_tiles,
+    read_considered_index,
     read_tile_record,
     read_tile_records,
     record_times,
     record_url,
     tile_is_complete,
+    write_considered_index,
     write_tile,
 )
 from pipelines.embeddings.stac import StacOptions, collection_dict, stale_items, tile_item, write_stac
@@ -86,6 +89,7 @@ __all__ = [
     "band_first",
     "check_epsg",
     "collection_dict",
+    "considered_index_url",
     "consolidate_tile_vectors",
     "create_version",
     "crs_wkt",
@@ -105,6 +109,7 @@ __all__ = [
     "publish_cogs",
     "quantisation_error",
     "quantize",
+    "read_considered_index",
     "read_tile_record",
     "read_tile_records",
     "read_version",
@@ -118,6 +123,7 @@ __all__ = [
     "version_name",
     "version_zones",
     "write_cog",
+    "write_considered_index",
     "write_stac",
     "write_tile",
     "zarr_store",

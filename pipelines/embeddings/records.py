@@ -122,6 +122,49 @@ def read_tile_records(
     return {urls[u]: dict(json.loads(b)) for u, b in got.items() if b is not None}
 
 
+#: Of the catalog freshness check (:func:`pipelines.embed.freshness.find_stale_catalog`): per
+#: recorded tile and time index, its record's modification time and a digest of the record's
+#: ``considered_items``, so a rerun whose search gives a tile the same items reads no record.
+CONSIDERED_INDEX = "_considered.json"
+CONSIDERED_INDEX_FORMAT = 1
+
+
+def considered_index_url(root_url: str, version_name: str) -> str:
+    return storage.join(storage.normalise_url(root_url), TILES_DIR, version_name, CONSIDERED_INDEX)
+
+
+def read_considered_index(
+    root_url: str, version_name: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, tuple[float, str]]:
+    """``{"<time_index>/<tile_id>": (record modification time, digest)}``; empty when there is none
+    or it cannot be parsed (it is a cache: its entries count only where the record's listed time
+    equals theirs). An access failure raises."""
+    try:
+        doc = storage.read_json(considered_index_url(root_url, version_name), storage_options)
+    except FileNotFoundError:
+        return {}
+    except ValueError:  # not JSON: rebuilt by the next check
+        return {}
+    if not isinstance(doc, dict) or doc.get("format") != CONSIDERED_INDEX_FORMAT:
+        return {}
+    entries = doc.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    return {str(k): (float(v[0]), str(v[1])) for k, v in entries.items()}
+
+
+def write_considered_index(
+    root_url: str,
+    version_name: str,
+    entries: Mapping[str, tuple[float, str]],
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Replace the index in one atomic write (concurrent runs: the last one wins, which is safe since
+    an entry counts only while its record keeps the modification time it was made from)."""
+    doc = {"format": CONSIDERED_INDEX_FORMAT, "entries": {k: [m, d] for k, (m, d) in sorted(entries.items())}}
+    storage.write_json_atomic(considered_index_url(root_url, version_name), doc, storage_options)
+
+
 def read_tile_record(
     root_url: str,
     version_name: str,

@@ -6,7 +6,7 @@
 * ``bookkeeping``: completion records without pixels, for counting bookkeeping requests.
 """
 
-from pipelines.testing.bookkeeping import cube_record, embedding_record, spread_tiles
+from pipelines.testing.bookkeeping import considered_items, cube_record, embedding_record, spread_tiles
 from pipelines.testing.cube_items import make_item, reflectance_model
 from pipelines.testing.cubes import LANDSAT, SENTINEL2, write_synthetic_cubes
 from pipelines.testing.embeddings import (
@@ -23,6 +23,7 @@ __all__ = [
     "SyntheticScene",
     "SyntheticStore",
     "build_synthetic_store",
+    "considered_items",
     "cube_record",
     "embedding_record",
     "make_item",

@@ -77,6 +77,11 @@ def cube_record(tile: Tile, spec: CubeSpec, times: int = 20) -> dict[str, Any]:
     )
 
 
+def considered_items(tile_id: str) -> list[str]:
+    """The items a search gave the tile of :func:`embedding_record` (one of them unused)."""
+    return [f"S2A_{tile_id}_{d}" for d in range(5)]
+
+
 def embedding_record(version: EmbeddingsVersion, tile: Tile, time_index: int) -> dict[str, Any]:
     """A ``complete`` embeddings completion record with the keys :func:`write_tile` writes."""
     grid = ZoneGrid(tile.epsg, version.token_ground_m, version.tile_size_m)
@@ -102,6 +107,7 @@ def embedding_record(version: EmbeddingsVersion, tile: Tile, time_index: int) ->
             "model_version": version.model_version,
             "checkpoint_sha256": version.checkpoint_sha256,
             "input_items": [f"S2A_{tile.tile_id}_{d}" for d in range(4)],
+            "considered_items": considered_items(tile.tile_id),
             "bands": [{"name": "B04", "gsd_m": 10.0}],
         },
         "quantisation": {

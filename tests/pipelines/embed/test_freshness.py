@@ -12,7 +12,7 @@ import pytest
 from pipelines import embeddings as es
 from pipelines.cubes import CubeSpec, CubeStore, write_cubes
 from pipelines.embed import CubeSource, run_embedding
-from pipelines.embed.freshness import CubeState, cube_state, is_stale, is_stale_catalog
+from pipelines.embed.freshness import CubeState, cube_state, find_stale_catalog, is_stale, is_stale_catalog
 from pipelines.embed.sources import parse_periods
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
@@ -234,6 +234,9 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_it_gains_items(
     prov = es.read_tile_record(str(tmp_path / "emb"), second.version, tile, 0)["provenance"]
     assert held["id"] in prov["input_items"] and held["id"] in prov["considered_items"]
     assert {r.status for r in embed(tmp_path / "emb").results} == {TileStatus.SKIPPED}
+    # that rerun found the record fresh and indexed it: the next one reads no record
+    index = es.read_considered_index(str(tmp_path / "emb"), second.version)
+    assert set(index) == {f"0/{tile}"}
 
     # the rule: items given now that the record was not given; records before considered_items
     assert not is_stale_catalog(
@@ -241,6 +244,50 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_it_gains_items(
     )
     assert is_stale_catalog({"provenance": {"considered_items": ["A"]}}, {"A", "C"})
     assert is_stale_catalog({"provenance": {"input_items": ["A"]}}, {"A", "B"})
+
+
+def test_considered_index_skips_reads_only_while_records_and_searches_are_unchanged(tmp_path: Path) -> None:
+    """find_stale_catalog with the records' listed times: a tile whose index entry has its record's
+    time and the digest of the items the search gives now is fresh without a read; a new item in
+    the search, a rewritten record, a record without ``considered_items`` or a corrupt index reads
+    again, and the answers equal those of reading every record."""
+    import json
+    import os
+
+    out, version = str(tmp_path / "emb"), "v"
+    records = {
+        "A": {"provenance": {"considered_items": ["a", "b"], "input_items": ["a"]}},
+        "B": {"provenance": {"considered_items": ["a"], "input_items": ["a"]}},
+        "C": {"provenance": {"input_items": ["a"]}},  # made before considered_items
+    }
+
+    def write(tile: str, rec: dict[str, Any], age_s: float) -> None:
+        path = Path(es.record_url(out, version, tile, 0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec))
+        os.utime(path, (path.stat().st_mtime - age_s,) * 2)
+
+    for i, (tile, rec) in enumerate(records.items()):
+        write(tile, rec, 100 + i)
+
+    def check(found: dict[str, set[str]], with_times: bool = True) -> tuple[dict[int, set[str]], int]:
+        times = es.record_times(out, version, None, {}, list(found)) if with_times else None
+        got = find_stale_catalog(out, version, {}, {0: found}, times)
+        assert got[0] == find_stale_catalog(out, version, {}, {0: found})[0]  # the same as reading all
+        return got
+
+    same = {"A": {"a", "b"}, "B": {"a"}, "C": {"a"}}
+    assert check(same) == ({}, 3)  # no index yet: every record read, A and B indexed
+    assert set(es.read_considered_index(out, version)) == {"0/A", "0/B"}
+    assert check(same) == ({}, 1)  # C (no considered_items) is read each time
+    assert check(same, with_times=False) == ({}, 3)
+    assert check({**same, "B": {"a", "c"}}) == ({0: {"B"}}, 2)  # a new item for B
+    assert "0/B" not in es.read_considered_index(out, version)  # it is embedded again
+    write("A", {"provenance": {"considered_items": ["a"]}}, 10)  # A re-embedded without b
+    assert check(same) == ({0: {"A"}}, 3)  # the entry no longer counts: A read, and stale
+    Path(es.considered_index_url(out, version)).write_text("{not json")
+    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 2)  # a corrupt index: read, then rebuilt
+    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 0)
 
 
 def _tile_vectors(root: Path, version: str) -> np.ndarray:
