@@ -70,7 +70,7 @@ def cube_state(
     """A tile's :class:`CubeState` from ``cube_records`` (its own and its neighbours' within
     ``margin_m``: the layout's ``pad_m``), as :meth:`CubeSource.read_block` would read them."""
     own = cube_records[tile_id]
-    groups = source._groups_of(own)
+    groups = source.groups_of(own)
     margin = {
         n: (str(rec.get("written_at") or ""), frozenset(source.period_items(rec, period, groups)))
         for n in source.neighbours(tile_id, margin_m)

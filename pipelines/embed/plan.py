@@ -415,7 +415,7 @@ def _cube_records(
     while k < len(recorded) and (universe is None or not universe <= seen):
         got = store.records(recorded[k : k + batch])
         records.update(got)
-        seen.update(key for rec in got.values() for key in source._groups_of(rec))
+        seen.update(key for rec in got.values() for key in source.groups_of(rec))
         k, batch = k + batch, min(RECORD_BATCH_MAX, batch * 2)
     return times, records
 

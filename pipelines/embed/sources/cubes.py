@@ -75,7 +75,9 @@ class CubeSource:
         """A group as a lazily indexed Dataset *without* dask (a slice reads only its chunks, at once)."""
         return store.open_group(tile_id, collection, label, lazy=True)
 
-    def _groups_of(self, record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    def groups_of(self, record: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """``(collection, gsd label)`` of a cube record's groups that this source reads (its
+        collections; all when it names none), in the record's order."""
         out = []
         for g in record.get("groups") or []:
             coll = str(g["collection"])
@@ -103,7 +105,7 @@ class CubeSource:
         collections, or only those of ``groups``): what a padded tile read from that record lists in
         its ``input_items`` (a margin neighbour's record with the groups of the tile itself)."""
         out: set[str] = set()
-        for coll, label in self._groups_of(record):
+        for coll, label in self.groups_of(record):
             if groups is not None and (coll, label) not in groups:
                 continue
             group = _RecordGroup.of(record, coll, label)
@@ -115,7 +117,7 @@ class CubeSource:
         store = self.store()
         seen: dict[tuple[str, str], str] = {}
         for tid, rec in records.items():
-            for key in self._groups_of(rec):
+            for key in self.groups_of(rec):
                 seen.setdefault(key, tid)
         infos: list[BandSpec] = []
         for (coll, label), tid in sorted(seen.items()):
@@ -185,7 +187,7 @@ class CubeSource:
             return outs
         keys: list[tuple[str, str]] = []
         for out in live:
-            for key in self._groups_of(record(out.tile.tile_id) or {}):
+            for key in self.groups_of(record(out.tile.tile_id) or {}):
                 if key not in keys:
                     keys.append(key)
         if len(live) > 1 and any(
@@ -222,7 +224,7 @@ class CubeSource:
         left, bottom, right, top = box
         items: dict[str, set[str]] = {o.tile.tile_id: set() for o in live}
         for coll, label in keys:
-            ref = next(o for o in live if (coll, label) in self._groups_of(record(o.tile.tile_id) or {}))
+            ref = next(o for o in live if (coll, label) in self.groups_of(record(o.tile.tile_id) or {}))
             ref_id = ref.tile.tile_id
             ref_rec = record(ref_id) or {}
             rg_c: Any = None
@@ -244,7 +246,7 @@ class CubeSource:
             lacking: set[str] = set()
             for nid in contributors:
                 nrec = record(nid) or {}
-                if (coll, label) not in self._groups_of(nrec):
+                if (coll, label) not in self.groups_of(nrec):
                     continue
                 ntile = grid_tiles[nid]
                 if nid == ref_id:
@@ -277,7 +279,7 @@ class CubeSource:
             _fill_uncovered(arr, box, gsd, self.grid.tile_size_m, {grid_tiles[n].index for n in used})
             for out in live:
                 tid = out.tile.tile_id
-                if (coll, label) not in self._groups_of(record(tid) or {}):
+                if (coll, label) not in self.groups_of(record(tid) or {}):
                     continue
                 ol, ob, orr, ot = out.bounds
                 for nid in rings[tid]:
