@@ -284,6 +284,9 @@ def test_every_deployment_is_created(deployed: dict[str, Any]) -> None:
     assert set(names) <= set(found), f"missing deployments: {sorted(set(names) - set(found))}"
     assert {found[n].work_pool_name for n in names} == {"local", "gpu"}
     assert all(found[n].work_queue_name == n.split("-")[0] for n in names)  # one queue per flow
+    for name in ("embed-local", "embed-gpu"):  # the daily whole-area run that heals crashed runs
+        (schedule,) = found[name].schedules
+        assert schedule.schedule.cron == "0 5 * * *" and not schedule.active, schedule
     embed_local = found["embed-local"]
     params = embed_local.parameters["params"]
     assert params["out"] == f"{deployed['data_url']}/embeddings"
