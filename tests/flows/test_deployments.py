@@ -6,9 +6,11 @@ process is gone Crashed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -398,3 +400,79 @@ def test_a_run_whose_process_is_gone_is_marked_crashed(deployed: dict[str, Any])
     assert ran and all(r.state is not None and r.state.name != "Crashed" for r in ran), [
         (r.name, r.state) for r in ran
     ]
+
+
+SLEEPY_FLOW = """
+import time
+
+from prefect import flow
+
+
+@flow(name="sleepy")
+def sleepy(seconds: float = 300) -> None:
+    time.sleep(seconds)
+"""
+
+
+@pytest.mark.parametrize("on_sigterm", ["gpu pool", "default"])
+def test_a_gpu_pool_flow_run_stopped_by_its_pod_goes_back_to_the_queue(
+    prefect_server_process: Any, tmp_path: Any, on_sigterm: str
+) -> None:
+    """The gpu pool's Jobs run ``prefect flow-run execute`` with the environment of
+    infra/prefect/gpu-work-pool.json. A pod evicted or drained (spot GPU nodes) gets SIGTERM, then
+    the rest of its processes SIGKILL: with that environment the run is rescheduled
+    (``AwaitingRetry``, back in its queue; the next attempt finishes the job from the completion
+    records) and the pod exits 0; without it the run stays ``Running`` with no process behind it
+    (what infra/prefect/automations.yaml marks ``Crashed``, 600 s later)."""
+
+    pool = json.loads((REPO_ROOT / "infra/prefect/gpu-work-pool.json").read_text())
+    container = pool["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    fixed_env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    (tmp_path / "sleepy.py").write_text(SLEEPY_FLOW)
+    api_url = prefect_server_process.api_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env.update(prefect_server_process.client_env(), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if on_sigterm == "gpu pool":
+        env.update(fixed_env)
+    with _client(api_url) as client:
+        flow_id = client.create_flow_from_name("sleepy")
+        dep_id = client.create_deployment(
+            flow_id=flow_id,
+            name=f"sleepy-{on_sigterm.replace(' ', '-')}",
+            entrypoint="sleepy.py:sleepy",
+            path=str(tmp_path),
+        )
+        run_id = client.create_flow_run_from_deployment(dep_id).id
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "flow-run", "execute", str(run_id)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the pod: SIGTERM to its first process, SIGKILL to the rest
+    )
+    try:
+        deadline = time.monotonic() + 120
+        state = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            with _client(api_url) as client:
+                state = client.read_flow_run(run_id).state
+            if state is not None and state.is_running():
+                break
+            time.sleep(0.5)
+        assert state is not None and state.is_running(), state
+        time.sleep(2)  # inside the flow
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with _client(api_url) as client:
+        state = client.read_flow_run(run_id).state
+    assert state is not None
+    if on_sigterm == "gpu pool":
+        assert fixed_env.get("PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR") == "reschedule"
+        assert code == 0 and state.is_scheduled() and state.name == "AwaitingRetry", (code, state)
+    else:
+        assert code == -signal.SIGTERM and state.name == "Running", (code, state)

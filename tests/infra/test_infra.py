@@ -782,6 +782,9 @@ def test_gpu_work_pool_template() -> None:
     # the image enters through `aom`; the worker's `prefect flow-run execute` needs a plain runner
     assert container["command"][0] in BASE_IMAGE_WRAPPERS
     assert isinstance(container["env"], list), "hard-coded env (secret refs); the worker prepends its own"
+    # an evicted or drained pod's run goes back to its queue instead of staying Running
+    # (tests/flows/test_deployments.py::test_a_gpu_pool_flow_run_stopped_by_its_pod_goes_back_to_the_queue)
+    assert {"name": "PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR", "value": "reschedule"} in container["env"]
 
     assert _image_spec(props["image"]["default"])["torch"] == "cuda", "the default image is the CUDA one"
     assert props["gpu_count"]["default"] >= 1
