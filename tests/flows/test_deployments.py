@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.services.ports import descendants, kill_left
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,12 +112,14 @@ def _run_worker_until(
         states = [(r.name, r.state.name if r.state else None) for r in _runs_of(api_url, deployment)]
         raise AssertionError(f"{deployment}: {count} final run(s) not reached in {timeout} s: {states}")
     finally:
+        below = descendants(worker.pid)
         worker.terminate()
         try:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+        kill_left(below)  # a flow-run process in a session of its own, if it outlived its worker
 
 
 class _HandSetRuns:
@@ -382,9 +385,10 @@ def test_parameters_validate_and_bad_input_fails_fast(deployed: dict[str, Any]) 
 
 def test_a_run_whose_process_is_gone_is_marked_crashed(deployed: dict[str, Any]) -> None:
     """infra/prefect/automations.yaml, as created with the prefect CLI (its window shortened): a run
-    of an aom flow that stops heartbeating is marked Crashed, a heartbeating one and another flow's
-    run are left Running, and the real runs of this module (heartbeats every 30 s) were never
-    touched. Without it, a run whose worker was stopped stays Running for good."""
+    of an aom flow that stops heartbeating is marked Crashed, and a heartbeating one and another
+    flow's run are left Running (the real runs of this module, heartbeating every 30 s under the
+    same automation, end Completed: the refresh test asserts it). Without it, a run whose worker
+    was stopped stays Running for good."""
     hand_set: _HandSetRuns = deployed["hand_set"]
     deadline = hand_set.started + UNRESPONSIVE_WINDOW_S + 90
     states = hand_set.states()
@@ -394,12 +398,7 @@ def test_a_run_whose_process_is_gone_is_marked_crashed(deployed: dict[str, Any])
     assert states == {"silent": "Crashed", "live": "Running", "foreign": "Running"}, states
     with _client(deployed["api_url"]) as client:
         crashed = client.read_flow_run(hand_set.ids["silent"]).state
-        real = client.read_flow_runs()
     assert crashed is not None and "No heartbeat" in (crashed.message or "")
-    ran = [r for r in real if r.id not in hand_set.ids.values()]
-    assert ran and all(r.state is not None and r.state.name != "Crashed" for r in ran), [
-        (r.name, r.state) for r in ran
-    ]
 
 
 SLEEPY_FLOW = """
@@ -451,6 +450,7 @@ def test_a_gpu_pool_flow_run_stopped_by_its_pod_goes_back_to_the_queue(
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # the pod: SIGTERM to its first process, SIGKILL to the rest
     )
+    below: list[int] = []
     try:
         deadline = time.monotonic() + 120
         state = None
@@ -462,17 +462,22 @@ def test_a_gpu_pool_flow_run_stopped_by_its_pod_goes_back_to_the_queue(
             time.sleep(0.5)
         assert state is not None and state.is_running(), state
         time.sleep(2)  # inside the flow
+        below = descendants(proc.pid)  # the engine runs in a session of its own
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=90)
     finally:
+        below += descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        left = kill_left(below)
     with _client(api_url) as client:
         state = client.read_flow_run(run_id).state
     assert state is not None
     if on_sigterm == "gpu pool":
         assert fixed_env.get("PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR") == "reschedule"
         assert code == 0 and state.is_scheduled() and state.name == "AwaitingRetry", (code, state)
-    else:
+        assert not left, left  # the supervisor stopped its engine before it exited
+    else:  # the engine, in a session of its own, outlived the supervisor (the pod's end kills it)
         assert code == -signal.SIGTERM and state.name == "Running", (code, state)
+        assert left, "the engine was expected to outlive its supervisor"

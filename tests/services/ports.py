@@ -79,6 +79,38 @@ def wait_until(
         time.sleep(interval)
 
 
+def descendants(pid: int) -> list[int]:
+    """Pids of the processes below ``pid`` now (Linux ``/proc/<pid>/task/*/children``), children
+    before their own children; empty when ``pid`` is gone. Collected before a process is stopped,
+    they name what it may leave behind in sessions of their own (a Prefect worker's flow runs)."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in children:
+            out.append(child)
+            out.extend(descendants(child))
+    return out
+
+
+def kill_left(pids: Sequence[int]) -> list[int]:
+    """SIGKILL those of ``pids`` still alive; returns them."""
+    killed = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        killed.append(pid)
+    return killed
+
+
 def _pdeathsig_preexec(sig: int) -> Callable[[], None] | None:
     # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only use it from the main
     # thread (a service started from a worker thread would otherwise die with that thread).
