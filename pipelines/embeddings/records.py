@@ -141,16 +141,14 @@ def read_considered_index(
     equals theirs). An access failure raises."""
     try:
         doc = storage.read_json(considered_index_url(root_url, version_name), storage_options)
-    except FileNotFoundError:
-        return {}
-    except ValueError:  # not JSON: rebuilt by the next check
+    except (FileNotFoundError, ValueError):  # none yet, or not JSON: rebuilt by the next check
         return {}
     if not isinstance(doc, dict) or doc.get("format") != CONSIDERED_INDEX_FORMAT:
         return {}
-    entries = doc.get("entries")
-    if not isinstance(entries, dict):
+    try:
+        return {str(k): (float(v[0]), str(v[1])) for k, v in doc["entries"].items()}
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):  # malformed: as if none
         return {}
-    return {str(k): (float(v[0]), str(v[1])) for k, v in entries.items()}
 
 
 def write_considered_index(

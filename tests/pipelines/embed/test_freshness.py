@@ -288,6 +288,9 @@ def test_considered_index_skips_reads_only_while_records_and_searches_are_unchan
     Path(es.considered_index_url(out, version)).write_text("{not json")
     assert check({"A": {"a"}, "B": {"a"}}) == ({}, 2)  # a corrupt index: read, then rebuilt
     assert check({"A": {"a"}, "B": {"a"}}) == ({}, 0)
+    Path(es.considered_index_url(out, version)).write_text(json.dumps({"format": 1, "entries": {"0/A": 5}}))
+    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 2)  # malformed entries: the same
+    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 0)
 
 
 def _tile_vectors(root: Path, version: str) -> np.ndarray:
