@@ -182,10 +182,11 @@ def find_stale_catalog(
     considered-items index: a tile whose entry has its record's time and the digest of ``found``'s
     ids is fresh without a read; without ``times`` every record is read."""
     index = es.read_considered_index(out, version, out_options) if times is not None else {}
+    listed_times = times or {}
     learnt = dict(index)
     to_read: list[tuple[str, int]] = []
     for ti, tiles in found.items():
-        listed = (times or {}).get(ti, {})
+        listed = listed_times.get(ti, {})
         for tile_id, ids in tiles.items():
             entry = index.get(f"{ti}/{tile_id}")
             if entry is None or tile_id not in listed or entry != (listed[tile_id], considered_digest(ids)):
@@ -199,7 +200,7 @@ def find_stale_catalog(
             learnt.pop(key, None)  # embedded again: its record changes
             continue
         seen = (rec.get("provenance") or {}).get("considered_items")
-        mtime = (times or {}).get(ti, {}).get(tile_id)
+        mtime = listed_times.get(ti, {}).get(tile_id)
         if seen is not None and mtime is not None:
             learnt[key] = (mtime, considered_digest(seen))
     if times is not None and learnt != index:
