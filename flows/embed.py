@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.common import publish_summary
+from flows.common import install_exit_bound, publish_summary
 from flows.params import AreaParams, StorageParams, empty_is_none
 from flows.pretrain import PretrainParams, pretrain
 from pipelines.embed import EmbedRequest, run_embedding
@@ -72,6 +72,7 @@ def embed_task(params: EmbedParams) -> dict[str, Any]:
 
 @flow(name="embed", log_prints=True, validate_parameters=True, retries=1, retry_delay_seconds=30)
 def embed(params: EmbedParams) -> dict[str, Any]:
+    install_exit_bound()
     summary = embed_task(params)
     rows = summary.get("results", [])
     publish_summary(
@@ -92,6 +93,7 @@ def embed(params: EmbedParams) -> dict[str, Any]:
 @flow(name="retrain", log_prints=True, validate_parameters=True)
 def retrain(pretrain_params: PretrainParams, embed_params: EmbedParams) -> dict[str, Any]:
     """Fine-tune (``pretrain_params.init`` = current checkpoint) then embed a new dataset version."""
+    install_exit_bound()
     trained = pretrain(pretrain_params)
     checkpoint = trained.get("checkpoint") or f"{pretrain_params.out.rstrip('/')}/model.safetensors"
     get_run_logger().info("retrain: new checkpoint %s; embedding a new version", checkpoint)

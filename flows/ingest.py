@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from flows.common import batches, catalog_slot, publish_summary
+from flows.common import batches, catalog_slot, install_exit_bound, publish_summary
 from flows.params import AreaParams, StorageParams, empty_is_none
 from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.errors import RunFailedError
@@ -110,6 +110,7 @@ def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -
 @flow(name="ingest", log_prints=True, validate_parameters=True, retries=1, retry_delay_seconds=30)
 def ingest(params: IngestParams) -> dict[str, Any]:
     """Search -> saved items -> cubes per tile. Returns counts; a summary artifact is published."""
+    install_exit_bound()
     logger = get_run_logger()
     saved = search_task(params)
     if saved.count == 0:

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.common import install_exit_bound
 from flows.params import StorageParams
 
 
@@ -73,6 +74,7 @@ def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
 
 @flow(name="pretrain", log_prints=True, validate_parameters=True)
 def pretrain(params: PretrainParams) -> dict[str, Any]:
+    install_exit_bound()
     get_run_logger().info(
         "pretrain %s on %d cube store(s) -> %s", params.config, len(params.cubes), params.out
     )

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.common import catalog_slot, publish_summary
+from flows.common import catalog_slot, install_exit_bound, publish_summary
 from flows.ingest import IngestParams, ingest
 from pipelines.search import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
 from pipelines.storage import join, read_json, redact_url, write_json_atomic
@@ -79,6 +79,7 @@ def cubes_resource(out: str) -> dict[str, str]:
 
 @flow(name="refresh", log_prints=True, validate_parameters=True)
 def refresh(params: RefreshParams) -> dict[str, Any]:
+    install_exit_bound()
     logger = get_run_logger()
     plan = plan_task(params)
     if plan.is_empty:

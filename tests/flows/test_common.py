@@ -1,0 +1,199 @@
+"""The bounded exit of flow-run processes (``flows.common``): a run that ends while the Prefect API
+is unreachable exits within ``AOM_EXIT_DRAIN_S`` instead of draining its log/event backlog for as
+long as it takes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from flows import common
+from tests.services.ports import ServiceUnavailable, descendants, kill_left
+from tests.services.prefect_server import PrefectServer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, common.DEFAULT_EXIT_DRAIN_S), ("", common.DEFAULT_EXIT_DRAIN_S), ("12.5", 12.5), ("0", None)],
+)
+def test_exit_drain_seconds_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str | None, expected: float | None
+) -> None:
+    if raw is None:
+        monkeypatch.delenv(common.EXIT_DRAIN_ENV, raising=False)
+    else:
+        monkeypatch.setenv(common.EXIT_DRAIN_ENV, raw)
+    assert common.exit_drain_seconds() == expected
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan", "inf"])
+def test_exit_drain_seconds_refuses_what_is_not_a_duration(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    monkeypatch.setenv(common.EXIT_DRAIN_ENV, raw)
+    with pytest.raises(
+        ValueError, match=r"AOM_EXIT_DRAIN_S must be a number of seconds >= 0 \(0 = no bound\)"
+    ):
+        common.exit_drain_seconds()
+
+
+@pytest.mark.parametrize(
+    ("deployment_id", "env", "calls"),
+    [
+        ("d-1", None, [common.DEFAULT_EXIT_DRAIN_S]),
+        (None, None, []),
+        (None, "30", [30.0]),
+        ("d-1", "0", [None]),
+    ],
+    ids=["deployed", "local-run", "local-run-with-env", "deployed-unbounded"],
+)
+def test_install_exit_bound_applies_to_deployed_runs_or_when_asked(
+    monkeypatch: pytest.MonkeyPatch, deployment_id: str | None, env: str | None, calls: list[float | None]
+) -> None:
+    from prefect.context import FlowRunContext
+
+    seen: list[float | None] = []
+    ctx = SimpleNamespace(flow_run=SimpleNamespace(deployment_id=deployment_id))
+    monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: ctx))
+    monkeypatch.setattr(common, "bound_exit_drain", seen.append)
+    if env is None:
+        monkeypatch.delenv(common.EXIT_DRAIN_ENV, raising=False)
+    else:
+        monkeypatch.setenv(common.EXIT_DRAIN_ENV, env)
+    common.install_exit_bound()
+    assert seen == calls
+
+
+# A process whose exit is held up by its own shutdown work: an exit hook registered as Prefect's
+# queue services register their drains, then a non-daemon thread the interpreter joins.
+_HELD_AT_EXIT = """
+import sys, threading, time
+sys.path.insert(0, {repo!r})
+from flows.common import bound_exit_drain
+bound = float(sys.argv[1])
+installed = bound_exit_drain(bound if bound > 0 else None)
+assert not installed or bound_exit_drain(0.1) is False  # once per process
+threading._register_atexit(time.sleep, float(sys.argv[2]) / 2)
+threading.Thread(target=time.sleep, args=(float(sys.argv[2]) / 2,)).start()
+print("main done", installed, flush=True)
+"""
+
+
+def _run_held(tmp_path: Path, bound: float, hold: float) -> tuple[int, float, str]:
+    script = tmp_path / "held.py"
+    script.write_text(_HELD_AT_EXIT.format(repo=str(REPO)))
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, str(script), str(bound), str(hold)], capture_output=True, text=True, timeout=60
+    )
+    return p.returncode, time.monotonic() - t0, p.stdout + p.stderr
+
+
+def test_a_process_held_at_exit_ends_at_the_bound(tmp_path: Path) -> None:
+    rc, took, out = _run_held(tmp_path, bound=1.0, hold=30.0)
+    assert rc == common.EXIT_DRAIN_STATUS, out
+    assert took < 15, took
+    assert "main done True" in out
+    assert "giving up (exit 1; AOM_EXIT_DRAIN_S sets the bound)" in out
+
+
+def test_a_process_that_exits_in_time_is_not_affected(tmp_path: Path) -> None:
+    rc, took, out = _run_held(tmp_path, bound=20.0, hold=0.5)
+    assert (rc, "giving up" in out) == (0, False), out
+    assert took < 15, took
+    # and with no bound, the shutdown work takes as long as it takes
+    rc, took, out = _run_held(tmp_path, bound=0, hold=3.0)
+    assert (rc, "main done False" in out) == (0, True), out
+    assert took >= 1.5  # the exit hook (half of hold) ran in full
+
+
+# A flow that reports to a real Prefect server which goes away before the run ends: its final state
+# and its backlog of logs and task-run events can no longer be delivered.
+_FLOW = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from prefect import flow, get_run_logger, task
+from flows.common import install_exit_bound
+
+@task
+def step(i: int) -> int:
+    get_run_logger().info("step %d", i)
+    return i
+
+@flow
+def job(n: int) -> int:
+    install_exit_bound()
+    total = sum(f.result() for f in [step.submit(i) for i in range(n)])
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(total))
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])  # the run's data is complete
+    while not os.path.exists(sys.argv[2]):  # the server is stopped now
+        time.sleep(0.1)
+    for i in range(50):
+        get_run_logger().info("after the server went %d", i)
+    # more task runs: their events queue up, about 7 s of reconnection attempts each
+    return total + sum(f.result() for f in [step.submit(i) for i in range(n)])
+
+if __name__ == "__main__":
+    job(40)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_run_whose_api_went_away_exits_within_the_bound(tmp_path: Path) -> None:
+    script = tmp_path / "flow.py"
+    script.write_text(_FLOW.format(repo=str(REPO)))
+    gone = tmp_path / "server-gone"
+    try:
+        server = PrefectServer().start()
+    except ServiceUnavailable as exc:  # pragma: no cover - machine without the server's deps
+        pytest.fail(f"prefect server unavailable: {exc}")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        base = {**os.environ, **server.client_env(), "PREFECT_CLIENT_MAX_RETRIES": "2"}
+        base.pop(common.EXIT_DRAIN_ENV, None)
+        for name, env in (("bounded", {common.EXIT_DRAIN_ENV: "5"}), ("unbounded", {})):
+            with open(tmp_path / f"{name}.log", "wb") as log:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, str(script), str(tmp_path / f"{name}.out"), str(gone)],
+                    env={**base, **env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"{n}.out").exists() for n in procs):
+            assert all(p.poll() is None for p in procs.values()), "a flow ended before its data was written"
+            assert time.monotonic() < deadline, "the flows did not write their data in 120 s"
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    gone.touch()
+    t0 = time.monotonic()
+    try:
+        rc = procs["bounded"].wait(timeout=90)
+        took = time.monotonic() - t0
+        bounded_log = (tmp_path / "bounded.log").read_text(errors="replace")
+        assert rc == common.EXIT_DRAIN_STATUS, bounded_log[-2000:]
+        assert "giving up (exit 1; AOM_EXIT_DRAIN_S sets the bound)" in bounded_log
+        # the same run without the bound is still delivering its backlog well after that
+        time.sleep(max(0.0, took + 10 - (time.monotonic() - t0)))
+        assert procs["unbounded"].poll() is None, (tmp_path / "unbounded.log").read_text(errors="replace")[
+            -2000:
+        ]
+        assert (
+            (tmp_path / "bounded.out").read_text()
+            == (tmp_path / "unbounded.out").read_text()
+            == str(sum(range(40)))
+        )
+    finally:
+        for p in procs.values():
+            kill_left([*descendants(p.pid), p.pid])
+            p.wait(timeout=30)
