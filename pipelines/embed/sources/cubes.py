@@ -163,11 +163,11 @@ class CubeSource:
         records: dict[str, Mapping[str, Any] | None] = {}
 
         def record(tile_id: str) -> Mapping[str, Any] | None:
+            """A tile's completion record; None only when it has none (no cube there). Any other
+            failure to read it (access denied, storage down, a corrupt record) raises: the tile
+            fails and is read again by the next run, never embedded with NaN where a cube exists."""
             if tile_id not in records:
-                try:
-                    records[tile_id] = store.record(tile_id)
-                except Exception:
-                    records[tile_id] = None
+                records[tile_id] = _record_or_none(store, tile_id)
             return records[tile_id]
 
         live: list[PaddedTile] = []
@@ -303,6 +303,17 @@ class CubeSource:
                 out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"
             out.read_s = per_tile_s
         return outs
+
+
+def _record_or_none(store: CubeStore, tile_id: str) -> dict[str, Any] | None:
+    """The completion record of a tile, None when the store has no record of it (``CubeStore.record``
+    raises CubeStoreError for exactly that: the object does not exist). Every other error propagates."""
+    from pipelines.cubes import CubeStoreError
+
+    try:
+        return store.record(tile_id)
+    except CubeStoreError:
+        return None
 
 
 def _check_unchanged(store: CubeStore, before: Mapping[str, Mapping[str, Any] | None]) -> None:

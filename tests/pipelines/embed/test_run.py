@@ -560,6 +560,44 @@ def test_nodata_tiles_are_written_and_recorded(tmp_path: Path, checkpoint: Path,
     assert s.complete and s.empty == 3
 
 
+def test_an_unreadable_neighbour_cube_record_fails_the_tile_and_the_rerun_embeds_it(
+    tmp_path: Path, checkpoint: Path, cubes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A margin neighbour whose cube record cannot be read (mode 000 for an ordinary user, an S3 403)
+    fails the tile: no completion record, so the next run embeds it. It was recorded done with NaN
+    margins and ``margin_cubes {}`` ("no cube for 8 neighbour tile(s)"), and reruns said "already
+    complete"."""
+    from pipelines.cubes import CubeStore
+
+    work = tmp_path / "cubes"
+    shutil.copytree(cubes, work)
+    epsg, ix, iy = TILES[0].split("_")
+    north = f"{epsg}_{ix}_{int(iy) + 1}"  # a real neighbour cube: a copy of the tile, recorded as it
+    shutil.copytree(work / TILES[0], work / north)
+    rec = json.loads((work / "_tiles" / f"{TILES[0]}.json").read_text())
+    (work / "_tiles" / f"{north}.json").write_text(json.dumps({**rec, "tile_id": north}))
+    record = CubeStore.record
+
+    def denied(self: CubeStore, tile_id: str) -> dict[str, Any]:
+        if tile_id == north:
+            raise PermissionError(13, "Permission denied", f"_tiles/{tile_id}.json")
+        return record(self, tile_id)
+
+    out = tmp_path / "emb"
+    with monkeypatch.context() as m:
+        m.setattr(CubeStore, "record", denied)
+        s = run_embedding(request(checkpoint, out, work, tiles=(TILES[0],)))
+    (r,) = s.results
+    assert r.status == TileStatus.FAILED and "PermissionError" in r.reason, s.format()
+    assert not es.tile_is_complete(str(out), s.version, TILES[0], 0)
+
+    again = run_embedding(request(checkpoint, out, work, tiles=(TILES[0],)))
+    (r,) = again.results
+    assert r.status == TileStatus.DONE, again.format()
+    prov = es.read_tile_record(str(out), again.version, TILES[0], 0)["provenance"]
+    assert north in prov["margin_cubes"]
+
+
 @pytest.mark.parametrize("block_fails", [False, True])
 def test_units_of_several_tiles_read_together_equal_the_reference(
     tmp_path: Path,

@@ -255,3 +255,53 @@ def test_square_groups_are_aligned_squares() -> None:
     ]  # rows from the north: iy 2603 alone, then 2601-2602
     other_zone = [grid.tile("32632_364_2601"), *tiles[:1]]
     assert len(square_groups(other_zone, tile_cell, 4)) == 2  # zones never share a square
+
+
+def _deny_record(monkeypatch: pytest.MonkeyPatch, denied: str) -> None:
+    """Reading ``denied``'s completion record fails as an unreadable object does (a file mode 000 read
+    by an ordinary user, an S3 403): PermissionError, not "no such record"."""
+    from pipelines.cubes import CubeStore
+
+    record = CubeStore.record
+
+    def guarded(self: CubeStore, tile_id: str) -> dict[str, Any]:
+        if tile_id == denied:
+            raise PermissionError(13, "Permission denied", f"_tiles/{tile_id}.json")
+        return record(self, tile_id)
+
+    monkeypatch.setattr(CubeStore, "record", guarded)
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_an_unreadable_neighbour_record_fails_the_read_not_a_nan_margin(
+    block_store: Path, monkeypatch: pytest.MonkeyPatch, block: bool
+) -> None:
+    """Only a missing record means "no cube there": a neighbour's record that cannot be read raises,
+    so the tile fails (no completion record, read again next run) instead of being embedded with NaN
+    where the neighbour's pixels are (it was recorded done with ``margin_cubes {}``, for good)."""
+    grid = TileGrid(BLOCK_T)
+    period = parse_periods(PERIOD)[0]
+    ix0, iy0 = BLOCK_LL
+    centre = grid.tile(f"32631_{ix0 + 1}_{iy0 + 1}")  # all 8 neighbours but the north-east corner exist
+    src = CubeSource(str(block_store), grid=grid)
+    clean = src.read(centre, period, 0, 480.0)
+    assert clean.status == TileStatus.DONE and f"32631_{ix0}_{iy0}" in clean.margin_cubes
+    assert any(f"32631_{ix0 + 2}_{iy0 + 2}" in n for n in clean.notes)  # truly absent: NaN there
+
+    _deny_record(monkeypatch, f"32631_{ix0}_{iy0}")
+    with pytest.raises(PermissionError):
+        if block:
+            src.read_block([centre, grid.tile(f"32631_{ix0 + 1}_{iy0}")], period, 0, 480.0)
+        else:
+            src.read(centre, period, 0, 480.0)
+
+
+def test_an_unreadable_record_of_the_tile_itself_fails_the_read(
+    block_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = TileGrid(BLOCK_T)
+    ix0, iy0 = BLOCK_LL
+    tid = f"32631_{ix0 + 1}_{iy0 + 1}"
+    _deny_record(monkeypatch, tid)
+    with pytest.raises(PermissionError):  # was: skipped as "no complete cube for this tile"
+        CubeSource(str(block_store), grid=grid).read(grid.tile(tid), parse_periods(PERIOD)[0], 0, 480.0)
