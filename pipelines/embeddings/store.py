@@ -266,10 +266,12 @@ def _zone_attrs(grid: ZoneGrid) -> dict[str, Any]:
 
 
 def require_time_coord(group: zarr.Group, times: Sequence[str]) -> None:
-    """The CF ``time`` coordinate (seconds since 1970) of a zone or tile-vector group, written once."""
-    t, created = _require_array(
+    """The CF ``time`` coordinate (seconds since 1970) of a zone or tile-vector group (see
+    :func:`require_coord`)."""
+    require_coord(
         group,
         "time",
+        _time_values(times),
         shape=(len(times),),
         chunks=(len(times),),
         dtype="int64",
@@ -281,8 +283,22 @@ def require_time_coord(group: zarr.Group, times: Sequence[str]) -> None:
             "calendar": "proleptic_gregorian",
         },
     )
-    if created:
-        t[:] = _time_values(times)
+
+
+def require_coord(group: zarr.Group, name: str, values: np.ndarray, **kwargs: Any) -> zarr.Array:
+    """A coordinate array of a template (:func:`_require_array`) holding ``values``: written when the
+    array is created and again whenever what it holds is not ``values``.
+
+    Creating an array and writing its values are two writes: a run killed between them left the
+    array at its fill value (``x`` all 0.0: exports without a CRS or transform), and a later run,
+    finding the array, never wrote it. Coordinates are small and a pure function of the definition,
+    so every call reads them back (one request each) and rewrites them when they differ: the next
+    run repairs what a killed one left, and concurrent callers write identical bytes."""
+    arr, created = _require_array(group, name, **kwargs)
+    want = np.asarray(values, dtype=np.dtype(kwargs["dtype"]))
+    if created or not np.array_equal(np.asarray(arr[...]), want):
+        arr[...] = want
+    return arr
 
 
 def _require_array(group: zarr.Group, name: str, **kwargs: Any) -> tuple[zarr.Array, bool]:
@@ -340,9 +356,10 @@ def ensure_zone(
         fill_value=0,
         attributes={**cf, "crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": geotransform},
     )
-    x, created = _require_array(
+    require_coord(
         group,
         "x",
+        grid.x_coords(),
         shape=(nx,),
         chunks=(nx,),
         dtype="float64",
@@ -350,11 +367,10 @@ def ensure_zone(
         dimension_names=("x",),
         attributes={"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"},
     )
-    if created:
-        x[:] = grid.x_coords()
-    y, created = _require_array(
+    require_coord(
         group,
         "y",
+        grid.y_coords(),
         shape=(ny,),
         chunks=(ny,),
         dtype="float64",
@@ -362,11 +378,10 @@ def ensure_zone(
         dimension_names=("y",),
         attributes={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"},
     )
-    if created:
-        y[:] = grid.y_coords()
-    tx, created = _require_array(
+    require_coord(
         group,
         "tile_x",
+        grid.x0 + (np.arange(tnx) + 0.5) * grid.tile_size_m,
         shape=(tnx,),
         chunks=(tnx,),
         dtype="float64",
@@ -374,11 +389,10 @@ def ensure_zone(
         dimension_names=("tile_x",),
         attributes={"long_name": "tile centre easting", "units": "m"},
     )
-    if created:
-        tx[:] = grid.x0 + (np.arange(tnx) + 0.5) * grid.tile_size_m
-    ty, created = _require_array(
+    require_coord(
         group,
         "tile_y",
+        grid.y1 - (np.arange(tny) + 0.5) * grid.tile_size_m,
         shape=(tny,),
         chunks=(tny,),
         dtype="float64",
@@ -386,8 +400,6 @@ def ensure_zone(
         dimension_names=("tile_y",),
         attributes={"long_name": "tile centre northing", "units": "m"},
     )
-    if created:
-        ty[:] = grid.y1 - (np.arange(tny) + 0.5) * grid.tile_size_m
     require_time_coord(group, version.times)
     int8 = version.quantisation == "int8-sqrt"
     emb_attrs: dict[str, Any] = {

@@ -35,6 +35,7 @@ from pipelines.embeddings.store import (
     _require_array,
     array_dims,
     read_version,
+    require_coord,
     require_time_coord,
     version_zones,
     zarr_store,
@@ -97,9 +98,10 @@ def ensure_tile_group(
         ("x", tnx, grid.x0 + (np.arange(tnx) + 0.5) * s),
         ("y", tny, grid.y1 - (np.arange(tny) + 0.5) * s),
     ):
-        arr, created = _require_array(
+        require_coord(
             group,
             name,
+            values,
             shape=(n,),
             chunks=(n,),
             dtype="float64",
@@ -111,8 +113,6 @@ def ensure_tile_group(
                 "long_name": "tile centre",
             },
         )
-        if created:
-            arr[:] = values
     require_time_coord(group, version.times)
     _require_array(
         group,

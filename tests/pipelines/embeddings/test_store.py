@@ -144,6 +144,70 @@ def test_ensure_zone_concurrent_writers_write_identical_bytes(tmp_path: Path) ->
         ensure_zone(roots[0], v.name, 4326)
 
 
+class _Killed(BaseException):
+    """The run dies here (SIGKILL: nothing after this point of the run happens)."""
+
+
+def _kill_on_first_write(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """The first value write to the array at ``path`` kills the run (after the array's metadata was
+    created, before its values are written: what a SIGKILL between the two leaves)."""
+    import zarr
+
+    setitem = zarr.Array.__setitem__
+
+    def killer(self: zarr.Array, key: object, value: object) -> None:
+        if self.path == path:
+            raise _Killed(path)
+        setitem(self, key, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", killer)
+
+
+def _coords(group: object, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {n: np.asarray(group[n][...]) for n in names}  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["x", "y", "tile_x", "tile_y", "time"])
+def test_a_run_killed_between_a_coordinate_and_its_values_is_repaired_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A run killed after a zone coordinate array was created and before its values were written
+    left it at its fill value (``x`` all 0.0: ``aom query export`` wrote a COG without CRS or
+    transform); the next run found the array and never wrote it. Now every ensure_zone repairs it."""
+    from pipelines.embeddings import ensure_tile_group
+    from pipelines.embeddings.store import _open_group
+
+    v = _version()
+    clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
+    for r in (clean, killed):
+        create_version(r, v)
+    ensure_zone(clean, v.name, 32631)
+    ensure_tile_group(clean, v.name, 32631, None)
+    zone_names = ("x", "y", "tile_x", "tile_y", "time")
+    want = _coords(_open_group(clean, f"{v.name}/32631", None, "r"), zone_names)
+    assert want["x"].any() and want["time"].any()
+
+    with monkeypatch.context() as m:
+        _kill_on_first_write(m, f"{v.name}/32631/{name}")
+        with pytest.raises(_Killed):
+            ensure_zone(killed, v.name, 32631)
+    ensure_zone(killed, v.name, 32631)  # the rerun
+    got = _coords(_open_group(killed, f"{v.name}/32631", None, "r"), zone_names)
+    for n in zone_names:
+        np.testing.assert_array_equal(got[n], want[n], err_msg=n)
+
+    if name in ("x", "y", "time"):  # the tile-vector grid's coordinates: the same pattern
+        tiles_want = _coords(_open_group(clean, f"{v.name}/32631/tiles", None, "r"), ("x", "y", "time"))
+        with monkeypatch.context() as m:
+            _kill_on_first_write(m, f"{v.name}/32631/tiles/{name}")
+            with pytest.raises(_Killed):
+                ensure_tile_group(killed, v.name, 32631, None)
+        ensure_tile_group(killed, v.name, 32631, None)
+        tiles_got = _coords(_open_group(killed, f"{v.name}/32631/tiles", None, "r"), ("x", "y", "time"))
+        for n in ("x", "y", "time"):
+            np.testing.assert_array_equal(tiles_got[n], tiles_want[n], err_msg=f"tiles/{n}")
+
+
 # ------------------------------------------------------------------ tiles
 
 
