@@ -29,6 +29,10 @@ TILES_DIR = "_tiles"
 
 STAC_DIR = "stac"
 
+
+LEASES_DIR = "_leases"
+"""Leases of the store (``_leases/shared.json``: :func:`pipelines.embeddings.store.shared_writer`)."""
+
 # Zone-wide grid extent before snapping outwards to whole tiles (metres, UTM north and south alike:
 # southern zones carry the 10 000 km false northing, so their northings also lie in 0..10 000 km).
 ZONE_X_RANGE = (100_000.0, 900_000.0)

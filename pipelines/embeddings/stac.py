@@ -29,7 +29,8 @@ from pipelines.embeddings.format import (
     period_bounds,
 )
 from pipelines.embeddings.records import list_complete_tiles, read_tile_records, record_times
-from pipelines.embeddings.store import read_version
+from pipelines.embeddings.store import read_version, shared_writer
+from pipelines.outputs import Lease
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid, column_prefixes
 
@@ -403,9 +404,24 @@ def write_stac(
     A collection of the older flat layout (linking every item itself) is migrated by the first
     incremental write: its item links become children (no record or item is read again).
 
+    It holds the store's lease (:func:`~pipelines.embeddings.store.shared_writer`): children and the
+    collection are read, modified and written back (two runs at once each kept only their own links).
     Several versions share ``stac/collection.json`` only if they are written one after another: the
     collection of the most recent call wins; items stay under ``stac/items/<version>/``.
     """
+    with shared_writer(root_url, storage_options) as lease:
+        return _write_stac(root_url, version_name, storage_options, tiles, linked, options, lease)
+
+
+def _write_stac(
+    root_url: str,
+    version_name: str,
+    storage_options: Mapping[str, Any] | None,
+    tiles: Iterable[str] | None,
+    linked: Iterable[str],
+    options: StacOptions,
+    lease: Lease,
+) -> str:
     version = read_version(root_url, version_name, storage_options)
     root = storage.normalise_url(root_url)
     collection_url = storage.join(root, STAC_DIR, "collection.json")
@@ -469,6 +485,7 @@ def write_stac(
         child_docs = _changed_children(children_dir, version_name, blocks, had, storage_options)
         children = had | set(blocks)
         extra_links = [x for x in previous.get("links", []) if x.get("rel") == "emb:source-data"]
+    lease.check()  # still this run's (a run stalled past the lease's TTL writes nothing shared)
     storage.write_json_many(child_docs, storage_options)  # children before the collection
 
     bbox = (

@@ -26,8 +26,9 @@ on directions; AlphaEarth-style embeddings are unit vectors by construction).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ from pipelines.embeddings.format import (
     FORMAT_ATTR,
     FORMAT_VERSION,
     GEOEMB_CONVENTION,
+    LEASES_DIR,
     MODEL_HREF,
     PROJ_CONVENTION,
     READABLE_FORMATS,
@@ -53,6 +55,8 @@ from pipelines.embeddings.quantize import NODATA_Q
 
 if TYPE_CHECKING:  # the tiling module is only needed for its Tile shape (duck-typed at runtime)
     import zarr
+
+    from pipelines.outputs import Lease
 
 
 # ------------------------------------------------------------------------------------------
@@ -87,6 +91,38 @@ def _quiet_members(group: zarr.Group) -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return sorted(group.group_keys())
+
+
+SHARED_LEASE = "shared.json"
+"""The store's lease (in ``_leases/``) for the documents every run rewrites: see :func:`shared_writer`."""
+
+SHARED_WAIT_S = 600.0
+"""How long :func:`shared_writer` waits for another run's lease before it gives up (LeaseHeldError)."""
+
+
+@contextlib.contextmanager
+def shared_writer(
+    root_url: str, storage_options: Mapping[str, Any] | None = None, wait_s: float | None = None
+) -> Iterator[Lease]:
+    """Hold the store's lease ``_leases/shared.json`` (:class:`pipelines.outputs.Lease`) while the
+    documents that every run reads, modifies and writes back are updated: the STAC collection and
+    child catalogs (:func:`~pipelines.embeddings.stac.write_stac`) and the consolidated tile-vector
+    grid (:func:`~pipelines.embeddings.tilevectors.consolidate_tile_vectors`). Per-tile objects
+    (shards, records, items) need no lease: no two tiles share one.
+
+    Another live run's lease is waited for, up to ``wait_s`` (default :data:`SHARED_WAIT_S`), then
+    LeaseHeldError; a lease whose run is gone (killed) is taken over after its TTL or at once on the
+    same host. Without it two runs that read a child catalog before either wrote it back each wrote
+    only their own tiles' links, and an item became unreachable from the collection."""
+    from pipelines.outputs import Lease
+
+    url = storage.join(storage.normalise_url(root_url), LEASES_DIR, SHARED_LEASE)
+    lease = Lease(url, storage_options)
+    lease.acquire(wait_s=SHARED_WAIT_S if wait_s is None else wait_s)
+    try:
+        yield lease
+    finally:
+        lease.release()
 
 
 def list_versions(root_url: str, storage_options: Mapping[str, Any] | None = None) -> list[EmbeddingsVersion]:

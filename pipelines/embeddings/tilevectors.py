@@ -3,8 +3,9 @@ grid mapping.
 
 Workers write each tile's pooled vector into ``<version>/<epsg>/pooled`` (one chunk per tile, so
 concurrent writers never share an object). Reading a whole zone that way costs one request per tile
-(~1.4 * 10^5 per UTM zone at 7680 m). :func:`consolidate_tile_vectors` (one writer: the end of a run,
-or by hand) copies the recorded tiles into::
+(~1.4 * 10^5 per UTM zone at 7680 m). :func:`consolidate_tile_vectors` (the end of a run, or by
+hand; one writer at a time: it holds the store's lease ``_leases/shared.json``) copies the recorded
+tiles into::
 
     <version>/<epsg>/tiles/            group: proj:/spatial conventions at tile_size_m
       vectors (time, dim, y, x)        float16, NaN = no tile; chunks of 256 x 128 tiles (a zone: 6 objects)
@@ -37,9 +38,11 @@ from pipelines.embeddings.store import (
     read_version,
     require_coord,
     require_time_coord,
+    shared_writer,
     version_zones,
     zarr_store,
 )
+from pipelines.outputs import Lease
 
 TILES_GROUP = "tiles"
 
@@ -138,8 +141,21 @@ def consolidate_tile_vectors(
     those of ``rewritten`` (time index -> tile ids written over by this run; for grids consolidated
     before ``consolidated_through`` existed).
 
-    One writer at a time (the end of a run). Returns ``{"added": n, "already": m}``.
+    One writer at a time: it holds the store's lease (:func:`~pipelines.embeddings.store.shared_writer`;
+    the grid's chunks hold many tiles and are read, filled and written back, so two runs at once lost
+    each other's vectors). Returns ``{"added": n, "already": m}``.
     """
+    with shared_writer(root_url, storage_options) as lease:
+        return _consolidate(root_url, version_name, storage_options, rewritten, lease)
+
+
+def _consolidate(
+    root_url: str,
+    version_name: str,
+    storage_options: Mapping[str, Any] | None,
+    rewritten: Mapping[int, Iterable[str]] | None,
+    lease: Lease,
+) -> dict[str, int]:
     version = read_version(root_url, version_name, storage_options)
     times = record_times(root_url, version_name, None, storage_options)
     done = {ti: sorted(found) for ti, found in times.items() if found}
@@ -180,6 +196,7 @@ def consolidate_tile_vectors(
             for r, c in zip(rows[todo].tolist(), cols[todo].tolist()):
                 vec = pooled[ti, :, r, c] if band_first else pooled[ti, r, c, :]
                 have[:, r - r0, c - c0] = np.asarray(vec)
+            lease.check()  # still this run's: a run stalled past the lease's TTL writes no chunk
             vectors[ti, :, r0:r1, c0:c1] = have
             added += int(np.isfinite(have[0, rows[todo] - r0, cols[todo] - c0]).sum())
         group.attrs["consolidated_through"] = through  # after the vectors: a crash copies more next time

@@ -127,6 +127,97 @@ def test_pystac_walks_collection_children_items(composite_store: tuple[Path, str
     assert sorted(i.id for i in items) == on_disk
     for child in coll.get_children():
         for item in child.get_items():
-            assert item.get_parent() is not None and item.get_parent().id == child.id
+            parent = item.get_parent()
+            assert parent is not None and parent.id == child.id
     walked = [it.id for _, _, its in coll.walk() for it in its]
     assert sorted(walked) == on_disk
+
+
+def test_concurrent_runs_over_other_tiles_keep_every_item_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs finishing at once over different tiles of one store: each reads a child catalog (and
+    the collection), adds its tiles and writes it back. With object-store latency between the read and
+    the write, both read the same old child and the later write dropped the other's links: an item no
+    longer reachable from the collection (only a rerun over that exact tile linked it again). The
+    store's lease makes the read-modify-writes one at a time, so every item stays linked."""
+    import threading
+    import time
+    import warnings
+
+    import pystac
+    from zarr.errors import ZarrUserWarning
+
+    from pipelines import storage
+    from pipelines.embeddings import create_version, record_url, write_stac
+    from pipelines.testing import embedding_record
+    from pipelines.tiling import TileGrid
+
+    v = synthetic_version(dim=8)
+    root = str(tmp_path / "emb")
+    create_version(root, v)
+    grid = TileGrid(v.tile_size_m)
+
+    def record(*ids: str) -> None:
+        storage.write_json_many(
+            {record_url(root, v.name, t, 0): embedding_record(v, grid.tile(t), 0) for t in ids}
+        )
+
+    record("32631_95_649")
+    write_stac(root, v.name)  # the collection and the child of block 32631_x2_y20
+    # run 1 and run 2: one tile each in that (existing) block, and one each in a new block
+    runs = [("32631_90_649", "32631_50_630"), ("32631_91_649", "32631_50_680")]
+    for ids in runs:
+        record(*ids)
+
+    read_many = storage.read_many
+
+    def slow(urls: list[str], opts: object = None) -> dict[str, bytes | None]:
+        got = read_many(urls, opts)  # type: ignore[arg-type]
+        if any("/stac/catalogs/" in u for u in urls):
+            time.sleep(0.5)  # latency between the GET of a child catalog and its PUT
+        return got
+
+    monkeypatch.setattr(storage, "read_many", slow)
+    errors: list[BaseException] = []
+
+    def run(ids: tuple[str, ...]) -> None:
+        try:
+            write_stac(root, v.name, tiles=set(ids))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(ids,)) for ids in runs]
+    with warnings.catch_warnings():  # the store's own catch_warnings is not thread-safe: noise only
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    coll = pystac.Collection.from_file(str(tmp_path / "emb" / "stac" / "collection.json"))
+    linked = sorted(i.id for i in coll.get_items(recursive=True))
+    assert linked == sorted(["32631_95_649", *runs[0], *runs[1]])
+    assert not (tmp_path / "emb" / "_leases").exists()  # released, the folder removed
+
+
+def test_shared_documents_wait_for_the_store_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_stac and consolidate_tile_vectors do not touch the shared documents while another run
+    holds the store's lease: they wait (bounded), then fail with LeaseHeldError (the run notes
+    "STAC not written" / "tile vectors not consolidated", and the next run writes them)."""
+    from pipelines.embeddings import consolidate_tile_vectors, shared_writer, write_stac
+    from pipelines.embeddings import store as es_store
+    from pipelines.outputs import LeaseHeldError
+
+    root = tmp_path / "emb"
+    v = synthetic_version(dim=8)
+    build_synthetic_store(str(root), bbox=BBOX, version=v, stac=False, consolidate=False)
+    monkeypatch.setattr(es_store, "SHARED_WAIT_S", 0.2)
+    with shared_writer(str(root)):
+        with pytest.raises(LeaseHeldError, match="being written by another run"):
+            write_stac(str(root), v.name)
+        with pytest.raises(LeaseHeldError):
+            consolidate_tile_vectors(str(root), v.name)
+    assert not (root / "stac").exists()
+    write_stac(str(root), v.name)  # free again
+    assert consolidate_tile_vectors(str(root), v.name)["added"] > 0
