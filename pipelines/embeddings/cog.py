@@ -29,13 +29,16 @@ COG_OPTIONS = {
 }
 
 
+COG_MIN_BLOCKSIZE = 128
+"""The smallest ``BLOCKSIZE`` GDAL's COG driver accepts without a warning (its option list says
+``min='128'``; smaller values were used for the main image but not the overviews, mixing tile sizes)."""
+
+
 def cog_blocksize(height: int, width: int) -> int:
-    """Tile edge: 256 for big rasters, else the largest multiple of 16 that fits (at least 16), so a
-    small tile still gets internal tiles and overviews."""
-    side = min(height, width)
-    if side >= 512:
-        return 256
-    return max(16, 16 * (side // 32))
+    """Tile edge: 256 for rasters of at least 512 px a side, else 128 (the COG driver's minimum): a
+    raster smaller than that is one internal tile (a 24 x 24 tile of tokens: one 128 x 128 block,
+    mostly empty and compressed away) and needs no overviews; rio-cogeo validates either."""
+    return 256 if min(height, width) >= 512 else COG_MIN_BLOCKSIZE
 
 
 def gtiff_to_cog(src_path: str, dst_path: str, blocksize: int | None = None) -> None:
