@@ -38,6 +38,10 @@ ZARR_MEDIA_TYPE = "application/vnd.zarr; version=3"
 
 
 @dataclass(frozen=True)
+ITEM_ASSETS_EXTENSION = "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json"
+"""``item_assets`` is core only from STAC 1.1.0: a 1.0.0 collection declares this extension."""
+
+
 class StacOptions:
     """What the store cannot know about itself: licence and model links of the published dataset."""
 
@@ -231,7 +235,7 @@ def collection_dict(
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
-        "stac_extensions": [EMB_EXTENSION, PROJ_EXTENSION, *extensions],
+        "stac_extensions": [EMB_EXTENSION, PROJ_EXTENSION, ITEM_ASSETS_EXTENSION, *extensions],
         "id": version.name,
         "title": f"AOM embeddings {version.name}",
         "description": description
@@ -493,6 +497,9 @@ def _write_stac(
     )
     child_links = [
         {"rel": "child", "href": f"./catalogs/{version_name}/{k}.json", "type": "application/json"}
+        cd["stac_extensions"] = list(
+            dict.fromkeys([*previous.get("stac_extensions", []), ITEM_ASSETS_EXTENSION])
+        )
         for k in sorted(children)
     ]
     if previous is not None and not per_tile:  # links only: what the records say stays as it was

@@ -21,6 +21,7 @@ PROJ_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 STAC_ITEM_1_0 = "https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json"
 STAC_COLLECTION_1_0 = "https://schemas.stacspec.org/v1.0.0/collection-spec/json-schema/collection.json"
 STAC_CATALOG_1_0 = "https://schemas.stacspec.org/v1.0.0/catalog-spec/json-schema/catalog.json"
+ITEM_ASSETS_SCHEMA = "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json"
 GEOEMB_SCHEMA = (
     "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json"
 )
@@ -90,6 +91,21 @@ class SchemaSet:
             for e in leaves:
                 path = "/".join(str(p) for p in e.absolute_path)
                 out.append(f"{path}: {e.message[:300]}")
+        return out
+
+    def item_assets_errors(self, collection: dict[str, Any]) -> list[str]:
+        """A STAC 1.0.0 collection against the item-assets extension v1.0.0 (``item_assets`` is core only
+        from 1.1.0). Its schema (stac-extensions/item-assets, tag v1.0.0) where the folder has it;
+        otherwise the same rules checked here: the extension declared, and every entry of
+        ``item_assets`` an object of at least two fields without ``href``."""
+        if ITEM_ASSETS_SCHEMA in self.schemas:
+            return self.errors(collection, ITEM_ASSETS_SCHEMA)
+        out = []
+        if ITEM_ASSETS_SCHEMA not in collection.get("stac_extensions", []):
+            out.append(f"stac_extensions: {ITEM_ASSETS_SCHEMA} not declared")
+        for key, asset in (collection.get("item_assets") or {}).items():
+            if not isinstance(asset, dict) or len(asset) < 2 or "href" in asset:
+                out.append(f"item_assets/{key}: needs >= 2 fields and no href")
         return out
 
     def zarr_node_errors(self, node_json: dict[str, Any], schema_url: str) -> list[str]:

@@ -105,6 +105,7 @@ def test_published_stac_validates(published: tuple[Path, str]) -> None:
     coll = json.loads((root / "published" / name / "collection.json").read_text())
     for url in (EMB_SCHEMA, STAC_COLLECTION_1_0, PROJ_SCHEMA):
         assert schemas.errors(coll, url) == [], url
+    assert schemas.item_assets_errors(coll) == []  # item_assets on STAC 1.0.0 needs the extension
     for path in _items(root, name):
         item = json.loads(path.read_text())
         for url in (EMB_SCHEMA, STAC_ITEM_1_0, PROJ_SCHEMA):

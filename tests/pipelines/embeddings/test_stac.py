@@ -51,6 +51,7 @@ def test_items_and_collection_validate_offline(schemas: SchemaSet, composite_sto
     assert schemas.errors(coll, EMB_SCHEMA) == []
     assert schemas.errors(coll, STAC_COLLECTION_1_0) == []
     assert schemas.errors(coll, PROJ_SCHEMA) == []
+    assert schemas.item_assets_errors(coll) == []  # item_assets on STAC 1.0.0 needs the extension
     children = sorted((root / "stac" / "catalogs" / name).glob("*.json"))
     assert len(children) == 2  # one block in each of the two zones the bbox touches
     assert sorted(x["href"] for x in coll["links"] if x["rel"] == "child") == [
