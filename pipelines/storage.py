@@ -179,6 +179,16 @@ def redact_url(url: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", url)
 
 
+def public_uri(url: str | os.PathLike[str]) -> str:
+    """``url`` as an absolute URI fit for published metadata (STAC hrefs, Zarr attributes): a local path
+    becomes ``file:///abs/path`` (relative paths resolved against the working directory now), a URL with
+    a scheme stays as given; credentials are redacted either way."""
+    text = os.fspath(url)
+    if "://" in text:
+        return redact_url(text)
+    return Path(text).expanduser().absolute().as_uri()
+
+
 _OBJECT_STORES = ("s3://", "gs://", "gcs://", "az://", "abfs://")
 
 

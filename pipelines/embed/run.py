@@ -81,9 +81,13 @@ def run_embedding(
         inputs=[request.cubes, request.checkpoint],
     )
     with Fanout(request) as fanout:  # connects and checks the GPU resource before any write
-        # geoemb:source_data: the (redacted) catalog or cube store URL the inputs come from
+        # geoemb:source_data: the catalog or cube store the inputs come from (absolute URI, redacted);
+        # geoemb:chip_layout: tokens in pixels of the finest input band (as the STAC says)
         source_url = ctx.source.describe().partition(":")[2]
-        es.create_version(ctx.out, plan.version, ctx.out_options, source_data=[source_url])
+        finest = min((b.gsd_m for b in plan.bands), default=None)
+        es.create_version(
+            ctx.out, plan.version, ctx.out_options, source_data=[source_url], input_gsd_m=finest
+        )
         for epsg in sorted({t.epsg for t in plan.tiles}):
             es.ensure_zone(ctx.out, plan.version.name, epsg, ctx.out_options)
         collect(plan.skipped)

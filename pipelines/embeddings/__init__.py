@@ -4,7 +4,8 @@
 * ``grid``: the per-zone token lattice (:class:`ZoneGrid`); ``store``: versions and zone arrays;
 * ``records``: per-tile writes and completion records; ``stac``: STAC items of a version;
 * ``tilevectors``: the consolidated per-zone tile-vector grid (few objects);
-* ``cog``: how a COG is written; ``publish``: per-tile COGs + STAC items every loader opens.
+* ``cog``: how a COG is written; ``publish``: per-tile COGs + STAC items every loader opens;
+* ``metadata``: what geoemb: and emb: both say (chip layout, the encoding of a store or a COG).
 """
 
 from pipelines.embeddings.cog import COG_MEDIA_TYPE, gtiff_to_cog, write_cog

@@ -12,7 +12,11 @@ GDAL and QGIS open them directly; the Zarr store stays the source of truth::
 Encodings: ``int8-sqrt`` (default) copies the store's codes bit for bit (decode with the rule in the
 tags: ``v = sign(q) * (q / 127) ** 2``, -128 = nodata); ``int8-linear`` stores ``round(127 * v)`` so
 that the band scale ``1/127`` (in the COG and the item's ``raster:bands``) gives the unit-vector
-components to any loader that applies scale/offset (at most ``1/254`` further error per component).
+components to any loader that applies scale/offset (at most ``1/254`` further error per component);
+a float16 version is published as float32 values whatever the encoding. The items' ``emb:quantization``
+and the collection's ``data_type`` describe the COGs (:func:`pipelines.embeddings.metadata.cog_encoding`),
+not the store. One folder holds one encoding: publishing another encoding where items of a different
+one exist is refused (move the folder aside first).
 
 Exactly once: a (tile, time) is published when its item exists; the COG is written (atomically) before
 the item, so a rerun publishes only what is missing, and tiles written since are added.
@@ -20,6 +24,7 @@ the item, so a rerun publishes only what is missing, and tiles written since are
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -30,6 +35,7 @@ from pipelines import storage
 from pipelines.embeddings.cog import COG_MEDIA_TYPE, write_cog
 from pipelines.embeddings.format import EmbeddingsStoreError, EmbeddingsVersion
 from pipelines.embeddings.grid import crs_wkt
+from pipelines.embeddings.metadata import COG_ENCODINGS, ValueEncoding, cog_encoding
 from pipelines.embeddings.quantize import DECODE_LUT, NODATA_Q
 from pipelines.embeddings.stac import (
     StacOptions,
@@ -48,7 +54,7 @@ RASTER_EXTENSION = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 Encoding = Literal["int8-sqrt", "int8-linear"]
 
 
-ENCODINGS = ("int8-sqrt", "int8-linear")
+ENCODINGS = COG_ENCODINGS
 
 
 @dataclass
@@ -85,17 +91,41 @@ def tile_codes(
     return np.ascontiguousarray(np.asarray(arr[ti, r0:r1, c0:c1, :]).transpose(2, 0, 1))
 
 
-def encode_bands(
-    codes: np.ndarray, version: EmbeddingsVersion, encoding: Encoding
-) -> tuple[np.ndarray, float | None, float, str]:
-    """(bands, nodata, scale, decoding rule) of a tile's COG from its stored codes ``[dim, n, n]``."""
-    if version.quantisation == "float16":  # no int8 codes to copy: publish float32 vectors
-        return codes.astype(np.float32), float("nan"), 1.0, "float32 token vectors; NaN is nodata"
-    if encoding == "int8-sqrt":
-        return codes, float(NODATA_Q), 1.0, "int8-sqrt: v = sign(q) * (q / 127) ** 2; q = -128 is nodata"
+def encode_bands(codes: np.ndarray, encoding: ValueEncoding) -> np.ndarray:
+    """The bands of a tile's COG in ``encoding`` (:func:`cog_encoding`) from its stored values ``[dim, n, n]``."""
+    if encoding.name == "float32":  # a float16 store: no int8 codes to copy, publish float32 vectors
+        return codes.astype(np.float32)
+    if encoding.name == "int8-sqrt":
+        return codes
     v = DECODE_LUT[codes.view(np.uint8)]
     lin = np.where(np.isnan(v), NODATA_Q, np.clip(np.rint(127.0 * np.nan_to_num(v)), -127, 127))
-    return lin.astype(np.int8), float(NODATA_Q), 1.0 / 127.0, "int8-linear: v = q / 127; q = -128 is nodata"
+    return lin.astype(np.int8)
+
+
+def held_encoding(item: Mapping[str, Any]) -> str:
+    """The encoding name of a published item's COG, from its asset's ``aom:encoding`` rule."""
+    rule = str(item.get("assets", {}).get("embeddings", {}).get("aom:encoding") or "unknown")
+    return rule.split(":")[0].split()[0]
+
+
+def _published_items(
+    base: str, names: set[str], encoding: ValueEncoding, storage_options: Mapping[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """``{file name: item}`` of the items already published under ``base`` (read concurrently). Raises
+    when they hold another encoding than ``encoding``: one collection holds one encoding, or loaders
+    (odc-stac) would merge codes of two encodings into one array."""
+    urls = {n: storage.join(base, "items", n) for n in sorted(names) if n.endswith(".json")}
+    got = storage.read_many(list(urls.values()), storage_options)
+    items = {n: json.loads(raw) for n, u in urls.items() if (raw := got.get(u)) is not None}
+    held = sorted({held_encoding(i) for i in items.values()})
+    if held and held != [encoding.name]:
+        shown = storage.redact_url(base)
+        raise EmbeddingsStoreError(
+            f"{shown} already holds {' and '.join(held)} COGs ({len(items)} item(s)); publishing "
+            f"--encoding {encoding.name} there would mix encodings in one collection: rerun with "
+            f"--encoding {held[0]}, or move that folder aside (e.g. to {shown}-{held[0]}) and publish again"
+        )
+    return items
 
 
 def _raster_bands(dim: int, dtype: str, nodata: float | None, scale: float) -> list[dict[str, Any]]:
@@ -119,9 +149,8 @@ def publish_cogs(
     """Publish every recorded tile and time of a version not published yet (see module docstring)."""
     from rasterio.transform import from_origin
 
-    if encoding not in ENCODINGS:
-        raise EmbeddingsStoreError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     version = read_version(root_url, version_name, storage_options)
+    enc = cog_encoding(version, encoding)
     base = publish_dir(root_url, version_name)
     summary = PublishSummary(collection=storage.join(base, "collection.json"))
     per_tile = complete_records(root_url, version_name, storage_options)
@@ -130,6 +159,7 @@ def publish_cogs(
         have = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(items_path, detail=False, refresh=True)}
     except FileNotFoundError:
         have = set()
+    existing = _published_items(base, have, enc, storage_options)
     r = version.token_ground_m
     item_links: list[dict[str, Any]] = []
     lons: list[float] = []
@@ -144,16 +174,15 @@ def publish_cogs(
                 {"rel": "item", "href": f"./items/{item_id}.json", "type": "application/geo+json"}
             )
             cog_href = f"../t{ti}/{tid}.tif"
-            if f"{item_id}.json" in have:
+            if f"{item_id}.json" in existing:
                 summary.already += 1
-                item = storage.read_json(storage.join(base, "items", f"{item_id}.json"), storage_options)
+                item = existing[f"{item_id}.json"]
             else:
-                codes = tile_codes(root_url, version, rec, storage_options)
-                bands, nodata, scale, rule = encode_bands(codes, version, encoding)
+                bands = encode_bands(tile_codes(root_url, version, rec, storage_options), enc)
                 minx, _, _, maxy = (float(b) for b in rec["bounds"])
                 tags = {
                     "AOM_EMBEDDINGS": "1",
-                    "AOM_ENCODING": rule,
+                    "AOM_ENCODING": enc.rule,
                     "AOM_VERSION": version.name,
                     "AOM_MODEL": f"{version.model} {version.model_version}",
                     "AOM_CHECKPOINT_SHA256": version.checkpoint_sha256,
@@ -165,20 +194,20 @@ def publish_cogs(
                     bands,
                     crs_wkt(int(rec["epsg"])),
                     from_origin(minx, maxy, r, r),
-                    nodata,
+                    enc.nodata,
                     tags,
                     [f"emb_{i:04d}" for i in range(version.dim)],
-                    [scale] * version.dim if scale != 1.0 else None,
-                    [0.0] * version.dim if scale != 1.0 else None,
+                    [enc.scale] * version.dim if enc.scale != 1.0 else None,
+                    [0.0] * version.dim if enc.scale != 1.0 else None,
                     storage_options,
                 )
                 asset = {
                     "href": cog_href,
                     "type": COG_MEDIA_TYPE,
                     "roles": ["data", "embeddings"],
-                    "title": f"{version.dim}-band token embeddings ({rule.split(':')[0]})",
-                    "raster:bands": _raster_bands(version.dim, str(bands.dtype), nodata, scale),
-                    "aom:encoding": rule,
+                    "title": f"{version.dim}-band token embeddings ({enc.name})",
+                    "raster:bands": _raster_bands(version.dim, enc.data_type, enc.nodata, enc.scale),
+                    "aom:encoding": enc.rule,
                 }
                 item = tile_item(
                     version,
@@ -191,6 +220,7 @@ def publish_cogs(
                         {"rel": "root", "href": "../collection.json", "type": "application/json"},
                     ],
                     [RASTER_EXTENSION],
+                    enc,
                 )
                 storage.write_json_atomic(
                     storage.join(base, "items", f"{item_id}.json"), item, storage_options
@@ -205,14 +235,15 @@ def publish_cogs(
         records,
         [min(lons), min(lats), max(lons), max(lats)],
         [{"rel": "root", "href": "./collection.json", "type": "application/json"}, *item_links],
-        {"embeddings": {"type": COG_MEDIA_TYPE, "roles": ["data", "embeddings"]}},
+        {"embeddings": {"type": COG_MEDIA_TYPE, "roles": ["data", "embeddings"], "aom:encoding": enc.rule}},
         options,
         records_href=f"../../_tiles/{version_name}/",
         extensions=[RASTER_EXTENSION],
         description=(
-            f"AOM token embeddings {version.name} as one {version.dim}-band COG per tile and time slice "
-            f"({version.token_ground_m:g} m pixels, UTM)."
+            f"AOM token embeddings {version.name} as one {version.dim}-band {enc.name} COG per tile and "
+            f"time slice ({version.token_ground_m:g} m pixels, UTM)."
         ),
+        encoding=enc,
     )
     storage.write_json_atomic(summary.collection, coll, storage_options)
     return summary

@@ -51,6 +51,7 @@ from pipelines.embeddings.format import (
     pooled_dims,
 )
 from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
+from pipelines.embeddings.metadata import chip_layout, store_encoding
 from pipelines.embeddings.quantize import NODATA_Q
 
 if TYPE_CHECKING:  # the tiling module is only needed for its Tile shape (duck-typed at runtime)
@@ -193,39 +194,37 @@ def version_zones(
     return sorted(int(k) for k in _quiet_members(grp) if k.isdigit())
 
 
-def geoemb_attrs(version: EmbeddingsVersion, source_data: Sequence[str] = ()) -> dict[str, Any]:
+def geoemb_attrs(
+    version: EmbeddingsVersion, source_data: Sequence[str] = (), input_gsd_m: float | None = None
+) -> dict[str, Any]:
     """The geoemb: Zarr convention attributes of a version group (every required field, the
     quantisation as the convention's object, the convention registered in ``zarr_conventions``).
 
-    ``source_data``: URIs of the inputs (catalog or cube store); without any, the version's completion
-    records (relative URI), which list every tile's input STAC items.
+    ``source_data``: the inputs (catalog or cube store), written as absolute URIs (``file://`` for
+    local paths, credentials redacted); without any, the version's completion records (relative
+    reference: ``create_version`` passes their absolute URI instead). ``input_gsd_m``: the finest input
+    band's GSD, for ``chip_size`` (:func:`pipelines.embeddings.metadata.chip_layout`, as in the STAC).
     """
-    n = version.tokens_per_tile
+    encoding = store_encoding(version)
     attrs: dict[str, Any] = {
         "zarr_conventions": [dict(GEOEMB_CONVENTION)],
         "geoemb:type": "chip",
         "geoemb:dimensions": version.dim,
         "geoemb:model": MODEL_HREF,
-        "geoemb:source_data": [str(s) for s in source_data if s] or [f"../_tiles/{version.name}/"],
-        "geoemb:data_type": version.dtype,
+        "geoemb:source_data": [storage.public_uri(s) for s in source_data if s]
+        or [f"../_tiles/{version.name}/"],
+        "geoemb:data_type": encoding.data_type,
         "geoemb:gsd": version.token_ground_m,
-        "geoemb:chip_layout": {
-            "layout_type": "regular_grid",
-            "chip_size": [1, 1],  # one vector per grid cell of token_ground_m (geoemb:gsd)
-            "stride": [1, 1],
-            "grid_id": f"aom-utm-{version.tile_size_m:g}m-tiles-{n}x{n}-tokens",
-        },
+        "geoemb:chip_layout": chip_layout(version, input_gsd_m),
         "geoemb:spatial_layout": "utm_zones",
         "geoemb:model_name": version.model,
         "geoemb:model_version": version.model_version,
         "geoemb:checkpoint_sha256": version.checkpoint_sha256,
     }
-    if version.quantisation == "int8-sqrt":
-        attrs["geoemb:quantization"] = {
-            "method": "int8-sqrt",  # v = sign(q) * (q / 127) ** 2, q == -128 -> nodata (docs/embeddings.md)
-            "original_dtype": "float32",
-            "quantized_dtype": "int8",
-        }
+    if (
+        encoding.quantization is not None
+    ):  # v = sign(q) * (q / 127) ** 2, q == -128 -> nodata (docs/embeddings.md)
+        attrs["geoemb:quantization"] = dict(encoding.quantization)
     return attrs
 
 
@@ -235,6 +234,7 @@ def create_version(
     storage_options: Mapping[str, Any] | None = None,
     source_data: Sequence[str] = (),
     fmt: int = FORMAT_VERSION,
+    input_gsd_m: float | None = None,
 ) -> None:
     """Create the root (if needed) and the version group. Idempotent for the same definition.
 
@@ -273,7 +273,11 @@ def create_version(
         **wanted,
         "format": fmt,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        **geoemb_attrs(version, source_data),
+        **geoemb_attrs(
+            version,
+            source_data or [storage.join(storage.normalise_url(root_url), "_tiles", version.name, "")],
+            input_gsd_m,
+        ),
     }
     zarr.open_group(store=store, path=version.name, mode="a", zarr_format=3, attributes=attrs)
 

@@ -155,16 +155,19 @@ def build_synthetic_store(
     stac: bool = True,
     consolidate: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    band_gsd_m: float | None = None,
 ) -> SyntheticStore:
     """Write every tile of ``bbox`` (lon/lat) for the given time indices (default: all), then, like the
-    end of a run, consolidate the tile vectors and write the STAC."""
+    end of a run, consolidate the tile vectors and write the STAC. The records name one synthetic input
+    band of ``band_gsd_m`` (default: the token size)."""
     version = version or synthetic_version()
     scene = scene or SyntheticScene(dim=version.dim)
     if scene.dim != version.dim:
         raise ValueError(f"scene dim {scene.dim} != version dim {version.dim}")
     grid = TileGrid(version.tile_size_m)
     tiles = tuple(grid.tiles_for_bbox(tuple(bbox)))
-    create_version(root_url, version, storage_options)
+    gsd = float(band_gsd_m or version.token_ground_m)
+    create_version(root_url, version, storage_options, input_gsd_m=gsd)
     for epsg in sorted({t.epsg for t in tiles}):
         ensure_zone(root_url, version.name, epsg, storage_options)
     for ti in times_to_write if times_to_write is not None else range(len(version.times)):
@@ -182,7 +185,7 @@ def build_synthetic_store(
                 None,
                 {
                     "input_items": [f"synthetic-{tile.tile_id}-t{ti}"],
-                    "bands": [{"name": "synthetic", "gsd_m": version.token_ground_m}],
+                    "bands": [{"name": "synthetic", "gsd_m": gsd}],
                     "generator": "pipelines.testing.embeddings",
                     "seed": scene.seed,
                 },

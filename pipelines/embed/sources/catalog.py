@@ -21,7 +21,7 @@ from pipelines.embed.sources.padded import (
 from pipelines.embed.sources.periods import Period
 from pipelines.registry import DEFAULT_CATALOG, BandSpec
 from pipelines.runs import TileStatus
-from pipelines.storage import redact_url
+from pipelines.storage import public_uri
 from pipelines.tiling import Tile, TileGrid
 
 # ------------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ class CatalogSource:
     block_px: int = 512
 
     def describe(self) -> str:
-        return f"catalog:{redact_url(self.catalog_url)}"
+        return f"catalog:{public_uri(self.catalog_url) if self.catalog_url else ''}"  # absolute URI, redacted
 
     def spec(self) -> Any:
         from pipelines.cubes import CubeSpec

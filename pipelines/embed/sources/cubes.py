@@ -23,7 +23,7 @@ from pipelines.embed.sources.padded import (
 from pipelines.embed.sources.periods import Period
 from pipelines.registry import BandSpec
 from pipelines.runs import TileStatus
-from pipelines.storage import redact_url
+from pipelines.storage import public_uri, redact_url
 from pipelines.tiling import Tile, TileGrid, parse_tile_id, square_groups, tile_cell
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class CubeSource:
     the reference path through xarray's mask-and-scale per strip (:func:`composite_into`), same output."""
 
     def describe(self) -> str:
-        return f"cubes:{redact_url(self.url)}"
+        return f"cubes:{public_uri(self.url)}"  # an absolute URI, credentials redacted
 
     def store(self) -> CubeStore:
         from pipelines.cubes import CubeStore

@@ -442,7 +442,12 @@ def test_stac_output_parses_with_pystac(reference: tuple[Path, Any]) -> None:
     assert schemas.errors(cd, EMB_SCHEMA) == [] and schemas.errors(cd, STAC_COLLECTION_1_0) == []
     assert {"emb:model", "emb:source-data", "license"} <= {link["rel"] for link in cd["links"]}
     src = [link for link in cd["links"] if link["rel"] == "emb:source-data"]
-    assert all(link["href"].startswith("file://") or "/" in link["href"] for link in src)
+    assert src and all(link["href"].startswith("file:///") for link in src)  # the cube store, absolute
+    attrs = json.loads((Path(out) / summary.version / "zarr.json").read_text())["attributes"]
+    assert attrs["geoemb:source_data"] == [link["href"] for link in src]
+    # one chip layout: 160 m tokens over the finest (10 m) input band, in the Zarr attrs and the STAC
+    assert attrs["geoemb:chip_layout"] == cd["emb:chip_layout"]
+    assert cd["emb:chip_layout"]["chip_size"] == [16, 16]
     for path in sorted(Path(summary.stac_collection).parent.glob("items/*/*.json")):
         d = json.loads(path.read_text())
         assert schemas.errors(d, EMB_SCHEMA) == [] and schemas.errors(d, STAC_ITEM_1_0) == []

@@ -179,3 +179,111 @@ def test_float16_items_validate(tmp_path: Path) -> None:
         item = json.loads(path.read_text())
         for url in (EMB_SCHEMA, STAC_ITEM_1_0, PROJ_SCHEMA):
             assert schemas.errors(item, url) == [], (path.name, url)
+
+
+def _decode(codes: np.ndarray, quantization: dict | None) -> np.ndarray:
+    """What a reader following the item's ``emb:quantization`` makes of the COG's values."""
+    if quantization is None:  # not quantized: the values are the vectors
+        return codes.astype(np.float32)
+    if quantization["method"] == "int8-sqrt":
+        return DECODE_LUT[codes.view(np.uint8)]
+    assert quantization["method"] == "linear", quantization
+    v = codes.astype(np.float32) * quantization["scale"][0] + quantization.get("offset", [0.0])[0]
+    return np.where(codes == -128, np.nan, v)
+
+
+def _published_metadata_matches_cogs(root: Path, name: str) -> None:
+    """Every published item's ``emb:quantization``, ``raster:bands`` and the collection's ``data_type``
+    describe the COG it points at: decoding its values by what the item says gives the store's vectors;
+    the collection and items validate against the published schemas."""
+    import rasterio
+
+    emb = open_embeddings(str(root), name)
+    n = emb.version.tokens_per_tile
+    base = root / "published" / name
+    coll = json.loads((base / "collection.json").read_text())
+    paths = sorted((base / "items").glob("*.json"))
+    assert paths
+    for path in paths:
+        item = json.loads(path.read_text())
+        asset = item["assets"]["embeddings"]
+        with rasterio.open(base / "items" / asset["href"]) as ds:
+            values, dtype = ds.read(), ds.dtypes[0]
+        assert coll["data_type"] == dtype and coll["summaries"]["data_type"] == [dtype]
+        assert asset["raster:bands"][0]["data_type"] == dtype
+        quantization = item["properties"].get("emb:quantization")
+        if quantization is not None:
+            assert quantization["quantized_dtype"] == dtype
+        tile_id, ti = item["id"].rsplit("_t", 1)
+        epsg = int(tile_id.split("_")[0])
+        ref = next(r for r in emb.tiles(int(ti))[epsg] if r.tile_id == tile_id)
+        want = emb.read_window(epsg, int(ti), slice(ref.row0, ref.row0 + n), slice(ref.col0, ref.col0 + n))
+        got = _decode(values, quantization).transpose(1, 2, 0)
+        assert (np.isnan(got) == np.isnan(want)).all()
+        assert np.nanmax(np.abs(got - want)) <= 0.5 / 127 + 1e-6, (path.name, quantization)
+    schemas = SchemaSet.find()
+    if schemas is not None:
+        for url in (EMB_SCHEMA, STAC_COLLECTION_1_0, PROJ_SCHEMA):
+            assert schemas.errors(coll, url) == [], url
+        assert schemas.item_assets_errors(coll) == []
+        for path in paths:
+            for url in (EMB_SCHEMA, STAC_ITEM_1_0, PROJ_SCHEMA):
+                assert schemas.errors(json.loads(path.read_text()), url) == [], (path.name, url)
+
+
+def test_linear_cogs_items_say_linear(tmp_path: Path) -> None:
+    """--encoding int8-linear: emb:quantization says linear with scale 1/127, not the store's int8-sqrt
+    (a reader following it got vectors off by up to 0.22 per component)."""
+    from pipelines.embeddings import publish_cogs
+
+    v = synthetic_version(dim=8)
+    build_synthetic_store(str(tmp_path / "e"), bbox=BBOX, version=v, hole_tokens=3, stac=False)
+    publish_cogs(str(tmp_path / "e"), v.name, encoding="int8-linear")
+    _published_metadata_matches_cogs(tmp_path / "e", v.name)
+    item = json.loads(next((tmp_path / "e" / "published" / v.name / "items").glob("*.json")).read_text())
+    assert item["properties"]["emb:quantization"] == {
+        "method": "linear",
+        "original_dtype": "float32",
+        "quantized_dtype": "int8",
+        "scale": [1 / 127],
+        "offset": [0.0],
+    }
+
+
+def test_default_and_float16_publications_describe_their_cogs(
+    published: tuple[Path, str], tmp_path: Path
+) -> None:
+    """int8-sqrt COGs say int8-sqrt; a float16 store's float32 COGs say float32 (not the store's float16)
+    and carry no emb:quantization (their values need no decoding)."""
+    v = _published_float16(tmp_path / "e")
+    _published_metadata_matches_cogs(tmp_path / "e", v.name)
+    _published_metadata_matches_cogs(*published)
+    coll = json.loads((tmp_path / "e" / "published" / v.name / "collection.json").read_text())
+    assert coll["data_type"] == "float32"
+    for path in (tmp_path / "e" / "published" / v.name / "items").glob("*.json"):
+        assert "emb:quantization" not in json.loads(path.read_text())["properties"]
+
+
+def test_publish_refuses_to_mix_encodings(tmp_path: Path) -> None:
+    """Items of one encoding exist (one deleted, the documented way to republish it): another --encoding
+    is refused with exit 2 naming the encoding held, and nothing is written; the same encoding
+    republishes the deleted item."""
+    root = tmp_path / "e"
+    v = synthetic_version(dim=8)
+    build_synthetic_store(str(root), bbox=BBOX, version=v, stac=False)
+    assert CliRunner().invoke(app, ["publish", "--embeddings", str(root)]).exit_code == 0
+    base = root / "published" / v.name
+    gone = sorted((base / "items").glob("*.json"))[0]
+    gone.unlink()
+    before = {p: p.stat().st_mtime_ns for p in base.rglob("*") if p.is_file()}
+    res = CliRunner().invoke(app, ["publish", "--embeddings", str(root), "--encoding", "int8-linear"])
+    assert res.exit_code == 2, res.output
+    msg = " ".join(res.output.split())
+    assert "already holds int8-sqrt COGs" in msg and "--encoding int8-linear" in msg
+    assert "move that folder aside" in msg
+    assert {p: p.stat().st_mtime_ns for p in base.rglob("*") if p.is_file()} == before
+    items = [json.loads(p.read_text()) for p in (base / "items").glob("*.json")]
+    assert {i["assets"]["embeddings"]["aom:encoding"].split(":")[0] for i in items} == {"int8-sqrt"}
+    res = CliRunner().invoke(app, ["publish", "--embeddings", str(root)])
+    assert res.exit_code == 0 and "published 1 tile-time(s)" in res.output, res.output
+    assert gone.exists()
