@@ -3,6 +3,7 @@
 * ``format``: constants, :class:`EmbeddingsVersion`, errors; ``quantize``: int8/float16 codes;
 * ``grid``: the per-zone token lattice (:class:`ZoneGrid`); ``store``: versions and zone arrays;
 * ``records``: per-tile writes and completion records; ``stac``: STAC items of a version;
+  ``stac_catalog``: the store's STAC tree (writing it, stale items);
 * ``tilevectors``: the consolidated per-zone tile-vector grid (few objects);
 * ``cog``: how a COG is written; ``publish``: per-tile COGs + STAC items every loader opens;
 * ``metadata``: what geoemb: and emb: both say (chip layout, the encoding of a store or a COG).
@@ -50,7 +51,8 @@ from pipelines.embeddings.records import (
     write_considered_index,
     write_tile,
 )
-from pipelines.embeddings.stac import StacOptions, collection_dict, stale_items, tile_item, write_stac
+from pipelines.embeddings.stac import StacOptions, collection_dict, tile_item
+from pipelines.embeddings.stac_catalog import stale_items, write_stac
 from pipelines.embeddings.store import (
     array_dims,
     band_first,

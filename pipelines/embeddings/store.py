@@ -107,7 +107,7 @@ def shared_writer(
 ) -> Iterator[Lease]:
     """Hold the store's lease ``_leases/shared.json`` (:class:`pipelines.outputs.Lease`) while the
     documents that every run reads, modifies and writes back are updated: the STAC collection and
-    child catalogs (:func:`~pipelines.embeddings.stac.write_stac`) and the consolidated tile-vector
+    child catalogs (:func:`~pipelines.embeddings.stac_catalog.write_stac`) and the consolidated tile-vector
     grid (:func:`~pipelines.embeddings.tilevectors.consolidate_tile_vectors`). Per-tile objects
     (shards, records, items) need no lease: no two tiles share one.
 

@@ -20,7 +20,7 @@ from pipelines.embeddings import (
     stale_items,
     write_stac,
 )
-from pipelines.embeddings.stac import child_key
+from pipelines.embeddings.stac_catalog import child_key
 from pipelines.testing import embedding_record, spread_tiles, synthetic_version
 from pipelines.tiling import Tile
 from tests.services.s3 import RequestCounter
