@@ -558,6 +558,16 @@ def _load_group(
     return out
 
 
+def unreachable_reason(skipped: Sequence[SkippedAsset]) -> str:
+    """Why a tile must fail because some of its assets could not be read for a reason that passes
+    (network, server, local I/O errors; :func:`~pipelines.cubes.reading.classify_error`), or ``""``."""
+    transient = [s for s in skipped if s.transient]
+    if not transient:
+        return ""
+    s = transient[0]
+    return f"{len(transient)} asset(s) unreachable, e.g. {s.item}:{s.asset}: {s.reason}"
+
+
 def diagnose_read_failure(
     cube: TileCube, key: tuple[str, str] | None = None, read_options: Mapping[str, Any] | None = None
 ) -> list[SkippedAsset]:

@@ -6,8 +6,9 @@ longer item list) would then never reach the store. So a run compares the items 
 recorded tile with the items the tile was built from:
 
 * **new items** (ids the record has not seen): the tile is rebuilt from the run's items, under its
-  lease, record removed first (the tile is absent, never half old and half new, to readers that
-  check records), then data and a new record written as for any tile;
+  lease, built aside and swapped in only once complete (:mod:`pipelines.cubes.rebuild`: a rebuild
+  whose reads fail keeps the tile; the swap removes the record first, so the tile is absent, never
+  half old and half new, to readers that check records);
 * but only when the run also has **every item the record holds**: a run given only the new items
   (``aom cubes --items new.ndjson``) would otherwise rebuild the tile from fewer acquisitions than it
   has; such a tile is skipped and the summary says how many items are missing.

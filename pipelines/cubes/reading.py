@@ -354,8 +354,7 @@ def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _He
                 crs = f"EPSG:{epsg}" if epsg else src.crs.to_wkt()
                 result = _Header(crs, tuple(src.transform)[:6], (src.height, src.width))
     except _READ_ERRORS as exc:
-        reason, transient = classify_error(exc)
-        transient = transient or _OPEN_CACHE.was_transient(href)
+        reason, transient = _read_failure(href, exc)
         result = (f"cannot open: {reason}", transient)
     if isinstance(result, _Header):
         _OPEN_CACHE.put(href, result)
@@ -387,9 +386,19 @@ def read_window_check(
                 return None  # the asset does not overlap the tile
             src.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
     except _READ_ERRORS as exc:
-        reason, transient = classify_error(exc)
+        reason, transient = _read_failure(href, exc)
+        if transient:
+            _OPEN_CACHE.put_transient(href)
         return f"read failed: {reason}", transient
     return None
+
+
+def _read_failure(href: str, exc: BaseException) -> tuple[str, bool]:
+    """:func:`classify_error` of a failed open or read of ``href``, where an href that failed
+    transiently before in this process stays transient: GDAL's /vsicurl/ cache then answers "does
+    not exist" without asking the server, which is not a 404."""
+    reason, transient = classify_error(exc)
+    return reason, transient or (_OPEN_CACHE.was_transient(href) and not is_access_denied(reason))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,10 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import runs
-from pipelines.cubes.assembly import TileCube, assemble_tile, decode, diagnose_read_failure
+from pipelines.cubes.assembly import (
+    TileCube,
+    assemble_tile,
+    decode,
+    diagnose_read_failure,
+    unreachable_reason,
+)
 from pipelines.cubes.composite import composite_group
 from pipelines.cubes.freshness import freshness
 from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
+from pipelines.cubes.rebuild import staging_store, swap_in
 from pipelines.cubes.spec import (
     INT16_FILL,
     INT16_SCALE,
@@ -42,7 +49,6 @@ from pipelines.cubes.spec import (
     gsd_label,
 )
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
-from pipelines.outputs import Lease
 from pipelines.runs import TileStatus
 from pipelines.storage import redact_url
 from pipelines.tiling import ItemIndex, Tile, TileGrid
@@ -78,7 +84,7 @@ class TileOutcome:
 
     ``status``: a :class:`~pipelines.runs.TileStatus` outcome: ``done`` (written, has data),
     ``empty`` (record written, no usable pixels), ``skipped`` (already complete from an earlier run),
-    ``failed`` (no record: retried next run).
+    ``failed`` (not recorded by this run: retried next run).
     """
 
     tile_id: str
@@ -232,37 +238,53 @@ def process_tile(
     scheduler: str | None = "threads",
 ) -> TileOutcome:
     """Write one tile exactly once (skip when complete), or rebuild a complete tile when ``items``
-    has items its record has not seen (:mod:`pipelines.cubes.freshness`). Never raises for bad
-    inputs or storage faults."""
+    has items its record has not seen (:mod:`pipelines.cubes.freshness`): built aside and swapped in
+    only once complete (:mod:`pipelines.cubes.rebuild`), so a failed rebuild keeps the tile. Never
+    raises for bad inputs or storage faults."""
     t0 = time.perf_counter()
     store = CubeStore(out_url, storage_options)
     lease = None
     new: tuple[str, ...] = ()
+    recorded: dict[str, dict[str, Any]] = {}
+    swapping = False
     try:
         recorded = store.records([tile.tile_id])
         if recorded:
             state = freshness(recorded[tile.tile_id], items)
             if not state.rebuild:
-                return TileOutcome(tile.tile_id, TileStatus.SKIPPED, state.reason())
+                return _skipped(tile.tile_id, recorded[tile.tile_id], state.reason())
             lease = store.tile_lease(tile.tile_id)
             lease.acquire_unless(lambda: False)  # wait for any live writer of the tile, then look again
             recorded = store.records([tile.tile_id])
             if recorded:
                 state = freshness(recorded[tile.tile_id], items)
                 if not state.rebuild:  # another run rebuilt it meanwhile
-                    return TileOutcome(tile.tile_id, TileStatus.SKIPPED, state.reason())
+                    return _skipped(tile.tile_id, recorded[tile.tile_id], state.reason())
                 new = state.new
-                store.remove_record(tile.tile_id)  # absent, never half old, half new
         else:
             lease = store.tile_lease(tile.tile_id)
             # another live run building this tile: wait for it (its record ends the wait)
             if not lease.acquire_unless(lambda: store.has_record(tile.tile_id)) or store.has_record(
                 tile.tile_id
             ):
-                return TileOutcome(tile.tile_id, TileStatus.SKIPPED, "already complete (record exists)")
+                rec = store.records([tile.tile_id]).get(tile.tile_id, {})
+                return _skipped(tile.tile_id, rec, "already complete (record exists)")
         _configure_reads(read_options)
-        store.clear_tile(tile.tile_id)
-        outcome = _write_tile(store, tile, items, spec, read_options, scheduler, lease)
+        staging = staging_store(store)
+        staging.clear_tile(tile.tile_id)  # what an interrupted rebuild left aside
+        if not recorded:
+            store.clear_tile(tile.tile_id)  # what an interrupted build left (no record: nobody reads it)
+        # a rebuild is built aside: the complete tile stays, record and data, until the new one is whole
+        outcome, record = _write_tile(
+            staging if recorded else store, tile, items, spec, read_options, scheduler
+        )
+        if record is not None:
+            lease.check()  # a run whose lease was taken over never records (the new holder rewrites)
+            if recorded:
+                swapping = True
+                swap_in(store, staging, tile.tile_id, record)
+            else:
+                store.write_record(tile.tile_id, record)
         if new and outcome.status != TileStatus.FAILED:
             outcome.reason = f"rebuilt with {len(new)} new item(s)" + (
                 f"; {outcome.reason}" if outcome.reason else ""
@@ -274,8 +296,15 @@ def process_tile(
     finally:
         if lease is not None:
             lease.release()
+    if new and outcome.status == TileStatus.FAILED and not swapping:
+        outcome.reason += f" (not rebuilt with {len(new)} new item(s): the complete tile is kept)"
     outcome.elapsed_s = time.perf_counter() - t0
     return outcome
+
+
+def _skipped(tile_id: str, record: Mapping[str, Any], reason: str) -> TileOutcome:
+    """The outcome of a tile a run leaves as recorded (``record``: its completion record)."""
+    return TileOutcome(tile_id, TileStatus.SKIPPED, reason)
 
 
 def _write_tile(
@@ -285,8 +314,9 @@ def _write_tile(
     spec: CubeSpec,
     read_options: Mapping[str, Any] | None,
     scheduler: str | None,
-    lease: Lease | None = None,
-) -> TileOutcome:
+) -> tuple[TileOutcome, dict[str, Any] | None]:
+    """Build a tile's groups in ``store``: the outcome, and the completion record for the caller to
+    write (None when the tile failed; its data is then cleared)."""
     excluded: set[tuple[str, str]] = set()
     diagnosed: list[SkippedAsset] = []
     fractions: dict[tuple[str, str], list[float]] = {}
@@ -295,16 +325,11 @@ def _write_tile(
         cube = assemble_tile(tile, items, spec, exclude=excluded, read_options=read_options)
         if spec.composite != "none":  # one median per group instead of every acquisition
             cube.encoded = {k: composite_group(ds, spec) for k, ds in cube.encoded.items()}
-        transient = [s for s in [*cube.skipped, *diagnosed] if s.transient]
-        if transient and not spec.skip_unreachable:
-            s = transient[0]
+        unreachable = unreachable_reason([*cube.skipped, *diagnosed])
+        if unreachable and not spec.skip_unreachable:
             store.clear_tile(tile.tile_id)
-            return TileOutcome(
-                tile.tile_id,
-                TileStatus.FAILED,
-                f"{len(transient)} asset(s) unreachable, e.g. {s.item}:{s.asset}: {s.reason}",
-                skipped=[x.to_dict() for x in transient],
-            )
+            transient = [x.to_dict() for x in [*cube.skipped, *diagnosed] if x.transient]
+            return TileOutcome(tile.tile_id, TileStatus.FAILED, unreachable, skipped=transient), None
         fractions = {}
         try:
             for key, ds in cube.encoded.items():
@@ -368,11 +393,8 @@ def _write_tile(
         skipped=skipped,
         considered_items=[str(i.get("id")) for i in items],
     )
-    if lease is not None:
-        lease.check()  # a run whose lease was taken over never records (the new holder rewrites)
-    store.write_record(tile.tile_id, record)
     labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]
-    return TileOutcome(
+    outcome = TileOutcome(
         tile.tile_id,
         TileStatus.DONE if groups else TileStatus.EMPTY,
         reason,
@@ -380,6 +402,7 @@ def _write_tile(
         skipped=skipped,
         output_mb=output_mb,
     )
+    return outcome, record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +456,7 @@ def write_cubes(
     for tile in tile_list:
         state = freshness(records[tile.tile_id], index.for_tile(tile)) if tile.tile_id in records else None
         if state is not None and not state.rebuild:
-            outcomes[tile.tile_id] = TileOutcome(tile.tile_id, TileStatus.SKIPPED, state.reason())
+            outcomes[tile.tile_id] = _skipped(tile.tile_id, records[tile.tile_id], state.reason())
         else:  # never built, or given items its record has not seen (freshness.py)
             todo.append(tile)
     log.info(

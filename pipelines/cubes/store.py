@@ -6,10 +6,10 @@ Layout (see ``docs/cubes.md``)::
     <out>/<tile_id>/<collection>/<gsd_label>/         one xarray Dataset per (tile, collection, GSD)
         reflectance   (time, band, y, x) int16, scale_factor 1e-4, _FillValue -32768
                       chunks (1, 1, chunk_px, chunk_px), sharded (1, n_bands, shard, shard)
-        time, band, center_wavelength_nm, fwhm_nm, common_name, band_gsd_m,
-        source_items, solar_day, valid_fraction, x, y, spatial_ref (CF grid mapping)
+        time, band, center_wavelength_nm, fwhm_nm, common_name, band_gsd_m, source_items, solar_day, ...
     <out>/_tiles/<tile_id>.json                       completion record, written last (atomically)
     <out>/_leases/<tile_id>.json                      writer lease while a run builds the tile
+    <out>/_rebuild/<tile_id>/                         a complete tile's rebuild, until swapped in (rebuild.py)
 
 A tile is visible to readers only once its record exists; a tile without a record is deleted and
 rewritten by the next run that takes its lease (``docs/safety.md``): a run never clears a tile

@@ -25,7 +25,7 @@ MARKER_NAME = ".aom-output.json"
 """The ownership marker of outputs that are plain folders (``aom samples``, pretraining runs)."""
 
 _ZARR_META = ("zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata")
-_OWNED_EXTRAS = ("_tiles", "_search", MARKER_NAME)
+_OWNED_EXTRAS = ("_tiles", "_rebuild", "_search", MARKER_NAME)  # _rebuild: pipelines/cubes/rebuild.py
 # what aom writes beside a cube store before its root exists: saved search results (``_search``)
 # and the refresh flow's watermark (``_state``, default ``<cubes>/_state``)
 _PRELUDE = {"_search", "_state"}

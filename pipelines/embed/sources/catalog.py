@@ -79,6 +79,7 @@ class CatalogSource:
         import time
 
         from pipelines.cubes import assemble_tile
+        from pipelines.cubes.assembly import unreachable_reason
 
         t0 = time.perf_counter()
         out = PaddedTile(tile, time_index, margin_m)
@@ -89,10 +90,9 @@ class CatalogSource:
             return out
         ptile = padded_tile_obj(tile, margin_m)
         cube = assemble_tile(ptile, in_period, self.spec(), read_options=dict(self.read_options) or None)
-        transient = [s for s in cube.skipped if s.transient]
-        if transient:
-            s = transient[0]
-            raise OSError(f"{len(transient)} asset(s) unreachable, e.g. {s.item}:{s.asset}: {s.reason}")
+        unreachable = unreachable_reason(cube.skipped)
+        if unreachable:  # never an empty or partial tile: it fails and the next run reads it again
+            raise OSError(unreachable)
         out.notes.extend(f"skipped {s.item}:{s.asset}: {s.reason}" for s in cube.skipped[:20])
         items_used: set[str] = set()
         for coll, label in cube:
