@@ -7,8 +7,11 @@ asset's header opens, and how a read failure is classified:
 
 * **access denied** (HTTP 401/403/409, S3 ``AccessDenied``, missing AWS credentials): :class:`AccessDeniedError`
   with a one-line hint naming the credential; the tile fails, nothing is recorded, the next run retries it;
-* **transient** (HTTP 429/5xx/408, timeouts, connection errors): retried, then the tile fails unrecorded;
-* **permanent** (HTTP 404, a corrupt file): the asset is skipped and recorded with the reason.
+* **transient** (HTTP 429/5xx/408, timeouts, connection errors, and OS errors of a local or mounted
+  file: permission denied, I/O error, too many open files, stale NFS handle, ...): retried, then the
+  tile fails unrecorded;
+* **permanent** (only a file that is not there, ENOENT or HTTP 404, and a corrupt file): the asset
+  is skipped and recorded with the reason.
 
 Reasons are redacted (:func:`pipelines.storage.redact_url`): a signed href never reaches a record or a log.
 """
@@ -16,6 +19,7 @@ Reasons are redacted (:func:`pipelines.storage.redact_url`): a signed href never
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import math
 import os
@@ -50,9 +54,23 @@ GDAL_DEFAULTS: dict[str, Any] = {
     "GDAL_CACHEMAX": 256,  # MB; blocks are read once, a big block cache only costs memory
 }
 
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EACCES", "EPERM", "EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "EBUSY", "EINTR",
+        "ENOMEM", "ENOTCONN", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EHOSTDOWN", "EHOSTUNREACH",
+        "ENETDOWN", "ENETUNREACH", "ENETRESET", "ENXIO", "ENODEV", "EREMOTEIO", "ENOLINK", "ECOMM", "EPIPE",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+"""OS errors of a read that pass (permissions fixed, a mount back, descriptors freed): the tile fails
+and is retried. Only a file that is not there (ENOENT, HTTP 404) or is corrupt is permanent."""
+
 _TRANSIENT = re.compile(
     r"HTTP response code: ?(5\d\d|429|408|0)\b|(could ?not|couldn'?t|failed to) connect|connection (refused|reset|timed out)|"
-    r"timed? ?out|could not resolve|temporar|network is unreachable|ssl|broken pipe",
+    r"timed? ?out|could not resolve|temporar|network is unreachable|ssl|broken pipe|stale nfs file handle|"
+    # GDAL reports OS errors by their strerror text ("<path>: Permission denied")
+    + "|".join(re.escape(os.strerror(code)) for code in sorted(_TRANSIENT_ERRNOS)),
     re.IGNORECASE,
 )
 
@@ -242,19 +260,31 @@ _READ_ERRORS = _read_errors()
 def classify_error(exc: BaseException | str) -> tuple[str, bool]:
     """(short reason, transient?) for a read/open failure; chained GDAL causes are included."""
     texts: list[str] = []
-    chain: BaseException | str | None = exc
-    while chain is not None and len(texts) < 4:
-        text = re.sub(r"\s+", " ", str(chain)).strip()
+    for link in _chain(exc):
+        text = re.sub(r"\s+", " ", str(link)).strip()
         if text and text not in texts:
             texts.append(text)
-        chain = (chain.__cause__ or chain.__context__) if isinstance(chain, BaseException) else None
     if not texts:
         texts = [type(exc).__name__]
     full = redact_url(" <- ".join(texts))
     generic = "See previous exception"
     reason = redact_url(" <- ".join(t for t in texts if generic not in t) or texts[0])
-    transient = bool(_TRANSIENT.search(full)) and not _DENIED.search(full)
+    os_error = any(
+        isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS
+        for e in _chain(exc)
+        if isinstance(e, BaseException)
+    )
+    transient = (os_error or bool(_TRANSIENT.search(full))) and not _DENIED.search(full)
     return reason[:300], transient
+
+
+def _chain(exc: BaseException | str) -> list[BaseException | str]:
+    out: list[BaseException | str] = []
+    chain: BaseException | str | None = exc
+    while chain is not None and len(out) < 4:
+        out.append(chain)
+        chain = (chain.__cause__ or chain.__context__) if isinstance(chain, BaseException) else None
+    return out
 
 
 @dataclass(frozen=True)

@@ -305,3 +305,51 @@ def test_an_unreadable_record_of_the_tile_itself_fails_the_read(
     _deny_record(monkeypatch, tid)
     with pytest.raises(PermissionError):  # was: skipped as "no complete cube for this tile"
         CubeSource(str(block_store), grid=grid).read(grid.tile(tid), parse_periods(PERIOD)[0], 0, 480.0)
+
+
+_CATALOG_READ = """
+import json, sys
+from pipelines.embed import CatalogSource, parse_periods
+from tests.pipelines.cubes.support import GRID, TILE_IDS
+item = json.loads(open(sys.argv[1]).read())
+source = CatalogSource("file:///unused.json", "sample", ("sentinel-2-l2a",), grid=GRID)
+try:
+    padded = source.read(GRID.tile(TILE_IDS[0]), parse_periods("2023-06-01/2023-06-30")[0], 0, 0.0, [item])
+    print(json.dumps({"status": str(padded.status), "notes": padded.notes}))
+except OSError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def test_catalog_source_fails_a_tile_whose_local_asset_cannot_be_read(tmp_path: Path) -> None:
+    """Embedding straight from items (``CatalogSource``) with a band file it may not read (mode 000):
+    the read raises (the tile fails, retried next run) instead of giving a tile without that date
+    (``pipelines.cubes.reading`` classified "Permission denied" as a missing file)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT, cli_env
+    from tests.pipelines.cubes.support import s2_item
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot apply")
+    item = s2_item(tmp_path / "items", "P")
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    cmd = [sys.executable, "-c", _CATALOG_READ, str(tmp_path / "item.json")]
+    if os.geteuid() == 0:  # root reads a mode-000 file unless it drops these capabilities
+        cmd = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd]
+
+    def read() -> dict[str, Any]:
+        run = subprocess.run(cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        return dict(json.loads(run.stdout.strip().splitlines()[-1]))
+
+    band = Path(item["assets"]["red"]["href"])
+    band.chmod(0)
+    try:
+        denied = read()
+    finally:
+        band.chmod(0o644)
+    assert "Permission denied" in denied.get("error", ""), denied
+    assert read() == {"status": str(TileStatus.DONE), "notes": []}

@@ -1,0 +1,88 @@
+"""How a failed read of a source asset is classified (``pipelines.cubes.reading``): only a file that
+is not there (ENOENT, HTTP 404) or a corrupt one is left out for good; any other OS or network error
+fails the tile, unrecorded, so the next run reads it again."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import rasterio.errors
+
+from pipelines.cubes import CubeStore, write_cubes
+from pipelines.cubes.reading import classify_error
+from pipelines.runs import TileStatus
+from tests.conftest import REPO_ROOT, aom_command, cli_env
+from tests.pipelines.cubes.support import TILE_IDS, s2_item, spec
+
+OS_ERRORS = ["EACCES", "EPERM", "EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "ENOTCONN"]
+
+
+@pytest.mark.parametrize("name", OS_ERRORS)
+def test_os_errors_of_a_read_are_transient(name: str) -> None:
+    code = getattr(errno, name)
+    assert classify_error(OSError(code, os.strerror(code), "/data/B04.tif"))[1], name
+    # GDAL (through rasterio) reports them by their text only
+    assert classify_error(rasterio.errors.RasterioIOError(f"/data/B04.tif: {os.strerror(code)}"))[1], name
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/B04.tif"),
+        rasterio.errors.RasterioIOError("/data/B04.tif: No such file or directory"),
+        rasterio.errors.RasterioIOError(
+            "'/data/B04.tif' not recognized as being in a supported file format."
+        ),
+        rasterio.errors.RasterioIOError("HTTP response code: 404"),
+        "TIFFReadEncodedTile() failed.",
+    ],
+)
+def test_a_missing_or_corrupt_file_is_permanent(error: BaseException | str) -> None:
+    assert not classify_error(error)[1]
+
+
+def _unprivileged(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that file permissions apply (root reads a mode-000 file otherwise)."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions cannot apply")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *cmd]
+
+
+def test_an_unreadable_local_asset_fails_the_tile_until_it_can_be_read(tmp_path: Path) -> None:
+    """A band file the run may not read (mode 000): the tile fails with no record and the run exits 1
+    (before: `done`, recorded `complete` with the date left out as `Permission denied`, and every
+    rerun said `already complete`); once the file is readable the next run builds the tile whole."""
+    item = s2_item(tmp_path / "items", "P")
+    band = Path(item["assets"]["red"]["href"])
+    nd = tmp_path / "items.ndjson"
+    nd.write_text(json.dumps(item) + "\n")
+    out = tmp_path / "cubes"
+    cmd = aom_command(
+        "cubes", "--items", str(nd), "--out", str(out), "--tile-size-m", "1920",
+        "--tiles", TILE_IDS[0], "--no-progress", "--summary-json", str(tmp_path / "summary.json"),
+    )  # fmt: skip
+    band.chmod(0)
+    try:
+        run = subprocess.run(
+            _unprivileged(cmd), cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=300
+        )
+    finally:
+        band.chmod(0o644)
+    assert run.returncode == 1, run.stdout + run.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["done"], summary["failed"]) == (0, 1), run.stdout
+    assert "Permission denied" in summary["outcomes"][0]["reason"]
+    assert CubeStore.open(str(out)).recorded_tiles() == []
+
+    rerun = write_cubes([item], TILE_IDS[:1], spec(), str(out), progress=False)
+    assert rerun.tiles_done == TILE_IDS[:1], rerun.format()
+    record = CubeStore.open(str(out)).record(TILE_IDS[0])
+    assert record["status"] == TileStatus.COMPLETE and record["skipped"] == [] and record["items"] == ["P"]
