@@ -28,6 +28,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from pipelines.registry import (
     AccessDeniedError,
@@ -215,15 +217,30 @@ def items_touching(tile: Tile, items: Iterable[Mapping[str, Any]]) -> list[Mappi
 
 
 def _absolute_href(href: str, item: Mapping[str, Any]) -> str:
+    """The href an asset is read from: relative hrefs resolved against the item's self link, and a
+    ``file://`` URI turned into the path it names (:func:`local_href`). Every read of an asset
+    (preflight, odc-stac's load, the diagnosis, header caches) gets its href from here."""
     if "://" in href or href.startswith("/"):
-        return href
+        return local_href(href)
     for link in item.get("links") or []:
         if link.get("rel") == "self" and link.get("href"):
             base = str(link["href"])
             if "://" in base:
-                return base.rsplit("/", 1)[0] + "/" + href
+                return local_href(base.rsplit("/", 1)[0] + "/" + href)
             return os.path.normpath(os.path.join(os.path.dirname(base), href))
     return os.path.abspath(href)
+
+
+def local_href(href: str) -> str:
+    """A ``file://`` URI as the local path it names, percent-decoded (``file:///a%20b/%C3%BC.tif`` ->
+    ``/a b/ü.tif``: what ``Path.as_uri`` writes, which GDAL would look for literally); any other href
+    unchanged."""
+    if not href.startswith("file://"):
+        return href
+    parts = urlsplit(href)
+    if parts.netloc not in ("", "localhost"):
+        return href  # a file on another host: not a local path
+    return os.path.normpath(url2pathname(parts.path))
 
 
 def _has_crs(fields: Mapping[str, Any]) -> bool:

@@ -83,8 +83,8 @@ class TileOutcome:
     """What happened to one tile in a run.
 
     ``status``: a :class:`~pipelines.runs.TileStatus` outcome: ``done`` (written, has data),
-    ``empty`` (record written, no usable pixels), ``skipped`` (already complete from an earlier run),
-    ``failed`` (not recorded by this run: retried next run).
+    ``empty`` (record written, no usable pixels), ``skipped`` (recorded by an earlier run and left
+    as it is), ``failed`` (not recorded by this run: retried next run).
     """
 
     tile_id: str
@@ -94,6 +94,8 @@ class TileOutcome:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     output_mb: float = 0.0
+    record_status: str = ""
+    """A skipped tile's recorded status (``complete`` or ``empty``): only a complete one is usable."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,8 +142,13 @@ class RunSummary:
 
     @property
     def useful(self) -> bool:
-        """Something usable is in the store: a tile written now or complete from before."""
-        return any(o.status in (TileStatus.DONE, TileStatus.SKIPPED) for o in self.outcomes)
+        """Something usable is in the store: a tile written now with data, or recorded complete
+        (with data) before. Tiles recorded ``empty``, now or by an earlier run, are not."""
+        return any(
+            o.status == TileStatus.DONE
+            or (o.status == TileStatus.SKIPPED and o.record_status == TileStatus.COMPLETE)
+            for o in self.outcomes
+        )
 
     @property
     def exit_code(self) -> int:
@@ -168,9 +175,14 @@ class RunSummary:
     def format(self, max_lines: int = 20) -> str:
         """Human-readable run summary: counts, then why tiles/items were skipped or failed."""
         counts = {s.value: sum(1 for o in self.outcomes if o.status == s) for s in TileStatus.outcomes()}
+        empty_before = [
+            o for o in self.outcomes if o.status == TileStatus.SKIPPED and o.record_status == TileStatus.EMPTY
+        ]
         lines = [
             f"cubes -> {redact_url(self.out_url)}: {len(self.outcomes)} tile(s): "
-            f"{counts['done']} done, {counts['skipped']} already complete, {counts['empty']} empty, "
+            f"{counts['done']} done, {counts['skipped'] - len(empty_before)} already complete, "
+            + (f"{len(empty_before)} already recorded empty, " if empty_before else "")
+            + f"{counts['empty']} empty, "
             f"{counts['failed']} failed ({self.output_mb:.1f} MB of pixels in {self.elapsed_s:.1f} s)"
         ]
 
@@ -191,7 +203,11 @@ class RunSummary:
                 if o.reason.startswith(("rebuilt", "not rebuilt"))
             ],
         )
-        block("empty:", [f"{t}: {r}" for t, r in self.tiles_empty.items()])
+        block(
+            "empty:",
+            [f"{t}: {r}" for t, r in self.tiles_empty.items()]
+            + [f"{o.tile_id}: {o.reason}" for o in empty_before],
+        )
         reasons: dict[str, list[str]] = {}
         for s in self.items_skipped:
             reasons.setdefault(str(s["reason"]), []).append(f"{s['item']}:{s['asset']}")
@@ -304,7 +320,10 @@ def process_tile(
 
 def _skipped(tile_id: str, record: Mapping[str, Any], reason: str) -> TileOutcome:
     """The outcome of a tile a run leaves as recorded (``record``: its completion record)."""
-    return TileOutcome(tile_id, TileStatus.SKIPPED, reason)
+    status = str(record.get("status") or "")
+    if status == TileStatus.EMPTY and reason.startswith("already complete"):
+        reason = f"already recorded empty: {record.get('reason') or 'no usable pixels'}"
+    return TileOutcome(tile_id, TileStatus.SKIPPED, reason, record_status=status)
 
 
 def _write_tile(

@@ -10,15 +10,16 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rasterio.errors
 
 from pipelines.cubes import CubeStore, write_cubes
-from pipelines.cubes.reading import classify_error
+from pipelines.cubes.reading import _absolute_href, classify_error, local_href
 from pipelines.runs import TileStatus
 from tests.conftest import REPO_ROOT, aom_command, cli_env
-from tests.pipelines.cubes.support import TILE_IDS, s2_item, spec
+from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, s2_item, spec
 
 OS_ERRORS = ["EACCES", "EPERM", "EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "ENOTCONN"]
 
@@ -86,3 +87,35 @@ def test_an_unreadable_local_asset_fails_the_tile_until_it_can_be_read(tmp_path:
     assert rerun.tiles_done == TILE_IDS[:1], rerun.format()
     record = CubeStore.open(str(out)).record(TILE_IDS[0])
     assert record["status"] == TileStatus.COMPLETE and record["skipped"] == [] and record["items"] == ["P"]
+
+
+def test_file_uris_of_paths_with_spaces_and_non_ascii_characters_are_read(
+    scene: dict[str, Any], built: dict[str, Any], tmp_path: Path
+) -> None:
+    """Items whose hrefs are ``Path.as_uri()`` of a folder named ``sp ace/ünï`` (what ``aom samples``
+    and local catalogs write: ``file:///.../sp%20ace/%C3%BCn%C3%AF/...``): before, the URI reached
+    GDAL undecoded, every asset was "No such file or directory" and the tiles were recorded
+    ``empty`` for good. Now the tiles equal those built from plain paths."""
+    folder = tmp_path / "sp ace" / "ünï"
+    item = json.loads(json.dumps(scene["A"]))
+    for asset in item["assets"].values():
+        src = Path(asset["href"])
+        dst = folder / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        asset["href"] = dst.as_uri()
+    assert "%20" in item["assets"]["red"]["href"] and "%C3%BC" in item["assets"]["red"]["href"]
+    out = tmp_path / "cubes"
+    run = write_cubes([item, scene["B"]], TILE_IDS[:1], spec(), str(out), progress=False)
+    assert run.tiles_done == TILE_IDS[:1], run.format()
+    assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(built["out"])), TILE_IDS[:1])
+    assert CubeStore.open(str(out)).record(TILE_IDS[0])["skipped"] == []
+
+
+def test_file_uris_become_local_paths() -> None:
+    assert local_href("file:///d/sp%20ace/%C3%BCn%C3%AF/B04.tif") == "/d/sp ace/ünï/B04.tif"
+    assert local_href("file://localhost/d/a%23b.tif") == "/d/a#b.tif"
+    assert local_href("s3://bucket/sp%20ace/B04.tif") == "s3://bucket/sp%20ace/B04.tif"  # not a local file
+    assert local_href("https://host/a%20b.tif") == "https://host/a%20b.tif"
+    self_link = {"links": [{"rel": "self", "href": "file:///d/sp%20ace/item/item.json"}]}
+    assert _absolute_href("../B04.tif", self_link) == "/d/sp ace/B04.tif"

@@ -82,24 +82,18 @@ def test_cli_exits_nonzero_when_nothing_useful(items: list[dict[str, Any]], tmp_
     for asset in broken["assets"].values():
         asset["href"] = str(tmp_path / "missing" / Path(asset["href"]).name)
     nd = _ndjson(tmp_path / "items.ndjson", [broken])
-    result = runner.invoke(
-        app,
-        [
-            "cubes",
-            "--items",
-            str(nd),
-            "--out",
-            str(tmp_path / "c"),
-            "--tile-size-m",
-            "1920",
-            "--tiles",
-            TILE_IDS[0],
-            "--no-progress",
-        ],
-    )
+    args = ["cubes", "--items", str(nd), "--out", str(tmp_path / "c"), "--tile-size-m", "1920"]
+    args += ["--tiles", TILE_IDS[0], "--no-progress"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     assert "nothing useful was produced" in result.output
     assert "cannot open" in result.output
+    # the rerun finds the tile recorded empty: still nothing useful (before: exit 0, as if it held data)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1, again.output
+    assert "0 done, 0 already complete, 1 already recorded empty" in again.output
+    assert "nothing useful was produced" in again.output
+    assert "already recorded empty: every item touching the tile was left out" in again.output
     bad = runner.invoke(
         app, ["cubes", "--items", str(nd), "--out", str(tmp_path / "c"), "--tile-size-m", "7000"]
     )
