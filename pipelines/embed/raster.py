@@ -38,8 +38,11 @@ Safety (``docs/safety.md``): an existing ``out`` is replaced only when it is an 
 the same format written by aom (``--overwrite`` replaces another aom output; files aom did not write
 are never touched); ``out`` equal to the input or checkpoint is refused. A GeoTIFF is written as
 ``<out>.partial-<pid>.tif`` and moved into place when complete (partials of killed runs are removed
-by the next run). A Zarr output holds a writer lease (``_leases/writer.json``) while written and its
-root attribute ``aom_complete`` turns true last; :func:`check_raster_complete` refuses one without it.
+by the next run). A Zarr output holds a writer lease (``_leases/writer.json``) while written: the
+lease is taken before anything in the store is removed (``--overwrite`` of a store another live run
+is writing is refused, exit 1, nothing removed), and its root attribute ``aom_complete`` turns true
+last, only while the lease is still held and the store's arrays are all there;
+:func:`check_raster_complete` refuses one without it.
 """
 
 from __future__ import annotations
@@ -215,8 +218,15 @@ def embed_raster(
     _check_raster(input_url)
     fmt = check_output_format(out, OUTPUT_FORMATS)
     kind = OutputKind.RASTER_GTIFF if fmt == "gtiff" else OutputKind.RASTER_ZARR
+    # a Zarr store is cleared only under its writer lease (_ZarrWriter): here only checked, so a
+    # second run never hollows out a store another run is writing
     claim_output(
-        out, kind, storage_options=storage_options, inputs=[input_url, checkpoint], overwrite=overwrite
+        out,
+        kind,
+        storage_options=storage_options,
+        inputs=[input_url, checkpoint],
+        overwrite=overwrite,
+        remove=fmt != "zarr",
     )
     dev = _resolve_device(device)
     ckpt = load_checkpoint_url(checkpoint, src_options, device=dev)
@@ -276,7 +286,18 @@ def embed_raster(
     writer = (
         _GTiffWriter(out, h_tok, w_tok, dim, dtype, crs, out_transform, storage_options)
         if fmt == "gtiff"
-        else _ZarrWriter(out, h_tok, w_tok, dim, dtype, crs, out_transform, core_tokens, storage_options)
+        else _ZarrWriter(
+            out,
+            h_tok,
+            w_tok,
+            dim,
+            dtype,
+            crs,
+            out_transform,
+            core_tokens,
+            storage_options,
+            overwrite=overwrite,
+        )
     )
     res = RasterEmbedResult(
         out=storage.normalise_url(out),

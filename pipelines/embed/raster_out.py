@@ -2,7 +2,9 @@
 (see :mod:`pipelines.embed.raster` for the formats and the safety rules), and the result record.
 
 A GeoTIFF is written strip by strip under a partial name, rewritten by GDAL's COG driver and moved
-into place; a Zarr group holds a writer lease while written and sets ``aom_complete`` last.
+into place; a Zarr group holds a writer lease while written (taken before anything in the store is
+removed) and sets ``aom_complete`` last, after checking that it still holds the lease and that its
+arrays are all there.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from pipelines import storage
+from pipelines.errors import RunFailedError
 from pipelines.outputs import (
     Lease,
     OutputError,
     OutputKind,
+    claim_output,
     clean_partials,
     partial_path,
     remove_owned,
@@ -200,17 +204,25 @@ class _ZarrWriter:
         transform: Any,
         chunk: int,
         options: Mapping[str, Any] | None,
+        *,
+        overwrite: bool = False,
     ) -> None:
         import zarr
 
         from pipelines.embeddings import zarr_store
 
         self.dtype = dtype
+        self.out, self.options = out, options
+        # the lease first: nothing in the store is removed unless this run is its one writer
         self.lease = Lease(storage.join(storage.normalise_url(out), "_leases", "writer.json"), options)
         self.lease.acquire()
         try:
-            # only this project's nodes of an earlier (same-kind) result go; other entries stay
-            remove_owned(out, OutputKind.RASTER_ZARR, options)
+            # checked again under the lease (it may have changed since the caller's check); only
+            # this project's nodes of an earlier result go, other entries stay
+            state = claim_output(
+                out, OutputKind.RASTER_ZARR, storage_options=options, overwrite=overwrite, remove=False
+            )
+            remove_owned(out, state.kind or OutputKind.RASTER_ZARR, options)
             store = zarr_store(out, options)
             self.group = zarr.open_group(
                 store=store,
@@ -218,44 +230,44 @@ class _ZarrWriter:
                 zarr_format=3,
                 attributes={"aom_embeddings": "1", "aom_complete": False, "aom_status": INCOMPLETE_NOTE},
             )
+            wkt = crs.to_wkt() if crs is not None else ""
+            gt = (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
+            self.arr = self.group.create_array(  # band-first, as GDAL/rioxarray read a multi-band raster
+                "embeddings",
+                shape=(dim, h, w),
+                chunks=(dim, min(chunk, h), min(chunk, w)),
+                dtype=dtype,
+                fill_value=float("nan") if dtype == "float32" else -128,
+                dimension_names=("dim", "y", "x"),
+                attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"},
+            )
+            xs = transform.c + (np.arange(w) + 0.5) * transform.a
+            ys = transform.f + (np.arange(h) + 0.5) * transform.e
+            for name, vals in (("x", xs), ("y", ys)):
+                a = self.group.create_array(
+                    name,
+                    shape=vals.shape,
+                    dtype="float64",
+                    dimension_names=(name,),
+                    attributes={"units": "m", "standard_name": f"projection_{name}_coordinate"},
+                )
+                a[:] = vals
+            sr = self.group.create_array(
+                "spatial_ref",
+                shape=(),
+                dtype="int64",
+                fill_value=0,
+                attributes={
+                    "crs_wkt": wkt,
+                    "spatial_ref": wkt,
+                    "GeoTransform": " ".join(repr(float(v)) for v in gt),
+                },
+            )
+            sr[...] = 0
+            self.conventions = _zarr_convention_attrs(crs, h, w, transform)
         except BaseException:
             self.lease.release()
             raise
-        wkt = crs.to_wkt() if crs is not None else ""
-        gt = (transform.c, transform.a, transform.b, transform.f, transform.d, transform.e)
-        self.arr = self.group.create_array(  # band-first, as GDAL/rioxarray read a multi-band raster
-            "embeddings",
-            shape=(dim, h, w),
-            chunks=(dim, min(chunk, h), min(chunk, w)),
-            dtype=dtype,
-            fill_value=float("nan") if dtype == "float32" else -128,
-            dimension_names=("dim", "y", "x"),
-            attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"},
-        )
-        xs = transform.c + (np.arange(w) + 0.5) * transform.a
-        ys = transform.f + (np.arange(h) + 0.5) * transform.e
-        for name, vals in (("x", xs), ("y", ys)):
-            a = self.group.create_array(
-                name,
-                shape=vals.shape,
-                dtype="float64",
-                dimension_names=(name,),
-                attributes={"units": "m", "standard_name": f"projection_{name}_coordinate"},
-            )
-            a[:] = vals
-        sr = self.group.create_array(
-            "spatial_ref",
-            shape=(),
-            dtype="int64",
-            fill_value=0,
-            attributes={
-                "crs_wkt": wkt,
-                "spatial_ref": wkt,
-                "GeoTransform": " ".join(repr(float(v)) for v in gt),
-            },
-        )
-        sr[...] = 0
-        self.conventions = _zarr_convention_attrs(crs, h, w, transform)
 
     def write(self, row0: int, emb: np.ndarray) -> None:
         data = _encode(emb, self.dtype)
@@ -264,14 +276,42 @@ class _ZarrWriter:
     def close(self, res: RasterEmbedResult) -> None:
         try:
             self.lease.check()
+            self._check_intact()
             attrs = {k.lower(): v for k, v in _tags(res).items()} | {"aom_result": res.to_dict()}
             attrs |= self.conventions
             self.group.attrs.update(attrs | {"aom_complete": True, "aom_status": "complete"})  # last write
         finally:
             self.lease.release()
 
+    def _check_intact(self) -> None:
+        """RunFailedError unless every array this writer created is still in the store: whatever
+        removed one (a run that ignored the lease), the store is not marked complete."""
+        import zarr
+
+        from pipelines.embeddings import zarr_store
+
+        names = ("embeddings", "x", "y", "spatial_ref")
+        try:
+            group = zarr.open_group(store=zarr_store(self.out, self.options, read_only=True), mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            missing = ["the store's root", *names]
+        else:
+            missing = [n for n in names if not _has_array(group, n)]
+        if missing:
+            raise RunFailedError(
+                f"{storage.redact_url(storage.normalise_url(self.out))}: {', '.join(missing)} removed by "
+                "another process while this run wrote it; not marked complete: rerun to finish"
+            )
+
     def abort(self) -> None:
         self.lease.release()
+
+
+def _has_array(group: Any, name: str) -> bool:
+    try:
+        return hasattr(group[name], "shape")
+    except KeyError:
+        return False
 
 
 def check_raster_complete(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
@@ -378,6 +379,26 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = None) -> list[LeaseInfo]:
+    """The leases in ``folder_url`` (e.g. ``<store>/_leases``) that other live runs hold now: not
+    abandoned and not held by this process. A destructive step (``--overwrite``) under a live lease
+    would hollow out what that run is writing, so callers refuse it (:func:`remove_owned`)."""
+    fs, path = storage.filesystem(folder_url, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        names = [posixpath.basename(str(n).rstrip("/")) for n in fs.ls(path, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    held: list[LeaseInfo] = []
+    for name in sorted(names):
+        if not name.endswith(".json") or storage.is_temp_name(name):  # temporaries, stale-aside files
+            continue
+        info = Lease(storage.join(folder_url, name), storage_options).read()
+        if info is not None and info.owner not in _LIVE_OWNERS and not info.abandoned():
+            held.append(info)
+    return held
 
 
 def _etag(response: Any) -> str | None:

@@ -5,8 +5,10 @@ when this project made it and it is of the same :class:`OutputKind` (a marker: t
 a Zarr store, the ``AOM_EMBEDDINGS`` tag of a GeoTIFF, or a ``.aom-output.json`` file in a plain
 folder); anything else is refused with one line (:class:`OutputError`, exit 2). ``--overwrite``
 removes only what the project wrote there (Zarr nodes and the project's own files), never the
-folder, prefix or bucket itself and never a file the project did not write. Bucket roots and
-filesystem roots are never an output, and an output equal to or containing an input is refused.
+folder, prefix or bucket itself and never a file the project did not write, and nothing at all while
+another live run holds a lease in the output's ``_leases/`` (:class:`LeaseHeldError`, exit 1). Bucket
+roots and filesystem roots are never an output, and an output equal to or containing an input is
+refused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.errors import InputError
+from pipelines.outputs.lease import LeaseHeldError, live_leases
 
 MARKER_NAME = ".aom-output.json"
 """The ownership marker of outputs that are plain folders (``aom samples``, pretraining runs)."""
@@ -195,9 +198,14 @@ def claim_output(
     storage_options: Mapping[str, Any] | None = None,
     inputs: Iterable[str | None] = (),
     overwrite: bool = False,
+    remove: bool = True,
 ) -> OutputState:
     """Check that a command of ``kind`` may write ``url`` (see the module docstring); with
-    ``overwrite``, first remove what the project wrote there. Returns the state found."""
+    ``overwrite``, first remove what the project wrote there. Returns the state found.
+
+    ``remove=False``: only check (an ``overwrite`` of an output another live run is writing is still
+    refused); a writer that holds a lease on ``url`` then removes under it (:func:`remove_owned`), so
+    a second run never hollows out a store the first is writing."""
     check_writable_target(url)
     check_not_input(url, inputs)
     state = output_kind(url, storage_options)
@@ -211,7 +219,9 @@ def claim_output(
             "(--overwrite replaces only outputs aom wrote)"
         )
     if overwrite:
-        remove_owned(url, state.kind, storage_options)
+        _refuse_live_writer(url, storage_options)
+        if remove:
+            remove_owned(url, state.kind, storage_options)
         return state
     if state.kind != kind:
         raise OutputError(
@@ -223,7 +233,10 @@ def claim_output(
 
 def remove_owned(url: str, kind: OutputKind, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Remove what the project wrote at ``url`` (a file of ours, or the Zarr nodes and the project's
-    own entries in a folder); the folder, prefix or bucket and anything else in it stay."""
+    own entries in a folder); the folder, prefix or bucket and anything else in it stay.
+
+    Refused (:class:`LeaseHeldError`, nothing removed) while another live run holds a lease in
+    ``<url>/_leases/``; leases this process holds do not count (a writer clears its own store)."""
     check_writable_target(url)
     fs, path = _fs(url, storage_options)
     fs.invalidate_cache(path)
@@ -234,6 +247,7 @@ def remove_owned(url: str, kind: OutputKind, storage_options: Mapping[str, Any] 
             raise OutputError(f"{storage.redact_url(url)} was not written by aom; not removing it")
         fs.rm(path)
         return [path]
+    _refuse_live_writer(url, storage_options)
     owned: list[str] = []
     listed: dict[str, str] = {}
     if kind == OutputKind.SAMPLES:
@@ -261,6 +275,17 @@ def remove_owned(url: str, kind: OutputKind, storage_options: Mapping[str, Any] 
         fs.rm(child, recursive=True)
     fs.invalidate_cache(path)
     return owned
+
+
+def _refuse_live_writer(url: str, storage_options: Mapping[str, Any] | None) -> None:
+    """LeaseHeldError when another live run holds a lease in ``<url>/_leases/`` (it is writing there)."""
+    held = live_leases(storage.join(storage.normalise_url(url), _LEASES), storage_options)
+    if held:
+        raise LeaseHeldError(
+            f"--out {storage.redact_url(storage.normalise_url(url))} is being written by another "
+            f"{held[0].describe()}; nothing was removed: wait for it to finish, or rerun after its "
+            "lease expires"
+        )
 
 
 def write_marker(

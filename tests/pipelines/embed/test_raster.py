@@ -343,3 +343,27 @@ def test_token_size_outside_the_checkpoints_range_is_refused(
         f"error: {ckpt}: token size 640 m is outside the checkpoint's supported range: 40 to 320 m"
     ]
     assert not (tmp_path / "a.tif").exists() and not (tmp_path / "b.tif").exists()
+
+
+def test_overwrite_of_a_zarr_output_another_run_is_writing_removes_nothing(
+    tmp_path: Path, geotiff: Path, ckpt: Path
+) -> None:
+    """`embed-raster --overwrite` while another run wrote the same Zarr --out removed the store's
+    nodes before taking the lease, then exited 1; the other run then marked the hollow store complete.
+    Now it is refused (exit 1, one line) and the store is untouched."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from pipelines.embed import check_raster_complete
+    from tests.pipelines.outputs.support import live_lease_of_another_run
+
+    out = tmp_path / "r.zarr"
+    embed_raster(str(geotiff), str(out), str(ckpt), sensor="sentinel-2-msi", bands=BANDS, progress=False)
+    live_lease_of_another_run(out / "_leases" / "writer.json")  # the other run, writing now
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    args = ["embed-raster", str(geotiff), "--sensor", "sentinel-2-msi", "--bands", ",".join(BANDS)]
+    res = CliRunner().invoke(app, [*args, "--checkpoint", str(ckpt), "--out", str(out), "--overwrite"])
+    assert res.exit_code == 1, res.output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert "being written by another run otherrun" in res.output and "nothing was removed" in res.output
+    assert check_raster_complete(str(out))["aom_complete"] is True

@@ -93,3 +93,30 @@ def test_on_s3_a_prefix_of_user_objects_is_refused_and_kept(s3_bucket: Any) -> N
     assert not claim_output(s3_bucket.url("fresh"), OutputKind.EMBEDDINGS, storage_options=opts).exists
     fs.invalidate_cache()
     assert fs.cat_file(f"{s3_bucket.name}/data/a.txt") == b"a"
+
+
+def test_nothing_is_removed_while_another_live_run_holds_a_lease_there(tmp_path: Path) -> None:
+    """`--overwrite` of a store another run is writing hollowed it out under that run (which then
+    marked the empty store complete); now it is refused (exit 1) and removes nothing."""
+    from pipelines.cubes import CubeStore
+    from pipelines.outputs import Lease, LeaseHeldError
+    from tests.pipelines.cubes.support import spec
+    from tests.pipelines.outputs.support import live_lease_of_another_run
+
+    store = tmp_path / "cubes"
+    CubeStore(str(store)).ensure_root(spec())
+    lease = live_lease_of_another_run(store / "_leases" / "writer.json")
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    with pytest.raises(LeaseHeldError, match=r"being written by another run otherrun.*nothing was removed"):
+        claim_output(str(store), OutputKind.CUBES, overwrite=True)
+    with pytest.raises(LeaseHeldError, match="nothing was removed"):
+        claim_output(str(store), OutputKind.CUBES, overwrite=True, remove=False)
+    with pytest.raises(LeaseHeldError):
+        remove_owned(str(store), OutputKind.CUBES)
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    # a lease of this process (a writer clearing its own store) or of a dead run does not block
+    lease.unlink()
+    own = Lease(str(store / "_leases" / "writer.json"))
+    assert own.try_acquire() is None
+    assert remove_owned(str(store), OutputKind.CUBES)
+    own.release()

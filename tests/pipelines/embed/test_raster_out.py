@@ -1,0 +1,59 @@
+"""Writers of `aom embed-raster` outputs: the Zarr writer's lease and completion mark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from affine import Affine
+from rasterio.crs import CRS
+
+from pipelines.embed.raster_out import RasterEmbedResult, _ZarrWriter, check_raster_complete
+from pipelines.errors import RunFailedError
+from pipelines.outputs import LeaseHeldError, OutputError
+from tests.pipelines.outputs.support import live_lease_of_another_run
+
+
+def _writer(out: Path, **kw: bool) -> _ZarrWriter:
+    t = Affine(160.0, 0.0, 300000.0, 0.0, -160.0, 5000000.0)
+    return _ZarrWriter(str(out), 4, 5, 8, "float32", CRS.from_epsg(32632), t, 4, None, **kw)
+
+
+def _result(out: Path) -> RasterEmbedResult:
+    return RasterEmbedResult(
+        str(out), "zarr", "float32", 4, 5, 8, "EPSG:32632", (160.0, 0, 0, 0, -160.0, 0), 16, 160.0, 20, 1, 1,
+        {}, 0.0, 0.0, [], "0" * 64,
+    )  # fmt: skip
+
+
+def test_a_store_hollowed_while_written_is_never_marked_complete(tmp_path: Path) -> None:
+    """The writer holds its lease, but something removed its arrays (a run that took no lease, as
+    `--overwrite` did before it waited for the lease): the store is not marked complete."""
+    import shutil
+
+    out = tmp_path / "r.zarr"
+    w = _writer(out)
+    w.write(0, np.ones((4, 5, 8), np.float32))
+    shutil.rmtree(out / "embeddings")
+    with pytest.raises(RunFailedError, match=r"embeddings removed by another process.*not marked complete"):
+        w.close(_result(out))
+    with pytest.raises(OutputError, match="incomplete"):
+        check_raster_complete(str(out))
+    assert not (out / "_leases").exists()  # the lease was released all the same
+
+
+def test_the_writer_takes_its_lease_before_removing_anything(tmp_path: Path) -> None:
+    out = tmp_path / "r.zarr"
+    w = _writer(out)
+    w.write(0, np.ones((4, 5, 8), np.float32))
+    w.close(_result(out))
+    assert check_raster_complete(str(out))["aom_complete"] is True
+    live_lease_of_another_run(out / "_leases" / "writer.json")
+    for overwrite in (False, True):
+        with pytest.raises(LeaseHeldError, match="being written by another run"):
+            _writer(out, overwrite=overwrite)
+    assert check_raster_complete(str(out))["aom_complete"] is True
+    emb = zarr.open_group(str(out), mode="r")["embeddings"]
+    assert isinstance(emb, zarr.Array) and emb.shape == (8, 4, 5)
