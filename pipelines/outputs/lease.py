@@ -6,7 +6,10 @@ exists), on S3 a PUT with ``If-None-Match: *`` (AWS S3 and moto honour it; s3fs 
 The holder renews it (heartbeat) every ``ttl_s / 3`` seconds from a background thread; a lease whose
 heartbeat is older than its ``ttl_s`` (or whose process on this host is gone) belongs to a dead run
 and may be taken over: on S3 by a PUT conditional on the stale object's ETag (``If-Match``), on
-local disk by renaming the stale file away (only one renamer wins) and creating a new one. A lease
+local disk by renaming the stale file away (only one renamer wins) and creating a new one; a file
+renamed away that is not the stale one (another run took the lease over first) is linked back under
+its name, never deleted. Local renewals write into the lease file the holder verified it owns (never
+over another run's) and count only when the name still refers to that file. A lease
 object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
 A holder that finds its lease taken (its renewal fails) marks it lost; writers check
 :meth:`Lease.check` before their completion record, so a run that lost its lease never records
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 120.0
 _ACQUIRE_TRIES = 5
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
+_SETTLE_TRIES = 3
+_SETTLE_S = 0.02
+"""A lease file moved aside by mistake is back within microseconds (see Lease._restore)."""
 _UNREADABLE = "unreadable"
 """The owner of a lease object whose content cannot be parsed (see :meth:`Lease.read`)."""
 _LIVE_OWNERS: set[str] = set()
@@ -236,11 +242,18 @@ class Lease:
                 os.rename(self._path, aside)
             except FileNotFoundError:
                 return False
-            with open(aside, "rb") as fh:
-                moved = _parse(fh.read()) or self._unreadable(aside)
-            os.unlink(aside)
-            if moved != stale:  # renewed meanwhile (should not happen for an expired lease)
-                return False
+            try:
+                with open(aside, "rb") as fh:
+                    moved = _parse(fh.read()) or self._unreadable(aside)
+                if moved != stale:
+                    # another run took the stale lease over (or renewed it) since this run read it:
+                    # its lease goes back, and this run does not hold it. (It was deleted, and this
+                    # run created its own: two runs held the lease and wrote the same tile.)
+                    self._restore(aside)
+                    return False
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(aside)
             return self._create(data)
         etag = self._remote_etag()
         if etag is None or self.read() != stale:
@@ -251,6 +264,59 @@ class Lease:
             return False
         self._etag = _etag(out) or self._remote_etag()
         return True
+
+    def _restore(self, aside: str) -> None:
+        """Put a lease moved aside by mistake back under its name, only if the name is still free
+        (an exclusive hard link: the same file, so its holder's in-place renewals keep landing in
+        it). When a third run created a lease in that instant, that run holds it; the moved lease's
+        holder finds out at its next renewal or :meth:`check`."""
+        try:
+            os.link(aside, self._path)
+            return
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            with open(aside, "rb") as fh:
+                if self._create_exclusive(fh.read()):
+                    return
+        log.warning("lease %s changed hands while it was restored", storage.redact_url(self.url))
+
+    def _renew_local(self) -> bool:
+        """Renew in place, through the file this run verified it owns: the heartbeat is written into
+        that file only (never over a lease another run created under the name), and the renewal
+        counts only when the name still refers to that file afterwards. (A read, then an atomic
+        replace of the name, overwrote a lease another run had taken over in between.)"""
+        for _ in range(_SETTLE_TRIES):
+            try:
+                with open(self._path, "r+b") as fh:
+                    current = _parse(fh.read())
+                    if current is None or current.owner != self.owner:
+                        break
+                    data = self._bytes(self._info(current.acquired))
+                    fh.seek(0)
+                    fh.write(data)
+                    fh.truncate()
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    mine = os.fstat(fh.fileno()).st_ino
+                if os.stat(self._path).st_ino == mine:
+                    return True
+            except FileNotFoundError:
+                pass  # moved aside an instant by a run that then puts it back (see _take_over)
+            time.sleep(_SETTLE_S)
+        self._lost = True
+        return False
+
+    def _read_settled(self) -> LeaseInfo | None:
+        """:meth:`read`, looking again when the name is briefly free (see :meth:`_restore`)."""
+        for _ in range(_SETTLE_TRIES - 1):
+            info = self.read()
+            if info is not None or not self._local:
+                return info
+            time.sleep(_SETTLE_S)
+        return self.read()
 
     # ------------------------------------------------------------------ API
     def try_acquire(self) -> LeaseInfo | None:
@@ -312,14 +378,13 @@ class Lease:
 
     def renew(self) -> bool:
         """Move the heartbeat forward; False (and the lease marked lost) when another run holds it."""
+        if self._local:
+            return self._renew_local()
         current = self.read()
         if current is None or current.owner != self.owner:
             self._lost = True
             return False
         data = self._bytes(self._info(current.acquired))
-        if self._local:
-            storage.write_bytes_atomic(self._path, data)
-            return True
         try:
             out = self._fs.pipe_file(self._path, data, IfMatch=self._etag or self._remote_etag())
         except OSError:
@@ -330,7 +395,7 @@ class Lease:
 
     def check(self) -> None:
         """Raise LeaseLostError unless this run still holds the lease."""
-        holder = self.read()
+        holder = self._read_settled()
         if self._lost or holder is None or holder.owner != self.owner:
             self._lost = True
             raise LeaseLostError(

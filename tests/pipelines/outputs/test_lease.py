@@ -122,3 +122,80 @@ def test_an_unreadable_lease_is_held_until_it_expires(
     assert lease.read() is not None and lease.read().owner == lease.owner  # type: ignore[union-attr]
     lease.release()
     assert lease.read() is None
+
+
+def _dead_runs_lease(path: Path) -> None:
+    """The lease of a run that was killed (its process no longer runs on this host)."""
+    import json
+    import socket
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True
+    )
+    now = time.time()
+    info = {"owner": "deadrun", "host": socket.gethostname(), "pid": int(proc.stdout), "acquired": now}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info | {"heartbeat": now, "ttl_s": 120.0}))
+
+
+def test_two_runs_taking_over_one_stale_lease_end_with_one_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B reads a dead run's lease; A takes it over before B does. B renamed A's fresh lease aside,
+    saw it was not the stale one, deleted it anyway and created its own: both held the lease (the
+    auditor's lease_race.py). Now B puts A's lease back and is refused."""
+    url = tmp_path / "_leases" / "t.json"
+    _dead_runs_lease(url)
+    a, b = Lease(str(url)), Lease(str(url))
+    read = b.read
+    raced: list[Any] = []
+
+    def read_then_a_takes_over() -> Any:
+        info = read()
+        if info is not None and info.owner == "deadrun" and not raced:
+            raced.append(a.try_acquire())  # A wins the take-over while B is between read and take-over
+        return info
+
+    monkeypatch.setattr(b, "read", read_then_a_takes_over)
+    holder = b.try_acquire()
+    assert raced == [None]  # A took it over
+    assert holder is not None and holder.owner == a.owner  # B is refused, naming A
+    a.check()  # A still holds it: its lease is back under the name
+    with pytest.raises(LeaseLostError):
+        b.check()
+    assert sorted(p.name for p in url.parent.iterdir()) == ["t.json"]  # nothing left aside
+    a.release()
+
+
+def test_a_renewal_never_writes_over_a_lease_another_run_took_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's lease expired (A stalled); B takes it over between A's ownership check and A's write.
+    A's renewal replaced B's lease with its own (read, then an unconditional write), so B lost the
+    lease it had just taken. Now A's renewal fails (A lost it) and B keeps it."""
+    from pipelines.outputs import lease as lease_mod
+
+    url = tmp_path / "_leases" / "t.json"
+    a, b = Lease(str(url), ttl_s=0.2), Lease(str(url), ttl_s=30)
+    assert a.try_acquire() is None  # no heartbeat thread: it expires
+    time.sleep(0.3)
+    parse = lease_mod._parse
+    armed = [True]
+
+    def parse_then_b_takes_over(data: bytes) -> Any:
+        info = parse(data)
+        if armed[0] and info is not None and info.owner == a.owner:
+            armed[0] = False
+            assert b.try_acquire() is None  # B takes over A's expired lease in between
+        return info
+
+    monkeypatch.setattr(lease_mod, "_parse", parse_then_b_takes_over)
+    assert a.renew() is False
+    assert not armed[0]
+    monkeypatch.setattr(lease_mod, "_parse", parse)
+    assert b.read().owner == b.owner  # type: ignore[union-attr]
+    b.check()
+    with pytest.raises(LeaseLostError):
+        a.check()
+    a.release()
+    b.release()
