@@ -54,6 +54,10 @@ class OutputKind(enum.StrEnum):
     """The sample catalog folder (``aom samples``; marker file)."""
 
 
+_MARKER_KINDS = frozenset({OutputKind.SAMPLES})
+"""Kinds that are plain folders with a marker file: they own only the entries their marker lists,
+never a Zarr store a user put beside them."""
+
 _ZARR_ATTRS = {
     "aom_cubes": OutputKind.CUBES,
     "aom_embeddings_format": OutputKind.EMBEDDINGS,
@@ -232,8 +236,9 @@ def claim_output(
 
 
 def remove_owned(url: str, kind: OutputKind, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Remove what the project wrote at ``url`` (a file of ours, or the Zarr nodes and the project's
-    own entries in a folder); the folder, prefix or bucket and anything else in it stay.
+    """Remove what the project wrote at ``url`` (a file of ours; in a Zarr store its nodes and the
+    project's own entries; in a plain folder with a marker, such as ``aom samples``, only the marker
+    and the entries it lists); the folder, prefix or bucket and anything else in it stay.
 
     Refused (:class:`LeaseHeldError`, nothing removed) while another live run holds a lease in
     ``<url>/_leases/``; leases this process holds do not count (a writer clears its own store)."""
@@ -250,7 +255,8 @@ def remove_owned(url: str, kind: OutputKind, storage_options: Mapping[str, Any] 
     _refuse_live_writer(url, storage_options)
     owned: list[str] = []
     listed: dict[str, str] = {}
-    if kind == OutputKind.SAMPLES:
+    marker_kind = kind in _MARKER_KINDS
+    if marker_kind:
         try:
             listed = {
                 p: p
@@ -263,10 +269,14 @@ def remove_owned(url: str, kind: OutputKind, storage_options: Mapping[str, Any] 
         name = posixpath.basename(child)
         if name == _LEASES:
             continue
+        if marker_kind:  # a plain folder: only what its marker lists (a user's Zarr group there stays)
+            if name in listed or name == MARKER_NAME:
+                owned.append(child)
+            continue
         is_node = fs.isdir(child) and any(fs.exists(posixpath.join(child, m)) for m in _ZARR_META)
-        if name in _ZARR_META or name in _OWNED_EXTRAS or is_node or name in listed:
+        if name in _ZARR_META or name in _OWNED_EXTRAS or is_node:
             owned.append(child)
-    if kind == OutputKind.SAMPLES:
+    if marker_kind:
         # nested entries the catalog wrote (data/synthetic/<item>): listed relative to the root
         owned.extend(
             posixpath.join(path, p) for p in listed if "/" in p and fs.exists(posixpath.join(path, p))

@@ -192,11 +192,16 @@ def test_f2_samples_refuses_a_users_folder_and_keeps_unrelated_folders(tmp_path:
     (out / "mine" / "collection.json").write_text("{}")
     (out / "data" / "synthetic" / "my-item").mkdir()
     (out / "data" / "synthetic" / "my-item" / "x.tif").write_bytes(b"mine")
+    import zarr
+
+    zarr.open_group(str(out / "my_analysis.zarr"), mode="w").attrs["note"] = "a user's Zarr group"
     for extra in ((), ("--overwrite",)):
         res = _cli("samples", "--out", str(out), "--no-real", *extra)
         assert res.exit_code == 0, res.output
         assert (out / "mine" / "collection.json").read_text() == "{}"
         assert (out / "data" / "synthetic" / "my-item" / "x.tif").read_bytes() == b"mine"
+        # a Zarr group in the folder is the user's: samples never writes Zarr (--overwrite removed it)
+        assert zarr.open_group(str(out / "my_analysis.zarr"), mode="r").attrs["note"] == "a user's Zarr group"
         assert (out / "items.ndjson").is_file()
 
 

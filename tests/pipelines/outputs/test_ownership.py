@@ -120,3 +120,23 @@ def test_nothing_is_removed_while_another_live_run_holds_a_lease_there(tmp_path:
     assert own.try_acquire() is None
     assert remove_owned(str(store), OutputKind.CUBES)
     own.release()
+
+
+def test_overwrite_of_a_marker_folder_removes_only_what_its_marker_lists(tmp_path: Path) -> None:
+    """`aom samples --overwrite` removed a user's Zarr group (any folder holding Zarr metadata
+    counted as aom's, though a sample catalog never writes Zarr)."""
+    import zarr
+
+    from pipelines.outputs import MARKER_NAME, write_marker
+
+    out = tmp_path / "s"
+    (out / "data").mkdir(parents=True)
+    (out / "items.ndjson").write_text("{}")
+    write_marker(str(out), OutputKind.SAMPLES, owned=["data", "items.ndjson"])
+    zarr.open_group(str(out / "my_analysis.zarr"), mode="w").attrs["note"] = "mine"
+    (out / "_tiles").mkdir()  # a name aom's stores use, but not listed: the user's here
+    (out / "zarr.json").write_text("{}")
+    assert claim_output(str(out), OutputKind.SAMPLES, overwrite=True).kind == OutputKind.SAMPLES
+    assert sorted(p.name for p in out.iterdir()) == ["_tiles", "my_analysis.zarr", "zarr.json"]
+    assert not (out / MARKER_NAME).exists()
+    assert zarr.open_group(str(out / "my_analysis.zarr"), mode="r").attrs["note"] == "mine"
