@@ -5,7 +5,9 @@
   one holding any file a run writes (:data:`RUN_OUTPUTS`: it would overwrite the user's files);
   ``--init`` must be a file.
 * ``--resume`` continues from the newest *readable* kept checkpoint (:func:`find_resume_point`):
-  a corrupt ``latest.json`` or checkpoint is skipped with a warning naming it.
+  a corrupt or missing ``latest.json`` or checkpoint is skipped with a warning naming it; one that
+  cannot be *read* (access refused, storage or network failing) fails the resume (exit 1), since
+  falling back would rewind the run and overwrite the newer checkpoint.
 * ``--resume`` refuses changed hyper-parameters (:func:`check_resume_changes`, the fields of
   :data:`HYPER_PARAMETERS`), naming them, unless ``--resume-with-changes``: then the new values
   are used from the resumed step on and ``pretrain_config.json`` records both under ``resumes``.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aom_model.train.config import PretrainConfig
-from pipelines.errors import InputError
+from pipelines.errors import InputError, RunFailedError
 from pipelines.storage import exists, filesystem, join, normalise_url, read_json, redact_url
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ def find_resume_point(ckpt_root: str, storage_options: Mapping[str, Any]) -> Res
             if not named.startswith("step-"):
                 raise ValueError(f"unexpected dir {named!r}")
         except Exception as exc:
+            _fail_unless_content(exc, latest_url)
             problems.append(f"{redact_url(latest_url)}: {_reason(exc)}")
             log.warning(
                 "--resume: %s is unreadable (%s); looking for the previous kept checkpoint",
@@ -133,6 +136,7 @@ def find_resume_point(ckpt_root: str, storage_options: Mapping[str, Any]) -> Res
         try:
             point = _read_point(d, so)
         except Exception as exc:
+            _fail_unless_content(exc, d)
             problems.append(f"{redact_url(d)}: {_reason(exc)}")
             log.warning(
                 "--resume: checkpoint %s is unreadable (%s); falling back to the previous kept one",
@@ -147,6 +151,25 @@ def find_resume_point(ckpt_root: str, storage_options: Mapping[str, Any]) -> Res
         f"--resume: no readable checkpoint in {redact_url(ckpt_root)} ({'; '.join(problems) or 'none kept'}); "
         "start a new --out"
     )
+
+
+_MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+_NETWORK_CLIENTS = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "google", "azure", "fsspec")
+
+
+def _fail_unless_content(exc: BaseException, where: str) -> None:
+    """RunFailedError when ``exc`` says nothing about the checkpoint's content (access refused,
+    storage or network failing): only a missing or corrupt checkpoint may be skipped. (Every error
+    was skipped: a newest checkpoint that could not be read for a moment rewound the run to an older
+    one, which then overwrote it.)"""
+    if isinstance(exc, _MISSING):
+        return
+    client = type(exc).__module__.split(".")[0] in _NETWORK_CLIENTS
+    if isinstance(exc, OSError) or client:  # PermissionError, ConnectionError, TimeoutError, EIO ...
+        raise RunFailedError(
+            f"--resume: could not read {redact_url(where)} ({type(exc).__name__}: {_reason(exc)}); "
+            "nothing was changed: fix the access (permissions, credentials, network) and rerun"
+        ) from exc
 
 
 def _kept_dirs(ckpt_root: str, so: Mapping[str, Any]) -> list[str]:

@@ -1,6 +1,7 @@
 """Resuming a pretraining run: changed hyper-parameters are refused (or, with
-``resume_with_changes``, used and recorded with the old ones), and a corrupt ``latest.json`` or
-newest checkpoint falls back to the previous kept checkpoint with a warning naming it."""
+``resume_with_changes``, used and recorded with the old ones), a corrupt ``latest.json`` or
+newest checkpoint falls back to the previous kept checkpoint with a warning naming it, and one that
+cannot be read (access refused, storage failing) fails the resume."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -131,6 +133,48 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_kept_one(
     assert warned and "step-00000004" in warned[0] and "falling back" in warned[0]
     record = json.loads((out / "pretrain_config.json").read_text())
     assert record["resumes"][-1]["from"] == "step-00000002" and record["resumes"][-1]["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(13, "Permission denied"),
+        ConnectionError("connection reset by peer"),
+        TimeoutError("read timed out"),
+        OSError(5, "Input/output error"),
+    ],
+    ids=["permission", "connection", "timeout", "eio"],
+)
+@pytest.mark.parametrize("what", ["model.safetensors", "latest.json"])
+def test_a_checkpoint_that_cannot_be_read_fails_the_resume_instead_of_rewinding(
+    synthetic_cubes: str,
+    stopped: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    error: OSError,
+    what: str,
+) -> None:
+    """`chmod 000 .../step-00000004/model.safetensors` (or storage down for a moment): the resume
+    fell back to step 2 and overwrote step 4. Only a missing or corrupt checkpoint may be skipped;
+    an access or network failure is a failure (exit 1), and nothing is changed."""
+    from aom_model.train import resume
+    from pipelines.errors import EXIT_FAILED, RunFailedError
+
+    out = _copy(stopped, tmp_path)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    read_bytes, read_json = resume._read_bytes, resume.read_json
+
+    def refuse(url: str, so: Any = None) -> Any:
+        if url.endswith(f"step-00000004/{what}") or (what == "latest.json" and url.endswith(what)):
+            raise error
+        return read_json(url, so) if url.endswith(".json") else read_bytes(url, so)
+
+    monkeypatch.setattr(resume, "_read_bytes", refuse)
+    monkeypatch.setattr(resume, "read_json", refuse)
+    with pytest.raises(RunFailedError, match=r"--resume: could not read .*nothing was changed") as info:
+        pretrain(_cfg(synthetic_cubes, out, resume=True, stop_after=5))
+    assert info.value.exit_code == EXIT_FAILED and "\n" not in str(info.value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_no_readable_checkpoint_is_one_line(synthetic_cubes: str, stopped: Path, tmp_path: Path) -> None:
