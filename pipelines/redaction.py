@@ -1,7 +1,9 @@
 """Redaction of log lines: every handler of the command line (and of the flows) carries
 :class:`RedactingFilter`, so no logger (ours or a third party's, at any level) prints a credential.
-URL user:password, auth headers, signature/token parameters and registered secret values (typed
-storage-option secrets) become ``***``. Re-exported by :mod:`pipelines.storage`.
+URL user:password, auth headers, signature/token/credential parameters (one list,
+:data:`SIGNED_URL_PARAMS` + :data:`CREDENTIAL_PARAMS`, shared with ``redact_url`` and the stripping
+of signed hrefs) and registered secret values (typed storage-option secrets) become ``***``.
+Re-exported by :mod:`pipelines.storage`.
 """
 
 from __future__ import annotations
@@ -15,10 +17,67 @@ _SECRET_HEADER = re.compile(
     r"(?i)((?:proxy-)?authorization|x-amz-security-token|x-api-key|api-key|cookie|set-cookie"
     r"|ocp-apim-subscription-key)(['\"]?\s*[:=,]\s*(?-i:b)?['\"]?)[^'\"\r\n]+"
 )
-_SECRET_PARAM = re.compile(
-    r"(?i)(\b(?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token|access_token"
-    r"|password|secret|aws_secret_access_key|aws_session_token)=)[^&\s'\"]+"
+
+# ---------------------------------------------------------------------------------------------
+# The one list of secret parameter names: URL redaction (pipelines.storage.redact_url, which feeds
+# tile records, geoemb:source_data and STAC links), log redaction (redact_text) and the stripping of
+# signed asset hrefs (pipelines.search.signing.unsign_href) all read it from here.
+
+SIGNED_URL_PARAMS = frozenset(
+    {
+        # Azure SAS (every field of the token; sig is the signature)
+        *("sig", "se", "st", "sp", "sv", "sr", "spr", "srt", "ss", "sip", "sdd", "ses"),
+        *("skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid"),
+        # CloudFront signed URLs, generic signatures and tokens, GCS
+        *("signature", "expires", "key-pair-id", "policy", "token", "x-goog-signature"),
+    }
 )
+"""Query parameters (lower case) that make a URL a signed URL: removed from saved asset hrefs,
+redacted in URLs and logs. Every ``X-Amz-*`` / ``X-Goog-*`` parameter counts too
+(:data:`SIGNED_URL_PREFIXES`)."""
+
+SIGNED_URL_PREFIXES = ("x-amz-", "x-goog-")
+"""Query parameter prefixes of AWS SigV4 and GCS V4 signed URLs (signature, credential, token ...)."""
+
+CREDENTIAL_PARAMS = frozenset(
+    {
+        *("access_token", "refresh_token", "id_token", "sas_token", "api_key", "apikey", "api-key"),
+        *("key", "subscription-key", "password", "passwd", "secret", "client_secret", "credential"),
+        *("account_key", "aws_secret_access_key", "aws_session_token"),
+    }
+)
+"""Query or ``name=value`` parameters (lower case) whose value is a credential (API keys, OAuth
+tokens, Azure API Management ``subscription-key``, passwords): redacted in URLs and logs."""
+
+_ANYWHERE = frozenset(
+    {
+        *("sig", "signature", "token", "access_token", "refresh_token", "id_token", "sas_token"),
+        *("api_key", "apikey", "subscription-key", "password", "passwd", "secret", "client_secret"),
+        *("account_key", "aws_secret_access_key", "aws_session_token", "credential"),
+        *("x-amz-signature", "x-amz-credential", "x-amz-security-token"),
+        *("x-goog-signature", "x-goog-credential"),
+    }
+)
+"""The names distinctive enough to redact as ``name=value`` anywhere in a log line; the others
+(``se=``, ``key=`` ...) only as URL query parameters (after ``?`` or ``&``)."""
+
+
+def _alternation(names: frozenset[str] | set[str]) -> str:
+    return "|".join(re.escape(n) for n in sorted(names, key=lambda n: (-len(n), n)))
+
+
+_SECRET_PARAM = re.compile(
+    r"(?i)((?:[?&](?:" + _alternation(SIGNED_URL_PARAMS | CREDENTIAL_PARAMS)
+    + r"|(?:" + "|".join(re.escape(p) for p in SIGNED_URL_PREFIXES) + r")[\w-]*)"
+    r"|(?<![\w.-])(?:" + _alternation(_ANYWHERE) + r"))=)[^&\s'\"#]+"
+)  # fmt: skip
+
+
+def redact_params(text: str) -> str:
+    """``text`` (a URL or a log line) with the value of every secret parameter replaced by ``***``."""
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
 _SECRET_VALUES: set[str] = set()
 
 
@@ -35,7 +94,7 @@ def redact_text(text: str) -> str:
     registered secret values replaced by ``***``."""
     text = _URL_USERINFO.sub(r"\1***@", text)
     text = _SECRET_HEADER.sub(r"\1\2***", text)
-    text = _SECRET_PARAM.sub(r"\1***", text)
+    text = redact_params(text)
     for secret in _SECRET_VALUES:
         text = text.replace(secret, "***")
     return text

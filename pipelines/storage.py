@@ -28,13 +28,10 @@ from pipelines.redaction import (  # re-exported: storage is where callers look 
     RedactingFilter as RedactingFilter,
 )
 from pipelines.redaction import install_log_redaction as install_log_redaction
+from pipelines.redaction import redact_params, register_secret
 from pipelines.redaction import redact_text as redact_text
-from pipelines.redaction import register_secret
 
 _SECRET_KEYS = re.compile(r"(secret|token|password|passwd|key|credential|signature|sig)", re.IGNORECASE)
-_SECRET_QUERY = re.compile(
-    r"([?&](?:sig|se|sp|sv|sr|st|skoid|sktid|skt|ske|sks|skv|X-Amz-[A-Za-z-]+|token)=)[^&]*"
-)
 
 
 @dataclass(frozen=True)
@@ -174,9 +171,10 @@ def redact_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """Strip user:password and signature/token query parameters from a URL."""
+    """Strip user:password and the values of signature, token and credential query parameters
+    (:func:`pipelines.redaction.redact_params`, the list log redaction uses too) from a URL."""
     url = re.sub(r"://[^/@]+@", "://***@", url)
-    return _SECRET_QUERY.sub(r"\1***", url)
+    return redact_params(url)
 
 
 def public_uri(url: str | os.PathLike[str]) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from pipelines.redaction import SIGNED_URL_PARAMS, SIGNED_URL_PREFIXES
 from pipelines.registry import Registry, load_registry, resolve_access
 from pipelines.search.filters import (
     SearchError,
@@ -25,35 +26,6 @@ Signer = Callable[[dict[str, Any]], dict[str, Any]]
 # ------------------------------------------------------------------------------------------
 # Signing (Planetary Computer SAS tokens and the like): in memory only, never saved
 
-_SIGNING_PARAMS = frozenset(
-    {
-        "sig",
-        "se",
-        "st",
-        "sp",
-        "sv",
-        "sr",
-        "spr",
-        "srt",
-        "ss",
-        "skoid",
-        "sktid",
-        "skt",
-        "ske",
-        "sks",
-        "skv",
-        "saoid",
-        "suoid",
-        "scid",
-        "signature",
-        "expires",
-        "key-pair-id",
-        "policy",
-        "token",
-        "x-goog-signature",
-    }
-)
-
 
 def unsign_href(href: str) -> str:
     """``href`` without signature/token query parameters (SAS, S3/GCS presigned, CloudFront)."""
@@ -64,7 +36,7 @@ def unsign_href(href: str) -> str:
     kept = [
         (k, v)
         for k, v in query
-        if k.lower() not in _SIGNING_PARAMS and not k.lower().startswith(("x-amz-", "x-goog-"))
+        if k.lower() not in SIGNED_URL_PARAMS and not k.lower().startswith(SIGNED_URL_PREFIXES)
     ]
     if len(kept) == len(query):
         return href

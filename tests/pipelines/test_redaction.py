@@ -1,0 +1,59 @@
+"""One list of secret parameters: URL redaction (tile records, geoemb:source_data, STAC links) and
+log redaction agree on every signed-URL and credential parameter (pipelines/redaction.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.redaction import CREDENTIAL_PARAMS, SIGNED_URL_PARAMS, redact_text
+from pipelines.storage import redact_url
+
+CANARY = "c4n4ry-S3CR3T%2Fv"
+
+# signed URLs as the providers issue them (the secret parts hold CANARY)
+SIGNED = [
+    "https://b.s3.amazonaws.com/k.tif?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={c}"
+    "&X-Amz-Date=20240101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
+    "&X-Amz-Security-Token={c}&X-Amz-Signature={c}",
+    "https://storage.googleapis.com/b/k.tif?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential={c}"
+    "&X-Goog-Date=20240101T000000Z&X-Goog-Expires=900&X-Goog-SignedHeaders=host&X-Goog-Signature={c}",
+    "https://a.blob.core.windows.net/c/k.tif?sv=2022-11-02&ss=b&srt=o&sp=r&se=2030-01-01&st=2024-01-01"
+    "&spr=https&sig={c}",
+    "https://d111.cloudfront.net/k.tif?Expires=1700000000&Signature={c}&Key-Pair-Id={c}",
+    "https://maps.googleapis.com/x?center=1&key={c}",
+    "https://api.example.org/items?access_token={c}&page=2",
+    "https://api.example.org/items?api_key={c}&apikey={c}&page=2",
+    "https://apim.azure-api.net/x?subscription-key={c}&page=2",
+    "https://h/x?token={c}&password={c}&client_secret={c}",
+]
+
+
+@pytest.mark.parametrize("url", SIGNED)
+def test_url_and_log_redaction_remove_every_signature_and_credential(url: str) -> None:
+    """redact_url kept X-Goog-Signature, X-Goog-Credential, access_token, api_key, key and
+    subscription-key values (it lands in tile records and STAC links); the log filter kept some of
+    the others. Both now read one list."""
+    url = url.format(c=CANARY)
+    for redacted in (redact_url(url), redact_text(f"GET {url} -> 403")):
+        assert CANARY not in redacted, redacted
+        assert "***" in redacted and url.split("?")[0] in redacted  # the path stays readable
+
+
+@pytest.mark.parametrize("name", sorted(SIGNED_URL_PARAMS | CREDENTIAL_PARAMS))
+def test_every_listed_parameter_is_redacted_by_both(name: str) -> None:
+    for case in (name, name.upper()):
+        url = f"https://h/p/x.tif?a=1&{case}={CANARY}&b=2"
+        assert redact_url(url) == f"https://h/p/x.tif?a=1&{case}=***&b=2"
+        # the log filter says the same (its header rule may hide more of the line, never less)
+        assert CANARY not in redact_text(url) and redact_text(url).startswith(
+            f"https://h/p/x.tif?a=1&{case}=***"
+        )
+
+
+def test_ordinary_text_and_query_parameters_stay() -> None:
+    line = "tile key=T001 se=3 monkey=1 https://h/x.tif?version=2&page=3"
+    assert redact_text(line) == line and redact_url("https://h/x.tif?version=2&page=3").endswith("page=3")
+    assert redact_text("Authorization: AWS4-HMAC-SHA256 Credential=AKIAX/1, Signature=f00d") == (
+        "Authorization: ***"
+    )
+    assert "AKIAX" not in redact_text("aws: Credential=AKIAX/20240101/us-east-1/s3/aws4_request")
