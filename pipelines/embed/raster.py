@@ -13,7 +13,8 @@ and, when the raster is not in metres, ``gsd`` (m). Raster band *i* is ``bands[i
 
 Token grid: a token is ``k = round(token_m / pixel size)`` pixels square (``token_m``: the request's
 token size inside the checkpoint's supported range, default its ``token_ground_m``; 16 px for 10 m
-pixels and 160 m tokens), anchored at the raster's top-left corner; the output has
+pixels and 160 m tokens; :func:`token_px` keeps ``k * pixel size`` inside the range where a whole
+number of pixels can, and refuses pixels coarser than the largest token size), anchored at the raster's top-left corner; the output has
 ``ceil(height / k) x ceil(width / k)`` tokens and the transform ``input transform @ scale(k)``, in the
 input CRS. The encoder runs on overlapping chips (``core_tokens`` + ``margin_tokens`` each side,
 outside the raster = nodata) exactly as for tiles (:mod:`pipelines.embed.chips`), seams blended over
@@ -141,6 +142,27 @@ def _band_infos(
     return infos
 
 
+def token_px(cfg: Any, want_m: float, gsd: float, checkpoint: str = "the checkpoint") -> int:
+    """Pixels per token for ``want_m`` (a size inside the checkpoint's range) on ``gsd`` m pixels:
+    the whole number nearest to ``want_m / gsd`` whose size ``k * gsd`` stays inside the range
+    (``AOMConfig.token_m_range``), or just the nearest when no whole number lands inside (a
+    fixed-size checkpoint: 5 px of 30 m for 160 m). Pixels coarser than the largest token size are
+    refused like a ``--token-m`` outside the range (EmbedConfigError, exit 2): one pixel per token
+    would already be a size the checkpoint does not serve. (They ran at one pixel per token, e.g.
+    4633 m MODIS pixels with a 40-320 m checkpoint, though ``--token-m 4633`` was refused.)"""
+    lo, hi = cfg.token_m_range
+    served = f"{lo:g} m only" if lo == hi else f"{lo:g} to {hi:g} m"
+    if gsd > hi * (1 + 1e-9):
+        raise EmbedConfigError(
+            f"{checkpoint}: token size {gsd:g} m (1 px) is outside the checkpoint's supported range: "
+            f"{served}; the raster's {gsd:g} m pixels are coarser than the largest token size"
+        )
+    k = max(1, round(want_m / gsd))
+    k_lo = max(1, math.ceil(lo / gsd * (1 - 1e-9)))
+    k_hi = math.floor(hi / gsd * (1 + 1e-9))
+    return min(max(k, k_lo), k_hi) if k_lo <= k_hi else k
+
+
 def _check_raster(input_url: str) -> None:
     """The input exists and GDAL opens it as a raster (one line otherwise, before any work)."""
     import rasterio
@@ -254,7 +276,7 @@ def embed_raster(
         dtype_in = src.dtypes[0]
     infos = _band_infos(count, sensor, bands, wavelengths, fwhm, float(gsd), registry_files)
     want_m = checked_token_m(cfg, token_m, storage.redact_url(checkpoint))
-    k = max(1, round(want_m / gsd))
+    k = token_px(cfg, want_m, float(gsd), storage.redact_url(checkpoint))
     if not (cfg.patch_size_min <= k <= cfg.patch_size_max):
         raise EmbedConfigError(
             f"{gsd:g} m pixels need {want_m / gsd:.2f} px per {want_m:g} m token, outside "

@@ -367,3 +367,59 @@ def test_overwrite_of_a_zarr_output_another_run_is_writing_removes_nothing(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert "being written by another run otherrun" in res.output and "nothing was removed" in res.output
     assert check_raster_complete(str(out))["aom_complete"] is True
+
+
+def _scene(path: Path, px_m: float, size: int = 48) -> Path:
+    """A small 4-band uint16 raster with ``px_m`` m pixels."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(500, 3000, size=(4, size, size), dtype=np.uint16)
+    profile = {"driver": "GTiff", "height": size, "width": size, "count": 4, "dtype": "uint16"}
+    profile |= {"crs": "EPSG:32632", "transform": from_origin(300000.0, 5000000.0, px_m, px_m), "nodata": 0}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_pixels_coarser_than_the_largest_token_are_refused_like_a_token_size_outside_the_range(
+    tmp_path: Path, ckpt: Path
+) -> None:
+    """4633 m MODIS pixels ran at 1 px = 4633 m per token with a 40-320 m checkpoint, though
+    `--token-m 4633` is refused: now the same exit 2 and one line naming the range and why."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    coarse = _scene(tmp_path / "coarse.tif", 463.3)
+    out = tmp_path / "x.tif"
+    args = ["embed-raster", str(coarse), "--sensor", "sentinel-2-msi", "--bands", ",".join(BANDS)]
+    res = CliRunner().invoke(app, [*args, "--checkpoint", str(ckpt), "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert lines == [
+        f"error: {ckpt}: token size 463.3 m (1 px) is outside the checkpoint's supported range: 40 to "
+        "320 m; the raster's 463.3 m pixels are coarser than the largest token size"
+    ]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("px_m", "token_m", "k"), [(30.0, 40.0, 2), (213.0, 320.0, 1), (300.0, 160.0, 1)])
+def test_the_realised_token_size_stays_inside_the_checkpoints_range(
+    tmp_path: Path, ckpt: Path, px_m: float, token_m: float, k: int
+) -> None:
+    """k = round(token_m / px) gave 1 px = 30 m for --token-m 40 on 30 m pixels and 2 px = 426 m
+    for --token-m 320 on 213 m pixels, both outside 40-320 m; the nearest size inside is used."""
+    scene = _scene(tmp_path / "s.tif", px_m, size=24)
+    res = embed_raster(
+        str(scene),
+        str(tmp_path / "o.tif"),
+        str(ckpt),
+        sensor="sentinel-2-msi",
+        bands=BANDS,
+        token_m=token_m,
+        progress=False,
+    )
+    assert (res.token_px, res.token_m) == (k, k * px_m)
+    assert 40.0 <= res.token_m <= 320.0
