@@ -34,6 +34,10 @@ from pipelines.registry.model import (
 
 BUILTIN_REGISTRY = Path(__file__).parent.parent / "data" / "sensors.yaml"
 REGISTRY_ENV = "AOM_REGISTRY"
+TOP_LEVEL_KEYS = ("version", "sensors", "catalogs", "collections")
+"""The keys a registry file may have at its top level, besides ``x-...`` keys that hold reusable
+YAML anchors (any other key is a misspelling, refused)."""
+SENSOR_KEYS = ("description", "platforms", "bands")
 
 
 class _Ctx:
@@ -45,7 +49,7 @@ class _Ctx:
         return _Ctx(self.source, f"{self.where} {more}".strip())
 
     def fail(self, message: str) -> RegistryError:
-        return RegistryError(f"{self.source}: {self.where}: {message}")
+        return RegistryError(f"{self.source}: {self.where.rstrip(':')}: {message}")
 
 
 def _mapping(ctx: _Ctx, value: Any, what: str) -> Mapping[str, Any]:
@@ -80,6 +84,23 @@ def _string(ctx: _Ctx, data: Mapping[str, Any], key: str, *, optional: bool = Fa
     return value
 
 
+def _known_keys(ctx: _Ctx, data: Mapping[str, Any], what: str, known: tuple[str, ...]) -> None:
+    """A misspelt key is refused, never silently ignored (``x-...`` keys hold YAML anchors)."""
+    unknown = sorted(str(k) for k in data if k not in known and not str(k).startswith("x-"))
+    if unknown:
+        raise ctx.fail(f"{what} has unknown keys {unknown}; valid: {', '.join(known)} (or x-...)")
+
+
+def _entries(ctx: _Ctx, doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """A top-level ``name: {...}`` section (absent or empty: none)."""
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ctx.fail(f"{key!r} must be a mapping of name: entry, got {type(value).__name__}")
+    return value
+
+
 def _parse_sensor(ctx: _Ctx, name: str, data: Any) -> Sensor:
     data = _mapping(ctx, data, "a sensor")
     bands_raw = _mapping(ctx, data.get("bands"), "field 'bands'")
@@ -99,11 +120,11 @@ def _parse_sensor(ctx: _Ctx, name: str, data: Any) -> Sensor:
                 gsd_m=_number(bctx, band, "gsd_m", positive=True),
             )
         )
-    platforms = data.get("platforms") or []
+    _known_keys(ctx, data, "a sensor", SENSOR_KEYS)
     return Sensor(
         name=name,
         description=str(data.get("description", "")),
-        platforms=tuple(str(p) for p in platforms),
+        platforms=_strings(ctx, data, "platforms"),
         bands=tuple(bands),
     )
 
@@ -269,13 +290,14 @@ def parse_registry(documents: Iterable[tuple[str, Any]]) -> Registry:
         sources.append(source)
         root = _Ctx(source, "top level")
         doc = _mapping(root, doc, "the document")
-        for name, sdata in (doc.get("sensors") or {}).items():
+        _known_keys(root, doc, "the document", TOP_LEVEL_KEYS)
+        for name, sdata in _entries(root, doc, "sensors").items():
             sensors[str(name)] = _parse_sensor(_Ctx(source, f"sensor {name!r}:"), str(name), sdata)
-        for name, cdata in (doc.get("catalogs") or {}).items():
+        for name, cdata in _entries(root, doc, "catalogs").items():
             catalogs[str(name)] = _parse_catalog(_Ctx(source, f"catalog {name!r}:"), str(name), cdata)
         entries = doc.get("collections") or []
         if not isinstance(entries, list):
-            raise root.fail("field 'collections' must be a list")
+            raise root.fail(f"'collections' must be a list, got {type(entries).__name__}")
         raw_collections.extend((source, i, entry) for i, entry in enumerate(entries))
     by_key: dict[tuple[str, str, str], CollectionSpec] = {}
     for source, i, entry in raw_collections:

@@ -106,6 +106,9 @@ def test_unknown_names_list_the_known_ones() -> None:
         reg.collection("landsat-c2-l2", catalog="nowhere")
 
 
+_BAND = {"common_name": "x", "center_wavelength_nm": 500, "fwhm_nm": 10, "gsd_m": 10}
+
+
 def _builtin() -> dict:
     return yaml.safe_load(BUILTIN_REGISTRY.read_text())
 
@@ -122,6 +125,38 @@ def test_invalid_registry_names_file_sensor_band_and_field(tmp_path: Path) -> No
     doc["sensors"]["sentinel-2-msi"]["bands"]["B02"]["center_wavelength_nm"] = float("nan")
     with pytest.raises(RegistryError, match=r"sentinel-2-msi.*B02.*center_wavelength_nm.*finite"):
         parse_registry([("nan.yaml", doc)])
+
+
+@pytest.mark.parametrize(
+    ("doc", "expect"),
+    [
+        ({"sensors": [1, 2]}, r"x.yaml: top level: 'sensors' must be a mapping of name: entry, got list"),
+        ({"catalogs": 5}, r"'catalogs' must be a mapping of name: entry, got int"),
+        ({"collections": 5}, r"'collections' must be a list, got int"),
+        ({"sensors": {"foo": [1]}}, r"sensor 'foo': a sensor must be a mapping, got list"),
+        ({"sensorz": {"foo": 1}}, r"unknown keys \['sensorz'\]; valid: version, sensors, catalogs"),
+        (
+            {"sensors": {"foo": {"bands": {"B1": {}}}}},
+            r"sensor 'foo': band 'B1': field 'common_name' is missing",
+        ),
+        (
+            {"sensors": {"foo": {"platforms": 5, "bands": {"B1": _BAND}}}},
+            r"field 'platforms' must be a list of non-empty strings, got 5",
+        ),
+        (
+            {"sensors": {"foo": {"platform": ["x"], "bands": {"B1": _BAND}}}},
+            r"a sensor has unknown keys \['platform'\]; valid: description, platforms, bands",
+        ),
+    ],
+)
+def test_a_registry_of_the_wrong_shape_is_refused_naming_what_is_valid(doc: dict, expect: str) -> None:
+    with pytest.raises(RegistryError, match=expect):
+        parse_registry([("x.yaml", doc)])
+
+
+def test_x_keys_hold_anchors_and_are_allowed() -> None:
+    reg = parse_registry([("x.yaml", {"version": 1, "x-rules": {"a": 1}, "sensors": {}})])
+    assert reg.sensors == {}
 
 
 def test_invalid_collection_entries(tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ def junk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "adir").mkdir()
     (d / "notatif.tif").write_text("not a GeoTIFF\n")
     (d / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [\n')
+    (d / "slist.yaml").write_text("sensors: [1, 2]\n")
+    (d / "cnum.yaml").write_text("catalogs: 5\n")
+    (d / "typo.yaml").write_text("sensorz:\n  foo: 1\n")
     (d / "run").mkdir()
     (d / "run" / "pretrain_config.json").write_text(json.dumps({"model": "tiny"}))
     write_synthetic_cubes(d / "cubes960", n_tiles=1, n_times=1, tile_m=960.0, collections=(SENTINEL2,))
@@ -233,6 +236,22 @@ CASES: list[tuple[str, Any, str]] = [
     ("eval-features", lambda d: ["eval", "--out", str(d / "ev"), "--features", "mean"], "band-tokens"),
     ("eval-test-fraction", lambda d: ["eval", "--out", str(d / "ev"), "--test-fraction", "1.5"], "(0, 1)"),
     ("sensors-unknown", lambda d: ["sensors", "no-such-sensor"], "no-such-sensor"),
+    # a registry file of the wrong shape, in any verb
+    (
+        "registry-list",
+        lambda d: ["sensors", "--registry", str(d / "slist.yaml")],
+        "'sensors' must be a mapping",
+    ),
+    (
+        "registry-catalogs-5",
+        lambda d: ["sensors", "--registry", str(d / "cnum.yaml")],
+        "'catalogs' must be a mapping",
+    ),
+    (
+        "registry-typo",
+        lambda d: ["sensors", "--registry", str(d / "typo.yaml")],
+        "unknown keys ['sensorz']; valid: version, sensors, catalogs, collections",
+    ),
 ]
 
 
@@ -255,6 +274,16 @@ def test_a_refused_existing_run_is_left_as_it_was(junk: Path) -> None:
     assert r.exit_code == EXIT_USAGE
     assert (junk / "run" / "pretrain_config.json").read_text() == before
     assert sorted(p.name for p in (junk / "run").iterdir()) == ["pretrain_config.json"]
+
+
+def test_a_registry_of_the_wrong_shape_from_the_environment(
+    junk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AOM_REGISTRY", str(junk / "slist.yaml"))
+    r = CliRunner().invoke(app, _search(junk, "--bbox", "0,0,1,1"))
+    assert r.exit_code == EXIT_USAGE, (r.output, r.exception)
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "'sensors' must be a mapping" in line
 
 
 def test_debug_shows_the_traceback_of_bad_input(junk: Path) -> None:
