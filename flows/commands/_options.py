@@ -134,6 +134,21 @@ def check_file_url(url: str | None, option: str) -> None:
             raise InputError(f"{option} {url}: no such file")
 
 
+def local_out(url: str, option: str, verb: str, *, folder: bool) -> Path:
+    """An output a verb writes on local disk only (``aom samples``, ``eval``, ``demo``, ``export``):
+    a plain path or ``file://``, not an existing file (``folder``) or folder (a file). Any other URL
+    is refused naming what the verb accepts (typed ``Path``, ``s3://b/x`` became a local folder
+    ``s3:/b/x``)."""
+    from pipelines.errors import InputError
+    from pipelines.storage import is_local, redact_url
+
+    if not is_local(url):
+        what = "a local folder" if folder else "a local file"
+        raise InputError(f"{option} {redact_url(url)}: aom {verb} writes only to {what}; give a local path")
+    (check_folder_url if folder else check_file_out)(url, option)
+    return Path(url.removeprefix("file://")).expanduser()
+
+
 def read_aoi_file(path: Path) -> Any:
     """The parsed JSON of an ``--aoi`` GeoJSON file (unchecked: the command checks its shape)."""
     try:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from flows.commands._options import check_file_url, check_folder_url, workers_option
+from flows.commands._options import check_file_url, local_out, workers_option
 from pipelines.demo import DEMO_OUT, DEMO_PRETRAIN_STEPS, DEMO_WORKERS
 
 
 def demo(
-    out: Path = typer.Option(Path(DEMO_OUT), "--out", help="Folder for every output of the demo."),
+    out: str = typer.Option(str(DEMO_OUT), "--out", help="Local folder for every output of the demo."),
     pretrain_steps: int = typer.Option(
         DEMO_PRETRAIN_STEPS, min=1, help="Optimiser steps of the short `tiny` pretraining."
     ),
@@ -26,13 +24,13 @@ def demo(
     """Sample catalog -> search -> cubes -> short pretraining -> embeddings -> similarity + PCA map."""
     from pipelines.checkpoints import shipped_checkpoint
 
-    check_folder_url(str(out), "--out")
+    out_dir = local_out(out, "--out", "demo", folder=True)
     start: str | None = {"shipped": shipped_checkpoint(), "none": None}.get(init.lower(), init)
     if init.lower() not in ("shipped", "none"):
         check_file_url(init, "--init")  # before the first step, not after the pretraining's set-up
     from flows.demo import demo as demo_flow  # Prefect: imported once the arguments are known good
 
-    result = demo_flow(out=str(out), pretrain_steps=pretrain_steps, workers=workers, init=start)
+    result = demo_flow(out=str(out_dir), pretrain_steps=pretrain_steps, workers=workers, init=start)
     if not result["top"]:
         raise typer.Exit(1)
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from flows.commands._options import check_file_url, check_folder_url
+from flows.commands._options import check_file_url, local_out
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -48,7 +47,9 @@ def _class_names(text: str | None) -> dict[int, str]:
 
 
 def eval_command(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for report.md, summary.json and the plots."),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Local folder for report.md, summary.json and the plots."
+    ),
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
@@ -165,7 +166,7 @@ def eval_command(
             )
         rel = os.path.relpath(SHIPPED_CHECKPOINT)
         ckpt = rel if not rel.startswith("..") else str(SHIPPED_CHECKPOINT)
-    check_folder_url(str(out), "--out")
+    out_dir = local_out(out, "--out", "eval", folder=True)
     if not ckpt.startswith("random:"):
         check_file_url(ckpt, "--checkpoint")
     win = _ints(window, "--window") if window else None
@@ -237,7 +238,7 @@ def eval_command(
                 progress=lambda m: typer.echo(m, err=True),
                 embeddings=embeddings,
             )
-    paths = write_report(result, out)
+    paths = write_report(result, out_dir)
     goals = result.goals
     typer.echo(f"{result.metric}, {result.dataset['split']}; {result.wall_s:.0f} s")
     if goals.get("features"):

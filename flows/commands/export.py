@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import typer
 
+from flows.commands._options import local_out
+
 
 def export_cmd(
     checkpoint: str = typer.Option(..., "--checkpoint", help="AOM checkpoint (.safetensors)."),
-    out: str = typer.Option(..., "--out", help="Exported program file (.pt2)."),
+    out: str = typer.Option(..., "--out", help="Exported program file (.pt2), a local path."),
     sensor: str = typer.Option("sentinel-2-msi", "--sensor", help="Registry sensor of the bands."),
     bands: str = typer.Option("B02,B03,B04,B08", "--bands", help="Comma-separated band names."),
     size_px: int = typer.Option(64, "--size-px", min=8, help="Image side in pixels of the finest band."),
@@ -31,6 +33,7 @@ def export_cmd(
     from pipelines.errors import InputError
     from pipelines.registry import load_registry
 
+    out_path = local_out(out, "--out", "export", folder=False)
     spec = load_registry().sensor(sensor)
     names = [b.strip() for b in bands.split(",") if b.strip()]
     known = {b.name: b for b in spec.bands}
@@ -55,7 +58,7 @@ def export_cmd(
         )
     model, _config, _norm, _meta = load_checkpoint(checkpoint)
     program = export_encoder(model.eval(), BandBatch(tuple(groups)), max_batch=max_batch)
-    path = save_exported(program, out)
+    path = save_exported(program, out_path)
     typer.echo(f"exported: {path} ({len(groups)} band group(s), batch 1..{max_batch})")
 
 

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import typer
 
-from flows.commands._options import check_folder_url
+from flows.commands._options import local_out
 
 DEFAULT_SAMPLES_DIR = Path(".aom") / "samples"
 
 
 def samples(
-    out: Path = typer.Option(
-        DEFAULT_SAMPLES_DIR,
+    out: str = typer.Option(
+        str(DEFAULT_SAMPLES_DIR),
         "--out",
-        help="Folder for catalog.json, items.ndjson, items.parquet and COGs: new, empty, or an earlier aom samples build.",
+        help="Local folder for catalog.json, items.ndjson, items.parquet and COGs: new, empty, or an earlier aom "
+        "samples build.",
     ),
     seed: int = typer.Option(0, help="Seed of the synthetic generator (same seed, same bytes)."),
     real_dir: Path | None = typer.Option(
@@ -29,12 +30,12 @@ def samples(
     """Build the sample STAC catalog: a static catalog plus ndjson and stac-geoparquet for local search."""
     from pipelines.samples import build_sample_catalog
 
-    check_folder_url(str(out), "--out")
+    out_dir = local_out(out, "--out", "samples", folder=True)
     if real_dir is not None and not real_dir.is_dir():
         raise typer.BadParameter(f"--real-dir {real_dir} is not a folder")
 
     result = build_sample_catalog(
-        out,
+        out_dir,
         real_dir=real_dir if real_dir else "auto",
         seed=seed,
         include_real=not no_real,

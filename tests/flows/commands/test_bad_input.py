@@ -227,6 +227,23 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     ("demo-out-file", lambda d: ["demo", "--out", str(d / "afile.txt")], "is a file"),
     ("samples-out-file", lambda d: ["samples", "--out", str(d / "afile.txt")], "is a file"),
+    # a URL given to a verb that writes only on local disk (it became a folder named 's3:')
+    (
+        "samples-out-url",
+        lambda d: ["samples", "--out", "s3://bucket/x", "--no-real"],
+        "aom samples writes only to a local folder",
+    ),
+    ("demo-out-url", lambda d: ["demo", "--out", "s3://bucket/d"], "aom demo writes only to a local folder"),
+    (
+        "eval-out-url",
+        lambda d: ["eval", "--out", "ftp://x/y", "--checkpoint", "random:tiny", "--dataset", "synthetic"],
+        "aom eval writes only to a local folder",
+    ),
+    (
+        "export-out-url",
+        lambda d: ["export", "--checkpoint", CKPT, "--out", "ftp://x/y.pt2"],
+        "aom export writes only to a local file",
+    ),
     (
         "eval-ckpt-dir",
         lambda d: ["eval", "--out", str(d / "ev"), "--checkpoint", str(d / "adir")],
