@@ -6,6 +6,7 @@ batches of 1 to ``max_batch``; band layout, image sizes and the grid plan are fi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -82,10 +83,15 @@ def export_encoder(
 
 
 def save_exported(program: ExportedProgram, path: str | Path) -> Path:
-    """Write an exported program (``torch.export.save``: a ``.pt2`` archive)."""
+    """Write an exported program (``torch.export.save``: a ``.pt2`` archive), whole or not at all:
+    to ``<out>.partial-<pid>.pt2`` first (the naming of ``pipelines.outputs.partial_path``, so the
+    next run's ``clean_partials`` removes one a killed run left), then moved into place."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    torch.export.save(program, str(tmp))
-    tmp.replace(out)  # appears complete or not at all
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}{out.suffix}")
+    try:
+        torch.export.save(program, str(tmp))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

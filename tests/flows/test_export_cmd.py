@@ -53,3 +53,15 @@ def test_export_with_batch_2_runs_a_batch_of_3(tmp_path: Path) -> None:
     torch.testing.assert_close(pooled, eager.pooled, atol=1e-4, rtol=1e-4)
     bad = CliRunner().invoke(app, ["export", "--checkpoint", str(CKPT), "--out", str(out), "--bands", "B99"])
     assert bad.exit_code == 2 and "choose from" in bad.output
+
+
+def test_export_writes_whole_and_cleans_what_a_killed_export_left(tmp_path: Path) -> None:
+    if not CKPT.exists():
+        pytest.skip(f"shipped checkpoint {CKPT} not present")
+    left = tmp_path / "enc.pt2.partial-999999.pt2"  # a partial of a process that is gone
+    left.write_bytes(b"half")
+    r = CliRunner().invoke(
+        app, ["export", "--checkpoint", str(CKPT), "--out", str(tmp_path / "enc.pt2"), "--size-px", "16"]
+    )
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc.pt2"]

@@ -81,6 +81,10 @@ def _pretrain(d: Path, *extra: str) -> list[str]:
     return ["pretrain", "--cubes", str(d / "cubes960"), "--out", str(d / "pt"), *extra]
 
 
+def _export(d: Path, *extra: str, ckpt: str = CKPT, out: str | None = None) -> list[str]:
+    return ["export", "--checkpoint", ckpt, "--out", out or str(d / "enc.pt2"), *extra]
+
+
 def _search(d: Path, *extra: str) -> list[str]:
     return ["search", "-c", "sentinel-2-l2a", "--out", str(d / "found.ndjson"), "--no-progress", *extra]
 
@@ -239,6 +243,13 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: ["eval", "--out", "ftp://x/y", "--checkpoint", "random:tiny", "--dataset", "synthetic"],
         "aom eval writes only to a local folder",
     ),
+    # export: path kinds and bands checked before the checkpoint is read or anything exported
+    ("export-ckpt-missing", lambda d: _export(d, ckpt=str(d / "missing.safetensors")), "no such file"),
+    ("export-ckpt-dir", lambda d: _export(d, ckpt=str(d / "adir")), "--checkpoint"),
+    ("export-out-dir", lambda d: _export(d, out=str(d / "adir")), "--out"),
+    ("export-out-foreign", lambda d: _export(d, out=str(d / "afile.txt")), "give a name ending in .pt2"),
+    ("export-bands-twice", lambda d: _export(d, "--bands", "B02,B02"), "B02 given more than once"),
+    ("export-bands-empty", lambda d: _export(d, "--bands", ""), "--bands is empty; choose from B01"),
     (
         "export-out-url",
         lambda d: ["export", "--checkpoint", CKPT, "--out", "ftp://x/y.pt2"],
@@ -283,6 +294,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, build: Any, expect: str, ju
     assert "Traceback" not in r.output
     assert not (junk / "pt" / "pretrain_config.json").exists()  # nothing was trained
     assert not (junk / "emb").exists() and not (junk / "r.tif").exists()  # nothing was written
+    assert not (junk / "enc.pt2").exists() and not list(junk.glob("*.partial*"))
 
 
 def test_a_refused_existing_run_is_left_as_it_was(junk: Path) -> None:
