@@ -303,22 +303,72 @@ def _normalise_aoi(geom: BaseGeometry) -> list[BaseGeometry]:
     return out
 
 
-def geometry_from_geojson(obj: Mapping[str, Any]) -> BaseGeometry:
-    """A shapely geometry from a GeoJSON Geometry, Feature or FeatureCollection (EPSG:4326)."""
+_GEOMETRY_TYPES = (
+    "Point",
+    "MultiPoint",
+    "LineString",
+    "MultiLineString",
+    "Polygon",
+    "MultiPolygon",
+    "GeometryCollection",
+)
+
+
+def _geojson_parts(obj: Any, where: str = "") -> list[Mapping[str, Any]]:
+    """The GeoJSON geometries (null ones left out) of a Geometry, Feature or FeatureCollection;
+    anything else is a :class:`TileError` starting "not GeoJSON" and saying what is wrong where."""
+    at = f"{where} " if where else ""
+    if not isinstance(obj, Mapping):
+        raise TileError(
+            f"not GeoJSON: {at}is {type(obj).__name__!r}, not a geometry, Feature or FeatureCollection object"
+        )
     kind = obj.get("type")
     if kind == "FeatureCollection":
-        geoms = [geometry_from_geojson(f) for f in obj.get("features", [])]
-        geoms = [g for g in geoms if not g.is_empty]
-        return shapely.union_all(geoms) if geoms else shapely.Polygon()
+        features = obj.get("features")
+        if not isinstance(features, list):
+            raise TileError(f"not GeoJSON: {at}a FeatureCollection needs a 'features' list")
+        parts: list[Mapping[str, Any]] = []
+        for i, feature in enumerate(features):
+            if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
+                got = feature.get("type") if isinstance(feature, Mapping) else type(feature).__name__
+                raise TileError(f"not GeoJSON: {at}features[{i}] is not a Feature (got {got!r})")
+            parts.extend(_geojson_parts(feature, f"{at}features[{i}]".strip()))
+        return parts
     if kind == "Feature":
-        geom = obj.get("geometry")
-        if not geom:
-            return shapely.Polygon()
-        return geometry_from_geojson(geom)
+        if "geometry" not in obj:
+            raise TileError(f"not GeoJSON: {at}a Feature needs a 'geometry' member (null for none)")
+        geom = obj["geometry"]
+        return [] if geom is None else _geojson_parts(geom, f"{at}geometry".strip())
+    if kind not in _GEOMETRY_TYPES:
+        raise TileError(
+            f"not GeoJSON: {at}'type' is {kind!r}; valid: {', '.join(_GEOMETRY_TYPES)}, Feature, FeatureCollection"
+        )
     try:
-        return shape(obj)
+        shape(obj)
     except Exception as exc:
-        raise TileError(f"not a GeoJSON geometry ({kind!r}): {exc}") from exc
+        raise TileError(f"not GeoJSON: {at}not a valid {kind}: {exc}") from None
+    return [obj]
+
+
+def geometry_from_geojson(obj: Any) -> BaseGeometry:
+    """A shapely geometry from a GeoJSON Geometry, Feature or FeatureCollection (EPSG:4326); empty
+    when every feature's geometry is null. Anything else: :class:`TileError` ("not GeoJSON: ...")."""
+    geoms = [g for g in (shape(p) for p in _geojson_parts(obj)) if not g.is_empty]
+    if not geoms:
+        return shapely.Polygon()
+    return geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
+
+
+def geojson_geometry(obj: Any) -> dict[str, Any]:
+    """The one GeoJSON geometry of a Geometry, Feature or FeatureCollection (several features: a
+    GeometryCollection), as given; a search's ``intersects``. Checked as
+    :func:`geometry_from_geojson`; no geometry at all is a :class:`TileError` too."""
+    parts = _geojson_parts(obj)
+    if not parts:
+        raise TileError("has no geometry (every feature's geometry is null)")
+    if len(parts) == 1:
+        return dict(parts[0])
+    return {"type": "GeometryCollection", "geometries": [dict(p) for p in parts]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from flows.commands._options import (
     storage_options_option,
     workers_option,
 )
-from pipelines.errors import EXIT_FAILED
+from pipelines.errors import EXIT_FAILED, InputError
 from pipelines.registry import DEFAULT_CATALOG
-from pipelines.tiling import DEFAULT_TILE_SIZE_M
+from pipelines.tiling import DEFAULT_TILE_SIZE_M, TileError, geometry_from_geojson
 
 
 def _embedding_option() -> Any:
@@ -55,8 +55,10 @@ def parse_aoi(text: str) -> Any:
     if not path.is_file():
         raise typer.BadParameter(f"--aoi {text!r} is neither W,S,E,N nor a GeoJSON file")
     doc = read_aoi_file(path)
-    if not isinstance(doc, dict) or "type" not in doc:
-        raise typer.BadParameter(f"--aoi {path}: not GeoJSON")
+    try:
+        geometry_from_geojson(doc)
+    except TileError as exc:
+        raise InputError(f"--aoi {path}: {exc}") from None
     return doc
 
 

@@ -37,17 +37,12 @@ def _json_arg(text: str | None, name: str) -> dict[str, Any] | None:
 
 
 def _aoi_geometry(path: Path) -> dict[str, Any]:
-    doc = read_aoi_file(path)
-    if doc.get("type") == "FeatureCollection":
-        geoms = [f["geometry"] for f in doc.get("features") or [] if f.get("geometry")]
-        if not geoms:
-            raise typer.BadParameter(f"--aoi {path}: the FeatureCollection has no geometry")
-        if len(geoms) == 1:
-            return dict(geoms[0])
-        return {"type": "GeometryCollection", "geometries": geoms}
-    if doc.get("type") == "Feature":
-        return dict(doc["geometry"])
-    return dict(doc)
+    from pipelines.tiling import TileError, geojson_geometry
+
+    try:
+        return geojson_geometry(read_aoi_file(path))
+    except TileError as exc:
+        raise InputError(f"--aoi {path}: {exc}") from None
 
 
 def search(

@@ -197,3 +197,46 @@ def test_native_pixel_grids_of_real_items_against_the_tile_lattice() -> None:
         0.0,
         0.0,
     )  # the tile lattice passes through multiples of the GSD
+
+
+_SQUARE = {"type": "Polygon", "coordinates": [[[6, 45], [6.1, 45], [6.1, 45.1], [6, 45.1], [6, 45]]]}
+
+
+@pytest.mark.parametrize(
+    ("doc", "expect"),
+    [
+        ([1, 2], "not GeoJSON: is 'list'"),
+        ("just a string", "not GeoJSON: is 'str'"),
+        (42, "not GeoJSON: is 'int'"),
+        ({"type": "Feature", "properties": {}}, "a Feature needs a 'geometry' member"),
+        ({"type": "FeatureCollection", "features": [1]}, r"features\[0\] is not a Feature"),
+        ({"type": "FeatureCollection", "features": 5}, "needs a 'features' list"),
+        ({"foo": 1}, "'type' is None; valid: Point, .*FeatureCollection"),
+        ({"type": "Polygon", "coordinates": "x"}, "not a valid Polygon"),
+        (
+            {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": [1]}]},
+            r"features\[0\] geometry is 'list'",
+        ),
+    ],
+)
+def test_geojson_of_the_wrong_shape_is_an_input_error(doc: object, expect: str) -> None:
+    from pipelines.tiling import geojson_geometry, geometry_from_geojson
+
+    with pytest.raises(TileError, match=expect):
+        geometry_from_geojson(doc)
+    with pytest.raises(TileError, match=expect):
+        geojson_geometry(doc)
+
+
+def test_geojson_geometry_is_the_given_geometry_or_a_collection() -> None:
+    from pipelines.tiling import geojson_geometry, geometry_from_geojson
+
+    feature = {"type": "Feature", "geometry": _SQUARE, "properties": {}}
+    null = {"type": "Feature", "geometry": None, "properties": {}}
+    assert geojson_geometry(_SQUARE) == _SQUARE
+    assert geojson_geometry({"type": "FeatureCollection", "features": [feature, null]}) == _SQUARE
+    two = geojson_geometry({"type": "FeatureCollection", "features": [feature, feature]})
+    assert two == {"type": "GeometryCollection", "geometries": [_SQUARE, _SQUARE]}
+    with pytest.raises(TileError, match="has no geometry"):
+        geojson_geometry({"type": "FeatureCollection", "features": [null]})
+    assert geometry_from_geojson({"type": "FeatureCollection", "features": [null]}).is_empty

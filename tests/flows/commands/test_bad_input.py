@@ -37,6 +37,9 @@ def junk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "notatif.tif").write_text("not a GeoTIFF\n")
     (d / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [\n')
     (d / "slist.yaml").write_text("sensors: [1, 2]\n")
+    (d / "list.geojson").write_text("[1, 2]\n")
+    (d / "fc_bad.geojson").write_text('{"type": "FeatureCollection", "features": [1]}\n')
+    (d / "feat_nogeom.geojson").write_text('{"type": "Feature", "properties": {}}\n')
     (d / "cnum.yaml").write_text("catalogs: 5\n")
     (d / "typo.yaml").write_text("sensorz:\n  foo: 1\n")
     (d / "run").mkdir()
@@ -109,6 +112,17 @@ CASES: list[tuple[str, Any, str]] = [
     ("search-cql2", lambda d: _search(d, "--filter", '{"op": "bogus", "args": []}'), "CQL2"),
     ("search-cloud", lambda d: _search(d, "--max-cloud-cover", "150"), "<= 100"),
     ("search-max-items", lambda d: _search(d, "--max-items", "0"), "--max-items"),
+    ("search-aoi-list", lambda d: _search(d, "--aoi", str(d / "list.geojson")), "not GeoJSON: is 'list'"),
+    (
+        "search-aoi-fc",
+        lambda d: _search(d, "--aoi", str(d / "fc_bad.geojson")),
+        "not GeoJSON: features[0] is not a Feature",
+    ),
+    (
+        "search-aoi-feature",
+        lambda d: _search(d, "--aoi", str(d / "feat_nogeom.geojson")),
+        "not GeoJSON: a Feature needs a 'geometry' member",
+    ),
     ("unknown-option", lambda d: _search(d, "--bogus"), "No such option: --bogus"),
     # cubes
     ("cubes-lat-95", lambda d: _cubes(d, "--bbox", "0,95,1,96"), "latitudes must be within [-90, 90]"),
@@ -132,6 +146,9 @@ CASES: list[tuple[str, Any, str]] = [
     ("cubes-workers", lambda d: _cubes(d, "--workers", "0"), "--workers"),
     # embed
     ("embed-lat-95", lambda d: _embed(d, aoi="0,95,1,96"), "latitudes must be within [-90, 90]"),
+    ("embed-aoi-fc", lambda d: _embed(d, aoi=str(d / "fc_bad.geojson")), "not GeoJSON: features[0]"),
+    ("embed-aoi-feature", lambda d: _embed(d, aoi=str(d / "feat_nogeom.geojson")), "needs a 'geometry'"),
+    ("embed-aoi-list", lambda d: _embed(d, aoi=str(d / "list.geojson")), "not GeoJSON: is 'list'"),
     ("embed-core-0", lambda d: _embed(d, "--core-tokens", "0"), "core_tokens (--core-tokens) must be >= 1"),
     ("embed-margin", lambda d: _embed(d, "--margin-tokens", "-1"), "margin_tokens (--margin-tokens)"),
     (
