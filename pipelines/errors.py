@@ -99,15 +99,16 @@ def check_number(
         bounds.append(f"< {below:g}")
     if maximum is not None:
         bounds.append(f"<= {maximum:g}")
+    within = " and ".join(bounds)
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number {' and '.join(bounds)}, got {value!r}") from None
+        raise InputError(f"{name} must be a number {within}".rstrip() + f", got {value!r}") from None
     ok = math.isfinite(x)
     ok = ok and (minimum is None or x >= minimum) and (above is None or x > above)
     ok = ok and (below is None or x < below) and (maximum is None or x <= maximum)
     if not ok:
-        raise InputError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
+        raise InputError(f"{name} must be {within or 'a finite number'}, got {value!r}")
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:

@@ -76,6 +76,7 @@ class PretrainConfig:
         check_number("min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1)
         check_number("warmup_steps (--warmup-steps)", self.warmup_steps, minimum=0)
         check_number("weight_decay (--weight-decay)", self.weight_decay, minimum=0)
+        check_number("clip_grad_norm (--clip-grad-norm)", self.clip_grad_norm)  # finite; <= 0: off
         check_number("num_workers (--num-workers)", self.num_workers, minimum=0)
         check_number("max_nonfinite_steps", self.max_nonfinite_steps, minimum=0)
         check_number("threads", self.threads, minimum=1)

@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from pipelines.errors import InputError
+
 ENTRY_POINT = "pipelines.pretrain"
 """The module ``torchrun`` launches: it parses pretraining's arguments (:mod:`aom_model.train.main`)
 and runs them with the cube store reader (``aom_model`` itself does not import the cube code)."""
@@ -132,6 +134,28 @@ def broadcast_parameters(module: torch.nn.Module, env: DistEnv) -> None:
             dist.broadcast(t.data, src=0)
 
 
+def check_launch(nproc_per_node: int, nnodes: int | str = 1, rdzv_endpoint: str | None = None) -> int:
+    """The torchrun launch options: ``nproc_per_node >= 1``, ``nnodes`` ``N`` or ``MIN:MAX``
+    (1 <= MIN <= MAX), and more than one node only with a ``host:port`` rendezvous endpoint
+    (:class:`~pipelines.errors.InputError`, one line, otherwise). -> the most nodes."""
+    if isinstance(nproc_per_node, bool) or not isinstance(nproc_per_node, int) or nproc_per_node < 1:
+        raise InputError(f"--nproc-per-node must be an integer >= 1, got {nproc_per_node!r}")
+    parts = str(nnodes).strip().split(":")
+    if (
+        len(parts) > 2
+        or not all(p.isdigit() and int(p) >= 1 for p in parts)
+        or int(parts[0]) > int(parts[-1])
+    ):
+        raise InputError(f"--nnodes must be N or MIN:MAX (integers, 1 <= MIN <= MAX), got {nnodes!r}")
+    if int(parts[-1]) > 1:
+        host, sep, port = (rdzv_endpoint or "").rpartition(":")
+        if not rdzv_endpoint:
+            raise InputError(f"--nnodes {nnodes} needs --rdzv-endpoint host:port (reachable from every node)")
+        if not sep or not host or not port.isdigit():
+            raise InputError(f"--rdzv-endpoint must be host:port, got {rdzv_endpoint!r}")
+    return int(parts[-1])
+
+
 def torchrun_command(
     train_args: Sequence[str],
     nproc_per_node: int = 1,
@@ -149,15 +173,11 @@ def torchrun_command(
     ``rdzv_endpoint`` (``host:port`` of any one node) and ``rdzv_id``; ``nnodes`` may be elastic
     (``"2:4"``). ``node_rank`` is only needed for static (non-c10d) rendezvous.
     """
-    if nproc_per_node < 1:
-        raise ValueError("nproc_per_node must be >= 1")
+    multi = check_launch(nproc_per_node, nnodes, rdzv_endpoint) > 1
     cmd = [python or sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}"]
-    multi = str(nnodes) not in ("1", "1:1")
     if not multi:
         cmd.append("--standalone")
     else:
-        if not rdzv_endpoint:
-            raise ValueError("multi-node training needs rdzv_endpoint (host:port reachable from every node)")
         cmd += [
             f"--nnodes={nnodes}",
             f"--rdzv-backend={rdzv_backend}",

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 
 import typer
 
 from flows.commands._options import check_folder_url, storage_options_option
+
+STORAGE_OPTIONS_ENV = "AOM_STORAGE_OPTIONS"
+"""Storage options from the environment when --storage-options is not given (as torchrun workers
+read them, ``aom_model.train.main``)."""
 
 
 def pretrain(
@@ -73,10 +78,17 @@ def pretrain(
     With --nproc-per-node/--nnodes the same run is launched under torchrun (NCCL on GPU, gloo on CPU).
     """
     from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command
+    from aom_model.train.distributed import check_launch
     from pipelines.pretrain import pretrain as train_on_cubes
     from pipelines.storage import parse_storage_options
 
-    options = parse_storage_options(storage_options)
+    if storage_options:
+        options = parse_storage_options(storage_options)
+    else:  # checked here, not by every torchrun worker (one line, not a traceback per rank)
+        options = parse_storage_options(
+            os.environ.get(STORAGE_OPTIONS_ENV) or None, f"${STORAGE_OPTIONS_ENV}"
+        )
+    nodes = check_launch(nproc_per_node, nnodes, rdzv_endpoint)
     urls = list(cubes) + list(more_cubes or [])
     if not urls:
         raise typer.BadParameter("give at least one cube store with --cubes")
@@ -117,16 +129,16 @@ def pretrain(
         for url in (*cfg.cubes, cfg.out, cfg.init):
             check_credentials(url, options, "--cubes/--out/--init")
         check_start(cfg)
-    if nproc_per_node > 1 or nnodes not in ("1", "1:1") or dry_run:
+    if nproc_per_node > 1 or nodes > 1 or dry_run:
         cmd = pretrain_torchrun_command(
             cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id
         )
         if dry_run:
-            typer.echo(" ".join(cmd))
+            typer.echo(shlex.join(cmd))  # quoted: the printed line can be pasted into a shell
             return
         env = dict(os.environ)
         if options:  # not on the command line (it may carry credentials)
-            env["AOM_STORAGE_OPTIONS"] = json.dumps(options)
+            env[STORAGE_OPTIONS_ENV] = json.dumps(options)
         raise typer.Exit(subprocess.call(cmd, env=env))
     result = train_on_cubes(cfg)
     typer.echo(f"{result.steps} steps, final loss {result.final_loss}, {result.samples_per_s:.1f} samples/s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from aom_model.train import (
     torchrun_command,
 )
 from aom_model.train.engine import token_m_for_step
+from pipelines.errors import InputError
 from pipelines.pretrain import OPENER, pretrain
 from pipelines.testing import LANDSAT, write_synthetic_cubes
 from tests.conftest import REPO_ROOT
@@ -297,8 +299,13 @@ def test_config_round_trip_and_torchrun_command(tmp_path: Path) -> None:
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert {"--nproc-per-node=8", "--nnodes=2", "--rdzv-endpoint=node0:29500", "--rdzv-id=job1"} <= set(cmd)
     assert cmd[-3:] == ["-m", "pipelines.pretrain", "--x"] and "--standalone" not in cmd
-    with pytest.raises(ValueError, match="rdzv_endpoint"):
+    with pytest.raises(InputError, match="--nnodes 2 needs --rdzv-endpoint host:port"):
         torchrun_command([], nproc_per_node=1, nnodes=2)
+    with pytest.raises(InputError, match="--nproc-per-node must be an integer >= 1"):
+        torchrun_command([], nproc_per_node=0)
+    with pytest.raises(InputError, match="--nnodes must be N or MIN:MAX"):
+        torchrun_command([], nproc_per_node=1, nnodes="x")
+    assert "--standalone" in torchrun_command([], nproc_per_node=2, nnodes="1:1")
     with pytest.raises(ValueError, match="unknown"):
         PretrainConfig(cubes=("a",), out=str(tmp_path), model="huge").model_config()
 
@@ -346,6 +353,8 @@ def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path) -> None:
         "torch.distributed.run" in r.output and "--nproc-per-node=4" in r.output and "s3://b/c2" in r.output
     )
     assert "-m pipelines.pretrain --config-json" in r.output  # the composition with the cube store
+    argv = shlex.split(r.output)  # the printed line is shell-quoted: it can be pasted as it is
+    assert json.loads(argv[argv.index("--config-json") + 1])["model_overrides"]["layout"] == "joint"
     assert '"align_weight": 0.1' in r.output and '"layout": "joint"' in r.output
     r = runner.invoke(
         app,

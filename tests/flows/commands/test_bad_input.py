@@ -210,6 +210,26 @@ CASES: list[tuple[str, Any, str]] = [
     ("pretrain-warmup", lambda d: _pretrain(d, "--warmup-steps", "-3"), "warmup_steps"),
     ("pretrain-workers", lambda d: _pretrain(d, "--num-workers", "-1"), "num_workers"),
     ("pretrain-device", lambda d: _pretrain(d, "--device", "tpu"), "cuda:N"),
+    (
+        "pretrain-nproc-0",
+        lambda d: _pretrain(d, "--dry-run", "--nproc-per-node", "0"),
+        "--nproc-per-node must be an integer >= 1",
+    ),
+    (
+        "pretrain-nnodes-2",
+        lambda d: _pretrain(d, "--nnodes", "2"),
+        "--nnodes 2 needs --rdzv-endpoint host:port",
+    ),
+    (
+        "pretrain-nnodes-x",
+        lambda d: _pretrain(d, "--dry-run", "--nnodes", "x"),
+        "--nnodes must be N or MIN:MAX",
+    ),
+    (
+        "pretrain-clip-nan",
+        lambda d: _pretrain(d, "--clip-grad-norm", "nan"),
+        "clip_grad_norm (--clip-grad-norm)",
+    ),
     ("pretrain-config", lambda d: _pretrain(d, "--config", "huge"), "base"),
     ("pretrain-scheme", lambda d: ["pretrain", "--cubes", "ftp://h/c", "--out", str(d / "pt")], "ftp://"),
     ("pretrain-out-file", lambda d: ["pretrain", "--cubes", "c", "--out", str(d / "afile.txt")], "is a file"),
@@ -330,6 +350,16 @@ def test_a_registry_of_the_wrong_shape_from_the_environment(
     assert r.exit_code == EXIT_USAGE, (r.output, r.exception)
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("error: ") and "'sensors' must be a mapping" in line
+
+
+def test_storage_options_from_the_environment_are_checked_before_a_launch(
+    junk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AOM_STORAGE_OPTIONS", "{bad")
+    r = CliRunner().invoke(app, _pretrain(junk, "--nproc-per-node", "2"))
+    assert r.exit_code == EXIT_USAGE, (r.output, r.exception)
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: $AOM_STORAGE_OPTIONS is not valid JSON")
 
 
 def test_debug_shows_the_traceback_of_bad_input(junk: Path) -> None:
