@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from flows.commands._options import check_file_url, local_out
+from pipelines.errors import check_number
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -169,6 +170,10 @@ def eval_command(
     out_dir = local_out(out, "--out", "eval", folder=True)
     if not ckpt.startswith("random:"):
         check_file_url(ckpt, "--checkpoint")
+    shifts = _ints(product_shifts, "--product-shifts")  # checked before the evaluation, not after it
+    for shift in shifts:
+        check_number("--product-shifts", shift, minimum=1)
+    check_number("--min-purity", min_purity, minimum=0, maximum=1)
     win = _ints(window, "--window") if window else None
     if win is not None and len(win) != 4:
         raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")
@@ -214,7 +219,6 @@ def eval_command(
     patches = load_dataset(spec, patch_px=patch_px, min_purity=min_purity, block_patches=4, seed=seed)
     typer.echo(f"{patches.name}: {len(patches)} labelled patches; {patches.class_counts()}")
     result = run_evaluation(patches, cfg, progress=lambda m: typer.echo(m, err=True))
-    shifts = _ints(product_shifts, "--product-shifts")
     if shifts:
         from pipelines.evaluation.product import load_scene, product_embeddings, run_product_metrics
 

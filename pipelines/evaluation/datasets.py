@@ -485,7 +485,7 @@ def synthetic_scene(
     of distinct spectra laid out in square cells of ``cell_px`` px, with smooth brightness variation,
     noise and a no-data corner. ``size_px`` must be a multiple of 3 * ``cell_px`` / gcd."""
     if not 1 <= n_classes <= len(_CLASS_SPECTRA):
-        raise ValueError(f"n_classes must be in 1..{len(_CLASS_SPECTRA)}")
+        raise EvalDataError(f"synthetic:K: K (classes) must be in 1..{len(_CLASS_SPECTRA)}, got {n_classes}")
     if size_px % 3:
         raise ValueError("size_px must be a multiple of 3 (60 m bands)")
     rng = np.random.default_rng(seed)

@@ -368,14 +368,15 @@ def _read_image(spec: DatasetSpec) -> _Image:
     """A multi-band GeoTIFF (one GSD) -> reflectance arrays and registry band metadata."""
     import rasterio
 
+    path = Path(spec.name).expanduser()
+    if not path.is_file():  # first: a misspelt name is not a GeoTIFF missing its --sensor
+        raise EvalDataError(
+            f"dataset {spec.name!r} is neither a known name (t29unu[:north|south], bigearthnet[:PATH], "
+            "synthetic[:K]) nor an existing file"
+        )
     if not spec.sensor:
         raise EvalDataError(
             "a GeoTIFF dataset needs --sensor (a registry sensor name) to know its band wavelengths"
-        )
-    path = Path(spec.name).expanduser()
-    if not path.is_file():
-        raise EvalDataError(
-            f"dataset {spec.name!r} is neither a known name (t29unu, bigearthnet, synthetic) nor a file"
         )
     with rasterio.open(path) as ds:
         data = ds.read().astype(np.float32)

@@ -91,6 +91,13 @@ class EvalConfig:
     features: tuple[str, ...] = ("pooled",)  # encoder feature kinds (FEATURES); goals use the first
 
     def __post_init__(self) -> None:
+        if self.checkpoint.startswith("random:"):  # before any data is loaded
+            from aom_model.config import AOMConfig
+
+            try:
+                AOMConfig.named(self.checkpoint.removeprefix("random:"))
+            except ValueError as exc:
+                raise InputError(f"--checkpoint {self.checkpoint}: {exc} (random:<name>)") from None
         bad = [f for f in self.features if f not in FEATURES]
         if bad or not self.features or len(set(self.features)) != len(self.features):
             raise ValueError(f"features must be distinct, from {FEATURES}; got {list(self.features)}")

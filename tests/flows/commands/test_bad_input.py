@@ -88,6 +88,11 @@ def _export(d: Path, *extra: str, ckpt: str = CKPT, out: str | None = None) -> l
     return ["export", "--checkpoint", ckpt, "--out", out or str(d / "enc.pt2"), *extra]
 
 
+def _eval(d: Path, *extra: str) -> list[str]:
+    """A quick evaluation but for ``extra`` (later options win)."""
+    return ["eval", "--out", str(d / "ev"), "--checkpoint", "random:tiny", "--dataset", "synthetic", *extra]
+
+
 def _search(d: Path, *extra: str) -> list[str]:
     return ["search", "-c", "sentinel-2-l2a", "--out", str(d / "found.ndjson"), "--no-progress", *extra]
 
@@ -300,6 +305,27 @@ CASES: list[tuple[str, Any, str]] = [
     ("eval-probes", lambda d: ["eval", "--out", str(d / "ev"), "--probes", "svm"], "linear"),
     ("eval-features", lambda d: ["eval", "--out", str(d / "ev"), "--features", "mean"], "band-tokens"),
     ("eval-test-fraction", lambda d: ["eval", "--out", str(d / "ev"), "--test-fraction", "1.5"], "(0, 1)"),
+    (
+        "eval-random-huge",
+        lambda d: _eval(d, "--checkpoint", "random:huge"),
+        "choose one of ['base', 'small', 'tiny']",
+    ),
+    ("eval-random-empty", lambda d: _eval(d, "--checkpoint", "random:"), "unknown config name ''"),
+    (
+        "eval-synthetic-0",
+        lambda d: _eval(d, "--dataset", "synthetic:0"),
+        "K (classes) must be in 1..5, got 0",
+    ),
+    ("eval-synthetic-99", lambda d: _eval(d, "--dataset", "synthetic:99"), "must be in 1..5, got 99"),
+    ("eval-dataset-nosuch", lambda d: _eval(d, "--dataset", "nosuch"), "neither a known name (t29unu"),
+    # --product-shifts is checked before the dataset is loaded (it was checked after the evaluation)
+    (
+        "eval-shifts-first",
+        lambda d: _eval(d, "--dataset", "nosuch", "--product-shifts", "x"),
+        "--product-shifts needs comma-separated integers",
+    ),
+    ("eval-shifts-negative", lambda d: _eval(d, "--product-shifts", "-1"), "--product-shifts must be >= 1"),
+    ("eval-min-purity", lambda d: _eval(d, "--min-purity", "-1"), "--min-purity must be >= 0 and <= 1"),
     ("sensors-unknown", lambda d: ["sensors", "no-such-sensor"], "no-such-sensor"),
     # a registry file of the wrong shape, in any verb
     (
@@ -332,6 +358,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, build: Any, expect: str, ju
     assert not (junk / "pt" / "pretrain_config.json").exists()  # nothing was trained
     assert not (junk / "emb").exists() and not (junk / "r.tif").exists()  # nothing was written
     assert not (junk / "enc.pt2").exists() and not list(junk.glob("*.partial*"))
+    assert not (junk / "ev" / "summary.json").exists()
 
 
 def test_a_refused_existing_run_is_left_as_it_was(junk: Path) -> None:
