@@ -257,9 +257,11 @@ def embed_raster_cmd(
 ) -> None:
     """Embed one GeoTIFF/COG into a georeferenced embedding raster on the model's token grid."""
     from pipelines.embed import embed_raster
+    from pipelines.embed.scaling import check_scaling_options
     from pipelines.storage import parse_storage_options
 
     options = parse_storage_options(storage_options)
+    check_scaling_options(scale, offset)
     check_file_url(checkpoint, "--checkpoint")
     if not out.rstrip("/").lower().endswith(".zarr"):  # a Zarr output is a folder: embed_raster claims it
         check_file_out(out, "--out")

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from flows.commands._options import check_file_url, local_out
+from pipelines.embed.scaling import check_scaling_options
 from pipelines.errors import check_number
 
 
@@ -174,6 +175,7 @@ def eval_command(
     for shift in shifts:
         check_number("--product-shifts", shift, minimum=1)
     check_number("--min-purity", min_purity, minimum=0, maximum=1)
+    check_scaling_options(scale, offset)
     win = _ints(window, "--window") if window else None
     if win is not None and len(win) != 4:
         raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")

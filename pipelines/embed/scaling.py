@@ -2,7 +2,8 @@
 
 ``reflectance = value * scale + offset`` per band, with ``scale``/``offset`` taken from, in order:
 
-1. the request (``--scale`` / ``--offset``; one given, the other from the file's tags or 1 / 0);
+1. the request (``--scale`` / ``--offset``; one given, the other from the file's tags or 1 / 0;
+   a finite scale > 0 and a finite offset, :func:`check_scaling_options`);
 2. the raster's own scale/offset tags (GDAL ``scales``/``offsets``), when any differs from 1 / 0;
 3. otherwise, an integer raster is taken as reflectance x 10000 (``INTEGER_DEFAULT_SCALE`` = 1e-4,
    the convention of Sentinel-2 L2A, HLS and most analysis-ready products), with a warning, since a
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from pipelines.errors import check_number
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,14 @@ class RasterScaling:
         return f"DN * {'/'.join(f'{v:g}' for v in scales)} + {'/'.join(f'{v:g}' for v in offsets)} ({self.source})"
 
 
+def check_scaling_options(scale: float | None, offset: float | None) -> None:
+    """``--scale`` a finite number > 0, ``--offset`` a finite number (None: not given); else
+    :class:`~pipelines.errors.InputError`. Called by :func:`raster_scaling` and, before any work, by
+    the verbs that take them (``embed-raster``, ``eval``)."""
+    check_number("scale (--scale)", scale, above=0)
+    check_number("offset (--offset)", offset)
+
+
 def raster_scaling(
     count: int,
     dtype: str | np.dtype[Any],
@@ -65,6 +76,7 @@ def raster_scaling(
     name: str = "the raster",
 ) -> RasterScaling:
     """The scaling of a ``count``-band raster of ``dtype`` (rules in the module docstring)."""
+    check_scaling_options(scale, offset)
 
     def per_band(values: Sequence[float | None], default: float) -> tuple[float, ...]:
         vals = [float(v) if v is not None else default for v in list(values)[:count]]

@@ -197,6 +197,17 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: _raster(d, "--blend-tokens", "-2"),
         "blend_tokens (--blend-tokens) must be >= 0",
     ),
+    (
+        "raster-scale-nan",
+        lambda d: _raster(d, "--scale", "nan", src="ok.tif"),
+        "scale (--scale) must be > 0, got nan",
+    ),
+    ("raster-scale-0", lambda d: _raster(d, "--scale", "0", src="ok.tif"), "scale (--scale) must be > 0"),
+    (
+        "raster-offset-inf",
+        lambda d: _raster(d, "--offset", "inf", src="ok.tif"),
+        "offset (--offset) must be a finite",
+    ),
     ("raster-batch-0", lambda d: _raster(d, "--batch-size", "0"), "batch_size"),
     ("raster-precision", lambda d: _raster(d, "--precision", "fp8"), "fp32, bf16"),
     ("raster-embedding", lambda d: _raster(d, "--embedding", "pooled"), "must be one of position, spectral"),
@@ -325,6 +336,11 @@ CASES: list[tuple[str, Any, str]] = [
         "--product-shifts needs comma-separated integers",
     ),
     ("eval-shifts-negative", lambda d: _eval(d, "--product-shifts", "-1"), "--product-shifts must be >= 1"),
+    (
+        "eval-scale-0",
+        lambda d: _eval(d, "--dataset", str(d / "ok.tif"), "--sensor", "sentinel-2-msi", "--scale", "0"),
+        "scale (--scale) must be > 0",
+    ),
     ("eval-min-purity", lambda d: _eval(d, "--min-purity", "-1"), "--min-purity must be >= 0 and <= 1"),
     ("sensors-unknown", lambda d: ["sensors", "no-such-sensor"], "no-such-sensor"),
     # a registry file of the wrong shape, in any verb

@@ -99,3 +99,21 @@ def test_untagged_integer_raster_embeds_like_its_reflectance_in_embed_raster_and
         ]
         == c.scaling
     )
+
+
+@pytest.mark.parametrize(
+    ("scale", "offset", "expect"),
+    [
+        (float("nan"), None, r"scale \(--scale\) must be > 0, got nan"),
+        (0.0, None, r"scale \(--scale\) must be > 0"),
+        (-1.0, None, r"scale \(--scale\) must be > 0"),
+        (None, float("inf"), r"offset \(--offset\) must be a finite number, got inf"),
+    ],
+)
+def test_scale_and_offset_options_must_be_usable(
+    scale: float | None, offset: float | None, expect: str
+) -> None:
+    from pipelines.errors import InputError
+
+    with pytest.raises(InputError, match=expect):
+        raster_scaling(4, "uint16", scale=scale, offset=offset)
