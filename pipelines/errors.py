@@ -35,6 +35,7 @@ __all__ = [
     "check_bbox",
     "check_choice",
     "check_device",
+    "check_device_available",
     "check_number",
 ]
 
@@ -122,6 +123,32 @@ def check_device(name: str, value: str) -> None:
     """A torch device the project runs on: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
     if not isinstance(value, str) or not _DEVICE.fullmatch(value.strip().lower()):
         raise InputError(f"{name} must be {DEVICES}; got {value!r}")
+
+
+def check_device_available(name: str, value: str) -> None:
+    """A device of :func:`check_device` that this machine has: ``cuda``/``cuda:N`` need torch built
+    with CUDA and a GPU of that index, ``mps`` an MPS backend (``auto`` and ``cpu`` always pass).
+    Call it where the device is used (not on a client whose work runs on remote workers)."""
+    check_device(name, value)
+    dev = value.strip().lower()
+    if dev in ("auto", "cpu"):
+        return
+    import torch  # only here: this module is a leaf that every layer imports
+
+    if dev == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"{name}: mps is not available here; choose auto or cpu")
+        return
+    if not torch.cuda.is_available():
+        why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA GPU visible"
+        raise InputError(f"{name}: {dev} is not available here ({why}); choose auto or cpu")
+    count = torch.cuda.device_count()
+    index = int(dev.partition(":")[2] or 0)
+    if index >= count:
+        raise InputError(
+            f"{name}: {dev} is not available here ({count} GPU{'s' if count != 1 else ''}: "
+            f"cuda:0..cuda:{count - 1}); choose auto, cpu or one of them"
+        )
 
 
 def check_bbox(name: str, bbox: Iterable[Any]) -> tuple[float, float, float, float]:

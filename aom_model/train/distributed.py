@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pipelines.errors import InputError
+from pipelines.errors import InputError, check_device_available
 
 ENTRY_POINT = "pipelines.pretrain"
 """The module ``torchrun`` launches: it parses pretraining's arguments (:mod:`aom_model.train.main`)
@@ -41,6 +41,7 @@ def pick_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
     dev = torch.device(pref)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
+    check_device_available("device (--device)", str(dev))
     return dev
 
 

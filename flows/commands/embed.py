@@ -26,7 +26,7 @@ from flows.commands._options import (
     storage_options_option,
     workers_option,
 )
-from pipelines.errors import EXIT_FAILED, InputError
+from pipelines.errors import EXIT_FAILED, InputError, check_device_available
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.tiling import DEFAULT_TILE_SIZE_M, TileError, geometry_from_geojson
 
@@ -159,7 +159,7 @@ def embed(
         "--gpu-resource",
         help="Dask resource that embed tasks require: auto (GPU when workers offer it), none, or a resource name.",
     ),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast; GPUs)."),
     storage_options: list[str] = storage_options_option(" for --out"),
     input_storage_options: list[str] = typer.Option(
@@ -179,12 +179,15 @@ def embed(
     the ``embed`` flow builds its request.
     """
     from pipelines.embed import EmbedRequest, run_embedding
+    from pipelines.runs import dask_address as dask_address_of
     from pipelines.storage import check_credentials
 
     _quiet_dask()
     values = {k: v for k, v in ctx.params.items() if k != "summary_json"}
     values["aoi"] = parse_aoi(aoi) if aoi else None
     request = EmbedRequest.from_dict(values)
+    if dask_address_of(dask_address) is None:  # local workers: this machine's devices
+        check_device_available("device (--device)", device)
     check_folder_url(out, "--out")
     check_file_url(checkpoint, "--checkpoint")
     check_folder_url(cubes, "--cubes")
@@ -245,7 +248,7 @@ def embed_raster_cmd(
     ),
     embedding: str = _embedding_option(),
     batch_size: int = typer.Option(8, "--batch-size"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", "--precision"),
     storage_options: list[str] = storage_options_option(" for the input, checkpoint and --out"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -262,6 +265,7 @@ def embed_raster_cmd(
 
     options = parse_storage_options(storage_options)
     check_scaling_options(scale, offset)
+    check_device_available("device (--device)", device)
     check_file_url(checkpoint, "--checkpoint")
     if not out.rstrip("/").lower().endswith(".zarr"):  # a Zarr output is a folder: embed_raster claims it
         check_file_out(out, "--out")

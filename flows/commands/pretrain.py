@@ -62,7 +62,11 @@ def pretrain(
     seed: int = typer.Option(0, "--seed"),
     no_amp: bool = typer.Option(False, "--no-amp", help="Disable bf16 autocast on CUDA."),
     activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto | cpu | cuda | cuda:N | mps (auto: this process's GPU when there is one).",
+    ),
     nproc_per_node: int = typer.Option(
         1, "--nproc-per-node", help=">1: launch torchrun with this many processes."
     ),
@@ -79,6 +83,7 @@ def pretrain(
     """
     from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command
     from aom_model.train.distributed import check_launch
+    from pipelines.errors import check_device_available
     from pipelines.pretrain import pretrain as train_on_cubes
     from pipelines.storage import parse_storage_options
 
@@ -126,6 +131,7 @@ def pretrain(
 
     check_folder_url(out, "--out")
     if not dry_run:  # a printed command may run elsewhere, with other credentials and stores
+        check_device_available("device (--device)", device)
         for url in (*cfg.cubes, cfg.out, cfg.init):
             check_credentials(url, options, "--cubes/--out/--init")
         check_start(cfg)

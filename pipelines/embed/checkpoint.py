@@ -13,6 +13,7 @@ from pipelines import storage
 from pipelines.embed.chips import (
     EmbedConfigError,
 )
+from pipelines.errors import check_device_available
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def load_checkpoint_url(
 
 def _resolve_device(device: str) -> str:
     if device != "auto":
+        check_device_available("device (--device)", device)  # one line, not torch's traceback
         return device
     try:
         import torch

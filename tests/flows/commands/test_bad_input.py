@@ -163,6 +163,7 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     ("embed-batch-0", lambda d: _embed(d, "--batch-size", "0"), "batch_size"),
     ("embed-device", lambda d: _embed(d, "--device", "tpu"), "auto, cpu, cuda, cuda:N or mps"),
+    ("embed-device-absent", lambda d: _embed(d, "--device", "cuda:99"), "cuda:99 is not available here"),
     ("embed-precision", lambda d: _embed(d, "--precision", "fp8"), "fp32"),
     ("embed-embedding", lambda d: _embed(d, "--embedding", "pooled"), "must be one of position, spectral"),
     (
@@ -212,6 +213,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("raster-precision", lambda d: _raster(d, "--precision", "fp8"), "fp32, bf16"),
     ("raster-embedding", lambda d: _raster(d, "--embedding", "pooled"), "must be one of position, spectral"),
     ("raster-device", lambda d: _raster(d, "--device", "tpu"), "cuda:N"),
+    (
+        "raster-device-absent",
+        lambda d: _raster(d, "--device", "cuda:99", src="ok.tif"),
+        "cuda:99 is not available",
+    ),
     ("raster-dtype", lambda d: _raster(d, "--dtype", "int16"), "float32, int8"),
     ("raster-ckpt-dir", lambda d: [*_raster(d)[:3], str(d / "adir"), *_raster(d)[4:]], "is a folder"),
     (
@@ -245,6 +251,11 @@ CASES: list[tuple[str, Any, str]] = [
         "pretrain-clip-nan",
         lambda d: _pretrain(d, "--clip-grad-norm", "nan"),
         "clip_grad_norm (--clip-grad-norm)",
+    ),
+    (
+        "pretrain-device-absent",
+        lambda d: _pretrain(d, "--device", "cuda:99"),
+        "cuda:99 is not available here",
     ),
     ("pretrain-config", lambda d: _pretrain(d, "--config", "huge"), "base"),
     ("pretrain-scheme", lambda d: ["pretrain", "--cubes", "ftp://h/c", "--out", str(d / "pt")], "ftp://"),
