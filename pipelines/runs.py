@@ -17,7 +17,9 @@ comparisons with plain strings and records written before this enum existed all 
 
 **Dask.** A run given no scheduler address uses ``$DASK_SCHEDULER_ADDRESS`` (then Dask's own
 ``scheduler-address`` setting), as ``distributed.Client()`` does; :func:`dask_client` connects and
-logs the dashboard link. This module is a leaf: it imports only :mod:`pipelines.storage`.
+logs the dashboard link. A malformed address (``--dask-address``, the variable or the setting) is
+bad input (exit 2), a scheduler that cannot be reached a failed run (exit 1), each one line. This
+module is a leaf: it imports only :mod:`pipelines.storage` and :mod:`pipelines.errors`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,18 @@ from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
 
+from pipelines.errors import InputError, RunFailedError
 from pipelines.storage import redact_url
 
-__all__ = ["DASK_ADDRESS_ENV", "TileStatus", "dask_address", "dask_client", "log_dashboard"]
+__all__ = [
+    "DASK_ADDRESS_ENV",
+    "TileStatus",
+    "check_dask_address",
+    "connect",
+    "dask_address",
+    "dask_client",
+    "log_dashboard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +79,54 @@ class TileStatus(StrEnum):
 
 def dask_address(given: str | None = None) -> str | None:
     """The scheduler a run connects to: ``given`` (``--dask-address``), else ``$DASK_SCHEDULER_ADDRESS``,
-    else Dask's ``scheduler-address`` setting, else None (the run works locally)."""
+    else Dask's ``scheduler-address`` setting, else None (the run works locally). A malformed
+    address is an :class:`~pipelines.errors.InputError` naming where it came from."""
     if given and given.strip():
-        return given.strip()
+        return check_dask_address(given.strip(), "--dask-address")
     env = os.environ.get(DASK_ADDRESS_ENV, "").strip()
     if env:
-        return env
+        return check_dask_address(env, f"${DASK_ADDRESS_ENV}")
     try:
         import dask.config
     except ImportError:  # pragma: no cover - dask is a dependency
         return None
     configured = dask.config.get("scheduler-address", None)
-    return str(configured) if configured else None
+    return check_dask_address(str(configured), "Dask's scheduler-address setting") if configured else None
+
+
+_HOST_PORT_SCHEMES = ("tcp", "tls", "ws", "wss")
+_OTHER_SCHEMES = ("ucx", "inproc")
+
+
+def check_dask_address(address: str, where: str) -> str:
+    """``address`` if it is a Dask scheduler address: ``[tcp|tls|ws|wss]://HOST:PORT`` (no scheme:
+    tcp) or a ``ucx://`` / ``inproc://`` one; else one line saying what is wrong."""
+    scheme = address.partition("://")[0].lower() if "://" in address else "tcp"
+    shown = redact_url(address)
+    if scheme in _OTHER_SCHEMES:
+        return address
+    if scheme not in _HOST_PORT_SCHEMES:
+        raise InputError(
+            f"{where} {shown}: unknown Dask address scheme {scheme}://; use "
+            + ", ".join(f"{s}://" for s in (*_HOST_PORT_SCHEMES, *_OTHER_SCHEMES))
+        )
+    host, sep, port = (
+        address.partition("://")[2].rpartition(":") if "://" in address else address.rpartition(":")
+    )
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"{where} {shown}: not a Dask scheduler address; give {scheme}://HOST:PORT")
+    return address
+
+
+def connect(address: str) -> Any:
+    """A ``distributed.Client`` connected to the scheduler at ``address``; a scheduler that cannot be
+    reached is a :class:`~pipelines.errors.RunFailedError` (exit 1, one line), not Dask's traceback."""
+    from distributed import Client
+
+    try:
+        return Client(address)
+    except (OSError, TimeoutError) as exc:
+        raise RunFailedError(f"cannot reach the Dask scheduler at {redact_url(address)}: {exc}") from exc
 
 
 def log_dashboard(client: Any, where: str) -> str | None:
@@ -93,9 +140,7 @@ def log_dashboard(client: Any, where: str) -> str | None:
 @contextmanager
 def dask_client(address: str) -> Iterator[Any]:
     """A ``distributed.Client`` connected to ``address`` (dashboard link logged), closed on exit."""
-    from distributed import Client
-
-    client = Client(address)
+    client = connect(address)
     try:
         log_dashboard(client, f"Dask scheduler {redact_url(address)}")
         yield client

@@ -90,11 +90,13 @@ def cubes(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build Zarr cubes (one per tile, collection and native GSD) from STAC items."""
+    from pipelines import runs
     from pipelines.cubes import CubeRequest, complete_projection, plan_cubes, read_items, write_cubes
     from pipelines.search.filters import parse_interval
     from pipelines.storage import check_credentials, check_url, redact_url, write_json_atomic
 
     options = storage_options(storage_options_text)
+    runs.dask_address(dask_address)  # a malformed --dask-address or $DASK_SCHEDULER_ADDRESS: before any work
     check_folder_url(out, "--out")
     for option, url in (("--items", items_url), ("--catalog-url", catalog_url), ("--out", out)):
         check_url(url, option)

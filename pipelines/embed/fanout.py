@@ -96,7 +96,7 @@ class Fanout:
 
         local_slot: dict[str, float] | None = None
         if address:
-            self.client = Client(address)
+            self.client = runs.connect(address)
             where = f"Dask scheduler {redact_url(address)}"
         else:
             # one encoder slot per worker: its other threads read and decode the next tiles meanwhile

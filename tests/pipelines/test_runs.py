@@ -6,11 +6,13 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipelines import runs
 from pipelines.runs import DASK_ADDRESS_ENV, TileStatus, dask_address
 from tests.conftest import REPO_ROOT
 
@@ -139,3 +141,43 @@ def test_cubes_run_on_the_scheduler_of_the_environment(
         (tile.tile_id, TileStatus.EMPTY, "no items touch this tile")
     ]
     assert f"Dask scheduler {scheduler}: Dask dashboard at http" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("address", "expect"),
+    [
+        ("notanaddress", "--dask-address notanaddress: not a Dask scheduler address; give tcp://HOST:PORT"),
+        ("tcp://h:x", "not a Dask scheduler address"),
+        ("tcp://:8786", "not a Dask scheduler address"),
+        ("foo://h:1", "unknown Dask address scheme foo://; use tcp://"),
+    ],
+)
+def test_a_malformed_dask_address_is_bad_input(address: str, expect: str) -> None:
+    from pipelines.errors import InputError
+
+    with pytest.raises(InputError, match=re.escape(expect)):
+        runs.dask_address(address)
+
+
+def test_dask_addresses_that_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    for address in ("tcp://10.0.0.1:8786", "127.0.0.1:8786", "tls://sched:8786", "ucx://10.0.0.1:13337"):
+        assert runs.dask_address(address) == address
+    monkeypatch.setenv(runs.DASK_ADDRESS_ENV, "sched")
+    with pytest.raises(ValueError, match=r"^\$DASK_SCHEDULER_ADDRESS sched: not a Dask scheduler address"):
+        runs.dask_address(None)
+
+
+def test_an_unreachable_scheduler_is_a_failed_run_of_one_line() -> None:
+    import dask.config
+
+    from pipelines.errors import EXIT_FAILED, RunFailedError
+
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "1s"}),
+        pytest.raises(
+            RunFailedError, match=r"^cannot reach the Dask scheduler at tcp://127.0.0.1:1: "
+        ) as info,
+        runs.dask_client("tcp://127.0.0.1:1"),
+    ):
+        pass
+    assert info.value.exit_code == EXIT_FAILED and "\n" not in str(info.value)

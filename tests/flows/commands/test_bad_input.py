@@ -148,6 +148,11 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: ["cubes", "--items", "ftp://h/i.ndjson", "--out", str(d / "c")],
         "ftp://",
     ),
+    (
+        "cubes-dask-address",
+        lambda d: _cubes(d, "--dask-address", "notanaddress"),
+        "not a Dask scheduler address",
+    ),
     ("cubes-workers", lambda d: _cubes(d, "--workers", "0"), "--workers"),
     # embed
     ("embed-lat-95", lambda d: _embed(d, aoi="0,95,1,96"), "latitudes must be within [-90, 90]"),
@@ -164,6 +169,7 @@ CASES: list[tuple[str, Any, str]] = [
     ("embed-batch-0", lambda d: _embed(d, "--batch-size", "0"), "batch_size"),
     ("embed-device", lambda d: _embed(d, "--device", "tpu"), "auto, cpu, cuda, cuda:N or mps"),
     ("embed-device-absent", lambda d: _embed(d, "--device", "cuda:99"), "cuda:99 is not available here"),
+    ("embed-dask-address", lambda d: _embed(d, "--dask-address", "notanaddress"), "give tcp://HOST:PORT"),
     ("embed-precision", lambda d: _embed(d, "--precision", "fp8"), "fp32"),
     ("embed-embedding", lambda d: _embed(d, "--embedding", "pooled"), "must be one of position, spectral"),
     (
