@@ -89,6 +89,52 @@ def read_metadata(data: bytes) -> dict[str, str]:
     return meta
 
 
+def _check_format(meta: dict[str, str]) -> int:
+    """-> the format version of an AOM checkpoint this code reads (else CheckpointFormatError)."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointFormatError(f"not an AOM checkpoint (format={meta.get('format')!r})")
+    try:
+        version = int(meta.get("format_version", "-1"))
+    except ValueError:
+        version = -1
+    if version != FORMAT_VERSION:
+        why = _WHY_OLD.get(version, "unknown version")
+        raise CheckpointFormatError(
+            f"unsupported checkpoint format_version {version} (this code reads {FORMAT_VERSION}): {why};"
+            " use a checkpoint written by this version (aom pretrain) or the shipped one"
+        )
+    return version
+
+
+def check_checkpoint_header(url: str, storage_options: dict[str, Any] | None = None, what: str = "") -> None:
+    """Read only the safetensors header of the checkpoint at ``url`` (a path or fsspec URL) and check
+    that it is an AOM checkpoint of this format: a cheap check before any work, where the weights are
+    loaded later. Errors are one-line :class:`CheckpointFormatError` starting with ``what`` (the
+    option) and the URL."""
+    from pipelines.storage import filesystem, normalise_url, redact_url
+
+    where = f"{what} {redact_url(url)}".strip()
+    fs, path = filesystem(normalise_url(url), storage_options)
+    try:
+        with fs.open(path, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            size = fs.size(path)
+            header = fh.read(n) if 0 <= n <= size - 8 else b""
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise CheckpointFormatError(f"{where}: {exc.strerror or exc}") from None
+    try:
+        meta = read_metadata(head + header) if header else read_metadata(head)
+    except CheckpointFormatError as exc:
+        raise CheckpointFormatError(f"{where}: {exc}") from None
+    except (ValueError, AttributeError):  # the header is not a JSON object
+        raise CheckpointFormatError(f"{where}: not a safetensors checkpoint: unreadable header") from None
+    try:
+        _check_format(meta)
+    except CheckpointFormatError as exc:
+        raise CheckpointFormatError(f"{where}: {exc}") from None
+
+
 def load_checkpoint(
     src: PathOrFile | bytes,
     map_location: str | torch.device = "cpu",
@@ -102,18 +148,7 @@ def load_checkpoint(
     else:
         data = src.read()
     meta = read_metadata(data)
-    if meta.get("format") != FORMAT:
-        raise CheckpointFormatError(f"not an AOM checkpoint (format={meta.get('format')!r})")
-    try:
-        version = int(meta.get("format_version", "-1"))
-    except ValueError:
-        version = -1
-    if version != FORMAT_VERSION:
-        why = _WHY_OLD.get(version, "unknown version")
-        raise CheckpointFormatError(
-            f"unsupported checkpoint format_version {version} (this code reads {FORMAT_VERSION}): {why};"
-            " use a checkpoint written by this version (aom pretrain) or the shipped one"
-        )
+    version = _check_format(meta)
     stored = json.loads(meta["config"])
     # checkpoints written before the field existed were pretrained with visible band tokens only
     stored.setdefault("encode_masked_bands", False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import typer
 
 from flows.commands._options import (
+    check_file_out,
     check_folder_url,
     csv_list,
     dask_address_option,
@@ -98,6 +99,7 @@ def cubes(
     options = storage_options(storage_options_text)
     runs.dask_address(dask_address)  # a malformed --dask-address or $DASK_SCHEDULER_ADDRESS: before any work
     check_folder_url(out, "--out")
+    check_file_out(summary_json, "--summary-json")  # before the cubes are built, not after
     for option, url in (("--items", items_url), ("--catalog-url", catalog_url), ("--out", out)):
         check_url(url, option)
         check_credentials(url, options if option != "--catalog-url" else None, option)

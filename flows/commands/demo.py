@@ -28,6 +28,9 @@ def demo(
     start: str | None = {"shipped": shipped_checkpoint(), "none": None}.get(init.lower(), init)
     if init.lower() not in ("shipped", "none"):
         check_file_url(init, "--init")  # before the first step, not after the pretraining's set-up
+        from aom_model.checkpoint import check_checkpoint_header
+
+        check_checkpoint_header(init, what="--init")  # its header only: ~20 s of steps ran before
     from flows.demo import demo as demo_flow  # Prefect: imported once the arguments are known good
 
     result = demo_flow(out=str(out_dir), pretrain_steps=pretrain_steps, workers=workers, init=start)

@@ -8,7 +8,6 @@ the ``--catalog-url`` search still failed after its retries (rerun the same comm
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,9 @@ def embed(
         True, "--stac/--no-stac", help="(Re)write the STAC collection and items."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the run summary here."),
+    summary_json: str | None = typer.Option(
+        None, "--summary-json", help="Also write the run summary here (a file)."
+    ),
 ) -> None:
     """Embed every tile of the grid over an AOI into the continent-scale embeddings store.
 
@@ -180,7 +181,7 @@ def embed(
     """
     from pipelines.embed import EmbedRequest, run_embedding
     from pipelines.runs import dask_address as dask_address_of
-    from pipelines.storage import check_credentials
+    from pipelines.storage import check_credentials, write_json_atomic
 
     _quiet_dask()
     values = {k: v for k, v in ctx.params.items() if k != "summary_json"}
@@ -189,6 +190,7 @@ def embed(
     if dask_address_of(dask_address) is None:  # local workers: this machine's devices
         check_device_available("device (--device)", device)
     check_folder_url(out, "--out")
+    check_file_out(summary_json, "--summary-json")  # before the run, not after it
     check_file_url(checkpoint, "--checkpoint")
     check_folder_url(cubes, "--cubes")
     check_credentials(request.out, request.storage_options, "--out")
@@ -197,7 +199,7 @@ def embed(
     summary = run_embedding(request)
     typer.echo(summary.format())
     if summary_json is not None:
-        summary_json.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
+        write_json_atomic(summary_json, summary.to_dict(), request.storage_options)
     if not summary.complete:
         raise typer.Exit(EXIT_FAILED)
 

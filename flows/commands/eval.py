@@ -170,7 +170,10 @@ def eval_command(
         ckpt = rel if not rel.startswith("..") else str(SHIPPED_CHECKPOINT)
     out_dir = local_out(out, "--out", "eval", folder=True)
     if not ckpt.startswith("random:"):
+        from aom_model.checkpoint import check_checkpoint_header
+
         check_file_url(ckpt, "--checkpoint")
+        check_checkpoint_header(ckpt, what="--checkpoint")  # before the dataset is loaded
     shifts = _ints(product_shifts, "--product-shifts")  # checked before the evaluation, not after it
     for shift in shifts:
         check_number("--product-shifts", shift, minimum=1)

@@ -81,6 +81,7 @@ def pretrain(
     Checkpoints, metrics (JSON lines), a loss-curve PNG and the final model.safetensors go to OUT.
     With --nproc-per-node/--nnodes the same run is launched under torchrun (NCCL on GPU, gloo on CPU).
     """
+    from aom_model.checkpoint import check_checkpoint_header
     from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command
     from aom_model.train.distributed import check_launch
     from pipelines.errors import check_device_available
@@ -135,6 +136,8 @@ def pretrain(
         for url in (*cfg.cubes, cfg.out, cfg.init):
             check_credentials(url, options, "--cubes/--out/--init")
         check_start(cfg)
+        if cfg.init:  # its header, after check_start named a missing file or a folder
+            check_checkpoint_header(cfg.init, options, "--init")
     if nproc_per_node > 1 or nodes > 1 or dry_run:
         cmd = pretrain_torchrun_command(
             cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id

@@ -45,6 +45,30 @@ def _aoi_geometry(path: Path) -> dict[str, Any]:
         raise InputError(f"--aoi {path}: {exc}") from None
 
 
+def _check_result_out(out: str) -> None:
+    """``--out`` names a file ``save_result`` writes (ndjson or stac-geoparquet, by its ending), and
+    an existing local file there is an earlier result (it has its ``.meta.json``), never a file aom
+    did not write."""
+    from urllib.parse import urlsplit
+
+    from pipelines.search.local import NDJSON_SUFFIXES, PARQUET_SUFFIXES
+    from pipelines.search.saved import sidecar_url
+    from pipelines.storage import is_local, redact_url
+
+    path = (urlsplit(out).path if "://" in out else out).lower()
+    if not path.endswith(NDJSON_SUFFIXES + PARQUET_SUFFIXES):
+        raise InputError(
+            f"--out {redact_url(out)}: a search result is ndjson or stac-geoparquet; give a name ending in "
+            + ", ".join(NDJSON_SUFFIXES + PARQUET_SUFFIXES)
+        )
+    local = Path(out.removeprefix("file://")).expanduser()
+    if is_local(out) and local.exists() and not Path(sidecar_url(str(local))).exists():
+        raise InputError(
+            f"--out {out} already exists and is not an aom search result (no {local.name}.meta.json "
+            "beside it); give a new name"
+        )
+
+
 def search(
     collections: str = typer.Option(
         "", "--collections", "-c", help="Comma-separated collection ids (or sensor names) of the catalog."
@@ -117,6 +141,7 @@ def search(
     for option, url in (("--catalog-url", catalog_url), ("--out", out)):
         check_url(url, option)
         check_credentials(url, options, option)
+    _check_result_out(out)
     request = SearchRequest(
         collections=csv_list(collections),
         bbox=parse_bbox(bbox) if bbox else None,

@@ -37,6 +37,7 @@ def junk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "notatif.tif").write_text("not a GeoTIFF\n")
     (d / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [\n')
     (d / "slist.yaml").write_text("sensors: [1, 2]\n")
+    (d / "foreign.ndjson").write_text("not written by aom\n")
     (d / "list.geojson").write_text("[1, 2]\n")
     (d / "fc_bad.geojson").write_text('{"type": "FeatureCollection", "features": [1]}\n')
     (d / "feat_nogeom.geojson").write_text('{"type": "Feature", "properties": {}}\n')
@@ -116,6 +117,16 @@ CASES: list[tuple[str, Any, str]] = [
     ("search-query-file", lambda d: _search(d, "--query", f"@{d}/missing.json"), "cannot read the file"),
     ("search-cql2", lambda d: _search(d, "--filter", '{"op": "bogus", "args": []}'), "CQL2"),
     ("search-cloud", lambda d: _search(d, "--max-cloud-cover", "150"), "<= 100"),
+    (
+        "search-out-csv",
+        lambda d: [*_search(d)[:3], "--out", str(d / "f.csv"), "--no-progress"],
+        "ndjson or stac-geoparquet",
+    ),
+    (
+        "search-out-foreign",
+        lambda d: [*_search(d)[:3], "--out", str(d / "foreign.ndjson"), "--no-progress"],
+        "already exists and is not an aom search result",
+    ),
     ("search-max-items", lambda d: _search(d, "--max-items", "0"), "--max-items"),
     ("search-aoi-list", lambda d: _search(d, "--aoi", str(d / "list.geojson")), "not GeoJSON: is 'list'"),
     (
@@ -153,6 +164,7 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: _cubes(d, "--dask-address", "notanaddress"),
         "not a Dask scheduler address",
     ),
+    ("cubes-summary-dir", lambda d: _cubes(d, "--summary-json", str(d / "adir")), "--summary-json"),
     ("cubes-workers", lambda d: _cubes(d, "--workers", "0"), "--workers"),
     # embed
     ("embed-lat-95", lambda d: _embed(d, aoi="0,95,1,96"), "latitudes must be within [-90, 90]"),
@@ -170,6 +182,7 @@ CASES: list[tuple[str, Any, str]] = [
     ("embed-device", lambda d: _embed(d, "--device", "tpu"), "auto, cpu, cuda, cuda:N or mps"),
     ("embed-device-absent", lambda d: _embed(d, "--device", "cuda:99"), "cuda:99 is not available here"),
     ("embed-dask-address", lambda d: _embed(d, "--dask-address", "notanaddress"), "give tcp://HOST:PORT"),
+    ("embed-summary-dir", lambda d: _embed(d, "--summary-json", str(d / "adir")), "--summary-json"),
     ("embed-precision", lambda d: _embed(d, "--precision", "fp8"), "fp32"),
     ("embed-embedding", lambda d: _embed(d, "--embedding", "pooled"), "must be one of position, spectral"),
     (
@@ -267,6 +280,7 @@ CASES: list[tuple[str, Any, str]] = [
     ("pretrain-scheme", lambda d: ["pretrain", "--cubes", "ftp://h/c", "--out", str(d / "pt")], "ftp://"),
     ("pretrain-out-file", lambda d: ["pretrain", "--cubes", "c", "--out", str(d / "afile.txt")], "is a file"),
     ("pretrain-init", lambda d: _pretrain(d, "--init", str(d / "missing.safetensors")), "no such file"),
+    ("pretrain-init-not-ckpt", lambda d: _pretrain(d, "--init", str(d / "afile.txt")), "--init"),
     ("pretrain-init-dir", lambda d: _pretrain(d, "--init", str(d / "adir")), "is a folder"),
     (
         "pretrain-existing-out",
@@ -298,6 +312,11 @@ CASES: list[tuple[str, Any, str]] = [
         "demo-init",
         lambda d: ["demo", "--init", str(d / "missing.safetensors"), "--out", str(d / "demo")],
         "no such",
+    ),
+    (
+        "demo-init-not-ckpt",
+        lambda d: ["demo", "--init", str(d / "afile.txt"), "--out", str(d / "demo")],
+        "not a safetensors checkpoint",
     ),
     ("demo-out-file", lambda d: ["demo", "--out", str(d / "afile.txt")], "is a file"),
     ("samples-out-file", lambda d: ["samples", "--out", str(d / "afile.txt")], "is a file"),
@@ -358,6 +377,11 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: _eval(d, "--dataset", str(d / "ok.tif"), "--sensor", "sentinel-2-msi", "--scale", "0"),
         "scale (--scale) must be > 0",
     ),
+    (
+        "eval-ckpt-not-ckpt",
+        lambda d: _eval(d, "--checkpoint", str(d / "afile.txt")),
+        "not a safetensors checkpoint",
+    ),
     ("eval-min-purity", lambda d: _eval(d, "--min-purity", "-1"), "--min-purity must be >= 0 and <= 1"),
     ("sensors-unknown", lambda d: ["sensors", "no-such-sensor"], "no-such-sensor"),
     # a registry file of the wrong shape, in any verb
@@ -391,7 +415,8 @@ def test_bad_input_is_one_line_and_exit_2(case: str, build: Any, expect: str, ju
     assert not (junk / "pt" / "pretrain_config.json").exists()  # nothing was trained
     assert not (junk / "emb").exists() and not (junk / "r.tif").exists()  # nothing was written
     assert not (junk / "enc.pt2").exists() and not list(junk.glob("*.partial*"))
-    assert not (junk / "ev" / "summary.json").exists()
+    assert not (junk / "ev" / "summary.json").exists() and not (junk / "demo").exists()
+    assert not (junk / "cubes").exists() and not (junk / "found.ndjson").exists()
 
 
 def test_a_refused_existing_run_is_left_as_it_was(junk: Path) -> None:
