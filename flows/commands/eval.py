@@ -107,7 +107,13 @@ def eval_command(
     factors: str = typer.Option("2,4", "--factors", help="Coarsening factors (cross-resolution)."),
     probes: str = typer.Option("linear,knn", "--probes", help="linear and/or knn."),
     knn_k: int = typer.Option(10, "--knn-k", min=1),
-    patch_px: int = typer.Option(16, "--patch-px", min=2, help="Patch side in pixels of the finest band."),
+    patch_px: int | None = typer.Option(
+        None,
+        "--patch-px",
+        min=2,
+        help="Patch side in pixels of the finest band (default 16, or the next size that is whole pixels of "
+        "every band: 18 for synthetic's 20 m + 60 m bands).",
+    ),
     token_m: float | None = typer.Option(
         None,
         "--token-m",

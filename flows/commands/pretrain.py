@@ -56,6 +56,12 @@ def pretrain(
     chip_m: float = typer.Option(480.0, "--chip-m", help="Chip side in metres (a multiple of every GSD)."),
     min_valid_frac: float = typer.Option(0.5, "--min-valid-frac", help="Skip chips with fewer valid pixels."),
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Chip locations held out of training."),
+    streams: int = typer.Option(
+        8, "--streams", help="Data streams of the epoch plan (the world size must divide them)."
+    ),
+    window_blocks: int = typer.Option(
+        4, "--window-blocks", help="(tile, time) blocks a stream mixes per window (the shuffle buffer)."
+    ),
     num_workers: int = typer.Option(2, "--num-workers", help="Loader worker processes per device."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
     log_every: int = typer.Option(10, "--log-every"),
@@ -122,7 +128,13 @@ def pretrain(
             activation_checkpointing=activation_checkpointing,
             device=device,
             storage_options=options,
-            chips=ChipConfig(chip_m=chip_m, min_valid_frac=min_valid_frac, val_fraction=val_fraction),
+            chips=ChipConfig(
+                chip_m=chip_m,
+                min_valid_frac=min_valid_frac,
+                val_fraction=val_fraction,
+                streams=streams,
+                window_blocks=window_blocks,
+            ),
         )
         cfg.model_config()
     except ValueError as e:

@@ -323,22 +323,36 @@ def _band_patch_px(scene: LabelledScene, patch_px: int) -> list[int]:
     return sizes
 
 
+def default_patch_px(scene: LabelledScene, want: int = 16) -> int:
+    """The smallest patch side >= ``want`` finest-band pixels that is a whole number of pixels in
+    every band (16 for one GSD or 10/20/60 m Sentinel-2 at 10 m; 18 for 20 m bands beside 60 m)."""
+    for p in range(want, want * 16):
+        try:
+            _band_patch_px(scene, p)
+            return p
+        except EvalDataError:
+            continue
+    return want  # no whole size nearby: scene_patches says why
+
+
 def scene_patches(
     scene: LabelledScene,
-    patch_px: int = 16,
+    patch_px: int | None = None,
     stride_px: int | None = None,
     min_purity: float = 0.6,
     min_labelled: float = 0.5,
     min_valid: float = 0.5,
     block_patches: int = 4,
 ) -> PatchSet:
-    """Cut a scene into labelled patches (grid of ``patch_px`` finest-band pixels, no overlap by default).
+    """Cut a scene into labelled patches (grid of ``patch_px`` finest-band pixels, no overlap by default;
+    None: :func:`default_patch_px`).
 
     A patch is kept when at least ``min_labelled`` of its label pixels carry a class, its majority
     class holds at least ``min_purity`` of them, and at least ``min_valid`` of its finest-band pixels
     are valid (finite in every band). ``groups`` = spatial block of ``block_patches`` x
     ``block_patches`` patches, so the train/test split can keep neighbours together.
     """
+    patch_px = patch_px or default_patch_px(scene)
     stride = stride_px or patch_px
     sizes = _band_patch_px(scene, patch_px)
     fi = scene.finest

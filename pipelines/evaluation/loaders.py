@@ -559,7 +559,7 @@ def load_point_patches(spec: DatasetSpec, patch_px: int = 16, block_patches: int
 
 def load_dataset(
     spec: DatasetSpec,
-    patch_px: int = 16,
+    patch_px: int | None = None,  # None: 16, or more for whole pixels of every band (default_patch_px)
     min_purity: float = 0.6,
     min_labelled: float = 0.5,
     min_valid: float = 0.5,
@@ -587,5 +587,5 @@ def load_dataset(
     if m:
         return scene_patches(synthetic_scene(n_classes=int(m.group(1) or 4), seed=seed), **kw)
     if spec.labels and Path(spec.labels).suffix.lower() in (".csv", ".json", ".geojson"):
-        return load_point_patches(spec, patch_px=patch_px, block_patches=block_patches)
+        return load_point_patches(spec, patch_px=patch_px or 16, block_patches=block_patches)
     return scene_patches(load_geotiff_scene(spec), **kw)

@@ -326,7 +326,8 @@ def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["pretrain", "--help"])
     assert r.exit_code == 0
-    for opt in ("--cubes", "--config", "--out", "--resume", "--init", "--nproc-per-node", "--rdzv-endpoint"):
+    opts = ("--cubes", "--config", "--out", "--resume", "--init", "--nproc-per-node", "--rdzv-endpoint")
+    for opt in (*opts, "--streams", "--window-blocks"):  # docs/pretraining.md presents both
         assert opt in r.output
     r = runner.invoke(
         app,

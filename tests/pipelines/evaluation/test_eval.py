@@ -448,3 +448,16 @@ def test_t29unu_loader(real_data: Path) -> None:
     assert "vegetation" in scene.class_names and "cloud" in scene.class_names
     ps = scene_patches(scene, patch_px=16)
     assert len(ps) > 10 and ps.pixels[0].shape[1:] == (16, 16)
+
+
+def test_the_default_patch_is_whole_pixels_of_every_band() -> None:
+    """`aom eval --checkpoint random:tiny --dataset synthetic` (docs/evaluation.md) works: 16 px at
+    20 m is 5.33 px of the 60 m bands, so the default patch there is 18 px."""
+    from pipelines.evaluation import DatasetSpec, load_dataset
+    from pipelines.evaluation.datasets import default_patch_px, synthetic_scene
+
+    assert default_patch_px(synthetic_scene()) == 18
+    assert load_dataset(DatasetSpec("synthetic")).meta["patch_px"] == 18
+    assert load_dataset(DatasetSpec("synthetic"), patch_px=12).meta["patch_px"] == 12
+    with pytest.raises(EvalDataError, match=r"a patch of 16 px at 20 m is 5\.33 px"):
+        load_dataset(DatasetSpec("synthetic"), patch_px=16)
