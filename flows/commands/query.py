@@ -127,11 +127,12 @@ def similar_cmd(
 ) -> None:
     """Top-k most similar locations (tokens or tiles) to example point(s), over an AOI or everything."""
     from pipelines import storage
-    from pipelines.errors import InputError, check_choice
+    from pipelines.errors import InputError, check_choice, check_number
     from pipelines.query import similar, similar_tiles
     from pipelines.query.similarity import METRICS, describe_result
 
     check_lonlat(lon, lat)
+    check_number("--exclude-radius-m", exclude_radius_m, minimum=0)
     check_area(aoi, aoi_crs, "--aoi")
     check_file_out(out, "--out")
     check_choice("level (--level)", level, ("token", "tile"))

@@ -18,7 +18,7 @@ def samples(
         help="Local folder for catalog.json, items.ndjson, items.parquet and COGs: new, empty, or an earlier aom "
         "samples build.",
     ),
-    seed: int = typer.Option(0, help="Seed of the synthetic generator (same seed, same bytes)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the synthetic generator (same seed, same bytes; >= 0)."),
     real_dir: Path | None = typer.Option(
         None, "--real-dir", help="Real-product folder (default: $AOM_REAL_DATA or ../shared/data/real)."
     ),

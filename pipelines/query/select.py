@@ -371,10 +371,12 @@ def vectors_at(
                 continue
             g: ZoneGrid = emb.grid(epsg)
             sx, sy = Transformer.from_crs(crs_obj, epsg, always_xy=True).transform(xa[todo], ya[todo])
-            col = np.floor((np.asarray(sx) - g.x0) / g.token_ground_m).astype(np.int64)
-            row = np.floor((g.y1 - np.asarray(sy)) / g.token_ground_m).astype(np.int64)
+            sx, sy = np.atleast_1d(np.asarray(sx, np.float64)), np.atleast_1d(np.asarray(sy, np.float64))
+            there = np.isfinite(sx) & np.isfinite(sy)  # a point far outside the zone projects to inf
+            idx = np.flatnonzero(todo)[there]
+            col = np.floor((sx[there] - g.x0) / g.token_ground_m).astype(np.int64)
+            row = np.floor((g.y1 - sy[there]) / g.token_ground_m).astype(np.int64)
             by_tile: dict[tuple[int, int], TileRef] = {(r.row0 // nt, r.col0 // nt): r for r in refs}
-            idx = np.flatnonzero(todo)
             keys = np.column_stack([row // nt, col // nt])
             for key in {tuple(k) for k in keys.tolist()}:
                 ref = by_tile.get((int(key[0]), int(key[1])))

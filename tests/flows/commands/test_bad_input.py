@@ -297,6 +297,11 @@ CASES: list[tuple[str, Any, str]] = [
     ("map-out-dir", lambda d: _query("map", d, "--bbox", "0,0,1,1", "--out", str(d / "adir")), "is a folder"),
     ("similar-lat-95", lambda d: _query("similar", d, "--lon", "0", "--lat", "95"), "--lat must be"),
     (
+        "similar-exclude",
+        lambda d: _query("similar", d, "--lon", "0", "--lat", "4", "--exclude-radius-m", "-5"),
+        "--exclude-radius-m must be >= 0",
+    ),
+    (
         "similar-pairs",
         lambda d: _query("similar", d, "--lon", "0", "--lon", "1", "--lat", "4"),
         "as many --lon",
@@ -319,6 +324,7 @@ CASES: list[tuple[str, Any, str]] = [
         "not a safetensors checkpoint",
     ),
     ("demo-out-file", lambda d: ["demo", "--out", str(d / "afile.txt")], "is a file"),
+    ("samples-seed", lambda d: ["samples", "--out", str(d / "s"), "--no-real", "--seed", "-1"], "--seed"),
     ("samples-out-file", lambda d: ["samples", "--out", str(d / "afile.txt")], "is a file"),
     # a URL given to a verb that writes only on local disk (it became a folder named 's3:')
     (

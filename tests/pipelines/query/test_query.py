@@ -217,6 +217,10 @@ def test_similarity_aoi_vectors_and_exclusion_match_oracle(emb) -> None:
     assert np.all(np.hypot(qx - px, qy - py) > 900)
     with pytest.raises(QueryError, match="no embedding at example location"):
         similar(emb, lon=12.0, lat=45.0)
+    # far outside every zone the projection gives inf: refused the same way, no RuntimeWarning
+    # (pytest turns warnings into errors) before the one line
+    with pytest.raises(QueryError, match="no embedding at example location"):
+        similar(emb, lon=100.0, lat=0.0)
     with pytest.raises(QueryError, match="does not intersect the data"):
         similar(emb, lon=QUERY[0], lat=QUERY[1], aoi=(0.0, 0.0, 1.0, 1.0))
 
