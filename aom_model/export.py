@@ -6,7 +6,6 @@ batches of 1 to ``max_batch``; band layout, image sizes and the grid plan are fi
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from aom_model.inputs import BandBatch, BandGroup
 from aom_model.model import AOM
 from aom_model.patch_embed import GridPlan
 from aom_model.tokenizer import plan_for
+from pipelines import storage
 
 _FIELDS = ("pixels", "wavelength_nm", "fwhm_nm", "gsd_m", "band_valid", "pixel_valid")
 
@@ -84,11 +84,11 @@ def export_encoder(
 
 def save_exported(program: ExportedProgram, path: str | Path) -> Path:
     """Write an exported program (``torch.export.save``: a ``.pt2`` archive), whole or not at all:
-    to ``<out>.partial-<pid>.pt2`` first (the naming of ``pipelines.outputs.partial_path``, so the
-    next run's ``clean_partials`` removes one a killed run left), then moved into place."""
+    to ``<out>.partial-<pid>@<host>.pt2`` first (the naming of ``pipelines.outputs.partial_path``, so
+    the next run's ``clean_partials`` removes one a killed run left), then moved into place."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}{out.suffix}")
+    tmp = out.with_name(f"{out.name}.partial-{storage.writer_tag()}{out.suffix}")
     try:
         torch.export.save(program, str(tmp))
         tmp.replace(out)

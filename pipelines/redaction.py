@@ -1,15 +1,17 @@
-"""Redaction of log lines: every handler of the command line (and of the flows) carries
+"""Redaction of credentials: of log lines, URLs and storage options. Every handler of the command line (and of the flows) carries
 :class:`RedactingFilter`, so no logger (ours or a third party's, at any level) prints a credential.
 URL user:password, auth headers, signature/token/credential parameters (one list,
 :data:`SIGNED_URL_PARAMS` + :data:`CREDENTIAL_PARAMS`, shared with ``redact_url`` and the stripping
-of signed hrefs) and registered secret values (typed storage-option secrets) become ``***``.
-Re-exported by :mod:`pipelines.storage`.
+of signed hrefs) and registered secret values (typed storage-option secrets) become ``***``;
+:func:`redact_url` and :func:`redact_options` give copies safe to print or record. Re-exported by
+:mod:`pipelines.storage`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 _URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
@@ -79,6 +81,34 @@ def redact_params(text: str) -> str:
 
 
 _SECRET_VALUES: set[str] = set()
+
+
+_SECRET_OPTION_KEYS = re.compile(
+    r"(secret|token|password|passwd|key|credential|signature|sig)", re.IGNORECASE
+)
+
+
+def is_secret_option(key: Any) -> bool:
+    """Whether a storage option's value is secret by its key (``secret_access_key``, ``token``, ...)."""
+    return bool(_SECRET_OPTION_KEYS.search(str(key))) and key != "endpoint_url"
+
+
+def redact_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of storage options safe to log: secret-looking values replaced by ``***``."""
+    out: dict[str, Any] = {}
+    for k, v in (options or {}).items():
+        if isinstance(v, Mapping):
+            out[k] = redact_options(v)
+        else:
+            out[k] = "***" if is_secret_option(k) else v
+    return out
+
+
+def redact_url(url: str) -> str:
+    """Strip user:password and the values of signature, token and credential query parameters
+    (:func:`redact_params`, the list log redaction uses too) from a URL."""
+    url = re.sub(r"://[^/@]+@", "://***@", url)
+    return redact_params(url)
 
 
 def register_secret(value: Any) -> None:

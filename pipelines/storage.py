@@ -14,6 +14,8 @@ import json
 import os
 import posixpath
 import re
+import socket
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,10 +30,10 @@ from pipelines.redaction import (  # re-exported: storage is where callers look 
     RedactingFilter as RedactingFilter,
 )
 from pipelines.redaction import install_log_redaction as install_log_redaction
-from pipelines.redaction import redact_params, register_secret
+from pipelines.redaction import is_secret_option, register_secret
+from pipelines.redaction import redact_options as redact_options
 from pipelines.redaction import redact_text as redact_text
-
-_SECRET_KEYS = re.compile(r"(secret|token|password|passwd|key|credential|signature|sig)", re.IGNORECASE)
+from pipelines.redaction import redact_url as redact_url
 
 
 @dataclass(frozen=True)
@@ -157,26 +159,6 @@ def s3_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def redact_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A copy of storage options safe to log: secret-looking values replaced by ``***``."""
-    out: dict[str, Any] = {}
-    for k, v in (options or {}).items():
-        if isinstance(v, Mapping):
-            out[k] = redact_options(v)
-        elif _SECRET_KEYS.search(str(k)) and k not in ("endpoint_url",):
-            out[k] = "***"
-        else:
-            out[k] = v
-    return out
-
-
-def redact_url(url: str) -> str:
-    """Strip user:password and the values of signature, token and credential query parameters
-    (:func:`pipelines.redaction.redact_params`, the list log redaction uses too) from a URL."""
-    url = re.sub(r"://[^/@]+@", "://***@", url)
-    return redact_params(url)
-
-
 def public_uri(url: str | os.PathLike[str]) -> str:
     """``url`` as an absolute URI fit for published metadata (STAC hrefs, Zarr attributes): a local path
     becomes ``file:///abs/path`` (relative paths resolved against the working directory now), a URL with
@@ -220,11 +202,45 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: Mapping[str, Any]
 
 _TEMP_TAG = ".aom-tmp-"
 
+STALE_FOREIGN_S = 24 * 3600.0
+"""A temporary or partial file another machine wrote (a shared disk: NFS, Lustre) counts as left by a
+dead writer once it has not been modified for this long; its process cannot be asked."""
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "localhost"
+
+
+def writer_tag(pid: int | None = None) -> str:
+    """``<pid>@<host>``: who writes a temporary or partial file, so that a later run removes only
+    what a dead writer of *this* machine left (a process id means nothing on another machine that
+    shares the disk)."""
+    return f"{os.getpid() if pid is None else pid}@{_host()}"
+
+
+def writer_gone(tag: str, path: str) -> bool:
+    """Whether the writer named by ``tag`` (:func:`writer_tag`; a bare pid, the names of older
+    versions, counts as this machine's) is gone: on this machine its process no longer runs; on
+    another, ``path`` has not been modified for :data:`STALE_FOREIGN_S`."""
+    pid_text, _, host = tag.partition("@")
+    if not pid_text.isdigit():
+        return False
+    if not host or host == _host():
+        return not _alive(int(pid_text))
+    try:
+        return time.time() - os.path.getmtime(path) > STALE_FOREIGN_S
+    except OSError:
+        return False
+
+
+_TEMP_REST = re.compile(r"(\d+(?:@[A-Za-z0-9_.-]+?)?)-[0-9a-f]{12}(?:\.|$)")  # <tag>-<random>[<suffix>]
+
 
 def temp_name(path: str, suffix: str = "") -> str:
-    """A sibling temporary name for ``path`` (local), tagged with this process id so that a later
-    run can tell a dead writer's leftover (:func:`clean_stale_temps`) from a live writer's file."""
-    return f"{path}{_TEMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
+    """A sibling temporary name for ``path`` (local), tagged with its writer (:func:`writer_tag`)
+    so that a later run can tell a dead writer's leftover (:func:`clean_stale_temps`) from a live
+    writer's file, on this machine or another one sharing the disk."""
+    return f"{path}{_TEMP_TAG}{writer_tag()}-{uuid.uuid4().hex[:12]}{suffix}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -233,8 +249,8 @@ def is_temp_name(name: str) -> bool:
 
 
 def clean_stale_temps(path: str) -> list[str]:
-    """Remove the temporary siblings of ``path`` (local) left by writers that are no longer
-    running (a killed run); a live process's files are kept. Returns what was removed."""
+    """Remove the temporary siblings of ``path`` (local) left by writers that are gone
+    (:func:`writer_gone`: a killed run); a live writer's files are kept. Returns what was removed."""
     folder, base = os.path.split(path)
     prefix = base + _TEMP_TAG
     removed: list[str] = []
@@ -245,10 +261,10 @@ def clean_stale_temps(path: str) -> list[str]:
     for name in names:
         if not name.startswith(prefix):
             continue
-        pid_text = name[len(prefix) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
-            continue
+        m = _TEMP_REST.match(name[len(prefix) :])
         full = os.path.join(folder, name)
+        if not m or not writer_gone(m.group(1), full):
+            continue
         try:
             os.remove(full)
             removed.append(full)
@@ -509,7 +525,7 @@ def _register_secrets(options: Mapping[str, Any]) -> None:
     for k, v in options.items():
         if isinstance(v, Mapping):
             _register_secrets(v)
-        elif _SECRET_KEYS.search(str(k)) and k not in ("endpoint_url",):
+        elif is_secret_option(k):
             register_secret(v)
 
 

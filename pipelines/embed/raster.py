@@ -38,7 +38,7 @@ Remote ``out`` URLs are written locally and uploaded (GeoTIFF) or written throug
 Safety (``docs/safety.md``): an existing ``out`` is replaced only when it is an embedding raster of
 the same format written by aom (``--overwrite`` replaces another aom output; files aom did not write
 are never touched); ``out`` equal to the input or checkpoint is refused. A GeoTIFF is written as
-``<out>.partial-<pid>.tif`` and moved into place when complete (partials of killed runs are removed
+``<out>.partial-<pid>@<host>.tif`` and moved into place when complete (partials of killed runs are removed
 by the next run). A Zarr output holds a writer lease (``_leases/writer.json``) while written: the
 lease is taken before anything in the store is removed (``--overwrite`` of a store another live run
 is writing is refused, exit 1, nothing removed), and its root attribute ``aom_complete`` turns true

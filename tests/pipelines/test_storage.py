@@ -189,7 +189,7 @@ def test_a_killed_writer_s_temp_files_are_cleaned_by_the_next_run(tmp_path: Path
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     dead_pid = int(dead.stdout)
-    leftover = temp_name(target).replace(f"-{os.getpid()}-", f"-{dead_pid}-")
+    leftover = temp_name(target).replace(f"-{os.getpid()}@", f"-{dead_pid}@")
     Path(leftover).write_bytes(b"half")
     live = temp_name(target)  # this process is alive: another writer's file in progress
     Path(live).write_bytes(b"writing")

@@ -15,7 +15,7 @@ from pipelines.storage import temp_name
 
 def test_an_export_follows_the_umask_and_cleans_leftovers(tmp_path: Path) -> None:
     out = tmp_path / "area.tif"
-    stale = Path(temp_name(str(out), ".tif").replace(f"-{os.getpid()}-", "-999999999-"))
+    stale = Path(temp_name(str(out), ".tif").replace(f"-{os.getpid()}@", "-999999999@"))
     stale.write_bytes(b"killed half-way")
     data = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
     xs = 500_000.0 + 10.0 * np.arange(32)
