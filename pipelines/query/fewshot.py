@@ -13,7 +13,8 @@ Labels: GeoJSON (points, or polygons -> a representative point; RFC 7946 lon/lat
 ``crs`` member says otherwise), GeoParquet (WKB geometry, CRS from the ``geo`` metadata) or a
 label raster (GeoTIFF; nodata pixels are unlabelled; ``CLASS_<value>=name`` tags name classes).
 Each label takes the embedding of the token under it. Accuracy is stratified k-fold
-cross-validation on those samples (k = min(``cv``, smallest class count)).
+cross-validation grouped by token (labels on one token stay in one fold; training labels within
+``CV_BUFFER_TOKENS`` of a fold's test labels are left out), see :func:`fit_fewshot`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from pipelines.query.select import geo_dataarray, parse_crs, select, vectors_at
 
 LABEL_FIELDS = ("class", "label", "landcover", "land_cover", "category", "name")
 NODATA_CLASS = 255
+CV_BUFFER_TOKENS = 1
+"""Training labels within this many tokens of a CV fold's test labels are left out of that fold."""
 _PALETTE = [
     (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
@@ -211,7 +214,7 @@ class FewShotResult:
 
     def summary(self) -> str:
         acc = (
-            f"{self.cv_accuracy:.3f} +- {self.cv_std:.3f} ({self.n_folds}-fold stratified CV)"
+            f"{self.cv_accuracy:.3f} +- {self.cv_std:.3f} ({self.n_folds}-fold CV grouped by token)"
             if self.cv_accuracy is not None
             else "n/a"
         )
@@ -240,6 +243,26 @@ def _estimator(method: str, n_min: int, k_neighbors: int, seed: int) -> Any:
     raise QueryError(f"unknown method {method!r}; choose 'linear' (logistic-regression probe) or 'knn'")
 
 
+def _token_groups(X: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
+    """One group id per sample: the token it took its vector from (``tokens [n, 3]``: zone, row,
+    col), or, without ``tokens``, its vector itself (labels that share a vector share a group)."""
+    keys = np.asarray(tokens, dtype=np.int64) if tokens is not None else np.ascontiguousarray(X)
+    _, groups = np.unique(keys.reshape(keys.shape[0], -1), axis=0, return_inverse=True)
+    return np.asarray(groups).reshape(-1)
+
+
+def _near(tokens: np.ndarray, of: np.ndarray, buffer: int) -> np.ndarray:
+    """Mask of ``tokens`` within ``buffer`` tokens (Chebyshev, same zone) of any token in ``of``."""
+    near = np.zeros(tokens.shape[0], dtype=bool)
+    for epsg, row, col in np.unique(of, axis=0):
+        near |= (
+            (tokens[:, 0] == epsg)
+            & (np.abs(tokens[:, 1] - row) <= buffer)
+            & (np.abs(tokens[:, 2] - col) <= buffer)
+        )
+    return near
+
+
 def fit_fewshot(
     X: np.ndarray,
     y: Sequence[str] | np.ndarray,
@@ -248,10 +271,18 @@ def fit_fewshot(
     cv: int = 5,
     k_neighbors: int = 5,
     seed: int = 0,
+    tokens: np.ndarray | None = None,
+    buffer_tokens: int = CV_BUFFER_TOKENS,
 ) -> FewShotResult:
-    """Fit a probe on vectors ``X [n, dim]`` with labels ``y`` and cross-validate it."""
+    """Fit a probe on vectors ``X [n, dim]`` with labels ``y`` and cross-validate it.
+
+    The CV never scores a label against a copy of its own vector: labels on one token (``tokens
+    [n, 3]``: zone, row, col of each label's token; without it, labels with identical vectors) are
+    one group, kept in one fold (stratified group k-fold, k = min(``cv``, the fewest tokens of a
+    class)), and each fold's training set leaves out the labels within ``buffer_tokens`` tokens of
+    its test labels (neighbouring tokens share context)."""
     from sklearn.metrics import confusion_matrix
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedGroupKFold
 
     y_arr = np.asarray([str(v) for v in y], dtype=object)
     classes, counts = np.unique(y_arr, return_counts=True)
@@ -260,20 +291,36 @@ def fit_fewshot(
         only = f"{classes[0]!r} ({counts[0]} labels)" if classes.size else "none"
         raise QueryError(f"labels have a single class {only}; need at least 2 classes to fit a classifier")
     Xn = unit(X)
+    groups = _token_groups(Xn, tokens)
     n_min = int(counts.min())
     est = _estimator(method, n_min, k_neighbors, seed)
     notes: list[str] = []
-    n_folds = min(int(cv), n_min)
+    n_groups = int(np.unique(groups).size)
+    if n_groups < y_arr.size:
+        notes.append(
+            f"{y_arr.size} labels fall on {n_groups} distinct tokens: labels on one token are kept in one "
+            "CV fold (they share its vector)"
+        )
+    group_min = min(int(np.unique(groups[y_arr == c]).size) for c in classes)
+    n_folds = min(int(cv), group_min)
     acc = std = None
     conf = None
     if n_folds >= 2:
-        skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        pred = cross_val_predict(_estimator(method, n_min, k_neighbors, seed), Xn, y_arr, cv=skf)
-        fold_acc = [float(np.mean(pred[test] == y_arr[test])) for _, test in skf.split(Xn, y_arr)]
+        skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        pred = np.empty(y_arr.size, dtype=object)
+        fold_acc = []
+        for train, test in skf.split(Xn, y_arr, groups):
+            if tokens is not None and buffer_tokens > 0:
+                tok = np.asarray(tokens, dtype=np.int64)
+                train = train[~_near(tok[train], tok[test], buffer_tokens)]
+            pred[test] = _fold_predict(method, Xn[train], y_arr[train], Xn[test], k_neighbors, seed)
+            fold_acc.append(float(np.mean(pred[test] == y_arr[test])))
         acc, std = float(np.mean(pred == y_arr)), float(np.std(fold_acc))
         conf = confusion_matrix(y_arr, pred, labels=classes).tolist()
     else:
-        notes.append(f"no cross-validation: the smallest class has {n_min} label(s); every class needs >= 2")
+        notes.append(
+            f"no cross-validation: the smallest class has labels on {group_min} token(s); every class needs >= 2"
+        )
     est.fit(Xn, y_arr)
     return FewShotResult(
         classes=[str(c) for c in classes],
@@ -287,6 +334,23 @@ def fit_fewshot(
         estimator=est,
         notes=notes,
     )
+
+
+def _fold_predict(
+    method: str, X: np.ndarray, y: np.ndarray, X_test: np.ndarray, k_neighbors: int, seed: int
+) -> np.ndarray:
+    """Predictions of one CV fold; a fold whose training labels (after the buffer) hold one class
+    or none predicts that class or nothing right, as an honest score must."""
+    present, counts = np.unique(y, return_counts=True)
+    if present.size == 0:
+        return np.full(X_test.shape[0], "", dtype=object)
+    if present.size == 1:
+        return np.full(X_test.shape[0], present[0], dtype=object)
+    est = _estimator(method, int(counts.min()), k_neighbors, seed)
+    if method == "knn":
+        est.set_params(n_neighbors=max(1, min(k_neighbors, int(y.size))))
+    est.fit(X, y)
+    return np.asarray(est.predict(X_test), dtype=object)
 
 
 def predict_map(result: FewShotResult, sel: xr.DataArray) -> xr.DataArray:
@@ -341,7 +405,7 @@ def classify(
     if len(lab) == 0:
         raise QueryError(f"no labelled points in {lab.source or 'the labels'}")
     ti = emb.time_index(time)
-    X, _ = vectors_at(emb, lab.x, lab.y, lab.crs, time=ti)
+    X, info = vectors_at(emb, lab.x, lab.y, lab.crs, time=ti)
     ok = np.isfinite(X[:, 0])
     notes = []
     if not ok.any():
@@ -351,7 +415,8 @@ def classify(
         )
     if (~ok).any():
         notes.append(f"{int((~ok).sum())} of {len(lab)} labels fall outside the data and were ignored")
-    res = fit_fewshot(X[ok], lab.labels[ok], method=method, cv=cv, seed=seed)
+    tokens = np.column_stack([info["epsg"], info["row"], info["col"]])[ok]
+    res = fit_fewshot(X[ok], lab.labels[ok], method=method, cv=cv, seed=seed, tokens=tokens)
     res.notes = notes + res.notes
     if bbox is None:
         pad = 2 * emb.token_ground_m if lab.crs.is_projected else 2 * emb.token_ground_m / 111_320.0
