@@ -176,9 +176,34 @@ def select_zones(
     for epsg, (r0, r1, c0, c1) in wins.items():
         da = emb.dataset(epsg)["embeddings"].isel(time=ti, y=slice(r0, r1), x=slice(c0, c1))
         out[epsg] = geo_dataarray(
-            da.data, da["x"].values, da["y"].values, CRS.from_epsg(epsg), _attrs(emb, ti, [epsg])
+            _recorded_only(emb, epsg, ti, da.data, r0, c0),
+            da["x"].values,
+            da["y"].values,
+            CRS.from_epsg(epsg),
+            _attrs(emb, ti, [epsg]),
         )
     return out
+
+
+def _recorded_only(emb: Embeddings, epsg: int, ti: int, data: Any, r0: int, c0: int) -> Any:
+    """``data`` (a lazy ``[h, w, dim]`` window at ``r0, c0`` of the zone grid) with NaN outside the
+    tiles that have a completion record at ``ti``, as :meth:`Embeddings.read_recorded` reads: the
+    shard of a killed writer, or of a tile complete at another time only, never counts."""
+    import dask.array as dsa
+
+    h, w = int(data.shape[0]), int(data.shape[1])
+    nt = emb.version.tokens_per_tile
+    mask = np.zeros((h, w), dtype=bool)
+    for r in emb.tiles(ti).get(int(epsg), []):
+        a0, a1 = max(r.row0 - r0, 0), min(r.row0 + nt - r0, h)
+        b0, b1 = max(r.col0 - c0, 0), min(r.col0 + nt - c0, w)
+        if a1 > a0 and b1 > b0:
+            mask[a0:a1, b0:b1] = True
+    if mask.all():
+        return data
+    chunks = data.chunks[:2] if hasattr(data, "chunks") and data.chunks else "auto"
+    keep = dsa.from_array(mask, chunks=chunks)[..., None]
+    return dsa.where(keep, data, np.float32(np.nan))
 
 
 def _covers(emb: Embeddings, epsg: int, box: BBox, crs: CRS, ti: int) -> bool:
