@@ -11,7 +11,7 @@ Example::
 GeoTIFF bands are ``emb_000 .. emb_{dim-1}`` (float32, NaN nodata; or the int8 codes with -128
 nodata and the dequantisation formula in the tags), resampled onto one grid in the target CRS.
 GeoParquet is **not resampled**: one row per stored token (a ground location is counted once: in
-its own UTM zone where that zone has the token, else in the zone that has it), GeoParquet 1.1 with a
+its own UTM zone where that zone has a valid token there, else in the zone that has it), GeoParquet 1.1 with a
 WKB ``geometry`` column (the token centre, or with ``geometry="polygon"`` the token's square
 footprint, transformed to the target CRS: OGC:CRS84 by default), the CRS as PROJJSON in the ``geo``
 metadata, plus ``epsg``, ``x``/``y`` (zone CRS), ``row``/``col`` (zone grid), ``tile_id``,
@@ -328,27 +328,29 @@ def tokens_geoparquet(
     wins = zone_windows(emb, box, crs_obj, ti)
     if not wins:
         raise QueryError(f"bbox {box} ({crs_obj.to_string()}) holds no complete tile at time {emb.times[ti]}")
-    nt = emb.version.tokens_per_tile
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("epsg", "x", "y", "row", "col", "geom", "emb")}
     tile_ids: list[str] = []
+    # only recorded tiles count (read_recorded): [h, w, dim] per zone, NaN = no data
+    windows = {
+        e: emb.read_recorded(e, ti, slice(r0, r1), slice(c0, c1)) for e, (r0, r1, c0, c1) in wins.items()
+    }
     for epsg, (r0, r1, c0, c1) in wins.items():
         g = emb.grid(epsg)
         r = g.token_ground_m
-        window = emb.read_window(epsg, ti, slice(r0, r1), slice(c0, c1))  # [h, w, dim]
+        window = windows[epsg]
         rows, cols = np.mgrid[r0:r1, c0:c1]
         xs = g.x0 + (cols + 0.5) * r
         ys = g.y1 - (rows + 0.5) * r
         keep = np.isfinite(window[..., 0])
-        complete = np.zeros_like(keep)
-        for ref in emb.tiles(ti).get(epsg, []):  # only recorded tiles count
-            a, b = ref.row0 - r0, ref.col0 - c0
-            complete[max(a, 0) : max(a + nt, 0), max(b, 0) : max(b + nt, 0)] = True
-        keep &= complete
         bx, by = Transformer.from_crs(epsg, crs_obj, always_xy=True).transform(xs, ys)
         keep &= (bx >= box[0]) & (bx <= box[2]) & (by >= box[1]) & (by <= box[3])
         lon, lat = Transformer.from_crs(epsg, 4326, always_xy=True).transform(xs, ys)
         own = natural_epsg(np.asarray(lon), np.asarray(lat))
-        keep &= (own == epsg) | ~np.isin(own, list(wins))  # one row per ground location
+        for other in wins:  # one row per ground location: its own zone's token where that zone has one
+            if other != epsg:
+                m = keep & (own == other)
+                m[m] = _has_token(emb, other, wins[other], windows[other], xs[m], ys[m], epsg)
+                keep &= ~m
         to_target = Transformer.from_crs(epsg, target, always_xy=True)
         x, y = xs[keep], ys[keep]
         if geometry == "polygon":
@@ -392,6 +394,29 @@ def tokens_geoparquet(
         storage_options,
         embedding=cat["emb"].reshape(n, emb.dim),
     )
+
+
+def _has_token(
+    emb: Embeddings,
+    epsg: int,
+    win: tuple[int, int, int, int],
+    window: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    src_epsg: int,
+) -> np.ndarray:
+    """For points ``x, y`` (``src_epsg``): does zone ``epsg``'s ``window`` (``win``: row0, row1, col0,
+    col1; NaN = no data) hold a valid token at each of them?"""
+    from pyproj import Transformer
+
+    g = emb.grid(epsg)
+    sx, sy = Transformer.from_crs(src_epsg, epsg, always_xy=True).transform(x, y)
+    col = np.floor((np.asarray(sx) - g.x0) / g.token_ground_m).astype(np.int64) - win[2]
+    row = np.floor((g.y1 - np.asarray(sy)) / g.token_ground_m).astype(np.int64) - win[0]
+    inside = (row >= 0) & (row < window.shape[0]) & (col >= 0) & (col < window.shape[1])
+    out = np.zeros(x.shape, dtype=bool)
+    out[inside] = np.isfinite(window[row[inside], col[inside], 0])
+    return out
 
 
 def write_geometries_geoparquet(
