@@ -94,8 +94,18 @@ def _topk_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray
     n = scores.shape[1]
     if n <= k:
         return scores, np.broadcast_to(rows, scores.shape).copy()
+    # the k-th best score, then every row scoring at least that: argpartition alone picks an
+    # arbitrary subset of the rows tied at the k-th score, and the documented tie-break (lower
+    # row first, so lower zone/row/col in a search) must hold whatever the block layout
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(scores, part, axis=1), rows[part]
+    kth = np.take_along_axis(scores, part, axis=1).min(axis=1)
+    out_s = np.empty((scores.shape[0], k), dtype=scores.dtype)
+    out_r = np.empty((scores.shape[0], k), dtype=rows.dtype)
+    for i in range(scores.shape[0]):
+        cand = np.flatnonzero(scores[i] >= kth[i])
+        best = cand[np.lexsort((rows[cand], -scores[i, cand]))[:k]]
+        out_s[i], out_r[i] = scores[i, best], rows[best]
+    return out_s, out_r
 
 
 def _merge(scores: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
