@@ -88,7 +88,9 @@ def eval_command(
     ),
     label_column: str = typer.Option("label", "--label-column", help="Points: the label column / property."),
     window: str | None = typer.Option(
-        None, "--window", help="t29unu: ROW,COL,HEIGHT,WIDTH crop (60 m pixels)."
+        None,
+        "--window",
+        help="t29unu: ROW,COL,HEIGHT,WIDTH crop (60 m pixels of the scene; inside the half with :north / :south).",
     ),
     real_data: str | None = typer.Option(
         None, "--real-data", help="Real-data folder (default ../shared/data/real)."

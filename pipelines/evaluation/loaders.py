@@ -37,6 +37,7 @@ from pipelines.evaluation.datasets import (
     scene_patches,
     synthetic_scene,
 )
+from pipelines.evaluation.heldout import t29unu_window
 from pipelines.registry import BandSpec
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,6 @@ SCL_CLASSES: dict[int, str] = {
     10: "thin cirrus",
 }
 SCL_IGNORED = (0, 1, 2, 7, 11)
-
-# (row, col, height, width) at 60 m. The north half (y >= 5 844 480 m, rows 0-925) lies outside every
-# cube tile the shipped checkpoint was pretrained on (tiles with iy <= 760 of the 7680 m grid).
-T29UNU_HALVES: dict[str, tuple[int, int, int, int]] = {
-    "north": (0, 0, 926, 1830),
-    "south": (926, 0, 904, 1830),
-}
 
 S2_60M_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B09", "B11", "B12")
 S2_BEN_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
@@ -577,9 +571,9 @@ def load_dataset(
         "block_patches": block_patches,
     }
     if low in ("t29unu", "t29unu:north", "t29unu:south"):
-        window = spec.window or T29UNU_HALVES.get(low.partition(":")[2])
+        window = t29unu_window(low, spec.window)
         ps = scene_patches(load_t29unu(spec.real_data, window), **kw)
-        ps.name = low if spec.window is None else f"t29unu window {spec.window}"
+        ps.name = low if spec.window is None else f"{low} window {window}"
         return ps
     if low == "bigearthnet" or low.startswith("bigearthnet:"):
         return load_bigearthnet(name.split(":", 1)[1] if ":" in name else None)

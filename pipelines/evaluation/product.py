@@ -450,11 +450,12 @@ def load_scene(spec: Any) -> LabelledScene | None:
     import re
 
     from pipelines.evaluation.datasets import synthetic_scene
-    from pipelines.evaluation.loaders import T29UNU_HALVES, load_geotiff_scene, load_t29unu
+    from pipelines.evaluation.heldout import t29unu_window
+    from pipelines.evaluation.loaders import load_geotiff_scene, load_t29unu
 
     low = spec.name.lower()
     if low in ("t29unu", "t29unu:north", "t29unu:south"):
-        return load_t29unu(spec.real_data, spec.window or T29UNU_HALVES.get(low.partition(":")[2]))
+        return load_t29unu(spec.real_data, t29unu_window(low, spec.window))
     if low.startswith("bigearthnet"):
         return None
     m = re.fullmatch(r"synthetic(?::(\d+))?", low)
