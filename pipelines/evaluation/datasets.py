@@ -423,6 +423,35 @@ def scene_patches(
     )
 
 
+def overlap_groups(groups: np.ndarray, rows: Sequence[int], cols: Sequence[int], patch_px: int) -> np.ndarray:
+    """``groups`` [N] merged so that two patches of ``patch_px`` at (``rows``, ``cols``) that share a
+    pixel are in one group (a blocked split then never puts a pixel in train and test) -> [N] ids 0..G-1.
+    Patches cut on a grid never overlap; patches centred on labelled points may."""
+    r, c = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    parent = list(range(int(groups.max()) + 1 if len(groups) else 0))
+
+    def find(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    cells: dict[tuple[int, int], list[int]] = {}
+    for i, key in enumerate(zip((r // patch_px).tolist(), (c // patch_px).tolist())):
+        cells.setdefault(key, []).append(i)
+    for (cr, cc), members in cells.items():
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                for j in cells.get((cr + dr, cc + dc), ()):
+                    for i in members:
+                        if abs(r[i] - r[j]) < patch_px and abs(c[i] - c[j]) < patch_px:
+                            a, b = find(int(groups[i])), find(int(groups[j]))
+                            if a != b:
+                                parent[max(a, b)] = min(a, b)
+    roots = np.asarray([find(int(g)) for g in groups], dtype=np.int64)
+    return np.unique(roots, return_inverse=True)[1].astype(np.int64)
+
+
 def balance(ps: PatchSet, max_per_class: int | None, seed: int) -> PatchSet:
     """At most ``max_per_class`` patches per class (seeded); multi-label sets are capped overall."""
     if not max_per_class or max_per_class <= 0:

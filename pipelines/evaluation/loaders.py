@@ -34,6 +34,7 @@ from pipelines.evaluation.datasets import (
     LabelledScene,
     PatchSet,
     make_label_raster,
+    overlap_groups,
     scene_patches,
     synthetic_scene,
 )
@@ -495,7 +496,8 @@ def _read_points(path: Path, label_column: str) -> tuple[list[tuple[float, float
 def load_point_patches(spec: DatasetSpec, patch_px: int = 16, block_patches: int = 4) -> PatchSet:
     """A GeoTIFF plus labelled points: one patch of ``patch_px`` centred on every point inside the
     image (CSV x/y in the raster CRS or lon/lat; GeoJSON in its CRS, default EPSG:4326); points whose
-    patch leaves the image are dropped and counted; groups = blocks of ``block_patches`` patches."""
+    patch leaves the image are dropped and counted; groups = blocks of ``block_patches`` patches,
+    merged where patches of two blocks overlap (``overlap_groups``: no pixel in train and test)."""
     from rasterio.crs import CRS
     from rasterio.warp import transform as warp_transform
 
@@ -530,7 +532,7 @@ def load_point_patches(spec: DatasetSpec, patch_px: int = 16, block_patches: int
     ]
     block = patch_px * max(1, block_patches)
     key = (np.asarray(rows) // block) * (w // block + 1) + np.asarray(cols) // block
-    _, groups = np.unique(key, return_inverse=True)
+    groups = overlap_groups(np.unique(key, return_inverse=True)[1], rows, cols, patch_px)
     return PatchSet(
         name=Path(spec.name).stem,
         bands=tuple(img.bands),

@@ -461,3 +461,34 @@ def test_the_default_patch_is_whole_pixels_of_every_band() -> None:
     assert load_dataset(DatasetSpec("synthetic"), patch_px=12).meta["patch_px"] == 12
     with pytest.raises(EvalDataError, match=r"a patch of 16 px at 20 m is 5\.33 px"):
         load_dataset(DatasetSpec("synthetic"), patch_px=16)
+
+
+def test_overlapping_point_patches_never_straddle_the_split(tmp_path: Path) -> None:
+    """Patches centred on labelled points may overlap; two that share a pixel must be in one group
+    even when their corners fall in different spatial blocks (else one pixel is in train and test)."""
+    img, _lab, names = _synthetic_geotiff(tmp_path)
+    pts = tmp_path / "points.csv"
+    # patch_px 8 -> blocks of 32 px; pairs 3 px apart on either side of the block border at 32 px,
+    # and far apart points that must stay in their own blocks
+    px = [(34, 34, "a"), (38, 38, "b"), (30, 98, "a"), (30, 101, "b"), (100, 100, "a"), (100, 30, "b")]
+    px += [(r, c, "ab"[(r + c) % 2]) for r in range(12, 140, 24) for c in range(12, 140, 24)]
+    rows = ["x,y,label"] + [f"{500000 + 20 * c + 10},{5000000 - 20 * r - 10},{lab}" for r, c, lab in px]
+    pts.write_text("\n".join(rows) + "\n")
+    ps = load_dataset(
+        DatasetSpec(name=str(img), labels=str(pts), sensor="sentinel-2-msi", bands=tuple(names)), patch_px=8
+    )
+    g = ps.groups
+    assert g[0] == g[1]  # corners (30, 30) and (34, 34): blocks (0, 0) and (1, 1), 4 px apart
+    assert g[2] == g[3]  # corners (26, 94) and (26, 97): blocks (0, 2) and (0, 3)
+    assert len({g[0], g[2], g[4], g[5]}) == 4  # patches that do not overlap keep their own blocks
+    r = np.asarray([p[0] for p in px]) - 4
+    c = np.asarray([p[1] for p in px]) - 4
+    for i in range(len(px)):
+        for j in range(len(px)):
+            if abs(r[i] - r[j]) < 8 and abs(c[i] - c[j]) < 8:
+                assert g[i] == g[j], (px[i], px[j])
+    for seed in range(5):
+        folds, _ = split_folds(ps.groups, ps.labels, seed=seed)
+        for tr, te in folds:
+            for i in te:
+                assert not any(abs(r[i] - r[j]) < 8 and abs(c[i] - c[j]) < 8 for j in tr)
