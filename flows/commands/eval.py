@@ -270,7 +270,8 @@ def eval_command(
     for p in result.product:
         typer.echo(
             f"product ({p['embedding']}, {p['kind']}, {p['token_m']:g} m tokens): chip-position share "
-            f"{p['chip_position_share']:.3f}; {_cosines_text(p)}"
+            f"{p['chip_position_share']:.3f} (chance {p.get('chip_position_chance', float('nan')):.3f}); "
+            f"{_cosines_text(p)}"
         )
         typer.echo(f"  centred on the mean token: {_cosines_text(p['centred'])}")
         r = p.get("retrieval") or {}

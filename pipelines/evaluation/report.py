@@ -303,7 +303,9 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     lines = [
         "## Product metrics (`aom embed-raster` output)",
         "",
-        "Chip-position share: variance explained by a token's place in its chip core (goal <= 0.15); shift s: "
+        "Chip-position share: variance explained by a token's place in its chip core (goal <= 0.15), beside "
+        "its chance level on this grid (what tokens without any position give; the goal can only be shown "
+        "when it is below 0.15); shift s: "
         "mean cosine of the same ground token after cropping the raster by s tokens (goal >= 0.97), beside "
         "unrelated tokens; seam contrast: adjacent-token cosine inside a chip minus across a chip seam "
         "(goal < 0.01); retrieval: macro precision@k of a similarity search over the output, by raw cosine "
@@ -321,6 +323,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
                 "model",
                 "token (m)",
                 "chip-position share",
+                "chance",
                 *cosines,
                 "retrieval: cosine",
                 "whitened",
@@ -331,6 +334,7 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for p in product:
         cells = [p["embedding"], p["kind"], f"{p['token_m']:g}", f"{p['chip_position_share']:.3f}"]
+        cells.append(f"{p.get('chip_position_chance', float('nan')):.3f}")
         r = p.get("retrieval") or {}
         stored = r.get("stored") or {}
         tail = [

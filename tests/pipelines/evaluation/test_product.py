@@ -9,7 +9,9 @@ import numpy as np
 from aom_model.config import SPECTRAL_QUERIES
 from pipelines.evaluation.datasets import synthetic_scene
 from pipelines.evaluation.product import (
+    ProductMetrics,
     centre,
+    chip_position_chance,
     chip_position_share,
     product_embeddings,
     retrieval_precision,
@@ -44,6 +46,34 @@ def test_chip_position_share_is_one_for_chip_codes_and_small_for_ground() -> Non
     assert 0.8 < chip_position_share(mixed, core) < 1.0
     ground[0, 0] = np.nan  # invalid tokens are left out
     assert np.isfinite(chip_position_share(ground, core))
+
+
+def test_chip_position_share_is_set_beside_its_chance_level() -> None:
+    """Within one chip core every place holds one token, so the share is 1 whatever the tokens are
+    (noise without any position): the chance level says so, and the goal cannot count as met."""
+    noise = np.random.default_rng(3).normal(size=(24, 24, 8))
+    assert abs(chip_position_share(noise, 24) - 1.0) < 1e-9  # an artefact of the grid, not of the model
+    assert chip_position_chance(noise, 24) == 1.0 and chip_position_chance(noise, 24, offset=12) == 1.0
+    big = np.random.default_rng(4).normal(size=(24, 32, 8))
+    assert abs(chip_position_chance(big, 4) - 15 / 767) < 1e-12
+    big[0, :] = np.nan  # only valid tokens count
+    assert abs(chip_position_chance(big, 4) - 15 / (23 * 32 - 1)) < 1e-12
+    m = ProductMetrics("x", "position", 8, 160.0, 24, (24, 24), 576, 0.1, chip_position_chance=1.0)
+    assert m.goals()["chip_position_share"] is False  # not shown on a grid that cannot show it
+    m.chip_position_chance = 0.02
+    assert m.goals()["chip_position_share"] is True
+
+
+def test_the_smoke_run_grid_reports_its_chance_level() -> None:
+    """`aom eval --dataset synthetic` embeds a 24 x 24 token grid in 24-token cores: chip-position
+    share 1.000 there is the chance level, and the report and the row say so."""
+    rows = run_product_metrics(synthetic_scene(), "random:tiny", token_m=160.0, shifts=())
+    m = rows[0]
+    assert tuple(m["grid_hw"]) == (24, 24) and m["chip_position_chance"] == 1.0
+    assert m["goals"]["chip_position_share"] is False
+    text = "\n".join(_product_lines(rows))
+    assert "| chip-position share | chance |" in text and "| 1.000 | 1.000 |" in text
+    _assert_tables_are_rectangular(text, tables=2)
 
 
 def test_shift_consistency_and_unrelated_tokens() -> None:
