@@ -514,6 +514,13 @@ def _goals_for(result: EvalResult, exts: Sequence[Extractor], feats: str) -> dic
                 }
         retention[mode] = per
     out["half_bands_retention"] = retention
+    vs_raw: dict[str, dict[str, Any]] = {}  # issue 14: with all bands, probes >= raw-band statistics
+    for probe in probes:
+        a = result.lookup("band-missing", "100%", ckpt, probe, "transfer")
+        b = result.lookup("band-missing", "100%", RAW, probe, "transfer")
+        if a and b:
+            vs_raw[probe] = {"checkpoint": a["mean"], "raw": b["mean"], "met": a["mean"] >= b["mean"]}
+    out["all_bands_vs_raw"] = vs_raw
     return out
 
 

@@ -172,6 +172,11 @@ def _goal_lines_for(result: EvalResult, g: dict[str, Any]) -> list[str]:
                     f"(ahead in {b['cells_won']} of {b['cells']} setting x condition x probe cells); behind in: "
                     + "; ".join(b["not_met_in"])
                 )
+    for probe, r in g.get("all_bands_vs_raw", {}).items():
+        out.append(
+            f"- {probe} probe, all bands: {r['checkpoint']:.3f} vs raw-band statistics {r['raw']:.3f}: "
+            f"**{'met' if r['met'] else 'not met'}** (target >= raw)"
+        )
     for mode in MODES:
         for probe, r in g.get("half_bands_retention", {}).get(mode, {}).items():
             out.append(

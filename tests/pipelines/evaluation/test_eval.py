@@ -84,7 +84,11 @@ def test_protocol_end_to_end_on_synthetic_scene(
     # three distinct spectra: raw band statistics separate them almost perfectly
     raw = result.lookup("band-missing", "100%", "raw-bands (mean, std)", "linear", "refit")
     assert raw is not None and raw["mean"] > 0.9
-    assert set(result.goals) >= {"beats_random_init", "half_bands_retention"}
+    assert set(result.goals) >= {"beats_random_init", "half_bands_retention", "all_bands_vs_raw"}
+    assert set(result.goals["all_bands_vs_raw"]) == {s["probe"] for s in result.summary}
+    for probe, g in result.goals["all_bands_vs_raw"].items():  # against the raw rows of the same run
+        raw = result.lookup("band-missing", "100%", RAW, probe, "transfer")
+        assert raw is not None and g["raw"] == raw["mean"] and g["met"] == (g["checkpoint"] >= raw["mean"])
     assert set(result.goals["beats_random_init"]) == {"transfer", "refit"}
     # the checkpoint's statistics cover B04 only: other bands get the patch set's own, never B04's
     norm = result.extractors[0]["normalisation"]
