@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import logging
 import time
 import warnings
@@ -74,7 +75,7 @@ class RetryingStacApiIO(StacApiIO):
             self._last_response = None
             self.attempts += 1
             try:
-                return str(parent_request(href, method=method, headers=headers, parameters=parameters))
+                text = str(parent_request(href, method=method, headers=headers, parameters=parameters))
             except APIError as exc:
                 resp = self._last_response
                 status = getattr(exc, "status_code", None) or (resp.status_code if resp is not None else None)
@@ -84,6 +85,11 @@ class RetryingStacApiIO(StacApiIO):
                 body = str(exc).strip().replace("\n", " ")[:300]
                 what = f"HTTP {status}" if status is not None else "transport error"
                 raise _HTTPFailure(status, f"{what}: {body}" if body else what, retry_after) from exc
+            try:  # a 200 whose body is cut short or is an HTML error page is a failed attempt too
+                json.loads(text)
+            except ValueError as exc:
+                raise _HTTPFailure(None, f"HTTP 200 with a body that is not JSON: {text[:100]!r}") from exc
+            return text
 
         def retryable(exc: BaseException) -> bool:
             if not isinstance(exc, _HTTPFailure):
@@ -102,6 +108,54 @@ class RetryingStacApiIO(StacApiIO):
             raise CatalogUnavailableError(str(exc)) from exc
         except _HTTPFailure as exc:
             raise SearchError(f"{describe} was rejected: {exc}") from exc
+
+    def get_pages(
+        self, url: str, method: str | None = None, parameters: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The pages of a paging endpoint (``/search``, ``/collections``), strictly.
+
+        pystac-client's own pager ends the search quietly at the first page without features (also
+        a 200 error body, or an empty page that still links to a next one) and follows a ``next``
+        link that repeats forever. Here a page that is not a feature/collection page, or a ``next``
+        link seen before, raises :class:`CatalogUnavailableError` (the result would be incomplete);
+        an empty page with a ``next`` link is followed; the search ends at a page without one.
+        """
+        from pystac import Link
+
+        page = self.read_json(url, method=method, parameters=parameters)
+        followed: set[str] = set()
+        number = 1
+        while True:
+            features = page.get("features") if isinstance(page, dict) else None
+            if not isinstance(features, list) and isinstance(page, dict):
+                features = page.get("collections")
+            if not isinstance(features, list):
+                shape = sorted(page) if isinstance(page, dict) else type(page).__name__
+                raise CatalogUnavailableError(
+                    f"STAC API {redact_url(url)} page {number} is not a feature collection "
+                    f"(got {shape}); the result would be incomplete"
+                )
+            if features:
+                yield page
+            next_link = next(
+                (
+                    link
+                    for link in page.get("links") or []
+                    if isinstance(link, dict) and link.get("rel") == "next"
+                ),
+                None,
+            )
+            if next_link is None:
+                return
+            key = json.dumps(next_link, sort_keys=True, default=str)
+            if key in followed:
+                raise CatalogUnavailableError(
+                    f"STAC API {redact_url(url)} paging loops: the next link of page {number} repeats "
+                    "an earlier one; the result would be incomplete"
+                )
+            followed.add(key)
+            number += 1
+            page = self.read_json(Link.from_dict(next_link), parameters=parameters)
 
 
 def _retry_after(resp: requests.Response) -> float | None:

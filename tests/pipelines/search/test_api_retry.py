@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from pipelines.search import (
     UnknownCollectionError,
     search,
 )
-from tests.pipelines.search.support import LS, S2, fake_api, utm_items
+from tests.pipelines.search.support import LS, S2, FakeStacApi, fake_api, utm_items
 
 AOI = (5.5, 44.8, 6.5, 45.2)
 FAST = RetryPolicy(max_attempts=4, initial_delay_s=0.01, max_delay_s=0.05, timeout_s=5.0)
@@ -205,3 +206,75 @@ def test_api_search_of_a_collection_the_api_lacks_is_bad_input_naming_what_it_se
     with fake_api(utm_items()) as api, missing as e:
         search(SearchRequest(("sentinel-1-grd",), bbox=AOI), catalog_url=api.url, retry=FAST)
     assert e.value.exit_code == EXIT_USAGE and S2 in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ paging faults
+
+
+class _FaultyPager(FakeStacApi):
+    """A fake API whose second page (token 2) misbehaves: ``empty`` (no features but a next link),
+    ``error-body`` (HTTP 200 with an error object), ``not-json`` (HTTP 200, a cut HTML body, once),
+    ``loop`` (every next link points back at page 2)."""
+
+    def __init__(self, fault: str, **kwargs: Any) -> None:
+        super().__init__(utm_items(), page_size=2, **kwargs)
+        self.fault = fault
+        self.garbled = 0
+
+    def __enter__(self) -> _FaultyPager:
+        super().__enter__()
+        return self
+
+    def _page(self, body: dict) -> dict:
+        page = super()._page(body)
+        token = int(body.get("token") or 0)
+        if self.fault == "empty" and token == 2:
+            return {"type": "FeatureCollection", "features": [], "links": page["links"]}
+        if self.fault == "error-body" and token == 2:
+            return {"code": "Timeout", "description": "upstream timed out"}
+        if self.fault == "loop" and token >= 2:
+            for link in page["links"]:
+                link["body"]["token"] = 2
+        return page
+
+    def _send(self, h: Any, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        page = body.get("type") == "FeatureCollection" and self.bodies
+        if self.fault == "not-json" and page and not self.garbled and self.bodies[-1].get("token") == 2:
+            self.garbled += 1
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "6")
+            h.end_headers()
+            h.wfile.write(b"<html>")
+            return
+        super()._send(h, status, body, headers)
+
+
+def _all_ids() -> set[str]:
+    return {i["id"] for i in utm_items() if i["collection"] in (S2, LS)}
+
+
+def test_a_200_error_body_mid_pagination_is_a_failure_not_a_shorter_result() -> None:
+    with _FaultyPager("error-body") as api, pytest.raises(CatalogUnavailableError, match="page 2") as info:
+        search(SearchRequest((S2, LS)), catalog_url=api.url, retry=FAST)
+    assert info.value.exit_code == EXIT_FAILED
+
+
+def test_a_next_link_that_loops_fails_instead_of_paging_forever() -> None:
+    with _FaultyPager("loop") as api, pytest.raises(CatalogUnavailableError, match="paging loops"):
+        search(SearchRequest((S2, LS)), catalog_url=api.url, retry=FAST)
+
+
+def test_an_empty_page_with_a_next_link_is_followed() -> None:
+    with _FaultyPager("empty") as api:
+        result = search(SearchRequest((S2, LS)), catalog_url=api.url, retry=FAST)
+    served = [i["id"] for i in utm_items() if i["collection"] in (S2, LS)]
+    # pystac-client stopped at the empty page 2: only page 1 came back, as a complete result
+    assert set(result.ids) == set(served[:2] + served[4:])  # page 2 was empty on the server
+
+
+def test_a_page_that_is_not_json_is_retried() -> None:
+    with _FaultyPager("not-json") as api:
+        result = search(SearchRequest((S2, LS)), catalog_url=api.url, retry=FAST)
+        assert api.garbled == 1
+    assert set(result.ids) == _all_ids()
