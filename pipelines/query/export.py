@@ -35,7 +35,7 @@ from pipelines import storage
 from pipelines.embeddings import quantize
 from pipelines.outputs import check_file_output
 from pipelines.query.open import Embeddings, QueryError, TimeLike
-from pipelines.query.select import parse_crs, select
+from pipelines.query.select import DEFAULT_MAX_TOKENS, parse_crs, select
 
 
 def _transform(xs: np.ndarray, ys: np.ndarray, resolution: float) -> Any:
@@ -314,12 +314,14 @@ def tokens_geoparquet(
     target_crs: Any = None,
     geometry: Literal["point", "polygon"] = "polygon",
     storage_options: Mapping[str, Any] | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> str:
-    """Every stored valid token whose centre lies in ``bbox`` as one GeoParquet row (module docstring)."""
+    """Every stored valid token whose centre lies in ``bbox`` as one GeoParquet row (module docstring).
+    Built in memory: zone windows of more than ``max_tokens`` tokens in all are refused before reading."""
     import shapely
     from pyproj import Transformer
 
-    from pipelines.query.select import natural_epsg, parse_bbox, zone_windows
+    from pipelines.query.select import SelectionTooLargeError, natural_epsg, parse_bbox, zone_windows
 
     crs_obj = parse_crs(crs)
     box = parse_bbox(bbox)
@@ -328,6 +330,12 @@ def tokens_geoparquet(
     wins = zone_windows(emb, box, crs_obj, ti)
     if not wins:
         raise QueryError(f"bbox {box} ({crs_obj.to_string()}) holds no complete tile at time {emb.times[ti]}")
+    n = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in wins.values())
+    if n > max_tokens:
+        raise SelectionTooLargeError(
+            f"selection of {n} tokens ({len(wins)} zone window(s)) exceeds max_tokens={max_tokens} (it would "
+            "be loaded into memory whole); pass a smaller bbox (--bbox), or raise max_tokens (Python argument)"
+        )
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("epsg", "x", "y", "row", "col", "geom", "emb")}
     tile_ids: list[str] = []
     # only recorded tiles count (read_recorded): [h, w, dim] per zone, NaN = no data
@@ -462,9 +470,11 @@ def export(
     dtype: Literal["float32", "int8"] = "float32",
     geometry: Literal["point", "polygon"] = "point",
     storage_options: Mapping[str, Any] | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> str:
     """Write ``bbox`` as a COG (``.tif``/``.tiff``: selected and resampled onto one grid) or as GeoParquet
-    (``.parquet``/``.geoparquet``: one row per stored token, :func:`tokens_geoparquet`)."""
+    (``.parquet``/``.geoparquet``: one row per stored token, :func:`tokens_geoparquet`). A COG is built
+    in memory: a selection above ``max_tokens`` is refused before anything is read (:func:`select`)."""
     if fmt is None:
         ext = out.lower().rsplit(".", 1)[-1]
         if ext in ("tif", "tiff"):
@@ -486,8 +496,9 @@ def export(
             target_crs=target_crs,
             geometry=geometry,
             storage_options=storage_options,
+            max_tokens=max_tokens,
         )
     if fmt != "geotiff":
         raise QueryError(f"unknown export format {fmt!r}; choose geotiff or geoparquet")
-    sel = select(emb, bbox, crs, time=time, target_crs=target_crs)
+    sel = select(emb, bbox, crs, time=time, target_crs=target_crs, max_tokens=max_tokens)
     return to_geotiff(sel, out, dtype=dtype, storage_options=storage_options)

@@ -32,7 +32,16 @@ from pipelines import storage
 from pipelines.embeddings import unit
 from pipelines.query.export import write_raster
 from pipelines.query.open import Embeddings, QueryError, TimeLike
-from pipelines.query.select import geo_dataarray, parse_crs, select, vectors_at
+from pipelines.query.select import (
+    DEFAULT_MAX_TOKENS,
+    SelectionTooLargeError,
+    check_tokens,
+    geo_dataarray,
+    parse_crs,
+    select,
+    selection_shape,
+    vectors_at,
+)
 
 LABEL_FIELDS = ("class", "label", "landcover", "land_cover", "category", "name")
 NODATA_CLASS = 255
@@ -396,15 +405,35 @@ def classify(
     target_crs: Any = None,
     seed: int = 0,
     storage_options: Mapping[str, Any] | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> FewShotResult:
     """Fit a few-shot classifier on labelled points and predict a class map over ``bbox``
     (default: the labels' extent plus a little margin, in the labels' CRS). ``out`` (``.tif``)
     receives the map as a COG with a colour table and class names in ``CLASS_<i>`` tags, plus GDAL's
-    ``<out>.aux.xml`` with the category names and a raster attribute table (QGIS/GDAL read both)."""
+    ``<out>.aux.xml`` with the category names and a raster attribute table (QGIS/GDAL read both).
+    The map is predicted in memory: an area above ``max_tokens`` tokens is refused before any
+    embedding is read (labels spread far apart make a large default area)."""
     lab = read_labels(labels, label_field, storage_options, seed=seed) if isinstance(labels, str) else labels
     if len(lab) == 0:
         raise QueryError(f"no labelled points in {lab.source or 'the labels'}")
     ti = emb.time_index(time)
+    if bbox is None:
+        pad = 2 * emb.token_ground_m if lab.crs.is_projected else 2 * emb.token_ground_m / 111_320.0
+        lab_box = _labels_bbox(lab, pad)
+        bbox, crs, from_labels = lab_box, lab.crs, True
+    else:
+        from_labels = False
+    try:
+        check_tokens(*selection_shape(emb, bbox, crs, time=ti, target_crs=target_crs), max_tokens)
+    except SelectionTooLargeError as exc:
+        if not from_labels:
+            raise
+        raise SelectionTooLargeError(
+            f"the area to map defaults to the labels' extent {tuple(round(v, 6) for v in lab_box)} "
+            f"({lab.crs.to_string()}): {exc}"
+        ) from None
+    except QueryError:  # e.g. no data there: the labels' own error below says more, select() repeats it
+        pass
     X, info = vectors_at(emb, lab.x, lab.y, lab.crs, time=ti)
     ok = np.isfinite(X[:, 0])
     notes = []
@@ -418,10 +447,7 @@ def classify(
     tokens = np.column_stack([info["epsg"], info["row"], info["col"]])[ok]
     res = fit_fewshot(X[ok], lab.labels[ok], method=method, cv=cv, seed=seed, tokens=tokens)
     res.notes = notes + res.notes
-    if bbox is None:
-        pad = 2 * emb.token_ground_m if lab.crs.is_projected else 2 * emb.token_ground_m / 111_320.0
-        bbox, crs = _labels_bbox(lab, pad), lab.crs
-    sel = select(emb, bbox, crs, time=ti, target_crs=target_crs)
+    sel = select(emb, bbox, crs, time=ti, target_crs=target_crs, max_tokens=max_tokens)
     res.class_map = predict_map(res, sel)
     if out:
         tags = {f"CLASS_{i}": c for i, c in enumerate(res.classes)} | {

@@ -26,7 +26,14 @@ from pyproj import Transformer
 from pipelines import storage
 from pipelines.outputs import check_file_output
 from pipelines.query.open import Embeddings, QueryError, TimeLike
-from pipelines.query.select import geo_dataarray, parse_crs, select
+from pipelines.query.select import (
+    DEFAULT_MAX_TOKENS,
+    check_tokens,
+    geo_dataarray,
+    parse_crs,
+    select,
+    selection_shape,
+)
 from pipelines.query.similarity import Whitening, metric_whitening, query_vector
 
 
@@ -98,13 +105,16 @@ def similarity_map(
     time: TimeLike = None,
     target_crs: Any = None,
     metric: str = "cosine",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> xr.DataArray:
     """Cosine similarity over ``bbox`` to the example locations / vectors (see :func:`query_vector`);
-    ``metric="whitened"`` as in :func:`pipelines.query.similar` (fitted on a sample of the version)."""
+    ``metric="whitened"`` as in :func:`pipelines.query.similar` (fitted on a sample of the version).
+    A selection above ``max_tokens`` is refused before anything is read (:func:`select`)."""
     ti = emb.time_index(time)
+    check_tokens(*selection_shape(emb, bbox, crs, time=ti, target_crs=target_crs), max_tokens)
     whitening = metric_whitening(emb, ti, metric)
     q = query_vector(emb, lon=lon, lat=lat, vectors=vectors, time=ti, whitening=whitening)
-    sel = select(emb, bbox, crs, time=ti, target_crs=target_crs)
+    sel = select(emb, bbox, crs, time=ti, target_crs=target_crs, max_tokens=max_tokens)
     return cosine_map(sel, q, whitening)
 
 
@@ -230,9 +240,11 @@ def pca_map(
     time: TimeLike = None,
     target_crs: Any = None,
     storage_options: Mapping[str, Any] | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> str:
-    """PCA -> RGB PNG of ``bbox``. Returns ``out``."""
-    sel = select(emb, bbox, crs, time=time, target_crs=target_crs)
+    """PCA -> RGB PNG of ``bbox``. Returns ``out``. A selection above ``max_tokens`` is refused
+    before anything is read (:func:`select`)."""
+    sel = select(emb, bbox, crs, time=time, target_crs=target_crs, max_tokens=max_tokens)
     rgb = pca_rgb(sel)
     ratio = ", ".join(f"{r:.0%}" for r in rgb.attrs["explained_variance_ratio"])
     return render_png(
@@ -253,11 +265,21 @@ def similarity_heatmap(
     target_crs: Any = None,
     storage_options: Mapping[str, Any] | None = None,
     metric: str = "cosine",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> str:
     """Cosine-similarity heatmap PNG of ``bbox`` to example locations (marked) or vectors
     (``metric`` as in :func:`similarity_map`)."""
     sim = similarity_map(
-        emb, bbox, crs, lon=lon, lat=lat, vectors=vectors, time=time, target_crs=target_crs, metric=metric
+        emb,
+        bbox,
+        crs,
+        lon=lon,
+        lat=lat,
+        vectors=vectors,
+        time=time,
+        target_crs=target_crs,
+        metric=metric,
+        max_tokens=max_tokens,
     )
     label = str(sim.attrs["long_name"])
     pts = None

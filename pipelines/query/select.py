@@ -31,6 +31,11 @@ from pipelines.query.open import Embeddings, QueryError, TileRef, TimeLike
 
 BBox = tuple[float, float, float, float]
 DEFAULT_MAX_TOKENS = 16_000_000
+"""The most tokens :func:`select` loads (one zone or merged): 16 M x dim 64 x 4 bytes ~ 4 GB."""
+
+
+class SelectionTooLargeError(QueryError):
+    """A selection above ``max_tokens``, refused before anything is read."""
 
 
 def parse_crs(crs: Any) -> CRS:
@@ -241,6 +246,50 @@ def select(
     by nearest-token resampling onto ``target_crs`` (default: the zone of the bbox centre) at
     ``resolution`` (default ``token_ground_m``; degrees for geographic CRSs), loaded eagerly.
     """
+    plan = _plan(emb, bbox, crs, time, target_crs, resolution)
+    check_tokens(*_plan_shape(emb, plan, resolution), max_tokens)  # before anything is read
+    box, crs_obj, ti, wins, zone, target = plan
+    if zone is not None:
+        return select_zones(emb, box, crs_obj, time=ti)[zone]
+    return _merge(emb, box, crs_obj, target, ti, wins, resolution)
+
+
+def selection_shape(
+    emb: Embeddings,
+    bbox: str | Sequence[float],
+    crs: Any = "EPSG:4326",
+    *,
+    time: TimeLike = None,
+    target_crs: Any = None,
+    resolution: float | None = None,
+) -> tuple[int, int]:
+    """``(ny, nx)`` of what :func:`select` would return for these arguments, from metadata only."""
+    return _plan_shape(emb, _plan(emb, bbox, crs, time, target_crs, resolution), resolution)
+
+
+def check_tokens(ny: int, nx: int, max_tokens: int) -> None:
+    """Refuse a selection of ``ny x nx`` tokens above ``max_tokens`` (it would be loaded whole)."""
+    if ny * nx > max_tokens:
+        raise SelectionTooLargeError(
+            f"selection of {ny} x {nx} = {ny * nx} tokens exceeds max_tokens={max_tokens} (it would be "
+            "loaded into memory whole); pass a smaller bbox (--bbox) or a coarser resolution, or raise "
+            "max_tokens (Python argument)"
+        )
+
+
+_Plan = tuple[BBox, CRS, int, dict[int, tuple[int, int, int, int]], int | None, CRS]
+
+
+def _plan(
+    emb: Embeddings,
+    bbox: str | Sequence[float],
+    crs: Any,
+    time: TimeLike,
+    target_crs: Any,
+    resolution: float | None,
+) -> _Plan:
+    """``(box, crs, time index, zone windows, zone, target)``: ``zone`` is the zone whose native
+    window :func:`select` returns, or None when zones are merged onto ``target``."""
     crs_obj = parse_crs(crs)
     box = parse_bbox(bbox)
     ti = emb.time_index(time)
@@ -264,8 +313,7 @@ def select(
         if target is not None:
             prefer = [z for z in prefer if z == target.to_epsg()]
         if prefer:
-            zone = prefer[0]
-            return select_zones(emb, box, crs_obj, time=ti)[zone]
+            return box, crs_obj, ti, wins, prefer[0], CRS.from_epsg(prefer[0])
     if target is None:
         if nat in wins:
             target = CRS.from_epsg(nat)
@@ -273,19 +321,27 @@ def select(
             target = CRS.from_epsg(
                 max(wins, key=lambda z: (wins[z][1] - wins[z][0]) * (wins[z][3] - wins[z][2]))
             )
-    return _merge(emb, box, crs_obj, target, ti, wins, resolution, max_tokens)
+    return box, crs_obj, ti, wins, None, target
 
 
-def _merge(
+def _plan_shape(emb: Embeddings, plan: _Plan, resolution: float | None) -> tuple[int, int]:
+    box, crs_obj, _, wins, zone, target = plan
+    if zone is not None:
+        r0, r1, c0, c1 = wins[zone]
+        return r1 - r0, c1 - c0
+    *_, nx, ny = _merge_grid(emb, box, crs_obj, target, wins, resolution)
+    return ny, nx
+
+
+def _merge_grid(
     emb: Embeddings,
     box: BBox,
     crs: CRS,
     target: CRS,
-    ti: int,
     wins: dict[int, tuple[int, int, int, int]],
     resolution: float | None,
-    max_tokens: int,
-) -> xr.DataArray:
+) -> tuple[float, float, float, float, float, int, int]:
+    """The merged output grid in ``target``: ``(res, x0, y0, x1, y1, nx, ny)``."""
     res = (
         float(resolution)
         if resolution
@@ -320,11 +376,19 @@ def _merge(
     y0 = math.floor(tb[1] / res) * res
     y1 = math.ceil(tb[3] / res) * res
     nx, ny = round((x1 - x0) / res), round((y1 - y0) / res)
-    if nx * ny > max_tokens:
-        raise QueryError(
-            f"selection of {ny} x {nx} = {nx * ny} tokens exceeds max_tokens={max_tokens}; use a smaller bbox, a "
-            "coarser resolution or raise max_tokens"
-        )
+    return res, x0, y0, x1, y1, nx, ny
+
+
+def _merge(
+    emb: Embeddings,
+    box: BBox,
+    crs: CRS,
+    target: CRS,
+    ti: int,
+    wins: dict[int, tuple[int, int, int, int]],
+    resolution: float | None,
+) -> xr.DataArray:
+    res, x0, y0, x1, y1, nx, ny = _merge_grid(emb, box, crs, target, wins, resolution)
     # the output rectangle reaches past the bbox where the CRSs are rotated: read what covers it
     wins = zone_windows(emb, (x0, y0, x1, y1), target, ti) or wins
     xs = x0 + (np.arange(nx) + 0.5) * res
