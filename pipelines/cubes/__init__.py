@@ -10,7 +10,8 @@
 * ``plan``: :class:`CubeRequest` -> collections, items and tiles (:func:`plan_cubes`), the one
   planner of the ``aom cubes`` verb, the ``ingest`` flow and the demo;
 * ``run``: :func:`write_cubes` over many tiles (threads or Dask);
-* ``freshness``: complete tiles a run must rebuild because it has items their record has not seen;
+* ``freshness``: complete tiles a run must rebuild because it has items their record has not seen,
+  or newer versions (STAC ``updated``) of items it has;
 * ``ingest``: search -> saved items -> plan -> cubes as resumable steps.
 """
 

@@ -1,4 +1,5 @@
-"""Which tiles a cube run must rebuild because it was given items their completion record has not seen.
+"""Which tiles a cube run must rebuild: it was given items their completion record has not seen, or
+newer versions of items it has.
 
 A tile is written once and then skipped by every later run (its completion record is what makes it
 done). New acquisitions of an already built tile (a ``refresh`` of a live catalog, a rerun with a
@@ -9,6 +10,9 @@ recorded tile with the items the tile was built from:
   lease, built aside and swapped in only once complete (:mod:`pipelines.cubes.rebuild`: a rebuild
   whose reads fail keeps the tile; the swap removes the record first, so the tile is absent, never
   half old and half new, to readers that check records);
+* **updated items** (ids the record has seen, whose version, STAC ``updated`` else ``created``, is
+  now newer than the one the tile was built from: a catalog's reprocessing keeps an item's id): the
+  tile is rebuilt the same way, or its old pixels would stay forever;
 * but only when the run also has **every item the record holds**: a run given only the new items
   (``aom cubes --items new.ndjson``) would otherwise rebuild the tile from fewer acquisitions than it
   has; such a tile is skipped and the summary says how many items are missing.
@@ -18,6 +22,13 @@ module exists). Records written before it list only the items that gave pixels (
 assets left out (``skipped``); for them an item also counts as seen when it was last updated (STAC
 ``updated``, else ``created``) before the record was written, so an item that touched the tile then
 without giving a pixel does not trigger a rebuild.
+
+An item's version as the build saw it is the record's ``item_versions`` (id -> ``updated``, else
+``created``, else None, as the run's items carried them; recorded since versions are compared). An
+item without a recorded version (a record written before ``item_versions``, or an item that had
+neither time then) counts as seen at the record's ``written_at``: it is updated when its version
+now is later than that, so upgrading rebuilds only tiles whose items changed after they were built.
+A version that cannot be read, or an item that has none now, never triggers a rebuild.
 """
 
 from __future__ import annotations
@@ -38,19 +49,27 @@ class Freshness:
     """Ids of the run's items the record has not seen (sorted)."""
     missing: tuple[str, ...]
     """Ids of items the record holds that the run was not given (sorted)."""
+    updated: tuple[str, ...] = ()
+    """Ids of the run's items the record has seen, now in a newer version (sorted)."""
 
     @property
     def rebuild(self) -> bool:
-        """New items, and the run has every item the tile holds."""
-        return bool(self.new) and not self.missing
+        """New or updated items, and the run has every item the tile holds."""
+        return bool(self.new or self.updated) and not self.missing
+
+    def changes(self) -> str:
+        """``"N new item(s)"``, ``"N updated item(s)"`` or ``"N new and M updated item(s)"``."""
+        if self.new and self.updated:
+            return f"{len(self.new)} new and {len(self.updated)} updated item(s)"
+        return f"{len(self.new)} new item(s)" if self.new else f"{len(self.updated)} updated item(s)"
 
     def reason(self) -> str:
         """Why the tile is skipped (empty when it is rebuilt)."""
-        if not self.new:
+        if not (self.new or self.updated):
             return "already complete (record exists)"
         if self.missing:
             return (
-                f"not rebuilt: {len(self.new)} new item(s), but the tile holds {len(self.missing)} item(s) "
+                f"not rebuilt: {self.changes()}, but the tile holds {len(self.missing)} item(s) "
                 f"this run was not given (e.g. {self.missing[0]}); rerun with all of the tile's items"
             )
         return ""
@@ -62,6 +81,36 @@ def _time(value: str | None) -> dt.datetime | None:
         return parse_time(value)
     except SearchError:
         return None
+
+
+def item_versions(items: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
+    """A record's ``item_versions``: id -> version (``updated``, else ``created``, else None) of the
+    items a build is given; an id given twice keeps its newest readable version."""
+    out: dict[str, str | None] = {}
+    for item in items:
+        iid, version = str(item.get("id")), item_updated(item)
+        stamp, kept = _time(version), _time(out.get(iid))
+        if iid not in out or (stamp is not None and (kept is None or stamp > kept)):
+            out[iid] = version
+    return out
+
+
+def _updated(
+    record: Mapping[str, Any], seen: set[str], items: Sequence[Mapping[str, Any]]
+) -> tuple[str, ...]:
+    """Ids of ``items`` in ``seen`` whose version is newer than the one ``record`` holds for them
+    (without one: its ``written_at``)."""
+    versions = record.get("item_versions") or {}
+    written = _time(record.get("written_at"))
+    out = set()
+    for item in items:
+        iid = str(item.get("id"))
+        if iid not in seen or (now := _time(item_updated(item))) is None:
+            continue
+        was = _time(versions.get(iid)) if versions.get(iid) else written
+        if was is not None and now > was:
+            out.add(iid)
+    return tuple(sorted(out))
 
 
 def freshness(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> Freshness:
@@ -78,4 +127,8 @@ def freshness(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> 
             if written is not None and stamp is not None and stamp <= written:
                 seen.add(str(item.get("id")))
     given = {str(i.get("id")) for i in items}
-    return Freshness(new=tuple(sorted(given - seen)), missing=tuple(sorted(held - given)))
+    return Freshness(
+        new=tuple(sorted(given - seen)),
+        missing=tuple(sorted(held - given)),
+        updated=_updated(record, seen, items),
+    )

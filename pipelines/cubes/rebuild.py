@@ -1,6 +1,7 @@
 """Rebuilding a complete tile without putting it at risk: the new tile is built aside, then swapped in.
 
-A complete tile given items its record has not seen is rebuilt (:mod:`pipelines.cubes.freshness`).
+A complete tile given items its record has not seen, or newer versions of its items, is rebuilt
+(:mod:`pipelines.cubes.freshness`).
 Every read of that rebuild can fail for reasons that pass (a catalog's server down, a rate limit, a
 network mount gone): the preflight opens, odc-stac's pixel loads during the write, the diagnosis
 of a failed load. None of that may cost the tile the store already holds. So a rebuild writes its

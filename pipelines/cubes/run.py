@@ -38,7 +38,7 @@ from pipelines.cubes.assembly import (
     unreachable_reason,
 )
 from pipelines.cubes.composite import composite_group
-from pipelines.cubes.freshness import freshness
+from pipelines.cubes.freshness import freshness, item_versions
 from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
 from pipelines.cubes.rebuild import staging_store, swap_in
 from pipelines.cubes.spec import (
@@ -196,7 +196,7 @@ class RunSummary:
 
         block("failed (retried on the next run):", [f"{t}: {r}" for t, r in self.tiles_failed.items()])
         block(
-            "complete tiles rebuilt or not (items their record had not seen):",
+            "complete tiles rebuilt or not (items their record had not seen, or newer versions):",
             [
                 f"{o.tile_id}: {o.reason}"
                 for o in self.outcomes
@@ -254,13 +254,13 @@ def process_tile(
     scheduler: str | None = "threads",
 ) -> TileOutcome:
     """Write one tile exactly once (skip when complete), or rebuild a complete tile when ``items``
-    has items its record has not seen (:mod:`pipelines.cubes.freshness`): built aside and swapped in
-    only once complete (:mod:`pipelines.cubes.rebuild`), so a failed rebuild keeps the tile. Never
-    raises for bad inputs or storage faults."""
+    has items its record has not seen or newer versions of its items (:mod:`pipelines.cubes.freshness`):
+    built aside and swapped in only once complete (:mod:`pipelines.cubes.rebuild`), so a failed
+    rebuild keeps the tile. Never raises for bad inputs or storage faults."""
     t0 = time.perf_counter()
     store = CubeStore(out_url, storage_options)
     lease = None
-    new: tuple[str, ...] = ()
+    changes = ""  # of a rebuild: "N new item(s)", "N updated item(s)" (freshness.py)
     recorded: dict[str, dict[str, Any]] = {}
     swapping = False
     try:
@@ -276,7 +276,7 @@ def process_tile(
                 state = freshness(recorded[tile.tile_id], items)
                 if not state.rebuild:  # another run rebuilt it meanwhile
                     return _skipped(tile.tile_id, recorded[tile.tile_id], state.reason())
-                new = state.new
+                changes = state.changes()
         else:
             lease = store.tile_lease(tile.tile_id)
             # another live run building this tile: wait for it (its record ends the wait)
@@ -301,10 +301,8 @@ def process_tile(
                 swap_in(store, staging, tile.tile_id, record)
             else:
                 store.write_record(tile.tile_id, record)
-        if new and outcome.status != TileStatus.FAILED:
-            outcome.reason = f"rebuilt with {len(new)} new item(s)" + (
-                f"; {outcome.reason}" if outcome.reason else ""
-            )
+        if changes and outcome.status != TileStatus.FAILED:
+            outcome.reason = f"rebuilt with {changes}" + (f"; {outcome.reason}" if outcome.reason else "")
     except Exception as exc:  # storage down, or a bug: the tile stays absent and is redone next run
         reason, _ = classify_error(exc)
         log.warning("tile %s failed: %s: %s", tile.tile_id, type(exc).__name__, reason)
@@ -312,8 +310,8 @@ def process_tile(
     finally:
         if lease is not None:
             lease.release()
-    if new and outcome.status == TileStatus.FAILED and not swapping:
-        outcome.reason += f" (not rebuilt with {len(new)} new item(s): the complete tile is kept)"
+    if changes and outcome.status == TileStatus.FAILED and not swapping:
+        outcome.reason += f" (not rebuilt with {changes}: the complete tile is kept)"
     outcome.elapsed_s = time.perf_counter() - t0
     return outcome
 
@@ -410,7 +408,7 @@ def _write_tile(
         dropped_groups=dropped,
         items=used,
         skipped=skipped,
-        considered_items=[str(i.get("id")) for i in items],
+        considered_items=item_versions(items),  # ids and versions (updated/created): freshness.py
     )
     labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]
     outcome = TileOutcome(

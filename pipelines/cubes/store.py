@@ -113,10 +113,10 @@ def tile_record(
     items: Sequence[str] = (),
     skipped: Sequence[Mapping[str, Any]] = (),
     written_at: str | None = None,
-    considered_items: Sequence[str] = (),
+    considered_items: Sequence[str] | Mapping[str, str | None] = (),
 ) -> dict[str, Any]:
-    """A tile's completion record (``status`` ``complete`` with ``groups``, or ``empty``), written last
-    with :meth:`CubeStore.write_record`. ``written_at`` defaults to now (UTC, ISO 8601)."""
+    """A tile's completion record (``complete`` with ``groups``, or ``empty``; :meth:`CubeStore.write_record`);
+    ``written_at``: default now (UTC); ``considered_items``: ids, or id -> version (freshness.py)."""
     if status not in (TileStatus.COMPLETE, TileStatus.EMPTY):
         raise ValueError(f"a completion record's status is 'complete' or 'empty', got {status!r}")
     return {
@@ -130,6 +130,7 @@ def tile_record(
         "dropped_groups": list(dropped_groups),
         "items": list(items),
         "considered_items": sorted(considered_items),  # every item the build was given (freshness.py)
+        "item_versions": dict(considered_items) if isinstance(considered_items, Mapping) else {},
         "skipped": list(skipped),
         "reason": reason,
         "encoding": spec.encoding,
@@ -344,9 +345,8 @@ class CubeStore:
         return [t for t, r in self.tile_records().items() if r["status"] == TileStatus.EMPTY]
 
     def write_record(self, tile_id: str, record: Mapping[str, Any]) -> None:
-        write_json_atomic(
-            join(self.url, RECORDS_DIR, f"{tile_id}.json"), json_safe(dict(record)), self.storage_options
-        )
+        path = join(self.url, RECORDS_DIR, f"{tile_id}.json")
+        write_json_atomic(path, json_safe(dict(record)), self.storage_options)
 
     def remove_record(self, tile_id: str) -> None:
         """Make a tile incomplete before rebuilding it (the caller holds its lease)."""

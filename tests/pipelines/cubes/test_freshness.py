@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipelines.cubes import CubeStore, write_cubes
 from pipelines.cubes.freshness import freshness
 from pipelines.runs import TileStatus
-from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, spec
+from tests.pipelines.cubes.support import S2, TILE_IDS, assert_stores_equal, s2_item, spec
 
 
 def test_new_items_rebuild_complete_tiles_equal_to_a_clean_run(
@@ -28,8 +30,9 @@ def test_new_items_rebuild_complete_tiles_equal_to_a_clean_run(
     second = write_cubes([scene["A"], scene["B"]], TILE_IDS, spec(), str(out), progress=False)
     assert {o.status for o in second.outcomes} == {TileStatus.DONE}, second.format()
     assert {o.reason for o in second.outcomes} == {"rebuilt with 1 new item(s)"}
-    assert f"complete tiles rebuilt or not (items their record had not seen):\n  {TILE_IDS[0]}: rebuilt" in (
-        second.format()
+    assert (
+        f"complete tiles rebuilt or not (items their record had not seen, or newer versions):\n  {TILE_IDS[0]}: rebuilt"
+        in (second.format())
     )
     assert_stores_equal(store, CubeStore.open(str(built["out"])))
     assert not list(out.glob("_leases/*"))  # every lease released
@@ -75,6 +78,88 @@ def test_records_written_before_considered_items_count_items_published_before_th
     new = {"items": ["A"], "considered_items": ["A", "C"], "written_at": "2023-07-01T00:00:00+00:00"}
     assert freshness(new, [item("A", None), item("C", None)]).new == ()
     assert freshness(new, [item("C", None), item("F", None)]).missing == ("A",)
+
+
+def test_a_reprocessed_item_rebuilds_the_tile_with_its_new_pixels(
+    scene: dict[str, Any], built: dict[str, Any], tmp_path: Path
+) -> None:
+    """A tile built from A and B; the catalog reprocesses A (same id, newer ``updated``, other
+    pixels). A run given the new A and B rebuilds every tile through the aside-and-swap path, and the
+    store equals a clean run of the new A and B; a rerun with the same items rebuilds nothing."""
+    old_a = s2_item(
+        tmp_path / "v1",
+        "A",
+        cloud_boxes=[(0.1, 0.55, 0.4, 0.9)],
+        properties={"updated": "2023-06-02T00:00:00Z"},
+    )
+    new_a = s2_item(tmp_path / "v2", "A", properties={"updated": "2024-03-01T00:00:00Z"}, seed=7)
+    out, clean = tmp_path / "cubes", tmp_path / "clean"
+    write_cubes([old_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    store = CubeStore.open(str(out))
+    record = store.record(TILE_IDS[0])
+    assert record["item_versions"] == {"A": "2023-06-02T00:00:00Z", "B": None}
+    old = store.open_tile(TILE_IDS[0], decode=False)[(S2, "10m")].load()
+
+    run = write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {(o.status, o.reason) for o in run.outcomes} == {
+        (TileStatus.DONE, "rebuilt with 1 updated item(s)")
+    }
+    assert f"  {TILE_IDS[0]}: rebuilt with 1 updated item(s)" in run.format()
+    assert store.record(TILE_IDS[0])["item_versions"] == {"A": "2024-03-01T00:00:00Z", "B": None}
+    now = store.open_tile(TILE_IDS[0], decode=False)[(S2, "10m")].load()
+    assert not np.array_equal(now["reflectance"].values, old["reflectance"].values)  # A's new pixels
+    write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(clean), progress=False)
+    assert_stores_equal(store, CubeStore.open(str(clean)))
+    assert not list(out.glob("_rebuild/*")) and not list(out.glob("_leases/*"))
+
+    rerun = write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {(o.status, o.reason) for o in rerun.outcomes} == {
+        (TileStatus.SKIPPED, "already complete (record exists)")
+    }
+    # the old A again (a stale copy of the catalog) is not newer: nothing is rebuilt
+    back = write_cubes([old_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {o.status for o in back.outcomes} == {TileStatus.SKIPPED}
+    # the new A alone: the tile would lose B, so it is not rebuilt (the existing rule)
+    alone = freshness(
+        store.record(TILE_IDS[0]), [{**new_a, "properties": {"updated": "2025-01-01T00:00:00Z"}}]
+    )
+    assert alone.updated == ("A",) and alone.missing == ("B",) and not alone.rebuild
+    assert alone.reason().startswith("not rebuilt: 1 updated item(s), but the tile holds 1 item(s)")
+
+
+def test_records_without_item_versions_count_their_items_as_seen_when_written(
+    scene: dict[str, Any], built: dict[str, Any], tmp_path: Path
+) -> None:
+    """A store whose records predate ``item_versions``: items not updated since a record was written
+    rebuild nothing (no mass rebuild on upgrade); an item updated after it rebuilds its tiles."""
+    out = tmp_path / "cubes"
+    shutil.copytree(built["out"], out)
+    store = CubeStore.open(str(out))
+    for tile_id, record in store.tile_records().items():
+        record.pop("item_versions", None)
+        store.write_record(tile_id, record)
+    written = store.record(TILE_IDS[0])["written_at"]
+    assert "item_versions" not in store.record(TILE_IDS[0])
+
+    def version(item: dict[str, Any], when: str) -> dict[str, Any]:
+        return {**item, "properties": {**item["properties"], "updated": when}}
+
+    same = [version(scene["A"], "2023-06-02T00:00:00Z"), version(scene["B"], written)]
+    run = write_cubes(same, TILE_IDS, spec(), str(out), progress=False)
+    assert {(o.status, o.reason) for o in run.outcomes} == {
+        (TileStatus.SKIPPED, "already complete (record exists)")
+    }
+    assert_stores_equal(store, CubeStore.open(str(built["out"])))
+
+    later = [version(scene["A"], "2999-01-01T00:00:00Z"), scene["B"]]  # B: no version, never "updated"
+    state = freshness(store.record(TILE_IDS[0]), later)
+    assert state.updated == ("A",) and state.new == () and state.rebuild
+    old = {"items": ["A"], "considered_items": ["A"], "written_at": "2023-07-01T00:00:00+00:00"}
+    assert freshness(old, [version(scene["A"], "2023-07-01T00:00:00Z")]).updated == ()
+    assert freshness(old, [version(scene["A"], "2023-07-01T00:00:01Z")]).updated == ("A",)
+    oldest = {"items": ["A"], "written_at": "2023-07-01T00:00:00+00:00"}  # before considered_items
+    assert freshness(oldest, [version(scene["A"], "2023-07-02T00:00:00Z")]).updated == ("A",)
+    assert freshness(oldest, [version(scene["A"], "2023-06-02T00:00:00Z")]).rebuild is False
 
 
 def test_a_rebuild_killed_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
