@@ -14,8 +14,10 @@ record), the embedding record's ``provenance`` is compared with the current cube
   within the margin): fresh;
 * otherwise stale when these records hold items in the period (of the run's collections; for a
   neighbour, of the tile's own groups) that the embedding's ``input_items`` lack (a rebuilt cube),
-  or when a neighbour with such items was built since (the margin was NaN there; records made
-  before ``margin_cubes`` cannot tell). The tile is embedded again and its shard and record
+  when its own cube record holds an item whose version (``item_versions``: the catalog's
+  ``updated``) is newer than the ``cube_written_at`` the embedding was made from (a reprocessed
+  item: same id, new pixels), or when a neighbour with such items was built since (the margin was
+  NaN there; records made before ``margin_cubes`` cannot tell). The tile is embedded again and its shard and record
   replaced (the record last, as for any write: readers see the old or the new tile, never a mix).
 
 From STAC items (``--catalog-url``) the run's search is the only signal: each record lists
@@ -32,15 +34,17 @@ entries (the last concurrent writer wins: an entry counts only while its record 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import embeddings as es
 from pipelines.embed.sources import CubeSource, Period
 from pipelines.runs import TileStatus
+from pipelines.search import SearchError, parse_time
 from pipelines.storage import MAX_PREFIX_LISTINGS, redact_url
 from pipelines.tiling import column_prefixes
 
@@ -58,6 +62,8 @@ class CubeState:
     margin: Mapping[str, tuple[str, frozenset[str]]]
     """Complete cube records of its margin neighbours: tile id -> (``written_at``, ids of the items
     they hold in the period in the tile's own groups: those a read composites into the margin)."""
+    versions: Mapping[str, str | None] = field(default_factory=dict)
+    """The own record's ``item_versions`` of ``items`` (the catalog's ``updated``, else ``created``)."""
 
 
 def cube_state(
@@ -76,7 +82,24 @@ def cube_state(
         for n in source.neighbours(tile_id, margin_m)
         if (rec := cube_records.get(n)) is not None and rec.get("status") == TileStatus.COMPLETE
     }
-    return CubeState(own.get("written_at"), frozenset(source.period_items(own, period)), margin)
+    items = frozenset(source.period_items(own, period))
+    versions = own.get("item_versions") or {}
+    return CubeState(own.get("written_at"), items, margin, {i: versions.get(i) for i in items})
+
+
+def _time(value: Any) -> dt.datetime | None:
+    try:
+        return parse_time(str(value)) if value else None
+    except SearchError:
+        return None
+
+
+def _reprocessed(versions: Mapping[str, str | None], made_at: Any) -> bool:
+    """Whether one of the items was published anew after the cube the embedding was made from was
+    written (a reprocessed item keeps its id: the cube was rebuilt with its new pixels,
+    ``pipelines.cubes.freshness``)."""
+    made = _time(made_at)
+    return made is not None and any((t := _time(v)) is not None and t > made for v in versions.values())
 
 
 def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:
@@ -92,6 +115,10 @@ def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:
     seen = set(prov.get("input_items") or ())
     if state.items - seen or any(ids - seen for _, ids in state.margin.values()):
         return True  # a cube (its own or a neighbour's) rebuilt with new items
+    if state.written_at != prov.get("cube_written_at") and _reprocessed(
+        state.versions, prov.get("cube_written_at")
+    ):
+        return True  # its own cube rebuilt with a reprocessed item (same id, newer pixels)
     # a neighbour built since: its items may be known (the same scenes), but the margin was NaN there
     return made_from is not None and any(ids for n, (_, ids) in state.margin.items() if n not in made_from)
 

@@ -366,3 +366,33 @@ def test_staleness_rules() -> None:
     assert is_stale(earlier, gained)
     assert is_stale({"provenance": {**made, "margin_cubes": {}}}, state)  # built since: the margin was NaN
     assert not is_stale({"provenance": made}, state)  # recorded before margin_cubes: cannot tell
+
+
+def test_a_cube_rebuilt_for_a_reprocessed_item_makes_its_embedding_stale() -> None:
+    """A reprocessed item keeps its id: its cube tile is rebuilt with the new pixels
+    (``pipelines.cubes.freshness``, ``item_versions``), and the embedding made from the tile's
+    previous record is embedded again, although it lacks no item id (it stayed fresh for good)."""
+    (period,) = parse_periods(PERIOD)
+    group = {
+        "collection": "sentinel-2-l2a",
+        "gsd_label": "10m",
+        "bands": ["B04"],
+        "times": ["2023-06-05T10:30:00"],
+        "source_items": ["S1"],
+    }
+    tile = "32631_95_649"
+    made = {"provenance": {"input_items": ["S1"], "cube_written_at": "2023-07-02T00:00:00+00:00"}}
+
+    def state(written_at: str, version: str | None) -> CubeState:
+        cube = {"written_at": written_at, "status": TileStatus.COMPLETE, "groups": [group]}
+        cube["item_versions"] = {"S1": version}
+        return cube_state(CubeSource("unused"), tile, 960.0, {tile: cube}, period)
+
+    # the record it was made from (S1 published before it): fresh
+    assert not is_stale(made, state("2023-07-02T00:00:00+00:00", "2023-06-06T00:00:00Z"))
+    # rebuilt later for another reason, S1 unchanged: fresh (no item is newer than the embedding's cube)
+    assert not is_stale(made, state("2023-08-01T00:00:00+00:00", "2023-06-06T00:00:00Z"))
+    # rebuilt because S1 was reprocessed after that cube was written: stale
+    assert is_stale(made, state("2023-08-01T00:00:00+00:00", "2023-07-20T00:00:00Z"))
+    # records without versions (written before item_versions) cannot tell: fresh, as before
+    assert not is_stale(made, state("2023-08-01T00:00:00+00:00", None))
