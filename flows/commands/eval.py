@@ -235,7 +235,7 @@ def eval_command(
     if shifts:
         from pipelines.evaluation.product import load_scene, product_embeddings, run_product_metrics
 
-        scene = load_scene(spec)
+        scene = load_scene(spec, seed=seed)
         embeddings = product_embeddings(cfg.features)
         if scene is None:
             typer.echo("product metrics: skipped (the dataset is separate patches, not a scene)", err=True)

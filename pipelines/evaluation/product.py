@@ -462,9 +462,10 @@ def _retrieval(
     }
 
 
-def load_scene(spec: Any) -> LabelledScene | None:
+def load_scene(spec: Any, seed: int = 0) -> LabelledScene | None:
     """The scene behind a dataset spec (t29unu halves / windows, synthetic, a GeoTIFF with a label
-    raster); None for datasets of separate patches (BigEarthNet, labelled points)."""
+    raster); None for datasets of separate patches (BigEarthNet, labelled points). ``seed``: the
+    synthetic scene's, as ``load_dataset`` draws it (the probes and the product metrics see one scene)."""
     import re
 
     from pipelines.evaluation.datasets import synthetic_scene
@@ -478,7 +479,7 @@ def load_scene(spec: Any) -> LabelledScene | None:
         return None
     m = re.fullmatch(r"synthetic(?::(\d+))?", low)
     if m:
-        return synthetic_scene(n_classes=int(m.group(1) or 4))
+        return synthetic_scene(n_classes=int(m.group(1) or 4), seed=seed)
     if spec.labels and Path(spec.labels).suffix.lower() in (".csv", ".json", ".geojson"):
         return None
     return load_geotiff_scene(spec)
