@@ -33,12 +33,11 @@ A version that cannot be read, or an item that has none now, never triggers a re
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.search import SearchError, item_updated, parse_time
+from pipelines.search import item_updated, read_time
 
 
 @dataclass(frozen=True)
@@ -75,21 +74,13 @@ class Freshness:
         return ""
 
 
-def _time(value: str | None) -> dt.datetime | None:
-    """An RFC 3339 time as search reads it; None when absent or unreadable (then not "seen")."""
-    try:
-        return parse_time(value)
-    except SearchError:
-        return None
-
-
 def item_versions(items: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
     """A record's ``item_versions``: id -> version (``updated``, else ``created``, else None) of the
     items a build is given; an id given twice keeps its newest readable version."""
     out: dict[str, str | None] = {}
     for item in items:
         iid, version = str(item.get("id")), item_updated(item)
-        stamp, kept = _time(version), _time(out.get(iid))
+        stamp, kept = read_time(version), read_time(out.get(iid))
         if iid not in out or (stamp is not None and (kept is None or stamp > kept)):
             out[iid] = version
     return out
@@ -101,13 +92,13 @@ def _updated(
     """Ids of ``items`` in ``seen`` whose version is newer than the one ``record`` holds for them
     (without one: its ``written_at``)."""
     versions = record.get("item_versions") or {}
-    written = _time(record.get("written_at"))
+    written = read_time(record.get("written_at"))
     out = set()
     for item in items:
         iid = str(item.get("id"))
-        if iid not in seen or (now := _time(item_updated(item))) is None:
+        if iid not in seen or (now := read_time(item_updated(item))) is None:
             continue
-        was = _time(versions.get(iid)) if versions.get(iid) else written
+        was = read_time(versions.get(iid)) if versions.get(iid) else written
         if was is not None and now > was:
             out.add(iid)
     return tuple(sorted(out))
@@ -121,9 +112,9 @@ def freshness(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> 
         seen = {str(i) for i in record["considered_items"]} | held
     else:  # a record written before considered_items: also seen = published before the record
         seen = held | {str(s.get("item")) for s in record.get("skipped") or () if s.get("item")}
-        written = _time(record.get("written_at"))
+        written = read_time(record.get("written_at"))
         for item in items:
-            stamp = _time(item_updated(item))
+            stamp = read_time(item_updated(item))
             if written is not None and stamp is not None and stamp <= written:
                 seen.add(str(item.get("id")))
     given = {str(i.get("id")) for i in items}

@@ -34,7 +34,6 @@ entries (the last concurrent writer wins: an entry counts only while its record 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -44,7 +43,7 @@ from typing import Any
 from pipelines import embeddings as es
 from pipelines.embed.sources import CubeSource, Period
 from pipelines.runs import TileStatus
-from pipelines.search import SearchError, parse_time
+from pipelines.search import read_time
 from pipelines.storage import MAX_PREFIX_LISTINGS, redact_url
 from pipelines.tiling import column_prefixes
 
@@ -87,19 +86,12 @@ def cube_state(
     return CubeState(own.get("written_at"), items, margin, {i: versions.get(i) for i in items})
 
 
-def _time(value: Any) -> dt.datetime | None:
-    try:
-        return parse_time(str(value)) if value else None
-    except SearchError:
-        return None
-
-
 def _reprocessed(versions: Mapping[str, str | None], made_at: Any) -> bool:
     """Whether one of the items was published anew after the cube the embedding was made from was
     written (a reprocessed item keeps its id: the cube was rebuilt with its new pixels,
     ``pipelines.cubes.freshness``)."""
-    made = _time(made_at)
-    return made is not None and any((t := _time(v)) is not None and t > made for v in versions.values())
+    made = read_time(made_at)
+    return made is not None and any((t := read_time(v)) is not None and t > made for v in versions.values())
 
 
 def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:

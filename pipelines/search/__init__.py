@@ -19,6 +19,7 @@ from pipelines.search.filters import (
     items_hash,
     parse_interval,
     parse_time,
+    read_time,
 )
 from pipelines.search.local import iter_items
 from pipelines.search.refresh import (
@@ -66,6 +67,7 @@ __all__ = [
     "plan_refresh",
     "planetary_computer_signer",
     "query_to_cql2",
+    "read_time",
     "read_watermark",
     "save_result",
     "search",

@@ -99,6 +99,15 @@ def parse_time(text: str | None, *, end: bool = False) -> dt.datetime | None:
     return parsed.astimezone(dt.UTC)
 
 
+def read_time(value: Any) -> dt.datetime | None:
+    """:func:`parse_time` of a value read from a document (an item's ``updated``, a record's
+    ``written_at``): None when it is absent or unreadable, instead of a :class:`SearchError`."""
+    try:
+        return parse_time(str(value)) if value else None
+    except SearchError:
+        return None
+
+
 def format_time(value: dt.datetime) -> str:
     """UTC, ``Z``-suffixed, microseconds only when non-zero."""
     value = value.astimezone(dt.UTC)

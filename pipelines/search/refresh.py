@@ -35,6 +35,7 @@ from pipelines.search.filters import (
     items_hash,
     parse_interval,
     parse_time,
+    read_time,
     sort_key,
 )
 from pipelines.search.request import SearchRequest, SearchResult, search
@@ -143,10 +144,7 @@ def commit_watermark(url: str, plan: RefreshPlan, storage_options: Mapping[str, 
 def _updated(item: Mapping[str, Any]) -> dt.datetime | None:
     """When the item was last published (``updated``, else ``created``); None without a readable one
     (an ``updated_since`` search never returns such an item)."""
-    try:
-        return parse_time(item_updated(item))
-    except SearchError:
-        return None
+    return read_time(item_updated(item))
 
 
 def _key(item: Mapping[str, Any]) -> str:
