@@ -226,7 +226,7 @@ def writer_gone(tag: str, path: str) -> bool:
     if not pid_text.isdigit():
         return False
     if not host or host == _host():
-        return not _alive(int(pid_text))
+        return not process_alive(int(pid_text))
     try:
         return time.time() - os.path.getmtime(path) > STALE_FOREIGN_S
     except OSError:
@@ -273,7 +273,8 @@ def clean_stale_temps(path: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs (another user's live process counts)."""
     if pid == os.getpid():
         return True
     try:

@@ -94,13 +94,7 @@ class LeaseInfo:
             return False
         if self.pid == os.getpid():
             return self.owner not in _LIVE_OWNERS
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not storage.process_alive(self.pid)
 
     def describe(self) -> str:
         left = self.expires - time.time()
