@@ -4,8 +4,9 @@
 model of a named config (``random:tiny``). Inputs are normalised as embedding normalises them (one
 resolver, ``pipelines.embed.resolve_normaliser``): per band key ``<sensor>/<band>`` mean/std from the
 checkpoint (its own key, else the same spectral band under another key); a band the checkpoint has
-no statistics for, and every band without a checkpoint (random-init), gets the patch set's own
-statistics of that band (never another band's).
+no statistics for, and every band without a checkpoint (random-init), gets that band's own statistics
+over the patch set's *statistics pool* (never another band's): the protocol passes the patches no
+probe is ever tested on (``stats_pool``), so test patches never shape the features.
 Bands sharing a GSD form one ``BandGroup``; nothing is resampled.
 
 ``raw_features`` is the baseline: per patch and band the mean and standard deviation of valid
@@ -120,9 +121,18 @@ def random_like(enc: Encoder, seed: int = 0) -> Encoder:
     )
 
 
-def band_stats(ps: PatchSet) -> dict[str, tuple[float, float]]:
-    """(mean, std) of every band's valid pixels over the whole patch set (the input's own statistics)."""
-    return {b.key: input_stats(p) for b, p in zip(ps.bands, ps.pixels)}
+def band_stats(ps: PatchSet, pool: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """(mean, std) of every band's valid pixels over the patches ``pool`` (indices into ``ps``; None:
+    the whole patch set): the input's own statistics, for bands the checkpoint has none for."""
+    if pool is not None and len(pool) == 0:
+        raise ValueError("empty statistics pool")
+    return {b.key: input_stats(p if pool is None else p[pool]) for b, p in zip(ps.bands, ps.pixels)}
+
+
+def needs_input_stats(enc: Encoder, bands: Sequence[BandSpec]) -> bool:
+    """Whether some band of ``bands`` gets the input's own statistics (none in the checkpoint), so
+    the features depend on which patches set them."""
+    return "input" in resolve_normaliser(enc.norm_stats, bands, fallback={}).sources.values()
 
 
 def encoder_outputs(
@@ -131,8 +141,10 @@ def encoder_outputs(
     batch_size: int = 64,
     band_tokens: bool = False,
     queries: Sequence[tuple[float, float]] | None = None,
+    stats_pool: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Encode every patch (one token plan, inputs normalised as embedding does) ->
+    """Encode every patch (one token plan, inputs normalised as embedding does; a band without
+    checkpoint statistics gets those of the patches ``stats_pool``, None: of every patch) ->
 
     * ``pooled`` [N, D]: mean of valid position tokens (what ``aom embed`` writes);
     * ``pos_std`` [N, D]: standard deviation of the valid position tokens;
@@ -149,7 +161,7 @@ def encoder_outputs(
     from aom_model import BandBatch, plan_for
     from aom_model.blocks import masked_mean
 
-    norm = resolve_normaliser(enc.norm_stats, ps.bands, fallback=band_stats(ps))
+    norm = resolve_normaliser(enc.norm_stats, ps.bands, fallback=band_stats(ps, stats_pool))
     enc.norm_sources.update(norm.sources)
     normed = [  # NaN stays NaN: invalid pixel
         ((p - norm.means[b.key]) / norm.stds[b.key]).astype(np.float32) for b, p in zip(ps.bands, ps.pixels)
@@ -241,9 +253,11 @@ def encoder_outputs(
     return res
 
 
-def encoder_features(enc: Encoder, ps: PatchSet, batch_size: int = 64) -> np.ndarray:
+def encoder_features(
+    enc: Encoder, ps: PatchSet, batch_size: int = 64, stats_pool: np.ndarray | None = None
+) -> np.ndarray:
     """-> [N, D] pooled embeddings (mean of valid position tokens) of every patch."""
-    return encoder_outputs(enc, ps, batch_size)["pooled"]
+    return encoder_outputs(enc, ps, batch_size, stats_pool=stats_pool)["pooled"]
 
 
 def spectral_features(
@@ -251,13 +265,16 @@ def spectral_features(
     ps: PatchSet,
     queries: Sequence[tuple[float, float]] | None = None,
     batch_size: int = 64,
+    stats_pool: np.ndarray | None = None,
 ) -> np.ndarray:
     """-> [N, S * D]: per spectral query ((wavelength, FWHM) nm; default ``SPECTRAL_QUERIES``) the mean
     over valid positions of the band token the encoder infers there from the bands present
     (``AOM.encode_with_queries``): one layout whatever bands a patch has."""
     from aom_model import SPECTRAL_QUERIES
 
-    q = encoder_outputs(enc, ps, batch_size, queries=queries or SPECTRAL_QUERIES)["queries"]  # [N, S, D]
+    q = encoder_outputs(enc, ps, batch_size, queries=queries or SPECTRAL_QUERIES, stats_pool=stats_pool)[
+        "queries"
+    ]  # [N, S, D]
     return q.reshape(len(q), -1)
 
 
@@ -267,10 +284,13 @@ def band_token_features(
     reference: Sequence[BandSpec] | None = None,
     tol_nm: float | None = None,
     batch_size: int = 64,
+    stats_pool: np.ndarray | None = None,
 ) -> np.ndarray:
     """-> [N, D * len(reference)]: per reference band the mean of the matching band's band tokens
     (matched as ``raw_features`` matches bands), NaN where none matches."""
-    bt = encoder_outputs(enc, ps, batch_size, band_tokens=True)["band_tokens"]  # [N, C, D]
+    bt = encoder_outputs(enc, ps, batch_size, band_tokens=True, stats_pool=stats_pool)[
+        "band_tokens"
+    ]  # [N, C, D]
     return layout_on_reference(ps.bands, [bt[:, j] for j in range(bt.shape[1])], reference, tol_nm)
 
 

@@ -1,8 +1,10 @@
-"""Frozen-feature probes (logistic regression, kNN), metrics and the blocked train/test split."""
+"""Frozen-feature probes (logistic regression, kNN), metrics, the blocked train/test split and the
+patches that may set input statistics (``stats_pools``)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -112,6 +114,44 @@ def split_folds(
     if best[0] < int(present.sum()):
         desc += f" ({int(present.sum()) - best[0]} class(es) not in both train and test)"
     return [(best[1], best[2])], desc
+
+
+def stats_pools(
+    splits: Sequence[tuple[Sequence[tuple[np.ndarray, np.ndarray]], str]], n: int
+) -> tuple[list[np.ndarray], list[list[int]], str]:
+    """The patches whose pixels may set the input statistics (bands the checkpoint has none for):
+    only patches the probes train on, never one they are tested on. -> (pools as patch indices, per
+    split and fold the index of its pool, a description).
+
+    One pool, the patches in the training set of every fold of every split, whenever there are any
+    (features are then computed once); otherwise (leave-one-group-out, or hold-out splits that test
+    every block between them) each fold's own training patches, which means encoding once per fold."""
+    trained = np.ones(n, dtype=bool)
+    for folds, _ in splits:
+        for tr, te in folds:
+            in_tr = np.zeros(n, dtype=bool)
+            in_tr[tr] = True
+            in_tr[te] = False
+            trained &= in_tr
+    if trained.any():
+        pool = np.flatnonzero(trained)
+        return (
+            [pool],
+            [[0] * len(folds) for folds, _ in splits],
+            f"the {len(pool)} of {n} patches in every fold's training set",
+        )
+    pools: list[np.ndarray] = []
+    pool_of: list[list[int]] = []
+    for folds, _ in splits:
+        at = []
+        for tr, te in folds:
+            tr = np.setdiff1d(np.asarray(tr, dtype=np.int64), te)
+            same = [i for i, p in enumerate(pools) if np.array_equal(p, tr)]
+            if not same:
+                pools.append(tr)
+            at.append(same[0] if same else len(pools) - 1)
+        pool_of.append(at)
+    return pools, pool_of, f"each fold's own training patches ({len(pools)} folds; no patch is in every one)"
 
 
 def band_subsets(n_bands: int, fraction: float, draws: int, seed: int = 0) -> list[list[int]]:

@@ -41,6 +41,7 @@ from pipelines.evaluation.features import (
     band_token_features,
     encoder_features,
     load_encoder,
+    needs_input_stats,
     random_like,
     raw_features,
     spectral_features,
@@ -51,6 +52,7 @@ from pipelines.evaluation.probes import (
     metric_name,
     score,
     split_folds,
+    stats_pools,
 )
 from pipelines.registry import BandSpec
 
@@ -152,10 +154,13 @@ class Condition:
 class Extractor:
     name: str
     kind: str  # "checkpoint" | "random-init" | "raw"
-    fn: Callable[[PatchSet, Sequence[BandSpec]], np.ndarray]
+    # (patches, reference bands, statistics pool: the patches whose pixels may set the input statistics)
+    fn: Callable[[PatchSet, Sequence[BandSpec], np.ndarray | None], np.ndarray]
     aligned: bool  # features live in one space for any band set (no re-layout per reference)
     info: dict[str, Any] = field(default_factory=dict)
     features: str = "pooled"  # encoder feature kind (FEATURES), "raw" for the raw-band baseline
+    # whether the features of a patch set depend on the statistics pool (the raw baseline's never do)
+    uses_pool: Callable[[PatchSet], bool] = lambda _ps: True
 
 
 @dataclass
@@ -203,7 +208,14 @@ def build_extractors(cfg: EvalConfig) -> list[Extractor]:
     exts = [_encoder_extractor(e, kind, cfg, feats) for e, kind in encoders for feats in cfg.features]
     if cfg.raw_baseline:
         exts.append(
-            Extractor(RAW, "raw", lambda ps, ref: raw_features(ps, ref), aligned=False, features="raw")
+            Extractor(
+                RAW,
+                "raw",
+                lambda ps, ref, _pool: raw_features(ps, ref),
+                aligned=False,
+                features="raw",
+                uses_pool=lambda _ps: False,
+            )
         )
     return exts
 
@@ -211,26 +223,46 @@ def build_extractors(cfg: EvalConfig) -> list[Extractor]:
 def _encoder_extractor(enc: Encoder, kind: str, cfg: EvalConfig, feats: str = "pooled") -> Extractor:
     # info is enc.meta itself: encoding adds to it (the realised token size)
     enc.meta.update(source=enc.source, token_m=enc.token_m, normalisation=enc.norm_sources)
+
+    def uses_pool(ps: PatchSet) -> bool:
+        return needs_input_stats(enc, ps.bands)
+
     if feats == "band-tokens":
 
-        def fn_bt(ps: PatchSet, ref: Sequence[BandSpec]) -> np.ndarray:
-            return band_token_features(enc, ps, ref, batch_size=cfg.batch_size)
+        def fn_bt(ps: PatchSet, ref: Sequence[BandSpec], pool: np.ndarray | None) -> np.ndarray:
+            return band_token_features(enc, ps, ref, batch_size=cfg.batch_size, stats_pool=pool)
 
         # laid out per reference band like the raw baseline: not aligned
-        return Extractor(f"{enc.name} band tokens", kind, fn_bt, aligned=False, info=enc.meta, features=feats)
+        return Extractor(
+            f"{enc.name} band tokens",
+            kind,
+            fn_bt,
+            aligned=False,
+            info=enc.meta,
+            features=feats,
+            uses_pool=uses_pool,
+        )
 
     if feats == "spectral":
 
-        def fn_sq(ps: PatchSet, _ref: Sequence[BandSpec]) -> np.ndarray:
-            return spectral_features(enc, ps, batch_size=cfg.batch_size)
+        def fn_sq(ps: PatchSet, _ref: Sequence[BandSpec], pool: np.ndarray | None) -> np.ndarray:
+            return spectral_features(enc, ps, batch_size=cfg.batch_size, stats_pool=pool)
 
         # one layout (the query frame) for any input band set: aligned
-        return Extractor(f"{enc.name} spectral", kind, fn_sq, aligned=True, info=enc.meta, features=feats)
+        return Extractor(
+            f"{enc.name} spectral",
+            kind,
+            fn_sq,
+            aligned=True,
+            info=enc.meta,
+            features=feats,
+            uses_pool=uses_pool,
+        )
 
-    def fn(ps: PatchSet, _ref: Sequence[BandSpec]) -> np.ndarray:
-        return encoder_features(enc, ps, cfg.batch_size)
+    def fn(ps: PatchSet, _ref: Sequence[BandSpec], pool: np.ndarray | None) -> np.ndarray:
+        return encoder_features(enc, ps, cfg.batch_size, stats_pool=pool)
 
-    return Extractor(enc.name, kind, fn, aligned=True, info=enc.meta, features=feats)
+    return Extractor(enc.name, kind, fn, aligned=True, info=enc.meta, features=feats, uses_pool=uses_pool)
 
 
 def build_conditions(ps: PatchSet, cfg: EvalConfig) -> tuple[Condition, list[Condition]]:
@@ -296,6 +328,7 @@ def run_evaluation(
     ps = prepare_patches(ps, cfg)
     splits = make_splits(ps, cfg)
     split_desc = splits[0][1]
+    pools, pool_of, pool_desc = stats_pools(splits, len(ps))
     exts = list(extractors) if extractors is not None else build_extractors(cfg)
     ref, conds = build_conditions(ps, cfg)
     ref_bands = ps.bands
@@ -303,20 +336,23 @@ def run_evaluation(
     rows: list[dict[str, Any]] = []
     for ext in exts:
         say(f"features: {ext.name} on all bands ({len(ps)} patches)")
-        x_ref = ext.fn(ps, ref_bands)
+        x_ref = _features(ext, ps, ref_bands, pools)
         # reference condition: all bands, native GSD (transfer == refit)
         for si, (folds, _) in enumerate(splits):
-            sc = _probe_all(cfg, folds, x_ref, x_ref, y, ps.multilabel)
+            xs = [x_ref[pool_of[si][fi]] for fi in range(len(folds))]
+            sc = _probe_all(cfg, folds, xs, xs, y, ps.multilabel)
             for probe, s in sc.items():
                 for mode in MODES:
                     rows.append(_row(ref, ext, probe, mode, s, si))
         for c in conds:
             say(f"features: {ext.name} / {c.setting} {c.label} draw {c.draw}")
-            x_c = ext.fn(c.patches, c.patches.bands)
-            x_c_ref = x_c if ext.aligned else ext.fn(c.patches, ref_bands)
+            x_c = _features(ext, c.patches, c.patches.bands, pools)
+            x_c_ref = x_c if ext.aligned else _features(ext, c.patches, ref_bands, pools)
             for si, (folds, _) in enumerate(splits):
-                sc_refit = _probe_all(cfg, folds, x_c, x_c, y, ps.multilabel)
-                sc_transfer = _probe_all(cfg, folds, x_ref, x_c_ref, y, ps.multilabel)
+                at = pool_of[si]
+                xr, xc, xcr = ([x[at[fi]] for fi in range(len(folds))] for x in (x_ref, x_c, x_c_ref))
+                sc_refit = _probe_all(cfg, folds, xc, xc, y, ps.multilabel)
+                sc_transfer = _probe_all(cfg, folds, xr, xcr, y, ps.multilabel)
                 for probe in cfg.probes:
                     rows.append(_row(c, ext, probe, "refit", sc_refit[probe], si))
                     rows.append(_row(c, ext, probe, "transfer", sc_transfer[probe], si))
@@ -334,6 +370,7 @@ def run_evaluation(
         "bands": [band_dict(b) for b in ps.bands],
         "patch_m": ps.extent_m,
         "split": split_desc,
+        "stats_pool": pool_desc,
         "folds": len(folds),
         "splits": len(splits),
         "train_patches": train_n,
@@ -356,20 +393,32 @@ def run_evaluation(
     return result
 
 
+def _features(
+    ext: Extractor, ps: PatchSet, ref: Sequence[BandSpec], pools: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """``ext``'s features of ``ps`` per statistics pool (computed once when they do not depend on it)."""
+    if len(pools) > 1 and not ext.uses_pool(ps):
+        return [ext.fn(ps, ref, pools[0])] * len(pools)
+    return [ext.fn(ps, ref, pool) for pool in pools]
+
+
 def _probe_all(
     cfg: EvalConfig,
     folds: Sequence[tuple[np.ndarray, np.ndarray]],
-    x_train_all: np.ndarray,
-    x_test_all: np.ndarray,
+    x_train_all: Sequence[np.ndarray],
+    x_test_all: Sequence[np.ndarray],
     y: np.ndarray,
     multilabel: bool,
 ) -> dict[str, dict[str, float]]:
+    """Per fold ``fi`` the probe trains on ``x_train_all[fi][tr]`` and is tested on ``x_test_all[fi][te]``."""
     out = {}
     for probe in cfg.probes:
         preds, trues = [], []
-        for tr, te in folds:
+        for fi, (tr, te) in enumerate(folds):
             preds.append(
-                fit_predict(probe, x_train_all[tr], y[tr], x_test_all[te], multilabel, cfg.knn_k, cfg.seed)
+                fit_predict(
+                    probe, x_train_all[fi][tr], y[tr], x_test_all[fi][te], multilabel, cfg.knn_k, cfg.seed
+                )
             )
             trues.append(y[te])
         out[probe] = score(np.concatenate(trues), np.concatenate(preds), multilabel)

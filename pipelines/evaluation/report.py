@@ -211,6 +211,11 @@ def render_markdown(result: EvalResult, plots: Sequence[str] = ()) -> str:
         + ", ".join(f"{b['name']} ({b['wavelength_nm']:.0f} nm, {b['gsd_m']:g} m)" for b in d["bands"]),
         "- patches per class: " + ", ".join(f"{k} {v}" for k, v in d["class_counts"].items()),
         *(
+            [f"- input statistics (bands without checkpoint statistics) from: {d['stats_pool']}"]
+            if d.get("stats_pool")
+            else []
+        ),
+        *(
             [
                 f"- classes left out: {', '.join(f'{k} ({v})' for k, v in d['meta']['classes_dropped'].items())}"
             ]

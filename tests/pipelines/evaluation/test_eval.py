@@ -496,3 +496,99 @@ def test_overlapping_point_patches_never_straddle_the_split(tmp_path: Path) -> N
         for tr, te in folds:
             for i in te:
                 assert not any(abs(r[i] - r[j]) < 8 and abs(c[i] - c[j]) < 8 for j in tr)
+
+
+def test_input_statistics_never_see_test_patches(synthetic_patches, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A band without checkpoint statistics is normalised with statistics of patches no probe is
+    tested on: changing only tested patches' pixels changes neither those statistics nor the
+    features of the patches the probes train on."""
+    import pipelines.evaluation.features as features
+    from pipelines.evaluation.protocol import make_splits, prepare_patches
+
+    cfg = EvalConfig(
+        checkpoint="random:tiny",  # no statistics at all: every band gets the input's
+        settings=("band-missing",),
+        fractions=(0.5,),
+        draws=1,
+        splits=2,
+        max_per_class=0,
+        probes=("knn",),
+        raw_baseline=False,
+        batch_size=256,
+    )
+    ps = prepare_patches(synthetic_patches, cfg)
+    tested = np.zeros(len(ps), dtype=bool)
+    for folds, _ in make_splits(ps, cfg):
+        for _, te in folds:
+            tested[te] = True
+    assert tested.any() and not tested.all()
+    changed = dataclasses.replace(ps, pixels=[p.copy() for p in ps.pixels])
+    changed.pixels[0][tested] = changed.pixels[0][tested] * 3 + 0.5  # only tested patches, one band
+
+    seen: list[dict[str, tuple[float, float]]] = []
+    real = features.resolve_normaliser
+
+    def spy(norm_stats, bands, fallback=None):  # type: ignore[no-untyped-def]
+        seen.append(dict(fallback or {}))
+        return real(norm_stats, bands, fallback=fallback)
+
+    monkeypatch.setattr(features, "resolve_normaliser", spy)
+    run_evaluation(ps, cfg, progress=lambda _m: None)
+    before, seen[:] = list(seen), []
+    result = run_evaluation(changed, cfg, progress=lambda _m: None)
+    assert before and seen == before  # the statistics used, every condition
+    assert (
+        result.dataset["stats_pool"]
+        == f"the {int((~tested).sum())} of {len(ps)} patches in every fold's training set"
+    )
+
+    from pipelines.evaluation.protocol import build_extractors
+
+    ext = build_extractors(cfg)[0]
+    pool = np.flatnonzero(~tested)
+    a, b = ext.fn(ps, ps.bands, pool), ext.fn(changed, changed.bands, pool)
+    np.testing.assert_array_equal(a[~tested], b[~tested])
+    assert not np.allclose(a[tested], b[tested])
+
+
+def test_stats_pools_fall_back_to_each_folds_training_patches() -> None:
+    """Leave-one-group-out tests every patch once: no patch is never tested, so each fold's pool is
+    its own training patches (never a patch it tests)."""
+    from pipelines.evaluation.probes import stats_pools
+
+    groups = np.repeat(np.arange(4), 3)
+    labels = np.tile(np.arange(3), 4)
+    folds, desc = split_folds(groups, labels)
+    assert desc.startswith("leave-one-group-out")
+    pools, pool_of, pdesc = stats_pools([(folds, desc)], len(groups))
+    assert len(pools) == 4 and pdesc.startswith("each fold's own training patches")
+    for fi, (tr, te) in enumerate(folds):
+        assert set(pools[pool_of[0][fi]]) == set(tr) and not set(pools[pool_of[0][fi]]) & set(te)
+    # hold-out splits leaving some patches untested: one pool, the patches both train on
+    one = [(np.r_[0:6, 9:12], np.arange(6, 9))]
+    two = [(np.arange(3, 12), np.arange(3))]
+    pools, pool_of, _ = stats_pools([(one, ""), (two, "")], 12)
+    assert [p.tolist() for p in pools] == [[3, 4, 5, 9, 10, 11]] and pool_of == [[0], [0]]
+
+
+def test_features_per_fold_only_when_a_band_takes_input_statistics(
+    synthetic_patches, tiny_checkpoint: Path
+) -> None:
+    from pipelines.evaluation.features import load_encoder, needs_input_stats
+    from pipelines.evaluation.protocol import Extractor, _features
+
+    enc = load_encoder(str(tiny_checkpoint))  # statistics for B04 only
+    b04 = [i for i, b in enumerate(synthetic_patches.bands) if b.key == "sentinel-2-msi/B04"]
+    assert needs_input_stats(enc, synthetic_patches.bands)
+    assert not needs_input_stats(enc, synthetic_patches.subset(b04).bands)
+    pools = [np.arange(3), np.arange(3, 6), np.arange(6, 9)]
+    for depends, calls_expected in ((False, 1), (True, 3)):
+        calls: list[np.ndarray | None] = []
+
+        def fn(ps, _ref, pool, calls=calls):  # type: ignore[no-untyped-def]
+            calls.append(pool)
+            return np.zeros((len(ps), 1))
+
+        ext = Extractor("e", "checkpoint", fn, aligned=True, uses_pool=lambda _ps, d=depends: d)
+        assert len(_features(ext, synthetic_patches, synthetic_patches.bands, pools)) == 3
+        assert len(calls) == calls_expected
