@@ -14,7 +14,8 @@ Labels: GeoJSON (points, or polygons -> a representative point; RFC 7946 lon/lat
 label raster (GeoTIFF; nodata pixels are unlabelled; ``CLASS_<value>=name`` tags name classes).
 Each label takes the embedding of the token under it. Accuracy is stratified k-fold
 cross-validation grouped by token (labels on one token stay in one fold; training labels within
-``CV_BUFFER_TOKENS`` of a fold's test labels are left out), see :func:`fit_fewshot`.
+``CV_BUFFER_TOKENS`` of a fold's test labels are left out, measured on the ground across UTM zone
+borders), see :func:`fit_fewshot`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import xarray as xr
 from pyproj import CRS
 
 from pipelines import storage
-from pipelines.embeddings import unit
+from pipelines.embeddings import ZoneGrid, unit
 from pipelines.query.export import write_raster
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import (
@@ -260,15 +261,54 @@ def _token_groups(X: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
     return np.asarray(groups).reshape(-1)
 
 
-def _near(tokens: np.ndarray, of: np.ndarray, buffer: int) -> np.ndarray:
-    """Mask of ``tokens`` within ``buffer`` tokens (Chebyshev, same zone) of any token in ``of``."""
+def _centres_in(of: np.ndarray, zone: int, grids: Mapping[int, ZoneGrid]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the centres of the tokens ``of [m, 3]`` (zone, row, col) in ``zone``'s token grid,
+    fractional for tokens of another zone (their centres transformed into ``zone``'s CRS; NaN where
+    they do not project)."""
+    from pyproj import Transformer
+
+    rows, cols = of[:, 1].astype(np.float64), of[:, 2].astype(np.float64)
+    g = grids[zone]
+    for other in np.unique(of[:, 0]):
+        if int(other) == zone:
+            continue
+        at = of[:, 0] == other
+        h = grids[int(other)]
+        x = h.x0 + (of[at, 2] + 0.5) * h.token_ground_m
+        y = h.y1 - (of[at, 1] + 0.5) * h.token_ground_m
+        sx, sy = Transformer.from_crs(int(other), zone, always_xy=True).transform(x, y)
+        sx, sy = np.asarray(sx, np.float64), np.asarray(sy, np.float64)
+        ok = np.isfinite(sx) & np.isfinite(sy)
+        cols[at] = np.where(ok, (sx - g.x0) / g.token_ground_m - 0.5, np.nan)
+        rows[at] = np.where(ok, (g.y1 - sy) / g.token_ground_m - 0.5, np.nan)
+    return rows, cols
+
+
+def _near(
+    tokens: np.ndarray, of: np.ndarray, buffer: int, grids: Mapping[int, ZoneGrid] | None = None
+) -> np.ndarray:
+    """Mask of ``tokens`` within ``buffer`` tokens of any token in ``of`` (both ``[n, 3]``: zone, row,
+    col): the two footprints are less than ``buffer`` tokens apart, i.e. in each axis of the token's
+    zone grid its centre is less than ``buffer + 1`` tokens from the other token's centre. In one zone
+    that is the Chebyshev ring of ``buffer`` tokens; across a zone border (``grids``: each zone's
+    token grid) the other token's centre is transformed into the token's zone, so a token just
+    across the border is buffered as a neighbour in the same zone is. Without ``grids`` tokens of
+    another zone are never near (``fit_fewshot`` refuses several zones then)."""
     near = np.zeros(tokens.shape[0], dtype=bool)
-    for epsg, row, col in np.unique(of, axis=0):
-        near |= (
-            (tokens[:, 0] == epsg)
-            & (np.abs(tokens[:, 1] - row) <= buffer)
-            & (np.abs(tokens[:, 2] - col) <= buffer)
-        )
+    of = np.unique(np.asarray(of, dtype=np.int64).reshape(-1, 3), axis=0)
+    reach = buffer + 1.0
+    for zone in np.unique(tokens[:, 0]):
+        here = np.flatnonzero(tokens[:, 0] == zone)
+        if grids is not None:
+            rows, cols = _centres_in(of, int(zone), grids)
+        else:
+            same = of[:, 0] == zone
+            rows, cols = of[same, 1].astype(np.float64), of[same, 2].astype(np.float64)
+        tr, tc = tokens[here, 1].astype(np.float64), tokens[here, 2].astype(np.float64)
+        for s in range(0, rows.size, 512):  # [here, 512] at a time
+            r, c = rows[s : s + 512], cols[s : s + 512]
+            hit = (np.abs(tr[:, None] - r[None]) < reach) & (np.abs(tc[:, None] - c[None]) < reach)
+            near[here] |= hit.any(axis=1)
     return near
 
 
@@ -282,6 +322,7 @@ def fit_fewshot(
     seed: int = 0,
     tokens: np.ndarray | None = None,
     buffer_tokens: int = CV_BUFFER_TOKENS,
+    grids: Mapping[int, ZoneGrid] | None = None,
 ) -> FewShotResult:
     """Fit a probe on vectors ``X [n, dim]`` with labels ``y`` and cross-validate it.
 
@@ -289,11 +330,17 @@ def fit_fewshot(
     [n, 3]``: zone, row, col of each label's token; without it, labels with identical vectors) are
     one group, kept in one fold (stratified group k-fold, k = min(``cv``, the fewest tokens of a
     class)), and each fold's training set leaves out the labels within ``buffer_tokens`` tokens of
-    its test labels (neighbouring tokens share context)."""
+    its test labels (neighbouring tokens share context), in ground coordinates across UTM zone borders:
+    ``grids`` (each zone's token grid, ``Embeddings.grid``) is required when ``tokens`` span several
+    zones."""
     from sklearn.metrics import confusion_matrix
     from sklearn.model_selection import StratifiedGroupKFold
 
     y_arr = np.asarray([str(v) for v in y], dtype=object)
+    if tokens is not None and buffer_tokens > 0 and np.unique(np.asarray(tokens)[:, 0]).size > 1:
+        missing = sorted({int(z) for z in np.asarray(tokens)[:, 0]} - set(grids or {}))
+        if missing:  # the buffer could not reach across the border: a neighbour would leak
+            raise ValueError(f"tokens span several zones: pass grids for zones {missing} (Embeddings.grid)")
     classes, counts = np.unique(y_arr, return_counts=True)
     count_map = {str(c): int(n) for c, n in zip(classes, counts)}
     if classes.size < 2:
@@ -321,7 +368,7 @@ def fit_fewshot(
         for train, test in skf.split(Xn, y_arr, groups):
             if tokens is not None and buffer_tokens > 0:
                 tok = np.asarray(tokens, dtype=np.int64)
-                train = train[~_near(tok[train], tok[test], buffer_tokens)]
+                train = train[~_near(tok[train], tok[test], buffer_tokens, grids)]
             pred[test] = _fold_predict(method, Xn[train], y_arr[train], Xn[test], k_neighbors, seed)
             fold_acc.append(float(np.mean(pred[test] == y_arr[test])))
         acc, std = float(np.mean(pred == y_arr)), float(np.std(fold_acc))
@@ -445,7 +492,8 @@ def classify(
     if (~ok).any():
         notes.append(f"{int((~ok).sum())} of {len(lab)} labels fall outside the data and were ignored")
     tokens = np.column_stack([info["epsg"], info["row"], info["col"]])[ok]
-    res = fit_fewshot(X[ok], lab.labels[ok], method=method, cv=cv, seed=seed, tokens=tokens)
+    grids = {int(z): emb.grid(int(z)) for z in np.unique(tokens[:, 0])}
+    res = fit_fewshot(X[ok], lab.labels[ok], method=method, cv=cv, seed=seed, tokens=tokens, grids=grids)
     res.notes = notes + res.notes
     sel = select(emb, bbox, crs, time=ti, target_crs=target_crs, max_tokens=max_tokens)
     res.class_map = predict_map(res, sel)

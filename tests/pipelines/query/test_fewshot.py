@@ -66,3 +66,73 @@ def test_identical_vectors_form_one_group_without_tokens(tmp_path: Path) -> None
     y = np.repeat(rng.integers(0, 3, 30), 3).astype(str)
     res = fit_fewshot(X, y, method="knn")
     assert res.cv_accuracy is not None and res.cv_accuracy < 0.6
+
+
+def _border_pairs(n: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pairs of lon/lat points 31 m either side of 6 degrees E (the border of UTM zones 31 and
+    32), pairs about 2.8 tokens apart north-south: each pair's two tokens touch across the border."""
+    lat = 44.98 + 0.002 * np.arange(n)
+    lon = np.column_stack([np.full(n, 5.9996), np.full(n, 6.0004)]).reshape(-1)
+    return lon, np.repeat(lat, 2)
+
+
+def test_the_buffer_reaches_across_a_zone_border() -> None:
+    # 30 pairs of tokens that touch across the border, one in each zone, with near-identical vectors
+    # and one random label per pair: only a buffer that crosses the border keeps a pair's twin out of
+    # its fold's training set (rows and columns of two zones' grids are not comparable).
+    from pyproj import Transformer
+
+    from pipelines.embeddings import ZoneGrid
+
+    lon, lat = _border_pairs()
+    grids = {z: ZoneGrid(z, 80.0, 7680.0) for z in (32631, 32632)}
+    tokens = []
+    for i, (x, y) in enumerate(zip(lon, lat)):
+        z = 32631 if i % 2 == 0 else 32632
+        g = grids[z]
+        sx, sy = Transformer.from_crs(4326, z, always_xy=True).transform(x, y)
+        tokens.append([z, int((g.y1 - sy) // g.token_ground_m), int((sx - g.x0) // g.token_ground_m)])
+    tok = np.array(tokens)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((30, 16)).astype(np.float32)
+    X = np.repeat(base, 2, axis=0) + 1e-3 * rng.standard_normal((60, 16)).astype(np.float32)
+    y = np.repeat(rng.integers(0, 3, 30), 2).astype(str)
+    leaky = fit_fewshot(X, y, method="knn", tokens=tok, buffer_tokens=0)
+    honest = fit_fewshot(X, y, method="knn", tokens=tok, grids=grids)
+    assert leaky.cv_accuracy is not None and leaky.cv_accuracy >= 0.8  # what no buffer reports
+    assert honest.cv_accuracy is not None and honest.cv_accuracy < 0.6, honest.summary()
+    with pytest.raises(ValueError, match="several zones: pass grids"):
+        fit_fewshot(X, y, method="knn", tokens=tok)  # the buffer could not cross the border
+
+
+def test_classify_leaves_out_the_neighbour_across_the_zone_border(
+    synth: SyntheticStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.query.fewshot as fewshot
+    from pipelines.embeddings import unit
+
+    emb = open_embeddings(synth.root_url)
+    lon, lat = _border_pairs()
+    rng = np.random.default_rng(3)
+    lab = Labels(
+        lon, lat, CRS.from_epsg(4326), np.repeat(rng.integers(0, 3, 30), 2).astype(str).astype(object)
+    )
+    X, info = fewshot.vectors_at(emb, lon, lat, 4326)
+    assert np.isfinite(X).all() and set(info["epsg"][0::2]) == {32631} and set(info["epsg"][1::2]) == {32632}
+    Xn = unit(X)
+    folds: list[tuple[np.ndarray, np.ndarray]] = []
+    real = fewshot._fold_predict
+
+    def spy(method, X_train, y_train, X_test, k, seed):  # type: ignore[no-untyped-def]
+        def which(v: np.ndarray) -> set[int]:
+            return {int(np.flatnonzero((Xn == row).all(axis=1))[0]) for row in v}
+
+        folds.append((np.array(sorted(which(X_train))), np.array(sorted(which(X_test)))))
+        return real(method, X_train, y_train, X_test, k, seed)
+
+    monkeypatch.setattr(fewshot, "_fold_predict", spy)
+    res = classify(emb, lab, method="knn")
+    assert res.n_folds == 5 and len(folds) == 5
+    for train, test in folds:
+        twins = {i ^ 1 for i in test.tolist()}  # label 2k and 2k + 1 are a pair
+        assert not twins & set(train.tolist())
