@@ -21,7 +21,14 @@ from pipelines.query.export import (
 )
 from pipelines.query.fewshot import FewShotResult, Labels, classify, fit_fewshot, predict_map, read_labels
 from pipelines.query.maps import cosine_map, pca_map, pca_rgb, render_png, similarity_heatmap, similarity_map
-from pipelines.query.open import Embeddings, QueryError, TileRef, available_versions, open_embeddings
+from pipelines.query.open import (
+    BrokenStoreError,
+    Embeddings,
+    QueryError,
+    TileRef,
+    available_versions,
+    open_embeddings,
+)
 from pipelines.query.select import parse_bbox, parse_crs, select, select_zones, vectors_at
 from pipelines.query.similarity import (
     SimilarityResult,
@@ -34,6 +41,7 @@ from pipelines.query.similarity import (
 from pipelines.query.tiles import TileVectors, similar_tiles, tile_vectors, tiles_geoparquet
 
 __all__ = [
+    "BrokenStoreError",
     "Embeddings",
     "FewShotResult",
     "Labels",

@@ -54,6 +54,11 @@ class QueryError(EmbeddingsStoreError):
     """Bad query input; the message names the valid range or choices."""
 
 
+class BrokenStoreError(EmbeddingsStoreError):
+    """A store that cannot be queried as written (a zone's coordinates never written by a killed
+    ``aom embed``); exit 2 like every unusable store, the message names the repair."""
+
+
 @dataclass(frozen=True)
 class TileRef:
     """One complete tile of one zone at one time, located in the zone grid."""
@@ -367,6 +372,7 @@ class Embeddings:
             ds = xr.open_zarr(
                 store, group=f"{self.name}/{epsg}", consolidated=False, mask_and_scale=False, chunks=chunks
             )
+            self._check_coords(epsg, ds)
             # one view whatever the layout on disk: (time, y, x, dim) like every query function
             raw = ds["embeddings"].transpose("time", "y", "x", "dim")
             data = raw.data.map_blocks(dequantize, dtype=np.float32)
@@ -385,6 +391,43 @@ class Embeddings:
             )
             self._datasets[epsg] = ds
         return self._datasets[epsg]
+
+    def _check_coords(self, epsg: int, ds: xr.Dataset) -> None:
+        """Refuse a zone whose coordinates are not its grid's (a run killed between creating a
+        coordinate array and writing its values left it at its fill value, all 0.0; every query that
+        goes through :meth:`dataset` then placed its output at the wrong place). Only the first and
+        last values of the index coordinates xarray has already loaded are compared."""
+        g = self.grid(epsg)
+        (ny, nx), (tny, tnx) = g.shape, g.tile_shape
+        tm, ts = g.token_ground_m, g.tile_size_m
+        want: dict[str, tuple[int, float, float]] = {
+            "x": (nx, g.x0 + 0.5 * tm, g.x0 + (nx - 0.5) * tm),
+            "y": (ny, g.y1 - 0.5 * tm, g.y1 - (ny - 0.5) * tm),
+            "tile_x": (tnx, g.x0 + 0.5 * ts, g.x0 + (tnx - 0.5) * ts),
+            "tile_y": (tny, g.y1 - 0.5 * ts, g.y1 - (tny - 0.5) * ts),
+        }
+        if self.times:
+            first, last = (parse_time(t).timestamp() for t in (self.times[0], self.times[-1]))
+            want["time"] = (len(self.times), first, last)
+        bad = []
+        for name, (n, v0, v1) in want.items():
+            if name not in ds.coords:  # x and y place every output; the others only label
+                if name in ("x", "y"):
+                    bad.append(f"{name} (missing)")
+                continue
+            vals = np.asarray(ds[name].values)
+            if name == "time" and np.issubdtype(vals.dtype, np.datetime64):
+                vals = vals.astype("datetime64[ms]").astype(np.int64) / 1000.0
+            vals = vals.astype(np.float64)
+            if vals.shape != (n,) or not np.allclose(vals[[0, -1]], (v0, v1), rtol=0.0, atol=1e-3):
+                got = f"{vals[0]:g}..{vals[-1]:g}" if vals.size else "empty"
+                bad.append(f"{name} ({got}, expected {v0:g}..{v1:g})")
+        if bad:
+            raise BrokenStoreError(
+                f"zone EPSG:{epsg} of {storage.redact_url(self.url)} version {self.name!r} has coordinates "
+                f"that were never written ({'; '.join(bad)}): a run of 'aom embed' was killed before "
+                "writing them; rerun 'aom embed' on this store (the same request) to repair it"
+            )
 
 
 def open_embeddings(
