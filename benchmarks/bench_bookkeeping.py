@@ -392,7 +392,7 @@ def main() -> None:
 
         def catalog_check() -> tuple[int, int, int]:
             times = es.record_times(out, v, None, opts, ids)
-            found = {0: {t: set(considered_items(t)) for t in times.get(0, {})}}
+            found = {0: {t: dict.fromkeys(considered_items(t)) for t in times.get(0, {})}}
             stale, n_read = find_stale_catalog(out, v, opts, found, times)
             return len(stale), n_read, len(found[0])
 

@@ -86,22 +86,30 @@ def item_versions(items: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
     return out
 
 
+def newer_versions(now: Mapping[str, str | None], recorded: Mapping[str, Any], written_at: Any) -> set[str]:
+    """Ids of ``now`` (id -> version as given now) whose version is later than the one a record holds
+    for them in ``recorded`` (its ``item_versions``), or, where it holds none, than the record's
+    ``written_at`` (records written before versions were kept: their items count as seen then). A
+    version that cannot be read, now or recorded, never counts as newer. Also the rule of
+    ``pipelines.embed.freshness`` for tiles embedded from STAC items."""
+    written = read_time(written_at)
+    out = set()
+    for iid, version in now.items():
+        if (stamp := read_time(version)) is None:
+            continue
+        was = read_time(recorded.get(iid)) if recorded.get(iid) else written
+        if was is not None and stamp > was:
+            out.add(iid)
+    return out
+
+
 def _updated(
     record: Mapping[str, Any], seen: set[str], items: Sequence[Mapping[str, Any]]
 ) -> tuple[str, ...]:
     """Ids of ``items`` in ``seen`` whose version is newer than the one ``record`` holds for them
     (without one: its ``written_at``)."""
-    versions = record.get("item_versions") or {}
-    written = read_time(record.get("written_at"))
-    out = set()
-    for item in items:
-        iid = str(item.get("id"))
-        if iid not in seen or (now := read_time(item_updated(item))) is None:
-            continue
-        was = read_time(versions.get(iid)) if versions.get(iid) else written
-        if was is not None and now > was:
-            out.add(iid)
-    return tuple(sorted(out))
+    now = {i: v for i, v in item_versions(items).items() if i in seen}
+    return tuple(sorted(newer_versions(now, record.get("item_versions") or {}, record.get("written_at"))))
 
 
 def freshness(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> Freshness:

@@ -22,21 +22,26 @@ record), the embedding record's ``provenance`` is compared with the current cube
 
 From STAC items (``--catalog-url``) the run's search is the only signal: each record lists
 ``considered_items`` (the items of the period its tile was given, whether or not they entered the
-composite), and a recorded tile whose search now gives it other items is embedded again
-(:func:`find_stale_catalog`; records made before that field compare with ``input_items``). The
-records are read (one GET each, concurrently) only where the store's considered-items index
-(``_tiles/<version>/_considered.json``: per tile and time index, the record's modification time and
-a digest of its ``considered_items``) has no entry with the record's listed time, or one whose
-digest differs from that of the items the search gives now; a rerun over a catalog that did not
-change reads one object instead of one per tile. The check writes the index back when it learnt
-entries (the last concurrent writer wins: an entry counts only while its record keeps that time).
+composite) and their ``item_versions`` (id -> ``updated``, else ``created``, as the search gave
+them), and a recorded tile whose search now gives it items it was not given, or a newer version of one (a
+reprocessed item keeps its id), is embedded again (:func:`find_stale_catalog`; records made before
+``considered_items`` compare with ``input_items``, and items without a recorded version, as in
+records made before ``item_versions``, count as seen at the record's ``written`` time: the rule of
+the cube records, ``pipelines.cubes.freshness.newer_versions``, so upgrading re-embeds only tiles
+whose items changed after they were embedded). The records are read (one GET each, concurrently)
+only where the store's considered-items index (``_tiles/<version>/_considered.json``: per tile and
+time index, the record's modification time and a digest of the items, ids and versions, of a search
+it was found fresh against) has no entry with the record's listed time, or one whose digest differs
+from that of the items the search gives now; a rerun over a catalog that did not change reads one
+object instead of one per tile. The check writes the index back when it learnt entries (the last
+concurrent writer wins: an entry counts only while its record keeps that time).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,41 +179,51 @@ def find_stale(
     return stale_tiles(out, version, out_options, source, cubes, newer, periods, margin_m), len(candidates)
 
 
-def is_stale_catalog(embedding_record: Mapping[str, Any], items: set[str]) -> bool:
+def is_stale_catalog(embedding_record: Mapping[str, Any], items: Mapping[str, str | None]) -> bool:
     """Whether a tile embedded from STAC items must be embedded again: the run's search gives it
-    ``items`` (ids dated in the period, :meth:`CatalogSource.period_ids`) that it was not given
-    then (``considered_items``; records made before that field: not in ``input_items``)."""
+    ``items`` (id -> version, the items dated in the period, :meth:`CatalogSource.period_versions`)
+    that it was not given then (``considered_items``; records made before that field: not in
+    ``input_items``), or newer versions of items it was given (a reprocessed item keeps its id):
+    later than the record's ``item_versions``, or, for records made before that field, than its
+    ``written`` time (``pipelines.cubes.freshness.newer_versions``, the cube records' rule)."""
+    from pipelines.cubes.freshness import newer_versions
+
     prov = embedding_record.get("provenance") or {}
     seen = prov.get("considered_items")
-    return bool(items - set(prov.get("input_items") or () if seen is None else seen))
+    if set(items) - set(prov.get("input_items") or () if seen is None else seen):
+        return True
+    return bool(newer_versions(items, prov.get("item_versions") or {}, embedding_record.get("written")))
 
 
-def considered_digest(ids: Iterable[str]) -> str:
-    """Digest of a set of item ids (the considered-items index compares these, not the ids)."""
-    return hashlib.sha256("\n".join(sorted(set(ids))).encode()).hexdigest()[:20]
+def considered_digest(items: Mapping[str, str | None]) -> str:
+    """Digest of a search's items for a tile, ids and versions (the considered-items index compares
+    these, not the items)."""
+    lines = sorted(f"{i}\t{v or ''}" for i, v in items.items())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:20]
 
 
 def find_stale_catalog(
     out: str,
     version: str,
     out_options: Mapping[str, Any],
-    found: Mapping[int, Mapping[str, set[str]]],
+    found: Mapping[int, Mapping[str, Mapping[str, str | None]]],
     times: Mapping[int, Mapping[str, float]] | None = None,
 ) -> tuple[dict[int, set[str]], int]:
-    """Of the recorded tiles ``found`` (time index -> tile id -> the ids of the items the run's search
-    gives it in that period), those to embed again, and how many records were read. ``times`` (the
-    records' listed modification times, :func:`pipelines.embeddings.record_times`) enables the
+    """Of the recorded tiles ``found`` (time index -> tile id -> the items, id -> version, the run's
+    search gives it in that period), those to embed again, and how many records were read. ``times``
+    (the records' listed modification times, :func:`pipelines.embeddings.record_times`) enables the
     considered-items index: a tile whose entry has its record's time and the digest of ``found``'s
-    ids is fresh without a read; without ``times`` every record is read."""
+    items (the search a read found that record fresh against) is fresh without a read; without
+    ``times`` every record is read."""
     index = es.read_considered_index(out, version, out_options) if times is not None else {}
     listed_times = times or {}
     learnt = dict(index)
     to_read: list[tuple[str, int]] = []
     for ti, tiles in found.items():
         listed = listed_times.get(ti, {})
-        for tile_id, ids in tiles.items():
+        for tile_id, items in tiles.items():
             entry = index.get(f"{ti}/{tile_id}")
-            if entry is None or tile_id not in listed or entry != (listed[tile_id], considered_digest(ids)):
+            if entry is None or tile_id not in listed or entry != (listed[tile_id], considered_digest(items)):
                 to_read.append((tile_id, ti))
     records = es.read_tile_records(out, version, to_read, out_options) if to_read else {}
     stale: dict[int, set[str]] = {}
@@ -218,10 +233,9 @@ def find_stale_catalog(
             stale.setdefault(ti, set()).add(tile_id)
             learnt.pop(key, None)  # embedded again: its record changes
             continue
-        seen = (rec.get("provenance") or {}).get("considered_items")
         mtime = listed_times.get(ti, {}).get(tile_id)
-        if seen is not None and mtime is not None:
-            learnt[key] = (mtime, considered_digest(seen))
+        if mtime is not None:  # the answer is the record's and the search's alone: the same next time
+            learnt[key] = (mtime, considered_digest(found[ti][tile_id]))
     if times is not None and learnt != index:
         try:  # a cache: the check's answer stands without it, and the next check reads again
             es.write_considered_index(out, version, learnt, out_options)

@@ -138,7 +138,7 @@ def _record_times(ctx: RunContext, tile_ids: list[str]) -> dict[int, dict[str, f
 def _stale(plan: RunPlan, times: dict[int, dict[str, float]], notes: list[str]) -> dict[int, set[str]]:
     """Recorded tiles whose inputs gained items since they were embedded (``pipelines.embed.freshness``):
     from a cube store, their cube or a margin neighbour's was rebuilt or built since; from a catalog,
-    the run's search gives them items of the period they were not given."""
+    the run's search gives them items of the period they were not given, or newer versions of them."""
     from pipelines.embed.freshness import find_stale, find_stale_catalog
     from pipelines.embed.sources import CatalogSource
 
@@ -146,15 +146,15 @@ def _stale(plan: RunPlan, times: dict[int, dict[str, float]], notes: list[str]) 
     try:
         if isinstance(ctx.source, CatalogSource):
             source: CatalogSource = ctx.source
-            found: dict[int, dict[str, set[str]]] = {}
+            found: dict[int, dict[str, dict[str, str | None]]] = {}
             for unit in plan.units:
                 recorded = times.get(unit.time_index, {})
                 for tile, items in zip(unit.tiles, unit.items, strict=True):
                     if tile.tile_id in recorded:
-                        ids = source.period_ids(items, ctx.periods[unit.time_index])
-                        found.setdefault(unit.time_index, {})[tile.tile_id] = ids
+                        versions = source.period_versions(items, ctx.periods[unit.time_index])
+                        found.setdefault(unit.time_index, {})[tile.tile_id] = versions
             stale, _ = find_stale_catalog(ctx.out, ctx.version, ctx.out_options, found, times)
-            why = "the catalog gives them items of the period they were not given"
+            why = "the catalog gives them items of the period they were not given, or newer versions"
         else:
             stale, _ = find_stale(
                 ctx.source,

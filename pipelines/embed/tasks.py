@@ -143,6 +143,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
         **(
             {"considered_items": list(padded.considered_items)} if padded.considered_items is not None else {}
         ),
+        **({"item_versions": dict(padded.item_versions)} if padded.item_versions is not None else {}),
         "bands": bands,
         "gsds_m": sorted({float(g.gsd_m) for g in padded.groups}),
         "collections": sorted({g.collection for g in padded.groups}),

@@ -123,10 +123,12 @@ def read_tile_records(
 
 
 #: Of the catalog freshness check (:func:`pipelines.embed.freshness.find_stale_catalog`): per
-#: recorded tile and time index, its record's modification time and a digest of the record's
-#: ``considered_items``, so a rerun whose search gives a tile the same items reads no record.
+#: recorded tile and time index, its record's modification time and a digest of the items (ids and
+#: versions) of a search the record was read and found fresh against, so a rerun whose search gives
+#: a tile the same items reads no record. Format 2: the digest covers versions (format 1's, ids
+#: only, is ignored: an index of that format is rebuilt by the next check).
 CONSIDERED_INDEX = "_considered.json"
-CONSIDERED_INDEX_FORMAT = 1
+CONSIDERED_INDEX_FORMAT = 2
 
 
 def considered_index_url(root_url: str, version_name: str) -> str:

@@ -68,10 +68,13 @@ class CatalogSource:
         return infos
 
     @staticmethod
-    def period_ids(items: Sequence[Mapping[str, Any]], period: Period) -> set[str]:
-        """Ids of the items dated in ``period``: those a padded tile given ``items`` considers
-        (``considered_items``, ``pipelines.embed.freshness``)."""
-        return {str(i.get("id")) for i in items if _item_in_period(i, period)}
+    def period_versions(items: Sequence[Mapping[str, Any]], period: Period) -> dict[str, str | None]:
+        """Id -> version (``updated``, else ``created``, else None) of the items dated in ``period``:
+        those a padded tile given ``items`` considers (``considered_items`` and ``item_versions``,
+        ``pipelines.embed.freshness``)."""
+        from pipelines.cubes.freshness import item_versions
+
+        return item_versions([i for i in items if _item_in_period(i, period)])
 
     def read(
         self, tile: Tile, period: Period, time_index: int, margin_m: float, items: Sequence[Mapping[str, Any]]
@@ -84,7 +87,8 @@ class CatalogSource:
         t0 = time.perf_counter()
         out = PaddedTile(tile, time_index, margin_m)
         in_period = [i for i in items if _item_in_period(i, period)]
-        out.considered_items = tuple(sorted(self.period_ids(in_period, period)))
+        out.item_versions = self.period_versions(in_period, period)
+        out.considered_items = tuple(sorted(out.item_versions))
         if not in_period:
             out.status, out.reason = TileStatus.EMPTY, "no input items for this tile in the period"
             return out

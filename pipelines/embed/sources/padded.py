@@ -34,6 +34,9 @@ class PaddedTile:
     considered_items: tuple[str, ...] | None = None
     """Catalog sources: ids of the items of the period the tile was given (found by the run's search),
     whether or not they entered the composite (``pipelines.embed.freshness``)."""
+    item_versions: dict[str, str | None] | None = None
+    """Catalog sources: id -> version (``updated``, else ``created``) of ``considered_items``, so a
+    reprocessed item (same id, newer version) makes the record stale (``pipelines.embed.freshness``)."""
     observations: dict[str, int] = field(default_factory=dict)  # group label -> acquisitions used
     notes: list[str] = field(default_factory=list)
     status: TileStatus = TileStatus.DONE

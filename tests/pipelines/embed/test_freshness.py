@@ -240,57 +240,147 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_it_gains_items(
 
     # the rule: items given now that the record was not given; records before considered_items
     assert not is_stale_catalog(
-        {"provenance": {"considered_items": ["A", "B"], "input_items": ["A"]}}, {"A", "B"}
+        {"provenance": {"considered_items": ["A", "B"], "input_items": ["A"]}}, dict.fromkeys("AB")
     )
-    assert is_stale_catalog({"provenance": {"considered_items": ["A"]}}, {"A", "C"})
-    assert is_stale_catalog({"provenance": {"input_items": ["A"]}}, {"A", "B"})
+    assert is_stale_catalog({"provenance": {"considered_items": ["A"]}}, dict.fromkeys("AC"))
+    assert is_stale_catalog({"provenance": {"input_items": ["A"]}}, dict.fromkeys("AB"))
+
+
+def test_tiles_embedded_from_a_catalog_are_embedded_again_when_an_item_is_reprocessed(
+    tmp_path: Path, sample_items: list[dict[str, Any]]
+) -> None:
+    """``--catalog-url``: an item re-published with a newer ``updated`` (a reprocessing keeps its id)
+    makes the next run embed the tile again; an unchanged catalog re-embeds nothing; a record made
+    before ``item_versions`` counts its items as seen at its ``written`` time, so it is not stale
+    for items older than that, and is for one updated after it."""
+    import copy
+    import json
+
+    from pipelines.embed import EmbedRequest
+
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    tile, out = TILES[1], tmp_path / "emb"
+    s2 = [i for i in sample_items if i["collection"] == "sentinel-2-l2a" and _in_period(i)]
+    catalog = tmp_path / "items.ndjson"
+
+    def publish(items: list[dict[str, Any]]) -> None:
+        catalog.write_text("".join(json.dumps(i) + "\n" for i in items))
+
+    def embed() -> Any:
+        return run_embedding(
+            EmbedRequest(
+                checkpoint=str(checkpoint),
+                out=str(out),
+                datetime=PERIOD,
+                tiles=(tile,),
+                catalog_url=str(catalog),
+                collections=("sentinel-2-l2a",),
+                workers=0,
+                progress=False,
+            )
+        )
+
+    publish(sample_items)
+    first = embed()
+    assert first.done == 1, first.format()
+    prov = es.read_tile_record(str(out), first.version, tile, 0)["provenance"]
+    used = next(i for i in s2 if i["id"] in prov["input_items"])
+    assert prov["item_versions"][used["id"]] == used["properties"]["updated"]
+    assert {r.status for r in embed().results} == {TileStatus.SKIPPED}  # nothing changed
+
+    # the item is reprocessed: same id, newer updated (still before the record was written)
+    redone = copy.deepcopy(used)
+    redone["properties"]["updated"] = "2025-06-01T00:00:00Z"
+    publish([redone if i is used else i for i in sample_items])
+    second = embed()
+    assert [r.status for r in second.results] == [TileStatus.DONE], second.format()
+    assert any("embedded again" in n for n in second.notes), second.notes
+    record = es.read_tile_record(str(out), second.version, tile, 0)
+    assert record["provenance"]["item_versions"][used["id"]] == "2025-06-01T00:00:00Z"
+    third = embed()
+    assert {r.status for r in third.results} == {TileStatus.SKIPPED}, third.format()
+    assert not any("embedded again" in n for n in third.notes), third.notes
+
+    # a record written before item_versions (the upgrade): its items count as seen at 'written'
+    del record["provenance"]["item_versions"]
+    Path(es.record_url(str(out), second.version, tile, 0)).write_text(json.dumps(record))
+    assert {r.status for r in embed().results} == {TileStatus.SKIPPED}
+    later = copy.deepcopy(redone)
+    later["properties"]["updated"] = "2099-01-01T00:00:00Z"  # reprocessed after the record was written
+    publish([later if i is used else i for i in sample_items])
+    assert [r.status for r in embed().results] == [TileStatus.DONE]
+
+    # the rule alone
+    old = {"written": "2026-01-01T00:00:00+00:00", "provenance": {"considered_items": ["A"]}}
+    assert not is_stale_catalog(old, {"A": "2025-01-01T00:00:00Z"})
+    assert is_stale_catalog(old, {"A": "2026-02-01T00:00:00Z"})
+    assert not is_stale_catalog(old, {"A": None})  # no version now: never newer
+    new = {**old, "provenance": {"considered_items": ["A"], "item_versions": {"A": "2024-01-01T00:00:00Z"}}}
+    assert is_stale_catalog(new, {"A": "2025-01-01T00:00:00Z"})
+    assert not is_stale_catalog(new, {"A": "2024-01-01T00:00:00Z"})
 
 
 def test_considered_index_skips_reads_only_while_records_and_searches_are_unchanged(tmp_path: Path) -> None:
     """find_stale_catalog with the records' listed times: a tile whose index entry has its record's
-    time and the digest of the items the search gives now is fresh without a read; a new item in
-    the search, a rewritten record, a record without ``considered_items`` or a corrupt index reads
-    again, and the answers equal those of reading every record."""
+    time and the digest of the items (ids and versions) the search gives now is fresh without a read;
+    a new item in the search, a newer version of an item, a rewritten record, a corrupt index or one
+    of format 1 (ids only) reads again, and the answers equal those of reading every record."""
     import json
     import os
 
     out, version = str(tmp_path / "emb"), "v"
-    records = {
-        "A": {"provenance": {"considered_items": ["a", "b"], "input_items": ["a"]}},
-        "B": {"provenance": {"considered_items": ["a"], "input_items": ["a"]}},
-        "C": {"provenance": {"input_items": ["a"]}},  # made before considered_items
+    v1, v2, written = "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-03-01T00:00:00+00:00"
+    records: dict[str, dict[str, Any]] = {
+        "A": {"considered_items": ["a", "b"], "input_items": ["a"], "item_versions": {"a": v1, "b": v1}},
+        "B": {"considered_items": ["a"], "input_items": ["a"], "item_versions": {"a": v1}},
+        "C": {"input_items": ["a"]},  # made before considered_items and item_versions
     }
 
-    def write(tile: str, rec: dict[str, Any], age_s: float) -> None:
+    def write(tile: str, prov: dict[str, Any], age_s: float) -> None:
         path = Path(es.record_url(out, version, tile, 0))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rec))
+        path.write_text(json.dumps({"written": written, "provenance": prov}))
         os.utime(path, (path.stat().st_mtime - age_s,) * 2)
 
-    for i, (tile, rec) in enumerate(records.items()):
-        write(tile, rec, 100 + i)
+    for i, (tile, prov) in enumerate(records.items()):
+        write(tile, prov, 100 + i)
 
-    def check(found: dict[str, set[str]], with_times: bool = True) -> tuple[dict[int, set[str]], int]:
+    def check(
+        found: dict[str, dict[str, str | None]], with_times: bool = True
+    ) -> tuple[dict[int, set[str]], int]:
         times = es.record_times(out, version, None, {}, list(found)) if with_times else None
         got = find_stale_catalog(out, version, {}, {0: found}, times)
         assert got[0] == find_stale_catalog(out, version, {}, {0: found})[0]  # the same as reading all
         return got
 
-    same = {"A": {"a", "b"}, "B": {"a"}, "C": {"a"}}
-    assert check(same) == ({}, 3)  # no index yet: every record read, A and B indexed
-    assert set(es.read_considered_index(out, version)) == {"0/A", "0/B"}
-    assert check(same) == ({}, 1)  # C (no considered_items) is read each time
+    def items(*ids: str, at: str = v1) -> dict[str, str | None]:
+        return dict.fromkeys(ids, at)
+
+    same = {"A": items("a", "b"), "B": items("a"), "C": items("a")}
+    assert check(same) == ({}, 3)  # no index yet: every record read, each indexed
+    assert set(es.read_considered_index(out, version)) == {"0/A", "0/B", "0/C"}
+    assert check(same) == ({}, 0)
     assert check(same, with_times=False) == ({}, 3)
-    assert check({**same, "B": {"a", "c"}}) == ({0: {"B"}}, 2)  # a new item for B
+    assert check({**same, "B": items("a", "c")}) == ({0: {"B"}}, 1)  # a new item for B
     assert "0/B" not in es.read_considered_index(out, version)  # it is embedded again
-    write("A", {"provenance": {"considered_items": ["a"]}}, 10)  # A re-embedded without b
-    assert check(same) == ({0: {"A"}}, 3)  # the entry no longer counts: A read, and stale
+    assert check(same) == ({}, 1)  # B (no entry) read, fresh, indexed again
+    assert check({**same, "B": items("a", at=v2)}) == ({0: {"B"}}, 1)  # B's item reprocessed
+    assert check({**same, "C": items("a", at=v2)}) == (
+        {},
+        2,
+    )  # C's: updated before C was written (B read too)
+    assert check({**same, "C": items("a", at="2024-04-01T00:00:00Z")}) == ({0: {"C"}}, 1)  # after
+    write("A", {"considered_items": ["a"], "item_versions": {"a": v1}}, 10)  # A re-embedded without b
+    assert check(same) == ({0: {"A"}}, 2)  # the entry no longer counts: A read, and stale (C too)
     Path(es.considered_index_url(out, version)).write_text("{not json")
-    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 2)  # a corrupt index: read, then rebuilt
-    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 0)
-    Path(es.considered_index_url(out, version)).write_text(json.dumps({"format": 1, "entries": {"0/A": 5}}))
-    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 2)  # malformed entries: the same
-    assert check({"A": {"a"}, "B": {"a"}}) == ({}, 0)
+    assert check({"A": items("a"), "B": items("a")}) == ({}, 2)  # a corrupt index: read, then rebuilt
+    assert check({"A": items("a"), "B": items("a")}) == ({}, 0)
+    index = json.loads(Path(es.considered_index_url(out, version)).read_text())
+    Path(es.considered_index_url(out, version)).write_text(json.dumps({**index, "format": 1}))
+    assert check({"A": items("a"), "B": items("a")}) == ({}, 2)  # format 1 (ids only): not used
+    Path(es.considered_index_url(out, version)).write_text(json.dumps({"format": 2, "entries": {"0/A": 5}}))
+    assert check({"A": items("a"), "B": items("a")}) == ({}, 2)  # malformed entries: the same
+    assert check({"A": items("a"), "B": items("a")}) == ({}, 0)
 
 
 def _tile_vectors(root: Path, version: str) -> np.ndarray:
@@ -384,7 +474,7 @@ def test_a_cube_rebuilt_for_a_reprocessed_item_makes_its_embedding_stale() -> No
     made = {"provenance": {"input_items": ["S1"], "cube_written_at": "2023-07-02T00:00:00+00:00"}}
 
     def state(written_at: str, version: str | None) -> CubeState:
-        cube = {"written_at": written_at, "status": TileStatus.COMPLETE, "groups": [group]}
+        cube: dict[str, Any] = {"written_at": written_at, "status": TileStatus.COMPLETE, "groups": [group]}
         cube["item_versions"] = {"S1": version}
         return cube_state(CubeSource("unused"), tile, 960.0, {tile: cube}, period)
 
