@@ -2,7 +2,10 @@
 by new items, then emit an event naming them (deployment triggers re-embed those tiles, and start a
 fine-tuning run when enough new data has accumulated).
 
-The watermark lives in object storage and is committed only after the ingest succeeded.
+The watermark lives in object storage and is committed only after the run succeeded: after the
+ingest, or, when the plan has no new items, after the searches (a quiet run commits too, so the
+undated items' window follows the last run rather than the last run that found something). A
+failed search or ingest commits nothing.
 """
 
 from __future__ import annotations
@@ -81,8 +84,12 @@ def cubes_resource(out: str) -> dict[str, str]:
 def refresh(params: RefreshParams) -> dict[str, Any]:
     install_exit_bound()
     logger = get_run_logger()
-    plan = plan_task(params)
+    plan = plan_task(params)  # a search that fails raises here: nothing is committed
     if plan.is_empty:
+        # nothing to ingest, and the searches succeeded: the state moves on (the undated items'
+        # window follows this run, ids out of the windows are pruned), or it would grow from the
+        # last run that found something
+        commit_task(params, plan)
         logger.info("refresh: %s", "; ".join(plan.notes))
         publish_summary("refresh-summary", "refresh: no new items", [], ["tile_id"], notes=list(plan.notes))
         return {"new_items": 0, "tile_ids": [], "notes": list(plan.notes)}
