@@ -43,7 +43,7 @@ from pipelines.cubes.lattice import lattice_shift
 from pipelines.cubes.shards import RawGroup, open_raw_group
 from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
 from pipelines.errors import CubeDataError
-from pipelines.outputs import Lease
+from pipelines.outputs import Lease, dataset_convention_attrs
 from pipelines.runs import TileStatus
 from pipelines.storage import (
     MAX_PREFIX_LISTINGS,
@@ -387,10 +387,10 @@ class CubeStore:
 
         path = group_path(tile_id, str(ds.attrs["collection"]), str(ds.attrs["gsd_label"]))
         specs = zarr_variables(ds, spec)
-        arrays = sync(_create_nodes(self.zarr_store(), path, json_safe(dict(ds.attrs)), specs))
+        attrs = json_safe({**ds.attrs, **dataset_convention_attrs(ds)})  # + proj:/spatial: (GDAL, GeoZarr)
+        arrays = sync(_create_nodes(self.zarr_store(), path, attrs, specs))
         refl: Any = zarr.Array(arrays["reflectance"])
-        data = ds["reflectance"].data
-        store_task = da.store(data, refl, lock=False, compute=False)
+        store_task = da.store(ds["reflectance"].data, refl, lock=False, compute=False)
         _, fractions = dask.compute(store_task, ds["valid_fraction"].data, scheduler=scheduler)
         values = np.asarray(fractions, dtype=np.float32).ravel()
         zarr.Array(arrays["valid_fraction"])[:] = values

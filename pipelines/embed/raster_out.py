@@ -173,23 +173,10 @@ class _GTiffWriter:
 
 def _zarr_convention_attrs(crs: Any, h: int, w: int, transform: Any) -> dict[str, Any]:
     """proj:/spatial Zarr convention attributes of the output group (registered in zarr_conventions)."""
-    import pyproj
-
-    from pipelines.embeddings import PROJ_CONVENTION, SPATIAL_CONVENTION
+    from pipelines.outputs import geo_convention_attrs
 
     t = transform
-    out: dict[str, Any] = {
-        "zarr_conventions": [dict(PROJ_CONVENTION), dict(SPATIAL_CONVENTION)],
-        "spatial:dimensions": ["y", "x"],
-        "spatial:shape": [h, w],
-        "spatial:transform": [t.a, t.b, t.c, t.d, t.e, t.f],
-        "spatial:registration": "pixel",
-    }
-    if crs is not None:
-        p = pyproj.CRS.from_user_input(crs.to_wkt())
-        epsg = p.to_epsg()
-        out.update({"proj:code": f"EPSG:{epsg}"} if epsg else {"proj:wkt2": p.to_wkt()})
-    return out
+    return geo_convention_attrs(crs, [t.a, t.b, t.c, t.d, t.e, t.f], (h, w))
 
 
 class _ZarrWriter:

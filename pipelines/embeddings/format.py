@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pipelines import storage
 from pipelines.errors import InputError
+from pipelines.outputs import PROJ_CONVENTION as PROJ_CONVENTION
+from pipelines.outputs import SPATIAL_CONVENTION as SPATIAL_CONVENTION
 
 # 2: band-first ``embeddings (time, dim, y, x)`` and ``pooled (time, dim, tile_y, tile_x)``, Zarr
 # conventions registered in ``zarr_conventions``. 1: ``(time, y, x, dim)``; still read (and written to,
@@ -63,30 +65,14 @@ PROJ_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.jso
 
 # Zarr conventions (zarr-conventions spec: one entry per convention a node uses, in its
 # ``zarr_conventions`` attribute); each entry's fields are the constants the convention's schema fixes.
+# proj:/spatial: (PROJ_CONVENTION, SPATIAL_CONVENTION, re-exported here) live with every output's
+# georeferencing in pipelines/outputs/conventions.py; geoemb: is this store's own.
 GEOEMB_CONVENTION = {
     "schema_url": "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json",
     "spec_url": "https://github.com/geo-embeddings/embeddings-zarr-convention/blob/v1/README.md",
     "uuid": "61c12cc5-0e28-4056-999a-480cf3fb7e4c",
     "name": "geoemb:",
     "description": "Geoembeddings convention for geospatial embedding arrays with model provenance",
-}
-
-
-PROJ_CONVENTION = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
-    "spec_url": "https://github.com/zarr-experimental/geo-proj/blob/v1/README.md",
-    "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
-    "name": "proj:",
-    "description": "Coordinate reference system information for geospatial data",
-}
-
-
-SPATIAL_CONVENTION = {
-    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v0.1/schema.json",
-    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v0.1/README.md",
-    "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
-    "name": "spatial",
-    "description": "Spatial coordinate information",
 }
 
 

@@ -41,9 +41,7 @@ from pipelines.embeddings.format import (
     GEOEMB_CONVENTION,
     LEASES_DIR,
     MODEL_HREF,
-    PROJ_CONVENTION,
     READABLE_FORMATS,
-    SPATIAL_CONVENTION,
     EmbeddingsStoreError,
     EmbeddingsVersion,
     embeddings_dims,
@@ -53,6 +51,7 @@ from pipelines.embeddings.format import (
 from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
 from pipelines.embeddings.metadata import chip_layout, store_encoding
 from pipelines.embeddings.quantize import NODATA_Q
+from pipelines.outputs import geo_convention_attrs
 
 if TYPE_CHECKING:  # the tiling module is only needed for its Tile shape (duck-typed at runtime)
     import zarr
@@ -290,18 +289,12 @@ def _zone_attrs(grid: ZoneGrid) -> dict[str, Any]:
     ny, nx = grid.shape
     x0, dx, _, y1, _, dy = grid.geotransform
     return {
-        "zarr_conventions": [dict(PROJ_CONVENTION), dict(SPATIAL_CONVENTION)],
         "epsg": grid.epsg,
         "crs": f"EPSG:{grid.epsg}",
         "token_ground_m": grid.token_ground_m,
         "tile_size_m": grid.tile_size_m,
         # GeoZarr conventions (proj:/spatial:) so convention-aware readers find the grid.
-        "proj:code": f"EPSG:{grid.epsg}",
-        "spatial:dimensions": ["y", "x"],
-        "spatial:shape": [ny, nx],
-        "spatial:transform": [dx, 0.0, x0, 0.0, dy, y1],
-        "spatial:bbox": [grid.x0, grid.y0, grid.x1, grid.y1],
-        "spatial:registration": "pixel",
+        **geo_convention_attrs(grid.epsg, [dx, 0.0, x0, 0.0, dy, y1], (ny, nx)),
     }
 
 

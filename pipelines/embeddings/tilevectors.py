@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.embeddings.format import PROJ_CONVENTION, SPATIAL_CONVENTION
 from pipelines.embeddings.grid import ZoneGrid, crs_wkt
 from pipelines.embeddings.records import record_times
 from pipelines.embeddings.store import (
@@ -42,7 +41,7 @@ from pipelines.embeddings.store import (
     version_zones,
     zarr_store,
 )
-from pipelines.outputs import Lease
+from pipelines.outputs import Lease, geo_convention_attrs
 
 TILES_GROUP = "tiles"
 
@@ -55,13 +54,7 @@ def tile_grid_attrs(grid: ZoneGrid) -> dict[str, Any]:
     tny, tnx = grid.tile_shape
     s = grid.tile_size_m
     return {
-        "zarr_conventions": [dict(PROJ_CONVENTION), dict(SPATIAL_CONVENTION)],
-        "proj:code": f"EPSG:{grid.epsg}",
-        "spatial:dimensions": ["y", "x"],
-        "spatial:shape": [tny, tnx],
-        "spatial:transform": [s, 0.0, grid.x0, 0.0, -s, grid.y1],
-        "spatial:bbox": [grid.x0, grid.y0, grid.x1, grid.y1],
-        "spatial:registration": "pixel",
+        **geo_convention_attrs(grid.epsg, [s, 0.0, grid.x0, 0.0, -s, grid.y1], (tny, tnx)),
         "long_name": "one pooled vector per tile: L2-normalised mean of the tile's valid unit token vectors",
     }
 

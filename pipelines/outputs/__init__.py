@@ -7,6 +7,8 @@ The safety contract of every ``aom`` verb (``docs/safety.md``), in one place:
   prefix roots, filesystem roots and outputs equal to or containing an input are refused.
 - :mod:`pipelines.outputs.atomic`: single files appear under their final name only once complete
   (leftovers of killed runs are cleaned by the next run); stores carry a completion marker.
+- :mod:`pipelines.outputs.conventions`: georeferencing of Zarr outputs as the registered ``proj:`` /
+  ``spatial:`` Zarr conventions, one builder for every store that writes a grid.
 - :mod:`pipelines.outputs.lease`: a lease (owner, heartbeat, expiry) taken by exclusive create on
   local disk and on object storage, before anything is written under it.
 """
@@ -14,6 +16,12 @@ The safety contract of every ``aom`` verb (``docs/safety.md``), in one place:
 from pipelines.outputs.atomic import (
     clean_partials,
     partial_path,
+)
+from pipelines.outputs.conventions import (
+    PROJ_CONVENTION,
+    SPATIAL_CONVENTION,
+    dataset_convention_attrs,
+    geo_convention_attrs,
 )
 from pipelines.outputs.lease import Lease, LeaseHeldError, LeaseInfo, LeaseLostError
 from pipelines.outputs.ownership import (
@@ -33,6 +41,8 @@ from pipelines.outputs.ownership import (
 
 __all__ = [
     "MARKER_NAME",
+    "PROJ_CONVENTION",
+    "SPATIAL_CONVENTION",
     "Lease",
     "LeaseHeldError",
     "LeaseInfo",
@@ -45,6 +55,8 @@ __all__ = [
     "check_writable_target",
     "claim_output",
     "clean_partials",
+    "dataset_convention_attrs",
+    "geo_convention_attrs",
     "output_kind",
     "partial_path",
     "read_marker",

@@ -142,6 +142,9 @@ def test_landsat_pixels_15m_off_the_tile_grid_are_pasted_at_their_true_centres(t
     assert ds.attrs["lattice_shift_m"] == [-15.0, -15.0] and ds.attrs["lattice"].startswith("native:")
     assert store.record(tile.tile_id)["groups"][0]["lattice_shift_m"] == [-15.0, -15.0]
     assert ds.odc.geobox == tile.geobox(30.0, (-15.0, -15.0))
+    # the group's proj:/spatial: Zarr conventions say the same shifted grid
+    assert ds.attrs["spatial:transform"] == list(tile.geobox(30.0, (-15.0, -15.0)).transform)[:6]
+    assert ds.attrs["proj:code"] == "EPSG:32631"
     np.testing.assert_array_equal(ds["x"].values, X0 + 30.0 * np.arange(64))  # native centres: 0 mod 30
     np.testing.assert_array_equal(ds["y"].values, Y0 + 1920.0 - 30.0 * (np.arange(64) + 1))
     meta = store.group_meta(tile.tile_id, LANDSAT, "30m", ds)

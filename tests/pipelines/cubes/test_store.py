@@ -3,16 +3,26 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import xarray as xr
 import zarr
 
-from pipelines.cubes import LAYOUT_VERSION, CubeStore, CubeStoreError, GroupMeta, write_cubes
+from pipelines.cubes import LAYOUT_VERSION, CubeStore, CubeStoreError, GroupMeta, group_path, write_cubes
 from pipelines.errors import CubeDataError
+from pipelines.outputs import PROJ_CONVENTION, SPATIAL_CONVENTION
 from pipelines.testing import SENTINEL2, write_synthetic_cubes
+from pipelines.testing.schemas import (
+    ZARR_CONVENTIONS_SCHEMA,
+    ZARR_PROJ_SCHEMA,
+    ZARR_SPATIAL_SCHEMA,
+    SchemaSet,
+)
 from tests.pipelines.cubes.support import S2, TILE_IDS, s2_item, spec
 
 S2_GROUPS = {(S2, "10m"), (S2, "20m"), (S2, "60m")}
@@ -31,7 +41,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def _schema(store: CubeStore, tile_id: str, key: tuple[str, str]) -> dict[str, Any]:
     ds = store.open_group(tile_id, *key, decode=False)
     return {
-        name: (tuple(var.dims), var.dtype.kind, {k for k in var.attrs if k != "coordinates"})
+        str(name): (tuple(var.dims), var.dtype.kind, {k for k in var.attrs if k != "coordinates"})
         for name, var in ds.variables.items()
     }
 
@@ -126,3 +136,124 @@ def test_a_recorded_tile_without_its_group_names_the_tile_and_the_fix(
         CubeStoreError, match=rf"tile {tile_id} is recorded complete but its group .* is missing"
     ):
         store.open_group(tile_id, collection, label)
+
+
+def _group_dirs(root: str) -> list[Path]:
+    store = CubeStore.open(root)
+    return [Path(root, group_path(t, *key)) for t in store.complete_tiles() for key in store.groups(t)]
+
+
+def test_groups_carry_the_proj_and_spatial_zarr_conventions(stores: dict[str, str]) -> None:
+    """Every group of a cube store (run and synthetic alike) registers the proj:/spatial: Zarr conventions,
+    valid against their published schemas, and says what its CF grid mapping says: the CRS and the
+    transform rioxarray and odc-geo read (before, cube groups had CF metadata only)."""
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("published schemas not found at ../shared/schemas (or $AOM_SCHEMAS_DIR)")
+    for kind, root in stores.items():
+        dirs = _group_dirs(root)
+        assert len(dirs) == 3, kind
+        for gdir in dirs:
+            node = json.loads((gdir / "zarr.json").read_text())
+            for url in (ZARR_PROJ_SCHEMA, ZARR_SPATIAL_SCHEMA, ZARR_CONVENTIONS_SCHEMA):
+                assert schemas.errors(node, url) == [], (kind, gdir, url)
+            attrs = node["attributes"]
+            uuids = {c["uuid"] for c in attrs["zarr_conventions"]}
+            assert uuids == {PROJ_CONVENTION["uuid"], SPATIAL_CONVENTION["uuid"]}
+            ds = xr.open_zarr(gdir, consolidated=True, zarr_format=3)
+            assert attrs["proj:code"] == f"EPSG:{ds.rio.crs.to_epsg()}" == "EPSG:32631", (kind, gdir)
+            with warnings.catch_warnings():  # rioxarray 0.19 composes with affine's deprecated `*`
+                warnings.filterwarnings("ignore", "Use `@` matmul", PendingDeprecationWarning)
+                rio_transform = list(ds.rio.transform())[:6]
+            assert attrs["spatial:transform"] == rio_transform == list(ds.odc.geobox.affine)[:6]
+            assert attrs["spatial:shape"] == [ds.sizes["y"], ds.sizes["x"]]
+            assert attrs["spatial:dimensions"] == ["y", "x"] and attrs["spatial:registration"] == "pixel"
+            assert attrs["spatial:bbox"] == list(ds.odc.geobox.boundingbox)
+    # the check is real: a group without proj:code fails the proj: schema
+    bad = json.loads((_group_dirs(stores["synthetic"])[0] / "zarr.json").read_text())
+    del bad["attributes"]["proj:code"]
+    assert schemas.errors(bad, ZARR_PROJ_SCHEMA) != []
+
+
+def test_groups_written_before_the_conventions_are_still_read(stores: dict[str, str], tmp_path: Path) -> None:
+    """Stores written before the proj:/spatial: attributes existed are read as before (readers use the CF
+    metadata and the records, never the convention attributes): strip them and read the same pixels."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(stores["synthetic"], old)
+    for gdir in _group_dirs(str(old)):
+        doc = json.loads((gdir / "zarr.json").read_text())
+        doc["attributes"] = {
+            k: v for k, v in doc["attributes"].items() if k != "zarr_conventions" and ":" not in k
+        }
+        (gdir / "zarr.json").write_text(json.dumps(doc))
+    new_store, old_store = CubeStore.open(stores["synthetic"]), CubeStore.open(str(old))
+    (tile_id,) = old_store.complete_tiles()
+    for key in old_store.groups(tile_id):
+        a = new_store.open_group(tile_id, *key, lazy=True)
+        b = old_store.open_group(tile_id, *key, lazy=True)
+        assert "proj:code" not in b.attrs and "proj:code" in a.attrs
+        assert old_store.group_meta(tile_id, *key, b) == new_store.group_meta(tile_id, *key, a)
+        np.testing.assert_array_equal(
+            old_store.read_window(b, 1, 0, 0, 8, 8), new_store.read_window(a, 1, 0, 0, 8, 8)
+        )
+
+
+def _gdal_version() -> tuple[int, ...]:
+    import rasterio
+
+    return tuple(int(p) for p in rasterio.__gdal_version__.split(".")[:2])
+
+
+def _unsharded_copy(gdir: Path, dst: Path, cf: bool) -> Path:
+    """The group's metadata (group attributes, reflectance dims and attributes) with reflectance stored
+    unsharded, for GDAL releases that read Zarr v3 but no shards (3.11, 3.12). ``cf=False`` leaves out
+    the CF grid mapping and the x/y arrays: only the group's proj:/spatial: attributes georeference it."""
+    src = zarr.open_group(gdir, mode="r", zarr_format=3)
+    out = zarr.open_group(dst, mode="w", zarr_format=3, attributes=dict(src.attrs))
+    names = ["reflectance", "x", "y", "spatial_ref"] if cf else ["reflectance"]
+    for name in names:
+        arr = src[name]
+        assert isinstance(arr, zarr.Array)
+        attrs = {k: v for k, v in arr.attrs.items() if k != "coordinates" and (cf or k != "grid_mapping")}
+        new = out.create_array(
+            name,
+            shape=arr.shape,
+            dtype=arr.dtype,
+            chunks=tuple(arr.shape),
+            fill_value=arr.fill_value,
+            compressors=None,
+            dimension_names=getattr(arr.metadata, "dimension_names", None),
+            attributes=attrs,
+        )
+        new[...] = arr[...]
+    return dst
+
+
+@pytest.mark.parametrize("cf", [True, False], ids=["cf-grid-mapping", "conventions-only"])
+def test_gdal_reads_the_crs_and_geotransform_of_a_cube_array(
+    stores: dict[str, str], tmp_path: Path, cf: bool
+) -> None:
+    """GDAL (through rasterio, ``ZARR:"<group>":/reflectance``) georeferences a cube group as xarray does.
+    GDAL reads Zarr v3 as zarr-python writes it from 3.11, shards and the proj:/spatial: conventions
+    from 3.13: before 3.13 the group is checked on an unsharded copy of its metadata, through its CF
+    grid mapping; from 3.13 as stored, and the copy without CF metadata through the conventions alone."""
+    import rasterio
+
+    have = _gdal_version()
+    need = (3, 11) if cf else (3, 13)
+    if have < need:
+        pytest.skip(f"GDAL {rasterio.__gdal_version__} < {'.'.join(map(str, need))} (rasterio's GDAL)")
+    gdir = _group_dirs(stores["production"])[0]
+    attrs = json.loads((gdir / "zarr.json").read_text())["attributes"]
+    targets = [_unsharded_copy(gdir, tmp_path / "copy", cf)]
+    if have >= (3, 13) and cf:
+        targets.append(gdir)  # the stored, sharded group itself
+    for target in targets:
+        with rasterio.open(f'ZARR:"{target}":/reflectance') as src:
+            assert src.crs is not None and src.crs.to_epsg() == 32631, target
+            assert list(src.transform)[:6] == attrs["spatial:transform"], target
+            assert (src.height, src.width) == tuple(attrs["spatial:shape"]), target
