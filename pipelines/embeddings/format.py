@@ -14,13 +14,17 @@ from pipelines.errors import InputError
 from pipelines.outputs import PROJ_CONVENTION as PROJ_CONVENTION
 from pipelines.outputs import SPATIAL_CONVENTION as SPATIAL_CONVENTION
 
-# 2: band-first ``embeddings (time, dim, y, x)`` and ``pooled (time, dim, tile_y, tile_x)``, Zarr
-# conventions registered in ``zarr_conventions``. 1: ``(time, y, x, dim)``; still read (and written to,
-# for versions created as format 1, so a rerun finishes an old version in its own layout).
-FORMAT_VERSION = 2
+# 3: format 2 whose consolidated tile vectors ``<zone>/tiles/vectors`` lie on the zone's own tile dims
+# ``(time, dim, tile_y, tile_x)`` (coordinates ``tile_x``/``tile_y`` = the zone's): the store opens as
+# one ``xarray.DataTree``. 2: band-first ``embeddings (time, dim, y, x)`` and ``pooled (time, dim,
+# tile_y, tile_x)``, Zarr conventions registered in ``zarr_conventions``; its ``tiles/`` group has its
+# own ``x``/``y`` (tile centres), which collide with the zone's token ``x``/``y`` in a DataTree.
+# 1: ``(time, y, x, dim)``. Older formats are still read, and written to for versions created in them
+# (a rerun finishes an old version in its own layout).
+FORMAT_VERSION = 3
 
 
-READABLE_FORMATS = (1, 2)
+READABLE_FORMATS = (1, 2, 3)
 
 
 FORMAT_ATTR = "aom_embeddings_format"
@@ -89,6 +93,12 @@ def embeddings_dims(fmt: int) -> tuple[str, ...]:
 def pooled_dims(fmt: int) -> tuple[str, ...]:
     """Dimension order of the ``pooled`` (tile vectors) array in a store format."""
     return ("time", "dim", "tile_y", "tile_x") if fmt >= 2 else ("time", "tile_y", "tile_x", "dim")
+
+
+def tile_vector_dims(fmt: int) -> tuple[str, ...]:
+    """Dimension order of the consolidated ``tiles/vectors`` array in a store format (its spatial dims
+    are the zone's ``tile_y``/``tile_x`` from format 3; ``y``/``x`` of the tiles group's own before)."""
+    return ("time", "dim", "tile_y", "tile_x") if fmt >= 3 else ("time", "dim", "y", "x")
 
 
 class EmbeddingsStoreError(InputError):

@@ -1,14 +1,15 @@
-"""The AOM embeddings store: a Zarr v3 hierarchy of per-UTM-zone token grids (format 2).
+"""The AOM embeddings store: a Zarr v3 hierarchy of per-UTM-zone token grids (format 3).
 
 Layout (see ``docs/embeddings.md`` for the full description)::
 
-    <root>/                              Zarr v3 group, attrs {"aom_embeddings_format": 2}
+    <root>/                              Zarr v3 group, attrs {"aom_embeddings_format": 3}
       <version>/                         one model/checkpoint; attrs = the EmbeddingsVersion definition
                                          + geoemb: convention attributes (registered in zarr_conventions)
         <epsg>/                          one UTM zone, fixed zone-wide grid at token_ground_m (proj:/spatial:)
           embeddings (time, dim, y, x)   int8 (int8-sqrt) or float16; chunk = shard = one tile
           pooled     (time, dim, tile_y, tile_x) float16; one chunk per tile
           x, y, tile_x, tile_y, time, spatial_ref   coordinates + CF grid mapping
+          tiles/                         consolidated tile vectors (time, dim, tile_y, tile_x): tilevectors.py
       _tiles/<version>/t<time_index>/<tile_id>.json   completion records (written after the data)
       stac/collection.json, stac/catalogs/<version>/<block>.json, stac/items/<version>/<tile_id>.json
 
@@ -166,7 +167,7 @@ def array_dims(arr: Any) -> tuple[str, ...]:
 
 
 def band_first(arr: Any) -> bool:
-    """True for a format-2 ``embeddings`` array ``(time, dim, y, x)``."""
+    """True for a band-first (format 2 and 3) ``embeddings`` array ``(time, dim, y, x)``."""
     return array_dims(arr) == embeddings_dims(2)
 
 
@@ -239,8 +240,9 @@ def create_version(
 
     A different definition under an existing name is refused: pick a new name (a new checkpoint
     must be a new version, so nobody mixes vectors from two models). New versions are written in
-    format 2 (band-first); an existing format-1 version keeps its layout. ``fmt=1`` writes the old
-    layout (for readers that only know format 1, and to test that this code still reads it).
+    format 3 (band-first, tile vectors on the zone's tile dims); an existing format-1 or -2 version keeps
+    its layout. ``fmt=1``/``fmt=2`` write the old layouts (for readers that only know those, and to test
+    that this code still reads them).
     """
     import zarr
 

@@ -7,10 +7,13 @@ concurrent writers never share an object). Reading a whole zone that way costs o
 hand; one writer at a time: it holds the store's lease ``_leases/shared.json``) copies the recorded
 tiles into::
 
-    <version>/<epsg>/tiles/            group: proj:/spatial conventions at tile_size_m
-      vectors (time, dim, y, x)        float16, NaN = no tile; chunks of 256 x 128 tiles (a zone: 6 objects)
-      x (x), y (y)                     tile centres (m); time (time)
-      spatial_ref ()                   CF grid mapping, GeoTransform at tile_size_m (not the token grid)
+    <version>/<epsg>/tiles/                 group: proj:/spatial conventions at tile_size_m
+      vectors (time, dim, tile_y, tile_x)   float16, NaN = no tile; chunks of 256 x 128 tiles (a zone: 6 objects)
+      tile_x (tile_x), tile_y (tile_y)      tile centres (m), the zone's own tile_x/tile_y; time (time)
+      spatial_ref ()                        CF grid mapping, GeoTransform at tile_size_m (not the token grid)
+
+(format 3; versions of formats 1 and 2 keep ``vectors (time, dim, y, x)`` with the group's own ``x``/``y``,
+which a DataTree cannot align with the zone's token ``x``/``y``: :func:`~pipelines.embeddings.format.tile_vector_dims`.)
 
 It is incremental: tiles already consolidated are not read again, so a rerun costs what was added.
 A tile written over since (re-embedded: ``pipelines.embed.freshness``) is copied again, even when the
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.embeddings.format import FORMAT_VERSION, tile_vector_dims
 from pipelines.embeddings.grid import ZoneGrid, crs_wkt
 from pipelines.embeddings.records import record_times
 from pipelines.embeddings.store import (
@@ -38,6 +42,7 @@ from pipelines.embeddings.store import (
     require_coord,
     require_time_coord,
     shared_writer,
+    version_format,
     version_zones,
     zarr_store,
 )
@@ -49,12 +54,13 @@ TILES_GROUP = "tiles"
 TILE_CHUNK = (256, 128)  # (tile rows, tile cols) per chunk: a UTM zone (1303 x 105 tiles) is 6 chunks
 
 
-def tile_grid_attrs(grid: ZoneGrid) -> dict[str, Any]:
+def tile_grid_attrs(grid: ZoneGrid, fmt: int = FORMAT_VERSION) -> dict[str, Any]:
     """Group attributes of the tile grid (proj:/spatial conventions at ``tile_size_m``)."""
     tny, tnx = grid.tile_shape
     s = grid.tile_size_m
+    dims = tile_vector_dims(fmt)[2:]
     return {
-        **geo_convention_attrs(grid.epsg, [s, 0.0, grid.x0, 0.0, -s, grid.y1], (tny, tnx)),
+        **geo_convention_attrs(grid.epsg, [s, 0.0, grid.x0, 0.0, -s, grid.y1], (tny, tnx), dims),
         "long_name": "one pooled vector per tile: L2-normalised mean of the tile's valid unit token vectors",
     }
 
@@ -67,6 +73,8 @@ def ensure_tile_group(
     import zarr
 
     version = read_version(root_url, version_name, storage_options)
+    fmt = version_format(root_url, version_name, storage_options)
+    dims = tile_vector_dims(fmt)
     grid = ZoneGrid(int(epsg), version.token_ground_m, version.tile_size_m)
     store = zarr_store(root_url, storage_options)
     path = f"{version_name}/{int(epsg)}/{TILES_GROUP}"
@@ -74,7 +82,7 @@ def ensure_tile_group(
         group = zarr.open_group(store=store, path=path, mode="r+", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         group = zarr.open_group(
-            store=store, path=path, mode="a", zarr_format=3, attributes=tile_grid_attrs(grid)
+            store=store, path=path, mode="a", zarr_format=3, attributes=tile_grid_attrs(grid, fmt)
         )
     tny, tnx = grid.tile_shape
     nt = len(version.times)
@@ -90,9 +98,10 @@ def ensure_tile_group(
         fill_value=0,
         attributes={**cf, "crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": gt},
     )
-    for name, n, values in (
-        ("x", tnx, grid.x0 + (np.arange(tnx) + 0.5) * s),
-        ("y", tny, grid.y1 - (np.arange(tny) + 0.5) * s),
+    # the same values as the zone's tile_x/tile_y (ensure_zone), so from format 3 they align in a DataTree
+    for name, axis, n, values in (
+        (dims[3], "x", tnx, grid.x0 + (np.arange(tnx) + 0.5) * s),
+        (dims[2], "y", tny, grid.y1 - (np.arange(tny) + 0.5) * s),
     ):
         require_coord(
             group,
@@ -104,9 +113,10 @@ def ensure_tile_group(
             fill_value=0.0,
             dimension_names=(name,),
             attributes={
-                "standard_name": f"projection_{name}_coordinate",
+                "standard_name": f"projection_{axis}_coordinate",
                 "units": "m",
                 "long_name": "tile centre",
+                **({"axis": axis.upper()} if fmt >= 3 else {}),
             },
         )
     require_time_coord(group, version.times)
@@ -117,7 +127,7 @@ def ensure_tile_group(
         chunks=(1, version.dim, *TILE_CHUNK),
         dtype="float16",
         fill_value=float("nan"),
-        dimension_names=("time", "dim", "y", "x"),
+        dimension_names=dims,
         attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "nodata": "NaN"},
     )
     return group

@@ -37,6 +37,7 @@ from pipelines.embed import (
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
 from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_when
+from tests.pipelines.embeddings.support import assert_datatree_matches_query
 
 PERIOD = "2023-06-01/2023-06-30"
 TILES = ("32631_95_649", "32632_34_649")
@@ -383,6 +384,17 @@ def test_existing_version_with_other_definition_is_refused(
 
 # ------------------------------------------------------------------------------------------
 # The reference run: content, provenance, STAC, equality with the encoder
+
+
+def test_reference_run_opens_as_one_datatree_with_the_vectors_query_reads(
+    reference: tuple[Path, Any],
+) -> None:
+    """A real run's store (embedded from cubes, tile vectors consolidated, STAC, records and leases
+    folders at the root) opens with ``xarray.open_datatree(store, engine="zarr")`` and holds the token
+    and tile vectors pipelines.query reads (before, the tiles group's own x/y broke the tree)."""
+    out, summary = reference
+    assert es.version_format(str(out), summary.version) == es.FORMAT_VERSION
+    assert assert_datatree_matches_query(str(out), summary.version) == 2
 
 
 def test_reference_run_records_provenance_and_quantisation(

@@ -1,5 +1,6 @@
-"""Store format 2: Zarr conventions registered and valid (geoemb:, proj:, spatial:), band-first layout,
-strict-JSON metadata, and format-1 stores still read the same vectors."""
+"""Store format 3 (format 2's band-first layout, tile vectors on the zone's tile dims): Zarr conventions
+registered and valid (geoemb:, proj:, spatial:), strict-JSON metadata, the whole store opens as one
+xarray DataTree, and format-1 and format-2 stores still read the same vectors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.embeddings import version_format
+from pipelines.embeddings import FORMAT_VERSION, create_version, version_format
 from pipelines.query import open_embeddings, similar
 from pipelines.testing import SyntheticScene, build_synthetic_store, synthetic_version
 from pipelines.testing.schemas import (
@@ -19,6 +20,7 @@ from pipelines.testing.schemas import (
     ZARR_SPATIAL_SCHEMA,
     SchemaSet,
 )
+from tests.pipelines.embeddings.support import assert_datatree_matches_query, open_store_datatree
 
 BBOX = (5.985, 44.995, 6.015, 45.005)
 
@@ -36,8 +38,6 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     v = synthetic_version(dim=16, times=("2024-06-01", "2024-07-01"))
     scene = SyntheticScene(dim=16)
     build_synthetic_store(str(base / "f2"), bbox=BBOX, version=v, scene=scene, times_to_write=[0], stac=False)
-    from pipelines.embeddings import create_version
-
     create_version(str(base / "f1"), v, fmt=1)
     build_synthetic_store(str(base / "f1"), bbox=BBOX, version=v, scene=scene, times_to_write=[0], stac=False)
     return base / "f2", base / "f1", v.name
@@ -60,6 +60,10 @@ def test_conventions_registered_and_valid(stores: tuple[Path, Path, str]) -> Non
             assert schemas.errors(node, url) == [], (zone, url)
         uuids = {c["uuid"] for c in node["attributes"]["zarr_conventions"]}
         assert {"f17cb550-5864-4468-aeb7-f3180cfb622f", "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4"} <= uuids
+        tiles = _strict(root / name / zone / "tiles" / "zarr.json")
+        for url in (ZARR_PROJ_SCHEMA, ZARR_SPATIAL_SCHEMA, ZARR_CONVENTIONS_SCHEMA):
+            assert schemas.errors(tiles, url) == [], (zone, "tiles", url)
+        assert tiles["attributes"]["spatial:dimensions"] == ["tile_y", "tile_x"]
     # the check is real: a version group without the required geoemb fields fails
     bad = json.loads(json.dumps(version_node))
     del bad["attributes"]["geoemb:source_data"]
@@ -81,7 +85,7 @@ def test_band_first_layout_opens_with_dim_as_bands(stores: tuple[Path, Path, str
     from pipelines.embeddings import zarr_store
 
     root, old, name = stores
-    assert version_format(str(root), name) == 2 and version_format(str(old), name) == 1
+    assert version_format(str(root), name) == FORMAT_VERSION == 3 and version_format(str(old), name) == 1
     ds = xr.open_zarr(zarr_store(str(root), read_only=True), group=f"{name}/32631", consolidated=False)
     assert ds.embeddings.dims == ("time", "dim", "y", "x")
     ds1 = xr.open_zarr(zarr_store(str(old), read_only=True), group=f"{name}/32631", consolidated=False)
@@ -109,3 +113,53 @@ def test_format_1_store_reads_the_same_vectors(stores: tuple[Path, Path, str]) -
     ra, rb = similar(a, vectors=q, k=5), similar(b, vectors=q, k=5)
     np.testing.assert_allclose(ra.scores, rb.scores)
     assert ra.tile_id == rb.tile_id and (ra.row == rb.row).all() and (ra.col == rb.col).all()
+
+
+@pytest.fixture(scope="module")
+def fmt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A store of a version created as format 2 (tile vectors on the tiles group's own ``y``/``x``)."""
+    root = tmp_path_factory.mktemp("fmt2") / "f2"
+    v = synthetic_version(dim=16, times=("2024-06-01", "2024-07-01"))
+    create_version(str(root), v, fmt=2)
+    build_synthetic_store(
+        str(root), bbox=BBOX, version=v, scene=SyntheticScene(dim=16), times_to_write=[0], stac=True
+    )
+    return root, v.name
+
+
+def test_a_new_store_opens_as_one_datatree_with_the_vectors_query_reads(
+    stores: tuple[Path, Path, str],
+) -> None:
+    """``xarray.open_datatree(<store>, engine="zarr")`` failed on every store with consolidated tile vectors:
+    ``tiles/`` had its own ``x``/``y`` (tile centres), which cannot align with the zone's ``x``/``y``
+    (token centres). From format 3 ``tiles/vectors`` lies on the zone's ``tile_y``/``tile_x``."""
+    root, _, name = stores
+    tree = open_store_datatree(str(root))
+    vectors = tree[f"/{name}/32631/tiles"]["vectors"]
+    assert vectors.dims == ("time", "dim", "tile_y", "tile_x")
+    assert assert_datatree_matches_query(str(root), name) >= 2
+
+
+def test_a_format_2_store_keeps_its_tile_grid_and_reads_the_same(
+    fmt2: tuple[Path, str], stores: tuple[Path, Path, str]
+) -> None:
+    """A version created as format 2 keeps its layout when its tile vectors are consolidated (a rerun
+    finishes it in its own format), is read by pipelines.query like a new one, and (the reason for
+    format 3) still cannot be opened as one DataTree: open it group by group."""
+    import xarray as xr
+
+    from pipelines.embeddings import zarr_store
+    from pipelines.query import open_embeddings, tile_vectors
+
+    root, name = fmt2
+    assert version_format(str(root), name) == 2
+    ds = xr.open_zarr(zarr_store(str(root), read_only=True), group=f"{name}/32631/tiles", consolidated=False)
+    assert ds.vectors.dims == ("time", "dim", "y", "x")
+    with pytest.raises(ValueError, match="not aligned with its parents"):
+        open_store_datatree(str(root))
+    new, old = open_embeddings(str(stores[0]), name), open_embeddings(str(root), name)
+    for zone in new.zones:
+        a, b = tile_vectors(new, zone, 0), tile_vectors(old, zone, 0)
+        assert a.consolidated and b.consolidated
+        np.testing.assert_array_equal(a.vectors, b.vectors)
+        np.testing.assert_array_equal(a.x, b.x)

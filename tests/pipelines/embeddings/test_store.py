@@ -196,15 +196,20 @@ def test_a_run_killed_between_a_coordinate_and_its_values_is_repaired_by_the_nex
     for n in zone_names:
         np.testing.assert_array_equal(got[n], want[n], err_msg=n)
 
-    if name in ("x", "y", "time"):  # the tile-vector grid's coordinates: the same pattern
-        tiles_want = _coords(_open_group(clean, f"{v.name}/32631/tiles", None, "r"), ("x", "y", "time"))
+    if name in (
+        "tile_x",
+        "tile_y",
+        "time",
+    ):  # the tile-vector grid's coordinates (format 3): the same pattern
+        tile_names = ("tile_x", "tile_y", "time")
+        tiles_want = _coords(_open_group(clean, f"{v.name}/32631/tiles", None, "r"), tile_names)
         with monkeypatch.context() as m:
             _kill_on_first_write(m, f"{v.name}/32631/tiles/{name}")
             with pytest.raises(_Killed):
                 ensure_tile_group(killed, v.name, 32631, None)
         ensure_tile_group(killed, v.name, 32631, None)
-        tiles_got = _coords(_open_group(killed, f"{v.name}/32631/tiles", None, "r"), ("x", "y", "time"))
-        for n in ("x", "y", "time"):
+        tiles_got = _coords(_open_group(killed, f"{v.name}/32631/tiles", None, "r"), tile_names)
+        for n in tile_names:
             np.testing.assert_array_equal(tiles_got[n], tiles_want[n], err_msg=f"tiles/{n}")
 
 

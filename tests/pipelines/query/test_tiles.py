@@ -66,7 +66,7 @@ def test_tile_grid_has_its_own_grid_mapping(synth: SyntheticStore) -> None:
         group=f"{synth.version.name}/{zone}/tiles",
         consolidated=False,
     )
-    assert ds.vectors.dims == ("time", "dim", "y", "x") and "spatial_ref" in ds.coords
+    assert ds.vectors.dims == ("time", "dim", "tile_y", "tile_x") and "spatial_ref" in ds.coords
     assert ds.rio.crs.to_epsg() == zone
     assert ds.vectors.rio.resolution() == (7680.0, -7680.0)
     assert ds.vectors.odc.geobox.resolution.x == 7680.0
