@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 _URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
 _SECRET_HEADER = re.compile(
@@ -109,6 +110,46 @@ def redact_url(url: str) -> str:
     (:func:`redact_params`, the list log redaction uses too) from a URL."""
     url = re.sub(r"://[^/@]+@", "://***@", url)
     return redact_params(url)
+
+
+_HREF_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]+@")
+
+
+def unsign_url(url: str) -> str:
+    """``url`` fit to persist and to sign again for reading: the signed-URL parameters
+    (:data:`SIGNED_URL_PARAMS`, :data:`SIGNED_URL_PREFIXES`) removed, since a reader re-signs its
+    in-memory copy and an access rule does not sign an href that still has a ``sig``; the value of
+    every other credential parameter (:data:`CREDENTIAL_PARAMS`: ``key``, ``api_key``,
+    ``access_token`` ...) replaced by ``***`` as :func:`redact_url` does, so the saved href shows
+    that it needed one; ``user:password@`` becomes ``***@``. Every other parameter is kept as
+    written (no re-encoding); a URL without a secret comes back unchanged."""
+    out = _HREF_USERINFO.sub(r"\1***@", url)
+    base, question, rest = out.partition("?")
+    if not question:
+        return out
+    query, hash_, fragment = rest.partition("#")
+    kept = []
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        low = unquote_plus(name).lower()
+        if low in SIGNED_URL_PARAMS or low.startswith(SIGNED_URL_PREFIXES):
+            continue
+        kept.append(f"{name}=***" if low in CREDENTIAL_PARAMS and value else part)
+    clean = "&".join(kept)
+    return base + (f"?{clean}" if clean else "") + hash_ + fragment
+
+
+def redact_record(value: Any) -> Any:
+    """A copy of a JSON-like record (dicts, lists, strings ...) with :func:`redact_url` applied to
+    every string value (keys stay): the last step before a record, report or attribute that may
+    name a URL is written."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, Mapping):
+        return {k: redact_record(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_record(v) for v in value]
+    return value
 
 
 def register_secret(value: Any) -> None:

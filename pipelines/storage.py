@@ -32,6 +32,7 @@ from pipelines.redaction import (  # re-exported: storage is where callers look 
 from pipelines.redaction import install_log_redaction as install_log_redaction
 from pipelines.redaction import is_secret_option, register_secret
 from pipelines.redaction import redact_options as redact_options
+from pipelines.redaction import redact_record as redact_record
 from pipelines.redaction import redact_text as redact_text
 from pipelines.redaction import redact_url as redact_url
 

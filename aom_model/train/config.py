@@ -11,7 +11,7 @@ from typing import Any
 from aom_model.config import AOMConfig
 from aom_model.train.chips import ChipConfig
 from pipelines.errors import InputError, RunFailedError, check_device, check_number
-from pipelines.storage import check_url, normalise_url
+from pipelines.storage import check_url, normalise_url, redact_record
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,12 @@ class PretrainConfig:
         d["chips"] = self.chips.to_dict()
         d.pop("storage_options")  # may carry credentials: never written out
         return d
+
+    def record(self) -> dict[str, Any]:
+        """:meth:`to_dict` as written into ``pretrain_config.json``, checkpoints and logs: URLs
+        (``cubes``, ``out``, ``init``) redacted by :func:`pipelines.redaction.redact_record`.
+        ``to_dict`` itself stays whole: it is how the ranks of a torchrun get the configuration."""
+        return dict(redact_record(self.to_dict()))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PretrainConfig:

@@ -64,6 +64,7 @@ from pipelines.storage import (
     join,
     normalise_url,
     read_json,
+    redact_record,
     redact_url,
     write_bytes_atomic,
     write_json_atomic,
@@ -258,7 +259,7 @@ class Trainer:
         elif env.is_main:
             self.metrics.records = []
         if env.is_main:
-            record = cfg.to_dict()
+            record = cfg.record()
             if resume_dir is not None:
                 record["resumes"] = self._resume_history(resume_dir)
             write_json_atomic(join(cfg.out, "pretrain_config.json"), record, so)
@@ -317,7 +318,7 @@ class Trainer:
         write_bytes_atomic(join(d, f"rng-rank{env.rank}.pt"), _torch_bytes(_rng_state(env)), so)
         barrier(env)
         if env.is_main:
-            meta = {"step": self.step, "epoch": self.epoch, "pretrain": cfg.to_dict()}
+            meta = {"step": self.step, "epoch": self.epoch, "pretrain": cfg.record()}
             write_bytes_atomic(
                 join(d, "model.safetensors"),
                 save_checkpoint(None, self.model, self.model_cfg, self.norm.to_dict(), meta),
@@ -516,7 +517,7 @@ class Trainer:
         final = join(cfg.out, "model.safetensors")
         if env.is_main:
             if not stopped_early:
-                meta = {"step": self.step, "epoch": self.epoch, "pretrain": cfg.to_dict()}
+                meta = {"step": self.step, "epoch": self.epoch, "pretrain": cfg.record()}
                 write_bytes_atomic(
                     final, save_checkpoint(None, self.model, self.model_cfg, self.norm.to_dict(), meta), so
                 )
@@ -540,7 +541,7 @@ class Trainer:
             stopped_early=stopped_early,
         )
         if env.is_main:
-            write_json_atomic(join(cfg.out, "result.json"), result.to_dict(), so)
+            write_json_atomic(join(cfg.out, "result.json"), redact_record(result.to_dict()), so)
         barrier(env)
         return result
 

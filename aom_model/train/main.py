@@ -20,7 +20,7 @@ from aom_model.train.config import PretrainConfig
 from aom_model.train.cube_reader import StoreOpener
 from aom_model.train.distributed import ENTRY_POINT, torchrun_command
 from aom_model.train.engine import _read_bytes, run_pretraining
-from pipelines.storage import parse_storage_options
+from pipelines.storage import parse_storage_options, redact_record
 
 log = logging.getLogger(__name__)
 
@@ -151,5 +151,6 @@ def main(argv: Sequence[str] | None, opener: StoreOpener) -> int:
     cfg = config_from_args(build_parser().parse_args(argv))
     result = run_pretraining(cfg, opener)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({k: v for k, v in result.to_dict().items() if k != "norm_stats"}, default=str))
+        shown = redact_record(result.to_dict())  # the URLs in it may carry credentials
+        print(json.dumps({k: v for k, v in shown.items() if k != "norm_stats"}, default=str))
     return 0

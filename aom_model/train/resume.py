@@ -25,7 +25,15 @@ from typing import Any
 
 from aom_model.train.config import PretrainConfig
 from pipelines.errors import InputError, RunFailedError
-from pipelines.storage import exists, filesystem, join, normalise_url, read_json, redact_url
+from pipelines.storage import (
+    exists,
+    filesystem,
+    join,
+    normalise_url,
+    read_json,
+    redact_record,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +220,8 @@ def _reason(exc: BaseException) -> str:
 def changed_hyper_parameters(before: Mapping[str, Any], cfg: PretrainConfig) -> dict[str, list[Any]]:
     """``{field: [old, new]}`` for the hyper-parameters where ``cfg`` differs from ``before`` (the
     configuration the checkpoint was trained with, as ``PretrainConfig.to_dict`` wrote it)."""
-    now = cfg.to_dict()
+    now = cfg.record()
+    before = redact_record(dict(before))  # a record written before URLs were redacted compares alike
     out: dict[str, list[Any]] = {}
     for key in HYPER_PARAMETERS:
         if key in before and key in now and _canon(before[key]) != _canon(now[key]):

@@ -50,7 +50,7 @@ from pipelines.cubes.spec import (
 )
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
 from pipelines.runs import TileStatus
-from pipelines.storage import redact_url
+from pipelines.storage import redact_record, redact_url
 from pipelines.tiling import ItemIndex, Tile, TileGrid
 
 __all__ = [
@@ -397,18 +397,21 @@ def _write_tile(
         )
     else:
         status, reason = TileStatus.EMPTY, "no items touch this tile"
-    record = tile_record(
-        tile_id=tile.tile_id,
-        epsg=tile.epsg,
-        bounds=tile.bounds,
-        spec=spec,
-        status=status,
-        reason=reason,
-        groups=groups,
-        dropped_groups=dropped,
-        items=used,
-        skipped=skipped,
-        considered_items=item_versions(items),  # ids and versions (updated/created): freshness.py
+    # reasons and notes may quote a URL: each goes through the one list of secret parameters
+    record = redact_record(
+        tile_record(
+            tile_id=tile.tile_id,
+            epsg=tile.epsg,
+            bounds=tile.bounds,
+            spec=spec,
+            status=status,
+            reason=reason,
+            groups=groups,
+            dropped_groups=dropped,
+            items=used,
+            skipped=skipped,
+            considered_items=item_versions(items),  # ids and versions (updated/created): freshness.py
+        )
     )
     labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]
     outcome = TileOutcome(

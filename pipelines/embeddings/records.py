@@ -229,7 +229,7 @@ def write_tile(
             f"provenance for tile {tile.tile_id} lacks {missing}: give the input STAC item ids and the "
             f"bands used (name + gsd_m)"
         )
-    prov = json.loads(storage.json_dumps(provenance))  # strict JSON now, not at the end
+    prov = storage.redact_record(json.loads(storage.json_dumps(provenance)))  # strict JSON now; no credential
     valid = np.isfinite(emb).all(axis=-1)
     n_valid = int(valid.sum())
     q = encode(emb, version.quantisation)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.evaluation.protocol import MODES, SETTINGS, EvalResult
+from pipelines.redaction import redact_record
 
 REFERENCE = "100%"
 _REF_LABEL = {"band-missing": "all bands", "cross-sensor": "source bands", "cross-resolution": "1x"}
@@ -369,7 +370,10 @@ def _product_lines(product: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
-    """-> paths of report.md, summary.json and the plots written into ``out_dir``."""
+    """-> paths of report.md, summary.json and the plots written into ``out_dir``. URLs in the result
+    (the checkpoint's, a dataset's) are written redacted (:func:`pipelines.redaction.redact_record`)."""
+    clean = redact_record(result.to_dict())
+    result = EvalResult(**clean)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -382,6 +386,6 @@ def write_report(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
         paths["cross_settings_plot"] = out / "cross_settings.png"
     (out / "report.md").write_text(render_markdown(result, plots))
     paths["report"] = out / "report.md"
-    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=1, default=str))
+    (out / "summary.json").write_text(json.dumps(clean, indent=1, default=str))
     paths["summary"] = out / "summary.json"
     return paths

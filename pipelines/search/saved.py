@@ -18,6 +18,7 @@ from pipelines.search.filters import (
     SearchError,
     item_updated,
     items_hash,
+    sort_key,
 )
 from pipelines.search.request import SearchRequest, SearchResult, make_result
 from pipelines.search.signing import is_signed
@@ -62,14 +63,16 @@ def save_result(result: SearchResult, url: str, storage_options: dict | None = N
     ``<url>.meta.json`` with the hash, request, count and notes; returns the content hash.
 
     The items are written first and the sidecar last, so a sidecar always describes complete items.
-    Refuses items with signed hrefs (signed URLs expire and are credentials: never persisted).
+    Refuses items with signed or credential-bearing hrefs (:func:`~pipelines.search.signing.is_signed`:
+    signed URLs expire, and they and API keys are credentials: never persisted; :func:`make_result`
+    strips them).
     """
     url = normalise_url(url)
     signed = [i.get("id") for i in result.items if is_signed(i)]
     if signed:
         raise ValueError(
-            f"refusing to save {len(signed)} item(s) with signed asset hrefs (e.g. {signed[0]!r}); "
-            "save the unsigned search result, sign copies only for reading"
+            f"refusing to save {len(signed)} item(s) with signed or credential-bearing hrefs "
+            f"(e.g. {signed[0]!r}); save the unsigned search result, sign copies only for reading"
         )
     digest = items_hash(result.items)
     if digest != result.content_hash:
@@ -96,7 +99,7 @@ def save_result(result: SearchResult, url: str, storage_options: dict | None = N
         "count_by_collection": result.count_by_collection,
         "request": result.request.to_json() if result.request is not None else None,
         "source": redact_url(result.source) if result.source else None,
-        "notes": list(result.notes),
+        "notes": [redact_url(n) for n in result.notes],
     }
     write_json_atomic(sidecar_url(url), meta, storage_options)
     return digest
@@ -145,12 +148,18 @@ def load_result(url: str, storage_options: dict | None = None) -> SearchResult:
     request = SearchRequest.from_json(meta["request"]) if meta.get("request") else None
     result = make_result(items, meta.get("notes") or (), request, meta.get("source"))
     expected = meta.get("content_hash")
-    if expected and expected != result.content_hash:
+    if expected and expected not in (result.content_hash, _hash_as_saved(items)):
         raise SearchError(
             f"{redact_url(url)} does not match its sidecar: items hash to {result.content_hash}, "
             f"sidecar says {expected} (edited or partly written?)"
         )
     return result
+
+
+def _hash_as_saved(items: Iterable[Mapping[str, Any]]) -> str:
+    """The hash of items as a file holds them: a result saved before API keys and other credential
+    parameters were masked hashes so (its items are masked when loaded)."""
+    return items_hash(sorted(items, key=sort_key))
 
 
 def _parquet_has_rows(url: str, storage_options: Mapping[str, Any] | None) -> bool:

@@ -1,7 +1,7 @@
 """Asset href signing: results are stored unsigned; an in-memory copy is signed right before pixels are read.
 
 Signed URLs (SAS tokens, pre-signed S3 queries) expire and are secrets: :func:`strip_signatures` removes them
-before anything is saved, and :func:`sign_for_reading` signs a copy for the reader only.
+(and masks API keys and other credential parameters as ``***``) before anything is saved, and :func:`sign_for_reading` signs a copy for the reader only.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pipelines.redaction import SIGNED_URL_PARAMS, SIGNED_URL_PREFIXES
+from pipelines.redaction import unsign_url
 from pipelines.registry import Registry, load_registry, resolve_access
 from pipelines.search.filters import (
     SearchError,
@@ -28,41 +27,40 @@ Signer = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def unsign_href(href: str) -> str:
-    """``href`` without signature/token query parameters (SAS, S3/GCS presigned, CloudFront)."""
-    if "?" not in href:
-        return href
-    parts = urlsplit(href)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    kept = [
-        (k, v)
-        for k, v in query
-        if k.lower() not in SIGNED_URL_PARAMS and not k.lower().startswith(SIGNED_URL_PREFIXES)
-    ]
-    if len(kept) == len(query):
-        return href
-    return urlunsplit(parts._replace(query=urlencode(kept)))
+    """``href`` fit to save (:func:`pipelines.redaction.unsign_url`, the one list of secret
+    parameters): signature/token parameters (SAS, S3/GCS presigned, CloudFront) removed, to be signed
+    again for reading; credential parameters (``key``, ``api_key``, ``access_token`` ...) kept with
+    the value ``***``."""
+    return unsign_url(href)
+
+
+def _hrefs(item: Mapping[str, Any]) -> list[str]:
+    """The asset and link hrefs of an item."""
+    nodes = [*(item.get("assets") or {}).values(), *(item.get("links") or [])]
+    return [n["href"] for n in nodes if isinstance(n, Mapping) and isinstance(n.get("href"), str)]
 
 
 def is_signed(item: Mapping[str, Any]) -> bool:
-    return any(
-        isinstance(a, Mapping) and isinstance(a.get("href"), str) and unsign_href(a["href"]) != a["href"]
-        for a in (item.get("assets") or {}).values()
-    )
+    """Whether an asset or link href of ``item`` carries a signature or a credential."""
+    return any(unsign_href(h) != h for h in _hrefs(item))
+
+
+def _unsigned(node: Any) -> Any:
+    if isinstance(node, Mapping) and isinstance(node.get("href"), str):
+        return {**node, "href": unsign_href(node["href"])}
+    return node
 
 
 def strip_signatures(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The item with unsigned asset hrefs (the same dict when nothing was signed)."""
+    """The item with its asset and link hrefs unsigned (:func:`unsign_href`; the same dict when
+    nothing was signed)."""
     if not is_signed(item):
         return dict(item) if not isinstance(item, dict) else item
     out = dict(item)
-    out["assets"] = {
-        k: (
-            {**a, "href": unsign_href(a["href"])}
-            if isinstance(a, Mapping) and isinstance(a.get("href"), str)
-            else a
-        )
-        for k, a in (item.get("assets") or {}).items()
-    }
+    if item.get("assets"):
+        out["assets"] = {k: _unsigned(a) for k, a in (item.get("assets") or {}).items()}
+    if item.get("links"):
+        out["links"] = [_unsigned(link) for link in item.get("links") or []]
     return out
 
 

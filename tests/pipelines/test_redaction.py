@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.redaction import CREDENTIAL_PARAMS, SIGNED_URL_PARAMS, redact_text
+from pipelines.redaction import (
+    CREDENTIAL_PARAMS,
+    SIGNED_URL_PARAMS,
+    SIGNED_URL_PREFIXES,
+    redact_record,
+    redact_text,
+    unsign_url,
+)
 from pipelines.storage import redact_url
 
 CANARY = "c4n4ry-S3CR3T%2Fv"
@@ -57,3 +64,42 @@ def test_ordinary_text_and_query_parameters_stay() -> None:
         "Authorization: ***"
     )
     assert "AKIAX" not in redact_text("aws: Credential=AKIAX/20240101/us-east-1/s3/aws4_request")
+
+
+@pytest.mark.parametrize(
+    "name", sorted(SIGNED_URL_PARAMS | CREDENTIAL_PARAMS | {"X-Amz-Date", "X-Goog-Expires"})
+)
+def test_unsign_url_drops_signatures_and_masks_credentials(name: str) -> None:
+    """unsign_href (saved asset hrefs and links) removed only the signed-URL parameters: an API key,
+    an OAuth token or a password in a query was saved as found. Signed-URL parameters are dropped
+    (the reader signs again), every other credential is masked as redact_url masks it."""
+    for case in (name, name.upper()):
+        url = f"https://h/p/x%20y.tif?a=b%2Fc&{case}={CANARY}&page=2#frag"
+        low = name.lower()
+        signed = low in SIGNED_URL_PARAMS or low.startswith(SIGNED_URL_PREFIXES)
+        middle = "" if signed else f"{case}=***&"
+        assert unsign_url(url) == f"https://h/p/x%20y.tif?a=b%2Fc&{middle}page=2#frag"
+    for url in SIGNED:
+        assert CANARY not in unsign_url(url.format(c=CANARY))
+
+
+def test_unsign_url_leaves_clean_urls_alone() -> None:
+    for url in (
+        "https://h/x.tif?version=2&monkey=1&a=b%2Fc",
+        "s3://b/k.tif",
+        "/tmp/a b/x.tif",
+        "https://h/x.tif",
+    ):
+        assert unsign_url(url) == url
+    assert unsign_url("https://h/x.tif?sig=abc") == "https://h/x.tif"
+    assert unsign_url(f"https://u:{CANARY}@h/x.tif?key=") == "https://***@h/x.tif?key="
+    assert unsign_url("https://h/x.tif?key=***") == "https://h/x.tif?key=***"  # idempotent
+
+
+def test_redact_record_redacts_every_string_value() -> None:
+    record = {"a": [f"https://h/x?api_key={CANARY}", 1, None], "b": {"c": f"s3://u:{CANARY}@b/k"}, "key": 3}
+    assert redact_record(record) == {
+        "a": ["https://h/x?api_key=***", 1, None],
+        "b": {"c": "s3://***@b/k"},
+        "key": 3,
+    }

@@ -246,3 +246,59 @@ def test_api_failure_is_reported_without_credentials(app: typer.Typer, tmp_path:
     assert r.exit_code == EXIT_FAILED  # type: ignore[attr-defined]  # a failed run (rerun later), not bad input
     assert host in r.stderr and "hunter2" not in r.output  # type: ignore[attr-defined]
     assert "HTTP 503" in r.stderr and "after 2 attempt" in r.stderr  # type: ignore[attr-defined]
+
+
+CANARY = "c4n4ry-S3CR3T"
+
+
+@pytest.mark.parametrize("suffix", [".ndjson", ".parquet"])
+def test_saved_search_keeps_no_credential_in_hrefs_or_links(
+    app: typer.Typer, tmp_path: Path, suffix: str
+) -> None:
+    """API keys and tokens in asset hrefs and links (``key=``, ``api_key=``, ``access_token=``) were
+    saved as found: unsign_href stripped only signed-URL parameters. Signatures are now removed (a
+    reader signs again), credential values masked as ``***`` (as redact_url does), other parameters
+    kept as written."""
+    from tests.pipelines.search.support import make_item, write_ndjson
+
+    items = []
+    for n, date in enumerate(("2023-01-05", "2023-03-15")):
+        item = make_item(f"S2A_{n}", S2, (5.0, 44.5, 5.9, 45.5), f"{date}T10:30:00Z", epsg=32631)
+        base = f"https://data.example.org/{n}/B04.tif"
+        item["assets"]["red"]["href"] = f"{base}?version=2&key={CANARY}&X-Goog-Signature={CANARY}"
+        item["assets"]["nir"] = {"href": f"{base}?api_key={CANARY}&sig={CANARY}&se=2030", "roles": ["data"]}
+        item["links"] = [
+            {"rel": "license", "href": f"https://data.example.org/licence?access_token={CANARY}"},
+            {"rel": "via", "href": f"https://u:{CANARY}@data.example.org/x"},
+        ]
+        items.append(item)
+    catalog = write_ndjson(items, tmp_path / "items.ndjson")
+    out = tmp_path / f"found{suffix}"
+    r = invoke(app, "--collections", S2, "--catalog-url", str(catalog), "--out", str(out))
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    for path in (out, Path(f"{out}.meta.json")):
+        assert CANARY.encode() not in path.read_bytes(), path
+    saved = load_result(str(out))
+    first = saved.items[0]
+    assert first["assets"]["red"]["href"] == "https://data.example.org/0/B04.tif?version=2&key=***"
+    assert first["assets"]["nir"]["href"] == "https://data.example.org/0/B04.tif?api_key=***"
+    assert [link["href"] for link in first["links"]] == [
+        "https://data.example.org/licence?access_token=***",
+        "https://***@data.example.org/x",
+    ]
+
+
+def test_a_result_saved_with_keys_by_older_code_still_loads_masked(tmp_path: Path) -> None:
+    from pipelines.search import make_result, save_result
+    from pipelines.search.filters import items_hash
+    from tests.pipelines.search.support import make_item
+
+    item = make_item("S2A_0", S2, (5.0, 44.5, 5.9, 45.5), "2023-01-05T10:30:00Z")
+    item["assets"]["red"]["href"] = f"https://h/B04.tif?key={CANARY}"
+    out = tmp_path / "old.ndjson"
+    save_result(make_result([item]), str(out))  # a clean result, then the file as older code wrote it
+    out.write_text(json.dumps(item) + "\n")
+    meta = json.loads(Path(f"{out}.meta.json").read_text())
+    Path(f"{out}.meta.json").write_text(json.dumps({**meta, "content_hash": items_hash([item])}))
+    (back,) = load_result(str(out)).items
+    assert back["assets"]["red"]["href"] == "https://h/B04.tif?key=***"

@@ -22,6 +22,7 @@ from pipelines.embeddings import (
     list_versions,
     quantisation_error,
     quantize,
+    read_tile_record,
     tile_is_complete,
     unit,
     write_stac,
@@ -214,6 +215,26 @@ def test_a_run_killed_between_a_coordinate_and_its_values_is_repaired_by_the_nex
 
 
 # ------------------------------------------------------------------ tiles
+
+
+def test_a_completion_record_keeps_no_credential(tmp_path: Path) -> None:
+    """write_tile wrote the provenance as given: a source URL or note naming a signed or keyed URL
+    reached the record (and from there STAC links). Every string now goes through the one list."""
+    canary = "c4n4ry-S3CR3T"
+    root = str(tmp_path / "emb")
+    v = _version()
+    create_version(root, v)
+    emb, _ = SyntheticScene(dim=v.dim).tile_arrays(TILE, v.token_ground_m, 0)
+    prov = {
+        **PROV,
+        "source": f"catalog:https://api.example.org/stac?api_key={canary}",
+        "notes": [f"GET https://h/x.tif?X-Goog-Signature={canary}&key={canary} -> 403"],
+    }
+    rec = write_tile(root, v.name, TILE, 0, emb, None, prov)
+    assert rec["provenance"]["source"] == "catalog:https://api.example.org/stac?api_key=***"
+    assert rec["provenance"]["input_items"] == ["S2A_test"]
+    stored = read_tile_record(root, v.name, TILE.tile_id, 0)
+    assert canary not in json.dumps(stored) and stored["provenance"] == rec["provenance"]
 
 
 def test_write_tile_round_trip_record_and_xarray_view(tmp_path: Path) -> None:

@@ -185,6 +185,30 @@ def test_random_only_run_has_no_goals(synthetic_patches) -> None:
     assert result.goals["checkpoint"] is None
 
 
+def test_report_names_urls_without_their_credentials(synthetic_patches, tmp_path: Path) -> None:
+    """report.md and summary.json wrote the checkpoint URL (and any URL in the dataset's metadata)
+    as given, a SAS signature or an API key included."""
+    canary = "c4n4ry-S3CR3T"
+    cfg = EvalConfig(
+        checkpoint="random:tiny", settings=("cross-resolution",), probes=("knn",), **{**FAST, "draws": 1}
+    )
+    result = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
+    url = f"https://acct.blob.core.windows.net/m/model.safetensors?sv=2022&sig={canary}&key={canary}"
+    result = dataclasses.replace(
+        result,
+        config={**result.config, "checkpoint": url},
+        dataset={
+            **result.dataset,
+            "meta": {"source": f"https://u:{canary}@h/data.tif?access_token={canary}"},
+        },
+        extractors=[{**e, "source": url} for e in result.extractors],
+    )
+    paths = write_report(result, tmp_path / "eval")
+    for key in ("report", "summary"):
+        text = paths[key].read_text()
+        assert canary not in text and "model.safetensors?sv=***&sig=***&key=***" in text, key
+
+
 def test_band_subset_draws_are_seeded_and_reproducible() -> None:
     a = band_subsets(11, 0.5, 5, seed=3)
     assert a == band_subsets(11, 0.5, 5, seed=3)
