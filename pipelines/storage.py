@@ -18,9 +18,9 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.request import url2pathname
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -37,34 +37,24 @@ from pipelines.redaction import redact_text as redact_text
 from pipelines.redaction import redact_url as redact_url
 
 
-@dataclass(frozen=True)
-class Location:
-    """A URL plus the fsspec options needed to reach it."""
-
-    url: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "url", normalise_url(self.url))
-
-    @property
-    def fs(self) -> fsspec.AbstractFileSystem:
-        return filesystem(self.url, self.storage_options)[0]
-
-    @property
-    def path(self) -> str:
-        return filesystem(self.url, self.storage_options)[1]
-
-    def child(self, *parts: str) -> Location:
-        return Location(join(self.url, *parts), self.storage_options)
-
-    def __repr__(self) -> str:  # never show options: they may carry credentials
-        return f"Location({redact_url(self.url)!r})"
+def local_href(href: str) -> str:
+    """The one place a ``file://`` URI becomes the local path it names, percent-decoded as
+    ``Path.as_uri`` encodes (``file:///a%20b/%C3%BC.tif`` and ``file://localhost/a%20b/%C3%BC.tif`` ->
+    ``/a b/ü.tif``; fsspec and GDAL would take the ``%20`` literally). Anything else is returned
+    unchanged: a plain path is never decoded (``/tmp/50%25`` stays), nor a ``file://`` URI of
+    another host or any other URL."""
+    if not href.startswith("file://"):
+        return href
+    host, slash, path = href[len("file://") :].partition("/")
+    if host not in ("", "localhost"):
+        return href
+    return os.path.normpath(url2pathname(slash + path))
 
 
 def normalise_url(url: str | os.PathLike[str]) -> str:
-    """Plain local paths become absolute; URLs with a scheme pass through unchanged."""
-    text = os.fspath(url)
+    """Plain local paths become absolute, ``file://`` URIs the absolute path they name
+    (:func:`local_href`); other URLs pass through unchanged."""
+    text = local_href(os.fspath(url))
     if "://" in text:
         return text.rstrip("/") if not text.endswith(":///") else text
     return str(Path(text).expanduser().absolute())

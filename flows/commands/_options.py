@@ -108,12 +108,12 @@ def check_folder_url(url: str | None, option: str) -> None:
     """A folder-like output or input (a store, a run folder): a known URL scheme, and a local path
     that is not an existing file."""
     from pipelines.errors import InputError
-    from pipelines.storage import check_url, is_local
+    from pipelines.storage import check_url, is_local, local_href
 
     if url is None:
         return
     check_url(url, option)
-    if is_local(url) and Path(url.removeprefix("file://")).expanduser().is_file():
+    if is_local(url) and Path(local_href(url)).expanduser().is_file():
         raise InputError(f"{option} {url} is a file; give a folder or a store URL")
 
 
@@ -121,13 +121,13 @@ def check_file_url(url: str | None, option: str) -> None:
     """A single-file input (a checkpoint, a labels file): a known URL scheme, and a local path that
     exists and is not a folder."""
     from pipelines.errors import InputError
-    from pipelines.storage import check_url, is_local
+    from pipelines.storage import check_url, is_local, local_href
 
     if url is None:
         return
     check_url(url, option)
     if is_local(url):
-        path = Path(url.removeprefix("file://")).expanduser()
+        path = Path(local_href(url)).expanduser()
         if path.is_dir():
             raise InputError(f"{option} {url} is a folder; give a file")
         if not path.exists():
@@ -140,13 +140,13 @@ def local_out(url: str, option: str, verb: str, *, folder: bool) -> Path:
     is refused naming what the verb accepts (typed ``Path``, ``s3://b/x`` became a local folder
     ``s3:/b/x``)."""
     from pipelines.errors import InputError
-    from pipelines.storage import is_local, redact_url
+    from pipelines.storage import is_local, local_href, redact_url
 
     if not is_local(url):
         what = "a local folder" if folder else "a local file"
         raise InputError(f"{option} {redact_url(url)}: aom {verb} writes only to {what}; give a local path")
     (check_folder_url if folder else check_file_out)(url, option)
-    return Path(url.removeprefix("file://")).expanduser()
+    return Path(local_href(url)).expanduser()
 
 
 def read_aoi_file(path: Path) -> Any:
@@ -161,12 +161,12 @@ def check_file_out(url: str | None, option: str) -> None:
     """A single-file output (a PNG, a GeoTIFF, a JSON): a known URL scheme, and a local path that
     is not an existing folder."""
     from pipelines.errors import InputError
-    from pipelines.storage import check_url, is_local
+    from pipelines.storage import check_url, is_local, local_href
 
     if url is None:
         return
     check_url(url, option)
-    if is_local(url) and Path(url.removeprefix("file://")).expanduser().is_dir():
+    if is_local(url) and Path(local_href(url)).expanduser().is_dir():
         raise InputError(f"{option} {url} is a folder; give a file name")
 
 

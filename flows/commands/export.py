@@ -35,13 +35,13 @@ def export_cmd(
     from pipelines.errors import InputError
     from pipelines.outputs import clean_partials
     from pipelines.registry import load_registry
-    from pipelines.storage import filesystem, is_local, normalise_url
+    from pipelines.storage import filesystem, is_local, local_href, normalise_url
 
     check_file_url(checkpoint, "--checkpoint")
     out_path = local_out(out, "--out", "export", folder=False)
     if out_path.suffix != ".pt2":
         raise InputError(f"--out {out}: an exported program is a .pt2 file; give a name ending in .pt2")
-    if is_local(checkpoint) and out_path.resolve() == Path(checkpoint.removeprefix("file://")).resolve():
+    if is_local(checkpoint) and out_path.resolve() == Path(local_href(checkpoint)).resolve():
         raise InputError(f"--out {out} is the --checkpoint; give another file name")
     spec = load_registry().sensor(sensor)
     names = csv_list(bands)

@@ -53,7 +53,7 @@ def _check_result_out(out: str) -> None:
 
     from pipelines.search.local import NDJSON_SUFFIXES, PARQUET_SUFFIXES
     from pipelines.search.saved import sidecar_url
-    from pipelines.storage import is_local, redact_url
+    from pipelines.storage import is_local, local_href, redact_url
 
     path = (urlsplit(out).path if "://" in out else out).lower()
     if not path.endswith(NDJSON_SUFFIXES + PARQUET_SUFFIXES):
@@ -61,7 +61,7 @@ def _check_result_out(out: str) -> None:
             f"--out {redact_url(out)}: a search result is ndjson or stac-geoparquet; give a name ending in "
             + ", ".join(NDJSON_SUFFIXES + PARQUET_SUFFIXES)
         )
-    local = Path(out.removeprefix("file://")).expanduser()
+    local = Path(local_href(out)).expanduser()
     if is_local(out) and local.exists() and not Path(sidecar_url(str(local))).exists():
         raise InputError(
             f"--out {out} already exists and is not an aom search result (no {local.name}.meta.json "

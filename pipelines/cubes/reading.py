@@ -28,8 +28,6 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from pipelines.registry import (
     AccessDeniedError,
@@ -39,7 +37,7 @@ from pipelines.registry import (
     credential_hint,
     resolve_access,
 )
-from pipelines.storage import redact_url
+from pipelines.storage import local_href, redact_url
 from pipelines.tiling import Tile, _normalise_aoi, item_geometry
 
 log = logging.getLogger(__name__)
@@ -229,18 +227,6 @@ def _absolute_href(href: str, item: Mapping[str, Any]) -> str:
                 return local_href(base.rsplit("/", 1)[0] + "/" + href)
             return os.path.normpath(os.path.join(os.path.dirname(base), href))
     return os.path.abspath(href)
-
-
-def local_href(href: str) -> str:
-    """A ``file://`` URI as the local path it names, percent-decoded (``file:///a%20b/%C3%BC.tif`` ->
-    ``/a b/ü.tif``: what ``Path.as_uri`` writes, which GDAL would look for literally); any other href
-    unchanged."""
-    if not href.startswith("file://"):
-        return href
-    parts = urlsplit(href)
-    if parts.netloc not in ("", "localhost"):
-        return href  # a file on another host: not a local path
-    return os.path.normpath(url2pathname(parts.path))
 
 
 def _has_crs(fields: Mapping[str, Any]) -> bool:

@@ -169,7 +169,7 @@ def _check_raster(input_url: str) -> None:
     from rasterio.errors import RasterioIOError
 
     if storage.is_local(input_url):
-        path = input_url.removeprefix("file://")
+        path = storage.local_href(input_url)
         if not os.path.exists(path):
             raise EmbedConfigError(f"INPUT.tif {input_url}: no such file")
         if os.path.isdir(path):
@@ -233,6 +233,7 @@ def embed_raster(
     check_number("batch_size (--batch-size)", batch_size, minimum=1)
     for what, url in (("INPUT.tif", input_url), ("--checkpoint", checkpoint), ("--out", out)):
         storage.check_url(url, what)
+    input_url = storage.local_href(input_url)  # GDAL reads a file:// URI's %20 literally
     src_options = input_storage_options or storage_options
     storage.check_credentials(input_url, src_options, "INPUT.tif")
     storage.check_credentials(checkpoint, src_options, "--checkpoint")

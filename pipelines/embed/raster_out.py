@@ -112,7 +112,7 @@ class _GTiffWriter:
             fd, self.path = tempfile.mkstemp(suffix=".tif")
             os.close(fd)
         else:
-            self.path = self.out[len("file://") :] if self.out.startswith("file://") else self.out
+            self.path = storage.local_href(self.out)
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             self.final = self.path
             clean_partials(self.final)

@@ -72,7 +72,7 @@ def zarr_store(
 
     url = storage.normalise_url(root_url)
     if storage.is_local(url):
-        path = url[len("file://") :] if url.startswith("file://") else url
+        path = storage.local_href(url)
         return LocalStore(path, read_only=read_only)
     opts = dict(storage_options or {})
     if url.startswith("s3://"):

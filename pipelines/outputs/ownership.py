@@ -92,15 +92,13 @@ def check_writable_target(url: str) -> None:
                 f"e.g. {scheme}://{rest.strip('/') or 'bucket'}/aom-output"
             )
         return
-    path = norm[len("file://") :] if norm.startswith("file://") else norm
+    path = storage.local_href(norm)
     if os.path.dirname(os.path.abspath(path)) == os.path.abspath(path):
         raise OutputError(f"--out {path} is a filesystem root; give a folder or file inside it")
 
 
 def _key(url: str) -> str:
-    norm = storage.normalise_url(url)
-    if norm.startswith("file://"):
-        norm = norm[len("file://") :]
+    norm = storage.local_href(storage.normalise_url(url))
     if "://" not in norm:
         norm = os.path.realpath(norm)
     return norm.rstrip("/")

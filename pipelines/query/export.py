@@ -84,7 +84,7 @@ def write_raster(
     }
     url = storage.normalise_url(out)
     local = storage.is_local(url)
-    final = url.removeprefix("file://")
+    final = storage.local_href(url)
     if local:
         os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
         storage.clean_stale_temps(final)  # what a killed run left

@@ -26,8 +26,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 import pystac
 
@@ -35,7 +33,7 @@ from pipelines.outputs import OutputKind, claim_output, read_marker, write_marke
 from pipelines.samples.real import build_real_items
 from pipelines.samples.synthetic import generate_items
 from pipelines.samples.synthetic_spec import SyntheticSpec
-from pipelines.storage import write_bytes_atomic
+from pipelines.storage import local_href, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +232,7 @@ def build_sample_catalog(
         item_dir = Path(self_href).parent
         for asset in it.assets.values():
             if asset.href.startswith("file://"):
-                local = Path(url2pathname(urlparse(asset.href).path))
+                local = Path(local_href(asset.href))
                 asset.href = Path(os.path.relpath(local, item_dir)).as_posix()
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
 

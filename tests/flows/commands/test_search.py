@@ -302,3 +302,21 @@ def test_a_result_saved_with_keys_by_older_code_still_loads_masked(tmp_path: Pat
     Path(f"{out}.meta.json").write_text(json.dumps({**meta, "content_hash": items_hash([item])}))
     (back,) = load_result(str(out)).items
     assert back["assets"]["red"]["href"] == "https://h/B04.tif?key=***"
+
+
+def test_out_as_a_file_uri_lands_in_the_decoded_path(
+    app: typer.Typer, search_catalog: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--out file:///.../dir%20with%20space/found.ndjson`` was written to a folder named
+    ``dir%20with%20space`` (fsspec keeps the escapes) while the checks looked elsewhere."""
+    folder = tmp_path / "dir with space"
+    out_uri = (folder / "found.ndjson").as_uri()
+    catalog_uri = search_catalog["parquet"].as_uri()
+    r = invoke(app, "--collections", S2, "--bbox", AOI, "--catalog-url", catalog_uri, "--out", out_uri)
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert (folder / "found.ndjson").is_file() and (folder / "found.ndjson.meta.json").is_file()
+    assert not (tmp_path / "dir%20with%20space").exists()
+    assert load_result(out_uri).ids == load_result(str(folder / "found.ndjson")).ids
+    # a second run compares with the first result there (an existing --out must be an aom result)
+    r = invoke(app, "--collections", S2, "--bbox", AOI, "--catalog-url", catalog_uri, "--out", out_uri)
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]

@@ -16,8 +16,9 @@ import pytest
 import rasterio.errors
 
 from pipelines.cubes import CubeStore, write_cubes
-from pipelines.cubes.reading import _absolute_href, classify_error, local_href
+from pipelines.cubes.reading import _absolute_href, classify_error
 from pipelines.runs import TileStatus
+from pipelines.storage import local_href
 from tests.conftest import REPO_ROOT, aom_command, cli_env
 from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, s2_item, spec
 

@@ -32,3 +32,18 @@ def test_an_export_follows_the_umask_and_cleans_leftovers(tmp_path: Path) -> Non
 
     with rasterio.open(out) as src:
         np.testing.assert_array_equal(src.read(1), data)
+
+
+def test_an_export_to_a_file_uri_lands_in_the_decoded_path(tmp_path: Path) -> None:
+    """``file:///.../dir%20with%20space/area.tif`` was written to a folder named ``dir%20with%20space``."""
+    import rasterio
+
+    folder = tmp_path / "dir with space"
+    data = np.arange(16 * 16, dtype=np.float32).reshape(16, 16)
+    xs = 500_000.0 + 10.0 * np.arange(16)
+    ys = 5_000_000.0 - 10.0 * np.arange(16)
+    uri = (folder / "area.tif").as_uri()
+    write_raster(uri, data, xs, ys, CRS.from_epsg(32631), nodata=None, resolution=10.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir with space"]
+    with rasterio.open(folder / "area.tif") as src:
+        np.testing.assert_array_equal(src.read(1), data)
