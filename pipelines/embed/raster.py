@@ -39,7 +39,8 @@ Safety (``docs/safety.md``): an existing ``out`` is replaced only when it is an 
 the same format written by aom (``--overwrite`` replaces another aom output; files aom did not write
 are never touched); ``out`` equal to the input or checkpoint is refused. A GeoTIFF is written as
 ``<out>.partial-<pid>@<host>.tif`` and moved into place when complete (partials of killed runs are removed
-by the next run). A Zarr output holds a writer lease (``_leases/writer.json``) while written: the
+by the next run); an earlier GeoTIFF at ``out`` is never removed before that, ``overwrite`` or not, so a
+failed run keeps it (a folder at a GeoTIFF name is refused: no file replaces it whole). A Zarr output holds a writer lease (``_leases/writer.json``) while written: the
 lease is taken before anything in the store is removed (``--overwrite`` of a store another live run
 is writing is refused, exit 1, nothing removed), and its root attribute ``aom_complete`` turns true
 last, only while the lease is still held and the store's arrays are all there;
@@ -81,6 +82,7 @@ from pipelines.embed.request import PRECISIONS
 from pipelines.embed.scaling import raster_scaling
 from pipelines.errors import check_choice, check_device, check_number
 from pipelines.outputs import (
+    OutputError,
     OutputKind,
     check_output_format,
     claim_output,
@@ -241,16 +243,22 @@ def embed_raster(
     _check_raster(input_url)
     fmt = check_output_format(out, OUTPUT_FORMATS)
     kind = OutputKind.RASTER_GTIFF if fmt == "gtiff" else OutputKind.RASTER_ZARR
-    # a Zarr store is cleared only under its writer lease (_ZarrWriter): here only checked, so a
-    # second run never hollows out a store another run is writing
-    claim_output(
+    # only checked here, nothing removed: a Zarr store is cleared under its writer lease (_ZarrWriter),
+    # so a second run never hollows out a store another run is writing; a GeoTIFF is replaced by the
+    # finished new file (_GTiffWriter.close), so a run that fails keeps the old one
+    state = claim_output(
         out,
         kind,
         storage_options=storage_options,
         inputs=[input_url, checkpoint],
         overwrite=overwrite,
-        remove=fmt != "zarr",
+        remove=False,
     )
+    if fmt == "gtiff" and state.exists and not state.is_file:  # a file cannot replace a folder whole
+        raise OutputError(
+            f"--out {storage.redact_url(storage.normalise_url(out))} is a folder (an aom {state.kind} "
+            "output); a GeoTIFF --out must be a file name: choose another --out"
+        )
     dev = _resolve_device(device)
     ckpt = load_checkpoint_url(checkpoint, src_options, device=dev)
     cfg = ckpt.config

@@ -423,3 +423,87 @@ def test_the_realised_token_size_stays_inside_the_checkpoints_range(
     )
     assert (res.token_px, res.token_m) == (k, k * px_m)
     assert 40.0 <= res.token_m <= 320.0
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_failed_overwrite_of_a_geotiff_keeps_the_old_file_and_a_finished_one_replaces_it(
+    tmp_path: Path, ckpt: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    """`embed-raster --overwrite` of a GeoTIFF --out deleted the old file when it claimed the output;
+    a run that then failed left no output at all. Now the new file is written under a partial name
+    (remote: locally, then one PUT) and replaces the old one only once complete."""
+    import pipelines.embed.raster as raster_mod
+
+    scene = _scene(tmp_path / "scene.tif", 10.0, size=64)
+    kw: dict[str, Any] = {"sensor": "sentinel-2-msi", "bands": BANDS, "progress": False}
+    kw |= {"core_tokens": 2, "blend_tokens": 0}  # two strips of 2 token rows
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        out, opts = bucket.url("prefix", "emb.tif"), bucket.storage_options
+        fs, key = bucket.fs, f"{bucket.name}/prefix/emb.tif"
+
+        def read_out() -> bytes:
+            fs.invalidate_cache()
+            return bytes(fs.cat_file(key))
+
+        def names() -> list[str]:
+            fs.invalidate_cache()
+            return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{bucket.name}/prefix", detail=False))
+
+    else:
+        out, opts = str(tmp_path / "out" / "emb.tif"), None
+
+        def read_out() -> bytes:
+            return (tmp_path / "out" / "emb.tif").read_bytes()
+
+        def names() -> list[str]:
+            return sorted(p.name for p in (tmp_path / "out").iterdir())
+
+    embed_raster(str(scene), out, str(ckpt), storage_options=opts, **kw)
+    old = read_out()
+
+    calls = {"n": 0}
+    real = raster_mod.embed_region
+
+    def fail_on_second_strip(*a: Any, **k: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # mid-way: the output is claimed and the first strip written
+            raise RuntimeError("encoder crashed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(raster_mod, "embed_region", fail_on_second_strip)
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        embed_raster(str(scene), out, str(ckpt), storage_options=opts, overwrite=True, dtype="int8", **kw)
+    assert calls["n"] == 2
+    assert read_out() == old  # byte-identical: the failed run lost nothing
+    assert names() == ["emb.tif"]  # and left no partial behind
+    monkeypatch.setattr(raster_mod, "embed_region", real)
+
+    res = embed_raster(str(scene), out, str(ckpt), storage_options=opts, overwrite=True, dtype="int8", **kw)
+    new = read_out()
+    assert res.dtype == "int8" and new != old
+    assert names() == ["emb.tif"]
+
+
+def test_overwrite_never_empties_a_folder_a_geotiff_cannot_replace(tmp_path: Path, ckpt: Path) -> None:
+    """An aom Zarr output named ``*.tif`` cannot be replaced by a file: `--overwrite` used to remove
+    its nodes, encode, then fail at the final move. Now it is refused first (exit 2) and kept."""
+    import zarr
+
+    from pipelines.outputs import OutputError
+
+    scene = _scene(tmp_path / "scene.tif", 10.0, size=32)
+    out = tmp_path / "odd.tif"
+    zarr.open_group(str(out), mode="w", zarr_format=3, attributes={"aom_embeddings": "1"})
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match="is a folder"):
+        embed_raster(
+            str(scene),
+            str(out),
+            str(ckpt),
+            sensor="sentinel-2-msi",
+            bands=BANDS,
+            progress=False,
+            overwrite=True,
+        )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
