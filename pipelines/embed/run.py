@@ -112,6 +112,10 @@ def run_embedding(
                 todo.append(unit)
         fanout.run(todo, ctx, collect, total=sum(len(u.tiles) for u in plan.units))
         summary.notes.extend(fanout.notes)
+    try:  # tile leases a killed run left on tiles it had recorded (this run skipped them)
+        es.remove_abandoned_tile_leases(ctx.out, ctx.out_options)
+    except Exception as exc:  # they are taken over by the next writer of their tile all the same
+        summary.notes.append(f"abandoned tile leases not removed: {_reason(exc)}")
     try:  # the tile vectors of the run's tiles into the few-object grid (incremental, one writer)
         es.consolidate_tile_vectors(ctx.out, plan.version.name, ctx.out_options, rewritten=stale)
     except Exception as exc:  # the per-tile vectors are safe; a rerun consolidates

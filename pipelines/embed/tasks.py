@@ -2,13 +2,22 @@
 
 The same functions run in threads, in Dask workers and in tests; a unit's failure is a ``TileResult`` with status
 ``failed``, never an exception that stops the run.
+
+One writer per tile: a loaded tile is encoded and written only under its lease
+(:func:`pipelines.embeddings.tile_lease`, ``<out>/_leases/tile@<version>@t<i>@<tile_id>.json``), as
+the cube builder does. A tile whose lease another live run holds is waited for, then skipped once
+that run's record is there (``written by another run meanwhile``); when that run ends without a
+record, this one takes the lease and writes the tile. The record is written only while the lease is
+still this run's (``Lease.check``), so a run whose lease was taken over reports the tile failed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +56,24 @@ def _done_already(ctx: RunContext, tile: Tile, time_index: int) -> bool:
     return es.tile_is_complete(ctx.out, ctx.version, tile.tile_id, time_index, ctx.out_options)
 
 
+def record_digest(ctx: RunContext, tile_id: str, time_index: int) -> str | None:
+    """A digest of the tile's completion record as stored now; None when it has none (an access
+    failure raises: the tile fails, it is never taken as unrecorded)."""
+    try:
+        rec = es.read_tile_record(ctx.out, ctx.version, tile_id, time_index, ctx.out_options)
+    except FileNotFoundError:
+        return None
+    return hashlib.sha256(storage.json_dumps(rec).encode()).hexdigest()
+
+
+def _written_meanwhile(ctx: RunContext, padded: PaddedTile) -> bool:
+    """Another run recorded the tile since it was loaded: a record where there was none, or, for a
+    tile embedded again, a record other than the one it replaces."""
+    if padded.replaces is None:
+        return _done_already(ctx, padded.tile, padded.time_index)
+    return record_digest(ctx, padded.tile.tile_id, padded.time_index) != padded.replaces
+
+
 def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | TileResult]:
     """CPU task: read and composite the padded tiles of a unit (skipping tiles already complete).
 
@@ -56,11 +83,15 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
     period = ctx.periods[unit.time_index]
     done: dict[str, TileResult] = {}
     failed: dict[str, LoadFailure] = {}
+    replaces: dict[str, str | None] = {}  # tiles embedded again: the record they replace
     pending: list[Tile] = []
     for tile in unit.tiles:
         t0 = time.perf_counter()
         try:
-            if tile.tile_id not in unit.redo and _done_already(ctx, tile, unit.time_index):
+            if tile.tile_id in unit.redo:
+                replaces[tile.tile_id] = record_digest(ctx, tile.tile_id, unit.time_index)
+                pending.append(tile)
+            elif _done_already(ctx, tile, unit.time_index):
                 done[tile.tile_id] = TileResult(
                     tile.tile_id, unit.time_index, TileStatus.SKIPPED, "already complete (record exists)"
                 )
@@ -87,6 +118,9 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
                 read[tile.tile_id] = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m)
         except Exception as exc:
             failed[tile.tile_id] = _load_failure(tile, unit.time_index, exc, t0)
+    for tile_id, digest in replaces.items():
+        if tile_id in read:
+            read[tile_id].replaces = digest
     return [done.get(t.tile_id) or failed.get(t.tile_id) or read[t.tile_id] for t in unit.tiles]
 
 
@@ -102,8 +136,12 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+WRITTEN_MEANWHILE = "written by another run meanwhile (record exists)"
+
+
 def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
-    """Encoder + write for one loaded tile (the data, then its completion record)."""
+    """Encoder + write for one loaded tile (the data, then its completion record), under the tile's
+    lease (see the module docstring)."""
     tile = padded.tile
     res = TileResult(tile.tile_id, padded.time_index, TileStatus.DONE, read_s=padded.read_s)
     n = ctx.layout.tile_tokens
@@ -112,6 +150,25 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     if padded.status == TileStatus.SKIPPED:
         res.status, res.reason = TileStatus.SKIPPED, padded.reason
         return res
+    lease = es.tile_lease(ctx.out, ctx.version, tile.tile_id, padded.time_index, ctx.out_options)
+    # another live run writing this tile: wait for it; its record ends the wait
+    if not lease.acquire_unless(lambda: _written_meanwhile(ctx, padded)):
+        res.status, res.reason = TileStatus.SKIPPED, WRITTEN_MEANWHILE
+        return res
+    try:
+        if _written_meanwhile(ctx, padded):  # recorded between this run's load and its lease
+            res.status, res.reason = TileStatus.SKIPPED, WRITTEN_MEANWHILE
+            return res
+        return _embed_and_write(padded, ctx, res, lease.check)
+    finally:
+        lease.release()
+
+
+def _embed_and_write(
+    padded: PaddedTile, ctx: RunContext, res: TileResult, before_record: Callable[[], None]
+) -> TileResult:
+    tile = padded.tile
+    n = ctx.layout.tile_tokens
     device = _resolve_device(ctx.device)
     ckpt = load_checkpoint_url(ctx.checkpoint, ctx.input_options, ctx.checkpoint_sha256, device)
     dim = ckpt.model.embedding_dim(ctx.embedding)
@@ -160,7 +217,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
         provenance["nodata_reason"] = padded.reason
     t0 = time.perf_counter()
     record = es.write_tile(
-        ctx.out, ctx.version, tile, padded.time_index, emb, None, provenance, ctx.out_options
+        ctx.out, ctx.version, tile, padded.time_index, emb, None, provenance, ctx.out_options, before_record
     )
     res.write_s = time.perf_counter() - t0
     res.valid_tokens = int(record.get("valid_tokens", 0))

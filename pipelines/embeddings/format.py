@@ -37,7 +37,8 @@ STAC_DIR = "stac"
 
 
 LEASES_DIR = "_leases"
-"""Leases of the store (``_leases/shared.json``: :func:`pipelines.embeddings.store.shared_writer`)."""
+"""Leases of the store (``_leases/shared.json``: :func:`pipelines.embeddings.store.shared_writer`;
+``_leases/tile@<version>@t<i>@<tile_id>.json``: :func:`pipelines.embeddings.records.tile_lease`)."""
 
 # Zone-wide grid extent before snapping outwards to whole tiles (metres, UTM north and south alike:
 # southern zones carry the 10 000 km false northing, so their northings also lie in 0..10 000 km).

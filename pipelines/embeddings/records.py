@@ -9,18 +9,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pipelines.outputs import Lease
     from pipelines.tiling import Tile
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines import storage
-from pipelines.embeddings.format import FORMAT_VERSION, TILES_DIR, EmbeddingsStoreError
+from pipelines.embeddings.format import FORMAT_VERSION, LEASES_DIR, TILES_DIR, EmbeddingsStoreError
 from pipelines.embeddings.grid import ZoneGrid, check_epsg
 from pipelines.embeddings.quantize import encode, error_bound, quantisation_error, unit
 from pipelines.embeddings.store import _open_group, band_first, ensure_zone, read_version
@@ -34,6 +35,59 @@ def record_url(root_url: str, version_name: str, tile_id: str, time_index: int) 
     return storage.join(
         storage.normalise_url(root_url), TILES_DIR, version_name, f"t{int(time_index)}", f"{tile_id}.json"
     )
+
+
+TILE_LEASE_PREFIX = "tile@"
+"""Names of the per-tile writer leases in ``<root>/_leases/``: ``tile@<version>@t<time_index>@<tile_id>.json``."""
+
+
+def tile_lease(
+    root_url: str,
+    version_name: str,
+    tile_id: str,
+    time_index: int,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Lease:
+    """The writer lease of one tile at one time (``<root>/_leases/tile@<version>@t<i>@<tile_id>.json``):
+    whoever holds it is the one run that writes the tile's shard, pooled chunk and record
+    (:func:`pipelines.embed.tasks.embed_padded`). One flat folder with the store's other leases, where
+    ``--overwrite`` looks for live writers (:func:`pipelines.outputs.lease.live_leases`)."""
+    from pipelines.outputs import Lease
+
+    name = f"{TILE_LEASE_PREFIX}{version_name}@t{int(time_index)}@{tile_id}.json"
+    return Lease(storage.join(storage.normalise_url(root_url), LEASES_DIR, name), storage_options)
+
+
+def remove_abandoned_tile_leases(root_url: str, storage_options: Mapping[str, Any] | None = None) -> int:
+    """Remove the tile leases of runs that are gone (a run killed between a tile's record and the
+    lease's release leaves it; the next run skips that tile and never touches its lease). Each is
+    taken over as any writer would (:meth:`~pipelines.outputs.Lease.try_acquire`: only while still
+    abandoned, never one a live run holds or has just taken over) and released. One listing of
+    ``_leases/``; returns how many went."""
+    from pipelines.outputs import Lease, LeaseHeldError
+
+    folder = storage.join(storage.normalise_url(root_url), LEASES_DIR)
+    fs, path = storage.filesystem(folder, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        names = [str(n).rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for name in names:
+        if not name.startswith(TILE_LEASE_PREFIX) or not name.endswith(".json") or storage.is_temp_name(name):
+            continue
+        lease = Lease(storage.join(folder, name), storage_options)
+        info = lease.read()
+        if info is None or not info.abandoned():
+            continue
+        try:
+            if lease.try_acquire() is None:
+                lease.release()
+                removed += 1
+        except LeaseHeldError:  # it changed hands meanwhile: a live run has it
+            continue
+    return removed
 
 
 def tile_is_complete(
@@ -191,6 +245,7 @@ def write_tile(
     pooled: np.ndarray | None,
     provenance: dict[str, Any],
     storage_options: Mapping[str, Any] | None = None,
+    before_record: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Write one tile at one time: its shard of ``embeddings``, its ``pooled`` chunk, then the record.
 
@@ -199,8 +254,10 @@ def write_tile(
     a token with any NaN component is nodata. ``pooled`` (``[dim]``) defaults to the normalised
     mean of the tile's valid unit vectors. ``provenance`` must hold ``input_items`` (list of STAC
     item ids) and ``bands`` (list of ``{"name", "gsd_m", ...}``); the model identity comes from
-    the version. Re-writing a tile is allowed (same shard, same record name: last write wins).
-    Returns the completion record.
+    the version. Re-writing a tile is allowed (same shard, same record name: last write wins); a
+    writer that may race another run holds the tile's lease (:func:`tile_lease`) and passes
+    ``before_record`` (its ``Lease.check``): called after the data, before the record, it raises to
+    leave the tile unrecorded. Returns the completion record.
     """
     import zarr
 
@@ -286,6 +343,8 @@ def write_tile(
             **stats,
         },
     }
+    if before_record is not None:
+        before_record()
     storage.write_json_atomic(
         record_url(root_url, version_name, tile.tile_id, int(time_index)), record, storage_options
     )

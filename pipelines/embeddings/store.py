@@ -109,7 +109,8 @@ def shared_writer(
     documents that every run reads, modifies and writes back are updated: the STAC collection and
     child catalogs (:func:`~pipelines.embeddings.stac_catalog.write_stac`) and the consolidated tile-vector
     grid (:func:`~pipelines.embeddings.tilevectors.consolidate_tile_vectors`). Per-tile objects
-    (shards, records, items) need no lease: no two tiles share one.
+    (shards, records, items) are shared by no two tiles; their writer holds the tile's own lease
+    (:func:`~pipelines.embeddings.records.tile_lease`).
 
     Another live run's lease is waited for, up to ``wait_s`` (default :data:`SHARED_WAIT_S`), then
     LeaseHeldError; a lease whose run is gone (killed) is taken over after its TTL or at once on the

@@ -44,6 +44,10 @@ class PaddedTile:
     as a nodata tile) or ``skipped`` (no cube: not written)."""
     reason: str = ""
     read_s: float = 0.0
+    replaces: str | None = None
+    """A tile embedded again (its inputs changed): the digest of the completion record it replaces
+    (:func:`pipelines.embed.tasks.record_digest`), so that a record another run wrote meanwhile is
+    told from it; None for a tile without a record."""
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
