@@ -48,6 +48,9 @@ _UNREADABLE = "unreadable"
 _LIVE_OWNERS: set[str] = set()
 """Owners of the leases this process holds now (a lease of this process not in it was abandoned,
 e.g. its release failed while storage was down)."""
+_now: Callable[[], float] = time.time
+"""The wall clock of heartbeats and expiry (Unix seconds). Tests put a clock of their own here, so a
+loaded machine cannot age a lease the test means to be live."""
 
 
 class LeaseHeldError(AOMError, RuntimeError):
@@ -84,7 +87,7 @@ class LeaseInfo:
         return self.heartbeat + self.ttl_s
 
     def expired(self, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) > self.expires
+        return (_now() if now is None else now) > self.expires
 
     def abandoned(self, now: float | None = None) -> bool:
         """Expired, or held by a process of this host that no longer runs (a killed run)."""
@@ -97,7 +100,7 @@ class LeaseInfo:
         return not storage.process_alive(self.pid)
 
     def describe(self) -> str:
-        left = self.expires - time.time()
+        left = self.expires - _now()
         if self.owner == _UNREADABLE:
             return f"run (unreadable lease object, counts as abandoned in {left:.0f} s)"
         return f"run {self.owner[:8]} (pid {self.pid} on {self.host}, heartbeat expires in {left:.0f} s)"
@@ -135,7 +138,7 @@ class Lease:
 
     # ------------------------------------------------------------------ content
     def _info(self, acquired: float | None = None) -> LeaseInfo:
-        now = time.time()
+        now = _now()
         return LeaseInfo(self.owner, socket.gethostname(), os.getpid(), acquired or now, now, self.ttl_s)
 
     def _bytes(self, info: LeaseInfo) -> bytes:

@@ -6,26 +6,60 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipelines.outputs import Lease, LeaseHeldError, LeaseLostError
+from pipelines.outputs import lease as lease_mod
 
 pytest_plugins = ["tests.services.fixtures"]
 
 
-def _exercise(url: str, options: dict[str, Any] | None = None) -> None:
-    a = Lease(url, options, ttl_s=0.6)
+class _Clock:
+    """The leases' wall clock (``lease._now``), moved only by the test: however loaded the machine,
+    a lease expires when the test says so, never because a heartbeat thread or the S3 server was slow."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    c = _Clock()
+    monkeypatch.setattr(lease_mod, "_now", c)
+    return c
+
+
+def _until(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """Wait for ``cond`` (a background thread's work), however slow the machine."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _exercise(url: str, options: dict[str, Any] | None, clock: _Clock) -> None:
+    a = Lease(url, options, ttl_s=0.6)  # heartbeat every 0.2 s
     b = Lease(url, options, ttl_s=0.6)
     a.acquire()
     holder = b.try_acquire()
     assert holder is not None and holder.owner == a.owner
     with pytest.raises(LeaseHeldError, match="being written by another run"):
         b.acquire(wait_s=0.3, poll_s=0.1)
-    time.sleep(0.9)  # a's heartbeat (every 0.2 s) keeps it alive past its TTL
-    assert b.try_acquire() is not None
+    before = a.read()
+    clock.t += 10.0  # far past a's TTL: without a heartbeat its lease is abandoned now ...
+    assert before is not None and before.expired()
+    _until("a's heartbeat", lambda: a.read().heartbeat == clock.t)  # type: ignore[union-attr]
+    a._stop.set()  # (no renewal under way while b reads: a local one rewrites the file in place)
+    a._thread.join()  # type: ignore[union-attr]
+    holder = b.try_acquire()  # ... but its heartbeat thread renewed it: still a's
+    assert holder is not None and holder.owner == a.owner
     a.check()
     a.release()
     assert a.read() is None
@@ -33,13 +67,13 @@ def _exercise(url: str, options: dict[str, Any] | None = None) -> None:
     b.release()
 
 
-def test_lease_on_local_disk(tmp_path: Path) -> None:
-    _exercise(str(tmp_path / "store" / "_leases" / "t.json"))
+def test_lease_on_local_disk(tmp_path: Path, clock: _Clock) -> None:
+    _exercise(str(tmp_path / "store" / "_leases" / "t.json"), None, clock)
     assert not (tmp_path / "store" / "_leases").exists()  # no empty lease folder is left
 
 
-def test_lease_on_s3(s3_bucket: Any) -> None:
-    _exercise(s3_bucket.url("store", "_leases", "t.json"), s3_bucket.storage_options)
+def test_lease_on_s3(s3_bucket: Any, clock: _Clock) -> None:
+    _exercise(s3_bucket.url("store", "_leases", "t.json"), s3_bucket.storage_options, clock)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -96,7 +130,7 @@ def test_a_run_killed_while_creating_a_lease_leaves_none(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_an_unreadable_lease_is_held_until_it_expires(
-    where: str, tmp_path: Path, request: pytest.FixtureRequest
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, clock: _Clock
 ) -> None:
     """An empty lease object (what a run killed mid-create left before leases were written whole)
     is neither free nor held for ever: it counts as a live holder until ``ttl_s`` after it was
@@ -106,17 +140,18 @@ def test_an_unreadable_lease_is_held_until_it_expires(
         bucket = request.getfixturevalue("s3_bucket")
         url, options = bucket.url("s", "_leases", "t.json"), bucket.storage_options
         bucket.fs.pipe_file(f"{bucket.name}/s/_leases/t.json", b"")
-        ttl = 1.5  # S3 modification times have whole seconds
     else:
         url, options = str(tmp_path / "t.json"), None
         (tmp_path / "t.json").write_bytes(b"")
-        ttl = 0.5
-    lease = Lease(url, options, ttl_s=ttl)
+    lease = Lease(url, options, ttl_s=30)
     holder = lease.try_acquire()
     assert holder is not None and holder.owner == "unreadable"
+    assert abs(holder.heartbeat - clock.t) < 30  # its modification time: written just now
     with pytest.raises(LeaseHeldError, match="unreadable lease object"):
         lease.acquire(wait_s=0.1, poll_s=0.05)
-    time.sleep(ttl + 1.1)
+    clock.t = holder.expires - 0.5  # not yet
+    assert lease.try_acquire() is not None
+    clock.t = holder.expires + 0.5
     lease.acquire()
     lease.check()  # held for real: its work may be recorded
     assert lease.read() is not None and lease.read().owner == lease.owner  # type: ignore[union-attr]
@@ -173,8 +208,6 @@ def test_a_renewal_never_writes_over_a_lease_another_run_took_over(
     """A's lease expired (A stalled); B takes it over between A's ownership check and A's write.
     A's renewal replaced B's lease with its own (read, then an unconditional write), so B lost the
     lease it had just taken. Now A's renewal fails (A lost it) and B keeps it."""
-    from pipelines.outputs import lease as lease_mod
-
     url = tmp_path / "_leases" / "t.json"
     a, b = Lease(str(url), ttl_s=0.2), Lease(str(url), ttl_s=30)
     assert a.try_acquire() is None  # no heartbeat thread: it expires
