@@ -46,8 +46,8 @@ _SETTLE_S = 0.02
 _UNREADABLE = "unreadable"
 """The owner of a lease object whose content cannot be parsed (see :meth:`Lease.read`)."""
 _LIVE_OWNERS: set[str] = set()
-"""Owners of the leases this process holds now (a lease of this process not in it was abandoned,
-e.g. its release failed while storage was down)."""
+"""Owners of the leases this process holds now, or is creating or deleting (a lease of this process
+not in it was abandoned, e.g. its release failed while storage was down)."""
 _now: Callable[[], float] = time.time
 """The wall clock of heartbeats and expiry (Unix seconds). Tests put a clock of their own here, so a
 loaded machine cannot age a lease the test means to be live."""
@@ -319,6 +319,17 @@ class Lease:
     def try_acquire(self) -> LeaseInfo | None:
         """Take the lease if free or abandoned: None on success (this run holds it), else the
         live holder's lease."""
+        # Live before it is in storage: another thread of this process that reads it at once must
+        # not judge it abandoned (its pid is this process's; see LeaseInfo.abandoned).
+        _LIVE_OWNERS.add(self.owner)
+        try:
+            holder = self._try_acquire()
+        finally:
+            if not self._held:
+                _LIVE_OWNERS.discard(self.owner)
+        return holder
+
+    def _try_acquire(self) -> LeaseInfo | None:
         holder: LeaseInfo | None = None
         for _ in range(_ACQUIRE_TRIES):
             if self._create(self._bytes(self._info())):
@@ -345,7 +356,6 @@ class Lease:
 
     def _took(self) -> None:
         self._held, self._lost = True, False
-        _LIVE_OWNERS.add(self.owner)
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0) -> None:
         """Take the lease, waiting up to ``wait_s`` for a live holder; LeaseHeldError after that."""
@@ -406,16 +416,18 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        _LIVE_OWNERS.discard(self.owner)
         if not self._held:
+            _LIVE_OWNERS.discard(self.owner)
             return
         self._held = False
-        try:
+        try:  # live until deleted: another thread of this process must not take it over meanwhile
             holder = self.read()
             if holder is not None and holder.owner == self.owner:
                 self._fs.rm_file(self._path)
         except Exception as exc:  # storage down (any client's error): the lease stays and counts as abandoned (see abandoned)
             log.warning("could not release lease %s: %s", storage.redact_url(self.url), type(exc).__name__)
+        finally:
+            _LIVE_OWNERS.discard(self.owner)
         if self._local:  # leave no empty lease folder behind (Zarr readers warn about it)
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(self._path))

@@ -232,3 +232,40 @@ def test_a_renewal_never_writes_over_a_lease_another_run_took_over(
         a.check()
     a.release()
     b.release()
+
+
+def test_a_lease_another_thread_is_creating_or_releasing_is_not_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads of one process (two write_stac calls of one worker around the store's shared
+    lease). A lease of this process whose owner is not in _LIVE_OWNERS counts as abandoned, and A's
+    owner was added only after its lease was in storage and removed before it was deleted: B, reading
+    it in either gap, took it over at once (A then failed its check with LeaseLostError, or its
+    release deleted B's new lease). A thread switch in the gap, likely on a loaded machine, was enough."""
+    url = tmp_path / "_leases" / "t.json"
+    a, b = Lease(str(url)), Lease(str(url))
+    create, read = a._create, a.read
+    seen: list[Any] = []
+
+    def create_then_b_tries(data: bytes) -> bool:
+        made = create(data)
+        seen.append(b.try_acquire())  # B runs between A's create and A counting the lease as held
+        return made
+
+    monkeypatch.setattr(a, "_create", create_then_b_tries)
+    assert a.try_acquire() is None
+    assert seen[0] is not None and seen[0].owner == a.owner
+    a.check()
+
+    def read_then_b_tries() -> Any:
+        info = read()
+        seen.append(b.try_acquire())  # B runs while A releases
+        return info
+
+    monkeypatch.setattr(a, "read", read_then_b_tries)
+    a.release()
+    assert seen[1] is not None and seen[1].owner == a.owner  # A's lease was still A's
+    assert not url.exists()  # and A deleted its own lease, nothing else
+    assert b.try_acquire() is None
+    b.check()
+    b.release()
