@@ -52,11 +52,24 @@ class RetryingStacApiIO(StacApiIO):
     """
 
     def __init__(self, retry: RetryPolicy, headers: dict[str, str] | None = None) -> None:
+        self.retry = retry  # before StacApiIO.__init__, which calls update()
         super().__init__(headers=headers, timeout=retry.timeout_s, max_retries=None)
-        self.retry = retry
         self._last_response: requests.Response | None = None
         self.attempts = 0
         self.session.hooks["response"].append(self._remember)
+
+    def update(
+        self,
+        headers: dict[str, str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        request_modifier: Callable[[requests.Request], requests.Request | None] | None = None,
+        timeout: Any = None,
+    ) -> None:
+        """``StacApiIO.update``, keeping the policy's per-request timeout when given none.
+        (``Client.open`` passes ``timeout=None``, which left every request without a timeout: an API
+        that accepted the connection and never answered hung the search for good, never retried.)"""
+        keep = self.retry.timeout_s if timeout is None else timeout
+        super().update(headers, parameters, request_modifier, keep)
 
     def _remember(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         self._last_response = response

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -329,7 +328,8 @@ class FakeStacApi:
 
     ``fail_first``: statuses answered to the first requests (e.g. ``[429, 429]``), then normal
     service; ``fail_always``: answer every request with this status; ``delay_first``: seconds the
-    first request sleeps (to trip a client timeout). It returns every item on /search (the client
+    first request is held (to trip a client timeout; it is let go unanswered when the server
+    stops; ``first_answered`` is set when the hold ran out and it is answered). It returns every item on /search (the client
     filters); ``requests`` records (method, path) of each request.
     """
 
@@ -362,6 +362,8 @@ class FakeStacApi:
         self.auth: list[str] = []  # Authorization headers received (to prove a client sent them)
         self.bodies: list[dict] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.first_answered = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -390,6 +392,7 @@ class FakeStacApi:
 
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None and self._thread is not None
+        self._stopping.set()  # a held first request ends now (server_close waits for its thread)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -417,7 +420,10 @@ class FakeStacApi:
                 self.auth.append(str(h.headers["Authorization"]))
             planned = self.fail_first[n] if n < len(self.fail_first) else None
         if n == 0 and self.delay_first:
-            time.sleep(self.delay_first)
+            self._stopping.wait(self.delay_first)
+            if self._stopping.is_set():
+                return  # the server stops: no answer
+            self.first_answered.set()
         status = self.fail_always or planned
         if status:
             headers = {"Retry-After": self.retry_after} if self.retry_after is not None else {}

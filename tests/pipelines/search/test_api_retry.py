@@ -186,10 +186,15 @@ def test_client_error_is_not_retried() -> None:
 
 
 def test_timeout_is_retried() -> None:
-    policy = RetryPolicy(max_attempts=3, initial_delay_s=0.01, timeout_s=0.3)
-    with fake_api(utm_items(), delay_first=1.0) as api:
+    """A request the API does not answer within ``timeout_s`` fails and is sent again. (Client.open
+    reset the policy's timeout to none: the search waited for the held answer however long it took,
+    and this test passed only because the hold was shorter than the test's patience.)"""
+    policy = RetryPolicy(max_attempts=3, initial_delay_s=0.01, timeout_s=2.0)  # generous: a loaded machine
+    with fake_api(utm_items(), delay_first=30.0) as api:
         result = search(SearchRequest((LS,), bbox=AOI), catalog_url=api.url, retry=policy)
+        assert not api.first_answered.is_set()  # done without the held answer
     assert len(result.items) == 2
+    assert api.requests[0] == api.requests[1]  # the request that timed out was sent again
 
 
 def test_unreachable_api_is_a_clear_error() -> None:
