@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -153,36 +152,44 @@ def test_run_writes_outputs_and_checkpoints(synthetic_cubes: str, tmp_path: Path
     assert norm_stats == res.norm_stats and "sentinel-2-msi/B04" in norm_stats["bands"]
 
 
+# `python -m pipelines.pretrain` that SIGKILLs itself once the metrics of step 5 are on disk: after
+# its step-3 checkpoint, mid-way to step 6, at the same point however loaded the machine is.
+_KILLED_AT_STEP_5 = """
+import os, runpy, signal
+from aom_model.train.metrics import MetricsLog
+flush = MetricsLog.flush
+def flush_then_die(self):
+    flush(self)
+    if self.records and self.records[-1].get("step") == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+MetricsLog.flush = flush_then_die
+runpy.run_module("pipelines.pretrain", run_name="__main__", alter_sys=True)
+"""
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(synthetic_cubes: str, tmp_path: Path) -> None:
-    """`python -m pipelines.pretrain` SIGKILLed after its step-3 checkpoint, then `--resume`d to step 9:
-    every logged loss equals the uninterrupted run's (in practice bit-identical), and so do the weights."""
+    """`python -m pipelines.pretrain` SIGKILLed after its step-3 checkpoint (steps 4 and 5 logged),
+    then `--resume`d to step 9: every logged loss equals the uninterrupted run's (in practice
+    bit-identical), each step is logged once, and the weights are equal too. (The kill used to come
+    from this process polling for the checkpoint, which a loaded machine could delay past step 9.)"""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     pretrain(_cfg(synthetic_cubes, straight, max_steps=9, checkpoint_every=3))
-    args = ["--max-steps", "9", "--checkpoint-every", "3"]
-    proc = subprocess.Popen(
-        _train_cmd(synthetic_cubes, killed, *args),
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    cmd = _train_cmd(synthetic_cubes, killed, "--max-steps", "9", "--checkpoint-every", "3")
+    assert cmd[1:3] == ["-m", "pipelines.pretrain"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_AT_STEP_5, *cmd[3:]], env=_env(), capture_output=True, timeout=300
     )
-    latest = killed / "checkpoints" / "latest.json"
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if latest.exists() and json.loads(latest.read_text())["step"] >= 3:
-                break
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    killed_at = json.loads(latest.read_text())["step"]
-    assert 3 <= killed_at < 9, "the run must be killed mid-way"
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode(errors="replace")[-2000:]
+    assert json.loads((killed / "checkpoints" / "latest.json").read_text())["step"] == 3
+    assert max(_losses(killed)) == 5  # logged past the checkpoint: the resume drops and redoes them
     assert not (killed / "model.safetensors").exists()
     res = pretrain(_cfg(synthetic_cubes, killed, max_steps=9, checkpoint_every=3, resume=True))
     assert res.steps == 9
     a, b = _losses(straight), _losses(killed)
     assert sorted(a) == sorted(b) == list(range(1, 10))
+    logged = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert sorted(logged) == sorted(set(logged))  # steps 4 and 5 once, not twice
     for step in a:
         assert abs(a[step] - b[step]) <= 1e-6, (step, a[step], b[step])
     wa = load_checkpoint(str(straight / "model.safetensors"))[0].state_dict()
