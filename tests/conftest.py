@@ -15,8 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -39,23 +38,60 @@ def aom_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", *args]
 
 
-def kill_when(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float = 300) -> None:
-    """Start ``cmd`` in the repository and SIGKILL it as soon as ``ready()`` (polled every 10 ms);
-    fails when the command finished first."""
-    proc = subprocess.Popen(
-        list(cmd), cwd=REPO_ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+# Runs ``python -m <module> ...`` with a function wrapped so that the process SIGKILLs itself right
+# after a call of it returns: argv[1] the function ("package.module:Class.method"), argv[2] an
+# optional second one (then the kill comes after its first call that follows a call of the first),
+# argv[3] the module to run.
+_KILLED_AFTER = """
+import importlib, os, runpy, signal, sys
+
+def wrap(spec, then):
+    module, _, attr = spec.partition(":")
+    owner = importlib.import_module(module)
+    *path, name = attr.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    real = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        out = real(*args, **kwargs)
+        then()
+        return out
+
+    setattr(owner, name, wrapped)
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+after, at, module = sys.argv[1:4]
+del sys.argv[1:4]
+if at:
+    armed = []
+    wrap(after, lambda: armed.append(True))
+    wrap(at, lambda: armed and die())
+else:
+    wrap(after, die)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def kill_after(cmd: Sequence[str], after: str, at: str = "", timeout_s: float = 300) -> None:
+    """Run ``cmd`` (``python -m <module> ...``) in the repository until it SIGKILLs itself: right
+    after its first call of ``after`` (``"package.module:Class.method"``) returns, or, with ``at``,
+    right after its first call of ``at`` that follows one of ``after`` (e.g. the first group of the
+    tile after the first recorded one). The same point on every run, however loaded the machine (a
+    test that polled for a file and then killed the run could be too late); fails when the command
+    exits by itself."""
+    assert list(cmd[1:2]) == ["-m"], cmd
+    proc = subprocess.run(
+        [cmd[0], "-c", _KILLED_AFTER, after, at, cmd[2], *cmd[3:]],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if ready():
-                break
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
 
 
 def real_data_dir() -> Path | None:

@@ -163,14 +163,14 @@ def test_records_without_item_versions_count_their_items_as_seen_when_written(
 
 
 def test_a_rebuild_killed_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
-    """3 x 3 tiles built from K1; `aom cubes` given K1 and K2 is SIGKILLed as soon as its first rebuilt
-    record appears (other tiles then hold their old record, none, or part of their new data); the
+    """3 x 3 tiles built from K1; `aom cubes` given K1 and K2 is SIGKILLed after its first rebuilt record,
+    with part of the next tile's new data written (the other tiles hold their old record); the
     rerun finishes the rebuild and equals a clean run of K1 and K2, array by array."""
     import contextlib
     import json
     import subprocess
 
-    from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_when
+    from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_after
     from tests.pipelines.cubes.support import GRID, X0, Y0, s2_item
 
     root = tmp_path / "items"
@@ -193,8 +193,13 @@ def test_a_rebuild_killed_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) 
                 n += "K2" in json.loads(p.read_text()).get("considered_items", [])
         return n
 
-    kill_when(cmd, lambda: rebuilt() >= 1)
-    assert 1 <= rebuilt() < len(tiles)
+    # killed with the second rebuilt tile's first group staged, its record not written
+    kill_after(
+        cmd,
+        after="pipelines.cubes.store:CubeStore.write_record",
+        at="pipelines.cubes.store:CubeStore.write_group",
+    )
+    assert rebuilt() == 1 < len(tiles)
     rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert rebuilt() == len(tiles)

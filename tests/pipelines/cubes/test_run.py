@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from pipelines.cubes import CubeStore, write_cubes
 from pipelines.cubes.store import LEASE_TTL_S, LEASES_DIR
-from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_when
+from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_after
 from tests.pipelines.cubes.support import (
     GRID,
     TILE_IDS,
@@ -198,10 +198,15 @@ def test_process_killed_mid_run_then_rerun_is_identical(tmp_path: Path) -> None:
         "cubes", "--items", str(nd), "--out", str(out), "--tile-size-m", "1920", "--no-progress"
     )
     records = out / "_tiles"
-    kill_when(cmd, lambda: records.is_dir() and any(p.suffix == ".json" for p in records.iterdir()))
+    # killed with the second tile's first group written, its record not
+    kill_after(
+        cmd,
+        after="pipelines.cubes.store:CubeStore.write_record",
+        at="pipelines.cubes.store:CubeStore.write_group",
+    )
     n_tiles = len(GRID.tiles_for_items(its))
     done_at_kill = len([p for p in records.iterdir() if p.suffix == ".json"])
-    assert 1 <= done_at_kill < n_tiles
+    assert done_at_kill == 1 < n_tiles
     rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{done_at_kill} already complete" in rerun.stdout

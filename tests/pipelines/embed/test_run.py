@@ -36,7 +36,7 @@ from pipelines.embed import (
 )
 from pipelines.runs import TileStatus
 from pipelines.tiling import TileGrid
-from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_when
+from tests.conftest import REPO_ROOT, aom_command, cli_env, kill_after
 from tests.pipelines.embeddings.support import assert_datatree_matches_query
 
 PERIOD = "2023-06-01/2023-06-30"
@@ -846,7 +846,7 @@ def test_process_killed_mid_run_then_rerun_equals_uninterrupted(
         *("embed", "--checkpoint", str(checkpoint), "--out", str(out), "--datetime", PERIOD),
         *("--cubes", str(cubes), "--tiles", ",".join(TILES), "--workers", "0", "--no-progress"),
     )
-    kill_when(cmd, lambda: bool(list(out.glob("_tiles/**/*.json"))))
+    kill_after(cmd, after="pipelines.embeddings:write_tile")  # right after its first tile record
     assert len(es.list_complete_tiles(str(out), ref.version)[0]) == 1
     rerun = subprocess.run(cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
