@@ -106,10 +106,11 @@ def redact_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """Strip user:password and the values of signature, token and credential query parameters
-    (:func:`redact_params`, the list log redaction uses too) from a URL."""
+    """Strip user:password, the values of signature, token and credential query parameters
+    (:func:`redact_params`, the list log redaction uses too) and registered secret values
+    (:func:`register_secret`: an access rule's API key, whatever its parameter is called) from a URL."""
     url = re.sub(r"://[^/@]+@", "://***@", url)
-    return redact_params(url)
+    return _without_secret_values(redact_params(url))
 
 
 _HREF_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]+@")
@@ -154,7 +155,8 @@ def redact_record(value: Any) -> Any:
 
 def register_secret(value: Any) -> None:
     """Also replace this literal value (and its base64 forms in ``user:value`` pairs are caught by
-    the header rule) in every log line; used for storage-option secrets."""
+    the header rule) in every log line and redacted URL; used for storage-option secrets and the
+    API keys of ``api-key`` access rules."""
     text = str(value) if value is not None else ""
     if len(text) >= 6:  # short values (true, 1, us-west-2 ...) would redact ordinary words
         _SECRET_VALUES.add(text)
@@ -165,8 +167,11 @@ def redact_text(text: str) -> str:
     registered secret values replaced by ``***``."""
     text = _URL_USERINFO.sub(r"\1***@", text)
     text = _SECRET_HEADER.sub(r"\1\2***", text)
-    text = redact_params(text)
-    for secret in _SECRET_VALUES:
+    return _without_secret_values(redact_params(text))
+
+
+def _without_secret_values(text: str) -> str:
+    for secret in tuple(_SECRET_VALUES):
         text = text.replace(secret, "***")
     return text
 

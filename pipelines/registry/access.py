@@ -15,7 +15,12 @@ from their standard places:
   reader's AWS session together with ``AWS_REQUEST_PAYER=requester`` (nothing is exported to
   ``os.environ``, where GDAL would pick up credentials meant for something else);
 * ``earthdata`` (NASA): a bearer token from the ``key_env`` variable (``GDAL_HTTP_AUTH=BEARER``), else
-  the ``login_host`` entry of ``~/.netrc`` (``$NETRC``) with a cookie jar for the login's redirects.
+  the ``login_host`` entry of ``~/.netrc`` (``$NETRC``) with a cookie jar for the login's redirects;
+* ``api-key`` (catalogs whose files want a key in the URL, ``?key=...``): each ``query_env``
+  parameter gets the value of its environment variable, read when the access is resolved, in hrefs
+  of the ``sign_hosts`` where it is missing or masked (``***``, as saved searches keep it); the value
+  is registered with log redaction (:func:`pipelines.redaction.register_secret`), so neither a log
+  line nor a redacted URL shows it, whatever the parameter is called.
 
 Missing credentials raise :class:`AccessDeniedError` before anything is read; its message is one line
 naming the credential and how to pass it (:func:`credential_hint`). Signed hrefs, tokens and keys live
@@ -36,9 +41,10 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from pipelines.errors import RunFailedError
+from pipelines.redaction import register_secret
 from pipelines.registry.model import AccessSpec, Registry, host_matches
 from pipelines.retry import RETRY_STATUSES, RetryPolicy, call_with_retry
 
@@ -74,6 +80,12 @@ def credential_hint(spec: AccessSpec, where: str) -> str:
         return (
             f"{where} needs a NASA Earthdata login: set {spec.key_env}=<token> (urs.earthdata.nasa.gov, "
             f"'Generate Token') or add 'machine {spec.login_host} login <user> password <password>' to ~/.netrc"
+        )
+    if spec.kind == "api-key":
+        keys = ", ".join(f"{env} (query parameter {name!r})" for name, env in spec.query_env)
+        return (
+            f"{where} needs an API key in the query of its hrefs: set {keys}; it is added at read time "
+            f"to hrefs of {', '.join(spec.sign_hosts)} and never saved"
         )
     return f"{where} is expected to be public; the server refused the read (check the hrefs and the GDAL options)"
 
@@ -188,6 +200,8 @@ class ReadAccess:
     """rasterio ``AWSSession`` arguments (requester pays: credentials from the standard chain)."""
     token: str | None = field(default=None, repr=False)
     """``sas-token``: the query string appended to hrefs of ``spec.sign_hosts``."""
+    query: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """``api-key``: ``(query parameter, key)`` pairs filled into hrefs of ``spec.sign_hosts``."""
 
     @property
     def where(self) -> str:
@@ -199,7 +213,10 @@ class ReadAccess:
         return credential_hint(self.spec, self.where)
 
     def sign(self, href: str) -> str:
-        """``href`` ready to read (a signed copy for SAS-token hosts; never store the result)."""
+        """``href`` ready to read (a signed copy for SAS-token hosts, the keys filled in for
+        API-key hosts; never store the result)."""
+        if self.query and host_matches(href, self.spec.sign_hosts):
+            return _fill_query(href, self.query)
         if self.token is None or not host_matches(href, self.spec.sign_hosts):
             return href
         if any(k == "sig" for k, _ in parse_qsl(urlsplit(href).query)):
@@ -231,7 +248,49 @@ def resolve_access(
         return ReadAccess(catalog, collection, spec, aws_session=_aws_credentials(spec, access.where))
     if spec.kind == "earthdata":
         return ReadAccess(catalog, collection, spec, gdal_options=_earthdata_options(spec, access.where))
+    if spec.kind == "api-key":
+        return ReadAccess(catalog, collection, spec, query=_query_keys(spec, access.where))
     return access
+
+
+MASKED = "***"
+"""The value a saved href keeps for a credential parameter (:func:`pipelines.redaction.unsign_url`)."""
+
+
+def _query_keys(spec: AccessSpec, where: str) -> tuple[tuple[str, str], ...]:
+    """``(parameter, key)`` of every ``query_env`` entry from the environment, or AccessDeniedError
+    naming the variables that are not set. Each key is registered with log redaction."""
+    values = [(name, env, os.environ.get(env, "").strip()) for name, env in spec.query_env]
+    missing = [env for _, env, value in values if not value]
+    if missing:
+        raise AccessDeniedError(
+            f"no API key found ({', '.join(missing)} not set): {credential_hint(spec, where)}"
+        )
+    for _, _, value in values:
+        register_secret(value)
+        register_secret(quote(value, safe=""))
+    return tuple((name, value) for name, _, value in values)
+
+
+def _fill_query(href: str, keys: tuple[tuple[str, str], ...]) -> str:
+    """``href`` with each ``(parameter, key)`` filled in where the parameter is missing, empty or
+    masked (``***``); a parameter holding another value is kept (the catalog gave a live one), and
+    every other part of the href stays byte for byte."""
+    rest, hash_, fragment = href.partition("#")
+    base, _, query = rest.partition("?")
+    parts = query.split("&") if query else []
+    for name, value in keys:
+        found = False
+        for i, part in enumerate(parts):
+            pname, _, pvalue = part.partition("=")
+            if unquote_plus(pname).lower() != name.lower():
+                continue
+            found = True
+            if unquote_plus(pvalue) in ("", MASKED):
+                parts[i] = f"{pname}={quote(value, safe='')}"
+        if not found:
+            parts.append(f"{name}={quote(value, safe='')}")
+    return base + "?" + "&".join(parts) + hash_ + fragment
 
 
 def _aws_credentials(spec: AccessSpec, where: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -160,7 +161,7 @@ def _parse_access(ctx: _Ctx, data: Any) -> AccessSpec:
     kind = _string(ctx, data, "kind")
     if kind not in ACCESS_KINDS:
         raise ctx.fail(f"field 'access.kind' must be one of {list(ACCESS_KINDS)}, got {kind!r}")
-    known = {"kind", "token_url", "sign_hosts", "key_env", "region", "login_host"}
+    known = {"kind", "token_url", "sign_hosts", "key_env", "region", "login_host", "query_env"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ctx.fail(f"field 'access' has unknown keys {unknown}; known: {sorted(known)}")
@@ -171,12 +172,52 @@ def _parse_access(ctx: _Ctx, data: Any) -> AccessSpec:
         key_env=_string(ctx, data, "key_env", optional=True),
         region=_string(ctx, data, "region", optional=True),
         login_host=_string(ctx, data, "login_host", optional=True),
+        query_env=_query_env(ctx, data.get("query_env")),
     )
     if kind == "sas-token" and (not spec.token_url or not spec.sign_hosts):
         raise ctx.fail("access kind 'sas-token' needs 'token_url' and 'sign_hosts'")
+    if kind == "api-key" and (not spec.query_env or not spec.sign_hosts):
+        raise ctx.fail(
+            "access kind 'api-key' needs 'query_env' ({query parameter: environment variable}) and "
+            "'sign_hosts' (the hosts the keys are sent to)"
+        )
+    if kind != "api-key" and spec.query_env:
+        raise ctx.fail(f"field 'access.query_env' is for access kind 'api-key' only, not {kind!r}")
     if kind == "earthdata" and (not spec.login_host or not spec.key_env):
         raise ctx.fail("access kind 'earthdata' needs 'login_host' and 'key_env'")
     return spec
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_QUERY_NAME = re.compile(r"[^\s&=?#%+]+")
+
+
+def _query_env(ctx: _Ctx, value: Any) -> tuple[tuple[str, str], ...]:
+    """``access.query_env`` (query parameter -> environment variable) as pairs. Values are never
+    echoed in an error: one that is not a variable name may be the key itself."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or not value:
+        what = type(value).__name__ if not isinstance(value, Mapping) else "an empty mapping"
+        raise ctx.fail(
+            f"field 'access.query_env' must be a mapping of query parameter: environment variable, got {what}"
+        )
+    out: list[tuple[str, str]] = []
+    for name, env in value.items():
+        if not isinstance(name, str) or not _QUERY_NAME.fullmatch(name):
+            raise ctx.fail(
+                f"field 'access.query_env': {name!r} is not a query parameter name "
+                "(a non-empty string without spaces, &, =, ?, #, %, +)"
+            )
+        if not isinstance(env, str) or not _ENV_NAME.fullmatch(env):
+            raise ctx.fail(
+                f"field 'access.query_env': the value of {name!r} must be the name of an environment "
+                "variable (letters, digits, _); the key itself never goes in a registry file"
+            )
+        if name.lower() in {n.lower() for n, _ in out}:
+            raise ctx.fail(f"field 'access.query_env' names the query parameter {name!r} twice")
+        out.append((name, env))
+    return tuple(out)
 
 
 def _parse_condition(ctx: _Ctx, data: Any) -> Condition:

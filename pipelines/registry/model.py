@@ -27,8 +27,8 @@ from pipelines.errors import AOMError, InputError
 DEFAULT_CATALOG = "sample"
 """The catalog a request names when none is given: the embedded sample catalog (``aom samples``)."""
 
-AccessKind = Literal["anonymous", "sas-token", "requester-pays", "earthdata"]
-ACCESS_KINDS: tuple[str, ...] = ("anonymous", "sas-token", "requester-pays", "earthdata")
+AccessKind = Literal["anonymous", "sas-token", "requester-pays", "earthdata", "api-key"]
+ACCESS_KINDS: tuple[str, ...] = ("anonymous", "sas-token", "requester-pays", "earthdata", "api-key")
 
 _DTYPES = {"uint8", "uint16", "int16", "uint32", "int32", "float32"}
 
@@ -105,11 +105,13 @@ class AccessSpec:
     kind: AccessKind = "anonymous"
     """``anonymous`` (public files), ``sas-token`` (Planetary Computer: a SAS token appended to
     each href), ``requester-pays`` (S3 buckets billed to the reader, AWS credentials required) or
-    ``earthdata`` (NASA Earthdata login: bearer token or netrc)."""
+    ``earthdata`` (NASA Earthdata login: bearer token or netrc) or ``api-key`` (API keys added to
+    the query of each href, values from environment variables)."""
     token_url: str | None = None
     """``sas-token``: the token endpoint, ``{collection}`` replaced by the item's collection id."""
     sign_hosts: tuple[str, ...] = ()
-    """``sas-token``: host names (or ``.suffix``) whose hrefs get the token; other hrefs stay as they are."""
+    """``sas-token``, ``api-key``: host names (or ``.suffix``) whose hrefs get the token or the keys;
+    other hrefs stay as they are (a key is never sent to a host not named here)."""
     key_env: str | None = None
     """``sas-token``: environment variable of an optional subscription key (sent as a header);
     ``earthdata``: environment variable holding a bearer token."""
@@ -117,6 +119,10 @@ class AccessSpec:
     """``requester-pays``: the buckets' AWS region."""
     login_host: str | None = None
     """``earthdata``: the netrc machine of the login (``urs.earthdata.nasa.gov``)."""
+    query_env: tuple[tuple[str, str], ...] = ()
+    """``api-key``: ``(query parameter, environment variable)`` pairs: at read time each parameter
+    of an href of ``sign_hosts`` that is missing or masked (``***``, as saved searches keep it) gets
+    the variable's value. The registry names the variable, never the key."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,9 @@ class Catalog:
 
     @property
     def signing(self) -> str | None:
-        """``"sas-token"`` when the catalog's hrefs must be signed before reading, else None."""
-        return self.access.kind if self.access.kind == "sas-token" else None
+        """``"sas-token"`` or ``"api-key"`` when the catalog's hrefs must be signed (a token or
+        keys added) before reading, else None."""
+        return self.access.kind if self.access.kind in ("sas-token", "api-key") else None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ of a folder (with HTTP range requests, as GDAL reads COGs) under one of the prov
 * ``requester-pays``: an S3 path-style endpoint (``/<bucket>/<key>``) that answers 403 unless the
   request is signed (``Authorization: AWS4-HMAC-SHA256 ...``) and carries ``x-amz-request-payer: requester``.
 * ``bearer``: NASA Earthdata: 401 unless ``Authorization: Bearer <token>``.
+* ``query-key``: an API-key service: 401 without a ``key`` query parameter, 403 unless it is
+  :data:`API_KEY` (``registry_yaml`` kind ``api-key`` reads it from :data:`API_KEY_ENV`).
 * ``open``: public files.
 
 ``force`` queues statuses to answer before the rule applies (``[429, 429]``: throttled twice, then
@@ -33,6 +35,9 @@ SAS_SIG = "c2VjcmV0LXNpZw"
 """The signature the SAS rule accepts (a stand-in for a real one)."""
 SAS_TOKEN = f"st=2030-01-01T00%3A00%3A00Z&se=2030-01-01T01%3A00%3A00Z&sp=rl&sv=2024-05-04&sr=c&sig={SAS_SIG}"
 BEARER = "earthdata-test-token"
+API_KEY = "k3y/t3st+Secret=="
+"""The key the ``query-key`` rule accepts (characters that must be percent-encoded in a query)."""
+API_KEY_ENV = "AOM_TEST_CATALOG_API_KEY"
 
 
 @dataclass
@@ -108,6 +113,11 @@ class ProviderServer:
             return None if signed and headers.get("x-amz-request-payer") == "requester" else 403
         if self.rule == "bearer":
             return None if headers.get("authorization") == f"Bearer {BEARER}" else 401
+        if self.rule == "query-key":
+            key = parse_qs(query).get("key")
+            if not key:
+                return 401
+            return None if key == [API_KEY] else 403
         return None
 
 
@@ -168,6 +178,8 @@ def registry_yaml(server: ProviderServer, catalog: str, kind: str, collection: s
         access.update(region="us-west-2")
     elif kind == "earthdata":
         access.update(login_host="urs.earthdata.test.invalid", key_env="AOM_TEST_EARTHDATA_TOKEN")
+    elif kind == "api-key":
+        access.update(query_env={"key": API_KEY_ENV}, sign_hosts=["127.0.0.1"])
     mask: dict[str, Any] = {
         "kind": cs.mask.kind,
         "asset": cs.mask.asset,
@@ -257,7 +269,7 @@ class StacReplay:
             )
         if path == "/search" or path.endswith("/items"):
             token = (body or {}).get("next") if isinstance(body, dict) else None
-            token = token or (query.get("token") or query.get("cursor") or [None])[0]
+            token = token or next(iter(query.get("token") or query.get("cursor") or []), None)
             page = self._page_for(token)
             return _send(handler, 200, self._text(page), {"Content-Type": "application/geo+json"})
         return _send(handler, 404, b'{"code": "NotFound"}')

@@ -154,6 +154,64 @@ def test_a_registry_of_the_wrong_shape_is_refused_naming_what_is_valid(doc: dict
         parse_registry([("x.yaml", doc)])
 
 
+def _keyed(access: object) -> dict:
+    return {"catalogs": {"keyed": {"kind": "stac-api", "url": "https://x", "access": access}}}
+
+
+_KEYED = {"kind": "api-key", "sign_hosts": ["data.example"]}
+
+
+@pytest.mark.parametrize(
+    ("access", "expect"),
+    [
+        (
+            "api-key",
+            r"access kind 'api-key' needs 'query_env' \(\{query parameter: environment variable\}\) and 'sign_hosts'",
+        ),
+        ({"kind": "api-key", "query_env": {"key": "K"}}, r"needs 'query_env' .* and 'sign_hosts'"),
+        (
+            {**_KEYED, "query_env": "MY_KEY"},
+            r"'access.query_env' must be a mapping of query parameter: environment variable, got str",
+        ),
+        ({**_KEYED, "query_env": {}}, r"must be a mapping .*, got an empty mapping"),
+        (
+            {**_KEYED, "query_env": {"key": "abc-123.secret/xyz"}},
+            r"the value of 'key' must be the name of an environment variable",
+        ),
+        (
+            {**_KEYED, "query_env": {"key": ["K"]}},
+            r"the value of 'key' must be the name of an environment variable",
+        ),
+        ({**_KEYED, "query_env": {"a key": "K"}}, r"'a key' is not a query parameter name"),
+        ({**_KEYED, "query_env": {1: "K"}}, r"1 is not a query parameter name"),
+        ({**_KEYED, "query_env": {"key": "K", "KEY": "L"}}, r"names the query parameter 'KEY' twice"),
+        (
+            {"kind": "anonymous", "query_env": {"key": "K"}},
+            r"'access.query_env' is for access kind 'api-key' only, not 'anonymous'",
+        ),
+        ({**_KEYED, "query_envs": {"key": "K"}}, r"unknown keys \['query_envs'\]"),
+    ],
+)
+def test_an_api_key_access_rule_of_the_wrong_shape_is_refused_in_one_line(
+    access: object, expect: str
+) -> None:
+    with pytest.raises(RegistryError, match=expect) as err:
+        parse_registry([("x.yaml", _keyed(access))])
+    msg = str(err.value)
+    assert msg.startswith("x.yaml: catalog 'keyed': ") and "\n" not in msg
+    assert "abc-123.secret/xyz" not in msg  # a key written where a variable name belongs is not echoed
+
+
+def test_an_api_key_access_rule_names_variables_not_keys() -> None:
+    reg = parse_registry(
+        [("x.yaml", _keyed({**_KEYED, "query_env": {"key": "MY_CATALOG_API_KEY", "sub": "MY_SUB"}}))]
+    )
+    spec = reg.access_for("keyed")
+    assert spec.kind == "api-key" and spec.sign_hosts == ("data.example",)
+    assert spec.query_env == (("key", "MY_CATALOG_API_KEY"), ("sub", "MY_SUB"))
+    assert reg.catalog("keyed").signing == "api-key"
+
+
 def test_x_keys_hold_anchors_and_are_allowed() -> None:
     reg = parse_registry([("x.yaml", {"version": 1, "x-rules": {"a": 1}, "sensors": {}})])
     assert reg.sensors == {}

@@ -1,7 +1,8 @@
 """Reading pixels under each provider's access rule, through local servers (no internet).
 
 A synthetic Landsat item's COGs are served by :mod:`tests.pipelines.access_servers` under the rules of
-Planetary Computer (SAS token), USGS (requester pays) and NASA Earthdata (bearer token); the registry
+Planetary Computer (SAS token), USGS (requester pays), NASA Earthdata (bearer token) and an API-key
+service (``?key=...``); the registry
 file of each test points a catalog's access rule at that server. A refused read must fail the tile
 without a record (retried by the next run), with a one-line hint naming the credential; signed hrefs and
 tokens must never reach the store or the logs.
@@ -14,13 +15,22 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from pipelines.cubes import CubeSpec, CubeStore, write_cubes
 from pipelines.registry import SAS_TOKENS, load_registry
 from pipelines.testing import make_item
-from tests.pipelines.access_servers import BEARER, SAS_SIG, ProviderServer, registry_yaml, serve
+from tests.pipelines.access_servers import (
+    API_KEY,
+    API_KEY_ENV,
+    BEARER,
+    SAS_SIG,
+    ProviderServer,
+    registry_yaml,
+    serve,
+)
 from tests.pipelines.cubes.support import GRID, SCENE, TILE_IDS
 
 LANDSAT = "landsat-c2-l2"
@@ -167,6 +177,48 @@ def test_earthdata_bearer_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         summary = write_cubes(items, [TILE], spec, str(out), progress=False)
         assert summary.tiles_done == [TILE], summary.tiles_failed
     assert BEARER not in _store_text(out)
+
+
+def test_api_key_masked_in_a_saved_search_is_filled_from_the_environment_at_read_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipelines.search import load_result, make_result, save_result
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    with serve(tmp_path / "root", "query-key") as server:
+        spec, items = _setup(tmp_path, server, "test-keyed", "api-key")
+        for asset in items[0]["assets"].values():  # as the catalog's API answered them
+            asset["href"] += f"?key={quote(API_KEY, safe='')}"
+        saved = tmp_path / "search.ndjson"
+        save_result(make_result(items), str(saved))
+        assert API_KEY not in saved.read_text() and quote(API_KEY, safe="") not in saved.read_text()
+        loaded = [dict(i) for i in load_result(str(saved)).items]
+        hrefs = [a["href"] for a in loaded[0]["assets"].values()]
+        assert hrefs and all(h.endswith("?key=***") for h in hrefs)
+        out = tmp_path / "cubes"
+
+        missing = write_cubes(loaded, [TILE], spec, str(out), progress=False)
+        reason = missing.tiles_failed[TILE]
+        assert reason.startswith("AccessDeniedError: no API key found") and "\n" not in reason
+        assert f"{API_KEY_ENV} not set" in reason and f"set {API_KEY_ENV} (query parameter 'key')" in reason
+        assert not server.file_requests() and not CubeStore(str(out)).has_record(TILE)
+
+        monkeypatch.setenv(API_KEY_ENV, "a-wrong-key")
+        refused = write_cubes(loaded, [TILE], spec, str(out), progress=False)
+        assert "HTTP 403" in refused.tiles_failed[TILE] and API_KEY_ENV in refused.tiles_failed[TILE]
+        assert not CubeStore(str(out)).has_record(TILE)
+
+        monkeypatch.setenv(API_KEY_ENV, API_KEY)
+        before = len(server.file_requests())
+        summary = write_cubes(loaded, [TILE], spec, str(out), progress=False)
+        assert summary.tiles_done == [TILE], summary.tiles_failed
+        files = [path for _, path, _ in server.file_requests()[before:]]
+        filled = f"?key={quote(API_KEY, safe='')}"  # the placeholder filled, nothing appended
+        assert files and all(path.endswith(".tif" + filled) for path in files), files[:3]
+        assert [a["href"] for a in loaded[0]["assets"].values()] == hrefs  # the items stay masked
+    text = _store_text(out) + json.dumps(summary.to_dict()) + summary.format() + caplog.text
+    assert API_KEY not in text and quote(API_KEY, safe="") not in text and "a-wrong-key" not in text
 
 
 def test_headers_of_items_without_projection_are_read_once_with_credentials_and_cached(

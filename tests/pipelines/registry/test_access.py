@@ -4,6 +4,7 @@ one-line hints; against a local token server (no internet)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,56 @@ def test_earthdata_netrc_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     netrc.write_text("machine elsewhere login a password b\n")
     with pytest.raises(AccessDeniedError, match=r"EARTHDATA_TOKEN=<token> .* ~/.netrc"):
         resolve_access(reg, "cmr-stac-lpcloud", "HLSS30_2.0")
+
+
+def _api_key_registry(query_env: dict[str, str]) -> object:
+    from pipelines.registry import parse_registry
+
+    access = {"kind": "api-key", "query_env": query_env, "sign_hosts": [".data.example"]}
+    return parse_registry(
+        [("k.yaml", {"catalogs": {"keyed": {"kind": "stac-api", "url": "https://x", "access": access}}})]
+    )
+
+
+def test_api_keys_fill_masked_or_missing_parameters_of_the_named_hosts_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipelines.redaction import redact_text, redact_url
+
+    secret = "s3cret/Value+9"  # a parameter name no redaction list knows: the value itself is redacted
+    monkeypatch.setenv("AOM_TEST_TOKEN", secret)
+    monkeypatch.setenv("AOM_TEST_KEY", "k-123456")
+    reg = _api_key_registry({"apiToken": "AOM_TEST_TOKEN", "key": "AOM_TEST_KEY"})
+    access = resolve_access(reg, "keyed")  # type: ignore[arg-type]
+    enc = "s3cret%2FValue%2B9"
+    assert access.sign("https://a.data.example/x.tif?apiToken=***&v=1%202#f") == (
+        f"https://a.data.example/x.tif?apiToken={enc}&v=1%202&key=k-123456#f"
+    )
+    assert access.sign("https://a.data.example/x.tif?APITOKEN=%2A%2A%2A&key=live") == (
+        f"https://a.data.example/x.tif?APITOKEN={enc}&key=live"  # a live value is kept
+    )
+    assert (
+        access.sign("https://other.example/x.tif?apiToken=***") == "https://other.example/x.tif?apiToken=***"
+    )
+    signed = access.sign("https://a.data.example/x.tif")
+    from pipelines.search import catalog_signer, sign_for_reading
+
+    item: dict[str, Any] = {"id": "i", "assets": {"b": {"href": "https://a.data.example/x.tif?key=***"}}}
+    (copy,) = sign_for_reading([item], catalog_signer("keyed", reg))  # type: ignore[arg-type]
+    assert copy["assets"]["b"]["href"] == f"https://a.data.example/x.tif?key=k-123456&apiToken={enc}"
+    assert item["assets"]["b"]["href"].endswith("?key=***")  # the caller's item stays masked
+    assert secret not in repr(access) and "k-123456" not in repr(access)
+    for shown in (redact_url(signed), redact_text(f"GDAL: opening {signed}"), redact_text(f"token {secret}")):
+        assert secret not in shown and enc not in shown and "k-123456" not in shown, shown
+
+
+def test_a_missing_api_key_variable_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AOM_TEST_KEY", "k-123456")
+    monkeypatch.setenv("AOM_TEST_TOKEN", "  ")  # blank is not a key
+    reg = _api_key_registry({"key": "AOM_TEST_KEY", "apiToken": "AOM_TEST_TOKEN"})
+    with pytest.raises(AccessDeniedError) as err:
+        resolve_access(reg, "keyed")  # type: ignore[arg-type]
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("no API key found (AOM_TEST_TOKEN not set): keyed needs")
+    assert "set AOM_TEST_KEY (query parameter 'key'), AOM_TEST_TOKEN (query parameter 'apiToken')" in msg
+    assert "k-123456" not in msg
