@@ -92,7 +92,7 @@ def pretrain(
     from aom_model.train.distributed import check_launch
     from pipelines.errors import check_device_available
     from pipelines.pretrain import pretrain as train_on_cubes
-    from pipelines.storage import parse_storage_options
+    from pipelines.storage import parse_storage_options, redact_text, redact_url
 
     if storage_options:
         options = parse_storage_options(storage_options)
@@ -155,7 +155,14 @@ def pretrain(
             cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id
         )
         if dry_run:
-            typer.echo(shlex.join(cmd))  # quoted: the printed line can be pasted into a shell
+            shown = [redact_text(arg) for arg in cmd]  # the configuration's URLs may carry tokens
+            typer.echo(shlex.join(shown))  # quoted: the printed line can be pasted into a shell
+            if shown != cmd:
+                typer.echo(
+                    "note: credentials in the URLs are shown as ***; put them back (or pass them as "
+                    "storage options / AWS_* variables) before running it",
+                    err=True,
+                )
             return
         env = dict(os.environ)
         if options:  # not on the command line (it may carry credentials)
@@ -163,9 +170,9 @@ def pretrain(
         raise typer.Exit(subprocess.call(cmd, env=env))
     result = train_on_cubes(cfg)
     typer.echo(f"{result.steps} steps, final loss {result.final_loss}, {result.samples_per_s:.1f} samples/s")
-    typer.echo(f"model:   {result.checkpoint}")
-    typer.echo(f"metrics: {result.metrics_url}")
-    typer.echo(f"curve:   {result.loss_curve_url}")
+    typer.echo(f"model:   {redact_url(result.checkpoint)}")
+    typer.echo(f"metrics: {redact_url(result.metrics_url)}")
+    typer.echo(f"curve:   {redact_url(result.loss_curve_url)}")
     if any(result.counters.get(k) for k in ("chips_skipped", "nonfinite_steps")):
         typer.echo(f"counters: {result.counters}")
 
