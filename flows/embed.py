@@ -18,7 +18,9 @@ from flows.params import AreaParams, StorageParams, empty_is_none
 from flows.pretrain import PretrainParams, pretrain
 from pipelines.embed import EmbedRequest, run_embedding
 from pipelines.errors import RunFailedError
+from pipelines.redaction import redact_url
 from pipelines.runs import TileStatus
+from pipelines.storage import join
 
 
 class EmbedParams(BaseModel):
@@ -90,12 +92,23 @@ def embed(params: EmbedParams) -> dict[str, Any]:
     return summary
 
 
+def trained_checkpoint(out: str, trained: dict[str, Any]) -> str:
+    """The checkpoint a ``pretrain`` run wrote under ``out``, as a URL to read. Its result names it
+    redacted (``https://***@host/run/model.safetensors``), so the part after ``out`` is joined to
+    ``out`` itself, which keeps its credentials."""
+    shown = str(trained.get("checkpoint") or "")
+    prefix = redact_url(out).rstrip("/") + "/"
+    if not shown or shown.startswith(prefix):
+        return join(out, shown[len(prefix) :] if shown else "model.safetensors")
+    return shown
+
+
 @flow(name="retrain", log_prints=True, validate_parameters=True)
 def retrain(pretrain_params: PretrainParams, embed_params: EmbedParams) -> dict[str, Any]:
     """Fine-tune (``pretrain_params.init`` = current checkpoint) then embed a new dataset version."""
     install_exit_bound()
     trained = pretrain(pretrain_params)
-    checkpoint = trained.get("checkpoint") or f"{pretrain_params.out.rstrip('/')}/model.safetensors"
+    checkpoint = trained_checkpoint(pretrain_params.out, trained)
     get_run_logger().info("retrain: new checkpoint %s; embedding a new version", checkpoint)
     embedded = embed(
         embed_params.model_copy(update={"checkpoint": checkpoint, "version": None, "tiles": None})

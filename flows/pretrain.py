@@ -8,6 +8,7 @@ on the worker's machine: on the ``gpu`` work pool that is a Kubernetes job with 
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from typing import Any
 
@@ -16,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.common import install_exit_bound
 from flows.params import StorageParams
+from pipelines.errors import RunFailedError
+from pipelines.redaction import redact_record
 
 
 class PretrainParams(BaseModel):
@@ -39,7 +42,7 @@ def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
     from aom_model.train import PretrainConfig
     from pipelines.pretrain import pretrain
 
-    return pretrain(
+    result = pretrain(
         PretrainConfig(
             cubes=params.cubes,
             out=params.out,
@@ -52,6 +55,7 @@ def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
             progress=False,
         )
     ).to_dict()
+    return redact_record(result)  # a task's result is persisted and shown by Prefect
 
 
 @task
@@ -68,8 +72,10 @@ def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
         args, nproc_per_node=params.nproc_per_node, nnodes=params.nnodes, rdzv_endpoint=params.rdzv_endpoint
     )
     # Storage credentials reach the ranks through the worker's environment (standard chain), never argv.
-    subprocess.run(cmd, check=True)
-    return {"out": params.out, "command": cmd}
+    status = subprocess.run(cmd).returncode
+    if status:  # not CalledProcessError: its message (the run's state message) holds the whole argv
+        raise RunFailedError(f"torchrun exited with status {status}: {shlex.join(redact_record(cmd))}")
+    return redact_record({"out": params.out, "command": cmd})  # persisted and shown by Prefect
 
 
 @flow(name="pretrain", log_prints=True, validate_parameters=True)
