@@ -18,7 +18,7 @@ from flows.params import AreaParams, StorageParams, empty_is_none
 from flows.pretrain import PretrainParams, pretrain
 from pipelines.embed import EmbedRequest, run_embedding
 from pipelines.errors import RunFailedError
-from pipelines.redaction import redact_url
+from pipelines.redaction import redact_record, redact_url
 from pipelines.runs import TileStatus
 from pipelines.storage import join
 
@@ -69,7 +69,8 @@ class EmbedParams(BaseModel):
 @task
 def embed_task(params: EmbedParams) -> dict[str, Any]:
     summary = run_embedding(params.request())
-    return {**summary.to_dict(), "results": [r.to_dict() for r in summary.results]}
+    # persisted and shown by Prefect (and the source of the artifact and the failure message)
+    return redact_record({**summary.to_dict(), "results": [r.to_dict() for r in summary.results]})
 
 
 @flow(name="embed", log_prints=True, validate_parameters=True, retries=1, retry_delay_seconds=30)

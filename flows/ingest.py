@@ -19,6 +19,7 @@ from pipelines.errors import RunFailedError
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.runs import TileStatus
 from pipelines.search import SearchRequest
+from pipelines.storage import redact_record, redact_url
 from pipelines.tiling import DEFAULT_TILE_SIZE_M
 
 
@@ -104,7 +105,10 @@ def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
 # itself, which skips tiles with a completion record, so a rerun after a deletion refills the holes.
 @task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -> dict[str, Any]:
-    return build_tiles(items_url, tile_ids, params.cube_spec(), params.out, params.storage.storage_options())
+    summary = build_tiles(
+        items_url, tile_ids, params.cube_spec(), params.out, params.storage.storage_options()
+    )
+    return redact_record(summary)  # persisted by Prefect; its reasons feed the artifact and the failure
 
 
 @flow(name="ingest", log_prints=True, validate_parameters=True, retries=1, retry_delay_seconds=30)
@@ -135,9 +139,9 @@ def ingest(params: IngestParams) -> dict[str, Any]:
         raise RunFailedError(
             f"{len(failed)} of {len(outcomes)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0]['reason']}"
         )
-    return {
+    return {  # a flow's result is persisted and shown by Prefect
         "items": saved.count,
-        "items_url": saved.items_url,
+        "items_url": redact_url(saved.items_url),
         "tiles": len(tile_ids),
         "tile_ids": list(tile_ids),
         "done": sum(o["status"] != TileStatus.FAILED for o in outcomes),

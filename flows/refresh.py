@@ -102,9 +102,9 @@ def refresh(params: RefreshParams) -> dict[str, Any]:
     result = ingest(params.ingest.model_copy(update={"tiles": plan.tile_ids}))
     commit_task(params, plan)  # only after the ingest succeeded
     resource = cubes_resource(params.ingest.out)
-    payload = {
+    payload = {  # events are stored by Prefect: the store's URL is redacted as in the resource id
         "tile_ids": list(plan.tile_ids),
-        "cubes": params.ingest.out,
+        "cubes": redact_url(params.ingest.out),
         "items": [i["id"] for i in plan.new_items],
     }
     emit_event(event=TILES_UPDATED_EVENT, resource=resource, payload=payload)
@@ -112,7 +112,9 @@ def refresh(params: RefreshParams) -> dict[str, Any]:
     retrain = should_retrain(0, min_new_items=params.retrain_min_new_items, items_since_training=since)
     if retrain:
         emit_event(
-            event=RETRAIN_EVENT, resource=resource, payload={"cubes": params.ingest.out, "new_items": since}
+            event=RETRAIN_EVENT,
+            resource=resource,
+            payload={"cubes": redact_url(params.ingest.out), "new_items": since},
         )
         bump_counter_task(params, 0, reset=True)
     publish_summary(

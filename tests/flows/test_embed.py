@@ -1,13 +1,38 @@
-"""The `embed` flow module: `retrain` reads the checkpoint a redacted pretrain result names."""
+"""The `embed` flow module: its task's result (persisted and shown by Prefect) names URLs without
+their credentials, and `retrain` reads the checkpoint a redacted pretrain result names."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from flows.embed import trained_checkpoint
+import flows.embed
+from flows.embed import EmbedParams, embed_task, trained_checkpoint
+from pipelines.embed import EmbedRequest
+from pipelines.embed.request import EmbedSummary, TileResult
+from pipelines.runs import TileStatus
 
 SECRETS = ("SECRETPW7", "SECRET123", "SECRET456")
 OUT = "https://user:SECRETPW7@h.example/emb?token=SECRET123&sig=SECRET456"
+
+
+def test_the_embed_task_returns_its_summary_without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_run(request: EmbedRequest) -> EmbedSummary:
+        failed = TileResult("31TGL_0_0", 0, TileStatus.FAILED, reason=f"cannot read {request.cubes}/x")
+        return EmbedSummary(out=request.out, version="v1", tiles=1, periods=["2023"], results=[failed],
+                            stac_collection=f"{request.out}/collection.json", notes=[f"cubes: {request.cubes}"])  # fmt: skip
+
+    monkeypatch.setattr(flows.embed, "run_embedding", fake_run)
+    cubes = OUT.replace("emb", "cubes")
+    params = EmbedParams(
+        checkpoint="m.safetensors", out=OUT, cubes=cubes, datetime="2023", tiles=("31TGL_0_0",)
+    )
+    summary = embed_task.fn(params)
+    text = json.dumps(summary, default=str)
+    assert not [s for s in SECRETS if s in text], text
+    assert summary["out"] == "https://***@h.example/emb?token=***&sig=***"
+    assert summary["results"][0]["status"] == TileStatus.FAILED and "cannot read https://***@" in text
 
 
 @pytest.mark.parametrize(

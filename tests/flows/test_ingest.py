@@ -51,3 +51,27 @@ def test_ingest_rerun_after_deletion_refills_the_store(prefect_harness: str, tmp
     third: dict[str, Any] = ingest(params)
     assert third["failed"] == 0
     assert CubeStore.open(str(out)).complete_tiles() == done
+
+
+def test_the_cube_task_returns_its_outcomes_without_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cube task's result is persisted by Prefect, and its reasons feed the run's summary
+    artifact and its failure message: a URL in them is redacted."""
+    import flows.ingest
+    from flows.ingest import IngestParams, cube_batch_task
+    from flows.params import AreaParams
+
+    secret_url = "https://user:SECRETPW7@h.example/a.tif?token=SECRET123"
+
+    def fake_build(items_url: str, tile_ids: list[str], spec: Any, out: str, options: Any) -> dict[str, Any]:
+        return {"out": out, "outcomes": [{"tile_id": tile_ids[0], "status": "failed", "reason": f"cannot read {secret_url}"}]}  # fmt: skip
+
+    monkeypatch.setattr(flows.ingest, "build_tiles", fake_build)
+    params = IngestParams(
+        collections=("sentinel-2-l2a",),
+        area=AreaParams(bbox=(5.0, 44.0, 6.0, 45.0), datetime="2023-01-01/2023-12-31"),
+        out="https://user:SECRETPW7@h.example/cubes?sig=SECRET456",
+    )
+    result = cube_batch_task.fn("items.ndjson", ["t1"], params)
+    text = json.dumps(result)
+    assert "SECRET" not in text, text
+    assert result["outcomes"][0]["reason"] == "cannot read https://***@h.example/a.tif?token=***"
