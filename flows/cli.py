@@ -6,8 +6,9 @@ such as torch, odc-stac or Prefect happen inside the commands).
 
 Errors: an :class:`~pipelines.errors.AOMError` escaping any verb is printed as ``error: <one line>``
 on stderr and the process exits with the error's ``exit_code`` (2 bad input, 1 a run that failed);
-the traceback is shown only with the global ``--debug`` flag (``aom --debug cubes ...``). Other
-exceptions are bugs and keep their traceback (exit 1). Error lines and tracebacks are redacted
+the traceback is shown only with the global ``--debug`` flag (``aom --debug cubes ...``). A storage
+or network failure no verb wrapped (``OSError``, an HTTP library's exception) is one line too, exit 1
+(the run failed; a rerun retries it). Other exceptions are bugs and keep their traceback (exit 1). Error lines and tracebacks are redacted
 like log lines (exception messages often name the URL that failed, token and all).
 """
 
@@ -52,9 +53,31 @@ def traceback_text(exc: BaseException) -> str:
     return redact_text("".join(traceback.format_exception(exc))).rstrip()
 
 
+# Exceptions of these libraries are transport failures (connection, HTTP status, timeout).
+_NETWORK_MODULES = ("requests.", "urllib3.", "aiohttp.", "botocore.", "s3fs.", "fsspec.", "httpx.")
+
+
+def is_access_failure(exc: BaseException) -> bool:
+    """An OS-level (storage, socket) or HTTP-library failure: the run failed and a rerun retries it."""
+    if isinstance(exc, OSError):
+        return True
+    return any(cls.__module__.startswith(_NETWORK_MODULES) for cls in type(exc).__mro__)
+
+
+def access_line(exc: BaseException) -> str:
+    """``error: <Type>: <message> (...)`` on one line for a storage or network failure."""
+    text = " ".join(redact_text(str(exc)).split())
+    kind = type(exc).__name__
+    return (
+        f"error: {kind}: {text or 'no message'} (a storage or network failure: the run failed; "
+        "rerun to retry, --debug shows the traceback)"
+    )
+
+
 class AOMGroup(TyperGroup):
-    """The root group: maps an :class:`AOMError` escaping a verb to one line and its exit code; any
-    other exception to its traceback and exit 1. Everything it prints is redacted
+    """The root group: maps an :class:`AOMError` escaping a verb to one line and its exit code, a
+    storage or network failure to one line and exit 1, any other exception to its traceback and
+    exit 1. Everything it prints is redacted
     (:func:`pipelines.redaction.redact_text`)."""
 
     def invoke(self, ctx: Any) -> Any:
@@ -76,6 +99,13 @@ class AOMGroup(TyperGroup):
         except (TyperException, typer.Exit, typer.Abort):
             raise
         except Exception as exc:
+            if is_access_failure(exc):
+                # storage or network failure no verb wrapped: a failed run (the rerun retries it), not
+                # a bug: one line, traceback only with --debug
+                if ctx.params.get("debug"):
+                    typer.echo(traceback_text(exc), err=True)
+                typer.echo(access_line(exc), err=True)
+                ctx.exit(EXIT_FAILED)
             # Not an error raised on purpose (a bug, or a library's failure no verb wraps yet): its
             # traceback as Python would print it, but redacted, since library messages name URLs.
             typer.echo(traceback_text(exc), err=True)
