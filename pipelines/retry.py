@@ -139,6 +139,39 @@ def call_with_retry(
             waited += wait
 
 
+_TRANSPORT_ERRORS = frozenset(
+    {
+        ("botocore.exceptions", "HTTPClientError"),  # connection closed or reset, read timeout
+        ("botocore.exceptions", "ConnectionError"),  # endpoint unreachable, connect timeout
+        ("aiohttp.client_exceptions", "ClientConnectionError"),
+        ("aiohttp.client_exceptions", "ClientPayloadError"),
+    }
+)
+
+
+def is_transient_storage_error(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) -> bool:
+    """Whether a storage client's error (s3fs/botocore, or a plain OS or network error) may pass on
+    a retry: an HTTP answer with a status in ``statuses`` (503 SlowDown, 500, ...), a timeout, a
+    connection refused, reset or closed. Any other HTTP answer is not (412 a failed condition, 403,
+    404), nor is an OS error without one (a local file system's). The exception's causes are looked
+    at too (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds the status)."""
+    link: BaseException | None = exc
+    for _ in range(4):
+        if link is None:
+            break
+        response = getattr(link, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status in statuses
+        if isinstance(link, TimeoutError | ConnectionError):
+            return True
+        if any((c.__module__, c.__name__) in _TRANSPORT_ERRORS for c in type(link).__mro__):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc).strip().replace("\n", " ")
     name = type(exc).__name__

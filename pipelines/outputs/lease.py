@@ -11,7 +11,8 @@ renamed away that is not the stale one (another run took the lease over first) i
 its name, never deleted. Local renewals write into the lease file the holder verified it owns (never
 over another run's) and count only when the name still refers to that file. A lease
 object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
-A holder that finds its lease taken (its renewal fails) marks it lost; writers check
+A holder that finds its lease taken (its renewal fails its condition, or transient storage errors
+outlast the lease's safe lifetime: see :meth:`Lease.renew`) marks it lost; writers check
 :meth:`Lease.check` before their completion record, so a run that lost its lease never records
 work another run may have rewritten.
 """
@@ -34,6 +35,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.errors import EXIT_FAILED, AOMError
+from pipelines.retry import RetryError, RetryPolicy, call_with_retry, is_transient_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,21 @@ not in it was abandoned, e.g. its release failed while storage was down)."""
 _now: Callable[[], float] = time.time
 """The wall clock of heartbeats and expiry (Unix seconds). Tests put a clock of their own here, so a
 loaded machine cannot age a lease the test means to be live."""
+_SAFE_FRACTION = 2 / 3
+"""A renewal that meets transient errors retries until this fraction of the lease's lifetime has
+passed since its last heartbeat: the third left is the margin before another run may take it over."""
+
+
+def _renew_policy(ttl_s: float, sleep: Callable[[float], None]) -> RetryPolicy:
+    """How a renewal on an object store retries transient errors (the deadline is the lease's own:
+    see :meth:`Lease.renew`; ``max_elapsed_s`` only bounds the waits when the clock stands still)."""
+    return RetryPolicy(
+        max_attempts=10_000,
+        initial_delay_s=ttl_s / 60,
+        max_delay_s=ttl_s / 12,
+        max_elapsed_s=ttl_s / 3,
+        sleep=sleep,
+    )
 
 
 class LeaseHeldError(AOMError, RuntimeError):
@@ -133,6 +150,8 @@ class Lease:
         self._etag: str | None = None
         self._held = False
         self._lost = False
+        self._beat = 0.0
+        """The heartbeat of the last lease object this run wrote (on :data:`_now`)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -332,20 +351,22 @@ class Lease:
     def _try_acquire(self) -> LeaseInfo | None:
         holder: LeaseInfo | None = None
         for _ in range(_ACQUIRE_TRIES):
-            if self._create(self._bytes(self._info())):
-                self._took()
+            mine = self._info()
+            if self._create(self._bytes(mine)):
+                self._took(mine.heartbeat)
                 return None
             seen = self.read()
             if seen is None:
                 continue  # released between the two calls: try again
             holder = seen
             if holder.owner == self.owner:
-                self._took()
+                self._took(holder.heartbeat)
                 return None
             if not holder.abandoned():
                 return holder
-            if self._take_over(holder, self._bytes(self._info())):
-                self._took()
+            mine = self._info()
+            if self._take_over(holder, self._bytes(mine)):
+                self._took(mine.heartbeat)
                 return None
         if holder is None:  # freed and taken again by others on every try
             raise LeaseHeldError(
@@ -354,8 +375,8 @@ class Lease:
             )
         return holder
 
-    def _took(self) -> None:
-        self._held, self._lost = True, False
+    def _took(self, heartbeat: float) -> None:
+        self._held, self._lost, self._beat = True, False, heartbeat
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0) -> None:
         """Take the lease, waiting up to ``wait_s`` for a live holder; LeaseHeldError after that."""
@@ -384,21 +405,57 @@ class Lease:
             time.sleep(poll_s)
 
     def renew(self) -> bool:
-        """Move the heartbeat forward; False (and the lease marked lost) when another run holds it."""
+        """Move the heartbeat forward; False (and the lease marked lost) when another run holds it.
+
+        On an object store a transient error (HTTP 5xx or 429, a timeout, a connection reset:
+        :func:`~pipelines.retry.is_transient_storage_error`) is retried with backoff for as long as
+        the lease is safely this run's: until less than a third of its lifetime is left after the last
+        heartbeat written. Only then is it lost; at once when the conditional write fails (another run
+        took it) or on any other storage error."""
         if self._local:
             return self._renew_local()
-        current = self.read()
-        if current is None or current.owner != self.owner:
-            self._lost = True
-            return False
-        data = self._bytes(self._info(current.acquired))
+        deadline = self._beat + self.ttl_s * _SAFE_FRACTION
+        sent: list[LeaseInfo] = []
+
+        def attempt() -> bool:
+            current = self.read()
+            if current is None or current.owner != self.owner:
+                return False
+            if sent and current == sent[-1]:  # an earlier attempt's PUT landed; its answer was lost
+                self._etag = self._remote_etag()
+                return True
+            sent.append(self._info(current.acquired))
+            out = self._fs.pipe_file(
+                self._path, self._bytes(sent[-1]), IfMatch=self._etag or self._remote_etag()
+            )
+            self._etag = _etag(out) or self._remote_etag()
+            return True
+
+        def retryable(exc: BaseException) -> bool:
+            return is_transient_storage_error(exc) and _now() < deadline and not self._stop.is_set()
+
+        def sleep(seconds: float) -> None:
+            self._stop.wait(seconds)  # release() does not wait for the backoff
+
         try:
-            out = self._fs.pipe_file(self._path, data, IfMatch=self._etag or self._remote_etag())
-        except OSError:
+            ok = call_with_retry(
+                attempt,
+                policy=_renew_policy(self.ttl_s, sleep),
+                is_retryable=retryable,
+                describe=f"renewal of lease {storage.redact_url(self.url)}",
+            )
+        except Exception as exc:
+            if not isinstance(exc, OSError | RetryError) and not is_transient_storage_error(exc):
+                raise
+            log.warning(
+                "lease %s lost: its renewal failed (%s)", storage.redact_url(self.url), type(exc).__name__
+            )
+            ok = False
+        if ok:
+            self._beat = sent[-1].heartbeat
+        else:
             self._lost = True
-            return False
-        self._etag = _etag(out) or self._remote_etag()
-        return True
+        return ok
 
     def check(self) -> None:
         """Raise LeaseLostError unless this run still holds the lease."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -269,3 +270,128 @@ def test_a_lease_another_thread_is_creating_or_releasing_is_not_taken_over(
     assert b.try_acquire() is None
     b.check()
     b.release()
+
+
+def _s3_answer(status: int, code: str) -> Callable[[], BaseException]:
+    """The error s3fs raises for an S3 error answer (an OSError caused by botocore's ClientError)."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    def make() -> BaseException:
+        answer = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+        return translate_boto_error(ClientError(answer, "PutObject"))  # type: ignore[arg-type]
+
+    return make
+
+
+def _connection_reset() -> BaseException:
+    from botocore.exceptions import ConnectionClosedError
+
+    return ConnectionClosedError(endpoint_url="http://s3")
+
+
+def _s3_lease(bucket: Any, ttl_s: float) -> Lease:
+    lease = Lease(bucket.url("s", "_leases", "t.json"), bucket.storage_options, ttl_s=ttl_s)
+    assert lease.try_acquire() is None  # no heartbeat thread: the test renews
+    return lease
+
+
+@pytest.mark.parametrize(
+    "error",
+    [_s3_answer(503, "SlowDown"), _s3_answer(500, "InternalError"), _connection_reset],
+    ids=["503-slowdown", "500-internal", "connection-reset"],
+)
+def test_a_transient_s3_error_in_a_renewal_is_retried_and_the_lease_kept(
+    s3_bucket: Any, clock: _Clock, monkeypatch: pytest.MonkeyPatch, error: Callable[[], BaseException]
+) -> None:
+    """One failed PUT of a heartbeat (an S3 hiccup past the client's own retries) marked the lease
+    lost: the run's tile was reported failed and redone. Now the renewal is retried and succeeds."""
+    lease = _s3_lease(s3_bucket, ttl_s=3.0)
+    put = lease._fs.pipe_file
+    calls: list[dict[str, Any]] = []
+
+    def fails_once(path: str, data: bytes, **kw: Any) -> Any:
+        calls.append(kw)
+        if len(calls) == 1:
+            raise error()
+        return put(path, data, **kw)
+
+    monkeypatch.setattr(lease._fs, "pipe_file", fails_once)
+    clock.t += 1.0  # the heartbeat is due
+    assert lease.renew() is True
+    assert len(calls) == 2 and all("IfMatch" in kw for kw in calls)  # still conditional
+    lease.check()
+    assert lease.read().heartbeat == clock.t  # type: ignore[union-attr]
+    lease.release()
+    assert lease.read() is None
+
+
+def test_a_renewal_whose_answer_was_lost_counts_once_it_landed(
+    s3_bucket: Any, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PUT landed but the connection broke before its answer: a retry with the old ETag would
+    fail its condition; the renewal sees its own heartbeat in place and keeps the lease."""
+    lease = _s3_lease(s3_bucket, ttl_s=3.0)
+    put = lease._fs.pipe_file
+    calls: list[dict[str, Any]] = []
+
+    def lands_then_resets(path: str, data: bytes, **kw: Any) -> Any:
+        calls.append(kw)
+        put(path, data, **kw)
+        if len(calls) == 1:
+            raise _connection_reset()
+
+    monkeypatch.setattr(lease._fs, "pipe_file", lands_then_resets)
+    clock.t += 1.0
+    assert lease.renew() is True
+    assert len(calls) == 1
+    clock.t += 1.0
+    assert lease.renew() is True  # with the new ETag
+    assert len(calls) == 2
+    lease.check()
+    lease.release()
+
+
+def test_a_renewal_that_fails_its_condition_loses_the_lease_at_once(
+    s3_bucket: Any, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = _s3_lease(s3_bucket, ttl_s=3.0)
+    put = lease._fs.pipe_file
+    calls: list[dict[str, Any]] = []
+    other = json.dumps({"owner": "other", "host": "h", "pid": 1, "acquired": 0, "heartbeat": 0, "ttl_s": 3})
+
+    def another_run_wrote_first(path: str, data: bytes, **kw: Any) -> Any:
+        calls.append(kw)
+        put(path, other.encode())  # another run replaced the object since this run's read
+        return put(path, data, **kw)
+
+    monkeypatch.setattr(lease._fs, "pipe_file", another_run_wrote_first)
+    clock.t += 1.0
+    assert lease.renew() is False
+    assert len(calls) == 1  # a failed condition (HTTP 412) is not retried
+    with pytest.raises(LeaseLostError):
+        lease.check()
+    lease.release()  # leaves the other run's lease
+    assert lease.read().owner == "other"  # type: ignore[union-attr]
+
+
+def test_a_renewal_gives_up_when_less_than_a_third_of_the_lifetime_is_left(
+    s3_bucket: Any, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = _s3_lease(s3_bucket, ttl_s=3.0)
+    start = clock.t
+    calls: list[float] = []
+
+    def always_busy(path: str, data: bytes, **kw: Any) -> Any:
+        calls.append(clock.t)
+        clock.t += 0.3  # each failed attempt takes a while
+        raise _s3_answer(503, "SlowDown")()
+
+    monkeypatch.setattr(lease._fs, "pipe_file", always_busy)
+    clock.t += 1.0
+    assert lease.renew() is False
+    # tried at +1.0, +1.3, +1.6 and +1.9 s; at +2.2 s less than a third of the 3 s lifetime was left
+    assert [round(t - start, 1) for t in calls] == [1.0, 1.3, 1.6, 1.9]
+    with pytest.raises(LeaseLostError):
+        lease.check()
+    lease.release()
