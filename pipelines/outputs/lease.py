@@ -8,8 +8,9 @@ heartbeat is older than its ``ttl_s`` (or whose process on this host is gone) be
 and may be taken over: on S3 by a PUT conditional on the stale object's ETag (``If-Match``), on
 local disk by renaming the stale file away (only one renamer wins) and creating a new one; a file
 renamed away that is not the stale one (another run took the lease over first) is linked back under
-its name, never deleted. Local renewals write into the lease file the holder verified it owns (never
-over another run's) and count only when the name still refers to that file. A lease
+its name, never deleted. A local renewal replaces the lease file with a whole new one (a reader never
+sees half a lease) under the lock of the file its holder verified it owns (a take-over takes that
+lock too), only while the name still refers to that file. A lease
 object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
 A holder that finds its lease taken (its renewal fails its condition, or transient storage errors
 outlast the lease's safe lifetime: see :meth:`Lease.renew`) marks it lost; writers check
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -45,6 +47,9 @@ _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
 _SETTLE_TRIES = 3
 _SETTLE_S = 0.02
 """A lease file moved aside by mistake is back within microseconds (see Lease._restore)."""
+_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EBADF}
+_LOCK_WAIT_S = 2.0
+"""A local renewal or take-over holds a lease file's lock for a few system calls (see _lock_file)."""
 _UNREADABLE = "unreadable"
 """The owner of a lease object whose content cannot be parsed (see :meth:`Lease.read`)."""
 _LIVE_OWNERS: set[str] = set()
@@ -54,20 +59,13 @@ _now: Callable[[], float] = time.time
 """The wall clock of heartbeats and expiry (Unix seconds). Tests put a clock of their own here, so a
 loaded machine cannot age a lease the test means to be live."""
 _SAFE_FRACTION = 2 / 3
-"""A renewal that meets transient errors retries until this fraction of the lease's lifetime has
-passed since its last heartbeat: the third left is the margin before another run may take it over."""
+"""A renewal retries transient errors until this fraction of the lease's lifetime has passed since
+its last heartbeat (:meth:`Lease.renew`): the third left is the margin before a take-over."""
 
 
 def _renew_policy(ttl_s: float, sleep: Callable[[float], None]) -> RetryPolicy:
-    """How a renewal on an object store retries transient errors (the deadline is the lease's own:
-    see :meth:`Lease.renew`; ``max_elapsed_s`` only bounds the waits when the clock stands still)."""
-    return RetryPolicy(
-        max_attempts=10_000,
-        initial_delay_s=ttl_s / 60,
-        max_delay_s=ttl_s / 12,
-        max_elapsed_s=ttl_s / 3,
-        sleep=sleep,
-    )
+    wait = ttl_s / 3  # bounds the waits alone, for a clock that stands still
+    return RetryPolicy(10_000, ttl_s / 60, ttl_s / 12, max_elapsed_s=wait, sleep=sleep)
 
 
 class LeaseHeldError(AOMError, RuntimeError):
@@ -150,8 +148,7 @@ class Lease:
         self._etag: str | None = None
         self._held = False
         self._lost = False
-        self._beat = 0.0
-        """The heartbeat of the last lease object this run wrote (on :data:`_now`)."""
+        self._beat = 0.0  # the heartbeat of the last lease object this run wrote
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -253,24 +250,20 @@ class Lease:
     def _take_over(self, stale: LeaseInfo, data: bytes) -> bool:
         """Replace an expired lease, only if it is still the one judged expired."""
         if self._local:
-            aside = f"{self._path}.stale-{uuid.uuid4().hex}"
-            try:
-                os.rename(self._path, aside)
+            try:  # an exclusive lock over NFS needs the file open for writing; another user's is not
+                fd = os.open(self._path, os.O_RDWR)
+            except PermissionError:
+                fd = os.open(self._path, os.O_RDONLY)
             except FileNotFoundError:
                 return False
-            try:
-                with open(aside, "rb") as fh:
-                    moved = _parse(fh.read()) or self._unreadable(aside)
-                if moved != stale:
-                    # another run took the stale lease over (or renewed it) since this run read it:
-                    # its lease goes back, and this run does not hold it. (It was deleted, and this
-                    # run created its own: two runs held the lease and wrote the same tile.)
-                    self._restore(aside)
+            try:  # locked, and still the file under the name: no renewal replaces it meanwhile
+                if _lock_file(fd) and not _is_named(fd, self._path):
                     return False
+                return self._take_over_local(stale, data)
+            except BlockingIOError:
+                return False
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(aside)
-            return self._create(data)
+                os.close(fd)
         etag = self._remote_etag()
         if etag is None or self.read() != stale:
             return False
@@ -281,11 +274,31 @@ class Lease:
         self._etag = _etag(out) or self._remote_etag()
         return True
 
+    def _take_over_local(self, stale: LeaseInfo, data: bytes) -> bool:
+        aside = f"{self._path}.stale-{uuid.uuid4().hex}"
+        try:
+            os.rename(self._path, aside)  # one renamer wins
+        except FileNotFoundError:
+            return False
+        try:
+            with open(aside, "rb") as fh:
+                moved = _parse(fh.read()) or self._unreadable(aside)
+            if moved != stale:
+                # another run took the stale lease over (or renewed it) since this run read it:
+                # its lease goes back, and this run does not hold it. (It was deleted, and this
+                # run created its own: two runs held the lease and wrote the same tile.)
+                self._restore(aside)
+                return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+        return self._create(data)
+
     def _restore(self, aside: str) -> None:
         """Put a lease moved aside by mistake back under its name, only if the name is still free
-        (an exclusive hard link: the same file, so its holder's in-place renewals keep landing in
-        it). When a third run created a lease in that instant, that run holds it; the moved lease's
-        holder finds out at its next renewal or :meth:`check`."""
+        (an exclusive hard link: the same file, which its holder's renewals still find theirs). When
+        a third run created a lease in that instant, that run holds it; the moved lease's holder
+        finds out at its next renewal or :meth:`check`."""
         try:
             os.link(aside, self._path)
             return
@@ -300,30 +313,51 @@ class Lease:
         log.warning("lease %s changed hands while it was restored", storage.redact_url(self.url))
 
     def _renew_local(self) -> bool:
-        """Renew in place, through the file this run verified it owns: the heartbeat is written into
-        that file only (never over a lease another run created under the name), and the renewal
-        counts only when the name still refers to that file afterwards. (A read, then an atomic
-        replace of the name, overwrote a lease another run had taken over in between.)"""
+        """Replace the lease file with a whole new one (a temporary sibling, then ``os.replace``: a
+        reader never sees a half-written lease), only while the name still refers to the file this
+        run verified it owns, under that file's lock (a take-over locks it too), so a renewal never
+        replaces a lease another run took over. (An in-place rewrite let a reader see the new JSON
+        followed by the old one's tail; a read, then an unlocked replace, overwrote a new holder.)"""
         for _ in range(_SETTLE_TRIES):
             try:
                 with open(self._path, "r+b") as fh:
                     current = _parse(fh.read())
                     if current is None or current.owner != self.owner:
                         break
-                    data = self._bytes(self._info(current.acquired))
-                    fh.seek(0)
-                    fh.write(data)
-                    fh.truncate()
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                    mine = os.fstat(fh.fileno()).st_ino
-                if os.stat(self._path).st_ino == mine:
-                    return True
+                    info = self._info(current.acquired)
+                    data = self._bytes(info)
+                    if _lock_file(fh.fileno()):
+                        done = self._replace_locked(fh.fileno(), data)
+                    else:  # no locks: in place (a reader may see a half-written lease)
+                        fh.seek(0)
+                        fh.write(data)
+                        fh.truncate()
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                        done = _is_named(fh.fileno(), self._path)
+                    if done:
+                        self._beat = info.heartbeat
+                        return True
             except FileNotFoundError:
                 pass  # moved aside an instant by a run that then puts it back (see _take_over)
             time.sleep(_SETTLE_S)
         self._lost = True
         return False
+
+    def _replace_locked(self, fd: int, data: bytes) -> bool:
+        tmp = storage.temp_name(self._path)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            if not _is_named(fd, self._path):
+                return False
+            os.replace(tmp, self._path)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
     def _read_settled(self) -> LeaseInfo | None:
         """:meth:`read`, looking again when the name is briefly free (see :meth:`_restore`)."""
@@ -407,11 +441,10 @@ class Lease:
     def renew(self) -> bool:
         """Move the heartbeat forward; False (and the lease marked lost) when another run holds it.
 
-        On an object store a transient error (HTTP 5xx or 429, a timeout, a connection reset:
-        :func:`~pipelines.retry.is_transient_storage_error`) is retried with backoff for as long as
-        the lease is safely this run's: until less than a third of its lifetime is left after the last
-        heartbeat written. Only then is it lost; at once when the conditional write fails (another run
-        took it) or on any other storage error."""
+        On an object store a transient error (:func:`~pipelines.retry.is_transient_storage_error`) is
+        retried with backoff while the lease is safely this run's: until less than a third of its
+        lifetime is left after the last heartbeat written. Only then is it lost; at once when the
+        conditional write fails (another run took it) or on any other storage error."""
         if self._local:
             return self._renew_local()
         deadline = self._beat + self.ttl_s * _SAFE_FRACTION
@@ -530,6 +563,32 @@ def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = Non
         if info is not None and info.owner not in _LIVE_OWNERS and not info.abandoned():
             held.append(info)
     return held
+
+
+def _lock_file(fd: int) -> bool:
+    """Lock the open lease file ``fd`` (``flock``: per open file, so two threads of one process
+    exclude each other too; released when it is closed). False where the file system has no locks;
+    ``BlockingIOError`` when another holds it for longer than :data:`_LOCK_WAIT_S`."""
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_SETTLE_S / 10)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            return False
+
+
+def _is_named(fd: int, path: str) -> bool:
+    try:  # the name still refers to the open file
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _etag(response: Any) -> str | None:

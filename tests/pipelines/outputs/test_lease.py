@@ -57,7 +57,7 @@ def _exercise(url: str, options: dict[str, Any] | None, clock: _Clock) -> None:
     clock.t += 10.0  # far past a's TTL: without a heartbeat its lease is abandoned now ...
     assert before is not None and before.expired()
     _until("a's heartbeat", lambda: a.read().heartbeat == clock.t)  # type: ignore[union-attr]
-    a._stop.set()  # (no renewal under way while b reads: a local one rewrites the file in place)
+    a._stop.set()  # no renewal after the one seen: b reads a's last heartbeat
     a._thread.join()  # type: ignore[union-attr]
     holder = b.try_acquire()  # ... but its heartbeat thread renewed it: still a's
     assert holder is not None and holder.owner == a.owner
@@ -395,3 +395,140 @@ def test_a_renewal_gives_up_when_less_than_a_third_of_the_lifetime_is_left(
     with pytest.raises(LeaseLostError):
         lease.check()
     lease.release()
+
+
+class _ReadsBetweenWrites:
+    """A file whose every write and truncate is followed by ``reader()`` (flushed first): a reader
+    that runs between any two steps of the lease's writer."""
+
+    def __init__(self, fh: Any, reader: Callable[[], None]) -> None:
+        self._fh, self._reader = fh, reader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> _ReadsBetweenWrites:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+    def write(self, data: bytes) -> int:
+        n = self._fh.write(data)
+        self._fh.flush()
+        self._reader()
+        return int(n)
+
+    def truncate(self, *args: Any) -> int:
+        n = self._fh.truncate(*args)
+        self._reader()
+        return int(n)
+
+
+def test_a_reader_never_sees_a_half_written_local_lease(
+    tmp_path: Path, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local renewal rewrote the lease file in place (write, then truncate): a reader in between
+    saw the new JSON followed by the tail of a longer old one, i.e. an unreadable lease (the holder's
+    own check() then failed: "lease taken"). Now a renewal replaces the file with a whole new one."""
+    import threading
+
+    url = tmp_path / "_leases" / "t.json"
+    lease = Lease(str(url), ttl_s=30)
+    assert lease.try_acquire() is None
+    torn: list[bytes] = []
+    reads = [0]
+
+    def reader() -> None:
+        data = url.read_bytes()  # the name always holds a whole lease
+        reads[0] += 1
+        if lease_mod._parse(data) is None:
+            torn.append(data)
+
+    monkeypatch.setattr(
+        lease_mod,
+        "open",
+        lambda *a, **k: _ReadsBetweenWrites(open(*a, **k), reader),  # noqa: SIM115 (closed by the wrapper)
+        raising=False,
+    )
+    stop = threading.Event()
+
+    def read_on() -> None:
+        while not stop.is_set():
+            reader()
+
+    concurrent = threading.Thread(target=read_on)
+    concurrent.start()
+    try:
+        start = clock.t
+        for i in range(200):  # heartbeats of alternating lengths: a shorter one leaves a tail
+            clock.t = start + i + (0.5 if i % 2 else 0.123456789)
+            assert lease.renew() is True
+    finally:
+        stop.set()
+        concurrent.join()
+    assert reads[0] > 200 and torn == []
+    assert lease.read().heartbeat == clock.t  # type: ignore[union-attr]
+    lease.check()
+    monkeypatch.setattr(lease_mod, "open", open, raising=False)
+    lease.release()
+    assert not url.parent.exists()  # no temporary file left behind
+
+
+def test_a_take_over_never_lands_between_a_renewals_check_and_its_replace(
+    tmp_path: Path, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal replaces the lease file only while it holds the file's lock; a take-over needs the
+    same lock. Without it, B could take over A's expired lease after A checked that the name was still
+    its file and before A's replace, which then overwrote B's fresh lease: two holders."""
+    import os
+
+    url = tmp_path / "_leases" / "t.json"
+    a, b = Lease(str(url), ttl_s=3), Lease(str(url), ttl_s=30)
+    assert a.try_acquire() is None
+    clock.t += 10  # A stalled: its lease expired, A does not know yet
+    monkeypatch.setattr(lease_mod, "_LOCK_WAIT_S", 0.05)
+    replace = os.replace
+    seen: list[Any] = []
+
+    def b_tries_first(src: Any, dst: Any) -> None:
+        if str(dst) == str(url) and not seen:
+            seen.append(b.try_acquire())
+        replace(src, dst)
+
+    monkeypatch.setattr(lease_mod.os, "replace", b_tries_first)
+    assert a.renew() is True
+    assert seen[0] is not None and seen[0].owner == a.owner  # B was refused: A renewed first
+    monkeypatch.setattr(lease_mod.os, "replace", replace)
+    a.check()
+    with pytest.raises(LeaseLostError):
+        b.check()
+    a.release()
+    b.release()
+    assert not url.parent.exists()
+
+
+def test_on_a_file_system_without_locks_renewals_and_take_overs_still_work(
+    tmp_path: Path, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """E.g. Lustre mounted without flock, NFS without a lock manager: renewals write in place."""
+    import errno
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lease_mod.fcntl, "flock", no_locks)
+    url = str(tmp_path / "_leases" / "t.json")
+    a, b = Lease(url, ttl_s=3), Lease(url, ttl_s=30)
+    assert a.try_acquire() is None
+    clock.t += 1
+    assert a.renew() is True
+    a.check()
+    clock.t += 10  # expired
+    assert b.try_acquire() is None
+    assert a.renew() is False
+    with pytest.raises(LeaseLostError):
+        a.check()
+    b.check()
+    a.release()
+    b.release()
