@@ -283,10 +283,10 @@ def write_json_atomic(url: str, obj: Any, storage_options: Mapping[str, Any] | N
 
 def read_json(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     fs, path = filesystem(url, storage_options)
-    return json.loads(fs.cat_file(path, **_one_get(fs)))  # one GET on an object store (no HEAD first)
+    return json.loads(fs.cat_file(path, **one_get(fs)))  # one GET on an object store (no HEAD first)
 
 
-def _one_get(fs: Any) -> dict[str, Any]:
+def one_get(fs: Any) -> dict[str, Any]:
     """``cat_file`` options for a single GET (s3fs otherwise asks for the size first, to split big reads)."""
     import inspect
 
@@ -420,7 +420,7 @@ def read_many(
 
     got: list[Any]
     if isinstance(fs, AsyncFileSystem):  # one GET each, no existence check first
-        coros = [fs._cat_file(p, **_one_get(fs)) for p in paths]
+        coros = [fs._cat_file(p, **one_get(fs)) for p in paths]
         got = sync(fs.loop, _run_coros_in_chunks, coros, batch_size=IO_CONCURRENCY, return_exceptions=True)
     else:
         got = []

@@ -173,7 +173,7 @@ class Lease:
                     data = fh.read()
             else:
                 self._fs.invalidate_cache(self._path)
-                data = self._fs.cat_file(self._path)
+                data = self._fs.cat_file(self._path, **storage.one_get(self._fs))  # a GET, no HEAD
             return _parse(data) or self._unreadable(self._path)
         except FileNotFoundError:
             return None

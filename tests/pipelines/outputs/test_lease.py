@@ -532,3 +532,25 @@ def test_on_a_file_system_without_locks_renewals_and_take_overs_still_work(
     b.check()
     a.release()
     b.release()
+
+
+def test_a_lease_on_s3_costs_one_request_per_read(s3_bucket: Any, clock: _Clock) -> None:
+    """Lease.read used a plain cat_file: s3fs asked for the size first (a HEAD), then the GET."""
+    from tests.services.s3 import RequestCounter
+
+    lease = _s3_lease(s3_bucket, ttl_s=30)
+    counter = RequestCounter(lease._fs)
+    key = f"{s3_bucket.name}/s/_leases/t.json"
+    with counter:
+        assert lease.read().owner == lease.owner  # type: ignore[union-attr]
+    assert counter.requests == [("GET", key)]
+    with counter:
+        lease.check()
+    assert counter.requests == [("GET", key)]
+    clock.t += 10
+    with counter:
+        assert lease.renew() is True
+    assert counter.requests == [("GET", key), ("PUT", key)]
+    with counter:
+        lease.release()
+    assert counter.requests == [("GET", key), ("DELETE", key)]
