@@ -10,7 +10,9 @@ The safety contract of every ``aom`` verb (``docs/safety.md``), in one place:
 - :mod:`pipelines.outputs.conventions`: georeferencing of Zarr outputs as the registered ``proj:`` /
   ``spatial:`` Zarr conventions, one builder for every store that writes a grid.
 - :mod:`pipelines.outputs.lease`: a lease (owner, heartbeat, expiry) taken by exclusive create on
-  local disk and on object storage, before anything is written under it.
+  local disk and on object storage, before anything is written under it; its local-disk file
+  protocol (exclusive create, rename-aside take-over, locked replace) is
+  :mod:`pipelines.outputs.lease_local`.
 """
 
 from pipelines.outputs.atomic import (

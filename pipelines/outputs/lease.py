@@ -10,8 +10,8 @@ local disk by renaming the stale file away (only one renamer wins) and creating 
 renamed away that is not the stale one (another run took the lease over first) is linked back under
 its name, never deleted. A local renewal replaces the lease file with a whole new one (a reader never
 sees half a lease) under the lock of the file its holder verified it owns (a take-over takes that
-lock too), only while the name still refers to that file. A lease
-object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
+lock too), only while the name still refers to that file (the local-disk primitives and their
+protocol: :mod:`pipelines.outputs.lease_local`). A lease object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
 A holder that finds its lease taken (its renewal fails its condition, or transient storage errors
 outlast the lease's safe lifetime: see :meth:`Lease.renew`) marks it lost; writers check
 :meth:`Lease.check` before their completion record, so a run that lost its lease never records
@@ -21,8 +21,6 @@ work another run may have rewritten.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -37,19 +35,13 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.errors import EXIT_FAILED, AOMError
+from pipelines.outputs import lease_local
 from pipelines.retry import RetryError, RetryPolicy, call_with_retry, is_transient_storage_error
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 120.0
 _ACQUIRE_TRIES = 5
-_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
-_SETTLE_TRIES = 3
-_SETTLE_S = 0.02
-"""A lease file moved aside by mistake is back within microseconds (see Lease._restore)."""
-_NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.EBADF}
-_LOCK_WAIT_S = 2.0
-"""A local renewal or take-over holds a lease file's lock for a few system calls (see _lock_file)."""
 _UNREADABLE = "unreadable"
 """The owner of a lease object whose content cannot be parsed (see :meth:`Lease.read`)."""
 _LIVE_OWNERS: set[str] = set()
@@ -187,57 +179,12 @@ class Lease:
         """Create the lease object with ``data``, only if none exists; a reader never sees it
         without its content (a run killed while creating one leaves at most a temporary sibling)."""
         if self._local:
-            return self._create_local(data)
+            return lease_local.create(self._path, data)
         try:
             out = self._fs.pipe_file(self._path, data, mode="create")
         except FileExistsError:
             return False
         self._etag = _etag(out) or self._remote_etag()
-        return True
-
-    def _create_local(self, data: bytes) -> bool:
-        # Content first, in a temporary sibling tagged with this pid, then a hard link to the lease
-        # name: link() fails when the name exists, so it is an exclusive create of a whole file.
-        # (O_EXCL on the lease name itself left an empty lease when the run was killed between
-        # the create and the write; the next run then believed it held the lease, built the tile
-        # and refused to record it, on every rerun.)
-        parent = os.path.dirname(self._path)
-        for _ in range(5):  # the folder may vanish between makedirs and the link (see release)
-            os.makedirs(parent, exist_ok=True)
-            storage.clean_stale_temps(self._path)
-            tmp = storage.temp_name(self._path)
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                try:
-                    os.link(tmp, self._path)
-                except OSError as exc:
-                    if exc.errno not in _NO_HARD_LINKS:
-                        raise
-                    return self._create_exclusive(data)
-                return True
-            except FileExistsError:
-                return False
-            except FileNotFoundError:
-                continue
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(tmp)
-        raise FileNotFoundError(parent)
-
-    def _create_exclusive(self, data: bytes) -> bool:
-        """``O_CREAT | O_EXCL`` then write, for file systems without hard links: a run killed
-        between the two leaves an unreadable lease (see :meth:`read`)."""
-        try:
-            fd = os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         return True
 
     def _remote_etag(self) -> str | None:
@@ -250,20 +197,7 @@ class Lease:
     def _take_over(self, stale: LeaseInfo, data: bytes) -> bool:
         """Replace an expired lease, only if it is still the one judged expired."""
         if self._local:
-            try:  # an exclusive lock over NFS needs the file open for writing; another user's is not
-                fd = os.open(self._path, os.O_RDWR)
-            except PermissionError:
-                fd = os.open(self._path, os.O_RDONLY)
-            except FileNotFoundError:
-                return False
-            try:  # locked, and still the file under the name: no renewal replaces it meanwhile
-                if _lock_file(fd) and not _is_named(fd, self._path):
-                    return False
-                return self._take_over_local(stale, data)
-            except BlockingIOError:
-                return False
-            finally:
-                os.close(fd)
+            return lease_local.take_over(self._path, stale, data, self._parse_file, self.url)
         etag = self._remote_etag()
         if etag is None or self.read() != stale:
             return False
@@ -274,98 +208,35 @@ class Lease:
         self._etag = _etag(out) or self._remote_etag()
         return True
 
-    def _take_over_local(self, stale: LeaseInfo, data: bytes) -> bool:
-        aside = f"{self._path}.stale-{uuid.uuid4().hex}"
-        try:
-            os.rename(self._path, aside)  # one renamer wins
-        except FileNotFoundError:
-            return False
-        try:
-            with open(aside, "rb") as fh:
-                moved = _parse(fh.read()) or self._unreadable(aside)
-            if moved != stale:
-                # another run took the stale lease over (or renewed it) since this run read it:
-                # its lease goes back, and this run does not hold it. (It was deleted, and this
-                # run created its own: two runs held the lease and wrote the same tile.)
-                self._restore(aside)
-                return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(aside)
-        return self._create(data)
-
-    def _restore(self, aside: str) -> None:
-        """Put a lease moved aside by mistake back under its name, only if the name is still free
-        (an exclusive hard link: the same file, which its holder's renewals still find theirs). When
-        a third run created a lease in that instant, that run holds it; the moved lease's holder
-        finds out at its next renewal or :meth:`check`."""
-        try:
-            os.link(aside, self._path)
-            return
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            if exc.errno not in _NO_HARD_LINKS:
-                raise
-            with open(aside, "rb") as fh:
-                if self._create_exclusive(fh.read()):
-                    return
-        log.warning("lease %s changed hands while it was restored", storage.redact_url(self.url))
+    def _parse_file(self, data: bytes, path: str) -> LeaseInfo:
+        return _parse(data) or self._unreadable(path)
 
     def _renew_local(self) -> bool:
-        """Replace the lease file with a whole new one (a temporary sibling, then ``os.replace``: a
-        reader never sees a half-written lease), only while the name still refers to the file this
-        run verified it owns, under that file's lock (a take-over locks it too), so a renewal never
-        replaces a lease another run took over. (An in-place rewrite let a reader see the new JSON
-        followed by the old one's tail; a read, then an unlocked replace, overwrote a new holder.)"""
-        for _ in range(_SETTLE_TRIES):
-            try:
-                with open(self._path, "r+b") as fh:
-                    current = _parse(fh.read())
-                    if current is None or current.owner != self.owner:
-                        break
-                    info = self._info(current.acquired)
-                    data = self._bytes(info)
-                    if _lock_file(fh.fileno()):
-                        done = self._replace_locked(fh.fileno(), data)
-                    else:  # no locks: in place (a reader may see a half-written lease)
-                        fh.seek(0)
-                        fh.write(data)
-                        fh.truncate()
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                        done = _is_named(fh.fileno(), self._path)
-                    if done:
-                        self._beat = info.heartbeat
-                        return True
-            except FileNotFoundError:
-                pass  # moved aside an instant by a run that then puts it back (see _take_over)
-            time.sleep(_SETTLE_S)
+        """See :func:`pipelines.outputs.lease_local.renew`: a renewal never replaces a lease another
+        run took over, and a reader never sees half a lease."""
+        beat: list[float] = []
+
+        def rewrite(data: bytes) -> bytes | None:
+            current = _parse(data)
+            if current is None or current.owner != self.owner:
+                return None
+            info = self._info(current.acquired)
+            beat.append(info.heartbeat)
+            return self._bytes(info)
+
+        if lease_local.renew(self._path, rewrite):
+            self._beat = beat[-1]
+            return True
         self._lost = True
         return False
 
-    def _replace_locked(self, fd: int, data: bytes) -> bool:
-        tmp = storage.temp_name(self._path)
-        try:
-            with open(tmp, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            if not _is_named(fd, self._path):
-                return False
-            os.replace(tmp, self._path)
-            return True
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-
     def _read_settled(self) -> LeaseInfo | None:
-        """:meth:`read`, looking again when the name is briefly free (see :meth:`_restore`)."""
-        for _ in range(_SETTLE_TRIES - 1):
+        """:meth:`read`, looking again when the name is briefly free (see :func:`lease_local.take_over`)."""
+        for _ in range(lease_local.SETTLE_TRIES - 1):
             info = self.read()
             if info is not None or not self._local:
                 return info
-            time.sleep(_SETTLE_S)
+            time.sleep(lease_local.SETTLE_S)
         return self.read()
 
     # ------------------------------------------------------------------ API
@@ -563,32 +434,6 @@ def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = Non
         if info is not None and info.owner not in _LIVE_OWNERS and not info.abandoned():
             held.append(info)
     return held
-
-
-def _lock_file(fd: int) -> bool:
-    """Lock the open lease file ``fd`` (``flock``: per open file, so two threads of one process
-    exclude each other too; released when it is closed). False where the file system has no locks;
-    ``BlockingIOError`` when another holds it for longer than :data:`_LOCK_WAIT_S`."""
-    deadline = time.monotonic() + _LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(_SETTLE_S / 10)
-        except OSError as exc:
-            if exc.errno not in _NO_LOCKS:
-                raise
-            return False
-
-
-def _is_named(fd: int, path: str) -> bool:
-    try:  # the name still refers to the open file
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
 
 
 def _etag(response: Any) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.outputs import Lease, LeaseHeldError, LeaseLostError
+from pipelines.outputs import Lease, LeaseHeldError, LeaseLostError, lease_local
 from pipelines.outputs import lease as lease_mod
 
 pytest_plugins = ["tests.services.fixtures"]
@@ -446,7 +446,7 @@ def test_a_reader_never_sees_a_half_written_local_lease(
             torn.append(data)
 
     monkeypatch.setattr(
-        lease_mod,
+        lease_local,
         "open",
         lambda *a, **k: _ReadsBetweenWrites(open(*a, **k), reader),  # noqa: SIM115 (closed by the wrapper)
         raising=False,
@@ -470,7 +470,7 @@ def test_a_reader_never_sees_a_half_written_local_lease(
     assert reads[0] > 200 and torn == []
     assert lease.read().heartbeat == clock.t  # type: ignore[union-attr]
     lease.check()
-    monkeypatch.setattr(lease_mod, "open", open, raising=False)
+    monkeypatch.setattr(lease_local, "open", open, raising=False)
     lease.release()
     assert not url.parent.exists()  # no temporary file left behind
 
@@ -487,7 +487,7 @@ def test_a_take_over_never_lands_between_a_renewals_check_and_its_replace(
     a, b = Lease(str(url), ttl_s=3), Lease(str(url), ttl_s=30)
     assert a.try_acquire() is None
     clock.t += 10  # A stalled: its lease expired, A does not know yet
-    monkeypatch.setattr(lease_mod, "_LOCK_WAIT_S", 0.05)
+    monkeypatch.setattr(lease_local, "_LOCK_WAIT_S", 0.05)
     replace = os.replace
     seen: list[Any] = []
 
@@ -496,10 +496,10 @@ def test_a_take_over_never_lands_between_a_renewals_check_and_its_replace(
             seen.append(b.try_acquire())
         replace(src, dst)
 
-    monkeypatch.setattr(lease_mod.os, "replace", b_tries_first)
+    monkeypatch.setattr(lease_local.os, "replace", b_tries_first)
     assert a.renew() is True
     assert seen[0] is not None and seen[0].owner == a.owner  # B was refused: A renewed first
-    monkeypatch.setattr(lease_mod.os, "replace", replace)
+    monkeypatch.setattr(lease_local.os, "replace", replace)
     a.check()
     with pytest.raises(LeaseLostError):
         b.check()
@@ -517,7 +517,7 @@ def test_on_a_file_system_without_locks_renewals_and_take_overs_still_work(
     def no_locks(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(lease_mod.fcntl, "flock", no_locks)
+    monkeypatch.setattr(lease_local.fcntl, "flock", no_locks)
     url = str(tmp_path / "_leases" / "t.json")
     a, b = Lease(url, ttl_s=3), Lease(url, ttl_s=30)
     assert a.try_acquire() is None
