@@ -11,7 +11,9 @@ renamed away that is not the stale one (another run took the lease over first) i
 its name, never deleted. A local renewal replaces the lease file with a whole new one (a reader never
 sees half a lease) under the lock of the file its holder verified it owns (a take-over takes that
 lock too), only while the name still refers to that file (the local-disk primitives and their
-protocol: :mod:`pipelines.outputs.lease_local`). A lease object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
+protocol: :mod:`pipelines.outputs.lease_local`). A release deletes only the holder's own lease,
+never one another run took over after its check: locally under the file's lock, on S3 conditional
+on the lease's ETag (``If-Match``). A lease object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
 A holder that finds its lease taken (its renewal fails its condition, or transient storage errors
 outlast the lease's safe lifetime: see :meth:`Lease.renew`) marks it lost; writers check
 :meth:`Lease.check` before their completion record, so a run that lost its lease never records
@@ -382,9 +384,10 @@ class Lease:
             return
         self._held = False
         try:  # live until deleted: another thread of this process must not take it over meanwhile
+            etag = None if self._local else self._etag or self._remote_etag()  # before the read
             holder = self.read()
             if holder is not None and holder.owner == self.owner:
-                self._fs.rm_file(self._path)
+                self._delete(etag)
         except Exception as exc:  # storage down (any client's error): the lease stays and counts as abandoned (see abandoned)
             log.warning("could not release lease %s: %s", storage.redact_url(self.url), type(exc).__name__)
         finally:
@@ -392,6 +395,37 @@ class Lease:
         if self._local:  # leave no empty lease folder behind (Zarr readers warn about it)
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(self._path))
+
+    def _delete(self, etag: str | None) -> None:
+        """Delete this run's lease, never one another run took over since it was read: locally under
+        the lease file's lock (:func:`pipelines.outputs.lease_local.release`), on S3 a DELETE
+        conditional on the ETag of the lease this run last wrote (``If-Match``, ``etag``; a store
+        that answers 501 to it, or has no ETags, gets a plain DELETE)."""
+        if self._local:
+            lease_local.release(self._path, self._is_mine)
+            return
+        if etag is None or not hasattr(self._fs, "call_s3"):  # no ETags, or not S3: as before
+            self._fs.rm_file(self._path)
+            return
+        bucket, key, _ = self._fs.split_path(self._path)
+        try:
+            self._fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            status = _http_status(exc)
+            if status == 501:  # no conditional deletes on this store
+                self._fs.rm_file(self._path)
+            elif status == 412:
+                log.info("lease %s changed hands before its release: kept", storage.redact_url(self.url))
+            else:
+                raise
+        finally:
+            self._fs.invalidate_cache(self._path)
+
+    def _is_mine(self, data: bytes) -> bool:
+        info = _parse(data)
+        return info is not None and info.owner == self.owner
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
@@ -440,4 +474,18 @@ def _etag(response: Any) -> str | None:
     if isinstance(response, Mapping):
         tag = response.get("ETag")
         return str(tag) if tag else None
+    return None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of an S3 error answer (s3fs raises an OSError caused by botocore's ClientError)."""
+    link: BaseException | None = exc
+    for _ in range(4):
+        if link is None:
+            return None
+        response = getattr(link, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return status if isinstance(status, int) else None
+        link = link.__cause__ or link.__context__
     return None

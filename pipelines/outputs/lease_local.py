@@ -17,6 +17,10 @@ The protocol on a local (or network) file system, one file per lease name:
   half a lease), holding the ``flock`` of the file read and only while the name still refers to it.
   The lock is the one a take-over takes, so neither lands between the other's check and its change.
   Where the file system has no locks (``ENOLCK``, ``ENOSYS``, ...), the renewal writes in place.
+- **Release** (:func:`release`): open the file under the name, take its ``flock``, check the name
+  still refers to it and that it is the holder's lease, then unlink the name while still holding
+  the lock: a take-over cannot land between the check and the delete, and a lease another run took
+  over before the lock is a different file, never deleted.
 
 The lock is ``flock``: per open file (threads of one process exclude each other too), held for a few
 system calls; a take-over that cannot get it within :data:`_LOCK_WAIT_S` is refused. What a lease
@@ -100,10 +104,8 @@ def _create_exclusive(path: str, data: bytes) -> bool:
 def take_over(path: str, stale: object, data: bytes, parse: Callable[[bytes, str], object], url: str) -> bool:
     """Replace the expired lease ``stale`` at ``path`` with ``data``, only if it is still the one
     judged expired (``parse(content, file)`` says what a file holds; ``url`` names it in logs)."""
-    try:  # an exclusive lock over NFS needs the file open for writing; another user's is not
-        fd = os.open(path, os.O_RDWR)
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = _open_to_lock(path)
     except FileNotFoundError:
         return False
     try:  # locked, and still the file under the name: no renewal replaces it meanwhile
@@ -187,6 +189,36 @@ def renew(path: str, rewrite: Callable[[bytes], bytes | None]) -> bool:
             pass  # moved aside an instant by a run that then puts it back (see take_over)
         time.sleep(SETTLE_S)
     return False
+
+
+def release(path: str, is_mine: Callable[[bytes], bool]) -> bool:
+    """Delete the lease file ``path`` if ``is_mine(its content)``: under the file's lock (a
+    take-over takes it too) and only while the name still refers to the file read, so a release
+    never deletes a lease another run took over. (A read, then an unlocked delete, removed the lease
+    a run had taken over in between: it went on writing without one.) ``BlockingIOError`` when
+    another run holds the lock for longer than :data:`_LOCK_WAIT_S`. Where the file system has no
+    locks, the check and the delete are two steps (a take-over between them is lost)."""
+    for _ in range(SETTLE_TRIES):
+        try:
+            fd = _open_to_lock(path)
+        except FileNotFoundError:
+            time.sleep(SETTLE_S)  # moved aside an instant by a run that then puts it back
+            continue
+        with os.fdopen(fd, "rb") as fh:  # the lock is the open file's: held until the delete is done
+            _lock_file(fd)
+            if _is_named(fd, path):
+                if not is_mine(fh.read()):
+                    return False
+                os.unlink(path)
+                return True
+    return False
+
+
+def _open_to_lock(path: str) -> int:
+    try:  # an exclusive lock over NFS needs the file open for writing; another user's is not
+        return os.open(path, os.O_RDWR)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
 
 
 def _replace_locked(path: str, fd: int, data: bytes) -> bool:

@@ -554,3 +554,103 @@ def test_a_lease_on_s3_costs_one_request_per_read(s3_bucket: Any, clock: _Clock)
     with counter:
         lease.release()
     assert counter.requests == [("GET", key), ("DELETE", key)]
+
+
+def _b_takes_over_after_as_read(a: Lease, b: Lease, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """A's release reads its lease, then B takes the (expired) lease over before A deletes."""
+    read = a.read
+    taken: list[Any] = []
+
+    def read_then_b_takes_over() -> Any:
+        info = read()
+        if not taken:
+            taken.append(b.try_acquire())
+        return info
+
+    monkeypatch.setattr(a, "read", read_then_b_takes_over)
+    return taken
+
+
+def test_a_release_never_deletes_a_lease_another_run_took_over(
+    tmp_path: Path, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled past its lease's TTL; A's release read the lease (still A's), B took it over, and
+    A's release deleted B's fresh lease (an unconditional delete after an unlocked read): B went on
+    writing while a third run could take the free lease. Now the local delete happens under the
+    file's lock, and only while the name still refers to the file A verified it owns."""
+    url = tmp_path / "_leases" / "t.json"
+    a, b = Lease(str(url), ttl_s=3), Lease(str(url), ttl_s=30)
+    assert a.try_acquire() is None
+    clock.t += 10  # A stalled: its lease expired, A does not know yet
+    taken = _b_takes_over_after_as_read(a, b, monkeypatch)
+    a.release()
+    assert taken == [None]  # B took the lease over between A's read and A's delete
+    assert b.read().owner == b.owner  # type: ignore[union-attr]
+    b.check()
+    b.release()
+    assert not url.parent.exists()
+
+
+def test_a_take_over_never_lands_between_a_releases_check_and_its_delete(
+    tmp_path: Path, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local release deletes under the lease file's lock, which a take-over needs too: B cannot
+    take A's expired lease over between A's last check and A's delete (the delete would remove B's)."""
+    import os
+
+    url = tmp_path / "_leases" / "t.json"
+    a, b = Lease(str(url), ttl_s=3), Lease(str(url), ttl_s=30)
+    assert a.try_acquire() is None
+    clock.t += 10
+    monkeypatch.setattr(lease_local, "_LOCK_WAIT_S", 0.05)
+    unlink = os.unlink
+    seen: list[Any] = []
+
+    def b_tries_first(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path) == str(url) and not seen:
+            seen.append(b.try_acquire())
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(lease_local.os, "unlink", b_tries_first)
+    a.release()
+    monkeypatch.setattr(lease_local.os, "unlink", unlink)
+    assert seen[0] is not None and seen[0].owner == a.owner  # B was refused: A was deleting
+    assert not url.exists()
+    with pytest.raises(LeaseLostError):
+        b.check()
+    assert b.try_acquire() is None
+    b.release()
+
+
+def test_a_release_on_s3_never_deletes_a_lease_another_run_took_over(
+    s3_bucket: Any, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on local disk: the DELETE is conditional on the ETag of the lease this run last wrote
+    (If-Match); a lease another run took over in between has another ETag and stays."""
+    a = _s3_lease(s3_bucket, ttl_s=3)
+    b = Lease(a.url, s3_bucket.storage_options, ttl_s=30)
+    clock.t += 10
+    taken = _b_takes_over_after_as_read(a, b, monkeypatch)
+    a.release()
+    assert taken == [None]
+    assert b.read().owner == b.owner  # type: ignore[union-attr]
+    b.check()
+    b.release()
+    assert b.read() is None
+
+
+def test_a_store_without_conditional_deletes_still_gets_its_lease_released(
+    s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3-compatible store that answers 501 NotImplemented to If-Match on DELETE: a plain DELETE."""
+    lease = _s3_lease(s3_bucket, ttl_s=30)
+    call_s3 = lease._fs.call_s3
+
+    def no_conditional_delete(method: str, **kwargs: Any) -> Any:
+        if method == "delete_object" and "IfMatch" in kwargs:
+            raise _s3_answer(501, "NotImplemented")()
+        return call_s3(method, **kwargs)
+
+    monkeypatch.setattr(lease._fs, "call_s3", no_conditional_delete)
+    lease.release()
+    assert lease.read() is None
