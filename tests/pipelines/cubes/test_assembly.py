@@ -13,6 +13,7 @@ import pytest
 import xarray as xr
 
 from pipelines.cubes import LAYOUT_VERSION, CubeStore, CubeStoreError, assemble_tile, write_cubes
+from pipelines.outputs.conventions import dataset_convention_attrs
 from pipelines.testing import make_item, reflectance_model
 from pipelines.tiling import TileGrid
 from tests.pipelines.cubes.support import (
@@ -150,6 +151,10 @@ def test_write_and_read_back(built: dict[str, Any]) -> None:
         expected = cube[key].load()
         ds = got[key].load()
         assert ds["reflectance"].dtype == np.float32
+        # the store adds the proj:/spatial: Zarr conventions (from the group's own grid mapping)
+        conventions = dataset_convention_attrs(expected)
+        assert {k: ds.attrs[k] for k in conventions} == conventions
+        ds.attrs = {k: v for k, v in ds.attrs.items() if k not in conventions}
         xr.testing.assert_identical(ds.drop_encoding(), expected.drop_encoding())
         assert ds.odc.geobox == tile.geobox(ds.attrs["gsd_m"])
     rec = store.record(tile.tile_id)
