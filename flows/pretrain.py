@@ -8,9 +8,10 @@ on the worker's machine: on the ``gpu`` work pool that is a Kubernetes job with 
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
-import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,9 @@ from flows.common import install_exit_bound
 from flows.params import StorageParams
 from pipelines.errors import RunFailedError
 from pipelines.redaction import redact_record
+
+if TYPE_CHECKING:
+    from aom_model.train import PretrainConfig
 
 
 class PretrainParams(BaseModel):
@@ -37,42 +41,47 @@ class PretrainParams(BaseModel):
     storage: StorageParams = StorageParams()
 
 
+def _config(params: PretrainParams, storage_options: dict[str, Any]) -> PretrainConfig:
+    from aom_model.train import PretrainConfig
+
+    return PretrainConfig(
+        cubes=params.cubes,
+        out=params.out,
+        model=params.config,
+        max_steps=params.max_steps,
+        batch_size=params.batch_size,
+        init=params.init,
+        resume=params.resume,
+        storage_options=storage_options,
+        progress=False,
+    )
+
+
 @task
 def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
-    from aom_model.train import PretrainConfig
     from pipelines.pretrain import pretrain
 
-    result = pretrain(
-        PretrainConfig(
-            cubes=params.cubes,
-            out=params.out,
-            model=params.config,
-            max_steps=params.max_steps,
-            batch_size=params.batch_size,
-            init=params.init,
-            resume=params.resume,
-            storage_options=params.storage.storage_options(),
-            progress=False,
-        )
-    ).to_dict()
+    result = pretrain(_config(params, params.storage.storage_options())).to_dict()
     return redact_record(result)  # a task's result is persisted and shown by Prefect
 
 
 @task
 def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
-    from aom_model.train import torchrun_command
+    from aom_model.train import launch_torchrun
 
-    args = ["--cubes", *params.cubes, "--out", params.out, "--config", params.config]
-    args += ["--max-steps", str(params.max_steps), "--batch-size", str(params.batch_size), "--no-progress"]
-    if params.init:
-        args += ["--init", params.init]
-    if params.resume:
-        args.append("--resume")
-    cmd = torchrun_command(
-        args, nproc_per_node=params.nproc_per_node, nnodes=params.nnodes, rdzv_endpoint=params.rdzv_endpoint
+    env = dict(os.environ)  # storage options as aom pretrain passes them: never on the command line
+    options = params.storage.storage_options()
+    if options:
+        env["AOM_STORAGE_OPTIONS"] = json.dumps(options)
+    # The configuration (URLs with their tokens) goes to the ranks in a private file (0600, removed
+    # when torchrun ends): a command line is readable by every user of the machine.
+    status, cmd = launch_torchrun(
+        _config(params, {}),
+        params.nproc_per_node,
+        env=env,
+        nnodes=params.nnodes,
+        rdzv_endpoint=params.rdzv_endpoint,
     )
-    # Storage credentials reach the ranks through the worker's environment (standard chain), never argv.
-    status = subprocess.run(cmd).returncode
     if status:  # not CalledProcessError: its message (the run's state message) holds the whole argv
         raise RunFailedError(f"torchrun exited with status {status}: {shlex.join(redact_record(cmd))}")
     return redact_record({"out": params.out, "command": cmd})  # persisted and shown by Prefect

@@ -19,7 +19,7 @@ from aom_model.train.distributed import torchrun_command
 from aom_model.train.engine import enable_activation_checkpointing, run_pretraining
 from aom_model.train.evaluate import evaluate_masked_band
 from aom_model.train.loader import ChipBatchDataset, RankSampler, TrainBatch, make_loader
-from aom_model.train.main import pretrain_torchrun_command
+from aom_model.train.main import launch_torchrun, pretrain_torchrun_command, write_config_file
 from aom_model.train.norm import NormStats, compute_norm_stats
 from aom_model.train.plan import EpochPlan, build_plan, epoch_plan
 from aom_model.train.schedule import WarmupCosine
@@ -47,8 +47,10 @@ __all__ = [
     "enable_activation_checkpointing",
     "epoch_plan",
     "evaluate_masked_band",
+    "launch_torchrun",
     "make_loader",
     "pretrain_torchrun_command",
     "run_pretraining",
     "torchrun_command",
+    "write_config_file",
 ]

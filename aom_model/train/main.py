@@ -13,7 +13,11 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Sequence
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from aom_model.train.config import PretrainConfig
@@ -38,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output URL: checkpoints, metrics, final model")
     p.add_argument("--config", default=None, help="model size: tiny | small | base")
     p.add_argument(
-        "--config-json", default=None, help="a PretrainConfig as JSON (a path or inline); flags override"
+        "--config-json",
+        default=None,
+        help="a PretrainConfig as JSON: a file path (how aom pretrain passes it: a command line is readable "
+        "by every user of the machine) or inline; flags override",
     )
     p.add_argument(
         "--resume", action="store_true", default=None, help="continue from out/checkpoints/latest.json"
@@ -137,11 +144,59 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     return PretrainConfig.from_dict(base)
 
 
-def pretrain_torchrun_command(cfg: PretrainConfig, nproc_per_node: int, **rendezvous: Any) -> list[str]:
-    """torchrun command line running ``cfg`` (``rendezvous``: nnodes, node_rank, rdzv_endpoint, rdzv_id).
-    Storage options are not put on the command line (they may carry credentials): pass them via the
-    environment (AWS_* etc.)."""
-    return torchrun_command(["--config-json", json.dumps(cfg.to_dict())], nproc_per_node, **rendezvous)
+CONFIG_FILE_NAME = "pretrain_config.json"
+"""The name of the launch's configuration file in its private folder (:func:`write_config_file`)."""
+
+
+def write_config_file(cfg: PretrainConfig) -> str:
+    """Write ``cfg.to_dict()`` (the real URLs, tokens and all: the ranks need them) to a new private
+    folder (``tempfile.mkdtemp``: mode 0700) as :data:`CONFIG_FILE_NAME` (created exclusively, mode
+    0600) and return its path, for ``--config-json PATH``. The configuration never goes on a command
+    line: every user of the machine can read a process's argv (``ps``, ``/proc/<pid>/cmdline``) and
+    schedulers log it. Storage options are not in it (``to_dict`` leaves them out); they reach the
+    ranks as ``$AOM_STORAGE_OPTIONS``. The caller removes the folder (:func:`private_config_file`)."""
+    folder = tempfile.mkdtemp(prefix="aom-pretrain-")
+    path = os.path.join(folder, CONFIG_FILE_NAME)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(cfg.to_dict(), fh)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return path
+
+
+@contextmanager
+def private_config_file(cfg: PretrainConfig) -> Iterator[str]:
+    """:func:`write_config_file`, and its folder removed when the block ends, also on failure."""
+    path = write_config_file(cfg)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def pretrain_torchrun_command(config_file: str, nproc_per_node: int, **rendezvous: Any) -> list[str]:
+    """torchrun command line running the configuration in ``config_file`` (a path, as
+    :func:`write_config_file` writes it; ``rendezvous``: nnodes, node_rank, rdzv_endpoint, rdzv_id).
+    Only the path goes on the command line: a configuration there (its URLs may carry tokens) would
+    be readable by every user of the machine."""
+    if not isinstance(config_file, str) or config_file.lstrip().startswith("{"):
+        raise TypeError(
+            "pretrain_torchrun_command takes the path of a configuration file (write_config_file)"
+        )
+    return torchrun_command(["--config-json", config_file], nproc_per_node, **rendezvous)
+
+
+def launch_torchrun(
+    cfg: PretrainConfig, nproc_per_node: int, env: Mapping[str, str] | None = None, **rendezvous: Any
+) -> tuple[int, list[str]]:
+    """Run ``cfg`` under torchrun and wait: the configuration in a :func:`private_config_file` (removed
+    when torchrun ends, also on failure), its path on the command line. -> (exit status, command)."""
+    with private_config_file(cfg) as path:
+        cmd = pretrain_torchrun_command(path, nproc_per_node, **rendezvous)
+        return subprocess.run(cmd, env=None if env is None else dict(env)).returncode, cmd
 
 
 def main(argv: Sequence[str] | None, opener: StoreOpener) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 
 import typer
 
@@ -80,7 +79,11 @@ def pretrain(
     rdzv_endpoint: str | None = typer.Option(None, "--rdzv-endpoint", help="host:port of the rendezvous."),
     rdzv_id: str = typer.Option("aom-pretrain", "--rdzv-id", help="Same id on every node of one job."),
     storage_options: list[str] = storage_options_option(" (e.g. an endpoint_url) for cubes and --out"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the torchrun command instead of running."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the torchrun command instead of running (its configuration in a private file, kept).",
+    ),
 ) -> None:
     """Pretrain AOM on cube stores: masked band reconstruction + multi-scale alignment.
 
@@ -88,7 +91,13 @@ def pretrain(
     With --nproc-per-node/--nnodes the same run is launched under torchrun (NCCL on GPU, gloo on CPU).
     """
     from aom_model.checkpoint import check_checkpoint_header
-    from aom_model.train import ChipConfig, PretrainConfig, pretrain_torchrun_command
+    from aom_model.train import (
+        ChipConfig,
+        PretrainConfig,
+        launch_torchrun,
+        pretrain_torchrun_command,
+        write_config_file,
+    )
     from aom_model.train.distributed import check_launch
     from pipelines.errors import check_device_available
     from pipelines.pretrain import pretrain as train_on_cubes
@@ -151,23 +160,24 @@ def pretrain(
         if cfg.init:  # its header, after check_start named a missing file or a folder
             check_checkpoint_header(cfg.init, options, "--init")
     if nproc_per_node > 1 or nodes > 1 or dry_run:
-        cmd = pretrain_torchrun_command(
-            cfg, nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id
-        )
-        if dry_run:
-            shown = [redact_text(arg) for arg in cmd]  # the configuration's URLs may carry tokens
-            typer.echo(shlex.join(shown))  # quoted: the printed line can be pasted into a shell
-            if shown != cmd:
-                typer.echo(
-                    "note: credentials in the URLs are shown as ***; put them back (or pass them as "
-                    "storage options / AWS_* variables) before running it",
-                    err=True,
-                )
+        rendezvous = {"nnodes": nnodes, "rdzv_endpoint": rdzv_endpoint, "rdzv_id": rdzv_id}
+        if dry_run:  # the configuration goes in a private file (0600), kept: the command runs as printed
+            path = write_config_file(cfg)
+            cmd = pretrain_torchrun_command(path, nproc_per_node, **rendezvous)
+            typer.echo(shlex.join([redact_text(arg) for arg in cmd]))  # quoted: it can be pasted as it is
+            typer.echo(
+                f"note: the configuration, URL credentials included, is in {path} (mode 0600, readable "
+                "only by you); the command reads it there (on every node: copy it to the same path), and "
+                "storage options are not in it (set $AOM_STORAGE_OPTIONS or AWS_* variables). Remove "
+                f"{os.path.dirname(path)} after the run.",
+                err=True,
+            )
             return
         env = dict(os.environ)
         if options:  # not on the command line (it may carry credentials)
             env[STORAGE_OPTIONS_ENV] = json.dumps(options)
-        raise typer.Exit(subprocess.call(cmd, env=env))
+        # the configuration (URLs with their tokens) in a private file, removed when torchrun ends
+        raise typer.Exit(launch_torchrun(cfg, nproc_per_node, env=env, **rendezvous)[0])
     result = train_on_cubes(cfg)
     typer.echo(f"{result.steps} steps, final loss {result.final_loss}, {result.samples_per_s:.1f} samples/s")
     typer.echo(f"model:   {redact_url(result.checkpoint)}")

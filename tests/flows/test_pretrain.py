@@ -5,7 +5,10 @@ their credentials. The task functions are called directly (``.fn``), without a P
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,15 +48,22 @@ def test_the_in_process_task_returns_its_result_without_credentials(monkeypatch:
 
 @pytest.mark.parametrize("status", [0, 3])
 def test_the_torchrun_task_names_its_command_without_credentials(
-    status: int, monkeypatch: pytest.MonkeyPatch
+    status: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     launched: list[list[str]] = []
+    config: list[dict[str, Any]] = []
 
     def fake_run(cmd: list[str], *args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         launched.append(cmd)
+        path = Path(cmd[cmd.index("--config-json") + 1])
+        assert (
+            stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        )
+        config.append(json.loads(path.read_text()))
         return subprocess.CompletedProcess(cmd, status)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     params = PARAMS.model_copy(update={"nproc_per_node": 2})
     if status:
         with pytest.raises(RunFailedError, match="torchrun exited with status 3") as info:
@@ -63,4 +73,7 @@ def test_the_torchrun_task_names_its_command_without_credentials(
         result = pretrain_torchrun.fn(params)
         assert not _leaked(result), result
         assert result["out"] == "https://***@h.example/runs/r1?token=***&sig=***"
-    assert OUT in launched[0] and CUBES in launched[0]  # the ranks still get the real URLs
+    assert not _leaked(launched[0]), launched[0]  # a command line is readable by every user (ps)
+    assert config[0]["out"] == OUT and config[0]["cubes"] == [CUBES]  # the ranks still get the real URLs
+    assert config[0]["init"] == f"{CUBES}/m.safetensors" and config[0]["progress"] is False
+    assert not list(tmp_path.iterdir())  # the private configuration file is removed

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from aom_model.train import (
     torchrun_command,
 )
 from aom_model.train.engine import token_m_for_step
+from aom_model.train.main import private_config_file
 from pipelines.errors import InputError
 from pipelines.pretrain import OPENER, pretrain
 from pipelines.testing import LANDSAT, write_synthetic_cubes
@@ -203,9 +205,10 @@ def test_two_gloo_processes_match_one_process(synthetic_cubes: str, tmp_path: Pa
     one, two = tmp_path / "one", tmp_path / "two"
     res = pretrain(_cfg(synthetic_cubes, one, max_steps=4, grad_accum=2, checkpoint_every=100))
     cfg2 = _cfg(synthetic_cubes, two, max_steps=4, grad_accum=1, checkpoint_every=100)
-    cmd = pretrain_torchrun_command(cfg2, nproc_per_node=2)
-    assert "--standalone" in cmd and "--nproc-per-node=2" in cmd
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=500, cwd=REPO)
+    with private_config_file(cfg2) as path:  # how aom pretrain passes the configuration
+        cmd = pretrain_torchrun_command(path, nproc_per_node=2)
+        assert "--standalone" in cmd and "--nproc-per-node=2" in cmd and cmd[-2:] == ["--config-json", path]
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=500, cwd=REPO)
     assert r.returncode == 0, r.stderr[-4000:]
     a, b = _losses(one), _losses(two)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
@@ -317,7 +320,9 @@ def test_config_round_trip_and_torchrun_command(tmp_path: Path) -> None:
         PretrainConfig(cubes=("a",), out=str(tmp_path), model="huge").model_config()
 
 
-def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path) -> None:
+def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
     import typer
     from typer.testing import CliRunner
 
@@ -330,6 +335,7 @@ def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path) -> None:
     def _root() -> None:  # keep "pretrain" as a sub-command
         pass
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where --dry-run keeps its configuration
     runner = CliRunner()
     r = runner.invoke(app, ["pretrain", "--help"])
     assert r.exit_code == 0
@@ -357,13 +363,17 @@ def test_cli_help_and_dry_run(synthetic_cubes: str, tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 0, r.output
-    assert (
-        "torch.distributed.run" in r.output and "--nproc-per-node=4" in r.output and "s3://b/c2" in r.output
-    )
-    assert "-m pipelines.pretrain --config-json" in r.output  # the composition with the cube store
-    argv = shlex.split(r.output)  # the printed line is shell-quoted: it can be pasted as it is
-    assert json.loads(argv[argv.index("--config-json") + 1])["model_overrides"]["layout"] == "joint"
-    assert '"align_weight": 0.1' in r.output and '"layout": "joint"' in r.output
+    assert "torch.distributed.run" in r.stdout and "--nproc-per-node=4" in r.stdout
+    assert "s3://b/c2" not in r.stdout  # the configuration is not on the command line: in a file
+    assert "-m pipelines.pretrain --config-json" in r.stdout  # the composition with the cube store
+    argv = shlex.split(r.stdout)  # the printed line is shell-quoted: it can be pasted as it is
+    path = Path(argv[argv.index("--config-json") + 1])  # a private file, kept for the printed command
+    assert path.parent.parent == tmp_path and path.parent.name.startswith("aom-pretrain-")
+    assert str(path) in r.stderr and oct(path.stat().st_mode & 0o777) == oct(0o600)
+    config = json.loads(path.read_text())
+    assert config["model_overrides"] == {"align_weight": 0.1, "layout": "joint"}
+    assert config["cubes"] == [synthetic_cubes, "s3://b/c2"]
+    shutil.rmtree(path.parent)
     r = runner.invoke(
         app,
         [

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import subprocess
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -131,7 +132,12 @@ def written(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_catalog: dict[str, Path]) -> Path:
+def run_dir(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    search_catalog: dict[str, Path],
+) -> Path:
     """The run's folder (and working directory), with a small GeoTIFF and a catalog of items to
     read, and the AWS canaries in the environment."""
     import numpy as np
@@ -141,6 +147,8 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, search_catalog: dic
     for name, value in _aws_env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
+    private = tmp_path_factory.mktemp("private")  # temporary files (pretrain --dry-run's kept config)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     profile = {"driver": "GTiff", "width": 16, "height": 16, "count": 4, "dtype": "uint16"}
     transform = from_origin(500_000, 5_000_000, 10, 10)
     with rasterio.open(tmp_path / "in.tif", "w", crs="EPSG:32631", transform=transform, **profile) as dst:
@@ -170,8 +178,10 @@ def test_no_credential_in_what_a_failing_verb_prints_logs_or_writes(
     assert escaped is None, (case, texts["traceback"])  # any failure ends in a redacted message
     if case == "pretrain-dry-run":  # the one case that runs to its end
         assert r.exit_code == 0, r.output
-        assert "https://***@" in r.stdout and "token=***&sig=***" in r.stdout
-        assert "credentials in the URLs are shown as ***" in r.stderr
+        # the configuration, real URLs and all, is in a private file (0600) the printed command names
+        (config,) = Path(tempfile.gettempdir()).glob("aom-pretrain-*/pretrain_config.json")
+        assert str(config) in r.stdout and oct(config.stat().st_mode & 0o777) == oct(0o600)
+        assert url("cubes") in config.read_text() and "readable only by you" in r.stderr
     else:
         assert r.exit_code in (EXIT_USAGE, EXIT_FAILED), (case, r.exit_code, r.output)
         assert r.stderr.strip(), case  # it said why
