@@ -52,6 +52,9 @@ class EmbedParams(BaseModel):
         None, description="Dask scheduler (default: $DASK_SCHEDULER_ADDRESS, else local workers)"
     )
     workers: int = Field(EmbedRequest.workers, ge=0, description="local parallel workers (0: in-process)")
+    max_attempts: int = Field(
+        EmbedRequest.max_attempts, ge=1, description="attempts per HTTP request of the catalog_url search"
+    )
     storage: StorageParams = StorageParams()
 
     _empty_is_none = empty_is_none("cubes", "catalog_url", "quantisation", "version", "dask_address")

@@ -17,6 +17,7 @@ from flows.params import AreaParams, StorageParams, empty_is_none
 from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.errors import RunFailedError
 from pipelines.registry import DEFAULT_CATALOG
+from pipelines.retry import RetryPolicy
 from pipelines.runs import TileStatus
 from pipelines.search import SearchRequest
 from pipelines.storage import redact_record, redact_url
@@ -41,6 +42,7 @@ class IngestParams(BaseModel):
         CubeRequest.composite,
         description="none: every acquisition; median: one stored median per tile and group (aom cubes --composite)",
     )
+    max_attempts: int = Field(5, ge=1, description="attempts per HTTP request of the catalog search")
     storage: StorageParams = StorageParams()
 
     @field_validator("collections", mode="before")
@@ -92,6 +94,7 @@ def search_task(params: IngestParams) -> SavedSearch:
             params.out,
             catalog_url=params.catalog_url,
             storage_options=params.storage.storage_options(),
+            retry=RetryPolicy(max_attempts=params.max_attempts),
         )
 
 

@@ -46,6 +46,17 @@ def workers_option(default: int, what: str = "", min_workers: int = 1) -> Any:
     return typer.Option(default, "--workers", "-w", min=min_workers, help=WORKERS_HELP.format(what=what))
 
 
+def max_attempts_option(what: str = "") -> Any:
+    """``--max-attempts``: attempts per HTTP request (``RetryPolicy.max_attempts``, the default 5),
+    one name, help and check (>= 1) in every verb that talks to a catalog (``what`` says which requests)."""
+    return typer.Option(
+        5,
+        "--max-attempts",
+        min=1,
+        help=f"Attempts per HTTP request{what} (429/5xx/timeouts are retried with backoff).",
+    )
+
+
 def storage_options(values: StorageOptionsInput, option: str = "--storage-options") -> dict[str, Any]:
     """``--storage-options`` values -> fsspec options (errors: one line, no value echoed)."""
     from pipelines.storage import parse_storage_options

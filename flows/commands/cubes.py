@@ -22,6 +22,7 @@ from flows.commands._options import (
     check_folder_url,
     csv_list,
     dask_address_option,
+    max_attempts_option,
     parse_bbox,
     storage_options,
     storage_options_option,
@@ -85,6 +86,7 @@ def cubes(
         "--missing-proj",
         help="Items without projection metadata: skip, or read_header (from the file).",
     ),
+    max_attempts: int = max_attempts_option(" of the --catalog-url search"),
     summary_json: str | None = typer.Option(
         None, "--summary-json", help="Also write the run summary here (JSON)."
     ),
@@ -126,6 +128,7 @@ def cubes(
     else:
         if not request.collections:
             raise InputError("--collections is required when searching a catalog (or give --items)")
+        from pipelines.retry import RetryPolicy
         from pipelines.search import SearchRequest, search
 
         found = search(
@@ -136,6 +139,7 @@ def cubes(
                 catalog=catalog or DEFAULT_CATALOG,
             ),
             catalog_url=catalog_url,
+            retry=RetryPolicy(max_attempts=max_attempts),
         )
         for note in found.notes:
             typer.echo(f"note: {note}")

@@ -21,6 +21,7 @@ from flows.commands._options import (
     check_folder_url,
     csv_list,
     dask_address_option,
+    max_attempts_option,
     read_aoi_file,
     storage_options_option,
     workers_option,
@@ -93,6 +94,7 @@ def embed(
     catalog: str = typer.Option(
         DEFAULT_CATALOG, "--catalog", help="Registry catalog of --catalog-url's collections (`aom sensors`)."
     ),
+    max_attempts: int = max_attempts_option(" of the --catalog-url search"),
     collections: str | None = typer.Option(
         None,
         "--collections",

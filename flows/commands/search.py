@@ -18,6 +18,7 @@ from flows.commands._options import (
     check_file_out,
     csv_list,
     json_arg,
+    max_attempts_option,
     parse_bbox,
     read_aoi_file,
     storage_options_option,
@@ -112,12 +113,7 @@ def search(
         help="Where to save the items: *.ndjson or *.parquet (stac-geoparquet); any fsspec URL.",
     ),
     storage_options: list[str] = storage_options_option(" (e.g. an S3 endpoint) for the catalog and --out"),
-    max_attempts: int = typer.Option(
-        5,
-        "--max-attempts",
-        min=1,
-        help="Attempts per HTTP request (429/5xx/timeouts are retried with backoff).",
-    ),
+    max_attempts: int = max_attempts_option(),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar while scanning."
     ),

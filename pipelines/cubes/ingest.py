@@ -14,6 +14,7 @@ from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, pla
 from pipelines.cubes.reading import fill_projection, header_cache_url
 from pipelines.cubes.run import write_cubes
 from pipelines.cubes.spec import CubeSpec
+from pipelines.retry import RetryPolicy
 from pipelines.search import SearchRequest, load_result, save_result, search
 from pipelines.storage import join
 
@@ -37,15 +38,20 @@ def search_and_save(
     catalog_url: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     catalog_storage_options: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> SavedSearch:
-    """Search and save the items under ``<out_url>/_search/<hash>.ndjson`` (content-addressed).
+    """Search and save the items under ``<out_url>/_search/<hash>.ndjson`` (content-addressed);
+    ``retry``: the policy of each catalog request (default: :class:`RetryPolicy`'s).
 
     ``out_url`` must be new, empty or a cube store aom wrote (checked before anything is written)."""
     from pipelines.outputs import OutputKind, claim_output
 
     claim_output(out_url, OutputKind.CUBES, storage_options=storage_options)
     result = search(
-        request, catalog_url=catalog_url, storage_options=dict(catalog_storage_options or {}) or None
+        request,
+        catalog_url=catalog_url,
+        storage_options=dict(catalog_storage_options or {}) or None,
+        retry=retry or RetryPolicy(),
     )
     digest = result.content_hash.split(":")[-1][:16]
     items_url = join(out_url, "_search", f"{digest}.ndjson")

@@ -143,6 +143,7 @@ def _search_items(
     from shapely.ops import unary_union
 
     from pipelines.embed.sources import padded_tile_obj
+    from pipelines.retry import RetryPolicy
     from pipelines.search import CatalogUnavailableError, SearchError, SearchRequest, search
 
     geom = unary_union([shape(padded_tile_obj(t, margin_m).footprint_wgs84()) for t in tiles])
@@ -158,6 +159,7 @@ def _search_items(
             ),
             catalog_url=request.catalog_url,
             storage_options=request.options_for(request.catalog_url) or None,
+            retry=RetryPolicy(max_attempts=request.max_attempts),
         )
     except CatalogUnavailableError as exc:  # a failed run (exit 1, rerun later), not bad input
         raise CatalogUnavailableError(f"catalog search failed: {exc}") from None

@@ -103,7 +103,8 @@ class EmbedRequest:
     ``storage_options`` are for ``out``; ``input_storage_options`` for cubes, catalog and
     checkpoint (default: the same); both also take the text forms of
     :func:`~pipelines.storage.parse_storage_options`. ``read_options`` are GDAL options for COG
-    reads. They are never logged nor recorded.
+    reads. They are never logged nor recorded. ``max_attempts``: attempts per HTTP request of the
+    ``catalog_url`` search (:class:`~pipelines.retry.RetryPolicy`; 1 = no retries).
     """
 
     checkpoint: str
@@ -135,6 +136,7 @@ class EmbedRequest:
     embedding: str = "position"
     quantisation: str | None = None
     max_in_flight: int | None = None
+    max_attempts: int = 5  # attempts per request of the catalog_url search (pipelines.retry.RetryPolicy)
     strip_mb: float = 64.0
     write_stac: bool = True
     progress: bool = True
@@ -173,6 +175,7 @@ class EmbedRequest:
         check_number("blend_tokens (--blend-tokens)", self.blend_tokens, minimum=0)
         check_number("strip_mb", self.strip_mb, above=0)
         check_number("max_in_flight", self.max_in_flight, minimum=1)
+        check_number("max_attempts (--max-attempts)", self.max_attempts, minimum=1)
         check_device("device (--device)", self.device)
         for name, url in (
             ("checkpoint", self.checkpoint),

@@ -210,6 +210,8 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         "tcp://scheduler:8786",
         "--workers",
         "3",
+        "--max-attempts",
+        "2",
         "--storage-options",
         "endpoint_url=http://127.0.0.1:9000",
         "--no-progress",
@@ -230,9 +232,11 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         version="v1",
         dask_address="tcp://scheduler:8786",
         workers=3,
+        max_attempts=2,
         storage=StorageParams(endpoint_url="http://127.0.0.1:9000"),
     ).request()
     assert seen == [flow] and flow.token_m == 80 and flow.embedding == "spectral"
+    assert flow.max_attempts == 2
     assert flow.quantisation == "int8-sqrt"
     assert (
         flow.storage_options == {"endpoint_url": "http://127.0.0.1:9000"} and flow.catalog == "earth-search"

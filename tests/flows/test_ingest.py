@@ -75,3 +75,32 @@ def test_the_cube_task_returns_its_outcomes_without_credentials(monkeypatch: pyt
     text = json.dumps(result)
     assert "SECRET" not in text, text
     assert result["outcomes"][0]["reason"] == "cannot read https://***@h.example/a.tif?token=***"
+
+
+def test_the_search_task_makes_max_attempts_requests(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``max_attempts`` of the flow (as `aom cubes --max-attempts`) bounds each catalog request: a
+    catalog answering 503 gets exactly that many requests, then the task fails."""
+    import contextlib
+
+    import flows.ingest
+    from flows.ingest import IngestParams, search_task
+    from flows.params import AreaParams
+    from pipelines.search import CatalogUnavailableError
+    from tests.pipelines.search.support import fake_api
+
+    monkeypatch.setattr(flows.ingest, "catalog_slot", contextlib.nullcontext)
+    with fake_api([], fail_always=503, retry_after="0") as api:
+        params = IngestParams(
+            collections=("sentinel-2-l2a",),
+            area=AreaParams(bbox=(5.0, 44.0, 6.0, 45.0), datetime="2023-01-01/2023-12-31"),
+            out=str(tmp_path / "cubes"),
+            catalog_url=api.url,
+            max_attempts=2,
+        )
+        with pytest.raises(CatalogUnavailableError, match="after 2 attempt"):
+            search_task.fn(params)
+        assert len(api.requests) == 2
+    with pytest.raises(ValueError, match="max_attempts"):
+        IngestParams(
+            **{**params.model_dump(exclude={"area", "storage"}), "area": params.area, "max_attempts": 0}
+        )

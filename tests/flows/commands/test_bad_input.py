@@ -128,6 +128,11 @@ CASES: list[tuple[str, Any, str]] = [
         "already exists and is not an aom search result",
     ),
     ("search-max-items", lambda d: _search(d, "--max-items", "0"), "--max-items"),
+    (
+        "search-max-attempts",
+        lambda d: _search(d, "--max-attempts", "0"),
+        "'--max-attempts': Input should be greater than or equal to 1",
+    ),
     ("search-aoi-list", lambda d: _search(d, "--aoi", str(d / "list.geojson")), "not GeoJSON: is 'list'"),
     (
         "search-aoi-fc",
@@ -150,6 +155,16 @@ CASES: list[tuple[str, Any, str]] = [
     ("cubes-composite", lambda d: _cubes(d, "--composite", "mean"), "none, median"),
     ("cubes-datetime", lambda d: _cubes(d, "--datetime", "2023-13-45"), "RFC 3339"),
     (
+        "cubes-max-attempts-0",
+        lambda d: _cubes(d, "--max-attempts", "0"),
+        "'--max-attempts': Input should be greater than or equal to 1",
+    ),
+    (
+        "cubes-max-attempts-text",
+        lambda d: _cubes(d, "--max-attempts", "many"),
+        "'--max-attempts': Input should be a valid integer",
+    ),
+    (
         "cubes-out-file",
         lambda d: ["cubes", "--items", "i.ndjson", "--out", str(d / "afile.txt")],
         "is a file",
@@ -168,6 +183,16 @@ CASES: list[tuple[str, Any, str]] = [
     ("cubes-workers", lambda d: _cubes(d, "--workers", "0"), "--workers"),
     # embed
     ("embed-lat-95", lambda d: _embed(d, aoi="0,95,1,96"), "latitudes must be within [-90, 90]"),
+    (
+        "embed-max-attempts-0",
+        lambda d: _embed(d, "--max-attempts", "0"),
+        "'--max-attempts': Input should be greater than or equal to 1",
+    ),
+    (
+        "embed-max-attempts-neg",
+        lambda d: _embed(d, "--max-attempts", "-3"),
+        "'--max-attempts': Input should be greater than or equal to 1",
+    ),
     ("embed-aoi-fc", lambda d: _embed(d, aoi=str(d / "fc_bad.geojson")), "not GeoJSON: features[0]"),
     ("embed-aoi-feature", lambda d: _embed(d, aoi=str(d / "feat_nogeom.geojson")), "needs a 'geometry'"),
     ("embed-aoi-list", lambda d: _embed(d, aoi=str(d / "list.geojson")), "not GeoJSON: is 'list'"),
