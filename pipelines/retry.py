@@ -149,6 +149,31 @@ _TRANSPORT_ERRORS = frozenset(
 )
 
 
+def _answer_status(exc: BaseException) -> tuple[bool, int | None]:
+    """Whether ``exc`` itself holds a storage client's HTTP answer (botocore's ``response``), and its
+    status when the answer has one."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False, None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return True, status if isinstance(status, int) else None
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a storage client's error answer, looked for along the exception's causes
+    (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds it); None when the
+    first answer found has none, or there is no answer."""
+    link: BaseException | None = exc
+    for _ in range(4):
+        if link is None:
+            return None
+        answered, status = _answer_status(link)
+        if answered:
+            return status
+        link = link.__cause__ or link.__context__
+    return None
+
+
 def is_transient_storage_error(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) -> bool:
     """Whether a storage client's error (s3fs/botocore, or a plain OS or network error) may pass on
     a retry: an HTTP answer with a status in ``statuses`` (503 SlowDown, 500, ...), a timeout, a
@@ -159,11 +184,9 @@ def is_transient_storage_error(exc: BaseException, statuses: frozenset[int] = RE
     for _ in range(4):
         if link is None:
             break
-        response = getattr(link, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(status, int):
-                return status in statuses
+        _, status = _answer_status(link)
+        if isinstance(status, int):
+            return status in statuses
         if isinstance(link, TimeoutError | ConnectionError):
             return True
         if any((c.__module__, c.__name__) in _TRANSPORT_ERRORS for c in type(link).__mro__):

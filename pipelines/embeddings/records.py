@@ -64,20 +64,12 @@ def remove_abandoned_tile_leases(root_url: str, storage_options: Mapping[str, An
     taken over as any writer would (:meth:`~pipelines.outputs.Lease.try_acquire`: only while still
     abandoned, never one a live run holds or has just taken over) and released. One listing of
     ``_leases/``; returns how many went."""
-    from pipelines.outputs import Lease, LeaseHeldError
+    from pipelines.outputs import LeaseHeldError
+    from pipelines.outputs.lease import folder_leases
 
     folder = storage.join(storage.normalise_url(root_url), LEASES_DIR)
-    fs, path = storage.filesystem(folder, storage_options)
-    fs.invalidate_cache(path)
-    try:
-        names = [str(n).rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
     removed = 0
-    for name in names:
-        if not name.startswith(TILE_LEASE_PREFIX) or not name.endswith(".json") or storage.is_temp_name(name):
-            continue
-        lease = Lease(storage.join(folder, name), storage_options)
+    for lease in folder_leases(folder, storage_options, prefix=TILE_LEASE_PREFIX):
         info = lease.read()
         if info is None or not info.abandoned():
             continue

@@ -38,7 +38,7 @@ from typing import Any
 from pipelines import storage
 from pipelines.errors import EXIT_FAILED, AOMError
 from pipelines.outputs import lease_local
-from pipelines.retry import RetryError, RetryPolicy, call_with_retry, is_transient_storage_error
+from pipelines.retry import RetryError, RetryPolicy, call_with_retry, http_status, is_transient_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ class Lease:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            status = _http_status(exc)
+            status = http_status(exc)
             if status == 501:  # no conditional deletes on this store
                 self._fs.rm_file(self._path)
             elif status == 412:
@@ -450,21 +450,32 @@ class Lease:
         self.release()
 
 
-def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = None) -> list[LeaseInfo]:
-    """The leases in ``folder_url`` (e.g. ``<store>/_leases``) that other live runs hold now: not
-    abandoned and not held by this process. A destructive step (``--overwrite``) under a live lease
-    would hollow out what that run is writing, so callers refuse it (:func:`remove_owned`)."""
+def folder_leases(
+    folder_url: str, storage_options: Mapping[str, Any] | None = None, prefix: str = ""
+) -> list[Lease]:
+    """The leases in ``folder_url`` (e.g. ``<store>/_leases``) whose names start with ``prefix``, by
+    name; temporaries and stale-aside files left out, none when the folder does not exist. One
+    listing, no lease read."""
     fs, path = storage.filesystem(folder_url, storage_options)
     fs.invalidate_cache(path)
     try:
         names = [posixpath.basename(str(n).rstrip("/")) for n in fs.ls(path, detail=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    return [
+        Lease(storage.join(folder_url, name), storage_options)
+        for name in sorted(names)
+        if name.startswith(prefix) and name.endswith(".json") and not storage.is_temp_name(name)
+    ]
+
+
+def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = None) -> list[LeaseInfo]:
+    """The leases in ``folder_url`` (e.g. ``<store>/_leases``) that other live runs hold now: not
+    abandoned and not held by this process. A destructive step (``--overwrite``) under a live lease
+    would hollow out what that run is writing, so callers refuse it (:func:`remove_owned`)."""
     held: list[LeaseInfo] = []
-    for name in sorted(names):
-        if not name.endswith(".json") or storage.is_temp_name(name):  # temporaries, stale-aside files
-            continue
-        info = Lease(storage.join(folder_url, name), storage_options).read()
+    for lease in folder_leases(folder_url, storage_options):
+        info = lease.read()
         if info is not None and info.owner not in _LIVE_OWNERS and not info.abandoned():
             held.append(info)
     return held
@@ -474,18 +485,4 @@ def _etag(response: Any) -> str | None:
     if isinstance(response, Mapping):
         tag = response.get("ETag")
         return str(tag) if tag else None
-    return None
-
-
-def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status of an S3 error answer (s3fs raises an OSError caused by botocore's ClientError)."""
-    link: BaseException | None = exc
-    for _ in range(4):
-        if link is None:
-            return None
-        response = getattr(link, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return status if isinstance(status, int) else None
-        link = link.__cause__ or link.__context__
     return None

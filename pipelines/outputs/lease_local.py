@@ -66,10 +66,7 @@ def create(path: str, data: bytes) -> bool:
         storage.clean_stale_temps(path)
         tmp = storage.temp_name(path)
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_synced(tmp, data)
             try:
                 os.link(tmp, path)
             except OSError as exc:
@@ -85,6 +82,14 @@ def create(path: str, data: bytes) -> bool:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
     raise FileNotFoundError(parent)
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    """Write ``data`` to the file ``path`` and flush it to the disk before returning."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _create_exclusive(path: str, data: bytes) -> bool:
@@ -224,10 +229,7 @@ def _open_to_lock(path: str) -> int:
 def _replace_locked(path: str, fd: int, data: bytes) -> bool:
     tmp = storage.temp_name(path)
     try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        _write_synced(tmp, data)
         if not _is_named(fd, path):
             return False
         os.replace(tmp, path)
