@@ -66,6 +66,14 @@ class ZoneGrid:
     def y_coords(self) -> np.ndarray:
         return self.y1 - (np.arange(self.shape[0], dtype=np.float64) + 0.5) * self.token_ground_m
 
+    def tile_x_coords(self) -> np.ndarray:
+        """Tile centres (m), west to east."""
+        return self.x0 + (np.arange(self.tile_shape[1], dtype=np.float64) + 0.5) * self.tile_size_m
+
+    def tile_y_coords(self) -> np.ndarray:
+        """Tile centres (m), north to south."""
+        return self.y1 - (np.arange(self.tile_shape[0], dtype=np.float64) + 0.5) * self.tile_size_m
+
     def tile_window(self, bounds: Sequence[float]) -> tuple[int, int, int, int]:
         """(row0, row1, col0, col1) token window of tile ``bounds``; raises if not on the tile grid."""
         minx, miny, maxx, maxy = (float(b) for b in bounds)

@@ -417,7 +417,7 @@ def ensure_zone(
     require_coord(
         group,
         "tile_x",
-        grid.x0 + (np.arange(tnx) + 0.5) * grid.tile_size_m,
+        grid.tile_x_coords(),
         shape=(tnx,),
         chunks=(tnx,),
         dtype="float64",
@@ -428,7 +428,7 @@ def ensure_zone(
     require_coord(
         group,
         "tile_y",
-        grid.y1 - (np.arange(tny) + 0.5) * grid.tile_size_m,
+        grid.tile_y_coords(),
         shape=(tny,),
         chunks=(tny,),
         dtype="float64",

@@ -100,8 +100,8 @@ def ensure_tile_group(
     )
     # the same values as the zone's tile_x/tile_y (ensure_zone), so from format 3 they align in a DataTree
     for name, axis, n, values in (
-        (dims[3], "x", tnx, grid.x0 + (np.arange(tnx) + 0.5) * s),
-        (dims[2], "y", tny, grid.y1 - (np.arange(tny) + 0.5) * s),
+        (dims[3], "x", tnx, grid.tile_x_coords()),
+        (dims[2], "y", tny, grid.tile_y_coords()),
     ):
         require_coord(
             group,

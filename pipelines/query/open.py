@@ -398,13 +398,14 @@ class Embeddings:
         goes through :meth:`dataset` then placed its output at the wrong place). Only the first and
         last values of the index coordinates xarray has already loaded are compared."""
         g = self.grid(epsg)
-        (ny, nx), (tny, tnx) = g.shape, g.tile_shape
-        tm, ts = g.token_ground_m, g.tile_size_m
+        grid_coords = {
+            "x": g.x_coords(),
+            "y": g.y_coords(),
+            "tile_x": g.tile_x_coords(),
+            "tile_y": g.tile_y_coords(),
+        }
         want: dict[str, tuple[int, float, float]] = {
-            "x": (nx, g.x0 + 0.5 * tm, g.x0 + (nx - 0.5) * tm),
-            "y": (ny, g.y1 - 0.5 * tm, g.y1 - (ny - 0.5) * tm),
-            "tile_x": (tnx, g.x0 + 0.5 * ts, g.x0 + (tnx - 0.5) * ts),
-            "tile_y": (tny, g.y1 - 0.5 * ts, g.y1 - (tny - 0.5) * ts),
+            name: (len(c), float(c[0]), float(c[-1])) for name, c in grid_coords.items()
         }
         if self.times:
             first, last = (parse_time(t).timestamp() for t in (self.times[0], self.times[-1]))

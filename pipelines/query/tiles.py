@@ -50,10 +50,8 @@ def tile_vectors(emb: Embeddings, epsg: int, time: TimeLike = None) -> TileVecto
     ti = emb.time_index(time)
     epsg = int(epsg)
     g = emb.grid(epsg)
-    s = emb.version.tile_size_m
     tny, tnx = g.tile_shape
-    xs = g.x0 + (np.arange(tnx) + 0.5) * s
-    ys = g.y1 - (np.arange(tny) + 0.5) * s
+    xs, ys = g.tile_x_coords(), g.tile_y_coords()
     store = zarr_store(emb.url, emb.storage_options, read_only=True)
     try:
         arr: Any = zarr.open_array(store=store, path=f"{emb.name}/{epsg}/{TILES_GROUP}/vectors", mode="r")
