@@ -8,8 +8,6 @@ on the worker's machine: on the ``gpu`` work pool that is a Kubernetes job with 
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 from typing import TYPE_CHECKING, Any
 
@@ -69,16 +67,12 @@ def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
 def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
     from aom_model.train import launch_torchrun
 
-    env = dict(os.environ)  # storage options as aom pretrain passes them: never on the command line
-    options = params.storage.storage_options()
-    if options:
-        env["AOM_STORAGE_OPTIONS"] = json.dumps(options)
     # The configuration (URLs with their tokens) goes to the ranks in a private file (0600, removed
-    # when torchrun ends): a command line is readable by every user of the machine.
+    # when torchrun ends) and the storage options in their environment, as aom pretrain passes them:
+    # a command line is readable by every user of the machine.
     status, cmd = launch_torchrun(
-        _config(params, {}),
+        _config(params, params.storage.storage_options()),
         params.nproc_per_node,
-        env=env,
         nnodes=params.nnodes,
         rdzv_endpoint=params.rdzv_endpoint,
     )

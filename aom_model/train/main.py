@@ -136,13 +136,17 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         if getattr(args, flag) is not None:
             chips[key] = getattr(args, flag)
     base["chips"] = chips
-    so_text = args.storage_options or os.environ.get("AOM_STORAGE_OPTIONS")
+    so_text = args.storage_options or os.environ.get(STORAGE_OPTIONS_ENV)
     if so_text:
         base["storage_options"] = parse_storage_options(so_text)
     if not base.get("cubes") or not base.get("out"):
         raise SystemExit("--cubes and --out are required (directly or in --config-json)")
     return PretrainConfig.from_dict(base)
 
+
+STORAGE_OPTIONS_ENV = "AOM_STORAGE_OPTIONS"
+"""The environment variable that carries the storage options to the ranks (JSON; never on argv, never in
+the configuration file: :func:`launch_torchrun`)."""
 
 CONFIG_FILE_NAME = "pretrain_config.json"
 """The name of the launch's configuration file in its private folder (:func:`write_config_file`)."""
@@ -154,7 +158,7 @@ def write_config_file(cfg: PretrainConfig) -> str:
     0600) and return its path, for ``--config-json PATH``. The configuration never goes on a command
     line: every user of the machine can read a process's argv (``ps``, ``/proc/<pid>/cmdline``) and
     schedulers log it. Storage options are not in it (``to_dict`` leaves them out); they reach the
-    ranks as ``$AOM_STORAGE_OPTIONS``. The caller removes the folder (:func:`private_config_file`)."""
+    ranks as :data:`STORAGE_OPTIONS_ENV` (:func:`launch_torchrun`). The caller removes the folder (:func:`private_config_file`)."""
     folder = tempfile.mkdtemp(prefix="aom-pretrain-")
     path = os.path.join(folder, CONFIG_FILE_NAME)
     try:
@@ -193,10 +197,18 @@ def launch_torchrun(
     cfg: PretrainConfig, nproc_per_node: int, env: Mapping[str, str] | None = None, **rendezvous: Any
 ) -> tuple[int, list[str]]:
     """Run ``cfg`` under torchrun and wait: the configuration in a :func:`private_config_file` (removed
-    when torchrun ends, also on failure), its path on the command line. -> (exit status, command)."""
+    when torchrun ends, also on failure), its path on the command line, and ``cfg.storage_options`` in
+    the ranks' environment (:data:`STORAGE_OPTIONS_ENV`; ``env``: the environment to add them to, the
+    process's own by default). -> (exit status, command)."""
+    run_env = None if env is None else dict(env)
+    if cfg.storage_options:  # readable by this user only, unlike a command line
+        run_env = {
+            **(os.environ if run_env is None else run_env),
+            STORAGE_OPTIONS_ENV: json.dumps(cfg.storage_options),
+        }
     with private_config_file(cfg) as path:
         cmd = pretrain_torchrun_command(path, nproc_per_node, **rendezvous)
-        return subprocess.run(cmd, env=None if env is None else dict(env)).returncode, cmd
+        return subprocess.run(cmd, env=run_env).returncode, cmd
 
 
 def main(argv: Sequence[str] | None, opener: StoreOpener) -> int:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from typing import Any
 
 import typer
 
 from flows.commands._options import check_folder_url, storage_options_option
-
-STORAGE_OPTIONS_ENV = "AOM_STORAGE_OPTIONS"
-"""Storage options from the environment when --storage-options is not given (as torchrun workers
-read them, ``aom_model.train.main``)."""
 
 
 def pretrain(
@@ -99,6 +96,7 @@ def pretrain(
         write_config_file,
     )
     from aom_model.train.distributed import check_launch
+    from aom_model.train.main import STORAGE_OPTIONS_ENV
     from pipelines.errors import check_device_available
     from pipelines.pretrain import pretrain as train_on_cubes
     from pipelines.storage import parse_storage_options, redact_text, redact_url
@@ -160,7 +158,7 @@ def pretrain(
         if cfg.init:  # its header, after check_start named a missing file or a folder
             check_checkpoint_header(cfg.init, options, "--init")
     if nproc_per_node > 1 or nodes > 1 or dry_run:
-        rendezvous = {"nnodes": nnodes, "rdzv_endpoint": rdzv_endpoint, "rdzv_id": rdzv_id}
+        rendezvous: dict[str, Any] = {"nnodes": nnodes, "rdzv_endpoint": rdzv_endpoint, "rdzv_id": rdzv_id}
         if dry_run:  # the configuration goes in a private file (0600), kept: the command runs as printed
             path = write_config_file(cfg)
             cmd = pretrain_torchrun_command(path, nproc_per_node, **rendezvous)
@@ -168,16 +166,14 @@ def pretrain(
             typer.echo(
                 f"note: the configuration, URL credentials included, is in {path} (mode 0600, readable "
                 "only by you); the command reads it there (on every node: copy it to the same path), and "
-                "storage options are not in it (set $AOM_STORAGE_OPTIONS or AWS_* variables). Remove "
+                f"storage options are not in it (set ${STORAGE_OPTIONS_ENV} or AWS_* variables). Remove "
                 f"{os.path.dirname(path)} after the run.",
                 err=True,
             )
             return
-        env = dict(os.environ)
-        if options:  # not on the command line (it may carry credentials)
-            env[STORAGE_OPTIONS_ENV] = json.dumps(options)
-        # the configuration (URLs with their tokens) in a private file, removed when torchrun ends
-        raise typer.Exit(launch_torchrun(cfg, nproc_per_node, env=env, **rendezvous)[0])
+        # the configuration (URLs with their tokens) in a private file, removed when torchrun ends; the
+        # storage options in the ranks' environment
+        raise typer.Exit(launch_torchrun(cfg, nproc_per_node, **rendezvous)[0])
     result = train_on_cubes(cfg)
     typer.echo(f"{result.steps} steps, final loss {result.final_loss}, {result.samples_per_s:.1f} samples/s")
     typer.echo(f"model:   {redact_url(result.checkpoint)}")
