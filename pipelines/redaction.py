@@ -105,6 +105,11 @@ def redact_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+MASK = "***"
+"""What stands for a secret value in everything written: redacted URLs, logs, options, saved hrefs
+(where an access rule such as ``api-key`` reads it as "fill the key in here")."""
+
+
 def redact_url(url: str) -> str:
     """Strip user:password, the values of signature, token and credential query parameters
     (:func:`redact_params`, the list log redaction uses too) and registered secret values
@@ -135,7 +140,7 @@ def unsign_url(url: str) -> str:
         low = unquote_plus(name).lower()
         if low in SIGNED_URL_PARAMS or low.startswith(SIGNED_URL_PREFIXES):
             continue
-        kept.append(f"{name}=***" if low in CREDENTIAL_PARAMS and value else part)
+        kept.append(f"{name}={MASK}" if low in CREDENTIAL_PARAMS and value else part)
     clean = "&".join(kept)
     return base + (f"?{clean}" if clean else "") + hash_ + fragment
 

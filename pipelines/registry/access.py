@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 
 from pipelines.errors import RunFailedError
-from pipelines.redaction import register_secret
+from pipelines.redaction import MASK, register_secret
 from pipelines.registry.model import AccessSpec, Registry, host_matches
 from pipelines.retry import RETRY_STATUSES, RetryPolicy, call_with_retry
 
@@ -253,10 +253,6 @@ def resolve_access(
     return access
 
 
-MASKED = "***"
-"""The value a saved href keeps for a credential parameter (:func:`pipelines.redaction.unsign_url`)."""
-
-
 def _query_keys(spec: AccessSpec, where: str) -> tuple[tuple[str, str], ...]:
     """``(parameter, key)`` of every ``query_env`` entry from the environment, or AccessDeniedError
     naming the variables that are not set. Each key is registered with log redaction."""
@@ -286,7 +282,7 @@ def _fill_query(href: str, keys: tuple[tuple[str, str], ...]) -> str:
             if unquote_plus(pname).lower() != name.lower():
                 continue
             found = True
-            if unquote_plus(pvalue) in ("", MASKED):
+            if unquote_plus(pvalue) in ("", MASK):  # masked as saved searches keep it (unsign_url)
                 parts[i] = f"{pname}={quote(value, safe='')}"
         if not found:
             parts.append(f"{name}={quote(value, safe='')}")
