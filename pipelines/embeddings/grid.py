@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,14 @@ class ZoneGrid:
 
     def y_coords(self) -> np.ndarray:
         return self.y1 - (np.arange(self.shape[0], dtype=np.float64) + 0.5) * self.token_ground_m
+
+    def token_centres(self, rows: Any, cols: Any) -> tuple[Any, Any]:
+        """(x, y) in metres of the centres of the tokens at ``rows``, ``cols`` (numbers or arrays,
+        fractional allowed)."""
+        return (
+            self.x0 + (np.asarray(cols, dtype=np.float64) + 0.5) * self.token_ground_m,
+            self.y1 - (np.asarray(rows, dtype=np.float64) + 0.5) * self.token_ground_m,
+        )
 
     def tile_x_coords(self) -> np.ndarray:
         """Tile centres (m), west to east."""

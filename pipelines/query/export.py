@@ -347,8 +347,7 @@ def tokens_geoparquet(
         r = g.token_ground_m
         window = windows[epsg]
         rows, cols = np.mgrid[r0:r1, c0:c1]
-        xs = g.x0 + (cols + 0.5) * r
-        ys = g.y1 - (rows + 0.5) * r
+        xs, ys = g.token_centres(rows, cols)
         keep = np.isfinite(window[..., 0])
         bx, by = Transformer.from_crs(epsg, crs_obj, always_xy=True).transform(xs, ys)
         keep &= (bx >= box[0]) & (bx <= box[2]) & (by >= box[1]) & (by <= box[3])

@@ -274,8 +274,7 @@ def _centres_in(of: np.ndarray, zone: int, grids: Mapping[int, ZoneGrid]) -> tup
             continue
         at = of[:, 0] == other
         h = grids[int(other)]
-        x = h.x0 + (of[at, 2] + 0.5) * h.token_ground_m
-        y = h.y1 - (of[at, 1] + 0.5) * h.token_ground_m
+        x, y = h.token_centres(of[at, 1], of[at, 2])
         sx, sy = Transformer.from_crs(int(other), zone, always_xy=True).transform(x, y)
         sx, sy = np.asarray(sx, np.float64), np.asarray(sy, np.float64)
         ok = np.isfinite(sx) & np.isfinite(sy)

@@ -405,8 +405,7 @@ def _search_group(
         keep[r.row0 - r0 : r.row0 - r0 + nt, r.col0 - c0 : r.col0 - c0 + nt] = True
     if aoi is not None or exclude is not None:
         g = emb.grid(epsg)
-        xs = g.x0 + (np.arange(c0, c1) + 0.5) * g.token_ground_m
-        ys = g.y1 - (np.arange(r0, r1) + 0.5) * g.token_ground_m
+        xs, ys = g.token_centres(np.arange(r0, r1), np.arange(c0, c1))
         xx, yy = np.meshgrid(xs, ys)
         if aoi is not None:
             (minx, miny, maxx, maxy), aoi_crs = aoi
@@ -524,8 +523,7 @@ def similar(
     tiles = emb.tiles(ti)
     for i in range(best.size):
         g = emb.grid(int(epsgs[i]))
-        xs[i] = g.x0 + (cols[i] + 0.5) * g.token_ground_m
-        ys[i] = g.y1 - (rows[i] + 0.5) * g.token_ground_m
+        xs[i], ys[i] = g.token_centres(rows[i], cols[i])
         lo_, la_ = Transformer.from_crs(int(epsgs[i]), 4326, always_xy=True).transform(xs[i], ys[i])
         lons[i], lats[i] = lo_, la_
         tid = next(
