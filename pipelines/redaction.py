@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -158,13 +159,26 @@ def redact_record(value: Any) -> Any:
     return value
 
 
+ANYWHERE_MIN_LEN = 6
+"""A registered secret this long or longer is replaced wherever it appears; a shorter one (``true``,
+``1``, a 4-character key) would mask ordinary words, so it is replaced only as a whole value: of a
+URL query parameter (``?code=k3Y9&``, whatever the parameter is called) or of a secret-looking
+option (``secret='k3Y9'``, ``"token": "k3Y9"``, ``password=k3Y9``: :func:`is_secret_option`).
+URL ``user:password@`` is masked whole by the userinfo rule, whatever its length."""
+
+_SHORT_SECRETS: set[str] = set()
+
+
 def register_secret(value: Any) -> None:
-    """Also replace this literal value (and its base64 forms in ``user:value`` pairs are caught by
-    the header rule) in every log line and redacted URL; used for storage-option secrets and the
-    API keys of ``api-key`` access rules."""
+    """Also replace this literal value in every log line and redacted URL (its base64 forms in
+    ``user:value`` pairs are caught by the header rule); used for storage-option secrets and the
+    API keys of ``api-key`` access rules. A value shorter than :data:`ANYWHERE_MIN_LEN` is replaced
+    only where it is a whole parameter or option value."""
     text = str(value) if value is not None else ""
-    if len(text) >= 6:  # short values (true, 1, us-west-2 ...) would redact ordinary words
+    if len(text) >= ANYWHERE_MIN_LEN:
         _SECRET_VALUES.add(text)
+    elif text and text != MASK:
+        _SHORT_SECRETS.add(text)
 
 
 def redact_text(text: str) -> str:
@@ -177,8 +191,23 @@ def redact_text(text: str) -> str:
 
 def _without_secret_values(text: str) -> str:
     for secret in tuple(_SECRET_VALUES):
-        text = text.replace(secret, "***")
+        text = text.replace(secret, MASK)
+    if _SHORT_SECRETS:
+        text = _short_value_pattern(frozenset(_SHORT_SECRETS)).sub(r"\g<before>" + MASK, text)
     return text
+
+
+@lru_cache(maxsize=8)
+def _short_value_pattern(secrets: frozenset[str]) -> re.Pattern[str]:
+    """The short registered secrets as whole values (:data:`ANYWHERE_MIN_LEN`): after ``?name=`` /
+    ``&name=`` (any name), or after a secret-looking name and ``=`` or ``:`` (quoted or not); the
+    value must end there (``&``, ``#``, a quote, a space, a separator or the end of the text)."""
+    values = _alternation(secrets)
+    option = r"(?<![\w-])[\w-]*(?i:" + _SECRET_OPTION_KEYS.pattern + r")[\w-]*['\"]?\s*[=:]\s*"
+    return re.compile(
+        r"(?P<before>(?:[?&][^=&#\s'\"<>]+=|" + option + r")(?P<quote>['\"]?))"
+        r"(?:" + values + r")(?=(?P=quote)(?:[&#\s,;'\"<>)}\]]|$))"
+    )
 
 
 class RedactingFilter(logging.Filter):

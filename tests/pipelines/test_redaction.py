@@ -103,3 +103,32 @@ def test_redact_record_redacts_every_string_value() -> None:
         "b": {"c": "s3://***@b/k"},
         "key": 3,
     }
+
+
+@pytest.fixture
+def fresh_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registered secrets of this test only (registration is process-wide)."""
+    import pipelines.redaction as redaction
+
+    monkeypatch.setattr(redaction, "_SECRET_VALUES", set())
+    monkeypatch.setattr(redaction, "_SHORT_SECRETS", set(), raising=False)
+
+
+@pytest.mark.usefixtures("fresh_secrets")
+def test_a_short_registered_secret_is_masked_where_it_is_a_whole_value() -> None:
+    """A secret shorter than 6 characters (an API key under a parameter name no list knows, a short
+    storage-option secret) was never registered, so ``?code=k3Y9`` kept it in URLs and logs. It is
+    now masked as the whole value of a query parameter or of a secret-looking option, and nowhere
+    else (a short value masked anywhere would mask ordinary words)."""
+    from pipelines.redaction import register_secret
+
+    register_secret("k3Y9")
+    url = "https://h/x.tif?code=k3Y9&page=2#f"
+    assert redact_url(url) == "https://h/x.tif?code=***&page=2#f"
+    assert redact_url("https://h/x.tif?a=1&code=k3Y9") == "https://h/x.tif?a=1&code=***"
+    assert redact_text(f"GET {url} -> 403") == "GET https://h/x.tif?code=***&page=2#f -> 403"
+    for option in ("S3FileSystem(secret='k3Y9', anon=False)", '{"token": "k3Y9"}', "password=k3Y9 ok"):
+        assert "k3Y9" not in redact_text(option) and "***" in redact_text(option), option
+    # anywhere else it is ordinary text: a word, part of a longer value, a non-secret option
+    line = "tile k3Y9 of k3Y9x: ?code=k3Y9x&v=ak3Y9 region=k3Y9 https://h/k3Y9/x.tif"
+    assert redact_text(line) == line and redact_url(line) == line

@@ -113,6 +113,21 @@ def test_api_keys_fill_masked_or_missing_parameters_of_the_named_hosts_only(
         assert secret not in shown and enc not in shown and "k-123456" not in shown, shown
 
 
+def test_a_short_api_key_is_redacted_under_any_parameter_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key shorter than 6 characters was not registered with redaction: under a parameter name
+    no list knows (``code``) it showed in redacted URLs and log lines."""
+    import pipelines.redaction as redaction
+    from pipelines.redaction import redact_text, redact_url
+
+    monkeypatch.setattr(redaction, "_SHORT_SECRETS", set(), raising=False)
+    monkeypatch.setenv("AOM_TEST_CODE", "Zq7x")
+    access = resolve_access(_api_key_registry({"code": "AOM_TEST_CODE"}), "keyed")  # type: ignore[arg-type]
+    signed = access.sign("https://a.data.example/x.tif?v=1")
+    assert signed == "https://a.data.example/x.tif?v=1&code=Zq7x"
+    assert redact_url(signed) == "https://a.data.example/x.tif?v=1&code=***"
+    assert redact_text(f"GDAL: opening {signed} failed") == f"GDAL: opening {redact_url(signed)} failed"
+
+
 def test_a_missing_api_key_variable_is_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AOM_TEST_KEY", "k-123456")
     monkeypatch.setenv("AOM_TEST_TOKEN", "  ")  # blank is not a key
