@@ -16,7 +16,17 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
-_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"<>]+@")
+_NOT_IN_AUTHORITY = r"\s/\"<>\\^`{|}"
+_USERINFO = re.compile(
+    rf"://(?:[^{_NOT_IN_AUTHORITY}?#\[\]]+"
+    rf"|[^{_NOT_IN_AUTHORITY}?#\[\]:@]*:(?!\d*[?#])[^{_NOT_IN_AUTHORITY}?#@]*[?#][^{_NOT_IN_AUTHORITY}]*)@"
+)
+"""The ``user:password@`` of a URL, in a URL or anywhere in a line (:func:`redact_userinfo`, the
+one rule of URL, log and href redaction): from ``://`` to the last ``@`` of the authority, which
+ends at ``/``, ``?``, ``#``, whitespace or a character no URL holds (``"``, ``<``, ``>`` ...);
+so a password may hold ``@`` or ``'`` unencoded, and an ``@`` in a path or query is no userinfo.
+A password with an unencoded ``?`` or ``#`` after ``user:`` (a client reads it as a port) is
+masked too; ``host:443?q=a@b`` (digits, then the query) is a port."""
 _SECRET_HEADER = re.compile(
     r"(?i)((?:proxy-)?authorization|x-amz-security-token|x-api-key|api-key|cookie|set-cookie"
     r"|ocp-apim-subscription-key)(['\"]?\s*[:=,]\s*(?-i:b)?['\"]?)[^'\"\r\n]+"
@@ -115,11 +125,12 @@ def redact_url(url: str) -> str:
     """Strip user:password, the values of signature, token and credential query parameters
     (:func:`redact_params`, the list log redaction uses too) and registered secret values
     (:func:`register_secret`: an access rule's API key, whatever its parameter is called) from a URL."""
-    url = re.sub(r"://[^/@]+@", "://***@", url)
-    return _without_secret_values(redact_params(url))
+    return _without_secret_values(redact_params(redact_userinfo(url)))
 
 
-_HREF_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]+@")
+def redact_userinfo(text: str) -> str:
+    """``text`` (a URL or a line) with every URL ``user:password@`` replaced by ``***@``."""
+    return _USERINFO.sub("://" + MASK + "@", text)
 
 
 def unsign_url(url: str) -> str:
@@ -130,7 +141,7 @@ def unsign_url(url: str) -> str:
     ``access_token`` ...) replaced by ``***`` as :func:`redact_url` does, so the saved href shows
     that it needed one; ``user:password@`` becomes ``***@``. Every other parameter is kept as
     written (no re-encoding); a URL without a secret comes back unchanged."""
-    out = _HREF_USERINFO.sub(r"\1***@", url)
+    out = redact_userinfo(url)
     base, question, rest = out.partition("?")
     if not question:
         return out
@@ -184,7 +195,7 @@ def register_secret(value: Any) -> None:
 def redact_text(text: str) -> str:
     """A line safe to log: URL user:password, auth headers, signature/token parameters and
     registered secret values replaced by ``***``."""
-    text = _URL_USERINFO.sub(r"\1***@", text)
+    text = redact_userinfo(text)
     text = _SECRET_HEADER.sub(r"\1\2***", text)
     return _without_secret_values(redact_params(text))
 

@@ -132,3 +132,45 @@ def test_a_short_registered_secret_is_masked_where_it_is_a_whole_value() -> None
     # anywhere else it is ordinary text: a word, part of a longer value, a non-secret option
     line = "tile k3Y9 of k3Y9x: ?code=k3Y9x&v=ak3Y9 region=k3Y9 https://h/k3Y9/x.tif"
     assert redact_text(line) == line and redact_url(line) == line
+
+
+USERINFO = [
+    # (URL, the URL with its user:password masked): the same for URLs, log lines and saved hrefs
+    ("s3://user:pass@bucket/k.tif", "s3://***@bucket/k.tif"),
+    ("https://u:p@h/x?y", "https://***@h/x?y"),
+    ("http://u:p@[::1]:8080/x", "http://***@[::1]:8080/x"),
+    ("https://ghp_tok@github.com/o/r", "https://***@github.com/o/r"),
+    # an '@' in the password, unencoded: clients take the last '@' (all three kept 'ss')
+    ("https://user:p@ss@host/x.tif", "https://***@host/x.tif"),
+    # a quote is a valid userinfo character (the log rule stopped there and kept it all)
+    ("https://bob:it's@h/x.tif", "https://***@h/x.tif"),
+    # a '#' in the password, unencoded (the href rule kept it)
+    ("https://u:p#ss@h/x.tif", "https://***@h/x.tif"),
+    # a URL inside a GDAL path or inside a query (the href rule looked at the start only)
+    ("/vsicurl/https://u:pw@h/x.tif", "/vsicurl/https://***@h/x.tif"),
+    ("https://h/x.tif?next=s3://u:pw@b/k", "https://h/x.tif?next=s3://***@b/k"),
+    # no userinfo: an '@' in the path or the query of a URL without a path (the URL and log rules
+    # masked the host: 'https://***@x.org')
+    ("https://h/path/a@b.tif", "https://h/path/a@b.tif"),
+    ("s3://bucket/users/a@b.com/f.tif", "s3://bucket/users/a@b.com/f.tif"),
+    ("https://example.org?email=me@x.org", "https://example.org?email=me@x.org"),
+    ("http://[::1]:8080?x=a@b", "http://[::1]:8080?x=a@b"),
+    ("https://h:443?to=a@b", "https://h:443?to=a@b"),
+]
+
+
+@pytest.mark.parametrize(("url", "masked"), USERINFO)
+def test_url_log_and_href_redaction_mask_the_same_userinfo(url: str, masked: str) -> None:
+    """redact_url, redact_text and unsign_url had three userinfo patterns: each kept a password
+    another masked, or masked a host. One pattern: from '://' to the last '@' of the authority."""
+    assert redact_url(url) == masked
+    assert redact_text(f"GET {url} -> 403") == f"GET {masked} -> 403"
+    assert redact_text(f"'{url}'") == f"'{masked}'"
+    assert unsign_url(url) == masked
+
+
+def test_userinfo_in_text_stops_at_the_url() -> None:
+    """A space ends the URL: redact_url masked 'example.org: ask admin' in this reason."""
+    line = "cannot open https://example.org: ask admin@example.org <- s3://k:SECRET@b/x"
+    expected = "cannot open https://example.org: ask admin@example.org <- s3://***@b/x"
+    assert redact_url(line) == expected and redact_text(line) == expected
