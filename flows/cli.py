@@ -8,8 +8,11 @@ Errors: an :class:`~pipelines.errors.AOMError` escaping any verb is printed as `
 on stderr and the process exits with the error's ``exit_code`` (2 bad input, 1 a run that failed);
 the traceback is shown only with the global ``--debug`` flag (``aom --debug cubes ...``). A storage
 or network failure no verb wrapped (``OSError``, an HTTP library's exception) is one line too, exit 1
-(the run failed; a rerun retries it). Other exceptions are bugs and keep their traceback (exit 1). Error lines and tracebacks are redacted
-like log lines (exception messages often name the URL that failed, token and all).
+(the run failed; a rerun retries it). Other exceptions are bugs and keep their traceback (exit 1). A click
+error (a usage error, a bad option value, ``FileError``, any ``ClickException``), also one raised while
+the root options are parsed, is one ``error:`` line as well, with click's exit code (2 for usage and
+bad input). Error lines and tracebacks are redacted like log lines (exception messages often name
+the URL that failed, token and all); click never prints one of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import traceback
 from typing import Any
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError, UsageError
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
@@ -40,11 +43,19 @@ def error_line(exc: AOMError) -> str:
     return "error: " + (" ".join(redact_text(str(text)).split()) or type(exc).__name__)
 
 
-def usage_line(exc: UsageError) -> str:
-    """``error: <message> (see 'aom <verb> --help')`` on one line for a click usage error."""
+def usage_line(exc: ClickException) -> str:
+    """``error: <message>`` on one line for a click error, with `` (see 'aom <verb> --help')`` for a
+    usage error that knows its command."""
     text = " ".join(redact_text(exc.format_message()).split()) or type(exc).__name__
-    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    ctx = exc.ctx if isinstance(exc, UsageError) else None
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     return f"error: {text}{where}"
+
+
+def click_exit_code(exc: ClickException) -> int:
+    """2 for a usage error or a bad option value (as an :class:`~pipelines.errors.InputError`), else
+    click's own code (``FileError``: 1)."""
+    return EXIT_USAGE if isinstance(exc, UsageError) else exc.exit_code
 
 
 def traceback_text(exc: BaseException) -> str:
@@ -78,7 +89,19 @@ class AOMGroup(TyperGroup):
     """The root group: maps an :class:`AOMError` escaping a verb to one line and its exit code, a
     storage or network failure to one line and exit 1, any other exception to its traceback and
     exit 1. Everything it prints is redacted
-    (:func:`pipelines.redaction.redact_text`)."""
+    (:func:`pipelines.redaction.redact_text`), click errors included: click never prints its own.
+    """
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        # The root options are parsed before invoke: an error there (``aom --no-such-option``) is
+        # one redacted line too; ``aom`` alone still shows the help.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except NoArgsIsHelpError:
+            raise
+        except ClickException as exc:
+            typer.echo(usage_line(exc), err=True)
+            raise typer.Exit(click_exit_code(exc)) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -90,12 +113,13 @@ class AOMGroup(TyperGroup):
             ctx.exit(exc.exit_code)
         except NoArgsIsHelpError:
             raise
-        except UsageError as exc:
-            # A bad option value or an unknown option of a verb: one line, as an InputError.
+        except ClickException as exc:
+            # A bad option value or an unknown option of a verb (one line, exit 2, as an
+            # InputError), a file click could not open, any other click error: one line too.
             if ctx.params.get("debug"):
                 typer.echo(traceback_text(exc), err=True)
             typer.echo(usage_line(exc), err=True)
-            ctx.exit(EXIT_USAGE)
+            ctx.exit(click_exit_code(exc))
         except (TyperException, typer.Exit, typer.Abort):
             raise
         except Exception as exc:

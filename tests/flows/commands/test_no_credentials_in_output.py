@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from typer._click.exceptions import BadParameter, ClickException, FileError
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -231,3 +232,39 @@ def test_no_credential_in_the_output_of_a_real_process(tmp_path: Path) -> None:
     assert lines[-1].startswith("error: ") and "storage or network failure" in lines[-1], r.stderr
     assert not lines[-2].startswith(("  ", "Traceback")), r.stderr
     assert not leaks({"stdout": r.stdout, "stderr": r.stderr, **written(tmp_path)}), r.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (FileError(url("aoi.json"), hint="Permission denied"), 1),
+        (ClickException(f"cannot use {url('x.tif')}"), 1),
+        (BadParameter(f"{url('real')} is not a folder", param_hint="'--real-dir'"), EXIT_USAGE),
+    ],
+    ids=["file-error", "click-exception", "bad-parameter"],
+)
+def test_a_click_error_is_one_redacted_line_with_its_exit_code(
+    error: Exception, code: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """click errors other than usage errors (FileError, a plain ClickException) went back to
+    click, which printed the URL whole (in a rich box, over several lines)."""
+
+    def fail(*_: object, **__: object) -> None:
+        raise error
+
+    monkeypatch.setattr("pipelines.registry.load_registry", fail)
+    for args in (["sensors"], ["--debug", "sensors"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == code and not leaks({"stderr": r.stderr, "stdout": r.stdout}), r.output
+        lines = r.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and "https://***@" in lines[-1], r.stderr
+        assert len(lines) == 1 or args[0] == "--debug", r.stderr  # the traceback only with --debug
+
+
+def test_an_unknown_root_option_is_one_redacted_line() -> None:
+    """An error parsing the root options (before any verb runs) was printed by click in a box,
+    the option as typed, password and all."""
+    r = CliRunner().invoke(app, [f"--{url('x')}", "search"])
+    assert r.exit_code == EXIT_USAGE and not leaks({"stderr": r.stderr, "stdout": r.stdout}), r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: No such option: --https://***@") and line.endswith("(see 'aom --help')")
