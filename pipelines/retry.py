@@ -3,13 +3,18 @@
 Usage::
 
     policy = RetryPolicy(max_attempts=5, initial_delay_s=0.5)
-    value = call_with_retry(fetch, policy=policy, is_retryable=lambda e: isinstance(e, TimeoutError),
+    value = call_with_retry(fetch, policy=policy, is_retryable=is_transient,
                             describe="GET https://example.org/search")
 
 The jitter comes from ``policy.rng`` (a :class:`random.Random`; default: a fresh unseeded one) and
 the waiting from ``policy.sleep`` (default :func:`time.sleep`), so tests can make both
 deterministic and instant. A server's ``Retry-After`` (when the caller can extract it) is honoured
 up to ``max_delay_s``.
+
+What is worth a retry is decided in one place, :func:`is_transient`: an HTTP answer in
+:data:`RETRY_STATUSES` or no whole answer at all, whichever client (botocore/s3fs, aiohttp/fsspec,
+requests/pystac-client, urllib) raised it. A refusal (401/403), a 404 or a failed condition is not:
+it fails at once, and the caller reports it as the failure it is.
 """
 
 from __future__ import annotations
@@ -57,7 +62,6 @@ class RetryPolicy:
     jitter: float = 0.5
     max_elapsed_s: float | None = 300.0
     timeout_s: float = 60.0
-    retry_statuses: frozenset[int] = RETRY_STATUSES
     rng: random.Random | None = field(default=None, compare=False, repr=False)
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
 
@@ -89,9 +93,6 @@ class RetryPolicy:
         rng = rng or self.rng or random.Random()
         for n in range(1, self.max_attempts):
             yield self.delay(n, rng)
-
-    def is_retryable_status(self, status: int | None) -> bool:
-        return status is not None and status in self.retry_statuses
 
 
 def call_with_retry(
@@ -139,30 +140,68 @@ def call_with_retry(
             waited += wait
 
 
+class HTTPFailure(Exception):
+    """One failed attempt of an HTTP call whose client does not keep the answer's status readable
+    (urllib's answer is closed with its exception, pystac-client's ``APIError`` may lose it): the
+    caller raises this inside the function it gives :func:`call_with_retry`, and turns it into an
+    :class:`~pipelines.errors.AOMError` before it leaves the caller.
+
+    ``status``: the answer's HTTP status, None when there was no usable answer (a transport error, or
+    an answer cut short or not in the format asked for); ``retry_after``: the server's
+    ``Retry-After`` in seconds, when it gave one."""
+
+    def __init__(self, status: int | None, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
 _TRANSPORT_ERRORS = frozenset(
     {
         ("botocore.exceptions", "HTTPClientError"),  # connection closed or reset, read timeout
         ("botocore.exceptions", "ConnectionError"),  # endpoint unreachable, connect timeout
-        ("aiohttp.client_exceptions", "ClientConnectionError"),
-        ("aiohttp.client_exceptions", "ClientPayloadError"),
+        ("aiohttp.client_exceptions", "ClientConnectionError"),  # fsspec's http://, s3fs's sessions
+        ("aiohttp.client_exceptions", "ClientPayloadError"),  # a body cut short
+        ("requests.exceptions", "ConnectionError"),
+        ("requests.exceptions", "Timeout"),
+        ("requests.exceptions", "ChunkedEncodingError"),
+        (
+            "urllib.error",
+            "URLError",
+        ),  # no answer: refused, unreachable, name not resolved (HTTPError is an answer)
+        ("http.client", "IncompleteRead"),
+        ("ssl", "SSLError"),
     }
 )
+"""Errors of the HTTP and storage clients the project uses that mean "no (whole) answer came"."""
 
 
 def _answer_status(exc: BaseException) -> tuple[bool, int | None]:
-    """Whether ``exc`` itself holds a storage client's HTTP answer (botocore's ``response``), and its
-    status when the answer has one."""
+    """Whether ``exc`` itself holds an HTTP answer, and its status when the answer has one: botocore's
+    ``response`` (what s3fs raises from), aiohttp's ``ClientResponseError`` (fsspec's ``http://``),
+    urllib's and requests' ``HTTPError``, and :class:`HTTPFailure` with a status."""
     response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
+    if isinstance(response, dict):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return True, status if isinstance(status, int) else None
+    if isinstance(exc, HTTPFailure):
+        return exc.status is not None, exc.status
+    names = {(c.__module__, c.__name__) for c in type(exc).__mro__}
+    if ("aiohttp.client_exceptions", "ClientResponseError") in names:
+        status = getattr(exc, "status", None)
+    elif ("urllib.error", "HTTPError") in names:
+        status = getattr(exc, "code", None)
+    elif ("requests.exceptions", "HTTPError") in names:
+        status = getattr(response, "status_code", None)
+    else:
         return False, None
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return True, status if isinstance(status, int) else None
 
 
 def http_status(exc: BaseException) -> int | None:
-    """The HTTP status of a storage client's error answer, looked for along the exception's causes
-    (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds it); None when the
-    first answer found has none, or there is no answer."""
+    """The HTTP status of an error answer (see :func:`is_transient`), looked for along the
+    exception's causes (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds
+    it); None when the first answer found has none, or there is no answer."""
     link: BaseException | None = exc
     for _ in range(4):
         if link is None:
@@ -174,12 +213,21 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
-def is_transient_storage_error(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) -> bool:
-    """Whether a storage client's error (s3fs/botocore, or a plain OS or network error) may pass on
-    a retry: an HTTP answer with a status in ``statuses`` (503 SlowDown, 500, ...), a timeout, a
-    connection refused, reset or closed. Any other HTTP answer is not (412 a failed condition, 403,
-    404), nor is an OS error without one (a local file system's). The exception's causes are looked
-    at too (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds the status)."""
+def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) -> bool:
+    """The one rule of what may pass on a retry, for every remote call the project retries (catalog
+    APIs, local catalogs read over HTTP or object storage, SAS tokens, lease renewals).
+
+    Transient: an HTTP answer whose status is in ``statuses`` (:data:`RETRY_STATUSES`: 503 SlowDown,
+    500, 429 ...), whichever client got it; no whole answer at all (a timeout, a connection refused,
+    reset or closed, a name not resolved, a body cut short, an :class:`HTTPFailure` without a
+    status). Not transient: any other HTTP answer (401/403 refused access, 404, 412 a failed
+    condition: a failure reported at once, never retried nor read as "empty"), an OS error that is
+    no network error (a local file system's), anything else. The exception's causes are looked at
+    too (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds the status).
+
+    Asset reads through GDAL are classified apart (:func:`pipelines.cubes.reading.classify_error`):
+    there the question is whether a failure may be *recorded* as permanent, and every failure but a
+    file that is not there (or corrupt) is not."""
     link: BaseException | None = exc
     for _ in range(4):
         if link is None:
@@ -187,7 +235,7 @@ def is_transient_storage_error(exc: BaseException, statuses: frozenset[int] = RE
         _, status = _answer_status(link)
         if isinstance(status, int):
             return status in statuses
-        if isinstance(link, TimeoutError | ConnectionError):
+        if isinstance(link, HTTPFailure | TimeoutError | ConnectionError):
             return True
         if any((c.__module__, c.__name__) in _TRANSPORT_ERRORS for c in type(link).__mro__):
             return True

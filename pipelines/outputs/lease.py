@@ -38,7 +38,7 @@ from typing import Any
 from pipelines import storage
 from pipelines.errors import EXIT_FAILED, AOMError
 from pipelines.outputs import lease_local
-from pipelines.retry import RetryError, RetryPolicy, call_with_retry, http_status, is_transient_storage_error
+from pipelines.retry import RetryError, RetryPolicy, call_with_retry, http_status, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class Lease:
     def renew(self) -> bool:
         """Move the heartbeat forward; False (and the lease marked lost) when another run holds it.
 
-        On an object store a transient error (:func:`~pipelines.retry.is_transient_storage_error`) is
+        On an object store a transient error (:func:`~pipelines.retry.is_transient`) is
         retried with backoff while the lease is safely this run's: until less than a third of its
         lifetime is left after the last heartbeat written. Only then is it lost; at once when the
         conditional write fails (another run took it) or on any other storage error."""
@@ -338,7 +338,7 @@ class Lease:
             return True
 
         def retryable(exc: BaseException) -> bool:
-            return is_transient_storage_error(exc) and _now() < deadline and not self._stop.is_set()
+            return is_transient(exc) and _now() < deadline and not self._stop.is_set()
 
         def sleep(seconds: float) -> None:
             self._stop.wait(seconds)  # release() does not wait for the backoff
@@ -351,7 +351,7 @@ class Lease:
                 describe=f"renewal of lease {storage.redact_url(self.url)}",
             )
         except Exception as exc:
-            if not isinstance(exc, OSError | RetryError) and not is_transient_storage_error(exc):
+            if not isinstance(exc, OSError | RetryError) and not is_transient(exc):
                 raise
             log.warning(
                 "lease %s lost: its renewal failed (%s)", storage.redact_url(self.url), type(exc).__name__

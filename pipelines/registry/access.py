@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 from pipelines.errors import RunFailedError
 from pipelines.redaction import MASK, register_secret
 from pipelines.registry.model import AccessSpec, Registry, host_matches
-from pipelines.retry import RETRY_STATUSES, RetryPolicy, call_with_retry
+from pipelines.retry import HTTPFailure, RetryPolicy, call_with_retry, is_transient
 
 TOKEN_MARGIN_S = 300.0
 """A cached SAS token is renewed when it has less than this many seconds left."""
@@ -94,13 +94,6 @@ def credential_hint(spec: AccessSpec, where: str) -> str:
 # SAS tokens (Planetary Computer)
 
 
-class _HTTPStatusError(Exception):
-    def __init__(self, status: int, retry_after: float | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.retry_after = retry_after
-
-
 @dataclass
 class SasTokens:
     """In-memory SAS token cache, one token per token URL, renewed :data:`TOKEN_MARGIN_S` before expiry."""
@@ -139,24 +132,19 @@ class SasTokens:
                     return bytes(resp.read())
             except urllib.error.HTTPError as exc:
                 after = exc.headers.get("Retry-After") if exc.headers else None
-                raise _HTTPStatusError(
-                    exc.code, float(after) if after and after.isdigit() else None
+                raise HTTPFailure(
+                    exc.code, f"HTTP {exc.code}", float(after) if after and after.isdigit() else None
                 ) from None
-
-        def retryable(exc: BaseException) -> bool:
-            if isinstance(exc, _HTTPStatusError):
-                return exc.status in RETRY_STATUSES
-            return isinstance(exc, OSError)
 
         try:
             body = call_with_retry(
                 get,
                 policy=self.policy,
-                is_retryable=retryable,
-                retry_after=lambda e: e.retry_after if isinstance(e, _HTTPStatusError) else None,
+                is_retryable=is_transient,
+                retry_after=lambda e: e.retry_after if isinstance(e, HTTPFailure) else None,
                 describe=f"SAS token for {where}",
             )
-        except _HTTPStatusError as exc:
+        except HTTPFailure as exc:
             if exc.status in _AUTH_STATUSES:
                 raise AccessDeniedError(
                     f"the SAS token service refused {where} (HTTP {exc.status}): {credential_hint(spec, where)}"

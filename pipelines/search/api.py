@@ -1,8 +1,8 @@
 """The STAC API backend: pystac-client with per-request retries, paging and capability checks.
 
 Every HTTP request (landing page, each search page) goes through :class:`RetryingStacApiIO`:
-429 / 5xx / timeouts / connection errors are retried with backoff (``Retry-After`` honoured)
-under a :class:`~pipelines.retry.RetryPolicy`; when retries run out, or the server rejects the
+429 / 5xx / timeouts / connection errors (:func:`~pipelines.retry.is_transient`) are retried with
+backoff (``Retry-After`` honoured) under a :class:`~pipelines.retry.RetryPolicy`; when retries run out, or the server rejects the
 request, a :class:`SearchError` names the URL with credentials removed.
 
 ``query`` is sent in dict form only (the list form sends numbers as strings) and only when the
@@ -27,22 +27,13 @@ import requests
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 
-from pipelines.retry import RetryError, RetryPolicy, call_with_retry
+from pipelines.retry import HTTPFailure, RetryError, RetryPolicy, call_with_retry, is_transient
 from pipelines.search.filters import CatalogUnavailableError, SearchError
 from pipelines.storage import redact_url
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
-
-
-class _HTTPFailure(Exception):
-    """One failed attempt: HTTP status (None for a transport error), Retry-After seconds, body."""
-
-    def __init__(self, status: int | None, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 class RetryingStacApiIO(StacApiIO):
@@ -97,29 +88,24 @@ class RetryingStacApiIO(StacApiIO):
                 retry_after = _retry_after(resp) if resp is not None else None
                 body = str(exc).strip().replace("\n", " ")[:300]
                 what = f"HTTP {status}" if status is not None else "transport error"
-                raise _HTTPFailure(status, f"{what}: {body}" if body else what, retry_after) from exc
+                raise HTTPFailure(status, f"{what}: {body}" if body else what, retry_after) from exc
             try:  # a 200 whose body is cut short or is an HTML error page is a failed attempt too
                 json.loads(text)
             except ValueError as exc:
-                raise _HTTPFailure(None, f"HTTP 200 with a body that is not JSON: {text[:100]!r}") from exc
+                raise HTTPFailure(None, f"HTTP 200 with a body that is not JSON: {text[:100]!r}") from exc
             return text
-
-        def retryable(exc: BaseException) -> bool:
-            if not isinstance(exc, _HTTPFailure):
-                return False
-            return exc.status is None or self.retry.is_retryable_status(exc.status)
 
         try:
             return call_with_retry(
                 once,
                 policy=self.retry,
-                is_retryable=retryable,
+                is_retryable=is_transient,
                 retry_after=lambda e: getattr(e, "retry_after", None),
                 describe=describe,
             )
         except RetryError as exc:
             raise CatalogUnavailableError(str(exc)) from exc
-        except _HTTPFailure as exc:
+        except HTTPFailure as exc:
             raise SearchError(f"{describe} was rejected: {exc}") from exc
 
     def get_pages(

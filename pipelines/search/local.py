@@ -14,10 +14,10 @@ import posixpath
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pipelines.retry import RetryPolicy, call_with_retry
+from pipelines.retry import RetryPolicy, call_with_retry, is_transient
 from pipelines.search.filters import CatalogUnavailableError, SearchError
 from pipelines.storage import filesystem, normalise_url, redact_url
 
@@ -25,6 +25,7 @@ PARQUET_SUFFIXES = (".parquet", ".geoparquet", ".pq")
 NDJSON_SUFFIXES = (".ndjson", ".jsonl", ".geojsonl", ".ndgeojson")
 
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 def source_kind(url: str) -> str:
@@ -75,24 +76,23 @@ def iter_items(
 
 def _read_bytes(url: str, storage_options: Mapping[str, Any] | None, retry: RetryPolicy) -> bytes:
     fs, path = filesystem(url, storage_options)
+    return _retrying(lambda: bytes(fs.cat_file(path)), retry, redact_url(url), "local catalog not found")
 
-    def read() -> bytes:
-        return bytes(fs.cat_file(path))
 
+def _retrying(read: Callable[[], T], retry: RetryPolicy, what: str, not_found: str) -> T:
+    """``read()`` of ``what`` (redacted), retried under ``retry`` while it fails transiently
+    (:func:`pipelines.retry.is_transient`: HTTP 429/5xx, timeouts, lost connections). A file that
+    is not there is a :class:`SearchError` (``not_found: <the file>``); any other failure (a refusal
+    such as HTTP 403 at once, a transient one once the retries are spent) is a
+    :class:`CatalogUnavailableError`: the search failed, it is never an empty result."""
     try:
-        return call_with_retry(
-            read, policy=retry, is_retryable=_transient, describe=f"read {redact_url(url)}"
-        )
-    except FileNotFoundError:
-        raise SearchError(f"local catalog not found: {redact_url(url)}") from None
+        return call_with_retry(read, policy=retry, is_retryable=is_transient, describe=f"read {what}")
+    except FileNotFoundError as exc:
+        raise SearchError(f"{not_found}: {redact_url(str(exc.filename or exc) or what)}") from None
     except Exception as exc:
         if isinstance(exc, SearchError):
             raise
-        raise CatalogUnavailableError(f"cannot read {redact_url(url)}: {exc}") from exc
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, TimeoutError | ConnectionError) and not isinstance(exc, FileNotFoundError)
+        raise CatalogUnavailableError(f"cannot read {what}: {redact_url(str(exc))}") from exc
 
 
 def _parquet_items(
@@ -227,7 +227,8 @@ def _load_many(
         def cat(paths: dict[str, str] = paths) -> dict[str, bytes]:
             return dict(fs.cat(list(paths)))
 
-        blobs = call_with_retry(cat, policy=retry, is_retryable=_transient, describe="read catalog items")
+        what = f"{len(part)} catalog item(s) such as {redact_url(part[0])}"
+        blobs = _retrying(cat, retry, what, "catalog item not found")
         for path, u in paths.items():
             try:
                 obj = json.loads(blobs[path])
