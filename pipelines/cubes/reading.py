@@ -7,9 +7,9 @@ asset's header opens, and how a read failure is classified:
 
 * **access denied** (HTTP 401/403/409, S3 ``AccessDenied``, missing AWS credentials): :class:`AccessDeniedError`
   with a one-line hint naming the credential; the tile fails, nothing is recorded, the next run retries it;
-* **transient** (HTTP 429/5xx/408, timeouts, connection errors, and OS errors of a local or mounted
-  file: permission denied, I/O error, too many open files, stale NFS handle, ...): retried, then the
-  tile fails unrecorded;
+* **transient** (what :func:`pipelines.retry.is_transient` retries everywhere: HTTP 408/425/429/5xx,
+  timeouts, connection errors; and OS errors of a local or mounted file: permission denied, I/O error,
+  too many open files, stale NFS handle, ...): retried, then the tile fails unrecorded;
 * **permanent** (only a file that is not there, ENOENT or HTTP 404, and a corrupt file): the asset
   is skipped and recorded with the reason.
 
@@ -37,6 +37,7 @@ from pipelines.registry import (
     credential_hint,
     resolve_access,
 )
+from pipelines.retry import RETRY_STATUSES, is_transient
 from pipelines.storage import local_href, redact_url
 from pipelines.tiling import Tile, _normalise_aoi, item_geometry
 
@@ -67,10 +68,12 @@ _TRANSIENT_ERRNOS = frozenset(
 and is retried. Only a file that is not there (ENOENT, HTTP 404) or is corrupt is permanent."""
 
 _TRANSIENT = re.compile(
-    r"HTTP response code: ?(5\d\d|429|408|0)\b|(could ?not|couldn'?t|failed to) connect|connection (refused|reset|timed out)|"
+    # GDAL reports the HTTP status in its text: every status pipelines.retry retries, any 5xx, 0 (no answer)
+    r"HTTP response code: ?(5\d\d|0|" + "|".join(str(code) for code in sorted(RETRY_STATUSES)) + r")\b|"
+    r"(could ?not|couldn'?t|failed to) connect|connection (refused|reset|timed out)|"
     r"timed? ?out|could not resolve|temporar|network is unreachable|ssl|broken pipe|stale nfs file handle|"
     # GDAL reports OS errors by their strerror text ("<path>: Permission denied")
-    + "|".join(re.escape(os.strerror(code)) for code in sorted(_TRANSIENT_ERRNOS)),
+     + "|".join(re.escape(os.strerror(code)) for code in sorted(_TRANSIENT_ERRNOS)),
     re.IGNORECASE,
 )
 
@@ -277,7 +280,8 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
         for e in _chain(exc)
         if isinstance(e, BaseException)
     )
-    transient = (os_error or bool(_TRANSIENT.search(full))) and not _DENIED.search(full)
+    retryable = isinstance(exc, BaseException) and is_transient(exc)  # the rule of every retried call
+    transient = (os_error or retryable or bool(_TRANSIENT.search(full))) and not _DENIED.search(full)
     return reason[:300], transient
 
 

@@ -12,11 +12,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import multidict
 import pytest
 import rasterio.errors
+import yarl
 
 from pipelines.cubes import CubeStore, write_cubes
 from pipelines.cubes.reading import _absolute_href, classify_error
+from pipelines.retry import RETRY_STATUSES
 from pipelines.runs import TileStatus
 from pipelines.storage import local_href
 from tests.conftest import REPO_ROOT, aom_command, cli_env
@@ -31,6 +35,40 @@ def test_os_errors_of_a_read_are_transient(name: str) -> None:
     assert classify_error(OSError(code, os.strerror(code), "/data/B04.tif"))[1], name
     # GDAL (through rasterio) reports them by their text only
     assert classify_error(rasterio.errors.RasterioIOError(f"/data/B04.tif: {os.strerror(code)}"))[1], name
+
+
+def _answer(status: int) -> BaseException:
+    """What fsspec's ``http://`` raises for an error answer (other than 404)."""
+    url = yarl.URL("http://h.example/B04.tif")
+    info = aiohttp.RequestInfo(url, "GET", multidict.CIMultiDictProxy(multidict.CIMultiDict()), url)
+    return aiohttp.ClientResponseError(info, (), status=status, message="x")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        *(rasterio.errors.RasterioIOError(f"HTTP response code: {code}") for code in sorted(RETRY_STATUSES)),
+        rasterio.errors.RasterioIOError("HTTP response code: 501"),
+        # what another HTTP client raises reads as pipelines.retry's one rule says (fsspec's http://)
+        _answer(503),
+        aiohttp.ServerTimeoutError(),
+    ],
+)
+def test_every_error_the_retry_rule_retries_is_transient(error: BaseException) -> None:
+    """A read error :func:`pipelines.retry.is_transient` retries is never left out for good (HTTP 425
+    and other clients' answers were read as permanent: the asset skipped and recorded)."""
+    assert classify_error(error)[1]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        rasterio.errors.RasterioIOError("HTTP response code: 403"),
+        _answer(403),
+    ],
+)
+def test_a_refused_read_is_not_transient(error: BaseException) -> None:
+    assert not classify_error(error)[1]
 
 
 @pytest.mark.parametrize(
