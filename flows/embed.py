@@ -53,7 +53,9 @@ class EmbedParams(BaseModel):
     )
     workers: int = Field(EmbedRequest.workers, ge=0, description="local parallel workers (0: in-process)")
     max_attempts: int = Field(
-        EmbedRequest.max_attempts, ge=1, description="attempts per HTTP request of the catalog_url search"
+        EmbedRequest.max_attempts,
+        ge=1,
+        description="attempts per HTTP request of the catalog_url search and of its asset reads",
     )
     storage: StorageParams = StorageParams()
 

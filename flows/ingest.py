@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from flows.common import batches, catalog_slot, install_exit_bound, publish_summary
 from flows.params import AreaParams, StorageParams, empty_is_none
 from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
+from pipelines.cubes.reading import read_attempts
 from pipelines.errors import RunFailedError
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.retry import RetryPolicy
@@ -42,7 +43,9 @@ class IngestParams(BaseModel):
         CubeRequest.composite,
         description="none: every acquisition; median: one stored median per tile and group (aom cubes --composite)",
     )
-    max_attempts: int = Field(5, ge=1, description="attempts per HTTP request of the catalog search")
+    max_attempts: int = Field(
+        5, ge=1, description="attempts per HTTP request of the catalog search and of the asset reads"
+    )
     storage: StorageParams = StorageParams()
 
     @field_validator("collections", mode="before")
@@ -100,7 +103,8 @@ def search_task(params: IngestParams) -> SavedSearch:
 
 @task(retries=2, retry_delay_seconds=[5, 30])
 def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
-    return plan_saved(items_url, params.cube_request(), params.storage.storage_options()).tile_ids
+    opts = params.storage.storage_options()
+    return plan_saved(items_url, params.cube_request(), opts, read_attempts(params.max_attempts)).tile_ids
 
 
 # Tiles are the unit of retry and resume. A writer is never cached: a cached result would report
@@ -109,7 +113,12 @@ def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
 @task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -> dict[str, Any]:
     summary = build_tiles(
-        items_url, tile_ids, params.cube_spec(), params.out, params.storage.storage_options()
+        items_url,
+        tile_ids,
+        params.cube_spec(),
+        params.out,
+        params.storage.storage_options(),
+        read_options=read_attempts(params.max_attempts),
     )
     return redact_record(summary)  # persisted by Prefect; its reasons feed the artifact and the failure
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from pipelines.retry import RETRY_STATUSES
+
 if TYPE_CHECKING:
     from pipelines.storage import StorageOptionsInput
 
@@ -48,12 +50,14 @@ def workers_option(default: int, what: str = "", min_workers: int = 1) -> Any:
 
 def max_attempts_option(what: str = "") -> Any:
     """``--max-attempts``: attempts per HTTP request (``RetryPolicy.max_attempts``, the default 5),
-    one name, help and check (>= 1) in every verb that talks to a catalog (``what`` says which requests)."""
+    one name, help and check (>= 1) in every verb that talks to a catalog (``what`` says which requests).
+    What is retried is :func:`pipelines.retry.is_transient`'s rule."""
     return typer.Option(
         5,
         "--max-attempts",
         min=1,
-        help=f"Attempts per HTTP request{what} (429/5xx/timeouts are retried with backoff).",
+        help=f"Attempts per HTTP request{what}: {'/'.join(map(str, sorted(RETRY_STATUSES)))} answers, "
+        "timeouts and lost connections are retried with backoff; other answers (401/403/404 ...) fail at once.",
     )
 
 

@@ -86,7 +86,9 @@ def cubes(
         "--missing-proj",
         help="Items without projection metadata: skip, or read_header (from the file).",
     ),
-    max_attempts: int = max_attempts_option(" of the --catalog-url search"),
+    max_attempts: int = max_attempts_option(
+        " of the --catalog-url search and of every asset read (GDAL_HTTP_MAX_RETRY=N-1)"
+    ),
     summary_json: str | None = typer.Option(
         None, "--summary-json", help="Also write the run summary here (JSON)."
     ),
@@ -95,6 +97,7 @@ def cubes(
     """Build Zarr cubes (one per tile, collection and native GSD) from STAC items."""
     from pipelines import runs
     from pipelines.cubes import CubeRequest, complete_projection, plan_cubes, read_items, write_cubes
+    from pipelines.cubes.reading import read_attempts
     from pipelines.search.filters import parse_interval
     from pipelines.storage import check_credentials, check_url, redact_url, write_json_atomic
 
@@ -144,7 +147,8 @@ def cubes(
         for note in found.notes:
             typer.echo(f"note: {note}")
         items = list(found.items)
-    plan, notes = complete_projection(plan_cubes(request, items), items_url, out, options)
+    reads = read_attempts(max_attempts)  # the same attempts per HTTP request for the asset reads
+    plan, notes = complete_projection(plan_cubes(request, items), items_url, out, options, reads)
     for note in notes:
         typer.echo(f"note: {note}")
     typer.echo(f"{plan.describe()} -> {redact_url(out)}")
@@ -154,6 +158,7 @@ def cubes(
         plan.spec,
         out,
         options,
+        read_options=reads,
         progress=progress,
         dask_address=dask_address,
         workers=workers,

@@ -94,7 +94,9 @@ def embed(
     catalog: str = typer.Option(
         DEFAULT_CATALOG, "--catalog", help="Registry catalog of --catalog-url's collections (`aom sensors`)."
     ),
-    max_attempts: int = max_attempts_option(" of the --catalog-url search"),
+    max_attempts: int = max_attempts_option(
+        " of the --catalog-url search and of its asset reads (GDAL_HTTP_MAX_RETRY=N-1)"
+    ),
     collections: str | None = typer.Option(
         None,
         "--collections",

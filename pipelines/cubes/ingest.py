@@ -60,12 +60,16 @@ def search_and_save(
 
 
 def plan_saved(
-    items_url: str, request: CubeRequest, storage_options: Mapping[str, Any] | None = None
+    items_url: str,
+    request: CubeRequest,
+    storage_options: Mapping[str, Any] | None = None,
+    read_options: Mapping[str, Any] | None = None,
 ) -> CubePlan:
     """:func:`~pipelines.cubes.plan.plan_cubes` over the items saved at ``items_url`` (headers of
-    items without projection metadata read once and cached beside them, with ``read_header``)."""
+    items without projection metadata read once and cached beside them, with ``read_header``;
+    ``read_options``: GDAL options of those reads)."""
     plan = plan_cubes(request, load_result(items_url, dict(storage_options or {}) or None).items)
-    return complete_projection(plan, items_url, items_url, storage_options)[0]
+    return complete_projection(plan, items_url, items_url, storage_options, read_options)[0]
 
 
 def build_tiles(
@@ -74,16 +78,22 @@ def build_tiles(
     spec: CubeSpec,
     out_url: str,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    read_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the cubes of ``tile_ids`` exactly once; returns the run summary as a dict."""
+    """Write the cubes of ``tile_ids`` exactly once; returns the run summary as a dict
+    (``read_options``: GDAL options of the asset reads, e.g. :func:`~pipelines.cubes.reading.read_attempts`)."""
     items: Sequence[Mapping[str, Any]] = load_result(items_url, dict(storage_options or {}) or None).items
     if spec.missing_proj == "read_header":  # the headers plan_saved cached beside the items
         items, _ = fill_projection(
             items,
             spec.catalog,
             spec.registry(),
+            read_options=read_options,
             cache_url=header_cache_url(items_url),
             storage_options=dict(storage_options or {}) or None,
         )
-    summary = write_cubes(items, list(tile_ids), spec, out_url, storage_options, progress=False)
+    summary = write_cubes(
+        items, list(tile_ids), spec, out_url, storage_options, read_options=read_options, progress=False
+    )
     return summary.to_dict()

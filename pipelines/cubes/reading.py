@@ -37,7 +37,7 @@ from pipelines.registry import (
     credential_hint,
     resolve_access,
 )
-from pipelines.retry import RETRY_STATUSES, is_transient
+from pipelines.retry import RETRY_STATUSES, RetryPolicy, is_transient
 from pipelines.storage import local_href, redact_url
 from pipelines.tiling import Tile, _normalise_aoi, item_geometry
 
@@ -46,9 +46,25 @@ log = logging.getLogger(__name__)
 MASK_DTYPE = "uint16"
 
 
+def read_attempts(max_attempts: int) -> dict[str, str]:
+    """GDAL options for ``max_attempts`` attempts per HTTP request of an asset read (``/vsicurl/``,
+    ``/vsis3/`` ...), as :class:`~pipelines.retry.RetryPolicy` counts them for every other remote call
+    (1 = no retry): ``GDAL_HTTP_MAX_RETRY`` = ``max_attempts - 1``, on the statuses the one retry rule
+    retries (``GDAL_HTTP_RETRY_CODES`` = :data:`~pipelines.retry.RETRY_STATUSES`) and on the network
+    errors GDAL itself retries; GDAL waits ``GDAL_HTTP_RETRY_DELAY``, doubling. A read that still
+    fails fails its tile, unrecorded (retried by the next run). ``aom cubes`` / ``aom embed``
+    ``--max-attempts`` give it."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    return {
+        "GDAL_HTTP_MAX_RETRY": str(max_attempts - 1),
+        "GDAL_HTTP_RETRY_CODES": ",".join(str(code) for code in sorted(RETRY_STATUSES)),
+    }
+
+
 GDAL_DEFAULTS: dict[str, Any] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_MAX_RETRY": "3",
+    **read_attempts(RetryPolicy().max_attempts),
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_HTTP_TIMEOUT": "30",
     "CPL_VSIL_CURL_USE_HEAD": "NO",

@@ -244,6 +244,8 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             notes.append(f"{len(missing)} tile(s) of the AOI have no cube: skipped")
         todo_tiles = [t for t in tiles if t.tile_id in recorded]
     else:
+        from pipelines.cubes.reading import read_attempts
+
         collections = request.collections or CatalogSource.collections
         source = CatalogSource(
             request.catalog_url or "",
@@ -251,7 +253,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
             collections,
             request.bands,
             grid,
-            dict(request.read_options),
+            {**read_attempts(request.max_attempts), **request.read_options},
             request.strip_mb,
         )
         try:

@@ -104,7 +104,9 @@ class EmbedRequest:
     checkpoint (default: the same); both also take the text forms of
     :func:`~pipelines.storage.parse_storage_options`. ``read_options`` are GDAL options for COG
     reads. They are never logged nor recorded. ``max_attempts``: attempts per HTTP request of the
-    ``catalog_url`` search (:class:`~pipelines.retry.RetryPolicy`; 1 = no retries).
+    ``catalog_url`` search (:class:`~pipelines.retry.RetryPolicy`; 1 = no retries) and of the asset
+    reads from that catalog (:func:`~pipelines.cubes.reading.read_attempts`; a ``GDAL_HTTP_MAX_RETRY``
+    in ``read_options`` wins); reads of ``cubes`` keep their storage client's own retries.
     """
 
     checkpoint: str
@@ -136,7 +138,7 @@ class EmbedRequest:
     embedding: str = "position"
     quantisation: str | None = None
     max_in_flight: int | None = None
-    max_attempts: int = 5  # attempts per request of the catalog_url search (pipelines.retry.RetryPolicy)
+    max_attempts: int = 5  # attempts per HTTP request of the catalog_url search and its asset reads
     strip_mb: float = 64.0
     write_stac: bool = True
     progress: bool = True

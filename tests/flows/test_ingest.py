@@ -62,16 +62,23 @@ def test_the_cube_task_returns_its_outcomes_without_credentials(monkeypatch: pyt
 
     secret_url = "https://user:SECRETPW7@h.example/a.tif?token=SECRET123"
 
-    def fake_build(items_url: str, tile_ids: list[str], spec: Any, out: str, options: Any) -> dict[str, Any]:
+    def fake_build(
+        items_url: str, tile_ids: list[str], spec: Any, out: str, options: Any, *, read_options: Any
+    ) -> dict[str, Any]:
+        reads.append(read_options)
         return {"out": out, "outcomes": [{"tile_id": tile_ids[0], "status": "failed", "reason": f"cannot read {secret_url}"}]}  # fmt: skip
+
+    reads: list[Any] = []
 
     monkeypatch.setattr(flows.ingest, "build_tiles", fake_build)
     params = IngestParams(
         collections=("sentinel-2-l2a",),
         area=AreaParams(bbox=(5.0, 44.0, 6.0, 45.0), datetime="2023-01-01/2023-12-31"),
         out="https://user:SECRETPW7@h.example/cubes?sig=SECRET456",
+        max_attempts=2,
     )
     result = cube_batch_task.fn("items.ndjson", ["t1"], params)
+    assert reads == [{"GDAL_HTTP_MAX_RETRY": "1", "GDAL_HTTP_RETRY_CODES": "408,425,429,500,502,503,504"}]
     text = json.dumps(result)
     assert "SECRET" not in text, text
     assert result["outcomes"][0]["reason"] == "cannot read https://***@h.example/a.tif?token=***"

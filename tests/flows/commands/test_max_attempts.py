@@ -1,5 +1,6 @@
 """``--max-attempts`` of `aom cubes` and `aom embed`: the attempts per request of their catalog
-search (a flaky network raises it, a fail-fast check lowers it), as `aom search` has it.
+search (a flaky network raises it, a fail-fast check lowers it), as `aom search` has it, and of
+each HTTP request of their asset reads (GDAL_HTTP_MAX_RETRY = N-1).
 
 Each request to a local fake STAC API is counted: a catalog that keeps failing gets exactly
 ``--max-attempts`` requests and the run fails (exit 1: rerun later); one that fails fewer times than
@@ -8,6 +9,7 @@ that is searched (the run goes on past the search).
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -94,3 +96,41 @@ def test_embed_against_a_closed_port_fails_fast_with_one_attempt(tmp_path: Path)
     assert r.exit_code == EXIT_FAILED, r.output
     assert "after 1 attempt" in r.stderr
     assert time.monotonic() - start < 5  # no backoff waits (5 attempts wait ~2-4 s in all)
+
+
+# ------------------------------------------------------------------------------ asset reads
+
+
+def _asset_requests(tmp_path: Path, attempts: int) -> int:
+    """Requests to the assets of a one-item `aom cubes --items` run whose asset server answers 503
+    to everything (each run its own hrefs: GDAL remembers a failed href for the process)."""
+    from pipelines.testing import make_item as make_cube_item
+    from tests.pipelines.access_servers import serve
+    from tests.pipelines.cubes.support import SCENE, TILE_IDS
+
+    root = tmp_path / f"assets-{attempts}"
+    folder = root / "blobs"
+    folder.mkdir(parents=True)
+    item = make_cube_item(folder, item_id="S2A_1", bounds=SCENE, bands=("B04",))
+    items = tmp_path / f"items-{attempts}.ndjson"
+    with serve(root, force=[503] * 10_000) as server:
+        for asset in item["assets"].values():
+            asset["href"] = server.href(Path(asset["href"]))
+        items.write_text(json.dumps(item) + "\n")
+        args = ["cubes", "--items", str(items), "--out", str(tmp_path / f"cubes-{attempts}")]
+        args += ["--tiles", TILE_IDS[0], "--tile-size-m", "1920", "--catalog", "sample", "--no-progress"]
+        r = CliRunner().invoke(app, [*args, "--max-attempts", str(attempts)])
+        n = len(server.file_requests())
+    assert r.exit_code == EXIT_FAILED, r.output  # the tile failed, unrecorded: the next run reads it again
+    assert "503" in r.output
+    return n
+
+
+def test_cubes_max_attempts_bounds_each_http_request_of_the_asset_reads(tmp_path: Path) -> None:
+    """``--max-attempts N`` is the attempts per HTTP request of the asset reads too (GDAL_HTTP_MAX_RETRY
+    = N-1): with 3, every request GDAL makes is tried 3 times where 1 tries it once. Before, the reads
+    kept GDAL's fixed 3 retries whatever --max-attempts said."""
+    once = _asset_requests(tmp_path, 1)
+    assert once >= 1
+    thrice = _asset_requests(tmp_path, 3)
+    assert thrice == 3 * once

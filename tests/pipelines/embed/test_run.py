@@ -257,6 +257,29 @@ def test_checkpoint_that_does_not_fit_fails_before_any_work(tmp_path: Path, cube
     assert not out.exists()
 
 
+def test_max_attempts_bounds_the_asset_reads_of_a_catalog_run(
+    tmp_path: Path, checkpoint: Path, sample_catalog: Any
+) -> None:
+    """``max_attempts`` (``aom embed --max-attempts``) is the attempts per HTTP request of the asset
+    reads from ``catalog_url`` too (GDAL_HTTP_MAX_RETRY = N-1); a GDAL option given in
+    ``read_options`` wins. Before, the reads kept GDAL's fixed 3 retries."""
+    from pipelines.cubes.reading import gdal_env
+
+    def reads(**kw: Any) -> dict[str, Any]:
+        req = EmbedRequest(
+            checkpoint=str(checkpoint), out=str(tmp_path / "emb"), datetime=PERIOD, tiles=TILES[:1], **kw
+        )
+        source = plan_run(req).context.source
+        return gdal_env(getattr(source, "read_options", None))
+
+    catalog = str(sample_catalog.items_ndjson)
+    assert reads(catalog_url=catalog, max_attempts=2)["GDAL_HTTP_MAX_RETRY"] == "1"
+    assert reads(catalog_url=catalog, max_attempts=1)["GDAL_HTTP_MAX_RETRY"] == "0"
+    given = reads(catalog_url=catalog, max_attempts=1, read_options={"GDAL_HTTP_MAX_RETRY": "7"})
+    assert given["GDAL_HTTP_MAX_RETRY"] == "7"
+    assert not (tmp_path / "emb").exists()  # planning writes nothing
+
+
 def test_token_size_is_a_request_parameter(tmp_path: Path, checkpoint: Path, cubes: Path) -> None:
     """token_m=320: 24 tokens a 7680 m tile side, its own version; outside 40-320 m: refused first."""
     out = tmp_path / "emb320"
