@@ -175,6 +175,16 @@ _TRANSPORT_ERRORS = frozenset(
 )
 """Errors of the HTTP and storage clients the project uses that mean "no (whole) answer came"."""
 
+_REFUSED_ERRORS = frozenset(
+    {
+        ("ssl", "SSLCertVerificationError"),
+        ("aiohttp.client_exceptions", "ClientConnectorCertificateError"),
+        ("aiohttp.client_exceptions", "ServerFingerprintMismatch"),
+    }
+)
+"""Transport errors that no retry passes: the server's certificate was refused (untrusted, expired,
+another host's). Checked before :data:`_TRANSPORT_ERRORS`, which hold their base classes."""
+
 
 def _answer_status(exc: BaseException) -> tuple[bool, int | None]:
     """Whether ``exc`` itself holds an HTTP answer, and its status when the answer has one: botocore's
@@ -220,7 +230,7 @@ def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) 
     Transient: an HTTP answer whose status is in ``statuses`` (:data:`RETRY_STATUSES`: 503 SlowDown,
     500, 429 ...), whichever client got it; no whole answer at all (a timeout, a connection refused,
     reset or closed, a name not resolved, a body cut short, an :class:`HTTPFailure` without a
-    status). Not transient: any other HTTP answer (401/403 refused access, 404, 412 a failed
+    status). Not transient: a refused server certificate; any other HTTP answer (401/403 refused access, 404, 412 a failed
     condition: a failure reported at once, never retried nor read as "empty"), an OS error that is
     no network error (a local file system's), anything else. The exception's causes are looked at
     too (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds the status).
@@ -228,6 +238,8 @@ def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) 
     Asset reads through GDAL are classified apart (:func:`pipelines.cubes.reading.classify_error`):
     there the question is whether a failure may be *recorded* as permanent, and every failure but a
     file that is not there (or corrupt) is not."""
+    if _certificate_refused(exc):
+        return False
     link: BaseException | None = exc
     for _ in range(4):
         if link is None:
@@ -235,11 +247,28 @@ def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) 
         _, status = _answer_status(link)
         if isinstance(status, int):
             return status in statuses
+        names = {(c.__module__, c.__name__) for c in type(link).__mro__}
         if isinstance(link, HTTPFailure | TimeoutError | ConnectionError):
             return True
-        if any((c.__module__, c.__name__) in _TRANSPORT_ERRORS for c in type(link).__mro__):
+        if names & _TRANSPORT_ERRORS:
             return True
         link = link.__cause__ or link.__context__
+    return False
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a refused certificate (:data:`_REFUSED_ERRORS`) is along ``exc``'s causes, or is the
+    ``reason`` urllib's ``URLError`` wraps it in."""
+    seen: list[BaseException] = [exc]
+    while seen and len(seen) < 16:
+        link = seen.pop()
+        if any((c.__module__, c.__name__) in _REFUSED_ERRORS for c in type(link).__mro__):
+            return True
+        seen.extend(
+            nxt
+            for nxt in (link.__cause__, link.__context__, getattr(link, "reason", None))
+            if isinstance(nxt, BaseException)
+        )
     return False
 
 

@@ -81,6 +81,10 @@ def _caused_by(cause: BaseException) -> BaseException:
         (urllib.error.URLError(OSError(errno.ECONNREFUSED, "refused")), True),
         (IncompleteRead(b"partial"), True),
         (ssl.SSLError("eof"), True),
+        # a refused certificate: no retry passes it, however a client wraps it
+        (ssl.SSLCertVerificationError("certificate has expired"), False),
+        (urllib.error.URLError(ssl.SSLCertVerificationError("self-signed")), False),
+        (_caused_by(ssl.SSLCertVerificationError("hostname mismatch")), False),
         (PermissionError(errno.EACCES, "local file"), False),
     ],
 )
