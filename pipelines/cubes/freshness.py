@@ -10,9 +10,10 @@ recorded tile with the items the tile was built from:
   lease, built aside and swapped in only once complete (:mod:`pipelines.cubes.rebuild`: a rebuild
   whose reads fail keeps the tile; the swap removes the record first, so the tile is absent, never
   half old and half new, to readers that check records);
-* **updated items** (ids the record has seen, whose version, STAC ``updated`` else ``created``, is
-  now newer than the one the tile was built from: a catalog's reprocessing keeps an item's id): the
-  tile is rebuilt the same way, or its old pixels would stay forever;
+* **updated items** (ids the record has seen, whose version, STAC ``updated`` else ``created`` and
+  the processing versions it carries, is now newer than the one the tile was built from: a
+  catalog's reprocessing keeps an item's id): the tile is rebuilt the same way, or its old pixels
+  would stay forever;
 * but only when the run also has **every item the record holds**: a run given only the new items
   (``aom cubes --items new.ndjson``) would otherwise rebuild the tile from fewer acquisitions than it
   has; such a tile is skipped and the summary says how many items are missing.
@@ -23,12 +24,19 @@ assets left out (``skipped``); for them an item also counts as seen when it was 
 ``updated``, else ``created``) before the record was written, so an item that touched the tile then
 without giving a pixel does not trigger a rebuild.
 
-An item's version as the build saw it is the record's ``item_versions`` (id -> ``updated``, else
-``created``, else None, as the run's items carried them; recorded since versions are compared). An
-item without a recorded version (a record written before ``item_versions``, or an item that had
-neither time then) counts as seen at the record's ``written_at``: it is updated when its version
-now is later than that, so upgrading rebuilds only tiles whose items changed after they were built.
-A version that cannot be read, or an item that has none now, never triggers a rebuild.
+An item's version as the build saw it is the record's ``item_versions`` (id -> :func:`item_version`
+of the run's items: ``updated``, else ``created``, else None; recorded since versions are compared).
+A catalog can also reprocess an item without moving ``updated`` (a new Sentinel-2 processing
+baseline, a new ``processing:version``), so the version also carries the item's processing versions
+when it has them (:data:`PROCESSING_FIELDS`): ``"2025-07-31T15:00:24.817Z|s2:processing_baseline=05.11"``.
+An item is **updated** when its time now is later than the recorded one, or when a processing
+version it carries now differs from the one recorded for it (unless its time shows an older copy).
+An item without a recorded time (a record written before ``item_versions``, or an item that had
+neither time then) counts as seen at the record's ``written_at``; an item without a recorded
+processing version (every record written before they were kept, or an item that had none then) is
+compared by its time alone. So upgrading rebuilds only tiles whose items changed after they were
+built, and a catalog that starts to publish a processing field rebuilds nothing. A version that
+cannot be read, or an item that has none now, never triggers a rebuild.
 """
 
 from __future__ import annotations
@@ -74,32 +82,67 @@ class Freshness:
         return ""
 
 
+#: Item properties that name the processing that made an item's pixels, in a version's order: the
+#: STAC processing extension's ``processing:version`` and the Sentinel-2 processing baseline (Earth
+#: Search and Planetary Computer items carry ``s2:processing_baseline``, e.g. ``05.11``).
+PROCESSING_FIELDS = ("processing:version", "s2:processing_baseline")
+_SEP = "|"
+
+
+def item_version(item: Mapping[str, Any]) -> str | None:
+    """An item's version for freshness: its ``updated`` (else ``created``), followed by the
+    processing versions it carries (``|field=value`` for each of :data:`PROCESSING_FIELDS`), e.g.
+    ``"2025-07-31T15:00:24.817Z|s2:processing_baseline=05.11"``; only the time (as before processing
+    versions were kept) for an item without any, None for one with neither."""
+    props = item.get("properties") or {}
+    tags = [f"{k}={props[k]}" for k in PROCESSING_FIELDS if props.get(k) not in (None, "")]
+    updated = item_updated(item)
+    return _SEP.join([updated or "", *tags]) if tags else updated
+
+
+def version_parts(version: Any) -> tuple[str | None, dict[str, str]]:
+    """``(time, {processing field: value})`` of an :func:`item_version` (or of a plain time, as every
+    record written before processing versions were kept holds)."""
+    if not version:
+        return None, {}
+    when, *tags = str(version).split(_SEP)
+    return when or None, dict(t.partition("=")[::2] for t in tags)
+
+
 def item_versions(items: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
-    """A record's ``item_versions``: id -> version (``updated``, else ``created``, else None) of the
-    items a build is given; an id given twice keeps its newest readable version."""
+    """A record's ``item_versions``: id -> :func:`item_version` of the items a build is given; an id
+    given twice keeps its newest readable version."""
     out: dict[str, str | None] = {}
     for item in items:
-        iid, version = str(item.get("id")), item_updated(item)
-        stamp, kept = read_time(version), read_time(out.get(iid))
+        iid, version = str(item.get("id")), item_version(item)
+        stamp, kept = read_time(version_parts(version)[0]), read_time(version_parts(out.get(iid))[0])
         if iid not in out or (stamp is not None and (kept is None or stamp > kept)):
             out[iid] = version
     return out
 
 
 def newer_versions(now: Mapping[str, str | None], recorded: Mapping[str, Any], written_at: Any) -> set[str]:
-    """Ids of ``now`` (id -> version as given now) whose version is later than the one a record holds
-    for them in ``recorded`` (its ``item_versions``), or, where it holds none, than the record's
-    ``written_at`` (records written before versions were kept: their items count as seen then). A
-    version that cannot be read, now or recorded, never counts as newer. Also the rule of
-    ``pipelines.embed.freshness`` for tiles embedded from STAC items."""
+    """Ids of ``now`` (id -> :func:`item_version` as given now) in a newer version than the one a
+    record holds for them in ``recorded`` (its ``item_versions``): a later time than the recorded
+    one, or, where it holds none, than the record's ``written_at`` (records written before versions
+    were kept: their items count as seen then); or a processing version (:data:`PROCESSING_FIELDS`)
+    other than the recorded one, where both have it, unless the time now is earlier than the
+    recorded one (an older copy of the item). A time that cannot be read, now or recorded, never
+    counts as newer; an item without a recorded processing version is compared by its time alone.
+    Also the rule of ``pipelines.embed.freshness`` for tiles embedded from STAC items."""
     written = read_time(written_at)
     out = set()
     for iid, version in now.items():
-        if (stamp := read_time(version)) is None:
-            continue
-        was = read_time(recorded.get(iid)) if recorded.get(iid) else written
-        if was is not None and stamp > was:
+        when, tags = version_parts(version)
+        was_when, was_tags = version_parts(recorded.get(iid))
+        stamp, recorded_time = read_time(when), read_time(was_when)
+        was = recorded_time if was_when else written
+        if stamp is not None and was is not None and stamp > was:
             out.add(iid)
+        elif any(k in was_tags and was_tags[k] != v for k, v in tags.items()) and not (
+            stamp is not None and recorded_time is not None and stamp < recorded_time
+        ):
+            out.add(iid)  # reprocessed without a new ``updated`` (an older copy is not newer)
     return out
 
 

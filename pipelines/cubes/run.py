@@ -410,7 +410,7 @@ def _write_tile(
             dropped_groups=dropped,
             items=used,
             skipped=skipped,
-            considered_items=item_versions(items),  # ids and versions (updated/created): freshness.py
+            considered_items=item_versions(items),  # ids and versions (updated, processing): freshness.py
         )
     )
     labels = [f"{g['collection']}/{g['gsd_label']}" for g in groups]

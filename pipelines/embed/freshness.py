@@ -14,20 +14,24 @@ record), the embedding record's ``provenance`` is compared with the current cube
   within the margin): fresh;
 * otherwise stale when these records hold items in the period (of the run's collections; for a
   neighbour, of the tile's own groups) that the embedding's ``input_items`` lack (a rebuilt cube),
-  when its own cube record holds an item whose version (``item_versions``: the catalog's
-  ``updated``) is newer than the ``cube_written_at`` the embedding was made from (a reprocessed
-  item: same id, new pixels), or when a neighbour with such items was built since (the margin was
-  NaN there; records made before ``margin_cubes`` cannot tell). The tile is embedded again and its shard and record
+  when its own cube record holds an item in a newer version (``item_versions``: the catalog's
+  ``updated`` and the item's processing versions, ``pipelines.cubes.freshness.item_version``) than
+  the one the embedding was made from (its ``item_versions``, the cube record's versions of the
+  tile's items then; for an item it does not list, as in records made before the field, an
+  ``updated`` later than its ``cube_written_at``): a reprocessed item, same id, new pixels; or when
+  a neighbour with such items was built since (the margin was NaN there; records made before
+  ``margin_cubes`` cannot tell). The tile is embedded again and its shard and record
   replaced (the record last, as for any write: readers see the old or the new tile, never a mix).
 
 From STAC items (``--catalog-url``) the run's search is the only signal: each record lists
 ``considered_items`` (the items of the period its tile was given, whether or not they entered the
-composite) and their ``item_versions`` (id -> ``updated``, else ``created``, as the search gave
-them), and a recorded tile whose search now gives it items it was not given, or a newer version of one (a
-reprocessed item keeps its id), is embedded again (:func:`find_stale_catalog`; records made before
-``considered_items`` compare with ``input_items``, and items without a recorded version, as in
-records made before ``item_versions``, count as seen at the record's ``written`` time: the rule of
-the cube records, ``pipelines.cubes.freshness.newer_versions``, so upgrading re-embeds only tiles
+composite) and their ``item_versions`` (id -> ``updated``, else ``created``, and the processing
+versions, as the search gave them), and a recorded tile whose search now gives it items it was not
+given, or a newer version of one (a reprocessed item keeps its id), is embedded again (:func:`find_stale_catalog`; records made before
+``considered_items`` compare with ``input_items``, items without a recorded version, as in
+records made before ``item_versions``, count as seen at the record's ``written`` time, and items
+without a recorded processing version are compared by their time alone: the rule of the cube
+records, ``pipelines.cubes.freshness.newer_versions``, so upgrading re-embeds only tiles
 whose items changed after they were embedded). The records are read (one GET each, concurrently)
 only where the store's considered-items index (``_tiles/<version>/_considered.json``: per tile and
 time index, the record's modification time and a digest of the items, ids and versions, of a search
@@ -48,7 +52,6 @@ from typing import Any
 from pipelines import embeddings as es
 from pipelines.embed.sources import CubeSource, Period
 from pipelines.runs import TileStatus
-from pipelines.search import read_time
 from pipelines.storage import MAX_PREFIX_LISTINGS, redact_url
 from pipelines.tiling import column_prefixes
 
@@ -67,7 +70,7 @@ class CubeState:
     """Complete cube records of its margin neighbours: tile id -> (``written_at``, ids of the items
     they hold in the period in the tile's own groups: those a read composites into the margin)."""
     versions: Mapping[str, str | None] = field(default_factory=dict)
-    """The own record's ``item_versions`` of ``items`` (the catalog's ``updated``, else ``created``)."""
+    """The own record's ``item_versions`` of ``items`` (``pipelines.cubes.freshness.item_version``)."""
 
 
 def cube_state(
@@ -91,12 +94,15 @@ def cube_state(
     return CubeState(own.get("written_at"), items, margin, {i: versions.get(i) for i in items})
 
 
-def _reprocessed(versions: Mapping[str, str | None], made_at: Any) -> bool:
-    """Whether one of the items was published anew after the cube the embedding was made from was
-    written (a reprocessed item keeps its id: the cube was rebuilt with its new pixels,
-    ``pipelines.cubes.freshness``)."""
-    made = read_time(made_at)
-    return made is not None and any((t := read_time(v)) is not None and t > made for v in versions.values())
+def _reprocessed(versions: Mapping[str, str | None], prov: Mapping[str, Any]) -> bool:
+    """Whether one of the items is in a newer version than the one the embedding was made from (a
+    reprocessed item keeps its id: the cube was rebuilt with its new pixels,
+    ``pipelines.cubes.freshness``): newer than the provenance's ``item_versions`` (the cube record's
+    versions of its items then, recorded since processing versions are compared), and where it
+    holds none, published after the cube it was made from was written (``cube_written_at``)."""
+    from pipelines.cubes.freshness import newer_versions
+
+    return bool(newer_versions(versions, prov.get("item_versions") or {}, prov.get("cube_written_at")))
 
 
 def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:
@@ -112,9 +118,7 @@ def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:
     seen = set(prov.get("input_items") or ())
     if state.items - seen or any(ids - seen for _, ids in state.margin.values()):
         return True  # a cube (its own or a neighbour's) rebuilt with new items
-    if state.written_at != prov.get("cube_written_at") and _reprocessed(
-        state.versions, prov.get("cube_written_at")
-    ):
+    if state.written_at != prov.get("cube_written_at") and _reprocessed(state.versions, prov):
         return True  # its own cube rebuilt with a reprocessed item (same id, newer pixels)
     # a neighbour built since: its items may be known (the same scenes), but the margin was NaN there
     return made_from is not None and any(ids for n, (_, ids) in state.margin.items() if n not in made_from)
@@ -185,7 +189,8 @@ def is_stale_catalog(embedding_record: Mapping[str, Any], items: Mapping[str, st
     that it was not given then (``considered_items``; records made before that field: not in
     ``input_items``), or newer versions of items it was given (a reprocessed item keeps its id):
     later than the record's ``item_versions``, or, for records made before that field, than its
-    ``written`` time (``pipelines.cubes.freshness.newer_versions``, the cube records' rule)."""
+    ``written`` time, or with another processing version than the recorded one
+    (``pipelines.cubes.freshness.newer_versions``, the cube records' rule)."""
     from pipelines.cubes.freshness import newer_versions
 
     prov = embedding_record.get("provenance") or {}

@@ -69,7 +69,8 @@ class CatalogSource:
 
     @staticmethod
     def period_versions(items: Sequence[Mapping[str, Any]], period: Period) -> dict[str, str | None]:
-        """Id -> version (``updated``, else ``created``, else None) of the items dated in ``period``:
+        """Id -> version (``pipelines.cubes.freshness.item_version``: ``updated``, else ``created``,
+        and the processing versions; else None) of the items dated in ``period``:
         those a padded tile given ``items`` considers (``considered_items`` and ``item_versions``,
         ``pipelines.embed.freshness``)."""
         from pipelines.cubes.freshness import item_versions

@@ -298,6 +298,9 @@ class CubeSource:
         for out in live:
             out.groups.sort(key=lambda g: (g.gsd_m, g.collection))
             out.input_items = tuple(sorted(items[out.tile.tile_id]))
+            own = record(out.tile.tile_id) or {}
+            versions = own.get("item_versions") or {}  # what a reprocessed item is told by (freshness.py)
+            out.item_versions = {i: versions.get(i) for i in sorted(self.period_items(own, period))}
             if not any(any_finite(g.pixels) for g in out.groups):
                 out.status = TileStatus.EMPTY
                 out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"

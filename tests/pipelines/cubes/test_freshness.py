@@ -97,7 +97,10 @@ def test_a_reprocessed_item_rebuilds_the_tile_with_its_new_pixels(
     write_cubes([old_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
     store = CubeStore.open(str(out))
     record = store.record(TILE_IDS[0])
-    assert record["item_versions"] == {"A": "2023-06-02T00:00:00Z", "B": None}
+    assert record["item_versions"] == {  # updated, then the processing baseline the item carries
+        "A": "2023-06-02T00:00:00Z|s2:processing_baseline=02.14",
+        "B": "|s2:processing_baseline=05.00",
+    }
     old = store.open_tile(TILE_IDS[0], decode=False)[(S2, "10m")].load()
 
     run = write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
@@ -105,7 +108,10 @@ def test_a_reprocessed_item_rebuilds_the_tile_with_its_new_pixels(
         (TileStatus.DONE, "rebuilt with 1 updated item(s)")
     }
     assert f"  {TILE_IDS[0]}: rebuilt with 1 updated item(s)" in run.format()
-    assert store.record(TILE_IDS[0])["item_versions"] == {"A": "2024-03-01T00:00:00Z", "B": None}
+    assert store.record(TILE_IDS[0])["item_versions"] == {
+        "A": "2024-03-01T00:00:00Z|s2:processing_baseline=02.14",
+        "B": "|s2:processing_baseline=05.00",
+    }
     now = store.open_tile(TILE_IDS[0], decode=False)[(S2, "10m")].load()
     assert not np.array_equal(now["reflectance"].values, old["reflectance"].values)  # A's new pixels
     write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(clean), progress=False)
@@ -206,3 +212,98 @@ def test_a_rebuild_killed_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) 
     clean = tmp_path / "clean"
     write_cubes([k1, k2], tiles, spec(), str(clean), progress=False)
     assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(clean)))
+
+
+def test_an_item_reprocessed_without_a_new_updated_rebuilds_the_tile(
+    scene: dict[str, Any], built: dict[str, Any], tmp_path: Path
+) -> None:
+    """The catalog reprocesses A under a new Sentinel-2 processing baseline (05.09 -> 05.10: same id,
+    other pixels) and leaves its ``updated`` as it was. A run given the new A and B rebuilds every
+    tile, equal to a clean run of the new A and B; a rerun rebuilds nothing. (Before, the version
+    was ``updated`` alone: the tiles were skipped as ``already complete`` and kept the old pixels.)"""
+    when = "2023-06-02T00:00:00Z"
+    old_a = s2_item(
+        tmp_path / "v1",
+        "A",
+        cloud_boxes=[(0.1, 0.55, 0.4, 0.9)],
+        properties={"updated": when, "s2:processing_baseline": "05.09"},
+    )
+    new_a = s2_item(
+        tmp_path / "v2", "A", properties={"updated": when, "s2:processing_baseline": "05.10"}, seed=7
+    )
+    out, clean = tmp_path / "cubes", tmp_path / "clean"
+    write_cubes([old_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    store = CubeStore.open(str(out))
+    old = store.record(TILE_IDS[0])
+
+    run = write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {(o.status, o.reason) for o in run.outcomes} == {
+        (TileStatus.DONE, "rebuilt with 1 updated item(s)")
+    }, run.format()
+    assert old["item_versions"]["A"] == f"{when}|s2:processing_baseline=05.09"
+    assert store.record(TILE_IDS[0])["item_versions"]["A"] == f"{when}|s2:processing_baseline=05.10"
+    write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(clean), progress=False)
+    assert_stores_equal(store, CubeStore.open(str(clean)))
+    rerun = write_cubes([new_a, scene["B"]], TILE_IDS, spec(), str(out), progress=False)
+    assert {(o.status, o.reason) for o in rerun.outcomes} == {
+        (TileStatus.SKIPPED, "already complete (record exists)")
+    }
+
+
+def test_processing_versions_count_only_where_the_record_holds_them() -> None:
+    """``processing:version`` (STAC processing extension) and ``s2:processing_baseline`` (as Earth
+    Search and Planetary Computer Sentinel-2 items carry it) are part of an item's version: a changed
+    value is a reprocessed item. Records written before they were kept (plain ``updated`` times)
+    rebuild nothing for them, so the upgrade makes no tile stale; nor does a catalog that starts to
+    publish one, nor an older copy of the item (an earlier ``updated``)."""
+    from pipelines.cubes.freshness import item_version, item_versions, newer_versions, version_parts
+
+    # the fields of a real Earth Search item (sentinel-2-l2a S2B_24MUV_20250731_0_L2A), plus the extension's
+    when = "2025-07-31T14:13:07.662Z"
+    props: dict[str, Any] = {"updated": when, "created": when, "s2:processing_baseline": "05.11"}
+    props |= {"processing:software": {"sentinel2-to-stac": "2025.03.06"}}
+
+    def item(iid: str = "A", **extra: Any) -> dict[str, Any]:
+        return {"id": iid, "properties": {**props, **extra}}
+
+    assert item_version(item()) == f"{when}|s2:processing_baseline=05.11"  # software: not a version
+    assert item_version(item(**{"processing:version": "2.3"})) == (
+        f"{when}|processing:version=2.3|s2:processing_baseline=05.11"
+    )
+    assert item_version({"id": "P", "properties": {"s2:processing_baseline": "05.10"}}) == (
+        "|s2:processing_baseline=05.10"  # Planetary Computer: no updated, no created
+    )
+    assert item_version({"id": "L", "properties": {"updated": when}}) == when  # as before: a plain time
+    assert item_version({"id": "N", "properties": {}}) is None
+    assert version_parts(f"{when}|processing:version=2.3") == (when, {"processing:version": "2.3"})
+    assert version_parts(when) == (when, {}) and version_parts(None) == (None, {})
+
+    written = "2025-08-01T00:00:00+00:00"
+    record = {"items": ["A"], "considered_items": ["A"], "written_at": written}
+    built = {**record, "item_versions": item_versions([item(**{"processing:version": "2.3"})])}
+    assert freshness(built, [item(**{"processing:version": "2.3"})]).updated == ()
+    assert freshness(built, [item(**{"processing:version": "2.4"})]).updated == ("A",)
+    assert freshness(built, [item(**{"s2:processing_baseline": "05.12"})]).updated == ("A",)
+    assert freshness(built, [item(**{"processing:version": "2.4"})]).rebuild
+    older = {**item(**{"processing:version": "2.2"}), "properties": {"updated": "2025-07-01T00:00:00Z"}}
+    older["properties"]["processing:version"] = "2.2"
+    assert freshness(built, [older]).updated == ()  # an older copy (a stale mirror): not newer
+
+    # a record written by the code before (updated only): no tile made stale by the upgrade
+    before = {**record, "item_versions": {"A": when}}
+    assert freshness(before, [item(**{"processing:version": "2.4"})]).updated == ()
+    assert freshness(before, [item(updated="2025-08-02T00:00:00Z")]).updated == ("A",)  # as before
+    # a catalog that starts to publish processing:version: nothing was reprocessed
+    plain = {**record, "item_versions": item_versions([item()])}
+    assert freshness(plain, [item(**{"processing:version": "2.3"})]).updated == ()
+    # an item with no time at all (Planetary Computer): its baseline alone tells
+    pc = {"id": "P", "properties": {"s2:processing_baseline": "05.10"}}
+    was: dict[str, Any] = {
+        "items": ["P"],
+        "considered_items": ["P"],
+        "written_at": written,
+        "item_versions": item_versions([pc]),
+    }
+    assert freshness(was, [pc]).updated == ()
+    assert freshness(was, [{**pc, "properties": {"s2:processing_baseline": "05.11"}}]).updated == ("P",)
+    assert newer_versions({"P": None}, was["item_versions"], written) == set()  # no version now

@@ -11,6 +11,7 @@ import pytest
 
 from pipelines import embeddings as es
 from pipelines.cubes import CubeSpec, CubeStore, write_cubes
+from pipelines.cubes.freshness import item_version
 from pipelines.embed import CubeSource, run_embedding
 from pipelines.embed.freshness import CubeState, cube_state, find_stale_catalog, is_stale, is_stale_catalog
 from pipelines.embed.sources import parse_periods
@@ -285,7 +286,8 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_an_item_is_reproc
     assert first.done == 1, first.format()
     prov = es.read_tile_record(str(out), first.version, tile, 0)["provenance"]
     used = next(i for i in s2 if i["id"] in prov["input_items"])
-    assert prov["item_versions"][used["id"]] == used["properties"]["updated"]
+    assert prov["item_versions"][used["id"]] == item_version(used)  # updated, then its baseline
+    assert prov["item_versions"][used["id"]].startswith(used["properties"]["updated"] + "|")
     assert {r.status for r in embed().results} == {TileStatus.SKIPPED}  # nothing changed
 
     # the item is reprocessed: same id, newer updated (still before the record was written)
@@ -296,7 +298,7 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_an_item_is_reproc
     assert [r.status for r in second.results] == [TileStatus.DONE], second.format()
     assert any("embedded again" in n for n in second.notes), second.notes
     record = es.read_tile_record(str(out), second.version, tile, 0)
-    assert record["provenance"]["item_versions"][used["id"]] == "2025-06-01T00:00:00Z"
+    assert record["provenance"]["item_versions"][used["id"]] == item_version(redone)
     third = embed()
     assert {r.status for r in third.results} == {TileStatus.SKIPPED}, third.format()
     assert not any("embedded again" in n for n in third.notes), third.notes
@@ -486,3 +488,153 @@ def test_a_cube_rebuilt_for_a_reprocessed_item_makes_its_embedding_stale() -> No
     assert is_stale(made, state("2023-08-01T00:00:00+00:00", "2023-07-20T00:00:00Z"))
     # records without versions (written before item_versions) cannot tell: fresh, as before
     assert not is_stale(made, state("2023-08-01T00:00:00+00:00", None))
+
+
+def _rebaselined(item: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """``item`` reprocessed under another Sentinel-2 processing baseline, its ``updated`` unchanged."""
+    import copy
+
+    redone = copy.deepcopy(item)
+    redone["properties"]["s2:processing_baseline"] = baseline
+    return redone
+
+
+def test_tiles_embedded_from_cubes_are_embedded_again_when_an_item_is_reprocessed_in_place(
+    tmp_path: Path, sample_items: list[dict[str, Any]]
+) -> None:
+    """A catalog reprocesses an item under a new processing baseline without moving its ``updated``:
+    the cube run rebuilds the tiles it touches (``pipelines.cubes.freshness``), and the embedding
+    run embeds them again (their provenance's ``item_versions``, the cube record's versions of the
+    tile's items, name the old baseline); the run after it redoes nothing. (Before, neither the cubes
+    nor the embeddings moved.)"""
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    grid = TileGrid()
+    spec = CubeSpec(grid=grid, collections=COLLECTIONS, catalog="sample")
+    tiles = [grid.tile(t) for t in TILES]
+    cubes, out = tmp_path / "cubes", tmp_path / "emb"
+    write_cubes(sample_items, tiles, spec, str(cubes), progress=False)
+    first = run_embedding(request(checkpoint, out, cubes))
+    assert first.done == len(TILES), first.format()
+    store = CubeStore.open(str(cubes))
+    prov = es.read_tile_record(str(out), first.version, TILES[0], 0)["provenance"]
+    cube_versions = store.record(TILES[0])["item_versions"]
+    assert prov["item_versions"] == {i: cube_versions.get(i) for i in prov["item_versions"]}
+    assert set(prov["item_versions"]) <= set(prov["input_items"]) and prov["item_versions"]
+
+    used = next(
+        i for i in sample_items if i["id"] in prov["item_versions"] and i["collection"] == COLLECTIONS[0]
+    )
+    redone = _rebaselined(used, "99.99")
+    items = [redone if i is used else i for i in sample_items]
+    rebuilt = write_cubes(items, tiles, spec, str(cubes), progress=False)
+    changed = sorted(o.tile_id for o in rebuilt.outcomes if o.reason == "rebuilt with 1 updated item(s)")
+    assert TILES[0] in changed, rebuilt.format()
+
+    second = run_embedding(request(checkpoint, out, cubes))
+    by_tile = {r.tile_id: r.status for r in second.results}
+    assert sorted(t for t, st in by_tile.items() if st == TileStatus.DONE) == changed, second.format()
+    assert any("embedded again" in n for n in second.notes), second.notes
+    prov = es.read_tile_record(str(out), second.version, TILES[0], 0)["provenance"]
+    assert prov["item_versions"][used["id"]] == item_version(redone)
+    third = run_embedding(request(checkpoint, out, cubes))
+    assert {r.status for r in third.results} == {TileStatus.SKIPPED}, third.format()
+
+
+def test_tiles_embedded_from_a_catalog_are_embedded_again_when_an_item_is_reprocessed_in_place(
+    tmp_path: Path, sample_items: list[dict[str, Any]]
+) -> None:
+    """``--catalog-url``: an item reprocessed under a new processing baseline, its ``updated``
+    unchanged, makes the next run embed the tile again, through the considered-items index (its
+    digest covers the versions); a record written before processing versions were kept (plain
+    ``updated`` times) is not stale after the upgrade."""
+    import json
+
+    from pipelines.embed import EmbedRequest
+
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    tile, out = TILES[1], tmp_path / "emb"
+    catalog = tmp_path / "items.ndjson"
+
+    def publish(items: list[dict[str, Any]]) -> None:
+        catalog.write_text("".join(json.dumps(i) + "\n" for i in items))
+
+    def embed() -> Any:
+        return run_embedding(
+            EmbedRequest(
+                checkpoint=str(checkpoint),
+                out=str(out),
+                datetime=PERIOD,
+                tiles=(tile,),
+                catalog_url=str(catalog),
+                collections=("sentinel-2-l2a",),
+                workers=0,
+                progress=False,
+            )
+        )
+
+    publish(sample_items)
+    first = embed()
+    assert first.done == 1, first.format()
+    record = es.read_tile_record(str(out), first.version, tile, 0)
+    used = next(i for i in sample_items if i["id"] in record["provenance"]["input_items"])
+    assert {r.status for r in embed().results} == {TileStatus.SKIPPED}  # indexed, nothing changed
+    assert es.read_considered_index(str(out), first.version)
+
+    publish([_rebaselined(used, "99.99") if i is used else i for i in sample_items])
+    second = embed()
+    assert [r.status for r in second.results] == [TileStatus.DONE], second.format()
+    assert any("embedded again" in n for n in second.notes), second.notes
+    record = es.read_tile_record(str(out), second.version, tile, 0)
+    assert record["provenance"]["item_versions"][used["id"]].endswith("|s2:processing_baseline=99.99")
+    third = embed()
+    assert {r.status for r in third.results} == {TileStatus.SKIPPED}, third.format()
+
+    # the code before kept ``updated`` alone: such a record is not stale after the upgrade
+    versions = record["provenance"]["item_versions"]
+    record["provenance"]["item_versions"] = {i: (v or "").split("|")[0] or None for i, v in versions.items()}
+    Path(es.record_url(str(out), second.version, tile, 0)).write_text(json.dumps(record))
+    publish([_rebaselined(used, "98.00") if i is used else i for i in sample_items])
+    upgraded = embed()
+    assert {r.status for r in upgraded.results} == {TileStatus.SKIPPED}, upgraded.format()
+
+
+def test_processing_versions_make_embeddings_stale_only_where_recorded() -> None:
+    """The rules alone: a cube-source embedding whose provenance's ``item_versions`` names another
+    processing version than its cube record now holds is stale; one made before the field falls back
+    on ``cube_written_at``; a catalog record likewise; the considered-items digest covers the versions."""
+    from pipelines.embed.freshness import considered_digest
+
+    (period,) = parse_periods(PERIOD)
+    group = {
+        "collection": "sentinel-2-l2a",
+        "gsd_label": "10m",
+        "bands": ["B04"],
+        "times": ["2023-06-05T10:30:00"],
+        "source_items": ["S1"],
+    }
+    tile, when = "32631_95_649", "2023-06-06T00:00:00Z"
+    v509, v510 = f"{when}|s2:processing_baseline=05.09", f"{when}|s2:processing_baseline=05.10"
+
+    def state(written_at: str, version: str | None) -> CubeState:
+        cube: dict[str, Any] = {"written_at": written_at, "status": TileStatus.COMPLETE, "groups": [group]}
+        cube["item_versions"] = {"S1": version}
+        return cube_state(CubeSource("unused"), tile, 960.0, {tile: cube}, period)
+
+    made = {"input_items": ["S1"], "cube_written_at": "2023-07-02T00:00:00+00:00"}
+    with_versions = {"provenance": {**made, "item_versions": {"S1": v509}}}
+    assert not is_stale(with_versions, state("2023-07-02T00:00:00+00:00", v509))
+    assert not is_stale(with_versions, state("2023-08-01T00:00:00+00:00", v509))  # rebuilt, S1 as was
+    assert is_stale(with_versions, state("2023-08-01T00:00:00+00:00", v510))  # rebuilt for S1's baseline
+    assert not is_stale({"provenance": made}, state("2023-08-01T00:00:00+00:00", v510))  # cannot tell
+    plain = {"provenance": {**made, "item_versions": {"S1": when}}}  # written by the code before
+    assert not is_stale(plain, state("2023-08-01T00:00:00+00:00", v510))
+
+    catalog = {"written": "2024-01-01T00:00:00+00:00", "provenance": {"considered_items": ["A"]}}
+    assert not is_stale_catalog(catalog, {"A": v510})
+    assert not is_stale_catalog(
+        {**catalog, "provenance": {"considered_items": ["A"], "item_versions": {"A": when}}}, {"A": v510}
+    )
+    recorded = {**catalog, "provenance": {"considered_items": ["A"], "item_versions": {"A": v509}}}
+    assert not is_stale_catalog(recorded, {"A": v509}) and is_stale_catalog(recorded, {"A": v510})
+    assert considered_digest({"A": v509}) != considered_digest({"A": v510})
+    assert considered_digest({"A": when}) == considered_digest({"A": when})
