@@ -11,7 +11,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.params import restore_credentials
 from pipelines import demo as steps
+from pipelines.redaction import redact_record
 
 
 @task
@@ -32,7 +34,10 @@ def cubes_task(paths: steps.DemoPaths) -> dict[str, Any]:
 
 @task
 def pretrain_task(paths: steps.DemoPaths, pretrain_steps: int, init: str | None) -> dict[str, Any]:
-    return steps.pretrain(paths, pretrain_steps, init)
+    """``init``: as the flow got it (masked by ``aom demo`` if it had a credential); the result
+    (which Prefect may persist) names it redacted."""
+    trained = steps.pretrain(paths, pretrain_steps, restore_credentials(init) if init else None)
+    return redact_record(trained)
 
 
 @task(retries=1)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from flows.common import install_exit_bound, publish_summary
-from flows.params import AreaParams, StorageParams, empty_is_none
+from flows.params import AreaParams, CredentialFree, StorageParams, empty_is_none, withhold_credentials
 from flows.pretrain import PretrainParams, pretrain
 from pipelines.embed import EmbedRequest, run_embedding
 from pipelines.errors import RunFailedError
@@ -23,11 +23,12 @@ from pipelines.runs import TileStatus
 from pipelines.storage import join
 
 
-class EmbedParams(BaseModel):
+class EmbedParams(CredentialFree):
     """Flow parameters: each field but ``area`` and ``storage`` is the :class:`EmbedRequest` field of
     the same name (and default), passed through :meth:`EmbedRequest.from_dict` as `aom embed` does."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    URL_FIELDS = ("checkpoint", "out", "cubes", "catalog_url", "dask_address")
 
     checkpoint: str = Field(..., description="model.safetensors URL")
     out: str = Field(..., description="embeddings dataset URL")
@@ -73,7 +74,7 @@ class EmbedParams(BaseModel):
 # No task retries: catalog requests are retried by pipelines.retry, failed tiles by the one flow retry.
 @task
 def embed_task(params: EmbedParams) -> dict[str, Any]:
-    summary = run_embedding(params.request())
+    summary = run_embedding(params.with_credentials().request())
     # persisted and shown by Prefect (and the source of the artifact and the failure message)
     return redact_record({**summary.to_dict(), "results": [r.to_dict() for r in summary.results]})
 
@@ -114,7 +115,8 @@ def retrain(pretrain_params: PretrainParams, embed_params: EmbedParams) -> dict[
     """Fine-tune (``pretrain_params.init`` = current checkpoint) then embed a new dataset version."""
     install_exit_bound()
     trained = pretrain(pretrain_params)
-    checkpoint = trained_checkpoint(pretrain_params.out, trained)
+    # the checkpoint under the real out URL, masked again to be the embed run's parameter
+    checkpoint = withhold_credentials(trained_checkpoint(pretrain_params.with_credentials().out, trained))
     get_run_logger().info("retrain: new checkpoint %s; embedding a new version", checkpoint)
     embedded = embed(
         embed_params.model_copy(update={"checkpoint": checkpoint, "version": None, "tiles": None})

@@ -10,10 +10,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from flows.common import batches, catalog_slot, install_exit_bound, publish_summary
-from flows.params import AreaParams, StorageParams, empty_is_none
+from flows.params import AreaParams, CredentialFree, StorageParams, empty_is_none
 from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.cubes.reading import read_attempts
 from pipelines.errors import RunFailedError
@@ -25,8 +25,9 @@ from pipelines.storage import redact_record, redact_url
 from pipelines.tiling import DEFAULT_TILE_SIZE_M
 
 
-class IngestParams(BaseModel):
+class IngestParams(CredentialFree):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    URL_FIELDS = ("out", "catalog_url")
 
     collections: tuple[str, ...] = Field(..., min_length=1, description="registry collection ids")
     area: AreaParams
@@ -89,8 +90,11 @@ class IngestParams(BaseModel):
 
 
 # No Prefect retries here: every catalog request is already retried by pipelines.retry (one layer).
-@task(tags=["catalog-api"])
+# Its result names the saved items under ``out`` as the task reads them (credentials and all, for a
+# URL this process withheld from Prefect): never persisted.
+@task(tags=["catalog-api"], persist_result=False)
 def search_task(params: IngestParams) -> SavedSearch:
+    params = params.with_credentials()
     with catalog_slot():
         return search_and_save(
             params.request(),
@@ -103,6 +107,7 @@ def search_task(params: IngestParams) -> SavedSearch:
 
 @task(retries=2, retry_delay_seconds=[5, 30])
 def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
+    params = params.with_credentials()
     opts = params.storage.storage_options()
     return plan_saved(items_url, params.cube_request(), opts, read_attempts(params.max_attempts)).tile_ids
 
@@ -112,6 +117,7 @@ def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
 # itself, which skips tiles with a completion record, so a rerun after a deletion refills the holes.
 @task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
 def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -> dict[str, Any]:
+    params = params.with_credentials()
     summary = build_tiles(
         items_url,
         tile_ids,

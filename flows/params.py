@@ -1,18 +1,33 @@
 """Typed, validated flow parameters (pydantic): a bad deployment run fails before any work.
 
-Secrets never travel as parameters: object-storage credentials come from the standard chains of
-the worker (environment from a Kubernetes Secret, instance role, profile) or from a Prefect
-``Secret`` block named by ``credentials_block`` holding ``{"key": ..., "secret": ...}``, or a
-prefect-aws ``AwsCredentials`` block named ``aws-credentials/<name>`` (``pip install .[aws]``).
+Secrets never travel as parameters: Prefect stores a flow run's parameters as given (its database,
+the UI, the API), so a URL parameter with ``user:password@`` or a token, signature or key in its
+query is refused (:class:`CredentialFree`). Object-storage credentials come from the standard
+chains of the worker (environment from a Kubernetes Secret, instance role, profile) or from a
+Prefect ``Secret`` block named by ``credentials_block`` holding ``{"key": ..., "secret": ...}``, or
+a prefect-aws ``AwsCredentials`` block named ``aws-credentials/<name>`` (``pip install .[aws]``);
+catalog keys and tokens from the catalog's access rule (``api-key``, ``sas-token``).
+
+A caller in this process (the ``aom`` command line, a script) that holds a URL with a credential
+gives the flow :func:`withhold_credentials` of it (the URL masked as ``redact_url`` writes it, the
+real one kept in this process's memory only); the flow's tasks read it back with
+:meth:`CredentialFree.with_credentials` / :func:`restore_credentials`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from pipelines.errors import InputError
+from pipelines.errors import AOMError, InputError
+from pipelines.redaction import has_credentials, install_log_redaction, is_secret_option, redact_url
+
+# Every flow imports this module, so a deployed run's process (Prefect's, not ``aom``'s, whose root
+# callback does the same) redacts its log lines from before Prefect validates the parameters: a
+# refused run is logged with its input (the worker's output), and the logs Prefect sends to its API
+# name URLs (exception messages, a task's reads).
+install_log_redaction()
 
 
 def _none_if_empty(v: Any) -> Any:
@@ -28,10 +43,98 @@ def empty_is_none(*fields: str) -> Any:
     return field_validator(*fields, mode="before")(_none_if_empty)
 
 
-class StorageParams(BaseModel):
+CREDENTIAL_HELP = (
+    "Prefect stores flow parameters as given, so no credential goes in one: object-storage keys come "
+    "from storage.credentials_block (a Secret or aws-credentials block) or the worker's environment, "
+    "catalog keys and tokens from the catalog's access rule (docs/safety.md, section 6)"
+)
+
+
+class CredentialParameterError(AOMError):
+    """A flow parameter that carries a credential (exit 2, like bad input). Deliberately not a
+    ``ValueError``: pydantic would wrap one in a ``ValidationError`` holding the input, which Prefect
+    chains to the failed run's exception, and that is pickled into the run's result when results are
+    persisted. This one propagates as it is, its message naming the parameter, never the value."""
+
+
+# The real URLs behind the masked ones this process gave a flow (withhold_credentials), by masked URL.
+_WITHHELD: dict[str, str] = {}
+
+
+def withhold_credentials(url: str) -> str:
+    """``url`` fit to be a flow parameter: masked as :func:`~pipelines.redaction.redact_url` writes
+    it (``https://***@host/x?token=***``), the real URL kept in this process's memory, where
+    :func:`restore_credentials` finds it. A URL without a credential comes back unchanged. For
+    flows run in this process (``aom demo``, a script); a deployment's run has no such memory
+    (its worker reads credentials from blocks, its environment or access rules). Two URLs that mask
+    alike (another token, or a path after a token's value) get ``#2``, ``#3`` ... appended."""
+    masked = redact_url(url)
+    if masked == url:
+        return url
+    handle, n = masked, 1
+    while _WITHHELD.get(handle, url) != url:
+        n += 1
+        handle = f"{masked}#{n}"
+    _WITHHELD[handle] = url
+    return handle
+
+
+def restore_credentials(url: str) -> str:
+    """The real URL that :func:`withhold_credentials` masked as ``url``; any other URL unchanged."""
+    return _WITHHELD.get(url, url)
+
+
+def _urls(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def _restored(value: Any) -> Any:
+    if isinstance(value, str):
+        return restore_credentials(value)
+    if isinstance(value, tuple):
+        return tuple(_restored(v) for v in value)
+    return value
+
+
+class CredentialFree(BaseModel):
+    """Base of the flow parameter models: every field named in ``URL_FIELDS`` (a URL or a tuple of
+    URLs) is refused if it carries a credential (:class:`CredentialParameterError`, one line that
+    names the field, never its value): a deployment's run fails before any work, and says where
+    credentials go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    URL_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _no_credentials(self) -> Self:
+        bad = [n for n in self.URL_FIELDS if any(has_credentials(u) for u in _urls(getattr(self, n)))]
+        if bad:
+            raise CredentialParameterError(
+                f"{' and '.join([', '.join(bad[:-1]), bad[-1]] if len(bad) > 1 else bad)} "
+                f"{'carries' if len(bad) == 1 else 'carry'} a credential "
+                f"(user:password@ or a token, signature or key parameter); {CREDENTIAL_HELP}"
+            )
+        return self
+
+    def with_credentials(self) -> Self:
+        """A copy for this process's tasks, with the URLs :func:`withhold_credentials` masked put
+        back (nested parameter models too); never a flow parameter or a task's result."""
+        update: dict[str, Any] = {name: _restored(getattr(self, name)) for name in self.URL_FIELDS}
+        for name, value in self:
+            if isinstance(value, CredentialFree):
+                update[name] = value.with_credentials()
+        return self.model_copy(update=update)
+
+
+class StorageParams(CredentialFree):
     """Where and how to reach object storage; no secret values here, only references."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    URL_FIELDS = ("endpoint_url",)
 
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (omit for AWS S3)")
     region_name: str | None = None
@@ -49,6 +152,25 @@ class StorageParams(BaseModel):
 
     _empty_is_none = empty_is_none("endpoint_url", "region_name", "credentials_block", "options")
 
+    @field_validator("options")
+    @classmethod
+    def _no_secret_options(cls, v: Any) -> Any:
+        """A secret-looking key (``key``, ``secret``, ``token`` ...) would be stored by Prefect."""
+        from pipelines.storage import parse_storage_options
+
+        texts = [v] if isinstance(v, str) else v if isinstance(v, list) else []
+        if any(str(t).strip().startswith("@") for t in texts):
+            return v  # a file the worker reads: its values never become a parameter
+        try:
+            parsed = parse_storage_options(v, "storage.options") if v is not None else {}
+        except InputError:
+            return v  # storage_options() reports it, naming the fix
+        if _secret_keys(parsed):
+            raise CredentialParameterError(
+                f"storage.options holds {', '.join(_secret_keys(parsed))}; {CREDENTIAL_HELP}"
+            )
+        return v
+
     def storage_options(self) -> dict[str, Any]:
         """fsspec options for ``s3://`` URLs (empty for local paths): ``options`` read by the parser
         of ``--storage-options`` (:func:`pipelines.storage.parse_storage_options`), then the fields."""
@@ -64,6 +186,16 @@ class StorageParams(BaseModel):
         if self.credentials_block:
             opts.update({k: v for k, v in block_credentials(self.credentials_block).items() if k not in opts})
         return opts
+
+
+def _secret_keys(options: Any, prefix: str = "") -> list[str]:
+    found: list[str] = []
+    for k, v in (options or {}).items():
+        if isinstance(v, dict):
+            found += _secret_keys(v, f"{prefix}{k}.")
+        elif is_secret_option(k):
+            found.append(f"{prefix}{k}")
+    return found
 
 
 AWS_CREDENTIALS_PREFIX = "aws-credentials/"

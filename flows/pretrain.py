@@ -12,10 +12,10 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from flows.common import install_exit_bound
-from flows.params import StorageParams
+from flows.params import CredentialFree, StorageParams
 from pipelines.errors import RunFailedError
 from pipelines.redaction import redact_record
 
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from aom_model.train import PretrainConfig
 
 
-class PretrainParams(BaseModel):
+class PretrainParams(CredentialFree):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    URL_FIELDS = ("cubes", "out", "init", "rdzv_endpoint")
 
     cubes: tuple[str, ...] = Field(..., min_length=1, description="cube store URLs")
     out: str = Field(..., description="run folder URL: checkpoints, metrics, final model")
@@ -59,6 +60,7 @@ def _config(params: PretrainParams, storage_options: dict[str, Any]) -> Pretrain
 def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
     from pipelines.pretrain import pretrain
 
+    params = params.with_credentials()
     result = pretrain(_config(params, params.storage.storage_options())).to_dict()
     return redact_record(result)  # a task's result is persisted and shown by Prefect
 
@@ -67,6 +69,7 @@ def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
 def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
     from aom_model.train import launch_torchrun
 
+    params = params.with_credentials()
     # The configuration (URLs with their tokens) goes to the ranks in a private file (0600, removed
     # when torchrun ends) and the storage options in their environment, as aom pretrain passes them:
     # a command line is readable by every user of the machine.

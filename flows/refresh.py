@@ -14,10 +14,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from flows.common import catalog_slot, install_exit_bound, publish_summary
 from flows.ingest import IngestParams, ingest
+from flows.params import CredentialFree
 from pipelines.search import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
 from pipelines.storage import join, read_json, redact_url, write_json_atomic
 
@@ -25,8 +26,9 @@ TILES_UPDATED_EVENT = "aom.refresh.tiles-updated"
 RETRAIN_EVENT = "aom.refresh.retrain-requested"
 
 
-class RefreshParams(BaseModel):
+class RefreshParams(CredentialFree):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    URL_FIELDS = ("state_url",)
 
     ingest: IngestParams
     state_url: str | None = Field(None, description="where the watermark lives (default: <cubes>/_state)")
@@ -44,8 +46,10 @@ class RefreshParams(BaseModel):
 
 
 # No Prefect retries here: every catalog request is already retried by pipelines.retry (one layer).
-@task(tags=["catalog-api"])
+# Its result holds the new items (their hrefs): never persisted.
+@task(tags=["catalog-api"], persist_result=False)
 def plan_task(params: RefreshParams) -> RefreshPlan:
+    params = params.with_credentials()
     with catalog_slot():
         return plan_refresh(
             params.ingest.request(),
@@ -58,11 +62,13 @@ def plan_task(params: RefreshParams) -> RefreshPlan:
 
 @task(retries=3, retry_delay_seconds=[2, 10])
 def commit_task(params: RefreshParams, plan: RefreshPlan) -> None:
+    params = params.with_credentials()
     commit_watermark(params.watermark_url, plan, params.ingest.storage.storage_options())
 
 
 @task(retries=3, retry_delay_seconds=[2, 10])
 def bump_counter_task(params: RefreshParams, n: int, reset: bool) -> int:
+    params = params.with_credentials()
     opts = params.ingest.storage.storage_options()
     try:
         count = int(read_json(params.counter_url, opts)["items"])

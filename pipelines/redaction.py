@@ -133,6 +133,13 @@ def redact_userinfo(text: str) -> str:
     return _USERINFO.sub("://" + MASK + "@", text)
 
 
+def has_credentials(url: str) -> bool:
+    """Whether ``url`` carries a credential that :func:`redact_url` would mask (``user:password@``,
+    a signature, token or credential parameter, a registered secret value). An already masked URL
+    (``https://***@host/x?token=***``) carries none."""
+    return redact_url(url) != url
+
+
 def unsign_url(url: str) -> str:
     """``url`` fit to persist and to sign again for reading: the signed-URL parameters
     (:data:`SIGNED_URL_PARAMS`, :data:`SIGNED_URL_PREFIXES`) removed, since a reader re-signs its

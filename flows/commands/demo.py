@@ -32,8 +32,12 @@ def demo(
 
         check_checkpoint_header(init, what="--init")  # its header only: ~20 s of steps ran before
     from flows.demo import demo as demo_flow  # Prefect: imported once the arguments are known good
+    from flows.params import withhold_credentials
 
-    result = demo_flow(out=str(out_dir), pretrain_steps=pretrain_steps, workers=workers, init=start)
+    # Prefect stores a flow run's parameters as given: a URL with a token goes to it masked, and the
+    # pretraining task reads the real one from this process's memory (flows.params)
+    init_param = withhold_credentials(start) if start else None
+    result = demo_flow(out=str(out_dir), pretrain_steps=pretrain_steps, workers=workers, init=init_param)
     if not result["top"]:
         raise typer.Exit(1)
 

@@ -9,6 +9,7 @@ import pytest
 
 import flows.embed
 from flows.embed import EmbedParams, embed_task, trained_checkpoint
+from flows.params import withhold_credentials
 from pipelines.embed import EmbedRequest
 from pipelines.embed.request import EmbedSummary, TileResult
 from pipelines.runs import TileStatus
@@ -25,8 +26,12 @@ def test_the_embed_task_returns_its_summary_without_credentials(monkeypatch: pyt
 
     monkeypatch.setattr(flows.embed, "run_embedding", fake_run)
     cubes = OUT.replace("emb", "cubes")
-    params = EmbedParams(
-        checkpoint="m.safetensors", out=OUT, cubes=cubes, datetime="2023", tiles=("31TGL_0_0",)
+    params = EmbedParams(  # as a caller in this process gives them (flows.params)
+        checkpoint="m.safetensors",
+        out=withhold_credentials(OUT),
+        cubes=withhold_credentials(cubes),
+        datetime="2023",
+        tiles=("31TGL_0_0",),
     )
     summary = embed_task.fn(params)
     text = json.dumps(summary, default=str)

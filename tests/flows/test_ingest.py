@@ -58,13 +58,15 @@ def test_the_cube_task_returns_its_outcomes_without_credentials(monkeypatch: pyt
     artifact and its failure message: a URL in them is redacted."""
     import flows.ingest
     from flows.ingest import IngestParams, cube_batch_task
-    from flows.params import AreaParams
+    from flows.params import AreaParams, withhold_credentials
 
     secret_url = "https://user:SECRETPW7@h.example/a.tif?token=SECRET123"
+    secret_out = "https://user:SECRETPW7@h.example/cubes?sig=SECRET456"
 
     def fake_build(
         items_url: str, tile_ids: list[str], spec: Any, out: str, options: Any, *, read_options: Any
     ) -> dict[str, Any]:
+        assert out == secret_out  # the task writes to the real URL
         reads.append(read_options)
         return {"out": out, "outcomes": [{"tile_id": tile_ids[0], "status": "failed", "reason": f"cannot read {secret_url}"}]}  # fmt: skip
 
@@ -74,7 +76,7 @@ def test_the_cube_task_returns_its_outcomes_without_credentials(monkeypatch: pyt
     params = IngestParams(
         collections=("sentinel-2-l2a",),
         area=AreaParams(bbox=(5.0, 44.0, 6.0, 45.0), datetime="2023-01-01/2023-12-31"),
-        out="https://user:SECRETPW7@h.example/cubes?sig=SECRET456",
+        out=withhold_credentials(secret_out),  # as a caller in this process gives it (flows.params)
         max_attempts=2,
     )
     result = cube_batch_task.fn("items.ndjson", ["t1"], params)

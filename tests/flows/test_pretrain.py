@@ -14,13 +14,19 @@ from typing import Any
 import pytest
 
 from aom_model.train.config import PretrainConfig, PretrainResult
+from flows.params import withhold_credentials
 from flows.pretrain import PretrainParams, pretrain_in_process, pretrain_torchrun
 from pipelines.errors import RunFailedError
 
 SECRETS = ("SECRETPW7", "SECRET123", "SECRET456")
 OUT = "https://user:SECRETPW7@h.example/runs/r1?token=SECRET123&sig=SECRET456"
 CUBES = "https://user:SECRETPW7@h.example/cubes?token=SECRET123"
-PARAMS = PretrainParams(cubes=(CUBES,), out=OUT, init=f"{CUBES}/m.safetensors")
+# as a caller in this process gives them (a deployment's run cannot: tests/flows/test_credentials.py)
+PARAMS = PretrainParams(
+    cubes=(withhold_credentials(CUBES),),
+    out=withhold_credentials(OUT),
+    init=withhold_credentials(f"{CUBES}/m.safetensors"),
+)
 
 
 def _leaked(value: Any) -> list[str]:
