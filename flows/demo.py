@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.params import restore_credentials
+from flows.params import redacts_errors, restore_credentials
 from pipelines import demo as steps
 from pipelines.redaction import redact_record
 
@@ -33,6 +33,7 @@ def cubes_task(paths: steps.DemoPaths) -> dict[str, Any]:
 
 
 @task
+@redacts_errors
 def pretrain_task(paths: steps.DemoPaths, pretrain_steps: int, init: str | None) -> dict[str, Any]:
     """``init``: as the flow got it (masked by ``aom demo`` if it had a credential); the result
     (which Prefect may persist) names it redacted."""

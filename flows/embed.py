@@ -14,7 +14,14 @@ from prefect import flow, get_run_logger, task
 from pydantic import ConfigDict, Field
 
 from flows.common import install_exit_bound, publish_summary
-from flows.params import AreaParams, CredentialFree, StorageParams, empty_is_none, withhold_credentials
+from flows.params import (
+    AreaParams,
+    CredentialFree,
+    StorageParams,
+    empty_is_none,
+    redacts_errors,
+    withhold_credentials,
+)
 from flows.pretrain import PretrainParams, pretrain
 from pipelines.embed import EmbedRequest, run_embedding
 from pipelines.errors import RunFailedError
@@ -73,6 +80,7 @@ class EmbedParams(CredentialFree):
 
 # No task retries: catalog requests are retried by pipelines.retry, failed tiles by the one flow retry.
 @task
+@redacts_errors
 def embed_task(params: EmbedParams) -> dict[str, Any]:
     summary = run_embedding(params.with_credentials().request())
     # persisted and shown by Prefect (and the source of the artifact and the failure message)

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field, field_validator
 
 from flows.common import batches, catalog_slot, install_exit_bound, publish_summary
-from flows.params import AreaParams, CredentialFree, StorageParams, empty_is_none
+from flows.params import AreaParams, CredentialFree, StorageParams, empty_is_none, redacts_errors
 from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.cubes.reading import read_attempts
 from pipelines.errors import RunFailedError
@@ -93,6 +93,7 @@ class IngestParams(CredentialFree):
 # Its result names the saved items under ``out`` as the task reads them (credentials and all, for a
 # URL this process withheld from Prefect): never persisted.
 @task(tags=["catalog-api"], persist_result=False)
+@redacts_errors
 def search_task(params: IngestParams) -> SavedSearch:
     params = params.with_credentials()
     with catalog_slot():
@@ -106,6 +107,7 @@ def search_task(params: IngestParams) -> SavedSearch:
 
 
 @task(retries=2, retry_delay_seconds=[5, 30])
+@redacts_errors
 def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
     params = params.with_credentials()
     opts = params.storage.storage_options()
@@ -116,6 +118,7 @@ def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
 # tiles the store may no longer hold (deleted tiles, a deleted store). Resume comes from the store
 # itself, which skips tiles with a completion record, so a rerun after a deletion refills the holes.
 @task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+@redacts_errors
 def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -> dict[str, Any]:
     params = params.with_credentials()
     summary = build_tiles(

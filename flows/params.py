@@ -16,12 +16,21 @@ real one kept in this process's memory only); the flow's tasks read it back with
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Self
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from pipelines.errors import AOMError, InputError
-from pipelines.redaction import has_credentials, install_log_redaction, is_secret_option, redact_url
+from pipelines.errors import AOMError, InputError, RunFailedError
+from pipelines.redaction import (
+    has_credentials,
+    install_log_redaction,
+    is_secret_option,
+    redact_exception,
+    redact_text,
+    redact_url,
+)
 
 # Every flow imports this module, so a deployed run's process (Prefect's, not ``aom``'s, whose root
 # callback does the same) redacts its log lines from before Prefect validates the parameters: a
@@ -82,6 +91,32 @@ def withhold_credentials(url: str) -> str:
 def restore_credentials(url: str) -> str:
     """The real URL that :func:`withhold_credentials` masked as ``url``; any other URL unchanged."""
     return _WITHHELD.get(url, url)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def redacts_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """For a task that reads real URLs (:meth:`CredentialFree.with_credentials`), under its
+    ``@task``: an exception it raises leaves it with its messages redacted
+    (:func:`~pipelines.redaction.redact_exception`; exception messages name the URL that failed),
+    since Prefect stores the message as the run's state message and pickles the exception into
+    the run's result where results are persisted. One whose message cannot be redacted in place
+    becomes a :class:`~pipelines.errors.RunFailedError` with the redacted text, raised without it
+    (nor its chain) attached."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if redact_exception(exc):
+                raise
+            failure = RunFailedError(" ".join(redact_text(f"{type(exc).__name__}: {exc}").split()))
+        raise failure  # outside the handler: no __context__ holding the original
+
+    return run
 
 
 def _urls(value: Any) -> list[str]:

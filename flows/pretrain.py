@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import ConfigDict, Field
 
 from flows.common import install_exit_bound
-from flows.params import CredentialFree, StorageParams
+from flows.params import CredentialFree, StorageParams, redacts_errors
 from pipelines.errors import RunFailedError
 from pipelines.redaction import redact_record
 
@@ -57,6 +57,7 @@ def _config(params: PretrainParams, storage_options: dict[str, Any]) -> Pretrain
 
 
 @task
+@redacts_errors
 def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
     from pipelines.pretrain import pretrain
 
@@ -66,6 +67,7 @@ def pretrain_in_process(params: PretrainParams) -> dict[str, Any]:
 
 
 @task
+@redacts_errors
 def pretrain_torchrun(params: PretrainParams) -> dict[str, Any]:
     from aom_model.train import launch_torchrun
 

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field
 
 from flows.common import catalog_slot, install_exit_bound, publish_summary
 from flows.ingest import IngestParams, ingest
-from flows.params import CredentialFree
+from flows.params import CredentialFree, redacts_errors
 from pipelines.search import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
 from pipelines.storage import join, read_json, redact_url, write_json_atomic
 
@@ -48,6 +48,7 @@ class RefreshParams(CredentialFree):
 # No Prefect retries here: every catalog request is already retried by pipelines.retry (one layer).
 # Its result holds the new items (their hrefs): never persisted.
 @task(tags=["catalog-api"], persist_result=False)
+@redacts_errors
 def plan_task(params: RefreshParams) -> RefreshPlan:
     params = params.with_credentials()
     with catalog_slot():
@@ -61,12 +62,14 @@ def plan_task(params: RefreshParams) -> RefreshPlan:
 
 
 @task(retries=3, retry_delay_seconds=[2, 10])
+@redacts_errors
 def commit_task(params: RefreshParams, plan: RefreshPlan) -> None:
     params = params.with_credentials()
     commit_watermark(params.watermark_url, plan, params.ingest.storage.storage_options())
 
 
 @task(retries=3, retry_delay_seconds=[2, 10])
+@redacts_errors
 def bump_counter_task(params: RefreshParams, n: int, reset: bool) -> int:
     params = params.with_credentials()
     opts = params.ingest.storage.storage_options()

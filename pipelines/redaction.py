@@ -9,6 +9,7 @@ of signed hrefs) and registered secret values (typed storage-option secrets) bec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -205,6 +206,39 @@ def redact_text(text: str) -> str:
     text = redact_userinfo(text)
     text = _SECRET_HEADER.sub(r"\1\2***", text)
     return _without_secret_values(redact_params(text))
+
+
+_EXCEPTION_TEXT_ATTRS = ("filename", "filename2", "strerror", "msg", "reason", "url")
+
+
+def redact_exception(exc: BaseException) -> bool:
+    """Redact, in place, the text of ``exc`` and of its cause and context (their ``args``, notes and
+    the string attributes messages are made of: an ``OSError``'s file names, ...), for an
+    exception that is persisted (a Prefect run's state message, its pickled result). Returns
+    whether ``str()`` of each is clean afterwards (False: a message built from other objects, such
+    as an HTTP library's URL object, still names a credential)."""
+    clean, seen, todo = True, set(), [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        e.args = tuple(redact_text(a) if isinstance(a, str) else a for a in e.args)
+        for attr in _EXCEPTION_TEXT_ATTRS:
+            value = getattr(e, attr, None)
+            if isinstance(value, str):
+                with contextlib.suppress(AttributeError, TypeError):  # a read-only attribute
+                    setattr(e, attr, redact_text(value))
+        notes = getattr(e, "__notes__", None)
+        if isinstance(notes, list):
+            notes[:] = [redact_text(n) if isinstance(n, str) else n for n in notes]
+        try:
+            text = str(e)
+        except Exception:
+            text = ""
+        clean = clean and redact_text(text) == text
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return clean
 
 
 def _without_secret_values(text: str) -> str:

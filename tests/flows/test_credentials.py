@@ -236,3 +236,58 @@ def test_prefect_stores_no_credential_of_a_run(
     assert _leaks(json.dumps(refused.pop("parameters")))
     stored["flow runs"] = json.dumps([json.loads(stored["flow runs"])[0], refused])
     assert not {kind: _leaks(text) for kind, text in stored.items() if _leaks(text)}
+
+
+class _UrlInMessage(Exception):
+    """A library's exception whose message is built from an object, not from its ``args``."""
+
+    def __init__(self, url: Any) -> None:
+        super().__init__()
+        self.target = url
+
+    def __str__(self) -> str:
+        return f"GET {self.target} failed"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["os-error", "opaque"])
+def test_a_failed_task_leaves_no_credential_in_prefect(
+    kind: str, prefect_harness: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script runs the ``pretrain`` flow with withheld URLs and the training fails with an
+    exception that names the real URL (as fsspec, GDAL and HTTP libraries do), chained to another
+    one that does: the task's and the flow's state messages, their events and logs, and the
+    exception pickled into the persisted result are redacted. Before, Prefect stored the message
+    as raised."""
+    from prefect.settings import (
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+        temporary_settings,
+    )
+
+    import pipelines.pretrain
+    from flows.params import withhold_credentials
+    from flows.pretrain import PretrainParams, pretrain
+
+    def failing_training(cfg: Any) -> Any:
+        try:
+            raise KeyError(f"no index under {cfg.cubes[0]}")
+        except KeyError as exc:
+            if kind == "opaque":
+                raise _UrlInMessage(types.SimpleNamespace(url=cfg.out).url) from exc
+            raise OSError(2, "No such file or directory", f"{cfg.out}/model.safetensors") from exc
+
+    monkeypatch.setattr(pipelines.pretrain, "pretrain", failing_training)
+    params = PretrainParams(
+        cubes=(withhold_credentials(SAS_HREF),), out=withhold_credentials(canary_url(kind))
+    )
+    storage = tmp_path / "prefect-results"
+    with temporary_settings(
+        updates={PREFECT_RESULTS_PERSIST_BY_DEFAULT: True, PREFECT_LOCAL_STORAGE_PATH: storage}
+    ):
+        state = pretrain(params, return_state=True)
+    assert state.is_failed()
+    stored = _stored(prefect_harness, [state.state_details.flow_run_id], 1, storage)
+    assert "1 task run(s)" in stored["task runs"] and "https://***@h.example" in stored["flow runs"]
+    assert any(k.startswith(str(storage)) for k in stored)  # the failure was persisted
+    assert not {where: _leaks(text) for where, text in stored.items() if _leaks(text)}

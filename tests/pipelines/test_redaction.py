@@ -3,6 +3,8 @@ log redaction agree on every signed-URL and credential parameter (pipelines/reda
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
 from pipelines.redaction import (
@@ -174,3 +176,27 @@ def test_userinfo_in_text_stops_at_the_url() -> None:
     line = "cannot open https://example.org: ask admin@example.org <- s3://k:SECRET@b/x"
     expected = "cannot open https://example.org: ask admin@example.org <- s3://***@b/x"
     assert redact_url(line) == expected and redact_text(line) == expected
+
+
+def test_redact_exception_cleans_the_messages_of_an_exception_and_its_chain() -> None:
+    from pipelines.redaction import redact_exception
+
+    url = "https://user:SECRETPW7@h/x?token=SECRET123"
+    try:
+        try:
+            raise KeyError(f"no {url}")
+        except KeyError as inner:
+            raise OSError(2, "No such file", url) from inner
+    except OSError as exc:
+        caught = exc
+    caught.add_note(f"while reading {url}")
+    assert redact_exception(caught)
+    text = "".join(traceback.format_exception(caught))
+    assert "SECRET" not in text and "https://***@h/x?token=***" in text
+    assert isinstance(caught, FileNotFoundError) and caught.errno == 2  # the same exception
+
+    class Opaque(Exception):
+        def __str__(self) -> str:
+            return f"GET {url}"
+
+    assert not redact_exception(Opaque())  # a message made of other objects: reported, not cleaned
