@@ -143,16 +143,25 @@ def _stored(api_url: str, flow_run_ids: list[Any], tasks: int, storage: Path) ->
     APILogHandler().flush()  # send the queued log lines
     runs = FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids))
     with get_client(sync_client=True) as client:
-        for _ in range(100):  # task runs and logs are written by the server's services, shortly after
+        for _ in range(150):  # task runs, logs and events are written by the server's services, later
             task_runs = client.read_task_runs(flow_run_filter=runs)
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)))
+            page = client._client.post("/events/filter", json={"limit": 50}).json()
+            events = page["events"]
+            while page.get("next_page"):  # every page of the stored events
+                page = client._client.get(page["next_page"]).json()
+                events += page["events"]
+            ended = {
+                e["resource"]["prefect.resource.id"].rsplit(".", 1)[-1]
+                for e in events
+                if e["event"].rsplit(".", 1)[-1] in ("Completed", "Failed")
+            }
             final = len(task_runs) >= tasks and all(t.state and t.state.is_final() for t in task_runs)
-            if final and logs:
+            if final and logs and {str(i) for i in [*flow_run_ids, *(t.id for t in task_runs)]} <= ended:
                 break
             time.sleep(0.2)
         flow_runs = [client.read_flow_run(i) for i in flow_run_ids]
         artifacts = client.read_artifacts()
-        events = client._client.post("/events/filter", json={"limit": 50}).json()
     dump = {
         "flow runs": [r.model_dump(mode="json") for r in flow_runs],
         "task runs": [t.model_dump(mode="json") for t in task_runs],
@@ -162,6 +171,7 @@ def _stored(api_url: str, flow_run_ids: list[Any], tasks: int, storage: Path) ->
     }
     found = {kind: json.dumps(value) for kind, value in dump.items()}
     found["task runs"] += f" ({len(task_runs)} task run(s))"
+    found["events"] += f" ({len(events)} event(s))"
     for path in storage.rglob("*") if storage.is_dir() else ():
         if path.is_file():  # a result record (JSON, the value base64 of its pickle) or a bare one
             text = path.read_text()
@@ -225,11 +235,12 @@ def test_prefect_stores_no_credential_of_a_run(
 
     with get_client(sync_client=True) as client:
         (demo_run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["demo"])))
+    assert demo_run.parameters["init"] == "https://***@h.example/m.safetensors?token=***&sig=***"
+    assert deployed.is_failed() and "cubes and out carry a credential" in str(deployed.message)
     stored = _stored(prefect_harness, [demo_run.id, deployed.state_details.flow_run_id], 6, storage)
     assert "6 task run(s)" in stored["task runs"] and "pretrain: from https://***@h.example" in stored["logs"]
     assert len([k for k in stored if k.startswith(str(storage))]) >= 6  # the results were persisted
-    assert demo_run.parameters["init"] == "https://***@h.example/m.safetensors?token=***&sig=***"
-    assert deployed.is_failed() and "cubes and out carry a credential" in str(deployed.message)
+    assert "prefect.task-run.Completed" in stored["events"]
     # Prefect stored the deployment's run's parameters as given (it creates the run before any of
     # our code runs): that run was refused, and nothing else of it holds the credential
     refused = json.loads(stored["flow runs"])[1]
@@ -290,4 +301,5 @@ def test_a_failed_task_leaves_no_credential_in_prefect(
     stored = _stored(prefect_harness, [state.state_details.flow_run_id], 1, storage)
     assert "1 task run(s)" in stored["task runs"] and "https://***@h.example" in stored["flow runs"]
     assert any(k.startswith(str(storage)) for k in stored)  # the failure was persisted
+    assert "prefect.task-run.Failed" in stored["events"]
     assert not {where: _leaks(text) for where, text in stored.items() if _leaks(text)}

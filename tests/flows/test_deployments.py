@@ -374,13 +374,22 @@ def test_parameters_validate_and_bad_input_fails_fast(deployed: dict[str, Any]) 
     with _client(deployed["api_url"]) as client:
         deployments = client.read_deployments()
     for d in deployments:
-        flow = load_flow_from_entrypoint(str(REPO_ROOT / d.entrypoint))
+        flow: Any = load_flow_from_entrypoint(str(REPO_ROOT / d.entrypoint))
         flow.validate_parameters(d.parameters)
-    ingest = load_flow_from_entrypoint(str(REPO_ROOT / "flows/ingest.py:ingest"))
+    ingest: Any = load_flow_from_entrypoint(str(REPO_ROOT / "flows/ingest.py:ingest"))
     bad = json.loads(json.dumps(next(d for d in deployments if d.name == "ingest-local").parameters))
     bad["params"]["area"]["bbox"] = "6,46,7,45"
     with pytest.raises(ParameterTypeError, match="south < north"):
         ingest.validate_parameters(bad)
+    # a run whose parameters carry a credential (a --param, the UI, an automation) is refused, one
+    # line naming the parameter, never its value (docs/safety.md section 6)
+    from flows.params import CredentialParameterError
+
+    secret = json.loads(json.dumps(next(d for d in deployments if d.name == "ingest-local").parameters))
+    secret["params"]["catalog_url"] = "https://stac.example/api?token=SECRET123"
+    with pytest.raises(CredentialParameterError, match=r"^catalog_url carries a credential") as caught:
+        ingest.validate_parameters(secret)
+    assert "SECRET123" not in str(caught.value)
 
 
 def test_a_run_whose_process_is_gone_is_marked_crashed(deployed: dict[str, Any]) -> None:
