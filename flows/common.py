@@ -41,13 +41,16 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 def publish_summary(
     key: str, title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], notes: Sequence[str] = ()
 ) -> None:
-    """A markdown artifact summarising the run (visible in the Prefect UI)."""
+    """A markdown artifact summarising the run (visible in the Prefect UI, stored by Prefect): its
+    text is redacted (:func:`pipelines.redaction.redact_text`), whatever a row or note names."""
     from prefect.artifacts import create_markdown_artifact
+
+    from pipelines.redaction import redact_text
 
     text = f"# {title}\n\n" + markdown_table(rows, columns)
     if notes:
         text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    create_markdown_artifact(key=key, markdown=text, description=title)
+    create_markdown_artifact(key=key, markdown=redact_text(text), description=redact_text(title))
 
 
 # How long a flow-run process may spend at exit delivering queued logs and events to the Prefect

@@ -20,6 +20,20 @@ from tests.services.prefect_server import PrefectServer
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_a_summary_artifact_names_no_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect stores artifacts: a row or a note that names a URL with a token is redacted."""
+    import prefect.artifacts
+
+    made: list[dict[str, str]] = []
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lambda **kw: made.append(kw))
+    url = "https://user:SECRETPW7@h/a.tif?token=SECRET123"
+    common.publish_summary("k", f"run on {url}", [{"tile_id": "t1", "reason": f"cannot read {url}"}],
+                           ["tile_id", "reason"], notes=[f"searched {url}"])  # fmt: skip
+    (artifact,) = made
+    assert "SECRET" not in artifact["markdown"] + artifact["description"], artifact
+    assert "| t1 | cannot read https://***@h/a.tif?token=*** |" in artifact["markdown"]
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [(None, common.DEFAULT_EXIT_DRAIN_S), ("", common.DEFAULT_EXIT_DRAIN_S), ("12.5", 12.5), ("0", None)],
