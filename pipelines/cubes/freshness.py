@@ -24,11 +24,14 @@ assets left out (``skipped``); for them an item also counts as seen when it was 
 ``updated``, else ``created``) before the record was written, so an item that touched the tile then
 without giving a pixel does not trigger a rebuild.
 
-An item's version as the build saw it is the record's ``item_versions`` (id -> :func:`item_version`
-of the run's items: ``updated``, else ``created``, else None; recorded since versions are compared).
+An item's version as the build saw it is the record's ``item_versions`` (id ->
+:func:`pipelines.search.item_version` of the run's items, the one definition of an item's version,
+also that of saved results' ``new_items``: ``updated``, else ``created``, else None; recorded since
+versions are compared).
 A catalog can also reprocess an item without moving ``updated`` (a new Sentinel-2 processing
 baseline, a new ``processing:version``), so the version also carries the item's processing versions
-when it has them (:data:`PROCESSING_FIELDS`): ``"2025-07-31T15:00:24.817Z|s2:processing_baseline=05.11"``.
+when it has them (:data:`pipelines.search.filters.PROCESSING_FIELDS`):
+``"2025-07-31T15:00:24.817Z|s2:processing_baseline=05.11"``.
 An item is **updated** when its time now is later than the recorded one, or when a processing
 version it carries now differs from the one recorded for it (unless its time shows an older copy).
 An item without a recorded time (a record written before ``item_versions``, or an item that had
@@ -45,7 +48,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.search import item_updated, read_time
+from pipelines.search import item_updated, item_version, read_time, version_parts
+
+__all__ = ["Freshness", "freshness", "item_version", "item_versions", "newer_versions", "version_parts"]
 
 
 @dataclass(frozen=True)
@@ -82,36 +87,9 @@ class Freshness:
         return ""
 
 
-#: Item properties that name the processing that made an item's pixels, in a version's order: the
-#: STAC processing extension's ``processing:version`` and the Sentinel-2 processing baseline (Earth
-#: Search and Planetary Computer items carry ``s2:processing_baseline``, e.g. ``05.11``).
-PROCESSING_FIELDS = ("processing:version", "s2:processing_baseline")
-_SEP = "|"
-
-
-def item_version(item: Mapping[str, Any]) -> str | None:
-    """An item's version for freshness: its ``updated`` (else ``created``), followed by the
-    processing versions it carries (``|field=value`` for each of :data:`PROCESSING_FIELDS`), e.g.
-    ``"2025-07-31T15:00:24.817Z|s2:processing_baseline=05.11"``; only the time (as before processing
-    versions were kept) for an item without any, None for one with neither."""
-    props = item.get("properties") or {}
-    tags = [f"{k}={props[k]}" for k in PROCESSING_FIELDS if props.get(k) not in (None, "")]
-    updated = item_updated(item)
-    return _SEP.join([updated or "", *tags]) if tags else updated
-
-
-def version_parts(version: Any) -> tuple[str | None, dict[str, str]]:
-    """``(time, {processing field: value})`` of an :func:`item_version` (or of a plain time, as every
-    record written before processing versions were kept holds)."""
-    if not version:
-        return None, {}
-    when, *tags = str(version).split(_SEP)
-    return when or None, dict(t.partition("=")[::2] for t in tags)
-
-
 def item_versions(items: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
-    """A record's ``item_versions``: id -> :func:`item_version` of the items a build is given; an id
-    given twice keeps its newest readable version."""
+    """A record's ``item_versions``: id -> :func:`pipelines.search.item_version` of the items a build
+    is given; an id given twice keeps its newest readable version."""
     out: dict[str, str | None] = {}
     for item in items:
         iid, version = str(item.get("id")), item_version(item)
@@ -122,14 +100,15 @@ def item_versions(items: Sequence[Mapping[str, Any]]) -> dict[str, str | None]:
 
 
 def newer_versions(now: Mapping[str, str | None], recorded: Mapping[str, Any], written_at: Any) -> set[str]:
-    """Ids of ``now`` (id -> :func:`item_version` as given now) in a newer version than the one a
-    record holds for them in ``recorded`` (its ``item_versions``): a later time than the recorded
-    one, or, where it holds none, than the record's ``written_at`` (records written before versions
-    were kept: their items count as seen then); or a processing version (:data:`PROCESSING_FIELDS`)
-    other than the recorded one, where both have it, unless the time now is earlier than the
-    recorded one (an older copy of the item). A time that cannot be read, now or recorded, never
-    counts as newer; an item without a recorded processing version is compared by its time alone.
-    Also the rule of ``pipelines.embed.freshness`` for tiles embedded from STAC items."""
+    """Ids of ``now`` (id -> :func:`pipelines.search.item_version` as given now) in a newer version
+    than the one a record holds for them in ``recorded`` (its ``item_versions``): a later time than
+    the recorded one, or, where it holds none, than the record's ``written_at`` (records written
+    before versions were kept: their items count as seen then); or a processing version
+    (:data:`pipelines.search.filters.PROCESSING_FIELDS`) other than the recorded one, where both have
+    it, unless the time now is earlier than the recorded one (an older copy of the item). A time
+    that cannot be read, now or recorded, never counts as newer; an item without a recorded
+    processing version is compared by its time alone. Also the rule of ``pipelines.embed.freshness``
+    for tiles embedded from STAC items."""
     written = read_time(written_at)
     out = set()
     for iid, version in now.items():

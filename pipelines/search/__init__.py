@@ -16,10 +16,12 @@ from pipelines.search.filters import (
     canonical_item,
     item_epsg,
     item_updated,
+    item_version,
     items_hash,
     parse_interval,
     parse_time,
     read_time,
+    version_parts,
 )
 from pipelines.search.local import iter_items
 from pipelines.search.refresh import (
@@ -57,6 +59,7 @@ __all__ = [
     "compile_filter",
     "item_epsg",
     "item_updated",
+    "item_version",
     "items_hash",
     "iter_items",
     "load_result",
@@ -76,4 +79,5 @@ __all__ = [
     "strip_signatures",
     "summarise_tiles",
     "unsign_href",
+    "version_parts",
 ]

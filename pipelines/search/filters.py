@@ -168,6 +168,35 @@ def item_updated(item: Mapping[str, Any]) -> str | None:
     return str(value) if value else None
 
 
+#: Item properties that name the processing that made an item's pixels, in a version's order: the
+#: STAC processing extension's ``processing:version`` and the Sentinel-2 processing baseline (Earth
+#: Search and Planetary Computer items carry ``s2:processing_baseline``, e.g. ``05.11``).
+PROCESSING_FIELDS = ("processing:version", "s2:processing_baseline")
+_SEP = "|"
+
+
+def item_version(item: Mapping[str, Any]) -> str | None:
+    """An item's version (the one definition: saved results' :func:`pipelines.search.new_items`, cube
+    and embedding freshness, ``pipelines.cubes.freshness``): its ``updated`` (else ``created``),
+    followed by the processing versions it carries (``|field=value`` for each of
+    :data:`PROCESSING_FIELDS`), e.g.
+    ``"2025-07-31T15:00:24.817Z|s2:processing_baseline=05.11"``; only the time (as before processing
+    versions were kept) for an item without any, None for one with neither."""
+    props = item.get("properties") or {}
+    tags = [f"{k}={props[k]}" for k in PROCESSING_FIELDS if props.get(k) not in (None, "")]
+    updated = item_updated(item)
+    return _SEP.join([updated or "", *tags]) if tags else updated
+
+
+def version_parts(version: Any) -> tuple[str | None, dict[str, str]]:
+    """``(time, {processing field: value})`` of an :func:`item_version` (or of a plain time, as every
+    record written before processing versions were kept holds)."""
+    if not version:
+        return None, {}
+    when, *tags = str(version).split(_SEP)
+    return when or None, dict(t.partition("=")[::2] for t in tags)
+
+
 # ------------------------------------------------------------------------------------------
 # Space
 

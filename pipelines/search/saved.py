@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pipelines.search.filters import (
     SearchError,
-    item_updated,
+    item_version,
     items_hash,
     sort_key,
 )
@@ -173,11 +173,14 @@ def _parquet_has_rows(url: str, storage_options: Mapping[str, Any] | None) -> bo
 
 
 def item_key(item: Mapping[str, Any]) -> tuple[str, str, str | None]:
-    """(collection, id, updated-or-created): what identifies one version of one item."""
-    return (str(item.get("collection") or ""), str(item.get("id")), item_updated(item))
+    """(collection, id, :func:`item_version`): what identifies one version of one item (its
+    ``updated``, else ``created``, and the processing versions it carries)."""
+    return (str(item.get("collection") or ""), str(item.get("id")), item_version(item))
 
 
 def new_items(result: SearchResult, previous: SearchResult) -> tuple[dict, ...]:
-    """Items of ``result`` that ``previous`` did not have, by (id, updated): new or updated ones."""
+    """Items of ``result`` that ``previous`` did not have, by (collection, id, version): new ones and
+    ones in another version (:func:`item_version`: a new ``updated``, or a reprocessing that changed
+    only ``processing:version`` or ``s2:processing_baseline``)."""
     before = {item_key(i) for i in previous.items}
     return tuple(i for i in result.items if item_key(i) not in before)

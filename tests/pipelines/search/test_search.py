@@ -367,6 +367,22 @@ def test_new_items_by_id_and_updated(tmp_path: Path) -> None:
     assert [i["id"] for i in new_items(current, load_result(str(tmp_path / "prev.ndjson")))] == ["i2", "i4"]
 
 
+def test_new_items_finds_an_item_reprocessed_without_a_new_updated() -> None:
+    """A reprocessing that changes only the processing version (Earth Search and Planetary Computer
+    items carry ``s2:processing_baseline``) is another version of the item, as for cube freshness
+    (``pipelines.search.item_version``); an unchanged baseline is not."""
+    base = [
+        make_item(f"i{n}", S2, (0, 0, 1, 1), f"2023-01-0{n}T00:00:00Z", updated="2023-02-01T00:00:00Z")
+        for n in (1, 2)
+    ]
+    for item in base:
+        item["properties"]["s2:processing_baseline"] = "05.09"
+    later = copy.deepcopy(base)
+    later[0]["properties"]["s2:processing_baseline"] = "05.11"  # reprocessed, `updated` unchanged
+    assert [i["id"] for i in new_items(make_result(later), make_result(base))] == ["i1"]
+    assert new_items(make_result(copy.deepcopy(base)), make_result(base)) == ()
+
+
 # ------------------------------------------------------------------------------------------ signing
 
 
