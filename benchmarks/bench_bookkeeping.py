@@ -13,7 +13,9 @@ tiles; a STAC collection of the older flat layout linking their items), for ``--
 7680 m spread over UTM zones 29N-38N. The S3 server is moto in a process of its own
 (``bookkeeping_server.py``), which writes the
 records straight into its backend (uploading 360k objects through HTTP would take hours here; the
-fill is not timed) and is given an O(page) indexed listing and a direct XML rendering of
+fill is not timed), each object modified at the time its record says it was written (the embeddings
+records a day after the cube records, as after any ordinary run: deterministic, whatever the moment
+and the speed of the fill) and is given an O(page) indexed listing and a direct XML rendering of
 ``ListObjectsV2`` (moto's own cost O(n) per page and ~150 us of CPU per key listed, which S3 does not
 charge its clients). Every measured request goes through HTTP and a TCP forwarder that delays each
 request by ``--latency-ms`` (``tests/services/tcp_proxy.py``; it delays every 64 KiB a client sends,
@@ -54,6 +56,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +293,8 @@ def main() -> None:
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         (n_rec, n_done), plan = measure(plan_new)
         assert n_rec == len(ids) and n_done == len(ids) - MISSING, (n_rec, n_done)
+        # every embedding record is newer than its cube records: the freshness step reads none
+        assert stale_candidates[-1] == 0, stale_candidates
         log(
             f"plan, new: {plan.wall_s:.1f} s wall, {plan.cpu_s:.1f} CPU-s planning process, "
             f"{plan.server_cpu_s:.1f} CPU-s server, {plan.requests} requests for {len(ids)} tiles"
@@ -332,8 +337,12 @@ def main() -> None:
             es.list_complete_tiles(out, v, storage_options=opts, tile_ids=tids)
             for t in tiles:  # the workers: record check, then (after the pixels) the record
                 assert not es.tile_is_complete(out, v, t.tile_id, 0, opts)
+            now = datetime.now(UTC).isoformat(timespec="seconds")  # as write_tile stamps its records
             storage.write_json_many(
-                {es.record_url(out, v, t.tile_id, 0): embedding_record(d["version"], t, 0) for t in tiles},
+                {
+                    es.record_url(out, v, t.tile_id, 0): embedding_record(d["version"], t, 0, now)
+                    for t in tiles
+                },
                 opts,
             )
             stale, fresh = es.stale_items(out, v, tids, opts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -214,8 +215,20 @@ def backend() -> Any:
     return s3_backends[DEFAULT_ACCOUNT_ID]["global"]
 
 
+def modified_at(written: str) -> datetime:
+    """The ``LastModified`` of an object whose record says it was ``written`` (ISO 8601): a naive UTC
+    datetime, as moto keeps them."""
+    return datetime.fromisoformat(written).astimezone(UTC).replace(tzinfo=None)
+
+
 def fill(n: int, times: int, refresh: int) -> int:
-    """Completion records straight into the backend; returns the number of objects written."""
+    """Completion records straight into the backend; returns the number of objects written.
+
+    Each object's modification time is the time its record says it was written (cube records
+    before embeddings records, as production writes them; ``pipelines.testing.bookkeeping``), not
+    the moment of the fill: the freshness step of planning compares these times (it reads the
+    records of tiles whose cube record is at least as new as their embedding record, to the second
+    S3 lists), so a fill that wrote both in one second made it read a varying share of them."""
     from pipelines import storage
     from pipelines.testing import cube_record, embedding_record
 
@@ -223,13 +236,17 @@ def fill(n: int, times: int, refresh: int) -> int:
     s3 = backend()
     count = 0
     for t in d["tiles"]:
-        rec = storage.json_dumps(cube_record(t, d["spec"], times)).encode()
-        s3.put_object(CUBES, f"{CUBES_ROOT}/_tiles/{t.tile_id}.json", rec)
+        cube = cube_record(t, d["spec"], times)
+        key = s3.put_object(CUBES, f"{CUBES_ROOT}/_tiles/{t.tile_id}.json", storage.json_dumps(cube).encode())
+        key.last_modified = modified_at(cube["written_at"])
         count += 1
     v = d["version"]
     for t in d["tiles"][: n - refresh]:
-        rec = storage.json_dumps(embedding_record(v, t, 0)).encode()
-        s3.put_object(EMB, f"{EMB_ROOT}/_tiles/{v.name}/t0/{t.tile_id}.json", rec)
+        emb = embedding_record(v, t, 0)
+        key = s3.put_object(
+            EMB, f"{EMB_ROOT}/_tiles/{v.name}/t0/{t.tile_id}.json", storage.json_dumps(emb).encode()
+        )
+        key.last_modified = modified_at(emb["written"])
         count += 1
     return count
 

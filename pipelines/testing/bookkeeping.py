@@ -6,18 +6,28 @@ requests they make can be measured on stores that hold records alone: :func:`cub
 :func:`embedding_record` what :func:`pipelines.embeddings.write_tile` writes to
 ``<out>/_tiles/<version>/t<i>/<tile_id>.json``. A reader that opens the pixels of such a tile fails:
 these stores are for counting bookkeeping requests only.
+
+Deterministic: the records say they were written at :data:`CUBES_WRITTEN` and :data:`EMBEDDINGS_WRITTEN`
+(the embeddings a day after the cubes, as after any ordinary run), never at the wall clock, so that a
+store whose objects carry these times as their modification times (``benchmarks/bookkeeping_server.py``)
+makes every freshness decision the same on every run.
 """
 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.cubes import CubeSpec, gsd_label, tile_record
 from pipelines.embeddings import FORMAT_VERSION, QUANT_MAX_ABS_ERROR, EmbeddingsVersion, ZoneGrid
 from pipelines.runs import TileStatus
 from pipelines.tiling import Tile, TileGrid
+
+#: When the cube records of :func:`cube_record` say they were written.
+CUBES_WRITTEN = "2026-01-01T00:00:00+00:00"
+#: When the embeddings records of :func:`embedding_record` say they were written: after the cubes they
+#: were made from, as a run writes them.
+EMBEDDINGS_WRITTEN = "2026-01-02T00:00:00+00:00"
 
 #: UTM zones 29N..38N cover continental Europe (9 W .. 48 E).
 EUROPE_ZONES = tuple(range(32629, 32639))
@@ -73,7 +83,7 @@ def cube_record(tile: Tile, spec: CubeSpec, times: int = 20) -> dict[str, Any]:
         reason="",
         groups=groups,
         items=sorted({i for g in groups for i in g["source_items"]}),
-        written_at="2026-01-01T00:00:00+00:00",
+        written_at=CUBES_WRITTEN,
     )
 
 
@@ -82,8 +92,11 @@ def considered_items(tile_id: str) -> list[str]:
     return [f"S2A_{tile_id}_{d}" for d in range(5)]
 
 
-def embedding_record(version: EmbeddingsVersion, tile: Tile, time_index: int) -> dict[str, Any]:
-    """A ``complete`` embeddings completion record with the keys :func:`write_tile` writes."""
+def embedding_record(
+    version: EmbeddingsVersion, tile: Tile, time_index: int, written: str = EMBEDDINGS_WRITTEN
+) -> dict[str, Any]:
+    """A ``complete`` embeddings completion record with the keys :func:`write_tile` writes, written
+    at ``written`` (:data:`EMBEDDINGS_WRITTEN`: after the cube records of :func:`cube_record`)."""
     grid = ZoneGrid(tile.epsg, version.token_ground_m, version.tile_size_m)
     bounds = [float(b) for b in tile.bounds]
     row0, row1, col0, col1 = grid.tile_window(bounds)
@@ -98,7 +111,7 @@ def embedding_record(version: EmbeddingsVersion, tile: Tile, time_index: int) ->
         "time_index": int(time_index),
         "time": version.times[int(time_index)],
         "status": str(TileStatus.COMPLETE),
-        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        "written": written,
         "window": {"row": [row0, row1], "col": [col0, col1], "tile_row": trow, "tile_col": tcol},
         "valid_tokens": n * n,
         "total_tokens": n * n,
