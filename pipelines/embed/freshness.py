@@ -19,6 +19,10 @@ record), the embedding record's ``provenance`` is compared with the current cube
   the one the embedding was made from (its ``item_versions``, the cube record's versions of the
   tile's items then; for an item it does not list, as in records made before the field, an
   ``updated`` later than its ``cube_written_at``): a reprocessed item, same id, new pixels; or when
+  a neighbour rebuilt since holds such an item among those composited into the margin, newer than
+  the version the margin was read in (the provenance's ``item_versions`` updated by its
+  ``margin_item_versions`` for that neighbour; for embeddings made before that field, an ``updated``
+  later than the neighbour's ``margin_cubes`` time: :func:`_margin_reprocessed`); or when
   a neighbour with such items was built since (the margin was NaN there; records made before
   ``margin_cubes`` cannot tell). The tile is embedded again and its shard and record
   replaced (the record last, as for any write: readers see the old or the new tile, never a mix).
@@ -71,6 +75,8 @@ class CubeState:
     they hold in the period in the tile's own groups: those a read composites into the margin)."""
     versions: Mapping[str, str | None] = field(default_factory=dict)
     """The own record's ``item_versions`` of ``items`` (``pipelines.cubes.freshness.item_version``)."""
+    margin_versions: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    """Per neighbour of ``margin``: its record's ``item_versions`` of the items ``margin`` lists."""
 
 
 def cube_state(
@@ -89,9 +95,15 @@ def cube_state(
         for n in source.neighbours(tile_id, margin_m)
         if (rec := cube_records.get(n)) is not None and rec.get("status") == TileStatus.COMPLETE
     }
+    margin_versions = {
+        n: {i: (cube_records[n].get("item_versions") or {}).get(i) for i in ids}
+        for n, (_, ids) in margin.items()
+    }
     items = frozenset(source.period_items(own, period))
     versions = own.get("item_versions") or {}
-    return CubeState(own.get("written_at"), items, margin, {i: versions.get(i) for i in items})
+    return CubeState(
+        own.get("written_at"), items, margin, {i: versions.get(i) for i in items}, margin_versions
+    )
 
 
 def _reprocessed(versions: Mapping[str, str | None], prov: Mapping[str, Any]) -> bool:
@@ -103,6 +115,29 @@ def _reprocessed(versions: Mapping[str, str | None], prov: Mapping[str, Any]) ->
     from pipelines.cubes.freshness import newer_versions
 
     return bool(newer_versions(versions, prov.get("item_versions") or {}, prov.get("cube_written_at")))
+
+
+def _margin_reprocessed(prov: Mapping[str, Any], state: CubeState) -> bool:
+    """Whether a margin neighbour was rebuilt since the embedding was made (its ``written_at`` is
+    not the provenance's ``margin_cubes`` one) and holds one of its margin items in a newer version
+    than the one the embedding read from it: a reprocessed item (same id) composited into the
+    margin. The versions read are the provenance's ``item_versions`` (the own record's) updated by
+    its ``margin_item_versions`` for that neighbour (where they differed); embeddings made before
+    ``margin_item_versions`` compare the items' time alone with the neighbour's ``written_at`` then
+    (``pipelines.cubes.freshness.newer_versions``), so upgrading re-embeds only tiles whose
+    neighbour was rebuilt with items updated after the margin was read."""
+    from pipelines.cubes.freshness import newer_versions
+
+    made_from = prov.get("margin_cubes") or {}
+    recorded_margin = prov.get("margin_item_versions")
+    own = prov.get("item_versions") or {}
+    for n, (written_at, _) in state.margin.items():
+        if n not in made_from or made_from[n] == written_at:
+            continue
+        recorded = {} if recorded_margin is None else {**own, **(recorded_margin.get(n) or {})}
+        if newer_versions(state.margin_versions.get(n) or {}, recorded, made_from[n]):
+            return True
+    return False
 
 
 def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:
@@ -120,6 +155,8 @@ def is_stale(embedding_record: Mapping[str, Any], state: CubeState) -> bool:
         return True  # a cube (its own or a neighbour's) rebuilt with new items
     if state.written_at != prov.get("cube_written_at") and _reprocessed(state.versions, prov):
         return True  # its own cube rebuilt with a reprocessed item (same id, newer pixels)
+    if _margin_reprocessed(prov, state):
+        return True  # a neighbour rebuilt with a reprocessed item: the margin's pixels changed
     # a neighbour built since: its items may be known (the same scenes), but the margin was NaN there
     return made_from is not None and any(ids for n, (_, ids) in state.margin.items() if n not in made_from)
 

@@ -201,6 +201,11 @@ def _embed_and_write(
             {"considered_items": list(padded.considered_items)} if padded.considered_items is not None else {}
         ),
         **({"item_versions": dict(padded.item_versions)} if padded.item_versions is not None else {}),
+        **(
+            {"margin_item_versions": {n: dict(v) for n, v in padded.margin_item_versions.items()}}
+            if padded.margin_item_versions is not None
+            else {}
+        ),
         "bands": bands,
         "gsds_m": sorted({float(g.gsd_m) for g in padded.groups}),
         "collections": sorted({g.collection for g in padded.groups}),

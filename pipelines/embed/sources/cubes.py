@@ -112,6 +112,29 @@ class CubeSource:
             out |= items_of(group, time_indices(group, period))
         return out
 
+    def margin_versions(
+        self, own: Mapping[str, Any], neighbours: Mapping[str, Mapping[str, Any]], period: Period
+    ) -> dict[str, dict[str, str | None]]:
+        """Neighbour tile id -> id -> version (the neighbour record's ``item_versions``) of the items
+        each of ``neighbours`` (their cube records) holds in ``period`` in the groups of ``own`` (the
+        tile's cube record): those composited into the tile's margin. Only where the version differs
+        from the one ``own`` gives the item in the period, or ``own`` lacks it (the usual neighbour,
+        sharing the tile's scenes in the same versions, adds nothing): ``pipelines.embed.freshness``."""
+        groups = self.groups_of(own)
+        mine = own.get("item_versions") or {}
+        in_own = self.period_items(own, period)
+        out: dict[str, dict[str, str | None]] = {}
+        for nid, rec in sorted(neighbours.items()):
+            theirs = rec.get("item_versions") or {}
+            diff = {
+                i: theirs.get(i)
+                for i in sorted(self.period_items(rec, period, groups))
+                if i not in in_own or theirs.get(i) != mine.get(i)
+            }
+            if diff:
+                out[nid] = diff
+        return out
+
     def band_infos(self, records: Mapping[str, Mapping[str, Any]]) -> list[BandSpec]:
         """Bands that the request would use (one group dataset opened per (collection, GSD))."""
         store = self.store()
@@ -301,6 +324,9 @@ class CubeSource:
             own = record(out.tile.tile_id) or {}
             versions = own.get("item_versions") or {}  # what a reprocessed item is told by (freshness.py)
             out.item_versions = {i: versions.get(i) for i in sorted(self.period_items(own, period))}
+            out.margin_item_versions = self.margin_versions(
+                own, {n: record(n) or {} for n in out.margin_cubes}, period
+            )
             if not any(any_finite(g.pixels) for g in out.groups):
                 out.status = TileStatus.EMPTY
                 out.reason = "no valid pixel in the period (cloud, shadow, nodata or no acquisition)"

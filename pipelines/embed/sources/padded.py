@@ -39,6 +39,11 @@ class PaddedTile:
     the processing versions) of ``considered_items`` (catalog sources) or of the items the tile's own
     cube record holds in the period (cube sources, as that record gives them), so a reprocessed item
     (same id, newer version) makes the record stale (``pipelines.embed.freshness``)."""
+    margin_item_versions: dict[str, dict[str, str | None]] | None = None
+    """Cube sources: neighbour tile id (of ``margin_cubes``) -> id -> version, as that neighbour's
+    cube record gives them, of the items it holds in the period in the tile's own groups (those
+    composited into the margin), where it differs from ``item_versions`` or that lacks it: a
+    neighbour rebuilt with a reprocessed item (same id) changes the margin (``pipelines.embed.freshness``)."""
     observations: dict[str, int] = field(default_factory=dict)  # group label -> acquisitions used
     notes: list[str] = field(default_factory=list)
     status: TileStatus = TileStatus.DONE

@@ -638,3 +638,87 @@ def test_processing_versions_make_embeddings_stale_only_where_recorded() -> None
     assert not is_stale_catalog(recorded, {"A": v509}) and is_stale_catalog(recorded, {"A": v510})
     assert considered_digest({"A": v509}) != considered_digest({"A": v510})
     assert considered_digest({"A": when}) == considered_digest({"A": when})
+
+
+def test_a_margin_neighbour_rebuilt_for_a_reprocessed_item_makes_the_embedding_stale() -> None:
+    """A neighbour's cube composites into the tile's margin, which reaches the tile's tokens: a
+    neighbour rebuilt for a reprocessed item (same id, a newer ``updated`` or only another processing
+    version) makes the embedding stale, although it lacks no item id; one rebuilt for another reason
+    does not. Embeddings made before ``margin_item_versions`` compare times with the neighbour's
+    ``written_at`` then: upgrading re-embeds nothing whose neighbour items are unchanged since."""
+    (period,) = parse_periods(PERIOD)
+    group = {
+        "collection": "sentinel-2-l2a",
+        "gsd_label": "10m",
+        "bands": ["B04"],
+        "times": ["2023-06-05T10:30:00"],
+        "source_items": ["S1"],
+    }
+    tile, north = "32631_95_649", "32631_95_650"
+    built, v1 = "2023-07-02T00:00:00+00:00", "2023-06-06T00:00:00Z|s2:processing_baseline=05.09"
+    own = {"written_at": built, "status": TileStatus.COMPLETE, "groups": [group], "item_versions": {"S1": v1}}
+
+    def state(written_at: str, version: str) -> CubeState:
+        rec = {**own, "written_at": written_at, "item_versions": {"S1": version}}
+        return cube_state(CubeSource("unused"), tile, 960.0, {tile: own, north: rec}, period)
+
+    prov = {"input_items": ["S1"], "cube_written_at": built, "margin_cubes": {north: built}}
+    made = {"provenance": {**prov, "item_versions": {"S1": v1}, "margin_item_versions": {}}}
+    rebaselined = "2023-06-06T00:00:00Z|s2:processing_baseline=05.11"
+    republished = "2023-07-20T00:00:00Z|s2:processing_baseline=05.11"
+    assert not is_stale(made, state(built, v1))
+    assert not is_stale(made, state("2023-08-01T00:00:00+00:00", v1))  # rebuilt, S1 unchanged
+    assert is_stale(made, state("2023-08-01T00:00:00+00:00", rebaselined))  # reprocessed in place
+    assert is_stale(made, state("2023-08-01T00:00:00+00:00", republished))  # reprocessed, new updated
+    # the neighbour held S1 in another version than the tile's own record when the tile was embedded
+    apart = {"provenance": {**made["provenance"], "margin_item_versions": {north: {"S1": rebaselined}}}}
+    assert not is_stale(apart, state("2023-08-01T00:00:00+00:00", rebaselined))
+    assert is_stale(apart, state("2023-08-01T00:00:00+00:00", v1))
+    # made before margin_item_versions: times alone, against the neighbour's written_at then
+    before = {"provenance": {**prov, "item_versions": {"S1": v1}}}
+    assert not is_stale(before, state("2023-08-01T00:00:00+00:00", v1))
+    assert not is_stale(before, state("2023-08-01T00:00:00+00:00", rebaselined))  # cannot tell
+    assert is_stale(before, state("2023-08-01T00:00:00+00:00", republished))
+
+
+def test_a_tile_is_embedded_again_when_its_margin_neighbour_is_rebuilt_for_a_reprocessed_item(
+    tmp_path: Path, sample_items: list[dict[str, Any]]
+) -> None:
+    """B, north of A, is rebuilt for an item reprocessed in place (new processing baseline, same
+    ``updated``); A's cube is not (a cube run over B alone). A's margin was read from B's old cube,
+    so A is embedded again, equal to a clean run, and the run after it redoes nothing. (Before, A
+    stayed fresh: margin neighbours were compared by item ids only.)"""
+    checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
+    spec = CubeSpec(grid=SMALL, collections=COLLECTIONS, catalog="sample")
+    a, b = (SMALL.tile(t) for t in NEIGHBOURS)
+
+    def embed(out: Path) -> Any:
+        return run_embedding(request(checkpoint, out, cubes, tiles=NEIGHBOURS, tile_size_m=SMALL.tile_size_m))
+
+    cubes, out, clean = tmp_path / "cubes", tmp_path / "emb", tmp_path / "clean"
+    write_cubes(sample_items, [a, b], spec, str(cubes), progress=False)
+    first = embed(out)
+    assert first.done == 2, first.format()
+    store = CubeStore.open(str(cubes))
+    in_margin = set(store.record(b.tile_id)["item_versions"])
+    prov = es.read_tile_record(str(out), first.version, a.tile_id, 0)["provenance"]
+    assert not prov.get("margin_item_versions")  # B holds A's items in the same versions
+    used = next(
+        i
+        for i in sample_items
+        if i["id"] in in_margin and i["id"] in prov["input_items"] and i["collection"] == COLLECTIONS[0]
+    )
+    redone = _rebaselined(used, "99.99")
+    items = [redone if i is used else i for i in sample_items]
+    rebuilt = write_cubes(items, [b], spec, str(cubes), progress=False)
+    assert [o.tile_id for o in rebuilt.outcomes if o.reason.startswith("rebuilt")] == [b.tile_id]
+
+    second = embed(out)
+    assert sorted(r.tile_id for r in second.results if r.status == TileStatus.DONE) == sorted(NEIGHBOURS)
+    reference = embed(clean)
+    assert np.array_equal(
+        tile_codes(str(out), second.version, a.tile_id), tile_codes(str(clean), reference.version, a.tile_id)
+    )
+    prov = es.read_tile_record(str(out), second.version, a.tile_id, 0)["provenance"]
+    assert prov["margin_item_versions"][b.tile_id][used["id"]] == item_version(redone)
+    assert {r.status for r in embed(out).results} == {TileStatus.SKIPPED}
