@@ -15,7 +15,7 @@ record), the embedding record's ``provenance`` is compared with the current cube
 * otherwise stale when these records hold items in the period (of the run's collections; for a
   neighbour, of the tile's own groups) that the embedding's ``input_items`` lack (a rebuilt cube),
   when its own cube record holds an item in a newer version (``item_versions``: the catalog's
-  ``updated`` and the item's processing versions, ``pipelines.cubes.freshness.item_version``) than
+  ``updated`` and the item's processing versions, ``pipelines.search.item_version``) than
   the one the embedding was made from (its ``item_versions``, the cube record's versions of the
   tile's items then; for an item it does not list, as in records made before the field, an
   ``updated`` later than its ``cube_written_at``): a reprocessed item, same id, new pixels; or when
@@ -74,7 +74,7 @@ class CubeState:
     """Complete cube records of its margin neighbours: tile id -> (``written_at``, ids of the items
     they hold in the period in the tile's own groups: those a read composites into the margin)."""
     versions: Mapping[str, str | None] = field(default_factory=dict)
-    """The own record's ``item_versions`` of ``items`` (``pipelines.cubes.freshness.item_version``)."""
+    """The own record's ``item_versions`` of ``items`` (``pipelines.search.item_version``)."""
     margin_versions: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
     """Per neighbour of ``margin``: its record's ``item_versions`` of the items ``margin`` lists."""
 

@@ -69,7 +69,7 @@ class CatalogSource:
 
     @staticmethod
     def period_versions(items: Sequence[Mapping[str, Any]], period: Period) -> dict[str, str | None]:
-        """Id -> version (``pipelines.cubes.freshness.item_version``: ``updated``, else ``created``,
+        """Id -> version (``pipelines.search.item_version``: ``updated``, else ``created``,
         and the processing versions; else None) of the items dated in ``period``:
         those a padded tile given ``items`` considers (``considered_items`` and ``item_versions``,
         ``pipelines.embed.freshness``)."""

@@ -35,7 +35,7 @@ class PaddedTile:
     """Catalog sources: ids of the items of the period the tile was given (found by the run's search),
     whether or not they entered the composite (``pipelines.embed.freshness``)."""
     item_versions: dict[str, str | None] | None = None
-    """Id -> version (``pipelines.cubes.freshness.item_version``: ``updated``, else ``created``, and
+    """Id -> version (``pipelines.search.item_version``: ``updated``, else ``created``, and
     the processing versions) of ``considered_items`` (catalog sources) or of the items the tile's own
     cube record holds in the period (cube sources, as that record gives them), so a reprocessed item
     (same id, newer version) makes the record stale (``pipelines.embed.freshness``)."""
