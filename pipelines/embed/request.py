@@ -24,7 +24,7 @@ What a run does (``docs/embedding.md`` has the details):
    config (token size vs tile size, patch range vs GSDs, normalisation statistics, an existing
    version's definition). Anything that does not fit raises :class:`EmbedConfigError` before
    anything is written.
-2. **Version and zones.** ``embeddings_store.create_version`` (id = model + checkpoint hash) and
+2. **Version and zones.** ``pipelines.embeddings.create_version`` (id = model + checkpoint hash) and
    ``ensure_zone`` per UTM zone.
 3. **Fan-out.** One unit of work = a tile, or a square of ``tiles_per_task`` neighbouring tiles
    (auto from a cube store: :func:`pipelines.embed.plan.tiles_per_task`), x a period. Each unit is two
