@@ -1,4 +1,5 @@
-"""The Python snippets of the docs run as written: their imports resolve.
+"""The Python snippets of the docs run as written: their imports resolve and the names they call are
+imported.
 
 Checked statically (``ast``): the snippets name example stores and buckets, so they are not
 executed; what a scientist copies must at least import and call the functions the way they take it.
@@ -42,3 +43,24 @@ def test_every_import_of_a_docs_snippet_resolves(path: Path) -> None:
                     except ImportError as exc:
                         failed.append(f"import {a.name}: {exc}")
     assert not failed, failed
+
+
+def _query_calls(path: Path) -> tuple[set[str], list[ast.Call]]:
+    """(names docs/query.md imports from pipelines.query, its calls of pipelines.query functions)."""
+    import pipelines.query as q
+
+    imported: set[str] = set()
+    calls: list[ast.Call] = []
+    for tree in python_blocks(path):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "pipelines.query":
+                imported |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in q.__all__:
+                calls.append(node)
+    return imported, calls
+
+
+def test_query_doc_imports_every_function_its_snippets_call() -> None:
+    imported, calls = _query_calls(ROOT / "docs" / "query.md")
+    missing = sorted({c.func.id for c in calls if isinstance(c.func, ast.Name)} - imported)
+    assert not missing, f"docs/query.md calls {missing} without importing them"
