@@ -1,5 +1,5 @@
-"""The Python snippets of the docs run as written: their imports resolve and the names they call are
-imported.
+"""The Python snippets of the docs run as written: their imports resolve, the names they call are
+imported, and their calls of library functions bind to the functions' signatures.
 
 Checked statically (``ast``): the snippets name example stores and buckets, so they are not
 executed; what a scientist copies must at least import and call the functions the way they take it.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -64,3 +65,21 @@ def test_query_doc_imports_every_function_its_snippets_call() -> None:
     imported, calls = _query_calls(ROOT / "docs" / "query.md")
     missing = sorted({c.func.id for c in calls if isinstance(c.func, ast.Name)} - imported)
     assert not missing, f"docs/query.md calls {missing} without importing them"
+
+
+def test_query_doc_calls_bind_to_the_functions_signatures() -> None:
+    import pipelines.query as q
+
+    _, calls = _query_calls(ROOT / "docs" / "query.md")
+    assert calls
+    wrong = []
+    for call in calls:
+        assert isinstance(call.func, ast.Name)
+        sig = inspect.signature(getattr(q, call.func.id))
+        args = [None] * len(call.args)
+        kwargs = {k.arg: None for k in call.keywords if k.arg}
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            wrong.append(f"{ast.unparse(call)}: {exc}")
+    assert not wrong, wrong
