@@ -12,6 +12,7 @@ import importlib
 import inspect
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +84,34 @@ def test_query_doc_calls_bind_to_the_functions_signatures() -> None:
         except TypeError as exc:
             wrong.append(f"{ast.unparse(call)}: {exc}")
     assert not wrong, wrong
+
+
+def test_the_docs_give_the_stores_array_dimensions(tmp_path: Path) -> None:
+    """docs/embedding.md and docs/embeddings.md name each array's dims as a new store has them."""
+    import zarr
+
+    from pipelines.embeddings import create_version, ensure_zone, zarr_store
+    from pipelines.embeddings.tilevectors import ensure_tile_group
+    from pipelines.testing import synthetic_version
+
+    root = str(tmp_path / "store")
+    version = synthetic_version()
+    create_version(root, version)
+    ensure_zone(root, version.name, 32631)
+    ensure_tile_group(root, version.name, 32631, None)
+    group = zarr.open_group(store=zarr_store(root, read_only=True), mode="r")
+    zone: Any = group[f"{version.name}/32631"]
+    actual = {
+        "embeddings": tuple(zone["embeddings"].metadata.dimension_names),
+        "pooled": tuple(zone["pooled"].metadata.dimension_names),
+        "vectors": tuple(zone["tiles/vectors"].metadata.dimension_names),
+    }
+    for doc, heading in (("embedding.md", "## Output layout"), ("embeddings.md", "## Layout")):
+        section = (ROOT / "docs" / doc).read_text().split(heading, 1)[1].split("\n## ", 1)[0]
+        for name, dims in actual.items():
+            m = re.search(rf"`?{name}`?\s+\(((?:time|dim)\b[^)]*)\)", section)
+            if m is None:
+                assert name == "vectors", f"docs/{doc} {heading!r} does not name {name}'s dims"
+                continue
+            documented = tuple(d.strip() for d in m.group(1).split(","))
+            assert documented == dims, f"docs/{doc} gives {name} as {documented}, the store has {dims}"
