@@ -26,7 +26,7 @@ import xarray as xr
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
-from pipelines.embeddings import ZoneGrid
+from pipelines.embeddings import NODATA_Q, ZoneGrid
 from pipelines.query.open import Embeddings, QueryError, TileRef, TimeLike
 
 BBox = tuple[float, float, float, float]
@@ -227,6 +227,42 @@ def natural_epsg(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     """EPSG code of each point's own UTM zone."""
     zone = np.clip(np.floor(((lon + 180.0) % 360.0) / 6.0).astype(np.int64) + 1, 1, 60)
     return np.where(lat < 0, 32700, 32600) + zone
+
+
+def held_by_own_zone(emb: Embeddings, ti: int, epsg: int, rows: slice, cols: slice) -> np.ndarray:
+    """``[rows, cols]`` mask of zone ``epsg``'s tokens whose ground location lies in another UTM
+    zone that has a valid token of a complete tile there: that location is the other zone's, so a
+    search over every zone counts it once (edge tiles of adjacent zones overlap)."""
+    g = emb.grid(epsg)
+    out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=bool)
+    others = [e for e in emb.tiles(ti) if e != epsg]
+    if not others:
+        return out
+    to_lonlat = Transformer.from_crs(epsg, 4326, always_xy=True)
+    rr, cc = np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop)
+    # the window's border holds its extreme longitudes: most windows lie in their zone's own area
+    er = np.concatenate([np.full(cc.size, rr[0]), np.full(cc.size, rr[-1]), rr, rr])
+    ec = np.concatenate([cc, cc, np.full(rr.size, cc[0]), np.full(rr.size, cc[-1])])
+    blon, blat = to_lonlat.transform(*g.token_centres(er, ec))
+    if not {int(e) for e in natural_epsg(np.asarray(blon), np.asarray(blat))} & set(others):
+        return out
+    xs, ys = g.token_centres(rr, cc)
+    xx, yy = np.meshgrid(xs, ys)
+    lon, lat = to_lonlat.transform(xx, yy)
+    own = natural_epsg(np.asarray(lon), np.asarray(lat))
+    for other in others:
+        m = own == other
+        if not m.any():
+            continue
+        og = emb.grid(other)
+        sx, sy = Transformer.from_crs(epsg, other, always_xy=True).transform(xx[m], yy[m])
+        col = np.floor((np.asarray(sx) - og.x0) / og.token_ground_m).astype(np.int64)
+        row = np.floor((og.y1 - np.asarray(sy)) / og.token_ground_m).astype(np.int64)
+        r0, c0 = int(row.min()), int(col.min())
+        rows_o, cols_o = slice(r0, int(row.max()) + 1), slice(c0, int(col.max()) + 1)
+        first = emb.read_recorded(other, ti, rows_o, cols_o, decode=False)[row - r0, col - c0, 0]  # codes
+        out[m] = first != NODATA_Q if first.dtype == np.int8 else np.isfinite(first)
+    return out
 
 
 def select(

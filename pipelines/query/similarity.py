@@ -33,7 +33,14 @@ from pyproj import CRS, Transformer
 from pipelines import storage
 from pipelines.embeddings import NODATA_Q, dequantize
 from pipelines.query.open import Embeddings, QueryError, TileRef, TimeLike, as_points
-from pipelines.query.select import crs_label, parse_bbox, parse_crs, transform_bbox, vectors_at
+from pipelines.query.select import (
+    crs_label,
+    held_by_own_zone,
+    parse_bbox,
+    parse_crs,
+    transform_bbox,
+    vectors_at,
+)
 from pipelines.tiling import square_groups
 
 # ------------------------------------------------------------------------------------------
@@ -403,6 +410,7 @@ def _search_group(
     keep = np.zeros((h, w), dtype=bool)
     for r in refs:  # only complete tiles count (a crashed writer may have left a shard behind)
         keep[r.row0 - r0 : r.row0 - r0 + nt, r.col0 - c0 : r.col0 - c0 + nt] = True
+    keep &= ~held_by_own_zone(emb, ti, epsg, slice(r0, r1), slice(c0, c1))  # a location counts once
     if aoi is not None or exclude is not None:
         g = emb.grid(epsg)
         xs, ys = g.token_centres(np.arange(r0, r1), np.arange(c0, c1))
@@ -451,7 +459,8 @@ def similar(
     """The ``k`` most similar tokens (cosine) to example locations and/or vectors.
 
     ``aoi`` (bbox in ``aoi_crs``) limits the search; default: every complete tile of every zone at
-    ``time`` (default: latest time with data). ``exclude_radius_m`` drops tokens within that
+    ``time`` (default: latest time with data), each ground location once (``held_by_own_zone``).
+    ``exclude_radius_m`` drops tokens within that
     distance of the example locations. ``scheduler`` is passed to ``dask.compute`` (e.g.
     ``"threads"``, ``"synchronous"`` or a distributed client's ``get``).
 
