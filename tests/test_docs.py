@@ -115,3 +115,21 @@ def test_the_docs_give_the_stores_array_dimensions(tmp_path: Path) -> None:
                 continue
             documented = tuple(d.strip() for d in m.group(1).split(","))
             assert documented == dims, f"docs/{doc} gives {name} as {documented}, the store has {dims}"
+
+
+def test_the_docs_name_every_non_zarr_folder_at_a_stores_root(tmp_path: Path) -> None:
+    """open_datatree warns once for each folder at the root that is not a Zarr node: docs/embeddings.md
+    names them all, ``aom publish``'s ``published/`` included."""
+    from pipelines.embeddings import publish_cogs
+    from pipelines.testing import build_synthetic_store
+
+    synth = build_synthetic_store(str(tmp_path / "store"), bbox=(5.93, 44.99, 5.95, 45.0))
+    publish_cogs(synth.root_url, synth.version.name)
+    folders = {
+        p.name for p in Path(synth.root_url).iterdir() if p.is_dir() and not (p / "zarr.json").exists()
+    }
+    assert "published" in folders
+    text = (ROOT / "docs" / "embeddings.md").read_text()
+    paragraph = text.split("**Non-Zarr folders at the root.**", 1)[1].split("\n\n", 1)[0]
+    missing = sorted(f for f in folders if f"`{f}/`" not in paragraph)
+    assert not missing, f"docs/embeddings.md does not name {missing} among the non-Zarr folders"
