@@ -226,7 +226,10 @@ class _ZarrWriter:
                 dtype=dtype,
                 fill_value=float("nan") if dtype == "float32" else -128,
                 dimension_names=("dim", "y", "x"),
-                attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"},
+                # int8: the nodata code for rioxarray/odc-geo, as the store's arrays and the GeoTIFF
+                # have it (float32: NaN, the array's fill value; strict JSON has no NaN attribute)
+                attributes={"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+                | ({} if dtype == "float32" else {"nodata": -128}),
             )
             xs = transform.c + (np.arange(w) + 0.5) * transform.a
             ys = transform.f + (np.arange(h) + 0.5) * transform.e

@@ -57,3 +57,24 @@ def test_the_writer_takes_its_lease_before_removing_anything(tmp_path: Path) -> 
     assert check_raster_complete(str(out))["aom_complete"] is True
     emb = zarr.open_group(str(out), mode="r")["embeddings"]
     assert isinstance(emb, zarr.Array) and emb.shape == (8, 4, 5)
+
+
+def test_an_int8_zarr_output_declares_its_nodata_code(tmp_path: Path) -> None:
+    """rioxarray / odc-geo read -128 as nodata of an int8 Zarr output, as of the int8 GeoTIFF and the
+    store's arrays (before, ``ds.embeddings.rio.nodata`` was None: -128 codes read as data)."""
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    out = tmp_path / "r8.zarr"
+    t = Affine(160.0, 0.0, 300000.0, 0.0, -160.0, 5000000.0)
+    w = _ZarrWriter(str(out), 4, 5, 8, "int8", CRS.from_epsg(32632), t, 4, None)
+    emb = np.ones((4, 5, 8), np.float32)
+    emb[0, 0] = np.nan
+    w.write(0, emb)
+    w.close(_result(out))
+    ds = xr.open_zarr(out, consolidated=False)
+    assert ds["embeddings"].dtype == np.int8 and ds["embeddings"].rio.nodata == -128
+    assert int(ds["embeddings"][0, 0, 0]) == -128
+    f32 = tmp_path / "r.zarr"
+    _writer(f32).close(_result(f32))
+    assert "nodata" not in xr.open_zarr(f32, consolidated=False)["embeddings"].attrs  # NaN: the fill value
