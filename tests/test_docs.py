@@ -133,3 +133,27 @@ def test_the_docs_name_every_non_zarr_folder_at_a_stores_root(tmp_path: Path) ->
     paragraph = text.split("**Non-Zarr folders at the root.**", 1)[1].split("\n\n", 1)[0]
     missing = sorted(f for f in folders if f"`{f}/`" not in paragraph)
     assert not missing, f"docs/embeddings.md does not name {missing} among the non-Zarr folders"
+
+
+def test_every_import_in_a_docstring_example_resolves() -> None:
+    """``from pipelines... import ...`` lines of the packages' docstring examples name real modules."""
+    failed = []
+    for pkg in ("pipelines", "flows", "aom_model"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                doc = ast.get_docstring(node) or ""
+                for m in re.finditer(
+                    r"^\s*from ((?:pipelines|flows|aom_model)[\w.]*) import ([\w, ]+)$", doc, re.M
+                ):
+                    try:
+                        mod = importlib.import_module(m.group(1))
+                    except ImportError as exc:
+                        failed.append(f"{path.relative_to(ROOT)}: {m.group(0).strip()}: {exc}")
+                        continue
+                    names = [n.strip() for n in m.group(2).split(",") if n.strip()]
+                    failed += [
+                        f"{path.relative_to(ROOT)}: {m.group(1)}.{n}" for n in names if not hasattr(mod, n)
+                    ]
+    assert not failed, failed

@@ -6,7 +6,7 @@ whichever UTM zone grid it is sampled: Voronoi cells around seeded points, each 
 "spectrum" of the class) plus Gaussian noise, so similarity search and few-shot classifiers have
 a right answer::
 
-    from pipelines.embeddings_synthetic import build_synthetic_store
+    from pipelines.testing import build_synthetic_store
 
     synth = build_synthetic_store("/tmp/emb")          # 2 x 2 tiles either side of 6 degrees E, 45 degrees N
     synth.scene.class_at(lon=5.99, lat=45.0)            # -> ground-truth class index
