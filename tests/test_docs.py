@@ -157,3 +157,26 @@ def test_every_import_in_a_docstring_example_resolves() -> None:
                         f"{path.relative_to(ROOT)}: {m.group(1)}.{n}" for n in names if not hasattr(mod, n)
                     ]
     assert not failed, failed
+
+
+def test_the_docs_give_the_error_the_installed_gdal_reports_for_the_stores_arrays(tmp_path: Path) -> None:
+    """docs/embeddings.md ("Opening with other tools") names what GDAL says where it cannot read the
+    store's Zarr arrays: rasterio 1.4's GDAL 3.10 reads none of them (``Unsupported codec: bytes``),
+    which the page did not say (it gave ``sharding_indexed`` for every GDAL before 3.13)."""
+    import rasterio
+
+    from pipelines.testing import build_synthetic_store
+
+    synth = build_synthetic_store(str(tmp_path / "store"), bbox=(5.93, 44.99, 5.95, 45.0), stac=False)
+    zone = synth.tiles[0].epsg
+    text = (ROOT / "docs" / "embeddings.md").read_text().split("**Opening with other tools.**", 1)[1]
+    for array in ("embeddings", "tiles/vectors"):
+        try:
+            with rasterio.open(f'ZARR:"{synth.root_url}":/{synth.version.name}/{zone}/{array}') as src:
+                assert src.crs is not None and src.crs.to_epsg() == zone
+        except rasterio.errors.RasterioIOError as exc:
+            found = re.search(r"Unsupported codec: \w+", str(exc))
+            assert found, str(exc)
+            assert f"`{found.group(0)}`" in text, (
+                f"GDAL {rasterio.__gdal_version__}: {found.group(0)} ({array})"
+            )
