@@ -37,9 +37,11 @@ def publish(
 ) -> None:
     """Publish a version as one COG per tile and time, with STAC items every loader opens."""
     from pipelines.embeddings import ENCODINGS, EmbeddingsStoreError, StacOptions, list_versions, publish_cogs
-    from pipelines.storage import parse_storage_options, redact_url
+    from pipelines.storage import check_credentials, check_url, parse_storage_options, redact_url
 
     opts = parse_storage_options(storage_options)
+    check_url(embeddings, "--embeddings")
+    check_credentials(embeddings, opts, "--embeddings")
     if encoding not in ENCODINGS:
         raise EmbeddingsStoreError(f"unknown --encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
     if version is None:

@@ -331,6 +331,8 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: _query("similar", d, "--lon", "0", "--lon", "1", "--lat", "4"),
         "as many --lon",
     ),
+    # publish: the store URL's scheme is checked before any read (it was tried as a host name, exit 1)
+    ("publish-scheme", lambda d: ["publish", "-e", "ftp://h/e"], "--embeddings: unknown URL scheme ftp://"),
     ("classify-missing", lambda d: _query("classify", d, "--labels", str(d / "no.geojson")), "no such file"),
     (
         "export-dtype",
