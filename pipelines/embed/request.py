@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from pipelines import embeddings as es
@@ -225,7 +225,18 @@ class EmbedRequest:
         unknown = sorted(set(data) - known)
         if unknown:
             raise EmbedConfigError(f"unknown EmbedRequest fields {unknown}; known: {sorted(known)}")
-        return cls(**{k: v for k, v in data.items() if not _unset(v)})
+        given = {k: v for k, v in data.items() if not _unset(v)}
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in given and f.default is MISSING and f.default_factory is MISSING
+        ]
+        if missing:
+            raise EmbedConfigError(
+                "; ".join(f"{name} (--{name.replace('_', '-')}) is required" for name in missing)
+                + " (an empty value is not given)"
+            )
+        return cls(**given)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, credentials removed (for logs, Prefect parameters and the run summary)."""

@@ -215,6 +215,11 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: _embed(d, "--quantisation", "int4"),
         "must be one of int8-sqrt, float16",
     ),
+    (
+        "embed-datetime-empty",
+        lambda d: [*_embed(d)[:6], "", *_embed(d)[7:]],
+        "datetime (--datetime) is required",
+    ),
     ("embed-datetime", lambda d: [*_embed(d)[:6], "notadate", *_embed(d)[7:]], "RFC 3339"),
     ("embed-ckpt-dir", lambda d: [*_embed(d)[:2], str(d / "adir"), *_embed(d)[3:]], "is a folder"),
     ("embed-out-file", lambda d: [*_embed(d)[:4], str(d / "afile.txt"), *_embed(d)[5:]], "is a file"),

@@ -220,6 +220,15 @@ def test_request_json_round_trip_redacts_credentials() -> None:
         EmbedRequest.from_dict({**d, "bogus": 1})
 
 
+@pytest.mark.parametrize("field", ["checkpoint", "out", "datetime"])
+def test_from_dict_names_a_required_field_given_empty(field: str) -> None:
+    """An empty required value (``--datetime ""``, a blank flow parameter) is bad input naming the
+    field, not a TypeError from the constructor."""
+    d = {"checkpoint": "c.safetensors", "out": "emb", "datetime": PERIOD, "aoi": AOI, "cubes": "c", field: ""}
+    with pytest.raises(EmbedConfigError, match=f"{field} .--{field}. is required"):
+        EmbedRequest.from_dict(d)
+
+
 def test_gpu_resource_annotation_rules() -> None:
     from pipelines.embed import gpu_resources
 
