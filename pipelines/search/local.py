@@ -120,9 +120,19 @@ def _parquet_items(
         n = table.num_rows
         if n:
             for item in stac_table_to_items(table):
-                yield _absolutise(item, base)
+                yield _absolutise(_drop_fill_nulls(item), base)
         if progress is not None:
             progress(n)
+
+
+def _drop_fill_nulls(item: dict[str, Any]) -> dict[str, Any]:
+    """The item without the null properties stac-geoparquet fills in: a table has one column per
+    property of any item, and an item without it reads back ``null`` (``"constellation": null`` on a
+    Landsat item, invalid STAC). ``datetime`` stays, whose null is meaningful (a range item)."""
+    props = item.get("properties")
+    if isinstance(props, dict):
+        item["properties"] = {k: v for k, v in props.items() if v is not None or k == "datetime"}
+    return item
 
 
 def _string_array(values: Iterable[str]) -> Any:

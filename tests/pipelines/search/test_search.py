@@ -128,6 +128,29 @@ def test_results_are_in_canonical_order_and_unsigned(search_catalog: dict[str, P
         assert [parse_interval(t) for t in times] == sorted(parse_interval(t) for t in times)  # type: ignore[type-var]
 
 
+def test_parquet_items_come_back_without_other_items_null_properties(tmp_path: Path) -> None:
+    """stac-geoparquet stores one column per property of any item, so a Landsat item read back had
+    ``"s2:processing_baseline": null`` and ``"constellation": null`` (invalid STAC: common metadata
+    must be strings) wherever another item had the field; the saved result then differed from the
+    catalog's items. Read back, an item has its own properties only (a null ``datetime`` stays)."""
+    from tests.pipelines.search.support import write_parquet
+
+    s2 = make_item("s2", S2, (5.0, 44.5, 5.9, 45.5), "2023-01-05T10:30:00Z")
+    s2["properties"].update({"constellation": "sentinel-2", "s2:processing_baseline": "05.00"})
+    ls = make_item("ls", LS, (5.0, 44.5, 5.9, 45.5), "2023-01-06T10:30:00Z")
+    ls["properties"].pop("constellation", None)
+    ranged = make_item("ranged", LS, (5.0, 44.5, 5.9, 45.5), "2023-01-07T10:30:00Z")
+    ranged["properties"].update(
+        {"datetime": None, "start_datetime": "2023-01-07T00:00:00Z", "end_datetime": "2023-01-08T00:00:00Z"}
+    )
+    cat = write_parquet([s2, ls, ranged], tmp_path / "items.parquet")
+    found = {i["id"]: i for i in search(SearchRequest(collections=(S2, LS)), catalog_url=str(cat)).items}
+    assert set(found["ls"]["properties"]) == set(ls["properties"])
+    assert set(found["s2"]["properties"]) == set(s2["properties"])
+    assert found["ranged"]["properties"]["datetime"] is None
+    assert "s2:processing_baseline" not in found["ranged"]["properties"]
+
+
 def test_static_catalog_relative_hrefs_become_absolute(tmp_path: Path) -> None:
     from tests.pipelines.search.support import write_static_catalog
 
