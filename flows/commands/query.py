@@ -72,6 +72,30 @@ def _out_opts(out: str | None, embeddings: str, storage_options: list[str]) -> d
     return None
 
 
+# The files each verb writes, by extension (anything else is refused before the store is opened:
+# a PNG written to m.tif, GeoJSON to hits.csv, Parquet to tiles.csv).
+SIMILAR_FORMATS = {
+    ".json": "geojson",
+    ".geojson": "geojson",
+    ".parquet": "geoparquet",
+    ".geoparquet": "geoparquet",
+}
+MAP_FORMATS = {".png": "png"}
+TILES_FORMATS = {".parquet": "geoparquet", ".geoparquet": "geoparquet"}
+CLASSIFY_FORMATS = {".tif": "cog", ".tiff": "cog"}
+
+
+def _check_out(out: str | None, formats: dict[str, str]) -> str | None:
+    """``--out``: a known URL scheme, not a folder, and a name ending in one of ``formats``; its
+    format (None without ``--out``)."""
+    from pipelines.outputs import check_output_format
+
+    if out is None:
+        return None
+    check_file_out(out, "--out")
+    return check_output_format(out, formats)
+
+
 def _time(text: str | None) -> int | str | None:
     if text is None:
         return None
@@ -134,7 +158,7 @@ def similar_cmd(
     check_lonlat(lon, lat)
     check_number("--exclude-radius-m", exclude_radius_m, minimum=0)
     check_area(aoi, aoi_crs, "--aoi")
-    check_file_out(out, "--out")
+    out_format = _check_out(out, SIMILAR_FORMATS)
     check_choice("level (--level)", level, ("token", "tile"))
     check_choice("metric (--metric)", metric, METRICS)
     emb = _open(embeddings, version, storage_options)
@@ -156,7 +180,7 @@ def similar_cmd(
         )
     typer.echo(describe_result(res, embeddings))
     if out:
-        if out.lower().endswith((".parquet", ".geoparquet")):
+        if out_format == "geoparquet":
             res.to_geoparquet(out, _out_opts(out, embeddings, storage_options))
         else:
             storage.write_json_atomic(out, res.to_geojson(), _out_opts(out, embeddings, storage_options))
@@ -186,7 +210,7 @@ def map_cmd(
 
     check_lonlat(lon, lat)
     check_area(bbox, crs)
-    check_file_out(out, "--out")
+    _check_out(out, MAP_FORMATS)
     check_choice("metric (--metric)", metric, METRICS)
     if metric != "cosine" and not (lon or lat):
         raise InputError("--metric applies to a similarity heatmap (--lon/--lat) only")
@@ -265,6 +289,7 @@ def tiles_cmd(
     """Export every tile's pooled vector with its footprint (EPSG:4326) to GeoParquet."""
     from pipelines.query import tiles_geoparquet
 
+    _check_out(out, TILES_FORMATS)
     emb = _open(embeddings, version, storage_options)
     tiles_geoparquet(emb, out, time=_time(time), storage_options=_out_opts(out, embeddings, storage_options))
     typer.echo(f"tiles: {out}")
@@ -295,7 +320,7 @@ def classify_cmd(
     if method not in ("linear", "knn"):
         raise typer.BadParameter("--method must be linear or knn")
     check_area(bbox, crs)
-    check_file_out(out, "--out")
+    _check_out(out, CLASSIFY_FORMATS)
     check_file_url(labels, "--labels")
     emb = _open(embeddings, version, storage_options)
     res = classify(

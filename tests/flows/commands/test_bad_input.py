@@ -338,6 +338,29 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     # publish: the store URL's scheme is checked before any read (it was tried as a host name, exit 1)
     ("publish-scheme", lambda d: ["publish", "-e", "ftp://h/e"], "--embeddings: unknown URL scheme ftp://"),
+    # query outputs: a name the verb does not write is refused before the store is opened (a PNG
+    # was written to m.tif, GeoJSON to hits.csv, Parquet to tiles.csv, a COG to classes.png)
+    (
+        "similar-out-csv",
+        lambda d: _query("similar", d, "--lon", "0", "--lat", "4", "--out", "hits.csv"),
+        "must end in one of .geojson, .geoparquet, .json, .parquet",
+    ),
+    (
+        "map-out-tif",
+        lambda d: _query("map", d, "--bbox", "0,0,1,1", "--out", "m.tif"),
+        "must end in one of .png",
+    ),
+    ("tiles-out-csv", lambda d: _query("tiles", d, "--out", "tiles.csv"), "must end in one of .geoparquet"),
+    (
+        "tiles-out-scheme",
+        lambda d: _query("tiles", d, "--out", "ftp://h/t.parquet"),
+        "unknown URL scheme ftp://",
+    ),
+    (
+        "classify-out-png",
+        lambda d: _query("classify", d, "--labels", str(d / "ok.tif"), "--out", "c.png"),
+        "must end in one of .tif, .tiff",
+    ),
     ("classify-missing", lambda d: _query("classify", d, "--labels", str(d / "no.geojson")), "no such file"),
     (
         "export-dtype",
