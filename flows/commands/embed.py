@@ -253,9 +253,9 @@ def embed_raster_cmd(
         "'Seam blending'.",
     ),
     embedding: str = _embedding_option(),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Chips per encoder call."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
-    precision: str = typer.Option("fp32", "--precision"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast; GPUs)."),
     storage_options: list[str] = storage_options_option(" for the input, checkpoint and --out"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     overwrite: bool = typer.Option(

@@ -108,7 +108,7 @@ def eval_command(
     ),
     factors: str = typer.Option("2,4", "--factors", help="Coarsening factors (cross-resolution)."),
     probes: str = typer.Option("linear,knn", "--probes", help="linear and/or knn."),
-    knn_k: int = typer.Option(10, "--knn-k", min=1),
+    knn_k: int = typer.Option(10, "--knn-k", min=1, help="Neighbours of the kNN probe."),
     patch_px: int | None = typer.Option(
         None,
         "--patch-px",
@@ -130,11 +130,21 @@ def eval_command(
     test_fraction: float = typer.Option(
         0.3, "--test-fraction", help="Share of spatial blocks held out for test."
     ),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the patch sample, band draws, splits and random-init weights."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Patches per encoder call."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads (default: leave as is)."),
-    random_baseline: bool = typer.Option(True, "--random-baseline/--no-random-baseline"),
-    raw_baseline: bool = typer.Option(True, "--raw-baseline/--no-raw-baseline"),
+    random_baseline: bool = typer.Option(
+        True,
+        "--random-baseline/--no-random-baseline",
+        help="Also evaluate a random-init encoder of the same config (the rows the goals compare with).",
+    ),
+    raw_baseline: bool = typer.Option(
+        True,
+        "--raw-baseline/--no-raw-baseline",
+        help="Also evaluate raw-band statistics (mean, std per band).",
+    ),
     features: str = typer.Option(
         "pooled",
         "--features",

@@ -46,8 +46,12 @@ def pretrain(
     batch_size: int = typer.Option(16, "--batch-size", help="Micro-batch per device."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per step and device."),
     lr: float = typer.Option(5e-4, "--lr", help="Peak AdamW learning rate."),
-    warmup_steps: int = typer.Option(100, "--warmup-steps"),
-    weight_decay: float = typer.Option(0.05, "--weight-decay"),
+    warmup_steps: int = typer.Option(
+        100, "--warmup-steps", help="Optimiser steps of linear warmup to --lr (then cosine decay)."
+    ),
+    weight_decay: float = typer.Option(
+        0.05, "--weight-decay", help="AdamW weight decay (on weight matrices only)."
+    ),
     clip_grad_norm: float = typer.Option(1.0, "--clip-grad-norm", help="<= 0 disables clipping."),
     chip_m: float = typer.Option(480.0, "--chip-m", help="Chip side in metres (a multiple of every GSD)."),
     min_valid_frac: float = typer.Option(0.5, "--min-valid-frac", help="Skip chips with fewer valid pixels."),
@@ -59,11 +63,17 @@ def pretrain(
         4, "--window-blocks", help="(tile, time) blocks a stream mixes per window (the shuffle buffer)."
     ),
     num_workers: int = typer.Option(2, "--num-workers", help="Loader worker processes per device."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
-    log_every: int = typer.Option(10, "--log-every"),
-    seed: int = typer.Option(0, "--seed"),
+    checkpoint_every: int = typer.Option(
+        500, "--checkpoint-every", help="Write a checkpoint every N steps (and at the end)."
+    ),
+    log_every: int = typer.Option(10, "--log-every", help="One metrics.jsonl line every N steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order, masks and initial weights."),
     no_amp: bool = typer.Option(False, "--no-amp", help="Disable bf16 autocast on CUDA."),
-    activation_checkpointing: bool = typer.Option(False, "--activation-checkpointing"),
+    activation_checkpointing: bool = typer.Option(
+        False,
+        "--activation-checkpointing",
+        help="Recompute each transformer block in the backward pass: less memory, more compute.",
+    ),
     device: str = typer.Option(
         "auto",
         "--device",

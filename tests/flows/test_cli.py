@@ -100,6 +100,23 @@ def test_the_shared_options_are_spelled_and_explained_once() -> None:
     assert demo["--workers"].help.startswith("Local parallel workers: tiles worked on at once")
 
 
+def test_every_option_of_every_verb_says_what_it_does() -> None:
+    """`aom <verb> --help` is where users look first: no option may be listed with only its default
+    (aom pretrain --seed, --warmup-steps, aom eval --knn-k, aom embed-raster --precision had none)."""
+
+    def bare(command: Any, path: tuple[str, ...]) -> list[str]:
+        out = [
+            f"aom {' '.join(path)} {param.opts[0]}"
+            for param in command.params
+            if param.param_type_name == "option" and not (param.help or "").strip()
+        ]
+        for name, sub in getattr(command, "commands", {}).items():
+            out += bare(sub, (*path, name))
+        return out
+
+    assert bare(typer.main.get_command(app), ()) == []
+
+
 @pytest.mark.parametrize(
     "args",
     [
