@@ -15,6 +15,9 @@ incompatible existing store: ``error: ...`` on one line, see :mod:`flows.cli`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import typer
 
 from flows.commands._options import (
@@ -151,6 +154,8 @@ def cubes(
     plan, notes = complete_projection(plan_cubes(request, items), items_url, out, options, reads)
     for note in notes:
         typer.echo(f"note: {note}")
+    if not plan.tiles:  # before the store is created: nothing to build is bad input, not a failed run
+        raise InputError(_nothing_to_build(items, bbox))
     typer.echo(f"{plan.describe()} -> {redact_url(out)}")
     summary = write_cubes(
         plan.items,
@@ -168,6 +173,19 @@ def cubes(
         write_json_atomic(summary_json, summary.to_dict())
     if summary.exit_code:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _nothing_to_build(items: Sequence[Mapping[str, Any]], bbox: str | None) -> str:
+    """Why a plan has no tile: no items, or items outside ``--bbox`` (their extent named)."""
+    boxes = [i["bbox"] for i in items if len(i.get("bbox") or ()) == 4]
+    if not boxes:
+        return "no tile to build: no items with a footprint (check --items / the search)"
+    w, s = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    e, n = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    where = f"the {len(items)} item(s) (lon {w:g}..{e:g}, lat {s:g}..{n:g})"
+    if bbox:
+        return f"no tile to build: {where} do not touch --bbox {bbox}"
+    return f"no tile to build from {where}"
 
 
 def register(app: typer.Typer) -> None:

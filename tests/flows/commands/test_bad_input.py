@@ -43,6 +43,10 @@ def junk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "feat_nogeom.geojson").write_text('{"type": "Feature", "properties": {}}\n')
     (d / "cnum.yaml").write_text("catalogs: 5\n")
     (d / "typo.yaml").write_text("sensorz:\n  foo: 1\n")
+    from tests.pipelines.search.support import S2, make_item
+
+    s2 = make_item("s2", S2, (5.9, 44.9, 6.1, 45.1), "2023-06-01T10:30:00Z", epsg=32631)
+    (d / "s2items.ndjson").write_text(json.dumps(s2) + "\n")
     (d / "run").mkdir()
     (d / "run" / "pretrain_config.json").write_text(json.dumps({"model": "tiny"}))
     write_synthetic_cubes(d / "cubes960", n_tiles=1, n_times=1, tile_m=960.0, collections=(SENTINEL2,))
@@ -178,6 +182,17 @@ CASES: list[tuple[str, Any, str]] = [
         "cubes-dask-address",
         lambda d: _cubes(d, "--dask-address", "notanaddress"),
         "not a Dask scheduler address",
+    ),
+    # a --bbox away from every item: nothing to build is bad input, and no empty store is created
+    # (it was exit 1 'nothing useful was produced', with an empty store left at --out)
+    (
+        "cubes-bbox-no-items",
+        lambda d: [
+            *_cubes(d, "--bbox", "0,0,1,1")[:2],
+            str(d / "s2items.ndjson"),
+            *_cubes(d, "--bbox", "0,0,1,1")[3:],
+        ],
+        "no tile to build: the 1 item(s) (lon 5.9..6.1, lat 44.9..45.1) do not touch --bbox 0,0,1,1",
     ),
     ("cubes-summary-dir", lambda d: _cubes(d, "--summary-json", str(d / "adir")), "--summary-json"),
     ("cubes-workers", lambda d: _cubes(d, "--workers", "0"), "--workers"),

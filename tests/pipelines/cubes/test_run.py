@@ -71,8 +71,9 @@ def test_cli_builds_reruns_and_summarises(
     again = runner.invoke(app, [*args, "--tiles", two])
     assert again.exit_code == 0 and "0 done, 2 already complete" in again.output
     # without --tiles: every tile the items touch (the 2 x 2 scene); --bbox narrows that down
+    # (a --bbox away from the items leaves nothing to build: bad input, exit 2, the store untouched)
     plan = runner.invoke(app, [*args, "--bbox", "0,0,1,1"])
-    assert "0 tile(s)" in plan.output and plan.exit_code == 1
+    assert "no tile to build" in plan.output and "--bbox 0,0,1,1" in plan.output and plan.exit_code == 2
 
 
 def test_cli_exits_nonzero_when_nothing_useful(items: list[dict[str, Any]], tmp_path: Path) -> None:
