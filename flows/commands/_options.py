@@ -119,27 +119,38 @@ def json_arg(text: str, name: str, *, position: bool = True) -> dict[str, Any]:
     return json_object(raw, name, position=position)
 
 
+def check_not_empty(url: str | None, option: str) -> None:
+    """An empty path (``--out ""``, an unset shell variable) is refused: as a local path it is the
+    working directory, where a run would scatter its files among the user's."""
+    from pipelines.errors import InputError
+
+    if url is not None and not url.strip():
+        raise InputError(f"{option} is empty; give a path or URL")
+
+
 def check_folder_url(url: str | None, option: str) -> None:
-    """A folder-like output or input (a store, a run folder): a known URL scheme, and a local path
-    that is not an existing file."""
+    """A folder-like output or input (a store, a run folder): not empty, a known URL scheme, and a
+    local path that is not an existing file."""
     from pipelines.errors import InputError
     from pipelines.storage import check_url, is_local, local_href
 
     if url is None:
         return
+    check_not_empty(url, option)
     check_url(url, option)
     if is_local(url) and Path(local_href(url)).expanduser().is_file():
         raise InputError(f"{option} {url} is a file; give a folder or a store URL")
 
 
 def check_file_url(url: str | None, option: str) -> None:
-    """A single-file input (a checkpoint, a labels file): a known URL scheme, and a local path that
-    exists and is not a folder."""
+    """A single-file input (a checkpoint, a labels file): not empty, a known URL scheme, and a local
+    path that exists and is not a folder."""
     from pipelines.errors import InputError
     from pipelines.storage import check_url, is_local, local_href
 
     if url is None:
         return
+    check_not_empty(url, option)
     check_url(url, option)
     if is_local(url):
         path = Path(local_href(url)).expanduser()
@@ -157,6 +168,7 @@ def local_out(url: str, option: str, verb: str, *, folder: bool) -> Path:
     from pipelines.errors import InputError
     from pipelines.storage import is_local, local_href, redact_url
 
+    check_not_empty(url, option)
     if not is_local(url):
         what = "a local folder" if folder else "a local file"
         raise InputError(f"{option} {redact_url(url)}: aom {verb} writes only to {what}; give a local path")
@@ -173,13 +185,14 @@ def read_aoi_file(path: Path) -> Any:
 
 
 def check_file_out(url: str | None, option: str) -> None:
-    """A single-file output (a PNG, a GeoTIFF, a JSON): a known URL scheme, and a local path that
-    is not an existing folder."""
+    """A single-file output (a PNG, a GeoTIFF, a JSON): not empty, a known URL scheme, and a local
+    path that is not an existing folder."""
     from pipelines.errors import InputError
     from pipelines.storage import check_url, is_local, local_href
 
     if url is None:
         return
+    check_not_empty(url, option)
     check_url(url, option)
     if is_local(url) and Path(local_href(url)).expanduser().is_dir():
         raise InputError(f"{option} {url} is a folder; give a file name")

@@ -495,6 +495,32 @@ def test_bad_input_is_one_line_and_exit_2(case: str, build: Any, expect: str, ju
     assert not (junk / "cubes").exists() and not (junk / "found.ndjson").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["pretrain", "--cubes", "c", "--out", ""],
+        ["cubes", "--items", "i.ndjson", "--out", ""],
+        ["samples", "--no-real", "--out", ""],
+        ["demo", "--out", ""],
+        ["eval", "--checkpoint", "random:tiny", "--dataset", "synthetic", "--out", ""],
+        ["export", "--checkpoint", CKPT, "--out", ""],
+        ["search", "-c", "sentinel-2-l2a", "--out", ""],
+    ],
+    ids=lambda a: a[0],
+)
+def test_an_empty_out_is_refused_not_the_working_directory(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out ""`` (an unset shell variable) was the working directory: aom pretrain wrote its
+    checkpoints, model and metrics among the user's files there."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == EXIT_USAGE, (r.output, r.exception)
+    (line,) = r.stderr.strip().splitlines()
+    assert line == "error: --out is empty; give a path or URL"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_refused_existing_run_is_left_as_it_was(junk: Path) -> None:
     before = (junk / "run" / "pretrain_config.json").read_text()
     r = CliRunner().invoke(app, ["pretrain", "--cubes", str(junk / "cubes960"), "--out", str(junk / "run")])
