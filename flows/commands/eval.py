@@ -192,6 +192,7 @@ def eval_command(
 
         check_file_url(ckpt, "--checkpoint")
         check_checkpoint_header(ckpt, what="--checkpoint")  # before the dataset is loaded
+    check_file_url(labels, "--labels")  # a missing file or unknown scheme: before any dataset read
     shifts = _ints(product_shifts, "--product-shifts")  # checked before the evaluation, not after it
     for shift in shifts:
         check_number("--product-shifts", shift, minimum=1)

@@ -458,6 +458,21 @@ CASES: list[tuple[str, Any, str]] = [
         lambda d: _eval(d, "--checkpoint", str(d / "afile.txt")),
         "not a safetensors checkpoint",
     ),
+    # --labels is checked before the scene is read (ftp://... was fetched: a network error, exit 1)
+    (
+        "eval-labels-scheme",
+        lambda d: _eval(
+            d, "--dataset", str(d / "ok.tif"), "--sensor", "sentinel-2-msi", "--labels", "ftp://h/l.tif"
+        ),
+        "--labels: unknown URL scheme ftp://",
+    ),
+    (
+        "eval-labels-missing",
+        lambda d: _eval(
+            d, "--dataset", str(d / "ok.tif"), "--sensor", "sentinel-2-msi", "--labels", str(d / "no.csv")
+        ),
+        "no.csv: no such file",
+    ),
     ("eval-min-purity", lambda d: _eval(d, "--min-purity", "-1"), "--min-purity must be >= 0 and <= 1"),
     ("sensors-unknown", lambda d: ["sensors", "no-such-sensor"], "no-such-sensor"),
     # a registry file of the wrong shape, in any verb
