@@ -33,6 +33,11 @@ ZARR_CONVENTIONS_SCHEMA = (
 
 # files whose own ``$id`` is missing: the canonical URL SOURCES.md names
 _NO_ID = {"zarr-conventions/geoemb.schema.json": GEOEMB_SCHEMA}
+# files whose ``$id`` is misspelt upstream (pystac's copy of STAC 1.1.0 ``common.json`` says
+# ``.../json-schema/commonjson``): also registered under the URL the other schemas ``$ref``
+_ALSO_AT = {
+    "stac-core/v1.1.0/common.json": "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/common.json"
+}
 
 
 def default_dir() -> Path:
@@ -63,6 +68,8 @@ class SchemaSet:
             url = str(doc.get("$id") or _NO_ID.get(rel) or "").rstrip("#")
             if url:
                 schemas[url] = doc
+            if rel in _ALSO_AT:
+                schemas[_ALSO_AT[rel]] = doc
         return cls(root, schemas)
 
     def _registry(self) -> Any:
