@@ -5,7 +5,8 @@
 - ``catalog.json``: a pystac self-contained static catalog (relative links; one child collection per
   collection id; synthetic asset hrefs relative to the item JSON, real-product asset hrefs absolute
   ``file://`` URIs because the real data is never copied);
-- ``items.ndjson``: one STAC item JSON per line (absolute ``file://`` asset hrefs, no structural links),
+- ``items.ndjson``: one STAC item JSON per line (absolute ``file://`` asset hrefs; of the structural
+  links only ``collection``, an absolute ``file://`` URI, which STAC requires beside the field),
   sorted by (collection, id): the input of the local search backend;
 - ``items.parquet``: the same items as stac-geoparquet;
 - ``data/synthetic/<item id>/<asset>.tif``: the synthetic COGs.
@@ -99,10 +100,17 @@ def _resolve_real_dir(
 
 
 def _ndjson_dict(item: pystac.Item) -> dict[str, Any]:
+    """The item without its self/root/parent links, its ``collection`` link kept as an absolute
+    ``file://`` URI: STAC allows the ``collection`` field only beside a link of that relation (an
+    item without one fails the item schema)."""
     d = item.to_dict(include_self_link=False, transform_hrefs=False)
-    d["links"] = [
-        lk for lk in d.get("links", []) if lk.get("rel") not in ("self", "root", "parent", "collection")
-    ]
+    links = []
+    for lk in d.get("links", []):
+        if lk.get("rel") == "collection":
+            links.append({**lk, "href": Path(str(lk["href"])).resolve().as_uri()})
+        elif lk.get("rel") not in ("self", "root", "parent"):
+            links.append(lk)
+    d["links"] = links
     return d
 
 

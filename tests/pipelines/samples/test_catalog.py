@@ -115,6 +115,19 @@ def test_catalog_round_trips_through_pystac(built: SampleCatalog, items: dict[st
             assert _path(item, key).is_file()
 
 
+def test_ndjson_items_are_valid_stac(built: SampleCatalog) -> None:
+    """Each line validates against the STAC item schema of its version (offline copies)."""
+    from pipelines.testing.schemas import SchemaSet
+
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("the shared schemas are not there (../shared/schemas or $AOM_SCHEMAS_DIR)")
+    for line in built.items_ndjson.read_text().splitlines():
+        item = json.loads(line)
+        url = f"https://schemas.stacspec.org/v{item['stac_version']}/item-spec/json-schema/item.json"
+        assert schemas.errors(item, url) == [], item["id"]
+
+
 def test_ndjson_and_parquet_hold_the_same_items(built: SampleCatalog, items: dict[str, pystac.Item]) -> None:
     from stac_geoparquet.arrow import stac_table_to_items
 
@@ -124,6 +137,10 @@ def test_ndjson_and_parquet_hold_the_same_items(built: SampleCatalog, items: dic
     for r in rows:
         assert r["collection"] == items[r["id"]].collection_id
         assert not any(lk["rel"] in ("self", "root", "parent") for lk in r["links"])
+        # STAC allows the collection field only beside a collection link (the item schema's rule)
+        (coll,) = [lk["href"] for lk in r["links"] if lk["rel"] == "collection"]
+        coll_doc = json.loads(Path(url2pathname(urlparse(coll).path)).read_text())
+        assert coll.startswith("file:///") and coll_doc["id"] == r["collection"]
         for a in r["assets"].values():
             assert a["href"].startswith("file:///")
             assert Path(url2pathname(urlparse(a["href"]).path)).is_file()
