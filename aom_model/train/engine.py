@@ -212,8 +212,11 @@ class Trainer:
         resume_dir = point.dir if point is not None else None
         self.resume_changes: dict[str, list[Any]] = {}
         if point is not None:  # checked before the chip index is built: nothing done on refusal
-            self.resume_changes = check_resume_changes(_trained_with(point.model[3]), cfg, cfg.out)
-            if point.model[1] != cfg.model_config():
+            trained_with = _trained_with(point.model[3])
+            self.resume_changes = check_resume_changes(trained_with, cfg, cfg.out)
+            # a run started from --init trains with that checkpoint's config (+ --model-set), not
+            # --config's: its model and overrides are compared above, its config is the checkpoint's
+            if not trained_with.get("init") and point.model[1] != cfg.model_config():
                 raise InputError(
                     f"--resume: the checkpoint in {redact_url(point.dir)} was trained with another model "
                     "config; use a new --out or the same --config"

@@ -274,6 +274,21 @@ def test_finetune_with_init_on_new_cubes(synthetic_cubes: str, tmp_path: Path) -
     assert all(0.0 <= r["spectral"] <= 2.0 for r in recs if "loss" in r)
 
 
+def test_resume_of_a_run_started_from_an_init_of_another_config(synthetic_cubes: str, tmp_path: Path) -> None:
+    """A run fine-tuning an --init checkpoint trains with that checkpoint's config, not --config's;
+    its resume compared the checkpoint with --config's and refused ('trained with another model
+    config'): every second `aom demo` into the same folder failed so (exit 2)."""
+    small = {"embed_dim": 32, "num_heads": 2}
+    base = pretrain(_cfg(synthetic_cubes, tmp_path / "base", max_steps=1, model_overrides=small))
+    assert load_checkpoint(base.checkpoint)[1] != AOMConfig.named("tiny")
+    ft = {"max_steps": 2, "init": base.checkpoint, "checkpoint_every": 2}
+    first = pretrain(_cfg(synthetic_cubes, tmp_path / "ft", **ft))
+    again = pretrain(_cfg(synthetic_cubes, tmp_path / "ft", resume=True, **ft))
+    assert again.steps == first.steps == 2
+    longer = pretrain(_cfg(synthetic_cubes, tmp_path / "ft", resume=True, **{**ft, "max_steps": 3}))
+    assert longer.steps == 3 and load_checkpoint(longer.checkpoint)[1] == load_checkpoint(base.checkpoint)[1]
+
+
 def test_activation_checkpointing_same_gradients(synthetic_cubes: str) -> None:
     from aom_model.config import AOMConfig
     from aom_model.model import AOM
