@@ -54,7 +54,19 @@ def checkpoint_bytes(
         }
     except TypeError as e:
         raise ValueError(f"norm_stats / extra_meta must be JSON-serialisable: {e}") from e
-    return st_save(tensors, metadata=meta)
+    return canonical_safetensors(st_save(tensors, metadata=meta))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` with its JSON header in one order (keys sorted, compact, space-padded to 8 bytes).
+
+    safetensors writes the header from a Rust ``HashMap``, whose order changes with every save: the
+    same model gave different bytes, so a different sha256 (which names embeddings versions) each
+    time. Tensor data and offsets are untouched; readers parse the header as JSON."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + data[8 + n :]
 
 
 def save_checkpoint(

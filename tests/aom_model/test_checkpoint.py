@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,23 @@ def test_checkpoint_roundtrip_path_bytes_fileobj(tmp_path: Path) -> None:
         torch.testing.assert_close(out.pooled, ref.pooled, atol=0, rtol=0)
     assert load_checkpoint(data)[3] == {"format_version": FORMAT_VERSION, "extra": {"step": 12}}
     assert json.loads(read_metadata(data)["config"])["layout"] == "factorized"
+
+
+def test_the_same_model_always_saves_to_the_same_bytes() -> None:
+    """safetensors writes its header from a Rust HashMap, in an order that changes with every save:
+    one model gave a new file, so a new sha256 and a new embeddings version name (`<model>-<hash>`),
+    each time it was saved (a resumed, already finished `aom pretrain` / second `aom demo` then had
+    two versions in one store). The header is written in one canonical order."""
+    model = _model()
+    saves = {checkpoint_bytes(model, norm_stats=NORM, extra_meta={"step": 3, "a": [1]}) for _ in range(5)}
+    assert len(saves) == 1
+    (data,) = saves
+    (n,) = struct.unpack("<Q", data[:8])
+    assert n % 8 == 0  # the data section stays 8-byte aligned
+    loaded, cfg, stats, meta = load_checkpoint(data)
+    assert cfg == model.config and stats == NORM and meta["extra"] == {"step": 3, "a": [1]}
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_checkpoint_strict_keys() -> None:
