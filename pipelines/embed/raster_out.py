@@ -72,14 +72,11 @@ def _encode(emb: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _tags(res: RasterEmbedResult) -> dict[str, str]:
-    inverse = (
-        "int8-sqrt: unit vector component v = sign(q) * (q / 127) ** 2; q = -128 is nodata"
-        if res.dtype == "int8"
-        else "float32 token vectors; NaN is nodata"
-    )
-    return {
-        "AOM_EMBEDDINGS": "1",
-        "AOM_ENCODING": inverse,
+    """An embedding COG's tags (:func:`pipelines.embeddings.embedding_tags`: ``AOM_EMBEDDINGS``, the
+    ``AOM_ENCODING`` rule ``aom publish`` and ``aom query export`` write) and how this raster was made."""
+    from pipelines.embeddings import embedding_tags, raster_encoding
+
+    return embedding_tags(raster_encoding(res.dtype)) | {
         "AOM_TOKEN_PX": str(res.token_px),
         "AOM_TOKEN_M": f"{res.token_m:g}",
         "AOM_CHECKPOINT_SHA256": res.checkpoint_sha256,
@@ -143,11 +140,11 @@ class _GTiffWriter:
         self.dst.write(np.moveaxis(data, -1, 0), window=Window(0, row0, cols, rows))
 
     def close(self, res: RasterEmbedResult) -> None:
-        from pipelines.embeddings import gtiff_to_cog
+        from pipelines.embeddings import embedding_band_names, gtiff_to_cog
 
         self.dst.update_tags(**_tags(res))
-        for i in range(res.dim):
-            self.dst.set_band_description(i + 1, f"emb_{i:04d}")
+        for i, name in enumerate(embedding_band_names(res.dim)):
+            self.dst.set_band_description(i + 1, name)
         self.dst.close()
         cog = f"{self.path}.cog.tif"  # the strip-written file becomes a COG (main IFD first, overviews)
         try:

@@ -9,7 +9,15 @@
 * ``metadata``: what geoemb: and emb: both say (chip layout, the encoding of a store or a COG).
 """
 
-from pipelines.embeddings.cog import COG_MEDIA_TYPE, gtiff_to_cog, write_cog
+from pipelines.embeddings.cog import (
+    COG_MEDIA_TYPE,
+    embedding_band_names,
+    embedding_tags,
+    gtiff_to_cog,
+    provenance_tags,
+    write_cog,
+    write_embedding_cog,
+)
 from pipelines.embeddings.format import (
     EMB_EXTENSION,
     FORMAT_VERSION,
@@ -27,6 +35,7 @@ from pipelines.embeddings.format import (
     version_name,
 )
 from pipelines.embeddings.grid import ZoneGrid, check_epsg, crs_wkt
+from pipelines.embeddings.metadata import ValueEncoding, raster_encoding
 from pipelines.embeddings.publish import ENCODINGS, PublishSummary, publish_cogs
 from pipelines.embeddings.quantize import (
     DECODE_LUT,
@@ -90,6 +99,7 @@ __all__ = [
     "PublishSummary",
     "Quantisation",
     "StacOptions",
+    "ValueEncoding",
     "ZoneGrid",
     "array_dims",
     "band_first",
@@ -100,6 +110,8 @@ __all__ = [
     "create_version",
     "crs_wkt",
     "dequantize",
+    "embedding_band_names",
+    "embedding_tags",
     "embeddings_dims",
     "encode",
     "ensure_tile_group",
@@ -112,9 +124,11 @@ __all__ = [
     "open_root",
     "parse_time",
     "period_bounds",
+    "provenance_tags",
     "publish_cogs",
     "quantisation_error",
     "quantize",
+    "raster_encoding",
     "read_considered_index",
     "read_tile_record",
     "read_tile_records",
@@ -133,6 +147,7 @@ __all__ = [
     "version_zones",
     "write_cog",
     "write_considered_index",
+    "write_embedding_cog",
     "write_stac",
     "write_tile",
     "zarr_store",

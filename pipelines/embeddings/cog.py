@@ -1,9 +1,18 @@
-"""Cloud-Optimised GeoTIFF encoding of embedding rasters (``dim`` bands, one per component).
+"""Cloud-Optimised GeoTIFFs: how AOM writes one, and what an embedding COG is.
 
-One home for how AOM writes a COG, used by ``aom publish`` (per tile and time) and ``aom
-embed-raster``: GDAL's COG driver (main IFD at the start of the file, tiled, overviews, ghost header),
-DEFLATE, nearest-neighbour overviews (codes are not averaged: an average of int8-sqrt codes is not
-the code of an average), band descriptions ``emb_0000``... and the decoding rule in the tags.
+One home for how AOM writes a COG (:func:`write_cog`, :func:`gtiff_to_cog`), used by ``aom publish``
+(per tile and time), ``aom embed-raster``, ``aom query export`` and the derived maps of
+:mod:`pipelines.query` (class maps): GDAL's COG driver (main IFD at the start of the file, tiled,
+overviews, ghost header), DEFLATE, nearest-neighbour overviews (codes are not averaged: an average of
+int8-sqrt codes is not the code of an average), written under a temporary name and moved into place
+(one PUT on object storage).
+
+An *embedding COG* (:func:`write_embedding_cog`: ``aom publish``, ``aom query export``; ``aom
+embed-raster`` writes the same bands and tags strip by strip) has one band per component, band
+descriptions ``emb_0000``... (:func:`embedding_band_names`), the tags ``AOM_EMBEDDINGS=1`` and
+``AOM_ENCODING`` (the decoding rule of its :class:`~pipelines.embeddings.metadata.ValueEncoding`) plus
+the provenance tags of :func:`provenance_tags`, the encoding's nodata (-128 for int8 codes, NaN for
+float32) and, for a linear encoding, its band scale and offset.
 """
 
 from __future__ import annotations
@@ -16,6 +25,9 @@ from typing import Any
 import numpy as np
 
 from pipelines import storage
+from pipelines.embeddings.format import EmbeddingsStoreError
+from pipelines.embeddings.metadata import ValueEncoding
+from pipelines.errors import InputError
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
@@ -63,12 +75,25 @@ def write_cog(
     scales: Sequence[float] | None = None,
     offsets: Sequence[float] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    colormap: Mapping[int, tuple[int, int, int, int]] | None = None,
 ) -> int:
-    """Write ``bands`` ``[count, h, w]`` as a COG at ``dst_url`` (any fsspec URL), atomically (a local
-    temporary file, then one PUT/rename). Returns the file size in bytes."""
+    """Write ``bands`` ``[count, h, w]`` (or one band ``[h, w]``) as a COG at ``dst_url`` (a local path
+    or any fsspec URL), atomically: locally under a temporary sibling name (:func:`storage.temp_name`,
+    the user's umask; a killed writer's leftovers are removed first) renamed into place, on object
+    storage one PUT. ``colormap`` is the colour table of a one-band raster. Returns the file size."""
     import rasterio
 
-    count, h, w = bands.shape
+    arr = bands[None] if bands.ndim == 2 else bands
+    count, h, w = arr.shape
+    url = storage.normalise_url(dst_url)
+    local = storage.is_local(url)
+    final = storage.local_href(url) if local else ""
+    if local:
+        if os.path.isdir(final):
+            raise InputError(f"{final} is a folder; give a file name")
+        os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+        storage.clean_stale_temps(final)  # what a killed run left
     with tempfile.TemporaryDirectory(prefix="aom-cog-") as tmp:
         plain = os.path.join(tmp, "plain.tif")
         profile: dict[str, Any] = {
@@ -76,25 +101,92 @@ def write_cog(
             "height": h,
             "width": w,
             "count": count,
-            "dtype": str(bands.dtype),
+            "dtype": str(arr.dtype),
             "crs": crs,
             "transform": transform,
             "nodata": nodata,
             "interleave": "pixel",
+            "BIGTIFF": "IF_SAFER",
         }
         with rasterio.open(plain, "w", **profile) as dst:
-            dst.write(bands)
+            dst.write(arr)
             if tags:
-                dst.update_tags(**dict(tags))
+                dst.update_tags(**{k: str(v) for k, v in tags.items()})
             for i, d in enumerate(descriptions or []):
                 dst.set_band_description(i + 1, d)
             if scales is not None:
                 dst.scales = tuple(float(s) for s in scales)
             if offsets is not None:
                 dst.offsets = tuple(float(o) for o in offsets)
-        out = os.path.join(tmp, "cog.tif")
-        gtiff_to_cog(plain, out)
-        with open(out, "rb") as f:
-            data = f.read()
-    storage.write_bytes_atomic(dst_url, data, storage_options)
-    return len(data)
+            if colormap and count == 1:
+                dst.write_colormap(1, dict(colormap))
+        # GDAL creates the COG with the user's umask, beside its final place when local
+        out = storage.temp_name(final, ".tif") if local else os.path.join(tmp, "cog.tif")
+        try:
+            gtiff_to_cog(plain, out)
+            size = os.path.getsize(out)
+            if local:
+                os.replace(out, final)
+            else:
+                with open(out, "rb") as f:
+                    storage.write_bytes_atomic(url, f.read(), storage_options)
+        finally:
+            if os.path.exists(out):
+                os.remove(out)
+    return size
+
+
+def embedding_band_names(dim: int) -> list[str]:
+    """The band descriptions of an embedding raster: ``emb_0000``, ``emb_0001``, ..."""
+    return [f"emb_{i:04d}" for i in range(dim)]
+
+
+def provenance_tags(
+    version: str, model: str, checkpoint_sha256: str, time: str, **extra: str
+) -> dict[str, str]:
+    """The provenance tags of an embedding COG: ``AOM_VERSION``, ``AOM_MODEL`` (``"<model>
+    <model_version>"``), ``AOM_CHECKPOINT_SHA256``, ``AOM_TIME``, plus ``AOM_<KEY>`` for each of
+    ``extra`` (``tile=`` of a published tile, ``zones=`` of an export)."""
+    tags = {
+        "AOM_VERSION": version,
+        "AOM_MODEL": model,
+        "AOM_CHECKPOINT_SHA256": checkpoint_sha256,
+        "AOM_TIME": time,
+    }
+    return tags | {f"AOM_{k.upper()}": str(v) for k, v in extra.items()}
+
+
+def embedding_tags(encoding: ValueEncoding, provenance: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``AOM_EMBEDDINGS=1``, ``AOM_ENCODING`` (the decoding rule) and ``provenance``."""
+    return {"AOM_EMBEDDINGS": "1", "AOM_ENCODING": encoding.rule} | dict(provenance or {})
+
+
+def write_embedding_cog(
+    dst_url: str,
+    bands: np.ndarray,
+    crs: Any,
+    transform: Any,
+    encoding: ValueEncoding,
+    provenance: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> int:
+    """An embedding COG (module docstring) of ``bands`` ``[dim, h, w]``, already in ``encoding``
+    (int8 codes or float32 values). Returns the file size in bytes."""
+    if str(bands.dtype) != encoding.data_type:
+        raise EmbeddingsStoreError(
+            f"bands are {bands.dtype}, the {encoding.name} encoding holds {encoding.data_type}"
+        )
+    dim = bands.shape[0]
+    linear = encoding.scale != 1.0
+    return write_cog(
+        dst_url,
+        bands,
+        crs,
+        transform,
+        encoding.nodata,
+        embedding_tags(encoding, provenance),
+        embedding_band_names(dim),
+        [encoding.scale] * dim if linear else None,
+        [0.0] * dim if linear else None,
+        storage_options,
+    )

@@ -87,6 +87,22 @@ COG_ENCODINGS = ("int8-sqrt", "int8-linear")
 """What ``aom publish --encoding`` accepts (a float16 store is always published as float32)."""
 
 
+_FLOAT32 = ValueEncoding(
+    "float32", "float32", None, "float32 token vectors; NaN is nodata", nodata=float("nan")
+)
+
+
+def raster_encoding(dtype: str) -> ValueEncoding:
+    """The encoding of one embedding raster written from token vectors (``aom embed-raster``, ``aom query
+    export``): ``int8`` = the ``int8-sqrt`` codes (the store's, as ``aom publish`` writes them),
+    ``float32`` = the vectors themselves."""
+    if dtype == "int8":
+        return _INT8_SQRT
+    if dtype == "float32":
+        return _FLOAT32
+    raise EmbeddingsStoreError(f"unknown raster dtype {dtype!r}; choose float32 or int8")
+
+
 def store_encoding(version: EmbeddingsVersion) -> ValueEncoding:
     """The encoding of the store's ``embeddings`` arrays."""
     if version.quantisation == "int8-sqrt":

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pipelines import storage
-from pipelines.embeddings.cog import COG_MEDIA_TYPE, write_cog
+from pipelines.embeddings.cog import COG_MEDIA_TYPE, provenance_tags, write_embedding_cog
 from pipelines.embeddings.format import EmbeddingsStoreError, EmbeddingsVersion
 from pipelines.embeddings.grid import crs_wkt
 from pipelines.embeddings.metadata import COG_ENCODINGS, ValueEncoding, cog_encoding
@@ -180,25 +180,19 @@ def publish_cogs(
             else:
                 bands = encode_bands(tile_codes(root_url, version, rec, storage_options), enc)
                 minx, _, _, maxy = (float(b) for b in rec["bounds"])
-                tags = {
-                    "AOM_EMBEDDINGS": "1",
-                    "AOM_ENCODING": enc.rule,
-                    "AOM_VERSION": version.name,
-                    "AOM_MODEL": f"{version.model} {version.model_version}",
-                    "AOM_CHECKPOINT_SHA256": version.checkpoint_sha256,
-                    "AOM_TILE": tid,
-                    "AOM_TIME": version.times[ti],
-                }
-                summary.bytes_written += write_cog(
+                summary.bytes_written += write_embedding_cog(
                     storage.join(base, f"t{ti}", f"{tid}.tif"),
                     bands,
                     crs_wkt(int(rec["epsg"])),
                     from_origin(minx, maxy, r, r),
-                    enc.nodata,
-                    tags,
-                    [f"emb_{i:04d}" for i in range(version.dim)],
-                    [enc.scale] * version.dim if enc.scale != 1.0 else None,
-                    [0.0] * version.dim if enc.scale != 1.0 else None,
+                    enc,
+                    provenance_tags(
+                        version.name,
+                        f"{version.model} {version.model_version}",
+                        version.checkpoint_sha256,
+                        version.times[ti],
+                        tile=tid,
+                    ),
                     storage_options,
                 )
                 asset = {

@@ -8,8 +8,11 @@ Example::
     export(emb, (5.95, 44.98, 6.05, 45.02), "area.tif")         # one band per embedding dimension
     export(emb, (5.95, 44.98, 6.05, 45.02), "area.parquet")     # one row per token, WKB point + vector
 
-GeoTIFF bands are ``emb_000 .. emb_{dim-1}`` (float32, NaN nodata; or the int8 codes with -128
-nodata and the dequantisation formula in the tags), resampled onto one grid in the target CRS.
+A GeoTIFF is an embedding COG, the product ``aom publish`` writes per tile
+(:func:`pipelines.embeddings.write_embedding_cog`): bands ``emb_0000 .. emb_{dim-1}``, float32 with NaN
+nodata (or ``dtype="int8"``: the int8-sqrt codes, -128 nodata), the decoding rule in the
+``AOM_ENCODING`` tag, provenance in ``AOM_VERSION``/``AOM_MODEL``/``AOM_CHECKPOINT_SHA256``/``AOM_TIME``/
+``AOM_ZONES``; resampled onto one grid in the target CRS.
 GeoParquet is **not resampled**: one row per stored token (a ground location is counted once: in
 its own UTM zone where that zone has a valid token there, else in the zone that has it), GeoParquet 1.1 with a
 WKB ``geometry`` column (the token centre, or with ``geometry="polygon"`` the token's square
@@ -21,10 +24,7 @@ metadata, plus ``epsg``, ``x``/``y`` (zone CRS), ``row``/``col`` (zone grid), ``
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +32,7 @@ import xarray as xr
 from pyproj import CRS
 
 from pipelines import storage
-from pipelines.embeddings import quantize
+from pipelines.embeddings import provenance_tags, quantize, raster_encoding, write_cog, write_embedding_cog
 from pipelines.outputs import check_file_output
 from pipelines.query.open import Embeddings, QueryError, TimeLike
 from pipelines.query.select import DEFAULT_MAX_TOKENS, parse_crs, select
@@ -61,62 +61,28 @@ def write_raster(
     resolution: float = 1.0,
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """Write ``data`` (``[bands, h, w]`` or ``[h, w]``) as a Cloud-Optimised GeoTIFF (deflate, 256 px
-    blocks, overviews) to a local path or any fsspec URL. ``category_names`` (value ``i`` is
-    ``category_names[i]``) of a one-band class map go into GDAL's ``<out>.aux.xml`` beside it
-    (:func:`class_aux_xml`: category names + a thematic raster attribute table with the colours),
-    which GDAL, QGIS and ArcGIS read with the file; the colour table is inside the COG."""
-    import rasterio
-    import rasterio.shutil
-    from rasterio.io import MemoryFile
-
-    arr = data[None] if data.ndim == 2 else data
-    bands, h, w = arr.shape
-    profile = {
-        "driver": "GTiff",
-        "width": w,
-        "height": h,
-        "count": bands,
-        "dtype": arr.dtype.name,
-        "crs": crs.to_wkt(),
-        "transform": _transform(xs, ys, resolution),
-        "nodata": nodata,
-    }
+    """Write a derived map ``data`` (``[bands, h, w]`` or ``[h, w]``; token centres ``xs``, ``ys``) as a
+    COG to a local path or any fsspec URL (:func:`pipelines.embeddings.write_cog`: deflate, tiled,
+    overviews, atomic). ``category_names`` (value ``i`` is ``category_names[i]``) of a one-band class
+    map go into GDAL's ``<out>.aux.xml`` beside it (:func:`class_aux_xml`: category names + a thematic
+    raster attribute table with the colours), which GDAL, QGIS and ArcGIS read with the file; the
+    colour table is inside the COG. Embedding COGs are :func:`to_geotiff`'s."""
     url = storage.normalise_url(out)
-    local = storage.is_local(url)
-    final = storage.local_href(url)
-    if local:
-        os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
-        storage.clean_stale_temps(final)  # what a killed run left
-        tmp = storage.temp_name(final, ".tif")  # GDAL creates it with the user's umask (not 0600)
-    else:
-        tmp = os.path.join(tempfile.mkdtemp(prefix="aom-export-"), "export.tif")
-    try:
-        with MemoryFile() as mem:
-            with mem.open(**profile) as dst:
-                dst.write(arr)
-                for i, d in enumerate(descriptions or [], start=1):
-                    dst.set_band_description(i, d)
-                if tags:
-                    dst.update_tags(**{k: str(v) for k, v in tags.items()})
-                if colormap and bands == 1:
-                    dst.write_colormap(1, dict(colormap))
-            with mem.open() as src:
-                rasterio.shutil.copy(
-                    src, tmp, driver="COG", compress="DEFLATE", blocksize=256, overview_resampling="nearest"
-                )
-        if category_names is not None and bands == 1:  # sidecar first: the COG appears complete
-            aux = class_aux_xml(category_names, colormap or {}, nodata)
-            storage.write_bytes_atomic(f"{url}.aux.xml", aux.encode(), storage_options)
-        if local:
-            os.replace(tmp, final)
-        else:
-            storage.write_bytes_atomic(url, Path(tmp).read_bytes(), storage_options)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if not local:
-            os.rmdir(os.path.dirname(tmp))
+    if category_names is not None and (data.ndim == 2 or data.shape[0] == 1):
+        # sidecar first: the COG appears complete
+        aux = class_aux_xml(category_names, colormap or {}, nodata)
+        storage.write_bytes_atomic(f"{url}.aux.xml", aux.encode(), storage_options)
+    write_cog(
+        url,
+        data,
+        crs.to_wkt(),
+        _transform(xs, ys, resolution),
+        nodata,
+        tags,
+        descriptions,
+        storage_options=storage_options,
+        colormap=colormap,
+    )
     return out
 
 
@@ -157,6 +123,19 @@ def class_aux_xml(
     )
 
 
+def _provenance(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """The provenance tags (:func:`pipelines.embeddings.provenance_tags`) of a selection or map."""
+    model = " ".join(str(attrs[k]) for k in ("model", "model_version") if attrs.get(k))
+    zones = ",".join(str(z) for z in attrs.get("zones", []))
+    return provenance_tags(
+        str(attrs.get("version", "")),
+        model,
+        str(attrs.get("checkpoint_sha256", "")),
+        str(attrs.get("time", "")),
+        **({"zones": zones} if zones else {}),
+    )
+
+
 def to_geotiff(
     sel: xr.DataArray,
     out: str,
@@ -164,37 +143,41 @@ def to_geotiff(
     dtype: Literal["float32", "int8"] = "float32",
     storage_options: Mapping[str, Any] | None = None,
 ) -> str:
-    """A selection ``(y, x, dim)`` (or any ``(y, x)`` / ``(y, x, band)`` map) to a COG."""
+    """A selection ``(y, x, dim)`` to an embedding COG, the product ``aom publish`` writes per tile
+    (:func:`pipelines.embeddings.write_embedding_cog`: bands ``emb_0000``..., tags ``AOM_EMBEDDINGS``,
+    ``AOM_ENCODING``, ``AOM_VERSION``, ``AOM_MODEL``, ``AOM_CHECKPOINT_SHA256``, ``AOM_TIME``,
+    ``AOM_ZONES``): float32 vectors with NaN nodata, or (``dtype="int8"``) the int8-sqrt codes with
+    -128 nodata. Any ``(y, x)`` / ``(y, x, band)`` map is written as a float32 COG, NaN nodata, with
+    the same provenance tags (not an embedding COG: no ``AOM_EMBEDDINGS``, no band names)."""
     vals = np.asarray(sel.values)
-    if vals.ndim == 3:
-        data = np.moveaxis(vals, -1, 0)
-        names = [f"emb_{i:03d}" for i in range(data.shape[0])] if sel.dims[-1] == "dim" else None
-    else:
-        data, names = vals, None
-    tags = {
-        k: str(v)
-        for k, v in sel.attrs.items()
-        if k in ("version", "model", "checkpoint_sha256", "time", "crs", "zones")
-    }
+    crs = parse_crs(sel.attrs["crs"])
+    xs, ys = sel["x"].values, sel["y"].values
+    res = float(sel.attrs.get("resolution", 1.0))
+    if vals.ndim == 3 and sel.dims[-1] == "dim":
+        enc = raster_encoding(dtype)
+        codes = quantize(vals) if dtype == "int8" else vals.astype(np.float32)
+        write_embedding_cog(
+            storage.normalise_url(out),
+            np.ascontiguousarray(np.moveaxis(codes, -1, 0)),
+            crs.to_wkt(),
+            _transform(xs, ys, res),
+            enc,
+            _provenance(sel.attrs),
+            storage_options,
+        )
+        return out
     if dtype == "int8":
-        if vals.ndim != 3:
-            raise QueryError("dtype='int8' applies to embedding selections (y, x, dim) only")
-        data = np.moveaxis(quantize(vals), -1, 0)
-        tags["dequantise"] = "v = sign(q) * (q / 127) ** 2 (unit vectors); q == -128 -> nodata"
-        nodata: float | int = -128
-    else:
-        data = data.astype(np.float32)
-        nodata = float("nan")
+        raise QueryError("dtype='int8' applies to embedding selections (y, x, dim) only")
+    data = np.moveaxis(vals, -1, 0) if vals.ndim == 3 else vals
     return write_raster(
         out,
-        data,
-        sel["x"].values,
-        sel["y"].values,
-        parse_crs(sel.attrs["crs"]),
-        nodata=nodata,
-        descriptions=names,
-        tags=tags,
-        resolution=float(sel.attrs.get("resolution", 1.0)),
+        data.astype(np.float32),
+        xs,
+        ys,
+        crs,
+        nodata=float("nan"),
+        tags=_provenance(sel.attrs),
+        resolution=res,
         storage_options=storage_options,
     )
 

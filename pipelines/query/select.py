@@ -157,6 +157,7 @@ def _attrs(emb: Embeddings, ti: int, zones: Sequence[int]) -> dict[str, Any]:
     return {
         "version": emb.name,
         "model": emb.version.model,
+        "model_version": emb.version.model_version,
         "checkpoint_sha256": emb.version.checkpoint_sha256,
         "time": emb.times[ti],
         "time_index": ti,

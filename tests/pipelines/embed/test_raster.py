@@ -130,6 +130,8 @@ def test_int8_geotiff_and_zarr_outputs(tmp_path: Path, geotiff: Path, ckpt: Path
     embed_raster(
         str(geotiff), str(i8), str(ckpt), sensor="sentinel-2-msi", bands=BANDS, dtype="int8", progress=False
     )
+    from pipelines.embeddings.metadata import cog_encoding
+    from pipelines.testing import synthetic_version
     from pipelines.testing.cog import cog_problems, main_ifd_offset
 
     for path in (f32, i8):  # real COGs: main IFD at the start, tiled, overviews (rio-cogeo + layout)
@@ -139,6 +141,12 @@ def test_int8_geotiff_and_zarr_outputs(tmp_path: Path, geotiff: Path, ckpt: Path
         ref = np.moveaxis(a.read(), 0, -1)
         q = np.moveaxis(b.read(), 0, -1)
         assert b.dtypes[0] == "int8" and b.nodata == -128
+        # the embedding COG of aom publish and aom query export: same band names, same decoding rule
+        # (the int8 rule once read "int8-sqrt: unit vector component v = ...", publish's "int8-sqrt: v = ...")
+        publish_rule = cog_encoding(synthetic_version(), "int8-sqrt").rule
+        for ds, rule in ((a, "float32 token vectors; NaN is nodata"), (b, publish_rule)):
+            assert ds.descriptions == tuple(f"emb_{i:04d}" for i in range(ds.count))
+            assert ds.tags()["AOM_EMBEDDINGS"] == "1" and ds.tags()["AOM_ENCODING"] == rule
     back = es.dequantize(q)
     ok = np.isfinite(ref).all(-1)
     assert np.array_equal(ok, np.isfinite(back).all(-1))

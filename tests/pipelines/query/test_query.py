@@ -420,7 +420,7 @@ def test_exports_open_with_right_crs(emb, tmp_path: Path) -> None:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.transform.a == 80.0 and src.transform.c == 730000.0 and src.transform.f == 4988960.0
         np.testing.assert_array_equal(src.read(5), sel.values[..., 4])
-        assert src.descriptions[0] == "emb_000" and src.tags()["version"] == VERSION
+        assert src.descriptions[0] == "emb_0000" and src.tags()["AOM_VERSION"] == VERSION
     pqf = export(emb, BOX_2ZONES, str(tmp_path / "a.parquet"), target_crs="EPSG:4326")
     table = pq.read_table(pqf)
     geo = json.loads(table.schema.metadata[b"geo"])
@@ -504,7 +504,7 @@ def test_fewshot_recovers_synthetic_classes(emb, synth: SyntheticStore, tmp_path
 
     from pipelines.testing.cog import cog_problems
 
-    assert cog_problems(res.out) == []
+    assert res.out is not None and cog_problems(res.out) == []
     band = ElementTree.parse(f"{res.out}.aux.xml").getroot().find("PAMRasterBand")
     assert band is not None
     assert [c.text for c in band.iter("Category")] == res.classes
