@@ -21,6 +21,7 @@ from pyproj import CRS, Transformer
 
 from pipelines.embeddings import unit
 from pipelines.query.open import Embeddings, QueryError, TimeLike, as_points
+from pipelines.query.select import natural_epsg
 from pipelines.query.similarity import SimilarityResult
 
 
@@ -84,7 +85,10 @@ def similar_tiles(
     time: TimeLike = None,
 ) -> SimilarityResult:
     """The ``k`` tiles whose pooled vectors are most similar (cosine) to the tiles under the example
-    points and/or to ``vectors``. ``row``/``col`` of the result are tile indices in the zone."""
+    points and/or to ``vectors``. ``row``/``col`` of the result are tile indices in the zone.
+
+    A point's tile is looked up in the point's own UTM zone first, then in the others (as
+    :func:`~pipelines.query.select.vectors_at` does)."""
     if k < 1:
         raise QueryError(f"k must be >= 1, got {k}")
     ti = emb.time_index(time)
@@ -95,9 +99,11 @@ def similar_tiles(
         if lon is None or lat is None:
             raise QueryError("give both lon and lat")
         lo, la = as_points(lon, lat)
-        for a, b in zip(lo.tolist(), la.tolist()):
+        own = natural_epsg(lo, la)
+        for a, b, o in zip(lo.tolist(), la.tolist(), own.tolist()):
             found = None
-            for z, tv in per_zone.items():
+            for z in sorted(per_zone, key=lambda e: (e != o, e)):  # the point's own zone first (vectors_at)
+                tv = per_zone[z]
                 x, y = Transformer.from_crs(4326, z, always_xy=True).transform(a, b)
                 c = int(np.floor((x - (tv.x[0] - s / 2)) / s))
                 r = int(np.floor(((tv.y[0] + s / 2) - y) / s))

@@ -119,3 +119,21 @@ def test_tiles_geoparquet_one_row_per_tile(synth: SyntheticStore, tmp_path: Path
         assert 5.8 < poly.centroid.x < 6.2 and 44.9 < poly.centroid.y < 45.1, tid
     vec = np.asarray(table.column("embedding").combine_chunks().values.to_numpy()).reshape(len(table), 16)
     assert np.isfinite(vec).all()
+
+
+def test_a_point_s_tile_is_looked_up_in_its_own_zone_first(synth: SyntheticStore) -> None:
+    """6.01 E lies in zone 32 and under a tile of each zone; the lookup took the zones in sorted order,
+    so the example was zone 31's tile (unlike vectors_at, which tries the point's own zone first)."""
+    from pipelines.embeddings import unit
+    from pipelines.tiling import TileGrid
+
+    emb = open_embeddings(synth.root_url)
+    lon, lat = 6.01, 45.0
+    own = TileGrid(7680.0).tile_at(lon, lat)
+    assert own.epsg == 32632 and any(t.epsg == 32631 for t in synth.tiles)
+    tv = tile_vectors(emb, 32632)
+    c = int(np.flatnonzero(np.isclose(tv.x, own.bounds[0] + 3840.0))[0])
+    r = int(np.flatnonzero(np.isclose(tv.y, own.bounds[1] + 3840.0))[0])
+    res = similar_tiles(emb, lon=lon, lat=lat, k=2)
+    np.testing.assert_allclose(res.query, unit(tv.vectors[r, c]), atol=1e-6)
+    assert res.tile_id[0] == own.tile_id and res.epsg[0] == 32632 and res.scores[0] == pytest.approx(1.0)
