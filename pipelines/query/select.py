@@ -233,7 +233,9 @@ def natural_epsg(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
 def held_by_own_zone(emb: Embeddings, ti: int, epsg: int, rows: slice, cols: slice) -> np.ndarray:
     """``[rows, cols]`` mask of zone ``epsg``'s tokens whose ground location lies in another UTM
     zone that has a valid token of a complete tile there: that location is the other zone's, so a
-    search over every zone counts it once (edge tiles of adjacent zones overlap)."""
+    search over every zone counts it once (edge tiles of adjacent zones overlap). Tile results
+    (:func:`pipelines.query.similar_tiles`) count a place once by footprint overlap instead: an edge tile
+    straddles the border that a token lies on one side of (docs/query.md, "Tile vectors")."""
     g = emb.grid(epsg)
     out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=bool)
     others = [e for e in emb.tiles(ti) if e != epsg]

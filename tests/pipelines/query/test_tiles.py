@@ -137,3 +137,45 @@ def test_a_point_s_tile_is_looked_up_in_its_own_zone_first(synth: SyntheticStore
     res = similar_tiles(emb, lon=lon, lat=lat, k=2)
     np.testing.assert_allclose(res.query, unit(tv.vectors[r, c]), atol=1e-6)
     assert res.tile_id[0] == own.tile_id and res.epsg[0] == 32632 and res.scores[0] == pytest.approx(1.0)
+
+
+def _overlap(a: str, b: str, s: float = 7680.0) -> float:
+    """The fraction of tile ``a``'s footprint that tile ``b`` covers (tile ids ``epsg_ix_iy``)."""
+    import shapely
+    from pyproj import Transformer
+
+    (ea, xa, ya), (eb, xb, yb) = ((int(p) for p in t.split("_")) for t in (a, b))
+    corners = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float64)
+    fx, fy = Transformer.from_crs(ea, eb, always_xy=True).transform(
+        (xa + corners[:, 0]) * s, (ya + corners[:, 1]) * s
+    )
+    pa = shapely.Polygon(np.column_stack([fx, fy]))
+    return float(pa.intersection(shapely.box(xb * s, yb * s, (xb + 1) * s, (yb + 1) * s)).area / pa.area)
+
+
+def test_similar_tiles_gives_each_place_once(tmp_path: Path) -> None:
+    """Near 45.55 N the tiles of zones 31 and 32 at 6 E lie ~230 m apart (94 % of each covers the
+    other); the example tile's twin from the other zone came second (score ~0.999), then the other
+    pair. A tile more than half covered by a higher-ranked result of another zone is now left out."""
+    v = synthetic_version(dim=16, times=("2024-06-01",))
+    st = build_synthetic_store(str(tmp_path / "emb"), bbox=(5.97, 45.52, 6.03, 45.58), version=v, stac=False)
+    assert sorted(t.tile_id for t in st.tiles) == [
+        "32631_95_656",
+        "32631_95_657",
+        "32632_34_656",
+        "32632_34_657",
+    ]
+    assert _overlap("32631_95_657", "32632_34_657") > 0.9 and _overlap("32632_34_657", "32631_95_657") > 0.9
+    emb = open_embeddings(str(tmp_path / "emb"))
+    for lon, own, twin in ((5.99, "32631_95_657", "32632_34_657"), (6.01, "32632_34_657", "32631_95_657")):
+        res = similar_tiles(emb, lon=lon, lat=45.55, k=4)
+        assert res.tile_id[0] == own and twin not in res.tile_id
+        assert len(res) == 2 and any("2 tile(s) left out" in n for n in res.notes), res.notes
+        assert res.searched_vectors == 4
+        # one per place: no result is more than half covered by a higher-ranked one of another zone
+        for i in range(len(res)):
+            for j in range(i):
+                if res.epsg[i] != res.epsg[j]:
+                    assert _overlap(res.tile_id[i], res.tile_id[j]) <= 0.5
+    # the tiles of the first module's store overlap less (43 %): both zones' tiles still count
+    assert 0.3 < _overlap("32631_95_649", "32632_34_649") < 0.5
