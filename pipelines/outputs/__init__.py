@@ -25,7 +25,14 @@ from pipelines.outputs.conventions import (
     dataset_convention_attrs,
     geo_convention_attrs,
 )
-from pipelines.outputs.lease import Lease, LeaseHeldError, LeaseInfo, LeaseLostError
+from pipelines.outputs.lease import (
+    HOLDER_WAIT_S,
+    HolderWait,
+    Lease,
+    LeaseHeldError,
+    LeaseInfo,
+    LeaseLostError,
+)
 from pipelines.outputs.ownership import (
     MARKER_NAME,
     OutputError,
@@ -42,9 +49,11 @@ from pipelines.outputs.ownership import (
 )
 
 __all__ = [
+    "HOLDER_WAIT_S",
     "MARKER_NAME",
     "PROJ_CONVENTION",
     "SPATIAL_CONVENTION",
+    "HolderWait",
     "Lease",
     "LeaseHeldError",
     "LeaseInfo",

@@ -52,6 +52,13 @@ not in it was abandoned, e.g. its release failed while storage was down)."""
 _now: Callable[[], float] = time.time
 """The wall clock of heartbeats and expiry (Unix seconds). Tests put a clock of their own here, so a
 loaded machine cannot age a lease the test means to be live."""
+POLL_S = 2.0
+"""How often a run that waits for another live run's lease looks at it again (seconds, real time)."""
+HOLDER_WAIT_S = 1800.0
+"""The most a run waits for another live run's lease on a tile (``aom cubes``, ``aom embed``),
+counted on the lease clock from when it first found the lease held: a holder that hangs but still
+renews its heartbeat is never waited for longer. Then the tile fails (:class:`LeaseHeldError`,
+naming the holder), unrecorded: a rerun retries it (:class:`HolderWait`)."""
 _SAFE_FRACTION = 2 / 3
 """A renewal retries transient errors until this fraction of the lease's lifetime has passed since
 its last heartbeat (:meth:`Lease.renew`): the third left is the margin before a take-over."""
@@ -113,6 +120,26 @@ class LeaseInfo:
         if self.owner == _UNREADABLE:
             return f"run (unreadable lease object, counts as abandoned in {left:.0f} s)"
         return f"run {self.owner[:8]} (pid {self.pid} on {self.host}, heartbeat expires in {left:.0f} s)"
+
+
+class HolderWait:
+    """The one rule of a run that finds a tile's lease held by another live run: it may wait (doing
+    other work meanwhile), at most ``wait_s`` (:data:`HOLDER_WAIT_S`) from now on the lease clock;
+    :meth:`check` raises :class:`LeaseHeldError` naming the holder once that is over."""
+
+    def __init__(self, url: str, wait_s: float = HOLDER_WAIT_S) -> None:
+        self.url = url
+        self.wait_s = float(wait_s)
+        self.since = _now()
+
+    def check(self, holder: LeaseInfo) -> None:
+        waited = _now() - self.since
+        if waited >= self.wait_s:
+            raise LeaseHeldError(
+                f"{storage.redact_url(self.url)} is still held by another {holder.describe()} after "
+                f"{waited:.0f} s (the most a run waits for another run's tile: {self.wait_s:.0f} s); "
+                "the tile is not recorded: rerun to retry it"
+            )
 
 
 def _parse(data: bytes) -> LeaseInfo | None:
@@ -300,16 +327,29 @@ class Lease:
                 )
             time.sleep(poll_s)
 
-    def acquire_unless(self, done: Callable[[], bool], poll_s: float = 2.0) -> bool:
+    def take(self) -> LeaseInfo | None:
+        """:meth:`try_acquire`, with the heartbeat started when it is taken: None (this run holds
+        it now), else the live holder's lease. Never waits."""
+        holder = self.try_acquire()
+        if holder is None:
+            self._start_heartbeat()
+        return holder
+
+    def acquire_unless(
+        self, done: Callable[[], bool], poll_s: float | None = None, wait_s: float = HOLDER_WAIT_S
+    ) -> bool:
         """Take the lease, waiting while another live run holds it; False (lease not taken) as soon
-        as ``done()`` says the work is finished (e.g. the other run wrote the completion record)."""
+        as ``done()`` says the work is finished (e.g. the other run wrote the completion record).
+        A holder that keeps it longer than ``wait_s`` (:class:`HolderWait`): LeaseHeldError."""
+        wait = HolderWait(self.url, wait_s)
         while True:
-            if self.try_acquire() is None:
-                self._start_heartbeat()
+            holder = self.take()
+            if holder is None:
                 return True
             if done():
                 return False
-            time.sleep(poll_s)
+            wait.check(holder)
+            time.sleep(POLL_S if poll_s is None else poll_s)
 
     def renew(self) -> bool:
         """Move the heartbeat forward; False (and the lease marked lost) when another run holds it.

@@ -185,6 +185,54 @@ def test_a_tile_left_with_an_unreadable_lease_is_built_once_it_expires(
     assert_stores_equal(CubeStore.open(str(out)), clean, TILE_IDS[:1])
 
 
+def test_a_tile_another_run_keeps_leased_too_long_fails_naming_it_and_a_rerun_builds_it(
+    items: list[dict[str, Any]], clean: CubeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run holds a tile's lease and hangs, its heartbeat still fresh: the run waited for it
+    without limit. Now it waits at most HOLDER_WAIT_S on the lease clock (the rule `aom embed`
+    follows too), then reports the tile failed, naming that run, and leaves it unrecorded; a rerun
+    after that run is gone builds it."""
+    import threading
+
+    from pipelines.outputs import lease as lease_mod
+
+    WAIT_S = getattr(lease_mod, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
+    out = tmp_path / "cubes"
+    first = write_cubes(items, TILE_IDS[1:2], spec(), str(out), progress=False)  # the store exists
+    assert first.tiles_done == TILE_IDS[1:2], first.to_dict()
+    t = [time.time()]
+    monkeypatch.setattr(lease_mod, "_now", lambda: t[0])  # the lease clock, moved by the test only
+    monkeypatch.setattr(lease_mod, "POLL_S", 0.01, raising=False)
+    hung = CubeStore(str(out)).tile_lease(TILE_IDS[0], ttl_s=1e9)  # never expires, no heartbeat
+    assert hung.try_acquire() is None
+    real = CubeStore.has_record
+
+    def has_record(self: CubeStore, tile_id: str) -> bool:  # each look of the waiter: time passes
+        t[0] += WAIT_S / 4
+        return real(self, tile_id)
+
+    monkeypatch.setattr(CubeStore, "has_record", has_record)
+    result: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: result.append(write_cubes(items, TILE_IDS[:1], spec(), str(out), progress=False))
+    )
+    thread.start()
+    thread.join(60)
+    try:
+        assert not thread.is_alive(), "the run still waits for a holder that never lets go"
+        (summary,) = result
+        reason = summary.tiles_failed[TILE_IDS[0]]
+        assert "LeaseHeldError" in reason and f"run {hung.owner[:8]}" in reason, summary.to_dict()
+        assert TILE_IDS[0] not in CubeStore.open(str(out)).complete_tiles()
+        assert hung.read().owner == hung.owner  # type: ignore[union-attr]
+    finally:
+        hung.release()  # lets a run that never gives up (the old code) end
+        thread.join(60)
+    again = write_cubes(items, TILE_IDS[:1], spec(), str(out), progress=False)
+    assert again.tiles_done == TILE_IDS[:1], again.to_dict()
+    assert_stores_equal(CubeStore.open(str(out)), clean, TILE_IDS[:2])
+
+
 @pytest.mark.slow
 def test_process_killed_mid_run_then_rerun_is_identical(tmp_path: Path) -> None:
     root = tmp_path / "items"

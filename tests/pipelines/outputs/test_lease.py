@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -654,3 +655,63 @@ def test_a_store_without_conditional_deletes_still_gets_its_lease_released(
     monkeypatch.setattr(lease._fs, "call_s3", no_conditional_delete)
     lease.release()
     assert lease.read() is None
+
+
+WAIT_S = getattr(lease_mod, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
+
+
+def _where(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, dict[str, Any] | None]:
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        return bucket.url("s", "_leases", "t.json"), bucket.storage_options
+    return str(tmp_path / "_leases" / "t.json"), None
+
+
+def _holder(url: str, options: dict[str, Any] | None, ttl_s: float = 1e9) -> Lease:
+    """Another live run's lease, held without a heartbeat thread: a run that hangs but whose
+    heartbeat stays fresh (``ttl_s`` far longer than any wait)."""
+    other = Lease(url, options, ttl_s=ttl_s)
+    assert other.try_acquire() is None
+    return other
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_waiter_gives_up_on_a_holder_that_keeps_its_lease_too_long(
+    where: str, tmp_path: Path, clock: _Clock, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder that hangs but still renews its lease was waited for without limit (acquire_unless
+    polled forever). Now the wait ends after HOLDER_WAIT_S on the lease clock: LeaseHeldError naming
+    the holder, and the holder's lease is left as it is."""
+    url, options = _where(where, tmp_path, request)
+    other = _holder(url, options)
+    waiter = Lease(url, options)
+    monkeypatch.setattr(lease_mod, "POLL_S", 0.01, raising=False)
+    looks: list[float] = []
+
+    def done() -> bool:  # the holder never records; the lease clock moves on while the waiter waits
+        looks.append(clock.t)
+        clock.t += WAIT_S / 4
+        return False
+
+    result: list[BaseException | bool] = []
+    thread = threading.Thread(target=lambda: result.append(_call(lambda: waiter.acquire_unless(done))))
+    thread.start()
+    thread.join(30)
+    try:
+        assert not thread.is_alive(), "the waiter still waits for a holder that never lets go"
+        (err,) = result
+        assert isinstance(err, LeaseHeldError), err
+        assert f"run {other.owner[:8]}" in str(err) and "rerun" in str(err)
+        assert 4 <= len(looks) <= 6  # it did wait, about HOLDER_WAIT_S on the lease clock
+        assert other.read().owner == other.owner  # type: ignore[union-attr]
+    finally:
+        other.release()  # lets a waiter that never gives up (the old code) end
+        thread.join(30)
+        waiter.release()
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except BaseException as exc:
+        return exc
