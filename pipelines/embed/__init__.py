@@ -1,7 +1,8 @@
 """Embedding runs: cubes or STAC items -> AOM encoder -> the embeddings store.
 
 * ``request``: :class:`EmbedRequest` and the per-tile results;
-* ``plan``: tiles, periods and units of work; ``tasks``: the work of one unit;
+* ``plan``: tiles, periods and units of work; ``claims``: the tile leases a run takes before it
+  reads a tile; ``tasks``: the work of one unit;
 * ``fanout``: Dask fan-out; ``run``: :func:`run_embedding`;
 * ``layout``: how a tile is cut into chips and how their tokens are blended over the seams;
 * ``chips``: padded regions -> chips -> token grids; ``sources``: cubes or catalogs as padded tiles;

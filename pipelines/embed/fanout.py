@@ -16,6 +16,12 @@ one encoder slot (resource ``encoder`` on CPU, ``GPU`` where CUDA is present) an
 with it, so each worker runs one encoder call at a time (``torch_threads`` threads) while its other
 thread(s) load the next tiles: reading and decoding overlap the encoder.
 
+Before a unit is submitted the client takes the leases of its tiles and reads their records under
+them (:mod:`pipelines.embed.claims`); the embed task takes each lease over from the client. A tile
+another live run holds is neither read nor waited for in a task: the client defers it to the end of
+the queue and waits for it between results (at most ``HOLDER_WAIT_S``), so no encoder slot or
+reader sits idle for it.
+
 At most ``max_in_flight`` units are submitted at a time (default: 2 per worker thread + 1), so
 loaded tiles never pile up in worker memory. A unit whose worker dies is retried by the scheduler
 (``distributed.scheduler.allowed-failures``); if it keeps failing it is reported as failed, and the
@@ -26,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -149,8 +157,10 @@ class Fanout:
         collect: Callable[[list[TileResult]], None],
         total: int,
     ) -> None:
-        """Run every unit; ``collect`` gets each unit's results as they arrive."""
-        from pipelines.embed.tasks import process_unit
+        """Run every unit; ``collect`` gets each unit's results as they arrive. The run takes the
+        leases of a unit's tiles before it submits it (:mod:`pipelines.embed.claims`)."""
+        from pipelines.embed.claims import run_units
+        from pipelines.embed.tasks import process_claimed
 
         with _progress(total, total - sum(len(u.tiles) for u in units), self.request.progress) as bar:
 
@@ -167,8 +177,7 @@ class Fanout:
                     )
 
             if self.client is None:
-                for unit in units:
-                    finish(process_unit(unit, ctx))
+                run_units(units, ctx, lambda unit: process_claimed(unit, ctx), finish)
                 return
             self._run_dask(units, ctx, finish)
 
@@ -176,36 +185,33 @@ class Fanout:
         self, units: list[Unit], ctx: RunContext, finish: Callable[[list[TileResult]], None]
     ) -> None:
         import dask
-        from distributed import as_completed
+        from distributed import wait
 
+        from pipelines.embed.claims import TileClaims
         from pipelines.embed.request import TileResult
         from pipelines.embed.tasks import embed_loaded, load_unit
 
         client = self.client
         run_id = uuid.uuid4().hex[:8]
         limit = self.request.max_in_flight or (2 * self.threads + 1)
-        queue = list(units)
+        queue = deque(units)
         pending: dict[Any, tuple[Unit, Any]] = {}
-        ac = as_completed()
+        claims = TileClaims(ctx)
+        tries = 0  # a deferred unit's tiles come back under a key of their own
 
         def submit(unit: Unit) -> None:
-            lf = client.submit(load_unit, unit, ctx, key=f"aom-embed-load-{unit.name}-{run_id}", pure=False)
+            nonlocal tries
+            tries += 1
+            name = f"{unit.name}-{run_id}-{tries}"
+            lf = client.submit(load_unit, unit, ctx, key=f"aom-embed-load-{name}", pure=False)
             annotate = dask.annotate(resources=self.resources) if self.resources else contextlib.nullcontext()
             with annotate:
                 ef = client.submit(
-                    embed_loaded,
-                    lf,
-                    ctx,
-                    key=f"aom-embed-run-{unit.name}-{run_id}",
-                    pure=False,
-                    resources=self.resources,
+                    embed_loaded, lf, ctx, key=f"aom-embed-run-{name}", pure=False, resources=self.resources
                 )
             pending[ef] = (unit, lf)
-            ac.add(ef)
 
-        while queue and len(pending) < limit:
-            submit(queue.pop(0))
-        for fut in ac:
+        def done(fut: Any) -> None:
             unit, lf = pending.pop(fut)
             try:
                 results = fut.result()
@@ -215,11 +221,34 @@ class Fanout:
                 results = [
                     TileResult(t.tile_id, unit.time_index, TileStatus.FAILED, reason) for t in unit.tiles
                 ]
+            finally:
+                claims.release(unit)
             finish(results)
             fut.release()
             lf.release()
-            if queue:
-                submit(queue.pop(0))
+
+        try:
+            while queue or pending or claims.next_due() is not None:
+                queue.extend(claims.due())  # tiles another run held: after the others
+                while queue and len(pending) < limit:
+                    run, settled = claims.claim(queue.popleft())
+                    if settled:
+                        finish(settled)
+                    if run is not None:
+                        submit(run)
+                if pending:  # the next result, or the next deferred tile's time, whichever first
+                    try:
+                        finished = wait(
+                            list(pending), timeout=claims.next_due(), return_when="FIRST_COMPLETED"
+                        )
+                    except TimeoutError:
+                        continue
+                    for fut in finished.done:
+                        done(fut)
+                elif not queue:
+                    time.sleep(claims.next_due() or 0.0)
+        finally:
+            claims.close()
 
 
 @contextlib.contextmanager

@@ -53,6 +53,9 @@ class Unit:
     time_index: int
     items: tuple[tuple[Mapping[str, Any], ...], ...] = ()  # catalog mode: items touching each padded tile
     redo: frozenset[str] = frozenset()  # recorded tiles to embed again (pipelines.embed.freshness)
+    claims: tuple[tuple[str, str, str | None], ...] = ()
+    """(tile id, owner of the run's lease on it, digest of the record it replaces or None) of each
+    tile, once the run has taken its lease (:class:`pipelines.embed.claims.TileClaims`)."""
 
     @property
     def name(self) -> str:

@@ -69,6 +69,13 @@ PRECISIONS = ("fp32", "bf16")
 # Request and results
 
 
+def _reason(exc: BaseException) -> str:
+    """The reason of a tile's failure (a ``TileResult``) from an exception: its type and first line,
+    URLs redacted."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return storage.redact_url(f"{type(exc).__name__}: {text}"[:400])
+
+
 @dataclass(frozen=True)
 class EmbedRequest:
     """Everything a run needs, as URIs and plain values (picklable, JSON-able via :meth:`to_dict`).

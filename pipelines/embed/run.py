@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pipelines import embeddings as es
 from pipelines import storage
 from pipelines.embed.plan import RunContext, RunPlan, Unit, plan_run
-from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult
-from pipelines.embed.tasks import _reason
+from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult, _reason
 from pipelines.outputs import OutputKind, claim_output
 from pipelines.runs import TileStatus
 from pipelines.tiling import Tile

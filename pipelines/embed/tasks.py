@@ -3,17 +3,17 @@
 The same functions run in threads, in Dask workers and in tests; a unit's failure is a ``TileResult`` with status
 ``failed``, never an exception that stops the run.
 
-One writer per tile: a loaded tile is encoded and written only under its lease
-(:func:`pipelines.embeddings.tile_lease`, ``<out>/_leases/tile@<version>@t<i>@<tile_id>.json``), as
-the cube builder does. A tile whose lease another live run holds is waited for, then skipped once
-that run's record is there (``written by another run meanwhile``); when that run ends without a
-record, this one takes the lease and writes the tile. The record is written only while the lease is
-still this run's (``Lease.check``), so a run whose lease was taken over reports the tile failed.
+One writer per tile: the run takes a tile's lease (:func:`pipelines.embeddings.tile_lease`,
+``<out>/_leases/tile@<version>@t<i>@<tile_id>.json``) before the unit is submitted, and reads its
+record once more under it (:mod:`pipelines.embed.claims`: a tile another live run holds is deferred,
+never waited for in a task); only then are its pixels read (:func:`load_unit`). The task that encodes
+and writes the tile takes the lease over from the run (:meth:`~pipelines.outputs.Lease.adopt`, with
+its own heartbeat) and writes the record only while the lease is still its own
+(``Lease.check``), so a task whose lease was taken over reports the tile failed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines import embeddings as es
-from pipelines import storage
 from pipelines.embed.checkpoint import _resolve_device, load_checkpoint_url
 from pipelines.embed.chips import band_record, embed_region
+from pipelines.embed.claims import WRITTEN_MEANWHILE, written_meanwhile
 from pipelines.embed.plan import RunContext, Unit
-from pipelines.embed.request import TileResult
+from pipelines.embed.request import TileResult, _reason
 from pipelines.embed.sources import CatalogSource, CubeSource, PaddedTile
 from pipelines.runs import TileStatus
 from pipelines.tiling import Tile
@@ -47,58 +47,22 @@ class LoadFailure:
     read_s: float = 0.0
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return storage.redact_url(f"{type(exc).__name__}: {text}"[:400])
-
-
-def _done_already(ctx: RunContext, tile: Tile, time_index: int) -> bool:
-    return es.tile_is_complete(ctx.out, ctx.version, tile.tile_id, time_index, ctx.out_options)
-
-
-def record_digest(ctx: RunContext, tile_id: str, time_index: int) -> str | None:
-    """A digest of the tile's completion record as stored now; None when it has none (an access
-    failure raises: the tile fails, it is never taken as unrecorded)."""
-    try:
-        rec = es.read_tile_record(ctx.out, ctx.version, tile_id, time_index, ctx.out_options)
-    except FileNotFoundError:
-        return None
-    return hashlib.sha256(storage.json_dumps(rec).encode()).hexdigest()
-
-
-def _written_meanwhile(ctx: RunContext, padded: PaddedTile) -> bool:
-    """Another run recorded the tile since it was loaded: a record where there was none, or, for a
-    tile embedded again, a record other than the one it replaces."""
-    if padded.replaces is None:
-        return _done_already(ctx, padded.tile, padded.time_index)
-    return record_digest(ctx, padded.tile.tile_id, padded.time_index) != padded.replaces
-
-
 def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | TileResult]:
-    """CPU task: read and composite the padded tiles of a unit (skipping tiles already complete).
+    """CPU task: read and composite the padded tiles of a unit, whose leases the run has taken and
+    whose records it has checked under them (:attr:`Unit.claims`, :mod:`pipelines.embed.claims`).
 
     From a cube store the unit's tiles are read together (:meth:`CubeSource.read_block`: margins that
     neighbouring tiles share are decoded once); if that fails, each tile is read on its own so that
     one tile's failure stays that tile's."""
     period = ctx.periods[unit.time_index]
-    done: dict[str, TileResult] = {}
     failed: dict[str, LoadFailure] = {}
-    replaces: dict[str, str | None] = {}  # tiles embedded again: the record they replace
-    pending: list[Tile] = []
+    claims = {tile_id: (owner, replaces) for tile_id, owner, replaces in unit.claims}
     for tile in unit.tiles:
-        t0 = time.perf_counter()
-        try:
-            if tile.tile_id in unit.redo:
-                replaces[tile.tile_id] = record_digest(ctx, tile.tile_id, unit.time_index)
-                pending.append(tile)
-            elif _done_already(ctx, tile, unit.time_index):
-                done[tile.tile_id] = TileResult(
-                    tile.tile_id, unit.time_index, TileStatus.SKIPPED, "already complete (record exists)"
-                )
-            else:
-                pending.append(tile)
-        except Exception as exc:
-            failed[tile.tile_id] = _load_failure(tile, unit.time_index, exc, t0)
+        if tile.tile_id not in claims:  # never read without the run's lease
+            failed[tile.tile_id] = LoadFailure(
+                tile.tile_id, unit.time_index, "not claimed: the run holds no lease"
+            )
+    pending = [t for t in unit.tiles if t.tile_id not in failed]
     read: dict[str, PaddedTile] = {}
     if isinstance(ctx.source, CubeSource) and len(pending) > 1:
         try:
@@ -107,7 +71,7 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
         except Exception as exc:
             log.warning("block read of %d tiles failed (%s): reading each alone", len(pending), _reason(exc))
     for k, tile in enumerate(unit.tiles):
-        if tile.tile_id in done or tile.tile_id in failed or tile.tile_id in read:
+        if tile.tile_id in failed or tile.tile_id in read:
             continue
         t0 = time.perf_counter()
         try:
@@ -118,10 +82,9 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
                 read[tile.tile_id] = ctx.source.read(tile, period, unit.time_index, ctx.layout.pad_m)
         except Exception as exc:
             failed[tile.tile_id] = _load_failure(tile, unit.time_index, exc, t0)
-    for tile_id, digest in replaces.items():
-        if tile_id in read:
-            read[tile_id].replaces = digest
-    return [done.get(t.tile_id) or failed.get(t.tile_id) or read[t.tile_id] for t in unit.tiles]
+    for tile_id, padded in read.items():
+        padded.lease_owner, padded.replaces = claims[tile_id]
+    return [failed.get(t.tile_id) or read[t.tile_id] for t in unit.tiles]
 
 
 def _load_failure(tile: Tile, time_index: int, exc: BaseException, t0: float) -> LoadFailure:
@@ -136,12 +99,9 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-WRITTEN_MEANWHILE = "written by another run meanwhile (record exists)"
-
-
 def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     """Encoder + write for one loaded tile (the data, then its completion record), under the tile's
-    lease (see the module docstring)."""
+    lease, taken over from the run that took it (see the module docstring)."""
     tile = padded.tile
     res = TileResult(tile.tile_id, padded.time_index, TileStatus.DONE, read_s=padded.read_s)
     n = ctx.layout.tile_tokens
@@ -151,12 +111,17 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
         res.status, res.reason = TileStatus.SKIPPED, padded.reason
         return res
     lease = es.tile_lease(ctx.out, ctx.version, tile.tile_id, padded.time_index, ctx.out_options)
-    # another live run writing this tile: wait for it; its record ends the wait
-    if not lease.acquire_unless(lambda: _written_meanwhile(ctx, padded)):
-        res.status, res.reason = TileStatus.SKIPPED, WRITTEN_MEANWHILE
-        return res
+    adopted = padded.lease_owner is not None and lease.adopt(padded.lease_owner)
+    if not adopted:
+        # the run's lease expired and was taken over (or this is a retry of a unit whose worker
+        # died holding it): as any writer, take it only when free or abandoned
+        holder = lease.take()
+        if holder is not None:
+            res.status = TileStatus.FAILED
+            res.reason = f"LeaseLostError: the tile's lease is held by another {holder.describe()}; rerun"
+            return res
     try:
-        if _written_meanwhile(ctx, padded):  # recorded between this run's load and its lease
+        if not adopted and written_meanwhile(ctx, tile.tile_id, padded.time_index, padded.replaces):
             res.status, res.reason = TileStatus.SKIPPED, WRITTEN_MEANWHILE
             return res
         return _embed_and_write(padded, ctx, res, lease.check)
@@ -257,6 +222,15 @@ def embed_loaded(loaded: list[PaddedTile | LoadFailure | TileResult], ctx: RunCo
     return out
 
 
-def process_unit(unit: Unit, ctx: RunContext) -> list[TileResult]:
-    """Load + embed in one call (in-process runs, and clusters without a GPU split)."""
+def process_claimed(unit: Unit, ctx: RunContext) -> list[TileResult]:
+    """Load + embed in one call, of a unit whose tiles' leases the run holds (:attr:`Unit.claims`)."""
     return embed_loaded(load_unit(unit, ctx), ctx)
+
+
+def process_unit(unit: Unit, ctx: RunContext) -> list[TileResult]:
+    """Claim the unit's tiles (:mod:`pipelines.embed.claims`), then load + embed them, in this process."""
+    from pipelines.embed.claims import run_units
+
+    out: list[TileResult] = []
+    run_units([unit], ctx, lambda claimed: process_claimed(claimed, ctx), out.extend)
+    return out

@@ -49,8 +49,8 @@ def tile_lease(
     storage_options: Mapping[str, Any] | None = None,
 ) -> Lease:
     """The writer lease of one tile at one time (``<root>/_leases/tile@<version>@t<i>@<tile_id>.json``):
-    whoever holds it is the one run that writes the tile's shard, pooled chunk and record
-    (:func:`pipelines.embed.tasks.embed_padded`). One flat folder with the store's other leases, where
+    whoever holds it is the one run that reads the tile's pixels and writes its shard, pooled chunk
+    and record (:mod:`pipelines.embed.claims`, :func:`pipelines.embed.tasks.embed_padded`). One flat folder with the store's other leases, where
     ``--overwrite`` looks for live writers (:func:`pipelines.outputs.lease.live_leases`)."""
     from pipelines.outputs import Lease
 

@@ -14,7 +14,9 @@ lock too), only while the name still refers to that file (the local-disk primiti
 protocol: :mod:`pipelines.outputs.lease_local`). A release deletes only the holder's own lease,
 never one another run took over after its check: locally under the file's lock, on S3 conditional
 on the lease's ETag (``If-Match``). A lease object that cannot be parsed is never taken as free: it expires ``ttl_s`` after it was written.
-A holder that finds its lease taken (its renewal fails its condition, or transient storage errors
+A holder may hand its lease to another process (:meth:`Lease.adopt`: a conditional replace, only
+while it is still that holder's; the holder's next renewal finds it gone). A holder that finds its
+lease taken (its renewal fails its condition, or transient storage errors
 outlast the lease's safe lifetime: see :meth:`Lease.renew`) marks it lost; writers check
 :meth:`Lease.check` before their completion record, so a run that lost its lease never records
 work another run may have rewritten.
@@ -351,6 +353,43 @@ class Lease:
             wait.check(holder)
             time.sleep(POLL_S if poll_s is None else poll_s)
 
+    def adopt(self, owner: str) -> bool:
+        """Take the lease over from the run ``owner`` that holds it (the run hands a tile it leased
+        to the task that writes it): the lease becomes this one's, with its heartbeat started, only
+        while it is still ``owner``'s (locally a locked whole replace, as a renewal; on S3 a PUT
+        conditional on its ETag). False, and nothing changed, when it is not ``owner``'s any more
+        (it expired and another run took it over). The former holder's next renewal finds it gone."""
+        _LIVE_OWNERS.add(self.owner)
+        mine = self._info()
+        data = self._bytes(mine)
+        ok = False
+        try:
+            if self._local:
+                ok = lease_local.renew(self._path, lambda old: data if _owned_by(old, owner) else None)
+            else:
+                ok = self._adopt_remote(owner, data)
+        finally:
+            if not ok:
+                _LIVE_OWNERS.discard(self.owner)
+        if ok:
+            self._took(mine.heartbeat)
+            self._start_heartbeat()
+        return ok
+
+    def _adopt_remote(self, owner: str, data: bytes) -> bool:
+        for _ in range(_ACQUIRE_TRIES):  # a renewal by ``owner`` in between changes the ETag: again
+            etag = self._remote_etag()  # before the read: a change after it fails the PUT
+            current = self.read()
+            if etag is None or current is None or current.owner != owner:
+                return False
+            try:
+                out = self._fs.pipe_file(self._path, data, IfMatch=etag)
+            except OSError:
+                continue
+            self._etag = _etag(out) or self._remote_etag()
+            return True
+        return False
+
     def renew(self) -> bool:
         """Move the heartbeat forward; False (and the lease marked lost) when another run holds it.
 
@@ -519,6 +558,11 @@ def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = Non
         if info is not None and info.owner not in _LIVE_OWNERS and not info.abandoned():
             held.append(info)
     return held
+
+
+def _owned_by(data: bytes, owner: str) -> bool:
+    info = _parse(data)
+    return info is not None and info.owner == owner
 
 
 def _etag(response: Any) -> str | None:

@@ -55,6 +55,9 @@ class PaddedTile:
     """A tile embedded again (its inputs changed): the digest of the completion record it replaces
     (:func:`pipelines.embed.tasks.record_digest`), so that a record another run wrote meanwhile is
     told from it; None for a tile without a record."""
+    lease_owner: str | None = None
+    """The owner of the run's lease on the tile, which the task that writes it takes over
+    (:mod:`pipelines.embed.claims`)."""
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

@@ -159,18 +159,17 @@ def test_a_tile_another_live_run_is_writing_is_waited_for_then_skipped_never_wri
         store.put(record_url, other_record.read_bytes())
         store.rm(lease_url)
 
-    import pipelines.embed.tasks as tasks
+    import pipelines.embed.claims as claims
 
     waiting = threading.Event()  # set once this run looks at tile 0's lease held by the other run
-    real = getattr(tasks, "_written_meanwhile", None)
+    real = claims.written_meanwhile
 
-    def looking(ctx: Any, padded: Any) -> bool:
-        if padded.tile.tile_id == TILES[0]:
+    def looking(ctx: Any, tile_id: str, *a: Any) -> bool:
+        if tile_id == TILES[0]:
             waiting.set()
-        assert real is not None
-        return bool(real(ctx, padded))
+        return real(ctx, tile_id, *a)
 
-    monkeypatch.setattr(tasks, "_written_meanwhile", looking, raising=False)
+    monkeypatch.setattr(claims, "written_meanwhile", looking)
     writes = _count_writes(monkeypatch)
     finisher = _when(waiting, other_run_finishes)
     s = store.run(checkpoint, cubes)
@@ -259,21 +258,20 @@ def test_a_tile_embedded_again_is_skipped_only_when_another_run_rewrote_its_reco
     """The 'done meanwhile' test of a tile embedded again (its inputs changed): its record exists all
     along, so only a record other than the one it replaces counts."""
     from pipelines.embed import plan_run
-    from pipelines.embed.sources import PaddedTile
-    from pipelines.embed.tasks import _written_meanwhile, record_digest
+    from pipelines.embed.claims import record_digest, written_meanwhile
 
     out = tmp_path / "emb"
     s = run_embedding(request(checkpoint, out, cubes, tiles=(TILES[0],)))
     ctx = plan_run(request(checkpoint, out, cubes, tiles=(TILES[0],))).context
-    tile = next(t for t in plan_run(request(checkpoint, out, cubes, tiles=(TILES[0],))).tiles)
-    padded = PaddedTile(tile, 0, 0.0, replaces=record_digest(ctx, TILES[0], 0))
-    assert padded.replaces is not None and not _written_meanwhile(ctx, padded)
+    replaces = record_digest(ctx, TILES[0], 0)
+    assert replaces is not None and not written_meanwhile(ctx, TILES[0], 0, replaces)
     path = Path(es.record_url(str(out), s.version, TILES[0], 0))
     rec = json.loads(path.read_text())
     path.write_text(json.dumps({**rec, "written": "2099-01-01T00:00:00+00:00"}))  # another run's
-    assert _written_meanwhile(ctx, padded)
-    fresh = PaddedTile(tile, 0, 0.0)  # a tile without a record when loaded: any record counts
-    assert _written_meanwhile(ctx, fresh)
+    assert written_meanwhile(ctx, TILES[0], 0, replaces)
+    assert written_meanwhile(
+        ctx, TILES[0], 0, None
+    )  # a tile without a record when claimed: any record counts
 
 
 def test_two_concurrent_runs_over_one_tile_encode_and_write_it_once(
@@ -282,12 +280,13 @@ def test_two_concurrent_runs_over_one_tile_encode_and_write_it_once(
     """Two real runs (threads of this process) over the same store and tile: run A encodes while run B
     reaches the tile. B waits for A's lease and skips the tile once A's record is there; the tile is
     written once and recorded once. (Both used to encode and write it.)"""
+    import pipelines.embed.claims as claims
     import pipelines.embed.tasks as tasks
 
     out = tmp_path / "emb"
     a_encoding, b_waiting = threading.Event(), threading.Event()
     names: dict[int, str] = {}
-    real_region, real_meanwhile = tasks.embed_region, getattr(tasks, "_written_meanwhile", None)
+    real_region, real_meanwhile = tasks.embed_region, claims.written_meanwhile
 
     def region(*a: Any, **k: Any) -> Any:
         if names.get(threading.get_ident()) == "A":
@@ -295,14 +294,13 @@ def test_two_concurrent_runs_over_one_tile_encode_and_write_it_once(
             b_waiting.wait(20)  # A holds the tile (its lease, on the fixed code) until B is at it
         return real_region(*a, **k)
 
-    def meanwhile(ctx: Any, padded: Any) -> bool:
+    def meanwhile(ctx: Any, *a: Any) -> bool:
         if names.get(threading.get_ident()) == "B":
             b_waiting.set()
-        assert real_meanwhile is not None
-        return bool(real_meanwhile(ctx, padded))
+        return real_meanwhile(ctx, *a)
 
     monkeypatch.setattr(tasks, "embed_region", region)
-    monkeypatch.setattr(tasks, "_written_meanwhile", meanwhile, raising=False)
+    monkeypatch.setattr(claims, "written_meanwhile", meanwhile)
     writes = _count_writes(monkeypatch)
     summaries: dict[str, Any] = {}
 
@@ -322,3 +320,235 @@ def test_two_concurrent_runs_over_one_tile_encode_and_write_it_once(
     assert rb.status == TileStatus.SKIPPED and "another run" in rb.reason, summaries["B"].format()
     assert writes == [TILES[0]]
     assert not (out / "_leases").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Waiting for another run's tile: never in a task, never before the pixels, never without limit
+
+
+def _first_and_second(checkpoint: Path, out: Path, cubes: Path) -> tuple[str, str]:
+    """The tile of the run's first unit and of its second (the order units are taken in)."""
+    from pipelines.embed import plan_run
+
+    units = plan_run(request(checkpoint, out, cubes)).units
+    return units[0].tiles[0].tile_id, units[1].tiles[0].tile_id
+
+
+class _Holder:
+    """Another live run holding ``tile``'s lease (this host, a running process) that writes the
+    tile's record and releases its lease when :meth:`finish` is called, as that run would."""
+
+    def __init__(self, out: Path, version: str, tile: str, ref_out: Path, **lease: Any) -> None:
+        self.lease = Path(_lease_url(str(out), version, tile))
+        self.record = Path(es.record_url(str(out), version, tile, 0).removeprefix("file://"))
+        self.ref_record = Path(es.record_url(str(ref_out), version, tile, 0).removeprefix("file://"))
+        self.lease.parent.mkdir(parents=True, exist_ok=True)
+        info = json.loads(_lease_of(os.getppid())) | lease
+        self.lease.write_bytes(json.dumps(info).encode())
+        self.finished = threading.Event()
+
+    def finish(self, record: bool = True) -> None:
+        if self.finished.is_set():
+            return
+        self.finished.set()
+        if record:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            self.record.write_bytes(self.ref_record.read_bytes())
+        if self.lease.exists():
+            os.unlink(self.lease)
+
+
+def _in_thread(fn: Callable[[], Any], timeout_s: float, then: Callable[[], None]) -> tuple[Any, bool]:
+    """``fn()`` in a thread: (its result, whether it ended within ``timeout_s``); ``then()`` runs
+    after the wait either way (it frees a run stuck waiting, so the test ends on the old code too)."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    ended = not thread.is_alive()
+    then()
+    thread.join(120)
+    return (out[0] if out else None), ended
+
+
+def test_a_tile_another_run_holds_does_not_hold_up_the_other_tiles(
+    tmp_path: Path,
+    checkpoint: Path,
+    cubes: Path,
+    reference: tuple[Path, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another live run writes the run's first tile and finishes only after this run has written its
+    second. The task waiting for the first tile's lease kept its slot (in-process: the only one), so
+    the second tile was never encoded and both runs waited for each other. Now the contested tile
+    goes to the end of the queue: the second tile is encoded and written, then the first is skipped."""
+    import pipelines.outputs.lease as lease_mod
+
+    ref_out, ref = reference
+    out = tmp_path / "emb"
+    first, second = _first_and_second(checkpoint, out, cubes)
+    holder = _Holder(out, ref.version, first, ref_out)
+    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    writes: list[str] = []
+    real = es.write_tile
+
+    def write_tile(root: str, version: str, tile: Any, *a: Any, **k: Any) -> Any:
+        writes.append(tile.tile_id)
+        rec = real(root, version, tile, *a, **k)
+        if tile.tile_id == second:
+            holder.finish()  # the other run records the first tile once this one wrote the second
+        return rec
+
+    monkeypatch.setattr(es, "write_tile", write_tile)
+    s, ended = _in_thread(lambda: run_embedding(request(checkpoint, out, cubes)), 60, holder.finish)
+    assert ended, "the run waited for the first tile and never encoded the second"
+    by = {r.tile_id: r for r in s.results}
+    assert writes == [second]
+    assert by[second].status == TileStatus.DONE, s.format()
+    assert by[first].status == TileStatus.SKIPPED and "another run" in by[first].reason, s.format()
+    assert holder.record.read_bytes() == holder.ref_record.read_bytes()
+    assert not (out / "_leases").exists()
+
+
+def test_a_tile_another_run_records_meanwhile_is_skipped_without_reading_its_pixels(
+    tmp_path: Path,
+    checkpoint: Path,
+    cubes: Path,
+    reference: tuple[Path, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another live run holds tile 0's lease and records the tile right after this run first looks
+    at its record. The run read tile 0's pixels first (the record was not there yet) and only then
+    met the lease: a read for nothing. Now the run takes the lease, and reads the record under it,
+    before any pixel: tile 0 is skipped unread, tile 1 read and written."""
+    import pipelines.outputs.lease as lease_mod
+    from pipelines.embed.sources import CubeSource
+
+    ref_out, ref = reference
+    out = tmp_path / "emb"
+    holder = _Holder(out, ref.version, TILES[0], ref_out)
+    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    real_complete = es.tile_is_complete
+
+    def tile_is_complete(root: str, version: str, tile_id: str, *a: Any, **k: Any) -> bool:
+        done = real_complete(root, version, tile_id, *a, **k)
+        if tile_id == TILES[0]:
+            holder.finish()  # recorded by the other run just after this run's first look
+        return done
+
+    monkeypatch.setattr(es, "tile_is_complete", tile_is_complete)
+    reads: list[str] = []
+    real_read, real_block = CubeSource.read, CubeSource.read_block
+
+    def read(self: Any, tile: Any, *a: Any, **k: Any) -> Any:
+        reads.append(tile.tile_id)
+        return real_read(self, tile, *a, **k)
+
+    def read_block(self: Any, tiles: Any, *a: Any, **k: Any) -> Any:
+        reads.extend(t.tile_id for t in tiles)
+        return real_block(self, tiles, *a, **k)
+
+    monkeypatch.setattr(CubeSource, "read", read)
+    monkeypatch.setattr(CubeSource, "read_block", read_block)
+    writes = _count_writes(monkeypatch)
+    s, ended = _in_thread(lambda: run_embedding(request(checkpoint, out, cubes)), 60, holder.finish)
+    assert ended, s
+    by = {r.tile_id: r for r in s.results}
+    assert by[TILES[0]].status == TileStatus.SKIPPED and "another run" in by[TILES[0]].reason, s.format()
+    assert by[TILES[1]].status == TileStatus.DONE, s.format()
+    assert TILES[0] not in reads and TILES[1] in reads
+    assert writes == [TILES[1]]
+
+
+@pytest.fixture
+def lease_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The leases' wall clock (``lease._now``), moved only by the test: ``[t]``."""
+    import pipelines.outputs.lease as lease_mod
+
+    t = [time.time()]
+    monkeypatch.setattr(lease_mod, "_now", lambda: t[0])
+    return t
+
+
+def test_a_tile_another_run_keeps_leased_too_long_fails_naming_it_and_a_rerun_writes_it(
+    tmp_path: Path,
+    checkpoint: Path,
+    cubes: Path,
+    reference: tuple[Path, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    lease_clock: list[float],
+) -> None:
+    """Another run holds the first tile's lease and hangs, its heartbeat fresh. The run waited for it
+    without limit (and, in-process, never reached the second tile). Now it waits at most
+    HOLDER_WAIT_S on the lease clock (here: the clock moves on while the second tile is written),
+    then reports the tile failed naming the other run, unrecorded; once that run is gone a rerun
+    writes it."""
+    import pipelines.outputs.lease as lease_mod
+
+    wait_s = getattr(lease_mod, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
+    ref_out, ref = reference
+    out = tmp_path / "emb"
+    first, second = _first_and_second(checkpoint, out, cubes)
+    holder = _Holder(out, ref.version, first, ref_out, heartbeat=lease_clock[0], ttl_s=1e9)
+    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    real = es.write_tile
+
+    def write_tile(root: str, version: str, tile: Any, *a: Any, **k: Any) -> Any:
+        rec = real(root, version, tile, *a, **k)
+        if tile.tile_id == second:
+            lease_clock[0] += wait_s + 1  # the other run still holds the first tile
+        return rec
+
+    monkeypatch.setattr(es, "write_tile", write_tile)
+    s, ended = _in_thread(
+        lambda: run_embedding(request(checkpoint, out, cubes)), 60, lambda: holder.finish(record=False)
+    )
+    assert ended, "the run still waits for a run that never lets the tile go"
+    by = {r.tile_id: r for r in s.results}
+    assert by[second].status == TileStatus.DONE, s.format()
+    assert by[first].status == TileStatus.FAILED, s.format()
+    assert "LeaseHeldError" in by[first].reason and "run otherrun" in by[first].reason, s.format()
+    assert not es.tile_is_complete(str(out), ref.version, first, 0)
+    assert list(s.failed) == [f"{first}@t0"] and not s.complete
+    monkeypatch.setattr(es, "write_tile", real)
+    again = run_embedding(request(checkpoint, out, cubes))  # the other run is gone now
+    assert {r.tile_id: r.status for r in again.results} == {
+        first: TileStatus.DONE,
+        second: TileStatus.SKIPPED,
+    }, again.format()
+
+
+@pytest.mark.slow
+def test_on_a_local_cluster_a_tile_another_run_holds_keeps_no_encoder_slot(
+    tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
+) -> None:
+    """One Dask worker, one encoder slot: the embed task of the first tile waited for the other run's
+    lease holding the slot, so the second tile's embed task could not run until that run finished.
+    The other run here finishes only once the second tile is recorded: now it is (the contested tile
+    waits in the client, not in a task), and the first tile is then skipped."""
+    ref_out, ref = reference
+    out = tmp_path / "emb"
+    first, second = _first_and_second(checkpoint, out, cubes)
+    holder = _Holder(out, ref.version, first, ref_out)
+    timed_out = threading.Event()
+
+    def finish_once_second_is_recorded() -> None:
+        deadline = time.monotonic() + 120
+        while not es.tile_is_complete(str(out), ref.version, second, 0):
+            if time.monotonic() > deadline:
+                timed_out.set()
+                break
+            time.sleep(0.2)
+        holder.finish()
+
+    watcher = threading.Thread(target=finish_once_second_is_recorded, daemon=True)
+    watcher.start()
+    s = run_embedding(  # the worker's one encoder slot, required by the embed tasks
+        request(checkpoint, out, cubes, workers=1, threads_per_worker=2, gpu_resource="encoder")
+    )
+    watcher.join()
+    assert not timed_out.is_set(), "the second tile waited for the first tile's encoder slot"
+    by = {r.tile_id: r for r in s.results}
+    assert by[second].status == TileStatus.DONE, s.format()
+    assert by[first].status == TileStatus.SKIPPED and "another run" in by[first].reason, s.format()
+    assert holder.record.read_bytes() == holder.ref_record.read_bytes()

@@ -715,3 +715,30 @@ def _call(fn: Callable[[], Any]) -> Any:
         return fn()
     except BaseException as exc:
         return exc
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_lease_is_adopted_only_from_its_holder(
+    where: str, tmp_path: Path, clock: _Clock, request: pytest.FixtureRequest
+) -> None:
+    """A run hands a leased tile to the task that writes it: the task takes the lease over from the
+    run (Lease.adopt), never from anyone else; the run's next renewal finds it gone and its release
+    leaves the task's lease alone."""
+    url, options = _where(where, tmp_path, request)
+    run = Lease(url, options, ttl_s=60.0)
+    run.acquire()
+    task = Lease(url, options)
+    assert not task.adopt("someone-else")
+    assert run.read().owner == run.owner  # type: ignore[union-attr]
+    assert task.adopt(run.owner)
+    assert task.read().owner == task.owner  # type: ignore[union-attr]
+    task.check()
+    assert not run.renew()
+    with pytest.raises(LeaseLostError):
+        run.check()
+    run.release()
+    assert task.read().owner == task.owner  # type: ignore[union-attr]
+    third = Lease(url, options)
+    assert not third.adopt(run.owner)  # the run's lease is gone: nothing to adopt
+    task.release()
+    assert task.read() is None
