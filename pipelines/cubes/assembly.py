@@ -15,8 +15,8 @@ shifted), grouped by solar day, lazily (dask, one chunk per output shard). Then,
   (``scale_factor=1e-4``, ``_FillValue=-32768`` so xarray decodes it to NaN), or float16 with NaN.
 
 Bad inputs never crash a tile: items without a needed band asset, without projection metadata,
-with an asset that 404s or has a corrupt header are left out of the groups that need that asset
-and recorded as :class:`~pipelines.cubes.spec.SkippedAsset`; read failures that only show up while
+with an asset that is not there (HTTP 404/410) or has a corrupt header are left out of the groups
+that need that asset and recorded as :class:`~pipelines.cubes.spec.SkippedAsset`; read failures that only show up while
 loading (a truncated COG) are diagnosed by :func:`diagnose_read_failure` and retried without them
 by the writer (:mod:`pipelines.cubes`). Access is never a bad input: hrefs are signed and
 credentials added per the registry's access rule of the catalog (:func:`~pipelines.cubes.reading.cube_access`),

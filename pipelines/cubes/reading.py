@@ -9,9 +9,10 @@ asset's header opens, and how a read failure is classified:
   with a one-line hint naming the credential; the tile fails, nothing is recorded, the next run retries it;
 * **transient** (what :func:`pipelines.retry.is_transient` retries everywhere: HTTP 408/425/429/5xx,
   timeouts, connection errors; and OS errors of a local or mounted file: permission denied, I/O error,
-  too many open files, stale NFS handle, ...): retried, then the tile fails unrecorded;
-* **permanent** (only a file that is not there, ENOENT or HTTP 404, and a corrupt file): the asset
-  is skipped and recorded with the reason.
+  too many open files, stale NFS handle, ...; and any other HTTP error answer, 400, 405, 416 ...: a
+  proxy or a misconfigured endpoint, never a sign that the file is gone): the tile fails unrecorded;
+* **permanent** (only a file that is not there, ENOENT or HTTP 404/410, and a corrupt file): the
+  asset is skipped and recorded with the reason.
 
 Reasons are redacted (:func:`pipelines.storage.redact_url`): a signed href never reaches a record or a log.
 """
@@ -37,7 +38,7 @@ from pipelines.registry import (
     credential_hint,
     resolve_access,
 )
-from pipelines.retry import RETRY_STATUSES, RetryPolicy, is_transient
+from pipelines.retry import RETRY_STATUSES, RetryPolicy, http_status, is_transient
 from pipelines.storage import local_href, redact_url
 from pipelines.tiling import Tile, _normalise_aoi, item_geometry
 
@@ -81,7 +82,7 @@ _TRANSIENT_ERRNOS = frozenset(
     if hasattr(errno, name)
 )  # fmt: skip
 """OS errors of a read that pass (permissions fixed, a mount back, descriptors freed): the tile fails
-and is retried. Only a file that is not there (ENOENT, HTTP 404) or is corrupt is permanent."""
+and is retried. Only a file that is not there (ENOENT, HTTP 404/410) or is corrupt is permanent."""
 
 _TRANSIENT = re.compile(
     # GDAL reports the HTTP status in its text: every status pipelines.retry retries, any 5xx, 0 (no answer)
@@ -100,6 +101,21 @@ _DENIED = re.compile(
     re.IGNORECASE,
 )
 _STATUS = re.compile(r"HTTP response code: ?(\d{3})")
+_DENIED_STATUSES = frozenset({401, 403, 409})  # the statuses _DENIED names: a refusal, not a failure
+_NO_RANGES = re.compile(r"Range downloading not supported", re.IGNORECASE)
+"""GDAL's words for a range read answered with another status than a 206 after the size probe
+succeeded (``416: Range downloading not supported by this server``): a server or proxy without
+range reads, not a file that is gone."""
+
+GONE_STATUSES: frozenset[int] = frozenset({404, 410})
+"""The HTTP answers of an asset read that say the file is not there (404 Not Found, 410 Gone): the
+asset is left out and recorded. Any other error answer is a failure of the tile: 401/403/409 are a
+refusal (:func:`access_denied`), 408/425/429/5xx are retried (``RETRY_STATUSES``), and 400 Bad
+Request, 405 Method Not Allowed, 416 Range Not Satisfiable (or any other) say the request did not
+suit the server (a proxy, a misconfigured endpoint or signing, a server without range reads), not
+that the file is gone, so the next run reads the asset again. (GDAL keeps some statuses to itself:
+a 416 to its first request reads as an empty file, a failed range read inside the header as a
+file "not recognized as being in a supported file format"; those stay corrupt, left out.)"""
 
 
 def is_access_denied(reason: str) -> bool:
@@ -280,7 +296,13 @@ _READ_ERRORS = _read_errors()
 
 
 def classify_error(exc: BaseException | str) -> tuple[str, bool]:
-    """(short reason, transient?) for a read/open failure; chained GDAL causes are included."""
+    """(short reason, transient?) for a read/open failure; chained GDAL causes are included.
+
+    Not transient (the asset may be left out and recorded): a file that is not there (ENOENT, an
+    HTTP answer in :data:`GONE_STATUSES`: 404, 410) or a corrupt one, and a refused read (which
+    :func:`is_access_denied` turns into a failure of its own). Transient (the tile fails, unrecorded,
+    and the next run reads the asset again): every error :func:`pipelines.retry.is_transient`
+    retries, an OS error in ``_TRANSIENT_ERRNOS`` and any other HTTP error answer (400, 405, 416 ...)."""
     texts: list[str] = []
     for link in _chain(exc):
         text = re.sub(r"\s+", " ", str(link)).strip()
@@ -297,7 +319,14 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
         if isinstance(e, BaseException)
     )
     retryable = isinstance(exc, BaseException) and is_transient(exc)  # the rule of every retried call
-    transient = (os_error or retryable or bool(_TRANSIENT.search(full))) and not _DENIED.search(full)
+    statuses = {int(code) for code in _STATUS.findall(full)}
+    if isinstance(exc, BaseException) and (status := http_status(exc)) is not None:
+        statuses.add(status)
+    # an answer that is not the file and does not say it is not there (400, 405, 416 ...)
+    answered = any(code >= 300 and code not in GONE_STATUSES | _DENIED_STATUSES for code in statuses)
+    answered = answered or bool(_NO_RANGES.search(full))
+    denied = bool(_DENIED.search(full))
+    transient = (os_error or retryable or answered or bool(_TRANSIENT.search(full))) and not denied
     return reason[:300], transient
 
 

@@ -109,6 +109,20 @@ def test_a_403_tile_is_retried_after_the_server_answers_200(tmp_path: Path) -> N
         assert CubeStore(str(out)).record(TILE)["status"] == "complete"
 
 
+@pytest.mark.parametrize("status", [400, 405])
+def test_an_answer_that_does_not_say_gone_fails_the_tile_unrecorded(tmp_path: Path, status: int) -> None:
+    """HTTP 400 or 405 on an asset (a proxy, a misconfigured endpoint or signing) fails the tile
+    without a record, for the next run to read the asset again; before, the asset was left out and
+    the tile recorded without it, for good (416: tests/pipelines/cubes/test_reading.py)."""
+    with serve(tmp_path / "root", "open") as server:
+        spec, items = _setup(tmp_path, server, "test-open", "anonymous")
+        out = tmp_path / "cubes"
+        server.force = [status]  # the first request of one asset
+        first = write_cubes(items, [TILE], spec, str(out), progress=False)
+        assert f"HTTP response code: {status}" in first.tiles_failed.get(TILE, ""), first.to_dict()
+        assert not CubeStore(str(out)).has_record(TILE)
+
+
 def test_throttled_reads_are_retried(tmp_path: Path) -> None:
     with serve(tmp_path / "root", "sas") as server:
         spec, items = _setup(tmp_path, server, "test-pc", "sas-token")

@@ -1,6 +1,6 @@
 """How a failed read of a source asset is classified (``pipelines.cubes.reading``): only a file that
-is not there (ENOENT, HTTP 404) or a corrupt one is left out for good; any other OS or network error
-fails the tile, unrecorded, so the next run reads it again."""
+is not there (ENOENT, HTTP 404 or 410) or a corrupt one is left out for good; any other OS or network
+error, or any other HTTP error answer, fails the tile, unrecorded, so the next run reads it again."""
 
 from __future__ import annotations
 
@@ -60,6 +60,31 @@ def test_every_error_the_retry_rule_retries_is_transient(error: BaseException) -
     assert classify_error(error)[1]
 
 
+@pytest.mark.parametrize("status", [400, 405, 416, 407, 421, 451])
+def test_an_error_answer_that_does_not_say_the_file_is_gone_fails_the_tile(status: int) -> None:
+    """An HTTP 400, 405 or 416 (or another answer but 404/410) says the request did not suit the
+    server (a proxy, a misconfigured endpoint or signing, no range reads), not that the file is gone:
+    the tile fails and the next run reads the asset again. They were left out and recorded for good."""
+    assert classify_error(rasterio.errors.RasterioIOError(f"HTTP response code: {status}"))[1]
+    assert classify_error(
+        rasterio.errors.RasterioIOError(f"/vsicurl/https://h.example/B04.tif: HTTP response code: {status}")
+    )[1]
+    assert classify_error(_answer(status))[1]  # another client's answer (fsspec's http://)
+    # GDAL's generic message chained to the one that names the status
+    cause = rasterio.errors.RasterioIOError(f"HTTP response code: {status}")
+    error = rasterio.errors.RasterioIOError("See previous exception")
+    error.__cause__ = cause
+    assert classify_error(error)[1]
+
+
+def test_a_server_that_refuses_range_reads_fails_the_tile() -> None:
+    """GDAL's words for a 416 (or another status) answered to a range read after the size probe
+    succeeded: a server or proxy without range reads, not a file that is gone."""
+    for status in (416, 400, 200):
+        message = f"{status}: Range downloading not supported by this server: x"
+        assert classify_error(rasterio.errors.RasterioIOError(message))[1], status
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -80,6 +105,8 @@ def test_a_refused_read_is_not_transient(error: BaseException) -> None:
             "'/data/B04.tif' not recognized as being in a supported file format."
         ),
         rasterio.errors.RasterioIOError("HTTP response code: 404"),
+        rasterio.errors.RasterioIOError("HTTP response code: 410"),  # Gone: not there, as 404
+        _answer(410),
         "TIFFReadEncodedTile() failed.",
     ],
 )
