@@ -1,7 +1,9 @@
-"""Shared flow wiring: run summaries as Prefect artifacts, catalog concurrency, batching, a bounded exit."""
+"""Shared flow wiring: run summaries as Prefect artifacts, catalog concurrency, batching, which
+failures Prefect retries, a bounded exit."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -11,7 +13,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from pipelines.errors import RunFailedError
+from pipelines.retry import is_lost_worker, is_transient
+
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Global concurrency limit for calls to catalog APIs (create it once per workspace:
 # `prefect gcl create catalog-api --limit 4`); without it the flows run unthrottled.
@@ -126,3 +133,73 @@ def install_exit_bound() -> None:
     deployed = bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
     if deployed or os.environ.get(EXIT_DRAIN_ENV):
         bound_exit_drain(exit_drain_seconds())
+
+
+# ---------------------------------------------------------------------------------------------
+# Which failures Prefect retries. Prefect retries any exception unless told otherwise; a refused
+# access (HTTP 403, bad credentials), a missing bucket or bad input fails again on every retry.
+
+
+class TilesFailedError(RunFailedError):
+    """Some tiles of a flow run failed (they have no completion record): the run's one retry redoes
+    only them, since a tile fails for what may pass (a server down past its read retries, a lease
+    another run held, an expired signature), and complete tiles are skipped."""
+
+
+def worth_a_retry(exc: BaseException) -> bool:
+    """Whether a task or flow that raised ``exc`` may succeed when run again: the project's one
+    rule of remote errors (:func:`pipelines.retry.is_transient`: 408/425/429/5xx, no whole answer),
+    a worker lost mid-way (:func:`pipelines.retry.is_lost_worker`: a Dask worker killed, a pool's
+    process dead), or a crashed task whose result the flow asked for (Prefect's ``CrashedRun``)."""
+    from prefect.exceptions import CrashedRun
+
+    return is_transient(exc) or is_lost_worker(exc) or isinstance(exc, CrashedRun)
+
+
+def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` of every task with ``retries``: Prefect calls it with the ``Failed``
+    state of an attempt (its data: the exception raised) and retries only when it returns True.
+
+    A state that holds no exception (a task that returned a failed state) keeps Prefect's default, a
+    retry. A task whose process is lost (its worker or pod killed) never gets here: its run is
+    ``Crashed`` (not ``Failed``, whose retries Prefect would consult) and it is run again by the flow
+    run's reschedule or the next run (docs/safety.md, section 5)."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        result = getattr(state.data, "result", None)  # a ResultRecord kept in memory
+        exc = result if isinstance(result, BaseException) else None
+    return exc is None or worth_a_retry(exc)
+
+
+@contextmanager
+def flow_retries_when_worth_it() -> Iterator[None]:
+    """Wrap a flow's body: a failure that no retry passes (not :func:`worth_a_retry`, nor
+    :class:`TilesFailedError`) withdraws the run's remaining flow-level retries before Prefect sees
+    it, so it fails at once. Prefect has no retry condition for flows: its server retries every
+    ``Failed`` flow run that has retries left. A task failure reaches here after the task's own
+    retries; a transient one keeps the flow's retry."""
+    try:
+        yield
+    except Exception as exc:
+        if not (isinstance(exc, TilesFailedError) or worth_a_retry(exc)):
+            _withdraw_flow_retries()
+        raise
+
+
+def _withdraw_flow_retries() -> None:
+    """Set this flow run's retries to 0 on the Prefect API (the server reads them when the run
+    proposes ``Failed``); best effort: where the API cannot be told, Prefect retries as before."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx else None
+    if run is None or not run.empirical_policy.retries:
+        return
+    policy = run.empirical_policy.model_copy(update={"retries": 0})
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run_id=run.id, empirical_policy=policy)
+        run.empirical_policy = policy
+    except Exception as exc:  # never hide the run's own failure
+        log.warning("could not withdraw the flow run's retries: %s", type(exc).__name__)

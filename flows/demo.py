@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.common import retry_condition
 from flows.params import redacts_errors, restore_credentials
 from pipelines import demo as steps
 from pipelines.redaction import redact_record
@@ -27,7 +28,7 @@ def search_task(paths: steps.DemoPaths, catalog_url: str) -> dict[str, Any]:
     return steps.search_samples(paths, catalog_url)
 
 
-@task(retries=1)
+@task(retries=1, retry_condition_fn=retry_condition)
 def cubes_task(paths: steps.DemoPaths) -> dict[str, Any]:
     return steps.build_cubes(paths)
 
@@ -41,7 +42,7 @@ def pretrain_task(paths: steps.DemoPaths, pretrain_steps: int, init: str | None)
     return redact_record(trained)
 
 
-@task(retries=1)
+@task(retries=1, retry_condition_fn=retry_condition)
 def embed_task(paths: steps.DemoPaths, checkpoint: str, workers: int) -> dict[str, Any]:
     return steps.embed(paths, checkpoint, workers)
 

@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from pydantic import ConfigDict, Field
 
-from flows.common import install_exit_bound, publish_summary
+from flows.common import TilesFailedError, flow_retries_when_worth_it, install_exit_bound, publish_summary
 from flows.params import (
     AreaParams,
     CredentialFree,
@@ -24,7 +24,6 @@ from flows.params import (
 )
 from flows.pretrain import PretrainParams, pretrain
 from pipelines.embed import EmbedRequest, run_embedding
-from pipelines.errors import RunFailedError
 from pipelines.redaction import redact_record, redact_url
 from pipelines.runs import TileStatus
 from pipelines.storage import join
@@ -87,9 +86,16 @@ def embed_task(params: EmbedParams) -> dict[str, Any]:
     return redact_record({**summary.to_dict(), "results": [r.to_dict() for r in summary.results]})
 
 
+# One flow-level retry, for failed tiles and for what may pass (flows.common.worth_a_retry); any
+# other failure (refused access, bad input) withdraws it and fails the run at once.
 @flow(name="embed", log_prints=True, validate_parameters=True, retries=1, retry_delay_seconds=30)
 def embed(params: EmbedParams) -> dict[str, Any]:
     install_exit_bound()
+    with flow_retries_when_worth_it():
+        return _embed(params)
+
+
+def _embed(params: EmbedParams) -> dict[str, Any]:
     summary = embed_task(params)
     rows = summary.get("results", [])
     publish_summary(
@@ -101,7 +107,7 @@ def embed(params: EmbedParams) -> dict[str, Any]:
     )
     failed = [r for r in rows if r.get("status") == TileStatus.FAILED]
     if failed:  # Prefect retries the run; complete tiles have records and are skipped
-        raise RunFailedError(
+        raise TilesFailedError(
             f"{len(failed)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0].get('reason')}"
         )
     return summary

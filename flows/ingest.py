@@ -12,11 +12,18 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import ConfigDict, Field, field_validator
 
-from flows.common import batches, catalog_slot, install_exit_bound, publish_summary
+from flows.common import (
+    TilesFailedError,
+    batches,
+    catalog_slot,
+    flow_retries_when_worth_it,
+    install_exit_bound,
+    publish_summary,
+    retry_condition,
+)
 from flows.params import AreaParams, CredentialFree, StorageParams, empty_is_none, redacts_errors
 from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.cubes.reading import read_attempts
-from pipelines.errors import RunFailedError
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.retry import RetryPolicy
 from pipelines.runs import TileStatus
@@ -106,7 +113,7 @@ def search_task(params: IngestParams) -> SavedSearch:
         )
 
 
-@task(retries=2, retry_delay_seconds=[5, 30])
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_condition)
 @redacts_errors
 def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
     params = params.with_credentials()
@@ -117,7 +124,7 @@ def plan_tiles_task(items_url: str, params: IngestParams) -> list[str]:
 # Tiles are the unit of retry and resume. A writer is never cached: a cached result would report
 # tiles the store may no longer hold (deleted tiles, a deleted store). Resume comes from the store
 # itself, which skips tiles with a completion record, so a rerun after a deletion refills the holes.
-@task(retries=2, retry_delay_seconds=[5, 30], cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_condition, cache_policy=NO_CACHE)
 @redacts_errors
 def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -> dict[str, Any]:
     params = params.with_credentials()
@@ -132,10 +139,17 @@ def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -
     return redact_record(summary)  # persisted by Prefect; its reasons feed the artifact and the failure
 
 
+# One flow-level retry, for failed tiles and for what may pass (flows.common.worth_a_retry); any
+# other failure (refused access, bad input) withdraws it and fails the run at once.
 @flow(name="ingest", log_prints=True, validate_parameters=True, retries=1, retry_delay_seconds=30)
 def ingest(params: IngestParams) -> dict[str, Any]:
     """Search -> saved items -> cubes per tile. Returns counts; a summary artifact is published."""
     install_exit_bound()
+    with flow_retries_when_worth_it():
+        return _ingest(params)
+
+
+def _ingest(params: IngestParams) -> dict[str, Any]:
     logger = get_run_logger()
     saved = search_task(params)
     if saved.count == 0:
@@ -157,7 +171,7 @@ def ingest(params: IngestParams) -> dict[str, Any]:
     if failed:
         # Fail the run so Prefect retries it; the retry redoes only these tiles (complete ones
         # have records and are skipped).
-        raise RunFailedError(
+        raise TilesFailedError(
             f"{len(failed)} of {len(outcomes)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0]['reason']}"
         )
     return {  # a flow's result is persisted and shown by Prefect

@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.events import emit_event
 from pydantic import ConfigDict, Field
 
-from flows.common import catalog_slot, install_exit_bound, publish_summary
+from flows.common import catalog_slot, install_exit_bound, publish_summary, retry_condition
 from flows.ingest import IngestParams, ingest
 from flows.params import CredentialFree, redacts_errors
 from pipelines.search import RefreshPlan, commit_watermark, plan_refresh, should_retrain, summarise_tiles
@@ -61,14 +61,14 @@ def plan_task(params: RefreshParams) -> RefreshPlan:
         )
 
 
-@task(retries=3, retry_delay_seconds=[2, 10])
+@task(retries=3, retry_delay_seconds=[2, 10], retry_condition_fn=retry_condition)
 @redacts_errors
 def commit_task(params: RefreshParams, plan: RefreshPlan) -> None:
     params = params.with_credentials()
     commit_watermark(params.watermark_url, plan, params.ingest.storage.storage_options())
 
 
-@task(retries=3, retry_delay_seconds=[2, 10])
+@task(retries=3, retry_delay_seconds=[2, 10], retry_condition_fn=retry_condition)
 @redacts_errors
 def bump_counter_task(params: RefreshParams, n: int, reset: bool) -> int:
     params = params.with_credentials()

@@ -14,7 +14,9 @@ up to ``max_delay_s``.
 What is worth a retry is decided in one place, :func:`is_transient`: an HTTP answer in
 :data:`RETRY_STATUSES` or no whole answer at all, whichever client (botocore/s3fs, aiohttp/fsspec,
 requests/pystac-client, urllib) raised it. A refusal (401/403), a 404 or a failed condition is not:
-it fails at once, and the caller reports it as the failure it is.
+it fails at once, and the caller reports it as the failure it is. Where a whole step is rerun (a
+Prefect task, :func:`flows.common.retry_condition`), a worker lost mid-way is worth it too:
+:func:`is_lost_worker`.
 """
 
 from __future__ import annotations
@@ -251,6 +253,31 @@ def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) 
         if isinstance(link, HTTPFailure | TimeoutError | ConnectionError):
             return True
         if names & _TRANSPORT_ERRORS:
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+_LOST_WORKER_ERRORS = frozenset(
+    {
+        ("distributed.scheduler", "KilledWorker"),  # the workers running a Dask task died
+        ("distributed.comm.core", "CommClosedError"),  # the Dask scheduler or a worker went away
+        ("concurrent.futures._base", "BrokenExecutor"),  # a pool's worker process died (BrokenProcessPool)
+    }
+)
+"""Errors that say a worker running part of a step was lost (killed, evicted, out of memory, its
+connection gone), not that the step cannot succeed."""
+
+
+def is_lost_worker(exc: BaseException) -> bool:
+    """Whether ``exc`` (or one of its causes) says that a worker doing the work was lost mid-way:
+    :data:`_LOST_WORKER_ERRORS`. Not an answer from a remote service (that is :func:`is_transient`),
+    but the other failure a rerun of a whole step (a Prefect task) may get past."""
+    link: BaseException | None = exc
+    for _ in range(4):
+        if link is None:
+            return False
+        if any((c.__module__, c.__name__) in _LOST_WORKER_ERRORS for c in type(link).__mro__):
             return True
         link = link.__cause__ or link.__context__
     return False

@@ -216,3 +216,75 @@ def test_a_run_whose_api_went_away_exits_within_the_bound(tmp_path: Path) -> Non
         for p in procs.values():
             kill_left([*descendants(p.pid), p.pid])
             p.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which failures Prefect retries (flows.common.retry_condition, worth_a_retry)
+
+
+def _s3_error(status: int, code: str) -> BaseException:
+    """What s3fs raises for an S3 error answer: an OSError translated from botocore's ClientError."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    answer = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    client_error = ClientError(answer, "PutObject")  # type: ignore[arg-type]
+    try:
+        raise translate_boto_error(client_error) from client_error
+    except OSError as exc:
+        return exc
+
+
+def _lost_worker_errors() -> list[BaseException]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    return [
+        BrokenProcessPool("a child process terminated abruptly"),
+        KilledWorker("t", None, 3),  # type: ignore[arg-type]
+        CommClosedError(),
+    ]
+
+
+def _permanent_errors() -> list[BaseException]:
+    from pipelines.errors import InputError
+    from pipelines.registry.access import AccessDeniedError
+
+    return [
+        _s3_error(403, "AccessDenied"),
+        _s3_error(404, "NoSuchBucket"),
+        _s3_error(400, "InvalidArgument"),
+        InputError("tiles_per_task must be >= 1"),
+        AccessDeniedError("reading L:red was refused (HTTP 403)"),
+        FileNotFoundError(2, "No such file or directory", "/data/_state/watermark.json"),
+        PermissionError(13, "Permission denied", "/data/_state/watermark.json"),
+        ValueError("a bug"),
+    ]
+
+
+def _transient_errors() -> list[BaseException]:
+    return [
+        _s3_error(503, "SlowDown"),
+        _s3_error(500, "InternalError"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("read timed out"),
+    ]
+
+
+def test_task_retries_are_for_what_may_pass() -> None:
+    """Prefect retried a task whatever it raised: a refused access, a missing bucket or bad input
+    was tried 2-3 times with delays. ``retry_condition`` (every task's ``retry_condition_fn``) lets
+    Prefect retry what ``pipelines.retry.is_transient`` retries, and a lost worker."""
+    from prefect.exceptions import CrashedRun
+    from prefect.states import Failed
+
+    def retried(exc: BaseException) -> bool:
+        return common.retry_condition(None, None, Failed(data=exc, message=repr(exc)))
+
+    for exc in _permanent_errors():
+        assert not retried(exc), exc
+    for exc in [*_transient_errors(), *_lost_worker_errors(), CrashedRun("the task crashed")]:
+        assert retried(exc), exc
+    assert common.retry_condition(None, None, Failed(message="returned failed"))  # Prefect's default

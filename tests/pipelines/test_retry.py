@@ -98,3 +98,20 @@ def test_transient_storage_errors(exc: BaseException, transient: bool) -> None:
 def test_http_status_reads_every_client(make) -> None:  # type: ignore[no-untyped-def]
     assert http_status(make(503)) == 503
     assert http_status(_caused_by(make(403))) == 403
+
+
+def test_a_lost_worker_is_told_apart_from_an_error_no_rerun_passes() -> None:
+    """``is_lost_worker``: a Dask worker killed or its connection closed, a process pool broken
+    (also as the cause of another error); not a refusal, a missing file or a bug."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    from pipelines.retry import is_lost_worker
+
+    lost = [BrokenProcessPool("terminated abruptly"), KilledWorker("t", None, 3), CommClosedError()]  # type: ignore[arg-type]
+    for exc in [*lost, *(_caused_by(e) for e in lost)]:
+        assert is_lost_worker(exc), exc
+    for exc in [_s3(403, "AccessDenied"), FileNotFoundError("x"), ValueError("bug"), TimeoutError()]:
+        assert not is_lost_worker(exc), exc
