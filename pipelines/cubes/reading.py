@@ -174,10 +174,17 @@ def forget_failed_reads(hrefs: Iterable[str]) -> None:
     file as "does not exist" for the whole process), so a retry in the same process asks again."""
     for href in hrefs:
         _OPEN_CACHE.forget(href)
-        prefix = _gdal_path(href)
-        lib = _gdal_lib()
-        if lib is not None and prefix:
-            lib.VSICurlPartialClearCache(prefix.encode())
+        _forget_in_gdal(href)
+
+
+def _forget_in_gdal(href: str) -> None:
+    """Drop GDAL's cached answer for ``href`` only: a read that failed transiently is asked again
+    by the next try in this process (a flow's or a task's retry of the failed tiles), not answered
+    from the cache with the old failure."""
+    prefix = _gdal_path(href)
+    lib = _gdal_lib()
+    if lib is not None and prefix:
+        lib.VSICurlPartialClearCache(prefix.encode())
 
 
 def _gdal_path(href: str) -> str:
@@ -443,6 +450,7 @@ def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _He
     elif is_access_denied(result[0]):
         forget_failed_reads([href])  # never remembered: the next try (new credentials) asks again
     elif result[1]:
+        _forget_in_gdal(href)
         _OPEN_CACHE.put_transient(href)
     else:
         _OPEN_CACHE.put(href, result[0])
@@ -470,6 +478,7 @@ def read_window_check(
     except _READ_ERRORS as exc:
         reason, transient = _read_failure(href, exc)
         if transient:
+            _forget_in_gdal(href)
             _OPEN_CACHE.put_transient(href)
         return f"read failed: {reason}", transient
     return None

@@ -123,6 +123,26 @@ def test_an_answer_that_does_not_say_gone_fails_the_tile_unrecorded(tmp_path: Pa
         assert not CubeStore(str(out)).has_record(TILE)
 
 
+@pytest.mark.parametrize("forced", [[400], [503] * 60], ids=["400-once", "503-past-the-retries"])
+def test_a_tile_that_failed_is_read_again_by_a_rerun_in_the_same_process(
+    tmp_path: Path, forced: list[int]
+) -> None:
+    """A flow's retry (or a task's) reruns failed tiles in the same process: GDAL's /vsicurl/ kept
+    the failed answer of the asset, and the rerun failed again without asking the server."""
+    with serve(tmp_path / "root", "open") as server:
+        spec, items = _setup(tmp_path, server, "test-open", "anonymous")
+        out = tmp_path / "cubes"
+        fast = {"GDAL_HTTP_RETRY_DELAY": "0.01"}
+        server.force = list(forced)
+        first = write_cubes(items, [TILE], spec, str(out), progress=False, read_options=fast)
+        assert TILE in first.tiles_failed and not CubeStore(str(out)).has_record(TILE)
+        server.force = []  # the server answers again
+        second = write_cubes(items, [TILE], spec, str(out), progress=False, read_options=fast)
+        assert second.tiles_done == [TILE], second.tiles_failed
+        record = CubeStore(str(out)).record(TILE)
+        assert record["status"] == "complete" and not record.get("skipped"), record
+
+
 def test_throttled_reads_are_retried(tmp_path: Path) -> None:
     with serve(tmp_path / "root", "sas") as server:
         spec, items = _setup(tmp_path, server, "test-pc", "sas-token")
