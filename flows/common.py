@@ -161,9 +161,12 @@ def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     state of an attempt (its data: the exception raised) and retries only when it returns True.
 
     A state that holds no exception (a task that returned a failed state) keeps Prefect's default, a
-    retry. A task whose process is lost (its worker or pod killed) never gets here: its run is
-    ``Crashed`` (not ``Failed``, whose retries Prefect would consult) and it is run again by the flow
-    run's reschedule or the next run (docs/safety.md, section 5)."""
+    retry. A task whose process is lost (its worker or pod killed) never gets here: nothing reports
+    ``Failed`` for it (the flow run stays ``Running`` until it is marked ``Crashed``), and it is run
+    again by the flow run's reschedule or the next run (docs/safety.md, section 5). A task that
+    crashes in a live process (a ``BaseException``: a signal, an interrupt) is ``Crashed`` without
+    a retry either; a flow reading a crashed task's result may get Prefect's ``CrashedRun``, which
+    :func:`worth_a_retry` accepts for the flow's own retry."""
     exc = state.data if isinstance(state.data, BaseException) else None
     if exc is None:
         result = getattr(state.data, "result", None)  # a ResultRecord kept in memory
