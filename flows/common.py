@@ -146,6 +146,17 @@ class TilesFailedError(RunFailedError):
     another run held, an expired signature), and complete tiles are skipped."""
 
 
+class RedactedFailure(RunFailedError):
+    """What a task raises in place of an exception whose message could not be redacted in place
+    (``flows.params.redacts_errors``): the redacted text, without the original or its chain, and
+    whether the original was :func:`worth_a_retry`, so the redaction does not change the retry."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        """Whether the original exception was worth a retry."""
+
+
 def worth_a_retry(exc: BaseException) -> bool:
     """Whether a task or flow that raised ``exc`` may succeed when run again: the project's one
     rule of remote errors (:func:`pipelines.retry.is_transient`: 408/425/429/5xx, no whole answer),
@@ -153,6 +164,8 @@ def worth_a_retry(exc: BaseException) -> bool:
     process dead), or a crashed task whose result the flow asked for (Prefect's ``CrashedRun``)."""
     from prefect.exceptions import CrashedRun
 
+    if isinstance(exc, RedactedFailure):
+        return exc.retryable
     return is_transient(exc) or is_lost_worker(exc) or isinstance(exc, CrashedRun)
 
 

@@ -22,7 +22,8 @@ from typing import Annotated, Any, ClassVar, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from pipelines.errors import AOMError, InputError, RunFailedError
+from flows.common import RedactedFailure, worth_a_retry
+from pipelines.errors import AOMError, InputError
 from pipelines.redaction import (
     has_credentials,
     install_log_redaction,
@@ -103,7 +104,8 @@ def redacts_errors(fn: Callable[P, R]) -> Callable[P, R]:
     (:func:`~pipelines.redaction.redact_exception`; exception messages name the URL that failed),
     since Prefect stores the message as the run's state message and pickles the exception into
     the run's result where results are persisted. One whose message cannot be redacted in place
-    becomes a :class:`~pipelines.errors.RunFailedError` with the redacted text, raised without it
+    becomes a :class:`~flows.common.RedactedFailure` with the redacted text (and whether the
+    original was worth a task retry), raised without it
     (nor its chain) attached."""
 
     @functools.wraps(fn)
@@ -113,7 +115,8 @@ def redacts_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except Exception as exc:
             if redact_exception(exc):
                 raise
-            failure = RunFailedError(" ".join(redact_text(f"{type(exc).__name__}: {exc}").split()))
+            text = " ".join(redact_text(f"{type(exc).__name__}: {exc}").split())
+            failure = RedactedFailure(text, retryable=worth_a_retry(exc))
         raise failure  # outside the handler: no __context__ holding the original
 
     return run

@@ -221,3 +221,34 @@ def test_a_flow_whose_tiles_failed_is_retried_for_them(
     result = flows.ingest.ingest.with_options(retry_delay_seconds=0)(_ingest_params(tmp_path))
     assert result["done"] == 1 and result["failed"] == 0
     assert calls == ["search", "build", "search", "build"]
+
+
+def _aiohttp_answer(status: int, url: str) -> BaseException:
+    """What fsspec's ``http://`` raises for an error answer: its message is built from a URL object,
+    so it cannot be redacted in place."""
+    import aiohttp
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from yarl import URL
+
+    info = aiohttp.RequestInfo(URL(url), "GET", CIMultiDictProxy(CIMultiDict()), URL(url))
+    return aiohttp.ClientResponseError(info, (), status=status, message="Service Unavailable")
+
+
+@pytest.mark.parametrize(("status", "retried"), [(503, True), (403, False)])
+def test_a_redacted_failure_keeps_the_retry_of_the_error_it_replaces(status: int, retried: bool) -> None:
+    """A task's exception whose message names a credential and cannot be redacted in place is
+    replaced by its redacted text (``redacts_errors``); the replacement used to be a plain
+    RunFailedError, so an HTTP 503 lost its task retry. It now keeps the original's answer."""
+    from flows.common import worth_a_retry
+    from flows.params import redacts_errors
+
+    url = "https://h.example/items.json?token=SECRET123"
+
+    @redacts_errors
+    def read() -> None:
+        raise _aiohttp_answer(status, url)
+
+    with pytest.raises(Exception) as raised:
+        read()
+    assert "SECRET123" not in str(raised.value) and raised.value.__cause__ is None
+    assert worth_a_retry(raised.value) is retried
