@@ -119,13 +119,14 @@ def json_arg(text: str, name: str, *, position: bool = True) -> dict[str, Any]:
     return json_object(raw, name, position=position)
 
 
-def check_not_empty(url: str | None, option: str) -> None:
+def check_not_empty(url: str | None, option: str, what: str = "a path or URL") -> None:
     """An empty path (``--out ""``, an unset shell variable) is refused: as a local path it is the
-    working directory, where a run would scatter its files among the user's."""
+    working directory, where a run would scatter its files among the user's (or read them: ``--aoi
+    ""`` was ``.``). ``what`` says what to give instead."""
     from pipelines.errors import InputError
 
     if url is not None and not url.strip():
-        raise InputError(f"{option} is empty; give a path or URL")
+        raise InputError(f"{option} is empty; give {what}")
 
 
 def check_folder_url(url: str | None, option: str) -> None:

@@ -19,6 +19,7 @@ from flows.commands._options import (
     check_file_out,
     check_file_url,
     check_folder_url,
+    check_not_empty,
     csv_list,
     dask_address_option,
     max_attempts_option,
@@ -189,6 +190,7 @@ def embed(
 
     _quiet_dask()
     values = {k: v for k, v in ctx.params.items() if k != "summary_json"}
+    check_not_empty(aoi, "--aoi", "W,S,E,N or a GeoJSON file")  # "" was no AOI: every --tiles tile
     values["aoi"] = parse_aoi(aoi) if aoi else None
     request = EmbedRequest.from_dict(values)
     if dask_address_of(dask_address) is None:  # local workers: this machine's devices

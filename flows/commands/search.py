@@ -16,6 +16,7 @@ import typer
 
 from flows.commands._options import (
     check_file_out,
+    check_not_empty,
     csv_list,
     json_arg,
     max_attempts_option,
@@ -77,7 +78,7 @@ def search(
     bbox: str | None = typer.Option(
         None, "--bbox", help="W,S,E,N in WGS84 degrees; W > E means the box crosses the antimeridian."
     ),
-    aoi: Path | None = typer.Option(
+    aoi: str | None = typer.Option(
         None, "--aoi", help="GeoJSON file (geometry, Feature or FeatureCollection)."
     ),
     datetime: str | None = typer.Option(
@@ -132,6 +133,7 @@ def search(
 
     if bbox is not None and aoi is not None:
         raise typer.BadParameter("give --bbox or --aoi, not both")
+    check_not_empty(aoi, "--aoi", "a GeoJSON file")  # "" was the working directory ('Is a directory')
     options = parse_storage_options(storage_options) or None
     check_file_out(out, "--out")  # a folder is refused before searching, not when saving
     for option, url in (("--catalog-url", catalog_url), ("--out", out)):
@@ -141,7 +143,7 @@ def search(
     request = SearchRequest(
         collections=csv_list(collections),
         bbox=parse_bbox(bbox) if bbox else None,
-        intersects=_aoi_geometry(aoi) if aoi else None,
+        intersects=_aoi_geometry(Path(aoi)) if aoi else None,
         datetime=datetime,
         max_cloud_cover=max_cloud_cover,
         updated_since=updated_since,

@@ -149,6 +149,8 @@ CASES: list[tuple[str, Any, str]] = [
         "not GeoJSON: a Feature needs a 'geometry' member",
     ),
     ("unknown-option", lambda d: _search(d, "--bogus"), "No such option: --bogus"),
+    # an empty --aoi (an unset shell variable) was the working directory: '--aoi .: [Errno 21] Is a directory'
+    ("search-aoi-empty", lambda d: _search(d, "--aoi", ""), "--aoi is empty; give a GeoJSON file"),
     # cubes
     ("cubes-lat-95", lambda d: _cubes(d, "--bbox", "0,95,1,96"), "latitudes must be within [-90, 90]"),
     ("cubes-tile-0", lambda d: _cubes(d, "--tile-size-m", "0"), "tile_size_m (--tile-size-m) must be > 0"),
@@ -211,6 +213,12 @@ CASES: list[tuple[str, Any, str]] = [
     ("embed-aoi-fc", lambda d: _embed(d, aoi=str(d / "fc_bad.geojson")), "not GeoJSON: features[0]"),
     ("embed-aoi-feature", lambda d: _embed(d, aoi=str(d / "feat_nogeom.geojson")), "needs a 'geometry'"),
     ("embed-aoi-list", lambda d: _embed(d, aoi=str(d / "list.geojson")), "not GeoJSON: is 'list'"),
+    # an empty --aoi was no AOI at all: every --tiles tile was embedded, not the AOI's
+    (
+        "embed-aoi-empty",
+        lambda d: _embed(d, "--tile-size-m", "960", "--tiles", "32631_766_5193", aoi=""),
+        "--aoi is empty; give W,S,E,N or a GeoJSON file",
+    ),
     ("embed-core-0", lambda d: _embed(d, "--core-tokens", "0"), "core_tokens (--core-tokens) must be >= 1"),
     ("embed-margin", lambda d: _embed(d, "--margin-tokens", "-1"), "margin_tokens (--margin-tokens)"),
     (
