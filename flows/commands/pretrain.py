@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from flows.commands._options import check_folder_url, storage_options_option
+from flows.commands._options import check_folder_url, check_not_empty, storage_options_option
 
 
 def pretrain(
@@ -121,6 +121,8 @@ def pretrain(
     urls = list(cubes) + list(more_cubes or [])
     if not urls:
         raise typer.BadParameter("give at least one cube store with --cubes")
+    for store_url in urls:  # "" (an unset shell variable) was the working directory, read as a store
+        check_not_empty(store_url, "--cubes")
     try:
         cfg = PretrainConfig(
             cubes=tuple(urls),

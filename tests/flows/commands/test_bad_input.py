@@ -330,6 +330,17 @@ CASES: list[tuple[str, Any, str]] = [
         "cuda:99 is not available here",
     ),
     ("pretrain-config", lambda d: _pretrain(d, "--config", "huge"), "base"),
+    # an empty --cubes was the working directory (a cube store there would have been trained on)
+    (
+        "pretrain-cubes-empty",
+        lambda d: ["pretrain", "--cubes", "", "--out", str(d / "pt")],
+        "--cubes is empty",
+    ),
+    (
+        "pretrain-cubes-more-empty",
+        lambda d: ["pretrain", "--cubes", str(d / "cubes960"), "", "--out", str(d / "pt")],
+        "--cubes is empty; give a path or URL",
+    ),
     ("pretrain-scheme", lambda d: ["pretrain", "--cubes", "ftp://h/c", "--out", str(d / "pt")], "ftp://"),
     ("pretrain-out-file", lambda d: ["pretrain", "--cubes", "c", "--out", str(d / "afile.txt")], "is a file"),
     ("pretrain-init", lambda d: _pretrain(d, "--init", str(d / "missing.safetensors")), "no such file"),
