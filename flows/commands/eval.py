@@ -14,7 +14,7 @@ import typer
 
 from flows.commands._options import check_file_url, local_out
 from pipelines.embed.scaling import check_scaling_options
-from pipelines.errors import check_number
+from pipelines.errors import InputError, check_number
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -33,6 +33,15 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _choices(text: str, option: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of a comma-separated choice list; an empty one (``--settings ""``, an unset shell
+    variable) is bad input naming the valid choices, not a run of nothing."""
+    names = _names(text)
+    if not names:
+        raise InputError(f"{option} is empty; choose from {', '.join(valid)}")
+    return names
 
 
 def _class_names(text: str | None) -> dict[int, str]:
@@ -176,6 +185,8 @@ def eval_command(
         run_evaluation,
         write_report,
     )
+    from pipelines.evaluation.probes import PROBES
+    from pipelines.evaluation.protocol import FEATURES, SETTINGS
 
     ckpt = checkpoint
     if ckpt is None:
@@ -201,16 +212,19 @@ def eval_command(
     win = _ints(window, "--window") if window else None
     if win is not None and len(win) != 4:
         raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")
+    chosen_settings = _choices(settings, "--settings", SETTINGS)  # "" was a run of no setting
+    chosen_probes = _choices(probes, "--probes", PROBES)
+    chosen_features = _choices(features, "--features", FEATURES)
     try:
         cfg = EvalConfig(
             checkpoint=ckpt,
-            settings=_names(settings),
+            settings=chosen_settings,
             fractions=_floats(fractions, "--fractions"),
             draws=draws,
             splits=splits,
             sensors=tuple(s.strip() for s in sensors.split(";") if s.strip()),
             factors=_ints(factors, "--factors"),
-            probes=_names(probes),
+            probes=chosen_probes,
             knn_k=knn_k,
             max_per_class=max_per_class,
             min_per_class=min_per_class,
@@ -222,7 +236,7 @@ def eval_command(
             registry=tuple(registry),
             threads=threads,
             token_m=token_m,
-            features=_names(features),
+            features=chosen_features,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None

@@ -103,6 +103,8 @@ class EvalConfig:
         bad = [f for f in self.features if f not in FEATURES]
         if bad or not self.features or len(set(self.features)) != len(self.features):
             raise ValueError(f"features must be distinct, from {FEATURES}; got {list(self.features)}")
+        if not self.settings:  # none would evaluate the all-band reference only
+            raise ValueError(f"settings is empty; choose from {SETTINGS}")
         bad = [s for s in self.settings if s not in SETTINGS]
         if bad:
             raise ValueError(f"unknown settings {bad}; choose from {SETTINGS}")

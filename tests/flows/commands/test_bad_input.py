@@ -446,6 +446,18 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     ("eval-probes", lambda d: ["eval", "--out", str(d / "ev"), "--probes", "svm"], "linear"),
     ("eval-features", lambda d: ["eval", "--out", str(d / "ev"), "--features", "mean"], "band-tokens"),
+    # an empty list is bad input naming the choices; --settings "" ran no setting (exit 0)
+    (
+        "eval-settings-empty",
+        lambda d: _eval(d, "--settings", ""),
+        "--settings is empty; choose from band-missing, cross-sensor, cross-resolution",
+    ),
+    ("eval-probes-empty", lambda d: _eval(d, "--probes", ""), "--probes is empty; choose from linear, knn"),
+    (
+        "eval-features-empty",
+        lambda d: _eval(d, "--features", " , "),
+        "--features is empty; choose from pooled, spectral, band-tokens",
+    ),
     ("eval-test-fraction", lambda d: ["eval", "--out", str(d / "ev"), "--test-fraction", "1.5"], "(0, 1)"),
     (
         "eval-random-huge",

@@ -176,6 +176,14 @@ def test_band_token_features_are_extra_rows_and_goals_name_their_features(
         EvalConfig(checkpoint="random:tiny", features=("mean",))
 
 
+@pytest.mark.parametrize("field", ["settings", "probes", "features"])
+def test_an_empty_choice_list_is_refused(field: str) -> None:
+    """No settings evaluated the all-band reference only (exit 0), while no probes or features were
+    refused: each is one or more of its choices."""
+    with pytest.raises(ValueError, match=field):
+        EvalConfig(checkpoint="random:tiny", **{field: ()})  # type: ignore[arg-type]
+
+
 def test_random_only_run_has_no_goals(synthetic_patches) -> None:
     cfg = EvalConfig(
         checkpoint="random:tiny", settings=("cross-resolution",), probes=("knn",), **{**FAST, "draws": 1}
