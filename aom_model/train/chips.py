@@ -12,7 +12,7 @@ import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -154,6 +154,7 @@ class ChipIndex:
         chips: list[Chip] = []
         band_meta: dict[str, tuple[float, float]] = {}
         band_where: dict[str, str] = {}
+        seen = _SeenGroups()
         for si, url in enumerate(urls):
             store = opener(url, storage_options)
             records = store.tile_records()
@@ -161,7 +162,7 @@ class ChipIndex:
             counts.tiles_complete += len(complete)
             counts.tiles_empty += sum(1 for r in records.values() if r["status"] == "empty")
             for tile_id in complete:
-                tile_sources = _tile_sources(store, si, tile_id, chip, counts)
+                tile_sources = _tile_sources(store, si, tile_id, chip, counts, seen)
                 for src in tile_sources:
                     for g in src.groups:
                         for key, wl, fw in zip(g.band_keys, g.wavelength_nm, g.fwhm_nm):
@@ -212,7 +213,16 @@ class ChipIndex:
                                     partner = None if pt is None else (partner_src, pt)
                                 chips.append(Chip(s_idx, t, r, c, v, partner))
         counts.chips_valid = len(chips)
+        if seen.unusable and chips:  # one line, not one per tile and group
+            log.info(
+                "groups of GSD %s m left out: they do not divide chip_m %g m",
+                ", ".join(f"{g:g}" for g in sorted(seen.unusable)),
+                chip.chip_m,
+            )
         if not chips:
+            problem = seen.chip_size_problem(chip.chip_m)
+            if problem:
+                raise NoValidChipsError(problem)
             raise NoValidChipsError(
                 f"no valid chips in {len(urls)} cube store(s): {counts.to_dict()} "
                 f"(chip_m={chip.chip_m}, min_valid_frac={chip.min_valid_frac})"
@@ -239,9 +249,53 @@ class ChipIndex:
         return sorted(self.band_meta)
 
 
+@dataclass
+class _SeenGroups:
+    """The GSDs and tile sides of the groups an index met, to name a ``chip_m`` that fits none."""
+
+    gsds: set[float] = field(default_factory=set)
+    unusable: set[float] = field(default_factory=set)  # GSDs that do not divide chip_m
+    side_m: float = 0.0  # the largest tile side of the groups (a chip must fit in one)
+    usable: int = 0  # groups whose GSD divides chip_m
+
+    def chip_size_problem(self, chip_m: float) -> str | None:
+        """Why no group could be cut into chips of ``chip_m`` (a line naming the valid sizes), or
+        None when the sizes were not the reason."""
+        if not self.gsds:
+            return None
+        gsds = sorted(self.gsds)
+        names = ", ".join(f"{g:g}" for g in gsds)
+        either = names if len(gsds) == 1 else names.rpartition(", ")[0] + f" or {gsds[-1]:g}"
+        fits = chip_m <= self.side_m + 1e-6
+        if self.usable and fits:
+            return None
+        every = _common_multiple(gsds)
+        hint = ""
+        if every is not None and every <= self.side_m + 1e-6:
+            example = every * max(1, min(round(ChipConfig.chip_m / every), int(self.side_m // every)))
+            hint = f" (a multiple of {every:g} m, e.g. {example:g}, uses every group)"
+        valid = f"give a multiple of {either} m{hint}, at most the tiles' {self.side_m:g} m side"
+        if not self.usable:
+            return f"chip_m (--chip-m) {chip_m:g} m is not a multiple of any GSD of the cubes ({names} m): {valid}"
+        return f"chip_m (--chip-m) {chip_m:g} m is larger than the cubes' {self.side_m:g} m tiles: {valid}"
+
+
+def _common_multiple(gsds: Sequence[float]) -> float | None:
+    """The least common multiple of whole-metre GSDs (None when one is not whole: MODIS 463.3 m)."""
+    if any(abs(g - round(g)) > 1e-6 for g in gsds):
+        return None
+    return float(math.lcm(*(round(g) for g in gsds)))
+
+
 def _tile_sources(
-    store: CubeReader, si: int, tile_id: str, chip: ChipConfig, counts: IndexCounts
+    store: CubeReader,
+    si: int,
+    tile_id: str,
+    chip: ChipConfig,
+    counts: IndexCounts,
+    seen: _SeenGroups | None = None,
 ) -> list[Source]:
+    seen = seen if seen is not None else _SeenGroups()
     metas: dict[str, list[GroupInfo]] = {}
     for coll, gsd_label in store.groups(tile_id):
         try:
@@ -251,13 +305,17 @@ def _tile_sources(
             counts.groups_unreadable += 1
             continue
         meta = store.group_meta(tile_id, coll, gsd_label, ds)
+        seen.gsds.add(meta.gsd_m)
+        seen.side_m = max(seen.side_m, min(meta.extent_m))
         ratio = chip.chip_m / meta.gsd_m
-        if abs(ratio - round(ratio)) > 1e-6:
-            log.info(
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+            log.debug(
                 "%s/%s/%s: GSD %g m does not divide chip_m; skipped", tile_id, coll, gsd_label, meta.gsd_m
             )
             counts.groups_unusable_gsd += 1
+            seen.unusable.add(meta.gsd_m)
             continue
+        seen.usable += 1
         metas.setdefault(coll, []).append(meta)
     out = []
     for coll in sorted(metas):

@@ -53,7 +53,12 @@ def pretrain(
         0.05, "--weight-decay", help="AdamW weight decay (on weight matrices only)."
     ),
     clip_grad_norm: float = typer.Option(1.0, "--clip-grad-norm", help="<= 0 disables clipping."),
-    chip_m: float = typer.Option(480.0, "--chip-m", help="Chip side in metres (a multiple of every GSD)."),
+    chip_m: float = typer.Option(
+        480.0,
+        "--chip-m",
+        help="Chip side in metres: a multiple of a GSD (groups whose GSD does not divide it are left out; "
+        "a multiple of every GSD uses them all), at most the tile side.",
+    ),
     min_valid_frac: float = typer.Option(0.5, "--min-valid-frac", help="Skip chips with fewer valid pixels."),
     val_fraction: float = typer.Option(0.0, "--val-fraction", help="Chip locations held out of training."),
     streams: int = typer.Option(

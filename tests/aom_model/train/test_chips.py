@@ -200,6 +200,21 @@ def test_no_valid_chips(tmp_path: Path) -> None:
         ChipIndex.build([str(cloudy)], chip=CHIPS, opener=OPENER)
 
 
+def test_a_chip_size_no_gsd_divides_names_the_valid_sizes(synthetic_cubes: str) -> None:
+    """--chip-m 7 said 'no valid chips' with the index's counters; the line names the cubes' GSDs
+    (10, 20, 30, 60 m), a size every group can use and the tiles' side."""
+    valid = "give a multiple of 10, 20, 30 or 60 m (a multiple of 60 m, e.g. 480, uses every group), at most the tiles' 960 m side"
+    with pytest.raises(NoValidChipsError) as err:
+        ChipIndex.build([synthetic_cubes], chip=ChipConfig(chip_m=7.0), opener=OPENER)
+    assert (
+        str(err.value)
+        == f"chip_m (--chip-m) 7 m is not a multiple of any GSD of the cubes (10, 20, 30, 60 m): {valid}"
+    )
+    with pytest.raises(NoValidChipsError) as err:
+        ChipIndex.build([synthetic_cubes], chip=ChipConfig(chip_m=1920.0), opener=OPENER)
+    assert str(err.value) == f"chip_m (--chip-m) 1920 m is larger than the cubes' 960 m tiles: {valid}"
+
+
 def test_mismatched_band_metadata(tmp_path: Path, synthetic_cubes: str) -> None:
     from dataclasses import replace
 

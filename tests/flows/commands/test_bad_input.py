@@ -330,6 +330,13 @@ CASES: list[tuple[str, Any, str]] = [
         "cuda:99 is not available here",
     ),
     ("pretrain-config", lambda d: _pretrain(d, "--config", "huge"), "base"),
+    # a chip size no GSD divides: one line naming the valid sizes (it was 'no valid chips' and the
+    # index's counters, after an INFO line per tile and group)
+    (
+        "pretrain-chip-m",
+        lambda d: _pretrain(d, "--chip-m", "7"),
+        "--chip-m) 7 m is not a multiple of any GSD of the cubes (10, 20, 60 m): give a multiple of 10, 20 or 60 m",
+    ),
     # an empty --cubes was the working directory (a cube store there would have been trained on)
     (
         "pretrain-cubes-empty",
