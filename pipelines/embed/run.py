@@ -125,7 +125,15 @@ def run_embedding(
         except Exception as exc:  # the data is safe; STAC can be rewritten by a rerun
             summary.notes.append(f"STAC not written: {_reason(exc)}")
     summary.elapsed_s = time.perf_counter() - t0
-    log.info("%s", summary.format())
+    # one line: the caller shows the summary (aom embed prints summary.format(), the flows publish it)
+    log.info(
+        "embed: %d done, %d empty, %d failed, %d skipped in %.1f s",
+        summary.done,
+        summary.empty,
+        len(summary.failed),
+        sum(len(ids) for ids in summary.skipped.values()),
+        summary.elapsed_s,
+    )
     return summary
 
 

@@ -186,7 +186,7 @@ def build_sample_catalog(
     synthetic_items = generate_items(spec, root / SYNTHETIC_SUBDIR)
     real_path, note = _resolve_real_dir(real_dir, include_real)
     if note:
-        logger.warning(note)
+        logger.debug(note)  # a note: the caller shows it (aom samples, the demo)
         notes.append(note)
     real_items: list[pystac.Item] = []
     if real_path is not None:

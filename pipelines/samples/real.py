@@ -148,7 +148,7 @@ def build_real_items(real_dir: Path) -> tuple[list[pystac.Item], list[str]]:
             items.append(build(path))
         except Exception as exc:  # one unreadable product must not sink the catalog
             note = f"{what} {path}: not included ({type(exc).__name__}: {exc})"
-            logger.warning(note)
+            logger.debug(note)  # a note: the caller shows it (aom samples, the demo)
             notes.append(note)
     if not jobs:
         notes.append(f"real-data folder {real_dir} holds no known products: built synthetic items only")
