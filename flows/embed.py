@@ -103,7 +103,7 @@ def _embed(params: EmbedParams) -> dict[str, Any]:
         f"embed: {summary.get('tiles', 0)} tile(s) -> version {summary.get('version')}",
         rows,
         ["tile_id", "time_index", "status", "reason"],
-        notes=summary.get("notes", []),
+        notes=[*summary.get("warnings", []), *summary.get("notes", [])],
     )
     failed = [r for r in rows if r.get("status") == TileStatus.FAILED]
     if failed:  # Prefect retries the run; complete tiles have records and are skipped

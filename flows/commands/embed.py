@@ -204,6 +204,8 @@ def embed(
         check_credentials(url, request.options_for(url), option)
     summary = run_embedding(request)
     typer.echo(summary.format())
+    for warning in summary.warnings:  # e.g. an AOI away from every cube of the store (exit 0 all the same)
+        typer.echo(f"warning: {warning}", err=True)
     if summary_json is not None:
         write_json_atomic(summary_json, summary.to_dict(), request.storage_options)
     if not summary.complete:

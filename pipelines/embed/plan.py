@@ -107,6 +107,8 @@ class RunPlan:
     cube_times: dict[str, float] = field(default_factory=dict)
     """Tile id -> modification time of its cube record, of every record in the plan tiles' columns
     (listings; cube stores: ``pipelines.embed.freshness`` looks up margin neighbours there)."""
+    warnings: list[str] = field(default_factory=list)
+    """Likely mistakes that are not errors (:func:`no_cube_warning`), for the caller to show."""
 
 
 def _tiles_for(request: EmbedRequest, grid: TileGrid) -> list[Tile]:
@@ -200,6 +202,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
     from pipelines.embed.sources import padded_tile_obj
 
     notes: list[str] = []
+    warnings: list[str] = []
     periods = parse_periods(request.datetime)
     grid = TileGrid(request.tile_size_m)
     ckpt = load_checkpoint_url(request.checkpoint, request.options_for(request.checkpoint))
@@ -245,6 +248,8 @@ def plan_run(request: EmbedRequest) -> RunPlan:
                 )
         if missing:
             notes.append(f"{len(missing)} tile(s) of the AOI have no cube: skipped")
+        if not recorded:  # skipped, as cubes may come later; but most likely the wrong AOI or store
+            warnings.append(no_cube_warning(source, request, grid, tiles))
         todo_tiles = [t for t in tiles if t.tile_id in recorded]
     else:
         from pipelines.cubes.reading import read_attempts
@@ -373,6 +378,67 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         skipped,
         notes,
         cube_times,
+        warnings,
+    )
+
+
+def _lonlat_text(bounds: Sequence[float]) -> str:
+    w, s, e, n = (round(float(v), 4) for v in bounds)
+    return f"lon {w:g}..{e:g}, lat {s:g}..{n:g}"
+
+
+def _tiles_bounds(tiles: Sequence[Tile]) -> tuple[float, float, float, float]:
+    """The lon/lat bounds of tiles: each zone's tiles as the rectangle of their bounds (one
+    projection a zone, however many tiles)."""
+    by_zone: dict[int, list[Tile]] = {}
+    for t in tiles:
+        by_zone.setdefault(t.epsg, []).append(t)
+    boxes = []
+    for epsg, zone_tiles in by_zone.items():
+        left = min(t.bounds[0] for t in zone_tiles)
+        bottom = min(t.bounds[1] for t in zone_tiles)
+        right = max(t.bounds[2] for t in zone_tiles)
+        top = max(t.bounds[3] for t in zone_tiles)
+        boxes.append(Tile("", epsg, (left, bottom, right, top)).polygon_lonlat().bounds)
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def no_cube_warning(source: CubeSource, request: EmbedRequest, grid: TileGrid, tiles: Sequence[Tile]) -> str:
+    """One line for a request none of whose tiles has a cube: the store's extent (its cube records,
+    one listing) and the request's area, so that the likely mistake (another AOI, another store)
+    shows. Not an error: tiles without a cube are skipped, and embedded once their cubes are built."""
+    from pipelines.tiling import geometry_from_geojson, parse_tile_id
+
+    if isinstance(request.aoi, Mapping):
+        asked = f"--aoi ({_lonlat_text(geometry_from_geojson(request.aoi).bounds)})"
+    elif request.aoi is not None:
+        asked = "--aoi " + ",".join(f"{float(v):g}" for v in request.aoi)
+    else:
+        asked = f"--tiles ({_lonlat_text(_tiles_bounds(tiles))})"
+    url = storage.redact_url(source.url)
+    try:
+        held, size = [], grid.tile_size_m
+        for tile_id in source.store().recorded_tiles():
+            try:
+                epsg, ix, iy = parse_tile_id(tile_id)
+            except ValueError:  # not a tile id of the grid: left out of the extent
+                continue
+            held.append(Tile(tile_id, epsg, (ix * size, iy * size, (ix + 1) * size, (iy + 1) * size)))
+        where = (
+            f"whose {len(held)} cube(s) cover {_lonlat_text(_tiles_bounds(held))}"
+            if held
+            else "which holds no cube"
+        )
+    except Exception as exc:  # a warning only: the run goes on
+        where = f"whose extent could not be listed ({type(exc).__name__})"
+    return (
+        f"none of the {len(tiles)} tile(s) of {asked} has a cube in {url}, {where}: every tile was "
+        "skipped; check --aoi/--tiles and --cubes"
     )
 
 

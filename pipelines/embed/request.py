@@ -321,6 +321,9 @@ class EmbedSummary:
     notes: list[str] = field(default_factory=list)
     quantisation: str = "int8-sqrt"
     """How the version stores values (``EmbeddingsVersion.quantisation``)."""
+    warnings: list[str] = field(default_factory=list)
+    """Likely mistakes that are not errors (none of the tiles has a cube): ``aom embed`` prints each
+    as a ``warning:`` line on stderr."""
 
     def _count(self, status: TileStatus) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -405,6 +408,7 @@ class EmbedSummary:
             "quant_error_bound": es.error_bound(self.quantisation),
             "stac_collection": storage.redact_url(self.stac_collection) if self.stac_collection else None,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
     def format(self, max_lines: int = 15) -> str:

@@ -60,6 +60,7 @@ def run_embedding(
         tile_size_m=plan.grid.tile_size_m,
         notes=list(plan.notes),
         quantisation=plan.version.quantisation,
+        warnings=list(plan.warnings),
     )
 
     written: set[str] = set()  # tiles whose record this run wrote: their STAC items are rewritten
