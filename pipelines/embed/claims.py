@@ -34,6 +34,7 @@ from pipelines import embeddings as es
 from pipelines import storage
 from pipelines.embed.plan import RunContext, Unit
 from pipelines.embed.request import TileResult, _reason
+from pipelines.embeddings.records import read_record
 from pipelines.outputs import lease as lease_mod
 from pipelines.outputs.lease import HolderWait, Lease
 from pipelines.runs import TileStatus
@@ -46,16 +47,15 @@ WRITTEN_MEANWHILE = "written by another run meanwhile (record exists)"
 def record_digest(ctx: RunContext, tile_id: str, time_index: int) -> str | None:
     """A digest of the tile's completion record as stored now; None when it has none (an access
     failure raises: the tile fails, it is never taken as unrecorded)."""
-    try:
-        rec = es.read_tile_record(ctx.out, ctx.version, tile_id, time_index, ctx.out_options)
-    except FileNotFoundError:
-        return None
-    return hashlib.sha256(storage.json_dumps(rec).encode()).hexdigest()
+    rec = read_record(es.record_url(ctx.out, ctx.version, tile_id, time_index), ctx.out_options)
+    return None if rec is None else hashlib.sha256(storage.json_dumps(rec).encode()).hexdigest()
 
 
 def written_meanwhile(ctx: RunContext, tile_id: str, time_index: int, replaces: str | None) -> bool:
     """Another run recorded the tile: a record where there was none, or, for a tile embedded again
-    (``replaces``: the digest of the record it replaces), a record other than that one."""
+    (``replaces``: the digest of the record it replaces), a record other than that one. A record
+    that cannot be read (403, a permission error, a 503 past its retries) raises: the caller reports
+    the tile failed, and it is neither read nor encoded again."""
     if replaces is None:
         return es.tile_is_complete(ctx.out, ctx.version, tile_id, time_index, ctx.out_options)
     return record_digest(ctx, tile_id, time_index) != replaces
@@ -133,7 +133,9 @@ class TileClaims:
                     self.held.pop(key, None)
                     lease.release()
                 log.warning("tile %s@t%d not claimed: %s", tile.tile_id, t, _reason(exc))
-                settled.append(TileResult(tile.tile_id, t, TileStatus.FAILED, f"tile lease: {_reason(exc)}"))
+                settled.append(
+                    TileResult(tile.tile_id, t, TileStatus.FAILED, f"tile lease or record: {_reason(exc)}")
+                )
         if later:
             self._order += 1
             due = time.monotonic() + lease_mod.POLL_S

@@ -143,7 +143,7 @@ def _record_times(ctx: RunContext, tile_ids: list[str]) -> dict[int, dict[str, f
     listings of their ``<epsg>_<ix>_`` columns only."""
     try:
         return es.record_times(ctx.out, ctx.version, None, ctx.out_options, tile_ids)
-    except Exception:  # the workers check each tile's record before loading it
+    except Exception:  # the run reads each tile's record under its lease before loading it (claims.py)
         return {}
 
 

@@ -25,6 +25,7 @@ from pipelines.embeddings.format import FORMAT_VERSION, LEASES_DIR, TILES_DIR, E
 from pipelines.embeddings.grid import ZoneGrid, check_epsg
 from pipelines.embeddings.quantize import encode, error_bound, quantisation_error, unit
 from pipelines.embeddings.store import _open_group, band_first, ensure_zone, read_version
+from pipelines.retry import RetryPolicy, call_with_retry, is_transient
 from pipelines.runs import TileStatus
 
 # ------------------------------------------------------------------------------------------
@@ -89,15 +90,51 @@ def tile_is_complete(
     time_index: int,
     storage_options: Mapping[str, Any] | None = None,
 ) -> bool:
-    """True once the tile's completion record exists (status ``complete`` or ``nodata``)."""
-    url = record_url(root_url, version_name, tile_id, time_index)
-    try:  # one GET, no existence check (s3fs may answer that from a stale listing cache)
-        rec = storage.read_json(url, storage_options)
-    except (OSError, ValueError):
+    """True once the tile's completion record exists (status ``complete`` or ``nodata``); False when
+    it has none. A record that cannot be read raises (see :func:`read_record`): the caller reports
+    the tile failed, never "not done" (that encoded and wrote it again)."""
+    rec = read_record(record_url(root_url, version_name, tile_id, time_index), storage_options)
+    if rec is None:
         return False
     return rec.get("status") in (TileStatus.COMPLETE, TileStatus.NODATA) and rec.get("time_index") == int(
         time_index
     )
+
+
+#: Of :func:`read_record`: attempts of a record's read that fails transiently (503 SlowDown, a reset
+#: connection: :func:`pipelines.retry.is_transient`).
+RECORD_READ_RETRY = RetryPolicy(max_attempts=4, initial_delay_s=0.5, max_delay_s=5.0, max_elapsed_s=20.0)
+
+
+def read_record(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The completion record at ``url`` (one GET, no existence check: s3fs may answer that from a
+    stale listing cache); None only when there is none (404, ``FileNotFoundError``). Any other
+    failure raises, after :data:`RECORD_READ_RETRY` for a transient one: a refused access (403,
+    ``PermissionError``) is a failure, never "no record"; a record that is not a JSON object raises
+    :class:`EmbeddingsStoreError`."""
+
+    def get() -> Any:
+        try:
+            return storage.read_json(url, storage_options)
+        except FileNotFoundError:
+            return None
+
+    try:
+        rec = call_with_retry(
+            get,
+            policy=RECORD_READ_RETRY,
+            is_retryable=is_transient,
+            describe=f"GET {storage.redact_url(url)}",
+        )
+    except ValueError as exc:  # not JSON (an OSError is not a ValueError: it propagates as it is)
+        raise EmbeddingsStoreError(
+            f"unreadable completion record {storage.redact_url(url)} ({exc}): delete it to embed the tile again"
+        ) from exc
+    if rec is not None and not isinstance(rec, dict):
+        raise EmbeddingsStoreError(
+            f"completion record {storage.redact_url(url)} is not a JSON object: delete it to embed the tile again"
+        )
+    return rec
 
 
 def list_complete_tiles(

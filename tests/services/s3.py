@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests.services.ports import (
     LOCALHOST,
@@ -300,6 +300,59 @@ class RequestCounter:
 
     def __exit__(self, *exc: object) -> None:
         self._active = False
+
+
+class _Answer:
+    """The HTTP part of an answer a ``before-call`` handler gives botocore instead of sending."""
+
+    def __init__(self, status: int) -> None:
+        self.status_code = status
+        self.headers: dict[str, str] = {}
+        self.content = b""
+        self.raw = None
+
+
+class S3Refusal:
+    """Make the s3fs client of ``fs`` answer GETs of keys ending in ``suffix`` with HTTP ``status``
+    (the first ``times`` of them; None: all) as S3 would: botocore raises its ``ClientError`` from
+    the answer and s3fs translates it (403: ``PermissionError``; 500: an ``OSError``; s3fs retries
+    a 503 ``SlowDown`` itself). The pipeline's client is ``pipelines.storage.filesystem(url,
+    options)[0]`` (fsspec's instance cache); ``refused`` counts the answers given. ``close()`` (or
+    the end of a ``with`` block) stops it."""
+
+    CODES: ClassVar[dict[int, str]] = {403: "AccessDenied", 503: "SlowDown", 500: "InternalError"}
+
+    def __init__(self, fs: Any, suffix: str, status: int, times: int | None = None) -> None:
+        from fsspec.asyn import sync
+
+        self.fs, self.suffix, self.status, self.left = fs, suffix, status, times
+        self.refused = 0
+        sync(fs.loop, fs.set_session)
+        fs.s3.meta.events.register("before-call.s3.GetObject", self._hook)
+
+    def _hook(self, params: dict[str, Any], **_: Any) -> Any:
+        from urllib.parse import unquote
+
+        if not unquote(str(params.get("url_path", ""))).endswith(self.suffix) or self.left == 0:
+            return None
+        if self.left is not None:
+            self.left -= 1
+        self.refused += 1
+        code = self.CODES.get(self.status, "Error")
+        parsed = {
+            "Error": {"Code": code, "Message": code},
+            "ResponseMetadata": {"HTTPStatusCode": self.status, "HTTPHeaders": {}},
+        }
+        return _Answer(self.status), parsed
+
+    def close(self) -> None:
+        self.fs.s3.meta.events.unregister("before-call.s3.GetObject", self._hook)
+
+    def __enter__(self) -> S3Refusal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _clean_env() -> dict[str, str]:
