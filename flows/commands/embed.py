@@ -161,7 +161,8 @@ def embed(
     gpu_resource: str = typer.Option(
         "auto",
         "--gpu-resource",
-        help="Dask resource that embed tasks require: auto (GPU when workers offer it), none, or a resource name.",
+        help="Dask resource that embed tasks require: auto (GPU when workers offer it, else the local "
+        "cluster's encoder slot), none, or a resource name.",
     ),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 (autocast; GPUs)."),

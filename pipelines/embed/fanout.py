@@ -3,8 +3,9 @@
 Each unit (a tile, or ``tiles_per_task`` tiles, at one period) becomes two coarse tasks:
 
 * ``load_unit`` (unannotated: any worker, typically CPU workers): read, decode, composite;
-* ``embed_loaded`` (annotated ``resources={"GPU": 1}`` when the cluster offers a GPU resource, see
-  :func:`gpu_resources`): encoder + quantise + write the shard + write the record.
+* ``embed_loaded`` (annotated ``resources={"GPU": 1}`` when the cluster offers a GPU resource, else
+  ``resources={"encoder": 1}`` when it offers the CPU encoder slot, see :func:`gpu_resources`):
+  encoder + quantise + write the shard + write the record.
 
 The same annotation can be written ``with dask.annotate(resources={"GPU": 1}): ...``; for
 futures-based submission it is the ``resources=`` argument of ``Client.submit``, which is what is
@@ -12,9 +13,11 @@ used here. GPU workers must advertise the resource, e.g. ``dask-cuda-worker --re
 ``LocalCUDACluster(resources={"GPU": 1})``; without it the tasks run anywhere.
 
 The default LocalCluster (``workers`` x ``threads_per_worker``, default 2 x 2) gives every worker
-one encoder slot (resource ``encoder`` on CPU, ``GPU`` where CUDA is present) and annotates embed tasks
-with it, so each worker runs one encoder call at a time (``torch_threads`` threads) while its other
-thread(s) load the next tiles: reading and decoding overlap the encoder.
+one encoder slot (resource ``encoder`` on CPU, ``GPU`` where CUDA is present) and, with the default
+``--gpu-resource auto``, annotates embed tasks with it, so each worker runs one encoder call at a time
+(``torch_threads`` threads) while its other thread(s) load the next tiles: reading and decoding overlap
+the encoder. (``auto`` used to look for ``GPU`` only: on CPU the ``encoder`` slot was offered but no
+task required it, and a 2-thread worker could run two encoders at once, with twice the memory.)
 
 Before a unit is submitted the client takes the leases of its tiles and reads their records under
 them (:mod:`pipelines.embed.claims`); the embed task takes each lease over from the client. A tile
@@ -65,14 +68,19 @@ def _cuda() -> bool:
 def gpu_resources(worker_resources: list[dict[str, float]], mode: str) -> dict[str, float] | None:
     """The resource annotation of embed tasks for ``--gpu-resource MODE``.
 
-    ``auto``: ``{"GPU": 1}`` when some worker offers ``GPU``, else none; ``none``: never; any other
-    name: ``{name: 1}``, and at least one worker must offer it (else the tasks would wait forever).
+    ``auto``: ``{"GPU": 1}`` when some worker offers ``GPU``, else ``{"encoder": 1}`` when some
+    worker offers the CPU encoder slot (the LocalCluster a run starts offers one per worker), else
+    none; ``none``: never; any other name: ``{name: 1}``, and at least one worker must offer it
+    (else the tasks would wait forever).
     """
     mode = (mode or "none").strip()
     if mode.lower() in ("none", "off", "false", ""):
         return None
     if mode.lower() == "auto":
-        return {"GPU": 1.0} if any(r.get("GPU", 0) >= 1 for r in worker_resources) else None
+        for slot in (GPU, ENCODER):
+            if any(r.get(slot, 0) >= 1 for r in worker_resources):
+                return {slot: 1.0}
+        return None
     if not any(r.get(mode, 0) >= 1 for r in worker_resources):
         offered = sorted({k for r in worker_resources for k in r})
         raise EmbedConfigError(

@@ -92,7 +92,8 @@ class EmbedRequest:
     ``workers`` processes x ``threads_per_worker`` threads (``workers=0``: run in this process, no
     Dask); the encoder uses ``torch_threads`` threads (a fixed count keeps results bit-identical
     between runs). ``gpu_resource``: ``"auto"`` annotates embed tasks with ``{"GPU": 1}`` when some worker offers a ``GPU`` resource,
-    a name requires that resource, ``"none"`` never annotates.
+    else with ``{"encoder": 1}`` when some worker offers the CPU encoder slot (as the LocalCluster of
+    ``workers`` does), a name requires that resource, ``"none"`` never annotates.
 
     ``embedding``: what a token vector is (``aom_model.EMBEDDINGS``): ``position`` (the encoder's
     position token, the default) or ``spectral`` (the band tokens the encoder infers at Sentinel-2 MSI's
