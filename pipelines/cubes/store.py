@@ -31,7 +31,6 @@ import functools
 import json
 import logging
 import posixpath
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -60,12 +59,6 @@ from pipelines.storage import (
 from pipelines.tiling import TileGrid, column_prefixes
 
 log = logging.getLogger(__name__)
-
-_CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
-# zarr-python warns on every consolidation that consolidated metadata is an extension of Zarr v3;
-# cube groups use it on purpose (one GET opens a group). Filtered for that message only, once, here
-# (a per-call catch_warnings around an await would race with other threads' filters).
-warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, module="zarr")
 
 RECORDS_DIR = "_tiles"
 LEASES_DIR = "_leases"
@@ -583,7 +576,7 @@ async def _create_nodes(
     created = dict(await asyncio.gather(*(one(s) for s in specs)))
     # consolidated metadata is a zarr-python extension for v3 (readers without it simply ignore the
     # extra field): one GET opens a group instead of one per array. Its warning is filtered once at
-    # import (_CONSOLIDATED_WARNING), not here: catch_warnings around an await is not thread-safe.
+    # import (pipelines.outputs.consolidated), not here: catch_warnings around an await is not thread-safe.
     await za.consolidate_metadata(mem, path=path, zarr_format=3)
     proto = default_buffer_prototype()
     keys = [k async for k in mem.list() if k != "zarr.json"]

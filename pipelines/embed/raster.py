@@ -43,8 +43,9 @@ by the next run); an earlier GeoTIFF at ``out`` is never removed before that, ``
 failed run keeps it (a folder at a GeoTIFF name is refused: no file replaces it whole). A Zarr output holds a writer lease (``_leases/writer.json``) while written: the
 lease is taken before anything in the store is removed (``--overwrite`` of a store another live run
 is writing is refused, exit 1, nothing removed), and its root attribute ``aom_complete`` turns true
-last, only while the lease is still held and the store's arrays are all there;
-:func:`check_raster_complete` refuses one without it.
+last, only while the lease is still held and the store's arrays are all there, in the one write that
+also gives the root ``zarr.json`` its consolidated metadata (plain ``xr.open_zarr(out)`` opens it
+without a warning); :func:`check_raster_complete` refuses one without it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 A GeoTIFF is written strip by strip under a partial name, rewritten by GDAL's COG driver and moved
 into place; a Zarr group holds a writer lease while written (taken before anything in the store is
 removed) and sets ``aom_complete`` last, after checking that it still holds the lease and that its
-arrays are all there.
+arrays are all there, in the write that also gives the root ``zarr.json`` its consolidated metadata
+(:func:`~pipelines.outputs.finish_consolidated`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipelines.outputs import (
     OutputKind,
     claim_output,
     clean_partials,
+    finish_consolidated,
     partial_path,
     remove_owned,
 )
@@ -32,6 +34,9 @@ from pipelines.outputs import (
 INCOMPLETE_NOTE = (
     "incomplete: the writing run was interrupted; rerun the same aom embed-raster command to finish it"
 )
+
+_ARRAYS = ("embeddings", "x", "y", "spatial_ref")
+"""Every array a Zarr output holds (the writer creates them; completion checks they are all there)."""
 
 
 @dataclass
@@ -261,12 +266,17 @@ class _ZarrWriter:
         self.arr[:, row0 : row0 + data.shape[0], : data.shape[1]] = np.moveaxis(data, -1, 0)
 
     def close(self, res: RasterEmbedResult) -> None:
+        from pipelines.embeddings import zarr_store
+
         try:
             self.lease.check()
             self._check_intact()
             attrs = {k.lower(): v for k, v in _tags(res).items()} | {"aom_result": res.to_dict()}
             attrs |= self.conventions
-            self.group.attrs.update(attrs | {"aom_complete": True, "aom_status": "complete"})  # last write
+            # last write: the root zarr.json with these attributes and the consolidated metadata of
+            # the arrays (plain xr.open_zarr opens it without a warning); nothing changes afterwards
+            final = attrs | {"aom_complete": True, "aom_status": "complete"}
+            finish_consolidated(zarr_store(self.out, self.options), _ARRAYS, final)
         finally:
             self.lease.release()
 
@@ -277,9 +287,11 @@ class _ZarrWriter:
 
         from pipelines.embeddings import zarr_store
 
-        names = ("embeddings", "x", "y", "spatial_ref")
+        names = _ARRAYS
         try:
-            group = zarr.open_group(store=zarr_store(self.out, self.options, read_only=True), mode="r")
+            group = zarr.open_group(  # the arrays themselves, not a consolidated copy of their metadata
+                store=zarr_store(self.out, self.options, read_only=True), mode="r", use_consolidated=False
+            )
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             missing = ["the store's root", *names]
         else:

@@ -7,6 +7,8 @@ The safety contract of every ``aom`` verb (``docs/safety.md``), in one place:
   prefix roots, filesystem roots and outputs equal to or containing an input are refused.
 - :mod:`pipelines.outputs.atomic`: single files appear under their final name only once complete
   (leftovers of killed runs are cleaned by the next run); stores carry a completion marker.
+- :mod:`pipelines.outputs.consolidated`: Zarr v3 consolidated metadata, written only where nothing
+  changes afterwards (cube groups; an ``embed-raster`` Zarr output in its completing write).
 - :mod:`pipelines.outputs.conventions`: georeferencing of Zarr outputs as the registered ``proj:`` /
   ``spatial:`` Zarr conventions, one builder for every store that writes a grid.
 - :mod:`pipelines.outputs.lease`: a lease (owner, heartbeat, expiry) taken by exclusive create on
@@ -19,6 +21,7 @@ from pipelines.outputs.atomic import (
     clean_partials,
     partial_path,
 )
+from pipelines.outputs.consolidated import CONSOLIDATED_WARNING, finish_consolidated
 from pipelines.outputs.conventions import (
     PROJ_CONVENTION,
     SPATIAL_CONVENTION,
@@ -49,6 +52,7 @@ from pipelines.outputs.ownership import (
 )
 
 __all__ = [
+    "CONSOLIDATED_WARNING",
     "HOLDER_WAIT_S",
     "MARKER_NAME",
     "PROJ_CONVENTION",
@@ -67,6 +71,7 @@ __all__ = [
     "claim_output",
     "clean_partials",
     "dataset_convention_attrs",
+    "finish_consolidated",
     "geo_convention_attrs",
     "output_kind",
     "partial_path",

@@ -164,7 +164,7 @@ def test_int8_geotiff_and_zarr_outputs(tmp_path: Path, geotiff: Path, ckpt: Path
     import odc.geo.xr  # noqa: F401  (registers .odc)
     import rioxarray  # noqa: F401  (registers .rio)
 
-    ds = xr.open_zarr(zout, consolidated=False)  # default arguments: the CRS must still come through
+    ds = xr.open_zarr(zout)  # default arguments (no warning): the CRS must still come through
     assert ds["embeddings"].dims == ("dim", "y", "x") and ds["embeddings"].shape == (
         64,
         res.height,

@@ -78,3 +78,55 @@ def test_an_int8_zarr_output_declares_its_nodata_code(tmp_path: Path) -> None:
     f32 = tmp_path / "r.zarr"
     _writer(f32).close(_result(f32))
     assert "nodata" not in xr.open_zarr(f32, consolidated=False)["embeddings"].attrs  # NaN: the fill value
+
+
+def test_plain_open_zarr_of_a_finished_output_warns_nothing_and_sees_the_final_attributes(
+    tmp_path: Path,
+) -> None:
+    """``xr.open_zarr(path)`` as docs/embedding.md shows it (pytest turns warnings into errors): before,
+    the output had no consolidated metadata and xarray warned "Failed to open Zarr store with
+    consolidated metadata"."""
+    import json
+
+    import xarray as xr
+
+    out = tmp_path / "r.zarr"
+    w = _writer(out)
+    w.write(0, np.ones((4, 5, 8), np.float32))
+    assert not json.loads((out / "zarr.json").read_text()).get("consolidated_metadata")  # not while written
+    w.close(_result(out))
+    ds = xr.open_zarr(out)
+    assert ds.attrs["aom_complete"] is True and ds.attrs["aom_status"] == "complete"
+    assert ds["embeddings"].shape == (8, 4, 5) and float(ds["embeddings"][0, 0, 0]) == 1.0
+    node = json.loads((out / "zarr.json").read_text())
+    assert sorted(node["consolidated_metadata"]["metadata"]) == ["embeddings", "spatial_ref", "x", "y"]
+    assert check_raster_complete(str(out))["aom_complete"] is True
+
+
+def test_a_rerun_or_overwrite_leaves_no_stale_consolidated_metadata(tmp_path: Path) -> None:
+    """A finished output's consolidated copy describes its arrays; an overwrite with other arrays
+    (int8, another grid) must not be opened through the old copy, neither while it is written, nor
+    after a failed run, nor once it is complete."""
+    import json
+
+    import xarray as xr
+
+    out = tmp_path / "r.zarr"
+    first = _writer(out)
+    first.write(0, np.ones((4, 5, 8), np.float32))
+    first.close(_result(out))
+    t = Affine(80.0, 0.0, 300000.0, 0.0, -80.0, 5000000.0)
+    again = _ZarrWriter(str(out), 6, 7, 8, "int8", CRS.from_epsg(32632), t, 4, None, overwrite=True)
+    again.write(0, np.ones((6, 7, 8), np.float32))
+    again.abort()  # a run that failed: incomplete, and no copy of the first output's arrays
+    assert not json.loads((out / "zarr.json").read_text()).get("consolidated_metadata")
+    with pytest.raises(OutputError, match="incomplete"):
+        check_raster_complete(str(out))
+    ds = xr.open_zarr(out, consolidated=False)
+    assert ds["embeddings"].shape == (8, 6, 7) and ds.attrs["aom_complete"] is False
+    rerun = _ZarrWriter(str(out), 6, 7, 8, "int8", CRS.from_epsg(32632), t, 4, None)
+    rerun.write(0, np.ones((6, 7, 8), np.float32))
+    rerun.close(_result(out))
+    ds = xr.open_zarr(out)
+    assert ds["embeddings"].shape == (8, 6, 7) and ds["embeddings"].dtype == np.int8
+    assert ds.attrs["aom_complete"] is True and float(ds["x"][1] - ds["x"][0]) == 80.0
