@@ -163,3 +163,29 @@ def test_a_format_2_store_keeps_its_tile_grid_and_reads_the_same(
         assert a.consolidated and b.consolidated
         np.testing.assert_array_equal(a.vectors, b.vectors)
         np.testing.assert_array_equal(a.x, b.x)
+
+
+def test_the_documented_xarray_calls_open_the_store_without_a_warning(stores: tuple[Path, Path, str]) -> None:
+    """docs/embeddings.md's calls, as written, with warnings as errors (pytest's config). The store has
+    no consolidated metadata (its groups grow tile by tile under many writers), so without
+    ``consolidated=False`` xarray warns "Failed to open Zarr store with consolidated metadata" (a
+    failure for code run with warnings as errors); the docs showed two calls without it."""
+    import re
+    import warnings
+
+    import xarray as xr
+
+    root, _, name = stores
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "embeddings.md").read_text()
+    calls = re.findall(r"`(?:xarray|xr)\.open_(?:zarr|datatree)\(([^`]*)`", doc)
+    assert len(calls) >= 4 and [c for c in calls if "consolidated=False" not in c] == []
+    zone = xr.open_zarr(str(root), group=f"{name}/32631", consolidated=False)
+    tiles = xr.open_zarr(str(root), group=f"{name}/32631/tiles", consolidated=False)
+    assert zone.embeddings.dims == ("time", "dim", "y", "x")
+    assert tiles.vectors.dims[-2:] == ("tile_y", "tile_x")
+    with warnings.catch_warnings():  # the filter the docs show for the non-Zarr folders at the root
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component")
+        tree = xr.open_datatree(str(root), engine="zarr", consolidated=False)
+    assert tree[f"/{name}/32631/tiles"].ds.vectors.shape == tiles.vectors.shape
+    with pytest.warns(RuntimeWarning, match="consolidated metadata"):  # why the docs pass it
+        xr.open_zarr(str(root), group=f"{name}/32631/tiles")
