@@ -257,3 +257,48 @@ def test_gdal_reads_the_crs_and_geotransform_of_a_cube_array(
             assert src.crs is not None and src.crs.to_epsg() == 32631, target
             assert list(src.transform)[:6] == attrs["spatial:transform"], target
             assert (src.height, src.width) == tuple(attrs["spatial:shape"]), target
+
+
+def _docs_open_snippet(group_url: str) -> str:
+    """The first statements of docs/cubes.md's "Opening" snippet, up to the float32 cast, with the
+    example URL replaced by ``group_url`` and ``storage_options={...}`` by None."""
+    import ast
+    import re
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "cubes.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "xr.open_zarr(" in b)
+    tree = ast.parse(block)
+    casts = [i for i, n in enumerate(tree.body) if "astype" in ast.unparse(n)]
+    assert casts, "docs/cubes.md opens reflectance with xr.open_zarr and does not cast it to float32"
+    end = casts[0]
+
+    class Local(ast.NodeTransformer):
+        def visit_Constant(self, node: ast.Constant) -> ast.AST:
+            return ast.Constant(group_url) if str(node.value).startswith("s3://bucket/cubes/") else node
+
+        def visit_keyword(self, node: ast.keyword) -> ast.AST:
+            return (
+                ast.keyword("storage_options", ast.Constant(None)) if node.arg == "storage_options" else node
+            )
+
+    body = [Local().visit(n) for n in tree.body[: end + 1]]
+    return ast.unparse(ast.fix_missing_locations(ast.Module(body, type_ignores=[])))
+
+
+def test_the_documented_plain_xarray_open_gives_float32_reflectance(stores: dict[str, str]) -> None:
+    """docs/cubes.md's snippet, run (warnings are errors): it said "decodes to float reflectance" and
+    xarray gave float64 (the JSON ``scale_factor`` is a Python float), double the memory. The snippet
+    now casts lazily; the values are CubeStore's float32."""
+    gdir = next(d for d in _group_dirs(stores["synthetic"]) if d.name == "10m")
+    code = _docs_open_snippet(str(gdir))
+    assert "consolidated=True" in code and "astype('float32')" in code
+    ns: dict[str, Any] = {}
+    exec(compile(code, "docs/cubes.md", "exec"), ns)
+    ds = ns["ds"]
+    assert ds["reflectance"].dtype == np.float32 and ds["reflectance"].chunks is not None  # still lazy
+    assert xr.open_zarr(gdir, consolidated=True)["reflectance"].dtype == np.float64  # why the cast
+    tile_id, coll = gdir.parent.parent.name, gdir.parent.name
+    ref = CubeStore.open(stores["synthetic"]).open_group(tile_id, coll, "10m")["reflectance"]
+    assert ref.dtype == np.float32
+    np.testing.assert_array_equal(ds["reflectance"].values, ref.values)
+    assert np.isnan(ref.values).any()  # the fill value decodes to NaN on both paths
