@@ -172,6 +172,11 @@ def test_f1_embed_raster_on_s3_keeps_bucket_prefix_and_objects(
 
     assert check_raster_complete(out, s3_bucket.storage_options)["aom_complete"] is True
     assert not fs.exists(f"{s3_bucket.name}/prefix/emb.zarr/_leases/writer.json")
+    import xarray as xr
+
+    # consolidated metadata written through the object store too: the plain open warns nothing
+    ds = xr.open_zarr(out, storage_options=s3_bucket.storage_options)
+    assert ds.attrs["aom_complete"] is True and ds["embeddings"].dims == ("dim", "y", "x")
 
 
 # ------------------------------------------------------------------------------------------
