@@ -4,6 +4,14 @@ pystac-client cannot search a static catalog, so the local backend reads items a
 in process (see :mod:`pipelines.search.filters`). Any fsspec URL works (local path, ``file://``,
 ``s3://`` ...). Relative hrefs (assets and links) are made absolute against the file they were
 read from, so saved results stay usable wherever they are written.
+
+STAC 1.x allows an item's ``collection`` field only beside a link of relation ``collection``
+(the item schema's rule). An item read with the field but without the link gets one
+(:func:`_with_collection_link`): to the collection's document where the source gives its URL (the
+collection node of a static catalog the item was reached from; the ``self`` link of a collection in
+a stac-geoparquet file's ``stac-geoparquet`` metadata), else to the catalog source itself (the
+ndjson / Parquet / GeoJSON file, or the catalog root, where the collection was found), titled so.
+No other host or path is made up.
 """
 
 from __future__ import annotations
@@ -111,6 +119,7 @@ def _parquet_items(
     except Exception as exc:
         raise SearchError(f"{redact_url(url)} is not a Parquet file: {exc}") from exc
     base = _parent(url)
+    documents = _geoparquet_collection_urls(pf)
     for batch_index in range(pf.num_row_groups):
         table = pf.read_row_group(batch_index)
         if wanted is not None and "collection" in table.column_names:
@@ -120,7 +129,7 @@ def _parquet_items(
         n = table.num_rows
         if n:
             for item in stac_table_to_items(table):
-                yield _absolutise(_drop_fill_nulls(item), base)
+                yield _with_collection_link(_absolutise(_drop_fill_nulls(item), base), documents, url)
         if progress is not None:
             progress(n)
 
@@ -155,7 +164,7 @@ def _ndjson_items(
             raise SearchError(f"{redact_url(url)} line {lineno} is not JSON: {exc}") from None
         if progress is not None:
             progress(1)
-        yield _absolutise(item, base)
+        yield _with_collection_link(_absolutise(item, base), {}, url)
 
 
 def _json_items(
@@ -172,22 +181,24 @@ def _json_items(
         for item in root.get("features") or []:
             if progress is not None:
                 progress(1)
-            yield _absolutise(item, _parent(url))
+            yield _with_collection_link(_absolutise(item, _parent(url)), {}, url)
         return
     if kind == "Feature":
         if progress is not None:
             progress(1)
-        yield _absolutise(root, _parent(url))
+        yield _with_collection_link(_absolutise(root, _parent(url)), {}, url)
         return
     if kind not in ("Catalog", "Collection"):
         raise SearchError(f"{redact_url(url)} is not a STAC catalog, collection or FeatureCollection")
     fs, _ = filesystem(url, storage_options)
     seen: set[str] = {url}
-    queue: deque[tuple[str, dict[str, Any]]] = deque([(url, root)])
+    queue: deque[tuple[str, dict[str, Any], dict[str, str]]] = deque([(url, root, {})])
     while queue:
-        node_url, node = queue.popleft()
+        node_url, node, documents = queue.popleft()
         if wanted is not None and node.get("type") == "Collection" and node.get("id") not in wanted:
             continue  # a collection we do not want: skip its items (and sub-catalogs)
+        if node.get("type") == "Collection" and isinstance(node.get("id"), str):
+            documents = {**documents, node["id"]: node_url}  # the collection above what it links to
         base = _parent(node_url)
         item_urls: list[str] = []
         for link in node.get("links") or []:
@@ -199,13 +210,13 @@ def _json_items(
                 continue
             seen.add(target)
             if rel == "child":
-                queue.append((target, _load_json(target, storage_options, retry)))
+                queue.append((target, _load_json(target, storage_options, retry), documents))
             else:
                 item_urls.append(target)
         for item_url, item in _load_many(fs, item_urls, storage_options, retry):
             if progress is not None:
                 progress(1)
-            yield _absolutise(item, _parent(item_url))
+            yield _with_collection_link(_absolutise(item, _parent(item_url)), documents, url)
 
 
 def _load_json(url: str, storage_options: Mapping[str, Any] | None, retry: RetryPolicy) -> dict[str, Any]:
@@ -304,6 +315,68 @@ def _absolutise(item: dict[str, Any], base: str) -> dict[str, Any]:
         for link in item.get("links") or []
     ]
     return out
+
+
+def _geoparquet_collection_urls(pf: Any) -> dict[str, str]:
+    """Collection id -> the URL of its document, for each collection a stac-geoparquet file's
+    ``stac-geoparquet`` metadata holds (``collections``, or the older ``collection``) with a
+    ``self`` link; nothing for a file without (a collection embedded there has no URL of its own)."""
+    raw = (pf.schema_arrow.metadata or {}).get(b"stac-geoparquet")
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    found = meta.get("collections")
+    docs = [*(found.values() if isinstance(found, dict) else ()), meta.get("collection")]
+    out: dict[str, str] = {}
+    for doc in docs:
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str):
+            continue
+        for link in doc.get("links") or []:
+            href = link.get("href") if isinstance(link, dict) and link.get("rel") == "self" else None
+            if isinstance(href, str) and not _is_relative(href):  # a relative one names no place we know
+                out[doc["id"]] = href
+    return out
+
+
+def _source_uri(url: str) -> str:
+    """The catalog source as a link href: a local file as a ``file://`` URI, a URL without its
+    ``user:password@`` and signatures (credential parameters masked, as saved hrefs are)."""
+    from pipelines.redaction import unsign_url
+
+    if "://" not in url:
+        return Path(url).resolve().as_uri()
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    return unsign_url(parts.geturl())
+
+
+def _with_collection_link(item: dict[str, Any], documents: Mapping[str, str], source: str) -> dict[str, Any]:
+    """The item with a link of relation ``collection`` where it has the ``collection`` field but no
+    such link (STAC requires the link beside the field; the input is not modified): to the
+    collection's document where ``documents`` (collection id -> URL) knows it, else to ``source``,
+    the catalog source the item was read from, titled as such."""
+    cid = item.get("collection")
+    links = item.get("links")
+    if not isinstance(cid, str) or not cid:
+        return item
+    if isinstance(links, list) and any(
+        isinstance(lk, Mapping) and lk.get("rel") == "collection" for lk in links
+    ):
+        return item
+    href = documents.get(cid)
+    if href:
+        link = {"rel": "collection", "href": _source_uri(href), "type": "application/json"}
+    else:
+        link = {
+            "rel": "collection",
+            "href": _source_uri(source),
+            "title": f"collection {cid} as found in this catalog source (it gives no collection document)",
+        }
+    return {**item, "links": [*(links if isinstance(links, list) else []), link]}
 
 
 def _is_relative(href: Any) -> bool:

@@ -282,7 +282,7 @@ def test_saved_search_keeps_no_credential_in_hrefs_or_links(
     first = saved.items[0]
     assert first["assets"]["red"]["href"] == "https://data.example.org/0/B04.tif?version=2&key=***"
     assert first["assets"]["nir"]["href"] == "https://data.example.org/0/B04.tif?api_key=***"
-    assert [link["href"] for link in first["links"]] == [
+    assert [link["href"] for link in first["links"] if link["rel"] != "collection"] == [
         "https://data.example.org/licence?access_token=***",
         "https://***@data.example.org/x",
     ]
@@ -320,3 +320,97 @@ def test_out_as_a_file_uri_lands_in_the_decoded_path(
     # a second run compares with the first result there (an existing --out must be an aom result)
     r = invoke(app, "--collections", S2, "--bbox", AOI, "--catalog-url", catalog_uri, "--out", out_uri)
     assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------ STAC validity
+
+
+def _saved_items(path: Path) -> list[dict]:
+    """The items as the file holds them (read raw: the local backend would add links itself; of
+    stac-geoparquet's null fill-ins for properties other items have, dropped as every reader must)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+        from stac_geoparquet.arrow import stac_table_to_items
+
+        from pipelines.search.local import _drop_fill_nulls
+
+        return [_drop_fill_nulls(i) for i in stac_table_to_items(pq.read_table(path))]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _stac_errors(item: dict) -> list[str]:
+    """Errors against the item schema of the item's ``stac_version`` (the test items also carry
+    the older ``proj:epsg`` on purpose, so the projection extension's rules are not checked here)."""
+    from pipelines.testing.schemas import SchemaSet
+
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("the shared schemas are not there (../shared/schemas or $AOM_SCHEMAS_DIR)")
+    url = f"https://schemas.stacspec.org/v{item['stac_version']}/item-spec/json-schema/item.json"
+    return schemas.errors(item, url)
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "parquet"])
+@pytest.mark.parametrize("suffix", [".ndjson", ".parquet"])
+def test_saved_items_of_a_catalog_without_collection_links_are_valid_stac(
+    app: typer.Typer, tmp_path: Path, fmt: str, suffix: str
+) -> None:
+    """Items with a ``collection`` field and no links at all (what many ndjson / stac-geoparquet
+    catalogs hold) were saved as read, and STAC allows the field only beside a ``collection``
+    link: the saved items failed the item schema. They now carry a link to the catalog source the
+    collection was found in (it gives no collection document), and validate."""
+    from tests.pipelines.search.support import write_ndjson, write_parquet
+
+    items = all_items()
+    assert all(i["collection"] and not i["links"] for i in items)
+    catalog = (write_ndjson if fmt == "ndjson" else write_parquet)(items, tmp_path / f"cat.{fmt}")
+    out = tmp_path / f"found{suffix}"
+    r = invoke(app, "--collections", f"{S2},{LS}", "--catalog-url", str(catalog), "--out", str(out))
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    saved = _saved_items(out)
+    assert saved
+    for item in saved:
+        assert _stac_errors(item) == [], item["id"]
+        (link,) = [lk for lk in item["links"] if lk["rel"] == "collection"]
+        assert link["href"] == catalog.resolve().as_uri()
+        assert item["collection"] in link["title"]
+    assert load_result(str(out)).content_hash == load_result(str(out)).content_hash  # still loads
+
+
+def test_saved_items_link_the_collection_document_a_catalog_gives(app: typer.Typer, tmp_path: Path) -> None:
+    """Where the catalog gives the collection's document (a stac-geoparquet file's collection
+    metadata with a ``self`` link; the collection.json of a static catalog) the link goes there."""
+    import pyarrow.parquet as pq
+    from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
+
+    from tests.pipelines.search.support import collection_dict, write_static_catalog
+
+    items = [i for i in all_items() if i["collection"] == S2]
+    coll = {
+        **collection_dict(S2),
+        "links": [{"rel": "self", "href": f"https://stac.example/collections/{S2}"}],
+    }
+    catalog = tmp_path / "cat.parquet"
+    to_parquet(parse_stac_items_to_arrow(items), catalog, collections={S2: coll})
+    assert pq.read_metadata(catalog).metadata[b"stac-geoparquet"]
+    out = tmp_path / "found.ndjson"
+    r = invoke(app, "--collections", S2, "--catalog-url", str(catalog), "--out", str(out))
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    for item in _saved_items(out):
+        assert _stac_errors(item) == [], item["id"]
+        assert [lk["href"] for lk in item["links"] if lk["rel"] == "collection"] == [
+            f"https://stac.example/collections/{S2}"
+        ]
+
+    static = write_static_catalog(items, tmp_path / "static")
+    for path in (tmp_path / "static").rglob("S2*.json"):  # items that lost their collection link
+        doc = json.loads(path.read_text())
+        doc["links"] = [lk for lk in doc["links"] if lk["rel"] != "collection"]
+        path.write_text(json.dumps(doc))
+    out = tmp_path / "static.ndjson"
+    r = invoke(app, "--collections", S2, "--catalog-url", str(static), "--out", str(out))
+    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    for item in _saved_items(out):
+        assert _stac_errors(item) == [], item["id"]
+        (href,) = [lk["href"] for lk in item["links"] if lk["rel"] == "collection"]
+        assert href == (tmp_path / "static" / S2 / "collection.json").as_uri()
