@@ -29,16 +29,24 @@ def publish(
         help="int8-sqrt: the store's codes bit for bit (decoding rule in the tags); int8-linear: "
         "q = round(127 v) with band scale 1/127 that loaders apply.",
     ),
-    license: str = typer.Option("CC-BY-4.0", "--license", help="SPDX licence id of the published data."),
+    license: str = typer.Option(
+        "CC-BY-4.0",
+        "--license",
+        help="SPDX licence id of the published data, or proprietary / various (STAC 1.0.0).",
+    ),
     license_url: str = typer.Option(
-        "https://creativecommons.org/licenses/by/4.0/", "--license-url", help="Link to the licence text."
+        "https://creativecommons.org/licenses/by/4.0/",
+        "--license-url",
+        help="Link to the licence text (an http(s) URL).",
     ),
     storage_options: list[str] = storage_options_option(" for the store"),
 ) -> None:
     """Publish a version as one COG per tile and time, with STAC items every loader opens."""
     from pipelines.embeddings import ENCODINGS, EmbeddingsStoreError, StacOptions, list_versions, publish_cogs
+    from pipelines.embeddings.stac import check_license
     from pipelines.storage import check_credentials, check_url, parse_storage_options, redact_url
 
+    check_license(license, license_url, ("--license", "--license-url"))
     opts = parse_storage_options(storage_options)
     check_url(embeddings, "--embeddings")
     check_credentials(embeddings, opts, "--embeddings")

@@ -12,6 +12,7 @@ validates them offline against those schemas.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,16 +37,71 @@ ITEM_ASSETS_EXTENSION = "https://stac-extensions.github.io/item-assets/v1.0.0/sc
 """``item_assets`` is core only from STAC 1.1.0: a 1.0.0 collection declares this extension."""
 
 
+_SPDX_ID = re.compile(r"^(?:LicenseRef-)?[A-Za-z0-9][A-Za-z0-9.\-]*\+?$")
+r"""An SPDX license identifier as the SPDX grammar spells one (``idstring``, a trailing ``+``), which
+also matches STAC 1.0.0's ``license`` pattern ``^[\w\-\.\+]+$``; SPDX expressions (``MIT OR ...``)
+do not match that pattern. The SPDX list itself is not checked (not shipped here)."""
+STAC_1_0_LICENSE_KEYWORDS = ("proprietary", "various")
+"""STAC 1.0.0's words besides an SPDX id (``other`` is STAC 1.1.0's and not valid in 1.0.0)"""
+
+
+def check_license(
+    license: str, license_href: str, names: tuple[str, str] = ("license", "license_href")
+) -> None:
+    """Refuse (:class:`~pipelines.errors.InputError`, one line naming ``names``) a ``license`` that
+    STAC 1.0.0 (the version written) does not allow, and a ``license_href`` that is not an absolute
+    ``http(s)://`` URL or carries a credential (it is written into the metadata)."""
+    from urllib.parse import urlsplit
+
+    from pipelines.errors import InputError
+    from pipelines.redaction import has_credentials, redact_url
+
+    if license == "other":
+        raise InputError(
+            f"{names[0]}: 'other' is STAC 1.1.0's; the STAC {STAC_VERSION} written here allows an SPDX "
+            f"id or one of {', '.join(STAC_1_0_LICENSE_KEYWORDS)} (with {names[1]} linking the text)"
+        )
+    if license not in STAC_1_0_LICENSE_KEYWORDS and not _SPDX_ID.match(license or ""):
+        raise InputError(
+            f"{names[0]}: {license!r} is not an SPDX license id (e.g. CC-BY-4.0, ODbL-1.0, "
+            f"LicenseRef-name) nor one of {', '.join(STAC_1_0_LICENSE_KEYWORDS)}, which STAC "
+            f"{STAC_VERSION} allows (an SPDX expression is not)"
+        )
+    try:
+        parts = urlsplit(license_href or "")
+        ok = (
+            parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and not any(c.isspace() for c in license_href)
+        )
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InputError(
+            f"{names[1]}: {redact_url(str(license_href))!r} is not an http(s) URL; give the address of "
+            "the licence text, e.g. https://creativecommons.org/licenses/by/4.0/"
+        )
+    if has_credentials(license_href):
+        raise InputError(
+            f"{names[1]}: {redact_url(license_href)} carries a credential, and it is written into the "
+            "published metadata; give a public address"
+        )
+
+
 @dataclass(frozen=True)
 class StacOptions:
-    """What the store cannot know about itself: licence and model links of the published dataset."""
+    """What the store cannot know about itself: licence and model links of the published dataset.
+    Checked when made (:func:`check_license`)."""
 
     license: str = "CC-BY-4.0"
     """SPDX identifier of the embeddings' licence (or ``proprietary``/``various`` with ``license_href``)"""
     license_href: str = "https://creativecommons.org/licenses/by/4.0/"
-    """the licence text, linked as ``rel: license``"""
+    """the licence text, linked as ``rel: license``: an ``http(s)://`` URL"""
     model_href: str = "https://arxiv.org/abs/2512.17224"
     """what ``rel: emb:model`` points at (the AOM model description; the checkpoint hash is in the link)"""
+
+    def __post_init__(self) -> None:
+        check_license(self.license, self.license_href)
 
 
 # ------------------------------------------------------------------------------------------

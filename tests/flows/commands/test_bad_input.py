@@ -379,6 +379,38 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     # publish: the store URL's scheme is checked before any read (it was tried as a host name, exit 1)
     ("publish-scheme", lambda d: ["publish", "-e", "ftp://h/e"], "--embeddings: unknown URL scheme ftp://"),
+    # publish: the licence goes into the STAC metadata (it was written unchecked): an http(s) URL
+    # without credentials, and a licence STAC 1.0.0 allows (SPDX id, proprietary, various)
+    (
+        "publish-license-url-path",
+        lambda d: ["publish", "-e", str(d / "adir"), "--license-url", "LICENSE.txt"],
+        "--license-url: 'LICENSE.txt' is not an http(s) URL",
+    ),
+    (
+        "publish-license-url-ftp",
+        lambda d: ["publish", "-e", str(d / "adir"), "--license-url", "ftp://h/licence"],
+        "--license-url: 'ftp://h/licence' is not an http(s) URL",
+    ),
+    (
+        "publish-license-url-no-host",
+        lambda d: ["publish", "-e", str(d / "adir"), "--license-url", "https:///licence"],
+        "is not an http(s) URL",
+    ),
+    (
+        "publish-license-url-credential",
+        lambda d: ["publish", "-e", str(d / "adir"), "--license-url", "https://u:pw@h.example/l"],
+        "--license-url: https://***@h.example/l carries a credential",
+    ),
+    (
+        "publish-license-expression",
+        lambda d: ["publish", "-e", str(d / "adir"), "--license", "MIT OR Apache-2.0"],
+        "--license: 'MIT OR Apache-2.0' is not an SPDX license id",
+    ),
+    (
+        "publish-license-other",
+        lambda d: ["publish", "-e", str(d / "adir"), "--license", "other"],
+        "--license: 'other' is STAC 1.1.0's",
+    ),
     # query outputs: a name the verb does not write is refused before the store is opened (a PNG
     # was written to m.tif, GeoJSON to hits.csv, Parquet to tiles.csv, a COG to classes.png)
     (

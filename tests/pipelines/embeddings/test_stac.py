@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from pipelines.embeddings import period_bounds
+from pipelines.embeddings.stac import StacOptions
+from pipelines.errors import InputError
 from pipelines.testing import build_synthetic_store, synthetic_version
 from pipelines.testing.schemas import (
     EMB_SCHEMA,
@@ -222,3 +225,34 @@ def test_shared_documents_wait_for_the_store_lease(tmp_path: Path, monkeypatch: 
     assert not (root / "stac").exists()
     write_stac(str(root), v.name)  # free again
     assert consolidate_tile_vectors(str(root), v.name)["added"] > 0
+
+
+@pytest.mark.parametrize(
+    "license", ["CC-BY-4.0", "ODbL-1.0", "GPL-2.0+", "LicenseRef-aom", "proprietary", "various"]
+)
+def test_licences_stac_1_0_allows_are_taken_and_validate(
+    schemas: SchemaSet, composite_store: tuple[Path, str], license: str
+) -> None:
+    """An SPDX id and STAC 1.0.0's two words are taken, and the collection written with them validates."""
+    coll = _read(composite_store[0] / "stac" / "collection.json")
+    opts = StacOptions(license=license, license_href="https://data.example.org/licence")
+    coll["license"] = opts.license
+    assert schemas.errors(coll, STAC_COLLECTION_1_0) == []
+
+
+@pytest.mark.parametrize(
+    ("license", "href", "message"),
+    [
+        ("CC-BY-4.0", "LICENSE.txt", "is not an http(s) URL"),
+        ("CC-BY-4.0", "file:///etc/licence", "is not an http(s) URL"),
+        ("CC-BY-4.0", "https://data.example.org/l?access_token=abc", "carries a credential"),
+        ("MIT OR Apache-2.0", "https://data.example.org/l", "is not an SPDX license id"),
+        ("other", "https://data.example.org/l", "'other' is STAC 1.1.0's"),
+        ("", "https://data.example.org/l", "is not an SPDX license id"),
+    ],
+)
+def test_a_licence_stac_would_refuse_is_refused_when_the_options_are_made(
+    license: str, href: str, message: str
+) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        StacOptions(license=license, license_href=href)
