@@ -135,13 +135,27 @@ def _parquet_items(
 
 
 def _drop_fill_nulls(item: dict[str, Any]) -> dict[str, Any]:
-    """The item without the null properties stac-geoparquet fills in: a table has one column per
-    property of any item, and an item without it reads back ``null`` (``"constellation": null`` on a
-    Landsat item, invalid STAC). ``datetime`` stays, whose null is meaningful (a range item)."""
+    """The item without the nulls stac-geoparquet fills in: a table has one column per property of
+    any item, and one struct field per field of any asset of a key, so an item without it reads back
+    ``null`` (``"constellation": null`` on a Landsat item, ``"description": null`` on an asset whose
+    namesake elsewhere has one: invalid STAC). Every null field is dropped, at any depth, but
+    ``properties.datetime`` (a range item's null is meaningful) and ``geometry``."""
+    out: dict[str, Any] = {k: (v if k == "geometry" else _without_nulls(v)) for k, v in item.items()}
+    out = {k: v for k, v in out.items() if v is not None or k == "geometry"}
     props = item.get("properties")
     if isinstance(props, dict):
-        item["properties"] = {k: v for k, v in props.items() if v is not None or k == "datetime"}
-    return item
+        out["properties"] = {
+            k: _without_nulls(v) for k, v in props.items() if v is not None or k == "datetime"
+        }
+    return out
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def _string_array(values: Iterable[str]) -> Any:

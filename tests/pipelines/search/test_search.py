@@ -151,6 +151,34 @@ def test_parquet_items_come_back_without_other_items_null_properties(tmp_path: P
     assert "s2:processing_baseline" not in found["ranged"]["properties"]
 
 
+def test_parquet_items_come_back_without_other_items_null_asset_fields(tmp_path: Path) -> None:
+    """stac-geoparquet stores each asset key as one struct of the fields any item's asset of that
+    key has, so an asset without ``description`` (or a band without ``nodata``) read back
+    ``"description": null`` where another item's asset had one: invalid STAC (the sample catalog's
+    real Landsat items, read from items.parquet, failed the item schema so). Read back, each asset
+    and band has its own fields only, and the item validates."""
+    from pipelines.testing.schemas import SchemaSet
+    from tests.pipelines.search.support import write_parquet
+
+    a = make_item("a", S2, (5.0, 44.5, 5.9, 45.5), "2023-01-05T10:30:00Z")
+    a["assets"]["red"].update({"description": "red band", "raster:bands": [{"nodata": 0, "scale": 1e-4}]})
+    b = make_item("b", S2, (5.0, 44.5, 5.9, 45.5), "2023-01-06T10:30:00Z")
+    b["assets"]["red"]["raster:bands"] = [{"scale": 1e-4}]
+    b["links"] = [{"rel": "collection", "href": "https://stac.example/collections/x"}]
+    cat = write_parquet([a, b], tmp_path / "items.parquet")
+    found = {i["id"]: i for i in search(SearchRequest(collections=(S2,)), catalog_url=str(cat)).items}
+    assert found["b"]["assets"]["red"] == b["assets"]["red"]
+    assert found["a"]["assets"]["red"] == a["assets"]["red"]
+    assert found["b"]["links"] == b["links"]
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("the shared schemas are not there (../shared/schemas or $AOM_SCHEMAS_DIR)")
+    for item in found.values():
+        assert (
+            schemas.errors(item, "https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json") == []
+        )
+
+
 def test_static_catalog_relative_hrefs_become_absolute(tmp_path: Path) -> None:
     from tests.pipelines.search.support import write_static_catalog
 
