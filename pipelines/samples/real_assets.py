@@ -13,7 +13,13 @@ import rasterio
 from affine import Affine
 
 from pipelines.registry import CollectionSpec
-from pipelines.samples.stac_fields import grid_footprint, proj_fields, transform_list, with_core_extensions
+from pipelines.samples.stac_fields import (
+    eo_common_name,
+    grid_footprint,
+    proj_fields,
+    transform_list,
+    with_core_extensions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +83,7 @@ def _eo_band(name: str, cs: CollectionSpec, band: str) -> dict[str, Any]:
     b = cs.sensor.band(band)
     return {
         "name": name,
-        "common_name": b.common_name,
+        **eo_common_name(b.common_name),
         "description": f"{cs.sensor.name} {band}",
         "center_wavelength": round(b.center_wavelength_nm / 1000.0, 5),
         "full_width_half_max": round(b.fwhm_nm / 1000.0, 5),

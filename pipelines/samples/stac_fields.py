@@ -34,6 +34,36 @@ PROJECTION_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.
 CORE_EXTENSIONS = (EO_SCHEMA, RASTER_SCHEMA, PROJECTION_SCHEMA)
 
 
+EO_COMMON_NAMES = frozenset(
+    [
+        "coastal",
+        "blue",
+        "green",
+        "red",
+        "rededge",
+        "yellow",
+        "pan",
+        "nir",
+        "nir08",
+        "nir09",
+        "cirrus",
+        "swir16",
+        "swir22",
+        "lwir",
+        "lwir11",
+        "lwir12",
+    ]
+)
+"""The band ``common_name`` values the eo extension v1.1.0 (:data:`EO_SCHEMA`) allows (its enum)."""
+
+
+def eo_common_name(name: str) -> dict[str, str]:
+    """``{"common_name": name}`` for an ``eo:bands`` entry where the eo extension v1.1.0 knows the
+    name, else nothing: the registry's names for bands STAC has no name for (MODIS B05 at 1.24 um is
+    ``nir12`` there) made the items fail the eo schema. The band keeps its wavelengths."""
+    return {"common_name": name} if name in EO_COMMON_NAMES else {}
+
+
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
 

@@ -52,6 +52,7 @@ from pipelines.samples.landcover import (
 from pipelines.samples.stac_fields import (
     COG_MEDIA_TYPE,
     CORE_EXTENSIONS,
+    eo_common_name,
     grid_footprint,
     proj_fields,
     transform_list,
@@ -330,7 +331,7 @@ def _eo_band(key: str, cs: CollectionSpec, band: str) -> dict[str, Any]:
     b = cs.sensor.band(band)
     return {
         "name": key,
-        "common_name": b.common_name,
+        **eo_common_name(b.common_name),
         "description": f"{cs.sensor.name} {band}",
         "center_wavelength": round(b.center_wavelength_nm / 1000.0, 5),
         "full_width_half_max": round(b.fwhm_nm / 1000.0, 5),

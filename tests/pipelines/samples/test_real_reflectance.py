@@ -123,6 +123,26 @@ def test_every_real_item_has_the_core_extensions(items: dict[str, pystac.Item]) 
                     )
 
 
+# the band common names the eo extension v1.1.0 allows (its schema's enum, tag v1.1.0)
+EO_1_1_COMMON_NAMES = {
+    *("coastal", "blue", "green", "red", "rededge", "yellow", "pan", "nir", "nir08", "nir09"),
+    *("cirrus", "swir16", "swir22", "lwir", "lwir11", "lwir12"),
+}
+
+
+def test_eo_band_common_names_are_ones_the_declared_eo_version_allows(items: dict[str, pystac.Item]) -> None:
+    """The MODIS item's B05 (1.24 um) said ``common_name: nir12``, a name the eo extension v1.1.0 the
+    items declare does not have (its schema's enum): the item failed the eo schema. A band STAC has no
+    name for now has none, and keeps its wavelengths."""
+    modis_b05 = [b for a in items[MODIS].assets.values() for b in a.extra_fields.get("eo:bands", [])]
+    assert any(b.get("center_wavelength") == 1.24 and "common_name" not in b for b in modis_b05)
+    for item in items.values():
+        assert "https://stac-extensions.github.io/eo/v1.1.0/schema.json" in item.stac_extensions
+        for key, asset in item.assets.items():
+            for band in asset.extra_fields.get("eo:bands", []):
+                assert band.get("common_name", "red") in EO_1_1_COMMON_NAMES, (item.id, key, band)
+
+
 def test_s2_29rkh_red_is_dn_times_1e4(items: dict[str, pystac.Item], real: Path) -> None:
     item = items[S2_COG]
     assert item.collection_id == "sentinel-2-l2a"
