@@ -6,6 +6,8 @@ names for the ones without), so every ``$ref`` resolves locally and nothing is f
 
     reg = SchemaSet.find()                     # None when the schemas are not there
     reg.errors(item_dict, EMB_SCHEMA)          # [] when the item validates
+    reg.stac_errors(item_dict)                 # against its stac_version and declared extensions
+    reg.missing_extensions(item_dict)          # the declared ones the folder lacks
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ ZARR_SPATIAL_SCHEMA = "https://raw.githubusercontent.com/zarr-conventions/spatia
 ZARR_CONVENTIONS_SCHEMA = (
     "https://zarr-conventions.github.io/zarr-conventions-spec/zarr-conventions-schema.json"
 )
+
+_CORE_SPEC = {
+    "Feature": "item-spec/json-schema/item.json",
+    "Collection": "collection-spec/json-schema/collection.json",
+    "Catalog": "catalog-spec/json-schema/catalog.json",
+}
 
 # files whose own ``$id`` is missing: the canonical URL SOURCES.md names
 _NO_ID = {"zarr-conventions/geoemb.schema.json": GEOEMB_SCHEMA}
@@ -99,6 +107,32 @@ class SchemaSet:
                 path = "/".join(str(p) for p in e.absolute_path)
                 out.append(f"{path}: {e.message[:300]}")
         return out
+
+    def stac_errors(self, doc: dict[str, Any]) -> list[str]:
+        """A STAC item, collection or catalog against the core schema of the ``stac_version`` and
+        ``type`` it declares and against each extension it declares (``stac_extensions``) that the
+        folder holds (:meth:`missing_extensions` names the others; item-assets v1.0.0 falls back
+        to :meth:`item_assets_errors`). Messages are prefixed with the schema's URL."""
+        out = []
+        for url in self.declared_schemas(doc):
+            if url.rstrip("#") in self.schemas:
+                out += [f"{url}: {e}" for e in self.errors(doc, url)]
+            elif url == ITEM_ASSETS_SCHEMA and doc.get("type") == "Collection":
+                out += [f"{url}: {e}" for e in self.item_assets_errors(doc)]
+        return out
+
+    def missing_extensions(self, doc: dict[str, Any]) -> list[str]:
+        """The schemas :meth:`stac_errors` of ``doc`` could not check (not in the folder)."""
+        return [u for u in self.declared_schemas(doc) if u.rstrip("#") not in self.schemas]
+
+    @staticmethod
+    def declared_schemas(doc: dict[str, Any]) -> list[str]:
+        """The core schema URL of ``doc``'s ``stac_version`` and ``type``, then its ``stac_extensions``."""
+        spec = _CORE_SPEC.get(str(doc.get("type")))
+        if spec is None:
+            raise ValueError(f"not a STAC item, collection or catalog: type {doc.get('type')!r}")
+        core = f"https://schemas.stacspec.org/v{doc.get('stac_version')}/{spec}"
+        return [core, *[str(e) for e in doc.get("stac_extensions") or []]]
 
     def item_assets_errors(self, collection: dict[str, Any]) -> list[str]:
         """A STAC 1.0.0 collection against the item-assets extension v1.0.0 (``item_assets`` is core only

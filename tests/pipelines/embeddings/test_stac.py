@@ -69,6 +69,9 @@ def test_items_and_collection_validate_offline(schemas: SchemaSet, composite_sto
         item = _read(path)
         for url in (EMB_SCHEMA, STAC_ITEM_1_0, PROJ_SCHEMA):
             assert schemas.errors(item, url) == [], (path.name, url)
+    # every document against the STAC version and the extensions it declares (those the folder holds)
+    for path in sorted((root / "stac").rglob("*.json")):
+        assert schemas.stac_errors(_read(path)) == [], path.name
 
 
 def test_validator_rejects_what_the_issue_reported(

@@ -128,6 +128,25 @@ def test_ndjson_items_are_valid_stac(built: SampleCatalog) -> None:
         assert schemas.errors(item, url) == [], item["id"]
 
 
+def test_every_catalog_document_is_valid_stac(built: SampleCatalog) -> None:
+    """catalog.json, each collection and item, and the items of items.parquet as the search reader
+    gives them, against their STAC version and the extensions they declare that the shared schemas
+    hold (eo and raster v1.1.0 are not among them)."""
+    from pipelines.search.local import iter_items
+    from pipelines.testing.schemas import SchemaSet
+
+    schemas = SchemaSet.find()
+    if schemas is None:
+        pytest.skip("the shared schemas are not there (../shared/schemas or $AOM_SCHEMAS_DIR)")
+    docs = [json.loads(p.read_text()) for p in built.catalog_json.parent.rglob("*.json")]
+    docs = [d for d in docs if isinstance(d, dict) and "stac_version" in d]
+    assert {d["type"] for d in docs} == {"Catalog", "Collection", "Feature"}
+    parquet = list(iter_items(str(built.items_parquet)))
+    assert parquet
+    for doc in [*docs, *parquet]:
+        assert schemas.stac_errors(doc) == [], doc["id"]
+
+
 def test_ndjson_and_parquet_hold_the_same_items(built: SampleCatalog, items: dict[str, pystac.Item]) -> None:
     from stac_geoparquet.arrow import stac_table_to_items
 
