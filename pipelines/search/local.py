@@ -7,7 +7,7 @@ read from, so saved results stay usable wherever they are written.
 
 STAC 1.x allows an item's ``collection`` field only beside a link of relation ``collection``
 (the item schema's rule). An item read with the field but without the link gets one
-(:func:`_with_collection_link`): to the collection's document where the source gives its URL (the
+(:func:`with_collection_link`): to the collection's document where the source gives its URL (the
 collection node of a static catalog the item was reached from; the ``self`` link of a collection in
 a stac-geoparquet file's ``stac-geoparquet`` metadata), else to the catalog source itself (the
 ndjson / Parquet / GeoJSON file, or the catalog root, where the collection was found), titled so.
@@ -129,7 +129,7 @@ def _parquet_items(
         n = table.num_rows
         if n:
             for item in stac_table_to_items(table):
-                yield _with_collection_link(_absolutise(_drop_fill_nulls(item), base), documents, url)
+                yield with_collection_link(_absolutise(_drop_fill_nulls(item), base), documents, url)
         if progress is not None:
             progress(n)
 
@@ -178,7 +178,7 @@ def _ndjson_items(
             raise SearchError(f"{redact_url(url)} line {lineno} is not JSON: {exc}") from None
         if progress is not None:
             progress(1)
-        yield _with_collection_link(_absolutise(item, base), {}, url)
+        yield with_collection_link(_absolutise(item, base), {}, url)
 
 
 def _json_items(
@@ -195,12 +195,12 @@ def _json_items(
         for item in root.get("features") or []:
             if progress is not None:
                 progress(1)
-            yield _with_collection_link(_absolutise(item, _parent(url)), {}, url)
+            yield with_collection_link(_absolutise(item, _parent(url)), {}, url)
         return
     if kind == "Feature":
         if progress is not None:
             progress(1)
-        yield _with_collection_link(_absolutise(root, _parent(url)), {}, url)
+        yield with_collection_link(_absolutise(root, _parent(url)), {}, url)
         return
     if kind not in ("Catalog", "Collection"):
         raise SearchError(f"{redact_url(url)} is not a STAC catalog, collection or FeatureCollection")
@@ -230,7 +230,7 @@ def _json_items(
         for item_url, item in _load_many(fs, item_urls, storage_options, retry):
             if progress is not None:
                 progress(1)
-            yield _with_collection_link(_absolutise(item, _parent(item_url)), documents, url)
+            yield with_collection_link(_absolutise(item, _parent(item_url)), documents, url)
 
 
 def _load_json(url: str, storage_options: Mapping[str, Any] | None, retry: RetryPolicy) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def _source_uri(url: str) -> str:
     return unsign_url(parts.geturl())
 
 
-def _with_collection_link(item: dict[str, Any], documents: Mapping[str, str], source: str) -> dict[str, Any]:
+def with_collection_link(item: dict[str, Any], documents: Mapping[str, str], source: str) -> dict[str, Any]:
     """The item with a link of relation ``collection`` where it has the ``collection`` field but no
     such link (STAC requires the link beside the field; the input is not modified): to the
     collection's document where ``documents`` (collection id -> URL) knows it, else to ``source``,

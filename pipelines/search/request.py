@@ -397,7 +397,23 @@ def _search_api(
             raise UnknownCollectionError(
                 f"collection(s) {', '.join(missing)} not served by {redact_url(url)} (it serves: {served})"
             )
-    return out.items, notes
+    return [_api_collection_link(i, url) for i in out.items], notes
+
+
+def _api_collection_link(item: dict[str, Any], url: str) -> dict[str, Any]:
+    """An API item with a ``collection`` field but no ``collection`` link (STAC requires it beside
+    the field) gets one to ``<API root>/collections/<id>``, where STAC API - Collections serves the
+    collection document; an item that has one is unchanged."""
+    from urllib.parse import quote, urlsplit
+
+    from pipelines.search.local import with_collection_link
+
+    cid = item.get("collection")
+    if not isinstance(cid, str) or not cid:
+        return item
+    parts = urlsplit(url)  # the query (an API key, masked when saved) stays; credentials go
+    href = parts._replace(path=f"{parts.path.rstrip('/')}/collections/{quote(cid, safe='')}").geturl()
+    return with_collection_link(item, {cid: href}, url)
 
 
 def _empty_note(request: SearchRequest, url: str) -> str:

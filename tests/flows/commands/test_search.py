@@ -414,3 +414,24 @@ def test_saved_items_link_the_collection_document_a_catalog_gives(app: typer.Typ
         assert _stac_errors(item) == [], item["id"]
         (href,) = [lk["href"] for lk in item["links"] if lk["rel"] == "collection"]
         assert href == (tmp_path / "static" / S2 / "collection.json").as_uri()
+
+
+def test_saved_items_of_an_api_without_collection_links_link_its_collection_endpoint(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    """An API whose items have a ``collection`` field but no ``collection`` link: the saved items
+    link ``<API root>/collections/<id>`` (STAC API - Collections), without the root's credentials,
+    and validate."""
+    with fake_api(all_items()) as api:
+        host = api.url.split("://", 1)[1]
+        out = tmp_path / "api.ndjson"
+        r = invoke(app, "-c", S2, "--catalog-url", f"http://bob:hunter2@{host}/", "--out", str(out))
+        assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    saved = _saved_items(out)
+    assert saved
+    for item in saved:
+        assert _stac_errors(item) == [], item["id"]
+        assert [lk["href"] for lk in item["links"] if lk["rel"] == "collection"] == [
+            f"http://{host}/collections/{S2}"
+        ]
+    assert "hunter2" not in out.read_text()
