@@ -495,6 +495,9 @@ def test_stac_output_parses_with_pystac(reference: tuple[Path, Any]) -> None:
     for path in sorted(Path(summary.stac_collection).parent.glob("items/*/*.json")):
         d = json.loads(path.read_text())
         assert schemas.errors(d, EMB_SCHEMA) == [] and schemas.errors(d, STAC_ITEM_1_0) == []
+    # every document of stac/ against its STAC version and the extensions it declares
+    for path in sorted(Path(summary.stac_collection).parent.rglob("*.json")):
+        assert schemas.stac_errors(json.loads(path.read_text())) == [], path.name
 
 
 def test_tile_embeddings_equal_direct_encoder_call_on_padded_pixels(
