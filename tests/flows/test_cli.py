@@ -183,6 +183,7 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
 
     class Summary:
         complete = True
+        warnings: tuple[str, ...] = ()
 
         def format(self) -> str:
             return "ok"
