@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pipelines.cubes import CubeStore, write_cubes
+from pipelines.cubes.reading import read_attempts
 from pipelines.cubes.rebuild import STAGING_DIR
 from pipelines.runs import TileStatus
 from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, spec
@@ -52,7 +53,11 @@ def test_a_rebuild_whose_new_item_is_unreachable_keeps_the_complete_tiles(
     before = _records(out)
     down = _served_by(scene["A2"], f"http://127.0.0.1:{free_port()}/A2")  # nothing listens there
     items = [scene["A"], scene["B"], down]
-    run = write_cubes(items, TILES, spec(preflight=preflight), str(out), progress=False)
+    # one attempt per request: what is tested is the kept tile, not GDAL's waits between retries
+    # (5 attempts by default: 7.5 s per failed request, minutes over every read of the run)
+    run = write_cubes(
+        items, TILES, spec(preflight=preflight), str(out), progress=False, read_options=read_attempts(1)
+    )
     assert [o.status for o in run.outcomes] == [TileStatus.FAILED] * len(TILES), run.format()
     assert _records(out) == before  # the same records, byte for byte
     assert_stores_equal(CubeStore.open(str(out)), CubeStore.open(str(built["out"])))
