@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,35 @@ COLLECTIONS = ("sentinel-2-l2a", "landsat-c2-l2")
 
 def _in_period(item: dict[str, Any]) -> bool:
     return "2023-06-01" <= str(item["properties"].get("datetime", ""))[:10] <= "2023-06-30"
+
+
+class _Catalog:
+    """A one-tile ``--catalog-url`` embedding run (``workers=0``) over an ndjson catalog the test
+    rewrites between runs."""
+
+    def __init__(self, path: Path, checkpoint: Path, tile: str) -> None:
+        self.path, self.checkpoint, self.tile = path, checkpoint, tile
+
+    def publish(self, items: list[dict[str, Any]]) -> None:
+        import json
+
+        self.path.write_text("".join(json.dumps(i) + "\n" for i in items))
+
+    def embed(self, out: Path) -> Any:
+        from pipelines.embed import EmbedRequest
+
+        return run_embedding(
+            EmbedRequest(
+                checkpoint=str(self.checkpoint),
+                out=str(out),
+                datetime=PERIOD,
+                tiles=(self.tile,),
+                catalog_url=str(self.path),
+                collections=("sentinel-2-l2a",),
+                workers=0,
+                progress=False,
+            )
+        )
 
 
 def test_tiles_whose_cube_gained_items_are_embedded_again(
@@ -191,32 +221,13 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_it_gains_items(
 ) -> None:
     """``--catalog-url``: an item published after a tile was embedded (its search now finds it) makes
     the next run embed the tile again, equal to a clean run; a third run redoes nothing."""
-    import json
-
-    from pipelines.embed import EmbedRequest
 
     checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
     tile = TILES[1]
     s2 = [i for i in sample_items if i["collection"] == "sentinel-2-l2a" and _in_period(i)]  # both zones
     held = max((i for i in s2 if "_32632_" in i["id"]), key=lambda i: str(i["properties"]["datetime"]))
-    catalog = tmp_path / "items.ndjson"
-
-    def publish(items: list[dict[str, Any]]) -> None:
-        catalog.write_text("".join(json.dumps(i) + "\n" for i in items))
-
-    def embed(out: Path) -> Any:
-        return run_embedding(
-            EmbedRequest(
-                checkpoint=str(checkpoint),
-                out=str(out),
-                datetime=PERIOD,
-                tiles=(tile,),
-                catalog_url=str(catalog),
-                collections=("sentinel-2-l2a",),
-                workers=0,
-                progress=False,
-            )
-        )
+    catalog = _Catalog(tmp_path / "items.ndjson", checkpoint, tile)
+    publish, embed = catalog.publish, catalog.embed
 
     publish([i for i in sample_items if i is not held])
     first = embed(tmp_path / "emb")
@@ -257,29 +268,11 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_an_item_is_reproc
     import copy
     import json
 
-    from pipelines.embed import EmbedRequest
-
     checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
     tile, out = TILES[1], tmp_path / "emb"
     s2 = [i for i in sample_items if i["collection"] == "sentinel-2-l2a" and _in_period(i)]
-    catalog = tmp_path / "items.ndjson"
-
-    def publish(items: list[dict[str, Any]]) -> None:
-        catalog.write_text("".join(json.dumps(i) + "\n" for i in items))
-
-    def embed() -> Any:
-        return run_embedding(
-            EmbedRequest(
-                checkpoint=str(checkpoint),
-                out=str(out),
-                datetime=PERIOD,
-                tiles=(tile,),
-                catalog_url=str(catalog),
-                collections=("sentinel-2-l2a",),
-                workers=0,
-                progress=False,
-            )
-        )
+    catalog = _Catalog(tmp_path / "items.ndjson", checkpoint, tile)
+    publish, embed = catalog.publish, functools.partial(catalog.embed, out)
 
     publish(sample_items)
     first = embed()
@@ -549,28 +542,10 @@ def test_tiles_embedded_from_a_catalog_are_embedded_again_when_an_item_is_reproc
     ``updated`` times) is not stale after the upgrade."""
     import json
 
-    from pipelines.embed import EmbedRequest
-
     checkpoint = make_checkpoint(tmp_path / "tiny.safetensors", norm_stats=_norm_stats())
     tile, out = TILES[1], tmp_path / "emb"
-    catalog = tmp_path / "items.ndjson"
-
-    def publish(items: list[dict[str, Any]]) -> None:
-        catalog.write_text("".join(json.dumps(i) + "\n" for i in items))
-
-    def embed() -> Any:
-        return run_embedding(
-            EmbedRequest(
-                checkpoint=str(checkpoint),
-                out=str(out),
-                datetime=PERIOD,
-                tiles=(tile,),
-                catalog_url=str(catalog),
-                collections=("sentinel-2-l2a",),
-                workers=0,
-                progress=False,
-            )
-        )
+    catalog = _Catalog(tmp_path / "items.ndjson", checkpoint, tile)
+    publish, embed = catalog.publish, functools.partial(catalog.embed, out)
 
     publish(sample_items)
     first = embed()
