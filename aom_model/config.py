@@ -109,6 +109,12 @@ class AOMConfig:
     # levels of the bands it sees, not only infer the hidden ones)
     stats_tokens: str = "masked"
     align_weight: float = 0.5
+    # chip statistics: the pooled embedding of each view (the masked native one and the coarse
+    # one) predicts, per present band, the (mean, std) of the whole chip's native pixels in
+    # band-normalised units, as a *linear* read-out (read-out vectors from the band's embedding):
+    # the vector a user pools over an area must carry that area's spectrum and its spread, which a
+    # mean of token vectors cannot hold unless the tokens are trained for it; 0 = off (no head)
+    pooled_stats_weight: float = 0.0
     # spectral consistency (self-distillation across band subsets): the spectral-query tokens
     # (SPECTRAL_QUERIES) of a random subset of each sample's bands (a share drawn in
     # spectral_consistency_keep) are pulled towards those of all its bands (no gradient through
@@ -201,6 +207,7 @@ class AOMConfig:
             self.recon_weight < 0
             or self.align_weight < 0
             or self.stats_weight < 0
+            or self.pooled_stats_weight < 0
             or self.spectral_consistency_weight < 0
         ):
             errors.append("loss weights must be >= 0")

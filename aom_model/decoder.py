@@ -56,6 +56,9 @@ class Decoder(nn.Module):
         self.stats_fill = nn.Linear(dd, cfg.embed_dim)  # position context -> D where nothing was encoded
         # linear: per band, 2 read-out vectors + 2 biases from its embedding; mlp: (mean, std) directly
         self.stats_head = Mlp(dd, 2 * dd, 2 * dd + 2 if cfg.stats_readout == "linear" else 2)
+        # chip statistics (``pooled_stats_weight``): per band, 2 read-out vectors of the pooled
+        # embedding + 2 biases from the band's embedding; only built when the term is on
+        self.pool_stats = Mlp(dd, 2 * dd, 2 * cfg.embed_dim + 2) if cfg.pooled_stats_weight > 0 else None
 
     def forward(
         self,
@@ -120,3 +123,21 @@ class Decoder(nn.Module):
         w = read[..., : 2 * dd].reshape(b, c, 2, dd)  # [B, C, 2, d_dec]
         bias = read[..., 2 * dd :]  # [B, C, 2]
         return torch.einsum("bnd,bcjd->bncj", q, w) / dd**0.5 + bias[:, None]  # [B, N, C, 2]
+
+    def predict_pooled_stats(
+        self,
+        pooled: Tensor,  # [B, D] pooled embedding of a chip
+        wavelength_nm: Tensor,  # [B, C]
+        fwhm_nm: Tensor,  # [B, C]
+        band_valid: Tensor,  # [B, C]
+        band_id: Tensor | None,  # [B, C]
+    ) -> Tensor:  # [B, C, 2] (mean, std) of each band's band-normalised pixels over the chip
+        """A linear function of ``pooled`` per band (so of the mean of the chip's position tokens)."""
+        if self.pool_stats is None:
+            raise ValueError("this model has no chip-statistics head (pooled_stats_weight is 0)")
+        band = self.band_embedding(wavelength_nm, fwhm_nm, band_valid, band_id)  # [B, C, d_dec]
+        b, c, _ = band.shape
+        d = pooled.shape[-1]
+        read = self.pool_stats(band)  # [B, C, 2*D + 2]
+        w = read[..., : 2 * d].reshape(b, c, 2, d)  # [B, C, 2, D]
+        return torch.einsum("bd,bcjd->bcj", pooled, w) / d**0.5 + read[..., 2 * d :]  # [B, C, 2]

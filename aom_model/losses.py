@@ -39,6 +39,17 @@ def patch_stats(
     return torch.cat([mean, torch.sqrt(var)], dim=-1)
 
 
+def chip_stats(
+    target: Tensor,  # [B, N, C_g, P] pixels (band-normalised) of one group's tokens
+    pixel_valid: Tensor,  # [B, N, C_g, P] bool
+) -> tuple[Tensor, Tensor]:  # ([B, C_g, 2] (mean, std) over the chip's valid pixels, [B, C_g] any valid)
+    """Per band, the (mean, std) of every valid pixel of the chip (all its token positions)."""
+    b, n, c, p = target.shape
+    t = target.permute(0, 2, 1, 3).reshape(b, c, n * p)  # [B, C_g, N*P]
+    v = pixel_valid.permute(0, 2, 1, 3).reshape(b, c, n * p)
+    return patch_stats(t, v), v.any(dim=-1)
+
+
 def patch_stats_mse(
     pred: Tensor,  # [..., 2] predicted (mean, std)
     target: Tensor,  # [..., P] pixels (band-normalised)

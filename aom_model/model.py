@@ -12,7 +12,13 @@ from aom_model.config import EMBEDDINGS, SPECTRAL_QUERIES, AOMConfig
 from aom_model.decoder import Decoder
 from aom_model.encoder import build_encoder
 from aom_model.inputs import BandBatch
-from aom_model.losses import consistency_distance, info_nce, normalized_patch_mse, patch_stats_mse
+from aom_model.losses import (
+    chip_stats,
+    consistency_distance,
+    info_nce,
+    normalized_patch_mse,
+    patch_stats_mse,
+)
 from aom_model.masking import channel_mask
 from aom_model.patch_embed import GridPlan
 from aom_model.pos_embed import token_centres_m
@@ -55,9 +61,11 @@ class AOM(nn.Module):
             self.decoder.stats_pos,
             self.decoder.stats_head,
             self.decoder.stats_fill,
+            self.decoder.pool_stats,
             self.align_head,
         ):
-            part.apply(_init_linear)
+            if part is not None:
+                part.apply(_init_linear)
 
     # -- stage 1 --------------------------------------------------------------------------------
     def tokenize(self, batch: BandBatch, plan: GridPlan | None = None) -> Tokens:
@@ -277,10 +285,30 @@ class AOM(nn.Module):
                 view_coarse, plan_for(view_coarse, self.config, token_m)
             ).pooled
         out = self.loss(rec, tokens, masked, enc.pooled, pooled_coarse)
+        if self.config.pooled_stats_weight > 0:
+            pooled = [enc.pooled] if pooled_coarse is None else [enc.pooled, pooled_coarse]
+            out["pool_stats"] = self.pooled_stats_loss(tokens, pooled)
+            out["loss"] = out["loss"] + self.config.pooled_stats_weight * out["pool_stats"]
         if self.config.spectral_consistency_weight > 0:
             out["spectral"] = self.spectral_consistency(tokens, generator)
             out["loss"] = out["loss"] + self.config.spectral_consistency_weight * out["spectral"]
         return out
+
+    def pooled_stats_loss(self, tokens: Tokens, pooled: list[Tensor]) -> Tensor:
+        """Mean over ``pooled`` ([B, D] each: embeddings of views of the chips in ``tokens``) of the
+        MSE between the chip statistics each predicts (``Decoder.predict_pooled_stats``) and the
+        (mean, std) of every present band's valid native pixels over the whole chip."""
+        per_group = [chip_stats(t, v) for t, v in zip(tokens.pixel_patches, tokens.pixel_patch_valid)]
+        target = torch.cat([g[0] for g in per_group], dim=1)  # [B, C, 2]: groups in band order
+        has = torch.cat([g[1] for g in per_group], dim=1)  # [B, C] bands with a valid pixel
+        w = (has & tokens.band_valid).to(target.dtype)[..., None]  # [B, C, 1]
+        total = target.new_zeros(())
+        for p in pooled:
+            pred = self.decoder.predict_pooled_stats(
+                p, tokens.wavelength_nm, tokens.fwhm_nm, tokens.band_valid, tokens.band_id
+            )  # [B, C, 2]
+            total = total + (((pred - target) ** 2) * w).sum() / (2.0 * w.sum()).clamp(min=1.0)
+        return total / len(pooled)
 
     def spectral_consistency(self, tokens: Tokens, generator: torch.Generator) -> Tensor:
         """Distance (``config.spectral_consistency_loss``, ``losses.consistency_distance``: 1 - cosine,

@@ -186,6 +186,23 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# heads that exist only while their loss term is on: a --init checkpoint may lack them (they start
+# from their seeded init) or carry them (dropped when the term is off)
+OPTIONAL_HEADS = ("decoder.pool_stats.",)
+
+
+def load_init_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], log_it: bool = True) -> None:
+    """Copy ``state`` into ``model``: every tensor must match, except those of ``OPTIONAL_HEADS``."""
+    res = model.load_state_dict(dict(state), strict=False)
+    bad = [k for k in (*res.missing_keys, *res.unexpected_keys) if not k.startswith(OPTIONAL_HEADS)]
+    if bad:
+        raise RuntimeError(f"--init: the checkpoint's tensors do not fit the model: {', '.join(bad[:8])}")
+    if log_it and res.missing_keys:
+        log.info("--init: %d new head tensors start from their initialisation", len(res.missing_keys))
+    if log_it and res.unexpected_keys:
+        log.info("--init: %d tensors of heads not trained in this run dropped", len(res.unexpected_keys))
+
+
 # ---------------------------------------------------------------------------------------------
 # the engine
 
@@ -245,7 +262,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         model = AOM(model_cfg)
         if init_model is not None:
-            model.load_state_dict(init_model.state_dict())
+            load_init_weights(model, init_model.state_dict(), env.is_main)
         self.model = model.to(env.device)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(self.model)
@@ -366,8 +383,8 @@ class Trainer:
         lr = self.schedule.apply(self.optimizer, self.step)
         token_m = token_m_for_step(cfg.seed, self.step, self.model_cfg)
         used_tm: list[float] = []  # per micro-batch: the draw, raised to 2 px of its finest GSD
-        # bad, n_ok, samples, skipped, loss, recon, align, n_align, stats, spectral
-        acc = torch.zeros(10, dtype=torch.float64)
+        # bad, n_ok, samples, skipped, loss, recon, align, n_align, stats, spectral, pool_stats
+        acc = torch.zeros(11, dtype=torch.float64)
         for tb in micro:
             acc[3] += tb.skipped_chips
             if tb.raw_native is None:
@@ -391,6 +408,7 @@ class Trainer:
             acc[5] += vals["recon"]
             acc[8] += vals.get("stats", 0.0)
             acc[9] += vals.get("spectral", 0.0)
+            acc[10] += vals.get("pool_stats", 0.0)
             if "align" in vals:
                 acc[6] += vals["align"]
                 acc[7] += 1
@@ -437,6 +455,8 @@ class Trainer:
             rec["align"] = float(acc[6] / acc[7])
         if self.model_cfg.spectral_consistency_weight > 0:
             rec["spectral"] = float(acc[9] / n_ok)
+        if self.model_cfg.pooled_stats_weight > 0:
+            rec["pool_stats"] = float(acc[10] / n_ok)
         return rec
 
     # -- the loop --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aom_model import AOMConfig
-from aom_model.losses import consistency_distance
+from aom_model.losses import chip_stats, consistency_distance
 
 
 def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,3 +71,21 @@ def test_unknown_distance_is_refused_by_the_function_and_the_config() -> None:
         consistency_distance(s, t, w, "l1")
     with pytest.raises(ValueError, match="cosine, standardized, whitened"):
         AOMConfig.named("tiny", spectral_consistency_loss="l1")
+
+
+def test_chip_stats_match_a_numpy_oracle_over_every_valid_pixel_of_the_chip() -> None:
+    """``chip_stats``: per band, the mean and population std of the valid pixels of all the chip's
+    tokens together (not a mean of per-token statistics); a band without a valid pixel is flagged."""
+    g = torch.Generator().manual_seed(3)
+    target = torch.randn(2, 6, 3, 9, generator=g) * 2.0 + 1.0  # [B, N, C_g, P]
+    valid = torch.rand(2, 6, 3, 9, generator=g) > 0.3
+    valid[1, :, 2] = False  # no valid pixel of band 2 in chip 1
+    stats, has = chip_stats(target, valid)
+    t, v = target.numpy().astype(np.float64), valid.numpy()
+    for b in range(2):
+        for c in range(3):
+            px = t[b, :, c][v[b, :, c]]
+            assert bool(has[b, c]) == (px.size > 0)
+            if px.size:
+                np.testing.assert_allclose(stats[b, c].numpy(), [px.mean(), px.std()], rtol=1e-4, atol=1e-5)
+    assert not bool(has[1, 2])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aom_model import AOM, AOMConfig, BandBatch, channel_mask
-from aom_model.losses import info_nce, normalized_patch_mse, patch_stats, patch_stats_mse
+from aom_model.losses import chip_stats, info_nce, normalized_patch_mse, patch_stats, patch_stats_mse
 from aom_model.masking import mask_stats
 from aom_model.model import pack_visible
 from aom_model.testing import smooth_field
@@ -354,3 +354,42 @@ def test_stats_tokens_present_scores_every_present_token_and_masked_is_the_defau
     assert not torch.allclose(a["stats"], p["stats"])
     with pytest.raises(ValueError, match="masked, present"):
         AOMConfig.named("tiny", stats_tokens="visible")
+
+
+def test_pooled_stats_term_reads_chip_statistics_linearly_from_the_pooled_embedding() -> None:
+    """``pooled_stats_weight`` > 0 builds the chip-statistics head and adds the ``pool_stats`` term
+    (from the masked native view and the coarse view), with gradients into the encoder; the
+    prediction is a linear function of the pooled vector (so of the mean of position tokens), and
+    its target is each band's (mean, std) over the whole chip; 0 (default) builds no head."""
+    torch.manual_seed(0)
+    cfg = AOMConfig.named("tiny", token_ground_m=80.0)
+    assert cfg.pooled_stats_weight == 0.0 and AOM(cfg).decoder.pool_stats is None
+    b = _smooth_batch()
+    model = AOM(cfg.replace(pooled_stats_weight=2.0))
+    out = model.pretrain_step(b, b.coarsen(2), torch.Generator().manual_seed(0))
+    assert "pool_stats" in out and float(out["pool_stats"].detach()) > 0.0
+    base = AOM(cfg)
+    base.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("decoder.pool_stats.")}
+    )
+    plain = base.pretrain_step(b, b.coarsen(2), torch.Generator().manual_seed(0))
+    assert "pool_stats" not in plain
+    torch.testing.assert_close(out["loss"], plain["loss"] + 2.0 * out["pool_stats"])
+    model.zero_grad()
+    out["pool_stats"].backward()
+    assert any(bool(p.grad.abs().sum() > 0) for p in model.encoder.parameters() if p.grad is not None)
+    # linear in the pooled vector
+    tok = model.tokenize(b)
+    args = (tok.wavelength_nm, tok.fwhm_nm, tok.band_valid, tok.band_id)
+    p1, p2 = torch.randn(2, 64), torch.randn(2, 64)
+    with torch.no_grad():
+        f = [model.decoder.predict_pooled_stats(p, *args) for p in (p1, p2, 0.3 * p1 + 0.7 * p2)]
+    torch.testing.assert_close(f[2], 0.3 * f[0] + 0.7 * f[1], atol=1e-5, rtol=1e-5)
+    # a head whose prediction is the target scores 0
+    target = torch.cat([chip_stats(t, v)[0] for t, v in zip(tok.pixel_patches, tok.pixel_patch_valid)], dim=1)
+    model.decoder.predict_pooled_stats = lambda *a: target  # type: ignore[method-assign]
+    assert float(model.pooled_stats_loss(tok, [torch.zeros(2, 64)])) == 0.0
+    with pytest.raises(ValueError, match="pooled_stats_weight"):
+        AOM(cfg).decoder.predict_pooled_stats(p1, *args)
+    with pytest.raises(ValueError, match="loss weights"):
+        AOMConfig.named("tiny", pooled_stats_weight=-1.0)

@@ -17,6 +17,7 @@ import torch
 
 from aom_model.checkpoint import load_checkpoint
 from aom_model.config import AOMConfig
+from aom_model.model import AOM
 from aom_model.train import (
     ChipConfig,
     NonFiniteLossError,
@@ -26,7 +27,7 @@ from aom_model.train import (
     pretrain_torchrun_command,
     torchrun_command,
 )
-from aom_model.train.engine import token_m_for_step
+from aom_model.train.engine import load_init_weights, token_m_for_step
 from aom_model.train.main import private_config_file
 from pipelines.errors import InputError
 from pipelines.pretrain import OPENER, pretrain
@@ -272,6 +273,35 @@ def test_finetune_with_init_on_new_cubes(synthetic_cubes: str, tmp_path: Path) -
     assert load_checkpoint(sc.checkpoint)[1].spectral_consistency_weight == 0.5
     recs = [json.loads(line) for line in (tmp_path / "ft-sc" / "metrics.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["spectral"] <= 2.0 for r in recs if "loss" in r)
+
+
+def test_init_adds_and_drops_the_chip_statistics_head(synthetic_cubes: str, tmp_path: Path) -> None:
+    """``--model-set pooled_stats_weight=...`` on an --init checkpoint without the head trains a new
+    head (logged as ``pool_stats``), whose encoder starts from the checkpoint; a later stage that
+    turns the term off drops the head; any other tensor that does not fit is refused."""
+    base = pretrain(_cfg(synthetic_cubes, tmp_path / "base", max_steps=1, checkpoint_every=100))
+    on = {"pooled_stats_weight": 0.5}
+    ps = pretrain(
+        _cfg(synthetic_cubes, tmp_path / "ps", max_steps=2, init=base.checkpoint, model_overrides=on)
+    )
+    model, cfg, _, _ = load_checkpoint(ps.checkpoint)
+    assert cfg.pooled_stats_weight == 0.5 and model.decoder.pool_stats is not None
+    recs = [json.loads(line) for line in (tmp_path / "ps" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["pool_stats"] > 0.0 for r in recs if "loss" in r)
+    off = pretrain(
+        _cfg(
+            synthetic_cubes,
+            tmp_path / "off",
+            max_steps=1,
+            init=ps.checkpoint,
+            model_overrides={"pooled_stats_weight": 0.0},
+        )
+    )
+    assert load_checkpoint(off.checkpoint)[0].decoder.pool_stats is None
+    state = dict(model.state_dict())
+    state.pop("decoder.mask_token")
+    with pytest.raises(RuntimeError, match=r"decoder\.mask_token"):
+        load_init_weights(AOM(cfg), state)
 
 
 def test_resume_of_a_run_started_from_an_init_of_another_config(synthetic_cubes: str, tmp_path: Path) -> None:
