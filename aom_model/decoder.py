@@ -57,8 +57,13 @@ class Decoder(nn.Module):
         # linear: per band, 2 read-out vectors + 2 biases from its embedding; mlp: (mean, std) directly
         self.stats_head = Mlp(dd, 2 * dd, 2 * dd + 2 if cfg.stats_readout == "linear" else 2)
         # chip statistics (``pooled_stats_weight``): per band, 2 read-out vectors of the pooled
-        # embedding + 2 biases from the band's embedding; only built when the term is on
-        self.pool_stats = Mlp(dd, 2 * dd, 2 * cfg.embed_dim + 2) if cfg.pooled_stats_weight > 0 else None
+        # embedding + 2 biases from the band's embedding; only built when the term is on, from a
+        # forked RNG: the other modules' seeded init (so a random-init baseline) is the same
+        # with or without it
+        self.pool_stats: Mlp | None = None
+        if cfg.pooled_stats_weight > 0:
+            with torch.random.fork_rng(devices=[]):
+                self.pool_stats = Mlp(dd, 2 * dd, 2 * cfg.embed_dim + 2)
 
     def forward(
         self,

@@ -61,11 +61,12 @@ class AOM(nn.Module):
             self.decoder.stats_pos,
             self.decoder.stats_head,
             self.decoder.stats_fill,
-            self.decoder.pool_stats,
             self.align_head,
         ):
-            if part is not None:
-                part.apply(_init_linear)
+            part.apply(_init_linear)
+        if self.decoder.pool_stats is not None:  # last, from a forked RNG (see Decoder)
+            with torch.random.fork_rng(devices=[]):
+                self.decoder.pool_stats.apply(_init_linear)
 
     # -- stage 1 --------------------------------------------------------------------------------
     def tokenize(self, batch: BandBatch, plan: GridPlan | None = None) -> Tokens:

@@ -364,6 +364,13 @@ def test_pooled_stats_term_reads_chip_statistics_linearly_from_the_pooled_embedd
     torch.manual_seed(0)
     cfg = AOMConfig.named("tiny", token_ground_m=80.0)
     assert cfg.pooled_stats_weight == 0.0 and AOM(cfg).decoder.pool_stats is None
+    torch.manual_seed(5)
+    without = AOM(cfg).state_dict()
+    torch.manual_seed(5)
+    with_head = AOM(cfg.replace(pooled_stats_weight=1.0)).state_dict()
+    assert {k for k in with_head if k not in without} == {k for k in with_head if "pool_stats" in k}
+    for k, v in without.items():  # the head takes nothing from the other modules' seeded init
+        torch.testing.assert_close(with_head[k], v, rtol=0, atol=0)
     b = _smooth_batch()
     model = AOM(cfg.replace(pooled_stats_weight=2.0))
     out = model.pretrain_step(b, b.coarsen(2), torch.Generator().manual_seed(0))
