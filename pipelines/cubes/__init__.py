@@ -5,6 +5,7 @@
   writes, completion records (:func:`tile_record`, :func:`group_entry`), reads;
 * ``groups``: one group's validated metadata (:class:`GroupMeta`) and window reads;
 * ``reading``: item selection, GDAL environment and read-error classes;
+* ``headers``: the grids of items without projection metadata, read from the file headers and cached;
 * ``assembly``: one tile's items -> per-(collection, GSD) datasets;
 * ``lattice``: where each group's pixel lattice lies (the items' native pixel grid, by evidence);
 * ``plan``: :class:`CubeRequest` -> collections, items and tiles (:func:`plan_cubes`), the one

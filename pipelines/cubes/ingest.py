@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipelines.cubes.headers import fill_projection, header_cache_url
 from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes
-from pipelines.cubes.reading import fill_projection, header_cache_url
 from pipelines.cubes.run import write_cubes
 from pipelines.cubes.spec import CubeSpec
 from pipelines.retry import RetryPolicy

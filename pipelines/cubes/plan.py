@@ -167,7 +167,7 @@ def complete_projection(
     again. Other plans come back unchanged. Returns (plan, notes)."""
     if plan.spec.missing_proj != "read_header" or not plan.items:
         return plan, []
-    from pipelines.cubes.reading import fill_projection, header_cache_url
+    from pipelines.cubes.headers import fill_projection, header_cache_url
 
     options = None
     if items_url is not None and out is not None and _scheme(items_url) == _scheme(out):
