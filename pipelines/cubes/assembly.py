@@ -35,7 +35,6 @@ import datetime as dt
 import logging
 import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +45,12 @@ from pipelines.cubes.lattice import native_lattice
 from pipelines.cubes.reading import (
     MASK_DTYPE,
     CubeAccess,
+    FailedHosts,
     _absolute_href,
     _Header,
     _proj_missing,
     access_denied,
+    ask_again,
     cid_label,
     configure_reads,
     cube_access,
@@ -57,7 +58,7 @@ from pipelines.cubes.reading import (
     is_access_denied,
     item_datetime,
     items_touching,
-    open_header,
+    open_headers,
     read_window_check,
     solar_day,
 )
@@ -141,6 +142,8 @@ class TileCube(Mapping[tuple[str, str], xr.Dataset]):
     notes: list[str] = field(default_factory=list)
     read_options: Mapping[str, Any] | None = field(default=None, repr=False)
     """The read options the groups were built with (credentials included: memory only, never recorded)."""
+    failed_hosts: FailedHosts | None = field(default=None, repr=False)
+    """Hosts that failed transiently in this build, asked no more (none with ``skip_unreachable``)."""
 
     def __getitem__(self, key: tuple[str, str]) -> xr.Dataset:
         return decode(self.encoded[key])
@@ -180,8 +183,10 @@ def assemble_tile(
     ignored). ``exclude``: (item id, asset key) pairs to leave out (the writer's retry after a read
     failure). ``read_options``: GDAL config options for opening assets, plus ``aws_session``
     (rasterio ``AWSSession`` arguments) for private buckets; never exported, never recorded.
+    A host whose read fails transiently is asked no more by this build (preflight, diagnosis):
+    :class:`~pipelines.cubes.reading.FailedHosts`, none with ``skip_unreachable``.
     """
-    cube = TileCube(tile=tile, spec=spec)
+    cube = TileCube(tile=tile, spec=spec, failed_hosts=None if spec.skip_unreachable else FailedHosts())
     touching = items_touching(tile, items)
     by_collection: dict[str, list[Mapping[str, Any]]] = {c: [] for c in spec.collections}
     registry = spec.registry()
@@ -309,10 +314,12 @@ def _prepare_items(
         hrefs = {
             k: access.sign(cs.collection, _absolute_href(str(src_assets[k]["href"]), item)) for k in present
         }
+        ask_again(hrefs.values())  # what failed transiently before (GDAL's cache of it) is asked again
         headers: dict[str, _Header] = {}
         if spec.preflight or no_proj:
             check = present if spec.preflight else no_proj
-            for key, res in zip(check, _open_many([hrefs[k] for k in check], read_options)):
+            opened = open_headers([hrefs[k] for k in check], read_options, cube.failed_hosts)
+            for key, res in zip(check, opened):
                 if isinstance(res, _Header):
                     headers[key] = res
                 else:
@@ -379,13 +386,6 @@ def _warn_contradiction(cube: TileCube, cs: CollectionSpec, item: Mapping[str, A
     if cs.key not in _WARNED:
         _WARNED.add(cs.key)
         log.warning("%s (further items of this collection are not reported)", said)
-
-
-def _open_many(hrefs: list[str], read_options: Mapping[str, Any] | None) -> list[_Header | tuple[str, bool]]:
-    if len(hrefs) <= 2 or all("://" not in h for h in hrefs):
-        return [open_header(h, read_options) for h in hrefs]
-    with ThreadPoolExecutor(max_workers=min(8, len(hrefs))) as pool:
-        return list(pool.map(lambda h: open_header(h, read_options), hrefs))
 
 
 def _chunking(shape: tuple[int, int], spec: CubeSpec) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -571,7 +571,8 @@ def unreachable_reason(skipped: Sequence[SkippedAsset]) -> str:
 def diagnose_read_failure(
     cube: TileCube, key: tuple[str, str] | None = None, read_options: Mapping[str, Any] | None = None
 ) -> list[SkippedAsset]:
-    """After a load failed: read each source asset of the group(s) over the tile; the ones that fail."""
+    """After a load failed: read each source asset of the group(s) over the tile; the ones that fail
+    (those on a host that failed transiently earlier in the build at once: ``cube.failed_hosts``)."""
     keys = [key] if key is not None else list(cube.sources)
     read_options = cube.read_options if cube.read_options is not None else read_options
     seen: set[tuple[str, str]] = set()
@@ -581,7 +582,7 @@ def diagnose_read_failure(
             if (item_id, asset) in seen:
                 continue
             seen.add((item_id, asset))
-            res = read_window_check(href, cube.tile, read_options)
+            res = read_window_check(href, cube.tile, read_options, cube.failed_hosts)
             if res is not None:
                 reason, transient = res
                 if is_access_denied(reason):

@@ -10,7 +10,8 @@ asset's header opens, and how a read failure is classified:
 * **transient** (what :func:`pipelines.retry.is_transient` retries everywhere: HTTP 408/425/429/5xx,
   timeouts, connection errors; and OS errors of a local or mounted file: permission denied, I/O error,
   too many open files, stale NFS handle, ...; and any other HTTP error answer, 400, 405, 416 ...: a
-  proxy or a misconfigured endpoint, never a sign that the file is gone): the tile fails unrecorded;
+  proxy or a misconfigured endpoint, never a sign that the file is gone): the tile fails unrecorded,
+  and the tile build asks that asset's host no more (:class:`FailedHosts`);
 * **permanent** (only a file that is not there, ENOENT or HTTP 404/410, and a corrupt file): the
   asset is skipped and recorded with the reason.
 
@@ -27,8 +28,10 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipelines.registry import (
     AccessDeniedError,
@@ -167,6 +170,65 @@ def cube_access(
         by[cid] = access
         options = access.read_options(options)
     return CubeAccess(by, options)
+
+
+class FailedHosts:
+    """One tile build's memory of the hosts of its remote assets whose read failed transiently,
+    GDAL's retries of the request spent: a later open or read of any asset on such a host in the
+    same build fails at once, transient too (``not asked: <host> failed earlier in this tile``),
+    instead of waiting through GDAL's retry chain again (7.5 s per asset at the default 5 attempts;
+    a Sentinel-2 item has 13 assets on one host, a tile several items). Only for builds that fail
+    on any transient failure (:func:`~pipelines.cubes.assembly.assemble_tile` makes one unless
+    ``skip_unreachable``), so no asset is left out that was not asked for; thrown away with the
+    build, so the next run (or the next try in this process) asks the host again. Local paths are
+    never remembered (no retry chain to spare)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._first: dict[str, str] = {}  # host -> the reason of its first failure
+
+    def check(self, href: str) -> str | None:
+        """Why ``href`` is not to be asked (its host failed earlier in this build), else None."""
+        host = _host(href)
+        with self._lock:
+            first = self._first.get(host) if host else None
+        return None if first is None else f"not asked: {host} failed earlier in this tile ({first[:200]})"
+
+    def add(self, href: str, reason: str) -> None:
+        if host := _host(href):
+            with self._lock:
+                self._first.setdefault(host, reason)
+
+
+def _host(href: str) -> str:
+    """``scheme://host[:port]`` of a remote href (no user info, no path), ``""`` for a local path."""
+    if "://" not in href:
+        return ""
+    parts = urlsplit(href)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{parts.hostname or ''}" + (f":{port}" if port else "")
+
+
+def _transient_failure(href: str, reason: str, failed: FailedHosts | None) -> None:
+    """After ``href`` failed transiently: GDAL forgets its cached answer (the next try asks
+    again), the process remembers it was transient, ``failed`` remembers its host."""
+    _forget_in_gdal(href)
+    _OPEN_CACHE.put_transient(href)
+    if failed is not None:
+        failed.add(href, reason)
+
+
+def ask_again(hrefs: Iterable[str]) -> None:
+    """Before a tile build reads ``hrefs``: drop GDAL's cached answer of each that failed
+    transiently earlier in this process. It was dropped at the failure already, but a read still
+    running then (one of odc-stac's, while the build diagnosed its failed load) may have cached a
+    failure again, which the next build (a rerun in this process) would take for the server's answer."""
+    for href in hrefs:
+        if _OPEN_CACHE.was_transient(href):
+            _forget_in_gdal(href)
 
 
 def forget_failed_reads(hrefs: Iterable[str]) -> None:
@@ -423,8 +485,11 @@ def configure_reads(read_options: Mapping[str, Any] | None) -> None:
     odc.stac.configure_rio(cloud_defaults=True, aws=aws or None, **gdal_env(read_options))
 
 
-def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _Header | tuple[str, bool]:
-    """Open an asset: its header, or (reason, transient) when it cannot be opened."""
+def open_header(
+    href: str, read_options: Mapping[str, Any] | None = None, failed: FailedHosts | None = None
+) -> _Header | tuple[str, bool]:
+    """Open an asset: its header, or (reason, transient) when it cannot be opened (at once when
+    ``failed`` says its host failed earlier in this tile build)."""
     import rasterio
 
     cached = _OPEN_CACHE.get(href)
@@ -432,6 +497,9 @@ def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _He
         return cached
     if isinstance(cached, str):
         return cached, False
+    if failed is not None and (earlier := failed.check(href)):
+        _transient_failure(href, earlier, failed)  # what the load may have left in GDAL's cache
+        return f"cannot open: {earlier}", True
     try:
         with rio_env(read_options), rasterio.open(href) as src:
             if src.crs is None:
@@ -450,21 +518,34 @@ def open_header(href: str, read_options: Mapping[str, Any] | None = None) -> _He
     elif is_access_denied(result[0]):
         forget_failed_reads([href])  # never remembered: the next try (new credentials) asks again
     elif result[1]:
-        _forget_in_gdal(href)
-        _OPEN_CACHE.put_transient(href)
+        _transient_failure(href, result[0], failed)
     else:
         _OPEN_CACHE.put(href, result[0])
     return result
 
 
+def open_headers(
+    hrefs: list[str], read_options: Mapping[str, Any] | None = None, failed: FailedHosts | None = None
+) -> list[_Header | tuple[str, bool]]:
+    """:func:`open_header` of each href, remote ones 8 at a time."""
+    if len(hrefs) <= 2 or all("://" not in h for h in hrefs):
+        return [open_header(h, read_options, failed) for h in hrefs]
+    with ThreadPoolExecutor(max_workers=min(8, len(hrefs))) as pool:
+        return list(pool.map(lambda h: open_header(h, read_options, failed), hrefs))
+
+
 def read_window_check(
-    href: str, tile: Tile, read_options: Mapping[str, Any] | None = None
+    href: str, tile: Tile, read_options: Mapping[str, Any] | None = None, failed: FailedHosts | None = None
 ) -> tuple[str, bool] | None:
-    """Read the part of an asset that covers the tile at full resolution; (reason, transient) on failure."""
+    """Read the part of an asset that covers the tile at full resolution; (reason, transient) on
+    failure (at once when ``failed`` says its host failed earlier in this tile build)."""
     import rasterio
     from rasterio.warp import transform_bounds
     from rasterio.windows import Window, from_bounds
 
+    if failed is not None and (earlier := failed.check(href)):
+        _transient_failure(href, earlier, failed)  # what the load may have left in GDAL's cache
+        return f"read failed: {earlier}", True
     try:
         with rio_env(read_options), rasterio.open(href) as src:
             left, bottom, right, top = transform_bounds(tile.crs, src.crs, *tile.bounds, densify_pts=21)
@@ -478,8 +559,7 @@ def read_window_check(
     except _READ_ERRORS as exc:
         reason, transient = _read_failure(href, exc)
         if transient:
-            _forget_in_gdal(href)
-            _OPEN_CACHE.put_transient(href)
+            _transient_failure(href, reason, failed)
         return f"read failed: {reason}", transient
     return None
 

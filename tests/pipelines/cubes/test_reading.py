@@ -24,6 +24,7 @@ from pipelines.retry import RETRY_STATUSES
 from pipelines.runs import TileStatus
 from pipelines.storage import local_href
 from tests.conftest import REPO_ROOT, aom_command, cli_env
+from tests.pipelines.access_servers import serve
 from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, s2_item, spec
 
 OS_ERRORS = ["EACCES", "EPERM", "EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "ENOTCONN"]
@@ -185,3 +186,50 @@ def test_file_uris_become_local_paths() -> None:
     assert local_href("https://host/a%20b.tif") == "https://host/a%20b.tif"
     self_link = {"links": [{"rel": "self", "href": "file:///d/sp%20ace/item/item.json"}]}
     assert _absolute_href("../B04.tif", self_link) == "/d/sp ace/B04.tif"
+
+
+@pytest.mark.parametrize(
+    ("preflight", "skip_unreachable"),
+    [(True, False), (False, False), (True, True)],
+    ids=["at-preflight", "at-load", "skip-unreachable"],
+)
+def test_a_dead_asset_host_is_asked_no_more_once_a_read_of_it_failed(
+    scene: dict[str, Any], tmp_path: Path, preflight: bool, skip_unreachable: bool
+) -> None:
+    """A2's 13 assets are on a host that answers 503 to everything; GDAL asks each request 5 times
+    (the default attempts; its delays cut to 10 ms here, 7.5 s per read by default). Once a read of
+    the host has spent its retries, the tile build's other reads of it fail at once, transient:
+    at most one retry chain per href and at most 8 hrefs asked (the preflight's parallel opens, or
+    the load's failed reads and the diagnosis' first), not all 13. The tile fails unrecorded, and
+    once the host is back the next run (same process) asks it again and builds the tile. Before,
+    every asset waited through its own chain: 65 requests, 2 min per tile at-load with the default
+    delays. With ``skip_unreachable`` every asset is asked still (an unasked one is never left out)."""
+    fast = {"GDAL_HTTP_RETRY_DELAY": "0.01"}
+    out = str(tmp_path / "cubes")
+    tile_spec = spec(preflight=preflight, skip_unreachable=skip_unreachable)
+    with serve(scene["root"], force=[503] * 10_000) as server:
+        down = json.loads(json.dumps(scene["A2"]))
+        for asset in down["assets"].values():
+            asset["href"] = server.href(Path(asset["href"]))
+        assert len(down["assets"]) == 13
+        run = write_cubes([scene["A"], down], TILE_IDS[:1], tile_spec, out, progress=False, read_options=fast)
+        asked: dict[str, int] = {}
+        for _, path, _ in server.file_requests():
+            asked[path] = asked.get(path, 0) + 1
+        server.force.clear()  # the host is back
+        (outcome,) = run.outcomes
+        if skip_unreachable:
+            assert outcome.status == TileStatus.DONE, run.format()
+            assert len(asked) == 13 and {s["asset"] for s in outcome.skipped} == set(down["assets"])
+            return
+        assert outcome.status == TileStatus.FAILED and "13 asset(s) unreachable" in outcome.reason, (
+            run.format()
+        )
+        assert 1 <= len(asked) <= 8 and max(asked.values()) <= 5, asked
+        assert all(s["transient"] for s in outcome.skipped) and len(outcome.skipped) == 13
+        assert any("failed earlier in this tile" in s["reason"] for s in outcome.skipped)
+        assert CubeStore.open(out).recorded_tiles() == [], "a transient failure is never recorded"
+
+        rerun = write_cubes([scene["A"], down], TILE_IDS[:1], tile_spec, out, progress=False)
+    assert rerun.tiles_done == TILE_IDS[:1], rerun.format()
+    assert CubeStore.open(out).record(TILE_IDS[0])["items"] == ["A", "A2"]
