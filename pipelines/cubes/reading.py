@@ -518,7 +518,7 @@ def open_header(
     elif is_access_denied(result[0]):
         forget_failed_reads([href])  # never remembered: the next try (new credentials) asks again
     elif result[1]:
-        _transient_failure(href, result[0], failed)
+        _transient_failure(href, result[0].removeprefix("cannot open: "), failed)
     else:
         _OPEN_CACHE.put(href, result[0])
     return result

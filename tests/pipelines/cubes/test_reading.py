@@ -19,7 +19,7 @@ import rasterio.errors
 import yarl
 
 from pipelines.cubes import CubeStore, write_cubes
-from pipelines.cubes.reading import _absolute_href, classify_error
+from pipelines.cubes.reading import _absolute_href, classify_error, rio_env
 from pipelines.retry import RETRY_STATUSES
 from pipelines.runs import TileStatus
 from pipelines.storage import local_href
@@ -233,3 +233,25 @@ def test_a_dead_asset_host_is_asked_no_more_once_a_read_of_it_failed(
         rerun = write_cubes([scene["A"], down], TILE_IDS[:1], tile_spec, out, progress=False)
     assert rerun.tiles_done == TILE_IDS[:1], rerun.format()
     assert CubeStore.open(out).record(TILE_IDS[0])["items"] == ["A", "A2"]
+
+
+def test_a_failure_cached_after_the_build_dropped_it_is_asked_again(
+    scene: dict[str, Any], tmp_path: Path
+) -> None:
+    """A read of odc-stac's still running when its build diagnosed the failed load can leave GDAL's
+    /vsicurl/ cache holding the failure after the build dropped it (seen as a flaky rerun at-load):
+    the next build drops it again before it reads (``reading.ask_again``), so once the host is back
+    the rerun in the same process reads the asset, not GDAL's cached failure."""
+    fast = {"GDAL_HTTP_RETRY_DELAY": "0.01"}
+    out = str(tmp_path / "cubes")
+    with serve(scene["root"], force=[503] * 10_000) as server:
+        down = json.loads(json.dumps(scene["A2"]))
+        for asset in down["assets"].values():
+            asset["href"] = server.href(Path(asset["href"]))
+        run = write_cubes([scene["A"], down], TILE_IDS[:1], spec(), out, progress=False, read_options=fast)
+        assert run.tiles_failed, run.format()
+        with rio_env(fast), pytest.raises(rasterio.errors.RasterioIOError):  # the late read
+            rasterio.open(down["assets"]["nir"]["href"])
+        server.force.clear()  # the host is back
+        rerun = write_cubes([scene["A"], down], TILE_IDS[:1], spec(), out, progress=False)
+    assert rerun.tiles_done == TILE_IDS[:1], rerun.format()
