@@ -11,6 +11,7 @@ from pipelines import embeddings as es
 from pipelines import storage
 from pipelines.embed.plan import RunContext, RunPlan, Unit, plan_run
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult, _reason
+from pipelines.errors import RunFailedError
 from pipelines.outputs import OutputKind, claim_output
 from pipelines.runs import TileStatus
 from pipelines.tiling import Tile
@@ -29,7 +30,9 @@ def run_embedding(
     """Plan (checks first), create the version and zones, fan out, write STAC; return the summary.
 
     ``on_result`` is called in this process with each tile's result as it arrives. Raises
-    :class:`EmbedConfigError` (nothing written) when the request does not fit; per-tile faults
+    :class:`EmbedConfigError` (nothing written) when the request does not fit, and
+    :class:`~pipelines.errors.RunFailedError` (nothing written) when the output's completion records
+    cannot be listed; per-tile faults
     are reported in the summary (``failed``), never raised: rerun the same request to finish.
     """
     from pipelines.embed.fanout import Fanout
@@ -73,6 +76,8 @@ def run_embedding(
             if on_result is not None:
                 on_result(r)
 
+    # the recorded tiles, before any write: a listing that fails fails the run here, once
+    times = _record_times(ctx, [t.tile_id for t in plan.tiles])
     # an existing --out is used only when it is an aom embeddings store (docs/safety.md)
     claim_output(
         ctx.out,
@@ -91,7 +96,6 @@ def run_embedding(
         for epsg in sorted({t.epsg for t in plan.tiles}):
             es.ensure_zone(ctx.out, plan.version.name, epsg, ctx.out_options)
         collect(plan.skipped)
-        times = _record_times(ctx, [t.tile_id for t in plan.tiles])
         done = {ti: set(found) for ti, found in times.items()}
         stale = _stale(plan, times, summary.notes)
         todo: list[Unit] = []
@@ -140,11 +144,18 @@ def run_embedding(
 
 def _record_times(ctx: RunContext, tile_ids: list[str]) -> dict[int, dict[str, float]]:
     """Recorded tiles of the plan and their records' modification times, per time index, from
-    listings of their ``<epsg>_<ix>_`` columns only."""
+    listings of their ``<epsg>_<ix>_`` columns only; none where the version has no records folder yet
+    (a fresh output). A listing that fails otherwise (403, an endpoint that does not answer) raises
+    :class:`RunFailedError` naming the store, caused by the failure (so it is worth a retry exactly when
+    that is: :func:`pipelines.retry.is_transient`): never "no records", which made every tile's read
+    under its lease fail in turn, one request and one failed tile each."""
     try:
         return es.record_times(ctx.out, ctx.version, None, ctx.out_options, tile_ids)
-    except Exception:  # the run reads each tile's record under its lease before loading it (claims.py)
-        return {}
+    except Exception as exc:
+        raise RunFailedError(
+            f"cannot list the completion records of version {ctx.version!r} in {storage.redact_url(ctx.out)}: "
+            f"{storage.redact_text(_reason(exc))}; nothing was embedded: rerun once the store answers"
+        ) from exc
 
 
 def _stale(plan: RunPlan, times: dict[int, dict[str, float]], notes: list[str]) -> dict[int, set[str]]:

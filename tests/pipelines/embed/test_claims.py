@@ -2,8 +2,8 @@
 be read is a failure, never "not done".
 
 Before it takes a tile, the run reads the tile's record under its lease (the plan's listing may be
-stale, or may have failed). ``tile_is_complete`` answered False on any read error, so a record S3
-refused (403) or a filesystem denied was taken as "no record": the tile was read, encoded and written
+stale). ``tile_is_complete`` answered False on any read error, so a record S3 refused
+(403) or a filesystem denied was taken as "no record": the tile was read, encoded and written
 again over its record. Now the tile is reported failed, untouched, and the next run retries it.
 """
 
@@ -24,14 +24,15 @@ from tests.services.s3 import S3Refusal
 __all__ = ["checkpoint", "cubes", "reference"]  # session fixtures of test_run, used here too
 
 
-def _listing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The run's listing of the records fails (it goes on: each tile's record is read under its
-    lease before the tile is taken)."""
+def _listing_is_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's listing of the records does not show the tile's record yet (a listing that fails
+    fails the run instead: ``test_run``): each tile's record is read under its lease before the
+    tile is taken."""
 
-    def refused(*a: Any, **k: Any) -> Any:
-        raise PermissionError(13, "Permission denied", "_tiles/")
+    def stale(*a: Any, **k: Any) -> Any:
+        return {}
 
-    monkeypatch.setattr(es, "record_times", refused)
+    monkeypatch.setattr(es, "record_times", stale)
 
 
 def _deny_local_record(monkeypatch: pytest.MonkeyPatch, tile_id: str) -> None:
@@ -69,7 +70,7 @@ def test_a_record_that_cannot_be_read_fails_the_tile_and_it_is_not_encoded_again
     assert before is not None
 
     with monkeypatch.context() as m:
-        _listing_fails(m)
+        _listing_is_stale(m)
         writes = _count_writes(m)
         if store.local:
             _deny_local_record(m, tile)

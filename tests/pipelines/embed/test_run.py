@@ -266,6 +266,58 @@ def test_checkpoint_that_does_not_fit_fails_before_any_work(tmp_path: Path, cube
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("failure", "transient"),
+    [(PermissionError(13, "Access Denied"), False), (ConnectionError("endpoint did not answer"), True)],
+)
+def test_a_failed_listing_of_the_records_fails_the_run_once_before_any_tile(
+    tmp_path: Path,
+    checkpoint: Path,
+    cubes: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    transient: bool,
+) -> None:
+    """The output's completion records cannot be listed (an S3 403, a dead endpoint): the run fails
+    at once with one error naming the store, worth a retry exactly when its cause is transient; no
+    record is read, no tile attempted, nothing written. Before, the failure read as "no records": each
+    tile's record was read under its lease, each read failed the same way, and the run reported every
+    tile failed (one failing request per tile) instead of the store."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from pipelines import storage
+    from pipelines.errors import RunFailedError
+    from pipelines.retry import is_transient
+
+    out = tmp_path / "emb"
+    records = f"{out}/_tiles/"
+    ls, read_json = LocalFileSystem.ls, storage.read_json
+    listings: list[str] = []
+    reads: list[str] = []
+
+    def failing_ls(self: Any, path: str, *args: Any, **kw: Any) -> Any:
+        if str(path).startswith(records):
+            listings.append(str(path))
+            raise failure
+        return ls(self, path, *args, **kw)
+
+    def failing_read(url: str, *args: Any, **kw: Any) -> Any:
+        if str(url).startswith(records):
+            reads.append(url)
+            raise failure
+        return read_json(url, *args, **kw)
+
+    monkeypatch.setattr(LocalFileSystem, "ls", failing_ls)
+    monkeypatch.setattr(storage, "read_json", failing_read)
+    results: list[TileResult] = []
+    with pytest.raises(RunFailedError, match="cannot list the completion records") as info:
+        run_embedding(request(checkpoint, out, cubes), on_result=results.append)
+    assert str(out) in str(info.value) and len(listings) == 1
+    assert is_transient(info.value) is transient
+    assert not reads and not results  # no record read, no tile attempted
+    assert not out.exists()  # nothing written
+
+
 def test_max_attempts_bounds_the_asset_reads_of_a_catalog_run(
     tmp_path: Path, checkpoint: Path, sample_catalog: Any
 ) -> None:
