@@ -64,6 +64,11 @@ class EmbedParams(CredentialFree):
         ge=1,
         description="attempts per HTTP request of the catalog_url search and of its asset reads",
     )
+    holder_wait_min: float = Field(
+        EmbedRequest.holder_wait_min,
+        ge=0,
+        description="minutes to wait for a tile another live run holds before reporting it failed (0: none)",
+    )
     storage: StorageParams = StorageParams()
 
     _empty_is_none = empty_is_none("cubes", "catalog_url", "quantisation", "version", "dask_address")

@@ -24,6 +24,7 @@ from flows.common import (
 from flows.params import AreaParams, CredentialFree, StorageParams, empty_is_none, redacts_errors
 from pipelines.cubes import CubeRequest, CubeSpec, SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.cubes.reading import read_attempts
+from pipelines.outputs import HOLDER_WAIT_S
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.retry import RetryPolicy
 from pipelines.runs import TileStatus
@@ -53,6 +54,12 @@ class IngestParams(CredentialFree):
     )
     max_attempts: int = Field(
         5, ge=1, description="attempts per HTTP request of the catalog search and of the asset reads"
+    )
+    holder_wait_min: float = Field(
+        HOLDER_WAIT_S / 60,
+        ge=0,
+        description="minutes to wait for a tile another live run holds before reporting it failed "
+        "(0: none; aom cubes --holder-wait)",
     )
     storage: StorageParams = StorageParams()
 
@@ -135,6 +142,7 @@ def cube_batch_task(items_url: str, tile_ids: list[str], params: IngestParams) -
         params.out,
         params.storage.storage_options(),
         read_options=read_attempts(params.max_attempts),
+        holder_wait_s=params.holder_wait_min * 60,
     )
     return redact_record(summary)  # persisted by Prefect; its reasons feed the artifact and the failure
 

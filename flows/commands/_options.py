@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from pipelines.outputs.lease import HOLDER_WAIT_S
 from pipelines.retry import RETRY_STATUSES
 
 if TYPE_CHECKING:
@@ -58,6 +59,20 @@ def max_attempts_option(what: str = "") -> Any:
         min=1,
         help=f"Attempts per HTTP request{what}: {'/'.join(map(str, sorted(RETRY_STATUSES)))} answers, "
         "timeouts and lost connections are retried with backoff; other answers (401/403/404 ...) fail at once.",
+    )
+
+
+def holder_wait_option() -> Any:
+    """``--holder-wait``: minutes a run waits for a tile whose lease another live run holds and keeps
+    renewing (the library's ``holder_wait_s``; default :data:`pipelines.outputs.HOLDER_WAIT_S`), one
+    name, help and check (>= 0) in ``aom cubes`` and ``aom embed``."""
+    return typer.Option(
+        HOLDER_WAIT_S / 60,
+        "--holder-wait",
+        min=0,
+        metavar="MINUTES",
+        help="Minutes to wait for a tile another live run holds (and keeps renewing) before reporting it "
+        "failed, naming that run (other tiles go on meanwhile; a rerun retries it). 0: do not wait.",
     )
 
 

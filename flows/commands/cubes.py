@@ -25,6 +25,7 @@ from flows.commands._options import (
     check_folder_url,
     csv_list,
     dask_address_option,
+    holder_wait_option,
     max_attempts_option,
     parse_bbox,
     storage_options,
@@ -92,6 +93,7 @@ def cubes(
     max_attempts: int = max_attempts_option(
         " of the --catalog-url search and of every asset read (GDAL_HTTP_MAX_RETRY=N-1)"
     ),
+    holder_wait: float = holder_wait_option(),
     summary_json: str | None = typer.Option(
         None, "--summary-json", help="Also write the run summary here (JSON)."
     ),
@@ -167,6 +169,7 @@ def cubes(
         progress=progress,
         dask_address=dask_address,
         workers=workers,
+        holder_wait_s=holder_wait * 60,
     )
     typer.echo(summary.format())
     if summary_json:

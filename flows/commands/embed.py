@@ -22,6 +22,7 @@ from flows.commands._options import (
     check_not_empty,
     csv_list,
     dask_address_option,
+    holder_wait_option,
     max_attempts_option,
     read_aoi_file,
     storage_options_option,
@@ -172,6 +173,7 @@ def embed(
         "--input-storage-options",
         help="fsspec options for inputs and checkpoint, as --storage-options (default: --storage-options).",
     ),
+    holder_wait_min: float = holder_wait_option(),
     write_stac: bool = typer.Option(
         True, "--stac/--no-stac", help="(Re)write the STAC collection and items."
     ),

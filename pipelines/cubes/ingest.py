@@ -14,6 +14,7 @@ from pipelines.cubes.headers import fill_projection, header_cache_url
 from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes
 from pipelines.cubes.run import write_cubes
 from pipelines.cubes.spec import CubeSpec
+from pipelines.outputs.lease import HOLDER_WAIT_S
 from pipelines.retry import RetryPolicy
 from pipelines.search import SearchRequest, load_result, save_result, search
 from pipelines.storage import join
@@ -80,9 +81,11 @@ def build_tiles(
     storage_options: Mapping[str, Any] | None = None,
     *,
     read_options: Mapping[str, Any] | None = None,
+    holder_wait_s: float = HOLDER_WAIT_S,
 ) -> dict[str, Any]:
     """Write the cubes of ``tile_ids`` exactly once; returns the run summary as a dict
-    (``read_options``: GDAL options of the asset reads, e.g. :func:`~pipelines.cubes.reading.read_attempts`)."""
+    (``read_options``: GDAL options of the asset reads, e.g. :func:`~pipelines.cubes.reading.read_attempts`;
+    ``holder_wait_s``: as :func:`~pipelines.cubes.run.write_cubes`)."""
     items: Sequence[Mapping[str, Any]] = load_result(items_url, dict(storage_options or {}) or None).items
     if spec.missing_proj == "read_header":  # the headers plan_saved cached beside the items
         items, _ = fill_projection(
@@ -94,6 +97,13 @@ def build_tiles(
             storage_options=dict(storage_options or {}) or None,
         )
     summary = write_cubes(
-        items, list(tile_ids), spec, out_url, storage_options, read_options=read_options, progress=False
+        items,
+        list(tile_ids),
+        spec,
+        out_url,
+        storage_options,
+        read_options=read_options,
+        progress=False,
+        holder_wait_s=holder_wait_s,
     )
     return summary.to_dict()

@@ -41,14 +41,9 @@ from pipelines.cubes.composite import composite_group
 from pipelines.cubes.freshness import freshness, item_versions
 from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
 from pipelines.cubes.rebuild import staging_store, swap_in
-from pipelines.cubes.spec import (
-    INT16_FILL,
-    INT16_SCALE,
-    CubeSpec,
-    SkippedAsset,
-    gsd_label,
-)
+from pipelines.cubes.spec import INT16_FILL, INT16_SCALE, CubeSpec, SkippedAsset, gsd_label
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
+from pipelines.outputs.lease import HOLDER_WAIT_S
 from pipelines.runs import TileStatus
 from pipelines.storage import redact_record, redact_url
 from pipelines.tiling import ItemIndex, Tile, TileGrid
@@ -252,11 +247,13 @@ def process_tile(
     *,
     read_options: Mapping[str, Any] | None = None,
     scheduler: str | None = "threads",
+    holder_wait_s: float = HOLDER_WAIT_S,
 ) -> TileOutcome:
     """Write one tile exactly once (skip when complete), or rebuild a complete tile when ``items``
     has items its record has not seen or newer versions of its items (:mod:`pipelines.cubes.freshness`):
     built aside and swapped in only once complete (:mod:`pipelines.cubes.rebuild`), so a failed
-    rebuild keeps the tile. Never raises for bad inputs or storage faults."""
+    rebuild keeps the tile. Never raises for bad inputs or storage faults. Another live run's lease
+    on the tile is waited for at most ``holder_wait_s`` (:class:`~pipelines.outputs.HolderWait`)."""
     t0 = time.perf_counter()
     store = CubeStore(out_url, storage_options)
     lease = None
@@ -270,7 +267,7 @@ def process_tile(
             if not state.rebuild:
                 return _skipped(tile.tile_id, recorded[tile.tile_id], state.reason())
             lease = store.tile_lease(tile.tile_id)
-            lease.acquire_unless(lambda: False)  # wait for any live writer of the tile, then look again
+            lease.acquire_unless(lambda: False, wait_s=holder_wait_s)  # wait for a live writer, look again
             recorded = store.records([tile.tile_id])
             if recorded:
                 state = freshness(recorded[tile.tile_id], items)
@@ -280,9 +277,8 @@ def process_tile(
         else:
             lease = store.tile_lease(tile.tile_id)
             # another live run building this tile: wait for it (its record ends the wait)
-            if not lease.acquire_unless(lambda: store.has_record(tile.tile_id)) or store.has_record(
-                tile.tile_id
-            ):
+            done = functools.partial(store.has_record, tile.tile_id)
+            if not lease.acquire_unless(done, wait_s=holder_wait_s) or store.has_record(tile.tile_id):
                 rec = store.records([tile.tile_id]).get(tile.tile_id, {})
                 return _skipped(tile.tile_id, rec, "already complete (record exists)")
         _configure_reads(read_options)
@@ -449,6 +445,7 @@ def write_cubes(
     workers: int = 1,
     read_options: Mapping[str, Any] | None = None,
     on_tile: Callable[[TileOutcome], None] | None = None,
+    holder_wait_s: float = HOLDER_WAIT_S,
 ) -> RunSummary:
     """Build the cubes of ``tiles`` from ``items`` into ``out_url``, exactly once per tile.
 
@@ -458,8 +455,10 @@ def write_cubes(
     without either, ``workers`` local workers (threads) run them here (``workers=1``: one tile at a
     time, each using all cores through dask threads).
     ``read_options``: GDAL options for reading assets (not recorded). ``on_tile`` is called with
-    each outcome as it arrives. Returns the :class:`RunSummary`; raises only for an unusable
-    output location or spec (CubeStoreError, ValueError).
+    each outcome as it arrives. ``holder_wait_s``: how long a tile whose lease another live run holds
+    (and renews) is waited for before it fails naming that run (0: at once;
+    :class:`~pipelines.outputs.HolderWait`). Returns the :class:`RunSummary`; raises only for an
+    unusable output location or spec (CubeStoreError, ValueError).
     """
     t0 = time.perf_counter()
     item_list = list(items)
@@ -502,13 +501,14 @@ def write_cubes(
             on_tile(outcome)
 
     address = None if dask_client is not None or not todo else runs.dask_address(dask_address)
+    job = _tile_job(spec, store, read_options, holder_wait_s)
     try:
         if dask_client is not None:
             runs.log_dashboard(dask_client, "cubes")
-            _run_distributed(dask_client, todo, index, _tile_job(spec, store, read_options), finish)
+            _run_distributed(dask_client, todo, index, job, finish)
         elif address is not None:
             with runs.dask_client(address) as client:
-                _run_distributed(client, todo, index, _tile_job(spec, store, read_options), finish)
+                _run_distributed(client, todo, index, job, finish)
         elif workers <= 1:
             for tile in todo:
                 finish(
@@ -519,10 +519,11 @@ def write_cubes(
                         store.url,
                         storage_options,
                         read_options=read_options,
+                        holder_wait_s=holder_wait_s,
                     )
                 )
         else:
-            _run_threads(workers, todo, index, _tile_job(spec, store, read_options), finish)
+            _run_threads(workers, todo, index, job, finish)
     finally:
         if bar is not None:
             bar.close()
@@ -542,7 +543,9 @@ def _progress_bar(total: int, enabled: bool, initial: int = 0) -> Any:
 _TileJob = Callable[[Tile, Sequence[Mapping[str, Any]]], TileOutcome]
 
 
-def _tile_job(spec: CubeSpec, store: CubeStore, read_options: Mapping[str, Any] | None) -> _TileJob:
+def _tile_job(
+    spec: CubeSpec, store: CubeStore, read_options: Mapping[str, Any] | None, holder_wait_s: float
+) -> _TileJob:
     """``process_tile(tile, items)`` bound to one run's spec and store, for the thread and Dask runners.
 
     A ``functools.partial`` of a module-level function, so it pickles for Dask workers; each task
@@ -555,6 +558,7 @@ def _tile_job(spec: CubeSpec, store: CubeStore, read_options: Mapping[str, Any] 
         storage_options=store.storage_options,
         read_options=read_options,
         scheduler="synchronous",
+        holder_wait_s=holder_wait_s,
     )
 
 

@@ -15,9 +15,10 @@ tile that turns out to be done is skipped unread, and no task ever waits for a l
 * it is skipped (``written by another run meanwhile``) once that run's record is there (for a tile
   embedded again because its inputs changed: a record other than the one it replaces), and taken
   when that run ends without one;
-* a run waits for another run's tile at most :data:`~pipelines.outputs.HOLDER_WAIT_S` (the rule
+* a run waits for another run's tile at most ``RunContext.holder_wait_s`` (``--holder-wait``,
+  ``EmbedRequest.holder_wait_min``; default :data:`~pipelines.outputs.HOLDER_WAIT_S`; the rule
   ``aom cubes`` follows too: :class:`~pipelines.outputs.HolderWait`); then the tile is reported
-  ``failed``, naming that run, and a rerun retries it.
+  ``failed``, naming that run, and a rerun retries it (0: at once, not waited for).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class TileClaims:
 
     def __init__(self, ctx: RunContext, wait_s: float | None = None) -> None:
         self.ctx = ctx
-        self.wait_s = lease_mod.HOLDER_WAIT_S if wait_s is None else wait_s
+        self.wait_s = ctx.holder_wait_s if wait_s is None else wait_s
         self.held: dict[tuple[int, str], Lease] = {}
         self.waiting: dict[tuple[int, str], _Waiting] = {}
         self._deferred: list[tuple[float, int, Unit]] = []  # (monotonic time it is due, order, unit)

@@ -22,8 +22,8 @@ task required it, and a 2-thread worker could run two encoders at once, with twi
 Before a unit is submitted the client takes the leases of its tiles and reads their records under
 them (:mod:`pipelines.embed.claims`); the embed task takes each lease over from the client. A tile
 another live run holds is neither read nor waited for in a task: the client defers it to the end of
-the queue and waits for it between results (at most ``HOLDER_WAIT_S``), so no encoder slot or
-reader sits idle for it.
+the queue and waits for it between results (at most ``RunContext.holder_wait_s``), so no encoder
+slot or reader sits idle for it.
 
 At most ``max_in_flight`` units are submitted at a time (default: 2 per worker thread + 1), so
 loaded tiles never pile up in worker memory. A unit whose worker dies is retried by the scheduler

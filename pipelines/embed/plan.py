@@ -34,6 +34,7 @@ from pipelines.embed.sources import (
     parse_periods,
     search_interval,
 )
+from pipelines.outputs.lease import HOLDER_WAIT_S
 from pipelines.registry import BandSpec
 from pipelines.runs import TileStatus
 from pipelines.tiling import ItemIndex, Tile, TileGrid, square_groups, tile_cell
@@ -87,6 +88,7 @@ class RunContext:
     embedding: str  # aom_model.EMBEDDINGS: what a token vector is
     threads: int
     composite: str
+    holder_wait_s: float = HOLDER_WAIT_S  # the run's wait for a tile another run holds (TileClaims)
 
 
 @dataclass
@@ -349,6 +351,7 @@ def plan_run(request: EmbedRequest) -> RunPlan:
         embedding=request.embedding,
         threads=request.torch_threads,
         composite=request.composite,
+        holder_wait_s=float(request.holder_wait_min) * 60,
     )
     per_task = tiles_per_task(request.tiles_per_task, source, len(todo_tiles))
     # neighbouring tiles together (squares of side isqrt(per_task)): a unit's tiles share margins

@@ -53,6 +53,7 @@ from pipelines.embed.chips import (
     check_embedding_kind,
 )
 from pipelines.errors import check_bbox, check_device, check_number
+from pipelines.outputs.lease import HOLDER_WAIT_S
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.runs import TileStatus
 from pipelines.tiling import DEFAULT_TILE_SIZE_M
@@ -115,6 +116,10 @@ class EmbedRequest:
     ``catalog_url`` search (:class:`~pipelines.retry.RetryPolicy`; 1 = no retries) and of the asset
     reads from that catalog (:func:`~pipelines.cubes.reading.read_attempts`; a ``GDAL_HTTP_MAX_RETRY``
     in ``read_options`` wins); reads of ``cubes`` keep their storage client's own retries.
+
+    ``holder_wait_min``: how long (minutes, >= 0) a tile whose lease another live run holds and
+    keeps renewing is waited for (other tiles go on meanwhile); then it is reported failed, naming
+    that run (0: at once). Default: :data:`~pipelines.outputs.HOLDER_WAIT_S` (30 min).
     """
 
     checkpoint: str
@@ -147,6 +152,7 @@ class EmbedRequest:
     quantisation: str | None = None
     max_in_flight: int | None = None
     max_attempts: int = 5  # attempts per HTTP request of the catalog_url search and its asset reads
+    holder_wait_min: float = HOLDER_WAIT_S / 60
     strip_mb: float = 64.0
     write_stac: bool = True
     progress: bool = True
@@ -186,6 +192,7 @@ class EmbedRequest:
         check_number("strip_mb", self.strip_mb, above=0)
         check_number("max_in_flight", self.max_in_flight, minimum=1)
         check_number("max_attempts (--max-attempts)", self.max_attempts, minimum=1)
+        check_number("holder_wait_min (--holder-wait)", self.holder_wait_min, minimum=0)
         check_device("device (--device)", self.device)
         for name, url in (
             ("checkpoint", self.checkpoint),

@@ -57,7 +57,8 @@ loaded machine cannot age a lease the test means to be live."""
 POLL_S = 2.0
 """How often a run that waits for another live run's lease looks at it again (seconds, real time)."""
 HOLDER_WAIT_S = 1800.0
-"""The most a run waits for another live run's lease on a tile (``aom cubes``, ``aom embed``),
+"""The default of the most a run waits for another live run's lease on a tile (``aom cubes``,
+``aom embed``: ``--holder-wait`` minutes; the library's ``holder_wait_s``/``wait_s`` parameters),
 counted on the lease clock from when it first found the lease held: a holder that hangs but still
 renews its heartbeat is never waited for longer. Then the tile fails (:class:`LeaseHeldError`,
 naming the holder), unrecorded: a rerun retries it (:class:`HolderWait`)."""

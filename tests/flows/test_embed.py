@@ -55,3 +55,19 @@ def test_retrain_reads_the_checkpoint_under_the_real_out_url(
 ) -> None:
     """The pretrain result names the checkpoint redacted; retrain embeds with the URL it can read."""
     assert trained_checkpoint(out, {"checkpoint": shown}) == expect
+
+
+def test_the_holder_wait_parameter_reaches_the_request_and_a_negative_one_is_refused() -> None:
+    """``holder_wait_min`` (`aom embed --holder-wait`): the flow's request carries it (the wait for a
+    tile another run holds was a constant); below 0 the parameters are refused before any work."""
+    from pydantic import ValidationError
+
+    from pipelines.errors import InputError
+
+    base = {"checkpoint": "m.safetensors", "out": "/o", "cubes": "/c", "datetime": "2023", "tiles": ("t",)}
+    assert EmbedParams(**base).request().holder_wait_min == 30.0
+    assert EmbedParams(**base, holder_wait_min=0).request().holder_wait_min == 0.0
+    with pytest.raises(ValidationError, match="holder_wait_min"):
+        EmbedParams(**base, holder_wait_min=-1)
+    with pytest.raises(InputError, match=r"holder_wait_min \(--holder-wait\) must be >= 0"):
+        EmbedRequest.from_dict({**base, "holder_wait_min": -1})

@@ -64,13 +64,22 @@ def test_the_cube_task_returns_its_outcomes_without_credentials(monkeypatch: pyt
     secret_out = "https://user:SECRETPW7@h.example/cubes?sig=SECRET456"
 
     def fake_build(
-        items_url: str, tile_ids: list[str], spec: Any, out: str, options: Any, *, read_options: Any
+        items_url: str,
+        tile_ids: list[str],
+        spec: Any,
+        out: str,
+        options: Any,
+        *,
+        read_options: Any,
+        holder_wait_s: float,
     ) -> dict[str, Any]:
         assert out == secret_out  # the task writes to the real URL
         reads.append(read_options)
+        waits.append(holder_wait_s)
         return {"out": out, "outcomes": [{"tile_id": tile_ids[0], "status": "failed", "reason": f"cannot read {secret_url}"}]}  # fmt: skip
 
     reads: list[Any] = []
+    waits: list[float] = []
 
     monkeypatch.setattr(flows.ingest, "build_tiles", fake_build)
     params = IngestParams(
@@ -78,8 +87,10 @@ def test_the_cube_task_returns_its_outcomes_without_credentials(monkeypatch: pyt
         area=AreaParams(bbox=(5.0, 44.0, 6.0, 45.0), datetime="2023-01-01/2023-12-31"),
         out=withhold_credentials(secret_out),  # as a caller in this process gives it (flows.params)
         max_attempts=2,
+        holder_wait_min=0.5,
     )
     result = cube_batch_task.fn("items.ndjson", ["t1"], params)
+    assert waits == [30.0]  # holder_wait_min (aom cubes --holder-wait) reaches the library in seconds
     assert reads == [{"GDAL_HTTP_MAX_RETRY": "1", "GDAL_HTTP_RETRY_CODES": "408,425,429,500,502,503,504"}]
     text = json.dumps(result)
     assert "SECRET" not in text, text

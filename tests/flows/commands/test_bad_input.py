@@ -198,6 +198,17 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     ("cubes-summary-dir", lambda d: _cubes(d, "--summary-json", str(d / "adir")), "--summary-json"),
     ("cubes-workers", lambda d: _cubes(d, "--workers", "0"), "--workers"),
+    # the wait for a tile another run holds was a constant; now an option (minutes, >= 0)
+    (
+        "cubes-holder-wait-neg",
+        lambda d: _cubes(d, "--holder-wait", "-1"),
+        "'--holder-wait': Input should be greater than or equal to 0",
+    ),
+    (
+        "cubes-holder-wait-text",
+        lambda d: _cubes(d, "--holder-wait", "soon"),
+        "'--holder-wait': Input should be",
+    ),
     # embed
     ("embed-lat-95", lambda d: _embed(d, aoi="0,95,1,96"), "latitudes must be within [-90, 90]"),
     (
@@ -209,6 +220,16 @@ CASES: list[tuple[str, Any, str]] = [
         "embed-max-attempts-neg",
         lambda d: _embed(d, "--max-attempts", "-3"),
         "'--max-attempts': Input should be greater than or equal to 1",
+    ),
+    (
+        "embed-holder-wait-neg",
+        lambda d: _embed(d, "--holder-wait", "-0.5"),
+        "'--holder-wait': Input should be greater than or equal to 0",
+    ),
+    (
+        "embed-holder-wait-text",
+        lambda d: _embed(d, "--holder-wait", "soon"),
+        "'--holder-wait': Input should be",
     ),
     ("embed-aoi-fc", lambda d: _embed(d, aoi=str(d / "fc_bad.geojson")), "not GeoJSON: features[0]"),
     ("embed-aoi-feature", lambda d: _embed(d, aoi=str(d / "feat_nogeom.geojson")), "needs a 'geometry'"),

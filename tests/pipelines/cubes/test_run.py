@@ -233,6 +233,36 @@ def test_a_tile_another_run_keeps_leased_too_long_fails_naming_it_and_a_rerun_bu
     assert_stores_equal(CubeStore.open(str(out)), clean, TILE_IDS[:2])
 
 
+@pytest.mark.parametrize("wait_s", [0.0, 0.3])
+def test_a_tile_another_run_holds_fails_after_the_holder_wait_the_caller_gives(
+    wait_s: float, items: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for a tile another live run holds (and renews) was the constant HOLDER_WAIT_S, 30 min,
+    for every run. Now the caller gives it (``holder_wait_s``; ``aom cubes --holder-wait``): the tile
+    is reported failed, naming that run, after that long on the lease clock (0: at once), and the
+    holder's lease is left as it is."""
+    from pipelines.outputs import lease as lease_mod
+
+    out = tmp_path / "cubes"
+    first = write_cubes(items, TILE_IDS[1:2], spec(), str(out), progress=False)  # the store exists
+    assert first.tiles_done == TILE_IDS[1:2], first.to_dict()
+    monkeypatch.setattr(lease_mod, "POLL_S", 0.01)
+    hung = CubeStore(str(out)).tile_lease(TILE_IDS[0], ttl_s=1e9)  # live, never expires, no heartbeat
+    assert hung.try_acquire() is None
+    try:
+        t0 = time.monotonic()
+        summary = write_cubes(items, TILE_IDS[:1], spec(), str(out), progress=False, holder_wait_s=wait_s)
+        waited = time.monotonic() - t0
+        reason = summary.tiles_failed[TILE_IDS[0]]
+        assert "LeaseHeldError" in reason and f"run {hung.owner[:8]}" in reason, summary.to_dict()
+        assert f"{wait_s:.0f} s" in reason  # the message names the wait it kept
+        assert wait_s <= waited < wait_s + 5
+        assert TILE_IDS[0] not in CubeStore.open(str(out)).complete_tiles()
+        assert hung.read().owner == hung.owner  # type: ignore[union-attr]
+    finally:
+        hung.release()
+
+
 @pytest.mark.slow
 def test_process_killed_mid_run_then_rerun_is_identical(tmp_path: Path) -> None:
     root = tmp_path / "items"

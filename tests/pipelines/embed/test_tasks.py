@@ -518,6 +518,41 @@ def test_a_tile_another_run_keeps_leased_too_long_fails_naming_it_and_a_rerun_wr
     }, again.format()
 
 
+@pytest.mark.parametrize("wait_min", [0.0, 0.005])
+def test_a_tile_another_run_holds_fails_after_the_holder_wait_the_request_gives(
+    wait_min: float,
+    tmp_path: Path,
+    checkpoint: Path,
+    cubes: Path,
+    reference: tuple[Path, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait for a tile another live run holds (and renews) was the constant HOLDER_WAIT_S, 30 min,
+    for every run. Now the request gives it (``holder_wait_min``; ``aom embed --holder-wait``): after
+    that long (0: at once) the tile is reported failed naming the other run, unrecorded, and the
+    other tiles are written all the same."""
+    import pipelines.outputs.lease as lease_mod
+
+    ref_out, ref = reference
+    out = tmp_path / "emb"
+    first, second = _first_and_second(checkpoint, out, cubes)
+    holder = _Holder(out, ref.version, first, ref_out, heartbeat=time.time(), ttl_s=1e9)
+    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    t0 = time.monotonic()
+    s, ended = _in_thread(
+        lambda: run_embedding(request(checkpoint, out, cubes, holder_wait_min=wait_min)),
+        60,
+        lambda: holder.finish(record=False),
+    )
+    assert ended and s is not None, "the run still waits for a run that never lets the tile go"
+    assert time.monotonic() - t0 >= wait_min * 60
+    by = {r.tile_id: r for r in s.results}
+    assert by[second].status == TileStatus.DONE, s.format()
+    assert by[first].status == TileStatus.FAILED, s.format()
+    assert "LeaseHeldError" in by[first].reason and "run otherrun" in by[first].reason, s.format()
+    assert not es.tile_is_complete(str(out), ref.version, first, 0)
+
+
 @pytest.mark.slow
 def test_on_a_local_cluster_a_tile_another_run_holds_keeps_no_encoder_slot(
     tmp_path: Path, checkpoint: Path, cubes: Path, reference: tuple[Path, Any]
