@@ -23,9 +23,10 @@ from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_
 from pipelines.cubes.lattice import GroupLattice, lattice_shift, native_lattice
 from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes, read_items
 from pipelines.cubes.reading import classify_error, item_datetime
-from pipelines.cubes.run import RunSummary, TileOutcome, process_tile, write_cubes
+from pipelines.cubes.run import process_tile, write_cubes
 from pipelines.cubes.spec import LAYOUT_VERSION, CubeSpec, encode_reflectance, gsd_label, reflectance_attrs
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, group_path, tile_record
+from pipelines.cubes.summary import RunSummary, TileOutcome
 
 __all__ = [
     "LAYOUT_VERSION",
