@@ -301,8 +301,8 @@ class AOM(nn.Module):
         (mean, std) of every present band's valid native pixels over the whole chip."""
         per_group = [chip_stats(t, v) for t, v in zip(tokens.pixel_patches, tokens.pixel_patch_valid)]
         target = torch.cat([g[0] for g in per_group], dim=1)  # [B, C, 2]: groups in band order
-        has = torch.cat([g[1] for g in per_group], dim=1)  # [B, C] bands with a valid pixel
-        w = (has & tokens.band_valid).to(target.dtype)[..., None]  # [B, C, 1]
+        # [B, C] bands with a valid pixel (pixel validity already excludes invalid bands: Tokenizer)
+        w = torch.cat([g[1] for g in per_group], dim=1).to(target.dtype)[..., None]  # [B, C, 1]
         total = target.new_zeros(())
         for p in pooled:
             pred = self.decoder.predict_pooled_stats(
