@@ -7,7 +7,8 @@ Usage::
 
 For one labelled dataset (``load_dataset``, as ``aom eval``: same patches, class balancing and blocked
 splits via ``prepare_patches`` / ``make_splits``), linear probes (``make_probe``; C = 1 is the
-protocol's, further ``--c`` values are a sweep) on these features of the checkpoint and of its
+protocol's, further ``--c`` values are a sweep; ``auto`` chooses C on each training fold alone by
+grouped inner cross-validation, ``choose_c``, the same rule for every feature) on these features of the checkpoint and of its
 random-init twin (``random_like``: same config and normalisation, other weights), in the same run:
 
 * ``pooled`` [D]: mean of valid position tokens, what ``aom embed`` writes;
@@ -93,9 +94,14 @@ def mean_score(
     return float(np.mean(out))
 
 
-def probe(splits: Splits, y: np.ndarray, x_tr: np.ndarray, x_te: np.ndarray, c: float, ml: bool) -> float:
-    """Mean score over the splits of a linear probe fitted on x_tr[train] and tested on x_te[test]."""
-    return mean_score(splits, y, ml, lambda tr, te: fit_predict("linear", x_tr[tr], y[tr], x_te[te], ml, c=c))
+def probe(
+    splits: Splits, y: np.ndarray, x_tr: np.ndarray, x_te: np.ndarray, c: float | str, ml: bool, g: np.ndarray
+) -> float:
+    """Mean score over the splits of a linear probe fitted on x_tr[train] and tested on x_te[test]
+    (``c="auto"``: C chosen on each training fold by grouped inner CV over its blocks ``g[train]``)."""
+    return mean_score(
+        splits, y, ml, lambda tr, te: fit_predict("linear", x_tr[tr], y[tr], x_te[te], ml, c=c, groups=g[tr])
+    )
 
 
 def pca_basis(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +118,7 @@ def raw_variants(x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def probe_imputed(
-    splits: Splits, y: np.ndarray, x: np.ndarray, keep: np.ndarray, c: float, ml: bool
+    splits: Splits, y: np.ndarray, x: np.ndarray, keep: np.ndarray, c: float | str, ml: bool, g: np.ndarray
 ) -> float:
     """``probe`` of the all-band raw statistics ``x`` [N, 2C] applied to test patches whose columns
     outside ``keep`` are predicted from those in it by a ridge regression fitted on the fold's
@@ -126,7 +132,7 @@ def probe_imputed(
         reg = Ridge(alpha=1.0).fit(x[tr][ok][:, keep], x[tr][ok][:, miss])
         x_te = x[te].copy()
         x_te[:, miss] = reg.predict(np.nan_to_num(x_te[:, keep]))
-        return fit_predict("linear", x[tr], y[tr], x_te, ml, c=c)
+        return fit_predict("linear", x[tr], y[tr], x_te, ml, c=c, groups=g[tr])
 
     return mean_score(splits, y, ml, predict)
 
@@ -138,7 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--checkpoint", default="checkpoints/aom-tiny-real.safetensors")
     ap.add_argument("--patch-px", type=int, default=16)
-    ap.add_argument("--c", default="1,10", help="logistic-regression C values (1 = the protocol's)")
+    ap.add_argument(
+        "--c",
+        default="1,10",
+        help="logistic-regression C values (1 = the protocol's); 'auto': chosen per training fold by "
+        "grouped inner cross-validation over C_GRID (pipelines.evaluation.probes.choose_c)",
+    )
     ap.add_argument("--half-draws", type=int, default=5, help="half-band subsets (0: skip half bands)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -148,12 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pca-k", default="8,16,32,64", help="principal axes kept, one row each")
     a = ap.parse_args(argv)
     try:
-        cs = [float(v) for v in a.c.split(",") if v.strip()]
+        cs: list[float | str] = [
+            v.strip() if v.strip() == "auto" else float(v) for v in a.c.split(",") if v.strip()
+        ]
     except ValueError:
-        print(f"--c: comma-separated numbers, got {a.c!r}", file=sys.stderr)
+        print(f"--c: comma-separated numbers or 'auto', got {a.c!r}", file=sys.stderr)
         return 2
-    if not cs or any(c <= 0 for c in cs):
-        print("--c: one or more positive numbers", file=sys.stderr)
+    if not cs or any(not isinstance(c, str) and c <= 0 for c in cs):
+        print("--c: one or more positive numbers or 'auto'", file=sys.stderr)
         return 2
     try:
         pca_k = [int(v) for v in a.pca_k.split(",") if v.strip()]
@@ -172,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{a.dataset}: {exc}", file=sys.stderr)
         return 2
     splits = make_splits(ps, cfg)
-    y, ml, ref = ps.labels, ps.multilabel, ps.bands
+    y, ml, ref, g = ps.labels, ps.multilabel, ps.bands, ps.groups
     enc = load_encoder(cfg.checkpoint, seed=cfg.seed, threads=a.threads)
     rnd = random_like(enc, seed=cfg.seed)
     bases: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # model -> (mean [F], axes [F, K])
@@ -205,24 +218,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for (m, v), x in full.items():
         for c in cs:
-            s = probe(splits, y, x, x, c, ml)
+            s = probe(splits, y, x, x, c, ml, g)
             rows.append({"model": m, "features": v, "dims": int(x.shape[1]), "C": c, "all_bands": s})
-            print(f"  {m:12s} {v:15s} dims {x.shape[1]:4d} C {c:g}: all bands {s:.3f}", flush=True)
+            print(f"  {m:12s} {v:15s} dims {x.shape[1]:4d} C {c}: all bands {s:.3f}", flush=True)
     subsets = band_subsets(len(ref), 0.5, a.half_draws, cfg.seed) if a.half_draws > 0 else []
-    per: dict[tuple[str, str, float, str], list[float]] = {}
+    per: dict[tuple[str, str, float | str, str], list[float]] = {}
     for idx in subsets:
         sub = ps.subset(idx)
         for m, fn in extract.items():
             for v, x_sub in fn(sub).items():
                 for c in cs:
                     per.setdefault((m, v, c, "transfer"), []).append(
-                        probe(splits, y, full[m, v], x_sub, c, ml)
+                        probe(splits, y, full[m, v], x_sub, c, ml, g)
                     )
-                    per.setdefault((m, v, c, "refit"), []).append(probe(splits, y, x_sub, x_sub, c, ml))
+                    per.setdefault((m, v, c, "refit"), []).append(probe(splits, y, x_sub, x_sub, c, ml, g))
         keep = np.array([2 * i + k for i in idx for k in (0, 1)])  # raw_features: (mean, std) per band
         for c in cs:
             per.setdefault(("raw", "mean,std", c, "imputed"), []).append(
-                probe_imputed(splits, y, full["raw", "mean,std"], keep, c, ml)
+                probe_imputed(splits, y, full["raw", "mean,std"], keep, c, ml, g)
             )
     for r in rows:
         for mode in ("transfer", "refit", "imputed"):
@@ -233,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         if "half_transfer" in r:
             print(
-                f"  {r['model']:12s} {r['features']:15s} C {r['C']:g}: half bands transfer "
+                f"  {r['model']:12s} {r['features']:15s} C {r['C']}: half bands transfer "
                 f"{r['half_transfer']:.3f} ({r['half_transfer_retention']:.2f} of all), refit {r['half_refit']:.3f}"
                 + (
                     f", imputed {r['half_imputed']:.3f} ({r['half_imputed_retention']:.2f} of all)"

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 PROBES = ("linear", "knn")
+#: logistic-regression C values that ``choose_c`` (``c="auto"``) picks from
+C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def make_probe(
@@ -42,17 +44,57 @@ def fit_predict(
     multilabel: bool = False,
     knn_k: int = 10,
     seed: int = 0,
-    c: float = 1.0,
+    c: float | str = 1.0,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Fit ``kind`` on the training features and predict the test features. ``c="auto"`` (linear
+    only): C is chosen by :func:`choose_c` on the training patches alone, grouped by ``groups``
+    (their spatial blocks), so the test patches never inform it."""
     from threadpoolctl import threadpool_limits
 
-    probe = make_probe(kind, multilabel, len(x_train), knn_k, seed, c)
+    if c == "auto":
+        if groups is None:
+            raise ValueError('c="auto" needs the training patches\' groups (spatial blocks)')
+        c = choose_c(x_train, y_train, groups, multilabel, seed) if kind == "linear" else 1.0
+    probe = make_probe(kind, multilabel, len(x_train), knn_k, seed, float(c))
     # one BLAS thread: these problems are tiny and oversubscribed threads make them 10x slower
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence / constant-label warnings on tiny folds
         probe.fit(x_train, y_train)
         pred: np.ndarray = probe.predict(x_test)
     return pred
+
+
+def choose_c(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    multilabel: bool = False,
+    seed: int = 0,
+    grid: Sequence[float] = C_GRID,
+    folds: int = 3,
+) -> float:
+    """The linear probe's C from ``grid`` with the best score (the protocol's metric, averaged over
+    ``folds`` inner folds of these training patches, as scikit-learn's ``GridSearchCV`` does) with
+    whole groups per fold (``GroupKFold``: a spatial block is never on both sides, as in the outer
+    split); ties go to the smaller C. With fewer than two groups there is nothing to hold out: the
+    protocol's C = 1."""
+    from sklearn.model_selection import GroupKFold
+
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        return 1.0
+    inner = list(GroupKFold(n_splits=min(folds, n_groups)).split(x, groups=groups))
+    best_c, best = 1.0, -np.inf
+    for c in sorted(grid):
+        fold_scores = [
+            score(y[te], fit_predict("linear", x[tr], y[tr], x[te], multilabel, seed=seed, c=c), multilabel)
+            for tr, te in inner
+        ]
+        s = float(np.mean([f["score"] for f in fold_scores]))
+        if s > best:
+            best_c, best = c, s
+    return best_c
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, multilabel: bool = False) -> dict[str, float]:

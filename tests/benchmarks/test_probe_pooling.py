@@ -35,6 +35,11 @@ def test_imputed_probe_equals_the_all_band_probe_when_the_missing_columns_are_li
     x = np.concatenate([a, a @ rng.normal(size=(3, 3))], axis=1)  # columns 3-5 = linear in 0-2
     idx = np.arange(n)
     splits = [([(idx[:200], idx[200:]), (idx[100:], idx[:100])], "test split")]
-    full = probe(splits, y, x, x, 1.0, False)
+    g = idx // 10  # blocks of ten patches
+    full = probe(splits, y, x, x, 1.0, False, g)
     assert full > 0.9
-    assert abs(probe_imputed(splits, y, x, np.array([0, 1, 2]), 1.0, False) - full) < 0.02
+    assert abs(probe_imputed(splits, y, x, np.array([0, 1, 2]), 1.0, False, g) - full) < 0.02
+    # C chosen per training fold (grouped inner CV): the same near-exact transfer
+    auto = probe(splits, y, x, x, "auto", False, g)
+    assert auto > 0.9
+    assert abs(probe_imputed(splits, y, x, np.array([0, 1, 2]), "auto", False, g) - auto) < 0.02
