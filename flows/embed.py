@@ -62,7 +62,8 @@ class EmbedParams(CredentialFree):
     max_attempts: int = Field(
         EmbedRequest.max_attempts,
         ge=1,
-        description="attempts per HTTP request of the catalog_url search and of its asset reads",
+        description="attempts per HTTP request of the catalog_url search, of its asset reads and of the "
+        "listing of out's completion records",
     )
     holder_wait_min: float = Field(
         EmbedRequest.holder_wait_min,

@@ -97,7 +97,8 @@ def embed(
         DEFAULT_CATALOG, "--catalog", help="Registry catalog of --catalog-url's collections (`aom sensors`)."
     ),
     max_attempts: int = max_attempts_option(
-        " of the --catalog-url search and of its asset reads (GDAL_HTTP_MAX_RETRY=N-1)"
+        " of the --catalog-url search, of its asset reads (GDAL_HTTP_MAX_RETRY=N-1) and of the listing of"
+        " --out's completion records"
     ),
     collections: str | None = typer.Option(
         None,

@@ -113,9 +113,10 @@ class EmbedRequest:
     checkpoint (default: the same); both also take the text forms of
     :func:`~pipelines.storage.parse_storage_options`. ``read_options`` are GDAL options for COG
     reads. They are never logged nor recorded. ``max_attempts``: attempts per HTTP request of the
-    ``catalog_url`` search (:class:`~pipelines.retry.RetryPolicy`; 1 = no retries) and of the asset
+    ``catalog_url`` search (:class:`~pipelines.retry.RetryPolicy`; 1 = no retries), of the asset
     reads from that catalog (:func:`~pipelines.cubes.reading.read_attempts`; a ``GDAL_HTTP_MAX_RETRY``
-    in ``read_options`` wins); reads of ``cubes`` keep their storage client's own retries.
+    in ``read_options`` wins) and of the listing of ``out``'s completion records before any write;
+    reads of ``cubes`` keep their storage client's own retries.
 
     ``holder_wait_min``: how long (minutes, >= 0) a tile whose lease another live run holds and
     keeps renewing is waited for (other tiles go on meanwhile); then it is reported failed, naming
@@ -151,7 +152,7 @@ class EmbedRequest:
     embedding: str = "position"
     quantisation: str | None = None
     max_in_flight: int | None = None
-    max_attempts: int = 5  # attempts per HTTP request of the catalog_url search and its asset reads
+    max_attempts: int = 5  # attempts per HTTP request: catalog_url search, its reads, out's records listing
     holder_wait_min: float = HOLDER_WAIT_S / 60
     strip_mb: float = 64.0
     write_stac: bool = True

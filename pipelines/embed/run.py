@@ -13,10 +13,15 @@ from pipelines.embed.plan import RunContext, RunPlan, Unit, plan_run
 from pipelines.embed.request import EmbedRequest, EmbedSummary, TileResult, _reason
 from pipelines.errors import RunFailedError
 from pipelines.outputs import OutputKind, claim_output
+from pipelines.retry import RetryError, RetryPolicy, call_with_retry, is_transient
 from pipelines.runs import TileStatus
 from pipelines.tiling import Tile
 
 log = logging.getLogger(__name__)
+
+#: Of :func:`_record_times`: how the listing of the output's completion records is retried when it
+#: fails transiently (:func:`pipelines.retry.is_transient`); ``max_attempts`` is the request's.
+RECORD_LISTING_RETRY = RetryPolicy()
 
 
 # ------------------------------------------------------------------------------------------
@@ -32,7 +37,7 @@ def run_embedding(
     ``on_result`` is called in this process with each tile's result as it arrives. Raises
     :class:`EmbedConfigError` (nothing written) when the request does not fit, and
     :class:`~pipelines.errors.RunFailedError` (nothing written) when the output's completion records
-    cannot be listed; per-tile faults
+    cannot be listed (a transient failure after ``request.max_attempts`` attempts); per-tile faults
     are reported in the summary (``failed``), never raised: rerun the same request to finish.
     """
     from pipelines.embed.fanout import Fanout
@@ -76,8 +81,9 @@ def run_embedding(
             if on_result is not None:
                 on_result(r)
 
-    # the recorded tiles, before any write: a listing that fails fails the run here, once
-    times = _record_times(ctx, [t.tile_id for t in plan.tiles])
+    # the recorded tiles, before any write: a listing that still fails after its retries fails the run here
+    listing = dataclasses.replace(RECORD_LISTING_RETRY, max_attempts=request.max_attempts)
+    times = _record_times(ctx, [t.tile_id for t in plan.tiles], listing)
     # an existing --out is used only when it is an aom embeddings store (docs/safety.md)
     claim_output(
         ctx.out,
@@ -142,20 +148,32 @@ def run_embedding(
     return summary
 
 
-def _record_times(ctx: RunContext, tile_ids: list[str]) -> dict[int, dict[str, float]]:
+def _record_times(ctx: RunContext, tile_ids: list[str], policy: RetryPolicy) -> dict[int, dict[str, float]]:
     """Recorded tiles of the plan and their records' modification times, per time index, from
     listings of their ``<epsg>_<ix>_`` columns only; none where the version has no records folder yet
-    (a fresh output). A listing that fails otherwise (403, an endpoint that does not answer) raises
-    :class:`RunFailedError` naming the store, caused by the failure (so it is worth a retry exactly when
-    that is: :func:`pipelines.retry.is_transient`): never "no records", which made every tile's read
-    under its lease fail in turn, one request and one failed tile each."""
+    (a fresh output). The listing is one call retried under ``policy`` while it fails transiently
+    (:func:`pipelines.retry.is_transient`: a 503, an endpoint that does not answer); one that fails
+    otherwise (a 403; anything but a missing records folder) or still fails when the attempts are spent raises
+    :class:`RunFailedError` naming the store, caused by the last failure (so a flow retries it exactly
+    when that is transient): never "no records", which made every tile's read under its lease fail in
+    turn, one request and one failed tile each."""
+    where = f"version {ctx.version!r} in {storage.redact_url(ctx.out)}"
     try:
-        return es.record_times(ctx.out, ctx.version, None, ctx.out_options, tile_ids)
-    except Exception as exc:
+        return call_with_retry(
+            lambda: es.record_times(ctx.out, ctx.version, None, ctx.out_options, tile_ids),
+            policy=policy,
+            is_retryable=is_transient,
+            describe=f"listing the completion records of {where}",
+        )
+    except Exception as exc:  # the last failure, not call_with_retry's wrapper: one readable line
+        cause: BaseException = exc
+        tries = ""
+        if isinstance(exc, RetryError) and exc.last is not None:
+            cause, tries = exc.last, f" after {exc.attempts} attempts"
         raise RunFailedError(
-            f"cannot list the completion records of version {ctx.version!r} in {storage.redact_url(ctx.out)}: "
-            f"{storage.redact_text(_reason(exc))}; nothing was embedded: rerun once the store answers"
-        ) from exc
+            f"cannot list the completion records of {where}{tries}: "
+            f"{storage.redact_text(_reason(cause))}; nothing was embedded: rerun once the store answers"
+        ) from cause
 
 
 def _stale(plan: RunPlan, times: dict[int, dict[str, float]], notes: list[str]) -> dict[int, set[str]]:

@@ -266,56 +266,135 @@ def test_checkpoint_that_does_not_fit_fails_before_any_work(tmp_path: Path, cube
     assert not out.exists()
 
 
+def _s3_error(status: int, code: str) -> OSError:
+    """What s3fs raises for an S3 error answer: an ``OSError`` (``PermissionError`` for 403) caused by
+    botocore's ``ClientError``, which holds the status."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    answer = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return translate_boto_error(ClientError(answer, "ListObjectsV2"))
+
+
+class _FailingListings:
+    """``LocalFileSystem.ls`` of the store's records folder raises ``failure`` ``times`` times (None:
+    always), then lists; ``storage.read_json`` of a record raises it always (with ``times=None``).
+    ``listings``: the records listings asked for; ``reads``: the records read."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, out: Path, failure: Exception, times: int | None
+    ) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        from pipelines import storage
+
+        records = f"{out}/_tiles/"
+        ls, read_json = LocalFileSystem.ls, storage.read_json
+        self.listings: list[str] = []
+        self.reads: list[str] = []
+
+        def failing_ls(fs: Any, path: str, *args: Any, **kw: Any) -> Any:
+            if str(path).startswith(records):
+                self.listings.append(str(path))
+                if times is None or len(self.listings) <= times:
+                    raise failure
+            return ls(fs, path, *args, **kw)
+
+        def failing_read(url: str, *args: Any, **kw: Any) -> Any:
+            if str(url).startswith(records):
+                self.reads.append(url)
+                if times is None:
+                    raise failure
+            return read_json(url, *args, **kw)
+
+        monkeypatch.setattr(LocalFileSystem, "ls", failing_ls)
+        monkeypatch.setattr(storage, "read_json", failing_read)
+
+
+@pytest.fixture
+def listing_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The retries of the records listing, without their waits (the waits asked for are kept)."""
+    from pipelines.embed import run as run_mod
+    from pipelines.retry import RetryPolicy
+
+    waits: list[float] = []
+    monkeypatch.setattr(run_mod, "RECORD_LISTING_RETRY", RetryPolicy(sleep=waits.append), raising=False)
+    return waits
+
+
 @pytest.mark.parametrize(
     ("failure", "transient"),
-    [(PermissionError(13, "Access Denied"), False), (ConnectionError("endpoint did not answer"), True)],
+    [
+        (PermissionError(13, "Access Denied"), False),  # a local or mounted file system's refusal
+        (_s3_error(403, "AccessDenied"), False),
+        (ConnectionError("endpoint did not answer at https://key:SECRET@store.example/"), True),
+        (_s3_error(503, "SlowDown"), True),
+    ],
+    ids=["local-permission-denied", "s3-403", "connection-error", "s3-503"],
 )
 def test_a_failed_listing_of_the_records_fails_the_run_once_before_any_tile(
     tmp_path: Path,
     checkpoint: Path,
     cubes: Path,
     monkeypatch: pytest.MonkeyPatch,
+    listing_waits: list[float],
     failure: Exception,
     transient: bool,
 ) -> None:
     """The output's completion records cannot be listed (an S3 403, a dead endpoint): the run fails
-    at once with one error naming the store, worth a retry exactly when its cause is transient; no
-    record is read, no tile attempted, nothing written. Before, the failure read as "no records": each
-    tile's record was read under its lease, each read failed the same way, and the run reported every
-    tile failed (one failing request per tile) instead of the store."""
-    from fsspec.implementations.local import LocalFileSystem
-
-    from pipelines import storage
+    with one redacted line naming the store, worth a retry exactly when its cause is transient; no
+    record is read, no tile attempted, nothing written. A refusal is asked once; a transient failure
+    is asked ``max_attempts`` times (the listing is one retried call), and the line says how often,
+    once. Before, the failure read as "no records": each tile's record was read under its lease, each
+    read failed the same way, and the run reported every tile failed (one failing request per tile)
+    instead of the store; then one transient failure of the listing failed the run at once."""
     from pipelines.errors import RunFailedError
     from pipelines.retry import is_transient
 
     out = tmp_path / "emb"
-    records = f"{out}/_tiles/"
-    ls, read_json = LocalFileSystem.ls, storage.read_json
-    listings: list[str] = []
-    reads: list[str] = []
-
-    def failing_ls(self: Any, path: str, *args: Any, **kw: Any) -> Any:
-        if str(path).startswith(records):
-            listings.append(str(path))
-            raise failure
-        return ls(self, path, *args, **kw)
-
-    def failing_read(url: str, *args: Any, **kw: Any) -> Any:
-        if str(url).startswith(records):
-            reads.append(url)
-            raise failure
-        return read_json(url, *args, **kw)
-
-    monkeypatch.setattr(LocalFileSystem, "ls", failing_ls)
-    monkeypatch.setattr(storage, "read_json", failing_read)
+    store = _FailingListings(monkeypatch, out, failure, times=None)
     results: list[TileResult] = []
     with pytest.raises(RunFailedError, match="cannot list the completion records") as info:
-        run_embedding(request(checkpoint, out, cubes), on_result=results.append)
-    assert str(out) in str(info.value) and len(listings) == 1
+        run_embedding(request(checkpoint, out, cubes, max_attempts=3), on_result=results.append)
+    message = str(info.value)
+    assert str(out) in message and "\n" not in message and "SECRET" not in message
+    assert type(failure).__name__ in message and "RetryError" not in message
     assert is_transient(info.value) is transient
-    assert not reads and not results  # no record read, no tile attempted
+    if transient:  # attempts of the request's max_attempts, the policy's waits between them
+        assert len(store.listings) == 3 and len(listing_waits) == 2
+        assert message.count("attempt") == 1 and " after 3 attempts: " in message
+    else:
+        assert len(store.listings) == 1 and not listing_waits and "attempt" not in message
+    assert not store.reads and not results  # no record read, no tile attempted
     assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [ConnectionError("endpoint did not answer"), _s3_error(503, "SlowDown")],
+    ids=["connection-error", "s3-503"],
+)
+def test_a_listing_of_the_records_that_fails_once_transiently_is_asked_again(
+    tmp_path: Path,
+    checkpoint: Path,
+    cubes: Path,
+    reference: tuple[Path, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    listing_waits: list[float],
+    failure: Exception,
+) -> None:
+    """One network blip (a 503, a connection that drops) on the listing of the completion records
+    costs one wait, not the run: the listing is asked again and the run goes on as usual, here
+    skipping the two tiles the store has recorded. Before, the run failed at once."""
+    out = tmp_path / "emb"
+    shutil.copytree(reference[0], out)
+    store = _FailingListings(monkeypatch, out, failure, times=1)
+    summary = run_embedding(request(checkpoint, out, cubes))
+    assert len(listing_waits) == 1 and len(store.listings) >= 2
+    skipped = {"already complete (record exists)": sorted(f"{t}@t0" for t in TILES)}
+    assert summary.complete and {k: sorted(v) for k, v in summary.skipped.items()} == skipped, (
+        summary.format()
+    )
 
 
 def test_max_attempts_bounds_the_asset_reads_of_a_catalog_run(
