@@ -181,11 +181,13 @@ class FailedHosts:
     on any transient failure (:func:`~pipelines.cubes.assembly.assemble_tile` makes one unless
     ``skip_unreachable``), so no asset is left out that was not asked for; thrown away with the
     build, so the next run (or the next try in this process) asks the host again. Local paths are
-    never remembered (no retry chain to spare)."""
+    never remembered (no retry chain to spare). The hosts an open got an answer from are kept too
+    (:meth:`first_asks`: :func:`open_headers` asks a host not heard from with one open first)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._first: dict[str, str] = {}  # host -> the reason of its first failure
+        self._answered: set[str] = set()  # hosts an open of this build got an answer from
 
     def check(self, href: str) -> str | None:
         """Why ``href`` is not to be asked (its host failed earlier in this build), else None."""
@@ -198,6 +200,18 @@ class FailedHosts:
         if host := _host(href):
             with self._lock:
                 self._first.setdefault(host, reason)
+
+    def answered(self, href: str) -> None:
+        """An open of ``href`` got an answer from its host (a header, a refusal, a missing file)."""
+        with self._lock:
+            self._answered.add(_host(href))
+
+    def first_asks(self, hrefs: list[str]) -> list[int]:
+        """Index of the first href of each remote host in ``hrefs`` neither answered nor failed yet."""
+        with self._lock:
+            known = self._answered | set(self._first) | {""}
+        firsts = {_host(h): i for i, h in reversed(list(enumerate(hrefs)))}
+        return sorted(i for host, i in firsts.items() if host not in known)
 
 
 def _host(href: str) -> str:
@@ -513,6 +527,8 @@ def open_header(
     except _READ_ERRORS as exc:
         reason, transient = _read_failure(href, exc)
         result = (f"cannot open: {reason}", transient)
+    if failed is not None and (isinstance(result, _Header) or not result[1]):
+        failed.answered(href)
     if isinstance(result, _Header):
         _OPEN_CACHE.put(href, result)
     elif is_access_denied(result[0]):
@@ -527,11 +543,18 @@ def open_header(
 def open_headers(
     hrefs: list[str], read_options: Mapping[str, Any] | None = None, failed: FailedHosts | None = None
 ) -> list[_Header | tuple[str, bool]]:
-    """:func:`open_header` of each href, remote ones 8 at a time."""
+    """:func:`open_header` of each href, remote ones 8 at a time. With ``failed``, a host the tile
+    build has not heard from is asked with one open before its other hrefs: a dead host costs one
+    retry chain (the others fail at once, ``not asked``), not one per parallel open."""
     if len(hrefs) <= 2 or all("://" not in h for h in hrefs):
         return [open_header(h, read_options, failed) for h in hrefs]
+    first = failed.first_asks(hrefs) if failed is not None else []
+    rest = [i for i in range(len(hrefs)) if i not in first]
+    found: dict[int, _Header | tuple[str, bool]] = {}
     with ThreadPoolExecutor(max_workers=min(8, len(hrefs))) as pool:
-        return list(pool.map(lambda h: open_header(h, read_options, failed), hrefs))
+        for part in (first, rest):  # the second only once every first open is answered
+            found.update(zip(part, pool.map(lambda i: open_header(hrefs[i], read_options, failed), part)))
+    return [found[i] for i in range(len(hrefs))]
 
 
 def read_window_check(
