@@ -13,6 +13,7 @@ import pytest
 import xarray as xr
 
 from pipelines.cubes import LAYOUT_VERSION, CubeStore, CubeStoreError, assemble_tile, write_cubes
+from pipelines.cubes.reading import read_attempts
 from pipelines.outputs.conventions import dataset_convention_attrs
 from pipelines.testing import make_item, reflectance_model
 from pipelines.tiling import TileGrid
@@ -224,8 +225,10 @@ def test_reading_an_incomplete_tile_is_refused(built: dict[str, Any]) -> None:
 # bad inputs and faults: each is skipped and recorded, the run finishes
 
 
-def _one_tile_run(items: list[dict[str, Any]], out: Path, **kw: Any):
-    return write_cubes(items, [TILE_IDS[0]], spec(**kw), str(out), progress=False)
+def _one_tile_run(
+    items: list[dict[str, Any]], out: Path, read_options: dict[str, Any] | None = None, **kw: Any
+):
+    return write_cubes(items, [TILE_IDS[0]], spec(**kw), str(out), progress=False, read_options=read_options)
 
 
 def test_asset_404_is_skipped_and_recorded(scene: dict[str, Any], tmp_path: Path) -> None:
@@ -249,12 +252,13 @@ def test_unreachable_asset_fails_the_tile_for_a_retry(scene: dict[str, Any], tmp
     far = copy.deepcopy(scene["B"])
     far["id"] = "BFAR"
     far["assets"]["scl"]["href"] = f"http://127.0.0.1:{free_port()}/SCL.tif"  # nothing listens there
-    summary = _one_tile_run([scene["A"], far], tmp_path / "out")
+    fast = read_attempts(2)  # one retry, as the default's five fail: in 0.5 s instead of 7.5 s
+    summary = _one_tile_run([scene["A"], far], tmp_path / "out", fast)
     assert summary.tiles_failed and "unreachable" in summary.tiles_failed[TILE_IDS[0]]
     assert summary.exit_code == 1  # nothing useful produced
     assert CubeStore.open(str(tmp_path / "out")).complete_tiles() == []
     # opting in: unreachable assets are left out like missing ones
-    summary = _one_tile_run([scene["A"], far], tmp_path / "out2", skip_unreachable=True)
+    summary = _one_tile_run([scene["A"], far], tmp_path / "out2", fast, skip_unreachable=True)
     assert summary.tiles_done == [TILE_IDS[0]]
     assert summary.items_skipped[0]["item"] == "BFAR" and summary.items_skipped[0].get("transient")
 
