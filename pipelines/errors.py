@@ -31,6 +31,7 @@ __all__ = [
     "AOMError",
     "CubeDataError",
     "InputError",
+    "RetryLaterError",
     "RunFailedError",
     "check_bbox",
     "check_choice",
@@ -66,6 +67,13 @@ class RunFailedError(AOMError, RuntimeError):
     """A run that started and could not finish (the message says what to do next)."""
 
     exit_code = EXIT_FAILED
+
+
+class RetryLaterError(RunFailedError):
+    """A unit of a run (a tile) failed for what a later run may pass, though retrying the one call
+    at once would not: another live run holds the tile's lease or took it over, or the tile's assets
+    could not be read now. :func:`pipelines.retry.worth_a_rerun` accepts it (and :func:`is_transient`
+    does not): the tile is reported failed, worth the flow run's retry."""
 
 
 # ---------------------------------------------------------------------------------------------

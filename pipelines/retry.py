@@ -16,7 +16,8 @@ What is worth a retry is decided in one place, :func:`is_transient`: an HTTP ans
 requests/pystac-client, urllib) raised it. A refusal (401/403), a 404 or a failed condition is not:
 it fails at once, and the caller reports it as the failure it is. Where a whole step is rerun (a
 Prefect task, :func:`flows.common.retry_condition`), a worker lost mid-way is worth it too:
-:func:`is_lost_worker`.
+:func:`is_lost_worker`; where a later run redoes a failed tile (the flow run's retry),
+:func:`worth_a_rerun` says whether it may pass.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pipelines.errors import RunFailedError
+from pipelines.errors import RetryLaterError, RunFailedError
 
 T = TypeVar("T")
 
@@ -278,6 +279,24 @@ def is_lost_worker(exc: BaseException) -> bool:
         if link is None:
             return False
         if any((c.__module__, c.__name__) in _LOST_WORKER_ERRORS for c in type(link).__mro__):
+            return True
+        link = link.__cause__ or link.__context__
+    return False
+
+
+def worth_a_rerun(exc: BaseException) -> bool:
+    """Whether a tile of a cube or embedding run that failed with ``exc`` may pass when a later run
+    (the flow run's one retry, :class:`flows.common.TilesFailedError`) redoes it: :func:`is_transient`,
+    :func:`is_lost_worker`, or a :class:`~pipelines.errors.RetryLaterError` along its causes (another
+    live run holds the tile's lease or took it over, assets unreachable now). Not: a refused access
+    (401/403, :class:`~pipelines.registry.access.AccessDeniedError`), a 404, bad data, a bug."""
+    if is_transient(exc) or is_lost_worker(exc):
+        return True
+    link: BaseException | None = exc
+    for _ in range(4):
+        if link is None:
+            return False
+        if isinstance(link, RetryLaterError):
             return True
         link = link.__cause__ or link.__context__
     return False

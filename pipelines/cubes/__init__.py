@@ -4,7 +4,8 @@
 * ``store``: the cube store (:class:`CubeStore`), the one reader and writer of the layout: per-tile
   writes, completion records (:func:`tile_record`, :func:`group_entry`), reads;
 * ``groups``: one group's validated metadata (:class:`GroupMeta`) and window reads;
-* ``reading``: item selection, GDAL environment and read-error classes;
+* ``reading``: item selection, GDAL environment and read-error classes, whether a failed tile may
+  pass a rerun (:func:`tile_failure_retryable`, cube and embedding runs alike);
 * ``headers``: the grids of items without projection metadata, read from the file headers and cached;
 * ``assembly``: one tile's items -> per-(collection, GSD) datasets;
 * ``lattice``: where each group's pixel lattice lies (the items' native pixel grid, by evidence);
@@ -22,7 +23,7 @@ from pipelines.cubes.groups import GroupMeta
 from pipelines.cubes.ingest import SavedSearch, build_tiles, plan_saved, search_and_save
 from pipelines.cubes.lattice import GroupLattice, lattice_shift, native_lattice
 from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes, read_items
-from pipelines.cubes.reading import classify_error, item_datetime
+from pipelines.cubes.reading import classify_error, item_datetime, tile_failure_retryable
 from pipelines.cubes.run import process_tile, write_cubes
 from pipelines.cubes.spec import LAYOUT_VERSION, CubeSpec, encode_reflectance, gsd_label, reflectance_attrs
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, group_path, tile_record
@@ -59,6 +60,7 @@ __all__ = [
     "read_items",
     "reflectance_attrs",
     "search_and_save",
+    "tile_failure_retryable",
     "tile_record",
     "write_cubes",
 ]

@@ -41,7 +41,7 @@ from pipelines.registry import (
     credential_hint,
     resolve_access,
 )
-from pipelines.retry import RETRY_STATUSES, RetryPolicy, http_status, is_transient
+from pipelines.retry import RETRY_STATUSES, RetryPolicy, http_status, is_transient, worth_a_rerun
 from pipelines.storage import local_href, redact_url
 from pipelines.tiling import Tile, _normalise_aoi, item_geometry
 
@@ -411,6 +411,28 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
     denied = bool(_DENIED.search(full))
     transient = (os_error or retryable or answered or bool(_TRANSIENT.search(full))) and not denied
     return reason[:300], transient
+
+
+def is_read_error(exc: BaseException) -> bool:
+    """Whether ``exc`` or one of its causes is a GDAL read error (rasterio's ``RasterioError``)."""
+    import rasterio.errors
+
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, rasterio.errors.RasterioError):
+            return True
+        chain = chain.__cause__ or chain.__context__
+    return False
+
+
+def tile_failure_retryable(exc: BaseException) -> bool:
+    """Whether a tile (of a cube run, or of an embedding run) that failed with ``exc`` may pass
+    when a later run redoes it, the flow run's retry among them: :func:`pipelines.retry.worth_a_rerun`
+    (a server or network error, a lost worker, another live run holding the tile's lease), or a GDAL
+    read error :func:`classify_error` calls transient (GDAL gives an HTTP status only in its text).
+    Not: a refused access (403, :class:`~pipelines.registry.access.AccessDeniedError`), a 404, a
+    corrupt file or record, bad input, a bug."""
+    return worth_a_rerun(exc) or (is_read_error(exc) and classify_error(exc)[1])
 
 
 def _chain(exc: BaseException | str) -> list[BaseException | str]:

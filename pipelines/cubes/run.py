@@ -38,7 +38,14 @@ from pipelines.cubes.assembly import (
 )
 from pipelines.cubes.composite import composite_group
 from pipelines.cubes.freshness import freshness, item_versions
-from pipelines.cubes.reading import classify_error, configure_reads, item_datetime, items_touching
+from pipelines.cubes.reading import (
+    classify_error,
+    configure_reads,
+    is_read_error,
+    item_datetime,
+    items_touching,
+    tile_failure_retryable,
+)
 from pipelines.cubes.rebuild import staging_store, swap_in
 from pipelines.cubes.spec import INT16_FILL, INT16_SCALE, CubeSpec, SkippedAsset, gsd_label
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
@@ -80,17 +87,6 @@ MAX_READ_RETRIES = 3  # load attempts after diagnosing unreadable assets
 def _configure_reads(read_options: Mapping[str, Any] | None) -> None:
     """GDAL settings for odc-stac's reads in this process (assembly adds each catalog's access)."""
     configure_reads(read_options)
-
-
-def _is_read_error(exc: BaseException) -> bool:
-    import rasterio.errors
-
-    chain: BaseException | None = exc
-    while chain is not None:
-        if isinstance(chain, rasterio.errors.RasterioError):
-            return True
-        chain = chain.__cause__ or chain.__context__
-    return False
 
 
 def process_tile(
@@ -158,6 +154,7 @@ def process_tile(
         reason, _ = classify_error(exc)
         log.warning("tile %s failed: %s: %s", tile.tile_id, type(exc).__name__, reason)
         outcome = TileOutcome(tile.tile_id, TileStatus.FAILED, f"{type(exc).__name__}: {reason}")
+        outcome.retryable = tile_failure_retryable(exc)  # whether the flow run's retry may pass
     finally:
         if lease is not None:
             lease.release()
@@ -197,6 +194,7 @@ def _write_tile(
         if unreachable and not spec.skip_unreachable:
             store.clear_tile(tile.tile_id)
             transient = [x.to_dict() for x in [*cube.skipped, *diagnosed] if x.transient]
+            # unreachable: a reason that passes (network, server, local I/O), so a rerun may read them
             return TileOutcome(tile.tile_id, TileStatus.FAILED, unreachable, skipped=transient), None
         fractions = {}
         try:
@@ -204,7 +202,7 @@ def _write_tile(
                 fractions[key] = store.write_group(tile.tile_id, ds, spec=spec, scheduler=scheduler)
             break
         except Exception as exc:
-            if not _is_read_error(exc) or attempt == MAX_READ_RETRIES:
+            if not is_read_error(exc) or attempt == MAX_READ_RETRIES:
                 raise
             found = [
                 f
@@ -452,4 +450,5 @@ def _run_distributed(
             finish(fut.result())
         except Exception as exc:  # the worker died: the tile stays absent
             tile_id = str(fut.key).split("-")[2] if str(fut.key).startswith("aom-cube-") else "?"
-            finish(TileOutcome(tile_id, TileStatus.FAILED, f"worker error: {type(exc).__name__}: {exc}"))
+            reason = f"worker error: {type(exc).__name__}: {exc}"
+            finish(TileOutcome(tile_id, TileStatus.FAILED, reason, retryable=tile_failure_retryable(exc)))

@@ -16,7 +16,8 @@ class TileOutcome:
 
     ``status``: a :class:`~pipelines.runs.TileStatus` outcome: ``done`` (written, has data),
     ``empty`` (record written, no usable pixels), ``skipped`` (recorded by an earlier run and left
-    as it is), ``failed`` (not recorded by this run: retried next run).
+    as it is), ``failed`` (not recorded by this run: retried next run). A failed tile's ``reason``
+    says why, and ``retryable`` whether a later run may pass (the flow run's retry is kept for it).
     """
 
     tile_id: str
@@ -28,6 +29,12 @@ class TileOutcome:
     output_mb: float = 0.0
     record_status: str = ""
     """A skipped tile's recorded status (``complete`` or ``empty``): only a complete one is usable."""
+    retryable: bool = True
+    """A failed tile: whether a later run may pass, decided where its failure was caught
+    (:func:`pipelines.cubes.run.tile_failure_retryable`: a server or network error, a lost worker,
+    another live run holding its lease, assets unreachable now). False for a failure no rerun
+    passes (refused access, a 404, bad data, a bug): the ingest flow's retry is withdrawn when every
+    failed tile is one. True for the other statuses (nothing to retry)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +45,7 @@ class TileOutcome:
             "skipped": list(self.skipped),
             "elapsed_s": round(self.elapsed_s, 3),
             "output_mb": round(self.output_mb, 3),
+            "retryable": self.retryable,
         }
 
 
@@ -67,6 +75,12 @@ class RunSummary:
     @property
     def tiles_failed(self) -> dict[str, str]:
         return {o.tile_id: o.reason for o in self.outcomes if o.status == TileStatus.FAILED}
+
+    @property
+    def tiles_failed_retryable(self) -> dict[str, bool]:
+        """Failed tile -> whether a later run may pass (:attr:`TileOutcome.retryable`); same keys as
+        :attr:`tiles_failed`."""
+        return {o.tile_id: o.retryable for o in self.outcomes if o.status == TileStatus.FAILED}
 
     @property
     def items_skipped(self) -> list[dict[str, Any]]:

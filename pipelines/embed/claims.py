@@ -129,14 +129,16 @@ class TileClaims:
                 waiting.wait.check(holder)  # LeaseHeldError once it held the tile too long
                 later.append(k)
             except Exception as exc:
+                from pipelines.cubes import tile_failure_retryable
+
                 self.waiting.pop(key, None)
                 if lease is not None:
                     self.held.pop(key, None)
                     lease.release()
                 log.warning("tile %s@t%d not claimed: %s", tile.tile_id, t, _reason(exc))
-                settled.append(
-                    TileResult(tile.tile_id, t, TileStatus.FAILED, f"tile lease or record: {_reason(exc)}")
-                )
+                reason = f"tile lease or record: {_reason(exc)}"  # a held lease: worth a retry
+                retryable = tile_failure_retryable(exc)
+                settled.append(TileResult(tile.tile_id, t, TileStatus.FAILED, reason, retryable=retryable))
         if later:
             self._order += 1
             due = time.monotonic() + lease_mod.POLL_S

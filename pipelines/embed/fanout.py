@@ -224,10 +224,14 @@ class Fanout:
             try:
                 results = fut.result()
             except Exception as exc:  # worker lost too often, or a bug outside the per-tile guards
+                from pipelines.cubes import tile_failure_retryable
+
                 reason = redact_url(f"task failed: {type(exc).__name__}: {str(exc)[:300]}")
                 log.warning("unit %s failed: %s", unit.name, reason)
+                retryable = tile_failure_retryable(exc)  # a lost worker: yes; a bug: no
                 results = [
-                    TileResult(t.tile_id, unit.time_index, TileStatus.FAILED, reason) for t in unit.tiles
+                    TileResult(t.tile_id, unit.time_index, TileStatus.FAILED, reason, retryable=retryable)
+                    for t in unit.tiles
                 ]
             finally:
                 claims.release(unit)

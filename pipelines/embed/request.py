@@ -293,7 +293,8 @@ class TileResult:
 
     ``status``: a :class:`~pipelines.runs.TileStatus` outcome: ``done`` (written, has valid
     tokens), ``empty`` (written as nodata and recorded), ``skipped`` (not written by this run:
-    already complete, or no cube), ``failed`` (not recorded; the next run redoes it).
+    already complete, or no cube), ``failed`` (not recorded; the next run redoes it). A failed
+    tile's ``reason`` says why, and ``retryable`` whether a later run may pass.
     """
 
     tile_id: str
@@ -309,6 +310,12 @@ class TileResult:
     write_s: float = 0.0
     max_abs_quant_error: float | None = None
     worker: str = ""
+    retryable: bool = True
+    """A failed tile: whether a later run may pass, decided where its failure was caught
+    (:func:`pipelines.cubes.tile_failure_retryable`: a server or network error, a lost worker,
+    another live run holding its lease, assets unreachable now). False for a failure no rerun
+    passes (refused access, a 404, bad data, a bug): the embed flow's retry is withdrawn when every
+    failed tile is one. True for the other statuses (nothing to retry)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,6 +357,14 @@ class EmbedSummary:
     def failed(self) -> dict[str, str]:
         return {
             f"{r.tile_id}@t{r.time_index}": r.reason for r in self.results if r.status == TileStatus.FAILED
+        }
+
+    @property
+    def failed_retryable(self) -> dict[str, bool]:
+        """Failed ``tile@t<i>`` -> whether a later run may pass (:attr:`TileResult.retryable`); the
+        keys of :attr:`failed`."""
+        return {
+            f"{r.tile_id}@t{r.time_index}": r.retryable for r in self.results if r.status == TileStatus.FAILED
         }
 
     def _by_reason(self, status: TileStatus) -> dict[str, list[str]]:
@@ -402,6 +417,7 @@ class EmbedSummary:
             "skipped_tiles": self.skipped,
             "empty_tiles": self.empty_reasons,
             "failed": self.failed,
+            "failed_retryable": self.failed_retryable,
             "complete": self.complete,
             "chips": self.chips,
             "km2_covered": round(self.km2_covered, 3),

@@ -41,10 +41,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadFailure:
+    """A tile whose pixels could not be read (its ``retryable``: :attr:`TileResult.retryable`)."""
+
     tile_id: str
     time_index: int
     reason: str
     read_s: float = 0.0
+    retryable: bool = True
 
 
 def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | TileResult]:
@@ -58,7 +61,7 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
     failed: dict[str, LoadFailure] = {}
     claims = {tile_id: (owner, replaces) for tile_id, owner, replaces in unit.claims}
     for tile in unit.tiles:
-        if tile.tile_id not in claims:  # never read without the run's lease
+        if tile.tile_id not in claims:  # never read without the run's lease (a rerun claims it)
             failed[tile.tile_id] = LoadFailure(
                 tile.tile_id, unit.time_index, "not claimed: the run holds no lease"
             )
@@ -88,8 +91,13 @@ def load_unit(unit: Unit, ctx: RunContext) -> list[PaddedTile | LoadFailure | Ti
 
 
 def _load_failure(tile: Tile, time_index: int, exc: BaseException, t0: float) -> LoadFailure:
+    from pipelines.cubes import tile_failure_retryable
+
     log.warning("load %s@t%d failed: %s", tile.tile_id, time_index, _reason(exc))
-    return LoadFailure(tile.tile_id, time_index, f"read failed: {_reason(exc)}", time.perf_counter() - t0)
+    reason = f"read failed: {_reason(exc)}"
+    return LoadFailure(
+        tile.tile_id, time_index, reason, time.perf_counter() - t0, tile_failure_retryable(exc)
+    )
 
 
 def _set_threads(n: int) -> None:
@@ -116,7 +124,7 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
         # the run's lease expired and was taken over (or this is a retry of a unit whose worker
         # died holding it): as any writer, take it only when free or abandoned
         holder = lease.take()
-        if holder is not None:
+        if holder is not None:  # another live run's: worth a retry (res.retryable stays True)
             res.status = TileStatus.FAILED
             res.reason = f"LeaseLostError: the tile's lease is held by another {holder.describe()}; rerun"
             return res
@@ -206,17 +214,22 @@ def embed_loaded(loaded: list[PaddedTile | LoadFailure | TileResult], ctx: RunCo
             out.append(item)
             continue
         if isinstance(item, LoadFailure):
-            out.append(
-                TileResult(item.tile_id, item.time_index, TileStatus.FAILED, item.reason, read_s=item.read_s)
+            failed = TileResult(
+                item.tile_id, item.time_index, TileStatus.FAILED, item.reason, read_s=item.read_s
             )
+            failed.retryable = item.retryable
+            out.append(failed)
             continue
         try:
             res = embed_padded(item, ctx)
         except Exception as exc:
+            from pipelines.cubes import tile_failure_retryable
+
             log.warning("embed %s@t%d failed: %s", item.tile.tile_id, item.time_index, _reason(exc))
             res = TileResult(
                 item.tile.tile_id, item.time_index, TileStatus.FAILED, f"embed/write failed: {_reason(exc)}"
             )
+            res.retryable = tile_failure_retryable(exc)
         res.worker = f"{os.uname().nodename}:{os.getpid()}"
         out.append(res)
     return out

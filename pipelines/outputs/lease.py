@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pipelines import storage
-from pipelines.errors import EXIT_FAILED, AOMError
+from pipelines.errors import RetryLaterError
 from pipelines.outputs import lease_local
 from pipelines.retry import RetryError, RetryPolicy, call_with_retry, http_status, is_transient
 
@@ -72,16 +72,12 @@ def _renew_policy(ttl_s: float, sleep: Callable[[float], None]) -> RetryPolicy:
     return RetryPolicy(10_000, ttl_s / 60, ttl_s / 12, max_elapsed_s=wait, sleep=sleep)
 
 
-class LeaseHeldError(AOMError, RuntimeError):
+class LeaseHeldError(RetryLaterError):
     """Another live run holds the lease (exit 1: wait for it, or rerun later)."""
 
-    exit_code = EXIT_FAILED
 
-
-class LeaseLostError(AOMError, RuntimeError):
-    """This run's lease expired and was taken by another run; its work is not recorded."""
-
-    exit_code = EXIT_FAILED
+class LeaseLostError(RetryLaterError):
+    """This run's lease expired and was taken by another run; its work is not recorded (exit 1)."""
 
 
 @dataclass(frozen=True)

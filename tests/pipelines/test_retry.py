@@ -115,3 +115,57 @@ def test_a_lost_worker_is_told_apart_from_an_error_no_rerun_passes() -> None:
         assert is_lost_worker(exc), exc
     for exc in [_s3(403, "AccessDenied"), FileNotFoundError("x"), ValueError("bug"), TimeoutError()]:
         assert not is_lost_worker(exc), exc
+
+
+def _retry_error(last: BaseException) -> BaseException:
+    """What ``call_with_retry`` raises when its attempts ran out on ``last``."""
+    from pipelines.retry import RetryPolicy, call_with_retry
+
+    def fail() -> None:
+        raise last
+
+    policy = RetryPolicy(max_attempts=2, initial_delay_s=0, sleep=lambda s: None)
+    try:
+        call_with_retry(fail, policy=policy, is_retryable=is_transient)
+    except Exception as exc:
+        return exc
+    raise AssertionError("no error")
+
+
+def _rerun_cases() -> list[tuple[BaseException, bool]]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from distributed.scheduler import KilledWorker
+
+    from pipelines.errors import InputError
+    from pipelines.outputs import LeaseHeldError, LeaseLostError
+    from pipelines.registry.access import AccessDeniedError
+
+    return [
+        (_s3(503, "SlowDown"), True),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), True),
+        (_retry_error(_s3(503, "SlowDown")), True),  # a server down past the call's retries
+        (KilledWorker("t", None, 3), True),  # type: ignore[arg-type]
+        (BrokenProcessPool("terminated abruptly"), True),
+        (LeaseHeldError("<store>/_leases/t.json is still held by another run"), True),
+        (LeaseLostError("this run's lease was taken by another run"), True),
+        (_caused_by(LeaseHeldError("held")), True),
+        (_s3(403, "AccessDenied"), False),
+        (AccessDeniedError("reading L:red was refused (HTTP 403)"), False),
+        (_s3(404, "NoSuchKey"), False),
+        (FileNotFoundError(errno.ENOENT, "no such file"), False),
+        (InputError("bad input"), False),
+        (ValueError("a bug"), False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exc", "may_pass"), _rerun_cases(), ids=lambda v: str(v) if isinstance(v, bool) else type(v).__name__
+)
+def test_a_failed_tile_is_worth_a_rerun_only_for_what_may_pass(exc: BaseException, may_pass: bool) -> None:
+    """``worth_a_rerun``: what a tile failed for decides whether the flow run's retry may pass: a
+    server error or no answer (past the call's own retries too), a lost worker, or a lease another
+    live run held or took over; not a refused access, a missing file, bad input or a bug."""
+    from pipelines.retry import worth_a_rerun
+
+    assert worth_a_rerun(exc) is may_pass

@@ -19,6 +19,7 @@ from pipelines.embed.sources.padded import (
     time_indices,
 )
 from pipelines.embed.sources.periods import Period
+from pipelines.errors import RetryLaterError
 from pipelines.registry import DEFAULT_CATALOG, BandSpec
 from pipelines.runs import TileStatus
 from pipelines.storage import public_uri
@@ -26,6 +27,12 @@ from pipelines.tiling import Tile, TileGrid
 
 # ------------------------------------------------------------------------------------------
 # STAC items
+
+
+class AssetsUnreachableError(RetryLaterError, OSError):
+    """Assets of a tile could not be read for a reason that passes (network, server, local I/O;
+    :func:`pipelines.cubes.assembly.unreachable_reason`): the tile fails unrecorded, and a later run
+    (the flow run's retry among them) reads them again."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ class CatalogSource:
         cube = assemble_tile(ptile, in_period, self.spec(), read_options=dict(self.read_options) or None)
         unreachable = unreachable_reason(cube.skipped)
         if unreachable:  # never an empty or partial tile: it fails and the next run reads it again
-            raise OSError(unreachable)
+            raise AssetsUnreachableError(unreachable)
         out.notes.extend(f"skipped {s.item}:{s.asset}: {s.reason}" for s in cube.skipped[:20])
         items_used: set[str] = set()
         for coll, label in cube:

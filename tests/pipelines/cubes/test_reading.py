@@ -124,6 +124,40 @@ def test_a_missing_or_corrupt_file_is_permanent(error: BaseException | str) -> N
     assert not classify_error(error)[1]
 
 
+def _tile_failures() -> list[tuple[BaseException, bool]]:
+    from pipelines.embed.sources.catalog import AssetsUnreachableError
+    from pipelines.outputs import LeaseHeldError
+    from pipelines.registry.access import AccessDeniedError
+
+    return [
+        (
+            rasterio.errors.RasterioIOError("/vsicurl/https://h.example/B04.tif: HTTP response code: 503"),
+            True,
+        ),
+        (rasterio.errors.RasterioIOError("CURL error: Connection reset by peer"), True),
+        (_answer(503), True),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (LeaseHeldError("<out>/_leases/t.json is still held by another run"), True),
+        (AssetsUnreachableError("1 asset(s) unreachable, e.g. A:red: HTTP response code: 503"), True),
+        (rasterio.errors.RasterioIOError("HTTP response code: 403"), False),
+        (_answer(403), False),
+        (AccessDeniedError("reading sample/sentinel-2-l2a A:red was refused (HTTP 403)"), False),
+        (rasterio.errors.RasterioIOError("HTTP response code: 404"), False),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/B04.tif"), False),
+        (ValueError("a bug"), False),
+    ]
+
+
+@pytest.mark.parametrize(("error", "retryable"), _tile_failures())
+def test_a_failed_tile_says_whether_a_rerun_may_pass(error: BaseException, retryable: bool) -> None:
+    """``tile_failure_retryable`` (cube and embedding tiles): a server error or no answer, whichever
+    client or GDAL reported it, another run's lease, unreachable assets: a rerun may pass; a refused
+    access, a missing file or a bug: no rerun passes."""
+    from pipelines.cubes import tile_failure_retryable
+
+    assert tile_failure_retryable(error) is retryable
+
+
 def _unprivileged(cmd: list[str]) -> list[str]:
     """``cmd`` run so that file permissions apply (root reads a mode-000 file otherwise)."""
     if os.geteuid() != 0:

@@ -152,6 +152,7 @@ def test_s3_endpoint_down_mid_write_then_resume(
     first = write_cubes(items, TILE_IDS[:3], spec(), url, options, progress=False)
     assert first.tiles_done == [TILE_IDS[0]]
     assert set(first.tiles_failed) == set(TILE_IDS[1:3])  # tile 2 cut mid-write, tile 3 never started
+    assert first.tiles_failed_retryable == dict.fromkeys(TILE_IDS[1:3], True)  # the endpoint may be back
     assert first.exit_code == 0  # something useful (tile 1) was produced
     s3.start()
     monkeypatch.setattr(CubeStore, "write_group", original)
@@ -256,11 +257,46 @@ def test_a_tile_another_run_holds_fails_after_the_holder_wait_the_caller_gives(
         reason = summary.tiles_failed[TILE_IDS[0]]
         assert "LeaseHeldError" in reason and f"run {hung.owner[:8]}" in reason, summary.to_dict()
         assert f"{wait_s:.0f} s" in reason  # the message names the wait it kept
+        assert summary.tiles_failed_retryable == {TILE_IDS[0]: True}  # the holder may be done by then
         assert wait_s <= waited < wait_s + 5
         assert TILE_IDS[0] not in CubeStore.open(str(out)).complete_tiles()
         assert hung.read().owner == hung.owner  # type: ignore[union-attr]
     finally:
         hung.release()
+
+
+def _s3_answer(status: int, code: str) -> BaseException:
+    """What s3fs raises for an S3 error answer: an OSError caused by botocore's ClientError."""
+    from tests.flows.test_common import _s3_error
+
+    return _s3_error(status, code)
+
+
+@pytest.mark.parametrize(
+    ("make", "retryable"),
+    [
+        (lambda: _s3_answer(403, "AccessDenied"), False),
+        (lambda: _s3_answer(503, "SlowDown"), True),
+        (lambda: ConnectionResetError(104, "Connection reset by peer"), True),
+    ],
+    ids=["403", "503", "connection-reset"],
+)
+def test_a_failed_tile_says_whether_a_rerun_may_pass(
+    make: Any, retryable: bool, items: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tile whose write failed was reported failed, nothing more: the ingest flow's retry ran it
+    again 30 s later whatever it failed for, a refused write (403) too. The outcome now says, where
+    the failure is caught, whether a rerun may pass (``retryable``, also in ``to_dict``)."""
+
+    def refused(self: CubeStore, tile_id: str, ds: Any, **kw: Any) -> list[float]:
+        raise make()
+
+    monkeypatch.setattr(CubeStore, "write_group", refused)
+    summary = write_cubes(items, TILE_IDS[:1], spec(), str(tmp_path / "cubes"), progress=False)
+    assert list(summary.tiles_failed) == TILE_IDS[:1], summary.to_dict()
+    assert summary.tiles_failed_retryable == {TILE_IDS[0]: retryable}
+    assert summary.to_dict()["outcomes"][0]["retryable"] is retryable
+    assert summary.exit_code == 1  # the CLI's exit status is the same either way
 
 
 @pytest.mark.slow

@@ -83,6 +83,7 @@ def test_a_record_that_cannot_be_read_fails_the_tile_and_it_is_not_encoded_again
             assert refusal.refused >= 1
     (r,) = s.results
     assert r.status == TileStatus.FAILED and "PermissionError" in r.reason, s.format()  # was: done
+    assert r.retryable is False and s.failed_retryable == {f"{tile}@t0": False}  # a refusal stays one
     assert writes == []  # was: [tile], encoded and written again over its record
     assert store.get(record) == before
 

@@ -550,6 +550,7 @@ def test_a_tile_another_run_holds_fails_after_the_holder_wait_the_request_gives(
     assert by[second].status == TileStatus.DONE, s.format()
     assert by[first].status == TileStatus.FAILED, s.format()
     assert "LeaseHeldError" in by[first].reason and "run otherrun" in by[first].reason, s.format()
+    assert by[first].retryable and s.failed_retryable == {f"{first}@t0": True}  # the holder may be done
     assert not es.tile_is_complete(str(out), ref.version, first, 0)
 
 
