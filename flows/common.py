@@ -142,8 +142,23 @@ def install_exit_bound() -> None:
 
 class TilesFailedError(RunFailedError):
     """Some tiles of a flow run failed (they have no completion record): the run's one retry redoes
-    only them, since a tile fails for what may pass (a server down past its read retries, a lease
-    another run held, an expired signature), and complete tiles are skipped."""
+    only them (complete tiles are skipped), when ``retryable``: at least one of them failed for what
+    may pass (a server down past its read retries, a lease another run held, a lost worker). When
+    none did (each one refused access, a missing file, bad data: the ``retryable`` flag of each
+    failed tile in the run summary, :func:`pipelines.cubes.tile_failure_retryable`), the retry
+    would fail the same way: :func:`flow_retries_when_worth_it` withdraws it."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message if retryable else f"{message} (none of the failed tiles may pass a retry)")
+        self.retryable = retryable
+        """Whether any failed tile may pass a retry."""
+
+    @classmethod
+    def of(cls, message: str, failed: Sequence[Mapping[str, Any]]) -> TilesFailedError:
+        """The error for the failed tiles' rows of a run summary (``TileOutcome.to_dict()``,
+        ``TileResult.to_dict()``): retryable when any row is (a row without the flag counts as
+        retryable)."""
+        return cls(message, retryable=any(bool(row.get("retryable", True)) for row in failed))
 
 
 class RedactedFailure(RunFailedError):
@@ -161,10 +176,11 @@ def worth_a_retry(exc: BaseException) -> bool:
     """Whether a task or flow that raised ``exc`` may succeed when run again: the project's one
     rule of remote errors (:func:`pipelines.retry.is_transient`: 408/425/429/5xx, no whole answer),
     a worker lost mid-way (:func:`pipelines.retry.is_lost_worker`: a Dask worker killed, a pool's
-    process dead), or a crashed task whose result the flow asked for (Prefect's ``CrashedRun``)."""
+    process dead), a crashed task whose result the flow asked for (Prefect's ``CrashedRun``), or failed
+    tiles of which one at least may pass (:class:`TilesFailedError`)."""
     from prefect.exceptions import CrashedRun
 
-    if isinstance(exc, RedactedFailure):
+    if isinstance(exc, RedactedFailure | TilesFailedError):
         return exc.retryable
     return is_transient(exc) or is_lost_worker(exc) or isinstance(exc, CrashedRun)
 
@@ -189,15 +205,16 @@ def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
 
 @contextmanager
 def flow_retries_when_worth_it() -> Iterator[None]:
-    """Wrap a flow's body: a failure that no retry passes (not :func:`worth_a_retry`, nor
-    :class:`TilesFailedError`) withdraws the run's remaining flow-level retries before Prefect sees
-    it, so it fails at once. Prefect has no retry condition for flows: its server retries every
-    ``Failed`` flow run that has retries left. A task failure reaches here after the task's own
-    retries; a transient one keeps the flow's retry."""
+    """Wrap a flow's body: a failure that no retry passes (not :func:`worth_a_retry`: failed tiles
+    none of which may pass among them) withdraws the run's remaining flow-level retries before
+    Prefect sees it, so it fails at once. Prefect has no retry condition for flows: its server
+    retries every ``Failed`` flow run that has retries left. A task failure reaches here after the
+    task's own retries; a transient one keeps the flow's retry, and so do failed tiles of which one
+    at least may pass (:class:`TilesFailedError`)."""
     try:
         yield
     except Exception as exc:
-        if not (isinstance(exc, TilesFailedError) or worth_a_retry(exc)):
+        if not worth_a_retry(exc):
             _withdraw_flow_retries()
         raise
 

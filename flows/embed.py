@@ -112,9 +112,9 @@ def _embed(params: EmbedParams) -> dict[str, Any]:
         notes=[*summary.get("warnings", []), *summary.get("notes", [])],
     )
     failed = [r for r in rows if r.get("status") == TileStatus.FAILED]
-    if failed:  # Prefect retries the run; complete tiles have records and are skipped
-        raise TilesFailedError(
-            f"{len(failed)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0].get('reason')}"
+    if failed:  # Prefect retries the run (complete tiles have records and are skipped), if worth it
+        raise TilesFailedError.of(
+            f"{len(failed)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0].get('reason')}", failed
         )
     return summary
 

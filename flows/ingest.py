@@ -178,9 +178,10 @@ def _ingest(params: IngestParams) -> dict[str, Any]:
     )
     if failed:
         # Fail the run so Prefect retries it; the retry redoes only these tiles (complete ones
-        # have records and are skipped).
-        raise TilesFailedError(
-            f"{len(failed)} of {len(outcomes)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0]['reason']}"
+        # have records and are skipped), unless none of them may pass a retry.
+        raise TilesFailedError.of(
+            f"{len(failed)} of {len(outcomes)} tile(s) failed, e.g. {failed[0]['tile_id']}: {failed[0]['reason']}",
+            failed,
         )
     return {  # a flow's result is persisted and shown by Prefect
         "items": saved.count,

@@ -288,3 +288,28 @@ def test_task_retries_are_for_what_may_pass() -> None:
     for exc in [*_transient_errors(), *_lost_worker_errors(), CrashedRun("the task crashed")]:
         assert retried(exc), exc
     assert common.retry_condition(None, None, Failed(message="returned failed"))  # Prefect's default
+
+
+@pytest.mark.parametrize(
+    ("rows", "withdrawn"),
+    [
+        ([{"tile_id": "a", "retryable": False}, {"tile_id": "b", "retryable": False}], True),
+        ([{"tile_id": "a", "retryable": False}, {"tile_id": "b", "retryable": True}], False),
+        ([{"tile_id": "a"}], False),  # a row without the flag (a summary from before it): retried
+    ],
+    ids=["all-permanent", "one-transient", "unflagged"],
+)
+def test_failed_tiles_keep_the_flow_retry_only_when_one_may_pass(
+    monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, object]], withdrawn: bool
+) -> None:
+    """``TilesFailedError`` always kept the flow run's retry. It now carries whether any failed
+    tile's row (``TileOutcome.to_dict()``, ``TileResult.to_dict()``) may pass a retry; when none
+    does, ``flow_retries_when_worth_it`` withdraws the retry."""
+    withdrawals: list[str] = []
+    monkeypatch.setattr(common, "_withdraw_flow_retries", lambda: withdrawals.append("withdrawn"))
+    error = common.TilesFailedError.of(f"{len(rows)} tile(s) failed", rows)
+    assert error.retryable is not withdrawn and common.worth_a_retry(error) is not withdrawn
+    with pytest.raises(common.TilesFailedError), common.flow_retries_when_worth_it():
+        raise error
+    assert withdrawals == (["withdrawn"] if withdrawn else [])
+    assert str(error).endswith("(none of the failed tiles may pass a retry)") is withdrawn

@@ -223,6 +223,64 @@ def test_a_flow_whose_tiles_failed_is_retried_for_them(
     assert calls == ["search", "build", "search", "build"]
 
 
+def _failing_tiles(calls: list[str], retryable: dict[str, bool]) -> Callable[..., dict[str, Any]]:
+    """A ``build_tiles`` whose first call fails each tile of ``retryable`` (with that flag, as
+    ``process_tile`` classifies it) and builds the others; every later call builds them all."""
+
+    def build_tiles(items_url: str, tile_ids: list[str], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append("build")
+        first = calls.count("build") == 1
+        outcomes = []
+        for t in tile_ids:
+            if first and t in retryable:
+                why = (
+                    "HTTP 503 after 5 attempts"
+                    if retryable[t]
+                    else "PermissionError: AccessDenied (HTTP 403)"
+                )
+                outcomes.append({"tile_id": t, "status": "failed", "reason": why, "retryable": retryable[t]})
+            else:
+                outcomes.append({"tile_id": t, "status": "done", "reason": "", "retryable": True})
+        return {"outcomes": outcomes}
+
+    return build_tiles
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("retryable", "retried"),
+    [({"t1": False, "t2": False}, False), ({"t1": False, "t2": True}, True)],
+    ids=["all-permanent", "one-transient"],
+)
+def test_a_flow_whose_tiles_failed_is_retried_only_when_one_of_them_may_pass(
+    prefect_harness: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retryable: dict[str, bool],
+    retried: bool,
+) -> None:
+    """Failed tiles kept the flow's retry whatever they failed for: tiles that all failed for what
+    no retry passes (a refused access, a missing file, bad data) were run again 30 s later, and
+    failed the same way. Now the retry is withdrawn unless one failed tile may pass."""
+    import flows.ingest
+    from flows.common import TilesFailedError
+
+    calls: list[str] = []
+    _saved(monkeypatch, calls)
+    tiles = ["t1", "t2", "t3"]
+    monkeypatch.setattr(flows.ingest, "plan_saved", lambda *a, **k: SimpleNamespace(tile_ids=tiles))
+    monkeypatch.setattr(flows.ingest, "build_tiles", _failing_tiles(calls, retryable))
+    run = flows.ingest.ingest.with_options(retry_delay_seconds=0)
+    if retried:
+        result = run(_ingest_params(tmp_path))
+        assert result["done"] == 3 and result["failed"] == 0
+        assert calls == ["search", "build", "search", "build"]
+    else:
+        with pytest.raises(TilesFailedError, match="none of the failed tiles may pass a retry"):
+            run(_ingest_params(tmp_path))
+        assert calls == ["search", "build"]
+
+
 def _aiohttp_answer(status: int, url: str) -> BaseException:
     """What fsspec's ``http://`` raises for an error answer: its message is built from a URL object,
     so it cannot be redacted in place."""
