@@ -31,7 +31,7 @@ class TileOutcome:
     """A skipped tile's recorded status (``complete`` or ``empty``): only a complete one is usable."""
     retryable: bool = True
     """A failed tile: whether a later run may pass, decided where its failure was caught
-    (:func:`pipelines.cubes.run.tile_failure_retryable`: a server or network error, a lost worker,
+    (:func:`pipelines.cubes.tile_failure_retryable`: a server or network error, a lost worker,
     another live run holding its lease, assets unreachable now). False for a failure no rerun
     passes (refused access, a 404, bad data, a bug): the ingest flow's retry is withdrawn when every
     failed tile is one. True for the other statuses (nothing to retry)."""
