@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipelines.cubes.hosts import FailedHosts
 from pipelines.cubes.lattice import native_lattice
 from pipelines.cubes.reading import (
     MASK_DTYPE,
     CubeAccess,
-    FailedHosts,
     _absolute_href,
     _Header,
     _proj_missing,
@@ -184,7 +184,7 @@ def assemble_tile(
     failure). ``read_options``: GDAL config options for opening assets, plus ``aws_session``
     (rasterio ``AWSSession`` arguments) for private buckets; never exported, never recorded.
     A host whose read fails transiently is asked no more by this build (preflight, diagnosis):
-    :class:`~pipelines.cubes.reading.FailedHosts`, none with ``skip_unreachable``.
+    :class:`~pipelines.cubes.hosts.FailedHosts`, none with ``skip_unreachable``.
     """
     cube = TileCube(tile=tile, spec=spec, failed_hosts=None if spec.skip_unreachable else FailedHosts())
     touching = items_touching(tile, items)

@@ -20,8 +20,8 @@ import rasterio.errors
 import yarl
 
 from pipelines.cubes import CubeStore, write_cubes
+from pipelines.cubes.hosts import FailedHosts
 from pipelines.cubes.reading import (
-    FailedHosts,
     _absolute_href,
     classify_error,
     forget_failed_reads,

@@ -55,7 +55,7 @@ def test_a_rebuild_whose_new_item_is_unreachable_keeps_the_complete_tiles(
     items = [scene["A"], scene["B"], down]
     # one attempt per request: what is tested is the kept tile, not GDAL's waits between retries
     # (5 attempts by default: 7.5 s per failed request; each tile build asks the dead host through
-    # one such chain, then no more, reading.FailedHosts: 26-34 s per case, 45-242 s before it)
+    # one such chain, then no more, hosts.FailedHosts: 26-34 s per case, 45-242 s before it)
     run = write_cubes(
         items, TILES, spec(preflight=preflight), str(out), progress=False, read_options=read_attempts(1)
     )
