@@ -91,7 +91,7 @@ def cubes(
         help="Items without projection metadata: skip, or read_header (from the file).",
     ),
     max_attempts: int = max_attempts_option(
-        " of the --catalog-url search and of every asset read (GDAL_HTTP_MAX_RETRY=N-1)"
+        " of the --catalog-url search or the --items read and of every asset read (GDAL_HTTP_MAX_RETRY=N-1)"
     ),
     holder_wait: float = holder_wait_option(),
     summary_json: str | None = typer.Option(
@@ -131,12 +131,13 @@ def cubes(
     )
     if items_url is not None and catalog_url is not None:
         raise InputError("give --items or --catalog-url, not both")
+    from pipelines.retry import RetryPolicy
+
     if items_url is not None:
-        items = read_items(items_url, out, options)
+        items = read_items(items_url, out, options, RetryPolicy(max_attempts=max_attempts))
     else:
         if not request.collections:
             raise InputError("--collections is required when searching a catalog (or give --items)")
-        from pipelines.retry import RetryPolicy
         from pipelines.search import SearchRequest, search
 
         found = search(

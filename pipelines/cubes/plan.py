@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pipelines.cubes.spec import COMPOSITES, CubeSpec, Encoding
 from pipelines.errors import InputError, check_bbox, check_choice, check_number
 from pipelines.registry import DEFAULT_CATALOG, Registry, load_registry
+from pipelines.retry import RetryPolicy
 from pipelines.storage import parse_storage_options, redact_url
 from pipelines.tiling import DEFAULT_TILE_SIZE_M, Tile, TileGrid
 
@@ -194,20 +195,28 @@ def _infer_catalog(registry: Registry, items: Sequence[Mapping[str, Any]]) -> st
 
 
 def read_items(
-    items_url: str, out: str, storage_options: Mapping[str, Any] | None = None
+    items_url: str,
+    out: str,
+    storage_options: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> list[dict[str, Any]]:
     """The items of a saved search or local catalog (ndjson / parquet / catalog.json, any URL).
 
     ``storage_options`` are those of the cube store ``out``; they are used for ``items_url`` only
     when both live on the same kind of storage (scheme), so a local item file never gets S3
-    credentials. An unreadable source is an :class:`~pipelines.errors.InputError`.
+    credentials. Each read is retried under ``retry`` (default :class:`RetryPolicy`'s) while it
+    fails transiently. A source that cannot be read for a reason the user can fix (no such file,
+    not a catalog, bad content) is an :class:`~pipelines.errors.InputError` (exit 2); one the
+    network or the server failed to give (refused, or still failing after the retries) is the
+    search's :class:`~pipelines.search.CatalogUnavailableError` (exit 1, caused by the failure, so
+    a retry is worth it exactly when the failure was transient): never bad input.
     """
-    from pipelines.search import iter_items
+    from pipelines.search import CatalogUnavailableError, iter_items
 
     options = parse_storage_options(storage_options) if _scheme(items_url) == _scheme(out) else None
     try:
-        return list(iter_items(items_url, options))
-    except InputError:
+        return list(iter_items(items_url, options, retry=retry or RetryPolicy()))
+    except (InputError, CatalogUnavailableError):
         raise
     except Exception as exc:
         raise InputError(
