@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
-_NOT_IN_AUTHORITY = r"\s/\"<>\\^`{|}"
+_NOT_IN_AUTHORITY = r'\s/"<>\\^`{|}'
 _USERINFO = re.compile(
     rf"://(?:[^{_NOT_IN_AUTHORITY}?#\[\]]+"
     rf"|[^{_NOT_IN_AUTHORITY}?#\[\]:@]*:(?!\d*[?#])[^{_NOT_IN_AUTHORITY}?#@]*[?#][^{_NOT_IN_AUTHORITY}]*)@"
@@ -139,6 +139,48 @@ def has_credentials(url: str) -> bool:
     a signature, token or credential parameter, a registered secret value). An already masked URL
     (``https://***@host/x?token=***``) carries none."""
     return redact_url(url) != url
+
+
+_IGNORECASE_FOLDS = {"i": "\u0130\u0131", "k": "\u212a", "s": "\u017f"}
+"""The non-ASCII letters ``re.IGNORECASE`` matches to an ASCII letter (dotted and dotless I, the
+Kelvin sign, the long s)."""
+
+
+def _anycase(name: str) -> str:
+    """``name`` (lower case: letters, digits, ``-``, ``_``) as a pattern matching it in any case,
+    as ``(?i)`` would, without flags (ECMAScript has no inline ones)."""
+    return "".join(f"[{c}{c.upper()}{_IGNORECASE_FOLDS.get(c, '')}]" if c.isalpha() else c for c in name)
+
+
+@lru_cache(maxsize=1)
+def credential_pattern() -> str:
+    """A regular expression, valid in Python and ECMAScript (JSON Schema ``pattern``, which
+    searches), found in a string exactly when :func:`has_credentials` says it carries one, registered
+    secret values aside (those live in one process's memory): a ``user:password@`` other than the
+    mask ``***@``, or a signature, token or credential parameter whose value is not ``***``. The
+    flows' parameter schemas carry it, so that a Prefect server refuses such a parameter before it
+    stores it (:class:`flows.params.CredentialFree`)."""
+    assert _USERINFO.pattern.startswith("://(?:")
+    end = rf"[{_NOT_IN_AUTHORITY}?#\[\]]"  # where an authority ends
+    masked_userinfo = rf"\*\*\*@[^{_NOT_IN_AUTHORITY}?#\[\]@]*(?:{end}|$)"
+    userinfo = f"://(?!{masked_userinfo})" + _USERINFO.pattern[3:]
+
+    def names(found: frozenset[str] | set[str]) -> str:
+        return "|".join(_anycase(n) for n in sorted(found, key=lambda n: (-len(n), n)))
+
+    prefixes = "|".join(_anycase(p) for p in SIGNED_URL_PREFIXES)
+    value = r"""=(?!\*\*\*(?:[&\s'"#]|$))[^&\s'"#]"""  # a value, other than the mask
+    param = (
+        rf"(?:[?&](?:{names(SIGNED_URL_PARAMS | CREDENTIAL_PARAMS)}|(?:{prefixes})[\w-]*)"
+        rf"|(?:^|[^\w.-])(?:{names(_ANYWHERE)})){value}"
+    )
+    return f"{userinfo}|{param}"
+
+
+def secret_option_key_pattern() -> str:
+    """:func:`is_secret_option` as a regular expression (Python and ECMAScript) found in a secret
+    storage option's key."""
+    return "|".join(_anycase(w) for w in _SECRET_OPTION_KEYS.pattern.strip("()").split("|"))
 
 
 def unsign_url(url: str) -> str:

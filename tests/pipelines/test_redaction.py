@@ -200,3 +200,80 @@ def test_redact_exception_cleans_the_messages_of_an_exception_and_its_chain() ->
             return f"GET {url}"
 
     assert not redact_exception(Opaque())  # a message made of other objects: reported, not cleaned
+
+
+# ---------------------------------------------------------------------------------------------
+# credential_pattern: has_credentials as a JSON Schema pattern (the flows' parameter schemas)
+
+TRICKY = [
+    "s3://bucket/cubes",
+    "s3://bucket/a@b/c?d=e@f",  # an @ in a path or query is no userinfo
+    "https://host:443?q=a@b",  # a port, then a query
+    "https://user:pa@ss@h.example/x",  # a password holding @
+    "https://user:pa?ss@h.example/x",  # ... or an unencoded ?
+    "https://user@h.example/x",
+    "https://***@h.example/x?token=***&sig=***",  # masked: no credential
+    "https://***@x@h.example/x",
+    "https://h/x?token=***x",
+    "https://h/x?token=",
+    "https://h/x?token=***#frag",
+    "https://h/x?token=***?key=v",
+    "https://h/x?mytoken=v&my-key=v",
+    "https://h/x/token=v",  # a name= anywhere, not only as a query parameter
+    "https://h/x/my-token=v",
+    "https://h/x?ſig=v",  # re.IGNORECASE folds the long s to s
+    "https://h/x?\u212aEY=v",  # ... and the Kelvin sign to k
+    "https://h/x?X-Amz-Anything=v",
+    "https://h/x?se=2024&sp=r",
+    "file:///tmp/a b?token=v",
+    "https://h/x?sig=v\n",
+    "",
+]
+
+
+@pytest.mark.parametrize("url", [*TRICKY, *(u.format(c=CANARY) for u in SIGNED)])
+def test_the_credential_pattern_finds_what_has_credentials_finds(url: str) -> None:
+    """Flow parameter schemas carry credential_pattern() so that a Prefect server (which searches
+    with Python's re) refuses what the parameter models refuse: the two agree on every URL."""
+    import re
+
+    from pipelines.redaction import credential_pattern, has_credentials
+
+    assert (re.search(credential_pattern(), url) is not None) == has_credentials(url), url
+
+
+def test_the_credential_pattern_folds_case_as_re_ignorecase_does() -> None:
+    import re
+
+    from pipelines.redaction import _anycase
+
+    bmp = "".join(chr(i) for i in range(0x10000) if not 0xD800 <= i < 0xE000)
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        assert set(re.findall(_anycase(letter), bmp)) == set(re.findall(letter, bmp, re.IGNORECASE))
+
+
+def test_the_credential_patterns_are_ecmascript_too() -> None:
+    """JSON Schema patterns are ECMAScript regular expressions (the Prefect UI's forms): both
+    compile there, Unicode mode included, and find the same credential."""
+    import json
+    import shutil
+    import subprocess
+
+    from pipelines.redaction import credential_pattern, secret_option_key_pattern
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    script = (
+        "const [p, k] = JSON.parse(process.argv[1]);"
+        "const r = new RegExp(p, 'u'); new RegExp(k, 'u');"
+        "console.log(JSON.stringify(process.argv.slice(2).map((u) => r.test(u))));"
+    )
+    urls = ["https://u:pw@h/x", "https://***@h/x?token=***", "https://h/x?X-Amz-Signature=v", "s3://b/k"]
+    out = subprocess.run(
+        [node, "-e", script, json.dumps([credential_pattern(), secret_option_key_pattern()]), *urls],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == [True, False, True, False]
