@@ -2,8 +2,11 @@
 
 Secrets never travel as parameters: Prefect stores a flow run's parameters as given (its database,
 the UI, the API), so a URL parameter with ``user:password@`` or a token, signature or key in its
-query is refused (:class:`CredentialFree`). Object-storage credentials come from the standard
-chains of the worker (environment from a Kubernetes Secret, instance role, profile) or from a
+query is refused (:class:`CredentialFree`): by the model when a run starts, and, through the
+parameter schema the flow publishes, by a Prefect server before it stores a deployment or a
+deployment's run (and by ``prefect.yaml``'s build step, :mod:`flows.deploy_check`).
+Object-storage credentials come from the standard chains of the worker (environment from a
+Kubernetes Secret, instance role, profile) or from a
 Prefect ``Secret`` block named by ``credentials_block`` holding ``{"key": ..., "secret": ...}``, or
 a prefect-aws ``AwsCredentials`` block named ``aws-credentials/<name>`` (``pip install .[aws]``);
 catalog keys and tokens from the catalog's access rule (``api-key``, ``sas-token``).
@@ -20,17 +23,29 @@ import functools
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, ParamSpec, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from flows.common import RedactedFailure, worth_a_retry
 from pipelines.errors import AOMError, InputError
 from pipelines.redaction import (
+    credential_pattern,
     has_credentials,
     install_log_redaction,
     is_secret_option,
     redact_exception,
     redact_text,
     redact_url,
+    secret_option_key_pattern,
 )
 
 # Every flow imports this module, so a deployed run's process (Prefect's, not ``aom``'s, whose root
@@ -138,14 +153,78 @@ def _restored(value: Any) -> Any:
     return value
 
 
+CREDENTIAL_REFUSAL = (
+    "a value without a credential (user:password@, a token, signature or key parameter, a secret "
+    "storage option): see docs/safety.md section 6"
+)
+"""What a Prefect server answers for a parameter that carries a credential: the ``const`` its
+schema expects instead (``'<this>' was expected``), since a JSON Schema error of a ``pattern`` or
+``not`` repeats the value."""
+
+
+def _refused_when(shape: dict[str, Any]) -> dict[str, Any]:
+    return {"if": shape, "then": {"const": CREDENTIAL_REFUSAL}}
+
+
+def credential_free_schema() -> list[dict[str, Any]]:
+    """JSON Schema rules (for ``allOf``) refusing a string, or an array holding a string, in which
+    :func:`~pipelines.redaction.credential_pattern` is found (a ``user:password@``, a token,
+    signature or key parameter)."""
+    url = {"type": "string", "pattern": credential_pattern()}
+    return [_refused_when(url), _refused_when({"type": "array", "contains": url})]
+
+
+def secret_options_schema(depth: int = 3) -> list[dict[str, Any]]:
+    """JSON Schema rules (for ``allOf``) refusing storage options with a secret-looking key
+    (:func:`~pipelines.redaction.is_secret_option`): an object with one (nested objects too, down to
+    ``depth`` levels), or texts as :func:`~pipelines.storage.parse_storage_options` reads them
+    (``key=value`` with the key before the first ``=``, or a JSON object with such a quoted key),
+    alone or in an array. ``@file.json`` is the worker's to read, never refused."""
+    key = secret_option_key_pattern()
+    has_key: dict[str, Any] = {"type": "object", "not": {"propertyNames": {"not": {"pattern": key}}}}
+    for _ in range(depth - 1):
+        has_key = {
+            "type": "object",
+            "anyOf": [
+                {"not": {"propertyNames": {"not": {"pattern": key}}}},
+                {"not": {"additionalProperties": {"not": has_key}}},
+            ],
+        }
+    text = {
+        "type": "string",
+        "pattern": rf'^\s*(?:(?![@{{\["=\s])[^=]*(?:{key})[^=]*=|[{{\["][\s\S]*"[^"]*(?:{key})[^"]*"\s*:)',
+    }
+    return [_refused_when(has_key), _refused_when(text), _refused_when({"type": "array", "contains": text})]
+
+
+def _add_rules(schema: dict[str, Any], fields: tuple[str, ...], rules: list[dict[str, Any]]) -> None:
+    for name in fields:
+        prop = schema["properties"][name]
+        prop["allOf"] = [*prop.get("allOf", []), *rules]
+
+
 class CredentialFree(BaseModel):
     """Base of the flow parameter models: every field named in ``URL_FIELDS`` (a URL or a tuple of
     URLs) is refused if it carries a credential (:class:`CredentialParameterError`, one line that
     names the field, never its value): a deployment's run fails before any work, and says where
-    credentials go."""
+    credentials go.
+
+    The same refusal is part of the parameter schema Prefect publishes for a flow
+    (:func:`credential_free_schema` on each of those fields), which a Prefect server enforces before
+    it stores anything: a deployment created or updated with such a parameter (``prefect deploy``),
+    and a flow run of a deployment given one (``--param``, the UI, an automation), are refused with
+    ``Validation failed for field '<params.field>'`` and :data:`CREDENTIAL_REFUSAL`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     URL_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        _add_rules(schema, cls.URL_FIELDS, credential_free_schema())
+        return schema
 
     @model_validator(mode="after")
     def _no_credentials(self) -> Self:
@@ -189,6 +268,14 @@ class StorageParams(CredentialFree):
     )
 
     _empty_is_none = empty_is_none("endpoint_url", "region_name", "credentials_block", "options")
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        _add_rules(schema, ("options",), secret_options_schema())
+        return schema
 
     @field_validator("options")
     @classmethod
