@@ -185,8 +185,9 @@ def test_prefect_stores_no_credential_of_a_run(
     prefect_harness: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``aom demo --init <URL with a token>`` (the command line runs the flow in this process) and
-    a deployment's run whose parameters carry a credential, against a real Prefect API with result
-    persistence on: no canary in any flow run, task run, log, artifact, event or persisted result.
+    a flow called in this process with parameters that carry a credential (the deployed flow's
+    code, as a script calls it), against a real Prefect API with result persistence on: no canary
+    in any flow run (but that run's parameters), task run, log, artifact, event or persisted result.
     The demo's steps are stand-ins (the tasks and their wiring are the real ones); its pretraining
     gets the real URL. Before, the URL was the flow run's parameter as given (and the deployment's
     run logged its ``out`` with its token)."""
@@ -226,8 +227,8 @@ def test_prefect_stores_no_credential_of_a_run(
         r = CliRunner().invoke(app, ["demo", "--out", str(out), "--init", canary_url("m.safetensors")])
         assert r.exit_code == 0, (r.output, r.exception)
         assert got == [canary_url("m.safetensors")]  # the task read the real URL
-        # a deployment's run: its parameters come from the deployment (prefect.yaml, the UI, an
-        # automation) as a dict, the one way a credential can still reach them
+        # a flow called in this process with a dict (a script; no deployment, whose parameters
+        # the server checks against the flow's schema: tests/flows/test_deploy_check.py)
         deployed = pretrain(params={"cubes": [SAS_HREF], "out": canary_url("runs/r1")}, return_state=True)  # type: ignore[arg-type]
 
     from prefect.client.orchestration import get_client
@@ -241,8 +242,8 @@ def test_prefect_stores_no_credential_of_a_run(
     assert "6 task run(s)" in stored["task runs"] and "pretrain: from https://***@h.example" in stored["logs"]
     assert len([k for k in stored if k.startswith(str(storage))]) >= 6  # the results were persisted
     assert "prefect.task-run.Completed" in stored["events"]
-    # Prefect stored the deployment's run's parameters as given (it creates the run before any of
-    # our code runs): that run was refused, and nothing else of it holds the credential
+    # Prefect stored that run's parameters as given (it creates the run before any of our code
+    # runs): that run was refused, and nothing else of it holds the credential
     refused = json.loads(stored["flow runs"])[1]
     assert _leaks(json.dumps(refused.pop("parameters")))
     stored["flow runs"] = json.dumps([json.loads(stored["flow runs"])[0], refused])

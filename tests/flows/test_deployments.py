@@ -244,7 +244,8 @@ def deployed(
         AOM_CHECKPOINT=str(torch_ckpt),
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY=str(HEARTBEAT_S),
     )
-    _prefect(["work-pool", "create", "local", "--type", "process"], env)
+    # --overwrite: the Prefect server is the session's (test_deploy_check.py creates `local` too)
+    _prefect(["work-pool", "create", "local", "--type", "process", "--overwrite"], env)
     _prefect(
         [
             "work-pool",
@@ -254,6 +255,7 @@ def deployed(
             "kubernetes",
             "--base-job-template",
             "infra/prefect/gpu-work-pool.json",
+            "--overwrite",
         ],
         env,
     )
