@@ -283,11 +283,12 @@ class StorageParams(CredentialFree):
         """A secret-looking key (``key``, ``secret``, ``token`` ...) would be stored by Prefect."""
         from pipelines.storage import parse_storage_options
 
-        texts = [v] if isinstance(v, str) else v if isinstance(v, list) else []
-        if any(str(t).strip().startswith("@") for t in texts):
+        if isinstance(v, str) and v.strip().startswith("@"):
             return v  # a file the worker reads: its values never become a parameter
+        # beside such files, the entries given inline are parameters like any other
+        inline = [t for t in v if not str(t).strip().startswith("@")] if isinstance(v, list) else v
         try:
-            parsed = parse_storage_options(v, "storage.options") if v is not None else {}
+            parsed = parse_storage_options(inline, "storage.options") if inline is not None else {}
         except InputError:
             return v  # storage_options() reports it, naming the fix
         if _secret_keys(parsed):

@@ -46,6 +46,7 @@ REFUSED = [
     ("flows/ingest.py:ingest", _with(INGEST, storage={"options": {"key": "AKIA-FAKE", "secret": FAKE}}), "params.storage.options"),
     ("flows/ingest.py:ingest", _with(INGEST, storage={"options": {"client_kwargs": {"aws_session_token": FAKE}}}), "params.storage.options"),
     ("flows/ingest.py:ingest", _with(INGEST, storage={"options": [f"secret={FAKE}"]}), "params.storage.options"),
+    ("flows/ingest.py:ingest", _with(INGEST, storage={"options": ["@/etc/aom/s3.json", f"secret={FAKE}"]}), "params.storage.options"),
     ("flows/ingest.py:ingest", _with(INGEST, storage={"options": f'{{"anon": false, "token": "{FAKE}"}}'}), "params.storage.options"),
     ("flows/embed.py:embed", _with(EMBED, checkpoint=f"https://h.example/m.safetensors?X-Amz-Signature={FAKE}"), "params.checkpoint"),
     ("flows/embed.py:embed", _with(EMBED, out=f"https://acct.blob.core.windows.net/c/e?sv=2021&sr=b&sig={FAKE}"), "params.out"),
