@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pipelines.errors import RunFailedError
-from pipelines.retry import is_lost_worker, is_transient
+from pipelines.retry import worth_a_rerun
 
 T = TypeVar("T")
 
@@ -173,16 +173,18 @@ class RedactedFailure(RunFailedError):
 
 
 def worth_a_retry(exc: BaseException) -> bool:
-    """Whether a task or flow that raised ``exc`` may succeed when run again: the project's one
-    rule of remote errors (:func:`pipelines.retry.is_transient`: 408/425/429/5xx, no whole answer),
-    a worker lost mid-way (:func:`pipelines.retry.is_lost_worker`: a Dask worker killed, a pool's
-    process dead), a crashed task whose result the flow asked for (Prefect's ``CrashedRun``), or failed
-    tiles of which one at least may pass (:class:`TilesFailedError`)."""
+    """Whether a task or flow that raised ``exc`` may succeed when run again: what a later run of a
+    failed tile may pass (:func:`pipelines.retry.worth_a_rerun`: the project's one rule of remote
+    errors, :func:`~pipelines.retry.is_transient`, 408/425/429/5xx, no whole answer; a worker lost
+    mid-way, :func:`~pipelines.retry.is_lost_worker`; another live run holding a lease,
+    :class:`~pipelines.errors.RetryLaterError`), a crashed task whose result the flow asked for
+    (Prefect's ``CrashedRun``), or failed tiles of which one at least may pass
+    (:class:`TilesFailedError`)."""
     from prefect.exceptions import CrashedRun
 
     if isinstance(exc, RedactedFailure | TilesFailedError):
         return exc.retryable
-    return is_transient(exc) or is_lost_worker(exc) or isinstance(exc, CrashedRun)
+    return worth_a_rerun(exc) or isinstance(exc, CrashedRun)
 
 
 def retry_condition(task: Any, task_run: Any, state: Any) -> bool:

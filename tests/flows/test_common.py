@@ -313,3 +313,40 @@ def test_failed_tiles_keep_the_flow_retry_only_when_one_may_pass(
         raise error
     assert withdrawals == (["withdrawn"] if withdrawn else [])
     assert str(error).endswith("(none of the failed tiles may pass a retry)") is withdrawn
+
+
+def _caused(outer: Exception, cause: BaseException) -> Exception:
+    outer.__cause__ = cause
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("make", "worth"),
+    [
+        (lambda: _lease_error("held")("another live run holds the store (pid 7@h)"), True),
+        (lambda: _lease_error("lost")("the lease of tile 32631_1_1 was taken over"), True),
+        (lambda: _caused(RuntimeError("the run failed"), _lease_error("held")("held by 7@h")), True),
+        (lambda: ValueError("a bug"), False),
+        (lambda: PermissionError(13, "Permission denied"), False),
+    ],
+    ids=["lease-held", "lease-lost", "caused-by-a-held-lease", "bug", "refused"],
+)
+def test_a_flow_that_failed_on_another_run_s_lease_keeps_its_retry(
+    monkeypatch: pytest.MonkeyPatch, make: object, worth: bool
+) -> None:
+    """Another live run holding the store's (or a tile's) lease is what a later try may pass
+    (``pipelines.errors.RetryLaterError``, as for failed tiles); before, such a flow failure
+    withdrew the flow run's retry as if nothing could pass."""
+    withdrawals: list[str] = []
+    monkeypatch.setattr(common, "_withdraw_flow_retries", lambda: withdrawals.append("withdrawn"))
+    error = make()  # type: ignore[operator]
+    assert common.worth_a_retry(error) is worth
+    with pytest.raises(type(error)), common.flow_retries_when_worth_it():
+        raise error
+    assert withdrawals == ([] if worth else ["withdrawn"])
+
+
+def _lease_error(kind: str) -> type[Exception]:
+    from pipelines.outputs.lease import LeaseHeldError, LeaseLostError
+
+    return LeaseHeldError if kind == "held" else LeaseLostError
