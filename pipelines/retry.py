@@ -319,7 +319,12 @@ def _certificate_refused(exc: BaseException) -> bool:
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().replace("\n", " ")
+    """``Name: message`` of ``exc`` on one line, credentials redacted (:func:`pipelines.redaction.redact_text`:
+    a signed URL in a client's error text), for the retry log line and :class:`RetryError`'s message,
+    whether or not the process installed log redaction (a library caller may not have)."""
+    from pipelines.redaction import redact_text
+
+    text = redact_text(str(exc).strip().replace("\n", " "))
     name = type(exc).__name__
     if len(text) > limit:
         text = text[: limit - 3] + "..."

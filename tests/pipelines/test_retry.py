@@ -169,3 +169,24 @@ def test_a_failed_tile_is_worth_a_rerun_only_for_what_may_pass(exc: BaseExceptio
     from pipelines.retry import worth_a_rerun
 
     assert worth_a_rerun(exc) is may_pass
+
+
+def test_retry_messages_never_carry_a_credential(caplog: pytest.LogCaptureFixture) -> None:
+    """A client's error text may hold the signed URL it asked; the retry log line and the final
+    RetryError's message are redacted by call_with_retry itself, not only by a log filter the
+    process may not have installed (a library caller)."""
+    import logging
+
+    from pipelines.retry import RetryError, RetryPolicy, call_with_retry
+
+    secret = "FAKE-SIG-0123456789"
+
+    def fails() -> None:
+        raise ConnectionResetError(f"GET https://h.example/b/x.tif?sv=2021&sig={secret} reset by peer")
+
+    policy = RetryPolicy(max_attempts=2, sleep=lambda s: None)
+    with caplog.at_level(logging.INFO, logger="pipelines.retry"), pytest.raises(RetryError) as err:
+        call_with_retry(fails, policy=policy, is_retryable=lambda e: True, describe="read x.tif")
+    assert secret not in str(err.value) and "sig=***" in str(err.value)
+    assert "attempt 1 failed" in caplog.text and secret not in caplog.text
+    assert secret in str(err.value.last)  # the original stays for the caller, never logged whole
