@@ -26,12 +26,6 @@ logger = logging.getLogger(__name__)
 CATALOG = "sample"
 
 
-VIEW_SCHEMA = "https://stac-extensions.github.io/view/v1.0.0/schema.json"
-
-
-LANDSAT_SCHEMA = "https://stac-extensions.github.io/landsat/v2.0.0/schema.json"
-
-
 GEOTIFF_MEDIA_TYPE = "image/tiff; application=geotiff"
 
 

@@ -14,8 +14,6 @@ from pipelines.registry import load_registry
 from pipelines.samples.real_assets import (
     CATALOG,
     GEOTIFF_MEDIA_TYPE,
-    LANDSAT_SCHEMA,
-    VIEW_SCHEMA,
     RasterInfo,
     _band_asset,
     _finest,
@@ -25,6 +23,7 @@ from pipelines.samples.real_assets import (
     _uri,
     raster_info,
 )
+from pipelines.samples.stac_fields import LANDSAT_SCHEMA, VIEW_SCHEMA
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from pipelines.samples.real_assets import (
     _uri,
     raster_info,
 )
+from pipelines.samples.stac_fields import GRID_SCHEMA, MGRS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
@@ -267,8 +268,8 @@ def s2_safe_item(safe_dir: Path, resolution: int = 60) -> pystac.Item:
         "links": [],
         "assets": assets,
         "stac_extensions": [
-            "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
-            "https://stac-extensions.github.io/grid/v1.0.0/schema.json",
+            MGRS_SCHEMA,
+            GRID_SCHEMA,
         ],
     }
     if ring:

@@ -33,6 +33,12 @@ PROJECTION_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.
 
 CORE_EXTENSIONS = (EO_SCHEMA, RASTER_SCHEMA, PROJECTION_SCHEMA)
 
+#: the extensions of the prefixed fields sample items carry beside the core ones
+VIEW_SCHEMA = "https://stac-extensions.github.io/view/v1.0.0/schema.json"
+LANDSAT_SCHEMA = "https://stac-extensions.github.io/landsat/v2.0.0/schema.json"
+MGRS_SCHEMA = "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json"
+GRID_SCHEMA = "https://stac-extensions.github.io/grid/v1.0.0/schema.json"
+
 
 EO_COMMON_NAMES = frozenset(
     [

@@ -52,6 +52,8 @@ from pipelines.samples.landcover import (
 from pipelines.samples.stac_fields import (
     COG_MEDIA_TYPE,
     CORE_EXTENSIONS,
+    LANDSAT_SCHEMA,
+    MGRS_SCHEMA,
     eo_common_name,
     grid_footprint,
     proj_fields,
@@ -61,6 +63,12 @@ from pipelines.samples.stac_fields import (
 from pipelines.samples.synthetic_spec import _PROFILES, SyntheticSpec, _Profile
 
 logger = logging.getLogger(__name__)
+
+# the extensions of the prefixed fields a collection's items carry (mgrs:utm_zone, landsat:correction)
+_PREFIX_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "sentinel-2-l2a": (MGRS_SCHEMA,),
+    "landsat-c2-l2": (LANDSAT_SCHEMA,),
+}
 
 
 """Class names; :func:`generate_landcover` returns indices into this tuple."""
@@ -497,7 +505,7 @@ def _make_item(
     d = {
         "type": "Feature",
         "stac_version": pystac.get_stac_version(),
-        "stac_extensions": list(CORE_EXTENSIONS),
+        "stac_extensions": [*CORE_EXTENSIONS, *_PREFIX_EXTENSIONS.get(cid, ())],
         "id": item_id,
         "collection": cid,
         "geometry": geometry,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -126,6 +127,36 @@ def test_ndjson_items_are_valid_stac(built: SampleCatalog) -> None:
         item = json.loads(line)
         url = f"https://schemas.stacspec.org/v{item['stac_version']}/item-spec/json-schema/item.json"
         assert schemas.errors(item, url) == [], item["id"]
+
+
+def test_every_extension_field_is_declared(built: SampleCatalog) -> None:
+    """An item that uses an extension's fields (``mgrs:utm_zone``, ``landsat:correction``, ``proj:``,
+    ``eo:``, ``view:`` ...) lists that extension in ``stac_extensions``, so a validator checks them;
+    before, the synthetic Sentinel-2 and Landsat items used ``mgrs:`` and ``landsat:`` undeclared."""
+    folder = {"proj": "projection"}
+    published = ("mgrs", "landsat", "view", "proj", "eo", "raster", "grid")
+
+    def prefixes(node: Any) -> set[str]:
+        found: set[str] = set()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if ":" in key and key.split(":", 1)[0] in published:
+                    found.add(key.split(":", 1)[0])
+                found |= prefixes(value)
+        elif isinstance(node, list):
+            for value in node:
+                found |= prefixes(value)
+        return found
+
+    checked = 0
+    for line in built.items_ndjson.read_text().splitlines():
+        item = json.loads(line)
+        used = prefixes({"properties": item["properties"], "assets": item["assets"]})
+        declared = item.get("stac_extensions", [])
+        missing = [p for p in used if not any(f"/{folder.get(p, p)}/" in url for url in declared)]
+        assert not missing, (item["id"], missing, declared)
+        checked += "mgrs" in used or "landsat" in used
+    assert checked  # the catalog has items with such fields
 
 
 def test_every_catalog_document_is_valid_stac(built: SampleCatalog) -> None:
