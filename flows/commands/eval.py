@@ -24,6 +24,19 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
         raise typer.BadParameter(f"{name} needs comma-separated numbers, got {text!r}") from None
 
 
+def _probe_c(text: str) -> float | str:
+    """``--probe-c``: ``auto`` or a number > 0."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise typer.BadParameter(f"--probe-c needs a number > 0 or 'auto', got {text!r}")
+    return value
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -118,6 +131,13 @@ def eval_command(
     factors: str = typer.Option("2,4", "--factors", help="Coarsening factors (cross-resolution)."),
     probes: str = typer.Option("linear,knn", "--probes", help="linear and/or knn."),
     knn_k: int = typer.Option(10, "--knn-k", min=1, help="Neighbours of the kNN probe."),
+    probe_c: str = typer.Option(
+        "1",
+        "--probe-c",
+        help="C of the linear probe (1 = the protocol's), or 'auto': chosen on each training fold by 3 "
+        "inner folds of whole spatial blocks over 0.01-100, the same rule for every feature "
+        "(15 more fits per linear probe).",
+    ),
     patch_px: int | None = typer.Option(
         None,
         "--patch-px",
@@ -214,6 +234,7 @@ def eval_command(
         raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")
     chosen_settings = _choices(settings, "--settings", SETTINGS)  # "" was a run of no setting
     chosen_probes = _choices(probes, "--probes", PROBES)
+    c = _probe_c(probe_c)
     chosen_features = _choices(features, "--features", FEATURES)
     try:
         cfg = EvalConfig(
@@ -226,6 +247,7 @@ def eval_command(
             factors=_ints(factors, "--factors"),
             probes=chosen_probes,
             knn_k=knn_k,
+            probe_c=c,
             max_per_class=max_per_class,
             min_per_class=min_per_class,
             test_fraction=test_fraction,

@@ -91,6 +91,9 @@ class EvalConfig:
     threads: int | None = None
     token_m: float | None = None  # ground size of one token (m); None: the checkpoint's token_ground_m
     features: tuple[str, ...] = ("pooled",)  # encoder feature kinds (FEATURES); goals use the first
+    # the linear probe's C (1: the protocol); "auto": chosen per training fold by grouped inner CV
+    # (probes.choose_c, the same rule for every feature; 15 more fits per linear probe)
+    probe_c: float | str = 1.0
 
     def __post_init__(self) -> None:
         if self.checkpoint.startswith("random:"):  # before any data is loaded
@@ -123,6 +126,8 @@ class EvalConfig:
             raise ValueError("knn_k, batch_size and min_per_class must be >= 1, max_per_class >= 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
+        if self.probe_c != "auto" and (isinstance(self.probe_c, str) or not self.probe_c > 0):
+            raise ValueError(f"probe_c must be a number > 0 or 'auto', got {self.probe_c!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -342,7 +347,7 @@ def run_evaluation(
         # reference condition: all bands, native GSD (transfer == refit)
         for si, (folds, _) in enumerate(splits):
             xs = [x_ref[pool_of[si][fi]] for fi in range(len(folds))]
-            sc = _probe_all(cfg, folds, xs, xs, y, ps.multilabel)
+            sc = _probe_all(cfg, folds, xs, xs, y, ps.multilabel, ps.groups)
             for probe, s in sc.items():
                 for mode in MODES:
                     rows.append(_row(ref, ext, probe, mode, s, si))
@@ -353,8 +358,8 @@ def run_evaluation(
             for si, (folds, _) in enumerate(splits):
                 at = pool_of[si]
                 xr, xc, xcr = ([x[at[fi]] for fi in range(len(folds))] for x in (x_ref, x_c, x_c_ref))
-                sc_refit = _probe_all(cfg, folds, xc, xc, y, ps.multilabel)
-                sc_transfer = _probe_all(cfg, folds, xr, xcr, y, ps.multilabel)
+                sc_refit = _probe_all(cfg, folds, xc, xc, y, ps.multilabel, ps.groups)
+                sc_transfer = _probe_all(cfg, folds, xr, xcr, y, ps.multilabel, ps.groups)
                 for probe in cfg.probes:
                     rows.append(_row(c, ext, probe, "refit", sc_refit[probe], si))
                     rows.append(_row(c, ext, probe, "transfer", sc_transfer[probe], si))
@@ -411,15 +416,25 @@ def _probe_all(
     x_test_all: Sequence[np.ndarray],
     y: np.ndarray,
     multilabel: bool,
+    groups: np.ndarray,
 ) -> dict[str, dict[str, float]]:
-    """Per fold ``fi`` the probe trains on ``x_train_all[fi][tr]`` and is tested on ``x_test_all[fi][te]``."""
+    """Per fold ``fi`` the probe trains on ``x_train_all[fi][tr]`` and is tested on ``x_test_all[fi][te]``
+    (``cfg.probe_c="auto"``: its C chosen on the training patches' spatial blocks ``groups[tr]``)."""
     out = {}
     for probe in cfg.probes:
         preds, trues = [], []
         for fi, (tr, te) in enumerate(folds):
             preds.append(
                 fit_predict(
-                    probe, x_train_all[fi][tr], y[tr], x_test_all[fi][te], multilabel, cfg.knn_k, cfg.seed
+                    probe,
+                    x_train_all[fi][tr],
+                    y[tr],
+                    x_test_all[fi][te],
+                    multilabel,
+                    cfg.knn_k,
+                    cfg.seed,
+                    c=cfg.probe_c,
+                    groups=groups[tr],
                 )
             )
             trues.append(y[te])

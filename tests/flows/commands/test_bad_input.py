@@ -506,6 +506,8 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     ("eval-probes", lambda d: ["eval", "--out", str(d / "ev"), "--probes", "svm"], "linear"),
     ("eval-features", lambda d: ["eval", "--out", str(d / "ev"), "--features", "mean"], "band-tokens"),
+    ("eval-probe-c", lambda d: _eval(d, "--probe-c", "best"), "a number > 0 or 'auto'"),
+    ("eval-probe-c-zero", lambda d: _eval(d, "--probe-c", "0"), "a number > 0 or 'auto'"),
     # an empty list is bad input naming the choices; --settings "" ran no setting (exit 0)
     (
         "eval-settings-empty",

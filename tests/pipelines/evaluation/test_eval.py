@@ -217,6 +217,36 @@ def test_report_names_urls_without_their_credentials(synthetic_patches, tmp_path
         assert canary not in text and "model.safetensors?sv=***&sig=***&key=***" in text, key
 
 
+def test_auto_probe_c_is_chosen_on_each_training_fold(
+    synthetic_patches, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``probe_c="auto"`` (``aom eval --probe-c auto``): every linear probe takes the C that
+    ``choose_c`` picks from the training patches' spatial blocks alone; a run whose choice is
+    pinned to 10 scores exactly as ``probe_c=10``."""
+    import pipelines.evaluation.probes as probes
+    from pipelines.evaluation.protocol import make_splits, prepare_patches
+
+    base = {**FAST, "draws": 1, "settings": ("cross-resolution",), "probes": ("linear",)}
+    seen: list[set[int]] = []
+
+    def pinned(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *a: object, **kw: object) -> float:
+        seen.append({int(g) for g in groups})
+        return 10.0
+
+    monkeypatch.setattr(probes, "choose_c", pinned)
+    auto = run_evaluation(synthetic_patches, EvalConfig(checkpoint="random:tiny", probe_c="auto", **base))
+    fixed = run_evaluation(synthetic_patches, EvalConfig(checkpoint="random:tiny", probe_c=10.0, **base))
+    assert [r["score"] for r in auto.rows] == [r["score"] for r in fixed.rows]
+    ps = prepare_patches(synthetic_patches, EvalConfig(checkpoint="random:tiny", **base))
+    ((folds, _),) = make_splits(ps, EvalConfig(checkpoint="random:tiny", **base))
+    ((tr, te),) = folds
+    assert seen and all(s == {int(g) for g in ps.groups[tr]} for s in seen)
+    assert not {int(g) for g in ps.groups[te]} & seen[0]
+    for bad in (0, -1.0, "best"):
+        with pytest.raises(ValueError, match="probe_c"):
+            EvalConfig(checkpoint="random:tiny", probe_c=bad)
+
+
 def test_band_subset_draws_are_seeded_and_reproducible() -> None:
     a = band_subsets(11, 0.5, 5, seed=3)
     assert a == band_subsets(11, 0.5, 5, seed=3)
