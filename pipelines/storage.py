@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -25,7 +26,7 @@ from urllib.request import url2pathname
 import fsspec
 from fsspec.core import url_to_fs
 
-from pipelines.errors import InputError
+from pipelines.errors import InputError, RunFailedError
 from pipelines.redaction import (  # re-exported: storage is where callers look for redaction
     RedactingFilter as RedactingFilter,
 )
@@ -190,6 +191,55 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: Mapping[str, Any]
                 os.remove(tmp)
     else:
         fs.pipe_file(path, data)
+
+
+UPLOAD_PART_BYTES = 8 * 2**20
+"""Part size of the multipart uploads of :func:`upload_file_atomic` to S3 (S3's minimum is 5 MiB; raised
+for a file of more than 10 000 parts, S3's maximum); a file under two parts goes in one PUT."""
+
+UPLOAD_CONCURRENCY = 4
+"""Parts of one upload read from disk and sent at a time. Python holds about two copies of each part
+in flight (the part read and the request's), so an upload takes about 2 x 4 x 8 MiB = 64 MiB at most,
+whatever the file's size (``benchmarks/bench_upload.py``)."""
+
+
+def upload_file_atomic(local_path: str, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Upload the finished local file ``local_path`` to ``url`` streaming it from disk, so that ``url``
+    holds the whole file or is left as it was, whatever the file's size.
+
+    On S3 (s3fs ``put_file``) a file of at least two :data:`UPLOAD_PART_BYTES` parts is a multipart
+    upload, read from disk :data:`UPLOAD_CONCURRENCY` parts at a time (memory: those parts, not the
+    file; no 5 GB limit of a single PUT); its object appears only when the upload is completed, and a
+    failure of any part or of the completion makes s3fs abort the upload (no object, no parts kept). A
+    smaller file is one PUT. Other object stores publish the object at the end of their own upload
+    (gcsfs resumable uploads, adlfs committed block lists). A failure raises
+    :class:`~pipelines.errors.RunFailedError` naming the destination (credentials redacted), chained to
+    its cause, which :func:`pipelines.retry.is_transient` classifies (a 503, a lost connection).
+    A local ``url`` is copied under a temporary sibling name (:func:`temp_name`) renamed into place."""
+    fs, path = filesystem(url, storage_options)
+    if is_local(url):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        clean_stale_temps(path)
+        tmp = temp_name(path)
+        try:
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    options: dict[str, Any] = {}
+    if "s3" in tuple(fs.protocol):
+        least = -(-os.path.getsize(local_path) // 10_000)  # S3 takes at most 10 000 parts
+        options = {
+            "chunksize": max(UPLOAD_PART_BYTES, 5 * 2**20, least),
+            "max_concurrency": UPLOAD_CONCURRENCY,
+        }
+    try:
+        fs.put_file(local_path, path, **options)
+    except Exception as exc:
+        cause = redact_text(f"{type(exc).__name__}: {exc}".strip().replace("\n", " "))
+        raise RunFailedError(f"upload to {redact_url(url)} failed, nothing written there: {cause}") from exc
 
 
 _TEMP_TAG = ".aom-tmp-"

@@ -2,9 +2,11 @@
 (see :mod:`pipelines.embed.raster` for the formats and the safety rules), and the result record.
 
 A GeoTIFF is written strip by strip under a partial name, rewritten by GDAL's COG driver and moved
-into place; a Zarr group holds a writer lease while written (taken before anything in the store is
-removed) and sets ``aom_complete`` last, after checking that it still holds the lease and that its
-arrays are all there, in the write that also gives the root ``zarr.json`` its consolidated metadata
+into place (a remote one is written in a local temporary file and uploaded from disk by
+:func:`pipelines.storage.upload_file_atomic`, which makes the object appear whole or not at all); a
+Zarr group holds a writer lease while written (taken before anything in the store is removed) and
+sets ``aom_complete`` last, after checking that it still holds the lease and that its arrays are all
+there, in the write that also gives the root ``zarr.json`` its consolidated metadata
 (:func:`~pipelines.outputs.finish_consolidated`).
 """
 
@@ -158,9 +160,8 @@ class _GTiffWriter:
         finally:
             if os.path.exists(cog):
                 os.unlink(cog)
-        if self.remote:
-            fs, path = storage.filesystem(self.out, self.options)
-            fs.put_file(self.path, path)
+        if self.remote:  # streamed from disk; the object appears complete or not at all
+            storage.upload_file_atomic(self.path, self.out, self.options)
             os.unlink(self.path)
         else:
             os.replace(self.path, self.final)

@@ -5,7 +5,8 @@ One home for how AOM writes a COG (:func:`write_cog`, :func:`gtiff_to_cog`), use
 :mod:`pipelines.query` (class maps): GDAL's COG driver (main IFD at the start of the file, tiled,
 overviews, ghost header), DEFLATE, nearest-neighbour overviews (codes are not averaged: an average of
 int8-sqrt codes is not the code of an average), written under a temporary name and moved into place
-(one PUT on object storage).
+(on object storage uploaded from disk by :func:`pipelines.storage.upload_file_atomic`: multipart on S3,
+visible only once complete).
 
 An *embedding COG* (:func:`write_embedding_cog`: ``aom publish``, ``aom query export``; ``aom
 embed-raster`` writes the same bands and tags strip by strip) has one band per component, band
@@ -81,7 +82,10 @@ def write_cog(
     """Write ``bands`` ``[count, h, w]`` (or one band ``[h, w]``) as a COG at ``dst_url`` (a local path
     or any fsspec URL), atomically: locally under a temporary sibling name (:func:`storage.temp_name`,
     the user's umask; a killed writer's leftovers are removed first) renamed into place, on object
-    storage one PUT. ``colormap`` is the colour table of a one-band raster. Returns the file size."""
+    storage built in a local temporary folder and uploaded from disk (:func:`storage.upload_file_atomic`:
+    a multipart upload on S3 above two parts, never the whole file in memory, the object visible only
+    once complete; a failed upload raises :class:`~pipelines.errors.RunFailedError` and leaves none).
+    ``colormap`` is the colour table of a one-band raster. Returns the file size."""
     import rasterio
 
     arr = bands[None] if bands.ndim == 2 else bands
@@ -127,9 +131,8 @@ def write_cog(
             size = os.path.getsize(out)
             if local:
                 os.replace(out, final)
-            else:
-                with open(out, "rb") as f:
-                    storage.write_bytes_atomic(url, f.read(), storage_options)
+            else:  # streamed from disk, never whole in memory; the object appears complete or not at all
+                storage.upload_file_atomic(out, url, storage_options)
         finally:
             if os.path.exists(out):
                 os.remove(out)

@@ -6,7 +6,8 @@ run killed before the move leaves its partial file; the next run writing the sam
 every partial whose writer is gone (:func:`clean_partials`): a process of this machine that no longer
 runs, or, on a disk other machines share, a file another machine has not touched for a day
 (``pipelines.storage.writer_gone``). Remote outputs are written to a local
-temporary file and uploaded in one PUT, which object stores make atomic.
+temporary file and uploaded from disk by ``pipelines.storage.upload_file_atomic``, whose object
+appears whole or not at all (an S3 multipart upload is visible only once completed).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -231,3 +232,98 @@ def test_file_uris_are_written_and_read_at_the_decoded_path(tmp_path: Path) -> N
     assert json.loads((tmp_path / "dir with space" / "x.json").read_text()) == {"a": 1}
     assert exists(uri) and read_json(uri) == {"a": 1}
     assert not (tmp_path / "dir%20with%20space").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# upload_file_atomic: a finished local file uploaded from disk, whole or not at all
+
+PART = 5 * 2**20  # S3's (and moto's) smallest part but the last
+
+
+def _pending_uploads(s3_bucket: Any) -> list[str]:
+    """The keys of the bucket's multipart uploads neither completed nor aborted."""
+    found = s3_bucket.service.boto3_client().list_multipart_uploads(Bucket=s3_bucket.name)
+    return [u["Key"] for u in found.get("Uploads", [])]
+
+
+def test_a_large_file_is_uploaded_from_disk_part_by_part_and_reads_back_whole(
+    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request carries more than one part (the old writers read the whole file and sent it
+    in one PUT), and Python never holds the file at once: with one part in flight, the peak of what
+    it allocates while uploading a 4-part file stays under 3 parts (about 2: the part read and the
+    request's copy of it)."""
+    import os
+    import tracemalloc
+
+    from pipelines import storage
+    from tests.services.s3 import RequestCounter
+
+    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    data = os.urandom(4 * PART - 1000)  # four parts, the last one short
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    url, opts = s3_bucket.url("out", "big.bin"), s3_bucket.storage_options
+    storage.write_bytes_atomic(s3_bucket.url("warm-up"), b"the client and its models loaded", opts)
+    with RequestCounter(storage.filesystem(url, opts)[0]) as sent:
+        tracemalloc.start()
+        try:
+            storage.upload_file_atomic(str(src), url, opts)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert sent.by_method == {"POST": 2, "PUT": 4}  # create, 4 parts, complete
+    assert PART <= sent.largest_sent <= PART + 64 * 1024  # a part
+    assert peak < 3 * PART, f"{peak} bytes allocated to upload a {len(data)}-byte file"
+    fs = s3_bucket.fs
+    assert fs.cat_file(f"{s3_bucket.name}/out/big.bin") == data
+    assert _pending_uploads(s3_bucket) == []
+
+
+@pytest.mark.parametrize(("operation", "after"), [("UploadPart", 1), ("CompleteMultipartUpload", 0)])
+def test_an_upload_failing_midway_leaves_no_object_and_a_transient_run_failure(
+    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch, operation: str, after: int
+) -> None:
+    """S3 answers 500 to the second part (or to the completion): the upload is aborted (no object,
+    no parts kept), an older object there is untouched, and the error is a RunFailedError naming
+    the destination without credentials, transient as its cause is (a rerun may pass)."""
+    import os
+
+    from pipelines import storage
+    from pipelines.errors import RunFailedError
+    from pipelines.retry import is_transient
+    from tests.services.s3 import S3Refusal
+
+    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(2 * PART + 1))
+    url, opts = s3_bucket.url("out", "big.bin"), s3_bucket.storage_options
+    fresh = s3_bucket.url("out", "fresh.bin")
+    storage.write_bytes_atomic(url, b"the older result", opts)
+    fs = storage.filesystem(url, opts)[0]
+    with S3Refusal(fs, ".bin", 500, operation=operation, after=after) as refusal:
+        for target in (url, fresh):
+            with pytest.raises(RunFailedError) as caught:
+                storage.upload_file_atomic(str(src), target, opts)
+            message = str(caught.value)
+            assert f"upload to {target} failed" in message and "InternalError" in message
+            assert opts["secret"] not in message and opts["key"] not in message
+            assert is_transient(caught.value)
+    assert refusal.refused == 2
+    s3_bucket.fs.invalidate_cache()
+    assert s3_bucket.fs.cat_file(f"{s3_bucket.name}/out/big.bin") == b"the older result"
+    assert not s3_bucket.fs.exists(f"{s3_bucket.name}/out/fresh.bin")
+    assert _pending_uploads(s3_bucket) == []
+
+
+def test_a_local_destination_is_copied_under_a_temporary_name_then_renamed(tmp_path: Path) -> None:
+    from pipelines.storage import upload_file_atomic
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    dst = tmp_path / "out" / "dst.bin"
+    upload_file_atomic(str(src), str(dst))
+    assert dst.read_bytes() == b"x" * 1000
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["dst.bin"]

@@ -259,8 +259,9 @@ class RequestCounter:
     """Counts the HTTP requests an s3fs filesystem sends (``with RequestCounter(fs) as c: ...``;
     ``c.total``, ``c.by_method``), the bytes sent (``c.bytes_sent``: each request's Content-Length)
     and the bytes of objects received (``c.bytes_received``: Content-Length of each GET answered,
-    listings not counted), and ``c.requests``: ``(method, bucket/key)`` of each. Counted in the
-    client: every request, retries included."""
+    listings not counted), ``c.largest_sent`` (the largest of those Content-Lengths: one request's
+    body) and ``c.requests``: ``(method, bucket/key)`` of each. Counted in the client: every request,
+    retries included."""
 
     def __init__(self, fs: Any) -> None:
         from fsspec.asyn import sync
@@ -268,7 +269,7 @@ class RequestCounter:
         self.fs = fs
         sync(fs.loop, fs.set_session)  # the client whose events we hook
         self.by_method: dict[str, int] = {}
-        self.bytes_sent = 0
+        self.bytes_sent = self.largest_sent = 0
         self.bytes_received = 0
         self.requests: list[tuple[str, str]] = []
         self._active = False
@@ -280,7 +281,9 @@ class RequestCounter:
             from urllib.parse import unquote, urlsplit
 
             self.by_method[request.method] = self.by_method.get(request.method, 0) + 1
-            self.bytes_sent += int(request.headers.get("Content-Length") or 0)
+            sent = int(request.headers.get("Content-Length") or 0)
+            self.bytes_sent += sent
+            self.largest_sent = max(self.largest_sent, sent)
             self.requests.append((request.method, unquote(urlsplit(request.url).path).lstrip("/")))
 
     def _got(self, parsed: Any = None, **_: Any) -> None:
@@ -293,7 +296,7 @@ class RequestCounter:
 
     def __enter__(self) -> RequestCounter:
         self.by_method = {}
-        self.bytes_sent = self.bytes_received = 0
+        self.bytes_sent = self.bytes_received = self.largest_sent = 0
         self.requests = []
         self._active = True
         return self
@@ -313,27 +316,41 @@ class _Answer:
 
 
 class S3Refusal:
-    """Make the s3fs client of ``fs`` answer GETs of keys ending in ``suffix`` with HTTP ``status``
-    (the first ``times`` of them; None: all) as S3 would: botocore raises its ``ClientError`` from
-    the answer and s3fs translates it (403: ``PermissionError``; 500: an ``OSError``; s3fs retries
-    a 503 ``SlowDown`` itself). The pipeline's client is ``pipelines.storage.filesystem(url,
-    options)[0]`` (fsspec's instance cache); ``refused`` counts the answers given. ``close()`` (or
-    the end of a ``with`` block) stops it."""
+    """Make the s3fs client of ``fs`` answer GETs (another ``operation``: ``"UploadPart"``...) of keys
+    ending in ``suffix`` with HTTP ``status`` (the first ``times`` of them after the first ``after``,
+    which pass; None: all) as S3 would: botocore raises its ``ClientError`` from the answer and s3fs
+    translates it (403: ``PermissionError``; 500: an ``OSError``; s3fs retries a 503 ``SlowDown``
+    itself). The pipeline's client is ``pipelines.storage.filesystem(url, options)[0]`` (fsspec's
+    instance cache); ``refused`` counts the answers given. ``close()`` (or the end of a ``with``
+    block) stops it."""
 
     CODES: ClassVar[dict[int, str]] = {403: "AccessDenied", 503: "SlowDown", 500: "InternalError"}
 
-    def __init__(self, fs: Any, suffix: str, status: int, times: int | None = None) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        suffix: str,
+        status: int,
+        times: int | None = None,
+        *,
+        operation: str = "GetObject",
+        after: int = 0,
+    ) -> None:
         from fsspec.asyn import sync
 
-        self.fs, self.suffix, self.status, self.left = fs, suffix, status, times
+        self.fs, self.suffix, self.status, self.left, self.after = fs, suffix, status, times, after
         self.refused = 0
+        self.event = f"before-call.s3.{operation}"
         sync(fs.loop, fs.set_session)
-        fs.s3.meta.events.register("before-call.s3.GetObject", self._hook)
+        fs.s3.meta.events.register(self.event, self._hook)
 
     def _hook(self, params: dict[str, Any], **_: Any) -> Any:
         from urllib.parse import unquote
 
         if not unquote(str(params.get("url_path", ""))).endswith(self.suffix) or self.left == 0:
+            return None
+        if self.after > 0:
+            self.after -= 1
             return None
         if self.left is not None:
             self.left -= 1
@@ -346,7 +363,7 @@ class S3Refusal:
         return _Answer(self.status), parsed
 
     def close(self) -> None:
-        self.fs.s3.meta.events.unregister("before-call.s3.GetObject", self._hook)
+        self.fs.s3.meta.events.unregister(self.event, self._hook)
 
     def __enter__(self) -> S3Refusal:
         return self

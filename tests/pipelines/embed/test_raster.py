@@ -439,7 +439,7 @@ def test_a_failed_overwrite_of_a_geotiff_keeps_the_old_file_and_a_finished_one_r
 ) -> None:
     """`embed-raster --overwrite` of a GeoTIFF --out deleted the old file when it claimed the output;
     a run that then failed left no output at all. Now the new file is written under a partial name
-    (remote: locally, then one PUT) and replaces the old one only once complete."""
+    (remote: locally, then uploaded) and replaces the old one only once complete."""
     import pipelines.embed.raster as raster_mod
 
     scene = _scene(tmp_path / "scene.tif", 10.0, size=64)
@@ -491,6 +491,41 @@ def test_a_failed_overwrite_of_a_geotiff_keeps_the_old_file_and_a_finished_one_r
     new = read_out()
     assert res.dtype == "int8" and new != old
     assert names() == ["emb.tif"]
+
+
+def test_a_refused_upload_of_a_geotiff_fails_the_run_and_keeps_the_old_object(
+    tmp_path: Path, ckpt: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finished GeoTIFF is uploaded by ``pipelines.storage.upload_file_atomic``: S3 answering 500
+    is a RunFailedError naming the output (no credentials), transient as its cause; the object there
+    before is unchanged and the local temporary file is removed (it used to be an s3fs OSError)."""
+    import tempfile
+
+    from pipelines import storage
+    from pipelines.errors import RunFailedError
+    from pipelines.retry import is_transient
+    from tests.services.s3 import S3Refusal
+
+    scene = _scene(tmp_path / "scene.tif", 10.0, size=64)
+    kw: dict[str, Any] = {"sensor": "sentinel-2-msi", "bands": BANDS, "progress": False}
+    out, opts = s3_bucket.url("prefix", "emb.tif"), s3_bucket.storage_options
+    embed_raster(str(scene), out, str(ckpt), storage_options=opts, **kw)
+    key = f"{s3_bucket.name}/prefix/emb.tif"
+    old = bytes(s3_bucket.fs.cat_file(key))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    fs = storage.filesystem(out, opts)[0]
+    with (
+        S3Refusal(fs, "emb.tif", 500, operation="PutObject") as refusal,
+        pytest.raises(RunFailedError, match=f"upload to {out} failed") as caught,
+    ):
+        embed_raster(str(scene), out, str(ckpt), storage_options=opts, overwrite=True, dtype="int8", **kw)
+    assert refusal.refused == 1 and is_transient(caught.value)
+    assert opts["secret"] not in str(caught.value)
+    s3_bucket.fs.invalidate_cache()
+    assert bytes(s3_bucket.fs.cat_file(key)) == old
+    assert list(temp.iterdir()) == []
 
 
 def test_overwrite_never_empties_a_folder_a_geotiff_cannot_replace(tmp_path: Path, ckpt: Path) -> None:
