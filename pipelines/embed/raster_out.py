@@ -267,8 +267,6 @@ class _ZarrWriter:
         self.arr[:, row0 : row0 + data.shape[0], : data.shape[1]] = np.moveaxis(data, -1, 0)
 
     def close(self, res: RasterEmbedResult) -> None:
-        from pipelines.embeddings import zarr_store
-
         try:
             self.lease.check()
             self._check_intact()
@@ -277,7 +275,7 @@ class _ZarrWriter:
             # last write: the root zarr.json with these attributes and the consolidated metadata of
             # the arrays (plain xr.open_zarr opens it without a warning); nothing changes afterwards
             final = attrs | {"aom_complete": True, "aom_status": "complete"}
-            finish_consolidated(zarr_store(self.out, self.options), _ARRAYS, final)
+            finish_consolidated(self.out, _ARRAYS, final, self.options)
         finally:
             self.lease.release()
 

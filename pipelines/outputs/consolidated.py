@@ -13,15 +13,25 @@ only where nothing changes afterwards:
   ``zarr.json`` before it writes anything (:func:`~pipelines.outputs.remove_owned`), so no copy
   outlives the output it describes.
 
+:func:`finish_consolidated` works on the documents, not on zarr-python's objects: it reads the group's
+and the arrays' ``zarr.json`` as JSON and writes the group's back with :mod:`pipelines.storage`, in the
+format zarr-python writes and reads (``{"kind": "inline", "must_understand": false, "metadata":
+{name: <the array's zarr.json>}}``), so it depends on the Zarr v3 documents and that format only,
+not on zarr-python's internals.
+
 Not the embeddings store: its groups grow tile by tile under many writers (``docs/embeddings.md``
 shows ``consolidated=False``).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from pipelines import storage
+from pipelines.errors import InputError, RunFailedError
 
 CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
 # zarr-python warns on every consolidation that consolidated metadata is an extension of Zarr v3;
@@ -29,28 +39,51 @@ CONSOLIDATED_WARNING = "Consolidated metadata is currently not part"
 # catch_warnings around an await would race with other threads' filters).
 warnings.filterwarnings("ignore", message=CONSOLIDATED_WARNING, module="zarr")
 
+_NODE = "zarr.json"
 
-def finish_consolidated(store: Any, arrays: Sequence[str], attrs: Mapping[str, Any]) -> None:
-    """Write the root ``zarr.json`` of ``store`` (a zarr v3 store) once, holding the group's
-    attributes updated with ``attrs`` and the consolidated metadata of its child ``arrays`` (named:
-    zarr's own listing would warn about non-Zarr folders such as ``_leases``). One PUT, so no reader
-    sees the final attributes without the copy or the copy without them; a failure before it leaves
-    the earlier document (e.g. ``aom_complete: false``). Call it only when nothing in the group
-    changes afterwards (module docstring)."""
-    import dataclasses
 
-    import zarr
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.group import ConsolidatedMetadata
-    from zarr.core.sync import sync
+def finish_consolidated(
+    url: str,
+    arrays: Sequence[str],
+    attrs: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the root ``zarr.json`` of the Zarr v3 group at ``url`` once, holding the group's
+    attributes updated with ``attrs`` and the consolidated metadata of its child ``arrays`` (named,
+    direct children: no listing, so non-Zarr folders such as ``_leases`` are never looked at).
 
-    group = zarr.open_group(store=store, mode="r+", zarr_format=3, use_consolidated=False)
-    children = {
-        name: zarr.open_array(store=store, path=name, mode="r", zarr_format=3).metadata for name in arrays
+    Reads the root's and the arrays' ``zarr.json`` (one GET each, concurrently), then writes the root
+    with :func:`pipelines.storage.write_json_atomic`: one PUT on an object store, a rename on local
+    disk, so no reader sees the final attributes without the copy or the copy without them. A failure
+    before it (a missing document: FileNotFoundError; a node that is not a Zarr v3 group / array:
+    RunFailedError; NaN or infinity in the attributes, which are not JSON: ValueError) leaves the
+    earlier document (e.g. ``aom_complete: false``). Call it only when nothing in the group changes
+    afterwards (module docstring)."""
+    root = storage.normalise_url(url)
+    for name in arrays:
+        if not name or "/" in name or name in (".", ".."):
+            raise InputError(f"{name!r}: not the name of a direct child array")
+    where = {name: storage.join(root, name, _NODE) for name in arrays}
+    root_url = storage.join(root, _NODE)
+    got = storage.read_many([root_url, *where.values()], storage_options)
+    group = _node(root_url, got[root_url], "group")
+    children = {name: _node(u, got[u], "array") for name, u in where.items()}
+    document = {
+        **group,
+        "attributes": {**dict(group.get("attributes") or {}), **attrs},
+        "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": children},
     }
-    meta = dataclasses.replace(
-        group.metadata,
-        attributes={**group.metadata.attributes, **attrs},
-        consolidated_metadata=ConsolidatedMetadata(metadata=dict(children)),
-    )
-    sync(store.set("zarr.json", meta.to_buffer_dict(default_buffer_prototype())["zarr.json"]))
+    storage.write_json_atomic(root_url, document, storage_options)
+
+
+def _node(url: str, data: bytes | None, node_type: str) -> dict[str, Any]:
+    """The parsed ``zarr.json`` at ``url``, checked to be a Zarr v3 ``node_type`` node."""
+    if data is None:
+        raise FileNotFoundError(f"{storage.redact_url(url)}: no such Zarr node")
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise RunFailedError(f"{storage.redact_url(url)}: not JSON ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != node_type:
+        raise RunFailedError(f"{storage.redact_url(url)}: not the zarr.json of a Zarr v3 {node_type}")
+    return doc
