@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import posixpath
 import re
@@ -504,6 +505,20 @@ def write_json_many(objects: Mapping[str, Any], storage_options: Mapping[str, An
 def exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     fs, path = filesystem(url, storage_options)
     return bool(fs.exists(path))
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of attrs/metadata with NaN/inf replaced by None and numpy scalars made plain (what
+    :func:`json_dumps` and Zarr attributes can hold: zarr-python would write a bare ``NaN``)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def json_dumps(obj: Any) -> str:

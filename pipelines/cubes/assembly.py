@@ -69,10 +69,10 @@ from pipelines.cubes.spec import (
     LAYOUT_VERSION,
     CubeSpec,
     SkippedAsset,
-    json_safe,
     reflectance_attrs,
 )
 from pipelines.registry import CollectionSpec, MaskRule, ReflectanceConversion
+from pipelines.storage import json_safe
 from pipelines.tiling import Tile
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from pipelines.cubes.spec import INT16_FILL, INT16_SCALE, CubeSpec, Encoding, encode_reflectance, json_safe
+from pipelines.cubes.spec import INT16_FILL, INT16_SCALE, CubeSpec, Encoding, encode_reflectance
+from pipelines.storage import json_safe
 
 
 def median_block(block: np.ndarray, encoding: Encoding) -> np.ndarray:

@@ -40,7 +40,7 @@ import xarray as xr
 from pipelines.cubes.groups import GroupMeta, group_meta, read_window
 from pipelines.cubes.lattice import lattice_shift
 from pipelines.cubes.shards import RawGroup, open_raw_group
-from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec, json_safe
+from pipelines.cubes.spec import INT16_FILL, LAYOUT_VERSION, CubeSpec
 from pipelines.errors import CubeDataError
 from pipelines.outputs import Lease, dataset_convention_attrs
 from pipelines.runs import TileStatus
@@ -49,6 +49,7 @@ from pipelines.storage import (
     filesystem,
     is_local,
     join,
+    json_safe,
     list_files,
     normalise_url,
     read_many,

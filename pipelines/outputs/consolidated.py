@@ -56,9 +56,10 @@ def finish_consolidated(
     with :func:`pipelines.storage.write_json_atomic`: one PUT on an object store, a rename on local
     disk, so no reader sees the final attributes without the copy or the copy without them. A failure
     before it (a missing document: FileNotFoundError; a node that is not a Zarr v3 group / array:
-    RunFailedError; NaN or infinity in the attributes, which are not JSON: ValueError) leaves the
-    earlier document (e.g. ``aom_complete: false``). Call it only when nothing in the group changes
-    afterwards (module docstring)."""
+    RunFailedError) leaves the earlier document (e.g. ``aom_complete: false``). Call it only when nothing in the group changes
+    afterwards (module docstring). NaN or infinity in the attributes, which are not JSON (zarr-python
+    would write a bare ``NaN``), become ``null`` (:func:`pipelines.storage.json_safe`, as the cube
+    store's attributes), so a run is not failed at its last write for a statistic that has no value."""
     root = storage.normalise_url(url)
     for name in arrays:
         if not name or "/" in name or name in (".", ".."):
@@ -70,7 +71,7 @@ def finish_consolidated(
     children = {name: _node(u, got[u], "array") for name, u in where.items()}
     document = {
         **group,
-        "attributes": {**dict(group.get("attributes") or {}), **attrs},
+        "attributes": storage.json_safe({**dict(group.get("attributes") or {}), **attrs}),
         "consolidated_metadata": {"kind": "inline", "must_understand": False, "metadata": children},
     }
     storage.write_json_atomic(root_url, document, storage_options)

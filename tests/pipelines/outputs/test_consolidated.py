@@ -127,14 +127,19 @@ def test_a_child_that_is_no_array_leaves_the_earlier_document(tmp_path: Path) ->
     assert (out / "zarr.json").read_text() == before
 
 
-def test_nan_attributes_are_refused_before_anything_is_written(tmp_path: Path) -> None:
-    """NaN is not JSON: zarr-python would write it into zarr.json (readers other than Python's fail)."""
+def test_nan_attributes_are_written_as_null(tmp_path: Path) -> None:
+    """NaN is not JSON (zarr-python would write a bare ``NaN``, which readers other than Python's
+    refuse): it becomes ``null``, as in the cube store's attributes, and the document is strict JSON."""
     out = tmp_path / "g.zarr"
     url = _group(out)
-    before = (out / "zarr.json").read_text()
-    with pytest.raises(ValueError):
-        finish_consolidated(url, _ARRAYS, {"done": True, "score": float("nan")})
-    assert (out / "zarr.json").read_text() == before
+    finish_consolidated(url, _ARRAYS, {"done": True, "score": float("nan"), "nested": [1.0, float("inf")]})
+    doc = json.loads((out / "zarr.json").read_text(), parse_constant=_refuse)
+    assert doc["attributes"]["score"] is None and doc["attributes"]["nested"] == [1.0, None]
+    assert doc["attributes"]["done"] is True
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} in zarr.json: not JSON")
 
 
 def test_on_an_object_store_the_document_is_the_same_and_one_put(tmp_path: Path, s3_bucket: Any) -> None:
