@@ -169,7 +169,7 @@ def test_records_without_item_versions_count_their_items_as_seen_when_written(
 
 
 def test_a_rebuild_killed_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) -> None:
-    """3 x 3 tiles built from K1; `aom cubes` given K1 and K2 is SIGKILLed after its first rebuilt record,
+    """3 tiles in a row built from K1; `aom cubes` given K1 and K2 is SIGKILLed after its first rebuilt record,
     with part of the next tile's new data written (the other tiles hold their old record); the
     rerun finishes the rebuild and equals a clean run of K1 and K2, array by array."""
     import contextlib
@@ -180,7 +180,8 @@ def test_a_rebuild_killed_mid_run_then_rerun_equals_a_clean_run(tmp_path: Path) 
     from tests.pipelines.cubes.support import GRID, X0, Y0, s2_item
 
     root = tmp_path / "items"
-    big = (X0, Y0, X0 + 5760.0, Y0 + 5760.0)  # 3 x 3 tiles of 1920 m
+    # 3 x 1 tiles of 1920 m: one rebuilt, one killed mid-rebuild, one still holding its old record
+    big = (X0, Y0, X0 + 5760.0, Y0 + 1920.0)
     k1 = s2_item(root, "K1", bounds=big, cloud_boxes=[(0.1, 0.1, 0.3, 0.5)])
     k2 = s2_item(root, "K2", bounds=big, datetime="2023-06-06T10:30:00Z", seed=5)
     tiles = GRID.tiles_for_items([k1, k2])
