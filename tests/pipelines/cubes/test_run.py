@@ -302,7 +302,8 @@ def test_a_failed_tile_says_whether_a_rerun_may_pass(
 @pytest.mark.slow
 def test_process_killed_mid_run_then_rerun_is_identical(tmp_path: Path) -> None:
     root = tmp_path / "items"
-    big = (X0, Y0, X0 + 5760.0, Y0 + 5760.0)  # 3 x 3 tiles of 1920 m
+    # 3 x 1 tiles of 1920 m: one complete, one killed mid-write, one not started
+    big = (X0, Y0, X0 + 5760.0, Y0 + 1920.0)
     its = [
         s2_item(root, "K1", bounds=big, cloud_boxes=[(0.1, 0.1, 0.3, 0.5)]),
         s2_item(root, "K2", bounds=big, datetime="2023-06-06T10:30:00Z", seed=5),
