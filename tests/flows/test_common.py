@@ -175,28 +175,30 @@ def test_a_run_whose_api_went_away_exits_within_the_bound(tmp_path: Path) -> Non
     except ServiceUnavailable as exc:  # pragma: no cover - machine without the server's deps
         pytest.fail(f"prefect server unavailable: {exc}")
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        base = {**os.environ, **server.client_env(), "PREFECT_CLIENT_MAX_RETRIES": "2"}
-        base.pop(common.EXIT_DRAIN_ENV, None)
-        for name, env in (("bounded", {common.EXIT_DRAIN_ENV: "5"}), ("unbounded", {})):
-            with open(tmp_path / f"{name}.log", "wb") as log:
-                procs[name] = subprocess.Popen(
-                    [sys.executable, str(script), str(tmp_path / f"{name}.out"), str(gone)],
-                    env={**base, **env},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
+    try:  # the flows are killed however the test ends (they loop until their data is gone)
+        try:
+            base = {**os.environ, **server.client_env(), "PREFECT_CLIENT_MAX_RETRIES": "2"}
+            base.pop(common.EXIT_DRAIN_ENV, None)
+            for name, env in (("bounded", {common.EXIT_DRAIN_ENV: "5"}), ("unbounded", {})):
+                with open(tmp_path / f"{name}.log", "wb") as log:
+                    procs[name] = subprocess.Popen(
+                        [sys.executable, str(script), str(tmp_path / f"{name}.out"), str(gone)],
+                        env={**base, **env},
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+            deadline = time.monotonic() + 120
+            while not all((tmp_path / f"{n}.out").exists() for n in procs):
+                assert all(p.poll() is None for p in procs.values()), (
+                    "a flow ended before its data was written"
                 )
-        deadline = time.monotonic() + 120
-        while not all((tmp_path / f"{n}.out").exists() for n in procs):
-            assert all(p.poll() is None for p in procs.values()), "a flow ended before its data was written"
-            assert time.monotonic() < deadline, "the flows did not write their data in 120 s"
-            time.sleep(0.2)
-    finally:
-        server.stop()
-    gone.touch()
-    t0 = time.monotonic()
-    try:
+                assert time.monotonic() < deadline, "the flows did not write their data in 120 s"
+                time.sleep(0.2)
+        finally:
+            server.stop()
+        gone.touch()
+        t0 = time.monotonic()
         rc = procs["bounded"].wait(timeout=90)
         took = time.monotonic() - t0
         bounded_log = (tmp_path / "bounded.log").read_text(errors="replace")
