@@ -215,14 +215,10 @@ def http_status(exc: BaseException) -> int | None:
     """The HTTP status of an error answer (see :func:`is_transient`), looked for along the
     exception's causes (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds
     it); None when the first answer found has none, or there is no answer."""
-    link: BaseException | None = exc
-    for _ in range(4):
-        if link is None:
-            return None
+    for link in _causes(exc):
         answered, status = _answer_status(link)
         if answered:
             return status
-        link = link.__cause__ or link.__context__
     return None
 
 
@@ -243,10 +239,7 @@ def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) 
     file that is not there (or corrupt) is not."""
     if _certificate_refused(exc):
         return False
-    link: BaseException | None = exc
-    for _ in range(4):
-        if link is None:
-            break
+    for link in _causes(exc):
         _, status = _answer_status(link)
         if isinstance(status, int):
             return status in statuses
@@ -255,7 +248,6 @@ def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) 
             return True
         if names & _TRANSPORT_ERRORS:
             return True
-        link = link.__cause__ or link.__context__
     return False
 
 
@@ -274,14 +266,9 @@ def is_lost_worker(exc: BaseException) -> bool:
     """Whether ``exc`` (or one of its causes) says that a worker doing the work was lost mid-way:
     :data:`_LOST_WORKER_ERRORS`. Not an answer from a remote service (that is :func:`is_transient`),
     but the other failure a rerun of a whole step (a Prefect task) may get past."""
-    link: BaseException | None = exc
-    for _ in range(4):
-        if link is None:
-            return False
-        if any((c.__module__, c.__name__) in _LOST_WORKER_ERRORS for c in type(link).__mro__):
-            return True
-        link = link.__cause__ or link.__context__
-    return False
+    return any(
+        (c.__module__, c.__name__) in _LOST_WORKER_ERRORS for link in _causes(exc) for c in type(link).__mro__
+    )
 
 
 def worth_a_rerun(exc: BaseException) -> bool:
@@ -290,16 +277,23 @@ def worth_a_rerun(exc: BaseException) -> bool:
     :func:`is_lost_worker`, or a :class:`~pipelines.errors.RetryLaterError` along its causes (another
     live run holds the tile's lease or took it over, assets unreachable now). Not: a refused access
     (401/403, :class:`~pipelines.registry.access.AccessDeniedError`), a 404, bad data, a bug."""
-    if is_transient(exc) or is_lost_worker(exc):
-        return True
+    return (
+        is_transient(exc)
+        or is_lost_worker(exc)
+        or any(isinstance(link, RetryLaterError) for link in _causes(exc))
+    )
+
+
+def _causes(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
+    """``exc`` and its causes (``__cause__``, else ``__context__``), at most ``depth`` of them: how
+    far the rules above look for what a wrapped error holds (s3fs's OSError caused by botocore's
+    ClientError, our RunFailedError caused by a RetryError caused by the last failure)."""
     link: BaseException | None = exc
-    for _ in range(4):
+    for _ in range(depth):
         if link is None:
-            return False
-        if isinstance(link, RetryLaterError):
-            return True
+            return
+        yield link
         link = link.__cause__ or link.__context__
-    return False
 
 
 def _certificate_refused(exc: BaseException) -> bool:
