@@ -19,7 +19,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.request import url2pathname
@@ -179,19 +179,30 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: Mapping[str, Any]
     if is_local(url):
         if os.path.isdir(path):
             raise InputError(f"{path} is a folder; give a file name")
-        clean_stale_temps(path)
-        tmp = temp_name(path)
-        try:
+
+        def fill(tmp: str) -> None:
             with open(tmp, "wb") as fh:  # created with the user's umask, as any file they write
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+
+        _replace_local(path, fill)
     else:
         fs.pipe_file(path, data)
+
+
+def _replace_local(path: str, fill: Callable[[str], object]) -> None:
+    """``fill(tmp)`` writes the file under a temporary sibling name (:func:`temp_name`; a killed
+    writer's leftovers removed first), which is then renamed onto ``path``: a reader sees the old
+    file or the whole new one, and a failure leaves no temporary file."""
+    clean_stale_temps(path)
+    tmp = temp_name(path)
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 UPLOAD_PART_BYTES = 8 * 2**20
@@ -220,14 +231,7 @@ def upload_file_atomic(local_path: str, url: str, storage_options: Mapping[str, 
     fs, path = filesystem(url, storage_options)
     if is_local(url):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        clean_stale_temps(path)
-        tmp = temp_name(path)
-        try:
-            shutil.copyfile(local_path, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        _replace_local(path, lambda tmp: shutil.copyfile(local_path, tmp))
         return
     options: dict[str, Any] = {}
     if "s3" in tuple(fs.protocol):
