@@ -62,7 +62,7 @@ from pipelines.evaluation.features import (
     random_like,
     raw_features,
 )
-from pipelines.evaluation.probes import band_subsets, fit_predict, score
+from pipelines.evaluation.probes import band_subsets, fit_predict, parse_c, score
 from pipelines.evaluation.protocol import EvalConfig, make_splits, prepare_patches
 
 Splits = list[tuple[list[tuple[np.ndarray, np.ndarray]], str]]
@@ -159,13 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pca-k", default="8,16,32,64", help="principal axes kept, one row each")
     a = ap.parse_args(argv)
     try:
-        cs: list[float | str] = [
-            v.strip() if v.strip() == "auto" else float(v) for v in a.c.split(",") if v.strip()
-        ]
-    except ValueError:
-        print(f"--c: comma-separated numbers or 'auto', got {a.c!r}", file=sys.stderr)
+        cs = [parse_c(v, "--c") for v in a.c.split(",") if v.strip()]
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    if not cs or any(not isinstance(c, str) and c <= 0 for c in cs):
+    if not cs:
         print("--c: one or more positive numbers or 'auto'", file=sys.stderr)
         return 2
     try:

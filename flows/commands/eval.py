@@ -24,19 +24,6 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
         raise typer.BadParameter(f"{name} needs comma-separated numbers, got {text!r}") from None
 
 
-def _probe_c(text: str) -> float | str:
-    """``--probe-c``: ``auto`` or a number > 0."""
-    if text.strip() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise typer.BadParameter(f"--probe-c needs a number > 0 or 'auto', got {text!r}")
-    return value
-
-
 def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -205,7 +192,7 @@ def eval_command(
         run_evaluation,
         write_report,
     )
-    from pipelines.evaluation.probes import PROBES
+    from pipelines.evaluation.probes import PROBES, parse_c
     from pipelines.evaluation.protocol import FEATURES, SETTINGS
 
     ckpt = checkpoint
@@ -234,7 +221,10 @@ def eval_command(
         raise typer.BadParameter("--window needs ROW,COL,HEIGHT,WIDTH")
     chosen_settings = _choices(settings, "--settings", SETTINGS)  # "" was a run of no setting
     chosen_probes = _choices(probes, "--probes", PROBES)
-    c = _probe_c(probe_c)
+    try:
+        c = parse_c(probe_c, "--probe-c")
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     chosen_features = _choices(features, "--features", FEATURES)
     try:
         cfg = EvalConfig(

@@ -14,6 +14,20 @@ PROBES = ("linear", "knn")
 C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
+def parse_c(value: float | str, name: str = "probe_c") -> float | str:
+    """A linear probe's C as given (text or number): ``"auto"`` (:func:`choose_c` per training fold)
+    or a number > 0; ValueError naming ``name`` otherwise."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    try:
+        c = float(value)
+    except ValueError:
+        c = -1.0
+    if not c > 0:  # NaN too
+        raise ValueError(f"{name} needs a number > 0 or 'auto', got {value!r}")
+    return c
+
+
 def make_probe(
     kind: str, multilabel: bool, n_train: int, knn_k: int = 10, seed: int = 0, c: float = 1.0
 ) -> Any:

@@ -50,6 +50,7 @@ from pipelines.evaluation.probes import (
     band_subsets,
     fit_predict,
     metric_name,
+    parse_c,
     score,
     split_folds,
     stats_pools,
@@ -126,8 +127,7 @@ class EvalConfig:
             raise ValueError("knn_k, batch_size and min_per_class must be >= 1, max_per_class >= 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError("threads must be >= 1")
-        if self.probe_c != "auto" and (isinstance(self.probe_c, str) or not self.probe_c > 0):
-            raise ValueError(f"probe_c must be a number > 0 or 'auto', got {self.probe_c!r}")
+        self.probe_c = parse_c(self.probe_c)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
