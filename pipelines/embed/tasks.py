@@ -214,11 +214,16 @@ def embed_loaded(loaded: list[PaddedTile | LoadFailure | TileResult], ctx: RunCo
             out.append(item)
             continue
         if isinstance(item, LoadFailure):
-            failed = TileResult(
-                item.tile_id, item.time_index, TileStatus.FAILED, item.reason, read_s=item.read_s
+            out.append(
+                TileResult(
+                    item.tile_id,
+                    item.time_index,
+                    TileStatus.FAILED,
+                    item.reason,
+                    read_s=item.read_s,
+                    retryable=item.retryable,
+                )
             )
-            failed.retryable = item.retryable
-            out.append(failed)
             continue
         try:
             res = embed_padded(item, ctx)
