@@ -153,8 +153,12 @@ def process_tile(
     except Exception as exc:  # storage down, or a bug: the tile stays absent and is redone next run
         reason, _ = classify_error(exc)
         log.warning("tile %s failed: %s: %s", tile.tile_id, type(exc).__name__, reason)
-        outcome = TileOutcome(tile.tile_id, TileStatus.FAILED, f"{type(exc).__name__}: {reason}")
-        outcome.retryable = tile_failure_retryable(exc)  # whether the flow run's retry may pass
+        outcome = TileOutcome(  # retryable: whether the flow run's retry may pass
+            tile.tile_id,
+            TileStatus.FAILED,
+            f"{type(exc).__name__}: {reason}",
+            retryable=tile_failure_retryable(exc),
+        )
     finally:
         if lease is not None:
             lease.release()
