@@ -207,6 +207,15 @@ def unsign_url(url: str) -> str:
     return base + (f"?{clean}" if clean else "") + hash_ + fragment
 
 
+def link_href(url: str) -> str:
+    """``url`` as a link in published metadata (STAC links and assets, Zarr attributes, completion
+    records): the one rule for such hrefs. ``user:password@`` is dropped, so the link names the
+    place a reader opens with their own credentials; signed-URL parameters are removed and other
+    credential parameters masked (:func:`unsign_url`); registered secret values are masked
+    (:func:`redact_url`). A URL without a secret comes back unchanged."""
+    return redact_url(unsign_url(_USERINFO.sub("://", url)))
+
+
 def redact_record(value: Any) -> Any:
     """A copy of a JSON-like record (dicts, lists, strings ...) with :func:`redact_url` applied to
     every string value (keys stay): the last step before a record, report or attribute that may

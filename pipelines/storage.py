@@ -32,6 +32,7 @@ from pipelines.redaction import (  # re-exported: storage is where callers look 
     RedactingFilter as RedactingFilter,
 )
 from pipelines.redaction import install_log_redaction as install_log_redaction
+from pipelines.redaction import link_href
 from pipelines.redaction import redact_options as redact_options
 from pipelines.redaction import redact_record as redact_record
 from pipelines.redaction import redact_text as redact_text
@@ -155,11 +156,13 @@ def s3_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def public_uri(url: str | os.PathLike[str]) -> str:
     """``url`` as an absolute URI fit for published metadata (STAC hrefs, Zarr attributes): a local path
-    becomes ``file:///abs/path`` (relative paths resolved against the working directory now), a URL with
-    a scheme stays as given; credentials are redacted either way."""
+    becomes ``file:///abs/path`` (relative paths resolved against the working directory now); a URL with
+    a scheme stays as given but for its credentials: no ``user:password@``, no signature parameters,
+    other credential parameters masked (:func:`pipelines.redaction.link_href`), so the link still
+    opens for a reader who brings their own."""
     text = os.fspath(url)
     if "://" in text:
-        return redact_url(text)
+        return link_href(text)
     return Path(text).expanduser().absolute().as_uri()
 
 

@@ -356,16 +356,12 @@ def _geoparquet_collection_urls(pf: Any) -> dict[str, str]:
 
 
 def _source_uri(url: str) -> str:
-    """The catalog source as a link href: a local file as a ``file://`` URI, a URL without its
-    ``user:password@`` and signatures (credential parameters masked, as saved hrefs are)."""
-    from pipelines.redaction import unsign_url
+    """The catalog source as a link href: a local file as a ``file://`` URI (symlinks resolved), a
+    URL by the rule of every published href (:func:`pipelines.storage.public_uri`: no
+    ``user:password@``, no signatures, other credential parameters masked)."""
+    from pipelines.storage import public_uri
 
-    if "://" not in url:
-        return Path(url).resolve().as_uri()
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
-    return unsign_url(parts.geturl())
+    return public_uri(url if "://" in url else Path(url).resolve())
 
 
 def with_collection_link(item: dict[str, Any], documents: Mapping[str, str], source: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import storage
+from pipelines import redaction, storage
 from pipelines.embeddings import create_version, publish_cogs
 from pipelines.embeddings.stac import source_links
 from pipelines.testing import build_synthetic_store, synthetic_version
@@ -42,8 +42,31 @@ def test_chip_layout_is_the_same_in_zarr_and_stac(tmp_path: Path) -> None:
 def test_public_uri() -> None:
     assert storage.public_uri("/data/cubes.zarr") == "file:///data/cubes.zarr"
     assert storage.public_uri("file:///data/c") == "file:///data/c"
-    assert storage.public_uri("s3://key:secret@bucket/cubes") == "s3://***@bucket/cubes"
     assert storage.public_uri("https://example.org/stac/v1") == "https://example.org/stac/v1"
+
+
+@pytest.mark.parametrize(
+    ("url", "href"),
+    [
+        # a link a reader opens with their own credentials: no user:password@, no signature
+        ("s3://key:secret@bucket/cubes", "s3://bucket/cubes"),
+        (
+            "https://acct.blob.core.windows.net/c/cubes.zarr?sv=2022-11-02&se=2030&sig=c2lnbmF0dXJl&v=2",
+            "https://acct.blob.core.windows.net/c/cubes.zarr?v=2",
+        ),
+        ("https://h.example/x?X-Amz-Signature=abc&X-Amz-Credential=AKIA1", "https://h.example/x"),
+        # a credential that is not a signature shows the link needs one, without its value
+        (
+            "https://u:pw@h.example/stac/v1?api_key=k3Y9secret#top",
+            "https://h.example/stac/v1?api_key=***#top",
+        ),
+    ],
+)
+def test_public_uri_is_a_link_without_credentials(url: str, href: str) -> None:
+    """One rule for every href in published metadata: the link stays usable (masking a signature
+    as ``sig=***`` left a link no client can open) and carries no credential."""
+    assert storage.public_uri(url) == href
+    assert not redaction.has_credentials(href)
 
 
 def test_sources_are_absolute_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,13 +97,14 @@ def test_sources_are_absolute_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_stac_source_links_are_absolute_uris() -> None:
     """Records of a local cube store: a file:// link; a URL stays as recorded (redacted); a path an older
-    run recorded relative to its working directory is left out (unresolvable), the records link used."""
+    run recorded relative to its working directory is left out (unresolvable), the records link used.
+    A recorded URL that still carries a credential (records of older runs) is published without it."""
 
     def rec(source: str) -> dict:
         return {"provenance": {"source": source, "collections": ["sentinel-2-l2a"]}}
 
     links = source_links([rec("cubes:/tmp/d/cubes.zarr"), rec("cubes:s3://k:s@bucket/c")], "../_tiles/v/")
-    assert [x["href"] for x in links] == ["file:///tmp/d/cubes.zarr", "s3://***@bucket/c"]
+    assert [x["href"] for x in links] == ["file:///tmp/d/cubes.zarr", "s3://bucket/c"]
     links = source_links([rec("cubes:demo-out/cubes.zarr")], "../_tiles/v/")
     assert [x["href"] for x in links] == ["../_tiles/v/"]
 
