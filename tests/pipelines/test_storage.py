@@ -318,6 +318,116 @@ def test_an_upload_failing_midway_leaves_no_object_and_a_transient_run_failure(
     assert _pending_uploads(s3_bucket) == []
 
 
+class _InterruptAfterFirstPart:
+    """Deliver ``signum`` to the main thread once S3 has answered the first part of an upload (a
+    hook in fsspec's IO thread), through a handler that raises ``raises`` there as Ctrl-C's and a
+    SIGTERM handler's do; the IO thread goes on only once the main thread has taken the interrupt."""
+
+    def __init__(self, fs: Any, signum: int, raises: type[BaseException]) -> None:
+        import threading
+
+        self.fs, self.signum, self.raises = fs, signum, raises
+        self.taken, self.sent = threading.Event(), False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.taken.set()
+        raise self.raises()
+
+    def _hook(self, **_: Any) -> None:
+        import signal
+        import threading
+
+        if not self.sent:
+            self.sent = True
+            signal.pthread_kill(threading.main_thread().ident or 0, self.signum)
+            assert self.taken.wait(5)
+
+    def __enter__(self) -> _InterruptAfterFirstPart:
+        import signal
+
+        from fsspec.asyn import sync
+
+        sync(self.fs.loop, self.fs.set_session)
+        self.previous = signal.signal(self.signum, self._handler)
+        self.fs.s3.meta.events.register("after-call.s3.UploadPart", self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        self.fs.s3.meta.events.unregister("after-call.s3.UploadPart", self._hook)
+        signal.signal(self.signum, self.previous)
+
+
+@pytest.mark.parametrize(("signame", "raises"), [("SIGINT", KeyboardInterrupt), ("SIGTERM", SystemExit)])
+def test_an_interrupted_multipart_upload_stops_and_is_aborted(
+    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch, signame: str, raises: type[BaseException]
+) -> None:
+    """Ctrl-C (KeyboardInterrupt) or a SIGTERM handler's SystemExit while the parts go up: the
+    interrupt comes out as it came, the upload does not go on in fsspec's IO thread (before, it was
+    completed there after the command had been interrupted), and its multipart upload is aborted,
+    no parts kept; an older object there is untouched."""
+    import os
+    import signal
+    import time
+
+    from pipelines import storage
+
+    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(2 * PART + 1000))  # three parts
+    url, opts = s3_bucket.url("out", "big.bin"), s3_bucket.storage_options
+    fresh = s3_bucket.url("out", "fresh.bin")
+    storage.write_bytes_atomic(url, b"the older result", opts)
+    fs = storage.filesystem(url, opts)[0]
+    for target in (url, fresh):
+        interrupt = _InterruptAfterFirstPart(fs, getattr(signal, signame), raises)
+        with interrupt, pytest.raises(raises):
+            storage.upload_file_atomic(str(src), target, opts)
+        assert interrupt.taken.is_set()
+    deadline = time.monotonic() + 5  # whatever still runs in the IO thread completes or aborts
+    while _pending_uploads(s3_bucket) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _pending_uploads(s3_bucket) == []
+    s3_bucket.fs.invalidate_cache()
+    assert s3_bucket.fs.cat_file(f"{s3_bucket.name}/out/big.bin") == b"the older result"
+    assert not s3_bucket.fs.exists(f"{s3_bucket.name}/out/fresh.bin")
+
+
+def test_an_interrupt_whose_abort_is_refused_still_comes_out_as_it_came(
+    tmp_path: Path, s3_bucket: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 refuses the listing of the uploads to abort (403): the KeyboardInterrupt comes out, not the
+    refusal; one warning names the destination (no credentials) and the cause; the parts stay, for
+    the bucket's lifecycle rule; the upload still does not go on."""
+    import os
+    import signal
+
+    from pipelines import storage
+    from tests.services.s3 import S3Refusal
+
+    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(2 * PART + 1000))
+    url, opts = s3_bucket.url("out", "big.bin"), s3_bucket.storage_options
+    fs = storage.filesystem(url, opts)[0]
+    interrupt = _InterruptAfterFirstPart(fs, signal.SIGINT, KeyboardInterrupt)
+    with (
+        S3Refusal(fs, "", 403, operation="ListMultipartUploads"),
+        interrupt,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        storage.upload_file_atomic(str(src), url, opts)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipelines.storage"]
+    assert len(warnings) == 1 and f"upload to {url} interrupted" in warnings[0], warnings
+    assert "AccessDenied" in warnings[0] or "PermissionError" in warnings[0]
+    assert opts["secret"] not in warnings[0] and opts["key"] not in warnings[0]
+    assert _pending_uploads(s3_bucket) == ["out/big.bin"]
+    assert not s3_bucket.fs.exists(f"{s3_bucket.name}/out/big.bin")
+
+
 def test_a_local_destination_is_copied_under_a_temporary_name_then_renamed(tmp_path: Path) -> None:
     from pipelines.storage import upload_file_atomic
 
