@@ -7,18 +7,21 @@ import dataclasses
 import io
 import json
 import tarfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from pipelines.embed import resolve_normaliser
+from pipelines.embed import Normaliser, resolve_normaliser
 from pipelines.evaluation import (
     DatasetSpec,
     EvalConfig,
     EvalDataError,
     LabelledScene,
+    PatchSet,
     band_subsets,
     load_bigearthnet,
     load_dataset,
@@ -34,7 +37,7 @@ from pipelines.registry import BandSpec, load_registry
 
 torch.set_num_threads(2)
 
-FAST = {
+FAST: dict[str, Any] = {  # small settings for quick runs, spread into EvalConfig
     "fractions": (0.5,),
     "draws": 2,
     "splits": 1,
@@ -67,7 +70,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_protocol_end_to_end_on_synthetic_scene(
     synthetic_patches, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    cfg = EvalConfig(checkpoint=str(tiny_checkpoint), **FAST)  # type: ignore[arg-type]
+    cfg = EvalConfig(checkpoint=str(tiny_checkpoint), **FAST)
     result = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
     kinds = [e["kind"] for e in result.extractors]
     assert kinds == ["checkpoint", "random-init", "raw"]
@@ -122,10 +125,10 @@ def test_token_size_is_checked_against_the_checkpoint(synthetic_patches, tiny_ch
     with pytest.raises(
         InputError, match=r"token size 640 m is outside the checkpoint's supported range: 40 to 320 m"
     ):
-        run_evaluation(synthetic_patches, EvalConfig(checkpoint=str(tiny_checkpoint), **FAST, token_m=640.0))  # type: ignore[arg-type]
+        run_evaluation(synthetic_patches, EvalConfig(checkpoint=str(tiny_checkpoint), **FAST, token_m=640.0))
     ext = max(a.shape[-1] * b.gsd_m for a, b in zip(synthetic_patches.pixels, synthetic_patches.bands))
     with pytest.raises(InputError, match="smaller than one 320 m token"):
-        run_evaluation(synthetic_patches, EvalConfig(checkpoint=str(tiny_checkpoint), **FAST, token_m=320.0))  # type: ignore[arg-type]
+        run_evaluation(synthetic_patches, EvalConfig(checkpoint=str(tiny_checkpoint), **FAST, token_m=320.0))
     assert ext < 320.0
 
 
@@ -137,7 +140,7 @@ def test_band_token_features_are_extra_rows_and_goals_name_their_features(
         checkpoint=str(tiny_checkpoint),
         settings=("band-missing",),
         features=("pooled", "band-tokens", "spectral"),
-        **fast,  # type: ignore[arg-type]
+        **fast,
     )
     result = run_evaluation(synthetic_patches, cfg, progress=lambda _m: None)
     names = [e["name"] for e in result.extractors]
@@ -180,8 +183,9 @@ def test_band_token_features_are_extra_rows_and_goals_name_their_features(
 def test_an_empty_choice_list_is_refused(field: str) -> None:
     """No settings evaluated the all-band reference only (exit 0), while no probes or features were
     refused: each is one or more of its choices."""
+    empty: dict[str, Any] = {field: ()}
     with pytest.raises(ValueError, match=field):
-        EvalConfig(checkpoint="random:tiny", **{field: ()})  # type: ignore[arg-type]
+        EvalConfig(checkpoint="random:tiny", **empty)
 
 
 def test_random_only_run_has_no_goals(synthetic_patches) -> None:
@@ -276,7 +280,7 @@ def test_protocol_rows_are_reproducible(synthetic_patches) -> None:
 def test_one_class_dataset_gives_clear_error() -> None:
     ps = scene_patches(synthetic_scene(size_px=96, n_classes=1, seed=0), patch_px=12)
     with pytest.raises(EvalDataError, match="at least two classes"):
-        run_evaluation(ps, EvalConfig(checkpoint="random:tiny", **FAST), progress=lambda _m: None)  # type: ignore[arg-type]
+        run_evaluation(ps, EvalConfig(checkpoint="random:tiny", **FAST), progress=lambda _m: None)
 
 
 def test_mismatched_label_grid_gives_clear_error() -> None:
@@ -590,7 +594,11 @@ def test_input_statistics_never_see_test_patches(synthetic_patches, monkeypatch:
     seen: list[dict[str, tuple[float, float]]] = []
     real = features.resolve_normaliser
 
-    def spy(norm_stats, bands, fallback=None):  # type: ignore[no-untyped-def]
+    def spy(
+        norm_stats: Mapping[str, Any] | None,
+        bands: Sequence[BandSpec],
+        fallback: Mapping[str, tuple[float, float]] | None = None,
+    ) -> Normaliser:
         seen.append(dict(fallback or {}))
         return real(norm_stats, bands, fallback=fallback)
 
@@ -647,10 +655,18 @@ def test_features_per_fold_only_when_a_band_takes_input_statistics(
     for depends, calls_expected in ((False, 1), (True, 3)):
         calls: list[np.ndarray | None] = []
 
-        def fn(ps, _ref, pool, calls=calls):  # type: ignore[no-untyped-def]
+        def fn(
+            ps: PatchSet,
+            _ref: Sequence[BandSpec],
+            pool: np.ndarray | None,
+            calls: list[np.ndarray | None] = calls,
+        ) -> np.ndarray:
             calls.append(pool)
             return np.zeros((len(ps), 1))
 
-        ext = Extractor("e", "checkpoint", fn, aligned=True, uses_pool=lambda _ps, d=depends: d)
+        def uses_pool(_ps: PatchSet, d: bool = depends) -> bool:
+            return d
+
+        ext = Extractor("e", "checkpoint", fn, aligned=True, uses_pool=uses_pool)
         assert len(_features(ext, synthetic_patches, synthetic_patches.bands, pools)) == 3
         assert len(calls) == calls_expected

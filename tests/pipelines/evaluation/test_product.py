@@ -4,6 +4,8 @@ synthetic scene."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from aom_model.config import SPECTRAL_QUERIES
@@ -285,9 +287,20 @@ def test_seam_blending_lowers_the_seam_contrast_end_to_end() -> None:
     lower seam contrast than cores only (measured 0.009 vs 0.014), at no cost in shift consistency,
     and each output records its layout (the blended one runs more chips: 24 vs 16)."""
     scene = synthetic_scene(size_px=192, n_classes=4, seed=1)
-    kw = {"token_m": 160.0, "shifts": (1,), "core_tokens": 6, "margin_tokens": 2}
-    (core_only,) = run_product_metrics(scene, "random:tiny", blend_tokens=0, **kw)
-    (blended,) = run_product_metrics(scene, "random:tiny", blend_tokens=2, **kw)
+
+    def run(blend_tokens: int) -> list[dict[str, Any]]:
+        return run_product_metrics(
+            scene,
+            "random:tiny",
+            token_m=160.0,
+            shifts=(1,),
+            core_tokens=6,
+            margin_tokens=2,
+            blend_tokens=blend_tokens,
+        )
+
+    (core_only,) = run(0)
+    (blended,) = run(2)
     assert core_only["chip"]["blend_tokens"] == 0 and core_only["chip"]["offset_tokens"] == 0
     assert blended["chip"]["blend_tokens"] == 2 and blended["chip"]["offset_tokens"] == 3
     assert blended["chips_run"] > core_only["chips_run"]
