@@ -21,7 +21,7 @@ MODIS = REGISTRY.sensor("modis-mcd43a4").bands  # 7 bands at 463.3 m: a sensor t
 
 def _model(layout: str, **kw: object) -> AOM:
     torch.manual_seed(0)
-    return AOM(AOMConfig.named("tiny", layout=layout, **kw)).eval()  # type: ignore[arg-type]
+    return AOM(AOMConfig.named("tiny", layout=layout, **kw)).eval()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -38,6 +38,7 @@ def test_band_order_invariance(layout: str) -> None:
     permuted = []
     for grp in reversed(b.groups):  # permute group order too
         p = torch.randperm(grp.num_bands, generator=g)
+        assert grp.band_id is not None  # set above
         permuted.append(
             BandGroup(
                 grp.pixels[:, p],
@@ -45,7 +46,7 @@ def test_band_order_invariance(layout: str) -> None:
                 grp.fwhm_nm[:, p],
                 grp.gsd_m,
                 band_id=grp.band_id[:, p],
-            )  # type: ignore[index]
+            )
         )
     with torch.no_grad():
         a = model.forward_features(b)

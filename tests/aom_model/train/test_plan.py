@@ -16,6 +16,7 @@ from aom_model.train import (
     ChipConfig,
     ChipIndex,
     NormStats,
+    TrainBatch,
     build_plan,
     compute_norm_stats,
     make_loader,
@@ -36,7 +37,7 @@ def norm(index: ChipIndex) -> NormStats:
     return compute_norm_stats(index, seed=0)
 
 
-def _arrays(tb):  # type: ignore[no-untyped-def]
+def _arrays(tb: TrainBatch) -> list[np.ndarray]:
     out = [np.array(tb.chip_ids), np.array([tb.index, tb.skipped_chips])]
     for view in (tb.raw_native, tb.raw_coarse):
         if view is not None:
@@ -44,7 +45,7 @@ def _arrays(tb):  # type: ignore[no-untyped-def]
     return out
 
 
-def _same(a: list, b: list) -> None:  # type: ignore[type-arg]
+def _same(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert len(x) == len(y)
@@ -198,4 +199,5 @@ def test_device_normalisation_on_cuda_equals_cpu(index: ChipIndex, norm: NormSta
             for a, b in zip(cpu.groups, gpu.groups):
                 assert b.pixels.device.type == "cuda"
                 torch.testing.assert_close(b.pixels.cpu(), a.pixels, equal_nan=True, rtol=1e-5, atol=1e-5)
-                assert torch.equal(b.band_valid.cpu(), a.band_valid)  # type: ignore[union-attr]
+                assert a.band_valid is not None and b.band_valid is not None
+                assert torch.equal(b.band_valid.cpu(), a.band_valid)
