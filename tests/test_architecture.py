@@ -249,19 +249,20 @@ def _package_inits() -> list[str]:
 def _declared_all(path: Path) -> list[str] | None:
     """The names of a module-level ``__all__ = [...]``/``(...)`` of string literals, else None."""
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        target = (
-            node.targets[0]
-            if isinstance(node, ast.Assign) and len(node.targets) == 1
-            else node.target
-            if isinstance(node, ast.AnnAssign)
-            else None
-        )
+        value: ast.expr | None  # None: an annotation without a value
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign):
+            target, value = node.target, node.value
+        else:
+            continue
         if isinstance(target, ast.Name) and target.id == "__all__":
-            value = node.value  # type: ignore[union-attr]
-            if isinstance(value, ast.List | ast.Tuple) and all(
-                isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts
-            ):
-                return [e.value for e in value.elts]  # type: ignore[attr-defined]
+            if isinstance(value, ast.List | ast.Tuple):
+                names = [
+                    e.value for e in value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                ]
+                if len(names) == len(value.elts):
+                    return names
             return []  # computed (e.g. sorted(_EXPORTS)): checked on the imported module
     return None
 

@@ -297,7 +297,11 @@ def _registered_aom_verbs() -> frozenset[str]:
     def names(app: typer.Typer) -> set[str]:
         out = set()
         for info in app.registered_commands:
-            out.add(info.name or info.callback.__name__.replace("_", "-"))
+            if info.name:
+                out.add(info.name)
+            else:
+                assert info.callback is not None, info
+                out.add(info.callback.__name__.replace("_", "-"))
         for group in app.registered_groups:
             if group.name:
                 out.add(group.name)
@@ -709,7 +713,7 @@ def test_dockerfile(name: str) -> None:
             assert op == "COPY", f"{name}: use COPY, not ADD"
             sources = operands[:-1]
             assert sources, f"{name}: COPY without sources"
-            found = []
+            found: list[Path] = []
             for src in sources:
                 if any(ch in src for ch in "*?["):
                     found.extend(REPO.glob(src))  # BuildKit: a wildcard may match nothing

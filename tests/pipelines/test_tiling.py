@@ -232,7 +232,7 @@ def test_geojson_geometry_is_the_given_geometry_or_a_collection() -> None:
     from pipelines.tiling import geojson_geometry, geometry_from_geojson
 
     feature = {"type": "Feature", "geometry": _SQUARE, "properties": {}}
-    null = {"type": "Feature", "geometry": None, "properties": {}}
+    null: dict[str, object] = {"type": "Feature", "geometry": None, "properties": {}}
     assert geojson_geometry(_SQUARE) == _SQUARE
     assert geojson_geometry({"type": "FeatureCollection", "features": [feature, null]}) == _SQUARE
     two = geojson_geometry({"type": "FeatureCollection", "features": [feature, feature]})

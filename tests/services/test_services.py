@@ -223,5 +223,7 @@ def test_prefect_harness_runs_a_flow(prefect_harness):
     assert state.result() == 2
     with get_client(sync_client=True) as client:
         assert str(client.api_url).rstrip("/") == prefect_harness.rstrip("/")
-        run = client.read_flow_run(state.state_details.flow_run_id)
+        run_id = state.state_details.flow_run_id
+        assert run_id is not None
+        run = client.read_flow_run(run_id)
     assert run.state is not None and run.state.is_completed()

@@ -136,12 +136,12 @@ def assert_stores_equal(a: CubeStore, b: CubeStore, tiles: list[str] | None = No
             assert ra[key] == rb[key], (tile_id, key)
         ta, tb = a.open_tile(tile_id, decode=False), b.open_tile(tile_id, decode=False)
         assert ta.keys() == tb.keys()
-        for key in ta:
-            da_, db_ = ta[key].load(), tb[key].load()
+        for group_key in ta:
+            da_, db_ = ta[group_key].load(), tb[group_key].load()
             for name in da_.variables:
                 np.testing.assert_array_equal(
                     np.asarray(da_[name].values),
                     np.asarray(db_[name].values),
-                    err_msg=f"{tile_id} {key} {name}",
+                    err_msg=f"{tile_id} {group_key} {name}",
                 )
             assert da_.attrs == db_.attrs

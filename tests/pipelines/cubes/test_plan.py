@@ -49,7 +49,7 @@ def test_catalog_spellings_of_a_collection_are_one_collection() -> None:
     old = {**item, "collection": "HLSS30.v2.0", "links": []}
     new = {**item, "id": "other", "collection": "HLSS30_2.0", "links": []}
     plan = plan_cubes(
-        CubeRequest(catalog="cmr-stac-lpcloud", collections="HLSS30.v2.0", tile_size_m=7680), [old, new]
+        CubeRequest(catalog="cmr-stac-lpcloud", collections=("HLSS30.v2.0",), tile_size_m=7680), [old, new]
     )
     assert plan.spec.collections == ("HLSS30_2.0",) and len(plan.items) == 2
 

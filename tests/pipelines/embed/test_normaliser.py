@@ -61,11 +61,11 @@ def test_adding_a_band_without_statistics_changes_no_other_band() -> None:
     px[3] = rng.normal(0.004, 0.002, (32, 32))  # cirrus reflectance: near 0
     without = resolve_normaliser(STATS, known)
     with_b10 = resolve_normaliser(STATS, [*known, b10])
-    for b in known:
-        assert (with_b10.means[b.key], with_b10.stds[b.key], with_b10.sources[b.key]) == (
-            without.means[b.key],
-            without.stds[b.key],
-            without.sources[b.key],
+    for band in known:
+        assert (with_b10.means[band.key], with_b10.stds[band.key], with_b10.sources[band.key]) == (
+            without.means[band.key],
+            without.stds[band.key],
+            without.sources[band.key],
         )
     assert with_b10.sources["s2/B10"] == "input"
     a = without.apply(GroupPixels("c", 10.0, tuple(known), px[:3]))

@@ -83,7 +83,7 @@ def test_odc_stac_load_returns_the_query_vectors(published: tuple[Path, str]) ->
     assert len(zone) == 2  # one tile, two times
     ds = odc.stac.load(zone, chunks=None)
     bands = [f"embeddings.{i + 1}" for i in range(16)]
-    assert sorted(ds.data_vars, key=lambda b: int(b.split(".")[1])) == bands
+    assert sorted(ds.data_vars, key=lambda b: int(str(b).split(".")[1])) == bands
     stacked = np.stack([ds[b].values for b in bands], axis=-1)  # [time, y, x, dim]
     assert [str(t)[:10] for t in ds.time.values] == ["2024-06-01", "2024-07-01"]
     ref = emb.tiles(0)[32631][0]

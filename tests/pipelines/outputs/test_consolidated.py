@@ -21,7 +21,7 @@ from pipelines.outputs import finish_consolidated
 from tests.services.s3 import RequestCounter
 
 _ARRAYS = ("emb", "x", "crs")
-_FINAL = {"done": True, "result": {"n": 3, "nodata": None}, "note": "ü"}
+_FINAL: dict[str, Any] = {"done": True, "result": {"n": 3, "nodata": None}, "note": "ü"}
 
 
 def _build(store: Any) -> None:
@@ -100,7 +100,9 @@ def test_zarr_and_xarray_read_the_consolidated_copy(tmp_path: Path) -> None:
     ):
         assert sorted(group.array_keys()) == sorted(_ARRAYS)
         assert dict(group.attrs) == {"keep": 1, **_FINAL}
-        np.testing.assert_array_equal(group["emb"][:], want)
+        emb = group["emb"]
+        assert isinstance(emb, zarr.Array)
+        np.testing.assert_array_equal(emb[:], want)
         assert group["x"].attrs["units"] == "m"
     ds = xr.open_zarr(out, consolidated=True)
     assert ds.attrs == {"keep": 1, **_FINAL}
