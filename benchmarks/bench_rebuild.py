@@ -36,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,12 @@ def timed(fn: Any) -> tuple[float, float, Any]:
 
 
 def measure(
-    backend: str, url_of: Any, opts: dict[str, Any], its: list[dict[str, Any]], tile_id: str, tile_m: float
+    backend: str,
+    url_of: Callable[[str], str],
+    opts: dict[str, Any],
+    its: list[dict[str, Any]],
+    tile_id: str,
+    tile_m: float,
 ) -> dict[str, Any]:
     from pipelines.cubes import CubeSpec, write_cubes
     from pipelines.runs import TileStatus
@@ -110,21 +116,23 @@ def main() -> None:
         for backend in ("local", "s3"):
             best: dict[str, tuple[float, float]] = {}
             for r in range(args.repeats):
+                url_of: Callable[[str], str]
+                opts: dict[str, Any]
                 if backend == "local":
                     base = work / f"stores-{r}"
 
-                    def url_of(name: str, base: Path = base) -> str:
+                    def local_url(name: str, base: Path = base) -> str:
                         return str(base / name)
 
-                    opts: dict[str, Any] = {}
+                    url_of, opts = local_url, {}
                 else:
                     bucket = f"bench-rebuild-{r}"
                     fs.mkdir(bucket)
 
-                    def url_of(name: str, bucket: str = bucket) -> str:
+                    def s3_url(name: str, bucket: str = bucket) -> str:
                         return f"s3://{bucket}/{name}"
 
-                    opts = s3.storage_options
+                    url_of, opts = s3_url, s3.storage_options
                 got = measure(backend, url_of, opts, its, tile_id, args.tile_m)
                 for k, v in got.items():
                     if k not in best or v[0] < best[k][0]:
