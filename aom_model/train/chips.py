@@ -418,7 +418,7 @@ class ChipReader:
             if rg.shape[1] != len(g.bands):
                 raise CubeDataError(f"{src.tile_id}/{src.collection}/{g.gsd_label}: band count changed")
             self._cache[key] = rg
-        return rg  # type: ignore[no-any-return]
+        return rg
 
     def read_block(self, source: int, t: int, gi: int, bands: Sequence[int]) -> np.ndarray:
         """[len(bands), rows * n, cols * n] stored values of group ``gi`` over the source's chip grid at

@@ -89,9 +89,9 @@ def shard_layout(meta: dict[str, Any]) -> ShardLayout | None:
             return None
         sep = meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/")
         return ShardLayout(
-            shape,  # type: ignore[arg-type]
-            shard,  # type: ignore[arg-type]
-            chunk,  # type: ignore[arg-type]
+            shape,
+            shard,
+            chunk,
             np.dtype(meta["data_type"]),
             conf.get("index_location", "end") == "end",
             sep,
