@@ -9,11 +9,23 @@ and triggers at all (the automation of a trigger stores them as given). This ste
 and of their schedules and triggers, against the same schemas, with the environment filled in as
 ``prefect deploy`` fills it, and fails the deploy with one line per offending parameter, naming
 it, never its value.
+
+Which deployments it checks: those the ``prefect deploy`` command line selects (every one for
+``--all``). Prefect runs the build section in its own process once per deployment, just before it
+registers that deployment, and gives a step no word of which one (its inputs are templated from
+the environment, blocks, variables and earlier steps' outputs only), so the step reads the
+selection from the command line (``sys.argv``), each time the whole selection: ``prefect deploy
+-n a -n b`` with a credential in ``b`` fails in ``a``'s build step, before ``a`` is registered.
+Where it cannot read the command line it checks every deployment (:func:`deploy_selection`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -51,16 +63,95 @@ def credential_parameters(parameters: dict[str, Any], entrypoint: str) -> list[s
     return sorted(set(found))
 
 
-def deployment_credentials(prefect_file: str | Path = "prefect.yaml") -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class DeploySelection:
+    """The deployments of a ``prefect.yaml`` that a ``prefect deploy`` command line deploys.
+
+    ``every``: all of them (``--all``, or a command line :func:`deploy_selection` cannot narrow);
+    otherwise those ``names`` match, the ``--name`` values as given (``embed-local``,
+    ``embed/embed-local``, ``embed-*``); ``prefect_file``: its ``--prefect-file``."""
+
+    names: tuple[str, ...] = ()
+    every: bool = True
+    prefect_file: str = "prefect.yaml"
+
+    def picks(self, deployments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The ``deployments`` (``prefect.yaml``'s, as written) that ``prefect deploy`` deploys,
+        matched by name as it matches them; a superset where deployments of two flows share a
+        name (the flow part of ``flow/name`` is not compared). The only deployment of a file is
+        deployed whatever one name is given (Prefect renames it), so it is always picked."""
+        if self.every or (len(deployments) == 1 and len(self.names) <= 1):
+            return deployments
+        return [d for d in deployments if any(_matches(n, d.get("name")) for n in self.names)]
+
+
+def _matches(pattern: str, name: object) -> bool:
+    """Whether a ``--name`` value selects the deployment ``name``: exact, ``*`` any text."""
+    wanted = pattern.split("/", 1)[-1]
+    if "*" not in pattern:
+        return wanted == name
+    return isinstance(name, str) and re.fullmatch(re.escape(wanted).replace(r"\*", ".*"), name) is not None
+
+
+def _is_prefect_cli(program: str) -> bool:
+    """Whether ``sys.argv[0]`` is the ``prefect`` command (its script or ``python -m prefect``)."""
+    path = Path(program)
+    return path.stem == "prefect" or (path.name == "__main__.py" and path.parent.name == "prefect")
+
+
+def deploy_selection(argv: Sequence[str]) -> DeploySelection:
+    """What the command line ``argv`` deploys, if it is ``prefect [--profile p] deploy ...``;
+    every deployment otherwise, or with ``--all``, no ``--name``, or ``--``.
+
+    Reads only Prefect's public options, in every form its parser takes (``-n a``, ``-na``,
+    ``-n=a``, ``--name a``, ``--name=a``, ``--all``, ``--prefect-file f``), and takes any form of
+    ``--all`` (``--all=false``, ``--no-all``) for ``--all``: it may select more than Prefect
+    deploys, never less (Prefect's parser takes no option value that starts with ``-``, so no
+    other option's value hides a name)."""
+    every = DeploySelection()
+    if not argv or not _is_prefect_cli(argv[0]):
+        return every
+    tokens = list(argv[1:])
+    at = 0  # session options before the command: only --profile / -p take a value
+    while at < len(tokens) and tokens[at].startswith("-"):
+        at += 2 if tokens[at] in ("--profile", "-p") else 1
+    if at >= len(tokens) or re.sub("[-_]", "", tokens[at]).lower() != "deploy":
+        return every
+    names: list[str] = []
+    prefect_file = every.prefect_file
+    rest = iter(tokens[at + 1 :])
+    for token in rest:
+        option, equals, value = token.partition("=")
+        if token == "--" or option in ("--all", "--no-all"):
+            return every
+        if option in ("-n", "--name", "--prefect-file") and not equals:
+            value = next(rest, "")
+        elif token.startswith("-n") and not token.startswith("--"):  # -na, -n=a
+            option, value = "-n", token[2:].removeprefix("=")
+        if option in ("-n", "--name"):
+            names.append(value)
+        elif option == "--prefect-file":
+            prefect_file = value
+    return DeploySelection(tuple(names), every=not names, prefect_file=prefect_file)
+
+
+def deployment_credentials(
+    prefect_file: str | Path = "prefect.yaml", argv: Sequence[str] = ()
+) -> dict[str, list[str]]:
     """By deployment name, the parameters of ``prefect_file`` that carry a credential
     (``params.out``, ``trigger 0: params.cubes``, ``schedule 1: ...``), ``{{ $VAR }}`` filled from
-    this process's environment as ``prefect deploy`` fills it."""
+    this process's environment as ``prefect deploy`` fills it: of the deployments the ``prefect
+    deploy`` command line ``argv`` deploys, every one where ``argv`` is not such a command line
+    or names another ``--prefect-file``."""
     import yaml
     from prefect.utilities.templating import apply_values
 
     config = yaml.safe_load(Path(prefect_file).read_text())
+    selection = deploy_selection(argv)
+    if Path(selection.prefect_file).resolve() != Path(prefect_file).resolve():
+        selection = DeploySelection()
     found: dict[str, list[str]] = {}
-    for raw in config.get("deployments") or []:
+    for raw in selection.picks(config.get("deployments") or []):
         # a dict: remove_notset=False leaves an unset {{ $VAR }} as written, as prefect deploy does
         deployment = cast(dict[str, Any], apply_values(raw, dict(os.environ), remove_notset=False))
         sources = [("", deployment.get("parameters"))]
@@ -79,10 +170,14 @@ def deployment_credentials(prefect_file: str | Path = "prefect.yaml") -> dict[st
     return found
 
 
-def refuse_credentials(prefect_file: str = "prefect.yaml") -> dict[str, Any]:
+def refuse_credentials(
+    prefect_file: str = "prefect.yaml", argv: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The build step: raises :class:`~flows.params.CredentialParameterError` (one line, names
-    only) if a parameter in ``prefect_file`` carries a credential; ``{}`` (no step outputs) if none."""
-    found = deployment_credentials(prefect_file)
+    only) if a parameter of a deployment that the command line (``argv``, default ``sys.argv``: the
+    ``prefect deploy`` running the step) deploys from ``prefect_file`` carries a credential; ``{}``
+    (no step outputs) if none."""
+    found = deployment_credentials(prefect_file, sys.argv if argv is None else argv)
     if found:
         where = "; ".join(f"{name} ({', '.join(bad)})" for name, bad in found.items())
         raise CredentialParameterError(

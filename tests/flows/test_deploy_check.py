@@ -77,6 +77,94 @@ def test_the_build_step_checks_schedules_too(tmp_path: Path, monkeypatch: pytest
     }
 
 
+def _argv(*args: str) -> list[str]:
+    """``sys.argv`` of ``prefect <args>`` as the build step sees it."""
+    return [str(Path(sys.executable).parent / "prefect"), *args]
+
+
+def test_the_build_step_checks_the_deployments_being_deployed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A credential in embed's and retrain's parameters (AOM_CHECKPOINT): `prefect deploy -n
+    ingest-local` passes, any selection holding one of them fails, naming those only; --all, no
+    name, another --prefect-file or a command line that is not `prefect deploy` check them all.
+    Before, every deployment of the file was checked, so `-n ingest-local` failed too."""
+    from flows.deploy_check import deployment_credentials, refuse_credentials
+
+    monkeypatch.chdir(REPO_ROOT)
+    for name, value in {**AOM_ENV, "AOM_CHECKPOINT": f"s3://key:{FAKE}@bucket/m.safetensors"}.items():
+        monkeypatch.setenv(name, value)
+    carrying = {"embed-local", "embed-gpu", "retrain-local", "retrain-gpu"}
+    assert refuse_credentials(argv=_argv("--no-prompt", "deploy", "-n", "ingest-local")) == {}
+    assert deployment_credentials(argv=_argv("deploy", "-n", "ingest/ingest-local", "-n", "pretrain-*")) == {}
+    found = deployment_credentials(argv=_argv("deploy", "-n", "ingest-local", "-n", "embed-local"))
+    assert found == {"embed-local": ["params.checkpoint", "trigger 0: params.checkpoint"]}
+    assert set(deployment_credentials(argv=_argv("deploy", "--name=embed-*"))) == {"embed-local", "embed-gpu"}
+    assert set(deployment_credentials(argv=_argv("deploy", "-n", "embed/embed-gpu"))) == {"embed-gpu"}
+    for argv in (
+        _argv("deploy", "--all"),
+        _argv("deploy"),
+        _argv("deploy", "-n", "ingest-local", "--prefect-file", "infra/prefect.yaml"),
+        ["/usr/bin/pytest", "deploy", "-n", "ingest-local"],
+    ):
+        assert set(deployment_credentials(argv=argv)) == carrying, argv
+    with pytest.raises(CredentialParameterError) as caught:
+        refuse_credentials(argv=_argv("deploy", "-n", "ingest-local", "-n", "retrain-gpu"))
+    assert "nothing was deployed: retrain-gpu (" in str(caught.value) and "ingest" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--no-prompt", "deploy", "-n", "ingest-local"], ("ingest-local",)),
+        (["deploy", "--name=a", "-nb", "-n=c", "--name", "d"], ("a", "b", "c", "d")),
+        (["-p", "dev", "deploy", "-n", "a", "-p", "local", "-t", "x", "--param", "n=1"], ("a",)),
+        (
+            [
+                "--profile=dev",
+                "Deploy",
+                "flows/ingest.py:ingest",
+                "-n",
+                "flow/a*",
+                "--prefect-file",
+                "f.yaml",
+            ],
+            ("flow/a*",),
+        ),
+        (["deploy", "--all"], None),
+        (["deploy", "--all=false", "-n", "a"], None),
+        (["deploy", "-d", "no name"], None),
+        (["deploy", "--", "-n"], None),
+    ],
+)
+def test_the_selection_is_read_as_prefect_reads_the_command_line(args: list[str], names: Any) -> None:
+    """The names (None: every deployment) found in `prefect <args>`, at least those Prefect's own
+    parser finds (the installed Prefect's; --all: every one)."""
+    from prefect.cli._app import _app, _normalize_command_names, _normalize_top_level_flags
+
+    from flows.deploy_check import deploy_selection
+
+    selection = deploy_selection(_argv(*args))
+    assert (None if selection.every else selection.names) == names
+    assert deploy_selection([str(Path(sys.executable).parent / "python"), *args]).every
+    module = [str(REPO_ROOT / ".venv/lib/site-packages/prefect/__main__.py"), *args]
+    assert deploy_selection(module) == selection
+    _, session, _ = _app.meta.parse_args(_normalize_top_level_flags(args))
+    _, command, _ = _app.parse_args(_normalize_command_names(session.args))
+    parsed = command.arguments
+    assert selection.every or set(parsed.get("names") or ()) <= set(selection.names)
+    assert selection.every or not (parsed.get("deploy_all") or not parsed.get("names"))
+    assert selection.prefect_file == str(parsed.get("prefect_file", "prefect.yaml"))
+
+
+def test_every_deployment_of_prefect_yaml_runs_the_check() -> None:
+    """Prefect runs a deployment's own `build:` instead of the file's: none has one, so
+    `prefect deploy -n <any>` runs the check on this file."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    assert config["build"] == [{"flows.deploy_check.refuse_credentials": {"prefect_file": "prefect.yaml"}}]
+    assert [d["name"] for d in config["deployments"] if "build" in d] == []
+
+
 def _api_text(api_url: str) -> str:
     """Everything the server holds that could hold a parameter: deployments, flow runs, automations."""
     import httpx
@@ -89,32 +177,78 @@ def _api_text(api_url: str) -> str:
     return json.dumps(found)
 
 
+def _registered(api_url: str) -> dict[str, str]:
+    """The server's deployments: when each was last created or updated, by name."""
+    import httpx
+
+    with httpx.Client(base_url=api_url) as http:
+        return {d["name"]: d["updated"] for d in http.post("/deployments/filter", json={}).json()}
+
+
+def _prefect(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`prefect --no-prompt <args>` in the repository, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def deploy_env(prefect_server_process: Any) -> dict[str, str]:
+    """An environment for `prefect deploy` of prefect.yaml against the test server, its `local`
+    pool created; clean AOM_* values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "AOM_"))}
+    env.update(prefect_server_process.client_env(), PREFECT_SERVER_ANALYTICS_ENABLED="false", **AOM_ENV)
+    pool = _prefect(env, "work-pool", "create", "local", "--type", "process", "--overwrite")
+    assert pool.returncode == 0, pool.stdout + pool.stderr
+    return env
+
+
 @pytest.mark.integration
-def test_prefect_deploy_registers_nothing_with_a_credential(prefect_server_process: Any) -> None:
+def test_prefect_deploy_registers_nothing_with_a_credential(
+    prefect_server_process: Any, deploy_env: dict[str, str]
+) -> None:
     """`prefect deploy --all` with AOM_DATA_URL carrying a credential: the build step fails it
     before the first deployment is created, one line naming the parameters; neither its output nor
     the server holds the credential. Before, the deployments were created with it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "AOM_"))}
-    env.update(prefect_server_process.client_env(), PREFECT_SERVER_ANALYTICS_ENABLED="false", **AOM_ENV)
-    env["AOM_DATA_URL"] = f"s3://key:{FAKE}@bucket/aom"
-
-    def prefect(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "prefect", "--no-prompt", *args],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-
-    pool = prefect("work-pool", "create", "local", "--type", "process", "--overwrite")
-    assert pool.returncode == 0, pool.stdout + pool.stderr
-    deploy = prefect("deploy", "--all")
+    deploy = _prefect({**deploy_env, "AOM_DATA_URL": f"s3://key:{FAKE}@bucket/aom"}, "deploy", "--all")
     output = deploy.stdout + deploy.stderr
     assert deploy.returncode != 0
     assert "CredentialParameterError: prefect.yaml: parameters carry a credential" in output, output[-3000:]
     assert "ingest-local (params.out)" in output and "retrain-gpu (embed_params.cubes" in output
+    assert FAKE not in output
+    assert FAKE not in _api_text(prefect_server_process.api_url)
+
+
+@pytest.mark.integration
+def test_prefect_deploy_of_some_deployments_checks_those(
+    prefect_server_process: Any, deploy_env: dict[str, str]
+) -> None:
+    """A credential in embed-local's parameters (AOM_CHECKPOINT): `prefect deploy -n ingest-local
+    -n embed-local` fails in ingest-local's build step, registering neither; `prefect deploy -n
+    ingest-local` registers it. Neither output nor the server holds the credential. Before, the
+    second was refused too, for embed-local's credential."""
+    env = {**deploy_env, "AOM_CHECKPOINT": f"s3://key:{FAKE}@bucket/aom/models/m.safetensors"}
+    before = _registered(prefect_server_process.api_url)
+    both = _prefect(env, "deploy", "-n", "ingest-local", "-n", "embed-local")
+    output = both.stdout + both.stderr
+    assert both.returncode != 0
+    assert "nothing was deployed: embed-local (params.checkpoint, trigger 0: params.checkpoint);" in output, (
+        output[-3000:]
+    )
+    assert "retrain-local" not in output and _registered(prefect_server_process.api_url) == before
+    one = _prefect(env, "deploy", "-n", "ingest-local")
+    output += one.stdout + one.stderr
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    after = _registered(prefect_server_process.api_url)
+    assert after["ingest-local"] != before.get("ingest-local")
+    assert {k: v for k, v in after.items() if k != "ingest-local"} == {
+        k: v for k, v in before.items() if k != "ingest-local"
+    }
     assert FAKE not in output
     assert FAKE not in _api_text(prefect_server_process.api_url)
 
