@@ -138,8 +138,6 @@ def test_the_build_step_checks_the_deployments_being_deployed(monkeypatch: pytes
 def test_the_selection_is_read_as_prefect_reads_the_command_line(args: list[str], names: Any) -> None:
     """The names (None: every deployment) found in `prefect <args>`, at least those Prefect's own
     parser finds (the installed Prefect's; --all: every one)."""
-    from prefect.cli._app import _app, _normalize_command_names, _normalize_top_level_flags
-
     from flows.deploy_check import deploy_selection
 
     selection = deploy_selection(_argv(*args))
@@ -147,12 +145,118 @@ def test_the_selection_is_read_as_prefect_reads_the_command_line(args: list[str]
     assert deploy_selection([str(Path(sys.executable).parent / "python"), *args]).every
     module = [str(REPO_ROOT / ".venv/lib/site-packages/prefect/__main__.py"), *args]
     assert deploy_selection(module) == selection
-    _, session, _ = _app.meta.parse_args(_normalize_top_level_flags(args))
-    _, command, _ = _app.parse_args(_normalize_command_names(session.args))
-    parsed = command.arguments
+    parsed = _prefect_parse(args)
     assert selection.every or set(parsed.get("names") or ()) <= set(selection.names)
     assert selection.every or not (parsed.get("deploy_all") or not parsed.get("names"))
     assert selection.prefect_file == str(parsed.get("prefect_file", "prefect.yaml"))
+
+
+def _prefect_parse(args: list[str]) -> dict[str, Any]:
+    """The arguments the installed Prefect's own CLI parser finds in `prefect <args>`."""
+    from prefect.cli._app import _app, _normalize_command_names, _normalize_top_level_flags
+
+    _, session, _ = _app.meta.parse_args(_normalize_top_level_flags(args))
+    _, command, _ = _app.parse_args(_normalize_command_names(session.args))
+    return dict(command.arguments)
+
+
+@pytest.mark.parametrize(
+    ("args", "param", "params"),
+    [
+        (["deploy", "-n", "a", "--param", "out=s3://b/x"], ("out=s3://b/x",), ()),
+        (["deploy", "--param=out=x=y", "--param", "n=1", "-n", "a"], ("out=x=y", "n=1"), ()),
+        (["-p", "dev", "deploy", "--param", "a=1", "b=2", "--param", "x=-1"], ("a=1", "x=-1"), ()),
+        (["deploy", "--param", '["a=1"]', "--param", "no-equals"], ('["a=1"]', "no-equals"), ()),
+        (["deploy", "--params", '{"a": 1}', "-n", "a"], (), ('{"a": 1}',)),
+        (["deploy", '--params={"out": "o"}', "--all"], (), ('{"out": "o"}',)),
+        (["deploy", "--params", "-1"], (), ("-1",)),
+        (["deploy", "--param", "a=1", "--params", "{}"], ("a=1",), ("{}",)),
+        (["deploy", "-n", "a", "--", "--param", "a=1"], (), ()),
+    ],
+)
+def test_the_parameters_are_read_as_prefect_reads_the_command_line(
+    args: list[str], param: tuple[str, ...], params: tuple[str, ...]
+) -> None:
+    """The --param and --params values of `prefect <args>`, as Prefect's own parser finds them
+    (where it takes the command line). Before, they were not read."""
+    from flows.deploy_check import deploy_selection
+
+    selection = deploy_selection(_argv(*args))
+    assert (selection.param, selection.params) == (param, params)
+    if "--" not in args:
+        parsed = _prefect_parse(args)
+        assert (tuple(parsed.get("param") or ()), parsed.get("params")) == (param, (params or [None])[0])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--param", "out=s3://b/x"],
+        ["--param", "n=1", "--param", "n=2", "--param=flag=true", "--param", "a.b=1"],
+        ["--param", 'params={"out": "o", "k": [1, "2"]}', "--param", 'q="quoted"', "--param", "t=x=y"],
+        ["--params", '{"params": {"out": "o"}, "extra": null}'],
+        ["--params", "{}"],
+    ],
+)
+def test_the_parameters_are_merged_as_prefect_merges_them(args: list[str]) -> None:
+    """A deployment's parameters with the command line's merged in, as the installed Prefect's
+    `prefect deploy` merges them (a shallow update, JSON values parsed, the key not split)."""
+    import io
+
+    from prefect.cli.deploy._config import _apply_cli_options_to_deploy_config
+    from rich.console import Console
+
+    from flows.deploy_check import deploy_selection
+
+    own = {"params": {"out": "s3://b/y", "cubes": ["c"]}, "n": 0}
+    options = {key: _prefect_parse(["deploy", *args]).get(key) for key in ("param", "params")}
+    # annotated as a dict, it returns (deploy config, job variable overrides)
+    applied: Any = _apply_cli_options_to_deploy_config(
+        {"parameters": own}, options, console=Console(file=io.StringIO())
+    )
+    assert {**own, **deploy_selection(_argv("deploy", *args)).parameters()} == applied[0]["parameters"]
+
+
+def test_the_build_step_checks_the_parameters_the_command_line_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prefect deploy -n ingest-local --param out=<credential>` (and --params, `{{ $VAR }}`, a
+    value Prefect cannot read, several deployments, another --prefect-file) is refused, naming the
+    option and the key, never the value; merged into the deployment's parameters as Prefect merges
+    them, they are checked by the flow's schema too. Clean values pass. Before, the command line's
+    parameters were not checked: the server stored `out`, a parameter the flow does not have, as
+    given."""
+    from flows.deploy_check import deployment_credentials, refuse_credentials
+
+    monkeypatch.chdir(REPO_ROOT)
+    for name, value in AOM_ENV.items():
+        monkeypatch.setenv(name, value)
+    secret = f"https://u:{FAKE}@h/x"
+    monkeypatch.setenv("SECRET_URL", secret)
+    params = {"collections": ["c"], "area": {"bbox": "5,44,6,45"}, "out": "s3://b/cubes"}
+
+    def found(*args: str) -> dict[str, list[str]]:
+        return deployment_credentials(argv=_argv("deploy", "-n", "ingest-local", *args))
+
+    assert found("--param", "out=s3://b/x", "--param", f"params={json.dumps(params)}") == {}
+    assert found("--params", json.dumps({"params": params})) == {}
+    given = {"command line": ["--param out"]}
+    assert found("--param", f"out={secret}") == given
+    assert found("--param=out={{ $SECRET_URL }}") == given
+    assert found("-n", "embed-local", "--param", f"out={secret}") == given
+    assert found("--prefect-file", "infra/prefect.yaml", "--param", f"out={secret}") == given
+    assert found("--param", f"params={json.dumps({**params, 'out': secret})}") == {
+        "ingest-local": ["params.out"],
+        "command line": ["--param params"],
+    }
+    options = {**params, "storage": {"options": {"key": "AKIA-FAKE", "secret": FAKE}}}
+    assert found("--params", json.dumps({"params": options})) == {"ingest-local": ["params.storage.options"]}
+    assert found("--params", json.dumps({"params": {**params, "out": secret}})[:-1]) == {
+        "command line": ["--params"]
+    }
+    assert found("--param", "n=1", "--param", f"{secret}?a=1") == {"command line": ["--param #2"]}
+    with pytest.raises(CredentialParameterError) as caught:
+        refuse_credentials(argv=_argv("deploy", "-n", "ingest-local", "--param", f"out={secret}"))
+    assert "nothing was deployed: command line (--param out); " in str(caught.value)
+    assert FAKE not in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_every_deployment_of_prefect_yaml_runs_the_check() -> None:
@@ -229,9 +333,10 @@ def test_prefect_deploy_of_some_deployments_checks_those(
     prefect_server_process: Any, deploy_env: dict[str, str]
 ) -> None:
     """A credential in embed-local's parameters (AOM_CHECKPOINT): `prefect deploy -n ingest-local
-    -n embed-local` fails in ingest-local's build step, registering neither; `prefect deploy -n
-    ingest-local` registers it. Neither output nor the server holds the credential. Before, the
-    second was refused too, for embed-local's credential."""
+    -n embed-local` fails in ingest-local's build step, registering neither; so does `prefect
+    deploy -n ingest-local --param out=<credential>`; `prefect deploy -n ingest-local` registers
+    it. Neither output nor the server holds the credential. Before, the last was refused too, for
+    embed-local's credential, and the --param one printed the server's refusal, credential and all."""
     env = {**deploy_env, "AOM_CHECKPOINT": f"s3://key:{FAKE}@bucket/aom/models/m.safetensors"}
     before = _registered(prefect_server_process.api_url)
     both = _prefect(env, "deploy", "-n", "ingest-local", "-n", "embed-local")
@@ -241,6 +346,11 @@ def test_prefect_deploy_of_some_deployments_checks_those(
         output[-3000:]
     )
     assert "retrain-local" not in output and _registered(prefect_server_process.api_url) == before
+    given = _prefect(env, "deploy", "-n", "ingest-local", "--param", f"out=https://u:{FAKE}@h/x")
+    output += given.stdout + given.stderr
+    assert given.returncode != 0
+    assert "nothing was deployed: command line (--param out);" in output, output[-3000:]
+    assert _registered(prefect_server_process.api_url) == before
     one = _prefect(env, "deploy", "-n", "ingest-local")
     output += one.stdout + one.stderr
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
