@@ -155,7 +155,7 @@ def test_listing_timestamps_parse_like_botocore(text: str) -> None:
     """The fast parser of S3 listing times gives botocore's datetime, zone included."""
     from botocore.utils import parse_timestamp
 
-    from pipelines.storage import _iso_timestamp
+    from pipelines.storage.batch import _iso_timestamp
 
     fast, slow = _iso_timestamp(text), parse_timestamp(text)
     assert fast == slow and fast.utcoffset() == slow.utcoffset()
@@ -259,8 +259,8 @@ def test_a_large_file_is_uploaded_from_disk_part_by_part_and_reads_back_whole(
     from pipelines import storage
     from tests.services.s3 import RequestCounter
 
-    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
-    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    monkeypatch.setattr(storage.upload, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage.upload, "UPLOAD_CONCURRENCY", 1)
     data = os.urandom(4 * PART - 1000)  # four parts, the last one short
     src = tmp_path / "big.bin"
     src.write_bytes(data)
@@ -295,8 +295,8 @@ def test_an_upload_failing_midway_leaves_no_object_and_a_transient_run_failure(
     from pipelines.retry import is_transient
     from tests.services.s3 import S3Refusal
 
-    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
-    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    monkeypatch.setattr(storage.upload, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage.upload, "UPLOAD_CONCURRENCY", 1)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(2 * PART + 1))
     url, opts = s3_bucket.url("out", "big.bin"), s3_bucket.storage_options
@@ -373,8 +373,8 @@ def test_an_interrupted_multipart_upload_stops_and_is_aborted(
 
     from pipelines import storage
 
-    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
-    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    monkeypatch.setattr(storage.upload, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage.upload, "UPLOAD_CONCURRENCY", 1)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(2 * PART + 1000))  # three parts
     url, opts = s3_bucket.url("out", "big.bin"), s3_bucket.storage_options
@@ -407,8 +407,8 @@ def test_an_interrupt_whose_abort_is_refused_still_comes_out_as_it_came(
     from pipelines import storage
     from tests.services.s3 import S3Refusal
 
-    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
-    monkeypatch.setattr(storage, "UPLOAD_CONCURRENCY", 1)
+    monkeypatch.setattr(storage.upload, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage.upload, "UPLOAD_CONCURRENCY", 1)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(2 * PART + 1000))
     url, opts = s3_bucket.url("out", "big.bin"), s3_bucket.storage_options
@@ -420,7 +420,7 @@ def test_an_interrupt_whose_abort_is_refused_still_comes_out_as_it_came(
         pytest.raises(KeyboardInterrupt),
     ):
         storage.upload_file_atomic(str(src), url, opts)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "pipelines.storage"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "pipelines.storage.upload"]
     assert len(warnings) == 1 and f"upload to {url} interrupted" in warnings[0], warnings
     assert "AccessDenied" in warnings[0] or "PermissionError" in warnings[0]
     assert opts["secret"] not in warnings[0] and opts["key"] not in warnings[0]

@@ -270,7 +270,8 @@ def test_listings_by_zone_above_the_column_limit(s3_bucket: Any, monkeypatch: py
     assert per_column == want
     fs, _ = storage.filesystem(root, opts)
     counter = RequestCounter(fs)
-    monkeypatch.setattr(storage, "MAX_PREFIX_LISTINGS", 2)
+    monkeypatch.setattr(storage, "MAX_PREFIX_LISTINGS", 2)  # what records.py reads
+    monkeypatch.setattr(storage.batch, "MAX_PREFIX_LISTINGS", 2)  # what list_files reads
     with counter:
         by_zone = list_complete_tiles(root, VERSION.name, storage_options=opts, tile_ids=some)
     assert by_zone == want

@@ -59,7 +59,7 @@ def test_a_cog_larger_than_a_part_is_uploaded_part_by_part_and_opens_from_s3(
     from pipelines import storage
     from tests.services.s3 import RequestCounter
 
-    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage.upload, "UPLOAD_PART_BYTES", PART)
     bands, crs, transform = _noise_cog_args()
     local = tmp_path / "local.tif"
     size = write_cog(str(local), bands, crs, transform, None)
@@ -85,7 +85,7 @@ def test_a_cog_upload_failing_midway_leaves_no_object(
     from pipelines.retry import is_transient
     from tests.services.s3 import S3Refusal
 
-    monkeypatch.setattr(storage, "UPLOAD_PART_BYTES", PART)
+    monkeypatch.setattr(storage.upload, "UPLOAD_PART_BYTES", PART)
     bands, crs, transform = _noise_cog_args()
     url, opts = s3_bucket.url("maps", "noise.tif"), s3_bucket.storage_options
     with (

@@ -12,6 +12,7 @@ import pytest
 
 from pipelines import storage
 from pipelines.outputs import clean_partials, partial_path
+from pipelines.storage.files import _TEMP_TAG as TEMP_TAG
 
 DEAD_PID = 999_999_999  # above any pid_max
 OTHER_HOST = "gpu-node-7.cluster"
@@ -51,9 +52,9 @@ def test_clean_stale_temps_keeps_another_machines_recent_file(tmp_path: Path, su
     target = str(tmp_path / "out.json")
     live = Path(storage.temp_name(target, suffix))
     dead = Path(str(live).replace(f"-{os.getpid()}@", f"-{DEAD_PID}@"))
-    other = tmp_path / f"out.json{storage._TEMP_TAG}{DEAD_PID}@{OTHER_HOST}-0123456789ab{suffix}"
-    old = tmp_path / f"out.json{storage._TEMP_TAG}{DEAD_PID}@{OTHER_HOST}-ba9876543210{suffix}"
-    legacy = tmp_path / f"out.json{storage._TEMP_TAG}{DEAD_PID}-00112233aabb{suffix}"
+    other = tmp_path / f"out.json{TEMP_TAG}{DEAD_PID}@{OTHER_HOST}-0123456789ab{suffix}"
+    old = tmp_path / f"out.json{TEMP_TAG}{DEAD_PID}@{OTHER_HOST}-ba9876543210{suffix}"
+    legacy = tmp_path / f"out.json{TEMP_TAG}{DEAD_PID}-00112233aabb{suffix}"
     for p in (live, dead, other, old, legacy):
         p.write_bytes(b"half")
     _aged(old, storage.STALE_FOREIGN_S + 600)
