@@ -14,7 +14,10 @@ up to ``max_delay_s``.
 What is worth a retry is decided in one place, :func:`is_transient`: an HTTP answer in
 :data:`RETRY_STATUSES` or no whole answer at all, whichever client (botocore/s3fs, aiohttp/fsspec,
 requests/pystac-client, urllib) raised it. A refusal (401/403), a 404 or a failed condition is not:
-it fails at once, and the caller reports it as the failure it is. Where a whole step is rerun (a
+it fails at once, and the caller reports it as the failure it is. A refused access, whatever
+its form, is told apart by :func:`is_access_denied` (an HTTP 401/403/409 answer, a local or mounted
+file the process may not read: ``PermissionError``, EACCES/EPERM, or GDAL's "Permission denied"):
+never transient, never worth a rerun soon, never read as "not there". Where a whole step is rerun (a
 Prefect task, :func:`flows.common.retry_condition`), a worker lost mid-way is worth it too:
 :func:`is_lost_worker`; where a later run redoes a failed tile (the flow run's retry),
 :func:`worth_a_rerun` says whether it may pass.
@@ -22,8 +25,11 @@ Prefect task, :func:`flows.common.retry_condition`), a worker lost mid-way is wo
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +43,28 @@ log = logging.getLogger(__name__)
 
 #: HTTP statuses worth retrying: timeouts, too early, rate limits and server-side failures.
 RETRY_STATUSES: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+DENIED_STATUSES: frozenset[int] = frozenset({401, 403, 409})
+"""HTTP answers that refuse access (:func:`is_access_denied`): 401, 403, and 409, Azure's answer to
+an unsigned blob read (``PublicAccessNotPermitted``)."""
+
+DENIED_ERRNOS: frozenset[int] = frozenset({errno.EACCES, errno.EPERM})
+"""OS errors that refuse access to a local or mounted file (Python's ``PermissionError``; GDAL
+reports them by their text, ``<path>: Permission denied``)."""
+
+_PERMISSION_TEXT = re.compile("|".join(re.escape(os.strerror(code)) for code in sorted(DENIED_ERRNOS)), re.I)
+"""How an OS error of :data:`DENIED_ERRNOS` reads when only its text is left (GDAL's, a reason)."""
+
+_DENIED_TEXT = re.compile(
+    r"HTTP response code: ?(" + "|".join(str(code) for code in sorted(DENIED_STATUSES)) + r")\b|"
+    r"access ?denied|InvalidAccessKeyId|SignatureDoesNotMatch|"
+    r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST|PublicAccessNotPermitted|AuthenticationFailed|"
+    r"AuthorizationPermissionMismatch|NoAuthenticationInformation|ExpiredToken|\bunauthori[sz]ed\b|\bforbidden\b|"
+    + _PERMISSION_TEXT.pattern,
+    re.IGNORECASE,
+)
+"""A refused access in an error's text, where no status or errno is left to read: GDAL's
+(``HTTP response code: 403``, ``<path>: Permission denied``), the object stores' error codes."""
 
 
 class RetryError(RunFailedError):
@@ -229,15 +257,16 @@ def is_transient(exc: BaseException, statuses: frozenset[int] = RETRY_STATUSES) 
     Transient: an HTTP answer whose status is in ``statuses`` (:data:`RETRY_STATUSES`: 503 SlowDown,
     500, 429 ...), whichever client got it; no whole answer at all (a timeout, a connection refused,
     reset or closed, a name not resolved, a body cut short, an :class:`HTTPFailure` without a
-    status). Not transient: a refused server certificate; any other HTTP answer (401/403 refused access, 404, 412 a failed
-    condition: a failure reported at once, never retried nor read as "empty"), an OS error that is
-    no network error (a local file system's), anything else. The exception's causes are looked at
+    status). Not transient: a refused server certificate; a refused access (:func:`is_access_denied`:
+    401/403/409, a ``PermissionError``, GDAL's "Permission denied"); any other HTTP answer (404, 412 a
+    failed condition: a failure reported at once, never retried nor read as "empty"), an OS error
+    that is no network error (a local file system's), anything else. The exception's causes are looked at
     too (s3fs raises an ``OSError`` caused by the botocore ``ClientError`` that holds the status).
 
     Asset reads through GDAL are classified apart (:func:`pipelines.cubes.reading.classify_error`):
     there the question is whether a failure may be *recorded* as permanent, and every failure but a
     file that is not there (or corrupt) is not."""
-    if _certificate_refused(exc):
+    if _certificate_refused(exc) or is_access_denied(exc):
         return False
     for link in _causes(exc):
         _, status = _answer_status(link)
@@ -276,12 +305,58 @@ def worth_a_rerun(exc: BaseException) -> bool:
     (the flow run's one retry, :class:`flows.common.TilesFailedError`) redoes it: :func:`is_transient`,
     :func:`is_lost_worker`, or a :class:`~pipelines.errors.RetryLaterError` along its causes (another
     live run holds the tile's lease or took it over, assets unreachable now). Not: a refused access
-    (401/403, :class:`~pipelines.registry.access.AccessDeniedError`), a 404, bad data, a bug."""
+    (:func:`is_access_denied`, whatever its cause: a permission is not granted in the flow retry's
+    30 s, the next scheduled run reads again), a 404, bad data, a bug."""
+    if is_access_denied(exc):
+        return False
     return (
         is_transient(exc)
         or is_lost_worker(exc)
         or any(isinstance(link, RetryLaterError) for link in _causes(exc))
     )
+
+
+def is_permission_denied(exc: BaseException | str) -> bool:
+    """Whether ``exc`` (or one of its causes), or a failure's text, is an OS error of
+    :data:`DENIED_ERRNOS`: a local or mounted file the process may not read (``PermissionError``, or
+    GDAL's ``<path>: Permission denied`` / ``Operation not permitted``)."""
+    if isinstance(exc, str):
+        return bool(_PERMISSION_TEXT.search(exc))
+    return any(
+        (isinstance(link, OSError) and link.errno in DENIED_ERRNOS)
+        or bool(_PERMISSION_TEXT.search(_text(link)))
+        for link in _causes(exc)
+    )
+
+
+def is_access_denied(exc: BaseException | str) -> bool:
+    """The one rule of a refused access, for every read (assets, records, catalogs) and every caller
+    that asks whether a failure may pass (:func:`is_transient`, :func:`worth_a_rerun`,
+    :func:`pipelines.cubes.reading.classify_error`): ``exc`` or one of its causes is an HTTP answer in
+    :data:`DENIED_STATUSES` (the first answer found decides, as for :func:`http_status`), an OS error
+    of :data:`DENIED_ERRNOS` (:func:`is_permission_denied`), an
+    :class:`~pipelines.registry.access.AccessDeniedError`, or says so in its text (GDAL's
+    ``HTTP response code: 403``, ``Permission denied``; S3's ``AccessDenied``, Azure's
+    ``AuthenticationFailed`` ...). ``exc`` may be a failure's text only (a classified reason).
+
+    A refused access is a failure (the tile fails, nothing is recorded, the next run reads again),
+    never an empty or missing input, and not transient: it does not pass on a retry seconds later."""
+    if isinstance(exc, str):
+        return bool(_DENIED_TEXT.search(exc))
+    for link in _causes(exc):
+        answered, status = _answer_status(link)
+        if answered and status is not None:
+            return status in DENIED_STATUSES
+        if any((c.__module__, c.__name__) == _ACCESS_DENIED_ERROR for c in type(link).__mro__):
+            return True
+        if (isinstance(link, OSError) and link.errno in DENIED_ERRNOS) or _DENIED_TEXT.search(_text(link)):
+            return True
+    return False
+
+
+_ACCESS_DENIED_ERROR = ("pipelines.registry.access", "AccessDeniedError")
+"""Missing or refused credentials (:mod:`pipelines.registry.access` imports this module, so it is
+known by name here)."""
 
 
 def _causes(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
@@ -294,6 +369,15 @@ def _causes(exc: BaseException, depth: int = 4) -> Iterator[BaseException]:
             return
         yield link
         link = link.__cause__ or link.__context__
+
+
+def _text(exc: BaseException) -> str:
+    """``str(exc)``, or ``""`` when an exception cannot say it (a client's, built without its
+    request): a rule that reads the text must not fail on it."""
+    try:
+        return str(exc)
+    except Exception:
+        return ""
 
 
 def _certificate_refused(exc: BaseException) -> bool:

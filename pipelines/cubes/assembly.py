@@ -55,7 +55,6 @@ from pipelines.cubes.reading import (
     configure_reads,
     cube_access,
     forget_failed_reads,
-    is_access_denied,
     item_datetime,
     items_touching,
     open_headers,
@@ -72,6 +71,7 @@ from pipelines.cubes.spec import (
     reflectance_attrs,
 )
 from pipelines.registry import CollectionSpec, MaskRule, ReflectanceConversion
+from pipelines.retry import is_access_denied
 from pipelines.storage import json_safe
 from pipelines.tiling import Tile
 

@@ -13,10 +13,10 @@ from pipelines.cubes.reading import (
     _proj_missing,
     access_denied,
     cube_access,
-    is_access_denied,
     open_header,
 )
 from pipelines.registry import Registry
+from pipelines.retry import is_access_denied
 from pipelines.storage import redact_url
 
 

@@ -5,13 +5,17 @@ which solar day, how the catalog's files are accessed (:func:`cube_access`: sign
 registry's access rules, :mod:`pipelines.registry.access`), how GDAL is configured for object storage, whether an
 asset's header opens, and how a read failure is classified:
 
-* **access denied** (HTTP 401/403/409, S3 ``AccessDenied``, missing AWS credentials): :class:`AccessDeniedError`
-  with a one-line hint naming the credential; the tile fails, nothing is recorded, the next run retries it;
+* **access denied** (:func:`pipelines.retry.is_access_denied`, the one rule of a refused access:
+  HTTP 401/403/409, S3 ``AccessDenied``, missing AWS credentials, and a local or mounted file the
+  process may not read, ``PermissionError`` or GDAL's "Permission denied", EACCES/EPERM):
+  :class:`AccessDeniedError` with a one-line hint naming the credential (or the file's permissions);
+  the tile fails, nothing is recorded, the flow run's retry is not worth it (a permission is not
+  granted in seconds) and the next scheduled run reads it again;
 * **transient** (what :func:`pipelines.retry.is_transient` retries everywhere: HTTP 408/425/429/5xx,
-  timeouts, connection errors; and OS errors of a local or mounted file: permission denied, I/O error,
-  too many open files, stale NFS handle, ...; and any other HTTP error answer, 400, 405, 416 ...: a
-  proxy or a misconfigured endpoint, never a sign that the file is gone): the tile fails unrecorded,
-  and the tile build asks that asset's host no more (:class:`FailedHosts`);
+  timeouts, connection errors; and OS errors of a local or mounted file: I/O error, too many open
+  files, stale NFS handle, ...; and any other HTTP error answer, 400, 405, 416 ...: a proxy or a
+  misconfigured endpoint, never a sign that the file is gone): the tile fails unrecorded, and the
+  tile build asks that asset's host no more (:class:`FailedHosts`);
 * **permanent** (only a file that is not there, ENOENT or HTTP 404/410, and a corrupt file): the
   asset is skipped and recorded with the reason.
 
@@ -41,7 +45,16 @@ from pipelines.registry import (
     credential_hint,
     resolve_access,
 )
-from pipelines.retry import RETRY_STATUSES, RetryPolicy, http_status, is_transient, worth_a_rerun
+from pipelines.retry import (
+    DENIED_STATUSES,
+    RETRY_STATUSES,
+    RetryPolicy,
+    http_status,
+    is_access_denied,
+    is_permission_denied,
+    is_transient,
+    worth_a_rerun,
+)
 from pipelines.storage import local_href, redact_url
 from pipelines.tiling import Tile, _normalise_aoi, item_geometry
 
@@ -78,14 +91,15 @@ GDAL_DEFAULTS: dict[str, Any] = {
 _TRANSIENT_ERRNOS = frozenset(
     getattr(errno, name)
     for name in (
-        "EACCES", "EPERM", "EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "EBUSY", "EINTR",
+        "EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "EBUSY", "EINTR",
         "ENOMEM", "ENOTCONN", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "EHOSTDOWN", "EHOSTUNREACH",
         "ENETDOWN", "ENETUNREACH", "ENETRESET", "ENXIO", "ENODEV", "EREMOTEIO", "ENOLINK", "ECOMM", "EPIPE",
     )
     if hasattr(errno, name)
 )  # fmt: skip
-"""OS errors of a read that pass (permissions fixed, a mount back, descriptors freed): the tile fails
-and is retried. Only a file that is not there (ENOENT, HTTP 404/410) or is corrupt is permanent."""
+"""OS errors of a read that pass (a mount back, descriptors freed): the tile fails and is retried.
+Only a file that is not there (ENOENT, HTTP 404/410) or is corrupt is permanent; a refused one
+(EACCES, EPERM: :data:`pipelines.retry.DENIED_ERRNOS`) is an access denied."""
 
 _TRANSIENT = re.compile(
     # GDAL reports the HTTP status in its text: every status pipelines.retry retries, any 5xx, 0 (no answer)
@@ -97,14 +111,7 @@ _TRANSIENT = re.compile(
     re.IGNORECASE,
 )
 
-_DENIED = re.compile(
-    r"HTTP response code: ?(401|403|409)\b|access ?denied|InvalidAccessKeyId|SignatureDoesNotMatch|"
-    r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST|PublicAccessNotPermitted|AuthenticationFailed|"
-    r"AuthorizationPermissionMismatch|NoAuthenticationInformation|ExpiredToken|\bunauthori[sz]ed\b|\bforbidden\b",
-    re.IGNORECASE,
-)
 _STATUS = re.compile(r"HTTP response code: ?(\d{3})")
-_DENIED_STATUSES = frozenset({401, 403, 409})  # the statuses _DENIED names: a refusal, not a failure
 _NO_RANGES = re.compile(r"Range downloading not supported", re.IGNORECASE)
 """GDAL's words for a range read answered with another status than a 206 after the size probe
 succeeded (``416: Range downloading not supported by this server``): a server or proxy without
@@ -113,7 +120,7 @@ range reads, not a file that is gone."""
 GONE_STATUSES: frozenset[int] = frozenset({404, 410})
 """The HTTP answers of an asset read that say the file is not there (404 Not Found, 410 Gone): the
 asset is left out and recorded. Any other error answer is a failure of the tile: 401/403/409 are a
-refusal (:func:`access_denied`), 408/425/429/5xx are retried (``RETRY_STATUSES``), and 400 Bad
+refusal (:func:`access_denied`, :data:`~pipelines.retry.DENIED_STATUSES`), 408/425/429/5xx are retried (``RETRY_STATUSES``), and 400 Bad
 Request, 405 Method Not Allowed, 416 Range Not Satisfiable (or any other) say the request did not
 suit the server (a proxy, a misconfigured endpoint or signing, a server without range reads), not
 that the file is gone, so the next run reads the asset again. (GDAL keeps some statuses to itself:
@@ -121,18 +128,19 @@ a 416 to its first request reads as an empty file, a failed range read inside th
 file "not recognized as being in a supported file format"; those stay corrupt, left out.)"""
 
 
-def is_access_denied(reason: str) -> bool:
-    """Whether a classified read failure means the credentials are missing or refused."""
-    return bool(_DENIED.search(reason))
-
-
 def access_denied(
     registry: Registry, catalog: str, collection: str, item_id: str, asset: str, reason: str
 ) -> AccessDeniedError:
-    """The one-line error of a refused read: what was refused and the credential to pass."""
+    """The one-line error of a refused read: what was refused and the credential to pass (or, for a
+    local or mounted file the process may not read, its permissions)."""
     status = _STATUS.search(reason)
     what = f"HTTP {status.group(1)}" if status else "access denied"
     where = f"{catalog}/{collection}"
+    if status is None and is_permission_denied(reason):
+        return AccessDeniedError(
+            f"reading {item_id}:{asset} was refused ({reason}): the user running this process may not "
+            "read the file; check its permissions and owner (and the mount's)"
+        )
     try:
         hint = credential_hint(registry.access_for(catalog, collection), where)
     except Exception:  # an unknown catalog cannot get this far; never mask the access error
@@ -328,8 +336,10 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
     """(short reason, transient?) for a read/open failure; chained GDAL causes are included.
 
     Not transient (the asset may be left out and recorded): a file that is not there (ENOENT, an
-    HTTP answer in :data:`GONE_STATUSES`: 404, 410) or a corrupt one, and a refused read (which
-    :func:`is_access_denied` turns into a failure of its own). Transient (the tile fails, unrecorded,
+    HTTP answer in :data:`GONE_STATUSES`: 404, 410) or a corrupt one; and a refused read
+    (:func:`pipelines.retry.is_access_denied`: 401/403/409, EACCES/EPERM, whatever reported it),
+    whose reason always says so (``is_access_denied(reason)``), so callers turn it into a failure of
+    its own (:func:`access_denied`), never a missing asset. Transient (the tile fails, unrecorded,
     and the next run reads the asset again): every error :func:`pipelines.retry.is_transient`
     retries, an OS error in ``_TRANSIENT_ERRNOS`` and any other HTTP error answer (400, 405, 416 ...)."""
     texts: list[str] = []
@@ -352,9 +362,15 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
     if isinstance(exc, BaseException) and (status := http_status(exc)) is not None:
         statuses.add(status)
     # an answer that is not the file and does not say it is not there (400, 405, 416 ...)
-    answered = any(code >= 300 and code not in GONE_STATUSES | _DENIED_STATUSES for code in statuses)
+    answered = any(code >= 300 and code not in GONE_STATUSES | DENIED_STATUSES for code in statuses)
     answered = answered or bool(_NO_RANGES.search(full))
-    denied = bool(_DENIED.search(full))
+    denied = is_access_denied(exc)
+    if denied and isinstance(exc, BaseException) and not is_access_denied(reason[:300]):
+        # a refusal its text does not name (an aiohttp answer without reason phrase, a bare errno)
+        if (code := http_status(exc)) in DENIED_STATUSES:
+            reason = f"access denied (HTTP response code: {code}): {reason}"
+        elif is_permission_denied(exc):
+            reason = f"{os.strerror(errno.EACCES)}: {reason}"
     transient = (os_error or retryable or answered or bool(_TRANSIENT.search(full))) and not denied
     return reason[:300], transient
 
@@ -376,8 +392,9 @@ def tile_failure_retryable(exc: BaseException) -> bool:
     when a later run redoes it, the flow run's retry among them: :func:`pipelines.retry.worth_a_rerun`
     (a server or network error, a lost worker, another live run holding the tile's lease), or a GDAL
     read error :func:`classify_error` calls transient (GDAL gives an HTTP status only in its text).
-    Not: a refused access (403, :class:`~pipelines.registry.access.AccessDeniedError`), a 404, a
-    corrupt file or record, bad input, a bug."""
+    Not: a refused access (:func:`pipelines.retry.is_access_denied`: 401/403, a file the process may
+    not read, :class:`~pipelines.registry.access.AccessDeniedError`), a 404, a corrupt file or record,
+    bad input, a bug."""
     return worth_a_rerun(exc) or (is_read_error(exc) and classify_error(exc)[1])
 
 

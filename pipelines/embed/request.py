@@ -314,8 +314,8 @@ class TileResult:
     """A failed tile: whether a later run may pass, decided where its failure was caught
     (:func:`pipelines.cubes.tile_failure_retryable`: a server or network error, a lost worker,
     another live run holding its lease, assets unreachable now). False for a failure no rerun
-    passes (refused access, a 404, bad data, a bug): the embed flow's retry is withdrawn when every
-    failed tile is one. True for the other statuses (nothing to retry)."""
+    passes (refused access, a file the process may not read included, a 404, bad data, a bug):
+    the embed flow's retry is withdrawn when every failed tile is one. True for the other statuses (nothing to retry)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,14 +46,10 @@ from urllib.parse import parse_qsl, quote, unquote_plus, urlsplit
 from pipelines.errors import RunFailedError
 from pipelines.redaction import MASK, register_secret
 from pipelines.registry.model import AccessSpec, Registry, host_matches
-from pipelines.retry import HTTPFailure, RetryPolicy, call_with_retry, is_transient
+from pipelines.retry import DENIED_STATUSES, HTTPFailure, RetryPolicy, call_with_retry, is_transient
 
 TOKEN_MARGIN_S = 300.0
 """A cached SAS token is renewed when it has less than this many seconds left."""
-
-_AUTH_STATUSES = frozenset({401, 403, 409})
-"""HTTP statuses that mean "not allowed as asked": 409 is Azure's answer to an unsigned blob read
-(``PublicAccessNotPermitted``)."""
 
 
 class AccessDeniedError(RunFailedError):
@@ -145,7 +141,7 @@ class SasTokens:
                 describe=f"SAS token for {where}",
             )
         except HTTPFailure as exc:
-            if exc.status in _AUTH_STATUSES:
+            if exc.status in DENIED_STATUSES:
                 raise AccessDeniedError(
                     f"the SAS token service refused {where} (HTTP {exc.status}): {credential_hint(spec, where)}"
                 ) from None
@@ -163,7 +159,6 @@ class SasTokens:
 
 SAS_TOKENS = SasTokens()
 """The process's token cache (tokens are never written anywhere)."""
-
 
 # ---------------------------------------------------------------------------------------------
 # Resolved access

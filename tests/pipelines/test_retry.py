@@ -190,3 +190,74 @@ def test_retry_messages_never_carry_a_credential(caplog: pytest.LogCaptureFixtur
     assert secret not in str(err.value) and "sig=***" in str(err.value)
     assert "attempt 1 failed" in caplog.text and secret not in caplog.text
     assert secret in str(err.value.last)  # the original stays for the caller, never logged whole
+
+
+def _refusals() -> list[BaseException]:
+    """A refused access in each form a client gives it: (a) GDAL's text of a local or ``/vsi`` file
+    it may not read, (b) Python's ``PermissionError`` (a local file, s3fs's 403), (c) an HTTP 401/403
+    answer, whichever client got it."""
+    import rasterio.errors
+
+    from pipelines.errors import RetryLaterError
+    from pipelines.registry.access import AccessDeniedError
+
+    return [
+        rasterio.errors.RasterioIOError("/data/B04.tif: Permission denied"),  # (a)
+        rasterio.errors.RasterioIOError("/vsimount/B04.tif: Operation not permitted"),
+        PermissionError(errno.EACCES, "Permission denied", "/data/B04.tif"),  # (b)
+        PermissionError(errno.EPERM, "Operation not permitted", "/data/B04.tif"),
+        OSError(errno.EACCES, "refused"),
+        _caused_by(PermissionError(errno.EACCES, "Permission denied")),
+        *(make(status) for make in (_aiohttp, _urllib, _requests, _s3_any) for status in (401, 403)),  # (c)
+        HTTPFailure(403, "x"),
+        rasterio.errors.RasterioIOError("/vsicurl/https://h.example/B04.tif: HTTP response code: 403"),
+        AccessDeniedError("reading L:red was refused (HTTP 403): sample/l is expected to be public"),
+        # another run's lease is worth a rerun, but not when what failed under it was refused
+        _retry_later_caused_by(RetryLaterError, PermissionError(errno.EACCES, "Permission denied")),
+    ]
+
+
+def _s3_any(status: int) -> BaseException:
+    return _s3(status, "X")
+
+
+def _retry_later_caused_by(kind: type[BaseException], cause: BaseException) -> BaseException:
+    error = kind("the tile's lease could not be renewed")
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize("exc", _refusals(), ids=lambda e: type(e).__name__)
+def test_a_refused_access_is_one_failure_whatever_its_form(exc: BaseException) -> None:
+    """A local file the process may not read (EACCES/EPERM, as ``PermissionError`` or GDAL's text)
+    and an HTTP 401/403 are the same failure: an access refused, neither transient nor worth the
+    flow run's retry 30 s later (a permission is not granted in seconds; the next scheduled run reads
+    again). Before, only the HTTP answers and ``PermissionError`` were told apart here, and
+    :mod:`pipelines.cubes.reading` read GDAL's "Permission denied" as transient."""
+    from pipelines.retry import is_access_denied, worth_a_rerun
+
+    assert is_access_denied(exc)
+    assert not is_transient(exc)
+    assert not worth_a_rerun(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        _s3(404, "NoSuchKey"),
+        _s3(503, "SlowDown"),
+        _aiohttp(500),
+        _urllib(404),
+        FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/B04.tif"),
+        OSError(errno.EIO, "Input/output error"),
+        ConnectionResetError(errno.ECONNRESET, "reset"),
+        aiohttp.ClientConnectorError(None, OSError(errno.ECONNREFUSED, "refused")),  # type: ignore[arg-type]
+        TimeoutError(),
+        ValueError("a bug"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_what_is_not_a_refusal_is_not_read_as_one(exc: BaseException) -> None:
+    from pipelines.retry import is_access_denied
+
+    assert not is_access_denied(exc)

@@ -1,6 +1,7 @@
 """How a failed read of a source asset is classified (``pipelines.cubes.reading``): only a file that
-is not there (ENOENT, HTTP 404 or 410) or a corrupt one is left out for good; any other OS or network
-error, or any other HTTP error answer, fails the tile, unrecorded, so the next run reads it again."""
+is not there (ENOENT, HTTP 404 or 410) or a corrupt one is left out for good; a refused read (HTTP
+401/403, a file the process may not read) is an access denied; any other OS or network error, or any
+other HTTP error answer, fails the tile, unrecorded, so the next run reads it again."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,21 +24,25 @@ import yarl
 from pipelines.cubes import CubeStore, write_cubes
 from pipelines.cubes.hosts import FailedHosts
 from pipelines.cubes.reading import (
+    _OPEN_CACHE,
     _absolute_href,
+    access_denied,
     classify_error,
     forget_failed_reads,
+    open_header,
     open_headers,
     read_attempts,
     rio_env,
+    tile_failure_retryable,
 )
-from pipelines.retry import RETRY_STATUSES
+from pipelines.retry import RETRY_STATUSES, is_access_denied, is_transient, worth_a_rerun
 from pipelines.runs import TileStatus
 from pipelines.storage import local_href
 from tests.conftest import REPO_ROOT, aom_command, cli_env
 from tests.pipelines.access_servers import serve
 from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, s2_item, spec
 
-OS_ERRORS = ["EACCES", "EPERM", "EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "ENOTCONN"]
+OS_ERRORS = ["EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "ENOTCONN"]
 
 
 @pytest.mark.parametrize("name", OS_ERRORS)
@@ -106,6 +112,96 @@ def test_a_refused_read_is_not_transient(error: BaseException) -> None:
     assert not classify_error(error)[1]
 
 
+def _refused_reads() -> list[BaseException]:
+    """A refused read in each form: (a) GDAL's text of a local or ``/vsi`` file it may not read,
+    (b) Python's ``PermissionError`` (fsspec's or ``open``'s of a local file), (c) an HTTP 401/403
+    answer, in GDAL's text or another client's (fsspec's ``http://``, here with no reason phrase)."""
+    see_previous = rasterio.errors.RasterioIOError("See previous exception")
+    see_previous.__cause__ = rasterio.errors.RasterioIOError("/data/B04.tif: Permission denied")
+    return [
+        rasterio.errors.RasterioIOError("/data/B04.tif: Permission denied"),  # (a)
+        rasterio.errors.RasterioIOError("/vsimount/B04.tif: Operation not permitted"),
+        see_previous,
+        PermissionError(errno.EACCES, "Permission denied", "/data/B04.tif"),  # (b)
+        PermissionError(errno.EPERM, "Operation not permitted", "/data/B04.tif"),
+        rasterio.errors.RasterioIOError("HTTP response code: 401"),  # (c)
+        rasterio.errors.RasterioIOError("/vsicurl/https://h.example/B04.tif: HTTP response code: 403"),
+        _answer(401),
+        _answer(403),
+    ]
+
+
+def _assert_refused(error: BaseException) -> None:
+    """``error`` reads as an access denied through every entry point: never a missing asset (the
+    reason says "denied", so the assembly raises ``AccessDeniedError`` and records nothing), never
+    transient, and no later run soon may pass it (``TileOutcome.retryable``, ``TileResult.retryable``)."""
+    reason, transient = classify_error(error)
+    assert not transient, reason
+    assert is_access_denied(reason), reason
+    assert is_access_denied(error)
+    assert not is_transient(error) and not worth_a_rerun(error)
+    assert not tile_failure_retryable(error)
+
+
+@pytest.mark.parametrize("error", _refused_reads(), ids=lambda e: type(e).__name__)
+def test_a_refused_read_is_an_access_denied_whatever_its_form(error: BaseException) -> None:
+    """A local file the process may not read and an HTTP 401/403 are one failure. Before, GDAL's
+    "Permission denied" and a ``PermissionError`` were transient (the tile failed as "unreachable",
+    worth the flow run's retry for GDAL's), and fsspec's 401/403 without a reason phrase read as a
+    missing file (left out and recorded)."""
+    _assert_refused(error)
+
+
+_OPEN_UNREADABLE = """
+import base64, pickle, sys
+import rasterio
+from pipelines.cubes.reading import _OPEN_CACHE, open_header
+try:
+    rasterio.open(sys.argv[1])
+except Exception as exc:
+    error = exc
+print(base64.b64encode(pickle.dumps((error, open_header(sys.argv[1]), _OPEN_CACHE.get(sys.argv[1])))).decode())
+"""
+
+
+def test_a_local_geotiff_rasterio_may_not_read_is_an_access_denied(tmp_path: Path) -> None:
+    """A real GeoTIFF of mode 000, opened by rasterio (GDAL's "Permission denied"): an access denied
+    everywhere, and ``open_header`` neither calls it transient nor remembers it as a bad file."""
+    import base64
+    import pickle
+
+    path = Path(s2_item(tmp_path / "items", "P")["assets"]["red"]["href"])  # a GeoTIFF (COG)
+    path.chmod(0)
+    try:
+        if os.geteuid() != 0:
+            with pytest.raises(rasterio.errors.RasterioIOError) as raised:
+                rasterio.open(path)
+            error: BaseException = raised.value
+            opened, cached = open_header(str(path)), _OPEN_CACHE.get(str(path))
+        else:  # root reads a mode-000 file: read it in a process without those capabilities
+            cmd = _unprivileged([sys.executable, "-c", _OPEN_UNREADABLE, str(path)])
+            run = subprocess.run(
+                cmd, cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=120
+            )
+            assert run.returncode == 0, run.stderr
+            error, opened, cached = pickle.loads(base64.b64decode(run.stdout.strip().splitlines()[-1]))
+    finally:
+        path.chmod(0o644)
+    assert "Permission denied" in str(error)
+    _assert_refused(error)
+    assert isinstance(opened, tuple) and not opened[1] and is_access_denied(opened[0]), opened
+    assert cached is None  # not remembered as a file that cannot be read: the next try reads again
+
+
+def test_a_refused_local_read_names_the_file_permissions_not_a_credential() -> None:
+    reason = "cannot open: /data/B04.tif: Permission denied"
+    error = access_denied(spec().registry(), "sample", "sentinel-2-l2a", "P", "red", reason)
+    assert "Permission denied" in str(error) and "permissions" in str(error), error
+    assert "server" not in str(error)
+    web = access_denied(spec().registry(), "sample", "sentinel-2-l2a", "P", "red", "HTTP response code: 403")
+    assert "(HTTP 403)" in str(web)
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -141,6 +237,8 @@ def _tile_failures() -> list[tuple[BaseException, bool]]:
         (AssetsUnreachableError("1 asset(s) unreachable, e.g. A:red: HTTP response code: 503"), True),
         (rasterio.errors.RasterioIOError("HTTP response code: 403"), False),
         (_answer(403), False),
+        (rasterio.errors.RasterioIOError("/data/B04.tif: Permission denied"), False),  # was: True
+        (PermissionError(errno.EACCES, "Permission denied", "/data/B04.tif"), False),
         (AccessDeniedError("reading sample/sentinel-2-l2a A:red was refused (HTTP 403)"), False),
         (rasterio.errors.RasterioIOError("HTTP response code: 404"), False),
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/B04.tif"), False),
@@ -170,7 +268,9 @@ def _unprivileged(cmd: list[str]) -> list[str]:
 def test_an_unreadable_local_asset_fails_the_tile_until_it_can_be_read(tmp_path: Path) -> None:
     """A band file the run may not read (mode 000): the tile fails with no record and the run exits 1
     (before: `done`, recorded `complete` with the date left out as `Permission denied`, and every
-    rerun said `already complete`); once the file is readable the next run builds the tile whole."""
+    rerun said `already complete`), as an access denied that the flow run's retry 30 s later would
+    not pass (``retryable`` false; it was true, as for an unreachable asset); once the file is
+    readable the next run builds the tile whole."""
     item = s2_item(tmp_path / "items", "P")
     band = Path(item["assets"]["red"]["href"])
     nd = tmp_path / "items.ndjson"
@@ -190,7 +290,9 @@ def test_an_unreadable_local_asset_fails_the_tile_until_it_can_be_read(tmp_path:
     assert run.returncode == 1, run.stdout + run.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (summary["done"], summary["failed"]) == (0, 1), run.stdout
-    assert "Permission denied" in summary["outcomes"][0]["reason"]
+    outcome = summary["outcomes"][0]
+    assert "AccessDeniedError" in outcome["reason"] and "Permission denied" in outcome["reason"], outcome
+    assert outcome["retryable"] is False, outcome
     assert CubeStore.open(str(out)).recorded_tiles() == []
 
     rerun = write_cubes([item], TILE_IDS[:1], spec(), str(out), progress=False)

@@ -318,6 +318,7 @@ def test_an_unreadable_record_of_the_tile_itself_fails_the_read(
 
 _CATALOG_READ = """
 import json, sys
+from pipelines.cubes import tile_failure_retryable
 from pipelines.embed import CatalogSource, parse_periods
 from tests.pipelines.cubes.support import GRID, TILE_IDS
 item = json.loads(open(sys.argv[1]).read())
@@ -325,15 +326,17 @@ source = CatalogSource("file:///unused.json", "sample", ("sentinel-2-l2a",), gri
 try:
     padded = source.read(GRID.tile(TILE_IDS[0]), parse_periods("2023-06-01/2023-06-30")[0], 0, 0.0, [item])
     print(json.dumps({"status": str(padded.status), "notes": padded.notes}))
-except OSError as exc:
-    print(json.dumps({"error": str(exc)}))
+except Exception as exc:  # what the embed task turns into a failed TileResult, retryable or not
+    print(json.dumps({"error": str(exc), "type": type(exc).__name__, "retryable": tile_failure_retryable(exc)}))
 """
 
 
 def test_catalog_source_fails_a_tile_whose_local_asset_cannot_be_read(tmp_path: Path) -> None:
     """Embedding straight from items (``CatalogSource``) with a band file it may not read (mode 000):
     the read raises (the tile fails, retried next run) instead of giving a tile without that date
-    (``pipelines.cubes.reading`` classified "Permission denied" as a missing file)."""
+    (``pipelines.cubes.reading`` classified "Permission denied" as a missing file), as an access
+    denied that the flow run's retry 30 s later would not pass (``TileResult.retryable`` false; it
+    was an ``AssetsUnreachableError``, retryable, as for a server down)."""
     import os
     import subprocess
     import sys
@@ -361,4 +364,5 @@ def test_catalog_source_fails_a_tile_whose_local_asset_cannot_be_read(tmp_path: 
     finally:
         band.chmod(0o644)
     assert "Permission denied" in denied.get("error", ""), denied
+    assert (denied["type"], denied["retryable"]) == ("AccessDeniedError", False), denied
     assert read() == {"status": str(TileStatus.DONE), "notes": []}
