@@ -120,10 +120,11 @@ range reads, not a file that is gone."""
 GONE_STATUSES: frozenset[int] = frozenset({404, 410})
 """The HTTP answers of an asset read that say the file is not there (404 Not Found, 410 Gone): the
 asset is left out and recorded. Any other error answer is a failure of the tile: 401/403/409 are a
-refusal (:func:`access_denied`, :data:`~pipelines.retry.DENIED_STATUSES`), 408/425/429/5xx are retried (``RETRY_STATUSES``), and 400 Bad
-Request, 405 Method Not Allowed, 416 Range Not Satisfiable (or any other) say the request did not
-suit the server (a proxy, a misconfigured endpoint or signing, a server without range reads), not
-that the file is gone, so the next run reads the asset again. (GDAL keeps some statuses to itself:
+refusal (:func:`access_denied`, :data:`~pipelines.retry.DENIED_STATUSES`), 408/425/429/5xx are
+retried (``RETRY_STATUSES``), and 400 Bad Request, 405 Method Not Allowed, 416 Range Not
+Satisfiable (or any other) say the request did not suit the server (a proxy, a misconfigured
+endpoint or signing, a server without range reads), not that the file is gone, so the next run
+reads the asset again. (GDAL keeps some statuses to itself:
 a 416 to its first request reads as an empty file, a failed range read inside the header as a
 file "not recognized as being in a supported file format"; those stay corrupt, left out.)"""
 
