@@ -4,11 +4,11 @@ A lease is one small JSON object created whole with an *exclusive create*: on lo
 temporary file with the content, hard-linked to the lease name (``link`` fails when the name
 exists), on S3 a PUT with ``If-None-Match: *`` (AWS S3 and moto honour it; s3fs ``mode="create"``).
 The holder renews it (heartbeat) every ``ttl_s / 3`` seconds from a background thread; a lease whose
-heartbeat is older than its ``ttl_s`` (or whose process on this host is gone) belongs to a dead run
-and may be taken over: on S3 by a PUT conditional on the stale object's ETag (``If-Match``), on
-local disk by renaming the stale file away (only one renamer wins) and creating a new one; a file
-renamed away that is not the stale one (another run took the lease over first) is linked back under
-its name, never deleted. A local renewal replaces the lease file with a whole new one (a reader never
+heartbeat is older than its ``ttl_s`` (or whose process on this host is gone, or whose Dask worker
+the taker's ``gone`` says has left: :meth:`Lease.take`) belongs to a dead run and may be taken over:
+on S3 by a PUT conditional on the stale object's ETag (``If-Match``), on local disk by renaming the
+stale file away (only one renamer wins) and creating a new one; a file renamed away that is not the
+stale one (another run took the lease over first) is linked back under its name, never deleted. A local renewal replaces the lease file with a whole new one (a reader never
 sees half a lease) under the lock of the file its holder verified it owns (a take-over takes that
 lock too), only while the name still refers to that file (the local-disk primitives and their
 protocol: :mod:`pipelines.outputs.lease_local`). A release deletes only the holder's own lease,
@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 from pipelines import storage
@@ -96,6 +96,9 @@ class LeaseInfo:
     """The last renewal (Unix seconds)."""
     ttl_s: float
     """Seconds after ``heartbeat`` when the lease counts as abandoned."""
+    worker: str = ""
+    """The Dask worker whose task holds it, as its taker wrote it (``Lease(worker=...)``; "" outside
+    Dask, and in lease objects of older versions, which lack the field); only ``gone`` reads it."""
 
     @property
     def expires(self) -> float:
@@ -104,12 +107,14 @@ class LeaseInfo:
     def expired(self, now: float | None = None) -> bool:
         return (_now() if now is None else now) > self.expires
 
-    def abandoned(self, now: float | None = None) -> bool:
-        """Expired, or held by a process of this host that no longer runs (a killed run)."""
+    def abandoned(self, now: float | None = None, gone: Callable[[LeaseInfo], bool] | None = None) -> bool:
+        """Expired, or held by a process of this host that no longer runs (a killed run), or, on
+        another host, by a Dask worker that ``gone`` says has left its cluster (see :meth:`Lease.take`:
+        asked only then, so only about a live-looking holder of another host that names a worker)."""
         if self.expired(now):
             return True
         if self.host != socket.gethostname():
-            return False
+            return bool(self.worker) and gone is not None and gone(self)
         if self.pid == os.getpid():
             return self.owner not in _LIVE_OWNERS
         return not storage.process_alive(self.pid)
@@ -118,7 +123,8 @@ class LeaseInfo:
         left = self.expires - _now()
         if self.owner == _UNREADABLE:
             return f"run (unreadable lease object, counts as abandoned in {left:.0f} s)"
-        return f"run {self.owner[:8]} (pid {self.pid} on {self.host}, heartbeat expires in {left:.0f} s)"
+        where = f"pid {self.pid} on {self.host}" + (f", Dask worker {self.worker}" if self.worker else "")
+        return f"run {self.owner[:8]} ({where}, heartbeat expires in {left:.0f} s)"
 
 
 class HolderWait:
@@ -141,10 +147,15 @@ class HolderWait:
             )
 
 
+_REQUIRED = tuple(f.name for f in fields(LeaseInfo) if f.default is MISSING)
+
+
 def _parse(data: bytes) -> LeaseInfo | None:
+    """The lease in ``data``, else None; ``worker`` is optional (older versions wrote none)."""
     try:
         d = json.loads(data)
-        return LeaseInfo(**{k: d[k] for k in LeaseInfo.__dataclass_fields__})
+        worker = d.get("worker", "") if isinstance(d, dict) else ""
+        return LeaseInfo(**{k: d[k] for k in _REQUIRED}, worker=worker if isinstance(worker, str) else "")
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -153,13 +164,20 @@ class Lease:
     """A lease at ``url`` (for example ``<store>/_leases/<tile>.json``).
 
     Use as a context manager (:meth:`acquire` on entry, heartbeat thread, :meth:`release` on exit)
-    or call the methods. ``storage_options`` are used for I/O only.
+    or call the methods. ``storage_options`` are used for I/O only; ``worker`` goes into the lease
+    objects it writes (:attr:`LeaseInfo.worker`).
     """
 
     def __init__(
-        self, url: str, storage_options: Mapping[str, Any] | None = None, *, ttl_s: float = DEFAULT_TTL_S
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        worker: str = "",
     ) -> None:
         self.url = storage.normalise_url(url)
+        self.worker = worker
         self.storage_options = dict(storage_options or {})
         self.ttl_s = float(ttl_s)
         self.owner = uuid.uuid4().hex
@@ -175,7 +193,9 @@ class Lease:
     # ------------------------------------------------------------------ content
     def _info(self, acquired: float | None = None) -> LeaseInfo:
         now = _now()
-        return LeaseInfo(self.owner, socket.gethostname(), os.getpid(), acquired or now, now, self.ttl_s)
+        return LeaseInfo(
+            self.owner, socket.gethostname(), os.getpid(), acquired or now, now, self.ttl_s, self.worker
+        )
 
     def _bytes(self, info: LeaseInfo) -> bytes:
         return json.dumps(asdict(info), sort_keys=True).encode()
@@ -268,20 +288,20 @@ class Lease:
         return self.read()
 
     # ------------------------------------------------------------------ API
-    def try_acquire(self) -> LeaseInfo | None:
-        """Take the lease if free or abandoned: None on success (this run holds it), else the
-        live holder's lease."""
+    def try_acquire(self, gone: Callable[[LeaseInfo], bool] | None = None) -> LeaseInfo | None:
+        """Take the lease if free or abandoned (``gone``: :meth:`take`): None on success (this run
+        holds it), else the live holder's lease."""
         # Live before it is in storage: another thread of this process that reads it at once must
         # not judge it abandoned (its pid is this process's; see LeaseInfo.abandoned).
         _LIVE_OWNERS.add(self.owner)
         try:
-            holder = self._try_acquire()
+            holder = self._try_acquire(gone)
         finally:
             if not self._held:
                 _LIVE_OWNERS.discard(self.owner)
         return holder
 
-    def _try_acquire(self) -> LeaseInfo | None:
+    def _try_acquire(self, gone: Callable[[LeaseInfo], bool] | None) -> LeaseInfo | None:
         holder: LeaseInfo | None = None
         for _ in range(_ACQUIRE_TRIES):
             mine = self._info()
@@ -295,7 +315,7 @@ class Lease:
             if holder.owner == self.owner:
                 self._took(holder.heartbeat)
                 return None
-            if not holder.abandoned():
+            if not holder.abandoned(gone=gone):
                 return holder
             mine = self._info()
             if self._take_over(holder, self._bytes(mine)):
@@ -326,10 +346,20 @@ class Lease:
                 )
             time.sleep(poll_s)
 
-    def take(self) -> LeaseInfo | None:
+    def take(self, gone: Callable[[LeaseInfo], bool] | None = None) -> LeaseInfo | None:
         """:meth:`try_acquire`, with the heartbeat started when it is taken: None (this run holds
-        it now), else the live holder's lease. Never waits."""
-        holder = self.try_acquire()
+        it now), else the live holder's lease. Never waits.
+
+        ``gone(holder)`` may tell a holder dead before its TTL, asked only about a holder with a fresh
+        heartbeat on another host (no pid to check) that names a Dask worker (e.g. one its scheduler
+        no longer lists: :func:`pipelines.embed.dask_workers.worker_gone`); False when it cannot tell (the
+        TTL rule then holds). The take-over stays conditional (S3: the ETag; locally: the locked
+        replace): of two takers one wins. Safe even when the holder still runs (cut off from the
+        scheduler, not from storage): its next renewal finds another owner (on S3 its PUT fails on
+        the changed ETag) and marks the lease lost, and :meth:`check`, which a writer calls before its
+        completion record, reads the lease: it records nothing after that. Its data writes before it
+        may overlap the new holder's, as after a TTL take-over of a holder that hung."""
+        holder = self.try_acquire(gone)
         if holder is None:
             self._start_heartbeat()
         return holder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -742,3 +743,107 @@ def test_a_lease_is_adopted_only_from_its_holder(
     assert not third.adopt(run.owner)  # the run's lease is gone: nothing to adopt
     task.release()
     assert task.read() is None
+
+
+DEAD = "tcp://10.9.8.7:40123 of Scheduler-1"  # a Dask worker's address and its scheduler's id
+
+
+def _lease_object(worker: str | None, heartbeat: float, host: str = "worker-pod-7") -> bytes:
+    """A lease object as written by another host's run (``worker``: None for one written by a version
+    without the field), its heartbeat fresh at ``heartbeat``."""
+    info = {"owner": "deadtask", "host": host, "pid": 7, "acquired": heartbeat, "heartbeat": heartbeat}
+    info |= {"ttl_s": 120.0} | ({} if worker is None else {"worker": worker})
+    return json.dumps(info).encode()
+
+
+def _put(url: str, options: dict[str, Any] | None, data: bytes) -> None:
+    if options is None:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        Path(url).write_bytes(data)
+    else:
+        from pipelines import storage
+
+        fs, path = storage.filesystem(url, options)
+        fs.pipe_file(path, data)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_fresh_lease_whose_dask_worker_is_gone_is_taken_at_once(
+    where: str, tmp_path: Path, clock: _Clock, request: pytest.FixtureRequest
+) -> None:
+    """A Dask task rerun because its worker died found the tile's lease held by the dead task (another
+    host: no pid to check) until its TTL passed, and failed the tile. Now a taker's ``gone`` rule (is
+    the holder's worker still in its cluster?) is asked about such a holder: while the worker is
+    listed the lease is left alone; once it is not, the lease is taken at once (conditionally, as a
+    take-over of an expired one) and records the taker's own worker."""
+    url, options = _where(where, tmp_path, request)
+    _put(url, options, _lease_object(DEAD, clock.t))
+    live = {DEAD}
+    asked: list[str] = []
+
+    def gone(holder: lease_mod.LeaseInfo) -> bool:
+        asked.append(holder.worker)
+        return holder.worker not in live
+
+    task = Lease(url, options, worker="tcp://10.9.8.8:40200 of Scheduler-1")
+    holder = task.take()  # no rule: as before
+    assert holder is not None and holder.owner == "deadtask" and holder.worker == DEAD
+    assert "Dask worker tcp://10.9.8.7:40123" in holder.describe()
+    holder = task.take(gone)  # its worker is listed: a live holder
+    assert holder is not None and holder.owner == "deadtask" and asked == [DEAD]
+    live.clear()  # the scheduler removed the worker (pod killed)
+    try:
+        assert task.take(gone) is None  # was: held for another 120 s
+        now = task.read()
+        assert now is not None and now.owner == task.owner and now.worker == task.worker
+        task.check()
+    finally:
+        task.release()
+    assert task.read() is None
+
+
+def test_the_gone_rule_is_asked_only_about_a_live_looking_holder_of_another_host_with_a_worker(
+    tmp_path: Path, clock: _Clock
+) -> None:
+    """An expired holder is taken without asking; a holder of this host is judged by its pid (a live
+    process: not taken, whatever ``gone`` would say); one without a worker is never asked about."""
+    url = str(tmp_path / "_leases" / "t.json")
+    asked: list[str] = []
+
+    def gone(holder: lease_mod.LeaseInfo) -> bool:
+        asked.append(holder.owner)
+        return True
+
+    local = json.loads(_lease_object(DEAD, clock.t, host=socket.gethostname())) | {"pid": 1}
+    _put(url, None, json.dumps(local).encode())  # pid 1 runs: a live holder on this host
+    assert Lease(url).take(gone) is not None
+    _put(url, None, _lease_object("", clock.t))
+    assert Lease(url).take(gone) is not None
+    _put(url, None, _lease_object(DEAD, clock.t - 121.0))  # expired
+    lease = Lease(url)
+    assert lease.take(gone) is None
+    lease.release()
+    assert asked == []
+
+
+def test_a_lease_object_without_the_worker_field_reads_and_counts_as_before(
+    tmp_path: Path, clock: _Clock
+) -> None:
+    """Lease objects written before the ``worker`` field parse exactly as before (worker ""), never as
+    unreadable; such a holder on another host is held until its TTL, whatever ``gone`` says; an
+    object missing a field it always had is still unreadable."""
+    url = str(tmp_path / "_leases" / "t.json")
+    _put(url, None, _lease_object(None, clock.t))
+    lease = Lease(url)
+    old = lease.read()
+    assert old == lease_mod.LeaseInfo("deadtask", "worker-pod-7", 7, clock.t, clock.t, 120.0)
+    assert old.worker == "" and "Dask" not in old.describe()  # type: ignore[union-attr]
+    assert lease.take(lambda holder: True) == old  # fresh, another host, no worker: held
+    clock.t += 121.0
+    assert lease.take(lambda holder: True) is None  # expired: taken, as before
+    assert json.loads(Path(url).read_bytes())["worker"] == ""
+    lease.release()
+    broken = json.loads(_lease_object(DEAD, clock.t))
+    del broken["pid"]
+    _put(url, None, json.dumps(broken).encode())
+    assert Lease(url).read().owner == lease_mod._UNREADABLE  # type: ignore[union-attr]
