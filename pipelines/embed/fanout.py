@@ -28,12 +28,16 @@ slot or reader sits idle for it.
 At most ``max_in_flight`` units are submitted at a time (default: 2 per worker thread + 1), so
 loaded tiles never pile up in worker memory. A unit whose worker dies is retried by the scheduler
 (``distributed.scheduler.allowed-failures``); if it keeps failing it is reported as failed, and the
-next run redoes it (exactly once: see :mod:`pipelines.embed`).
+next run redoes it (exactly once: see :mod:`pipelines.embed`). Its tile leases: the retried task
+cannot adopt them from the client (the dead task had), and takes over at once a lease whose holder's
+worker the scheduler no longer lists (:func:`pipelines.embed.dask_workers.worker_gone`), instead of
+failing the tile until the dead task's heartbeat expires (``ttl_s``, 120 s).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -100,6 +104,7 @@ class Fanout:
         self.cluster: Any = None
         self.resources: dict[str, float] | None = None
         self.threads = 1
+        self.scheduler_id = ""  # the id of the scheduler (RunContext.dask_scheduler)
         self.notes: list[str] = []
 
     def __enter__(self) -> Fanout:
@@ -131,6 +136,7 @@ class Fanout:
         try:
             self.client.wait_for_workers(1, timeout=120)
             info = self.client.scheduler_info(n_workers=-1)
+            self.scheduler_id = str(info.get("id") or "")
             workers = list((info.get("workers") or {}).values())
             self.threads = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
             self.resources = gpu_resources(
@@ -200,6 +206,7 @@ class Fanout:
         from pipelines.embed.tasks import embed_loaded, load_unit
 
         client = self.client
+        ctx = dataclasses.replace(ctx, dask_scheduler=self.scheduler_id)  # the tasks' tile leases
         run_id = uuid.uuid4().hex[:8]
         limit = self.request.max_in_flight or (2 * self.threads + 1)
         queue = deque(units)

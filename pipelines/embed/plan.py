@@ -89,6 +89,9 @@ class RunContext:
     threads: int
     composite: str
     holder_wait_s: float = HOLDER_WAIT_S  # the run's wait for a tile another run holds (TileClaims)
+    dask_scheduler: str = (
+        ""  # the id of the run's Dask scheduler ("" without Dask): tile leases (dask_workers)
+    )
 
 
 @dataclass

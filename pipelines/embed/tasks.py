@@ -9,7 +9,9 @@ record once more under it (:mod:`pipelines.embed.claims`: a tile another live ru
 never waited for in a task); only then are its pixels read (:func:`load_unit`). The task that encodes
 and writes the tile takes the lease over from the run (:meth:`~pipelines.outputs.Lease.adopt`, with
 its own heartbeat) and writes the record only while the lease is still its own
-(``Lease.check``), so a task whose lease was taken over reports the tile failed.
+(``Lease.check``), so a task whose lease was taken over reports the tile failed. A task Dask reruns
+because its worker died takes the dead task's lease over at once
+(:func:`pipelines.embed.dask_workers.worker_gone`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipelines import embeddings as es
 from pipelines.embed.checkpoint import _resolve_device, load_checkpoint_url
 from pipelines.embed.chips import band_record, embed_region
 from pipelines.embed.claims import WRITTEN_MEANWHILE, written_meanwhile
+from pipelines.embed.dask_workers import lease_worker, worker_gone
 from pipelines.embed.plan import RunContext, Unit
 from pipelines.embed.request import TileResult, _reason
 from pipelines.embed.sources import CatalogSource, CubeSource, PaddedTile
@@ -118,12 +121,14 @@ def embed_padded(padded: PaddedTile, ctx: RunContext) -> TileResult:
     if padded.status == TileStatus.SKIPPED:
         res.status, res.reason = TileStatus.SKIPPED, padded.reason
         return res
-    lease = es.tile_lease(ctx.out, ctx.version, tile.tile_id, padded.time_index, ctx.out_options)
+    worker = lease_worker(ctx)  # "" outside Dask
+    lease = es.tile_lease(ctx.out, ctx.version, tile.tile_id, padded.time_index, ctx.out_options, worker)
     adopted = padded.lease_owner is not None and lease.adopt(padded.lease_owner)
     if not adopted:
         # the run's lease expired and was taken over (or this is a retry of a unit whose worker
-        # died holding it): as any writer, take it only when free or abandoned
-        holder = lease.take()
+        # died holding it: that worker gone from the cluster counts as abandoned at once, see
+        # dask_workers.worker_gone): as any writer, take it only when free or abandoned
+        holder = lease.take(worker_gone(ctx))
         if holder is not None:  # another live run's: worth a retry (res.retryable stays True)
             res.status = TileStatus.FAILED
             res.reason = f"LeaseLostError: the tile's lease is held by another {holder.describe()}; rerun"

@@ -48,15 +48,18 @@ def tile_lease(
     tile_id: str,
     time_index: int,
     storage_options: Mapping[str, Any] | None = None,
+    worker: str = "",
 ) -> Lease:
     """The writer lease of one tile at one time (``<root>/_leases/tile@<version>@t<i>@<tile_id>.json``):
     whoever holds it is the one run that reads the tile's pixels and writes its shard, pooled chunk
     and record (:mod:`pipelines.embed.claims`, :func:`pipelines.embed.tasks.embed_padded`). One flat folder with the store's other leases, where
-    ``--overwrite`` looks for live writers (:func:`pipelines.outputs.lease.live_leases`)."""
+    ``--overwrite`` looks for live writers (:func:`pipelines.outputs.lease.live_leases`). ``worker``:
+    the Dask worker that takes it (:attr:`pipelines.outputs.lease.LeaseInfo.worker`)."""
     from pipelines.outputs import Lease
 
     name = f"{TILE_LEASE_PREFIX}{version_name}@t{int(time_index)}@{tile_id}.json"
-    return Lease(storage.join(storage.normalise_url(root_url), LEASES_DIR, name), storage_options)
+    url = storage.join(storage.normalise_url(root_url), LEASES_DIR, name)
+    return Lease(url, storage_options, worker=worker)
 
 
 def remove_abandoned_tile_leases(root_url: str, storage_options: Mapping[str, Any] | None = None) -> int:
