@@ -13,6 +13,15 @@ error (a usage error, a bad option value, ``FileError``, any ``ClickException``)
 the root options are parsed, is one ``error:`` line as well, with click's exit code (2 for usage and
 bad input). Error lines and tracebacks are redacted like log lines (exception messages often name
 the URL that failed, token and all); click never prints one of its own.
+
+Signals: Ctrl-C (SIGINT) and SIGTERM (``kill``, a Kubernetes pod evicted or deleted, a CI
+timeout) both unwind the main thread, so every ``finally`` runs: tile leases are released, an S3
+multipart upload in progress is aborted, a local Dask cluster is closed, temporary files are
+removed. Ctrl-C exits 130 silently (typer); SIGTERM prints ``error: terminated (SIGTERM)`` (the
+traceback of where it landed only with ``--debug``) and exits 143 (:data:`EXIT_TERMINATED`). A
+second SIGTERM while the run unwinds ends the process at once, as SIGTERM did before. During a
+Prefect flow run in this process (``aom demo``), Prefect's own handler takes the first SIGTERM,
+marks the run crashed and hands the signal on to ours.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
+import sys
+import threading
 import traceback
 from typing import Any
 
@@ -28,13 +40,17 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from pipelines.errors import EXIT_FAILED, EXIT_USAGE, AOMError
+from pipelines.errors import EXIT_FAILED, EXIT_TERMINATED, EXIT_USAGE, AOMError, Terminated
 from pipelines.storage import install_log_redaction, redact_text
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The ephemeral API (used when PREFECT_API_URL is unset) starts in ~15 s on an idle 2-core machine;
 # Prefect's default 20 s limit is too tight on a busy one.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+TERMINATED_LINE = "error: terminated (SIGTERM)"
+"""What a run ended by SIGTERM prints on stderr (exit :data:`~pipelines.errors.EXIT_TERMINATED`)."""
 
 
 def error_line(exc: AOMError) -> str:
@@ -102,10 +118,20 @@ class AOMGroup(TyperGroup):
         except ClickException as exc:
             typer.echo(usage_line(exc), err=True)
             raise typer.Exit(click_exit_code(exc)) from None
+        except Terminated:
+            typer.echo(TERMINATED_LINE, err=True)
+            raise typer.Exit(EXIT_TERMINATED) from None
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except Terminated as exc:
+            # SIGTERM (_on_sigterm), after every finally ran: one line, where it landed only with
+            # --debug (typer would turn this KeyboardInterrupt into a silent exit 130)
+            if ctx.params.get("debug"):
+                typer.echo(traceback_text(exc), err=True)
+            typer.echo(TERMINATED_LINE, err=True)
+            ctx.exit(EXIT_TERMINATED)
         except AOMError as exc:
             if ctx.params.get("debug"):
                 typer.echo(traceback_text(exc), err=True)
@@ -209,8 +235,54 @@ for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 
 
+_sigterm_seen = threading.Event()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """The first SIGTERM raises :class:`~pipelines.errors.Terminated` in the main thread (the run
+    unwinds as for Ctrl-C); a second one, while it unwinds, ends the process at once (the default
+    action: killed by SIGTERM, status 143 in a shell) instead of raising again inside a ``finally``."""
+    if _sigterm_seen.is_set():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _sigterm_seen.set()
+    raise Terminated()
+
+
+def _unraisable(args: Any, previous: Any = sys.unraisablehook) -> None:
+    """``sys.unraisablehook``: a :class:`~pipelines.errors.Terminated` that landed where a C library
+    calls back into Python and drops exceptions (rasterio's GDAL log callback: "Exception ignored
+    in ...") did not unwind the run: SIGTERM is sent again 50 ms later, to land elsewhere."""
+    if not isinstance(args.exc_value, Terminated):
+        previous(args)
+        return
+    _sigterm_seen.clear()
+    again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
+    again.daemon = True
+    again.start()
+
+
+def install_sigterm_handler() -> bool:
+    """Install :func:`_on_sigterm` for SIGTERM, in the main thread only, and only over the default
+    action (a SIGTERM the parent process ignores stays ignored). True when installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.unraisablehook = _unraisable
+    return True
+
+
 def main() -> None:
-    app()
+    """The ``aom`` console script: the app, with SIGTERM unwinding the run (module docstring)."""
+    install_sigterm_handler()
+    try:
+        app()
+    except Terminated:  # landed outside a verb (AOMGroup handles it there), e.g. while exiting
+        typer.echo(TERMINATED_LINE, err=True)
+        raise SystemExit(EXIT_TERMINATED) from None
 
 
 if __name__ == "__main__":

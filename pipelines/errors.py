@@ -27,12 +27,14 @@ from typing import Any
 __all__ = [
     "DEVICES",
     "EXIT_FAILED",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "AOMError",
     "CubeDataError",
     "InputError",
     "RetryLaterError",
     "RunFailedError",
+    "Terminated",
     "check_bbox",
     "check_choice",
     "check_device",
@@ -45,6 +47,22 @@ EXIT_USAGE = 2
 
 EXIT_FAILED = 1
 """Exit status for a run that started and failed (retries exhausted, training diverged)."""
+
+EXIT_TERMINATED = 143
+"""Exit status for a run ended by SIGTERM (128 + 15, as a shell reports a process the signal killed)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by the ``aom`` command line's SIGTERM handler (:mod:`flows.cli`):
+    the run unwinds as for Ctrl-C (``finally`` blocks release leases, abort uploads, close clusters)
+    and the command line exits with :data:`EXIT_TERMINATED`. Not an error: ``except Exception``
+    clauses (a tile's failure handling, a retry) let it through, as they do Ctrl-C. A
+    ``KeyboardInterrupt`` rather than a ``SystemExit``: a ``SystemExit`` that reaches C code which
+    prints a pending error (``PyErr_Print``, as a SIGTERM landing in a rasterio open does) ends the
+    process on the spot, with no ``finally`` run."""
+
+    def __init__(self) -> None:
+        super().__init__("terminated (SIGTERM)")
 
 
 class AOMError(Exception):

@@ -318,3 +318,101 @@ def test_flow_storage_options_take_the_cli_forms() -> None:
     with pytest.raises(InputError, match=r"^storage.options is neither") as info:
         StorageParams(options=[SECRET]).storage_options()
     assert SECRET not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# SIGTERM (kill, a pod evicted or deleted, a CI timeout) unwinds the run as Ctrl-C does
+
+# Runs ``python -m flows.cli ...`` (argv[2:]) with the cube writer's per-tile work replaced by a
+# wait: once the tile's lease is taken, it writes argv[1] and sleeps, the main thread in Python.
+_BLOCKED_IN_A_TILE = """
+import runpy, sys, time
+from pathlib import Path
+import pipelines.cubes.run as run
+
+def blocked(*args, **kwargs):
+    Path(marker).write_text("blocked")
+    time.sleep(60)
+
+marker = sys.argv.pop(1)
+run._write_tile = blocked
+runpy.run_module("flows.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_sigterm_unwinds_the_run_releases_its_lease_and_exits_143(tmp_path: Path, debug: bool) -> None:
+    """A SIGTERM used to end ``aom`` at once, as SIGKILL does: no ``finally`` ran, so the tile's
+    lease stayed (a rerun waited for its TTL), an upload in progress was not aborted. Now the run
+    unwinds (the lease is released), prints one line (the traceback only with ``--debug``) and
+    exits 143 (128 + SIGTERM)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipelines.cubes.store import LEASES_DIR
+    from pipelines.errors import EXIT_TERMINATED
+    from pipelines.testing.cube_items import make_item
+    from tests.conftest import REPO_ROOT, cli_env
+    from tests.pipelines.cubes.support import X0, Y0
+
+    item = make_item(
+        tmp_path / "assets", item_id="A", bounds=(X0, Y0, X0 + 1920.0, Y0 + 1920.0), bands=["B02"]
+    )
+    (tmp_path / "items.ndjson").write_text(json.dumps(item) + "\n")
+    out, marker = tmp_path / "cubes", tmp_path / "blocked"
+    verb = ["cubes", "--items", str(tmp_path / "items.ndjson"), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_IN_A_TILE, str(marker), *(["--debug"] if debug else []), *verb],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), proc.communicate(timeout=5)
+        leases = list((out / LEASES_DIR).glob("*.json"))
+        assert len(leases) == 1, leases  # the run holds the tile's lease while it waits
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_TERMINATED == 143, (proc.returncode, stderr)
+    assert not leases[0].exists(), "the lease's finally did not run"
+    lines = [line for line in stderr.splitlines() if " INFO " not in line]
+    assert lines[-1] == "error: terminated (SIGTERM)", stderr
+    if debug:
+        assert "Traceback" in stderr and "in blocked" in stderr, stderr
+    else:
+        assert lines == ["error: terminated (SIGTERM)"], stderr
+
+
+def test_a_sigterm_a_library_callback_swallowed_is_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``Terminated`` raised where C code calls back into Python and drops the exception
+    (``sys.unraisablehook``: rasterio's GDAL log callback does) would leave the run going on as if
+    no SIGTERM came: the hook sends SIGTERM again, to land elsewhere."""
+    import signal
+    import threading
+    from types import SimpleNamespace
+
+    import flows.cli as cli
+    from pipelines.errors import Terminated
+
+    got = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: got.set())
+    try:
+        cli._sigterm_seen.set()
+        cli._unraisable(SimpleNamespace(exc_value=Terminated()))
+        assert not cli._sigterm_seen.is_set()  # the next SIGTERM raises again, not kills at once
+        assert got.wait(5)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        cli._sigterm_seen.clear()
