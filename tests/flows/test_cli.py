@@ -416,3 +416,18 @@ def test_a_sigterm_a_library_callback_swallowed_is_sent_again(monkeypatch: pytes
     finally:
         signal.signal(signal.SIGTERM, previous)
         cli._sigterm_seen.clear()
+
+
+def test_a_sigterm_the_parent_ignores_stays_ignored() -> None:
+    """A SIGTERM the parent set to be ignored (``trap '' TERM`` in a shell) stays ignored: the
+    handler goes only over the default action."""
+    import signal
+
+    import flows.cli as cli
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        assert cli.install_sigterm_handler() is False
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
