@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.evaluation.loaders import default_real_dir
 
     tile_ids = [t for t in Path(args.tiles).read_text().replace("\n", ",").split(",") if t.strip()]
-    result = build(default_real_dir(args.real_data), Path(args.out), [t.strip() for t in tile_ids], win)  # type: ignore[arg-type]
+    result = build(default_real_dir(args.real_data), Path(args.out), [t.strip() for t in tile_ids], win)
     print(json.dumps(result))
     return 0
 

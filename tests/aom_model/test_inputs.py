@@ -61,7 +61,7 @@ def test_from_bands_groups_by_gsd() -> None:
         ),
     ],
 )
-def test_clear_errors(make, match: str) -> None:  # type: ignore[no-untyped-def]
+def test_clear_errors(make, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make().validate()
 

@@ -17,12 +17,12 @@ HELPER = REPO_ROOT / "benchmarks" / "gpu_check.py"
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.sh"
 
 
-def _run(*args: str, timeout: int = 600) -> dict:  # type: ignore[type-arg]
+def _run(*args: str, timeout: int = 600) -> dict:
     r = subprocess.run(
         [sys.executable, str(HELPER), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def test_peak_table() -> None:

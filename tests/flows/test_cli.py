@@ -239,7 +239,7 @@ def test_embed_cli_and_flow_build_equal_requests(monkeypatch: pytest.MonkeyPatch
         checkpoint="s3://m/model.safetensors",
         out="s3://b/emb",
         datetime="2023-06-01/2023-06-30,2023-07-01/2023-07-31",
-        area=AreaParams(bbox="5.9,44.9,6.1,45.1"),  # type: ignore[arg-type]
+        area=AreaParams(bbox="5.9,44.9,6.1,45.1"),
         tiles=("32631_95_649", "32632_34_649"),
         catalog_url="https://stac.example/v1",
         catalog="earth-search",
@@ -298,7 +298,7 @@ def test_cubes_cli_and_ingest_flow_build_equal_requests(
     )
     assert r.exit_code == EXIT_USAGE and "error: planned" in r.stderr
     flow = IngestParams(
-        collections="sentinel-2-l2a,landsat-c2-l2",  # type: ignore[arg-type]
+        collections="sentinel-2-l2a,landsat-c2-l2",
         area=AreaParams(bbox=(5.9, 44.9, 6.1, 45.1), datetime="2023-06"),
         out=str(tmp_path / "cubes"),
         tiles=("32631_95_649",),

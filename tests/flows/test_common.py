@@ -230,7 +230,7 @@ def _s3_error(status: int, code: str) -> BaseException:
     from s3fs.errors import translate_boto_error
 
     answer = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
-    client_error = ClientError(answer, "PutObject")  # type: ignore[arg-type]
+    client_error = ClientError(answer, "PutObject")
     try:
         raise translate_boto_error(client_error) from client_error
     except OSError as exc:

@@ -229,7 +229,7 @@ def test_prefect_stores_no_credential_of_a_run(
         assert got == [canary_url("m.safetensors")]  # the task read the real URL
         # a flow called in this process with a dict (a script; no deployment, whose parameters
         # the server checks against the flow's schema: tests/flows/test_deploy_check.py)
-        deployed = pretrain(params={"cubes": [SAS_HREF], "out": canary_url("runs/r1")}, return_state=True)  # type: ignore[arg-type]
+        deployed = pretrain(params={"cubes": [SAS_HREF], "out": canary_url("runs/r1")}, return_state=True)
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName

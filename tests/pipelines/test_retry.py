@@ -19,7 +19,7 @@ from pipelines.retry import HTTPFailure, http_status, is_transient
 
 def _s3(status: int, code: str) -> BaseException:
     answer = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
-    return translate_boto_error(ClientError(answer, "PutObject"))  # type: ignore[arg-type]
+    return translate_boto_error(ClientError(answer, "PutObject"))
 
 
 def _aiohttp(status: int) -> BaseException:  # what fsspec's http:// raises for a status but 404
@@ -95,7 +95,7 @@ def test_transient_storage_errors(exc: BaseException, transient: bool) -> None:
 @pytest.mark.parametrize(
     "make", [_aiohttp, _urllib, _requests, lambda s: HTTPFailure(s, "x"), lambda s: _s3(s, "X")]
 )
-def test_http_status_reads_every_client(make) -> None:  # type: ignore[no-untyped-def]
+def test_http_status_reads_every_client(make) -> None:
     assert http_status(make(503)) == 503
     assert http_status(_caused_by(make(403))) == 403
 

@@ -265,7 +265,7 @@ class PgstacService:
         import psycopg
 
         with psycopg.connect(self._dsn_for(dbname), autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
 
     def _dsn_for(self, dbname: str) -> str:
         return f"postgresql://{PG_SUPERUSER}:{quote(PG_PASSWORD)}@{LOCALHOST}:{self.pg_port}/{dbname}"

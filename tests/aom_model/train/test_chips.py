@@ -44,7 +44,7 @@ def norm(index: ChipIndex) -> NormStats:
     return compute_norm_stats(index, seed=0)
 
 
-def _batch_arrays(tb):  # type: ignore[no-untyped-def]
+def _batch_arrays(tb):
     out = []
     for view in (tb.native, tb.coarse):
         if view is None:

@@ -230,7 +230,7 @@ def test_nonfinite_loss_is_skipped_counted_and_bounded(
     orig = AOM.pretrain_step
     calls = {"n": 0}
 
-    def flaky(self, native, coarse, gen, token_m=None):  # type: ignore[no-untyped-def]
+    def flaky(self, native, coarse, gen, token_m=None):
         out = orig(self, native, coarse, gen, token_m)
         calls["n"] += 1
         if calls["n"] in (2, 4):

@@ -28,7 +28,7 @@ BANDS = tuple(
 
 
 @pytest.fixture(scope="module")
-def model():  # type: ignore[no-untyped-def]
+def model():
     import torch
 
     from aom_model import AOM, AOMConfig
@@ -94,7 +94,7 @@ def test_weights_are_a_partition_of_unity_and_layouts_are_checked() -> None:
     assert choose_layout(48, 160.0, [10.0, 60.0], blend_tokens=0).to_dict()["pad_tokens"] == 3
 
 
-def test_blend_zero_is_the_core_only_path(model) -> None:  # type: ignore[no-untyped-def]
+def test_blend_zero_is_the_core_only_path(model) -> None:
     """``blend_tokens`` 0: every token is its one chip's core token, bit for bit."""
     lay = _layout(12, 6, 3, 0)
     groups = _region(_area(18), lay, 0, 0, 12, 12)
@@ -109,7 +109,7 @@ def test_blend_zero_is_the_core_only_path(model) -> None:  # type: ignore[no-unt
             assert np.array_equal(got[i * 6 : (i + 1) * 6, j * 6 : (j + 1) * 6], core)
 
 
-def test_blending_lowers_the_seam_contrast_of_random_weights(model) -> None:  # type: ignore[no-untyped-def]
+def test_blending_lowers_the_seam_contrast_of_random_weights(model) -> None:
     """Random weights encode the chip position strongly (issue 14: 0.071 seam contrast on T29UNU):
     on the same ground, blending must lower the contrast at the seams of its own layout, and tokens
     of weight 1 (away from the 2b band of a seam) must stay their one chip's token."""
@@ -130,7 +130,7 @@ def test_blending_lowers_the_seam_contrast_of_random_weights(model) -> None:  # 
     np.testing.assert_allclose(b[np.ix_(tb, tb)], same[np.ix_(ta, ta)], rtol=1e-5, atol=1e-5)
 
 
-def test_tiles_agree_at_their_edges(model) -> None:  # type: ignore[no-untyped-def]
+def test_tiles_agree_at_their_edges(model) -> None:
     """Four tiles of 12 tokens, each embedded from its own padded read, equal one 24-token region
     embedded at once: a token near a tile edge gets the same value whichever tile computes it."""
     lay = _layout(12, 6, 3, 3)
@@ -147,7 +147,7 @@ def test_tiles_agree_at_their_edges(model) -> None:  # type: ignore[no-untyped-d
     assert np.isfinite(whole).all()
 
 
-def test_spectral_embedding_is_the_query_tokens_of_each_chip(model) -> None:  # type: ignore[no-untyped-def]
+def test_spectral_embedding_is_the_query_tokens_of_each_chip(model) -> None:
     """``embedding="spectral"``: every token is its chip's spectral-query band tokens, concatenated
     query-major (12 x band width values), with the same chips and validity as the position path."""
     import torch

@@ -888,7 +888,7 @@ def _kill_plugin(marker: str) -> Any:
                     os._exit(1)
                 original(url, obj, storage_options)
 
-            st.write_json_atomic = patched  # type: ignore[assignment]
+            st.write_json_atomic = patched
 
     return KillOnceAfterShard(marker)
 

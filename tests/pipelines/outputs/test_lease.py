@@ -281,7 +281,7 @@ def _s3_answer(status: int, code: str) -> Callable[[], BaseException]:
 
     def make() -> BaseException:
         answer = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
-        return translate_boto_error(ClientError(answer, "PutObject"))  # type: ignore[arg-type]
+        return translate_boto_error(ClientError(answer, "PutObject"))
 
     return make
 
@@ -837,7 +837,7 @@ def test_a_lease_object_without_the_worker_field_reads_and_counts_as_before(
     lease = Lease(url)
     old = lease.read()
     assert old == lease_mod.LeaseInfo("deadtask", "worker-pod-7", 7, clock.t, clock.t, 120.0)
-    assert old.worker == "" and "Dask" not in old.describe()  # type: ignore[union-attr]
+    assert old.worker == "" and "Dask" not in old.describe()
     assert lease.take(lambda holder: True) == old  # fresh, another host, no worker: held
     clock.t += 121.0
     assert lease.take(lambda holder: True) is None  # expired: taken, as before

@@ -123,7 +123,7 @@ def test_classify_leaves_out_the_neighbour_across_the_zone_border(
     folds: list[tuple[np.ndarray, np.ndarray]] = []
     real = fewshot._fold_predict
 
-    def spy(method, X_train, y_train, X_test, k, seed):  # type: ignore[no-untyped-def]
+    def spy(method, X_train, y_train, X_test, k, seed):
         def which(v: np.ndarray) -> set[int]:
             return {int(np.flatnonzero((Xn == row).all(axis=1))[0]) for row in v}
 

@@ -512,7 +512,7 @@ def test_signing_catalog_without_signer_leaves_a_note(search_catalog: dict[str, 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["parquet", "ndjson", "static"])
-def test_local_backend_on_object_storage(search_catalog: dict[str, Path], s3_bucket, fmt: str) -> None:  # type: ignore[no-untyped-def]
+def test_local_backend_on_object_storage(search_catalog: dict[str, Path], s3_bucket, fmt: str) -> None:
     fs = s3_bucket.fs
     if fmt == "static":
         fs.put(str(search_catalog["static"].parent), s3_bucket.url("static"), recursive=True)
