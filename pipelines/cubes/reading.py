@@ -129,6 +129,11 @@ a 416 to its first request reads as an empty file, a failed range read inside th
 file "not recognized as being in a supported file format"; those stay corrupt, left out.)"""
 
 
+_CONNECT = re.compile(r"\bconnect(ion|ing)?\b", re.IGNORECASE)
+"""A refused read that names a connection (curl's ``Failed to connect to h port 443: Permission
+denied``): the local system refused to open the socket, no file's permissions are involved."""
+
+
 def access_denied(
     registry: Registry, catalog: str, collection: str, item_id: str, asset: str, reason: str
 ) -> AccessDeniedError:
@@ -137,6 +142,11 @@ def access_denied(
     status = _STATUS.search(reason)
     what = f"HTTP {status.group(1)}" if status else "access denied"
     where = f"{catalog}/{collection}"
+    if status is None and is_permission_denied(reason) and _CONNECT.search(reason):
+        return AccessDeniedError(
+            f"reading {item_id}:{asset} was refused ({reason}): this machine refused the connection "
+            "(a firewall or security policy: SELinux, AppArmor, an egress rule), not the server"
+        )
     if status is None and is_permission_denied(reason):
         return AccessDeniedError(
             f"reading {item_id}:{asset} was refused ({reason}): the user running this process may not "

@@ -198,6 +198,10 @@ def test_a_refused_local_read_names_the_file_permissions_not_a_credential() -> N
     error = access_denied(spec().registry(), "sample", "sentinel-2-l2a", "P", "red", reason)
     assert "Permission denied" in str(error) and "permissions" in str(error), error
     assert "server" not in str(error)
+    # EACCES on connect (a firewall, SELinux): the machine refused the socket, no file is involved
+    blocked = "Failed to connect to h.example port 443 after 0 ms: Permission denied"
+    refused = access_denied(spec().registry(), "sample", "sentinel-2-l2a", "P", "red", blocked)
+    assert "refused the connection" in str(refused) and "permissions" not in str(refused), refused
     web = access_denied(spec().registry(), "sample", "sentinel-2-l2a", "P", "red", "HTTP response code: 403")
     assert "(HTTP 403)" in str(web)
 
