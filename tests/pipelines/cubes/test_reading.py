@@ -348,9 +348,11 @@ def test_a_dead_asset_host_is_asked_no_more_once_a_read_of_it_failed(
     """A2's 13 assets are on a host that answers 503 to everything; GDAL asks each request 5 times
     (the default attempts; its delays cut to 10 ms here, 7.5 s per read by default). Once a read of
     the host has spent its retries, the tile build's other reads of it fail at once, transient:
-    at most one retry chain per href; one href asked at the preflight (it asks a host it has not
-    heard from with one open before the others: 8 hrefs, one chain each, before), at most 8 at-load
-    (the load's failed reads and the diagnosis' first), not all 13. The tile fails unrecorded, and
+    one href asked at the preflight, one retry chain (it asks a host it has not heard from with one
+    open before the others: 8 hrefs, one chain each, before); at most 8 at-load (the load's failed
+    reads, then the diagnosis' first), not all 13. At-load one href may be asked twice: odc-stac's
+    load does not report which hrefs it asked, so the diagnosis' first may be one of them (which
+    ones the load reached depends on thread timing; seen in a CI run: B02 10 requests, B08 5). The tile fails unrecorded, and
     once the host is back the next run (same process) asks it again and builds the tile. Before,
     every asset waited through its own chain: 65 requests, 2 min per tile at-load with the default
     delays. With ``skip_unreachable`` every asset is asked still (an unasked one is never left out)."""
@@ -375,7 +377,11 @@ def test_a_dead_asset_host_is_asked_no_more_once_a_read_of_it_failed(
         assert outcome.status == TileStatus.FAILED and "13 asset(s) unreachable" in outcome.reason, (
             run.format()
         )
-        assert (len(asked) == 1 if preflight else 1 <= len(asked) <= 8) and max(asked.values()) <= 5, asked
+        if preflight:
+            assert len(asked) == 1 and max(asked.values()) <= 5, asked
+        else:  # the load's chains, one each, and the diagnosis' one, maybe on an href the load asked
+            assert 1 <= len(asked) <= 8 and max(asked.values()) <= 10, asked
+            assert sum(asked.values()) <= 5 * (len(asked) + 1), asked
         assert all(s["transient"] for s in outcome.skipped) and len(outcome.skipped) == 13
         assert any("failed earlier in this tile" in s["reason"] for s in outcome.skipped)
         assert CubeStore.open(out).recorded_tiles() == [], "a transient failure is never recorded"
