@@ -51,7 +51,6 @@ from pipelines.storage.files import (
 )
 from pipelines.storage.options import (
     StorageOptionsInput,
-    check_credentials,
     parse_storage_options,
 )
 from pipelines.storage.upload import (
@@ -62,6 +61,7 @@ from pipelines.storage.upload import (
 )
 from pipelines.storage.urls import (
     URL_SCHEMES,
+    check_credentials,
     check_url,
     filesystem,
     is_local,

@@ -1,8 +1,7 @@
 """Storage options as a person types them (``--storage-options`` of every ``aom`` verb, flow
 parameters): :func:`parse_storage_options`, the one parser, re-exported by :mod:`pipelines.storage`
 (where callers look for it). Secret-looking values are registered for redaction
-(:mod:`pipelines.redaction`) as soon as they are read. :func:`check_credentials`, re-exported too,
-says when an ``s3://`` URL has credentials neither in its options nor in the AWS chain.
+(:mod:`pipelines.redaction`) as soon as they are read.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import InputError
-from pipelines.redaction import is_secret_option, redact_url, register_secret
-
-_S3_CREDENTIAL_KEYS = ("key", "secret", "token", "anon", "profile", "session")
+from pipelines.redaction import is_secret_option, register_secret
 
 StorageOptionsInput = str | Mapping[str, Any] | list[str] | tuple[str, ...] | None
 """What :func:`parse_storage_options` accepts: a mapping, one text, or several texts (repeated option)."""
@@ -122,26 +119,3 @@ def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
             _merge(into[key], value)
         else:
             into[key] = dict(value) if isinstance(value, Mapping) else value
-
-
-def check_credentials(url: str | None, storage_options: Mapping[str, Any] | None, what: str) -> None:
-    """An ``s3://`` URL needs credentials: explicit ones in the storage options (``key``/``secret``,
-    ``profile``, ``anon``) or the standard AWS chain (environment, shared files, instance roles).
-    When neither has any, one line says how to pass them."""
-    if url is None or not str(url).lower().startswith("s3://"):
-        return
-    opts = dict(storage_options or {})
-    if any(k in opts for k in _S3_CREDENTIAL_KEYS):
-        return
-    try:
-        import botocore.session
-
-        found = botocore.session.get_session().get_credentials() is not None
-    except Exception:  # a broken profile file is reported by the read itself
-        return
-    if not found:
-        raise InputError(
-            f"{what}: no credentials for {redact_url(str(url))}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass --storage-options key=... --storage-options secret=... "
-            "(anon=true for a public bucket)"
-        )

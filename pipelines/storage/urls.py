@@ -48,6 +48,7 @@ def is_local(url: str) -> bool:
 URL_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "http", "https", "memory")
 """The URL schemes the project reads and writes (besides plain local paths)."""
 
+_S3_CREDENTIAL_KEYS = ("key", "secret", "token", "anon", "profile", "session")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -67,6 +68,29 @@ def check_url(url: str | None, what: str) -> None:
         raise InputError(
             f"{what}: unknown URL scheme {scheme}:// in {redact_url(str(url))}; use a local path or one of "
             + ", ".join(f"{s}://" for s in URL_SCHEMES)
+        )
+
+
+def check_credentials(url: str | None, storage_options: Mapping[str, Any] | None, what: str) -> None:
+    """An ``s3://`` URL needs credentials: explicit ones in the storage options (``key``/``secret``,
+    ``profile``, ``anon``) or the standard AWS chain (environment, shared files, instance roles).
+    When neither has any, one line says how to pass them."""
+    if url is None or url_scheme(str(url)) != "s3":
+        return
+    opts = dict(storage_options or {})
+    if any(k in opts for k in _S3_CREDENTIAL_KEYS):
+        return
+    try:
+        import botocore.session
+
+        found = botocore.session.get_session().get_credentials() is not None
+    except Exception:  # a broken profile file is reported by the read itself
+        return
+    if not found:
+        raise InputError(
+            f"{what}: no credentials for {redact_url(str(url))}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass --storage-options key=... --storage-options secret=... "
+            "(anon=true for a public bucket)"
         )
 
 
