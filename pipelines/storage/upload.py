@@ -61,8 +61,14 @@ def upload_file_atomic(local_path: str, url: str, storage_options: Mapping[str, 
         else:
             fs.put_file(local_path, path)
     except Exception as exc:
-        cause = redact_text(f"{type(exc).__name__}: {exc}".strip().replace("\n", " "))
-        raise RunFailedError(f"upload to {redact_url(url)} failed, nothing written there: {cause}") from exc
+        raise RunFailedError(
+            f"upload to {redact_url(url)} failed, nothing written there: {_cause(exc)}"
+        ) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """``Name: message`` of a failed upload step on one line, credentials redacted."""
+    return redact_text(f"{type(exc).__name__}: {exc}".strip().replace("\n", " "))
 
 
 def _put_s3(fs: Any, local_path: str, path: str, options: dict[str, Any], url: str, multipart: bool) -> None:
@@ -95,8 +101,9 @@ def _put_s3(fs: Any, local_path: str, path: str, options: dict[str, Any], url: s
                 try:
                     await asyncio.wait_for(abort(), UPLOAD_ABORT_S)
                 except Exception as exc:
-                    cause = redact_text(f"{type(exc).__name__}: {exc}".strip().replace("\n", " "))
-                    log.warning("upload to %s interrupted, its parts not aborted: %s", redact_url(url), cause)
+                    log.warning(
+                        "upload to %s interrupted, its parts not aborted: %s", redact_url(url), _cause(exc)
+                    )
             raise
         finally:
             settled.set()
