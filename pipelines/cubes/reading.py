@@ -370,7 +370,8 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
     )
     retryable = isinstance(exc, BaseException) and is_transient(exc)  # the rule of every retried call
     statuses = {int(code) for code in _STATUS.findall(full)}
-    if isinstance(exc, BaseException) and (status := http_status(exc)) is not None:
+    status = http_status(exc) if isinstance(exc, BaseException) else None
+    if status is not None:
         statuses.add(status)
     # an answer that is not the file and does not say it is not there (400, 405, 416 ...)
     answered = any(code >= 300 and code not in GONE_STATUSES | DENIED_STATUSES for code in statuses)
@@ -378,8 +379,8 @@ def classify_error(exc: BaseException | str) -> tuple[str, bool]:
     denied = is_access_denied(exc)
     if denied and isinstance(exc, BaseException) and not is_access_denied(reason[:300]):
         # a refusal its text does not name (an aiohttp answer without reason phrase, a bare errno)
-        if (code := http_status(exc)) in DENIED_STATUSES:
-            reason = f"access denied (HTTP response code: {code}): {reason}"
+        if status in DENIED_STATUSES:
+            reason = f"access denied (HTTP response code: {status}): {reason}"
         elif is_permission_denied(exc):
             reason = f"{os.strerror(errno.EACCES)}: {reason}"
     transient = (os_error or retryable or answered or bool(_TRANSIENT.search(full))) and not denied
