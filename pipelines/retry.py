@@ -55,16 +55,51 @@ reports them by their text, ``<path>: Permission denied``)."""
 _PERMISSION_TEXT = re.compile("|".join(re.escape(os.strerror(code)) for code in sorted(DENIED_ERRNOS)), re.I)
 """How an OS error of :data:`DENIED_ERRNOS` reads when only its text is left (GDAL's, a reason)."""
 
-_DENIED_TEXT = re.compile(
-    r"HTTP response code: ?(" + "|".join(str(code) for code in sorted(DENIED_STATUSES)) + r")\b|"
-    r"access ?denied|InvalidAccessKeyId|SignatureDoesNotMatch|"
-    r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST|PublicAccessNotPermitted|AuthenticationFailed|"
-    r"AuthorizationPermissionMismatch|NoAuthenticationInformation|ExpiredToken|\bunauthori[sz]ed\b|\bforbidden\b|"
-    + _PERMISSION_TEXT.pattern,
-    re.IGNORECASE,
+DENIED_CODES: frozenset[str] = frozenset(
+    {
+        "AccessDenied",  # S3 (and GCS's XML API)
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "PublicAccessNotPermitted",  # Azure: an unsigned read of a private blob
+        "AuthenticationFailed",
+        "AuthorizationPermissionMismatch",
+        "NoAuthenticationInformation",
+    }
 )
-"""A refused access in an error's text, where no status or errno is left to read: GDAL's
-(``HTTP response code: 403``, ``<path>: Permission denied``), the object stores' error codes."""
+"""The object stores' error codes of a refused access (botocore's ``Error.Code``, the ``<Code>`` of
+an S3 or Azure error body as GDAL and s3fs quote it)."""
+
+_STATUS_TEXT = re.compile(
+    r"HTTP response code: ?(\d{3})\b|"  # GDAL (/vsicurl/, /vsis3/ ...)
+    r"The requested URL returned error: ?(\d{3})\b|"  # curl
+    r"\bHTTP Error (\d{3}):|"  # urllib's HTTPError
+    r"\b(\d{3}) (?:Client|Server) Error\b|"  # requests' HTTPError
+    r"\b(\d{3}), message=|"  # aiohttp's ClientResponseError (fsspec's http://)
+    r"An error occurred \((\d{3})\) when calling"  # botocore's ClientError of a HEAD (no body, no code)
+)
+"""An HTTP status in an error's text, in the forms the clients write it: when one is named, it
+decides whether the text is a refusal (:func:`is_access_denied`), whatever else the text says."""
+
+_DENIED_TEXT = re.compile(
+    r"\b(" + "|".join(sorted(DENIED_CODES)) + r")\b|"
+    r"(?i:\baccess denied\b)|"  # S3's message, as botocore, s3fs and GDAL's /vsis3/ quote it
+    r"AWS_SECRET_ACCESS_KEY and AWS_NO_SIGN_REQUEST|"  # GDAL's /vsis3/ without credentials
+    r"(?i:" + _PERMISSION_TEXT.pattern + ")"  # GDAL's "<path>: Permission denied"
+)
+"""A refused access in an error's text that names no HTTP status: the object stores' codes and S3's
+"Access Denied" message, GDAL's missing S3 credentials, an OS error of :data:`DENIED_ERRNOS` by its
+text. No bare "forbidden" or "unauthorized": a proxy's or server's page of a transient error may say
+so (a 503 page that mentions "Access Denied" names its status, which decides)."""
+
+_TIMEOUT_ERRORS = frozenset(
+    {
+        ("requests.exceptions", "Timeout"),
+        ("botocore.vendored.requests.exceptions", "Timeout"),
+        ("urllib3.exceptions", "TimeoutError"),
+    }
+)
+"""Timeouts that are not Python's ``TimeoutError``: no answer came, so nothing was refused."""
 
 
 class RetryError(RunFailedError):
@@ -332,26 +367,62 @@ def is_permission_denied(exc: BaseException | str) -> bool:
 def is_access_denied(exc: BaseException | str) -> bool:
     """The one rule of a refused access, for every read (assets, records, catalogs) and every caller
     that asks whether a failure may pass (:func:`is_transient`, :func:`worth_a_rerun`,
-    :func:`pipelines.cubes.reading.classify_error`): ``exc`` or one of its causes is an HTTP answer in
-    :data:`DENIED_STATUSES` (the first answer found decides, as for :func:`http_status`), an OS error
-    of :data:`DENIED_ERRNOS` (:func:`is_permission_denied`), an
-    :class:`~pipelines.registry.access.AccessDeniedError`, or says so in its text (GDAL's
-    ``HTTP response code: 403``, ``Permission denied``; S3's ``AccessDenied``, Azure's
-    ``AuthenticationFailed`` ...). ``exc`` may be a failure's text only (a classified reason).
+    :func:`pipelines.cubes.reading.classify_error`). ``exc`` may be a failure's text only (a
+    classified reason).
+
+    What is structured decides where the chain of ``exc`` and its causes holds it, read in this order:
+    an :class:`~pipelines.registry.access.AccessDeniedError` or an HTTP answer (the first found: its
+    status in :data:`DENIED_STATUSES`, or, for a botocore answer without status, its error code in
+    :data:`DENIED_CODES`); else an OS error (the first found: ``PermissionError`` or an errno of
+    :data:`DENIED_ERRNOS` is a refusal, another errno or a timeout is not). Only where none of these
+    is left is the text read (:func:`_denied_in_text`): an HTTP status it names in a client's form
+    (GDAL's ``HTTP response code: 403``, curl's ``The requested URL returned error: 403`` ...) decides;
+    else a refusal's own words (S3's ``AccessDenied`` / ``Access Denied``, Azure's
+    ``AuthenticationFailed`` ..., GDAL's ``Permission denied``). So a 503, a reset connection or a
+    timeout whose text says "forbidden" or "Access Denied" stays what it is: transient.
 
     A refused access is a failure (the tile fails, nothing is recorded, the next run reads again),
     never an empty or missing input, and not transient: it does not pass on a retry seconds later."""
     if isinstance(exc, str):
-        return bool(_DENIED_TEXT.search(exc))
-    for link in _causes(exc):
+        return bool(_denied_in_text([exc]))
+    links = list(_causes(exc))
+    for link in links:
+        if any((c.__module__, c.__name__) == _ACCESS_DENIED_ERROR for c in type(link).__mro__):
+            return True
         answered, status = _answer_status(link)
         if answered and status is not None:
             return status in DENIED_STATUSES
-        if any((c.__module__, c.__name__) == _ACCESS_DENIED_ERROR for c in type(link).__mro__):
+        code = _error_code(link) if answered else None
+        if code:
+            return code in DENIED_CODES
+    for link in links:
+        if isinstance(link, PermissionError):
             return True
-        if (isinstance(link, OSError) and link.errno in DENIED_ERRNOS) or _DENIED_TEXT.search(_text(link)):
-            return True
-    return False
+        if isinstance(link, OSError) and isinstance(link.errno, int):
+            return link.errno in DENIED_ERRNOS
+        if isinstance(link, TimeoutError) or (isinstance(link, HTTPFailure) and link.status is None):
+            return False
+        if any((c.__module__, c.__name__) in _TIMEOUT_ERRORS for c in type(link).__mro__):
+            return False
+    return bool(_denied_in_text([_text(link) for link in links]))
+
+
+def _denied_in_text(texts: list[str]) -> bool:
+    """Whether errors' ``texts`` (an exception's and its causes', outermost first) say an access was
+    refused: the first HTTP status named in a client's form (:data:`_STATUS_TEXT`) decides; where none
+    is named, a refusal's own words (:data:`_DENIED_TEXT`)."""
+    for text in texts:
+        if found := _STATUS_TEXT.search(text):
+            return int(next(g for g in found.groups() if g)) in DENIED_STATUSES
+    return any(_DENIED_TEXT.search(text) for text in texts)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The error code of a botocore answer (``response["Error"]["Code"]``), None when it has none."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    code = error.get("Code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and code else None
 
 
 _ACCESS_DENIED_ERROR = ("pipelines.registry.access", "AccessDeniedError")

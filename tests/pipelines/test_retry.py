@@ -261,3 +261,80 @@ def test_what_is_not_a_refusal_is_not_read_as_one(exc: BaseException) -> None:
     from pipelines.retry import is_access_denied
 
     assert not is_access_denied(exc)
+
+
+def _wrapped(text: str, cause: BaseException) -> BaseException:
+    """A wrapper whose own text says something else than its cause (a RunFailedError, a proxy's)."""
+    error = OSError(text)
+    error.__cause__ = cause
+    return error
+
+
+def _s3_no_status(code: str, message: str) -> BaseException:
+    """A botocore answer that kept its error code but not its HTTP status."""
+    return ClientError({"Error": {"Code": code, "Message": message}}, "GetObject")
+
+
+def _transient_with_refusal_words() -> list[BaseException]:
+    """Transient failures whose text says "forbidden" or "Access Denied" (a proxy's 503 page, a
+    connection reset named by a proxy, a timeout): the structured status, errno or code decides."""
+    return [
+        _wrapped(
+            "GET https://h.example/x failed: <html><h1>Access Denied</h1> (maintenance)</html>", _aiohttp(503)
+        ),
+        _wrapped("proxy: 503 Service Unavailable, forbidden to cache", _s3(503, "SlowDown")),
+        _wrapped("upstream said forbidden", _requests(500)),
+        ConnectionResetError(errno.ECONNRESET, "Connection reset by peer (forbidden by proxy policy)"),
+        TimeoutError("timed out reading https://forbidden.example/x.tif"),
+    ]
+
+
+@pytest.mark.parametrize("exc", _transient_with_refusal_words(), ids=lambda e: type(e).__name__)
+def test_a_transient_failure_whose_text_names_a_refusal_stays_transient(exc: BaseException) -> None:
+    """A structured status (an HTTP answer's, an errno, a timeout) decides; its text
+    is not read. Before, any cause whose text said "forbidden" or "access denied" was a refusal:
+    neither retried nor worth the flow run's retry."""
+    from pipelines.retry import is_access_denied, worth_a_rerun
+
+    assert not is_access_denied(exc)
+    assert is_transient(exc) and worth_a_rerun(exc)
+
+
+def test_a_botocore_answer_without_status_is_decided_by_its_error_code() -> None:
+    from pipelines.retry import is_access_denied
+
+    assert not is_access_denied(_s3_no_status("SlowDown", "Access Denied by the rate limiter, slow down"))
+    assert is_access_denied(_s3_no_status("AccessDenied", "Access Denied"))
+    assert is_access_denied(_s3_no_status("InvalidAccessKeyId", "The key you provided does not exist"))
+
+
+@pytest.mark.parametrize(
+    ("text", "denied"),
+    [
+        # GDAL quoting a proxy's 503 page; curl's words: the named status decides
+        ("/vsicurl/https://h.example/B04.tif: HTTP response code: 503 - <title>Access Denied</title>", False),
+        ("CURL error: The requested URL returned error: 503 Forbidden", False),
+        ("CURL error: Recv failure: Connection reset by peer (forbidden)", False),
+        ("read failed: unauthorized proxy hiccup, try again", False),
+        # the refusals' own forms, whichever client wrote them
+        ("CURL error: The requested URL returned error: 403", True),
+        ("HTTP Error 401: Unauthorized", True),
+        ("403 Client Error: Forbidden for url: https://h.example/x.tif", True),
+        ("409, message='Public access is not permitted', url='https://a.blob/x.tif'", True),
+        ("An error occurred (403) when calling the HeadObject operation: Forbidden", True),
+        ("/vsis3/b/x.tif: Access Denied", True),
+        ("An error occurred (AccessDenied) when calling the GetObject operation: Access Denied", True),
+        ("HTTP response code: 403", True),
+        ("/data/B04.tif: Permission denied", True),
+    ],
+)
+def test_a_refusal_in_text_is_read_only_in_the_forms_clients_write(text: str, denied: bool) -> None:
+    """Where only text is left (GDAL's errors, a classified reason): a status named in a client's form
+    decides; else a refusal's own words (S3's code and message, GDAL's "Permission denied"). A bare
+    "forbidden" or "unauthorized" is no refusal; curl's ``returned error: 403`` was not one before."""
+    import rasterio.errors
+
+    from pipelines.retry import is_access_denied
+
+    assert is_access_denied(text) is denied
+    assert is_access_denied(rasterio.errors.RasterioIOError(text)) is denied

@@ -65,6 +65,8 @@ def _answer(status: int) -> BaseException:
     [
         *(rasterio.errors.RasterioIOError(f"HTTP response code: {code}") for code in sorted(RETRY_STATUSES)),
         rasterio.errors.RasterioIOError("HTTP response code: 501"),
+        # a proxy's 503 page quoted by GDAL: the status decides, not the page's words
+        rasterio.errors.RasterioIOError("HTTP response code: 503 - <title>Access Denied</title>"),
         # what another HTTP client raises reads as pipelines.retry's one rule says (fsspec's http://)
         _answer(503),
         aiohttp.ServerTimeoutError(),
