@@ -52,6 +52,7 @@ from pipelines.cubes.reading import (
     access_denied,
     ask_again,
     cid_label,
+    classify_error,
     configure_reads,
     cube_access,
     forget_failed_reads,
@@ -569,12 +570,19 @@ def unreachable_reason(skipped: Sequence[SkippedAsset]) -> str:
 
 
 def diagnose_read_failure(
-    cube: TileCube, key: tuple[str, str] | None = None, read_options: Mapping[str, Any] | None = None
+    cube: TileCube,
+    key: tuple[str, str] | None = None,
+    read_options: Mapping[str, Any] | None = None,
+    error: BaseException | None = None,
 ) -> list[SkippedAsset]:
-    """After a load failed: read each source asset of the group(s) over the tile; the ones that fail
-    (those on a host that failed transiently earlier in the build at once: ``cube.failed_hosts``)."""
+    """After a load failed (with ``error``): read each source asset of the group(s) over the tile; the ones that
+    fail (at once those on a host that failed transiently earlier in the build: ``cube.failed_hosts``, told
+    first of the host ``error`` names when that failure was transient: its retry chain is spent)."""
     keys = [key] if key is not None else list(cube.sources)
     read_options = cube.read_options if cube.read_options is not None else read_options
+    if error is not None and cube.failed_hosts is not None and (failure := classify_error(error))[1]:
+        hrefs = [href for k in keys for _, _, href in cube.sources.get(k, [])]
+        cube.failed_hosts.add_named(error, hrefs, failure[0])
     seen: set[tuple[str, str]] = set()
     found: list[SkippedAsset] = []
     for k in keys:

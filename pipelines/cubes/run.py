@@ -210,7 +210,7 @@ def _write_tile(
                 raise
             found = [
                 f
-                for f in diagnose_read_failure(cube, read_options=read_options)
+                for f in diagnose_read_failure(cube, read_options=read_options, error=exc)
                 if (f.item, f.asset) not in excluded
             ]
             if not found:

@@ -354,8 +354,11 @@ def test_a_dead_asset_host_is_asked_no_more_once_a_read_of_it_failed(
     open before the others: 8 hrefs, one chain each, before); at most 8 at-load (the load's failed
     reads, then the diagnosis' first), not all 13. At-load one href may be asked twice: odc-stac's
     load does not report which hrefs it asked, so the diagnosis' first may be one of them (which
-    ones the load reached depends on thread timing; seen in a CI run: B02 10 requests, B08 5). The tile fails unrecorded, and
-    once the host is back the next run (same process) asks it again and builds the tile. Before,
+    ones the load reached depends on thread timing; seen in a CI run: B02 10 requests, B08 5): the
+    error odc-stac re-raises for a 503 is GDAL's ``HTTP response code: 503``, which names no href, so
+    the load cannot tell ``FailedHosts`` its host (test_hosts.py: a load error that names it). The
+    tile fails unrecorded, and once the host is back the next run (same process) asks it again and
+    builds the tile. Before,
     every asset waited through its own chain: 65 requests, 2 min per tile at-load with the default
     delays. With ``skip_unreachable`` every asset is asked still (an unasked one is never left out)."""
     fast = {"GDAL_HTTP_RETRY_DELAY": "0.01"}
