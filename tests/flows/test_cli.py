@@ -323,8 +323,10 @@ def test_flow_storage_options_take_the_cli_forms() -> None:
 # ---------------------------------------------------------------------------------------------
 # SIGTERM (kill, a pod evicted or deleted, a CI timeout) unwinds the run as Ctrl-C does
 
-# Runs ``python -m flows.cli ...`` (argv[2:]) with the cube writer's per-tile work replaced by a
+# Runs ``python -m flows.cli ...`` (argv[3:]) with the cube writer's per-tile work replaced by a
 # wait: once the tile's lease is taken, it writes argv[1] and sleeps, the main thread in Python.
+# With argv[2] == "hang" its cleanup never ends: the ``finally`` writes argv[1] + ".cleanup" and
+# then waits for good, swallowing whatever is raised in it (as a cleanup stuck on a dead host).
 _BLOCKED_IN_A_TILE = """
 import runpy, sys, time
 from pathlib import Path
@@ -332,28 +334,32 @@ import pipelines.cubes.run as run
 
 def blocked(*args, **kwargs):
     Path(marker).write_text("blocked")
-    time.sleep(60)
+    try:
+        time.sleep(60)
+    finally:
+        if hang:
+            Path(marker + ".cleanup").write_text("hanging")
+            while True:
+                try:
+                    time.sleep(60)
+                except BaseException:
+                    pass
 
 marker = sys.argv.pop(1)
+hang = sys.argv.pop(1) == "hang"
 run._write_tile = blocked
 runpy.run_module("flows.cli", run_name="__main__", alter_sys=True)
 """
 
 
-@pytest.mark.parametrize("debug", [False, True])
-def test_sigterm_unwinds_the_run_releases_its_lease_and_exits_143(tmp_path: Path, debug: bool) -> None:
-    """A SIGTERM used to end ``aom`` at once, as SIGKILL does: no ``finally`` ran, so the tile's
-    lease stayed (a rerun waited for its TTL), an upload in progress was not aborted. Now the run
-    unwinds (the lease is released), prints one line (the traceback only with ``--debug``) and
-    exits 143 (128 + SIGTERM)."""
+def _start_blocked_run(tmp_path: Path, *args: str, hang: bool = False) -> tuple[Any, Path]:
+    """``aom [args] cubes ...`` of one tile in a subprocess (:data:`_BLOCKED_IN_A_TILE`), once it
+    holds the tile's lease and waits in it: the process and the lease's file."""
     import json
-    import signal
     import subprocess
     import sys
-    import time
 
     from pipelines.cubes.store import LEASES_DIR
-    from pipelines.errors import EXIT_TERMINATED
     from pipelines.testing.cube_items import make_item
     from tests.conftest import REPO_ROOT, cli_env
     from tests.pipelines.cubes.support import X0, Y0
@@ -365,7 +371,7 @@ def test_sigterm_unwinds_the_run_releases_its_lease_and_exits_143(tmp_path: Path
     out, marker = tmp_path / "cubes", tmp_path / "blocked"
     verb = ["cubes", "--items", str(tmp_path / "items.ndjson"), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _BLOCKED_IN_A_TILE, str(marker), *(["--debug"] if debug else []), *verb],
+        [sys.executable, "-c", _BLOCKED_IN_A_TILE, str(marker), "hang" if hang else "unwind", *args, *verb],
         cwd=REPO_ROOT,
         env=cli_env(),
         stdout=subprocess.PIPE,
@@ -373,12 +379,37 @@ def test_sigterm_unwinds_the_run_releases_its_lease_and_exits_143(tmp_path: Path
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert marker.exists(), proc.communicate(timeout=5)
-        leases = list((out / LEASES_DIR).glob("*.json"))
-        assert len(leases) == 1, leases  # the run holds the tile's lease while it waits
+        _wait_for(marker, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    leases = list((out / LEASES_DIR).glob("*.json"))
+    assert len(leases) == 1, leases  # the run holds the tile's lease while it waits
+    return proc, leases[0]
+
+
+def _wait_for(path: Path, proc: Any) -> None:
+    """Until ``path`` exists (what the subprocess writes when it gets there), at most 60 s."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), proc.communicate(timeout=5)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_sigterm_unwinds_the_run_releases_its_lease_and_exits_143(tmp_path: Path, debug: bool) -> None:
+    """A SIGTERM used to end ``aom`` at once, as SIGKILL does: no ``finally`` ran, so the tile's
+    lease stayed (a rerun waited for its TTL), an upload in progress was not aborted. Now the run
+    unwinds (the lease is released), prints one line (the traceback only with ``--debug``) and
+    exits 143 (128 + SIGTERM)."""
+    import signal
+
+    from pipelines.errors import EXIT_TERMINATED
+
+    proc, lease = _start_blocked_run(tmp_path, *(["--debug"] if debug else []))
+    try:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     finally:
@@ -386,13 +417,40 @@ def test_sigterm_unwinds_the_run_releases_its_lease_and_exits_143(tmp_path: Path
             proc.kill()
             proc.communicate()
     assert proc.returncode == EXIT_TERMINATED == 143, (proc.returncode, stderr)
-    assert not leases[0].exists(), "the lease's finally did not run"
+    assert not lease.exists(), "the lease's finally did not run"
     lines = [line for line in stderr.splitlines() if " INFO " not in line]
     assert lines[-1] == "error: terminated (SIGTERM)", stderr
     if debug:
         assert "Traceback" in stderr and "in blocked" in stderr, stderr
     else:
         assert lines == ["error: terminated (SIGTERM)"], stderr
+
+
+def test_a_second_sigterm_ends_a_run_whose_cleanup_hangs_at_once(tmp_path: Path) -> None:
+    """A run whose ``finally`` never ends (stuck, swallowing what is raised in it) would outlive
+    the first SIGTERM for good: a second one, while it unwinds, ends the process at once, killed by
+    SIGTERM (-15 here, 143 in a shell), as SIGTERM did before the handler; no ``finally`` runs then,
+    so the lease stays until its TTL."""
+    import signal
+    import subprocess
+
+    proc, lease = _start_blocked_run(tmp_path, hang=True)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _wait_for(tmp_path / "blocked.cleanup", proc)  # the first SIGTERM unwound into the cleanup
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second SIGTERM did not end the run whose cleanup hangs")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGTERM, (proc.returncode, stderr)
+    assert lease.exists()
+    assert "error: terminated" not in stderr, stderr
 
 
 def test_a_sigterm_a_library_callback_swallowed_is_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
