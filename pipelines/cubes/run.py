@@ -422,16 +422,24 @@ def _tile_job(
 def _run_threads(
     workers: int, todo: list[Tile], index: _ItemIndex, job: _TileJob, finish: Callable[[TileOutcome], None]
 ) -> None:
+    """Up to ``workers * 2`` tiles submitted at a time. An interrupt (Ctrl-C, the ``aom`` SIGTERM
+    handler's :class:`~pipelines.errors.Terminated`) or an error in ``finish`` cancels the tiles not
+    started yet; the pool's exit still waits for the running ones (threads are not interrupted)."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cube-tile") as pool:
         pending: set[Future[TileOutcome]] = set()
         queue = list(todo)
-        while queue or pending:
-            while queue and len(pending) < workers * 2:
-                tile = queue.pop(0)
-                pending.add(pool.submit(job, tile, index.for_tile(tile)))
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                finish(fut.result())
+        try:
+            while queue or pending:
+                while queue and len(pending) < workers * 2:
+                    tile = queue.pop(0)
+                    pending.add(pool.submit(job, tile, index.for_tile(tile)))
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    finish(fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()  # only a tile not started yet: it takes no lease, writes nothing
+            raise
 
 
 def _run_distributed(

@@ -422,3 +422,52 @@ def _valid_lonlat(item: dict[str, Any], cs: Any) -> tuple[float, float]:
         x, y = src.xy(int(rows[k]), int(cols[k]))
         lon, lat = Transformer.from_crs(src.crs, 4326, always_xy=True).transform(x, y)
     return float(lon), float(lat)
+
+
+def test_a_sigterm_starts_no_queued_tile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``workers=2`` keeps 4 tiles submitted: 2 running, 2 queued. A SIGTERM (the ``aom`` handler
+    raises :class:`~pipelines.errors.Terminated` in the main thread) waits for the 2 running tiles
+    (threads are not interrupted), but used to start the 2 queued ones as well once a worker was
+    free, each a whole tile build. Now they are cancelled: only the running tiles end."""
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipelines.cubes.run as run
+    from pipelines.cubes.summary import TileOutcome
+    from pipelines.errors import Terminated
+    from pipelines.runs import TileStatus
+
+    started: list[str] = []
+    both_running, release = threading.Event(), threading.Event()
+
+    def tile_job(tile: Any, *args: Any, **kwargs: Any) -> TileOutcome:
+        started.append(tile.tile_id)
+        if len(started) == 2:
+            both_running.set()
+        assert release.wait(30)
+        return TileOutcome(tile.tile_id, TileStatus.DONE)
+
+    class Pool(ThreadPoolExecutor):
+        def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
+            release.set()  # the running tiles end once the run has unwound to the pool's exit
+            super().shutdown(wait, **kwargs)
+
+    def on_sigterm(*_: Any) -> None:
+        raise Terminated()
+
+    def send_sigterm() -> None:
+        if both_running.wait(30):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(run, "process_tile", tile_job)
+    monkeypatch.setattr(run, "ThreadPoolExecutor", Pool)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        threading.Thread(target=send_sigterm, daemon=True).start()
+        with pytest.raises(Terminated):
+            write_cubes([], TILE_IDS, spec(), str(tmp_path / "cubes"), progress=False, workers=2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
+    assert sorted(started) == sorted(TILE_IDS[:2]), started
