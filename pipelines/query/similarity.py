@@ -12,11 +12,11 @@ Example::
 
 How it scales: every Dask task reads a block of up to ``tiles_per_task`` complete tiles (one
 Zarr shard each), decodes the int8 codes with a 256-entry table, scores them with one float32
-matrix product and keeps only its own top-k; the driver merges ``k`` candidates per task. Memory
-is bounded by the block size, not by the zone, and the work spreads over the threads of the
-local machine or the workers of a ``dask.distributed`` client. No approximate index is used:
-see ``docs/query.md`` (measured: exact search is already minutes per 10^8 vectors and an IVF
-index only pays off for many repeated queries).
+matrix product and keeps only its own top ``2 k``; the driver merges them and leaves out twins
+(``twins.py``: the same ground from two zones). Memory is bounded by the block size, not by the
+zone, and the work spreads over the threads of the local machine or the workers of a
+``dask.distributed`` client. No approximate index is used: see ``docs/query.md`` (measured: exact
+search is already minutes per 10^8 vectors and an IVF index only pays off for many repeated queries).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from pipelines.query.select import (
     transform_bbox,
     vectors_at,
 )
+from pipelines.query.twins import Lattice, best_once_per_place, candidates_per_task
 from pipelines.tiling import square_groups
 
 # ------------------------------------------------------------------------------------------
@@ -459,7 +460,10 @@ def similar(
     """The ``k`` most similar tokens (cosine) to example locations and/or vectors.
 
     ``aoi`` (bbox in ``aoi_crs``) limits the search; default: every complete tile of every zone at
-    ``time`` (default: latest time with data), each ground location once (``held_by_own_zone``).
+    ``time`` (default: latest time with data), each ground location once: a token is left to the zone
+    its centre lies in (``held_by_own_zone``), and a token more than half of whose footprint lies in a
+    higher-ranked result of another zone is left out and the next one taken (``notes`` counts them;
+    :func:`~pipelines.query.twins.once_per_place`).
     ``exclude_radius_m`` drops tokens within that
     distance of the example locations. ``scheduler`` is passed to ``dask.compute`` (e.g.
     ``"threads"``, ``"synchronous"`` or a distributed client's ``get``).
@@ -507,7 +511,9 @@ def similar(
         for group in square_groups(refs, cell, math.isqrt(tiles_per_task)):  # one read per rectangle
             # a partial is opaque to Dask: dataclass arguments would otherwise be traversed (slow, and
             # the Embeddings' lazy datasets would be computed)
-            task = functools.partial(_search_group, emb, epsg, ti, group, q, k, aoi_spec, exclude, whitening)
+            task = functools.partial(
+                _search_group, emb, epsg, ti, group, q, candidates_per_task(k), aoi_spec, exclude, whitening
+            )
             tasks.append((epsg, dask.delayed(task, pure=False)()))
     if not tasks:
         from pipelines.query.select import _extent_message
@@ -521,7 +527,9 @@ def similar(
     cols = np.concatenate([r[2] for r in results])
     epsgs = np.concatenate([np.full(r[0].size, e, np.int64) for (e, _), r in zip(tasks, results)])
     searched = int(sum(r[3] for r in results))
-    best = _merge(scores, np.column_stack([epsgs, rows, cols]), k)
+    lattices = {int(z): Lattice.of_tokens(emb.grid(int(z))) for z in np.unique(epsgs)}
+    # each place once (twins.py); every task kept enough candidates for that: candidates_per_task
+    best, twins = best_once_per_place(scores, np.column_stack([epsgs, rows, cols]), lattices, k)
     scores, rows, cols, epsgs = scores[best], rows[best], cols[best], epsgs[best]
     xs = np.empty(best.size)
     ys = np.empty(best.size)
@@ -545,6 +553,12 @@ def similar(
         )
         tile_ids.append(tid)
     notes = [] if best.size == k else [f"only {best.size} candidate tokens in the searched area"]
+    if twins:
+        notes[:1] = [n + " once their twins are left out" for n in notes[:1]]
+        notes.append(
+            f"{twins} token(s) left out: more than half of each lies in a higher-ranked token of another "
+            "UTM zone (the same ground)"
+        )
     if whitening is not None and emb.version.quantisation == "int8-sqrt":
         notes.append(INT8_WHITENED_NOTE)
     return SimilarityResult(

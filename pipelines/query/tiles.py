@@ -23,6 +23,7 @@ from pipelines.embeddings import unit
 from pipelines.query.open import Embeddings, QueryError, TimeLike, as_points
 from pipelines.query.select import natural_epsg
 from pipelines.query.similarity import SimilarityResult
+from pipelines.query.twins import Lattice, once_per_place
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def similar_tiles(
     A point's tile is looked up in the point's own UTM zone first, then in the others (as
     :func:`~pipelines.query.select.vectors_at` does). Each place is given once: a tile more than half of
     whose footprint lies in a higher-ranked result of another zone (its twin: edge tiles of adjacent
-    zones overlap) is left out (:data:`TWIN_OVERLAP`) and the next one taken; ``notes`` counts them."""
+    zones overlap) is left out (:data:`~pipelines.query.twins.TWIN_OVERLAP`) and the next one taken;
+    ``notes`` counts them."""
     if k < 1:
         raise QueryError(f"k must be >= 1, got {k}")
     ti = emb.time_index(time)
@@ -176,11 +178,6 @@ def _notes(n: int, k: int, twins: int) -> list[str]:
     return notes
 
 
-TWIN_OVERLAP = 0.5
-"""A tile whose footprint overlaps a higher-ranked result of another zone by more than this fraction of
-its area is that result's twin (edge tiles of adjacent UTM zones cover the same ground)."""
-
-
 def _rank_once_per_place(
     ranked: np.ndarray,
     keys: Sequence[tuple[int, int, int]],
@@ -188,52 +185,14 @@ def _rank_once_per_place(
     s: float,
     k: int,
 ) -> tuple[np.ndarray, int]:
-    """The first ``k`` of ``ranked`` (indices into ``keys``: zone, tile row, tile col) without twins: a
-    tile is left out when more than :data:`TWIN_OVERLAP` of its footprint lies in one higher-ranked
-    result of another zone (tiles of one zone never overlap). Returns the kept indices and how many
+    """The first ``k`` of ``ranked`` (indices into ``keys``: zone, tile row, tile col) without twins
+    (:func:`~pipelines.query.twins.once_per_place`, as for tokens). Returns the kept indices and how many
     were left out."""
-    import shapely
-
-    kept: list[int] = []
-    by_zone: dict[int, set[tuple[int, int]]] = {}  # kept (tile row, tile col) per zone
-    to_zone: dict[tuple[int, int], Transformer] = {}
-    twins = 0
-    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * (s / 2)
-    for i in ranked.tolist():
-        if len(kept) == k:
-            break
-        z, r, c = keys[i]
-        cx, cy = float(per_zone[z].x[c]), float(per_zone[z].y[r])
-        twin = False
-        for zz, held in by_zone.items():
-            if zz == z:
-                continue
-            if (z, zz) not in to_zone:
-                to_zone[z, zz] = Transformer.from_crs(z, zz, always_xy=True)
-            t, tv = to_zone[z, zz], per_zone[zz]
-            px, py = t.transform(cx, cy)
-            c0 = int(np.floor((px - (tv.x[0] - s / 2)) / s))
-            r0 = int(np.floor(((tv.y[0] + s / 2) - py) / s))
-            # only tiles whose centre is within a tile size of this one's can cover half of it
-            near = [(a, b) for a in (r0 - 1, r0, r0 + 1) for b in (c0 - 1, c0, c0 + 1) if (a, b) in held]
-            if not near:
-                continue
-            fx, fy = t.transform(cx + corners[:, 0], cy + corners[:, 1])
-            mine = shapely.Polygon(np.column_stack([fx, fy]))
-            for a, b in near:
-                x, y = float(tv.x[b]), float(tv.y[a])
-                other = shapely.box(x - s / 2, y - s / 2, x + s / 2, y + s / 2)
-                if mine.intersection(other).area > TWIN_OVERLAP * mine.area:
-                    twin = True
-                    break
-            if twin:
-                break
-        if twin:
-            twins += 1
-            continue
-        kept.append(i)
-        by_zone.setdefault(z, set()).add((r, c))
-    return np.array(kept, np.int64), twins
+    lattices = {
+        z: Lattice(z, float(tv.x[0]) - s / 2, float(tv.y[0]) + s / 2, s) for z, tv in per_zone.items()
+    }
+    kept, twins = once_per_place(np.array(keys, np.int64).reshape(-1, 3)[ranked], lattices, k)
+    return ranked[kept], twins
 
 
 def tiles_geoparquet(

@@ -156,10 +156,12 @@ def build_synthetic_store(
     consolidate: bool = True,
     storage_options: Mapping[str, Any] | None = None,
     band_gsd_m: float | None = None,
+    token_vectors: Mapping[tuple[str, int, int], Sequence[float] | np.ndarray] | None = None,
 ) -> SyntheticStore:
     """Write every tile of ``bbox`` (lon/lat) for the given time indices (default: all), then, like the
     end of a run, consolidate the tile vectors and write the STAC. The records name one synthetic input
-    band of ``band_gsd_m`` (default: the token size)."""
+    band of ``band_gsd_m`` (default: the token size). ``token_vectors`` sets chosen tokens, keyed by
+    (tile id, row, col in the tile), to given vectors (``[dim]``) at every time."""
     version = version or synthetic_version()
     scene = scene or SyntheticScene(dim=version.dim)
     if scene.dim != version.dim:
@@ -176,6 +178,9 @@ def build_synthetic_store(
             emb, _ = scene.tile_arrays(tile, version.token_ground_m, ti, hole_tokens)
             if tile.tile_id in nodata_tiles:
                 emb[:] = np.nan
+            for (tid, r, c), vec in (token_vectors or {}).items():
+                if tid == tile.tile_id:
+                    emb[r, c] = vec
             write_tile(
                 root_url,
                 version.name,
