@@ -535,23 +535,17 @@ def similar(
     ys = np.empty(best.size)
     lons = np.empty(best.size)
     lats = np.empty(best.size)
-    tile_ids: list[str] = []
+    tile_ids = np.full(best.size, "", dtype=object)
     nt = emb.version.tokens_per_tile
     tiles = emb.tiles(ti)
-    for i in range(best.size):
-        g = emb.grid(int(epsgs[i]))
-        xs[i], ys[i] = g.token_centres(rows[i], cols[i])
-        lo_, la_ = Transformer.from_crs(int(epsgs[i]), 4326, always_xy=True).transform(xs[i], ys[i])
-        lons[i], lats[i] = lo_, la_
-        tid = next(
-            (
-                r.tile_id
-                for r in tiles[int(epsgs[i])]
-                if r.row0 // nt == rows[i] // nt and r.col0 // nt == cols[i] // nt
-            ),
-            "",
-        )
-        tile_ids.append(tid)
+    for zone in np.unique(epsgs):  # one transform and one tile index per zone, not per result
+        at = np.flatnonzero(epsgs == zone)
+        xs[at], ys[at] = emb.grid(int(zone)).token_centres(rows[at], cols[at])
+        lons[at], lats[at] = Transformer.from_crs(int(zone), 4326, always_xy=True).transform(xs[at], ys[at])
+        by_cell: dict[tuple[int, int], str] = {}
+        for r in tiles[int(zone)]:
+            by_cell.setdefault((r.row0 // nt, r.col0 // nt), r.tile_id)
+        tile_ids[at] = [by_cell.get((int(rr) // nt, int(cc) // nt), "") for rr, cc in zip(rows[at], cols[at])]
     notes = [] if best.size == k else [f"only {best.size} candidate tokens in the searched area"]
     if twins:
         notes[:1] = [n + " once their twins are left out" for n in notes[:1]]
@@ -570,7 +564,7 @@ def similar(
         lat=lats,
         row=rows,
         col=cols,
-        tile_id=tile_ids,
+        tile_id=[str(t) for t in tile_ids],
         time=emb.times[ti],
         version=emb.name,
         query=q,
