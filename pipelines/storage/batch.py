@@ -152,11 +152,17 @@ def read_many(
 
 
 def write_json_many(objects: Mapping[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
-    """:func:`write_json_atomic` for many ``{url: object}`` concurrently (each one atomic)."""
+    """:func:`write_json_atomic` for many ``{url: object}`` concurrently (each one atomic). A failed
+    write or an interrupt (Ctrl-C, the ``aom`` SIGTERM handler's :class:`~pipelines.errors.Terminated`)
+    cancels the writes not started yet and waits only for the running ones (threads are not
+    interrupted) before it raises: each object is then either written whole or not at all."""
     from concurrent.futures import ThreadPoolExecutor
 
     if not objects:
         return
-    with ThreadPoolExecutor(min(IO_CONCURRENCY, len(objects))) as pool:
+    pool = ThreadPoolExecutor(min(IO_CONCURRENCY, len(objects)))
+    try:
         for f in [pool.submit(write_json_atomic, u, o, storage_options) for u, o in objects.items()]:
             f.result()
+    finally:  # a pool's exit would start every queued write first
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -55,3 +55,79 @@ def test_listing_timestamps_parse_like_botocore(text: str) -> None:
 
     fast, slow = _iso_timestamp(text), parse_timestamp(text)
     assert fast == slow and fast.utcoffset() == slow.utcoffset()
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "failed write"])
+def test_write_json_many_starts_no_queued_write_after_an_interrupt_or_failure(
+    stop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers, six objects: two writes running, four queued. A SIGTERM (the ``aom`` handler
+    raises :class:`~pipelines.errors.Terminated` in the main thread) or the first write's failure
+    waits for the running writes, but the pool's exit used to start the four queued ones as well,
+    writing objects after the call had failed. Now they are cancelled: only the writes running
+    then end (after a failure, also the one the failed write's thread took from the queue before
+    the failure was seen), each written whole."""
+    import os
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from typing import Any
+
+    import pipelines.storage.batch as batch
+    from pipelines.errors import Terminated
+    from pipelines.storage.files import write_json_atomic
+
+    urls = [str(tmp_path / f"{i}.json") for i in range(6)]
+    started: list[str] = []
+    lock = threading.Lock()
+    both_running, all_submitted, release = threading.Event(), threading.Event(), threading.Event()
+
+    def write(url: str, obj: Any, storage_options: Any = None) -> None:
+        with lock:
+            started.append(url)
+            if len(started) == 2:
+                both_running.set()
+        if stop == "failed write" and url == urls[0]:
+            assert both_running.wait(30) and all_submitted.wait(30)
+            raise OSError("disk full")
+        assert release.wait(30)
+        write_json_atomic(url, obj, storage_options)
+
+    class Pool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            future = super().submit(*args, **kwargs)
+            Pool.submitted += 1
+            if Pool.submitted == len(urls):
+                all_submitted.set()
+            return future
+
+        def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
+            release.set()  # the running writes end once the call has unwound to the pool's end
+            super().shutdown(wait, **kwargs)
+
+    def on_sigterm(*_: Any) -> None:
+        raise Terminated()
+
+    def send_sigterm() -> None:
+        if both_running.wait(30) and all_submitted.wait(30):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(batch, "IO_CONCURRENCY", 2)
+    monkeypatch.setattr(batch, "write_json_atomic", write)
+    monkeypatch.setattr("concurrent.futures.ThreadPoolExecutor", Pool)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        if stop == "sigterm":
+            threading.Thread(target=send_sigterm, daemon=True).start()
+        with pytest.raises(Terminated if stop == "sigterm" else OSError):
+            batch.write_json_many({u: {"n": i} for i, u in enumerate(urls)})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
+    taken = urls[:3] if stop == "failed write" and urls[2] in started else urls[:2]
+    assert sorted(started) == taken, started
+    written = [u for u in taken if not (stop == "failed write" and u == urls[0])]
+    assert sorted(str(p) for p in tmp_path.iterdir()) == written
+    assert [json.loads(Path(u).read_text()) for u in written] == [{"n": urls.index(u)} for u in written]
