@@ -453,3 +453,53 @@ def test_a_failure_cached_after_the_build_dropped_it_is_asked_again(
         server.force.clear()  # the host is back
         rerun = write_cubes([scene["A"], down], TILE_IDS[:1], spec(), out, progress=False)
     assert rerun.tiles_done == TILE_IDS[:1], rerun.format()
+
+
+def test_a_sigterm_starts_no_queued_header_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``open_headers`` of 20 remote assets opens 8 at a time through ``Executor.map``, which cancels
+    the opens it has not started when the wait for a result is interrupted: a SIGTERM (the ``aom``
+    handler raises :class:`~pipelines.errors.Terminated` in the main thread) waits for the 8 running
+    opens (threads are not interrupted) and starts none of the 12 queued ones. A guard: this held
+    before, and a pool whose exit runs its queue (``submit`` without a cancel) would break it."""
+    import signal
+    import threading
+
+    import pipelines.cubes.reading as reading
+    from pipelines.errors import Terminated
+
+    hrefs = [f"https://h.example/{i}.tif" for i in range(20)]
+    started: list[str] = []
+    lock = threading.Lock()
+    all_running, release = threading.Event(), threading.Event()
+
+    def open_header(href: str, *args: Any) -> tuple[str, bool]:
+        with lock:
+            started.append(href)
+            if len(started) == 8:
+                all_running.set()
+        assert release.wait(30)
+        return "cannot open: test", False
+
+    class Pool(reading.ThreadPoolExecutor):
+        def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
+            release.set()  # the running opens end once the call has unwound to the pool's end
+            super().shutdown(wait, **kwargs)
+
+    def on_sigterm(*_: Any) -> None:
+        raise Terminated()
+
+    def send_sigterm() -> None:
+        if all_running.wait(30):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(reading, "open_header", open_header)
+    monkeypatch.setattr(reading, "ThreadPoolExecutor", Pool)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        threading.Thread(target=send_sigterm, daemon=True).start()
+        with pytest.raises(Terminated):
+            open_headers(hrefs)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
+    assert sorted(started) == sorted(hrefs[:8]), started
