@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from pipelines.outputs.lease import HOLDER_WAIT_S
+from pipelines.outputs import HOLDER_WAIT_S
 from pipelines.retry import RETRY_STATUSES
 
 if TYPE_CHECKING:

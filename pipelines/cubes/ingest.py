@@ -14,7 +14,7 @@ from pipelines.cubes.headers import fill_projection, header_cache_url
 from pipelines.cubes.plan import CubePlan, CubeRequest, complete_projection, plan_cubes
 from pipelines.cubes.run import write_cubes
 from pipelines.cubes.spec import CubeSpec
-from pipelines.outputs.lease import HOLDER_WAIT_S
+from pipelines.outputs import HOLDER_WAIT_S
 from pipelines.retry import RetryPolicy
 from pipelines.search import SearchRequest, load_result, save_result, search
 from pipelines.storage import join

@@ -50,7 +50,7 @@ from pipelines.cubes.rebuild import staging_store, swap_in
 from pipelines.cubes.spec import INT16_FILL, INT16_SCALE, CubeSpec, SkippedAsset, gsd_label
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
 from pipelines.cubes.summary import RunSummary, TileOutcome
-from pipelines.outputs.lease import HOLDER_WAIT_S
+from pipelines.outputs import HOLDER_WAIT_S
 from pipelines.runs import TileStatus
 from pipelines.storage import redact_record, redact_url
 from pipelines.tiling import ItemIndex, Tile, TileGrid

@@ -11,7 +11,7 @@ tile that turns out to be done is skipped unread, and no task ever waits for a l
 
 * a tile whose lease another live run holds is not waited for in a task (it would keep the task's
   encoder slot, or a reader, idle): it is deferred to the end of the queue and claimed again after
-  :data:`~pipelines.outputs.lease.POLL_S`, while the other tiles are read and encoded;
+  :data:`~pipelines.outputs.lease_info.POLL_S`, while the other tiles are read and encoded;
 * it is skipped (``written by another run meanwhile``) once that run's record is there (for a tile
   embedded again because its inputs changed: a record other than the one it replaces), and taken
   when that run ends without one;
@@ -36,8 +36,7 @@ from pipelines import storage
 from pipelines.embed.plan import RunContext, Unit
 from pipelines.embed.request import TileResult, _reason
 from pipelines.embeddings.records import read_record
-from pipelines.outputs import lease as lease_mod
-from pipelines.outputs.lease import HolderWait, Lease
+from pipelines.outputs import HolderWait, Lease, lease_info
 from pipelines.runs import TileStatus
 
 log = logging.getLogger(__name__)
@@ -141,7 +140,7 @@ class TileClaims:
                 settled.append(TileResult(tile.tile_id, t, TileStatus.FAILED, reason, retryable=retryable))
         if later:
             self._order += 1
-            due = time.monotonic() + lease_mod.POLL_S
+            due = time.monotonic() + lease_info.POLL_S
             heapq.heappush(self._deferred, (due, self._order, _part(unit, later, ())))
         return (_part(unit, mine, tuple(claims)) if mine else None), settled
 

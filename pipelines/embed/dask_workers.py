@@ -1,7 +1,7 @@
 """The Dask side of an embed task's tile lease (:func:`pipelines.embed.tasks.embed_padded`).
 
 A task on a Dask worker writes which worker holds the tile's lease (:func:`lease_worker`, in
-:attr:`pipelines.outputs.lease.LeaseInfo.worker`); a task Dask reruns because that worker died (its
+:attr:`pipelines.outputs.LeaseInfo.worker`); a task Dask reruns because that worker died (its
 pod killed, OOM) finds the lease held by the dead task with a fresh heartbeat, and takes it over at
 once when the scheduler no longer lists that worker (:func:`worker_gone`, the ``gone`` rule of
 :meth:`pipelines.outputs.Lease.take`), instead of failing the tile until the heartbeat expires.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipelines.embed.plan import RunContext
-    from pipelines.outputs.lease import LeaseInfo
+    from pipelines.outputs import LeaseInfo
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _this_worker() -> str:
 
 
 def lease_worker(ctx: RunContext) -> str:
-    """The :attr:`~pipelines.outputs.lease.LeaseInfo.worker` of a tile lease taken in this task:
+    """The :attr:`~pipelines.outputs.LeaseInfo.worker` of a tile lease taken in this task:
     ``"<worker address> of <scheduler id>"`` on a worker of the run's Dask cluster, else ""."""
     address = _this_worker() if ctx.dask_scheduler else ""
     return f"{address}{_OF}{ctx.dask_scheduler}" if address else ""

@@ -34,7 +34,7 @@ from pipelines.embed.sources import (
     parse_periods,
     search_interval,
 )
-from pipelines.outputs.lease import HOLDER_WAIT_S
+from pipelines.outputs import HOLDER_WAIT_S
 from pipelines.registry import BandSpec
 from pipelines.runs import TileStatus
 from pipelines.tiling import ItemIndex, Tile, TileGrid, square_groups, tile_cell

@@ -53,7 +53,7 @@ from pipelines.embed.chips import (
     check_embedding_kind,
 )
 from pipelines.errors import check_bbox, check_device, check_number
-from pipelines.outputs.lease import HOLDER_WAIT_S
+from pipelines.outputs import HOLDER_WAIT_S
 from pipelines.registry import DEFAULT_CATALOG
 from pipelines.runs import TileStatus
 from pipelines.tiling import DEFAULT_TILE_SIZE_M

@@ -53,8 +53,8 @@ def tile_lease(
     """The writer lease of one tile at one time (``<root>/_leases/tile@<version>@t<i>@<tile_id>.json``):
     whoever holds it is the one run that reads the tile's pixels and writes its shard, pooled chunk
     and record (:mod:`pipelines.embed.claims`, :func:`pipelines.embed.tasks.embed_padded`). One flat folder with the store's other leases, where
-    ``--overwrite`` looks for live writers (:func:`pipelines.outputs.lease.live_leases`). ``worker``:
-    the Dask worker that takes it (:attr:`pipelines.outputs.lease.LeaseInfo.worker`)."""
+    ``--overwrite`` looks for live writers (:func:`pipelines.outputs.lease_folder.live_leases`). ``worker``:
+    the Dask worker that takes it (:attr:`pipelines.outputs.LeaseInfo.worker`)."""
     from pipelines.outputs import Lease
 
     name = f"{TILE_LEASE_PREFIX}{version_name}@t{int(time_index)}@{tile_id}.json"
@@ -69,7 +69,7 @@ def remove_abandoned_tile_leases(root_url: str, storage_options: Mapping[str, An
     abandoned, never one a live run holds or has just taken over) and released. One listing of
     ``_leases/``; returns how many went."""
     from pipelines.outputs import LeaseHeldError
-    from pipelines.outputs.lease import folder_leases
+    from pipelines.outputs.lease_folder import folder_leases
 
     folder = storage.join(storage.normalise_url(root_url), LEASES_DIR)
     removed = 0

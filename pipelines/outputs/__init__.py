@@ -12,9 +12,12 @@ The safety contract of every ``aom`` verb (``docs/safety.md``), in one place:
 - :mod:`pipelines.outputs.conventions`: georeferencing of Zarr outputs as the registered ``proj:`` /
   ``spatial:`` Zarr conventions, one builder for every store that writes a grid.
 - :mod:`pipelines.outputs.lease`: a lease (owner, heartbeat, expiry) taken by exclusive create on
-  local disk and on object storage, before anything is written under it; its local-disk file
-  protocol (exclusive create, rename-aside take-over, locked replace) is
-  :mod:`pipelines.outputs.lease_local`.
+  local disk and on object storage, before anything is written under it; what a lease says and
+  when it may be taken over or waited for is :mod:`pipelines.outputs.lease_info`; its local-disk
+  file protocol (exclusive create, rename-aside take-over, locked replace) is
+  :mod:`pipelines.outputs.lease_local`, its object-store conditional writes
+  :mod:`pipelines.outputs.lease_remote`; the leases of a folder (which other live runs hold)
+  :mod:`pipelines.outputs.lease_folder`.
 """
 
 from pipelines.outputs.atomic import (
@@ -28,10 +31,10 @@ from pipelines.outputs.conventions import (
     dataset_convention_attrs,
     geo_convention_attrs,
 )
-from pipelines.outputs.lease import (
+from pipelines.outputs.lease import Lease
+from pipelines.outputs.lease_info import (
     HOLDER_WAIT_S,
     HolderWait,
-    Lease,
     LeaseHeldError,
     LeaseInfo,
     LeaseLostError,

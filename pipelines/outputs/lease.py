@@ -20,6 +20,12 @@ lease taken (its renewal fails its condition, or transient storage errors
 outlast the lease's safe lifetime: see :meth:`Lease.renew`) marks it lost; writers check
 :meth:`Lease.check` before their completion record, so a run that lost its lease never records
 work another run may have rewritten.
+
+Homes: this module is the lease object and its holder (:class:`Lease`); what a lease says and the
+rules on it (:class:`~pipelines.outputs.lease_info.LeaseInfo`, when it counts as abandoned, the lease
+clock, :class:`~pipelines.outputs.lease_info.HolderWait`) are :mod:`pipelines.outputs.lease_info`; the
+object-store conditional writes :mod:`pipelines.outputs.lease_remote`; the leases of a folder
+:mod:`pipelines.outputs.lease_folder`.
 """
 
 from __future__ import annotations
@@ -28,40 +34,31 @@ import contextlib
 import json
 import logging
 import os
-import posixpath
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict
 from typing import Any
 
 from pipelines import storage
-from pipelines.errors import RetryLaterError
-from pipelines.outputs import lease_local
-from pipelines.retry import RetryError, RetryPolicy, call_with_retry, http_status, is_transient
+from pipelines.outputs import lease_info, lease_local, lease_remote
+from pipelines.outputs.lease_info import (
+    HOLDER_WAIT_S,
+    LIVE_OWNERS,
+    UNREADABLE,
+    HolderWait,
+    LeaseHeldError,
+    LeaseInfo,
+    LeaseLostError,
+)
+from pipelines.retry import RetryError, RetryPolicy, call_with_retry, is_transient
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 120.0
 _ACQUIRE_TRIES = 5
-_UNREADABLE = "unreadable"
-"""The owner of a lease object whose content cannot be parsed (see :meth:`Lease.read`)."""
-_LIVE_OWNERS: set[str] = set()
-"""Owners of the leases this process holds now, or is creating or deleting (a lease of this process
-not in it was abandoned, e.g. its release failed while storage was down)."""
-_now: Callable[[], float] = time.time
-"""The wall clock of heartbeats and expiry (Unix seconds). Tests put a clock of their own here, so a
-loaded machine cannot age a lease the test means to be live."""
-POLL_S = 2.0
-"""How often a run that waits for another live run's lease looks at it again (seconds, real time)."""
-HOLDER_WAIT_S = 1800.0
-"""The default of the most a run waits for another live run's lease on a tile (``aom cubes``,
-``aom embed``: ``--holder-wait`` minutes; the library's ``holder_wait_s``/``wait_s`` parameters),
-counted on the lease clock from when it first found the lease held: a holder that hangs but still
-renews its heartbeat is never waited for longer. Then the tile fails (:class:`LeaseHeldError`,
-naming the holder), unrecorded: a rerun retries it (:class:`HolderWait`)."""
 _SAFE_FRACTION = 2 / 3
 """A renewal retries transient errors until this fraction of the lease's lifetime has passed since
 its last heartbeat (:meth:`Lease.renew`): the third left is the margin before a take-over."""
@@ -70,94 +67,6 @@ its last heartbeat (:meth:`Lease.renew`): the third left is the margin before a 
 def _renew_policy(ttl_s: float, sleep: Callable[[float], None]) -> RetryPolicy:
     wait = ttl_s / 3  # bounds the waits alone, for a clock that stands still
     return RetryPolicy(10_000, ttl_s / 60, ttl_s / 12, max_elapsed_s=wait, sleep=sleep)
-
-
-class LeaseHeldError(RetryLaterError):
-    """Another live run holds the lease (exit 1: wait for it, or rerun later)."""
-
-
-class LeaseLostError(RetryLaterError):
-    """This run's lease expired and was taken by another run; its work is not recorded (exit 1)."""
-
-
-@dataclass(frozen=True)
-class LeaseInfo:
-    """The content of a lease object."""
-
-    owner: str
-    """A unique id of the holding run (random per :class:`Lease`)."""
-    host: str
-    """Host name of the holder."""
-    pid: int
-    """Process id of the holder on ``host``."""
-    acquired: float
-    """When the lease was taken (Unix seconds)."""
-    heartbeat: float
-    """The last renewal (Unix seconds)."""
-    ttl_s: float
-    """Seconds after ``heartbeat`` when the lease counts as abandoned."""
-    worker: str = ""
-    """The Dask worker whose task holds it, as its taker wrote it (``Lease(worker=...)``; "" outside
-    Dask, and in lease objects of older versions, which lack the field); only ``gone`` reads it."""
-
-    @property
-    def expires(self) -> float:
-        return self.heartbeat + self.ttl_s
-
-    def expired(self, now: float | None = None) -> bool:
-        return (_now() if now is None else now) > self.expires
-
-    def abandoned(self, now: float | None = None, gone: Callable[[LeaseInfo], bool] | None = None) -> bool:
-        """Expired, or held by a process of this host that no longer runs (a killed run), or, on
-        another host, by a Dask worker that ``gone`` says has left its cluster (see :meth:`Lease.take`:
-        asked only then, so only about a live-looking holder of another host that names a worker)."""
-        if self.expired(now):
-            return True
-        if self.host != socket.gethostname():
-            return bool(self.worker) and gone is not None and gone(self)
-        if self.pid == os.getpid():
-            return self.owner not in _LIVE_OWNERS
-        return not storage.process_alive(self.pid)
-
-    def describe(self) -> str:
-        left = self.expires - _now()
-        if self.owner == _UNREADABLE:
-            return f"run (unreadable lease object, counts as abandoned in {left:.0f} s)"
-        where = f"pid {self.pid} on {self.host}" + (f", Dask worker {self.worker}" if self.worker else "")
-        return f"run {self.owner[:8]} ({where}, heartbeat expires in {left:.0f} s)"
-
-
-class HolderWait:
-    """The one rule of a run that finds a tile's lease held by another live run: it may wait (doing
-    other work meanwhile), at most ``wait_s`` (:data:`HOLDER_WAIT_S`) from now on the lease clock;
-    :meth:`check` raises :class:`LeaseHeldError` naming the holder once that is over."""
-
-    def __init__(self, url: str, wait_s: float = HOLDER_WAIT_S) -> None:
-        self.url = url
-        self.wait_s = float(wait_s)
-        self.since = _now()
-
-    def check(self, holder: LeaseInfo) -> None:
-        waited = _now() - self.since
-        if waited >= self.wait_s:
-            raise LeaseHeldError(
-                f"{storage.redact_url(self.url)} is still held by another {holder.describe()} after "
-                f"{waited:.0f} s (the most a run waits for another run's tile: {self.wait_s:.0f} s); "
-                "the tile is not recorded: rerun to retry it"
-            )
-
-
-_REQUIRED = tuple(f.name for f in fields(LeaseInfo) if f.default is MISSING)
-
-
-def _parse(data: bytes) -> LeaseInfo | None:
-    """The lease in ``data``, else None; ``worker`` is optional (older versions wrote none)."""
-    try:
-        d = json.loads(data)
-        worker = d.get("worker", "") if isinstance(d, dict) else ""
-        return LeaseInfo(**{k: d[k] for k in _REQUIRED}, worker=worker if isinstance(worker, str) else "")
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 class Lease:
@@ -192,7 +101,7 @@ class Lease:
 
     # ------------------------------------------------------------------ content
     def _info(self, acquired: float | None = None) -> LeaseInfo:
-        now = _now()
+        now = lease_info.clock()
         return LeaseInfo(
             self.owner, socket.gethostname(), os.getpid(), acquired or now, now, self.ttl_s, self.worker
         )
@@ -214,13 +123,13 @@ class Lease:
             else:
                 self._fs.invalidate_cache(self._path)
                 data = self._fs.cat_file(self._path, **storage.one_get(self._fs))  # a GET, no HEAD
-            return _parse(data) or self._unreadable(self._path)
+            return lease_info.parse(data) or self._unreadable(self._path)
         except FileNotFoundError:
             return None
 
     def _unreadable(self, path: str) -> LeaseInfo:
         modified = storage.modified_time(self._fs, path)
-        return LeaseInfo(_UNREADABLE, "", 0, modified, modified, self.ttl_s)
+        return LeaseInfo(UNREADABLE, "", 0, modified, modified, self.ttl_s)
 
     # ------------------------------------------------------------------ primitives
     def _create(self, data: bytes) -> bool:
@@ -228,19 +137,13 @@ class Lease:
         without its content (a run killed while creating one leaves at most a temporary sibling)."""
         if self._local:
             return lease_local.create(self._path, data)
-        try:
-            out = self._fs.pipe_file(self._path, data, mode="create")
-        except FileExistsError:
-            return False
-        self._etag = _etag(out) or self._remote_etag()
-        return True
+        created, etag = lease_remote.create(self._fs, self._path, data)
+        if created:
+            self._etag = etag
+        return created
 
     def _remote_etag(self) -> str | None:
-        self._fs.invalidate_cache(self._path)
-        try:
-            return str(self._fs.info(self._path).get("ETag") or "") or None
-        except FileNotFoundError:
-            return None
+        return lease_remote.current_etag(self._fs, self._path)
 
     def _take_over(self, stale: LeaseInfo, data: bytes) -> bool:
         """Replace an expired lease, only if it is still the one judged expired."""
@@ -249,15 +152,13 @@ class Lease:
         etag = self._remote_etag()
         if etag is None or self.read() != stale:
             return False
-        try:
-            out = self._fs.pipe_file(self._path, data, IfMatch=etag)
-        except OSError:
-            return False
-        self._etag = _etag(out) or self._remote_etag()
-        return True
+        replaced, new = lease_remote.replace(self._fs, self._path, data, etag)
+        if replaced:
+            self._etag = new
+        return replaced
 
     def _parse_file(self, data: bytes, path: str) -> LeaseInfo:
-        return _parse(data) or self._unreadable(path)
+        return lease_info.parse(data) or self._unreadable(path)
 
     def _renew_local(self) -> bool:
         """See :func:`pipelines.outputs.lease_local.renew`: a renewal never replaces a lease another
@@ -265,7 +166,7 @@ class Lease:
         beat: list[float] = []
 
         def rewrite(data: bytes) -> bytes | None:
-            current = _parse(data)
+            current = lease_info.parse(data)
             if current is None or current.owner != self.owner:
                 return None
             info = self._info(current.acquired)
@@ -293,12 +194,12 @@ class Lease:
         holds it), else the live holder's lease."""
         # Live before it is in storage: another thread of this process that reads it at once must
         # not judge it abandoned (its pid is this process's; see LeaseInfo.abandoned).
-        _LIVE_OWNERS.add(self.owner)
+        LIVE_OWNERS.add(self.owner)
         try:
             holder = self._try_acquire(gone)
         finally:
             if not self._held:
-                _LIVE_OWNERS.discard(self.owner)
+                LIVE_OWNERS.discard(self.owner)
         return holder
 
     def _try_acquire(self, gone: Callable[[LeaseInfo], bool] | None) -> LeaseInfo | None:
@@ -378,7 +279,7 @@ class Lease:
             if done():
                 return False
             wait.check(holder)
-            time.sleep(POLL_S if poll_s is None else poll_s)
+            time.sleep(lease_info.POLL_S if poll_s is None else poll_s)
 
     def adopt(self, owner: str) -> bool:
         """Take the lease over from the run ``owner`` that holds it (the run hands a tile it leased
@@ -386,18 +287,20 @@ class Lease:
         while it is still ``owner``'s (locally a locked whole replace, as a renewal; on S3 a PUT
         conditional on its ETag). False, and nothing changed, when it is not ``owner``'s any more
         (it expired and another run took it over). The former holder's next renewal finds it gone."""
-        _LIVE_OWNERS.add(self.owner)
+        LIVE_OWNERS.add(self.owner)
         mine = self._info()
         data = self._bytes(mine)
         ok = False
         try:
             if self._local:
-                ok = lease_local.renew(self._path, lambda old: data if _owned_by(old, owner) else None)
+                ok = lease_local.renew(
+                    self._path, lambda old: data if lease_info.owned_by(old, owner) else None
+                )
             else:
                 ok = self._adopt_remote(owner, data)
         finally:
             if not ok:
-                _LIVE_OWNERS.discard(self.owner)
+                LIVE_OWNERS.discard(self.owner)
         if ok:
             self._took(mine.heartbeat)
             self._start_heartbeat()
@@ -409,12 +312,10 @@ class Lease:
             current = self.read()
             if etag is None or current is None or current.owner != owner:
                 return False
-            try:
-                out = self._fs.pipe_file(self._path, data, IfMatch=etag)
-            except OSError:
-                continue
-            self._etag = _etag(out) or self._remote_etag()
-            return True
+            replaced, new = lease_remote.replace(self._fs, self._path, data, etag)
+            if replaced:
+                self._etag = new
+                return True
         return False
 
     def renew(self) -> bool:
@@ -440,11 +341,11 @@ class Lease:
             out = self._fs.pipe_file(
                 self._path, self._bytes(sent[-1]), IfMatch=self._etag or self._remote_etag()
             )
-            self._etag = _etag(out) or self._remote_etag()
+            self._etag = lease_remote.etag_of(out) or self._remote_etag()
             return True
 
         def retryable(exc: BaseException) -> bool:
-            return is_transient(exc) and _now() < deadline and not self._stop.is_set()
+            return is_transient(exc) and lease_info.clock() < deadline and not self._stop.is_set()
 
         def sleep(seconds: float) -> None:
             self._stop.wait(seconds)  # release() does not wait for the backoff
@@ -486,7 +387,7 @@ class Lease:
             self._thread.join()
             self._thread = None
         if not self._held:
-            _LIVE_OWNERS.discard(self.owner)
+            LIVE_OWNERS.discard(self.owner)
             return
         self._held = False
         try:  # live until deleted: another thread of this process must not take it over meanwhile
@@ -497,7 +398,7 @@ class Lease:
         except Exception as exc:  # storage down (any client's error): the lease stays and counts as abandoned (see abandoned)
             log.warning("could not release lease %s: %s", storage.redact_url(self.url), type(exc).__name__)
         finally:
-            _LIVE_OWNERS.discard(self.owner)
+            LIVE_OWNERS.discard(self.owner)
         if self._local:  # leave no empty lease folder behind (Zarr readers warn about it)
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.dirname(self._path))
@@ -509,29 +410,11 @@ class Lease:
         that answers 501 to it, or has no ETags, gets a plain DELETE)."""
         if self._local:
             lease_local.release(self._path, self._is_mine)
-            return
-        if etag is None or not hasattr(self._fs, "call_s3"):  # no ETags, or not S3: as before
-            self._fs.rm_file(self._path)
-            return
-        bucket, key, _ = self._fs.split_path(self._path)
-        try:
-            self._fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            status = http_status(exc)
-            if status == 501:  # no conditional deletes on this store
-                self._fs.rm_file(self._path)
-            elif status == 412:
-                log.info("lease %s changed hands before its release: kept", storage.redact_url(self.url))
-            else:
-                raise
-        finally:
-            self._fs.invalidate_cache(self._path)
+        else:
+            lease_remote.delete(self._fs, self._path, etag, self.url)
 
     def _is_mine(self, data: bytes) -> bool:
-        info = _parse(data)
-        return info is not None and info.owner == self.owner
+        return lease_info.owned_by(data, self.owner)
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
@@ -554,46 +437,3 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def folder_leases(
-    folder_url: str, storage_options: Mapping[str, Any] | None = None, prefix: str = ""
-) -> list[Lease]:
-    """The leases in ``folder_url`` (e.g. ``<store>/_leases``) whose names start with ``prefix``, by
-    name; temporaries and stale-aside files left out, none when the folder does not exist. One
-    listing, no lease read."""
-    fs, path = storage.filesystem(folder_url, storage_options)
-    fs.invalidate_cache(path)
-    try:
-        names = [posixpath.basename(str(n).rstrip("/")) for n in fs.ls(path, detail=False)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [
-        Lease(storage.join(folder_url, name), storage_options)
-        for name in sorted(names)
-        if name.startswith(prefix) and name.endswith(".json") and not storage.is_temp_name(name)
-    ]
-
-
-def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = None) -> list[LeaseInfo]:
-    """The leases in ``folder_url`` (e.g. ``<store>/_leases``) that other live runs hold now: not
-    abandoned and not held by this process. A destructive step (``--overwrite``) under a live lease
-    would hollow out what that run is writing, so callers refuse it (:func:`remove_owned`)."""
-    held: list[LeaseInfo] = []
-    for lease in folder_leases(folder_url, storage_options):
-        info = lease.read()
-        if info is not None and info.owner not in _LIVE_OWNERS and not info.abandoned():
-            held.append(info)
-    return held
-
-
-def _owned_by(data: bytes, owner: str) -> bool:
-    info = _parse(data)
-    return info is not None and info.owner == owner
-
-
-def _etag(response: Any) -> str | None:
-    if isinstance(response, Mapping):
-        tag = response.get("ETag")
-        return str(tag) if tag else None
-    return None

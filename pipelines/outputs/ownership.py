@@ -22,7 +22,8 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.errors import InputError
-from pipelines.outputs.lease import LeaseHeldError, live_leases
+from pipelines.outputs.lease_folder import live_leases
+from pipelines.outputs.lease_info import LeaseHeldError
 
 MARKER_NAME = ".aom-output.json"
 """The ownership marker of outputs that are plain folders (``aom samples``, pretraining runs)."""

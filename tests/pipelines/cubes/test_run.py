@@ -195,15 +195,15 @@ def test_a_tile_another_run_keeps_leased_too_long_fails_naming_it_and_a_rerun_bu
     after that run is gone builds it."""
     import threading
 
-    from pipelines.outputs import lease as lease_mod
+    from pipelines.outputs import lease_info
 
-    WAIT_S = getattr(lease_mod, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
+    WAIT_S = getattr(lease_info, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
     out = tmp_path / "cubes"
     first = write_cubes(items, TILE_IDS[1:2], spec(), str(out), progress=False)  # the store exists
     assert first.tiles_done == TILE_IDS[1:2], first.to_dict()
     t = [time.time()]
-    monkeypatch.setattr(lease_mod, "_now", lambda: t[0])  # the lease clock, moved by the test only
-    monkeypatch.setattr(lease_mod, "POLL_S", 0.01, raising=False)
+    monkeypatch.setattr(lease_info, "clock", lambda: t[0])  # the lease clock, moved by the test only
+    monkeypatch.setattr(lease_info, "POLL_S", 0.01, raising=False)
     hung = CubeStore(str(out)).tile_lease(TILE_IDS[0], ttl_s=1e9)  # never expires, no heartbeat
     assert hung.try_acquire() is None
     real = CubeStore.has_record
@@ -242,12 +242,12 @@ def test_a_tile_another_run_holds_fails_after_the_holder_wait_the_caller_gives(
     for every run. Now the caller gives it (``holder_wait_s``; ``aom cubes --holder-wait``): the tile
     is reported failed, naming that run, after that long on the lease clock (0: at once), and the
     holder's lease is left as it is."""
-    from pipelines.outputs import lease as lease_mod
+    from pipelines.outputs import lease_info
 
     out = tmp_path / "cubes"
     first = write_cubes(items, TILE_IDS[1:2], spec(), str(out), progress=False)  # the store exists
     assert first.tiles_done == TILE_IDS[1:2], first.to_dict()
-    monkeypatch.setattr(lease_mod, "POLL_S", 0.01)
+    monkeypatch.setattr(lease_info, "POLL_S", 0.01)
     hung = CubeStore(str(out)).tile_lease(TILE_IDS[0], ttl_s=1e9)  # live, never expires, no heartbeat
     assert hung.try_acquire() is None
     try:

@@ -382,13 +382,13 @@ def test_a_tile_another_run_holds_does_not_hold_up_the_other_tiles(
     second. The task waiting for the first tile's lease kept its slot (in-process: the only one), so
     the second tile was never encoded and both runs waited for each other. Now the contested tile
     goes to the end of the queue: the second tile is encoded and written, then the first is skipped."""
-    import pipelines.outputs.lease as lease_mod
+    from pipelines.outputs import lease_info
 
     ref_out, ref = reference
     out = tmp_path / "emb"
     first, second = _first_and_second(checkpoint, out, cubes)
     holder = _Holder(out, ref.version, first, ref_out)
-    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    monkeypatch.setattr(lease_info, "POLL_S", 0.05, raising=False)
     writes: list[str] = []
     real = es.write_tile
 
@@ -421,13 +421,13 @@ def test_a_tile_another_run_records_meanwhile_is_skipped_without_reading_its_pix
     at its record. The run read tile 0's pixels first (the record was not there yet) and only then
     met the lease: a read for nothing. Now the run takes the lease, and reads the record under it,
     before any pixel: tile 0 is skipped unread, tile 1 read and written."""
-    import pipelines.outputs.lease as lease_mod
     from pipelines.embed.sources import CubeSource
+    from pipelines.outputs import lease_info
 
     ref_out, ref = reference
     out = tmp_path / "emb"
     holder = _Holder(out, ref.version, TILES[0], ref_out)
-    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    monkeypatch.setattr(lease_info, "POLL_S", 0.05, raising=False)
     real_complete = es.tile_is_complete
 
     def tile_is_complete(root: str, version: str, tile_id: str, *a: Any, **k: Any) -> bool:
@@ -462,11 +462,11 @@ def test_a_tile_another_run_records_meanwhile_is_skipped_without_reading_its_pix
 
 @pytest.fixture
 def lease_clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The leases' wall clock (``lease._now``), moved only by the test: ``[t]``."""
-    import pipelines.outputs.lease as lease_mod
+    """The leases' wall clock (``lease_info.clock``), moved only by the test: ``[t]``."""
+    from pipelines.outputs import lease_info
 
     t = [time.time()]
-    monkeypatch.setattr(lease_mod, "_now", lambda: t[0])
+    monkeypatch.setattr(lease_info, "clock", lambda: t[0])
     return t
 
 
@@ -483,14 +483,14 @@ def test_a_tile_another_run_keeps_leased_too_long_fails_naming_it_and_a_rerun_wr
     HOLDER_WAIT_S on the lease clock (here: the clock moves on while the second tile is written),
     then reports the tile failed naming the other run, unrecorded; once that run is gone a rerun
     writes it."""
-    import pipelines.outputs.lease as lease_mod
+    from pipelines.outputs import lease_info
 
-    wait_s = getattr(lease_mod, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
+    wait_s = getattr(lease_info, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
     ref_out, ref = reference
     out = tmp_path / "emb"
     first, second = _first_and_second(checkpoint, out, cubes)
     holder = _Holder(out, ref.version, first, ref_out, heartbeat=lease_clock[0], ttl_s=1e9)
-    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    monkeypatch.setattr(lease_info, "POLL_S", 0.05, raising=False)
     real = es.write_tile
 
     def write_tile(root: str, version: str, tile: Any, *a: Any, **k: Any) -> Any:
@@ -531,13 +531,13 @@ def test_a_tile_another_run_holds_fails_after_the_holder_wait_the_request_gives(
     for every run. Now the request gives it (``holder_wait_min``; ``aom embed --holder-wait``): after
     that long (0: at once) the tile is reported failed naming the other run, unrecorded, and the
     other tiles are written all the same."""
-    import pipelines.outputs.lease as lease_mod
+    from pipelines.outputs import lease_info
 
     ref_out, ref = reference
     out = tmp_path / "emb"
     first, second = _first_and_second(checkpoint, out, cubes)
     holder = _Holder(out, ref.version, first, ref_out, heartbeat=time.time(), ttl_s=1e9)
-    monkeypatch.setattr(lease_mod, "POLL_S", 0.05, raising=False)
+    monkeypatch.setattr(lease_info, "POLL_S", 0.05, raising=False)
     t0 = time.monotonic()
     s, ended = _in_thread(
         lambda: run_embedding(request(checkpoint, out, cubes, holder_wait_min=wait_min)),

@@ -15,14 +15,13 @@ from typing import Any
 
 import pytest
 
-from pipelines.outputs import Lease, LeaseHeldError, LeaseLostError, lease_local
-from pipelines.outputs import lease as lease_mod
+from pipelines.outputs import Lease, LeaseHeldError, LeaseLostError, lease_info, lease_local
 
 pytest_plugins = ["tests.services.fixtures"]
 
 
 class _Clock:
-    """The leases' wall clock (``lease._now``), moved only by the test: however loaded the machine,
+    """The leases' wall clock (``lease_info.clock``), moved only by the test: however loaded the machine,
     a lease expires when the test says so, never because a heartbeat thread or the S3 server was slow."""
 
     def __init__(self) -> None:
@@ -35,7 +34,7 @@ class _Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
     c = _Clock()
-    monkeypatch.setattr(lease_mod, "_now", c)
+    monkeypatch.setattr(lease_info, "clock", c)
     return c
 
 
@@ -215,7 +214,7 @@ def test_a_renewal_never_writes_over_a_lease_another_run_took_over(
     a, b = Lease(str(url), ttl_s=0.2), Lease(str(url), ttl_s=30)
     assert a.try_acquire() is None  # no heartbeat thread: it expires
     time.sleep(0.3)
-    parse = lease_mod._parse
+    parse = lease_info.parse
     armed = [True]
 
     def parse_then_b_takes_over(data: bytes) -> Any:
@@ -225,10 +224,10 @@ def test_a_renewal_never_writes_over_a_lease_another_run_took_over(
             assert b.try_acquire() is None  # B takes over A's expired lease in between
         return info
 
-    monkeypatch.setattr(lease_mod, "_parse", parse_then_b_takes_over)
+    monkeypatch.setattr(lease_info, "parse", parse_then_b_takes_over)
     assert a.renew() is False
     assert not armed[0]
-    monkeypatch.setattr(lease_mod, "_parse", parse)
+    monkeypatch.setattr(lease_info, "parse", parse)
     assert b.read().owner == b.owner  # type: ignore[union-attr]
     b.check()
     with pytest.raises(LeaseLostError):
@@ -241,7 +240,7 @@ def test_a_lease_another_thread_is_creating_or_releasing_is_not_taken_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two threads of one process (two write_stac calls of one worker around the store's shared
-    lease). A lease of this process whose owner is not in _LIVE_OWNERS counts as abandoned, and A's
+    lease). A lease of this process whose owner is not in LIVE_OWNERS counts as abandoned, and A's
     owner was added only after its lease was in storage and removed before it was deleted: B, reading
     it in either gap, took it over at once (A then failed its check with LeaseLostError, or its
     release deleted B's new lease). A thread switch in the gap, likely on a loaded machine, was enough."""
@@ -444,7 +443,7 @@ def test_a_reader_never_sees_a_half_written_local_lease(
     def reader() -> None:
         data = url.read_bytes()  # the name always holds a whole lease
         reads[0] += 1
-        if lease_mod._parse(data) is None:
+        if lease_info.parse(data) is None:
             torn.append(data)
 
     monkeypatch.setattr(
@@ -658,7 +657,7 @@ def test_a_store_without_conditional_deletes_still_gets_its_lease_released(
     assert lease.read() is None
 
 
-WAIT_S = getattr(lease_mod, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
+WAIT_S = getattr(lease_info, "HOLDER_WAIT_S", 1800.0)  # (the code before it had no limit)
 
 
 def _where(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, dict[str, Any] | None]:
@@ -686,7 +685,7 @@ def test_a_waiter_gives_up_on_a_holder_that_keeps_its_lease_too_long(
     url, options = _where(where, tmp_path, request)
     other = _holder(url, options)
     waiter = Lease(url, options)
-    monkeypatch.setattr(lease_mod, "POLL_S", 0.01, raising=False)
+    monkeypatch.setattr(lease_info, "POLL_S", 0.01, raising=False)
     looks: list[float] = []
 
     def done() -> bool:  # the holder never records; the lease clock moves on while the waiter waits
@@ -781,7 +780,7 @@ def test_a_fresh_lease_whose_dask_worker_is_gone_is_taken_at_once(
     live = {DEAD}
     asked: list[str] = []
 
-    def gone(holder: lease_mod.LeaseInfo) -> bool:
+    def gone(holder: lease_info.LeaseInfo) -> bool:
         asked.append(holder.worker)
         return holder.worker not in live
 
@@ -810,7 +809,7 @@ def test_the_gone_rule_is_asked_only_about_a_live_looking_holder_of_another_host
     url = str(tmp_path / "_leases" / "t.json")
     asked: list[str] = []
 
-    def gone(holder: lease_mod.LeaseInfo) -> bool:
+    def gone(holder: lease_info.LeaseInfo) -> bool:
         asked.append(holder.owner)
         return True
 
@@ -836,7 +835,7 @@ def test_a_lease_object_without_the_worker_field_reads_and_counts_as_before(
     _put(url, None, _lease_object(None, clock.t))
     lease = Lease(url)
     old = lease.read()
-    assert old == lease_mod.LeaseInfo("deadtask", "worker-pod-7", 7, clock.t, clock.t, 120.0)
+    assert old == lease_info.LeaseInfo("deadtask", "worker-pod-7", 7, clock.t, clock.t, 120.0)
     assert old.worker == "" and "Dask" not in old.describe()
     assert lease.take(lambda holder: True) == old  # fresh, another host, no worker: held
     clock.t += 121.0
@@ -846,4 +845,4 @@ def test_a_lease_object_without_the_worker_field_reads_and_counts_as_before(
     broken = json.loads(_lease_object(DEAD, clock.t))
     del broken["pid"]
     _put(url, None, json.dumps(broken).encode())
-    assert Lease(url).read().owner == lease_mod._UNREADABLE  # type: ignore[union-attr]
+    assert Lease(url).read().owner == lease_info.UNREADABLE  # type: ignore[union-attr]
