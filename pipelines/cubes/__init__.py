@@ -7,7 +7,9 @@
 * ``reading``: item selection, GDAL environment and read-error classes, whether a failed tile may
   pass a rerun (:func:`tile_failure_retryable`, cube and embedding runs alike);
 * ``headers``: the grids of items without projection metadata, read from the file headers and cached;
-* ``assembly``: one tile's items -> per-(collection, GSD) datasets;
+* ``assembly``: one tile's items -> per-(collection, GSD) datasets (:func:`assemble_tile`), a
+  :class:`~pipelines.cubes.tilecube.TileCube` (``tilecube``); one group's load, block encoding and
+  solar-day fusing (``group_load``); the diagnosis of failed reads (``diagnosis``);
 * ``lattice``: where each group's pixel lattice lies (the items' native pixel grid, by evidence);
 * ``plan``: :class:`CubeRequest` -> collections, items and tiles (:func:`plan_cubes`), the one
   planner of the ``aom cubes`` verb, the ``ingest`` flow and the demo;

@@ -1,6 +1,7 @@
 """One tile build's memory of the hosts of its remote assets: which failed transiently (asked no
 more in that build) and which answered (:meth:`FailedHosts.first_asks`). Used by
-:mod:`pipelines.cubes.reading` (header opens) and :mod:`pipelines.cubes.assembly` (the build)."""
+:mod:`pipelines.cubes.reading` (header opens), :mod:`pipelines.cubes.assembly` (the build) and
+:mod:`pipelines.cubes.diagnosis` (reads after a failed load)."""
 
 from __future__ import annotations
 

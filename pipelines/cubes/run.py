@@ -29,14 +29,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from pipelines import runs
-from pipelines.cubes.assembly import (
-    TileCube,
-    assemble_tile,
-    decode,
-    diagnose_read_failure,
-    unreachable_reason,
-)
+from pipelines.cubes.assembly import assemble_tile
 from pipelines.cubes.composite import composite_group
+from pipelines.cubes.diagnosis import diagnose_read_failure, unreachable_reason
 from pipelines.cubes.freshness import freshness, item_versions
 from pipelines.cubes.reading import (
     classify_error,
@@ -50,6 +45,7 @@ from pipelines.cubes.rebuild import staging_store, swap_in
 from pipelines.cubes.spec import INT16_FILL, INT16_SCALE, CubeSpec, SkippedAsset, gsd_label
 from pipelines.cubes.store import CubeStore, CubeStoreError, group_entry, tile_record
 from pipelines.cubes.summary import RunSummary, TileOutcome
+from pipelines.cubes.tilecube import TileCube, decode
 from pipelines.outputs import HOLDER_WAIT_S
 from pipelines.runs import TileStatus
 from pipelines.storage import redact_record, redact_url

@@ -1,6 +1,6 @@
 """What a cube run builds: :class:`CubeSpec`, the reflectance encodings and per-asset skip records.
 
-Shared by :mod:`pipelines.cubes.assembly` (pixels), :mod:`pipelines.cubes.store` (Zarr layout) and
+Shared by :mod:`pipelines.cubes.assembly` and :mod:`pipelines.cubes.group_load` (pixels), :mod:`pipelines.cubes.store` (Zarr layout) and
 :mod:`pipelines.cubes` (runs). See ``docs/cubes.md`` for the layout these settings produce.
 """
 
@@ -184,7 +184,7 @@ def encode_reflectance(refl: np.ndarray, encoding: Encoding = "int16") -> np.nda
 
     int16: ``round(reflectance / INT16_SCALE)`` (half to even, in the input's float precision),
     clipped to +-INT16_MAX, INT16_FILL where missing; float16: the values as float16. Cube assembly
-    encodes straight from DNs instead (:func:`pipelines.cubes.assembly.encode_block`, exact for
+    encodes straight from DNs instead (:func:`pipelines.cubes.group_load.encode_block`, exact for
     Sentinel-2); this is for reflectance that already exists as floats (synthetic stores).
     """
     refl = np.asarray(refl)

@@ -9,7 +9,8 @@ This module is also the one implementation of turning raw DNs into reflectance a
 masking: :meth:`CollectionSpec.conversion` decides an item's :class:`ReflectanceConversion` (scale,
 offset and the per-item DN offset rules, such as the Sentinel-2 baseline >= 04.00 BOA offset), and
 :meth:`MaskRule.invalid` says which quality values are unusable. Cube assembly
-(:mod:`pipelines.cubes.assembly`) calls both per block, so a fix here changes cube output.
+(:mod:`pipelines.cubes.assembly`, per block in :func:`pipelines.cubes.group_load.encode_block`) calls
+both, so a fix here changes cube output.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pipelines.tiling import Tile, TileGrid
 
 class AssetsUnreachableError(RetryLaterError, OSError):
     """Assets of a tile could not be read for a reason that passes (network, server, local I/O;
-    :func:`pipelines.cubes.assembly.unreachable_reason`): the tile fails unrecorded, and a later run
+    :func:`pipelines.cubes.diagnosis.unreachable_reason`): the tile fails unrecorded, and a later run
     (the flow run's retry among them) reads them again."""
 
 
@@ -90,7 +90,7 @@ class CatalogSource:
         import time
 
         from pipelines.cubes import assemble_tile
-        from pipelines.cubes.assembly import unreachable_reason
+        from pipelines.cubes.diagnosis import unreachable_reason
 
         t0 = time.perf_counter()
         out = PaddedTile(tile, time_index, margin_m)

@@ -13,9 +13,10 @@ import pytest
 import rasterio.errors
 
 from pipelines.cubes import write_cubes
-from pipelines.cubes.assembly import TileCube, diagnose_read_failure
+from pipelines.cubes.diagnosis import diagnose_read_failure
 from pipelines.cubes.hosts import FailedHosts, named_host
 from pipelines.cubes.reading import read_attempts
+from pipelines.cubes.tilecube import TileCube
 from pipelines.runs import TileStatus
 from tests.pipelines.cubes.support import GRID, TILE_IDS, spec
 

@@ -20,7 +20,7 @@ from pipelines.cubes import (
     native_lattice,
     write_cubes,
 )
-from pipelines.cubes.assembly import encode_block
+from pipelines.cubes.group_load import encode_block
 from pipelines.registry import load_registry
 from pipelines.testing import make_item
 from pipelines.tiling import TileGrid, zone_of_epsg
