@@ -39,7 +39,8 @@ def folder_leases(
 def live_leases(folder_url: str, storage_options: Mapping[str, Any] | None = None) -> list[LeaseInfo]:
     """The leases in ``folder_url`` (e.g. ``<store>/_leases``) that other live runs hold now: not
     abandoned and not held by this process. A destructive step (``--overwrite``) under a live lease
-    would hollow out what that run is writing, so callers refuse it (:func:`~pipelines.outputs.ownership.remove_owned`)."""
+    would hollow out what that run is writing, so callers refuse it
+    (:func:`~pipelines.outputs.ownership.remove_owned`)."""
     held: list[LeaseInfo] = []
     for lease in folder_leases(folder_url, storage_options):
         info = lease.read()

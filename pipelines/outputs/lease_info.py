@@ -75,8 +75,9 @@ class LeaseInfo:
 
     def abandoned(self, now: float | None = None, gone: Callable[[LeaseInfo], bool] | None = None) -> bool:
         """Expired, or held by a process of this host that no longer runs (a killed run), or, on
-        another host, by a Dask worker that ``gone`` says has left its cluster (see :meth:`~pipelines.outputs.lease.Lease.take`:
-        asked only then, so only about a live-looking holder of another host that names a worker)."""
+        another host, by a Dask worker that ``gone`` says has left its cluster (see
+        :meth:`~pipelines.outputs.lease.Lease.take`: asked only then, so only about a live-looking
+        holder of another host that names a worker)."""
         if self.expired(now):
             return True
         if self.host != socket.gethostname():

@@ -349,6 +349,6 @@ def test_a_flow_that_failed_on_another_run_s_lease_keeps_its_retry(
 
 
 def _lease_error(kind: str) -> type[Exception]:
-    from pipelines.outputs.lease import LeaseHeldError, LeaseLostError
+    from pipelines.outputs import LeaseHeldError, LeaseLostError
 
     return LeaseHeldError if kind == "held" else LeaseLostError
