@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.cubes.shards import RawGroup
 
 
 def floor_cpu_s(chunks: Sequence[tuple[str, int, int]], used_pixels: int, repeats: int = 1) -> float:
@@ -38,9 +42,9 @@ def floor_cpu_s(chunks: Sequence[tuple[str, int, int]], used_pixels: int, repeat
     return best
 
 
-def collect_chunks(groups: Iterable[object]) -> list[tuple[str, int, int]]:
+def collect_chunks(groups: Iterable[RawGroup]) -> list[tuple[str, int, int]]:
     """Every chunk the given ``RawGroup`` objects decoded (``counts.chunks``)."""
     out: list[tuple[str, int, int]] = []
     for g in groups:
-        out.extend(g.counts.chunks)  # type: ignore[attr-defined]
+        out.extend(g.counts.chunks)
     return out

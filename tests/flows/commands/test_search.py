@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from flows.commands.search import EXIT_EMPTY
 from pipelines.errors import EXIT_FAILED
@@ -25,7 +25,7 @@ def app() -> typer.Typer:
     return app
 
 
-def invoke(app: typer.Typer, *args: str) -> object:
+def invoke(app: typer.Typer, *args: str) -> Result:
     return CliRunner().invoke(app, ["search", "--no-progress", *args])
 
 
@@ -48,9 +48,9 @@ def test_search_saves_and_summarises(
         "--out",
         str(out),
     )
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     saved = load_result(str(out))
-    text = r.stdout  # type: ignore[attr-defined]
+    text = r.stdout
     assert f"found {len(saved.items)} items" in text
     assert f"{S2}" in text and f"{LS}" in text
     assert f"hash: {saved.content_hash}" in text
@@ -74,8 +74,8 @@ def test_search_saves_and_summarises(
         "--out",
         str(out),
     )
-    assert again.exit_code == 0  # type: ignore[attr-defined]
-    assert "new or updated since the previous run: 0 (same items as" in again.stdout  # type: ignore[attr-defined]
+    assert again.exit_code == 0
+    assert "new or updated since the previous run: 0 (same items as" in again.stdout
 
 
 def test_query_filter_and_parquet_output(
@@ -99,7 +99,7 @@ def test_query_filter_and_parquet_output(
         "--out",
         str(out),
     )
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert load_result(str(out)).ids == ("S2B_32TLR_20230105", "S2B_32TLR_20230710", "S2B_32TLR_20240110")
 
 
@@ -132,7 +132,7 @@ def test_aoi_file_and_antimeridian_bbox(
         "--out",
         str(tmp_path / "a.ndjson"),
     )
-    assert r.exit_code == 0 and "found 2 items" in r.stdout  # type: ignore[attr-defined]
+    assert r.exit_code == 0 and "found 2 items" in r.stdout
     r = invoke(
         app,
         "-c",
@@ -144,8 +144,8 @@ def test_aoi_file_and_antimeridian_bbox(
         "--out",
         str(tmp_path / "b.ndjson"),
     )
-    assert r.exit_code == 0 and "found 3 items" in r.stdout  # type: ignore[attr-defined]
-    assert "antimeridian" in r.stdout  # type: ignore[attr-defined]
+    assert r.exit_code == 0 and "found 3 items" in r.stdout
+    assert "antimeridian" in r.stdout
 
 
 def test_nothing_found_exits_non_zero_and_leaves_out_alone(
@@ -165,9 +165,9 @@ def test_nothing_found_exits_non_zero_and_leaves_out_alone(
         "--out",
         str(out),
     )
-    assert r.exit_code == EXIT_EMPTY == 3  # type: ignore[attr-defined]  # not 1: a failed run
-    assert "no items matched" in r.stdout  # type: ignore[attr-defined]
-    assert "nothing found" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == EXIT_EMPTY == 3  # not 1: a failed run
+    assert "no items matched" in r.stdout
+    assert "nothing found" in r.stderr
     assert not out.exists()
 
 
@@ -178,8 +178,8 @@ def test_unknown_collection_is_bad_input_not_an_empty_result(
     r = invoke(
         app, "-c", "sentinel-2-l2x", "--catalog-url", str(search_catalog["parquet"]), "--out", str(out)
     )
-    assert r.exit_code == EXIT_ERROR  # type: ignore[attr-defined]  # 2, not 1 ("nothing matched")
-    err = r.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert r.exit_code == EXIT_ERROR  # 2, not 1 ("nothing matched")
+    err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: collection(s) sentinel-2-l2x not in the local catalog")
     assert S2 in err[0] and LS in err[0]  # the valid choices
     assert not out.exists()
@@ -190,14 +190,14 @@ def test_default_catalog_is_the_embedded_sample(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     r = invoke(app, "-c", S2, "--out", "r.ndjson")
-    assert r.exit_code == EXIT_ERROR  # type: ignore[attr-defined]
-    assert "aom samples" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == EXIT_ERROR
+    assert "aom samples" in r.stderr
     target = tmp_path / ".aom" / "samples" / "items.parquet"
     target.parent.mkdir(parents=True)
     target.write_bytes(search_catalog["parquet"].read_bytes())
     r = invoke(app, "-c", LS, "--bbox", AOI, "--out", "r.ndjson")
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
-    assert "catalog: sample" in r.stdout and "found 2 items" in r.stdout  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
+    assert "catalog: sample" in r.stdout and "found 2 items" in r.stdout
     assert (tmp_path / "r.ndjson").exists() and (tmp_path / "r.ndjson.meta.json").exists()
 
 
@@ -213,7 +213,7 @@ def test_bad_arguments(app: typer.Typer, search_catalog: dict[str, Path], tmp_pa
         "--out",
         str(tmp_path / "x.ndjson"),
     )
-    assert r.exit_code == 2 and "W,S,E,N" in r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 2 and "W,S,E,N" in r.output
     r = invoke(
         app,
         "-c",
@@ -225,7 +225,7 @@ def test_bad_arguments(app: typer.Typer, search_catalog: dict[str, Path], tmp_pa
         "--out",
         str(tmp_path / "x.ndjson"),
     )
-    assert r.exit_code == EXIT_ERROR and "ends before it starts" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == EXIT_ERROR and "ends before it starts" in r.stderr
 
 
 def test_api_failure_is_reported_without_credentials(app: typer.Typer, tmp_path: Path) -> None:
@@ -243,9 +243,9 @@ def test_api_failure_is_reported_without_credentials(app: typer.Typer, tmp_path:
             "2",
         )
         assert len(api.requests) == 2
-    assert r.exit_code == EXIT_FAILED  # type: ignore[attr-defined]  # a failed run (rerun later), not bad input
-    assert host in r.stderr and "hunter2" not in r.output  # type: ignore[attr-defined]
-    assert "HTTP 503" in r.stderr and "after 2 attempt" in r.stderr  # type: ignore[attr-defined]
+    assert r.exit_code == EXIT_FAILED  # a failed run (rerun later), not bad input
+    assert host in r.stderr and "hunter2" not in r.output
+    assert "HTTP 503" in r.stderr and "after 2 attempt" in r.stderr
 
 
 CANARY = "c4n4ry-S3CR3T"
@@ -275,7 +275,7 @@ def test_saved_search_keeps_no_credential_in_hrefs_or_links(
     catalog = write_ndjson(items, tmp_path / "items.ndjson")
     out = tmp_path / f"found{suffix}"
     r = invoke(app, "--collections", S2, "--catalog-url", str(catalog), "--out", str(out))
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     for path in (out, Path(f"{out}.meta.json")):
         assert CANARY.encode() not in path.read_bytes(), path
     saved = load_result(str(out))
@@ -313,13 +313,13 @@ def test_out_as_a_file_uri_lands_in_the_decoded_path(
     out_uri = (folder / "found.ndjson").as_uri()
     catalog_uri = search_catalog["parquet"].as_uri()
     r = invoke(app, "--collections", S2, "--bbox", AOI, "--catalog-url", catalog_uri, "--out", out_uri)
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     assert (folder / "found.ndjson").is_file() and (folder / "found.ndjson.meta.json").is_file()
     assert not (tmp_path / "dir%20with%20space").exists()
     assert load_result(out_uri).ids == load_result(str(folder / "found.ndjson")).ids
     # a second run compares with the first result there (an existing --out must be an aom result)
     r = invoke(app, "--collections", S2, "--bbox", AOI, "--catalog-url", catalog_uri, "--out", out_uri)
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
 
 
 # ------------------------------------------------------------------------------------------ STAC validity
@@ -366,7 +366,7 @@ def test_saved_items_of_a_catalog_without_collection_links_are_valid_stac(
     catalog = (write_ndjson if fmt == "ndjson" else write_parquet)(items, tmp_path / f"cat.{fmt}")
     out = tmp_path / f"found{suffix}"
     r = invoke(app, "--collections", f"{S2},{LS}", "--catalog-url", str(catalog), "--out", str(out))
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     saved = _saved_items(out)
     assert saved
     for item in saved:
@@ -395,7 +395,7 @@ def test_saved_items_link_the_collection_document_a_catalog_gives(app: typer.Typ
     assert pq.read_metadata(catalog).metadata[b"stac-geoparquet"]
     out = tmp_path / "found.ndjson"
     r = invoke(app, "--collections", S2, "--catalog-url", str(catalog), "--out", str(out))
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     for item in _saved_items(out):
         assert _stac_errors(item) == [], item["id"]
         assert [lk["href"] for lk in item["links"] if lk["rel"] == "collection"] == [
@@ -409,7 +409,7 @@ def test_saved_items_link_the_collection_document_a_catalog_gives(app: typer.Typ
         path.write_text(json.dumps(doc))
     out = tmp_path / "static.ndjson"
     r = invoke(app, "--collections", S2, "--catalog-url", str(static), "--out", str(out))
-    assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+    assert r.exit_code == 0, r.output
     for item in _saved_items(out):
         assert _stac_errors(item) == [], item["id"]
         (href,) = [lk["href"] for lk in item["links"] if lk["rel"] == "collection"]
@@ -426,7 +426,7 @@ def test_saved_items_of_an_api_without_collection_links_link_its_collection_endp
         host = api.url.split("://", 1)[1]
         out = tmp_path / "api.ndjson"
         r = invoke(app, "-c", S2, "--catalog-url", f"http://bob:hunter2@{host}/", "--out", str(out))
-        assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
+        assert r.exit_code == 0, r.output
     saved = _saved_items(out)
     assert saved
     for item in saved:

@@ -225,7 +225,8 @@ def test_a_tile_another_run_keeps_leased_too_long_fails_naming_it_and_a_rerun_bu
         reason = summary.tiles_failed[TILE_IDS[0]]
         assert "LeaseHeldError" in reason and f"run {hung.owner[:8]}" in reason, summary.to_dict()
         assert TILE_IDS[0] not in CubeStore.open(str(out)).complete_tiles()
-        assert hung.read().owner == hung.owner  # type: ignore[union-attr]
+        held = hung.read()
+        assert held is not None and held.owner == hung.owner  # still the hung run's lease
     finally:
         hung.release()  # lets a run that never gives up (the old code) end
         thread.join(60)
@@ -260,7 +261,8 @@ def test_a_tile_another_run_holds_fails_after_the_holder_wait_the_caller_gives(
         assert summary.tiles_failed_retryable == {TILE_IDS[0]: True}  # the holder may be done by then
         assert wait_s <= waited < wait_s + 5
         assert TILE_IDS[0] not in CubeStore.open(str(out)).complete_tiles()
-        assert hung.read().owner == hung.owner  # type: ignore[union-attr]
+        held = hung.read()
+        assert held is not None and held.owner == hung.owner  # still the hung run's lease
     finally:
         hung.release()
 

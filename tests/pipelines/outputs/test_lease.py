@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.outputs import Lease, LeaseHeldError, LeaseLostError, lease_info, lease_local
+from pipelines.outputs import Lease, LeaseHeldError, LeaseInfo, LeaseLostError, lease_info, lease_local
 
 pytest_plugins = ["tests.services.fixtures"]
 
@@ -46,6 +46,13 @@ def _until(what: str, cond: Callable[[], bool], timeout_s: float = 60.0) -> None
         time.sleep(0.02)
 
 
+def _read(lease: Lease) -> LeaseInfo:
+    """``lease.read()``, asserted present: a missing lease object fails here, by name."""
+    info = lease.read()
+    assert info is not None, "the lease object is missing"
+    return info
+
+
 def _exercise(url: str, options: dict[str, Any] | None, clock: _Clock) -> None:
     a = Lease(url, options, ttl_s=0.6)  # heartbeat every 0.2 s
     b = Lease(url, options, ttl_s=0.6)
@@ -57,9 +64,10 @@ def _exercise(url: str, options: dict[str, Any] | None, clock: _Clock) -> None:
     before = a.read()
     clock.t += 10.0  # far past a's TTL: without a heartbeat its lease is abandoned now ...
     assert before is not None and before.expired()
-    _until("a's heartbeat", lambda: a.read().heartbeat == clock.t)  # type: ignore[union-attr]
+    _until("a's heartbeat", lambda: _read(a).heartbeat == clock.t)
     a._stop.set()  # no renewal after the one seen: b reads a's last heartbeat
-    a._thread.join()  # type: ignore[union-attr]
+    assert a._thread is not None  # started by acquire()
+    a._thread.join()
     holder = b.try_acquire()  # ... but its heartbeat thread renewed it: still a's
     assert holder is not None and holder.owner == a.owner
     a.check()
@@ -95,7 +103,7 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_never_records(
     with pytest.raises(LeaseLostError, match="not recorded"):
         old.check()
     old.release()  # does not delete the new holder's lease
-    assert new.read() is not None and new.read().owner == new.owner  # type: ignore[union-attr]
+    assert _read(new).owner == new.owner
     new.release()
 
 
@@ -156,7 +164,7 @@ def test_an_unreadable_lease_is_held_until_it_expires(
     clock.t = holder.expires + 0.5
     lease.acquire()
     lease.check()  # held for real: its work may be recorded
-    assert lease.read() is not None and lease.read().owner == lease.owner  # type: ignore[union-attr]
+    assert _read(lease).owner == lease.owner
     lease.release()
     assert lease.read() is None
 
@@ -228,7 +236,7 @@ def test_a_renewal_never_writes_over_a_lease_another_run_took_over(
     assert a.renew() is False
     assert not armed[0]
     monkeypatch.setattr(lease_info, "parse", parse)
-    assert b.read().owner == b.owner  # type: ignore[union-attr]
+    assert _read(b).owner == b.owner
     b.check()
     with pytest.raises(LeaseLostError):
         a.check()
@@ -322,7 +330,7 @@ def test_a_transient_s3_error_in_a_renewal_is_retried_and_the_lease_kept(
     assert lease.renew() is True
     assert len(calls) == 2 and all("IfMatch" in kw for kw in calls)  # still conditional
     lease.check()
-    assert lease.read().heartbeat == clock.t  # type: ignore[union-attr]
+    assert _read(lease).heartbeat == clock.t
     lease.release()
     assert lease.read() is None
 
@@ -373,7 +381,7 @@ def test_a_renewal_that_fails_its_condition_loses_the_lease_at_once(
     with pytest.raises(LeaseLostError):
         lease.check()
     lease.release()  # leaves the other run's lease
-    assert lease.read().owner == "other"  # type: ignore[union-attr]
+    assert _read(lease).owner == "other"
 
 
 def test_a_renewal_gives_up_when_less_than_a_third_of_the_lifetime_is_left(
@@ -469,7 +477,7 @@ def test_a_reader_never_sees_a_half_written_local_lease(
         stop.set()
         concurrent.join()
     assert reads[0] > 200 and torn == []
-    assert lease.read().heartbeat == clock.t  # type: ignore[union-attr]
+    assert _read(lease).heartbeat == clock.t
     lease.check()
     monkeypatch.setattr(lease_local, "open", open, raising=False)
     lease.release()
@@ -543,7 +551,7 @@ def test_a_lease_on_s3_costs_one_request_per_read(s3_bucket: Any, clock: _Clock)
     counter = RequestCounter(lease._fs)
     key = f"{s3_bucket.name}/s/_leases/t.json"
     with counter:
-        assert lease.read().owner == lease.owner  # type: ignore[union-attr]
+        assert _read(lease).owner == lease.owner
     assert counter.requests == [("GET", key)]
     with counter:
         lease.check()
@@ -586,7 +594,7 @@ def test_a_release_never_deletes_a_lease_another_run_took_over(
     taken = _b_takes_over_after_as_read(a, b, monkeypatch)
     a.release()
     assert taken == [None]  # B took the lease over between A's read and A's delete
-    assert b.read().owner == b.owner  # type: ignore[union-attr]
+    assert _read(b).owner == b.owner
     b.check()
     b.release()
     assert not url.parent.exists()
@@ -634,7 +642,7 @@ def test_a_release_on_s3_never_deletes_a_lease_another_run_took_over(
     taken = _b_takes_over_after_as_read(a, b, monkeypatch)
     a.release()
     assert taken == [None]
-    assert b.read().owner == b.owner  # type: ignore[union-attr]
+    assert _read(b).owner == b.owner
     b.check()
     b.release()
     assert b.read() is None
@@ -703,7 +711,7 @@ def test_a_waiter_gives_up_on_a_holder_that_keeps_its_lease_too_long(
         assert isinstance(err, LeaseHeldError), err
         assert f"run {other.owner[:8]}" in str(err) and "rerun" in str(err)
         assert 4 <= len(looks) <= 6  # it did wait, about HOLDER_WAIT_S on the lease clock
-        assert other.read().owner == other.owner  # type: ignore[union-attr]
+        assert _read(other).owner == other.owner
     finally:
         other.release()  # lets a waiter that never gives up (the old code) end
         thread.join(30)
@@ -729,15 +737,15 @@ def test_a_lease_is_adopted_only_from_its_holder(
     run.acquire()
     task = Lease(url, options)
     assert not task.adopt("someone-else")
-    assert run.read().owner == run.owner  # type: ignore[union-attr]
+    assert _read(run).owner == run.owner
     assert task.adopt(run.owner)
-    assert task.read().owner == task.owner  # type: ignore[union-attr]
+    assert _read(task).owner == task.owner
     task.check()
     assert not run.renew()
     with pytest.raises(LeaseLostError):
         run.check()
     run.release()
-    assert task.read().owner == task.owner  # type: ignore[union-attr]
+    assert _read(task).owner == task.owner
     third = Lease(url, options)
     assert not third.adopt(run.owner)  # the run's lease is gone: nothing to adopt
     task.release()
@@ -845,4 +853,4 @@ def test_a_lease_object_without_the_worker_field_reads_and_counts_as_before(
     broken = json.loads(_lease_object(DEAD, clock.t))
     del broken["pid"]
     _put(url, None, json.dumps(broken).encode())
-    assert Lease(url).read().owner == lease_info.UNREADABLE  # type: ignore[union-attr]
+    assert _read(Lease(url)).owner == lease_info.UNREADABLE

@@ -170,7 +170,7 @@ def test_s2_t29unu_red_is_dn_minus_1000_times_1e4(items: dict[str, pystac.Item],
     assert item.assets["red"].extra_fields["raster:bands"][0]["offset"] == pytest.approx(-0.1)
     assert item.assets["scl"].extra_fields["proj:shape"] == [1830, 1830]
     assert item.properties["eo:cloud_cover"] == pytest.approx(59.769726)
-    assert str(item.datetime.date()) == "2022-10-05"  # type: ignore[union-attr]
+    assert item.datetime is not None and str(item.datetime.date()) == "2022-10-05"
 
 
 def test_landsat_sr_red_is_dn_times_2_75e5_minus_0_2(items: dict[str, pystac.Item], real: Path) -> None:
@@ -211,7 +211,7 @@ def test_modis_is_sinusoidal_with_per_band_qa(items: dict[str, pystac.Item]) -> 
     refl = cs.to_reflectance(dn, item.properties)
     assert np.isnan(refl[dn == 32767]).all()
     assert 0.0 <= float(np.nanmedian(refl)) < 0.6
-    assert str(item.datetime.date()) == "2017-01-06"  # type: ignore[union-attr]
+    assert item.datetime is not None and str(item.datetime.date()) == "2017-01-06"
 
 
 def test_sample_catalog_includes_the_real_items(tmp_path: Path, real: Path) -> None:
