@@ -274,11 +274,11 @@ def recording_raw_groups() -> Iterator[list[Any]]:
         opened.append(rg)
         return rg
 
-    CubeStore.open_raw = recording  # type: ignore[method-assign,assignment]
+    CubeStore.open_raw = recording  # type: ignore[method-assign,assignment]  # restored below
     try:
         yield opened
     finally:
-        CubeStore.open_raw = open_raw  # type: ignore[method-assign]
+        CubeStore.open_raw = open_raw  # type: ignore[method-assign]  # the original back
 
 
 def bench_loader(cubes: Path, full_item: Path | None, layout: Any, xarray: bool = True) -> dict[str, Any]:

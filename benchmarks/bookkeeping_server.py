@@ -125,8 +125,8 @@ def install_indexed_listing() -> None:
         keys = [k for k in out if not isinstance(k, str)]
         return keys, [f for f in out if isinstance(f, str)], truncated, last
 
-    S3Backend.list_objects_v2 = list_objects_v2  # type: ignore[method-assign,assignment]
-    S3Backend.list_objects = list_objects  # type: ignore[method-assign,assignment]
+    S3Backend.list_objects_v2 = list_objects_v2  # type: ignore[method-assign,assignment]  # patching moto
+    S3Backend.list_objects = list_objects  # type: ignore[method-assign,assignment]  # patching moto
 
 
 def install_direct_listing_xml() -> None:
@@ -205,7 +205,7 @@ def install_direct_listing_xml() -> None:
         parts.append("</ListBucketResult>")
         return 200, {"Content-Type": "application/xml"}, "".join(parts)
 
-    S3Response.list_objects_v2 = list_objects_v2  # type: ignore[method-assign]
+    S3Response.list_objects_v2 = list_objects_v2  # type: ignore[method-assign]  # patching moto
 
 
 def backend() -> Any:

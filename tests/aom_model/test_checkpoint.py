@@ -149,20 +149,21 @@ def _rebatch(batch: BandBatch, n: int, seed: int) -> BandBatch:
     """The same layout and image sizes with ``n`` samples (new random pixels)."""
     g = torch.Generator().manual_seed(seed)
 
-    def rows(t: torch.Tensor | None) -> torch.Tensor | None:
-        if t is None:
-            return None
+    def rows(t: torch.Tensor) -> torch.Tensor:
         return t[:1].expand(n, *t.shape[1:]).clone()
+
+    def rows_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else rows(t)
 
     return BandBatch(
         tuple(
             BandGroup(
                 torch.randn(n, *grp.pixels.shape[1:], generator=g),
-                rows(grp.wavelength_nm),  # type: ignore[arg-type]
-                rows(grp.fwhm_nm),  # type: ignore[arg-type]
-                rows(grp.gsd_m),  # type: ignore[arg-type]
-                band_valid=rows(grp.band_valid),
-                pixel_valid=rows(grp.pixel_valid),
+                rows(grp.wavelength_nm),
+                rows(grp.fwhm_nm),
+                rows(grp.gsd_m),
+                band_valid=rows_or_none(grp.band_valid),
+                pixel_valid=rows_or_none(grp.pixel_valid),
             )
             for grp in batch.groups
         )

@@ -121,4 +121,4 @@ def test_config_named_and_roundtrip() -> None:
     with pytest.raises(ValueError, match="unknown config name"):
         AOMConfig.named("huge")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        base.depth = 3  # type: ignore[misc]
+        base.depth = 3  # type: ignore[misc]  # frozen: the refused assignment is the point

@@ -394,7 +394,7 @@ def test_pooled_stats_term_reads_chip_statistics_linearly_from_the_pooled_embedd
     torch.testing.assert_close(f[2], 0.3 * f[0] + 0.7 * f[1], atol=1e-5, rtol=1e-5)
     # a head whose prediction is the target scores 0
     target = torch.cat([chip_stats(t, v)[0] for t, v in zip(tok.pixel_patches, tok.pixel_patch_valid)], dim=1)
-    model.decoder.predict_pooled_stats = lambda *a: target  # type: ignore[method-assign]
+    model.decoder.predict_pooled_stats = lambda *a: target  # type: ignore[method-assign]  # a stub head on this test's own model
     assert float(model.pooled_stats_loss(tok, [torch.zeros(2, 64)])) == 0.0
     with pytest.raises(ValueError, match="pooled_stats_weight"):
         AOM(cfg).decoder.predict_pooled_stats(p1, *args)

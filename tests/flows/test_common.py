@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -245,7 +246,7 @@ def _lost_worker_errors() -> list[BaseException]:
 
     return [
         BrokenProcessPool("a child process terminated abruptly"),
-        KilledWorker("t", None, 3),  # type: ignore[arg-type]
+        KilledWorker("t", None, 3),  # type: ignore[arg-type]  # no WorkerState: unread
         CommClosedError(),
     ]
 
@@ -334,14 +335,14 @@ def _caused(outer: Exception, cause: BaseException) -> Exception:
     ids=["lease-held", "lease-lost", "caused-by-a-held-lease", "bug", "refused"],
 )
 def test_a_flow_that_failed_on_another_run_s_lease_keeps_its_retry(
-    monkeypatch: pytest.MonkeyPatch, make: object, worth: bool
+    monkeypatch: pytest.MonkeyPatch, make: Callable[[], BaseException], worth: bool
 ) -> None:
     """Another live run holding the store's (or a tile's) lease is what a later try may pass
     (``pipelines.errors.RetryLaterError``, as for failed tiles); before, such a flow failure
     withdrew the flow run's retry as if nothing could pass."""
     withdrawals: list[str] = []
     monkeypatch.setattr(common, "_withdraw_flow_retries", lambda: withdrawals.append("withdrawn"))
-    error = make()  # type: ignore[operator]
+    error = make()
     assert common.worth_a_retry(error) is worth
     with pytest.raises(type(error)), common.flow_retries_when_worth_it():
         raise error

@@ -23,11 +23,11 @@ def _s3(status: int, code: str) -> BaseException:
 
 
 def _aiohttp(status: int) -> BaseException:  # what fsspec's http:// raises for a status but 404
-    return aiohttp.ClientResponseError(None, (), status=status, message="x")  # type: ignore[arg-type]
+    return aiohttp.ClientResponseError(None, (), status=status, message="x")  # type: ignore[arg-type]  # no RequestInfo: unread
 
 
 def _urllib(status: int) -> BaseException:
-    return urllib.error.HTTPError("http://x", status, "x", None, io.BytesIO())  # type: ignore[arg-type]
+    return urllib.error.HTTPError("http://x", status, "x", None, io.BytesIO())  # type: ignore[arg-type]  # no headers: unread
 
 
 def _requests(status: int) -> BaseException:
@@ -74,7 +74,7 @@ def _caused_by(cause: BaseException) -> BaseException:
         (_caused_by(_aiohttp(503)), True),
         (_caused_by(_urllib(403)), False),
         (aiohttp.ServerTimeoutError(), True),
-        (aiohttp.ClientConnectorError(None, OSError(errno.ECONNREFUSED, "refused")), True),  # type: ignore[arg-type]
+        (aiohttp.ClientConnectorError(None, OSError(errno.ECONNREFUSED, "refused")), True),  # type: ignore[arg-type]  # no ConnectionKey: unread
         (aiohttp.ClientPayloadError("cut short"), True),
         (requests.ConnectionError("refused"), True),
         (requests.ReadTimeout("slow"), True),
@@ -110,7 +110,7 @@ def test_a_lost_worker_is_told_apart_from_an_error_no_rerun_passes() -> None:
 
     from pipelines.retry import is_lost_worker
 
-    lost = [BrokenProcessPool("terminated abruptly"), KilledWorker("t", None, 3), CommClosedError()]  # type: ignore[arg-type]
+    lost = [BrokenProcessPool("terminated abruptly"), KilledWorker("t", None, 3), CommClosedError()]  # type: ignore[arg-type]  # no WorkerState: unread
     for exc in [*lost, *(_caused_by(e) for e in lost)]:
         assert is_lost_worker(exc), exc
     for exc in [_s3(403, "AccessDenied"), FileNotFoundError("x"), ValueError("bug"), TimeoutError()]:
@@ -145,7 +145,7 @@ def _rerun_cases() -> list[tuple[BaseException, bool]]:
         (_s3(503, "SlowDown"), True),
         (ConnectionResetError(errno.ECONNRESET, "reset"), True),
         (_retry_error(_s3(503, "SlowDown")), True),  # a server down past the call's retries
-        (KilledWorker("t", None, 3), True),  # type: ignore[arg-type]
+        (KilledWorker("t", None, 3), True),  # type: ignore[arg-type]  # no WorkerState: unread
         (BrokenProcessPool("terminated abruptly"), True),
         (LeaseHeldError("<store>/_leases/t.json is still held by another run"), True),
         (LeaseLostError("this run's lease was taken by another run"), True),
@@ -251,7 +251,7 @@ def test_a_refused_access_is_one_failure_whatever_its_form(exc: BaseException) -
         FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/B04.tif"),
         OSError(errno.EIO, "Input/output error"),
         ConnectionResetError(errno.ECONNRESET, "reset"),
-        aiohttp.ClientConnectorError(None, OSError(errno.ECONNREFUSED, "refused")),  # type: ignore[arg-type]
+        aiohttp.ClientConnectorError(None, OSError(errno.ECONNREFUSED, "refused")),  # type: ignore[arg-type]  # no ConnectionKey: unread
         TimeoutError(),
         ValueError("a bug"),
     ],

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -57,8 +58,8 @@ PROOF_MAX_VS_MEAN = 0.5  # held-out MSE at most half the band-mean baseline's
 PROOF_MAX_VS_COPY = 0.95  # and at least 5 % below copying the nearest-wavelength visible band
 
 
-def _cfg(store: str, out: Path, **kw: object) -> PretrainConfig:
-    base: dict[str, object] = {
+def _cfg(store: str, out: Path, **kw: Any) -> PretrainConfig:
+    base: dict[str, Any] = {
         "cubes": (store,),
         "out": str(out),
         "max_steps": 6,
@@ -73,7 +74,7 @@ def _cfg(store: str, out: Path, **kw: object) -> PretrainConfig:
         "chips": ChipConfig(chip_m=480.0),
     }
     base.update(kw)
-    return PretrainConfig(**base)  # type: ignore[arg-type]
+    return PretrainConfig(**base)
 
 
 def _losses(out: Path) -> dict[int, float]:

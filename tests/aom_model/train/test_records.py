@@ -3,7 +3,9 @@ names its cube stores and output redacted: no credential in any record."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aom_model.train import ChipConfig, PretrainConfig, run_pretraining
 from aom_model.train.resume import changed_hyper_parameters
@@ -31,9 +33,9 @@ def test_records_name_cube_urls_without_their_credentials(synthetic_cubes: str, 
     )
     opened: list[str] = []
 
-    def opener(url: str, storage_options: object = None) -> CubeStore:
+    def opener(url: str, storage_options: Mapping[str, Any] | None = None) -> CubeStore:
         opened.append(url)
-        return CubeStore.open(url.split("?")[0], storage_options)  # type: ignore[arg-type]
+        return CubeStore.open(url.split("?")[0], storage_options)
 
     run_pretraining(cfg, opener)
     assert opened and all(CANARY in u for u in opened)  # reading gets the URL whole

@@ -19,8 +19,8 @@ from pipelines.errors import EXIT_USAGE, InputError
 from pipelines.pretrain import pretrain
 
 
-def _cfg(store: str, out: Path, **kw: object) -> PretrainConfig:
-    base: dict[str, object] = {
+def _cfg(store: str, out: Path, **kw: Any) -> PretrainConfig:
+    base: dict[str, Any] = {
         "cubes": (store,),
         "out": str(out),
         "max_steps": 6,
@@ -35,7 +35,7 @@ def _cfg(store: str, out: Path, **kw: object) -> PretrainConfig:
         "chips": ChipConfig(chip_m=480.0),
     }
     base.update(kw)
-    return PretrainConfig(**base)  # type: ignore[arg-type]
+    return PretrainConfig(**base)
 
 
 @pytest.fixture(scope="module")

@@ -210,7 +210,9 @@ def test_a_store_of_the_tile_origin_layout_is_refused_for_writes_in_one_line(tmp
     item = _landsat(tmp_path / "src", 32631, X0, Y0 + 1920.0, 64)  # on the tile lattice
     assert write_cubes([item], [TILE_IDS[0]], s, str(out), progress=False).tiles_done == [TILE_IDS[0]]
     group = zarr.open_group(str(out), mode="r+", zarr_format=3)  # as layout 1 wrote it
-    root_meta: dict[str, Any] = dict(group.attrs.asdict()["aom_cubes"])  # type: ignore[arg-type]
+    aom_cubes = group.attrs.asdict()["aom_cubes"]
+    assert isinstance(aom_cubes, dict)
+    root_meta: dict[str, Any] = dict(aom_cubes)
     group.attrs["aom_cubes"] = {**root_meta, "layout_version": 1}
     g30 = zarr.open_group(str(out / TILE_IDS[0] / LANDSAT / "30m"), mode="r+", zarr_format=3)
     for key in ("lattice_shift_m", "lattice"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,9 +77,15 @@ def test_untagged_integer_raster_embeds_like_its_reflectance_in_embed_raster_and
     ).astype(np.uint16)
     ints = _write(tmp_path / "dn.tif", dn)
     floats = _write(tmp_path / "refl.tif", (dn.astype(np.float64) * 1e-4).astype(np.float32))
-    kw = {"sensor": "sentinel-2-msi", "bands": BANDS, "core_tokens": 3, "margin_tokens": 1, "progress": False}
-    a = embed_raster(str(ints), str(tmp_path / "a.tif"), str(ckpt), **kw)  # type: ignore[arg-type]
-    b = embed_raster(str(floats), str(tmp_path / "b.tif"), str(ckpt), **kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = {
+        "sensor": "sentinel-2-msi",
+        "bands": BANDS,
+        "core_tokens": 3,
+        "margin_tokens": 1,
+        "progress": False,
+    }
+    a = embed_raster(str(ints), str(tmp_path / "a.tif"), str(ckpt), **kw)
+    b = embed_raster(str(floats), str(tmp_path / "b.tif"), str(ckpt), **kw)
     assert a.scaling["source"] == "integer-default" and b.scaling["source"] == "float-identity"
     with rasterio.open(tmp_path / "a.tif") as src:
         assert json.loads(src.tags()["AOM_SCALING"]) == a.scaling
@@ -91,7 +98,7 @@ def test_untagged_integer_raster_embeds_like_its_reflectance_in_embed_raster_and
     np.testing.assert_allclose(np.stack(img.arrays), dn * 1e-4, rtol=1e-6)
     assert img.meta["scaling"] == a.scaling
     # an explicit scale wins everywhere
-    c = embed_raster(str(ints), str(tmp_path / "c.tif"), str(ckpt), scale=1.0, **kw)  # type: ignore[arg-type]
+    c = embed_raster(str(ints), str(tmp_path / "c.tif"), str(ckpt), scale=1.0, **kw)
     assert c.scaling == {"scale": [1.0] * 4, "offset": [0.0] * 4, "source": "options"}
     assert (
         _read_image(DatasetSpec(name=str(ints), sensor="sentinel-2-msi", bands=BANDS, scale=1.0)).meta[

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,8 +181,8 @@ def test_concurrent_runs_over_other_tiles_keep_every_item_linked(
 
     read_many = storage.read_many
 
-    def slow(urls: list[str], opts: object = None) -> dict[str, bytes | None]:
-        got = read_many(urls, opts)  # type: ignore[arg-type]
+    def slow(urls: list[str], opts: Mapping[str, Any] | None = None) -> dict[str, bytes | None]:
+        got = read_many(urls, opts)
         if any("/stac/catalogs/" in u for u in urls):
             time.sleep(0.5)  # latency between the GET of a child catalog and its PUT
         return got

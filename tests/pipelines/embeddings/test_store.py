@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import zarr
 
 from pipelines.embeddings import (
     NODATA_Q,
@@ -152,20 +154,23 @@ class _Killed(BaseException):
 def _kill_on_first_write(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
     """The first value write to the array at ``path`` kills the run (after the array's metadata was
     created, before its values are written: what a SIGKILL between the two leaves)."""
-    import zarr
-
     setitem = zarr.Array.__setitem__
 
-    def killer(self: zarr.Array, key: object, value: object) -> None:
+    def killer(self: zarr.Array, key: Any, value: Any) -> None:
         if self.path == path:
             raise _Killed(path)
-        setitem(self, key, value)  # type: ignore[arg-type]
+        setitem(self, key, value)
 
     monkeypatch.setattr(zarr.Array, "__setitem__", killer)
 
 
-def _coords(group: object, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return {n: np.asarray(group[n][...]) for n in names}  # type: ignore[index]
+def _coords(group: zarr.Group, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for n in names:
+        array = group[n]
+        assert isinstance(array, zarr.Array), f"{n} is not an array"
+        out[n] = np.asarray(array[...])
+    return out
 
 
 @pytest.mark.parametrize("name", ["x", "y", "tile_x", "tile_y", "time"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -43,12 +45,12 @@ def test_choose_c_never_splits_a_block(monkeypatch: pytest.MonkeyPatch) -> None:
     real = probes.fit_predict
 
     def spy(
-        kind: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, *a: object, **kw: object
+        kind: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, *a: Any, **kw: Any
     ) -> np.ndarray:
         rows_tr = {int(np.flatnonzero((x == r).all(axis=1))[0]) for r in x_tr}
         rows_te = {int(np.flatnonzero((x == r).all(axis=1))[0]) for r in x_te}
         seen.append(({int(groups[i]) for i in rows_tr}, {int(groups[i]) for i in rows_te}))
-        return real(kind, x_tr, y_tr, x_te, *a, **kw)  # type: ignore[arg-type]
+        return real(kind, x_tr, y_tr, x_te, *a, **kw)
 
     monkeypatch.setattr(probes, "fit_predict", spy)
     choose_c(x, y, groups)

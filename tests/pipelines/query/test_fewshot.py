@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -36,11 +37,13 @@ def _random_labels_on_shared_tokens(emb, seed: int = 1) -> Labels:
 
 
 @pytest.mark.parametrize("method", ["knn", "linear"])
-def test_labels_sharing_a_token_do_not_leak_into_the_cv_score(synth: SyntheticStore, method: str) -> None:
+def test_labels_sharing_a_token_do_not_leak_into_the_cv_score(
+    synth: SyntheticStore, method: Literal["knn", "linear"]
+) -> None:
     # Random labels carry no information: an honest CV is near chance (1/3). With the labels of one
     # token split over folds, kNN found each test label's own vector in training (accuracy 1.000).
     emb = open_embeddings(synth.root_url)
-    res = classify(emb, _random_labels_on_shared_tokens(emb), method=method)  # type: ignore[arg-type]
+    res = classify(emb, _random_labels_on_shared_tokens(emb), method=method)
     assert res.cv_accuracy is not None and res.n_folds == 5
     assert res.cv_accuracy < 0.6, res.summary()
     assert any("distinct tokens" in n for n in res.notes)

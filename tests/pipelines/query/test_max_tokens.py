@@ -7,6 +7,7 @@ class map of `classify`, whose default area is the labels' extent) was loaded wh
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,11 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for name in ("read_tile", "read_recorded", "dataset"):
         orig = getattr(Embeddings, name)
 
-        def spy(self: Embeddings, *a: object, _orig: object = orig, _name: str = name, **k: object) -> object:
+        def spy(
+            self: Embeddings, *a: object, _orig: Callable[..., object] = orig, _name: str = name, **k: object
+        ) -> object:
             seen.append(_name)
-            return _orig(self, *a, **k)  # type: ignore[operator]
+            return _orig(self, *a, **k)
 
         monkeypatch.setattr(Embeddings, name, spy)
     return seen

@@ -417,6 +417,6 @@ def test_default_real_data_dir_honours_the_environment(
     [{"scene_size_m": 1000.0}, {"n_dates": 0}, {"collections": ("modis-mcd43a4",)}, {"epsg_codes": (4326,)},
      {"cloud_fraction": 1.5}],
 )  # fmt: skip
-def test_spec_validation(kwargs: dict[str, object]) -> None:
+def test_spec_validation(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        SyntheticSpec(**kwargs)  # type: ignore[arg-type]
+        SyntheticSpec(**kwargs)

@@ -9,6 +9,7 @@ is absent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -85,7 +86,9 @@ def _scale_offset(item: pystac.Item) -> tuple[float, float]:
     return cs.scale_offset(item.properties)
 
 
-def _check_pixels(item: pystac.Item, raw: np.ndarray, formula: object, nodata: float) -> None:
+def _check_pixels(
+    item: pystac.Item, raw: np.ndarray, formula: Callable[[float], float], nodata: float
+) -> None:
     """A few valid pixels: registry scale/offset on the item's DNs == the formula on independent DNs."""
     with rasterio.open(item.assets["red"].href) as ds:
         dn = np.asarray(ds.read(1, window=_window(ds)))
@@ -96,11 +99,11 @@ def _check_pixels(item: pystac.Item, raw: np.ndarray, formula: object, nodata: f
     picks = valid[np.linspace(0, len(valid) - 1, 7).astype(int)]
     for r, c in picks:
         got = float(dn[r, c]) * scale + offset
-        assert got == pytest.approx(formula(float(raw[r, c])), abs=1e-9)  # type: ignore[operator]
+        assert got == pytest.approx(formula(float(raw[r, c])), abs=1e-9)
     cs = load_registry().collection(item.collection_id or "", "sample")
     refl = cs.to_reflectance(dn, item.properties)
     r, c = picks[3]
-    assert float(refl[r, c]) == pytest.approx(formula(float(raw[r, c])), abs=1e-6)  # type: ignore[operator]
+    assert float(refl[r, c]) == pytest.approx(formula(float(raw[r, c])), abs=1e-6)
     rb = item.assets["red"].extra_fields["raster:bands"][0]
     assert rb["scale"] == pytest.approx(scale) and rb["offset"] == pytest.approx(offset)
 

@@ -43,7 +43,9 @@ def test_earth_search_pages_with_post_next_tokens_and_survives_a_429() -> None:
     rec = _load("responses/es_v1_s2_landsat.json")
     pages = [p["response"] for p in rec["pages"]]
     body = rec["pages"][0]["request"]["body"]
-    token = next_link(pages[0])["body"]["next"]  # type: ignore[index]
+    link = next_link(pages[0])
+    assert link is not None  # the first page links to the next
+    token = link["body"]["next"]
     colls = [
         _load("collections/earth-search__sentinel-2-l2a.json"),
         _load("collections/earth-search__landsat-c2-l2.json"),
@@ -65,7 +67,9 @@ def test_earth_search_pages_with_post_next_tokens_and_survives_a_429() -> None:
 def test_planetary_computer_pages_with_get_tokens() -> None:
     rec = _load("responses/pc_landsat_items_get.json")
     pages = [p["response"] for p in rec["pages"]]
-    token = next_link(pages[0])["href"].split("token=")[1]  # type: ignore[index]
+    link = next_link(pages[0])
+    assert link is not None  # the first page links to the next
+    token = link["href"].split("token=")[1]
     replay = StacReplay(
         PC,
         _load("landing/planetary-computer.json"),
