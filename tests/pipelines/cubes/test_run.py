@@ -460,7 +460,9 @@ def test_a_sigterm_starts_no_queued_tile(tmp_path: Path, monkeypatch: pytest.Mon
 
     def send_sigterm() -> None:
         if both_running.wait(30):
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)  # to the main thread: a
+            # process-directed kill may land in another thread, and CPython runs the handler only when
+            # the main thread next wakes
 
     monkeypatch.setattr(run, "process_tile", tile_job)
     monkeypatch.setattr(run, "ThreadPoolExecutor", Pool)
