@@ -548,9 +548,12 @@ def open_headers(
     first = failed.first_asks(hrefs) if failed is not None else []
     rest = [i for i in range(len(hrefs)) if i not in first]
     found: dict[int, _Header | tuple[str, bool]] = {}
-    with ThreadPoolExecutor(max_workers=min(8, len(hrefs))) as pool:
+    pool = ThreadPoolExecutor(max_workers=min(8, len(hrefs)))
+    try:
         for part in (first, rest):  # the second only once every first open is answered
             found.update(zip(part, pool.map(lambda i: open_header(hrefs[i], read_options, failed), part)))
+    finally:  # an interrupt while map still submits: the opens queued so far are not started
+        pool.shutdown(wait=True, cancel_futures=True)
     return [found[i] for i in range(len(hrefs))]
 
 

@@ -420,22 +420,21 @@ def _run_threads(
 ) -> None:
     """Up to ``workers * 2`` tiles submitted at a time. An interrupt (Ctrl-C, the ``aom`` SIGTERM
     handler's :class:`~pipelines.errors.Terminated`) or an error in ``finish`` cancels the tiles not
-    started yet; the pool's exit still waits for the running ones (threads are not interrupted)."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cube-tile") as pool:
+    started yet (every queued one, also one whose submit the interrupt cut short); the pool's exit
+    still waits for the running ones (threads are not interrupted)."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cube-tile")
+    try:
         pending: set[Future[TileOutcome]] = set()
         queue = list(todo)
-        try:
-            while queue or pending:
-                while queue and len(pending) < workers * 2:
-                    tile = queue.pop(0)
-                    pending.add(pool.submit(job, tile, index.for_tile(tile)))
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    finish(fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()  # only a tile not started yet: it takes no lease, writes nothing
-            raise
+        while queue or pending:
+            while queue and len(pending) < workers * 2:
+                tile = queue.pop(0)
+                pending.add(pool.submit(job, tile, index.for_tile(tile)))
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                finish(fut.result())
+    finally:  # only a tile not started yet is cancelled: it takes no lease, writes nothing
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_distributed(

@@ -41,6 +41,7 @@ from pipelines.storage import local_href
 from tests.conftest import REPO_ROOT, aom_command, cli_env
 from tests.pipelines.access_servers import serve
 from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, s2_item, spec
+from tests.sigterm import sigterm_when
 
 OS_ERRORS = ["EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "ENOTCONN"]
 
@@ -455,13 +456,13 @@ def test_a_failure_cached_after_the_build_dropped_it_is_asked_again(
     assert rerun.tiles_done == TILE_IDS[:1], rerun.format()
 
 
-def test_a_sigterm_starts_no_queued_header_open(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``open_headers`` of 20 remote assets opens 8 at a time through ``Executor.map``, which cancels
-    the opens it has not started when the wait for a result is interrupted: a SIGTERM (the ``aom``
-    handler raises :class:`~pipelines.errors.Terminated` in the main thread) waits for the 8 running
-    opens (threads are not interrupted) and starts none of the 12 queued ones. A guard: this held
-    before, and a pool whose exit runs its queue (``submit`` without a cancel) would break it."""
-    import signal
+@pytest.mark.parametrize("at", ["waiting", "submitting"])
+def test_a_sigterm_starts_no_queued_header_open(monkeypatch: pytest.MonkeyPatch, at: str) -> None:
+    """``open_headers`` of 20 remote assets opens 8 at a time: a SIGTERM (the ``aom`` handler raises
+    :class:`~pipelines.errors.Terminated` in the main thread) waits for the 8 running opens (threads
+    are not interrupted) and starts none of the queued ones. While it waits for results,
+    ``Executor.map`` cancels them itself (this held before); while map still submits (at the 10th
+    here: 8 running, 2 queued) nothing did, and the pool's exit started the queued opens."""
     import threading
 
     import pipelines.cubes.reading as reading
@@ -470,7 +471,7 @@ def test_a_sigterm_starts_no_queued_header_open(monkeypatch: pytest.MonkeyPatch)
     hrefs = [f"https://h.example/{i}.tif" for i in range(20)]
     started: list[str] = []
     lock = threading.Lock()
-    all_running, release = threading.Event(), threading.Event()
+    all_running, release, signal_now = threading.Event(), threading.Event(), threading.Event()
 
     def open_header(href: str, *args: Any) -> tuple[str, bool]:
         with lock:
@@ -481,27 +482,27 @@ def test_a_sigterm_starts_no_queued_header_open(monkeypatch: pytest.MonkeyPatch)
         return "cannot open: test", False
 
     class Pool(reading.ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            future = super().submit(*args, **kwargs)
+            Pool.submitted += 1
+            if at == "waiting" and Pool.submitted == len(hrefs):
+                signal_now.set()  # the signal lands in the wait for results
+            if at == "submitting" and Pool.submitted == 10 and all_running.wait(30):
+                signal_now.set()  # ... or here, between two submits of map
+                assert not threading.Event().wait(30), "no SIGTERM came"
+            return future
+
         def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
             release.set()  # the running opens end once the call has unwound to the pool's end
             super().shutdown(wait, **kwargs)
 
-    def on_sigterm(*_: Any) -> None:
-        raise Terminated()
-
-    def send_sigterm() -> None:
-        if all_running.wait(30):
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)  # to the main thread: a
-            # process-directed kill may land in another thread, and CPython runs the handler only when
-            # the main thread next wakes
-
     monkeypatch.setattr(reading, "open_header", open_header)
     monkeypatch.setattr(reading, "ThreadPoolExecutor", Pool)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        threading.Thread(target=send_sigterm, daemon=True).start()
-        with pytest.raises(Terminated):
+        with sigterm_when(lambda: all_running.wait(30) and signal_now.wait(30)), pytest.raises(Terminated):
             open_headers(hrefs)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         release.set()
     assert sorted(started) == sorted(hrefs[:8]), started

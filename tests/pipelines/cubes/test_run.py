@@ -27,6 +27,7 @@ from tests.pipelines.cubes.support import (
     s2_item,
     spec,
 )
+from tests.sigterm import sigterm_when
 
 runner = CliRunner()
 
@@ -426,12 +427,13 @@ def _valid_lonlat(item: dict[str, Any], cs: Any) -> tuple[float, float]:
     return float(lon), float(lat)
 
 
-def test_a_sigterm_starts_no_queued_tile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("at", ["waiting", "submitting"])
+def test_a_sigterm_starts_no_queued_tile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str) -> None:
     """``workers=2`` keeps 4 tiles submitted: 2 running, 2 queued. A SIGTERM (the ``aom`` handler
     raises :class:`~pipelines.errors.Terminated` in the main thread) waits for the 2 running tiles
     (threads are not interrupted), but used to start the 2 queued ones as well once a worker was
-    free, each a whole tile build. Now they are cancelled: only the running tiles end."""
-    import signal
+    free, each a whole tile build. Now they are cancelled: only the running tiles end. Also when the
+    signal lands inside the last submit, before the run has noted that tile's future."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -450,28 +452,32 @@ def test_a_sigterm_starts_no_queued_tile(tmp_path: Path, monkeypatch: pytest.Mon
         assert release.wait(30)
         return TileOutcome(tile.tile_id, TileStatus.DONE)
 
+    all_submitted = threading.Event()
+
     class Pool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            future = super().submit(*args, **kwargs)
+            Pool.submitted += 1
+            if Pool.submitted == len(TILE_IDS):
+                all_submitted.set()  # the signal lands in the run's wait ...
+                if at == "submitting":  # ... or here, inside the submit
+                    assert not threading.Event().wait(30), "no SIGTERM came"
+            return future
+
         def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
             release.set()  # the running tiles end once the run has unwound to the pool's exit
             super().shutdown(wait, **kwargs)
 
-    def on_sigterm(*_: Any) -> None:
-        raise Terminated()
-
-    def send_sigterm() -> None:
-        if both_running.wait(30):
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)  # to the main thread: a
-            # process-directed kill may land in another thread, and CPython runs the handler only when
-            # the main thread next wakes
-
     monkeypatch.setattr(run, "process_tile", tile_job)
     monkeypatch.setattr(run, "ThreadPoolExecutor", Pool)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        threading.Thread(target=send_sigterm, daemon=True).start()
-        with pytest.raises(Terminated):
+        with (
+            sigterm_when(lambda: both_running.wait(30) and all_submitted.wait(30)),
+            pytest.raises(Terminated),
+        ):
             write_cubes([], TILE_IDS, spec(), str(tmp_path / "cubes"), progress=False, workers=2)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         release.set()
     assert sorted(started) == sorted(TILE_IDS[:2]), started

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import pytest
+
+from tests.sigterm import sigterm_when
 
 
 def test_list_files_read_many_and_write_json_many_locally(tmp_path: Path) -> None:
@@ -67,7 +70,6 @@ def test_write_json_many_starts_no_queued_write_after_an_interrupt_or_failure(
     writing objects after the call had failed. Now they are cancelled: only the writes running
     then end (after a failure, also the one the failed write's thread took from the queue before
     the failure was seen), each written whole."""
-    import signal
     import threading
     from concurrent.futures import ThreadPoolExecutor
     from typing import Any
@@ -106,26 +108,17 @@ def test_write_json_many_starts_no_queued_write_after_an_interrupt_or_failure(
             release.set()  # the running writes end once the call has unwound to the pool's end
             super().shutdown(wait, **kwargs)
 
-    def on_sigterm(*_: Any) -> None:
-        raise Terminated()
-
-    def send_sigterm() -> None:
-        if both_running.wait(30) and all_submitted.wait(30):
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)  # to the main thread: a
-            # process-directed kill may land in another thread, and CPython runs the handler only when
-            # the main thread next wakes
-
     monkeypatch.setattr(batch, "IO_CONCURRENCY", 2)
     monkeypatch.setattr(batch, "write_json_atomic", write)
     monkeypatch.setattr("concurrent.futures.ThreadPoolExecutor", Pool)
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    interrupt = sigterm_when(lambda: both_running.wait(30) and all_submitted.wait(30))
     try:
-        if stop == "sigterm":
-            threading.Thread(target=send_sigterm, daemon=True).start()
-        with pytest.raises(Terminated if stop == "sigterm" else OSError):
+        with (
+            interrupt if stop == "sigterm" else contextlib.nullcontext(),
+            pytest.raises(Terminated if stop == "sigterm" else OSError),
+        ):
             batch.write_json_many({u: {"n": i} for i, u in enumerate(urls)})
     finally:
-        signal.signal(signal.SIGTERM, previous)
         release.set()
     taken = urls[:3] if stop == "failed write" and urls[2] in started else urls[:2]
     assert sorted(started) == taken, started
