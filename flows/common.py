@@ -1,11 +1,13 @@
 """Shared flow wiring: run summaries as Prefect artifacts, catalog concurrency, batching, which
-failures Prefect retries, a bounded exit."""
+failures Prefect retries, a bounded exit, a SIGTERM a C library's callback swallowed sent again."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -124,15 +126,69 @@ def bound_exit_drain(seconds: float | None = None) -> bool:
 
 
 def install_exit_bound() -> None:
-    """Called first in every flow: bound the exit of a deployed run's process (a worker's process
-    or a pod's ``prefect flow-run execute``), or of any run when ``AOM_EXIT_DRAIN_S`` is set.
-    Runs in the user's own Python process (``aom`` verbs, tests) are left as they are."""
+    """Called first in every flow: in every run's process, re-send a SIGTERM a C library's callback
+    swallowed (:func:`install_sigterm_resend`); bound the exit of a deployed run's process (a
+    worker's process or a pod's ``prefect flow-run execute``), or of any run when
+    ``AOM_EXIT_DRAIN_S`` is set. Runs in the user's own Python process (``aom`` verbs, tests) keep
+    their exit as it is."""
     from prefect.context import FlowRunContext
+
+    install_sigterm_resend()
 
     ctx = FlowRunContext.get()
     deployed = bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
     if deployed or os.environ.get(EXIT_DRAIN_ENV):
         bound_exit_drain(exit_drain_seconds())
+
+
+# A SIGTERM in a flow run's process raises Prefect's ``TerminationSignal`` in the main thread (its
+# handler, installed while the flow engine runs); where that lands in a C library's callback into
+# Python that drops exceptions (rasterio's GDAL log callback: "Exception ignored in ..."), the run
+# used to go on as if no SIGTERM came, until Prefect's supervisor SIGKILLs it 30 s later, with no
+# ``finally`` run (tile leases kept until their TTL, multipart uploads not aborted).
+RESEND_DELAY_S = 0.05
+_RESENT_MARK = "_aom_sigterm_resent"
+
+
+def _resend_swallowed_termination(args: Any, previous: Any, kinds: tuple[type[BaseException], ...]) -> None:
+    """``sys.unraisablehook`` of flow processes: an exception of ``kinds`` (Prefect's
+    ``TerminationSignal``) that C code dropped is sent again (its signal, SIGTERM, to this process)
+    :data:`RESEND_DELAY_S` later, to land elsewhere, where it unwinds the run: Prefect's handler,
+    still installed, raises it again. Once per swallowed exception. Anything else, ``aom``'s
+    ``Terminated`` included, goes to the previous hook unchanged: in the ``aom`` command line's
+    process that is its own hook (installed before any flow runs there), which sends that one again
+    and re-arms its handler."""
+    exc = args.exc_value
+    if not isinstance(exc, kinds):
+        previous(args)
+        return
+    if getattr(exc, _RESENT_MARK, False):  # another hook of ours down the chain: sent already
+        return
+    setattr(exc, _RESENT_MARK, True)
+    again = threading.Timer(RESEND_DELAY_S, os.kill, (os.getpid(), getattr(exc, "signal", signal.SIGTERM)))
+    again.daemon = True
+    again.start()
+
+
+def _is_resend_hook(hook: Any) -> bool:
+    return getattr(hook, "func", None) is _resend_swallowed_termination
+
+
+def install_sigterm_resend() -> bool:
+    """Install :func:`_resend_swallowed_termination` as ``sys.unraisablehook``, chained to the hook
+    in place (which gets every other exception), from the main thread only (where Prefect's SIGTERM
+    handler raises). Prefect's handler itself is left as it is. Idempotent: True only when this
+    call installed it."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if _is_resend_hook(sys.unraisablehook):
+        return False
+    from prefect.exceptions import TerminationSignal
+
+    sys.unraisablehook = functools.partial(
+        _resend_swallowed_termination, previous=sys.unraisablehook, kinds=(TerminationSignal,)
+    )
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.common import retry_condition
+from flows.common import install_sigterm_resend, retry_condition
 from flows.params import redacts_errors, restore_credentials
 from pipelines import demo as steps
 from pipelines.redaction import redact_record
@@ -59,6 +59,7 @@ def demo(
     workers: int = steps.DEMO_WORKERS,
     init: str | None = None,
 ) -> dict[str, Any]:
+    install_sigterm_resend()
     logger = get_run_logger()
     paths = steps.DemoPaths(Path(out).absolute())
     sample = samples_task(paths)
