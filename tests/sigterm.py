@@ -6,6 +6,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipelines.errors import Terminated
@@ -37,3 +38,30 @@ def sigterm_when(ready: Callable[[], bool]) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def held_pool(release: threading.Event, on_submit: Callable[[int], None]) -> type[ThreadPoolExecutor]:
+    """A ``ThreadPoolExecutor`` class whose ``submit`` calls ``on_submit(n)`` after its n-th submit, in
+    the submitting thread (to set an event, or to hold that submit with :func:`wait_for_the_signal`),
+    and whose ``shutdown`` first sets ``release``: the running work, waiting for it, ends once the
+    interrupted call has unwound to the pool's end."""
+
+    class HeldPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            future = super().submit(*args, **kwargs)
+            HeldPool.submitted += 1
+            on_submit(HeldPool.submitted)
+            return future
+
+        def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
+            release.set()
+            super().shutdown(wait, **kwargs)
+
+    return HeldPool
+
+
+def wait_for_the_signal() -> None:
+    """Hold the main thread (interruptibly) until the SIGTERM of :func:`sigterm_when` lands here."""
+    assert not threading.Event().wait(30), "no SIGTERM came"

@@ -41,7 +41,7 @@ from pipelines.storage import local_href
 from tests.conftest import REPO_ROOT, aom_command, cli_env
 from tests.pipelines.access_servers import serve
 from tests.pipelines.cubes.support import TILE_IDS, assert_stores_equal, s2_item, spec
-from tests.sigterm import sigterm_when
+from tests.sigterm import held_pool, sigterm_when, wait_for_the_signal
 
 OS_ERRORS = ["EIO", "EMFILE", "ENFILE", "ESTALE", "ETIMEDOUT", "EAGAIN", "ENOTCONN"]
 
@@ -481,22 +481,14 @@ def test_a_sigterm_starts_no_queued_header_open(monkeypatch: pytest.MonkeyPatch,
         assert release.wait(30)
         return "cannot open: test", False
 
-    class Pool(reading.ThreadPoolExecutor):
-        submitted = 0
+    def on_submit(n: int) -> None:
+        if at == "waiting" and n == len(hrefs):
+            signal_now.set()  # the signal lands in the wait for results
+        if at == "submitting" and n == 10 and all_running.wait(30):
+            signal_now.set()
+            wait_for_the_signal()  # ... or here, between two submits of map
 
-        def submit(self, *args: Any, **kwargs: Any) -> Any:
-            future = super().submit(*args, **kwargs)
-            Pool.submitted += 1
-            if at == "waiting" and Pool.submitted == len(hrefs):
-                signal_now.set()  # the signal lands in the wait for results
-            if at == "submitting" and Pool.submitted == 10 and all_running.wait(30):
-                signal_now.set()  # ... or here, between two submits of map
-                assert not threading.Event().wait(30), "no SIGTERM came"
-            return future
-
-        def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
-            release.set()  # the running opens end once the call has unwound to the pool's end
-            super().shutdown(wait, **kwargs)
+    Pool = held_pool(release, on_submit)
 
     monkeypatch.setattr(reading, "open_header", open_header)
     monkeypatch.setattr(reading, "ThreadPoolExecutor", Pool)

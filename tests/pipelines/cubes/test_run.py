@@ -27,7 +27,7 @@ from tests.pipelines.cubes.support import (
     s2_item,
     spec,
 )
-from tests.sigterm import sigterm_when
+from tests.sigterm import held_pool, sigterm_when, wait_for_the_signal
 
 runner = CliRunner()
 
@@ -435,7 +435,6 @@ def test_a_sigterm_starts_no_queued_tile(tmp_path: Path, monkeypatch: pytest.Mon
     free, each a whole tile build. Now they are cancelled: only the running tiles end. Also when the
     signal lands inside the last submit, before the run has noted that tile's future."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     import pipelines.cubes.run as run
     from pipelines.cubes.summary import TileOutcome
@@ -454,21 +453,13 @@ def test_a_sigterm_starts_no_queued_tile(tmp_path: Path, monkeypatch: pytest.Mon
 
     all_submitted = threading.Event()
 
-    class Pool(ThreadPoolExecutor):
-        submitted = 0
+    def on_submit(n: int) -> None:
+        if n == len(TILE_IDS):
+            all_submitted.set()  # the signal lands in the run's wait ...
+            if at == "submitting":
+                wait_for_the_signal()  # ... or here, inside the submit
 
-        def submit(self, *args: Any, **kwargs: Any) -> Any:
-            future = super().submit(*args, **kwargs)
-            Pool.submitted += 1
-            if Pool.submitted == len(TILE_IDS):
-                all_submitted.set()  # the signal lands in the run's wait ...
-                if at == "submitting":  # ... or here, inside the submit
-                    assert not threading.Event().wait(30), "no SIGTERM came"
-            return future
-
-        def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
-            release.set()  # the running tiles end once the run has unwound to the pool's exit
-            super().shutdown(wait, **kwargs)
+    Pool = held_pool(release, on_submit)
 
     monkeypatch.setattr(run, "process_tile", tile_job)
     monkeypatch.setattr(run, "ThreadPoolExecutor", Pool)

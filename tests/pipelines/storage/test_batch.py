@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sigterm import sigterm_when
+from tests.sigterm import held_pool, sigterm_when
 
 
 def test_list_files_read_many_and_write_json_many_locally(tmp_path: Path) -> None:
@@ -71,7 +71,6 @@ def test_write_json_many_starts_no_queued_write_after_an_interrupt_or_failure(
     then end (after a failure, also the one the failed write's thread took from the queue before
     the failure was seen), each written whole."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
     from typing import Any
 
     import pipelines.storage.batch as batch
@@ -94,19 +93,11 @@ def test_write_json_many_starts_no_queued_write_after_an_interrupt_or_failure(
         assert release.wait(30)
         write_json_atomic(url, obj, storage_options)
 
-    class Pool(ThreadPoolExecutor):
-        submitted = 0
+    def on_submit(n: int) -> None:
+        if n == len(urls):
+            all_submitted.set()
 
-        def submit(self, *args: Any, **kwargs: Any) -> Any:
-            future = super().submit(*args, **kwargs)
-            Pool.submitted += 1
-            if Pool.submitted == len(urls):
-                all_submitted.set()
-            return future
-
-        def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
-            release.set()  # the running writes end once the call has unwound to the pool's end
-            super().shutdown(wait, **kwargs)
+    Pool = held_pool(release, on_submit)
 
     monkeypatch.setattr(batch, "IO_CONCURRENCY", 2)
     monkeypatch.setattr(batch, "write_json_atomic", write)
