@@ -253,14 +253,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def _unraisable(args: Any, previous: Any = sys.unraisablehook) -> None:
     """``sys.unraisablehook``: a :class:`~pipelines.errors.Terminated` that landed where a C library
     calls back into Python and drops exceptions (rasterio's GDAL log callback: "Exception ignored
-    in ...") did not unwind the run: SIGTERM is sent again 50 ms later, to land elsewhere."""
+    in ...") did not unwind the run: SIGTERM is sent again 50 ms later, to land elsewhere
+    (:func:`flows.common.send_again`)."""
     if not isinstance(args.exc_value, Terminated):
         previous(args)
         return
+    from flows.common import send_again
+
     _sigterm_seen.clear()
-    again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM))
-    again.daemon = True
-    again.start()
+    send_again(signal.SIGTERM)
 
 
 def install_sigterm_handler() -> bool:

@@ -165,7 +165,14 @@ def _resend_swallowed_termination(args: Any, previous: Any, kinds: tuple[type[Ba
     if getattr(exc, _RESENT_MARK, False):  # another hook of ours down the chain: sent already
         return
     setattr(exc, _RESENT_MARK, True)
-    again = threading.Timer(RESEND_DELAY_S, os.kill, (os.getpid(), getattr(exc, "signal", signal.SIGTERM)))
+    send_again(getattr(exc, "signal", signal.SIGTERM))
+
+
+def send_again(signum: int) -> None:
+    """Send ``signum`` to this process :data:`RESEND_DELAY_S` from now, from a daemon timer thread:
+    a termination a C library's callback swallowed lands again elsewhere (the ``aom`` command
+    line's hook and the flows' hook, :func:`install_sigterm_resend`)."""
+    again = threading.Timer(RESEND_DELAY_S, os.kill, (os.getpid(), signum))
     again.daemon = True
     again.start()
 
