@@ -41,7 +41,7 @@ from pipelines.query.select import (
     transform_bbox,
     vectors_at,
 )
-from pipelines.query.twins import Lattice, best_once_per_place, candidates_per_task
+from pipelines.query.twins import Lattice, best_once_per_place, candidates_per_task, twin_notes
 from pipelines.tiling import square_groups
 
 # ------------------------------------------------------------------------------------------
@@ -546,13 +546,7 @@ def similar(
         for r in tiles[int(zone)]:
             by_cell.setdefault((r.row0 // nt, r.col0 // nt), r.tile_id)
         tile_ids[at] = [by_cell.get((int(rr) // nt, int(cc) // nt), "") for rr, cc in zip(rows[at], cols[at])]
-    notes = [] if best.size == k else [f"only {best.size} candidate tokens in the searched area"]
-    if twins:
-        notes[:1] = [n + " once their twins are left out" for n in notes[:1]]
-        notes.append(
-            f"{twins} token(s) left out: more than half of each lies in a higher-ranked token of another "
-            "UTM zone (the same ground)"
-        )
+    notes = twin_notes(best.size, k, twins, "candidate tokens in the searched area", "token")
     if whitening is not None and emb.version.quantisation == "int8-sqrt":
         notes.append(INT8_WHITENED_NOTE)
     return SimilarityResult(

@@ -23,7 +23,7 @@ from pipelines.embeddings import unit
 from pipelines.query.open import Embeddings, QueryError, TimeLike, as_points
 from pipelines.query.select import natural_epsg
 from pipelines.query.similarity import SimilarityResult
-from pipelines.query.twins import Lattice, once_per_place
+from pipelines.query.twins import Lattice, once_per_place, twin_notes
 
 
 @dataclass(frozen=True)
@@ -160,22 +160,8 @@ def similar_tiles(
         version=emb.name,
         query=q,
         searched_vectors=int(searched),
-        notes=_notes(order.size, k, twins),
+        notes=twin_notes(order.size, k, twins, "tiles with vectors", "tile"),
     )
-
-
-def _notes(n: int, k: int, twins: int) -> list[str]:
-    notes = (
-        []
-        if n == k
-        else [f"only {n} tiles with vectors" + (" once their twins are left out" if twins else "")]
-    )
-    if twins:
-        notes.append(
-            f"{twins} tile(s) left out: more than half of each lies in a higher-ranked tile of another "
-            "UTM zone (the same ground)"
-        )
-    return notes
 
 
 def _rank_once_per_place(

@@ -173,3 +173,16 @@ def candidates_per_task(k: int) -> int:
     than ``k`` results exist the same count bounds every task's tokens, so none was cut off. (With one
     twin per result, as for equal cells, ``k`` would do; ``2 k`` costs a larger top-k per task.)"""
     return 2 * k
+
+
+def twin_notes(n: int, k: int, twins: int, found: str, unit: str) -> list[str]:
+    """A search's notes about its count: ``only {n} {found}`` when fewer than ``k`` came back (once
+    their twins are left out, when some were), and how many cells (``unit``) :func:`once_per_place` left
+    out."""
+    notes = [] if n == k else [f"only {n} {found}" + (" once their twins are left out" if twins else "")]
+    if twins:
+        notes.append(
+            f"{twins} {unit}(s) left out: more than half of each lies in a higher-ranked {unit} of another "
+            "UTM zone (the same ground)"
+        )
+    return notes
